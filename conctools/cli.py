@@ -1,0 +1,166 @@
+"""The ``conctools`` command line.
+
+``conctools run [options] script.py [args]`` and ``conctools run [options] -m module [args]``
+run a program unchanged under conctools and report. Bad input gets one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from conctools import __version__
+from conctools.runner import RunOptions, run_program
+
+__all__ = ["EXIT_USAGE", "main"]
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def non_negative_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number of seconds, got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    value = non_negative_seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog="conctools", description="Find and explain concurrency problems in Python programs.")
+    parser.add_argument("--version", action="version", version=f"conctools {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser(
+        "run",
+        help="run a script or module under conctools and report",
+        usage="conctools run [options] (script.py | -m module) [args ...]",
+    )
+    run.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
+    run.add_argument("--out", type=Path, metavar="DIR", help="also write report files to DIR")
+    run.add_argument(
+        "--capacity", type=_positive_int, default=100_000, metavar="N", help="events kept in the ring buffer"
+    )
+    run.add_argument("--no-report", action="store_true", help="do not print the summary to stderr")
+    run.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log conctools' lines (every traced call at DEBUG) to stderr",
+    )
+    # Other commands: sub.add_parser(...).set_defaults(handler=fn), fn(namespace) -> exit status.
+    return parser
+
+
+def _split_run_argv(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``run``'s argv into conctools options and ``[target, *program args]``.
+
+    Options end at the script path, at ``-m MODULE`` or at ``--``; everything after belongs
+    to the program, even if it looks like a conctools option.
+    """
+    takes_value = set()
+    for action in parser._actions:
+        if action.option_strings and action.nargs != 0:
+            takes_value.update(action.option_strings)
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return argv[:i], argv[i + 1 :]
+        if token == "-m":
+            if i + 1 >= len(argv):
+                return argv, []
+            return argv[: i + 2], argv[i + 2 :]
+        if token.startswith("-m") and len(token) > 2 and not token.startswith("--"):
+            return argv[: i + 1], argv[i + 1 :]
+        if token.startswith("-") and token != "-":
+            if token in takes_value:
+                i += 2
+                continue
+            i += 1
+            continue
+        return argv[:i], argv[i:]
+    return argv, []
+
+
+def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    own, rest = _split_run_argv(run_parser, argv)
+    ns = run_parser.parse_args(own)
+    if ns.module:
+        options = RunOptions(module=ns.module, args=rest)
+    else:
+        if not rest:
+            raise UsageError("conctools run: error: give a script to run, or -m MODULE")
+        script, *args = rest
+        if not os.path.exists(script):
+            raise UsageError(f"conctools run: error: script {script!r} not found")
+        if os.path.isdir(script) and not os.path.exists(os.path.join(script, "__main__.py")):
+            raise UsageError(f"conctools run: error: {script!r} is a directory without __main__.py")
+        options = RunOptions(script=script, args=args)
+    options.out_dir = ns.out
+    options.capacity = ns.capacity
+    options.report = not ns.no_report
+    options.log_level = ns.log_level
+    if options.module:
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(options.module)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            raise UsageError(f"conctools run: error: no module named {options.module!r}")
+    return run_program(options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``conctools`` command; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    try:
+        if args and args[0] == "run":
+            return _run_command(parser, subparsers.choices["run"], args[1:])
+        ns = parser.parse_args(args)
+        handler = getattr(ns, "handler", None)
+        if handler is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        status: int = handler(ns)
+        return status
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,327 @@
+"""The one event model every conctools producer emits and every reporter reads.
+
+Each event is a frozen, slotted dataclass. Durations carry their unit in the field name
+(``duration_s``, ``wait_s``); timestamps are ``time.monotonic_ns()`` values (``ts_ns``), the
+clock every producer shares, so events from locks, spans and the loop monitor line up on
+one timeline. Every event says who produced it: thread id and name, and the asyncio task
+name when it ran inside a task.
+
+Events are plain data: they know how to turn themselves into JSON-able dicts and back
+(``to_dict`` / ``event_from_dict``), and nothing else. Formatting lives in ``reporting``.
+
+Hierarchy::
+
+    Event
+    ├── SpanEvent              a @traced call or ``with traced()`` block
+    ├── LockWaitEvent          a contended acquisition of a traced lock
+    ├── LockOrderEvent         a lock-order inversion (potential deadlock)
+    ├── DeadlockEvent          a wait-for cycle between threads and/or tasks
+    ├── HangEvent              no progress without a cycle: everyone's stack
+    ├── SlowCallbackEvent      the event loop was blocked longer than a threshold
+    ├── ResourceSampleEvent    one psutil sample of the process
+    └── MarkEvent              a free-form instant (run start/end, user marks)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "DeadlockEvent",
+    "Event",
+    "Frame",
+    "HangEvent",
+    "LockOrderEdge",
+    "LockOrderEvent",
+    "LockWaitEvent",
+    "MarkEvent",
+    "Participant",
+    "ResourceSampleEvent",
+    "SlowCallbackEvent",
+    "SpanEvent",
+    "WaiterInfo",
+    "event_from_dict",
+    "frame_from_dict",
+]
+
+EVENT_TYPES: dict[str, type[Event]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One stack frame: where code was, as ``file:line in function``."""
+
+    filename: str
+    lineno: int
+    function: str
+    line: str = ""
+
+    @property
+    def site(self) -> str:
+        """``file.py:LINE``, the short form reports print."""
+        return f"{self.filename}:{self.lineno}"
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno} in {self.function}"
+
+
+def frame_from_dict(data: dict[str, Any]) -> Frame:
+    """Rebuild a :class:`Frame` from its JSON form."""
+    return Frame(
+        filename=str(data["filename"]),
+        lineno=int(data["lineno"]),
+        function=str(data["function"]),
+        line=str(data.get("line", "")),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every event: when, and who produced it."""
+
+    kind: ClassVar[str] = "event"
+
+    ts_ns: int
+    thread_id: int
+    thread_name: str
+    task_name: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # No super() here: slots=True rebuilds the class, which breaks the zero-arg form.
+        # The rebuilt (slotted) class registers last, so it is the one kept.
+        if "kind" in cls.__dict__:
+            EVENT_TYPES[cls.kind] = cls
+
+    @property
+    def who(self) -> str:
+        """``thread 'X'`` or ``task 'Y' (thread 'X')``: the producer in words."""
+        if self.task_name is not None:
+            return f"task {self.task_name!r} (thread {self.thread_name!r})"
+        return f"thread {self.thread_name!r}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict with a ``kind`` key; inverse of :func:`event_from_dict`."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for f in dataclasses.fields(self):
+            out[f.name] = _to_jsonable(getattr(self, f.name))
+        return out
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, Frame):
+        return {
+            "filename": value.filename,
+            "lineno": value.lineno,
+            "function": value.function,
+            "line": value.line,
+        }
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpanEvent(Event):
+    """One traced call or block: its name, duration, outcome and parent span."""
+
+    kind: ClassVar[str] = "span"
+
+    name: str
+    span_id: int
+    parent_id: int | None
+    duration_s: float
+    outcome: str  # "ok" | "raised" | "cancelled"
+    exc_type: str | None = None
+    args: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Participant:
+    """A thread or task in a wait-for graph, with what it waits for and what it holds."""
+
+    thread_id: int
+    thread_name: str
+    task_name: str | None
+    waits_for: str  # lock (or other object) name
+    waits_for_id: int
+    wait_site: str  # file:line where it waits
+    held_by: str  # who holds what it waits for, in words
+    holds: tuple[str, ...] = ()
+    holds_sites: tuple[str, ...] = ()  # file:line where it acquired each held lock
+    stack: tuple[Frame, ...] = ()
+
+    @property
+    def who(self) -> str:
+        if self.task_name is not None:
+            return f"task {self.task_name!r} (thread {self.thread_name!r})"
+        return f"thread {self.thread_name!r}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockWaitEvent(Event):
+    """A contended acquisition: who waited, for how long, and who held the lock then."""
+
+    kind: ClassVar[str] = "lock_wait"
+
+    lock_id: int
+    lock_name: str
+    lock_kind: str  # "Lock", "RLock", "aio.Lock", ...
+    wait_s: float
+    acquired: bool  # False when it timed out or was cancelled
+    holder: str | None  # who held it when the wait started (JFR's previousOwner)
+    site: str  # file:line of the acquire
+    stack: tuple[Frame, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockOrderEdge:
+    """Lock ``to`` acquired while holding ``from``: one edge of the lock-order graph."""
+
+    from_lock: str
+    to_lock: str
+    from_site: str  # file:line where ``from_lock`` was acquired
+    to_site: str  # file:line where ``to_lock`` was acquired while holding it
+    thread_name: str
+    task_name: str | None = None
+    stack: tuple[Frame, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockOrderEvent(Event):
+    """A cycle in the lock-order graph: a potential deadlock, reported once per cycle."""
+
+    kind: ClassVar[str] = "lock_order"
+
+    cycle: tuple[str, ...]  # lock (class) names, in order
+    edges: tuple[LockOrderEdge, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadlockEvent(Event):
+    """A wait-for cycle: every participant waits on something another one holds."""
+
+    kind: ClassVar[str] = "deadlock"
+
+    participants: tuple[Participant, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaiterInfo:
+    """A thread or task in a hang dump: its stack and what it waits on."""
+
+    thread_id: int
+    thread_name: str
+    task_name: str | None
+    state: str  # "waiting", "running", "sleeping", "idle", ...
+    waits_on: str | None  # "Event 'ready' (nobody sets it)", "lock 'a' held by ..."
+    stack: tuple[Frame, ...] = ()
+    daemon: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HangEvent(Event):
+    """No progress for ``stalled_s`` and no lock cycle: every thread and task, and their waits."""
+
+    kind: ClassVar[str] = "hang"
+
+    stalled_s: float
+    reason: str
+    waiters: tuple[WaiterInfo, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlowCallbackEvent(Event):
+    """The event loop ran one callback or task step for ``duration_s`` >= ``threshold_s``.
+
+    ``samples`` are stacks of the loop thread taken while it was blocked; ``culprit`` is
+    the innermost frame in user code, the line to look at.
+    """
+
+    kind: ClassVar[str] = "slow_callback"
+
+    loop_id: int
+    duration_s: float
+    threshold_s: float
+    callback: str  # repr of the callback or "Task 'name' (coro qualname)"
+    culprit: Frame | None
+    samples: tuple[tuple[Frame, ...], ...] = ()
+    task_created_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceSampleEvent(Event):
+    """One psutil sample of this process."""
+
+    kind: ClassVar[str] = "resource_sample"
+
+    cpu_percent: float
+    rss_bytes: int
+    num_threads: int
+    num_fds: int
+    ctx_switches_voluntary: int
+    ctx_switches_involuntary: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarkEvent(Event):
+    """An instant on the timeline: run start and end, or a user's own mark."""
+
+    kind: ClassVar[str] = "mark"
+
+    name: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _build(tp: Any, value: Any) -> Any:
+    """Rebuild nested values of ``tp`` (a field's annotation, as a string) from JSON."""
+    if value is None:
+        return None
+    if tp.startswith("Frame"):
+        return frame_from_dict(value)
+    if tp.startswith("tuple[tuple[Frame"):
+        return tuple(tuple(frame_from_dict(f) for f in s) for s in value)
+    if tp.startswith("tuple[Frame"):
+        return tuple(frame_from_dict(f) for f in value)
+    for cls_name, cls in _NESTED.items():
+        if tp.startswith(f"tuple[{cls_name}"):
+            return tuple(_from_fields(cls, v) for v in value)
+    if tp.startswith("tuple["):
+        return tuple(value)
+    return value
+
+
+def _from_fields(cls: Any, data: dict[str, Any]) -> Any:
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _build(str(f.type), data[f.name])
+    return cls(**kwargs)
+
+
+_NESTED: dict[str, type] = {
+    "Participant": Participant,
+    "LockOrderEdge": LockOrderEdge,
+    "WaiterInfo": WaiterInfo,
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from :meth:`Event.to_dict` output.
+
+    Raises ``ValueError`` for an unknown kind or missing fields.
+    """
+    kind = data.get("kind")
+    cls = EVENT_TYPES.get(str(kind))
+    if cls is None:
+        raise ValueError(f"unknown event kind {kind!r}")
+    try:
+        event: Event = _from_fields(cls, data)
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"malformed {kind} event: {exc}") from None
+    return event

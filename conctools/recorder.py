@@ -1,0 +1,537 @@
+"""The recorder: the spine every producer writes to and every reporter reads from.
+
+A :class:`Recorder` keeps the most recent events in a ring buffer (bounded memory) and
+running aggregates whose counts stay exact however many threads record at once. Reporters
+never see the live recorder: they read a :class:`Snapshot`, plain frozen data that can be
+saved as JSON and loaded back.
+
+Hot path design: ``@traced`` calls are the most frequent records, so
+:meth:`Recorder.record_span` appends a tuple (materialised into a
+:class:`~conctools.events.SpanEvent` only when a snapshot or a sink asks) and updates a
+per-thread shard of aggregates with no lock at all (only its own thread writes a shard).
+Rare events (lock waits, stalls, deadlocks) go through :meth:`Recorder.record`, which takes
+a plain lock.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from conctools.events import Event, SpanEvent, event_from_dict
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "SCHEMA",
+    "Histogram",
+    "Recorder",
+    "Snapshot",
+    "SpanStats",
+    "get_recorder",
+    "set_recorder",
+    "use_recorder",
+]
+
+SCHEMA = "conctools.report/1"
+DEFAULT_CAPACITY = 100_000
+
+_log = logging.getLogger("conctools.recorder")
+
+Sink = Callable[[Event], object]
+SectionProvider = Callable[[], Any]
+
+
+# -- histogram ---------------------------------------------------------------------------
+# Log-linear buckets over integer nanoseconds: 8 sub-buckets per power of two, so every
+# bucket is within 12.5% of its values and the whole range (1 ns .. centuries) fits in
+# at most ~500 buckets, stored sparsely.
+_SUB_BITS = 3
+_SUB = 1 << _SUB_BITS
+
+
+def bucket_of(value: int) -> int:
+    """The bucket index of a non-negative integer ``value``."""
+    if value < _SUB:
+        return max(value, 0)
+    bits = value.bit_length()
+    return ((bits - _SUB_BITS) << _SUB_BITS) | ((value >> (bits - _SUB_BITS - 1)) & (_SUB - 1))
+
+
+def bucket_upper(index: int) -> int:
+    """The largest value that falls in bucket ``index``."""
+    if index < _SUB:
+        return index
+    exp = (index >> _SUB_BITS) + _SUB_BITS - 1
+    mantissa = _SUB | (index & (_SUB - 1))
+    return ((mantissa + 1) << (exp - _SUB_BITS)) - 1
+
+
+class Histogram:
+    """A small, mergeable latency histogram over integer nanoseconds.
+
+    >>> h = Histogram()
+    >>> for ns in (1_000, 2_000, 3_000): h.add(ns)
+    >>> h.count, h.max_ns
+    (3, 3000)
+    """
+
+    __slots__ = ("buckets", "count", "max_ns", "total_ns")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.count = 0
+        self.total_ns = 0
+        self.max_ns = 0
+
+    def add(self, value_ns: int) -> None:
+        """Record one value (not thread-safe: callers own a shard or hold a lock)."""
+        b = bucket_of(value_ns)
+        self.buckets[b] = self.buckets.get(b, 0) + 1
+        self.count += 1
+        self.total_ns += value_ns
+        if value_ns > self.max_ns:
+            self.max_ns = value_ns
+
+    def merge(self, other: Histogram) -> None:
+        """Add ``other``'s counts into this histogram."""
+        for b, n in list(other.buckets.items()):
+            self.buckets[b] = self.buckets.get(b, 0) + n
+        self.count += other.count
+        self.total_ns += other.total_ns
+        self.max_ns = max(self.max_ns, other.max_ns)
+
+    def percentile_ns(self, q: float) -> int:
+        """An upper bound of the ``q``-quantile (0..1), never above the true maximum."""
+        if self.count == 0:
+            return 0
+        rank = max(1, int(q * self.count + 0.999999))
+        seen = 0
+        for b in sorted(self.buckets):
+            seen += self.buckets[b]
+            if seen >= rank:
+                return min(bucket_upper(b), self.max_ns)
+        return self.max_ns
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: counts, total, max and sparse buckets."""
+        return {
+            "count": self.count,
+            "total_ns": self.total_ns,
+            "max_ns": self.max_ns,
+            "buckets": {str(k): v for k, v in sorted(self.buckets.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Histogram:
+        """Inverse of :meth:`to_dict`."""
+        h = cls()
+        h.count = int(data["count"])
+        h.total_ns = int(data["total_ns"])
+        h.max_ns = int(data["max_ns"])
+        h.buckets = {int(k): int(v) for k, v in dict(data.get("buckets", {})).items()}
+        return h
+
+
+# -- records -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpanStats:
+    """Aggregates of every call of one span name (exact counts, approximate percentiles)."""
+
+    name: str
+    count: int
+    errors: int
+    cancelled: int
+    total_s: float
+    max_s: float
+    p50_s: float
+    p95_s: float
+    p99_s: float
+
+    @property
+    def mean_s(self) -> float:
+        return self.total_s / self.count if self.count else 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Everything a reporter needs, as plain data: events, aggregates and sections.
+
+    ``sections`` hold the JSON-able summaries that producers register with
+    :meth:`Recorder.add_section` (the lock table, the slow-callback table, the profile).
+    """
+
+    started_ns: int
+    started_wall: float
+    taken_ns: int
+    events: tuple[Event, ...]
+    counts: dict[str, int]
+    dropped: int
+    spans: tuple[SpanStats, ...]
+    sections: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return (self.taken_ns - self.started_ns) / 1e9
+
+    def of_kind(self, kind: type[Event]) -> list[Any]:
+        """The recorded events of one class, oldest first."""
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The versioned JSON document (schema ``conctools.report/1``)."""
+        return {
+            "schema": SCHEMA,
+            "started_ns": self.started_ns,
+            "started_wall": self.started_wall,
+            "taken_ns": self.taken_ns,
+            "duration_s": self.duration_s,
+            "meta": self.meta,
+            "counts": self.counts,
+            "dropped": self.dropped,
+            "spans": [
+                {
+                    "name": s.name,
+                    "count": s.count,
+                    "errors": s.errors,
+                    "cancelled": s.cancelled,
+                    "total_s": s.total_s,
+                    "max_s": s.max_s,
+                    "p50_s": s.p50_s,
+                    "p95_s": s.p95_s,
+                    "p99_s": s.p99_s,
+                }
+                for s in self.spans
+            ],
+            "sections": self.sections,
+            "events": [e.to_dict() for e in self.events],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Snapshot:
+        """Load a saved report; ``ValueError`` with one readable line when it is not one."""
+        if not isinstance(data, dict):
+            raise ValueError("not a conctools report (expected a JSON object)")
+        schema = data.get("schema")
+        if schema != SCHEMA:
+            raise ValueError(f"not a conctools report (schema {schema!r}, expected {SCHEMA!r})")
+        try:
+            spans = tuple(
+                SpanStats(
+                    name=str(s["name"]),
+                    count=int(s["count"]),
+                    errors=int(s["errors"]),
+                    cancelled=int(s.get("cancelled", 0)),
+                    total_s=float(s["total_s"]),
+                    max_s=float(s["max_s"]),
+                    p50_s=float(s["p50_s"]),
+                    p95_s=float(s["p95_s"]),
+                    p99_s=float(s["p99_s"]),
+                )
+                for s in data["spans"]
+            )
+            events = tuple(event_from_dict(e) for e in data["events"])
+            return cls(
+                started_ns=int(data["started_ns"]),
+                started_wall=float(data["started_wall"]),
+                taken_ns=int(data["taken_ns"]),
+                events=events,
+                counts={str(k): int(v) for k, v in dict(data["counts"]).items()},
+                dropped=int(data["dropped"]),
+                spans=spans,
+                sections=dict(data.get("sections", {})),
+                meta=dict(data.get("meta", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"corrupt conctools report: {exc!s}") from None
+
+
+# -- the recorder ------------------------------------------------------------------------
+
+
+class _SpanShard:
+    """The span aggregates one thread writes; only its own thread mutates it."""
+
+    __slots__ = ("aggs", "thread")
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+        # name -> [count, errors, cancelled, Histogram]
+        self.aggs: dict[str, list[Any]] = {}
+
+
+_SPAN = 0  # tag of a raw span tuple in the ring
+
+
+class Recorder:
+    """Bounded, thread-safe store of events and aggregates.
+
+    ``capacity`` bounds the ring buffer of recent events; aggregates (counts per kind,
+    span statistics) cover every event ever recorded, evicted or not.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        self.started_ns = time.monotonic_ns()
+        self.started_wall = time.time()
+        self.meta: dict[str, Any] = {"pid": os.getpid(), "python": sys.version.split()[0]}
+        self._ring: deque[Any] = deque(maxlen=capacity)
+        self._lock = _thread.allocate_lock()  # a plain lock: never a traced one
+        self._counts: dict[str, int] = {}
+        self._sinks: list[Sink] = []
+        self._sections: dict[str, SectionProvider] = {}
+        self._local = threading.local()
+        self._shards: list[_SpanShard] = []
+        self._retired: dict[str, list[Any]] = {}
+
+    # ---- sinks and sections ----
+    def add_sink(self, sink: Sink) -> None:
+        """Call ``sink(event)`` for every event from now on; a sink that raises is removed."""
+        with self._lock:
+            self._sinks = [*self._sinks, sink]
+
+    def remove_sink(self, sink: Sink) -> None:
+        """Stop calling ``sink``; unknown sinks are ignored."""
+        with self._lock:
+            self._sinks = [s for s in self._sinks if s is not sink]
+
+    def add_section(self, name: str, provider: SectionProvider) -> None:
+        """Register ``provider() -> JSON-able data`` to appear as ``snapshot.sections[name]``."""
+        with self._lock:
+            self._sections[name] = provider
+
+    def remove_section(self, name: str) -> None:
+        """Forget a section provider (its data is no longer in later snapshots)."""
+        with self._lock:
+            self._sections.pop(name, None)
+
+    # ---- recording ----
+    def record(self, event: Event) -> None:
+        """Record one event. Never raises."""
+        try:
+            with self._lock:
+                self._ring.append(event)
+                self._counts[event.kind] = self._counts.get(event.kind, 0) + 1
+            if self._sinks:
+                self._emit(event)
+        except Exception:  # observation must never break the program
+            _log.exception("conctools: failed to record %s", type(event).__name__)
+
+    def _shard(self) -> _SpanShard:
+        shard = _SpanShard(threading.current_thread())
+        self._local.shard = shard
+        with self._lock:
+            self._shards.append(shard)
+            if len(self._shards) > 512:
+                self._retire_dead_shards()
+        return shard
+
+    def record_span(
+        self,
+        name: str,
+        span_id: int,
+        parent_id: int | None,
+        start_ns: int,
+        end_ns: int,
+        outcome: str,
+        exc_type: str | None,
+        task_name: str | None,
+        args: str | None = None,
+    ) -> None:
+        """Record one finished span (the ``@traced`` hot path: no lock, no allocation of events)."""
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self._shard()
+        agg = shard.aggs.get(name)
+        if agg is None:
+            agg = shard.aggs[name] = [0, 0, 0, Histogram()]
+        agg[0] += 1
+        if outcome != "ok":
+            if outcome == "cancelled":
+                agg[2] += 1
+            else:
+                agg[1] += 1
+        agg[3].add(end_ns - start_ns)
+        self._ring.append(
+            (_SPAN, shard.thread, name, span_id, parent_id, start_ns, end_ns, outcome, exc_type, task_name, args)
+        )
+        if self._sinks:
+            self._emit(self._materialize(self._ring[-1]))
+
+    def _emit(self, event: Event) -> None:
+        for sink in self._sinks:
+            try:
+                sink(event)
+            except Exception:
+                _log.exception("conctools: sink %r raised; removing it", sink)
+                self.remove_sink(sink)
+
+    # ---- reading ----
+    @staticmethod
+    def _materialize(raw: Any) -> Event:
+        if isinstance(raw, Event):
+            return raw
+        _, thread, name, span_id, parent_id, start_ns, end_ns, outcome, exc_type, task_name, args = raw
+        return SpanEvent(
+            ts_ns=start_ns,
+            thread_id=thread.ident or 0,
+            thread_name=thread.name,
+            task_name=task_name,
+            name=name,
+            span_id=span_id,
+            parent_id=parent_id,
+            duration_s=(end_ns - start_ns) / 1e9,
+            outcome=outcome,
+            exc_type=exc_type,
+            args=args,
+        )
+
+    def _retire_dead_shards(self) -> None:
+        """Fold shards of finished threads into one (caller holds ``_lock``)."""
+        alive = []
+        for shard in self._shards:
+            if shard.thread.is_alive():
+                alive.append(shard)
+                continue
+            for name, (count, errors, cancelled, hist) in shard.aggs.items():
+                into = self._retired.setdefault(name, [0, 0, 0, Histogram()])
+                into[0] += count
+                into[1] += errors
+                into[2] += cancelled
+                into[3].merge(hist)
+        self._shards = alive
+
+    def span_stats(self) -> tuple[SpanStats, ...]:
+        """Aggregates per span name over every span recorded, slowest total first."""
+        with self._lock:
+            self._retire_dead_shards()
+            merged: dict[str, list[Any]] = {}
+            for name, (count, errors, cancelled, hist) in self._retired.items():
+                m = merged.setdefault(name, [0, 0, 0, Histogram()])
+                m[0] += count
+                m[1] += errors
+                m[2] += cancelled
+                m[3].merge(hist)
+            for shard in self._shards:
+                for name, agg in list(shard.aggs.items()):
+                    count, errors, cancelled, hist = agg
+                    m = merged.setdefault(name, [0, 0, 0, Histogram()])
+                    m[0] += count
+                    m[1] += errors
+                    m[2] += cancelled
+                    m[3].merge(hist)
+        out = [
+            SpanStats(
+                name=name,
+                count=count,
+                errors=errors,
+                cancelled=cancelled,
+                total_s=hist.total_ns / 1e9,
+                max_s=hist.max_ns / 1e9,
+                p50_s=hist.percentile_ns(0.50) / 1e9,
+                p95_s=hist.percentile_ns(0.95) / 1e9,
+                p99_s=hist.percentile_ns(0.99) / 1e9,
+            )
+            for name, (count, errors, cancelled, hist) in merged.items()
+        ]
+        out.sort(key=lambda s: (-s.total_s, s.name))
+        return tuple(out)
+
+    def events(self) -> list[Event]:
+        """The events still in the ring buffer, oldest first."""
+        raw = list(self._ring)
+        events = [self._materialize(r) for r in raw]
+        events.sort(key=lambda e: e.ts_ns)
+        return events
+
+    def counts(self) -> dict[str, int]:
+        """Exact number of events recorded per kind (including evicted ones)."""
+        with self._lock:
+            counts = dict(self._counts)
+        spans = sum(s.count for s in self.span_stats())
+        if spans:
+            counts["span"] = spans
+        return counts
+
+    def snapshot(self) -> Snapshot:
+        """A consistent-enough copy of everything recorded, for reporters."""
+        events = tuple(self.events())
+        counts = self.counts()
+        with self._lock:
+            providers = dict(self._sections)
+        sections: dict[str, Any] = {}
+        for name, provider in providers.items():
+            try:
+                sections[name] = provider()
+            except Exception:
+                _log.exception("conctools: section provider %r raised; skipping it", name)
+        total = sum(counts.values())
+        return Snapshot(
+            started_ns=self.started_ns,
+            started_wall=self.started_wall,
+            taken_ns=time.monotonic_ns(),
+            events=events,
+            counts=counts,
+            dropped=max(0, total - len(events)),
+            spans=self.span_stats(),
+            sections=sections,
+            meta=dict(self.meta),
+        )
+
+    def clear(self) -> None:
+        """Forget every event and aggregate (sinks and sections stay)."""
+        with self._lock:
+            self._ring.clear()
+            self._counts.clear()
+            for shard in self._shards:
+                shard.aggs.clear()
+            self._retired.clear()
+            self.started_ns = time.monotonic_ns()
+            self.started_wall = time.time()
+
+
+_default = Recorder()
+_current: list[Recorder] = [_default]
+
+
+def get_recorder() -> Recorder:
+    """The recorder that producers write to (a process-wide default unless replaced)."""
+    return _current[0]
+
+
+def set_recorder(recorder: Recorder) -> Recorder:
+    """Make ``recorder`` the current one; returns the previous one."""
+    previous = _current[0]
+    _current[0] = recorder
+    return previous
+
+
+@contextmanager
+def use_recorder(recorder: Recorder | None = None) -> Iterator[Recorder]:
+    """Record into ``recorder`` (a fresh one by default) inside the block.
+
+    >>> with use_recorder() as rec:
+    ...     pass
+    >>> rec.snapshot().counts
+    {}
+    """
+    rec = recorder if recorder is not None else Recorder()
+    previous = set_recorder(rec)
+    try:
+        yield rec
+    finally:
+        set_recorder(previous)

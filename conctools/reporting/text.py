@@ -1,0 +1,86 @@
+"""The text report: what a person needs first, short, ranked, with ``file:line``.
+
+The report is a list of sections, each a pure function ``(snapshot, brief) -> str | None``
+(``None`` when it has nothing to say). Problems come first (deadlocks, inversions, hangs,
+stalls), then where the time went (locks, spans, profile), then resources.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from conctools._units import format_duration
+from conctools.recorder import Snapshot
+from conctools.reporting._table import table
+
+__all__ = ["SECTIONS", "render_text"]
+
+Section = Callable[[Snapshot, bool], "str | None"]
+
+RULE = "=" * 78
+
+
+def _header(snapshot: Snapshot, brief: bool) -> str:
+    meta = snapshot.meta
+    lines = [RULE, "conctools report"]
+    command = meta.get("command")
+    if command:
+        lines.append(f"  program:   {command}")
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot.started_wall))
+    lines.append(f"  started:   {started}   ran for {format_duration(snapshot.duration_s)}")
+    if "exit_status" in meta:
+        lines.append(f"  exit:      {meta['exit_status']}")
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(snapshot.counts.items())) or "none"
+    lines.append(f"  events:    {counts}" + (f" ({snapshot.dropped} older ones evicted)" if snapshot.dropped else ""))
+    lines.append(RULE)
+    return "\n".join(lines)
+
+
+def spans_section(snapshot: Snapshot, brief: bool) -> str | None:
+    """The ``@traced`` spans, slowest total first."""
+    spans = snapshot.spans
+    if not spans:
+        return None
+    limit = 10 if brief else 50
+    rows = [
+        (
+            s.name,
+            s.count,
+            s.errors,
+            s.cancelled,
+            format_duration(s.total_s),
+            format_duration(s.mean_s),
+            format_duration(s.p50_s),
+            format_duration(s.p99_s),
+            format_duration(s.max_s),
+        )
+        for s in spans[:limit]
+    ]
+    title = f"Traced spans ({len(spans)} names, slowest total first)"
+    body = table(
+        ("span", "calls", "errors", "cancelled", "total", "mean", "p50", "p99", "max"),
+        rows,
+        right=(1, 2, 3, 4, 5, 6, 7, 8),
+    )
+    more = f"\n  ... {len(spans) - limit} more" if len(spans) > limit else ""
+    return f"{title}\n{body}{more}"
+
+
+# Problems first, then where time went, then resources. Other modules append theirs.
+SECTIONS: list[tuple[int, Section]] = [(50, spans_section)]
+
+
+def render_text(snapshot: Snapshot, *, brief: bool = False) -> str:
+    """The report as text; ``brief`` keeps every section short for a terminal."""
+    parts = [_header(snapshot, brief)]
+    for _, section in sorted(SECTIONS, key=lambda s: s[0]):
+        try:
+            text = section(snapshot, brief)
+        except Exception as exc:  # one broken section must not hide the others
+            text = f"[section {getattr(section, '__name__', section)!r} failed: {exc!r}]"
+        if text:
+            parts.append(text)
+    if len(parts) == 1:
+        parts.append("Nothing to report: no spans, lock waits, stalls or hangs were recorded.")
+    return "\n\n".join(parts) + "\n"

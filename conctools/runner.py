@@ -1,0 +1,186 @@
+"""Run a program unchanged under conctools, then report (what ``conctools run`` does).
+
+The program runs as ``python script.py`` would run it: same ``sys.argv``, ``__main__``,
+``sys.path[0]``, output and exit status. Every instrument that the options switch on is
+entered before the program starts and left after its last non-daemon thread ended.
+
+This is a wiring module: it imports producers and reporters alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import runpy
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conctools.recorder import Recorder, Snapshot, use_recorder
+from conctools.reporting import render_json, render_text
+from conctools.tracing import ContextFilter
+
+__all__ = ["RunOptions", "instrumented", "run_program", "write_reports"]
+
+_log = logging.getLogger("conctools.runner")
+
+
+@dataclass(slots=True, kw_only=True)
+class RunOptions:
+    """What ``conctools run`` was asked to do."""
+
+    script: str | None = None
+    module: str | None = None
+    args: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+    capacity: int = 100_000
+    report: bool = True
+    log_level: str | None = None
+
+    @property
+    def command(self) -> str:
+        target = f"-m {self.module}" if self.module else str(self.script)
+        return " ".join([target, *self.args])
+
+
+@contextlib.contextmanager
+def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib.ExitStack]:
+    """Switch on every instrument ``options`` asks for; switch them off on exit.
+
+    Shared by ``conctools run`` and the pytest plugin, so both observe programs the same way.
+    """
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(use_recorder(recorder))
+        if options.log_level:
+            stack.enter_context(_stderr_logging(options.log_level))
+        yield stack
+
+
+@contextlib.contextmanager
+def _stderr_logging(level: str) -> Iterator[None]:
+    """Log conctools' own lines (spans, warnings) to stderr at ``level``."""
+    logger = logging.getLogger("conctools")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(
+        logging.Formatter("conctools %(levelname)s [%(threadName)s|%(taskName)s] %(message)s")
+    )
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+def _join_program_threads() -> None:
+    """Wait for the program's non-daemon threads, as the interpreter does at exit."""
+    me = threading.current_thread()
+    while True:
+        pending = [
+            t
+            for t in threading.enumerate()
+            if t is not me and not t.daemon and t.is_alive() and not t.name.startswith("conctools-")
+        ]
+        if not pending:
+            return
+        for t in pending:
+            t.join()
+
+
+def _exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # sys.exit("message") prints it and exits 1
+    return 1
+
+
+def _execute(options: RunOptions) -> int:
+    """Run the target in this process as ``__main__``; returns its exit status."""
+    saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
+    try:
+        if options.module:
+            sys.argv = [options.module, *options.args]
+            sys.path[0] = os.getcwd()
+            runpy.run_module(options.module, run_name="__main__", alter_sys=True)
+        else:
+            assert options.script is not None
+            script = os.path.abspath(options.script)
+            sys.argv = [options.script, *options.args]
+            sys.path[0] = os.path.dirname(script)
+            runpy.run_path(script, run_name="__main__")
+        return 0
+    except SystemExit as exc:
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        return 130
+    except BaseException:
+        _print_user_traceback()
+        return 1
+    finally:
+        sys.argv = saved_argv
+        if saved_path0 is not None and sys.path:
+            sys.path[0] = saved_path0
+
+
+def _print_user_traceback() -> None:
+    """Print the exception as Python would, without conctools' and runpy's frames."""
+    etype, value, tb = sys.exc_info()
+    here = os.path.dirname(os.path.abspath(__file__))
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename.startswith(here) or tb.tb_frame.f_code.co_filename == runpy.__file__
+    ):
+        tb = tb.tb_next
+    traceback.print_exception(etype, value, tb)
+
+
+def write_reports(snapshot: Snapshot, out_dir: Path) -> list[Path]:
+    """Write ``report.txt`` and ``report.json`` (and what other reporters add) to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, content in (("report.txt", render_text(snapshot)), ("report.json", render_json(snapshot))):
+        path = out_dir / name
+        path.write_text(content, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def run_program(options: RunOptions) -> int:
+    """Run the program under conctools, print the report, return the exit status."""
+    recorder = Recorder(capacity=options.capacity)
+    recorder.meta.update({"command": options.command, "argv": [options.script or options.module, *options.args]})
+    with instrumented(options, recorder):
+        status = _execute(options)
+        _join_program_threads()
+    recorder.meta["exit_status"] = status
+    finish_report(recorder, options)
+    return status
+
+
+def finish_report(recorder: Recorder, options: RunOptions) -> None:
+    """Print the brief report to stderr and write the files; never raises."""
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    try:
+        snapshot = recorder.snapshot()
+        if options.report:
+            sys.stderr.write(render_text(snapshot, brief=True))
+            sys.stderr.flush()
+        if options.out_dir is not None:
+            paths = write_reports(snapshot, options.out_dir)
+            if options.report:
+                print(f"conctools: wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    except Exception as exc:
+        print(f"conctools: could not write the report: {exc}", file=sys.stderr)

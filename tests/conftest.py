@@ -1,0 +1,85 @@
+"""Shared fixtures and the autouse guard: no test may leak conctools threads, patched lock
+factories, loop hooks, profilers or a replaced recorder into the next test."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import conctools.recorder as recorder_module
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# What the stdlib looks like untouched; trace_locks() and friends must always restore it.
+_PATCHABLE = {
+    (threading, "Lock"): threading.Lock,
+    (threading, "RLock"): threading.RLock,
+    (threading, "Condition"): threading.Condition,
+    (threading, "Semaphore"): threading.Semaphore,
+    (threading, "BoundedSemaphore"): threading.BoundedSemaphore,
+    (threading, "Event"): threading.Event,
+    (threading, "Barrier"): threading.Barrier,
+    (asyncio, "Lock"): asyncio.Lock,
+    (asyncio, "Condition"): asyncio.Condition,
+    (asyncio, "Semaphore"): asyncio.Semaphore,
+    (asyncio, "BoundedSemaphore"): asyncio.BoundedSemaphore,
+    (asyncio, "Event"): asyncio.Event,
+}
+
+
+def _conctools_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("conctools-") and t.is_alive()}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves conctools threads, patched primitives or hooks behind."""
+    threads_before = _conctools_threads()
+    recorder_before = recorder_module.get_recorder()
+    profile_before, trace_before = sys.getprofile(), sys.gettrace()
+    yield
+    deadline = time.monotonic() + 5.0
+    leaked = _conctools_threads() - threads_before
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.02)
+        leaked = _conctools_threads() - threads_before
+    problems = []
+    if leaked:
+        problems.append(f"conctools threads still running: {sorted(t.name for t in leaked)}")
+    for (module, name), original in _PATCHABLE.items():
+        if getattr(module, name) is not original:
+            setattr(module, name, original)
+            problems.append(f"{module.__name__}.{name} left patched")
+    if recorder_module.get_recorder() is not recorder_before:
+        recorder_module.set_recorder(recorder_before)
+        problems.append("the current recorder was replaced and not restored")
+    if sys.getprofile() is not profile_before:
+        sys.setprofile(profile_before)
+        problems.append("a profile hook was left installed")
+    if sys.gettrace() is not trace_before:
+        sys.settrace(trace_before)
+        problems.append("a trace hook was left installed")
+    try:
+        import yappi
+
+        if yappi.is_running():
+            yappi.stop()
+            yappi.clear_stats()
+            problems.append("yappi was left running")
+    except ImportError:
+        pass
+    if problems:
+        pytest.fail("leak guard: " + "; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def recorder() -> Iterator[recorder_module.Recorder]:
+    """A fresh recorder made current for the test."""
+    with recorder_module.use_recorder() as rec:
+        yield rec
