@@ -31,6 +31,9 @@ __all__ = [
 _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The sample server ships inside the package but is a user program: its lines are the ones
+# people must see in stacks and culprits, so it never counts as conctools' own code.
+_SAMPLE_DIR = _PKG_DIR + "server" + os.sep
 _SKIP_PREFIXES = (
     _PKG_DIR,
     os.path.dirname(asyncio.__file__) + os.sep,
@@ -70,8 +73,8 @@ def thread_name_of(ident: int) -> str:
 
 
 def is_conctools_frame(filename: str) -> bool:
-    """True for frames inside conctools itself."""
-    return filename.startswith(_PKG_DIR)
+    """True for frames inside conctools itself (the bundled sample server is user code)."""
+    return filename.startswith(_PKG_DIR) and not filename.startswith(_SAMPLE_DIR)
 
 
 def frames_of(frame: FrameType | None, limit: int = 64) -> tuple[Frame, ...]:
@@ -81,7 +84,7 @@ def frames_of(frame: FrameType | None, limit: int = 64) -> tuple[Frame, ...]:
     while frame is not None and len(out) < limit:
         code = frame.f_code
         filename = code.co_filename
-        if not filename.startswith(_PKG_DIR):
+        if not filename.startswith(_PKG_DIR) or filename.startswith(_SAMPLE_DIR):
             lineno = frame.f_lineno or 0
             out.append(
                 Frame(
@@ -110,6 +113,6 @@ def user_frame(frames: Iterable[Frame]) -> Frame | None:
     for f in frames:
         if first is None:
             first = f
-        if not f.filename.startswith(_SKIP_PREFIXES):
+        if not f.filename.startswith(_SKIP_PREFIXES) or f.filename.startswith(_SAMPLE_DIR):
             return f
     return first

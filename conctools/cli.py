@@ -60,6 +60,30 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def _report_command(ns: argparse.Namespace) -> int:
+    """``conctools report``: re-render a saved run; a bad file is one line and exit 2."""
+    from conctools.reporting import load_json, render_text
+    from conctools.reporting.html import write_html
+    from conctools.reporting.trace import write_trace
+
+    try:
+        snapshot = load_json(ns.report_json)
+    except ValueError as exc:
+        raise UsageError(f"conctools report: error: {exc}") from None
+    try:
+        if ns.html is not None:
+            write_html(snapshot, ns.html)
+            print(f"conctools: wrote {ns.html}", file=sys.stderr)
+        if ns.trace is not None:
+            write_trace(snapshot, ns.trace)
+            print(f"conctools: wrote {ns.trace}", file=sys.stderr)
+    except OSError as exc:
+        raise UsageError(f"conctools report: error: cannot write: {exc}") from None
+    if ns.text or (ns.html is None and ns.trace is None):
+        sys.stdout.write(render_text(snapshot))
+    return 0
+
+
 def _build_parser() -> _Parser:
     parser = _Parser(prog="conctools", description="Find and explain concurrency problems in Python programs.")
     parser.add_argument("--version", action="version", version=f"conctools {__version__}")
@@ -81,6 +105,27 @@ def _build_parser() -> _Parser:
         type=str.upper,
         help="log conctools' lines (every traced call at DEBUG) to stderr",
     )
+    run.add_argument("--profile", action="store_true", help="profile every thread and task with yappi")
+    run.add_argument(
+        "--profile-clock", choices=["wall", "cpu"], default="wall", help="the profile's clock (default: wall)"
+    )
+    run.add_argument(
+        "--sample-interval",
+        type=non_negative_seconds,
+        default=0.5,
+        metavar="SECONDS",
+        help="sample CPU, memory, threads and fds every SECONDS (0: off; default 0.5)",
+    )
+    report = sub.add_parser(
+        "report",
+        help="re-render a saved report.json as text, HTML or a Perfetto trace",
+        usage="conctools report DIR/report.json [--html PATH] [--trace PATH] [--text]",
+    )
+    report.add_argument("report_json", type=Path, metavar="REPORT_JSON", help="a report.json written by conctools run")
+    report.add_argument("--html", type=Path, metavar="PATH", help="write the HTML report to PATH")
+    report.add_argument("--trace", type=Path, metavar="PATH", help="write the Chrome/Perfetto trace to PATH")
+    report.add_argument("--text", action="store_true", help="print the text report (the default with no other output)")
+    report.set_defaults(handler=_report_command)
     # Other commands: sub.add_parser(...).set_defaults(handler=fn), fn(namespace) -> exit status.
     return parser
 
@@ -134,6 +179,9 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     options.capacity = ns.capacity
     options.report = not ns.no_report
     options.log_level = ns.log_level
+    options.profile = ns.profile
+    options.profile_clock = ns.profile_clock
+    options.sample_interval_s = ns.sample_interval or None
     if options.module:
         import importlib.util
 

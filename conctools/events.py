@@ -18,6 +18,7 @@ Hierarchy::
     ├── DeadlockEvent          a wait-for cycle between threads and/or tasks
     ├── HangEvent              no progress without a cycle: everyone's stack
     ├── SlowCallbackEvent      the event loop was blocked longer than a threshold
+    ├── BlockingCallEvent      a known blocking call made on an event loop's thread
     ├── ResourceSampleEvent    one psutil sample of the process
     └── MarkEvent              a free-form instant (run start/end, user marks)
 """
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = [
+    "BlockingCallEvent",
     "DeadlockEvent",
     "Event",
     "Frame",
@@ -155,6 +157,7 @@ class Participant:
     holds: tuple[str, ...] = ()
     holds_sites: tuple[str, ...] = ()  # file:line where it acquired each held lock
     stack: tuple[Frame, ...] = ()
+    wait_s: float = 0.0  # how long it had been waiting when the cycle was reported
 
     @property
     def who(self) -> str:
@@ -252,6 +255,21 @@ class SlowCallbackEvent(Event):
     culprit: Frame | None
     samples: tuple[tuple[Frame, ...], ...] = ()
     task_created_at: str | None = None
+    detected_after_s: float | None = None  # from the stall's start to the watchdog noticing it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockingCallEvent(Event):
+    """A known blocking call (``time.sleep``, a blocking socket call, a thread wait) made on a
+    thread that runs an event loop: ``site`` is the caller's ``file:line``."""
+
+    kind: ClassVar[str] = "blocking_call"
+
+    loop_id: int
+    call: str  # "time.sleep", "socket.recv", "threading.Event.wait", ...
+    site: str
+    duration_s: float
+    stack: tuple[Frame, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

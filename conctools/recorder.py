@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _thread
 import logging
+import operator
 import os
 import sys
 import threading
@@ -261,24 +262,69 @@ class Snapshot:
 
 
 class _SpanShard:
-    """The span aggregates one thread writes; only its own thread mutates it."""
+    """One thread's unsealed chunk of raw spans; only its own thread appends to it."""
 
-    __slots__ = ("aggs", "thread")
+    __slots__ = ("chunk", "thread")
 
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
-        # name -> [count, errors, cancelled, Histogram]
-        self.aggs: dict[str, list[Any]] = {}
+        self.chunk: list[tuple[Any, ...]] = []
 
 
-_SPAN = 0  # tag of a raw span tuple in the ring
+# Raw span tuples are (start_ns, end_ns, name, span_id, parent_id, outcome, exc_type, task_name, args).
+# Threads append them to their own chunk; a full chunk is sealed into the shared ring of chunks,
+# and chunks that fall off the ring are folded into the aggregates. Per call that is one tuple
+# and one list.append: the cheapest exact scheme that needs no lock on the hot path.
+_CHUNK = 256
+
+
+def _fold(aggs: dict[str, list[int]], chunk: list[tuple[Any, ...]]) -> None:
+    """Add raw spans to ``aggs`` (name -> [count, errors, cancelled, total_ns, max_ns]).
+
+    This runs once per span in steady state (when spans fall off the ring), so it works on
+    whole columns with C-level ``zip``/``map``/``sum`` rather than a Python loop per span.
+    """
+    if not chunk:
+        return
+    starts, ends, names, _ids, _parents, outcomes, *_rest = zip(*chunk)
+    durations = list(map(operator.sub, ends, starts))
+    if len(set(names)) == 1:
+        groups: dict[str, tuple[list[int], Any]] = {names[0]: (durations, outcomes)}
+    else:
+        groups = {}
+        for name, d, outcome in zip(names, durations, outcomes):
+            group = groups.get(name)
+            if group is None:
+                group = groups[name] = ([], [])
+            group[0].append(d)
+            group[1].append(outcome)
+    for name, (ds, outs) in groups.items():
+        agg = aggs.get(name)
+        if agg is None:
+            agg = aggs[name] = [0, 0, 0, 0, 0]
+        agg[0] += len(ds)
+        ok = outs.count("ok")
+        if ok != len(outs):
+            cancelled = outs.count("cancelled")
+            agg[1] += len(outs) - ok - cancelled
+            agg[2] += cancelled
+        agg[3] += sum(ds)
+        agg[4] = max(agg[4], max(ds))
+
+
+def _percentile(sorted_values: list[int], q: float) -> int:
+    """The nearest-rank ``q``-quantile of an ascending list (0 when empty)."""
+    if not sorted_values:
+        return 0
+    rank = max(1, -(-int(q * len(sorted_values) * 1_000_000) // 1_000_000))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 class Recorder:
     """Bounded, thread-safe store of events and aggregates.
 
-    ``capacity`` bounds the ring buffer of recent events; aggregates (counts per kind,
-    span statistics) cover every event ever recorded, evicted or not.
+    ``capacity`` bounds the events kept (the most recent ones); aggregates (counts per
+    kind, span statistics) cover every event ever recorded, evicted or not.
     """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
@@ -288,14 +334,17 @@ class Recorder:
         self.started_ns = time.monotonic_ns()
         self.started_wall = time.time()
         self.meta: dict[str, Any] = {"pid": os.getpid(), "python": sys.version.split()[0]}
-        self._ring: deque[Any] = deque(maxlen=capacity)
+        self._ring: deque[Event] = deque(maxlen=capacity)
         self._lock = _thread.allocate_lock()  # a plain lock: never a traced one
         self._counts: dict[str, int] = {}
         self._sinks: list[Sink] = []
         self._sections: dict[str, SectionProvider] = {}
         self._local = threading.local()
         self._shards: list[_SpanShard] = []
-        self._retired: dict[str, list[Any]] = {}
+        # Sealed chunks of spans: (thread, chunk), oldest first, bounded by capacity.
+        self._chunks: deque[tuple[threading.Thread, list[tuple[Any, ...]]]] = deque()
+        self._kept = 0  # spans in sealed chunks; at most capacity + one chunk
+        self._folded: dict[str, list[int]] = {}  # aggregates of spans no longer kept
 
     # ---- sinks and sections ----
     def add_sink(self, sink: Sink) -> None:
@@ -330,15 +379,6 @@ class Recorder:
         except Exception:  # observation must never break the program
             _log.exception("conctools: failed to record %s", type(event).__name__)
 
-    def _shard(self) -> _SpanShard:
-        shard = _SpanShard(threading.current_thread())
-        self._local.shard = shard
-        with self._lock:
-            self._shards.append(shard)
-            if len(self._shards) > 512:
-                self._retire_dead_shards()
-        return shard
-
     def record_span(
         self,
         name: str,
@@ -351,26 +391,54 @@ class Recorder:
         task_name: str | None,
         args: str | None = None,
     ) -> None:
-        """Record one finished span (the ``@traced`` hot path: no lock, no allocation of events)."""
+        """Record one finished span: the ``@traced`` hot path (no lock, no event object)."""
         try:
             shard = self._local.shard
         except AttributeError:
-            shard = self._shard()
-        agg = shard.aggs.get(name)
-        if agg is None:
-            agg = shard.aggs[name] = [0, 0, 0, Histogram()]
-        agg[0] += 1
-        if outcome != "ok":
-            if outcome == "cancelled":
-                agg[2] += 1
-            else:
-                agg[1] += 1
-        agg[3].add(end_ns - start_ns)
-        self._ring.append(
-            (_SPAN, shard.thread, name, span_id, parent_id, start_ns, end_ns, outcome, exc_type, task_name, args)
-        )
+            shard = self._new_shard()
+        chunk = shard.chunk
+        chunk.append((start_ns, end_ns, name, span_id, parent_id, outcome, exc_type, task_name, args))
+        if len(chunk) >= _CHUNK:
+            self._seal(shard)
         if self._sinks:
-            self._emit(self._materialize(self._ring[-1]))
+            self._emit(self._materialize(shard.thread, chunk[-1] if chunk else self._chunks[-1][1][-1]))
+
+    def _new_shard(self) -> _SpanShard:
+        shard = _SpanShard(threading.current_thread())
+        self._local.shard = shard
+        with self._lock:
+            self._shards.append(shard)
+            if len(self._shards) > 256:
+                self._retire_dead_shards()
+        return shard
+
+    def _seal(self, shard: _SpanShard) -> None:
+        """Move a full chunk into the ring of chunks (called by the shard's own thread)."""
+        chunk, shard.chunk = shard.chunk, []
+        with self._lock:
+            self._push_chunk(shard.thread, chunk)
+
+    def _push_chunk(self, thread: threading.Thread, chunk: list[tuple[Any, ...]]) -> None:
+        """Append a sealed chunk; fold the oldest ones out past capacity (caller holds the lock)."""
+        if not chunk:
+            return
+        self._chunks.append((thread, chunk))
+        self._kept += len(chunk)
+        while self._kept - len(self._chunks[0][1]) >= self.capacity:
+            _, old = self._chunks.popleft()
+            self._kept -= len(old)
+            _fold(self._folded, old)
+
+    def _retire_dead_shards(self) -> None:
+        """Seal the chunks of finished threads and forget their shards (caller holds the lock)."""
+        alive = []
+        for shard in self._shards:
+            if shard.thread.is_alive():
+                alive.append(shard)
+            else:
+                chunk, shard.chunk = shard.chunk, []
+                self._push_chunk(shard.thread, chunk)
+        self._shards = alive
 
     def _emit(self, event: Event) -> None:
         for sink in self._sinks:
@@ -382,10 +450,8 @@ class Recorder:
 
     # ---- reading ----
     @staticmethod
-    def _materialize(raw: Any) -> Event:
-        if isinstance(raw, Event):
-            return raw
-        _, thread, name, span_id, parent_id, start_ns, end_ns, outcome, exc_type, task_name, args = raw
+    def _materialize(thread: threading.Thread, raw: tuple[Any, ...]) -> SpanEvent:
+        start_ns, end_ns, name, span_id, parent_id, outcome, exc_type, task_name, args = raw
         return SpanEvent(
             ts_ns=start_ns,
             thread_id=thread.ident or 0,
@@ -400,63 +466,54 @@ class Recorder:
             args=args,
         )
 
-    def _retire_dead_shards(self) -> None:
-        """Fold shards of finished threads into one (caller holds ``_lock``)."""
-        alive = []
-        for shard in self._shards:
-            if shard.thread.is_alive():
-                alive.append(shard)
-                continue
-            for name, (count, errors, cancelled, hist) in shard.aggs.items():
-                into = self._retired.setdefault(name, [0, 0, 0, Histogram()])
-                into[0] += count
-                into[1] += errors
-                into[2] += cancelled
-                into[3].merge(hist)
-        self._shards = alive
-
-    def span_stats(self) -> tuple[SpanStats, ...]:
-        """Aggregates per span name over every span recorded, slowest total first."""
+    def _span_chunks(self) -> list[tuple[threading.Thread, list[tuple[Any, ...]]]]:
+        """Every kept chunk of raw spans: sealed ones and live threads' current ones (copies)."""
         with self._lock:
             self._retire_dead_shards()
-            merged: dict[str, list[Any]] = {}
-            for name, (count, errors, cancelled, hist) in self._retired.items():
-                m = merged.setdefault(name, [0, 0, 0, Histogram()])
-                m[0] += count
-                m[1] += errors
-                m[2] += cancelled
-                m[3].merge(hist)
-            for shard in self._shards:
-                for name, agg in list(shard.aggs.items()):
-                    count, errors, cancelled, hist = agg
-                    m = merged.setdefault(name, [0, 0, 0, Histogram()])
-                    m[0] += count
-                    m[1] += errors
-                    m[2] += cancelled
-                    m[3].merge(hist)
-        out = [
-            SpanStats(
-                name=name,
-                count=count,
-                errors=errors,
-                cancelled=cancelled,
-                total_s=hist.total_ns / 1e9,
-                max_s=hist.max_ns / 1e9,
-                p50_s=hist.percentile_ns(0.50) / 1e9,
-                p95_s=hist.percentile_ns(0.95) / 1e9,
-                p99_s=hist.percentile_ns(0.99) / 1e9,
+            chunks = list(self._chunks)
+            live = [(shard.thread, shard.chunk[:]) for shard in self._shards]
+        return chunks + [c for c in live if c[1]]
+
+    def span_stats(self) -> tuple[SpanStats, ...]:
+        """Aggregates per span name, slowest total first.
+
+        Counts, errors, totals and maxima cover every span ever recorded; percentiles are
+        exact over the spans still kept (the most recent ``capacity``), which is every span
+        of most runs: folding a histogram per evicted span would cost more than the span.
+        """
+        with self._lock:
+            merged = {name: list(agg) for name, agg in self._folded.items()}
+        window: dict[str, list[int]] = {}
+        for _thread_obj, chunk in self._span_chunks():
+            _fold(merged, chunk)
+            for start_ns, end_ns, name, *_rest in chunk:
+                window.setdefault(name, []).append(end_ns - start_ns)
+        out = []
+        for name, (count, errors, cancelled, total_ns, max_ns) in merged.items():
+            recent = sorted(window.get(name, ()))
+            out.append(
+                SpanStats(
+                    name=name,
+                    count=count,
+                    errors=errors,
+                    cancelled=cancelled,
+                    total_s=total_ns / 1e9,
+                    max_s=max_ns / 1e9,
+                    p50_s=_percentile(recent, 0.50) / 1e9,
+                    p95_s=_percentile(recent, 0.95) / 1e9,
+                    p99_s=_percentile(recent, 0.99) / 1e9,
+                )
             )
-            for name, (count, errors, cancelled, hist) in merged.items()
-        ]
         out.sort(key=lambda s: (-s.total_s, s.name))
         return tuple(out)
 
     def events(self) -> list[Event]:
-        """The events still in the ring buffer, oldest first."""
-        raw = list(self._ring)
-        events = [self._materialize(r) for r in raw]
+        """The most recent ``capacity`` events (spans materialised), oldest first."""
+        events: list[Event] = list(self._ring)
+        for thread, chunk in self._span_chunks():
+            events.extend(self._materialize(thread, raw) for raw in chunk)
         events.sort(key=lambda e: e.ts_ns)
-        return events
+        return events[-self.capacity :]
 
     def counts(self) -> dict[str, int]:
         """Exact number of events recorded per kind (including evicted ones)."""
@@ -470,9 +527,13 @@ class Recorder:
     def snapshot(self) -> Snapshot:
         """A consistent-enough copy of everything recorded, for reporters."""
         events = tuple(self.events())
-        counts = self.counts()
         with self._lock:
             providers = dict(self._sections)
+            counts = dict(self._counts)
+        spans = self.span_stats()
+        span_count = sum(s.count for s in spans)
+        if span_count:
+            counts["span"] = span_count
         sections: dict[str, Any] = {}
         for name, provider in providers.items():
             try:
@@ -487,19 +548,24 @@ class Recorder:
             events=events,
             counts=counts,
             dropped=max(0, total - len(events)),
-            spans=self.span_stats(),
+            spans=spans,
             sections=sections,
             meta=dict(self.meta),
         )
 
     def clear(self) -> None:
-        """Forget every event and aggregate (sinks and sections stay)."""
+        """Forget every event and aggregate (sinks and sections stay).
+
+        Spans a thread is recording at this very moment may survive the clear.
+        """
         with self._lock:
             self._ring.clear()
             self._counts.clear()
+            self._chunks.clear()
+            self._kept = 0
+            self._folded.clear()
             for shard in self._shards:
-                shard.aggs.clear()
-            self._retired.clear()
+                shard.chunk.clear()
             self.started_ns = time.monotonic_ns()
             self.started_wall = time.time()
 

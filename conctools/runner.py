@@ -20,8 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conctools.profiling import Profile, ProfileError
 from conctools.recorder import Recorder, Snapshot, use_recorder
 from conctools.reporting import render_json, render_text
+from conctools.reporting.html import render_html
+from conctools.reporting.trace import render_trace
+from conctools.resources import sample_resources
 from conctools.tracing import ContextFilter
 
 __all__ = ["RunOptions", "instrumented", "run_program", "write_reports"]
@@ -40,6 +44,9 @@ class RunOptions:
     capacity: int = 100_000
     report: bool = True
     log_level: str | None = None
+    profile: bool = False
+    profile_clock: str = "wall"
+    sample_interval_s: float | None = 0.5  # None or 0: no resource sampling
 
     @property
     def command(self) -> str:
@@ -57,7 +64,36 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
         stack.enter_context(use_recorder(recorder))
         if options.log_level:
             stack.enter_context(_stderr_logging(options.log_level))
+        if options.sample_interval_s:
+            stack.enter_context(sample_resources(options.sample_interval_s, recorder=recorder))
+        if options.profile:
+            _enter_profile(stack, options, recorder)
         yield stack
+
+
+def _enter_profile(stack: contextlib.ExitStack, options: RunOptions, recorder: Recorder) -> None:
+    """Profile the program; with ``out_dir``, save the profile files once the profile stopped."""
+    clock = "cpu" if options.profile_clock == "cpu" else "wall"
+    prof = Profile(clock, recorder=recorder)
+    if options.out_dir is not None:
+        # Pushed before the profile is entered, so it runs after the profile has stopped.
+        stack.callback(_save_profile, prof, options.out_dir)
+    try:
+        stack.enter_context(prof)
+    except ProfileError as exc:
+        print(f"conctools: not profiling: {exc}", file=sys.stderr)
+
+
+def _save_profile(prof: Profile, out_dir: Path) -> None:
+    """Write ``profile.pstat`` and ``profile.callgrind``; a failure is one line on stderr."""
+    if not prof.functions:  # it never ran (another profiler held yappi)
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        prof.save(out_dir / "profile.pstat", "pstat")
+        prof.save(out_dir / "profile.callgrind", "callgrind")
+    except Exception as exc:
+        print(f"conctools: could not save the profile: {exc}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -137,18 +173,24 @@ def _print_user_traceback() -> None:
     """Print the exception as Python would, without conctools' and runpy's frames."""
     etype, value, tb = sys.exc_info()
     here = os.path.dirname(os.path.abspath(__file__))
+    runpy_files = {runpy.__file__, "<frozen runpy>"}
     while tb is not None and (
-        tb.tb_frame.f_code.co_filename.startswith(here) or tb.tb_frame.f_code.co_filename == runpy.__file__
+        tb.tb_frame.f_code.co_filename.startswith(here) or tb.tb_frame.f_code.co_filename in runpy_files
     ):
         tb = tb.tb_next
     traceback.print_exception(etype, value, tb)
 
 
 def write_reports(snapshot: Snapshot, out_dir: Path) -> list[Path]:
-    """Write ``report.txt`` and ``report.json`` (and what other reporters add) to ``out_dir``."""
+    """Write ``report.txt``, ``report.json``, ``trace.json`` and ``report.html`` to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, content in (("report.txt", render_text(snapshot)), ("report.json", render_json(snapshot))):
+    for name, content in (
+        ("report.txt", render_text(snapshot)),
+        ("report.json", render_json(snapshot)),
+        ("trace.json", render_trace(snapshot)),
+        ("report.html", render_html(snapshot)),
+    ):
         path = out_dir / name
         path.write_text(content, encoding="utf-8")
         written.append(path)

@@ -234,7 +234,10 @@ class Traced:
     def _wrap_sync(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         var_get, var_set, var_reset = _span_var.get, _span_var.set, _span_var.reset
         name, finish, log_args, now, next_id = self.name, self._finish, self.log_args, _now, _next_id
-        get_loop = _get_running_loop
+        get_loop, current = _get_running_loop, _current
+        logger, level, threshold = self.logger, self.level, self.threshold_ns
+        cache = getattr(logger, "_cache", None)
+        cache_get = cache.get if isinstance(cache, dict) and threshold is None else None
 
         @functools.wraps(fn)
         def traced_call(*args: Any, **kwargs: Any) -> Any:
@@ -253,7 +256,16 @@ class Traced:
                 raise
             end = now()
             var_reset(token)
-            finish(span_id, parent, start, end, "ok", None, task_name, args_text)
+            # The success path, inlined: one Python-level call (the recorder) per traced call.
+            if cache_get is not None and cache_get(level) is False and not args_text:
+                try:
+                    current[0].record_span(
+                        name, span_id, parent[0] if parent else None, start, end, "ok", None, task_name
+                    )
+                except Exception:
+                    _internal_log.exception("conctools: failed to record span %r", name)
+            else:
+                finish(span_id, parent, start, end, "ok", None, task_name, args_text)
             return result
 
         return traced_call
@@ -261,6 +273,10 @@ class Traced:
     def _wrap_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         var_get, var_set = _span_var.get, _span_var.set
         name, finish, log_args, now, next_id = self.name, self._finish, self.log_args, _now, _next_id
+        current = _current
+        logger, level, threshold = self.logger, self.level, self.threshold_ns
+        cache = getattr(logger, "_cache", None)
+        cache_get = cache.get if isinstance(cache, dict) and threshold is None else None
 
         @functools.wraps(fn)
         async def traced_coro(*args: Any, **kwargs: Any) -> Any:
@@ -279,7 +295,15 @@ class Traced:
                 raise
             end = now()
             _reset(token, parent)
-            finish(span_id, parent, start, end, "ok", None, task_name, args_text)
+            if cache_get is not None and cache_get(level) is False and not args_text:
+                try:
+                    current[0].record_span(
+                        name, span_id, parent[0] if parent else None, start, end, "ok", None, task_name
+                    )
+                except Exception:
+                    _internal_log.exception("conctools: failed to record span %r", name)
+            else:
+                finish(span_id, parent, start, end, "ok", None, task_name, args_text)
             return result
 
         return traced_coro

@@ -1,0 +1,844 @@
+"""The deadlock and hang watchdog: who waits for whom, and why nothing moves.
+
+A daemon thread, ``conctools-watchdog``, wakes a few times per ``timeout_s`` (a timed wait
+on a plain lock: no busy loop) and looks at the program from outside:
+
+* **Deadlocks.** It builds the *wait-for graph* from the lock registry
+  (:func:`conctools.registry.primitives`): one node per thread or asyncio task, an edge from
+  each waiter to each holder of what it waits on (a semaphore with several holders gives
+  several edges), plus an edge from a suspended task to the party that blocks its event
+  loop thread in a synchronous wait. Threads and tasks share the graph, so a thread waiting
+  on a lock held by a task, and the reverse, close cycles too. A cycle whose every wait has
+  lasted ``timeout_s`` (and has no timeout of its own) is a deadlock; each one is reported
+  once, as a :class:`~conctools.events.DeadlockEvent`, to the recorder and the callback.
+* **Hangs without a cycle** (an Event nobody sets, a lost wake-up, a pool waiting on
+  itself, a queue nobody feeds, a join of a thread that never ends): when every thread is
+  blocked *forever* (a wait without a timeout on a primitive, a ``Thread.join``, an idle
+  pool worker, an event loop with pending tasks and nothing that could wake it) and nothing
+  progressed for ``timeout_s``, it reports every thread's and task's stack and what each
+  waits on (:class:`~conctools.events.HangEvent`). A thread running Python code, sleeping,
+  in ``select()``/``recv()`` or in any wait with a timeout is *not* blocked forever: healthy
+  idle programs are never reported.
+
+The graph and the cycle search are pure functions of registry records
+(:func:`build_wait_graph`, :func:`find_deadlocks`), apart from the thread that drives them,
+in the spirit of asyncio's ``tools.py``. The watchdog reads only atomic copies and plain
+``_thread`` locks, never a program lock, so it cannot deadlock itself, and it never raises
+into the program.
+
+Exit statuses used by ``conctools run`` when it stops a stuck program:
+
+* :data:`EXIT_DEADLOCK` (86): a deadlock was found; the report is on stderr.
+* :data:`EXIT_HANG` (87): a hang was found; the report is on stderr.
+
+>>> import conctools
+>>> with conctools.watch_deadlocks(timeout_s=5.0) as watchdog:
+...     pass
+>>> watchdog.deadlocks
+[]
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Literal
+
+from conctools import registry, taskdump
+from conctools._context import frames_of, user_frame
+from conctools.events import DeadlockEvent, Frame, HangEvent, Participant, WaiterInfo
+from conctools.recorder import Recorder, get_recorder
+from conctools.registry import Party, PrimitiveState
+
+__all__ = [
+    "EXIT_DEADLOCK",
+    "EXIT_HANG",
+    "DeadlockError",
+    "DeadlockWatchdog",
+    "PartyKey",
+    "ThreadState",
+    "WaitEdge",
+    "WaitGraph",
+    "build_wait_graph",
+    "classify_thread",
+    "cycle_key",
+    "find_deadlocks",
+    "stuck_parties",
+    "watch_deadlocks",
+]
+
+_log = logging.getLogger("conctools.deadlock")
+
+#: Exit status of ``conctools run`` when it found a deadlock (and printed the report).
+EXIT_DEADLOCK = 86
+#: Exit status of ``conctools run`` when it found a hang without a cycle (and printed the report).
+EXIT_HANG = 87
+
+WATCHDOG_THREAD_NAME = "conctools-watchdog"
+
+# A node of the wait-for graph: ("thread", thread_id) or ("task", id(task)).
+PartyKey = tuple[str, int]
+
+_get_ident = _thread.get_ident
+_STDLIB_DIR = os.path.dirname(threading.__file__) + os.sep
+_THREADING_PY = _STDLIB_DIR + "threading.py"
+_QUEUE_PY = _STDLIB_DIR + "queue.py"
+_FUTURES_DIR = _STDLIB_DIR + "concurrent" + os.sep + "futures" + os.sep
+_SELECTORS_PY = _STDLIB_DIR + "selectors.py"
+_ASYNCIO_DIR = _STDLIB_DIR + "asyncio" + os.sep
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# Frames that belong to the waiting machinery rather than to the program.
+_MACHINERY = (_THREADING_PY, _QUEUE_PY, _FUTURES_DIR, _PKG_DIR)
+# Machinery frames that start a thread or a job: where the program's own code begins.
+_BOUNDARIES = frozenset({"run", "_bootstrap", "_bootstrap_inner", "_worker"})
+
+
+class DeadlockError(RuntimeError):
+    """A wait-for cycle: raised in the main thread by ``watch_deadlocks(raise_in="main")``.
+
+    ``cycle`` holds the participants (each with what it waits for, who holds it and where),
+    ``event`` the recorded :class:`~conctools.events.DeadlockEvent`.
+    """
+
+    def __init__(self, cycle: tuple[Participant, ...], event: DeadlockEvent) -> None:
+        self.cycle = cycle
+        self.event = event
+        super().__init__(describe_cycle(cycle))
+
+
+def describe_cycle(cycle: Sequence[Participant]) -> str:
+    """One line per participant: ``thread 'a' waits for Lock 'b' held by thread 'b'``."""
+    parts = [f"{p.who} waits for {p.waits_for} held by {p.held_by} at {p.wait_site}" for p in cycle]
+    return "deadlock: " + "; ".join(parts)
+
+
+# -- the wait-for graph (pure) -------------------------------------------------------------
+
+
+def party_key(party: Party) -> PartyKey:
+    """The graph node of ``party``: its task when it is a task, else its thread."""
+    if party.task_id is not None:
+        return ("task", party.task_id)
+    return ("thread", party.thread_id)
+
+
+def prim_label(prim: PrimitiveState) -> str:
+    """``Lock 'name'``: how reports name a primitive."""
+    return f"{prim.kind} {prim.name!r}"
+
+
+def _is_sync_kind(kind: str) -> bool:
+    """A threading primitive: waiting on it blocks the whole thread (and its event loop)."""
+    return not kind.startswith("aio.")
+
+
+def _reentrant(kind: str) -> bool:
+    return kind in ("RLock",) or kind.endswith(".RLock")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitEdge:
+    """``waiter`` waits for ``holder``: on ``prim``, or (``prim is None``) for its event loop
+    thread, which ``holder`` blocks in a synchronous wait."""
+
+    waiter: Party
+    holder: Party
+    prim: PrimitiveState | None
+
+    @property
+    def waiter_key(self) -> PartyKey:
+        return party_key(self.waiter)
+
+    @property
+    def holder_key(self) -> PartyKey:
+        return party_key(self.holder)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitGraph:
+    """The wait-for graph at one instant.
+
+    ``edges`` maps each waiting party to its out-edges; ``waits`` maps it to the primitive
+    it waits on (its own registry record); ``holds`` maps every party to what it holds.
+    """
+
+    edges: Mapping[PartyKey, tuple[WaitEdge, ...]]
+    waits: Mapping[PartyKey, tuple[Party, PrimitiveState]]
+    holds: Mapping[PartyKey, tuple[tuple[PrimitiveState, Party], ...]]
+
+
+def build_wait_graph(prims: Iterable[PrimitiveState]) -> WaitGraph:
+    """The wait-for graph of ``prims`` (registry records): pure, never touches the program.
+
+    An RLock's owner waiting on its own RLock is re-entry in progress, not an edge.
+    """
+    prims = tuple(prims)
+    edges: dict[PartyKey, list[WaitEdge]] = {}
+    waits: dict[PartyKey, tuple[Party, PrimitiveState]] = {}
+    holds: dict[PartyKey, list[tuple[PrimitiveState, Party]]] = {}
+    # Per thread: the party blocking it synchronously (a thread, or a task in a sync wait).
+    sync_blockers: dict[int, Party] = {}
+    for prim in prims:
+        for holder in prim.holders:
+            holds.setdefault(party_key(holder), []).append((prim, holder))
+        for waiter in prim.waiters:
+            key = party_key(waiter)
+            waits.setdefault(key, (waiter, prim))
+            if _is_sync_kind(prim.kind):
+                sync_blockers.setdefault(waiter.thread_id, waiter)
+            for holder in prim.holders:
+                if party_key(holder) == key and _reentrant(prim.kind):
+                    continue
+                edges.setdefault(key, []).append(WaitEdge(waiter=waiter, holder=holder, prim=prim))
+    # A suspended task that holds something but waits on nothing in the registry still cannot
+    # run while a synchronous wait blocks its event loop thread: it waits for that party.
+    for key, held in holds.items():
+        if key[0] != "task" or key in waits:
+            continue
+        holder = held[0][1]
+        blocker = sync_blockers.get(holder.thread_id)
+        if blocker is not None and party_key(blocker) != key:
+            edges.setdefault(key, []).append(WaitEdge(waiter=holder, holder=blocker, prim=None))
+    return WaitGraph(
+        edges={k: tuple(v) for k, v in edges.items()},
+        waits=waits,
+        holds={k: tuple(v) for k, v in holds.items()},
+    )
+
+
+def stuck_parties(graph: WaitGraph, *, now_ns: int | None = None, min_wait_s: float = 0.0) -> frozenset[PartyKey]:
+    """The parties that can never proceed: each waits, without a timeout, for ``min_wait_s``
+    at least, and every holder of what it waits on is itself stuck.
+
+    A waiter is released when ANY holder releases (a semaphore with several holders), so a
+    party stays in the set only while all of its edges lead back into the set (the greatest
+    fixpoint): cycles whose exits are all blocked, and the parties queued behind them.
+    """
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    min_wait_ns = int(min_wait_s * 1e9)
+
+    def blocked(key: PartyKey) -> bool:
+        wait = graph.waits.get(key)
+        if wait is None:  # a task waiting for its loop thread: as stuck as that thread's waiter
+            return True
+        party = wait[0]
+        return party.timeout_s is None and now - party.since_ns >= min_wait_ns
+
+    stuck = {key for key, out in graph.edges.items() if out and blocked(key)}
+    changed = True
+    while changed:
+        changed = False
+        for key in list(stuck):
+            if any(edge.holder_key not in stuck for edge in graph.edges[key]):
+                stuck.discard(key)
+                changed = True
+    return frozenset(stuck)
+
+
+def _elementary_cycles(edges: Mapping[PartyKey, Sequence[PartyKey]], limit: int) -> list[list[PartyKey]]:
+    return taskdump.find_await_cycles(edges)[:limit]
+
+
+def find_deadlocks(
+    graph: WaitGraph, *, now_ns: int | None = None, min_wait_s: float = 0.0, limit: int = 16
+) -> list[tuple[WaitEdge, ...]]:
+    """The deadlock cycles of ``graph``: each a tuple of edges, waiter of one = holder of the
+    previous, among parties that are :func:`stuck <stuck_parties>`. Pure.
+
+    >>> find_deadlocks(build_wait_graph([]))
+    []
+    """
+    stuck = stuck_parties(graph, now_ns=now_ns, min_wait_s=min_wait_s)
+    if not stuck:
+        return []
+    adjacency: dict[PartyKey, list[PartyKey]] = {}
+    for key in sorted(stuck):
+        targets: list[PartyKey] = []
+        for edge in graph.edges[key]:
+            if edge.holder_key in stuck and edge.holder_key not in targets:
+                targets.append(edge.holder_key)
+        adjacency[key] = targets
+    cycles = []
+    for nodes in _elementary_cycles(adjacency, limit):
+        chain = []
+        for i, node in enumerate(nodes):
+            nxt = nodes[(i + 1) % len(nodes)]
+            edge = next(e for e in graph.edges[node] if e.holder_key == nxt)
+            chain.append(edge)
+        cycles.append(tuple(chain))
+    return cycles
+
+
+def cycle_key(cycle: Sequence[WaitEdge]) -> frozenset[tuple[PartyKey, int]]:
+    """The identity of a cycle (who waits on what), to report each one once."""
+    return frozenset((e.waiter_key, e.prim.prim_id if e.prim is not None else 0) for e in cycle)
+
+
+def participants_of(
+    cycle: Sequence[WaitEdge],
+    graph: WaitGraph,
+    stacks: Mapping[PartyKey, tuple[Frame, ...]],
+    *,
+    now_ns: int | None = None,
+) -> tuple[Participant, ...]:
+    """The cycle as :class:`~conctools.events.Participant` records, in cycle order."""
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    out = []
+    for edge in cycle:
+        key = edge.waiter_key
+        stack = stacks.get(key, ())
+        held = graph.holds.get(key, ())
+        if edge.prim is not None:
+            waits_for = prim_label(edge.prim)
+            waits_for_id = edge.prim.prim_id
+            wait_site = edge.waiter.site
+            since = edge.waiter.since_ns
+        else:
+            waits_for = f"its event loop thread {edge.holder.thread_name!r}"
+            waits_for_id = 0
+            frame = user_frame(stack)
+            wait_site = frame.site if frame is not None else "?"
+            since = edge.holder.since_ns
+        out.append(
+            Participant(
+                thread_id=edge.waiter.thread_id,
+                thread_name=edge.waiter.thread_name,
+                task_name=edge.waiter.task_name,
+                waits_for=waits_for,
+                waits_for_id=waits_for_id,
+                wait_site=wait_site,
+                held_by=edge.holder.who,
+                holds=tuple(prim_label(p) for p, _ in held),
+                holds_sites=tuple(h.site for _, h in held),
+                stack=stack,
+                wait_s=max(0.0, (now - since) / 1e9),
+            )
+        )
+    return tuple(out)
+
+
+# -- what a thread is doing (frames) ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadState:
+    """One thread as the hang detector sees it.
+
+    ``blocked`` means it waits, without a timeout, on something only another thread or task
+    could release; ``join_target`` is the thread it joins, if it joins one.
+    """
+
+    thread_id: int
+    state: str  # "waiting", "joining", "idle", "loop idle forever", "running", "event loop"
+    waits_on: str | None
+    blocked: bool
+    join_target: int | None = None
+    stack: tuple[Frame, ...] = field(default=())
+
+
+def _local(frame: FrameType, name: str) -> Any:
+    """A local of another thread's frame, read-only; ``None`` if it cannot be read."""
+    try:
+        return frame.f_locals.get(name)
+    except Exception:
+        return None
+
+
+def _api_name(frame: FrameType) -> str:
+    """The outermost frame of the waiting machinery (``Event.wait``, ``Queue.get``, ...)."""
+    api = frame
+    f: FrameType | None = frame
+    depth = 0
+    while f is not None and depth < 16:
+        if not f.f_code.co_filename.startswith(_MACHINERY) or f.f_code.co_name in _BOUNDARIES:
+            break
+        if not f.f_code.co_filename.startswith(_PKG_DIR):
+            api = f
+        f = f.f_back
+        depth += 1
+    code = api.f_code
+    qualname = getattr(code, "co_qualname", code.co_name)
+    if api.f_code.co_filename.startswith(_FUTURES_DIR) and qualname == "wait":
+        return "concurrent.futures.wait()"
+    module = "queue" if api.f_code.co_filename == _QUEUE_PY else "threading"
+    if api.f_code.co_filename.startswith(_FUTURES_DIR):
+        module = "concurrent.futures"
+    return f"{module}.{qualname}()"
+
+
+def _on_stack(frame: FrameType | None, filename: str, function: str) -> bool:
+    depth = 0
+    while frame is not None and depth < 200:
+        if frame.f_code.co_name == function and frame.f_code.co_filename == filename:
+            return True
+        frame = frame.f_back
+        depth += 1
+    return False
+
+
+def _describe_prim_wait(party: Party, prim: PrimitiveState) -> str:
+    label = prim_label(prim)
+    if prim.holders:
+        holders = ", ".join(f"{h.who} (since {h.site})" for h in prim.holders)
+        return f"{label} held by {holders}"
+    if prim.kind.endswith("Event"):
+        return f"{label} (not set)"
+    if prim.kind.endswith("Condition"):
+        return f"{label} (waiting for a notify)"
+    return label
+
+
+def classify_thread(
+    thread_id: int,
+    frame: FrameType | None,
+    registry_wait: tuple[Party, PrimitiveState] | None = None,
+    loops: Mapping[int, tuple[bool, str]] | None = None,
+) -> ThreadState:
+    """What thread ``thread_id`` does, from its innermost frame and its registry wait.
+
+    ``loops`` maps a thread id to ``(idle_forever, description)`` of the event loop it
+    runs. Only recognised waits without a timeout count as blocked; anything else (running
+    code, ``time.sleep``, ``recv()``, ``select()`` with timers or sockets, unknown C calls)
+    does not, so a healthy idle program is never called hung.
+    """
+    stack = frames_of(frame)
+    if registry_wait is not None:
+        party, prim = registry_wait
+        blocked = party.timeout_s is None
+        return ThreadState(
+            thread_id=thread_id,
+            state="waiting" if blocked else f"waiting (timeout {party.timeout_s}s)",
+            waits_on=_describe_prim_wait(party, prim) + f", at {party.site}",
+            blocked=blocked,
+            stack=stack,
+        )
+    if frame is None:
+        return ThreadState(thread_id=thread_id, state="unknown", waits_on=None, blocked=False, stack=stack)
+    code = frame.f_code
+    filename, function = code.co_filename, code.co_name
+    if filename == _THREADING_PY and function == "wait":  # Condition.wait, under every threading wait
+        timeout = _local(frame, "timeout")
+        what = _api_name(frame)
+        if timeout is None:
+            return ThreadState(thread_id=thread_id, state="waiting", waits_on=what, blocked=True, stack=stack)
+        return ThreadState(
+            thread_id=thread_id, state=f"waiting (timeout {timeout}s)", waits_on=what, blocked=False, stack=stack
+        )
+    if filename == _THREADING_PY and function in ("_wait_for_tstate_lock", "join"):
+        target = _local(frame, "self")
+        if function == "_wait_for_tstate_lock":
+            forever = _local(frame, "block") is not False and _local(frame, "timeout") in (-1, None)
+        else:
+            forever = _local(frame, "timeout") is None
+        target_id = getattr(target, "ident", None)
+        name = getattr(target, "name", "?")
+        return ThreadState(
+            thread_id=thread_id,
+            state="joining" if forever else "joining (with a timeout)",
+            waits_on=f"threading.Thread.join() of thread {name!r}",
+            blocked=forever,
+            join_target=target_id if isinstance(target_id, int) else None,
+            stack=stack,
+        )
+    if filename.startswith(_FUTURES_DIR) and function == "_worker":
+        return ThreadState(
+            thread_id=thread_id,
+            state="idle",
+            waits_on="work from its ThreadPoolExecutor (an idle pool worker)",
+            blocked=True,
+            stack=stack,
+        )
+    if loops is not None and thread_id in loops and _on_stack(frame, _ASYNCIO_DIR + "base_events.py", "_run_once"):
+        idle_forever, description = loops[thread_id]
+        if filename == _SELECTORS_PY and idle_forever:
+            return ThreadState(
+                thread_id=thread_id, state="loop idle forever", waits_on=description, blocked=True, stack=stack
+            )
+        state = "event loop" if filename == _SELECTORS_PY else "running"
+        return ThreadState(thread_id=thread_id, state=state, waits_on=description, blocked=False, stack=stack)
+    return ThreadState(thread_id=thread_id, state="running", waits_on=None, blocked=False, stack=stack)
+
+
+# -- the watchdog -------------------------------------------------------------------------
+
+DeadlockCallback = Callable[[DeadlockEvent], object]
+HangCallback = Callable[[HangEvent], object]
+
+
+def _frame_signature(frame: FrameType | None) -> tuple[int, int, int]:
+    """Where a thread is, precisely enough to notice that it moved between two scans."""
+    if frame is None:
+        return (0, 0, 0)
+    return (id(frame.f_code), frame.f_lasti, id(frame))
+
+
+def _pick_signal() -> int | None:
+    """A signal to wake the main thread with (a spare real-time one, else SIGUSR2)."""
+    rtmin = getattr(signal, "SIGRTMIN", None)
+    if rtmin is not None:
+        return int(rtmin) + 3
+    usr2 = getattr(signal, "SIGUSR2", None)
+    return int(usr2) if usr2 is not None else None
+
+
+class DeadlockWatchdog:
+    """A daemon thread that finds deadlocks and hangs; see the module docstring.
+
+    ``deadlocks`` and ``hangs`` list what it found (each deadlock once). ``on_deadlock`` and
+    ``on_hang`` are called from the watchdog thread (an exception there is logged, never
+    raised). With ``raise_in="main"`` (started from the main thread, POSIX) a deadlock also
+    raises :class:`DeadlockError` in the main thread, even when it is blocked in a wait.
+
+    >>> watchdog = DeadlockWatchdog(timeout_s=5.0)
+    >>> watchdog.start(); watchdog.stop()
+    >>> watchdog.hangs
+    []
+    """
+
+    def __init__(
+        self,
+        timeout_s: float = 10.0,
+        *,
+        on_deadlock: DeadlockCallback | None = None,
+        on_hang: HangCallback | None = None,
+        raise_in: Literal["main"] | None = None,
+        recorder: Recorder | None = None,
+        detect_hangs: bool = True,
+        interval_s: float | None = None,
+    ) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+        if raise_in not in (None, "main"):
+            raise ValueError(f"raise_in must be None or 'main', got {raise_in!r}")
+        self.timeout_s = float(timeout_s)
+        self.interval_s = interval_s if interval_s is not None else min(1.0, max(0.05, self.timeout_s / 4))
+        self.on_deadlock = on_deadlock
+        self.on_hang = on_hang
+        self.raise_in = raise_in
+        self.detect_hangs = detect_hangs
+        self.deadlocks: list[DeadlockEvent] = []
+        self.hangs: list[HangEvent] = []
+        self._recorder = recorder
+        self._stop_lock = _thread.allocate_lock()
+        self._thread: threading.Thread | None = None
+        self._seen: set[frozenset[tuple[PartyKey, int]]] = set()
+        self._live_cycles: set[frozenset[tuple[PartyKey, int]]] = set()
+        self._signatures: dict[int, tuple[int, int, int]] = {}
+        self._all_blocked_since_ns: int | None = None
+        self._hang_reported = False
+        self._pending_raise: DeadlockError | None = None
+        self._signal: int | None = None
+        self._previous_handler: Any = None
+
+    # ---- control ----
+    def start(self) -> None:
+        """Start the watchdog thread (idempotent)."""
+        if self._thread is not None:
+            return
+        if self._recorder is None:
+            self._recorder = get_recorder()
+        if self.raise_in == "main":
+            self._install_raiser()
+        self._stop_lock.acquire()
+        thread = threading.Thread(target=self._run, name=WATCHDOG_THREAD_NAME, daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the watchdog thread and wait for it (promptly: it sleeps on a lock we release)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._thread = None
+        try:
+            self._stop_lock.release()
+        except RuntimeError:
+            pass
+        if thread is not threading.current_thread():
+            thread.join(timeout_s)
+        self._uninstall_raiser()
+
+    def __enter__(self) -> DeadlockWatchdog:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop_lock.acquire(timeout=self.interval_s):
+            try:
+                self.scan()
+            except Exception:  # the watchdog must survive anything the program does
+                _log.exception("conctools: watchdog scan failed")
+        self._stop_lock.release()
+
+    # ---- one scan ----
+    def scan(self) -> tuple[list[DeadlockEvent], HangEvent | None]:
+        """Look once: new deadlocks (each reported once) and a new hang, if any.
+
+        The watchdog thread calls this every ``interval_s``; tests and tools may call it too.
+        """
+        now = time.monotonic_ns()
+        prims = registry.primitives()
+        graph = build_wait_graph(prims)
+        frames = sys._current_frames()
+        new_deadlocks = self._check_deadlocks(graph, frames, now)
+        hang = None
+        if self.detect_hangs:
+            hang = self._check_hang(graph, frames, now)
+        return new_deadlocks, hang
+
+    def _check_deadlocks(self, graph: WaitGraph, frames: Mapping[int, FrameType], now: int) -> list[DeadlockEvent]:
+        if not graph.edges:
+            self._live_cycles = set()
+            return []
+        cycles = find_deadlocks(graph, now_ns=now, min_wait_s=self.timeout_s)
+        self._live_cycles = {cycle_key(c) for c in cycles}
+        fresh = [c for c in cycles if cycle_key(c) not in self._seen]
+        if not fresh:
+            return []
+        tasks = {t.task_id: t for t in taskdump.dump_tasks()}
+        out = []
+        for cycle in fresh:
+            self._seen.add(cycle_key(cycle))
+            stacks = {}
+            for edge in cycle:
+                stacks[edge.waiter_key] = self._stack_of(edge.waiter, edge.prim, frames, tasks)
+            participants = participants_of(cycle, graph, stacks, now_ns=now)
+            first = participants[0]
+            event = DeadlockEvent(
+                ts_ns=now,
+                thread_id=first.thread_id,
+                thread_name=first.thread_name,
+                task_name=first.task_name,
+                participants=participants,
+            )
+            out.append(event)
+            self._report_deadlock(event)
+        return out
+
+    @staticmethod
+    def _stack_of(
+        party: Party, prim: PrimitiveState | None, frames: Mapping[int, FrameType], tasks: Mapping[int, Any]
+    ) -> tuple[Frame, ...]:
+        """A thread's stack; a suspended task's await stack; a task in a sync wait: its thread's."""
+        if party.task_id is not None and (prim is None or not _is_sync_kind(prim.kind)):
+            info = tasks.get(party.task_id)
+            if info is not None:
+                stack: tuple[Frame, ...] = info.stack
+                return stack
+        return frames_of(frames.get(party.thread_id))
+
+    def _report_deadlock(self, event: DeadlockEvent) -> None:
+        self.deadlocks.append(event)
+        if self._recorder is not None:
+            self._recorder.record(event)
+        _log.warning("conctools: %s", describe_cycle(event.participants))
+        if self.on_deadlock is not None:
+            try:
+                self.on_deadlock(event)
+            except Exception:
+                _log.exception("conctools: on_deadlock callback failed")
+        if self.raise_in == "main" and self._signal is not None:
+            self._pending_raise = DeadlockError(event.participants, event)
+            try:
+                signal.pthread_kill(threading.main_thread().ident or 0, self._signal)
+            except Exception:
+                _log.exception("conctools: could not interrupt the main thread")
+
+    def _check_hang(self, graph: WaitGraph, frames: Mapping[int, FrameType], now: int) -> HangEvent | None:
+        me = _get_ident()
+        threads = {t.ident: t for t in threading.enumerate() if t.ident is not None}
+        watched = {
+            tid: frame
+            for tid, frame in frames.items()
+            if tid != me and not getattr(threads.get(tid), "name", "").startswith("conctools-")
+        }
+        signatures = {tid: _frame_signature(frame) for tid, frame in watched.items()}
+        moved = signatures != self._signatures
+        self._signatures = signatures
+        # Sync waits by thread (a task in a threading wait blocks its thread).
+        sync_waits: dict[int, tuple[Party, PrimitiveState]] = {}
+        for party, prim in graph.waits.values():
+            if _is_sync_kind(prim.kind):
+                sync_waits.setdefault(party.thread_id, (party, prim))
+        loops = self._loop_states()
+        states = {tid: classify_thread(tid, f, sync_waits.get(tid), loops) for tid, f in watched.items()}
+        all_blocked = bool(states) and all(s.blocked for s in states.values())
+        if not all_blocked or moved:
+            self._all_blocked_since_ns = now if all_blocked else None
+            if not all_blocked:
+                self._hang_reported = False
+            return None
+        if self._all_blocked_since_ns is None:
+            self._all_blocked_since_ns = now
+        stalled_since = max(self._all_blocked_since_ns, registry.last_progress_ns())
+        if now - stalled_since < self.timeout_s * 1e9 or self._hang_reported:
+            return None
+        if self._live_cycles:  # a deadlock explains it, and was reported as one
+            return None
+        self._hang_reported = True
+        event = self._hang_event(states, threads, now, (now - stalled_since) / 1e9)
+        self.hangs.append(event)
+        if self._recorder is not None:
+            self._recorder.record(event)
+        _log.warning("conctools: %s", event.reason)
+        if self.on_hang is not None:
+            try:
+                self.on_hang(event)
+            except Exception:
+                _log.exception("conctools: on_hang callback failed")
+        return event
+
+    @staticmethod
+    def _loop_states() -> dict[int, tuple[bool, str]]:
+        out: dict[int, tuple[bool, str]] = {}
+        for loop in taskdump.running_loops():
+            tid = taskdump.loop_thread_id(loop)
+            if tid is None:
+                continue
+            idle = taskdump.loop_idle_forever(loop)
+            if idle:
+                pending = len(taskdump.dump_tasks(loop))
+                text = f"its event loop: {pending} pending task(s), and no timer, I/O or ready callback to wake them"
+            else:
+                text = "its event loop: waiting for I/O or timers"
+            out[tid] = (idle, text)
+        return out
+
+    @staticmethod
+    def _hang_event(
+        states: Mapping[int, ThreadState], threads: Mapping[int, threading.Thread], now: int, stalled_s: float
+    ) -> HangEvent:
+        def name_of(tid: int) -> str:
+            t = threads.get(tid)
+            return t.name if t is not None else f"thread-{tid}"
+
+        waiters = []
+        main_id = threading.main_thread().ident
+        for tid in sorted(states, key=lambda t: (t != main_id, name_of(t))):
+            s = states[tid]
+            waits_on = s.waits_on
+            if s.join_target is not None:
+                target = states.get(s.join_target)
+                if target is not None and target.waits_on:
+                    waits_on = f"{waits_on}, which waits on {target.waits_on}"
+                elif target is None and s.join_target not in threads:
+                    waits_on = f"{waits_on} (already finished)"
+            t = threads.get(tid)
+            waiters.append(
+                WaiterInfo(
+                    thread_id=tid,
+                    thread_name=name_of(tid),
+                    task_name=None,
+                    state=s.state,
+                    waits_on=waits_on,
+                    stack=s.stack,
+                    daemon=bool(t.daemon) if t is not None else True,
+                )
+            )
+        tasks = taskdump.dump_tasks()
+        waiters.extend(t.as_waiter_info() for t in tasks)
+        reason = (
+            f"nothing progressed for {stalled_s:.1f}s: all {len(states)} thread(s)"
+            + (f" and {len(tasks)} task(s)" if tasks else "")
+            + " wait forever on something only another waiting one could release"
+        )
+        main = threading.main_thread()
+        return HangEvent(
+            ts_ns=now,
+            thread_id=main.ident or 0,
+            thread_name=main.name,
+            stalled_s=stalled_s,
+            reason=reason,
+            waiters=tuple(waiters),
+        )
+
+    # ---- raising in the main thread ----
+    def _install_raiser(self) -> None:
+        """Install a handler that raises the pending DeadlockError in the main thread.
+
+        A signal interrupts the main thread's blocking wait (lock acquires, joins and
+        select() are interruptible), and Python runs the handler there: its exception
+        propagates out of that wait.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            _log.warning("conctools: raise_in='main' needs the watchdog started in the main thread; ignored")
+            return
+        signum = _pick_signal()
+        if signum is None or not hasattr(signal, "pthread_kill"):
+            _log.warning("conctools: raise_in='main' is not supported on this platform; ignored")
+            return
+        try:
+            previous = signal.getsignal(signum)
+            if previous not in (signal.SIG_DFL, None):
+                _log.warning("conctools: signal %d is in use; raise_in='main' ignored", signum)
+                return
+            signal.signal(signum, self._raise_pending)
+        except (ValueError, OSError):
+            _log.warning("conctools: could not install the raise_in='main' handler", exc_info=True)
+            return
+        self._signal = signum
+        self._previous_handler = previous
+
+    def _raise_pending(self, signum: int, frame: FrameType | None) -> None:
+        error, self._pending_raise = self._pending_raise, None
+        if error is not None:
+            raise error
+
+    def _uninstall_raiser(self) -> None:
+        if self._signal is None:
+            return
+        try:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(self._signal, self._previous_handler or signal.SIG_DFL)
+                self._signal = None
+        except (ValueError, OSError):
+            _log.debug("conctools: could not restore signal %s", self._signal, exc_info=True)
+
+
+@contextmanager
+def watch_deadlocks(
+    timeout_s: float = 10.0,
+    *,
+    on_deadlock: DeadlockCallback | None = None,
+    on_hang: HangCallback | None = None,
+    raise_in: Literal["main"] | None = None,
+    recorder: Recorder | None = None,
+    detect_hangs: bool = True,
+) -> Iterator[DeadlockWatchdog]:
+    """Watch the block for deadlocks and hangs (a :class:`DeadlockWatchdog` thread).
+
+    Waits are seen on traced primitives (``conctools.Lock`` & co, or everything created
+    under :func:`conctools.trace_locks`); joins, pool workers and stdlib waits are also
+    recognised from the threads' frames for hang detection.
+
+    >>> import conctools
+    >>> with conctools.trace_locks(), conctools.watch_deadlocks(timeout_s=2.0, on_deadlock=print) as wd:
+    ...     pass
+    >>> wd.deadlocks, wd.hangs
+    ([], [])
+    """
+    watchdog = DeadlockWatchdog(
+        timeout_s,
+        on_deadlock=on_deadlock,
+        on_hang=on_hang,
+        raise_in=raise_in,
+        recorder=recorder,
+        detect_hangs=detect_hangs,
+    )
+    watchdog.start()
+    try:
+        yield watchdog
+    finally:
+        watchdog.stop()

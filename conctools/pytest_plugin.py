@@ -1,0 +1,831 @@
+"""The pytest plugin: fail tests that deadlock, hang, block the event loop, invert lock order or leak.
+
+Installed with conctools as a ``pytest11`` entry point and inert until switched on, for the
+whole run (``--conctools`` or ini ``conctools = true``) or per test
+(``@pytest.mark.conctools(...)``). For each test it is on for, it enters, around setup, call
+and teardown, the same instruments ``conctools run`` uses (lock tracing for the locks created
+during the test, lock-order checking, the deadlock/hang watchdog and the event-loop monitor)
+with a recorder of the test's own, and after teardown it checks that the test left no thread
+or asyncio task running.
+
+Settings (each is a flag, an ini key and a marker argument; the marker wins over the flag,
+the flag over the ini file)::
+
+    --conctools / --conctools-off            conctools = true            @pytest.mark.conctools(enabled=...)
+    --conctools-deadlock-timeout SECONDS     conctools_deadlock_timeout  deadlock_timeout=...   (default 10, 0 = off)
+    --conctools-loop-threshold SECONDS       conctools_loop_threshold    loop_threshold=...     (default 0.1, 0 = off)
+    --conctools-no-leak-check / --conctools-leak-check
+                                             conctools_leak_check        leak_check=...         (default on)
+
+A deadlock or hang found while the test's main thread is stuck interrupts that thread (a
+signal whose handler raises, as pytest-timeout's signal method does), so the test fails
+with the report and the next tests run; threads that stay stuck are left behind as daemons
+of a kind (they no longer hold up interpreter exit).
+
+This is a wiring module: it imports producers and reporters alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, overload
+
+import pytest
+
+from conctools._context import frames_of
+from conctools.events import (
+    DeadlockEvent,
+    Event,
+    HangEvent,
+    LockOrderEvent,
+    SlowCallbackEvent,
+)
+from conctools.recorder import Recorder, Snapshot, use_recorder
+
+__all__ = ["ConctoolsFailure", "Settings", "SlowCallbacks"]
+
+_log = logging.getLogger("conctools.pytest")
+
+DEFAULT_DEADLOCK_TIMEOUT_S = 10.0
+DEFAULT_LOOP_THRESHOLD_S = 0.1
+# How long a thread started by the test may take to finish after teardown before it counts as
+# leaked: threads that were told to stop usually need a moment to notice.
+LEAK_GRACE_S = 1.0
+# The signal that interrupts a stuck test thread: a real-time one where there are some, since
+# programs under test rarely use them (pytest-timeout owns SIGALRM).
+_INTERRUPT_SIGNAL: int | None = (
+    int(signal.SIGRTMAX) - 2 if hasattr(signal, "SIGRTMAX") else getattr(signal, "SIGUSR2", None)
+)
+_PROBLEM_KINDS = (DeadlockEvent, LockOrderEvent, HangEvent, SlowCallbackEvent)
+_MARKER_KEYS = ("enabled", "deadlock_timeout", "loop_threshold", "leak_check")
+
+
+class ConctoolsFailure(pytest.fail.Exception):  # type: ignore[name-defined,misc]
+    """A test failed a conctools check: the message says what in one line per problem,
+    ``report`` is the full report (it lands in the test's ``conctools report`` section)."""
+
+    def __init__(self, summary: str, report: str = "") -> None:
+        super().__init__(summary, pytrace=False)
+        self.report = report
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """What the plugin does for one test (resolved marker > flag > ini > default)."""
+
+    enabled: bool = False
+    deadlock_timeout_s: float = DEFAULT_DEADLOCK_TIMEOUT_S  # 0 switches the watchdog off
+    loop_threshold_s: float = DEFAULT_LOOP_THRESHOLD_S  # 0 switches the loop monitor off
+    leak_check: bool = True
+
+
+def _seconds(value: object, what: str) -> float:
+    """A finite, non-negative number of seconds, or ``ValueError`` naming ``what``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: expected a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: expected a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{what}: must be a non-negative number of seconds (0 switches it off), got {value!r}")
+    return seconds
+
+
+def _flag_seconds(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        import argparse
+
+        try:
+            return _seconds(text, name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+
+    parse.__name__ = "seconds"  # argparse names the type in its messages
+    return parse
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ``--conctools*`` flags and the ``conctools*`` ini keys."""
+    group = parser.getgroup("conctools", "conctools: fail tests that deadlock, hang, block the loop or leak")
+    group.addoption(
+        "--conctools",
+        action="store_true",
+        default=None,
+        dest="conctools",
+        help="check every test for deadlocks, hangs, blocked event loops, lock-order inversions and leaks",
+    )
+    group.addoption(
+        "--conctools-off",
+        action="store_false",
+        default=None,
+        dest="conctools",
+        help="switch conctools off (overrides the ini)",
+    )
+    group.addoption(
+        "--conctools-deadlock-timeout",
+        type=_flag_seconds("--conctools-deadlock-timeout"),
+        default=None,
+        metavar="SECONDS",
+        dest="conctools_deadlock_timeout",
+        help="fail a test whose threads or tasks make no progress for this long "
+        f"(default {DEFAULT_DEADLOCK_TIMEOUT_S:g}; 0 = off)",
+    )
+    group.addoption(
+        "--conctools-loop-threshold",
+        type=_flag_seconds("--conctools-loop-threshold"),
+        default=None,
+        metavar="SECONDS",
+        dest="conctools_loop_threshold",
+        help=f"fail a test that blocks its event loop this long (default {DEFAULT_LOOP_THRESHOLD_S:g}; 0 = off)",
+    )
+    group.addoption(
+        "--conctools-no-leak-check",
+        action="store_false",
+        default=None,
+        dest="conctools_leak_check",
+        help="do not fail tests that leave threads or asyncio tasks running",
+    )
+    group.addoption(
+        "--conctools-leak-check",
+        action="store_true",
+        default=None,
+        dest="conctools_leak_check",
+        help="fail tests that leave threads or asyncio tasks running (the default; overrides the ini)",
+    )
+    parser.addini("conctools", "switch conctools' checks on for every test", type="bool", default=False)
+    parser.addini(
+        "conctools_deadlock_timeout", f"deadlock/hang timeout in seconds (default {DEFAULT_DEADLOCK_TIMEOUT_S:g})"
+    )
+    parser.addini(
+        "conctools_loop_threshold", f"slow-callback threshold in seconds (default {DEFAULT_LOOP_THRESHOLD_S:g})"
+    )
+    parser.addini("conctools_leak_check", "fail tests that leak threads or tasks", type="bool", default=True)
+
+
+def _config_settings(config: pytest.Config) -> Settings:
+    """The run-wide settings: flag > ini > default; ``pytest.UsageError`` for a bad ini value."""
+
+    def pick(dest: str, ini: str, default: Any, parse: Callable[[Any], Any]) -> Any:
+        flag = config.getoption(dest, None)
+        if flag is not None:
+            return flag
+        raw = config.getini(ini)
+        if raw in ("", None):
+            return default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise pytest.UsageError(f"ini option {exc}") from None
+
+    return Settings(
+        enabled=bool(pick("conctools", "conctools", False, bool)),
+        deadlock_timeout_s=pick(
+            "conctools_deadlock_timeout",
+            "conctools_deadlock_timeout",
+            DEFAULT_DEADLOCK_TIMEOUT_S,
+            lambda raw: _seconds(raw, "conctools_deadlock_timeout"),
+        ),
+        loop_threshold_s=pick(
+            "conctools_loop_threshold",
+            "conctools_loop_threshold",
+            DEFAULT_LOOP_THRESHOLD_S,
+            lambda raw: _seconds(raw, "conctools_loop_threshold"),
+        ),
+        leak_check=bool(pick("conctools_leak_check", "conctools_leak_check", True, bool)),
+    )
+
+
+def _item_settings(item: pytest.Item, base: Settings) -> Settings:
+    """``base`` overridden by the item's ``conctools`` markers (the closest wins); ``ValueError`` if bad."""
+    markers = list(item.iter_markers("conctools"))
+    if not markers:
+        return base
+    merged: dict[str, Any] = {}
+    for mark in reversed(markers):  # farthest first, so the closest marker overrides
+        if len(mark.args) > 1:
+            raise ValueError(f"takes at most one positional argument (enabled), got {len(mark.args)}")
+        unknown = sorted(set(mark.kwargs) - set(_MARKER_KEYS))
+        if unknown:
+            raise ValueError(f"unknown argument {unknown[0]!r} (expected one of {', '.join(_MARKER_KEYS)})")
+        if mark.args:
+            merged["enabled"] = mark.args[0]
+        merged.update(mark.kwargs)
+    changes: dict[str, Any] = {"enabled": True}
+    for key in ("enabled", "leak_check"):
+        if key in merged:
+            if not isinstance(merged[key], bool):
+                raise ValueError(f"{key} must be True or False, got {merged[key]!r}")
+            changes[key] = merged[key]
+    for key in ("deadlock_timeout", "loop_threshold"):
+        if key in merged:
+            changes[f"{key}_s"] = _seconds(merged[key], key)
+    return dataclasses.replace(base, **changes)
+
+
+_SETTINGS = pytest.StashKey[Settings]()
+_RUNTIME = pytest.StashKey["_Runtime"]()
+_RUN = pytest.StashKey["_TestRun"]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker, resolve the run-wide settings, start the runtime if they switch it on."""
+    config.addinivalue_line(
+        "markers",
+        "conctools(enabled=True, deadlock_timeout=SECONDS, loop_threshold=SECONDS, leak_check=True): "
+        "check this test for deadlocks, hangs, blocked event loops, lock-order inversions and leaks",
+    )
+    settings = _config_settings(config)
+    config.stash[_SETTINGS] = settings
+    if settings.enabled:
+        _start_runtime(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With conctools off for the run, start the runtime only if some test carries the marker."""
+    if _RUNTIME not in config.stash and any(item.get_closest_marker("conctools") for item in items):
+        _start_runtime(config)
+
+
+def _start_runtime(config: pytest.Config) -> None:
+    runtime = _Runtime(config)
+    runtime.install_interrupt()
+    config.stash[_RUNTIME] = runtime
+    config.pluginmanager.register(runtime, "conctools-runtime")
+
+
+# -- leaks ---------------------------------------------------------------------------------------
+
+
+def _program_threads() -> list[threading.Thread]:
+    """Live threads that belong to the program (not conctools' own, not foreign dummies)."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.is_alive() and not t.name.startswith("conctools-") and not isinstance(t, threading._DummyThread)
+    ]
+
+
+def _pending_tasks() -> list[asyncio.Future[Any]]:
+    """Every pending asyncio task of every loop."""
+    from conctools.taskdump import _task_objects
+
+    try:
+        return _task_objects(None)
+    except Exception:
+        _log.exception("conctools: could not list asyncio tasks")
+        return []
+
+
+def _thread_report(thread: threading.Thread, frames: dict[int, FrameType]) -> str:
+    head = f"  thread {thread.name!r} (daemon={thread.daemon})"
+    target = getattr(thread, "_target", None)
+    if target is not None:
+        head += f" running {getattr(target, '__qualname__', repr(target))}"
+    frame = frames.get(thread.ident or -1)
+    stack = frames_of(frame) if frame is not None else ()
+    lines = [head]
+    for f in stack[:8]:
+        lines.append(f"      {f}" + (f"\n        {f.line}" if f.line else ""))
+    return "\n".join(lines)
+
+
+def _tasks_report(tasks: Sequence[asyncio.Future[Any]]) -> str:
+    from conctools.taskdump import dump_tasks, format_task_dump
+
+    wanted = {id(t) for t in tasks}
+    infos = [info for info in dump_tasks() if info.task_id in wanted]
+    if not infos:  # already cancelled by the time we looked: names only
+        return "\n".join(f"  {t!r}" for t in tasks)
+    return "\n".join("  " + line for line in format_task_dump(infos).splitlines())
+
+
+# -- one test ------------------------------------------------------------------------------------
+
+
+class _TestRun:
+    """The instruments, recorder and bookkeeping of one test, from setup to teardown."""
+
+    def __init__(self, runtime: _Runtime, item: pytest.Item, settings: Settings) -> None:
+        self.runtime = runtime
+        self.item = item
+        self.settings = settings
+        self.recorder = Recorder()
+        self.recorder.meta["command"] = f"pytest {item.nodeid}"
+        self.stack = contextlib.ExitStack()
+        self.threads_before: weakref.WeakSet[threading.Thread] = weakref.WeakSet(_program_threads())
+        self.tasks_before: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
+        if settings.leak_check:
+            self.tasks_before.update(_pending_tasks())
+        self.leaked_tasks: list[asyncio.Future[Any]] = []
+        self.reported: dict[int, Event] = {}  # problems already reported in an earlier phase
+        self.stuck = False  # a deadlock or hang was reported: what it left running is no news
+        self.acknowledged_ns = 0  # slow callbacks up to here were consumed by the test (fixture .clear())
+        self.stuck_threads: set[int] = set()  # participants of a reported deadlock or hang
+        self.test_thread = threading.get_ident()
+        self.armed = False  # the test's code is running: an interrupt may be delivered
+        self.interrupt_reason: str | None = None
+        self.started = False
+
+    # ---- instruments ----
+    def start(self) -> None:
+        """Enter every instrument; a failing instrument is logged and left out."""
+        self.started = True
+        self.stack.enter_context(use_recorder(self.recorder))
+        if self.settings.leak_check:
+            self.stack.enter_context(self._catch_runner_leftovers())
+        for name, instrument in self.runtime.instruments(self):
+            try:
+                self.stack.enter_context(instrument)
+            except Exception:
+                _log.exception("conctools: could not start %s for %s", name, self.item.nodeid)
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        try:
+            self.stack.close()
+        except Exception:
+            _log.exception("conctools: could not stop the instruments of %s", self.item.nodeid)
+
+    @contextlib.contextmanager
+    def _catch_runner_leftovers(self) -> Iterator[None]:
+        """Note the tasks ``asyncio.run`` / ``asyncio.Runner`` cancel because they were still pending.
+
+        Those are leaks that the runner hides by cancelling them: catch them just before.
+        """
+        import asyncio.runners as runners
+
+        original = runners._cancel_all_tasks  # type: ignore[attr-defined]
+        run = self
+
+        def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+            try:
+                run.note_leaked_tasks([t for t in asyncio.all_tasks(loop) if not t.done()])
+            except Exception:
+                _log.exception("conctools: could not list the tasks left on %r", loop)
+            original(loop)
+
+        runners._cancel_all_tasks = _cancel_all_tasks  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            runners._cancel_all_tasks = original  # type: ignore[attr-defined]
+
+    def note_leaked_tasks(self, tasks: Sequence[asyncio.Future[Any]]) -> None:
+        for task in tasks:
+            if task in self.tasks_before or task in self.runtime.wider_tasks or task in self.leaked_tasks:
+                continue
+            self.leaked_tasks.append(task)
+
+    # ---- interrupting a stuck test ----
+    def on_problem(self, event: Event) -> None:
+        """Watchdog callback (its own thread): the test is stuck; interrupt it if it is waiting."""
+        if isinstance(event, DeadlockEvent) and self.runtime.is_stale(event):
+            return
+        self.interrupt(f"conctools: {event.kind} detected")
+
+    def interrupt(self, reason: str) -> None:
+        if not self.armed or self.interrupt_reason is not None:
+            return
+        self.interrupt_reason = reason
+        if self.runtime.interrupt_installed and _INTERRUPT_SIGNAL is not None:
+            try:
+                signal.pthread_kill(self.test_thread, _INTERRUPT_SIGNAL)
+            except Exception:
+                _log.exception("conctools: could not interrupt the test thread")
+
+    # ---- checks ----
+    def problems(self) -> Snapshot | None:
+        """A snapshot holding the problems recorded since the last call, or ``None`` if there are none."""
+        snapshot = self.recorder.snapshot()
+        fresh = []
+        for event in snapshot.events:
+            if not isinstance(event, _PROBLEM_KINDS) or id(event) in self.reported:
+                continue
+            if isinstance(event, SlowCallbackEvent) and event.ts_ns <= self.acknowledged_ns:
+                continue
+            if isinstance(event, DeadlockEvent) and self.runtime.is_stale(event):
+                continue
+            fresh.append(event)
+        if not fresh:
+            return None
+        for event in fresh:
+            self.reported[id(event)] = event  # keeps it alive, so its id stays unique
+            if isinstance(event, DeadlockEvent):
+                self.runtime.mark_stale(event)
+                self.stuck_threads.update(p.thread_id for p in event.participants if p.task_name is None)
+            elif isinstance(event, HangEvent):
+                self.stuck_threads.update(w.thread_id for w in event.waiters if w.task_name is None)
+            if isinstance(event, (DeadlockEvent, HangEvent)):
+                self.stuck = True
+        return dataclasses.replace(snapshot, events=tuple(fresh))
+
+    def leaks(self) -> str | None:
+        """The leak report (threads and tasks the test left running), or ``None``."""
+        if not self.settings.leak_check or self.stuck:
+            return None
+        me = threading.current_thread()
+        candidates = [
+            t
+            for t in _program_threads()
+            if t is not me
+            and t not in self.threads_before
+            and t not in self.runtime.wider_threads
+            and t.ident not in self.stuck_threads
+            and t.ident not in self.runtime.stuck_threads
+        ]
+        deadline = time.monotonic() + LEAK_GRACE_S
+        for t in candidates:
+            t.join(max(0.0, deadline - time.monotonic()))
+        threads = [t for t in candidates if t.is_alive()]
+        self.note_leaked_tasks(_pending_tasks())
+        tasks = self.leaked_tasks
+        if not threads and not tasks:
+            return None
+        parts = []
+        if threads:
+            frames = sys._current_frames()
+            parts.append(
+                f"Leaked threads ({len(threads)}): still running {LEAK_GRACE_S:g} s after the test ended\n"
+                + "\n".join(_thread_report(t, frames) for t in threads)
+            )
+        if tasks:
+            parts.append(
+                f"Leaked asyncio tasks ({len(tasks)}): still pending after the test ended\n" + _tasks_report(tasks)
+            )
+        return "\n\n".join(parts)
+
+
+# -- the per-session runtime ---------------------------------------------------------------------
+
+
+def _render_problems(snapshot: Snapshot) -> str:
+    """The problem sections of the text report (deadlocks, inversions, hangs, slow callbacks)."""
+    from conctools.reporting.text import SECTIONS
+
+    parts = []
+    for priority, section in sorted(SECTIONS, key=lambda s: s[0]):
+        if priority >= 45:  # problems only; statistics go to the report section
+            continue
+        try:
+            text = section(snapshot, False)
+        except Exception as exc:
+            text = f"[section {getattr(section, '__name__', section)!r} failed: {exc!r}]"
+        if text:
+            parts.append(text)
+    if not parts:  # no reporter registered for these kinds yet: plain event lines
+        parts = [_plain_event(e) for e in snapshot.events]
+    return "\n\n".join(parts)
+
+
+def _render_statistics(snapshot: Snapshot) -> str | None:
+    """The statistics sections of the text report (locks, spans, ...), brief; ``None`` if empty."""
+    from conctools.reporting.text import SECTIONS
+
+    parts = []
+    for priority, section in sorted(SECTIONS, key=lambda s: s[0]):
+        if priority < 45:
+            continue
+        try:
+            text = section(snapshot, True)
+        except Exception:
+            text = None
+        if text:
+            parts.append(text)
+    return "\n\n".join(parts) or None
+
+
+def _plain_event(event: Event) -> str:
+    if isinstance(event, SlowCallbackEvent):
+        where = f"\n    at {event.culprit}\n      {event.culprit.line}" if event.culprit else ""
+        return f"Slow callback: {event.callback} blocked the loop for {event.duration_s:.3f} s{where}"
+    return f"{event.kind}: {event!r}"
+
+
+def _one_line(event: Event) -> str:
+    """A one-line summary of a problem, for the terminal summary."""
+    if isinstance(event, DeadlockEvent):
+        who = ", ".join(f"{p.who} waits for {p.waits_for!r} at {p.wait_site}" for p in event.participants)
+        return f"deadlock: {who}"
+    if isinstance(event, LockOrderEvent):
+        return f"lock-order inversion: {' -> '.join(event.cycle)} -> {event.cycle[0] if event.cycle else ''}"
+    if isinstance(event, HangEvent):
+        return f"hang: no progress for {event.stalled_s:.1f} s ({event.reason})"
+    if isinstance(event, SlowCallbackEvent):
+        site = f" at {event.culprit.site}" if event.culprit else ""
+        return f"blocked event loop: {event.callback} for {event.duration_s:.3f} s{site}"
+    return event.kind
+
+
+class _Runtime:
+    """The plugin object registered when conctools is on for some test: the per-test hooks."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.base = config.stash[_SETTINGS]
+        self.wider_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+        self.wider_tasks: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
+        self.stale_waits: set[tuple[int, str | None, int]] = set()
+        self.stuck_threads: set[int] = set()
+        self.failures: list[tuple[str, str, list[str]]] = []  # (nodeid, phase, one-line summaries)
+        self.current: _TestRun | None = None
+        self.interrupt_installed = False
+        self.previous_handler: Any = None
+        self.exit_status = 0
+        self._released: list[threading.Thread] = []
+
+    # ---- what a test's instruments are ----
+    def instruments(self, run: _TestRun) -> list[tuple[str, contextlib.AbstractContextManager[Any]]]:
+        """The instruments for one test, as (name, context manager); features not yet available are left out."""
+        out: list[tuple[str, contextlib.AbstractContextManager[Any]]] = []
+        settings = run.settings
+        with contextlib.suppress(ImportError):
+            from conctools.locks import trace_locks  # type: ignore[import-not-found,unused-ignore]
+
+            out.append(("lock tracing", trace_locks()))
+        if settings.deadlock_timeout_s > 0:
+            with contextlib.suppress(ImportError):
+                from conctools.deadlock import watch_deadlocks  # type: ignore[import-not-found,unused-ignore]
+
+                out.append(
+                    (
+                        "the deadlock watchdog",
+                        watch_deadlocks(
+                            timeout_s=settings.deadlock_timeout_s, on_deadlock=run.on_problem, on_hang=run.on_problem
+                        ),
+                    )
+                )
+        if settings.loop_threshold_s > 0:
+            with contextlib.suppress(ImportError):
+                from conctools.loopmon import monitor_all_loops  # type: ignore[import-not-found,unused-ignore]
+
+                out.append(("the loop monitor", monitor_all_loops(settings.loop_threshold_s)))
+        return out
+
+    # ---- deadlocks already reported ----
+    @staticmethod
+    def _wait_keys(event: DeadlockEvent) -> set[tuple[int, str | None, int]]:
+        return {(p.thread_id, p.task_name, p.waits_for_id) for p in event.participants}
+
+    def is_stale(self, event: DeadlockEvent) -> bool:
+        """True for a deadlock an earlier test already reported (its threads are still stuck in it)."""
+        return bool(event.participants) and self._wait_keys(event) <= self.stale_waits
+
+    def mark_stale(self, event: DeadlockEvent) -> None:
+        self.stale_waits |= self._wait_keys(event)
+
+    # ---- threads stuck for good ----
+    def release_at_exit(self, threads: Sequence[threading.Thread]) -> None:
+        """Do not let threads stuck for good hold up interpreter exit (they were reported)."""
+        stuck = [t for t in threads if not t.daemon and t.is_alive()]
+        if not stuck:
+            return
+        shutdown_locks = getattr(threading, "_shutdown_locks", None)
+        guard = getattr(threading, "_shutdown_locks_lock", None)
+        if shutdown_locks is not None and guard is not None:  # Python <= 3.12
+            with guard:
+                for t in stuck:
+                    shutdown_locks.discard(getattr(t, "_tstate_lock", None))
+            return
+        # Python 3.13+ joins non-daemon threads in C: leave at exit without joining them.
+        if not self._released:
+            threading._register_atexit(self._exit_without_stuck_threads)  # type: ignore[attr-defined]
+        self._released.extend(stuck)
+
+    def _exit_without_stuck_threads(self) -> None:
+        if any(t.is_alive() for t in self._released):
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(self.exit_status)
+
+    # ---- the interrupt signal ----
+    def install_interrupt(self) -> None:
+        """Install the handler that lets the watchdog interrupt a stuck test (main thread only)."""
+        if _INTERRUPT_SIGNAL is None or threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            current = signal.getsignal(_INTERRUPT_SIGNAL)
+            if current not in (signal.SIG_DFL, None):
+                _log.warning("conctools: signal %d is in use; stuck tests cannot be interrupted", _INTERRUPT_SIGNAL)
+                return
+            self.previous_handler = current
+            signal.signal(_INTERRUPT_SIGNAL, self._handle_interrupt)
+            self.interrupt_installed = True
+        except (ValueError, OSError):
+            _log.debug("conctools: cannot install the interrupt handler", exc_info=True)
+
+    def _handle_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        run = self.current
+        if run is None or not run.armed:
+            return
+        run.armed = False
+        raise ConctoolsFailure(run.interrupt_reason or "conctools: interrupted")
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.exit_status = int(exitstatus)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.interrupt_installed and _INTERRUPT_SIGNAL is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(_INTERRUPT_SIGNAL, self.previous_handler or signal.SIG_DFL)
+            self.interrupt_installed = False
+
+    # ---- the test protocol ----
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+        try:
+            settings = _item_settings(item, self.base)
+            bad_marker = None
+        except ValueError as exc:
+            settings, bad_marker = self.base, f"@pytest.mark.conctools: {exc}"
+        if not settings.enabled and bad_marker is None:
+            return (yield)
+        run = _TestRun(self, item, settings)
+        item.stash[_RUN] = run
+        self.current = run
+        if bad_marker is not None:
+            run.interrupt_reason = bad_marker  # the setup phase fails with it
+        else:
+            run.start()
+        try:
+            return (yield)
+        finally:
+            run.stop()
+            self.current = None
+            del item.stash[_RUN]
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        run = item.stash.get(_RUN, None)
+        if run is not None and not run.started and run.interrupt_reason:
+            raise ConctoolsFailure(run.interrupt_reason)
+        return (yield from self._phase(run, "setup"))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        return (yield from self._phase(item.stash.get(_RUN, None), "call"))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+        return (yield from self._phase(item.stash.get(_RUN, None), "teardown"))
+
+    def _phase(self, run: _TestRun | None, phase: str) -> Generator[None, None, None]:
+        """Run one phase armed for interrupts; fail it with the report of what went wrong in it."""
+        if run is None or not run.started:
+            return (yield)
+        run.armed = True
+        try:
+            yield
+        except (KeyboardInterrupt, SystemExit):
+            run.armed = False
+            raise
+        except BaseException:
+            run.armed = False
+            self._check(run, phase)  # a conctools report replaces the test's own error
+            raise
+        run.armed = False
+        self._check(run, phase)
+        return None
+
+    def _check(self, run: _TestRun, phase: str) -> None:
+        """Raise :class:`ConctoolsFailure` with the report of what went wrong in this phase, if anything did."""
+        texts: list[str] = []
+        summaries: list[str] = []
+        snapshot = run.problems()
+        if snapshot is not None:
+            texts.append(_render_problems(snapshot))
+            summaries.extend(_one_line(e) for e in snapshot.events)
+            self.stuck_threads |= run.stuck_threads
+            self.release_at_exit([t for t in threading.enumerate() if t.ident in run.stuck_threads])
+        if phase == "teardown":
+            leaks = run.leaks()
+            if leaks is not None:
+                texts.append(leaks)
+                summaries.append(leaks.splitlines()[0])
+        if not texts:
+            return
+        self.failures.append((run.item.nodeid, phase, summaries))
+        statistics = _render_statistics(run.recorder.snapshot())
+        if statistics:
+            texts.append(statistics)
+        raise ConctoolsFailure("\n".join(f"conctools: {s}" for s in summaries), "\n\n".join(texts)) from None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
+        """Threads and tasks a wider-scoped fixture starts may outlive the test: they are not leaks."""
+        run = self.current
+        if run is None or not run.started or fixturedef.scope == "function":
+            return (yield)
+        threads = set(_program_threads())
+        tasks = set(_pending_tasks()) if run.settings.leak_check else set()
+        try:
+            return (yield)
+        finally:
+            self.wider_threads.update(t for t in _program_threads() if t not in threads)
+            if run.settings.leak_check:
+                self.wider_tasks.update(t for t in _pending_tasks() if t not in tasks)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+        report: pytest.TestReport = yield
+        if call.excinfo is not None and isinstance(call.excinfo.value, ConctoolsFailure):
+            report.sections.append((f"conctools report ({call.when})", call.excinfo.value.report))
+        return report
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.failures:
+            return
+        terminalreporter.write_sep("=", "conctools summary")
+        for nodeid, phase, summaries in self.failures:
+            where = "" if phase == "call" else f" (at {phase})"
+            for line in summaries:
+                terminalreporter.write_line(f"{nodeid}{where}: {line}")
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+def _current_run(request: pytest.FixtureRequest) -> _TestRun | None:
+    node: pytest.Item = request.node
+    return node.stash.get(_RUN, None)
+
+
+@pytest.fixture
+def conctools_recorder(request: pytest.FixtureRequest) -> Iterator[Recorder]:
+    """The recorder of the current test (a fresh current one when conctools is off for it)."""
+    run = _current_run(request)
+    if run is not None:
+        yield run.recorder
+        return
+    with use_recorder() as recorder:
+        yield recorder
+
+
+class SlowCallbacks(Sequence[SlowCallbackEvent]):
+    """The slow callbacks recorded so far in the current test, read live.
+
+    ``clear()`` marks the ones recorded so far as expected: they no longer fail the test.
+    """
+
+    def __init__(self, recorder: Recorder, run: _TestRun | None) -> None:
+        self._recorder = recorder
+        self._run = run
+        self._cleared_ns = 0
+
+    def _events(self) -> list[SlowCallbackEvent]:
+        return [e for e in self._recorder.events() if isinstance(e, SlowCallbackEvent) and e.ts_ns > self._cleared_ns]
+
+    @overload
+    def __getitem__(self, index: int) -> SlowCallbackEvent: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[SlowCallbackEvent]: ...
+    def __getitem__(self, index: int | slice) -> SlowCallbackEvent | Sequence[SlowCallbackEvent]:
+        return self._events()[index]
+
+    def __len__(self) -> int:
+        return len(self._events())
+
+    def __repr__(self) -> str:
+        return f"SlowCallbacks({self._events()!r})"
+
+    def clear(self) -> None:
+        """Forget the slow callbacks recorded so far, and do not fail the test for them."""
+        events = self._recorder.events()
+        self._cleared_ns = max((e.ts_ns for e in events), default=time.monotonic_ns())
+        if self._run is not None:
+            self._run.acknowledged_ns = max(self._run.acknowledged_ns, self._cleared_ns)
+
+
+@pytest.fixture
+def conctools_slow_callbacks(conctools_recorder: Recorder, request: pytest.FixtureRequest) -> SlowCallbacks:
+    """The slow callbacks of the current test (a live sequence of ``SlowCallbackEvent``)."""
+    return SlowCallbacks(conctools_recorder, _current_run(request))
+
+
+@pytest.fixture
+def conctools_locks(conctools_recorder: Recorder) -> Callable[[], Any]:
+    """A function returning the lock table of the current test (the recorder's ``locks`` section)."""
+
+    def lock_table() -> Any:
+        return conctools_recorder.snapshot().sections.get("locks", [])
+
+    return lock_table

@@ -1,0 +1,196 @@
+"""The wait registry: who holds and who waits on every live traced primitive.
+
+Written by the traced primitives (``conctools.locks``, ``conctools.aio`` and the ones
+``trace_locks()`` substitutes), read by the deadlock/hang watchdog, the loop monitor and
+the console. Reading is safe from any thread while the program runs and never blocks on a
+program lock: each primitive keeps its holder and waiter records in plain attributes that
+are replaced, not mutated, so a reader copies them atomically under the GIL, and the
+registry's own table is guarded by a plain ``_thread`` lock.
+
+The hot path pays nothing here: a primitive registers itself once, at creation; holders are
+kept as raw tuples inside the primitive and turned into :class:`Party` records only when a
+reader asks. Waits are slow paths anyway, so they announce themselves with
+:func:`note_wait_start` / :func:`note_wait_end`.
+
+>>> from conctools import registry
+>>> isinstance(registry.primitives(), tuple)
+True
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "Party",
+    "PrimitiveState",
+    "Traceable",
+    "last_progress_ns",
+    "note_progress",
+    "note_wait_end",
+    "note_wait_start",
+    "primitives",
+    "register",
+    "state_of",
+    "waiting_on",
+]
+
+_log = logging.getLogger("conctools.registry")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Party:
+    """A thread or task that holds or waits on a primitive."""
+
+    thread_id: int
+    thread_name: str
+    task_name: str | None  # asyncio task, when the party is a task
+    task_id: int | None  # id(task)
+    site: str  # "file.py:LINE" of the acquire / wait call (user code)
+    since_ns: int  # time.monotonic_ns() when it took / started waiting
+    timeout_s: float | None = None  # the wait's timeout; a wait with a timeout is never a hang
+
+    @property
+    def who(self) -> str:
+        """``thread 'X'`` or ``task 'Y' (thread 'X')``."""
+        if self.task_name is not None:
+            return f"task {self.task_name!r} (thread {self.thread_name!r})"
+        return f"thread {self.thread_name!r}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrimitiveState:
+    """One traced primitive as a reader sees it at one instant."""
+
+    prim_id: int  # stable id of the primitive (id() of the traced object)
+    name: str  # name= given, else creation site "file.py:LINE"
+    kind: str  # "Lock", "RLock", ..., "aio.Lock", "aio.Condition", ...
+    created_at: str  # "file.py:LINE" of user code that created it
+    holders: tuple[Party, ...]  # owner(s): one for Lock/RLock, every current holder for semaphores
+    waiters: tuple[Party, ...]
+
+
+class Traceable(Protocol):
+    """What a traced primitive offers the registry."""
+
+    def _conctools_state(self) -> PrimitiveState:
+        """Its holders and waiters now (must not block, must not take program locks)."""
+        ...
+
+    def _conctools_progress(self) -> int:
+        """A counter that grows with every acquisition (read without a lock)."""
+        ...
+
+
+# prim_id -> weak reference; the registry never keeps a primitive alive.
+_lock = _thread.allocate_lock()
+_live: dict[int, weakref.ref[Traceable]] = {}
+# (thread_id, task_id) -> weak reference to the primitive that party waits on now.
+_waiting: dict[tuple[int, int | None], weakref.ref[Traceable]] = {}
+# [explicit progress stamp, last observed progress sum, when that sum was first observed]
+_progress: list[int] = [time.monotonic_ns(), -1, time.monotonic_ns()]
+
+
+def _forget(prim_id: int) -> None:
+    # Called by a weakref callback, possibly in any thread, possibly during GC.
+    with _lock:
+        _live.pop(prim_id, None)
+
+
+def register(prim: Traceable) -> None:
+    """Track ``prim`` (weakly) until it is garbage collected."""
+    prim_id = id(prim)
+
+    def gone(_ref: weakref.ref[Traceable], _id: int = prim_id) -> None:
+        _forget(_id)
+
+    try:
+        ref = weakref.ref(prim, gone)
+    except TypeError:
+        return
+    with _lock:
+        _live[prim_id] = ref
+
+
+def _snapshot_refs() -> list[Traceable]:
+    with _lock:
+        refs = list(_live.values())
+    out = []
+    for ref in refs:
+        prim = ref()
+        if prim is not None:
+            out.append(prim)
+    return out
+
+
+def state_of(prim: Traceable) -> PrimitiveState | None:
+    """The state of one primitive, or ``None`` if it cannot say (never raises)."""
+    try:
+        return prim._conctools_state()
+    except Exception:
+        _log.debug("conctools: state of %r failed", type(prim).__name__, exc_info=True)
+        return None
+
+
+def primitives() -> tuple[PrimitiveState, ...]:
+    """Every live traced primitive, with its holders and waiters now."""
+    out = []
+    for prim in _snapshot_refs():
+        state = state_of(prim)
+        if state is not None:
+            out.append(state)
+    return tuple(out)
+
+
+def note_wait_start(prim: Traceable, thread_id: int, task_id: int | None) -> None:
+    """A party starts waiting on ``prim`` (slow path only)."""
+    try:
+        _waiting[(thread_id, task_id)] = weakref.ref(prim)
+    except TypeError:
+        pass
+
+
+def note_wait_end(thread_id: int, task_id: int | None) -> None:
+    """The party's wait ended (acquired, timed out, cancelled or woken)."""
+    _waiting.pop((thread_id, task_id), None)
+    _progress[0] = time.monotonic_ns()
+
+
+def note_progress() -> None:
+    """Something progressed: a release that woke a waiter, a set, a notify."""
+    _progress[0] = time.monotonic_ns()
+
+
+def waiting_on(thread_id: int, task_id: int | None = None) -> PrimitiveState | None:
+    """What this party (a thread, or a task in that thread) waits on now, if it is a traced primitive."""
+    ref = _waiting.get((thread_id, task_id))
+    prim = ref() if ref is not None else None
+    if prim is None:
+        return None
+    return state_of(prim)
+
+
+def last_progress_ns() -> int:
+    """Monotonic ns of the last acquire/release/set/notify/wake anywhere.
+
+    Uncontended acquisitions do not stamp a clock (that would tax the fast path); they bump
+    a counter in their primitive instead, and this function notices the counters moved.
+    So an uncontended acquisition shows up here with the latency of the caller's polling.
+    """
+    total = 0
+    for prim in _snapshot_refs():
+        try:
+            total += prim._conctools_progress()
+        except Exception:
+            pass
+    now = time.monotonic_ns()
+    with _lock:
+        if total != _progress[1]:
+            _progress[1] = total
+            _progress[2] = now
+        return max(_progress[0], _progress[2])

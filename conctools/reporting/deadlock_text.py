@@ -1,0 +1,99 @@
+"""Text sections for deadlocks (priority 10) and hangs (priority 30).
+
+A deadlock reads like jstack's "Found one Java-level deadlock": each thread or task of the
+cycle, the lock it waits for and who holds it, where it waits and where it took what it
+holds; then the stacks. A hang lists every thread and task, what each waits on, and its
+stack. Pure functions of a :class:`~conctools.recorder.Snapshot`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from conctools._units import format_duration
+from conctools.events import DeadlockEvent, Frame, HangEvent, Participant, WaiterInfo
+from conctools.recorder import Snapshot
+
+__all__ = ["deadlock_section", "format_deadlock", "format_hang", "hang_section"]
+
+_BRIEF_FRAMES = 12
+_FULL_FRAMES = 64
+
+
+def _stack_lines(stack: Sequence[Frame], limit: int, indent: str = "    ") -> list[str]:
+    lines = []
+    for f in stack[:limit]:
+        lines.append(f"{indent}at {f.function} ({f.filename}:{f.lineno})")
+        if f.line:
+            lines.append(f"{indent}    {f.line}")
+    if len(stack) > limit:
+        lines.append(f"{indent}... {len(stack) - limit} more frames")
+    return lines
+
+
+def _who(p: Participant | WaiterInfo) -> str:
+    if p.task_name is not None:
+        return f"task {p.task_name!r} (thread {p.thread_name!r})"
+    return f"thread {p.thread_name!r}"
+
+
+def format_deadlock(event: DeadlockEvent, *, brief: bool = False) -> str:
+    """One deadlock in jstack's shape: the cycle, then every participant's stack."""
+    title = "Found one Python-level deadlock:"
+    lines = [title, "=" * len(title)]
+    for p in event.participants:
+        lines.append(f"{_who(p)}:")
+        lines.append(f"  waiting for {p.waits_for},")
+        lines.append(f"  which is held by {p.held_by}")
+        waited = f", for {format_duration(p.wait_s)}" if p.wait_s else ""
+        lines.append(f"  waits at {p.wait_site}{waited}")
+        for name, site in zip(p.holds, p.holds_sites, strict=False):
+            lines.append(f"  holds {name}, acquired at {site}")
+    lines.append("")
+    title = "Stacks of the threads and tasks listed above:"
+    lines += [title, "=" * len(title)]
+    limit = _BRIEF_FRAMES if brief else _FULL_FRAMES
+    for p in event.participants:
+        lines.append(f"{_who(p)}:")
+        lines.append(f"    - waiting for {p.waits_for} (held by {p.held_by})")
+        for name in p.holds:
+            lines.append(f"    - holds {name}")
+        lines += _stack_lines(p.stack, limit) or ["    (no stack)"]
+    return "\n".join(lines)
+
+
+def deadlock_section(snapshot: Snapshot, brief: bool) -> str | None:
+    """Every deadlock found (priority 10: the first thing to read)."""
+    events: list[DeadlockEvent] = snapshot.of_kind(DeadlockEvent)
+    if not events:
+        return None
+    parts = [format_deadlock(e, brief=brief) for e in events]
+    n = len(events)
+    parts.append(f"Found {n} deadlock{'s' if n != 1 else ''}.")
+    return "\n\n".join(parts)
+
+
+def format_hang(event: HangEvent, *, brief: bool = False) -> str:
+    """One hang: why, then every thread and task with what it waits on and its stack."""
+    title = "Hang: the program stopped making progress"
+    lines = [title, "=" * len(title), event.reason, ""]
+    limit = _BRIEF_FRAMES if brief else _FULL_FRAMES
+    for w in event.waiters:
+        flags = " (daemon)" if w.daemon and w.task_name is None else ""
+        lines.append(f"{_who(w)}{flags} [{w.state}]:")
+        if w.waits_on:
+            lines.append(f"    - waits on {w.waits_on}")
+        lines += _stack_lines(w.stack, limit) or ["    (no stack)"]
+    return "\n".join(lines)
+
+
+def hang_section(snapshot: Snapshot, brief: bool) -> str | None:
+    """Every hang found (priority 30): all threads' and tasks' stacks and waits."""
+    events: list[HangEvent] = snapshot.of_kind(HangEvent)
+    if not events:
+        return None
+    shown = events[-1:] if brief else events
+    parts = [format_hang(e, brief=brief) for e in shown]
+    if len(shown) < len(events):
+        parts.append(f"... {len(events) - len(shown)} earlier hang(s) in the full report")
+    return "\n\n".join(parts)

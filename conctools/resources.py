@@ -1,0 +1,233 @@
+"""A psutil sampler of this process: CPU, memory, threads, file descriptors, context switches.
+
+``sample_resources()`` starts a daemon thread named ``conctools-resources`` that samples the
+process every ``interval_s`` and records each sample as a
+:class:`~conctools.events.ResourceSampleEvent` (a counter track on the timeline). It also
+keeps a summary and a bounded, evenly thinned series of the whole run, published as the
+``"resources"`` section of the report::
+
+    with conctools.sample_resources(interval_s=0.2):
+        work()
+
+Memory stays bounded: events go to the recorder's ring buffer, and the series keeps at most
+``max_points`` samples (when full, every other one is dropped and the stride doubles).
+Context-switch counters are cumulative since the process started, as psutil reports them.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from conctools.events import ResourceSampleEvent
+from conctools.recorder import Recorder, get_recorder
+
+__all__ = ["ResourceSampler", "sample_resources"]
+
+_log = logging.getLogger("conctools.resources")
+
+THREAD_NAME = "conctools-resources"
+DEFAULT_INTERVAL_S = 0.5
+DEFAULT_MAX_POINTS = 512
+
+
+class ResourceSampler:
+    """Samples this process with psutil on a daemon thread; a context manager.
+
+    ``interval_s`` must be positive. Every sample becomes a ``ResourceSampleEvent`` in
+    ``recorder`` (the current one by default) and feeds :meth:`summary`.
+    """
+
+    def __init__(
+        self,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        *,
+        recorder: Recorder | None = None,
+        max_points: int = DEFAULT_MAX_POINTS,
+        section: bool = True,
+    ) -> None:
+        if not interval_s > 0 or interval_s == float("inf"):
+            raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s!r}")
+        if max_points < 2:
+            raise ValueError(f"max_points must be at least 2, got {max_points}")
+        self.interval_s = float(interval_s)
+        self.max_points = max_points
+        self.section = section
+        self._recorder = recorder
+        self._rec: Recorder | None = None
+        # A plain lock held while running: stop() releases it, which wakes the sampler at once
+        # (threading.Event is off limits inside conctools: trace_locks() may have patched it).
+        self._stop = _thread.allocate_lock()
+        self._state = _thread.allocate_lock()
+        self._thread: threading.Thread | None = None
+        self._process: Any = None
+        self.count = 0
+        self._series: list[dict[str, Any]] = []
+        self._stride = 1
+        self._skipped = 0
+        self._cpu_sum = 0.0
+        self._cpu_max = 0.0
+        self._rss_max = 0
+        self._rss_min = 0
+        self._threads_max = 0
+        self._fds_max = 0
+        self._first: ResourceSampleEvent | None = None
+        self._last: ResourceSampleEvent | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the sampler thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> ResourceSampler:
+        """Take a first sample and start the sampler thread (a no-op when already running)."""
+        import psutil
+
+        if self._thread is not None:
+            return self
+        self._rec = self._recorder if self._recorder is not None else get_recorder()
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # the first call only primes the CPU counter
+        self._stop.acquire()
+        if self.section:
+            self._rec.add_section("resources", self.summary)
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Take a last sample and stop the thread (waits for it, at most a few seconds)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.release()
+        thread.join(timeout=5.0)
+        self._thread = None
+        self.sample()
+
+    def __enter__(self) -> ResourceSampler:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        # acquire(timeout) returns True only when stop() released the lock.
+        while not self._stop.acquire(timeout=self.interval_s):
+            self.sample()
+        self._stop.release()
+
+    def sample(self) -> ResourceSampleEvent | None:
+        """Take one sample now and record it; ``None`` if psutil could not read the process."""
+        proc = self._process
+        rec = self._rec
+        if proc is None or rec is None:
+            return None
+        try:
+            with proc.oneshot():
+                cpu = float(proc.cpu_percent(None))
+                rss = int(proc.memory_info().rss)
+                threads = int(proc.num_threads())
+                fds = int(proc.num_fds()) if hasattr(proc, "num_fds") else int(proc.num_handles())
+                switches = proc.num_ctx_switches()
+            me = threading.current_thread()
+            event = ResourceSampleEvent(
+                ts_ns=time.monotonic_ns(),
+                thread_id=me.ident or 0,
+                thread_name=me.name,
+                cpu_percent=cpu,
+                rss_bytes=rss,
+                num_threads=threads,
+                num_fds=fds,
+                ctx_switches_voluntary=int(switches.voluntary),
+                ctx_switches_involuntary=int(switches.involuntary),
+            )
+        except Exception:  # a vanished /proc entry or a denied read must not break the program
+            _log.debug("conctools: resource sample failed", exc_info=True)
+            return None
+        rec.record(event)
+        with self._state:
+            self._add(event)
+        return event
+
+    def _add(self, e: ResourceSampleEvent) -> None:
+        self.count += 1
+        if self._first is None:
+            self._first = e
+            self._rss_min = e.rss_bytes
+        self._last = e
+        self._cpu_sum += e.cpu_percent
+        self._cpu_max = max(self._cpu_max, e.cpu_percent)
+        self._rss_max = max(self._rss_max, e.rss_bytes)
+        self._rss_min = min(self._rss_min, e.rss_bytes)
+        self._threads_max = max(self._threads_max, e.num_threads)
+        self._fds_max = max(self._fds_max, e.num_fds)
+        # Keep every stride-th sample; when the series is full, thin it by half.
+        if self._skipped + 1 < self._stride:
+            self._skipped += 1
+            return
+        self._skipped = 0
+        self._series.append(
+            {
+                "ts_ns": e.ts_ns,
+                "cpu_percent": e.cpu_percent,
+                "rss_bytes": e.rss_bytes,
+                "num_threads": e.num_threads,
+                "num_fds": e.num_fds,
+                "ctx_switches_voluntary": e.ctx_switches_voluntary,
+                "ctx_switches_involuntary": e.ctx_switches_involuntary,
+            }
+        )
+        if len(self._series) >= self.max_points:
+            self._series = self._series[::2]
+            self._stride *= 2
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able ``resources`` section: peaks, means, deltas and the thinned series."""
+        with self._state:
+            first, last, count = self._first, self._last, self.count
+            out: dict[str, Any] = {
+                "interval_s": self.interval_s,
+                "samples": count,
+                "series": list(self._series),
+            }
+            if first is None or last is None:
+                return out
+            out.update(
+                {
+                    "cpu_percent_mean": self._cpu_sum / count,
+                    "cpu_percent_max": self._cpu_max,
+                    "rss_bytes_min": self._rss_min,
+                    "rss_bytes_max": self._rss_max,
+                    "rss_bytes_last": last.rss_bytes,
+                    "num_threads_max": self._threads_max,
+                    "num_fds_max": self._fds_max,
+                    "ctx_switches_voluntary": last.ctx_switches_voluntary - first.ctx_switches_voluntary,
+                    "ctx_switches_involuntary": last.ctx_switches_involuntary - first.ctx_switches_involuntary,
+                    "span_s": (last.ts_ns - first.ts_ns) / 1e9,
+                }
+            )
+        return out
+
+
+def sample_resources(
+    interval_s: float = DEFAULT_INTERVAL_S,
+    *,
+    recorder: Recorder | None = None,
+    max_points: int = DEFAULT_MAX_POINTS,
+) -> ResourceSampler:
+    """A :class:`ResourceSampler` to use as a context manager (or ``start()``/``stop()``).
+
+    >>> with sample_resources(interval_s=0.05) as sampler:
+    ...     pass
+    >>> sampler.count >= 2
+    True
+    """
+    return ResourceSampler(interval_s, recorder=recorder, max_points=max_points)

@@ -1,0 +1,310 @@
+"""Hangs without a lock cycle are found and explained; healthy idle programs are left alone.
+
+Every scenario runs real threads (or a real event loop) that really stop making progress;
+the ``on_hang`` callback, called from the watchdog thread, then releases them so that the
+test ends. A test whose hang is never detected fails by its timeout marker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from conctools import deadlock as dl
+from conctools.events import HangEvent, WaiterInfo
+from conctools.recorder import Recorder
+
+TIMEOUT_S = 0.4
+
+
+def by_thread(event: HangEvent, name: str) -> WaiterInfo:
+    return next(w for w in event.waiters if w.task_name is None and w.thread_name == name)
+
+
+def watch(on_hang: Callable[[HangEvent], object]) -> dl.DeadlockWatchdog:
+    return dl.DeadlockWatchdog(TIMEOUT_S, on_hang=on_hang)
+
+
+def connect_later(port: int, delay_s: float, payload: bytes = b"x") -> subprocess.Popen[bytes]:
+    """A client in another process (so no thread of ours is busy): connects after a delay."""
+    code = (
+        "import socket, sys, time\n"
+        f"time.sleep({delay_s})\n"
+        f"s = socket.create_connection(('127.0.0.1', {port}))\n"
+        f"s.sendall({payload!r})\n"
+        "time.sleep(0.5)\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    yield srv
+    srv.close()
+
+
+@pytest.mark.timeout(60)
+class TestHangKinds:
+    """Each kind of hang is reported once, with every thread and what it waits on."""
+
+    def test_event_nobody_sets(self, recorder: Recorder) -> None:
+        """A thread waits on an Event nobody sets while main joins it: a hang naming Event.wait."""
+        ev = threading.Event()
+        t = threading.Thread(target=ev.wait, name="waiter", daemon=True)
+        t.start()
+        with watch(lambda e: ev.set()) as wd:
+            t.join()
+        assert len(wd.hangs) == 1
+        hang = wd.hangs[0]
+        waiter = by_thread(hang, "waiter")
+        assert waiter.state == "waiting"
+        assert "Event.wait" in (waiter.waits_on or "")
+        assert waiter.daemon
+        main = by_thread(hang, threading.main_thread().name)
+        assert "join() of thread 'waiter'" in (main.waits_on or "")
+        assert "Event.wait" in (main.waits_on or "")  # who it joins, and what that one waits on
+        assert any(f.function == "test_event_nobody_sets" for f in main.stack)
+        assert hang.stalled_s >= TIMEOUT_S
+        assert recorder.snapshot().of_kind(HangEvent) == [hang]
+
+    def test_lost_condition_wakeup(self) -> None:
+        """notify() before wait(): the waiter sleeps forever in Condition.wait."""
+        cond = threading.Condition()
+        with cond:
+            cond.notify_all()  # nobody waits yet: this wake-up is lost
+
+        def late_waiter() -> None:
+            with cond:
+                cond.wait()
+
+        def release(_: HangEvent) -> None:
+            with cond:
+                cond.notify_all()
+
+        t = threading.Thread(target=late_waiter, name="late-waiter")
+        t.start()
+        with watch(release) as wd:
+            t.join()
+        assert len(wd.hangs) == 1
+        assert "Condition.wait" in (by_thread(wd.hangs[0], "late-waiter").waits_on or "")
+
+    def test_pool_waiting_on_itself(self) -> None:
+        """Every worker waits on a future queued behind it in the same pool."""
+        inner: list[concurrent.futures.Future[int]] = []
+        lock = threading.Lock()
+        both_running = threading.Barrier(2)  # both workers busy before either queues its inner job
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="pool") as pool:
+
+            def outer() -> int:
+                both_running.wait()
+                fut = pool.submit(lambda: 1)
+                with lock:
+                    inner.append(fut)
+                return fut.result()
+
+            def release(_: HangEvent) -> None:
+                for fut in inner:
+                    fut.cancel()
+
+            with watch(release) as wd:
+                outers = [pool.submit(outer) for _ in range(2)]
+                done = concurrent.futures.wait(outers)
+        assert len(done.done) == 2
+        assert len(wd.hangs) == 1
+        workers = [w for w in wd.hangs[0].waiters if w.thread_name.startswith("pool")]
+        assert len(workers) == 2
+        assert all("Future.result" in (w.waits_on or "") for w in workers)
+        main = by_thread(wd.hangs[0], threading.main_thread().name)
+        assert "concurrent.futures.wait()" in (main.waits_on or "")
+
+    def test_queue_nobody_feeds(self) -> None:
+        """A consumer blocks in Queue.get() on a queue nobody will ever feed."""
+        q: queue.Queue[int | None] = queue.Queue()
+        t = threading.Thread(target=q.get, name="consumer")
+        t.start()
+        with watch(lambda e: q.put(None)) as wd:
+            t.join()
+        assert len(wd.hangs) == 1
+        assert "Queue.get" in (by_thread(wd.hangs[0], "consumer").waits_on or "")
+
+    def test_join_of_a_thread_that_waits_forever(self) -> None:
+        """A thread joins another one that waits forever; main joins the first: a chain of joins."""
+        ev = threading.Event()
+        inner = threading.Thread(target=ev.wait, name="inner")
+        outer = threading.Thread(target=inner.join, name="outer")
+        inner.start()
+        outer.start()
+        with watch(lambda e: ev.set()) as wd:
+            outer.join()
+        assert len(wd.hangs) == 1
+        text = by_thread(wd.hangs[0], "outer").waits_on or ""
+        assert "join() of thread 'inner'" in text
+        assert "Event.wait" in text
+
+    def test_event_loop_with_nothing_to_wake_it(self) -> None:
+        """asyncio: a task awaits an Event nobody sets; no timers, no I/O: the loop hangs."""
+        box: dict[str, object] = {}
+
+        async def forever(ev: asyncio.Event) -> None:
+            await ev.wait()
+
+        async def main() -> None:
+            ev = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            box["release"] = lambda: loop.call_soon_threadsafe(ev.set)
+            await asyncio.create_task(forever(ev), name="stuck-task")
+
+        def release(_: HangEvent) -> None:
+            fn = box["release"]
+            assert callable(fn)
+            fn()
+
+        with watch(release) as wd:
+            asyncio.run(main())
+        assert len(wd.hangs) == 1
+        hang = wd.hangs[0]
+        main_thread = by_thread(hang, threading.main_thread().name)
+        assert main_thread.state == "loop idle forever"
+        tasks = {w.task_name: w for w in hang.waiters if w.task_name is not None}
+        assert "stuck-task" in tasks
+        assert "Event" in (tasks["stuck-task"].waits_on or "")
+        assert any(f.function == "forever" for f in tasks["stuck-task"].stack)
+
+    def test_reported_once_per_stall(self) -> None:
+        """A hang that lasts many timeouts is reported once."""
+        ev = threading.Event()
+        calls: list[HangEvent] = []
+
+        def release(e: HangEvent) -> None:
+            calls.append(e)
+            threading.Timer(TIMEOUT_S * 4, ev.set).start()  # keep hanging for a while
+
+        t = threading.Thread(target=ev.wait, name="waiter")
+        t.start()
+        with watch(release) as wd:
+            t.join()
+        assert len(calls) == 1
+        assert len(wd.hangs) == 1
+
+
+@pytest.mark.timeout(60)
+class TestNoFalseAlarms:
+    """Idle but healthy programs are never reported as hung."""
+
+    def test_sleeping_thread(self) -> None:
+        """A thread in time.sleep() while main joins it."""
+        t = threading.Thread(target=time.sleep, args=(TIMEOUT_S * 4,), name="sleeper")
+        t.start()
+        with watch(lambda e: None) as wd:
+            t.join()
+        assert wd.hangs == []
+
+    def test_wait_with_a_timeout(self) -> None:
+        """A thread in Event.wait(timeout) while main joins it."""
+        ev = threading.Event()
+        t = threading.Thread(target=ev.wait, args=(TIMEOUT_S * 4,), name="patient")
+        t.start()
+        with watch(lambda e: None) as wd:
+            t.join()
+        assert wd.hangs == []
+
+    def test_thread_in_accept_and_recv(self, listener: socket.socket) -> None:
+        """A server thread blocked in accept() then recv(): waiting for the network is not a hang."""
+        got: list[bytes] = []
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                got.append(conn.recv(16))
+
+        t = threading.Thread(target=serve, name="server")
+        t.start()
+        client = connect_later(listener.getsockname()[1], TIMEOUT_S * 4)
+        try:
+            with watch(lambda e: None) as wd:
+                t.join()
+        finally:
+            client.wait(timeout=30)
+        assert got == [b"x"]
+        assert wd.hangs == []
+
+    def test_thread_in_select(self, listener: socket.socket) -> None:
+        """A selectors-based server loop idling in select() without a timeout."""
+        sel = selectors.DefaultSelector()
+        sel.register(listener, selectors.EVENT_READ)
+
+        def loop() -> None:
+            sel.select()
+            conn, _ = listener.accept()
+            conn.close()
+
+        t = threading.Thread(target=loop, name="selector")
+        t.start()
+        client = connect_later(listener.getsockname()[1], TIMEOUT_S * 4)
+        try:
+            with watch(lambda e: None) as wd:
+                t.join()
+        finally:
+            client.wait(timeout=30)
+            sel.close()
+        assert wd.hangs == []
+
+    def test_asyncio_server_idle(self) -> None:
+        """An asyncio server idling in select() on its listening socket."""
+
+        async def main() -> None:
+            done = asyncio.Event()
+
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await reader.read(1)
+                writer.close()
+                done.set()
+
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            client = connect_later(port, TIMEOUT_S * 4)
+            async with server:
+                await done.wait()
+            await asyncio.to_thread(client.wait, 30)
+
+        with watch(lambda e: None) as wd:
+            asyncio.run(main())
+        assert wd.hangs == []
+
+    def test_idle_pool_workers_while_main_runs(self) -> None:
+        """Idle pool workers alone are no hang while the main thread runs code."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            pool.submit(lambda: None).result()
+            with watch(lambda e: None) as wd:
+                deadline = time.monotonic() + TIMEOUT_S * 4
+                while time.monotonic() < deadline:
+                    sum(range(1000))
+        assert wd.hangs == []
+
+
+class TestClassifyThread:
+    """classify_thread() reads a live thread's frame correctly."""
+
+    def test_running_thread_is_not_blocked(self) -> None:
+        """The calling thread, running Python code, is not blocked."""
+        state = dl.classify_thread(threading.get_ident(), sys._getframe())
+        assert not state.blocked
+        assert state.state == "running"
+
+    def test_unknown_frame(self) -> None:
+        """No frame: unknown, not blocked."""
+        assert not dl.classify_thread(1, None).blocked
