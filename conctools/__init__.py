@@ -10,8 +10,11 @@
 
 from __future__ import annotations
 
+from conctools.deadlock import DeadlockError, DeadlockWatchdog, watch_deadlocks
 from conctools.events import Event, Frame, SpanEvent
+from conctools.profiling import Profile, ProfileError, profile
 from conctools.recorder import Recorder, Snapshot, SpanStats, get_recorder, set_recorder, use_recorder
+from conctools.resources import ResourceSampler, sample_resources
 from conctools.tracing import ActiveSpan, ContextFilter, Traced, current_span, traced
 
 __version__ = "0.1.0"
@@ -19,9 +22,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ActiveSpan",
     "ContextFilter",
+    "DeadlockError",
+    "DeadlockWatchdog",
     "Event",
     "Frame",
+    "Profile",
+    "ProfileError",
     "Recorder",
+    "ResourceSampler",
     "Snapshot",
     "SpanEvent",
     "SpanStats",
@@ -29,7 +37,10 @@ __all__ = [
     "__version__",
     "current_span",
     "get_recorder",
+    "profile",
+    "sample_resources",
     "set_recorder",
     "traced",
     "use_recorder",
+    "watch_deadlocks",
 ]

@@ -116,6 +116,13 @@ def _build_parser() -> _Parser:
         metavar="SECONDS",
         help="sample CPU, memory, threads and fds every SECONDS (0: off; default 0.5)",
     )
+    run.add_argument(
+        "--deadlock-timeout",
+        type=non_negative_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="report a deadlock or hang after SECONDS without progress, and exit 86/87 (0: off; default 10)",
+    )
     report = sub.add_parser(
         "report",
         help="re-render a saved report.json as text, HTML or a Perfetto trace",
@@ -136,7 +143,7 @@ def _split_run_argv(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[l
     Options end at the script path, at ``-m MODULE`` or at ``--``; everything after belongs
     to the program, even if it looks like a conctools option.
     """
-    takes_value = set()
+    takes_value: set[str] = set()
     for action in parser._actions:
         if action.option_strings and action.nargs != 0:
             takes_value.update(action.option_strings)
@@ -182,6 +189,7 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     options.profile = ns.profile
     options.profile_clock = ns.profile_clock
     options.sample_interval_s = ns.sample_interval or None
+    options.deadlock_timeout_s = ns.deadlock_timeout or None
     if options.module:
         import importlib.util
 

@@ -372,7 +372,35 @@ def _api_name(frame: FrameType) -> str:
     module = "queue" if api.f_code.co_filename == _QUEUE_PY else "threading"
     if api.f_code.co_filename.startswith(_FUTURES_DIR):
         module = "concurrent.futures"
-    return f"{module}.{qualname}()"
+    return f"{module}.{qualname}()" + _api_detail(api, qualname)
+
+
+def _api_detail(frame: FrameType, qualname: str) -> str:
+    """What the waited-on object says about itself: a job not started, an empty queue."""
+    owner = _local(frame, "self")
+    try:
+        if qualname == "Future.result":
+            state = getattr(owner, "_state", None)
+            if state == "PENDING":
+                return " of a job that has not started (still queued)"
+            if state == "RUNNING":
+                return " of a running job"
+        elif qualname == "Queue.get":
+            return f" (the queue is empty; {owner.maxsize or 'no'} max size)"
+        elif qualname == "Queue.put":
+            return f" (the queue is full: {owner.maxsize} items)"
+    except Exception:
+        pass
+    return ""
+
+
+def _stack(frame: FrameType | None) -> tuple[Frame, ...]:
+    """The thread's stack, innermost first, without conctools' frames nor runpy's below the program."""
+    stack = frames_of(frame)
+    end = len(stack)
+    while end > 0 and (stack[end - 1].filename == "<frozen runpy>" or stack[end - 1].filename.endswith("runpy.py")):
+        end -= 1
+    return stack[:end]
 
 
 def _on_stack(frame: FrameType | None, filename: str, function: str) -> bool:
@@ -410,7 +438,7 @@ def classify_thread(
     code, ``time.sleep``, ``recv()``, ``select()`` with timers or sockets, unknown C calls)
     does not, so a healthy idle program is never called hung.
     """
-    stack = frames_of(frame)
+    stack = _stack(frame)
     if registry_wait is not None:
         party, prim = registry_wait
         blocked = party.timeout_s is None
@@ -637,7 +665,7 @@ class DeadlockWatchdog:
             if info is not None:
                 stack: tuple[Frame, ...] = info.stack
                 return stack
-        return frames_of(frames.get(party.thread_id))
+        return _stack(frames.get(party.thread_id))
 
     def _report_deadlock(self, event: DeadlockEvent) -> None:
         self.deadlocks.append(event)

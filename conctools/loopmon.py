@@ -58,10 +58,9 @@ _log = logging.getLogger("conctools.loopmon")
 _monotonic_ns = time.monotonic_ns
 _get_running_loop = asyncio._get_running_loop
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
-_LIB_DIRS = tuple(
-    {os.path.join(p, "") for k, p in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib")}
-)
-_STDLIB_DIRS = tuple({os.path.join(p, "") for k, p in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib")})
+_PATHS = sysconfig.get_paths()
+_LIB_DIRS = tuple({os.path.join(_PATHS[k], "") for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in _PATHS})
+_STDLIB_DIRS = tuple({os.path.join(_PATHS[k], "") for k in ("stdlib", "platstdlib") if k in _PATHS})
 _SECTION = "slow_callbacks"
 _MAX_SITES = 200  # distinct culprit sites kept; the rest are counted under "<other>"
 _MAX_EVENTS_PER_SITE = 20  # blocking-call events recorded per (call, site); all are counted
@@ -70,9 +69,26 @@ _MAX_EVENTS_PER_SITE = 20  # blocking-call events recorded per (call, site); all
 # -- culprits ----------------------------------------------------------------------------------
 
 
+_LOOP_FUNCTIONS = frozenset({"_run", "_run_once", "run_forever", "run_until_complete", "run"})
+
+
+def callback_frames(stack: tuple[Frame, ...]) -> tuple[Frame, ...]:
+    """The part of a loop thread's stack (innermost first) inside the running callback: the
+    frames up to the loop's own (``Handle._run``, ``_run_once``, ``run_forever``...)."""
+    for i, f in enumerate(stack):
+        if f.function in _LOOP_FUNCTIONS and (f.filename.startswith(_ASYNCIO_DIR) or "uvloop" in f.filename):
+            return stack[:i]
+    return stack
+
+
 def culprit_of(stack: tuple[Frame, ...]) -> Frame | None:
-    """The line to look at in a stack (innermost first): the innermost frame of the program's
-    own code, else of third-party code, else of anything outside asyncio and conctools."""
+    """The line to look at in a loop thread's stack (innermost first): inside the running
+    callback, the innermost frame of the program's own code, else of third-party code, else
+    of anything outside asyncio and conctools; ``None`` when the callback has no Python frame
+    (a builtin such as ``time.sleep`` scheduled directly)."""
+    stack = callback_frames(stack)
+    if not stack:
+        return None
     for f in stack:
         if not f.filename.startswith(_LIB_DIRS) and not f.filename.startswith("<"):
             return f
@@ -89,7 +105,7 @@ def _pick_culprit(samples: list[tuple[Frame, ...]]) -> tuple[Frame | None, tuple
     if not sites:
         return None, samples[0] if samples else ()
     best = max(sites.items(), key=lambda kv: kv[1])[0]
-    for c, s in zip(culprits, samples):
+    for c, s in zip(culprits, samples, strict=True):
         if c is not None and c.site == best:
             return c, s
     return None, ()
@@ -127,7 +143,7 @@ class StallStats:
     def add_stall(self, event: SlowCallbackEvent, stack: tuple[Frame, ...]) -> None:
         """Count one stall under its culprit site."""
         c = event.culprit
-        key = f"{c.site} in {c.function}" if c is not None else "<unknown>"
+        key = f"{c.site} in {c.function}" if c is not None else event.callback
         with self._lock:
             self.stalls += 1
             self.thresholds.add(event.threshold_s)
@@ -382,10 +398,7 @@ class LoopMonitor:
         previous = loop.get_task_factory()
 
         def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-            if previous is not None:
-                task = previous(lp, coro, **kwargs)
-            else:
-                task = asyncio.Task(coro, loop=lp, **kwargs)
+            task = previous(lp, coro, **kwargs) if previous is not None else asyncio.Task(coro, loop=lp, **kwargs)
             try:
                 taskdump.note_creation_site(task)
             except Exception:
@@ -464,14 +477,16 @@ class LoopMonitor:
 
     def _begin(self, sent_ns: int, now: int) -> _Stall | None:
         loop = self.loop
-        tid = self._loop_tid or taskdump.loop_thread_id(loop) if loop is not None else None
-        if loop is None or tid is None:
+        if loop is None:
+            return None
+        tid = self._loop_tid or taskdump.loop_thread_id(loop)
+        if tid is None:
             return None
         frame = sys._current_frames().get(tid)
         stall = _Stall(tid, sent_ns, now)
         start_ns, handle = _batch_start(frame, loop)
         if start_ns is not None and sent_ns - 10_000_000_000 < start_ns <= now:
-            stall.start_ns = min(start_ns, sent_ns) if start_ns <= sent_ns else start_ns
+            stall.start_ns = start_ns  # the batch began then, and the loop has not come back since
         task = _current_task(loop)
         if task is not None:
             stall.task_name = _task_name(task)
@@ -518,11 +533,9 @@ class LoopMonitor:
             self._stats.add_stall(event, stack)
             assert self.recorder is not None
             self.recorder.record(event)
-            if _log.isEnabledFor(logging.WARNING):
+            if _log.isEnabledFor(logging.INFO):
                 where = f" at {culprit.site} ({culprit.line})" if culprit is not None else ""
-                _log.warning(
-                    "event loop blocked for %.3f s by %s%s", event.duration_s, event.callback, where
-                )
+                _log.info("event loop blocked for %.3f s by %s%s", event.duration_s, event.callback, where)
         except Exception:
             _log.exception("conctools: could not record a stall")
 
@@ -595,18 +608,32 @@ def _task_name(task: Any) -> str | None:
 
 
 def _describe_handle(handle: Any) -> str:
+    """``callback module.func(args) at file:line`` for a plain ``call_soon``/``call_later`` handle."""
     cb = getattr(handle, "_callback", None)
     if cb is None:
-        return repr(handle)[:120]
-    name = getattr(cb, "__qualname__", None) or getattr(type(cb), "__qualname__", "callback")
-    code = getattr(cb, "__code__", None)
+        return _short(handle)
+    func = getattr(cb, "func", cb)  # functools.partial
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    module = getattr(func, "__module__", None)
+    if module and module not in ("builtins", "__main__"):
+        name = f"{module}.{name}"
+    args = ", ".join(_short(a, 30) for a in tuple(getattr(handle, "_args", None) or ())[:4])
+    code = getattr(func, "__code__", None)
     where = f" at {code.co_filename}:{code.co_firstlineno}" if code is not None else ""
-    return f"callback {name}(){where}"
+    return f"callback {name}({args}){where}"
+
+
+def _short(obj: Any, limit: int = 120) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _callback_from_stack(frame: FrameType | None) -> str:
     """Loops without Python frames of their own (uvloop): the first frame entered from the loop."""
-    chain = []
+    chain: list[FrameType] = []
     f = frame
     while f is not None and len(chain) < 200:
         chain.append(f)
@@ -715,10 +742,9 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
         if first:
             if events_mod._set_running_loop is _original_set_running_loop:
                 events_mod._set_running_loop = _hooked_set_running_loop
-            if uv_cls is not None and "run_forever" in vars(uv_cls) is False or uv_cls is not None:
-                if "run_forever" not in vars(uv_cls):
-                    patched_uv = _uvloop_run_forever(uv_cls.run_forever)
-                    uv_cls.run_forever = patched_uv
+            if uv_cls is not None and "run_forever" not in vars(uv_cls):
+                patched_uv = _uvloop_run_forever(uv_cls.run_forever)
+                uv_cls.run_forever = patched_uv
     # A loop already running in this thread (entered from inside a coroutine) is watched too.
     running = _get_running_loop()
     if running is not None:
@@ -779,22 +805,25 @@ def _report_blocking(call: str, start_ns: int, skip: int) -> None:
         )
 
 
-def _on_watched_loop() -> bool:
-    loop = _get_running_loop()
-    return loop is not None and id(loop) in _blocking_loops and not getattr(_tls, "inside", False)
+# Waits the stdlib makes on purpose and for microseconds: Thread.start() waits for the new
+# thread to boot (run_in_executor / to_thread start workers that way).
+_EXEMPT_CALLERS = frozenset({threading.Thread.start.__code__})
 
 
 def _wrap(call: str, original: Callable[..., Any], should_report: Callable[..., bool]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not _on_watched_loop():
+        loop = _get_running_loop()
+        if loop is None or id(loop) not in _blocking_loops or getattr(_tls, "inside", False):
             return original(*args, **kwargs)
+        caller = sys._getframe(1).f_code
+        exempt = caller in _EXEMPT_CALLERS or is_conctools_frame(caller.co_filename)
         _tls.inside = True  # outermost call only: Event.wait -> Condition.wait is one report
         start = _monotonic_ns()
         try:
             return original(*args, **kwargs)
         finally:
             try:
-                if should_report(start, *args, **kwargs):
+                if not exempt and should_report(start, *args, **kwargs):
                     _report_blocking(call, start, 2)
             except Exception:
                 _log.debug("conctools: could not report %s", call, exc_info=True)
@@ -888,7 +917,3 @@ def _disable_blocking_detection(loop: asyncio.AbstractEventLoop) -> None:
             else:
                 delattr(owner, name)
         _patches.clear()
-
-
-def _is_conctools(frame: FrameType) -> bool:
-    return is_conctools_frame(frame.f_code.co_filename)

@@ -335,26 +335,22 @@ class Profile:
 
     # ---- results ----
     def _collect(self, yappi: Any) -> None:
+        # conctools' own threads (the resource sampler, watchdogs) observe; they are not the program.
+        contexts = {t.id: t for t in yappi.get_thread_stats() if not str(t.name).startswith("conctools-")}
+        if not self.threads:
+            contexts = {i: c for i, c in contexts.items() if c.tid == self._start_thread}
         raw: list[Any] = []
 
         def keep(stat: Any) -> bool:
-            if stat.module == __file__:  # the session's own start/stop frames
+            # The session's own start/stop frames are not the program's either.
+            if stat.ctx_id not in contexts or stat.module == __file__:
                 return False
             raw.append(stat)
             return True
 
         # One enumeration: the callback sees every per-(thread, tag) entry before yappi merges
-        # them by function, so per-thread and per-task tables need no ctx_id/tag filters.
+        # them by function, so the per-thread and per-task tables need no ctx_id/tag filters.
         self._yappi_stats = yappi.get_func_stats(filter_callback=keep)
-        contexts = {t.id: t for t in yappi.get_thread_stats()}
-        if not self.threads:
-            mine = [c for c in contexts.values() if c.tid == self._start_thread]
-            keep_ids = {c.id for c in mine}
-            raw = [s for s in raw if s.ctx_id in keep_ids]
-            contexts = {c.id: c for c in mine}
-            self._yappi_stats = yappi.get_func_stats(
-                filter_callback=lambda s: s.ctx_id in keep_ids and s.module != __file__
-            )
         self.functions = tuple(_function_of(s) for s in self._yappi_stats)
         self.functions = tuple(sorted(self.functions, key=lambda f: (-f.total_s, f.name)))
 

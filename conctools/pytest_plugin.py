@@ -306,14 +306,19 @@ def _thread_report(thread: threading.Thread, frames: dict[int, FrameType]) -> st
     return "\n".join(lines)
 
 
-def _tasks_report(tasks: Sequence[asyncio.Future[Any]]) -> str:
+def _describe_tasks(tasks: Sequence[asyncio.Future[Any]]) -> list[str]:
+    """Each task's dump (name, what it awaits, its await stack), taken now while it is still pending."""
     from conctools.taskdump import dump_tasks, format_task_dump
 
     wanted = {id(t) for t in tasks}
-    infos = [info for info in dump_tasks() if info.task_id in wanted]
-    if not infos:  # already cancelled by the time we looked: names only
-        return "\n".join(f"  {t!r}" for t in tasks)
-    return "\n".join("  " + line for line in format_task_dump(infos).splitlines())
+    loops = {id(t.get_loop()): t.get_loop() for t in tasks}
+    infos = {info.task_id: info for loop in loops.values() for info in dump_tasks(loop) if info.task_id in wanted}
+    out = []
+    for task in tasks:
+        info = infos.get(id(task))
+        text = format_task_dump([info]) if info is not None else repr(task)
+        out.append("\n".join("  " + line for line in text.splitlines()))
+    return out
 
 
 # -- one test ------------------------------------------------------------------------------------
@@ -334,6 +339,7 @@ class _TestRun:
         if settings.leak_check:
             self.tasks_before.update(_pending_tasks())
         self.leaked_tasks: list[asyncio.Future[Any]] = []
+        self.leaked_reports: list[str] = []  # taken when each was found, before a runner cancels it
         self.reported: dict[int, Event] = {}  # problems already reported in an earlier phase
         self.stuck = False  # a deadlock or hang was reported: what it left running is no news
         self.acknowledged_ns = 0  # slow callbacks up to here were consumed by the test (fixture .clear())
@@ -390,10 +396,14 @@ class _TestRun:
             runners._cancel_all_tasks = original  # type: ignore[attr-defined]
 
     def note_leaked_tasks(self, tasks: Sequence[asyncio.Future[Any]]) -> None:
-        for task in tasks:
-            if task in self.tasks_before or task in self.runtime.wider_tasks or task in self.leaked_tasks:
-                continue
-            self.leaked_tasks.append(task)
+        leaked = [
+            t
+            for t in tasks
+            if t not in self.tasks_before and t not in self.runtime.wider_tasks and t not in self.leaked_tasks
+        ]
+        if leaked:
+            self.leaked_tasks.extend(leaked)
+            self.leaked_reports.extend(_describe_tasks(leaked))
 
     # ---- interrupting a stuck test ----
     def on_problem(self, event: Event) -> None:
@@ -469,7 +479,8 @@ class _TestRun:
             )
         if tasks:
             parts.append(
-                f"Leaked asyncio tasks ({len(tasks)}): still pending after the test ended\n" + _tasks_report(tasks)
+                f"Leaked asyncio tasks ({len(tasks)}): still pending after the test ended\n"
+                + "\n".join(self.leaked_reports)
             )
         return "\n\n".join(parts)
 
@@ -676,7 +687,8 @@ class _Runtime:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
         run = item.stash.get(_RUN, None)
-        if run is not None and not run.started and run.interrupt_reason:
+        if run is not None and not run.started and run.interrupt_reason:  # a bad marker fails the setup
+            yield
             raise ConctoolsFailure(run.interrupt_reason)
         return (yield from self._phase(run, "setup"))
 
@@ -748,7 +760,8 @@ class _Runtime:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
         report: pytest.TestReport = yield
         if call.excinfo is not None and isinstance(call.excinfo.value, ConctoolsFailure):
-            report.sections.append((f"conctools report ({call.when})", call.excinfo.value.report))
+            if call.excinfo.value.report:
+                report.sections.append((f"conctools report ({call.when})", call.excinfo.value.report))
         return report
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

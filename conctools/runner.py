@@ -16,10 +16,12 @@ import runpy
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conctools.deadlock import EXIT_DEADLOCK, EXIT_HANG, watch_deadlocks
+from conctools.events import DeadlockEvent, HangEvent
 from conctools.profiling import Profile, ProfileError
 from conctools.recorder import Recorder, Snapshot, use_recorder
 from conctools.reporting import render_json, render_text
@@ -47,6 +49,10 @@ class RunOptions:
     profile: bool = False
     profile_clock: str = "wall"
     sample_interval_s: float | None = 0.5  # None or 0: no resource sampling
+    deadlock_timeout_s: float | None = 10.0  # None or 0: no deadlock/hang watchdog
+    exit_on_deadlock: bool = True  # print the report and exit 86 (deadlock) / 87 (hang) instead of hanging
+    # Without exit_on_deadlock: called (from the watchdog thread) with each DeadlockEvent / HangEvent.
+    on_stuck: Callable[[DeadlockEvent | HangEvent], object] | None = None
 
     @property
     def command(self) -> str:
@@ -68,7 +74,51 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
             stack.enter_context(sample_resources(options.sample_interval_s, recorder=recorder))
         if options.profile:
             _enter_profile(stack, options, recorder)
+        if options.deadlock_timeout_s:
+            _enter_watchdog(stack, options, recorder)
         yield stack
+
+
+def _enter_watchdog(stack: contextlib.ExitStack, options: RunOptions, recorder: Recorder) -> None:
+    """Watch for deadlocks and hangs; in run mode, report and exit instead of hanging forever."""
+    on_deadlock: Callable[[DeadlockEvent], object] | None = options.on_stuck
+    on_hang: Callable[[HangEvent], object] | None = options.on_stuck
+    if options.exit_on_deadlock:
+
+        def on_deadlock(event: DeadlockEvent) -> None:
+            _report_and_exit(recorder, options, EXIT_DEADLOCK, "a deadlock")
+
+        def on_hang(event: HangEvent) -> None:
+            _report_and_exit(recorder, options, EXIT_HANG, "a hang")
+
+    assert options.deadlock_timeout_s is not None
+    stack.enter_context(
+        watch_deadlocks(options.deadlock_timeout_s, on_deadlock=on_deadlock, on_hang=on_hang, recorder=recorder)
+    )
+
+
+def _report_and_exit(recorder: Recorder, options: RunOptions, status: int, what: str) -> None:
+    """Print the report and end the process with ``status`` (called from the watchdog thread).
+
+    ``os._exit``: the program's threads are stuck, so a normal exit would wait for them forever.
+    A timer makes sure the process ends even if writing the report got stuck too.
+    """
+    import _thread
+    import time
+
+    def last_resort() -> None:
+        time.sleep(10.0)
+        os._exit(status)
+
+    _thread.start_new_thread(last_resort, ())
+    recorder.meta["exit_status"] = status
+    finish_report(recorder, options)
+    try:
+        sys.stderr.write(f"conctools: stopped the program after {what}; exit status {status}\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+    os._exit(status)
 
 
 def _enter_profile(stack: contextlib.ExitStack, options: RunOptions, recorder: Recorder) -> None:
@@ -102,9 +152,7 @@ def _stderr_logging(level: str) -> Iterator[None]:
     logger = logging.getLogger("conctools")
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())
-    handler.setFormatter(
-        logging.Formatter("conctools %(levelname)s [%(threadName)s|%(taskName)s] %(message)s")
-    )
+    handler.setFormatter(logging.Formatter("conctools %(levelname)s [%(threadName)s|%(taskName)s] %(message)s"))
     previous = logger.level
     logger.addHandler(handler)
     logger.setLevel(level)

@@ -427,7 +427,7 @@ class Traced:
             if stack is None or stack[0][0] is not self:
                 _internal_log.warning("conctools: traced(%r) exited out of order; span dropped", self.name)
                 return
-            (owner, parent, span_id, token, task_name, start), rest = stack
+            (_owner, parent, span_id, token, task_name, start), rest = stack
             _block_var.set(rest)
             _reset(token, parent)
         except Exception:
@@ -495,18 +495,21 @@ def traced(
     logger; with ``threshold_s`` only calls slower than it are logged, at WARNING.
     ``log_args`` adds the arguments, shortened with :mod:`reprlib`.
     """
-    options = {"level": level, "threshold_s": threshold_s, "log_args": log_args, "logger": logger}
+
+    def make(span_name: str) -> Traced:
+        return Traced(span_name, level=level, threshold_s=threshold_s, log_args=log_args, logger=logger)
+
     if target is None or isinstance(target, str):
         span_name = target if target is not None else name
         if span_name is None:
             caller = sys._getframe(1)
             span_name = f"{caller.f_code.co_filename.rsplit('/', 1)[-1]}:{caller.f_lineno}"
-        return Traced(span_name, **options)
+        return make(span_name)
     if isinstance(target, (classmethod, staticmethod)):
         inner = target.__func__
-        return Traced(name or inner.__qualname__, **options)(target)
+        return make(name or inner.__qualname__)(target)  # type: ignore[type-var]
     if callable(target):
-        return Traced(name or getattr(target, "__qualname__", repr(target)), **options)(target)
+        return make(name or str(getattr(target, "__qualname__", repr(target))))(target)
     raise TypeError(f"traced() takes a function or a name, not {type(target).__name__}")
 
 

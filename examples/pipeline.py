@@ -34,7 +34,7 @@ async def crawl() -> int:
 
 
 def main() -> None:
-    inbox: "queue.Queue[int | None]" = queue.Queue()
+    inbox: queue.Queue[int | None] = queue.Queue()
     results: list[int] = []
     threads = [threading.Thread(target=worker, args=(inbox, results), name=f"worker-{n}") for n in range(3)]
     for t in threads:

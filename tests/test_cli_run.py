@@ -14,7 +14,9 @@ import pytest
 TIMEOUT = 60
 
 
-def conctools(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def conctools(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "conctools", *args],
         capture_output=True,
@@ -68,7 +70,7 @@ class TestRunsUnchanged:
         if stderr_has:
             assert stderr_has in ours.stderr
         if "Traceback" in plain.stderr:
-            assert "Traceback" in ours.stderr and 'in f\n' in ours.stderr
+            assert "Traceback" in ours.stderr and "in f\n" in ours.stderr
             assert "runpy" not in ours.stderr and "conctools/runner.py" not in ours.stderr
 
     def test_module_mode(self, tmp_path: Path) -> None:

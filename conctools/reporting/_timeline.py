@@ -312,6 +312,7 @@ class _Builder:
             else:
                 stacks.append([end])
                 placed[i] = len(stacks) - 1
+
         # Threads first (by name), each followed by its tasks; tids are small and stable.
         def sort_key(k: TrackKey) -> tuple[str, int, int, str]:
             return (self.keys[k], k[1], 0 if k[0] == "thread" else 1, k[2])

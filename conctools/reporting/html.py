@@ -119,7 +119,15 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
     for w in snapshot.of_kind(LockWaitEvent):
         row = waits.setdefault(
             w.lock_name,
-            {"lock": w.lock_name, "kind": w.lock_kind, "waits": 0, "timeouts": 0, "total_s": 0.0, "max_s": 0.0, "site": w.site},
+            {
+                "lock": w.lock_name,
+                "kind": w.lock_kind,
+                "waits": 0,
+                "timeouts": 0,
+                "total_s": 0.0,
+                "max_s": 0.0,
+                "site": w.site,
+            },
         )
         row["waits"] += 1
         row["timeouts"] += 0 if w.acquired else 1
@@ -211,7 +219,13 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
             {
                 "cycle": list(e.cycle),
                 "edges": [
-                    {"from": g.from_lock, "to": g.to_lock, "from_site": g.from_site, "to_site": g.to_site, "thread": g.thread_name}
+                    {
+                        "from": g.from_lock,
+                        "to": g.to_lock,
+                        "from_site": g.from_site,
+                        "to_site": g.to_site,
+                        "thread": g.thread_name,
+                    }
                     for g in e.edges
                 ],
             }

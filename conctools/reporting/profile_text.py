@@ -59,7 +59,15 @@ def profile_section(snapshot: Snapshot, brief: bool) -> str | None:
         parts.append(
             table(
                 ("thread", "time", "switches", "hottest (own time)"),
-                [(_short(str(t.get("name")), 40), format_duration(_num(t, "total_s")), int(_num(t, "switches")), hottest(t)) for t in threads],
+                [
+                    (
+                        _short(str(t.get("name")), 40),
+                        format_duration(_num(t, "total_s")),
+                        int(_num(t, "switches")),
+                        hottest(t),
+                    )
+                    for t in threads
+                ],
                 right=(1, 2),
             )
         )
@@ -68,7 +76,15 @@ def profile_section(snapshot: Snapshot, brief: bool) -> str | None:
         parts.append(
             table(
                 ("task", "own time", "calls", "hottest (own time)"),
-                [(_short(str(t.get("name")), 40), format_duration(_num(t, "own_s")), int(_num(t, "calls")), hottest(t)) for t in tasks],
+                [
+                    (
+                        _short(str(t.get("name")), 40),
+                        format_duration(_num(t, "own_s")),
+                        int(_num(t, "calls")),
+                        hottest(t),
+                    )
+                    for t in tasks
+                ],
                 right=(1, 2),
             )
         )

@@ -42,7 +42,9 @@ def trace_events(snapshot: Snapshot) -> list[dict[str, Any]]:
     ]
     for t in tl.tracks:
         out.append({"ph": "M", "name": "thread_name", "ts": 0, "pid": pid, "tid": t.tid, "args": {"name": t.name}})
-        out.append({"ph": "M", "name": "thread_sort_index", "ts": 0, "pid": pid, "tid": t.tid, "args": {"sort_index": t.tid}})
+        out.append(
+            {"ph": "M", "name": "thread_sort_index", "ts": 0, "pid": pid, "tid": t.tid, "args": {"sort_index": t.tid}}
+        )
     timed: list[dict[str, Any]] = []
     for s in tl.slices:
         ev: dict[str, Any] = {
@@ -65,7 +67,13 @@ def trace_events(snapshot: Snapshot) -> list[dict[str, Any]]:
             {**common, "ph": "s", "ts": max(src.start_us, src.start_us + src.dur_us - _EPS_US), "tid": src.tid}
         )
         timed.append(
-            {**common, "ph": "f", "bp": "e", "ts": max(dst.start_us, dst.start_us + dst.dur_us - _EPS_US), "tid": dst.tid}
+            {
+                **common,
+                "ph": "f",
+                "bp": "e",
+                "ts": max(dst.start_us, dst.start_us + dst.dur_us - _EPS_US),
+                "tid": dst.tid,
+            }
         )
     for i in tl.instants:
         ev = {"ph": "i", "name": i.name, "cat": i.cat, "ts": i.ts_us, "pid": pid, "args": i.args}
@@ -103,4 +111,3 @@ def write_trace(snapshot: Snapshot, path: str | Path) -> Path:
     p = Path(path)
     p.write_text(render_trace(snapshot), encoding="utf-8")
     return p
-

@@ -1,0 +1,265 @@
+"""The aiomonitor console with conctools' commands, driven over a real telnet socket."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conctools.console import ConsoleError, ConsoleMonitor, is_loopback, start
+from conctools.recorder import Recorder
+
+IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
+TTYPE, NAWS = 24, 31
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\x1b[=>]|\r")
+
+
+def free_port() -> int:
+    """A free loopback TCP port (bound then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class TelnetClient:
+    """A minimal telnet client that answers prompt_toolkit's TTYPE/NAWS negotiation."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.text = ""
+        self._pending = b""
+
+    def _feed(self, data: bytes) -> None:
+        data = self._pending + data
+        self._pending = b""
+        out = bytearray()
+        i = 0
+        while i < len(data):
+            b = data[i]
+            if b != IAC:
+                out.append(b)
+                i += 1
+                continue
+            if i + 1 >= len(data):
+                self._pending = data[i:]
+                break
+            cmd = data[i + 1]
+            if cmd in (DO, DONT, WILL, WONT):
+                if i + 2 >= len(data):
+                    self._pending = data[i:]
+                    break
+                opt = data[i + 2]
+                if cmd == DO and opt == TTYPE:
+                    self.sock.sendall(bytes([IAC, WILL, TTYPE]))
+                elif cmd == DO and opt == NAWS:
+                    self.sock.sendall(bytes([IAC, WILL, NAWS, IAC, SB, NAWS, 0, 200, 0, 50, IAC, SE]))
+                i += 3
+            elif cmd == SB:
+                end = data.find(bytes([IAC, SE]), i)
+                if end < 0:
+                    self._pending = data[i:]
+                    break
+                if data[i + 2] == TTYPE:
+                    self.sock.sendall(bytes([IAC, SB, TTYPE, 0]) + b"VT100" + bytes([IAC, SE]))
+                i = end + 2
+            else:
+                i += 2
+        self.text += _ANSI.sub("", out.decode("utf-8", "replace"))
+
+    def read_until(self, marker: str, timeout: float = 15.0, start: int = 0) -> str:
+        """Read until ``marker`` appears after offset ``start``; returns the text after ``start``."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.text[start:]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{marker!r} not seen; got:\n{self.text[start:][-2000:]}")
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                raise AssertionError(f"connection closed before {marker!r}; got:\n{self.text[start:][-2000:]}")
+            self._feed(data)
+        return self.text[start:]
+
+    def command(self, line: str, expect: str, timeout: float = 15.0) -> str:
+        """Type ``line`` + Enter; wait for ``expect`` and the next prompt; return the text."""
+        mark = len(self.text)
+        self.sock.sendall(line.encode() + b"\r")
+        out = self.read_until(expect, timeout, mark)
+        self.read_until("conctools >>>", timeout, mark + out.index(expect))
+        return self.text[mark:]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LoopInThread:
+    """An event loop running in its own thread, with the console started in it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="app-loop", daemon=True)
+        self.thread.start()
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` in the loop's thread and return its result."""
+
+        async def run() -> Any:
+            return fn(*args, **kwargs)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def app_loop() -> Iterator[LoopInThread]:
+    """A running loop in a thread."""
+    lt = LoopInThread()
+    try:
+        yield lt
+    finally:
+        lt.stop()
+
+
+def _start(lt: LoopInThread, recorder: Recorder | None = None) -> tuple[ConsoleMonitor, int]:
+    port = free_port()
+    monitor = lt.call(
+        start, lt.loop, port=port, webui_port=0, console_port=free_port(), recorder=recorder, locals={"answer": 42}
+    )
+    return monitor, port
+
+
+class TestSecurity:
+    """The console binds loopback only unless told otherwise."""
+
+    def test_is_loopback(self) -> None:
+        """Loopback addresses and localhost are loopback; others are not."""
+        assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+        assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.com")
+
+    def test_non_loopback_refused(self) -> None:
+        """A non-loopback host raises ConsoleError with a one-line message, no thread started."""
+        loop = asyncio.new_event_loop()
+        try:
+            with pytest.raises(ConsoleError, match="allow_remote") as info:
+                start(loop, host="0.0.0.0", port=free_port())
+            assert "\n" not in str(info.value)
+        finally:
+            loop.close()
+
+    def test_allow_remote_warns(self, app_loop: LoopInThread) -> None:
+        """``allow_remote=True`` opens it anyway, with a warning."""
+        with pytest.warns(RuntimeWarning, match="arbitrary Python"):
+            monitor = app_loop.call(
+                start, app_loop.loop, host="0.0.0.0", port=free_port(), webui_port=0, console_port=free_port(),
+                allow_remote=True,
+            )  # fmt: skip
+        monitor.close()
+
+    def test_serve_refuses_remote_console(self) -> None:
+        """``conctools serve --console-host 0.0.0.0`` is a one-line error, exit 2."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "conctools", "serve", "--port", "0", "--console-host", "0.0.0.0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "--allow-remote-console" in proc.stderr
+
+
+class TestCommands:
+    """Every conctools command over a real telnet connection."""
+
+    def test_every_command(self, app_loop: LoopInThread, recorder: Recorder) -> None:
+        """help, locks, deadlocks, slow, threads, resources, profile start/top/stop all answer."""
+        monitor, port = _start(app_loop, recorder)
+        client = TelnetClient(port)
+        try:
+            client.read_until("conctools >>>")
+            help_text = client.command("help", "Commands")
+            client.read_until("where", start=len(client.text) - len(help_text))
+            for name in ("locks", "deadlocks", "slow", "threads", "resources", "profile", "ps", "console"):
+                assert name in client.text
+            client.command("locks", "Held or awaited now")
+            client.command("deadlocks", "so far")
+            client.command("slow", "low")
+            threads = client.command("threads", 'Thread "conctools-console"')
+            client.read_until('Thread "app-loop"', start=len(client.text) - len(threads))
+            client.command("resources", "rss")
+            client.command("profile start", "profiling every thread")
+            client.command("profile top", "profile is running")
+            client.command("profile stop", "profiled")
+            client.command("profile stop", "no profile is running")
+            client.command("ps", "Task ID")
+        finally:
+            client.close()
+            monitor.close()
+
+
+class TestClose:
+    """Closing always completes, even with a client inside ``console``."""
+
+    def test_close_without_clients(self, app_loop: LoopInThread) -> None:
+        """close() with nobody connected returns promptly and stops the thread."""
+        monitor, _ = _start(app_loop)
+        started = time.monotonic()
+        monitor.close()
+        assert time.monotonic() - started < 5
+        assert not any(t.name == "conctools-console" and t.is_alive() for t in threading.enumerate())
+
+    def _enter_console(self, client: TelnetClient) -> None:
+        client.read_until("conctools >>>")
+        mark = len(client.text)
+        client.sock.sendall(b"console\r")
+        client.read_until(">>>", start=mark + len("console"))
+        # Prove the REPL runs on the monitored loop with the given locals.
+        mark = len(client.text)
+        client.sock.sendall(b"answer + 1\r")
+        client.read_until("43", start=mark)
+
+    @pytest.mark.parametrize("where", ["loop thread", "stopped loop", "other thread", "aclose"])
+    def test_close_with_client_inside_console(self, where: str) -> None:
+        """With a client in ``console``, close() completes in under 2 s from wherever it is called."""
+        lt = LoopInThread()
+        monitor, port = _start(lt)
+        client = TelnetClient(port)
+        try:
+            self._enter_console(client)
+            started = time.monotonic()
+            if where == "loop thread":
+                lt.call(monitor.close)
+            elif where == "stopped loop":
+                lt.loop.call_soon_threadsafe(lt.loop.stop)
+                lt.thread.join(10)
+                started = time.monotonic()
+                monitor.close()
+            elif where == "other thread":
+                monitor.close()
+            else:
+                asyncio.run_coroutine_threadsafe(monitor.aclose(), lt.loop).result(10)
+            elapsed = time.monotonic() - started
+            assert elapsed < 2.0, f"close took {elapsed:.2f}s"
+            assert monitor.closed
+        finally:
+            client.close()
+            if lt.thread.is_alive():
+                lt.stop()
+            else:
+                lt.loop.close()
+        assert not any(t.name == "conctools-console" and t.is_alive() for t in threading.enumerate())

@@ -1,0 +1,98 @@
+"""The psutil sampler: a named daemon thread, real samples, bounded series, a summary section."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from conctools.events import ResourceSampleEvent
+from conctools.recorder import Recorder
+from conctools.resources import THREAD_NAME, ResourceSampler, sample_resources
+
+
+def wait_for(predicate: object, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+class TestSampler:
+    def test_named_daemon_thread(self, recorder: Recorder) -> None:
+        """The sampler runs as daemon thread 'conctools-resources' and stops on exit."""
+        with sample_resources(interval_s=0.01) as sampler:
+            mine = [t for t in threading.enumerate() if t.name == THREAD_NAME]
+            assert len(mine) == 1 and mine[0].daemon
+            assert sampler.running
+        assert not sampler.running
+        assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]
+
+    def test_samples_are_real(self, recorder: Recorder) -> None:
+        """Samples carry this process's RSS, thread count, fds and monotonic switch counters."""
+        with sample_resources(interval_s=0.01) as sampler:
+            assert wait_for(lambda: sampler.count >= 5)
+            files = [open(os.devnull) for _ in range(20)]  # noqa: SIM115
+            try:
+                assert wait_for(lambda: recorder.snapshot().of_kind(ResourceSampleEvent)[-1].num_fds >= 20)
+            finally:
+                for f in files:
+                    f.close()
+        samples = recorder.snapshot().of_kind(ResourceSampleEvent)
+        assert len(samples) >= 5
+        assert all(s.rss_bytes > 1_000_000 and s.num_threads >= 1 and s.cpu_percent >= 0 for s in samples)
+        assert all(s.thread_name == THREAD_NAME for s in samples[1:-1])
+        vol = [s.ctx_switches_voluntary for s in samples]
+        assert vol == sorted(vol)
+        assert [s.ts_ns for s in samples] == sorted(s.ts_ns for s in samples)
+
+    def test_first_and_last_sample_even_when_short(self, recorder: Recorder) -> None:
+        """A block shorter than the interval still gets a sample at start and at stop."""
+        with sample_resources(interval_s=60):
+            pass
+        assert len(recorder.snapshot().of_kind(ResourceSampleEvent)) == 2
+
+    def test_stop_is_prompt(self, recorder: Recorder) -> None:
+        """stop() wakes the sampler at once instead of waiting out a long interval."""
+        sampler = sample_resources(interval_s=30).start()
+        started = time.monotonic()
+        sampler.stop()
+        assert time.monotonic() - started < 5
+
+    def test_bad_interval(self) -> None:
+        """A zero, negative or infinite interval is a ValueError."""
+        for bad in (0, -1, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="interval_s"):
+                ResourceSampler(bad)
+
+
+class TestSummary:
+    def test_series_is_bounded(self, recorder: Recorder) -> None:
+        """The series keeps at most max_points samples however long the run, spread over all of it."""
+        sampler = ResourceSampler(interval_s=3600, recorder=recorder, max_points=8)
+        sampler.start()
+        try:
+            for _ in range(100):
+                sampler.sample()
+        finally:
+            sampler.stop()
+        summary = sampler.summary()
+        assert summary["samples"] == 102
+        assert 2 <= len(summary["series"]) < 8
+        first_ts = recorder.snapshot().of_kind(ResourceSampleEvent)[0].ts_ns
+        assert summary["series"][0]["ts_ns"] == first_ts
+
+    def test_section_published(self, recorder: Recorder) -> None:
+        """The 'resources' section has peaks, means and deltas, JSON-able."""
+        with sample_resources(interval_s=0.01) as sampler:
+            assert wait_for(lambda: sampler.count >= 3)
+        section = recorder.snapshot().sections["resources"]
+        assert section["samples"] >= 3
+        assert section["rss_bytes_max"] >= section["rss_bytes_min"] > 0
+        assert section["num_threads_max"] >= 2  # the program's thread and the sampler
+        assert section["ctx_switches_voluntary"] >= 0
+        assert 0 <= section["cpu_percent_mean"] <= section["cpu_percent_max"]

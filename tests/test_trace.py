@@ -1,0 +1,164 @@
+"""trace.json: the Chrome trace event format, validated structurally on recorded runs."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from _report_samples import HOSTILE, HOSTILE_NAMES, LINE_SEP, SCRIPT_END, rich_snapshot
+
+from conctools.events import LockWaitEvent, SpanEvent
+from conctools.recorder import Recorder
+from conctools.reporting.trace import render_trace, trace_events
+
+REQUIRED = ("ph", "ts", "pid", "tid", "name")
+
+
+def validate(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Assert what the format requires; return the events."""
+    events = doc["traceEvents"]
+    assert isinstance(events, list) and events
+    named: set[tuple[int, int]] = set()
+    last_ts: dict[tuple[int, int], float] = defaultdict(float)
+    flows: dict[int, list[str]] = defaultdict(list)
+    for e in events:
+        for key in REQUIRED:
+            assert key in e, f"{key} missing in {e}"
+        assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0
+        ph = e["ph"]
+        assert ph in {"M", "X", "i", "s", "f", "C"}, ph
+        if ph == "M":
+            assert e["name"] in {"process_name", "thread_name", "thread_sort_index"}
+            if e["name"] == "thread_name":
+                assert isinstance(e["args"]["name"], str)
+                named.add((e["pid"], e["tid"]))
+            continue
+        track = (e["pid"], e["tid"])
+        if ph == "X":
+            assert isinstance(e["dur"], (int, float)) and e["dur"] >= 0
+        if ph in ("s", "f"):
+            assert isinstance(e["id"], int)
+            flows[e["id"]].append(ph)
+        if ph == "C":
+            assert isinstance(e["args"], dict) and e["args"]
+            assert all(isinstance(v, (int, float)) for v in e["args"].values())
+            continue
+        if ph == "i" and e.get("s") == "g":
+            continue
+        assert track in named, f"track {track} has no thread_name"
+        assert e["ts"] >= last_ts[track], f"time goes backwards on {track}"
+        last_ts[track] = e["ts"]
+    assert all(sorted(v) == ["f", "s"] for v in flows.values()), flows
+    return events  # type: ignore[no-any-return]
+
+
+def nests(events: list[dict[str, Any]]) -> bool:
+    """Slices on one track never overlap partially."""
+    stacks: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for e in events:
+        if e["ph"] != "X":
+            continue
+        stack = stacks[(e["pid"], e["tid"])]
+        while stack and stack[-1] <= e["ts"]:
+            stack.pop()
+        end = e["ts"] + e["dur"]
+        if stack and end > stack[-1] + 1e-6:
+            return False
+        stack.append(end)
+    return True
+
+
+class TestStructure:
+    def test_every_kind_renders_valid(self) -> None:
+        """A run with every event kind gives a valid trace: fields, named tracks, monotonic time."""
+        snapshot = rich_snapshot()
+        events = validate(json.loads(render_trace(snapshot)))
+        assert nests(events)
+        phases = {e["ph"] for e in events}
+        assert phases == {"M", "X", "i", "s", "f", "C"}
+        cats = {e.get("cat") for e in events if e["ph"] == "X"}
+        assert cats == {"span", "lock_wait", "lock_hold", "slow_callback"}
+        slow = next(e for e in events if e.get("cat") == "slow_callback")
+        assert slow["cname"] == "terrible" and slow["args"]["culprit"].startswith("/app/prog.py:33")
+        globals_ = {e["name"] for e in events if e["ph"] == "i" and e.get("s") == "g"}
+        assert globals_ == {"DEADLOCK", "HANG", "lock-order inversion"}
+        counters = {e["name"] for e in events if e["ph"] == "C"}
+        assert {"CPU %", "RSS MiB", "Threads", "Open fds", "Context switches/s"} <= counters
+
+    def test_track_per_thread_and_task(self) -> None:
+        """Threads and asyncio tasks get their own named tracks."""
+        events = trace_events(rich_snapshot())
+        names = {e["args"]["name"] for e in events if e["name"] == "thread_name"}
+        assert SCRIPT_END in names and "MainThread" in names
+        assert f"task {HOSTILE}" in names and f"task {LINE_SEP}" in names
+
+    def test_flow_from_holder_to_waiter(self) -> None:
+        """A lock hand-off draws an arrow from the holder's track to the waiter's track."""
+        events = trace_events(rich_snapshot())
+        tid_name = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
+        start = next(e for e in events if e["ph"] == "s")
+        finish = next(e for e in events if e["ph"] == "f" and e["id"] == start["id"])
+        assert tid_name[start["tid"]] == SCRIPT_END
+        assert tid_name[finish["tid"]] == f"task {HOSTILE}"
+        wait = next(e for e in events if e.get("cat") == "lock_wait" and e["tid"] == finish["tid"])
+        assert wait["ts"] <= finish["ts"] <= wait["ts"] + wait["dur"]
+        hold = next(e for e in events if e.get("cat") == "lock_hold")
+        assert hold["tid"] == start["tid"] and hold["ts"] <= start["ts"] <= hold["ts"] + hold["dur"]
+
+    def test_overlapping_slices_get_lanes(self, recorder: Recorder) -> None:
+        """Partially overlapping slices of one track (same-named tasks) go to a second lane."""
+        for start in (0, 5_000_000):
+            recorder.record(
+                LockWaitEvent(
+                    ts_ns=recorder.started_ns + start,
+                    thread_id=1,
+                    thread_name="T",
+                    task_name="worker",
+                    lock_id=1,
+                    lock_name="L",
+                    lock_kind="aio.Lock",
+                    wait_s=0.01,
+                    acquired=True,
+                    holder=None,
+                    site="x.py:1",
+                )
+            )
+        events = validate({"traceEvents": trace_events(recorder.snapshot())})
+        assert nests(events)
+        names = {e["args"]["name"] for e in events if e["name"] == "thread_name"}
+        assert {"task worker", "task worker (2)"} <= names
+
+    def test_timestamps_relative_microseconds(self, recorder: Recorder) -> None:
+        """Span timestamps are µs since the run start and durations are µs."""
+        recorder.record(
+            SpanEvent(
+                ts_ns=recorder.started_ns + 2_000_000,
+                thread_id=1,
+                thread_name="T",
+                name="s",
+                span_id=1,
+                parent_id=None,
+                duration_s=0.003,
+                outcome="ok",
+            )
+        )
+        x = next(e for e in trace_events(recorder.snapshot()) if e["ph"] == "X")
+        assert x["ts"] == 2000.0 and x["dur"] == 3000.0
+
+    def test_empty_snapshot(self, recorder: Recorder) -> None:
+        """A run that recorded nothing is still a valid trace (process metadata only)."""
+        events = validate(json.loads(render_trace(recorder.snapshot())))
+        assert [e["name"] for e in events] == ["process_name"]
+
+
+class TestHostileNames:
+    def test_names_survive_as_data(self) -> None:
+        """Hostile names round-trip exactly through the JSON, and the file is pure ASCII."""
+        text = render_trace(rich_snapshot())
+        assert text.isascii()
+        assert "\u2028" not in text
+        doc = json.loads(text)
+        strings = json.dumps(doc, ensure_ascii=False)
+        for name in HOSTILE_NAMES:
+            assert json.dumps(name, ensure_ascii=False)[1:-1] in strings
