@@ -353,7 +353,6 @@ class _TestRun:
     def start(self) -> None:
         """Enter every instrument; a failing instrument is logged and left out."""
         self.started = True
-        self.stack.enter_context(use_recorder(self.recorder))
         if self.settings.leak_check:
             self.stack.enter_context(self._catch_runner_leftovers())
         for name, instrument in self.runtime.instruments(self):
@@ -565,30 +564,31 @@ class _Runtime:
 
     # ---- what a test's instruments are ----
     def instruments(self, run: _TestRun) -> list[tuple[str, contextlib.AbstractContextManager[Any]]]:
-        """The instruments for one test, as (name, context manager); features not yet available are left out."""
-        out: list[tuple[str, contextlib.AbstractContextManager[Any]]] = []
+        """The instruments for one test, as (name, context manager), entered in this order.
+
+        ``conctools run``'s own :func:`~conctools.runner.instrumented` comes first (the test's
+        recorder, the deadlock/hang watchdog), so a test is observed as a program is.
+        """
+        from conctools.runner import RunOptions, instrumented
+
         settings = run.settings
+        options = RunOptions(
+            sample_interval_s=None,
+            deadlock_timeout_s=settings.deadlock_timeout_s or None,
+            exit_on_deadlock=False,
+            on_stuck=run.on_problem,
+        )
+        out: list[tuple[str, contextlib.AbstractContextManager[Any]]] = [
+            ("the instruments", instrumented(options, run.recorder))
+        ]
         with contextlib.suppress(ImportError):
             from conctools.locks import trace_locks  # type: ignore[import-not-found,unused-ignore]
 
             out.append(("lock tracing", trace_locks()))
-        if settings.deadlock_timeout_s > 0:
-            with contextlib.suppress(ImportError):
-                from conctools.deadlock import watch_deadlocks  # type: ignore[import-not-found,unused-ignore]
-
-                out.append(
-                    (
-                        "the deadlock watchdog",
-                        watch_deadlocks(
-                            timeout_s=settings.deadlock_timeout_s, on_deadlock=run.on_problem, on_hang=run.on_problem
-                        ),
-                    )
-                )
         if settings.loop_threshold_s > 0:
-            with contextlib.suppress(ImportError):
-                from conctools.loopmon import monitor_all_loops  # type: ignore[import-not-found,unused-ignore]
+            from conctools.loopmon import monitor_all_loops
 
-                out.append(("the loop monitor", monitor_all_loops(settings.loop_threshold_s)))
+            out.append(("the loop monitor", monitor_all_loops(settings.loop_threshold_s)))
         return out
 
     # ---- deadlocks already reported ----
@@ -759,9 +759,9 @@ class _Runtime:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
         report: pytest.TestReport = yield
-        if call.excinfo is not None and isinstance(call.excinfo.value, ConctoolsFailure):
-            if call.excinfo.value.report:
-                report.sections.append((f"conctools report ({call.when})", call.excinfo.value.report))
+        error = call.excinfo.value if call.excinfo is not None else None
+        if isinstance(error, ConctoolsFailure) and error.report:
+            report.sections.append((f"conctools report ({call.when})", call.excinfo.value.report))
         return report
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -271,9 +271,9 @@ class Traced:
         return traced_call
 
     def _wrap_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        var_get, var_set = _span_var.get, _span_var.set
+        var_get, var_set, var_reset = _span_var.get, _span_var.set, _span_var.reset
         name, finish, log_args, now, next_id = self.name, self._finish, self.log_args, _now, _next_id
-        current = _current
+        current, get_loop, current_task = _current, _get_running_loop, _current_task
         logger, level, threshold = self.logger, self.level, self.threshold_ns
         cache = getattr(logger, "_cache", None)
         cache_get = cache.get if isinstance(cache, dict) and threshold is None else None
@@ -283,7 +283,9 @@ class Traced:
             parent = var_get()
             span_id = next_id()
             token = var_set((span_id, name))
-            task_name = _task_name()
+            loop = get_loop()
+            task = current_task(loop) if loop is not None else None
+            task_name = task.get_name() if task is not None else None
             args_text = _format_args(args, kwargs) if log_args else None
             start = now()
             try:
@@ -294,7 +296,10 @@ class Traced:
                 finish(span_id, parent, start, end, *_outcome_of(exc), task_name, args_text)
                 raise
             end = now()
-            _reset(token, parent)
+            try:
+                var_reset(token)
+            except ValueError:  # the coroutine was driven from another context
+                var_set(parent)
             if cache_get is not None and cache_get(level) is False and not args_text:
                 try:
                     current[0].record_span(

@@ -227,11 +227,18 @@ class TestClose:
         client.read_until("conctools >>>")
         mark = len(client.text)
         client.sock.sendall(b"console\r")
-        client.read_until(">>>", start=mark + len("console"))
-        # Prove the REPL runs on the monitored loop with the given locals.
-        mark = len(client.text)
-        client.sock.sendall(b"answer + 1\r")
-        client.read_until("43", start=mark)
+        client.read_until("Try:", start=mark)
+        # Prove the REPL runs on the monitored loop with the given locals. Keys typed before
+        # the REPL's prompt is up are dropped, so retype until it answers.
+        for _ in range(10):
+            mark = len(client.text)
+            client.sock.sendall(b"answer + 1\r")
+            try:
+                client.read_until("43", timeout=1.5, start=mark)
+                return
+            except AssertionError:
+                continue
+        raise AssertionError(f"the REPL never answered:\n{client.text[-1000:]}")
 
     @pytest.mark.parametrize("where", ["loop thread", "stopped loop", "other thread", "aclose"])
     def test_close_with_client_inside_console(self, where: str) -> None:
@@ -258,6 +265,7 @@ class TestClose:
             assert monitor.closed
         finally:
             client.close()
+            monitor.close()
             if lt.thread.is_alive():
                 lt.stop()
             else:

@@ -1,0 +1,1225 @@
+"""Traced drop-ins for ``threading``'s primitives, and :func:`trace_locks`.
+
+``conctools.Lock``, ``RLock``, ``Condition``, ``Semaphore``, ``BoundedSemaphore``, ``Event`` and
+``Barrier`` behave exactly like the ``threading`` classes (CPython's own ``lock_tests`` pass
+against them) and also record, per lock *class* (its ``name=``, else its creation site in user
+code): acquisitions, contended acquisitions, wait and hold time histograms and the hottest
+waiting call sites. Every contended acquisition is a
+:class:`~conctools.events.LockWaitEvent` naming the waiter and the holder when the wait
+began (JFR's ``previousOwner``). The wait registry (:mod:`conctools.registry`) knows every
+primitive's holders and waiters, for the deadlock watchdog.
+
+Cost model (measured in ``benchmarks/bench_locks.py``): an uncontended ``with lock:`` tries a
+non-blocking acquire and, when it gets the lock, stores only the owner's thread id and bumps
+a counter; it takes no timestamp and no stack. The first contention switches that lock to a
+timed variant (hold times measured from then on, since only contended locks have
+interesting hold times), and a waiter pays for clocks, its stack and the event. With
+lock-order checking on (:mod:`conctools.lockorder`), locks also remember where they were
+taken, which costs a frame walk per acquisition.
+
+>>> import conctools
+>>> lock = conctools.Lock(name="accounts")
+>>> with lock:
+...     pass
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+from conctools import lockorder, registry
+from conctools._context import _SKIP_PREFIXES, capture_stack
+from conctools.events import LockWaitEvent
+from conctools.recorder import Histogram, Recorder, get_recorder
+from conctools.registry import Party, PrimitiveState
+
+__all__ = [
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Lock",
+    "LockStats",
+    "RLock",
+    "Semaphore",
+    "lock_table",
+    "publish_lock_table",
+    "reset_stats",
+    "trace_locks",
+]
+
+_log = logging.getLogger("conctools.locks")
+
+# Captured at import, before anyone patches anything: conctools' own internals use these.
+_allocate_lock = _thread.allocate_lock
+_CRLock = _thread.RLock
+_get_ident = _thread.get_ident
+_mono = time.monotonic_ns
+_getframe = sys._getframe
+_get_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
+_threads = threading._active  # ident -> Thread; read without its lock
+_StdCondition = threading.Condition
+_StdSemaphore = threading.Semaphore
+_StdBoundedSemaphore = threading.BoundedSemaphore
+_StdEvent = threading.Event
+_StdBarrier = threading.Barrier
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_serials = itertools.count(1)
+MAX_SITES = 32  # waiting call sites kept per lock class
+MAX_CLASSES = 10_000  # lock classes kept; past it, new ones share one "(other locks)" row
+MAX_HOLDERS = 64  # semaphore holders remembered
+
+
+# -- where: sites and identities ---------------------------------------------------------
+
+
+def _is_internal(filename: str) -> bool:
+    return filename.startswith(_SKIP_PREFIXES) or filename.startswith("<frozen")
+
+
+def _site_of(frame: FrameType | None) -> tuple[str, str]:
+    """``("file.py:LINE", function)`` of the first user frame from ``frame`` outwards."""
+    first = frame
+    while frame is not None and _is_internal(frame.f_code.co_filename):
+        frame = frame.f_back
+    if frame is None:
+        frame = first
+        if frame is None:
+            return "?", "?"
+    code = frame.f_code
+    return f"{os.path.basename(code.co_filename)}:{frame.f_lineno}", code.co_name
+
+
+def _creation_site(frame: FrameType | None) -> str:
+    """The creation site in user code, plus the stdlib function that made it when not user code.
+
+    ``app.py:12`` for ``Lock()`` in app.py; ``app.py:12 (queue.Queue.__init__)`` for the lock
+    a ``queue.Queue()`` on line 12 creates.
+    """
+    inner = frame
+    while inner is not None and inner.f_code.co_filename.startswith(_PKG_DIR):
+        inner = inner.f_back
+    site, _ = _site_of(inner)
+    if inner is not None and _is_internal(inner.f_code.co_filename):
+        module = inner.f_globals.get("__name__", "?")
+        qualname = getattr(inner.f_code, "co_qualname", inner.f_code.co_name)
+        return f"{site} ({module}.{qualname})"
+    return site
+
+
+def _task_now() -> Any:
+    """The running asyncio task in this thread, or ``None`` (cheap off-loop)."""
+    loop = _get_running_loop()
+    if loop is None:
+        return None
+    try:
+        return _current_task(loop)
+    except RuntimeError:
+        return None
+
+
+def _thread_name(ident: int) -> str:
+    t = _threads.get(ident)
+    return t.name if t is not None else f"thread-{ident}"
+
+
+def _party(ident: int, task: Any, site: str, since_ns: int, timeout_s: float | None = None) -> Party:
+    task_name = None
+    if task is not None:
+        try:
+            task_name = task.get_name()
+        except Exception:
+            task_name = repr(task)
+    return Party(
+        thread_id=ident,
+        thread_name=_thread_name(ident),
+        task_name=task_name,
+        task_id=id(task) if task is not None else None,
+        site=site,
+        since_ns=since_ns,
+        timeout_s=timeout_s,
+    )
+
+
+def _who(ident: int, task: Any) -> str:
+    if task is not None:
+        try:
+            return f"task {task.get_name()!r} (thread {_thread_name(ident)!r})"
+        except Exception:
+            pass
+    return f"thread {_thread_name(ident)!r}"
+
+
+# -- statistics per lock class -----------------------------------------------------------
+
+
+class LockStats:
+    """Aggregates of every instance of one lock class (one name or creation site).
+
+    Counters that the fast path bumps live on the instances (exact: they are bumped while
+    the lock is held); they are folded in here when an instance dies and summed with the
+    live ones when the table is read.
+    """
+
+    def __init__(self, key: str, name: str, kind: str, created_at: str) -> None:
+        self.key = key
+        self.name = name
+        self.kind = kind
+        self.created_at = created_at
+        self.mutex = _allocate_lock()
+        self.instances = 0
+        self.last_created_ns = 0
+        self.retired_acquisitions = 0
+        self.contentions = 0
+        self.timeouts = 0
+        self.wait = Histogram()
+        self.hold = Histogram()
+        self.live: dict[int, Any] = {}  # serial -> instance weakref
+        # site -> [waits, total wait ns, function]
+        self.sites: dict[str, list[Any]] = {}
+
+    def record_wait(self, wait_ns: int, site: str, function: str, acquired: bool) -> None:
+        """One blocked wait (slow path)."""
+        with self.mutex:
+            self.contentions += 1
+            if not acquired:
+                self.timeouts += 1
+            self.wait.add(wait_ns)
+            entry = self.sites.get(site)
+            if entry is None:
+                if len(self.sites) >= MAX_SITES:
+                    site, function = "(other sites)", ""
+                    entry = self.sites.get(site)
+                if entry is None:
+                    entry = self.sites[site] = [0, 0, function]
+            entry[0] += 1
+            entry[1] += wait_ns
+
+    def row(self) -> dict[str, Any]:
+        """This class as one JSON-able row of the lock table."""
+        with self.mutex:
+            acquisitions = self.retired_acquisitions
+            hold = Histogram()
+            hold.merge(self.hold)
+            refs = list(self.live.values())
+            wait = Histogram()
+            wait.merge(self.wait)
+            sites = sorted(self.sites.items(), key=lambda kv: (-kv[1][1], kv[0]))[:5]
+            contentions, timeouts, instances = self.contentions, self.timeouts, self.instances
+        for ref in refs:
+            prim = ref()
+            if prim is not None:
+                acquisitions += prim._n
+                h = prim._hold
+                if h is not None:
+                    hold.merge(h)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "created_at": self.created_at,
+            "instances": instances,
+            "acquisitions": acquisitions,
+            "contentions": contentions,
+            "timeouts": timeouts,
+            "wait_total_s": wait.total_ns / 1e9,
+            "wait_p50_s": wait.percentile_ns(0.50) / 1e9,
+            "wait_p95_s": wait.percentile_ns(0.95) / 1e9,
+            "wait_p99_s": wait.percentile_ns(0.99) / 1e9,
+            "wait_max_s": wait.max_ns / 1e9,
+            "hold_count": hold.count,
+            "hold_p50_s": hold.percentile_ns(0.50) / 1e9,
+            "hold_p99_s": hold.percentile_ns(0.99) / 1e9,
+            "hold_max_s": hold.max_ns / 1e9,
+            "hottest_sites": [
+                {"site": site, "function": fn, "waits": n, "wait_total_s": total / 1e9} for site, (n, total, fn) in sites
+            ],
+        }
+
+
+_stats_mutex = _allocate_lock()
+_stats: dict[str, LockStats] = {}
+_published: list[Recorder | None] = [None]
+
+
+def _stats_for(kind: str, name: str | None, created_at: str) -> LockStats:
+    key = f"{kind}|{name if name is not None else created_at}"
+    stats = _stats.get(key)
+    if stats is None:
+        with _stats_mutex:
+            stats = _stats.get(key)
+            if stats is None:
+                if len(_stats) >= MAX_CLASSES:
+                    key = f"{kind}|(other locks)"
+                    stats = _stats.get(key)
+                if stats is None:
+                    stats = _stats[key] = LockStats(key, name or created_at, kind, created_at)
+    return stats
+
+
+def lock_table(since_ns: int = 0) -> list[dict[str, Any]]:
+    """Every lock class with instances created since ``since_ns``, most total wait first."""
+    with _stats_mutex:
+        all_stats = list(_stats.values())
+    rows = []
+    for stats in all_stats:
+        if stats.last_created_ns < since_ns:
+            continue
+        row = stats.row()
+        if row["acquisitions"] or row["contentions"]:
+            rows.append(row)
+    rows.sort(key=lambda r: (-r["wait_total_s"], -r["contentions"], -r["acquisitions"], r["name"]))
+    return rows
+
+
+def reset_stats() -> None:
+    """Forget every lock class's statistics (live locks start a new class entry when next created)."""
+    with _stats_mutex:
+        _stats.clear()
+
+
+def publish_lock_table(recorder: Recorder | None = None) -> None:
+    """Make ``recorder`` (the current one by default) report the lock table as section ``locks``."""
+    rec = recorder if recorder is not None else get_recorder()
+    since = rec.started_ns
+    rec.add_section("locks", lambda: lock_table(since))
+    _published[0] = rec
+
+
+def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
+    """Creation-time bookkeeping shared by every traced primitive."""
+    import weakref
+
+    created_at = _creation_site(frame)
+    stats = _stats_for(kind, name, created_at)
+    prim._stats = stats
+    prim._name = name if name is not None else created_at
+    prim._created_at = created_at
+    prim._serial = serial = next(_serials)
+    prim._n = 0
+    prim._hold = None
+    prim._waiters = {}
+    with stats.mutex:
+        stats.instances += 1
+        stats.last_created_ns = _mono()
+        stats.live[serial] = weakref.ref(prim)
+    registry.register(prim)
+    rec = get_recorder()
+    if _published[0] is not rec:
+        publish_lock_table(rec)
+
+
+def _retire(prim: Any) -> None:
+    """Fold a dying instance's counters into its class (from ``__del__``)."""
+    try:
+        stats = prim._stats
+        with stats.mutex:
+            stats.retired_acquisitions += prim._n
+            if prim._hold is not None:
+                stats.hold.merge(prim._hold)
+            stats.live.pop(prim._serial, None)
+    except Exception:
+        pass
+
+
+# -- waits (slow path) -------------------------------------------------------------------
+
+
+class _Wait:
+    """One party's blocked wait, from its start to its end."""
+
+    __slots__ = ("frame", "function", "holder", "ident", "key", "prim", "site", "stack", "start_ns", "task")
+
+    def __init__(self, prim: Any, frame: FrameType | None, timeout_s: float | None, holder: str | None) -> None:
+        self.prim = prim
+        self.ident = ident = _get_ident()
+        self.task = task = _task_now()
+        self.site, self.function = _site_of(frame)
+        self.holder = holder
+        self.stack = capture_stack(2, limit=32)
+        self.key = key = (ident, id(task) if task is not None else None)
+        self.start_ns = start = _mono()
+        prim._waiters[key] = (ident, task, self.site, start, timeout_s)
+        registry.note_wait_start(prim, key[0], key[1])
+
+    def end(self, acquired: bool, event: bool = True) -> int:
+        """Unregister the wait and record it; returns its end time."""
+        end = _mono()
+        prim = self.prim
+        try:
+            prim._waiters.pop(self.key, None)
+            registry.note_wait_end(self.key[0], self.key[1])
+            wait_ns = end - self.start_ns
+            prim._stats.record_wait(wait_ns, self.site, self.function, acquired)
+            if event:
+                task = self.task
+                task_name = None
+                if task is not None:
+                    try:
+                        task_name = task.get_name()
+                    except Exception:
+                        pass
+                get_recorder().record(
+                    LockWaitEvent(
+                        ts_ns=self.start_ns,
+                        thread_id=self.ident,
+                        thread_name=_thread_name(self.ident),
+                        task_name=task_name,
+                        lock_id=id(prim),
+                        lock_name=prim._name,
+                        lock_kind=prim._stats.kind,
+                        wait_s=wait_ns / 1e9,
+                        acquired=acquired,
+                        holder=self.holder,
+                        site=self.site,
+                        stack=self.stack,
+                    )
+                )
+        except Exception:  # observation must never break the program
+            _log.exception("conctools: recording a lock wait failed")
+        return end
+
+
+def _validate(blocking: Any, timeout: Any) -> None:
+    """Raise exactly what ``_thread.lock.acquire(blocking, timeout)`` raises for bad arguments.
+
+    A fresh private lock is unlocked, so acquiring it with the caller's arguments returns at
+    once or raises the C implementation's own error.
+    """
+    probe = _allocate_lock()
+    if probe.acquire(blocking, timeout):
+        probe.release()
+
+
+def _waiter_parties(prim: Any) -> tuple[Party, ...]:
+    return tuple(_party(i, t, s, since, to) for (i, t, s, since, to) in list(prim._waiters.values()))
+
+
+# -- Lock --------------------------------------------------------------------------------
+
+
+class Lock:
+    """A traced ``threading.Lock``: same behaviour, plus statistics and holder tracking.
+
+    >>> lock = Lock(name="cache")
+    >>> with lock:
+    ...     lock.locked()
+    True
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_acq",
+        "_created_at",
+        "_hold",
+        "_lock",
+        "_n",
+        "_name",
+        "_osince",
+        "_osite",
+        "_otask",
+        "_owner",
+        "_rel",
+        "_serial",
+        "_stats",
+        "_t0",
+        "_waiters",
+        "_held_in",
+    )
+
+    _kind = "Lock"
+
+    def __init__(self, name: str | None = None) -> None:
+        lock = self._lock = _allocate_lock()
+        self._acq = lock.acquire
+        self._rel = lock.release
+        self._owner: int | None = None
+        self._otask: Any = None
+        self._osite = ""
+        self._osince = 0
+        self._t0 = 0
+        self._held_in: list[lockorder.Held] | None = None
+        _register(self, self._kind, name, _getframe(1))
+        if lockorder.is_enabled():
+            self.__class__ = _OrderedLock
+            self._hold = Histogram()
+
+    # The hot path: one non-blocking try, the owner, a counter. Nothing else.
+    def __enter__(self) -> bool:
+        if self._acq(False):
+            self._owner = _get_ident()
+            self._n += 1
+            return True
+        return self._contended(-1, _getframe(1))
+
+    def __exit__(self, t: object, v: object, tb: object) -> None:
+        self._owner = None
+        self._rel()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Acquire the lock, as ``threading.Lock.acquire``."""
+        if blocking is not True or timeout != -1:
+            _validate(blocking, timeout)
+            if not blocking:
+                if self._acq(False):
+                    self._took(_getframe(1), 0)
+                    return True
+                return False
+        if self._acq(False):
+            self._took(_getframe(1), 0)
+            return True
+        return self._contended(timeout, _getframe(1))
+
+    def release(self) -> None:
+        """Release the lock (any thread may), as ``threading.Lock.release``."""
+        self._released()
+        self._rel()
+
+    def _took(self, frame: FrameType | None, t0: int) -> None:
+        # Timed and ordered variants override this; the plain one stays cheap.
+        self._owner = _get_ident()
+        self._n += 1
+
+    def _released(self) -> None:
+        self._owner = None
+
+    def _contended(self, timeout: float, frame: FrameType | None) -> bool:
+        """The slow path: wait, timing it, with the holder recorded (JFR's previousOwner)."""
+        holder = self._owner
+        holder_words = _who(holder, self._otask) if holder is not None else None
+        wait = _Wait(self, frame, None if timeout == -1 else timeout, holder_words)
+        acquired = False
+        try:
+            acquired = self._acq(True, timeout)
+        finally:
+            end = wait.end(acquired)
+        if acquired:
+            if self._hold is None:  # first contention: time this lock's holds from now on
+                self._hold = Histogram()
+                if type(self) is Lock:
+                    self.__class__ = _TimedLock
+            self._took(frame, end)
+            self._otask = wait.task
+            self._osite = wait.site
+        return acquired
+
+    def locked(self) -> bool:
+        """True if the lock is held."""
+        return self._lock.locked()
+
+    acquire_lock = acquire
+    release_lock = release
+    locked_lock = locked
+
+    def _at_fork_reinit(self) -> None:
+        self._lock._at_fork_reinit()
+        self._owner = None
+        self._waiters = {}
+
+    def __del__(self) -> None:
+        _retire(self)
+
+    def __repr__(self) -> str:
+        state = "locked" if self._lock.locked() else "unlocked"
+        return f"<{state} conctools.Lock object name={self._name!r} at {id(self):#x}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
+
+    # -- the registry's view --
+    def _conctools_state(self) -> PrimitiveState:
+        owner = self._owner
+        holders: tuple[Party, ...] = ()
+        if owner is not None:
+            holders = (_party(owner, self._otask, self._osite or "?", self._osince),)
+        return PrimitiveState(
+            prim_id=id(self),
+            name=self._name,
+            kind=self._kind,
+            created_at=self._created_at,
+            holders=holders,
+            waiters=_waiter_parties(self),
+        )
+
+    def _conctools_progress(self) -> int:
+        return self._n
+
+
+class _TimedLock(Lock):
+    """A Lock that has seen contention: it also measures hold times (and where it was taken)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> bool:
+        if self._acq(False):
+            self._took(_getframe(1), 0)
+            return True
+        return self._contended(-1, _getframe(1))
+
+    def __exit__(self, t: object, v: object, tb: object) -> None:
+        self._released()
+        self._rel()
+
+    def _took(self, frame: FrameType | None, t0: int) -> None:
+        self._owner = _get_ident()
+        self._n += 1
+        self._otask = None
+        self._osite = ""
+        self._osince = self._t0 = t0 or _mono()
+
+    def _released(self) -> None:
+        # Still under the lock: the lock itself serialises this instance's histogram.
+        t0 = self._t0
+        if t0:
+            self._t0 = 0
+            hold = self._hold
+            if hold is not None:
+                hold.add(_mono() - t0)
+        self._owner = None
+
+
+_TimedLock.__qualname__ = _TimedLock.__name__ = "Lock"
+
+
+class _OrderedLock(_TimedLock):
+    """A Lock under lock-order checking: it knows where it was taken and feeds the order graph."""
+
+    __slots__ = ()
+
+    def _took(self, frame: FrameType | None, t0: int) -> None:
+        _TimedLock._took(self, frame, t0)
+        site, _ = _site_of(frame)
+        self._osite = site
+        held = lockorder.held_stack()
+        self._held_in = held
+        lockorder.note_acquired(held, lockorder.Held(self, self._stats.key, self._name, self._serial, site))
+
+    def _released(self) -> None:
+        held = self._held_in
+        if held is not None:
+            self._held_in = None
+            lockorder.note_released(held, self)
+        _TimedLock._released(self)
+
+
+_OrderedLock.__qualname__ = _OrderedLock.__name__ = "Lock"
+
+
+# -- RLock -------------------------------------------------------------------------------
+
+
+class RLock:
+    """A traced ``threading.RLock``: re-entrant, owned by one thread; plus statistics.
+
+    Built on the C ``_thread.RLock``, so ``_is_owned``, ``_recursion_count``,
+    ``_release_save`` and ``_acquire_restore`` keep their exact semantics.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_acq",
+        "_created_at",
+        "_depth",
+        "_hold",
+        "_lock",
+        "_n",
+        "_name",
+        "_osince",
+        "_osite",
+        "_otask",
+        "_owner",
+        "_rel",
+        "_serial",
+        "_stats",
+        "_t0",
+        "_waiters",
+        "_held_in",
+    )
+
+    _kind = "RLock"
+
+    def __init__(self, name: str | None = None) -> None:
+        lock = self._lock = _CRLock()
+        self._acq = lock.acquire
+        self._rel = lock.release
+        self._owner: int | None = None
+        self._depth = 0
+        self._otask: Any = None
+        self._osite = ""
+        self._osince = 0
+        self._t0 = 0
+        self._held_in: list[lockorder.Held] | None = None
+        _register(self, self._kind, name, _getframe(1))
+        if lockorder.is_enabled():
+            self.__class__ = _OrderedRLock
+            self._hold = Histogram()
+
+    def __enter__(self) -> bool:
+        if self._acq(False):
+            self._depth += 1
+            self._owner = _get_ident()
+            self._n += 1
+            return True
+        return self._contended(-1, _getframe(1))
+
+    def __exit__(self, t: object, v: object, tb: object) -> None:
+        depth = self._depth
+        owner = self._owner
+        if depth == 1:
+            self._owner = None
+        self._depth = depth - 1
+        try:
+            self._rel()
+        except RuntimeError:  # not ours to release: put our bookkeeping back as it was
+            self._depth = depth
+            self._owner = owner
+            raise
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Acquire (re-entrantly), as ``threading.RLock.acquire``."""
+        if blocking is not True or timeout != -1:
+            _validate(blocking, timeout)
+            if not blocking:
+                if self._acq(False):
+                    self._took(_getframe(1), 0)
+                    return True
+                return False
+        if self._acq(False):
+            self._took(_getframe(1), 0)
+            return True
+        return self._contended(timeout, _getframe(1))
+
+    def release(self) -> None:
+        """Release one level, as ``threading.RLock.release``."""
+        depth = self._depth
+        owner = self._owner
+        if depth == 1:
+            self._released()
+        self._depth = depth - 1
+        try:
+            self._rel()
+        except RuntimeError:
+            self._depth = depth
+            self._owner = owner
+            raise
+
+    def _took(self, frame: FrameType | None, t0: int) -> None:
+        self._depth += 1
+        self._owner = _get_ident()
+        self._n += 1
+
+    def _released(self) -> None:
+        self._owner = None
+
+    def _contended(self, timeout: float, frame: FrameType | None) -> bool:
+        holder = self._owner
+        holder_words = _who(holder, self._otask) if holder is not None else None
+        wait = _Wait(self, frame, None if timeout == -1 else timeout, holder_words)
+        acquired = False
+        try:
+            acquired = self._acq(True, timeout)
+        finally:
+            end = wait.end(acquired)
+        if acquired:
+            if self._hold is None:
+                self._hold = Histogram()
+                if type(self) is RLock:
+                    self.__class__ = _TimedRLock
+            self._took(frame, end)
+            self._otask = wait.task
+            self._osite = wait.site
+        return acquired
+
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()
+
+    def _recursion_count(self) -> int:
+        return self._lock._recursion_count()
+
+    def _release_save(self) -> Any:
+        if not self._lock._is_owned():
+            raise RuntimeError("cannot release un-acquired lock")
+        depth = self._depth
+        self._depth = 1
+        self._released()
+        self._depth = 0
+        return (self._lock._release_save(), depth)
+
+    def _acquire_restore(self, state: Any) -> None:
+        inner, depth = state
+        if self._acq(False):
+            self._lock.release()
+            self._lock._acquire_restore(inner)
+            self._took(_getframe(1), 0)
+        else:
+            holder = self._owner
+            holder_words = _who(holder, self._otask) if holder is not None else None
+            wait = _Wait(self, _getframe(1), None, holder_words)
+            try:
+                self._lock._acquire_restore(inner)
+            finally:
+                end = wait.end(True)
+            self._took(_getframe(1), end)
+        self._depth = depth
+
+    def _at_fork_reinit(self) -> None:
+        self._lock._at_fork_reinit()
+        self._owner = None
+        self._depth = 0
+        self._waiters = {}
+
+    def __del__(self) -> None:
+        _retire(self)
+
+    def __repr__(self) -> str:
+        owner = self._owner
+        state = "locked" if owner is not None or self._depth else "unlocked"
+        return (
+            f"<{state} conctools.RLock object owner={owner or 0} count={self._depth}"
+            f" name={self._name!r} at {id(self):#x}>"
+        )
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
+
+    def _conctools_state(self) -> PrimitiveState:
+        owner = self._owner
+        holders: tuple[Party, ...] = ()
+        if owner is not None:
+            holders = (_party(owner, self._otask, self._osite or "?", self._osince),)
+        return PrimitiveState(
+            prim_id=id(self),
+            name=self._name,
+            kind=self._kind,
+            created_at=self._created_at,
+            holders=holders,
+            waiters=_waiter_parties(self),
+        )
+
+    def _conctools_progress(self) -> int:
+        return self._n
+
+
+class _TimedRLock(RLock):
+    """An RLock that has seen contention: it also measures hold times (outermost level)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> bool:
+        if self._acq(False):
+            self._took(_getframe(1), 0)
+            return True
+        return self._contended(-1, _getframe(1))
+
+    def __exit__(self, t: object, v: object, tb: object) -> None:
+        self.release()
+
+    def _took(self, frame: FrameType | None, t0: int) -> None:
+        depth = self._depth = self._depth + 1
+        self._n += 1
+        if depth == 1:
+            self._owner = _get_ident()
+            self._otask = None
+            self._osite = ""
+            self._osince = self._t0 = t0 or _mono()
+
+    def _released(self) -> None:
+        t0 = self._t0
+        if t0:
+            self._t0 = 0
+            hold = self._hold
+            if hold is not None:
+                hold.add(_mono() - t0)
+        self._owner = None
+
+
+_TimedRLock.__qualname__ = _TimedRLock.__name__ = "RLock"
+
+
+class _OrderedRLock(_TimedRLock):
+    """An RLock under lock-order checking (re-entry adds no edge)."""
+
+    __slots__ = ()
+
+    def _took(self, frame: FrameType | None, t0: int) -> None:
+        _TimedRLock._took(self, frame, t0)
+        if self._depth == 1:
+            site, _ = _site_of(frame)
+            self._osite = site
+            held = lockorder.held_stack()
+            self._held_in = held
+            lockorder.note_acquired(held, lockorder.Held(self, self._stats.key, self._name, self._serial, site))
+
+    def _released(self) -> None:
+        held = self._held_in
+        if held is not None:
+            self._held_in = None
+            lockorder.note_released(held, self)
+        _TimedRLock._released(self)
+
+
+_OrderedRLock.__qualname__ = _OrderedRLock.__name__ = "RLock"
+
+
+# -- Condition ---------------------------------------------------------------------------
+
+
+def _init_traced(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
+    prim._held_in = None
+    _register(prim, kind, name, frame)
+
+
+def _state_without_holders(prim: Any) -> PrimitiveState:
+    return PrimitiveState(
+        prim_id=id(prim),
+        name=prim._name,
+        kind=prim._stats.kind,
+        created_at=prim._created_at,
+        holders=(),
+        waiters=_waiter_parties(prim),
+    )
+
+
+class Condition(_StdCondition):
+    """A traced ``threading.Condition``; its default lock is a traced :class:`RLock`.
+
+    Waiters are visible in the registry (a lost wake-up shows up as a waiter nobody
+    notifies), and the time spent waiting is in the lock table.
+    """
+
+    def __init__(self, lock: Any = None, name: str | None = None) -> None:
+        frame = _getframe(1)
+        if lock is None:
+            lock = RLock(name=f"{name}.lock" if name else None)
+            # Name the default lock after where the Condition was made, not after this file.
+            if name is None:
+                lock._name = _creation_site(frame)
+        super().__init__(lock)
+        _init_traced(self, "Condition", name, frame)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until notified or until ``timeout``, as ``threading.Condition.wait``."""
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        wait = _Wait(self, _getframe(1), timeout, None)
+        notified = False
+        try:
+            notified = super().wait(timeout)
+        finally:
+            wait.end(notified, event=False)
+        return notified
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters, as ``threading.Condition.notify``."""
+        super().notify(n)
+        self._n += 1
+        registry.note_progress()
+
+    def notify_all(self) -> None:
+        """Wake up every waiter."""
+        self.notify(len(self._waiters))
+
+    notifyAll = notify_all  # noqa: N815 - the stdlib's deprecated alias
+
+    def __del__(self) -> None:
+        _retire(self)
+
+    def _conctools_state(self) -> PrimitiveState:
+        return _state_without_holders(self)
+
+    def _conctools_progress(self) -> int:
+        return int(self._n)
+
+
+# Condition keeps its waiter locks in ``_waiters`` (a deque); ours are in ``_ct_waiters``.
+Condition._conctools_waiters_attr = "_ct_waiters"  # type: ignore[attr-defined]
+
+
+# -- Semaphore / BoundedSemaphore --------------------------------------------------------
+
+
+class Semaphore(_StdSemaphore):
+    """A traced ``threading.Semaphore``: every current holder and waiter is known."""
+
+    def __init__(self, value: int = 1, name: str | None = None) -> None:
+        if value < 0:
+            raise ValueError("semaphore initial value must be >= 0")
+        # Its internal condition is plain: the semaphore itself is what we trace.
+        self._cond = _StdCondition(_allocate_lock())
+        self._value = value
+        self._holders: list[tuple[int, Any, str, int]] = []
+        _init_traced(self, self._kind(), name, _getframe(1))
+
+    @classmethod
+    def _kind(cls) -> str:
+        return "Semaphore"
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Decrement the counter, waiting while it is zero, as ``threading.Semaphore.acquire``."""
+        if not blocking and timeout is not None:
+            raise ValueError("can't specify timeout for non-blocking acquire")
+        rc = False
+        endtime = None
+        wait: _Wait | None = None
+        with self._cond:
+            while self._value == 0:
+                if not blocking:
+                    break
+                if wait is None:
+                    wait = _Wait(self, _getframe(1), timeout, self._holder_words())
+                if timeout is not None:
+                    if endtime is None:
+                        endtime = time.monotonic() + timeout
+                    else:
+                        timeout = endtime - time.monotonic()
+                        if timeout <= 0:
+                            break
+                self._cond.wait(timeout)
+            else:
+                self._value -= 1
+                rc = True
+                self._n += 1
+                holders = self._holders
+                if len(holders) >= MAX_HOLDERS:
+                    del holders[0]
+                holders.append((_get_ident(), wait.task if wait else None, wait.site if wait else "", 0))
+        if wait is not None:
+            wait.end(rc)
+        return rc
+
+    __enter__ = acquire
+
+    def release(self, n: int = 1) -> None:
+        """Increment the counter by ``n`` and wake waiters, as ``threading.Semaphore.release``."""
+        if n < 1:
+            raise ValueError("n must be one or more")
+        with self._cond:
+            self._check_release(n)
+            self._value += n
+            self._forget_holders(n)
+            self._cond.notify(n)
+        registry.note_progress()
+
+    def _check_release(self, n: int) -> None:
+        pass
+
+    def __exit__(self, t: object, v: object, tb: object) -> None:
+        self.release()
+
+    def _forget_holders(self, n: int) -> None:
+        me = _get_ident()
+        holders = self._holders
+        for _ in range(n):
+            if not holders:
+                return
+            for i in range(len(holders) - 1, -1, -1):
+                if holders[i][0] == me:
+                    del holders[i]
+                    break
+            else:
+                del holders[0]
+
+    def _holder_words(self) -> str | None:
+        holders = list(self._holders)
+        if not holders:
+            return None
+        return ", ".join(_who(ident, task) for ident, task, _, _ in holders[:4]) + (
+            f" and {len(holders) - 4} more" if len(holders) > 4 else ""
+        )
+
+    def __del__(self) -> None:
+        _retire(self)
+
+    def _conctools_state(self) -> PrimitiveState:
+        holders = tuple(_party(i, t, s or "?", since) for (i, t, s, since) in list(self._holders))
+        return PrimitiveState(
+            prim_id=id(self),
+            name=self._name,
+            kind=self._stats.kind,
+            created_at=self._created_at,
+            holders=holders,
+            waiters=_waiter_parties(self),
+        )
+
+    def _conctools_progress(self) -> int:
+        return int(self._n)
+
+
+class BoundedSemaphore(Semaphore):
+    """A traced ``threading.BoundedSemaphore``: releasing more than acquired raises ``ValueError``."""
+
+    def __init__(self, value: int = 1, name: str | None = None) -> None:
+        self._initial_value = value
+        super().__init__(value, name=name)
+
+    @classmethod
+    def _kind(cls) -> str:
+        return "BoundedSemaphore"
+
+    def _check_release(self, n: int) -> None:
+        if self._value + n > self._initial_value:
+            raise ValueError("Semaphore released too many times")
+
+    def __repr__(self) -> str:
+        cls = self.__class__
+        return f"<{cls.__module__}.{cls.__qualname__} at {id(self):#x}: value={self._value}/{self._initial_value}>"
+
+
+# -- Event -------------------------------------------------------------------------------
+
+
+class Event(_StdEvent):
+    """A traced ``threading.Event``: its waiters are in the registry (an Event nobody sets is a hang)."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self._cond = _StdCondition(_allocate_lock())
+        self._flag = False
+        _init_traced(self, "Event", name, _getframe(1))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the flag is set or ``timeout`` passes, as ``threading.Event.wait``."""
+        if self._flag:
+            return True
+        wait = _Wait(self, _getframe(1), timeout, None)
+        signaled = False
+        try:
+            signaled = super().wait(timeout)
+        finally:
+            wait.end(signaled, event=False)
+        return signaled
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter."""
+        super().set()
+        self._n += 1
+        registry.note_progress()
+
+    def __del__(self) -> None:
+        _retire(self)
+
+    def _conctools_state(self) -> PrimitiveState:
+        return _state_without_holders(self)
+
+    def _conctools_progress(self) -> int:
+        return int(self._n)
+
+
+# -- Barrier -----------------------------------------------------------------------------
+
+
+class Barrier(_StdBarrier):
+    """A traced ``threading.Barrier``: the parties waiting at it are in the registry."""
+
+    def __init__(
+        self, parties: int, action: Callable[[], object] | None = None, timeout: float | None = None, name: str | None = None
+    ) -> None:
+        if sys.version_info >= (3, 13) and parties < 1:
+            raise ValueError("parties must be > 0")
+        # The stdlib's own __init__, with a plain condition (threading's globals may be patched).
+        self._cond = _StdCondition(_allocate_lock())
+        self._action = action
+        self._timeout = timeout
+        self._parties = parties
+        self._state = 0
+        self._count = 0
+        _init_traced(self, "Barrier", name, _getframe(1))
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until every party arrived, as ``threading.Barrier.wait``."""
+        wait = _Wait(self, _getframe(1), timeout if timeout is not None else self._timeout, None)
+        ok = False
+        try:
+            index = super().wait(timeout)
+            ok = True
+        finally:
+            wait.end(ok, event=False)
+            self._n += 1
+            registry.note_progress()
+        return index
+
+    def __del__(self) -> None:
+        _retire(self)
+
+    def _conctools_state(self) -> PrimitiveState:
+        return _state_without_holders(self)
+
+    def _conctools_progress(self) -> int:
+        return int(self._n)
+
+
+# -- trace_locks() -----------------------------------------------------------------------
+
+_patch_mutex = _allocate_lock()
+_patch_depth = [0]
+_saved: list[tuple[Any, str, Any]] = []
+
+
+def _patch_targets() -> list[tuple[Any, str, Any]]:
+    from conctools import aio
+
+    targets: list[tuple[Any, str, Any]] = [
+        (threading, "Lock", Lock),
+        (threading, "RLock", RLock),
+        (threading, "Condition", Condition),
+        (threading, "Semaphore", Semaphore),
+        (threading, "BoundedSemaphore", BoundedSemaphore),
+        (threading, "Event", Event),
+        (threading, "Barrier", Barrier),
+    ]
+    for module in (asyncio, asyncio.locks):
+        for name in ("Lock", "Condition", "Semaphore", "BoundedSemaphore", "Event", "Barrier"):
+            if hasattr(module, name) and hasattr(aio, name):
+                targets.append((module, name, getattr(aio, name)))
+    return targets
+
+
+@contextmanager
+def trace_locks(*, lock_order: bool = False, recorder: Recorder | None = None) -> Iterator[None]:
+    """Make every lock created inside the block a traced one; restore everything on exit.
+
+    It replaces the factories in ``threading`` and ``asyncio`` (``Lock``, ``RLock``,
+    ``Condition``, ``Semaphore``, ``BoundedSemaphore``, ``Event``, ``Barrier``), so locks that
+    the stdlib (``queue.Queue``, ``concurrent.futures``, ``threading.Condition()``'s default
+    RLock, ``asyncio.Queue``) and third-party code create are traced too. Code that calls
+    ``_thread.allocate_lock()`` directly is untouched. Locks created inside stay traced after
+    the block ends. ``lock_order=True`` also checks lock order (see :mod:`conctools.lockorder`).
+    Nests, and is safe to enter from several threads.
+
+    >>> import queue
+    >>> with trace_locks():
+    ...     q = queue.Queue()
+    >>> type(q.mutex).__name__
+    'Lock'
+    """
+    publish_lock_table(recorder)
+    with _patch_mutex:
+        if _patch_depth[0] == 0:
+            targets = _patch_targets()
+            _saved[:] = [(module, name, getattr(module, name)) for module, name, _ in targets]
+            for module, name, replacement in targets:
+                setattr(module, name, replacement)
+        _patch_depth[0] += 1
+    if lock_order:
+        lockorder.enable()
+    try:
+        yield
+    finally:
+        if lock_order:
+            lockorder.disable()
+        with _patch_mutex:
+            _patch_depth[0] -= 1
+            if _patch_depth[0] == 0:
+                for module, name, original in reversed(_saved):
+                    setattr(module, name, original)
+                _saved.clear()

@@ -1,0 +1,117 @@
+"""``conctools serve``: run the sample server, with the console, until a signal or a duration.
+
+This is a wiring module: it runs the server (a producer of events) and writes the reports.
+On exit (SIGINT, SIGTERM or ``--duration``) it stops cleanly, prints the brief report to
+stderr and, with ``--out DIR``, writes the report files there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from conctools.recorder import Recorder, use_recorder
+from conctools.server.app import ServerOptions, create_app
+
+__all__ = ["ServeConfig", "serve"]
+
+
+@dataclass(slots=True, kw_only=True)
+class ServeConfig:
+    """What ``conctools serve`` was asked to do."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    server: ServerOptions = field(default_factory=ServerOptions)
+    console: bool = True
+    console_host: str = "127.0.0.1"
+    console_port: int = 20101
+    console_webui_port: int = 20102
+    console_repl_port: int = 20103
+    allow_remote_console: bool = False
+    out_dir: Path | None = None
+    duration_s: float | None = None
+    report: bool = True
+    command: str = "conctools serve"
+
+
+def check_console_host(config: ServeConfig) -> None:
+    """Raise :class:`~conctools.console.ConsoleError` before anything starts if the console host is refused."""
+    if not config.console:
+        return
+    from conctools.console import ConsoleError, is_loopback
+
+    if not is_loopback(config.console_host) and not config.allow_remote_console:
+        raise ConsoleError(
+            f"refusing to open the console on non-loopback address {config.console_host!r} "
+            "(it runs arbitrary Python): add --allow-remote-console to allow it"
+        )
+
+
+def serve(config: ServeConfig) -> int:
+    """Serve until SIGINT/SIGTERM or ``duration_s``; report; return the exit status."""
+    check_console_host(config)
+    recorder = Recorder()
+    recorder.meta.update({"command": config.command, "bugs": sorted(config.server.bugs)})
+    with use_recorder(recorder):
+        asyncio.run(_serve(config, recorder))
+    from conctools.runner import RunOptions, finish_report
+
+    finish_report(recorder, RunOptions(out_dir=config.out_dir, report=config.report))
+    return 0
+
+
+async def _serve(config: ServeConfig, recorder: Recorder) -> None:
+    loop = asyncio.get_running_loop()
+    app = create_app(config.server)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    console: Any = None
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else config.port
+        recorder.meta["url"] = f"http://{config.host}:{port}"
+        bugs = ", ".join(sorted(config.server.bugs)) or "none"
+        print(f"conctools serve: listening on http://{config.host}:{port} (bugs: {bugs})", flush=True)
+        if config.console:
+            from conctools.console import start
+
+            console = start(
+                loop,
+                config.console_host,
+                config.console_port,
+                webui_port=config.console_webui_port,
+                console_port=config.console_repl_port,
+                allow_remote=config.allow_remote_console,
+                locals={"app": app, "recorder": recorder},
+                recorder=recorder,
+            )
+            print(
+                f"conctools serve: console on telnet {config.console_host} {config.console_port} "
+                "(commands: help, locks, deadlocks, slow, threads, resources, profile)",
+                flush=True,
+            )
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await asyncio.wait_for(stop.wait(), config.duration_s)
+        except TimeoutError:
+            pass
+        print("conctools serve: stopping", file=sys.stderr, flush=True)
+    finally:
+        if console is not None:
+            await console.aclose()
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
