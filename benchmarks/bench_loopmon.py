@@ -4,9 +4,10 @@ Workload: 200 tasks x 100 ``asyncio.sleep(0)`` plus a 20k-item ``asyncio.Queue(m
 ping-pong. Configurations, interleaved round by round in one process so machine noise hits
 them alike: plain asyncio, ``conctools.watch_loop`` (threshold 0.1 s), the same with
 blocking-call detection, asyncio debug mode (slow_callback_duration 0.1 s), and aiodebug's
-slow-callback logger (the best cheap peer: it wraps ``Handle._run``). CPU time is
+slow-callback logger (the best cheap peer: it wraps ``Handle._run``), and the design we did
+not take (a hook timestamping every ``select()``), for comparison. CPU time is
 ``time.process_time()`` (every thread, so the watchdog's own work counts). Prints the median
-per configuration and its ratio to plain asyncio.
+per configuration and its ratio to plain asyncio, then the detection latency on real stalls.
 
     .venv/bin/python benchmarks/bench_loopmon.py [--rounds N]
 """
@@ -20,7 +21,9 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
+from conctools.events import SlowCallbackEvent
 from conctools.loopmon import watch_loop
 from conctools.recorder import use_recorder
 
@@ -101,6 +104,52 @@ def _run_aiodebug() -> None:
         asyncio.run(workload())
 
 
+def _run_select_hook() -> None:
+    """The alternative design, measured: timestamp every select() (what a per-iteration hook costs)."""
+
+    async def main() -> None:
+        selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+        original = selector.select
+        marks = [0, 0]
+
+        def select(timeout: float | None = None) -> list[Any]:
+            marks[0] = time.monotonic_ns()
+            try:
+                return original(timeout)  # type: ignore[no-any-return]
+            finally:
+                marks[1] = time.monotonic_ns()
+
+        selector.select = select
+        try:
+            await workload()
+        finally:
+            selector.select = original
+
+    asyncio.run(main())
+
+
+def detection_latency(stalls: int = 8, threshold_s: float = 0.1, stall_s: float = 0.3) -> None:
+    """Block the loop ``stalls`` times and print how late each stall was noticed and how well it was measured."""
+
+    async def main() -> None:
+        async with watch_loop(threshold_s=threshold_s):
+            for _ in range(stalls):
+                time.sleep(stall_s)
+                await asyncio.sleep(0.05)
+
+    with use_recorder() as rec:
+        asyncio.run(main())
+    events = rec.snapshot().of_kind(SlowCallbackEvent)
+    late = sorted((e.detected_after_s or 0.0) - threshold_s for e in events)
+    error = sorted(abs(e.duration_s - stall_s) for e in events)
+    print(
+        f"detection: {len(events)}/{stalls} stalls of {stall_s * 1e3:.0f} ms found"
+        f" (threshold {threshold_s * 1e3:.0f} ms);"
+        f" noticed threshold + {statistics.median(late) * 1e3:.1f} ms median, + {late[-1] * 1e3:.1f} ms worst;"
+        f" duration error median {statistics.median(error) * 1e3:.2f} ms, worst {error[-1] * 1e3:.2f} ms"
+    )
+
+
 def _cpu(fn: Callable[[], None]) -> float:
     t0 = time.process_time()
     fn()
@@ -109,34 +158,37 @@ def _cpu(fn: Callable[[], None]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--no-debug", action="store_true", help="skip asyncio debug mode (slow)")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--debug-rounds", type=int, default=2, help="rounds of asyncio debug mode (~15x slower)")
     ns = parser.parse_args()
     configs: dict[str, Callable[[], None]] = {
         "plain asyncio": _run_plain,
         "conctools watch_loop": _run_monitor,
         "watch_loop + detect_blocking": _run_monitor_blocking,
         "aiodebug slow callbacks": _run_aiodebug,
+        "(alternative) select() hook": _run_select_hook,
     }
     try:
         import aiodebug  # noqa: F401
     except ImportError:
         del configs["aiodebug slow callbacks"]
         print("(aiodebug not installed: pip install aiodebug)")
-    if not ns.no_debug:
-        configs["asyncio debug mode"] = _run_debug
     for fn in configs.values():  # warm up imports and caches
         fn()
     times: dict[str, list[float]] = {name: [] for name in configs}
     for _ in range(ns.rounds):
         for name, fn in configs.items():
             times[name].append(_cpu(fn))
+    if ns.debug_rounds:
+        times["asyncio debug mode"] = [_cpu(_run_debug) for _ in range(ns.debug_rounds)]
     base = statistics.median(times["plain asyncio"])
     print(f"workload: {TASKS} tasks x {STEPS} sleep(0) + {ITEMS} Queue(maxsize=1) items; {ns.rounds} rounds")
-    print(f"{'configuration':32} {'median CPU':>11} {'min CPU':>9} {'ratio':>7}")
+    base_min = min(times["plain asyncio"])
+    print(f"{'configuration':32} {'median CPU':>11} {'ratio':>7} {'min CPU':>10} {'ratio':>7}")
     for name, samples in times.items():
-        med = statistics.median(samples)
-        print(f"{name:32} {med * 1e3:9.1f} ms {min(samples) * 1e3:6.1f} ms {med / base:6.3f}x")
+        med, low = statistics.median(samples), min(samples)
+        print(f"{name:32} {med * 1e3:8.1f} ms {med / base:6.3f}x {low * 1e3:7.1f} ms {low / base_min:6.3f}x")
+    detection_latency()
 
 
 if __name__ == "__main__":

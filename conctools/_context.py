@@ -34,8 +34,18 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # The sample server ships inside the package but is a user program: its lines are the ones
 # people must see in stacks and culprits, so it never counts as conctools' own code.
 _SAMPLE_DIR = _PKG_DIR + "server" + os.sep
+
+def _own_prefixes() -> tuple[str, ...]:
+    """Path prefixes of conctools' own code: every entry of the package but the sample server."""
+    try:
+        entries = sorted(os.listdir(_PKG_DIR))
+    except OSError:
+        return (_PKG_DIR,)
+    return tuple(_PKG_DIR + e + (os.sep if os.path.isdir(_PKG_DIR + e) else "") for e in entries if e != "server")
+
+
 _SKIP_PREFIXES = (
-    _PKG_DIR,
+    *_own_prefixes(),
     os.path.dirname(asyncio.__file__) + os.sep,
     os.path.dirname(threading.__file__) + os.sep + "threading.py",
     os.path.dirname(threading.__file__) + os.sep + "concurrent" + os.sep,

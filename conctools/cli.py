@@ -123,6 +123,18 @@ def _build_parser() -> _Parser:
         metavar="SECONDS",
         help="report a deadlock or hang after SECONDS without progress, and exit 86/87 (0: off; default 10)",
     )
+    run.add_argument(
+        "--loop-threshold",
+        type=non_negative_seconds,
+        default=0.1,
+        metavar="SECONDS",
+        help="report event-loop callbacks that block the loop longer than SECONDS (0: off; default 0.1)",
+    )
+    run.add_argument(
+        "--detect-blocking",
+        action="store_true",
+        help="report time.sleep, blocking socket/file calls and thread waits made on an event loop's thread",
+    )
     report = sub.add_parser(
         "report",
         help="re-render a saved report.json as text, HTML or a Perfetto trace",
@@ -134,6 +146,9 @@ def _build_parser() -> _Parser:
     report.add_argument("--text", action="store_true", help="print the text report (the default with no other output)")
     report.set_defaults(handler=_report_command)
     # Other commands: sub.add_parser(...).set_defaults(handler=fn), fn(namespace) -> exit status.
+    from conctools._servecli import add_server_commands
+
+    add_server_commands(sub)  # serve, loadtest, demo
     return parser
 
 
@@ -190,6 +205,8 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     options.profile_clock = ns.profile_clock
     options.sample_interval_s = ns.sample_interval or None
     options.deadlock_timeout_s = ns.deadlock_timeout or None
+    options.loop_threshold_s = ns.loop_threshold or None
+    options.detect_blocking = ns.detect_blocking
     if options.module:
         import importlib.util
 

@@ -37,14 +37,15 @@ from __future__ import annotations
 import _thread
 import asyncio
 import contextlib
-import ipaddress
 import logging
+import socket
 import sys
 import threading
 import time
 import traceback
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from aiomonitor import console as _aioconsole_glue
@@ -53,6 +54,7 @@ from aiomonitor.monitor import Monitor
 from aiomonitor.termui.commands import auto_async_command_done, auto_command_done, custom_help_option, monitor_cli
 from prompt_toolkit.application.current import get_app_session
 
+from conctools._net import is_loopback
 from conctools.recorder import Recorder, Snapshot, get_recorder
 
 __all__ = [
@@ -77,16 +79,6 @@ class ConsoleError(Exception):
     """The console cannot start as asked (a non-loopback host without ``allow_remote``)."""
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class ConsoleMonitor(Monitor):  # type: ignore[misc]
     """aiomonitor's :class:`~aiomonitor.monitor.Monitor` with conctools commands and a close
     that always returns (see the module docstring)."""
@@ -100,6 +92,24 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
         self._repl_servers: set[asyncio.AbstractServer] = set()
         self._servers_lock = _thread.allocate_lock()  # a plain lock: conctools' own are never traced
         self._closing = False
+        self._ui_error: BaseException | None = None
+
+    def start(self) -> None:
+        """Start the UI thread; :class:`ConsoleError` if it cannot listen (aiomonitor would wait forever)."""
+        super().start()
+        if self._ui_error is not None:
+            self._closed = True
+            error = self._ui_error
+            raise ConsoleError(f"cannot open the console on {self._host}:{self._termui_port}: {error}")
+
+    def _ui_main(self) -> None:
+        # aiomonitor's start() waits for this thread to signal "started" without a timeout; a
+        # failed bind would kill the thread first and hang start() forever.
+        try:
+            super()._ui_main()
+        except BaseException as exc:
+            self._ui_error = exc
+            self._ui_started.set()
 
     def current_recorder(self) -> Recorder:
         """The recorder the commands read (the given one, else the current one)."""
@@ -145,7 +155,7 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
                 self.close()
             finally:
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                    loop.call_soon_threadsafe(_resolve, done)
 
         threading.Thread(target=run, name="conctools-console-close", daemon=True).start()
         await done
@@ -192,6 +202,20 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
             _log.warning("conctools: the monitored loop did not close the console's REPL server in time")
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """prompt_toolkit's telnet server fails to bind silently (inside a task): check first."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ConsoleError(f"cannot open the console on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def start(
     loop: asyncio.AbstractEventLoop,
     host: str = "127.0.0.1",
@@ -218,6 +242,7 @@ def start(
         message = f"the conctools console on {host}:{port} runs arbitrary Python and is reachable from the network"
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         _log.warning("conctools: %s", message)
+    _check_port_free(host, port)
     monitor = ConsoleMonitor(
         loop,
         recorder=recorder,
@@ -229,6 +254,11 @@ def start(
     )
     monitor.start()
     return monitor
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -287,9 +317,25 @@ def _live_lock_rows() -> list[str]:
     return lines
 
 
-@monitor_cli.command(name="locks")
-@custom_help_option
-@auto_command_done
+_Command = TypeVar("_Command", bound=Callable[..., None])
+
+
+def _command(name: str, *params: Any) -> Callable[[_Command], _Command]:
+    """Register ``fn`` as console command ``name`` on aiomonitor's group, the way its own are built
+    (click parameters, ``--help``, and the "command done" signal the session waits for)."""
+
+    def register(fn: _Command) -> _Command:
+        cmd: Any = auto_command_done(fn)
+        cmd = custom_help_option(cmd)
+        for param in reversed(params):
+            cmd = param(cmd)
+        monitor_cli.command(name=name)(cmd)
+        return fn
+
+    return register
+
+
+@_command("locks")
 def do_locks(ctx: click.Context) -> None:
     """Lock table: holders, waiters, waits"""
     live = _live_lock_rows()
@@ -298,25 +344,19 @@ def do_locks(ctx: click.Context) -> None:
     _echo_sections(ctx, (45,), "No lock statistics yet (no traced lock was contended or none is traced).")
 
 
-@monitor_cli.command(name="deadlocks")
-@custom_help_option
-@auto_command_done
+@_command("deadlocks")
 def do_deadlocks(ctx: click.Context) -> None:
     """Deadlock cycles and lock-order inversions so far"""
     _echo_sections(ctx, (10, 20, 30), "No deadlock, lock-order inversion or hang found so far.")
 
 
-@monitor_cli.command(name="slow")
-@custom_help_option
-@auto_command_done
+@_command("slow")
 def do_slow(ctx: click.Context) -> None:
     """Slow callbacks (loop stalls) with their stacks"""
     _echo_sections(ctx, (40,), "No slow callback recorded so far.")
 
 
-@monitor_cli.command(name="threads")
-@custom_help_option
-@auto_command_done
+@_command("threads")
 def do_threads(ctx: click.Context) -> None:
     """Every thread's stack, by name"""
     frames = sys._current_frames()
@@ -332,9 +372,7 @@ def do_threads(ctx: click.Context) -> None:
         click.echo("")
 
 
-@monitor_cli.command(name="resources")
-@custom_help_option
-@auto_command_done
+@_command("resources")
 def do_resources(ctx: click.Context) -> None:
     """Process resources now (psutil) and the sampler's summary"""
     try:
@@ -361,12 +399,12 @@ def do_resources(ctx: click.Context) -> None:
         click.echo("\n\n".join(parts))
 
 
-@monitor_cli.command(name="profile")
-@click.argument("action", type=click.Choice(["start", "stop", "top"]))
-@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", help="profile clock (start)")
-@click.option("-n", "limit", type=int, default=20, help="functions to show (stop, top)")
-@custom_help_option
-@auto_command_done
+@_command(
+    "profile",
+    click.argument("action", type=click.Choice(["start", "stop", "top"])),
+    click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", help="profile clock (start)"),
+    click.option("-n", "limit", type=int, default=20, help="functions to show (stop, top)"),
+)
 def do_profile(ctx: click.Context, action: str, clock: str, limit: int) -> None:
     """Profile the process with yappi: start | stop | top"""
     monitor = _monitor(ctx)
@@ -408,8 +446,6 @@ def do_profile(ctx: click.Context, action: str, clock: str, limit: int) -> None:
 _original_console = monitor_cli.commands.get("console")
 
 
-@monitor_cli.command(name="console")
-@custom_help_option
 def do_console(ctx: click.Context) -> None:
     """Switch to async Python REPL"""
     self = _monitor(ctx)
@@ -424,7 +460,6 @@ def do_console(ctx: click.Context) -> None:
         command_done.get().set()
         return
 
-    @auto_async_command_done
     async def _console(ctx: click.Context) -> None:
         app_session = get_app_session()
         server = await _aioconsole_glue.start(self._host, self._console_port, self.console_locals, self._monitored_loop)
@@ -436,5 +471,11 @@ def do_console(ctx: click.Context) -> None:
             await self._release_repl_server(server)
             click.echo("The console session is closed.")
 
-    task = self._ui_loop.create_task(_console(ctx))
+    # Spawned on the UI loop; it sets aiomonitor's "command done" signal when the session ends.
+    console_session: Any = auto_async_command_done(_console)
+    task = self._ui_loop.create_task(console_session(ctx))
     self._termui_tasks.add(task)
+
+
+_registered: Any = custom_help_option(do_console)
+monitor_cli.command(name="console")(_registered)

@@ -47,7 +47,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -153,14 +153,8 @@ class WaitEdge:
     waiter: Party
     holder: Party
     prim: PrimitiveState | None
-
-    @property
-    def waiter_key(self) -> PartyKey:
-        return party_key(self.waiter)
-
-    @property
-    def holder_key(self) -> PartyKey:
-        return party_key(self.holder)
+    waiter_key: PartyKey
+    holder_key: PartyKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,35 +173,55 @@ class WaitGraph:
 def build_wait_graph(prims: Iterable[PrimitiveState]) -> WaitGraph:
     """The wait-for graph of ``prims`` (registry records): pure, never touches the program.
 
-    An RLock's owner waiting on its own RLock is re-entry in progress, not an edge.
+    A wait on a threading primitive blocks the whole thread, so its node is the thread even
+    when a task waits; a wait on an asyncio primitive is the task's own. An RLock's owner
+    waiting on its own RLock is re-entry in progress, not an edge.
     """
     prims = tuple(prims)
-    edges: dict[PartyKey, list[WaitEdge]] = {}
-    waits: dict[PartyKey, tuple[Party, PrimitiveState]] = {}
-    holds: dict[PartyKey, list[tuple[PrimitiveState, Party]]] = {}
     # Per thread: the party blocking it synchronously (a thread, or a task in a sync wait).
     sync_blockers: dict[int, Party] = {}
     for prim in prims:
-        for holder in prim.holders:
-            holds.setdefault(party_key(holder), []).append((prim, holder))
-        for waiter in prim.waiters:
-            key = party_key(waiter)
-            waits.setdefault(key, (waiter, prim))
-            if _is_sync_kind(prim.kind):
+        if _is_sync_kind(prim.kind):
+            for waiter in prim.waiters:
                 sync_blockers.setdefault(waiter.thread_id, waiter)
+
+    def waiter_key(party: Party, prim: PrimitiveState) -> PartyKey:
+        if _is_sync_kind(prim.kind):
+            return ("thread", party.thread_id)
+        return party_key(party)
+
+    def holder_key(party: Party) -> PartyKey:
+        blocker = sync_blockers.get(party.thread_id)
+        if party.task_id is not None and blocker is not None and blocker.task_id == party.task_id:
+            return ("thread", party.thread_id)  # the task blocks its own thread: one node
+        return party_key(party)
+
+    edges: dict[PartyKey, list[WaitEdge]] = {}
+    waits: dict[PartyKey, tuple[Party, PrimitiveState]] = {}
+    holds: dict[PartyKey, list[tuple[PrimitiveState, Party]]] = {}
+    for prim in prims:
+        for holder in prim.holders:
+            holds.setdefault(holder_key(holder), []).append((prim, holder))
+        for waiter in prim.waiters:
+            key = waiter_key(waiter, prim)
+            waits.setdefault(key, (waiter, prim))
             for holder in prim.holders:
-                if party_key(holder) == key and _reentrant(prim.kind):
+                if _reentrant(prim.kind) and holder.thread_id == waiter.thread_id:
                     continue
-                edges.setdefault(key, []).append(WaitEdge(waiter=waiter, holder=holder, prim=prim))
+                edge = WaitEdge(waiter=waiter, holder=holder, prim=prim, waiter_key=key, holder_key=holder_key(holder))
+                edges.setdefault(key, []).append(edge)
     # A suspended task that holds something but waits on nothing in the registry still cannot
-    # run while a synchronous wait blocks its event loop thread: it waits for that party.
+    # run while a synchronous wait blocks its event loop thread: it waits for that thread.
     for key, held in holds.items():
         if key[0] != "task" or key in waits:
             continue
         holder = held[0][1]
         blocker = sync_blockers.get(holder.thread_id)
-        if blocker is not None and party_key(blocker) != key:
-            edges.setdefault(key, []).append(WaitEdge(waiter=holder, holder=blocker, prim=None))
+        if blocker is not None:
+            edge = WaitEdge(
+                waiter=holder, holder=blocker, prim=None, waiter_key=key, holder_key=("thread", holder.thread_id)
+            )
+            edges.setdefault(key, []).append(edge)
     return WaitGraph(
         edges={k: tuple(v) for k, v in edges.items()},
         waits=waits,
@@ -394,6 +408,15 @@ def _api_detail(frame: FrameType, qualname: str) -> str:
     return ""
 
 
+def _first_foreign(frame: FrameType | None) -> FrameType | None:
+    """The innermost frame outside conctools."""
+    depth = 0
+    while frame is not None and depth < 32 and frame.f_code.co_filename.startswith(_PKG_DIR):
+        frame = frame.f_back
+        depth += 1
+    return frame
+
+
 def _stack(frame: FrameType | None) -> tuple[Frame, ...]:
     """The thread's stack, innermost first, without conctools' frames nor runpy's below the program."""
     stack = frames_of(frame)
@@ -442,10 +465,15 @@ def classify_thread(
     if registry_wait is not None:
         party, prim = registry_wait
         blocked = party.timeout_s is None
+        what = _describe_prim_wait(party, prim) + f", at {party.site}"
+        # A traced primitive inside the stdlib (Queue.get's Condition): name the stdlib call too.
+        outer = _first_foreign(frame)
+        if outer is not None and outer.f_code.co_filename.startswith(_MACHINERY):
+            what = f"{_api_name(outer)}: {what}"
         return ThreadState(
             thread_id=thread_id,
             state="waiting" if blocked else f"waiting (timeout {party.timeout_s}s)",
-            waits_on=_describe_prim_wait(party, prim) + f", at {party.site}",
+            waits_on=what,
             blocked=blocked,
             stack=stack,
         )
@@ -560,7 +588,7 @@ class DeadlockWatchdog:
         self._thread: threading.Thread | None = None
         self._seen: set[frozenset[tuple[PartyKey, int]]] = set()
         self._live_cycles: set[frozenset[tuple[PartyKey, int]]] = set()
-        self._signatures: dict[int, tuple[int, int, int]] = {}
+        self._signatures: dict[int, Hashable] = {}
         self._all_blocked_since_ns: int | None = None
         self._hang_reported = False
         self._pending_raise: DeadlockError | None = None
@@ -692,17 +720,25 @@ class DeadlockWatchdog:
             for tid, frame in frames.items()
             if tid != me and not getattr(threads.get(tid), "name", "").startswith("conctools-")
         }
-        signatures = {tid: _frame_signature(frame) for tid, frame in watched.items()}
-        moved = signatures != self._signatures
-        self._signatures = signatures
         # Sync waits by thread (a task in a threading wait blocks its thread).
         sync_waits: dict[int, tuple[Party, PrimitiveState]] = {}
         for party, prim in graph.waits.values():
             if _is_sync_kind(prim.kind):
                 sync_waits.setdefault(party.thread_id, (party, prim))
-        loops = self._loop_states()
+        loops, loop_signatures = self._loop_states()
         states = {tid: classify_thread(tid, f, sync_waits.get(tid), loops) for tid, f in watched.items()}
         all_blocked = bool(states) and all(s.blocked for s in states.values())
+        # Where everyone is, to notice movement between scans. An idle loop's thread leaves
+        # select() whenever something pokes its self-pipe (a loop monitor's probe): its tasks'
+        # positions say whether it progressed, not its frames.
+        signatures: dict[int, Hashable] = {}
+        for tid, frame in watched.items():
+            if states[tid].state == "loop idle forever" and tid in loop_signatures:
+                signatures[tid] = loop_signatures[tid]
+            else:
+                signatures[tid] = _frame_signature(frame)
+        moved = signatures != self._signatures
+        self._signatures = signatures
         if not all_blocked or moved:
             self._all_blocked_since_ns = now if all_blocked else None
             if not all_blocked:
@@ -729,20 +765,23 @@ class DeadlockWatchdog:
         return event
 
     @staticmethod
-    def _loop_states() -> dict[int, tuple[bool, str]]:
+    def _loop_states() -> tuple[dict[int, tuple[bool, str]], dict[int, Hashable]]:
+        """Per loop thread: (idle forever?, in words), and where its tasks are when idle."""
         out: dict[int, tuple[bool, str]] = {}
+        signatures: dict[int, Hashable] = {}
         for loop in taskdump.running_loops():
             tid = taskdump.loop_thread_id(loop)
             if tid is None:
                 continue
             idle = taskdump.loop_idle_forever(loop)
             if idle:
-                pending = len(taskdump.dump_tasks(loop))
-                text = f"its event loop: {pending} pending task(s), and no timer, I/O or ready callback to wake them"
+                tasks = taskdump.dump_tasks(loop)
+                signatures[tid] = tuple((t.task_id, t.state, t.stack[:1]) for t in tasks)
+                text = f"its event loop: {len(tasks)} pending task(s), and no timer, I/O or ready callback to wake them"
             else:
                 text = "its event loop: waiting for I/O or timers"
             out[tid] = (idle, text)
-        return out
+        return out, signatures
 
     @staticmethod
     def _hang_event(

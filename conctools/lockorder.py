@@ -30,8 +30,10 @@ from conctools.recorder import get_recorder
 
 __all__ = [
     "Held",
+    "check",
     "disable",
     "enable",
+    "forget_task",
     "graph_size",
     "held_stack",
     "is_enabled",
@@ -39,6 +41,7 @@ __all__ = [
     "note_released",
     "reported_cycles",
     "reset",
+    "task_held_stack",
 ]
 
 _log = logging.getLogger("conctools.lockorder")
@@ -116,20 +119,45 @@ def held_stack() -> list[Held]:
     return stack
 
 
-def note_acquired(held: list[Held], entry: Held) -> None:
-    """``entry`` was just acquired by the owner of ``held``: add edges, then push it."""
+def check(held: list[Held], entry: Held) -> None:
+    """Add the edges ``held -> entry`` (before a blocking wait, so a real deadlock is reported too)."""
     try:
         for h in held:
             if h.prim is entry.prim:
                 continue  # re-entry is not an edge
             if h.key == entry.key:
+                # Same class: order them per instance, and say which instance in the report.
                 a, b = f"{h.key}#{h.serial}", f"{entry.key}#{entry.serial}"
-            else:
-                a, b = h.key, entry.key
-            if (a, b) not in _edges:
-                _new_edge(a, b, h, entry)
+                if (a, b) not in _edges:
+                    _new_edge(a, b, h, entry, f"{h.name} #{h.serial}", f"{entry.name} #{entry.serial}")
+            elif (h.key, entry.key) not in _edges:
+                _new_edge(h.key, entry.key, h, entry, h.name, entry.name)
     except Exception:  # observation must never break the program
         _log.exception("conctools: lock-order check failed")
+
+
+_task_stacks: dict[int, list[Held]] = {}
+
+
+def task_held_stack(task: object) -> list[Held]:
+    """The held locks of an asyncio task (a live list, innermost last)."""
+    stack = _task_stacks.get(id(task))
+    if stack is None:
+        stack = _task_stacks[id(task)] = []
+    return stack
+
+
+def forget_task(task: object) -> None:
+    """Drop a task's (empty) held stack, keeping the table bounded by tasks holding locks."""
+    stack = _task_stacks.get(id(task))
+    if stack is not None and not stack:
+        _task_stacks.pop(id(task), None)
+
+
+def note_acquired(held: list[Held], entry: Held) -> None:
+    """``entry`` was just acquired by the owner of ``held``: add edges, then push it."""
+    if held:
+        check(held, entry)
     held.append(entry)
 
 
@@ -141,11 +169,11 @@ def note_released(held: list[Held], prim: object) -> None:
             return
 
 
-def _new_edge(a: str, b: str, held: Held, entry: Held) -> None:
+def _new_edge(a: str, b: str, held: Held, entry: Held, a_name: str, b_name: str) -> None:
     stack = capture_stack(1, limit=32)
     edge = LockOrderEdge(
-        from_lock=held.name,
-        to_lock=entry.name,
+        from_lock=a_name,
+        to_lock=b_name,
         from_site=held.site,
         to_site=entry.site,
         thread_name=threading.current_thread().name,
@@ -162,8 +190,8 @@ def _new_edge(a: str, b: str, held: Held, entry: Held) -> None:
             return
         _edges[(a, b)] = edge
         _succ.setdefault(a, set()).add(b)
-        _names[a] = held.name
-        _names[b] = entry.name
+        _names[a] = a_name
+        _names[b] = b_name
         path = _path(b, a)
         if path is None:
             return

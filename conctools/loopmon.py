@@ -153,7 +153,8 @@ class StallStats:
                     key = "<other>"
                     site = self.sites.get(key)
                 if site is None:
-                    site = self.sites[key] = _Site(c if key != "<other>" else None, stack, event.callback)
+                    shown = callback_frames(stack) or stack  # the callback's own frames, not the loop's
+                    site = self.sites[key] = _Site(c if key != "<other>" else None, shown, event.callback)
             site.count += 1
             site.hist.add(int(event.duration_s * 1e9))
             if event.task_name and event.task_name not in site.tasks and len(site.tasks) < 5:
@@ -309,6 +310,15 @@ class LoopMonitor:
         self._factory_installed: Callable[..., Any] | None = None
         self._previous_factory: Any = None
         self._owns_loop = False
+        self._exit_when_closed = False
+        self._starting_until_ns = 0
+        self._on_closed: Callable[[LoopMonitor], None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        """True while the watchdog thread runs."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     # ---- control ----
     def start(self) -> LoopMonitor:
@@ -339,6 +349,7 @@ class LoopMonitor:
             if self.detect_blocking:
                 _enable_blocking_detection(loop)
             self._stopping = False
+            self._starting_until_ns = _monotonic_ns() + 1_000_000_000
             self._wake.acquire(False)  # held: the watchdog sleeps on it until stop() releases it
             thread = threading.Thread(target=self._watch, name="conctools-loopmon", daemon=True)
             self._thread = thread
@@ -437,43 +448,65 @@ class LoopMonitor:
         sample_ns = int(self.sample_interval_s * 1e9)
         sent_ns: int | None = None
         stall: _Stall | None = None
+        registered = False
         while not self._stopping:
             now = _monotonic_ns()
+            running = loop.is_running() and not loop.is_closed()
             if sent_ns is not None:
                 seq, pong_ns = self._pong
                 if seq == self._seq:
                     self._stats.add_lag(pong_ns - sent_ns)
+                    if not registered and self._loop_tid is not None:
+                        taskdump.register_loop(loop, self._loop_tid)  # learnt from the probe (uvloop)
+                        registered = True
                     if stall is not None:
                         self._finish(stall, pong_ns)
                         stall = None
                     sent_ns = None
-                elif loop.is_closed() or not loop.is_running():
+                elif not running:
                     if stall is not None:
                         self._finish(stall, now)
                         stall = None
-                    sent_ns = None
+                    sent_ns = None  # its probe runs, if ever, when the loop runs again
                 elif now - sent_ns >= threshold_ns:
                     if stall is None:
                         stall = self._begin(sent_ns, now)
                     if stall is not None and now >= stall.next_sample_ns:
                         self._sample(stall, now, sample_ns)
-            if sent_ns is None and not loop.is_closed() and loop.is_running():
+            if loop.is_closed() and self._exit_when_closed:
+                break
+            if sent_ns is None and running:
                 self._seq += 1
                 sent_ns = _monotonic_ns()
                 try:
                     loop.call_soon_threadsafe(self._probe, self._seq)
                 except RuntimeError:  # closed meanwhile
                     sent_ns = None
-            wake_ns = now + interval_ns
-            if sent_ns is not None and stall is None:
-                wake_ns = min(wake_ns, sent_ns + threshold_ns)
-            elif stall is not None:
-                wake_ns = min(wake_ns, stall.next_sample_ns)
-            timeout = max(0.0005, (wake_ns - _monotonic_ns()) / 1e9)
-            if self._wake.acquire(True, timeout):
-                break  # stop() released it
+            if not running:
+                # A stopped loop: wake rarely, unless it is about to start (uvloop's hook runs
+                # just before run_forever); kick() wakes us when it runs again.
+                timeout = self.probe_interval_s if now < self._starting_until_ns else 0.25
+            else:
+                wake_ns = now + interval_ns
+                if sent_ns is not None and stall is None:
+                    wake_ns = min(wake_ns, sent_ns + threshold_ns)
+                elif stall is not None:
+                    wake_ns = min(wake_ns, stall.next_sample_ns)
+                timeout = max(0.0005, (wake_ns - _monotonic_ns()) / 1e9)
+            if self._wake.acquire(True, timeout) and self._stopping:
+                break  # stop() released it (kick() releases it too, to resume a restarted loop)
         if stall is not None:
             self._finish(stall, _monotonic_ns())
+        if not self._stopping and self._on_closed is not None:
+            self._on_closed(self)
+
+    def kick(self) -> None:
+        """Wake the watchdog now (its loop starts running again)."""
+        self._starting_until_ns = _monotonic_ns() + 1_000_000_000
+        try:
+            self._wake.release()
+        except RuntimeError:  # already released: it is awake anyway
+            pass
 
     def _begin(self, sent_ns: int, now: int) -> _Stall | None:
         loop = self.loop
@@ -670,8 +703,9 @@ def watch_loop(threshold_s: float = 0.1, **options: Any) -> LoopMonitor:
 
 _hook_lock = _thread.RLock()
 _hook_config: list[dict[str, Any]] = []  # stack of monitor_all_loops() options; the last one applies
-_auto: dict[int, LoopMonitor] = {}  # thread id -> the monitor started when its loop started
+_auto: dict[int, LoopMonitor] = {}  # id(loop) -> the monitor started when that loop first ran
 _original_set_running_loop = asyncio.events._set_running_loop
+_uv_patched: list[tuple[type, Callable[..., Any]]] = []  # (uvloop.Loop, our run_forever) while hooked
 
 
 def _hooked_set_running_loop(loop: asyncio.AbstractEventLoop | None) -> None:
@@ -684,21 +718,41 @@ def _hooked_set_running_loop(loop: asyncio.AbstractEventLoop | None) -> None:
 
 
 def _on_loop_switch(loop: asyncio.AbstractEventLoop | None) -> None:
+    """A loop starts (or stops, ``None``) in this thread: watch it, reusing its monitor across runs.
+
+    ``asyncio.run`` starts its loop three or four times, and a program may call
+    ``run_until_complete`` thousands of times: one monitor per loop lives until the loop is
+    closed (its watchdog then exits by itself) or ``monitor_all_loops`` ends.
+    """
+    if loop is None:
+        return  # the watchdog notices by itself that the loop stopped
     tid = _thread.get_ident()
-    with _hook_lock:
-        previous = _auto.pop(tid, None)
-        config = dict(_hook_config[-1]) if _hook_config else None
-    if previous is not None:
-        previous.stop()
-        if previous.loop is not None:
-            taskdump.unregister_loop(previous.loop)
-    if loop is None or config is None:
-        return
     taskdump.register_loop(loop, tid)
-    monitor = LoopMonitor(loop, **config)
-    monitor.start()
     with _hook_lock:
-        _auto[tid] = monitor
+        current = _auto.get(id(loop))
+        config = dict(_hook_config[-1]) if _hook_config else None
+    if current is not None and current.loop is loop and current.alive:
+        current._loop_tid = tid
+        current.kick()
+        return
+    if config is None:
+        return
+    monitor = LoopMonitor(loop, **config)
+    monitor._exit_when_closed = True
+    monitor._on_closed = _forget_auto
+    with _hook_lock:
+        _auto[id(loop)] = monitor
+    monitor.start()
+
+
+def _forget_auto(monitor: LoopMonitor) -> None:
+    """An automatic monitor's loop was closed: drop it and undo what it changed."""
+    with _hook_lock:
+        if monitor.loop is not None and _auto.get(id(monitor.loop)) is monitor:
+            del _auto[id(monitor.loop)]
+    monitor._release()
+    if monitor.loop is not None:
+        taskdump.unregister_loop(monitor.loop)
 
 
 def _uvloop_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -735,7 +789,6 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
     events_mod = asyncio.events
     uvloop = sys.modules.get("uvloop")
     uv_cls = getattr(uvloop, "Loop", None) if uvloop is not None else None
-    patched_uv = None
     with _hook_lock:
         first = not _hook_config
         _hook_config.append(config)
@@ -743,8 +796,9 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
             if events_mod._set_running_loop is _original_set_running_loop:
                 events_mod._set_running_loop = _hooked_set_running_loop
             if uv_cls is not None and "run_forever" not in vars(uv_cls):
-                patched_uv = _uvloop_run_forever(uv_cls.run_forever)
-                uv_cls.run_forever = patched_uv
+                patched = _uvloop_run_forever(uv_cls.run_forever)
+                uv_cls.run_forever = patched
+                _uv_patched.append((uv_cls, patched))
     # A loop already running in this thread (entered from inside a coroutine) is watched too.
     running = _get_running_loop()
     if running is not None:
@@ -763,8 +817,10 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
                 _auto.clear()
                 if events_mod._set_running_loop is _hooked_set_running_loop:
                     events_mod._set_running_loop = _original_set_running_loop
-                if patched_uv is not None and uv_cls is not None and vars(uv_cls).get("run_forever") is patched_uv:
-                    del uv_cls.run_forever
+                for cls, patched in _uv_patched:
+                    if vars(cls).get("run_forever") is patched:
+                        delattr(cls, "run_forever")
+                _uv_patched.clear()
         for _tid, monitor in monitors:
             monitor.stop()
             if monitor.loop is not None:

@@ -162,20 +162,27 @@ class _TaskTagger:
         # id(task) -> (weakref to the task, tag): the weakref tells a reused id from the same task.
         self._seen: dict[int, tuple[weakref.ref[Any], int]] = {}
         self._next = 2
+        # (task, tag) of the last lookup: consecutive calls are nearly always in the same task
+        # step. One tuple, swapped whole, so threads with loops of their own never see it torn.
+        self._last: tuple[object, int] = (None, _NO_TASK)
 
     def __call__(self) -> int:
-        # Called by yappi on every profiled call: keep the off-loop path to one C call.
+        # Called by yappi on every profiled call: the off-loop path is one C call, the common
+        # on-loop path two C calls and an identity check.
         loop = _get_running_loop()
         if loop is None:
             return _NO_TASK
         try:
             task = _current_task(loop)
+            last = self._last
+            if task is last[0]:
+                return last[1]
             if task is None:
                 return _NO_TASK
             entry = self._seen.get(id(task))
-            if entry is not None and entry[0]() is task:
-                return entry[1]
-            return self._new_tag(task)
+            tag = entry[1] if entry is not None and entry[0]() is task else self._new_tag(task)
+            self._last = (task, tag)
+            return tag
         except Exception:  # never raise into yappi's hook
             return _NO_TASK
 

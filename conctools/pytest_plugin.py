@@ -49,6 +49,7 @@ from conctools._context import frames_of
 from conctools.events import (
     DeadlockEvent,
     Event,
+    Frame,
     HangEvent,
     LockOrderEvent,
     SlowCallbackEvent,
@@ -321,6 +322,44 @@ def _describe_tasks(tasks: Sequence[asyncio.Future[Any]]) -> list[str]:
     return out
 
 
+def _package_dir(module: Any) -> str:
+    return os.path.dirname(os.path.abspath(str(module.__file__))) + os.sep
+
+
+def _pytest_dirs() -> tuple[str, ...]:
+    import _pytest
+    import pluggy
+
+    dirs = [_package_dir(_pytest), _package_dir(pluggy), _package_dir(pytest)]
+    with contextlib.suppress(ImportError):
+        import pytest_asyncio
+
+        dirs.append(_package_dir(pytest_asyncio))
+    return tuple(dirs)
+
+
+def _trim(value: Any, machinery: tuple[str, ...]) -> Any:
+    """``value`` with every stack cut where pytest's own frames begin (they say nothing about the test)."""
+    if isinstance(value, tuple) and value and all(isinstance(f, Frame) for f in value):
+        for i, f in enumerate(value):
+            if i and f.filename.startswith(machinery):
+                return value[:i]
+        return value
+    if isinstance(value, tuple):
+        return tuple(_trim(v, machinery) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, (type, Frame)):
+        changes = {}
+        for f in dataclasses.fields(value):
+            if not f.init:
+                continue
+            old = getattr(value, f.name)
+            new = _trim(old, machinery)
+            if new is not old:
+                changes[f.name] = new
+        return dataclasses.replace(value, **changes) if changes else value
+    return value
+
+
 # -- one test ------------------------------------------------------------------------------------
 
 
@@ -333,7 +372,9 @@ class _TestRun:
         self.settings = settings
         self.recorder = Recorder()
         self.recorder.meta["command"] = f"pytest {item.nodeid}"
-        self.stack = contextlib.ExitStack()
+        self.recorder.meta["conctools_settings"] = dataclasses.asdict(settings)
+        self.stack = contextlib.ExitStack()  # the test's instruments, setup to teardown
+        self.phase_stack = contextlib.ExitStack()  # the loop monitor, one phase at a time
         self.threads_before: weakref.WeakSet[threading.Thread] = weakref.WeakSet(_program_threads())
         self.tasks_before: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
         if settings.leak_check:
@@ -404,6 +445,28 @@ class _TestRun:
             self.leaked_tasks.extend(leaked)
             self.leaked_reports.extend(_describe_tasks(leaked))
 
+    # ---- one phase (setup, call, teardown) ----
+    def begin_phase(self) -> None:
+        """Arm the interrupt and watch every event loop that runs during the phase."""
+        self.armed = True
+        if self.settings.loop_threshold_s > 0:
+            from conctools.loopmon import monitor_all_loops
+
+            try:
+                self.phase_stack.enter_context(
+                    monitor_all_loops(self.settings.loop_threshold_s, recorder=self.recorder)
+                )
+            except Exception:
+                _log.exception("conctools: could not start the loop monitor for %s", self.item.nodeid)
+
+    def end_phase(self) -> None:
+        """Disarm; stop the loop monitors, which records every stall of the phase before it is checked."""
+        self.armed = False
+        try:
+            self.phase_stack.close()
+        except Exception:
+            _log.exception("conctools: could not stop the loop monitor for %s", self.item.nodeid)
+
     # ---- interrupting a stuck test ----
     def on_problem(self, event: Event) -> None:
         """Watchdog callback (its own thread): the test is stuck; interrupt it if it is waiting."""
@@ -445,7 +508,8 @@ class _TestRun:
                 self.stuck_threads.update(w.thread_id for w in event.waiters if w.task_name is None)
             if isinstance(event, (DeadlockEvent, HangEvent)):
                 self.stuck = True
-        return dataclasses.replace(snapshot, events=tuple(fresh))
+        machinery = _pytest_dirs()
+        return dataclasses.replace(snapshot, events=tuple(_trim(e, machinery) for e in fresh))
 
     def leaks(self) -> str | None:
         """The leak report (threads and tasks the test left running), or ``None``."""
@@ -538,7 +602,7 @@ def _one_line(event: Event) -> str:
     if isinstance(event, LockOrderEvent):
         return f"lock-order inversion: {' -> '.join(event.cycle)} -> {event.cycle[0] if event.cycle else ''}"
     if isinstance(event, HangEvent):
-        return f"hang: no progress for {event.stalled_s:.1f} s ({event.reason})"
+        return f"hang: {event.reason}"
     if isinstance(event, SlowCallbackEvent):
         site = f" at {event.culprit.site}" if event.culprit else ""
         return f"blocked event loop: {event.callback} for {event.duration_s:.3f} s{site}"
@@ -567,8 +631,10 @@ class _Runtime:
         """The instruments for one test, as (name, context manager), entered in this order.
 
         ``conctools run``'s own :func:`~conctools.runner.instrumented` comes first (the test's
-        recorder, the deadlock/hang watchdog), so a test is observed as a program is.
+        recorder, the deadlock/hang watchdog), so a test is observed as a program is; the loop
+        monitor is entered per phase instead, so that each phase's stalls are recorded by its end.
         """
+        from conctools.locks import trace_locks
         from conctools.runner import RunOptions, instrumented
 
         settings = run.settings
@@ -577,19 +643,12 @@ class _Runtime:
             deadlock_timeout_s=settings.deadlock_timeout_s or None,
             exit_on_deadlock=False,
             on_stuck=run.on_problem,
+            loop_threshold_s=None,  # per phase instead: see _TestRun.begin_phase
         )
-        out: list[tuple[str, contextlib.AbstractContextManager[Any]]] = [
-            ("the instruments", instrumented(options, run.recorder))
+        return [
+            ("the instruments", instrumented(options, run.recorder)),
+            ("lock tracing", trace_locks(lock_order=True)),
         ]
-        with contextlib.suppress(ImportError):
-            from conctools.locks import trace_locks  # type: ignore[import-not-found,unused-ignore]
-
-            out.append(("lock tracing", trace_locks()))
-        if settings.loop_threshold_s > 0:
-            from conctools.loopmon import monitor_all_loops
-
-            out.append(("the loop monitor", monitor_all_loops(settings.loop_threshold_s)))
-        return out
 
     # ---- deadlocks already reported ----
     @staticmethod
@@ -704,17 +763,17 @@ class _Runtime:
         """Run one phase armed for interrupts; fail it with the report of what went wrong in it."""
         if run is None or not run.started:
             return (yield)
-        run.armed = True
+        run.begin_phase()
         try:
             yield
         except (KeyboardInterrupt, SystemExit):
-            run.armed = False
+            run.end_phase()
             raise
         except BaseException:
-            run.armed = False
+            run.end_phase()
             self._check(run, phase)  # a conctools report replaces the test's own error
             raise
-        run.armed = False
+        run.end_phase()
         self._check(run, phase)
         return None
 
@@ -761,7 +820,7 @@ class _Runtime:
         report: pytest.TestReport = yield
         error = call.excinfo.value if call.excinfo is not None else None
         if isinstance(error, ConctoolsFailure) and error.report:
-            report.sections.append((f"conctools report ({call.when})", call.excinfo.value.report))
+            report.sections.append((f"conctools report ({call.when})", error.report))
         return report
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "PrimitiveState",
     "Traceable",
     "last_progress_ns",
+    "live",
     "note_progress",
     "note_wait_end",
     "note_wait_start",
@@ -87,45 +88,36 @@ class Traceable(Protocol):
         ...
 
 
-# prim_id -> weak reference; the registry never keeps a primitive alive.
+# Weak references to every live traced primitive. A set of refs whose callback is the set's
+# own (C) ``discard``: registering costs one weakref, no lock and no closure, and a dead
+# primitive leaves by itself. Adding and copying a set are atomic under the GIL.
 _lock = _thread.allocate_lock()
-_live: dict[int, weakref.ref[Traceable]] = {}
+_refs: set[weakref.ref[Traceable]] = set()
 # (thread_id, task_id) -> weak reference to the primitive that party waits on now.
 _waiting: dict[tuple[int, int | None], weakref.ref[Traceable]] = {}
 # [explicit progress stamp, last observed progress sum, when that sum was first observed]
 _progress: list[int] = [time.monotonic_ns(), -1, time.monotonic_ns()]
 
 
-def _forget(prim_id: int) -> None:
-    # Called by a weakref callback, possibly in any thread, possibly during GC.
-    with _lock:
-        _live.pop(prim_id, None)
-
-
 def register(prim: Traceable) -> None:
     """Track ``prim`` (weakly) until it is garbage collected."""
-    prim_id = id(prim)
-
-    def gone(_ref: weakref.ref[Traceable], _id: int = prim_id) -> None:
-        _forget(_id)
-
     try:
-        ref = weakref.ref(prim, gone)
+        _refs.add(weakref.ref(prim, _refs.discard))
     except TypeError:
-        return
-    with _lock:
-        _live[prim_id] = ref
+        pass
 
 
-def _snapshot_refs() -> list[Traceable]:
-    with _lock:
-        refs = list(_live.values())
+def live() -> list[Traceable]:
+    """Every live traced primitive object (strong references: do not keep them)."""
     out = []
-    for ref in refs:
+    for ref in list(_refs):
         prim = ref()
         if prim is not None:
             out.append(prim)
     return out
+
+
+_snapshot_refs = live
 
 
 def state_of(prim: Traceable) -> PrimitiveState | None:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from conctools.deadlock import EXIT_DEADLOCK, EXIT_HANG, watch_deadlocks
 from conctools.events import DeadlockEvent, HangEvent
-from conctools.profiling import Profile, ProfileError
+from conctools.loopmon import monitor_all_loops
+from conctools.profiling import Clock, Profile, ProfileError
 from conctools.recorder import Recorder, Snapshot, use_recorder
 from conctools.reporting import render_json, render_text
 from conctools.reporting.html import render_html
@@ -51,6 +52,8 @@ class RunOptions:
     sample_interval_s: float | None = 0.5  # None or 0: no resource sampling
     deadlock_timeout_s: float | None = 10.0  # None or 0: no deadlock/hang watchdog
     exit_on_deadlock: bool = True  # print the report and exit 86 (deadlock) / 87 (hang) instead of hanging
+    loop_threshold_s: float | None = 0.1  # None or 0: no event-loop monitor
+    detect_blocking: bool = False  # report time.sleep / blocking sockets / thread waits on loop threads
     # Without exit_on_deadlock: called (from the watchdog thread) with each DeadlockEvent / HangEvent.
     on_stuck: Callable[[DeadlockEvent | HangEvent], object] | None = None
 
@@ -76,6 +79,10 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
             _enter_profile(stack, options, recorder)
         if options.deadlock_timeout_s:
             _enter_watchdog(stack, options, recorder)
+        if options.loop_threshold_s:
+            stack.enter_context(
+                monitor_all_loops(options.loop_threshold_s, detect_blocking=options.detect_blocking, recorder=recorder)
+            )
         yield stack
 
 
@@ -123,7 +130,7 @@ def _report_and_exit(recorder: Recorder, options: RunOptions, status: int, what:
 
 def _enter_profile(stack: contextlib.ExitStack, options: RunOptions, recorder: Recorder) -> None:
     """Profile the program; with ``out_dir``, save the profile files once the profile stopped."""
-    clock = "cpu" if options.profile_clock == "cpu" else "wall"
+    clock: Clock = "cpu" if options.profile_clock == "cpu" else "wall"
     prof = Profile(clock, recorder=recorder)
     if options.out_dir is not None:
         # Pushed before the profile is entered, so it runs after the profile has stopped.

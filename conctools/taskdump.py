@@ -549,6 +549,16 @@ def loop_idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
+def _copy(items: Iterable[Any]) -> list[Any]:
+    """``list(items)`` of a container another thread mutates: retry on "changed size"."""
+    for _ in range(100):
+        try:
+            return list(items)
+        except RuntimeError:
+            continue
+    raise RuntimeError("container kept changing while being copied")
+
+
 def _idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
     if not _is_running(loop):
         return False
@@ -557,17 +567,9 @@ def _idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
     selector = getattr(loop, "_selector", None)
     if ready is None or scheduled is None or selector is None:
         return False  # not a BaseEventLoop we can read (uvloop): assume it can wake up
-    if len(ready):
-        return False
-    for _ in range(100):
-        try:
-            timers = list(scheduled)
-            break
-        except RuntimeError:
-            continue
-    else:
-        return False
-    if any(not h.cancelled() for h in timers):
+    if any(not getattr(getattr(h, "_callback", None), "_conctools_probe", False) for h in _copy(ready)):
+        return False  # something is ready to run (the loop monitor's own probes do not count)
+    if any(not h.cancelled() for h in _copy(scheduled)):
         return False
     if getattr(loop, "_signal_handlers", None):
         return False
@@ -578,15 +580,7 @@ def _idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
             own.add(ssock.fileno())
         except Exception:
             pass
-    for _ in range(100):
-        try:
-            fds = list(selector.get_map().keys())
-            break
-        except RuntimeError:
-            continue
-    else:
-        return False
-    if any(fd not in own for fd in fds):
+    if any(fd not in own for fd in _copy(selector.get_map().keys())):
         return False
     tid = loop_thread_id(loop)
     if tid is not None:

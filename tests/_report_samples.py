@@ -113,7 +113,9 @@ def rich_snapshot() -> Snapshot:
     )
     edge = LockOrderEdge(from_lock="a", to_lock=HOSTILE, from_site="p.py:1", to_site="p.py:2", thread_name="T1")
     rec.record(
-        LockOrderEvent(ts_ns=now - 1_500_000, thread_id=main_id, thread_name="MainThread", cycle=("a", HOSTILE), edges=(edge,))
+        LockOrderEvent(
+            ts_ns=now - 1_500_000, thread_id=main_id, thread_name="MainThread", cycle=("a", HOSTILE), edges=(edge,)
+        )
     )
     part = Participant(
         thread_id=main_id,
@@ -128,9 +130,18 @@ def rich_snapshot() -> Snapshot:
     rec.record(DeadlockEvent(ts_ns=now - 1_000_000, thread_id=main_id, thread_name="MainThread", participants=(part,)))
     waiter = WaiterInfo(thread_id=main_id, thread_name=LINE_SEP, task_name=None, state="waiting", waits_on=HOSTILE)
     rec.record(
-        HangEvent(ts_ns=now - 900_000, thread_id=main_id, thread_name="MainThread", stalled_s=5.0, reason=QUOTES, waiters=(waiter,))
+        HangEvent(
+            ts_ns=now - 900_000,
+            thread_id=main_id,
+            thread_name="MainThread",
+            stalled_s=5.0,
+            reason=QUOTES,
+            waiters=(waiter,),
+        )
     )
-    rec.record(MarkEvent(ts_ns=now - 800_000, thread_id=main_id, thread_name="MainThread", name=HOSTILE, detail={"x": QUOTES}))
+    rec.record(
+        MarkEvent(ts_ns=now - 800_000, thread_id=main_id, thread_name="MainThread", name=HOSTILE, detail={"x": QUOTES})
+    )
     for n in range(4):
         rec.record(
             ResourceSampleEvent(
@@ -160,8 +171,24 @@ def rich_snapshot() -> Snapshot:
             "duration_s": 0.5,
             "function_count": 2,
             "functions": [
-                {"name": HOSTILE, "filename": "/app/prog.py", "lineno": 3, "calls": 4, "total_s": 0.3, "own_s": 0.2, "builtin": False},
-                {"name": "helper", "filename": "/app/prog.py", "lineno": 9, "calls": 2, "total_s": 0.1, "own_s": 0.1, "builtin": False},
+                {
+                    "name": HOSTILE,
+                    "filename": "/app/prog.py",
+                    "lineno": 3,
+                    "calls": 4,
+                    "total_s": 0.3,
+                    "own_s": 0.2,
+                    "builtin": False,
+                },
+                {
+                    "name": "helper",
+                    "filename": "/app/prog.py",
+                    "lineno": 9,
+                    "calls": 2,
+                    "total_s": 0.1,
+                    "own_s": 0.1,
+                    "builtin": False,
+                },
             ],
             "threads": [{"name": SCRIPT_END, "thread_id": 5, "total_s": 0.4, "switches": 3, "top": []}],
             "tasks": [{"name": LINE_SEP, "own_s": 0.05, "calls": 7, "top": []}],

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import conctools.recorder as recorder_module
+from conctools.loopmon import patched_names as loopmon_patched_names
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +31,16 @@ _PATCHABLE = {
     (asyncio, "Semaphore"): asyncio.Semaphore,
     (asyncio, "BoundedSemaphore"): asyncio.BoundedSemaphore,
     (asyncio, "Event"): asyncio.Event,
+    (asyncio.events, "_set_running_loop"): asyncio.events._set_running_loop,  # monitor_all_loops()
 }
+# The loop monitor's blocking-call detection (time.sleep, socket methods, thread waits) and its uvloop hook.
+_PATCHABLE.update({(owner, name): getattr(owner, name) for owner, name in loopmon_patched_names()})
+try:
+    import uvloop
+
+    _PATCHABLE[(uvloop.Loop, "run_forever")] = uvloop.Loop.run_forever
+except ImportError:
+    pass
 
 
 def _conctools_threads() -> set[threading.Thread]:

@@ -144,7 +144,9 @@ class TestWaitGraph:
         ]
         cycles = dl.find_deadlocks(dl.build_wait_graph(records), now_ns=NOW)
         assert len(cycles) == 1
-        assert {e.waiter_key for e in cycles[0]} == {("thread", 1), ("task", 77)}
+        # The task blocks its thread in a threading wait: task and thread are one node.
+        assert {e.waiter_key for e in cycles[0]} == {("thread", 1), ("thread", 9)}
+        assert {e.waiter.task_name for e in cycles[0]} == {None, "task77"}
 
     def test_task_waits_for_its_blocked_loop_thread(self) -> None:
         """A suspended task holding a lock waits for its loop thread, blocked by another task's sync wait."""
@@ -154,7 +156,7 @@ class TestWaitGraph:
         ]
         graph = dl.build_wait_graph(records)
         loop_edges = [e for e in graph.edges[("task", 1)] if e.prim is None]
-        assert [e.holder_key for e in loop_edges] == [("task", 2)]
+        assert [e.holder_key for e in loop_edges] == [("thread", 9)]
         cycles = dl.find_deadlocks(graph, now_ns=NOW)
         assert len(cycles) == 1
         assert len(cycles[0]) == 3
@@ -233,6 +235,13 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
     return False
 
 
+def release_quietly(lock: threading.Lock | conctools.Lock) -> None:
+    try:
+        lock.release()
+    except RuntimeError:
+        pass
+
+
 @pytest.fixture
 def found() -> Iterator[list[DeadlockEvent]]:
     yield []
@@ -248,10 +257,11 @@ class TestWatchdogFindsDeadlocks:
         both = threading.Barrier(2)
 
         def one(first: conctools.Lock, second: conctools.Lock) -> None:
-            with first:
-                both.wait()
-                with second:
-                    pass
+            first.acquire()
+            both.wait()
+            with second:
+                pass
+            release_quietly(first)  # the test may have released it to break the deadlock
 
         t1 = threading.Thread(target=one, args=(a, b), name="transfer", daemon=True)
         t2 = threading.Thread(target=one, args=(b, a), name="audit", daemon=True)
@@ -313,19 +323,23 @@ class TestWatchdogFindsDeadlocks:
     def test_thread_and_task(self, found: list[DeadlockEvent]) -> None:
         """A task holds a threading lock the thread wants and blocks its loop on the thread's lock."""
         config, stats = conctools.Lock(name="config"), conctools.Lock(name="stats")
-        thread_holds = threading.Event()
+        thread_holds, task_holds = threading.Event(), threading.Event()
 
         def reporter() -> None:
-            with stats:
-                thread_holds.set()
-                with config:
-                    pass
+            task_holds.wait(30)
+            stats.acquire()
+            thread_holds.set()
+            with config:
+                pass
+            release_quietly(stats)  # the test may have released it to break the deadlock
 
         async def reload() -> None:
             with config:
+                task_holds.set()
                 await asyncio.to_thread(thread_holds.wait, 30)
                 with stats:
                     pass
+            # the test released stats to break the deadlock; the thread then got config
 
         t = threading.Thread(target=reporter, name="reporter", daemon=True)
 
@@ -335,7 +349,11 @@ class TestWatchdogFindsDeadlocks:
 
         with dl.watch_deadlocks(timeout_s=0.3, on_deadlock=breaker):
             t.start()
-            asyncio.run(asyncio.wait_for(asyncio.create_task(reload(), name="reload-config"), 30))
+
+            async def main() -> None:
+                await asyncio.wait_for(asyncio.create_task(reload(), name="reload-config"), 30)
+
+            asyncio.run(main())
             t.join(30)
         assert len(found) == 1
         who = {(p.thread_name, p.task_name) for p in found[0].participants}
@@ -399,10 +417,11 @@ class TestWatchdogFindsDeadlocks:
         both = threading.Barrier(2)
 
         def one(first: threading.Lock, second: threading.Lock) -> None:
-            with first:
-                both.wait()
-                with second:
-                    pass
+            first.acquire()
+            both.wait()
+            with second:
+                pass
+            release_quietly(first)  # the test may have released it to break the deadlock
 
         threads = [threading.Thread(target=one, args=p, daemon=True) for p in ((a, b), (b, a))]
         with dl.watch_deadlocks(timeout_s=0.3, on_deadlock=found.append):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _report_samples import HOSTILE, HOSTILE_NAMES, LINE_SEP, QUOTES, SCRIPT_END, rich_snapshot
+from _report_samples import HOSTILE, HOSTILE_NAMES, LINE_SEP, QUOTES, rich_snapshot
 
 from conctools.recorder import Recorder, Snapshot
 from conctools.reporting.html import html_data, render_html, script_json
@@ -71,6 +71,13 @@ class TestPage:
         assert "<link" not in page and " src=" not in page.split('id="conctools-data"')[0]
         csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page)
         assert csp is not None and "default-src 'none'" in csp.group(1)
+
+    def test_script_cannot_break_out(self) -> None:
+        """The inlined script holds nothing that changes how the HTML parser reads a script element."""
+        script = (Path(__file__).parent.parent / "conctools" / "reporting" / "report.js").read_text()
+        for token in ("</script", "<script", "<!--"):
+            assert token not in script.lower()
+        assert not re.search(r"\.(inner|outer)HTML\b|insertAdjacentHTML|document\.write|\beval\(", script)
 
     def test_csp_pins_the_script(self, rich: Snapshot) -> None:
         """The CSP allows exactly the page's own script, by hash."""
@@ -168,7 +175,18 @@ class TestChromium:
         )
         out = tmp_path / "out"
         run = subprocess.run(
-            [sys.executable, "-m", "conctools", "run", "--profile", "--sample-interval", "0.02", "--out", str(out), str(script)],
+            [
+                sys.executable,
+                "-m",
+                "conctools",
+                "run",
+                "--profile",
+                "--sample-interval",
+                "0.02",
+                "--out",
+                str(out),
+                str(script),
+            ],
             capture_output=True,
             text=True,
             timeout=120,

@@ -216,6 +216,10 @@ class TestBugSwitches:
 
 async def _load_buggy_server(recorder: Recorder) -> Snapshot:
     """Run every seeded bug under concurrent load; return the recorder's snapshot."""
+    if _have("conctools.lockorder"):
+        from conctools import lockorder
+
+        lockorder.reset()  # each cycle is reported once per process: start from a clean graph
     options = ServerOptions(
         bugs=frozenset(BUGS),
         cpu_workers=1,

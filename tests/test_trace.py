@@ -6,13 +6,19 @@ import json
 from collections import defaultdict
 from typing import Any
 
+import pytest
 from _report_samples import HOSTILE, HOSTILE_NAMES, LINE_SEP, SCRIPT_END, rich_snapshot
 
 from conctools.events import LockWaitEvent, SpanEvent
-from conctools.recorder import Recorder
+from conctools.recorder import Recorder, Snapshot
 from conctools.reporting.trace import render_trace, trace_events
 
 REQUIRED = ("ph", "ts", "pid", "tid", "name")
+
+
+@pytest.fixture(scope="module")
+def rich() -> Snapshot:
+    return rich_snapshot()
 
 
 def validate(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -70,10 +76,9 @@ def nests(events: list[dict[str, Any]]) -> bool:
 
 
 class TestStructure:
-    def test_every_kind_renders_valid(self) -> None:
+    def test_every_kind_renders_valid(self, rich: Snapshot) -> None:
         """A run with every event kind gives a valid trace: fields, named tracks, monotonic time."""
-        snapshot = rich_snapshot()
-        events = validate(json.loads(render_trace(snapshot)))
+        events = validate(json.loads(render_trace(rich)))
         assert nests(events)
         phases = {e["ph"] for e in events}
         assert phases == {"M", "X", "i", "s", "f", "C"}
@@ -86,16 +91,16 @@ class TestStructure:
         counters = {e["name"] for e in events if e["ph"] == "C"}
         assert {"CPU %", "RSS MiB", "Threads", "Open fds", "Context switches/s"} <= counters
 
-    def test_track_per_thread_and_task(self) -> None:
+    def test_track_per_thread_and_task(self, rich: Snapshot) -> None:
         """Threads and asyncio tasks get their own named tracks."""
-        events = trace_events(rich_snapshot())
+        events = trace_events(rich)
         names = {e["args"]["name"] for e in events if e["name"] == "thread_name"}
         assert SCRIPT_END in names and "MainThread" in names
         assert f"task {HOSTILE}" in names and f"task {LINE_SEP}" in names
 
-    def test_flow_from_holder_to_waiter(self) -> None:
+    def test_flow_from_holder_to_waiter(self, rich: Snapshot) -> None:
         """A lock hand-off draws an arrow from the holder's track to the waiter's track."""
-        events = trace_events(rich_snapshot())
+        events = trace_events(rich)
         tid_name = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
         start = next(e for e in events if e["ph"] == "s")
         finish = next(e for e in events if e["ph"] == "f" and e["id"] == start["id"])
@@ -153,12 +158,53 @@ class TestStructure:
 
 
 class TestHostileNames:
-    def test_names_survive_as_data(self) -> None:
+    def test_names_survive_as_data(self, rich: Snapshot) -> None:
         """Hostile names round-trip exactly through the JSON, and the file is pure ASCII."""
-        text = render_trace(rich_snapshot())
+        text = render_trace(rich)
         assert text.isascii()
         assert "\u2028" not in text
         doc = json.loads(text)
         strings = json.dumps(doc, ensure_ascii=False)
         for name in HOSTILE_NAMES:
             assert json.dumps(name, ensure_ascii=False)[1:-1] in strings
+
+
+class TestRealLocks:
+    def test_contended_traced_lock_draws_a_handoff(self, recorder: Recorder) -> None:
+        """A real contended conctools.Lock gives a wait slice, a hold slice and a flow between threads."""
+        import threading
+
+        import conctools
+
+        lock = conctools.Lock(name="<b>shared</b>")
+        holding = threading.Lock()
+        holding.acquire()
+
+        def holder() -> None:
+            with lock:
+                holding.release()  # the waiter may start now
+                waited_for.wait(timeout=10)
+
+        waited_for = threading.Event()
+        t = threading.Thread(target=holder, name="holder-thread")
+        t.start()
+        assert holding.acquire(timeout=10)
+
+        def waiter() -> None:
+            threading.Timer(0.05, waited_for.set).start()
+            with lock:
+                pass
+
+        w = threading.Thread(target=waiter, name="waiter-thread")
+        w.start()
+        w.join(timeout=10)
+        t.join(timeout=10)
+        events = validate({"traceEvents": trace_events(recorder.snapshot())})
+        assert nests(events)
+        tid_name = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
+        wait = next(e for e in events if e.get("cat") == "lock_wait")
+        hold = next(e for e in events if e.get("cat") == "lock_hold")
+        assert tid_name[wait["tid"]] == "waiter-thread" and tid_name[hold["tid"]] == "holder-thread"
+        assert wait["args"]["lock"] == "<b>shared</b>" and wait["dur"] >= 20_000
+        flow = {e["ph"]: e for e in events if e["ph"] in ("s", "f")}
+        assert tid_name[flow["s"]["tid"]] == "holder-thread" and tid_name[flow["f"]["tid"]] == "waiter-thread"

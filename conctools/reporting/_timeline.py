@@ -125,6 +125,7 @@ class _Builder:
         self.flows: list[Flow] = []
         self.counters: list[Counter] = []
         self.prev_sample: ResourceSampleEvent | None = None
+        self.handoffs: list[tuple[LockWaitEvent, Slice]] = []
 
     def us(self, ts_ns: int) -> float:
         return max(0.0, round((ts_ns - self.started_ns) / 1000, 3))
@@ -139,20 +140,26 @@ class _Builder:
         return key
 
     def holder_key(self, holder: str) -> TrackKey | None:
-        """The track of a lock holder given in words (``thread 'X'`` / ``task 'Y' (thread 'X')``)."""
+        """The track of a lock holder given in words (``thread 'X'`` / ``task 'Y' (thread 'X')``).
+
+        A holder that recorded nothing itself gets a track of its own, keyed by its name.
+        """
         if holder in self.by_who:
             return self.by_who[holder]
         m = _WHO.match(holder)
         if m is None:
             return self.by_thread_name.get(holder)
-        if m.group("thread"):
-            return self.by_thread_name.get(_unrepr(m.group("thread")))
-        task, thread = _unrepr(m.group("task")), _unrepr(m.group("tt"))
+        thread = _unrepr(m.group("thread") or m.group("tt"))
         base = self.by_thread_name.get(thread)
         if base is None:
-            return None
-        key: TrackKey = ("task", base[1], task)
-        return key if key in self.keys else None
+            base = ("thread", 0, thread)
+            self.keys.setdefault(base, thread)
+            self.by_thread_name[thread] = base
+        if m.group("thread"):
+            return base
+        key: TrackKey = ("task", base[1], _unrepr(m.group("task")))
+        self.keys.setdefault(key, thread)
+        return key
 
     def add(self, e: Event) -> None:
         if isinstance(e, SpanEvent):
@@ -227,17 +234,20 @@ class _Builder:
             },
         )
         self.slices.append(wait)
-        if not e.acquired or not e.holder:
-            return
+        if e.acquired and e.holder:
+            self.handoffs.append((e, wait))
+
+    def handoff(self, e: LockWaitEvent, wait: Slice) -> None:
+        """The holder held the lock at least while ``wait`` waited: draw that, and an arrow from
+        its release to the waiter's acquisition (after every event is in, so tracks are known)."""
+        assert e.holder is not None
         holder = self.holder_key(e.holder)
         if holder is None or holder == wait.key:
             return
-        # The holder held the lock at least while this waiter waited: draw that, and an arrow
-        # from its release to the waiter's acquisition.
         hold = Slice(
             key=holder,
-            start_us=start,
-            dur_us=dur,
+            start_us=wait.start_us,
+            dur_us=wait.dur_us,
             name=f"holds {e.lock_name}",
             cat="lock_hold",
             args={"lock": e.lock_name, "next": e.who},
@@ -293,6 +303,8 @@ class _Builder:
             )
 
     def finish(self) -> Timeline:
+        for e, wait in self.handoffs:
+            self.handoff(e, wait)
         # Lanes: place slices (earliest first, longest first on ties) into the first lane of
         # their track where they nest, so no lane ever holds two partially overlapping slices.
         lanes: dict[TrackKey, list[list[float]]] = {}

@@ -48,7 +48,8 @@ def format_deadlock(event: DeadlockEvent, *, brief: bool = False) -> str:
         waited = f", for {format_duration(p.wait_s)}" if p.wait_s else ""
         lines.append(f"  waits at {p.wait_site}{waited}")
         for name, site in zip(p.holds, p.holds_sites, strict=False):
-            lines.append(f"  holds {name}, acquired at {site}")
+            where = site if site and site != "?" else "an unrecorded site (lock-order checking records it)"
+            lines.append(f"  holds {name}, acquired at {where}")
     lines.append("")
     title = "Stacks of the threads and tasks listed above:"
     lines += [title, "=" * len(title)]

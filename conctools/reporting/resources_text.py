@@ -42,11 +42,14 @@ def resources_section(snapshot: Snapshot, brief: bool) -> str | None:
         span = float(summary.get("span_s") or 0.0)
         vol = int(summary["ctx_switches_voluntary"])
         invol = int(summary["ctx_switches_involuntary"])
+        cpu_mean, cpu_max = float(summary["cpu_percent_mean"]), float(summary["cpu_percent_max"])
+        rss_min, rss_max, rss_last = (
+            format_bytes(int(summary[k])) for k in ("rss_bytes_min", "rss_bytes_max", "rss_bytes_last")
+        )
         lines = [
             f"Resources ({int(summary['samples'])} samples over {format_duration(span)})",
-            f"  CPU:       mean {float(summary['cpu_percent_mean']):.0f}%, peak {float(summary['cpu_percent_max']):.0f}%",
-            f"  memory:    RSS {format_bytes(int(summary['rss_bytes_min']))} .. {format_bytes(int(summary['rss_bytes_max']))}"
-            f" (last {format_bytes(int(summary['rss_bytes_last']))})",
+            f"  CPU:       mean {cpu_mean:.0f}%, peak {cpu_max:.0f}%",
+            f"  memory:    RSS {rss_min} .. {rss_max} (last {rss_last})",
             f"  threads:   peak {int(summary['num_threads_max'])}    open fds: peak {int(summary['num_fds_max'])}",
             f"  switches:  {vol} voluntary, {invol} involuntary"
             + (f" ({(vol + invol) / span:.0f}/s)" if span > 0 else ""),

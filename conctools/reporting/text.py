@@ -14,6 +14,7 @@ from conctools._units import format_duration
 from conctools.recorder import Snapshot
 from conctools.reporting._table import table
 from conctools.reporting.deadlock_text import deadlock_section, hang_section
+from conctools.reporting.loop_text import slow_callbacks_section
 from conctools.reporting.profile_text import profile_section
 from conctools.reporting.resources_text import resources_section
 
@@ -73,6 +74,7 @@ def spans_section(snapshot: Snapshot, brief: bool) -> str | None:
 # Problems first, then where time went, then resources. Other modules append theirs.
 SECTIONS: list[tuple[int, Section]] = [(50, spans_section)]
 SECTIONS += [(10, deadlock_section), (30, hang_section)]
+SECTIONS += [(40, slow_callbacks_section)]
 SECTIONS += [(60, profile_section), (70, resources_section)]
 
 

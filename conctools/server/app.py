@@ -50,14 +50,21 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from conctools.server.instruments import InstrumentOptions, Instruments, aio_lock, aio_semaphore, thread_lock
+from conctools.server.instruments import (
+    InstrumentOptions,
+    Instruments,
+    aio_lock,
+    aio_semaphore,
+    lock_order_checking,
+    thread_lock,
+)
 from conctools.server.work import count_primes, slow_read
 
 __all__ = ["BUGS", "SampleService", "ServerOptions", "create_app", "parse_bugs", "service_of"]
 
 BUGS = ("blocking", "contention", "inversion")
 SEARCH_BLOCK_S = 0.15  # how long the blocking bug stalls the loop: over the 0.1 s default threshold
-STORE_WRITE_S = 0.005  # the counter's awaited write
+STORE_WRITE_S = 0.025  # the counter's awaited write (a slow store makes the contention visible)
 MAX_PROFILE_S = 30.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -90,6 +97,7 @@ class ServerOptions:
     thread_workers: int = 4
     consumers: int = 3
     downstream_limit: int = 4
+    prewarm: bool = False  # start the process pool's workers at startup (``conctools serve`` does)
 
 
 def _int_arg(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -111,12 +119,13 @@ class SampleService:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         traced = options.instrument
-        self.counter_lock = aio_lock("counter", traced)
-        self.downstream = aio_semaphore(options.downstream_limit, "downstream", traced)
-        self.cache_lock = thread_lock("cache", traced)
-        self.stats_lock = thread_lock("cache-stats", traced)
-        self.accounts_lock = thread_lock("accounts", traced)
-        self.ledger_lock = thread_lock("ledger", traced)
+        with lock_order_checking(traced):  # these locks check their order: the inversion bug shows
+            self.counter_lock = aio_lock("counter", traced)
+            self.downstream = aio_semaphore(options.downstream_limit, "downstream", traced)
+            self.cache_lock = thread_lock("cache", traced)
+            self.stats_lock = thread_lock("cache-stats", traced)
+            self.accounts_lock = thread_lock("accounts", traced)
+            self.ledger_lock = thread_lock("ledger", traced)
         # Keeps the inversion a *potential* deadlock: conctools does not see this raw lock.
         self._inversion_gate = _thread.allocate_lock()
         self.count = 0
@@ -131,6 +140,7 @@ class SampleService:
             max_workers=options.thread_workers, thread_name_prefix="cache-pool"
         )
         self._procs: concurrent.futures.ProcessPoolExecutor | None = None
+        self._warmup: asyncio.Future[int] | None = None
         self._instruments = Instruments(options.instruments) if options.instrument else None
         self.instruments_running: list[str] = []
 
@@ -143,12 +153,17 @@ class SampleService:
         ]
         if self._instruments is not None:
             self.instruments_running = self._instruments.start()
+        if self.options.prewarm:
+            # Start the process pool's workers now: spawning them takes seconds, not a request's job.
+            self._warmup = asyncio.get_running_loop().run_in_executor(self._process_pool(), count_primes, 2)
 
     async def cleanup(self, app: web.Application) -> None:
         """Stop consumers, pools and instruments."""
         for task in self._consumers:
             task.cancel()
         await asyncio.gather(*self._consumers, return_exceptions=True)
+        if self._warmup is not None:
+            await asyncio.gather(self._warmup, return_exceptions=True)
         self._threads.shutdown(wait=True, cancel_futures=True)
         if self._procs is not None:
             self._procs.shutdown(wait=True, cancel_futures=True)
@@ -183,12 +198,7 @@ class SampleService:
     async def cpu(self, request: web.Request) -> web.Response:
         """CPU work in the process pool: the loop stays free while a worker process computes."""
         n = _int_arg(request, "n", 20_000, 2, 200_000)
-        if self._procs is None:
-            # spawn: forking a process that runs threads (pools, conctools' watchdogs) is unsafe.
-            self._procs = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.options.cpu_workers, mp_context=multiprocessing.get_context("spawn")
-            )
-        primes = await asyncio.get_running_loop().run_in_executor(self._procs, count_primes, n)
+        primes = await asyncio.get_running_loop().run_in_executor(self._process_pool(), count_primes, n)
         return web.json_response({"n": n, "primes": primes})
 
     async def blocking(self, request: web.Request) -> web.Response:
@@ -293,6 +303,14 @@ class SampleService:
         return web.Response(text=session.top(25))
 
     # ---- the work behind the endpoints ----
+    def _process_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._procs is None:
+            # spawn: forking a process that runs threads (pools, conctools' watchdogs) is unsafe.
+            self._procs = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.options.cpu_workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._procs
+
     async def _store_write(self, value: int) -> None:
         await asyncio.sleep(STORE_WRITE_S)
 
@@ -334,9 +352,8 @@ class SampleService:
     def _audit(self, inverted: bool) -> int:
         with self._inversion_gate:
             if inverted:
-                with self.ledger_lock:
-                    with self.accounts_lock:  # BUG(inversion): ledger then accounts, /transfer's reverse
-                        return sum(self.ledger)
+                with self.ledger_lock, self.accounts_lock:  # BUG(inversion): ledger then accounts, /transfer's reverse
+                    return sum(self.ledger)
             with self.accounts_lock, self.ledger_lock:
                 return sum(self.ledger)
 

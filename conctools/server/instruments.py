@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["InstrumentOptions", "Instruments", "aio_lock", "aio_semaphore", "thread_lock"]
+__all__ = ["InstrumentOptions", "Instruments", "aio_lock", "aio_semaphore", "lock_order_checking", "thread_lock"]
 
 _log = logging.getLogger("conctools.server")
 
@@ -56,6 +57,24 @@ def thread_lock(name: str, traced: bool) -> Any:
         except (ImportError, AttributeError):
             _log.info("conctools.locks is not available: %s is a plain threading.Lock", name)
     return threading.Lock()
+
+
+@contextlib.contextmanager
+def lock_order_checking(traced: bool) -> Iterator[None]:
+    """Locks created inside check their acquisition order (conctools' lockdep), when tracing."""
+    if not traced:
+        yield
+        return
+    try:
+        from conctools import lockorder
+    except ImportError:
+        yield
+        return
+    lockorder.enable()
+    try:
+        yield
+    finally:
+        lockorder.disable()
 
 
 @dataclass(slots=True, kw_only=True)

@@ -7,9 +7,11 @@ import threading
 config_lock = threading.Lock()
 stats_lock = threading.Lock()
 thread_holds_stats = threading.Event()
+task_holds_config = threading.Event()
 
 
 def reporter() -> None:
+    task_holds_config.wait()
     with stats_lock:
         thread_holds_stats.set()
         with config_lock:
@@ -18,6 +20,7 @@ def reporter() -> None:
 
 async def reload_config() -> None:
     with config_lock:
+        task_holds_config.set()
         await asyncio.to_thread(thread_holds_stats.wait)
         with stats_lock:  # blocks the event loop thread: a synchronous wait inside a task
             print("never")

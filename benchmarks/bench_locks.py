@@ -1,0 +1,207 @@
+"""What a traced lock costs, side by side with the stdlib and a naive wrapper, in one process.
+
+    .venv/bin/python benchmarks/bench_locks.py
+
+Rows are uncontended operations (the fast path every program pays); the ratio column is
+against the stdlib row of the same group. There is no real peer for traced locks in Python;
+the "naive wrapper" row is the floor of any pure-Python wrapper (a class whose ``__enter__``/
+``__exit__`` only call the real lock's acquire/release), so the gap between it and
+conctools is what tracing itself costs. Each figure is the best of several interleaved
+repeats (the machine is shared and noisy; the minimum is the least disturbed measurement).
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import platform
+import sys
+import threading
+import time
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+import conctools
+from conctools import lockorder
+from conctools.recorder import use_recorder
+
+N = 200_000
+REPEATS = 9
+
+
+class NaiveLock:
+    """The cheapest possible Python wrapper around a lock: the floor for any traced lock."""
+
+    __slots__ = ("_acquire", "_release")
+
+    def __init__(self) -> None:
+        lock = _thread.allocate_lock()
+        self._acquire = lock.acquire
+        self._release = lock.release
+
+    def __enter__(self) -> bool:
+        return self._acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()
+
+
+def contended_once(lock: Any) -> Any:
+    """Make ``lock`` see one contention (it switches to its timed variant), then return it."""
+    held = threading.Event()
+    go = threading.Event()
+
+    def holder() -> None:
+        with lock:
+            held.set()
+            go.wait()
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait()
+    threading.Timer(0.01, go.set).start()
+    with lock:
+        pass
+    t.join()
+    return lock
+
+
+def sync_cases() -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(group, label, statement, namespace)."""
+    with lockorder_mode():
+        ordered = conctools.Lock()
+        ordered_outer = conctools.Lock()
+    return [
+        ("with lock: (uncontended, existing lock)", "threading.Lock", "with L: pass", {"L": threading.Lock()}),
+        ("with lock: (uncontended, existing lock)", "naive wrapper", "with L: pass", {"L": NaiveLock()}),
+        ("with lock: (uncontended, existing lock)", "conctools.Lock", "with L: pass", {"L": conctools.Lock()}),
+        (
+            "with lock: (uncontended, existing lock)",
+            "conctools.Lock, after a contention (timed)",
+            "with L: pass",
+            {"L": contended_once(conctools.Lock())},
+        ),
+        ("with lock: (uncontended, existing lock)", "conctools.Lock, lock-order mode", "with L: pass", {"L": ordered}),
+        (
+            "with lock: (uncontended, existing lock)",
+            "conctools.Lock, lock-order mode, nested in another",
+            "with L: pass",
+            {"L": ordered, "O": ordered_outer},
+        ),
+        ("with Lock(): (create, then use)", "threading.Lock", "with Lock(): pass", {"Lock": threading.Lock}),
+        ("with Lock(): (create, then use)", "conctools.Lock", "with Lock(): pass", {"Lock": conctools.Lock}),
+        ("lock.acquire(); lock.release()", "threading.Lock", "a(); r()", _bound(threading.Lock())),
+        ("lock.acquire(); lock.release()", "conctools.Lock", "a(); r()", _bound(conctools.Lock())),
+        ("with rlock: (uncontended)", "threading.RLock", "with L: pass", {"L": threading.RLock()}),
+        ("with rlock: (uncontended)", "conctools.RLock", "with L: pass", {"L": conctools.RLock()}),
+        ("with semaphore: (uncontended)", "threading.Semaphore", "with S: pass", {"S": threading.Semaphore(4)}),
+        ("with semaphore: (uncontended)", "conctools.Semaphore", "with S: pass", {"S": conctools.Semaphore(4)}),
+        ("event.set(); event.wait()", "threading.Event", "e.set(); e.wait()", {"e": threading.Event()}),
+        ("event.set(); event.wait()", "conctools.Event", "e.set(); e.wait()", {"e": conctools.Event()}),
+    ]
+
+
+def _bound(lock: Any) -> dict[str, Any]:
+    return {"a": lock.acquire, "r": lock.release}
+
+
+class lockorder_mode:  # noqa: N801 - reads like the context manager it is
+    """Create locks in lock-order mode (what ``conctools run`` does)."""
+
+    def __enter__(self) -> None:
+        lockorder.enable()
+
+    def __exit__(self, *exc: object) -> None:
+        lockorder.disable()
+
+
+def measure_sync(cases: list[tuple[str, str, str, dict[str, Any]]]) -> list[float]:
+    """Best ns/op per case, repeats interleaved across cases so drift hits all of them alike."""
+    timers = []
+    for _, label, stmt, ns in cases:
+        if "nested" in label:
+            timers.append(timeit.Timer("with O:\n    with L: pass", globals=ns))
+            ns["_minus"] = True
+        else:
+            timers.append(timeit.Timer(stmt, globals=ns))
+    best = [float("inf")] * len(cases)
+    for _ in range(REPEATS):
+        for i, timer in enumerate(timers):
+            best[i] = min(best[i], timer.timeit(N) / N * 1e9)
+    return best
+
+
+async def _async_best(make_lock: Callable[[], Any], kind: str, n: int) -> float:
+    lock = make_lock()
+    best = float("inf")
+    for _ in range(REPEATS):
+        t0 = time.perf_counter_ns()
+        if kind == "with":
+            for _ in range(n):
+                async with lock:
+                    pass
+        else:
+            for _ in range(n):
+                await lock.acquire()
+                lock.release()
+        best = min(best, (time.perf_counter_ns() - t0) / n)
+    return best
+
+
+def measure_async() -> list[tuple[str, str, float]]:
+    rows = []
+
+    async def main() -> None:
+        n = N // 4
+        for group, kind, pairs in (
+            (
+                "async with lock: (uncontended)",
+                "with",
+                (("asyncio.Lock", asyncio.Lock), ("conctools.aio.Lock", conctools.aio.Lock)),
+            ),
+            (
+                "await lock.acquire(); lock.release()",
+                "acquire",
+                (("asyncio.Lock", asyncio.Lock), ("conctools.aio.Lock", conctools.aio.Lock)),
+            ),
+            (
+                "async with semaphore: (uncontended)",
+                "with",
+                (
+                    ("asyncio.Semaphore", lambda: asyncio.Semaphore(4)),
+                    ("conctools.aio.Semaphore", lambda: conctools.aio.Semaphore(4)),
+                ),
+            ),
+        ):
+            results = {label: float("inf") for label, _ in pairs}
+            for _ in range(3):  # interleave the two sides
+                for label, make in pairs:
+                    results[label] = min(results[label], await _async_best(make, kind, n))
+            for label, _ in pairs:
+                rows.append((group, label, results[label]))
+
+    asyncio.run(main())
+    return rows
+
+
+def main() -> int:
+    print(f"Python {sys.version.split()[0]} on {platform.machine()} ({platform.system()}); best of {REPEATS} x {N} ops")
+    with use_recorder():
+        cases = sync_cases()
+        figures = measure_sync(cases)
+        rows = [(g, label, f) for (g, label, _, _), f in zip(cases, figures, strict=True)]
+        rows += measure_async()
+    group = None
+    base = 1.0
+    for g, label, ns in rows:
+        if g != group:
+            group = g
+            base = ns
+            print(f"\n{g}")
+        print(f"  {label:<52} {ns:9.0f} ns/op  {ns / base:5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

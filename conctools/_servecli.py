@@ -1,0 +1,188 @@
+"""The ``serve``, ``loadtest`` and ``demo`` subcommands of the ``conctools`` command.
+
+Kept apart from ``cli.py`` so that ``conctools run`` never imports aiohttp, aiomonitor or
+the load-test machinery: each handler imports what it needs when it runs. Bad input is a
+one-line error (``UsageError``, exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from conctools.cli import UsageError, _positive_int, positive_seconds
+
+__all__ = ["add_server_commands"]
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 0 and 65535, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def add_server_commands(sub: Any) -> None:
+    """Register ``serve``, ``loadtest`` and ``demo`` on the ``conctools`` subparsers."""
+    serve = sub.add_parser("serve", help="run the sample async server, instrumented, with the console")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument(
+        "--bugs",
+        nargs="?",
+        const="all",
+        default=None,
+        metavar="NAMES",
+        help="switch on the seeded bugs: all (no value) or a comma list of blocking, contention, inversion",
+    )
+    serve.add_argument("--no-instrument", action="store_true", help="plain stdlib primitives, no conctools")
+    serve.add_argument("--no-console", action="store_true", help="do not start the aiomonitor console")
+    serve.add_argument("--console-host", default="127.0.0.1", help="console address (default 127.0.0.1)")
+    serve.add_argument("--console-port", type=_port, default=20101, help="console telnet port (default 20101)")
+    serve.add_argument(
+        "--allow-remote-console", action="store_true", help="allow a non-loopback --console-host (runs any Python)"
+    )
+    serve.add_argument(
+        "--loop-threshold",
+        type=positive_seconds,
+        default=0.1,
+        metavar="SECONDS",
+        help="report loop stalls longer than this (default 0.1)",
+    )
+    serve.add_argument(
+        "--deadlock-timeout",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="report deadlocks/hangs after this long (default 10)",
+    )
+    serve.add_argument("--duration", type=positive_seconds, metavar="SECONDS", help="stop after SECONDS")
+    serve.add_argument("--out", type=Path, metavar="DIR", help="write the report files to DIR when it stops")
+    serve.add_argument("--no-report", action="store_true", help="do not print the summary to stderr at exit")
+    serve.set_defaults(handler=_serve_command)
+
+    load = sub.add_parser("loadtest", help="load a server with Locust (a separate, bounded process)")
+    load.add_argument("--host", default=None, help="target URL (default http://127.0.0.1:8080; loopback unless given)")
+    load.add_argument("--users", type=_positive_int, default=10, metavar="N", help="simulated users (default 10)")
+    load.add_argument("--spawn-rate", type=_positive_float, metavar="R", help="users started per second")
+    load.add_argument(
+        "--duration", type=positive_seconds, default=10.0, metavar="SECONDS", help="run time (default 10)"
+    )
+    load.add_argument("--processes", type=_positive_int, default=1, metavar="K", help="Locust worker processes")
+    load.add_argument("--out", type=Path, default=Path("build/loadtest"), metavar="DIR", help="result files")
+    load.add_argument("--locustfile", type=Path, metavar="PATH", help="Locust users (default loadtests/locustfile.py)")
+    load.set_defaults(handler=_loadtest_command)
+
+    demo = sub.add_parser("demo", help="serve with the seeded bugs, load it with Locust, report what was found")
+    demo.add_argument(
+        "--duration", type=positive_seconds, default=30.0, metavar="SECONDS", help="load time (default 30)"
+    )
+    demo.add_argument("--users", type=_positive_int, default=20, metavar="N", help="simulated users (default 20)")
+    demo.add_argument("--processes", type=_positive_int, default=1, metavar="K", help="Locust worker processes")
+    demo.add_argument("--out", type=Path, default=Path("build/demo"), metavar="DIR", help="the report folder")
+    demo.add_argument(
+        "--deadlock-timeout",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="the server's deadlock/hang timeout (default 10)",
+    )
+    demo.set_defaults(handler=_demo_command)
+
+
+def _serve_command(ns: argparse.Namespace) -> int:
+    try:
+        from conctools.server.app import ServerOptions, parse_bugs
+        from conctools.server.instruments import InstrumentOptions
+        from conctools.server.serve import ServeConfig, serve
+    except ImportError as exc:
+        raise UsageError(f"conctools serve: error: {exc.name} is missing: pip install 'conctools[server]'") from None
+    try:
+        bugs = parse_bugs(ns.bugs)
+    except ValueError as exc:
+        raise UsageError(f"conctools serve: error: --bugs: {exc}") from None
+    config = ServeConfig(
+        host=ns.host,
+        port=ns.port,
+        server=ServerOptions(
+            bugs=bugs,
+            instrument=not ns.no_instrument,
+            prewarm=True,
+            instruments=InstrumentOptions(loop_threshold_s=ns.loop_threshold, deadlock_timeout_s=ns.deadlock_timeout),
+        ),
+        console=not ns.no_console,
+        console_host=ns.console_host,
+        console_port=ns.console_port,
+        allow_remote_console=ns.allow_remote_console,
+        out_dir=ns.out,
+        duration_s=ns.duration,
+        report=not ns.no_report,
+        command="conctools " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["serve"] else "conctools serve",
+    )
+    from conctools.console import ConsoleError
+
+    try:
+        return serve(config)
+    except ConsoleError as exc:
+        raise UsageError(f"conctools serve: error: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"conctools serve: error: cannot listen: {exc.strerror or exc}") from None
+
+
+def _loadtest_command(ns: argparse.Namespace) -> int:
+    from conctools.loadtest import LoadTestError, LoadTestOptions, run_loadtest
+
+    options = LoadTestOptions(
+        users=ns.users,
+        spawn_rate=ns.spawn_rate,
+        duration_s=ns.duration,
+        processes=ns.processes,
+        out_dir=ns.out,
+        locustfile=ns.locustfile,
+    )
+    if ns.host is not None:
+        options.host = ns.host
+        options.allow_remote = True
+    try:
+        result = run_loadtest(options)
+    except LoadTestError as exc:
+        raise UsageError(f"conctools loadtest: error: {exc}") from None
+    if result.summary is None:
+        tail = result.output.strip().splitlines()[-1:] or ["no output"]
+        print(f"conctools loadtest: locust wrote no stats (exit {result.returncode}): {tail[0]}", file=sys.stderr)
+        return 1
+    print(result.summary.format())
+    print(f"conctools loadtest: wrote {', '.join(str(p) for p in result.files)}")
+    return 0 if result.returncode == 0 else 1
+
+
+def _demo_command(ns: argparse.Namespace) -> int:
+    from conctools.demo import DemoError, DemoOptions, run_demo
+
+    options = DemoOptions(
+        duration_s=ns.duration,
+        users=ns.users,
+        processes=ns.processes,
+        out_dir=ns.out,
+        deadlock_timeout_s=ns.deadlock_timeout,
+    )
+    try:
+        return run_demo(options)
+    except DemoError as exc:
+        raise UsageError(f"conctools demo: error: {exc}") from None

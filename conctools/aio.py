@@ -1,0 +1,394 @@
+"""Traced drop-ins for ``asyncio``'s primitives: ``Lock``, ``Condition``, ``Semaphore``,
+``BoundedSemaphore``, ``Event`` and ``Barrier``.
+
+Each subclasses the asyncio class it replaces (so ``isinstance`` checks, reprs, ``_waiters``,
+fairness and cancellation behave exactly as asyncio's; CPython's ``test_asyncio.test_locks``
+passes against them) and records what the threading drop-ins record: acquisitions,
+contended acquisitions with the holding task (:class:`~conctools.events.LockWaitEvent`),
+wait and hold times, and, in the wait registry, the task holding a lock and the tasks
+waiting on it.
+
+The uncontended ``async with lock:`` is inlined into ``__aenter__``/``__aexit__`` (asyncio's
+own goes through one more coroutine), so tracing costs about nothing there.
+
+>>> import asyncio, conctools
+>>> async def main():
+...     lock = conctools.aio.Lock(name="db")
+...     async with lock:
+...         return lock.locked()
+>>> asyncio.run(main())
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from conctools import lockorder, registry
+from conctools.locks import (
+    MAX_HOLDERS,
+    _getframe,
+    _mono,
+    _party,
+    _register,
+    _retire,
+    _site_of,
+    _Wait,
+    _waiter_parties,
+)
+from conctools.recorder import Histogram
+from conctools.registry import Party, PrimitiveState
+
+__all__ = ["Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "Semaphore"]
+
+_current_task = asyncio.current_task
+
+
+def _task_words(task: Any) -> str | None:
+    if task is None:
+        return None
+    try:
+        return f"task {task.get_name()!r}"
+    except Exception:
+        return repr(task)
+
+
+def _task_party(task: Any, site: str, since_ns: int) -> Party:
+    try:
+        thread_id = int(getattr(task.get_loop(), "_thread_id", None) or 0)
+    except Exception:
+        thread_id = 0
+    return _party(thread_id, task, site, since_ns)
+
+
+def _base_state(prim: Any, holders: tuple[Party, ...]) -> PrimitiveState:
+    return PrimitiveState(
+        prim_id=id(prim),
+        name=prim._ct_name,
+        kind=prim._ct_stats.kind,
+        created_at=prim._ct_created,
+        holders=holders,
+        waiters=_waiter_parties(prim),
+    )
+
+
+def _init(prim: Any, kind: str, name: str | None) -> None:
+    prim._ct_held = None
+    _register(prim, kind, name, _getframe(2))
+
+
+# -- Lock --------------------------------------------------------------------------------
+
+
+class Lock(asyncio.Lock):
+    """A traced ``asyncio.Lock``: knows the task holding it and the tasks waiting for it."""
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__()
+        self._ct_owner: Any = None
+        self._ct_site = ""
+        self._ct_since = 0
+        self._ct_ordered = lockorder.is_enabled()
+        self._ct_holdstack: list[lockorder.Held] | None = None
+        _init(self, "aio.Lock", name)
+        if self._ct_ordered:
+            self._ct_hold = Histogram()
+
+    async def acquire(self) -> bool:
+        """Acquire the lock, as ``asyncio.Lock.acquire``."""
+        if not self._locked and (self._waiters is None or all(w.cancelled() for w in self._waiters)):
+            self._locked = True
+            self._ct_n += 1
+            self._ct_owner = _current_task()
+            if self._ct_hold is not None:
+                self._took_timed(_getframe(1), 0)
+            return True
+        return await self._contended(_getframe(1))
+
+    async def __aenter__(self) -> None:
+        # acquire() inlined: one coroutine less than asyncio's own __aenter__.
+        if not self._locked and (self._waiters is None or all(w.cancelled() for w in self._waiters)):
+            self._locked = True
+            self._ct_n += 1
+            self._ct_owner = _current_task()
+            if self._ct_hold is not None:
+                self._took_timed(_getframe(1), 0)
+            return None
+        await self._contended(_getframe(1))
+        return None
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._locked:
+            if self._ct_hold is not None:
+                self._released_timed()
+            self._ct_owner = None
+            self._locked = False
+            self._wake_up_first()
+        else:
+            raise RuntimeError("Lock is not acquired.")
+
+    def release(self) -> None:
+        """Release the lock, as ``asyncio.Lock.release``."""
+        if self._locked:
+            if self._ct_hold is not None:
+                self._released_timed()
+            self._ct_owner = None
+            self._locked = False
+            self._wake_up_first()
+        else:
+            raise RuntimeError("Lock is not acquired.")
+
+    def _took_timed(self, frame: Any, t0: int) -> None:
+        self._ct_since = t0 or _mono()
+        if self._ct_ordered:
+            site, _ = _site_of(frame)
+            self._ct_site = site
+            task = self._ct_owner
+            held = lockorder.task_held_stack(task) if task is not None else lockorder.held_stack()
+            self._ct_holdstack = held
+            lockorder.note_acquired(held, lockorder.Held(self, self._ct_stats.key, self._ct_name, self._ct_serial, site))
+
+    def _released_timed(self) -> None:
+        since = self._ct_since
+        if since:
+            self._ct_since = 0
+            hold = self._ct_hold
+            if hold is not None:
+                hold.add(_mono() - since)
+        held = self._ct_holdstack
+        if held is not None:
+            self._ct_holdstack = None
+            lockorder.note_released(held, self)
+            if not held:
+                lockorder.forget_task(self._ct_owner)
+
+    async def _contended(self, frame: Any) -> bool:
+        """The slow path: time the wait and record it with the holding task."""
+        if self._ct_ordered:
+            task = _current_task()
+            held = lockorder.task_held_stack(task) if task is not None else lockorder.held_stack()
+            if held:
+                site, _ = _site_of(frame)
+                lockorder.check(held, lockorder.Held(self, self._ct_stats.key, self._ct_name, self._ct_serial, site))
+        wait = _Wait(self, frame, None, _task_words(self._ct_owner))
+        acquired = False
+        try:
+            acquired = await super().acquire()
+        finally:
+            end = wait.end(acquired)
+        self._ct_owner = wait.task
+        if self._ct_hold is None:
+            self._ct_hold = Histogram()
+        self._took_timed(frame, end)
+        self._ct_site = wait.site
+        return acquired
+
+    def __del__(self) -> None:
+        _retire(self)
+
+    def _conctools_state(self) -> PrimitiveState:
+        owner = self._ct_owner
+        holders = (_task_party(owner, self._ct_site or "?", self._ct_since),) if owner is not None else ()
+        return _base_state(self, holders)
+
+    def _conctools_progress(self) -> int:
+        return int(self._ct_n)
+
+
+# -- Event -------------------------------------------------------------------------------
+
+
+class Event(asyncio.Event):
+    """A traced ``asyncio.Event``: the tasks waiting on it are in the registry."""
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__()
+        _init(self, "aio.Event", name)
+
+    async def wait(self) -> bool:
+        """Wait until the event is set, as ``asyncio.Event.wait``."""
+        if self._value:
+            return True
+        wait = _Wait(self, _getframe(1), None, None)
+        ok = False
+        try:
+            ok = await super().wait()
+        finally:
+            wait.end(ok, event=False)
+        return ok
+
+    def set(self) -> None:
+        """Set the event and wake every waiter."""
+        super().set()
+        self._ct_n += 1
+        registry.note_progress()
+
+    def __del__(self) -> None:
+        _retire(self)
+
+    def _conctools_state(self) -> PrimitiveState:
+        return _base_state(self, ())
+
+    def _conctools_progress(self) -> int:
+        return int(self._ct_n)
+
+
+# -- Condition ---------------------------------------------------------------------------
+
+
+class Condition(asyncio.Condition):
+    """A traced ``asyncio.Condition``; its default lock is a traced :class:`Lock`."""
+
+    def __init__(self, lock: asyncio.Lock | None = None, *, name: str | None = None) -> None:
+        if lock is None:
+            lock = Lock(name=f"{name}.lock" if name else None)
+        super().__init__(lock)
+        _init(self, "aio.Condition", name)
+
+    async def wait(self) -> bool:
+        """Wait until notified, as ``asyncio.Condition.wait``."""
+        wait = _Wait(self, _getframe(1), None, None) if self.locked() else None
+        ok = False
+        try:
+            ok = await super().wait()
+        finally:
+            if wait is not None:
+                wait.end(ok, event=False)
+        return ok
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters, as ``asyncio.Condition.notify``."""
+        super().notify(n)
+        self._ct_n += 1
+        registry.note_progress()
+
+    def __del__(self) -> None:
+        _retire(self)
+
+    def _conctools_state(self) -> PrimitiveState:
+        return _base_state(self, ())
+
+    def _conctools_progress(self) -> int:
+        return int(self._ct_n)
+
+
+# -- Semaphore / BoundedSemaphore --------------------------------------------------------
+
+
+class Semaphore(asyncio.Semaphore):
+    """A traced ``asyncio.Semaphore``: every holding and waiting task is known."""
+
+    def __init__(self, value: int = 1, *, name: str | None = None) -> None:
+        super().__init__(value)
+        self._ct_holders: list[Any] = []
+        _init(self, self._ct_kind, name)
+
+    _ct_kind = "aio.Semaphore"
+
+    async def acquire(self) -> bool:
+        """Acquire, as ``asyncio.Semaphore.acquire``."""
+        if not self.locked():
+            self._value -= 1
+            self._took(_current_task())
+            return True
+        return await self._contended(_getframe(1))
+
+    async def __aenter__(self) -> None:
+        if not self.locked():
+            self._value -= 1
+            self._took(_current_task())
+            return None
+        await self._contended(_getframe(1))
+        return None
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.release()
+
+    def _took(self, task: Any) -> None:
+        self._ct_n += 1
+        holders = self._ct_holders
+        if len(holders) >= MAX_HOLDERS:
+            del holders[0]
+        holders.append(task)
+
+    async def _contended(self, frame: Any) -> bool:
+        holders = [t for t in self._ct_holders if t is not None][:4]
+        words = ", ".join(w for w in (_task_words(t) for t in holders) if w) or None
+        wait = _Wait(self, frame, None, words)
+        acquired = False
+        try:
+            acquired = await super().acquire()
+        finally:
+            wait.end(acquired)
+        self._took(wait.task)
+        return acquired
+
+    def release(self) -> None:
+        """Release, as ``asyncio.Semaphore.release`` (``BoundedSemaphore`` checks its bound first)."""
+        super().release()
+        holders = self._ct_holders
+        if holders:
+            me = _current_task()
+            for i in range(len(holders) - 1, -1, -1):
+                if holders[i] is me:
+                    del holders[i]
+                    break
+            else:
+                del holders[0]
+        if self._waiters:
+            registry.note_progress()
+
+    def __del__(self) -> None:
+        _retire(self)
+
+    def _conctools_state(self) -> PrimitiveState:
+        holders = tuple(_task_party(t, "?", 0) for t in list(self._ct_holders) if t is not None)
+        return _base_state(self, holders)
+
+    def _conctools_progress(self) -> int:
+        return int(self._ct_n)
+
+
+class BoundedSemaphore(Semaphore, asyncio.BoundedSemaphore):
+    """A traced ``asyncio.BoundedSemaphore``."""
+
+    _ct_kind = "aio.BoundedSemaphore"
+
+    def __init__(self, value: int = 1, *, name: str | None = None) -> None:
+        super().__init__(value, name=name)
+
+
+# -- Barrier -----------------------------------------------------------------------------
+
+if sys.version_info >= (3, 11):
+
+    class Barrier(asyncio.Barrier):
+        """A traced ``asyncio.Barrier``: the tasks waiting at it are in the registry."""
+
+        def __init__(self, parties: int, *, name: str | None = None) -> None:
+            super().__init__(parties)
+            _init(self, "aio.Barrier", name)
+
+        async def wait(self) -> int:
+            """Wait until every party arrived, as ``asyncio.Barrier.wait``."""
+            wait = _Wait(self, _getframe(1), None, None)
+            ok = False
+            try:
+                index = await super().wait()
+                ok = True
+            finally:
+                wait.end(ok, event=False)
+                self._ct_n += 1
+                registry.note_progress()
+            return index
+
+        def __del__(self) -> None:
+            _retire(self)
+
+        def _conctools_state(self) -> PrimitiveState:
+            return _base_state(self, ())
+
+        def _conctools_progress(self) -> int:
+            return int(self._ct_n)

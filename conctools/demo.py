@@ -1,0 +1,256 @@
+"""``conctools demo``: the sample server with its seeded bugs, under Locust load, then a report.
+
+Steps, each bounded in time:
+
+1. start ``conctools serve --bugs --port 0 --out DIR`` as a child process on loopback and
+   read the URL it prints;
+2. run the Locust users against it (:func:`conctools.loadtest.run_loadtest`, another child);
+3. stop the server with SIGTERM: it writes its conctools report files into ``DIR``;
+4. line Locust's per-second latencies up with the server's events (marks on the same
+   timeline) and re-render the report files;
+5. print what was found and where (``file:line``) and where the files are.
+
+This is a wiring module (it reads snapshots and calls the reporters); it never imports
+locust or aiohttp.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from conctools.events import LockOrderEvent, LockWaitEvent, MarkEvent, SlowCallbackEvent
+from conctools.recorder import Snapshot
+
+__all__ = ["DemoError", "DemoOptions", "find_findings", "run_demo"]
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0
+
+
+class DemoError(Exception):
+    """The demo could not run (the server did not start, Locust is missing, ...)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class DemoOptions:
+    """How long and how hard the demo loads the server, and where the report folder goes."""
+
+    duration_s: float = 30.0
+    users: int = 20
+    processes: int = 1
+    out_dir: Path = Path("build/demo")
+    deadlock_timeout_s: float = 10.0
+
+
+def _short(path: str) -> str:
+    """``conctools/server/app.py`` rather than the absolute path (relative to the cwd when possible)."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path
+
+
+def find_findings(snapshot: Snapshot) -> list[str]:
+    """What the run found, worst first, one line each with ``file:line`` (a pure function)."""
+    lines: list[str] = []
+    deadlocks = snapshot.counts.get("deadlock", 0)
+    hangs = snapshot.counts.get("hang", 0)
+    if deadlocks or hangs:
+        lines.append(f"deadlocks: {deadlocks}, hangs: {hangs} (see report.txt)")
+    for event in snapshot.of_kind(LockOrderEvent)[:3]:
+        edges = "; ".join(
+            f"{e.to_lock} taken at {_site(e.to_site)} while holding {e.from_lock} (taken at {_site(e.from_site)})"
+            for e in event.edges
+        )
+        lines.append(f"potential deadlock (lock-order inversion {' -> '.join(event.cycle)}): {edges}")
+    stalls = snapshot.of_kind(SlowCallbackEvent)
+    if stalls:
+        by_site: dict[str, list[float]] = defaultdict(list)
+        for s in stalls:
+            key = f"{_site(s.culprit.site)} in {s.culprit.function}" if s.culprit is not None else s.callback
+            by_site[key].append(s.duration_s)
+        total = snapshot.counts.get("slow_callback", len(stalls))
+        site, durations = max(by_site.items(), key=lambda kv: sum(kv[1]))
+        lines.append(
+            f"event loop blocked {total} times (worst {max(durations) * 1000:.0f} ms); "
+            f"top culprit {site} ({len(durations)} stalls)"
+        )
+    waits = snapshot.of_kind(LockWaitEvent)
+    if waits:
+        per_lock: Counter[str] = Counter()
+        wait_s: dict[str, float] = defaultdict(float)
+        sites: dict[str, Counter[str]] = defaultdict(Counter)
+        for w in waits:
+            per_lock[w.lock_name] += 1
+            wait_s[w.lock_name] += w.wait_s
+            sites[w.lock_name][w.site] += 1
+        name = max(wait_s, key=lambda n: wait_s[n])
+        site = sites[name].most_common(1)[0][0]
+        lines.append(
+            f"lock contention: {name!r} waited on {per_lock[name]} times, {wait_s[name]:.2f} s in total; "
+            f"hottest waiting site {_site(site)}"
+        )
+    if not lines:
+        lines.append("nothing found: no stalls, lock waits, inversions or deadlocks were recorded")
+    return lines
+
+
+def _site(site: str) -> str:
+    path, sep, line = site.rpartition(":")
+    return f"{_short(path)}:{line}" if sep and path else site
+
+
+def _read_url(proc: subprocess.Popen[str], log: IO[str], timeout_s: float) -> str:
+    """Wait (bounded) for the server's ``listening on URL`` line; the rest of its stdout goes to ``log``."""
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    deadline = time.monotonic() + timeout_s
+    url = None
+    with selectors.DefaultSelector() as sel:
+        sel.register(stdout, selectors.EVENT_READ)
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            if not sel.select(timeout=min(0.5, max(0.0, deadline - time.monotonic()))):
+                continue
+            line = stdout.readline()
+            if not line:
+                break
+            log.write(line)
+            if "listening on " in line:
+                url = line.split("listening on ", 1)[1].split()[0]
+    if url is None:
+        raise DemoError("the server did not start (see server.log in the report folder)")
+
+    def drain() -> None:  # the server must never block on a full stdout pipe
+        for line in stdout:
+            log.write(line)
+
+    threading.Thread(target=drain, name="conctools-demo-drain", daemon=True).start()
+    return url
+
+
+def _add_locust_timeline(snapshot: Snapshot, history_csv: Path) -> Snapshot:
+    """Put Locust's per-second aggregate latencies on the server's timeline as marks."""
+    if not history_csv.exists():
+        return snapshot
+    marks: list[MarkEvent] = []
+    with history_csv.open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("Name") != "Aggregated":
+                continue
+            try:
+                wall = float(row["Timestamp"])
+                ts_ns = snapshot.started_ns + int((wall - snapshot.started_wall) * 1e9)
+                detail = {
+                    "users": int(float(row.get("User Count") or 0)),
+                    "rps": float(row.get("Requests/s") or 0),
+                    "failures_per_s": float(row.get("Failures/s") or 0),
+                    "p50_ms": float(row.get("50%") or 0),
+                    "p95_ms": float(row.get("95%") or 0),
+                    "p99_ms": float(row.get("99%") or 0),
+                }
+            except (KeyError, ValueError):
+                continue
+            if snapshot.started_ns <= ts_ns <= snapshot.taken_ns:
+                marks.append(
+                    MarkEvent(ts_ns=ts_ns, thread_id=0, thread_name="locust", name="locust.latency", detail=detail)
+                )
+    if not marks:
+        return snapshot
+    events = tuple(sorted((*snapshot.events, *marks), key=lambda e: e.ts_ns))
+    counts = dict(snapshot.counts)
+    counts["mark"] = counts.get("mark", 0) + len(marks)
+    return Snapshot(
+        started_ns=snapshot.started_ns,
+        started_wall=snapshot.started_wall,
+        taken_ns=snapshot.taken_ns,
+        events=events,
+        counts=counts,
+        dropped=snapshot.dropped,
+        spans=snapshot.spans,
+        sections=snapshot.sections,
+        meta=snapshot.meta,
+    )
+
+
+def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:
+    """Run the whole demo; print the summary to ``out`` (stdout); returns the exit status."""
+    from conctools.loadtest import LoadTestError, LoadTestOptions, run_loadtest
+    from conctools.reporting import load_json
+    from conctools.runner import write_reports
+
+    stream = out if out is not None else sys.stdout
+    out_dir = options.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    server_log = (out_dir / "server.log").open("w", encoding="utf-8")
+    cmd = [
+        sys.executable,
+        "-m",
+        "conctools",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--bugs",
+        "--no-console",
+        "--no-report",
+        "--deadlock-timeout",
+        f"{options.deadlock_timeout_s:g}",
+        "--out",
+        str(out_dir),
+    ]
+    print(f"conctools demo: starting the sample server with its seeded bugs, {options.users} users for "
+          f"{options.duration_s:g} s", file=stream, flush=True)  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=server_log, text=True, start_new_session=True)
+    load = None
+    try:
+        url = _read_url(server, server_log, START_TIMEOUT_S)
+        print(f"conctools demo: server at {url}; running Locust", file=stream, flush=True)
+        try:
+            load = run_loadtest(
+                LoadTestOptions(
+                    host=url,
+                    users=options.users,
+                    duration_s=options.duration_s,
+                    processes=options.processes,
+                    out_dir=out_dir,
+                )
+            )
+        except LoadTestError as exc:
+            raise DemoError(str(exc)) from None
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        server_log.close()
+    report_json = out_dir / "report.json"
+    if not report_json.exists():
+        raise DemoError(f"the server wrote no report (exit {server.returncode}); see {out_dir / 'server.log'}")
+    snapshot = _add_locust_timeline(load_json(report_json), out_dir / "locust_stats_history.csv")
+    written = write_reports(snapshot, out_dir)
+    print("", file=stream)
+    print("conctools demo: what the load found", file=stream)
+    if load is not None and load.summary is not None:
+        for line in load.summary.format().splitlines():
+            print(f"  load:   {line}", file=stream)
+    for line in find_findings(snapshot):
+        print(f"  found:  {line}", file=stream)
+    files = sorted({*written, *(load.files if load is not None else [])}, key=str)
+    print(f"  report: {out_dir / 'report.txt'} (text), {', '.join(p.name for p in files)}", file=stream)
+    stream.flush()
+    return 0

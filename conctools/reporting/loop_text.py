@@ -1,0 +1,170 @@
+"""The text section for a blocked event loop: slow callbacks ranked by culprit site.
+
+Reads the ``"slow_callbacks"`` section that :mod:`conctools.loopmon` publishes; a report that
+only has the events (older JSON, a trimmed snapshot) is grouped from the
+:class:`~conctools.events.SlowCallbackEvent` records instead. Pure: snapshot in, text out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from conctools._units import format_duration
+from conctools.events import BlockingCallEvent, Frame, SlowCallbackEvent, frame_from_dict
+from conctools.recorder import Snapshot
+from conctools.reporting._table import table
+
+__all__ = ["PRIORITY", "slow_callbacks_section"]
+
+PRIORITY = 40
+
+
+def _short_path(filename: str) -> str:
+    parts = filename.replace("\\", "/").rsplit("/", 2)
+    return "/".join(parts[-2:]) if len(parts) > 2 else filename
+
+
+def _short_site(site: str) -> str:
+    path, _, line = site.rpartition(":")
+    return f"{_short_path(path)}:{line}" if path and line.isdigit() else site
+
+
+def _sites_from_events(events: Sequence[SlowCallbackEvent]) -> list[dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
+    for e in events:
+        c = e.culprit
+        key = f"{c.site} in {c.function}" if c is not None else e.callback
+        g = groups.get(key)
+        if g is None:
+            stack = next((s for s in e.samples if c is None or any(f.site == c.site for f in s)), ())
+            g = groups[key] = {
+                "key": key,
+                "site": c.site if c is not None else key,
+                "function": c.function if c is not None else "",
+                "line": c.line if c is not None else "",
+                "count": 0,
+                "total_s": 0.0,
+                "max_s": 0.0,
+                "durations": [],
+                "tasks": [],
+                "callback": e.callback,
+                "stack": [
+                    {"filename": f.filename, "lineno": f.lineno, "function": f.function, "line": f.line} for f in stack
+                ],
+            }
+        g["count"] += 1
+        g["total_s"] += e.duration_s
+        g["max_s"] = max(g["max_s"], e.duration_s)
+        g["durations"].append(e.duration_s)
+        if e.task_name and e.task_name not in g["tasks"] and len(g["tasks"]) < 5:
+            g["tasks"].append(e.task_name)
+    out = []
+    for g in groups.values():
+        durations = sorted(g.pop("durations"))
+        g["p99_s"] = durations[min(len(durations) - 1, int(0.99 * len(durations)))]
+        out.append(g)
+    out.sort(key=lambda g: (-g["total_s"], g["key"]))
+    return out
+
+
+def _stack_lines(frames: Sequence[Frame], limit: int) -> list[str]:
+    lines = []
+    for f in frames[:limit]:
+        lines.append(f"      {_short_path(f.filename)}:{f.lineno} in {f.function}")
+        if f.line:
+            lines.append(f"        {f.line}")
+    if len(frames) > limit:
+        lines.append(f"      ... {len(frames) - limit} more frames")
+    return lines
+
+
+def slow_callbacks_section(snapshot: Snapshot, brief: bool) -> str | None:
+    """Slow callbacks ranked by total blocked time per culprit site, with the top stacks,
+    then the loop lag and the blocking calls seen on loop threads."""
+    data = snapshot.sections.get("slow_callbacks")
+    events = snapshot.of_kind(SlowCallbackEvent)
+    if isinstance(data, dict):
+        sites: list[dict[str, Any]] = list(data.get("sites") or [])
+        stalls = int(data.get("stalls") or 0)
+        threshold = data.get("threshold_s")
+        lag = data.get("loop_lag") or {}
+        blocking: list[dict[str, Any]] = list(data.get("blocking_calls") or [])
+    else:
+        sites = _sites_from_events(events)
+        stalls = len(events)
+        threshold = min((e.threshold_s for e in events), default=None)
+        lag, blocking = {}, []
+    if not blocking:
+        blocking = _blocking_from_events(snapshot.of_kind(BlockingCallEvent))
+    if not sites and not blocking and not lag.get("count"):
+        return None
+    parts = []
+    if sites:
+        total = sum(float(s["total_s"]) for s in sites)
+        limit = 5 if brief else 25
+        when = f" (threshold {format_duration(float(threshold))})" if threshold else ""
+        parts.append(
+            f"Slow callbacks: the event loop was blocked {stalls} time{'s' if stalls != 1 else ''}{when}, "
+            f"{format_duration(total)} in total, at {len(sites)} site{'s' if len(sites) != 1 else ''}"
+        )
+        rows = []
+        for s in sites[:limit]:
+            tasks = ", ".join(repr(t) for t in s.get("tasks") or []) or str(s.get("callback", ""))[:40]
+            rows.append(
+                (
+                    _short_site(str(s["site"])),
+                    s.get("function") or "",
+                    s["count"],
+                    format_duration(float(s["total_s"])),
+                    format_duration(float(s["max_s"])),
+                    format_duration(float(s.get("p99_s", s["max_s"]))),
+                    tasks,
+                )
+            )
+        parts.append(table(("culprit", "function", "stalls", "total", "max", "p99", "task"), rows, right=(2, 3, 4, 5)))
+        if len(sites) > limit:
+            parts.append(f"  ... {len(sites) - limit} more sites")
+        for s in sites[: 3 if brief else 10]:
+            stack = [frame_from_dict(f) for f in s.get("stack") or []]
+            who = ", ".join(repr(t) for t in s.get("tasks") or [])
+            head = f"  Blocked at {_short_site(str(s['site']))}"
+            if s.get("line"):
+                head += f": {s['line']}"
+            parts.append(head)
+            parts.append(f"    while running {s.get('callback') or who}; longest {format_duration(float(s['max_s']))}")
+            parts.append("    stack captured during the stall (innermost first):")
+            parts.extend(_stack_lines(stack, 4 if brief else 15))
+    if lag.get("count"):
+        parts.append(
+            f"Loop lag (scheduling delay of a probe, {lag['count']} probes): "
+            f"p50 {format_duration(float(lag['p50_s']))}, p99 {format_duration(float(lag['p99_s']))}, "
+            f"max {format_duration(float(lag['max_s']))}"
+        )
+    if blocking:
+        limit = 5 if brief else 25
+        parts.append(f"Blocking calls on an event loop's thread ({sum(int(b['count']) for b in blocking)} calls)")
+        blocking_rows: list[tuple[object, ...]] = [
+            (
+                b["call"],
+                _short_site(str(b["site"])),
+                b["count"],
+                format_duration(float(b["total_s"])),
+                format_duration(float(b["max_s"])),
+            )
+            for b in blocking[:limit]
+        ]
+        parts.append(table(("call", "site", "calls", "total", "max"), blocking_rows, right=(2, 3, 4)))
+    return "\n".join(parts)
+
+
+def _blocking_from_events(events: Sequence[BlockingCallEvent]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in events:
+        g = groups.setdefault(
+            (e.call, e.site), {"call": e.call, "site": e.site, "count": 0, "total_s": 0.0, "max_s": 0.0}
+        )
+        g["count"] += 1
+        g["total_s"] += e.duration_s
+        g["max_s"] = max(g["max_s"], e.duration_s)
+    return sorted(groups.values(), key=lambda g: (-g["total_s"], g["site"]))

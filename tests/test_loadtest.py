@@ -1,0 +1,167 @@
+"""``conctools loadtest``: bounds and errors, Locust's result files, and real short Locust runs
+(single process and ``--processes 2``) against a real ``conctools serve`` on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conctools.loadtest import (
+    LoadTestError,
+    LoadTestOptions,
+    default_locustfile,
+    locust_command,
+    read_summary,
+    run_loadtest,
+    validate,
+)
+
+STATS_CSV = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,\
+Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,\
+99.9%,99.99%,100%
+GET,/health,100,0,2,2.5,1,9,2,50.0,0.0,2,3,3,3,4,5,7,8,9,9,9
+POST,/counter,50,1,30,31,25,90,12,25.0,0.5,30,31,32,33,40,60,80,90,90,90,90
+,Aggregated,150,1,3,12,1,90,5,75.0,0.5,3,4,5,6,30,40,70,80,90,90,90
+"""
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "conctools", *args], capture_output=True, text=True, timeout=timeout)
+
+
+class TestValidate:
+    """Every run is bounded and targets loopback unless a host is named."""
+
+    def test_defaults_are_valid(self) -> None:
+        """The defaults validate and find the repository's locustfile."""
+        assert validate(LoadTestOptions()) == default_locustfile()
+
+    @pytest.mark.parametrize(
+        ("options", "message"),
+        [
+            (LoadTestOptions(users=0), "--users"),
+            (LoadTestOptions(users=100_000), "--users"),
+            (LoadTestOptions(duration_s=0), "--duration"),
+            (LoadTestOptions(duration_s=1e9), "--duration"),
+            (LoadTestOptions(processes=0), "--processes"),
+            (LoadTestOptions(spawn_rate=-1), "--spawn-rate"),
+            (LoadTestOptions(host="ftp://127.0.0.1"), "http"),
+            (LoadTestOptions(host="http://10.0.0.1:8080"), "non-loopback"),
+            (LoadTestOptions(locustfile=Path("/nonexistent/locustfile.py")), "not found"),
+        ],
+    )
+    def test_bad_options_are_refused(self, options: LoadTestOptions, message: str) -> None:
+        """Out-of-bounds or remote options raise LoadTestError naming the problem."""
+        with pytest.raises(LoadTestError, match=message):
+            validate(options)
+
+    def test_explicit_remote_host_is_allowed(self) -> None:
+        """A non-loopback host given explicitly passes (with a warning at run time)."""
+        validate(LoadTestOptions(host="http://10.0.0.1:8080", allow_remote=True))
+
+    def test_command_is_headless_and_bounded(self, tmp_path: Path) -> None:
+        """The Locust command line is headless, bounded in users and time, and writes CSV/HTML/JSON."""
+        options = LoadTestOptions(users=7, duration_s=2.5, out_dir=tmp_path, processes=2)
+        cmd = locust_command(options, validate(options))
+        assert cmd[:3] == [sys.executable, "-m", "locust"]
+        joined = " ".join(cmd)
+        for flag in ("--headless", "--users 7", "--run-time 3s", "--csv", "--html", "--json-file", "--processes 2"):
+            assert flag in joined
+        assert "--master-bind-host 127.0.0.1" in joined
+
+    def test_locust_is_not_imported_here(self) -> None:
+        """conctools.loadtest never imports locust (gevent must not patch a traced process)."""
+        code = "import conctools.loadtest, conctools.cli, sys; print('locust' in sys.modules, 'gevent' in sys.modules)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == "False False"
+
+
+class TestSummary:
+    """Locust's CSV becomes a summary."""
+
+    def test_read_summary(self, tmp_path: Path) -> None:
+        """Totals come from the Aggregated row, endpoints from the others."""
+        path = tmp_path / "locust_stats.csv"
+        path.write_text(STATS_CSV)
+        summary = read_summary(path)
+        assert (summary.requests, summary.failures, summary.rps) == (150, 1, 75.0)
+        assert (summary.p50_ms, summary.p95_ms, summary.p99_ms) == (3.0, 40.0, 80.0)
+        assert [e.name for e in summary.endpoints] == ["/health", "/counter"]
+        text = summary.format()
+        assert "requests 150, failures 1" in text and "p99 80 ms" in text and "POST /counter 90 ms" in text
+
+
+class TestCommandLine:
+    """Bad input is one line and exit status 2."""
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["loadtest", "--users", "0"],
+            ["loadtest", "--duration", "-3"],
+            ["loadtest", "--users", "5000"],
+            ["loadtest", "--host", "not a url"],
+            ["loadtest", "--locustfile", "/nonexistent.py"],
+        ],
+    )
+    def test_one_line_errors(self, args: list[str]) -> None:
+        """Each bad input gets exactly one line on stderr and exit 2."""
+        proc = _cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "error" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    """A real ``conctools serve`` (no bugs, no console) on a free loopback port."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conctools", "serve", "--port", "0", "--no-console", "--no-report"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on " in line, line
+        yield line.split("listening on ", 1)[1].split()[0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.load
+class TestRealLocust:
+    """Short real Locust runs (a few seconds, loopback, bounded)."""
+
+    def test_single_process_run(self, server_url: str, tmp_path: Path) -> None:
+        """A 3 s run answers requests without failures and writes Locust's files and a summary."""
+        result = run_loadtest(LoadTestOptions(host=server_url, users=5, duration_s=3, out_dir=tmp_path))
+        assert result.returncode == 0, result.output[-2000:]
+        assert result.summary is not None
+        assert result.summary.requests > 10 and result.summary.failures == 0, result.summary
+        names = {p.name for p in result.files}
+        assert {"locust_stats.csv", "locust.html", "locust.json", "summary.json"} <= names
+        assert {e.name for e in result.summary.endpoints} >= {"/health", "/io", "/counter"}
+
+    def test_two_processes(self, server_url: str, tmp_path: Path) -> None:
+        """``--processes 2`` runs Locust's master and two workers and still sums up the run."""
+        proc = _cli(
+            "loadtest", "--host", server_url, "--users", "6", "--duration", "3", "--processes", "2",
+            "--out", str(tmp_path), timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert "requests " in proc.stdout and "failures 0 " in proc.stdout
+        log = (tmp_path / "locust.log").read_text()
+        assert "2 workers connected" in log, log[-2000:]

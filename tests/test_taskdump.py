@@ -1,0 +1,335 @@
+"""The asyncio hang view: dump_tasks, loop_idle_forever, running_loops and await cycles, on real loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+from conctools.loopmon import LoopMonitor
+from conctools.taskdump import (
+    TaskInfo,
+    dump_tasks,
+    find_await_cycles,
+    format_task_dump,
+    loop_idle_forever,
+    running_loops,
+    task_cycles,
+)
+
+HERE = __file__
+
+
+class LoopThread:
+    """An event loop running forever in its own thread, for inspection from the test thread."""
+
+    def __init__(self, factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop) -> None:
+        self.loop = factory()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
+
+    def __enter__(self) -> LoopThread:
+        self.thread.start()
+        deadline = time.monotonic() + 5
+        while not self.loop.is_running() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 10) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def spawn(self, coro_fn: Callable[[], Coroutine[Any, Any, Any]], name: str) -> asyncio.Task[Any]:
+        async def make() -> asyncio.Task[Any]:
+            return asyncio.get_running_loop().create_task(coro_fn(), name=name)
+
+        task: asyncio.Task[Any] = self.run(make())
+        return task
+
+    def __exit__(self, *exc: object) -> None:
+        async def cancel_all() -> None:
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self.run(cancel_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def by_name(infos: list[TaskInfo]) -> dict[str, TaskInfo]:
+    return {t.name: t for t in infos}
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    with LoopThread() as lt:
+        yield lt
+
+
+class TestDumpTasks:
+    def test_names_tasks_and_what_they_await(self, loop_thread: LoopThread) -> None:
+        """Every pending task is listed with its await stack and the primitive it waits on."""
+        lock, event, queue = loop_thread.run(_make_primitives())
+
+        async def holds() -> None:
+            await lock.acquire()
+            await asyncio.sleep(100)
+
+        async def wants_lock() -> None:
+            async with lock:
+                pass
+
+        async def wants_event() -> None:
+            await event.wait()
+
+        async def wants_item() -> None:
+            await queue.get()
+
+        loop_thread.spawn(holds, "holder")
+        assert wait_until(lambda: lock.locked())
+        for fn, name in ((wants_lock, "locker"), (wants_event, "eventer"), (wants_item, "getter")):
+            loop_thread.spawn(fn, name)
+        assert wait_until(lambda: {"locker", "eventer", "getter"} <= set(by_name(dump_tasks(loop_thread.loop))))
+        tasks = by_name(dump_tasks(loop_thread.loop))
+        assert tasks["holder"].awaits_kind == "sleep"
+        assert tasks["locker"].awaits_kind == "lock" and "(locked)" in (tasks["locker"].awaits or "")
+        assert tasks["eventer"].awaits_kind == "event" and "not set" in (tasks["eventer"].awaits or "")
+        assert tasks["getter"].awaits_kind == "queue"
+        locker = tasks["locker"]
+        assert locker.state == "pending"
+        assert locker.stack[-1].function == "wants_lock"  # innermost first: the task's coroutine is last
+        assert locker.stack[0].function == "acquire"
+        assert locker.site is not None and locker.site.startswith(HERE)
+        assert all(t.thread_id == loop_thread.thread.ident for t in tasks.values())
+
+    def test_awaiting_tasks_gather_and_executor(self, loop_thread: LoopThread) -> None:
+        """Awaiting another task, a gather and an executor job are told apart."""
+        release = threading.Event()
+
+        async def child() -> None:
+            await asyncio.sleep(100)
+
+        async def parent() -> None:
+            await asyncio.get_running_loop().create_task(child(), name="child")
+
+        async def gatherer() -> None:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(loop.create_task(child(), name="g1"), loop.create_task(child(), name="g2"))
+
+        async def offloaded() -> None:
+            await asyncio.to_thread(release.wait, 10)
+
+        for fn, name in ((parent, "parent"), (gatherer, "gatherer"), (offloaded, "offloaded")):
+            loop_thread.spawn(fn, name)
+        try:
+            assert wait_until(lambda: {"child", "g1", "g2"} <= set(by_name(dump_tasks(loop_thread.loop))))
+            tasks = by_name(dump_tasks(loop_thread.loop))
+            assert tasks["parent"].awaits == "Task 'child'"
+            assert tasks["parent"].awaits_task_ids == (tasks["child"].task_id,)
+            assert tasks["gatherer"].awaits_kind == "gather"
+            assert set(tasks["gatherer"].awaits_task_ids) == {tasks["g1"].task_id, tasks["g2"].task_id}
+            assert tasks["offloaded"].awaits_kind == "executor"
+        finally:
+            release.set()
+
+    def test_running_task_seen_from_another_thread_while_the_loop_is_blocked(self, loop_thread: LoopThread) -> None:
+        """While a task blocks the loop, a dump from another thread shows it running at the blocking line."""
+        started = threading.Event()
+
+        async def blocker() -> None:
+            started.set()
+            time.sleep(0.3)
+
+        loop_thread.loop.call_soon_threadsafe(lambda: loop_thread.loop.create_task(blocker(), name="blocker"))
+        assert started.wait(5)
+        tasks = by_name(dump_tasks(loop_thread.loop))
+        assert tasks["blocker"].state == "running"
+        assert tasks["blocker"].awaits is None
+        assert tasks["blocker"].stack[0].function == "blocker"
+
+    def test_await_cycle_is_found(self, loop_thread: LoopThread) -> None:
+        """Task A awaits B while B waits for A: the dump's edges close a cycle."""
+        holder: dict[str, asyncio.Task[Any]] = {}
+        both = threading.Event()
+
+        async def a() -> None:
+            both.wait(5)
+            await holder["b"]
+
+        async def b() -> None:
+            await asyncio.wait([holder["a"]])  # not `await a`: cancelling a direct cycle recurses forever
+
+        async def make() -> None:
+            loop = asyncio.get_running_loop()
+            holder["a"] = loop.create_task(a(), name="A")
+            holder["b"] = loop.create_task(b(), name="B")
+            both.set()
+
+        loop_thread.run(make())
+        assert wait_until(lambda: by_name(dump_tasks(loop_thread.loop)).get("A", None) is not None)
+        assert wait_until(lambda: bool(task_cycles(dump_tasks(loop_thread.loop))))
+        infos = dump_tasks(loop_thread.loop)
+        cycles = task_cycles(infos)
+        assert [sorted(t.name for t in c) for c in cycles] == [["A", "B"]]
+        assert "Await cycle: " in format_task_dump(infos)
+
+    def test_dump_all_loops_and_no_loop(self) -> None:
+        """With no loop argument every loop's tasks are listed; with no loop at all, none."""
+        with LoopThread() as one, LoopThread() as two:
+            one.spawn(lambda: asyncio.sleep(100), "on-one")
+            two.spawn(lambda: asyncio.sleep(100), "on-two")
+            assert wait_until(lambda: {"on-one", "on-two"} <= set(by_name(dump_tasks())))
+            infos = by_name(dump_tasks())
+            assert infos["on-one"].loop_id == id(one.loop)
+            assert infos["on-two"].loop_id == id(two.loop)
+        assert "on-one" not in by_name(dump_tasks())
+
+    def test_dump_while_tasks_churn(self, loop_thread: LoopThread) -> None:
+        """Dumping in a tight loop while the loop creates and finishes tasks never raises."""
+        stop = threading.Event()
+
+        async def churn() -> None:
+            while not stop.is_set():
+                await asyncio.gather(*(asyncio.sleep(0) for _ in range(50)))
+
+        loop_thread.spawn(churn, "churn")
+        try:
+            for _ in range(200):
+                infos = dump_tasks()
+                assert all(isinstance(t, TaskInfo) for t in infos)
+        finally:
+            stop.set()
+
+    def test_creation_site_with_the_monitor(self) -> None:
+        """Tasks created while a LoopMonitor watches know the line that created them."""
+
+        async def main() -> str | None:
+            async with LoopMonitor(threshold_s=1.0):
+                task = asyncio.get_running_loop().create_task(asyncio.sleep(10), name="made")
+                line = _lineno() - 1
+                await asyncio.sleep(0)
+                info = by_name(dump_tasks(asyncio.get_running_loop()))["made"]
+                task.cancel()
+                assert info.created_at == f"{HERE}:{line}"
+                return info.created_at
+
+        assert asyncio.run(main()) is not None
+
+
+class TestLoopIdleForever:
+    def test_event_nobody_sets(self, loop_thread: LoopThread) -> None:
+        """A task waiting on an Event with no timer, I/O or executor job left: idle forever."""
+        event = loop_thread.run(_make_event())
+        loop_thread.spawn(event.wait, "waiter")
+        assert wait_until(lambda: loop_idle_forever(loop_thread.loop))
+
+    def test_not_idle_with_timer_io_or_executor(self, loop_thread: LoopThread) -> None:
+        """A pending timer, a listening server or an executor job can wake the loop: not idle."""
+        event = loop_thread.run(_make_event())
+        loop_thread.spawn(event.wait, "waiter")
+        assert wait_until(lambda: loop_idle_forever(loop_thread.loop))
+        release = threading.Event()
+        loop_thread.spawn(lambda: asyncio.to_thread(release.wait, 10), "offloaded")
+        try:
+            time.sleep(0.1)
+            assert not loop_idle_forever(loop_thread.loop)
+        finally:
+            release.set()
+        assert wait_until(lambda: loop_idle_forever(loop_thread.loop))
+        sleeper = loop_thread.spawn(lambda: asyncio.sleep(100), "sleeper")
+        time.sleep(0.05)
+        assert not loop_idle_forever(loop_thread.loop)
+        loop_thread.loop.call_soon_threadsafe(sleeper.cancel)
+        assert wait_until(lambda: loop_idle_forever(loop_thread.loop))
+        server = loop_thread.run(asyncio.start_server(lambda r, w: None, "127.0.0.1", 0))
+        try:
+            time.sleep(0.05)
+            assert not loop_idle_forever(loop_thread.loop)
+        finally:
+            server.close()
+
+    def test_no_pending_tasks_or_not_running(self) -> None:
+        """A loop with no tasks, or one that is not running, is not called idle forever."""
+        with LoopThread() as lt:
+            time.sleep(0.05)
+            assert not loop_idle_forever(lt.loop)
+        loop = asyncio.new_event_loop()
+        try:
+            assert not loop_idle_forever(loop)
+        finally:
+            loop.close()
+
+    def test_uvloop_is_never_called_idle(self) -> None:
+        """uvloop cannot be inspected: it is never reported idle forever (no false alarms)."""
+        uvloop = pytest.importorskip("uvloop")
+        with LoopThread(uvloop.new_event_loop) as lt:
+            event = lt.run(_make_event())
+            lt.spawn(event.wait, "waiter")
+            time.sleep(0.1)
+            assert not loop_idle_forever(lt.loop)
+            assert by_name(dump_tasks(lt.loop))["waiter"].awaits_kind == "event"
+
+
+class TestRunningLoops:
+    def test_loop_in_a_thread_is_found(self) -> None:
+        """A loop running in another thread is listed, and no longer once it stopped."""
+        with LoopThread() as lt:
+            assert lt.loop in running_loops()
+        assert lt.loop not in running_loops()
+
+    def test_monitor_registers_uvloop(self) -> None:
+        """uvloop has no Python frames to find: the monitor registers the loop it watches."""
+        uvloop = pytest.importorskip("uvloop")
+        with LoopThread(uvloop.new_event_loop) as lt:
+            monitor = LoopMonitor(lt.loop, threshold_s=1.0)
+            monitor.start()
+            try:
+                assert wait_until(lambda: lt.loop in running_loops())
+            finally:
+                monitor.stop()
+
+
+class TestFindAwaitCycles:
+    def test_cycles(self) -> None:
+        """Two-, three- and self-cycles are found once each; acyclic graphs give none."""
+        assert find_await_cycles({"a": ["b"], "b": ["a"]}) == [["a", "b"]]
+        assert find_await_cycles({1: [2], 2: [3], 3: [1], 4: [1]}) == [[1, 2, 3]]
+        assert find_await_cycles({"x": ["x"]}) == [["x"]]
+        assert find_await_cycles({"a": ["b"], "b": ["c"], "c": []}) == []
+        assert find_await_cycles({}) == []
+
+    def test_disjoint_and_overlapping_cycles(self) -> None:
+        """Every elementary cycle is reported, including ones sharing a node."""
+        cycles = find_await_cycles({"a": ["b", "c"], "b": ["a"], "c": ["a"], "d": ["e"], "e": ["d"]})
+        assert sorted(sorted(c) for c in cycles) == [["a", "b"], ["a", "c"], ["d", "e"]]
+
+
+async def _make_primitives() -> tuple[asyncio.Lock, asyncio.Event, asyncio.Queue[int]]:
+    return asyncio.Lock(), asyncio.Event(), asyncio.Queue()
+
+
+async def _make_event() -> asyncio.Event:
+    return asyncio.Event()
+
+
+def _lineno() -> int:
+    import sys
+
+    return sys._getframe(1).f_lineno
