@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The main job: run the bundled example under `conctools run` and write its report.
+## The main job: the sample server with its seeded bugs under Locust load; the report goes to build/demo/.
 demo: venv
-	$(BIN)/conctools run --out build/demo examples/pipeline.py
+	$(BIN)/conctools demo --out build/demo
 
 ## The whole suite: static checks, the tests on 3.11, then on 3.13 where pyenv has it.
 test: static pytest pytest-313

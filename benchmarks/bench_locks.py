@@ -26,8 +26,8 @@ import conctools
 from conctools import lockorder
 from conctools.recorder import use_recorder
 
-N = 200_000
-REPEATS = 9
+N = 50_000
+REPEATS = 7
 
 
 class NaiveLock:
@@ -106,7 +106,7 @@ def _bound(lock: Any) -> dict[str, Any]:
     return {"a": lock.acquire, "r": lock.release}
 
 
-class lockorder_mode:  # noqa: N801 - reads like the context manager it is
+class lockorder_mode:
     """Create locks in lock-order mode (what ``conctools run`` does)."""
 
     def __enter__(self) -> None:

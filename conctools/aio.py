@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from conctools import lockorder, registry
 from conctools.locks import (
@@ -34,7 +35,7 @@ from conctools.locks import (
     _party,
     _register,
     _retire,
-    _site_of,
+    _TracedAttrs,
     _Wait,
     _waiter_parties,
 )
@@ -44,6 +45,20 @@ from conctools.registry import Party, PrimitiveState
 __all__ = ["Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "Semaphore"]
 
 _current_task = asyncio.current_task
+_get_running_loop = asyncio._get_running_loop
+# On 3.11, asyncio.current_task() and _get_running_loop() call getpid() (a syscall, ~2 us on
+# a VM) on every call when a loop runs. The fast path there reads the current task from
+# asyncio's own loop -> task dict, keyed by the loop this primitive last ran on (a cache,
+# not a binding: asyncio's loop binding rules stay untouched). 3.12+ is fast natively.
+_tasks_get: Any = None
+if sys.version_info < (3, 12):
+    try:
+        from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
+
+        _tasks_get = _current_tasks.get
+    except ImportError:  # pragma: no cover - other implementations
+        _tasks_get = None
+_DICT = _tasks_get is not None
 
 
 def _task_words(task: Any) -> str | None:
@@ -82,26 +97,31 @@ def _init(prim: Any, kind: str, name: str | None) -> None:
 # -- Lock --------------------------------------------------------------------------------
 
 
-class Lock(asyncio.Lock):
+class Lock(asyncio.Lock, _TracedAttrs):
     """A traced ``asyncio.Lock``: knows the task holding it and the tasks waiting for it."""
+
+    _locked: bool  # asyncio's own state, not in typeshed
+    _waiters: Any
+    _wake_up_first: Callable[[], None]
 
     def __init__(self, *, name: str | None = None) -> None:
         super().__init__()
         self._ct_owner: Any = None
+        self._ct_loop: Any = None
         self._ct_site = ""
         self._ct_since = 0
-        self._ct_ordered = lockorder.is_enabled()
+        self._ct_ordered = lockorder._enabled[0] > 0
         self._ct_holdstack: list[lockorder.Held] | None = None
         _init(self, "aio.Lock", name)
         if self._ct_ordered:
             self._ct_hold = Histogram()
 
-    async def acquire(self) -> bool:
+    async def acquire(self) -> Literal[True]:
         """Acquire the lock, as ``asyncio.Lock.acquire``."""
         if not self._locked and (self._waiters is None or all(w.cancelled() for w in self._waiters)):
             self._locked = True
             self._ct_n += 1
-            self._ct_owner = _current_task()
+            self._ct_owner = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
             if self._ct_hold is not None:
                 self._took_timed(_getframe(1), 0)
             return True
@@ -112,7 +132,7 @@ class Lock(asyncio.Lock):
         if not self._locked and (self._waiters is None or all(w.cancelled() for w in self._waiters)):
             self._locked = True
             self._ct_n += 1
-            self._ct_owner = _current_task()
+            self._ct_owner = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
             if self._ct_hold is not None:
                 self._took_timed(_getframe(1), 0)
             return None
@@ -140,15 +160,19 @@ class Lock(asyncio.Lock):
         else:
             raise RuntimeError("Lock is not acquired.")
 
+    def _ct_task(self) -> Any:
+        """The current task, the slow way; remembers the loop for the fast way next time."""
+        loop = self._ct_loop = _get_running_loop()
+        return _current_task(loop) if loop is not None else None
+
     def _took_timed(self, frame: Any, t0: int) -> None:
         self._ct_since = t0 or _mono()
         if self._ct_ordered:
-            site, _ = _site_of(frame)
-            self._ct_site = site
+            site = self._ct_site = lockorder.code_site(frame)
             task = self._ct_owner
             held = lockorder.task_held_stack(task) if task is not None else lockorder.held_stack()
             self._ct_holdstack = held
-            lockorder.note_acquired(held, lockorder.Held(self, self._ct_stats.key, self._ct_name, self._ct_serial, site))
+            lockorder.note_acquired(held, (self, self._ct_stats.key, self._ct_name, self._ct_serial, site))
 
     def _released_timed(self) -> None:
         since = self._ct_since
@@ -164,33 +188,35 @@ class Lock(asyncio.Lock):
             if not held:
                 lockorder.forget_task(self._ct_owner)
 
-    async def _contended(self, frame: Any) -> bool:
+    async def _contended(self, frame: Any) -> Literal[True]:
         """The slow path: time the wait and record it with the holding task."""
         if self._ct_ordered:
             task = _current_task()
             held = lockorder.task_held_stack(task) if task is not None else lockorder.held_stack()
             if held:
-                site, _ = _site_of(frame)
-                lockorder.check(held, lockorder.Held(self, self._ct_stats.key, self._ct_name, self._ct_serial, site))
-        wait = _Wait(self, frame, None, _task_words(self._ct_owner))
+                site = lockorder.code_site(frame)
+                lockorder.check(held, (self, self._ct_stats.key, self._ct_name, self._ct_serial, site))
+        wait = _Wait(self, frame, None, _task_words(self._ct_owner), by_task=True)
         acquired = False
         try:
             acquired = await super().acquire()
         finally:
             end = wait.end(acquired)
+        self._ct_n += 1
         self._ct_owner = wait.task
         if self._ct_hold is None:
             self._ct_hold = Histogram()
         self._took_timed(frame, end)
         self._ct_site = wait.site
-        return acquired
+        return True
 
     def __del__(self) -> None:
         _retire(self)
 
     def _conctools_state(self) -> PrimitiveState:
         owner = self._ct_owner
-        holders = (_task_party(owner, self._ct_site or "?", self._ct_since),) if owner is not None else ()
+        site = lockorder.site_text(self._ct_site) if self._ct_site else "?"
+        holders = (_task_party(owner, site, self._ct_since),) if owner is not None else ()
         return _base_state(self, holders)
 
     def _conctools_progress(self) -> int:
@@ -200,18 +226,20 @@ class Lock(asyncio.Lock):
 # -- Event -------------------------------------------------------------------------------
 
 
-class Event(asyncio.Event):
+class Event(asyncio.Event, _TracedAttrs):
     """A traced ``asyncio.Event``: the tasks waiting on it are in the registry."""
+
+    _value: bool
 
     def __init__(self, *, name: str | None = None) -> None:
         super().__init__()
         _init(self, "aio.Event", name)
 
-    async def wait(self) -> bool:
+    async def wait(self) -> Literal[True]:
         """Wait until the event is set, as ``asyncio.Event.wait``."""
         if self._value:
             return True
-        wait = _Wait(self, _getframe(1), None, None)
+        wait = _Wait(self, _getframe(1), None, None, by_task=True)
         ok = False
         try:
             ok = await super().wait()
@@ -238,7 +266,7 @@ class Event(asyncio.Event):
 # -- Condition ---------------------------------------------------------------------------
 
 
-class Condition(asyncio.Condition):
+class Condition(asyncio.Condition, _TracedAttrs):
     """A traced ``asyncio.Condition``; its default lock is a traced :class:`Lock`."""
 
     def __init__(self, lock: asyncio.Lock | None = None, *, name: str | None = None) -> None:
@@ -247,9 +275,9 @@ class Condition(asyncio.Condition):
         super().__init__(lock)
         _init(self, "aio.Condition", name)
 
-    async def wait(self) -> bool:
+    async def wait(self) -> Literal[True]:
         """Wait until notified, as ``asyncio.Condition.wait``."""
-        wait = _Wait(self, _getframe(1), None, None) if self.locked() else None
+        wait = _Wait(self, _getframe(1), None, None, by_task=True) if self.locked() else None
         ok = False
         try:
             ok = await super().wait()
@@ -277,7 +305,7 @@ class Condition(asyncio.Condition):
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
 
 
-class Semaphore(asyncio.Semaphore):
+class Semaphore(asyncio.Semaphore, _TracedAttrs):
     """A traced ``asyncio.Semaphore``: every holding and waiting task is known."""
 
     def __init__(self, value: int = 1, *, name: str | None = None) -> None:
@@ -287,7 +315,7 @@ class Semaphore(asyncio.Semaphore):
 
     _ct_kind = "aio.Semaphore"
 
-    async def acquire(self) -> bool:
+    async def acquire(self) -> Literal[True]:
         """Acquire, as ``asyncio.Semaphore.acquire``."""
         if not self.locked():
             self._value -= 1
@@ -313,10 +341,10 @@ class Semaphore(asyncio.Semaphore):
             del holders[0]
         holders.append(task)
 
-    async def _contended(self, frame: Any) -> bool:
+    async def _contended(self, frame: Any) -> Literal[True]:
         holders = [t for t in self._ct_holders if t is not None][:4]
         words = ", ".join(w for w in (_task_words(t) for t in holders) if w) or None
-        wait = _Wait(self, frame, None, words)
+        wait = _Wait(self, frame, None, words, by_task=True)
         acquired = False
         try:
             acquired = await super().acquire()
@@ -362,33 +390,32 @@ class BoundedSemaphore(Semaphore, asyncio.BoundedSemaphore):
 
 # -- Barrier -----------------------------------------------------------------------------
 
-if sys.version_info >= (3, 11):
 
-    class Barrier(asyncio.Barrier):
-        """A traced ``asyncio.Barrier``: the tasks waiting at it are in the registry."""
+class Barrier(asyncio.Barrier, _TracedAttrs):
+    """A traced ``asyncio.Barrier``: the tasks waiting at it are in the registry."""
 
-        def __init__(self, parties: int, *, name: str | None = None) -> None:
-            super().__init__(parties)
-            _init(self, "aio.Barrier", name)
+    def __init__(self, parties: int, *, name: str | None = None) -> None:
+        super().__init__(parties)
+        _init(self, "aio.Barrier", name)
 
-        async def wait(self) -> int:
-            """Wait until every party arrived, as ``asyncio.Barrier.wait``."""
-            wait = _Wait(self, _getframe(1), None, None)
-            ok = False
-            try:
-                index = await super().wait()
-                ok = True
-            finally:
-                wait.end(ok, event=False)
-                self._ct_n += 1
-                registry.note_progress()
-            return index
+    async def wait(self) -> int:
+        """Wait until every party arrived, as ``asyncio.Barrier.wait``."""
+        wait = _Wait(self, _getframe(1), None, None, by_task=True)
+        ok = False
+        try:
+            index = await super().wait()
+            ok = True
+        finally:
+            wait.end(ok, event=False)
+            self._ct_n += 1
+            registry.note_progress()
+        return index
 
-        def __del__(self) -> None:
-            _retire(self)
+    def __del__(self) -> None:
+        _retire(self)
 
-        def _conctools_state(self) -> PrimitiveState:
-            return _base_state(self, ())
+    def _conctools_state(self) -> PrimitiveState:
+        return _base_state(self, ())
 
-        def _conctools_progress(self) -> int:
-            return int(self._ct_n)
+    def _conctools_progress(self) -> int:
+        return int(self._ct_n)

@@ -77,10 +77,13 @@ def _report_command(ns: argparse.Namespace) -> int:
         if ns.trace is not None:
             write_trace(snapshot, ns.trace)
             print(f"conctools: wrote {ns.trace}", file=sys.stderr)
+        if ns.text or (ns.html is None and ns.trace is None):
+            sys.stdout.write(render_text(snapshot))
     except OSError as exc:
         raise UsageError(f"conctools report: error: cannot write: {exc}") from None
-    if ns.text or (ns.html is None and ns.trace is None):
-        sys.stdout.write(render_text(snapshot))
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        # Loading checks the shape of the file, not every value: a hand-edited one may still be off.
+        raise UsageError(f"conctools report: error: {ns.report_json}: corrupt conctools report ({exc!r})") from None
     return 0
 
 
@@ -134,6 +137,16 @@ def _build_parser() -> _Parser:
         "--detect-blocking",
         action="store_true",
         help="report time.sleep, blocking socket/file calls and thread waits made on an event loop's thread",
+    )
+    run.add_argument(
+        "--no-trace-locks",
+        action="store_true",
+        help="do not replace threading/asyncio locks with traced ones (no lock table, no lock-order check)",
+    )
+    run.add_argument(
+        "--no-lock-order",
+        action="store_true",
+        help="trace locks but do not check lock order (no lock-order inversion reports)",
     )
     report = sub.add_parser(
         "report",
@@ -207,6 +220,8 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     options.deadlock_timeout_s = ns.deadlock_timeout or None
     options.loop_threshold_s = ns.loop_threshold or None
     options.detect_blocking = ns.detect_blocking
+    options.trace_locks = not ns.no_trace_locks
+    options.lock_order = not ns.no_lock_order
     if options.module:
         import importlib.util
 

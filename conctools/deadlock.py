@@ -306,13 +306,23 @@ def participants_of(
 ) -> tuple[Participant, ...]:
     """The cycle as :class:`~conctools.events.Participant` records, in cycle order."""
     now = time.monotonic_ns() if now_ns is None else now_ns
+    # Two locks created on one line share a name: tell them apart by id, as jstack does.
+    ids_by_label: dict[str, set[int]] = {}
+    for edge in cycle:
+        for prim, _ in [*graph.holds.get(edge.waiter_key, ()), *([(edge.prim, None)] if edge.prim else [])]:
+            ids_by_label.setdefault(prim_label(prim), set()).add(prim.prim_id)
+
+    def label(prim: PrimitiveState) -> str:
+        text = prim_label(prim)
+        return f"{text} <{prim.prim_id:#x}>" if len(ids_by_label.get(text, ())) > 1 else text
+
     out = []
     for edge in cycle:
         key = edge.waiter_key
         stack = stacks.get(key, ())
         held = graph.holds.get(key, ())
         if edge.prim is not None:
-            waits_for = prim_label(edge.prim)
+            waits_for = label(edge.prim)
             waits_for_id = edge.prim.prim_id
             wait_site = edge.waiter.site
             since = edge.waiter.since_ns
@@ -331,7 +341,7 @@ def participants_of(
                 waits_for_id=waits_for_id,
                 wait_site=wait_site,
                 held_by=edge.holder.who,
-                holds=tuple(prim_label(p) for p, _ in held),
+                holds=tuple(label(p) for p, _ in held),
                 holds_sites=tuple(h.site for _, h in held),
                 stack=stack,
                 wait_s=max(0.0, (now - since) / 1e9),
@@ -439,8 +449,14 @@ def _on_stack(frame: FrameType | None, filename: str, function: str) -> bool:
 def _describe_prim_wait(party: Party, prim: PrimitiveState) -> str:
     label = prim_label(prim)
     if prim.holders:
-        holders = ", ".join(f"{h.who} (since {h.site})" for h in prim.holders)
-        return f"{label} held by {holders}"
+        alive = {t.ident for t in threading.enumerate()}
+
+        def holder(h: Party) -> str:
+            where = f" since {h.site}" if h.site and h.site != "?" else ""
+            gone = ", which has finished without releasing it" if h.thread_id not in alive else ""
+            return f"{h.who}{where}{gone}"
+
+        return f"{label} held by " + ", ".join(holder(h) for h in prim.holders)
     if prim.kind.endswith("Event"):
         return f"{label} (not set)"
     if prim.kind.endswith("Condition"):
@@ -453,15 +469,18 @@ def classify_thread(
     frame: FrameType | None,
     registry_wait: tuple[Party, PrimitiveState] | None = None,
     loops: Mapping[int, tuple[bool, str]] | None = None,
+    *,
+    with_stack: bool = True,
 ) -> ThreadState:
     """What thread ``thread_id`` does, from its innermost frame and its registry wait.
 
     ``loops`` maps a thread id to ``(idle_forever, description)`` of the event loop it
     runs. Only recognised waits without a timeout count as blocked; anything else (running
     code, ``time.sleep``, ``recv()``, ``select()`` with timers or sockets, unknown C calls)
-    does not, so a healthy idle program is never called hung.
+    does not, so a healthy idle program is never called hung. ``with_stack=False`` skips
+    the (costly) stack capture.
     """
-    stack = _stack(frame)
+    stack = _stack(frame) if with_stack else ()
     if registry_wait is not None:
         party, prim = registry_wait
         blocked = party.timeout_s is None
@@ -589,6 +608,7 @@ class DeadlockWatchdog:
         self._seen: set[frozenset[tuple[PartyKey, int]]] = set()
         self._live_cycles: set[frozenset[tuple[PartyKey, int]]] = set()
         self._signatures: dict[int, Hashable] = {}
+        self._wait_seen: dict[tuple[int, int | None], int] = {}
         self._all_blocked_since_ns: int | None = None
         self._hang_reported = False
         self._pending_raise: DeadlockError | None = None
@@ -645,14 +665,57 @@ class DeadlockWatchdog:
         The watchdog thread calls this every ``interval_s``; tests and tools may call it too.
         """
         now = time.monotonic_ns()
-        prims = registry.primitives()
-        graph = build_wait_graph(prims)
         frames = sys._current_frames()
-        new_deadlocks = self._check_deadlocks(graph, frames, now)
+        new_deadlocks: list[DeadlockEvent] = []
+        if self._long_waits(now):  # the full graph only when some wait has lasted the timeout
+            new_deadlocks = self._check_deadlocks(build_wait_graph(registry.primitives()), frames, now)
+        else:
+            self._live_cycles = set()
         hang = None
         if self.detect_hangs:
-            hang = self._check_hang(graph, frames, now)
+            hang = self._check_hang(frames, now)
         return new_deadlocks, hang
+
+    def _long_waits(self, now: int) -> bool:
+        """True when some party has been waiting on a traced primitive for ``timeout_s``.
+
+        Reads the registry's table of current waits (keys only, O(waiters)), so a scan of a
+        program with thousands of locks and no long wait stays cheap.
+        """
+        waiting = getattr(registry, "_waiting", None)
+        if not isinstance(waiting, dict):
+            return True  # no cheap view: build the graph every time
+        for _ in range(10):
+            try:
+                keys = list(waiting)
+                break
+            except RuntimeError:  # changed size during the copy
+                continue
+        else:
+            return True
+        first_seen = {k: self._wait_seen.get(k, now) for k in keys}
+        self._wait_seen = first_seen
+        limit = self.timeout_s * 1e9
+        return any(now - t >= limit for t in first_seen.values())
+
+    @staticmethod
+    def _registry_wait(thread_id: int) -> tuple[Party, PrimitiveState] | None:
+        """The threading primitive ``thread_id`` waits on now (any task of it), if it is traced."""
+        waiting = getattr(registry, "_waiting", None)
+        keys: list[tuple[int, int | None]] = []
+        if isinstance(waiting, dict):
+            try:
+                keys = [k for k in list(waiting) if k[0] == thread_id]
+            except RuntimeError:
+                keys = []
+        for key in keys or [(thread_id, None)]:
+            state = registry.waiting_on(key[0], key[1])
+            if state is None or not _is_sync_kind(state.kind):
+                continue
+            for party in state.waiters:
+                if party.thread_id == thread_id:
+                    return party, state
+        return None
 
     def _check_deadlocks(self, graph: WaitGraph, frames: Mapping[int, FrameType], now: int) -> list[DeadlockEvent]:
         if not graph.edges:
@@ -699,7 +762,9 @@ class DeadlockWatchdog:
         self.deadlocks.append(event)
         if self._recorder is not None:
             self._recorder.record(event)
-        _log.warning("conctools: %s", describe_cycle(event.participants))
+        # Logged loudly only when nobody else is told (a callback prints its own report).
+        level = logging.WARNING if self.on_deadlock is None else logging.DEBUG
+        _log.log(level, "conctools: %s", describe_cycle(event.participants))
         if self.on_deadlock is not None:
             try:
                 self.on_deadlock(event)
@@ -712,22 +777,28 @@ class DeadlockWatchdog:
             except Exception:
                 _log.exception("conctools: could not interrupt the main thread")
 
-    def _check_hang(self, graph: WaitGraph, frames: Mapping[int, FrameType], now: int) -> HangEvent | None:
-        me = _get_ident()
+    def _check_hang(self, frames: Mapping[int, FrameType], now: int) -> HangEvent | None:
         threads = {t.ident: t for t in threading.enumerate() if t.ident is not None}
         watched = {
             tid: frame
             for tid, frame in frames.items()
-            if tid != me and not getattr(threads.get(tid), "name", "").startswith("conctools-")
+            if not getattr(threads.get(tid), "name", "").startswith("conctools-")
         }
-        # Sync waits by thread (a task in a threading wait blocks its thread).
-        sync_waits: dict[int, tuple[Party, PrimitiveState]] = {}
-        for party, prim in graph.waits.values():
-            if _is_sync_kind(prim.kind):
-                sync_waits.setdefault(party.thread_id, (party, prim))
-        loops, loop_signatures = self._loop_states()
-        states = {tid: classify_thread(tid, f, sync_waits.get(tid), loops) for tid, f in watched.items()}
-        all_blocked = bool(states) and all(s.blocked for s in states.values())
+        loops: dict[int, tuple[bool, str]] = {}
+        loop_signatures: dict[int, Hashable] = {}
+        if any(f.f_code.co_filename == _SELECTORS_PY for f in watched.values()):
+            loops, loop_signatures = self._loop_states()
+        # Stop at the first thread that is not blocked: a healthy program costs little.
+        states: dict[int, ThreadState] = {}
+        for tid, frame in watched.items():
+            state = classify_thread(tid, frame, self._registry_wait(tid), loops, with_stack=False)
+            if not state.blocked:
+                self._all_blocked_since_ns = None
+                self._hang_reported = False
+                return None
+            states[tid] = state
+        if not states:
+            return None
         # Where everyone is, to notice movement between scans. An idle loop's thread leaves
         # select() whenever something pokes its self-pipe (a loop monitor's probe): its tasks'
         # positions say whether it progressed, not its frames.
@@ -739,10 +810,8 @@ class DeadlockWatchdog:
                 signatures[tid] = _frame_signature(frame)
         moved = signatures != self._signatures
         self._signatures = signatures
-        if not all_blocked or moved:
-            self._all_blocked_since_ns = now if all_blocked else None
-            if not all_blocked:
-                self._hang_reported = False
+        if moved:
+            self._all_blocked_since_ns = now
             return None
         if self._all_blocked_since_ns is None:
             self._all_blocked_since_ns = now
@@ -752,11 +821,13 @@ class DeadlockWatchdog:
         if self._live_cycles:  # a deadlock explains it, and was reported as one
             return None
         self._hang_reported = True
+        # Now the stacks (left out of the cheap pass above).
+        states = {tid: classify_thread(tid, frame, self._registry_wait(tid), loops) for tid, frame in watched.items()}
         event = self._hang_event(states, threads, now, (now - stalled_since) / 1e9)
         self.hangs.append(event)
         if self._recorder is not None:
             self._recorder.record(event)
-        _log.warning("conctools: %s", event.reason)
+        _log.log(logging.WARNING if self.on_hang is None else logging.DEBUG, "conctools: %s", event.reason)
         if self.on_hang is not None:
             try:
                 self.on_hang(event)
@@ -821,6 +892,9 @@ class DeadlockWatchdog:
             + (f" and {len(tasks)} task(s)" if tasks else "")
             + " wait forever on something only another waiting one could release"
         )
+        for cycle in taskdump.task_cycles(tasks):  # tasks awaiting each other: a deadlock without locks
+            names = " -> ".join(repr(t.name) for t in [*cycle, cycle[0]])
+            reason += f"; await cycle: {names}"
         main = threading.main_thread()
         return HangEvent(
             ts_ns=now,

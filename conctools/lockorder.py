@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import _thread
 import logging
+import os
 import threading
 import time
+from types import FrameType
+from typing import Any
 
-from conctools._context import capture_stack, current_task_name
+from conctools._context import _SKIP_PREFIXES, capture_stack, current_task_name
 from conctools.events import LockOrderEdge, LockOrderEvent
 from conctools.recorder import get_recorder
 
 __all__ = [
     "Held",
     "check",
+    "code_site",
     "disable",
     "enable",
     "forget_task",
@@ -41,6 +45,7 @@ __all__ = [
     "note_released",
     "reported_cycles",
     "reset",
+    "site_text",
     "task_held_stack",
 ]
 
@@ -59,17 +64,42 @@ _full = [False]
 _local = threading.local()
 
 
-class Held:
-    """One lock a thread holds, with where it was taken."""
+# A held lock: (primitive, class key, display name, serial, site). The site is a
+# "file.py:LINE" string or a (code, instruction offset) pair turned into one only when an
+# edge is new (see :func:`site_text`): the hot path never computes a line number.
+Held = tuple[Any, str, str, int, Any]
 
-    __slots__ = ("key", "name", "prim", "serial", "site")
+_site_texts: dict[tuple[Any, int], str] = {}
 
-    def __init__(self, prim: object, key: str, name: str, serial: int, site: str) -> None:
-        self.prim = prim
-        self.key = key
-        self.name = name
-        self.serial = serial
-        self.site = site
+
+def code_site(frame: FrameType | None) -> Any:
+    """The (code, offset) of the first frame outside conctools, asyncio, threading & co."""
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIP_PREFIXES):
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    return (frame.f_code, frame.f_lasti)
+
+
+def site_text(site: Any) -> str:
+    """``file.py:LINE`` of a site from :func:`code_site` (or a site already in text)."""
+    if isinstance(site, str):
+        return site
+    text = _site_texts.get(site)
+    if text is None:
+        code, lasti = site
+        line = code.co_firstlineno
+        for start, end, lineno in code.co_lines():
+            if start <= lasti < end and lineno is not None:
+                line = lineno
+                break
+        base = os.path.basename(code.co_filename)
+        if base in ("__init__.py", "__main__.py"):
+            base = os.path.join(os.path.basename(os.path.dirname(code.co_filename)), base)
+        text = f"{base}:{line}"
+        if len(_site_texts) < 100_000:
+            _site_texts[site] = text
+    return text
 
 
 def enable() -> None:
@@ -123,15 +153,15 @@ def check(held: list[Held], entry: Held) -> None:
     """Add the edges ``held -> entry`` (before a blocking wait, so a real deadlock is reported too)."""
     try:
         for h in held:
-            if h.prim is entry.prim:
+            if h[0] is entry[0]:
                 continue  # re-entry is not an edge
-            if h.key == entry.key:
+            if h[1] == entry[1]:
                 # Same class: order them per instance, and say which instance in the report.
-                a, b = f"{h.key}#{h.serial}", f"{entry.key}#{entry.serial}"
+                a, b = f"{h[1]}#{h[3]}", f"{entry[1]}#{entry[3]}"
                 if (a, b) not in _edges:
-                    _new_edge(a, b, h, entry, f"{h.name} #{h.serial}", f"{entry.name} #{entry.serial}")
-            elif (h.key, entry.key) not in _edges:
-                _new_edge(h.key, entry.key, h, entry, h.name, entry.name)
+                    _new_edge(a, b, h, entry, f"{h[2]} #{h[3]}", f"{entry[2]} #{entry[3]}")
+            elif (h[1], entry[1]) not in _edges:
+                _new_edge(h[1], entry[1], h, entry, h[2], entry[2])
     except Exception:  # observation must never break the program
         _log.exception("conctools: lock-order check failed")
 
@@ -164,7 +194,7 @@ def note_acquired(held: list[Held], entry: Held) -> None:
 def note_released(held: list[Held], prim: object) -> None:
     """``prim`` was released: drop its newest entry from ``held``."""
     for i in range(len(held) - 1, -1, -1):
-        if held[i].prim is prim:
+        if held[i][0] is prim:
             del held[i]
             return
 
@@ -174,8 +204,8 @@ def _new_edge(a: str, b: str, held: Held, entry: Held, a_name: str, b_name: str)
     edge = LockOrderEdge(
         from_lock=a_name,
         to_lock=b_name,
-        from_site=held.site,
-        to_site=entry.site,
+        from_site=site_text(held[4]),
+        to_site=site_text(entry[4]),
         thread_name=threading.current_thread().name,
         task_name=current_task_name(),
         stack=stack,

@@ -33,8 +33,7 @@ import os
 import sys
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -78,6 +77,10 @@ _StdEvent = threading.Event
 _StdBarrier = threading.Barrier
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _serials = itertools.count(1)
+_order_enabled = lockorder._enabled  # read on every creation: a list lookup, not a call
+_order_local = lockorder._local
+_code_site = lockorder.code_site
+_site_text = lockorder.site_text
 MAX_SITES = 32  # waiting call sites kept per lock class
 MAX_CLASSES = 10_000  # lock classes kept; past it, new ones share one "(other locks)" row
 MAX_HOLDERS = 64  # semaphore holders remembered
@@ -90,6 +93,14 @@ def _is_internal(filename: str) -> bool:
     return filename.startswith(_SKIP_PREFIXES) or filename.startswith("<frozen")
 
 
+def _short(filename: str) -> str:
+    """``file.py``, or ``package/__init__.py`` where the base name alone says nothing."""
+    base = os.path.basename(filename)
+    if base in ("__init__.py", "__main__.py"):
+        return os.path.join(os.path.basename(os.path.dirname(filename)), base)
+    return base
+
+
 def _site_of(frame: FrameType | None) -> tuple[str, str]:
     """``("file.py:LINE", function)`` of the first user frame from ``frame`` outwards."""
     first = frame
@@ -100,7 +111,7 @@ def _site_of(frame: FrameType | None) -> tuple[str, str]:
         if frame is None:
             return "?", "?"
     code = frame.f_code
-    return f"{os.path.basename(code.co_filename)}:{frame.f_lineno}", code.co_name
+    return f"{_short(code.co_filename)}:{frame.f_lineno}", code.co_name
 
 
 def _creation_site(frame: FrameType | None) -> str:
@@ -181,13 +192,12 @@ class LockStats:
         self.created_at = created_at
         self.mutex = _allocate_lock()
         self.instances = 0
-        self.last_created_ns = 0
+        self.epoch = 0
         self.retired_acquisitions = 0
         self.contentions = 0
         self.timeouts = 0
         self.wait = Histogram()
         self.hold = Histogram()
-        self.live: dict[int, Any] = {}  # serial -> instance weakref
         # site -> [waits, total wait ns, function]
         self.sites: dict[str, list[Any]] = {}
 
@@ -208,24 +218,21 @@ class LockStats:
             entry[0] += 1
             entry[1] += wait_ns
 
-    def row(self) -> dict[str, Any]:
-        """This class as one JSON-able row of the lock table."""
+    def row(self, live: Iterable[Any] = ()) -> dict[str, Any]:
+        """This class as one JSON-able row of the lock table (``live``: its live instances)."""
         with self.mutex:
             acquisitions = self.retired_acquisitions
             hold = Histogram()
             hold.merge(self.hold)
-            refs = list(self.live.values())
             wait = Histogram()
             wait.merge(self.wait)
             sites = sorted(self.sites.items(), key=lambda kv: (-kv[1][1], kv[0]))[:5]
             contentions, timeouts, instances = self.contentions, self.timeouts, self.instances
-        for ref in refs:
-            prim = ref()
-            if prim is not None:
-                acquisitions += prim._ct_n
-                h = prim._ct_hold
-                if h is not None:
-                    hold.merge(h)
+        for prim in live:
+            acquisitions += prim._ct_n
+            h = prim._ct_hold
+            if h is not None:
+                hold.merge(h)
         return {
             "name": self.name,
             "kind": self.kind,
@@ -270,15 +277,20 @@ def _stats_for(kind: str, name: str | None, created_at: str) -> LockStats:
     return stats
 
 
-def lock_table(since_ns: int = 0) -> list[dict[str, Any]]:
-    """Every lock class with instances created since ``since_ns``, most total wait first."""
+def lock_table(since_epoch: int = 0) -> list[dict[str, Any]]:
+    """Every lock class with instances created since ``since_epoch``, most total wait first."""
     with _stats_mutex:
-        all_stats = list(_stats.values())
+        all_stats = [st for st in _stats.values() if st.epoch >= since_epoch]
+    live: dict[int, list[Any]] = {}
+    for prim in registry.live():
+        st = getattr(prim, "_ct_stats", None)
+        if st is not None:
+            live.setdefault(id(st), []).append(prim)
     rows = []
     for stats in all_stats:
-        if stats.last_created_ns < since_ns:
+        if stats.created_at.endswith(_HIDDEN_CREATORS):
             continue
-        row = stats.row()
+        row = stats.row(live.get(id(stats), ()))
         if row["acquisitions"] or row["contentions"]:
             rows.append(row)
     rows.sort(key=lambda r: (-r["wait_total_s"], -r["contentions"], -r["acquisitions"], r["name"]))
@@ -289,35 +301,56 @@ def reset_stats() -> None:
     """Forget every lock class's statistics (live locks start a new class entry when next created)."""
     with _stats_mutex:
         _stats.clear()
+        _site_cache.clear()
 
 
 def publish_lock_table(recorder: Recorder | None = None) -> None:
-    """Make ``recorder`` (the current one by default) report the lock table as section ``locks``."""
+    """Make ``recorder`` (the current one by default) report the lock table as section ``locks``.
+
+    The table covers lock classes with instances created from now on.
+    """
     rec = recorder if recorder is not None else get_recorder()
-    since = rec.started_ns
+    with _stats_mutex:
+        _epoch[0] += 1
+        since = _epoch[0]
     rec.add_section("locks", lambda: lock_table(since))
     _published[0] = rec
 
 
+_epoch = [0]
+# Primitives the stdlib makes for its own bookkeeping (a Thread's "started" Event): traced,
+# visible to the watchdog, but left out of the lock table where they would only be noise.
+_HIDDEN_CREATORS = ("(threading.Thread.__init__)",)
+# (code, instruction offset, kind, name) of a creation call in user code -> (created_at, stats):
+# creating many locks on one line pays for the frame walk and the name once.
+_site_cache: dict[tuple[Any, int, str, str | None], tuple[str, LockStats]] = {}
+
+
 def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
     """Creation-time bookkeeping shared by every traced primitive."""
-    created_at = _creation_site(frame)
-    stats = _stats_for(kind, name, created_at)
-    prim._ct_stats = stats
-    prim._ct_name = name if name is not None else created_at
-    prim._ct_created = created_at
-    prim._ct_serial = serial = next(_serials)
-    prim._ct_n = 0
-    prim._ct_hold = None
-    prim._ct_waiters = {}
-    with stats.mutex:
-        stats.instances += 1
-        stats.last_created_ns = _mono()
-        stats.live[serial] = weakref.ref(prim)
-    registry.register(prim)
     rec = get_recorder()
     if _published[0] is not rec:
         publish_lock_table(rec)
+    key: tuple[Any, int, str, str | None] | None = (frame.f_code, frame.f_lasti, kind, name) if frame else None
+    cached = _site_cache.get(key) if key is not None else None
+    if cached is None:
+        created_at = _creation_site(frame)
+        stats = _stats_for(kind, name, created_at)
+        cacheable = key is not None and frame is not None and not _is_internal(frame.f_code.co_filename)
+        if cacheable and key is not None and len(_site_cache) < MAX_CLASSES:
+            _site_cache[key] = (created_at, stats)
+    else:
+        created_at, stats = cached
+    prim._ct_stats = stats
+    prim._ct_name = name if name is not None else created_at
+    prim._ct_created = created_at
+    prim._ct_serial = next(_serials)
+    prim._ct_n = 0
+    prim._ct_hold = None
+    prim._ct_waiters = {}
+    stats.instances += 1  # approximate under races, like any unlocked counter: it is informative only
+    stats.epoch = _epoch[0]
+    registry.register(prim)
 
 
 def _retire(prim: Any) -> None:
@@ -328,7 +361,6 @@ def _retire(prim: Any) -> None:
             stats.retired_acquisitions += prim._ct_n
             if prim._ct_hold is not None:
                 stats.hold.merge(prim._ct_hold)
-            stats.live.pop(prim._ct_serial, None)
     except Exception:
         pass
 
@@ -341,14 +373,18 @@ class _Wait:
 
     __slots__ = ("frame", "function", "holder", "ident", "key", "prim", "site", "stack", "start_ns", "task")
 
-    def __init__(self, prim: Any, frame: FrameType | None, timeout_s: float | None, holder: str | None) -> None:
+    def __init__(
+        self, prim: Any, frame: FrameType | None, timeout_s: float | None, holder: str | None, by_task: bool = False
+    ) -> None:
         self.prim = prim
         self.ident = ident = _get_ident()
         self.task = task = _task_now()
         self.site, self.function = _site_of(frame)
         self.holder = holder
         self.stack = capture_stack(2, limit=32)
-        self.key = key = (ident, id(task) if task is not None else None)
+        # A threading primitive blocks the whole thread (even when called from a task): the
+        # registry knows it as the thread's wait. An asyncio primitive blocks one task.
+        self.key = key = (ident, id(task) if by_task and task is not None else None)
         self.start_ns = start = _mono()
         prim._ct_waiters[key] = (ident, task, self.site, start, timeout_s)
         registry.note_wait_start(prim, key[0], key[1])
@@ -461,11 +497,12 @@ class Lock:
         self._t0 = 0
         self._ct_held: list[lockorder.Held] | None = None
         _register(self, self._kind, name, _getframe(1))
-        if lockorder.is_enabled():
+        if _order_enabled[0]:
             self.__class__ = _OrderedLock
             self._ct_hold = Histogram()
 
-    # The hot path: one non-blocking try, the owner, a counter. Nothing else.
+    # The hot path: one non-blocking try, the owner, a counter. Nothing else: ``_owner`` is not
+    # even cleared on release (it only means something while the lock is locked).
     def __enter__(self) -> bool:
         if self._acq(False):
             self._owner = _get_ident()
@@ -474,27 +511,35 @@ class Lock:
         return self._contended(-1, _getframe(1))
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
-        self._owner = None
         self._rel()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Acquire the lock, as ``threading.Lock.acquire``."""
+        if blocking is True and timeout == -1:
+            if self._acq(False):
+                self._owner = _get_ident()
+                self._ct_n += 1
+                return True
+            return self._contended(-1, _getframe(1))
+        return self._acquire_args(blocking, timeout, _getframe(1))
+
+    def release(self) -> None:
+        """Release the lock (any thread may), as ``threading.Lock.release``."""
+        self._rel()
+
+    def _acquire_args(self, blocking: bool, timeout: float, frame: FrameType | None) -> bool:
+        """``acquire`` with explicit arguments: validated exactly as the C lock does."""
         if blocking is not True or timeout != -1:
             _validate(blocking, timeout)
             if not blocking or timeout == 0:
                 if self._acq(False):
-                    self._took(_getframe(1), 0)
+                    self._took(frame, 0)
                     return True
                 return False
         if self._acq(False):
-            self._took(_getframe(1), 0)
+            self._took(frame, 0)
             return True
-        return self._contended(timeout, _getframe(1))
-
-    def release(self) -> None:
-        """Release the lock (any thread may), as ``threading.Lock.release``."""
-        self._released()
-        self._rel()
+        return self._contended(timeout, frame)
 
     def _took(self, frame: FrameType | None, t0: int) -> None:
         # Timed and ordered variants override this; the plain one stays cheap.
@@ -506,7 +551,7 @@ class Lock:
 
     def _contended(self, timeout: float, frame: FrameType | None) -> bool:
         """The slow path: wait, timing it, with the holder recorded (JFR's previousOwner)."""
-        holder = self._owner
+        holder = self._owner if self._lock.locked() else None
         holder_words = _who(holder, self._otask) if holder is not None else None
         wait = _Wait(self, frame, None if timeout == -1 else timeout, holder_words)
         acquired = False
@@ -526,7 +571,7 @@ class Lock:
 
     def locked(self) -> bool:
         """True if the lock is held."""
-        return self._lock.locked()
+        return bool(self._lock.locked())
 
     acquire_lock = acquire
     release_lock = release
@@ -551,8 +596,8 @@ class Lock:
     def _conctools_state(self) -> PrimitiveState:
         owner = self._owner
         holders: tuple[Party, ...] = ()
-        if owner is not None:
-            holders = (_party(owner, self._otask, self._osite or "?", self._osince),)
+        if owner is not None and self._lock.locked():
+            holders = (_party(owner, self._otask, _site_text(self._osite) if self._osite else "?", self._osince),)
         return PrimitiveState(
             prim_id=id(self),
             name=self._ct_name,
@@ -567,17 +612,38 @@ class Lock:
 
 
 class _TimedLock(Lock):
-    """A Lock that has seen contention: it also measures hold times (and where it was taken)."""
+    """A Lock that has seen contention: it also measures hold times (only contended locks have
+    interesting ones, so only they pay for two clock reads per acquisition)."""
 
     __slots__ = ()
 
     def __enter__(self) -> bool:
         if self._acq(False):
-            self._took(_getframe(1), 0)
+            self._owner = _get_ident()
+            self._ct_n += 1
+            self._otask = None
+            self._osite = ""
+            self._osince = self._t0 = _mono()
             return True
         return self._contended(-1, _getframe(1))
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
+        # Still under the lock: the lock itself serialises this instance's histogram.
+        t0 = self._t0
+        if t0:
+            self._t0 = 0
+            hold = self._ct_hold
+            if hold is not None:
+                hold.add(_mono() - t0)
+        self._owner = None
+        self._rel()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Acquire the lock, as ``threading.Lock.acquire``."""
+        return self._acquire_args(blocking, timeout, _getframe(1))
+
+    def release(self) -> None:
+        """Release the lock (any thread may), as ``threading.Lock.release``."""
         self._released()
         self._rel()
 
@@ -589,7 +655,6 @@ class _TimedLock(Lock):
         self._osince = self._t0 = t0 or _mono()
 
     def _released(self) -> None:
-        # Still under the lock: the lock itself serialises this instance's histogram.
         t0 = self._t0
         if t0:
             self._t0 = 0
@@ -607,30 +672,59 @@ class _OrderedLock(_TimedLock):
 
     __slots__ = ()
 
+    def __enter__(self) -> bool:
+        if self._acq(False):
+            self._took(_getframe(1), 0)
+            return True
+        return self._contended(-1, _getframe(1))
+
+    def __exit__(self, t: object, v: object, tb: object) -> None:
+        self._released()
+        self._rel()
+
     def _took(self, frame: FrameType | None, t0: int) -> None:
-        _TimedLock._took(self, frame, t0)
-        site, _ = _site_of(frame)
-        self._osite = site
-        held = lockorder.held_stack()
+        self._owner = _get_ident()
+        self._ct_n += 1
+        self._otask = None
+        self._osince = self._t0 = t0 or _mono()
+        site = self._osite = _code_site(frame)
+        try:
+            held = _order_local.stack
+        except AttributeError:
+            held = lockorder.held_stack()
         self._ct_held = held
-        lockorder.note_acquired(held, lockorder.Held(self, self._ct_stats.key, self._ct_name, self._ct_serial, site))
+        entry = (self, self._ct_stats.key, self._ct_name, self._ct_serial, site)
+        if held:
+            lockorder.check(held, entry)
+        held.append(entry)
 
     def _released(self) -> None:
-        held = self._ct_held
-        if held is not None:
-            self._ct_held = None
-            lockorder.note_released(held, self)
+        _drop_held(self)
         _TimedLock._released(self)
 
     def _contended(self, timeout: float, frame: FrameType | None) -> bool:
-        held = lockorder.held_stack()
-        if held:  # check the order before blocking: a real deadlock must be reported as well
-            site, _ = _site_of(frame)
-            lockorder.check(held, lockorder.Held(self, self._ct_stats.key, self._ct_name, self._ct_serial, site))
+        _check_before_wait(self, frame)
         return _TimedLock._contended(self, timeout, frame)
 
 
 _OrderedLock.__qualname__ = _OrderedLock.__name__ = "Lock"
+
+
+def _drop_held(prim: Any) -> None:
+    held = prim._ct_held
+    if held is not None:
+        prim._ct_held = None
+        if held and held[-1][0] is prim:
+            held.pop()
+        else:
+            lockorder.note_released(held, prim)
+
+
+def _check_before_wait(prim: Any, frame: FrameType | None) -> None:
+    """Check the order before blocking: a real deadlock must be reported as an inversion too."""
+    held = lockorder.held_stack()
+    if held:
+        lockorder.check(held, (prim, prim._ct_stats.key, prim._ct_name, prim._ct_serial, _code_site(frame)))
 
 
 # -- RLock -------------------------------------------------------------------------------
@@ -688,7 +782,7 @@ class RLock:
         self._t0 = 0
         self._ct_held: list[lockorder.Held] | None = None
         _register(self, self._kind, name, _getframe(1))
-        if lockorder.is_enabled():
+        if _order_enabled[0]:
             self.__class__ = _OrderedRLock
             self._ct_hold = Histogram()
 
@@ -769,10 +863,10 @@ class RLock:
         return acquired
 
     def _is_owned(self) -> bool:
-        return self._lock._is_owned()
+        return bool(self._lock._is_owned())
 
     def _recursion_count(self) -> int:
-        return self._lock._recursion_count()
+        return int(self._lock._recursion_count())
 
     def _release_save(self) -> Any:
         if not self._lock._is_owned():
@@ -824,7 +918,7 @@ class RLock:
         owner = self._owner
         holders: tuple[Party, ...] = ()
         if owner is not None:
-            holders = (_party(owner, self._otask, self._osite or "?", self._osince),)
+            holders = (_party(owner, self._otask, _site_text(self._osite) if self._osite else "?", self._osince),)
         return PrimitiveState(
             prim_id=id(self),
             name=self._ct_name,
@@ -850,7 +944,17 @@ class _TimedRLock(RLock):
         return self._contended(-1, _getframe(1))
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
-        self.release()
+        depth = self._depth
+        owner = self._owner
+        if depth == 1:
+            self._released()
+        self._depth = depth - 1
+        try:
+            self._rel()
+        except RuntimeError:
+            self._depth = depth
+            self._owner = owner
+            raise
 
     def _took(self, frame: FrameType | None, t0: int) -> None:
         depth = self._depth = self._depth + 1
@@ -880,28 +984,29 @@ class _OrderedRLock(_TimedRLock):
     __slots__ = ()
 
     def _took(self, frame: FrameType | None, t0: int) -> None:
-        _TimedRLock._took(self, frame, t0)
-        if self._depth == 1:
-            site, _ = _site_of(frame)
-            self._osite = site
-            held = lockorder.held_stack()
+        depth = self._depth = self._depth + 1
+        self._ct_n += 1
+        if depth == 1:
+            self._owner = _get_ident()
+            self._otask = None
+            self._osince = self._t0 = t0 or _mono()
+            site = self._osite = _code_site(frame)
+            try:
+                held = _order_local.stack
+            except AttributeError:
+                held = lockorder.held_stack()
             self._ct_held = held
-            lockorder.note_acquired(
-                held, lockorder.Held(self, self._ct_stats.key, self._ct_name, self._ct_serial, site)
-            )
+            entry = (self, self._ct_stats.key, self._ct_name, self._ct_serial, site)
+            if held:
+                lockorder.check(held, entry)
+            held.append(entry)
 
     def _released(self) -> None:
-        held = self._ct_held
-        if held is not None:
-            self._ct_held = None
-            lockorder.note_released(held, self)
+        _drop_held(self)
         _TimedRLock._released(self)
 
     def _contended(self, timeout: float, frame: FrameType | None) -> bool:
-        held = lockorder.held_stack()
-        if held:  # check the order before blocking: a real deadlock must be reported as well
-            site, _ = _site_of(frame)
-            lockorder.check(held, lockorder.Held(self, self._ct_stats.key, self._ct_name, self._ct_serial, site))
+        _check_before_wait(self, frame)
         return _TimedRLock._contended(self, timeout, frame)
 
 
@@ -909,6 +1014,19 @@ _OrderedRLock.__qualname__ = _OrderedRLock.__name__ = "RLock"
 
 
 # -- Condition ---------------------------------------------------------------------------
+
+
+class _TracedAttrs:
+    """What :func:`_register` puts on a traced primitive (annotations only, for the type checker)."""
+
+    _ct_n: int
+    _ct_hold: Histogram | None
+    _ct_waiters: dict[tuple[int, int | None], Any]
+    _ct_name: str
+    _ct_created: str
+    _ct_serial: int
+    _ct_stats: LockStats
+    _ct_held: Any
 
 
 def _init_traced(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
@@ -927,12 +1045,15 @@ def _state_without_holders(prim: Any) -> PrimitiveState:
     )
 
 
-class Condition(_StdCondition):
+class Condition(_StdCondition, _TracedAttrs):
     """A traced ``threading.Condition``; its default lock is a traced :class:`RLock`.
 
     Waiters are visible in the registry (a lost wake-up shows up as a waiter nobody
     notifies), and the time spent waiting is in the lock table.
     """
+
+    _is_owned: Callable[[], bool]  # the stdlib's, not in typeshed
+    _waiters: Any
 
     def __init__(self, lock: Any = None, name: str | None = None) -> None:
         frame = _getframe(1)
@@ -978,7 +1099,7 @@ class Condition(_StdCondition):
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
 
 
-class Semaphore(_StdSemaphore):
+class Semaphore(_StdSemaphore, _TracedAttrs):
     """A traced ``threading.Semaphore``: every current holder and waiter is known."""
 
     def __init__(self, value: int = 1, name: str | None = None) -> None:
@@ -1108,7 +1229,7 @@ class BoundedSemaphore(Semaphore):
 # -- Event -------------------------------------------------------------------------------
 
 
-class Event(_StdEvent):
+class Event(_StdEvent, _TracedAttrs):
     """A traced ``threading.Event``: its waiters are in the registry (an Event nobody sets is a hang)."""
 
     def __init__(self, name: str | None = None) -> None:
@@ -1147,7 +1268,7 @@ class Event(_StdEvent):
 # -- Barrier -----------------------------------------------------------------------------
 
 
-class Barrier(_StdBarrier):
+class Barrier(_StdBarrier, _TracedAttrs):
     """A traced ``threading.Barrier``: the parties waiting at it are in the registry."""
 
     def __init__(
@@ -1199,7 +1320,7 @@ _saved: list[tuple[Any, str, Any]] = []
 
 
 def _patch_targets() -> list[tuple[Any, str, Any]]:
-    from conctools import aio
+    from conctools import aio  # late: aio imports this module
 
     targets: list[tuple[Any, str, Any]] = [
         (threading, "Lock", Lock),
@@ -1238,6 +1359,8 @@ def trace_locks(*, lock_order: bool = False, recorder: Recorder | None = None) -
     publish_lock_table(recorder)
     with _patch_mutex:
         if _patch_depth[0] == 0:
+            if lock_order:  # a new outermost session reports its own inversions
+                lockorder.reset()
             targets = _patch_targets()
             _saved[:] = [(module, name, getattr(module, name)) for module, name, _ in targets]
             for module, name, replacement in targets:

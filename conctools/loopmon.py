@@ -509,6 +509,13 @@ class LoopMonitor:
             pass
 
     def _begin(self, sent_ns: int, now: int) -> _Stall | None:
+        try:
+            return self._begin_stall(sent_ns, now)
+        except Exception:  # attribute what we can; keep watching
+            _log.debug("conctools: could not inspect a stall", exc_info=True)
+            return None
+
+    def _begin_stall(self, sent_ns: int, now: int) -> _Stall | None:
         loop = self.loop
         if loop is None:
             return None
@@ -535,9 +542,12 @@ class LoopMonitor:
         return stall
 
     def _sample(self, stall: _Stall, now: int, sample_ns: int) -> None:
-        frame = sys._current_frames().get(stall.thread_id)
-        if frame is not None:
-            stall.samples.append(frames_of(frame))
+        try:
+            frame = sys._current_frames().get(stall.thread_id)
+            if frame is not None:
+                stall.samples.append(frames_of(frame))
+        except Exception:
+            _log.debug("conctools: could not sample the loop thread", exc_info=True)
         if len(stall.samples) >= self.max_samples:
             # Bounded: keep every other sample and sample half as often from now on.
             stall.samples = stall.samples[::2]
@@ -618,7 +628,7 @@ def _batch_start(frame: FrameType | None, loop: asyncio.AbstractEventLoop) -> tu
                 resolution = float(getattr(loop, "_clock_resolution", 0.0))
             except Exception:
                 return None, None
-            if isinstance(end_time, float) and loop.time() - time.monotonic() < 1e-3:
+            if isinstance(end_time, float) and abs(loop.time() - time.monotonic()) < 1e-3:  # not a virtual clock
                 return int((end_time - resolution) * 1e9), handle
             return None, handle
         f = f.f_back

@@ -46,10 +46,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
 
-from conctools._units import format_duration
 from conctools.recorder import Recorder, get_recorder
 
-__all__ = ["FunctionStats", "Profile", "ProfileError", "TaskStats", "ThreadStats", "profile"]
+__all__ = ["Clock", "FunctionStats", "Profile", "ProfileError", "TaskStats", "ThreadStats", "profile"]
 
 _log = logging.getLogger("conctools.profiling")
 
@@ -71,6 +70,11 @@ _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
 _get_ident = _thread.get_ident
 _active_threads = threading._active  # type: ignore[attr-defined]
+try:
+    # The dict asyncio's C and Python tasks update on entering and leaving a task step (3.11-3.13).
+    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
+except ImportError:  # a Python without it: the tagger falls back to asyncio.current_task()
+    _current_tasks = None
 
 
 class ProfileError(RuntimeError):
@@ -155,34 +159,55 @@ def _thread_name() -> str | None:
 
 
 class _TaskTagger:
-    """yappi's tag callback: a small int per asyncio task, and the task names behind them."""
+    """yappi's tag callback (:attr:`callback`): a small int per asyncio task, and the names behind them."""
 
     def __init__(self) -> None:
         self.names: dict[int, str] = {_OTHER_TASKS: _OTHER_TASKS_NAME}
         # id(task) -> (weakref to the task, tag): the weakref tells a reused id from the same task.
         self._seen: dict[int, tuple[weakref.ref[Any], int]] = {}
         self._next = 2
+        self.callback: Callable[[], int] = self._make_callback()
+
+    def _make_callback(self) -> Callable[[], int]:
+        # yappi calls this on every profiled call, so it is a plain closure (an instance's
+        # __call__ costs a bound-method dispatch more) with the cheapest test first: asyncio's
+        # {loop: task} dict of task steps running right now is empty in threads-only code and
+        # whenever no task step runs. Then one C call for this thread's loop.
+        current = _current_tasks
+        get_loop = _get_running_loop
+        tag_of = self._tag_of
         # (task, tag) of the last lookup: consecutive calls are nearly always in the same task
         # step. One tuple, swapped whole, so threads with loops of their own never see it torn.
-        self._last: tuple[object, int] = (None, _NO_TASK)
+        last: list[tuple[object, int]] = [(None, _NO_TASK)]
 
-    def __call__(self) -> int:
-        # Called by yappi on every profiled call: the off-loop path is one C call, the common
-        # on-loop path two C calls and an identity check.
-        loop = _get_running_loop()
-        if loop is None:
-            return _NO_TASK
-        try:
-            task = _current_task(loop)
-            last = self._last
-            if task is last[0]:
-                return last[1]
-            if task is None:
+        def callback() -> int:
+            if not current:
                 return _NO_TASK
-            entry = self._seen.get(id(task))
-            tag = entry[1] if entry is not None and entry[0]() is task else self._new_tag(task)
-            self._last = (task, tag)
+            try:
+                task = current[get_loop()]
+            except KeyError:  # this thread's loop (or no loop) is not running a task step
+                return _NO_TASK
+            cached = last[0]
+            if task is cached[0]:
+                return cached[1]
+            tag = tag_of(task)
+            last[0] = (task, tag)
             return tag
+
+        def fallback() -> int:  # a Python without asyncio.tasks._current_tasks
+            try:
+                loop = get_loop()
+                task = None if loop is None else _current_task(loop)
+                return _NO_TASK if task is None else tag_of(task)
+            except Exception:  # never raise into yappi's hook
+                return _NO_TASK
+
+        return callback if isinstance(current, dict) else fallback
+
+    def _tag_of(self, task: Any) -> int:
+        try:
+            entry = self._seen.get(id(task))
+            return entry[1] if entry is not None and entry[0]() is task else self._new_tag(task)
         except Exception:  # never raise into yappi's hook
             return _NO_TASK
 
@@ -260,7 +285,7 @@ class Profile:
             yappi.set_clock_type(self.clock)
             yappi.set_context_name_callback(_thread_name)
             self._tagger = _TaskTagger() if self.tasks else None
-            yappi.set_tag_callback(self._tagger)
+            yappi.set_tag_callback(self._tagger.callback if self._tagger is not None else None)
             self._start_thread = _get_ident()
             self._started_ns = time.monotonic_ns()
             # profile_threads=True always: False leaks the hook on 3.12+ (see the module docstring).
@@ -393,24 +418,26 @@ class Profile:
             )
         self.task_stats = tuple(sorted(tasks, key=lambda t: (-t.own_s, t.name)))
 
+    def _collect_live(self) -> None:
+        import yappi
+
+        with _session_lock:
+            if not self._running:
+                return
+            self.duration_s = (time.monotonic_ns() - self._started_ns) / 1e9
+            try:
+                self._collect(yappi)  # yappi pauses itself while it enumerates
+            except Exception:
+                _log.exception("conctools: could not read the running yappi profile")
+
     def top(self, n: int = 20, *, sort: Literal["total", "own"] = "total") -> str:
         """The ``n`` hottest functions as a text table (by total or own time)."""
-        funcs = sorted(self.functions, key=lambda f: -(f.total_s if sort == "total" else f.own_s))[:n]
-        from conctools.reporting._table import table
+        # The table is the text report's own (a pure reporter), so both read the same.
+        from conctools.reporting.profile_text import functions_table
 
-        rows = [
-            (
-                _short(f.name, 40),
-                f.calls,
-                format_duration(f.total_s),
-                format_duration(f.own_s),
-                format_duration(f.mean_s),
-                _short(f.site, 50, left=True),
-            )
-            for f in funcs
-        ]
-        title = f"Top {len(rows)} of {len(self.functions)} functions ({self.clock} clock, by {sort} time)"
-        return f"{title}\n" + table(("function", "calls", "total", "own", "mean", "where"), rows, right=(1, 2, 3, 4))
+        funcs = sorted(self.functions, key=lambda f: -(f.total_s if sort == "total" else f.own_s))[:n]
+        title = f"Top {len(funcs)} of {len(self.functions)} functions ({self.clock} clock, by {sort} time)"
+        return f"{title}\n" + functions_table([f.to_dict() for f in funcs])
 
     def save(self, path: str | Path, format: Literal["pstat", "callgrind"] | None = None) -> Path:
         """Write the profile as ``pstat`` (``pstats``, snakeviz) or ``callgrind`` (KCachegrind).
@@ -429,7 +456,13 @@ class Profile:
         return p
 
     def summary(self) -> dict[str, Any]:
-        """The JSON-able ``profile`` section of the report."""
+        """The JSON-able ``profile`` section of the report (the profile so far, while it runs).
+
+        A live view matters when the program never ends normally: a deadlock report taken by
+        the watchdog still shows where the time went before everything stopped.
+        """
+        if self._running:
+            self._collect_live()
         return {
             "clock": self.clock,
             "running": self._running,
@@ -469,12 +502,6 @@ def _merged_top(stats: list[Any], n: int) -> tuple[FunctionStats, ...]:
     ]
     funcs.sort(key=lambda f: (-f.own_s, f.name))
     return tuple(funcs[:n])
-
-
-def _short(text: str, width: int, *, left: bool = False) -> str:
-    if len(text) <= width:
-        return text
-    return "…" + text[-(width - 1) :] if left else text[: width - 1] + "…"
 
 
 @overload

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import signal
 import sys
@@ -70,7 +69,16 @@ LEAK_GRACE_S = 1.0
 _INTERRUPT_SIGNAL: int | None = (
     int(signal.SIGRTMAX) - 2 if hasattr(signal, "SIGRTMAX") else getattr(signal, "SIGUSR2", None)
 )
-_PROBLEM_KINDS = (DeadlockEvent, LockOrderEvent, HangEvent, SlowCallbackEvent)
+# The events that fail a test, with their report priorities (``conctools.reporting.text.SECTIONS``);
+# statistics sections come from 45 on.
+_PRIORITY_OF_KIND: dict[type[Event], int] = {
+    DeadlockEvent: 10,
+    LockOrderEvent: 20,
+    HangEvent: 30,
+    SlowCallbackEvent: 40,
+}
+_PROBLEM_KINDS = tuple(_PRIORITY_OF_KIND)
+_STATISTICS_PRIORITY = 45
 _MARKER_KEYS = ("enabled", "deadlock_timeout", "loop_threshold", "leak_check")
 
 
@@ -81,6 +89,10 @@ class ConctoolsFailure(pytest.fail.Exception):  # type: ignore[name-defined,misc
     def __init__(self, summary: str, report: str = "") -> None:
         super().__init__(summary, pytrace=False)
         self.report = report
+
+
+# Short test summaries print "ConctoolsFailure: ...", not the dotted path (pytest does the same for Failed).
+ConctoolsFailure.__module__ = "builtins"
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -97,29 +109,24 @@ class Settings:
 
 
 def _seconds(value: object, what: str) -> float:
-    """A finite, non-negative number of seconds, or ``ValueError`` naming ``what``."""
-    if isinstance(value, bool):
+    """A finite, non-negative number of seconds (as ``conctools run`` takes them), or ``ValueError`` naming ``what``."""
+    import argparse
+
+    from conctools.cli import non_negative_seconds
+
+    if isinstance(value, bool):  # float(True) is 1.0: a marker's True is not a duration
         raise ValueError(f"{what}: expected a number of seconds, got {value!r}")
     try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}: expected a number of seconds, got {value!r}") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{what}: must be a non-negative number of seconds (0 switches it off), got {value!r}")
-    return seconds
+        return non_negative_seconds(str(value).strip())
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
-def _flag_seconds(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        import argparse
+def _flag_seconds(text: str) -> float:
+    """The argparse type of the ``SECONDS`` flags (imported late: the plugin loads in every pytest run)."""
+    from conctools.cli import non_negative_seconds
 
-        try:
-            return _seconds(text, name)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
-
-    parse.__name__ = "seconds"  # argparse names the type in its messages
-    return parse
+    return non_negative_seconds(text)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -141,7 +148,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--conctools-deadlock-timeout",
-        type=_flag_seconds("--conctools-deadlock-timeout"),
+        type=_flag_seconds,
         default=None,
         metavar="SECONDS",
         dest="conctools_deadlock_timeout",
@@ -150,7 +157,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--conctools-loop-threshold",
-        type=_flag_seconds("--conctools-loop-threshold"),
+        type=_flag_seconds,
         default=None,
         metavar="SECONDS",
         dest="conctools_loop_threshold",
@@ -281,6 +288,19 @@ def _program_threads() -> list[threading.Thread]:
         for t in threading.enumerate()
         if t.is_alive() and not t.name.startswith("conctools-") and not isinstance(t, threading._DummyThread)
     ]
+
+
+def _worker_of_live_pool(thread: threading.Thread) -> bool:
+    """A ``ThreadPoolExecutor`` worker whose pool is still alive and open (an event loop's default
+    executor, a module's pool): it belongs to that pool, not to the test. A pool the test made and
+    dropped is garbage collected, and its idle workers exit by themselves within the grace period."""
+    import concurrent.futures.thread as pool_module
+
+    if getattr(thread, "_target", None) is not getattr(pool_module, "_worker", None):
+        return False
+    args = getattr(thread, "_args", ())
+    executor = args[0]() if args and isinstance(args[0], weakref.ref) else None
+    return executor is not None and not getattr(executor, "_shutdown", True)
 
 
 def _pending_tasks() -> list[asyncio.Future[Any]]:
@@ -449,19 +469,30 @@ class _TestRun:
     def begin_phase(self) -> None:
         """Arm the interrupt and watch every event loop that runs during the phase."""
         self.armed = True
-        if self.settings.loop_threshold_s > 0:
-            from conctools.loopmon import monitor_all_loops
-
-            try:
-                self.phase_stack.enter_context(
-                    monitor_all_loops(self.settings.loop_threshold_s, recorder=self.recorder)
-                )
-            except Exception:
-                _log.exception("conctools: could not start the loop monitor for %s", self.item.nodeid)
+        self._start_loop_monitor()
 
     def end_phase(self) -> None:
         """Disarm; stop the loop monitors, which records every stall of the phase before it is checked."""
         self.armed = False
+        self._stop_loop_monitor()
+
+    def settle(self) -> None:
+        """Record the stalls that already ended (the monitors record them late, from their own thread)."""
+        if self.armed:
+            self._stop_loop_monitor()
+            self._start_loop_monitor()
+
+    def _start_loop_monitor(self) -> None:
+        if self.settings.loop_threshold_s <= 0:
+            return
+        from conctools.loopmon import monitor_all_loops
+
+        try:
+            self.phase_stack.enter_context(monitor_all_loops(self.settings.loop_threshold_s, recorder=self.recorder))
+        except Exception:
+            _log.exception("conctools: could not start the loop monitor for %s", self.item.nodeid)
+
+    def _stop_loop_monitor(self) -> None:
         try:
             self.phase_stack.close()
         except Exception:
@@ -487,9 +518,8 @@ class _TestRun:
     # ---- checks ----
     def problems(self) -> Snapshot | None:
         """A snapshot holding the problems recorded since the last call, or ``None`` if there are none."""
-        snapshot = self.recorder.snapshot()
         fresh = []
-        for event in snapshot.events:
+        for event in self.recorder.events():
             if not isinstance(event, _PROBLEM_KINDS) or id(event) in self.reported:
                 continue
             if isinstance(event, SlowCallbackEvent) and event.ts_ns <= self.acknowledged_ns:
@@ -509,7 +539,7 @@ class _TestRun:
             if isinstance(event, (DeadlockEvent, HangEvent)):
                 self.stuck = True
         machinery = _pytest_dirs()
-        return dataclasses.replace(snapshot, events=tuple(_trim(e, machinery) for e in fresh))
+        return dataclasses.replace(self.recorder.snapshot(), events=tuple(_trim(e, machinery) for e in fresh))
 
     def leaks(self) -> str | None:
         """The leak report (threads and tasks the test left running), or ``None``."""
@@ -522,8 +552,7 @@ class _TestRun:
             if t is not me
             and t not in self.threads_before
             and t not in self.runtime.wider_threads
-            and t.ident not in self.stuck_threads
-            and t.ident not in self.runtime.stuck_threads
+            and not _worker_of_live_pool(t)
         ]
         deadline = time.monotonic() + LEAK_GRACE_S
         for t in candidates:
@@ -553,41 +582,33 @@ class _TestRun:
 
 def _render_problems(snapshot: Snapshot) -> str:
     """The problem sections of the text report (deadlocks, inversions, hangs, slow callbacks)."""
-    from conctools.reporting.text import SECTIONS
+    from conctools.reporting.text import SECTIONS, render_sections
 
-    parts = []
-    for priority, section in sorted(SECTIONS, key=lambda s: s[0]):
-        if priority >= 45:  # problems only; statistics go to the report section
-            continue
-        try:
-            text = section(snapshot, False)
-        except Exception as exc:
-            text = f"[section {getattr(section, '__name__', section)!r} failed: {exc!r}]"
-        if text:
-            parts.append(text)
-    if not parts:  # no reporter registered for these kinds yet: plain event lines
-        parts = [_plain_event(e) for e in snapshot.events]
+    parts = render_sections(snapshot, priorities=lambda p: p < _STATISTICS_PRIORITY)
+    registered = {priority for priority, _ in SECTIONS}
+    for kind, priority in _PRIORITY_OF_KIND.items():  # a kind no reporter renders yet: plain lines
+        if priority not in registered:
+            parts.extend(_plain_event(e) for e in snapshot.of_kind(kind))
     return "\n\n".join(parts)
 
 
 def _render_statistics(snapshot: Snapshot) -> str | None:
     """The statistics sections of the text report (locks, spans, ...), brief; ``None`` if empty."""
-    from conctools.reporting.text import SECTIONS
+    from conctools.reporting.text import render_sections
 
-    parts = []
-    for priority, section in sorted(SECTIONS, key=lambda s: s[0]):
-        if priority < 45:
-            continue
-        try:
-            text = section(snapshot, True)
-        except Exception:
-            text = None
-        if text:
-            parts.append(text)
-    return "\n\n".join(parts) or None
+    return "\n\n".join(render_sections(snapshot, brief=True, priorities=lambda p: p >= _STATISTICS_PRIORITY)) or None
 
 
 def _plain_event(event: Event) -> str:
+    if isinstance(event, LockOrderEvent):
+        lines = [f"Potential deadlock: lock-order inversion {' -> '.join([*event.cycle, event.cycle[0]])}"]
+        for edge in event.edges:
+            who = f"task {edge.task_name!r}" if edge.task_name else f"thread {edge.thread_name!r}"
+            lines.append(
+                f"  {who} took {edge.to_lock!r} at {edge.to_site} "
+                f"while holding {edge.from_lock!r} (taken at {edge.from_site})"
+            )
+        return "\n".join(lines)
     if isinstance(event, SlowCallbackEvent):
         where = f"\n    at {event.culprit}\n      {event.culprit.line}" if event.culprit else ""
         return f"Slow callback: {event.callback} blocked the loop for {event.duration_s:.3f} s{where}"
@@ -604,9 +625,28 @@ def _one_line(event: Event) -> str:
     if isinstance(event, HangEvent):
         return f"hang: {event.reason}"
     if isinstance(event, SlowCallbackEvent):
-        site = f" at {event.culprit.site}" if event.culprit else ""
+        site = ""
+        if event.culprit is not None:
+            path = event.culprit.filename
+            with contextlib.suppress(ValueError):  # another drive (Windows): keep it absolute
+                relative = os.path.relpath(path)
+                path = path if relative.startswith("..") else relative
+            site = f" at {path}:{event.culprit.lineno}"
         return f"blocked event loop: {event.callback} for {event.duration_s:.3f} s{site}"
     return event.kind
+
+
+class _CurrentTestRecorder(Recorder):
+    """What session-long instruments record into: each event goes to the running test's recorder."""
+
+    def __init__(self, runtime: _Runtime) -> None:
+        super().__init__(capacity=1)
+        self._runtime = runtime
+
+    def record(self, event: Event) -> None:
+        run = self._runtime.current
+        if run is not None and run.started:
+            run.recorder.record(event)
 
 
 class _Runtime:
@@ -618,9 +658,9 @@ class _Runtime:
         self.wider_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self.wider_tasks: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
         self.stale_waits: set[tuple[int, str | None, int]] = set()
-        self.stuck_threads: set[int] = set()
         self.failures: list[tuple[str, str, list[str]]] = []  # (nodeid, phase, one-line summaries)
         self.current: _TestRun | None = None
+        self.watchdog: Any = None  # the session's DeadlockWatchdog, started by the first test that wants one
         self.interrupt_installed = False
         self.previous_handler: Any = None
         self.exit_status = 0
@@ -630,25 +670,44 @@ class _Runtime:
     def instruments(self, run: _TestRun) -> list[tuple[str, contextlib.AbstractContextManager[Any]]]:
         """The instruments for one test, as (name, context manager), entered in this order.
 
-        ``conctools run``'s own :func:`~conctools.runner.instrumented` comes first (the test's
-        recorder, the deadlock/hang watchdog), so a test is observed as a program is; the loop
-        monitor is entered per phase instead, so that each phase's stalls are recorded by its end.
+        ``conctools run``'s own :func:`~conctools.runner.instrumented` comes first (it makes the
+        test's recorder current), so a test is observed as a program is. Two instruments live
+        elsewhere, for cost: the deadlock watchdog runs for the session (a thread started and
+        joined per test cost ~7 ms a test) and writes to the current test's recorder; the loop
+        monitor runs per phase, so that each phase's stalls are recorded by its end.
         """
         from conctools.locks import trace_locks
         from conctools.runner import RunOptions, instrumented
 
-        settings = run.settings
-        options = RunOptions(
-            sample_interval_s=None,
-            deadlock_timeout_s=settings.deadlock_timeout_s or None,
-            exit_on_deadlock=False,
-            on_stuck=run.on_problem,
-            loop_threshold_s=None,  # per phase instead: see _TestRun.begin_phase
-        )
-        return [
+        options = RunOptions(sample_interval_s=None, deadlock_timeout_s=None, loop_threshold_s=None)
+        out: list[tuple[str, contextlib.AbstractContextManager[Any]]] = [
             ("the instruments", instrumented(options, run.recorder)),
             ("lock tracing", trace_locks(lock_order=True)),
         ]
+        if run.settings.deadlock_timeout_s > 0:
+            out.append(("the deadlock watchdog", self._watchdog_for(run.settings.deadlock_timeout_s)))
+        return out
+
+    @contextlib.contextmanager
+    def _watchdog_for(self, timeout_s: float) -> Iterator[None]:
+        """Make sure the session's watchdog runs with ``timeout_s`` (a new one only when it changes)."""
+        from conctools.deadlock import DeadlockWatchdog
+
+        if self.watchdog is not None and self.watchdog.timeout_s != timeout_s:
+            self.watchdog.stop()
+            self.watchdog = None
+        if self.watchdog is None:
+            watchdog = DeadlockWatchdog(
+                timeout_s, on_deadlock=self._on_stuck, on_hang=self._on_stuck, recorder=_CurrentTestRecorder(self)
+            )
+            watchdog.start()
+            self.watchdog = watchdog
+        yield
+
+    def _on_stuck(self, event: DeadlockEvent | HangEvent) -> None:
+        run = self.current
+        if run is not None and run.started:
+            run.on_problem(event)
 
     # ---- deadlocks already reported ----
     @staticmethod
@@ -665,7 +724,8 @@ class _Runtime:
     # ---- threads stuck for good ----
     def release_at_exit(self, threads: Sequence[threading.Thread]) -> None:
         """Do not let threads stuck for good hold up interpreter exit (they were reported)."""
-        stuck = [t for t in threads if not t.daemon and t.is_alive()]
+        main = threading.main_thread()
+        stuck = [t for t in threads if t is not main and not t.daemon and t.is_alive()]
         if not stuck:
             return
         shutdown_locks = getattr(threading, "_shutdown_locks", None)
@@ -714,6 +774,9 @@ class _Runtime:
         self.exit_status = int(exitstatus)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         if self.interrupt_installed and _INTERRUPT_SIGNAL is not None:
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(_INTERRUPT_SIGNAL, self.previous_handler or signal.SIG_DFL)
@@ -785,7 +848,6 @@ class _Runtime:
         if snapshot is not None:
             texts.append(_render_problems(snapshot))
             summaries.extend(_one_line(e) for e in snapshot.events)
-            self.stuck_threads |= run.stuck_threads
             self.release_at_exit([t for t in threading.enumerate() if t.ident in run.stuck_threads])
         if phase == "teardown":
             leaks = run.leaks()
@@ -864,6 +926,8 @@ class SlowCallbacks(Sequence[SlowCallbackEvent]):
         self._cleared_ns = 0
 
     def _events(self) -> list[SlowCallbackEvent]:
+        if self._run is not None:
+            self._run.settle()
         return [e for e in self._recorder.events() if isinstance(e, SlowCallbackEvent) and e.ts_ns > self._cleared_ns]
 
     @overload

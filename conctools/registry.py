@@ -159,7 +159,12 @@ def note_progress() -> None:
 
 
 def waiting_on(thread_id: int, task_id: int | None = None) -> PrimitiveState | None:
-    """What this party (a thread, or a task in that thread) waits on now, if it is a traced primitive."""
+    """What this party waits on now, if it is a traced primitive.
+
+    A wait on a threading primitive blocks the whole thread, so it is found with
+    ``task_id=None`` even when a task made it (the waiter's :class:`Party` still names the
+    task); a wait on an asyncio primitive blocks one task: ``waiting_on(thread_id, id(task))``.
+    """
     ref = _waiting.get((thread_id, task_id))
     prim = ref() if ref is not None else None
     if prim is None:

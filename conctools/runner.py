@@ -22,6 +22,7 @@ from pathlib import Path
 
 from conctools.deadlock import EXIT_DEADLOCK, EXIT_HANG, watch_deadlocks
 from conctools.events import DeadlockEvent, HangEvent
+from conctools.locks import trace_locks
 from conctools.loopmon import monitor_all_loops
 from conctools.profiling import Clock, Profile, ProfileError
 from conctools.recorder import Recorder, Snapshot, use_recorder
@@ -56,6 +57,8 @@ class RunOptions:
     detect_blocking: bool = False  # report time.sleep / blocking sockets / thread waits on loop threads
     # Without exit_on_deadlock: called (from the watchdog thread) with each DeadlockEvent / HangEvent.
     on_stuck: Callable[[DeadlockEvent | HangEvent], object] | None = None
+    trace_locks: bool = True  # locks created by the program (and the stdlib for it) are traced ones
+    lock_order: bool = True  # with trace_locks: check lock order (lockdep) and report inversions
 
     @property
     def command(self) -> str:
@@ -77,6 +80,9 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
             stack.enter_context(sample_resources(options.sample_interval_s, recorder=recorder))
         if options.profile:
             _enter_profile(stack, options, recorder)
+        if options.trace_locks:
+            # After the sampler and the profiler: their imports (psutil, yappi) keep plain locks.
+            stack.enter_context(trace_locks(lock_order=options.lock_order, recorder=recorder))
         if options.deadlock_timeout_s:
             _enter_watchdog(stack, options, recorder)
         if options.loop_threshold_s:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
 
+from conctools import registry
 from conctools._context import is_conctools_frame, thread_name_of, user_frame
 from conctools.events import Frame, WaiterInfo
 
@@ -43,6 +44,7 @@ __all__ = [
     "loop_idle_forever",
     "loop_thread_id",
     "note_creation_site",
+    "pending_tasks",
     "register_loop",
     "running_loops",
     "task_cycles",
@@ -239,6 +241,11 @@ def creation_site(task: asyncio.Future[Any]) -> str | None:
 # -- reading tasks ---------------------------------------------------------------------------
 
 
+def pending_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[asyncio.Future[Any]]:
+    """The pending task objects of ``loop`` (of every loop when ``None``), from any thread."""
+    return _task_objects(loop)
+
+
 def _task_objects(loop: asyncio.AbstractEventLoop | None) -> list[asyncio.Future[Any]]:
     """Every task object asyncio knows (copied defensively: other threads mutate the sets)."""
     tasks_mod = asyncio.tasks
@@ -327,7 +334,7 @@ def _named(obj: Any) -> str:
     cls = type(obj)
     module = cls.__module__
     prefix = "asyncio" if module.startswith("asyncio") else module
-    name = getattr(obj, "name", None)
+    name = getattr(obj, "_ct_name", None) or getattr(obj, "name", None)  # conctools' drop-ins: name or site
     if isinstance(name, str) and name:
         return f"{prefix}.{cls.__name__} {name!r}"
     return f"{prefix}.{cls.__name__} at {id(obj):#x}"
@@ -364,7 +371,9 @@ def _primitive_kind(obj: Any) -> str | None:
 def _primitive_state(obj: Any, kind: str) -> str:
     try:
         if kind in ("lock", "condition", "semaphore"):
-            return " (locked)" if obj.locked() else " (free)"
+            if not obj.locked():
+                return " (free)"
+            return f" (locked{_held_by(obj)})"
         if kind == "event":
             return " (set)" if obj.is_set() else " (not set)"
         if kind == "queue":
@@ -372,6 +381,19 @@ def _primitive_state(obj: Any, kind: str) -> str:
     except Exception:
         pass
     return ""
+
+
+def _held_by(obj: Any) -> str:
+    """`` by task 'x' since file:line`` for conctools' traced primitives (the lock registry knows)."""
+    if not hasattr(obj, "_conctools_state"):
+        return ""
+    state = registry.state_of(obj)
+    if state is None or not state.holders:
+        return ""
+    h = state.holders[0]
+    who = f"task {h.task_name!r}" if h.task_name is not None else f"thread {h.thread_name!r}"
+    more = f" and {len(state.holders) - 1} more" if len(state.holders) > 1 else ""
+    return f" by {who}{more}, taken at {h.site}"
 
 
 def _is_executor_future(fut: Any) -> bool:

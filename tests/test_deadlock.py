@@ -483,7 +483,7 @@ class TestWatchdogThread:
 # -- conctools run, end to end ----------------------------------------------------------------
 
 
-def run_script(name: str, *extra: str, timeout_s: float = 60.0) -> tuple[subprocess.CompletedProcess[str], float]:
+def run_script(name: str, *extra: str, timeout_s: float = 30.0) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "conctools", "run", "--deadlock-timeout", "1", *extra, str(SCRIPTS / name)],

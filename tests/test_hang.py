@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+import conctools
 from conctools import deadlock as dl
 from conctools.events import HangEvent, WaiterInfo
 from conctools.recorder import Recorder
@@ -199,6 +200,91 @@ class TestHangKinds:
             t.join()
         assert len(calls) == 1
         assert len(wd.hangs) == 1
+
+
+@pytest.mark.timeout(60)
+class TestTracedHangs:
+    """Under trace_locks() the registry names the primitive, its creation site and its holder."""
+
+    def test_event_named_by_creation_site(self) -> None:
+        """A traced Event nobody sets: the wait names the Event and where the program waits."""
+        with conctools.trace_locks():
+            ev = threading.Event()
+        t = threading.Thread(target=ev.wait, name="waiter")
+        t.start()
+        with watch(lambda e: ev.set()) as wd:
+            t.join()
+        assert len(wd.hangs) == 1
+        text = by_thread(wd.hangs[0], "waiter").waits_on or ""
+        assert "Event 'test_hang.py:" in text and "(not set)" in text
+
+    def test_queue_nobody_feeds(self) -> None:
+        """A traced queue.Queue: both the stdlib call and its traced Condition are named."""
+        with conctools.trace_locks():
+            q: queue.Queue[int | None] = queue.Queue()
+        t = threading.Thread(target=q.get, name="consumer")
+        t.start()
+        with watch(lambda e: q.put(None)) as wd:
+            t.join()
+        text = by_thread(wd.hangs[0], "consumer").waits_on or ""
+        assert "queue.Queue.get() (the queue is empty" in text
+        assert "Condition" in text
+
+    def test_lock_held_by_a_thread_waiting_forever(self) -> None:
+        """No cycle: one thread holds a lock and waits on an Event; the other waits on the lock."""
+        lock = conctools.Lock(name="cache")
+        ev = conctools.Event(name="refill-done")
+        holding = threading.Event()
+
+        def holder() -> None:
+            with lock:
+                holding.set()
+                ev.wait()
+
+        def waiter() -> None:
+            holding.wait()
+            with lock:
+                pass
+
+        threads = [threading.Thread(target=holder, name="holder"), threading.Thread(target=waiter, name="waiter")]
+        for t in threads:
+            t.start()
+        with watch(lambda e: ev.set()) as wd:
+            for t in threads:
+                t.join()
+        assert wd.deadlocks == []
+        assert len(wd.hangs) == 1
+        assert "Lock 'cache' held by thread 'holder'" in (by_thread(wd.hangs[0], "waiter").waits_on or "")
+        assert "Event 'refill-done' (not set)" in (by_thread(wd.hangs[0], "holder").waits_on or "")
+
+    def test_await_cycle(self) -> None:
+        """Two tasks awaiting each other: the loop hangs and the reason names the await cycle."""
+        box: dict[str, asyncio.Task[None]] = {}
+
+        async def one(other: str) -> None:
+            await asyncio.sleep(0)
+            await box[other]
+
+        async def main() -> None:
+            box["a"] = asyncio.create_task(one("b"), name="A")
+            box["b"] = asyncio.create_task(one("a"), name="B")
+            await asyncio.wait([box["a"], box["b"]])
+
+        loop_box: list[asyncio.AbstractEventLoop] = []
+
+        def release(_: HangEvent) -> None:
+            loop = loop_box[0]
+            loop.call_soon_threadsafe(lambda: [t.cancel() for t in box.values()])
+
+        async def runner() -> None:
+            loop_box.append(asyncio.get_running_loop())
+            await main()
+
+        with watch(release) as wd:
+            asyncio.run(runner())
+        assert len(wd.hangs) == 1
+        reason = wd.hangs[0].reason
+        assert "await cycle: 'A' -> 'B' -> 'A'" in reason or "await cycle: 'B' -> 'A' -> 'B'" in reason
 
 
 @pytest.mark.timeout(60)

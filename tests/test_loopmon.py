@@ -536,7 +536,7 @@ class TestConctoolsRun:
         """--detect-blocking lists time.sleep at its line, not the to_thread sleep."""
         proc = conctools_run(tmp_path, "--loop-threshold", "0.1", "--detect-blocking")
         assert proc.returncode == 0, proc.stderr
-        assert "Blocking calls on an event loop's thread (1 calls)" in proc.stderr
+        assert "Blocking calls on an event loop's thread (1 call)" in proc.stderr
         assert "time.sleep" in proc.stderr and "app.py:12" in proc.stderr
 
     def test_zero_threshold_switches_it_off(self, tmp_path: Path) -> None:

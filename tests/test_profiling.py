@@ -103,6 +103,32 @@ class TestTasks:
         napper_stats = next(f for f in p.functions if f.name == "napper")
         assert napper_stats.total_s < 0.05
 
+    def test_tasks_in_a_loop_per_thread(self, recorder: Recorder) -> None:
+        """Two threads running loops of their own: each task is tagged, none mixed up with the other thread."""
+
+        def run_loop(prefix: str) -> None:
+            async def main() -> None:
+                await asyncio.gather(*(asyncio.create_task(napper(), name=f"{prefix}-{i}") for i in range(2)))
+
+            asyncio.run(main())
+
+        with profile() as p:
+            threads = [threading.Thread(target=run_loop, args=(x,), name=f"loop-{x}") for x in "ab"]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        names = {t.name for t in p.task_stats}
+        assert {"a-0", "a-1", "b-0", "b-1"} <= names
+        assert all(t.calls > 0 for t in p.task_stats if t.name in {"a-0", "b-1"})
+
+    def test_uvloop_tasks(self, recorder: Recorder) -> None:
+        """Tasks on uvloop (no _thread_id on its loop) are tagged through the slow path."""
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (the [dev] extra of 3.11 has it)")
+        with profile() as p:
+            uvloop.run(async_work())
+        assert {"fetch-users", "<img src=x onerror=alert(1)>"} <= {t.name for t in p.task_stats}
+
     def test_tasks_false_tags_nothing(self, recorder: Recorder) -> None:
         """tasks=False skips the tag callback: no per-task rows."""
         with profile(tasks=False) as p:
@@ -228,7 +254,48 @@ class TestOutputs:
         assert {"fetch-users", "<img src=x onerror=alert(1)>"} <= {t["name"] for t in section["tasks"]}
         assert "MainThread" in {t["name"] for t in section["threads"]}
 
+    def test_live_section_while_running(self, recorder: Recorder) -> None:
+        """A snapshot taken while the profile runs shows the profile so far (a deadlock report needs it)."""
+        with profile() as p:
+            threaded_work()
+            section = recorder.snapshot().sections["profile"]
+            assert section["running"] and section["duration_s"] > 0
+            assert any(f["name"] == "spin" for f in section["functions"])
+            spin(10)
+        assert not p.running and yappi.get_clock_type() == "wall"
+        assert next(f for f in p.functions if f.name == "spin").calls == 11
+
     def test_public_surface(self) -> None:
         """profile and sample_resources are exported from conctools."""
         assert conctools.profile is profile
         assert "profile" in conctools.__all__ and "sample_resources" in conctools.__all__
+
+
+class TestTextSection:
+    def test_section_in_text_report(self, recorder: Recorder) -> None:
+        """The text report shows the top functions, per thread and per task, after the spans."""
+        from conctools.reporting import render_text
+
+        with profile():
+            threaded_work()
+            asyncio.run(async_work())
+        text = render_text(recorder.snapshot())
+        assert "Profile (wall clock" in text
+        assert "per thread:" in text and "pool-worker-1" in text
+        assert "per asyncio task:" in text and "fetch-users" in text
+        brief = render_text(recorder.snapshot(), brief=True)
+        rows = brief.split("Profile (wall clock", 1)[1].split("per thread:", 1)[0].splitlines()[3:]
+        assert 1 <= len([r for r in rows if r.strip()]) <= 10  # brief: the top 10 functions
+
+    def test_garbage_and_control_characters(self, recorder: Recorder) -> None:
+        """A malformed section is skipped; control characters in names are escaped, not sent to the terminal."""
+        from conctools.reporting.profile_text import profile_section
+
+        recorder.add_section("profile", lambda: {"functions": "nope"})
+        assert profile_section(recorder.snapshot(), False) is None
+        recorder.add_section(
+            "profile",
+            lambda: {"clock": "cpu", "functions": [{"name": "f"}], "tasks": [{"name": "evil\x1b[2J", "own_s": 1}]},
+        )
+        text = profile_section(recorder.snapshot(), False)
+        assert text is not None and "\x1b" not in text and "evil\\x1b[2J" in text

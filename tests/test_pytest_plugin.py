@@ -38,7 +38,7 @@ def outcomes(result: pytest.RunResult) -> dict[str, str]:
     """``{test name: PASSED|FAILED|ERROR ...}`` from a ``-rA`` summary."""
     found: dict[str, str] = {}
     for line in result.outlines:
-        m = re.match(r"(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) \S+::(\S+)", line)
+        m = re.match(r"(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) \S+?\.py::(\S+)", line)
         if m:
             found[m.group(2)] = found.get(m.group(2), "") + m.group(1)
     return found
@@ -274,7 +274,7 @@ class TestLeaks:
         )
 
     def test_wider_scoped_fixtures_may_outlive_the_test(self, pytester: pytest.Pytester) -> None:
-        """Threads and tasks a module-scoped fixture starts are not the test's leaks."""
+        """Threads and tasks a module-scoped fixture or loop starts are not the test's leaks."""
         pytester.makepyfile(
             test_scoped="""
             import asyncio, threading
@@ -308,10 +308,14 @@ class TestLeaks:
             @pytest.mark.asyncio(loop_scope="module")
             async def test_four(ticker):
                 assert not ticker.done()
+
+            @pytest.mark.asyncio(loop_scope="module")
+            async def test_default_executor_of_a_module_loop(ticker):
+                await asyncio.to_thread(sum, range(10))  # its worker lives as long as the loop
             """
         )
         result = run(pytester, "-rA", "--conctools")
-        result.assert_outcomes(passed=4)
+        result.assert_outcomes(passed=5)
 
 
 class TestStuck:
@@ -570,10 +574,10 @@ class TestBlockedLoop:
         }
         result.stdout.fnmatch_lines(
             [
-                "*conctools: blocked event loop: Task * for 0.5* s at *test_blocking.py:7",
+                "*conctools: blocked event loop: Task * for 0.5* s at *test_blocking.py:6",
                 "*conctools report (call)*",
                 "*time.sleep(0.5)*",
-                "*conctools: blocked event loop: Task * for 0.5* s at *test_blocking.py:12",
+                "*conctools: blocked event loop: Task * for 0.5* s at *test_blocking.py:11",
             ]
         )
 
@@ -601,7 +605,7 @@ class TestBlockedLoop:
             for scope in ("function", "class", "module", "session")
             for name in ("test_clean", "test_blocks")
         }
-        assert result.stdout.str().count("conctools: blocked event loop") == 4
+        assert result.stdout.str().count("conctools report (call)") == 4
 
 
 class TestFixtures:
@@ -637,7 +641,7 @@ class TestFixtures:
             """
         )
         result = run(pytester, "-rA", "--conctools")
-        result.assert_outcomes(passed=4)
+        result.assert_outcomes(passed=5)
 
     def test_recorder_without_conctools(self, pytester: pytest.Pytester) -> None:
         """With conctools off, conctools_recorder is a fresh recorder made current for the test."""

@@ -151,6 +151,18 @@ class TestReportCommand:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], result.stderr
 
+    def test_wrong_value_types(self, saved: Path, tmp_path: Path) -> None:
+        """A report whose events hold values of the wrong type is one line and exit 2."""
+        doc = json.loads(saved.read_text())
+        span = next(e for e in doc["events"] if e["kind"] == "span")
+        span["ts_ns"], span["duration_s"] = "soon", "long"
+        path = tmp_path / "report.json"
+        path.write_text(json.dumps(doc))
+        for extra in (["--trace", str(tmp_path / "t.json")], ["--html", str(tmp_path / "r.html")]):
+            result = conctools("report", str(path), *extra)
+            assert result.returncode == 2, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1 and "corrupt" in result.stderr
+
     def test_missing_file_and_directory(self, tmp_path: Path) -> None:
         """A missing path or a directory is one line and exit 2."""
         for target, message in ((tmp_path / "nope.json", "no such file"), (tmp_path, "is a directory")):

@@ -96,3 +96,18 @@ class TestSummary:
         assert section["num_threads_max"] >= 2  # the program's thread and the sampler
         assert section["ctx_switches_voluntary"] >= 0
         assert 0 <= section["cpu_percent_mean"] <= section["cpu_percent_max"]
+
+
+class TestTextSection:
+    def test_from_section_and_from_events(self, recorder: Recorder) -> None:
+        """The resources section reads the sampler's summary, or the sample events without one."""
+        from conctools.reporting.resources_text import resources_section
+
+        assert resources_section(recorder.snapshot(), False) is None
+        with sample_resources(interval_s=0.01) as sampler:
+            assert wait_for(lambda: sampler.count >= 3)
+        text = resources_section(recorder.snapshot(), False)
+        assert text is not None and text.startswith("Resources (") and "RSS" in text and "peak" in text
+        recorder.remove_section("resources")
+        from_events = resources_section(recorder.snapshot(), False)
+        assert from_events is not None and from_events.splitlines()[1:] == text.splitlines()[1:]

@@ -119,6 +119,31 @@ class TestDumpTasks:
         assert locker.site is not None and locker.site.startswith(HERE)
         assert all(t.thread_id == loop_thread.thread.ident for t in tasks.values())
 
+    def test_traced_lock_names_its_holder(self, loop_thread: LoopThread) -> None:
+        """A conctools.aio.Lock is named, and the dump says which task holds it and where it took it."""
+        from conctools import aio
+
+        async def make() -> aio.Lock:
+            return aio.Lock(name="db")
+
+        lock = loop_thread.run(make())
+
+        async def holds() -> None:
+            async with lock:
+                await asyncio.sleep(100)
+
+        async def wants() -> None:
+            async with lock:
+                pass
+
+        loop_thread.spawn(holds, "owner")
+        assert wait_until(lock.locked)
+        loop_thread.spawn(wants, "blocked")
+        assert wait_until(lambda: by_name(dump_tasks(loop_thread.loop)).get("blocked") is not None)
+        awaits = by_name(dump_tasks(loop_thread.loop))["blocked"].awaits or ""
+        assert "Lock 'db'" in awaits
+        assert "by task 'owner'" in awaits
+
     def test_awaiting_tasks_gather_and_executor(self, loop_thread: LoopThread) -> None:
         """Awaiting another task, a gather and an executor job are told apart."""
         release = threading.Event()

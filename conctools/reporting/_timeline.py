@@ -126,17 +126,22 @@ class _Builder:
         self.counters: list[Counter] = []
         self.prev_sample: ResourceSampleEvent | None = None
         self.handoffs: list[tuple[LockWaitEvent, Slice]] = []
+        self.key_cache: dict[tuple[int, str, str | None], TrackKey] = {}
 
     def us(self, ts_ns: int) -> float:
         return max(0.0, round((ts_ns - self.started_ns) / 1000, 3))
 
     def key_of(self, e: Event) -> TrackKey:
+        cached = self.key_cache.get((e.thread_id, e.thread_name, e.task_name))
+        if cached is not None:
+            return cached
         thread_key: TrackKey = ("thread", e.thread_id, "")
         self.keys.setdefault(thread_key, e.thread_name)
         self.by_thread_name.setdefault(e.thread_name, thread_key)
         key = thread_key if e.task_name is None else ("task", e.thread_id, e.task_name)
         self.keys.setdefault(key, e.thread_name)
         self.by_who.setdefault(e.who, key)
+        self.key_cache[(e.thread_id, e.thread_name, e.task_name)] = key
         return key
 
     def holder_key(self, holder: str) -> TrackKey | None:

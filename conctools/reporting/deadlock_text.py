@@ -20,10 +20,21 @@ _BRIEF_FRAMES = 12
 _FULL_FRAMES = 64
 
 
+def _short(filename: str) -> str:
+    """Standard library and installed packages by their import path; the program's files in full."""
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    _, sep, tail = filename.partition("/lib/python3")
+    if sep and "/" in tail:
+        return tail.split("/", 1)[1]
+    return filename
+
+
 def _stack_lines(stack: Sequence[Frame], limit: int, indent: str = "    ") -> list[str]:
     lines = []
     for f in stack[:limit]:
-        lines.append(f"{indent}at {f.function} ({f.filename}:{f.lineno})")
+        lines.append(f"{indent}at {f.function} ({_short(f.filename)}:{f.lineno})")
         if f.line:
             lines.append(f"{indent}    {f.line}")
     if len(stack) > limit:
@@ -48,8 +59,13 @@ def format_deadlock(event: DeadlockEvent, *, brief: bool = False) -> str:
         waited = f", for {format_duration(p.wait_s)}" if p.wait_s else ""
         lines.append(f"  waits at {p.wait_site}{waited}")
         for name, site in zip(p.holds, p.holds_sites, strict=False):
-            where = site if site and site != "?" else "an unrecorded site (lock-order checking records it)"
+            where = site if site and site != "?" else "an unrecorded site"
             lines.append(f"  holds {name}, acquired at {where}")
+    if len(event.participants) == 1:
+        lines.append(
+            "  (it waits for itself: a non-reentrant lock taken twice, or a lock left locked by a"
+            " finished thread whose id this thread now reuses)"
+        )
     lines.append("")
     title = "Stacks of the threads and tasks listed above:"
     lines += [title, "=" * len(title)]

@@ -18,7 +18,6 @@ import base64
 import functools
 import hashlib
 import html
-import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -34,7 +33,7 @@ from conctools.events import (
 )
 from conctools.recorder import Snapshot
 from conctools.reporting._timeline import build_timeline
-from conctools.reporting.jsonreport import _clean
+from conctools.reporting.trace import dumps_finite
 
 __all__ = ["MAX_SLICES", "html_data", "render_html", "script_json", "write_html"]
 
@@ -52,7 +51,7 @@ _JSON_ESCAPES = {
 
 def script_json(data: Any) -> str:
     """JSON that is safe inside ``<script type="application/json">``: it cannot close the element."""
-    text = json.dumps(_clean(data), ensure_ascii=False, separators=(",", ":"), default=str)
+    text = dumps_finite(data, ensure_ascii=False)
     for char, escaped in _JSON_ESCAPES.items():
         text = text.replace(char, escaped)
     return text

@@ -143,7 +143,8 @@ def slow_callbacks_section(snapshot: Snapshot, brief: bool) -> str | None:
         )
     if blocking:
         limit = 5 if brief else 25
-        parts.append(f"Blocking calls on an event loop's thread ({sum(int(b['count']) for b in blocking)} calls)")
+        calls = sum(int(b["count"]) for b in blocking)
+        parts.append(f"Blocking calls on an event loop's thread ({calls} call{'s' if calls != 1 else ''})")
         blocking_rows: list[tuple[object, ...]] = [
             (
                 b["call"],

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from conctools._units import format_duration
 from conctools.recorder import Snapshot
 from conctools.reporting._table import table
 
-__all__ = ["profile_section"]
+__all__ = ["functions_table", "profile_section"]
 
 
 def _short(text: str, width: int) -> str:
@@ -23,6 +24,25 @@ def _num(row: dict[str, Any], key: str) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 
+def functions_table(functions: Sequence[dict[str, Any]]) -> str:
+    """Rows of the profile's ``functions`` (JSON form) as a table: calls, total, own, mean, where."""
+    rows = []
+    for f in functions:
+        calls = int(_num(f, "calls"))
+        total = _num(f, "total_s")
+        rows.append(
+            (
+                _short(str(f.get("name", "?")), 40),
+                calls,
+                format_duration(total),
+                format_duration(_num(f, "own_s")),
+                format_duration(total / calls if calls else 0.0),
+                _short(f"{f.get('filename', '?')}:{f.get('lineno', 0)}", 60),
+            )
+        )
+    return table(("function", "calls", "total", "own", "mean", "where"), rows, right=(1, 2, 3, 4))
+
+
 def profile_section(snapshot: Snapshot, brief: bool) -> str | None:
     """Top functions by total time, then time per thread and per asyncio task."""
     prof = snapshot.sections.get("profile")
@@ -35,18 +55,8 @@ def profile_section(snapshot: Snapshot, brief: bool) -> str | None:
         f"Profile ({clock} clock, {format_duration(_num(prof, 'duration_s'))}; "
         f"top {len(funcs)} of {prof.get('function_count', len(funcs))} functions by total time)"
     ]
-    rows = [
-        (
-            _short(str(f.get("name", "?")), 40),
-            int(_num(f, "calls")),
-            format_duration(_num(f, "total_s")),
-            format_duration(_num(f, "own_s")),
-            _short(f"{f.get('filename', '?')}:{f.get('lineno', 0)}", 60),
-        )
-        for f in funcs
-    ]
-    if rows:
-        parts.append(table(("function", "calls", "total", "own", "where"), rows, right=(1, 2, 3)))
+    if funcs:
+        parts.append(functions_table(funcs))
     threads = [t for t in prof.get("threads", []) if isinstance(t, dict)]
     tasks = [t for t in prof.get("tasks", []) if isinstance(t, dict)][: 5 if brief else 20]
 

@@ -14,11 +14,12 @@ from conctools._units import format_duration
 from conctools.recorder import Snapshot
 from conctools.reporting._table import table
 from conctools.reporting.deadlock_text import deadlock_section, hang_section
+from conctools.reporting.locks_text import lock_order_section, lock_table_section
 from conctools.reporting.loop_text import slow_callbacks_section
 from conctools.reporting.profile_text import profile_section
 from conctools.reporting.resources_text import resources_section
 
-__all__ = ["SECTIONS", "render_text"]
+__all__ = ["SECTIONS", "render_sections", "render_text"]
 
 Section = Callable[[Snapshot, bool], "str | None"]
 
@@ -75,19 +76,30 @@ def spans_section(snapshot: Snapshot, brief: bool) -> str | None:
 SECTIONS: list[tuple[int, Section]] = [(50, spans_section)]
 SECTIONS += [(10, deadlock_section), (30, hang_section)]
 SECTIONS += [(40, slow_callbacks_section)]
+SECTIONS += [(20, lock_order_section), (45, lock_table_section)]
 SECTIONS += [(60, profile_section), (70, resources_section)]
 
 
-def render_text(snapshot: Snapshot, *, brief: bool = False) -> str:
-    """The report as text; ``brief`` keeps every section short for a terminal."""
-    parts = [_header(snapshot, brief)]
-    for _, section in sorted(SECTIONS, key=lambda s: s[0]):
+def render_sections(
+    snapshot: Snapshot, *, brief: bool = False, priorities: Callable[[int], bool] | None = None
+) -> list[str]:
+    """The non-empty sections, in report order (only those whose priority ``priorities`` accepts)."""
+    parts = []
+    for priority, section in sorted(SECTIONS, key=lambda s: s[0]):
+        if priorities is not None and not priorities(priority):
+            continue
         try:
             text = section(snapshot, brief)
         except Exception as exc:  # one broken section must not hide the others
             text = f"[section {getattr(section, '__name__', section)!r} failed: {exc!r}]"
         if text:
             parts.append(text)
+    return parts
+
+
+def render_text(snapshot: Snapshot, *, brief: bool = False) -> str:
+    """The report as text; ``brief`` keeps every section short for a terminal."""
+    parts = [_header(snapshot, brief), *render_sections(snapshot, brief=brief)]
     if len(parts) == 1:
         parts.append("Nothing to report: no spans, lock waits, stalls or hangs were recorded.")
     return "\n\n".join(parts) + "\n"

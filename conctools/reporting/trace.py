@@ -18,7 +18,7 @@ from conctools.recorder import Snapshot
 from conctools.reporting._timeline import build_timeline
 from conctools.reporting.jsonreport import _clean
 
-__all__ = ["render_trace", "trace_events", "write_trace"]
+__all__ = ["dumps_finite", "render_trace", "trace_events", "write_trace"]
 
 # Chrome's reserved colour names (cname): slow callbacks and problems stand out.
 _COLORS = {
@@ -103,7 +103,15 @@ def render_trace(snapshot: Snapshot) -> str:
         },
     }
     # ensure_ascii keeps U+2028/2029 and every odd character escaped: safe for any consumer.
-    return json.dumps(_clean(doc), ensure_ascii=True, separators=(",", ":"), default=str)
+    return dumps_finite(doc, ensure_ascii=True)
+
+
+def dumps_finite(doc: Any, *, ensure_ascii: bool) -> str:
+    """Compact JSON without NaN/Infinity (which JSON.parse rejects), cleaning only when needed."""
+    try:
+        return json.dumps(doc, ensure_ascii=ensure_ascii, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:  # a non-finite number somewhere (e.g. from a hand-edited report.json)
+        return json.dumps(_clean(doc), ensure_ascii=ensure_ascii, separators=(",", ":"), default=str)
 
 
 def write_trace(snapshot: Snapshot, path: str | Path) -> Path:

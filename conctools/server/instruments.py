@@ -84,6 +84,9 @@ class InstrumentOptions:
     loop_threshold_s: float = 0.1
     deadlock_timeout_s: float = 10.0
     resource_interval_s: float = 1.0
+    # Recording each task's creation site costs a Python task factory on every task: a server
+    # creates one per request, so it stays off unless asked for.
+    track_task_creation: bool = False
 
 
 class Instruments:
@@ -101,7 +104,7 @@ class Instruments:
     def start(self) -> list[str]:
         """Start every instrument whose module is available; returns their names."""
         opts = self.options
-        self._try("loop monitor", lambda: self._loop_monitor(opts.loop_threshold_s))
+        self._try("loop monitor", lambda: self._loop_monitor(opts.loop_threshold_s, opts.track_task_creation))
         self._try("deadlock watchdog", lambda: self._enter("conctools.deadlock", "watch_deadlocks", opts))
         self._try("resource sampler", lambda: self._enter("conctools.resources", "sample_resources", opts))
         return list(self.running)
@@ -123,10 +126,12 @@ class Instruments:
         except Exception:
             _log.exception("conctools: could not start the %s", what)
 
-    def _loop_monitor(self, threshold_s: float) -> bool:
+    def _loop_monitor(self, threshold_s: float, track_creation: bool) -> bool:
         from conctools import loopmon
 
-        monitor = loopmon.LoopMonitor(asyncio.get_running_loop(), threshold_s=threshold_s)
+        monitor = loopmon.LoopMonitor(
+            asyncio.get_running_loop(), threshold_s=threshold_s, track_creation=track_creation
+        )
         monitor.start()
         self._stack.callback(monitor.stop)
         return True

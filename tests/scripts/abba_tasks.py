@@ -14,7 +14,8 @@ async def worker(first: asyncio.Lock, second: asyncio.Lock, both: asyncio.Event,
 
 
 async def main() -> None:
-    cache_lock, db_lock = asyncio.Lock(), asyncio.Lock()
+    cache_lock = asyncio.Lock()
+    db_lock = asyncio.Lock()
     both, ready = asyncio.Event(), []
     await asyncio.gather(
         asyncio.create_task(worker(cache_lock, db_lock, both, ready), name="refresh-cache"),

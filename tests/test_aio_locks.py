@@ -1,0 +1,205 @@
+"""Traced asyncio primitives: holder tasks, waiting tasks, wait events, counts, registry."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conctools import aio, registry
+from conctools.events import LockWaitEvent
+from conctools.recorder import Recorder
+
+HERE = Path(__file__).name
+
+
+def state_of(prim: object) -> registry.PrimitiveState:
+    for st in registry.primitives():
+        if st.prim_id == id(prim):
+            return st
+    raise AssertionError("primitive not in the registry")
+
+
+def row(rec: Recorder, name: str) -> dict[str, Any]:
+    rows = [r for r in rec.snapshot().sections.get("locks", []) if r["name"] == name]
+    assert rows, f"no lock table row {name!r}"
+    return rows[0]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def until(predicate: Any) -> None:
+    for _ in range(5000):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not reached")
+
+
+class TestAioLock:
+    """aio.Lock records the holding task and the waiting task."""
+
+    def test_contended_wait_names_tasks(self, recorder: Recorder) -> None:
+        """The wait event names the waiting task and the task holding the lock, with the site."""
+        name = unique("db")
+        site: list[int] = []
+
+        async def main() -> None:
+            lock = aio.Lock(name=name)
+            release = asyncio.Event()
+
+            async def holder() -> None:
+                async with lock:
+                    await release.wait()
+
+            async def waiter() -> None:
+                site.append(sys._getframe(0).f_lineno + 1)
+                async with lock:
+                    pass
+
+            h = asyncio.create_task(holder(), name="holder")
+            await until(lock.locked)
+            w = asyncio.create_task(waiter(), name="waiter")
+            await until(lambda: state_of(lock).waiters)
+            st = state_of(lock)
+            assert [p.task_name for p in st.holders] == ["holder"]
+            assert [p.task_name for p in st.waiters] == ["waiter"]
+            assert st.waiters[0].task_id == id(w) and st.holders[0].task_id == id(h)
+            assert registry.waiting_on(st.waiters[0].thread_id, id(w)) == st
+            await asyncio.sleep(0.02)
+            release.set()
+            await asyncio.gather(h, w)
+            assert not state_of(lock).holders and not state_of(lock).waiters
+
+        asyncio.run(main())
+        (e,) = recorder.snapshot().of_kind(LockWaitEvent)
+        assert (e.lock_kind, e.task_name, e.holder, e.acquired) == ("aio.Lock", "waiter", "task 'holder'", True)
+        assert e.site == f"{HERE}:{site[0]}" and e.wait_s > 0.005
+        r = row(recorder, name)
+        assert (r["acquisitions"], r["contentions"]) == (2, 1)
+
+    def test_uncontended_counts_exact(self, recorder: Recorder) -> None:
+        """Uncontended acquisitions are counted exactly, with no wait events."""
+        name = unique("quiet")
+
+        async def main() -> None:
+            lock = aio.Lock(name=name)
+            for _ in range(300):
+                async with lock:
+                    pass
+            for _ in range(200):
+                await lock.acquire()
+                lock.release()
+
+        asyncio.run(main())
+        assert row(recorder, name)["acquisitions"] == 500
+        assert not recorder.snapshot().of_kind(LockWaitEvent)
+
+    def test_cancelled_wait_is_not_acquired(self, recorder: Recorder) -> None:
+        """A waiter cancelled while waiting records acquired=False and leaves the registry."""
+
+        async def main() -> None:
+            lock = aio.Lock()
+            await lock.acquire()
+            w = asyncio.create_task(lock.acquire(), name="impatient")
+            await until(lambda: state_of(lock).waiters)
+            w.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await w
+            assert not state_of(lock).waiters
+            lock.release()
+            assert not lock.locked()
+
+        asyncio.run(main())
+        (e,) = recorder.snapshot().of_kind(LockWaitEvent)
+        assert e.acquired is False and e.task_name == "impatient"
+
+    def test_release_unlocked_raises(self) -> None:
+        """Releasing an unlocked aio.Lock raises RuntimeError, as asyncio.Lock does."""
+        with pytest.raises(RuntimeError, match="Lock is not acquired"):
+            aio.Lock().release()
+
+    def test_works_across_event_loops_uncontended(self) -> None:
+        """Like asyncio.Lock, an uncontended lock can be used from one asyncio.run() after another."""
+        lock = aio.Lock()
+
+        async def use() -> bool:
+            async with lock:
+                return lock.locked()
+
+        assert asyncio.run(use()) and asyncio.run(use())
+
+
+class TestAioOthers:
+    """Semaphore, Event, Condition and Barrier are traced too."""
+
+    def test_semaphore_holders(self, recorder: Recorder) -> None:
+        """Every holding task of a semaphore is in the registry; a waiter names them."""
+
+        async def main() -> None:
+            sem = aio.BoundedSemaphore(2, name=unique("sem"))
+            release = asyncio.Event()
+
+            async def hold() -> None:
+                async with sem:
+                    await release.wait()
+
+            holders = [asyncio.create_task(hold(), name=f"h{i}") for i in range(2)]
+            await until(sem.locked)
+            assert sorted(p.task_name or "" for p in state_of(sem).holders) == ["h0", "h1"]
+            waiter = asyncio.create_task(sem.acquire(), name="third")
+            await until(lambda: state_of(sem).waiters)
+            release.set()
+            await asyncio.gather(*holders, waiter)
+            sem.release()
+            with pytest.raises(ValueError):
+                sem.release()
+
+        asyncio.run(main())
+        (e,) = recorder.snapshot().of_kind(LockWaitEvent)
+        assert e.lock_kind == "aio.BoundedSemaphore" and "h0" in (e.holder or "")
+
+    def test_event_and_condition_waiters(self) -> None:
+        """Tasks waiting on an Event or a Condition are in the registry until woken."""
+
+        async def main() -> None:
+            ev = aio.Event(name="go")
+            cond = aio.Condition()
+            t1 = asyncio.create_task(ev.wait(), name="ev-waiter")
+
+            async def cwait() -> bool:
+                async with cond:
+                    return await cond.wait()
+
+            t2 = asyncio.create_task(cwait(), name="cond-waiter")
+            await until(lambda: state_of(ev).waiters and state_of(cond).waiters)
+            assert state_of(ev).waiters[0].task_name == "ev-waiter"
+            assert state_of(cond).waiters[0].task_name == "cond-waiter"
+            ev.set()
+            async with cond:
+                cond.notify_all()
+            assert await t1 is True and await t2 is True
+            assert not state_of(ev).waiters and not state_of(cond).waiters
+
+        asyncio.run(main())
+
+    def test_barrier(self) -> None:
+        """Barrier.wait gives distinct indexes to its parties."""
+
+        async def main() -> list[int]:
+            b = aio.Barrier(3)
+            return list(await asyncio.gather(*(b.wait() for _ in range(3))))
+
+        assert sorted(asyncio.run(main())) == [0, 1, 2]
+
+    def test_loop_parameter_rejected(self) -> None:
+        """Like asyncio's, the drop-ins reject loop=."""
+        for cls in (aio.Lock, aio.Event, aio.Condition, aio.Semaphore, aio.BoundedSemaphore):
+            with pytest.raises(TypeError, match=rf"{cls.__name__}\.__init__\(\) got an unexpected keyword"):
+                cls(loop=None)  # type: ignore[call-arg]

@@ -1,0 +1,218 @@
+"""Lock-order checking (lockdep): edges, cycles reported once, instance-level classes, rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import conctools
+from conctools import aio, lockorder
+from conctools.events import LockOrderEvent, event_from_dict
+from conctools.recorder import Recorder
+from conctools.reporting.locks_text import format_lock_order, lock_order_section
+
+HERE = Path(__file__).name
+
+
+@pytest.fixture
+def ordered(recorder: Recorder) -> Iterator[Recorder]:
+    """Lock-order mode on, with a fresh graph and a fresh recorder."""
+    lockorder.reset()
+    lockorder.enable()
+    try:
+        yield recorder
+    finally:
+        lockorder.disable()
+        lockorder.reset()
+
+
+def in_thread(fn: Callable[[], object], name: str) -> None:
+    t = threading.Thread(target=fn, name=name)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+
+
+def inversions(rec: Recorder) -> list[LockOrderEvent]:
+    return rec.snapshot().of_kind(LockOrderEvent)
+
+
+def lineno() -> int:
+    return sys._getframe(1).f_lineno
+
+
+class TestInversions:
+    """A cycle in the lock-order graph is a potential deadlock, reported once."""
+
+    def test_inversion_that_never_deadlocks_reported_once(self, ordered: Recorder) -> None:
+        """A->B in one thread and B->A in another, repeated: one event with both orders and sites."""
+        a = conctools.Lock(name="a")
+        b = conctools.Lock(name="b")
+        lines: dict[str, int] = {}
+
+        def ab() -> None:
+            with a:
+                lines["ab"] = lineno() + 1
+                with b:
+                    pass
+
+        def ba() -> None:
+            with b:
+                lines["ba"] = lineno() + 1
+                with a:
+                    pass
+
+        for _ in range(3):
+            in_thread(ab, "first")
+            in_thread(ba, "second")
+        (event,) = inversions(ordered)
+        assert set(event.cycle) == {"a", "b"}
+        by_to = {e.to_lock: e for e in event.edges}
+        assert (by_to["b"].from_lock, by_to["b"].thread_name) == ("a", "first")
+        assert by_to["b"].to_site == f"{HERE}:{lines['ab']}"
+        assert by_to["b"].from_site == f"{HERE}:{lines['ab'] - 2}"
+        assert (by_to["a"].from_lock, by_to["a"].thread_name) == ("b", "second")
+        assert by_to["a"].to_site == f"{HERE}:{lines['ba']}"
+        assert by_to["a"].stack and by_to["a"].stack[0].function == "ba"
+        assert event_from_dict(event.to_dict()) == event
+
+    def test_consistent_order_is_silent(self, ordered: Recorder) -> None:
+        """Always A then B: edges, no report."""
+        a, b = conctools.Lock(name="a1"), conctools.RLock(name="b1")
+        for name in ("x", "y"):
+
+            def run() -> None:
+                with a, b:
+                    pass
+
+            in_thread(run, name)
+        assert lockorder.graph_size() == 1
+        assert not inversions(ordered)
+
+    def test_three_lock_cycle(self, ordered: Recorder) -> None:
+        """A->B, B->C, C->A across three threads is one cycle of three."""
+        a, b, c = (conctools.Lock(name=n) for n in "ABC")
+        for first, second in ((a, b), (b, c), (c, a)):
+
+            def run(first: conctools.Lock = first, second: conctools.Lock = second) -> None:
+                with first, second:
+                    pass
+
+            in_thread(run, "t")
+        (event,) = inversions(ordered)
+        assert sorted(event.cycle) == ["A", "B", "C"] and len(event.edges) == 3
+        assert "CPU2" in format_lock_order(event)
+
+    def test_rlock_reentry_is_not_an_edge(self, ordered: Recorder) -> None:
+        """Re-entering an RLock adds no edge and no report."""
+        r = conctools.RLock(name="r")
+        with r, r, r:
+            pass
+        assert lockorder.graph_size() == 0
+        assert not inversions(ordered)
+
+    def test_many_instances_collapse_into_one_class(self, ordered: Recorder) -> None:
+        """Locks made on one line are one class: an inversion between two such classes is found
+        even though each order used different instances."""
+
+        def make() -> tuple[conctools.Lock, conctools.Lock]:
+            return conctools.Lock(), conctools.Lock()
+
+        pairs = [make() for _ in range(4)]
+        firsts = [conctools.Lock() for _ in range(4)]
+        # firsts-class -> pair-class in one thread, then pair-class -> firsts-class with other instances.
+        with firsts[0], pairs[0][0]:
+            pass
+        with pairs[1][0], firsts[2]:
+            pass
+        assert len(inversions(ordered)) == 1
+
+    def test_same_class_ordered_by_instance(self, ordered: Recorder) -> None:
+        """Per-account locks of one class: a consistent order is fine, both orders are reported."""
+        accounts = [conctools.Lock() for _ in range(3)]
+        with accounts[0], accounts[1]:
+            pass
+        with accounts[1], accounts[2]:
+            pass
+        assert not inversions(ordered)
+        with accounts[1], accounts[0]:
+            pass
+        (event,) = inversions(ordered)
+        assert all("#" in name for name in event.cycle)
+
+    def test_condition_and_semaphore_paths(self, ordered: Recorder) -> None:
+        """Locks taken through a Condition feed the graph like any other acquisition."""
+        outer = conctools.Lock(name="outer")
+        cond = conctools.Condition(name="c")
+        with outer, cond:
+            pass
+        with cond, outer:
+            pass
+        (event,) = inversions(ordered)
+        assert set(event.cycle) == {"outer", "c.lock"}
+
+    def test_tasks_inversion(self, ordered: Recorder) -> None:
+        """asyncio tasks that take two aio.Locks in opposite orders are reported, with task names."""
+
+        async def main() -> None:
+            a, b = aio.Lock(name="ta"), aio.Lock(name="tb")
+
+            async def ab() -> None:
+                async with a, b:
+                    await asyncio.sleep(0)
+
+            async def ba() -> None:
+                async with b, a:
+                    await asyncio.sleep(0)
+
+            await asyncio.create_task(ab(), name="task-ab")
+            await asyncio.create_task(ba(), name="task-ba")
+
+        asyncio.run(main())
+        (event,) = inversions(ordered)
+        assert {e.task_name for e in event.edges} == {"task-ab", "task-ba"}
+
+    def test_mode_off_records_nothing(self, recorder: Recorder) -> None:
+        """Locks made outside lock-order mode do not check order."""
+        lockorder.reset()
+        a, b = conctools.Lock(), conctools.Lock()
+        with a, b:
+            pass
+        with b, a:
+            pass
+        assert lockorder.graph_size() == 0 and not inversions(recorder)
+
+
+class TestRendering:
+    """The text section: ThreadSanitizer's shape plus lockdep's scenario."""
+
+    def test_section_text(self, ordered: Recorder) -> None:
+        """The section names the cycle, each edge with sites and threads, and CPU0/CPU1."""
+        a, b = conctools.Lock(name="left"), conctools.Lock(name="right")
+
+        def ab() -> None:
+            with a, b:
+                pass
+
+        def ba() -> None:
+            with b, a:
+                pass
+
+        in_thread(ab, "alpha")
+        in_thread(ba, "beta")
+        text = lock_order_section(ordered.snapshot(), False) or ""
+        assert "Lock-order inversions (1 potential deadlocks)" in text
+        assert "lock 'right' acquired at" in text and "while holding 'left'" in text
+        assert "in thread 'alpha'" in text and "in thread 'beta'" in text
+        lines = text.splitlines()
+        start = lines.index("  Possible unsafe locking scenario:")
+        scenario = [line.strip() for line in lines[start + 2 :] if line.strip()]
+        assert scenario[:6] == ["CPU0                      CPU1", "----                      ----"] + [
+            f"lock({name});" for name in ("right", "left", "left", "right")
+        ] or scenario[2:6] == [f"lock({name});" for name in ("left", "right", "right", "left")]
+        assert "*** DEADLOCK ***" in text

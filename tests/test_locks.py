@@ -1,0 +1,556 @@
+"""Traced threading primitives, the lock table, the wait registry, trace_locks() and `conctools run`."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import conctools
+from conctools import aio, lockorder, registry
+from conctools.events import LockOrderEvent, LockWaitEvent
+from conctools.locks import lock_table, trace_locks
+from conctools.recorder import Recorder
+
+HERE = Path(__file__).name
+
+
+def lineno() -> int:
+    """The caller's line number."""
+    return sys._getframe(1).f_lineno
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float = 10.0) -> None:
+    """Poll ``predicate`` until it is true (event-based tests still need to see a blocked thread)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.002)
+
+
+def state_of(prim: object) -> registry.PrimitiveState:
+    """The registry's view of one primitive."""
+    for st in registry.primitives():
+        if st.prim_id == id(prim):
+            return st
+    raise AssertionError("primitive not in the registry")
+
+
+def row(rec: Recorder, name: str) -> dict[str, Any]:
+    """The lock table row called ``name``."""
+    rows = [r for r in rec.snapshot().sections.get("locks", []) if r["name"] == name]
+    assert rows, f"no lock table row {name!r}"
+    return rows[0]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def hold_in_thread(lock: Any, name: str = "holder") -> tuple[threading.Thread, threading.Event]:
+    """Start a thread that takes ``lock`` and keeps it until the returned event is set."""
+    held = threading.Event()
+    release = threading.Event()
+
+    def run() -> None:
+        with lock:
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=run, name=name)
+    t.start()
+    assert held.wait(10)
+    return t, release
+
+
+class TestLockContention:
+    """A contended acquisition is recorded with the waiter, the holder, the wait and the site."""
+
+    def test_contended_wait_names_waiter_holder_and_site(self, recorder: Recorder) -> None:
+        """The LockWaitEvent names both threads, the wait time and the acquire line."""
+        lock = conctools.Lock(name="accounts")
+        holder, release = hold_in_thread(lock)
+        site_line = 0
+
+        def waiter() -> None:
+            nonlocal site_line
+            site_line = lineno() + 1
+            with lock:
+                pass
+
+        w = threading.Thread(target=waiter, name="waiter")
+        w.start()
+        wait_until(lambda: state_of(lock).waiters)
+        time.sleep(0.05)  # the wait must last measurably; no bound is asserted on it
+        release.set()
+        w.join(10)
+        holder.join(10)
+        events = recorder.snapshot().of_kind(LockWaitEvent)
+        assert len(events) == 1
+        e = events[0]
+        assert (e.lock_name, e.lock_kind, e.thread_name, e.holder) == ("accounts", "Lock", "waiter", "thread 'holder'")
+        assert e.acquired is True
+        assert e.wait_s > 0.01
+        assert e.site == f"{HERE}:{site_line}"
+        assert e.stack and e.stack[0].function == "waiter"
+
+    def test_registry_shows_holder_and_waiter(self, recorder: Recorder) -> None:
+        """While one thread holds and another waits, the registry knows both, by name and site."""
+        lock = conctools.Lock(name="reg")
+        holder, release = hold_in_thread(lock, name="the-holder")
+
+        def waiter() -> None:
+            with lock:
+                pass
+
+        w = threading.Thread(target=waiter, name="the-waiter")
+        w.start()
+        wait_until(lambda: state_of(lock).waiters)
+        st = state_of(lock)
+        assert [h.thread_name for h in st.holders] == ["the-holder"]
+        assert [p.thread_name for p in st.waiters] == ["the-waiter"]
+        assert st.waiters[0].site.startswith(f"{HERE}:")
+        assert registry.waiting_on(w.ident or 0) == st
+        release.set()
+        w.join(10)
+        holder.join(10)
+        assert registry.waiting_on(w.ident or 0) is None
+        assert not state_of(lock).waiters and not state_of(lock).holders
+
+    def test_uncontended_acquisitions_count_exactly_without_events(self, recorder: Recorder) -> None:
+        """1000 uncontended acquisitions: counted exactly, no wait events."""
+        name = unique("quiet")
+        lock = conctools.Lock(name=name)
+        for _ in range(500):
+            with lock:
+                pass
+        for _ in range(500):
+            lock.acquire()
+            lock.release()
+        r = row(recorder, name)
+        assert (r["acquisitions"], r["contentions"]) == (1000, 0)
+        assert not recorder.snapshot().of_kind(LockWaitEvent)
+
+    def test_timeout_is_a_contention_not_acquired(self, recorder: Recorder) -> None:
+        """acquire(timeout=) that gives up returns False and records acquired=False."""
+        name = unique("timeout")
+        lock = conctools.Lock(name=name)
+        holder, release = hold_in_thread(lock)
+        assert lock.acquire(timeout=0.05) is False
+        assert lock.acquire(blocking=False) is False
+        release.set()
+        holder.join(10)
+        (e,) = recorder.snapshot().of_kind(LockWaitEvent)
+        assert e.acquired is False
+        r = row(recorder, name)
+        assert (r["contentions"], r["timeouts"]) == (1, 1)
+
+    def test_unnamed_lock_is_named_by_its_creation_site(self, recorder: Recorder) -> None:
+        """Without name=, a lock is called file.py:LINE of the line that created it."""
+        line = lineno() + 1
+        lock = conctools.Lock()
+        assert f"name='{HERE}:{line}'" in repr(lock)
+        assert state_of(lock).name == state_of(lock).created_at == f"{HERE}:{line}"
+
+    def test_lock_table_sorted_by_total_wait(self, recorder: Recorder) -> None:
+        """The lock with more total wait comes first; hold times are measured after a contention."""
+        busy, idle = conctools.Lock(name=unique("busy")), conctools.Lock(name=unique("idle"))
+        with idle:
+            pass
+        holder, release = hold_in_thread(busy)
+        threading.Timer(0.05, release.set).start()
+        with busy:
+            pass
+        holder.join(10)
+        with busy:
+            pass
+        names = [r["name"] for r in recorder.snapshot().sections["locks"]]
+        assert names.index(busy._ct_name) < names.index(idle._ct_name)
+        r = row(recorder, busy._ct_name)
+        assert r["wait_total_s"] > 0.01 and r["wait_max_s"] >= r["wait_p50_s"] > 0
+        assert r["hold_count"] >= 1 and r["hottest_sites"][0]["site"].startswith(f"{HERE}:")
+
+    def test_invalid_arguments_raise_like_the_stdlib(self) -> None:
+        """Bad acquire() arguments raise exactly what threading.Lock raises, and do not take the lock."""
+        for make in (threading.Lock, conctools.Lock):
+            lock = make()
+            with pytest.raises(ValueError):
+                lock.acquire(False, 1)
+            with pytest.raises(ValueError):
+                lock.acquire(timeout=-5)
+            with pytest.raises(OverflowError):
+                lock.acquire(timeout=1e100)
+            assert not lock.locked()
+
+
+class TestRLock:
+    """Re-entry, ownership and the private API the stdlib's Condition relies on."""
+
+    def test_reentry_is_not_a_contention(self, recorder: Recorder) -> None:
+        """Re-entering an RLock counts acquisitions, records no wait, and tracks the depth."""
+        name = unique("rlock")
+        r = conctools.RLock(name=name)
+        with r:
+            with r:
+                assert r._recursion_count() == 2 and r._is_owned()
+                assert [h.thread_name for h in state_of(r).holders] == [threading.current_thread().name]
+        assert r._recursion_count() == 0 and not state_of(r).holders
+        assert row(recorder, name)["acquisitions"] == 2
+        assert not recorder.snapshot().of_kind(LockWaitEvent)
+
+    def test_release_by_another_thread_fails_and_keeps_state(self) -> None:
+        """A thread that does not own the RLock cannot release it; the owner still holds it."""
+        r = conctools.RLock()
+        r.acquire()
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                r.release()
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(10)
+        assert len(errors) == 1
+        assert r._is_owned() and state_of(r).holders
+        r.release()
+        assert not state_of(r).holders
+
+    def test_contended_rlock_records_holder(self, recorder: Recorder) -> None:
+        """A wait on an RLock held (re-entrantly) by another thread names that thread."""
+        r = conctools.RLock(name=unique("rl"))
+        held, release = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with r, r:
+                held.set()
+                release.wait(30)
+
+        t = threading.Thread(target=holder, name="re-entrant")
+        t.start()
+        assert held.wait(10)
+        threading.Timer(0.05, release.set).start()
+        with r:
+            pass
+        t.join(10)
+        (e,) = recorder.snapshot().of_kind(LockWaitEvent)
+        assert e.holder == "thread 're-entrant'" and e.lock_kind == "RLock"
+
+
+class TestCondition:
+    """Condition wait/notify through a traced RLock."""
+
+    def test_wait_notify_through_traced_rlock(self, recorder: Recorder) -> None:
+        """The default lock is a traced RLock; the waiter shows in the registry until notified."""
+        cond = conctools.Condition(name=unique("cond"))
+        assert isinstance(cond._lock, conctools.RLock)
+        items: list[int] = []
+        got: list[int] = []
+
+        def consumer() -> None:
+            with cond:
+                while not items:
+                    cond.wait(30)
+                got.append(items.pop())
+
+        t = threading.Thread(target=consumer, name="consumer")
+        t.start()
+        wait_until(lambda: state_of(cond).waiters)
+        assert state_of(cond).waiters[0].thread_name == "consumer"
+        assert state_of(cond).waiters[0].timeout_s == 30
+        with cond:
+            items.append(7)
+            cond.notify()
+        t.join(10)
+        assert got == [7]
+        assert not state_of(cond).waiters
+        assert row(recorder, cond._lock._ct_name)["acquisitions"] >= 2
+
+    def test_wait_for_and_notify_all(self) -> None:
+        """wait_for() with a predicate and notify_all() wake every waiter."""
+        cond = conctools.Condition()
+        flag: list[bool] = []
+        done = []
+
+        def waiter() -> None:
+            with cond:
+                done.append(bool(cond.wait_for(lambda: flag, timeout=30)))
+
+        threads = [threading.Thread(target=waiter) for _ in range(3)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(state_of(cond).waiters) == 3)
+        with cond:
+            flag.append(True)
+            cond.notify_all()
+        for t in threads:
+            t.join(10)
+        assert done == [True, True, True]
+
+
+class TestOtherPrimitives:
+    """Semaphores, events and barriers are traced too."""
+
+    def test_semaphore_holders_and_waiters(self, recorder: Recorder) -> None:
+        """Every holder of a semaphore is known; a waiter records who held it."""
+        sem = conctools.BoundedSemaphore(2, name=unique("sem"))
+        release = threading.Event()
+        ready = threading.Barrier(3)
+
+        def hold() -> None:
+            with sem:
+                ready.wait(10)
+                release.wait(30)
+
+        holders = [threading.Thread(target=hold, name=f"h{i}") for i in range(2)]
+        for t in holders:
+            t.start()
+        ready.wait(10)
+        assert sorted(h.thread_name for h in state_of(sem).holders) == ["h0", "h1"]
+        threading.Timer(0.05, release.set).start()
+        with sem:
+            pass
+        for t in holders:
+            t.join(10)
+        (e,) = recorder.snapshot().of_kind(LockWaitEvent)
+        assert e.lock_kind == "BoundedSemaphore" and "h0" in (e.holder or "") and "h1" in (e.holder or "")
+        with pytest.raises(ValueError):
+            sem.release()
+        assert not state_of(sem).holders
+
+    def test_event_waiters_visible_until_set(self) -> None:
+        """A thread waiting on an Event is in the registry until the Event is set."""
+        ev = conctools.Event(name="ready")
+        t = threading.Thread(target=ev.wait, name="sleeper")
+        t.start()
+        wait_until(lambda: state_of(ev).waiters)
+        assert state_of(ev).waiters[0].thread_name == "sleeper" and state_of(ev).kind == "Event"
+        before = registry.last_progress_ns()
+        ev.set()
+        t.join(10)
+        assert not state_of(ev).waiters
+        assert registry.last_progress_ns() >= before
+
+    def test_barrier_parties(self) -> None:
+        """Barrier.wait returns distinct indexes and the waiters leave the registry."""
+        b = conctools.Barrier(3)
+        indexes: list[int] = []
+        threads = [threading.Thread(target=lambda: indexes.append(b.wait(10))) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(indexes) == [0, 1, 2] and not state_of(b).waiters
+
+
+class TestStress:
+    """Counts stay exact under heavy contention."""
+
+    def test_16_threads_50k_acquisitions_exact(self, recorder: Recorder) -> None:
+        """16 threads x 50k acquisitions: the table says 800k, and contentions equal wait events."""
+        name = unique("stress")
+        lock = conctools.Lock(name=name)
+        counter = [0]
+        start = threading.Barrier(16)
+
+        def work() -> None:
+            start.wait(30)
+            for _ in range(50_000):
+                with lock:
+                    counter[0] += 1
+
+        threads = [threading.Thread(target=work, name=f"stress-{i}") for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert counter[0] == 800_000
+        snap = recorder.snapshot()
+        r = next(r for r in snap.sections["locks"] if r["name"] == name)
+        assert r["acquisitions"] == 800_000
+        waits = [e for e in snap.of_kind(LockWaitEvent) if e.lock_name == name]
+        assert r["contentions"] == snap.counts.get("lock_wait", 0) == len(waits) + snap.dropped
+        assert all(e.acquired for e in waits)
+
+
+def script(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "app.py"
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+class TestTraceLocks:
+    """trace_locks() swaps the factories, catches stdlib-made locks and restores everything."""
+
+    def test_queue_and_condition_locks_are_traced_and_named_by_user_site(self, recorder: Recorder) -> None:
+        """queue.Queue's mutex and conditions are traced, named after the user line that made the queue."""
+        with trace_locks():
+            line = lineno() + 1
+            q: queue.Queue[int] = queue.Queue()
+            cond = threading.Condition()
+            ev = threading.Event()
+        assert isinstance(q.mutex, conctools.Lock) and isinstance(q.not_empty, conctools.Condition)
+        assert q.not_empty._lock is q.mutex
+        assert state_of(q.mutex).name == f"{HERE}:{line} (queue.Queue.__init__)"
+        assert isinstance(cond._lock, conctools.RLock) and isinstance(ev, conctools.Event)
+        assert threading.Lock is not conctools.Lock and threading.Condition is not conctools.Condition
+        q.put(1)
+        assert q.get() == 1
+
+    def test_concurrent_futures_is_traced(self, recorder: Recorder) -> None:
+        """A ThreadPoolExecutor created inside uses traced locks and still works."""
+        with trace_locks():
+            pool = concurrent.futures.ThreadPoolExecutor(2)
+            fut = pool.submit(pow, 2, 10)
+        try:
+            assert fut.result(10) == 1024
+            assert isinstance(pool._shutdown_lock, conctools.Lock)
+            assert isinstance(fut._condition, conctools.Condition)
+        finally:
+            pool.shutdown(wait=True)
+
+    def test_asyncio_primitives_are_traced(self, recorder: Recorder) -> None:
+        """asyncio.Lock() & co. and asyncio.Queue's internals are conctools.aio classes inside."""
+
+        async def main() -> list[Any]:
+            with trace_locks():
+                made = [asyncio.Lock(), asyncio.Semaphore(2), asyncio.Event(), asyncio.Condition(), asyncio.Queue()]
+            async with made[0]:
+                pass
+            return made
+
+        lock, sem, ev, cond, q = asyncio.run(main())
+        assert isinstance(lock, aio.Lock) and isinstance(sem, aio.Semaphore) and isinstance(ev, aio.Event)
+        assert isinstance(cond, aio.Condition) and isinstance(cond._lock, aio.Lock)
+        assert isinstance(q._finished, aio.Event)
+        assert asyncio.Lock is not aio.Lock
+
+    def test_nested_and_restored(self) -> None:
+        """Nested blocks keep the patch until the outermost one ends; _thread users are untouched."""
+        originals = (threading.Lock, threading.RLock, asyncio.Lock, asyncio.locks.Event)
+        with trace_locks():
+            with trace_locks():
+                assert threading.Lock is conctools.Lock
+            assert threading.RLock is conctools.RLock
+            import _thread
+
+            assert type(_thread.allocate_lock()) is not conctools.Lock
+        assert (threading.Lock, threading.RLock, asyncio.Lock, asyncio.locks.Event) == originals
+
+    def test_restored_after_an_exception(self) -> None:
+        """An exception inside the block still restores every factory."""
+        with pytest.raises(KeyError), trace_locks():
+            raise KeyError("boom")
+        assert threading.Lock is not conctools.Lock and asyncio.Event is not aio.Event
+
+    def test_lock_order_mode_reports_inversion(self, recorder: Recorder) -> None:
+        """trace_locks(lock_order=True) makes created locks check their order."""
+        with trace_locks(lock_order=True):
+            a = threading.Lock()
+            b = threading.Lock()
+            with a, b:
+                pass
+            with b, a:
+                pass
+        assert len(recorder.snapshot().of_kind(LockOrderEvent)) == 1
+        assert not lockorder.is_enabled()
+
+    def test_table_only_covers_this_recorder(self, recorder: Recorder) -> None:
+        """lock_table() of an earlier epoch includes the locks created since."""
+        lock = conctools.Lock(name=unique("epoch"))
+        with lock:
+            pass
+        assert any(r["name"] == lock._ct_name for r in lock_table())
+
+
+def conctools_run(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conctools", "run", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+APP = """\
+import threading, time
+
+accounts = threading.Lock()
+ledger = threading.Lock()
+hot = threading.Lock()
+
+
+def transfer():
+    with accounts:
+        with ledger:
+            pass
+
+
+def audit():
+    with ledger:
+        with accounts:
+            pass
+
+
+def worker():
+    for _ in range(10):
+        with hot:
+            time.sleep(0.005)
+
+
+for target in (transfer, audit):
+    t = threading.Thread(target=target, name=target.__name__)
+    t.start()
+    t.join()
+workers = [threading.Thread(target=worker, name=f"worker-{i}") for i in range(3)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+print("finished")
+"""
+
+
+class TestConctoolsRun:
+    """`conctools run` traces locks and checks their order by default; both can be switched off."""
+
+    def test_report_shows_inversion_and_contended_lock(self, tmp_path: Path) -> None:
+        """A program with an inversion that never deadlocks and a contended lock: both in the report."""
+        script(tmp_path, APP)
+        proc = conctools_run(tmp_path, "--deadlock-timeout", "0", "app.py")
+        assert proc.returncode == 0, proc.stderr
+        assert "finished" in proc.stdout
+        err = proc.stderr
+        assert "Lock-order inversions (1 potential deadlocks)" in err
+        assert "lock 'app.py:4' acquired at app.py:10 while holding 'app.py:3' (acquired at app.py:9)" in err
+        assert "in thread 'transfer'" in err and "in thread 'audit'" in err
+        assert "lock 'app.py:3' acquired at app.py:16 while holding 'app.py:4' (acquired at app.py:15)" in err
+        assert "CPU0" in err and "CPU1" in err and "*** DEADLOCK ***" in err
+        table = err[err.index("Locks (") :]
+        first_row = table.splitlines()[3]
+        assert first_row.split()[0] == "app.py:5" and "app.py:22" in first_row
+
+    def test_switches(self, tmp_path: Path) -> None:
+        """--no-lock-order keeps the table but drops inversions; --no-trace-locks drops both."""
+        script(tmp_path, APP)
+        no_order = conctools_run(tmp_path, "--deadlock-timeout", "0", "--no-lock-order", "app.py")
+        assert no_order.returncode == 0, no_order.stderr
+        assert "Lock-order inversions" not in no_order.stderr and "Locks (" in no_order.stderr
+        no_trace = conctools_run(tmp_path, "--deadlock-timeout", "0", "--no-trace-locks", "app.py")
+        assert no_trace.returncode == 0, no_trace.stderr
+        assert "Lock-order inversions" not in no_trace.stderr and "Locks (" not in no_trace.stderr
