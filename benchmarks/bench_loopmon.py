@@ -128,6 +128,49 @@ def _run_select_hook() -> None:
     asyncio.run(main())
 
 
+def intrinsic_cost(rounds: int = 5) -> None:
+    """The monitor's own work, measured apart from machine noise: the watchdog thread's CPU time
+    and the loop-side cost of its probes (one call_soon_threadsafe handle each)."""
+    watchdog_s, probes, wall_s = 0.0, 0, 0.0
+    for _ in range(rounds):
+
+        async def main() -> tuple[float, int]:
+            async with watch_loop(threshold_s=0.1) as monitor:
+                await workload()
+            return monitor.watchdog_cpu_s, monitor.probes
+
+        t0 = time.perf_counter()
+        with use_recorder():
+            cpu, n = asyncio.run(main())
+        wall_s += time.perf_counter() - t0
+        watchdog_s += cpu
+        probes += n
+
+    async def probe_cost(n: int = 20_000) -> float:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        count = [0]
+
+        def probe() -> None:
+            count[0] += 1
+            if count[0] == n:
+                done.set_result(None)
+
+        t0 = time.process_time()
+        for _ in range(n):
+            loop.call_soon_threadsafe(probe)
+        await done
+        return (time.process_time() - t0) / n
+
+    per_probe = asyncio.run(probe_cost())
+    total = watchdog_s + probes * per_probe
+    print(
+        f"intrinsic: watchdog thread {watchdog_s / rounds * 1e3:.2f} ms CPU and {probes / rounds:.0f} probes"
+        f" x {per_probe * 1e6:.1f} µs per workload run of {wall_s / rounds * 1e3:.0f} ms wall"
+        f" = {total / wall_s * 100:.2f}% of one core"
+    )
+
+
 def detection_latency(stalls: int = 8, threshold_s: float = 0.1, stall_s: float = 0.3) -> None:
     """Block the loop ``stalls`` times and print how late each stall was noticed and how well it was measured."""
 
@@ -195,6 +238,7 @@ def main() -> None:
             f"{name:32} {med * 1e3:8.1f} ms {med / base:6.3f}x {low * 1e3:7.1f} ms {low / base_min:6.3f}x"
             f" {paired:6.3f}x"
         )
+    intrinsic_cost()
     detection_latency()
 
 

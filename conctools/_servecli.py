@@ -135,11 +135,19 @@ def _serve_command(ns: argparse.Namespace) -> int:
         report=not ns.no_report,
         command="conctools " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["serve"] else "conctools serve",
     )
-    from conctools.console import ConsoleError
-
+    console_errors: tuple[type[Exception], ...] = ()  # ``except ()`` catches nothing
+    if config.console:
+        try:
+            from conctools.console import ConsoleError
+        except ImportError as exc:
+            raise UsageError(
+                f"conctools serve: error: the console needs {exc.name}: pip install 'conctools[console]', "
+                "or pass --no-console"
+            ) from None
+        console_errors = (ConsoleError,)
     try:
         return serve(config)
-    except ConsoleError as exc:
+    except console_errors as exc:
         raise UsageError(f"conctools serve: error: {exc}") from None
     except OSError as exc:
         raise UsageError(f"conctools serve: error: cannot listen: {exc.strerror or exc}") from None

@@ -26,6 +26,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 from typing import Any, Literal
+from weakref import ref as _weakref
 
 from conctools import lockorder, registry
 from conctools.locks import (
@@ -59,6 +60,12 @@ if sys.version_info < (3, 12):
     except ImportError:  # pragma: no cover - other implementations
         _tasks_get = None
 _DICT = _tasks_get is not None
+
+
+def _task_slowly(prim: Any) -> Any:
+    """The current task, the slow way; remembers the loop so that the fast way works next time."""
+    loop = prim._ct_loop = _get_running_loop()
+    return _current_task(loop) if loop is not None else None
 
 
 def _task_words(task: Any) -> str | None:
@@ -160,10 +167,7 @@ class Lock(asyncio.Lock, _TracedAttrs):
         else:
             raise RuntimeError("Lock is not acquired.")
 
-    def _ct_task(self) -> Any:
-        """The current task, the slow way; remembers the loop for the fast way next time."""
-        loop = self._ct_loop = _get_running_loop()
-        return _current_task(loop) if loop is not None else None
+    _ct_task = _task_slowly
 
     def _took_timed(self, frame: Any, t0: int) -> None:
         self._ct_since = t0 or _mono()
@@ -172,7 +176,7 @@ class Lock(asyncio.Lock, _TracedAttrs):
             task = self._ct_owner
             held = lockorder.task_held_stack(task) if task is not None else lockorder.held_stack()
             self._ct_holdstack = held
-            lockorder.note_acquired(held, (self, self._ct_stats.key, self._ct_name, self._ct_serial, site))
+            lockorder.note_acquired(held, (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site))
 
     def _released_timed(self) -> None:
         since = self._ct_since
@@ -195,7 +199,7 @@ class Lock(asyncio.Lock, _TracedAttrs):
             held = lockorder.task_held_stack(task) if task is not None else lockorder.held_stack()
             if held:
                 site = lockorder.code_site(frame)
-                lockorder.check(held, (self, self._ct_stats.key, self._ct_name, self._ct_serial, site))
+                lockorder.check(held, (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site))
         wait = _Wait(self, frame, None, _task_words(self._ct_owner), by_task=True)
         acquired = False
         try:
@@ -311,6 +315,7 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
     def __init__(self, value: int = 1, *, name: str | None = None) -> None:
         super().__init__(value)
         self._ct_holders: list[Any] = []
+        self._ct_loop: Any = None
         _init(self, self._ct_kind, name)
 
     _ct_kind = "aio.Semaphore"
@@ -319,14 +324,20 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         """Acquire, as ``asyncio.Semaphore.acquire``."""
         if not self.locked():
             self._value -= 1
-            self._took(_current_task())
+            self._ct_n += 1
+            holders = self._ct_holders
+            if len(holders) < MAX_HOLDERS:  # past that, not every holder is named
+                holders.append((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
             return True
         return await self._contended(_getframe(1))
 
     async def __aenter__(self) -> None:
         if not self.locked():
             self._value -= 1
-            self._took(_current_task())
+            self._ct_n += 1
+            holders = self._ct_holders
+            if len(holders) < MAX_HOLDERS:
+                holders.append((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
             return None
         await self._contended(_getframe(1))
         return None
@@ -334,12 +345,13 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.release()
 
+    _ct_task = _task_slowly
+
     def _took(self, task: Any) -> None:
         self._ct_n += 1
         holders = self._ct_holders
-        if len(holders) >= MAX_HOLDERS:
-            del holders[0]
-        holders.append(task)
+        if len(holders) < MAX_HOLDERS:
+            holders.append(task)
 
     async def _contended(self, frame: Any) -> Literal[True]:
         holders = [t for t in self._ct_holders if t is not None][:4]
@@ -358,12 +370,10 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         super().release()
         holders = self._ct_holders
         if holders:
-            me = _current_task()
-            for i in range(len(holders) - 1, -1, -1):
-                if holders[i] is me:
-                    del holders[i]
-                    break
-            else:
+            me = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
+            try:
+                holders.remove(me)
+            except ValueError:  # released by another task than the one that acquired: forget the oldest
                 del holders[0]
         if self._waiters:
             registry.note_progress()

@@ -18,7 +18,10 @@ on a plain lock: no busy loop) and looks at the program from outside:
   progressed for ``timeout_s``, it reports every thread's and task's stack and what each
   waits on (:class:`~conctools.events.HangEvent`). A thread running Python code, sleeping,
   in ``select()``/``recv()`` or in any wait with a timeout is *not* blocked forever: healthy
-  idle programs are never reported.
+  idle programs are never reported. Waits the registry cannot see are read from the
+  threads' frames: stdlib waits (``Condition.wait``, ``Event.wait``, ``Queue.get``,
+  ``Future.result``, ``Thread.join``) with their timeout, and ``with lock:`` /
+  ``lock.acquire()`` on an untraced, locked ``threading.Lock``/``RLock`` from the bytecode.
 
 The graph and the cycle search are pure functions of registry records
 (:func:`build_wait_graph`, :func:`find_deadlocks`), apart from the thread that drives them,
@@ -41,12 +44,16 @@ Exit statuses used by ``conctools run`` when it stops a stuck program:
 from __future__ import annotations
 
 import _thread
+import dis
+import inspect
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -540,7 +547,146 @@ def classify_thread(
             )
         state = "event loop" if filename == _SELECTORS_PY else "running"
         return ThreadState(thread_id=thread_id, state=state, waits_on=description, blocked=False, stack=stack)
+    raw = _raw_lock_wait(frame, thread_id)
+    if raw is not None:
+        return ThreadState(thread_id=thread_id, state="waiting", waits_on=raw, blocked=True, stack=stack)
     return ThreadState(thread_id=thread_id, state="running", waits_on=None, blocked=False, stack=stack)
+
+
+# Handlers of tools watching the program, not of the program: a deadline is not a wake-up.
+_TOOL_HANDLER_MODULES = ("conctools", "pytest_timeout", "_pytest", "pytest")
+_TIMER_SIGNALS = {
+    getattr(signal, name): getattr(signal, timer)
+    for name, timer in (("SIGALRM", "ITIMER_REAL"), ("SIGVTALRM", "ITIMER_VIRTUAL"), ("SIGPROF", "ITIMER_PROF"))
+    if hasattr(signal, name) and hasattr(signal, timer)
+}
+
+
+def _program_signal_handlers() -> list[int]:
+    """Signals the program handles in Python and that may still arrive.
+
+    Such a handler runs in the main thread and may release what everyone waits for, so a
+    program waiting for one (a server parked until SIGTERM) is idle, not hung. SIGINT (Ctrl-C
+    is how a person stops a hung program, whoever handles it: asyncio.run does), the
+    handlers of conctools and test tools, and timer signals whose timer is not armed do not
+    count.
+    """
+    out = []
+    for signum in signal.valid_signals():
+        if signum == signal.SIGINT:
+            continue
+        try:
+            handler = signal.getsignal(signum)
+        except (ValueError, OSError):
+            continue
+        if not callable(handler) or handler is signal.default_int_handler:
+            continue
+        if str(getattr(handler, "__module__", "") or "").startswith(_TOOL_HANDLER_MODULES):
+            continue
+        timer = _TIMER_SIGNALS.get(signum)
+        if timer is not None:
+            try:
+                if signal.getitimer(timer) == (0.0, 0.0):
+                    continue  # nothing will send it
+            except (OSError, AttributeError):
+                pass
+        out.append(int(signum))
+    return out
+
+
+# -- untraced locks, recognised from the bytecode -----------------------------------------
+
+_RAW_LOCK = type(_thread.allocate_lock())
+_RAW_RLOCK = type(_thread.RLock())
+_LOADS_LOCAL = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW", "LOAD_DEREF", "LOAD_NAME"})
+_LOADS_GLOBAL = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+_RAW_OWNER = re.compile(r"owner=(\d+)")
+
+
+def _static_attr(obj: Any, name: str) -> Any:
+    """``obj.name`` without running any of the program's code (no properties, no __getattr__)."""
+    try:
+        value = inspect.getattr_static(obj, name)
+    except AttributeError:
+        return None
+    if isinstance(value, types.MemberDescriptorType):  # a __slots__ attribute
+        try:
+            return value.__get__(obj, type(obj))
+        except AttributeError:
+            return None
+    return value
+
+
+def _resolve(frame: FrameType, chain: Sequence[dis.Instruction]) -> tuple[Any, str] | None:
+    """The object a ``LOAD_* name`` + ``LOAD_ATTR``s chain loads in ``frame``, and its source text."""
+    if not chain:
+        return None
+    base, attrs = chain[0], chain[1:]
+    name = str(base.argval)
+    if base.opname in ("LOAD_GLOBAL", "LOAD_NAME") and base.opname not in _LOADS_LOCAL:
+        obj = frame.f_globals.get(name, frame.f_builtins.get(name))
+    else:
+        obj = _local(frame, name)
+        if obj is None and base.opname == "LOAD_NAME":
+            obj = frame.f_globals.get(name)
+    for attr in attrs:
+        if obj is None:
+            return None
+        obj = _static_attr(obj, str(attr.argval))
+    return obj, ".".join([name, *(str(a.argval) for a in attrs)])
+
+
+def _raw_lock_wait(frame: FrameType, thread_id: int) -> str | None:
+    """``with lock:`` / ``lock.acquire()`` on an untraced, locked ``threading.Lock``/``RLock``,
+    recognised from the instruction the frame is executing; ``None`` if it is anything else.
+
+    Only blocking acquires without a timeout count; the stall window of the caller (the
+    frame must not move for the whole timeout) rules out a passing moment.
+    """
+    try:
+        instructions = list(dis.get_instructions(frame.f_code))
+        at = next(i for i, ins in enumerate(instructions) if ins.offset == frame.f_lasti)
+    except (StopIteration, Exception):
+        return None
+    current = instructions[at]
+    end = at
+    if current.opname == "BEFORE_WITH":
+        pass
+    elif current.opname == "CALL":
+        # <load chain> LOAD_METHOD/LOAD_ATTR acquire [LOAD_CONST True] [PRECALL] CALL
+        args = [ins for ins in instructions[:at] if ins.opname not in ("PRECALL", "CACHE")][-(current.arg or 0) - 1 :]
+        method, given = args[0], args[1:]
+        if method.opname not in ("LOAD_METHOD", "LOAD_ATTR") or method.argval not in ("acquire", "__enter__"):
+            return None
+        if any(not (a.opname == "LOAD_CONST" and a.argval is True) for a in given) or len(given) > 1:
+            return None  # a timeout or non-blocking acquire: not forever
+        end = next(i for i, ins in enumerate(instructions) if ins.offset == method.offset)
+    else:
+        return None
+    chain: list[dis.Instruction] = []
+    k = end - 1
+    while k >= 0 and instructions[k].opname == "LOAD_ATTR":
+        chain.insert(0, instructions[k])
+        k -= 1
+    if k < 0 or instructions[k].opname not in _LOADS_LOCAL | _LOADS_GLOBAL:
+        return None
+    chain.insert(0, instructions[k])
+    resolved = _resolve(frame, chain)
+    if resolved is None:
+        return None
+    obj, text = resolved
+    if isinstance(obj, _RAW_LOCK):
+        if not obj.locked():
+            return None
+        return f"threading.Lock {text!r} (untraced, locked)"
+    if isinstance(obj, _RAW_RLOCK):
+        match = _RAW_OWNER.search(repr(obj))
+        owner = int(match.group(1)) if match else 0
+        if owner in (0, thread_id):  # free, or re-entry: it does not block
+            return None
+        names = {t.ident: t.name for t in threading.enumerate()}
+        return f"threading.RLock {text!r} (untraced) held by thread {names.get(owner, owner)!r}"
+    return None
 
 
 # -- the watchdog -------------------------------------------------------------------------
@@ -798,6 +944,9 @@ class DeadlockWatchdog:
                 return None
             states[tid] = state
         if not states:
+            return None
+        if _program_signal_handlers():  # a handler (say, SIGTERM's) may set what main waits for
+            self._all_blocked_since_ns = None
             return None
         # Where everyone is, to notice movement between scans. An idle loop's thread leaves
         # select() whenever something pokes its self-pipe (a loop monitor's probe): its tasks'

@@ -17,6 +17,7 @@ locust or aiohttp.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import selectors
 import signal
@@ -183,6 +184,29 @@ def _add_locust_timeline(snapshot: Snapshot, history_csv: Path) -> Snapshot:
     )
 
 
+def _add_locust_counters(trace_json: Path) -> None:
+    """Turn the Locust marks of a written trace into counter tracks (latency and req/s graphs)."""
+    if not trace_json.exists():
+        return
+    try:
+        data = json.loads(trace_json.read_text(encoding="utf-8"))
+        events = data["traceEvents"] if isinstance(data, dict) else data
+        counters = []
+        for e in events:
+            if e.get("ph") == "i" and e.get("name") == "locust.latency":
+                args = e.get("args", {})
+                latency = {k: args[k] for k in ("p50_ms", "p95_ms", "p99_ms") if k in args}
+                rate = {k: args[k] for k in ("rps", "failures_per_s") if k in args}
+                base = {"ph": "C", "ts": e["ts"], "pid": e["pid"]}
+                counters.append({**base, "name": "Locust latency (ms)", "args": latency})
+                counters.append({**base, "name": "Locust requests/s", "args": rate})
+        if counters:
+            events.extend(counters)
+            trace_json.write_text(json.dumps(data), encoding="utf-8")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"conctools demo: could not add Locust's counters to {trace_json}: {exc}", file=sys.stderr)
+
+
 def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:
     """Run the whole demo; print the summary to ``out`` (stdout); returns the exit status."""
     from conctools.loadtest import LoadTestError, LoadTestOptions, run_loadtest
@@ -243,6 +267,7 @@ def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:
         raise DemoError(f"the server wrote no report (exit {server.returncode}); see {out_dir / 'server.log'}")
     snapshot = _add_locust_timeline(load_json(report_json), out_dir / "locust_stats_history.csv")
     written = write_reports(snapshot, out_dir)
+    _add_locust_counters(out_dir / "trace.json")
     print("", file=stream)
     print("conctools demo: what the load found", file=stream)
     if load is not None and load.summary is not None:

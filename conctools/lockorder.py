@@ -64,7 +64,8 @@ _full = [False]
 _local = threading.local()
 
 
-# A held lock: (primitive, class key, display name, serial, site). The site is a
+# A held lock: (weak reference to the primitive, class key, display name, serial, site): weak,
+# so a lock dropped while held (acquired, never released, garbage) leaves the stack. The site is a
 # "file.py:LINE" string or a (code, instruction offset) pair turned into one only when an
 # edge is new (see :func:`site_text`): the hot path never computes a line number.
 Held = tuple[Any, str, str, int, Any]
@@ -152,8 +153,14 @@ def held_stack() -> list[Held]:
 def check(held: list[Held], entry: Held) -> None:
     """Add the edges ``held -> entry`` (before a blocking wait, so a real deadlock is reported too)."""
     try:
+        me = entry[0]()
+        dead = False
         for h in held:
-            if h[0] is entry[0]:
+            other = h[0]()
+            if other is None:  # dropped without a release: it can never be waited for again
+                dead = True
+                continue
+            if other is me:
                 continue  # re-entry is not an edge
             if h[1] == entry[1]:
                 # Same class: order them per instance, and say which instance in the report.
@@ -162,6 +169,8 @@ def check(held: list[Held], entry: Held) -> None:
                     _new_edge(a, b, h, entry, f"{h[2]} #{h[3]}", f"{entry[2]} #{entry[3]}")
             elif (h[1], entry[1]) not in _edges:
                 _new_edge(h[1], entry[1], h, entry, h[2], entry[2])
+        if dead:
+            held[:] = [h for h in held if h[0]() is not None]
     except Exception:  # observation must never break the program
         _log.exception("conctools: lock-order check failed")
 
@@ -194,7 +203,7 @@ def note_acquired(held: list[Held], entry: Held) -> None:
 def note_released(held: list[Held], prim: object) -> None:
     """``prim`` was released: drop its newest entry from ``held``."""
     for i in range(len(held) - 1, -1, -1):
-        if held[i][0] is prim:
+        if held[i][0]() is prim:
             del held[i]
             return
 

@@ -30,6 +30,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
+from weakref import ref as _weakref
 
 from conctools import lockorder, registry
 from conctools._context import _SKIP_PREFIXES, capture_stack
@@ -499,7 +501,6 @@ class Lock:
         _register(self, self._kind, name, _getframe(1))
         if _order_enabled[0]:
             self.__class__ = _OrderedLock
-            self._ct_hold = Histogram()
 
     # The hot path: one non-blocking try, the owner, a counter. Nothing else: ``_owner`` is not
     # even cleared on release (it only means something while the lock is locked).
@@ -686,14 +687,15 @@ class _OrderedLock(_TimedLock):
         self._owner = _get_ident()
         self._ct_n += 1
         self._otask = None
-        self._osince = self._t0 = t0 or _mono()
+        # Hold times only once the lock has been contended, as for unordered locks.
+        self._osince = self._t0 = (t0 or _mono()) if self._ct_hold is not None else t0
         site = self._osite = _code_site(frame)
         try:
             held = _order_local.stack
         except AttributeError:
             held = lockorder.held_stack()
         self._ct_held = held
-        entry = (self, self._ct_stats.key, self._ct_name, self._ct_serial, site)
+        entry = (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site)
         if held:
             lockorder.check(held, entry)
         held.append(entry)
@@ -714,7 +716,7 @@ def _drop_held(prim: Any) -> None:
     held = prim._ct_held
     if held is not None:
         prim._ct_held = None
-        if held and held[-1][0] is prim:
+        if held and held[-1][0]() is prim:
             held.pop()
         else:
             lockorder.note_released(held, prim)
@@ -724,7 +726,7 @@ def _check_before_wait(prim: Any, frame: FrameType | None) -> None:
     """Check the order before blocking: a real deadlock must be reported as an inversion too."""
     held = lockorder.held_stack()
     if held:
-        lockorder.check(held, (prim, prim._ct_stats.key, prim._ct_name, prim._ct_serial, _code_site(frame)))
+        lockorder.check(held, (_weakref(prim), prim._ct_stats.key, prim._ct_name, prim._ct_serial, _code_site(frame)))
 
 
 # -- RLock -------------------------------------------------------------------------------
@@ -734,7 +736,9 @@ class RLock:
     """A traced ``threading.RLock``: re-entrant, owned by one thread; plus statistics.
 
     Built on the C ``_thread.RLock``, so ``_is_owned``, ``_recursion_count``,
-    ``_release_save`` and ``_acquire_restore`` keep their exact semantics.
+    ``_release_save`` and ``_acquire_restore`` keep their exact semantics. The C lock knows
+    its owner and depth, so the uncontended path only counts: the registry reads the owner
+    from the C lock when it asks.
     """
 
     __slots__ = (
@@ -748,12 +752,10 @@ class RLock:
         "_ct_serial",
         "_ct_stats",
         "_ct_waiters",
-        "_depth",
         "_lock",
         "_osince",
         "_osite",
         "_otask",
-        "_owner",
         "_rel",
         "_t0",
     )
@@ -774,38 +776,23 @@ class RLock:
         self._lock = lock
         self._acq = lock.acquire
         self._rel = lock.release
-        self._owner: int | None = None
-        self._depth = 0
         self._otask: Any = None
-        self._osite = ""
+        self._osite: Any = ""
         self._osince = 0
         self._t0 = 0
         self._ct_held: list[lockorder.Held] | None = None
         _register(self, self._kind, name, _getframe(1))
         if _order_enabled[0]:
             self.__class__ = _OrderedRLock
-            self._ct_hold = Histogram()
 
     def __enter__(self) -> bool:
         if self._acq(False):
-            self._depth += 1
-            self._owner = _get_ident()
             self._ct_n += 1
             return True
         return self._contended(-1, _getframe(1))
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
-        depth = self._depth
-        owner = self._owner
-        if depth == 1:
-            self._owner = None
-        self._depth = depth - 1
-        try:
-            self._rel()
-        except RuntimeError:  # not ours to release: put our bookkeeping back as it was
-            self._depth = depth
-            self._owner = owner
-            raise
+        self._rel()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Acquire (re-entrantly), as ``threading.RLock.acquire``."""
@@ -823,28 +810,24 @@ class RLock:
 
     def release(self) -> None:
         """Release one level, as ``threading.RLock.release``."""
-        depth = self._depth
-        owner = self._owner
-        if depth == 1:
-            self._released()
-        self._depth = depth - 1
-        try:
-            self._rel()
-        except RuntimeError:
-            self._depth = depth
-            self._owner = owner
-            raise
+        self._rel()
 
     def _took(self, frame: FrameType | None, t0: int) -> None:
-        self._depth += 1
-        self._owner = _get_ident()
         self._ct_n += 1
 
     def _released(self) -> None:
-        self._owner = None
+        pass
+
+    def _owner_and_count(self) -> tuple[int | None, int]:
+        """The owner thread and depth, read from the C lock (from any thread, without blocking)."""
+        match = _RLOCK_REPR.search(repr(self._lock))
+        if match is None:
+            return None, 0
+        owner, count = int(match.group(1)), int(match.group(2))
+        return (owner or None) if count else None, count
 
     def _contended(self, timeout: float, frame: FrameType | None) -> bool:
-        holder = self._owner
+        holder, _ = self._owner_and_count()
         holder_words = _who(holder, self._otask) if holder is not None else None
         wait = _Wait(self, frame, None if timeout == -1 else timeout, holder_words)
         acquired = False
@@ -869,56 +852,57 @@ class RLock:
         return int(self._lock._recursion_count())
 
     def _release_save(self) -> Any:
+        # The state is the C lock's own (count, owner): it survives a switch to the timed class.
         if not self._lock._is_owned():
             raise RuntimeError("cannot release un-acquired lock")
-        depth = self._depth
-        self._depth = 1
         self._released()
-        self._depth = 0
-        return (self._lock._release_save(), depth)
+        return self._lock._release_save()
 
     def _acquire_restore(self, state: Any) -> None:
-        inner, depth = state
+        count = state[0]
         if self._acq(False):
-            for _ in range(inner[0] - 1):
-                self._acq()
             self._took(_getframe(1), 0)
         else:
-            holder = self._owner
+            holder, _ = self._owner_and_count()
             holder_words = _who(holder, self._otask) if holder is not None else None
             wait = _Wait(self, _getframe(1), None, holder_words)
             try:
-                self._lock._acquire_restore(inner)
+                self._acq()
             finally:
                 end = wait.end(True)
+            if self._ct_hold is None:
+                self._ct_hold = Histogram()
+                if type(self) is RLock:
+                    self.__class__ = _TimedRLock
             self._took(_getframe(1), end)
-        self._depth = depth
+            self._otask = wait.task
+            self._osite = wait.site
+        for _ in range(count - 1):  # re-entries: immediate, and not acquisitions of their own
+            self._acq()
 
     def _at_fork_reinit(self) -> None:
         self._lock._at_fork_reinit()
-        self._owner = None
-        self._depth = 0
         self._ct_waiters = {}
 
     def __del__(self) -> None:
         _retire(self)
 
     def __repr__(self) -> str:
-        owner = self._owner
-        state = "locked" if owner is not None or self._depth else "unlocked"
+        owner, count = self._owner_and_count()
+        state = "locked" if count else "unlocked"
         return (
-            f"<{state} conctools.RLock object owner={owner or 0} count={self._depth}"
-            f" name={self._ct_name!r} at {id(self):#x}>"
+            f"<{state} conctools.RLock object owner={owner or 0} count={count} name={self._ct_name!r} at {id(self):#x}>"
         )
 
     def __reduce__(self) -> Any:
         raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
     def _conctools_state(self) -> PrimitiveState:
-        owner = self._owner
+        owner, _ = self._owner_and_count()
         holders: tuple[Party, ...] = ()
         if owner is not None:
-            holders = (_party(owner, self._otask, _site_text(self._osite) if self._osite else "?", self._osince),)
+            site = _site_text(self._osite) if self._osite else "?"
+            holders = (_party(owner, self._otask, site, self._osince),)
         return PrimitiveState(
             prim_id=id(self),
             name=self._ct_name,
@@ -930,6 +914,9 @@ class RLock:
 
     def _conctools_progress(self) -> int:
         return self._ct_n
+
+
+_RLOCK_REPR = re.compile(r"owner=(\d+) count=(\d+)")
 
 
 class _TimedRLock(RLock):
@@ -944,23 +931,19 @@ class _TimedRLock(RLock):
         return self._contended(-1, _getframe(1))
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
-        depth = self._depth
-        owner = self._owner
-        if depth == 1:
+        if self._lock._recursion_count() == 1:
             self._released()
-        self._depth = depth - 1
-        try:
-            self._rel()
-        except RuntimeError:
-            self._depth = depth
-            self._owner = owner
-            raise
+        self._rel()
+
+    def release(self) -> None:
+        """Release one level, as ``threading.RLock.release``."""
+        if self._lock._recursion_count() == 1:
+            self._released()
+        self._rel()
 
     def _took(self, frame: FrameType | None, t0: int) -> None:
-        depth = self._depth = self._depth + 1
         self._ct_n += 1
-        if depth == 1:
-            self._owner = _get_ident()
+        if self._lock._recursion_count() == 1:
             self._otask = None
             self._osite = ""
             self._osince = self._t0 = t0 or _mono()
@@ -972,7 +955,6 @@ class _TimedRLock(RLock):
             hold = self._ct_hold
             if hold is not None:
                 hold.add(_mono() - t0)
-        self._owner = None
 
 
 _TimedRLock.__qualname__ = _TimedRLock.__name__ = "RLock"
@@ -984,19 +966,17 @@ class _OrderedRLock(_TimedRLock):
     __slots__ = ()
 
     def _took(self, frame: FrameType | None, t0: int) -> None:
-        depth = self._depth = self._depth + 1
         self._ct_n += 1
-        if depth == 1:
-            self._owner = _get_ident()
+        if self._lock._recursion_count() == 1:
             self._otask = None
-            self._osince = self._t0 = t0 or _mono()
+            self._osince = self._t0 = (t0 or _mono()) if self._ct_hold is not None else t0
             site = self._osite = _code_site(frame)
             try:
                 held = _order_local.stack
             except AttributeError:
                 held = lockorder.held_stack()
             self._ct_held = held
-            entry = (self, self._ct_stats.key, self._ct_name, self._ct_serial, site)
+            entry = (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site)
             if held:
                 lockorder.check(held, entry)
             held.append(entry)

@@ -297,22 +297,36 @@ class LoopMonitor:
         self.probe_interval_s = (
             float(probe_interval_s) if probe_interval_s else min(0.02, max(0.001, self.threshold_s / 5))
         )
+        self._threshold_ns = int(self.threshold_s * 1e9)
         self.detect_blocking = detect_blocking
         self.track_creation = track_creation
         self.recorder = recorder
         self.stalls = 0  # stalls recorded by this monitor
+        self.watchdog_cpu_s = 0.0  # CPU time of the watchdog thread, once it has stopped
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._wake = _thread.allocate_lock()
         self._loop_tid: int | None = None
-        self._seq = 0
-        self._pong: tuple[int, int] = (0, 0)  # (seq, monotonic ns) of the last probe that ran
+        # Heartbeat state, written by the loop thread (_beat) and read by the watchdog.
+        self._gen = 0  # bumped by each start(): a stale timer of an earlier start dies quietly
+        self._epoch = 0  # bumped when the loop (re)starts: a beat delayed by a stopped loop is not lag
+        self._ticking = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._due_ns = 0
+        self._last_beat_ns = 0
+        self._late: tuple[int, int] | None = None  # (due, fired) of a beat late by >= threshold
+        self._beats = 0
         self._factory_installed: Callable[..., Any] | None = None
         self._previous_factory: Any = None
         self._owns_loop = False
         self._exit_when_closed = False
         self._starting_until_ns = 0
         self._on_closed: Callable[[LoopMonitor], None] | None = None
+
+    @property
+    def probes(self) -> int:
+        """How many heartbeats ran on the loop."""
+        return self._beats
 
     @property
     def alive(self) -> bool:
@@ -350,6 +364,13 @@ class LoopMonitor:
                 _enable_blocking_detection(loop)
             self._stopping = False
             self._starting_until_ns = _monotonic_ns() + 1_000_000_000
+            self._last_beat_ns = _monotonic_ns()
+            self._gen += 1
+            self._ticking = True
+            if _get_running_loop() is loop:
+                self._start_ticker(self._gen)
+            else:
+                loop.call_soon_threadsafe(self._start_ticker, self._gen)
             self._wake.acquire(False)  # held: the watchdog sleeps on it until stop() releases it
             thread = threading.Thread(target=self._watch, name="conctools-loopmon", daemon=True)
             self._thread = thread
@@ -366,6 +387,8 @@ class LoopMonitor:
             self._release()
             return
         self._stopping = True
+        self._ticking = False
+        self._cancel_timer()
         try:
             self._wake.release()
         except RuntimeError:
@@ -374,6 +397,15 @@ class LoopMonitor:
             thread.join(timeout=2.0)
         self._thread = None
         self._release()
+
+    def _cancel_timer(self) -> None:
+        """Drop the pending heartbeat now when that is safe; otherwise it dies when it fires."""
+        timer, loop = self._timer, self.loop
+        if timer is None or loop is None:
+            return
+        if _get_running_loop() is loop or not loop.is_running():
+            timer.cancel()
+            self._timer = None
 
     def _release(self) -> None:
         loop = self.loop
@@ -425,13 +457,37 @@ class LoopMonitor:
         if factory is not None and not loop.is_closed() and loop.get_task_factory() is factory:
             loop.set_task_factory(self._previous_factory)
 
-    # ---- the probe (runs on the loop) ----
-    def _probe(self, seq: int) -> None:
-        self._pong = (seq, _monotonic_ns())
+    # ---- the heartbeat (runs on the loop) ----
+    def _start_ticker(self, gen: int) -> None:
+        if gen != self._gen or not self._ticking or self.loop is None:
+            return
         if self._loop_tid is None:
             self._loop_tid = _thread.get_ident()
+        self._due_ns = _monotonic_ns() + int(self.probe_interval_s * 1e9)
+        self._timer = self.loop.call_later(self.probe_interval_s, self._beat, gen, self._epoch)
 
-    _probe._conctools_probe = True  # type: ignore[attr-defined]  # taskdump ignores our probes
+    def _beat(self, gen: int, epoch: int) -> None:
+        """A timer every ``probe_interval_s`` on the loop: how late it fires is the loop's lag.
+
+        One timer handle per interval, no cross-thread wake-up: cheaper than any per-callback hook.
+        """
+        if gen != self._gen or self.loop is None:
+            return  # a timer from an earlier start() of this monitor
+        now = _monotonic_ns()
+        if epoch == self._epoch:  # the loop ran all along: the delay is lag
+            lag = now - self._due_ns
+            self._stats.add_lag(lag)
+            if lag >= self._threshold_ns:
+                self._late = (self._due_ns, now)
+        self._last_beat_ns = now
+        self._beats += 1
+        if self._ticking:
+            self._due_ns = now + int(self.probe_interval_s * 1e9)
+            self._timer = self.loop.call_later(self.probe_interval_s, self._beat, gen, self._epoch)
+        else:
+            self._timer = None
+
+    _beat._conctools_probe = True  # type: ignore[attr-defined]  # taskdump ignores our heartbeats
 
     # ---- the watchdog (its own thread) ----
     def _watch(self) -> None:
@@ -439,60 +495,70 @@ class LoopMonitor:
             self._watch_loop()
         except Exception:
             _log.exception("conctools: the loop monitor failed; it stops watching")
+        finally:
+            self.watchdog_cpu_s = time.thread_time()  # what watching cost this thread (benchmarks read it)
 
     def _watch_loop(self) -> None:
         loop = self.loop
         assert loop is not None
-        threshold_ns = int(self.threshold_s * 1e9)
+        threshold_ns = self._threshold_ns
         interval_ns = int(self.probe_interval_s * 1e9)
         sample_ns = int(self.sample_interval_s * 1e9)
-        sent_ns: int | None = None
         stall: _Stall | None = None
         registered = False
+        was_running = False
+        seen_stopped = False
+        last_stall_end_ns = 0
+        recheck_ns = 0
         while not self._stopping:
             now = _monotonic_ns()
-            running = loop.is_running() and not loop.is_closed()
-            if sent_ns is not None:
-                seq, pong_ns = self._pong
-                if seq == self._seq:
-                    self._stats.add_lag(pong_ns - sent_ns)
-                    if not registered and self._loop_tid is not None:
-                        taskdump.register_loop(loop, self._loop_tid)  # learnt from the probe (uvloop)
-                        registered = True
-                    if stall is not None:
-                        self._finish(stall, pong_ns)
-                        stall = None
-                    sent_ns = None
-                elif not running:
-                    if stall is not None:
-                        self._finish(stall, now)
-                        stall = None
-                    sent_ns = None  # its probe runs, if ever, when the loop runs again
-                elif now - sent_ns >= threshold_ns:
-                    if stall is None:
-                        stall = self._begin(sent_ns, now)
-                    if stall is not None and now >= stall.next_sample_ns:
-                        self._sample(stall, now, sample_ns)
-            if loop.is_closed() and self._exit_when_closed:
-                break
-            if sent_ns is None and running:
-                self._seq += 1
-                sent_ns = _monotonic_ns()
-                try:
-                    loop.call_soon_threadsafe(self._probe, self._seq)
-                except RuntimeError:  # closed meanwhile
-                    sent_ns = None
-            if not running:
+            if not (loop.is_running() and not loop.is_closed()):
+                if stall is not None:
+                    last_stall_end_ns = now
+                    self._finish(stall, now)
+                    stall = None
+                if was_running:
+                    self._epoch += 1  # the pending heartbeat will be late because the loop stopped
+                was_running = False
+                seen_stopped = True
+                if loop.is_closed() and self._exit_when_closed:
+                    break
                 # A stopped loop: wake rarely, unless it is about to start (uvloop's hook runs
                 # just before run_forever); kick() wakes us when it runs again.
                 timeout = self.probe_interval_s if now < self._starting_until_ns else 0.25
+                if self._wake.acquire(True, timeout) and self._stopping:
+                    break
+                continue
+            if not was_running:
+                was_running = True
+                if seen_stopped:  # it runs again: silence counts from now, not from before the stop
+                    self._epoch += 1
+                    self._last_beat_ns = max(self._last_beat_ns, now)
+            if not registered and self._loop_tid is not None and self._beats:
+                taskdump.register_loop(loop, self._loop_tid)  # learnt from the heartbeat (uvloop)
+                registered = True
+            last = self._last_beat_ns
+            if stall is not None:
+                if last > stall.detected_ns:  # a heartbeat ran: the loop came back
+                    last_stall_end_ns = last
+                    self._finish(stall, last)
+                    stall = None
+                elif now >= stall.next_sample_ns:
+                    self._sample(stall, now, sample_ns)
+            late = self._late
+            if late is not None:
+                self._late = None
+                if stall is None and late[1] > last_stall_end_ns:
+                    self._missed(late[0], late[1])  # it ended before we could look (we were starved)
+            if stall is None and now - last >= threshold_ns and now >= recheck_ns:
+                stall, recheck_ns = self._begin(last, now)
+            if stall is not None:
+                wake_ns = min(stall.next_sample_ns, now + interval_ns)
             else:
-                wake_ns = now + interval_ns
-                if sent_ns is not None and stall is None:
-                    wake_ns = min(wake_ns, sent_ns + threshold_ns)
-                elif stall is not None:
-                    wake_ns = min(wake_ns, stall.next_sample_ns)
-                timeout = max(0.0005, (wake_ns - _monotonic_ns()) / 1e9)
+                wake_ns = max(last + threshold_ns, recheck_ns)
+                if wake_ns <= now:
+                    wake_ns = now + interval_ns // 2
+            timeout = max(0.0005, (wake_ns - _monotonic_ns()) / 1e9)
             if self._wake.acquire(True, timeout) and self._stopping:
                 break  # stop() released it (kick() releases it too, to resume a restarted loop)
         if stall is not None:
@@ -503,30 +569,46 @@ class LoopMonitor:
     def kick(self) -> None:
         """Wake the watchdog now (its loop starts running again)."""
         self._starting_until_ns = _monotonic_ns() + 1_000_000_000
+        self._epoch += 1
+        self._last_beat_ns = _monotonic_ns()
         try:
             self._wake.release()
         except RuntimeError:  # already released: it is awake anyway
             pass
 
-    def _begin(self, sent_ns: int, now: int) -> _Stall | None:
+    def _begin(self, last_beat_ns: int, now: int) -> tuple[_Stall | None, int]:
+        """The loop has been silent for ``threshold_s``: a stall, or ``(None, when to look again)``."""
         try:
-            return self._begin_stall(sent_ns, now)
+            return self._begin_stall(last_beat_ns, now)
         except Exception:  # attribute what we can; keep watching
             _log.debug("conctools: could not inspect a stall", exc_info=True)
-            return None
+            return None, now + int(self.probe_interval_s * 1e9)
 
-    def _begin_stall(self, sent_ns: int, now: int) -> _Stall | None:
+    def _begin_stall(self, last_beat_ns: int, now: int) -> tuple[_Stall | None, int]:
         loop = self.loop
+        threshold_ns = self._threshold_ns
+        retry = now + int(self.probe_interval_s * 1e9)
         if loop is None:
-            return None
+            return None, retry
         tid = self._loop_tid or taskdump.loop_thread_id(loop)
         if tid is None:
-            return None
+            return None, retry
         frame = sys._current_frames().get(tid)
-        stall = _Stall(tid, sent_ns, now)
-        start_ns, handle = _batch_start(frame, loop)
-        if start_ns is not None and sent_ns - 10_000_000_000 < start_ns <= now:
-            stall.start_ns = start_ns  # the batch began then, and the loop has not come back since
+        batch_ns, handle = _batch_start(frame, loop)
+        if batch_ns is not None and last_beat_ns - 10_000_000_000 < batch_ns <= now:
+            # asyncio's loops: the running batch began at batch_ns; the stall began then or at
+            # the heartbeat if that ran inside this batch. Exact, so wait until it is long enough.
+            start_ns = max(batch_ns, last_beat_ns)
+            if now - start_ns < threshold_ns:
+                return None, start_ns + threshold_ns
+        elif _is_idle_frame(frame):
+            return None, retry  # in select(): the heartbeat is due any moment
+        else:
+            # Other loops (uvloop): the stall began within one beat interval after the last beat.
+            start_ns = last_beat_ns
+            if now - start_ns < threshold_ns + int(self.probe_interval_s * 1e9):
+                return None, start_ns + threshold_ns + int(self.probe_interval_s * 1e9)
+        stall = _Stall(tid, start_ns, now)
         task = _current_task(loop)
         if task is not None:
             stall.task_name = _task_name(task)
@@ -539,7 +621,7 @@ class LoopMonitor:
             stall.callback = _callback_from_stack(frame)
         stall.samples.append(frames_of(frame) if frame is not None else ())
         stall.next_sample_ns = now + int(self.sample_interval_s * 1e9)
-        return stall
+        return stall, 0
 
     def _sample(self, stall: _Stall, now: int, sample_ns: int) -> None:
         try:
@@ -553,6 +635,13 @@ class LoopMonitor:
             stall.samples = stall.samples[::2]
             stall.sample_every_ns *= 2
         stall.next_sample_ns = now + max(sample_ns, stall.sample_every_ns)
+
+    def _missed(self, sent_ns: int, end_ns: int) -> None:
+        """A stall that ended before the watchdog could look (it did not get the CPU in time)."""
+        tid = self._loop_tid or 0
+        stall = _Stall(tid, sent_ns, end_ns)
+        stall.callback = "<unknown: the stall ended before it could be sampled>"
+        self._finish(stall, end_ns)
 
     def _finish(self, stall: _Stall, end_ns: int) -> None:
         try:
@@ -634,6 +723,11 @@ def _batch_start(frame: FrameType | None, loop: asyncio.AbstractEventLoop) -> tu
         f = f.f_back
         depth += 1
     return None, None
+
+
+def _is_idle_frame(frame: FrameType | None) -> bool:
+    """True when the loop thread sits in ``select()`` (asyncio's loops): idle, not stalled."""
+    return frame is not None and frame.f_code.co_name == "select" and frame.f_code.co_filename.endswith("selectors.py")
 
 
 def _current_task(loop: asyncio.AbstractEventLoop) -> Any:

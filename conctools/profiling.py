@@ -316,6 +316,7 @@ class Profile:
                 yappi.set_tag_callback(None)
                 yappi.set_context_name_callback(None)
                 yappi.clear_stats()
+                self._tagger = None  # it holds the last task it saw
         return self
 
     def __enter__(self) -> Profile:

@@ -40,7 +40,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import pytest
 
@@ -54,6 +54,9 @@ from conctools.events import (
     SlowCallbackEvent,
 )
 from conctools.recorder import Recorder, Snapshot, use_recorder
+
+if TYPE_CHECKING:
+    from conctools.deadlock import DeadlockWatchdog
 
 __all__ = ["ConctoolsFailure", "Settings", "SlowCallbacks"]
 
@@ -653,14 +656,13 @@ class _Runtime:
     """The plugin object registered when conctools is on for some test: the per-test hooks."""
 
     def __init__(self, config: pytest.Config) -> None:
-        self.config = config
         self.base = config.stash[_SETTINGS]
         self.wider_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self.wider_tasks: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
         self.stale_waits: set[tuple[int, str | None, int]] = set()
         self.failures: list[tuple[str, str, list[str]]] = []  # (nodeid, phase, one-line summaries)
         self.current: _TestRun | None = None
-        self.watchdog: Any = None  # the session's DeadlockWatchdog, started by the first test that wants one
+        self.watchdog: DeadlockWatchdog | None = None  # the session's, started by the first test that wants one
         self.interrupt_installed = False
         self.previous_handler: Any = None
         self.exit_status = 0
@@ -958,10 +960,12 @@ def conctools_slow_callbacks(conctools_recorder: Recorder, request: pytest.Fixtu
 
 
 @pytest.fixture
-def conctools_locks(conctools_recorder: Recorder) -> Callable[[], Any]:
-    """A function returning the lock table of the current test (the recorder's ``locks`` section)."""
+def conctools_locks(conctools_recorder: Recorder) -> Callable[[], list[dict[str, Any]]]:
+    """A function returning the current test's lock table: one row per lock class created during the
+    test (name, kind, created_at, acquisitions, contentions, wait and hold percentiles, ...)."""
 
-    def lock_table() -> Any:
-        return conctools_recorder.snapshot().sections.get("locks", [])
+    def lock_table() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = conctools_recorder.snapshot().sections.get("locks", [])
+        return rows
 
     return lock_table

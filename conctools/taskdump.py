@@ -571,6 +571,11 @@ def loop_idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
+def _is_probe(handle: Any) -> bool:
+    """The loop monitor's heartbeat: it wakes the loop but never a task."""
+    return bool(getattr(getattr(handle, "_callback", None), "_conctools_probe", False))
+
+
 def _copy(items: Iterable[Any]) -> list[Any]:
     """``list(items)`` of a container another thread mutates: retry on "changed size"."""
     for _ in range(100):
@@ -589,9 +594,9 @@ def _idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
     selector = getattr(loop, "_selector", None)
     if ready is None or scheduled is None or selector is None:
         return False  # not a BaseEventLoop we can read (uvloop): assume it can wake up
-    if any(not getattr(getattr(h, "_callback", None), "_conctools_probe", False) for h in _copy(ready)):
-        return False  # something is ready to run (the loop monitor's own probes do not count)
-    if any(not h.cancelled() for h in _copy(scheduled)):
+    if any(not _is_probe(h) for h in _copy(ready)):
+        return False  # something is ready to run (the loop monitor's own heartbeat does not count)
+    if any(not h.cancelled() and not _is_probe(h) for h in _copy(scheduled)):
         return False
     if getattr(loop, "_signal_handlers", None):
         return False

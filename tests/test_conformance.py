@@ -24,8 +24,19 @@ from test import lock_tests
 from test.test_asyncio import test_locks as asyncio_lock_tests
 
 import conctools
-from conctools import aio
+from conctools import aio, lockorder
 from conctools.locks import trace_locks
+from conctools.recorder import Histogram
+
+try:  # this module also runs under plain unittest, on interpreters without pytest
+    import pytest
+
+    slow: Any = pytest.mark.slow
+except ImportError:  # pragma: no cover
+
+    def slow(cls: Any) -> Any:
+        return cls
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +47,51 @@ class TracedLockTests(lock_tests.LockTests):
 
 class TracedRLockTests(lock_tests.RLockTests):
     locktype = staticmethod(conctools.RLock)
+
+
+def ordered(cls: Any) -> Any:
+    """A factory making ``cls`` instances in lock-order mode (what ``conctools run`` creates)."""
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        lockorder.enable()
+        try:
+            return cls(*args, **kwargs)
+        finally:
+            lockorder.disable()
+
+    return make
+
+
+def timed(cls: Any) -> Any:
+    """A factory making ``cls`` instances already switched to their timed variant (as after a contention)."""
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        lock = cls(*args, **kwargs)
+        lock._ct_hold = Histogram()
+        lock.__class__ = {conctools.Lock: conctools.locks._TimedLock, conctools.RLock: conctools.locks._TimedRLock}[cls]
+        return lock
+
+    return make
+
+
+class OrderedLockTests(lock_tests.LockTests):
+    locktype = staticmethod(ordered(conctools.Lock))
+
+
+class OrderedRLockTests(lock_tests.RLockTests):
+    locktype = staticmethod(ordered(conctools.RLock))
+
+
+class OrderedConditionTests(lock_tests.ConditionTests):
+    condtype = staticmethod(ordered(conctools.Condition))
+
+
+class TimedLockTests(lock_tests.LockTests):
+    locktype = staticmethod(timed(conctools.Lock))
+
+
+class TimedRLockTests(lock_tests.RLockTests):
+    locktype = staticmethod(timed(conctools.RLock))
 
 
 class TracedEventTests(lock_tests.EventTests):
@@ -113,6 +169,7 @@ def _python313() -> list[str] | None:
     return ["python3"] if out.returncode == 0 and "(3, 13)" in out.stdout else None
 
 
+@slow
 @unittest.skipUnless(os.environ.get("CONCTOOLS_CONFORMANCE_313", "1") == "1", "disabled by the environment")
 class TestOtherInterpreter(unittest.TestCase):
     """The same suites on Python 3.13 (its own copies of lock_tests and test_locks)."""

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,6 +78,10 @@ class TelnetClient:
                 i = end + 2
             else:
                 i += 2
+        # Answer prompt_toolkit's cursor position requests (CPR), as a terminal does: without an
+        # answer it waits for a timeout before every prompt.
+        for _ in range(bytes(out).count(b"\x1b[6n")):
+            self.sock.sendall(b"\x1b[1;1R")
         self.text += _ANSI.sub("", out.decode("utf-8", "replace"))
 
     def read_until(self, marker: str, timeout: float = 15.0, start: int = 0) -> str:
@@ -181,6 +190,54 @@ class TestSecurity:
         )
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and "--allow-remote-console" in proc.stderr
+
+    def test_busy_port_is_an_error_not_a_hang(self) -> None:
+        """A telnet port already in use raises ConsoleError (aiomonitor would fail silently or hang)."""
+        loop = asyncio.new_event_loop()
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            try:
+                with pytest.raises(ConsoleError, match="in use"):
+                    start(loop, port=port, webui_port=0, console_port=free_port())
+            finally:
+                loop.close()
+
+
+class TestServeConsole:
+    """``conctools serve`` starts the console by default and stops everything on SIGTERM."""
+
+    def test_serve_with_console_then_sigterm(self, tmp_path: Path) -> None:
+        """The served app answers, the console shows its locks, SIGTERM writes the report and exits 0."""
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conctools", "serve", "--port", "0", "--console-port", str(port),
+             "--out", str(tmp_path), "--no-report"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().split("listening on ", 1)[1].split()[0]
+            assert "console on telnet 127.0.0.1" in proc.stdout.readline()
+            with urllib.request.urlopen(url + "/counter", data=b"", timeout=10) as resp:
+                assert json.loads(resp.read()) == {"count": 1}
+            client = TelnetClient(port)
+            try:
+                client.read_until("conctools >>>")
+                client.command("locks", "Held or awaited now")
+                client.command("ps", "Task ID")
+            finally:
+                client.close()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert (tmp_path / "report.json").exists() and (tmp_path / "report.txt").exists()
+        spans = json.loads((tmp_path / "report.json").read_text())["spans"]
+        assert "POST /counter" in {s["name"] for s in spans}
 
 
 class TestCommands:

@@ -360,6 +360,36 @@ class TestWatchdogFindsDeadlocks:
         assert ("reporter", None) in who
         assert any(task == "reload-config" for _, task in who)
 
+    def test_semaphore_and_lock(self, found: list[DeadlockEvent]) -> None:
+        """A thread holding the only permit of a Semaphore waits on a lock whose holder wants a permit."""
+        sem, lock = conctools.Semaphore(1, name="permits"), conctools.Lock(name="table")
+        both = threading.Barrier(2)
+
+        def a() -> None:
+            with sem:
+                both.wait()
+                with lock:
+                    pass
+
+        def b() -> None:
+            lock.acquire()
+            both.wait()
+            with sem:
+                pass
+            release_quietly(lock)
+
+        threads = [threading.Thread(target=a, name="A", daemon=True), threading.Thread(target=b, name="B", daemon=True)]
+        with dl.watch_deadlocks(timeout_s=0.3, on_deadlock=found.append):
+            for t in threads:
+                t.start()
+            assert wait_until(lambda: bool(found))
+            lock.release()
+            for t in threads:
+                t.join(30)
+        assert len(found) == 1
+        waits = {p.thread_name: p.waits_for for p in found[0].participants}
+        assert waits == {"A": "Lock 'table'", "B": "Semaphore 'permits'"}
+
     def test_rlock_reentry_is_not_a_deadlock(self, found: list[DeadlockEvent]) -> None:
         """Re-entering an RLock, and waiting on an RLock held by a thread that is not stuck, are fine."""
         r = conctools.RLock(name="r")

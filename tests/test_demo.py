@@ -73,3 +73,8 @@ class TestDemoCommand:
         assert report["meta"]["bugs"] == ["blocking", "contention", "inversion"]
         marks = [e for e in report["events"] if e["kind"] == "mark" and e["name"] == "locust.latency"]
         assert marks, "Locust's latencies are not on the server's timeline"
+        assert "lock contention: 'counter'" in text, text
+        if (out / "trace.json").exists():  # written once the trace reporter is installed
+            trace = json.loads((out / "trace.json").read_text())
+            events = trace["traceEvents"] if isinstance(trace, dict) else trace
+            assert any(e.get("ph") == "C" and e.get("name") == "Locust latency (ms)" for e in events)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import queue
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -263,18 +265,19 @@ class TestTracedHangs:
 
         async def one(other: str) -> None:
             await asyncio.sleep(0)
-            await box[other]
+            await asyncio.wait([box[other]])  # unlike `await task`, a cancel does not recurse around the cycle
 
         async def main() -> None:
             box["a"] = asyncio.create_task(one("b"), name="A")
             box["b"] = asyncio.create_task(one("a"), name="B")
             await asyncio.wait([box["a"], box["b"]])
+            await asyncio.gather(*box.values(), return_exceptions=True)
 
         loop_box: list[asyncio.AbstractEventLoop] = []
 
         def release(_: HangEvent) -> None:
             loop = loop_box[0]
-            loop.call_soon_threadsafe(lambda: [t.cancel() for t in box.values()])
+            loop.call_soon_threadsafe(box["a"].cancel)
 
         async def runner() -> None:
             loop_box.append(asyncio.get_running_loop())
@@ -285,6 +288,87 @@ class TestTracedHangs:
         assert len(wd.hangs) == 1
         reason = wd.hangs[0].reason
         assert "await cycle: 'A' -> 'B' -> 'A'" in reason or "await cycle: 'B' -> 'A' -> 'B'" in reason
+
+
+@pytest.mark.timeout(60)
+class TestUntracedLocks:
+    """Without trace_locks(), a wait on a plain threading.Lock/RLock is recognised from the bytecode."""
+
+    def test_abba_on_plain_locks_is_a_hang(self) -> None:
+        """Two threads deadlocked on untraced locks: reported as a hang naming each lock expression."""
+        first, second = threading.Lock(), threading.Lock()
+        both = threading.Barrier(2)
+
+        def one() -> None:
+            with first:
+                both.wait()
+                with second:
+                    pass
+
+        def two() -> None:
+            second.acquire()
+            both.wait()
+            first.acquire()
+            first.release()
+            try:
+                second.release()
+            except RuntimeError:  # released by the test to break the deadlock
+                pass
+
+        threads = [threading.Thread(target=one, name="one"), threading.Thread(target=two, name="two")]
+        for t in threads:
+            t.start()
+        with watch(lambda e: second.release()) as wd:
+            for t in threads:
+                t.join()
+        assert len(wd.hangs) == 1
+        assert by_thread(wd.hangs[0], "one").waits_on == "threading.Lock 'second' (untraced, locked)"
+        assert by_thread(wd.hangs[0], "two").waits_on == "threading.Lock 'first' (untraced, locked)"
+
+    def test_rlock_attribute_names_its_owner(self) -> None:
+        """`obj._lock.acquire()` on an RLock another thread holds: the expression and the owner."""
+
+        class Store:
+            def __init__(self) -> None:
+                self._lock = threading.RLock()
+
+        store = Store()
+        ev = threading.Event()
+
+        def owner() -> None:
+            with store._lock:
+                ev.wait()
+
+        def waiter() -> None:
+            store._lock.acquire()
+            store._lock.release()
+
+        threads = [threading.Thread(target=owner, name="owner"), threading.Thread(target=waiter, name="waiter")]
+        threads[0].start()
+        time.sleep(0.05)
+        threads[1].start()
+        with watch(lambda e: ev.set()) as wd:
+            for t in threads:
+                t.join()
+        assert (
+            by_thread(wd.hangs[0], "waiter").waits_on
+            == "threading.RLock 'store._lock' (untraced) held by thread 'owner'"
+        )
+
+    def test_acquire_with_a_timeout_is_not_a_hang(self) -> None:
+        """lock.acquire(timeout=...) on a locked plain Lock will end by itself."""
+        lock = threading.Lock()
+        lock.acquire()
+
+        def patient() -> None:
+            lock.acquire(True, TIMEOUT_S * 4)
+
+        t = threading.Thread(target=patient, name="patient")
+        t.start()
+        with watch(lambda e: None) as wd:
+            t.join()
+        lock.release()
+        assert wd.hangs == []
 
 
 @pytest.mark.timeout(60)
@@ -369,6 +453,23 @@ class TestNoFalseAlarms:
 
         with watch(lambda e: None) as wd:
             asyncio.run(main())
+        assert wd.hangs == []
+
+    def test_waiting_for_a_signal_handler(self) -> None:
+        """Everyone waits, but a SIGTERM handler would set the Event: a parked server, not a hang."""
+        ev = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: ev.set())
+        t = threading.Thread(target=ev.wait, name="until-sigterm")
+        t.start()
+        killer = subprocess.Popen(
+            [sys.executable, "-c", f"import os, time; time.sleep({TIMEOUT_S * 4}); os.kill({os.getpid()}, 15)"]
+        )
+        try:
+            with watch(lambda e: None) as wd:
+                t.join()
+        finally:
+            killer.wait(timeout=30)
+            signal.signal(signal.SIGTERM, previous)
         assert wd.hangs == []
 
     def test_idle_pool_workers_while_main_runs(self) -> None:

@@ -97,6 +97,18 @@ class TestPage:
         assert {"locks", "profile"} <= set(data["sections"])
         assert {r["lock"] for r in data["lock_waits"]} == {HOSTILE, QUOTES}
 
+    def test_slices_capped_longest_kept(self, rich: Snapshot, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Past MAX_SLICES the page keeps the longest slices and says how many it left out."""
+        import conctools.reporting.html as html_module
+
+        full = html_data(rich)["timeline"]["slices"]
+        monkeypatch.setattr(html_module, "MAX_SLICES", 3)
+        data = html_data(rich)
+        kept = data["timeline"]["slices"]
+        assert len(kept) == 3 and data["meta"]["truncated_slices"] == len(full) - 3
+        assert sorted(s[2] for s in kept) == sorted(s[2] for s in full)[-3:]
+        assert [s[1] for s in kept] == sorted(s[1] for s in kept)
+
     def test_empty_snapshot(self, recorder: Recorder) -> None:
         """A run with nothing recorded still renders a page."""
         page = render_html(recorder.snapshot())
@@ -143,6 +155,51 @@ class TestChromium:
         assert "&lt;img src=x onerror=alert(1)&gt;" in dom
         assert "&lt;/script&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in dom
         assert "<table>" in dom and "<canvas" in dom
+
+    def test_tables_sort_and_timeline_hovers(self, rich: Snapshot, tmp_path: Path) -> None:
+        """Clicking a header sorts (numbers as numbers, both ways); hovering a slice shows its details."""
+        page = render_html(rich)
+        # The probe is a second inline script, so the page's hash-pinned CSP has to go for this test.
+        page = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page)
+        probe = """<script>
+        (function () {
+          var out = {};
+          var table = document.querySelector("#tables table");
+          var th = Array.prototype.find.call(table.querySelectorAll("th"), function (h) {
+            return h.textContent === "total";
+          });
+          function first() {
+            return Array.prototype.map.call(table.tBodies[0].rows, function (r) { return r.cells[0].textContent; });
+          }
+          th.click(); out.asc = first();
+          th.click(); out.desc = first();
+          var canvas = document.getElementById("timeline"), tip = document.getElementById("tip");
+          var rect = canvas.getBoundingClientRect();
+          out.tip = "";
+          for (var y = 32; y < rect.height && !out.tip; y += 20) {
+            for (var x = 240; x < rect.width && !out.tip; x += 3) {
+              canvas.dispatchEvent(new MouseEvent("mousemove", {clientX: rect.left + x, clientY: rect.top + y}));
+              if (!tip.hidden) out.tip = tip.textContent;
+            }
+          }
+          var wheel = {deltaY: -100, clientX: rect.left + 400, clientY: rect.top + 40};
+          canvas.dispatchEvent(new WheelEvent("wheel", wheel));
+          document.body.setAttribute("data-probe", JSON.stringify(out));
+        })();
+        </script></body>"""
+        page = page.replace("</body>", probe)
+        path = tmp_path / "probe.html"
+        path.write_text(page, encoding="utf-8")
+        result = chromium(["--dump-dom", "--window-size=1280,1000", path.as_uri()], tmp_path)
+        assert console_lines(result.stderr) == []
+        m = re.search(r'data-probe="([^"]*)"', result.stdout)
+        assert m is not None, result.stdout[-2000:]
+        import html as html_module
+
+        out = json.loads(html_module.unescape(m.group(1)))
+        assert out["asc"] == [QUOTES, HOSTILE]  # 1 ms before 2 ms
+        assert out["desc"] == [HOSTILE, QUOTES]
+        assert "took" in out["tip"] and "start" in out["tip"]
 
     def test_screenshot_shows_the_timeline(self, rich: Snapshot, tmp_path: Path) -> None:
         """A headless screenshot of the page is a real picture (not a blank page)."""

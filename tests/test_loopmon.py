@@ -25,11 +25,13 @@ from conctools.reporting import render_text
 from conctools.reporting.loop_text import slow_callbacks_section
 
 HERE = __file__
-THRESHOLD = 0.05
+THRESHOLD = 0.1
 
 
 def stalls(rec: Recorder) -> list[SlowCallbackEvent]:
-    return rec.snapshot().of_kind(SlowCallbackEvent)
+    """The sampled stalls (on a loaded machine the loop thread itself may be starved past the
+    threshold; such stalls are recorded without samples and are not what these tests look for)."""
+    return [e for e in rec.snapshot().of_kind(SlowCallbackEvent) if e.samples]
 
 
 def line_of(fn: Callable[..., Any], text: str) -> int:
@@ -156,6 +158,18 @@ class TestStallCulprits:
         lag = recorder.snapshot().sections["slow_callbacks"]["loop_lag"]
         assert lag["count"] > 0
 
+    def test_stall_in_progress_when_the_monitor_stops(self, recorder: Recorder) -> None:
+        """A stall still running when the monitor stops is recorded with its duration so far."""
+
+        async def main() -> int:
+            async with watch_loop(threshold_s=THRESHOLD) as monitor:
+                time.sleep(0.3)
+            return monitor.stalls
+
+        assert asyncio.run(main()) == 1
+        [event] = stalls(recorder)
+        assert event.duration_s >= 0.25
+
     def test_long_stall_is_sampled_repeatedly(self, recorder: Recorder) -> None:
         """A long stall gets several stack samples, bounded by max_samples."""
 
@@ -173,17 +187,18 @@ class TestAggregates:
 
         async def main() -> None:
             for _ in range(3):
-                time.sleep(0.15)  # repeated site
-                await asyncio.sleep(0.02)
-            spin(0.1)
+                time.sleep(0.25)  # repeated site
+                await asyncio.sleep(0.05)
+            spin(0.25)
+            await asyncio.sleep(0.05)
 
         run_monitored(main)
         section = recorder.snapshot().sections["slow_callbacks"]
-        assert section["stalls"] == 4
+        assert section["stalls"] >= 4
         top = section["sites"][0]
         assert top["site"] == f"{HERE}:{line_of(main, 'repeated site')}"
         assert top["count"] == 3
-        assert top["total_s"] >= 0.4 and top["max_s"] <= top["total_s"]
+        assert top["total_s"] >= 0.6 and top["max_s"] <= top["total_s"]
         assert top["p99_s"] <= top["max_s"]
         assert section["sites"][1]["function"] == "spin"
         json.dumps(section)  # JSON-able
@@ -193,6 +208,7 @@ class TestAggregates:
 
         async def main() -> None:
             await asyncio.create_task(sleepy_coroutine(), name="sleepy")
+            await asyncio.sleep(0.1)  # a few heartbeats for the loop-lag line
 
         run_monitored(main)
         text = render_text(recorder.snapshot())
@@ -205,7 +221,7 @@ class TestAggregates:
         """A snapshot with events but no section (an old or trimmed report) still renders the table."""
 
         async def main() -> None:
-            time.sleep(0.2)
+            time.sleep(0.3)
 
         run_monitored(main)
         snap = recorder.snapshot()
@@ -217,7 +233,7 @@ class TestAggregates:
         """SlowCallbackEvent (and its samples) survive the JSON round trip."""
 
         async def main() -> None:
-            time.sleep(0.2)
+            time.sleep(0.3)
 
         run_monitored(main)
         [event] = stalls(recorder)
@@ -288,7 +304,7 @@ class TestLoopsAndThreads:
 
         async def main() -> None:
             async with watch_loop(threshold_s=THRESHOLD) as inner:
-                time.sleep(0.2)
+                time.sleep(0.3)
             return inner.stalls
 
         assert run_monitored(main) == 0

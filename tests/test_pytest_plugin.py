@@ -47,6 +47,13 @@ def outcomes(result: pytest.RunResult) -> dict[str, str]:
 class TestInert:
     """Without --conctools, ini or marker the plugin does nothing at all."""
 
+    def test_registered_as_pytest11_entry_point(self) -> None:
+        """The installed distribution declares the plugin, so pytest loads it with no conftest line."""
+        from importlib.metadata import entry_points
+
+        found = {ep.name: ep.value for ep in entry_points(group="pytest11")}
+        assert found.get("conctools") == "conctools.pytest_plugin"
+
     def test_off_by_default_nothing_patched_nothing_started(self, pytester: pytest.Pytester) -> None:
         """A leaking, loop-blocking test passes and sees stdlib untouched and no conctools thread."""
         pytester.makepyfile(
@@ -96,6 +103,46 @@ class TestInert:
         assert outcomes(result) == {"test_marked_leaks": "PASSEDERROR", "test_unmarked_leaks": "PASSED"}
         result.stdout.fnmatch_lines(["*Leaked threads (1)*", "*thread 'marked-leak'*"])
         assert "unmarked-leak" not in result.stdout.str()
+
+    def test_everything_restored_after_each_test(self, pytester: pytest.Pytester) -> None:
+        """With --conctools, factories and hooks are the stdlib's again between tests (seen from a test with
+        the marker off), and after the session the signal handler and watchdog thread are gone too."""
+        pytester.makeconftest(
+            """
+            import asyncio, asyncio.runners, atexit, signal, sys, threading
+
+            def state():
+                handlers = [s for s in signal.valid_signals()
+                            if "conctools" in (getattr(signal.getsignal(s), "__module__", None) or "")]
+                threads = [t.name for t in threading.enumerate() if t.name.startswith("conctools-")]
+                return (threading.Lock, asyncio.Lock, asyncio.events._set_running_loop,
+                        asyncio.runners._cancel_all_tasks, sys.getprofile(), sys.gettrace(), handlers, threads)
+
+            BEFORE = state()
+            atexit.register(lambda: print("RESTORED" if state() == BEFORE else f"LEFT {state()} != {BEFORE}"))
+            """
+        )
+        pytester.makepyfile(
+            test_restore="""
+            import asyncio, threading, pytest
+
+            def test_locks_and_loops():
+                with threading.Lock():
+                    asyncio.run(asyncio.sleep(0))
+
+            @pytest.mark.conctools(enabled=False)
+            def test_off_in_between():
+                from conftest import BEFORE, state
+                now = state()
+                assert now[:6] == BEFORE[:6]
+
+            def test_again():
+                asyncio.run(asyncio.sleep(0))
+            """
+        )
+        result = run(pytester, "-rA", "--conctools")
+        result.assert_outcomes(passed=3)
+        result.stdout.fnmatch_lines(["RESTORED"])
 
 
 SETTINGS_PROBE = """
@@ -612,7 +659,7 @@ class TestFixtures:
     """The fixtures expose the current test's recorder, lock table and slow callbacks."""
 
     def test_fixtures(self, pytester: pytest.Pytester) -> None:
-        """Users assert on slow callbacks themselves; clear() keeps expected ones from failing the test."""
+        """Users assert on their recorder, lock table and slow callbacks; clear() makes stalls expected."""
         pytester.makepyfile(
             test_fixtures="""
             import asyncio, time
@@ -637,11 +684,17 @@ class TestFixtures:
                 assert list(conctools_slow_callbacks) == []
 
             def test_lock_table(conctools_locks):
-                assert isinstance(conctools_locks(), (list, dict))
+                import threading
+                lock = threading.Lock()
+                for _ in range(3):
+                    with lock:
+                        pass
+                rows = [r for r in conctools_locks() if "test_fixtures.py" in r["created_at"]]
+                assert [(r["kind"], r["acquisitions"]) for r in rows] == [("Lock", 3)]
             """
         )
         result = run(pytester, "-rA", "--conctools")
-        result.assert_outcomes(passed=5)
+        result.assert_outcomes(passed=4)
 
     def test_recorder_without_conctools(self, pytester: pytest.Pytester) -> None:
         """With conctools off, conctools_recorder is a fresh recorder made current for the test."""

@@ -208,3 +208,29 @@ class TestRealLocks:
         assert wait["args"]["lock"] == "<b>shared</b>" and wait["dur"] >= 20_000
         flow = {e["ph"]: e for e in events if e["ph"] in ("s", "f")}
         assert tid_name[flow["s"]["tid"]] == "holder-thread" and tid_name[flow["f"]["tid"]] == "waiter-thread"
+
+    def test_hold_ends_at_the_next_acquisition(self, recorder: Recorder) -> None:
+        """Two waiters saw the same holder: its hold ends when the first got the lock, with one arrow."""
+
+        def wait(name: str, start_ms: int, wait_ms: int) -> LockWaitEvent:
+            return LockWaitEvent(
+                ts_ns=recorder.started_ns + start_ms * 1_000_000,
+                thread_id=hash(name) & 0xFFFF,
+                thread_name=name,
+                lock_id=9,
+                lock_name="L",
+                lock_kind="Lock",
+                wait_s=wait_ms / 1000,
+                acquired=True,
+                holder="thread 'H'",
+                site="x.py:1",
+            )
+
+        recorder.record(wait("W1", 0, 10))
+        recorder.record(wait("W2", 2, 18))
+        events = validate({"traceEvents": trace_events(recorder.snapshot())})
+        tid_name = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
+        holds = [e for e in events if e.get("cat") == "lock_hold"]
+        assert [(tid_name[h["tid"]], h["ts"], h["dur"]) for h in holds] == [("H", 0.0, 10_000.0)]
+        flows = [e for e in events if e["ph"] in ("s", "f")]
+        assert sorted((e["ph"], tid_name[e["tid"]]) for e in flows) == [("f", "W1"), ("s", "H")]

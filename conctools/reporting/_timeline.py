@@ -12,6 +12,7 @@ the thing began, as ``docs/report-schema.md`` documents.
 from __future__ import annotations
 
 import ast
+import bisect
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ class _Builder:
         self.flows: list[Flow] = []
         self.counters: list[Counter] = []
         self.prev_sample: ResourceSampleEvent | None = None
-        self.handoffs: list[tuple[LockWaitEvent, Slice]] = []
+        self.acquired: list[tuple[LockWaitEvent, Slice]] = []
         self.key_cache: dict[tuple[int, str, str | None], TrackKey] = {}
 
     def us(self, ts_ns: int) -> float:
@@ -230,6 +231,7 @@ class _Builder:
             name=f"wait {e.lock_name}",
             cat="lock_wait",
             args={
+                "waiter": e.who,
                 "lock": e.lock_name,
                 "kind": e.lock_kind,
                 "wait_s": e.wait_s,
@@ -239,26 +241,46 @@ class _Builder:
             },
         )
         self.slices.append(wait)
-        if e.acquired and e.holder:
-            self.handoffs.append((e, wait))
+        if e.acquired:
+            self.acquired.append((e, wait))
 
-    def handoff(self, e: LockWaitEvent, wait: Slice) -> None:
-        """The holder held the lock at least while ``wait`` waited: draw that, and an arrow from
-        its release to the waiter's acquisition (after every event is in, so tracks are known)."""
-        assert e.holder is not None
-        holder = self.holder_key(e.holder)
-        if holder is None or holder == wait.key:
-            return
-        hold = Slice(
-            key=holder,
-            start_us=wait.start_us,
-            dur_us=wait.dur_us,
-            name=f"holds {e.lock_name}",
-            cat="lock_hold",
-            args={"lock": e.lock_name, "next": e.who},
-        )
-        self.slices.append(hold)
-        self.flows.append(Flow(id=len(self.flows) + 1, name=f"handoff {e.lock_name}", source=hold, target=wait))
+    def handoffs(self) -> None:
+        """Holds and hand-off arrows, inferred from the waits (after every event is in, so tracks are known).
+
+        A waiter names the holder it found when its wait began. That holder kept the lock until
+        the next acquisition of the same lock (this waiter's, or an earlier one's): that is its
+        hold, and the arrow goes from its release to whoever acquired then.
+        """
+        acquired_at: dict[int, dict[float, Slice]] = {}
+        for e, wait in self.acquired:
+            acquired_at.setdefault(e.lock_id, {})[wait.start_us + wait.dur_us] = wait
+        ends = {lock: sorted(by_end) for lock, by_end in acquired_at.items()}
+        holds: dict[tuple[TrackKey, int, float], Slice] = {}
+        for e, wait in self.acquired:
+            if not e.holder:
+                continue
+            holder = self.holder_key(e.holder)
+            lock_ends = ends[e.lock_id]
+            release = lock_ends[bisect.bisect_right(lock_ends, wait.start_us)]
+            target = acquired_at[e.lock_id][release]
+            if holder is None or holder == target.key:
+                continue
+            key = (holder, e.lock_id, release)
+            hold = holds.get(key)
+            if hold is not None:
+                if wait.start_us < hold.start_us:  # an earlier waiter saw the same hold begin earlier
+                    hold.dur_us, hold.start_us = round(release - wait.start_us, 3), wait.start_us
+                continue
+            hold = holds[key] = Slice(
+                key=holder,
+                start_us=wait.start_us,
+                dur_us=round(release - wait.start_us, 3),
+                name=f"holds {e.lock_name}",
+                cat="lock_hold",
+                args={"lock": e.lock_name, "next": target.args.get("waiter")},
+            )
+            self.slices.append(hold)
+            self.flows.append(Flow(id=len(self.flows) + 1, name=f"handoff {e.lock_name}", source=hold, target=target))
 
     def slow_callback(self, e: SlowCallbackEvent) -> None:
         # The whole loop was blocked: the slice goes on the loop's thread, not on a task.
@@ -308,8 +330,7 @@ class _Builder:
             )
 
     def finish(self) -> Timeline:
-        for e, wait in self.handoffs:
-            self.handoff(e, wait)
+        self.handoffs()
         # Lanes: place slices (earliest first, longest first on ties) into the first lane of
         # their track where they nest, so no lane ever holds two partially overlapping slices.
         lanes: dict[TrackKey, list[list[float]]] = {}

@@ -142,7 +142,7 @@ class SampleService:
             max_workers=options.thread_workers, thread_name_prefix="cache-pool"
         )
         self._procs: concurrent.futures.ProcessPoolExecutor | None = None
-        self._warmup: asyncio.Future[int] | None = None
+        self._procs_guard = _thread.allocate_lock()  # two first /cpu requests must not make two pools
         self._instruments = Instruments(options.instruments) if options.instrument else None
         self.instruments_running: list[str] = []
 
@@ -156,19 +156,21 @@ class SampleService:
         if self._instruments is not None:
             self.instruments_running = self._instruments.start()
         if self.options.prewarm:
-            # Start the process pool's workers now: spawning them takes seconds, not a request's job.
-            self._warmup = asyncio.get_running_loop().run_in_executor(self._process_pool(), count_primes, 2)
+            # Start the process pool's workers before serving: spawning them takes seconds, which
+            # must not land on the first /cpu requests' latency.
+            # The first submit spawns the workers synchronously (~100+ ms): not on the loop.
+            first = await asyncio.to_thread(self._process_pool().submit, count_primes, 2)
+            await asyncio.wrap_future(first)
 
     async def cleanup(self, app: web.Application) -> None:
         """Stop consumers, pools and instruments."""
         for task in self._consumers:
             task.cancel()
         await asyncio.gather(*self._consumers, return_exceptions=True)
-        if self._warmup is not None:
-            await asyncio.gather(self._warmup, return_exceptions=True)
-        self._threads.shutdown(wait=True, cancel_futures=True)
+        # Joining pool threads and worker processes blocks: do it off the loop.
+        await asyncio.to_thread(self._threads.shutdown, wait=True, cancel_futures=True)
         if self._procs is not None:
-            self._procs.shutdown(wait=True, cancel_futures=True)
+            await asyncio.to_thread(self._procs.shutdown, wait=True, cancel_futures=True)
         if self._instruments is not None:
             self._instruments.stop()
 
@@ -200,7 +202,11 @@ class SampleService:
     async def cpu(self, request: web.Request) -> web.Response:
         """CPU work in the process pool: the loop stays free while a worker process computes."""
         n = _int_arg(request, "n", 20_000, 2, 200_000)
-        primes = await asyncio.get_running_loop().run_in_executor(self._process_pool(), count_primes, n)
+        if self._procs is None:  # the first submit spawns the workers: keep that off the loop
+            future = await asyncio.to_thread(self._process_pool().submit, count_primes, n)
+            primes = await asyncio.wrap_future(future)
+        else:
+            primes = await asyncio.get_running_loop().run_in_executor(self._procs, count_primes, n)
         return web.json_response({"n": n, "primes": primes})
 
     async def blocking(self, request: web.Request) -> web.Response:
@@ -306,12 +312,13 @@ class SampleService:
 
     # ---- the work behind the endpoints ----
     def _process_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._procs is None:
-            # spawn: forking a process that runs threads (pools, conctools' watchdogs) is unsafe.
-            self._procs = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.options.cpu_workers, mp_context=multiprocessing.get_context("spawn")
-            )
-        return self._procs
+        with self._procs_guard:
+            if self._procs is None:
+                # spawn: forking a process that runs threads (pools, conctools' watchdogs) is unsafe.
+                self._procs = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=self.options.cpu_workers, mp_context=multiprocessing.get_context("spawn")
+                )
+            return self._procs
 
     async def _store_write(self, value: int) -> None:
         await asyncio.sleep(STORE_WRITE_S)

@@ -44,7 +44,8 @@ def check_console_host(config: ServeConfig) -> None:
     """Raise :class:`~conctools.console.ConsoleError` before anything starts if the console host is refused."""
     if not config.console:
         return
-    from conctools.console import ConsoleError, is_loopback
+    from conctools._net import is_loopback
+    from conctools.console import ConsoleError
 
     if not is_loopback(config.console_host) and not config.allow_remote_console:
         raise ConsoleError(
