@@ -5,7 +5,8 @@ ping-pong. Configurations, interleaved round by round in one process so machine 
 them alike: plain asyncio, ``conctools.watch_loop`` (threshold 0.1 s), the same with
 blocking-call detection, asyncio debug mode (slow_callback_duration 0.1 s), and aiodebug's
 slow-callback logger (the best cheap peer: it wraps ``Handle._run``), and the design we did
-not take (a hook timestamping every ``select()``), for comparison. CPU time is
+not take (a hook timestamping every ``select()``, and a thread pinging the loop with
+``call_soon_threadsafe``), for comparison. CPU time is
 ``time.process_time()`` (every thread, so the watchdog's own work counts). Prints the median
 per configuration and its ratio to plain asyncio, then the detection latency on real stalls.
 
@@ -147,37 +148,77 @@ def intrinsic_cost(rounds: int = 5) -> None:
         probes += n
 
     async def probe_cost(n: int = 20_000) -> float:
+        """CPU per heartbeat: a chain of call_later timers, as the monitor runs them."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         count = [0]
 
-        def probe() -> None:
+        def beat() -> None:
             count[0] += 1
             if count[0] == n:
                 done.set_result(None)
+            else:
+                loop.call_later(0, beat)
 
         t0 = time.process_time()
-        for _ in range(n):
-            loop.call_soon_threadsafe(probe)
+        loop.call_later(0, beat)
         await done
         return (time.process_time() - t0) / n
 
     per_probe = asyncio.run(probe_cost())
     total = watchdog_s + probes * per_probe
     print(
-        f"intrinsic: watchdog thread {watchdog_s / rounds * 1e3:.2f} ms CPU and {probes / rounds:.0f} probes"
+        f"intrinsic: watchdog thread {watchdog_s / rounds * 1e3:.2f} ms CPU and {probes / rounds:.0f} heartbeats"
         f" x {per_probe * 1e6:.1f} µs per workload run of {wall_s / rounds * 1e3:.0f} ms wall"
         f" = {total / wall_s * 100:.2f}% of one core"
     )
 
 
-def detection_latency(stalls: int = 8, threshold_s: float = 0.1, stall_s: float = 0.3) -> None:
-    """Block the loop ``stalls`` times and print how late each stall was noticed and how well it was measured."""
+def _run_cross_thread_probe() -> None:
+    """The first design, measured: a thread pinging the loop with call_soon_threadsafe every 20 ms."""
+    import _thread
+    import threading
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = [False]
+        wake = _thread.allocate_lock()
+        wake.acquire()
+
+        def pinger() -> None:
+            while not stop[0]:
+                loop.call_soon_threadsafe(lambda: None)
+                wake.acquire(True, 0.02)
+
+        thread = threading.Thread(target=pinger, daemon=True)
+        thread.start()
+        try:
+            await workload()
+        finally:
+            stop[0] = True
+            wake.release()
+            thread.join()
+
+    asyncio.run(main())
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def detection_latency(stalls: int = 8, threshold_s: float = 0.1, stall_s: float = 0.3, cpu: bool = False) -> None:
+    """Block the loop ``stalls`` times (``time.sleep``, or a CPU loop holding the GIL) and print
+    how late each stall was noticed and how well its duration was measured."""
 
     async def main() -> None:
         async with watch_loop(threshold_s=threshold_s):
             for _ in range(stalls):
-                time.sleep(stall_s)
+                if cpu:
+                    _spin(stall_s)
+                else:
+                    time.sleep(stall_s)
                 await asyncio.sleep(0.05)
 
     with use_recorder() as rec:
@@ -186,7 +227,8 @@ def detection_latency(stalls: int = 8, threshold_s: float = 0.1, stall_s: float 
     late = sorted((e.detected_after_s or 0.0) - threshold_s for e in events)
     error = sorted(abs(e.duration_s - stall_s) for e in events)
     print(
-        f"detection: {len(events)}/{stalls} stalls of {stall_s * 1e3:.0f} ms found"
+        f"detection ({'CPU loop' if cpu else 'time.sleep'}): {len(events)}/{stalls} stalls"
+        f" of {stall_s * 1e3:.0f} ms found"
         f" (threshold {threshold_s * 1e3:.0f} ms);"
         f" noticed threshold + {statistics.median(late) * 1e3:.1f} ms median, + {late[-1] * 1e3:.1f} ms worst;"
         f" duration error median {statistics.median(error) * 1e3:.2f} ms, worst {error[-1] * 1e3:.2f} ms"
@@ -203,13 +245,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--debug-rounds", type=int, default=2, help="rounds of asyncio debug mode (~15x slower)")
+    parser.add_argument("--latency-only", action="store_true", help="only measure detection latency")
     ns = parser.parse_args()
+    if ns.latency_only:
+        detection_latency()
+        detection_latency(cpu=True)
+        return
     configs: dict[str, Callable[[], None]] = {
         "plain asyncio": _run_plain,
         "conctools watch_loop": _run_monitor,
         "watch_loop + detect_blocking": _run_monitor_blocking,
         "aiodebug slow callbacks": _run_aiodebug,
         "(alternative) select() hook": _run_select_hook,
+        "(alternative) cross-thread probe": _run_cross_thread_probe,
     }
     try:
         import aiodebug  # noqa: F401
@@ -240,6 +288,7 @@ def main() -> None:
         )
     intrinsic_cost()
     detection_latency()
+    detection_latency(cpu=True)
 
 
 if __name__ == "__main__":

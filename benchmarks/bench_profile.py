@@ -30,7 +30,7 @@ import yappi
 import conctools
 from conctools.recorder import Recorder, use_recorder
 
-REPEATS = 7
+REPEATS = 11
 
 
 def fib(n: int) -> int:

@@ -89,9 +89,7 @@ def _cpu_s(p: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
-def run_wrk(
-    server: Server, seconds: float, script: Path | None, connections: int
-) -> tuple[float, float, float, float]:
+def run_wrk(server: Server, seconds: float, script: Path | None, connections: int) -> tuple[float, float, float, float]:
     """One wrk run: (requests/s, server CPU %, wrk CPU %, server CPU µs per request)."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s"]
     if script is not None:

@@ -35,6 +35,7 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # people must see in stacks and culprits, so it never counts as conctools' own code.
 _SAMPLE_DIR = _PKG_DIR + "server" + os.sep
 
+
 def _own_prefixes() -> tuple[str, ...]:
     """Path prefixes of conctools' own code: every entry of the package but the sample server."""
     try:

@@ -98,6 +98,7 @@ def _base_state(prim: Any, holders: tuple[Party, ...]) -> PrimitiveState:
 
 def _init(prim: Any, kind: str, name: str | None) -> None:
     prim._ct_held = None
+    prim._ct_progress = 0  # notify/set/pass count (watchdog progress), not acquisitions
     _register(prim, kind, name, _getframe(2))
 
 
@@ -254,7 +255,7 @@ class Event(asyncio.Event, _TracedAttrs):
     def set(self) -> None:
         """Set the event and wake every waiter."""
         super().set()
-        self._ct_n += 1
+        self._ct_progress += 1
         registry.note_progress()
 
     def __del__(self) -> None:
@@ -264,7 +265,7 @@ class Event(asyncio.Event, _TracedAttrs):
         return _base_state(self, ())
 
     def _conctools_progress(self) -> int:
-        return int(self._ct_n)
+        return int(self._ct_progress)
 
 
 # -- Condition ---------------------------------------------------------------------------
@@ -293,7 +294,7 @@ class Condition(asyncio.Condition, _TracedAttrs):
     def notify(self, n: int = 1) -> None:
         """Wake up to ``n`` waiters, as ``asyncio.Condition.notify``."""
         super().notify(n)
-        self._ct_n += 1
+        self._ct_progress += 1
         registry.note_progress()
 
     def __del__(self) -> None:
@@ -303,7 +304,7 @@ class Condition(asyncio.Condition, _TracedAttrs):
         return _base_state(self, ())
 
     def _conctools_progress(self) -> int:
-        return int(self._ct_n)
+        return int(self._ct_progress)
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
@@ -417,7 +418,7 @@ class Barrier(asyncio.Barrier, _TracedAttrs):
             ok = True
         finally:
             wait.end(ok, event=False)
-            self._ct_n += 1
+            self._ct_progress += 1
             registry.note_progress()
         return index
 
@@ -428,4 +429,4 @@ class Barrier(asyncio.Barrier, _TracedAttrs):
         return _base_state(self, ())
 
     def _conctools_progress(self) -> int:
-        return int(self._ct_n)
+        return int(self._ct_progress)

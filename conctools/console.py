@@ -72,7 +72,7 @@ _log = logging.getLogger("conctools.console")
 DEFAULT_PORT = 20101  # aiomonitor's telnet UI
 DEFAULT_WEBUI_PORT = 20102
 DEFAULT_CONSOLE_PORT = 20103  # aiomonitor's Python REPL (reached through the ``console`` command)
-CLOSE_TIMEOUT_S = 1.5  # every wait while closing is bounded: close() returns within ~2 s
+CLOSE_TIMEOUT_S = 1.2  # every wait while closing is bounded: close() returns within 2 s
 
 
 class ConsoleError(Exception):
@@ -133,13 +133,13 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
             pass
         with contextlib.suppress(Exception):
             self._monitored_loop.set_task_factory(self._original_task_factory)
-        self._ui_thread.join(CLOSE_TIMEOUT_S / 3)
+        self._ui_thread.join(0.5)
         if self._ui_thread.is_alive():
             # Something in the UI still waits on the monitored loop (a ``cancel`` in flight):
             # cancel the UI's tasks once more, which abandons that wait.
             with contextlib.suppress(RuntimeError):
                 self._ui_loop.call_soon_threadsafe(self._cancel_ui_tasks)
-            self._ui_thread.join(CLOSE_TIMEOUT_S)
+            self._ui_thread.join(CLOSE_TIMEOUT_S)  # 0.5 + 1.2 s: within the promised 2 s
         if self._ui_thread.is_alive():
             _log.warning("conctools: the console thread did not stop in time; leaving it (daemon)")
         self._closed = True
@@ -184,7 +184,7 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
                 return  # close() already closed it
             self._repl_servers.discard(server)
         loop = self._monitored_loop
-        if self._closing or not loop.is_running():
+        if not loop.is_running():  # nobody runs the loop: closing its server from here cannot race
             with contextlib.suppress(Exception):
                 server.close()
             return
@@ -279,18 +279,9 @@ def _recorder_of(ctx: click.Context) -> Recorder:
 def _sections(snapshot: Snapshot, priorities: tuple[int, ...]) -> list[str]:
     """The text report's sections at these priorities (deadlocks 10, lock order 20, hangs 30,
     slow callbacks 40, locks 45, profile 60, resources 70)."""
-    from conctools.reporting.text import SECTIONS
+    from conctools.reporting.text import render_sections
 
-    out = []
-    for priority, section in sorted(SECTIONS, key=lambda s: s[0]):
-        if priority in priorities:
-            try:
-                text = section(snapshot, False)
-            except Exception as exc:  # one broken section must not break the console
-                text = f"[section failed: {exc!r}]"
-            if text:
-                out.append(text)
-    return out
+    return render_sections(snapshot, priorities=lambda p: p in priorities)
 
 
 def _echo_sections(ctx: click.Context, priorities: tuple[int, ...], empty: str) -> None:

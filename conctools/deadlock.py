@@ -215,6 +215,8 @@ def build_wait_graph(prims: Iterable[PrimitiveState]) -> WaitGraph:
             for holder in prim.holders:
                 if _reentrant(prim.kind) and holder.thread_id == waiter.thread_id:
                     continue
+                if len(prim.holders) > 1 and holder_key(holder) == key:
+                    continue  # its own permit cannot come back while it waits: only the others can
                 edge = WaitEdge(waiter=waiter, holder=holder, prim=prim, waiter_key=key, holder_key=holder_key(holder))
                 edges.setdefault(key, []).append(edge)
     # A suspended task that holds something but waits on nothing in the registry still cannot
@@ -265,8 +267,41 @@ def stuck_parties(graph: WaitGraph, *, now_ns: int | None = None, min_wait_s: fl
     return frozenset(stuck)
 
 
-def _elementary_cycles(edges: Mapping[PartyKey, Sequence[PartyKey]], limit: int) -> list[list[PartyKey]]:
-    return taskdump.find_await_cycles(edges)[:limit]
+def _elementary_cycles(
+    edges: Mapping[PartyKey, Sequence[PartyKey]], limit: int, max_steps: int = 100_000
+) -> list[list[PartyKey]]:
+    """Elementary cycles, each found once from its lowest node; at most ``limit`` of them.
+
+    Bounded in work too (``max_steps``): a stuck semaphore shared by many threads makes a
+    dense graph whose cycles are countless, and the watchdog must stay cheap.
+    """
+    order = {node: i for i, node in enumerate(edges)}
+    cycles: list[list[PartyKey]] = []
+    steps = 0
+    for start in order:
+        rank = order[start]
+        path = [start]
+        on_path = {start}
+        stack: list[tuple[PartyKey, int]] = [(start, 0)]
+        while stack:
+            steps += 1
+            if steps > max_steps or len(cycles) >= limit:
+                return cycles
+            node, i = stack[-1]
+            targets = edges.get(node, ())
+            if i >= len(targets):
+                stack.pop()
+                on_path.discard(path.pop())
+                continue
+            stack[-1] = (node, i + 1)
+            nxt = targets[i]
+            if nxt == start:
+                cycles.append(list(path))
+            elif nxt not in on_path and order.get(nxt, -1) > rank:
+                stack.append((nxt, 0))
+                path.append(nxt)
+                on_path.add(nxt)
+    return cycles
 
 
 def find_deadlocks(
@@ -1111,10 +1146,11 @@ def watch_deadlocks(
 
     Waits are seen on traced primitives (``conctools.Lock`` & co, or everything created
     under :func:`conctools.trace_locks`); joins, pool workers and stdlib waits are also
-    recognised from the threads' frames for hang detection.
+    recognised from the threads' frames for hang detection. Enter it before
+    ``trace_locks()`` so that its own thread's internals stay plain stdlib primitives.
 
     >>> import conctools
-    >>> with conctools.trace_locks(), conctools.watch_deadlocks(timeout_s=2.0, on_deadlock=print) as wd:
+    >>> with conctools.watch_deadlocks(timeout_s=2.0, on_deadlock=print) as wd, conctools.trace_locks():
     ...     pass
     >>> wd.deadlocks, wd.hangs
     ([], [])

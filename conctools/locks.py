@@ -86,6 +86,7 @@ _site_text = lockorder.site_text
 MAX_SITES = 32  # waiting call sites kept per lock class
 MAX_CLASSES = 10_000  # lock classes kept; past it, new ones share one "(other locks)" row
 MAX_HOLDERS = 64  # semaphore holders remembered
+STACKS_PER_SITE = 8  # lock waits at one site (of one lock class) that record a full stack
 
 
 # -- where: sites and identities ---------------------------------------------------------
@@ -202,6 +203,12 @@ class LockStats:
         self.hold = Histogram()
         # site -> [waits, total wait ns, function]
         self.sites: dict[str, list[Any]] = {}
+        self.retired: list[tuple[int, Histogram | None]] = []  # from dead instances, not folded yet
+
+    def want_stack(self, site: str) -> bool:
+        """Whether a wait at ``site`` should capture its stack (the first few per site do)."""
+        entry = self.sites.get(site)
+        return entry is None or entry[0] < STACKS_PER_SITE
 
     def record_wait(self, wait_ns: int, site: str, function: str, acquired: bool) -> None:
         """One blocked wait (slow path)."""
@@ -223,6 +230,11 @@ class LockStats:
     def row(self, live: Iterable[Any] = ()) -> dict[str, Any]:
         """This class as one JSON-able row of the lock table (``live``: its live instances)."""
         with self.mutex:
+            while self.retired:
+                n, dead_hold = self.retired.pop()
+                self.retired_acquisitions += n
+                if dead_hold is not None:
+                    self.hold.merge(dead_hold)
             acquisitions = self.retired_acquisitions
             hold = Histogram()
             hold.merge(self.hold)
@@ -356,13 +368,13 @@ def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -
 
 
 def _retire(prim: Any) -> None:
-    """Fold a dying instance's counters into its class (from ``__del__``)."""
+    """Hand a dying instance's counters to its class (from ``__del__``).
+
+    ``__del__`` can run inside any allocation, including one made while this very thread holds
+    ``stats.mutex``: so no lock here, only an atomic append that the next reader folds in.
+    """
     try:
-        stats = prim._ct_stats
-        with stats.mutex:
-            stats.retired_acquisitions += prim._ct_n
-            if prim._ct_hold is not None:
-                stats.hold.merge(prim._ct_hold)
+        prim._ct_stats.retired.append((prim._ct_n, prim._ct_hold))
     except Exception:
         pass
 
@@ -380,10 +392,17 @@ class _Wait:
     ) -> None:
         self.prim = prim
         self.ident = ident = _get_ident()
-        self.task = task = _task_now()
-        self.site, self.function = _site_of(frame)
         self.holder = holder
-        self.stack = capture_stack(2, limit=32)
+        try:
+            self.task = task = _task_now()
+            self.site, self.function = _site_of(frame)
+            # A full stack for the first waits at each site of each lock class; later events carry
+            # the site only (a hot contended lock would otherwise pay a stack walk per wait).
+            self.stack = capture_stack(2, limit=32) if prim._ct_stats.want_stack(self.site) else ()
+        except Exception:  # observation must never break the program: wait anyway, knowing less
+            _log.debug("conctools: capturing a lock wait's site failed", exc_info=True)
+            self.task = task = None
+            self.site, self.function, self.stack = "?", "?", ()
         # A threading primitive blocks the whole thread (even when called from a task): the
         # registry knows it as the thread's wait. An asyncio primitive blocks one task.
         self.key = key = (ident, id(task) if by_task and task is not None else None)
@@ -1007,10 +1026,12 @@ class _TracedAttrs:
     _ct_serial: int
     _ct_stats: LockStats
     _ct_held: Any
+    _ct_progress: int
 
 
 def _init_traced(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
     prim._ct_held = None
+    prim._ct_progress = 0  # notify/set/pass count: progress for the watchdog, not acquisitions
     _register(prim, kind, name, frame)
 
 
@@ -1046,6 +1067,8 @@ class Condition(_StdCondition, _TracedAttrs):
         """Wait until notified or until ``timeout``, as ``threading.Condition.wait``."""
         if not self._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
+        if timeout is not None and timeout <= 0:  # a poll, not a wait
+            return super().wait(timeout)
         wait = _Wait(self, _getframe(1), timeout, None)
         notified = False
         try:
@@ -1057,7 +1080,7 @@ class Condition(_StdCondition, _TracedAttrs):
     def notify(self, n: int = 1) -> None:
         """Wake up to ``n`` waiters, as ``threading.Condition.notify``."""
         super().notify(n)
-        self._ct_n += 1
+        self._ct_progress += 1
         registry.note_progress()
 
     def notify_all(self) -> None:
@@ -1073,7 +1096,7 @@ class Condition(_StdCondition, _TracedAttrs):
         return _state_without_holders(self)
 
     def _conctools_progress(self) -> int:
-        return int(self._ct_n)
+        return int(self._ct_progress)
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
@@ -1103,10 +1126,17 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
         endtime = None
         wait: _Wait | None = None
         with self._cond:
+            if self._value:  # the fast path: no wait, no clock, no stack
+                self._value -= 1
+                self._ct_n += 1
+                holders = self._holders
+                if len(holders) < MAX_HOLDERS:  # past that, not every holder is named
+                    holders.append((_get_ident(), None, "", 0))
+                return True
             while self._value == 0:
                 if not blocking:
                     break
-                if wait is None:
+                if wait is None and (timeout is None or timeout > 0):  # timeout=0 is a poll
                     wait = _Wait(self, _getframe(1), timeout, self._holder_words())
                 if timeout is not None:
                     if endtime is None:
@@ -1121,9 +1151,8 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
                 rc = True
                 self._ct_n += 1
                 holders = self._holders
-                if len(holders) >= MAX_HOLDERS:
-                    del holders[0]
-                holders.append((_get_ident(), wait.task if wait else None, wait.site if wait else "", 0))
+                if len(holders) < MAX_HOLDERS:
+                    holders.append((_get_ident(), wait.task if wait else None, wait.site if wait else "", 0))
         if wait is not None:
             wait.end(rc)
         return rc
@@ -1135,14 +1164,21 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
         if n < 1:
             raise ValueError("n must be one or more")
         with self._cond:
-            self._check_release(n)
+            bound = self._ct_bound
+            if bound is not None and self._value + n > bound:
+                raise ValueError("Semaphore released too many times")
             self._value += n
-            self._forget_holders(n)
+            holders = self._holders
+            if holders:
+                if n == 1 and holders[-1][0] == _get_ident():
+                    holders.pop()
+                else:
+                    self._forget_holders(n)
             self._cond.notify(n)
-        registry.note_progress()
+        if self._ct_waiters:
+            registry.note_progress()
 
-    def _check_release(self, n: int) -> None:
-        pass
+    _ct_bound: int | None = None  # a BoundedSemaphore's initial value
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
         self.release()
@@ -1191,15 +1227,12 @@ class BoundedSemaphore(Semaphore):
 
     def __init__(self, value: int = 1, name: str | None = None) -> None:
         self._initial_value = value
+        self._ct_bound = value
         super().__init__(value, name=name)
 
     @classmethod
     def _kind(cls) -> str:
         return "BoundedSemaphore"
-
-    def _check_release(self, n: int) -> None:
-        if self._value + n > self._initial_value:
-            raise ValueError("Semaphore released too many times")
 
     def __repr__(self) -> str:
         cls = self.__class__
@@ -1219,8 +1252,8 @@ class Event(_StdEvent, _TracedAttrs):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the flag is set or ``timeout`` passes, as ``threading.Event.wait``."""
-        if self._flag:
-            return True
+        if self._flag or (timeout is not None and timeout <= 0):
+            return super().wait(timeout)
         wait = _Wait(self, _getframe(1), timeout, None)
         signaled = False
         try:
@@ -1232,7 +1265,7 @@ class Event(_StdEvent, _TracedAttrs):
     def set(self) -> None:
         """Set the flag and wake every waiter."""
         super().set()
-        self._ct_n += 1
+        self._ct_progress += 1
         registry.note_progress()
 
     def __del__(self) -> None:
@@ -1242,7 +1275,7 @@ class Event(_StdEvent, _TracedAttrs):
         return _state_without_holders(self)
 
     def _conctools_progress(self) -> int:
-        return int(self._ct_n)
+        return int(self._ct_progress)
 
 
 # -- Barrier -----------------------------------------------------------------------------
@@ -1278,7 +1311,7 @@ class Barrier(_StdBarrier, _TracedAttrs):
             ok = True
         finally:
             wait.end(ok, event=False)
-            self._ct_n += 1
+            self._ct_progress += 1
             registry.note_progress()
         return index
 
@@ -1289,7 +1322,7 @@ class Barrier(_StdBarrier, _TracedAttrs):
         return _state_without_holders(self)
 
     def _conctools_progress(self) -> int:
-        return int(self._ct_n)
+        return int(self._ct_progress)
 
 
 # -- trace_locks() -----------------------------------------------------------------------

@@ -1,21 +1,24 @@
 """The event-loop monitor: which callback blocked the loop, for how long, and on which line.
 
-How a stall is found, cheaply: a watchdog thread (``conctools-loopmon``) keeps one probe in
-flight on each watched loop (``loop.call_soon_threadsafe``, about every 20 ms). A probe that
-comes back late measures the loop's lag (its scheduling delay); a probe that has not come
-back after ``threshold_s`` means the loop is stuck inside a callback, so the watchdog samples
-the loop thread's stack (``sys._current_frames()``) right then, and again every
-``sample_interval_s`` while the stall lasts. When the probe finally runs, the stall is over
-and one :class:`~conctools.events.SlowCallbackEvent` is recorded with the samples and the
-culprit: the innermost frame of user code, e.g. the ``time.sleep`` line or the line of a CPU
-loop in a plain function. On asyncio's own loops the stall's start is read from the running
-``_run_once`` frame (the time its batch of callbacks began), so the duration is exact; on
-other loops (uvloop) it is measured from the late probe, within one probe interval.
+How a stall is found, cheaply: each watched loop runs a heartbeat, a ``call_later`` timer
+every ``probe_interval_s`` (20 ms by default) that notes when it ran; how late it runs is the
+loop's lag (its scheduling delay). A watchdog thread (``conctools-loopmon``) sleeps until
+``threshold_s`` after the last heartbeat; if no newer one ran by then, the loop is stuck
+inside a callback, so the watchdog samples the loop thread's stack (``sys._current_frames()``)
+right then, and again every ``sample_interval_s`` while the stall lasts. When the next
+heartbeat runs, the stall is over and one :class:`~conctools.events.SlowCallbackEvent` is
+recorded with the samples and the culprit: the innermost frame of user code, e.g. the
+``time.sleep`` line or the line of a CPU loop in a plain function. On asyncio's own loops the
+stall's start is read from the running ``_run_once`` frame (when its batch of callbacks
+began), so the duration is exact and the stall is confirmed exactly ``threshold_s`` after it
+began; on other loops (uvloop) it is timed from the last heartbeat, within one interval.
 
-Nothing wraps the loop's handles or its selector: the loop runs unmodified, and the cost is
-one probe callback per interval plus the watchdog's own wake-ups. Stalls are grouped by
-culprit site (count, total, max, p99) in the recorder section ``"slow_callbacks"``, together
-with the loop-lag distribution and, when asked for, the blocking calls seen on loop threads.
+Nothing wraps the loop's handles or its selector: the loop runs unmodified. The cost is one
+timer handle per interval on the loop and about one wake-up of the watchdog per threshold
+(measured against a cross-thread probe and a ``select()`` hook in
+``benchmarks/bench_loopmon.py``). Stalls are grouped by culprit site (count, total, max, p99)
+in the recorder section ``"slow_callbacks"``, together with the loop-lag distribution and,
+when asked for, the blocking calls seen on loop threads.
 
 Three ways in::
 
@@ -473,19 +476,23 @@ class LoopMonitor:
         """
         if gen != self._gen or self.loop is None:
             return  # a timer from an earlier start() of this monitor
-        now = _monotonic_ns()
-        if epoch == self._epoch:  # the loop ran all along: the delay is lag
-            lag = now - self._due_ns
-            self._stats.add_lag(lag)
-            if lag >= self._threshold_ns:
-                self._late = (self._due_ns, now)
-        self._last_beat_ns = now
-        self._beats += 1
-        if self._ticking:
-            self._due_ns = now + int(self.probe_interval_s * 1e9)
-            self._timer = self.loop.call_later(self.probe_interval_s, self._beat, gen, self._epoch)
-        else:
-            self._timer = None
+        try:
+            now = _monotonic_ns()
+            if epoch == self._epoch:  # the loop ran all along: the delay is lag
+                lag = now - self._due_ns
+                self._stats.add_lag(lag)
+                if lag >= self._threshold_ns:
+                    self._late = (self._due_ns, now)
+            self._last_beat_ns = now
+            self._beats += 1
+            if self._ticking:
+                self._due_ns = now + int(self.probe_interval_s * 1e9)
+                self._timer = self.loop.call_later(self.probe_interval_s, self._beat, gen, self._epoch)
+            else:
+                self._timer = None
+        except Exception:  # never into the program's loop
+            _log.exception("conctools: the loop heartbeat failed; the monitor stops watching this loop")
+            self._ticking = False
 
     _beat._conctools_probe = True  # type: ignore[attr-defined]  # taskdump ignores our heartbeats
 

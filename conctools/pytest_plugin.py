@@ -532,6 +532,7 @@ class _TestRun:
             fresh.append(event)
         if not fresh:
             return None
+        fresh.sort(key=lambda e: _PRIORITY_OF_KIND.get(type(e), 99))  # the worst first, as the report orders them
         for event in fresh:
             self.reported[id(event)] = event  # keeps it alive, so its id stays unique
             if isinstance(event, DeadlockEvent):
@@ -621,7 +622,7 @@ def _plain_event(event: Event) -> str:
 def _one_line(event: Event) -> str:
     """A one-line summary of a problem, for the terminal summary."""
     if isinstance(event, DeadlockEvent):
-        who = ", ".join(f"{p.who} waits for {p.waits_for!r} at {p.wait_site}" for p in event.participants)
+        who = ", ".join(f"{p.who} waits for {p.waits_for} at {p.wait_site}" for p in event.participants)
         return f"deadlock: {who}"
     if isinstance(event, LockOrderEvent):
         return f"lock-order inversion: {' -> '.join(event.cycle)} -> {event.cycle[0] if event.cycle else ''}"
@@ -672,19 +673,17 @@ class _Runtime:
     def instruments(self, run: _TestRun) -> list[tuple[str, contextlib.AbstractContextManager[Any]]]:
         """The instruments for one test, as (name, context manager), entered in this order.
 
-        ``conctools run``'s own :func:`~conctools.runner.instrumented` comes first (it makes the
-        test's recorder current), so a test is observed as a program is. Two instruments live
-        elsewhere, for cost: the deadlock watchdog runs for the session (a thread started and
-        joined per test cost ~7 ms a test) and writes to the current test's recorder; the loop
-        monitor runs per phase, so that each phase's stalls are recorded by its end.
+        ``conctools run``'s own :func:`~conctools.runner.instrumented` (the test's recorder made
+        current, lock tracing with lock-order checking), so a test is observed as a program is.
+        Two instruments live elsewhere, for cost: the deadlock watchdog runs for the session (a
+        thread started and joined per test cost ~7 ms a test) and writes to the current test's
+        recorder; the loop monitor runs per phase, so that each phase's stalls are recorded by its end.
         """
-        from conctools.locks import trace_locks
         from conctools.runner import RunOptions, instrumented
 
         options = RunOptions(sample_interval_s=None, deadlock_timeout_s=None, loop_threshold_s=None)
         out: list[tuple[str, contextlib.AbstractContextManager[Any]]] = [
-            ("the instruments", instrumented(options, run.recorder)),
-            ("lock tracing", trace_locks(lock_order=True)),
+            ("the instruments", instrumented(options, run.recorder))
         ]
         if run.settings.deadlock_timeout_s > 0:
             out.append(("the deadlock watchdog", self._watchdog_for(run.settings.deadlock_timeout_s)))

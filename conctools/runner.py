@@ -55,8 +55,6 @@ class RunOptions:
     exit_on_deadlock: bool = True  # print the report and exit 86 (deadlock) / 87 (hang) instead of hanging
     loop_threshold_s: float | None = 0.1  # None or 0: no event-loop monitor
     detect_blocking: bool = False  # report time.sleep / blocking sockets / thread waits on loop threads
-    # Without exit_on_deadlock: called (from the watchdog thread) with each DeadlockEvent / HangEvent.
-    on_stuck: Callable[[DeadlockEvent | HangEvent], object] | None = None
     trace_locks: bool = True  # locks created by the program (and the stdlib for it) are traced ones
     lock_order: bool = True  # with trace_locks: check lock order (lockdep) and report inversions
 
@@ -80,11 +78,12 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
             stack.enter_context(sample_resources(options.sample_interval_s, recorder=recorder))
         if options.profile:
             _enter_profile(stack, options, recorder)
+        if options.deadlock_timeout_s:
+            # Before trace_locks: the watchdog thread's own Event (Thread._started) stays plain.
+            _enter_watchdog(stack, options, recorder)
         if options.trace_locks:
             # After the sampler and the profiler: their imports (psutil, yappi) keep plain locks.
             stack.enter_context(trace_locks(lock_order=options.lock_order, recorder=recorder))
-        if options.deadlock_timeout_s:
-            _enter_watchdog(stack, options, recorder)
         if options.loop_threshold_s:
             stack.enter_context(
                 monitor_all_loops(options.loop_threshold_s, detect_blocking=options.detect_blocking, recorder=recorder)
@@ -94,8 +93,8 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
 
 def _enter_watchdog(stack: contextlib.ExitStack, options: RunOptions, recorder: Recorder) -> None:
     """Watch for deadlocks and hangs; in run mode, report and exit instead of hanging forever."""
-    on_deadlock: Callable[[DeadlockEvent], object] | None = options.on_stuck
-    on_hang: Callable[[HangEvent], object] | None = options.on_stuck
+    on_deadlock: Callable[[DeadlockEvent], object] | None = None
+    on_hang: Callable[[HangEvent], object] | None = None
     if options.exit_on_deadlock:
 
         def on_deadlock(event: DeadlockEvent) -> None:

@@ -240,6 +240,39 @@ class TestServeConsole:
         assert "POST /counter" in {s["name"] for s in spans}
 
 
+def _wait_for_waiter(name: str) -> None:
+    """Block until the wait registry shows someone waiting on the traced primitive ``name``."""
+    from conctools import registry
+
+    deadline = time.monotonic() + 10
+    while not any(p.name == name and p.waiters for p in registry.primitives()):
+        assert time.monotonic() < deadline, f"nobody waits on {name!r}"
+        time.sleep(0.01)
+
+
+async def _hold_a_lock() -> None:
+    """On the app loop: task 'holder' keeps a traced lock for a while, task 'waiter' waits on it."""
+    from conctools import aio
+
+    lock = aio.Lock(name="held-in-test")
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with lock:
+            await asyncio.wait_for(release.wait(), 8)
+
+    async def waiter() -> None:
+        async with lock:
+            pass
+
+    h = asyncio.create_task(holder(), name="holder")
+    await asyncio.sleep(0.01)
+    w = asyncio.create_task(waiter(), name="waiter")
+    await asyncio.sleep(3)
+    release.set()
+    await asyncio.gather(h, w)
+
+
 class TestCommands:
     """Every conctools command over a real telnet connection."""
 
@@ -254,8 +287,26 @@ class TestCommands:
             for name in ("locks", "deadlocks", "slow", "threads", "resources", "profile", "ps", "console"):
                 assert name in client.text
             client.command("locks", "Held or awaited now")
+            holder_and_waiter = asyncio.run_coroutine_threadsafe(_hold_a_lock(), app_loop.loop)
+            try:
+                _wait_for_waiter("held-in-test")
+                locks = client.command("locks", "waiting: task 'waiter'")
+                assert "held-in-test (aio.Lock): held by task 'holder'" in locks
+            finally:
+                holder_and_waiter.result(10)
             client.command("deadlocks", "so far")
-            client.command("slow", "low")
+            from conctools.loopmon import LoopMonitor
+
+            monitor_of_loop = LoopMonitor(app_loop.loop, threshold_s=0.05).start()
+            try:
+                app_loop.call(time.sleep, 0.2)  # a stall on the app loop
+                deadline = time.monotonic() + 10
+                while not recorder.snapshot().counts.get("slow_callback"):
+                    assert time.monotonic() < deadline, "the stall was not recorded"
+                    time.sleep(0.02)
+                client.command("slow", "blocked 1 time")
+            finally:
+                monitor_of_loop.stop()
             threads = client.command("threads", 'Thread "conctools-console"')
             client.read_until('Thread "app-loop"', start=len(client.text) - len(threads))
             client.command("resources", "rss")

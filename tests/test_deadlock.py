@@ -554,6 +554,7 @@ class TestConctoolsRun:
         [
             ("event_never_set.py", "Event"),
             ("queue_unfed.py", "Queue.get"),
+            ("lost_wakeup.py", "Condition.wait(): Condition 'lost_wakeup.py:6' (waiting for a notify)"),
             ("pool_self_wait.py", "has not started (still queued)"),
             ("asyncio_event.py", "task 'wait-for-config'"),
         ],
@@ -610,3 +611,18 @@ def test_participant_has_wait_s() -> None:
         thread_id=1, thread_name="t", task_name=None, waits_for="Lock 'a'", waits_for_id=1, wait_site="x:1", held_by="?"
     )
     assert p.wait_s == 0.0
+
+
+class TestCycleSearchIsBounded:
+    """The cycle search stays cheap on graphs with countless cycles."""
+
+    def test_dense_semaphore_graph(self) -> None:
+        """40 threads each holding a permit and waiting for one more: found fast, at most `limit` cycles."""
+        holders = tuple(party(i, f"app.py:{i}") for i in range(40))
+        sem = prim(1, "pool", holders, tuple(party(i, f"app.py:{100 + i}") for i in range(40)), kind="Semaphore")
+        graph = dl.build_wait_graph([sem])
+        started = time.monotonic()
+        cycles = dl.find_deadlocks(graph, now_ns=NOW, limit=16)
+        assert time.monotonic() - started < 10
+        assert 1 <= len(cycles) <= 16
+        assert len(dl.stuck_parties(graph, now_ns=NOW)) == 40

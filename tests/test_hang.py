@@ -51,6 +51,27 @@ def connect_later(port: int, delay_s: float, payload: bytes = b"x") -> subproces
 
 
 @pytest.fixture
+def quiet_process() -> None:
+    """A hang needs every thread blocked: fail clearly if an earlier test left a busy thread behind."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        frames = sys._current_frames()
+        busy = [
+            t.name
+            for t in threading.enumerate()
+            if t is not threading.main_thread()
+            and not t.name.startswith("conctools-")
+            and t.ident in frames
+            and not dl.classify_thread(t.ident, frames[t.ident], with_stack=False).blocked
+        ]
+        if not busy or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if busy:
+        pytest.fail(f"threads left running by earlier tests keep any hang from being detected: {busy}")
+
+
+@pytest.fixture
 def listener() -> Iterator[socket.socket]:
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -60,6 +81,7 @@ def listener() -> Iterator[socket.socket]:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("quiet_process")
 class TestHangKinds:
     """Each kind of hang is reported once, with every thread and what it waits on."""
 
@@ -205,6 +227,7 @@ class TestHangKinds:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("quiet_process")
 class TestTracedHangs:
     """Under trace_locks() the registry names the primitive, its creation site and its holder."""
 
@@ -291,6 +314,7 @@ class TestTracedHangs:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("quiet_process")
 class TestUntracedLocks:
     """Without trace_locks(), a wait on a plain threading.Lock/RLock is recognised from the bytecode."""
 

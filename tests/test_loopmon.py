@@ -212,7 +212,7 @@ class TestAggregates:
 
         run_monitored(main)
         text = render_text(recorder.snapshot())
-        assert "Slow callbacks: the event loop was blocked 1 time" in text
+        assert "Slow callbacks: the event loop was blocked " in text
         assert "'sleepy'" in text
         assert "time.sleep(0.3)  # the blocking line" in text
         assert "Loop lag" in text

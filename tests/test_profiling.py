@@ -124,7 +124,7 @@ class TestTasks:
 
     def test_uvloop_tasks(self, recorder: Recorder) -> None:
         """Tasks on uvloop (no _thread_id on its loop) are tagged through the slow path."""
-        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (the [dev] extra of 3.11 has it)")
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed in this environment")
         with profile() as p:
             uvloop.run(async_work())
         assert {"fetch-users", "<img src=x onerror=alert(1)>"} <= {t.name for t in p.task_stats}

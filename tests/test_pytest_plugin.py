@@ -19,14 +19,6 @@ asyncio_default_fixture_loop_scope = function
 {extra}
 """
 
-try:
-    import conctools.locks  # noqa: F401
-
-    HAVE_LOCKS = True
-except ImportError:
-    HAVE_LOCKS = False
-needs_locks = pytest.mark.skipif(not HAVE_LOCKS, reason="conctools.locks (traced locks) has not landed yet")
-
 
 def run(pytester: pytest.Pytester, *args: str, ini: str = "", timeout: float = 60) -> pytest.RunResult:
     """Run pytest on the files in ``pytester``'s directory, in a subprocess, with ``args``."""
@@ -45,7 +37,7 @@ def outcomes(result: pytest.RunResult) -> dict[str, str]:
 
 
 class TestInert:
-    """Without --conctools, ini or marker the plugin does nothing at all."""
+    """Off (no flag, ini or marker) the plugin does nothing at all; on, it puts back all it changed."""
 
     def test_registered_as_pytest11_entry_point(self) -> None:
         """The installed distribution declares the plugin, so pytest loads it with no conftest line."""
@@ -55,7 +47,8 @@ class TestInert:
         assert found.get("conctools") == "conctools.pytest_plugin"
 
     def test_off_by_default_nothing_patched_nothing_started(self, pytester: pytest.Pytester) -> None:
-        """A leaking, loop-blocking test passes and sees stdlib untouched and no conctools thread."""
+        """A leaking, loop-blocking test passes, the stdlib stays untouched, no conctools thread runs, and
+        conctools_recorder is a fresh recorder made current for the test."""
         pytester.makepyfile(
             test_inert="""
             import asyncio, signal, sys, threading, time
@@ -73,6 +66,11 @@ class TestInert:
                 asyncio.run(main())
                 threading.Thread(target=time.sleep, args=(2,), daemon=True).start()
 
+            def test_fixture_gives_a_fresh_current_recorder(conctools_recorder):
+                import conctools
+                assert conctools.get_recorder() is conctools_recorder
+                assert conctools_recorder.snapshot().counts == {}
+
             def test_untouched():
                 assert not [t for t in threading.enumerate() if t.name.startswith("conctools-")]
                 assert originals() == ORIGINALS
@@ -82,7 +80,7 @@ class TestInert:
             """
         )
         result = run(pytester, "-rA")
-        result.assert_outcomes(passed=2)
+        result.assert_outcomes(passed=3)
         assert "conctools" not in result.stdout.str().replace("conctools-0", "")
 
     def test_marker_switches_on_one_test_only(self, pytester: pytest.Pytester) -> None:
@@ -403,7 +401,6 @@ class TestStuck:
         assert result.ret == pytest.ExitCode.TESTS_FAILED
         assert elapsed < 45
 
-    @needs_locks
     def test_thread_deadlock_fails_and_next_test_runs(self, pytester: pytest.Pytester) -> None:
         """Two threads taking two locks in opposite orders: the deadlock report, then the next tests run."""
         pytester.makepyfile(
@@ -472,7 +469,6 @@ class TestStuck:
         )
         result.stdout.fnmatch_lines(["*test_main_thread_in_the_cycle: deadlock:*thread 'MainThread'*"])
 
-    @needs_locks
     def test_task_deadlock_fails_and_next_test_runs(self, pytester: pytest.Pytester) -> None:
         """Two tasks taking two asyncio locks in opposite orders, in pytest-asyncio and in asyncio.run."""
         pytester.makepyfile(
@@ -545,7 +541,6 @@ class TestStuck:
 class TestInversion:
     """A lock-order inversion fails the test even though this run did not deadlock."""
 
-    @needs_locks
     def test_inversion_reported(self, pytester: pytest.Pytester) -> None:
         """A then B in one thread, B then A in another (never at the same time): the lockdep-style report."""
         pytester.makepyfile(
@@ -695,19 +690,6 @@ class TestFixtures:
         )
         result = run(pytester, "-rA", "--conctools")
         result.assert_outcomes(passed=4)
-
-    def test_recorder_without_conctools(self, pytester: pytest.Pytester) -> None:
-        """With conctools off, conctools_recorder is a fresh recorder made current for the test."""
-        pytester.makepyfile(
-            test_off="""
-            import conctools
-
-            def test_fresh(conctools_recorder):
-                assert conctools.get_recorder() is conctools_recorder
-                assert conctools_recorder.snapshot().counts == {}
-            """
-        )
-        run(pytester).assert_outcomes(passed=1)
 
 
 class TestCoexistence:

@@ -166,6 +166,19 @@ class TestEndpoints:
         assert "GET /health" in {s.name for s in snapshot.spans}
 
     @pytest.mark.asyncio
+    async def test_conctools_report_under_load(self, client: TestClient[Any, Any]) -> None:
+        """The live report answers while requests keep recording spans."""
+
+        async def load() -> None:
+            for _ in range(30):
+                await client.get("/health")
+                await client.post("/counter")
+
+        reports = [client.get("/conctools") for _ in range(5)]
+        results = await asyncio.gather(*(load() for _ in range(4)), *reports)
+        assert all(r.status == 200 for r in results[4:])
+
+    @pytest.mark.asyncio
     async def test_conctools_text(self, client: TestClient[Any, Any]) -> None:
         """``/conctools?format=text`` serves the text report."""
         await client.get("/health")

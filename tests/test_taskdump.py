@@ -265,6 +265,18 @@ class TestLoopIdleForever:
         loop_thread.spawn(event.wait, "waiter")
         assert wait_until(lambda: loop_idle_forever(loop_thread.loop))
 
+    def test_monitor_heartbeat_does_not_count(self, loop_thread: LoopThread) -> None:
+        """The loop monitor's own heartbeat timer never hides a hang."""
+        monitor = LoopMonitor(loop_thread.loop, threshold_s=0.1)
+        monitor.start()
+        try:
+            event = loop_thread.run(_make_event())
+            loop_thread.spawn(event.wait, "waiter")
+            assert wait_until(lambda: monitor.probes > 3)
+            assert wait_until(lambda: loop_idle_forever(loop_thread.loop))
+        finally:
+            monitor.stop()
+
     def test_not_idle_with_timer_io_or_executor(self, loop_thread: LoopThread) -> None:
         """A pending timer, a listening server or an executor job can wake the loop: not idle."""
         event = loop_thread.run(_make_event())

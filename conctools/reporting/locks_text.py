@@ -103,7 +103,7 @@ def lock_table_section(snapshot: Snapshot, brief: bool) -> str | None:
         hottest = ", ".join(f"{s.get('site')} ({s.get('waits')})" for s in sites[:2] if isinstance(s, dict))
         rows.append(
             (
-                str(r.get("name", "?"))[:48],
+                str(r.get("name", "?"))[:64],
                 str(r.get("kind", "?")),
                 r.get("acquisitions", 0),
                 r.get("contentions", 0),

@@ -156,9 +156,8 @@ class SampleService:
         if self._instruments is not None:
             self.instruments_running = self._instruments.start()
         if self.options.prewarm:
-            # Start the process pool's workers before serving: spawning them takes seconds, which
-            # must not land on the first /cpu requests' latency.
-            # The first submit spawns the workers synchronously (~100+ ms): not on the loop.
+            # Start the process pool's workers before serving, so that spawning them (seconds) does
+            # not land on the first /cpu requests; the first submit spawns synchronously: off the loop.
             first = await asyncio.to_thread(self._process_pool().submit, count_primes, 2)
             await asyncio.wrap_future(first)
 
