@@ -66,8 +66,11 @@ def _report_command(ns: argparse.Namespace) -> int:
     from conctools.reporting.html import write_html
     from conctools.reporting.trace import write_trace
 
+    path = ns.report_json
+    if path.is_dir() and (path / "report.json").is_file():  # `conctools report out/` means out/report.json
+        path = path / "report.json"
     try:
-        snapshot = load_json(ns.report_json)
+        snapshot = load_json(path)
     except ValueError as exc:
         raise UsageError(f"conctools report: error: {exc}") from None
     try:
@@ -83,7 +86,7 @@ def _report_command(ns: argparse.Namespace) -> int:
         raise UsageError(f"conctools report: error: cannot write: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
         # Loading checks the shape of the file, not every value: a hand-edited one may still be off.
-        raise UsageError(f"conctools report: error: {ns.report_json}: corrupt conctools report ({exc!r})") from None
+        raise UsageError(f"conctools report: error: {path}: corrupt conctools report ({exc!r})") from None
     return 0
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import _thread
 import dis
+import functools
 import inspect
 import logging
 import os
@@ -358,6 +359,15 @@ def participants_of(
         text = prim_label(prim)
         return f"{text} <{prim.prim_id:#x}>" if len(ids_by_label.get(text, ())) > 1 else text
 
+    # A lock taken by a thread (task unknown) whose thread a task of the cycle now blocks.
+    blocking_task = {e.waiter_key: e.waiter.task_name for e in cycle if e.waiter_key[0] == "thread"}
+
+    def holder_words(edge: WaitEdge) -> str:
+        task = blocking_task.get(edge.holder_key)
+        if edge.holder.task_name is None and task is not None:
+            return f"{edge.holder.who}, now blocked in task {task!r}"
+        return edge.holder.who
+
     out = []
     for edge in cycle:
         key = edge.waiter_key
@@ -382,7 +392,7 @@ def participants_of(
                 waits_for=waits_for,
                 waits_for_id=waits_for_id,
                 wait_site=wait_site,
-                held_by=edge.holder.who,
+                held_by=holder_words(edge),
                 holds=tuple(label(p) for p, _ in held),
                 holds_sites=tuple(h.site for _, h in held),
                 stack=stack,
@@ -513,6 +523,7 @@ def classify_thread(
     loops: Mapping[int, tuple[bool, str]] | None = None,
     *,
     with_stack: bool = True,
+    read_bytecode: bool = True,
 ) -> ThreadState:
     """What thread ``thread_id`` does, from its innermost frame and its registry wait.
 
@@ -520,7 +531,8 @@ def classify_thread(
     runs. Only recognised waits without a timeout count as blocked; anything else (running
     code, ``time.sleep``, ``recv()``, ``select()`` with timers or sockets, unknown C calls)
     does not, so a healthy idle program is never called hung. ``with_stack=False`` skips
-    the (costly) stack capture.
+    the (costly) stack capture; ``read_bytecode=False`` skips looking for an untraced lock
+    at the current instruction (pointless while the thread is seen moving).
     """
     stack = _stack(frame) if with_stack else ()
     if registry_wait is not None:
@@ -582,7 +594,7 @@ def classify_thread(
             )
         state = "event loop" if filename == _SELECTORS_PY else "running"
         return ThreadState(thread_id=thread_id, state=state, waits_on=description, blocked=False, stack=stack)
-    raw = _raw_lock_wait(frame, thread_id)
+    raw = _raw_lock_wait(frame, thread_id) if read_bytecode and not filename.startswith(_PKG_DIR) else None
     if raw is not None:
         return ThreadState(thread_id=thread_id, state="waiting", waits_on=raw, blocked=True, stack=stack)
     return ThreadState(thread_id=thread_id, state="running", waits_on=None, blocked=False, stack=stack)
@@ -671,6 +683,13 @@ def _resolve(frame: FrameType, chain: Sequence[dis.Instruction]) -> tuple[Any, s
     return obj, ".".join([name, *(str(a.argval) for a in attrs)])
 
 
+@functools.lru_cache(maxsize=256)
+def _instructions(code: types.CodeType) -> tuple[list[dis.Instruction], dict[int, int]]:
+    """A code object's instructions and an offset -> position index (cached: dis is slow)."""
+    instructions = list(dis.get_instructions(code))
+    return instructions, {ins.offset: i for i, ins in enumerate(instructions)}
+
+
 def _raw_lock_wait(frame: FrameType, thread_id: int) -> str | None:
     """``with lock:`` / ``lock.acquire()`` on an untraced, locked ``threading.Lock``/``RLock``,
     recognised from the instruction the frame is executing; ``None`` if it is anything else.
@@ -679,9 +698,9 @@ def _raw_lock_wait(frame: FrameType, thread_id: int) -> str | None:
     frame must not move for the whole timeout) rules out a passing moment.
     """
     try:
-        instructions = list(dis.get_instructions(frame.f_code))
-        at = next(i for i, ins in enumerate(instructions) if ins.offset == frame.f_lasti)
-    except (StopIteration, Exception):
+        instructions, index = _instructions(frame.f_code)
+        at = index[frame.f_lasti]
+    except Exception:  # no instruction at f_lasti (a CACHE entry, an odd frame): not recognised
         return None
     current = instructions[at]
     end = at
@@ -695,7 +714,7 @@ def _raw_lock_wait(frame: FrameType, thread_id: int) -> str | None:
             return None
         if any(not (a.opname == "LOAD_CONST" and a.argval is True) for a in given) or len(given) > 1:
             return None  # a timeout or non-blocking acquire: not forever
-        end = next(i for i, ins in enumerate(instructions) if ins.offset == method.offset)
+        end = index[method.offset]
     else:
         return None
     chain: list[dis.Instruction] = []
@@ -790,6 +809,7 @@ class DeadlockWatchdog:
         self._live_cycles: set[frozenset[tuple[PartyKey, int]]] = set()
         self._signatures: dict[int, Hashable] = {}
         self._wait_seen: dict[tuple[int, int | None], int] = {}
+        self._frame_seen: dict[int, Hashable] = {}
         self._all_blocked_since_ns: int | None = None
         self._hang_reported = False
         self._pending_raise: DeadlockError | None = None
@@ -970,9 +990,11 @@ class DeadlockWatchdog:
         if any(f.f_code.co_filename == _SELECTORS_PY for f in watched.values()):
             loops, loop_signatures = self._loop_states()
         # Stop at the first thread that is not blocked: a healthy program costs little.
+        previous, self._frame_seen = self._frame_seen, {tid: _frame_signature(f) for tid, f in watched.items()}
         states: dict[int, ThreadState] = {}
         for tid, frame in watched.items():
-            state = classify_thread(tid, frame, self._registry_wait(tid), loops, with_stack=False)
+            still = previous.get(tid) == self._frame_seen[tid]
+            state = classify_thread(tid, frame, self._registry_wait(tid), loops, with_stack=False, read_bytecode=still)
             if not state.blocked:
                 self._all_blocked_since_ns = None
                 self._hang_reported = False

@@ -105,10 +105,19 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict with a ``kind`` key; inverse of :func:`event_from_dict`."""
+        cls = type(self)
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
         out: dict[str, Any] = {"kind": self.kind}
-        for f in dataclasses.fields(self):
-            out[f.name] = _to_jsonable(getattr(self, f.name))
+        for name in names:
+            value = getattr(self, name)
+            out[name] = value if value is None or type(value) in _SCALARS else _to_jsonable(value)
         return out
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_SCALARS = frozenset({str, int, float, bool})
 
 
 def _to_jsonable(value: Any) -> Any:

@@ -86,6 +86,8 @@ _site_text = lockorder.site_text
 MAX_SITES = 32  # waiting call sites kept per lock class
 MAX_CLASSES = 10_000  # lock classes kept; past it, new ones share one "(other locks)" row
 MAX_HOLDERS = 64  # semaphore holders remembered
+HOLD_SAMPLE = 8  # a contended lock times every contended hold and 1 in HOLD_SAMPLE of the others
+HOLD_SAMPLE_MASK = HOLD_SAMPLE - 1
 STACKS_PER_SITE = 8  # lock waits at one site (of one lock class) that record a full stack
 
 
@@ -513,7 +515,7 @@ class Lock:
         self._rel = lock.release
         self._owner: int | None = None
         self._otask: Any = None
-        self._osite = ""
+        self._osite: Any = ""  # "file.py:LINE", or (code, offset) resolved when read
         self._osince = 0
         self._t0 = 0
         self._ct_held: list[lockorder.Held] | None = None
@@ -581,6 +583,8 @@ class Lock:
             end = wait.end(acquired)
         if acquired:
             if self._ct_hold is None:  # first contention: time this lock's holds from now on
+                # (A ``with`` binds ``__exit__`` before ``__enter__`` runs, so this very hold ends
+                # in the plain ``__exit__`` and goes untimed; the next ones are timed.)
                 self._ct_hold = Histogram()
                 if type(self) is Lock:
                     self.__class__ = _TimedLock
@@ -633,17 +637,19 @@ class Lock:
 
 class _TimedLock(Lock):
     """A Lock that has seen contention: it also measures hold times (only contended locks have
-    interesting ones, so only they pay for two clock reads per acquisition)."""
+    interesting ones): every contended acquisition's, and a sample of 1 in ``HOLD_SAMPLE`` of the
+    others, so a hot lock does not pay two clock reads and a histogram update every time."""
 
     __slots__ = ()
 
     def __enter__(self) -> bool:
         if self._acq(False):
             self._owner = _get_ident()
-            self._ct_n += 1
+            n = self._ct_n = self._ct_n + 1
             self._otask = None
             self._osite = ""
-            self._osince = self._t0 = _mono()
+            # Hold times of one uncontended acquisition in HOLD_SAMPLE (and of every contended one).
+            self._osince = self._t0 = 0 if n & HOLD_SAMPLE_MASK else _mono()
             return True
         return self._contended(-1, _getframe(1))
 
@@ -669,10 +675,10 @@ class _TimedLock(Lock):
 
     def _took(self, frame: FrameType | None, t0: int) -> None:
         self._owner = _get_ident()
-        self._ct_n += 1
+        n = self._ct_n = self._ct_n + 1
         self._otask = None
         self._osite = ""
-        self._osince = self._t0 = t0 or _mono()
+        self._osince = self._t0 = t0 or (0 if n & HOLD_SAMPLE_MASK else _mono())
 
     def _released(self) -> None:
         t0 = self._t0
@@ -692,22 +698,53 @@ class _OrderedLock(_TimedLock):
 
     __slots__ = ()
 
+    # ``with`` is the common path: _took() and _released() inlined (three Python calls fewer).
     def __enter__(self) -> bool:
-        if self._acq(False):
-            self._took(_getframe(1), 0)
-            return True
-        return self._contended(-1, _getframe(1))
+        if not self._acq(False):
+            return self._contended(-1, _getframe(1))
+        self._owner = _get_ident()
+        n = self._ct_n = self._ct_n + 1
+        self._otask = None
+        self._osince = self._t0 = 0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono()
+        frame = _getframe(1)
+        if frame.f_code.co_filename.startswith(_SKIP_PREFIXES):
+            site = self._osite = _code_site(frame)
+        else:
+            site = self._osite = (frame.f_code, frame.f_lasti)
+        try:
+            held = _order_local.stack
+        except AttributeError:
+            held = lockorder.held_stack()
+        self._ct_held = held
+        entry = (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site)
+        if held:
+            lockorder.check(held, entry)
+        held.append(entry)
+        return True
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
-        self._released()
+        held = self._ct_held
+        if held is not None:
+            self._ct_held = None
+            if held and held[-1][0]() is self:
+                held.pop()
+            else:
+                lockorder.note_released(held, self)
+        t0 = self._t0
+        if t0:
+            self._t0 = 0
+            hold = self._ct_hold
+            if hold is not None:
+                hold.add(_mono() - t0)
+        self._owner = None
         self._rel()
 
     def _took(self, frame: FrameType | None, t0: int) -> None:
         self._owner = _get_ident()
-        self._ct_n += 1
+        n = self._ct_n = self._ct_n + 1
         self._otask = None
-        # Hold times only once the lock has been contended, as for unordered locks.
-        self._osince = self._t0 = (t0 or _mono()) if self._ct_hold is not None else t0
+        # Hold times only once the lock has been contended (sampled), as for unordered locks.
+        self._osince = self._t0 = t0 or (0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono())
         site = self._osite = _code_site(frame)
         try:
             held = _order_local.stack
@@ -961,11 +998,11 @@ class _TimedRLock(RLock):
         self._rel()
 
     def _took(self, frame: FrameType | None, t0: int) -> None:
-        self._ct_n += 1
+        n = self._ct_n = self._ct_n + 1
         if self._lock._recursion_count() == 1:
             self._otask = None
             self._osite = ""
-            self._osince = self._t0 = t0 or _mono()
+            self._osince = self._t0 = t0 or (0 if n & HOLD_SAMPLE_MASK else _mono())
 
     def _released(self) -> None:
         t0 = self._t0
@@ -985,10 +1022,10 @@ class _OrderedRLock(_TimedRLock):
     __slots__ = ()
 
     def _took(self, frame: FrameType | None, t0: int) -> None:
-        self._ct_n += 1
+        n = self._ct_n = self._ct_n + 1
         if self._lock._recursion_count() == 1:
             self._otask = None
-            self._osince = self._t0 = (t0 or _mono()) if self._ct_hold is not None else t0
+            self._osince = self._t0 = t0 or (0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono())
             site = self._osite = _code_site(frame)
             try:
                 held = _order_local.stack

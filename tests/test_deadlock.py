@@ -568,6 +568,14 @@ class TestConctoolsRun:
         assert "thread 'MainThread'" in done.stderr
         assert says in done.stderr
 
+    def test_untraced_deadlock_is_a_hang(self) -> None:
+        """With --no-trace-locks the registry sees nothing, yet the ABBA is found from the bytecode (87)."""
+        done, took = run_script("abba_threads.py", "--no-trace-locks")
+        assert done.returncode == dl.EXIT_HANG, done.stderr
+        assert took < 30
+        assert "waits on threading.Lock 'accounts_lock' (untraced, locked)" in done.stderr
+        assert "waits on threading.Lock 'audit_lock' (untraced, locked)" in done.stderr
+
     def test_healthy_idle_program_runs_to_the_end(self) -> None:
         """Sleeping, timed waits and accept() for longer than the timeout are not a hang."""
         done, _ = run_script("healthy_idle.py")

@@ -24,8 +24,9 @@ import pytest
 
 import conctools
 from conctools import deadlock as dl
-from conctools.events import HangEvent, WaiterInfo
+from conctools.events import HangEvent, WaiterInfo, event_from_dict
 from conctools.recorder import Recorder
+from conctools.reporting import render_text
 
 TIMEOUT_S = 0.4
 
@@ -104,6 +105,10 @@ class TestHangKinds:
         assert any(f.function == "test_event_nobody_sets" for f in main.stack)
         assert hang.stalled_s >= TIMEOUT_S
         assert recorder.snapshot().of_kind(HangEvent) == [hang]
+        assert event_from_dict(hang.to_dict()) == hang
+        text = render_text(recorder.snapshot())
+        assert "Hang: the program stopped making progress" in text
+        assert "thread 'waiter' (daemon) [waiting]:" in text
 
     def test_lost_condition_wakeup(self) -> None:
         """notify() before wait(): the waiter sleeps forever in Condition.wait."""

@@ -20,7 +20,7 @@ import pytest
 import conctools
 from conctools import aio, lockorder, registry
 from conctools.events import LockOrderEvent, LockWaitEvent
-from conctools.locks import lock_table, trace_locks
+from conctools.locks import HOLD_SAMPLE, lock_table, trace_locks
 from conctools.recorder import Recorder
 
 HERE = Path(__file__).name
@@ -165,7 +165,7 @@ class TestLockContention:
         assert state_of(lock).name == state_of(lock).created_at == f"{HERE}:{line}"
 
     def test_lock_table_sorted_by_total_wait(self, recorder: Recorder) -> None:
-        """The lock with more total wait comes first; hold times are measured after a contention."""
+        """The lock with more total wait comes first; hold times are sampled after a contention."""
         busy, idle = conctools.Lock(name=unique("busy")), conctools.Lock(name=unique("idle"))
         with idle:
             pass
@@ -174,8 +174,9 @@ class TestLockContention:
         with busy:
             pass
         holder.join(10)
-        with busy:
-            pass
+        for _ in range(HOLD_SAMPLE):  # holds are sampled: one in HOLD_SAMPLE uncontended ones
+            with busy:
+                pass
         names = [r["name"] for r in recorder.snapshot().sections["locks"]]
         assert names.index(busy._ct_name) < names.index(idle._ct_name)
         r = row(recorder, busy._ct_name)
@@ -344,6 +345,17 @@ class TestOtherPrimitives:
         t.join(10)
         assert not state_of(ev).waiters
         assert registry.last_progress_ns() >= before
+
+    def test_zero_timeouts_are_polls_not_waits(self, recorder: Recorder) -> None:
+        """acquire(timeout=0) / wait(0) that find nothing are polls: no contention, no event."""
+        sem = conctools.Semaphore(0, name=unique("poll"))
+        ev = conctools.Event(name=unique("poll-ev"))
+        cond = conctools.Condition(name=unique("poll-cond"))
+        assert sem.acquire(timeout=0) is False and ev.wait(0) is False
+        with cond:
+            assert cond.wait(0) is False
+        assert not recorder.snapshot().of_kind(LockWaitEvent)
+        assert all(r["contentions"] == 0 for r in recorder.snapshot().sections.get("locks", []))
 
     def test_barrier_parties(self) -> None:
         """Barrier.wait returns distinct indexes and the waiters leave the registry."""

@@ -55,11 +55,11 @@ def spin(seconds: float) -> int:
 
 
 async def sleepy_coroutine() -> None:
-    time.sleep(0.3)  # the blocking line
+    time.sleep(0.4)  # the blocking line
 
 
 def blocking_callback() -> None:
-    time.sleep(0.3)
+    time.sleep(0.4)
 
 
 def run_monitored(main: Callable[[], Coroutine[Any, Any, Any]], **options: Any) -> Any:
@@ -83,7 +83,7 @@ class TestStallCulprits:
         assert "sleepy_coroutine" in event.callback
         assert event.culprit is not None
         assert event.culprit.site == f"{HERE}:{line_of(sleepy_coroutine, 'time.sleep')}"
-        assert event.culprit.line == "time.sleep(0.3)  # the blocking line"
+        assert event.culprit.line == "time.sleep(0.4)  # the blocking line"
         assert 0.25 <= event.duration_s < 3.0
         assert event.threshold_s == THRESHOLD
         assert event.samples and event.detected_after_s is not None
@@ -119,16 +119,16 @@ class TestStallCulprits:
         assert event.culprit.site == f"{HERE}:{line_of(blocking_callback, 'time.sleep')}"
 
     def test_builtin_callback_has_no_culprit_frame(self, recorder: Recorder) -> None:
-        """``call_soon(time.sleep, 0.3)`` has no Python frame of its own: the callback itself is named."""
+        """``call_soon(time.sleep, 0.4)`` has no Python frame of its own: the callback itself is named."""
 
         async def main() -> None:
-            asyncio.get_running_loop().call_soon(time.sleep, 0.3)
+            asyncio.get_running_loop().call_soon(time.sleep, 0.4)
             await asyncio.sleep(0.05)
 
         run_monitored(main)
         [event] = stalls(recorder)
         assert event.culprit is None
-        assert event.callback == "callback time.sleep(0.3)"
+        assert event.callback == "callback time.sleep(0.4)"
 
     def test_short_stalls_are_not_reported(self, recorder: Recorder) -> None:
         """Blocks shorter than the threshold cost nothing and are not reported."""
@@ -214,14 +214,14 @@ class TestAggregates:
         text = render_text(recorder.snapshot())
         assert "Slow callbacks: the event loop was blocked " in text
         assert "'sleepy'" in text
-        assert "time.sleep(0.3)  # the blocking line" in text
+        assert "time.sleep(0.4)  # the blocking line" in text
         assert "Loop lag" in text
 
     def test_section_from_events_alone(self, recorder: Recorder) -> None:
         """A snapshot with events but no section (an old or trimmed report) still renders the table."""
 
         async def main() -> None:
-            time.sleep(0.3)
+            time.sleep(0.4)
 
         run_monitored(main)
         snap = recorder.snapshot()
@@ -233,7 +233,7 @@ class TestAggregates:
         """SlowCallbackEvent (and its samples) survive the JSON round trip."""
 
         async def main() -> None:
-            time.sleep(0.3)
+            time.sleep(0.4)
 
         run_monitored(main)
         [event] = stalls(recorder)
@@ -245,7 +245,7 @@ class TestLoopsAndThreads:
         """A loop running in a non-main thread: the stall is attributed to that thread."""
 
         async def main() -> None:
-            time.sleep(0.3)
+            time.sleep(0.4)
 
         worker = threading.Thread(target=lambda: run_monitored(main), name="loop-worker")
         worker.start()
@@ -260,11 +260,11 @@ class TestLoopsAndThreads:
 
         async def first() -> None:
             barrier.wait(5)
-            time.sleep(0.3)  # first loop blocks here
+            time.sleep(0.4)  # first loop blocks here
 
         async def second() -> None:
             barrier.wait(5)
-            spin(0.3)
+            spin(0.4)
 
         threads = [threading.Thread(target=run_monitored, args=(fn,), name=fn.__name__) for fn in (first, second)]
         for t in threads:

@@ -120,6 +120,12 @@ class TestReportCommand:
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("=" * 78) and "Profile (wall clock" in result.stdout
 
+    def test_directory_means_its_report_json(self, saved: Path) -> None:
+        """`conctools report DIR` reads DIR/report.json."""
+        result = conctools("report", str(saved.parent))
+        assert result.returncode == 0, result.stderr
+        assert "conctools report" in result.stdout
+
     def test_html_and_trace(self, saved: Path, tmp_path: Path) -> None:
         """--html and --trace write the files; --text prints as well."""
         html, trace = tmp_path / "r.html", tmp_path / "t.json"

@@ -197,8 +197,25 @@ class TestEndpoints:
         assert (await client.get("/conctools/profile?seconds=-1")).status == 400
 
     @pytest.mark.asyncio
+    async def test_instruments_run_with_the_server(self, client: TestClient[Any, Any]) -> None:
+        """The instrumented server runs every instrument that is installed, without a task factory."""
+        service = service_of(client.server.app)  # type: ignore[union-attr]
+        expected = [
+            name
+            for name, module in (
+                ("loop monitor", "conctools.loopmon"),
+                ("deadlock watchdog", "conctools.deadlock"),
+                ("resource sampler", "conctools.resources"),
+            )
+            if _have(module)
+        ]
+        assert service.instruments_running == expected
+        assert asyncio.get_running_loop().get_task_factory() is None  # per-request tasks stay cheap
+
+    @pytest.mark.asyncio
     async def test_plain_server_answers_the_same(self, plain_client: TestClient[Any, Any]) -> None:
-        """The uninstrumented server serves the same answers."""
+        """The uninstrumented server serves the same answers, with no instrument running."""
+        assert service_of(plain_client.server.app).instruments_running == []  # type: ignore[union-attr]
         assert (await (await plain_client.post("/counter")).json()) == {"count": 1}
         assert (await (await plain_client.get("/audit")).json()) == {"ledger_total": 0}
 

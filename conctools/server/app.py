@@ -34,7 +34,7 @@ The seeded bugs (``--bugs`` switches all on, ``--bugs blocking,inversion`` some 
     ``GET /audit`` takes ``ledger`` then ``accounts``, the reverse of ``POST /transfer``: a
     lock-order inversion (ABBA), reported as a potential deadlock even though this server
     never deadlocks: both sections run behind a gate invisible to conctools (a raw
-    ``_thread`` lock), so the demo stays up. Without the gate the pool deadlocks under load.
+    ``_thread`` lock), so the demo stays up. Without the gate, two pool threads can deadlock.
 """
 
 from __future__ import annotations
