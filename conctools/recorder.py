@@ -275,7 +275,7 @@ class _SpanShard:
 # Threads append them to their own chunk; a full chunk is sealed into the shared ring of chunks,
 # and chunks that fall off the ring are folded into the aggregates. Per call that is one tuple
 # and one list.append: the cheapest exact scheme that needs no lock on the hot path.
-_CHUNK = 256
+SPAN_CHUNK = 256
 
 
 def _fold(aggs: dict[str, list[int]], chunk: list[tuple[Any, ...]]) -> None:
@@ -398,10 +398,21 @@ class Recorder:
             shard = self._new_shard()
         chunk = shard.chunk
         chunk.append((start_ns, end_ns, name, span_id, parent_id, outcome, exc_type, task_name, args))
-        if len(chunk) >= _CHUNK:
+        if len(chunk) >= SPAN_CHUNK or self._sinks:
+            self._after_span(shard)
+
+    def _after_span(self, shard: _SpanShard) -> None:
+        """The rare part of recording a span: seal a full chunk, feed the sinks.
+
+        ``tracing`` inlines the common part of :meth:`record_span` (its success path cannot
+        afford a second Python-level call) and calls this when the chunk is full or sinks exist.
+        """
+        chunk = shard.chunk
+        last = chunk[-1]
+        if len(chunk) >= SPAN_CHUNK:
             self._seal(shard)
         if self._sinks:
-            self._emit(self._materialize(shard.thread, chunk[-1] if chunk else self._chunks[-1][1][-1]))
+            self._emit(self._materialize(shard.thread, last))
 
     def _new_shard(self) -> _SpanShard:
         shard = _SpanShard(threading.current_thread())

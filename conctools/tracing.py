@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from conctools._units import format_duration
-from conctools.recorder import _current
+from conctools.recorder import SPAN_CHUNK, _current
 
 __all__ = ["ActiveSpan", "ContextFilter", "Traced", "current_span", "traced"]
 
@@ -258,10 +258,18 @@ class Traced:
             var_reset(token)
             # The success path, inlined: one Python-level call (the recorder) per traced call.
             if cache_get is not None and cache_get(level) is False and not args_text:
-                try:
-                    current[0].record_span(
-                        name, span_id, parent[0] if parent else None, start, end, "ok", None, task_name
+                try:  # Recorder.record_span, inlined
+                    rec = current[0]
+                    try:
+                        shard = rec._local.shard
+                    except AttributeError:
+                        shard = rec._new_shard()
+                    chunk = shard.chunk
+                    chunk.append(
+                        (start, end, name, span_id, parent[0] if parent else None, "ok", None, task_name, None)
                     )
+                    if len(chunk) >= SPAN_CHUNK or rec._sinks:
+                        rec._after_span(shard)
                 except Exception:
                     _internal_log.exception("conctools: failed to record span %r", name)
             else:
@@ -301,10 +309,18 @@ class Traced:
             except ValueError:  # the coroutine was driven from another context
                 var_set(parent)
             if cache_get is not None and cache_get(level) is False and not args_text:
-                try:
-                    current[0].record_span(
-                        name, span_id, parent[0] if parent else None, start, end, "ok", None, task_name
+                try:  # Recorder.record_span, inlined
+                    rec = current[0]
+                    try:
+                        shard = rec._local.shard
+                    except AttributeError:
+                        shard = rec._new_shard()
+                    chunk = shard.chunk
+                    chunk.append(
+                        (start, end, name, span_id, parent[0] if parent else None, "ok", None, task_name, None)
                     )
+                    if len(chunk) >= SPAN_CHUNK or rec._sinks:
+                        rec._after_span(shard)
                 except Exception:
                     _internal_log.exception("conctools: failed to record span %r", name)
             else:

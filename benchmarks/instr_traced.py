@@ -1,0 +1,96 @@
+"""Instructions per call (valgrind callgrind) for @traced and its peers: a noise-free
+complement to ``bench_traced.py`` on a shared, noisy machine.
+
+    .venv/bin/python benchmarks/instr_traced.py
+
+Each case runs twice under callgrind, with N and 2N calls; the difference divided by N is
+the cost of one call, start-up and imports cancelled out. Instructions are not
+nanoseconds, but their ratios are stable from run to run, whatever else the machine does.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+N = 20_000
+
+CASES = {
+    "bare call": "f = bare",
+    "functools.wraps wrapper": "f = functools.wraps(bare)(lambda *a, **k: bare(*a, **k))",
+    "@traced (sync)": "f = conctools.traced(bare)",
+    "OpenTelemetry SDK span": (
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
+        "p = TracerProvider(); e = InMemorySpanExporter(); p.add_span_processor(SimpleSpanProcessor(e))\n"
+        "f = p.get_tracer('b').start_as_current_span('bare')(bare)"
+    ),
+    "await coroutine": "f = coro; ASYNC = True",
+    "@traced (async)": "f = conctools.traced(coro); ASYNC = True",
+}
+
+TEMPLATE = """
+import asyncio, functools, sys
+import conctools
+from conctools.recorder import Recorder, set_recorder
+set_recorder(Recorder(capacity=10_000))
+def bare():
+    return 1
+async def coro():
+    return 1
+ASYNC = False
+{setup}
+n = int(sys.argv[1])
+if ASYNC:
+    async def main():
+        for _ in range(n):
+            await f()
+    asyncio.run(main())
+else:
+    for _ in range(n):
+        f()
+"""
+
+
+def instructions(setup: str, n: int) -> int:
+    code = TEMPLATE.format(setup=setup)
+    result = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code, str(n)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    match = re.search(r"Collected : (\d+)", result.stderr)
+    if not match:
+        raise RuntimeError(result.stderr[-2000:])
+    return int(match.group(1))
+
+
+def per_call(setup: str) -> float:
+    return (instructions(setup, 2 * N) - instructions(setup, N)) / N
+
+
+def main() -> None:
+    if shutil.which("valgrind") is None:
+        print("instr_traced: valgrind is not installed (Debian package valgrind)", file=sys.stderr)
+        raise SystemExit(2)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(CASES, pool.map(per_call, CASES.values())))
+    bare, coro = results["bare call"], results["await coroutine"]
+    print(f"Instructions per call (callgrind, {N:,} vs {2 * N:,} calls):\n")
+    print("| what | instructions per call | added |")
+    print("|---|---:|---:|")
+    for name, count in results.items():
+        base = coro if ("async" in name or "await" in name) else bare
+        print(f"| {name} | {count:,.0f} | {count - base:+,.0f} |")
+    sync, otel = results["@traced (sync)"], results["OpenTelemetry SDK span"]
+    print(f"\n- OpenTelemetry SDK span / @traced (sync): {otel / sync:.0f}x")
+    print(f"- @traced (sync) / functools.wraps wrapper: {sync / results['functools.wraps wrapper']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
