@@ -92,6 +92,7 @@ EXIT_DEADLOCK = 86
 EXIT_HANG = 87
 
 WATCHDOG_THREAD_NAME = "conctools-watchdog"
+_MAX_KEPT = 1000  # events kept in ``deadlocks`` / ``hangs`` (the recorder keeps its own)
 
 # A node of the wait-for graph: ("thread", thread_id) or ("task", id(task)).
 PartyKey = tuple[str, int]
@@ -930,6 +931,8 @@ class DeadlockWatchdog:
         tasks = {t.task_id: t for t in taskdump.dump_tasks()}
         out = []
         for cycle in fresh:
+            if len(self._seen) >= _MAX_KEPT * 10:  # bounded memory in a program that deadlocks for days
+                self._seen.clear()
             self._seen.add(cycle_key(cycle))
             stacks = {}
             for edge in cycle:
@@ -961,6 +964,7 @@ class DeadlockWatchdog:
 
     def _report_deadlock(self, event: DeadlockEvent) -> None:
         self.deadlocks.append(event)
+        del self.deadlocks[:-_MAX_KEPT]
         if self._recorder is not None:
             self._recorder.record(event)
         # Logged loudly only when nobody else is told (a callback prints its own report).
@@ -1031,6 +1035,7 @@ class DeadlockWatchdog:
         states = {tid: classify_thread(tid, frame, self._registry_wait(tid), loops) for tid, frame in watched.items()}
         event = self._hang_event(states, threads, now, (now - stalled_since) / 1e9)
         self.hangs.append(event)
+        del self.hangs[:-_MAX_KEPT]
         if self._recorder is not None:
             self._recorder.record(event)
         _log.log(logging.WARNING if self.on_hang is None else logging.DEBUG, "conctools: %s", event.reason)

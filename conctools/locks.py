@@ -11,11 +11,17 @@ primitive's holders and waiters, for the deadlock watchdog.
 
 Cost model (measured in ``benchmarks/bench_locks.py``): an uncontended ``with lock:`` tries a
 non-blocking acquire and, when it gets the lock, stores only the owner's thread id and bumps
-a counter; it takes no timestamp and no stack. The first contention switches that lock to a
-timed variant (hold times measured from then on, since only contended locks have
-interesting hold times), and a waiter pays for clocks, its stack and the event. With
-lock-order checking on (:mod:`conctools.lockorder`), locks also remember where they were
-taken, which costs a frame walk per acquisition.
+a counter (an RLock only counts: the C lock knows its owner); it takes no timestamp and no
+stack. The first contention switches that lock to a timed variant (only contended locks have
+interesting hold times): it times every contended hold and one in ``HOLD_SAMPLE`` of the
+others. A waiter pays for clocks, its site and the event; its full stack is taken for the
+first ``STACKS_PER_SITE`` waits at each site of each lock class. With lock-order checking on
+(:mod:`conctools.lockorder`), locks also remember where they were taken (a code object and an
+offset, turned into ``file:line`` only when someone reads it) and feed the order graph.
+
+The holder's acquire site (for "where it took the lock it holds") is known for contended
+acquisitions and, in lock-order mode (``conctools run``'s default), for every acquisition; a
+plain drop-in outside that mode does not pay for it on the fast path.
 
 >>> import conctools
 >>> lock = conctools.Lock(name="accounts")
@@ -552,7 +558,8 @@ class Lock:
     def _acquire_args(self, blocking: bool, timeout: float, frame: FrameType | None) -> bool:
         """``acquire`` with explicit arguments: validated exactly as the C lock does."""
         if blocking is not True or timeout != -1:
-            _validate(blocking, timeout)
+            if timeout != -1:  # acquire(False) (Condition's _is_owned() probe) needs no check
+                _validate(blocking, timeout)
             if not blocking or timeout == 0:
                 if self._acq(False):
                     self._took(frame, 0)
@@ -853,7 +860,8 @@ class RLock:
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Acquire (re-entrantly), as ``threading.RLock.acquire``."""
         if blocking is not True or timeout != -1:
-            _validate(blocking, timeout)
+            if timeout != -1:  # acquire(False) (Condition's _is_owned() probe) needs no check
+                _validate(blocking, timeout)
             if not blocking or timeout == 0:
                 if self._acq(False):
                     self._took(_getframe(1), 0)

@@ -52,7 +52,11 @@ from conctools.recorder import Histogram, Recorder, get_recorder
 __all__ = [
     "LoopMonitor",
     "StallStats",
+    "callback_frames",
+    "culprit_of",
     "monitor_all_loops",
+    "patched_names",
+    "stats_for",
     "watch_loop",
 ]
 
@@ -136,7 +140,7 @@ class StallStats:
     """
 
     def __init__(self) -> None:
-        self._lock = _thread.allocate_lock()
+        self._lock = _thread.RLock()  # reentrant: a finalizer run by GC on this thread may report too
         self.sites: dict[str, _Site] = {}
         self.lag = Histogram()
         self.stalls = 0

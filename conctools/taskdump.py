@@ -103,15 +103,27 @@ class TaskInfo:
 
 # -- loop registry ---------------------------------------------------------------------------
 
-_registry_lock = _thread.allocate_lock()
+_registry_lock = _thread.RLock()  # reentrant: a weakref callback may run (GC) while it is held
 _loops: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], int]] = {}  # id(loop) -> (ref, thread id)
 
 
 def register_loop(loop: asyncio.AbstractEventLoop, thread_id: int | None = None) -> None:
     """Remember that ``loop`` runs in ``thread_id`` (the caller's thread by default)."""
     tid = thread_id if thread_id is not None else _thread.get_ident()
+    key = id(loop)
+
+    def forget(ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:  # bounded: dead loops leave
+        with _registry_lock:
+            entry = _loops.get(key)
+            if entry is not None and entry[0] is ref:
+                del _loops[key]
+
     with _registry_lock:
-        _loops[id(loop)] = (weakref.ref(loop), tid)
+        entry = _loops.get(key)
+        if entry is not None and entry[0]() is loop:
+            _loops[key] = (entry[0], tid)
+        else:
+            _loops[key] = (weakref.ref(loop, forget), tid)
 
 
 def unregister_loop(loop: asyncio.AbstractEventLoop) -> None:

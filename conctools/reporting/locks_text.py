@@ -24,7 +24,14 @@ def _who(edge: LockOrderEdge) -> str:
     return f"thread {edge.thread_name!r}"
 
 
+_PLUMBING = ("/asyncio/", "/threading.py", "/runpy.py", "/concurrent/futures/", "/contextlib.py", "<frozen ")
+
+
 def _stack(stack: Sequence[Frame], limit: int) -> list[str]:
+    # The event loop's and the threading module's own frames say nothing about the program.
+    shown = [f for i, f in enumerate(stack) if i == 0 or not any(p in f.filename for p in _PLUMBING)]
+    hidden = len(stack) - len(shown)
+    stack = shown
     lines = []
     for f in stack[:limit]:
         lines.append(f"        {f.filename}:{f.lineno} in {f.function}")
@@ -32,6 +39,8 @@ def _stack(stack: Sequence[Frame], limit: int) -> list[str]:
             lines.append(f"            {f.line}")
     if len(stack) > limit:
         lines.append(f"        ... {len(stack) - limit} more frames")
+    if hidden:
+        lines.append(f"        ({hidden} asyncio/threading frames not shown)")
     return lines
 
 
