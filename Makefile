@@ -64,6 +64,11 @@ test-load: venv
 ## Overhead measurements quoted in the README.
 bench: venv
 	$(BIN)/python benchmarks/bench_traced.py
+	$(BIN)/python benchmarks/bench_locks.py
+	$(BIN)/python benchmarks/bench_loopmon.py
+	$(BIN)/python benchmarks/bench_watchdog.py
+	$(BIN)/python benchmarks/bench_profile.py
+	$(BIN)/python benchmarks/bench_server.py
 
 clean:
 	rm -rf $(VENV) $(VENV313) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

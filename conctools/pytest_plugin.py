@@ -308,10 +308,10 @@ def _worker_of_live_pool(thread: threading.Thread) -> bool:
 
 def _pending_tasks() -> list[asyncio.Future[Any]]:
     """Every pending asyncio task of every loop."""
-    from conctools.taskdump import _task_objects
+    from conctools.taskdump import pending_tasks
 
     try:
-        return _task_objects(None)
+        return pending_tasks(None)
     except Exception:
         _log.exception("conctools: could not list asyncio tasks")
         return []
