@@ -64,6 +64,7 @@ test-load: venv
 ## Overhead measurements quoted in the README.
 bench: venv
 	$(BIN)/python benchmarks/bench_traced.py
+	$(BIN)/python benchmarks/instr_traced.py
 	$(BIN)/python benchmarks/bench_locks.py
 	$(BIN)/python benchmarks/bench_loopmon.py
 	$(BIN)/python benchmarks/bench_watchdog.py

@@ -1,8 +1,7 @@
 """What @traced costs per call, side by side with a bare call, a do-nothing wrapper and an
 OpenTelemetry SDK span, in one process.
 
-    .venv/bin/python benchmarks/bench_traced.py            # print the table
-    .venv/bin/python benchmarks/bench_traced.py --readme   # also update README.md's figures
+    .venv/bin/python benchmarks/bench_traced.py
 
 The logger is left below DEBUG (the production setting): spans are recorded, not logged.
 Each figure is the best of several repeats (the machine is shared and noisy; the minimum is
@@ -15,11 +14,8 @@ import argparse
 import asyncio
 import functools
 import platform
-import re
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import conctools
@@ -118,27 +114,9 @@ def render(results: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(text: str) -> None:
-    readme = Path(__file__).resolve().parent.parent / "README.md"
-    content = readme.read_text()
-    new = re.sub(
-        r"(<!-- bench:traced -->\n).*?(\n<!-- /bench:traced -->)",
-        lambda m: m.group(1) + text + m.group(2),
-        content,
-        flags=re.S,
-    )
-    readme.write_text(new)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readme", action="store_true", help="write the figures into README.md")
-    args = parser.parse_args()
-    text = render(measure())
-    print(text)
-    if args.readme:
-        update_readme(text)
-        print("\nREADME.md updated", file=sys.stderr)
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    print(render(measure()))
 
 
 if __name__ == "__main__":
