@@ -10,16 +10,51 @@
 
 from __future__ import annotations
 
-from conctools import aio
-from conctools.deadlock import DeadlockError, DeadlockWatchdog, watch_deadlocks
+import importlib as _importlib
+import typing as _typing
+
 from conctools.events import Frame, SpanEvent
-from conctools.locks import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, trace_locks
-from conctools.loopmon import LoopMonitor, monitor_all_loops, watch_loop
-from conctools.profiling import Profile, ProfileError, profile
 from conctools.recorder import Recorder, Snapshot, SpanStats, get_recorder, set_recorder, use_recorder
-from conctools.resources import ResourceSampler, sample_resources
-from conctools.taskdump import TaskInfo, dump_tasks
 from conctools.tracing import ActiveSpan, ContextFilter, Traced, current_span, traced
+
+if _typing.TYPE_CHECKING:
+    from conctools import aio
+    from conctools.deadlock import DeadlockError, DeadlockWatchdog, watch_deadlocks
+    from conctools.locks import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, trace_locks
+    from conctools.loopmon import LoopMonitor, monitor_all_loops, watch_loop
+    from conctools.profiling import Profile, ProfileError, profile
+    from conctools.resources import ResourceSampler, sample_resources
+    from conctools.taskdump import TaskInfo, dump_tasks
+
+# Imported on first use (PEP 562): `import conctools` stays cheap, which matters because the
+# pytest plugin imports it in every pytest run, even when the plugin is switched off.
+_LAZY = {
+    "aio": "conctools.aio",
+    **dict.fromkeys(("DeadlockError", "DeadlockWatchdog", "watch_deadlocks"), "conctools.deadlock"),
+    **dict.fromkeys(
+        ("Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore", "trace_locks"),
+        "conctools.locks",
+    ),
+    **dict.fromkeys(("LoopMonitor", "monitor_all_loops", "watch_loop"), "conctools.loopmon"),
+    **dict.fromkeys(("Profile", "ProfileError", "profile"), "conctools.profiling"),
+    **dict.fromkeys(("ResourceSampler", "sample_resources"), "conctools.resources"),
+    **dict.fromkeys(("TaskInfo", "dump_tasks"), "conctools.taskdump"),
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'conctools' has no attribute {name!r}")
+    module = _importlib.import_module(module_name)
+    value = module if module_name == f"conctools.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

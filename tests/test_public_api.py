@@ -41,6 +41,29 @@ class TestPublicSurface:
                 continue
             importlib.import_module(info.name)
 
+    def test_import_is_lazy_and_cheap(self) -> None:
+        """`import conctools` loads neither yappi, psutil nor the lock machinery until used."""
+        import subprocess
+        import sys
+
+        code = (
+            "import sys, conctools;"
+            "heavy = {'yappi', 'psutil', 'conctools.locks', 'conctools.deadlock', 'conctools.loopmon'};"
+            "assert not heavy & set(sys.modules), heavy & set(sys.modules);"
+            "assert conctools.Lock.__module__ == 'conctools' and 'conctools.locks' in sys.modules;"
+            "assert conctools.aio.Lock is sys.modules['conctools.aio'].Lock;"
+            "assert 'Lock' in dir(conctools)"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+
+    def test_unknown_attribute(self) -> None:
+        """A name conctools does not have is an AttributeError, as for any module."""
+        import pytest
+
+        with pytest.raises(AttributeError, match="no attribute 'nope'"):
+            _ = conctools.nope  # type: ignore[attr-defined]
+
     def test_importing_does_not_import_locust_or_start_threads(self) -> None:
         """Importing conctools neither imports locust (gevent patches) nor starts threads."""
         import subprocess
