@@ -31,14 +31,13 @@ from weakref import ref as _weakref
 from conctools import lockorder, registry
 from conctools.locks import (
     MAX_HOLDERS,
+    _base_state,
     _getframe,
     _mono,
     _party,
     _register,
-    _retire,
     _TracedAttrs,
     _Wait,
-    _waiter_parties,
 )
 from conctools.recorder import Histogram
 from conctools.registry import Party, PrimitiveState
@@ -83,17 +82,6 @@ def _task_party(task: Any, site: str, since_ns: int) -> Party:
     except Exception:
         thread_id = 0
     return _party(thread_id, task, site, since_ns)
-
-
-def _base_state(prim: Any, holders: tuple[Party, ...]) -> PrimitiveState:
-    return PrimitiveState(
-        prim_id=id(prim),
-        name=prim._ct_name,
-        kind=prim._ct_stats.kind,
-        created_at=prim._ct_created,
-        holders=holders,
-        waiters=_waiter_parties(prim),
-    )
 
 
 def _init(prim: Any, kind: str, name: str | None) -> None:
@@ -215,9 +203,6 @@ class Lock(asyncio.Lock, _TracedAttrs):
         self._ct_site = wait.site
         return True
 
-    def __del__(self) -> None:
-        _retire(self)
-
     def _conctools_state(self) -> PrimitiveState:
         owner = self._ct_owner
         site = lockorder.site_text(self._ct_site) if self._ct_site else "?"
@@ -258,15 +243,6 @@ class Event(asyncio.Event, _TracedAttrs):
         self._ct_progress += 1
         registry.note_progress()
 
-    def __del__(self) -> None:
-        _retire(self)
-
-    def _conctools_state(self) -> PrimitiveState:
-        return _base_state(self, ())
-
-    def _conctools_progress(self) -> int:
-        return int(self._ct_progress)
-
 
 # -- Condition ---------------------------------------------------------------------------
 
@@ -296,15 +272,6 @@ class Condition(asyncio.Condition, _TracedAttrs):
         super().notify(n)
         self._ct_progress += 1
         registry.note_progress()
-
-    def __del__(self) -> None:
-        _retire(self)
-
-    def _conctools_state(self) -> PrimitiveState:
-        return _base_state(self, ())
-
-    def _conctools_progress(self) -> int:
-        return int(self._ct_progress)
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
@@ -379,9 +346,6 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         if self._waiters:
             registry.note_progress()
 
-    def __del__(self) -> None:
-        _retire(self)
-
     def _conctools_state(self) -> PrimitiveState:
         holders = tuple(_task_party(t, "?", 0) for t in list(self._ct_holders) if t is not None)
         return _base_state(self, holders)
@@ -421,12 +385,3 @@ class Barrier(asyncio.Barrier, _TracedAttrs):
             self._ct_progress += 1
             registry.note_progress()
         return index
-
-    def __del__(self) -> None:
-        _retire(self)
-
-    def _conctools_state(self) -> PrimitiveState:
-        return _base_state(self, ())
-
-    def _conctools_progress(self) -> int:
-        return int(self._ct_progress)

@@ -1061,7 +1061,9 @@ _OrderedRLock.__qualname__ = _OrderedRLock.__name__ = "RLock"
 
 
 class _TracedAttrs:
-    """What :func:`_register` puts on a traced primitive (annotations only, for the type checker)."""
+    """What :func:`_register` puts on a traced primitive, and the registry hooks of the
+    primitives that have waiters but no holders (events, conditions, barriers); those with
+    holders override ``_conctools_state`` and ``_conctools_progress``."""
 
     _ct_n: int
     _ct_hold: Histogram | None
@@ -1073,6 +1075,15 @@ class _TracedAttrs:
     _ct_held: Any
     _ct_progress: int
 
+    def __del__(self) -> None:
+        _retire(self)
+
+    def _conctools_state(self) -> PrimitiveState:
+        return _base_state(self, ())
+
+    def _conctools_progress(self) -> int:
+        return int(self._ct_progress)
+
 
 def _init_traced(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
     prim._ct_held = None
@@ -1080,13 +1091,14 @@ def _init_traced(prim: Any, kind: str, name: str | None, frame: FrameType | None
     _register(prim, kind, name, frame)
 
 
-def _state_without_holders(prim: Any) -> PrimitiveState:
+def _base_state(prim: Any, holders: tuple[Party, ...]) -> PrimitiveState:
+    """A traced primitive's registry state: its identity, ``holders`` and current waiters."""
     return PrimitiveState(
         prim_id=id(prim),
         name=prim._ct_name,
         kind=prim._ct_stats.kind,
         created_at=prim._ct_created,
-        holders=(),
+        holders=holders,
         waiters=_waiter_parties(prim),
     )
 
@@ -1133,15 +1145,6 @@ class Condition(_StdCondition, _TracedAttrs):
         self.notify(len(self._waiters))
 
     notifyAll = notify_all
-
-    def __del__(self) -> None:
-        _retire(self)
-
-    def _conctools_state(self) -> PrimitiveState:
-        return _state_without_holders(self)
-
-    def _conctools_progress(self) -> int:
-        return int(self._ct_progress)
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
@@ -1249,9 +1252,6 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
             f" and {len(holders) - 4} more" if len(holders) > 4 else ""
         )
 
-    def __del__(self) -> None:
-        _retire(self)
-
     def _conctools_state(self) -> PrimitiveState:
         holders = tuple(_party(i, t, s or "?", since) for (i, t, s, since) in list(self._holders))
         return PrimitiveState(
@@ -1313,15 +1313,6 @@ class Event(_StdEvent, _TracedAttrs):
         self._ct_progress += 1
         registry.note_progress()
 
-    def __del__(self) -> None:
-        _retire(self)
-
-    def _conctools_state(self) -> PrimitiveState:
-        return _state_without_holders(self)
-
-    def _conctools_progress(self) -> int:
-        return int(self._ct_progress)
-
 
 # -- Barrier -----------------------------------------------------------------------------
 
@@ -1359,15 +1350,6 @@ class Barrier(_StdBarrier, _TracedAttrs):
             self._ct_progress += 1
             registry.note_progress()
         return index
-
-    def __del__(self) -> None:
-        _retire(self)
-
-    def _conctools_state(self) -> PrimitiveState:
-        return _state_without_holders(self)
-
-    def _conctools_progress(self) -> int:
-        return int(self._ct_progress)
 
 
 # -- trace_locks() -----------------------------------------------------------------------
