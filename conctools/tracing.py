@@ -35,6 +35,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
+from conctools._context import current_task_name
 from conctools._units import format_duration
 from conctools.recorder import SPAN_CHUNK, _current
 
@@ -66,14 +67,6 @@ _ARGS_MAX = 240
 def current_span() -> tuple[int, str] | None:
     """``(span_id, name)`` of the innermost active span here, or ``None``."""
     return _span_var.get()
-
-
-def _task_name() -> str | None:
-    loop = _get_running_loop()
-    if loop is None:
-        return None
-    task = _current_task(loop)
-    return task.get_name() if task is not None else None
 
 
 def _format_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -244,7 +237,7 @@ class Traced:
             parent = var_get()
             span_id = next_id()
             token = var_set((span_id, name))
-            task_name = _task_name() if get_loop() is not None else None
+            task_name = current_task_name() if get_loop() is not None else None
             args_text = _format_args(args, kwargs) if log_args else None
             start = now()
             try:
@@ -338,7 +331,7 @@ class Traced:
             parent = _span_var.get()
             span_id = next_id()
             mine = (span_id, name)
-            task_name = _task_name()
+            task_name = current_task_name()
             args_text = _format_args(args, kwargs) if log_args else None
             start = _now()
             error: BaseException | None = None
@@ -387,7 +380,7 @@ class Traced:
             parent = _span_var.get()
             span_id = next_id()
             mine = (span_id, name)
-            task_name = _task_name()
+            task_name = current_task_name()
             args_text = _format_args(args, kwargs) if log_args else None
             start = _now()
             error: BaseException | None = None
@@ -432,7 +425,7 @@ class Traced:
         parent = _span_var.get()
         span_id = _next_id()
         token = _span_var.set((span_id, self.name))
-        state = (self, parent, span_id, token, _task_name(), _now())
+        state = (self, parent, span_id, token, current_task_name(), _now())
         _block_var.set((state, _block_var.get()))
         return ActiveSpan(self.name, span_id, parent[0] if parent is not None else None)
 
@@ -547,7 +540,7 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             if getattr(record, "taskName", None) is None:
-                record.taskName = _task_name()
+                record.taskName = current_task_name()
             if not hasattr(record, "span"):
                 current = _span_var.get()
                 record.span = current[1] if current is not None else None
