@@ -294,6 +294,18 @@ class ResourceSampleEvent(Event):
     ctx_switches_voluntary: int
     ctx_switches_involuntary: int
 
+    def point(self) -> dict[str, Any]:
+        """The sample as one point of a resource series (the fields charts and summaries use)."""
+        return {
+            "ts_ns": self.ts_ns,
+            "cpu_percent": self.cpu_percent,
+            "rss_bytes": self.rss_bytes,
+            "num_threads": self.num_threads,
+            "num_fds": self.num_fds,
+            "ctx_switches_voluntary": self.ctx_switches_voluntary,
+            "ctx_switches_involuntary": self.ctx_switches_involuntary,
+        }
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MarkEvent(Event):

@@ -174,17 +174,7 @@ class ResourceSampler:
             self._skipped += 1
             return
         self._skipped = 0
-        self._series.append(
-            {
-                "ts_ns": e.ts_ns,
-                "cpu_percent": e.cpu_percent,
-                "rss_bytes": e.rss_bytes,
-                "num_threads": e.num_threads,
-                "num_fds": e.num_fds,
-                "ctx_switches_voluntary": e.ctx_switches_voluntary,
-                "ctx_switches_involuntary": e.ctx_switches_involuntary,
-            }
-        )
+        self._series.append(e.point())
         if len(self._series) >= self.max_points:
             self._series = self._series[::2]
             self._stride *= 2

@@ -68,18 +68,7 @@ def _resource_points(snapshot: Snapshot) -> list[dict[str, float]]:
     if isinstance(section, dict) and isinstance(section.get("series"), list):
         raw = [p for p in section["series"] if isinstance(p, dict)]
     if not raw:
-        raw = [
-            {
-                "ts_ns": e.ts_ns,
-                "cpu_percent": e.cpu_percent,
-                "rss_bytes": e.rss_bytes,
-                "num_threads": e.num_threads,
-                "num_fds": e.num_fds,
-                "ctx_switches_voluntary": e.ctx_switches_voluntary,
-                "ctx_switches_involuntary": e.ctx_switches_involuntary,
-            }
-            for e in snapshot.of_kind(ResourceSampleEvent)
-        ]
+        raw = [e.point() for e in snapshot.of_kind(ResourceSampleEvent)]
     points = []
     prev: dict[str, Any] | None = None
     for p in raw:
