@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv demo test check static format lint types pytest pytest-313 test-load bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py conctools/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
@@ -46,7 +46,7 @@ pytest: venv
 # 3.13 runs the suite too (load tests stay on 3.11: Locust and its gevent run there).
 pytest-313:
 	@if PYENV_VERSION=$(PY313_VERSION) $(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null; then \
-		if [ ! -f $(STAMP313) ] || [ pyproject.toml -nt $(STAMP313) ]; then \
+		if [ ! -f $(STAMP313) ] || [ pyproject.toml -nt $(STAMP313) ] || [ setup.py -nt $(STAMP313) ] || [ conctools/_speedups.c -nt $(STAMP313) ]; then \
 			PYENV_VERSION=$(PY313_VERSION) $(PYTHON) -m venv $(VENV313) && \
 			$(VENV313)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip && \
 			$(VENV313)/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' && \

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from weakref import ref as _weakref
 
 from conctools import lockorder, registry
@@ -471,10 +471,48 @@ def _waiter_parties(prim: Any) -> tuple[Party, ...]:
     return tuple(_party(i, t, s, since, to) for (i, t, s, since, to) in list(prim._ct_waiters.values()))
 
 
+# -- the fast path's fields: a C base type when conctools._speedups is built -------------
+
+# The uncontended path of Lock and RLock is a handful of attribute writes, but as Python
+# methods each ``with`` pays a Python frame (1.6x a plain lock before doing anything). The C
+# module holds those fields and provides the same fast paths as C methods, installed on the
+# classes below by _install_speedups(); the Python methods stay as the fallback (no compiler,
+# PyPy, free-threaded builds, or CONCTOOLS_PURE_PYTHON=1) and as the slow paths both share.
+_speedups: Any = None
+if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
+    try:
+        from conctools import _speedups  # type: ignore[no-redef]
+    except ImportError:  # not built here: the pure-Python fast path
+        _speedups = None
+SPEEDUPS = _speedups is not None
+"""True when the C fast path of ``Lock``/``RLock`` is in use (else the pure-Python one)."""
+
+# Fields the fast path touches (C members of _speedups.Core, or slots of the Python classes).
+_CORE_SLOTS = (
+    "__weakref__",
+    "_acq",
+    "_ct_held",
+    "_ct_hold",
+    "_ct_n",
+    "_lock",
+    "_osince",
+    "_osite",
+    "_otask",
+    "_owner",
+    "_rel",
+    "_t0",
+)
+_OWN_SLOTS = ("_ct_created", "_ct_name", "_ct_serial", "_ct_stats", "_ct_waiters")
+if TYPE_CHECKING:
+    _CoreBase = object
+else:
+    _CoreBase = _speedups.Core if _speedups is not None else object
+
+
 # -- Lock --------------------------------------------------------------------------------
 
 
-class Lock:
+class Lock(_CoreBase):
     """A traced ``threading.Lock``: same behaviour, plus statistics and holder tracking.
 
     >>> lock = Lock(name="cache")
@@ -483,25 +521,7 @@ class Lock:
     True
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_acq",
-        "_ct_created",
-        "_ct_held",
-        "_ct_hold",
-        "_ct_n",
-        "_ct_name",
-        "_ct_serial",
-        "_ct_stats",
-        "_ct_waiters",
-        "_lock",
-        "_osince",
-        "_osite",
-        "_otask",
-        "_owner",
-        "_rel",
-        "_t0",
-    )
+    __slots__ = _OWN_SLOTS if _speedups is not None else (*_OWN_SLOTS, *_CORE_SLOTS)
 
     _kind = "Lock"
 
@@ -680,6 +700,9 @@ class _TimedLock(Lock):
         self._released()
         self._rel()
 
+    acquire_lock = acquire
+    release_lock = release
+
     def _took(self, frame: FrameType | None, t0: int) -> None:
         self._owner = _get_ident()
         n = self._ct_n = self._ct_n + 1
@@ -795,7 +818,7 @@ def _check_before_wait(prim: Any, frame: FrameType | None) -> None:
 # -- RLock -------------------------------------------------------------------------------
 
 
-class RLock:
+class RLock(_CoreBase):
     """A traced ``threading.RLock``: re-entrant, owned by one thread; plus statistics.
 
     Built on the C ``_thread.RLock``, so ``_is_owned``, ``_recursion_count``,
@@ -804,24 +827,7 @@ class RLock:
     from the C lock when it asks.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_acq",
-        "_ct_created",
-        "_ct_held",
-        "_ct_hold",
-        "_ct_n",
-        "_ct_name",
-        "_ct_serial",
-        "_ct_stats",
-        "_ct_waiters",
-        "_lock",
-        "_osince",
-        "_osite",
-        "_otask",
-        "_rel",
-        "_t0",
-    )
+    __slots__ = _OWN_SLOTS if _speedups is not None else (*_OWN_SLOTS, *_CORE_SLOTS)
 
     _kind = "RLock"
 
@@ -1055,6 +1061,54 @@ class _OrderedRLock(_TimedRLock):
 
 
 _OrderedRLock.__qualname__ = _OrderedRLock.__name__ = "RLock"
+
+
+def _install_speedups() -> None:
+    """Put the C fast paths in place of the Python ones (which remain the fallback).
+
+    ``acquire()`` without arguments is the C fast path; with arguments it calls the Python
+    ``acquire`` (kept as ``_acquire_py``), which validates them exactly as the C lock does. The
+    timed and ordered RLock keep the Python ``acquire``, whose ``_took`` dispatches by class.
+    """
+    core = _speedups.Core
+    _speedups.setup(
+        mask=HOLD_SAMPLE_MASK,
+        mono=_mono,
+        skip_prefixes=tuple(_SKIP_PREFIXES),
+        code_site=_code_site,
+        local=_order_local,
+        held_stack=lockorder.held_stack,
+        check=lockorder.check,
+        note_released=lockorder.note_released,
+        edges=lockorder._edges,
+    )
+    table: list[tuple[type, str, Any]] = [
+        (Lock, "_acquire_py", Lock.__dict__["acquire"]),
+        (RLock, "_acquire_py", RLock.__dict__["acquire"]),
+        (_TimedRLock, "acquire", RLock.__dict__["acquire"]),
+    ]
+    variants: tuple[tuple[type, str, str | None], ...] = (
+        (Lock, "_c_lock", "_c_release"),
+        (_TimedLock, "_c_lock_timed", None),
+        (_OrderedLock, "_c_lock_ordered", None),
+        (RLock, "_c_rlock", "_c_release"),
+        (_TimedRLock, "_c_rlock_timed", None),
+        (_OrderedRLock, "_c_rlock_ordered", None),
+    )
+    for cls, prefix, release in variants:
+        table.append((cls, "__enter__", getattr(core, prefix + "_enter")))
+        table.append((cls, "__exit__", getattr(core, "_c_exit" if release else prefix + "_exit")))
+        if release:
+            table.append((cls, "acquire", getattr(core, prefix + "_acquire")))
+            table.append((cls, "release", getattr(core, release)))
+    for cls, attr, value in table:
+        setattr(cls, attr, value)
+    Lock.acquire_lock = Lock.acquire  # type: ignore[method-assign] # the _thread.lock aliases follow
+    Lock.release_lock = Lock.release  # type: ignore[method-assign]
+
+
+if _speedups is not None:
+    _install_speedups()
 
 
 # -- Condition ---------------------------------------------------------------------------

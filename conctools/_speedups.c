@@ -1,0 +1,818 @@
+/* conctools._speedups: the uncontended fast path of conctools.Lock and conctools.RLock in C.
+ *
+ * A traced lock's hot path is tiny (a non-blocking try of the real lock, the owner's thread id,
+ * a counter; a sampled clock read once the lock has been contended; a push on the held-locks
+ * stack in lock-order mode), but as Python methods it costs a Python frame per `with`, which
+ * alone is 1.6x a `with threading.Lock()`. This module is a base type holding the fields that
+ * path touches, and method descriptors that conctools/locks.py installs on its classes when
+ * the module is available. Everything else stays in Python: every wait (the slow path),
+ * every timeout, the validation of arguments, the lock-order graph and its checks. The real lock
+ * is still a `_thread.lock` / `_thread.RLock` (called through its own methods), so its semantics
+ * (signals, timeouts, fork, reprs) are CPython's own.
+ *
+ * Observation must never break the program: bookkeeping errors after the lock is taken are
+ * swallowed; only the real lock's own errors (a release of an unlocked lock) reach the caller.
+ * Built only for interpreters with a GIL (the fields are protected by it); elsewhere, and when
+ * CONCTOOLS_PURE_PYTHON=1, locks.py uses its pure-Python fast path with the same behaviour.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <frameobject.h>
+#include <pythread.h>
+#include <time.h>
+
+#ifdef Py_GIL_DISABLED
+#error "conctools._speedups relies on the GIL; the pure-Python fast path is used instead"
+#endif
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *lock;      /* _lock: the real _thread.lock / _thread.RLock */
+    PyObject *acq;       /* _acq: its bound acquire */
+    PyObject *rel;       /* _rel: its bound release */
+    PyObject *owner;     /* _owner: the owning thread's id (NULL reads as None) */
+    unsigned long owner_ident;
+    long long n;         /* _ct_n: acquisitions */
+    long long t0;        /* _t0: start of a timed hold, 0 = untimed */
+    long long osince;    /* _osince: when the holder took the lock (0 = unknown) */
+    PyObject *otask;     /* _otask: the holding task, when a contended acquire knew it */
+    PyObject *osite;     /* _osite: where the holder took it ("" / "file:LINE" / (code, offset)) */
+    PyObject *hold;      /* _ct_hold: hold-time Histogram, None until the first contention */
+    PyObject *held;      /* _ct_held: the held-locks stack this lock was pushed on (lock order) */
+    PyObject *entry;     /* _ct_entry: (weakref, class key, name, serial), the fixed part of a held entry */
+    PyObject *site;      /* the last site computed, for site_code/site_lasti (a loop takes a lock on one line) */
+    PyObject *site_code; /* (borrowed identity only, never dereferenced) */
+    int site_lasti;
+    PyObject *weakreflist;
+} CoreObject;
+
+/* Set once by setup(), from conctools/locks.py. */
+static PyObject *g_false_args;      /* (False,) */
+static PyObject *g_minus_one;       /* -1 */
+static PyObject *g_empty;           /* "" */
+static PyObject *g_mono;            /* time.monotonic_ns */
+static PyObject *g_skip_prefixes;   /* tuple of path prefixes a lock site skips */
+static PyObject *g_code_site;       /* lockorder.code_site(frame) */
+static PyObject *g_local;           /* lockorder._local (a threading.local) */
+static PyObject *g_held_stack;      /* lockorder.held_stack() */
+static PyObject *g_check;           /* lockorder.check(held, entry) */
+static PyObject *g_note_released;   /* lockorder.note_released(held, prim) */
+static PyObject *g_edges;           /* lockorder._edges: (from class, to class) -> first edge seen */
+static long long g_mask = 7;        /* HOLD_SAMPLE - 1 */
+
+static PyObject *s_contended, *s_stack, *s_recursion_count, *s_add, *s_acquire_py, *s_ct_stats, *s_key,
+    *s_ct_name, *s_ct_serial;
+
+/* -- small helpers --------------------------------------------------------------------- */
+
+/* 1 acquired, 0 not, -1 error (from the real lock: propagate). */
+static int
+try_acquire(CoreObject *self)
+{
+    if (self->acq == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
+        return -1;
+    }
+    PyObject *r = PyObject_Call(self->acq, g_false_args, NULL);
+    if (r == NULL) {
+        return -1;
+    }
+    int got = (r == Py_True) ? 1 : PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return got;
+}
+
+static PyObject *
+release_real(CoreObject *self)
+{
+    if (self->rel == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
+        return NULL;
+    }
+    return PyObject_CallNoArgs(self->rel);
+}
+
+/* Drop whatever error bookkeeping raised: observing must not break the program. */
+static void
+swallow(void)
+{
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+}
+
+static void
+set_owner(CoreObject *self)
+{
+    unsigned long ident = PyThread_get_thread_ident();
+    if (self->owner != NULL && self->owner_ident == ident) {
+        return;
+    }
+    PyObject *obj = PyLong_FromUnsignedLong(ident);
+    if (obj == NULL) {
+        swallow();
+        return;
+    }
+    Py_XSETREF(self->owner, obj);
+    self->owner_ident = ident;
+}
+
+/* time.monotonic_ns(): on Linux that is clock_gettime(CLOCK_MONOTONIC), read here directly;
+ * elsewhere, the Python function itself (the clocks must agree: locks.py compares them). */
+static long long
+mono_ns(void)
+{
+#if defined(__linux__)
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
+        return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+#endif
+    PyObject *r = PyObject_CallNoArgs(g_mono);
+    if (r == NULL) {
+        swallow();
+        return 0;
+    }
+    long long v = PyLong_AsLongLong(r);
+    Py_DECREF(r);
+    if (v == -1 && PyErr_Occurred()) {
+        swallow();
+        return 0;
+    }
+    return v;
+}
+
+static int
+has_hold(CoreObject *self)
+{
+    return self->hold != NULL && self->hold != Py_None;
+}
+
+/* The slow path, in Python: self._contended(timeout, caller's frame). */
+static PyObject *
+contended(CoreObject *self)
+{
+    PyObject *frame = (PyObject *)PyEval_GetFrame();
+    return PyObject_CallMethodObjArgs((PyObject *)self, s_contended, g_minus_one, frame ? frame : Py_None, NULL);
+}
+
+/* A timed hold: every contended one, one in HOLD_SAMPLE of the others (sample != 0 forces none). */
+static void
+start_hold(CoreObject *self, int timed)
+{
+    Py_XSETREF(self->otask, Py_NewRef(Py_None));
+    long long t = (timed && !(self->n & g_mask)) ? mono_ns() : 0;
+    self->osince = self->t0 = t;
+}
+
+static void
+end_hold(CoreObject *self)
+{
+    long long t0 = self->t0;
+    if (t0) {
+        self->t0 = 0;
+        if (has_hold(self)) {
+            long long now = mono_ns();
+            PyObject *d = PyLong_FromLongLong(now - t0);
+            if (d != NULL) {
+                PyObject *r = PyObject_CallMethodOneArg(self->hold, s_add, d);
+                Py_DECREF(d);
+                Py_XDECREF(r);
+            }
+            swallow();
+        }
+    }
+}
+
+/* -1 on error (swallowed by callers), else the RLock's recursion count for this thread. */
+static long
+recursion_count(CoreObject *self)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(self->lock, s_recursion_count);
+    if (r == NULL) {
+        swallow();
+        return -1;
+    }
+    long v = PyLong_AsLong(r);
+    Py_DECREF(r);
+    if (v == -1 && PyErr_Occurred()) {
+        swallow();
+    }
+    return v;
+}
+
+/* -- lock order ---------------------------------------------------------------------- */
+
+static int
+skipped_file(PyObject *filename)
+{
+    if (g_skip_prefixes == NULL || !PyUnicode_Check(filename)) {
+        return 0;
+    }
+    Py_ssize_t k = PyTuple_GET_SIZE(g_skip_prefixes);
+    for (Py_ssize_t i = 0; i < k; i++) {
+        Py_ssize_t m = PyUnicode_Tailmatch(filename, PyTuple_GET_ITEM(g_skip_prefixes, i), 0, PY_SSIZE_T_MAX, -1);
+        if (m == 1) {
+            return 1;
+        }
+        if (m < 0) {
+            PyErr_Clear();
+        }
+    }
+    return 0;
+}
+
+/* Where the caller took the lock: (code, offset), or lockorder.code_site() when the caller is
+ * the stdlib or conctools itself (it walks out to user code). New reference, never NULL. */
+static PyObject *
+caller_site(CoreObject *self)
+{
+    PyFrameObject *frame = PyEval_GetFrame();
+    if (frame == NULL) {
+        return PyUnicode_FromString("?");
+    }
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    int lasti = PyFrame_GetLasti(frame);
+    /* The same code object and offset as last time: the same site. The cached site tuple holds
+     * the code object, so the pointer cannot have been reused by another code object. */
+    if (self->site != NULL && self->site_code == (PyObject *)code && self->site_lasti == lasti) {
+        Py_DECREF(code);
+        return Py_NewRef(self->site);
+    }
+    PyObject *site = NULL;
+    if (skipped_file(code->co_filename)) {
+        site = PyObject_CallOneArg(g_code_site, (PyObject *)frame);
+    }
+    else {
+        PyObject *offset = PyLong_FromLong(lasti);
+        if (offset != NULL) {
+            site = PyTuple_Pack(2, (PyObject *)code, offset);
+            Py_DECREF(offset);
+        }
+    }
+    if (site == NULL) {
+        swallow();
+        Py_DECREF(code);
+        return PyUnicode_FromString("?");
+    }
+    if (PyTuple_Check(site) && PyTuple_GET_SIZE(site) == 2 && PyTuple_GET_ITEM(site, 0) == (PyObject *)code) {
+        Py_XSETREF(self->site, Py_NewRef(site));
+        self->site_code = (PyObject *)code;
+        self->site_lasti = lasti;
+    }
+    Py_DECREF(code);
+    return site;
+}
+
+static PyObject *
+entry_base(CoreObject *self)
+{
+    if (self->entry != NULL) {
+        return self->entry;
+    }
+    PyObject *wref = NULL, *stats = NULL, *key = NULL, *name = NULL, *serial = NULL;
+    wref = PyWeakref_NewRef((PyObject *)self, NULL);
+    if (wref == NULL) goto done;
+    stats = PyObject_GetAttr((PyObject *)self, s_ct_stats);
+    if (stats == NULL) goto done;
+    key = PyObject_GetAttr(stats, s_key);
+    if (key == NULL) goto done;
+    name = PyObject_GetAttr((PyObject *)self, s_ct_name);
+    if (name == NULL) goto done;
+    serial = PyObject_GetAttr((PyObject *)self, s_ct_serial);
+    if (serial == NULL) goto done;
+    self->entry = PyTuple_Pack(4, wref, key, name, serial);
+done:
+    Py_XDECREF(wref);
+    Py_XDECREF(stats);
+    Py_XDECREF(key);
+    Py_XDECREF(name);
+    Py_XDECREF(serial);
+    return self->entry;
+}
+
+/* The calling thread's held-locks stack (lockorder._local.stack, a new reference), remembered
+ * for the last thread that asked: thread-state ids are never reused, unlike thread idents. */
+static uint64_t g_held_tid;
+static PyObject *g_held_list;
+
+static PyObject *
+thread_held(void)
+{
+    uint64_t tid = PyThreadState_GetID(PyThreadState_Get());
+    if (g_held_list != NULL && g_held_tid == tid) {
+        return Py_NewRef(g_held_list);
+    }
+    PyObject *held = PyObject_GetAttr(g_local, s_stack);
+    if (held == NULL) {
+        PyErr_Clear();
+        held = PyObject_CallNoArgs(g_held_stack);
+        if (held == NULL) {
+            swallow();
+            return NULL;
+        }
+    }
+    Py_XSETREF(g_held_list, Py_NewRef(held));
+    g_held_tid = tid;
+    return held;
+}
+
+/* 1 when every edge held -> entry is already in the graph between two live locks of different
+ * classes (the steady state of a program: nothing to add, so no call into lockorder.check);
+ * 0 when lockorder.check must look (a new edge, a same-class pair, a dead entry, an error). */
+static int
+edges_known(CoreObject *self, PyObject *held, PyObject *entry)
+{
+    if (g_edges == NULL || !PyDict_Check(g_edges)) {
+        return 0;
+    }
+    PyObject *to_key = PyTuple_GET_ITEM(entry, 1);
+    Py_ssize_t n = PyList_GET_SIZE(held);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *h = PyList_GET_ITEM(held, i);
+        if (!PyTuple_Check(h) || PyTuple_GET_SIZE(h) < 2 || !PyWeakref_CheckRef(PyTuple_GET_ITEM(h, 0))) {
+            return 0;
+        }
+#if PY_VERSION_HEX >= 0x030D0000
+        PyObject *other = NULL;
+        if (PyWeakref_GetRef(PyTuple_GET_ITEM(h, 0), &other) != 1) {
+            PyErr_Clear();
+            return 0; /* dropped while held: check() prunes it */
+        }
+        Py_DECREF(other); /* only its identity is needed; held entries keep no lock alive anyway */
+#else
+        PyObject *other = PyWeakref_GetObject(PyTuple_GET_ITEM(h, 0));
+        if (other == NULL || other == Py_None) {
+            PyErr_Clear();
+            return 0;
+        }
+#endif
+        if (other == (PyObject *)self) {
+            continue; /* re-entry is not an edge */
+        }
+        PyObject *from_key = PyTuple_GET_ITEM(h, 1);
+        int same = PyObject_RichCompareBool(from_key, to_key, Py_EQ);
+        if (same != 0) {
+            PyErr_Clear();
+            return 0; /* same class: ordered per instance, in Python */
+        }
+        PyObject *pair = PyTuple_Pack(2, from_key, to_key);
+        if (pair == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        int known = PyDict_Contains(g_edges, pair);
+        Py_DECREF(pair);
+        if (known != 1) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Push this lock on the thread's held stack, checking the order against what it holds. */
+static void
+order_push(CoreObject *self)
+{
+    PyObject *site = caller_site(self);
+    Py_XSETREF(self->osite, site);
+    PyObject *held = thread_held();
+    if (held == NULL) {
+        return;
+    }
+    Py_XSETREF(self->held, held);
+    PyObject *base = entry_base(self);
+    if (base == NULL) {
+        swallow();
+        return;
+    }
+    PyObject *entry = PyTuple_New(5);
+    if (entry == NULL) {
+        swallow();
+        return;
+    }
+    for (Py_ssize_t i = 0; i < 4; i++) {
+        PyTuple_SET_ITEM(entry, i, Py_NewRef(PyTuple_GET_ITEM(base, i)));
+    }
+    PyTuple_SET_ITEM(entry, 4, Py_NewRef(site));
+    if (PyList_Check(held)) {
+        if (PyList_GET_SIZE(held) > 0 && !edges_known(self, held, entry)) {
+            PyObject *r = PyObject_CallFunctionObjArgs(g_check, held, entry, NULL);
+            Py_XDECREF(r);
+            swallow();
+        }
+        if (PyList_Append(held, entry) < 0) {
+            swallow();
+        }
+    }
+    Py_DECREF(entry);
+}
+
+static void
+order_pop(CoreObject *self)
+{
+    PyObject *held = self->held;
+    if (held == NULL || held == Py_None) {
+        return;
+    }
+    self->held = NULL; /* our reference now */
+    Py_ssize_t n = PyList_Check(held) ? PyList_GET_SIZE(held) : 0;
+    PyObject *last = n > 0 ? PyList_GET_ITEM(held, n - 1) : NULL;
+    if (last != NULL && self->entry != NULL && PyTuple_Check(last) && PyTuple_GET_SIZE(last) > 0 &&
+        PyTuple_GET_ITEM(last, 0) == PyTuple_GET_ITEM(self->entry, 0)) {
+        if (PyList_SetSlice(held, n - 1, n, NULL) < 0) {
+            swallow();
+        }
+    }
+    else {
+        PyObject *r = PyObject_CallFunctionObjArgs(g_note_released, held, (PyObject *)self, NULL);
+        Py_XDECREF(r);
+        swallow();
+    }
+    Py_DECREF(held);
+}
+
+/* -- the methods locks.py installs --------------------------------------------------- */
+
+/* Lock, never contended: the owner and a counter. */
+static PyObject *
+lock_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int got = try_acquire(self);
+    if (got < 0) return NULL;
+    if (!got) return contended(self);
+    set_owner(self);
+    self->n++;
+    Py_RETURN_TRUE;
+}
+
+/* RLock, never contended: the C RLock knows its owner, so only the counter. */
+static PyObject *
+rlock_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int got = try_acquire(self);
+    if (got < 0) return NULL;
+    if (!got) return contended(self);
+    self->n++;
+    Py_RETURN_TRUE;
+}
+
+/* Plain __exit__ (both kinds): release the real lock. */
+static PyObject *
+plain_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    PyObject *r = release_real(self);
+    if (r == NULL) return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+plain_release(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *r = release_real(self);
+    if (r == NULL) return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+/* acquire() with no arguments takes the fast path; anything else goes to the Python
+ * implementation (self._acquire_py), which validates arguments exactly as the C lock does. */
+static PyObject *
+acquire_common(CoreObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames, int rlock)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == 0 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)) {
+        return rlock ? rlock_enter(self, NULL) : lock_enter(self, NULL);
+    }
+    /* Forward the call unchanged: self first, then the caller's arguments. */
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[8];
+    PyObject **buf = small;
+    if (nargs + nkw + 1 > 8) {
+        buf = PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
+        if (buf == NULL) return PyErr_NoMemory();
+    }
+    buf[0] = (PyObject *)self;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+        buf[i + 1] = args[i];
+    }
+    PyObject *r = PyObject_VectorcallMethod(s_acquire_py, buf, (size_t)(nargs + 1), kwnames);
+    if (buf != small) PyMem_Free(buf);
+    return r;
+}
+
+static PyObject *
+lock_acquire(CoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return acquire_common(self, args, (size_t)nargs, kwnames, 0);
+}
+
+static PyObject *
+rlock_acquire(CoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return acquire_common(self, args, (size_t)nargs, kwnames, 1);
+}
+
+/* Lock after its first contention: sampled hold times, holder details reset. */
+static PyObject *
+lock_timed_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int got = try_acquire(self);
+    if (got < 0) return NULL;
+    if (!got) return contended(self);
+    set_owner(self);
+    self->n++;
+    Py_XSETREF(self->osite, Py_NewRef(g_empty));
+    start_hold(self, 1);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+lock_timed_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    end_hold(self);
+    Py_CLEAR(self->owner);
+    return plain_exit(self, NULL, 0);
+}
+
+/* Lock under lock-order checking: also where it was taken, pushed on the held stack. */
+static PyObject *
+lock_ordered_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int got = try_acquire(self);
+    if (got < 0) return NULL;
+    if (!got) return contended(self);
+    set_owner(self);
+    self->n++;
+    start_hold(self, has_hold(self));
+    order_push(self);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+lock_ordered_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    order_pop(self);
+    return lock_timed_exit(self, NULL, 0);
+}
+
+/* RLock after its first contention: the outermost level is timed. */
+static PyObject *
+rlock_timed_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int got = try_acquire(self);
+    if (got < 0) return NULL;
+    if (!got) return contended(self);
+    self->n++;
+    if (recursion_count(self) == 1) {
+        Py_XSETREF(self->osite, Py_NewRef(g_empty));
+        start_hold(self, 1);
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+rlock_timed_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    if (recursion_count(self) == 1) {
+        end_hold(self);
+    }
+    return plain_exit(self, NULL, 0);
+}
+
+static PyObject *
+rlock_ordered_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int got = try_acquire(self);
+    if (got < 0) return NULL;
+    if (!got) return contended(self);
+    self->n++;
+    if (recursion_count(self) == 1) { /* re-entry adds no edge */
+        start_hold(self, has_hold(self));
+        order_push(self);
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+rlock_ordered_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    if (recursion_count(self) == 1) {
+        order_pop(self);
+        end_hold(self);
+    }
+    return plain_exit(self, NULL, 0);
+}
+
+static PyMethodDef core_methods[] = {
+    {"_c_lock_enter", (PyCFunction)lock_enter, METH_NOARGS, NULL},
+    {"_c_rlock_enter", (PyCFunction)rlock_enter, METH_NOARGS, NULL},
+    {"_c_exit", (PyCFunction)(void (*)(void))plain_exit, METH_FASTCALL, NULL},
+    {"_c_release", (PyCFunction)plain_release, METH_NOARGS,
+     "release($self, /)\n--\n\nRelease the lock (one level of an RLock), as threading's release()."},
+    {"_c_lock_acquire", (PyCFunction)(void (*)(void))lock_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire($self, /, blocking=True, timeout=-1)\n--\n\nAcquire the lock, as threading.Lock.acquire."},
+    {"_c_rlock_acquire", (PyCFunction)(void (*)(void))rlock_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire($self, /, blocking=True, timeout=-1)\n--\n\nAcquire (re-entrantly), as threading.RLock.acquire."},
+    {"_c_lock_timed_enter", (PyCFunction)lock_timed_enter, METH_NOARGS, NULL},
+    {"_c_lock_timed_exit", (PyCFunction)(void (*)(void))lock_timed_exit, METH_FASTCALL, NULL},
+    {"_c_lock_ordered_enter", (PyCFunction)lock_ordered_enter, METH_NOARGS, NULL},
+    {"_c_lock_ordered_exit", (PyCFunction)(void (*)(void))lock_ordered_exit, METH_FASTCALL, NULL},
+    {"_c_rlock_timed_enter", (PyCFunction)rlock_timed_enter, METH_NOARGS, NULL},
+    {"_c_rlock_timed_exit", (PyCFunction)(void (*)(void))rlock_timed_exit, METH_FASTCALL, NULL},
+    {"_c_rlock_ordered_enter", (PyCFunction)rlock_ordered_enter, METH_NOARGS, NULL},
+    {"_c_rlock_ordered_exit", (PyCFunction)(void (*)(void))rlock_ordered_exit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* -- the type -------------------------------------------------------------------------- */
+
+static PyObject *
+core_get_owner(CoreObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->owner ? self->owner : Py_None);
+}
+
+static int
+core_set_owner(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL || value == Py_None) {
+        Py_CLEAR(self->owner);
+        return 0;
+    }
+    unsigned long ident = 0;
+    if (PyLong_Check(value)) {
+        ident = PyLong_AsUnsignedLong(value);
+        if (ident == (unsigned long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            ident = 0;
+        }
+    }
+    Py_XSETREF(self->owner, Py_NewRef(value));
+    self->owner_ident = ident;
+    return 0;
+}
+
+static PyGetSetDef core_getset[] = {
+    {"_owner", (getter)core_get_owner, (setter)core_set_owner, NULL, NULL},
+    {NULL},
+};
+
+static PyMemberDef core_members[] = {
+    {"_lock", T_OBJECT_EX, offsetof(CoreObject, lock), 0, NULL},
+    {"_acq", T_OBJECT_EX, offsetof(CoreObject, acq), 0, NULL},
+    {"_rel", T_OBJECT_EX, offsetof(CoreObject, rel), 0, NULL},
+    {"_ct_n", T_LONGLONG, offsetof(CoreObject, n), 0, NULL},
+    {"_t0", T_LONGLONG, offsetof(CoreObject, t0), 0, NULL},
+    {"_osince", T_LONGLONG, offsetof(CoreObject, osince), 0, NULL},
+    {"_otask", T_OBJECT, offsetof(CoreObject, otask), 0, NULL},
+    {"_osite", T_OBJECT, offsetof(CoreObject, osite), 0, NULL},
+    {"_ct_hold", T_OBJECT, offsetof(CoreObject, hold), 0, NULL},
+    {"_ct_held", T_OBJECT, offsetof(CoreObject, held), 0, NULL},
+    {"_ct_entry", T_OBJECT, offsetof(CoreObject, entry), 0, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(CoreObject, weakreflist), READONLY, NULL},
+    {NULL},
+};
+
+static int
+core_traverse(CoreObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->lock);
+    Py_VISIT(self->acq);
+    Py_VISIT(self->rel);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->otask);
+    Py_VISIT(self->osite);
+    Py_VISIT(self->hold);
+    Py_VISIT(self->held);
+    Py_VISIT(self->entry);
+    Py_VISIT(self->site);
+    return 0;
+}
+
+static int
+core_clear(CoreObject *self)
+{
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->acq);
+    Py_CLEAR(self->rel);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->otask);
+    Py_CLEAR(self->osite);
+    Py_CLEAR(self->hold);
+    Py_CLEAR(self->held);
+    Py_CLEAR(self->entry);
+    Py_CLEAR(self->site);
+    return 0;
+}
+
+static void
+core_dealloc(CoreObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    core_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot core_slots[] = {
+    {Py_tp_doc, "The fields and C fast paths of a traced lock (conctools.locks)."},
+    {Py_tp_dealloc, core_dealloc},
+    {Py_tp_traverse, core_traverse},
+    {Py_tp_clear, core_clear},
+    {Py_tp_methods, core_methods},
+    {Py_tp_members, core_members},
+    {Py_tp_getset, core_getset},
+    {Py_tp_new, PyType_GenericNew},
+    {0, NULL},
+};
+
+static PyType_Spec core_spec = {
+    .name = "conctools._speedups.Core",
+    .basicsize = sizeof(CoreObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = core_slots,
+};
+
+/* -- module ---------------------------------------------------------------------------- */
+
+static PyObject *
+setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"mask", "mono", "skip_prefixes", "code_site", "local", "held_stack", "check",
+                             "note_released", "edges", NULL};
+    long long mask;
+    PyObject *mono, *skip, *code_site, *local, *held_stack, *check, *note_released, *edges;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LOO!OOOOOO!:setup", kwlist, &mask, &mono, &PyTuple_Type, &skip,
+                                     &code_site, &local, &held_stack, &check, &note_released, &PyDict_Type,
+                                     &edges)) {
+        return NULL;
+    }
+    Py_XSETREF(g_edges, Py_NewRef(edges));
+    g_mask = mask;
+    Py_XSETREF(g_mono, Py_NewRef(mono));
+    Py_XSETREF(g_skip_prefixes, Py_NewRef(skip));
+    Py_XSETREF(g_code_site, Py_NewRef(code_site));
+    Py_XSETREF(g_local, Py_NewRef(local));
+    Py_XSETREF(g_held_stack, Py_NewRef(held_stack));
+    Py_XSETREF(g_check, Py_NewRef(check));
+    Py_XSETREF(g_note_released, Py_NewRef(note_released));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
+     "setup(mask, mono, skip_prefixes, code_site, local, held_stack, check, note_released, edges)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "conctools._speedups",
+    .m_doc = "C fast paths for conctools' traced locks (optional: conctools works without them).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+#define INTERN(var, text)                                   \
+    do {                                                    \
+        if ((var = PyUnicode_InternFromString(text)) == NULL) \
+            goto fail;                                      \
+    } while (0)
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyObject *m = PyModule_Create(&speedups_module);
+    if (m == NULL) return NULL;
+    INTERN(s_contended, "_contended");
+    INTERN(s_stack, "stack");
+    INTERN(s_recursion_count, "_recursion_count");
+    INTERN(s_add, "add");
+    INTERN(s_acquire_py, "_acquire_py");
+    INTERN(s_ct_stats, "_ct_stats");
+    INTERN(s_key, "key");
+    INTERN(s_ct_name, "_ct_name");
+    INTERN(s_ct_serial, "_ct_serial");
+    if ((g_false_args = PyTuple_Pack(1, Py_False)) == NULL) goto fail;
+    if ((g_minus_one = PyLong_FromLong(-1)) == NULL) goto fail;
+    if ((g_empty = PyUnicode_FromString("")) == NULL) goto fail;
+    PyObject *core = PyType_FromSpec(&core_spec);
+    if (core == NULL) goto fail;
+    if (PyModule_AddObject(m, "Core", core) < 0) {
+        Py_DECREF(core);
+        goto fail;
+    }
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

@@ -1,0 +1,282 @@
+"""The C fast path of Lock/RLock (conctools._speedups) and the pure-Python one behind it.
+
+The conformance suites (test_conformance.py) and the lock tests run against whichever path this
+interpreter uses (the C one wherever it builds); the pure-Python path gets its own run here, in
+a subprocess started with ``CONCTOOLS_PURE_PYTHON=1``. The rest checks what is specific to C:
+the build itself, argument forwarding, garbage collection of the C fields, the owner and
+held-stack caches across threads, and that a bookkeeping failure never reaches the caller.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import conctools
+from conctools import lockorder, locks
+from conctools.events import LockOrderEvent
+from conctools.recorder import Recorder
+from tests.conftest import ROOT
+
+CAN_BUILD = (
+    platform.python_implementation() == "CPython"
+    and not sysconfig.get_config_var("Py_GIL_DISABLED")
+    and any(shutil.which(cc) for cc in ("cc", "gcc", "clang"))
+    and not os.environ.get("CONCTOOLS_PURE_PYTHON")
+)
+SUITES = ("tests/test_conformance.py", "tests/test_locks.py", "tests/test_lockorder.py")
+
+
+@pytest.fixture
+def ordered(recorder: Recorder) -> Iterator[Recorder]:
+    lockorder.reset()
+    lockorder.enable()
+    lockorder.held_stack().clear()
+    try:
+        yield recorder
+    finally:
+        lockorder.held_stack().clear()  # a test that corrupts a lock's field leaves its entry behind
+        lockorder.disable()
+        lockorder.reset()
+
+
+def in_thread(fn: Any, name: str = "worker") -> None:
+    t = threading.Thread(target=fn, name=name)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+
+
+class TestBuild:
+    @pytest.mark.skipif(not CAN_BUILD, reason="no C compiler (or not CPython with a GIL): pure Python is expected")
+    def test_the_extension_was_built_and_is_in_use(self) -> None:
+        """Where a compiler exists the install builds the extension (a silent fallback would hide a broken build)."""
+        assert locks.SPEEDUPS
+        assert type(vars(locks.Lock)["__enter__"]).__name__ == "method_descriptor"
+        assert type(vars(locks.RLock)["__exit__"]).__name__ == "method_descriptor"
+
+    @pytest.mark.slow
+    @pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the pure-Python path is version-independent: run once")
+    def test_pure_python_path_passes_the_same_suites(self) -> None:
+        """CONCTOOLS_PURE_PYTHON=1 switches to the Python fast path; CPython's lock_tests and ours pass on it."""
+        env = {**os.environ, "CONCTOOLS_PURE_PYTHON": "1", "CONCTOOLS_CONFORMANCE_313": "0"}
+        probe = subprocess.run(
+            [sys.executable, "-c", "import conctools.locks as l; print(l.SPEEDUPS)"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert probe.stdout.strip() == "False", probe.stderr
+        selection = " or ".join(
+            (
+                "TracedLockTests",
+                "TracedRLockTests",
+                "OrderedLockTests",
+                "OrderedRLockTests",
+                "TimedLockTests",
+                "TimedRLockTests",
+                "OrderedConditionTests",
+                "TracedConditionTests",
+                "TestLockContention",
+                "TestRLock",
+                "TestStress",
+            )
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SUITES, "-k", selection],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+        assert " passed" in proc.stdout
+
+
+class TestSemantics:
+    @pytest.mark.parametrize("kind", ["Lock", "RLock"])
+    def test_acquire_arguments_behave_like_the_stdlib(self, kind: str) -> None:
+        """Every argument form of acquire(): same result or same exception type as threading's lock."""
+        forms: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            ((), {}),
+            ((True,), {}),
+            ((False,), {}),
+            ((), {"blocking": False}),
+            ((True, 0.01), {}),
+            ((), {"timeout": 0}),
+            ((), {"timeout": -1}),
+            ((), {"timeout": -2}),
+            ((False, 1), {}),
+            ((True, "x"), {}),
+            ((1, 2, 3), {}),
+            ((), {"bogus": 1}),
+        ]
+        for args, kwargs in forms:
+            outcomes = []
+            for lock in (getattr(threading, kind)(), getattr(conctools, kind)()):
+                try:
+                    got = lock.acquire(*args, **kwargs)
+                    outcomes.append(("ok", got, lock._is_owned() if kind == "RLock" else lock.locked()))
+                    if got:
+                        lock.release()
+                except Exception as exc:
+                    outcomes.append(("raised", type(exc), None))
+            assert outcomes[0] == outcomes[1], (args, kwargs, outcomes)
+
+    def test_release_unlocked_raises_and_exit_propagates_it(self) -> None:
+        lock = conctools.Lock()
+        with pytest.raises(RuntimeError):
+            lock.release()
+        rlock = conctools.RLock()
+        with pytest.raises(RuntimeError):
+            rlock.release()
+
+    def test_owner_follows_the_acquiring_thread(self) -> None:
+        """The cached owner id is the current holder's, whichever thread took the lock last."""
+        lock = conctools.Lock()
+        seen: dict[str, int | None] = {}
+
+        def take(name: str) -> None:
+            with lock:
+                seen[name] = lock._owner
+                seen[name + "-ident"] = threading.get_ident()
+
+        in_thread(lambda: take("a"))
+        in_thread(lambda: take("b"))
+        take("main")
+        for who in ("a", "b", "main"):
+            assert seen[who] == seen[who + "-ident"]
+        lock._owner = None
+        with lock:
+            assert lock._owner == threading.get_ident()
+
+    @pytest.mark.parametrize("kind", ["Lock", "RLock"])
+    def test_a_lock_in_a_reference_cycle_is_collected(self, kind: str) -> None:
+        """The C fields are visited by the garbage collector: a lock whose holder-task field points back is freed."""
+        lock = getattr(conctools, kind)()
+        holder = [lock]
+        lock._otask = holder  # lock -> list -> lock, through a C field
+        ref = weakref.ref(lock)
+        del lock, holder
+        gc.collect()
+        assert ref() is None
+
+    def test_counts_are_exact_on_both_paths_under_threads(self) -> None:
+        lock = conctools.Lock()
+        rlock = conctools.RLock()
+
+        def work() -> None:
+            for _ in range(5_000):
+                with lock:
+                    pass
+                with rlock, rlock:
+                    pass
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert lock._ct_n == 20_000
+        assert rlock._ct_n == 40_000
+
+
+class TestObservationNeverBreaks:
+    def test_a_failing_hold_histogram_neither_raises_nor_keeps_the_lock(self) -> None:
+        """A timed lock whose bookkeeping fails still acquires and releases, silently."""
+
+        class Broken:
+            def add(self, value: int) -> None:
+                raise ValueError("bookkeeping failed")
+
+        for lock in (locks._TimedLock(), locks._TimedRLock()):
+            lock._ct_hold = Broken()
+            for _ in range(3 * locks.HOLD_SAMPLE):  # some of these holds are timed
+                with lock:
+                    pass
+            assert lock.acquire(False)
+            lock.release()
+
+    def test_a_corrupt_held_stack_does_not_break_ordered_locks(self, ordered: Recorder) -> None:
+        lock = conctools.Lock()
+        rlock = conctools.RLock()
+        for prim in (lock, rlock):
+            with prim:
+                prim._ct_held = "not a list"
+            with prim:
+                pass
+            assert prim.acquire(False)
+            prim.release()
+
+
+class TestLockOrderAcrossThreads:
+    def test_held_stacks_stay_per_thread_when_threads_interleave(self, ordered: Recorder) -> None:
+        """Thread A holds X while B takes Y alone, then A takes Y: the edge is X->Y only, nothing is reported."""
+        x = conctools.Lock(name="x")
+        y = conctools.Lock(name="y")
+        b_done = threading.Event()
+
+        def b() -> None:
+            with y:
+                pass
+            b_done.set()
+
+        def a() -> None:
+            with x:
+                t = threading.Thread(target=b, name="b")
+                t.start()
+                assert b_done.wait(10)
+                t.join(10)
+                with y:
+                    pass
+
+        in_thread(a, "a")
+        assert lockorder.graph_size() == 1
+        assert not ordered.snapshot().of_kind(LockOrderEvent)
+        assert lockorder.held_stack() == []
+
+    def test_known_edges_skip_the_check_but_new_ones_are_still_found(self, ordered: Recorder) -> None:
+        """After many X->Y nestings (the C path skips known edges) a first Y->X is still reported."""
+        x = conctools.Lock(name="x")
+        y = conctools.Lock(name="y")
+        for _ in range(100):
+            with x, y:
+                pass
+        assert not ordered.snapshot().of_kind(LockOrderEvent)
+
+        def inverted() -> None:
+            with y, x:
+                pass
+
+        in_thread(inverted, "inverted")
+        (event,) = ordered.snapshot().of_kind(LockOrderEvent)
+        assert set(event.cycle) == {"x", "y"}
+
+    def test_site_cache_tracks_lines(self, ordered: Recorder) -> None:
+        """Taking one lock on two lines under another: each edge names its own line."""
+        outer = conctools.Lock(name="outer")
+        inner = conctools.Lock(name="inner")
+        other = conctools.Lock(name="other")
+        with outer:
+            with inner:
+                pass
+            line_inner = sys._getframe().f_lineno - 2
+            with other:
+                pass
+            line_other = sys._getframe().f_lineno - 2
+        edges = {(e.from_lock, e.to_lock): e for e in lockorder._edges.values()}
+        assert edges[("outer", "inner")].to_site.endswith(f":{line_inner}")
+        assert edges[("outer", "other")].to_site.endswith(f":{line_other}")
