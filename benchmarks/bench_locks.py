@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 import timeit
-from collections.abc import Callable
 from typing import Any
 
 import conctools
@@ -28,6 +27,7 @@ from conctools import lockorder
 from conctools.recorder import use_recorder
 
 N = 10_000
+NESTED = "with O:\n    with L: pass"
 REPEATS = 25
 
 
@@ -85,9 +85,21 @@ def sync_cases() -> list[tuple[str, str, str, dict[str, Any]]]:
         ),
         ("with lock: (uncontended, existing lock)", "conctools.Lock, lock-order mode", "with L: pass", {"L": ordered}),
         (
-            "with lock: (uncontended, existing lock)",
-            "lock-order mode, with O: with L: (both locks, per pair)",
-            "with L: pass",
+            "with O: with L: (two locks, nested)",
+            "threading.Lock",
+            NESTED,
+            {"L": threading.Lock(), "O": threading.Lock()},
+        ),
+        (
+            "with O: with L: (two locks, nested)",
+            "conctools.Lock",
+            NESTED,
+            {"L": conctools.Lock(), "O": conctools.Lock()},
+        ),
+        (
+            "with O: with L: (two locks, nested)",
+            "conctools.Lock, lock-order mode (edge known)",
+            NESTED,
             {"L": ordered, "O": ordered_outer},
         ),
         ("with Lock(): (create, then use)", "threading.Lock", "with Lock(): pass", {"Lock": threading.Lock}),
@@ -120,11 +132,8 @@ class lockorder_mode:
 def measure_sync(cases: list[tuple[str, str, str, dict[str, Any]]]) -> list[float]:
     """Best ns/op per case, repeats interleaved across cases so drift hits all of them alike."""
     timers = []
-    for _, label, stmt, ns in cases:
-        if "per pair" in label:
-            timers.append(timeit.Timer("with O:\n    with L: pass", timer=time.thread_time, globals=ns))
-        else:
-            timers.append(timeit.Timer(stmt, timer=time.thread_time, globals=ns))
+    for _, _, stmt, ns in cases:
+        timers.append(timeit.Timer(stmt, timer=time.thread_time, globals=ns))
     best = [float("inf")] * len(cases)
     for _ in range(REPEATS):
         for i, timer in enumerate(timers):
@@ -132,28 +141,25 @@ def measure_sync(cases: list[tuple[str, str, str, dict[str, Any]]]) -> list[floa
     return best
 
 
-async def _async_best(make_lock: Callable[[], Any], kind: str, n: int) -> float:
-    lock = make_lock()
-    best = float("inf")
-    for _ in range(REPEATS):
-        t0 = time.thread_time_ns()
-        if kind == "with":
-            for _ in range(n):
-                async with lock:
-                    pass
-        else:
-            for _ in range(n):
-                await lock.acquire()
-                lock.release()
-        best = min(best, (time.thread_time_ns() - t0) / n)
-    return best
+async def _async_once(lock: Any, kind: str, n: int) -> float:
+    """ns/op of one run of ``n`` uncontended operations on ``lock``."""
+    t0 = time.thread_time_ns()
+    if kind == "with":
+        for _ in range(n):
+            async with lock:
+                pass
+    else:
+        for _ in range(n):
+            await lock.acquire()
+            lock.release()
+    return (time.thread_time_ns() - t0) / n
 
 
 def measure_async() -> list[tuple[str, str, float]]:
+    """Best ns/op per case; the two sides alternate run by run, as the sync cases do."""
     rows = []
 
     async def main() -> None:
-        n = N
         for group, kind, pairs in (
             (
                 "async with lock: (uncontended)",
@@ -174,12 +180,13 @@ def measure_async() -> list[tuple[str, str, float]]:
                 ),
             ),
         ):
-            results = {label: float("inf") for label, _ in pairs}
-            for _ in range(3):  # interleave the two sides
-                for label, make in pairs:
-                    results[label] = min(results[label], await _async_best(make, kind, n))
-            for label, _ in pairs:
-                rows.append((group, label, results[label]))
+            made = [(label, make()) for label, make in pairs]
+            best = {label: float("inf") for label, _ in made}
+            for _ in range(REPEATS):
+                for label, lock in made:
+                    best[label] = min(best[label], await _async_once(lock, kind, N))
+            for label, _ in made:
+                rows.append((group, label, best[label]))
 
     asyncio.run(main())
     return rows

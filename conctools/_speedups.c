@@ -59,8 +59,10 @@ static PyObject *g_held_stack;      /* lockorder.held_stack() */
 static PyObject *g_check;           /* lockorder.check(held, entry) */
 static PyObject *g_note_released;   /* lockorder.note_released(held, prim) */
 static PyObject *g_edges;           /* lockorder._edges: (from class, to class) -> first edge seen */
+static PyObject *g_hist_type;       /* recorder.Histogram */
 static long long g_mask = 7;        /* HOLD_SAMPLE - 1 */
 
+static PyObject *s_buckets, *s_count, *s_total_ns, *s_max_ns;
 static PyObject *s_contended, *s_stack, *s_recursion_count, *s_add, *s_acquire_py, *s_ct_stats, *s_key,
     *s_ct_name, *s_ct_serial;
 
@@ -166,6 +168,62 @@ start_hold(CoreObject *self, int timed)
     self->osince = self->t0 = t;
 }
 
+/* recorder.bucket_of(): the same log-linear buckets (locks.py checks the constant; a test
+ * compares the two over many values). */
+static int g_sub_bits = 3;
+
+static long long
+bucket_of(long long value)
+{
+    long long sub = 1LL << g_sub_bits;
+    if (value < sub) {
+        return value > 0 ? value : 0;
+    }
+    int bits = 64 - __builtin_clzll((unsigned long long)value);
+    return ((long long)(bits - g_sub_bits) << g_sub_bits) | ((value >> (bits - g_sub_bits - 1)) & (sub - 1));
+}
+
+/* Histogram.add(value) on a recorder.Histogram (slots buckets, count, total_ns, max_ns), done here:
+ * the Python method costs more than the rest of a timed acquisition. Anything unexpected (a
+ * subclass, another object) goes through its own add(). */
+static int
+hist_add_fields(PyObject *hist, long long value)
+{
+    PyObject *buckets = NULL, *idx = NULL, *one = NULL;
+    int rc = -1;
+    buckets = PyObject_GetAttr(hist, s_buckets);
+    if (buckets == NULL || !PyDict_CheckExact(buckets)) goto done;
+    idx = PyLong_FromLongLong(bucket_of(value));
+    if (idx == NULL) goto done;
+    PyObject *old = PyDict_GetItemWithError(buckets, idx); /* borrowed */
+    if (old == NULL && PyErr_Occurred()) goto done;
+    long long count = old ? PyLong_AsLongLong(old) : 0;
+    if (count == -1 && PyErr_Occurred()) goto done;
+    one = PyLong_FromLongLong(count + 1);
+    if (one == NULL || PyDict_SetItem(buckets, idx, one) < 0) goto done;
+    PyObject *names[3] = {s_count, s_total_ns, s_max_ns};
+    for (int i = 0; i < 3; i++) {
+        PyObject *cur = PyObject_GetAttr(hist, names[i]);
+        if (cur == NULL) goto done;
+        long long v = PyLong_AsLongLong(cur);
+        Py_DECREF(cur);
+        if (v == -1 && PyErr_Occurred()) goto done;
+        long long nv = i == 0 ? v + 1 : i == 1 ? v + value : (value > v ? value : v);
+        if (nv == v) continue;
+        PyObject *o = PyLong_FromLongLong(nv);
+        if (o == NULL) goto done;
+        int err = PyObject_SetAttr(hist, names[i], o);
+        Py_DECREF(o);
+        if (err < 0) goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(buckets);
+    Py_XDECREF(idx);
+    Py_XDECREF(one);
+    return rc;
+}
+
 static void
 end_hold(CoreObject *self)
 {
@@ -173,12 +231,17 @@ end_hold(CoreObject *self)
     if (t0) {
         self->t0 = 0;
         if (has_hold(self)) {
-            long long now = mono_ns();
-            PyObject *d = PyLong_FromLongLong(now - t0);
-            if (d != NULL) {
-                PyObject *r = PyObject_CallMethodOneArg(self->hold, s_add, d);
-                Py_DECREF(d);
-                Py_XDECREF(r);
+            long long d = mono_ns() - t0;
+            if (g_hist_type != NULL && Py_IS_TYPE(self->hold, (PyTypeObject *)g_hist_type)) {
+                hist_add_fields(self->hold, d);
+            }
+            else {
+                PyObject *o = PyLong_FromLongLong(d);
+                if (o != NULL) {
+                    PyObject *r = PyObject_CallMethodOneArg(self->hold, s_add, o);
+                    Py_DECREF(o);
+                    Py_XDECREF(r);
+                }
             }
             swallow();
         }
@@ -534,7 +597,8 @@ static PyObject *
 lock_timed_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
 {
     end_hold(self);
-    Py_CLEAR(self->owner);
+    /* _owner is left as it is (it means something only while the lock is locked, and the
+     * next acquisition by the same thread then reuses the int). */
     return plain_exit(self, NULL, 0);
 }
 
@@ -612,11 +676,11 @@ static PyMethodDef core_methods[] = {
     {"_c_rlock_enter", (PyCFunction)rlock_enter, METH_NOARGS, NULL},
     {"_c_exit", (PyCFunction)(void (*)(void))plain_exit, METH_FASTCALL, NULL},
     {"_c_release", (PyCFunction)plain_release, METH_NOARGS,
-     "release($self, /)\n--\n\nRelease the lock (one level of an RLock), as threading's release()."},
+     "_c_release($self, /)\n--\n\nRelease the lock (one level of an RLock), as threading's release()."},
     {"_c_lock_acquire", (PyCFunction)(void (*)(void))lock_acquire, METH_FASTCALL | METH_KEYWORDS,
-     "acquire($self, /, blocking=True, timeout=-1)\n--\n\nAcquire the lock, as threading.Lock.acquire."},
+     "_c_lock_acquire($self, /, blocking=True, timeout=-1)\n--\n\nAcquire the lock, as threading.Lock.acquire."},
     {"_c_rlock_acquire", (PyCFunction)(void (*)(void))rlock_acquire, METH_FASTCALL | METH_KEYWORDS,
-     "acquire($self, /, blocking=True, timeout=-1)\n--\n\nAcquire (re-entrantly), as threading.RLock.acquire."},
+     "_c_rlock_acquire($self, /, blocking=True, timeout=-1)\n--\n\nAcquire (re-entrantly), as threading.RLock.acquire."},
     {"_c_lock_timed_enter", (PyCFunction)lock_timed_enter, METH_NOARGS, NULL},
     {"_c_lock_timed_exit", (PyCFunction)(void (*)(void))lock_timed_exit, METH_FASTCALL, NULL},
     {"_c_lock_ordered_enter", (PyCFunction)lock_ordered_enter, METH_NOARGS, NULL},
@@ -748,14 +812,21 @@ static PyObject *
 setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"mask", "mono", "skip_prefixes", "code_site", "local", "held_stack", "check",
-                             "note_released", "edges", NULL};
+                             "note_released", "edges", "histogram", "sub_bits", NULL};
     long long mask;
-    PyObject *mono, *skip, *code_site, *local, *held_stack, *check, *note_released, *edges;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LOO!OOOOOO!:setup", kwlist, &mask, &mono, &PyTuple_Type, &skip,
-                                     &code_site, &local, &held_stack, &check, &note_released, &PyDict_Type,
-                                     &edges)) {
+    int sub_bits;
+    PyObject *mono, *skip, *code_site, *local, *held_stack, *check, *note_released, *edges, *hist;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LOO!OOOOOO!O!i:setup", kwlist, &mask, &mono, &PyTuple_Type,
+                                     &skip, &code_site, &local, &held_stack, &check, &note_released, &PyDict_Type,
+                                     &edges, &PyType_Type, &hist, &sub_bits)) {
         return NULL;
     }
+    if (sub_bits < 1 || sub_bits > 16) {
+        PyErr_SetString(PyExc_ValueError, "sub_bits out of range");
+        return NULL;
+    }
+    g_sub_bits = sub_bits;
+    Py_XSETREF(g_hist_type, Py_NewRef(hist));
     Py_XSETREF(g_edges, Py_NewRef(edges));
     g_mask = mask;
     Py_XSETREF(g_mono, Py_NewRef(mono));
@@ -768,9 +839,18 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+py_bucket_of(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    long long v = PyLong_AsLongLong(arg);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong(bucket_of(v));
+}
+
 static PyMethodDef module_methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
-     "setup(mask, mono, skip_prefixes, code_site, local, held_stack, check, note_released, edges)"},
+     "setup(mask, mono, skip_prefixes, code_site, local, held_stack, check, note_released, edges, histogram, sub_bits)"},
+    {"bucket_of", (PyCFunction)py_bucket_of, METH_O, "bucket_of(value): recorder.bucket_of, as the C path computes it"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -794,6 +874,10 @@ PyInit__speedups(void)
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL) return NULL;
     INTERN(s_contended, "_contended");
+    INTERN(s_buckets, "buckets");
+    INTERN(s_count, "count");
+    INTERN(s_total_ns, "total_ns");
+    INTERN(s_max_ns, "max_ns");
     INTERN(s_stack, "stack");
     INTERN(s_recursion_count, "_recursion_count");
     INTERN(s_add, "add");
@@ -805,6 +889,9 @@ PyInit__speedups(void)
     if ((g_false_args = PyTuple_Pack(1, Py_False)) == NULL) goto fail;
     if ((g_minus_one = PyLong_FromLong(-1)) == NULL) goto fail;
     if ((g_empty = PyUnicode_FromString("")) == NULL) goto fail;
+    /* locks.py uses this module only when the versions agree (a stale build in a source tree
+     * falls back to pure Python instead of failing). Bump on any change to the interface. */
+    if (PyModule_AddIntConstant(m, "API_VERSION", 1) < 0) goto fail;
     PyObject *core = PyType_FromSpec(&core_spec);
     if (core == NULL) goto fail;
     if (PyModule_AddObject(m, "Core", core) < 0) {

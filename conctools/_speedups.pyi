@@ -2,6 +2,8 @@
 from collections.abc import Callable
 from typing import Any
 
+API_VERSION: int
+
 class Core:
     _lock: Any
     _acq: Callable[..., bool]

@@ -19,6 +19,12 @@ first ``STACKS_PER_SITE`` waits at each site of each lock class. With lock-order
 (:mod:`conctools.lockorder`), locks also remember where they were taken (a code object and an
 offset, turned into ``file:line`` only when someone reads it) and feed the order graph.
 
+The uncontended paths of ``Lock`` and ``RLock`` (plain, timed and ordered) run in C when the
+optional extension ``conctools._speedups`` is built (``pip install`` builds it where a compiler
+exists), at about the cost of the stdlib lock; the Python methods below are the same paths, used
+where it is not built or with ``CONCTOOLS_PURE_PYTHON=1`` (each ``with`` then pays Python frames:
+about 2x). Waits, timeouts, argument checks and the lock-order graph are Python in both.
+
 The holder's acquire site (for "where it took the lock it holds") is known for contended
 acquisitions and, in lock-order mode (``conctools run``'s default), for every acquisition; a
 plain drop-in outside that mode does not pay for it on the fast path.
@@ -47,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from weakref import ref as _weakref
 
 from conctools import lockorder, registry
+from conctools import recorder as recorder_module
 from conctools._context import _SKIP_PREFIXES, capture_stack
 from conctools.events import LockWaitEvent
 from conctools.recorder import Histogram, Recorder, get_recorder
@@ -479,10 +486,13 @@ def _waiter_parties(prim: Any) -> tuple[Party, ...]:
 # classes below by _install_speedups(); the Python methods stay as the fallback (no compiler,
 # PyPy, free-threaded builds, or CONCTOOLS_PURE_PYTHON=1) and as the slow paths both share.
 _speedups: Any = None
+_SPEEDUPS_API = 1  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
     except ImportError:  # not built here: the pure-Python fast path
+        _speedups = None
+    if getattr(_speedups, "API_VERSION", None) != _SPEEDUPS_API:  # a stale build (source tree): ignore it
         _speedups = None
 SPEEDUPS = _speedups is not None
 """True when the C fast path of ``Lock``/``RLock`` is in use (else the pure-Python one)."""
@@ -685,9 +695,7 @@ class _TimedLock(Lock):
         t0 = self._t0
         if t0:
             self._t0 = 0
-            hold = self._ct_hold
-            if hold is not None:
-                hold.add(_mono() - t0)
+            _hold_ended(self, t0)
         self._owner = None
         self._rel()
 
@@ -714,9 +722,7 @@ class _TimedLock(Lock):
         t0 = self._t0
         if t0:
             self._t0 = 0
-            hold = self._ct_hold
-            if hold is not None:
-                hold.add(_mono() - t0)
+            _hold_ended(self, t0)
         self._owner = None
 
 
@@ -736,36 +742,40 @@ class _OrderedLock(_TimedLock):
         n = self._ct_n = self._ct_n + 1
         self._otask = None
         self._osince = self._t0 = 0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono()
-        frame = _getframe(1)
-        if frame.f_code.co_filename.startswith(_SKIP_PREFIXES):
-            site = self._osite = _code_site(frame)
-        else:
-            site = self._osite = (frame.f_code, frame.f_lasti)
-        try:
-            held = _order_local.stack
-        except AttributeError:
-            held = lockorder.held_stack()
-        self._ct_held = held
-        entry = (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site)
-        if held:
-            lockorder.check(held, entry)
-        held.append(entry)
+        try:  # the lock is taken: from here on nothing may raise into the program
+            frame = _getframe(1)
+            if frame.f_code.co_filename.startswith(_SKIP_PREFIXES):
+                site = self._osite = _code_site(frame)
+            else:
+                site = self._osite = (frame.f_code, frame.f_lasti)
+            try:
+                held = _order_local.stack
+            except AttributeError:
+                held = lockorder.held_stack()
+            self._ct_held = held
+            entry = (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site)
+            if held:
+                lockorder.check(held, entry)
+            held.append(entry)
+        except Exception:
+            _log.debug("conctools: lock-order bookkeeping failed", exc_info=True)
         return True
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
         held = self._ct_held
         if held is not None:
             self._ct_held = None
-            if held and held[-1][0]() is self:
-                held.pop()
-            else:
-                lockorder.note_released(held, self)
+            try:
+                if held and held[-1][0]() is self:
+                    held.pop()
+                else:
+                    lockorder.note_released(held, self)
+            except Exception:  # observation must never break the program
+                _log.debug("conctools: lock-order bookkeeping failed", exc_info=True)
         t0 = self._t0
         if t0:
             self._t0 = 0
-            hold = self._ct_hold
-            if hold is not None:
-                hold.add(_mono() - t0)
+            _hold_ended(self, t0)
         self._owner = None
         self._rel()
 
@@ -775,16 +785,7 @@ class _OrderedLock(_TimedLock):
         self._otask = None
         # Hold times only once the lock has been contended (sampled), as for unordered locks.
         self._osince = self._t0 = t0 or (0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono())
-        site = self._osite = _code_site(frame)
-        try:
-            held = _order_local.stack
-        except AttributeError:
-            held = lockorder.held_stack()
-        self._ct_held = held
-        entry = (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site)
-        if held:
-            lockorder.check(held, entry)
-        held.append(entry)
+        _push_held(self, frame)
 
     def _released(self) -> None:
         _drop_held(self)
@@ -799,13 +800,44 @@ _OrderedLock.__qualname__ = _OrderedLock.__name__ = "Lock"
 
 
 def _drop_held(prim: Any) -> None:
+    """Pop ``prim`` off the held stack it was pushed on (lock order)."""
     held = prim._ct_held
     if held is not None:
         prim._ct_held = None
-        if held and held[-1][0]() is prim:
-            held.pop()
-        else:
-            lockorder.note_released(held, prim)
+        try:
+            if held and held[-1][0]() is prim:
+                held.pop()
+            else:
+                lockorder.note_released(held, prim)
+        except Exception:  # observation must never break the program
+            _log.debug("conctools: lock-order bookkeeping failed", exc_info=True)
+
+
+def _push_held(prim: Any, frame: FrameType | None) -> None:
+    """Push ``prim``, just taken at ``frame``, on the taker's held stack, checking the order."""
+    try:
+        site = prim._osite = _code_site(frame)
+        try:
+            held = _order_local.stack
+        except AttributeError:
+            held = lockorder.held_stack()
+        prim._ct_held = held
+        entry = (_weakref(prim), prim._ct_stats.key, prim._ct_name, prim._ct_serial, site)
+        if held:
+            lockorder.check(held, entry)
+        held.append(entry)
+    except Exception:  # observation must never break the program
+        _log.debug("conctools: lock-order bookkeeping failed", exc_info=True)
+
+
+def _hold_ended(prim: Any, t0: int) -> None:
+    """Record a timed hold that began at ``t0`` (called under the lock, which serialises the histogram)."""
+    try:
+        hold = prim._ct_hold
+        if hold is not None:
+            hold.add(_mono() - t0)
+    except Exception:  # observation must never break the program
+        _log.debug("conctools: recording a hold time failed", exc_info=True)
 
 
 def _check_before_wait(prim: Any, frame: FrameType | None) -> None:
@@ -1022,9 +1054,7 @@ class _TimedRLock(RLock):
         t0 = self._t0
         if t0:
             self._t0 = 0
-            hold = self._ct_hold
-            if hold is not None:
-                hold.add(_mono() - t0)
+            _hold_ended(self, t0)
 
 
 _TimedRLock.__qualname__ = _TimedRLock.__name__ = "RLock"
@@ -1040,16 +1070,7 @@ class _OrderedRLock(_TimedRLock):
         if self._lock._recursion_count() == 1:
             self._otask = None
             self._osince = self._t0 = t0 or (0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono())
-            site = self._osite = _code_site(frame)
-            try:
-                held = _order_local.stack
-            except AttributeError:
-                held = lockorder.held_stack()
-            self._ct_held = held
-            entry = (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site)
-            if held:
-                lockorder.check(held, entry)
-            held.append(entry)
+            _push_held(self, frame)
 
     def _released(self) -> None:
         _drop_held(self)
@@ -1081,6 +1102,8 @@ def _install_speedups() -> None:
         check=lockorder.check,
         note_released=lockorder.note_released,
         edges=lockorder._edges,
+        histogram=Histogram,
+        sub_bits=recorder_module._SUB_BITS,
     )
     table: list[tuple[type, str, Any]] = [
         (Lock, "_acquire_py", Lock.__dict__["acquire"]),

@@ -183,6 +183,23 @@ class TestLockContention:
         assert r["wait_total_s"] > 0.01 and r["wait_max_s"] >= r["wait_p50_s"] > 0
         assert r["hold_count"] >= 1 and r["hottest_sites"][0]["site"].startswith(f"{HERE}:")
 
+    def test_waits_for_a_signal_are_not_listed_as_lock_contention(self, recorder: Recorder) -> None:
+        """A consumer waiting on an empty queue: its Condition waits go to their own table, not the lock table."""
+        from conctools.reporting.locks_text import lock_table_section
+
+        with trace_locks():
+            q: queue.Queue[int] = queue.Queue()
+        consumer = threading.Thread(target=q.get)
+        consumer.start()
+        wait_until(lambda: registry.waiting_on(consumer.ident or 0) is not None)
+        q.put(1)
+        consumer.join(10)
+        text = lock_table_section(recorder.snapshot(), brief=False) or ""
+        locks_part, _, signals_part = text.partition("Waits for a signal")
+        assert "(queue.Queue.__init__)  Condition" in signals_part
+        assert "Condition" not in locks_part
+        assert "(queue.Queue.__init__)  Lock" in locks_part
+
     def test_invalid_arguments_raise_like_the_stdlib(self) -> None:
         """Bad acquire() arguments raise exactly what threading.Lock raises, and do not take the lock."""
         for make in (threading.Lock, conctools.Lock):

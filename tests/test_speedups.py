@@ -59,7 +59,10 @@ def in_thread(fn: Any, name: str = "worker") -> None:
 
 
 class TestBuild:
-    @pytest.mark.skipif(not CAN_BUILD, reason="no C compiler (or not CPython with a GIL): pure Python is expected")
+    @pytest.mark.skipif(
+        not CAN_BUILD,
+        reason="pure Python expected here (no C compiler, not CPython with a GIL, or CONCTOOLS_PURE_PYTHON)",
+    )
     def test_the_extension_was_built_and_is_in_use(self) -> None:
         """Where a compiler exists the install builds the extension (a silent fallback would hide a broken build)."""
         assert locks.SPEEDUPS
@@ -192,6 +195,35 @@ class TestSemantics:
             t.join(60)
         assert lock._ct_n == 20_000
         assert rlock._ct_n == 40_000
+
+
+class TestHoldTimes:
+    @pytest.mark.skipif(not locks.SPEEDUPS, reason="the C fast path is not in use here")
+    def test_c_buckets_match_the_recorders(self) -> None:
+        """The C path fills Histogram buckets itself: the same bucket as recorder.bucket_of for every value."""
+        import random
+
+        from conctools import _speedups  # type: ignore[attr-defined]
+        from conctools.recorder import bucket_of
+
+        rng = random.Random(7)
+        values = [*range(5000), *(rng.randrange(1 << 62) for _ in range(20_000))]
+        values += [(1 << k) + d for k in range(1, 62) for d in (-1, 0, 1)]
+        assert [v for v in values if _speedups.bucket_of(v) != bucket_of(v)] == []
+
+    @pytest.mark.parametrize("kind", ["Lock", "RLock"])
+    def test_one_hold_in_hold_sample_is_timed(self, kind: str) -> None:
+        """After its first contention a lock times 1 in HOLD_SAMPLE uncontended holds, into its histogram."""
+        from conctools.recorder import Histogram
+
+        lock = locks._TimedLock() if kind == "Lock" else locks._TimedRLock()
+        lock._ct_hold = hold = Histogram()
+        for _ in range(10 * locks.HOLD_SAMPLE):
+            with lock:
+                sum(range(200))
+        assert hold.count == 10
+        assert hold.total_ns >= hold.max_ns > 0
+        assert sum(hold.buckets.values()) == 10
 
 
 class TestObservationNeverBreaks:

@@ -98,19 +98,29 @@ def _d(row: dict[str, Any], key: str) -> str:
     return format_duration(float(value)) if isinstance(value, (int, float)) else "-"
 
 
+# Primitives whose "contention" is a wait for somebody else's notify / set / arrival: their waits
+# are the program's design (a consumer waiting on an empty queue's condition), not lock contention,
+# so they get a table of their own below the locks.
+SIGNAL_KINDS = frozenset({"Condition", "Event", "Barrier", "aio.Condition", "aio.Event", "aio.Barrier"})
+
+
+def _hottest(r: dict[str, Any]) -> str:
+    sites = r.get("hottest_sites") or []
+    return ", ".join(f"{s.get('site')} ({s.get('waits')})" for s in sites[:2] if isinstance(s, dict)) or "-"
+
+
 def lock_table_section(snapshot: Snapshot, brief: bool) -> str | None:
-    """The lock table: every traced lock class, most total wait first."""
+    """The lock table (every traced lock class, most total wait first), then the waits for a signal."""
     rows_data = snapshot.sections.get("locks")
     if not isinstance(rows_data, list) or not rows_data:
         return None
     limit = 10 if brief else 100
-    rows = []
-    for r in rows_data[:limit]:
-        if not isinstance(r, dict):
-            continue
-        sites = r.get("hottest_sites") or []
-        hottest = ", ".join(f"{s.get('site')} ({s.get('waits')})" for s in sites[:2] if isinstance(s, dict))
-        rows.append(
+    valid = [r for r in rows_data if isinstance(r, dict)]
+    lock_rows = [r for r in valid if r.get("kind") not in SIGNAL_KINDS]
+    signal_rows = [r for r in valid if r.get("kind") in SIGNAL_KINDS]
+    parts = []
+    if lock_rows:
+        rows = [
             (
                 str(r.get("name", "?"))[:64],
                 str(r.get("kind", "?")),
@@ -122,26 +132,54 @@ def lock_table_section(snapshot: Snapshot, brief: bool) -> str | None:
                 _d(r, "wait_max_s"),
                 _d(r, "hold_p99_s") if r.get("hold_count") else "-",
                 _d(r, "hold_max_s") if r.get("hold_count") else "-",
-                hottest or "-",
+                _hottest(r),
             )
+            for r in lock_rows[:limit]
+        ]
+        title = f"Locks ({len(lock_rows)} traced lock classes, most total wait first)"
+        body = table(
+            (
+                "lock",
+                "kind",
+                "acquired",
+                "contended",
+                "waited",
+                "wait p50",
+                "p99",
+                "max",
+                "hold p99",
+                "hold max",
+                "hottest waits",
+            ),
+            rows,
+            right=(2, 3, 4, 5, 6, 7, 8, 9),
         )
-    title = f"Locks ({len(rows_data)} traced lock classes, most total wait first)"
-    body = table(
-        (
-            "lock",
-            "kind",
-            "acquired",
-            "contended",
-            "waited",
-            "wait p50",
-            "p99",
-            "max",
-            "hold p99",
-            "hold max",
-            "hottest waits",
-        ),
-        rows,
-        right=(2, 3, 4, 5, 6, 7, 8, 9),
-    )
-    more = f"\n  ... {len(rows_data) - limit} more" if len(rows_data) > limit else ""
-    return f"{title}\n{body}{more}"
+        more = f"\n  ... {len(lock_rows) - limit} more" if len(lock_rows) > limit else ""
+        parts.append(f"{title}\n{body}{more}")
+    if signal_rows:
+        waits = [
+            (
+                str(r.get("name", "?"))[:64],
+                str(r.get("kind", "?")),
+                r.get("contentions", 0),
+                r.get("timeouts", 0),
+                _d(r, "wait_total_s"),
+                _d(r, "wait_p50_s"),
+                _d(r, "wait_p99_s"),
+                _d(r, "wait_max_s"),
+                _hottest(r),
+            )
+            for r in signal_rows[:limit]
+        ]
+        title = (
+            f"Waits for a signal ({len(signal_rows)} condition/event/barrier classes; a wait for a notify,"
+            " a set or a barrier's other parties, not lock contention)"
+        )
+        body = table(
+            ("primitive", "kind", "waits", "timed out", "waited", "wait p50", "p99", "max", "hottest waits"),
+            waits,
+            right=(2, 3, 4, 5, 6, 7),
+        )
+        more = f"\n  ... {len(signal_rows) - limit} more" if len(signal_rows) > limit else ""
+        parts.append(f"{title}\n{body}{more}")
+    return "\n\n".join(parts) or None
