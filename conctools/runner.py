@@ -125,6 +125,9 @@ def _report_and_exit(recorder: Recorder, options: RunOptions, status: int, what:
     _thread.start_new_thread(last_resort, ())
     recorder.meta["exit_status"] = status
     finish_report(recorder, options)
+    for prof, out_dir in list(_unsaved_profiles):  # os._exit skips the ExitStack that would save them
+        prof.stop()
+        _save_profile(prof, out_dir)
     try:
         sys.stderr.write(f"conctools: stopped the program after {what}; exit status {status}\n")
         sys.stderr.flush()
@@ -140,14 +143,24 @@ def _enter_profile(stack: contextlib.ExitStack, options: RunOptions, recorder: R
     if options.out_dir is not None:
         # Pushed before the profile is entered, so it runs after the profile has stopped.
         stack.callback(_save_profile, prof, options.out_dir)
+        _unsaved_profiles.append((prof, options.out_dir))
     try:
         stack.enter_context(prof)
     except ProfileError as exc:
         print(f"conctools: not profiling: {exc}", file=sys.stderr)
 
 
+# Profiles whose files are still to be written: by the ExitStack when the program ends, or by a
+# deadlock / hang exit, which leaves with os._exit and never unwinds that stack.
+_unsaved_profiles: list[tuple[Profile, Path]] = []
+
+
 def _save_profile(prof: Profile, out_dir: Path) -> None:
     """Write ``profile.pstat`` and ``profile.callgrind``; a failure is one line on stderr."""
+    try:
+        _unsaved_profiles.remove((prof, out_dir))
+    except ValueError:  # already saved (the deadlock exit got there first)
+        return
     if not prof.functions:  # it never ran (another profiler held yappi)
         return
     try:

@@ -568,6 +568,19 @@ class TestConctoolsRun:
         assert "thread 'MainThread'" in done.stderr
         assert says in done.stderr
 
+    def test_deadlock_exit_still_writes_every_output_file(self, tmp_path: Path) -> None:
+        """--out with --profile: the os._exit after a deadlock still leaves the reports and the profile files."""
+        import pstats
+
+        out = tmp_path / "out"
+        done, _ = run_script("abba_threads.py", "--profile", "--out", str(out))
+        assert done.returncode == dl.EXIT_DEADLOCK, done.stderr
+        for name in ("report.txt", "report.json", "trace.json", "report.html", "profile.pstat", "profile.callgrind"):
+            assert (out / name).stat().st_size > 0, name
+        stats = pstats.Stats(str(out / "profile.pstat"))
+        assert any(func[2] == "transfer" for func in stats.stats)  # type: ignore[attr-defined]
+        assert "events:" in (out / "profile.callgrind").read_text()
+
     def test_untraced_deadlock_is_a_hang(self) -> None:
         """With --no-trace-locks the registry sees nothing, yet the ABBA is found from the bytecode (87)."""
         done, took = run_script("abba_threads.py", "--no-trace-locks")
