@@ -350,9 +350,30 @@ _epoch = [0]
 # Primitives the stdlib makes for its own bookkeeping (a Thread's "started" Event): traced,
 # visible to the watchdog, but left out of the lock table where they would only be noise.
 _HIDDEN_CREATORS = ("(threading.Thread.__init__)",)
-# (code, instruction offset, kind, name) of a creation call in user code -> (created_at, stats):
-# creating many locks on one line pays for the frame walk and the name once.
-_site_cache: dict[tuple[Any, int, str, str | None], tuple[str, LockStats]] = {}
+# Where a creation call is -> (created_at, stats, the code objects the key names): creating many
+# locks on one line pays for the frame walk and the name once. The key holds code objects by id()
+# (hashing a code object costs ~0.5 µs: more than the rest of the lookup); the value keeps them
+# alive, so an id in the cache cannot be reused. A call in user code is keyed by its own code and
+# offset; one inside the stdlib (a Condition's RLock, a Queue's mutex, a Future's condition) by the
+# stdlib function and the user call site it serves, found by a short walk out.
+_site_cache: dict[tuple[Any, ...], tuple[str, LockStats, tuple[Any, ...]]] = {}
+_INTERNAL_PREFIXES = (*_SKIP_PREFIXES, "<frozen")
+
+
+def _site_key(frame: FrameType, kind: str, name: str | None) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """(cache key, code objects to keep alive) for a creation at ``frame``; ``None`` when there is no user frame."""
+    code = frame.f_code
+    if not code.co_filename.startswith(_INTERNAL_PREFIXES):
+        return (id(code), frame.f_lasti, kind, name), (code,)
+    inner: FrameType | None = frame
+    while inner is not None and inner.f_code.co_filename.startswith(_PKG_DIR):
+        inner = inner.f_back
+    user = inner
+    while user is not None and user.f_code.co_filename.startswith(_INTERNAL_PREFIXES):
+        user = user.f_back
+    if inner is None or user is None:
+        return None
+    return (id(inner.f_code), id(user.f_code), user.f_lasti, kind, name), (inner.f_code, user.f_code)
 
 
 def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
@@ -360,16 +381,15 @@ def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -
     rec = get_recorder()
     if _published[0] is not rec:
         publish_lock_table(rec)
-    key: tuple[Any, int, str, str | None] | None = (frame.f_code, frame.f_lasti, kind, name) if frame else None
-    cached = _site_cache.get(key) if key is not None else None
+    found = _site_key(frame, kind, name) if frame is not None else None
+    cached = _site_cache.get(found[0]) if found is not None else None
     if cached is None:
         created_at = _creation_site(frame)
         stats = _stats_for(kind, name, created_at)
-        cacheable = key is not None and frame is not None and not _is_internal(frame.f_code.co_filename)
-        if cacheable and key is not None and len(_site_cache) < MAX_CLASSES:
-            _site_cache[key] = (created_at, stats)
+        if found is not None and len(_site_cache) < MAX_CLASSES:
+            _site_cache[found[0]] = (created_at, stats, found[1])
     else:
-        created_at, stats = cached
+        created_at, stats, _ = cached
     prim._ct_stats = stats
     prim._ct_name = name if name is not None else created_at
     prim._ct_created = created_at

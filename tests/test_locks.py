@@ -440,6 +440,27 @@ class TestTraceLocks:
         q.put(1)
         assert q.get() == 1
 
+    def test_stdlib_made_locks_are_named_per_user_line_on_every_creation(self, recorder: Recorder) -> None:
+        """Creation sites are cached; a queue made on another line (the same stdlib code) still gets its own name."""
+
+        def make_queue() -> queue.Queue[int]:
+            return queue.Queue()  # a helper in user code: its line is the site
+
+        names: dict[str, set[str]] = {"a": set(), "b": set(), "helper": set()}
+        with trace_locks():
+            for _ in range(3):
+                line_a = lineno() + 1
+                qa: queue.Queue[int] = queue.Queue()
+                line_b = lineno() + 1
+                qb: queue.Queue[int] = queue.Queue()
+                names["a"].add(state_of(qa.mutex).name)
+                names["b"].add(state_of(qb.mutex).name)
+                names["helper"].add(state_of(make_queue().mutex).name)
+        assert names["a"] == {f"{HERE}:{line_a} (queue.Queue.__init__)"}
+        assert names["b"] == {f"{HERE}:{line_b} (queue.Queue.__init__)"}
+        (helper,) = names["helper"]
+        assert helper.endswith("(queue.Queue.__init__)") and helper not in names["a"] | names["b"]
+
     def test_concurrent_futures_is_traced(self, recorder: Recorder) -> None:
         """A ThreadPoolExecutor created inside uses traced locks and still works."""
         with trace_locks():
