@@ -33,6 +33,7 @@ typedef struct {
     PyObject *rel;       /* _rel: its bound release */
     PyObject *owner;     /* _owner: the owning thread's id (NULL reads as None) */
     unsigned long owner_ident;
+    unsigned long long owner_tid; /* _owner_tid: the owner's thread-state id (never reused), 0 = unknown */
     long long n;         /* _ct_n: acquisitions */
     long long t0;        /* _t0: start of a timed hold, 0 = untimed */
     long long osince;    /* _osince: when the holder took the lock (0 = unknown) */
@@ -104,10 +105,14 @@ swallow(void)
     }
 }
 
+/* The owner: its thread id (an int, reused while the same thread takes the lock again) and its
+ * thread-state id, which unlike a thread id is never reused by a later thread: a lock left locked
+ * by a thread that has exited is then told apart from one held by the new thread with its id. */
 static void
 set_owner(CoreObject *self)
 {
     unsigned long ident = PyThread_get_thread_ident();
+    self->owner_tid = PyThreadState_GetID(PyThreadState_Get());
     if (self->owner != NULL && self->owner_ident == ident) {
         return;
     }
@@ -705,6 +710,7 @@ core_set_owner(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
 {
     if (value == NULL || value == Py_None) {
         Py_CLEAR(self->owner);
+        self->owner_tid = 0;
         return 0;
     }
     unsigned long ident = 0;
@@ -717,6 +723,8 @@ core_set_owner(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
     }
     Py_XSETREF(self->owner, Py_NewRef(value));
     self->owner_ident = ident;
+    /* Python sets _owner from the acquiring thread itself (its slow paths): that thread's state. */
+    self->owner_tid = ident == PyThread_get_thread_ident() ? PyThreadState_GetID(PyThreadState_Get()) : 0;
     return 0;
 }
 
@@ -737,6 +745,7 @@ static PyMemberDef core_members[] = {
     {"_ct_hold", T_OBJECT, offsetof(CoreObject, hold), 0, NULL},
     {"_ct_held", T_OBJECT, offsetof(CoreObject, held), 0, NULL},
     {"_ct_entry", T_OBJECT, offsetof(CoreObject, entry), 0, NULL},
+    {"_owner_tid", T_ULONGLONG, offsetof(CoreObject, owner_tid), READONLY, NULL},
     {"__weaklistoffset__", T_PYSSIZET, offsetof(CoreObject, weakreflist), READONLY, NULL},
     {NULL},
 };
@@ -847,7 +856,25 @@ py_bucket_of(PyObject *Py_UNUSED(module), PyObject *arg)
     return PyLong_FromLongLong(bucket_of(v));
 }
 
+/* thread_state_id(ident): the thread-state id of the live thread with this thread id, or None.
+ * Walked with the GIL held: a thread state is unlinked only by its thread holding the GIL. */
+static PyObject *
+py_thread_state_id(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    unsigned long ident = PyLong_AsUnsignedLong(arg);
+    if (ident == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    PyInterpreterState *interp = PyThreadState_GetInterpreter(PyThreadState_Get());
+    for (PyThreadState *ts = PyInterpreterState_ThreadHead(interp); ts != NULL; ts = PyThreadState_Next(ts)) {
+        if (ts->thread_id == ident) {
+            return PyLong_FromUnsignedLongLong(PyThreadState_GetID(ts));
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"thread_state_id", (PyCFunction)py_thread_state_id, METH_O,
+     "thread_state_id(ident): the thread-state id of the live thread with this id, or None"},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      "setup(mask, mono, skip_prefixes, code_site, local, held_stack, check, note_released, edges, histogram, sub_bits)"},
     {"bucket_of", (PyCFunction)py_bucket_of, METH_O, "bucket_of(value): recorder.bucket_of, as the C path computes it"},
@@ -891,7 +918,7 @@ PyInit__speedups(void)
     if ((g_empty = PyUnicode_FromString("")) == NULL) goto fail;
     /* locks.py uses this module only when the versions agree (a stale build in a source tree
      * falls back to pure Python instead of failing). Bump on any change to the interface. */
-    if (PyModule_AddIntConstant(m, "API_VERSION", 1) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "API_VERSION", 2) < 0) goto fail;
     PyObject *core = PyType_FromSpec(&core_spec);
     if (core == NULL) goto fail;
     if (PyModule_AddObject(m, "Core", core) < 0) {

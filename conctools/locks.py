@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -181,6 +182,27 @@ def _party(ident: int, task: Any, site: str, since_ns: int, timeout_s: float | N
         since_ns=since_ns,
         timeout_s=timeout_s,
     )
+
+
+def _owner_exited(prim: Any) -> bool:
+    """True when ``prim``'s owner is known to be a thread that has exited.
+
+    Thread ids are reused: a lock left locked by a finished thread would otherwise look held by
+    whichever live thread now has that id (a "self-deadlock" when that thread waits for it). The C
+    fast path also records the owner's thread-state id, which is never reused; the pure-Python
+    path cannot, and answers False.
+    """
+    tid = getattr(prim, "_owner_tid", 0)
+    if not tid or _speedups is None:
+        return False
+    try:
+        return bool(_speedups.thread_state_id(prim._owner) != tid)
+    except Exception:
+        return False
+
+
+def _exited_name(ident: int) -> str:
+    return f"exited thread {ident}"
 
 
 def _who(ident: int, task: Any) -> str:
@@ -506,7 +528,7 @@ def _waiter_parties(prim: Any) -> tuple[Party, ...]:
 # classes below by _install_speedups(); the Python methods stay as the fallback (no compiler,
 # PyPy, free-threaded builds, or CONCTOOLS_PURE_PYTHON=1) and as the slow paths both share.
 _speedups: Any = None
-_SPEEDUPS_API = 1  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 2  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -632,6 +654,8 @@ class Lock(_CoreBase):
         """The slow path: wait, timing it, with the holder recorded (JFR's previousOwner)."""
         holder = self._owner if self._lock.locked() else None
         holder_words = _who(holder, self._otask) if holder is not None else None
+        if holder is not None and _owner_exited(self):
+            holder_words = f"thread {_exited_name(holder)!r}, which has finished without releasing it"
         wait = _Wait(self, frame, None if timeout == -1 else timeout, holder_words)
         acquired = False
         try:
@@ -679,6 +703,8 @@ class Lock(_CoreBase):
         holders: tuple[Party, ...] = ()
         if owner is not None and self._lock.locked():
             holders = (_party(owner, self._otask, _site_text(self._osite) if self._osite else "?", self._osince),)
+            if _owner_exited(self):  # its id may be another live thread's now: not that thread's lock
+                holders = (dataclasses.replace(holders[0], thread_id=0, thread_name=_exited_name(owner)),)
         return PrimitiveState(
             prim_id=id(self),
             name=self._ct_name,

@@ -20,6 +20,7 @@ import pytest
 
 import conctools
 from conctools import deadlock as dl
+from conctools import locks
 from conctools.events import DeadlockEvent, Participant, event_from_dict
 from conctools.recorder import Recorder, Snapshot
 from conctools.registry import Party, PrimitiveState
@@ -580,6 +581,17 @@ class TestConctoolsRun:
         stats = pstats.Stats(str(out / "profile.pstat"))
         assert any(func[2] == "transfer" for func in stats.stats)  # type: ignore[attr-defined]
         assert "events:" in (out / "profile.callgrind").read_text()
+
+    @pytest.mark.skipif(not locks.SPEEDUPS, reason="only the C fast path records the owner's thread state")
+    def test_lock_left_by_an_exited_thread_is_not_a_self_deadlock(self) -> None:
+        """A new thread with a finished thread's id waits for the lock that thread never released: a hang
+        naming the finished holder, not a self-deadlock of the new thread."""
+        done, took = run_script("lock_left_by_exited_thread.py")
+        assert done.returncode == dl.EXIT_HANG, done.stderr
+        assert took < 30
+        assert "held by thread 'exited thread " in done.stderr
+        assert "which has finished without releasing it" in done.stderr
+        assert "Found one Python-level deadlock" not in done.stderr
 
     def test_untraced_deadlock_is_a_hang(self) -> None:
         """With --no-trace-locks the registry sees nothing, yet the ABBA is found from the bytecode (87)."""

@@ -166,6 +166,19 @@ class TestSemantics:
         with lock:
             assert lock._owner == threading.get_ident()
 
+    @pytest.mark.skipif(not locks.SPEEDUPS, reason="only the C fast path records the owner's thread state")
+    def test_a_holder_that_exited_is_named_as_such(self) -> None:
+        """A lock left locked by a finished thread: the registry shows an exited holder, not a live thread."""
+        lock = conctools.Lock()
+        in_thread(lock.acquire, "leaky")
+        (holder,) = lock._conctools_state().holders
+        assert holder.thread_id == 0 and holder.thread_name.startswith("exited thread ")
+        lock.release()
+        with lock:  # held by a live thread: named by it
+            (holder,) = lock._conctools_state().holders
+            assert holder.thread_id == threading.get_ident()
+            assert holder.thread_name == threading.current_thread().name
+
     @pytest.mark.parametrize("kind", ["Lock", "RLock"])
     def test_a_lock_in_a_reference_cycle_is_collected(self, kind: str) -> None:
         """The C fields are visited by the garbage collector: a lock whose holder-task field points back is freed."""
