@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import contextlib
 import platform
 import sys
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 
 import conctools
 from conctools import lockorder
+from conctools.locks import trace_locks
 from conctools.recorder import use_recorder
 
 N = 10_000
@@ -192,6 +194,35 @@ def measure_async() -> list[tuple[str, str, float]]:
     return rows
 
 
+def measure_creation() -> list[tuple[str, str, float]]:
+    """What the stdlib's own constructors cost when ``trace_locks()`` (``conctools run``'s default)
+    makes the primitives inside them traced ones: plain and traced runs alternate, the patching
+    itself outside the timed region."""
+    import concurrent.futures
+    import queue
+
+    made = (
+        ("threading.Lock()", lambda: threading.Lock()),
+        ("threading.Condition()", lambda: threading.Condition()),
+        ("concurrent.futures.Future()", concurrent.futures.Future),
+        ("queue.Queue()", queue.Queue),
+    )
+    n = N // 5
+    rows = []
+    for label, make in made:
+        best = {"stdlib": float("inf"), "under trace_locks()": float("inf")}
+        for _ in range(REPEATS // 2):
+            for side in best:
+                with trace_locks() if side != "stdlib" else contextlib.nullcontext():
+                    t0 = time.thread_time_ns()
+                    for _ in range(n):
+                        make()  # created and freed: a traced primitive's __del__ is part of its cost
+                    took = (time.thread_time_ns() - t0) / n
+                best[side] = min(best[side], took)
+        rows += [(f"{label} (create)", side, ns) for side, ns in best.items()]
+    return rows
+
+
 def main() -> int:
     where = f"Python {sys.version.split()[0]} on {platform.machine()} ({platform.system()})"
     print(f"{where}; thread CPU time, best of {REPEATS} interleaved runs of {N} ops")
@@ -200,6 +231,7 @@ def main() -> int:
         figures = measure_sync(cases)
         rows = [(g, label, f) for (g, label, _, _), f in zip(cases, figures, strict=True)]
         rows += measure_async()
+        rows += measure_creation()
     group = None
     base = 1.0
     for g, label, ns in rows:

@@ -93,6 +93,8 @@ _StdEvent = threading.Event
 _StdBarrier = threading.Barrier
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _serials = itertools.count(1)
+_registry_refs = registry._refs
+_registry_discard = registry._refs.discard
 _order_enabled = lockorder._enabled  # read on every creation: a list lookup, not a call
 _order_local = lockorder._local
 _code_site = lockorder.code_site
@@ -103,6 +105,7 @@ MAX_HOLDERS = 64  # semaphore holders remembered
 HOLD_SAMPLE = 8  # a contended lock times every contended hold and 1 in HOLD_SAMPLE of the others
 HOLD_SAMPLE_MASK = HOLD_SAMPLE - 1
 STACKS_PER_SITE = 8  # lock waits at one site (of one lock class) that record a full stack
+RETIRED_BACKLOG = 1024  # dead instances' counters waiting to be folded into their class
 
 
 # -- where: sites and identities ---------------------------------------------------------
@@ -264,14 +267,18 @@ class LockStats:
             entry[0] += 1
             entry[1] += wait_ns
 
+    def fold_retired(self) -> None:
+        """Fold dead instances' counters into the class (the caller holds ``mutex``)."""
+        while self.retired:
+            n, dead_hold = self.retired.pop()
+            self.retired_acquisitions += n
+            if dead_hold is not None:
+                self.hold.merge(dead_hold)
+
     def row(self, live: Iterable[Any] = ()) -> dict[str, Any]:
         """This class as one JSON-able row of the lock table (``live``: its live instances)."""
         with self.mutex:
-            while self.retired:
-                n, dead_hold = self.retired.pop()
-                self.retired_acquisitions += n
-                if dead_hold is not None:
-                    self.hold.merge(dead_hold)
+            self.fold_retired()
             acquisitions = self.retired_acquisitions
             hold = Histogram()
             hold.merge(self.hold)
@@ -382,11 +389,9 @@ _site_cache: dict[tuple[Any, ...], tuple[str, LockStats, tuple[Any, ...]]] = {}
 _INTERNAL_PREFIXES = (*_SKIP_PREFIXES, "<frozen")
 
 
-def _site_key(frame: FrameType, kind: str, name: str | None) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
-    """(cache key, code objects to keep alive) for a creation at ``frame``; ``None`` when there is no user frame."""
-    code = frame.f_code
-    if not code.co_filename.startswith(_INTERNAL_PREFIXES):
-        return (id(code), frame.f_lasti, kind, name), (code,)
+def _stdlib_site_key(frame: FrameType, kind: str, name: str | None) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """(cache key, code objects to keep alive) for a creation inside the stdlib at ``frame``;
+    ``None`` when no user frame is found."""
     inner: FrameType | None = frame
     while inner is not None and inner.f_code.co_filename.startswith(_PKG_DIR):
         inner = inner.f_back
@@ -399,12 +404,21 @@ def _site_key(frame: FrameType, kind: str, name: str | None) -> tuple[tuple[Any,
 
 
 def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
-    """Creation-time bookkeeping shared by every traced primitive."""
+    """Creation-time bookkeeping shared by every traced primitive (every lock the program makes
+    under ``trace_locks()`` pays it: the common case, a call in user code, is inlined)."""
     rec = get_recorder()
     if _published[0] is not rec:
         publish_lock_table(rec)
-    found = _site_key(frame, kind, name) if frame is not None else None
-    cached = _site_cache.get(found[0]) if found is not None else None
+    found: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
+    cached = None
+    if frame is not None:
+        code = frame.f_code
+        if code.co_filename.startswith(_INTERNAL_PREFIXES):
+            found = _stdlib_site_key(frame, kind, name)
+        else:
+            found = (id(code), frame.f_lasti, kind, name), (code,)
+        if found is not None:
+            cached = _site_cache.get(found[0])
     if cached is None:
         created_at = _creation_site(frame)
         stats = _stats_for(kind, name, created_at)
@@ -421,17 +435,30 @@ def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -
     prim._ct_waiters = {}
     stats.instances += 1  # approximate under races, like any unlocked counter: it is informative only
     stats.epoch = _epoch[0]
-    registry.register(prim)
+    _registry_refs.add(_weakref(prim, _registry_discard))  # registry.register(), inlined
 
 
 def _retire(prim: Any) -> None:
     """Hand a dying instance's counters to its class (from ``__del__``).
 
     ``__del__`` can run inside any allocation, including one made while this very thread holds
-    ``stats.mutex``: so no lock here, only an atomic append that the next reader folds in.
+    ``stats.mutex``: so no blocking on it here, only an atomic append that the next reader folds
+    in, and a fold when the backlog grows (if the mutex is free), so that a program creating
+    millions of short-lived locks keeps a bounded backlog. A lock never acquired leaves nothing.
     """
     try:
-        prim._ct_stats.retired.append((prim._ct_n, prim._ct_hold))
+        n = prim._ct_n
+        hold = prim._ct_hold
+        if not n and hold is None:
+            return
+        stats = prim._ct_stats
+        retired = stats.retired
+        retired.append((n, hold))
+        if len(retired) >= RETIRED_BACKLOG and stats.mutex.acquire(False):
+            try:
+                stats.fold_retired()
+            finally:
+                stats.mutex.release()
     except Exception:
         pass
 
@@ -591,12 +618,13 @@ class Lock(_CoreBase):
         self._lock = lock
         self._acq = lock.acquire
         self._rel = lock.release
-        self._owner: int | None = None
-        self._otask: Any = None
-        self._osite: Any = ""  # "file.py:LINE", or (code, offset) resolved when read
-        self._osince = 0
-        self._t0 = 0
-        self._ct_held: list[lockorder.Held] | None = None
+        if _speedups is None:  # the C base starts every field zeroed: None, 0 (and _osite None)
+            self._owner: int | None = None
+            self._otask: Any = None
+            self._osite: Any = ""  # "file.py:LINE", or (code, offset) resolved when read
+            self._osince = 0
+            self._t0 = 0
+            self._ct_held: list[lockorder.Held] | None = None
         _register(self, self._kind, name, _getframe(1))
         if _order_enabled[0]:
             self.__class__ = _OrderedLock
@@ -923,11 +951,12 @@ class RLock(_CoreBase):
         self._lock = lock
         self._acq = lock.acquire
         self._rel = lock.release
-        self._otask: Any = None
-        self._osite: Any = ""
-        self._osince = 0
-        self._t0 = 0
-        self._ct_held: list[lockorder.Held] | None = None
+        if _speedups is None:  # the C base starts every field zeroed
+            self._otask: Any = None
+            self._osite: Any = ""
+            self._osince = 0
+            self._t0 = 0
+            self._ct_held: list[lockorder.Held] | None = None
         _register(self, self._kind, name, _getframe(1))
         if _order_enabled[0]:
             self.__class__ = _OrderedRLock

@@ -415,6 +415,28 @@ class TestStress:
         assert r["contentions"] == snap.counts.get("lock_wait", 0) == len(waits) + snap.dropped
         assert all(e.acquired for e in waits)
 
+    def test_short_lived_locks_keep_exact_counts_in_bounded_memory(self, recorder: Recorder) -> None:
+        """30k locks of one class, each used twice and dropped: counts exact, the dead-instance backlog bounded."""
+        from conctools.locks import RETIRED_BACKLOG
+
+        name = unique("short-lived")
+        stats = None
+        longest = 0
+        for _ in range(30_000):
+            lock = conctools.Lock(name=name)
+            with lock:
+                pass
+            with lock:
+                pass
+            stats = lock._ct_stats
+            del lock
+            longest = max(longest, len(stats.retired))
+        assert longest <= RETIRED_BACKLOG
+        assert row(recorder, name)["acquisitions"] == 60_000
+        for _ in range(1_000):  # locks never acquired leave nothing behind
+            conctools.Lock(name=name)
+        assert stats is not None and not stats.retired
+
 
 def script(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "app.py"
