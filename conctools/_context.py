@@ -13,7 +13,7 @@ import linecache
 import os
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType
 
 from conctools.events import Frame
@@ -22,6 +22,7 @@ __all__ = [
     "capture_stack",
     "current_task_name",
     "frames_of",
+    "internal_thread",
     "is_conctools_frame",
     "thread_name_of",
     "user_frame",
@@ -30,6 +31,20 @@ __all__ = [
 
 _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
+_PlainEvent = threading.Event  # captured before trace_locks() can replace it
+
+
+def internal_thread(target: Callable[[], object], name: str) -> threading.Thread:
+    """A daemon thread for conctools' own work: its internals stay plain primitives even when it
+    is made under ``trace_locks()`` (``Thread.__init__`` makes an ``Event``), so conctools never
+    waits on a traced lock of its own."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    started = getattr(thread, "_started", None)
+    if started is not None and type(started) is not _PlainEvent and not started.is_set():
+        thread._started = _PlainEvent()  # type: ignore[attr-defined]
+    return thread
+
+
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # The sample server ships inside the package but is a user program: its lines are the ones
 # people must see in stacks and culprits, so it never counts as conctools' own code.

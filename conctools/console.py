@@ -54,6 +54,7 @@ from aiomonitor.monitor import Monitor
 from aiomonitor.termui.commands import auto_async_command_done, auto_command_done, custom_help_option, monitor_cli
 from prompt_toolkit.application.current import get_app_session
 
+from conctools._context import internal_thread
 from conctools._net import is_loopback
 from conctools.recorder import Recorder, Snapshot, get_recorder
 
@@ -157,7 +158,7 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_resolve, done)
 
-        threading.Thread(target=run, name="conctools-console-close", daemon=True).start()
+        internal_thread(run, "conctools-console-close").start()
         await done
 
     def _cancel_ui_tasks(self) -> None:

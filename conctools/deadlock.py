@@ -62,7 +62,7 @@ from types import FrameType
 from typing import Any, Literal
 
 from conctools import registry, taskdump
-from conctools._context import frames_of, user_frame
+from conctools._context import frames_of, internal_thread, user_frame
 from conctools.events import DeadlockEvent, Frame, HangEvent, Participant, WaiterInfo
 from conctools.recorder import Recorder, get_recorder
 from conctools.registry import Party, PrimitiveState
@@ -827,7 +827,7 @@ class DeadlockWatchdog:
         if self.raise_in == "main":
             self._install_raiser()
         self._stop_lock.acquire()
-        thread = threading.Thread(target=self._run, name=WATCHDOG_THREAD_NAME, daemon=True)
+        thread = internal_thread(self._run, WATCHDOG_THREAD_NAME)
         self._thread = thread
         thread.start()
 

@@ -23,13 +23,13 @@ import selectors
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from conctools._context import internal_thread
 from conctools.events import LockOrderEvent, LockWaitEvent, MarkEvent, SlowCallbackEvent
 from conctools.recorder import Snapshot
 
@@ -136,7 +136,7 @@ def _read_url(proc: subprocess.Popen[str], log: IO[str], timeout_s: float) -> st
         for line in stdout:
             log.write(line)
 
-    threading.Thread(target=drain, name="conctools-demo-drain", daemon=True).start()
+    internal_thread(drain, "conctools-demo-drain").start()
     return url
 
 

@@ -1311,7 +1311,7 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
         # Its internal condition is plain: the semaphore itself is what we trace.
         self._cond = _StdCondition(_allocate_lock())
         self._value = value
-        self._holders: list[tuple[int, Any, str, int]] = []
+        self._holders: list[tuple[int, Any, Any, int]] = []  # (ident, task, site, since); site: see _site_text
         _init_traced(self, self._kind(), name, _getframe(1))
 
     @classmethod
@@ -1331,7 +1331,11 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
                 self._ct_n += 1
                 holders = self._holders
                 if len(holders) < MAX_HOLDERS:  # past that, not every holder is named
-                    holders.append((_get_ident(), None, "", 0))
+                    # Where it was taken, as a (code, offset) turned into file:line only when read.
+                    frame = _getframe(1)
+                    code = frame.f_code
+                    site = _code_site(frame) if code.co_filename.startswith(_SKIP_PREFIXES) else (code, frame.f_lasti)
+                    holders.append((_get_ident(), None, site, 0))
                 return True
             while self._value == 0:
                 if not blocking:
@@ -1405,7 +1409,7 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
         )
 
     def _conctools_state(self) -> PrimitiveState:
-        holders = tuple(_party(i, t, s or "?", since) for (i, t, s, since) in list(self._holders))
+        holders = tuple(_party(i, t, _site_text(s) if s else "?", since) for (i, t, s, since) in list(self._holders))
         return PrimitiveState(
             prim_id=id(self),
             name=self._ct_name,

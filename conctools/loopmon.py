@@ -45,7 +45,14 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from conctools import taskdump
-from conctools._context import capture_stack, frames_of, is_conctools_frame, thread_name_of, user_frame
+from conctools._context import (
+    capture_stack,
+    frames_of,
+    internal_thread,
+    is_conctools_frame,
+    thread_name_of,
+    user_frame,
+)
 from conctools.events import BlockingCallEvent, Frame, SlowCallbackEvent
 from conctools.recorder import Histogram, Recorder, get_recorder
 
@@ -379,7 +386,7 @@ class LoopMonitor:
             else:
                 loop.call_soon_threadsafe(self._start_ticker, self._gen)
             self._wake.acquire(False)  # held: the watchdog sleeps on it until stop() releases it
-            thread = threading.Thread(target=self._watch, name="conctools-loopmon", daemon=True)
+            thread = internal_thread(self._watch, "conctools-loopmon")
             self._thread = thread
             thread.start()
         except Exception:

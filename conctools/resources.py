@@ -23,6 +23,7 @@ import time
 from types import TracebackType
 from typing import Any
 
+from conctools._context import internal_thread
 from conctools.events import ResourceSampleEvent
 from conctools.recorder import Recorder, get_recorder
 
@@ -96,7 +97,7 @@ class ResourceSampler:
         if self.section:
             self._rec.add_section("resources", self.summary)
         self.sample()
-        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+        self._thread = internal_thread(self._run, THREAD_NAME)
         self._thread.start()
         return self
 

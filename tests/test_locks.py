@@ -329,6 +329,8 @@ class TestOtherPrimitives:
         release = threading.Event()
         ready = threading.Barrier(3)
 
+        line = lineno() + 3
+
         def hold() -> None:
             with sem:
                 ready.wait(10)
@@ -339,6 +341,7 @@ class TestOtherPrimitives:
             t.start()
         ready.wait(10)
         assert sorted(h.thread_name for h in state_of(sem).holders) == ["h0", "h1"]
+        assert {h.site for h in state_of(sem).holders} == {f"{HERE}:{line}"}  # where each took it
         threading.Timer(0.05, release.set).start()
         with sem:
             pass
@@ -482,6 +485,26 @@ class TestTraceLocks:
         assert names["b"] == {f"{HERE}:{line_b} (queue.Queue.__init__)"}
         (helper,) = names["helper"]
         assert helper.endswith("(queue.Queue.__init__)") and helper not in names["a"] | names["b"]
+
+    def test_conctools_own_threads_started_inside_keep_plain_primitives(self, recorder: Recorder) -> None:
+        """The loop monitor's and the sampler's threads, started under trace_locks(), wait on no traced primitive."""
+        from conctools.loopmon import monitor_all_loops
+        from conctools.resources import sample_resources
+
+        plain_event = type(threading.Event())
+        seen: list[threading.Thread] = []
+
+        async def main() -> None:
+            await asyncio.sleep(0.05)
+            seen.extend(t for t in threading.enumerate() if t.name.startswith("conctools-"))
+
+        with trace_locks(lock_order=True), sample_resources(0.02), monitor_all_loops(0.5):
+            user_thread = threading.Thread(target=lambda: None)
+            asyncio.run(main())
+        assert {t.name for t in seen} >= {"conctools-loopmon", "conctools-resources"}
+        for t in seen:
+            assert type(t._started) is plain_event, t.name  # type: ignore[attr-defined]
+        assert isinstance(user_thread._started, conctools.Event)  # type: ignore[attr-defined] # the program's are traced
 
     def test_concurrent_futures_is_traced(self, recorder: Recorder) -> None:
         """A ThreadPoolExecutor created inside uses traced locks and still works."""
