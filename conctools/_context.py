@@ -60,8 +60,8 @@ def _own_prefixes() -> tuple[str, ...]:
     return tuple(_PKG_DIR + e + (os.sep if os.path.isdir(_PKG_DIR + e) else "") for e in entries if e != "server")
 
 
-_SKIP_PREFIXES = (
-    *_own_prefixes(),
+# The stdlib modules a lock or wait site walks out of (to the user code that called them).
+_STDLIB_SKIP = (
     os.path.dirname(asyncio.__file__) + os.sep,
     os.path.dirname(threading.__file__) + os.sep + "threading.py",
     os.path.dirname(threading.__file__) + os.sep + "concurrent" + os.sep,
@@ -70,6 +70,7 @@ _SKIP_PREFIXES = (
     os.path.dirname(threading.__file__) + os.sep + "contextlib.py",
     os.path.dirname(threading.__file__) + os.sep + "queue.py",
 )
+_SKIP_PREFIXES = (*_own_prefixes(), *_STDLIB_SKIP)
 
 
 def current_task_name() -> str | None:

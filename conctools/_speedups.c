@@ -45,6 +45,11 @@ typedef struct {
     PyObject *site;      /* the last site computed, for site_code/site_lasti (a loop takes a lock on one line) */
     PyObject *site_code; /* (borrowed identity only, never dereferenced) */
     int site_lasti;
+    PyObject *stats;     /* _ct_stats: the LockStats of its class */
+    PyObject *name;      /* _ct_name */
+    PyObject *created;   /* _ct_created: creation site */
+    PyObject *serial;    /* _ct_serial */
+    PyObject *waiters;   /* _ct_waiters: {(ident, task id): wait} */
     PyObject *weakreflist;
 } CoreObject;
 
@@ -61,11 +66,32 @@ static PyObject *g_check;           /* lockorder.check(held, entry) */
 static PyObject *g_note_released;   /* lockorder.note_released(held, prim) */
 static PyObject *g_edges;           /* lockorder._edges: (from class, to class) -> first edge seen */
 static PyObject *g_hist_type;       /* recorder.Histogram */
+/* Creation (registration) fast path: see init_common(). */
+static PyObject *g_allocate_lock;   /* _thread.allocate_lock */
+static PyObject *g_rlock_type;      /* _thread.RLock */
+static PyObject *g_ordered_lock;    /* locks._OrderedLock */
+static PyObject *g_ordered_rlock;   /* locks._OrderedRLock */
+static PyObject *g_order_enabled;   /* lockorder._enabled: [depth] */
+static PyObject *g_site_cache;      /* locks._site_cache: key -> (created_at, stats, codes) */
+static PyObject *g_internal;        /* locks._INTERNAL_PREFIXES */
+static PyObject *g_current;         /* recorder._current: [the current recorder] */
+static PyObject *g_published;       /* locks._published: [recorder] */
+static PyObject *g_register;        /* locks._register(prim, kind, name, frame): the full, Python path */
+static PyObject *g_retire;          /* locks._retire(prim) */
+static PyObject *g_serials;         /* locks._serials (itertools.count) */
+static PyObject *g_refs;            /* registry._refs */
+static PyObject *g_discard;         /* registry._refs.discard */
+static PyObject *g_epoch;           /* locks._epoch: [n] */
 static long long g_mask = 7;        /* HOLD_SAMPLE - 1 */
 
-static PyObject *s_buckets, *s_count, *s_total_ns, *s_max_ns;
+static PyObject *s_buckets, *s_count, *s_total_ns, *s_max_ns, *s_acquire, *s_release, *s_instances, *s_epoch,
+    *s_class, *s_lock_kind, *s_rlock_kind;
 static PyObject *s_contended, *s_stack, *s_recursion_count, *s_add, *s_acquire_py, *s_ct_stats, *s_key,
     *s_ct_name, *s_ct_serial;
+
+static PyObject *g_one;  /* 1 */
+static PyObject *g_zero; /* 0 */
+static PyTypeObject *g_core_type;
 
 /* -- small helpers --------------------------------------------------------------------- */
 
@@ -272,15 +298,22 @@ recursion_count(CoreObject *self)
 
 /* -- lock order ---------------------------------------------------------------------- */
 
+static PyObject *g_keep_prefix; /* the bundled sample server: inside the package, yet user code */
+static PyObject *g_pkg_dir;     /* conctools' own directory */
+
+/* filename starts with one of prefixes (and is not the sample server's). */
 static int
-skipped_file(PyObject *filename)
+skipped_file_in(PyObject *filename, PyObject *prefixes)
 {
-    if (g_skip_prefixes == NULL || !PyUnicode_Check(filename)) {
+    if (prefixes == NULL || !PyTuple_Check(prefixes) || !PyUnicode_Check(filename)) {
         return 0;
     }
-    Py_ssize_t k = PyTuple_GET_SIZE(g_skip_prefixes);
+    if (g_keep_prefix != NULL && PyUnicode_Tailmatch(filename, g_keep_prefix, 0, PY_SSIZE_T_MAX, -1) == 1) {
+        return 0;
+    }
+    Py_ssize_t k = PyTuple_GET_SIZE(prefixes);
     for (Py_ssize_t i = 0; i < k; i++) {
-        Py_ssize_t m = PyUnicode_Tailmatch(filename, PyTuple_GET_ITEM(g_skip_prefixes, i), 0, PY_SSIZE_T_MAX, -1);
+        Py_ssize_t m = PyUnicode_Tailmatch(filename, PyTuple_GET_ITEM(prefixes, i), 0, PY_SSIZE_T_MAX, -1);
         if (m == 1) {
             return 1;
         }
@@ -289,6 +322,12 @@ skipped_file(PyObject *filename)
         }
     }
     return 0;
+}
+
+static int
+skipped_file(PyObject *filename)
+{
+    return skipped_file_in(filename, g_skip_prefixes);
 }
 
 /* Where the caller took the lock: (code, offset), or lockorder.code_site() when the caller is
@@ -676,7 +715,237 @@ rlock_ordered_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_
     return plain_exit(self, NULL, 0);
 }
 
+/* -- creation: __init__ and __del__ ------------------------------------------------------ */
+
+static int
+is_on(PyObject *list)
+{
+    if (list == NULL || !PyList_Check(list) || PyList_GET_SIZE(list) < 1) return 0;
+    int r = PyObject_IsTrue(PyList_GET_ITEM(list, 0));
+    if (r < 0) PyErr_Clear();
+    return r > 0;
+}
+
+/* locks._register's cache key for a creation at frame (a new reference, or NULL without an
+ * exception): (id(code), offset, kind, name) in user code; inside the stdlib, (id(the stdlib
+ * function's code), id(the user caller's code), its offset, kind, name), as _stdlib_site_key. */
+static PyObject *
+site_key(PyFrameObject *frame, PyObject *kind, PyObject *name)
+{
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    if (!skipped_file_in(code->co_filename, g_internal)) {
+        PyObject *key = Py_BuildValue("(NiOO)", PyLong_FromVoidPtr(code), PyFrame_GetLasti(frame), kind, name);
+        Py_DECREF(code);
+        return key;
+    }
+    Py_DECREF(code);
+    /* inner: the first frame outside conctools; user: the first frame outside the stdlib too */
+    PyFrameObject *inner = (PyFrameObject *)Py_NewRef(frame);
+    while (inner != NULL) {
+        PyCodeObject *c = PyFrame_GetCode(inner);
+        int in_pkg = PyUnicode_Check(c->co_filename) && g_pkg_dir != NULL &&
+                     PyUnicode_Tailmatch(c->co_filename, g_pkg_dir, 0, PY_SSIZE_T_MAX, -1) == 1 &&
+                     !(g_keep_prefix != NULL &&
+                       PyUnicode_Tailmatch(c->co_filename, g_keep_prefix, 0, PY_SSIZE_T_MAX, -1) == 1);
+        Py_DECREF(c);
+        if (!in_pkg) break;
+        PyFrameObject *back = PyFrame_GetBack(inner);
+        Py_DECREF(inner);
+        inner = back;
+    }
+    if (inner == NULL) return NULL;
+    PyFrameObject *user = (PyFrameObject *)Py_NewRef(inner);
+    while (user != NULL) {
+        PyCodeObject *c = PyFrame_GetCode(user);
+        int internal = skipped_file_in(c->co_filename, g_internal);
+        Py_DECREF(c);
+        if (!internal) break;
+        PyFrameObject *back = PyFrame_GetBack(user);
+        Py_DECREF(user);
+        user = back;
+    }
+    PyObject *key = NULL;
+    if (user != NULL) {
+        PyCodeObject *ic = PyFrame_GetCode(inner), *uc = PyFrame_GetCode(user);
+        key = Py_BuildValue("(NNiOO)", PyLong_FromVoidPtr(ic), PyLong_FromVoidPtr(uc), PyFrame_GetLasti(user), kind,
+                            name);
+        Py_DECREF(ic);
+        Py_DECREF(uc);
+        Py_DECREF(user);
+    }
+    Py_DECREF(inner);
+    return key;
+}
+
+/* Set a field on a traced primitive: a C member of a Core, an attribute of anything else. */
+static int
+set_field(PyObject *prim, PyObject **member, PyObject *attr, PyObject *value)
+{
+    if (member != NULL) {
+        Py_XSETREF(*member, Py_NewRef(value));
+        return 0;
+    }
+    return PyObject_SetAttr(prim, attr, value);
+}
+
+static PyObject *s_ct_created, *s_ct_waiters, *s_ct_n, *s_ct_hold;
+
+/* What locks._register does when the creation site is in the cache (the common case: locks are
+ * made on a few lines of code, over and over). 1: done; 0: not cached (the caller runs the Python
+ * function); -1: an error (set). */
+static int
+register_cached(PyObject *prim, PyObject *kind, PyObject *name, PyFrameObject *frame)
+{
+    if (g_current == NULL || g_published == NULL || g_site_cache == NULL || frame == NULL) {
+        return 0; /* setup_creation() not called yet */
+    }
+    int published = PyList_GET_SIZE(g_current) > 0 && PyList_GET_SIZE(g_published) > 0 &&
+                    PyList_GET_ITEM(g_published, 0) == PyList_GET_ITEM(g_current, 0);
+    if (!published) {
+        return 0;
+    }
+    PyObject *cached = NULL;
+    PyObject *key = site_key(frame, kind, name);
+    if (key != NULL) {
+        cached = PyDict_GetItemWithError(g_site_cache, key); /* borrowed */
+        Py_DECREF(key);
+    }
+    if (cached == NULL || !PyTuple_Check(cached) || PyTuple_GET_SIZE(cached) < 2) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *created = PyTuple_GET_ITEM(cached, 0), *stats = PyTuple_GET_ITEM(cached, 1);
+    int core = PyObject_TypeCheck(prim, g_core_type);
+    CoreObject *c = core ? (CoreObject *)prim : NULL;
+    PyObject *serial = PyIter_Next(g_serials);
+    PyObject *waiters = PyDict_New();
+    int err = serial == NULL || waiters == NULL;
+    err = err || set_field(prim, c ? &c->stats : NULL, s_ct_stats, stats) < 0;
+    err = err || set_field(prim, c ? &c->name : NULL, s_ct_name, name == Py_None ? created : name) < 0;
+    err = err || set_field(prim, c ? &c->created : NULL, s_ct_created, created) < 0;
+    err = err || set_field(prim, c ? &c->serial : NULL, s_ct_serial, serial) < 0;
+    err = err || set_field(prim, c ? &c->waiters : NULL, s_ct_waiters, waiters) < 0;
+    Py_XDECREF(serial);
+    Py_XDECREF(waiters);
+    if (err) return -1;
+    if (c != NULL) {
+        c->n = 0;
+        Py_CLEAR(c->hold);
+    }
+    else if (PyObject_SetAttr(prim, s_ct_n, g_zero) < 0 || PyObject_SetAttr(prim, s_ct_hold, Py_None) < 0) {
+        return -1;
+    }
+    /* stats.instances += 1 (informative only, like the Python path's unlocked counter); stats.epoch */
+    PyObject *inst = PyObject_GetAttr(stats, s_instances);
+    if (inst != NULL) {
+        PyObject *more = PyNumber_Add(inst, g_one);
+        Py_DECREF(inst);
+        if (more != NULL) {
+            PyObject_SetAttr(stats, s_instances, more);
+            Py_DECREF(more);
+        }
+    }
+    if (PyList_Check(g_epoch) && PyList_GET_SIZE(g_epoch) > 0) {
+        PyObject_SetAttr(stats, s_epoch, PyList_GET_ITEM(g_epoch, 0));
+    }
+    swallow();
+    PyObject *ref = PyWeakref_NewRef(prim, g_discard);
+    if (ref != NULL) {
+        PySet_Add(g_refs, ref);
+        Py_DECREF(ref);
+    }
+    swallow();
+    return 1;
+}
+
+static int
+register_fast(CoreObject *self, PyObject *kind, PyObject *name, PyFrameObject *frame)
+{
+    int r = register_cached((PyObject *)self, kind, name, frame);
+    if (r != 0) return r < 0 ? -1 : 0;
+    PyObject *res = PyObject_CallFunctionObjArgs(g_register, (PyObject *)self, kind, name,
+                                                 frame ? (PyObject *)frame : Py_None, NULL);
+    if (res == NULL) return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* try_register(prim, kind, name, frame) -> bool: locks._register's cached case, for any primitive. */
+static PyObject *
+py_try_register(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "try_register(prim, kind, name, frame)");
+        return NULL;
+    }
+    PyFrameObject *frame = PyFrame_Check(args[3]) ? (PyFrameObject *)args[3] : NULL;
+    int r = register_cached(args[0], args[1], args[2], frame);
+    if (r < 0) return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+init_common(CoreObject *self, PyObject *args, PyObject *kwargs, int rlock)
+{
+    static char *kwlist[] = {"name", NULL};
+    PyObject *name = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, rlock ? "|O:RLock" : "|O:Lock", kwlist, &name)) {
+        return NULL;
+    }
+    PyObject *lock = PyObject_CallNoArgs(rlock ? g_rlock_type : g_allocate_lock);
+    if (lock == NULL) return NULL;
+    PyObject *acq = PyObject_GetAttr(lock, s_acquire);
+    PyObject *rel = acq ? PyObject_GetAttr(lock, s_release) : NULL;
+    if (rel == NULL) {
+        Py_XDECREF(acq);
+        Py_DECREF(lock);
+        return NULL;
+    }
+    Py_XSETREF(self->lock, lock);
+    Py_XSETREF(self->acq, acq);
+    Py_XSETREF(self->rel, rel);
+    if (register_fast(self, rlock ? s_rlock_kind : s_lock_kind, name, PyEval_GetFrame()) < 0) {
+        return NULL;
+    }
+    if (is_on(g_order_enabled)) {
+        if (PyObject_SetAttr((PyObject *)self, s_class, rlock ? g_ordered_rlock : g_ordered_lock) < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lock_init(CoreObject *self, PyObject *args, PyObject *kwargs)
+{
+    return init_common(self, args, kwargs, 0);
+}
+
+static PyObject *
+rlock_init(CoreObject *self, PyObject *args, PyObject *kwargs)
+{
+    return init_common(self, args, kwargs, 1);
+}
+
+/* __del__: a lock never acquired has nothing to hand to its class; others go to locks._retire. */
+static PyObject *
+core_del(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->n == 0 && !has_hold(self)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *r = PyObject_CallOneArg(g_retire, (PyObject *)self);
+    Py_XDECREF(r);
+    swallow();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef core_methods[] = {
+    {"_c_lock_init", (PyCFunction)(void (*)(void))lock_init, METH_VARARGS | METH_KEYWORDS,
+     "_c_lock_init($self, /, name=None)\n--\n\nA traced threading.Lock."},
+    {"_c_rlock_init", (PyCFunction)(void (*)(void))rlock_init, METH_VARARGS | METH_KEYWORDS,
+     "_c_rlock_init($self, /, name=None)\n--\n\nA traced threading.RLock."},
+    {"_c_del", (PyCFunction)core_del, METH_NOARGS, NULL},
     {"_c_lock_enter", (PyCFunction)lock_enter, METH_NOARGS, NULL},
     {"_c_rlock_enter", (PyCFunction)rlock_enter, METH_NOARGS, NULL},
     {"_c_exit", (PyCFunction)(void (*)(void))plain_exit, METH_FASTCALL, NULL},
@@ -746,6 +1015,11 @@ static PyMemberDef core_members[] = {
     {"_ct_held", T_OBJECT, offsetof(CoreObject, held), 0, NULL},
     {"_ct_entry", T_OBJECT, offsetof(CoreObject, entry), 0, NULL},
     {"_owner_tid", T_ULONGLONG, offsetof(CoreObject, owner_tid), READONLY, NULL},
+    {"_ct_stats", T_OBJECT_EX, offsetof(CoreObject, stats), 0, NULL},
+    {"_ct_name", T_OBJECT_EX, offsetof(CoreObject, name), 0, NULL},
+    {"_ct_created", T_OBJECT_EX, offsetof(CoreObject, created), 0, NULL},
+    {"_ct_serial", T_OBJECT_EX, offsetof(CoreObject, serial), 0, NULL},
+    {"_ct_waiters", T_OBJECT_EX, offsetof(CoreObject, waiters), 0, NULL},
     {"__weaklistoffset__", T_PYSSIZET, offsetof(CoreObject, weakreflist), READONLY, NULL},
     {NULL},
 };
@@ -764,6 +1038,11 @@ core_traverse(CoreObject *self, visitproc visit, void *arg)
     Py_VISIT(self->held);
     Py_VISIT(self->entry);
     Py_VISIT(self->site);
+    Py_VISIT(self->stats);
+    Py_VISIT(self->name);
+    Py_VISIT(self->created);
+    Py_VISIT(self->serial);
+    Py_VISIT(self->waiters);
     return 0;
 }
 
@@ -780,6 +1059,11 @@ core_clear(CoreObject *self)
     Py_CLEAR(self->held);
     Py_CLEAR(self->entry);
     Py_CLEAR(self->site);
+    Py_CLEAR(self->stats);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->created);
+    Py_CLEAR(self->serial);
+    Py_CLEAR(self->waiters);
     return 0;
 }
 
@@ -849,6 +1133,28 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
+setup_creation(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"allocate_lock", "rlock_type", "ordered_lock", "ordered_rlock", "order_enabled",
+                             "site_cache", "internal_prefixes", "current", "published", "register",
+                             "retire", "serials", "refs", "discard", "epoch", "keep_prefix", "pkg_dir", NULL};
+    PyObject *v[17];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO!O!O!O!O!OOOO!OO!UU:setup_creation", kwlist, &v[0], &v[1],
+                                     &v[2], &v[3], &PyList_Type, &v[4], &PyDict_Type, &v[5], &PyTuple_Type, &v[6],
+                                     &PyList_Type, &v[7], &PyList_Type, &v[8], &v[9], &v[10], &v[11], &PySet_Type,
+                                     &v[12], &v[13], &PyList_Type, &v[14], &v[15], &v[16])) {
+        return NULL;
+    }
+    PyObject **slots[17] = {&g_allocate_lock, &g_rlock_type, &g_ordered_lock, &g_ordered_rlock, &g_order_enabled,
+                            &g_site_cache, &g_internal, &g_current, &g_published, &g_register,
+                            &g_retire, &g_serials, &g_refs, &g_discard, &g_epoch, &g_keep_prefix, &g_pkg_dir};
+    for (int i = 0; i < 17; i++) {
+        Py_XSETREF(*slots[i], Py_NewRef(v[i]));
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 py_bucket_of(PyObject *Py_UNUSED(module), PyObject *arg)
 {
     long long v = PyLong_AsLongLong(arg);
@@ -877,6 +1183,10 @@ static PyMethodDef module_methods[] = {
      "thread_state_id(ident): the thread-state id of the live thread with this id, or None"},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      "setup(mask, mono, skip_prefixes, code_site, local, held_stack, check, note_released, edges, histogram, sub_bits)"},
+    {"try_register", (PyCFunction)(void (*)(void))py_try_register, METH_FASTCALL,
+     "try_register(prim, kind, name, frame) -> bool: register prim if its creation site is cached"},
+    {"setup_creation", (PyCFunction)(void (*)(void))setup_creation, METH_VARARGS | METH_KEYWORDS,
+     "setup_creation(...): what the C __init__ of Lock/RLock needs from locks.py"},
     {"bucket_of", (PyCFunction)py_bucket_of, METH_O, "bucket_of(value): recorder.bucket_of, as the C path computes it"},
     {NULL, NULL, 0, NULL},
 };
@@ -902,6 +1212,17 @@ PyInit__speedups(void)
     if (m == NULL) return NULL;
     INTERN(s_contended, "_contended");
     INTERN(s_buckets, "buckets");
+    INTERN(s_ct_created, "_ct_created");
+    INTERN(s_ct_waiters, "_ct_waiters");
+    INTERN(s_ct_n, "_ct_n");
+    INTERN(s_ct_hold, "_ct_hold");
+    INTERN(s_acquire, "acquire");
+    INTERN(s_release, "release");
+    INTERN(s_instances, "instances");
+    INTERN(s_epoch, "epoch");
+    INTERN(s_class, "__class__");
+    INTERN(s_lock_kind, "Lock");
+    INTERN(s_rlock_kind, "RLock");
     INTERN(s_count, "count");
     INTERN(s_total_ns, "total_ns");
     INTERN(s_max_ns, "max_ns");
@@ -915,13 +1236,16 @@ PyInit__speedups(void)
     INTERN(s_ct_serial, "_ct_serial");
     if ((g_false_args = PyTuple_Pack(1, Py_False)) == NULL) goto fail;
     if ((g_minus_one = PyLong_FromLong(-1)) == NULL) goto fail;
+    if ((g_one = PyLong_FromLong(1)) == NULL) goto fail;
+    if ((g_zero = PyLong_FromLong(0)) == NULL) goto fail;
     if ((g_empty = PyUnicode_FromString("")) == NULL) goto fail;
     /* locks.py uses this module only when the versions agree (a stale build in a source tree
      * falls back to pure Python instead of failing). Bump on any change to the interface. */
-    if (PyModule_AddIntConstant(m, "API_VERSION", 2) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "API_VERSION", 3) < 0) goto fail;
     PyObject *core = PyType_FromSpec(&core_spec);
     if (core == NULL) goto fail;
-    if (PyModule_AddObject(m, "Core", core) < 0) {
+    g_core_type = (PyTypeObject *)core; /* a strong reference of its own: never freed */
+    if (PyModule_AddObject(m, "Core", Py_NewRef(core)) < 0) {
         Py_DECREF(core);
         goto fail;
     }

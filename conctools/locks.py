@@ -55,7 +55,7 @@ from weakref import ref as _weakref
 
 from conctools import lockorder, registry
 from conctools import recorder as recorder_module
-from conctools._context import _SKIP_PREFIXES, capture_stack
+from conctools._context import _SAMPLE_DIR, _SKIP_PREFIXES, _STDLIB_SKIP, capture_stack
 from conctools.events import LockWaitEvent
 from conctools.recorder import Histogram, Recorder, get_recorder
 from conctools.registry import Party, PrimitiveState
@@ -405,7 +405,9 @@ def _stdlib_site_key(frame: FrameType, kind: str, name: str | None) -> tuple[tup
 
 def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
     """Creation-time bookkeeping shared by every traced primitive (every lock the program makes
-    under ``trace_locks()`` pays it: the common case, a call in user code, is inlined)."""
+    under ``trace_locks()`` pays it). With the C module, a creation whose site is cached is done in C."""
+    if _try_register is not None and _try_register(prim, kind, name, frame):
+        return
     rec = get_recorder()
     if _published[0] is not rec:
         publish_lock_table(rec)
@@ -555,7 +557,7 @@ def _waiter_parties(prim: Any) -> tuple[Party, ...]:
 # classes below by _install_speedups(); the Python methods stay as the fallback (no compiler,
 # PyPy, free-threaded builds, or CONCTOOLS_PURE_PYTHON=1) and as the slow paths both share.
 _speedups: Any = None
-_SPEEDUPS_API = 2  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 3  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -564,15 +566,23 @@ if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     if getattr(_speedups, "API_VERSION", None) != _SPEEDUPS_API:  # a stale build (source tree): ignore it
         _speedups = None
 SPEEDUPS = _speedups is not None
+_try_register: Callable[[Any, str, str | None, FrameType | None], bool] | None = (
+    _speedups.try_register if _speedups is not None else None
+)
 """True when the C fast path of ``Lock``/``RLock`` is in use (else the pure-Python one)."""
 
-# Fields the fast path touches (C members of _speedups.Core, or slots of the Python classes).
+# The fields of Lock and RLock: C members of _speedups.Core, or slots of the Python classes.
 _CORE_SLOTS = (
     "__weakref__",
     "_acq",
+    "_ct_created",
     "_ct_held",
     "_ct_hold",
     "_ct_n",
+    "_ct_name",
+    "_ct_serial",
+    "_ct_stats",
+    "_ct_waiters",
     "_lock",
     "_osince",
     "_osite",
@@ -581,7 +591,6 @@ _CORE_SLOTS = (
     "_rel",
     "_t0",
 )
-_OWN_SLOTS = ("_ct_created", "_ct_name", "_ct_serial", "_ct_stats", "_ct_waiters")
 if TYPE_CHECKING:
     _CoreBase = object
 else:
@@ -600,7 +609,7 @@ class Lock(_CoreBase):
     True
     """
 
-    __slots__ = _OWN_SLOTS if _speedups is not None else (*_OWN_SLOTS, *_CORE_SLOTS)
+    __slots__ = () if _speedups is not None else _CORE_SLOTS
 
     _kind = "Lock"
 
@@ -933,7 +942,7 @@ class RLock(_CoreBase):
     from the C lock when it asks.
     """
 
-    __slots__ = _OWN_SLOTS if _speedups is not None else (*_OWN_SLOTS, *_CORE_SLOTS)
+    __slots__ = () if _speedups is not None else _CORE_SLOTS
 
     _kind = "RLock"
 
@@ -1170,7 +1179,7 @@ def _install_speedups() -> None:
     _speedups.setup(
         mask=HOLD_SAMPLE_MASK,
         mono=_mono,
-        skip_prefixes=tuple(_SKIP_PREFIXES),
+        skip_prefixes=(_PKG_DIR, *_STDLIB_SKIP),  # what _SKIP_PREFIXES matches, in 8 prefixes, not 38
         code_site=_code_site,
         local=_order_local,
         held_stack=lockorder.held_stack,
@@ -1199,6 +1208,33 @@ def _install_speedups() -> None:
         if release:
             table.append((cls, "acquire", getattr(core, prefix + "_acquire")))
             table.append((cls, "release", getattr(core, release)))
+    # Creation: the C __init__ registers the lock itself when its creation site is cached (else it
+    # calls _register); __del__ hands counters to the class only for a lock that was acquired.
+    _speedups.setup_creation(
+        allocate_lock=_allocate_lock,
+        rlock_type=_CRLock,
+        ordered_lock=_OrderedLock,
+        ordered_rlock=_OrderedRLock,
+        order_enabled=_order_enabled,
+        site_cache=_site_cache,
+        internal_prefixes=(_PKG_DIR, *_STDLIB_SKIP, "<frozen"),
+        current=recorder_module._current,
+        published=_published,
+        register=_register,
+        retire=_retire,
+        serials=_serials,
+        refs=_registry_refs,
+        discard=_registry_discard,
+        epoch=_epoch,
+        keep_prefix=_SAMPLE_DIR,
+        pkg_dir=_PKG_DIR,
+    )
+    table += [
+        (Lock, "__init__", core._c_lock_init),
+        (RLock, "__init__", core._c_rlock_init),
+        (Lock, "__del__", core._c_del),
+        (RLock, "__del__", core._c_del),
+    ]
     for cls, attr, value in table:
         setattr(cls, attr, value)
     Lock.acquire_lock = Lock.acquire  # type: ignore[method-assign] # the _thread.lock aliases follow
