@@ -210,6 +210,44 @@ class TestSemantics:
         assert rlock._ct_n == 40_000
 
 
+class TestCreation:
+    @pytest.mark.parametrize(
+        "make", ["Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore", "Event", "Barrier"]
+    )
+    def test_repeated_creations_on_one_line_are_each_registered(self, make: str, recorder: Recorder) -> None:
+        """The first creation at a site fills the cache; the next ones (the cached path) get the same
+        name and class, their own serial and waiters, and are in the registry like the first."""
+        from conctools import registry
+
+        factory = getattr(conctools, make)
+        args = (2,) if make == "Barrier" else ()
+        made = []
+        for _ in range(4):
+            made.append(factory(*args))
+        line = sys._getframe().f_lineno - 1
+        named = factory(*args, name=f"named-{make}")
+        site = f"test_speedups.py:{line}"
+        assert {p._ct_name for p in made} == {site} and {p._ct_created for p in made} == {site}
+        assert len({p._ct_serial for p in made}) == 4 and len({id(p._ct_waiters) for p in made}) == 4
+        assert all(p._ct_n == 0 and p._ct_hold is None for p in made)
+        assert len({id(p._ct_stats) for p in made}) == 1
+        assert named._ct_name == f"named-{make}" and named._ct_created.startswith("test_speedups.py:")
+        live = {id(p) for p in registry.live()}
+        assert all(id(p) in live for p in [*made, named])
+        assert made[0]._ct_stats.instances >= 4
+
+    def test_locks_made_inside_the_stdlib_are_cached_per_user_site(self, recorder: Recorder) -> None:
+        """A Condition's own RLock, made in conctools/threading code, is named after the user line each time."""
+        conds = []
+        for _ in range(3):
+            conds.append(conctools.Condition())
+        line = sys._getframe().f_lineno - 1
+        other = conctools.Condition()
+        other_line = sys._getframe().f_lineno - 1
+        assert {c._lock._ct_name for c in conds} == {f"test_speedups.py:{line}"}
+        assert other._lock._ct_name == f"test_speedups.py:{other_line}"
+
+
 class TestHoldTimes:
     @pytest.mark.skipif(not locks.SPEEDUPS, reason="the C fast path is not in use here")
     def test_c_buckets_match_the_recorders(self) -> None:
