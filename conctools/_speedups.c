@@ -122,11 +122,37 @@ release_real(CoreObject *self)
     return PyObject_CallNoArgs(self->rel);
 }
 
-/* Drop whatever error bookkeeping raised: observing must not break the program. */
+/* A KeyboardInterrupt or SystemExit that a signal handler raised while bookkeeping ran Python
+ * code: it belongs to the program, so it is raised again at the next pending-call check. */
+static PyObject *g_deferred_type, *g_deferred_value, *g_deferred_tb;
+
+static int
+reraise_deferred(void *Py_UNUSED(arg))
+{
+    if (g_deferred_type == NULL) {
+        return 0;
+    }
+    PyErr_Restore(g_deferred_type, g_deferred_value, g_deferred_tb);
+    g_deferred_type = g_deferred_value = g_deferred_tb = NULL;
+    return -1;
+}
+
+/* Drop whatever error bookkeeping raised: observing must not break the program. An exception
+ * that is not an Exception (KeyboardInterrupt, SystemExit) is not ours to drop: it is deferred. */
 static void
 swallow(void)
 {
-    if (PyErr_Occurred()) {
+    if (!PyErr_Occurred()) {
+        return;
+    }
+    if (PyErr_ExceptionMatches(PyExc_Exception) || g_deferred_type != NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyErr_Fetch(&g_deferred_type, &g_deferred_value, &g_deferred_tb);
+    if (Py_AddPendingCall(reraise_deferred, NULL) < 0) {
+        PyErr_Restore(g_deferred_type, g_deferred_value, g_deferred_tb); /* cannot defer: drop it */
+        g_deferred_type = g_deferred_value = g_deferred_tb = NULL;
         PyErr_Clear();
     }
 }

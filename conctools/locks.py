@@ -1168,6 +1168,9 @@ class _OrderedRLock(_TimedRLock):
 _OrderedRLock.__qualname__ = _OrderedRLock.__name__ = "RLock"
 
 
+_speedups_setup: dict[str, Any] = {}  # what _speedups.setup() was given (tests swap one part)
+
+
 def _install_speedups() -> None:
     """Put the C fast paths in place of the Python ones (which remain the fallback).
 
@@ -1176,7 +1179,7 @@ def _install_speedups() -> None:
     timed and ordered RLock keep the Python ``acquire``, whose ``_took`` dispatches by class.
     """
     core = _speedups.Core
-    _speedups.setup(
+    _speedups_setup.update(
         mask=HOLD_SAMPLE_MASK,
         mono=_mono,
         skip_prefixes=(_PKG_DIR, *_STDLIB_SKIP),  # what _SKIP_PREFIXES matches, in 8 prefixes, not 38
@@ -1189,6 +1192,7 @@ def _install_speedups() -> None:
         histogram=Histogram,
         sub_bits=recorder_module._SUB_BITS,
     )
+    _speedups.setup(**_speedups_setup)
     table: list[tuple[type, str, Any]] = [
         (Lock, "_acquire_py", Lock.__dict__["acquire"]),
         (RLock, "_acquire_py", RLock.__dict__["acquire"]),

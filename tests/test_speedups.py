@@ -305,6 +305,32 @@ class TestObservationNeverBreaks:
             prim.release()
 
 
+@pytest.mark.skipif(not locks.SPEEDUPS, reason="the C fast path is not in use here")
+class TestInterrupts:
+    def test_keyboard_interrupt_during_bookkeeping_is_raised_not_lost(self, ordered: Recorder) -> None:
+        """Ctrl-C landing while the C path runs Python bookkeeping (here: the order check) reaches the
+        program right after the lock is taken, inside the with-block, so both locks are released."""
+        from conctools import _speedups  # type: ignore[attr-defined]
+
+        def interrupted(held: list[Any], entry: Any) -> None:
+            raise KeyboardInterrupt
+
+        outer = conctools.Lock(name="outer")
+        inner = conctools.Lock(name="inner")
+        _speedups.setup(**{**locks._speedups_setup, "check": interrupted})
+        entered = False
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                with outer, inner:
+                    entered = True
+                    for _ in range(100_000):  # the deferred interrupt arrives at the next eval-loop check
+                        pass
+        finally:
+            _speedups.setup(**locks._speedups_setup)
+        assert entered
+        assert not outer.locked() and not inner.locked()
+
+
 class TestLockOrderAcrossThreads:
     def test_held_stacks_stay_per_thread_when_threads_interleave(self, ordered: Recorder) -> None:
         """Thread A holds X while B takes Y alone, then A takes Y: the edge is X->Y only, nothing is reported."""
