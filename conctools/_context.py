@@ -8,6 +8,7 @@ only looked up when a loop runs in this thread.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import linecache
 import os
@@ -31,17 +32,29 @@ __all__ = [
 
 _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
-_PlainEvent = threading.Event  # captured before trace_locks() can replace it
+# Captured before trace_locks() can replace them in the threading module.
+_PlainEvent = threading.Event
+_PlainCondition = threading.Condition
+_allocate_lock = _thread.allocate_lock
+
+
+def _plain_event() -> threading.Event:
+    """A ``threading.Event`` built from plain parts even while ``trace_locks()`` has replaced
+    ``threading.Condition`` and ``threading.Lock`` (which ``Event.__init__`` looks up)."""
+    event = _PlainEvent.__new__(_PlainEvent)
+    event._cond = _PlainCondition(_allocate_lock())  # type: ignore[attr-defined]
+    event._flag = False  # type: ignore[attr-defined]
+    return event
 
 
 def internal_thread(target: Callable[[], object], name: str) -> threading.Thread:
     """A daemon thread for conctools' own work: its internals stay plain primitives even when it
     is made under ``trace_locks()`` (``Thread.__init__`` makes an ``Event``), so conctools never
-    waits on a traced lock of its own."""
+    waits on a traced primitive of its own."""
     thread = threading.Thread(target=target, name=name, daemon=True)
     started = getattr(thread, "_started", None)
-    if started is not None and type(started) is not _PlainEvent and not started.is_set():
-        thread._started = _PlainEvent()  # type: ignore[attr-defined]
+    if started is not None and not started.is_set():
+        thread._started = _plain_event()  # type: ignore[attr-defined]
     return thread
 
 

@@ -491,7 +491,8 @@ class TestTraceLocks:
         from conctools.loopmon import monitor_all_loops
         from conctools.resources import sample_resources
 
-        plain_event = type(threading.Event())
+        plain_event, plain_condition = threading.Event, threading.Condition
+        plain_lock = type(threading.Lock())
         seen: list[threading.Thread] = []
 
         async def main() -> None:
@@ -503,7 +504,9 @@ class TestTraceLocks:
             asyncio.run(main())
         assert {t.name for t in seen} >= {"conctools-loopmon", "conctools-resources"}
         for t in seen:
-            assert type(t._started) is plain_event, t.name  # type: ignore[attr-defined]
+            started = t._started  # type: ignore[attr-defined]
+            assert type(started) is plain_event, t.name
+            assert type(started._cond) is plain_condition and type(started._cond._lock) is plain_lock, t.name
         assert isinstance(user_thread._started, conctools.Event)  # type: ignore[attr-defined] # the program's are traced
 
     def test_concurrent_futures_is_traced(self, recorder: Recorder) -> None:
