@@ -84,6 +84,9 @@ _STDLIB_SKIP = (
     os.path.dirname(threading.__file__) + os.sep + "queue.py",
 )
 _SKIP_PREFIXES = (*_own_prefixes(), *_STDLIB_SKIP)
+# A cheap pre-check for hot paths: everything _SKIP_PREFIXES matches, in 8 prefixes instead of ~40
+# (it also matches the bundled sample server, which a full check then tells apart).
+_SKIP_MAYBE = (_PKG_DIR, *_STDLIB_SKIP)
 
 
 def current_task_name() -> str | None:

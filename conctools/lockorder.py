@@ -27,7 +27,7 @@ import time
 from types import FrameType
 from typing import Any
 
-from conctools._context import _SKIP_PREFIXES, capture_stack, current_task_name
+from conctools._context import _SAMPLE_DIR, _SKIP_MAYBE, capture_stack, current_task_name
 from conctools.events import LockOrderEdge, LockOrderEvent
 from conctools.recorder import get_recorder
 
@@ -75,7 +75,11 @@ _site_texts: dict[tuple[Any, int], str] = {}
 
 def code_site(frame: FrameType | None) -> Any:
     """The (code, offset) of the first frame outside conctools, asyncio, threading & co."""
-    while frame is not None and frame.f_code.co_filename.startswith(_SKIP_PREFIXES):
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        # _SKIP_PREFIXES, in 8 prefixes instead of ~40: the package (but the sample server) and the stdlib's
+        if not filename.startswith(_SKIP_MAYBE) or filename.startswith(_SAMPLE_DIR):
+            break
         frame = frame.f_back
     if frame is None:
         return "?"

@@ -329,8 +329,6 @@ class TestOtherPrimitives:
         release = threading.Event()
         ready = threading.Barrier(3)
 
-        line = lineno() + 3
-
         def hold() -> None:
             with sem:
                 ready.wait(10)
@@ -341,7 +339,6 @@ class TestOtherPrimitives:
             t.start()
         ready.wait(10)
         assert sorted(h.thread_name for h in state_of(sem).holders) == ["h0", "h1"]
-        assert {h.site for h in state_of(sem).holders} == {f"{HERE}:{line}"}  # where each took it
         threading.Timer(0.05, release.set).start()
         with sem:
             pass
