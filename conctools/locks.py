@@ -468,6 +468,27 @@ def _retire(prim: Any) -> None:
 # -- waits (slow path) -------------------------------------------------------------------
 
 
+# (id(code), offset) of a waiting call in user code -> (site, function, code): a contended lock
+# waited on from one line over and over pays for the file name and line once. The code object in
+# the value keeps its id from being reused.
+_wait_sites: dict[tuple[int, int], tuple[str, str, Any]] = {}
+
+
+def _wait_site(frame: FrameType | None) -> tuple[str, str]:
+    """:func:`_site_of`, cached for waits made directly from user code."""
+    if frame is None:
+        return _site_of(frame)
+    code = frame.f_code
+    key = (id(code), frame.f_lasti)
+    cached = _wait_sites.get(key)
+    if cached is not None and cached[2] is code:
+        return cached[0], cached[1]
+    site, function = _site_of(frame)
+    if not code.co_filename.startswith(_SKIP_MAYBE) and len(_wait_sites) < MAX_CLASSES:
+        _wait_sites[key] = (site, function, code)
+    return site, function
+
+
 class _Wait:
     """One party's blocked wait, from its start to its end."""
 
@@ -481,7 +502,7 @@ class _Wait:
         self.holder = holder
         try:
             self.task = task = _task_now()
-            self.site, self.function = _site_of(frame)
+            self.site, self.function = _wait_site(frame)
             # A full stack for the first waits at each site of each lock class; later events carry
             # the site only (a hot contended lock would otherwise pay a stack walk per wait).
             self.stack = capture_stack(2, limit=32) if prim._ct_stats.want_stack(self.site) else ()
