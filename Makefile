@@ -66,6 +66,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_traced.py
 	$(BIN)/python benchmarks/instr_traced.py
 	$(BIN)/python benchmarks/bench_locks.py
+	$(BIN)/python benchmarks/bench_contended.py
 	$(BIN)/python benchmarks/bench_loopmon.py
 	$(BIN)/python benchmarks/bench_watchdog.py
 	$(BIN)/python benchmarks/bench_profile.py
