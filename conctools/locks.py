@@ -93,8 +93,6 @@ _StdEvent = threading.Event
 _StdBarrier = threading.Barrier
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _serials = itertools.count(1)
-_registry_refs = registry._refs
-_registry_discard = registry._refs.discard
 _order_enabled = lockorder._enabled  # read on every creation: a list lookup, not a call
 _order_local = lockorder._local
 _code_site = lockorder.code_site
@@ -111,8 +109,11 @@ RETIRED_BACKLOG = 1024  # dead instances' counters waiting to be folded into the
 # -- where: sites and identities ---------------------------------------------------------
 
 
+_INTERNAL_PREFIXES = (*_SKIP_PREFIXES, "<frozen")  # conctools, the stdlib modules sites skip, frozen ones
+
+
 def _is_internal(filename: str) -> bool:
-    return filename.startswith(_SKIP_PREFIXES) or filename.startswith("<frozen")
+    return filename.startswith(_INTERNAL_PREFIXES)
 
 
 def _short(filename: str) -> str:
@@ -386,7 +387,6 @@ _HIDDEN_CREATORS = ("(threading.Thread.__init__)",)
 # offset; one inside the stdlib (a Condition's RLock, a Queue's mutex, a Future's condition) by the
 # stdlib function and the user call site it serves, found by a short walk out.
 _site_cache: dict[tuple[Any, ...], tuple[str, LockStats, tuple[Any, ...]]] = {}
-_INTERNAL_PREFIXES = (*_SKIP_PREFIXES, "<frozen")
 
 
 def _stdlib_site_key(frame: FrameType, kind: str, name: str | None) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
@@ -437,7 +437,7 @@ def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -
     prim._ct_waiters = {}
     stats.instances += 1  # approximate under races, like any unlocked counter: it is informative only
     stats.epoch = _epoch[0]
-    _registry_refs.add(_weakref(prim, _registry_discard))  # registry.register(), inlined
+    registry.register(prim)
 
 
 def _retire(prim: Any) -> None:
@@ -1248,8 +1248,8 @@ def _install_speedups() -> None:
         register=_register,
         retire=_retire,
         serials=_serials,
-        refs=_registry_refs,
-        discard=_registry_discard,
+        refs=registry._refs,  # what registry.register() adds to, done in C
+        discard=registry._refs.discard,
         epoch=_epoch,
         keep_prefix=_SAMPLE_DIR,
         pkg_dir=_PKG_DIR,
