@@ -3,13 +3,14 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+PY312_VERSION ?= 3.12.1
+VENV312 := .venv312
 PY313_VERSION ?= 3.13.0
 VENV313 := .venv313
-STAMP313 := $(VENV313)/.installed
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test check static format lint types pytest pytest-313 test-load bench clean
+.PHONY: venv demo test check static format lint types pytest pytest-312 pytest-313 test-load bench clean
 
 $(STAMP): pyproject.toml setup.py conctools/_speedups.c
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +24,8 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/conctools demo --out build/demo
 
-## The whole suite: static checks, the tests on 3.11, then on 3.13 where pyenv has it.
-test: static pytest pytest-313
+## The whole suite: static checks, the tests on 3.11, then on 3.12 and 3.13 where pyenv has them.
+test: static pytest pytest-312 pytest-313
 
 ## format + lint + types + tests (3.11): the one local check command.
 check: static pytest
@@ -43,19 +44,27 @@ types: venv
 pytest: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# 3.13 runs the suite too (load tests stay on 3.11: Locust and its gevent run there).
-pytest-313:
-	@if PYENV_VERSION=$(PY313_VERSION) $(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null; then \
-		if [ ! -f $(STAMP313) ] || [ pyproject.toml -nt $(STAMP313) ] || [ setup.py -nt $(STAMP313) ] || [ conctools/_speedups.c -nt $(STAMP313) ]; then \
-			PYENV_VERSION=$(PY313_VERSION) $(PYTHON) -m venv $(VENV313) && \
-			$(VENV313)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip && \
-			$(VENV313)/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' && \
-			touch $(STAMP313) || exit 1; \
+# 3.12 and 3.13 run the suite too (load tests stay on 3.11: Locust and its gevent run there).
+# $(call other_python,VERSION,VENV): make VENV from pyenv's VERSION when needed, then run the tests.
+define other_python
+	@if PYENV_VERSION=$(1) $(PYTHON) -c 'import sys; assert sys.version_info[:2] == tuple(map(int, "$(1)".split(".")[:2]))' 2>/dev/null; then \
+		if [ ! -f $(2)/.installed ] || [ pyproject.toml -nt $(2)/.installed ] || [ setup.py -nt $(2)/.installed ] || [ conctools/_speedups.c -nt $(2)/.installed ]; then \
+			PYENV_VERSION=$(1) $(PYTHON) -m venv $(2) && \
+			$(2)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip && \
+			$(2)/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' && \
+			touch $(2)/.installed || exit 1; \
 		fi; \
-		$(VENV313)/bin/python -m pytest -m "not load" $(PYTEST_ARGS); \
+		$(2)/bin/python -m pytest -m "not load" $(PYTEST_ARGS); \
 	else \
-		echo "pytest-313: skipped, Python $(PY313_VERSION) is not available here (PYENV_VERSION=$(PY313_VERSION) $(PYTHON))"; \
+		echo "tests on Python $(1): skipped, it is not available here (PYENV_VERSION=$(1) $(PYTHON))"; \
 	fi
+endef
+
+pytest-312:
+	$(call other_python,$(PY312_VERSION),$(VENV312))
+
+pytest-313:
+	$(call other_python,$(PY313_VERSION),$(VENV313))
 
 ## Only the long load tests.
 test-load: venv
@@ -73,4 +82,4 @@ bench: venv
 	$(BIN)/python benchmarks/bench_server.py
 
 clean:
-	rm -rf $(VENV) $(VENV313) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV312) $(VENV313) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -64,6 +64,9 @@ def rich_snapshot() -> Snapshot:
             )
 
         asyncio.run(main())
+    # The synthetic events below sit in the last few ms before `now`: leave a gap after the
+    # real spans, or (on a fast run) they overlap those spans and open extra lanes at random.
+    time.sleep(0.02)
     now = time.monotonic_ns()
     main_id = threading.main_thread().ident or 1
     holder = f"thread {SCRIPT_END!r}"

@@ -241,8 +241,14 @@ class TestOutputs:
             threaded_work()
         text = p.top(5)
         assert text.startswith("Top 5 of")
-        assert "spin" in text and "calls" in text
+        assert "calls" in text
         assert len(text.splitlines()) == 2 + 1 + 5
+        # Which functions make the top 5 by wall time depends on scheduling (2 busy cores):
+        # assert on the table's own order and on the full table, never on a rank.
+        hottest = max(p.functions, key=lambda f: f.total_s)
+        assert text.splitlines()[3].lstrip().startswith(hottest.name[:30])
+        full = p.top(len(p.functions))
+        assert any(line.lstrip().startswith("spin ") and "test_profiling.py:" in line for line in full.splitlines()[3:])
 
     def test_section_published(self, recorder: Recorder) -> None:
         """The session publishes a JSON-able 'profile' section to the current recorder."""
