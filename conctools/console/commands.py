@@ -1,0 +1,232 @@
+"""conctools' console commands, each a small click command on aiomonitor's command group, and
+a ``console`` command whose teardown is bounded (see :mod:`conctools.console`)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from aiomonitor import console as _aioconsole_glue
+from aiomonitor.context import command_done
+from aiomonitor.termui.commands import auto_async_command_done, auto_command_done, custom_help_option, monitor_cli
+from prompt_toolkit.application.current import get_app_session
+
+from conctools.console.monitor import ConsoleMonitor
+from conctools.recorder import Recorder, Snapshot, get_recorder
+
+__all__: list[str] = []
+
+# ---- commands ---------------------------------------------------------------------------
+# Output goes through click.echo, which aiomonitor routes to the connected client.
+
+
+def _monitor(ctx: click.Context) -> Any:
+    return ctx.obj
+
+
+def _recorder_of(ctx: click.Context) -> Recorder:
+    monitor = _monitor(ctx)
+    if isinstance(monitor, ConsoleMonitor):
+        return monitor.current_recorder()
+    return get_recorder()
+
+
+def _sections(snapshot: Snapshot, priorities: tuple[int, ...]) -> list[str]:
+    """The text report's sections at these priorities (deadlocks 10, lock order 20, hangs 30,
+    slow callbacks 40, locks 45, profile 60, resources 70)."""
+    from conctools.reporting.text import render_sections
+
+    return render_sections(snapshot, priorities=lambda p: p in priorities)
+
+
+def _echo_sections(ctx: click.Context, priorities: tuple[int, ...], empty: str) -> None:
+    snapshot = _recorder_of(ctx).snapshot()
+    parts = _sections(snapshot, priorities)
+    click.echo("\n\n".join(parts) if parts else empty)
+
+
+def _live_lock_rows() -> list[str]:
+    """Who holds and who waits on each traced primitive right now (from the wait registry)."""
+    try:
+        from conctools import registry
+    except ImportError:
+        return []
+    now = time.monotonic_ns()
+    lines = []
+    for state in registry.primitives():
+        if not state.holders and not state.waiters:
+            continue
+        held = ", ".join(f"{p.who} at {p.site} for {(now - p.since_ns) / 1e9:.3f}s" for p in state.holders) or "-"
+        lines.append(f"  {state.name} ({state.kind}): held by {held}")
+        for p in state.waiters:
+            lines.append(f"      waiting: {p.who} at {p.site} for {(now - p.since_ns) / 1e9:.3f}s")
+    return lines
+
+
+_Command = TypeVar("_Command", bound=Callable[..., None])
+
+
+def _command(name: str, *params: Any) -> Callable[[_Command], _Command]:
+    """Register ``fn`` as console command ``name`` on aiomonitor's group, the way its own are built
+    (click parameters, ``--help``, and the "command done" signal the session waits for)."""
+
+    def register(fn: _Command) -> _Command:
+        cmd: Any = auto_command_done(fn)
+        cmd = custom_help_option(cmd)
+        for param in reversed(params):
+            cmd = param(cmd)
+        monitor_cli.command(name=name)(cmd)
+        return fn
+
+    return register
+
+
+@_command("locks")
+def do_locks(ctx: click.Context) -> None:
+    """Lock table: holders, waiters, waits"""
+    live = _live_lock_rows()
+    click.echo("Held or awaited now:\n" + ("\n".join(live) if live else "  nothing is held or awaited"))
+    click.echo("")
+    _echo_sections(ctx, (45,), "No lock statistics yet (no traced lock was contended or none is traced).")
+
+
+@_command("deadlocks")
+def do_deadlocks(ctx: click.Context) -> None:
+    """Deadlock cycles and lock-order inversions so far"""
+    _echo_sections(ctx, (10, 20, 30), "No deadlock, lock-order inversion or hang found so far.")
+
+
+@_command("slow")
+def do_slow(ctx: click.Context) -> None:
+    """Slow callbacks (loop stalls) with their stacks"""
+    _echo_sections(ctx, (40,), "No slow callback recorded so far.")
+
+
+@_command("threads")
+def do_threads(ctx: click.Context) -> None:
+    """Every thread's stack, by name"""
+    frames = sys._current_frames()
+    threads = sorted(threading.enumerate(), key=lambda t: (t is not threading.main_thread(), t.name))
+    for t in threads:
+        frame = frames.get(t.ident or -1)
+        flags = " daemon" if t.daemon else ""
+        click.echo(f'Thread "{t.name}" (id {t.ident}{flags}):')
+        if frame is None:
+            click.echo("  (no Python frame)")
+            continue
+        click.echo("".join("  " + line for line in traceback.format_stack(frame)).rstrip("\n"))
+        click.echo("")
+
+
+@_command("resources")
+def do_resources(ctx: click.Context) -> None:
+    """Process resources now (psutil) and the sampler's summary"""
+    try:
+        import psutil
+
+        proc = psutil.Process()
+        with proc.oneshot():
+            mem = proc.memory_info()
+            ctx_sw = proc.num_ctx_switches()
+            fds = proc.num_fds() if hasattr(proc, "num_fds") else -1
+            threads = proc.num_threads()
+        cpu = proc.cpu_percent(interval=0.1)
+        from conctools._units import format_bytes
+
+        click.echo(
+            f"Now: cpu {cpu:.1f}%  rss {format_bytes(mem.rss)}  threads {threads}  fds {fds}  "
+            f"ctx switches {ctx_sw.voluntary} voluntary / {ctx_sw.involuntary} involuntary"
+        )
+    except Exception as exc:
+        click.echo(f"Now: psutil reading failed: {exc}")
+    parts = _sections(_recorder_of(ctx).snapshot(), (70,))
+    if parts:
+        click.echo("")
+        click.echo("\n\n".join(parts))
+
+
+@_command(
+    "profile",
+    click.argument("action", type=click.Choice(["start", "stop", "top"])),
+    click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", help="profile clock (start)"),
+    click.option("-n", "limit", type=int, default=20, help="functions to show (stop, top)"),
+)
+def do_profile(ctx: click.Context, action: str, clock: str, limit: int) -> None:
+    """Profile the process with yappi: start | stop | top"""
+    monitor = _monitor(ctx)
+    try:
+        from conctools.profiling import Profile, ProfileError
+    except ImportError:
+        click.echo("conctools.profiling is not available")
+        return
+    session = getattr(monitor, "profile_session", None)
+    if action == "start":
+        if session is not None and session.running:
+            click.echo("a profile is already running: 'profile stop' first")
+            return
+        new = Profile(clock, recorder=_recorder_of(ctx))  # type: ignore[arg-type]
+        try:
+            new.start()
+        except ProfileError as exc:
+            click.echo(str(exc))
+            return
+        monitor.profile_session = new
+        click.echo(f"profiling every thread ({clock} clock); 'profile stop' to see the top functions")
+    elif action == "stop":
+        if session is None or not session.running:
+            click.echo("no profile is running: 'profile start' first")
+            return
+        session.stop()
+        click.echo(f"profiled {session.duration_s:.2f}s")
+        click.echo(session.top(limit))
+    else:
+        if session is None:
+            click.echo("no profile yet: 'profile start', then 'profile stop'")
+        elif session.running:
+            click.echo("a profile is running: 'profile stop' shows its top functions")
+        else:
+            click.echo(session.top(limit))
+
+
+# ---- ``console`` with a bounded teardown (aiomonitor's own, plus server bookkeeping) ---------
+_original_console = monitor_cli.commands.get("console")
+
+
+def do_console(ctx: click.Context) -> None:
+    """Switch to async Python REPL"""
+    self = _monitor(ctx)
+    if not isinstance(self, ConsoleMonitor):
+        if _original_console is not None and _original_console.callback is not None:
+            # aiomonitor's callback is wrapped by click.pass_context: call the wrapped function.
+            inner = getattr(_original_console.callback, "__wrapped__", _original_console.callback)
+            inner(ctx)
+        return
+    if not self._console_enabled:
+        click.echo("Python console is disabled for this session!")
+        command_done.get().set()
+        return
+
+    async def _console(ctx: click.Context) -> None:
+        app_session = get_app_session()
+        server = await _aioconsole_glue.start(self._host, self._console_port, self.console_locals, self._monitored_loop)
+        with self._servers_lock:
+            self._repl_servers.add(server)
+        try:
+            await _aioconsole_glue.proxy(app_session.input, app_session.output, self._host, self._console_port)
+        finally:
+            await self._release_repl_server(server)
+            click.echo("The console session is closed.")
+
+    # Spawned on the UI loop; it sets aiomonitor's "command done" signal when the session ends.
+    console_session: Any = auto_async_command_done(_console)
+    task = self._ui_loop.create_task(console_session(ctx))
+    self._termui_tasks.add(task)
+
+
+_registered: Any = custom_help_option(do_console)
+monitor_cli.command(name="console")(_registered)
