@@ -1,4 +1,4 @@
-"""The ``serve``, ``loadtest`` and ``demo`` subcommands of the ``conctools`` command.
+"""The ``serve``, ``loadtest``, ``demo`` and ``console`` subcommands of the ``conctools`` command.
 
 Kept apart from ``cli.py`` so that ``conctools run`` never imports aiohttp, aiomonitor or
 the load-test machinery: each handler imports what it needs when it runs. Bad input is a
@@ -15,7 +15,7 @@ from typing import Any
 
 from conctools.cli import UsageError, _positive_int, positive_seconds
 
-__all__ = ["add_server_commands"]
+__all__ = ["add_run_console_options", "add_server_commands", "apply_run_console_options"]
 
 
 def _port(text: str) -> int:
@@ -39,7 +39,7 @@ def _positive_float(text: str) -> float:
 
 
 def add_server_commands(sub: Any) -> None:
-    """Register ``serve``, ``loadtest`` and ``demo`` on the ``conctools`` subparsers."""
+    """Register ``serve``, ``loadtest``, ``demo`` and ``console`` on the ``conctools`` subparsers."""
     serve = sub.add_parser("serve", help="run the sample async server, instrumented, with the console")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
@@ -104,6 +104,17 @@ def add_server_commands(sub: Any) -> None:
         help="the server's deadlock/hang timeout (default 10)",
     )
     demo.set_defaults(handler=_demo_command)
+
+    console = sub.add_parser(
+        "console",
+        help="open the live console of one of your processes (conctools run --console, serve, attach())",
+        usage="conctools console [PID] [--port N]",
+    )
+    console.add_argument(
+        "pid", nargs="?", type=_positive_int, metavar="PID", help="the process (default: the only one)"
+    )
+    console.add_argument("--port", type=_port, metavar="N", help="the console's port (when PID has several, or no PID)")
+    console.set_defaults(handler=_console_command)
 
 
 def _serve_command(ns: argparse.Namespace) -> int:
@@ -194,3 +205,66 @@ def _demo_command(ns: argparse.Namespace) -> int:
         return run_demo(options)
     except DemoError as exc:
         raise UsageError(f"conctools demo: error: {exc}") from None
+
+
+def _console_command(ns: argparse.Namespace) -> int:
+    from conctools.console.access import ConsoleError
+    from conctools.console.client import run_client
+
+    try:
+        return run_client(ns.pid, ns.port)
+    except KeyboardInterrupt:
+        return 130
+    except ConsoleError as exc:
+        raise UsageError(f"conctools console: error: {exc}") from None
+
+
+def add_run_console_options(run: Any) -> None:
+    """``conctools run --console [--console-host H] [--console-port N] [--allow-remote-console]``."""
+    run.add_argument(
+        "--console",
+        action="store_true",
+        help="open the live console (aiomonitor's and conctools' commands) while the program runs; "
+        "`conctools console PID` opens a session",
+    )
+    run.add_argument("--console-host", default=None, metavar="HOST", help="console address (default 127.0.0.1)")
+    run.add_argument(
+        "--console-port", type=_port, default=None, metavar="N", help="console port (default 20101; 0 picks a free one)"
+    )
+    run.add_argument(
+        "--allow-remote-console",
+        action="store_true",
+        help="allow a non-loopback --console-host (it runs any Python; the secret is still required)",
+    )
+
+
+def apply_run_console_options(ns: argparse.Namespace, options: Any) -> None:
+    """Copy the console flags into ``options`` (a ``RunOptions``); a flag without ``--console``,
+    a refused host or a missing aiomonitor is a usage error."""
+    if not ns.console:
+        for flag, given in (
+            ("--console-host", ns.console_host is not None),
+            ("--console-port", ns.console_port is not None),
+            ("--allow-remote-console", ns.allow_remote_console),
+        ):
+            if given:
+                raise UsageError(f"conctools run: error: {flag} needs --console")
+        return
+    from conctools._net import is_loopback
+
+    host = ns.console_host if ns.console_host is not None else "127.0.0.1"
+    if not is_loopback(host) and not ns.allow_remote_console:
+        raise UsageError(
+            f"conctools run: error: refusing to open the console on non-loopback address {host!r} "
+            "(it runs arbitrary Python): add --allow-remote-console to allow it"
+        )
+    try:
+        import conctools.console.launch  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(
+            f"conctools run: error: the console needs {exc.name}: pip install 'conctools[console]'"
+        ) from None
+    options.console = True
+    options.console_host = host
+    options.console_port = ns.console_port if ns.console_port is not None else 20101
+    options.allow_remote_console = ns.allow_remote_console

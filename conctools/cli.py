@@ -151,6 +151,9 @@ def _build_parser() -> _Parser:
         action="store_true",
         help="trace locks but do not check lock order (no lock-order inversion reports)",
     )
+    from conctools._servecli import add_run_console_options
+
+    add_run_console_options(run)  # --console, --console-host, --console-port, --allow-remote-console
     report = sub.add_parser(
         "report",
         help="re-render a saved report.json as text, HTML or a Perfetto trace",
@@ -225,6 +228,9 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     options.detect_blocking = ns.detect_blocking
     options.trace_locks = not ns.no_trace_locks
     options.lock_order = not ns.no_lock_order
+    from conctools._servecli import apply_run_console_options
+
+    apply_run_console_options(ns, options)
     if options.module:
         import importlib.util
 
@@ -234,6 +240,13 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
             found = None
         if found is None:
             raise UsageError(f"conctools run: error: no module named {options.module!r}")
+    if options.console:
+        from conctools.console.access import ConsoleError
+
+        try:
+            return run_program(options)
+        except ConsoleError as exc:  # raised before the program starts (a busy port, an unsafe directory)
+            raise UsageError(f"conctools run: error: {exc}") from None
     return run_program(options)
 
 

@@ -846,7 +846,7 @@ def _on_loop_switch(loop: asyncio.AbstractEventLoop | None) -> None:
     ``run_until_complete`` thousands of times: one monitor per loop lives until the loop is
     closed (its watchdog then exits by itself) or ``monitor_all_loops`` ends.
     """
-    if loop is None:
+    if loop is None or getattr(loop, "_conctools_own", False):  # stopped, or conctools' own (the console's)
         return  # the watchdog notices by itself that the loop stopped
     tid = _thread.get_ident()
     taskdump.register_loop(loop, tid)

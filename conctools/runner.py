@@ -57,6 +57,10 @@ class RunOptions:
     detect_blocking: bool = False  # report time.sleep / blocking sockets / thread waits on loop threads
     trace_locks: bool = True  # locks created by the program (and the stdlib for it) are traced ones
     lock_order: bool = True  # with trace_locks: check lock order (lockdep) and report inversions
+    console: bool = False  # the live console while the program runs (conctools.console.attach)
+    console_host: str = "127.0.0.1"
+    console_port: int = 20101  # 0: a free port
+    allow_remote_console: bool = False  # a non-loopback console_host (the secret is still required)
 
     @property
     def command(self) -> str:
@@ -274,12 +278,24 @@ def run_program(options: RunOptions) -> int:
     """Run the program under conctools, print the report, return the exit status."""
     recorder = Recorder(capacity=options.capacity)
     recorder.meta.update({"command": options.command, "argv": [options.script or options.module, *options.args]})
-    with instrumented(options, recorder):
+    with _console(options, recorder), instrumented(options, recorder):
         status = _execute(options)
         _join_program_threads()
     recorder.meta["exit_status"] = status
     finish_report(recorder, options)
     return status
+
+
+def _console(options: RunOptions, recorder: Recorder) -> contextlib.AbstractContextManager[object]:
+    """The live console (``--console``), opened before the instruments: its own thread, loop and
+    locks are made while nothing is patched, so they stay plain and out of the report."""
+    if not options.console:
+        return contextlib.nullcontext()
+    from conctools.console.launch import console_for_run
+
+    return console_for_run(
+        options.console_host, options.console_port, allow_remote=options.allow_remote_console, recorder=recorder
+    )
 
 
 def finish_report(recorder: Recorder, options: RunOptions) -> None:

@@ -159,7 +159,8 @@ def running_loops() -> list[asyncio.AbstractEventLoop]:
             found[id(loop)] = loop
     for loop in _loops_on_stacks():
         found.setdefault(id(loop), loop)
-    return list(found.values())
+    # conctools' own loops (the console's) are not the program's.
+    return [loop for loop in found.values() if not getattr(loop, "_conctools_own", False)]
 
 
 def _is_running(loop: asyncio.AbstractEventLoop) -> bool:

@@ -21,10 +21,15 @@ import pytest
 
 from conctools.console import ConsoleError, ConsoleMonitor, is_loopback, start
 from conctools.recorder import Recorder
+from tests._console_helpers import WHERE, TelnetClient, console_client, read_secret
 
-IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
-TTYPE, NAWS = 24, 31
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\x1b[=>]|\r")
+
+@pytest.fixture(autouse=True)
+def console_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test keeps its consoles' secret files in a private directory of its own."""
+    path = tmp_path / "consoles"
+    monkeypatch.setenv("CONCTOOLS_CONSOLE_DIR", str(path))
+    return path
 
 
 def free_port() -> int:
@@ -33,84 +38,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-class TelnetClient:
-    """A minimal telnet client that answers prompt_toolkit's TTYPE/NAWS negotiation."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.text = ""
-        self._pending = b""
-
-    def _feed(self, data: bytes) -> None:
-        data = self._pending + data
-        self._pending = b""
-        out = bytearray()
-        i = 0
-        while i < len(data):
-            b = data[i]
-            if b != IAC:
-                out.append(b)
-                i += 1
-                continue
-            if i + 1 >= len(data):
-                self._pending = data[i:]
-                break
-            cmd = data[i + 1]
-            if cmd in (DO, DONT, WILL, WONT):
-                if i + 2 >= len(data):
-                    self._pending = data[i:]
-                    break
-                opt = data[i + 2]
-                if cmd == DO and opt == TTYPE:
-                    self.sock.sendall(bytes([IAC, WILL, TTYPE]))
-                elif cmd == DO and opt == NAWS:
-                    self.sock.sendall(bytes([IAC, WILL, NAWS, IAC, SB, NAWS, 0, 200, 0, 50, IAC, SE]))
-                i += 3
-            elif cmd == SB:
-                end = data.find(bytes([IAC, SE]), i)
-                if end < 0:
-                    self._pending = data[i:]
-                    break
-                if data[i + 2] == TTYPE:
-                    self.sock.sendall(bytes([IAC, SB, TTYPE, 0]) + b"VT100" + bytes([IAC, SE]))
-                i = end + 2
-            else:
-                i += 2
-        # Answer prompt_toolkit's cursor position requests (CPR), as a terminal does: without an
-        # answer it waits for a timeout before every prompt.
-        for _ in range(bytes(out).count(b"\x1b[6n")):
-            self.sock.sendall(b"\x1b[1;1R")
-        self.text += _ANSI.sub("", out.decode("utf-8", "replace"))
-
-    def read_until(self, marker: str, timeout: float = 15.0, start: int = 0) -> str:
-        """Read until ``marker`` appears after offset ``start``; returns the text after ``start``."""
-        deadline = time.monotonic() + timeout
-        while marker not in self.text[start:]:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{marker!r} not seen; got:\n{self.text[start:][-2000:]}")
-            self.sock.settimeout(remaining)
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            if not data:
-                raise AssertionError(f"connection closed before {marker!r}; got:\n{self.text[start:][-2000:]}")
-            self._feed(data)
-        return self.text[start:]
-
-    def command(self, line: str, expect: str, timeout: float = 15.0) -> str:
-        """Type ``line`` + Enter; wait for ``expect`` and the next prompt; return the text."""
-        mark = len(self.text)
-        self.sock.sendall(line.encode() + b"\r")
-        out = self.read_until(expect, timeout, mark)
-        self.read_until("conctools >>>", timeout, mark + out.index(expect))
-        return self.text[mark:]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class LoopInThread:
@@ -146,11 +73,14 @@ def app_loop() -> Iterator[LoopInThread]:
 
 
 def _start(lt: LoopInThread, recorder: Recorder | None = None) -> tuple[ConsoleMonitor, int]:
-    port = free_port()
-    monitor = lt.call(
-        start, lt.loop, port=port, webui_port=0, console_port=free_port(), recorder=recorder, locals={"answer": 42}
-    )
-    return monitor, port
+    monitor = lt.call(start, lt.loop, port=0, recorder=recorder, locals={"answer": 42})
+    return monitor, monitor.port
+
+
+def _client(monitor: ConsoleMonitor) -> TelnetClient:
+    """A telnet client that authenticated with the monitor's secret."""
+    assert monitor.secret_path is not None
+    return TelnetClient(monitor.port, read_secret(monitor.secret_path))
 
 
 class TestSecurity:
@@ -174,10 +104,7 @@ class TestSecurity:
     def test_allow_remote_warns(self, app_loop: LoopInThread) -> None:
         """``allow_remote=True`` opens it anyway, with a warning."""
         with pytest.warns(RuntimeWarning, match="arbitrary Python"):
-            monitor = app_loop.call(
-                start, app_loop.loop, host="0.0.0.0", port=free_port(), webui_port=0, console_port=free_port(),
-                allow_remote=True,
-            )  # fmt: skip
+            monitor = app_loop.call(start, app_loop.loop, host="0.0.0.0", port=0, allow_remote=True)
         monitor.close()
 
     def test_serve_refuses_remote_console(self) -> None:
@@ -200,7 +127,7 @@ class TestSecurity:
             port = busy.getsockname()[1]
             try:
                 with pytest.raises(ConsoleError, match="in use"):
-                    start(loop, port=port, webui_port=0, console_port=free_port())
+                    start(loop, port=port)
             finally:
                 loop.close()
 
@@ -209,7 +136,7 @@ class TestServeConsole:
     """``conctools serve`` starts the console by default and stops everything on SIGTERM."""
 
     def test_serve_with_console_then_sigterm(self, tmp_path: Path) -> None:
-        """The served app answers, the console shows its locks, SIGTERM writes the report and exits 0."""
+        """The served app answers, the console (with the secret) shows its locks, SIGTERM writes the report."""
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "conctools", "serve", "--port", "0", "--console-port", str(port),
@@ -219,16 +146,20 @@ class TestServeConsole:
         try:
             assert proc.stdout is not None
             url = proc.stdout.readline().split("listening on ", 1)[1].split()[0]
-            assert "console on telnet 127.0.0.1" in proc.stdout.readline()
+            where = WHERE.search(proc.stdout.readline())
+            assert where is not None and int(where.group("port")) == port and int(where.group("pid")) == proc.pid
             with urllib.request.urlopen(url + "/counter", data=b"", timeout=10) as resp:
                 assert json.loads(resp.read()) == {"count": 1}
-            client = TelnetClient(port)
+            client = TelnetClient(port, read_secret(where.group("path")))
             try:
                 client.read_until("conctools >>>")
                 client.command("locks", "Held or awaited now")
                 client.command("ps", "Task ID")
             finally:
                 client.close()
+            through_cli = console_client(proc.pid, "locks\nps\n")
+            assert through_cli.returncode == 0, through_cli.stderr
+            assert "Held or awaited now" in through_cli.stdout and "Task ID" in through_cli.stdout
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
         finally:
@@ -279,7 +210,7 @@ class TestCommands:
     def test_every_command(self, app_loop: LoopInThread, recorder: Recorder) -> None:
         """help, locks, deadlocks, slow, threads, resources, profile start/top/stop all answer."""
         monitor, port = _start(app_loop, recorder)
-        client = TelnetClient(port)
+        client = _client(monitor)
         try:
             client.read_until("conctools >>>")
             help_text = client.command("help", "Commands")
@@ -331,31 +262,15 @@ class TestClose:
         assert time.monotonic() - started < 5
         assert not any(t.name == "conctools-console" and t.is_alive() for t in threading.enumerate())
 
-    def _enter_console(self, client: TelnetClient) -> None:
-        client.read_until("conctools >>>")
-        mark = len(client.text)
-        client.sock.sendall(b"console\r")
-        client.read_until("Try:", start=mark)
-        # Prove the REPL runs on the monitored loop with the given locals. Keys typed before
-        # the REPL's prompt is up are dropped, so retype until it answers.
-        for _ in range(10):
-            mark = len(client.text)
-            client.sock.sendall(b"answer + 1\r")
-            try:
-                client.read_until("43", timeout=1.5, start=mark)
-                return
-            except AssertionError:
-                continue
-        raise AssertionError(f"the REPL never answered:\n{client.text[-1000:]}")
-
     @pytest.mark.parametrize("where", ["loop thread", "stopped loop", "other thread", "aclose"])
     def test_close_with_client_inside_console(self, where: str) -> None:
         """With a client in ``console``, close() completes in under 2 s from wherever it is called."""
         lt = LoopInThread()
         monitor, port = _start(lt)
-        client = TelnetClient(port)
+        client = _client(monitor)
         try:
-            self._enter_console(client)
+            client.read_until("conctools >>>")
+            client.enter_console()
             started = time.monotonic()
             if where == "loop thread":
                 lt.call(monitor.close)

@@ -1,7 +1,8 @@
-"""A live console on a running event loop: aiomonitor's commands plus conctools' own.
+"""A live console in a running program: aiomonitor's commands plus conctools' own, that only
+the program's own user can open.
 
->>> console = start(loop, port=20101)   # doctest: +SKIP
-$ telnet 127.0.0.1 20101                 # or: python -m aiomonitor.cli -p 20101
+>>> console = conctools.console.attach()      # doctest: +SKIP  (or start(loop), or conctools run --console)
+$ conctools console PID                       # finds the port and the secret, opens the session
 conctools >>> locks
 
 Commands added to aiomonitor's (``help``, ``ps``, ``where``, ``cancel``, ``stacktrace``,
@@ -13,37 +14,64 @@ Commands added to aiomonitor's (``help``, ``ps``, ``where``, ``cancel``, ``stack
 ``threads``    every thread's stack, by name
 ``resources``  a psutil reading of the process now, and the sampler's summary
 ``profile``    ``profile start [--clock wall|cpu]``, ``profile stop``, ``profile top [N]``
+``loops``      the program's event loops; ``use N`` picks the one ``ps``/``where``/``console`` use
 
-Security: the console runs arbitrary Python in the process (aiomonitor's ``console``
-command). :func:`start` binds 127.0.0.1 by default and refuses any non-loopback address
-unless ``allow_remote=True`` (then it warns).
+Who gets in (:mod:`conctools.console.access`): aiomonitor listens on plain TCP where every
+local user can reach it and run Python as the program's user (``console``), and its web UI
+can cancel tasks unauthenticated. Here the console listens on loopback TCP (the telnet
+workflow stays) behind a secret drawn at each start, written to a 0600 file in a 0700
+directory that only the user can read; a connection must send it as its first line before
+anything else, not even a prompt, is sent; on Linux another user's socket is refused even
+with the secret. Refusals are logged on the ``conctools.console`` logger and slowed down.
+A non-loopback address needs ``allow_remote=True`` (``--allow-remote-console``), warns, and
+still asks for the secret. The REPL has no port at all (a socket pair), and the web UI is
+off unless asked for, then behind the same secret.
 
-Closing: ``aiomonitor.Monitor.close()`` hangs forever when a client is inside ``console``.
-Why: ``close()`` runs in the monitored loop's thread and blocks it in ``join()`` on the UI
-thread; the UI thread, while tearing the session down, schedules the REPL server's shutdown
-*onto the monitored loop* (``run_coroutine_threadsafe``) from a ``finally`` block and waits
-for it, which can never run, and the task cancellation that ends the session has already
-been consumed by then. This module's ``console`` command registers its REPL server with the
-monitor; :meth:`ConsoleMonitor.close` closes those servers itself when it runs in (or
-instead of) the monitored loop, so the UI thread has nothing left to wait for, and a second
-cancellation bounds any other wait on the monitored loop. :meth:`ConsoleMonitor.aclose`
-closes from a helper thread while the loop keeps running, the cleanest way from a coroutine.
+Closing: ``aiomonitor.Monitor.close()`` hangs forever when a client is inside ``console``:
+it joins its UI thread, which waits for the REPL server's shutdown on the monitored loop,
+the very loop that close() blocks. Here nothing waits on the program's loop without a
+bound: the REPL's socket pair is closed from the console's side, and the REPL ends when the
+program's loop next runs (or with it). :meth:`ConsoleMonitor.close` returns within ~2 s
+from any thread; :meth:`ConsoleMonitor.aclose` closes from a coroutine.
 
 This is a wiring module: it reads the recorder, the lock registry and the reporters.
 """
 
 from __future__ import annotations
 
-from conctools._net import is_loopback
-from conctools.console import commands as _commands  # registers conctools' commands on aiomonitor's group
-from conctools.console.launch import start
-from conctools.console.monitor import (
-    DEFAULT_CONSOLE_PORT,
-    DEFAULT_PORT,
-    DEFAULT_WEBUI_PORT,
-    ConsoleError,
-    ConsoleMonitor,
-)
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from conctools._net import is_loopback
+    from conctools.console.access import ConsoleError
+    from conctools.console.launch import attach, start
+    from conctools.console.monitor import DEFAULT_CONSOLE_PORT, DEFAULT_PORT, DEFAULT_WEBUI_PORT, ConsoleMonitor
+
+# Imported on first use: `conctools console PID` (the client) needs neither aiomonitor nor prompt_toolkit.
+_LAZY = {
+    "is_loopback": "conctools._net",
+    "ConsoleError": "conctools.console.access",
+    "attach": "conctools.console.launch",
+    "start": "conctools.console.launch",
+    **dict.fromkeys(
+        ("DEFAULT_CONSOLE_PORT", "DEFAULT_PORT", "DEFAULT_WEBUI_PORT", "ConsoleMonitor"), "conctools.console.monitor"
+    ),
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'conctools.console' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "DEFAULT_CONSOLE_PORT",
@@ -51,8 +79,7 @@ __all__ = [
     "DEFAULT_WEBUI_PORT",
     "ConsoleError",
     "ConsoleMonitor",
+    "attach",
     "is_loopback",
     "start",
 ]
-
-del _commands

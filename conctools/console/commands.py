@@ -11,12 +11,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from aiomonitor import console as _aioconsole_glue
 from aiomonitor.context import command_done
-from aiomonitor.termui.commands import auto_async_command_done, auto_command_done, custom_help_option, monitor_cli
+from aiomonitor.termui.commands import auto_command_done, custom_help_option, monitor_cli
 from prompt_toolkit.application.current import get_app_session
 
-from conctools.console.monitor import ConsoleMonitor
+from conctools.console.monitor import PROBE_TIMEOUT_S, ConsoleMonitor
+from conctools.console.repl import open_repl
+from conctools.console.session import current_session, pump_plain, pump_telnet
 from conctools.recorder import Recorder, Snapshot, get_recorder
 
 __all__: list[str] = []
@@ -127,9 +128,12 @@ def do_threads(ctx: click.Context) -> None:
 def do_resources(ctx: click.Context) -> None:
     """Process resources now (psutil) and the sampler's summary"""
     try:
-        import psutil
+        monitor = _monitor(ctx)
+        proc = monitor.process() if isinstance(monitor, ConsoleMonitor) else None
+        if proc is None:
+            import psutil
 
-        proc = psutil.Process()
+            proc = psutil.Process()
         with proc.oneshot():
             mem = proc.memory_info()
             ctx_sw = proc.num_ctx_switches()
@@ -193,39 +197,102 @@ def do_profile(ctx: click.Context, action: str, clock: str, limit: int) -> None:
             click.echo(session.top(limit))
 
 
-# ---- ``console`` with a bounded teardown (aiomonitor's own, plus server bookkeeping) ---------
-_original_console = monitor_cli.commands.get("console")
+# ---- loops ----------------------------------------------------------------------------------
+
+
+@_command("loops")
+def do_loops(ctx: click.Context) -> None:
+    """The program's event loops; * marks the one ps/where/console use"""
+    monitor = _monitor(ctx)
+    if not isinstance(monitor, ConsoleMonitor):
+        click.echo("loops: not a conctools console")
+        return
+    rows = monitor.loops.table()
+    if not rows:
+        click.echo("No event loop runs in the program right now. threads, locks, deadlocks, slow, resources")
+        click.echo("and profile work without one; ps, where and console wait for one.")
+        return
+    how = "following the running loop" if monitor.loops.following else "pinned with `use`; `use auto` follows"
+    click.echo(f"Event loops ({how}):")
+    for row in rows:
+        mark = "*" if row.selected else " "
+        state = "closed" if row.closed else ("running" if row.running else "stopped")
+        thread = repr(row.thread_name) if row.thread_name else "thread ?"
+        kind = f"{type(row.loop).__module__}.{type(row.loop).__qualname__}"
+        click.echo(f" {mark} #{row.number}  {state:8} {thread:20} {row.tasks:4} tasks  {kind}")
+
+
+@_command("use", click.argument("which"))
+def do_use(ctx: click.Context, which: str) -> None:
+    """Use loop N (see `loops`) for ps/where/console; `use auto` follows"""
+    monitor = _monitor(ctx)
+    if not isinstance(monitor, ConsoleMonitor):
+        click.echo("use: not a conctools console")
+        return
+    if which in ("auto", "follow", "0"):
+        loop = monitor.loops.follow()
+        where = f"now loop #{monitor.loops.number_of(loop)}" if loop is not None else "no loop runs now"
+        click.echo(f"following the running loop ({where})")
+        return
+    try:
+        number = int(which.lstrip("#"))
+        monitor.loops.use(number)
+    except ValueError:
+        click.echo(f"use: expected a loop number or 'auto', got {which!r}")
+        return
+    except LookupError as exc:
+        click.echo(f"use: {exc}")
+        return
+    click.echo(f"using loop #{number} (`use auto` follows the running loop again)")
+
+
+# ---- ``console``: a REPL on the program's loop, through a socket pair -------------------------
 
 
 def do_console(ctx: click.Context) -> None:
-    """Switch to async Python REPL"""
-    self = _monitor(ctx)
-    if not isinstance(self, ConsoleMonitor):
-        if _original_console is not None and _original_console.callback is not None:
-            # aiomonitor's callback is wrapped by click.pass_context: call the wrapped function.
-            inner = getattr(_original_console.callback, "__wrapped__", _original_console.callback)
-            inner(ctx)
+    """Switch to async Python REPL on the program's loop"""
+    monitor = _monitor(ctx)
+    done = command_done.get()
+    if not isinstance(monitor, ConsoleMonitor):
+        click.echo("console: not a conctools console")
+        done.set()
         return
-    if not self._console_enabled:
+    if not monitor._console_enabled:
         click.echo("Python console is disabled for this session!")
-        command_done.get().set()
+        done.set()
         return
+    session = current_session.get(None)
+    loop = monitor._monitored_loop
 
-    async def _console(ctx: click.Context) -> None:
-        app_session = get_app_session()
-        server = await _aioconsole_glue.start(self._host, self._console_port, self.console_locals, self._monitored_loop)
-        with self._servers_lock:
-            self._repl_servers.add(server)
+    async def run() -> None:
         try:
-            await _aioconsole_glue.proxy(app_session.input, app_session.output, self._host, self._console_port)
+            try:
+                channel = await open_repl(loop, monitor.repl_locals(), PROBE_TIMEOUT_S)
+            except TimeoutError:
+                click.echo("console: the program's event loop did not start the REPL in time (it is blocked)")
+                return
+            except RuntimeError as exc:
+                click.echo(f"console: cannot start the REPL on the program's loop: {exc}")
+                return
+            monitor._repls.add(channel)
+            try:
+                if session is None or session.mode == "telnet":
+                    app_session = get_app_session()
+                    await pump_telnet(channel, app_session.input, app_session.output)
+                else:
+                    await pump_plain(channel, session)
+            finally:
+                channel.close()
+                monitor._repls.discard(channel)
+                if channel.loop_gone():
+                    click.echo("The program's event loop is closed: the console session is closed.")
+                else:
+                    click.echo("The console session is closed.")
         finally:
-            await self._release_repl_server(server)
-            click.echo("The console session is closed.")
+            done.set()
 
-    # Spawned on the UI loop; it sets aiomonitor's "command done" signal when the session ends.
-    console_session: Any = auto_async_command_done(_console)
-    task = self._ui_loop.create_task(console_session(ctx))
-    self._termui_tasks.add(task)
+    task = monitor._ui_loop.create_task(run(), name="conctools-console-repl-pump")
+    monitor._termui_tasks.add(task)
 
 
 _registered: Any = custom_help_option(do_console)

@@ -32,7 +32,7 @@ class ServeConfig:
     server: ServerOptions = field(default_factory=ServerOptions)
     console: bool = True
     console_host: str = "127.0.0.1"
-    console_port: int = 20101  # its web UI listens on port + 1, its Python REPL on port + 2
+    console_port: int = 20101  # 0: a free port (the REPL has no port; aiomonitor's web UI stays off)
     allow_remote_console: bool = False
     out_dir: Path | None = None
     duration_s: float | None = None
@@ -81,25 +81,18 @@ async def _serve(config: ServeConfig, recorder: Recorder) -> None:
         bugs = ", ".join(sorted(config.server.bugs)) or "none"
         print(f"conctools serve: listening on http://{config.host}:{port} (bugs: {bugs})", flush=True)
         if config.console:
-            from conctools._net import free_port
             from conctools.console import start
 
-            # aiomonitor's layout: telnet on P, its web UI on P+1, the Python REPL on P+2.
-            telnet_port = config.console_port or free_port()
-            webui_port = telnet_port + 1 if config.console_port else 0
-            repl_port = telnet_port + 2 if config.console_port else free_port()
             console = start(
                 loop,
                 config.console_host,
-                telnet_port,
-                webui_port=webui_port,
-                console_port=repl_port,
+                config.console_port,
                 allow_remote=config.allow_remote_console,
                 locals={"app": app, "recorder": recorder},
                 recorder=recorder,
             )
             print(
-                f"conctools serve: console on telnet {config.console_host} {telnet_port} "
+                f"conctools serve: {console.where().removeprefix('conctools: ')} "
                 "(commands: help, locks, deadlocks, slow, threads, resources, profile)",
                 flush=True,
             )
