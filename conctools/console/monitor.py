@@ -64,20 +64,43 @@ class _ConsoleLoop(asyncio.SelectorEventLoop):
     _conctools_own = True
 
 
-def _stack_line(tid: int | None) -> str:
-    """``file:line in function: code`` where thread ``tid`` is now, or ``""``."""
+def _blocked_at(tid: int | None) -> str:
+    """Where thread ``tid`` is now, in the program's code: its innermost line and, when it differs,
+    the callback the loop runs (``prog.py:6 in wait: ..., called from prog.py:20 in main: ...``)."""
     if tid is None:
         return ""
     frame = sys._current_frames().get(tid)
     if frame is None:
         return ""
-    from conctools._context import frames_of, user_frame
+    from conctools._context import is_conctools_frame
 
-    where = user_frame(frames_of(frame))
-    if where is None:
+    innermost = outermost = None
+    f: Any = frame
+    while f is not None:
+        filename = f.f_code.co_filename
+        if filename == _EVENTS_PY and f.f_code.co_name == "_run":
+            break  # the loop's own frames start here: the callback is above
+        stdlib = (filename.startswith(_STDLIB) and "-packages" not in filename) or filename.startswith("<frozen")
+        if not stdlib and not is_conctools_frame(filename):
+            innermost = innermost or f
+            outermost = f
+        f = f.f_back
+    if innermost is None or outermost is None:
         return ""
-    code = f": {where.line}" if where.line else ""
-    return f"{os.path.basename(where.filename)}:{where.lineno} in {where.function}{code}"
+    text = _frame_text(innermost)
+    return text if outermost is innermost else f"{text}, called from {_frame_text(outermost)}"
+
+
+def _frame_text(frame: Any) -> str:
+    import linecache
+
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+    code = f": {line}" if line else ""
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno} in {frame.f_code.co_name}{code}"
+
+
+_EVENTS_PY = asyncio.events.__file__
+_STDLIB = os.path.dirname(os.__file__) + os.sep
 
 
 class ConsoleMonitor(Monitor):  # type: ignore[misc]
@@ -176,7 +199,7 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
         if await self._responds(loop):
             return None
         tid = self.loops.thread_of(loop)
-        where = _stack_line(tid)
+        where = _blocked_at(tid)
         at = f", at {where}" if where else ""
         return (
             f"`{command}` needs event loop #{number} to run a callback, and it has not for {PROBE_TIMEOUT_S:.1f} s: "
@@ -258,6 +281,7 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
         if self.__dict__["_started"] or self.__dict__["_closed"]:
             raise ConsoleError("a console can be started once")
         from conctools.console import commands  # noqa: F401  # conctools' commands on aiomonitor's group
+
         with contextlib.suppress(Exception):
             self.process()
 
