@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -209,7 +208,7 @@ class TestCommands:
 
     def test_every_command(self, app_loop: LoopInThread, recorder: Recorder) -> None:
         """help, locks, deadlocks, slow, threads, resources, profile start/top/stop all answer."""
-        monitor, port = _start(app_loop, recorder)
+        monitor, _port = _start(app_loop, recorder)
         client = _client(monitor)
         try:
             client.read_until("conctools >>>")
@@ -266,7 +265,7 @@ class TestClose:
     def test_close_with_client_inside_console(self, where: str) -> None:
         """With a client in ``console``, close() completes in under 2 s from wherever it is called."""
         lt = LoopInThread()
-        monitor, port = _start(lt)
+        monitor, _port = _start(lt)
         client = _client(monitor)
         try:
             client.read_until("conctools >>>")

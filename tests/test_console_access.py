@@ -130,7 +130,7 @@ class TestRawClients:
                 sock.recv(1)
 
     def test_wrong_secret_refused_and_slowed_down(self, service: Service, caplog: pytest.LogCaptureFixture) -> None:
-        """Each wrong secret is refused and logged; after failures each attempt waits longer; the owner still gets in."""
+        """Each wrong secret is refused and logged; then each attempt waits longer; the owner gets in."""
         caplog.set_level(logging.WARNING, logger="conctools.console")
         for _ in range(3):
             assert _raw(service.monitor.port, secrets.token_urlsafe(32).encode() + b"\r\n") == REFUSAL

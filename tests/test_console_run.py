@@ -265,7 +265,7 @@ sys.exit(5)
         assert not prog.secret_path.exists()
 
     def test_stderr_line_says_how_to_get_in(self, tmp_path: Path) -> None:
-        """One line on stderr: the address, `conctools console PID`, telnet/nc and the secret file (never the secret)."""
+        """One line on stderr: the address, `conctools console PID`, telnet/nc, the secret file (not the secret)."""
         script = tmp_path / "quick.py"
         script.write_text("print('hello')\n")
         done = subprocess.run(
