@@ -4,8 +4,11 @@ reached over a raw telnet socket and through `conctools console`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -263,6 +266,35 @@ sys.exit(5)
         finally:
             client.close()
         assert not prog.secret_path.exists()
+
+    def test_forked_child_does_not_keep_the_port(self, tmp_path: Path, program: list[ConsoleProgram]) -> None:
+        """A child forked by the program does not hold the console's port once the program ended."""
+        source = (
+            WAIT_FOR_FILE
+            + """
+import os
+child = os.fork()
+if child == 0:
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)  # let the test see the program's streams end with the program
+    os.dup2(null, 2)
+    wait_for("stop")
+    os._exit(0)
+print("forked", child, flush=True)
+"""
+        )
+        prog = ConsoleProgram(tmp_path, source, "--no-report")
+        program.append(prog)
+        child = int(prog.wait_stdout(r"forked (\d+)").group(1))
+        try:
+            assert prog.finish()[0] == 0
+            os.kill(child, 0)  # the child still runs
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", prog.port), timeout=10).close()
+        finally:
+            prog.release("stop")
+            with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                os.kill(child, 9)
 
     def test_stderr_line_says_how_to_get_in(self, tmp_path: Path) -> None:
         """One line on stderr: the address, `conctools console PID`, telnet/nc, the secret file (not the secret)."""

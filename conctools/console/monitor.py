@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +295,7 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
             raise ConsoleError(f"cannot write the console's secret: {exc}") from None
         self._started = True
         self._original_task_factory = None
+        _forget_in_forked_children(self)
         self._ui_thread.start()
         self._ui_started.wait()
         if self._ui_error is not None:
@@ -374,6 +376,7 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
             if self._ui_thread.is_alive():
                 _log.warning("conctools console: the console thread did not stop in time; leaving it (daemon)")
         self._closed = True
+        _open_consoles.discard(self)
         if self.secret_path is not None:
             remove_secret(self.secret_path)
         self._stop_profile()
@@ -403,6 +406,29 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
         if session is not None and session.running:
             with contextlib.suppress(Exception):
                 session.stop()
+
+
+_open_consoles: weakref.WeakSet[ConsoleMonitor] = weakref.WeakSet()
+
+
+def _close_listeners_in_child() -> None:
+    # A forked child (multiprocessing's fork, os.fork) has no console thread: it must not keep
+    # the console's port open, or clients would queue on it after the parent is gone.
+    for monitor in list(_open_consoles):
+        with contextlib.suppress(Exception):
+            monitor._listener.close()
+        monitor._closed = True
+    _open_consoles.clear()
+
+
+def _forget_in_forked_children(monitor: ConsoleMonitor) -> None:
+    if not _open_consoles and not _fork_hook[0] and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_close_listeners_in_child)
+        _fork_hook[0] = True
+    _open_consoles.add(monitor)
+
+
+_fork_hook = [False]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
