@@ -39,6 +39,7 @@ MAX_LINE = 512
 SEND_TIMEOUT_S = 10  # a telnet client that stops reading cannot block the console for longer
 MODES = ("telnet", "plain", "script")
 REFUSAL = b"conctools console: refused\r\n"
+LINGER_S = 1.0  # how long a refused connection is read from before it is closed
 _IAC, _SB, _SE = 255, 250, 240
 
 
@@ -141,6 +142,8 @@ class ConsoleServer:
         peer = _peer_text(address)
         if self._waiting >= MAX_UNAUTHENTICATED:
             self._refuse(conn, peer, "too many connections waiting to authenticate", count=False)
+            with contextlib.suppress(OSError):
+                conn.close()
             return
         assert self._loop is not None
         task = self._loop.create_task(self._serve(conn, peer, address), name="conctools-console-session")
@@ -148,16 +151,30 @@ class ConsoleServer:
         task.add_done_callback(self._tasks.discard)
 
     def _refuse(self, conn: socket.socket, peer: str, reason: str, *, count: bool = True) -> None:
+        """Log the refusal and count it (the brake); the caller then turns the connection away."""
         if count:
             self.brake.failed()
             self.refusals += 1
         slowed = self.brake.penalty_s()
         note = f"; further attempts slowed down to one per {slowed:.2f} s" if slowed else ""
         _log.warning("conctools console: refused a connection from %s: %s%s", peer, reason, note)
+
+    async def _turn_away(self, conn: socket.socket) -> None:
+        """Send the refusal and close; what the client already sent is read first, since closing a
+        socket with unread data resets the connection, and the client would lose the refusal."""
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(OSError):
-            conn.send(REFUSAL)
+            await asyncio.wait_for(loop.sock_sendall(conn, REFUSAL), LINGER_S)
         with contextlib.suppress(OSError):
-            conn.close()
+            conn.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(LINGER_S):
+                drained = 0
+                while drained < 1 << 16:
+                    chunk = await loop.sock_recv(conn, 4096)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
 
     async def _serve(self, conn: socket.socket, peer: str, address: object) -> None:
         try:
@@ -187,6 +204,7 @@ class ConsoleServer:
         uid = peer_uid(conn)
         if uid is not None and uid != os.geteuid():
             self._refuse(conn, peer, f"the connecting process belongs to another user (uid {uid})")
+            await self._turn_away(conn)
             return None
         wait_s = self.brake.reserve_s()
         if wait_s > 0:
@@ -202,18 +220,22 @@ class ConsoleServer:
                     data += chunk
         except TimeoutError:
             self._refuse(conn, peer, f"no secret within {AUTH_TIMEOUT_S:.0f} s")
+            await self._turn_away(conn)
             return None
         except ConnectionError:
             self._refuse(conn, peer, "closed before sending the secret")
+            await self._turn_away(conn)
             return None
         except ValueError as exc:
             self._refuse(conn, peer, str(exc))
+            await self._turn_away(conn)
             return None
         line, rest, by_cr = found
         words = line.split()
         given = words[0] if words else b""
         if not secret_matches(self._secret, given):
             self._refuse(conn, peer, "wrong or missing secret" if given else "no secret")
+            await self._turn_away(conn)
             return None
         self.brake.succeeded()
         mode = words[1].decode("ascii", "replace").lower() if len(words) > 1 else ("telnet" if by_cr else "plain")
