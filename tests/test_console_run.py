@@ -135,12 +135,13 @@ asyncio.run(phase(2))
         assert "* #1  running  'MainThread'" in first and "phase-1" in first
         prog.release("go-1")
         prog.wait_stdout("phase 2")
-        second = prog.console("loops\nps\nuse 1\nconsole\nasyncio.current_task().get_name()\n")
+        second = prog.console("loops\nps\nuse 1\nconsole\nasyncio.current_task().get_name()\nprogram.phase.__name__\n")
         loops = second.split("conctools >>> loops\n", 1)[1].split("conctools >>> ps", 1)[0]
         assert "* #2  running  'MainThread'" in loops and "#1 " not in loops
         assert "phase-2" in second and "phase-1" not in second
         assert "use: no loop #1" in second
         assert "'conctools-console-repl'" in second
+        assert "'phase'" in second  # `program` is the program's __main__ module
         prog.release("go-2")
         status, _out, err = prog.finish()
         assert status == 0, err

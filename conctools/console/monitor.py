@@ -123,7 +123,7 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
         console_enabled: bool = True,
         **ignored: Any,
     ) -> None:
-        self._auto_main = locals is None or "main" not in locals
+        self._auto_program = locals is None or "program" not in locals
         super().__init__(
             loop if loop is not None else _FOLLOW,
             host=host,
@@ -225,8 +225,8 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
 
     def repl_locals(self) -> dict[str, Any]:
         """The namespace of the ``console`` REPL (kept between sessions)."""
-        if self._auto_main:
-            self.console_locals["main"] = sys.modules.get("__main__")
+        if self._auto_program:
+            self.console_locals["program"] = sys.modules.get("__main__")
         self.console_locals.setdefault("monitor", self)
         namespace: dict[str, Any] = self.console_locals
         return namespace

@@ -27,7 +27,7 @@ __all__ = ["REPL_TASK_NAME", "ReplChannel", "open_repl"]
 REPL_TASK_NAME = "conctools-console-repl"
 _BANNER = (
     "Python {version} REPL on the program's event loop (await works here).\n"
-    "`main` is the program's __main__ module. Ctrl-D (or exit()) returns to the console.\n"
+    "`program` is the program's __main__ module. Ctrl-D (or exit()) returns to the console.\n"
 )
 _ps1_users = [0]
 
