@@ -212,15 +212,20 @@ t.join()
         prog.release("stop")
         assert prog.finish()[0] == 0
 
-    @pytest.mark.parametrize("how", ["uvloop.run", "Runner(loop_factory=uvloop.new_event_loop)"])
+    @pytest.mark.parametrize(
+        "how", ["uvloop.run", "Runner(loop_factory=uvloop.new_event_loop)", "new_event_loop().run_until_complete"]
+    )
     def test_uvloop(self, tmp_path: Path, program: list[ConsoleProgram], how: str) -> None:
         """uvloop (through uvloop.run or asyncio.Runner's loop_factory): found, listed, ps and console work."""
         pytest.importorskip("uvloop", reason="uvloop is not installed")
-        run = (
-            "uvloop.run(main())"
-            if how == "uvloop.run"
-            else "with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:\n    runner.run(main())"
-        )
+        run = {
+            "uvloop.run": "uvloop.run(main())",
+            "Runner(loop_factory=uvloop.new_event_loop)": (
+                "with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:\n    runner.run(main())"
+            ),
+            # No Python frame of the loop on any stack: found through its tasks.
+            "new_event_loop().run_until_complete": "uvloop.new_event_loop().run_until_complete(main())",
+        }[how]
         source = f"""
 import asyncio, os, uvloop
 
@@ -235,9 +240,14 @@ async def main():
         prog = ConsoleProgram(tmp_path, source)
         program.append(prog)
         prog.wait_stdout("running")
-        out = prog.console("loops\nps\nconsole\ntype(asyncio.get_running_loop()).__module__\n")
-        assert re.search(r"\* #1\s+running\s+'MainThread'.*uvloop\.Loop", out), out
+        out = prog.console("loops\nps\nstacktrace\nconsole\ntype(asyncio.get_running_loop()).__module__\n")
+        thread = "thread ?" if how.endswith("run_until_complete") else "'MainThread'"
+        assert re.search(rf"\* #1\s+running\s+{re.escape(thread)}.*uvloop\.Loop", out), out
         assert "uv-main" in out and "'uvloop'" in out
+        if how.endswith("run_until_complete"):
+            assert "the thread running event loop #1 is not known" in out
+        else:
+            assert "prog.py" in out.split("conctools >>> stacktrace", 1)[1]
         prog.release("stop")
         assert prog.finish()[0] == 0
 

@@ -4,8 +4,9 @@ A program may run no loop, one, several in several threads, or one after another
 (``asyncio.run`` called twice). The console finds them without hooking anything: loops that
 conctools' loop monitor registered, loops whose ``run_forever`` / ``run_until_complete`` or
 ``asyncio.Runner.run`` frame is on some thread's stack (which covers ``asyncio.run``,
-``asyncio.Runner(loop_factory=...)`` and ``uvloop.run``), and, when those find nothing, a scan of
-the live objects (a uvloop loop started with ``run_forever()`` has no Python frame). Each loop
+``asyncio.Runner(loop_factory=...)`` and ``uvloop.run``), and, when those find nothing, the
+loops of asyncio's live tasks (a uvloop loop run by ``run_until_complete()`` has no Python
+frame). Each loop
 gets a number the first time it is seen; the console follows the running one (the one it
 already used while it runs, else the main thread's, else the newest) unless ``use N`` pins one.
 conctools' own loops (the console's) are never listed.
@@ -14,7 +15,6 @@ conctools' own loops (the console's) are never listed.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import sys
 import threading
@@ -35,7 +35,7 @@ _ENTRY_FRAMES = {
     (_ASYNCIO_DIR + "base_events.py", "run_until_complete"),
     (_ASYNCIO_DIR + "base_events.py", "run_forever"),
 }
-_SCAN_EVERY_S = 2.0  # the object scan is the costly fallback: at most this often
+_SCAN_EVERY_S = 2.0  # the task scan is the fallback: at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +96,30 @@ def _loops_on_stacks() -> dict[int, tuple[asyncio.AbstractEventLoop, int]]:
             f = f.f_back
             depth += 1
     return found
+
+
+def _loops_of_tasks() -> list[asyncio.AbstractEventLoop]:
+    """Running loops that own a live task, from asyncio's registry of tasks (a uvloop loop run
+    with ``run_until_complete()`` has no Python frame to be found by)."""
+    found: dict[int, asyncio.AbstractEventLoop] = {}
+    for name in ("_all_tasks", "_scheduled_tasks", "_eager_tasks"):  # 3.11; 3.12+
+        pool = getattr(asyncio.tasks, name, None)
+        if pool is None:
+            continue
+        for _ in range(3):  # another thread may add a task meanwhile
+            try:
+                tasks = list(pool)
+                break
+            except RuntimeError:
+                tasks = []
+        for task in tasks:
+            try:
+                loop = task.get_loop()
+            except Exception:
+                continue
+            if id(loop) not in found and _running(loop):
+                found[id(loop)] = loop
+    return list(found.values())
 
 
 def _thread_name(tid: int | None) -> str | None:
@@ -193,9 +217,9 @@ class LoopChooser:
         }
         if not program and time.monotonic() - self._scanned_at >= _SCAN_EVERY_S:
             self._scanned_at = time.monotonic()
-            for obj in gc.get_objects():
-                if isinstance(obj, asyncio.AbstractEventLoop) and _running(obj) and not self._own(obj, None):
-                    program[id(obj)] = (obj, None)
+            for loop in _loops_of_tasks():
+                if not self._own(loop, None):
+                    program[id(loop)] = (loop, None)
         for key, (loop, known_tid) in program.items():
             if known_tid is not None:
                 self._threads[key] = known_tid

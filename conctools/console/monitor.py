@@ -193,6 +193,8 @@ class ConsoleMonitor(Monitor):  # type: ignore[misc]
         number = self.loops.number_of(loop)
         if loop.is_closed():
             return f"`{command}`: event loop #{number} is closed (`loops` lists the running ones, `use auto` follows)."
+        if command == "stacktrace" and self.loops.thread_of(loop) is None:
+            return f"`stacktrace`: the thread running event loop #{number} is not known; `threads` shows every thread."
         if command not in RUNNING_LOOP_COMMANDS:
             return None
         if not loop.is_running():
