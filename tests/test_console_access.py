@@ -417,6 +417,7 @@ class TestOtherUser:
             assert stolen.stdout == REFUSAL, stolen
             assert any(f"belongs to another user (uid {other_user.pw_uid})" in m for m in _refusals(caplog))
             assert not svc.heartbeat.done()
+            assert svc.monitor.brake.failures == 0  # told apart by the kernel: the owner is not slowed down
         finally:
             svc.stop()
 
