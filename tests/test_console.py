@@ -149,6 +149,10 @@ class TestServeConsole:
             assert where is not None and int(where.group("port")) == port and int(where.group("pid")) == proc.pid
             with urllib.request.urlopen(url + "/counter", data=b"", timeout=10) as resp:
                 assert json.loads(resp.read()) == {"count": 1}
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                raw.sendall(b"locks\r\n")  # no secret: refused, no prompt
+                raw.settimeout(15)
+                assert raw.recv(100) == b"conctools console: refused\r\n"
             client = TelnetClient(port, read_secret(where.group("path")))
             try:
                 client.read_until("conctools >>>")

@@ -211,6 +211,20 @@ class TestOwner:
         assert ">>> answer * 2\n84\n" in out and "from repl" in out
         assert "The console session is closed." in out and 'Thread "service-loop"' in out
 
+    def test_names_cannot_drive_the_terminal(self, service: Service) -> None:
+        """A thread named with a terminal escape and a bidi override is shown escaped."""
+        stop = threading.Event()
+        evil = threading.Thread(target=stop.wait, name="evil\x1b[2J\u202eeman", daemon=True)
+        evil.start()
+        try:
+            done = console_client(os.getpid(), "threads\n")
+        finally:
+            stop.set()
+            evil.join(10)
+        assert done.returncode == 0, done.stderr
+        assert 'Thread "evil\\u001b[2J\\u202eeman"' in done.stdout
+        assert "\x1b" not in done.stdout and "\u202e" not in done.stdout
+
     def test_conctools_console_finds_the_only_one(self, service: Service) -> None:
         """Without PID, the only console of the user is found; with --port, that one."""
         for extra in ((), ("--port", str(service.monitor.port))):

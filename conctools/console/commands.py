@@ -15,7 +15,7 @@ from aiomonitor.context import command_done
 from aiomonitor.termui.commands import auto_command_done, custom_help_option, monitor_cli
 from prompt_toolkit.application.current import get_app_session
 
-from conctools.console.monitor import PROBE_TIMEOUT_S, ConsoleMonitor
+from conctools.console.monitor import PROBE_TIMEOUT_S, ConsoleMonitor, safe
 from conctools.console.repl import open_repl
 from conctools.console.session import current_session, pump_plain, pump_telnet
 from conctools.recorder import Recorder, Snapshot, get_recorder
@@ -63,9 +63,9 @@ def _live_lock_rows() -> list[str]:
         if not state.holders and not state.waiters:
             continue
         held = ", ".join(f"{p.who} at {p.site} for {(now - p.since_ns) / 1e9:.3f}s" for p in state.holders) or "-"
-        lines.append(f"  {state.name} ({state.kind}): held by {held}")
+        lines.append(safe(f"  {state.name} ({state.kind}): held by {held}"))
         for p in state.waiters:
-            lines.append(f"      waiting: {p.who} at {p.site} for {(now - p.since_ns) / 1e9:.3f}s")
+            lines.append(safe(f"      waiting: {p.who} at {p.site} for {(now - p.since_ns) / 1e9:.3f}s"))
     return lines
 
 
@@ -116,11 +116,12 @@ def do_threads(ctx: click.Context) -> None:
     for t in threads:
         frame = frames.get(t.ident or -1)
         flags = " daemon" if t.daemon else ""
-        click.echo(f'Thread "{t.name}" (id {t.ident}{flags}):')
+        click.echo(f'Thread "{safe(t.name)}" (id {t.ident}{flags}):')
         if frame is None:
             click.echo("  (no Python frame)")
             continue
-        click.echo("".join("  " + line for line in traceback.format_stack(frame)).rstrip("\n"))
+        stack = "".join("  " + line for line in traceback.format_stack(frame)).rstrip("\n")
+        click.echo("\n".join(safe(line) for line in stack.split("\n")))
         click.echo("")
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "RUNNING_LOOP_COMMANDS",
     "ConsoleError",
     "ConsoleMonitor",
+    "safe",
 ]
 
 _log = logging.getLogger("conctools.console")
@@ -63,6 +64,14 @@ class _ConsoleLoop(asyncio.SelectorEventLoop):
     program's), and it is always a plain selector loop, whatever loop policy the program set."""
 
     _conctools_own = True
+
+
+def safe(text: str) -> str:
+    """``text`` with control and bidirectional-override characters escaped (names and code come
+    from the program; they must not drive the reader's terminal)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
 def _blocked_at(tid: int | None) -> str:
@@ -89,7 +98,7 @@ def _blocked_at(tid: int | None) -> str:
     if innermost is None or outermost is None:
         return ""
     text = _frame_text(innermost)
-    return text if outermost is innermost else f"{text}, called from {_frame_text(outermost)}"
+    return safe(text if outermost is innermost else f"{text}, called from {_frame_text(outermost)}")
 
 
 def _frame_text(frame: Any) -> str:
