@@ -189,8 +189,12 @@ class TestOwner:
                 ("profile stop", "profiled"),
                 ("stacktrace", "run_forever"),
                 (f"where {id(service.heartbeat)}", "beat"),
+                ("ps-terminated", "tasks terminated"),
             ):
                 client.command(line, expect)
+            victim = service.call(lambda: asyncio.get_running_loop().create_task(asyncio.sleep(3600), name="victim"))
+            client.command(f"cancel {id(victim)}", f"Cancelled task {id(victim)}")
+            assert victim.cancelled()
             client.enter_console()
             mark = len(client.text)
             client.sock.sendall(b"threading.current_thread().name if (threading := __import__('threading')) else 0\r")
