@@ -917,6 +917,10 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
         if first:
             if events_mod._set_running_loop is _original_set_running_loop:
                 events_mod._set_running_loop = _hooked_set_running_loop
+            # uvloop binds ``asyncio._set_running_loop`` when it is imported: one imported from
+            # now on binds the hook (which does nothing once no block is active any more).
+            if getattr(asyncio, "_set_running_loop", None) is _original_set_running_loop:
+                asyncio._set_running_loop = _hooked_set_running_loop
             if uv_cls is not None and "run_forever" not in vars(uv_cls):
                 patched = _uvloop_run_forever(uv_cls.run_forever)
                 uv_cls.run_forever = patched
@@ -939,6 +943,8 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
                 _auto.clear()
                 if events_mod._set_running_loop is _hooked_set_running_loop:
                     events_mod._set_running_loop = _original_set_running_loop
+                if getattr(asyncio, "_set_running_loop", None) is _hooked_set_running_loop:
+                    asyncio._set_running_loop = _original_set_running_loop
                 for cls, patched in _uv_patched:
                     if vars(cls).get("run_forever") is patched:
                         delattr(cls, "run_forever")
