@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from conctools.deadlock import EXIT_DEADLOCK, EXIT_HANG, watch_deadlocks
 from conctools.events import DeadlockEvent, HangEvent
@@ -161,7 +162,7 @@ def _report_on_abrupt_exit(recorder: Recorder, options: RunOptions) -> Iterator[
 
     pid = os.getpid()
 
-    def _exit_with_report(status: int) -> None:
+    def _exit_with_report(status: int) -> NoReturn:
         if os.getpid() == pid:  # not in a forked child (multiprocessing's children end with os._exit)
             try:
                 _final_report(recorder, options, status)
