@@ -31,6 +31,7 @@ Three ways in::
 from __future__ import annotations
 
 import _thread
+import builtins
 import asyncio
 import logging
 import os
@@ -44,7 +45,7 @@ from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any
 
-from conctools import taskdump
+from conctools import _fileio, taskdump
 from conctools._context import (
     capture_stack,
     frames_of,
@@ -1061,8 +1062,13 @@ def _patch_targets() -> list[tuple[Any, str, str, Callable[..., bool]]]:
         (queue.Queue, "get", "queue.Queue.get", _waited),
         (queue.Queue, "put", "queue.Queue.put", _waited),
         (concurrent.futures.Future, "result", "concurrent.futures.Future.result", _waited),
+        (builtins, "open", "open", _waited),  # a FIFO's open blocks; its file's reads: _fileio.TimedFileIO
     ]
     return targets
+
+
+# Files opened on a loop's thread while detection is on read through TimedFileIO: time those reads.
+_fileio.set_hooks(lambda call, method: _wrap(call, method, _waited))
 
 
 def patched_names() -> list[tuple[Any, str]]:
@@ -1078,7 +1084,9 @@ def _enable_blocking_detection(loop: asyncio.AbstractEventLoop) -> None:
         for owner, name, call, pred in _patch_targets():
             own = name in vars(owner)
             original = getattr(owner, name)
-            setattr(owner, name, _wrap(call, original, pred))
+            wrapper = _wrap(call, _fileio.open_file if owner is builtins else original, pred)
+            wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+            setattr(owner, name, wrapper)
             _patches.append((owner, name, original, own))
 
 
