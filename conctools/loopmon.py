@@ -31,8 +31,8 @@ Three ways in::
 from __future__ import annotations
 
 import _thread
-import builtins
 import asyncio
+import builtins
 import logging
 import os
 import sys
