@@ -358,7 +358,12 @@ def participants_of(
 
     def label(prim: PrimitiveState) -> str:
         text = prim_label(prim)
-        return f"{text} <{prim.prim_id:#x}>" if len(ids_by_label.get(text, ())) > 1 else text
+        if len(ids_by_label.get(text, ())) <= 1:
+            return text
+        from conctools._lockname import ordinal_by_id  # which one, as every report says it: #1, #2
+
+        ordinal = ordinal_by_id(prim.prim_id)
+        return f"{prim.kind} {f'{prim.name} #{ordinal}'!r}" if ordinal is not None else text
 
     # A lock taken by a thread (task unknown) whose thread a task of the cycle now blocks.
     blocking_task = {e.waiter_key: e.waiter.task_name for e in cycle if e.waiter_key[0] == "thread"}

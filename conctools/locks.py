@@ -55,7 +55,7 @@ from weakref import ref as _weakref
 
 from conctools import lockorder, registry
 from conctools import recorder as recorder_module
-from conctools._context import _SAMPLE_DIR, _SKIP_MAYBE, _SKIP_PREFIXES, _STDLIB_SKIP, capture_stack
+from conctools._context import _SAMPLE_DIR, _SKIP_MAYBE, _SKIP_PREFIXES, _STDLIB_SKIP, capture_stack, is_conctools_frame
 from conctools.events import LockWaitEvent
 from conctools.recorder import Histogram, Recorder, get_recorder
 from conctools.registry import Party, PrimitiveState
@@ -130,7 +130,9 @@ def _site_of(frame: FrameType | None) -> tuple[str, str]:
     while frame is not None and _is_internal(frame.f_code.co_filename):
         frame = frame.f_back
     if frame is None:
-        frame = first
+        frame = first  # no user frame (a Timer's own wait): the innermost one that is not conctools'
+        while frame is not None and frame.f_back is not None and is_conctools_frame(frame.f_code.co_filename):
+            frame = frame.f_back
         if frame is None:
             return "?", "?"
     code = frame.f_code

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, overload
 import pytest
 
 from conctools._context import frames_of
+from conctools._frames import hidden_note, hide_own_frames
 from conctools.events import (
     DeadlockEvent,
     Event,
@@ -358,10 +359,12 @@ def _thread_report(thread: threading.Thread, frames: dict[int, FrameType]) -> st
     if target is not None:
         head += f" running {getattr(target, '__qualname__', repr(target))}"
     frame = frames.get(thread.ident or -1)
-    stack = frames_of(frame) if frame is not None else ()
+    stack, hidden = hide_own_frames(frames_of(frame) if frame is not None else ())
     lines = [head]
     for f in stack[:8]:
         lines.append(f"      {f}" + (f"\n        {f.line}" if f.line else ""))
+    if hidden:
+        lines.append(f"      {hidden_note(hidden)}")
     return "\n".join(lines)
 
 

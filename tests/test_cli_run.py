@@ -327,3 +327,98 @@ class TestRunsAsPythonDoes:
         result = console("run", "--sample-interval", "0", str(script))
         assert result.returncode == 0, result.stderr
         assert "Blocked at" in result.stderr and "uv.py:4: time.sleep(0.3)" in result.stderr, result.stderr
+
+
+class TestWhatAUserReads:
+    """Reports name things the same way every time and hide conctools' own frames (issue 18, items 11, 17)."""
+
+    def test_same_line_locks_are_numbered_by_creation_order(self, tmp_path: Path) -> None:
+        """Two locks made on one line: '#1' and '#2' in the deadlock and the lock-order report alike, never an
+        address or a serial that depends on how many locks were made before."""
+        script = write(
+            tmp_path / "pair.py",
+            """
+            import threading
+            unrelated = [threading.Lock() for _ in range(7)]
+            pair = [threading.Lock() for _ in range(2)]
+            ready = threading.Barrier(2)
+
+            def worker(first, second):
+                with first:
+                    ready.wait()
+                    with second:
+                        pass
+
+            t1 = threading.Thread(target=worker, args=(pair[0], pair[1]), name="t1")
+            t2 = threading.Thread(target=worker, args=(pair[1], pair[0]), name="t2")
+            t1.start(); t2.start(); t1.join(); t2.join()
+            """,
+        )
+        result = console("run", "--deadlock-timeout", "1", "--sample-interval", "0", str(script))
+        assert result.returncode == 86, result.stderr
+        assert "<0x" not in result.stderr
+        assert "waiting for Lock 'pair.py:4 #1'" in result.stderr or "waiting for Lock 'pair.py:4 #2'" in result.stderr
+        assert "holds Lock 'pair.py:4 #1'" in result.stderr and "holds Lock 'pair.py:4 #2'" in result.stderr
+        assert "'pair.py:4 #1' => 'pair.py:4 #2' => 'pair.py:4 #1'" in result.stderr
+
+    def test_profile_without_conctools_wrappers(self, tmp_path: Path) -> None:
+        """--profile's table starts with the program's functions; conctools' are counted, not listed."""
+        pytest.importorskip("yappi")
+        script = write(
+            tmp_path / "prof.py",
+            """
+            import asyncio, conctools
+
+            @conctools.traced
+            async def work():
+                sum(range(100_000))
+                await asyncio.sleep(0.01)
+
+            asyncio.run(work())
+            """,
+        )
+        result = console("run", "--profile", "--sample-interval", "0", str(script))
+        assert result.returncode == 0, result.stderr
+        table = result.stderr.split("Profile (", 1)[1].split("per thread", 1)[0]
+        for own in ("traced_coro", "_execute", "_run_file", "run_path", "capture_stack", "conctools/"):
+            assert own not in table, table
+        assert "prof.py" in table and "conctools functions not shown)" in table
+
+    def test_hang_stack_ends_in_the_program(self, tmp_path: Path) -> None:
+        """A hang under `-m`: the stack ends at the program's <module>, not in runpy or the console script."""
+        (tmp_path / "hangpkg").mkdir()
+        (tmp_path / "hangpkg" / "__init__.py").write_text("")
+        write(
+            tmp_path / "hangpkg" / "stuck.py",
+            "import threading\nnever = threading.Event()\n\ndef main():\n    never.wait()\n\nmain()\n",
+        )
+        result = console(
+            "run", "--deadlock-timeout", "1", "--sample-interval", "0", "-m", "hangpkg.stuck", cwd=tmp_path
+        )
+        assert result.returncode == 87, result.stderr
+        stacks = result.stderr.split("thread 'MainThread'", 1)[1]
+        assert "at <module> (" in stacks and "stuck.py:7" in stacks
+        assert "runpy" not in stacks and "bin/conctools" not in stacks and "runner.py" not in stacks
+        assert "conctools frames not shown)" in stacks
+
+    def test_timer_wait_is_not_placed_in_conctools(self, tmp_path: Path) -> None:
+        """--detect-blocking: a Timer's own wait is shown at threading.py, not at conctools' wrapper."""
+        script = write(
+            tmp_path / "timer.py",
+            """
+            import asyncio, threading
+
+            async def main():
+                done = threading.Event()
+                threading.Timer(0.05, done.set).start()
+                done.wait(5)
+
+            asyncio.run(main())
+            """,
+        )
+        result = console("run", "--detect-blocking", "--sample-interval", "0", str(script))
+        assert result.returncode == 0, result.stderr
+        import re
+
+        assert re.search(r"threading\.Event\.wait +\S*timer\.py:7 ", result.stderr), result.stderr
+        assert "loopmon.py" not in result.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from conctools._frames import hidden_note, hide_own_frames
 from conctools._units import format_duration
 from conctools.events import BlockingCallEvent, Frame, SlowCallbackEvent, frame_from_dict
 from conctools.recorder import Snapshot
@@ -69,6 +70,7 @@ def _sites_from_events(events: Sequence[SlowCallbackEvent]) -> list[dict[str, An
 
 
 def _stack_lines(frames: Sequence[Frame], limit: int) -> list[str]:
+    frames, hidden = hide_own_frames(frames)
     lines = []
     for f in frames[:limit]:
         lines.append(f"      {_short_path(f.filename)}:{f.lineno} in {f.function}")
@@ -76,6 +78,8 @@ def _stack_lines(frames: Sequence[Frame], limit: int) -> list[str]:
             lines.append(f"        {f.line}")
     if len(frames) > limit:
         lines.append(f"      ... {len(frames) - limit} more frames")
+    if hidden:
+        lines.append(f"      {hidden_note(hidden)}")
     return lines
 
 
