@@ -433,13 +433,17 @@ def _wider_fixtures_in_use(item: pytest.Item) -> dict[int, str]:
 
 
 @dataclass(slots=True)
-class _DeferredThread:
-    """A thread a test left running while it used wider-scoped fixtures: theirs until they end."""
+class _Deferred:
+    """A thread or task a test left running while it used wider-scoped fixtures: theirs until they end."""
 
-    thread: threading.Thread
+    thing: threading.Thread | asyncio.Future[Any]
     nodeid: str
     owners: dict[int, str]  # id(fixturedef) -> its name, for the fixtures not torn down yet
     names: tuple[str, ...]  # every owner's name, for the report
+
+    def alive(self) -> bool:
+        thing = self.thing
+        return thing.is_alive() if isinstance(thing, threading.Thread) else not thing.done()
 
 
 def _trim(value: Any, machinery: tuple[str, ...]) -> Any:
@@ -655,17 +659,19 @@ class _TestRun:
             and t not in self.runtime.wider_threads
             and not _worker_of_live_pool(t)
         ]
-        owners = _wider_fixtures_in_use(self.item) if candidates else {}
+        pending = self._new_tasks(_pending_tasks())
+        owners = _wider_fixtures_in_use(self.item) if candidates or pending else {}
         if owners:
             # A wider-scoped fixture the test uses may own them (a worker started lazily, on
-            # first use): they are checked, without a wait, when that fixture is torn down.
-            self.runtime.defer_threads(candidates, owners, self.item.nodeid)
-            candidates = []
+            # first use, or a task on its loop): they are checked, without a wait, when that
+            # fixture is torn down.
+            self.runtime.defer([*candidates, *pending], owners, self.item.nodeid)
+            candidates, pending = [], []
         deadline = time.monotonic() + LEAK_GRACE_S
         for t in candidates:
             t.join(max(0.0, deadline - time.monotonic()))
         threads = [t for t in candidates if t.is_alive()]
-        self.note_leaked_tasks(_pending_tasks())
+        self.note_leaked_tasks(pending)
         tasks = self.leaked_tasks
         cancelled = self.cancelled_tasks if self.settings.strict_tasks else []
         if not threads and not tasks and not cancelled:
@@ -802,19 +808,23 @@ class _Runtime:
         self.previous_handler: Any = None
         self.exit_status = 0
         self._released: list[threading.Thread] = []
-        self.deferred: list[_DeferredThread] = []  # threads wider fixtures may own, checked at their teardown
+        self.deferred: list[_Deferred] = []  # threads and tasks wider fixtures may own, checked at their teardown
         self.fixture_leaks: list[str] = []  # reports of those still running then, not reported yet
 
     # ---- threads wider-scoped fixtures may own ----
-    def defer_threads(self, threads: Sequence[threading.Thread], owners: dict[int, str], nodeid: str) -> None:
-        known = {id(d.thread) for d in self.deferred}
-        self.deferred = [d for d in self.deferred if d.thread.is_alive()]
-        for t in threads:
-            if id(t) not in known and t.is_alive():
-                self.deferred.append(_DeferredThread(t, nodeid, dict(owners), tuple(owners.values())))
+    def defer(
+        self, things: Sequence[threading.Thread | asyncio.Future[Any]], owners: dict[int, str], nodeid: str
+    ) -> None:
+        self.deferred = [d for d in self.deferred if d.alive()]
+        known = {id(d.thing) for d in self.deferred}
+        for thing in things:
+            if id(thing) not in known:
+                d = _Deferred(thing, nodeid, dict(owners), tuple(owners.values()))
+                if d.alive():
+                    self.deferred.append(d)
 
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> None:
-        """A wider-scoped fixture was torn down: the threads it may have owned must have ended now."""
+        """A wider-scoped fixture was torn down: the threads and tasks it may have owned must have ended now."""
         if not self.deferred or str(getattr(fixturedef, "scope", "function")) == "function":
             return
         key = id(fixturedef)
@@ -824,22 +834,36 @@ class _Runtime:
                 due.append(d)
         if not due:
             return
-        self.deferred = [d for d in self.deferred if d.owners and d.thread.is_alive()]
+        self.deferred = [d for d in self.deferred if d.owners and d.alive()]
         deadline = time.monotonic() + LEAK_GRACE_S
         for d in due:
-            d.thread.join(max(0.0, deadline - time.monotonic()))
-        alive = [d for d in due if d.thread.is_alive()]
+            if isinstance(d.thing, threading.Thread):
+                d.thing.join(max(0.0, deadline - time.monotonic()))
+        while any(d.alive() for d in due) and time.monotonic() < deadline:  # tasks: their loop may need a moment
+            time.sleep(0.01)
+        alive = [d for d in due if d.alive()]
         if not alive:
             return
         frames = sys._current_frames()
-        fixtures = ", ".join(dict.fromkeys(n for d in alive for n in d.names))
-        lines = [
-            f"Leaked threads ({len(alive)}): still running {LEAK_GRACE_S:g} s after the teardown of "
-            f"fixture {fixtures}, which the test that started them used"
-        ]
-        for d in alive:
-            lines.append(_thread_report(d.thread, frames) + f"\n      started during {d.nodeid}")
-        self.fixture_leaks.append("\n".join(lines))
+        threads = [d for d in alive if isinstance(d.thing, threading.Thread)]
+        tasks = [d for d in alive if not isinstance(d.thing, threading.Thread)]
+        parts = []
+        for group, what, state in ((threads, "threads", "running"), (tasks, "asyncio tasks", "pending")):
+            if not group:
+                continue
+            fixtures = ", ".join(dict.fromkeys(n for d in group for n in d.names))
+            lines = [
+                f"Leaked {what} ({len(group)}): still {state} {LEAK_GRACE_S:g} s after the teardown of "
+                f"fixture {fixtures}, which the test that started them used"
+            ]
+            for d in group:
+                if isinstance(d.thing, threading.Thread):
+                    text = _thread_report(d.thing, frames)
+                else:
+                    text = "\n".join(_describe_tasks([d.thing]))
+                lines.append(text + f"\n      started during {d.nodeid}")
+            parts.append("\n".join(lines))
+        self.fixture_leaks.append("\n\n".join(parts))
 
     # ---- what a test's instruments are ----
     def instruments(self, run: _TestRun) -> list[tuple[str, contextlib.AbstractContextManager[Any]]]:

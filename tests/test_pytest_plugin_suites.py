@@ -98,6 +98,67 @@ class TestLazySessionWorkers:
         # Before: ten tests each waited out the 1 s grace period for a thread that was not leaking.
         assert session_seconds(result) < 10.0
 
+    def test_lazily_started_loop_and_its_listener_task(self, pytester: pytest.Pytester) -> None:
+        """aiologic's asyncio executor: a session fixture's worker thread runs a loop whose listener task
+        waits for work; both start in the first test and end at the fixture's teardown: no leak."""
+        pytester.makeconftest(
+            """
+            import asyncio, threading
+            import pytest
+
+            class LoopExecutor:
+                def __init__(self):
+                    self.thread = None
+                    self.loop = None
+                    self.listener = None
+
+                def _run(self, ready):
+                    self.loop = asyncio.new_event_loop()
+                    self.inbox = asyncio.Queue()
+                    self.listener = self.loop.create_task(self._listen(), name="listener")
+                    self.loop.call_soon(ready.set)
+                    self.loop.run_until_complete(self.listener)
+                    self.loop.close()
+
+                async def _listen(self):
+                    while (job := await self.inbox.get()) is not None:
+                        job()
+
+                def submit(self, fn):
+                    if self.thread is None:  # started lazily, by the first test that uses it
+                        ready = threading.Event()
+                        self.thread = threading.Thread(target=self._run, args=(ready,), name="loop-worker")
+                        self.thread.start()
+                        ready.wait(10)
+                    done = threading.Event()
+                    self.loop.call_soon_threadsafe(self.inbox.put_nowait, lambda: (fn(), done.set()))
+                    assert done.wait(10)
+
+                def close(self):
+                    if self.thread is not None:
+                        self.loop.call_soon_threadsafe(self.inbox.put_nowait, None)
+                        self.thread.join()
+
+            @pytest.fixture(scope="session")
+            def executor():
+                ex = LoopExecutor()
+                yield ex
+                ex.close()
+            """
+        )
+        pytester.makepyfile(
+            test_loop_worker="""
+            def test_first(executor):
+                executor.submit(lambda: None)
+
+            def test_second(executor):
+                executor.submit(lambda: None)
+            """
+        )
+        result = run(pytester)
+        result.assert_outcomes(passed=2)
+        assert "Leaked" not in result.stdout.str()
+
     def test_worker_still_running_after_its_fixture_is_torn_down_is_reported(self, pytester: pytest.Pytester) -> None:
         """A fixture that does not stop its lazily started worker: reported at that fixture's teardown,
         naming the fixture and the test the worker started in, not as the test's own leak."""
