@@ -343,6 +343,12 @@ class LoopMonitor:
         """How many heartbeats ran on the loop."""
         return self._beats
 
+    def __str__(self) -> str:
+        """Its stalls as the report shows them (``print(monitor)`` after ``watch_loop``)."""
+        from conctools.reporting.summary import describe
+
+        return describe(self)
+
     @property
     def alive(self) -> bool:
         """True while the watchdog thread runs."""

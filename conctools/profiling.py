@@ -444,6 +444,10 @@ class Profile:
         note = f"\n  {hidden_note(hidden, 'function')}" if hidden else ""
         return f"{title}\n" + functions_table([f.to_dict() for f in funcs]) + note
 
+    def __str__(self) -> str:
+        """:meth:`top`: ``print(p)``, or ``print(func.profile)`` after ``@conctools.profile``."""
+        return self.top()
+
     def save(self, path: str | Path, format: Literal["pstat", "callgrind"] | None = None) -> Path:
         """Write the profile as ``pstat`` (``pstats``, snakeviz) or ``callgrind`` (KCachegrind).
 

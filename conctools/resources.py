@@ -263,6 +263,12 @@ class ResourceSampler:
             self._series = self._series[::2]
             self._stride *= 2
 
+    def __str__(self) -> str:
+        """The resources section of the report (``print(sampler)``)."""
+        from conctools.reporting.summary import describe
+
+        return describe(self)
+
     def summary(self) -> dict[str, Any]:
         """The JSON-able ``resources`` section: peaks, means, deltas and the thinned series."""
         running = self._thread is not None
