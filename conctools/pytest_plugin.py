@@ -1063,7 +1063,11 @@ class _Runtime:
         statistics = _render_statistics(run.recorder.snapshot())
         if statistics:
             texts.append(statistics)
-        raise ConctoolsFailure("\n".join(f"conctools: {s}" for s in summaries), "\n\n".join(texts)) from None
+        from conctools.reporting._safe import neutralise  # names from the program are shown, never obeyed
+
+        raise ConctoolsFailure(
+            neutralise("\n".join(f"conctools: {s}" for s in summaries)), neutralise("\n\n".join(texts))
+        ) from None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
@@ -1089,6 +1093,8 @@ class _Runtime:
         return report
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        from conctools.reporting._safe import neutralise
+
         for text in self.fixture_leaks:  # found while no test with conctools on was running
             self.failures.append(("(session)", "teardown", [text.splitlines()[0]]))
         self.fixture_leaks.clear()
@@ -1098,7 +1104,7 @@ class _Runtime:
         for nodeid, phase, summaries in self.failures:
             where = "" if phase == "call" else f" (at {phase})"
             for line in summaries:
-                terminalreporter.write_line(f"{nodeid}{where}: {line}")
+                terminalreporter.write_line(neutralise(f"{nodeid}{where}: {line}"))
 
 
 # -- fixtures ------------------------------------------------------------------------------------

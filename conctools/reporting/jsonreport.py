@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from conctools.recorder import Snapshot
+from conctools.reporting._safe import neutralise_json
 
 __all__ = ["load_json", "render_json"]
 
@@ -39,7 +40,7 @@ def render_json(snapshot: Snapshot) -> str:
         lines = [json.dumps(_clean(e), default=str, ensure_ascii=False) for e in events]
     body = ",\n  ".join(lines)
     events_json = f"[\n  {body}\n ]" if lines else "[]"
-    return head[:-2] + f',\n "events": {events_json}\n}}'
+    return neutralise_json(head[:-2] + f',\n "events": {events_json}\n}}')
 
 
 def load_json(path: str | Path) -> Snapshot:
