@@ -54,9 +54,14 @@ def non_negative_seconds(text: str) -> float:
 
 def positive_seconds(text: str) -> float:
     """An argparse type: a finite number of seconds > 0."""
-    value = non_negative_seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    try:
+        value = non_negative_seconds(text)
+    except argparse.ArgumentTypeError:
+        value = -1.0 if text.strip().startswith("-") else float("nan")
+        if value != -1.0:
+            raise
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
     return value
 
 
@@ -290,3 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C while conctools itself starts or stops: no traceback
+        print("conctools: interrupted", file=sys.stderr)
+        return 130

@@ -124,6 +124,14 @@ class DeadlockError(RuntimeError):
         super().__init__(describe_cycle(cycle))
 
 
+def _who_waits(threads: int, tasks: int) -> str:
+    """The hang's reason in words: one waiter waits for what nobody will do; several wait on each other."""
+    parts = [f"{n} {what}{'' if n == 1 else 's'}" for n, what in ((threads, "thread"), (tasks, "task")) if n]
+    if threads + tasks == 1:
+        return f"the only {'thread' if threads else 'task'} waits forever on something nothing left running will do"
+    return f"all {' and '.join(parts)} wait forever on something only another waiting one could release"
+
+
 def describe_cycle(cycle: Sequence[Participant]) -> str:
     """One line per participant: ``thread 'a' waits for Lock 'b' held by thread 'b'``."""
     parts = [f"{p.who} waits for {p.waits_for} held by {p.held_by} at {p.wait_site}" for p in cycle]
@@ -1103,11 +1111,7 @@ class DeadlockWatchdog:
             )
         tasks = taskdump.dump_tasks()
         waiters.extend(t.as_waiter_info() for t in tasks)
-        reason = (
-            f"nothing progressed for {stalled_s:.1f}s: all {len(states)} thread(s)"
-            + (f" and {len(tasks)} task(s)" if tasks else "")
-            + " wait forever on something only another waiting one could release"
-        )
+        reason = f"nothing progressed for {stalled_s:.1f}s: " + _who_waits(len(states), len(tasks))
         for cycle in taskdump.task_cycles(tasks):  # tasks awaiting each other: a deadlock without locks
             names = " -> ".join(repr(t.name) for t in [*cycle, cycle[0]])
             reason += f"; await cycle: {names}"

@@ -253,11 +253,12 @@ class LockStats:
         entry = self.sites.get(site)
         return entry is None or entry[0] < STACKS_PER_SITE
 
-    def record_wait(self, wait_ns: int, site: str, function: str, acquired: bool) -> None:
-        """One blocked wait (slow path)."""
+    def record_wait(self, wait_ns: int, site: str, function: str, acquired: bool, timed: bool = True) -> None:
+        """One blocked wait (slow path); ``timed``: it had a timeout (an untimed one that ends without
+        the lock was interrupted, not timed out)."""
         with self.mutex:
             self.contentions += 1
-            if not acquired:
+            if not acquired and timed:
                 self.timeouts += 1
             self.wait.add(wait_ns)
             entry = self.sites.get(site)
@@ -524,10 +525,12 @@ class _Wait:
         end = _mono()
         prim = self.prim
         try:
-            prim._ct_waiters.pop(self.key, None)
+            entry = prim._ct_waiters.pop(self.key, None)
             registry.note_wait_end(self.key[0], self.key[1])
             wait_ns = end - self.start_ns
-            prim._ct_stats.record_wait(wait_ns, self.site, self.function, acquired)
+            # An asyncio wait has no timeout of its own (wait_for cancels it): that counts as timed.
+            timed = entry is None or self.key[1] is not None or (entry[4] is not None and entry[4] >= 0)
+            prim._ct_stats.record_wait(wait_ns, self.site, self.function, acquired, timed)
             if event:
                 task = self.task
                 task_name = None

@@ -57,7 +57,8 @@ def load_json(path: str | Path) -> Snapshot:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        # msg may end in "at" ("Unterminated string starting at"): say the position apart.
+        raise ValueError(f"{p}: not valid JSON ({exc.msg}; line {exc.lineno}, column {exc.colno})") from None
     try:
         return Snapshot.from_dict(data)
     except ValueError as exc:

@@ -90,7 +90,8 @@ def lock_order_section(snapshot: Snapshot, brief: bool) -> str | None:
     if not events:
         return None
     limit = 3 if brief else 50
-    parts = [f"Lock-order inversions ({len(events)} potential deadlocks)"]
+    n = len(events)
+    parts = [f"Lock-order inversions ({n} potential deadlock{'' if n == 1 else 's'})"]
     parts += [format_lock_order(e, brief=brief) for e in events[:limit]]
     if len(events) > limit:
         parts.append(f"  ... {len(events) - limit} more (see the full report)")

@@ -141,7 +141,7 @@ def slow_callbacks_section(snapshot: Snapshot, brief: bool) -> str | None:
             parts.extend(_stack_lines(stack, 4 if brief else 15))
     if lag.get("count"):
         parts.append(
-            f"Loop lag (how late a heartbeat timer ran, {lag['count']} heartbeats): "
+            f"Loop lag (how late a heartbeat timer ran, {lag['count']} heartbeat{'' if lag['count'] == 1 else 's'}): "
             f"p50 {format_duration(float(lag['p50_s']))}, p99 {format_duration(float(lag['p99_s']))}, "
             f"max {format_duration(float(lag['max_s']))}"
         )
