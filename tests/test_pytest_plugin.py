@@ -818,6 +818,8 @@ def test_readme_example_is_real() -> None:
         "--conctools-loop-threshold",
         "--conctools-no-leak-check",
         "--conctools-leak-check",
+        "--conctools-strict-tasks",
+        "--conctools-no-strict-tasks",
     }
     for flag in re.findall(r"--conctools[\w-]*", section):
         assert flag in known, flag
