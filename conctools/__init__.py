@@ -23,6 +23,7 @@ if _typing.TYPE_CHECKING:
     from conctools.locks import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, trace_locks
     from conctools.loopmon import LoopMonitor, monitor_all_loops, watch_loop
     from conctools.profiling import Profile, ProfileError, profile
+    from conctools.reporting.summary import report
     from conctools.resources import ResourceSampler, sample_resources
     from conctools.taskdump import TaskInfo, dump_tasks
 
@@ -38,6 +39,7 @@ _LAZY = {
     **dict.fromkeys(("LoopMonitor", "monitor_all_loops", "watch_loop"), "conctools.loopmon"),
     **dict.fromkeys(("Profile", "ProfileError", "profile"), "conctools.profiling"),
     **dict.fromkeys(("ResourceSampler", "sample_resources"), "conctools.resources"),
+    "report": "conctools.reporting.summary",
     **dict.fromkeys(("TaskInfo", "dump_tasks"), "conctools.taskdump"),
 }
 
@@ -88,6 +90,7 @@ __all__ = [
     "get_recorder",
     "monitor_all_loops",
     "profile",
+    "report",
     "sample_resources",
     "set_recorder",
     "trace_locks",

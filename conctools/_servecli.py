@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from conctools.cli import UsageError, _positive_int, positive_seconds
+from conctools.loadtest import MAX_DURATION_S, MAX_USERS  # the stdlib only: cheap to import
 
 __all__ = ["add_run_console_options", "add_server_commands", "apply_run_console_options"]
 
@@ -35,6 +36,20 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _users(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_USERS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_USERS} users, got {value}")
+    return value
+
+
+def _duration(text: str) -> float:
+    value = positive_seconds(text)
+    if value > MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(f"at most {MAX_DURATION_S:g} seconds (an hour), got {text!r}")
     return value
 
 
@@ -73,29 +88,49 @@ def add_server_commands(sub: Any) -> None:
         help="report deadlocks/hangs after this long (default 10)",
     )
     serve.add_argument("--duration", type=positive_seconds, metavar="SECONDS", help="stop after SECONDS")
-    serve.add_argument("--out", type=Path, metavar="DIR", help="write the report files to DIR when it stops")
+    serve.add_argument(
+        "--out", type=Path, metavar="DIR", help="write the report files to DIR when it stops (default: none)"
+    )
     serve.add_argument("--no-report", action="store_true", help="do not print the summary to stderr at exit")
     serve.set_defaults(handler=_serve_command)
 
     load = sub.add_parser("loadtest", help="load a server with Locust (a separate, bounded process)")
     load.add_argument("--host", default=None, help="target URL (default http://127.0.0.1:8080; loopback unless given)")
-    load.add_argument("--users", type=_positive_int, default=10, metavar="N", help="simulated users (default 10)")
-    load.add_argument("--spawn-rate", type=_positive_float, metavar="R", help="users started per second")
     load.add_argument(
-        "--duration", type=positive_seconds, default=10.0, metavar="SECONDS", help="run time (default 10)"
+        "--users", type=_users, default=10, metavar="N", help=f"simulated users, at most {MAX_USERS} (default 10)"
     )
-    load.add_argument("--processes", type=_positive_int, default=1, metavar="K", help="Locust worker processes")
-    load.add_argument("--out", type=Path, default=Path("build/loadtest"), metavar="DIR", help="result files")
+    load.add_argument(
+        "--spawn-rate", type=_positive_float, metavar="R", help="users started per second (default: all at once)"
+    )
+    load.add_argument(
+        "--duration", type=_duration, default=10.0, metavar="SECONDS", help="run time, at most an hour (default 10)"
+    )
+    load.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="Locust worker processes (default 1: no master/worker split)",
+    )
+    load.add_argument(
+        "--out", type=Path, default=Path("build/loadtest"), metavar="DIR", help="result files (default build/loadtest)"
+    )
     load.add_argument("--locustfile", type=Path, metavar="PATH", help="Locust users (default loadtests/locustfile.py)")
     load.set_defaults(handler=_loadtest_command)
 
     demo = sub.add_parser("demo", help="serve with the seeded bugs, load it with Locust, report what was found")
     demo.add_argument(
-        "--duration", type=positive_seconds, default=30.0, metavar="SECONDS", help="load time (default 30)"
+        "--duration", type=_duration, default=30.0, metavar="SECONDS", help="load time, at most an hour (default 30)"
     )
-    demo.add_argument("--users", type=_positive_int, default=20, metavar="N", help="simulated users (default 20)")
-    demo.add_argument("--processes", type=_positive_int, default=1, metavar="K", help="Locust worker processes")
-    demo.add_argument("--out", type=Path, default=Path("build/demo"), metavar="DIR", help="the report folder")
+    demo.add_argument(
+        "--users", type=_users, default=20, metavar="N", help=f"simulated users, at most {MAX_USERS} (default 20)"
+    )
+    demo.add_argument(
+        "--processes", type=_positive_int, default=1, metavar="K", help="Locust worker processes (default 1)"
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("build/demo"), metavar="DIR", help="the report folder (default build/demo)"
+    )
     demo.add_argument(
         "--deadlock-timeout",
         type=positive_seconds,
@@ -158,6 +193,9 @@ def _serve_command(ns: argparse.Namespace) -> int:
         console_errors = (ConsoleError,)
     try:
         return serve(config)
+    except KeyboardInterrupt:  # Ctrl-C before the server's own handler was in place
+        print("conctools serve: interrupted", file=sys.stderr)
+        return 130
     except console_errors as exc:
         raise UsageError(f"conctools serve: error: {exc}") from None
     except OSError as exc:

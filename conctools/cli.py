@@ -54,9 +54,14 @@ def non_negative_seconds(text: str) -> float:
 
 def positive_seconds(text: str) -> float:
     """An argparse type: a finite number of seconds > 0."""
-    value = non_negative_seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    try:
+        value = non_negative_seconds(text)
+    except argparse.ArgumentTypeError:
+        value = -1.0 if text.strip().startswith("-") else float("nan")
+        if value != -1.0:
+            raise
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
     return value
 
 
@@ -100,9 +105,18 @@ def _build_parser() -> _Parser:
         usage="conctools run [options] (script.py | -m module) [args ...]",
     )
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
-    run.add_argument("--out", type=Path, metavar="DIR", help="also write report files to DIR")
     run.add_argument(
-        "--capacity", type=_positive_int, default=100_000, metavar="N", help="events kept in the ring buffer"
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="also write report.txt, report.json, trace.json and report.html to DIR (default: none)",
+    )
+    run.add_argument(
+        "--capacity",
+        type=_positive_int,
+        default=100_000,
+        metavar="N",
+        help="events kept in the ring buffer (default 100000)",
     )
     run.add_argument("--no-report", action="store_true", help="do not print the summary to stderr")
     run.add_argument(
@@ -113,7 +127,10 @@ def _build_parser() -> _Parser:
     )
     run.add_argument("--profile", action="store_true", help="profile every thread and task with yappi")
     run.add_argument(
-        "--profile-clock", choices=["wall", "cpu"], default="wall", help="the profile's clock (default: wall)"
+        "--profile-clock",
+        choices=["wall", "cpu"],
+        default=None,
+        help="the profile's clock, with --profile (default: wall)",
     )
     run.add_argument(
         "--sample-interval",
@@ -202,6 +219,18 @@ def _split_run_argv(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[l
     return argv, []
 
 
+def check_out_dir(path: Path, command: str) -> None:
+    """Make sure ``--out DIR`` can take the report before anything runs: create it, or one line and exit 2."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{command}: error: --out {str(path)!r} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{command}: error: --out {str(path)!r}: cannot create it: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{command}: error: --out {str(path)!r}: not writable")
+
+
 def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: list[str]) -> int:
     own, rest = _split_run_argv(run_parser, argv)
     ns = run_parser.parse_args(own)
@@ -221,7 +250,9 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     options.report = not ns.no_report
     options.log_level = ns.log_level
     options.profile = ns.profile
-    options.profile_clock = ns.profile_clock
+    if ns.profile_clock is not None and not ns.profile:
+        raise UsageError("conctools run: error: --profile-clock needs --profile")
+    options.profile_clock = ns.profile_clock or "wall"
     options.sample_interval_s = ns.sample_interval or None
     options.deadlock_timeout_s = ns.deadlock_timeout or None
     options.loop_threshold_s = ns.loop_threshold or None
@@ -234,12 +265,21 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     if options.module:
         import importlib.util
 
+        # As `python -m` does: the current directory first (the `conctools` script's own is not).
+        saved_path0 = sys.path[0] if sys.path else None
+        if sys.path:
+            sys.path[0] = os.getcwd()
         try:
             found = importlib.util.find_spec(options.module)
         except (ImportError, ValueError):
             found = None
+        finally:
+            if saved_path0 is not None:
+                sys.path[0] = saved_path0
         if found is None:
             raise UsageError(f"conctools run: error: no module named {options.module!r}")
+    if options.out_dir is not None:  # last: the checks above create nothing
+        check_out_dir(options.out_dir, "conctools run")
     if options.console:
         from conctools.console.access import ConsoleError
 
@@ -268,3 +308,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C while conctools itself starts or stops: no traceback
+        print("conctools: interrupted", file=sys.stderr)
+        return 130

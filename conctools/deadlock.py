@@ -124,6 +124,14 @@ class DeadlockError(RuntimeError):
         super().__init__(describe_cycle(cycle))
 
 
+def _who_waits(threads: int, tasks: int) -> str:
+    """The hang's reason in words: one waiter waits for what nobody will do; several wait on each other."""
+    parts = [f"{n} {what}{'' if n == 1 else 's'}" for n, what in ((threads, "thread"), (tasks, "task")) if n]
+    if threads + tasks == 1:
+        return f"the only {'thread' if threads else 'task'} waits forever on something nothing left running will do"
+    return f"all {' and '.join(parts)} wait forever on something only another waiting one could release"
+
+
 def describe_cycle(cycle: Sequence[Participant]) -> str:
     """One line per participant: ``thread 'a' waits for Lock 'b' held by thread 'b'``."""
     parts = [f"{p.who} waits for {p.waits_for} held by {p.held_by} at {p.wait_site}" for p in cycle]
@@ -358,7 +366,12 @@ def participants_of(
 
     def label(prim: PrimitiveState) -> str:
         text = prim_label(prim)
-        return f"{text} <{prim.prim_id:#x}>" if len(ids_by_label.get(text, ())) > 1 else text
+        if len(ids_by_label.get(text, ())) <= 1:
+            return text
+        from conctools._lockname import ordinal_by_id  # which one, as every report says it: #1, #2
+
+        ordinal = ordinal_by_id(prim.prim_id)
+        return f"{prim.kind} {f'{prim.name} #{ordinal}'!r}" if ordinal is not None else text
 
     # A lock taken by a thread (task unknown) whose thread a task of the cycle now blocks.
     blocking_task = {e.waiter_key: e.waiter.task_name for e in cycle if e.waiter_key[0] == "thread"}
@@ -1098,11 +1111,7 @@ class DeadlockWatchdog:
             )
         tasks = taskdump.dump_tasks()
         waiters.extend(t.as_waiter_info() for t in tasks)
-        reason = (
-            f"nothing progressed for {stalled_s:.1f}s: all {len(states)} thread(s)"
-            + (f" and {len(tasks)} task(s)" if tasks else "")
-            + " wait forever on something only another waiting one could release"
-        )
+        reason = f"nothing progressed for {stalled_s:.1f}s: " + _who_waits(len(states), len(tasks))
         for cycle in taskdump.task_cycles(tasks):  # tasks awaiting each other: a deadlock without locks
             names = " -> ".join(repr(t.name) for t in [*cycle, cycle[0]])
             reason += f"; await cycle: {names}"

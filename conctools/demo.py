@@ -127,6 +127,7 @@ def _read_url(proc: subprocess.Popen[str], log: IO[str], timeout_s: float) -> st
             if not line:
                 break
             log.write(line)
+            log.flush()  # the server's stderr shares the file: keep the lines in order
             if "listening on " in line:
                 url = line.split("listening on ", 1)[1].split()[0]
     if url is None:
@@ -135,6 +136,7 @@ def _read_url(proc: subprocess.Popen[str], log: IO[str], timeout_s: float) -> st
     def drain() -> None:  # the server must never block on a full stdout pipe
         for line in stdout:
             log.write(line)
+            log.flush()
 
     internal_thread(drain, "conctools-demo-drain").start()
     return url
@@ -209,12 +211,17 @@ def _add_locust_counters(trace_json: Path) -> None:
 
 def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:
     """Run the whole demo; print the summary to ``out`` (stdout); returns the exit status."""
-    from conctools.loadtest import LoadTestError, LoadTestOptions, run_loadtest
+    from conctools.loadtest import LoadTestError, LoadTestOptions, run_loadtest, validate
     from conctools.reporting import load_json
     from conctools.runner import write_reports
 
     stream = out if out is not None else sys.stdout
     out_dir = options.out_dir
+    try:  # the load's bounds are checked before anything starts (not after the server is up)
+        validate(LoadTestOptions(host="http://127.0.0.1:8080", users=options.users, duration_s=options.duration_s,
+                                 processes=options.processes, out_dir=out_dir))  # fmt: skip
+    except LoadTestError as exc:
+        raise DemoError(str(exc)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
     server_log = (out_dir / "server.log").open("w", encoding="utf-8")
     cmd = [
@@ -276,6 +283,7 @@ def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:
     for line in find_findings(snapshot):
         print(f"  found:  {line}", file=stream)
     files = sorted({*written, *(load.files if load is not None else [])}, key=str)
-    print(f"  report: {out_dir / 'report.txt'} (text), {', '.join(p.name for p in files)}", file=stream)
+    others = [p.name for p in files if p.name != "report.txt"]
+    print(f"  report: {out_dir / 'report.txt'} (text), {', '.join(others)}", file=stream)
     stream.flush()
     return 0

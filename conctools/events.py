@@ -213,6 +213,12 @@ class LockOrderEvent(Event):
     cycle: tuple[str, ...]  # lock (class) names, in order
     edges: tuple[LockOrderEdge, ...]
 
+    def __str__(self) -> str:
+        """The report a person reads (``print(event)`` in an ``on_deadlock`` callback)."""
+        from conctools.reporting.summary import describe
+
+        return describe(self)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeadlockEvent(Event):
@@ -221,6 +227,12 @@ class DeadlockEvent(Event):
     kind: ClassVar[str] = "deadlock"
 
     participants: tuple[Participant, ...]
+
+    def __str__(self) -> str:
+        """The report a person reads (``print(event)`` in an ``on_deadlock`` callback)."""
+        from conctools.reporting.summary import describe
+
+        return describe(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,6 +258,12 @@ class HangEvent(Event):
     reason: str
     waiters: tuple[WaiterInfo, ...]
 
+    def __str__(self) -> str:
+        """The report a person reads (``print(event)`` in an ``on_deadlock`` callback)."""
+        from conctools.reporting.summary import describe
+
+        return describe(self)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SlowCallbackEvent(Event):
@@ -265,6 +283,12 @@ class SlowCallbackEvent(Event):
     samples: tuple[tuple[Frame, ...], ...] = ()
     task_created_at: str | None = None
     detected_after_s: float | None = None  # from the stall's start to the watchdog noticing it
+
+    def __str__(self) -> str:
+        """The report a person reads (``print(event)`` in an ``on_deadlock`` callback)."""
+        from conctools.reporting.summary import describe
+
+        return describe(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -247,9 +247,26 @@ def read_summary(stats_csv: Path) -> LoadSummary:
     )
 
 
+def _check_reachable(url: str) -> None:
+    """Say "connection refused" before the run when nothing listens at ``url`` (a load of 100%
+    failures says nothing about why)."""
+    import socket
+
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=5):
+            pass
+    except ConnectionRefusedError:
+        raise LoadTestError(f"nothing listens at {url} (connection refused): start the server first") from None
+    except OSError as exc:
+        raise LoadTestError(f"cannot reach {url}: {exc.strerror or exc}") from None
+
+
 def run_loadtest(options: LoadTestOptions) -> LoadTestResult:
     """Run Locust headless as a child process; bounded by the run time plus a grace period."""
     locustfile = validate(options)
+    _check_reachable(options.host)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     cmd = locust_command(options, locustfile)
     env = dict(os.environ)

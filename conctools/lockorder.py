@@ -170,7 +170,11 @@ def check(held: list[Held], entry: Held) -> None:
                 # Same class: order them per instance, and say which instance in the report.
                 a, b = f"{h[1]}#{h[3]}", f"{entry[1]}#{entry[3]}"
                 if (a, b) not in _edges:
-                    _new_edge(a, b, h, entry, f"{h[2]} #{h[3]}", f"{entry[2]} #{entry[3]}")
+                    from conctools._lockname import instance_ordinal  # #1, #2 as the deadlock report says
+
+                    _new_edge(
+                        a, b, h, entry, f"{h[2]} #{instance_ordinal(other)}", f"{entry[2]} #{instance_ordinal(me)}"
+                    )
             elif (h[1], entry[1]) not in _edges:
                 _new_edge(h[1], entry[1], h, entry, h[2], entry[2])
         if dead:

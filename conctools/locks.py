@@ -55,7 +55,7 @@ from weakref import ref as _weakref
 
 from conctools import lockorder, registry
 from conctools import recorder as recorder_module
-from conctools._context import _SAMPLE_DIR, _SKIP_MAYBE, _SKIP_PREFIXES, _STDLIB_SKIP, capture_stack
+from conctools._context import _SAMPLE_DIR, _SKIP_MAYBE, _SKIP_PREFIXES, _STDLIB_SKIP, capture_stack, is_conctools_frame
 from conctools.events import LockWaitEvent
 from conctools.recorder import Histogram, Recorder, get_recorder
 from conctools.registry import Party, PrimitiveState
@@ -130,7 +130,9 @@ def _site_of(frame: FrameType | None) -> tuple[str, str]:
     while frame is not None and _is_internal(frame.f_code.co_filename):
         frame = frame.f_back
     if frame is None:
-        frame = first
+        frame = first  # no user frame (a Timer's own wait): the innermost one that is not conctools'
+        while frame is not None and frame.f_back is not None and is_conctools_frame(frame.f_code.co_filename):
+            frame = frame.f_back
         if frame is None:
             return "?", "?"
     code = frame.f_code
@@ -251,11 +253,12 @@ class LockStats:
         entry = self.sites.get(site)
         return entry is None or entry[0] < STACKS_PER_SITE
 
-    def record_wait(self, wait_ns: int, site: str, function: str, acquired: bool) -> None:
-        """One blocked wait (slow path)."""
+    def record_wait(self, wait_ns: int, site: str, function: str, acquired: bool, timed: bool = True) -> None:
+        """One blocked wait (slow path); ``timed``: it had a timeout (an untimed one that ends without
+        the lock was interrupted, not timed out)."""
         with self.mutex:
             self.contentions += 1
-            if not acquired:
+            if not acquired and timed:
                 self.timeouts += 1
             self.wait.add(wait_ns)
             entry = self.sites.get(site)
@@ -522,10 +525,12 @@ class _Wait:
         end = _mono()
         prim = self.prim
         try:
-            prim._ct_waiters.pop(self.key, None)
+            entry = prim._ct_waiters.pop(self.key, None)
             registry.note_wait_end(self.key[0], self.key[1])
             wait_ns = end - self.start_ns
-            prim._ct_stats.record_wait(wait_ns, self.site, self.function, acquired)
+            # An asyncio wait has no timeout of its own (wait_for cancels it): that counts as timed.
+            timed = entry is None or self.key[1] is not None or (entry[4] is not None and entry[4] >= 0)
+            prim._ct_stats.record_wait(wait_ns, self.site, self.function, acquired, timed)
             if event:
                 task = self.task
                 task_name = None

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import builtins
 import logging
 import os
 import sys
@@ -44,7 +45,7 @@ from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any
 
-from conctools import taskdump
+from conctools import _fileio, taskdump
 from conctools._context import (
     capture_stack,
     frames_of,
@@ -341,6 +342,12 @@ class LoopMonitor:
     def probes(self) -> int:
         """How many heartbeats ran on the loop."""
         return self._beats
+
+    def __str__(self) -> str:
+        """Its stalls as the report shows them (``print(monitor)`` after ``watch_loop``)."""
+        from conctools.reporting.summary import describe
+
+        return describe(self)
 
     @property
     def alive(self) -> bool:
@@ -917,6 +924,10 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
         if first:
             if events_mod._set_running_loop is _original_set_running_loop:
                 events_mod._set_running_loop = _hooked_set_running_loop
+            # uvloop binds ``asyncio._set_running_loop`` when it is imported: one imported from
+            # now on binds the hook (which does nothing once no block is active any more).
+            if getattr(asyncio, "_set_running_loop", None) is _original_set_running_loop:
+                asyncio._set_running_loop = _hooked_set_running_loop
             if uv_cls is not None and "run_forever" not in vars(uv_cls):
                 patched = _uvloop_run_forever(uv_cls.run_forever)
                 uv_cls.run_forever = patched
@@ -939,6 +950,8 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
                 _auto.clear()
                 if events_mod._set_running_loop is _hooked_set_running_loop:
                     events_mod._set_running_loop = _original_set_running_loop
+                if getattr(asyncio, "_set_running_loop", None) is _hooked_set_running_loop:
+                    asyncio._set_running_loop = _original_set_running_loop
                 for cls, patched in _uv_patched:
                     if vars(cls).get("run_forever") is patched:
                         delattr(cls, "run_forever")
@@ -1055,8 +1068,13 @@ def _patch_targets() -> list[tuple[Any, str, str, Callable[..., bool]]]:
         (queue.Queue, "get", "queue.Queue.get", _waited),
         (queue.Queue, "put", "queue.Queue.put", _waited),
         (concurrent.futures.Future, "result", "concurrent.futures.Future.result", _waited),
+        (builtins, "open", "open", _waited),  # a FIFO's open blocks; its file's reads: _fileio.TimedFileIO
     ]
     return targets
+
+
+# Files opened on a loop's thread while detection is on read through TimedFileIO: time those reads.
+_fileio.set_hooks(lambda call, method: _wrap(call, method, _waited))
 
 
 def patched_names() -> list[tuple[Any, str]]:
@@ -1072,7 +1090,9 @@ def _enable_blocking_detection(loop: asyncio.AbstractEventLoop) -> None:
         for owner, name, call, pred in _patch_targets():
             own = name in vars(owner)
             original = getattr(owner, name)
-            setattr(owner, name, _wrap(call, original, pred))
+            wrapper = _wrap(call, _fileio.open_file if owner is builtins else original, pred)
+            wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+            setattr(owner, name, wrapper)
             _patches.append((owner, name, original, own))
 
 

@@ -434,11 +434,19 @@ class Profile:
     def top(self, n: int = 20, *, sort: Literal["total", "own"] = "total") -> str:
         """The ``n`` hottest functions as a text table (by total or own time)."""
         # The table is the text report's own (a pure reporter), so both read the same.
+        from conctools._frames import hidden_note, is_own_file
         from conctools.reporting.profile_text import functions_table
 
-        funcs = sorted(self.functions, key=lambda f: -(f.total_s if sort == "total" else f.own_s))[:n]
+        mine = [f for f in self.functions if not is_own_file(f.filename)]  # not conctools' wrappers
+        funcs = sorted(mine, key=lambda f: -(f.total_s if sort == "total" else f.own_s))[:n]
         title = f"Top {len(funcs)} of {len(self.functions)} functions ({self.clock} clock, by {sort} time)"
-        return f"{title}\n" + functions_table([f.to_dict() for f in funcs])
+        hidden = len(self.functions) - len(mine)
+        note = f"\n  {hidden_note(hidden, 'function')}" if hidden else ""
+        return f"{title}\n" + functions_table([f.to_dict() for f in funcs]) + note
+
+    def __str__(self) -> str:
+        """:meth:`top`: ``print(p)``, or ``print(func.profile)`` after ``@conctools.profile``."""
+        return self.top()
 
     def save(self, path: str | Path, format: Literal["pstat", "callgrind"] | None = None) -> Path:
         """Write the profile as ``pstat`` (``pstats``, snakeviz) or ``callgrind`` (KCachegrind).

@@ -16,6 +16,18 @@ the flag over the ini file)::
     --conctools-loop-threshold SECONDS       conctools_loop_threshold    loop_threshold=...     (default 0.1, 0 = off)
     --conctools-no-leak-check / --conctools-leak-check
                                              conctools_leak_check        leak_check=...         (default on)
+    --conctools-strict-tasks / --conctools-no-strict-tasks
+                                             conctools_strict_tasks      strict_tasks=...       (default off)
+
+What is a leak: a thread the test started that still runs after its teardown (joined for up to
+a second first), or an asyncio task still pending then. Two kinds of leftovers are not the
+test's leaks. A thread started during a test that uses a wider-scoped fixture of the project
+(a session fixture whose object starts its worker lazily, on first use) belongs, for the time
+being, to that fixture: it is checked, without any wait, when the fixture is torn down, and
+reported then, naming the fixture and the test it started in. A task that the test left for
+``asyncio.run`` (or ``asyncio.Runner``, pytest-asyncio's loops) to cancel is done and
+cancelled before the test ends: it fails the test only with ``strict_tasks``, in a section of
+its own.
 
 A deadlock or hang found while the test's main thread is stuck interrupts that thread (a
 signal whose handler raises, as pytest-timeout's signal method does), so the test fails
@@ -45,6 +57,7 @@ from typing import TYPE_CHECKING, Any, overload
 import pytest
 
 from conctools._context import frames_of
+from conctools._frames import hidden_note, hide_own_frames
 from conctools.events import (
     DeadlockEvent,
     Event,
@@ -82,7 +95,7 @@ _PRIORITY_OF_KIND: dict[type[Event], int] = {
 }
 _PROBLEM_KINDS = tuple(_PRIORITY_OF_KIND)
 _STATISTICS_PRIORITY = 45
-_MARKER_KEYS = ("enabled", "deadlock_timeout", "loop_threshold", "leak_check")
+_MARKER_KEYS = ("enabled", "deadlock_timeout", "loop_threshold", "leak_check", "strict_tasks")
 
 
 class ConctoolsFailure(pytest.fail.Exception):  # type: ignore[name-defined,misc]
@@ -109,6 +122,7 @@ class Settings:
     deadlock_timeout_s: float = DEFAULT_DEADLOCK_TIMEOUT_S  # 0 switches the watchdog off
     loop_threshold_s: float = DEFAULT_LOOP_THRESHOLD_S  # 0 switches the loop monitor off
     leak_check: bool = True
+    strict_tasks: bool = False  # also fail tests that leave tasks for asyncio.run / the loop's runner to cancel
 
 
 def _seconds(value: object, what: str) -> float:
@@ -180,6 +194,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="conctools_leak_check",
         help="fail tests that leave threads or asyncio tasks running (the default; overrides the ini)",
     )
+    group.addoption(
+        "--conctools-strict-tasks",
+        action="store_true",
+        default=None,
+        dest="conctools_strict_tasks",
+        help="also fail tests that leave asyncio tasks for asyncio.run (or the loop's runner) to cancel",
+    )
+    group.addoption(
+        "--conctools-no-strict-tasks",
+        action="store_false",
+        default=None,
+        dest="conctools_strict_tasks",
+        help="tasks left for asyncio.run to cancel are not leaks (the default; overrides the ini)",
+    )
     parser.addini("conctools", "switch conctools' checks on for every test", type="bool", default=False)
     parser.addini(
         "conctools_deadlock_timeout", f"deadlock/hang timeout in seconds (default {DEFAULT_DEADLOCK_TIMEOUT_S:g})"
@@ -188,6 +216,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "conctools_loop_threshold", f"slow-callback threshold in seconds (default {DEFAULT_LOOP_THRESHOLD_S:g})"
     )
     parser.addini("conctools_leak_check", "fail tests that leak threads or tasks", type="bool", default=True)
+    parser.addini(
+        "conctools_strict_tasks",
+        "also fail tests that leave tasks for asyncio.run to cancel",
+        type="bool",
+        default=False,
+    )
 
 
 def _config_settings(config: pytest.Config) -> Settings:
@@ -220,6 +254,7 @@ def _config_settings(config: pytest.Config) -> Settings:
             lambda raw: _seconds(raw, "conctools_loop_threshold"),
         ),
         leak_check=bool(pick("conctools_leak_check", "conctools_leak_check", True, bool)),
+        strict_tasks=bool(pick("conctools_strict_tasks", "conctools_strict_tasks", False, bool)),
     )
 
 
@@ -239,7 +274,7 @@ def _item_settings(item: pytest.Item, base: Settings) -> Settings:
             merged["enabled"] = mark.args[0]
         merged.update(mark.kwargs)
     changes: dict[str, Any] = {"enabled": True}
-    for key in ("enabled", "leak_check"):
+    for key in ("enabled", "leak_check", "strict_tasks"):
         if key in merged:
             if not isinstance(merged[key], bool):
                 raise ValueError(f"{key} must be True or False, got {merged[key]!r}")
@@ -259,7 +294,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register the marker, resolve the run-wide settings, start the runtime if they switch it on."""
     config.addinivalue_line(
         "markers",
-        "conctools(enabled=True, deadlock_timeout=SECONDS, loop_threshold=SECONDS, leak_check=True): "
+        "conctools(enabled=True, deadlock_timeout=SECONDS, loop_threshold=SECONDS, leak_check=True, "
+        "strict_tasks=False): "
         "check this test for deadlocks, hangs, blocked event loops, lock-order inversions and leaks",
     )
     settings = _config_settings(config)
@@ -323,10 +359,12 @@ def _thread_report(thread: threading.Thread, frames: dict[int, FrameType]) -> st
     if target is not None:
         head += f" running {getattr(target, '__qualname__', repr(target))}"
     frame = frames.get(thread.ident or -1)
-    stack = frames_of(frame) if frame is not None else ()
+    stack, hidden = hide_own_frames(frames_of(frame) if frame is not None else ())
     lines = [head]
     for f in stack[:8]:
         lines.append(f"      {f}" + (f"\n        {f.line}" if f.line else ""))
+    if hidden:
+        lines.append(f"      {hidden_note(hidden)}")
     return "\n".join(lines)
 
 
@@ -359,6 +397,53 @@ def _pytest_dirs() -> tuple[str, ...]:
 
         dirs.append(_package_dir(pytest_asyncio))
     return tuple(dirs)
+
+
+def _fixture_file(fixturedef: Any) -> str:
+    import inspect
+
+    func: Any = getattr(fixturedef, "func", None)
+    try:
+        func = inspect.unwrap(func) if callable(func) else func
+        code = getattr(func, "__code__", None) or getattr(getattr(func, "__func__", None), "__code__", None)
+    except Exception:
+        return ""
+    return str(getattr(code, "co_filename", "") or "")
+
+
+def _wider_fixtures_in_use(item: pytest.Item) -> dict[int, str]:
+    """The live fixtures wider than the function that ``item`` uses and that the project (not
+    pytest or its async plugin) defines, as ``{id(fixturedef): "name (scope scope)"}``."""
+    info = getattr(item, "_fixtureinfo", None)
+    name2defs = getattr(info, "name2fixturedefs", None) or {}
+    machinery = _pytest_dirs()
+    found: dict[int, str] = {}
+    for name in getattr(info, "names_closure", ()) or ():
+        defs = name2defs.get(name) or ()
+        if not defs:
+            continue
+        fixturedef = defs[-1]
+        scope = str(getattr(fixturedef, "scope", "function"))
+        if scope == "function" or getattr(fixturedef, "cached_result", None) is None:
+            continue
+        if _fixture_file(fixturedef).startswith(machinery):
+            continue
+        found[id(fixturedef)] = f"{name!r} ({scope} scope)"
+    return found
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """A thread or task a test left running while it used wider-scoped fixtures: theirs until they end."""
+
+    thing: threading.Thread | asyncio.Future[Any]
+    nodeid: str
+    owners: dict[int, str]  # id(fixturedef) -> its name, for the fixtures not torn down yet
+    names: tuple[str, ...]  # every owner's name, for the report
+
+    def alive(self) -> bool:
+        thing = self.thing
+        return thing.is_alive() if isinstance(thing, threading.Thread) else not thing.done()
 
 
 def _trim(value: Any, machinery: tuple[str, ...]) -> Any:
@@ -404,6 +489,8 @@ class _TestRun:
             self.tasks_before.update(_pending_tasks())
         self.leaked_tasks: list[asyncio.Future[Any]] = []
         self.leaked_reports: list[str] = []  # taken when each was found, before a runner cancels it
+        self.cancelled_tasks: list[asyncio.Future[Any]] = []  # left for asyncio.run / a Runner to cancel
+        self.cancelled_reports: list[str] = []
         self.reported: dict[int, Event] = {}  # problems already reported in an earlier phase
         self.stuck = False  # a deadlock or hang was reported: what it left running is no news
         self.acknowledged_ns = 0  # slow callbacks up to here were consumed by the test (fixture .clear())
@@ -417,7 +504,13 @@ class _TestRun:
     def start(self) -> None:
         """Enter every instrument; a failing instrument is logged and left out."""
         self.started = True
-        if self.settings.leak_check:
+        # Lock tables count this test only: forget the classes (creation sites) of earlier tests.
+        # Locks made before keep counting into their old, now unlisted, entries.
+        with contextlib.suppress(Exception):
+            from conctools.locks import reset_stats
+
+            reset_stats()
+        if self.settings.leak_check and self.settings.strict_tasks:
             self.stack.enter_context(self._catch_runner_leftovers())
         for name, instrument in self.runtime.instruments(self):
             try:
@@ -438,7 +531,8 @@ class _TestRun:
     def _catch_runner_leftovers(self) -> Iterator[None]:
         """Note the tasks ``asyncio.run`` / ``asyncio.Runner`` cancel because they were still pending.
 
-        Those are leaks that the runner hides by cancelling them: catch them just before.
+        The runner cancels them (and waits for them) before the test ends: with ``strict_tasks``
+        they fail the test, as a category of their own, caught here just before they are cancelled.
         """
         import asyncio.runners as runners
 
@@ -447,7 +541,7 @@ class _TestRun:
 
         def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
             try:
-                run.note_leaked_tasks([t for t in asyncio.all_tasks(loop) if not t.done()])
+                run.note_cancelled_tasks([t for t in asyncio.all_tasks(loop) if not t.done()])
             except Exception:
                 _log.exception("conctools: could not list the tasks left on %r", loop)
             original(loop)
@@ -458,15 +552,22 @@ class _TestRun:
         finally:
             runners._cancel_all_tasks = original  # type: ignore[attr-defined]
 
+    def _new_tasks(self, tasks: Sequence[asyncio.Future[Any]]) -> list[asyncio.Future[Any]]:
+        known = (self.tasks_before, self.runtime.wider_tasks)
+        seen = {id(t) for t in (*self.leaked_tasks, *self.cancelled_tasks)}
+        return [t for t in tasks if id(t) not in seen and not any(t in group for group in known)]
+
     def note_leaked_tasks(self, tasks: Sequence[asyncio.Future[Any]]) -> None:
-        leaked = [
-            t
-            for t in tasks
-            if t not in self.tasks_before and t not in self.runtime.wider_tasks and t not in self.leaked_tasks
-        ]
+        leaked = self._new_tasks(tasks)
         if leaked:
             self.leaked_tasks.extend(leaked)
             self.leaked_reports.extend(_describe_tasks(leaked))
+
+    def note_cancelled_tasks(self, tasks: Sequence[asyncio.Future[Any]]) -> None:
+        left = self._new_tasks(tasks)
+        if left:
+            self.cancelled_tasks.extend(left)
+            self.cancelled_reports.extend(_describe_tasks(left))
 
     # ---- one phase (setup, call, teardown) ----
     def begin_phase(self) -> None:
@@ -558,13 +659,22 @@ class _TestRun:
             and t not in self.runtime.wider_threads
             and not _worker_of_live_pool(t)
         ]
+        pending = self._new_tasks(_pending_tasks())
+        owners = _wider_fixtures_in_use(self.item) if candidates or pending else {}
+        if owners:
+            # A wider-scoped fixture the test uses may own them (a worker started lazily, on
+            # first use, or a task on its loop): they are checked, without a wait, when that
+            # fixture is torn down.
+            self.runtime.defer([*candidates, *pending], owners, self.item.nodeid)
+            candidates, pending = [], []
         deadline = time.monotonic() + LEAK_GRACE_S
         for t in candidates:
             t.join(max(0.0, deadline - time.monotonic()))
         threads = [t for t in candidates if t.is_alive()]
-        self.note_leaked_tasks(_pending_tasks())
+        self.note_leaked_tasks(pending)
         tasks = self.leaked_tasks
-        if not threads and not tasks:
+        cancelled = self.cancelled_tasks if self.settings.strict_tasks else []
+        if not threads and not tasks and not cancelled:
             return None
         parts = []
         if threads:
@@ -577,6 +687,12 @@ class _TestRun:
             parts.append(
                 f"Leaked asyncio tasks ({len(tasks)}): still pending after the test ended\n"
                 + "\n".join(self.leaked_reports)
+            )
+        if cancelled:
+            parts.append(
+                f"Tasks left for the runner to cancel ({len(cancelled)}): still pending when asyncio.run "
+                "(or the loop's asyncio.Runner) closed the loop, which cancelled them (strict_tasks)\n"
+                + "\n".join(self.cancelled_reports)
             )
         return "\n\n".join(parts)
 
@@ -619,10 +735,35 @@ def _plain_event(event: Event) -> str:
     return f"{event.kind}: {event!r}"
 
 
-def _one_line(event: Event) -> str:
-    """A one-line summary of a problem, for the terminal summary."""
+def _relative(path: str) -> str:
+    with contextlib.suppress(ValueError):  # another drive (Windows): keep it absolute
+        relative = os.path.relpath(path)
+        return path if relative.startswith("..") else relative
+    return path
+
+
+def _called_from(stack: Sequence[Frame], test_file: str | None, site: str | None) -> str:
+    """`` (called from test_x.py:12)``: the test's own line that led to ``site`` (the innermost frame
+    of the test's file in ``stack``), or ``""`` when ``site`` is already in the test's file."""
+    if not test_file or not stack:
+        return ""
+    for frame in stack:
+        if frame.filename == test_file:
+            path, _, line = (site or "").rpartition(":")
+            if line == str(frame.lineno) and os.path.basename(path) == os.path.basename(frame.filename):
+                return ""
+            return f" (called from {_relative(frame.filename)}:{frame.lineno})"
+    return ""
+
+
+def _one_line(event: Event, test_file: str | None = None) -> str:
+    """A one-line summary of a problem, for the terminal summary; a culprit outside the test's file
+    (``test_file``) also names the test's line that made the call."""
     if isinstance(event, DeadlockEvent):
-        who = ", ".join(f"{p.who} waits for {p.waits_for} at {p.wait_site}" for p in event.participants)
+        who = ", ".join(
+            f"{p.who} waits for {p.waits_for} at {p.wait_site}{_called_from(p.stack, test_file, p.wait_site)}"
+            for p in event.participants
+        )
         return f"deadlock: {who}"
     if isinstance(event, LockOrderEvent):
         return f"lock-order inversion: {' -> '.join(event.cycle)} -> {event.cycle[0] if event.cycle else ''}"
@@ -631,11 +772,10 @@ def _one_line(event: Event) -> str:
     if isinstance(event, SlowCallbackEvent):
         site = ""
         if event.culprit is not None:
-            path = event.culprit.filename
-            with contextlib.suppress(ValueError):  # another drive (Windows): keep it absolute
-                relative = os.path.relpath(path)
-                path = path if relative.startswith("..") else relative
-            site = f" at {path}:{event.culprit.lineno}"
+            site = f" at {_relative(event.culprit.filename)}:{event.culprit.lineno}"
+            culprit = event.culprit
+            stack = next((s for s in event.samples if any(f.site == culprit.site for f in s)), ())
+            site += _called_from(stack, test_file, culprit.site)
         return f"blocked event loop: {event.callback} for {event.duration_s:.3f} s{site}"
     return event.kind
 
@@ -668,6 +808,62 @@ class _Runtime:
         self.previous_handler: Any = None
         self.exit_status = 0
         self._released: list[threading.Thread] = []
+        self.deferred: list[_Deferred] = []  # threads and tasks wider fixtures may own, checked at their teardown
+        self.fixture_leaks: list[str] = []  # reports of those still running then, not reported yet
+
+    # ---- threads wider-scoped fixtures may own ----
+    def defer(
+        self, things: Sequence[threading.Thread | asyncio.Future[Any]], owners: dict[int, str], nodeid: str
+    ) -> None:
+        self.deferred = [d for d in self.deferred if d.alive()]
+        known = {id(d.thing) for d in self.deferred}
+        for thing in things:
+            if id(thing) not in known:
+                d = _Deferred(thing, nodeid, dict(owners), tuple(owners.values()))
+                if d.alive():
+                    self.deferred.append(d)
+
+    def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> None:
+        """A wider-scoped fixture was torn down: the threads and tasks it may have owned must have ended now."""
+        if not self.deferred or str(getattr(fixturedef, "scope", "function")) == "function":
+            return
+        key = id(fixturedef)
+        due = []
+        for d in self.deferred:
+            if d.owners.pop(key, None) is not None and not d.owners:
+                due.append(d)
+        if not due:
+            return
+        self.deferred = [d for d in self.deferred if d.owners and d.alive()]
+        deadline = time.monotonic() + LEAK_GRACE_S
+        for d in due:
+            if isinstance(d.thing, threading.Thread):
+                d.thing.join(max(0.0, deadline - time.monotonic()))
+        while any(d.alive() for d in due) and time.monotonic() < deadline:  # tasks: their loop may need a moment
+            time.sleep(0.01)
+        alive = [d for d in due if d.alive()]
+        if not alive:
+            return
+        frames = sys._current_frames()
+        threads = [d for d in alive if isinstance(d.thing, threading.Thread)]
+        tasks = [d for d in alive if not isinstance(d.thing, threading.Thread)]
+        parts = []
+        for group, what, state in ((threads, "threads", "running"), (tasks, "asyncio tasks", "pending")):
+            if not group:
+                continue
+            fixtures = ", ".join(dict.fromkeys(n for d in group for n in d.names))
+            lines = [
+                f"Leaked {what} ({len(group)}): still {state} {LEAK_GRACE_S:g} s after the teardown of "
+                f"fixture {fixtures}, which the test that started them used"
+            ]
+            for d in group:
+                if isinstance(d.thing, threading.Thread):
+                    text = _thread_report(d.thing, frames)
+                else:
+                    text = "\n".join(_describe_tasks([d.thing]))
+                lines.append(text + f"\n      started during {d.nodeid}")
+            parts.append("\n".join(lines))
+        self.fixture_leaks.append("\n\n".join(parts))
 
     # ---- what a test's instruments are ----
     def instruments(self, run: _TestRun) -> list[tuple[str, contextlib.AbstractContextManager[Any]]]:
@@ -848,20 +1044,30 @@ class _Runtime:
         snapshot = run.problems()
         if snapshot is not None:
             texts.append(_render_problems(snapshot))
-            summaries.extend(_one_line(e) for e in snapshot.events)
+            test_file = str(getattr(run.item, "path", "") or "")
+            summaries.extend(_one_line(e, test_file) for e in snapshot.events)
             self.release_at_exit([t for t in threading.enumerate() if t.ident in run.stuck_threads])
         if phase == "teardown":
             leaks = run.leaks()
             if leaks is not None:
                 texts.append(leaks)
                 summaries.append(leaks.splitlines()[0])
+        if self.fixture_leaks and run.settings.leak_check:
+            for text in self.fixture_leaks:
+                texts.append(text)
+                summaries.append(text.splitlines()[0])
+            self.fixture_leaks.clear()
         if not texts:
             return
         self.failures.append((run.item.nodeid, phase, summaries))
         statistics = _render_statistics(run.recorder.snapshot())
         if statistics:
             texts.append(statistics)
-        raise ConctoolsFailure("\n".join(f"conctools: {s}" for s in summaries), "\n\n".join(texts)) from None
+        from conctools.reporting._safe import neutralise  # names from the program are shown, never obeyed
+
+        raise ConctoolsFailure(
+            neutralise("\n".join(f"conctools: {s}" for s in summaries)), neutralise("\n\n".join(texts))
+        ) from None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
@@ -887,13 +1093,18 @@ class _Runtime:
         return report
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        from conctools.reporting._safe import neutralise
+
+        for text in self.fixture_leaks:  # found while no test with conctools on was running
+            self.failures.append(("(session)", "teardown", [text.splitlines()[0]]))
+        self.fixture_leaks.clear()
         if not self.failures:
             return
         terminalreporter.write_sep("=", "conctools summary")
         for nodeid, phase, summaries in self.failures:
             where = "" if phase == "call" else f" (at {phase})"
             for line in summaries:
-                terminalreporter.write_line(f"{nodeid}{where}: {line}")
+                terminalreporter.write_line(neutralise(f"{nodeid}{where}: {line}"))
 
 
 # -- fixtures ------------------------------------------------------------------------------------

@@ -12,6 +12,13 @@ keeps a summary and a bounded, evenly thinned series of the whole run, published
 Memory stays bounded: events go to the recorder's ring buffer, and the series keeps at most
 ``max_points`` samples (when full, every other one is dropped and the stride doubles).
 Context-switch counters are cumulative since the process started, as psutil reports them.
+
+CPU is measured from the process's CPU time: a sample's percentage covers the time since the
+last measured one, and only once at least ``MIN_CPU_WINDOW_S`` went by (the kernel counts CPU
+time in ticks: over a few milliseconds one tick reads as thousands of percent); the mean is the
+whole run's CPU time over its wall time. Threads: besides the sampled count, every thread the
+program starts while sampling is counted, with the live count when it starts, so a short run's
+200 threads are seen even if no sample fell while they ran.
 """
 
 from __future__ import annotations
@@ -34,6 +41,48 @@ _log = logging.getLogger("conctools.resources")
 THREAD_NAME = "conctools-resources"
 DEFAULT_INTERVAL_S = 0.5
 DEFAULT_MAX_POINTS = 512
+MIN_CPU_WINDOW_S = 0.05  # a CPU percentage over less time than this is mostly the tick's rounding
+
+
+class _ThreadStarts:
+    """Counts the threads started while any sampler runs, and the live count each one saw."""
+
+    def __init__(self) -> None:
+        self.lock = _thread.allocate_lock()
+        self.users = 0
+        self.original: Any = None
+        self.started = 0
+        self.peak = 0
+
+    def enable(self) -> None:
+        with self.lock:
+            self.users += 1
+            if self.users > 1:
+                return
+            original = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+            counter = self
+
+            def _bootstrap_inner(thread: threading.Thread) -> None:
+                try:
+                    if not thread.name.startswith("conctools-"):  # the program's threads only
+                        counter.started += 1  # approximate under races, like any unlocked counter
+                    counter.peak = max(counter.peak, threading.active_count())
+                except Exception:
+                    pass
+                original(thread)
+
+            self.original = original
+            threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
+
+    def disable(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0 and self.original is not None:
+                threading.Thread._bootstrap_inner = self.original  # type: ignore[attr-defined]
+                self.original = None
+
+
+_thread_starts = _ThreadStarts()
 
 
 class ResourceSampler:
@@ -78,6 +127,12 @@ class ResourceSampler:
         self._fds_max = 0
         self._first: ResourceSampleEvent | None = None
         self._last: ResourceSampleEvent | None = None
+        self._cpu_mark: tuple[float, float] | None = None  # (monotonic s, CPU s) of the last measured point
+        self._cpu_start: tuple[float, float] | None = None
+        self._cpu_end: tuple[float, float] | None = None
+        self._cpu_last_percent = 0.0
+        self._starts_at_start = 0
+        self._threads_started = 0
 
     @property
     def running(self) -> bool:
@@ -92,10 +147,12 @@ class ResourceSampler:
             return self
         self._rec = self._recorder if self._recorder is not None else get_recorder()
         self._process = psutil.Process()
-        self._process.cpu_percent(None)  # the first call only primes the CPU counter
         self._stop.acquire()
         if self.section:
             self._rec.add_section("resources", self.summary)
+        _thread_starts.enable()
+        self._starts_at_start = _thread_starts.started
+        _thread_starts.peak = 0
         self.sample()
         self._thread = internal_thread(self._run, THREAD_NAME)
         self._thread.start()
@@ -110,6 +167,10 @@ class ResourceSampler:
         thread.join(timeout=5.0)
         self._thread = None
         self.sample()
+        with self._state:
+            self._threads_started = self._live_starts()
+            self._threads_max = max(self._threads_max, _thread_starts.peak)
+        _thread_starts.disable()
 
     def __enter__(self) -> ResourceSampler:
         return self.start()
@@ -133,7 +194,10 @@ class ResourceSampler:
             return None
         try:
             with proc.oneshot():
-                cpu = float(proc.cpu_percent(None))
+                now = time.monotonic()
+                times = proc.cpu_times()
+                cpu_s = float(times.user + times.system)
+                cpu, measured = self._cpu_percent(now, cpu_s)
                 rss = int(proc.memory_info().rss)
                 threads = int(proc.num_threads())
                 fds = int(proc.num_fds()) if hasattr(proc, "num_fds") else int(proc.num_handles())
@@ -155,17 +219,36 @@ class ResourceSampler:
             return None
         rec.record(event)
         with self._state:
-            self._add(event)
+            self._add(event, measured)
         return event
 
-    def _add(self, e: ResourceSampleEvent) -> None:
+    def _live_starts(self) -> int:
+        return max(0, _thread_starts.started - self._starts_at_start)
+
+    def _cpu_percent(self, now: float, cpu_s: float) -> tuple[float, bool]:
+        """The CPU percentage since the last measured point, and whether it is a new measurement
+        (too short a window repeats the last one; the first sample only sets the mark)."""
+        with self._state:
+            if self._cpu_start is None:
+                self._cpu_start = (now, cpu_s)
+            mark = self._cpu_mark
+            if mark is None or now - mark[0] >= MIN_CPU_WINDOW_S:
+                self._cpu_mark = (now, cpu_s)
+            if mark is None or now - mark[0] < MIN_CPU_WINDOW_S:
+                return self._cpu_last_percent, False
+            self._cpu_last_percent = max(0.0, (cpu_s - mark[1]) / (now - mark[0]) * 100.0)
+            self._cpu_end = (now, cpu_s)
+            return self._cpu_last_percent, True
+
+    def _add(self, e: ResourceSampleEvent, measured: bool = True) -> None:
         self.count += 1
         if self._first is None:
             self._first = e
             self._rss_min = e.rss_bytes
         self._last = e
         self._cpu_sum += e.cpu_percent
-        self._cpu_max = max(self._cpu_max, e.cpu_percent)
+        if measured:
+            self._cpu_max = max(self._cpu_max, e.cpu_percent)
         self._rss_max = max(self._rss_max, e.rss_bytes)
         self._rss_min = min(self._rss_min, e.rss_bytes)
         self._threads_max = max(self._threads_max, e.num_threads)
@@ -180,8 +263,15 @@ class ResourceSampler:
             self._series = self._series[::2]
             self._stride *= 2
 
+    def __str__(self) -> str:
+        """The resources section of the report (``print(sampler)``)."""
+        from conctools.reporting.summary import describe
+
+        return describe(self)
+
     def summary(self) -> dict[str, Any]:
         """The JSON-able ``resources`` section: peaks, means, deltas and the thinned series."""
+        running = self._thread is not None
         with self._state:
             first, last, count = self._first, self._last, self.count
             out: dict[str, Any] = {
@@ -191,14 +281,20 @@ class ResourceSampler:
             }
             if first is None or last is None:
                 return out
+            start, end = self._cpu_start, self._cpu_end
+            if start is not None and end is not None and end[0] > start[0]:
+                cpu_mean = (end[1] - start[1]) / (end[0] - start[0]) * 100.0  # the run's CPU time / wall time
+            else:
+                cpu_mean = self._cpu_sum / count
             out.update(
                 {
-                    "cpu_percent_mean": self._cpu_sum / count,
+                    "cpu_percent_mean": cpu_mean,
                     "cpu_percent_max": self._cpu_max,
                     "rss_bytes_min": self._rss_min,
                     "rss_bytes_max": self._rss_max,
                     "rss_bytes_last": last.rss_bytes,
-                    "num_threads_max": self._threads_max,
+                    "num_threads_max": max(self._threads_max, _thread_starts.peak if running else 0),
+                    "threads_started": self._live_starts() if running else self._threads_started,
                     "num_fds_max": self._fds_max,
                     "ctx_switches_voluntary": last.ctx_switches_voluntary - first.ctx_switches_voluntary,
                     "ctx_switches_involuntary": last.ctx_switches_involuntary - first.ctx_switches_involuntary,

@@ -9,6 +9,7 @@ This is a wiring module: it imports producers and reporters alike.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging
 import os
@@ -19,6 +20,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from conctools.deadlock import EXIT_DEADLOCK, EXIT_HANG, watch_deadlocks
 from conctools.events import DeadlockEvent, HangEvent
@@ -127,17 +129,94 @@ def _report_and_exit(recorder: Recorder, options: RunOptions, status: int, what:
         os._exit(status)
 
     _thread.start_new_thread(last_resort, ())
+    _final_report(recorder, options, status)
+    _say(f"conctools: stopped the program after {what}; exit status {status}\n")
+    _real_exit(status)
+
+
+# The real os._exit: a program's own call goes through _exit_with_report while it runs.
+_real_exit = os._exit
+_final_lock = _thread.allocate_lock()  # plain: trace_locks() may have patched threading
+_final_done: list[bool] = [False]
+
+
+def _final_report(recorder: Recorder, options: RunOptions, status: int | str) -> bool:
+    """The report of a run that ends without unwinding (os._exit, a signal, a deadlock exit): once."""
+    with _final_lock:
+        if _final_done[0]:
+            return False
+        _final_done[0] = True
     recorder.meta["exit_status"] = status
     finish_report(recorder, options)
-    for prof, out_dir in list(_unsaved_profiles):  # os._exit skips the ExitStack that would save them
-        prof.stop()
+    for prof, out_dir in list(_unsaved_profiles):  # nothing unwinds the ExitStack that would save them
+        try:
+            prof.stop()
+        except Exception:
+            pass
         _save_profile(prof, out_dir)
+    return True
+
+
+@contextlib.contextmanager
+def _report_on_abrupt_exit(recorder: Recorder, options: RunOptions) -> Iterator[None]:
+    """Report even when the program does not return: it calls ``os._exit`` (what is known so far is
+    written first), or SIGTERM arrives (the report, then the process ends by that signal, as it would
+    have without conctools; a program that handles SIGTERM itself keeps its own handler)."""
+    import signal
+
+    pid = os.getpid()
+
+    def _exit_with_report(status: int) -> NoReturn:
+        if os.getpid() == pid:  # not in a forked child (multiprocessing's children end with os._exit)
+            try:
+                _final_report(recorder, options, status)
+            except BaseException:
+                pass
+        _real_exit(status)
+
+    def _on_sigterm(signum: int, frame: object) -> None:
+        # Reported from a thread of its own: the main thread may hold a lock the report needs.
+        # A second SIGTERM while it writes ends the process at once.
+        try:
+            signal.signal(signum, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+        _thread.start_new_thread(_die_by_signal, (signum,))
+
+    def _die_by_signal(signum: int) -> None:
+        import time
+
+        def last_resort() -> None:
+            time.sleep(10.0)
+            _real_exit(128 + signum)
+
+        _thread.start_new_thread(last_resort, ())
+        try:
+            _final_report(recorder, options, 128 + signum)
+        except BaseException:
+            pass
+        os.kill(os.getpid(), signum)
+
+    os._exit = _exit_with_report
+    installed = False
+    if threading.current_thread() is threading.main_thread():
+        try:
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, _on_sigterm)
+                installed = True
+        except (ValueError, OSError):
+            pass
     try:
-        sys.stderr.write(f"conctools: stopped the program after {what}; exit status {status}\n")
-        sys.stderr.flush()
-    except Exception:
-        pass
-    os._exit(status)
+        yield
+    finally:
+        if os._exit is _exit_with_report:
+            os._exit = _real_exit
+        if installed:
+            try:
+                if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            except (ValueError, OSError):
+                pass
 
 
 def _enter_profile(stack: contextlib.ExitStack, options: RunOptions, recorder: Recorder) -> None:
@@ -217,6 +296,36 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def _run_file(typed: str, path: str) -> None:
+    """Run the source file ``path`` as ``__main__`` the way ``python typed`` does: ``__file__`` is
+    the absolute path, ``sys.argv[0]`` stays as typed (``runpy.run_path`` would make it ``path``)."""
+    import importlib.machinery
+    import io
+    import types
+
+    with io.open_code(path) as f:
+        source = f.read()
+    # dont_inherit: this module's ``from __future__ import annotations`` is not the program's.
+    code = compile(source, path, "exec", dont_inherit=True)
+    module = types.ModuleType("__main__")
+    module.__dict__.update(
+        __file__=path,
+        __cached__=None,
+        __loader__=importlib.machinery.SourceFileLoader("__main__", path),
+        __package__=None,
+        __spec__=None,
+        __annotations__={},
+    )
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = module
+    sys.argv[0] = typed
+    try:
+        exec(code, module.__dict__)
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
 def _execute(options: RunOptions) -> int:
     """Run the target in this process as ``__main__``; returns its exit status."""
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
@@ -227,15 +336,21 @@ def _execute(options: RunOptions) -> int:
             runpy.run_module(options.module, run_name="__main__", alter_sys=True)
         else:
             assert options.script is not None
-            script = os.path.abspath(options.script)
-            sys.argv = [options.script, *options.args]
-            sys.path[0] = os.path.dirname(script)
-            runpy.run_path(script, run_name="__main__")
+            typed = options.script
+            # As python does: an absolute __file__ (cwd joined, not normalised), the real directory first.
+            script = typed if os.path.isabs(typed) else os.path.join(os.getcwd(), typed)
+            sys.argv = [typed, *options.args]
+            sys.path[0] = os.path.dirname(os.path.realpath(script))
+            if os.path.isfile(script) and not _is_zip(script):
+                _run_file(typed, script)
+            else:  # a directory or a zip file with __main__.py
+                sys.path[0] = saved_path0 or ""
+                runpy.run_path(typed, run_name="__main__")
         return 0
     except SystemExit as exc:
         return _exit_code(exc)
     except KeyboardInterrupt:
-        traceback.print_exc()
+        _print_user_traceback()
         return 130
     except BaseException:
         _print_user_traceback()
@@ -244,6 +359,15 @@ def _execute(options: RunOptions) -> int:
         sys.argv = saved_argv
         if saved_path0 is not None and sys.path:
             sys.path[0] = saved_path0
+
+
+def _is_zip(path: str) -> bool:
+    import zipfile
+
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
 
 
 def _print_user_traceback() -> None:
@@ -278,11 +402,15 @@ def run_program(options: RunOptions) -> int:
     """Run the program under conctools, print the report, return the exit status."""
     recorder = Recorder(capacity=options.capacity)
     recorder.meta.update({"command": options.command, "argv": [options.script or options.module, *options.args]})
-    with _console(options, recorder), instrumented(options, recorder):
+    _final_done[0] = False
+    with _console(options, recorder), instrumented(options, recorder), _report_on_abrupt_exit(recorder, options):
         status = _execute(options)
         _join_program_threads()
-    recorder.meta["exit_status"] = status
-    finish_report(recorder, options)
+    if not _final_report(recorder, options, status):
+        # A signal's (or a deadlock's) report got there first, and that path ends the process.
+        import time
+
+        time.sleep(15.0)
     return status
 
 
@@ -298,6 +426,28 @@ def _console(options: RunOptions, recorder: Recorder) -> contextlib.AbstractCont
     )
 
 
+def _say(text: str) -> None:
+    """Write to stderr; a closed one (``2>&1 | head -1``) is let go quietly, as python lets it go."""
+    try:
+        stream = sys.stderr
+        if stream is None:
+            return
+        stream.write(text)
+        stream.flush()
+    except Exception:
+        _silence_stderr()
+
+
+def _silence_stderr() -> None:
+    """Point a broken stderr at /dev/null, so that the interpreter's last flush at exit cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stderr.fileno())
+        os.close(devnull)
+    except Exception:
+        pass
+
+
 def finish_report(recorder: Recorder, options: RunOptions) -> None:
     """Print the brief report to stderr and write the files; never raises."""
     try:
@@ -306,12 +456,20 @@ def finish_report(recorder: Recorder, options: RunOptions) -> None:
         pass
     try:
         snapshot = recorder.snapshot()
-        if options.report:
-            sys.stderr.write(render_text(snapshot, brief=True))
-            sys.stderr.flush()
-        if options.out_dir is not None:
-            paths = write_reports(snapshot, options.out_dir)
-            if options.report:
-                print(f"conctools: wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
     except Exception as exc:
-        print(f"conctools: could not write the report: {exc}", file=sys.stderr)
+        _say(f"conctools: could not write the report: {exc}\n")
+        return
+    if options.report:
+        try:
+            text = render_text(snapshot, brief=True)
+        except Exception as exc:
+            text = f"conctools: could not render the report: {exc}\n"
+        _say(text)
+    if options.out_dir is not None:
+        try:
+            paths = write_reports(snapshot, options.out_dir)
+        except Exception as exc:
+            _say(f"conctools: could not write the report files: {exc}\n")
+        else:
+            if options.report:
+                _say(f"conctools: wrote {', '.join(str(p) for p in paths)}\n")

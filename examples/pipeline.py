@@ -1,4 +1,4 @@
-"""A small threaded + asyncio pipeline: the program `make demo` runs under `conctools run`."""
+"""A small threaded + asyncio pipeline to try `conctools run` on: `conctools run examples/pipeline.py`."""
 
 import asyncio
 import queue

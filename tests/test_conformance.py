@@ -176,6 +176,8 @@ class TestOtherInterpreter(unittest.TestCase):
 
     def test_conformance_on_python_313(self) -> None:
         """Every suite above passes on Python 3.13 too."""
+        if sys.version_info[:2] == (3, 13):
+            self.skipTest("this run is on Python 3.13 already: the suites above ran on it")
         python = _python313()
         if python is None:
             self.skipTest("Python 3.13 is not installed")

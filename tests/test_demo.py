@@ -74,6 +74,10 @@ class TestDemoCommand:
         marks = [e for e in report["events"] if e["kind"] == "mark" and e["name"] == "locust.latency"]
         assert marks, "Locust's latencies are not on the server's timeline"
         assert "lock contention: 'counter'" in text, text
+        report_line = next(line for line in text.splitlines() if line.strip().startswith("report:"))
+        assert report_line.count("report.txt") == 1, report_line
+        log = (out / "server.log").read_text()
+        assert log.index("listening on") < log.index("stopping"), log
         if (out / "trace.json").exists():  # written once the trace reporter is installed
             trace = json.loads((out / "trace.json").read_text())
             events = trace["traceEvents"] if isinstance(trace, dict) else trace

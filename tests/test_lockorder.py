@@ -206,7 +206,7 @@ class TestRendering:
         in_thread(ab, "alpha")
         in_thread(ba, "beta")
         text = lock_order_section(ordered.snapshot(), False) or ""
-        assert "Lock-order inversions (1 potential deadlocks)" in text
+        assert "Lock-order inversions (1 potential deadlock)" in text
         assert "lock 'right' acquired at" in text and "while holding 'left'" in text
         assert "in thread 'alpha'" in text and "in thread 'beta'" in text
         lines = text.splitlines()

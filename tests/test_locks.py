@@ -631,7 +631,7 @@ class TestConctoolsRun:
         assert proc.returncode == 0, proc.stderr
         assert "finished" in proc.stdout
         err = proc.stderr
-        assert "Lock-order inversions (1 potential deadlocks)" in err
+        assert "Lock-order inversions (1 potential deadlock)" in err
         assert "lock 'app.py:4' acquired at app.py:10 while holding 'app.py:3' (acquired at app.py:9)" in err
         assert "in thread 'transfer'" in err and "in thread 'audit'" in err
         assert "lock 'app.py:3' acquired at app.py:16 while holding 'app.py:4' (acquired at app.py:15)" in err

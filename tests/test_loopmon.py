@@ -566,3 +566,59 @@ class TestConctoolsRun:
         proc = conctools_run(tmp_path, "--loop-threshold", "-1")
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and "--loop-threshold" in proc.stderr
+
+
+class TestBlockingFileCalls:
+    """--detect-blocking names blocking file calls on a loop's thread, not only sockets (issue 18, item 12)."""
+
+    def test_fifo_read_on_the_loop_thread(self, recorder: Recorder, tmp_path: Path) -> None:
+        """`open(fifo).read()` inside a coroutine is listed at its line; the file object keeps the stdlib's types."""
+        import io
+        import os
+
+        fifo = str(tmp_path / "fifo")
+        os.mkfifo(fifo)
+        opened = threading.Event()
+        lines: dict[str, int] = {}
+        types: dict[str, Any] = {}
+
+        def writer() -> None:
+            with open(fifo, "w") as f:
+                opened.set()
+                time.sleep(0.05)  # the reader on the loop blocks until the writer closes
+                f.write("data\n")
+
+        async def main() -> None:
+            threading.Thread(target=writer, name="fifo-writer").start()
+            with open(fifo) as f:
+                types["text"], types["raw"] = type(f), f.buffer.raw
+                data = f.read()
+                lines["read"] = _here()
+            assert data == "data\n"
+            with open(HERE, "rb") as b:  # binary, and the usual methods
+                assert b.readline().startswith(b'"""')
+                b.seek(0)
+                assert len(b.read(10)) == 10
+
+        run_monitored(main, threshold_s=5.0, detect_blocking=True)
+        assert opened.is_set()
+        assert types["text"] is io.TextIOWrapper and isinstance(types["raw"], io.FileIO)
+        events = [e for e in recorder.snapshot().of_kind(BlockingCallEvent) if e.call.startswith("file.")]
+        assert [e.site for e in events if e.site.endswith(f":{lines['read'] - 1}")], events
+        assert all(e.site.startswith(HERE) for e in events)
+
+    def test_files_off_the_loop_are_untouched(self, tmp_path: Path) -> None:
+        """Off a loop's thread, open() is the builtin's, even while detection runs."""
+        import io
+
+        seen: dict[str, Any] = {}
+
+        async def main() -> None:
+            def elsewhere() -> None:
+                with open(HERE, "rb") as f:
+                    seen["raw"] = type(f.raw)
+
+            await asyncio.to_thread(elsewhere)
+
+        run_monitored(main, detect_blocking=True)
+        assert seen["raw"] is io.FileIO

@@ -111,3 +111,44 @@ class TestTextSection:
         recorder.remove_section("resources")
         from_events = resources_section(recorder.snapshot(), False)
         assert from_events is not None and from_events.splitlines()[1:] == text.splitlines()[1:]
+
+
+class TestShortRuns:
+    """What short runs got wrong (issue 18, item 15): a first-sample CPU spike and uncounted threads."""
+
+    def test_cpu_peak_is_never_a_ticks_rounding(self) -> None:
+        """The first sample, taken right after start, used to read one CPU tick over microseconds as
+        thousands of percent (about 1 run in 70): 600 short runs never exceed what the cores can give."""
+        import os
+
+        peaks = []
+        for _ in range(600):
+            with sample_resources(interval_s=60, recorder=Recorder()) as sampler:
+                pass
+            peaks.append(sampler.summary()["cpu_percent_max"])
+        ceiling = 100.0 * (os.cpu_count() or 1) * 1.5  # generous: a measured window is at least 50 ms
+        assert max(peaks) <= ceiling, sorted(peaks)[-5:]
+
+    def test_threads_that_no_sample_saw_are_counted(self, recorder: Recorder) -> None:
+        """50 threads alive together and 150 short ones, between two samples: peak >= 51, 200 started."""
+        from conctools.reporting.resources_text import resources_section
+
+        release = threading.Event()
+        with sample_resources(interval_s=60, recorder=recorder) as sampler:
+            waiting = [threading.Thread(target=release.wait, name=f"w{i}") for i in range(50)]
+            for t in waiting:
+                t.start()
+            short = [threading.Thread(target=lambda: None) for _ in range(150)]
+            for t in short:
+                t.start()
+            for t in short:
+                t.join()
+            release.set()
+            for t in waiting:
+                t.join()
+        summary = sampler.summary()
+        assert summary["samples"] == 2  # the first and the last: no sample fell while they ran
+        assert summary["threads_started"] == 200
+        assert summary["num_threads_max"] >= 51
+        text = resources_section(recorder.snapshot(), False) or ""
+        assert "(200 started)" in text

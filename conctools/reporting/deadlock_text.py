@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from conctools._frames import hidden_note, hide_own_frames
 from conctools._units import format_duration
 from conctools.events import DeadlockEvent, Frame, HangEvent, Participant, WaiterInfo
 from conctools.recorder import Snapshot
@@ -32,6 +33,7 @@ def _short(filename: str) -> str:
 
 
 def _stack_lines(stack: Sequence[Frame], limit: int, indent: str = "    ") -> list[str]:
+    stack, hidden = hide_own_frames(stack)
     lines = []
     for f in stack[:limit]:
         lines.append(f"{indent}at {f.function} ({_short(f.filename)}:{f.lineno})")
@@ -39,6 +41,8 @@ def _stack_lines(stack: Sequence[Frame], limit: int, indent: str = "    ") -> li
             lines.append(f"{indent}    {f.line}")
     if len(stack) > limit:
         lines.append(f"{indent}... {len(stack) - limit} more frames")
+    if hidden:
+        lines.append(f"{indent}{hidden_note(hidden)}")
     return lines
 
 

@@ -32,6 +32,7 @@ from conctools.events import (
     SlowCallbackEvent,
 )
 from conctools.recorder import Snapshot
+from conctools.reporting._safe import neutralise, neutralise_data
 from conctools.reporting._timeline import build_timeline
 from conctools.reporting.trace import dumps_finite
 
@@ -233,7 +234,7 @@ def _asset(name: str) -> str:
 
 def render_html(snapshot: Snapshot) -> str:
     """``report.html`` as text: one self-contained page."""
-    data = script_json(html_data(snapshot))
+    data = script_json(neutralise_data(html_data(snapshot)))  # names are shown, never obeyed
     script = _asset("report.js")
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     csp = f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; img-src data:"
@@ -241,7 +242,7 @@ def render_html(snapshot: Snapshot) -> str:
     title = "conctools report" + (f": {command}" if command else "")
     return (
         _PAGE.replace("@CSP@", csp)  # our own constant: no quotes to escape
-        .replace("@TITLE@", html.escape(str(title), quote=True))
+        .replace("@TITLE@", html.escape(neutralise(str(title)), quote=True))
         .replace("@STYLE@", _asset("report.css"))
         .replace("@SCRIPT@", script)
         .replace("@DATA@", data)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from conctools.recorder import Snapshot
+from conctools.reporting._safe import neutralise_json
 
 __all__ = ["load_json", "render_json"]
 
@@ -39,7 +40,7 @@ def render_json(snapshot: Snapshot) -> str:
         lines = [json.dumps(_clean(e), default=str, ensure_ascii=False) for e in events]
     body = ",\n  ".join(lines)
     events_json = f"[\n  {body}\n ]" if lines else "[]"
-    return head[:-2] + f',\n "events": {events_json}\n}}'
+    return neutralise_json(head[:-2] + f',\n "events": {events_json}\n}}')
 
 
 def load_json(path: str | Path) -> Snapshot:
@@ -56,7 +57,8 @@ def load_json(path: str | Path) -> Snapshot:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        # msg may end in "at" ("Unterminated string starting at"): say the position apart.
+        raise ValueError(f"{p}: not valid JSON ({exc.msg}; line {exc.lineno}, column {exc.colno})") from None
     try:
         return Snapshot.from_dict(data)
     except ValueError as exc:

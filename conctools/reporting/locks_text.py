@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from conctools._frames import hidden_note, hide_own_frames
 from conctools._units import format_duration
 from conctools.events import Frame, LockOrderEdge, LockOrderEvent
 from conctools.recorder import Snapshot
@@ -29,6 +30,7 @@ _PLUMBING = ("/asyncio/", "/threading.py", "/runpy.py", "/concurrent/futures/", 
 
 def _stack(stack: Sequence[Frame], limit: int) -> list[str]:
     # The event loop's and the threading module's own frames say nothing about the program.
+    stack, own = hide_own_frames(stack)
     shown = [f for i, f in enumerate(stack) if i == 0 or not any(p in f.filename for p in _PLUMBING)]
     hidden = len(stack) - len(shown)
     stack = shown
@@ -41,6 +43,8 @@ def _stack(stack: Sequence[Frame], limit: int) -> list[str]:
         lines.append(f"        ... {len(stack) - limit} more frames")
     if hidden:
         lines.append(f"        ({hidden} asyncio/threading frames not shown)")
+    if own:
+        lines.append(f"        {hidden_note(own)}")
     return lines
 
 
@@ -86,7 +90,8 @@ def lock_order_section(snapshot: Snapshot, brief: bool) -> str | None:
     if not events:
         return None
     limit = 3 if brief else 50
-    parts = [f"Lock-order inversions ({len(events)} potential deadlocks)"]
+    n = len(events)
+    parts = [f"Lock-order inversions ({n} potential deadlock{'' if n == 1 else 's'})"]
     parts += [format_lock_order(e, brief=brief) for e in events[:limit]]
     if len(events) > limit:
         parts.append(f"  ... {len(events) - limit} more (see the full report)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from conctools._frames import hidden_note, hide_own_frames
 from conctools._units import format_duration
 from conctools.events import BlockingCallEvent, Frame, SlowCallbackEvent, frame_from_dict
 from conctools.recorder import Snapshot
@@ -69,6 +70,7 @@ def _sites_from_events(events: Sequence[SlowCallbackEvent]) -> list[dict[str, An
 
 
 def _stack_lines(frames: Sequence[Frame], limit: int) -> list[str]:
+    frames, hidden = hide_own_frames(frames)
     lines = []
     for f in frames[:limit]:
         lines.append(f"      {_short_path(f.filename)}:{f.lineno} in {f.function}")
@@ -76,6 +78,8 @@ def _stack_lines(frames: Sequence[Frame], limit: int) -> list[str]:
             lines.append(f"        {f.line}")
     if len(frames) > limit:
         lines.append(f"      ... {len(frames) - limit} more frames")
+    if hidden:
+        lines.append(f"      {hidden_note(hidden)}")
     return lines
 
 
@@ -137,7 +141,7 @@ def slow_callbacks_section(snapshot: Snapshot, brief: bool) -> str | None:
             parts.extend(_stack_lines(stack, 4 if brief else 15))
     if lag.get("count"):
         parts.append(
-            f"Loop lag (how late a heartbeat timer ran, {lag['count']} heartbeats): "
+            f"Loop lag (how late a heartbeat timer ran, {lag['count']} heartbeat{'' if lag['count'] == 1 else 's'}): "
             f"p50 {format_duration(float(lag['p50_s']))}, p99 {format_duration(float(lag['p99_s']))}, "
             f"max {format_duration(float(lag['max_s']))}"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from conctools._frames import hidden_note, is_own_file
 from conctools._units import format_duration
 from conctools.recorder import Snapshot
 from conctools.reporting._table import table
@@ -49,7 +50,10 @@ def profile_section(snapshot: Snapshot, brief: bool) -> str | None:
     if not isinstance(prof, dict) or not isinstance(prof.get("functions"), list):
         return None
     limit = 10 if brief else 30
-    funcs = [f for f in prof["functions"] if isinstance(f, dict)][:limit]
+    funcs = [f for f in prof["functions"] if isinstance(f, dict)]
+    # conctools' own wrappers and launcher (traced_coro, _execute, runpy) would lead every table.
+    own = sum(1 for f in funcs if is_own_file(str(f.get("filename", ""))))
+    funcs = [f for f in funcs if not is_own_file(str(f.get("filename", "")))][:limit]
     clock = prof.get("clock", "wall")
     parts = [
         f"Profile ({clock} clock, {format_duration(_num(prof, 'duration_s'))}; "
@@ -57,6 +61,8 @@ def profile_section(snapshot: Snapshot, brief: bool) -> str | None:
     ]
     if funcs:
         parts.append(functions_table(funcs))
+    if own:
+        parts.append(f"  {hidden_note(own, 'function')}")
     threads = [t for t in prof.get("threads", []) if isinstance(t, dict)]
     tasks = [t for t in prof.get("tasks", []) if isinstance(t, dict)][: 5 if brief else 20]
 

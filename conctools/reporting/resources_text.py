@@ -50,7 +50,9 @@ def resources_section(snapshot: Snapshot, brief: bool) -> str | None:
             f"Resources ({int(summary['samples'])} samples over {format_duration(span)})",
             f"  CPU:       mean {cpu_mean:.0f}%, peak {cpu_max:.0f}%",
             f"  memory:    RSS {rss_min} .. {rss_max} (last {rss_last})",
-            f"  threads:   peak {int(summary['num_threads_max'])}    open fds: peak {int(summary['num_fds_max'])}",
+            f"  threads:   peak {int(summary['num_threads_max'])}"
+            + (f" ({int(summary['threads_started'])} started)" if summary.get("threads_started") else "")
+            + f"    open fds: peak {int(summary['num_fds_max'])}",
             f"  switches:  {vol} voluntary, {invol} involuntary"
             + (f" ({(vol + invol) / span:.0f}/s)" if span > 0 else ""),
         ]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from conctools._units import format_duration
 from conctools.recorder import Snapshot
+from conctools.reporting._safe import neutralise
 from conctools.reporting._table import table
 from conctools.reporting.deadlock_text import deadlock_section, hang_section
 from conctools.reporting.locks_text import lock_order_section, lock_table_section
@@ -93,7 +94,7 @@ def render_sections(
         except Exception as exc:  # one broken section must not hide the others
             text = f"[section {getattr(section, '__name__', section)!r} failed: {exc!r}]"
         if text:
-            parts.append(text)
+            parts.append(neutralise(text))
     return parts
 
 
@@ -102,4 +103,4 @@ def render_text(snapshot: Snapshot, *, brief: bool = False) -> str:
     parts = [_header(snapshot, brief), *render_sections(snapshot, brief=brief)]
     if len(parts) == 1:
         parts.append("Nothing to report: no spans, lock waits, stalls or hangs were recorded.")
-    return "\n\n".join(parts) + "\n"
+    return neutralise("\n\n".join(parts) + "\n")

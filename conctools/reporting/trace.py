@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from conctools.recorder import Snapshot
+from conctools.reporting._safe import neutralise_data
 from conctools.reporting._timeline import build_timeline
 from conctools.reporting.jsonreport import _clean
 
@@ -94,7 +95,7 @@ def trace_events(snapshot: Snapshot) -> list[dict[str, Any]]:
 def render_trace(snapshot: Snapshot) -> str:
     """``trace.json`` as text (a JSON object with ``traceEvents``)."""
     doc = {
-        "traceEvents": trace_events(snapshot),
+        "traceEvents": neutralise_data(trace_events(snapshot)),  # Perfetto shows names: never obey them
         "displayTimeUnit": "ms",
         "otherData": {
             "generator": "conctools",

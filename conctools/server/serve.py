@@ -55,19 +55,24 @@ def check_console_host(config: ServeConfig) -> None:
 
 
 def serve(config: ServeConfig) -> int:
-    """Serve until SIGINT/SIGTERM or ``duration_s``; report; return the exit status."""
+    """Serve until SIGINT/SIGTERM or ``duration_s``; report; return the exit status (130 after
+    Ctrl-C, as a shell expects; 0 after SIGTERM or the duration, the ways a server is stopped)."""
     check_console_host(config)
     recorder = Recorder()
     recorder.meta.update({"command": config.command, "bugs": sorted(config.server.bugs)})
-    with use_recorder(recorder):
-        asyncio.run(_serve(config, recorder))
+    stopped_by: list[int] = []
+    try:
+        with use_recorder(recorder):
+            asyncio.run(_serve(config, recorder, stopped_by))
+    except KeyboardInterrupt:  # Ctrl-C while starting, before the loop's handler was in place
+        stopped_by.append(signal.SIGINT)
     from conctools.runner import RunOptions, finish_report
 
     finish_report(recorder, RunOptions(out_dir=config.out_dir, report=config.report))
-    return 0
+    return 130 if signal.SIGINT in stopped_by else 0
 
 
-async def _serve(config: ServeConfig, recorder: Recorder) -> None:
+async def _serve(config: ServeConfig, recorder: Recorder, stopped_by: list[int] | None = None) -> None:
     loop = asyncio.get_running_loop()
     app = create_app(config.server)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -97,9 +102,15 @@ async def _serve(config: ServeConfig, recorder: Recorder) -> None:
                 flush=True,
             )
         stop = asyncio.Event()
+
+        def stop_by(signum: int) -> None:
+            if stopped_by is not None:
+                stopped_by.append(signum)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, stop_by, sig)
         try:
             await asyncio.wait_for(stop.wait(), config.duration_s)
         except TimeoutError:
