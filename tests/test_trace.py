@@ -210,7 +210,8 @@ class TestRealLocks:
         assert tid_name[flow["s"]["tid"]] == "holder-thread" and tid_name[flow["f"]["tid"]] == "waiter-thread"
 
     def test_hold_ends_at_the_next_acquisition(self, recorder: Recorder) -> None:
-        """Two waiters saw the same holder: its hold ends when the first got the lock, with one arrow."""
+        """Two waiters saw the same holder: its hold ends when the first got the lock; the first then
+        holds it until the second, still waiting, gets it (the lock goes down the queue): two arrows."""
 
         def wait(name: str, start_ms: int, wait_ms: int) -> LockWaitEvent:
             return LockWaitEvent(
@@ -231,6 +232,6 @@ class TestRealLocks:
         events = validate({"traceEvents": trace_events(recorder.snapshot())})
         tid_name = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
         holds = [e for e in events if e.get("cat") == "lock_hold"]
-        assert [(tid_name[h["tid"]], h["ts"], h["dur"]) for h in holds] == [("H", 0.0, 10_000.0)]
-        flows = [e for e in events if e["ph"] in ("s", "f")]
-        assert sorted((e["ph"], tid_name[e["tid"]]) for e in flows) == [("f", "W1"), ("s", "H")]
+        assert [(tid_name[h["tid"]], h["ts"], h["dur"]) for h in holds] == [("H", 0, 10_000), ("W1", 10_000, 10_000)]
+        flows = sorted((e["id"], e["ph"], tid_name[e["tid"]]) for e in events if e["ph"] in ("s", "f"))
+        assert [f[1:] for f in flows] == [("f", "W1"), ("s", "H"), ("f", "W2"), ("s", "W1")]

@@ -1,8 +1,10 @@
 """The text report: what a person needs first, short, ranked, with ``file:line``.
 
 The report is a list of sections, each a pure function ``(snapshot, brief) -> str | None``
-(``None`` when it has nothing to say). Problems come first (deadlocks, inversions, hangs,
-stalls), then where the time went (locks, spans, profile), then resources.
+(``None`` when it has nothing to say). The findings come first: everything found, ranked, one
+line each with its evidence (:mod:`conctools.reporting.findings`, shared with the HTML report);
+then the problems in detail (deadlocks, inversions, hangs, stalls), then where the time went
+(locks, spans, profile), then resources.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from conctools._units import format_duration
 from conctools.recorder import Snapshot
 from conctools.reporting._table import table
 from conctools.reporting.deadlock_text import deadlock_section, hang_section
+from conctools.reporting.findings import findings_section
 from conctools.reporting.locks_text import lock_order_section, lock_table_section
 from conctools.reporting.loop_text import slow_callbacks_section
 from conctools.reporting.profile_text import profile_section
@@ -73,7 +76,7 @@ def spans_section(snapshot: Snapshot, brief: bool) -> str | None:
 
 
 # Problems first, then where time went, then resources. Other modules append theirs.
-SECTIONS: list[tuple[int, Section]] = [(50, spans_section)]
+SECTIONS: list[tuple[int, Section]] = [(5, findings_section), (50, spans_section)]
 SECTIONS += [(10, deadlock_section), (30, hang_section)]
 SECTIONS += [(40, slow_callbacks_section)]
 SECTIONS += [(20, lock_order_section), (45, lock_table_section)]
