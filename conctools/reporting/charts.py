@@ -2,7 +2,8 @@
 
 A pure function of the snapshot and its timeline. Event-derived series are binned on one grid
 (``bin_us``); sampled ones (CPU, RSS, Locust's per-second statistics) keep their samples' times.
-Each series is ``{"id", "title", "unit", "note", "lines": [{"label", "dash", "points": [[t_us, v], ...]}]}``;
+Each series is ``{"id", "title", "unit", "note", "lines": [{"label", "dash", "points": [[t_us, v], ...]}]}``
+(``bin_us`` when its points are columns of that width, drawn as bars with ``bars``);
 a line's ``dash`` tells it apart from the other lines of its chart without colour.
 """
 
@@ -59,20 +60,23 @@ def chart_series(snapshot: Snapshot, tl: Timeline) -> dict[str, Any]:
     duration = max(1, tl.duration_us)
     bin_us = nice_bin_us(duration)
     n = int(duration // bin_us) + 1
-    bin_s = bin_us / 1e6
+    # Rates are counted per second at least: a tenth of a second holding one stall is not "10/s".
+    rate_us = max(bin_us, 1_000_000)
+    n_rate = int(duration // rate_us) + 1
+    rate_s = rate_us / 1e6
     series: list[dict[str, Any]] = []
 
     stalls = snapshot.of_kind(SlowCallbackEvent)
     if stalls:
         lag = [0.0] * n
-        count = [0.0] * n
+        count = [0.0] * n_rate
         for e in stalls:
             start = (e.ts_ns - snapshot.started_ns) / 1000
             end = start + e.duration_s * 1e6
-            i = int(max(0.0, start) // bin_us)
-            if i < n:
-                count[i] += 1
-            j = i
+            k = int(max(0.0, start) // rate_us)
+            if k < n_rate:
+                count[k] += 1
+            j = i = int(max(0.0, start) // bin_us)
             while j < n and j * bin_us < end:
                 # the lag a timer due in this column saw: how long the stall had lasted by its end
                 lag[j] = max(lag[j], min(end, (j + 1) * bin_us) - start)
@@ -85,6 +89,7 @@ def chart_series(snapshot: Snapshot, tl: Timeline) -> dict[str, Any]:
                 "note": "how long the event loop had been blocked (stalls above the threshold)",
                 "lines": [{"label": "blocked for", "dash": "", "points": _binned([v / 1000 for v in lag], bin_us, 1)}],
                 "bars": True,
+                "bin_us": bin_us,
             }
         )
         series.append(
@@ -93,19 +98,22 @@ def chart_series(snapshot: Snapshot, tl: Timeline) -> dict[str, Any]:
                 "title": "Stalls",
                 "unit": "/s",
                 "note": "slow callbacks starting per second",
-                "lines": [{"label": "stalls/s", "dash": "", "points": _binned([c / bin_s for c in count], bin_us, 2)}],
+                "lines": [
+                    {"label": "stalls/s", "dash": "", "points": _binned([c / rate_s for c in count], rate_us, 2)}
+                ],
                 "bars": True,
+                "bin_us": rate_us,
             }
         )
     waits = snapshot.of_kind(LockWaitEvent)
     if waits:
-        rate = [0.0] * n
+        rate = [0.0] * n_rate
         waiting = [0.0] * n
         for w in waits:
             start = (w.ts_ns - snapshot.started_ns) / 1000
-            i = int(max(0.0, start) // bin_us)
-            if i < n:
-                rate[i] += 1
+            k = int(max(0.0, start) // rate_us)
+            if k < n_rate:
+                rate[k] += 1
             _spread(waiting, start, start + w.wait_s * 1e6, bin_us)
         series.append(
             {
@@ -115,7 +123,7 @@ def chart_series(snapshot: Snapshot, tl: Timeline) -> dict[str, Any]:
                 "note": "contended acquisitions starting per second (solid); "
                 "threads and tasks waiting, on average (dashed)",
                 "lines": [
-                    {"label": "waits/s", "dash": "", "points": _binned([r / bin_s for r in rate], bin_us, 2)},
+                    {"label": "waits/s", "dash": "", "points": _binned([r / rate_s for r in rate], rate_us, 2)},
                     {"label": "waiting", "dash": "4 3", "points": _binned(waiting, bin_us, 2)},
                 ],
             }

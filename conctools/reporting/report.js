@@ -232,8 +232,9 @@
       const row = el("div", "chart"), label = el("div", "chartlabel"), plot = el("div", "plot");
       label.appendChild(el("b", null, s.title));
       label.appendChild(el("span", "unit", " " + s.unit));
-      const value = el("span", "value");
+      const value = el("span", "value"), peak = el("span", "peak");
       label.appendChild(value);
+      label.appendChild(peak);
       label.title = s.note || "";
       row.appendChild(label); row.appendChild(plot); wrap.appendChild(row);
       const g = svg("svg", {height: H, role: "img", "aria-label": s.title + " (" + s.unit + "), " + (s.note || "")});
@@ -248,7 +249,7 @@
         s.lines.forEach(function (l) { l.points.forEach(function (p) { if (p[0] >= view.t0 && p[0] <= view.t1) maxV = Math.max(maxV, p[1]); }); });
         maxV = maxV || 1;
         g.appendChild(svg("line", {x1: 0, x2: w, y1: H - 0.5, y2: H - 0.5, class: "base"}));
-        const span = view.t1 - view.t0, half = (D.charts.bin_us || 0) / 2;
+        const span = view.t1 - view.t0, half = (s.bin_us || D.charts.bin_us || 0) / 2;
         s.lines.forEach(function (l) {
           if (s.bars) {
             let d = "";
@@ -269,9 +270,7 @@
             if (pts.length) g.appendChild(svg("polyline", {points: pts.join(" "), class: "line", "stroke-dasharray": l.dash || "none"}));
           }
         });
-        const t = svg("text", {x: w - 4, y: 10, "text-anchor": "end", class: "max"});
-        t.textContent = "max " + (maxV < 10 ? maxV.toFixed(1) : maxV.toFixed(0)) + " " + s.unit;
-        g.appendChild(t);
+        peak.textContent = "max " + (maxV < 10 ? maxV.toFixed(1) : maxV.toFixed(0)) + " " + s.unit;
         const cross = svg("line", {x1: -10, x2: -10, y1: 0, y2: H, class: "cross"});
         g.appendChild(cross);
         row.cross = cross;
@@ -321,7 +320,8 @@
     if (tr.kind === "task" && tr.group >= 0 && sl.cat !== "span") (groupSlices[tr.group] || (groupSlices[tr.group] = [])).push(sl);
   });
   const threadIds = Object.keys(tracks).map(Number).filter(function (tid) { return tracks[tid].kind === "thread"; });
-  const state = {sort: "name", open: {}, shown: {}, moreOpen: {}};
+  const state = {sort: "name", open: {}, shown: {}, moreOpen: {}, openView: {}};
+  function r_g(g) { return String(g); }
   function rowKey(r) { return r.type + ":" + (r.tid !== undefined ? r.tid : r.g) + (r.offset ? ":" + r.offset : ""); }
   function cmpTracks(a, b) {
     if (state.sort === "start") return a.start - b.start || natural(a.name, b.name);
@@ -353,7 +353,12 @@
         if (grp.count === 1 && grp.tasks.length === 1) { rows.push({type: "task", tid: grp.tasks[0], depth: 1, g: g, single: true}); return; }
         rows.push({type: "group", g: g, depth: 1});
         if (!state.open[g]) return;
-        const members = grp.tasks.map(function (tid) { return tracks[tid]; }).sort(cmpTracks);
+        // The tasks that ran in the part of the run on screen when the group was opened come first.
+        const win = state.openView[r_g(g)] || view;
+        const inView = function (t) { return t.end >= win.t0 && t.start <= win.t1; };
+        const members = grp.tasks.map(function (tid) { return tracks[tid]; }).sort(function (a, b) {
+          return (inView(b) - inView(a)) || cmpTracks(a, b);
+        });
         const n = state.shown[g] || PAGE;
         members.slice(0, n).forEach(function (m) { rows.push({type: "task", tid: m.tid, depth: 2, g: g}); });
         if (members.length > n) rows.push({type: "more", g: g, depth: 2, left: members.length - n});
@@ -434,7 +439,10 @@
   }
   function activate(r) {
     const key = rowKey(r);
-    if (r.type === "group") state.open[r.g] = !state.open[r.g];
+    if (r.type === "group") {
+      state.open[r.g] = !state.open[r.g];
+      state.openView[r_g(r.g)] = {t0: view.t0, t1: view.t1};
+    }
     else if (r.type === "more") state.shown[r.g] = (state.shown[r.g] || PAGE) + PAGE;
     else if (r.type === "moregroups") state.moreOpen[r.tid] = true;
     else return;

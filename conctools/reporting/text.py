@@ -1,10 +1,10 @@
 """The text report: what a person needs first, short, ranked, with ``file:line``.
 
 The report is a list of sections, each a pure function ``(snapshot, brief) -> str | None``
-(``None`` when it has nothing to say). The findings come first: everything found, ranked, one
-line each with its evidence (:mod:`conctools.reporting.findings`, shared with the HTML report);
-then the problems in detail (deadlocks, inversions, hangs, stalls), then where the time went
-(locks, spans, profile), then resources.
+(``None`` when it has nothing to say). The whole report starts with the findings: everything
+found, ranked, each with its evidence (:mod:`conctools.reporting.findings`, shared with the HTML
+report); then the sections: the problems in detail (deadlocks, inversions, hangs, stalls), then
+where the time went (locks, spans, profile), then resources.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def spans_section(snapshot: Snapshot, brief: bool) -> str | None:
 
 
 # Problems first, then where time went, then resources. Other modules append theirs.
-SECTIONS: list[tuple[int, Section]] = [(5, findings_section), (50, spans_section)]
+SECTIONS: list[tuple[int, Section]] = [(50, spans_section)]
 SECTIONS += [(10, deadlock_section), (30, hang_section)]
 SECTIONS += [(40, slow_callbacks_section)]
 SECTIONS += [(20, lock_order_section), (45, lock_table_section)]
@@ -101,8 +101,12 @@ def render_sections(
 
 
 def render_text(snapshot: Snapshot, *, brief: bool = False) -> str:
-    """The report as text; ``brief`` keeps every section short for a terminal."""
-    parts = [_header(snapshot, brief), *render_sections(snapshot, brief=brief)]
+    """The report as text, the ranked findings first; ``brief`` keeps every section short for a terminal."""
+    try:
+        findings = findings_section(snapshot, brief)
+    except Exception as exc:  # the findings are a summary: never lose the report over them
+        findings = f"[findings failed: {exc!r}]"
+    parts = [_header(snapshot, brief), *([findings] if findings else []), *render_sections(snapshot, brief=brief)]
     if len(parts) == 1:
         parts.append("Nothing to report: no spans, lock waits, stalls or hangs were recorded.")
     return "\n\n".join(parts) + "\n"
