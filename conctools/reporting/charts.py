@@ -76,7 +76,7 @@ def chart_series(snapshot: Snapshot, tl: Timeline) -> dict[str, Any]:
             k = int(max(0.0, start) // rate_us)
             if k < n_rate:
                 count[k] += 1
-            j = i = int(max(0.0, start) // bin_us)
+            j = int(max(0.0, start) // bin_us)
             while j < n and j * bin_us < end:
                 # the lag a timer due in this column saw: how long the stall had lasted by its end
                 lag[j] = max(lag[j], min(end, (j + 1) * bin_us) - start)
@@ -159,8 +159,8 @@ def chart_series(snapshot: Snapshot, tl: Timeline) -> dict[str, Any]:
     locust: dict[str, list[list[float]]] = {}
     for c in tl.counters:
         if c.name.startswith("Locust"):
-            for k, v in c.values.items():
-                locust.setdefault(k, []).append([c.ts_us, round(v, 2)])
+            for key, v in c.values.items():
+                locust.setdefault(key, []).append([c.ts_us, round(v, 2)])
     if locust.get("rps"):
         lines = [{"label": "requests/s", "dash": "", "points": locust["rps"]}]
         if locust.get("failures_per_s"):
