@@ -25,7 +25,7 @@ from conctools.events import Frame, LockWaitEvent, SlowCallbackEvent
 from conctools.recorder import Snapshot
 from conctools.reporting._summary import short_path
 
-__all__ = ["MAX_DEPTH", "MIN_SHARE", "flame_from_graph", "flame_from_stacks", "flames"]
+__all__ = ["MAX_DEPTH", "MIN_SHARE", "PLUMBING", "flame_from_graph", "flame_from_stacks", "flames"]
 
 MIN_SHARE = 0.002  # a node below 0.2% of its graph's total is not drawn (its time stays in its parent)
 MAX_DEPTH = 64
@@ -49,8 +49,18 @@ def _prune(node: Node, floor: float, budget: list[int]) -> Node:
     return [node[0], node[1], out]
 
 
+# The event loop's, threading's and the interpreter start-up's own frames say nothing about the
+# program: a stack keeps them only as its innermost frame (where it waits).
+PLUMBING = ("/asyncio/", "/threading.py", "/concurrent/futures/", "/runpy.py", "<frozen runpy>", "/selectors.py")
+
+
+def _shown(frames: Sequence[Frame]) -> list[Frame]:
+    return [f for i, f in enumerate(frames) if i == 0 or not any(p in f.filename for p in PLUMBING)]
+
+
 def flame_from_stacks(stacks: Iterable[tuple[Sequence[Frame], float]], root: str) -> Node | None:
-    """A flame graph of weighted stacks (innermost frame first, as conctools records them)."""
+    """A flame graph of weighted stacks (innermost frame first, as conctools records them),
+    without the event loop's and threading's own frames (see :data:`PLUMBING`)."""
     top: Node = [root, 0.0, []]
     index: dict[int, dict[str, Node]] = {}
     for frames, weight in stacks:
@@ -58,7 +68,7 @@ def flame_from_stacks(stacks: Iterable[tuple[Sequence[Frame], float]], root: str
             continue
         top[1] += weight
         node = top
-        for f in list(reversed(frames))[:MAX_DEPTH]:
+        for f in list(reversed(_shown(frames)))[:MAX_DEPTH]:
             children = index.setdefault(id(node), {})
             label = _label(f.function, f.filename, f.lineno)
             child = children.get(label)
@@ -125,7 +135,7 @@ def flame_from_graph(graph: dict[str, Any]) -> Node | None:
     return top
 
 
-def flames(snapshot: Snapshot, groups: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def flames(snapshot: Snapshot) -> list[dict[str, Any]]:
     """Every flame graph of the run: ``title``, ``source``, ``note`` and ``root`` (a node)."""
     out: list[dict[str, Any]] = []
     profile = snapshot.sections.get("profile")
@@ -161,7 +171,8 @@ def flames(snapshot: Snapshot, groups: dict[str, str] | None = None) -> list[dic
             {
                 "title": "Where the event loop was blocked",
                 "source": "stalls",
-                "note": f"stacks sampled during {covered} of {len(stalls)} recorded stalls, weighted by blocked time",
+                "note": f"stacks sampled during {covered} of {len(stalls)} recorded stalls, weighted by blocked time; "
+                "asyncio's and threading's own frames hidden",
                 "root": root,
             }
         )
@@ -174,7 +185,7 @@ def flames(snapshot: Snapshot, groups: dict[str, str] | None = None) -> list[dic
                 "title": "Where threads and tasks waited for locks",
                 "source": "lock_waits",
                 "note": f"stacks of {len(with_stack)} of {len(waits)} recorded waits (the locks keep a sample per "
-                "waiting site), weighted by wait time",
+                "waiting site), weighted by wait time; asyncio's and threading's own frames hidden",
                 "root": root,
             }
         )

@@ -386,7 +386,7 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
             }
             for s in snapshot.spans
         ],
-        "flames": flames(snapshot, groups),
+        "flames": flames(snapshot),
         "deadlocks": [
             [
                 {
