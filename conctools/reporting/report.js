@@ -373,7 +373,7 @@
     if (r.type === "thread") return tracks[r.tid].name;
     if (r.type === "task") {
       const t = tracks[r.tid];
-      return (r.single ? t.name.replace(/^task /, "task ") + " \u00b7 " + TL.groups[t.group].name : t.name);
+      return r.single ? t.name + " \u00b7 " + TL.groups[t.group].name : t.name;
     }
     if (r.type === "group") {
       const g = TL.groups[r.g];
