@@ -177,6 +177,13 @@ class TestChromium:
         assert "&lt;/script&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in dom
         assert "<table" in dom and "<canvas" in dom and "<svg" in dom
 
+    def test_empty_run_renders(self, recorder: Recorder, tmp_path: Path) -> None:
+        """A run that recorded nothing: the page still draws, says so, and logs nothing."""
+        body = "out.empty = texts('p.empty'); out.none = texts('p.none');"
+        out, console = probe(render_html(recorder.snapshot()), body, tmp_path)
+        assert console == [] and out["errors"] == [] and out["error"] is None, (console, out)
+        assert out["none"] and "No thread or task recorded anything on the timeline." in out["empty"]
+
     def test_tables_sort_filter_keys_and_timeline_hovers(self, rich: Snapshot, tmp_path: Path) -> None:
         """A header sorts (numbers as numbers, largest first, then both ways), the filter narrows, arrow
         keys move between rows, Enter opens a row's detail; hovering a slice shows its details; zoom works."""

@@ -129,6 +129,23 @@ class TestPage:
         assert screenshot(path, shot, tmp_path) == []
         keep_artefact(shot, "report-10k-tasks-50-threads.png")
 
+    def test_a_pool_of_200_threads_is_one_row_until_opened(self, tmp_path: Path) -> None:
+        """Past 90 threads, threads named alike share one row; opened, each has exactly one row."""
+        page = render_html(scale_snapshot(tasks=500, threads=200, duration_s=10.0, locust=False))
+        body = """
+          out.before = texts("#tl-rows .tlrow");
+          var pool = all("#tl-rows .tlrow.pool")[0];
+          pool.focus(); pool.dispatchEvent(new KeyboardEvent("keydown", {key: "Enter"}));
+          out.threads = texts("#tl-rows .tlrow.thread");
+          out.focused = document.activeElement.textContent;
+        """
+        out, console = probe(page, body, tmp_path)
+        assert console == [] and out["errors"] == [] and out["error"] is None, (console, out)
+        assert len(out["before"]) <= 10 and "\u25b8 worker-N \u00d7200 threads" in out["before"], out["before"]
+        assert len(out["threads"]) == 201 and len(set(out["threads"])) == 201
+        assert out["threads"][:3] == ["MainThread", "worker-0", "worker-1"] and out["threads"][-1] == "worker-199"
+        assert "worker-N" in out["focused"]
+
     def test_ten_minute_run_stays_bounded(self, tmp_path: Path) -> None:
         """A 10-minute server run (62,000 request tasks) gives a page under 5 MB whose findings are
         markup ahead of the data (they paint before any script runs); the older slices are

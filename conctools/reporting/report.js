@@ -320,9 +320,9 @@
     if (tr.kind === "task" && tr.group >= 0 && sl.cat !== "span") (groupSlices[tr.group] || (groupSlices[tr.group] = [])).push(sl);
   });
   const threadIds = Object.keys(tracks).map(Number).filter(function (tid) { return tracks[tid].kind === "thread"; });
-  const state = {sort: "name", open: {}, shown: {}, moreOpen: {}, openView: {}};
+  const state = {sort: "name", open: {}, shown: {}, moreOpen: {}, openView: {}, poolOpen: {}};
   function r_g(g) { return String(g); }
-  function rowKey(r) { return r.type + ":" + (r.tid !== undefined ? r.tid : r.g) + (r.offset ? ":" + r.offset : ""); }
+  function rowKey(r) { return r.type + ":" + (r.type === "pool" ? r.key : r.tid !== undefined ? r.tid : r.g); }
   function cmpTracks(a, b) {
     if (state.sort === "start") return a.start - b.start || natural(a.name, b.name);
     if (a.kind === "thread" && (a.name === "MainThread") !== (b.name === "MainThread")) return a.name === "MainThread" ? -1 : 1;
@@ -332,26 +332,55 @@
     if (state.sort === "start") return TL.groups[a].first_us - TL.groups[b].first_us;
     return natural(TL.groups[a].name, TL.groups[b].name);
   }
+  // Past this many threads, threads named alike (a pool: "worker-1", "worker-2", ...) share one row
+  // until it is opened; every thread still has exactly one row of its own once shown.
+  const POOL_AFTER = 90;
+  const pools = {};  // pattern -> [thread tracks]
+  if (threadIds.length > POOL_AFTER) {
+    threadIds.forEach(function (tid) {
+      const key = tracks[tid].name.replace(/\d+/g, "N");
+      (pools[key] || (pools[key] = [])).push(tracks[tid]);
+    });
+    Object.keys(pools).forEach(function (k) { if (pools[k].length < 2) delete pools[k]; });
+  }
+  const poolOf = {};
+  Object.keys(pools).forEach(function (k) { pools[k].forEach(function (t) { poolOf[t.tid] = k; }); });
+  function poolBand(key) {
+    const out = [];
+    pools[key].forEach(function (t) {
+      (TL.thread_bands[String(t.tid)] || []).forEach(function (v, i) { out[i] = (out[i] || 0) + v; });
+    });
+    return out;
+  }
   function buildRows() {
     const rows = [];
     const threads = threadIds.map(function (t) { return tracks[t]; }).sort(cmpTracks);
     const groupsOf = {};
     TL.groups.forEach(function (g, i) { (groupsOf[g.thread] || (groupsOf[g.thread] = [])).push(i); });
+    const shownThreads = threads.filter(function (t) { return !poolOf[t.tid] || state.poolOpen[poolOf[t.tid]]; });
     // Room for groups: about MAX_ROWS rows in all before anything is expanded.
-    let room = Math.max(MAX_ROWS - threads.length, 10);
-    const allGroups = [].concat.apply([], threads.map(function (t) { return groupsOf[t.tid] || []; }));
+    const room = Math.max(MAX_ROWS - shownThreads.length - Object.keys(pools).length, 10);
+    const allGroups = [].concat.apply([], shownThreads.map(function (t) { return groupsOf[t.tid] || []; }));
     const ranked = allGroups.slice().sort(function (a, b) { return TL.groups[b].count - TL.groups[a].count; });
     const visibleGroups = {};
     ranked.slice(0, room).forEach(function (g) { visibleGroups[g] = true; });
+    const poolDone = {};
     threads.forEach(function (t) {
-      rows.push({type: "thread", tid: t.tid, depth: 0});
+      const pool = poolOf[t.tid];
+      if (pool && !poolDone[pool]) {
+        poolDone[pool] = true;
+        rows.push({type: "pool", key: pool, depth: 0});
+      }
+      if (pool && !state.poolOpen[pool]) return;
+      rows.push({type: "thread", tid: t.tid, depth: pool ? 1 : 0});
+      const base = pool ? 1 : 0;
       const gs = (groupsOf[t.tid] || []).slice().sort(cmpGroups);
       const hidden = gs.filter(function (g) { return !visibleGroups[g]; });
       const show = state.moreOpen[t.tid] ? gs : gs.filter(function (g) { return visibleGroups[g]; });
       show.forEach(function (g) {
         const grp = TL.groups[g];
-        if (grp.count === 1 && grp.tasks.length === 1) { rows.push({type: "task", tid: grp.tasks[0], depth: 1, g: g, single: true}); return; }
-        rows.push({type: "group", g: g, depth: 1});
+        if (grp.count === 1 && grp.tasks.length === 1) { rows.push({type: "task", tid: grp.tasks[0], depth: base + 1, g: g, single: true}); return; }
+        rows.push({type: "group", g: g, depth: base + 1});
         if (!state.open[g]) return;
         // The tasks that ran in the part of the run on screen when the group was opened come first.
         const win = state.openView[r_g(g)] || view;
@@ -360,17 +389,18 @@
           return (inView(b) - inView(a)) || cmpTracks(a, b);
         });
         const n = state.shown[g] || PAGE;
-        members.slice(0, n).forEach(function (m) { rows.push({type: "task", tid: m.tid, depth: 2, g: g}); });
-        if (members.length > n) rows.push({type: "more", g: g, depth: 2, left: members.length - n});
+        members.slice(0, n).forEach(function (m) { rows.push({type: "task", tid: m.tid, depth: base + 2, g: g}); });
+        if (members.length > n) rows.push({type: "more", g: g, depth: base + 2, left: members.length - n});
         const notListed = grp.count - grp.tasks.length;
-        if (notListed > 0 && members.length <= n) rows.push({type: "note", g: g, depth: 2, text: notListed + " older tasks summarised in the band above"});
+        if (notListed > 0 && members.length <= n) rows.push({type: "note", g: g, depth: base + 2, text: notListed + " older tasks summarised in the band above"});
       });
-      if (hidden.length && !state.moreOpen[t.tid]) rows.push({type: "moregroups", tid: t.tid, depth: 1, left: hidden.length});
+      if (hidden.length && !state.moreOpen[t.tid]) rows.push({type: "moregroups", tid: t.tid, depth: base + 1, left: hidden.length});
     });
     return rows;
   }
   function label(r) {
     if (r.type === "thread") return tracks[r.tid].name;
+    if (r.type === "pool") return r.key + " \u00d7" + pools[r.key].length + " threads";
     if (r.type === "task") {
       const t = tracks[r.tid];
       return r.single ? t.name + " \u00b7 " + TL.groups[t.group].name : t.name;
@@ -409,14 +439,15 @@
     if (!t) return undefined;
     if (t.kind === "task") {
       if (t.group >= 0 && rowIndex["group:" + t.group] !== undefined) return rowIndex["group:" + t.group];
-      return rowIndex["thread:" + t.thread];
+      return rowOfTrack(t.thread);
     }
-    return rowIndex["thread:" + tid];
+    if (rowIndex["thread:" + tid] !== undefined) return rowIndex["thread:" + tid];
+    return poolOf[tid] ? rowIndex["pool:" + poolOf[tid]] : undefined;
   }
   function layoutRows() {
     rows = buildRows();
     rowIndex = {};
-    rows.forEach(function (r, i) { rowIndex[r.type + ":" + (r.type === "group" || r.type === "more" ? r.g : r.tid)] = i; });
+    rows.forEach(function (r, i) { rowIndex[r.type + ":" + (r.type === "pool" ? r.key : r.type === "group" || r.type === "more" ? r.g : r.tid)] = i; });
     while (rowsBox.firstChild) rowsBox.removeChild(rowsBox.firstChild);
     rows.forEach(function (r, i) {
       const b = el("div", "tlrow " + r.type, label(r));
@@ -428,6 +459,10 @@
       if (r.type === "group") {
         b.setAttribute("aria-expanded", state.open[r.g] ? "true" : "false");
         b.insertBefore(el("span", "twisty", state.open[r.g] ? "\u25be " : "\u25b8 "), b.firstChild);
+      }
+      if (r.type === "pool") {
+        b.setAttribute("aria-expanded", state.poolOpen[r.key] ? "true" : "false");
+        b.insertBefore(el("span", "twisty", state.poolOpen[r.key] ? "\u25be " : "\u25b8 "), b.firstChild);
       }
       b.addEventListener("click", function () { activate(r); });
       b.addEventListener("keydown", function (ev) { rowKeys(ev, i, r); });
@@ -445,6 +480,7 @@
     }
     else if (r.type === "more") state.shown[r.g] = (state.shown[r.g] || PAGE) + PAGE;
     else if (r.type === "moregroups") state.moreOpen[r.tid] = true;
+    else if (r.type === "pool") state.poolOpen[r.key] = !state.poolOpen[r.key];
     else return;
     layoutRows();
     const i = rows.findIndex(function (x) { return rowKey(x) === key; });
@@ -458,8 +494,8 @@
     else if (ev.key === "Home") j = 0;
     else if (ev.key === "End") j = rows.length - 1;
     else if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); activate(r); return; }
-    else if (ev.key === "ArrowRight" && r.type === "group" && !state.open[r.g]) { activate(r); return; }
-    else if (ev.key === "ArrowLeft" && r.type === "group" && state.open[r.g]) { activate(r); return; }
+    else if (ev.key === "ArrowRight" && ((r.type === "group" && !state.open[r.g]) || (r.type === "pool" && !state.poolOpen[r.key]))) { activate(r); return; }
+    else if (ev.key === "ArrowLeft" && ((r.type === "group" && state.open[r.g]) || (r.type === "pool" && state.poolOpen[r.key]))) { activate(r); return; }
     else return;
     ev.preventDefault();
     rowsBox.children[i].tabIndex = -1;
@@ -502,6 +538,10 @@
         drawSlices(sliceOf[r.tid] || [], y, w);
       } else if (r.type === "task") {
         drawSlices(sliceOf[r.tid] || [], y, w);
+      } else if (r.type === "pool") {
+        const band = poolBand(r.key);
+        let peak = 0; band.forEach(function (v) { peak = Math.max(peak, v); });
+        drawBand(band, y, w, binUs, peak || 1, COLORS.group, Infinity);
       } else if (r.type === "group") {
         const g = TL.groups[r.g];
         let peak = 0; g.band.forEach(function (v) { peak = Math.max(peak, v); });
@@ -584,6 +624,10 @@
       lines.push(g.count + " tasks; duration p50 " + fmtUs(g.p50_us) + ", p95 " + fmtUs(g.p95_us) + ", max " + fmtUs(g.max_us));
       if (g.band[bi] !== undefined) lines.push("at " + fmtClock(t) + ": " + g.band[bi].toFixed(1) + " running on average");
       lines.push("Enter or click the row's name: list its tasks");
+      return {lines: lines, px: px, py: py};
+    }
+    if (r.type === "pool") {
+      lines.push("threads named alike, one row until opened: Enter or click the row's name");
       return {lines: lines, px: px, py: py};
     }
     if (r.type !== "thread" && r.type !== "task") return null;
