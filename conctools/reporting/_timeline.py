@@ -644,9 +644,23 @@ def _fit(hold: Slice, track: _TrackIndex | None, others: list[Slice]) -> None:
             return
 
 
+# The last snapshot's timeline, swapped whole: the trace and the page of one run share it.
+_last: list[tuple[tuple[Event, ...], int, int, Timeline] | None] = [None]
+
+
 def build_timeline(snapshot: Snapshot, events: Iterable[Event] | None = None) -> Timeline:
-    """The timeline of ``snapshot`` (or of ``events`` measured against its start)."""
+    """The timeline of ``snapshot`` (or of ``events`` measured against its start).
+
+    Treat it as read-only: the reporters of one snapshot share the same one.
+    """
+    if events is None:
+        last = _last[0]
+        if last is not None and last[0] is snapshot.events and last[1:3] == (snapshot.started_ns, snapshot.taken_ns):
+            return last[3]
     builder = _Builder(snapshot)
     for e in snapshot.events if events is None else events:
         builder.add(e)
-    return builder.finish()
+    timeline = builder.finish()
+    if events is None:
+        _last[0] = (snapshot.events, snapshot.started_ns, snapshot.taken_ns, timeline)
+    return timeline
