@@ -83,6 +83,15 @@
     }
     return String(v);
   }
+  function fit(g, text, width) {  // the text cut (with an ellipsis) to fit a canvas width, never squeezed
+    if (g.measureText(text).width <= width) return text;
+    let lo = 0, hi = text.length;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (g.measureText(text.slice(0, mid) + "\u2026").width <= width) lo = mid; else hi = mid - 1;
+    }
+    return lo ? text.slice(0, lo) + "\u2026" : "";
+  }
   function heading(parent, id, text, note) {
     const h = el("h2", null, text);
     if (id) h.id = id;
@@ -593,7 +602,7 @@
       if (s.cat === "lock_hold") { ctx.fillStyle = "#5c4400"; ctx.fillRect(x0, y + 2 + inset, x1 - x0, 2); ctx.fillRect(x0, y + ROW - 4 - inset, x1 - x0, 2); }
       if (x1 - x0 > 40) {
         ctx.fillStyle = s.cat === "lock_hold" ? "#1d2330" : "#fff";
-        ctx.fillText(s.name, x0 + 3, y + ROW / 2, x1 - x0 - 6);
+        ctx.fillText(fit(ctx, s.name, x1 - x0 - 6), x0 + 3, y + ROW / 2);
       }
     });
   }
@@ -806,13 +815,14 @@
       columns: [
         {key: "lock", label: "lock"}, {key: "kind", label: "kind"}, {key: "created_at", label: "created at"},
         {key: "acquired", label: "acquired", num: true}, {key: "contended", label: "contended", num: true},
-        {key: "waited_s", label: "waited", num: true}, {key: "wait_p50_s", label: "wait p50", num: true},
-        {key: "wait_p99_s", label: "p99", num: true}, {key: "wait_max_s", label: "max", num: true},
-        {key: "hold_p99_s", label: "hold p99", num: true}, {key: "hold_max_s", label: "hold max", num: true},
+        {key: "waited_s", label: "waited", num: true}, {key: "wait_p99_s", label: "wait p99", num: true},
+        {key: "wait_max_s", label: "max", num: true}, {key: "hold_p99_s", label: "hold p99", num: true},
         {key: "hottest_waits", label: "hottest waits", wrap: true}, {key: "held_by", label: "held by", wrap: true},
       ],
       detail: function (r) {
         return ["lock " + r.lock + " (" + r.kind + "), created at " + (r.created_at || "?"),
+                "waits: p50 " + fmtS(r.wait_p50_s) + ", p99 " + fmtS(r.wait_p99_s) + ", max " + fmtS(r.wait_max_s),
+                "holds: p99 " + (fmtS(r.hold_p99_s) || "-") + ", max " + (fmtS(r.hold_max_s) || "-"),
                 "hottest waiting sites: " + (r.hottest_waits || "-"), "held by: " + (r.held_by || "-"), "waiters: " + (r.waiters || "-")];
       },
     });
@@ -889,7 +899,7 @@
           const y = d * FROW;
           g.fillStyle = d === 0 ? "#d5dae3" : "hsl(" + hue(n[0]) + ",75%," + (62 + (d % 3) * 6) + "%)";
           g.fillRect(x, y, Math.max(width - 1, 0.5), FROW - 1);
-          if (width > 30) { g.fillStyle = "#1d2330"; g.fillText(n[0], x + 3, y + FROW / 2, width - 6); }
+          if (width > 30) { g.fillStyle = "#1d2330"; g.fillText(fit(g, n[0], width - 6), x + 3, y + FROW / 2); }
           boxes.push({x: x, y: y, w: width, n: n});
           let cx = x;
           n[2].forEach(function (k) { const kw = width * k[1] / (n[1] || 1); walk(k, cx, kw, d + 1); cx += kw; });
