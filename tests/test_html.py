@@ -190,7 +190,7 @@ class TestChromium:
         body = """
           var box = document.getElementById("locks").parentNode, table = box.querySelector("table");
           function first() { return texts("tbody tr td:first-child", table); }
-          var th = all("th button", table).filter(function (b) { return b.textContent === "p99"; })[0];
+          var th = all("th button", table).filter(function (b) { return b.textContent === "wait p99"; })[0];
           th.click(); out.desc = first(); th.click(); out.asc = first();
           var input = box.querySelector("input[type=search]");
           input.value = "quoted"; input.dispatchEvent(new Event("input")); out.filtered = first();
