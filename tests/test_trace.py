@@ -164,6 +164,33 @@ class TestStructure:
         hold = next(s for s in summary.slices[w0] if s.get("cat") == "lock_hold")
         assert (hold["ts"], hold["dur"], hold["args"]["lock"]) == (0, 20_000, "L1")
 
+    def test_no_handoff_without_one_holder(self, recorder: Recorder) -> None:
+        """A semaphore's permits do not go down a queue, and an Event hands nothing over: only the
+        one holder a semaphore waiter named gives it a hold and an arrow."""
+
+        def wait(who: str, kind: str, start_ms: int, holder: str | None) -> LockWaitEvent:
+            return LockWaitEvent(
+                ts_ns=recorder.started_ns + start_ms * 1_000_000,
+                thread_id=hash(who) & 0xFFFF,
+                thread_name=who,
+                lock_id=hash(kind) & 0xFFFF,
+                lock_name=kind.lower(),
+                lock_kind=kind,
+                wait_s=0.010,
+                acquired=True,
+                holder=holder,
+                site="x.py:1",
+            )
+
+        recorder.record(wait("A", "Semaphore", 0, "thread 'H1', thread 'H2'"))  # two holders: no one to name
+        recorder.record(wait("B", "Semaphore", 5, None))  # A acquired while B waited: not a hand-off
+        recorder.record(wait("C", "Semaphore", 20, "thread 'H3'"))
+        recorder.record(wait("D", "Event", 40, "thread 'E'"))
+        summary = check_trace({"traceEvents": trace_events(recorder.snapshot())})
+        assert check_handoffs(summary) == 1
+        hold = summary.of_cat("lock_hold")[0]
+        assert summary.track_names[(hold["pid"], hold["tid"])] == "H3"
+
     def test_nested_spans_never_open_a_lane(self, recorder: Recorder) -> None:
         """Real nested @traced calls, thousands of them: one track for the thread, every slice nested."""
         import threading

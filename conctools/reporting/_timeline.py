@@ -8,10 +8,12 @@ slice are floored from nanoseconds, so a span nested in another stays nested (ro
 never make a child stick out of its parent).
 
 Lock holds are not recorded by the locks: they are inferred from the waits. Each acquired wait
-(``LockWaitEvent``) is a hand-off. Who handed the lock over is the last recorded acquirer of the
-same lock when that acquisition happened while this waiter waited (a queue of waiters: the lock
-goes down the queue), else the holder the waiter named when its wait began (JFR's
-``previousOwner``). The giver held the lock at least from the start of the wait (or from its own
+(``LockWaitEvent``) of a lock or semaphore is a hand-off (a wait for a notify, a set or a
+barrier is not). Who handed it over: for a ``Lock``, ``RLock`` or ``aio.Lock`` (one holder at a
+time), the last recorded acquirer of the same lock when that acquisition happened while this
+waiter waited (a queue of waiters: the lock goes down the queue); otherwise the one holder the
+waiter named when its wait began (JFR's ``previousOwner``; a semaphore's several holders name
+no one). The giver held the lock at least from the start of the wait (or from its own
 acquisition) until the waiter acquired it: that is its hold slice, on its own track, and the flow
 arrow goes from the end of the hold to the end of the wait. The release may have been a little
 earlier than the next acquisition (the waiter's wake-up); the slice says so in its args. To record
@@ -50,7 +52,7 @@ from conctools.events import (
     SpanEvent,
 )
 from conctools.recorder import Snapshot
-from conctools.reporting._summary import name_pattern, parse_party, what_it_runs
+from conctools.reporting._summary import SIGNAL_KINDS, name_pattern, parse_party, what_it_runs
 
 __all__ = [
     "LOCUST_MARK",
@@ -153,6 +155,7 @@ class Timeline:
 
 
 _DIGITS = re.compile(r"(\d+)")
+_EXCLUSIVE = frozenset({"Lock", "RLock", "aio.Lock"})  # one holder at a time: the lock goes down the queue
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
@@ -439,10 +442,11 @@ class _Builder:
 
     def handoffs(self, placed: dict[TrackKey, list[Slice]]) -> list[Flow]:
         """Holds and hand-off arrows, inferred from the waits (see the module docstring)."""
-        by_lock: dict[int, list[tuple[LockWaitEvent, Slice]]] = {}
+        by_lock: dict[tuple[int, str], list[tuple[LockWaitEvent, Slice]]] = {}
         for e, wait in self.waits:
-            if e.acquired:
-                by_lock.setdefault(e.lock_id, []).append((e, wait))
+            # A wait for a notify, a set or a barrier is handed nothing by a holder.
+            if e.acquired and e.lock_kind not in SIGNAL_KINDS:
+                by_lock.setdefault((e.lock_id, e.lock_name), []).append((e, wait))
         index = {key: _TrackIndex(slices) for key, slices in placed.items()}
         holds: dict[tuple[TrackKey, int, int], Slice] = {}
         flows: list[Flow] = []
@@ -451,14 +455,15 @@ class _Builder:
             for i, (e, wait) in enumerate(acquisitions):
                 prev = acquisitions[i - 1] if i else None
                 acquired_at = wait.end_us
-                if prev is not None and prev[1].end_us >= wait.start_us and prev[1].key != wait.key:
+                exclusive = e.lock_kind in _EXCLUSIVE  # a semaphore's next permit may come from anyone
+                if exclusive and prev is not None and prev[1].end_us >= wait.start_us and prev[1].key != wait.key:
                     giver, since, why = prev[1].key, prev[1].end_us, "acquired it while this waiter waited"
                 elif e.holder:
                     holder = self.holder_key(e.holder, e)
                     if holder is None or holder == wait.key:
                         continue
                     giver, since, why = holder, wait.start_us, "held it when this waiter began to wait"
-                    if prev is not None and prev[1].key == holder and prev[1].end_us <= wait.start_us:
+                    if exclusive and prev is not None and prev[1].key == holder and prev[1].end_us <= wait.start_us:
                         since = prev[1].end_us  # that hold began with the giver's own contended acquisition
                 else:
                     continue
