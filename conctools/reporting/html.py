@@ -51,6 +51,7 @@ __all__ = ["MAX_LONGEST", "MAX_SLICES", "html_data", "render_html", "script_json
 MAX_SLICES = 30_000
 MAX_LONGEST = 1_000
 MAX_TASKS_LISTED = 20_000  # tasks with a row of their own (a group's expansion); the rest are counted
+_POOL_AFTER = 90  # report.js's POOL_AFTER: past this many threads, threads named alike share a row
 
 _JSON_ESCAPES = {
     "<": "\\u003c",
@@ -219,7 +220,11 @@ def _timeline_data(tl: Timeline, strings: _Strings) -> dict[str, Any]:
         "cats": list(_CATS),
         "tracks": tracks,
         "groups": group_list,
-        "thread_bands": {str(k): [round(v, 2) for v in b] for k, b in thread_band.items()},
+        # Drawn where slices were summarised, and for a pool of threads sharing a row (the page's
+        # POOL_AFTER): else every slice is on the page and a band would only add weight.
+        "thread_bands": {str(k): [round(v, 2) for v in b] for k, b in thread_band.items()}
+        if left_out or len(thread_band) > _POOL_AFTER
+        else {},
         "slices": slices,
         "flows": flows,
         "instants": instants,
