@@ -43,12 +43,12 @@
     return (s * 1e9).toFixed(0) + " ns";
   }
   function fmtUs(us) { return fmtS(us / 1e6); }
-  function fmtClock(us) {  // a position on the run's time axis
-    const s = us / 1e6;
-    if (view.t1 - view.t0 < 2e6) return s.toFixed(3) + " s";
-    if (s < 60) return s.toFixed(s < 10 ? 1 : 0) + " s";
-    const m = Math.floor(s / 60), r = s - m * 60;
-    return m + ":" + (r < 10 ? "0" : "") + r.toFixed(0);
+  function fmtClock(us) {  // a position on the run's time axis, at the precision of the view
+    const s = us / 1e6, span = view.t1 - view.t0;
+    if (span < 2e6) return s.toFixed(3) + " s";
+    if (span < 120e6) return s.toFixed(span < 20e6 ? 1 : 0) + " s";
+    const m = Math.floor(s / 60), r = Math.round(s - m * 60);
+    return m + ":" + (r < 10 ? "0" : "") + r;
   }
   function natural(a, b) {
     const re = /(\d+)/g, x = String(a).toLowerCase().split(re), y = String(b).toLowerCase().split(re);
@@ -520,8 +520,8 @@
     actx.clearRect(0, 0, w, 22);
     actx.font = "11px system-ui, sans-serif"; actx.fillStyle = "#4b5466"; actx.textBaseline = "middle";
     const span = view.t1 - view.t0;
-    let step = Math.pow(10, Math.floor(Math.log10(span / 6)));
-    if (span / step > 12) step *= 5; else if (span / step > 6) step *= 2;
+    let step = Math.pow(10, Math.floor(Math.log10(span / 8)));
+    if (span / step > 16) step *= 5; else if (span / step > 8) step *= 2;
     for (let t = Math.ceil(view.t0 / step) * step; t <= view.t1; t += step) {
       const x = xOf(t, w);
       actx.fillRect(x, 16, 1, 6);
