@@ -139,6 +139,17 @@ def _site_of(frame: FrameType | None) -> tuple[str, str]:
     return f"{_short(code.co_filename)}:{frame.f_lineno}", code.co_name
 
 
+# The sample server is a user program (its lines are the ones to show), but its lock helpers
+# (server/instruments.py: "a traced lock when tracing, else the stdlib's") only pass the creation
+# on: the site is the server's line that called them.
+_SAMPLE_HELPERS = _SAMPLE_DIR + "instruments.py"
+
+
+def _own_creator(filename: str) -> bool:
+    """True for the frames a creation site walks out of: conctools' own, and the sample's helpers."""
+    return filename.startswith(_PKG_DIR) and (not filename.startswith(_SAMPLE_DIR) or filename == _SAMPLE_HELPERS)
+
+
 def _creation_site(frame: FrameType | None) -> str:
     """The creation site in user code, plus the stdlib function that made it when not user code.
 
@@ -146,7 +157,7 @@ def _creation_site(frame: FrameType | None) -> str:
     a ``queue.Queue()`` on line 12 creates.
     """
     inner = frame
-    while inner is not None and inner.f_code.co_filename.startswith(_PKG_DIR):
+    while inner is not None and _own_creator(inner.f_code.co_filename):
         inner = inner.f_back
     site, _ = _site_of(inner)
     if inner is not None and _is_internal(inner.f_code.co_filename):

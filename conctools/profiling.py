@@ -46,6 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
 
+from conctools._callgraph import call_graphs
 from conctools.recorder import Recorder, get_recorder
 
 __all__ = ["Clock", "FunctionStats", "Profile", "ProfileError", "TaskStats", "ThreadStats", "profile"]
@@ -257,6 +258,7 @@ class Profile:
         self.functions: tuple[FunctionStats, ...] = ()
         self.thread_stats: tuple[ThreadStats, ...] = ()
         self.task_stats: tuple[TaskStats, ...] = ()
+        self.call_graphs: list[dict[str, Any]] = []  # per thread and per task group (the flame graphs)
         self.duration_s = 0.0
         self._yappi_stats: Any = None
         self._running = False
@@ -292,6 +294,7 @@ class Profile:
             yappi.start(builtins=self.builtins, profile_threads=True)
             self._running = True
             self.functions, self.thread_stats, self.task_stats = (), (), ()
+            self.call_graphs = []
             self._yappi_stats = None
         if self.section:
             rec = self._recorder if self._recorder is not None else get_recorder()
@@ -373,12 +376,27 @@ class Profile:
         if not self.threads:
             contexts = {i: c for i, c in contexts.items() if c.tid == self._start_thread}
         raw: list[Any] = []
+        pits: list[Any] = []  # the same entries as plain tuples, callees included: the call graphs
 
         def keep(stat: Any) -> bool:
             # The session's own start/stop frames are not the program's either.
             if stat.ctx_id not in contexts or stat.module == __file__:
                 return False
             raw.append(stat)
+            pits.append(
+                (
+                    stat.ctx_id,
+                    stat.tag,
+                    stat.index,
+                    str(stat.name),
+                    str(stat.module),
+                    int(stat.lineno),
+                    float(stat.ttot),
+                    float(stat.tsub),
+                    int(stat.ncall),
+                    tuple(stat.children or ()),
+                )
+            )
             return True
 
         # One enumeration: the callback sees every per-(thread, tag) entry before yappi merges
@@ -418,6 +436,11 @@ class Profile:
                 )
             )
         self.task_stats = tuple(sorted(tasks, key=lambda t: (-t.own_s, t.name)))
+        try:
+            self.call_graphs = call_graphs(pits, {i: str(c.name) for i, c in contexts.items()})
+        except Exception:  # the flame graphs are a view: never lose the profile over them
+            _log.exception("conctools: could not build the profile's call graphs")
+            self.call_graphs = []
 
     def _collect_live(self) -> None:
         import yappi
@@ -481,6 +504,7 @@ class Profile:
             "threads": [t.to_dict() for t in self.thread_stats],
             "tasks": [t.to_dict() for t in self.task_stats[:SECTION_FUNCTIONS]],
             "task_count": len(self.task_stats),
+            "call_graphs": self.call_graphs,
         }
 
 

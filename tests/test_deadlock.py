@@ -206,12 +206,14 @@ class TestDeadlockReport:
         assert "at transfer (app.py:11)" in text
 
     def test_section_comes_first(self) -> None:
-        """The deadlock section is in the report, before everything else."""
+        """The deadlock section is in the report, right after the findings (which rank it first)."""
         rec = Recorder()
         rec.record(sample_event())
         text = render_text(rec.snapshot())
         body = text.split("=" * 78)[-1]
-        assert body.lstrip().startswith("Found one Python-level deadlock:")
+        findings, _, details = body.strip().partition("\n\n")
+        assert findings.startswith("Findings (1, worst first)\n  1. [CRITICAL] Deadlock:"), findings
+        assert details.lstrip().startswith("Found one Python-level deadlock:")
         assert "Found 1 deadlock." in text
         assert Snapshot.from_dict(rec.snapshot().to_dict()).of_kind(DeadlockEvent) == [sample_event()]
 

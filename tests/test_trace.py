@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from _report_samples import HOSTILE, HOSTILE_NAMES, LINE_SEP, SCRIPT_END, rich_snapshot
+from _trace_check import check_handoffs, check_trace
 
 from conctools.events import LockWaitEvent, SpanEvent
 from conctools.recorder import Recorder, Snapshot
@@ -90,6 +91,7 @@ class TestStructure:
         assert globals_ == {"DEADLOCK", "HANG", "lock-order inversion"}
         counters = {e["name"] for e in events if e["ph"] == "C"}
         assert {"CPU %", "RSS MiB", "Threads", "Open fds", "Context switches/s"} <= counters
+        assert check_handoffs(check_trace(json.loads(render_trace(rich)))) == 1
 
     def test_track_per_thread_and_task(self, rich: Snapshot) -> None:
         """Threads and asyncio tasks get their own named tracks."""
@@ -111,8 +113,8 @@ class TestStructure:
         hold = next(e for e in events if e.get("cat") == "lock_hold")
         assert hold["tid"] == start["tid"] and hold["ts"] <= start["ts"] <= hold["ts"] + hold["dur"]
 
-    def test_overlapping_slices_get_lanes(self, recorder: Recorder) -> None:
-        """Partially overlapping slices of one track (same-named tasks) go to a second lane."""
+    def test_two_tasks_of_one_name_get_two_tracks(self, recorder: Recorder) -> None:
+        """Two tasks named alike whose waits overlap partially are two tasks: a second track."""
         for start in (0, 5_000_000):
             recorder.record(
                 LockWaitEvent(
@@ -134,6 +136,83 @@ class TestStructure:
         names = {e["args"]["name"] for e in events if e["name"] == "thread_name"}
         assert {"task worker", "task worker (2)"} <= names
 
+    def test_a_thread_is_one_track_whatever_overlaps_on_it(self, recorder: Recorder) -> None:
+        """Thread w0 waits for B while holding A, and w1's wait for A began in the middle of that:
+        w0's inferred hold of A overlaps its own wait partially. The hold adapts (it began no later
+        than the wait, since w0 held A while blocked) and w0 stays one track, with the arrow to w1."""
+
+        def wait(who: str, tid: int, lock: int, start_ms: int, wait_ms: int, holder: str | None) -> LockWaitEvent:
+            return LockWaitEvent(
+                ts_ns=recorder.started_ns + start_ms * 1_000_000,
+                thread_id=tid,
+                thread_name=who,
+                lock_id=lock,
+                lock_name=f"L{lock}",
+                lock_kind="Lock",
+                wait_s=wait_ms / 1000,
+                acquired=True,
+                holder=holder,
+                site="x.py:1",
+            )
+
+        recorder.record(wait("w0", 10, 2, 0, 10, "thread 'w2'"))  # w0 waits for L2 from 0 to 10 ms
+        recorder.record(wait("w1", 11, 1, 5, 15, "thread 'w0'"))  # w1 waits for L1 (held by w0) from 5 to 20 ms
+        summary = check_trace({"traceEvents": trace_events(recorder.snapshot())})
+        assert sorted(summary.track_names.values()) == ["w0", "w1", "w2"]
+        assert check_handoffs(summary) == 2
+        w0 = summary.track_of("w0")
+        hold = next(s for s in summary.slices[w0] if s.get("cat") == "lock_hold")
+        assert (hold["ts"], hold["dur"], hold["args"]["lock"]) == (0, 20_000, "L1")
+
+    def test_no_handoff_without_one_holder(self, recorder: Recorder) -> None:
+        """A semaphore's permits do not go down a queue, and an Event hands nothing over: only the
+        one holder a semaphore waiter named gives it a hold and an arrow."""
+
+        def wait(who: str, kind: str, start_ms: int, holder: str | None) -> LockWaitEvent:
+            return LockWaitEvent(
+                ts_ns=recorder.started_ns + start_ms * 1_000_000,
+                thread_id=hash(who) & 0xFFFF,
+                thread_name=who,
+                lock_id=hash(kind) & 0xFFFF,
+                lock_name=kind.lower(),
+                lock_kind=kind,
+                wait_s=0.010,
+                acquired=True,
+                holder=holder,
+                site="x.py:1",
+            )
+
+        recorder.record(wait("A", "Semaphore", 0, "thread 'H1', thread 'H2'"))  # two holders: no one to name
+        recorder.record(wait("B", "Semaphore", 5, None))  # A acquired while B waited: not a hand-off
+        recorder.record(wait("C", "Semaphore", 20, "thread 'H3'"))
+        recorder.record(wait("D", "Event", 40, "thread 'E'"))
+        summary = check_trace({"traceEvents": trace_events(recorder.snapshot())})
+        assert check_handoffs(summary) == 1
+        hold = summary.of_cat("lock_hold")[0]
+        assert summary.track_names[(hold["pid"], hold["tid"])] == "H3"
+
+    def test_nested_spans_never_open_a_lane(self, recorder: Recorder) -> None:
+        """Real nested @traced calls, thousands of them: one track for the thread, every slice nested."""
+        import threading
+
+        from conctools.tracing import traced
+
+        @traced("inner")
+        def inner() -> int:
+            return sum(range(20))
+
+        @traced("outer")
+        def outer() -> None:
+            for _ in range(3):
+                inner()
+
+        t = threading.Thread(target=lambda: [outer() for _ in range(2000)], name="nester")
+        t.start()
+        t.join()
+        summary = check_trace({"traceEvents": trace_events(recorder.snapshot())})
+        assert list(summary.track_names.values()) == ["nester"]
+        assert len(summary.slices[summary.track_of("nester")]) == 8000
+
     def test_timestamps_relative_microseconds(self, recorder: Recorder) -> None:
         """Span timestamps are µs since the run start and durations are µs."""
         recorder.record(
@@ -149,7 +228,7 @@ class TestStructure:
             )
         )
         x = next(e for e in trace_events(recorder.snapshot()) if e["ph"] == "X")
-        assert x["ts"] == 2000.0 and x["dur"] == 3000.0
+        assert x["ts"] == 2000 and x["dur"] == 3000
 
     def test_empty_snapshot(self, recorder: Recorder) -> None:
         """A run that recorded nothing is still a valid trace (process metadata only)."""
@@ -210,7 +289,8 @@ class TestRealLocks:
         assert tid_name[flow["s"]["tid"]] == "holder-thread" and tid_name[flow["f"]["tid"]] == "waiter-thread"
 
     def test_hold_ends_at_the_next_acquisition(self, recorder: Recorder) -> None:
-        """Two waiters saw the same holder: its hold ends when the first got the lock, with one arrow."""
+        """Two waiters saw the same holder: its hold ends when the first got the lock; the first then
+        holds it until the second, still waiting, gets it (the lock goes down the queue): two arrows."""
 
         def wait(name: str, start_ms: int, wait_ms: int) -> LockWaitEvent:
             return LockWaitEvent(
@@ -231,6 +311,6 @@ class TestRealLocks:
         events = validate({"traceEvents": trace_events(recorder.snapshot())})
         tid_name = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
         holds = [e for e in events if e.get("cat") == "lock_hold"]
-        assert [(tid_name[h["tid"]], h["ts"], h["dur"]) for h in holds] == [("H", 0.0, 10_000.0)]
-        flows = [e for e in events if e["ph"] in ("s", "f")]
-        assert sorted((e["ph"], tid_name[e["tid"]]) for e in flows) == [("f", "W1"), ("s", "H")]
+        assert [(tid_name[h["tid"]], h["ts"], h["dur"]) for h in holds] == [("H", 0, 10_000), ("W1", 10_000, 10_000)]
+        flows = sorted((e["id"], e["ph"], tid_name[e["tid"]]) for e in events if e["ph"] in ("s", "f"))
+        assert [f[1:] for f in flows] == [("f", "W1"), ("s", "H"), ("f", "W2"), ("s", "W1")]

@@ -1,8 +1,10 @@
 """The text report: what a person needs first, short, ranked, with ``file:line``.
 
 The report is a list of sections, each a pure function ``(snapshot, brief) -> str | None``
-(``None`` when it has nothing to say). Problems come first (deadlocks, inversions, hangs,
-stalls), then where the time went (locks, spans, profile), then resources.
+(``None`` when it has nothing to say). The whole report starts with the findings: everything
+found, ranked, each with its evidence (:mod:`conctools.reporting.findings`, shared with the HTML
+report); then the sections: the problems in detail (deadlocks, inversions, hangs, stalls), then
+where the time went (locks, spans, profile), then resources.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from conctools.recorder import Snapshot
 from conctools.reporting._safe import neutralise
 from conctools.reporting._table import table
 from conctools.reporting.deadlock_text import deadlock_section, hang_section
+from conctools.reporting.findings import findings_section
 from conctools.reporting.locks_text import lock_order_section, lock_table_section
 from conctools.reporting.loop_text import slow_callbacks_section
 from conctools.reporting.profile_text import profile_section
@@ -99,8 +102,12 @@ def render_sections(
 
 
 def render_text(snapshot: Snapshot, *, brief: bool = False) -> str:
-    """The report as text; ``brief`` keeps every section short for a terminal."""
-    parts = [_header(snapshot, brief), *render_sections(snapshot, brief=brief)]
+    """The report as text, the ranked findings first; ``brief`` keeps every section short for a terminal."""
+    try:
+        findings = findings_section(snapshot, brief)
+    except Exception as exc:  # the findings are a summary: never lose the report over them
+        findings = f"[findings failed: {exc!r}]"
+    parts = [_header(snapshot, brief), *([findings] if findings else []), *render_sections(snapshot, brief=brief)]
     if len(parts) == 1:
         parts.append("Nothing to report: no spans, lock waits, stalls or hangs were recorded.")
     return neutralise("\n\n".join(parts) + "\n")

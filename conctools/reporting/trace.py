@@ -1,11 +1,15 @@
 """``trace.json``: the Chrome trace event format, opened by ui.perfetto.dev and chrome://tracing.
 
-One track per thread and per asyncio task, named with ``M`` metadata events; ``@traced``
-spans, lock waits and holds, and slow callbacks as ``X`` slices (slow callbacks in a warning
-colour); ``s``/``f`` flow arrows from a lock's releasing holder to its next acquirer;
-deadlocks, hangs and lock-order inversions as global instants; resource samples as ``C``
-counter tracks. Timestamps are microseconds since the run started, and never go backwards
-on a track.
+One track per thread (always one: its spans, lock waits, inferred lock holds and slow callbacks
+nest on it) and one per asyncio task, named with ``M`` metadata events and ordered threads
+first (``MainThread`` first), each thread's tasks after the threads in order of their start.
+``@traced`` spans, lock waits and holds, blocking calls and slow callbacks are ``X`` slices (slow
+callbacks in a warning colour); every contended hand-off of a lock is a hold slice on the
+giver's track and an ``s``/``f`` flow arrow from the end of that hold to the end of the
+receiver's wait (both bound to their enclosing slice); deadlocks, hangs and lock-order
+inversions are global instants; resource samples and Locust's statistics are ``C`` counter
+tracks. Timestamps are whole microseconds since the run started and never go backwards on a
+track; slices on one track always nest (see :mod:`conctools.reporting._timeline`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 from conctools.recorder import Snapshot
 from conctools.reporting._safe import neutralise_data
-from conctools.reporting._timeline import build_timeline
+from conctools.reporting._timeline import Timeline, build_timeline
 from conctools.reporting.jsonreport import _clean
 
 __all__ = ["dumps_finite", "render_trace", "trace_events", "write_trace"]
@@ -30,21 +34,24 @@ _COLORS = {
     "hang": "terrible",
     "lock_order": "bad",
 }
-_EPS_US = 0.001  # one nanosecond: keeps a flow end inside the slice it binds to
+_INSIDE_US = 1  # a flow event sits 1 µs before its slice's end: inside the slice it binds to
 
 
-def trace_events(snapshot: Snapshot) -> list[dict[str, Any]]:
-    """The list of trace events (``traceEvents``) for ``snapshot``."""
-    tl = build_timeline(snapshot)
+def trace_events(snapshot: Snapshot, timeline: Timeline | None = None) -> list[dict[str, Any]]:
+    """The list of trace events (``traceEvents``) for ``snapshot`` (or its already built ``timeline``)."""
+    tl = timeline if timeline is not None else build_timeline(snapshot)
     pid = int(snapshot.meta.get("pid", 1) or 1)
     command = str(snapshot.meta.get("command") or "python")
     out: list[dict[str, Any]] = [
         {"ph": "M", "name": "process_name", "ts": 0, "pid": pid, "tid": 0, "args": {"name": f"conctools: {command}"}}
     ]
-    for t in tl.tracks:
+    # Threads first, then the tasks (each thread's in order of start): a server's thousands of
+    # request tasks sort below the threads instead of between them.
+    order = sorted(tl.tracks, key=lambda t: (t.kind != "thread", t.tid))
+    for n, t in enumerate(order):
         out.append({"ph": "M", "name": "thread_name", "ts": 0, "pid": pid, "tid": t.tid, "args": {"name": t.name}})
         out.append(
-            {"ph": "M", "name": "thread_sort_index", "ts": 0, "pid": pid, "tid": t.tid, "args": {"sort_index": t.tid}}
+            {"ph": "M", "name": "thread_sort_index", "ts": 0, "pid": pid, "tid": t.tid, "args": {"sort_index": n}}
         )
     timed: list[dict[str, Any]] = []
     for s in tl.slices:
@@ -64,18 +71,8 @@ def trace_events(snapshot: Snapshot) -> list[dict[str, Any]]:
     for f in tl.flows:
         src, dst = f.source, f.target
         common = {"name": f.name, "cat": "lock_flow", "id": f.id, "pid": pid}
-        timed.append(
-            {**common, "ph": "s", "ts": max(src.start_us, src.start_us + src.dur_us - _EPS_US), "tid": src.tid}
-        )
-        timed.append(
-            {
-                **common,
-                "ph": "f",
-                "bp": "e",
-                "ts": max(dst.start_us, dst.start_us + dst.dur_us - _EPS_US),
-                "tid": dst.tid,
-            }
-        )
+        timed.append({**common, "ph": "s", "ts": max(src.start_us, src.end_us - _INSIDE_US), "tid": src.tid})
+        timed.append({**common, "ph": "f", "bp": "e", "ts": max(dst.start_us, dst.end_us - _INSIDE_US), "tid": dst.tid})
     for i in tl.instants:
         ev = {"ph": "i", "name": i.name, "cat": i.cat, "ts": i.ts_us, "pid": pid, "args": i.args}
         if i.tid is None:
@@ -89,18 +86,22 @@ def trace_events(snapshot: Snapshot) -> list[dict[str, Any]]:
         timed.append({"ph": "C", "name": c.name, "ts": c.ts_us, "pid": pid, "tid": 0, "args": c.values})
     # A stable sort by time keeps every track monotonic; on ties, longer slices (parents) first.
     timed.sort(key=lambda e: (e["ts"], -e.get("dur", 0)))
+
     return out + timed
 
 
 def render_trace(snapshot: Snapshot) -> str:
     """``trace.json`` as text (a JSON object with ``traceEvents``)."""
+    tl = build_timeline(snapshot)
     doc = {
-        "traceEvents": neutralise_data(trace_events(snapshot)),  # Perfetto shows names: never obey them
+        "traceEvents": neutralise_data(trace_events(snapshot, tl)),  # Perfetto shows names: never obey them
         "displayTimeUnit": "ms",
         "otherData": {
             "generator": "conctools",
             "started_wall": snapshot.started_wall,
             "duration_s": snapshot.duration_s,
+            "lock_handoffs": tl.handoffs,  # each: a hold slice and a flow arrow to the next acquirer
+            "clipped_slices": tl.clipped,  # recorded slices drawn shorter so that their track nests
         },
     }
     # ensure_ascii keeps U+2028/2029 and every odd character escaped: safe for any consumer.
