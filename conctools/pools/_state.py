@@ -1,0 +1,396 @@
+"""One pool's counters, live holders and findings, and the list of pools kept for the report."""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import sys
+import threading
+import time
+import weakref
+from types import FrameType
+from typing import Any
+
+from conctools.events import PoolExhaustedEvent, PoolHolder
+from conctools.pools._holders import (
+    MAX_DESCRIBED,
+    TakeFrame,
+    describe_semaphore,
+    describe_task,
+    describe_thread,
+    take_frames,
+    task_now,
+    thread_who,
+    user_stack,
+)
+from conctools.recorder import Histogram, get_recorder
+
+_log = logging.getLogger("conctools.pools")
+MAX_POOLS = 256  # pools kept for the report (those that were waited on); others are not listed
+MAX_HELD = 1024  # live items whose holder is remembered, per pool
+CHANNEL_AFTER = 256  # a queue that handed out this many items and got none back is a channel
+SNAPSHOT_EVERY_S = 0.1  # at most one description of the holders per pool per this long ...
+EPISODE_SNAPSHOT_EVERY_S = 0.02  # ... or per this long when a new exhaustion begins
+MAX_BLAME = 32  # distinct (state, site) groups tallied per pool
+REPEAT_MIN = 10  # takes in a row by one task or thread from the same lines: an N+1 pattern
+REPEAT_GAP_S = 0.05  # ... each within this long of its previous give-back
+MAX_RUNS = 512  # parties whose current run of takes is followed, per pool
+MAX_REPEATS = 16  # N+1 sites kept per pool
+DEFAULT_THRESHOLD_S = 0.1
+_mono = time.monotonic_ns
+_current_thread = threading.current_thread
+_allocate_lock = _thread.allocate_lock
+_wref = weakref.ref
+Holding = tuple[int, Any, Any, tuple[TakeFrame, ...]]
+
+
+class _Run:
+    """One party's current run of takes from the same lines (the N+1 detector)."""
+
+    __slots__ = ("count", "last_ns", "party", "sig")
+
+    def __init__(self, sig: tuple[Any, ...], party: Any, now: int) -> None:
+        self.sig = sig
+        self.party = party  # a weak reference to the task or thread
+        self.count = 1
+        self.last_ns = now
+
+
+class PoolState:
+    """Counters, live holders and findings of one pool. Updated under its own plain lock."""
+
+    def __init__(self, kind: str, items: str, name: str | None, created_at: str, obj: Any) -> None:
+        self.mutex = _allocate_lock()
+        self.kind = kind
+        self.items = items
+        self.name = name
+        self.created_at = created_at
+        try:
+            self.ref: Any = _wref(obj)
+        except TypeError:
+            self.ref = None
+        self.semaphore = kind.endswith("Semaphore")
+        self.takes = 0
+        self.returns = 0
+        self.waits = 0
+        self.wait_hist = Histogram()
+        self.waiters = 0
+        self.episodes = 0
+        self.long_episodes = 0
+        self.exhausted_ns = 0
+        self.episode_start_ns = 0
+        self.episode_waits = 0
+        self.episode_max = 0
+        self.episode_who: tuple[int, str, str | None] = (0, "", None)
+        self.episode_snapshot: tuple[tuple[PoolHolder, ...], int, int] | None = None
+        self.last_snapshot_ns = 0
+        self.longest: dict[str, Any] | None = None
+        self.capacity = 0
+        self.samples = 0
+        self.blame: dict[tuple[str, ...], list[Any]] = {}
+        self.held: dict[int, Any] = {}
+        self.identities = True
+        self.runs: dict[int, _Run] = {}
+        self.repeats: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.listed = False
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.created_at
+
+    def reset(self) -> None:
+        with self.mutex:
+            self.takes = self.returns = self.waits = 0
+            self.wait_hist = Histogram()
+            self.episodes = self.long_episodes = self.exhausted_ns = 0
+            self.longest = None
+            self.samples = 0
+            self.blame.clear()
+            self.repeats.clear()
+            self.runs.clear()
+            self.capacity = 0
+            self.listed = False
+
+    # ---- takes and returns (queues) ----
+    def take(self, item: Any, frame: FrameType | None) -> None:
+        try:
+            if not self.identities:
+                with self.mutex:
+                    self.takes += 1
+                return
+            now = _mono()
+            taken = take_frames(frame)
+            thread = _current_thread()
+            task = task_now()
+            holding: Holding = (now, thread, _wref(task) if task is not None else None, taken)
+            report_repeat = None
+            with self.mutex:
+                self.takes += 1
+                key = id(item)
+                prev = self.held.get(key)
+                if prev is None:
+                    self.held[key] = holding
+                elif isinstance(prev, list):
+                    prev.append(holding)
+                else:
+                    self.held[key] = [prev, holding]
+                if len(self.held) > MAX_HELD:
+                    del self.held[next(iter(self.held))]
+                if self.returns == 0 and self.takes >= CHANNEL_AFTER:
+                    self.identities = False  # a channel: items never come back
+                    self.held.clear()
+                    self.runs.clear()
+                    return
+                report_repeat = self._note_run(task if task is not None else thread, holding[2], taken, now)
+            if report_repeat is not None:
+                self._record_repeat(report_repeat, frame, task, thread)
+        except Exception:
+            _log.debug("conctools: recording a pool take failed", exc_info=True)
+
+    def _note_run(self, party: Any, party_ref: Any, taken: tuple[TakeFrame, ...], now: int) -> tuple[Any, ...] | None:
+        """Count takes in a row from the same lines by one party (caller holds the mutex)."""
+        if not taken:
+            return None
+        sig = tuple((id(code), line) for _, code, line in taken[:2])
+        key = id(party)
+        run = self.runs.get(key)
+        if run is not None and run.party() is party and run.sig == sig and now - run.last_ns <= REPEAT_GAP_S * 1e9:
+            run.count += 1
+            run.last_ns = now
+            entry = self.repeats.get(sig)
+            if entry is not None and run.count > entry["max_run"]:
+                entry["max_run"] = run.count
+            return sig if run.count == REPEAT_MIN else None
+        if run is None and len(self.runs) >= MAX_RUNS:
+            del self.runs[next(iter(self.runs))]
+        self.runs[key] = _Run(sig, party_ref if party_ref is not None else _wref(party), now)
+        return None
+
+    def _record_repeat(self, sig: tuple[Any, ...], frame: FrameType | None, task: Any, thread: Any) -> None:
+        stack = user_stack(frame)
+        if task is not None:
+            try:
+                who = f"task {task.get_name()!r}"
+            except Exception:
+                who = "a task"
+        else:
+            who = thread_who(thread)
+        with self.mutex:
+            entry = self.repeats.get(sig)
+            if entry is None:
+                if len(self.repeats) >= MAX_REPEATS:
+                    return
+                self.repeats[sig] = {"runs": 1, "max_run": REPEAT_MIN, "stack": stack, "who": who}
+            else:
+                entry["runs"] += 1
+            list_state(self)
+
+    def give_back(self, item: Any) -> Any:
+        """An item is put back: forget its holder; returns the holding (for :meth:`undo`)."""
+        try:
+            with self.mutex:
+                held = self.held.pop(id(item), None)
+                if held is None:
+                    return None
+                if isinstance(held, list):
+                    mine = _mine(held)
+                    rest = [h for h in held if h is not mine]
+                    if rest:
+                        self.held[id(item)] = rest if len(rest) > 1 else rest[0]
+                    held = mine
+                self.returns += 1
+                party = held[2]() if held[2] is not None else held[1]
+                run = self.runs.get(id(party)) if party is not None else None
+                if run is not None and run.party() is party:
+                    run.last_ns = _mono()
+                return held
+        except Exception:
+            _log.debug("conctools: recording a pool return failed", exc_info=True)
+            return None
+
+    def undo(self, item: Any, holding: Any) -> None:
+        """The put that :meth:`give_back` announced failed (a full queue): the holder keeps it."""
+        with self.mutex:
+            self.returns -= 1
+            self.held.setdefault(id(item), holding)
+
+    # ---- waits ----
+    def wait_started(self, obj: Any) -> int:
+        """Someone must wait for an item. Returns the wait's start (``0``: not recorded)."""
+        try:
+            now = _mono()
+            snapshot = False
+            with self.mutex:
+                self.waits += 1
+                self.waiters += 1
+                if self.waiters == 1:
+                    self.episode_start_ns = now
+                    self.episode_waits = 0
+                    self.episode_max = 0
+                    self.episode_snapshot = None
+                    thread = _current_thread()
+                    task = task_now()
+                    self.episode_who = (
+                        thread.ident or 0,
+                        thread.name,
+                        task.get_name() if task is not None else None,
+                    )
+                self.episode_waits += 1
+                self.episode_max = max(self.episode_max, self.waiters)
+                since = now - self.last_snapshot_ns
+                if (self.identities or self.semaphore) and (
+                    since >= SNAPSHOT_EVERY_S * 1e9
+                    or (self.episode_snapshot is None and since >= EPISODE_SNAPSHOT_EVERY_S * 1e9)
+                ):
+                    self.last_snapshot_ns = now
+                    snapshot = True
+                list_state(self)
+            if snapshot:
+                self._snapshot(obj, now)
+            return now
+        except Exception:
+            _log.debug("conctools: recording a pool wait failed", exc_info=True)
+            return 0
+
+    def wait_ended(self, start_ns: int, obj: Any = None) -> None:
+        """A wait that :meth:`wait_started` returned ``start_ns`` for is over (got, timed out, cancelled).
+
+        A long wait looks at the holders once more (``obj``: the pool), for the report's tally:
+        those still holding after that long are the ones that kept the others waiting.
+        """
+        if not start_ns:
+            return
+        try:
+            now = _mono()
+            event = None
+            if (
+                obj is not None
+                and now - start_ns >= SNAPSHOT_EVERY_S * 1e9
+                and now - self.last_snapshot_ns >= SNAPSHOT_EVERY_S * 1e9
+                and self.identities
+            ):
+                self.last_snapshot_ns = now
+                self._snapshot(obj, now)
+            with self.mutex:
+                self.wait_hist.add(now - start_ns)
+                self.waiters = max(0, self.waiters - 1)
+                if self.waiters == 0:
+                    event = self._episode_over(now)
+            if event is not None:
+                get_recorder().record(event)
+        except Exception:
+            _log.debug("conctools: recording a pool wait's end failed", exc_info=True)
+
+    def _episode_over(self, now: int) -> PoolExhaustedEvent | None:
+        """The last waiter got its item: close the episode (caller holds the mutex)."""
+        duration = now - self.episode_start_ns
+        self.episodes += 1
+        self.exhausted_ns += duration
+        holders, capacity, held = self.episode_snapshot or ((), 0, 0)
+        if self.longest is None or duration > self.longest["duration_ns"]:
+            self.longest = {
+                "start_ns": self.episode_start_ns,
+                "duration_ns": duration,
+                "capacity": capacity,
+                "held": held,
+                "waits": self.episode_waits,
+                "max_waiters": self.episode_max,
+                "holders": holders,
+            }
+        if duration < threshold_ns[0] or (self.returns == 0 and not self.semaphore):
+            return None
+        self.long_episodes += 1
+        tid, tname, task_name = self.episode_who
+        return PoolExhaustedEvent(
+            ts_ns=self.episode_start_ns,
+            thread_id=tid,
+            thread_name=tname,
+            task_name=task_name,
+            pool_name=self.display_name,
+            pool_kind=self.kind,
+            items=self.items,
+            duration_s=duration / 1e9,
+            capacity=capacity,
+            held=held,
+            waits=self.episode_waits,
+            max_waiters=self.episode_max,
+            holders=holders,
+        )
+
+    # ---- who holds the items now ----
+    def _snapshot(self, obj: Any, now: int) -> None:
+        holders, capacity, held = self._describe_queue(obj, now) if not self.semaphore else describe_semaphore(obj)
+        with self.mutex:
+            self.samples += 1
+            self.capacity = max(self.capacity, capacity)
+            if self.episode_snapshot is None and self.waiters > 0:
+                self.episode_snapshot = (holders, capacity, held)
+            for h in holders:
+                key = (h.party, h.state, h.call or "", h.site, h.function, h.acquired_at)
+                entry = self.blame.get(key)
+                if entry is None:
+                    if len(self.blame) >= MAX_BLAME:
+                        continue
+                    entry = self.blame[key] = [0, h.line]
+                entry[0] += 1
+
+    def _describe_queue(self, q: Any, now: int) -> tuple[tuple[PoolHolder, ...], int, int]:
+        with self.mutex:
+            holdings: list[Holding] = []
+            for h in self.held.values():
+                if isinstance(h, list):
+                    holdings.extend(h)
+                else:
+                    holdings.append(h)
+        try:
+            available = int(q.qsize())
+        except Exception:
+            available = 0
+        frames_now: dict[int, FrameType] | None = None
+        me_thread, me_task = _current_thread(), task_now()
+        out = []
+        for since, thread, task_ref, taken in holdings[:MAX_DESCRIBED]:
+            held_s = (now - since) / 1e9
+            if (task_ref is None and thread is me_thread) or (task_ref is not None and task_ref() is me_task):
+                continue  # the waiter that just got its item (a wait's end): not one that made it wait
+            if task_ref is not None:
+                out.append(describe_task(task_ref(), getattr(thread, "name", "?"), taken, held_s))
+            else:
+                if frames_now is None:
+                    frames_now = sys._current_frames()
+                out.append(describe_thread(thread, getattr(thread, "name", "?"), taken, held_s, frames_now))
+        return tuple(out), len(holdings) + available, len(holdings)
+
+
+def _mine(holdings: list[Any]) -> Any:
+    """Of several holders of equal items (small ints, None tokens), the caller's, else the oldest."""
+    me_thread = _current_thread()
+    me_task = task_now()
+    for h in holdings:
+        if (me_task is not None and h[2] is not None and h[2]() is me_task) or (h[2] is None and h[1] is me_thread):
+            return h
+    return holdings[0]
+
+
+registry_mutex = _allocate_lock()
+listed: list[PoolState] = []  # pools that were waited on (or showed an N+1 run), for the report
+threshold_ns = [int(DEFAULT_THRESHOLD_S * 1e9)]
+
+
+def list_state(state: PoolState) -> None:
+    """Keep ``state`` for the report (caller may hold ``state.mutex``; this takes ``registry_mutex``)."""
+    if state.listed:
+        return
+    with registry_mutex:
+        if not state.listed and len(listed) < MAX_POOLS:
+            state.listed = True
+            listed.append(state)
+
+
+def reset() -> None:
+    """Forget every pool's statistics (the pools themselves keep working)."""
+    with registry_mutex:
+        states = list(listed)
+        listed.clear()
+    for state in states:
+        state.reset()
