@@ -83,7 +83,8 @@ class PoolState:
         self.episode_max = 0
         self.episode_who: tuple[int, str, str | None] = (0, "", None)
         self.episode_snapshot: tuple[tuple[PoolHolder, ...], int, int] | None = None
-        self.last_snapshot_ns = 0
+        self.last_snapshot_ns = 0  # the last look at a wait's start ...
+        self.last_end_snapshot_ns = 0  # ... and at a long wait's end (each rate-limited on its own)
         self.longest: dict[str, Any] | None = None
         self.capacity = 0
         self.samples = 0
@@ -246,7 +247,7 @@ class PoolState:
                     snapshot = True
                 list_state(self)
             if snapshot:
-                self._snapshot(obj, now)
+                self._snapshot(obj, now, at_start=True)
             return now
         except Exception:
             _log.debug("conctools: recording a pool wait failed", exc_info=True)
@@ -266,11 +267,11 @@ class PoolState:
             if (
                 obj is not None
                 and now - start_ns >= SNAPSHOT_EVERY_S * 1e9
-                and now - self.last_snapshot_ns >= SNAPSHOT_EVERY_S * 1e9
+                and now - self.last_end_snapshot_ns >= SNAPSHOT_EVERY_S * 1e9
                 and self.identities
             ):
-                self.last_snapshot_ns = now
-                self._snapshot(obj, now)
+                self.last_end_snapshot_ns = now
+                self._snapshot(obj, now, at_start=False)
             with self.mutex:
                 self.wait_hist.add(now - start_ns)
                 self.waiters = max(0, self.waiters - 1)
@@ -318,12 +319,14 @@ class PoolState:
         )
 
     # ---- who holds the items now ----
-    def _snapshot(self, obj: Any, now: int) -> None:
+    def _snapshot(self, obj: Any, now: int, at_start: bool) -> None:
+        """Describe the holders now; the tally counts every look. The exhaustion keeps its latest look
+        from a wait's start (the pool is empty then), or a wait's end when there is no other."""
         holders, capacity, held = self._describe_queue(obj, now) if not self.semaphore else describe_semaphore(obj)
         with self.mutex:
             self.samples += 1
             self.capacity = max(self.capacity, capacity)
-            if self.episode_snapshot is None and self.waiters > 0:
+            if self.waiters > 0 and (at_start or self.episode_snapshot is None):
                 self.episode_snapshot = (holders, capacity, held)
             for h in holders:
                 key = (h.party, h.state, h.call or "", h.site, h.function, h.acquired_at)
@@ -349,17 +352,19 @@ class PoolState:
         frames_now: dict[int, FrameType] | None = None
         me_thread, me_task = _current_thread(), task_now()
         out = []
+        skipped = 0
         for since, thread, task_ref, taken in holdings[:MAX_DESCRIBED]:
             held_s = (now - since) / 1e9
             if (task_ref is None and thread is me_thread) or (task_ref is not None and task_ref() is me_task):
-                continue  # the waiter that just got its item (a wait's end): not one that made it wait
+                skipped += 1  # the waiter that just got its item (a wait's end): not one that made it wait
+                continue
             if task_ref is not None:
                 out.append(describe_task(task_ref(), getattr(thread, "name", "?"), taken, held_s))
             else:
                 if frames_now is None:
                     frames_now = sys._current_frames()
                 out.append(describe_thread(thread, getattr(thread, "name", "?"), taken, held_s, frames_now))
-        return tuple(out), len(holdings) + available, len(holdings)
+        return tuple(out), len(holdings) + available - skipped, len(holdings) - skipped
 
 
 def _mine(holdings: list[Any]) -> Any:

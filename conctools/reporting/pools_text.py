@@ -41,11 +41,14 @@ def _rows(section: Any, key: str) -> list[dict[str, Any]]:
     return [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
 
 
-def doing_words(holder: dict[str, Any], one: bool = True) -> str:
-    """What a holder was doing: ``awaiting `fetch_upstream()` at app.py:412 (acquired at app.py:405)``."""
+def doing_words(holder: dict[str, Any], one: bool = True, function: bool = False) -> str:
+    """What a holder was doing: ``awaiting `fetch_upstream()` at app.py:412 (acquired at app.py:405)``
+    (``function=True``: ``at app.py:412 in create_order``)."""
     state = str(holder.get("state") or "unknown")
     call = holder.get("call")
     site = _clean(holder.get("site") or "?")
+    if function and holder.get("function") and holder.get("function") != "?":
+        site += f" in {_clean(holder['function'])}"
     if state == "awaiting":
         text = f"awaiting `{_clean(call)}` at {site}" if call else f"suspended at {site}"
     elif state == "calling":
@@ -62,14 +65,17 @@ def doing_words(holder: dict[str, Any], one: bool = True) -> str:
     return text
 
 
-def group_words(count: int, holder: dict[str, Any]) -> str:
-    """``8 by tasks awaiting `fetch_upstream()` at app.py:412 (acquired at app.py:405)``."""
+def group_words(count: int, holder: dict[str, Any], joiner: str = "by", function: bool = False) -> str:
+    """``8 by tasks awaiting `fetch_upstream()` at app.py:412 (acquired at app.py:405)``;
+    ``joiner="were"``: ``8 were tasks awaiting ...``."""
     party = str(holder.get("party") or "task")
     one = count == 1
     who = (f"a {party}" if one else f"{party}s") if party in ("task", "thread") else _clean(party)
     if holder.get("state") in ("finished", "exited"):
         who += " that"
-    return f"{count} by {who} {doing_words(holder, one)}"
+    if joiner == "were" and one:
+        joiner = "was"
+    return f"{count} {joiner} {who} {doing_words(holder, one, function)}".replace("  ", " ")
 
 
 def _grouped(holders: Iterable[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
@@ -77,12 +83,21 @@ def _grouped(holders: Iterable[dict[str, Any]]) -> list[tuple[int, dict[str, Any
     for h in holders:
         key = (h.get("party"), h.get("state"), h.get("call"), h.get("site"), h.get("acquired_at"))
         entry = groups.setdefault(key, [0, h])
-        entry[0] += 1
+        entry[0] += int(_num(h, "holders")) if "holders" in h else 1
     return sorted(((n, h) for n, h in groups.values()), key=lambda g: -g[0])
 
 
-def pool_headline(pool: dict[str, Any], longest: dict[str, Any] | None, holders: Sequence[dict[str, Any]]) -> str:
-    """One sentence: how long the pool was exhausted, who held its items and where, who waited."""
+def pool_headline(
+    pool: dict[str, Any],
+    longest: dict[str, Any] | None,
+    holders: Sequence[dict[str, Any]],
+    blame: Sequence[dict[str, Any]] = (),
+) -> str:
+    """One sentence: how long the pool was exhausted, who held its items and where, who waited.
+
+    Who held them comes from every look at the holders while someone waited (``blame``, the
+    whole run); without those, from the last look during the longest exhaustion (``holders``).
+    """
     name = _clean(pool.get("pool", "?"))
     items = _clean(pool.get("items") or "items")
     exhausted = _num(pool, "exhausted_s")
@@ -90,30 +105,40 @@ def pool_headline(pool: dict[str, Any], longest: dict[str, Any] | None, holders:
     episodes = int(_num(pool, "episodes"))
     if episodes > 1:
         text += f" ({episodes} times, longest {format_duration(_num(pool, 'longest_s'))})"
-    if longest is not None and holders:
+    if longest is not None and (holders or blame):
         held = int(_num(longest, "held")) or len(holders)
-        capacity = int(_num(longest, "capacity")) or held
-        groups = "; ".join(group_words(n, h) for n, h in _grouped(holders)[:3])
-        text += f": {held} of {capacity} {items} held; {groups}"
+        capacity = max(int(_num(longest, "capacity")), held)
+        text += f": {held} of {capacity} {items} held"
+    groups = _grouped(blame)
+    if groups:
+        seen = sum(n for n, _ in groups)
+        words = ", ".join(group_words(n, h, "were") for n, h in groups[:3])
+        text += f"; of {seen} holder{'s' if seen != 1 else ''} seen while it was exhausted, {words}"
+    elif holders:
+        text += "; " + ", ".join(group_words(n, h) for n, h in _grouped(holders)[:3])
     waits = int(_num(pool, "waits"))
     text += f"; {waits} wait{'s' if waits != 1 else ''}, p99 {format_duration(_num(pool, 'wait_p99_s'))}"
     return text
 
 
+def _by_pool(section: Any, key: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in _rows(section, key):
+        out.setdefault(str(row.get("pool")), []).append(row)
+    return out
+
+
 def pool_findings(section: Any) -> list[str]:
     """One headline per pool whose longest exhaustion reached the section's threshold, worst first."""
     threshold = _num(section, "threshold_s") if isinstance(section, dict) else 0.0
-    lines = []
     longest = {str(r.get("pool")): r for r in _rows(section, "longest")}
-    holders: dict[str, list[dict[str, Any]]] = {}
-    for h in _rows(section, "holders"):
-        holders.setdefault(str(h.get("pool")), []).append(h)
-    pools = sorted(_rows(section, "pools"), key=lambda p: -_num(p, "exhausted_s"))
-    for pool in pools:
+    holders, blame = _by_pool(section, "holders"), _by_pool(section, "blame")
+    lines = []
+    for pool in sorted(_rows(section, "pools"), key=lambda p: -_num(p, "exhausted_s")):
         if _num(pool, "longest_s") < threshold or not _num(pool, "waits"):
             continue
         key = str(pool.get("pool"))
-        lines.append(pool_headline(pool, longest.get(key), holders.get(key, [])))
+        lines.append(pool_headline(pool, longest.get(key), holders.get(key, []), blame.get(key, [])))
     return lines
 
 
@@ -123,17 +148,33 @@ def _frame_site(f: dict[str, Any]) -> str:
     return f"{_clean(base)}:{f.get('lineno', 0)} in {_clean(f.get('function', '?'))}"
 
 
+def _headline_frame(stack: Sequence[dict[str, Any]]) -> int:
+    """The frame that made the calls in a loop: the first in another file than the innermost one
+    (the caller of a pool helper), else the innermost."""
+    if not stack:
+        return -1
+    first = stack[0].get("filename")
+    for i, f in enumerate(stack):
+        if f.get("filename") != first:
+            return i
+    return 0
+
+
 def n_plus_one_lines(section: Any) -> list[str]:
-    """One line per N+1 pattern: the pool, how many takes in a row, and the lines they came from."""
+    """One line per N+1 pattern: the pool, how many takes in a row, and the line they came from."""
+    items = {str(p.get("pool")): str(p.get("items") or "items") for p in _rows(section, "pools")}
     out = []
     for r in sorted(_rows(section, "repeats"), key=lambda r: -_num(r, "max_run")):
         stack = [f for f in r.get("stack", []) if isinstance(f, dict)]
-        where = ", called from ".join(_frame_site(f) for f in stack[:3]) or "?"
+        head = _headline_frame(stack)
+        where = _frame_site(stack[head]) if head >= 0 else "?"
+        via = [_frame_site(f) for f in stack[:head]]
         runs = int(_num(r, "runs"))
+        pool = str(r.get("pool", "?"))
         out.append(
-            f"N+1 pattern: pool {_clean(r.get('pool', '?'))!r} handed out {int(_num(r, 'max_run'))} items in a row "
-            f"to one {_clean(r.get('who', 'task'))}, one per loop turn ({runs} such run{'s' if runs != 1 else ''}), "
-            f"at {where}"
+            f"N+1 pattern: {_clean(r.get('who', 'a task'))} took {int(_num(r, 'max_run'))} "
+            f"{_clean(items.get(pool, 'items'))} in a row from pool {_clean(pool)!r}, one after another, "
+            f"at {where}" + (f" (via {', '.join(via)})" if via else "") + f"; {runs} such run{'s' if runs != 1 else ''}"
         )
     return out
 
@@ -172,31 +213,26 @@ def pools_section(snapshot: Snapshot, brief: bool) -> str | None:
             )
         )
     longest = {str(r.get("pool")): r for r in _rows(section, "longest")}
-    holders: dict[str, list[dict[str, Any]]] = {}
-    for h in _rows(section, "holders"):
-        holders.setdefault(str(h.get("pool")), []).append(h)
-    blame: dict[str, list[dict[str, Any]]] = {}
-    for b in _rows(section, "blame"):
-        blame.setdefault(str(b.get("pool")), []).append(b)
+    holders, blame = _by_pool(section, "holders"), _by_pool(section, "blame")
     for p in waited[: 3 if brief else 20]:
         key = str(p.get("pool"))
-        lines += ["", "  " + pool_headline(p, longest.get(key), holders.get(key, []))]
+        lines += ["", "  " + pool_headline(p, longest.get(key), holders.get(key, []), blame.get(key, []))]
         tally = blame.get(key, [])
-        if tally:
+        if tally and not brief:
             looks, total = int(_num(p, "samples")), sum(int(_num(b, "holders")) for b in tally)
             items = _clean(p.get("items") or "items")
             lines.append(f"    who held its {items} while others waited ({looks} looks, {total} holders seen):")
-            for b in tally[: 3 if brief else 8]:
+            for b in tally[:8]:
                 share = f"{100 * _num(b, 'share'):.0f}%".rjust(4)
-                lines.append(f"    {share}  {group_words(int(_num(b, 'holders')), b)} in {_clean(b.get('function'))}")
-                if b.get("line") and not brief:
+                lines.append(f"    {share}  {group_words(int(_num(b, 'holders')), b, '', function=True)}")
+                if b.get("line"):
                     lines.append(f"             {_clean(b['line'])}")
         worst = longest.get(key)
         if worst is not None and not brief:
             lines.append(
                 f"    longest exhaustion: {format_duration(_num(worst, 'duration_s'))}, "
                 f"{int(_num(worst, 'waits'))} waits (at most {int(_num(worst, 'max_waiters'))} at once); "
-                "holders when it began:"
+                "holders at the last look:"
             )
             shown = holders.get(key, [])
             for h in shown[:10]:
