@@ -44,7 +44,7 @@ The seeded bugs (``--bugs`` switches all on, ``--bugs blocking,inversion`` some 
     on the event loop: a slow callback whose culprit is that line. Fixed: run it in the
     database's threads (``await conn.fetch_all(...)``, or an async driver).
 ``pool-hog``
-    ``POST /orders`` keeps its connection while it awaits the payment service, so the pool (4
+    ``POST /orders`` keeps its connection while it awaits the payment service, so the pool (5
     connections) runs dry and every database request waits. conctools' pool report names the
     holders: tasks awaiting ``authorize_payment()`` at that line, acquired at the ``async with``
     above it. Fixed: give the connection back before the slow call.
@@ -53,7 +53,7 @@ The seeded bugs (``--bugs`` switches all on, ``--bugs blocking,inversion`` some 
     pool is taken 21 times in a row from one line by one request (conctools reports the run
     and its lines). Fixed: one query for the lines of all of them.
 
-The database is SQLite by default (a file in the report folder, or a temporary one), 4
+The database is SQLite by default (a file in the report folder, or a temporary one), 5
 connections in an ``asyncio.Queue``; ``--db postgresql://...`` uses asyncpg's pool instead.
 """
 
@@ -142,7 +142,7 @@ class ServerOptions:
     prewarm: bool = False  # start the process pool's workers at startup (``conctools serve`` does)
     db: str | None = None  # postgresql://..., sqlite:///PATH or a path; None: SQLite in db_dir
     db_dir: Path | None = None  # where the default SQLite file goes (None: a temporary folder)
-    db_pool_size: int = 4
+    db_pool_size: int = 5
 
 
 def _int_arg(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -32,7 +32,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Connection", "Database", "PostgresDatabase", "SqliteDatabase", "open_database"]
+__all__ = ["Connection", "Database", "PostgresDatabase", "SqliteDatabase", "check_database_url", "open_database"]
 
 SEED_ORDERS = 2000
 SEED_ITEMS = 8000
@@ -357,6 +357,23 @@ class PostgresDatabase(Database):
 
     def describe(self) -> str:
         return f"postgresql ({self.size} connections, asyncpg)"
+
+
+def check_database_url(url: str | None) -> None:
+    """Raise ``ValueError`` (one line) when :func:`open_database` cannot use ``url``."""
+    if url is None:
+        return
+    if url.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        if importlib.util.find_spec("asyncpg") is None:
+            raise ValueError("PostgreSQL needs asyncpg: pip install 'conctools[server]'")
+        return
+    if url.startswith("sqlite:///") or "://" not in url:
+        if not url.removeprefix("sqlite://").strip():
+            raise ValueError("an empty SQLite path")
+        return
+    raise ValueError(f"unsupported database URL {url!r} (use postgresql://..., sqlite:///PATH or a file path)")
 
 
 def open_database(url: str | None, folder: Path, size: int = 4) -> Database:
