@@ -7,6 +7,7 @@ someone has to wait for an item.
 from __future__ import annotations
 
 import asyncio
+import dis
 import linecache
 import os
 import sys
@@ -73,15 +74,46 @@ def take_frames(frame: FrameType | None) -> tuple[TakeFrame, ...]:
     return tuple(out)
 
 
-def user_stack(frame: FrameType | None, limit: int = 6) -> tuple[Frame, ...]:
+# A loop's closing jump. Not JUMP_BACKWARD_NO_INTERRUPT: every ``await`` is such a little loop.
+_BACKWARD_JUMPS = frozenset({"JUMP_BACKWARD", "JUMP_ABSOLUTE"})
+_loop_cache: dict[tuple[int, int], tuple[CodeType, bool]] = {}
+
+
+def in_loop(code: CodeType, offset: int) -> bool:
+    """Is instruction ``offset`` of ``code`` inside a loop body (a later jump goes back before it)?"""
+    key = (id(code), offset)
+    cached = _loop_cache.get(key)
+    if cached is not None and cached[0] is code:
+        return cached[1]
+    found = False
+    for ins in dis.get_instructions(code):
+        if (
+            ins.offset > offset
+            and ins.opname in _BACKWARD_JUMPS
+            and isinstance(ins.argval, int)
+            and ins.argval <= offset
+        ):
+            found = True
+            break
+    if len(_loop_cache) < 10_000:
+        _loop_cache[key] = (code, found)
+    return found
+
+
+def user_stack(frame: FrameType | None, limit: int = 6) -> tuple[tuple[Frame, ...], int]:
+    """The first user frames from ``frame`` outwards, and the index of the innermost one among
+    the first four that runs inside a loop (``-1``: none does)."""
     out: list[Frame] = []
+    loop_index = -1
     while frame is not None and len(out) < limit:
         code = frame.f_code
         if not is_library(code):
             line = frame.f_lineno or 0
+            if loop_index < 0 and len(out) < 4 and in_loop(code, frame.f_lasti):
+                loop_index = len(out)
             out.append(Frame(filename=code.co_filename, lineno=line, function=code.co_name, line=_source(code, line)))
         frame = frame.f_back
-    return tuple(out)
+    return tuple(out), loop_index
 
 
 def task_now() -> Any:

@@ -47,13 +47,14 @@ Holding = tuple[int, Any, Any, tuple[TakeFrame, ...]]
 class _Run:
     """One party's current run of takes from the same lines (the N+1 detector)."""
 
-    __slots__ = ("count", "last_ns", "party", "sig")
+    __slots__ = ("count", "last_ns", "party", "sig", "waiting_since")
 
     def __init__(self, sig: tuple[Any, ...], party: Any, now: int) -> None:
         self.sig = sig
         self.party = party  # a weak reference to the task or thread
         self.count = 1
-        self.last_ns = now
+        self.last_ns = now  # its last take or give-back
+        self.waiting_since = 0  # when its current take began to wait for the pool (0: it did not)
 
 
 class PoolState:
@@ -155,9 +156,12 @@ class PoolState:
         sig = tuple((id(code), line) for _, code, line in taken[:2])
         key = id(party)
         run = self.runs.get(key)
-        if run is not None and run.party() is party and run.sig == sig and now - run.last_ns <= REPEAT_GAP_S * 1e9:
+        # The gap is measured to when this take began: time spent waiting for the pool is not a pause.
+        began = run.waiting_since if run is not None and run.waiting_since else now
+        if run is not None and run.party() is party and run.sig == sig and began - run.last_ns <= REPEAT_GAP_S * 1e9:
             run.count += 1
             run.last_ns = now
+            run.waiting_since = 0
             entry = self.repeats.get(sig)
             if entry is not None and run.count > entry["max_run"]:
                 entry["max_run"] = run.count
@@ -168,7 +172,9 @@ class PoolState:
         return None
 
     def _record_repeat(self, sig: tuple[Any, ...], frame: FrameType | None, task: Any, thread: Any) -> None:
-        stack = user_stack(frame)
+        stack, loop_index = user_stack(frame)
+        if loop_index < 0:
+            return  # the same lines, but not from a loop: straight-line code that queries a few times
         if task is not None:
             try:
                 who = f"task {task.get_name()!r}"
@@ -181,7 +187,13 @@ class PoolState:
             if entry is None:
                 if len(self.repeats) >= MAX_REPEATS:
                     return
-                self.repeats[sig] = {"runs": 1, "max_run": REPEAT_MIN, "stack": stack, "who": who}
+                self.repeats[sig] = {
+                    "runs": 1,
+                    "max_run": REPEAT_MIN,
+                    "stack": stack,
+                    "loop_frame": loop_index,
+                    "who": who,
+                }
             else:
                 entry["runs"] += 1
             list_state(self)
@@ -238,6 +250,11 @@ class PoolState:
                     )
                 self.episode_waits += 1
                 self.episode_max = max(self.episode_max, self.waiters)
+                if self.runs:  # a run of takes (N+1) goes on even when this take must wait
+                    me = task_now() or _current_thread()
+                    run = self.runs.get(id(me))
+                    if run is not None and run.party() is me:
+                        run.waiting_since = now
                 since = now - self.last_snapshot_ns
                 if (self.identities or self.semaphore) and (
                     since >= SNAPSHOT_EVERY_S * 1e9

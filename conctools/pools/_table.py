@@ -106,6 +106,7 @@ def pool_table() -> dict[str, Any]:
                     "runs": entry["runs"],
                     "max_run": entry["max_run"],
                     "who": entry["who"],
+                    "loop_frame": entry.get("loop_frame", 0),
                     "stack": [
                         {"filename": f.filename, "lineno": f.lineno, "function": f.function, "line": f.line}
                         for f in stack

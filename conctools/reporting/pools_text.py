@@ -148,25 +148,14 @@ def _frame_site(f: dict[str, Any]) -> str:
     return f"{_clean(base)}:{f.get('lineno', 0)} in {_clean(f.get('function', '?'))}"
 
 
-def _headline_frame(stack: Sequence[dict[str, Any]]) -> int:
-    """The frame that made the calls in a loop: the first in another file than the innermost one
-    (the caller of a pool helper), else the innermost."""
-    if not stack:
-        return -1
-    first = stack[0].get("filename")
-    for i, f in enumerate(stack):
-        if f.get("filename") != first:
-            return i
-    return 0
-
-
 def n_plus_one_lines(section: Any) -> list[str]:
     """One line per N+1 pattern: the pool, how many takes in a row, and the line they came from."""
     items = {str(p.get("pool")): str(p.get("items") or "items") for p in _rows(section, "pools")}
     out = []
     for r in sorted(_rows(section, "repeats"), key=lambda r: -_num(r, "max_run")):
         stack = [f for f in r.get("stack", []) if isinstance(f, dict)]
-        head = _headline_frame(stack)
+        head = int(_num(r, "loop_frame")) if stack else -1  # the frame that loops, as the producer found it
+        head = head if 0 <= head < len(stack) else (0 if stack else -1)
         where = _frame_site(stack[head]) if head >= 0 else "?"
         via = [_frame_site(f) for f in stack[:head]]
         runs = int(_num(r, "runs"))
