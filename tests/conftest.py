@@ -69,6 +69,11 @@ def no_leaks() -> Iterator[None]:
         if getattr(module, name) is not original:
             setattr(module, name, original)
             problems.append(f"{module.__name__}.{name} left patched")
+    from conctools import registry
+
+    if registry.wait_hooks:
+        registry.wait_hooks.clear()
+        problems.append("a wait hook was left in the registry")
     if recorder_module.get_recorder() is not recorder_before:
         recorder_module.set_recorder(recorder_before)
         problems.append("the current recorder was replaced and not restored")

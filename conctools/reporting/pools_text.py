@@ -20,7 +20,15 @@ from conctools._units import format_duration
 from conctools.recorder import Snapshot
 from conctools.reporting._table import table
 
-__all__ = ["doing_words", "group_words", "n_plus_one_lines", "pool_findings", "pool_headline", "pools_section"]
+__all__ = [
+    "doing_words",
+    "group_words",
+    "n_plus_one_lines",
+    "pool_findings",
+    "pool_headline",
+    "pools_section",
+    "share_words",
+]
 
 
 def _clean(text: object) -> str:
@@ -78,6 +86,15 @@ def group_words(count: int, holder: dict[str, Any], joiner: str = "by", function
     return f"{count} {joiner} {who} {doing_words(holder, one, function)}".replace("  ", " ")
 
 
+def share_words(share: float, holder: dict[str, Any]) -> str:
+    """``80% tasks awaiting `fetch_upstream()` at app.py:412 (acquired at app.py:405)``."""
+    party = str(holder.get("party") or "task")
+    who = f"{party}s" if party in ("task", "thread") else _clean(party)
+    if holder.get("state") in ("finished", "exited"):
+        who += " that"
+    return f"{100 * share:.0f}% {who} {doing_words(holder, False)}"
+
+
 def _grouped(holders: Iterable[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
     groups: dict[tuple[Any, ...], list[Any]] = {}
     for h in holders:
@@ -112,8 +129,8 @@ def pool_headline(
     groups = _grouped(blame)
     if groups:
         seen = sum(n for n, _ in groups)
-        words = ", ".join(group_words(n, h, "were") for n, h in groups[:3])
-        text += f"; of {seen} holder{'s' if seen != 1 else ''} seen while it was exhausted, {words}"
+        words = ", ".join(share_words(n / seen, h) for n, h in groups[:3])
+        text += f"; holders seen while it was exhausted: {words}"
     elif holders:
         text += "; " + ", ".join(group_words(n, h) for n, h in _grouped(holders)[:3])
     waits = int(_num(pool, "waits"))
