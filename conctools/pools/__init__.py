@@ -51,6 +51,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from conctools import registry
+from conctools.pools._looker import LOOKER
 from conctools.pools._patch import (
     NAME_KEY,
     ORIGINALS,
@@ -149,7 +150,8 @@ def track_pools(*, threshold_s: float = DEFAULT_THRESHOLD_S, recorder: Recorder 
     finally:
         with _patch_mutex:
             _depth[0] -= 1
-            if _depth[0] == 0:
+            stopping = _depth[0] == 0
+            if stopping:
                 for owner, name, _ in patch_targets():
                     setattr(owner, name, ORIGINALS[(owner, name)])
                 try:
@@ -157,3 +159,5 @@ def track_pools(*, threshold_s: float = DEFAULT_THRESHOLD_S, recorder: Recorder 
                 except ValueError:
                     pass
                 sem_waits.clear()
+        if stopping:
+            LOOKER.stop()  # outside the patch mutex: the thread may be finishing a look

@@ -49,10 +49,12 @@ def queue_state(q: Any, frame: FrameType | None) -> PoolState:
     if state is not None:
         return state
     kind, items = _queue_kind(q)
+    if frame is not None and str(frame.f_globals.get("__name__", "")).startswith("asyncpg"):
+        kind, items = "asyncpg.Pool", "connections"  # the queue inside an asyncpg pool (any version)
     named = d.get(NAME_KEY)
     site = _creation_site(frame) if frame is not None else "(made before tracking)"
     name, items = (named[0], named[1] or items) if named else (None, items)
-    state = PoolState(kind, items, name, site, q)
+    state = PoolState(kind, items, name, site, q, in_loop=isinstance(q, asyncio.Queue))
     return d.setdefault(STATE_KEY, state)  # type: ignore[no-any-return]
 
 
@@ -65,7 +67,8 @@ def sem_state(prim: Any) -> PoolState:
     named = sem_names.get(key)
     name = named[1] if named is not None and named[0]() is prim else (st.name if st is not None else None)
     items = (named[2] if named is not None and named[0]() is prim else None) or "slots"
-    state = PoolState(st.kind if st is not None else "Semaphore", items, name, st.created_at if st else "?", prim)
+    kind = st.kind if st is not None else "Semaphore"
+    state = PoolState(kind, items, name, st.created_at if st else "?", prim, in_loop=kind.startswith("aio."))
     with registry_mutex:
         if len(sem_states) > 4 * MAX_POOLS:
             for k, s in list(sem_states.items()):
@@ -118,7 +121,7 @@ async def _aq_get(self: Any) -> Any:
     try:
         return await _AQ_GET(self)
     finally:
-        state.wait_ended(start, self)
+        state.wait_ended(start)
 
 
 def _aq_get_nowait(self: Any) -> Any:
@@ -168,7 +171,7 @@ def _q_get(self: Any, block: bool = True, timeout: float | None = None) -> Any:
         try:
             item = _Q_GET(self, block, timeout)
         finally:
-            state.wait_ended(start, self)
+            state.wait_ended(start)
     else:
         item = _Q_GET(self, block, timeout)
     state.take(item, _getframe(1))

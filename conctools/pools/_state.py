@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import asyncio
 import logging
 import sys
 import threading
@@ -23,6 +24,7 @@ from conctools.pools._holders import (
     thread_who,
     user_stack,
 )
+from conctools.pools._looker import LOOKER
 from conctools.recorder import Histogram, get_recorder
 
 _log = logging.getLogger("conctools.pools")
@@ -38,6 +40,7 @@ MAX_RUNS = 512  # parties whose current run of takes is followed, per pool
 MAX_REPEATS = 16  # N+1 sites kept per pool
 DEFAULT_THRESHOLD_S = 0.1
 _mono = time.monotonic_ns
+_get_running_loop = asyncio._get_running_loop
 _current_thread = threading.current_thread
 _allocate_lock = _thread.allocate_lock
 _wref = weakref.ref
@@ -60,8 +63,11 @@ class _Run:
 class PoolState:
     """Counters, live holders and findings of one pool. Updated under its own plain lock."""
 
-    def __init__(self, kind: str, items: str, name: str | None, created_at: str, obj: Any) -> None:
+    def __init__(
+        self, kind: str, items: str, name: str | None, created_at: str, obj: Any, in_loop: bool = False
+    ) -> None:
         self.mutex = _allocate_lock()
+        self.in_loop = in_loop  # an asyncio pool: it is looked at on its event loop
         self.kind = kind
         self.items = items
         self.name = name
@@ -84,8 +90,7 @@ class PoolState:
         self.episode_max = 0
         self.episode_who: tuple[int, str, str | None] = (0, "", None)
         self.episode_snapshot: tuple[tuple[PoolHolder, ...], int, int] | None = None
-        self.last_snapshot_ns = 0  # the last look at a wait's start ...
-        self.last_end_snapshot_ns = 0  # ... and at a long wait's end (each rate-limited on its own)
+        self.last_snapshot_ns = 0
         self.longest: dict[str, Any] | None = None
         self.capacity = 0
         self.samples = 0
@@ -248,6 +253,9 @@ class PoolState:
                         thread.name,
                         task.get_name() if task is not None else None,
                     )
+                    if self.identities or self.semaphore:
+                        loop = _get_running_loop() if self.in_loop else None
+                        LOOKER.watch(self, loop, now)  # later looks while it stays exhausted
                 self.episode_waits += 1
                 self.episode_max = max(self.episode_max, self.waiters)
                 if self.runs:  # a run of takes (N+1) goes on even when this take must wait
@@ -264,31 +272,19 @@ class PoolState:
                     snapshot = True
                 list_state(self)
             if snapshot:
-                self._snapshot(obj, now, at_start=True)
+                self.look(obj, now)
             return now
         except Exception:
             _log.debug("conctools: recording a pool wait failed", exc_info=True)
             return 0
 
-    def wait_ended(self, start_ns: int, obj: Any = None) -> None:
-        """A wait that :meth:`wait_started` returned ``start_ns`` for is over (got, timed out, cancelled).
-
-        A long wait looks at the holders once more (``obj``: the pool), for the report's tally:
-        those still holding after that long are the ones that kept the others waiting.
-        """
+    def wait_ended(self, start_ns: int) -> None:
+        """A wait that :meth:`wait_started` returned ``start_ns`` for is over (got, timed out, cancelled)."""
         if not start_ns:
             return
         try:
             now = _mono()
             event = None
-            if (
-                obj is not None
-                and now - start_ns >= SNAPSHOT_EVERY_S * 1e9
-                and now - self.last_end_snapshot_ns >= SNAPSHOT_EVERY_S * 1e9
-                and self.identities
-            ):
-                self.last_end_snapshot_ns = now
-                self._snapshot(obj, now, at_start=False)
             with self.mutex:
                 self.wait_hist.add(now - start_ns)
                 self.waiters = max(0, self.waiters - 1)
@@ -336,14 +332,14 @@ class PoolState:
         )
 
     # ---- who holds the items now ----
-    def _snapshot(self, obj: Any, now: int, at_start: bool) -> None:
-        """Describe the holders now; the tally counts every look. The exhaustion keeps its latest look
-        from a wait's start (the pool is empty then), or a wait's end when there is no other."""
+    def look(self, obj: Any, now: int) -> None:
+        """Describe the holders now: as a wait begins, and a few times while the pool stays exhausted
+        (see :mod:`conctools.pools._looker`). The tally counts every look; the exhaustion keeps its latest."""
         holders, capacity, held = self._describe_queue(obj, now) if not self.semaphore else describe_semaphore(obj)
         with self.mutex:
             self.samples += 1
             self.capacity = max(self.capacity, capacity)
-            if self.waiters > 0 and (at_start or self.episode_snapshot is None):
+            if self.waiters > 0:
                 self.episode_snapshot = (holders, capacity, held)
             for h in holders:
                 key = (h.party, h.state, h.call or "", h.site, h.function, h.acquired_at)
@@ -367,21 +363,16 @@ class PoolState:
         except Exception:
             available = 0
         frames_now: dict[int, FrameType] | None = None
-        me_thread, me_task = _current_thread(), task_now()
         out = []
-        skipped = 0
         for since, thread, task_ref, taken in holdings[:MAX_DESCRIBED]:
             held_s = (now - since) / 1e9
-            if (task_ref is None and thread is me_thread) or (task_ref is not None and task_ref() is me_task):
-                skipped += 1  # the waiter that just got its item (a wait's end): not one that made it wait
-                continue
             if task_ref is not None:
                 out.append(describe_task(task_ref(), getattr(thread, "name", "?"), taken, held_s))
             else:
                 if frames_now is None:
                     frames_now = sys._current_frames()
                 out.append(describe_thread(thread, getattr(thread, "name", "?"), taken, held_s, frames_now))
-        return tuple(out), len(holdings) + available - skipped, len(holdings) - skipped
+        return tuple(out), len(holdings) + available, len(holdings)
 
 
 def _mine(holdings: list[Any]) -> Any:

@@ -78,7 +78,8 @@ def group_words(count: int, holder: dict[str, Any], joiner: str = "by", function
     ``joiner="were"``: ``8 were tasks awaiting ...``."""
     party = str(holder.get("party") or "task")
     one = count == 1
-    who = (f"a {party}" if one else f"{party}s") if party in ("task", "thread") else _clean(party)
+    article = "a " if joiner else ""  # "1 by a task ...", but "1 task ..." in a tally
+    who = (f"{article}{party}" if one else f"{party}s") if party in ("task", "thread") else _clean(party)
     if holder.get("state") in ("finished", "exited"):
         who += " that"
     if joiner == "were" and one:
