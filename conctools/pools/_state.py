@@ -339,7 +339,10 @@ class PoolState:
         with self.mutex:
             self.samples += 1
             self.capacity = max(self.capacity, capacity)
-            if self.waiters > 0:
+            # The exhaustion keeps its latest look, preferring those with every item out (a look can land
+            # between a give-back and the woken waiter's take).
+            kept = self.episode_snapshot
+            if self.waiters > 0 and (kept is None or held >= capacity or kept[2] < kept[1]):
                 self.episode_snapshot = (holders, capacity, held)
             for h in holders:
                 key = (h.party, h.state, h.call or "", h.site, h.function, h.acquired_at)
