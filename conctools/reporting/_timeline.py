@@ -25,6 +25,7 @@ from conctools.events import (
     LockOrderEvent,
     LockWaitEvent,
     MarkEvent,
+    PoolExhaustedEvent,
     ResourceSampleEvent,
     SlowCallbackEvent,
     SpanEvent,
@@ -49,7 +50,8 @@ class Track:
 
 @dataclass(slots=True, kw_only=True)
 class Slice:
-    """Something that took time on one track; ``cat`` is span, lock_wait, lock_hold or slow_callback."""
+    """Something that took time on one track; ``cat`` is span, lock_wait, lock_hold, slow_callback or
+    pool_exhausted."""
 
     key: TrackKey
     start_us: float
@@ -194,6 +196,8 @@ class _Builder:
                     args={"reason": e.reason, "stalled_s": e.stalled_s},
                 )
             )
+        elif isinstance(e, PoolExhaustedEvent):
+            self.pool_exhausted(e)
         elif isinstance(e, LockOrderEvent):
             self.instants.append(
                 Instant(
@@ -281,6 +285,32 @@ class _Builder:
             )
             self.slices.append(hold)
             self.flows.append(Flow(id=len(self.flows) + 1, name=f"handoff {e.lock_name}", source=hold, target=target))
+
+    def pool_exhausted(self, e: PoolExhaustedEvent) -> None:
+        # The whole pool was dry, whoever waited: the slice goes on the first waiter's thread.
+        thread_key: TrackKey = ("thread", e.thread_id, "")
+        self.keys.setdefault(thread_key, e.thread_name)
+        self.by_thread_name.setdefault(e.thread_name, thread_key)
+        holders: dict[str, int] = {}
+        for h in e.holders:
+            where = f"{h.state} {h.call} at {h.site}" if h.call else f"{h.state} at {h.site}"
+            holders[where] = holders.get(where, 0) + 1
+        self.slices.append(
+            Slice(
+                key=thread_key,
+                start_us=self.us(e.ts_ns),
+                dur_us=max(0.0, round(e.duration_s * 1e6, 3)),
+                name=f"pool {e.pool_name} exhausted",
+                cat="pool_exhausted",
+                args={
+                    "pool": e.pool_name,
+                    "kind": e.pool_kind,
+                    "held": f"{e.held} of {e.capacity} {e.items}",
+                    "waits": e.waits,
+                    "holders": "; ".join(f"{n} {where}" for where, n in sorted(holders.items(), key=lambda kv: -kv[1])),
+                },
+            )
+        )
 
     def slow_callback(self, e: SlowCallbackEvent) -> None:
         # The whole loop was blocked: the slice goes on the loop's thread, not on a task.
