@@ -7,6 +7,7 @@ someone has to wait for an item.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dis
 import linecache
 import os
@@ -60,16 +61,37 @@ def _source(code: CodeType, lineno: int | None) -> str:
     return linecache.getline(code.co_filename, lineno or 0).strip()
 
 
-TakeFrame = tuple[int, CodeType, int]  # (id(frame), code, line) of a user frame at a take
+TakeFrame = tuple[int, CodeType, int]  # (id(frame), code, instruction offset) of a user frame at a take
+
+# Past this frame (an event loop running a task's step) lie only the loop's own frames.
+_HANDLE_RUN = asyncio.events.Handle._run.__code__
+_line_tables: dict[int, tuple[CodeType, list[int], list[int]]] = {}
+
+
+def line_at(code: CodeType, offset: int) -> int:
+    """The source line of instruction ``offset`` (a take stores offsets: a line costs more)."""
+    entry = _line_tables.get(id(code))
+    if entry is None or entry[0] is not code:
+        starts, lines = [], []
+        for start, _end, line in code.co_lines():
+            starts.append(start)
+            lines.append(line or 0)
+        entry = (code, starts, lines)
+        if len(_line_tables) < 20_000:
+            _line_tables[id(code)] = entry
+    i = bisect.bisect_right(entry[1], offset) - 1
+    return entry[2][i] if i >= 0 else code.co_firstlineno
 
 
 def take_frames(frame: FrameType | None) -> tuple[TakeFrame, ...]:
-    """The first user frames from ``frame`` outwards (innermost first)."""
+    """The first user frames from ``frame`` outwards (innermost first), up to the task's step."""
     out: list[TakeFrame] = []
     while frame is not None and len(out) < TAKE_FRAMES:
         code = frame.f_code
+        if code is _HANDLE_RUN:
+            break
         if not is_library(code):
-            out.append((id(frame), code, frame.f_lineno or 0))
+            out.append((id(frame), code, frame.f_lasti))
         frame = frame.f_back
     return tuple(out)
 
@@ -167,11 +189,11 @@ def _choose(frames: list[FrameType], taken: tuple[TakeFrame, ...]) -> tuple[int,
 
     The innermost frame that took the item and still runs, else the innermost user frame.
     """
-    by_id = {fid: (code, line) for fid, code, line in taken}
+    by_id = {fid: (code, offset) for fid, code, offset in taken}
     for i, f in enumerate(frames):
         hit = by_id.get(id(f))
         if hit is not None and hit[0] is f.f_code:
-            return i, site_of(hit[0], hit[1])
+            return i, site_of(hit[0], line_at(hit[0], hit[1]))
     acquired = _acquired_words(taken)
     for i, f in enumerate(frames):
         if not is_library(f.f_code):
@@ -185,10 +207,10 @@ def _acquired_words(taken: tuple[TakeFrame, ...]) -> str:
     if not taken:
         return ""
     first = taken[0][1].co_filename
-    for _, code, line in taken:
+    for _, code, offset in taken:
         if code.co_filename != first:
-            return site_of(code, line)
-    return site_of(taken[0][1], taken[0][2])
+            return site_of(code, line_at(code, offset))
+    return site_of(taken[0][1], line_at(taken[0][1], taken[0][2]))
 
 
 def thread_who(thread: Any, name: str | None = None) -> str:

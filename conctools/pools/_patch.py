@@ -10,7 +10,7 @@ from types import FrameType
 from typing import Any
 
 from conctools import registry
-from conctools.pools._holders import site_of, take_frames
+from conctools.pools._holders import line_at, site_of, take_frames
 from conctools.pools._state import MAX_POOLS, PoolState, registry_mutex
 
 _log = logging.getLogger("conctools.pools")
@@ -37,8 +37,8 @@ def _queue_kind(q: Any) -> tuple[str, str]:
 
 
 def _creation_site(frame: FrameType | None) -> str:
-    for _, code, line in take_frames(frame)[:1]:
-        return site_of(code, line)
+    for _, code, offset in take_frames(frame)[:1]:
+        return site_of(code, line_at(code, offset))
     return "?"
 
 

@@ -41,6 +41,15 @@ MAX_REPEATS = 16  # N+1 sites kept per pool
 DEFAULT_THRESHOLD_S = 0.1
 _mono = time.monotonic_ns
 _get_running_loop = asyncio._get_running_loop
+_get_ident = _thread.get_ident
+_tasks_get: Any = None
+if sys.version_info < (3, 12):
+    try:
+        from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
+
+        _tasks_get = _current_tasks.get
+    except ImportError:  # pragma: no cover - other implementations
+        _tasks_get = None
 _current_thread = threading.current_thread
 _allocate_lock = _thread.allocate_lock
 _wref = weakref.ref
@@ -68,6 +77,8 @@ class PoolState:
     ) -> None:
         self.mutex = _allocate_lock()
         self.in_loop = in_loop  # an asyncio pool: it is looked at on its event loop
+        self._loop: Any = None  # the loop it last ran on, and that loop's thread (see _task)
+        self._loop_ident = 0
         self.kind = kind
         self.items = items
         self.name = name
@@ -119,6 +130,21 @@ class PoolState:
             self.listed = False
 
     # ---- takes and returns (queues) ----
+    def _task(self) -> Any:
+        """The running task (3.11: the loop this queue last ran on is remembered, as conctools.aio does,
+        because ``asyncio.current_task()`` costs a ``getpid()`` there)."""
+        if _tasks_get is not None and self.in_loop:
+            if self._loop_ident == _get_ident():
+                task = _tasks_get(self._loop)
+                if task is not None:
+                    return task
+            loop = _get_running_loop()
+            if loop is None:
+                return None
+            self._loop, self._loop_ident = loop, _get_ident()
+            return _tasks_get(loop)
+        return task_now()
+
     def take(self, item: Any, frame: FrameType | None) -> None:
         try:
             if not self.identities:
@@ -128,7 +154,7 @@ class PoolState:
             now = _mono()
             taken = take_frames(frame)
             thread = _current_thread()
-            task = task_now()
+            task = self._task()
             holding: Holding = (now, thread, _wref(task) if task is not None else None, taken)
             report_repeat = None
             with self.mutex:
@@ -158,7 +184,12 @@ class PoolState:
         """Count takes in a row from the same lines by one party (caller holds the mutex)."""
         if not taken:
             return None
-        sig = tuple((id(code), line) for _, code, line in taken[:2])
+        first = taken[0]
+        if len(taken) > 1:
+            second = taken[1]
+            sig: tuple[Any, ...] = (id(first[1]), first[2], id(second[1]), second[2])
+        else:
+            sig = (id(first[1]), first[2])
         key = id(party)
         run = self.runs.get(key)
         # The gap is measured to when this take began: time spent waiting for the pool is not a pause.
