@@ -247,21 +247,24 @@ class TestTracking:
             pools.name_pool(3, "x")
 
     def test_channel_is_not_a_pool(self, recorder: Recorder) -> None:
-        """Consumers waiting on a producer/consumer queue are not reported as a pool."""
+        """Consumers waiting on a producer/consumer queue are not reported as a pool, even when each
+        new job lands at the address of one just consumed (a new object is not a give-back)."""
 
         async def main() -> None:
-            jobs: asyncio.Queue[int] = asyncio.Queue()
+            jobs: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
             got = []
 
             async def consumer() -> None:
                 while len(got) < 400:
-                    got.append(await jobs.get())
+                    job = await jobs.get()
+                    got.append(job[0])  # the tuple itself is dropped: its memory is reused
 
             task = asyncio.create_task(consumer())
             for i in range(400):
-                jobs.put_nowait(i)
+                jobs.put_nowait((i, f"job-{i}"))
                 await asyncio.sleep(0)
             await task
+            assert got == list(range(400))
 
         with pools.track_pools():
             asyncio.run(main())

@@ -213,6 +213,17 @@ def _acquired_words(taken: tuple[TakeFrame, ...]) -> str:
     return site_of(taken[0][1], line_at(taken[0][1], taken[0][2]))
 
 
+_POOLS_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _call_name(code: CodeType) -> str:
+    """``fetch_upstream()``; a queue method that conctools wraps keeps its own name (``get()``)."""
+    name = code.co_name
+    if code.co_filename.startswith(_POOLS_DIR) and name.startswith(("_aq_", "_q_")):
+        name = name.split("_", 2)[2]
+    return name + "()"
+
+
 def thread_who(thread: Any, name: str | None = None) -> str:
     return f"thread {(name if name is not None else getattr(thread, 'name', '?'))!r}"
 
@@ -266,7 +277,7 @@ def describe_task(
         )
     frame = frames[index]
     if index > 0:
-        call: str | None = frames[index - 1].f_code.co_name + "()"
+        call: str | None = _call_name(frames[index - 1].f_code)
     else:
         call = _leaf_words(chain[-1][1]) if chain else None
     coro = task.get_coro()
@@ -314,7 +325,7 @@ def describe_thread(
         f = f.f_back
     index, acquired = _choose(frames, taken)
     frame = frames[index]
-    call = frames[index - 1].f_code.co_name + "()" if index > 0 else None
+    call = _call_name(frames[index - 1].f_code) if index > 0 else None
     code, line = frame.f_code, frame.f_lineno
     return PoolHolder(
         who=thread_who(thread, name),

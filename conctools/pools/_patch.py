@@ -42,17 +42,20 @@ def _creation_site(frame: FrameType | None) -> str:
     return "?"
 
 
-def queue_state(q: Any, frame: FrameType | None) -> PoolState:
-    """The state of queue ``q``, made on first sight (``frame``: its creator, when known)."""
+def queue_state(q: Any, frame: FrameType | None, made: bool = False) -> PoolState:
+    """The state of queue ``q``, made on first sight. ``frame``: the code that made the queue
+    (``made``) or, for a queue made before tracking began, the code that first used it."""
     d = q.__dict__
     state: PoolState | None = d.get(STATE_KEY)
     if state is not None:
         return state
     kind, items = _queue_kind(q)
-    if frame is not None and str(frame.f_globals.get("__name__", "")).startswith("asyncpg"):
+    if made and frame is not None and str(frame.f_globals.get("__name__", "")).startswith("asyncpg"):
         kind, items = "asyncpg.Pool", "connections"  # the queue inside an asyncpg pool (any version)
     named = d.get(NAME_KEY)
-    site = _creation_site(frame) if frame is not None else "(made before tracking)"
+    site = _creation_site(frame)
+    if not made:
+        site = f"first used at {site}"
     name, items = (named[0], named[1] or items) if named else (None, items)
     state = PoolState(kind, items, name, site, q, in_loop=isinstance(q, asyncio.Queue))
     return d.setdefault(STATE_KEY, state)  # type: ignore[no-any-return]
@@ -105,7 +108,7 @@ _Q_PUT: Any = queue.Queue.put
 def _aq_init(self: Any, *args: Any, **kwargs: Any) -> None:
     _AQ_INIT(self, *args, **kwargs)
     try:
-        queue_state(self, _getframe(1))
+        queue_state(self, _getframe(1), made=True)
     except Exception:
         _log.debug("conctools: noting a queue's creation failed", exc_info=True)
 
@@ -116,7 +119,7 @@ async def _aq_get(self: Any) -> Any:
         return self.get_nowait()
     if getattr(self, "_is_shutdown", False):  # 3.13: raises QueueShutDown, no wait
         return await _AQ_GET(self)
-    state = self.__dict__.get(STATE_KEY) or queue_state(self, None)
+    state = self.__dict__.get(STATE_KEY) or queue_state(self, _getframe(1))
     start = state.wait_started(self)
     try:
         return await _AQ_GET(self)
@@ -129,7 +132,7 @@ def _aq_get_nowait(self: Any) -> Any:
     item = _AQ_GET_NOWAIT(self)
     state = self.__dict__.get(STATE_KEY)
     if state is None:
-        state = queue_state(self, None)
+        state = queue_state(self, _getframe(1))
     state.take(item, _getframe(1))
     return item
 
@@ -149,7 +152,7 @@ def _aq_put_nowait(self: Any, item: Any) -> None:
 def _q_init(self: Any, *args: Any, **kwargs: Any) -> None:
     _Q_INIT(self, *args, **kwargs)
     try:
-        queue_state(self, _getframe(1))
+        queue_state(self, _getframe(1), made=True)
     except Exception:
         _log.debug("conctools: noting a queue's creation failed", exc_info=True)
 
@@ -165,7 +168,7 @@ def _q_get(self: Any, block: bool = True, timeout: float | None = None) -> Any:
     """Remove and return an item from the queue (``queue.Queue.get``)."""
     state = self.__dict__.get(STATE_KEY)
     if state is None:
-        state = queue_state(self, None)
+        state = queue_state(self, _getframe(1))
     if block and _q_empty(self):
         start = state.wait_started(self)
         try:

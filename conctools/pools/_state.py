@@ -53,7 +53,24 @@ if sys.version_info < (3, 12):
 _current_thread = threading.current_thread
 _allocate_lock = _thread.allocate_lock
 _wref = weakref.ref
-Holding = tuple[int, Any, Any, tuple[TakeFrame, ...]]
+# A live item's holder: (since_ns, thread, weak ref to the task or None, user frames at the take, keep),
+# where ``keep`` is ``(True, weak ref to the item)`` or, for an item without weak references (a tuple,
+# an int), ``(False, item)``: the item stays alive while it is out, so its id cannot be reused and a
+# new object put at the same address is never taken for a give-back.
+Holding = tuple[int, Any, Any, tuple[TakeFrame, ...], tuple[bool, Any]]
+
+
+def _keep(item: Any) -> tuple[bool, Any]:
+    if type(item).__weakrefoffset__:  # its type takes weak references (a try/except costs more)
+        try:
+            return (True, _wref(item))
+        except TypeError:
+            pass
+    return (False, item)
+
+
+def _same(keep: tuple[bool, Any], item: Any) -> bool:
+    return (keep[1]() if keep[0] else keep[1]) is item
 
 
 class _Run:
@@ -155,7 +172,7 @@ class PoolState:
             taken = take_frames(frame)
             thread = _current_thread()
             task = self._task()
-            holding: Holding = (now, thread, _wref(task) if task is not None else None, taken)
+            holding: Holding = (now, thread, _wref(task) if task is not None else None, taken, _keep(item))
             report_repeat = None
             with self.mutex:
                 self.takes += 1
@@ -238,15 +255,22 @@ class PoolState:
         """An item is put back: forget its holder; returns the holding (for :meth:`undo`)."""
         try:
             with self.mutex:
-                held = self.held.pop(id(item), None)
-                if held is None:
+                key = id(item)
+                found = self.held.pop(key, None)
+                if found is None:
                     return None
-                if isinstance(held, list):
-                    mine = _mine(held)
-                    rest = [h for h in held if h is not mine]
+                if type(found) is tuple:  # one holder: the common case
+                    if not _same(found[4], item):
+                        return None  # the holder's item died: this is a new object at its address
+                    held = found
+                else:
+                    live = [h for h in found if _same(h[4], item)]
+                    if not live:
+                        return None
+                    held = _mine(live)
+                    rest = [h for h in live if h is not held]
                     if rest:
-                        self.held[id(item)] = rest if len(rest) > 1 else rest[0]
-                    held = mine
+                        self.held[key] = rest if len(rest) > 1 else rest[0]
                 self.returns += 1
                 party = held[2]() if held[2] is not None else held[1]
                 run = self.runs.get(id(party)) if party is not None else None
@@ -398,7 +422,7 @@ class PoolState:
             available = 0
         frames_now: dict[int, FrameType] | None = None
         out = []
-        for since, thread, task_ref, taken in holdings[:MAX_DESCRIBED]:
+        for since, thread, task_ref, taken, _keep_ref in holdings[:MAX_DESCRIBED]:
             held_s = (now - since) / 1e9
             if task_ref is not None:
                 out.append(describe_task(task_ref(), getattr(thread, "name", "?"), taken, held_s))
