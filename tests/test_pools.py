@@ -112,6 +112,24 @@ class TestUnderConctoolsRun:
         assert proc.returncode == 0, proc.stderr
         assert "Pools (" not in proc.stderr and "pool '" not in proc.stderr, proc.stderr
 
+    def test_hang_on_a_leaked_connection_names_the_leaker(self) -> None:
+        """A wait forever for a connection a finished task kept: exit 87, and the pool names the leaker."""
+        script = SCRIPTS / "pool_leaked.py"
+        proc = subprocess.run(
+            [sys.executable, "-m", "conctools", "run", "--deadlock-timeout", "2", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert proc.returncode == 87, proc.stderr
+        leak = line_of(script, "# LEAK")
+        assert re.search(
+            r"pool 'pool_leaked.py:\d+' exhausted for [^\n]* \(still: 1 waiting now\): 1 of 1 items held; "
+            rf"holders seen while it was exhausted: 100% tasks that finished without giving them back "
+            rf"\(acquired at pool_leaked.py:{leak}\); 1 wait\n",
+            proc.stderr,
+        ), proc.stderr
+
     def test_n_plus_one_names_the_loop(self) -> None:
         """One take per row in a loop is an N+1 pattern at the loop's line, via the helper."""
         script = SCRIPTS / "pool_n_plus_one.py"

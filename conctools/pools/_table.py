@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from conctools.events import Frame
@@ -22,6 +23,20 @@ def pool_table() -> dict[str, Any]:
         with st.mutex:
             if not st.semaphore and st.returns == 0:
                 continue  # a channel (or a pool nobody gave back to yet): not a pool
+            # An exhaustion still going on (a hang's report, a snapshot mid-run) counts up to now.
+            ongoing = time.monotonic_ns() - st.episode_start_ns if st.waiters > 0 else 0
+            worst = st.longest
+            if ongoing and (worst is None or ongoing > worst["duration_ns"]):
+                holders_now, capacity_now, held_now = st.episode_snapshot or ((), 0, 0)
+                worst = {
+                    "start_ns": st.episode_start_ns,
+                    "duration_ns": ongoing,
+                    "capacity": capacity_now,
+                    "held": held_now,
+                    "waits": st.episode_waits,
+                    "max_waiters": st.episode_max,
+                    "holders": holders_now,
+                }
             hist = Histogram()
             hist.merge(st.wait_hist)
             name = st.display_name
@@ -38,16 +53,16 @@ def pool_table() -> dict[str, Any]:
                 "wait_p50_s": hist.percentile_ns(0.5) / 1e9,
                 "wait_p99_s": hist.percentile_ns(0.99) / 1e9,
                 "wait_max_s": hist.max_ns / 1e9,
-                "exhausted_s": st.exhausted_ns / 1e9,
-                "episodes": st.episodes,
+                "exhausted_s": (st.exhausted_ns + ongoing) / 1e9,
+                "episodes": st.episodes + (1 if ongoing else 0),
                 "long_episodes": st.long_episodes,
-                "longest_s": (st.longest["duration_ns"] / 1e9) if st.longest else 0.0,
+                "longest_s": (worst["duration_ns"] / 1e9) if worst else 0.0,
+                "waiting_now": st.waiters,
                 "capacity": st.capacity,
                 "held_now": sum(len(h) if isinstance(h, list) else 1 for h in st.held.values()),
                 "samples": st.samples,
             }
             blame_rows = sorted(st.blame.items(), key=lambda kv: -kv[1][0])
-            worst = st.longest
             reps = [(k, dict(v)) for k, v in st.repeats.items()]
         if obj is not None and not st.semaphore:
             try:

@@ -123,6 +123,9 @@ def pool_headline(
     episodes = int(_num(pool, "episodes"))
     if episodes > 1:
         text += f" ({episodes} times, longest {format_duration(_num(pool, 'longest_s'))})"
+    waiting = int(_num(pool, "waiting_now"))
+    if waiting:
+        text += f" (still: {waiting} waiting now)"
     if longest is not None and (holders or blame):
         held = int(_num(longest, "held")) or len(holders)
         capacity = max(int(_num(longest, "capacity")), held)
@@ -135,7 +138,9 @@ def pool_headline(
     elif holders:
         text += "; " + ", ".join(group_words(n, h) for n, h in _grouped(holders)[:3])
     waits = int(_num(pool, "waits"))
-    text += f"; {waits} wait{'s' if waits != 1 else ''}, p99 {format_duration(_num(pool, 'wait_p99_s'))}"
+    text += f"; {waits} wait{'s' if waits != 1 else ''}"
+    if waits > waiting:  # the percentiles are of the waits that ended
+        text += f", p99 {format_duration(_num(pool, 'wait_p99_s'))}"
     return text
 
 
