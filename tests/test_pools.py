@@ -216,6 +216,31 @@ class TestTracking:
         assert (row["takes"], row["returns"], row["held_now"]) == (5, 3, 2)
         assert row["waits"] == 1 and row["episodes"] == 1
 
+    def test_odd_items_and_subclasses(self, recorder: Recorder) -> None:
+        """Unhashable items that refuse comparison, and a subclass with its own ``_get``, work as before."""
+
+        class Hostile:
+            __hash__ = None  # type: ignore[assignment]
+
+            def __eq__(self, other: object) -> bool:
+                raise AssertionError("conctools compared an item")
+
+        class Newest(queue.Queue):  # type: ignore[type-arg]
+            def _get(self) -> Any:
+                return self.queue.pop()
+
+        with pools.track_pools():
+            q: queue.Queue[Any] = Newest()
+            items = [Hostile(), Hostile(), [1, 2]]
+            for item in items:
+                q.put(item)
+            got = [q.get() for _ in range(3)]
+            assert [id(x) for x in got] == [id(x) for x in reversed(items)]
+            for item in got:
+                q.put(item)
+            state = q.__dict__["_conctools_pool"]
+            assert (state.takes, state.returns, state.held) == (3, 3, {})
+
     def test_finished_holder_is_named_as_such(self, recorder: Recorder) -> None:
         """A task that ended with the only connection is reported as never giving it back."""
         here = Path(__file__).name

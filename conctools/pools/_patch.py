@@ -15,12 +15,14 @@ from conctools.pools._state import MAX_POOLS, PoolState, registry_mutex
 
 _log = logging.getLogger("conctools.pools")
 _getframe = sys._getframe
+
 STATE_KEY = "_conctools_pool"  # a tracked queue's state, in the queue's __dict__
-NAME_KEY = "_conctools_pool_name"
+NAME_KEY = "_conctools_pool_name"  # (name, items) given by name_pool(), in the queue's __dict__
 SEMAPHORES = frozenset({"Semaphore", "BoundedSemaphore"})
+# Traced semaphores have no room for our state: it lives here, by id (checked against a weak ref).
 sem_states: dict[int, PoolState] = {}
-sem_waits: dict[tuple[int, int | None], tuple[PoolState, int]] = {}
-sem_names: dict[int, tuple[Any, str, str | None]] = {}
+sem_waits: dict[tuple[int, int | None], tuple[PoolState, int]] = {}  # (thread, task) -> (state, wait start)
+sem_names: dict[int, tuple[Any, str, str | None]] = {}  # id -> (weak ref, name, items)
 
 
 def _queue_kind(q: Any) -> tuple[str, str]:
@@ -105,6 +107,25 @@ _Q_GET: Any = queue.Queue.get
 _Q_PUT: Any = queue.Queue.put
 
 
+def _state(q: Any, frame: FrameType | None) -> PoolState | None:
+    """The queue's state, made on first sight; ``None`` when conctools cannot keep one (never raises)."""
+    try:
+        state: PoolState | None = q.__dict__.get(STATE_KEY)
+        return state if state is not None else queue_state(q, frame)
+    except Exception:
+        _log.debug("conctools: a queue's state is not available", exc_info=True)
+        return None
+
+
+def _existing(q: Any) -> PoolState | None:
+    """The queue's state if it has one (a put never makes one: a queue only filled is no pool yet)."""
+    try:
+        state: PoolState | None = q.__dict__.get(STATE_KEY)
+        return state
+    except Exception:
+        return None
+
+
 def _aq_init(self: Any, *args: Any, **kwargs: Any) -> None:
     _AQ_INIT(self, *args, **kwargs)
     try:
@@ -117,9 +138,9 @@ async def _aq_get(self: Any) -> Any:
     """Remove and return an item, waiting while the queue is empty (``asyncio.Queue.get``)."""
     if not self.empty():
         return self.get_nowait()
-    if getattr(self, "_is_shutdown", False):  # 3.13: raises QueueShutDown, no wait
+    state = None if getattr(self, "_is_shutdown", False) else _state(self, _getframe(1))
+    if state is None:  # 3.13's shut-down queue raises QueueShutDown without waiting
         return await _AQ_GET(self)
-    state = self.__dict__.get(STATE_KEY) or queue_state(self, _getframe(1))
     start = state.wait_started(self)
     try:
         return await _AQ_GET(self)
@@ -130,21 +151,20 @@ async def _aq_get(self: Any) -> Any:
 def _aq_get_nowait(self: Any) -> Any:
     """Remove and return an item if one is available (``asyncio.Queue.get_nowait``)."""
     item = _AQ_GET_NOWAIT(self)
-    state = self.__dict__.get(STATE_KEY)
-    if state is None:
-        state = queue_state(self, _getframe(1))
-    state.take(item, _getframe(1))
+    state = _state(self, _getframe(1))
+    if state is not None:
+        state.take(item, _getframe(1))
     return item
 
 
 def _aq_put_nowait(self: Any, item: Any) -> None:
     """Put an item into the queue without blocking (``asyncio.Queue.put_nowait``)."""
-    state = self.__dict__.get(STATE_KEY)
+    state = _existing(self)
     back = state.give_back(item) if state is not None else None
     try:
         _AQ_PUT_NOWAIT(self, item)
     except BaseException:
-        if back is not None:
+        if back is not None and state is not None:
             state.undo(item, back)
         raise
 
@@ -166,10 +186,8 @@ def _q_empty(q: Any) -> bool:
 
 def _q_get(self: Any, block: bool = True, timeout: float | None = None) -> Any:
     """Remove and return an item from the queue (``queue.Queue.get``)."""
-    state = self.__dict__.get(STATE_KEY)
-    if state is None:
-        state = queue_state(self, _getframe(1))
-    if block and _q_empty(self):
+    state = _state(self, _getframe(1))
+    if state is not None and block and _q_empty(self):
         start = state.wait_started(self)
         try:
             item = _Q_GET(self, block, timeout)
@@ -177,18 +195,19 @@ def _q_get(self: Any, block: bool = True, timeout: float | None = None) -> Any:
             state.wait_ended(start)
     else:
         item = _Q_GET(self, block, timeout)
-    state.take(item, _getframe(1))
+    if state is not None:
+        state.take(item, _getframe(1))
     return item
 
 
 def _q_put(self: Any, item: Any, block: bool = True, timeout: float | None = None) -> None:
     """Put an item into the queue (``queue.Queue.put``)."""
-    state = self.__dict__.get(STATE_KEY)
+    state = _existing(self)
     back = state.give_back(item) if state is not None else None
     try:
         _Q_PUT(self, item, block, timeout)
     except BaseException:
-        if back is not None:
+        if back is not None and state is not None:
             state.undo(item, back)
         raise
 

@@ -28,10 +28,11 @@ from conctools.pools._looker import LOOKER
 from conctools.recorder import Histogram, get_recorder
 
 _log = logging.getLogger("conctools.pools")
+
 MAX_POOLS = 256  # pools kept for the report (those that were waited on); others are not listed
 MAX_HELD = 1024  # live items whose holder is remembered, per pool
 CHANNEL_AFTER = 256  # a queue that handed out this many items and got none back is a channel
-SNAPSHOT_EVERY_S = 0.1  # at most one description of the holders per pool per this long ...
+SNAPSHOT_EVERY_S = 0.1  # at most one look at the holders per pool per this long as waits begin ...
 EPISODE_SNAPSHOT_EVERY_S = 0.02  # ... or per this long when a new exhaustion begins
 MAX_BLAME = 32  # distinct (state, site) groups tallied per pool
 REPEAT_MIN = 10  # takes in a row by one task or thread from the same lines: an N+1 pattern
@@ -39,9 +40,15 @@ REPEAT_GAP_S = 0.5  # ... each begun within this long of its previous give-back 
 MAX_RUNS = 512  # parties whose current run of takes is followed, per pool
 MAX_REPEATS = 16  # N+1 sites kept per pool
 DEFAULT_THRESHOLD_S = 0.1
+
 _mono = time.monotonic_ns
 _get_running_loop = asyncio._get_running_loop
 _get_ident = _thread.get_ident
+_current_thread = threading.current_thread
+_allocate_lock = _thread.allocate_lock
+_wref = weakref.ref
+# On 3.11 asyncio.current_task() costs a getpid(): the current task is read from asyncio's own
+# loop -> task dict instead, keyed by the loop the queue last ran on (as conctools.aio does).
 _tasks_get: Any = None
 if sys.version_info < (3, 12):
     try:
@@ -50,13 +57,7 @@ if sys.version_info < (3, 12):
         _tasks_get = _current_tasks.get
     except ImportError:  # pragma: no cover - other implementations
         _tasks_get = None
-_current_thread = threading.current_thread
-_allocate_lock = _thread.allocate_lock
-_wref = weakref.ref
-# A live item's holder: (since_ns, thread, weak ref to the task or None, user frames at the take, keep),
-# where ``keep`` is ``(True, weak ref to the item)`` or, for an item without weak references (a tuple,
-# an int), ``(False, item)``: the item stays alive while it is out, so its id cannot be reused and a
-# new object put at the same address is never taken for a give-back.
+
 Holding = tuple[int, Any, Any, tuple[TakeFrame, ...], tuple[bool, Any]]
 
 
