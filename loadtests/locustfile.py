@@ -100,7 +100,7 @@ class ServerUser(FastHttpUser):
         with self.client.get("/cpu?n=5000", name="/cpu", catch_response=True) as r:
             _check(r, lambda d: d.get("primes") == 669, "cpu")
 
-    @task(1)
+    @task(3)
     def search(self) -> None:
         with self.client.get("/search?q=locks", name="/search", catch_response=True) as r:
             _check(r, lambda d: d.get("q") == "locks", "search")
@@ -115,14 +115,14 @@ class OrdersUser(FastHttpUser):
     weight = 2
     wait_time = between(0.05, 0.2)
 
-    @task(8)
+    @task(10)
     def create_order(self) -> None:
         lines = [{"sku": random.choice(SKUS), "qty": random.randint(1, 3)} for _ in range(random.randint(1, 3))]
         body = {"customer": f"customer-{random.randrange(100):02d}", "items": lines}
         with self.client.post("/orders", json=body, catch_response=True) as r:
             _check(r, lambda d: isinstance(d.get("order_id"), int) and d.get("status") == "paid", "create order")
 
-    @task(4)
+    @task(5)
     def list_orders(self) -> None:
         with self.client.get("/orders?limit=20", name="/orders", catch_response=True) as r:
             # An order being recorded right now may not have its lines yet: only the count is checked.
