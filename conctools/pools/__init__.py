@@ -143,6 +143,7 @@ def track_pools(*, threshold_s: float = DEFAULT_THRESHOLD_S, recorder: Recorder 
             for owner, name, wrapper in patch_targets():
                 setattr(owner, name, wrapper)
             registry.wait_hooks.append(wait_hook)
+            LOOKER.start()
         _depth[0] += 1
         threshold_ns[0] = int(threshold_s * 1e9)
     try:

@@ -22,12 +22,16 @@ from conctools._context import _SAMPLE_DIR, _SKIP_PREFIXES
 from conctools.events import Frame, PoolHolder
 
 TAKE_FRAMES = 4  # user frames remembered per take (to find the frame that still holds the item)
-MAX_DESCRIBED = 64  # holders described per snapshot
+MAX_DESCRIBED = 64  # holders described per look
+
 _mono = time.monotonic_ns
 _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
+
+# Installed packages (asyncpg's pool code) are not where a person looks; the sample server, even
+# when conctools itself is installed, is.
 _SITE_MARKERS = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
-_lib_codes: dict[int, tuple[CodeType, bool]] = {}
+_lib_codes: dict[int, tuple[CodeType, bool]] = {}  # id(code) -> (code, is library): the code keeps its id
 
 
 def is_library(code: CodeType) -> bool:

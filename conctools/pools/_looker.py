@@ -5,8 +5,8 @@ query). So while a pool stays exhausted, this thread looks again a little later,
 and less often: :data:`LOOK_AFTER_S` after the exhaustion began, at most that many times, and
 never once no one waits. A pool in an event loop is looked at *on its loop*
 (``call_soon_threadsafe``), between two callbacks, when every task is parked at an ``await``;
-a pool of threads is looked at from here. The thread sleeps when no pool is exhausted and
-stops with the last :func:`~conctools.pools.track_pools` block.
+a pool of threads is looked at from here. The thread starts with the outermost
+:func:`~conctools.pools.track_pools` block, sleeps while no pool is exhausted and stops with it.
 """
 
 from __future__ import annotations
@@ -48,30 +48,35 @@ class Looker:
         # id(state) -> [state, loop or None, episode start, index of the next look]
         self._watched: dict[int, list[Any]] = {}
         self._thread: Any = None
-        self._stopping = False
+        self._generation = 0  # a thread runs while the generation it was started for is current
+
+    def start(self) -> None:
+        """Start the thread (when tracking begins: starting a thread waits for it, never do that on
+        a program's event loop)."""
+        with self._mutex:
+            if self._thread is None:
+                self._generation += 1
+                generation = self._generation
+                self._thread = internal_thread(lambda: self._run(generation), "conctools-pools")
+                self._thread.start()
 
     def watch(self, state: Any, loop: Any, episode_ns: int) -> None:
         """An exhaustion of ``state`` began (in ``loop``, or among threads when ``None``)."""
         with self._mutex:
-            if self._stopping:
+            if self._thread is None:
                 return
             self._watched[id(state)] = [state, loop, episode_ns, 0]
-            if self._thread is None:
-                self._thread = internal_thread(self._run, "conctools-pools")
-                self._thread.start()
         self._poke()
 
     def stop(self) -> None:
         """Stop the thread (it ends within a moment) and forget every pool."""
         with self._mutex:
             thread, self._thread = self._thread, None
-            self._stopping = True
+            self._generation += 1
             self._watched.clear()
         self._poke()
         if thread is not None:
             thread.join(timeout=5.0)
-        with self._mutex:
-            self._stopping = False
 
     def _poke(self) -> None:
         try:
@@ -79,8 +84,9 @@ class Looker:
         except RuntimeError:  # already released: the thread will wake anyway
             pass
 
-    def _due(self, now: int) -> tuple[list[list[Any]], float]:
-        """The looks due now, and how long to sleep until the next one (caller holds the mutex)."""
+    def _due(self, now: int) -> tuple[list[list[Any]], float | None]:
+        """The looks due now, and how long to sleep until the next one (``None``: until poked;
+        caller holds the mutex)."""
         due, next_ns = [], None
         for key, entry in list(self._watched.items()):
             state, _loop, episode_ns, index = entry
@@ -96,13 +102,13 @@ class Looker:
                 else:
                     continue
             next_ns = at if next_ns is None else min(next_ns, at)
-        sleep_s = 1.0 if next_ns is None else max(0.0, min(1.0, (next_ns - now) / 1e9))
+        sleep_s = None if next_ns is None else max(0.0, (next_ns - now) / 1e9)
         return due, sleep_s
 
-    def _run(self) -> None:
+    def _run(self, generation: int) -> None:
         while True:
             with self._mutex:
-                if self._stopping:
+                if self._generation != generation:
                     return
                 due, sleep_s = self._due(_mono())
             for state, loop, episode_ns, _index in due:
@@ -113,7 +119,9 @@ class Looker:
                     loop.call_soon_threadsafe(_look, state, episode_ns)
                 except RuntimeError:  # the loop is closed: nothing to look at any more
                     pass
-            if sleep_s > 0:
+            if sleep_s is None:
+                self._wake.acquire()  # nothing is exhausted: sleep until a pool runs dry (or stop)
+            elif sleep_s > 0:
                 self._wake.acquire(timeout=sleep_s)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -122,6 +123,7 @@ def pool_table() -> dict[str, Any]:
                     "max_run": entry["max_run"],
                     "who": entry["who"],
                     "loop_frame": entry.get("loop_frame", 0),
+                    "site": _loop_site(stack, entry.get("loop_frame", 0)),
                     "stack": [
                         {"filename": f.filename, "lineno": f.lineno, "function": f.function, "line": f.line}
                         for f in stack
@@ -137,3 +139,11 @@ def pool_table() -> dict[str, Any]:
         "holders": holders,
         "repeats": repeats,
     }
+
+
+def _loop_site(stack: tuple[Frame, ...], index: int) -> str:
+    """``app.py:362 in list_orders``: the frame that loops, the line to look at."""
+    if not stack:
+        return "?"
+    f = stack[index] if 0 <= index < len(stack) else stack[0]
+    return f"{os.path.basename(f.filename)}:{f.lineno} in {f.function}"
