@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import pickle
 import queue
 import re
 import subprocess
 import sys
 import threading
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +206,11 @@ class TestTracking:
 
         with pools.track_pools():
             asyncio.run(main())
+            pickled: asyncio.Queue[int] = asyncio.Queue()
+            pickled.put_nowait(1)
+            pickled.put_nowait(pickled.get_nowait())
+            copy = pickle.loads(pickle.dumps(pickled))
+            assert copy.get_nowait() == 1 and deepcopy(pickled).qsize() == 1
             plain: queue.Queue[int] = queue.Queue()
             with pytest.raises(queue.Empty):
                 plain.get(timeout=0.01)

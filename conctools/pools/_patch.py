@@ -60,7 +60,10 @@ def queue_state(q: Any, frame: FrameType | None, made: bool = False) -> PoolStat
         site = f"first used at {site}"
     name, items = (named[0], named[1] or items) if named else (None, items)
     state = PoolState(kind, items, name, site, q, in_loop=isinstance(q, asyncio.Queue))
-    return d.setdefault(STATE_KEY, state)  # type: ignore[no-any-return]
+    kept: PoolState | None = d.setdefault(STATE_KEY, state)
+    if kept is None:  # an unpickled or copied queue: its state was left behind
+        d[STATE_KEY] = kept = state
+    return kept
 
 
 def sem_state(prim: Any) -> PoolState:

@@ -130,6 +130,10 @@ class PoolState:
         self.repeats: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.listed = False
 
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        # A queue that is pickled or deep-copied must stay so: its copy starts without a state.
+        return (_no_state, ())
+
     @property
     def display_name(self) -> str:
         return self.name or self.created_at
@@ -432,6 +436,10 @@ class PoolState:
                     frames_now = sys._current_frames()
                 out.append(describe_thread(thread, getattr(thread, "name", "?"), taken, held_s, frames_now))
         return tuple(out), len(holdings) + available, len(holdings)
+
+
+def _no_state() -> None:
+    return None
 
 
 def _mine(holdings: list[Any]) -> Any:
