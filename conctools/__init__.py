@@ -22,6 +22,7 @@ if _typing.TYPE_CHECKING:
     from conctools.deadlock import DeadlockError, DeadlockWatchdog, watch_deadlocks
     from conctools.locks import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, trace_locks
     from conctools.loopmon import LoopMonitor, monitor_all_loops, watch_loop
+    from conctools.pools import name_pool, track_pools
     from conctools.profiling import Profile, ProfileError, profile
     from conctools.reporting.summary import report
     from conctools.resources import ResourceSampler, sample_resources
@@ -37,6 +38,7 @@ _LAZY = {
         "conctools.locks",
     ),
     **dict.fromkeys(("LoopMonitor", "monitor_all_loops", "watch_loop"), "conctools.loopmon"),
+    **dict.fromkeys(("name_pool", "track_pools"), "conctools.pools"),
     **dict.fromkeys(("Profile", "ProfileError", "profile"), "conctools.profiling"),
     **dict.fromkeys(("ResourceSampler", "sample_resources"), "conctools.resources"),
     "report": "conctools.reporting.summary",
@@ -89,12 +91,14 @@ __all__ = [
     "dump_tasks",
     "get_recorder",
     "monitor_all_loops",
+    "name_pool",
     "profile",
     "report",
     "sample_resources",
     "set_recorder",
     "trace_locks",
     "traced",
+    "track_pools",
     "use_recorder",
     "watch_deadlocks",
     "watch_loop",

@@ -64,7 +64,14 @@ def add_server_commands(sub: Any) -> None:
         const="all",
         default=None,
         metavar="NAMES",
-        help="switch on the seeded bugs: all (no value) or a comma list of blocking, contention, inversion",
+        help="switch on the seeded bugs: all (no value) or a comma list of blocking, contention, inversion, "
+        "blocking-db, pool-hog, n-plus-one",
+    )
+    serve.add_argument(
+        "--db",
+        metavar="URL",
+        help="the orders database: postgresql://... (asyncpg), sqlite:///PATH or a file path "
+        "(default: orders.sqlite3 in --out DIR, else a temporary file)",
     )
     serve.add_argument("--no-instrument", action="store_true", help="plain stdlib primitives, no conctools")
     serve.add_argument("--no-console", action="store_true", help="do not start the aiomonitor console")
@@ -163,6 +170,12 @@ def _serve_command(ns: argparse.Namespace) -> int:
         bugs = parse_bugs(ns.bugs)
     except ValueError as exc:
         raise UsageError(f"conctools serve: error: --bugs: {exc}") from None
+    from conctools.server.db import check_database_url
+
+    try:
+        check_database_url(ns.db)
+    except ValueError as exc:
+        raise UsageError(f"conctools serve: error: --db: {exc}") from None
     config = ServeConfig(
         host=ns.host,
         port=ns.port,
@@ -170,6 +183,8 @@ def _serve_command(ns: argparse.Namespace) -> int:
             bugs=bugs,
             instrument=not ns.no_instrument,
             prewarm=True,
+            db=ns.db,
+            db_dir=ns.out,
             instruments=InstrumentOptions(loop_threshold_s=ns.loop_threshold, deadlock_timeout_s=ns.deadlock_timeout),
         ),
         console=not ns.no_console,

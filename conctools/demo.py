@@ -32,6 +32,7 @@ from typing import IO
 from conctools._context import internal_thread
 from conctools.events import LockOrderEvent, LockWaitEvent, MarkEvent, SlowCallbackEvent
 from conctools.recorder import Snapshot
+from conctools.reporting.pools_text import n_plus_one_lines, pool_findings
 
 __all__ = ["DemoError", "DemoOptions", "find_findings", "run_demo"]
 
@@ -82,11 +83,17 @@ def find_findings(snapshot: Snapshot) -> list[str]:
             key = f"{_site(s.culprit.site)} in {s.culprit.function}" if s.culprit is not None else s.callback
             by_site[key].append(s.duration_s)
         total = snapshot.counts.get("slow_callback", len(stalls))
-        site, durations = max(by_site.items(), key=lambda kv: sum(kv[1]))
+        ranked = sorted(by_site.items(), key=lambda kv: -sum(kv[1]))
+        site, durations = ranked[0]
         lines.append(
             f"event loop blocked {total} times (worst {max(durations) * 1000:.0f} ms); "
             f"top culprit {site} ({len(durations)} stalls)"
         )
+        # Every other culprit line too (up to 3): each seeded stall is named with its line.
+        for site, durations in [kv for kv in ranked[1:] if not kv[0].startswith("<")][:3]:
+            lines.append(
+                f"event loop also blocked at {site} ({len(durations)} stalls, worst {max(durations) * 1000:.0f} ms)"
+            )
     waits = snapshot.of_kind(LockWaitEvent)
     if waits:
         per_lock: Counter[str] = Counter()
@@ -102,6 +109,9 @@ def find_findings(snapshot: Snapshot) -> list[str]:
             f"lock contention: {name!r} waited on {per_lock[name]} times, {wait_s[name]:.2f} s in total; "
             f"hottest waiting site {_site(site)}"
         )
+    pools = snapshot.sections.get("pools")
+    lines += pool_findings(pools)  # a pool that ran dry: who held its items, and where
+    lines += n_plus_one_lines(pools)  # one query per row: a pool taken again and again from one line
     if not lines:
         lines.append("nothing found: no stalls, lock waits, inversions or deadlocks were recorded")
     return lines

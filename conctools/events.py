@@ -20,7 +20,8 @@ Hierarchy::
     ├── SlowCallbackEvent      the event loop was blocked longer than a threshold
     ├── BlockingCallEvent      a known blocking call made on an event loop's thread
     ├── ResourceSampleEvent    one psutil sample of the process
-    └── MarkEvent              a free-form instant (run start/end, user marks)
+    ├── MarkEvent              a free-form instant (run start/end, user marks)
+    └── PoolExhaustedEvent     a pool had no item to give while tasks or threads waited: who held them
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ __all__ = [
     "LockWaitEvent",
     "MarkEvent",
     "Participant",
+    "PoolExhaustedEvent",
+    "PoolHolder",
     "ResourceSampleEvent",
     "SlowCallbackEvent",
     "SpanEvent",
@@ -341,6 +344,47 @@ class MarkEvent(Event):
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolHolder:
+    """Who held one item of a pool while others waited for one, and what it was doing then.
+
+    ``state`` is ``"awaiting"`` (a suspended task; ``call`` is what it awaits), ``"calling"`` (a
+    thread; ``call`` is the function it is in), ``"running"``, ``"finished"`` (a task that ended
+    without giving the item back), ``"exited"`` (such a thread) or ``"unknown"``.
+    """
+
+    who: str  # "task 'Task-7' (thread 'MainThread')", "thread 'worker-2'"
+    party: str  # "task" | "thread"
+    state: str
+    call: str | None  # "fetch_upstream()"
+    site: str  # file.py:LINE where it is now (the frame that took the item, when still running)
+    function: str
+    line: str  # the source line at ``site``
+    acquired_at: str  # file.py:LINE where that frame took the item ("" when unknown)
+    held_s: float | None  # how long it had held the item (None when unknown)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolExhaustedEvent(Event):
+    """A pool ran dry: from the first waiter's start until no one waited any more.
+
+    ``holders`` were captured when the first waiter began to wait (a bounded sample); the
+    producer is the first waiter.
+    """
+
+    kind: ClassVar[str] = "pool_exhausted"
+
+    pool_name: str
+    pool_kind: str  # "asyncio.Queue", "queue.LifoQueue", "aio.Semaphore", "asyncpg.Pool", ...
+    items: str  # what the pool hands out, in words: "items", "connections", "slots"
+    duration_s: float
+    capacity: int  # items known when it ran dry (held + available)
+    held: int
+    waits: int  # waits that began during the episode
+    max_waiters: int
+    holders: tuple[PoolHolder, ...] = ()
+
+
 def _build(tp: Any, value: Any) -> Any:
     """Rebuild nested values of ``tp`` (a field's annotation, as a string) from JSON."""
     if value is None:
@@ -371,6 +415,7 @@ _NESTED: dict[str, type] = {
     "Participant": Participant,
     "LockOrderEdge": LockOrderEdge,
     "WaiterInfo": WaiterInfo,
+    "PoolHolder": PoolHolder,
 }
 
 

@@ -61,6 +61,7 @@ class LoadTestOptions:
     out_dir: Path = Path("build/loadtest")
     locustfile: Path | None = None
     allow_remote: bool = False  # set when the user named the host explicitly
+    user_classes: tuple[str, ...] = ()  # run only these User classes of the locustfile (default: all)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,6 +148,9 @@ def validate(options: LoadTestOptions) -> Path:
         if not options.allow_remote:
             raise LoadTestError(f"refusing to load a non-loopback host {options.host!r} unless it is given explicitly")
         print(f"conctools loadtest: warning: loading a non-loopback host {options.host}", file=sys.stderr)
+    for name in options.user_classes:
+        if not name.isidentifier():
+            raise LoadTestError(f"a User class name must be a Python name, got {name!r}")
     locustfile = options.locustfile if options.locustfile is not None else default_locustfile()
     if locustfile is None:
         raise LoadTestError("no locustfile found: pass --locustfile PATH (the users live in loadtests/locustfile.py)")
@@ -187,6 +191,7 @@ def locust_command(options: LoadTestOptions, locustfile: Path) -> list[str]:
         "--stop-timeout",
         "2",
     ]
+    cmd += list(options.user_classes)
     if options.processes > 1:
         port = free_port()
         cmd += [

@@ -23,6 +23,7 @@ import _thread
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +39,7 @@ __all__ = [
     "primitives",
     "register",
     "state_of",
+    "wait_hooks",
     "waiting_on",
 ]
 
@@ -139,18 +141,41 @@ def primitives() -> tuple[PrimitiveState, ...]:
     return tuple(out)
 
 
+# Observers of waits, checked by presence (``conctools.pools`` watches semaphore pools with one):
+# ``hook(prim, thread_id, task_id)`` when a wait starts, ``hook(None, thread_id, task_id)`` when
+# it ends, in the waiting thread. A hook that raises is logged and removed.
+WaitHook = Callable[["Traceable | None", int, "int | None"], object]
+wait_hooks: list[WaitHook] = []
+
+
+def _run_wait_hooks(prim: Traceable | None, thread_id: int, task_id: int | None) -> None:
+    for hook in list(wait_hooks):
+        try:
+            hook(prim, thread_id, task_id)
+        except Exception:
+            _log.exception("conctools: wait hook %r raised; removing it", hook)
+            try:
+                wait_hooks.remove(hook)
+            except ValueError:
+                pass
+
+
 def note_wait_start(prim: Traceable, thread_id: int, task_id: int | None) -> None:
     """A party starts waiting on ``prim`` (slow path only)."""
     try:
         _waiting[(thread_id, task_id)] = weakref.ref(prim)
     except TypeError:
         pass
+    if wait_hooks:
+        _run_wait_hooks(prim, thread_id, task_id)
 
 
 def note_wait_end(thread_id: int, task_id: int | None) -> None:
     """The party's wait ended (acquired, timed out, cancelled or woken)."""
     _waiting.pop((thread_id, task_id), None)
     _progress[0] = time.monotonic_ns()
+    if wait_hooks:
+        _run_wait_hooks(None, thread_id, task_id)
 
 
 def note_progress() -> None:

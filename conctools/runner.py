@@ -26,6 +26,7 @@ from conctools.deadlock import EXIT_DEADLOCK, EXIT_HANG, watch_deadlocks
 from conctools.events import DeadlockEvent, HangEvent
 from conctools.locks import trace_locks
 from conctools.loopmon import monitor_all_loops
+from conctools.pools import track_pools
 from conctools.profiling import Clock, Profile, ProfileError
 from conctools.recorder import Recorder, Snapshot, use_recorder
 from conctools.reporting import render_json, render_text
@@ -90,6 +91,8 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
         if options.trace_locks:
             # After the sampler and the profiler: their imports (psutil, yappi) keep plain locks.
             stack.enter_context(trace_locks(lock_order=options.lock_order, recorder=recorder))
+            # Pools built on the stdlib's queues and on traced semaphores: who holds their items.
+            stack.enter_context(track_pools(recorder=recorder))
         if options.loop_threshold_s:
             stack.enter_context(
                 monitor_all_loops(options.loop_threshold_s, detect_blocking=options.detect_blocking, recorder=recorder)

@@ -5,6 +5,10 @@ interpreter with gevent) or directly::
 
     locust -f loadtests/locustfile.py --headless -u 20 -r 20 -t 20s --host http://127.0.0.1:8080
 
+Two kinds of users: :class:`ServerUser` browses every endpoint, :class:`OrdersUser` (two users
+in five) works with the orders database: it records orders, lists the latest ones and, now
+and then, asks for the report. ``locust ... OrdersUser`` runs only those.
+
 Task weights follow a plausible traffic mix: mostly cheap reads and async I/O, some writes,
 few expensive calls. Each task checks its answer with ``catch_response``, so a wrong body is
 a failure even with status 200. ``wait_time`` keeps each user at a few requests per second.
@@ -39,6 +43,7 @@ def _check(response: Any, predicate: Any, what: str) -> None:
 class ServerUser(FastHttpUser):
     """One client of the sample server, browsing with a realistic mix of endpoints."""
 
+    weight = 3
     wait_time = between(0.05, 0.25)
 
     @task(10)
@@ -95,7 +100,35 @@ class ServerUser(FastHttpUser):
         with self.client.get("/cpu?n=5000", name="/cpu", catch_response=True) as r:
             _check(r, lambda d: d.get("primes") == 669, "cpu")
 
-    @task(1)
+    @task(3)
     def search(self) -> None:
         with self.client.get("/search?q=locks", name="/search", catch_response=True) as r:
             _check(r, lambda d: d.get("q") == "locks", "search")
+
+
+SKUS = [f"sku-{i:02d}" for i in range(50)]
+
+
+class OrdersUser(FastHttpUser):
+    """A client of the orders database: records orders, lists them, reads the report."""
+
+    weight = 2
+    wait_time = between(0.05, 0.2)
+
+    @task(10)
+    def create_order(self) -> None:
+        lines = [{"sku": random.choice(SKUS), "qty": random.randint(1, 3)} for _ in range(random.randint(1, 3))]
+        body = {"customer": f"customer-{random.randrange(100):02d}", "items": lines}
+        with self.client.post("/orders", json=body, catch_response=True) as r:
+            _check(r, lambda d: isinstance(d.get("order_id"), int) and d.get("status") == "paid", "create order")
+
+    @task(5)
+    def list_orders(self) -> None:
+        with self.client.get("/orders?limit=20", name="/orders", catch_response=True) as r:
+            # An order being recorded right now may not have its lines yet: only the count is checked.
+            _check(r, lambda d: len(d.get("orders", [])) == 20, "orders")
+
+    @task(1)
+    def report(self) -> None:
+        with self.client.get("/orders/report", catch_response=True) as r:
+            _check(r, lambda d: len(d.get("top_skus", [])) == 10, "report")

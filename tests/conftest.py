@@ -14,6 +14,7 @@ import pytest
 
 import conctools.recorder as recorder_module
 from conctools.loopmon import patched_names as loopmon_patched_names
+from conctools.pools import patched_names as pools_patched_names
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +36,8 @@ _PATCHABLE = {
 }
 # The loop monitor's blocking-call detection (time.sleep, socket methods, thread waits) and its uvloop hook.
 _PATCHABLE.update({(owner, name): getattr(owner, name) for owner, name in loopmon_patched_names()})
+# Pool tracking (conctools.pools.track_pools) wraps the stdlib queues' methods on their classes.
+_PATCHABLE.update({(owner, name): owner.__dict__[name] for owner, name in pools_patched_names()})
 try:
     import uvloop
 
@@ -66,6 +69,11 @@ def no_leaks() -> Iterator[None]:
         if getattr(module, name) is not original:
             setattr(module, name, original)
             problems.append(f"{module.__name__}.{name} left patched")
+    from conctools import registry
+
+    if registry.wait_hooks:
+        registry.wait_hooks.clear()
+        problems.append("a wait hook was left in the registry")
     if recorder_module.get_recorder() is not recorder_before:
         recorder_module.set_recorder(recorder_before)
         problems.append("the current recorder was replaced and not restored")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from conctools.demo import find_findings
 from conctools.events import Frame, LockOrderEdge, LockOrderEvent, LockWaitEvent, SlowCallbackEvent
 from conctools.recorder import Recorder
+from conctools.server import BUGS
 
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -70,7 +72,7 @@ class TestDemoCommand:
         for name in ("report.txt", "report.json", "locust_stats.csv", "locust.html", "summary.json", "server.log"):
             assert (out / name).exists(), name
         report = json.loads((out / "report.json").read_text())
-        assert report["meta"]["bugs"] == ["blocking", "contention", "inversion"]
+        assert report["meta"]["bugs"] == sorted(BUGS)
         marks = [e for e in report["events"] if e["kind"] == "mark" and e["name"] == "locust.latency"]
         assert marks, "Locust's latencies are not on the server's timeline"
         assert "lock contention: 'counter'" in text, text
@@ -78,6 +80,11 @@ class TestDemoCommand:
         assert report_line.count("report.txt") == 1, report_line
         log = (out / "server.log").read_text()
         assert log.index("listening on") < log.index("stopping"), log
+        # The database bugs: the blocking query's line, the pool's holders and their await, the N+1 loop.
+        assert "in orders_report" in text, text
+        hog = re.search(r"found:  pool 'db' exhausted for [^\n]*", text)
+        assert hog is not None and "tasks awaiting `authorize_payment()` at app.py:" in hog[0], text
+        assert "N+1 pattern: " in text and " in list_orders (via " in text, text
         if (out / "trace.json").exists():  # written once the trace reporter is installed
             trace = json.loads((out / "trace.json").read_text())
             events = trace["traceEvents"] if isinstance(trace, dict) else trace

@@ -75,6 +75,13 @@ class TestValidate:
             assert flag in joined
         assert "--master-bind-host 127.0.0.1" in joined
 
+    def test_user_classes_pick_the_users(self, tmp_path: Path) -> None:
+        """``user_classes`` are passed to Locust by name; a name that is not a Python name is refused."""
+        options = LoadTestOptions(out_dir=tmp_path, user_classes=("OrdersUser",))
+        assert locust_command(options, validate(options))[-1] == "OrdersUser"
+        with pytest.raises(LoadTestError, match="Python name"):
+            validate(LoadTestOptions(user_classes=("--host=http://evil",)))
+
     def test_locust_is_not_imported_here(self) -> None:
         """conctools.loadtest never imports locust (gevent must not patch a traced process)."""
         code = "import conctools.loadtest, conctools.cli, sys; print('locust' in sys.modules, 'gevent' in sys.modules)"

@@ -206,6 +206,7 @@ class TestEndpoints:
                 ("loop monitor", "conctools.loopmon"),
                 ("deadlock watchdog", "conctools.deadlock"),
                 ("resource sampler", "conctools.resources"),
+                ("pool tracker", "conctools.pools"),
             )
             if _have(module)
         ]

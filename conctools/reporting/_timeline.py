@@ -47,6 +47,7 @@ from conctools.events import (
     LockOrderEvent,
     LockWaitEvent,
     MarkEvent,
+    PoolExhaustedEvent,
     ResourceSampleEvent,
     SlowCallbackEvent,
     SpanEvent,
@@ -92,8 +93,8 @@ class Track:
 
 @dataclass(slots=True, kw_only=True)
 class Slice:
-    """Something that took time on one track; ``cat`` is span, lock_wait, lock_hold, slow_callback
-    or blocking_call. ``depth`` is its nesting level on the track (0 = outermost)."""
+    """Something that took time on one track; ``cat`` is span, lock_wait, lock_hold, slow_callback,
+    blocking_call or pool_exhausted. ``depth`` is its nesting level on the track (0 = outermost)."""
 
     key: TrackKey
     start_us: int
@@ -280,6 +281,8 @@ class _Builder:
                     ts_us=self.us(e.ts_ns), name="HANG", cat="hang", args={"reason": e.reason, "stalled_s": e.stalled_s}
                 )
             )
+        elif isinstance(e, PoolExhaustedEvent):
+            self.pool_exhausted(e)
         elif isinstance(e, LockOrderEvent):
             self.instants.append(
                 Instant(
@@ -338,6 +341,31 @@ class _Builder:
         )
         self.slices.append(wait)
         self.waits.append((e, wait))
+
+    def pool_exhausted(self, e: PoolExhaustedEvent) -> None:
+        # The whole pool was dry, whoever waited: the slice goes on the first waiter's thread.
+        thread_key = self.thread_key(e.thread_id, e.thread_name)
+        holders: dict[str, int] = {}
+        for h in e.holders:
+            where = f"{h.state} {h.call} at {h.site}" if h.call else f"{h.state} at {h.site}"
+            holders[where] = holders.get(where, 0) + 1
+        start, dur = self.span_of(e.ts_ns, e.duration_s)
+        self.slices.append(
+            Slice(
+                key=thread_key,
+                start_us=start,
+                dur_us=dur,
+                name=f"pool {e.pool_name} exhausted",
+                cat="pool_exhausted",
+                args={
+                    "pool": e.pool_name,
+                    "kind": e.pool_kind,
+                    "held": f"{e.held} of {e.capacity} {e.items}",
+                    "waits": e.waits,
+                    "holders": "; ".join(f"{n} {where}" for where, n in sorted(holders.items(), key=lambda kv: -kv[1])),
+                },
+            )
+        )
 
     def slow_callback(self, e: SlowCallbackEvent) -> None:
         # The whole loop was blocked: the slice goes on the loop's thread, not on a task.

@@ -20,6 +20,7 @@ from conctools.reporting.deadlock_text import deadlock_section, hang_section
 from conctools.reporting.findings import findings_section
 from conctools.reporting.locks_text import lock_order_section, lock_table_section
 from conctools.reporting.loop_text import slow_callbacks_section
+from conctools.reporting.pools_text import pools_section
 from conctools.reporting.profile_text import profile_section
 from conctools.reporting.resources_text import resources_section
 
@@ -82,6 +83,7 @@ SECTIONS += [(10, deadlock_section), (30, hang_section)]
 SECTIONS += [(40, slow_callbacks_section)]
 SECTIONS += [(20, lock_order_section), (45, lock_table_section)]
 SECTIONS += [(60, profile_section), (70, resources_section)]
+SECTIONS += [(42, pools_section)]
 
 
 def render_sections(

@@ -1,4 +1,4 @@
-"""The sample aiohttp service: the patterns of concurrent Python, and three seeded bugs.
+"""The sample aiohttp service: the patterns of concurrent Python, a database, and six seeded bugs.
 
 Endpoints (every handler is a ``@traced`` span named ``"METHOD /path"``):
 
@@ -15,6 +15,10 @@ Endpoints (every handler is a ``@traced`` span named ``"METHOD /path"``):
 ``POST /transfer``     thread pool: takes ``accounts`` then ``ledger``
 ``GET /audit``         thread pool: takes both locks too (order: see the bugs)
 ``GET /search``        a search that must not block the loop (see the bugs)
+``POST /orders``       record an order (JSON ``{"customer": ..., "items": [{"sku": ..., "qty": ...}]}``):
+                       the database, the payment service (``authorize_payment``), the database
+``GET /orders``        the latest orders with their lines (``?limit=20``)
+``GET /orders/report`` the SKUs most often found in two orders (a heavy query, ~0.2 s)
 ``GET /conctools``     the live conctools report (snapshot JSON; ``?format=text`` for text)
 ``GET /conctools/profile``  a yappi profile of the next ``?seconds=2`` (``?clock=wall|cpu``)
 =====================  ===================================================================
@@ -35,6 +39,22 @@ The seeded bugs (``--bugs`` switches all on, ``--bugs blocking,inversion`` some 
     lock-order inversion (ABBA), reported as a potential deadlock even though this server
     never deadlocks: both sections run behind a gate invisible to conctools (a raw
     ``_thread`` lock), so the demo stays up. Without the gate, two pool threads can deadlock.
+``blocking-db``
+    ``GET /orders/report`` runs its heavy query through the synchronous ``sqlite3`` connection,
+    on the event loop: a slow callback whose culprit is that line. Fixed: run it in the
+    database's threads (``await conn.fetch_all(...)``, or an async driver).
+``pool-hog``
+    ``POST /orders`` keeps its connection while it awaits the payment service, so the pool (5
+    connections) runs dry and every database request waits. conctools' pool report names the
+    holders: tasks awaiting ``authorize_payment()`` at that line, acquired at the ``async with``
+    above it. Fixed: give the connection back before the slow call.
+``n-plus-one``
+    ``GET /orders`` fetches the lines of each order with one query per order, in a loop: the
+    pool is taken 21 times in a row from one line by one request (conctools reports the run
+    and its lines). Fixed: one query for the lines of all of them.
+
+The database is SQLite by default (a file in the report folder, or a temporary one), 5
+connections in an ``asyncio.Queue``; ``--db postgresql://...`` uses asyncpg's pool instead.
 """
 
 from __future__ import annotations
@@ -44,28 +64,50 @@ import asyncio
 import collections
 import concurrent.futures
 import multiprocessing
+import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
+from conctools.server.db import Connection, Database, open_database
 from conctools.server.instruments import (
     InstrumentOptions,
     Instruments,
     aio_lock,
     aio_semaphore,
     lock_order_checking,
+    name_pool,
     thread_lock,
 )
 from conctools.server.work import count_primes, slow_read
 
 __all__ = ["BUGS", "SampleService", "ServerOptions", "create_app", "parse_bugs", "service_of"]
 
-BUGS = ("blocking", "contention", "inversion")
+BUGS = ("blocking", "contention", "inversion", "blocking-db", "pool-hog", "n-plus-one")
 SEARCH_BLOCK_S = 0.15  # how long the blocking bug stalls the loop: over the 0.1 s default threshold
 STORE_WRITE_S = 0.025  # the counter's awaited write (a slow store makes the contention visible)
 MAX_PROFILE_S = 30.0
+PAYMENT_S = 0.25  # the payment service's answer time: what pool-hog keeps a connection through
+ORDERS_SQL = "SELECT id, customer, status FROM orders ORDER BY id DESC LIMIT ?"
+ITEMS_SQL = "SELECT order_id, sku, qty, price_cents FROM order_items WHERE order_id = ? ORDER BY id"
+ITEMS_OF_LATEST_SQL = (
+    "SELECT order_id, sku, qty, price_cents FROM order_items"
+    " WHERE order_id IN (SELECT id FROM orders ORDER BY id DESC LIMIT ?) ORDER BY id"
+)
+NEW_ORDER_SQL = "INSERT INTO orders(customer, created_at, status) VALUES (?, ?, 'pending') RETURNING id"
+NEW_ITEM_SQL = "INSERT INTO order_items(order_id, sku, qty, price_cents) VALUES (?, ?, ?, ?)"
+PAID_SQL = "UPDATE orders SET status = 'paid' WHERE id = ?"
+# Which SKUs turn up in two orders, over the latest 5500 order lines: a self-join of ~0.2 s in
+# SQLite, on purpose (the blocking-db bug runs it on the event loop).
+REPORT_SQL = (
+    "WITH recent AS (SELECT order_id, sku FROM order_items ORDER BY id DESC LIMIT 5500)"
+    " SELECT a.sku, COUNT(*) AS pairs FROM recent a JOIN recent b ON a.sku = b.sku AND a.order_id < b.order_id"
+    " GROUP BY a.sku ORDER BY pairs DESC, a.sku LIMIT 10"
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -98,6 +140,9 @@ class ServerOptions:
     consumers: int = 3
     downstream_limit: int = 4
     prewarm: bool = False  # start the process pool's workers at startup (``conctools serve`` does)
+    db: str | None = None  # postgresql://..., sqlite:///PATH or a path; None: SQLite in db_dir
+    db_dir: Path | None = None  # where the default SQLite file goes (None: a temporary folder)
+    db_pool_size: int = 5
 
 
 def _int_arg(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -145,6 +190,8 @@ class SampleService:
         self._procs_guard = _thread.allocate_lock()  # two first /cpu requests must not make two pools
         self._instruments = Instruments(options.instruments) if options.instrument else None
         self.instruments_running: list[str] = []
+        self._db_tmp: str | None = None
+        self.db: Database | None = None
 
     # ---- lifecycle ----
     async def startup(self, app: web.Application) -> None:
@@ -155,6 +202,13 @@ class SampleService:
         ]
         if self._instruments is not None:
             self.instruments_running = self._instruments.start()
+        folder = self.options.db_dir
+        if folder is None and self.options.db is None:
+            self._db_tmp = tempfile.mkdtemp(prefix="conctools-db-")
+            folder = Path(self._db_tmp)
+        self.db = open_database(self.options.db, folder or Path("."), self.options.db_pool_size)
+        await self.db.start()
+        name_pool(self.db.pool, "db", self.options.instrument, items="connections")
         if self.options.prewarm:
             # Start the process pool's workers before serving, so that spawning them (seconds) does
             # not land on the first /cpu requests; the first submit spawns synchronously: off the loop.
@@ -166,6 +220,10 @@ class SampleService:
         for task in self._consumers:
             task.cancel()
         await asyncio.gather(*self._consumers, return_exceptions=True)
+        if self.db is not None:
+            await self.db.close()
+        if self._db_tmp is not None:
+            await asyncio.to_thread(shutil.rmtree, self._db_tmp, True)
         # Joining pool threads and worker processes blocks: do it off the loop.
         await asyncio.to_thread(self._threads.shutdown, wait=True, cancel_futures=True)
         if self._procs is not None:
@@ -185,7 +243,12 @@ class SampleService:
         """The endpoint list and the bugs switched on."""
         routes = sorted({f"{r.method} {r.resource.canonical}" for r in request.app.router.routes() if r.resource})
         return web.json_response(
-            {"service": "conctools sample server", "endpoints": routes, "bugs": sorted(self.options.bugs)}
+            {
+                "service": "conctools sample server",
+                "endpoints": routes,
+                "bugs": sorted(self.options.bugs),
+                "database": self.db.describe() if self.db is not None else None,
+            }
         )
 
     async def health(self, request: web.Request) -> web.Response:
@@ -270,6 +333,58 @@ class SampleService:
             await asyncio.to_thread(time.sleep, SEARCH_BLOCK_S)
         return web.json_response({"q": query, "hits": len(query) % 7})
 
+    async def create_order(self, request: web.Request) -> web.Response:
+        """Record an order: write it, have the payment service authorize it, mark it paid."""
+        customer, lines = await _order_body(request)
+        total = sum(qty * price for _, qty, price in lines)
+        db = self._database()
+        if self.bug(request, "pool-hog"):
+            async with db.connection() as conn:
+                order_id = await _insert_order(conn, customer, lines)
+                await self.authorize_payment(order_id, total)  # BUG(pool-hog): holds the connection across this await
+                await conn.fetch_all(PAID_SQL, order_id)
+        else:
+            async with db.connection() as conn:
+                order_id = await _insert_order(conn, customer, lines)
+            await self.authorize_payment(order_id, total)
+            async with db.connection() as conn:
+                await conn.fetch_all(PAID_SQL, order_id)
+        return web.json_response({"order_id": order_id, "total_cents": total, "status": "paid"})
+
+    async def list_orders(self, request: web.Request) -> web.Response:
+        """The latest orders, each with its lines."""
+        limit = _int_arg(request, "limit", 20, 1, 100)
+        db = self._database()
+        orders = await db.fetch_all(ORDERS_SQL, limit)
+        lines: list[tuple[object, ...]] = []
+        if self.bug(request, "n-plus-one"):
+            for order_id, _customer, _status in orders:
+                lines += await db.fetch_all(ITEMS_SQL, order_id)  # BUG(n-plus-one): one query per order
+        else:
+            lines = await db.fetch_all(ITEMS_OF_LATEST_SQL, limit)
+        by_order: dict[object, list[dict[str, object]]] = {order_id: [] for order_id, _, _ in orders}
+        for order_id, sku, qty, price in lines:
+            if order_id in by_order:
+                by_order[order_id].append({"sku": sku, "qty": qty, "price_cents": price})
+        return web.json_response(
+            {"orders": [{"id": o, "customer": c, "status": s, "items": by_order[o]} for o, c, s in orders]}
+        )
+
+    async def orders_report(self, request: web.Request) -> web.Response:
+        """The SKUs most often found in two different orders (a heavy query)."""
+        db = self._database()
+        if self.bug(request, "blocking-db"):
+            async with db.connection() as conn:
+                rows = conn.raw.execute(REPORT_SQL).fetchall()  # BUG(blocking-db): a synchronous query on the loop
+        else:
+            rows = await db.fetch_all(REPORT_SQL)
+        return web.json_response({"top_skus": [{"sku": sku, "pairs": pairs} for sku, pairs in rows]})
+
+    async def authorize_payment(self, order_id: int, total_cents: int) -> str:
+        """The payment service (simulated): it answers after ``PAYMENT_S``."""
+        await asyncio.sleep(PAYMENT_S)
+        return f"auth-{order_id}-{total_cents}"
+
     async def conctools_report(self, request: web.Request) -> web.Response:
         """The live conctools report: the recorder's snapshot, built off the loop."""
         from conctools.recorder import get_recorder
@@ -319,6 +434,11 @@ class SampleService:
                 )
             return self._procs
 
+    def _database(self) -> Database:
+        if self.db is None:
+            raise web.HTTPServiceUnavailable(text="the database is not open\n")
+        return self.db
+
     async def _store_write(self, value: int) -> None:
         await asyncio.sleep(STORE_WRITE_S)
 
@@ -366,6 +486,39 @@ class SampleService:
                 return sum(self.ledger)
 
 
+def _price_cents(sku: str) -> int:
+    """The catalogue: a fixed price per SKU."""
+    return 100 + 37 * (sum(sku.encode()) % 100)
+
+
+async def _order_body(request: web.Request) -> tuple[str, list[tuple[str, int, int]]]:
+    """``(customer, [(sku, qty, price_cents), ...])`` from the JSON body; 400 when it is not one."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="the body must be JSON\n") from None
+    customer = body.get("customer") if isinstance(body, dict) else None
+    items = body.get("items") if isinstance(body, dict) else None
+    if not isinstance(customer, str) or not 0 < len(customer) <= 64:
+        raise web.HTTPBadRequest(text="customer must be a name of 1 to 64 characters\n")
+    if not isinstance(items, list) or not 0 < len(items) <= 20:
+        raise web.HTTPBadRequest(text="items must be a list of 1 to 20 lines\n")
+    lines = []
+    for item in items:
+        sku = item.get("sku") if isinstance(item, dict) else None
+        qty = item.get("qty") if isinstance(item, dict) else None
+        if not isinstance(sku, str) or not 0 < len(sku) <= 32 or type(qty) is not int or not 0 < qty <= 100:
+            raise web.HTTPBadRequest(text="each item needs a sku (1 to 32 characters) and a qty (1 to 100)\n")
+        lines.append((sku, qty, _price_cents(sku)))
+    return customer, lines
+
+
+async def _insert_order(conn: Connection, customer: str, lines: list[tuple[str, int, int]]) -> int:
+    order_id = int(await conn.fetch_value(NEW_ORDER_SQL, customer, time.time()))
+    await conn.execute_many(NEW_ITEM_SQL, [(order_id, sku, qty, price) for sku, qty, price in lines])
+    return order_id
+
+
 SERVICE_KEY: web.AppKey[SampleService] = web.AppKey("conctools.service", SampleService)
 
 
@@ -399,6 +552,9 @@ def create_app(options: ServerOptions | None = None) -> web.Application:
         ("POST", "/transfer", service.transfer),
         ("GET", "/audit", service.audit),
         ("GET", "/search", service.search),
+        ("POST", "/orders", service.create_order),
+        ("GET", "/orders", service.list_orders),
+        ("GET", "/orders/report", service.orders_report),
         ("GET", "/conctools", service.conctools_report),
         ("GET", "/conctools/profile", service.conctools_profile),
     ]

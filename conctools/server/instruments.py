@@ -16,7 +16,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["InstrumentOptions", "Instruments", "aio_lock", "aio_semaphore", "lock_order_checking", "thread_lock"]
+__all__ = [
+    "InstrumentOptions",
+    "Instruments",
+    "aio_lock",
+    "aio_semaphore",
+    "lock_order_checking",
+    "name_pool",
+    "thread_lock",
+]
 
 _log = logging.getLogger("conctools.server")
 
@@ -59,6 +67,18 @@ def thread_lock(name: str, traced: bool) -> Any:
     return threading.Lock()
 
 
+def name_pool(pool: Any, name: str, traced: bool, items: str | None = None) -> None:
+    """``conctools.pools.name_pool(pool, name)`` when tracing (and available): reports say 'db'."""
+    if not traced or pool is None:
+        return
+    try:
+        from conctools import pools
+
+        pools.name_pool(pool, name, items=items)
+    except (ImportError, AttributeError, TypeError):
+        _log.info("conctools.pools is not available: the pool %s keeps its creation site as its name", name)
+
+
 @contextlib.contextmanager
 def lock_order_checking(traced: bool) -> Iterator[None]:
     """Locks created inside check their acquisition order (conctools' lockdep), when tracing."""
@@ -84,13 +104,14 @@ class InstrumentOptions:
     loop_threshold_s: float = 0.1
     deadlock_timeout_s: float = 10.0
     resource_interval_s: float = 1.0
+    pool_threshold_s: float = 0.1  # a pool exhausted this long is a finding (conctools.pools)
     # Recording each task's creation site costs a Python task factory on every task: a server
     # creates one per request, so it stays off unless asked for.
     track_task_creation: bool = False
 
 
 class Instruments:
-    """The loop monitor, the deadlock/hang watchdog and the resource sampler, started together.
+    """The loop monitor, the deadlock/hang watchdog, the resource sampler and the pool tracker.
 
     ``start()`` runs in the event loop's thread (the loop monitor watches the running loop);
     ``stop()`` undoes exactly what started. ``running`` names what is on.
@@ -107,6 +128,7 @@ class Instruments:
         self._try("loop monitor", lambda: self._loop_monitor(opts.loop_threshold_s, opts.track_task_creation))
         self._try("deadlock watchdog", lambda: self._enter("conctools.deadlock", "watch_deadlocks", opts))
         self._try("resource sampler", lambda: self._enter("conctools.resources", "sample_resources", opts))
+        self._try("pool tracker", lambda: self._enter("conctools.pools", "track_pools", opts))
         return list(self.running)
 
     def stop(self) -> None:
@@ -145,6 +167,8 @@ class Instruments:
             raise ImportError(f"{module_name}.{function}")
         if function == "watch_deadlocks":
             cm = factory(timeout_s=opts.deadlock_timeout_s)
+        elif function == "track_pools":
+            cm = factory(threshold_s=opts.pool_threshold_s)
         else:
             cm = factory(interval_s=opts.resource_interval_s)
         self._stack.enter_context(cm)

@@ -1,0 +1,249 @@
+"""The patched queue methods and the semaphore wait hook: how pools are observed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sys
+from types import FrameType
+from typing import Any
+
+from conctools import registry
+from conctools.pools._holders import line_at, site_of, take_frames
+from conctools.pools._state import MAX_POOLS, PoolState, registry_mutex
+
+_log = logging.getLogger("conctools.pools")
+_getframe = sys._getframe
+
+STATE_KEY = "_conctools_pool"  # a tracked queue's state, in the queue's __dict__
+NAME_KEY = "_conctools_pool_name"  # (name, items) given by name_pool(), in the queue's __dict__
+SEMAPHORES = frozenset({"Semaphore", "BoundedSemaphore"})
+# Traced semaphores have no room for our state: it lives here, by id (checked against a weak ref).
+sem_states: dict[int, PoolState] = {}
+sem_waits: dict[tuple[int, int | None], tuple[PoolState, int]] = {}  # (thread, task) -> (state, wait start)
+sem_names: dict[int, tuple[Any, str, str | None]] = {}  # id -> (weak ref, name, items)
+
+
+def _queue_kind(q: Any) -> tuple[str, str]:
+    cls = type(q)
+    module = cls.__module__
+    if module.startswith("asyncpg"):
+        return "asyncpg.Pool", "connections"
+    if module == "asyncio.queues":
+        return f"asyncio.{cls.__qualname__}", "items"
+    if module == "queue":
+        return f"queue.{cls.__qualname__}", "items"
+    base = "asyncio.Queue" if isinstance(q, asyncio.Queue) else "queue.Queue"
+    return f"{cls.__qualname__} ({base})", "items"
+
+
+def _creation_site(frame: FrameType | None) -> str:
+    for _, code, offset in take_frames(frame)[:1]:
+        return site_of(code, line_at(code, offset))
+    return "?"
+
+
+def queue_state(q: Any, frame: FrameType | None, made: bool = False) -> PoolState:
+    """The state of queue ``q``, made on first sight. ``frame``: the code that made the queue
+    (``made``) or, for a queue made before tracking began, the code that first used it."""
+    d = q.__dict__
+    state: PoolState | None = d.get(STATE_KEY)
+    if state is not None:
+        return state
+    kind, items = _queue_kind(q)
+    if made and frame is not None and str(frame.f_globals.get("__name__", "")).startswith("asyncpg"):
+        kind, items = "asyncpg.Pool", "connections"  # the queue inside an asyncpg pool (any version)
+    named = d.get(NAME_KEY)
+    site = _creation_site(frame)
+    if not made:
+        site = f"first used at {site}"
+    name, items = (named[0], named[1] or items) if named else (None, items)
+    state = PoolState(kind, items, name, site, q, in_loop=isinstance(q, asyncio.Queue))
+    kept: PoolState | None = d.setdefault(STATE_KEY, state)
+    if kept is None:  # an unpickled or copied queue: its state was left behind
+        d[STATE_KEY] = kept = state
+    return kept
+
+
+def sem_state(prim: Any) -> PoolState:
+    key = id(prim)
+    state = sem_states.get(key)
+    if state is not None and state.ref is not None and state.ref() is prim:
+        return state
+    st = registry.state_of(prim)
+    named = sem_names.get(key)
+    name = named[1] if named is not None and named[0]() is prim else (st.name if st is not None else None)
+    items = (named[2] if named is not None and named[0]() is prim else None) or "slots"
+    kind = st.kind if st is not None else "Semaphore"
+    state = PoolState(kind, items, name, st.created_at if st else "?", prim, in_loop=kind.startswith("aio."))
+    with registry_mutex:
+        if len(sem_states) > 4 * MAX_POOLS:
+            for k, s in list(sem_states.items()):
+                if s.ref is None or s.ref() is None:
+                    del sem_states[k]
+        sem_states[key] = state
+    return state
+
+
+def wait_hook(prim: Any, thread_id: int, task_id: int | None) -> None:
+    """The wait registry's hook: follow waits on traced semaphores (pools of slots)."""
+    if prim is None:
+        entry = sem_waits.pop((thread_id, task_id), None)
+        if entry is not None:
+            entry[0].wait_ended(entry[1])
+        return
+    if type(prim).__name__ not in SEMAPHORES:
+        return
+    state = sem_state(prim)
+    start = state.wait_started(prim)
+    if start:
+        sem_waits[(thread_id, task_id)] = (state, start)
+
+
+_AQ_INIT: Any = asyncio.Queue.__init__
+_AQ_GET: Any = asyncio.Queue.get
+_AQ_GET_NOWAIT: Any = asyncio.Queue.get_nowait
+_AQ_PUT_NOWAIT: Any = asyncio.Queue.put_nowait
+_Q_INIT: Any = queue.Queue.__init__
+_Q_GET: Any = queue.Queue.get
+_Q_PUT: Any = queue.Queue.put
+
+
+def _state(q: Any, frame: FrameType | None) -> PoolState | None:
+    """The queue's state, made on first sight; ``None`` when conctools cannot keep one (never raises)."""
+    try:
+        state: PoolState | None = q.__dict__.get(STATE_KEY)
+        return state if state is not None else queue_state(q, frame)
+    except Exception:
+        _log.debug("conctools: a queue's state is not available", exc_info=True)
+        return None
+
+
+def _existing(q: Any) -> PoolState | None:
+    """The queue's state if it has one (a put never makes one: a queue only filled is no pool yet)."""
+    try:
+        state: PoolState | None = q.__dict__.get(STATE_KEY)
+        return state
+    except Exception:
+        return None
+
+
+def _aq_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _AQ_INIT(self, *args, **kwargs)
+    try:
+        queue_state(self, _getframe(1), made=True)
+    except Exception:
+        _log.debug("conctools: noting a queue's creation failed", exc_info=True)
+
+
+async def _aq_get(self: Any) -> Any:
+    """Remove and return an item, waiting while the queue is empty (``asyncio.Queue.get``)."""
+    if not self.empty():
+        return self.get_nowait()
+    state = None if getattr(self, "_is_shutdown", False) else _state(self, _getframe(1))
+    if state is None:  # 3.13's shut-down queue raises QueueShutDown without waiting
+        return await _AQ_GET(self)
+    start = state.wait_started(self)
+    try:
+        return await _AQ_GET(self)
+    finally:
+        state.wait_ended(start)
+
+
+def _aq_get_nowait(self: Any) -> Any:
+    """Remove and return an item if one is available (``asyncio.Queue.get_nowait``)."""
+    item = _AQ_GET_NOWAIT(self)
+    state = _state(self, _getframe(1))
+    if state is not None:
+        state.take(item, _getframe(1))
+    return item
+
+
+def _aq_put_nowait(self: Any, item: Any) -> None:
+    """Put an item into the queue without blocking (``asyncio.Queue.put_nowait``)."""
+    state = _existing(self)
+    back = state.give_back(item) if state is not None else None
+    try:
+        _AQ_PUT_NOWAIT(self, item)
+    except BaseException:
+        if back is not None and state is not None:
+            state.undo(item, back)
+        raise
+
+
+def _q_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _Q_INIT(self, *args, **kwargs)
+    try:
+        queue_state(self, _getframe(1), made=True)
+    except Exception:
+        _log.debug("conctools: noting a queue's creation failed", exc_info=True)
+
+
+def _q_empty(q: Any) -> bool:
+    try:
+        return not q._qsize()
+    except Exception:
+        return False
+
+
+def _q_get(self: Any, block: bool = True, timeout: float | None = None) -> Any:
+    """Remove and return an item from the queue (``queue.Queue.get``)."""
+    state = _state(self, _getframe(1))
+    if state is not None and block and _q_empty(self):
+        start = state.wait_started(self)
+        try:
+            item = _Q_GET(self, block, timeout)
+        finally:
+            state.wait_ended(start)
+    else:
+        item = _Q_GET(self, block, timeout)
+    if state is not None:
+        state.take(item, _getframe(1))
+    return item
+
+
+def _q_put(self: Any, item: Any, block: bool = True, timeout: float | None = None) -> None:
+    """Put an item into the queue (``queue.Queue.put``)."""
+    state = _existing(self)
+    back = state.give_back(item) if state is not None else None
+    try:
+        _Q_PUT(self, item, block, timeout)
+    except BaseException:
+        if back is not None and state is not None:
+            state.undo(item, back)
+        raise
+
+
+def _copy_meta(wrapper: Any, original: Any) -> Any:
+    for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
+        try:
+            setattr(wrapper, attr, getattr(original, attr))
+        except (AttributeError, TypeError):
+            pass
+    wrapper.__wrapped__ = original
+    return wrapper
+
+
+def patch_targets() -> list[tuple[type, str, Any]]:
+    return [
+        (asyncio.Queue, "__init__", _aq_init),
+        (asyncio.Queue, "get", _aq_get),
+        (asyncio.Queue, "get_nowait", _aq_get_nowait),
+        (asyncio.Queue, "put_nowait", _aq_put_nowait),
+        (queue.Queue, "__init__", _q_init),
+        (queue.Queue, "get", _q_get),
+        (queue.Queue, "put", _q_put),
+    ]
+
+
+def patched_names() -> list[tuple[type, str]]:
+    """The ``(class, method)`` pairs :func:`track_pools` replaces (for leak checks)."""
+    return [(owner, name) for owner, name, _ in patch_targets()]
+
+
+ORIGINALS = {(owner, name): owner.__dict__[name] for owner, name, _ in patch_targets()}
+
+for _owner, _name, _wrapper in patch_targets():
+    _copy_meta(_wrapper, ORIGINALS[(_owner, _name)])
+del _owner, _name, _wrapper

@@ -1,0 +1,431 @@
+"""Pool blame: who holds a pool's items while others wait, for pools built on the stdlib.
+
+User programs run under ``conctools run`` (real subprocesses); the rest drives real queues,
+threads and event loops in-process under ``track_pools()`` and reads the report a person reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import pickle
+import queue
+import re
+import subprocess
+import sys
+import threading
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conctools import pools
+from conctools.events import PoolExhaustedEvent, PoolHolder, event_from_dict
+from conctools.recorder import Recorder
+from conctools.reporting import render_text
+from conctools.reporting.pools_text import pool_findings, pools_section
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+TIMEOUT = 60
+
+
+def line_of(path: Path, marker: str) -> int:
+    """The 1-based line of ``path`` that contains ``marker`` (exactly one)."""
+    hits = [n for n, text in enumerate(path.read_text().splitlines(), 1) if marker in text]
+    assert len(hits) == 1, (marker, hits)
+    return hits[0]
+
+
+def run_script(name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conctools", "run", str(SCRIPTS / name)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def section(recorder: Recorder) -> dict[str, Any]:
+    data = recorder.snapshot().sections["pools"]
+    assert isinstance(data, dict)
+    return data
+
+
+def only_pool(data: dict[str, Any]) -> dict[str, Any]:
+    assert len(data["pools"]) == 1, data["pools"]
+    row: dict[str, Any] = data["pools"][0]
+    return row
+
+
+class TestUnderConctoolsRun:
+    """Pools in user programs, found by ``conctools run`` with no change to the program."""
+
+    def test_asyncio_queue_pool_names_the_holders_and_their_await(self) -> None:
+        """Handlers holding connections across ``await fetch_upstream()`` are named, with both lines."""
+        script = SCRIPTS / "pool_asyncio_queue.py"
+        proc = run_script(script.name)
+        assert proc.returncode == 0, proc.stderr
+        created = line_of(script, "pool: asyncio.Queue[str] = asyncio.Queue()")
+        hold, acquire = line_of(script, "# HOLD"), line_of(script, "# ACQUIRE")
+        head = re.search(rf"pool 'pool_asyncio_queue.py:{created}' exhausted for [^\n]*", proc.stderr)
+        assert head is not None, proc.stderr
+        # Every holder seen is the same culprit (no other group is listed), then the waits.
+        assert (
+            f": 3 of 3 items held; holders seen while it was exhausted: 100% tasks awaiting `fetch_upstream()` at "
+            f"pool_asyncio_queue.py:{hold} (acquired at pool_asyncio_queue.py:{acquire}); 6 waits, p99 "
+        ) in head[0], head[0]
+
+    def test_queue_queue_pool_in_threads(self) -> None:
+        """Threads holding connections inside ``slow_upstream()`` are named, with both lines."""
+        script = SCRIPTS / "pool_threads.py"
+        proc = run_script(script.name)
+        assert proc.returncode == 0, proc.stderr
+        created = line_of(script, "pool: queue.Queue[str] = queue.Queue()")
+        hold, acquire = line_of(script, "# HOLD"), line_of(script, "# ACQUIRE")
+        head = re.search(rf"pool 'pool_threads.py:{created}' exhausted for [^\n]*", proc.stderr)
+        assert head is not None, proc.stderr
+        assert ": 2 of 2 items held; holders seen while it was exhausted: " in head[0], head[0]
+        # The holders were seen in slow_upstream() (a waiter that just got its item may be seen elsewhere).
+        assert re.search(
+            rf"[:,] \d+% threads in `slow_upstream\(\)` at pool_threads.py:{hold} "
+            rf"\(acquired at pool_threads.py:{acquire}\)",
+            head[0],
+        ), head[0]
+        assert "get()" not in head[0]  # the waiters never appear as holders
+
+    def test_semaphore_guarded_pool(self) -> None:
+        """A list behind ``asyncio.Semaphore(2)``: its slots' holders and where they await."""
+        script = SCRIPTS / "pool_semaphore.py"
+        proc = run_script(script.name)
+        assert proc.returncode == 0, proc.stderr
+        created = line_of(script, "slots = asyncio.Semaphore(2)")
+        hold = line_of(script, "# HOLD")
+        assert (
+            f"pool 'pool_semaphore.py:{created}' exhausted for " in proc.stderr
+            and f": 2 of 2 slots held; holders seen while it was exhausted: 100% tasks awaiting "
+            f"`sleep()` at pool_semaphore.py:{hold}; 4 waits, p99 "
+            in proc.stderr
+        ), proc.stderr
+
+    def test_healthy_pool_and_channel_report_nothing(self) -> None:
+        """A pool that never ran dry and a producer/consumer queue are not pool problems."""
+        proc = run_script("pool_healthy.py")
+        assert proc.returncode == 0, proc.stderr
+        assert "Pools (" not in proc.stderr and "pool '" not in proc.stderr, proc.stderr
+
+    def test_hang_on_a_leaked_connection_names_the_leaker(self) -> None:
+        """A wait forever for a connection a finished task kept: exit 87, and the pool names the leaker."""
+        script = SCRIPTS / "pool_leaked.py"
+        proc = subprocess.run(
+            [sys.executable, "-m", "conctools", "run", "--deadlock-timeout", "2", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert proc.returncode == 87, proc.stderr
+        leak = line_of(script, "# LEAK")
+        assert re.search(
+            r"pool 'pool_leaked.py:\d+' exhausted for [^\n]* \(still: 1 waiting now\): 1 of 1 items held; "
+            rf"holders seen while it was exhausted: 100% tasks that finished without giving them back "
+            rf"\(acquired at pool_leaked.py:{leak}\); 1 wait\n",
+            proc.stderr,
+        ), proc.stderr
+
+    def test_n_plus_one_names_the_loop(self) -> None:
+        """One take per row in a loop is an N+1 pattern at the loop's line, via the helper."""
+        script = SCRIPTS / "pool_n_plus_one.py"
+        proc = run_script(script.name)
+        assert proc.returncode == 0, proc.stderr
+        loop = line_of(script, "# PER ROW")
+        helper = line_of(script, "conn = await pool.get()")
+        found = re.search(
+            rf"N\+1 pattern: task 'Task-1' took (\d+) items in a row from pool 'pool_n_plus_one.py:\d+', "
+            rf"one after another, at pool_n_plus_one.py:{loop} in list_orders "
+            rf"\(via pool_n_plus_one.py:{helper} in fetch\); (\d+) such runs",
+            proc.stderr,
+        )
+        assert found is not None, proc.stderr
+        assert int(found[1]) >= pools.REPEAT_MIN and int(found[2]) >= 1
+
+
+class TestTracking:
+    """In-process: counts, identities and the stdlib's behaviour under ``track_pools()``."""
+
+    def test_counts_stay_exact_under_threads(self, recorder: Recorder) -> None:
+        """Eight threads take and give back 4000 times: every take and return is counted."""
+        with pools.track_pools():
+            pool: queue.Queue[int] = queue.Queue()
+            for n in range(3):
+                pool.put(n)
+            pool.get()  # one taken and given back by the main thread: the queue is a pool
+            pool.put(0)
+
+            def worker() -> None:
+                for _ in range(500):
+                    item = pool.get()
+                    pool.put(item)
+
+            threads = [threading.Thread(target=worker, name=f"w{i}") for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        row = only_pool(section(recorder))
+        assert row["takes"] == row["returns"] == 4001
+        assert row["held_now"] == 0 and row["available_now"] == 3
+
+    def test_stdlib_behaviour_is_kept(self, recorder: Recorder) -> None:
+        """Errors, timeouts, cancellation and coroutine-ness are the stdlib's own."""
+
+        async def main() -> None:
+            q: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+            assert inspect.iscoroutinefunction(asyncio.Queue.get)
+            assert asyncio.Queue.get.__name__ == "get"
+            with pytest.raises(asyncio.QueueEmpty):
+                q.get_nowait()
+            q.put_nowait("a")
+            with pytest.raises(asyncio.QueueFull):
+                q.put_nowait("b")
+            item = await q.get()
+            q.put_nowait(item)
+            item = await q.get()
+            q.put_nowait("x")  # fills the queue: the holder's give-back fails and it keeps the item
+            with pytest.raises(asyncio.QueueFull):
+                q.put_nowait(item)
+            await q.get()
+            q.put_nowait(item)
+            await q.get()
+            waiter = asyncio.create_task(q.get())
+            await asyncio.sleep(0.01)
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            q.put_nowait(item)
+            assert await q.get() == item
+
+        with pools.track_pools():
+            asyncio.run(main())
+            pickled: asyncio.Queue[int] = asyncio.Queue()
+            pickled.put_nowait(1)
+            pickled.put_nowait(pickled.get_nowait())
+            copy = pickle.loads(pickle.dumps(pickled))
+            assert copy.get_nowait() == 1 and deepcopy(pickled).qsize() == 1
+            plain: queue.Queue[int] = queue.Queue()
+            with pytest.raises(queue.Empty):
+                plain.get(timeout=0.01)
+            lifo: queue.LifoQueue[int] = queue.LifoQueue()
+            for n in (1, 2, 3):
+                lifo.put(n)
+            assert [lifo.get() for _ in range(3)] == [3, 2, 1]
+        row = next(p for p in section(recorder)["pools"] if p["kind"] == "asyncio.Queue")
+        # Taken 5 times, given back 3 times (the failed give-back kept its holder): "x" and "a" are out.
+        assert (row["takes"], row["returns"], row["held_now"]) == (5, 3, 2)
+        assert row["waits"] == 1 and row["episodes"] == 1
+
+    def test_odd_items_and_subclasses(self, recorder: Recorder) -> None:
+        """Unhashable items that refuse comparison, and a subclass with its own ``_get``, work as before."""
+
+        class Hostile:
+            __hash__ = None  # type: ignore[assignment]
+
+            def __eq__(self, other: object) -> bool:
+                raise AssertionError("conctools compared an item")
+
+        class Newest(queue.Queue):  # type: ignore[type-arg]
+            def _get(self) -> Any:
+                return self.queue.pop()
+
+        with pools.track_pools():
+            q: queue.Queue[Any] = Newest()
+            items = [Hostile(), Hostile(), [1, 2]]
+            for item in items:
+                q.put(item)
+            got = [q.get() for _ in range(3)]
+            assert [id(x) for x in got] == [id(x) for x in reversed(items)]
+            for item in got:
+                q.put(item)
+            state = q.__dict__["_conctools_pool"]
+            assert (state.takes, state.returns, state.held) == (3, 3, {})
+
+    def test_finished_holder_is_named_as_such(self, recorder: Recorder) -> None:
+        """A task that ended with the only connection is reported as never giving it back."""
+        here = Path(__file__).name
+
+        async def leaky(pool: asyncio.Queue[str]) -> None:
+            await pool.get()  # LEAK: never put back
+
+        async def main() -> None:
+            pool: asyncio.Queue[str] = asyncio.Queue()
+            pool.put_nowait("conn")
+            conn = await pool.get()
+            pool.put_nowait(conn)
+            await asyncio.create_task(leaky(pool))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(pool.get(), 0.3)
+
+        with pools.track_pools(threshold_s=0.1):
+            asyncio.run(main())
+        text = pools_section(recorder.snapshot(), False) or ""
+        leak = line_of(Path(__file__), "# LEAK" + ": never put back")
+        assert (
+            f"1 of 1 items held; holders seen while it was exhausted: 100% tasks that finished without giving them "
+            f"back (acquired at {here}:{leak}); 1 wait, p99 "
+        ) in text, text
+        events = [e for e in recorder.snapshot().events if isinstance(e, PoolExhaustedEvent)]
+        assert len(events) == 1 and events[0].held == 1 and events[0].holders[0].state == "finished"
+
+    def test_named_pool_and_bad_name_target(self, recorder: Recorder) -> None:
+        """``name_pool`` names queues and semaphores; anything else is a TypeError naming the type."""
+
+        async def main() -> None:
+            pool: asyncio.Queue[int] = asyncio.Queue()
+            pools.name_pool(pool, "db", items="connections")
+            pool.put_nowait(1)
+            item = await pool.get()
+            waiter = asyncio.create_task(pool.get())
+            await asyncio.sleep(0.15)
+            pool.put_nowait(item)
+            await waiter
+
+        with pools.track_pools(threshold_s=0.1):
+            asyncio.run(main())
+        lines = pool_findings(section(recorder))
+        assert len(lines) == 1 and lines[0].startswith("pool 'db' exhausted for "), lines
+        assert "1 of 1 connections held" in lines[0], lines
+        with pytest.raises(TypeError, match="int"):
+            pools.name_pool(3, "x")
+
+    def test_channel_is_not_a_pool(self, recorder: Recorder) -> None:
+        """Consumers waiting on a producer/consumer queue are not reported as a pool, even when each
+        new job lands at the address of one just consumed (a new object is not a give-back)."""
+
+        async def main() -> None:
+            jobs: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+            got = []
+
+            async def consumer() -> None:
+                while len(got) < 400:
+                    job = await jobs.get()
+                    got.append(job[0])  # the tuple itself is dropped: its memory is reused
+
+            task = asyncio.create_task(consumer())
+            for i in range(400):
+                jobs.put_nowait((i, f"job-{i}"))
+                await asyncio.sleep(0)
+            await task
+            assert got == list(range(400))
+
+        with pools.track_pools():
+            asyncio.run(main())
+        data = section(recorder)
+        assert data["pools"] == [] and data["repeats"] == []
+        assert pools_section(recorder.snapshot(), False) is None
+
+    def test_tracking_restores_the_stdlib(self) -> None:
+        """Leaving the outermost block puts the stdlib's own methods back."""
+        before = {(o, n): o.__dict__[n] for o, n in pools.patched_names()}
+        with pools.track_pools(), pools.track_pools():
+            assert asyncio.Queue.__dict__["get"] is not before[(asyncio.Queue, "get")]
+        assert {(o, n): o.__dict__[n] for o, n in pools.patched_names()} == before
+
+    def test_negative_threshold_is_refused(self) -> None:
+        """A negative threshold is a ValueError before anything is patched."""
+        with pytest.raises(ValueError, match="threshold_s"), pools.track_pools(threshold_s=-1):
+            pass
+
+
+class TestReport:
+    """The pools section reads from recorded data alone."""
+
+    def test_event_round_trips_through_json(self) -> None:
+        """A PoolExhaustedEvent with its holders survives to_dict / event_from_dict."""
+        holder = PoolHolder(
+            who="task 'h' (thread 'MainThread')",
+            party="task",
+            state="awaiting",
+            call="fetch_upstream()",
+            site="app.py:412",
+            function="handler",
+            line="await fetch_upstream()",
+            acquired_at="app.py:405",
+            held_s=0.5,
+        )
+        event = PoolExhaustedEvent(
+            ts_ns=1,
+            thread_id=1,
+            thread_name="MainThread",
+            pool_name="db",
+            pool_kind="asyncio.Queue",
+            items="connections",
+            duration_s=2.3,
+            capacity=10,
+            held=10,
+            waits=37,
+            max_waiters=12,
+            holders=(holder,),
+        )
+        assert event_from_dict(event.to_dict()) == event
+
+    def test_section_text(self, recorder: Recorder) -> None:
+        """The issue's sentence: exhaustion, who holds how many items where, the waits."""
+        holder = {
+            "pool": "db",
+            "party": "task",
+            "state": "awaiting",
+            "call": "fetch_upstream()",
+            "site": "app.py:412",
+            "function": "create",
+            "acquired_at": "app.py:405",
+            "line": "await fetch_upstream()",
+        }
+        running = {**holder, "call": "to_thread()", "site": "db.py:80", "function": "query"}
+        recorder.add_section(
+            "pools",
+            lambda: {
+                "threshold_s": 0.1,
+                "pools": [
+                    {
+                        "pool": "db",
+                        "kind": "asyncio.Queue",
+                        "items": "connections",
+                        "capacity": 10,
+                        "takes": 900,
+                        "waits": 37,
+                        "waited_s": 20.0,
+                        "wait_p50_s": 0.5,
+                        "wait_p99_s": 1.9,
+                        "wait_max_s": 2.0,
+                        "exhausted_s": 2.3,
+                        "episodes": 1,
+                        "longest_s": 2.3,
+                        "samples": 1,
+                    }
+                ],
+                "blame": [{**holder, "holders": 8, "share": 0.8}, {**running, "holders": 2, "share": 0.2}],
+                "longest": [{"pool": "db", "duration_s": 2.3, "capacity": 10, "held": 10, "waits": 37}],
+                "holders": [{**holder, "who": f"task 't{i}'"} for i in range(8)] + [{**running, "who": "task 'q'"}] * 2,
+                "repeats": [],
+            },
+        )
+        text = render_text(recorder.snapshot())
+        assert (
+            "pool 'db' exhausted for 2.30 s: 10 of 10 connections held; holders seen while it was exhausted: "
+            "80% tasks awaiting `fetch_upstream()` at app.py:412 (acquired at app.py:405), 20% tasks "
+            "awaiting `to_thread()` at db.py:80 (acquired at app.py:405); 37 waits, p99 1.90 s"
+        ) in text, text
+        assert "task 't0': awaiting `fetch_upstream()` at app.py:412 (acquired at app.py:405)" in text
+
+    def test_names_cannot_drive_the_terminal(self, recorder: Recorder) -> None:
+        """A pool or task name with escapes is printed escaped."""
+        recorder.add_section(
+            "pools",
+            lambda: {
+                "threshold_s": 0.1,
+                "pools": [{"pool": "db\x1b[31m", "waits": 1, "exhausted_s": 1.0, "longest_s": 1.0}],
+                "longest": [{"pool": "db\x1b[31m", "held": 1, "capacity": 1}],
+                "holders": [{"pool": "db\x1b[31m", "who": "task '\u202e'", "state": "running", "site": "a.py:1"}],
+            },
+        )
+        text = pools_section(recorder.snapshot(), False) or ""
+        assert "\x1b" not in text and "\u202e" not in text and "db\\x1b[31m" in text
