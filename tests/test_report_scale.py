@@ -73,6 +73,20 @@ def tasks_10k() -> Snapshot:
     return scale_snapshot(tasks=10_000, threads=50, duration_s=60.0)
 
 
+def _app_line(marker: str, before: str | None = None) -> int:
+    """The line of the sample server's app.py that holds ``marker`` (lines move as the app grows);
+    with ``before``, the last such line above the one line that holds ``before``."""
+    import conctools.server.app as app
+
+    lines = Path(app.__file__).read_text(encoding="utf-8").splitlines()
+    limit = len(lines)
+    if before is not None:
+        (limit,) = [n for n, line in enumerate(lines, 1) if before in line]
+    found = [n for n, line in enumerate(lines[:limit], 1) if marker in line]
+    assert found if before is not None else len(found) == 1, (marker, found)
+    return found[-1]
+
+
 class TestTrace:
     def test_every_contended_handoff_is_a_hold_and_a_flow(self, tasks_10k: Snapshot) -> None:
         """10,000 tasks and 50 threads: the trace is well-formed, and every acquired wait that names
@@ -189,8 +203,10 @@ class TestDemo:
         snapshot = load_json(out_dir / "report.json")
         text = render_text(snapshot)
         findings = text.split("Findings (", 1)[1].split("\n\n", 1)[0]
-        assert "Lock contention: 'counter'" in findings and "app.py:220" in findings, findings
-        assert "Event loop blocked" in findings and "app.py:268 in search" in findings, findings
+        counter_line = _app_line("async with self.counter_lock:", before="# BUG(contention)")
+        search_line = _app_line("# BUG(blocking):")
+        assert "Lock contention: 'counter'" in findings and f"app.py:{counter_line}" in findings, findings
+        assert "Event loop blocked" in findings and f"app.py:{search_line} in search" in findings, findings
         assert "lock-order inversion 'accounts' -> 'ledger'" in findings, findings
 
         page = (out_dir / "report.html").read_text(encoding="utf-8")
