@@ -186,7 +186,11 @@ def families_from(
         ),
     ):
         value = float(counts.get(kind, 0))
-        families.append(Family(name=name, kind="counter", unit=unit, help=text, label_names=(), points=(Point(labels=(), value=value),)))
+        families.append(
+            Family(
+                name=name, kind="counter", unit=unit, help=text, label_names=(), points=(Point(labels=(), value=value),)
+            )
+        )
     return families
 
 

@@ -122,3 +122,22 @@ def start_http_server(port: int, addr: str = "127.0.0.1", *, recorder: Recorder 
     thread = internal_thread(server.serve_forever, "conctools-metrics")
     thread.start()
     return MetricsServer(server, thread)
+
+
+def add_metrics_route(app: Any, path: str = "/metrics") -> None:
+    """Serve :func:`metrics_text` at ``GET path`` of an aiohttp application (the sample server's
+    ``/metrics``). Read off the event loop; without prometheus_client, a 501 naming the pip command."""
+    import asyncio
+
+    from aiohttp import web
+
+    from conctools.exporters import MissingExtra
+
+    async def metrics(request: web.Request) -> web.Response:
+        try:
+            body = await asyncio.to_thread(metrics_text)
+        except MissingExtra as exc:
+            return web.Response(status=501, text=f"{exc}\n")
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    app.router.add_get(path, metrics)

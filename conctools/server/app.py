@@ -17,6 +17,7 @@ Endpoints (every handler is a ``@traced`` span named ``"METHOD /path"``):
 ``GET /search``        a search that must not block the loop (see the bugs)
 ``GET /conctools``     the live conctools report (snapshot JSON; ``?format=text`` for text)
 ``GET /conctools/profile``  a yappi profile of the next ``?seconds=2`` (``?clock=wall|cpu``)
+``GET /metrics``       conctools' metrics in Prometheus' text format (``conctools[prometheus]``)
 =====================  ===================================================================
 
 The seeded bugs (``--bugs`` switches all on, ``--bugs blocking,inversion`` some of them;
@@ -404,6 +405,9 @@ def create_app(options: ServerOptions | None = None) -> web.Application:
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, _wrap(handler, f"{method} {path}", opts.instrument))
+    from conctools.exporters.prometheus import add_metrics_route
+
+    add_metrics_route(app)
     return app
 
 
