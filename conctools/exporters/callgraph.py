@@ -18,6 +18,9 @@ from typing import Any
 __all__ = ["CallGraph", "Function", "from_section", "from_yappi", "stacks"]
 
 MAX_DEPTH = 64
+# How often a function may repeat on one stack: recursion, and conctools' wrapper, which yappi sees
+# as one function however many functions it wraps (worker -> wrapper -> outer -> wrapper -> inner).
+MAX_REPEAT = 3
 MAX_STACKS = 20_000
 
 
@@ -46,20 +49,31 @@ class CallGraph:
 def from_yappi(stats: Any, clock: str, duration_s: float, *, skip: Any = None) -> CallGraph:
     """The graph of yappi's merged ``YFuncStats`` (``skip(filename)``: functions to leave out, with
     their time moved to their callers' own time)."""
-    entries = list(stats)
-    index_of = {int(s.index): i for i, s in enumerate(entries) if not (skip and skip(str(s.module)))}
+    every = list(stats)
+    by_index = {int(s.index): s for s in every}
+    entries = [s for s in every if not (skip and skip(str(s.module)))]
+    index_of = {int(s.index): i for i, s in enumerate(entries)}
     functions = []
     for s in entries:
-        if int(s.index) not in index_of:
-            continue
-        callees = []
+        callees: list[tuple[int, float, int]] = []
         own = float(s.tsub)
-        for child in s.children or ():
+        # A skipped callee (conctools' wrapper) is spliced out: its callees become the caller's,
+        # in proportion to the time the caller spent in it; its own time is the caller's.
+        todo = [(child, 1.0, 0) for child in s.children or ()]
+        while todo:
+            child, share, depth = todo.pop()
+            pair_s = float(child.ttot) * share
             target = index_of.get(int(child.index))
-            if target is None:  # a skipped callee: its time is the caller's
-                own += float(child.ttot)
+            if target is not None:
+                callees.append((target, pair_s, int(child.ncall)))
                 continue
-            callees.append((target, float(child.ttot), int(child.ncall)))
+            skipped = by_index.get(int(child.index))
+            if skipped is None or depth > 16 or float(skipped.ttot) <= 0:
+                own += pair_s
+                continue
+            ratio = pair_s / float(skipped.ttot)
+            own += float(skipped.tsub) * ratio
+            todo.extend((grand, ratio, depth + 1) for grand in skipped.children or ())
         functions.append(
             Function(
                 name=str(s.name),
@@ -128,7 +142,7 @@ def stacks(graph: CallGraph, *, max_stacks: int = MAX_STACKS) -> list[tuple[tupl
         for target, pair_s, _calls in f.callees:
             weight = pair_s * scale
             callee = funcs[target]
-            deep = len(path) >= MAX_DEPTH or target in path or len(out) + len(todo) >= max_stacks
+            deep = len(path) >= MAX_DEPTH or path.count(target) >= MAX_REPEAT or len(out) + len(todo) >= max_stacks
             if deep or weight < floor or callee.total_s <= 0:
                 own += weight  # cut here: the callee's time stays on this frame
             else:

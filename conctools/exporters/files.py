@@ -43,14 +43,12 @@ def write_lock_profiles(snapshot: Snapshot, out_dir: Path) -> list[Path]:
 
 
 def profile_graph(profile: Any) -> CallGraph:
-    """The call graph of a stopped :class:`~conctools.profiling.Profile` (conctools' own frames
-    left out, their time given to their callers)."""
-    from conctools._frames import is_own_file
-
+    """The call graph of a stopped :class:`~conctools.profiling.Profile`. conctools' own wrappers
+    stay in it: one wrapper serves every traced function, so splicing it out would mix their callers."""
     stats = getattr(profile, "_yappi_stats", None)
     if stats is None:
         return from_section(profile.summary())
-    return from_yappi(stats, profile.clock, profile.duration_s, skip=is_own_file)
+    return from_yappi(stats, profile.clock, profile.duration_s)
 
 
 def write_speedscope(
