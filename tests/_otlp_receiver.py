@@ -27,7 +27,7 @@ class OtlpReceiver:
         self.traces: list[Any] = []
         self.metrics: list[Any] = []
         self.requests = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._got = threading.Condition(self._lock)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()

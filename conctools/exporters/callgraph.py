@@ -18,9 +18,6 @@ from typing import Any
 __all__ = ["CallGraph", "Function", "from_section", "from_yappi", "stacks"]
 
 MAX_DEPTH = 64
-# How often a function may repeat on one stack: recursion, and conctools' wrapper, which yappi sees
-# as one function however many functions it wraps (worker -> wrapper -> outer -> wrapper -> inner).
-MAX_REPEAT = 3
 MAX_STACKS = 20_000
 
 
@@ -114,9 +111,10 @@ def from_section(section: Any) -> CallGraph:
 
 def stacks(graph: CallGraph, *, max_stacks: int = MAX_STACKS) -> list[tuple[tuple[int, ...], float]]:
     """``[(function indices root first, own seconds), ...]``: every function's own time on the
-    stacks that reach it (see the module docstring). Paths too deep, recursive or too small to
-    matter (under a millionth of the profile) end where they are; their callees' time then counts
-    as the caller's own time, so the total stays the roots' total."""
+    stacks that reach it (see the module docstring). Paths too deep or too small to matter (under a
+    millionth of the profile) end where they are, their callees' time counted as the caller's own;
+    a re-entry is not followed (yappi counts it once, on the outer call). A function called through
+    conctools' ``@traced`` wrapper therefore shows under the wrapper's first caller."""
     funcs = graph.functions
     # A function is a root for the part of its time no profiled caller accounts for (called from
     # where the profile started, or from a thread's first frame).
@@ -142,7 +140,12 @@ def stacks(graph: CallGraph, *, max_stacks: int = MAX_STACKS) -> list[tuple[tupl
         for target, pair_s, _calls in f.callees:
             weight = pair_s * scale
             callee = funcs[target]
-            deep = len(path) >= MAX_DEPTH or path.count(target) >= MAX_REPEAT or len(out) + len(todo) >= max_stacks
+            if target in path:
+                # Re-entry (recursion, or conctools' wrapper, which yappi sees as one function however
+                # many functions it wraps): yappi counts that time once, on the outer call, whose
+                # other callees already carry it. Following it would count it twice.
+                continue
+            deep = len(path) >= MAX_DEPTH or len(out) + len(todo) >= max_stacks
             if deep or weight < floor or callee.total_s <= 0:
                 own += weight  # cut here: the callee's time stays on this frame
             else:
