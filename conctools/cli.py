@@ -85,7 +85,12 @@ def _report_command(ns: argparse.Namespace) -> int:
         if ns.trace is not None:
             write_trace(snapshot, ns.trace)
             print(f"conctools: wrote {ns.trace}", file=sys.stderr)
-        if ns.text or (ns.html is None and ns.trace is None):
+        from conctools.exporters.wiring import report_exports, wants_exports
+
+        problem = report_exports(ns, snapshot) if wants_exports(ns) else None  # --otel, --pprof, --speedscope
+        if problem is not None:
+            raise UsageError(problem)
+        if ns.text or (ns.html is None and ns.trace is None and not wants_exports(ns)):
             sys.stdout.write(render_text(snapshot))
     except OSError as exc:
         raise UsageError(f"conctools report: error: cannot write: {exc}") from None
@@ -171,15 +176,20 @@ def _build_parser() -> _Parser:
     from conctools._servecli import add_run_console_options
 
     add_run_console_options(run)  # --console, --console-host, --console-port, --allow-remote-console
+    from conctools.exporters.wiring import add_report_options, add_run_options
+
+    add_run_options(run)  # --otel
     report = sub.add_parser(
         "report",
         help="re-render a saved report.json as text, HTML or a Perfetto trace",
-        usage="conctools report DIR/report.json [--html PATH] [--trace PATH] [--text]",
+        usage="conctools report DIR/report.json [--html PATH] [--trace PATH] [--text] [--otel] [--pprof DIR] "
+        "[--speedscope FILE]",
     )
     report.add_argument("report_json", type=Path, metavar="REPORT_JSON", help="a report.json written by conctools run")
     report.add_argument("--html", type=Path, metavar="PATH", help="write the HTML report to PATH")
     report.add_argument("--trace", type=Path, metavar="PATH", help="write the Chrome/Perfetto trace to PATH")
     report.add_argument("--text", action="store_true", help="print the text report (the default with no other output)")
+    add_report_options(report)  # --otel, --pprof DIR, --speedscope FILE
     report.set_defaults(handler=_report_command)
     # Other commands: sub.add_parser(...).set_defaults(handler=fn), fn(namespace) -> exit status.
     from conctools._servecli import add_server_commands
@@ -262,6 +272,11 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     from conctools._servecli import apply_run_console_options
 
     apply_run_console_options(ns, options)
+    from conctools.exporters.wiring import apply_run_options
+
+    problem = apply_run_options(ns, options)  # --otel
+    if problem is not None:
+        raise UsageError(problem)
     if options.module:
         import importlib.util
 

@@ -585,6 +585,24 @@ class Recorder:
             self.started_ns = time.monotonic_ns()
             self.started_wall = time.time()
 
+    # ---- cheap reads for exporters that poll (``/metrics``): no snapshot, no span fold ----
+    def read_section(self, name: str) -> Any:
+        """The data of section ``name`` now; ``None`` when none is registered or its provider raises."""
+        with self._lock:
+            provider = self._sections.get(name)
+        if provider is None:
+            return None
+        try:
+            return provider()
+        except Exception:
+            _log.exception("conctools: section provider %r raised; skipping it", name)
+            return None
+
+    def event_counts(self) -> dict[str, int]:
+        """Exact counts of the events recorded per kind, spans left out (:meth:`counts` folds those)."""
+        with self._lock:
+            return dict(self._counts)
+
 
 _default = Recorder()
 _current: list[Recorder] = [_default]

@@ -64,6 +64,7 @@ class RunOptions:
     console_host: str = "127.0.0.1"
     console_port: int = 20101  # 0: a free port
     allow_remote_console: bool = False  # a non-loopback console_host (the secret is still required)
+    otel: bool = False  # spans, lock waits and metrics to OpenTelemetry (conctools.exporters.otel)
 
     @property
     def command(self) -> str:
@@ -88,6 +89,10 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
         if options.deadlock_timeout_s:
             # Before trace_locks: the watchdog thread's own Event (Thread._started) stays plain.
             _enter_watchdog(stack, options, recorder)
+        if options.otel:  # before trace_locks: the SDK's own locks stay plain
+            from conctools.exporters.wiring import otel_export
+
+            stack.enter_context(otel_export(recorder, service_name=_service_name(options)))
         if options.trace_locks:
             # After the sampler and the profiler: their imports (psutil, yappi) keep plain locks.
             stack.enter_context(trace_locks(lock_order=options.lock_order, recorder=recorder))
@@ -98,6 +103,13 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
                 monitor_all_loops(options.loop_threshold_s, detect_blocking=options.detect_blocking, recorder=recorder)
             )
         yield stack
+
+
+def _service_name(options: RunOptions) -> str:
+    """``service.name`` of a run (``OTEL_SERVICE_NAME`` wins): the module, or the script's name."""
+    if options.module:
+        return options.module
+    return Path(options.script or "python").stem
 
 
 def _enter_watchdog(stack: contextlib.ExitStack, options: RunOptions, recorder: Recorder) -> None:
@@ -150,6 +162,10 @@ def _final_report(recorder: Recorder, options: RunOptions, status: int | str) ->
             return False
         _final_done[0] = True
     recorder.meta["exit_status"] = status
+    if options.otel:  # nothing unwinds the export's context on this path: flush it here
+        from conctools.exporters.wiring import shutdown_otel
+
+        shutdown_otel()
     finish_report(recorder, options)
     for prof, out_dir in list(_unsaved_profiles):  # nothing unwinds the ExitStack that would save them
         try:
@@ -253,6 +269,14 @@ def _save_profile(prof: Profile, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         prof.save(out_dir / "profile.pstat", "pstat")
         prof.save(out_dir / "profile.callgrind", "callgrind")
+        from conctools.events import SpanEvent
+        from conctools.exporters.files import write_profile_files
+
+        rec = prof._recorder if prof._recorder is not None else None
+        spans = [e for e in rec.events() if isinstance(e, SpanEvent)] if rec is not None else []
+        _, note = write_profile_files(prof, spans, out_dir)  # profile.pb.gz, profile.speedscope.json
+        if note:
+            print(note, file=sys.stderr)
     except Exception as exc:
         print(f"conctools: could not save the profile: {exc}", file=sys.stderr)
 
@@ -398,7 +422,12 @@ def write_reports(snapshot: Snapshot, out_dir: Path) -> list[Path]:
         path = out_dir / name
         path.write_text(content, encoding="utf-8")
         written.append(path)
-    return written
+    from conctools.exporters.wiring import write_run_files
+
+    locks, note = write_run_files(snapshot, out_dir)  # locks.pb.gz, locks-holders.pb.gz
+    if note:
+        _say(note + "\n")
+    return written + locks
 
 
 def run_program(options: RunOptions) -> int:

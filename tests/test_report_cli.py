@@ -52,7 +52,16 @@ class TestRunWritesReports:
         result = conctools("run", "--profile", "--sample-interval", "0.01", "--out", str(out), str(program))
         assert result.returncode == 0, result.stderr
         names = {p.name for p in out.iterdir()}
-        assert names == {"report.txt", "report.json", "trace.json", "report.html", "profile.pstat", "profile.callgrind"}
+        assert names == {
+            "report.txt",
+            "report.json",
+            "trace.json",
+            "report.html",
+            "profile.pstat",
+            "profile.callgrind",
+            "profile.pb.gz",  # pprof and speedscope (tests/test_exporters.py)
+            "profile.speedscope.json",
+        }
         assert "Profile (wall clock" in result.stderr and "Resources (" in result.stderr
         stats = pstats.Stats(str(out / "profile.pstat"))
         assert any(k[2] == "spin" for k in stats.stats)  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ Endpoints (every handler is a ``@traced`` span named ``"METHOD /path"``):
 ``GET /orders/report`` the SKUs most often found in two orders (a heavy query, ~0.2 s)
 ``GET /conctools``     the live conctools report (snapshot JSON; ``?format=text`` for text)
 ``GET /conctools/profile``  a yappi profile of the next ``?seconds=2`` (``?clock=wall|cpu``)
+``GET /metrics``       conctools' metrics in Prometheus' text format (``conctools[prometheus]``)
 =====================  ===================================================================
 
 The seeded bugs (``--bugs`` switches all on, ``--bugs blocking,inversion`` some of them;
@@ -560,6 +561,9 @@ def create_app(options: ServerOptions | None = None) -> web.Application:
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, _wrap(handler, f"{method} {path}", opts.instrument))
+    from conctools.exporters.prometheus import add_metrics_route
+
+    add_metrics_route(app)
     return app
 
 
