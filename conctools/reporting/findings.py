@@ -102,7 +102,7 @@ def hangs(snapshot: Snapshot) -> list[Finding]:
                 kind="hang",
                 severity="critical",
                 title=f"Hang: no progress for {format_duration(e.stalled_s)}, and nothing left that could wake "
-                f"{len(e.waiters)} thread(s)/task(s)",
+                f"{_count(len(e.waiters), 'waiting thread or task', 'waiting threads and tasks')}",
                 evidence=tuple(evidence),
                 impact_s=e.stalled_s,
                 section="Hang",
@@ -396,3 +396,8 @@ def findings_section(snapshot: Snapshot, brief: bool) -> str | None:
     if len(found) > limit:
         lines.append(f"  ... {len(found) - limit} more")
     return "\n".join(lines)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    """``1 waiting thread or task`` / ``3 waiting threads and tasks``."""
+    return f"{n} {one if n == 1 else many}"
