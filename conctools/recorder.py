@@ -47,6 +47,21 @@ DEFAULT_CAPACITY = 100_000
 
 _log = logging.getLogger("conctools.recorder")
 
+# The optional C extension of the span path (conctools/_tracing.c): tracing.py's fast wrappers and
+# the fold below. Not used with CONCTOOLS_PURE_PYTHON=1, nor when it is missing or stale.
+_ctracing: Any = None
+_CTRACING_API = 1  # _tracing.c's API_VERSION that this code speaks
+if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
+    try:
+        from conctools import _ctracing  # type: ignore[no-redef]
+    except ImportError:
+        _ctracing = None
+    if getattr(_ctracing, "API_VERSION", None) != _CTRACING_API:  # a stale build (source tree): ignore it
+        _ctracing = None
+_cfold: Callable[[dict[str, list[int]], list[tuple[Any, ...]]], bool] | None = (
+    _ctracing.fold if _ctracing is not None else None
+)
+
 Sink = Callable[[Event], object]
 SectionProvider = Callable[[], Any]
 
@@ -278,6 +293,18 @@ class _SpanShard:
 SPAN_CHUNK = 256
 
 
+# How many sinks all recorders have: while it is 0, the C span path skips looking at `_sinks`.
+# It may stay above 0 after a recorder with sinks is dropped; that only costs that lookup.
+_sinks_anywhere: list[int] = [0]
+_sinks_anywhere_lock = _thread.allocate_lock()
+
+
+def _count_sinks(delta: int) -> None:
+    if delta:
+        with _sinks_anywhere_lock:
+            _sinks_anywhere[0] += delta
+
+
 _col_start, _col_end, _col_name, _col_outcome = (operator.itemgetter(i) for i in (0, 1, 2, 5))
 
 
@@ -288,6 +315,8 @@ def _fold(aggs: dict[str, list[int]], chunk: list[tuple[Any, ...]]) -> None:
     whole columns with C-level ``zip``/``map``/``sum`` rather than a Python loop per span.
     """
     if not chunk:
+        return
+    if _cfold is not None and _cfold(aggs, chunk):  # the same sums in one C pass
         return
     # Only the columns needed, each pulled out at C speed.
     names = list(map(_col_name, chunk))
@@ -356,11 +385,14 @@ class Recorder:
         """Call ``sink(event)`` for every event from now on; a sink that raises is removed."""
         with self._lock:
             self._sinks = [*self._sinks, sink]
+            _count_sinks(1)
 
     def remove_sink(self, sink: Sink) -> None:
         """Stop calling ``sink``; unknown sinks are ignored."""
         with self._lock:
+            before = len(self._sinks)
             self._sinks = [s for s in self._sinks if s is not sink]
+            _count_sinks(len(self._sinks) - before)
 
     def add_section(self, name: str, provider: SectionProvider) -> None:
         """Register ``provider() -> JSON-able data`` to appear as ``snapshot.sections[name]``."""
