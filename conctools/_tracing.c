@@ -57,6 +57,7 @@ static PyObject *s_ok, *s_raised, *s_cancelled, *s_local, *s_shard, *s_new_shard
     *s_after_span, *s_get_name, *s_dunder_qualname, *s_key, *s_dunder_name, *s_throw, *s_close, *s_cr_await,
     *s_cr_frame, *s_cr_running, *s_gi_code;
 static PyObject *g_warn_unawaited; /* warnings._warn_unawaited_coroutine, or NULL */
+static PyObject *g_zero;           /* 0 (CPython's small ints are shared: the count reads as this object when 0) */
 
 /* The shard of the last (thread, recorder) pair that recorded a span: thread-state ids are never
  * reused, so a stale entry can never be taken for another thread's. A miss goes to the thread
@@ -394,6 +395,11 @@ record_ok(PyObject *name, CallState *st, long long end)
         if (start_o == NULL || end_o == NULL) {
             Py_CLEAR(row);
         }
+        else {
+            /* Ints, strings and None only: it can be in no cycle, so the collector need not
+             * visit it (it would untrack it at its first collection; the recorder keeps many). */
+            PyObject_GC_UnTrack(row);
+        }
     }
     Py_XDECREF(parent_id);
     if (row == NULL || PyList_Append(chunk, row) < 0) {
@@ -410,7 +416,7 @@ record_ok(PyObject *name, CallState *st, long long end)
         goto done;
     }
     int more = n >= g_chunk_size;
-    if (!more && PyList_GET_SIZE(g_sinks_anywhere) > 0) {
+    if (!more && PyList_GET_SIZE(g_sinks_anywhere) > 0 && PyList_GET_ITEM(g_sinks_anywhere, 0) != g_zero) {
         more = PyObject_IsTrue(PyList_GET_ITEM(g_sinks_anywhere, 0)); /* any sinks at all? (an int) */
         if (more < 0) {
             Py_DECREF(shard);
@@ -1813,6 +1819,7 @@ PyInit__ctracing(void)
     }
     /* tracing.py uses this module only when the versions agree (a stale build in a source tree
      * falls back to pure Python instead of failing). Bump on any change to the interface. */
+    if ((g_zero = PyLong_FromLong(0)) == NULL) goto fail;
     if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0) goto fail;
     if (PyModule_AddObject(m, "Tracer", Py_NewRef((PyObject *)&TracerType)) < 0) goto fail;
     if (PyModule_AddObject(m, "TracedFunction", Py_NewRef((PyObject *)&TracedFunctionType)) < 0) goto fail;

@@ -318,6 +318,11 @@ def _fold(aggs: dict[str, list[int]], chunk: list[tuple[Any, ...]]) -> None:
         return
     if _cfold is not None and _cfold(aggs, chunk):  # the same sums in one C pass
         return
+    _fold_columns(aggs, chunk)
+
+
+def _fold_columns(aggs: dict[str, list[int]], chunk: list[tuple[Any, ...]]) -> None:
+    """The pure-Python fold (the C one hands back anything unusual to it)."""
     # Only the columns needed, each pulled out at C speed.
     names = list(map(_col_name, chunk))
     durations = list(map(operator.sub, map(_col_end, chunk), map(_col_start, chunk)))

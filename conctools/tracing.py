@@ -357,7 +357,7 @@ class Traced:
 
     def _wrap_async_c(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """The C wrapper of an async function, marked as a coroutine function for ``inspect``."""
-        wrapper = functools.update_wrapper(self._ctracer().wrap_async(fn), fn)
+        wrapper: Any = functools.update_wrapper(self._ctracer().wrap_async(fn), fn)
         if hasattr(inspect, "markcoroutinefunction"):  # 3.12+
             inspect.markcoroutinefunction(wrapper)
         else:  # 3.11's inspect reads the flags of a function-like object's __code__
@@ -608,6 +608,6 @@ if _ctracing is not None:
         monotonic_ns=time.monotonic_ns,
         chunk_size=SPAN_CHUNK,
         shard_type=_SpanShard,
-        chunk_slot=_SpanShard.chunk,
+        chunk_slot=vars(_SpanShard)["chunk"],  # the slot's member descriptor
         sinks_anywhere=_sinks_anywhere,
     )
