@@ -198,6 +198,271 @@ task_name_here(void)
     return name;
 }
 
+
+/* -- SpanChunk: one chunk of raw spans, as C rows ------------------------------------------------
+ *
+ * The recorder keeps spans in chunks of SPAN_CHUNK rows, each row what a raw span tuple holds:
+ * (start_ns, end_ns, name, span_id, parent_id, outcome, exc_type, task_name, args). As a list of
+ * tuples, each span costs a tuple and two ints made on record, freed on eviction, and converted
+ * back to C numbers by the fold. A SpanChunk keeps the two times as C integers and the rest as
+ * references, and gives tuples back only to readers (indexing, slicing, iteration: snapshots).
+ * It holds strings, ints and None only (append checks), so it can be in no reference cycle and
+ * is not tracked by the garbage collector.
+ */
+
+typedef struct {
+    long long start, end;
+    PyObject *name, *span_id, *parent_id, *outcome, *exc_type, *task_name, *args;
+} Row;
+
+typedef struct {
+    PyObject_HEAD
+    Row *rows;
+    Py_ssize_t len, cap;
+} SpanChunkObject;
+
+static PyTypeObject SpanChunkType;
+
+static int
+chunk_reserve(SpanChunkObject *c, Py_ssize_t need)
+{
+    if (need <= c->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = c->cap > 0 ? c->cap * 2 : 16;
+    while (cap < need) {
+        cap *= 2;
+    }
+    Row *rows = PyMem_Realloc(c->rows, (size_t)cap * sizeof(Row));
+    if (rows == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->rows = rows;
+    c->cap = cap;
+    return 0;
+}
+
+static void
+row_clear(Row *r)
+{
+    Py_XDECREF(r->name);
+    Py_XDECREF(r->span_id);
+    Py_XDECREF(r->parent_id);
+    Py_XDECREF(r->outcome);
+    Py_XDECREF(r->exc_type);
+    Py_XDECREF(r->task_name);
+    Py_XDECREF(r->args);
+}
+
+static void
+row_incref(Row *r)
+{
+    Py_XINCREF(r->name);
+    Py_XINCREF(r->span_id);
+    Py_XINCREF(r->parent_id);
+    Py_XINCREF(r->outcome);
+    Py_XINCREF(r->exc_type);
+    Py_XINCREF(r->task_name);
+    Py_XINCREF(r->args);
+}
+
+/* A new tuple from a row (the row's references are borrowed). */
+static PyObject *
+row_tuple(const Row *r)
+{
+    PyObject *start = PyLong_FromLongLong(r->start);
+    PyObject *end = PyLong_FromLongLong(r->end);
+    PyObject *t = (start != NULL && end != NULL) ? PyTuple_New(9) : NULL;
+    if (t == NULL) {
+        Py_XDECREF(start);
+        Py_XDECREF(end);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, start);
+    PyTuple_SET_ITEM(t, 1, end);
+    PyTuple_SET_ITEM(t, 2, Py_NewRef(r->name));
+    PyTuple_SET_ITEM(t, 3, Py_NewRef(r->span_id));
+    PyTuple_SET_ITEM(t, 4, Py_NewRef(r->parent_id));
+    PyTuple_SET_ITEM(t, 5, Py_NewRef(r->outcome));
+    PyTuple_SET_ITEM(t, 6, Py_NewRef(r->exc_type));
+    PyTuple_SET_ITEM(t, 7, Py_NewRef(r->task_name));
+    PyTuple_SET_ITEM(t, 8, Py_NewRef(r->args));
+    return t;
+}
+
+static int
+atomic(PyObject *o)
+{
+    return o == Py_None || PyUnicode_Check(o) || PyLong_Check(o);
+}
+
+static PyObject *
+chunk_append(SpanChunkObject *self, PyObject *row)
+{
+    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 9) {
+        PyErr_SetString(PyExc_TypeError, "a span row is a tuple of 9 items");
+        return NULL;
+    }
+    long long start = PyLong_AsLongLong(PyTuple_GET_ITEM(row, 0));
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    long long end = PyLong_AsLongLong(PyTuple_GET_ITEM(row, 1));
+    if (end == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 2; i < 9; i++) {
+        if (!atomic(PyTuple_GET_ITEM(row, i))) {
+            PyErr_Format(PyExc_TypeError, "span row item %zd must be a str, an int or None", i);
+            return NULL;
+        }
+    }
+    if (chunk_reserve(self, self->len + 1) < 0) {
+        return NULL;
+    }
+    Row *r = &self->rows[self->len++];
+    r->start = start;
+    r->end = end;
+    r->name = Py_NewRef(PyTuple_GET_ITEM(row, 2));
+    r->span_id = Py_NewRef(PyTuple_GET_ITEM(row, 3));
+    r->parent_id = Py_NewRef(PyTuple_GET_ITEM(row, 4));
+    r->outcome = Py_NewRef(PyTuple_GET_ITEM(row, 5));
+    r->exc_type = Py_NewRef(PyTuple_GET_ITEM(row, 6));
+    r->task_name = Py_NewRef(PyTuple_GET_ITEM(row, 7));
+    r->args = Py_NewRef(PyTuple_GET_ITEM(row, 8));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+chunk_clear_method(SpanChunkObject *self, PyObject *Py_UNUSED(ignored))
+{
+    /* Detach the rows first: freeing them cannot re-enter this chunk half-cleared. */
+    Row *rows = self->rows;
+    Py_ssize_t n = self->len;
+    self->rows = NULL;
+    self->len = self->cap = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        row_clear(&rows[i]);
+    }
+    PyMem_Free(rows);
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+chunk_length(SpanChunkObject *self)
+{
+    return self->len;
+}
+
+static PyObject *
+chunk_item(SpanChunkObject *self, Py_ssize_t i)
+{
+    if (i < 0 || i >= self->len) {
+        PyErr_SetString(PyExc_IndexError, "span chunk index out of range");
+        return NULL;
+    }
+    Row copy = self->rows[i]; /* the row may move (another append) once Python code runs */
+    row_incref(&copy);
+    PyObject *t = row_tuple(&copy);
+    row_clear(&copy);
+    return t;
+}
+
+/* chunk[i] (negative too) and chunk[a:b:c] (a list of tuples: the copy readers take). */
+static PyObject *
+chunk_subscript(SpanChunkObject *self, PyObject *key)
+{
+    if (PyIndex_Check(key)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (i < 0) {
+            i += self->len;
+        }
+        return chunk_item(self, i);
+    }
+    if (!PySlice_Check(key)) {
+        PyErr_Format(PyExc_TypeError, "span chunk indices must be integers or slices, not %s", Py_TYPE(key)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t start, stop, step;
+    if (PySlice_Unpack(key, &start, &stop, &step) < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = PySlice_AdjustIndices(self->len, &start, &stop, step);
+    /* Take the rows (and references to their items) before allocating any tuple. */
+    Row *taken = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(Row));
+    if (taken == NULL) {
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t k = 0, i = start; k < n; k++, i += step) {
+        taken[k] = self->rows[i];
+        row_incref(&taken[k]);
+    }
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t k = 0; k < n && out != NULL; k++) {
+        PyObject *t = row_tuple(&taken[k]);
+        if (t == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, k, t);
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        row_clear(&taken[k]);
+    }
+    PyMem_Free(taken);
+    return out;
+}
+
+static void
+chunk_dealloc(SpanChunkObject *self)
+{
+    for (Py_ssize_t i = 0; i < self->len; i++) {
+        row_clear(&self->rows[i]);
+    }
+    PyMem_Free(self->rows);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+chunk_repr(SpanChunkObject *self)
+{
+    return PyUnicode_FromFormat("<SpanChunk of %zd spans>", self->len);
+}
+
+static PyMethodDef chunk_methods[] = {
+    {"append", (PyCFunction)chunk_append, METH_O, "append(row): add a raw span tuple"},
+    {"clear", (PyCFunction)chunk_clear_method, METH_NOARGS, "clear(): drop every span"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods chunk_as_sequence = {
+    .sq_length = (lenfunc)chunk_length,
+    .sq_item = (ssizeargfunc)chunk_item,
+};
+
+static PyMappingMethods chunk_as_mapping = {
+    .mp_length = (lenfunc)chunk_length,
+    .mp_subscript = (binaryfunc)chunk_subscript,
+};
+
+static PyTypeObject SpanChunkType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "conctools._ctracing.SpanChunk",
+    .tp_basicsize = sizeof(SpanChunkObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "SpanChunk(): raw spans as C rows; reads as a sequence of the recorder's span tuples.",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)chunk_dealloc,
+    .tp_repr = (reprfunc)chunk_repr,
+    .tp_as_sequence = &chunk_as_sequence,
+    .tp_as_mapping = &chunk_as_mapping,
+    .tp_methods = chunk_methods,
+};
+
 /* -- Tracer: what one @traced definition needs on every call ------------------------------ */
 
 typedef struct {
@@ -372,6 +637,28 @@ record_ok(PyObject *name, CallState *st, long long end)
         goto done;
     }
     PyObject *parent_id;
+    if (Py_IS_TYPE(chunk, &SpanChunkType) && (st->parent == Py_None || PyTuple_CheckExact(st->parent))) {
+        /* The row, without a tuple or two ints. */
+        SpanChunkObject *c = (SpanChunkObject *)chunk;
+        if (chunk_reserve(c, c->len + 1) < 0) {
+            Py_DECREF(chunk);
+            Py_DECREF(shard);
+            goto done;
+        }
+        Row *r = &c->rows[c->len++];
+        r->start = st->start;
+        r->end = end;
+        r->name = Py_NewRef(name);
+        r->span_id = Py_NewRef(st->span_id);
+        r->parent_id = Py_NewRef(st->parent == Py_None || PyTuple_GET_SIZE(st->parent) == 0
+                                     ? Py_None
+                                     : PyTuple_GET_ITEM(st->parent, 0));
+        r->outcome = Py_NewRef(s_ok);
+        r->exc_type = Py_NewRef(Py_None);
+        r->task_name = Py_NewRef(st->task_name);
+        r->args = Py_NewRef(Py_None);
+        goto appended;
+    }
     if (PyTuple_Check(st->parent) && PyTuple_GET_SIZE(st->parent) > 0) {
         parent_id = Py_NewRef(PyTuple_GET_ITEM(st->parent, 0));
     }
@@ -409,6 +696,7 @@ record_ok(PyObject *name, CallState *st, long long end)
         goto done;
     }
     Py_DECREF(row);
+appended:;
     Py_ssize_t n = PyList_Check(chunk) ? PyList_GET_SIZE(chunk) : PyObject_Length(chunk);
     Py_DECREF(chunk);
     if (n < 0) {
@@ -1576,11 +1864,12 @@ add_into(PyObject *list, Py_ssize_t i, long long value)
 static PyObject *
 py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyDict_Check(args[0]) || !PyList_Check(args[1])) {
+    if (nargs != 2 || !PyDict_Check(args[0]) || !(PyList_Check(args[1]) || Py_IS_TYPE(args[1], &SpanChunkType))) {
         Py_RETURN_FALSE;
     }
     PyObject *aggs = args[0], *chunk = args[1];
-    Py_ssize_t n = PyList_GET_SIZE(chunk);
+    SpanChunkObject *rows = Py_IS_TYPE(chunk, &SpanChunkType) ? (SpanChunkObject *)chunk : NULL;
+    Py_ssize_t n = rows != NULL ? rows->len : PyList_GET_SIZE(chunk);
     if (n == 0) {
         Py_RETURN_TRUE;
     }
@@ -1590,23 +1879,38 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t ng = 0, last = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *row = PyList_GET_ITEM(chunk, i);
-        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) < 6) {
-            goto python;
+        PyObject *name, *outcome;
+        long long start, end;
+        if (rows != NULL) {
+            Row *r = &rows->rows[i];
+            name = r->name;
+            outcome = r->outcome;
+            start = r->start;
+            end = r->end;
+            if (!PyUnicode_CheckExact(name)) {
+                goto python;
+            }
         }
-        PyObject *start_o = PyTuple_GET_ITEM(row, 0), *end_o = PyTuple_GET_ITEM(row, 1);
-        PyObject *name = PyTuple_GET_ITEM(row, 2), *outcome = PyTuple_GET_ITEM(row, 5);
-        if (!PyLong_CheckExact(start_o) || !PyLong_CheckExact(end_o) || !PyUnicode_CheckExact(name)) {
-            goto python;
-        }
-        int overflow = 0;
-        long long start = PyLong_AsLongLongAndOverflow(start_o, &overflow);
-        if (overflow) {
-            goto python;
-        }
-        long long end = PyLong_AsLongLongAndOverflow(end_o, &overflow);
-        if (overflow) {
-            goto python;
+        else {
+            PyObject *row = PyList_GET_ITEM(chunk, i);
+            if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) < 6) {
+                goto python;
+            }
+            PyObject *start_o = PyTuple_GET_ITEM(row, 0), *end_o = PyTuple_GET_ITEM(row, 1);
+            name = PyTuple_GET_ITEM(row, 2);
+            outcome = PyTuple_GET_ITEM(row, 5);
+            if (!PyLong_CheckExact(start_o) || !PyLong_CheckExact(end_o) || !PyUnicode_CheckExact(name)) {
+                goto python;
+            }
+            int overflow = 0;
+            start = PyLong_AsLongLongAndOverflow(start_o, &overflow);
+            if (overflow) {
+                goto python;
+            }
+            end = PyLong_AsLongLongAndOverflow(end_o, &overflow);
+            if (overflow) {
+                goto python;
+            }
         }
         long long d;
         if (sub_overflows(end, start, &d)) {
@@ -1814,7 +2118,7 @@ PyInit__ctracing(void)
     INTERN(s_cr_running, "cr_running");
     INTERN(s_gi_code, "gi_code");
     if (PyType_Ready(&TracerType) < 0 || PyType_Ready(&TracedFunctionType) < 0 ||
-        PyType_Ready(&TracedCoroutineType) < 0) {
+        PyType_Ready(&TracedCoroutineType) < 0 || PyType_Ready(&SpanChunkType) < 0) {
         goto fail;
     }
     /* tracing.py uses this module only when the versions agree (a stale build in a source tree
@@ -1824,6 +2128,7 @@ PyInit__ctracing(void)
     if (PyModule_AddObject(m, "Tracer", Py_NewRef((PyObject *)&TracerType)) < 0) goto fail;
     if (PyModule_AddObject(m, "TracedFunction", Py_NewRef((PyObject *)&TracedFunctionType)) < 0) goto fail;
     if (PyModule_AddObject(m, "TracedCoroutine", Py_NewRef((PyObject *)&TracedCoroutineType)) < 0) goto fail;
+    if (PyModule_AddObject(m, "SpanChunk", Py_NewRef((PyObject *)&SpanChunkType)) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);

@@ -61,6 +61,9 @@ if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
 _cfold: Callable[[dict[str, list[int]], list[tuple[Any, ...]]], bool] | None = (
     _ctracing.fold if _ctracing is not None else None
 )
+# A chunk of raw spans: a list of tuples, or the C SpanChunk that reads as one (its rows hold the
+# times as C integers: no tuple and no ints are made per span on the C path, nor freed on eviction).
+_new_chunk: Callable[[], list[tuple[Any, ...]]] = _ctracing.SpanChunk if _ctracing is not None else list
 
 Sink = Callable[[Event], object]
 SectionProvider = Callable[[], Any]
@@ -283,7 +286,7 @@ class _SpanShard:
 
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
-        self.chunk: list[tuple[Any, ...]] = []
+        self.chunk: list[tuple[Any, ...]] = _new_chunk()
 
 
 # Raw span tuples are (start_ns, end_ns, name, span_id, parent_id, outcome, exc_type, task_name, args).
@@ -467,7 +470,7 @@ class Recorder:
 
     def _seal(self, shard: _SpanShard) -> None:
         """Move a full chunk into the ring of chunks (called by the shard's own thread)."""
-        chunk, shard.chunk = shard.chunk, []
+        chunk, shard.chunk = shard.chunk, _new_chunk()
         with self._lock:
             self._push_chunk(shard.thread, chunk)
 
@@ -489,7 +492,7 @@ class Recorder:
             if shard.thread.is_alive():
                 alive.append(shard)
             else:
-                chunk, shard.chunk = shard.chunk, []
+                chunk, shard.chunk = shard.chunk, _new_chunk()
                 self._push_chunk(shard.thread, chunk)
         self._shards = alive
 

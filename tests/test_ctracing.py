@@ -514,3 +514,53 @@ class TestFold:
         assert aggs == {}
         recorder._fold(aggs, [(0.5, 1.5, "f", 1, None, "ok", None, None, None)])
         assert aggs == {"f": [1, 0, 0, 1.0, 1.0]}
+
+
+@pytest.mark.skipif(tracing._ctracing is None, reason="the C extension is not built here")
+class TestSpanChunk:
+    """The C chunk of raw spans reads back exactly the tuples written, as the list it replaces would."""
+
+    ROWS = [
+        (10, 25, "a", 1, None, "ok", None, None, None),
+        (30, 31, "b", 2, 1, "raised", "KeyError", "task-1", "x=1"),
+        (2**62, 2**62 + 5, "c", 3, None, "cancelled", None, "t", None),
+    ]
+
+    def test_reads_back_as_tuples(self) -> None:
+        """len, indexing (negative too), slicing, iteration and clear behave like a list of tuples."""
+        chunk = tracing._ctracing.SpanChunk()
+        assert not chunk and len(chunk) == 0
+        for row in self.ROWS:
+            chunk.append(row)
+        assert len(chunk) == 3 and chunk[0] == self.ROWS[0] and chunk[-1] == self.ROWS[-1]
+        assert chunk[:] == self.ROWS and chunk[1:] == self.ROWS[1:] and chunk[::-1] == self.ROWS[::-1]
+        assert list(chunk) == self.ROWS
+        with pytest.raises(IndexError):
+            chunk[3]
+        chunk.clear()
+        assert len(chunk) == 0 and list(chunk) == []
+
+    def test_refuses_what_it_cannot_hold(self) -> None:
+        """Rows of the wrong shape, non-integer times and non-atomic items are refused, nothing stored."""
+        chunk = tracing._ctracing.SpanChunk()
+        for bad in [
+            (1, 2),
+            (1.5, 2, "a", 1, None, "ok", None, None, None),
+            (1, 2, ["a"], 1, None, "ok", None, None, None),
+        ]:
+            with pytest.raises(TypeError):
+                chunk.append(bad)
+        with pytest.raises(OverflowError):
+            chunk.append((2**70, 2**70, "a", 1, None, "ok", None, None, None))
+        assert len(chunk) == 0
+
+    def test_fold_reads_rows_directly(self) -> None:
+        """The C fold of a SpanChunk adds what the Python fold adds over the same tuples."""
+        chunk = tracing._ctracing.SpanChunk()
+        for row in self.ROWS * 3:
+            chunk.append(row)
+        by_c: dict[str, list[int]] = {}
+        by_python: dict[str, list[int]] = {}
+        recorder._fold(by_c, chunk)
+        recorder._fold_columns(by_python, list(self.ROWS * 3))
+        assert by_c == by_python
