@@ -17,11 +17,15 @@ Each runs as a fresh process, under each configuration:
 Method. Rounds are interleaved: each round runs every (program, configuration) pair once, in an
 order that rotates from round to round, so that a burst of load from elsewhere hits every column
 alike. Wall time is measured around the child process (spawn to exit); peak memory is the child's
-own ``ru_maxrss`` from ``wait4``. Start-up is measured on its own by running an empty script under
-every configuration in the same rounds, and excluded from the ratio: the overhead of a
-configuration on a program is ``(T_config(prog) - S_config) / (T_python(prog) - S_python)``, where
-``S`` is the median start-up of that configuration. The ratio is computed per round (paired) and
-the median over rounds is printed, with the lowest and highest round as a range.
+own ``ru_maxrss`` from ``wait4``. Start-up is excluded from the ratio: in the same rounds every
+(program, configuration) pair also runs with ``BENCH_IMPORTS_ONLY=1``, which makes the program
+import what it imports and exit before its work. The overhead of a configuration on a program is
+``(T_config(prog) - S_config(prog)) / (T_python(prog) - S_python(prog))``, ``S`` being that
+imports-only run of the same round: interpreter, conctools and the program's own imports cancel out
+(an empty script would not do: conctools imports asyncio, which an asyncio program then gets for
+free). The ratio is computed per round (paired) and the median over rounds is printed, with the
+lowest and highest round as a range. Start-up itself is reported on its own: an empty script
+under every configuration.
 
 Bytecode: a ``pip install`` compiles conctools' bytecode; a source tree with
 ``PYTHONDONTWRITEBYTECODE`` set has none, and every run would recompile ~15k lines (~60 ms). This
@@ -82,11 +86,12 @@ class Samples:
     rss_kib: list[int] = field(default_factory=list)
 
 
-def run_once(argv: list[str]) -> tuple[float, int]:
+def run_once(argv: list[str], imports_only: bool = False) -> tuple[float, int]:
     """Wall time (s) and peak RSS (KiB) of one child process; exits on a failing program."""
+    env = {**os.environ, "BENCH_IMPORTS_ONLY": "1"} if imports_only else None
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -144,18 +149,19 @@ def main() -> None:
     load_before = load()
 
     startup_configs = {**configs, **(STARTUP_EXTRA if "default" in configs else {})}
-    jobs: list[tuple[str, str, list[str]]] = []
+    jobs: list[tuple[str, str, list[str], bool]] = []
     for cname, argv in startup_configs.items():
-        jobs.append(("empty", cname, [*argv, str(EMPTY)]))
+        jobs.append(("empty", cname, [*argv, str(EMPTY)], False))
     for label, fname in programs.items():
         for cname, argv in configs.items():
-            jobs.append((label, cname, [*argv, str(PROGRAMS_DIR / fname)]))
+            jobs.append((label, cname, [*argv, str(PROGRAMS_DIR / fname)], False))
+            jobs.append((f"{label} (imports only)", cname, [*argv, str(PROGRAMS_DIR / fname)], True))
 
     samples: dict[tuple[str, str], Samples] = {}
     for r in range(ns.rounds):
         shift = r % len(jobs)
-        for label, cname, argv in jobs[shift:] + jobs[:shift]:
-            wall, rss = run_once(argv)
+        for label, cname, argv, imports_only in jobs[shift:] + jobs[:shift]:
+            wall, rss = run_once(argv, imports_only)
             s = samples.setdefault((label, cname), Samples())
             s.wall_s.append(wall)
             s.rss_kib.append(rss)
@@ -166,20 +172,25 @@ def main() -> None:
         f"conctools run vs python, {started:%Y-%m-%d %H:%M %Z}: {machine()}, Python {platform.python_version()}",
         f"load average before {load_before}, after {load()}; {ns.rounds} interleaved rounds, median (range)",
         "",
-        "Wall time, start-up excluded (each configuration's own empty-script start-up subtracted):",
+        "Wall time, start-up excluded (each run minus the same round's imports-only run):",
         "",
         "| program | python | " + " | ".join(c for c in configs if c != "python") + " |",
         "|---|---:|" + "---:|" * (len(configs) - 1),
     ]
+
+    def work_s(label: str, cname: str) -> list[float]:
+        full = samples[(label, cname)].wall_s
+        start = samples[(f"{label} (imports only)", cname)].wall_s
+        return [f - s for f, s in zip(full, start)]
+
     for label in programs:
-        py = samples[(label, "python")].wall_s
-        cells = [f"{statistics.median(py) - startup['python']:.2f} s"]
+        py = work_s(label, "python")
+        cells = [f"{statistics.median(py):.2f} s"]
         for cname in configs:
             if cname == "python":
                 continue
-            mine = samples[(label, cname)].wall_s
-            ratios = [(m - startup[cname]) / (p - startup["python"]) for m, p in zip(mine, py)]
-            cells.append(ratio_range(ratios))
+            mine = work_s(label, cname)
+            cells.append(ratio_range([m / p for m, p in zip(mine, py)]))
         out.append(f"| {label} | " + " | ".join(cells) + " |")
 
     out += [

@@ -6,6 +6,7 @@ and a JSON body.
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import ClientSession, TCPConnector, web
 
@@ -57,5 +58,5 @@ async def main() -> None:
         await runner.cleanup()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and not os.environ.get("BENCH_IMPORTS_ONLY"):
     asyncio.run(main())

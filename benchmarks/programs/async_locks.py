@@ -8,6 +8,7 @@ the lock and hands its result to a pool of consumer tasks through a bounded queu
 from __future__ import annotations
 
 import asyncio
+import os
 
 TASKS = 20_000
 CONSUMERS = 8
@@ -46,5 +47,5 @@ async def main() -> None:
     assert stats["done"] == TASKS and len(totals) == TASKS
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and not os.environ.get("BENCH_IMPORTS_ONLY"):
     asyncio.run(main())

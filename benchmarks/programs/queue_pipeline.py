@@ -5,6 +5,7 @@ per stage, bounded queues between them, sentinels to shut down, ``join()`` to dr
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 from typing import Any
@@ -64,5 +65,5 @@ def main() -> None:
     assert sum(totals.values()) == ITEMS * (ITEMS - 1) // 2
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and not os.environ.get("BENCH_IMPORTS_ONLY"):
     main()

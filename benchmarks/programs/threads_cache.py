@@ -5,6 +5,7 @@ plus a producer/consumer ``queue.Queue(maxsize=100)``: a typical threaded servic
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -66,5 +67,5 @@ def main() -> None:
     assert producer_consumer() == ITEMS * (ITEMS - 1) // 2
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and not os.environ.get("BENCH_IMPORTS_ONLY"):
     main()
