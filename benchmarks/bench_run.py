@@ -14,6 +14,9 @@ Each runs as a fresh process, under each configuration:
 - ``all off``: ``--no-trace-locks --deadlock-timeout 0 --loop-threshold 0 --sample-interval 0``
   (the runner alone: imports, ``runpy``, the recorder and the final snapshot)
 
+Wall time is what the targets are about; CPU time (user + system of the child, every thread) is
+printed too, because on a shared machine it moves far less with other people's load.
+
 Method. Rounds are interleaved: each round runs every (program, configuration) pair once, in an
 order that rotates from round to round, so that a burst of load from elsewhere hits every column
 alike. Wall time is measured around the child process (spawn to exit); peak memory is the child's
@@ -83,11 +86,14 @@ STARTUP_EXTRA = {"default, report printed": [sys.executable, "-m", "conctools", 
 @dataclass
 class Samples:
     wall_s: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
 
 
-def run_once(argv: list[str], imports_only: bool = False) -> tuple[float, int]:
-    """Wall time (s) and peak RSS (KiB) of one child process; exits on a failing program."""
+def run_once(argv: list[str], imports_only: bool = False) -> tuple[float, float, int]:
+    """Wall time (s), CPU time (s, user + system) and peak RSS (KiB) of one child process.
+
+    Exits on a failing program."""
     env = {**os.environ, "BENCH_IMPORTS_ONLY": "1"} if imports_only else None
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
@@ -98,7 +104,7 @@ def run_once(argv: list[str], imports_only: bool = False) -> tuple[float, int]:
         if proc.returncode != 0:
             err.seek(0)
             sys.exit(f"bench_run: {' '.join(argv)} exited {proc.returncode}:\n{err.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
 def machine() -> str:
@@ -161,9 +167,10 @@ def main() -> None:
     for r in range(ns.rounds):
         shift = r % len(jobs)
         for label, cname, argv, imports_only in jobs[shift:] + jobs[:shift]:
-            wall, rss = run_once(argv, imports_only)
+            wall, cpu, rss = run_once(argv, imports_only)
             s = samples.setdefault((label, cname), Samples())
             s.wall_s.append(wall)
+            s.cpu_s.append(cpu)
             s.rss_kib.append(rss)
         print(f"round {r + 1}/{ns.rounds} done (load {load()})", file=sys.stderr)
 
@@ -172,29 +179,35 @@ def main() -> None:
         f"conctools run vs python, {started:%Y-%m-%d %H:%M %Z}: {machine()}, Python {platform.python_version()}",
         f"load average before {load_before}, after {load()}; {ns.rounds} interleaved rounds, median (range)",
         "",
-        "Wall time, start-up excluded (each run minus the same round's imports-only run):",
-        "",
-        "| program | python | " + " | ".join(c for c in configs if c != "python") + " |",
-        "|---|---:|" + "---:|" * (len(configs) - 1),
     ]
 
-    def work_s(label: str, cname: str) -> list[float]:
-        full = samples[(label, cname)].wall_s
-        start = samples[(f"{label} (imports only)", cname)].wall_s
+    def work_s(label: str, cname: str, what: str) -> list[float]:
+        full = getattr(samples[(label, cname)], what)
+        start = getattr(samples[(f"{label} (imports only)", cname)], what)
         return [f - s for f, s in zip(full, start)]
 
-    for label in programs:
-        py = work_s(label, "python")
-        cells = [f"{statistics.median(py):.2f} s"]
-        for cname in configs:
-            if cname == "python":
-                continue
-            mine = work_s(label, cname)
-            cells.append(ratio_range([m / p for m, p in zip(mine, py)]))
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    for title, what in (
+        ("Wall time, start-up excluded (each run minus the same round's imports-only run):", "wall_s"),
+        ("CPU time (user + system, all threads), start-up excluded the same way (steadier under load):", "cpu_s"),
+    ):
+        out += [
+            title,
+            "",
+            "| program | python | " + " | ".join(c for c in configs if c != "python") + " |",
+            "|---|---:|" + "---:|" * (len(configs) - 1),
+        ]
+        for label in programs:
+            py = work_s(label, "python", what)
+            cells = [f"{statistics.median(py):.2f} s"]
+            for cname in configs:
+                if cname == "python":
+                    continue
+                mine = work_s(label, cname, what)
+                cells.append(ratio_range([m / p for m, p in zip(mine, py)]))
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
 
     out += [
-        "",
         "Peak memory (RSS, median):",
         "",
         "| program | " + " | ".join(configs) + " |",
@@ -210,13 +223,19 @@ def main() -> None:
             cells.append(f"{mine:.0f} MiB ({mine - base:+.0f})")
         out.append(f"| {'empty script' if label == 'empty' else label} | " + " | ".join(cells) + " |")
 
-    out += ["", "Start-up (an empty script, wall time, median):", "", "| configuration | time | over python |"]
-    out.append("|---|---:|---:|")
+    cpu_startup = {c: statistics.median(samples[("empty", c)].cpu_s) for c in startup_configs}
+    out += ["", "Start-up (an empty script, median (range)):", ""]
+    out.append("| configuration | wall time | over python | CPU time | over python |")
+    out.append("|---|---:|---:|---:|---:|")
     for cname in startup_configs:
         times = samples[("empty", cname)].wall_s
         med = statistics.median(times)
         over = "" if cname == "python" else f"{med - startup['python']:+.3f} s"
-        out.append(f"| {cname} | {med:.3f} s ({min(times):.3f}-{max(times):.3f}) | {over} |")
+        cpu_over = "" if cname == "python" else f"{cpu_startup[cname] - cpu_startup['python']:+.3f} s"
+        out.append(
+            f"| {cname} | {med:.3f} s ({min(times):.3f}-{max(times):.3f}) | {over} | "
+            f"{cpu_startup[cname]:.3f} s | {cpu_over} |"
+        )
     print("\n".join(out))
 
 
