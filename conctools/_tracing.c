@@ -28,6 +28,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <frameobject.h>
 #include <limits.h>
 #include <time.h>
 
@@ -57,6 +58,8 @@ static PyObject *s_ok, *s_raised, *s_cancelled, *s_local, *s_shard, *s_new_shard
     *s_after_span, *s_get_name, *s_dunder_qualname, *s_key, *s_dunder_name, *s_throw, *s_close, *s_cr_await,
     *s_cr_frame, *s_cr_running, *s_gi_code;
 static PyObject *g_warn_unawaited; /* warnings._warn_unawaited_coroutine, or NULL */
+static PyObject *g_getframe;       /* sys._getframe */
+static Py_ssize_t g_sites_limit = 4096; /* note_site(): purge dead entries when the table reaches this */
 static PyObject *g_zero;           /* 0 (CPython's small ints are shared: the count reads as this object when 0) */
 
 /* The shard of the last (thread, recorder) pair that recorded a span: thread-state ids are never
@@ -2007,6 +2010,184 @@ error:
     return NULL;
 }
 
+
+/* -- caller_site: where the code that called into a library is -------------------------------- */
+
+static int
+starts_with_any(PyObject *filename, PyObject *prefixes)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(prefixes);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t r = PyUnicode_Tailmatch(filename, PyTuple_GET_ITEM(prefixes, i), 0, PY_SSIZE_T_MAX, -1);
+        if (r != 0) {
+            return (int)r; /* 1, or -1 on error */
+        }
+    }
+    return 0;
+}
+
+/* The caller's frame `depth` frames up (a new reference), or NULL (with no error: no such frame).
+ * sys._getframe walks the interpreter's frames without making frame objects for those it passes. */
+static PyFrameObject *
+frame_at(Py_ssize_t depth)
+{
+    if (g_getframe == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools._ctracing.setup() was not called");
+        return NULL;
+    }
+    PyObject *d = PyLong_FromSsize_t(depth); /* frame 0: the Python code that called into this module */
+    if (d == NULL) {
+        return NULL;
+    }
+    PyObject *f = PyObject_CallOneArg(g_getframe, d);
+    Py_DECREF(d);
+    if (f == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) { /* call stack is not deep enough */
+            PyErr_Clear();
+        }
+        return NULL;
+    }
+    if (!PyFrame_Check(f)) {
+        Py_DECREF(f);
+        PyErr_SetString(PyExc_TypeError, "sys._getframe() did not return a frame");
+        return NULL;
+    }
+    return (PyFrameObject *)f;
+}
+
+/* caller_site(depth, skip_prefixes, keep_prefix) -> "file:line" | None: from the caller's frame
+ * `depth` frames up, the first frame whose file does not start with one of skip_prefixes (or
+ * starts with keep_prefix), at most 32 frames: what taskdump.note_creation_site's loop does, with
+ * no Python-level work per frame. */
+static PyObject *
+caller_site_impl(PyObject *const *args, Py_ssize_t nargs, int raw)
+{
+    if (nargs != 3 || !PyLong_Check(args[0]) || !PyTuple_Check(args[1]) || !PyUnicode_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "caller_site(depth: int, skip_prefixes: tuple[str, ...], keep_prefix: str)");
+        return NULL;
+    }
+    Py_ssize_t depth = PyLong_AsSsize_t(args[0]);
+    if (depth == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[1]); i++) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(args[1], i))) {
+            PyErr_SetString(PyExc_TypeError, "skip_prefixes must be strings");
+            return NULL;
+        }
+    }
+    PyFrameObject *f = frame_at(depth);
+    if (f == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *site = NULL;
+    for (int n = 0; f != NULL && n < 32 && site == NULL; n++) {
+        PyCodeObject *code = PyFrame_GetCode(f);
+        PyObject *filename = code->co_filename;
+        int skip = PyUnicode_Check(filename) ? starts_with_any(filename, args[1]) : 1;
+        if (skip == 1) {
+            Py_ssize_t keep = PyUnicode_Tailmatch(filename, args[2], 0, PY_SSIZE_T_MAX, -1);
+            skip = keep == 1 ? 0 : (keep < 0 ? -1 : 1);
+        }
+        if (skip < 0) {
+            Py_DECREF(code);
+            Py_DECREF(f);
+            return NULL;
+        }
+        if (skip == 0) {
+            int lineno = PyFrame_GetLineNumber(f);
+            site = raw ? Py_BuildValue("(Oi)", filename, lineno) : PyUnicode_FromFormat("%U:%d", filename, lineno);
+            Py_DECREF(code);
+            Py_DECREF(f);
+            return site; /* NULL with an error if formatting failed */
+        }
+        Py_DECREF(code);
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    Py_XDECREF(f);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+py_caller_site(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    return caller_site_impl(args, nargs, 0);
+}
+
+/* note_site(table, obj, depth, skip_prefixes, keep_prefix): table[id(obj)] = (weakref(obj), filename,
+ * lineno), the caller site as caller_site() finds it (formatted only when someone reads it). Entries
+ * of dead objects are purged when the table doubles: no callback per object death, unlike a
+ * WeakKeyDictionary. */
+static PyObject *
+py_note_site(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyDict_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "note_site(table: dict, obj, depth, skip_prefixes, keep_prefix)");
+        return NULL;
+    }
+    PyObject *table = args[0], *obj = args[1];
+    PyObject *site_args[3] = {args[2], args[3], args[4]};
+    PyObject *site = caller_site_impl(site_args, 3, 1);
+    if (site == NULL || site == Py_None) {
+        return site;
+    }
+    PyObject *ref = PyWeakref_NewRef(obj, NULL);
+    if (ref == NULL) {
+        Py_DECREF(site);
+        return NULL; /* TypeError: not weak-referenceable */
+    }
+    PyObject *entry = PyTuple_Pack(3, ref, PyTuple_GET_ITEM(site, 0), PyTuple_GET_ITEM(site, 1));
+    Py_DECREF(ref);
+    Py_DECREF(site);
+    PyObject *key = entry != NULL ? PyLong_FromVoidPtr(obj) : NULL;
+    int rc = key != NULL ? PyDict_SetItem(table, key, entry) : -1;
+    Py_XDECREF(key);
+    Py_XDECREF(entry);
+    if (rc < 0) {
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(table) >= g_sites_limit) {
+        PyObject *dead = PyList_New(0);
+        if (dead == NULL) {
+            return NULL;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(table, &pos, &k, &v)) {
+            PyObject *w = PyTuple_Check(v) && PyTuple_GET_SIZE(v) > 0 ? PyTuple_GET_ITEM(v, 0) : NULL;
+            int gone = 1;
+            if (w != NULL && PyWeakref_Check(w)) {
+#if PY_VERSION_HEX >= 0x030D0000
+                PyObject *alive = NULL;
+                gone = PyWeakref_GetRef(w, &alive) != 1;
+                Py_XDECREF(alive);
+                PyErr_Clear();
+#else
+                gone = PyWeakref_GetObject(w) == Py_None;
+#endif
+            }
+            if (gone && PyList_Append(dead, k) < 0) {
+                Py_DECREF(dead);
+                return NULL;
+            }
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
+            if (PyDict_DelItem(table, PyList_GET_ITEM(dead, i)) < 0) {
+                PyErr_Clear();
+            }
+        }
+        Py_DECREF(dead);
+        Py_ssize_t live = PyDict_GET_SIZE(table);
+        g_sites_limit = live * 2 > 4096 ? live * 2 : 4096;
+    }
+    Py_RETURN_NONE;
+}
+
 /* -- module ------------------------------------------------------------------------------------ */
 
 static PyObject *
@@ -2073,6 +2254,10 @@ static PyMethodDef module_methods[] = {
      "setup(span_var, current, get_running_loop, current_task, current_tasks, cancelled_error, log_failure, "
      "format_args, monotonic_ns, chunk_size, shard_type, chunk_slot, sinks_anywhere)"},
     {"next_id", next_id, METH_NOARGS, "next_id() -> int: a new span id (the one counter every path uses)"},
+    {"caller_site", (PyCFunction)(void (*)(void))py_caller_site, METH_FASTCALL,
+     "caller_site(depth, skip_prefixes, keep_prefix) -> 'file:line' | None: the first frame outside skip_prefixes"},
+    {"note_site", (PyCFunction)(void (*)(void))py_note_site, METH_FASTCALL,
+     "note_site(table, obj, depth, skip_prefixes, keep_prefix): table[id(obj)] = (weakref(obj), file, line)"},
     {"fold", (PyCFunction)(void (*)(void))py_fold, METH_FASTCALL,
      "fold(aggs, chunk) -> bool: recorder._fold in C; False when it leaves the chunk to Python"},
     {"forget", forget, METH_NOARGS, "forget(): drop the cached (thread, recorder) -> shard entry"},
@@ -2124,6 +2309,8 @@ PyInit__ctracing(void)
     /* tracing.py uses this module only when the versions agree (a stale build in a source tree
      * falls back to pure Python instead of failing). Bump on any change to the interface. */
     if ((g_zero = PyLong_FromLong(0)) == NULL) goto fail;
+    if ((g_getframe = PySys_GetObject("_getframe")) == NULL) goto fail; /* borrowed from sys */
+    Py_INCREF(g_getframe);
     if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0) goto fail;
     if (PyModule_AddObject(m, "Tracer", Py_NewRef((PyObject *)&TracerType)) < 0) goto fail;
     if (PyModule_AddObject(m, "TracedFunction", Py_NewRef((PyObject *)&TracedFunctionType)) < 0) goto fail;

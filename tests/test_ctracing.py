@@ -34,7 +34,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import conctools
-from conctools import SpanEvent, recorder, tracing
+from conctools import SpanEvent, recorder, taskdump, tracing
 from conctools.recorder import Recorder, use_recorder
 from conctools.taskdump import dump_tasks
 from tests.conftest import ROOT
@@ -564,3 +564,37 @@ class TestSpanChunk:
         recorder._fold(by_c, chunk)
         recorder._fold_columns(by_python, list(self.ROWS * 3))
         assert by_c == by_python
+
+
+class TestCreationSites:
+    """The loop monitor's record of where each task was created stays exact and bounded."""
+
+    def test_many_short_tasks(self) -> None:
+        """10,000 short tasks: each live one knows its line, dead ones are purged, none is misnamed."""
+        from conctools.loopmon import LoopMonitor
+
+        async def nop() -> None:
+            pass
+
+        async def main() -> tuple[str | None, int]:
+            async with LoopMonitor(threshold_s=1.0):
+                for _ in range(10):
+                    await asyncio.gather(*(asyncio.create_task(nop()) for _ in range(1000)))
+                keeper = asyncio.create_task(asyncio.sleep(10), name="keeper")
+                line = sys._getframe().f_lineno - 1
+                await asyncio.sleep(0)
+                site = taskdump.creation_site(keeper)
+                keeper.cancel()
+                assert site == f"{__file__}:{line}"
+                return site, len(taskdump._created)
+
+        gc.collect()
+        site, size = asyncio.run(main())
+        assert site is not None
+        assert size < 10_000  # dead tasks' entries were purged along the way
+        loop = asyncio.new_event_loop()
+        try:
+            stranger = asyncio.Future(loop=loop)
+            assert taskdump.creation_site(stranger) is None  # no entry, or a dead task's entry of the same id
+        finally:
+            loop.close()
