@@ -2142,6 +2142,15 @@ py_note_site(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL; /* TypeError: not weak-referenceable */
     }
     PyObject *entry = PyTuple_Pack(3, ref, PyTuple_GET_ITEM(site, 0), PyTuple_GET_ITEM(site, 1));
+    /* Neither can be in a reference cycle (a weak reference without a callback holds nothing
+     * strongly): the collector need not visit them, and a program with many tasks would otherwise
+     * pay for promoting two objects per task through the generations. */
+    if (PyObject_GC_IsTracked(ref) && Py_REFCNT(ref) == 2) { /* ours and the entry's: not shared */
+        PyObject_GC_UnTrack(ref);
+    }
+    if (entry != NULL) {
+        PyObject_GC_UnTrack(entry);
+    }
     Py_DECREF(ref);
     Py_DECREF(site);
     PyObject *key = entry != NULL ? PyLong_FromVoidPtr(obj) : NULL;
