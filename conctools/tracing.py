@@ -19,9 +19,10 @@ lookups off-loop and event objects are not, so names are resolved when a snapsho
 taken and events are built only when someone reads them.
 
 Where the optional extension ``conctools._ctracing`` is built (``pip install`` builds it where a
-compiler exists), sync functions are wrapped by its ``TracedFunction`` (no Python frame of its
-own) and the ``async def`` wrapper calls its ``Tracer.enter()`` / ``Span.ok()`` / ``Span.fail()``;
-generators, async generators and ``with traced()`` blocks stay in Python. Without it, or with
+compiler exists), sync and async functions are wrapped by its ``TracedFunction`` (no Python frame
+of its own; an async function's calls return a ``TracedCoroutine`` that drives the function's
+coroutine and records the span when it ends), and raw spans are kept as C rows (``SpanChunk``).
+Generators, async generators and ``with traced()`` blocks stay in Python. Without it, or with
 ``CONCTOOLS_PURE_PYTHON=1``, the pure-Python wrappers below do the same, slower.
 """
 
