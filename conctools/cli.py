@@ -100,7 +100,8 @@ def _report_command(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _build_parser() -> _Parser:
+def _build_parser(only_run: bool = False) -> _Parser:
+    """The whole command line; with ``only_run``, just ``run`` (what ``conctools run`` needs at start-up)."""
     parser = _Parser(prog="conctools", description="Find and explain concurrency problems in Python programs.")
     parser.add_argument("--version", action="version", version=f"conctools {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -179,6 +180,8 @@ def _build_parser() -> _Parser:
     from conctools.exporters.wiring import add_report_options, add_run_options
 
     add_run_options(run)  # --otel
+    if only_run:
+        return parser
     report = sub.add_parser(
         "report",
         help="re-render a saved report.json as text, HTML or a Perfetto trace",
@@ -308,7 +311,7 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conctools`` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser()
+    parser = _build_parser(only_run=bool(args) and args[0] == "run")
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     try:
         if args and args[0] == "run":
