@@ -20,6 +20,7 @@ from conctools.tracing import ActiveSpan, ContextFilter, Traced, current_span, t
 if _typing.TYPE_CHECKING:
     from conctools import aio
     from conctools.deadlock import DeadlockError, DeadlockWatchdog, watch_deadlocks
+    from conctools.gil import GilMonitor, watch_gil
     from conctools.locks import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, trace_locks
     from conctools.loopmon import LoopMonitor, monitor_all_loops, watch_loop
     from conctools.profiling import Profile, ProfileError, profile
@@ -31,6 +32,7 @@ if _typing.TYPE_CHECKING:
 _LAZY = {
     "aio": "conctools.aio",
     **dict.fromkeys(("DeadlockError", "DeadlockWatchdog", "watch_deadlocks"), "conctools.deadlock"),
+    **dict.fromkeys(("GilMonitor", "watch_gil"), "conctools.gil"),
     **dict.fromkeys(
         ("Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore", "trace_locks"),
         "conctools.locks",
@@ -68,6 +70,7 @@ __all__ = [
     "DeadlockWatchdog",
     "Event",
     "Frame",
+    "GilMonitor",
     "Lock",
     "LoopMonitor",
     "Profile",
@@ -94,5 +97,6 @@ __all__ = [
     "traced",
     "use_recorder",
     "watch_deadlocks",
+    "watch_gil",
     "watch_loop",
 ]

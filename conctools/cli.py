@@ -151,6 +151,11 @@ def _build_parser() -> _Parser:
         action="store_true",
         help="trace locks but do not check lock order (no lock-order inversion reports)",
     )
+    run.add_argument(
+        "--no-gil",
+        action="store_true",
+        help="do not sample thread states for GIL waits and CPU-bound threads (no bottleneck verdict)",
+    )
     report = sub.add_parser(
         "report",
         help="re-render a saved report.json as text, HTML or a Perfetto trace",
@@ -225,6 +230,7 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     options.detect_blocking = ns.detect_blocking
     options.trace_locks = not ns.no_trace_locks
     options.lock_order = not ns.no_lock_order
+    options.gil = not ns.no_gil
     if options.module:
         import importlib.util
 

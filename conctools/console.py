@@ -13,6 +13,7 @@ Commands added to aiomonitor's (``help``, ``ps``, ``where``, ``cancel``, ``stack
 ``threads``    every thread's stack, by name
 ``resources``  a psutil reading of the process now, and the sampler's summary
 ``profile``    ``profile start [--clock wall|cpu]``, ``profile stop``, ``profile top [N]``
+``gil``        CPU-bound threads and GIL waits (the running GIL monitor's, or a 1 s measurement)
 
 Security: the console runs arbitrary Python in the process (aiomonitor's ``console``
 command). :func:`start` binds 127.0.0.1 by default and refuses any non-loopback address
@@ -432,6 +433,18 @@ def do_profile(ctx: click.Context, action: str, clock: str, limit: int) -> None:
             click.echo("a profile is running: 'profile stop' shows its top functions")
         else:
             click.echo(session.top(limit))
+
+
+@_command(
+    "gil",
+    click.option("--seconds", type=float, default=1.0, help="how long to measure when no GIL monitor runs"),
+)
+def do_gil(ctx: click.Context, seconds: float) -> None:
+    """CPU-bound threads: GIL waits, cores used, the bottleneck"""
+    from conctools.gil import live_summary
+    from conctools.reporting.gil_text import console_text
+
+    click.echo(console_text(live_summary(_recorder_of(ctx), seconds)))
 
 
 # ---- ``console`` with a bounded teardown (aiomonitor's own, plus server bookkeeping) ---------

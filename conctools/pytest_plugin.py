@@ -668,6 +668,7 @@ class _Runtime:
         self.previous_handler: Any = None
         self.exit_status = 0
         self._released: list[threading.Thread] = []
+        self.gil_notes: list[tuple[str, str]] = []  # (nodeid, headline) of tests whose threads waited for the GIL
 
     # ---- what a test's instruments are ----
     def instruments(self, run: _TestRun) -> list[tuple[str, contextlib.AbstractContextManager[Any]]]:
@@ -884,9 +885,33 @@ class _Runtime:
         error = call.excinfo.value if call.excinfo is not None else None
         if isinstance(error, ConctoolsFailure) and error.report:
             report.sections.append((f"conctools report ({call.when})", error.report))
+        if call.when == "call":
+            self._note_gil(item, report)
         return report
 
+    def _note_gil(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        """A test whose threads waited for the GIL gets a "CPU-bound threads" section and a summary line."""
+        run = item.stash.get(_RUN, None)
+        if run is None or not run.started:
+            return
+        try:
+            from conctools.gil import active_monitor
+            from conctools.reporting.gil_text import format_gil
+
+            monitor = active_monitor(run.recorder)
+            text = format_gil(monitor.summary(), brief=True) if monitor is not None else None
+        except Exception:
+            _log.exception("conctools: could not read the GIL monitor of %s", item.nodeid)
+            return
+        if text:
+            report.sections.append(("conctools: CPU-bound threads", text))
+            self.gil_notes.append((item.nodeid, text.splitlines()[0]))
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.gil_notes:
+            terminalreporter.write_sep("=", "conctools: CPU-bound threads")
+            for nodeid, line in self.gil_notes:
+                terminalreporter.write_line(f"{nodeid}: {line}")
         if not self.failures:
             return
         terminalreporter.write_sep("=", "conctools summary")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from conctools.deadlock import EXIT_DEADLOCK, EXIT_HANG, watch_deadlocks
 from conctools.events import DeadlockEvent, HangEvent
+from conctools.gil import GilMonitor
 from conctools.locks import trace_locks
 from conctools.loopmon import monitor_all_loops
 from conctools.profiling import Clock, Profile, ProfileError
@@ -57,6 +58,7 @@ class RunOptions:
     detect_blocking: bool = False  # report time.sleep / blocking sockets / thread waits on loop threads
     trace_locks: bool = True  # locks created by the program (and the stdlib for it) are traced ones
     lock_order: bool = True  # with trace_locks: check lock order (lockdep) and report inversions
+    gil: bool = True  # the GIL monitor: CPU-bound threads, GIL waits, parallelism, the bottleneck verdict
 
     @property
     def command(self) -> str:
@@ -76,6 +78,8 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
             stack.enter_context(_stderr_logging(options.log_level))
         if options.sample_interval_s:
             stack.enter_context(sample_resources(options.sample_interval_s, recorder=recorder))
+        if options.gil:
+            stack.enter_context(GilMonitor(recorder=recorder))
         if options.profile:
             _enter_profile(stack, options, recorder)
         if options.deadlock_timeout_s:

@@ -21,6 +21,7 @@ from typing import Any
 from conctools.events import (
     DeadlockEvent,
     Event,
+    GilSampleEvent,
     HangEvent,
     LockOrderEvent,
     LockWaitEvent,
@@ -176,6 +177,8 @@ class _Builder:
             self.slow_callback(e)
         elif isinstance(e, ResourceSampleEvent):
             self.resource(e)
+        elif isinstance(e, GilSampleEvent):
+            self.gil(e)
         elif isinstance(e, MarkEvent):
             self.instants.append(
                 Instant(ts_us=self.us(e.ts_ns), name=e.name, cat="mark", args=dict(e.detail), key=self.key_of(e))
@@ -328,6 +331,19 @@ class _Builder:
                     values={"voluntary": round(voluntary, 1), "involuntary": round(involuntary, 1)},
                 )
             )
+
+    def gil(self, e: GilSampleEvent) -> None:
+        """Counter tracks of the GIL monitor: threads wanting / waiting for the GIL, cores used."""
+        ts = self.us(e.ts_ns)
+        if e.gil_enabled:
+            self.counters.append(
+                Counter(
+                    ts_us=ts,
+                    name="GIL: threads",
+                    values={"wanting": e.threads_wanting, "waiting": e.threads_waiting},
+                )
+            )
+        self.counters.append(Counter(ts_us=ts, name="Cores used", values={"cores": e.cores_used}))
 
     def finish(self) -> Timeline:
         self.handoffs()

@@ -33,6 +33,7 @@ from conctools.events import (
 )
 from conctools.recorder import Snapshot
 from conctools.reporting._timeline import build_timeline
+from conctools.reporting.gil_text import html_lines as gil_html_lines
 from conctools.reporting.trace import dumps_finite
 
 __all__ = ["MAX_SLICES", "html_data", "render_html", "script_json", "write_html"]
@@ -221,6 +222,7 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
             }
             for e in snapshot.of_kind(LockOrderEvent)
         ],
+        "gil": gil_html_lines(snapshot),
         "sections": snapshot.sections,
     }
 

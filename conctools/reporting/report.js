@@ -346,6 +346,19 @@
     });
   }
 
-  header(); problems(); setupTimeline(); resources(); tables();
+  // ---- the bottleneck verdict and CPU-bound threads (text lines from the reporter) ----
+  function gil() {
+    var g = D.gil, p = document.getElementById("problems");
+    if (!g) return;
+    if (g.section && g.section.length) card(p, g.section[0].replace(/:.*$/, ""), g.section);
+    if (g.verdict && g.verdict.length) {
+      var c = el("div", "card verdict");
+      c.appendChild(el("h3", null, g.verdict[0]));
+      c.appendChild(el("pre", null, g.verdict.slice(1).join("\n")));
+      p.insertBefore(c, p.firstChild);
+    }
+  }
+
+  header(); problems(); gil(); setupTimeline(); resources(); tables();
   document.body.setAttribute("data-rendered", "1");
 })();

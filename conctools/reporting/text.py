@@ -14,6 +14,7 @@ from conctools._units import format_duration
 from conctools.recorder import Snapshot
 from conctools.reporting._table import table
 from conctools.reporting.deadlock_text import deadlock_section, hang_section
+from conctools.reporting.gil_text import gil_section, verdict_section
 from conctools.reporting.locks_text import lock_order_section, lock_table_section
 from conctools.reporting.loop_text import slow_callbacks_section
 from conctools.reporting.profile_text import profile_section
@@ -78,6 +79,7 @@ SECTIONS += [(10, deadlock_section), (30, hang_section)]
 SECTIONS += [(40, slow_callbacks_section)]
 SECTIONS += [(20, lock_order_section), (45, lock_table_section)]
 SECTIONS += [(60, profile_section), (70, resources_section)]
+SECTIONS += [(5, verdict_section), (46, gil_section)]
 
 
 def render_sections(
