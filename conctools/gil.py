@@ -409,9 +409,11 @@ class GilMonitor:
         wanting = running = 0
         for thread in threading.enumerate():
             ident = thread.ident
-            if ident is None or ident == me or thread.name.startswith("conctools-"):
+            if ident is None or thread.name.startswith("conctools-"):
                 continue
             seen.add(ident)
+            if ident == me:
+                continue  # the thread taking the first or last sample (start(), stop()): it runs this code
             track = self._tracks.get(ident)
             if track is None or track.thread is not thread:
                 if track is not None:

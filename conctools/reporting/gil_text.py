@@ -180,7 +180,7 @@ def advice(data: Mapping[str, Any]) -> str:
     cores = max(1, int(_f(data, "cores", 1)))
     gain = speedup(data)
     faster = f" (up to {gain:.1f}x faster here)" if gain >= MIN_SPEEDUP and cores > 1 else ""
-    what = f"`{entry}`" if entry else "the CPU-bound work"
+    what = f"`{_clean(entry, 60)}`" if entry else "the CPU-bound work"
     lesson = "CPU-bound Python code in threads runs one thread at a time"
     if cores <= 1:
         return (
@@ -201,6 +201,14 @@ def advice(data: Mapping[str, Any]) -> str:
     return f"{lesson}: run {what} in a ProcessPoolExecutor{faster}, or use code that releases the GIL."
 
 
+def _clean(value: object, width: int = 200) -> str:
+    """A name from the program, made safe for a terminal (control and bidi characters escaped)."""
+    text = str(value)
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
 
@@ -217,8 +225,8 @@ def _hot(t: Mapping[str, Any]) -> list[tuple[str, int, str, str]]:
         if not isinstance(h, dict):
             continue
         samples = int(_f(h, "python_samples")) + int(_f(h, "native_samples"))
-        site = f"{_short(str(h.get('filename', '?')))}:{h.get('lineno', '?')}"
-        out.append((site, samples, str(h.get("function", "")), str(h.get("line", ""))))
+        site = _clean(f"{_short(str(h.get('filename', '?')))}:{h.get('lineno', '?')}")
+        out.append((site, samples, _clean(h.get("function", ""), 60), _clean(h.get("line", ""), 120)))
     return out
 
 
@@ -250,7 +258,7 @@ def _hottest_lines(threads: list[dict[str, Any]]) -> list[str]:
             entry = sites.setdefault((site, function, text), [0, []])
             entry[0] += samples
             if len(entry[1]) < 4:
-                entry[1].append(str(t.get("name", "?")))
+                entry[1].append(_clean(t.get("name", "?"), 40))
             elif len(entry[1]) == 4:
                 entry[1].append("...")
     if not sites:
@@ -285,13 +293,13 @@ def format_gil(data: Mapping[str, Any], *, brief: bool = False, force: bool = Fa
         rows = []
         for t in rows_data[:limit]:
             wall = _f(t, "wall_s")
-            name = str(t.get("name", "?"))[:40]
+            name = _clean(t.get("name", "?"), 40)
             if t.get("pool") and not brief:
-                name += f" [{t['pool']}]"
+                name += f" [{_clean(t['pool'], 30)}]"
             rows.append(
                 (
                     name,
-                    str(t.get("entry") or "-")[:30],
+                    _clean(t.get("entry") or "-", 30),
                     format_duration(wall),
                     format_duration(_f(t, "cpu_s")),
                     _pct(_f(t, "python_s"), wall),
