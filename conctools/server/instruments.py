@@ -90,7 +90,7 @@ class InstrumentOptions:
 
 
 class Instruments:
-    """The loop monitor, the deadlock/hang watchdog and the resource sampler, started together.
+    """The loop monitor, the deadlock/hang watchdog, the resource sampler and the GIL monitor, started together.
 
     ``start()`` runs in the event loop's thread (the loop monitor watches the running loop);
     ``stop()`` undoes exactly what started. ``running`` names what is on.
@@ -104,6 +104,8 @@ class Instruments:
     def start(self) -> list[str]:
         """Start every instrument whose module is available; returns their names."""
         opts = self.options
+        # First: its one-off calibration (tens of ms) runs before the loop monitor could call it a stall.
+        self._try("GIL monitor", lambda: self._enter("conctools.gil", "watch_gil", opts))
         self._try("loop monitor", lambda: self._loop_monitor(opts.loop_threshold_s, opts.track_task_creation))
         self._try("deadlock watchdog", lambda: self._enter("conctools.deadlock", "watch_deadlocks", opts))
         self._try("resource sampler", lambda: self._enter("conctools.resources", "sample_resources", opts))
@@ -145,6 +147,8 @@ class Instruments:
             raise ImportError(f"{module_name}.{function}")
         if function == "watch_deadlocks":
             cm = factory(timeout_s=opts.deadlock_timeout_s)
+        elif function == "watch_gil":
+            cm = factory()
         else:
             cm = factory(interval_s=opts.resource_interval_s)
         self._stack.enter_context(cm)
