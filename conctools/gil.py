@@ -26,7 +26,7 @@ turns it into the "CPU-bound threads" section and the bottleneck verdict) and a
 :class:`~conctools.events.GilSampleEvent` every quarter second (a counter track on the timeline).
 Memory is bounded: at most ``MAX_SITES`` lines per thread and ``MAX_THREADS`` finished threads
 (older ones are folded into one row). The sampler keeps its own CPU under ~1% of a core by
-sampling less often when a sample costs more (many threads).
+sampling less often when a sample costs more (many threads): at most ~0.5% of one core.
 
 Without ``/proc`` (not Linux) the monitor reports the parallelism only. On a free-threaded build
 running without the GIL it reports parallelism and running threads, and no GIL waits.
@@ -71,7 +71,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 THREAD_NAME = "conctools-gil"
 DEFAULT_INTERVAL_S = 0.01
 WINDOW_S = 0.25  # one GilSampleEvent per window
-MAX_COST_SHARE = 0.01  # the sampler's own CPU: at most ~1% of a core
+MAX_COST_SHARE = 0.005  # the sampler's own CPU: at most ~0.5% of a core
 MAX_THREADS = 256  # finished threads kept one by one; older ones are folded into one row
 MAX_SITES = 128  # lines counted per thread (the rarest are dropped past this)
 SECTION_SITES = 5  # hottest lines per thread in the section
@@ -146,6 +146,7 @@ class _Track:
         "fd_sched",
         "fd_sys",
         "ident",
+        "last_state",
         "loop",
         "name",
         "native_id",
@@ -177,6 +178,7 @@ class _Track:
         self.pool: str | None = None
         self.loop = False
         self.wait_cache: tuple[int, int, int, int] = (0, 0, 0, SYNC)  # (id(frame), id(code), lasti, state)
+        self.last_state = UNKNOWN
 
     def merge(self, other: _Track) -> None:
         """Fold a finished thread's counts into this row."""
@@ -326,6 +328,8 @@ class GilMonitor:
                 self._stopped_ns = self._last_ns
                 self._cpu_end_ns = time.process_time_ns()
                 for track in self._tracks.values():
+                    if self._reader is not None:
+                        self._read_cpu(self._reader, track)
                     self._close(track)
             if self._rec is not None and _active.get(self._rec) is self:
                 del _active[self._rec]
@@ -433,11 +437,10 @@ class GilMonitor:
                 self._note_site(track, frame, state)
             elif state == IO and not track.loop and frame is not None:
                 track.loop = _runs_loop(frame)
-            if track.fd_sched is not None:
-                raw = reader.read(track.fd_sched)
-                if raw is not None:
-                    parts = raw.split()
-                    track.cpu, track.rq = int(parts[0]), int(parts[1])
+            blocked_still = state == track.last_state and state >= IO
+            track.last_state = state
+            if not blocked_still:  # a thread blocked since the last sample used no CPU: skip the read
+                self._read_cpu(reader, track)
         for ident in [i for i in self._tracks if i not in seen]:
             self._finish(self._tracks.pop(ident))
         del frames
@@ -468,6 +471,13 @@ class GilMonitor:
                 track.cpu0 = track.cpu = int(parts[0])
                 track.rq0 = track.rq = int(parts[1])
         return track
+
+    @staticmethod
+    def _read_cpu(reader: StateReader, track: _Track) -> None:
+        raw = reader.read(track.fd_sched) if track.fd_sched is not None else None
+        if raw is not None:
+            parts = raw.split()
+            track.cpu, track.rq = int(parts[0]), int(parts[1])
 
     def _close(self, track: _Track) -> None:
         if self._reader is not None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -46,7 +46,13 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pe
 # ---- workloads ------------------------------------------------------------------------------
 
 
-def crunch(stop: list[bool]) -> int:
+class Stop(Protocol):
+    """What the workloads read to know when to stop: ``stop[0]``."""
+
+    def __getitem__(self, index: int) -> bool: ...
+
+
+def crunch(stop: Stop) -> int:
     """CPU-bound Python code: arithmetic in a loop, no call that releases the GIL."""
     total = 0
     while not stop[0]:
@@ -55,24 +61,24 @@ def crunch(stop: list[bool]) -> int:
     return total
 
 
-def sleeper(stop: list[bool]) -> None:
+def sleeper(stop: Stop) -> None:
     while not stop[0]:
         time.sleep(0.02)
 
 
-def hasher(stop: list[bool]) -> None:
+def hasher(stop: Stop) -> None:
     data = b"x" * (8 << 20)
     while not stop[0]:
         hashlib.sha256(data).digest()  # releases the GIL for buffers above 2 KiB
 
 
-def compressor(stop: list[bool]) -> None:
+def compressor(stop: Stop) -> None:
     data = os.urandom(1 << 20) * 2
     while not stop[0]:
         zlib.compress(data, 6)  # releases the GIL while it compresses
 
 
-def socket_reader(stop: list[bool]) -> None:
+def socket_reader(stop: Stop) -> None:
     """Waits in recv() on a socket that a peer feeds every 20 ms."""
     a, b = socket.socketpair()
     a.settimeout(0.5)
@@ -89,14 +95,14 @@ def socket_reader(stop: list[bool]) -> None:
         feeder.join()
 
 
-def _feed(sock: socket.socket, stop: list[bool]) -> None:
+def _feed(sock: socket.socket, stop: Stop) -> None:
     with sock:
         while not stop[0]:
             time.sleep(0.02)
             sock.sendall(b"ping")
 
 
-def file_io(stop: list[bool], path: Path) -> None:
+def file_io(stop: Stop, path: Path) -> None:
     chunk = b"y" * (1 << 20)
     while not stop[0]:
         with open(path, "wb") as f:
@@ -107,10 +113,31 @@ def file_io(stop: list[bool], path: Path) -> None:
             f.read()
 
 
+class Until:
+    """A stop flag the workload threads read as ``stop[0]``: true once the monitor took ``samples``
+    samples (or after ``timeout_s``), so that no polling thread of the test competes for the GIL."""
+
+    def __init__(self, monitor: GilMonitor | None = None, samples: int = 40, timeout_s: float = 60.0) -> None:
+        self.monitor = monitor
+        self.samples = samples
+        self.deadline = time.monotonic() + timeout_s
+        self.flag = False
+
+    def __getitem__(self, index: int) -> bool:
+        if self.flag:
+            return True
+        if (self.monitor is not None and self.monitor.samples >= self.samples) or time.monotonic() > self.deadline:
+            self.flag = True
+        return self.flag
+
+    def __setitem__(self, index: int, value: bool) -> None:
+        self.flag = value
+
+
 @contextmanager
-def threads(*targets: tuple[str, Callable[..., Any], tuple[Any, ...]]) -> Iterator[list[bool]]:
+def threads(*targets: tuple[str, Callable[..., Any], tuple[Any, ...]], stop: Any = None) -> Iterator[Any]:
     """Start named threads running ``target(stop, *args)``; stop and join them on exit."""
-    stop = [False]
+    stop = stop if stop is not None else [False]
     started = [threading.Thread(target=fn, args=(stop, *args), name=name) for name, fn, args in targets]
     for t in started:
         t.start()
@@ -119,7 +146,7 @@ def threads(*targets: tuple[str, Callable[..., Any], tuple[Any, ...]]) -> Iterat
     finally:
         stop[0] = True
         for t in started:
-            t.join(30)
+            t.join(60)
 
 
 def measure(monitor: GilMonitor, samples: int = 40, timeout_s: float = 60.0) -> None:
@@ -131,11 +158,17 @@ def measure(monitor: GilMonitor, samples: int = 40, timeout_s: float = 60.0) -> 
 
 
 def run_workload(*targets: tuple[str, Callable[..., Any], tuple[Any, ...]], samples: int = 40) -> dict[str, Any]:
-    """The monitor's summary of a workload measured while it runs."""
+    """The monitor's summary of a workload measured while it runs. The threads stop themselves once
+    the monitor has ``samples`` samples; the test's own thread only waits in join()."""
     monitor = GilMonitor(recorder=Recorder())
-    with threads(*targets):
-        with monitor:
-            measure(monitor, samples)
+    until = Until(monitor, samples)
+    with monitor:
+        started = [threading.Thread(target=fn, args=(until, *args), name=name) for name, fn, args in targets]
+        for t in started:
+            t.start()
+        for t in started:
+            t.join(90)
+    assert monitor.samples >= samples, f"only {monitor.samples} samples"
     return monitor.summary()
 
 
@@ -302,7 +335,7 @@ class TestNoFalseAlarm:
         assert "CPU-bound" not in verdict
 
     @pytest.mark.parametrize("work", [hasher, compressor], ids=["hashlib", "zlib"])
-    def test_c_code_that_releases_the_gil(self, work: Callable[[list[bool]], None]) -> None:
+    def test_c_code_that_releases_the_gil(self, work: Callable[[Stop], None]) -> None:
         """Two threads in hashlib / zlib on large buffers run in parallel: no section, C-code time."""
         summary = run_workload(("c-0", work, ()), ("c-1", work, ()))
         assert format_gil(summary) is None

@@ -153,10 +153,14 @@ def _waiters(data: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _culprit(data: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """The function the waiting threads run (weighted by their GIL wait), and their pool."""
+    """The function the threads that wanted the GIL run (weighted by that time), and their pool."""
     weight: dict[str, float] = {}
     pools: dict[str, str | None] = {}
-    for t in _waiters(data):
+    # The threads that ran Python or waited to: the one hogging the GIL is as much the culprit as
+    # the ones waiting behind it.
+    for t in _threads(data):
+        if _f(t, "python_s") + _f(t, "gil_wait_s") <= 0:
+            continue
         entry = t.get("entry")
         if not isinstance(entry, str) or not entry:
             hot = t.get("hot") or []

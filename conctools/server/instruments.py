@@ -87,6 +87,7 @@ class InstrumentOptions:
     # Recording each task's creation site costs a Python task factory on every task: a server
     # creates one per request, so it stays off unless asked for.
     track_task_creation: bool = False
+    gil: bool = True  # the GIL monitor (conctools.gil)
 
 
 class Instruments:
@@ -105,7 +106,8 @@ class Instruments:
         """Start every instrument whose module is available; returns their names."""
         opts = self.options
         # First: its one-off calibration (tens of ms) runs before the loop monitor could call it a stall.
-        self._try("GIL monitor", lambda: self._enter("conctools.gil", "watch_gil", opts))
+        if opts.gil:
+            self._try("GIL monitor", lambda: self._enter("conctools.gil", "watch_gil", opts))
         self._try("loop monitor", lambda: self._loop_monitor(opts.loop_threshold_s, opts.track_task_creation))
         self._try("deadlock watchdog", lambda: self._enter("conctools.deadlock", "watch_deadlocks", opts))
         self._try("resource sampler", lambda: self._enter("conctools.resources", "sample_resources", opts))
