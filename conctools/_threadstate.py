@@ -111,14 +111,29 @@ class StateReader:
     def __init__(self) -> None:
         self._pread: Callable[[int, object, int, int], int] | None = None
         self._buf: ctypes.Array[ctypes.c_char] = ctypes.create_string_buffer(512)
+        self._usleep: Callable[[int], int] | None = None
         try:
-            fn = ctypes.PyDLL(None).pread
+            libc = ctypes.PyDLL(None)
+            fn = libc.pread
             fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long]
             fn.restype = ctypes.c_ssize_t
             self._pread = fn
+            sleep = libc.usleep
+            sleep.argtypes = [ctypes.c_uint]
+            sleep.restype = ctypes.c_int
+            self._usleep = sleep
         except (AttributeError, OSError, TypeError):  # no pread in the process: os.pread releases the GIL
             _log.debug("conctools: ctypes pread unavailable; reading /proc with os.pread", exc_info=True)
         self.holds_gil = self._pread is not None
+
+    def pause(self, microseconds: int) -> None:
+        """Wait without releasing the GIL and without using the CPU (others may need it to move on)."""
+        if self._usleep is not None:
+            self._usleep(microseconds)
+            return
+        until = time.perf_counter_ns() + microseconds * 1000
+        while time.perf_counter_ns() < until:
+            pass
 
     def open(self, native_id: int, name: str) -> int | None:
         """An open descriptor of ``/proc/self/task/<native_id>/<name>``, or ``None``."""

@@ -68,17 +68,28 @@ _log = logging.getLogger("conctools.gil")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+try:
+    # loop -> the task it is running now (3.11-3.13), read to charge a loop thread's samples to its task.
+    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
+except ImportError:  # a Python without it: no per-task figures
+    _current_tasks = None
+
 THREAD_NAME = "conctools-gil"
 DEFAULT_INTERVAL_S = 0.01
 WINDOW_S = 0.25  # one GilSampleEvent per window
 MAX_COST_SHARE = 0.005  # the sampler's own CPU: at most ~0.5% of a core
 MAX_THREADS = 256  # finished threads kept one by one; older ones are folded into one row
 MAX_SITES = 128  # lines counted per thread (the rarest are dropped past this)
+MAX_TASKS = 1000  # task names counted one by one; later ones share one row
+SECTION_TASKS = 20
 SECTION_SITES = 5  # hottest lines per thread in the section
 
 # What a sample says a thread was doing.
 PYTHON, NATIVE, IO, SLEEP, SYNC, IDLE, UNKNOWN = range(7)
 STATES = ("python", "native", "io", "sleep", "sync", "idle", "unknown")
+_RECHECK = -1  # running inside a C call: read again at the end of the sample
+RECHECK_US = 50  # the pause before the second read (the GIL held, the CPU left to the others)
+BUSY_CPU_SHARE = 0.25  # a thread that used a CPU this share of the time was running, not waking up
 
 _sep = os.sep
 _FUTURES = f"{_sep}concurrent{_sep}futures{_sep}"
@@ -97,7 +108,8 @@ class ThreadGilStats:
     """Where one thread's time went while the monitor ran (seconds; estimates from samples).
 
     ``python_s`` ran Python code (holding the GIL), ``gil_wait_s`` was ready to run Python code
-    but waited for the GIL, ``native_s`` ran C code that released the GIL, ``io_s`` / ``sleep_s``
+    but waited for the GIL, ``native_s`` ran C code that released the GIL, ``cpu_wait_s`` was
+    ready to run but waited for a CPU (the machine was busy), ``io_s`` / ``sleep_s``
     waited on I/O / slept, ``sync_s`` waited on a lock, condition, queue or future, ``idle_s``
     waited for work or for other threads (an idle pool worker, ``join()``, ``future.result()``).
     ``cpu_s`` is exact (the kernel's count). ``entry`` is the function the thread runs (its target,
@@ -116,6 +128,7 @@ class ThreadGilStats:
     python_s: float
     gil_wait_s: float
     native_s: float
+    cpu_wait_s: float
     io_s: float
     sleep_s: float
     sync_s: float
@@ -142,6 +155,7 @@ class _Track:
         "count",
         "cpu",
         "cpu0",
+        "cpu_read_ns",
         "entries",
         "fd_sched",
         "fd_sys",
@@ -170,6 +184,7 @@ class _Track:
         self.fd_sys: int | None = None
         self.fd_sched: int | None = None
         self.cpu0 = self.cpu = 0
+        self.cpu_read_ns = 0  # when cpu was last read
         self.rq0 = self.rq = 0
         self.times = [0] * len(STATES)  # nanoseconds per state
         self.samples = 0
@@ -270,6 +285,7 @@ class GilMonitor:
         self._wanted_ns = 0
         self._contended_ns = 0
         self._concurrency: dict[int, int] = {}
+        self._tasks: dict[tuple[str, str], list[int]] = {}  # (task, thread) -> ns per state (python, native)
         self._running_together_ns = 0  # free-threaded: two or more threads running at once
         self._gil = gil_enabled()
         self._zone = None if self._reader is None else calibrate_gil(self._reader) if self._gil else None
@@ -408,9 +424,11 @@ class GilMonitor:
         self.samples += 1
         reader = self._reader
         frames = sys._current_frames()
+        running_tasks = _running_tasks()
         me = _thread.get_ident()
         seen: set[int] = set()
         wanting = running = 0
+        observed: list[tuple[_Track, FrameType | None, int, int]] = []
         for thread in threading.enumerate():
             ident = thread.ident
             if ident is None or thread.name.startswith("conctools-"):
@@ -427,7 +445,10 @@ class GilMonitor:
             if reader is None:
                 continue
             frame = frames.get(ident)
-            state = self._state_of(reader, track, frame)
+            observed.append((track, frame, self._state_of(reader, track, frame), ident))
+        if reader is not None and any(state < 0 for _, _, state, _ in observed):
+            observed = self._recheck(reader, observed)
+        for track, frame, state, ident in observed:
             track.times[state] += dt
             track.samples += 1
             if state == PYTHON:
@@ -435,12 +456,17 @@ class GilMonitor:
             if state <= NATIVE:
                 running += 1
                 self._note_site(track, frame, state)
+                task = running_tasks.get(ident)
+                if task is not None:
+                    self._note_task(task, track.name, state, dt)
             elif state == IO and not track.loop and frame is not None:
                 track.loop = _runs_loop(frame)
             blocked_still = state == track.last_state and state >= IO
             track.last_state = state
-            if not blocked_still:  # a thread blocked since the last sample used no CPU: skip the read
+            if not blocked_still and reader is not None:  # a thread blocked since the last sample used no CPU
                 self._read_cpu(reader, track)
+                track.cpu_read_ns = now
+        del observed
         for ident in [i for i in self._tracks if i not in seen]:
             self._finish(self._tracks.pop(ident))
         del frames
@@ -458,6 +484,45 @@ class GilMonitor:
         if now - self._win_start_ns >= WINDOW_S * 1e9:
             self._emit_window(now)
 
+    def _recheck(
+        self, reader: StateReader, observed: list[tuple[_Track, FrameType | None, int, int]]
+    ) -> list[tuple[_Track, FrameType | None, int, int]]:
+        """Threads that were running inside a C call: still running now (it runs C code that released
+        the GIL), or now waiting for the GIL (the call was a short one, and it wants to go on)?
+
+        This thread keeps the GIL and pauses a moment without using a CPU (on a busy machine the
+        other thread may need one): one that came out of its call is blocked on the GIL by then."""
+        reader.pause(RECHECK_US)
+        zone = self._zone
+        out = []
+        now = time.monotonic_ns()
+        for track, frame, state, ident in observed:
+            if state == _RECHECK:
+                state = NATIVE
+                raw = reader.read(track.fd_sys) if track.fd_sys is not None else None
+                if raw is not None and zone is not None and not raw.startswith(b"running"):
+                    parts = raw.split(None, 2)
+                    try:
+                        # Out of a short call and waiting for the GIL: the thread was running Python
+                        # and made a brief call that let the sampler in, if it has been using the
+                        # CPU (a thread just back from a sleep or I/O has not: it waits behind the
+                        # sampler only, and stays as it was seen first).
+                        if int(parts[0]) == zone.futex_nr and int(parts[1], 16) in zone and self._busy(track, now):
+                            state = PYTHON
+                    except (ValueError, IndexError):
+                        pass
+            out.append((track, frame, state, ident))
+        return out
+
+    def _busy(self, track: _Track, now: int) -> bool:
+        """True when the thread used a CPU a quarter of the time since its CPU time was last read."""
+        before, since = track.cpu, track.cpu_read_ns
+        if self._reader is None or not since:
+            return False
+        self._read_cpu(self._reader, track)
+        track.cpu_read_ns = now
+        return (track.cpu - before) >= BUSY_CPU_SHARE * max(1, now - since)
+
     def _new_track(self, thread: threading.Thread, ident: int) -> _Track:
         native_id = getattr(thread, "native_id", None) or 0
         track = _Track(thread, ident, native_id, thread.name)
@@ -470,6 +535,7 @@ class GilMonitor:
                 parts = raw.split()
                 track.cpu0 = track.cpu = int(parts[0])
                 track.rq0 = track.rq = int(parts[1])
+                track.cpu_read_ns = time.monotonic_ns()
         return track
 
     @staticmethod
@@ -507,8 +573,11 @@ class GilMonitor:
             return UNKNOWN
         if raw.startswith(b"running"):
             # Runnable while the sampler holds the GIL: in C code that released it, or (at a
-            # bytecode boundary) on its way to wait for the GIL.
-            return NATIVE if self._gil and at_call(frame) else PYTHON
+            # bytecode boundary) on its way to wait for the GIL. Inside a call it may be either:
+            # in long C code, or just out of a short one (select(0), a small read); look again.
+            if not self._gil or not at_call(frame):
+                return PYTHON
+            return _RECHECK if self._zone is not None else NATIVE
         parts = raw.split(None, 2)
         try:
             nr = int(parts[0])
@@ -582,6 +651,15 @@ class GilMonitor:
         if entry is not None:
             track.entries[entry] = track.entries.get(entry, 0) + 1
 
+    def _note_task(self, task: str, thread: str, state: int, dt: int) -> None:
+        key = (task, thread)
+        counts = self._tasks.get(key)
+        if counts is None:
+            if len(self._tasks) >= MAX_TASKS:
+                key = ("(other tasks)", thread)
+            counts = self._tasks.setdefault(key, [0, 0])
+        counts[state] += dt
+
     def _emit_window(self, now: int) -> None:
         rec = self._rec
         window = now - self._win_start_ns
@@ -615,7 +693,11 @@ class GilMonitor:
             tracks.append(self._folded)
         tracks = [t for t in tracks if t.samples or t.cpu > t.cpu0]
         cpu = {id(t): max(0, t.cpu - t.cpu0) for t in tracks}
-        py_cpu = {id(t): max(0, cpu[id(t)] - min(cpu[id(t)], t.times[NATIVE])) for t in tracks}
+        # Runnable inside a C call is C code running, or waiting for a CPU. The kernel counts both
+        # exactly for the whole thread (CPU time, run-queue time): C calls get the same share.
+        cpu_wait = {id(t): _queued_share(t, cpu[id(t)]) * t.times[NATIVE] for t in tracks}
+        native = {id(t): int(t.times[NATIVE] - cpu_wait[id(t)]) for t in tracks}
+        py_cpu = {id(t): max(0, cpu[id(t)] - min(cpu[id(t)], native[id(t)])) for t in tracks}
         total_py = sum(py_cpu[id(t)] for t in tracks if t.times[PYTHON])
         out = []
         for t in tracks:
@@ -624,6 +706,9 @@ class GilMonitor:
                 held = min(want, self._wanted_ns * py_cpu[id(t)] / total_py)
             else:
                 held = want
+            # Holding the GIL is running Python, or waiting for a CPU when the machine is busy: the
+            # same share of it as of the thread's other runnable time.
+            preempted = int(held * _queued_share(t, cpu[id(t)]))
             out.append(
                 ThreadGilStats(
                     name=t.name if t.count == 1 or t is not self._folded else f"({t.count} finished threads)",
@@ -634,9 +719,10 @@ class GilMonitor:
                     wall_s=sum(t.times) / 1e9,
                     cpu_s=cpu[id(t)] / 1e9,
                     runqueue_s=max(0, t.rq - t.rq0) / 1e9,
-                    python_s=held / 1e9,
+                    python_s=(held - preempted) / 1e9,
                     gil_wait_s=(want - held) / 1e9,
-                    native_s=t.times[NATIVE] / 1e9,
+                    native_s=native[id(t)] / 1e9,
+                    cpu_wait_s=(cpu_wait[id(t)] + preempted) / 1e9,
                     io_s=t.times[IO] / 1e9,
                     sleep_s=t.times[SLEEP] / 1e9,
                     sync_s=t.times[SYNC] / 1e9,
@@ -678,7 +764,35 @@ class GilMonitor:
                 "concurrency": {str(n): ns / 1e9 for n, ns in sorted(self._concurrency.items())},
                 "gil_wait_s": sum(t.gil_wait_s for t in threads),
                 "threads": [t.to_dict() for t in threads],
+                "tasks": self._task_rows(threads),
             }
+
+    def _task_rows(self, threads: list[ThreadGilStats]) -> list[dict[str, Any]]:
+        """Asyncio tasks by the time their loop thread spent on them: running Python (its share of
+        the thread's Python-or-GIL time is split like the thread's), and C code."""
+        ratio = {
+            t.name: (t.python_s / (t.python_s + t.gil_wait_s) if t.python_s + t.gil_wait_s else 1.0) for t in threads
+        }
+        rows: list[dict[str, Any]] = []
+        for (task, thread), (python_ns, native_ns) in self._tasks.items():
+            r = ratio.get(thread, 1.0)
+            rows.append(
+                {
+                    "name": task,
+                    "thread": thread,
+                    "python_s": python_ns * r / 1e9,
+                    "gil_wait_s": python_ns * (1 - r) / 1e9,
+                    "native_s": native_ns / 1e9,
+                }
+            )
+        rows.sort(key=lambda row: (-(row["python_s"] + row["gil_wait_s"] + row["native_s"]), row["name"]))
+        return rows[:SECTION_TASKS]
+
+
+def _queued_share(track: _Track, cpu_ns: int) -> float:
+    """Of the time this thread was runnable, the share it waited for a CPU (run-queue / (CPU + run-queue))."""
+    rq = max(0, track.rq - track.rq0)
+    return rq / (cpu_ns + rq) if cpu_ns + rq > 0 else 0.0
 
 
 def _hot_sites(track: _Track) -> tuple[dict[str, Any], ...]:
@@ -694,6 +808,21 @@ def _hot_sites(track: _Track) -> tuple[dict[str, Any], ...]:
         }
         for (filename, lineno, function), counts in ranked
     )
+
+
+def _running_tasks() -> dict[int, str]:
+    """Thread ident -> name of the asyncio task its loop is running now (loops in other threads too)."""
+    if not _current_tasks:
+        return {}
+    out: dict[int, str] = {}
+    try:
+        for loop, task in list(_current_tasks.items()):
+            ident = getattr(loop, "_thread_id", None)
+            if ident is not None and task is not None:
+                out[ident] = task.get_name()
+    except Exception:  # a foreign loop or task type: no per-task figures for it
+        return out
+    return out
 
 
 def _runs_loop(frame: FrameType) -> bool:

@@ -63,6 +63,7 @@ CATEGORIES = (
     ("io", "I/O or sleep"),
     ("sync", "locks/queues/futures"),
     ("loop", "blocked event loop"),
+    ("cpu", "waiting for a CPU"),
 )
 
 
@@ -372,6 +373,7 @@ def breakdown(data: Mapping[str, Any], snapshot: Snapshot | None = None) -> Brea
         out["python"] += _f(t, "python_s")
         out["gil"] += _f(t, "gil_wait_s")
         out["native"] += _f(t, "native_s")
+        out["cpu"] += _f(t, "cpu_wait_s")
         out["io"] += _f(t, "io_s") + _f(t, "sleep_s")
         out["sync"] += _f(t, "sync_s")
         out["idle"] += _f(t, "idle_s")
@@ -392,7 +394,8 @@ def format_verdict(data: Mapping[str, Any], snapshot: Snapshot | None = None) ->
     if int(_f(data, "samples")) < MIN_VERDICT_SAMPLES:
         return None
     b = breakdown(data, snapshot)
-    work = sum(b[key] for key, _ in CATEGORIES)
+    # Waiting for a CPU says that other programs kept the cores busy, not what bounds this one.
+    work = sum(b[key] for key, _ in CATEGORIES if key != "cpu")
     if work < MIN_VERDICT_THREAD_S:
         return None
     cores = max(1, int(_f(data, "cores", 1)))
@@ -429,15 +432,22 @@ def format_verdict(data: Mapping[str, Any], snapshot: Snapshot | None = None) ->
             " (see the lock tables for who held them)."
         )
     else:
-        top = sorted(CATEGORIES, key=lambda kv: -b[kv[0]])[:2]
+        top = sorted((kv for kv in CATEGORIES if kv[0] != "cpu"), key=lambda kv: -b[kv[0]])[:2]
         line = (
             "mixed: " + ", ".join(f"{label} {_pct(b[key], work)}" for key, label in top) + f" of thread time; {used}."
         )
-    parts = ", ".join(f"{label} {_pct(b[key], work)}" for key, label in CATEGORIES if b[key] > 0 or key != "loop")
+    parts = ", ".join(
+        f"{label} {_pct(b[key], work)}" for key, label in CATEGORIES if key != "cpu" and (b[key] > 0 or key != "loop")
+    )
     counted = [t for t in _threads(data) if _f(t, "wall_s") > _f(t, "idle_s") + _f(t, "unknown_s")]
     detail = f"  where thread time went ({len(counted)} threads, {format_duration(work)}): {parts}"
     if b["idle"] > 0:
         detail += f"; not counted: {format_duration(b['idle'])} idle (joins, idle pool workers, waits for futures)"
+    if b["cpu"] >= BUSY_SHARE * work:
+        detail += (
+            f"\n  the machine was busy: the threads also waited {format_duration(b['cpu'])} for a CPU"
+            " (other programs used the cores)"
+        )
     return "Bottleneck: " + line + "\n" + detail
 
 
