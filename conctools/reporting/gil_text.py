@@ -63,7 +63,7 @@ CATEGORIES = (
     ("io", "I/O or sleep"),
     ("sync", "locks/queues/futures"),
     ("loop", "blocked event loop"),
-    ("cpu", "waiting for a CPU"),
+    ("cpu", "waiting for a CPU (busy machine)"),
 )
 
 
@@ -295,44 +295,33 @@ def format_gil(data: Mapping[str, Any], *, brief: bool = False, force: bool = Fa
     ]
     limit = 8 if brief else 40
     if rows_data:
+        # A column for the time spent waiting for a CPU only when the machine was busy.
+        busy_column = any(_f(t, "cpu_wait_s") >= 0.05 * _f(t, "wall_s") for t in rows_data[:limit])
         rows = []
         for t in rows_data[:limit]:
             wall = _f(t, "wall_s")
             name = _clean(t.get("name", "?"), 40)
             if t.get("pool") and not brief:
                 name += f" [{_clean(t['pool'], 30)}]"
-            rows.append(
-                (
-                    name,
-                    _clean(t.get("entry") or "-", 30),
-                    format_duration(wall),
-                    format_duration(_f(t, "cpu_s")),
-                    _pct(_f(t, "python_s"), wall),
-                    f"{_pct(_f(t, 'gil_wait_s'), wall)} ({format_duration(_f(t, 'gil_wait_s'))})",
-                    _pct(_f(t, "native_s"), wall),
-                    _pct(_f(t, "io_s") + _f(t, "sleep_s"), wall),
-                    _pct(_f(t, "sync_s") + _f(t, "idle_s"), wall),
-                    _hot_cell(t),
-                )
-            )
-        lines.append(
-            table(
-                (
-                    "thread",
-                    "runs",
-                    "wall",
-                    "CPU",
-                    "ran Python",
-                    "waited for the GIL",
-                    "C code",
-                    "I/O, sleep",
-                    "waits",
-                    "hottest line",
-                ),
-                rows,
-                right=(2, 3, 4, 5, 6, 7, 8),
-            )
-        )
+            cells = [
+                name,
+                _clean(t.get("entry") or "-", 30),
+                format_duration(wall),
+                format_duration(_f(t, "cpu_s")),
+                _pct(_f(t, "python_s"), wall),
+                f"{_pct(_f(t, 'gil_wait_s'), wall)} ({format_duration(_f(t, 'gil_wait_s'))})",
+                _pct(_f(t, "native_s"), wall),
+                _pct(_f(t, "io_s") + _f(t, "sleep_s"), wall),
+                _pct(_f(t, "sync_s") + _f(t, "idle_s"), wall),
+            ]
+            if busy_column:
+                cells.append(_pct(_f(t, "cpu_wait_s"), wall))
+            rows.append((*cells, _hot_cell(t)))
+        headers = ["thread", "runs", "wall", "CPU", "ran Python", "waited for the GIL", "C code", "I/O, sleep", "waits"]
+        if busy_column:
+            headers.append("for a CPU")
+        headers.append("hottest line")
+        lines.append(table(headers, rows, right=tuple(range(2, len(headers) - 1))))
         if len(rows_data) > limit:
             lines.append(f"  ... {len(rows_data) - limit} more threads")
     if not brief:
@@ -394,16 +383,18 @@ def format_verdict(data: Mapping[str, Any], snapshot: Snapshot | None = None) ->
     if int(_f(data, "samples")) < MIN_VERDICT_SAMPLES:
         return None
     b = breakdown(data, snapshot)
-    # Waiting for a CPU says that other programs kept the cores busy, not what bounds this one.
+    # Waiting for a CPU says that other programs kept the cores busy, not what bounds this one:
+    # it is shown, but the verdict is taken on the rest.
     work = sum(b[key] for key, _ in CATEGORIES if key != "cpu")
     if work < MIN_VERDICT_THREAD_S:
         return None
+    total = work + b["cpu"]
     cores = max(1, int(_f(data, "cores", 1)))
     used = f"the program used {_f(data, 'parallelism'):.1f} of {cores} core{'s' if cores != 1 else ''}"
     share = {key: b[key] / work for key, _ in CATEGORIES}
     if data.get("gil_enabled", True) and matters(data) and share["gil"] >= 0.2:
         line = (
-            f"CPU-bound Python code in threads: use processes; {_pct(b['gil'], work)} of thread time waited"
+            f"CPU-bound Python code in threads: use processes; {_pct(b['gil'], total)} of thread time waited"
             f" for the GIL and {used} (see CPU-bound threads)."
         )
     elif share["loop"] >= 0.3 and share["loop"] >= max(share["io"], share["python"]):
@@ -413,41 +404,37 @@ def format_verdict(data: Mapping[str, Any], snapshot: Snapshot | None = None) ->
         )
     elif share["python"] + share["gil"] >= 0.5:
         line = (
-            f"CPU-bound in Python: {_pct(b['python'] + b['gil'], work)} of thread time ran Python code and {used};"
+            f"CPU-bound in Python: {_pct(b['python'] + b['gil'], total)} of thread time ran Python code and {used};"
             " a faster algorithm helps, or processes if the work splits into independent parts."
         )
     elif share["native"] >= 0.5:
         line = (
-            f"CPU-bound in C code that releases the GIL: {_pct(b['native'], work)} of thread time;"
+            f"CPU-bound in C code that releases the GIL: {_pct(b['native'], total)} of thread time;"
             f" threads run it in parallel ({used})."
         )
     elif share["io"] >= 0.5:
         line = (
-            f"I/O-bound: threads or asyncio are the right tool; {_pct(b['io'], work)} of thread time"
+            f"I/O-bound: threads or asyncio are the right tool; {_pct(b['io'], total)} of thread time"
             " waited on I/O or sleeps."
         )
     elif share["sync"] >= 0.5:
         line = (
-            f"waiting on locks, queues and futures: {_pct(b['sync'], work)} of thread time"
+            f"waiting on locks, queues and futures: {_pct(b['sync'], total)} of thread time"
             " (see the lock tables for who held them)."
         )
     else:
         top = sorted((kv for kv in CATEGORIES if kv[0] != "cpu"), key=lambda kv: -b[kv[0]])[:2]
         line = (
-            "mixed: " + ", ".join(f"{label} {_pct(b[key], work)}" for key, label in top) + f" of thread time; {used}."
+            "mixed: " + ", ".join(f"{label} {_pct(b[key], total)}" for key, label in top) + f" of thread time; {used}."
         )
-    parts = ", ".join(
-        f"{label} {_pct(b[key], work)}" for key, label in CATEGORIES if key != "cpu" and (b[key] > 0 or key != "loop")
-    )
+    shown = [(key, label) for key, label in CATEGORIES if b[key] > 0 or key not in ("loop", "cpu")]
+    parts = ", ".join(f"{label} {_pct(b[key], total)}" for key, label in shown)
     counted = [t for t in _threads(data) if _f(t, "wall_s") > _f(t, "idle_s") + _f(t, "unknown_s")]
-    detail = f"  where thread time went ({len(counted)} threads, {format_duration(work)}): {parts}"
+    detail = f"  where thread time went ({len(counted)} threads, {format_duration(total)}): {parts}"
     if b["idle"] > 0:
         detail += f"; not counted: {format_duration(b['idle'])} idle (joins, idle pool workers, waits for futures)"
-    if b["cpu"] >= BUSY_SHARE * work:
-        detail += (
-            f"\n  the machine was busy: the threads also waited {format_duration(b['cpu'])} for a CPU"
-            " (other programs used the cores)"
-        )
+    if b["cpu"] >= BUSY_SHARE * total:
+        detail += "\n  the machine was busy: other programs kept the cores, and the threads waited for a CPU"
     return "Bottleneck: " + line + "\n" + detail
 
 
