@@ -358,6 +358,16 @@ class TestWatchGil:
         assert conctools.watch_gil is watch_gil and conctools.GilMonitor is GilMonitor
         assert {"watch_gil", "GilMonitor"} <= set(conctools.__all__)
 
+    def test_import_stays_lazy(self) -> None:
+        """`import conctools` does not load the GIL monitor; `conctools.watch_gil` does."""
+        code = (
+            "import sys, conctools;"
+            "assert 'conctools.gil' not in sys.modules;"
+            "assert conctools.watch_gil.__module__ == 'conctools.gil' and 'conctools.gil' in sys.modules"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+
     def test_named_daemon_thread_and_section(self, recorder: Recorder) -> None:
         """The sampler is daemon 'conctools-gil', publishes the 'gil' section, and stops on exit."""
         with watch_gil() as monitor:
