@@ -211,7 +211,8 @@ def calibration(rounds: int, seconds: float) -> None:
         " (worst thread, worst round);\n  vs implied: distance to (n-1)/n; ranked: rounds in which every thread"
         " whose wait is surely 5 points\n  above another's (its lower bound above the other's upper bound) was"
         " ranked above it; samples: fewest in a round;\n  probe: a gilknocker-style probe's figure for the whole"
-        f" process in a separate run. The monitor thread used {min(monitor_cpu):.2%}-{max(monitor_cpu):.2%} of one core."
+        f" process in a separate run. The monitor thread used {min(monitor_cpu):.2%}-{max(monitor_cpu):.2%}"
+        " of one core."
     )
 
 
