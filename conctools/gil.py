@@ -40,7 +40,6 @@ import inspect
 import linecache
 import logging
 import os
-import sys
 import threading
 import time
 import weakref
@@ -54,6 +53,7 @@ from conctools._threadstate import (
     StateReader,
     at_call,
     calibrate_gil,
+    current_frames,
     futex_syscall,
     gil_enabled,
     open_reader,
@@ -423,7 +423,7 @@ class GilMonitor:
         self._last_ns = now
         self.samples += 1
         reader = self._reader
-        frames = sys._current_frames()
+        frames = current_frames()
         running_tasks = _running_tasks()
         me = _thread.get_ident()
         seen: set[int] = set()

@@ -495,6 +495,42 @@ class TestWatchGil:
             assert "(the monitor is running)" in console_text(data)
 
 
+_FRAMES_UNDER_GC = """
+import gc, sys, threading
+from conctools._threadstate import current_frames
+read = current_frames if sys.argv[1] == "safe" else sys._current_frames
+for threshold in range(1, 12):  # some threshold starts a collection inside the call
+    gc.collect()
+    gc.set_threshold(threshold)
+    local = threading.local(); cycle = [local]; cycle.append(cycle); del local, cycle  # garbage for it
+    (lambda: read())()  # a fresh frame: the call makes a frame object for it
+    gc.set_threshold(700)
+print("done", gc.isenabled())
+gc.disable()
+read()
+print("still off", not gc.isenabled())
+"""
+
+
+class TestCurrentFrames:
+    """Reading every thread's stack never hangs the process (CPython gh-106883 on 3.11)."""
+
+    def test_no_deadlock_when_a_collection_starts_inside(self, tmp_path: Path) -> None:
+        """A garbage collection that frees a threading.local while the stacks are read: the plain
+        sys._current_frames() hangs 3.11 for good; conctools' reader finishes, and leaves the
+        collector as it found it (on, or off)."""
+        script = tmp_path / "frames_under_gc.py"
+        script.write_text(_FRAMES_UNDER_GC)
+        safe = subprocess.run(
+            [sys.executable, str(script), "safe"], capture_output=True, text=True, timeout=60, cwd=ROOT
+        )
+        assert safe.returncode == 0, safe.stderr
+        assert safe.stdout.split("\n")[:2] == ["done True", "still off True"]
+        if sys.version_info < (3, 12):  # the scenario is the real one: without the guard, 3.11 hangs
+            with pytest.raises(subprocess.TimeoutExpired):
+                subprocess.run([sys.executable, str(script), "raw"], capture_output=True, timeout=5, cwd=ROOT)
+
+
 # ---- the reporter, on known data ----------------------------------------------------------------
 
 
