@@ -295,7 +295,9 @@ def _measure(fn: Callable[[], None], monitored: bool) -> tuple[float, float, flo
 
 
 def cost(rounds: int) -> None:
-    print(f"\nCost on fixed-work programs: with / without the monitor, {rounds} interleaved pairs (median ratio)")
+    print(
+        f"\nCost on fixed-work programs: with / without the monitor, {rounds} interleaved pairs (median ratio, range)"
+    )
     print(f"  {'program':<58} {'wall ratio':>22} {'CPU ratio':>22} {'CPU added':>10} {'monitor':>9}")
     GilMonitor(recorder=Recorder()).start().stop()  # calibrate once, outside the measurements
     for label, fn in PROGRAMS.items():
@@ -398,9 +400,9 @@ def main() -> int:
     if not args.no_calibration:
         calibration(args.rounds, args.seconds)
     if not args.no_cost:
-        cost(max(args.rounds, 9))
+        cost(max(args.rounds, 15))
     if not args.no_server:
-        server(args.rounds, 5.0)
+        server(max(args.rounds, 5), 5.0)
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end")
     return 0

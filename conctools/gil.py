@@ -19,14 +19,15 @@ sampler counts the threads that *wanted* the GIL; which of them held it in betwe
 each thread's CPU time (``schedstat``). Over the run, time when at least one thread wanted the
 GIL is time the GIL was held; it is shared among the threads in proportion to the CPU time they
 spent in Python, and the rest of each thread's wanting time is its wait for the GIL. Python
-stacks (``sys._current_frames()``) give each thread's hottest lines and the function it runs.
+stacks (``sys._current_frames()``, read without its 3.11 deadlock) give each thread's hottest
+lines, the function it runs, and what a blocked thread waits for.
 
 The results are the ``"gil"`` section of the report (plain data; ``conctools.reporting.gil_text``
 turns it into the "CPU-bound threads" section and the bottleneck verdict) and a
 :class:`~conctools.events.GilSampleEvent` every quarter second (a counter track on the timeline).
 Memory is bounded: at most ``MAX_SITES`` lines per thread and ``MAX_THREADS`` finished threads
-(older ones are folded into one row). The sampler keeps its own CPU under ~1% of a core by
-sampling less often when a sample costs more (many threads): at most ~0.5% of one core.
+(older ones are folded into one row). The sampler keeps its own CPU under ~0.5% of one core by
+sampling less often when a sample costs more (many threads).
 
 Without ``/proc`` (not Linux) the monitor reports the parallelism only. On a free-threaded build
 running without the GIL it reports parallelism and running threads, and no GIL waits.
