@@ -224,6 +224,25 @@ def _plumbing(filename: str) -> bool:
     return is_conctools_frame(filename) or any(p in filename for p in _PLUMBING)
 
 
+_STDLIB = os.path.dirname(threading.__file__) + _sep
+_NOT_STDLIB = (f"{_sep}site-packages{_sep}", f"{_sep}dist-packages{_sep}")
+
+
+def _stdlib_only(frame: FrameType | None) -> bool:
+    """True when every frame from ``frame`` outwards is the standard library's (no program code)."""
+    f = frame
+    depth = 0
+    while f is not None and depth < 64:
+        filename = f.f_code.co_filename
+        if not (filename.startswith(_STDLIB) or filename.startswith("<frozen ")) or any(
+            p in filename for p in _NOT_STDLIB
+        ):
+            return False
+        f = f.f_back
+        depth += 1
+    return f is None
+
+
 def _user_frame(frame: FrameType | None) -> FrameType | None:
     """The innermost frame outside conctools and the threading/queue/asyncio machinery (the line
     a person would look at), else the innermost frame outside conctools."""
@@ -618,6 +637,8 @@ class GilMonitor:
             if not (is_conctools_frame(filename) or filename.endswith(_WAIT_MACHINERY)):
                 if _FUTURES in filename and (name == "_worker" or name in _FUTURE_WAITS):
                     state = IDLE  # an idle pool worker, or a wait for futures: other threads' work
+                elif _stdlib_only(f):
+                    state = IDLE  # a helper thread of the standard library waiting for work (a queue feeder)
                 break
             f = f.f_back
             depth += 1

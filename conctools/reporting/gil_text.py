@@ -427,7 +427,7 @@ def format_verdict(data: Mapping[str, Any], snapshot: Snapshot | None = None) ->
         line = (
             "mixed: " + ", ".join(f"{label} {_pct(b[key], total)}" for key, label in top) + f" of thread time; {used}."
         )
-    shown = [(key, label) for key, label in CATEGORIES if b[key] > 0 or key not in ("loop", "cpu")]
+    shown = [(key, label) for key, label in CATEGORIES if b[key] >= 0.005 * total or key not in ("loop", "cpu")]
     parts = ", ".join(f"{label} {_pct(b[key], total)}" for key, label in shown)
     counted = [t for t in _threads(data) if _f(t, "wall_s") > _f(t, "idle_s") + _f(t, "unknown_s")]
     detail = f"  where thread time went ({len(counted)} threads, {format_duration(total)}): {parts}"
