@@ -130,7 +130,8 @@ def speedup(data: Mapping[str, Any]) -> float:
 
 
 def headline(data: Mapping[str, Any]) -> str:
-    """ "4 threads wanted the GIL at the same time for 0.74 s; the program used 1.0 of 2 cores." """
+    """The section's first sentence, e.g. "4 threads wanted the GIL at the same time for 740 ms;
+    the program used 1.0 of 2 cores." """
     cores = max(1, int(_f(data, "cores", 1)))
     used = f"the program used {_f(data, 'parallelism'):.1f} of {cores} core{'s' if cores != 1 else ''}"
     if not data.get("gil_enabled", True):
@@ -144,13 +145,6 @@ def headline(data: Mapping[str, Any]) -> str:
     mostly = conc[mode] >= 0.6 * sum(conc.values()) or len(conc) == 1
     who = f"{mode} threads" if mostly else f"2 to {max(conc)} threads"
     return f"{who} wanted the GIL at the same time for {contended}; {used}."
-
-
-def _waiters(data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The threads that waited for the GIL, most first."""
-    rows = [t for t in _threads(data) if _f(t, "gil_wait_s") > 0]
-    rows.sort(key=lambda t: -_f(t, "gil_wait_s"))
-    return rows
 
 
 def _culprit(data: Mapping[str, Any]) -> tuple[str | None, str | None]:
