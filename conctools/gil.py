@@ -161,6 +161,7 @@ class _Track:
         "fd_sched",
         "fd_sys",
         "ident",
+        "io_cache",
         "last_state",
         "loop",
         "name",
@@ -194,6 +195,7 @@ class _Track:
         self.pool: str | None = None
         self.loop = False
         self.wait_cache: tuple[int, int, int, int] = (0, 0, 0, SYNC)  # (id(frame), id(code), lasti, state)
+        self.io_cache: tuple[int, int, int, int] = (0, 0, 0, IO)
         self.last_state = UNKNOWN
 
     def merge(self, other: _Track) -> None:
@@ -615,7 +617,20 @@ class GilMonitor:
             return self._wait_kind(track, frame)
         if nr in self._sleep_nrs:
             return SLEEP
-        return IO
+        return self._io_kind(track, frame)
+
+    def _io_kind(self, track: _Track, frame: FrameType | None) -> int:
+        """IO, or IDLE for a helper thread of the standard library waiting on its pipes (a process
+        pool's manager thread): no program code on its stack, nothing of the program's to wait for."""
+        if frame is None:
+            return IO
+        key = (id(frame), id(frame.f_code), frame.f_lasti)
+        cached = track.io_cache
+        if cached[:3] == key:
+            return cached[3]
+        state = IDLE if _stdlib_only(frame) else IO
+        track.io_cache = (*key, state)
+        return state
 
     def _wait_kind(self, track: _Track, frame: FrameType | None) -> int:
         """SYNC (a lock, condition, queue) or IDLE (waiting for work or for other threads)."""

@@ -726,6 +726,15 @@ class TestRun:
         assert "examples/cpu_threads_vs_processes.py:25 (" in report  # the hottest line: the loop body
         assert report.index("Bottleneck:") < report.index("CPU-bound threads:")
 
+    def test_example_with_processes_has_no_cpu_bound_threads(self) -> None:
+        """The same work in a ProcessPoolExecutor: no CPU-bound threads section, and the process pool's own
+        helper threads (waiting on their pipes) do not make the verdict call the program I/O-bound."""
+        result = conctools_run("examples/cpu_threads_vs_processes.py", "processes")
+        assert result.returncode == 0, result.stderr
+        assert "ProcessPoolExecutor: 4 x crunch" in result.stdout
+        assert "CPU-bound threads" not in result.stderr
+        assert "I/O-bound" not in result.stderr
+
     def test_no_gil_flag(self, tmp_path: Path) -> None:
         """--no-gil: no section, no verdict, no 'gil' in report.json."""
         result = conctools_run("--no-gil", "--out", str(tmp_path), "examples/cpu_threads_vs_processes.py", "threads")
