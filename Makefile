@@ -79,6 +79,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_loopmon.py
 	$(BIN)/python benchmarks/bench_watchdog.py
 	$(BIN)/python benchmarks/bench_profile.py
+	$(BIN)/python benchmarks/bench_gil.py
 	$(BIN)/python benchmarks/bench_server.py
 
 clean:

@@ -20,6 +20,7 @@ from conctools.tracing import ActiveSpan, ContextFilter, Traced, current_span, t
 if _typing.TYPE_CHECKING:
     from conctools import aio
     from conctools.deadlock import DeadlockError, DeadlockWatchdog, watch_deadlocks
+    from conctools.gil import GilMonitor, watch_gil
     from conctools.locks import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, trace_locks
     from conctools.loopmon import LoopMonitor, monitor_all_loops, watch_loop
     from conctools.pools import name_pool, track_pools
@@ -33,6 +34,7 @@ if _typing.TYPE_CHECKING:
 _LAZY = {
     "aio": "conctools.aio",
     **dict.fromkeys(("DeadlockError", "DeadlockWatchdog", "watch_deadlocks"), "conctools.deadlock"),
+    **dict.fromkeys(("GilMonitor", "watch_gil"), "conctools.gil"),
     **dict.fromkeys(
         ("Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore", "trace_locks"),
         "conctools.locks",
@@ -72,6 +74,7 @@ __all__ = [
     "DeadlockWatchdog",
     "Event",
     "Frame",
+    "GilMonitor",
     "Lock",
     "LoopMonitor",
     "Profile",
@@ -101,5 +104,6 @@ __all__ = [
     "track_pools",
     "use_recorder",
     "watch_deadlocks",
+    "watch_gil",
     "watch_loop",
 ]

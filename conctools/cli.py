@@ -174,6 +174,11 @@ def _build_parser(only_run: bool = False) -> _Parser:
         action="store_true",
         help="trace locks but do not check lock order (no lock-order inversion reports)",
     )
+    run.add_argument(
+        "--no-gil",
+        action="store_true",
+        help="do not sample thread states for GIL waits and CPU-bound threads (no bottleneck verdict)",
+    )
     from conctools._servecli import add_run_console_options
 
     add_run_console_options(run)  # --console, --console-host, --console-port, --allow-remote-console
@@ -272,6 +277,7 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     options.detect_blocking = ns.detect_blocking
     options.trace_locks = not ns.no_trace_locks
     options.lock_order = not ns.no_lock_order
+    options.gil = not ns.no_gil
     from conctools._servecli import apply_run_console_options
 
     apply_run_console_options(ns, options)

@@ -20,6 +20,7 @@ Hierarchy::
     ├── SlowCallbackEvent      the event loop was blocked longer than a threshold
     ├── BlockingCallEvent      a known blocking call made on an event loop's thread
     ├── ResourceSampleEvent    one psutil sample of the process
+    ├── GilSampleEvent         one window of the GIL monitor: threads wanting the GIL, cores used
     ├── MarkEvent              a free-form instant (run start/end, user marks)
     └── PoolExhaustedEvent     a pool had no item to give while tasks or threads waited: who held them
 """
@@ -35,6 +36,7 @@ __all__ = [
     "DeadlockEvent",
     "Event",
     "Frame",
+    "GilSampleEvent",
     "HangEvent",
     "LockOrderEdge",
     "LockOrderEvent",
@@ -332,6 +334,24 @@ class ResourceSampleEvent(Event):
             "ctx_switches_voluntary": self.ctx_switches_voluntary,
             "ctx_switches_involuntary": self.ctx_switches_involuntary,
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GilSampleEvent(Event):
+    """One window of the GIL monitor (``conctools.gil``), ending at ``ts_ns``.
+
+    ``threads_wanting`` is the mean number of threads that wanted to run Python code (one of
+    them ran it while the others waited for the GIL), ``threads_waiting`` the mean number that
+    waited for it, and ``cores_used`` the process's CPU time over the window's wall time.
+    """
+
+    kind: ClassVar[str] = "gil_sample"
+
+    window_s: float
+    threads_wanting: float
+    threads_waiting: float
+    cores_used: float
+    gil_enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

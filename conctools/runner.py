@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from conctools.deadlock import EXIT_DEADLOCK, EXIT_HANG, watch_deadlocks
 from conctools.events import DeadlockEvent, HangEvent
+from conctools.gil import GilMonitor
 from conctools.locks import trace_locks
 from conctools.loopmon import monitor_all_loops
 from conctools.pools import track_pools
@@ -68,6 +69,7 @@ class RunOptions:
     console_port: int = 20101  # 0: a free port
     allow_remote_console: bool = False  # a non-loopback console_host (the secret is still required)
     otel: bool = False  # spans, lock waits and metrics to OpenTelemetry (conctools.exporters.otel)
+    gil: bool = True  # the GIL monitor: CPU-bound threads, GIL waits, parallelism, the bottleneck verdict
 
     @property
     def command(self) -> str:
@@ -87,6 +89,8 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
             stack.enter_context(_stderr_logging(options.log_level))
         if options.sample_interval_s:
             stack.enter_context(sample_resources(options.sample_interval_s, recorder=recorder))
+        if options.gil:
+            stack.enter_context(GilMonitor(recorder=recorder))
         if options.profile:
             _enter_profile(stack, options, recorder)
         if options.deadlock_timeout_s:

@@ -43,6 +43,7 @@ from conctools.events import (
     BlockingCallEvent,
     DeadlockEvent,
     Event,
+    GilSampleEvent,
     HangEvent,
     LockOrderEvent,
     LockWaitEvent,
@@ -268,6 +269,8 @@ class _Builder:
             self.blocking_call(e)
         elif isinstance(e, ResourceSampleEvent):
             self.resource(e)
+        elif isinstance(e, GilSampleEvent):
+            self.gil(e)
         elif isinstance(e, MarkEvent):
             self.mark(e)
         elif isinstance(e, DeadlockEvent):
@@ -423,6 +426,19 @@ class _Builder:
                     values={"voluntary": round(voluntary, 1), "involuntary": round(involuntary, 1)},
                 )
             )
+
+    def gil(self, e: GilSampleEvent) -> None:
+        """Counter tracks of the GIL monitor: threads wanting / waiting for the GIL, cores used."""
+        ts = self.us(e.ts_ns)
+        if e.gil_enabled:
+            self.counters.append(
+                Counter(
+                    ts_us=ts,
+                    name="GIL: threads",
+                    values={"wanting": e.threads_wanting, "waiting": e.threads_waiting},
+                )
+            )
+        self.counters.append(Counter(ts_us=ts, name="Cores used", values={"cores": e.cores_used}))
 
     # ---- nesting ----
     def nest_recorded(self) -> dict[TrackKey, list[Slice]]:

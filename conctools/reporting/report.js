@@ -1008,6 +1008,21 @@
       genericSection(other, name, secs[name]);
     });
   }
+  // ---- the bottleneck verdict and CPU-bound threads (text lines from the GIL reporter) ----
+  function gil() {
+    const g = D.gil;
+    if (!g) return;
+    if (g.verdict && g.verdict.length) {
+      const c = el("div", "card verdict"); c.id = "verdict";
+      c.appendChild(el("h3", null, g.verdict[0]));
+      if (g.verdict.length > 1) c.appendChild(el("pre", null, g.verdict.slice(1).join("\n")));
+      document.getElementById("findings").appendChild(c);
+    }
+    if (g.section && g.section.length) {
+      const box = el("div"); box.id = "gil"; document.getElementById("details").appendChild(box);
+      card(box, g.section[0].replace(/:.*$/, ""), g.section);
+    }
+  }
   function isRows(v) { return Array.isArray(v) && v.length > 0 && v.every(function (r) { return r && typeof r === "object" && !Array.isArray(r); }); }
   function genericSection(parent, name, value) {
     const title = name.replace(/_/g, " ");
@@ -1033,7 +1048,7 @@
   header();
   function later(fn) { return new Promise(function (done) { setTimeout(function () { fn(); done(); }, 0); }); }
   later(charts).then(function () { return later(timeline); }).then(function () { return later(tables); })
-    .then(function () { return later(flames); }).then(function () { return later(details); })
+    .then(function () { return later(flames); }).then(function () { return later(details); }).then(function () { return later(gil); })
     .then(function () { document.body.setAttribute("data-rendered", "1"); })
     .catch(function (e) { document.body.setAttribute("data-error", String(e && e.stack || e)); throw e; });
 })();
