@@ -676,7 +676,10 @@ class TestReporter:
         snap = snapshot_of(data)
         text = render_text(snap)
         body = text.split("=" * 78)[-1].lstrip("\n")
-        assert body.startswith("Bottleneck: CPU-bound Python code in threads: use processes;")
+        # The ranked findings come first (the GIL's among them), then the verdict.
+        assert body.startswith("Findings (1, worst first)\n  1. [HIGH] CPU-bound threads: 4 threads wanted the GIL")
+        after_findings = body.split("\n\n", 1)[1]
+        assert after_findings.startswith("Bottleneck: CPU-bound Python code in threads: use processes;")
         assert "CPU-bound threads: 4 threads wanted the GIL" in text
         assert '"gil_enabled": true' in render_json(snap)
         assert "CPU-bound threads: 4 threads wanted the GIL" in render_html(snap)
@@ -724,7 +727,8 @@ class TestRun:
         assert re.search(r"CPU-bound threads: (\d|\d to \d) threads wanted the GIL at the same time for ", report)
         assert "`crunch` runs in a ThreadPoolExecutor; a ProcessPoolExecutor has the same interface" in report
         assert "examples/cpu_threads_vs_processes.py:25 (" in report  # the hottest line: the loop body
-        assert report.index("Bottleneck:") < report.index("CPU-bound threads:")
+        # The ranked findings name it first; then the verdict; then the section itself.
+        assert report.index("Findings") < report.index("Bottleneck:") < report.index("\nCPU-bound threads: ")
 
     def test_example_with_processes_has_no_cpu_bound_threads(self) -> None:
         """The same work in a ProcessPoolExecutor: no CPU-bound threads section, and the process pool's own
@@ -807,13 +811,13 @@ class TestConsole:
         """`gil` answers over telnet with the measurement (a fresh one when no monitor runs)."""
         sys.path.insert(0, str(Path(__file__).parent))
         try:
-            from test_console import LoopInThread, TelnetClient, _start
+            from test_console import LoopInThread, _client, _start
         finally:
             sys.path.pop(0)
         app_loop = LoopInThread()
         try:
-            monitor, port = _start(app_loop, recorder)
-            client = TelnetClient(port)
+            monitor, _port = _start(app_loop, recorder)
+            client = _client(monitor)  # the console lets in only who has its secret
             try:
                 client.read_until("conctools >>>")
                 out = client.command("gil --seconds 0.2", "measured over")
