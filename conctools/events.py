@@ -249,10 +249,16 @@ class HangEvent(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SlowCallbackEvent(Event):
-    """The event loop ran one callback or task step for ``duration_s`` >= ``threshold_s``.
+    """The event loop was blocked by one task or callback for ``duration_s``.
 
-    ``samples`` are stacks of the loop thread taken while it was blocked; ``culprit`` is
-    the innermost frame in user code, the line to look at.
+    A stall (the loop blocked for ``threshold_s`` or more) is cut into segments, one per task
+    or callback (and culprit line) that ran during it; each segment is one event. ``samples``
+    are stacks of the loop thread taken while this segment ran; ``culprit`` is the innermost
+    frame in user code, the line to look at; ``task_name``/``callback`` name what ran it.
+    ``stall_id`` (the stall's start) is shared by the segments of one stall, ``stall_s`` is
+    the whole stall, ``segment`` is this one's index among ``segments``.
+    ``head_unsampled_s``: the first part of this segment that nobody sampled (other callbacks
+    of the same loop iteration may have run then), 0 when it is known to have run from the start.
     """
 
     kind: ClassVar[str] = "slow_callback"
@@ -265,6 +271,11 @@ class SlowCallbackEvent(Event):
     samples: tuple[tuple[Frame, ...], ...] = ()
     task_created_at: str | None = None
     detected_after_s: float | None = None  # from the stall's start to the watchdog noticing it
+    stall_id: int = 0  # the stall's start (monotonic ns), shared by its segments; 0 = unknown
+    stall_s: float = 0.0  # the whole stall; 0 = unknown (an event from before segments: its own duration)
+    segment: int = 0
+    segments: int = 1
+    head_unsampled_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import linecache
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from types import FrameType, TracebackType
 from typing import Any
 
 from conctools import taskdump
-from conctools._context import (
-    frames_of,
-    internal_thread,
-    thread_name_of,
-)
+from conctools._context import internal_thread, is_conctools_frame, thread_name_of
 from conctools.events import Frame, SlowCallbackEvent
 from conctools.loopmon.blocking import _disable_blocking_detection, _enable_blocking_detection
-from conctools.loopmon.culprits import _ASYNCIO_DIR, _current_task, _pick_culprit, _task_name
+from conctools.loopmon.culprits import _ASYNCIO_DIR, _current_task, _task_name, culprit_of
+from conctools.loopmon.segments import Sample, cut_segments
 from conctools.loopmon.stats import stats_for
 from conctools.recorder import Recorder, get_recorder
 
@@ -70,7 +68,10 @@ class LoopMonitor:
             raise ValueError(f"threshold_s must be more than 0 seconds, got {threshold_s!r}")
         self.loop = loop
         self.threshold_s = float(threshold_s)
-        self.sample_interval_s = float(sample_interval_s) if sample_interval_s else max(0.01, threshold_s / 2)
+        # At least every min(threshold/4, 10 ms): often enough to tell the callbacks of one stall apart.
+        self.sample_interval_s = (
+            float(sample_interval_s) if sample_interval_s else max(0.001, min(self.threshold_s / 4, 0.01))
+        )
         self.max_samples = max(1, int(max_samples))
         self.probe_interval_s = (
             float(probe_interval_s) if probe_interval_s else min(0.02, max(0.001, self.threshold_s / 5))
@@ -376,13 +377,15 @@ class LoopMonitor:
         if tid is None:
             return None, retry
         frame = sys._current_frames().get(tid)
-        batch_ns, handle = _batch_start(frame, loop)
+        batch_ns, _handle, index = _batch_start(frame, loop)
         if batch_ns is not None and last_beat_ns - 10_000_000_000 < batch_ns <= now:
             # asyncio's loops: the running batch began at batch_ns; the stall began then or at
             # the heartbeat if that ran inside this batch. Exact, so wait until it is long enough.
             start_ns = max(batch_ns, last_beat_ns)
             if now - start_ns < threshold_ns:
                 return None, start_ns + threshold_ns
+            # Known to have run from the stall's start only when it is the batch's first callback.
+            exact = index == 0 and batch_ns >= last_beat_ns
         elif _is_idle_frame(frame):
             return None, retry  # in select(): the heartbeat is due any moment
         else:
@@ -390,18 +393,10 @@ class LoopMonitor:
             start_ns = last_beat_ns
             if now - start_ns < threshold_ns + int(self.probe_interval_s * 1e9):
                 return None, start_ns + threshold_ns + int(self.probe_interval_s * 1e9)
+            exact = False
         stall = _Stall(tid, start_ns, now)
-        task = _current_task(loop)
-        if task is not None:
-            stall.task_name = _task_name(task)
-            coro = taskdump._task_coro(task)
-            stall.callback = f"Task {stall.task_name!r} ({getattr(coro, '__qualname__', type(coro).__name__)})"
-            stall.created_at = taskdump.creation_site(task)
-        elif handle is not None:
-            stall.callback = _describe_handle(handle)
-        else:
-            stall.callback = _callback_from_stack(frame)
-        stall.samples.append(frames_of(frame) if frame is not None else ())
+        stall.exact_start = exact
+        self._take_sample(stall, frame, now)
         stall.next_sample_ns = now + int(self.sample_interval_s * 1e9)
         return stall, 0
 
@@ -409,61 +404,119 @@ class LoopMonitor:
         try:
             frame = sys._current_frames().get(stall.thread_id)
             if frame is not None:
-                stall.samples.append(frames_of(frame))
+                self._take_sample(stall, frame, now)
         except Exception:
             _log.debug("conctools: could not sample the loop thread", exc_info=True)
-        if len(stall.samples) >= self.max_samples:
+        if len(stall.samples) >= _MAX_STALL_SAMPLES:
             # Bounded: keep every other sample and sample half as often from now on.
             stall.samples = stall.samples[::2]
-            stall.sample_every_ns *= 2
+            stall.sample_every_ns = max(sample_ns, stall.sample_every_ns) * 2
         stall.next_sample_ns = now + max(sample_ns, stall.sample_every_ns)
+
+    def _take_sample(self, stall: _Stall, frame: FrameType | None, now: int) -> None:
+        """Who runs on the loop thread now (task or callback), and where: one :class:`Sample`."""
+        loop = self.loop
+        assert loop is not None
+        stack = stall.stack_of(frame)
+        who, task_name, callback, created_at = _running(loop, frame, stack)
+        stall.samples.append(
+            Sample(
+                t_ns=now,
+                who=who,
+                task_name=task_name,
+                callback=callback,
+                created_at=created_at,
+                stack=stack,
+                culprit=culprit_of(stack),
+            )
+        )
 
     def _missed(self, sent_ns: int, end_ns: int) -> None:
         """A stall that ended before the watchdog could look (it did not get the CPU in time)."""
         tid = self._loop_tid or 0
         stall = _Stall(tid, sent_ns, end_ns)
-        stall.callback = "<unknown: the stall ended before it could be sampled>"
         self._finish(stall, end_ns)
 
     def _finish(self, stall: _Stall, end_ns: int) -> None:
         try:
-            culprit, stack = _pick_culprit(stall.samples)
-            loop = self.loop
+            self._record_segments(stall, end_ns)
+        except Exception:
+            _log.exception("conctools: could not record a stall")
+
+    def _record_segments(self, stall: _Stall, end_ns: int) -> None:
+        """One event per segment of the stall: each with its own name, duration, culprit and stacks."""
+        loop = self.loop
+        stall_s = max(0, end_ns - stall.start_ns) / 1e9
+        detected = max(0, stall.detected_ns - stall.start_ns) / 1e9
+        # A task's slow call split from its next one only when each lasted half the threshold or more.
+        min_part = max(2, round(self.threshold_s / 2 / max(self.sample_interval_s, stall.sample_every_ns / 1e9)))
+        segments = cut_segments(stall.samples, stall.start_ns, end_ns, min_part=min_part)
+        thread_name = thread_name_of(stall.thread_id)
+        assert self.recorder is not None
+        self.stalls += 1
+        if not segments:  # never sampled
             event = SlowCallbackEvent(
                 ts_ns=stall.start_ns,
                 thread_id=stall.thread_id,
-                thread_name=thread_name_of(stall.thread_id),
-                task_name=stall.task_name,
+                thread_name=thread_name,
                 loop_id=id(loop),
-                duration_s=max(0, end_ns - stall.start_ns) / 1e9,
+                duration_s=stall_s,
                 threshold_s=self.threshold_s,
-                callback=stall.callback,
-                culprit=culprit,
-                samples=tuple(stall.samples),
-                task_created_at=stall.created_at,
-                detected_after_s=max(0, stall.detected_ns - stall.start_ns) / 1e9,
+                callback="<unknown: the stall ended before it could be sampled>",
+                culprit=None,
+                detected_after_s=detected,
+                stall_id=stall.start_ns,
+                stall_s=stall_s,
             )
-            self.stalls += 1
-            self._stats.add_stall(event, stack)
-            assert self.recorder is not None
+            self._stats.add_stall(event, ())
+            self.recorder.record(event)
+            return
+        for i, seg in enumerate(segments):
+            culprit, stack = seg.culprit()
+            first = seg.first
+            head = 0.0
+            if i == 0 and not stall.exact_start:
+                head = max(0, first.t_ns - seg.start_ns) / 1e9
+            event = SlowCallbackEvent(
+                ts_ns=seg.start_ns,
+                thread_id=stall.thread_id,
+                thread_name=thread_name,
+                task_name=first.task_name,
+                loop_id=id(loop),
+                duration_s=max(0, seg.end_ns - seg.start_ns) / 1e9,
+                threshold_s=self.threshold_s,
+                callback=first.callback,
+                culprit=_with_line(culprit) if culprit is not None else None,
+                samples=_kept_stacks(seg.samples, self.max_samples),
+                task_created_at=first.created_at,
+                detected_after_s=detected,
+                stall_id=stall.start_ns,
+                stall_s=stall_s,
+                segment=i,
+                segments=len(segments),
+                head_unsampled_s=head,
+            )
+            self._stats.add_stall(event, _with_lines(stack), new_stall=i == 0)
             self.recorder.record(event)
             if _log.isEnabledFor(logging.INFO):
-                where = f" at {culprit.site} ({culprit.line})" if culprit is not None else ""
+                where = f" at {event.culprit.site} ({event.culprit.line})" if event.culprit is not None else ""
                 _log.info("event loop blocked for %.3f s by %s%s", event.duration_s, event.callback, where)
-        except Exception:
-            _log.exception("conctools: could not record a stall")
+
+
+_MAX_STALL_SAMPLES = 2048  # samples kept per stall (then halved, sampling half as often)
 
 
 class _Stall:
     __slots__ = (
-        "callback",
-        "created_at",
+        "_frames",
+        "_last_raw",
+        "_last_stack",
         "detected_ns",
+        "exact_start",
         "next_sample_ns",
         "sample_every_ns",
         "samples",
         "start_ns",
-        "task_name",
         "thread_id",
     )
 
@@ -471,20 +524,113 @@ class _Stall:
         self.thread_id = thread_id
         self.start_ns = sent_ns
         self.detected_ns = detected_ns
-        self.task_name: str | None = None
-        self.callback = "<unknown callback>"
-        self.created_at: str | None = None
-        self.samples: list[tuple[Frame, ...]] = []
+        self.exact_start = False
+        self.samples: list[Sample] = []
         self.next_sample_ns = detected_ns
         self.sample_every_ns = 0
+        self._frames: dict[tuple[str, int, str], Frame] = {}
+        self._last_raw: tuple[tuple[str, int, str], ...] = ()
+        self._last_stack: tuple[Frame, ...] = ()
+
+    def stack_of(self, frame: FrameType | None) -> tuple[Frame, ...]:
+        """The thread's stack, innermost first, without conctools' frames; cheap when it repeats
+        (the lines' text is read only for the stacks an event keeps)."""
+        raw: list[tuple[str, int, str]] = []
+        f = frame
+        while f is not None and len(raw) < 64:
+            code = f.f_code
+            if not is_conctools_frame(code.co_filename):
+                raw.append((code.co_filename, f.f_lineno or 0, code.co_name))
+            f = f.f_back
+        key = tuple(raw)
+        if key == self._last_raw:
+            return self._last_stack
+        frames = self._frames
+        stack = []
+        for entry in key:
+            record = frames.get(entry)
+            if record is None:
+                if len(frames) >= 4096:
+                    frames.clear()
+                record = frames[entry] = Frame(filename=entry[0], lineno=entry[1], function=entry[2])
+            stack.append(record)
+        self._last_raw, self._last_stack = key, tuple(stack)
+        return self._last_stack
 
 
-def _batch_start(frame: FrameType | None, loop: asyncio.AbstractEventLoop) -> tuple[int | None, Any]:
-    """When the running batch of callbacks began, and the handle being run (asyncio's loops).
+def _with_line(f: Frame) -> Frame:
+    if f.line:
+        return f
+    return Frame(
+        filename=f.filename, lineno=f.lineno, function=f.function, line=linecache.getline(f.filename, f.lineno).strip()
+    )
+
+
+def _with_lines(stack: tuple[Frame, ...]) -> tuple[Frame, ...]:
+    return tuple(_with_line(f) for f in stack)
+
+
+def _kept_stacks(samples: tuple[Sample, ...], limit: int) -> tuple[tuple[Frame, ...], ...]:
+    """At most ``limit`` of the segment's stacks, spread evenly over it, with their lines' text."""
+    if len(samples) > limit:
+        step = len(samples) / limit
+        samples = tuple(samples[int(i * step)] for i in range(limit))
+    return tuple(_with_lines(s.stack) for s in samples)
+
+
+def _running(
+    loop: asyncio.AbstractEventLoop, frame: FrameType | None, stack: tuple[Frame, ...]
+) -> tuple[Hashable, str | None, str, str | None]:
+    """``(identity, task name, callback in words, task creation site)`` of what runs on the loop now.
+
+    The task comes from ``asyncio.current_task(loop)``; where that cannot be read from another
+    thread, from the coroutine frame the callback entered. A plain callback is the handle being
+    run (asyncio's loops) or the first frame entered from the loop (uvloop).
+    """
+    task = _current_task(loop)
+    if task is None:
+        task = _task_of_frames(loop, frame)
+    if task is not None:
+        name = _task_name(task)
+        coro = taskdump._task_coro(task)
+        callback = f"Task {name!r} ({getattr(coro, '__qualname__', type(coro).__name__)})"
+        return ("task", id(task), name), name, callback, taskdump.creation_site(task)
+    _, handle, _ = _batch_start(frame, loop)
+    if handle is not None:
+        return ("handle", id(handle)), None, _describe_handle(handle), None
+    callback, code = _callback_from_stack(frame)
+    return ("code", id(code) if code is not None else 0, callback), None, callback, None
+
+
+_CO_COROUTINE = 0x80
+
+
+def _task_of_frames(loop: asyncio.AbstractEventLoop, frame: FrameType | None) -> Any:
+    """The task whose coroutine runs in ``frame``'s stack, when ``current_task`` cannot say."""
+    coro_frames = set()
+    f = frame
+    depth = 0
+    while f is not None and depth < 200:
+        if f.f_code.co_flags & _CO_COROUTINE:
+            coro_frames.add(id(f))
+        f = f.f_back
+        depth += 1
+    if not coro_frames:
+        return None
+    for task in taskdump.pending_tasks(loop):
+        coro = taskdump._task_coro(task)
+        if id(getattr(coro, "cr_frame", None)) in coro_frames:
+            return task
+    return None
+
+
+def _batch_start(frame: FrameType | None, loop: asyncio.AbstractEventLoop) -> tuple[int | None, Any, int | None]:
+    """When the running batch of callbacks began, the handle being run and its index in the
+    batch (asyncio's loops; ``None``s elsewhere).
 
     ``BaseEventLoop._run_once`` computes ``end_time = self.time() + clock_resolution`` right
-    after ``select()`` returns and keeps the running ``handle`` in a local: reading them costs
-    the loop nothing.
+    after ``select()`` returns and keeps the running ``handle`` and its index ``i`` in locals:
+    reading them costs the loop nothing.
     """
     target = _ASYNCIO_DIR + "base_events.py"
     f = frame
@@ -496,15 +642,17 @@ def _batch_start(frame: FrameType | None, loop: asyncio.AbstractEventLoop) -> tu
                 local = f.f_locals
                 end_time = local.get("end_time")
                 handle = local.get("handle")
+                index = local.get("i")
                 resolution = float(getattr(loop, "_clock_resolution", 0.0))
             except Exception:
-                return None, None
+                return None, None, None
+            index = index if isinstance(index, int) else None
             if isinstance(end_time, float) and abs(loop.time() - time.monotonic()) < 1e-3:  # not a virtual clock
-                return int((end_time - resolution) * 1e9), handle
-            return None, handle
+                return int((end_time - resolution) * 1e9), handle, index
+            return None, handle, index
         f = f.f_back
         depth += 1
-    return None, None
+    return None, None, None
 
 
 def _is_idle_frame(frame: FrameType | None) -> bool:
@@ -536,8 +684,9 @@ def _short(obj: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _callback_from_stack(frame: FrameType | None) -> str:
-    """Loops without Python frames of their own (uvloop): the first frame entered from the loop."""
+def _callback_from_stack(frame: FrameType | None) -> tuple[str, Any]:
+    """Loops without Python frames of their own (uvloop): the first frame entered from the loop,
+    in words, and its code object (the callback's identity)."""
     chain: list[FrameType] = []
     f = frame
     while f is not None and len(chain) < 200:
@@ -553,8 +702,8 @@ def _callback_from_stack(frame: FrameType | None) -> str:
             entered = i
     if entered is not None and entered + 1 < len(chain):
         code = chain[entered + 1].f_code
-        return f"callback {code.co_qualname}() at {code.co_filename}:{code.co_firstlineno}"
-    return "<unknown callback>"
+        return f"callback {code.co_qualname}() at {code.co_filename}:{code.co_firstlineno}", code
+    return "<unknown callback>", None
 
 
 def watch_loop(threshold_s: float = 0.1, **options: Any) -> LoopMonitor:

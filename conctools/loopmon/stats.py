@@ -29,7 +29,7 @@ class _Site:
 
 
 class StallStats:
-    """Running aggregates of one recorder: stalls by culprit site, loop lag, blocking calls.
+    """Running aggregates of one recorder: stall segments by culprit site, loop lag, blocking calls.
 
     Thread-safe (a plain lock); published as the recorder section ``"slow_callbacks"``.
     """
@@ -38,16 +38,19 @@ class StallStats:
         self._lock = _thread.RLock()  # reentrant: a finalizer run by GC on this thread may report too
         self.sites: dict[str, _Site] = {}
         self.lag = Histogram()
-        self.stalls = 0
+        self.stalls = 0  # stalls (the loop blocked for the threshold or more)
+        self.segments = 0  # their segments: one per task or callback (and culprit) that ran during one
         self.thresholds: set[float] = set()
         self.blocking: dict[tuple[str, str], list[Any]] = {}  # (call, site) -> [count, Histogram, stack]
 
-    def add_stall(self, event: SlowCallbackEvent, stack: tuple[Frame, ...]) -> None:
-        """Count one stall under its culprit site."""
+    def add_stall(self, event: SlowCallbackEvent, stack: tuple[Frame, ...], *, new_stall: bool = True) -> None:
+        """Count one segment of a stall under its culprit site (``new_stall``: its stall's first)."""
         c = event.culprit
         key = f"{c.site} in {c.function}" if c is not None else event.callback
         with self._lock:
-            self.stalls += 1
+            if new_stall:
+                self.stalls += 1
+            self.segments += 1
             self.thresholds.add(event.threshold_s)
             site = self.sites.get(key)
             if site is None:
@@ -115,6 +118,7 @@ class StallStats:
             lag = self.lag
             data: dict[str, Any] = {
                 "stalls": self.stalls,
+                "segments": self.segments,
                 "threshold_s": min(self.thresholds) if self.thresholds else None,
                 "total_s": sum(s["total_s"] for s in sites),
                 "sites": sorted(sites, key=lambda s: (-s["total_s"], s["key"])),

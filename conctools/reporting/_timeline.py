@@ -298,6 +298,9 @@ class _Builder:
             args["culprit"] = f"{e.culprit.site} in {e.culprit.function}"
             if e.culprit.line:
                 args["line"] = e.culprit.line
+        if e.segments > 1:  # one of several callbacks that blocked the loop one after the other
+            args["segment"] = f"{e.segment + 1} of {e.segments}"
+            args["stall_s"] = e.stall_s
         self.slices.append(
             Slice(
                 key=thread_key,

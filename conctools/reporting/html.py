@@ -171,6 +171,8 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
                 "blocked_s": e.duration_s,
                 "culprit": f"{e.culprit.site} in {e.culprit.function}" if e.culprit else None,
                 "line": e.culprit.line if e.culprit else None,
+                "segment": f"{e.segment + 1} of {e.segments}" if e.segments > 1 else None,
+                "stall_s": e.stall_s or e.duration_s,
             }
             for e in slow[:200]
         ],

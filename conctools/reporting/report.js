@@ -319,7 +319,7 @@
   function tables() {
     var p = document.getElementById("tables"), S = D.sections || {};
     if (D.lock_waits.length) table(D.lock_waits, ["lock", "kind", "waits", "timeouts", "total_s", "max_s", "site"], "Lock waits (by total wait)", p);
-    if (D.slow_callbacks.length) table(D.slow_callbacks, ["callback", "task", "thread", "blocked_s", "culprit", "line"], "Slow callbacks", p);
+    if (D.slow_callbacks.length) table(D.slow_callbacks, ["callback", "task", "thread", "blocked_s", "culprit", "line", "segment"], "Slow callbacks", p);
     if (D.spans.length) table(D.spans, null, "Traced spans", p);
     var prof = S.profile;
     if (prof && typeof prof === "object" && Array.isArray(prof.functions)) {
