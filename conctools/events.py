@@ -19,6 +19,7 @@ Hierarchy::
     ├── HangEvent              no progress without a cycle: everyone's stack
     ├── SlowCallbackEvent      the event loop was blocked longer than a threshold
     ├── BlockingCallEvent      a known blocking call made on an event loop's thread
+    ├── FailureEvent           a thread or task ended with an exception
     ├── ResourceSampleEvent    one psutil sample of the process
     └── MarkEvent              a free-form instant (run start/end, user marks)
 """
@@ -33,6 +34,7 @@ __all__ = [
     "BlockingCallEvent",
     "DeadlockEvent",
     "Event",
+    "FailureEvent",
     "Frame",
     "HangEvent",
     "LockOrderEdge",
@@ -167,6 +169,14 @@ class Participant:
     holds_sites: tuple[str, ...] = ()  # file:line where it acquired each held lock
     stack: tuple[Frame, ...] = ()
     wait_s: float = 0.0  # how long it had been waiting when the cycle was reported
+    # What kind of wait: "lock" (a traced primitive), "loop" (a suspended task waiting for its
+    # event loop's thread), "loop-tasks" (an idle loop's thread waiting for its tasks), "join",
+    # "future" (a job or a coroutine of another thread or loop), "await" (another task).
+    waits_kind: str = "lock"
+    suspended_at: str = ""  # a suspended task: where it is suspended now ("file:line: code")
+    # Held by its thread, taken by a task of its event loop that was not recorded (maybe this one).
+    thread_holds: tuple[str, ...] = ()
+    thread_holds_sites: tuple[str, ...] = ()
 
     @property
     def who(self) -> str:
@@ -221,6 +231,8 @@ class DeadlockEvent(Event):
     kind: ClassVar[str] = "deadlock"
 
     participants: tuple[Participant, ...]
+    summary: str = ""  # the blame in one paragraph: who blocks whom, where, and why
+    advice: tuple[str, ...] = ()  # how such a cycle is usually avoided
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,6 +257,25 @@ class HangEvent(Event):
     stalled_s: float
     reason: str
     waiters: tuple[WaiterInfo, ...]
+    failures: tuple[FailureEvent, ...] = ()  # threads and tasks that ended with an exception before it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureEvent(Event):
+    """A thread or an asyncio task ended with an exception (``task_name`` set for a task).
+
+    ``site`` is where it was raised in the program's code, ``stack`` the traceback (innermost
+    first). ``objects`` names the queues, locks, events and futures its code was using, so a
+    report can tell who waits on what this party would have produced.
+    """
+
+    kind: ClassVar[str] = "failure"
+
+    exc_type: str
+    message: str
+    site: str
+    stack: tuple[Frame, ...] = ()
+    objects: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -355,6 +386,7 @@ def _from_fields(cls: Any, data: dict[str, Any]) -> Any:
 
 
 _NESTED: dict[str, type] = {
+    "FailureEvent": FailureEvent,
     "Participant": Participant,
     "LockOrderEdge": LockOrderEdge,
     "WaiterInfo": WaiterInfo,

@@ -440,6 +440,13 @@ def _describe_wait(task: Any, frames: Sequence[FrameType]) -> tuple[str | None, 
         pending = sum(1 for c in list(children) if not c.done())
         shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
         return f"gather of {len(labels)} ({pending} pending): {shown}", "gather", tuple(awaited_ids)
+    for frame in frames:  # Queue.join() awaits an Event inside: name the queue, not its Event
+        code = frame.f_code
+        if code.co_name == "join" and code.co_filename == _ASYNCIO_DIR + "queues.py":
+            q = _local(frame, "self")
+            n = getattr(q, "_unfinished_tasks", None)
+            if isinstance(n, int):
+                return f"asyncio.Queue.join(): {n} unfinished item{'' if n == 1 else 's'}", "queue", ()
     # Innermost frames first: the primitive whose method the task is suspended in.
     for frame in reversed(frames):
         code = frame.f_code
@@ -566,18 +573,19 @@ def dump_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[TaskInfo]:
 # -- idleness ----------------------------------------------------------------------------------
 
 
-def loop_idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
+def loop_idle_forever(loop: asyncio.AbstractEventLoop, *, allow_futures: bool = False) -> bool:
     """True when ``loop`` has pending tasks and nothing left that could ever wake them.
 
     That is: the loop is blocked in ``select()`` (when its thread is known), with no ready
     callback, no live timer, no file descriptor registered but its own self-pipe, no signal
-    handler, no subprocess, and no task waiting on an executor job. Another thread could
+    handler, no subprocess, and no task waiting on an executor job (``allow_futures``: such
+    tasks are allowed, the caller follows those jobs itself). Another thread could
     still wake it with ``call_soon_threadsafe``; the caller (the hang watchdog) decides
     whether every other thread is blocked too. For loops this cannot inspect (uvloop) it
     returns ``False``: never a false alarm.
     """
     try:
-        return _idle_forever(loop)
+        return _idle_forever(loop, allow_futures)
     except Exception:
         _log.debug("conctools: could not inspect loop %r", loop, exc_info=True)
         return False
@@ -598,7 +606,7 @@ def _copy(items: Iterable[Any]) -> list[Any]:
     raise RuntimeError("container kept changing while being copied")
 
 
-def _idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
+def _idle_forever(loop: asyncio.AbstractEventLoop, allow_futures: bool = False) -> bool:
     if not _is_running(loop):
         return False
     ready = getattr(loop, "_ready", None)
@@ -629,6 +637,8 @@ def _idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
     tasks = _task_objects(loop)
     if not tasks:
         return False
+    if allow_futures:
+        return True
     for task in tasks:
         waiter = getattr(task, "_fut_waiter", None)
         if waiter is not None and _is_executor_future(waiter):

@@ -556,7 +556,6 @@ class TestConctoolsRun:
             ("event_never_set.py", "Event"),
             ("queue_unfed.py", "Queue.get"),
             ("lost_wakeup.py", "Condition.wait(): Condition 'lost_wakeup.py:6' (waiting for a notify)"),
-            ("pool_self_wait.py", "has not started (still queued)"),
             ("asyncio_event.py", "task 'wait-for-config'"),
         ],
     )
@@ -568,6 +567,18 @@ class TestConctoolsRun:
         assert "Hang: the program stopped making progress" in done.stderr
         assert "thread 'MainThread'" in done.stderr
         assert says in done.stderr
+
+    def test_pool_waiting_on_itself_is_a_deadlock_through_the_pool(self) -> None:
+        """Every worker waits for a job queued behind it in its own pool: a cycle through the
+        pool's queue (86), each worker named with the job it waits for, and the advice."""
+        done, took = run_script("pool_self_wait.py")
+        assert done.returncode == dl.EXIT_DEADLOCK, done.stderr
+        assert took < 30
+        assert "thread 'pool_0':\n  waiting for a job queued in ThreadPoolExecutor 'pool'" in done.stderr
+        assert "thread 'pool_1':\n  waiting for a job queued in ThreadPoolExecutor 'pool'" in done.stderr
+        assert "waits at pool_self_wait.py:13" in done.stderr
+        assert "Every worker of the pool waits for a job queued behind it" in done.stderr
+        assert "run_coroutine_threadsafe" not in done.stderr
 
     def test_deadlock_exit_still_writes_every_output_file(self, tmp_path: Path) -> None:
         """--out with --profile: the os._exit after a deadlock still leaves the reports and the profile files."""

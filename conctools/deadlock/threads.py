@@ -97,6 +97,13 @@ def _api_detail(frame: FrameType, qualname: str) -> str:
                 return " of a job that has not started (still queued)"
             if state == "RUNNING":
                 return " of a running job"
+        elif qualname == "Queue.join":
+            unfinished = int(owner.unfinished_tasks)
+            puts = getattr(getattr(owner, "not_empty", None), "_ct_progress", None)  # a traced Condition: notifies
+            counts = (
+                f" ({puts} put, {puts - unfinished} task_done)" if isinstance(puts, int) and puts >= unfinished else ""
+            )
+            return f": {unfinished} unfinished task{'' if unfinished == 1 else 's'}{counts}"
         elif qualname == "Queue.get":
             return f" (the queue is empty; {owner.maxsize or 'no'} max size)"
         elif qualname == "Queue.put":

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import _thread
+import dataclasses
+import gc
+import linecache
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+import types
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Literal
 
-from conctools import registry, taskdump
+from conctools import casualties, registry, taskdump
 from conctools._context import internal_thread
+from conctools.deadlock.blame import explain
 from conctools.deadlock.graph import (
     PartyKey,
+    WaitEdge,
     WaitGraph,
     _is_sync_kind,
     build_wait_graph,
@@ -24,13 +32,15 @@ from conctools.deadlock.graph import (
     describe_cycle,
     find_deadlocks,
     participants_of,
+    stuck_parties,
 )
 from conctools.deadlock.threads import _SELECTORS_PY, ThreadState, _stack, classify_thread
+from conctools.deadlock.waits import SinceTracker, WaitReader, short_file
 from conctools.events import DeadlockEvent, Frame, HangEvent, Participant, WaiterInfo
 from conctools.recorder import Recorder, get_recorder
 from conctools.registry import Party, PrimitiveState
 
-__all__ = ["EXIT_DEADLOCK", "EXIT_HANG", "DeadlockError", "DeadlockWatchdog", "watch_deadlocks"]
+__all__ = ["EXIT_DEADLOCK", "EXIT_HANG", "DeadlockError", "DeadlockWatchdog", "HangError", "watch_deadlocks"]
 
 _log = logging.getLogger("conctools.deadlock")
 
@@ -40,6 +50,7 @@ EXIT_DEADLOCK = 86
 EXIT_HANG = 87
 
 WATCHDOG_THREAD_NAME = "conctools-watchdog"
+_STDLIB_PREFIX = os.path.dirname(threading.__file__) + os.sep
 _MAX_KEPT = 1000  # events kept in ``deadlocks`` / ``hangs`` (the recorder keeps its own)
 
 
@@ -54,6 +65,97 @@ class DeadlockError(RuntimeError):
         self.cycle = cycle
         self.event = event
         super().__init__(describe_cycle(cycle))
+
+
+class HangError(DeadlockError):
+    """A hang (no cycle conctools can prove, e.g. a deadlock among locks it does not trace):
+    raised in the main thread by ``watch_deadlocks(raise_in="main")``.
+
+    ``cycle`` is empty; ``event`` is the recorded :class:`~conctools.events.HangEvent`.
+    """
+
+    def __init__(self, event: HangEvent) -> None:  # type: ignore[override]
+        self.cycle = ()
+        self.event = event  # type: ignore[assignment]
+        RuntimeError.__init__(self, f"hang: {event.reason}")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _holder_notes(cycle: Sequence[WaitEdge], graph: WaitGraph, reader: WaitReader) -> list[str]:
+    """What a self-wait's report should add about who really holds the lock: the suspended
+    task of the same loop, or the suspended generator, whose code took it (a best guess, said so)."""
+    edge = cycle[0]
+    prim = edge.prim
+    if len(cycle) != 1 or prim is None:
+        return []
+    site = next((h.site for p, h in graph.holds.get(edge.waiter_key, ()) if p.prim_id == prim.prim_id), "?")
+    if not site or site == "?":
+        return []
+    filename, _, line = site.rpartition(":")
+    if not line.isdigit():
+        return []
+    lineno = int(line)
+    notes = []
+    if edge.waiter.task_name is not None:
+        for loop, tid in reader.loops():
+            if tid != edge.waiter.thread_id:
+                continue
+            for task in taskdump.pending_tasks(loop):
+                if id(task) == edge.waiter.task_id:
+                    continue
+                frame = _frame_inside(taskdump._await_frames(taskdump._task_coro(task)), filename, lineno)
+                if frame is not None:
+                    name = getattr(task, "get_name", lambda: "?")()
+                    notes.append(
+                        f"Task {name!r} is suspended at {_frame_words(frame)}, inside {frame.f_code.co_name}(),"
+                        f" the code that took it at {site}: it probably holds it."
+                    )
+    else:
+        for gen in _suspended_generators(filename):
+            frame = _frame_inside([gen.gi_frame], filename, lineno)
+            if frame is not None:
+                notes.append(
+                    f"It was taken at {site} inside generator {frame.f_code.co_name}(), which is suspended at"
+                    f" {_frame_words(frame)} and was never resumed: the lock stays held while the generator waits."
+                )
+    return notes[:3]
+
+
+def _frame_inside(frames: Iterable[FrameType | None], filename: str, lineno: int) -> FrameType | None:
+    """The frame of ``frames`` whose code holds line ``lineno`` of ``filename``, now past it."""
+    for frame in frames:
+        if frame is None or filename not in (frame.f_code.co_filename, short_file(frame.f_code.co_filename)):
+            continue
+        lines = {ln for _, _, ln in frame.f_code.co_lines() if ln is not None}
+        if lineno in lines and (frame.f_lineno or 0) >= lineno:
+            return frame
+    return None
+
+
+def _frame_words(frame: FrameType) -> str:
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno or 0).strip()
+    where = f"{short_file(frame.f_code.co_filename)}:{frame.f_lineno}"
+    return f"{where} ({line})" if line else where
+
+
+def _suspended_generators(filename: str) -> list[Any]:
+    """Suspended generators whose code is in ``filename`` (a walk of the heap: only for a report)."""
+    out = []
+    for obj in gc.get_objects():
+        if isinstance(obj, types.GeneratorType):
+            frame = obj.gi_frame
+            if (
+                frame is not None
+                and not obj.gi_running
+                and short_file(frame.f_code.co_filename) in (filename, short_file(filename))
+            ):
+                out.append(obj)
+                if len(out) >= 50:
+                    break
+    return out
 
 
 # Handlers of tools watching the program, not of the program: a deadline is not a wake-up.
@@ -167,6 +269,10 @@ class DeadlockWatchdog:
         self._pending_raise: DeadlockError | None = None
         self._signal: int | None = None
         self._previous_handler: Any = None
+        self._since = SinceTracker()
+        self._parked: dict[int, tuple[Hashable, int]] = {}
+        self._stuck_threads: frozenset[int] = frozenset()
+        self._loop_undo: dict[int, tuple[weakref.ref[Any], Callable[[], None]]] = {}
 
     # ---- control ----
     def start(self) -> None:
@@ -177,6 +283,7 @@ class DeadlockWatchdog:
             self._recorder = get_recorder()
         if self.raise_in == "main":
             self._install_raiser()
+        casualties.install(self._recorder)
         self._stop_lock.acquire()
         thread = internal_thread(self._run, WATCHDOG_THREAD_NAME)
         self._thread = thread
@@ -195,6 +302,10 @@ class DeadlockWatchdog:
         if thread is not threading.current_thread():
             thread.join(timeout_s)
         self._uninstall_raiser()
+        casualties.uninstall()
+        for _ref, undo in list(self._loop_undo.values()):
+            undo()
+        self._loop_undo.clear()
 
     def __enter__(self) -> DeadlockWatchdog:
         self.start()
@@ -219,15 +330,89 @@ class DeadlockWatchdog:
         """
         now = time.monotonic_ns()
         frames = sys._current_frames()
+        threads = {t.ident: t for t in threading.enumerate() if t.ident is not None}
+        self._note_parked(frames, now)
+        self._watch_loop_failures()
         new_deadlocks: list[DeadlockEvent] = []
-        if self._long_waits(now):  # the full graph only when some wait has lasted the timeout
-            new_deadlocks = self._check_deadlocks(build_wait_graph(registry.primitives()), frames, now)
+        # The full graph only when some wait has lasted the timeout: cheap for a healthy program.
+        if self._long_waits(now) or self._parked_in_a_wait(frames, now) or self._idle_loop_with_tasks(frames):
+            reader = WaitReader(frames, threads, now, self._since, parked_since=self._parked_since())
+            self._since.begin()
+            try:
+                deps = reader.dependencies()
+            finally:
+                self._since.end()
+            graph = build_wait_graph(registry.primitives(), deps)
+            stuck = stuck_parties(graph, now_ns=now, min_wait_s=self.timeout_s)
+            self._stuck_threads = frozenset(k[1] for k in stuck if k[0] == "thread")
+            new_deadlocks = self._check_deadlocks(graph, frames, now, reader)
         else:
             self._live_cycles = set()
+            self._stuck_threads = frozenset()
         hang = None
         if self.detect_hangs:
             hang = self._check_hang(frames, now)
         return new_deadlocks, hang
+
+    def _note_parked(self, frames: Mapping[int, FrameType], now: int) -> None:
+        """Since when each thread has been exactly where it is (waits read from frames have no
+        start time of their own)."""
+        parked = {}
+        for tid, frame in frames.items():
+            signature = _frame_signature(frame)
+            previous = self._parked.get(tid)
+            parked[tid] = previous if previous is not None and previous[0] == signature else (signature, now)
+        self._parked = parked
+
+    def _parked_since(self) -> dict[int, int]:
+        return {tid: since for tid, (_, since) in self._parked.items()}
+
+    def _parked_in_a_wait(self, frames: Mapping[int, FrameType], now: int) -> bool:
+        """Some thread has sat in ``Thread.join()`` or ``Future.result()`` for the timeout."""
+        limit = self.timeout_s * 1e9
+        for tid, (_, since) in self._parked.items():
+            if now - since < limit:
+                continue
+            frame = frames.get(tid)
+            depth = 0
+            while frame is not None and depth < 4:
+                code = frame.f_code
+                if code.co_name in ("join", "_wait_for_tstate_lock", "result") and code.co_filename.startswith(
+                    _STDLIB_PREFIX
+                ):
+                    return True
+                frame = frame.f_back
+                depth += 1
+        return False
+
+    def _idle_loop_with_tasks(self, frames: Mapping[int, FrameType]) -> bool:
+        """An event loop sits in select() with tasks but nothing of its own to wake them: its
+        tasks may wait on jobs or coroutines of other threads (followed in the full graph)."""
+        if not any(f.f_code.co_filename == _SELECTORS_PY for f in frames.values()):
+            return False
+        for loop in taskdump.running_loops():
+            try:
+                if taskdump.loop_idle_forever(loop, allow_futures=True):
+                    return True
+            except Exception:
+                continue
+        return False
+
+    def _watch_loop_failures(self) -> None:
+        """Note the tasks that die unretrieved on every running loop (once per loop)."""
+        if len(self._loop_undo) > 256:
+            self._loop_undo.clear()
+        try:
+            loops = taskdump.running_loops()
+        except Exception:
+            return
+        for loop in loops:
+            if id(loop) in self._loop_undo:
+                continue
+            try:
+                self._loop_undo[id(loop)] = (weakref.ref(loop), casualties.watch_loop_failures(loop))
+            except Exception:
+                _log.debug("conctools: could not watch a loop's failures", exc_info=True)
 
     def _long_waits(self, now: int) -> bool:
         """True when some party has been waiting on a traced primitive for ``timeout_s``.
@@ -270,7 +455,9 @@ class DeadlockWatchdog:
                     return party, state
         return None
 
-    def _check_deadlocks(self, graph: WaitGraph, frames: Mapping[int, FrameType], now: int) -> list[DeadlockEvent]:
+    def _check_deadlocks(
+        self, graph: WaitGraph, frames: Mapping[int, FrameType], now: int, reader: WaitReader
+    ) -> list[DeadlockEvent]:
         if not graph.edges:
             self._live_cycles = set()
             return []
@@ -287,8 +474,14 @@ class DeadlockWatchdog:
             self._seen.add(cycle_key(cycle))
             stacks = {}
             for edge in cycle:
-                stacks[edge.waiter_key] = self._stack_of(edge.waiter, edge.prim, frames, tasks)
+                stacks[edge.waiter_key] = self._stack_of(edge, frames, tasks)
             participants = participants_of(cycle, graph, stacks, now_ns=now)
+            try:
+                notes = _holder_notes(cycle, graph, reader)
+            except Exception:
+                _log.debug("conctools: could not look for the holder", exc_info=True)
+                notes = []
+            summary, advice = explain(participants, notes)
             first = participants[0]
             event = DeadlockEvent(
                 ts_ns=now,
@@ -296,17 +489,18 @@ class DeadlockWatchdog:
                 thread_name=first.thread_name,
                 task_name=first.task_name,
                 participants=participants,
+                summary=summary,
+                advice=advice,
             )
             out.append(event)
             self._report_deadlock(event)
         return out
 
     @staticmethod
-    def _stack_of(
-        party: Party, prim: PrimitiveState | None, frames: Mapping[int, FrameType], tasks: Mapping[int, Any]
-    ) -> tuple[Frame, ...]:
-        """A thread's stack; a suspended task's await stack; a task in a sync wait: its thread's."""
-        if party.task_id is not None and (prim is None or not _is_sync_kind(prim.kind)):
+    def _stack_of(edge: WaitEdge, frames: Mapping[int, FrameType], tasks: Mapping[int, Any]) -> tuple[Frame, ...]:
+        """A thread's stack (also when a task of it blocks it); a suspended task's await stack."""
+        party = edge.waiter
+        if party.task_id is not None and edge.waiter_key[0] == "task":
             info = tasks.get(party.task_id)
             if info is not None:
                 stack: tuple[Frame, ...] = info.stack
@@ -326,8 +520,11 @@ class DeadlockWatchdog:
                 self.on_deadlock(event)
             except Exception:
                 _log.exception("conctools: on_deadlock callback failed")
+        self._raise_in_main(DeadlockError(event.participants, event))
+
+    def _raise_in_main(self, error: DeadlockError) -> None:
         if self.raise_in == "main" and self._signal is not None:
-            self._pending_raise = DeadlockError(event.participants, event)
+            self._pending_raise = error
             try:
                 signal.pthread_kill(threading.main_thread().ident or 0, self._signal)
             except Exception:
@@ -347,10 +544,11 @@ class DeadlockWatchdog:
         # Stop at the first thread that is not blocked: a healthy program costs little.
         previous, self._frame_seen = self._frame_seen, {tid: _frame_signature(f) for tid, f in watched.items()}
         states: dict[int, ThreadState] = {}
+        stuck_threads = self._stuck_threads
         for tid, frame in watched.items():
             still = previous.get(tid) == self._frame_seen[tid]
             state = classify_thread(tid, frame, self._registry_wait(tid), loops, with_stack=False, read_bytecode=still)
-            if not state.blocked:
+            if not state.blocked and tid not in stuck_threads:
                 self._all_blocked_since_ns = None
                 self._hang_reported = False
                 return None
@@ -367,6 +565,8 @@ class DeadlockWatchdog:
         for tid, frame in watched.items():
             if states[tid].state == "loop idle forever" and tid in loop_signatures:
                 signatures[tid] = loop_signatures[tid]
+            elif tid in stuck_threads and not states[tid].blocked:
+                signatures[tid] = ("stuck", loop_signatures.get(tid))
             else:
                 signatures[tid] = _frame_signature(frame)
         moved = signatures != self._signatures
@@ -384,7 +584,8 @@ class DeadlockWatchdog:
         self._hang_reported = True
         # Now the stacks (left out of the cheap pass above).
         states = {tid: classify_thread(tid, frame, self._registry_wait(tid), loops) for tid, frame in watched.items()}
-        event = self._hang_event(states, threads, now, (now - stalled_since) / 1e9)
+        reader = WaitReader(frames, threads, now, self._since, parked_since=self._parked_since())
+        event = self._hang_event(states, threads, now, (now - stalled_since) / 1e9, reader, stuck_threads)
         self.hangs.append(event)
         del self.hangs[:-_MAX_KEPT]
         if self._recorder is not None:
@@ -395,6 +596,7 @@ class DeadlockWatchdog:
                 self.on_hang(event)
             except Exception:
                 _log.exception("conctools: on_hang callback failed")
+        self._raise_in_main(HangError(event))
         return event
 
     @staticmethod
@@ -407,10 +609,13 @@ class DeadlockWatchdog:
             if tid is None:
                 continue
             idle = taskdump.loop_idle_forever(loop)
+            tasks = taskdump.dump_tasks(loop) if idle or taskdump.loop_idle_forever(loop, allow_futures=True) else []
+            signatures[tid] = tuple((t.task_id, t.state, t.stack[:1]) for t in tasks)
             if idle:
-                tasks = taskdump.dump_tasks(loop)
-                signatures[tid] = tuple((t.task_id, t.state, t.stack[:1]) for t in tasks)
-                text = f"its event loop: {len(tasks)} pending task(s), and no timer, I/O or ready callback to wake them"
+                n = len(tasks)
+                text = f"its event loop: {_plural(n, 'pending task')}, and no timer, I/O or ready callback to wake them"
+            elif tasks:
+                text = "its event loop: its tasks wait for jobs or coroutines of other threads"
             else:
                 text = "its event loop: waiting for I/O or timers"
             out[tid] = (idle, text)
@@ -418,7 +623,12 @@ class DeadlockWatchdog:
 
     @staticmethod
     def _hang_event(
-        states: Mapping[int, ThreadState], threads: Mapping[int, threading.Thread], now: int, stalled_s: float
+        states: Mapping[int, ThreadState],
+        threads: Mapping[int, threading.Thread],
+        now: int,
+        stalled_s: float,
+        reader: WaitReader,
+        stuck_threads: frozenset[int] = frozenset(),
     ) -> HangEvent:
         def name_of(tid: int) -> str:
             t = threads.get(tid)
@@ -435,28 +645,60 @@ class DeadlockWatchdog:
                     waits_on = f"{waits_on}, which waits on {target.waits_on}"
                 elif target is None and s.join_target not in threads:
                     waits_on = f"{waits_on} (already finished)"
+            try:
+                detail = reader.thread_detail(tid, reader.frames.get(tid))
+            except Exception:
+                _log.debug("conctools: could not describe a wait", exc_info=True)
+                detail = ""
+            if detail:
+                waits_on = f"{waits_on}; {detail}" if waits_on else detail
             t = threads.get(tid)
+            state = s.state
+            if not s.blocked and tid in stuck_threads:
+                state = "waiting (through other threads)"
             waiters.append(
                 WaiterInfo(
                     thread_id=tid,
                     thread_name=name_of(tid),
                     task_name=None,
-                    state=s.state,
+                    state=state,
                     waits_on=waits_on,
                     stack=s.stack,
                     daemon=bool(t.daemon) if t is not None else True,
                 )
             )
+        casualties.failed_tasks()  # failed tasks still referenced count too
         tasks = taskdump.dump_tasks()
-        waiters.extend(t.as_waiter_info() for t in tasks)
-        reason = (
-            f"nothing progressed for {stalled_s:.1f}s: all {len(states)} thread(s)"
-            + (f" and {len(tasks)} task(s)" if tasks else "")
-            + " wait forever on something only another waiting one could release"
-        )
+        objects = {id(t): t for t in taskdump.pending_tasks()}
+        for info in tasks:
+            waiter = info.as_waiter_info()
+            task = objects.get(info.task_id)
+            try:
+                detail = reader.task_detail(task) if task is not None else ""
+            except Exception:
+                _log.debug("conctools: could not describe a task's wait", exc_info=True)
+                detail = ""
+            if detail:
+                waiter = dataclasses.replace(
+                    waiter, waits_on=f"{waiter.waits_on}; {detail}" if waiter.waits_on else detail
+                )
+            waiters.append(waiter)
+        failures = tuple(casualties.failures()[-10:])
+        n = len(states)
+        if n == 1 and not tasks:
+            who = "the only thread waits forever on something nothing left could release"
+        else:
+            who = (
+                (f"all {n} threads" if n != 1 else "the only thread")
+                + (f" and {_plural(len(tasks), 'task')}" if tasks else "")
+                + " wait forever on something only another waiting one could release"
+            )
+        reason = f"nothing progressed for {stalled_s:.1f}s: {who}"
         for cycle in taskdump.task_cycles(tasks):  # tasks awaiting each other: a deadlock without locks
             names = " -> ".join(repr(t.name) for t in [*cycle, cycle[0]])
             reason += f"; await cycle: {names}"
+        if failures:
+            reason += f"; {_plural(len(failures), 'thread or task')} ended with an exception before (listed below)"
         main = threading.main_thread()
         return HangEvent(
             ts_ns=now,
@@ -465,6 +707,7 @@ class DeadlockWatchdog:
             stalled_s=stalled_s,
             reason=reason,
             waiters=tuple(waiters),
+            failures=failures,
         )
 
     # ---- raising in the main thread ----

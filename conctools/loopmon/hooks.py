@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from conctools import taskdump
+from conctools import casualties, taskdump
 from conctools.loopmon.monitor import LoopMonitor
 
 __all__ = ["monitor_all_loops"]
@@ -20,7 +20,10 @@ _get_running_loop = asyncio._get_running_loop
 
 _hook_lock = _thread.RLock()
 _hook_config: list[dict[str, Any]] = []  # stack of monitor_all_loops() options; the last one applies
-_auto: dict[int, LoopMonitor] = {}  # id(loop) -> the monitor started when that loop first ran
+_auto: dict[int, LoopMonitor] = {}
+_failure_undo: dict[
+    int, Callable[[], None]
+] = {}  # id(loop) -> undo its failure watching  # id(loop) -> the monitor started when that loop first ran
 _original_set_running_loop = asyncio.events._set_running_loop
 _uv_patched: list[tuple[type, Callable[..., Any]]] = []  # (uvloop.Loop, our run_forever) while hooked
 
@@ -60,6 +63,10 @@ def _on_loop_switch(loop: asyncio.AbstractEventLoop | None) -> None:
     with _hook_lock:
         _auto[id(loop)] = monitor
     monitor.start()
+    try:  # tasks that die unretrieved are named in hang reports (what their victims wait on)
+        _failure_undo[id(loop)] = casualties.watch_loop_failures(loop)
+    except Exception:
+        _log.debug("conctools: could not watch the loop's failures", exc_info=True)
 
 
 def _forget_auto(monitor: LoopMonitor) -> None:
@@ -70,6 +77,14 @@ def _forget_auto(monitor: LoopMonitor) -> None:
     monitor._release()
     if monitor.loop is not None:
         taskdump.unregister_loop(monitor.loop)
+        _undo_failures(monitor.loop)
+
+
+def _undo_failures(loop: asyncio.AbstractEventLoop) -> None:
+    with _hook_lock:
+        undo = _failure_undo.pop(id(loop), None)
+    if undo is not None:
+        undo()
 
 
 def _uvloop_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -142,3 +157,4 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
             monitor.stop()
             if monitor.loop is not None:
                 taskdump.unregister_loop(monitor.loop)
+                _undo_failures(monitor.loop)
