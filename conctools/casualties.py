@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import queue
+import sysconfig
 import threading
 import traceback
 import weakref
@@ -64,6 +65,8 @@ _recorders: list[Recorder | None] = []
 # -- what counts as "something another party waits on" -----------------------------------------
 
 _RAW_LOCKS = (type(_thread.allocate_lock()), type(_thread.RLock()))
+_PATHS = sysconfig.get_paths()
+_STDLIB_DIRS = tuple({os.path.join(_PATHS[k], "") for k in ("stdlib", "platstdlib") if k in _PATHS} | {"<frozen"})
 _WAITABLE = (
     queue.Queue,
     asyncio.Queue,
@@ -87,14 +90,19 @@ def _is_waitable(obj: Any) -> bool:
     return cls.__name__ in ("Future", "Barrier") and cls.__module__.startswith(("concurrent", "asyncio", "threading"))
 
 
+_PUBLIC_MODULES = {"concurrent.futures._base": "concurrent.futures", "_thread": "threading", "_queue": "queue"}
+
+
 def waitable_name(obj: Any) -> str:
     """``queue.Queue at 0x...`` or the traced primitive's own name: how a failure names what it used."""
     name = getattr(obj, "_ct_name", None)
     cls = type(obj)
-    kind = f"{cls.__module__.split('.')[0]}.{cls.__qualname__}"
-    if kind.startswith("conctools."):
-        kind = cls.__qualname__
-    return f"{kind} {name!r}" if isinstance(name, str) else f"{kind} at {id(obj):#x}"
+    module = cls.__module__
+    if isinstance(name, str) and module.startswith("conctools"):
+        return f"{cls.__qualname__} {name!r}"
+    module = _PUBLIC_MODULES.get(module, module.split(".")[0])
+    qualname = {"lock": "Lock (untraced)", "RLock": "RLock (untraced)"}.get(cls.__qualname__, cls.__qualname__)
+    return f"{module}.{qualname} at {id(obj):#x}"
 
 
 def _used_objects(tb: TracebackType | None) -> list[Any]:
@@ -108,7 +116,9 @@ def _used_objects(tb: TracebackType | None) -> list[Any]:
 
     while tb is not None:
         frame = tb.tb_frame
-        if not is_conctools_frame(frame.f_code.co_filename):
+        filename = frame.f_code.co_filename
+        # The program's own frames: the stdlib's (Thread.run's self and its internals) say nothing.
+        if not is_conctools_frame(filename) and not filename.startswith(_STDLIB_DIRS):
             _scan_frame(frame, note)
         tb = tb.tb_next
     return list(found.values())

@@ -141,6 +141,10 @@ def loop_thread_id(loop: asyncio.AbstractEventLoop) -> int | None:
         entry = _loops.get(id(loop))
     if entry is not None and entry[0]() is loop:
         return entry[1]
+    for found, tid in _running_on_stacks():  # a loop nobody registered (uvloop without a monitor)
+        if found is loop:
+            register_loop(loop, tid)
+            return tid
     return None
 
 
@@ -170,22 +174,33 @@ def _is_running(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def _loops_on_stacks() -> list[asyncio.AbstractEventLoop]:
-    """Loops whose ``run_forever`` frame is on some thread's stack (asyncio's own loops only)."""
+    """Loops that some thread's stack is running (see :func:`_running_on_stacks`)."""
+    return [loop for loop, _tid in _running_on_stacks()]
+
+
+def _running_on_stacks() -> list[tuple[asyncio.AbstractEventLoop, int]]:
+    """``(loop, thread id)`` for each loop a thread's stack runs: asyncio's ``run_forever`` frame,
+    or an ``asyncio.Runner`` (``asyncio.run``, ``uvloop.run``) whose loop has no Python frames."""
     out = []
     try:
         frames = sys._current_frames()
     except Exception:
         return []
     target = _ASYNCIO_DIR + "base_events.py"
-    for frame in frames.values():
+    runners = _ASYNCIO_DIR + "runners.py"
+    for tid, frame in frames.items():
         f: FrameType | None = frame
         depth = 0
         while f is not None and depth < 200:
             code = f.f_code
+            loop: Any = None
             if code.co_name == "run_forever" and code.co_filename == target:
                 loop = _frame_self(f)
-                if isinstance(loop, asyncio.AbstractEventLoop) and _is_running(loop):
-                    out.append(loop)
+            elif code.co_name == "run" and code.co_filename == runners:
+                loop = getattr(_frame_self(f), "_loop", None)
+            if isinstance(loop, asyncio.AbstractEventLoop):
+                if _is_running(loop):
+                    out.append((loop, tid))
                 break
             f = f.f_back
             depth += 1
@@ -404,6 +419,8 @@ def _held_by(obj: Any) -> str:
         return ""
     h = state.holders[0]
     who = f"task {h.task_name!r}" if h.task_name is not None else f"thread {h.thread_name!r}"
+    if h.task_id is not None and not any(id(t) == h.task_id for t in _task_objects(None)):
+        who += ", which is no longer running"
     more = f" and {len(state.holders) - 1} more" if len(state.holders) > 1 else ""
     return f" by {who}{more}, taken at {h.site}"
 

@@ -6,6 +6,7 @@ running program.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,14 @@ def describe_cycle(cycle: Sequence[Participant]) -> str:
     """One line per participant: ``thread 'a' waits for Lock 'b' held by thread 'b'``."""
     parts = [f"{p.who} waits for {p.waits_for} held by {p.held_by} at {p.wait_site}" for p in cycle]
     return "deadlock: " + "; ".join(parts)
+
+
+def short_file(filename: str) -> str:
+    """``file.py``, or ``package/__init__.py``: how the lock registry writes sites."""
+    base = os.path.basename(filename)
+    if base in ("__init__.py", "__main__.py"):
+        return os.path.join(os.path.basename(os.path.dirname(filename)), base)
+    return base
 
 
 def _exited(party: Party) -> bool:
@@ -417,8 +426,12 @@ def participants_of(
     stacks: Mapping[PartyKey, tuple[Frame, ...]],
     *,
     now_ns: int | None = None,
+    aliases: Mapping[int, str] | None = None,
 ) -> tuple[Participant, ...]:
-    """The cycle as :class:`~conctools.events.Participant` records, in cycle order."""
+    """The cycle as :class:`~conctools.events.Participant` records, in cycle order.
+
+    ``aliases`` names what a primitive also is (its id -> ``Condition 'c'`` for a Condition's lock).
+    """
     now = time.monotonic_ns() if now_ns is None else now_ns
     # Two locks created on one line share a name: tell them apart by id, as jstack does.
     ids_by_label: dict[str, set[int]] = {}
@@ -428,7 +441,10 @@ def participants_of(
 
     def label(prim: PrimitiveState) -> str:
         text = prim_label(prim)
-        return f"{text} <{prim.prim_id:#x}>" if len(ids_by_label.get(text, ())) > 1 else text
+        if len(ids_by_label.get(text, ())) > 1:
+            text = f"{text} <{prim.prim_id:#x}>"
+        alias = (aliases or {}).get(prim.prim_id)
+        return f"{text} (the lock of {alias})" if alias else text
 
     # A lock taken by a thread (task unknown) whose thread a task of the cycle now blocks.
     blocking_task = {e.waiter_key: e.waiter.task_name for e in cycle if e.waiter_key[0] == "thread"}
@@ -457,7 +473,8 @@ def participants_of(
         if key[0] == "task":
             top = user_frame(stack)
             if top is not None:
-                suspended_at = f"{top.site}: {top.line}" if top.line else top.site
+                site = f"{short_file(top.filename)}:{top.lineno}"
+                suspended_at = f"{site}: {top.line}" if top.line else site
         if edge.prim is not None:
             waits_for = label(edge.prim)
             waits_for_id = edge.prim.prim_id

@@ -94,7 +94,7 @@ def _api_detail(frame: FrameType, qualname: str) -> str:
         if qualname == "Future.result":
             state = getattr(owner, "_state", None)
             if state == "PENDING":
-                return " of a job that has not started (still queued)"
+                return " (not started or not set yet)"
             if state == "RUNNING":
                 return " of a running job"
         elif qualname == "Queue.join":
@@ -104,6 +104,14 @@ def _api_detail(frame: FrameType, qualname: str) -> str:
                 f" ({puts} put, {puts - unfinished} task_done)" if isinstance(puts, int) and puts >= unfinished else ""
             )
             return f": {unfinished} unfinished task{'' if unfinished == 1 else 's'}{counts}"
+        elif qualname == "Barrier.wait":
+            return f" ({owner.n_waiting} of {owner.parties} parties arrived)"
+        elif qualname == "Condition.wait_for":
+            predicate = _local(frame, "predicate")
+            code = getattr(predicate, "__code__", None)
+            if code is not None:
+                where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
+                return f" (until its predicate, {getattr(predicate, '__qualname__', '?')} at {where}, is true)"
         elif qualname == "Queue.get":
             return f" (the queue is empty; {owner.maxsize or 'no'} max size)"
         elif qualname == "Queue.put":
@@ -144,19 +152,60 @@ def _on_stack(frame: FrameType | None, filename: str, function: str) -> bool:
 def _describe_prim_wait(party: Party, prim: PrimitiveState) -> str:
     label = prim_label(prim)
     if prim.holders:
-        alive = {t.ident for t in threading.enumerate()}
-
-        def holder(h: Party) -> str:
-            where = f" since {h.site}" if h.site and h.site != "?" else ""
-            gone = ", which has finished without releasing it" if h.thread_id not in alive else ""
-            return f"{h.who}{where}{gone}"
-
-        return f"{label} held by " + ", ".join(holder(h) for h in prim.holders)
+        return f"{label} held by {holders_words(prim)}"
     if prim.kind.endswith("Event"):
         return f"{label} (not set)"
     if prim.kind.endswith("Condition"):
         return f"{label} (waiting for a notify)"
     return label
+
+
+def _names(names: Sequence[str]) -> str:
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def holders_words(prim: PrimitiveState) -> str:
+    """Who holds ``prim``, in words: exited holders as such, by their own names; a holder listed
+    once per permit it holds; a live thread that both holds and waits for a non-reentrant
+    primitive flagged (an id the primitive recorded may be an exited thread's, reused)."""
+    alive = {t.ident for t in threading.enumerate()}
+    exited = [h for h in prim.holders if _exited(h)]
+    live = [h for h in prim.holders if not _exited(h)]
+    parts = []
+    if exited:
+        names = sorted({h.thread_name.removeprefix("exited thread ") for h in exited})
+        tasks = sorted({h.task_name for h in exited if h.task_name is not None})
+        sites = sorted({h.site for h in exited if h.site and h.site != "?"})
+        who = f"exited thread{'s' if len(names) > 1 else ''} {_names(names)}"
+        if tasks:
+            who += f" (in task{'s' if len(tasks) > 1 else ''} {_names(tasks)})"
+        where = f"acquired at {', '.join(sites)}, never released" if sites else "never released"
+        parts.append(f"{who} ({where})")
+    waiting = {w.thread_id for w in prim.waiters}
+    counts: dict[tuple[str, str, int], int] = {}
+    for h in live:
+        key = (h.who, h.site if h.site and h.site != "?" else "", h.thread_id)
+        counts[key] = counts.get(key, 0) + 1
+    for (who, site, tid), n in counts.items():
+        words = who + (f" since {site}" if site else "")
+        if n > 1:
+            words += f" ({n} permits)"
+        if tid not in alive:
+            words += ", which has finished without releasing it"
+        elif tid in waiting and not prim.kind.endswith("RLock"):
+            words += (
+                " (which also waits for it: this thread holds it and waits again, or the id belonged to an"
+                " exited thread before it)"
+            )
+        parts.append(words)
+    return "; ".join(parts)
+
+
+def _exited(party: Party) -> bool:
+    if getattr(party, "exited", False):
+        return True
+    return party.thread_id == 0 and party.thread_name.startswith("exited thread ")
 
 
 def classify_thread(
@@ -185,7 +234,9 @@ def classify_thread(
         # A traced primitive inside the stdlib (Queue.get's Condition): name the stdlib call too.
         outer = _first_foreign(frame)
         if outer is not None and outer.f_code.co_filename.startswith(_MACHINERY):
-            what = f"{_api_name(outer)}: {what}"
+            api = _api_name(outer)
+            if not (api.startswith("threading.Condition.wait()") and not prim.kind.endswith("Condition")):
+                what = f"{api}: {what}"  # (a Semaphore's own internal Condition says nothing more)
         return ThreadState(
             thread_id=thread_id,
             state="waiting" if blocked else f"waiting (timeout {party.timeout_s}s)",

@@ -34,7 +34,7 @@ from typing import Any
 
 from conctools import casualties, registry, taskdump
 from conctools._context import frames_of, user_frame
-from conctools.deadlock.graph import Dependency
+from conctools.deadlock.graph import Dependency, short_file
 from conctools.events import FailureEvent
 from conctools.registry import Party
 
@@ -504,7 +504,7 @@ class WaitReader:
         dead = casualties.failures_touching([q])
         for f in dead[:3]:
             message = f": {f.message}" if f.message else ""
-            words.append(f"{f.who} (which used this queue) ended with {f.exc_type}{message} at {f.site}")
+            words.append(f"{f.who}, which used this queue, ended with {f.exc_type}{message} at {f.site}")
         getters = [g for g in list(getattr(q, "_getters", ()) or ()) if not g.done()]
         if not getters and not self._other_task_uses(q, joiner):
             words.append("no task is left that gets from this queue")
@@ -569,14 +569,6 @@ def _current_task(loop: asyncio.AbstractEventLoop) -> Any:
         return asyncio.current_task(loop)
     except Exception:
         return None
-
-
-def short_file(filename: str) -> str:
-    """``file.py``, or ``package/__init__.py``: how the lock registry writes sites."""
-    base = os.path.basename(filename)
-    if base in ("__init__.py", "__main__.py"):
-        return os.path.join(os.path.basename(os.path.dirname(filename)), base)
-    return base
 
 
 def _site(frame: FrameType | None) -> str:

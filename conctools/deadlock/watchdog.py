@@ -32,10 +32,11 @@ from conctools.deadlock.graph import (
     describe_cycle,
     find_deadlocks,
     participants_of,
+    short_file,
     stuck_parties,
 )
 from conctools.deadlock.threads import _SELECTORS_PY, ThreadState, _stack, classify_thread
-from conctools.deadlock.waits import SinceTracker, WaitReader, short_file
+from conctools.deadlock.waits import SinceTracker, WaitReader
 from conctools.events import DeadlockEvent, Frame, HangEvent, Participant, WaiterInfo
 from conctools.recorder import Recorder, get_recorder
 from conctools.registry import Party, PrimitiveState
@@ -118,10 +119,21 @@ def _holder_notes(cycle: Sequence[WaitEdge], graph: WaitGraph, reader: WaitReade
             frame = _frame_inside([gen.gi_frame], filename, lineno)
             if frame is not None:
                 notes.append(
-                    f"It was taken at {site} inside generator {frame.f_code.co_name}(), which is suspended at"
+                    f"That was inside generator {frame.f_code.co_name}(), which is suspended at"
                     f" {_frame_words(frame)} and was never resumed: the lock stays held while the generator waits."
                 )
     return notes[:3]
+
+
+def _condition_locks() -> dict[int, str]:
+    """Traced locks that are a traced Condition's lock: id -> ``Condition 'name'`` (a lock-order
+    inversion through a Condition then says so)."""
+    out: dict[int, str] = {}
+    for prim in registry.live():
+        lock = getattr(prim, "_lock", None)
+        if type(prim).__name__ == "Condition" and lock is not None and hasattr(lock, "_conctools_state"):
+            out[id(lock)] = f"Condition {getattr(prim, '_ct_name', '?')!r}"
+    return out
 
 
 def _frame_inside(frames: Iterable[FrameType | None], filename: str, lineno: int) -> FrameType | None:
@@ -475,7 +487,7 @@ class DeadlockWatchdog:
             stacks = {}
             for edge in cycle:
                 stacks[edge.waiter_key] = self._stack_of(edge, frames, tasks)
-            participants = participants_of(cycle, graph, stacks, now_ns=now)
+            participants = participants_of(cycle, graph, stacks, now_ns=now, aliases=_condition_locks())
             try:
                 notes = _holder_notes(cycle, graph, reader)
             except Exception:

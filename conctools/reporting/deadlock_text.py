@@ -106,7 +106,14 @@ def _which(p: Participant) -> str:
 
 def _wrap(text: str, indent: str, first: str = "") -> list[str]:
     """``text`` as lines of at most ~100 characters (reports are read in terminals)."""
-    return textwrap.wrap(first + text, width=100, initial_indent=indent, subsequent_indent=indent + " " * len(first))
+    return textwrap.wrap(
+        first + text,
+        width=100,
+        initial_indent=indent,
+        subsequent_indent=indent + " " * len(first),
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def deadlock_section(snapshot: Snapshot, brief: bool) -> str | None:

@@ -28,6 +28,7 @@ _COLORS = {
     "deadlock": "terrible",
     "hang": "terrible",
     "lock_order": "bad",
+    "failure": "bad",
 }
 _EPS_US = 0.001  # one nanosecond: keeps a flow end inside the slice it binds to
 
