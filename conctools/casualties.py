@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import concurrent.futures
+import dataclasses
+import gc
 import logging
 import os
 import queue
@@ -40,6 +43,7 @@ from conctools.events import FailureEvent, Frame
 from conctools.recorder import Recorder, get_recorder
 
 __all__ = [
+    "failed_jobs",
     "failed_tasks",
     "failure_of",
     "failures",
@@ -334,6 +338,33 @@ def watch_loop_failures(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
             pass
 
     return undo
+
+
+def failed_jobs() -> list[FailureEvent]:
+    """Thread-pool jobs that ended with an exception still held by their future (nobody retrieved
+    it: a worker thread does not die, the job just stops); each is noted as a failure too.
+
+    Walks the heap, so it is for a report (a hang), never for a hot path.
+    """
+    out = []
+    for obj in gc.get_objects():
+        if not isinstance(obj, concurrent.futures.Future) or getattr(obj, "_state", None) != "FINISHED":
+            continue
+        exc = getattr(obj, "_exception", None)
+        if not isinstance(exc, BaseException) or exc.__traceback__ is None:
+            continue
+        try:
+            names = [e.name for e in traceback.extract_tb(exc.__traceback__, limit=8)]
+            job = next((n for n in names if n not in ("run", "_worker")), "?")
+            event, objects = failure_of(exc, thread_id=0, thread_name="?", task_name=None, ts_ns=monotonic_ns())
+            event = dataclasses.replace(event, job=f"{job}()")
+            _note(event, objects, exc)
+            out.append(event)
+        except Exception:
+            continue
+        if len(out) >= 20:
+            break
+    return out
 
 
 def failed_tasks() -> list[Any]:

@@ -276,6 +276,16 @@ class FailureEvent(Event):
     site: str
     stack: tuple[Frame, ...] = ()
     objects: tuple[str, ...] = ()
+    job: str | None = None  # a thread-pool job (its function): the worker thread lives on
+
+    @property
+    def who(self) -> str:
+        """``thread 'X'``, ``task 'Y' (thread 'X')`` or ``pool job f()``."""
+        if self.job is not None:
+            return f"pool job {self.job}"
+        if self.task_name is not None:
+            return f"task {self.task_name!r} (thread {self.thread_name!r})"
+        return f"thread {self.thread_name!r}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

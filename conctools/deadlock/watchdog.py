@@ -646,6 +646,8 @@ class DeadlockWatchdog:
             t = threads.get(tid)
             return t.name if t is not None else f"thread-{tid}"
 
+        casualties.failed_tasks()  # failed tasks and pool jobs still referenced count too
+        casualties.failed_jobs()
         waiters = []
         main_id = threading.main_thread().ident
         for tid in sorted(states, key=lambda t: (t != main_id, name_of(t))):
@@ -679,7 +681,6 @@ class DeadlockWatchdog:
                     daemon=bool(t.daemon) if t is not None else True,
                 )
             )
-        casualties.failed_tasks()  # failed tasks still referenced count too
         tasks = taskdump.dump_tasks()
         objects = {id(t): t for t in taskdump.pending_tasks()}
         for info in tasks:

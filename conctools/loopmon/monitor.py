@@ -17,7 +17,7 @@ from conctools import taskdump
 from conctools._context import internal_thread, is_conctools_frame, thread_name_of
 from conctools.events import Frame, SlowCallbackEvent
 from conctools.loopmon.blocking import _disable_blocking_detection, _enable_blocking_detection
-from conctools.loopmon.culprits import _ASYNCIO_DIR, _current_task, _task_name, culprit_of
+from conctools.loopmon.culprits import _ASYNCIO_DIR, _current_task, _task_name, callback_frames, culprit_of
 from conctools.loopmon.segments import Sample, cut_segments
 from conctools.loopmon.stats import stats_for
 from conctools.recorder import Recorder, get_recorder
@@ -417,7 +417,11 @@ class LoopMonitor:
         """Who runs on the loop thread now (task or callback), and where: one :class:`Sample`."""
         loop = self.loop
         assert loop is not None
+        if _is_idle_frame(frame) and stall.samples:
+            return  # back in select(): the stall is over, its heartbeat just has not run yet
         stack = stall.stack_of(frame)
+        if stall.samples and not callback_frames(stack) and not _in_run_once(frame):
+            return  # uvloop idle in C: no callback runs
         who, task_name, callback, created_at = _running(loop, frame, stack)
         stall.samples.append(
             Sample(
@@ -653,6 +657,18 @@ def _batch_start(frame: FrameType | None, loop: asyncio.AbstractEventLoop) -> tu
         f = f.f_back
         depth += 1
     return None, None, None
+
+
+def _in_run_once(frame: FrameType | None) -> bool:
+    """An asyncio loop's ``_run_once`` is on the stack (a callback or the loop's own code runs)."""
+    target = _ASYNCIO_DIR + "base_events.py"
+    depth = 0
+    while frame is not None and depth < 200:
+        if frame.f_code.co_name == "_run_once" and frame.f_code.co_filename == target:
+            return True
+        frame = frame.f_back
+        depth += 1
+    return False
 
 
 def _is_idle_frame(frame: FrameType | None) -> bool:

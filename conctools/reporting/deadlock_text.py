@@ -144,7 +144,7 @@ def format_hang(event: HangEvent, *, brief: bool = False) -> str:
         lines += [title, "-" * len(title)]
         for f in event.failures:
             message = f": {f.message}" if f.message else ""
-            lines.append(f"{_who(f)} ended with {f.exc_type}{message}")
+            lines.append(f"{f.who} ended with {f.exc_type}{message}")
             lines.append(f"    at {f.site}")
             if f.objects:
                 lines.append(f"    it was using {', '.join(f.objects[:5])}")

@@ -20,7 +20,7 @@ async def read_cache() -> None:
 
 
 async def main() -> None:
-    asyncio.create_task(refresh({}), name="refresher")
+    asyncio.create_task(refresh({}), name="refresher")  # noqa: RUF006 (fire and forget, as the bug has it)
     await asyncio.create_task(read_cache(), name="reader")
 
 

@@ -12,7 +12,7 @@ async def consumer(jobs: asyncio.Queue[int]) -> None:
 
 async def main() -> None:
     jobs: asyncio.Queue[int] = asyncio.Queue()
-    asyncio.create_task(consumer(jobs), name="consumer")
+    asyncio.create_task(consumer(jobs), name="consumer")  # noqa: RUF006 (fire and forget, as the bug has it)
     for item in (5, 0, 2, 1):
         jobs.put_nowait(item)
     await jobs.join()  # MARK: main-joins

@@ -2,7 +2,7 @@
 it to say that it is done."""
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 export_done = threading.Event()
 both_running = threading.Barrier(2)
@@ -21,5 +21,5 @@ def notify_when_exported() -> None:
     print("exported")
 
 
-pool.submit(export_and_close)
-pool.submit(notify_when_exported)
+jobs = [pool.submit(export_and_close), pool.submit(notify_when_exported)]
+wait(jobs)  # MARK: main-waits

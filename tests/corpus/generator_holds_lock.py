@@ -9,8 +9,7 @@ table = [("ada", 36), ("alan", 41)]
 
 def rows():
     with db_lock:  # MARK: generator-acquires
-        for row in table:
-            yield row  # MARK: generator-suspended
+        yield from table  # MARK: generator-suspended
 
 
 def first_user(cursor) -> str:
