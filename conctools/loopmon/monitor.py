@@ -29,6 +29,10 @@ _log = logging.getLogger("conctools.loopmon")
 _monotonic_ns = time.monotonic_ns
 _get_running_loop = asyncio._get_running_loop
 
+# CPython 3.13.0's loop.create_task() calls task.set_name(None) after any task factory, which
+# renames every unnamed task 'None' (3.12 and 3.13.1+ keep 'Task-N'): wrap create_task there instead.
+_FACTORY_RENAMES_TASKS = sys.version_info[:3] == (3, 13, 0)
+
 _active_lock = _thread.allocate_lock()
 _active: dict[int, LoopMonitor] = {}  # id(loop) -> the monitor watching it
 
@@ -41,7 +45,9 @@ class LoopMonitor:
     monitor is not watched twice (the first one keeps it). ``detect_blocking`` also reports
     known blocking calls (``time.sleep``, blocking sockets, thread waits) made on the loop's
     thread. ``track_creation`` installs a task factory that notes where tasks are created
-    (the previous factory still creates them). Never raises into the program.
+    (the previous factory still creates them; on CPython 3.13.0, whose ``create_task`` renames
+    every unnamed task ``'None'`` when a factory is set, a wrapper of the loop's ``create_task``
+    notes them instead). Never raises into the program.
 
     >>> import asyncio, time
     >>> async def main():
@@ -217,6 +223,9 @@ class LoopMonitor:
 
     # ---- task creation sites ----
     def _install_factory(self, loop: asyncio.AbstractEventLoop) -> None:
+        if _FACTORY_RENAMES_TASKS and loop.get_task_factory() is None and "create_task" not in vars(loop):
+            self._wrap_create_task(loop)
+            return
         previous = loop.get_task_factory()
 
         def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
@@ -231,8 +240,31 @@ class LoopMonitor:
         self._factory_installed = factory
         loop.set_task_factory(factory)
 
+    def _wrap_create_task(self, loop: asyncio.AbstractEventLoop) -> None:
+        """CPython 3.13.0: note creation sites from a per-loop ``create_task`` wrapper instead of a
+        factory (with a factory set, that version renames every unnamed task ``'None'``)."""
+        original = loop.create_task
+
+        def create_task(coro: Any, **kwargs: Any) -> Any:
+            task = original(coro, **kwargs)
+            try:
+                taskdump.note_creation_site(task)
+            except Exception:
+                pass
+            return task
+
+        create_task.__wrapped__ = original  # type: ignore[attr-defined]
+        try:
+            loop.create_task = create_task  # type: ignore[method-assign]
+        except (AttributeError, TypeError):  # a loop without an instance dict
+            return
+        self._factory_installed = create_task
+
     def _remove_factory(self, loop: asyncio.AbstractEventLoop) -> None:
         factory, self._factory_installed = self._factory_installed, None
+        if factory is not None and vars(loop).get("create_task") is factory:
+            del loop.create_task  # type: ignore[method-assign]
+            return
         if factory is not None and not loop.is_closed() and loop.get_task_factory() is factory:
             loop.set_task_factory(self._previous_factory)
 
