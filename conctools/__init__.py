@@ -19,7 +19,7 @@ from conctools.tracing import ActiveSpan, ContextFilter, Traced, current_span, t
 
 if _typing.TYPE_CHECKING:
     from conctools import aio
-    from conctools.deadlock import DeadlockError, DeadlockWatchdog, watch_deadlocks
+    from conctools.deadlock import DeadlockError, DeadlockWatchdog, HangError, watch_deadlocks
     from conctools.locks import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, trace_locks
     from conctools.loopmon import LoopMonitor, monitor_all_loops, watch_loop
     from conctools.profiling import Profile, ProfileError, profile
@@ -30,7 +30,7 @@ if _typing.TYPE_CHECKING:
 # pytest plugin imports it in every pytest run, even when the plugin is switched off.
 _LAZY = {
     "aio": "conctools.aio",
-    **dict.fromkeys(("DeadlockError", "DeadlockWatchdog", "watch_deadlocks"), "conctools.deadlock"),
+    **dict.fromkeys(("DeadlockError", "DeadlockWatchdog", "HangError", "watch_deadlocks"), "conctools.deadlock"),
     **dict.fromkeys(
         ("Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore", "trace_locks"),
         "conctools.locks",
@@ -68,6 +68,7 @@ __all__ = [
     "DeadlockWatchdog",
     "Event",
     "Frame",
+    "HangError",
     "Lock",
     "LoopMonitor",
     "Profile",

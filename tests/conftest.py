@@ -66,6 +66,9 @@ def no_leaks() -> Iterator[None]:
         if getattr(module, name) is not original:
             setattr(module, name, original)
             problems.append(f"{module.__name__}.{name} left patched")
+    if getattr(threading.excepthook, "_conctools", False):  # the watchdog notes threads that die (casualties)
+        threading.excepthook = threading.__excepthook__
+        problems.append("threading.excepthook left patched by conctools")
     if recorder_module.get_recorder() is not recorder_before:
         recorder_module.set_recorder(recorder_before)
         problems.append("the current recorder was replaced and not restored")

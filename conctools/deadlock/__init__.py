@@ -43,7 +43,9 @@ Exit statuses used by ``conctools run`` when it stops a stuck program:
 
 from __future__ import annotations
 
+from conctools.deadlock.blame import explain
 from conctools.deadlock.graph import (
+    Dependency,
     PartyKey,
     WaitEdge,
     WaitGraph,
@@ -65,6 +67,7 @@ from conctools.deadlock.watchdog import (
     DeadlockError,
     DeadlockWatchdog,
     HangCallback,
+    HangError,
     watch_deadlocks,
 )
 
@@ -75,7 +78,9 @@ __all__ = [
     "DeadlockCallback",
     "DeadlockError",
     "DeadlockWatchdog",
+    "Dependency",
     "HangCallback",
+    "HangError",
     "PartyKey",
     "ThreadState",
     "WaitEdge",
@@ -84,6 +89,7 @@ __all__ = [
     "classify_thread",
     "cycle_key",
     "describe_cycle",
+    "explain",
     "find_deadlocks",
     "participants_of",
     "party_key",

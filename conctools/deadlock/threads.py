@@ -174,10 +174,17 @@ def holders_words(prim: PrimitiveState) -> str:
     live = [h for h in prim.holders if not _exited(h)]
     parts = []
     if exited:
-        names = sorted({h.thread_name.removeprefix("exited thread ") for h in exited})
+        unnamed = sorted({h.thread_name.removeprefix("exited thread ") for h in exited if _unnamed(h)})
+        names = sorted({h.thread_name for h in exited if not _unnamed(h)})
         tasks = sorted({h.task_name for h in exited if h.task_name is not None})
         sites = sorted({h.site for h in exited if h.site and h.site != "?"})
-        who = f"exited thread{'s' if len(names) > 1 else ''} {_names(names)}"
+        whos = []
+        if names:
+            whos.append(f"exited thread{'s' if len(names) > 1 else ''} {_names(names)}")
+        if unnamed:
+            ids = ", ".join(unnamed)
+            whos.append(f"an exited thread{'s' if len(unnamed) > 1 else ''} (id {ids}, its name was not recorded)")
+        who = " and ".join(whos)
         if tasks:
             who += f" (in task{'s' if len(tasks) > 1 else ''} {_names(tasks)})"
         where = f"acquired at {', '.join(sites)}, never released" if sites else "never released"
@@ -200,6 +207,11 @@ def holders_words(prim: PrimitiveState) -> str:
             )
         parts.append(words)
     return "; ".join(parts)
+
+
+def _unnamed(party: Party) -> bool:
+    """The C path's record of an exited owner: its id, not its name."""
+    return party.thread_id == 0 and party.thread_name.startswith("exited thread ")
 
 
 def _exited(party: Party) -> bool:
