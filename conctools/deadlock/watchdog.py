@@ -344,10 +344,12 @@ class DeadlockWatchdog:
         frames = sys._current_frames()
         threads = {t.ident: t for t in threading.enumerate() if t.ident is not None}
         self._note_parked(frames, now)
-        self._watch_loop_failures()
+        # Loops are looked up only while one idles in select(): a busy program pays nothing here.
+        loops = taskdump.running_loops() if any(f.f_code.co_filename == _SELECTORS_PY for f in frames.values()) else []
+        self._watch_loop_failures(loops)
         new_deadlocks: list[DeadlockEvent] = []
         # The full graph only when some wait has lasted the timeout: cheap for a healthy program.
-        if self._long_waits(now) or self._parked_in_a_wait(frames, now) or self._idle_loop_with_tasks(frames):
+        if self._long_waits(now) or self._parked_in_a_wait(frames, now) or self._idle_loop_with_tasks(loops):
             reader = WaitReader(frames, threads, now, self._since, parked_since=self._parked_since())
             self._since.begin()
             try:
@@ -397,12 +399,11 @@ class DeadlockWatchdog:
                 depth += 1
         return False
 
-    def _idle_loop_with_tasks(self, frames: Mapping[int, FrameType]) -> bool:
+    @staticmethod
+    def _idle_loop_with_tasks(loops: Iterable[Any]) -> bool:
         """An event loop sits in select() with tasks but nothing of its own to wake them: its
         tasks may wait on jobs or coroutines of other threads (followed in the full graph)."""
-        if not any(f.f_code.co_filename == _SELECTORS_PY for f in frames.values()):
-            return False
-        for loop in taskdump.running_loops():
+        for loop in loops:
             try:
                 if taskdump.loop_idle_forever(loop, allow_futures=True):
                     return True
@@ -410,14 +411,11 @@ class DeadlockWatchdog:
                 continue
         return False
 
-    def _watch_loop_failures(self) -> None:
-        """Note the tasks that die unretrieved on every running loop (once per loop)."""
+    def _watch_loop_failures(self, loops: Iterable[Any]) -> None:
+        """Note the tasks that die unretrieved on every running loop (once per loop; the loop
+        monitor does it from the loop's start under ``conctools run``)."""
         if len(self._loop_undo) > 256:
             self._loop_undo.clear()
-        try:
-            loops = taskdump.running_loops()
-        except Exception:
-            return
         for loop in loops:
             if id(loop) in self._loop_undo:
                 continue
