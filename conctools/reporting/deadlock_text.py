@@ -86,7 +86,7 @@ def format_deadlock(event: DeadlockEvent, *, brief: bool = False) -> str:
     limit = _BRIEF_FRAMES if brief else _FULL_FRAMES
     for p in event.participants:
         lines.append(f"{_who(p)}:")
-        lines.append(f"    - waiting for {p.waits_for} ({_which(p).removeprefix('which ')})")
+        lines.append(f"    - waiting for {p.waits_for} ({_which(p).removeprefix('which ').removeprefix('is ')})")
         for name in p.holds:
             lines.append(f"    - holds {name}")
         lines += _stack_lines(p.stack, limit) or ["    (no stack)"]
