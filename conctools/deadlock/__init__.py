@@ -6,11 +6,16 @@ on a plain lock: no busy loop) and looks at the program from outside:
 * **Deadlocks.** It builds the *wait-for graph* from the lock registry
   (:func:`conctools.registry.primitives`): one node per thread or asyncio task, an edge from
   each waiter to each holder of what it waits on (a semaphore with several holders gives
-  several edges), plus an edge from a suspended task to the party that blocks its event
-  loop thread in a synchronous wait. Threads and tasks share the graph, so a thread waiting
-  on a lock held by a task, and the reverse, close cycles too. A cycle whose every wait has
-  lasted ``timeout_s`` (and has no timeout of its own) is a deadlock; each one is reported
-  once, as a :class:`~conctools.events.DeadlockEvent`, to the recorder and the callback.
+  several edges), plus the waits read from frames, tasks and futures
+  (:mod:`conctools.deadlock.waits`): a ``Thread.join()`` waits for the joined thread, a
+  ``Future.result()`` for the pool worker running the job (or any worker of the pool where it
+  is queued) or for the loop a coroutine was scheduled on, a task awaiting an executor job or
+  another loop's coroutine the same way, a suspended task for its loop's thread while a
+  synchronous wait blocks it, an idle loop's thread for its tasks. Threads and tasks share the
+  graph, so cycles through locks, loops, pools and joins are found alike. A cycle whose waits
+  have no timeout and whose threads have waited ``timeout_s`` is a deadlock; each one is
+  reported once, as a :class:`~conctools.events.DeadlockEvent` with the blame in one paragraph
+  and the advice that fits it (:mod:`conctools.deadlock.blame`), to the recorder and the callback.
 * **Hangs without a cycle** (an Event nobody sets, a lost wake-up, a pool waiting on
   itself, a queue nobody feeds, a join of a thread that never ends): when every thread is
   blocked *forever* (a wait without a timeout on a primitive, a ``Thread.join``, an idle
@@ -22,6 +27,8 @@ on a plain lock: no busy loop) and looks at the program from outside:
   threads' frames: stdlib waits (``Condition.wait``, ``Event.wait``, ``Queue.get``,
   ``Future.result``, ``Thread.join``) with their timeout, and ``with lock:`` /
   ``lock.acquire()`` on an untraced, locked ``threading.Lock``/``RLock`` from the bytecode.
+  Threads, tasks and pool jobs that ended with an exception (:mod:`conctools.casualties`) are
+  named next to what their victims wait on.
 
 The graph and the cycle search are pure functions of registry records
 (:func:`build_wait_graph`, :func:`find_deadlocks`), apart from the thread that drives them,
