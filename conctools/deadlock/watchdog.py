@@ -129,10 +129,13 @@ def _condition_locks() -> dict[int, str]:
     """Traced locks that are a traced Condition's lock: id -> ``Condition 'name'`` (a lock-order
     inversion through a Condition then says so)."""
     out: dict[int, str] = {}
-    for prim in registry.live():
-        lock = getattr(prim, "_lock", None)
-        if type(prim).__name__ == "Condition" and lock is not None and hasattr(lock, "_conctools_state"):
-            out[id(lock)] = f"Condition {getattr(prim, '_ct_name', '?')!r}"
+    try:
+        for prim in registry.live():
+            lock = getattr(prim, "_lock", None)
+            if type(prim).__name__ == "Condition" and lock is not None and hasattr(lock, "_conctools_state"):
+                out[id(lock)] = f"Condition {getattr(prim, '_ct_name', '?')!r}"
+    except Exception:  # a name is a nicety: the report goes out without it
+        _log.debug("conctools: could not list the conditions' locks", exc_info=True)
     return out
 
 
