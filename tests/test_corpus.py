@@ -110,15 +110,37 @@ class Outcome:
 
 
 def _run(name: str, out: Path) -> Outcome:
-    done = subprocess.run(
-        [sys.executable, "-m", "conctools", "run", "--deadlock-timeout", "1", "--out", str(out), str(CORPUS / name)],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        cwd=CORPUS,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    return Outcome(name=name, status=done.returncode, stdout=done.stdout, stderr=done.stderr, out=out)
+    # Output to files, not pipes: a stuck child process of the program (mp_queue_unflushed.py)
+    # outlives it holding its stdout, and reading a pipe to its end would wait for that child.
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "stdout", "w+") as stdout, open(out / "stderr", "w+") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "conctools",
+                "run",
+                "--deadlock-timeout",
+                "1",
+                "--out",
+                str(out),
+                str(CORPUS / name),
+            ],
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            cwd=CORPUS,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            status = process.wait(timeout=90)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        stdout.seek(0)
+        stderr.seek(0)
+        return Outcome(name=name, status=status, stdout=stdout.read(), stderr=stderr.read(), out=out)
 
 
 class Runs:
@@ -594,6 +616,38 @@ class TestHangs:
         assert row["contended"] >= 4
 
 
+@pytest.mark.timeout(180)
+class TestProcesses:
+    """What the parent of a stuck child process can tell."""
+
+    @program("mp_queue_unflushed.py")
+    def test_join_before_reading_a_full_multiprocessing_queue(self, runs: Runs) -> None:
+        """The parent joins a child whose queued result fills the pipe: a hang naming the child, the
+        queue and the pitfall, and saying that the child itself was not seen."""
+        r = runs["mp_queue_unflushed.py"]
+        match = re.search(r"process 'renderer' \(pid (\d+)\)", r.stderr)
+        if match:  # the stuck child outlives the report: end it (it is this test's grandchild)
+            _end_process(int(match.group(1)), "mp_queue_unflushed.py")
+        assert r.status == EXIT_HANG, r.stderr
+        waits = r.waits_on("thread 'MainThread'")
+        assert waits.startswith("multiprocessing.Process.join() of process 'renderer' (pid ")
+        assert "the multiprocessing.Queue 'results' has " in waits and "unread in its pipe, which is full" in waits
+        assert "Read the queue before join()" in waits
+        assert "conctools does not see inside the child" in waits
+        assert f"at <module> ({CORPUS / r.name}:{lineno(r.name, 'parent-joins')})" in r.hang_text
+
+
+def _end_process(pid: int, script: str) -> None:
+    psutil = pytest.importorskip("psutil")
+    try:
+        process = psutil.Process(pid)
+        if any(script in part for part in process.cmdline()):
+            process.kill()
+            process.wait(10)
+    except psutil.Error:
+        pass
+
+
 # -- the same bugs on uvloop ------------------------------------------------------------------------------
 
 
@@ -658,3 +712,11 @@ class TestNoFalseAlarm:
         assert r.stdout == "1\ndone\n"
         assert "deadlock" not in r.stderr.lower() and "Hang" not in r.stderr
         assert r.events("deadlock") == [] and r.events("hang") == [] and r.events("slow_callback") == []
+
+    @program("healthy_child_process.py")
+    def test_joining_a_busy_child_process(self, runs: Runs) -> None:
+        """A child computing for longer than the timeout, with a little data in its queue: exit 0."""
+        r = runs["healthy_child_process.py"]
+        assert r.status == 0, r.stderr
+        assert r.stdout == "partial 1000\n"
+        assert r.events("hang") == [] and r.events("deadlock") == []

@@ -284,6 +284,17 @@ def classify_thread(
             join_target=target_id if isinstance(target_id, int) else None,
             stack=stack,
         )
+    if filename.startswith(_MP_DIR) and function in ("poll", "wait"):
+        joined = _process_join(frame)
+        if joined is not None:
+            blocked, what = joined
+            return ThreadState(
+                thread_id=thread_id,
+                state="joining a process" if blocked else "joining a process (it may still finish)",
+                waits_on=what,
+                blocked=blocked,
+                stack=stack,
+            )
     if filename.startswith(_FUTURES_DIR) and function == "_worker":
         return ThreadState(
             thread_id=thread_id,
@@ -304,6 +315,99 @@ def classify_thread(
     if raw is not None:
         return ThreadState(thread_id=thread_id, state="waiting", waits_on=raw, blocked=True, stack=stack)
     return ThreadState(thread_id=thread_id, state="running", waits_on=None, blocked=False, stack=stack)
+
+
+# -- child processes ----------------------------------------------------------------------------
+
+_MP_DIR = _STDLIB_DIR + "multiprocessing" + os.sep
+_F_GETPIPE_SZ = 1032  # Linux
+
+
+def _process_join(frame: FrameType) -> tuple[bool, str] | None:
+    """A ``multiprocessing.Process.join()`` without a timeout: ``(blocked, words)``.
+
+    conctools does not see inside the child. It calls the join blocked forever only on the
+    documented pitfall it can see from here: a ``multiprocessing.Queue`` the parent handed the
+    child (or holds) has a full pipe that nobody reads, so the child cannot exit (its feeder
+    thread waits for room to flush what it put()) while this thread waits for it to exit.
+    """
+    process = None
+    f: FrameType | None = frame
+    depth = 0
+    while f is not None and depth < 6:
+        if f.f_code.co_filename == _MP_DIR + "process.py" and f.f_code.co_name == "join":
+            process = _local(f, "self")
+            if _local(f, "timeout") is not None:
+                return None
+            break
+        f = f.f_back
+        depth += 1
+    if process is None:
+        return None
+    name = getattr(process, "name", "?")
+    what = f"multiprocessing.Process.join() of process {name!r} (pid {getattr(process, 'pid', '?')})"
+    for q, where in _queues_near(process, f):
+        full = _full_pipe(q)
+        if full:
+            return True, (
+                f"{what}; the multiprocessing.Queue {where} has {full // 1024} KiB unread in its pipe, which is"
+                " full: that process cannot exit before what it put() there is read (its feeder thread waits for"
+                " room in the pipe), and nothing reads it while this thread waits in join(). Read the queue"
+                " before join(). (conctools does not see inside the child: this is what the parent shows.)"
+            )
+    return False, what
+
+
+def _queues_near(process: Any, frame: FrameType | None) -> list[tuple[Any, str]]:
+    """``multiprocessing.Queue`` objects handed to ``process`` or named by the joining code."""
+    found: list[tuple[Any, str]] = []
+
+    def note(value: Any, where: str) -> None:
+        kind = type(value)
+        if (
+            kind.__name__ in ("Queue", "JoinableQueue")
+            and kind.__module__ == "multiprocessing.queues"
+            and all(value is not q for q, _ in found)
+        ):
+            found.append((value, where))
+
+    for value in (*tuple(getattr(process, "_args", ()) or ()), *dict(getattr(process, "_kwargs", {}) or {}).values()):
+        note(value, f"passed to process {getattr(process, 'name', '?')!r}")
+    f = frame.f_back if frame is not None else None
+    depth = 0
+    while f is not None and depth < 8:
+        try:
+            local = dict(f.f_locals)
+        except Exception:
+            local = {}
+        for key, value in local.items():
+            note(value, f"{key!r}")
+        for key in f.f_code.co_names:
+            value = f.f_globals.get(key)
+            if value is not None:
+                note(value, f"{key!r}")
+        f = f.f_back
+        depth += 1
+    return found
+
+
+def _full_pipe(q: Any) -> int:
+    """Bytes unread in a ``multiprocessing.Queue``'s pipe when the pipe is full, else 0."""
+    try:
+        import fcntl
+        import struct
+        import termios
+
+        fd = q._reader.fileno()
+        available = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        try:
+            capacity = fcntl.fcntl(fd, _F_GETPIPE_SZ)
+        except OSError:
+            capacity = 65536
+        # Full: less than a page left (the writer's partial first page is never filled up).
+        return int(available) if available >= capacity - 4096 else 0
+    except Exception:
+        return 0
 
 
 # -- untraced locks, recognised from the bytecode -----------------------------------------
