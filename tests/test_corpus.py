@@ -381,6 +381,27 @@ class TestDeadlocks:
         assert "thread 'plugin' waits at asyncio_run_in_thread.py:" in text
         assert "for one of its event loop's tasks" in text
 
+    @program("to_thread_needs_held_lock.py")
+    def test_task_awaits_a_job_that_needs_its_lock(self, runs: Runs) -> None:
+        """A task holds a threading lock across an await of to_thread(); the job needs the lock: a
+        cycle through the pool's worker and the loop (found with or without the holder task)."""
+        r = runs["to_thread_needs_held_lock.py"]
+        assert r.status == EXIT_DEADLOCK, r.stderr
+        text = flat(r.deadlock_text)
+        lock = "Lock 'to_thread_needs_held_lock.py:7'"
+        assert (
+            f"task 'Task-1' (thread 'MainThread') waits at {site(r.name, 'task-awaits')} for a job running in"
+            " thread 'asyncio_0'"
+        ) in text
+        assert re.search(
+            rf"thread 'asyncio_0' waits at {re.escape(site(r.name, 'worker-blocks'))} for {re.escape(lock)}, held by"
+            r" (task 'Task-1' \(thread 'MainThread'\)|thread 'MainThread')",
+            text,
+        )
+        assert f"{lock}, taken at {site(r.name, 'task-acquires')}" in text
+        assert "Advice: A task awaits a job (to_thread, run_in_executor) while holding a threading lock" in text
+        assert "blocks in a synchronous wait" not in text  # the loop's thread is idle, not blocked
+
     @program("generator_holds_lock.py")
     def test_lock_held_by_a_suspended_generator(self, runs: Runs) -> None:
         """The lock is held by a generator suspended at its yield: named, with its line and the advice."""

@@ -37,6 +37,10 @@ ADVICE_POOL_ON_ITSELF = (
     "Every worker of the pool waits for a job queued behind it: run the inner jobs in another pool, or give the"
     " pool more workers than the depth of nested submissions."
 )
+ADVICE_AWAIT_JOB_UNDER_LOCK = (
+    "A task awaits a job (to_thread, run_in_executor) while holding a threading lock that the job needs: release"
+    " it before the await; never hold a threading lock across an await."
+)
 ADVICE_LOOP_BLOCKED = (
     "An event loop's thread blocks in a synchronous wait (a lock, a join, Future.result()) on something that needs"
     " the loop itself: await it instead (asyncio.to_thread, asyncio.wrap_future), so the loop keeps running."
@@ -124,8 +128,17 @@ def explain(participants: Sequence[Participant], notes: Sequence[str] = ()) -> t
     if not summary:
         summary = "; ".join(_step(p) for p in participants) + ": none of them can go on."
     kinds = {p.waits_kind for p in participants}
+    # Threading locks held on a loop's thread by a task that is suspended (or by the idle loop's thread).
+    loop_held = {
+        p.thread_name
+        for p in participants
+        if (p.suspended_at or p.waits_kind == "loop-tasks") and any(not _is_async_lock(h) for h in p.holds)
+    }
     for p in participants:
-        if p.waits_kind == "future" and "run_coroutine_threadsafe" in p.waits_for and p.holds:
+        awaiting = bool(p.suspended_at)  # a suspended task awaits; otherwise the wait blocks its thread
+        if p.waits_kind == "future" and awaiting and p.thread_name in loop_held:
+            advice.append(ADVICE_AWAIT_JOB_UNDER_LOCK)
+        elif p.waits_kind == "future" and "run_coroutine_threadsafe" in p.waits_for and p.holds:
             advice.append(ADVICE_THREADSAFE_UNDER_LOCK)
         elif p.waits_kind == "future" and "queued in" in p.waits_for:
             advice.append(ADVICE_POOL_ON_ITSELF)
@@ -133,7 +146,7 @@ def explain(participants: Sequence[Participant], notes: Sequence[str] = ()) -> t
             advice.append(ADVICE_JOB_UNDER_LOCK)
         elif p.waits_kind == "join" and p.holds:
             advice.append(ADVICE_JOIN_UNDER_LOCK)
-    if any(p.task_name is not None and p.waits_kind in ("future", "join") for p in participants):
+    if any(p.task_name is not None and not p.suspended_at and p.waits_kind in ("future", "join") for p in participants):
         advice.append(ADVICE_LOOP_BLOCKED)
     if kinds == {"lock"} and not advice:
         advice.append(ADVICE_LOCK_ORDER)
