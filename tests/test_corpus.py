@@ -214,11 +214,11 @@ class TestStallSegments:
         text = flat(r.stderr)
         assert "blocked 1 time (threshold 100 ms)" in text and "by 2 callbacks, at 2 sites" in text
         assert (
-            f"Blocked at corpus/{site(r.name, 'profile-sleep')}: time.sleep(0.3) # MARK: profile-sleep "
+            f"Blocked at corpus/{site(r.name, 'profile-sleep')}: time.sleep(0.4) # MARK: profile-sleep "
             "while running Task 'GET /profile' (profile_handler)"
         ) in text
         assert (
-            f"Blocked at corpus/{site(r.name, 'invoice-sleep')}: time.sleep(0.3) # MARK: invoice-sleep "
+            f"Blocked at corpus/{site(r.name, 'invoice-sleep')}: time.sleep(0.4) # MARK: invoice-sleep "
             "while running Task 'GET /invoice' (invoice_handler)"
         ) in text
         assert "Stalls caused by several callbacks, one after the other (1):" in r.stderr
@@ -246,7 +246,7 @@ class TestStallSegments:
         assert "while running Task 'worker-5' (worker)" in r.stderr
         blocks = r.stderr.split("  Blocked at ")[1:]
         sleeper = next(b for b in blocks if "while running Task 'worker-3'" in b)
-        assert "time.sleep(0.3)" in sleeper and "checksum" not in sleeper.split("Stalls caused")[0]
+        assert "time.sleep(0.4)" in sleeper and "checksum" not in sleeper.split("Stalls caused")[0]
 
     @program("taskgroup_child_blocks.py")
     def test_taskgroup_child_not_parent(self, runs: Runs) -> None:

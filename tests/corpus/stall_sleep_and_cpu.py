@@ -18,9 +18,9 @@ def checksum(seconds: float) -> int:
 async def worker(i: int) -> None:
     await asyncio.sleep(0.05)
     if i == 3:
-        time.sleep(0.3)  # MARK: worker-sleep
+        time.sleep(0.4)  # MARK: worker-sleep
     elif i == 5:
-        checksum(0.3)
+        checksum(0.4)
     await asyncio.sleep(0)
 
 
