@@ -611,6 +611,24 @@ class TestHangs:
             assert waits.startswith(waiter) and crash in waits
         assert "Found one Python-level deadlock" not in r.stderr
 
+    @program("to_thread_job_waits_forever.py")
+    def test_loop_waits_for_a_job_that_waits_forever(self, runs: Runs) -> None:
+        """The loop has nothing left but a to_thread() job, which waits for an Event whose setter
+        crashed: a hang (the loop's thread waits through the job's thread), the crash named."""
+        r = runs["to_thread_job_waits_forever.py"]
+        assert r.status == EXIT_HANG, r.stderr
+        assert "thread 'MainThread' [waiting (through other threads)]:" in r.hang_text
+        task = r.waits_on("task 'Task-1' (thread 'MainThread')")
+        assert task == "an executor job (run_in_executor / to_thread); it waits for a job running in thread 'asyncio_0'"
+        worker = r.waits_on("thread 'asyncio_0'")
+        event = "threading.Event.wait(): Event 'to_thread_job_waits_forever.py:7' (not set)"
+        assert worker.startswith(f"{event}, at {site(r.name, 'job-waits')}")
+        assert (
+            f"thread 'warm-up' ended with AssertionError: bad cache size 0 at {site(r.name, 'warmup-crashes')}"
+            in worker
+        )
+        assert f"at handle ({CORPUS / r.name}:{lineno(r.name, 'handler-awaits')})" in r.hang_text
+
     @program("semaphore_leak.py")
     def test_leaked_permits_are_no_self_deadlock(self, runs: Runs) -> None:
         """Permits leaked by finished threads: a hang, never a deadlock of a live waiter with itself."""

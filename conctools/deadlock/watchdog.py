@@ -125,6 +125,14 @@ def _holder_notes(cycle: Sequence[WaitEdge], graph: WaitGraph, reader: WaitReade
     return notes[:3]
 
 
+def _has_producer(reader: WaitReader, fut: Any) -> bool:
+    """conctools knows who completes the executor job behind an asyncio future."""
+    from conctools.deadlock.waits import _chained_source
+
+    source = _chained_source(fut)
+    return source is not None and reader.future_producers(source) is not None
+
+
 def _condition_locks() -> dict[int, str]:
     """Traced locks that are a traced Condition's lock: id -> ``Condition 'name'`` (a lock-order
     inversion through a Condition then says so)."""
@@ -552,22 +560,35 @@ class DeadlockWatchdog:
         }
         loops: dict[int, tuple[bool, str]] = {}
         loop_signatures: dict[int, Hashable] = {}
+        waiting_loops: dict[int, Any] = {}
         if any(f.f_code.co_filename == _SELECTORS_PY for f in watched.values()):
-            loops, loop_signatures = self._loop_states()
+            loops, loop_signatures, waiting_loops = self._loop_states()
         # Stop at the first thread that is not blocked: a healthy program costs little.
         previous, self._frame_seen = self._frame_seen, {tid: _frame_signature(f) for tid, f in watched.items()}
         states: dict[int, ThreadState] = {}
-        stuck_threads = self._stuck_threads
+        stuck_threads = set(self._stuck_threads)
+        conditional: list[int] = []
         for tid, frame in watched.items():
             still = previous.get(tid) == self._frame_seen[tid]
             state = classify_thread(tid, frame, self._registry_wait(tid), loops, with_stack=False, read_bytecode=still)
             if not state.blocked and tid not in stuck_threads:
-                self._all_blocked_since_ns = None
-                self._hang_reported = False
-                return None
+                if tid in waiting_loops:  # idle but for jobs of other threads: blocked if they are
+                    conditional.append(tid)
+                else:
+                    self._all_blocked_since_ns = None
+                    self._hang_reported = False
+                    return None
             states[tid] = state
         if not states:
             return None
+        if conditional:
+            reader = WaitReader(frames, threads, now, self._since, parked_since=self._parked_since())
+            for tid in conditional:
+                if not self._jobs_blocked(reader, waiting_loops[tid], tid, states):
+                    self._all_blocked_since_ns = None
+                    self._hang_reported = False
+                    return None
+                stuck_threads.add(tid)
         if _program_signal_handlers():  # a handler (say, SIGTERM's) may set what main waits for
             self._all_blocked_since_ns = None
             return None
@@ -598,7 +619,7 @@ class DeadlockWatchdog:
         # Now the stacks (left out of the cheap pass above).
         states = {tid: classify_thread(tid, frame, self._registry_wait(tid), loops) for tid, frame in watched.items()}
         reader = WaitReader(frames, threads, now, self._since, parked_since=self._parked_since())
-        event = self._hang_event(states, threads, now, (now - stalled_since) / 1e9, reader, stuck_threads)
+        event = self._hang_event(states, threads, now, (now - stalled_since) / 1e9, reader, frozenset(stuck_threads))
         self.hangs.append(event)
         del self.hangs[:-_MAX_KEPT]
         if self._recorder is not None:
@@ -613,10 +634,12 @@ class DeadlockWatchdog:
         return event
 
     @staticmethod
-    def _loop_states() -> tuple[dict[int, tuple[bool, str]], dict[int, Hashable]]:
-        """Per loop thread: (idle forever?, in words), and where its tasks are when idle."""
+    def _loop_states() -> tuple[dict[int, tuple[bool, str]], dict[int, Hashable], dict[int, Any]]:
+        """Per loop thread: (idle forever?, in words), where its tasks are when idle, and the loops
+        idle but for jobs of other threads (executor jobs: idle forever if those threads are stuck)."""
         out: dict[int, tuple[bool, str]] = {}
         signatures: dict[int, Hashable] = {}
+        waiting: dict[int, Any] = {}
         for loop in taskdump.running_loops():
             tid = taskdump.loop_thread_id(loop)
             if tid is None:
@@ -628,11 +651,31 @@ class DeadlockWatchdog:
                 n = len(tasks)
                 text = f"its event loop: {_plural(n, 'pending task')}, and no timer, I/O or ready callback to wake them"
             elif tasks:
-                text = "its event loop: its tasks wait for jobs or coroutines of other threads"
+                text = "its event loop: no timer, I/O or ready callback; its tasks wait for jobs of other threads"
+                waiting[tid] = loop
             else:
                 text = "its event loop: waiting for I/O or timers"
             out[tid] = (idle, text)
-        return out, signatures
+        return out, signatures, waiting
+
+    @staticmethod
+    def _jobs_blocked(reader: WaitReader, loop: Any, tid: int, states: Mapping[int, ThreadState]) -> bool:
+        """Every job a waiting loop's tasks await runs on (or is queued for) a thread that is
+        itself blocked: the loop can never be woken (unknown producers: it might be)."""
+        found = False
+        for dep in reader.loop_dependencies(loop, tid):
+            if dep.kind != "future":
+                continue
+            found = True
+            for party in dep.on:
+                state = states.get(party.thread_id)
+                if state is None or not state.blocked:
+                    return False
+        for task in taskdump.pending_tasks(loop):  # a job nobody could be found for: maybe alive
+            waiter = getattr(task, "_fut_waiter", None)
+            if waiter is not None and taskdump._is_executor_future(waiter) and not _has_producer(reader, waiter):
+                return False
+        return found
 
     @staticmethod
     def _hang_event(
