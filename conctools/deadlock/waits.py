@@ -283,7 +283,13 @@ class WaitReader:
             referrers = gc.get_referrers(fut)
         except Exception:
             return None
-        items = [r for r in referrers if type(r).__name__ == "_WorkItem" and getattr(r, "future", None) is fut]
+        items = [  # a thread pool's work item (a process pool's runs elsewhere: unknown here)
+            r
+            for r in referrers
+            if type(r).__name__ == "_WorkItem"
+            and type(r).__module__ == "concurrent.futures.thread"
+            and getattr(r, "future", None) is fut
+        ]
         if not items:
             return None
         pools = list(self.pools().values())
