@@ -228,6 +228,15 @@ class TestStallSegments:
         assert re.search(
             rf"Task 'GET /invoice' \(invoice_handler\) at corpus/{re.escape(site(r.name, 'invoice-sleep'))}", r.stderr
         )
+        # Perfetto and the HTML page: the same two entries, each name with its own line.
+        slices = {e["args"]["task"]: e for e in r.trace if e.get("cat") == "slow_callback"}
+        assert set(slices) == {"GET /profile", "GET /invoice"}
+        assert slices["GET /profile"]["args"]["culprit"].startswith(f"{CORPUS / site(r.name, 'profile-sleep')} in ")
+        assert slices["GET /invoice"]["args"]["culprit"].startswith(f"{CORPUS / site(r.name, 'invoice-sleep')} in ")
+        assert {slices[k]["args"]["segment"] for k in slices} == {"1 of 2", "2 of 2"}
+        rows = {row["task"]: row for row in r.html_data["slow_callbacks"]}
+        assert rows["GET /profile"]["line"] == "time.sleep(0.4)  # MARK: profile-sleep"
+        assert rows["GET /invoice"]["line"] == "time.sleep(0.4)  # MARK: invoice-sleep"
 
     @program("stall_sleep_and_cpu.py")
     def test_sleep_and_cpu_loop_among_eight_workers(self, runs: Runs) -> None:
