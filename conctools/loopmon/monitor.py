@@ -452,6 +452,8 @@ class LoopMonitor:
         if _is_idle_frame(frame) and stall.samples:
             return  # back in select(): the stall is over, its heartbeat just has not run yet
         stack = stall.stack_of(frame)
+        if stall.samples and stack and stack[0].function == "_run_once" and stack[0].filename.startswith(_ASYNCIO_DIR):
+            return  # between two callbacks: nobody to blame for this instant
         if stall.samples and not callback_frames(stack) and not _in_run_once(frame):
             return  # uvloop idle in C: no callback runs
         who, task_name, callback, created_at = _running(loop, frame, stack)
