@@ -398,10 +398,11 @@ class TestDeadlocks:
         assert r.status == EXIT_DEADLOCK, r.stderr
         text = flat(r.deadlock_text)
         lock = "Lock 'to_thread_needs_held_lock.py:7'"
-        assert (
-            f"task 'Task-1' (thread 'MainThread') waits at {site(r.name, 'task-awaits')} for a job running in"
-            " thread 'asyncio_0'"
-        ) in text
+        assert re.search(  # (holding the lock, once branch locks records the task that took it)
+            rf"task 'Task-1' \(thread 'MainThread'\)( \(holding [^)]*\))? waits at"
+            rf" {re.escape(site(r.name, 'task-awaits'))} for a job running in thread 'asyncio_0'",
+            text,
+        )
         assert re.search(
             rf"thread 'asyncio_0' waits at {re.escape(site(r.name, 'worker-blocks'))} for {re.escape(lock)}, held by"
             r" (task 'Task-1' \(thread 'MainThread'\)|thread 'MainThread')",
@@ -759,7 +760,8 @@ class TestNoFalseAlarm:
         assert r.status == 0, r.stderr
         assert r.stdout == "1\ndone\n"
         assert "deadlock" not in r.stderr.lower() and "Hang" not in r.stderr
-        assert r.events("deadlock") == [] and r.events("hang") == [] and r.events("slow_callback") == []
+        # (No assertion on slow callbacks: a loaded machine may really stall this loop for 100 ms.)
+        assert r.events("deadlock") == [] and r.events("hang") == []
 
     @program("healthy_child_process.py")
     def test_joining_a_busy_child_process(self, runs: Runs) -> None:

@@ -833,7 +833,12 @@ class TestLockAcrossAwait:
         """Reader blocks the loop's thread waiting for the lock; the writer holds it and cannot resume."""
         graph, _ = self.graph(holder_task=1)
         [cycle] = dl.find_deadlocks(graph, now_ns=NOW)
-        stacks = {("task", 1): (conctools.Frame("/x/app.py", 18, "writer", "await save_remote(1)"),)}
+        stacks = {  # suspended in a helper it awaits: the report points at the writer's own await
+            ("task", 1): (
+                conctools.Frame("/x/app.py", 12, "save_remote", "await asyncio.sleep(0.2)"),
+                conctools.Frame("/x/app.py", 18, "writer", "await save_remote(1)"),
+            )
+        }
         parts = dl.participants_of(cycle, graph, stacks, now_ns=NOW)
         summary, advice = dl.explain(parts)
         assert summary == (

@@ -49,6 +49,20 @@ def short_file(filename: str) -> str:
     return base
 
 
+def _holding_frame(stack: Sequence[Frame], sites: Sequence[str]) -> Frame | None:
+    """The frame of a suspended task's await stack that holds what it took at ``sites``: the first
+    one (innermost first) in the same file, past the line that took it (a best match: sites
+    carry no function)."""
+    for site in sites:
+        filename, _, line = site.rpartition(":")
+        if not line.isdigit():
+            continue
+        for f in stack:
+            if short_file(f.filename) == filename and f.lineno > int(line):
+                return f
+    return None
+
+
 def _exited(party: Party) -> bool:
     """A holder whose thread (or task) has ended: it will never release anything."""
     if getattr(party, "exited", False):
@@ -471,7 +485,7 @@ def participants_of(
             held = tuple((p, h) for p, h in held if h.task_id == edge.waiter.task_id)
         suspended_at = ""
         if key[0] == "task":
-            top = user_frame(stack)
+            top = _holding_frame(stack, [h.site for _, h in held]) or user_frame(stack)
             if top is not None:
                 site = f"{short_file(top.filename)}:{top.lineno}"
                 suspended_at = f"{site}: {top.line}" if top.line else site
@@ -483,8 +497,7 @@ def participants_of(
         elif edge.kind == "loop":
             waits_for = f"its event loop thread {edge.holder.thread_name!r}"
             waits_for_id = 0
-            frame = user_frame(stack)
-            wait_site = frame.site if frame is not None else "?"
+            wait_site = suspended_at.split(": ", 1)[0] if suspended_at else "?"
             since = edge.holder.since_ns
         else:
             waits_for = edge.what or edge.kind
@@ -492,7 +505,7 @@ def participants_of(
             wait_site = edge.waiter.site
             if wait_site in ("", "?"):
                 frame = user_frame(stack)
-                wait_site = frame.site if frame is not None else "?"
+                wait_site = f"{short_file(frame.filename)}:{frame.lineno}" if frame is not None else "?"
             since = edge.waiter.since_ns
         out.append(
             Participant(
