@@ -631,3 +631,15 @@ class TestSegments:
                 return task.get_name()
 
         assert asyncio.run(main()).startswith("Task-")
+
+    def test_a_callback_seen_once_as_the_stall_ends_is_no_segment(self) -> None:
+        """A trivial callback caught in one sample (after the first) is not blamed for the stall."""
+        samples = [self.sample(t, "sleeper", 5) for t in range(100, 400, 10)]
+        samples.append(self.sample(400, "future-callback", 77, "_set_result_unless_cancelled"))
+        [segment] = cut_segments(samples, 0, 410_000_000, min_part=5)
+        assert segment.first.task_name == "sleeper" and segment.end_ns == 410_000_000
+
+    def test_the_first_sample_alone_still_names_the_culprit(self) -> None:
+        """A stall seen once, at its detection, is that callback's."""
+        [segment] = cut_segments([self.sample(100, "short", 9)], 0, 120_000_000)
+        assert segment.first.task_name == "short"

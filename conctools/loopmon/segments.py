@@ -100,6 +100,17 @@ def cut_segments(samples: Sequence[Sample], start_ns: int, end_ns: int, *, min_p
             run = []
         run.append(s)
     groups.extend(_split_run(run, min_part))
+    # A task or callback seen in one sample only, after the first, is no segment of its own: it
+    # ran at that instant for an unknown time (often a trivial callback caught as the stall
+    # ended); its instant goes to its neighbours, within the sampling's precision anyway.
+    groups = [g for i, g in enumerate(groups) if i == 0 or len(g) > 1]
+    merged: list[list[Sample]] = []
+    for g in groups:
+        if merged and merged[-1][-1].who == g[0].who and _site(merged[-1][-1]) == _site(g[0]):
+            merged[-1].extend(g)  # the same party on both sides of what was dropped
+        else:
+            merged.append(list(g))
+    groups = merged
     out = []
     begin = start_ns
     for i, group in enumerate(groups):
@@ -108,6 +119,10 @@ def cut_segments(samples: Sequence[Sample], start_ns: int, end_ns: int, *, min_p
         out.append(Segment(start_ns=begin, end_ns=end, samples=tuple(group)))
         begin = end
     return out
+
+
+def _site(sample: Sample) -> str | None:
+    return sample.culprit.site if sample.culprit is not None else None
 
 
 def _split_run(run: list[Sample], min_part: int) -> list[list[Sample]]:
