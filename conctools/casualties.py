@@ -178,6 +178,8 @@ def failure_of(
         message = str(exc)
     except Exception:
         message = "<unprintable>"
+    if not message.isprintable():  # the program's text must not drive the terminal a report is read in
+        message = repr(message)[1:-1]
     event = FailureEvent(
         ts_ns=ts_ns,
         thread_id=thread_id,
