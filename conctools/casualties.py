@@ -38,6 +38,7 @@ from time import monotonic_ns
 from types import FrameType, TracebackType
 from typing import Any
 
+from conctools import taskdump
 from conctools._context import is_conctools_frame, user_frame
 from conctools.events import FailureEvent, Frame
 from conctools.recorder import Recorder, get_recorder
@@ -290,9 +291,7 @@ def uninstall() -> None:
 def _task_failure(task: Any, exc: BaseException) -> None:
     try:
         loop = task.get_loop()
-        from conctools.taskdump import loop_thread_id
-
-        tid = loop_thread_id(loop) or _thread.get_ident()
+        tid = taskdump.loop_thread_id(loop) or _thread.get_ident()
         names = {t.ident: t.name for t in threading.enumerate()}
         event, objects = failure_of(
             exc,

@@ -36,7 +36,7 @@ from conctools.deadlock.graph import (
     stuck_parties,
 )
 from conctools.deadlock.threads import _SELECTORS_PY, ThreadState, _stack, classify_thread
-from conctools.deadlock.waits import SinceTracker, WaitReader
+from conctools.deadlock.waits import SinceTracker, WaitReader, _chained_source
 from conctools.events import DeadlockEvent, Frame, HangEvent, Participant, WaiterInfo
 from conctools.recorder import Recorder, get_recorder
 from conctools.registry import Party, PrimitiveState
@@ -127,8 +127,6 @@ def _holder_notes(cycle: Sequence[WaitEdge], graph: WaitGraph, reader: WaitReade
 
 def _has_producer(reader: WaitReader, fut: Any) -> bool:
     """conctools knows who completes the executor job behind an asyncio future."""
-    from conctools.deadlock.waits import _chained_source
-
     source = _chained_source(fut)
     return source is not None and reader.future_producers(source) is not None
 
