@@ -19,7 +19,7 @@ from conctools.tracing import ActiveSpan, ContextFilter, Traced, current_span, t
 
 if _typing.TYPE_CHECKING:
     from conctools import aio
-    from conctools.deadlock import DeadlockError, DeadlockWatchdog, watch_deadlocks
+    from conctools.deadlock import DeadlockError, DeadlockWatchdog, HangError, watch_deadlocks
     from conctools.gil import GilMonitor, watch_gil
     from conctools.locks import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, trace_locks
     from conctools.loopmon import LoopMonitor, monitor_all_loops, watch_loop
@@ -33,7 +33,7 @@ if _typing.TYPE_CHECKING:
 # pytest plugin imports it in every pytest run, even when the plugin is switched off.
 _LAZY = {
     "aio": "conctools.aio",
-    **dict.fromkeys(("DeadlockError", "DeadlockWatchdog", "watch_deadlocks"), "conctools.deadlock"),
+    **dict.fromkeys(("DeadlockError", "DeadlockWatchdog", "HangError", "watch_deadlocks"), "conctools.deadlock"),
     **dict.fromkeys(("GilMonitor", "watch_gil"), "conctools.gil"),
     **dict.fromkeys(
         ("Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore", "trace_locks"),
@@ -75,6 +75,7 @@ __all__ = [
     "Event",
     "Frame",
     "GilMonitor",
+    "HangError",
     "Lock",
     "LoopMonitor",
     "Profile",

@@ -403,8 +403,10 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
                     "wait_site": p.wait_site,
                     "holds": list(p.holds),
                     "stack": _frames(p.stack),
+                    "summary": e.summary if i == 0 else "",
+                    "advice": list(e.advice) if i == 0 else [],
                 }
-                for p in e.participants
+                for i, p in enumerate(e.participants)
             ]
             for e in snapshot.of_kind(DeadlockEvent)
         ],
@@ -422,6 +424,7 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
                     }
                     for w in e.waiters
                 ],
+                "failures": [f"{f.who} ended with {f.exc_type}: {f.message} at {f.site}" for f in e.failures],
             }
             for e in snapshot.of_kind(HangEvent)
         ],

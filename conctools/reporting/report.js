@@ -974,11 +974,13 @@
       const box = el("div"); box.id = "deadlocks"; p.appendChild(box);
       D.deadlocks.forEach(function (parts, n) {
         const lines = [];
+        if (parts.length && parts[0].summary) lines.push(parts[0].summary, "");
         parts.forEach(function (x) {
           lines.push(x.who + " waits for " + x.waits_for + " at " + x.wait_site + ", held by " + x.held_by);
           if (x.holds.length) lines.push("    holds " + x.holds.join(", "));
           x.stack.slice(0, 8).forEach(function (f) { lines.push("      " + f); });
         });
+        if (parts.length && parts[0].advice) parts[0].advice.forEach(function (a) { lines.push("", "Advice: " + a); });
         card(box, "Deadlock #" + (n + 1), lines);
       });
     }
@@ -999,6 +1001,7 @@
           lines.push(w.who + " (thread " + w.thread + ") " + w.state + (w.waits_on ? " on " + w.waits_on : ""));
           w.stack.slice(0, 6).forEach(function (f) { lines.push("      " + f); });
         });
+        (h.failures || []).forEach(function (f) { lines.push("ended before the hang: " + f); });
         card(box, "Hang", lines);
       });
     }
