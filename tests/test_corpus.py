@@ -234,9 +234,13 @@ class TestStallSegments:
         assert slices["GET /profile"]["args"]["culprit"].startswith(f"{CORPUS / site(r.name, 'profile-sleep')} in ")
         assert slices["GET /invoice"]["args"]["culprit"].startswith(f"{CORPUS / site(r.name, 'invoice-sleep')} in ")
         assert {slices[k]["args"]["segment"] for k in slices} == {"1 of 2", "2 of 2"}
-        rows = {row["task"]: row for row in r.html_data["slow_callbacks"]}
+        # The page's slow-callback table groups stalls by culprit site: one row per site, named by its own task.
+        rows = {row["tasks"]: row for row in r.html_data["slow_sites"]}
+        assert set(rows) == {"GET /profile", "GET /invoice"}, rows
         assert rows["GET /profile"]["line"] == "time.sleep(0.4)  # MARK: profile-sleep"
         assert rows["GET /invoice"]["line"] == "time.sleep(0.4)  # MARK: invoice-sleep"
+        assert rows["GET /profile"]["function"] == "fetch_profile_sync"
+        assert rows["GET /invoice"]["function"] == "render_invoice_sync"
 
     @program("stall_sleep_and_cpu.py")
     def test_sleep_and_cpu_loop_among_eight_workers(self, runs: Runs) -> None:
