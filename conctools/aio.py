@@ -28,16 +28,21 @@ from collections.abc import Callable
 from typing import Any, Literal
 from weakref import ref as _weakref
 
-from conctools import lockorder, registry
+from conctools import lockorder
 from conctools.locks import (
     MAX_HOLDERS,
     _base_state,
     _getframe,
+    _make_party,
     _mono,
-    _party,
+    _progress,
     _register,
+    _retire,
+    _threads,
     _TracedAttrs,
-    _Wait,
+    _wait_begin,
+    _wait_done,
+    _who_words,
 )
 from conctools.recorder import Histogram
 from conctools.registry import Party, PrimitiveState
@@ -68,12 +73,8 @@ def _task_slowly(prim: Any) -> Any:
 
 
 def _task_words(task: Any) -> str | None:
-    if task is None:
-        return None
-    try:
-        return f"task {task.get_name()!r}"
-    except Exception:
-        return repr(task)
+    """``task 'Y' (thread 'X')``: the task and the thread its loop runs in."""
+    return _who_words(task) if task is not None else None
 
 
 def _task_party(task: Any, site: str, since_ns: int) -> Party:
@@ -81,7 +82,7 @@ def _task_party(task: Any, site: str, since_ns: int) -> Party:
         thread_id = int(getattr(task.get_loop(), "_thread_id", None) or 0)
     except Exception:
         thread_id = 0
-    return _party(thread_id, task, site, since_ns)
+    return _make_party(thread_id, 0, _threads.get(thread_id), task, site, since_ns)
 
 
 def _init(prim: Any, kind: str, name: str | None) -> None:
@@ -189,18 +190,19 @@ class Lock(asyncio.Lock, _TracedAttrs):
             if held:
                 site = lockorder.code_site(frame)
                 lockorder.check(held, (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site))
-        wait = _Wait(self, frame, None, _task_words(self._ct_owner), by_task=True)
+        if self._ct_hold is None:
+            self._ct_hold = Histogram()
+        wait = _wait_begin(self, frame, None, self._ct_owner, by_task=True)
         acquired = False
         try:
             acquired = await super().acquire()
         finally:
-            end = wait.end(acquired)
+            _wait_done(wait, acquired)
         self._ct_n += 1
-        self._ct_owner = wait.task
-        if self._ct_hold is None:
-            self._ct_hold = Histogram()
-        self._took_timed(frame, end)
-        self._ct_site = wait.site
+        self._ct_owner = wait.task if wait is not None else _current_task()
+        self._took_timed(frame, wait.end_ns if wait is not None else 0)
+        if wait is not None:
+            self._ct_site = wait.site
         return True
 
     def _conctools_state(self) -> PrimitiveState:
@@ -211,6 +213,9 @@ class Lock(asyncio.Lock, _TracedAttrs):
 
     def _conctools_progress(self) -> int:
         return int(self._ct_n)
+
+    def __del__(self) -> None:
+        _retire(self)
 
 
 # -- Event -------------------------------------------------------------------------------
@@ -229,19 +234,19 @@ class Event(asyncio.Event, _TracedAttrs):
         """Wait until the event is set, as ``asyncio.Event.wait``."""
         if self._value:
             return True
-        wait = _Wait(self, _getframe(1), None, None, by_task=True)
+        wait = _wait_begin(self, _getframe(1), None, None, by_task=True, event=False)
         ok = False
         try:
             ok = await super().wait()
         finally:
-            wait.end(ok, event=False)
+            _wait_done(wait, ok)
         return ok
 
     def set(self) -> None:
         """Set the event and wake every waiter."""
         super().set()
         self._ct_progress += 1
-        registry.note_progress()
+        _progress[0] = _mono()
 
 
 # -- Condition ---------------------------------------------------------------------------
@@ -258,20 +263,19 @@ class Condition(asyncio.Condition, _TracedAttrs):
 
     async def wait(self) -> Literal[True]:
         """Wait until notified, as ``asyncio.Condition.wait``."""
-        wait = _Wait(self, _getframe(1), None, None, by_task=True) if self.locked() else None
+        wait = _wait_begin(self, _getframe(1), None, None, by_task=True, event=False) if self.locked() else None
         ok = False
         try:
             ok = await super().wait()
         finally:
-            if wait is not None:
-                wait.end(ok, event=False)
+            _wait_done(wait, ok)
         return ok
 
     def notify(self, n: int = 1) -> None:
         """Wake up to ``n`` waiters, as ``asyncio.Condition.notify``."""
         super().notify(n)
         self._ct_progress += 1
-        registry.note_progress()
+        _progress[0] = _mono()
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
@@ -322,15 +326,14 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             holders.append(task)
 
     async def _contended(self, frame: Any) -> Literal[True]:
-        holders = [t for t in self._ct_holders if t is not None][:4]
-        words = ", ".join(w for w in (_task_words(t) for t in holders) if w) or None
-        wait = _Wait(self, frame, None, words, by_task=True)
+        holders = [t for t in self._ct_holders[:8] if t is not None][:5]
+        wait = _wait_begin(self, frame, None, holders or None, by_task=True)
         acquired = False
         try:
             acquired = await super().acquire()
         finally:
-            wait.end(acquired)
-        self._took(wait.task)
+            _wait_done(wait, acquired)
+        self._took(wait.task if wait is not None else _current_task())
         return acquired
 
     def release(self) -> None:
@@ -344,7 +347,7 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             except ValueError:  # released by another task than the one that acquired: forget the oldest
                 del holders[0]
         if self._waiters:
-            registry.note_progress()
+            _progress[0] = _mono()
 
     def _conctools_state(self) -> PrimitiveState:
         holders = tuple(_task_party(t, "?", 0) for t in list(self._ct_holders) if t is not None)
@@ -352,6 +355,9 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
 
     def _conctools_progress(self) -> int:
         return int(self._ct_n)
+
+    def __del__(self) -> None:
+        _retire(self)
 
 
 class BoundedSemaphore(Semaphore, asyncio.BoundedSemaphore):
@@ -375,13 +381,12 @@ class Barrier(asyncio.Barrier, _TracedAttrs):
 
     async def wait(self) -> int:
         """Wait until every party arrived, as ``asyncio.Barrier.wait``."""
-        wait = _Wait(self, _getframe(1), None, None, by_task=True)
+        wait = _wait_begin(self, _getframe(1), None, None, by_task=True, event=False)
         ok = False
         try:
             index = await super().wait()
             ok = True
         finally:
-            wait.end(ok, event=False)
             self._ct_progress += 1
-            registry.note_progress()
+            _wait_done(wait, ok)
         return index

@@ -61,6 +61,7 @@ _succ: dict[str, set[str]] = {}
 _names: dict[str, str] = {}  # node key -> display name
 _reported: set[tuple[str, ...]] = set()
 _full = [False]
+_generation = [0]  # bumped by reset(): caches of known edges (the C extension's) start over
 _local = threading.local()
 
 
@@ -132,6 +133,7 @@ def reset() -> None:
         _names.clear()
         _reported.clear()
         _full[0] = False
+        _generation[0] += 1
 
 
 def graph_size() -> int:
@@ -155,7 +157,17 @@ def held_stack() -> list[Held]:
 
 
 def check(held: list[Held], entry: Held) -> None:
-    """Add the edges ``held -> entry`` (before a blocking wait, so a real deadlock is reported too)."""
+    """Add the edges ``held -> entry``.
+
+    Called BEFORE the lock in ``entry`` is taken (the stack is the same as after it, and nothing
+    that allocates may run between an acquire and the caller's next statement); a real deadlock is
+    therefore reported as an inversion too. A new edge captures its stack and records an event:
+    if that work runs a finalizer which takes traced locks in turn, their checks are skipped
+    (never re-entered), so the check can neither recurse nor wait for itself.
+    """
+    if getattr(_local, "checking", False):
+        return
+    _local.checking = True
     try:
         me = entry[0]()
         dead = False
@@ -177,6 +189,8 @@ def check(held: list[Held], entry: Held) -> None:
             held[:] = [h for h in held if h[0]() is not None]
     except Exception:  # observation must never break the program
         _log.exception("conctools: lock-order check failed")
+    finally:
+        _local.checking = False
 
 
 _task_stacks: dict[int, list[Held]] = {}
