@@ -70,7 +70,7 @@ typedef struct CoreObject {
     /* The holder, valid while the lock is held (a Lock leaves them as they were on release). */
     unsigned long owner_ident;   /* _owner: its thread id, 0 = none */
     unsigned long long owner_tid;/* _owner_tid: its thread-state id (never reused), 0 = unknown */
-    PyObject *othread;           /* _othread: its threading.Thread, when it has one */
+    PyObject *othread;           /* _othread: its ThreadInfo (below), when it has one */
     PyObject *otask;             /* _otask: its asyncio task, when taken inside one */
     PyObject *osite;             /* _osite: where it was taken: (code, offset) or "file:LINE"; NULL unknown */
     long long osince;            /* _osince: when it took the lock (0 = not timed) */
@@ -79,12 +79,9 @@ typedef struct CoreObject {
     PyObject *hold;              /* _ct_hold: hold-time Histogram, NULL until the first contention */
     PyObject *held;              /* _ct_held: the held-locks stack this lock was pushed on */
     PyObject *entry;             /* _ct_entry: the last held-stack entry (weakref, key, name, serial, site) */
-    PyObject *site;              /* the last site computed, for site_code/site_lasti */
-    void *site_code;             /* (identity only; self->site holds the code object) */
-    int site_lasti;
-    PyObject *known[4];          /* held entries whose edge to this lock is known (strong refs) */
+    PyObject *known[2];          /* held entries whose edge to this lock is known (strong refs) */
     long long known_gen;         /* lockorder generation those were checked in */
-    PyObject *trash[3];          /* references dropped inside a critical section, released later */
+    PyObject *trash[2];          /* references dropped inside a critical section, released later */
     /* identity */
     PyObject *stats;             /* _ct_stats */
     PyObject *name;              /* name= given, or NULL (then _ct_name is the creation site) */
@@ -95,6 +92,24 @@ typedef struct CoreObject {
     int linked;
     PyObject *weakreflist;
 } CoreObject;
+
+/* The base of the Python-level traced primitives (Condition, Semaphore, Event, Barrier and the
+ * asyncio ones): their identity and counters as C fields (no dict entries), and a place in a list of
+ * live primitives (no weakref) that its deallocation leaves. */
+typedef struct TrackedObject {
+    PyObject_HEAD
+    PyObject *stats;     /* _ct_stats */
+    PyObject *name;      /* name= given, or NULL (_ct_name is then _ct_created) */
+    PyObject *created;   /* _ct_created */
+    PyObject *hold;      /* _ct_hold (None, never NULL once registered: fields Python reads on every
+                          * acquisition are object slots, which the interpreter's attribute caches serve) */
+    PyObject *waiters;   /* _ct_waiters (None until the first wait) */
+    PyObject *n;         /* _ct_n: acquisitions (semaphores, asyncio locks), an int */
+    PyObject *progress;  /* _ct_progress: notify/set/pass count, an int */
+    unsigned long long serial;
+    struct TrackedObject *prev, *next;
+    int linked;
+} TrackedObject;
 
 /* -- set by setup(), from conctools/locks.py ------------------------------------------------ */
 
@@ -127,16 +142,34 @@ static PyObject *g_safe_point;      /* locks._safe_point: a Python call that run
 static PyObject *g_active;          /* threading._active */
 static PyObject *g_running_loop;    /* asyncio._get_running_loop */
 static PyObject *g_current_task;    /* asyncio.current_task */
+static PyObject *g_wait_type;       /* locks._Wait (a class with __slots__) */
+static PyObject *g_flush;           /* locks.flush_waits */
+static PyObject *g_site_text;       /* locks._wait_site_text(code, offset) -> "file.py:LINE" */
+static PyObject *g_begin_wait_slow; /* LockStats.begin_wait (unbound): a new site's entry */
+static Py_ssize_t g_flush_at = 64;
+static long long g_stacks_per_site = 8;
 
 static PyObject *s_acquire, *s_release, *s_locked, *s_is_owned, *s_recursion_count, *s_release_save,
     *s_acquire_restore, *s_stack, *s_key, *s_end_ns, *s_acquired, *s_append, *s_buckets, *s_count,
-    *s_total_ns, *s_max_ns, *s_add, *s_epoch, *s_lock_kind, *s_rlock_kind, *s_thread_key, *s_site;
+    *s_total_ns, *s_max_ns, *s_add, *s_epoch, *s_lock_kind, *s_rlock_kind, *s_thread_key, *s_site, *s_retired;
 
+static PyObject *py_raw_stack(PyObject *module, PyObject *arg);
+static PyObject *wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int event,
+                            PyObject *task_arg);
+static void wait_finish(PyObject *w, int acquired);
+struct TrackedObject;
+static void init_tracked(struct TrackedObject *self);
+static PyObject *s_ct_stats, *s_ct_created, *s_ct_name;
+static PyObject *g_empty_str;       /* "" */
+static PyObject *g_zero_int;        /* 0 */
 static PyObject *g_false_args;      /* (False,) */
 static PyObject *g_true_args;       /* (True,) */
 static PyObject *g_question;        /* "?" */
 static PyObject *g_trash_list;      /* overflow of the per-lock trash slots */
 static PyTypeObject *g_core_type;
+static PyTypeObject *g_tracked_type;
+static TrackedObject *g_tracked_head;
+static Py_ssize_t g_tracked_live;
 
 /* The real locks' own C methods, called without bound-method objects. */
 static PyCFunction m_lock_acquire, m_lock_release, m_lock_locked;
@@ -276,6 +309,16 @@ rlock_owned(CoreObject *self)
 
 /* -- references dropped inside a critical section ----------------------------------------- */
 
+/* A lock is tracked by the garbage collector only once it refers to something that could refer
+ * back to it (a task, a wait record, a reference waiting in its trash): most locks never do. */
+static void
+track(CoreObject *self)
+{
+    if (!PyObject_GC_IsTracked((PyObject *)self)) {
+        PyObject_GC_Track((PyObject *)self);
+    }
+}
+
 /* Replace *field by value (a new reference is taken). The old reference may be the last one, and
  * releasing it could run a finalizer: it waits in a trash slot until the next acquisition starts
  * (or the lock dies). */
@@ -291,7 +334,9 @@ store_ref(CoreObject *self, PyObject **field, PyObject *value)
     if (old == NULL) {
         return;
     }
-    for (int i = 0; i < 3; i++) {
+    /* (No tracking needed for the trash: what can refer back to a lock, a task, went through
+     * otask before, which tracked the lock; the rest are sites, held stacks, ThreadInfos.) */
+    for (int i = 0; i < 2; i++) {
         if (self->trash[i] == NULL) {
             self->trash[i] = old;
             return;
@@ -311,7 +356,7 @@ store_ref(CoreObject *self, PyObject **field, PyObject *value)
 static void
 empty_trash(CoreObject *self)
 {
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 2; i++) {
         Py_CLEAR(self->trash[i]);
     }
     if (g_trash_list != NULL && PyList_GET_SIZE(g_trash_list) > 0) {
@@ -620,6 +665,9 @@ first_frame_without(int mask, PyCodeObject **code, int *lasti)
 /* Where the caller took the lock: (code, offset) of the first frame outside conctools and the
  * stdlib modules sites skip, cached per lock. New reference, never NULL. Allocates: call it before
  * acquiring, never inside the section. */
+#define SITE_TUPLES 1024
+static PyObject *g_site_tuples[SITE_TUPLES];
+
 static PyObject *
 caller_site(CoreObject *self)
 {
@@ -628,8 +676,13 @@ caller_site(CoreObject *self)
     if (!first_frame_without(BIT_SITE_SKIP, &code, &lasti)) {
         return Py_NewRef(g_question);
     }
-    if (self->site != NULL && self->site_code == (void *)code && self->site_lasti == lasti) {
-        return Py_NewRef(self->site);
+    /* One (code, offset) tuple per site, shared by every lock taken there (a program with many locks
+     * of one class keeps one). */
+    size_t h = (((uintptr_t)code >> 4) * 31u + (uintptr_t)lasti) & (SITE_TUPLES - 1);
+    PyObject *cached = g_site_tuples[h];
+    if (cached != NULL && PyTuple_GET_ITEM(cached, 0) == (PyObject *)code &&
+        PyLong_AsLong(PyTuple_GET_ITEM(cached, 1)) == lasti) {
+        return Py_NewRef(cached);
     }
     g_allocated = 1;
     PyObject *offset = PyLong_FromLong(lasti);
@@ -639,10 +692,144 @@ caller_site(CoreObject *self)
         swallow();
         return Py_NewRef(g_question);
     }
-    Py_XSETREF(self->site, Py_NewRef(site));
-    self->site_code = (void *)code;
-    self->site_lasti = lasti;
+    Py_XSETREF(g_site_tuples[h], Py_NewRef(site));
     return site;
+}
+
+/* -- ThreadInfo: a thread's identity, as locks keep it ----------------------------------------- */
+
+/* A lock keeps its holder's ThreadInfo rather than its threading.Thread: the Thread could refer back
+ * to the lock (a Thread subclass holding its own lock), and a lock that can be part of no reference
+ * cycle need not be tracked by the garbage collector (most locks: collections stay as cheap as the
+ * stdlib's, whose locks are not tracked). It holds a weak reference to the Thread and a copy of its
+ * name, so an ended thread is still called by its own name. Not a GC type: it refers to nothing that
+ * could refer back to it. */
+typedef struct {
+    PyObject_HEAD
+    unsigned long ident;
+    unsigned long long tid;
+    PyObject *wthread; /* weak reference to the threading.Thread, or NULL */
+    PyObject *name;    /* its name when last seen */
+} ThreadInfoObject;
+
+static PyTypeObject *g_threadinfo_type;
+static PyObject *s_name;
+
+static PyObject *
+threadinfo_thread(ThreadInfoObject *self)
+{
+    if (self->wthread == NULL) return NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *t = NULL;
+    if (PyWeakref_GetRef(self->wthread, &t) != 1) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return t;
+#else
+    PyObject *t = PyWeakref_GetObject(self->wthread);
+    if (t == NULL || t == Py_None) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return Py_NewRef(t);
+#endif
+}
+
+static PyObject *
+threadinfo_get_thread(ThreadInfoObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *t = threadinfo_thread(self);
+    return t != NULL ? t : Py_NewRef(Py_None);
+}
+
+/* The thread's name: the live Thread's (it may have been renamed), else the last one seen. */
+static PyObject *
+threadinfo_get_name(ThreadInfoObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *t = threadinfo_thread(self);
+    if (t != NULL) {
+        PyObject *name = PyObject_GetAttr(t, s_name);
+        Py_DECREF(t);
+        if (name != NULL && PyUnicode_Check(name)) {
+            Py_XSETREF(self->name, Py_NewRef(name));
+            return name;
+        }
+        Py_XDECREF(name);
+        PyErr_Clear();
+    }
+    if (self->name != NULL) return Py_NewRef(self->name);
+    return PyUnicode_FromFormat("thread-%lu", self->ident);
+}
+
+static PyObject *
+threadinfo_repr(ThreadInfoObject *self)
+{
+    return PyUnicode_FromFormat("<ThreadInfo ident=%lu key=%llu name=%R>", self->ident, self->tid,
+                                self->name ? self->name : Py_None);
+}
+
+static void
+threadinfo_dealloc(ThreadInfoObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_CLEAR(self->wthread);
+    Py_CLEAR(self->name);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyGetSetDef threadinfo_getset[] = {
+    {"thread", (getter)threadinfo_get_thread, NULL, "the threading.Thread while it exists, else None", NULL},
+    {"name", (getter)threadinfo_get_name, NULL, "the thread's name (its last one, once it has ended)", NULL},
+    {NULL},
+};
+
+static PyMemberDef threadinfo_members[] = {
+    {"ident", T_ULONG, offsetof(ThreadInfoObject, ident), READONLY, NULL},
+    {"key", T_ULONGLONG, offsetof(ThreadInfoObject, tid), READONLY, NULL},
+    {NULL},
+};
+
+static PyType_Slot threadinfo_slots[] = {
+    {Py_tp_doc, "A thread's identity as a traced lock keeps it (ident, thread-state id, Thread, name)."},
+    {Py_tp_dealloc, threadinfo_dealloc},
+    {Py_tp_repr, threadinfo_repr},
+    {Py_tp_getset, threadinfo_getset},
+    {Py_tp_members, threadinfo_members},
+    {0, NULL},
+};
+
+static PyType_Spec threadinfo_spec = {
+    .name = "conctools._speedups.ThreadInfo",
+    .basicsize = sizeof(ThreadInfoObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = threadinfo_slots,
+};
+
+static PyObject *
+new_threadinfo(unsigned long ident, unsigned long long tid, PyObject *thread)
+{
+    ThreadInfoObject *info = PyObject_New(ThreadInfoObject, g_threadinfo_type);
+    if (info == NULL) return NULL;
+    Py_INCREF(g_threadinfo_type); /* a heap type: its instances hold a reference */
+    info->ident = ident;
+    info->tid = tid;
+    info->wthread = NULL;
+    info->name = NULL;
+    if (thread != NULL) {
+        info->wthread = PyWeakref_NewRef(thread, NULL);
+        if (info->wthread == NULL) PyErr_Clear();
+        PyObject *name = PyObject_GetAttr(thread, s_name);
+        if (name != NULL && PyUnicode_Check(name)) {
+            info->name = name;
+        }
+        else {
+            Py_XDECREF(name);
+            PyErr_Clear();
+        }
+    }
+    return (PyObject *)info;
 }
 
 /* -- who is running ------------------------------------------------------------------------------- */
@@ -658,8 +845,19 @@ typedef struct {
 } Me;
 
 static PyObject *g_key_thread; /* the thread-state dict key of a thread's threading.Thread */
-static unsigned long long g_me_tid;
-static PyObject *g_me_thread;  /* strong */
+static PyObject *g_key_held;   /* ... and of its held-locks stack */
+
+/* Per-thread caches (C thread-local storage), valid while the thread-state id and the cache
+ * generation (bumped by clear_caches) match. They hold borrowed references only: the objects are
+ * kept alive by the thread-state dict, which lives as long as the thread. */
+static unsigned long long g_cache_gen = 1;
+static __thread unsigned long long t_tid, t_gen;
+static __thread PyObject *t_thread;      /* its threading.Thread, or NULL */
+static __thread PyObject *t_held;        /* its lockorder held stack, or NULL */
+static __thread PyObject *t_noloop_dict; /* "no loop" seen with this tsdict version */
+#ifndef CT_TSTATE_LOOP
+static __thread uint64_t t_noloop_version;
+#endif
 
 static unsigned long long
 current_tid(void)
@@ -667,37 +865,60 @@ current_tid(void)
     return (unsigned long long)CT_TSTATE()->id;
 }
 
-/* The calling thread's threading.Thread (borrowed), looked up once per thread (in its thread-state
- * dict, which dies with the thread) and cached for the last thread that asked. */
+static void
+tls_check(unsigned long long tid)
+{
+    if (t_tid != tid || t_gen != g_cache_gen) {
+        t_tid = tid;
+        t_gen = g_cache_gen;
+        t_thread = t_held = t_noloop_dict = NULL;
+    }
+}
+
+/* The calling thread's ThreadInfo (borrowed), made once per thread and kept in its thread-state dict
+ * (NULL while the thread has no threading.Thread yet). */
 static PyObject *
 current_thread_object(unsigned long long tid, unsigned long ident)
 {
-    if (g_me_thread != NULL && g_me_tid == tid) {
-        return g_me_thread;
+    tls_check(tid);
+    if (t_thread != NULL) {
+        return t_thread;
     }
     PyObject *tsdict = PyThreadState_GetDict(); /* borrowed */
+    if (tsdict == NULL) {
+        return NULL;
+    }
+    PyObject *info = PyDict_GetItemWithError(tsdict, g_key_thread); /* borrowed */
+    if (info == NULL && PyErr_Occurred()) PyErr_Clear();
+    if (info != NULL && Py_IS_TYPE(info, g_threadinfo_type) && ((ThreadInfoObject *)info)->tid == tid) {
+        t_thread = info;
+        return info;
+    }
+    if (g_active == NULL) return NULL;
+    g_allocated = 1;
     PyObject *thread = NULL;
-    if (tsdict != NULL) {
-        thread = PyDict_GetItemWithError(tsdict, g_key_thread); /* borrowed */
-        if (thread == NULL && PyErr_Occurred()) PyErr_Clear();
+    PyObject *key = PyLong_FromUnsignedLong(ident);
+    if (key != NULL) {
+        thread = PyDict_GetItemWithError(g_active, key); /* borrowed */
+        Py_DECREF(key);
     }
-    if (thread == NULL && g_active != NULL) {
-        g_allocated = 1;
-        PyObject *key = PyLong_FromUnsignedLong(ident);
-        if (key != NULL) {
-            thread = PyDict_GetItemWithError(g_active, key); /* borrowed */
-            Py_DECREF(key);
-        }
-        if (thread == NULL) {
-            PyErr_Clear();
-            return NULL; /* not a threading.Thread (yet): not cached, looked up again next time */
-        }
-        if (tsdict != NULL && PyDict_SetItem(tsdict, g_key_thread, thread) < 0) PyErr_Clear();
+    if (thread == NULL) {
+        PyErr_Clear();
+        return NULL; /* not a threading.Thread (yet): looked up again next time */
     }
-    Py_INCREF(thread);
-    Py_XSETREF(g_me_thread, thread);
-    g_me_tid = tid;
-    return thread;
+    info = new_threadinfo(ident, tid, thread);
+    if (info == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    int err = PyDict_SetItem(tsdict, g_key_thread, info);
+    Py_DECREF(info); /* the dict keeps it (or it is gone) */
+    if (err < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    t_thread = info;
+    return info;
 }
 
 static PyCFunction g_running_loop_meth; /* asyncio._get_running_loop's C function, and its self */
@@ -736,12 +957,8 @@ running_loop(void)
 
 #ifndef CT_TSTATE_LOOP
 /* asyncio (3.11, 3.12) keeps a thread's running loop in the thread-state dict, and looks it up
- * there for a thread that has none on every call. Ours remembers "no loop" for the last thread that
- * asked, until that dict changes (its version tag moves on every change). */
-static unsigned long long g_noloop_tid;
-static PyObject *g_noloop_dict; /* identity only */
-static uint64_t g_noloop_version;
-
+ * there for a thread that has none on every call. Ours remembers "no loop" per thread, until that
+ * dict changes (its version tag moves on every change). */
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -762,7 +979,8 @@ current_task_of_thread(unsigned long long tid)
 {
 #ifndef CT_TSTATE_LOOP
     PyObject *tsdict = CT_TSTATE()->dict; /* borrowed; NULL until someone made it */
-    if (tsdict != NULL && g_noloop_tid == tid && g_noloop_dict == tsdict && dict_version(tsdict) == g_noloop_version) {
+    tls_check(tid);
+    if (tsdict != NULL && t_noloop_dict == tsdict && dict_version(tsdict) == t_noloop_version) {
         return NULL;
     }
 #endif
@@ -770,9 +988,8 @@ current_task_of_thread(unsigned long long tid)
     if (loop == NULL) {
 #ifndef CT_TSTATE_LOOP
         if (tsdict != NULL && PyDict_Check(tsdict)) {
-            g_noloop_tid = tid;
-            g_noloop_dict = tsdict;
-            g_noloop_version = dict_version(tsdict);
+            t_noloop_dict = tsdict;
+            t_noloop_version = dict_version(tsdict);
         }
 #else
         (void)tid;
@@ -803,15 +1020,14 @@ me_release(Me *me)
 
 /* -- lock order ----------------------------------------------------------------------------------- */
 
-/* The calling thread's held-locks stack (lockorder._local.stack, a new reference). */
-static uint64_t g_held_tid;
-static PyObject *g_held_list;
-
+/* The calling thread's held-locks stack (lockorder._local.stack, a new reference), also kept in
+ * its thread-state dict for the thread-local cache. */
 static PyObject *
 thread_held(unsigned long long tid)
 {
-    if (g_held_list != NULL && g_held_tid == tid) {
-        return Py_NewRef(g_held_list);
+    tls_check(tid);
+    if (t_held != NULL) {
+        return Py_NewRef(t_held);
     }
     if (g_local == NULL) return NULL;
     g_allocated = 1;
@@ -824,8 +1040,13 @@ thread_held(unsigned long long tid)
             return NULL;
         }
     }
-    Py_XSETREF(g_held_list, Py_NewRef(held));
-    g_held_tid = tid;
+    PyObject *tsdict = PyThreadState_GetDict(); /* borrowed */
+    if (tsdict != NULL && PyDict_SetItem(tsdict, g_key_held, held) == 0) {
+        t_held = held;
+    }
+    else {
+        PyErr_Clear();
+    }
     return held;
 }
 
@@ -871,7 +1092,7 @@ done:
 static int
 known_from(CoreObject *self, PyObject *h)
 {
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 2; i++) {
         if (self->known[i] == h) return 1;
     }
     return 0;
@@ -880,13 +1101,13 @@ known_from(CoreObject *self, PyObject *h)
 static void
 remember_known(CoreObject *self, PyObject *h)
 {
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 2; i++) {
         if (self->known[i] == NULL) {
             self->known[i] = Py_NewRef(h);
             return;
         }
     }
-    Py_SETREF(self->known[3], Py_NewRef(h));
+    Py_SETREF(self->known[1], Py_NewRef(h));
 }
 
 /* 1 when every edge held -> entry is already in the graph between live locks of different classes
@@ -899,7 +1120,7 @@ edges_known(CoreObject *self, PyObject *held, PyObject *entry)
     }
     long long gen = order_generation();
     if (gen != self->known_gen) {
-        for (int i = 0; i < 4; i++) Py_CLEAR(self->known[i]);
+        for (int i = 0; i < 2; i++) Py_CLEAR(self->known[i]);
         self->known_gen = gen;
     }
     PyObject *to_key = PyTuple_GET_ITEM(entry, 1);
@@ -1043,6 +1264,7 @@ took(CoreObject *self, Me *me, int contended, PyObject *wait_site)
         self->owner_ident = me->ident;
     }
     store_ref(self, &self->othread, me->thread);
+    if (me->task != NULL) track(self);
     store_ref(self, &self->otask, me->task);
     self->n++;
     if (self->rlock) self->depth = 1;
@@ -1089,42 +1311,6 @@ holder_snapshot(CoreObject *self)
                          self->otask ? self->otask : Py_None, self->osite ? self->osite : Py_None, self->osince);
 }
 
-/* The wait has ended: stores into the wait record, out of the registry, into the pending queue
- * (its statistics and event are recorded later, outside any critical section). */
-static void
-wait_end(CoreObject *self, PyObject *wait, int acquired)
-{
-    if (wait == NULL || wait == Py_None) {
-        return;
-    }
-    PyObject *exc_type, *exc_value, *exc_tb;
-    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    long long now = mono_ns();
-    PyObject *end = PyLong_FromLongLong(now);
-    if (end != NULL) {
-        if (PyObject_SetAttr(wait, s_end_ns, end) < 0) PyErr_Clear();
-        if (g_progress != NULL && PyList_Check(g_progress) && PyList_GET_SIZE(g_progress) > 0) {
-            PyList_SetItem(g_progress, 0, Py_NewRef(end)); /* the previous stamp is an int */
-        }
-        Py_DECREF(end);
-    }
-    if (PyObject_SetAttr(wait, s_acquired, acquired ? Py_True : Py_False) < 0) PyErr_Clear();
-    PyObject *key = PyObject_GetAttr(wait, s_key);
-    if (key != NULL) {
-        if (self->waiters != NULL && PyDict_Check(self->waiters) && PyDict_DelItem(self->waiters, key) < 0)
-            PyErr_Clear();
-        if (g_waiting != NULL && PyDict_DelItem(g_waiting, key) < 0) PyErr_Clear();
-        Py_DECREF(key);
-    }
-    PyErr_Clear();
-    if (g_pending != NULL) {
-        PyObject *r = PyObject_CallMethodOneArg(g_pending, s_append, wait);
-        Py_XDECREF(r);
-        PyErr_Clear();
-    }
-    PyErr_Restore(exc_type, exc_value, exc_tb);
-}
-
 static PyObject *g_true_minus_one; /* (True, -1) */
 
 /* The slow path: prepare the wait (Python, before blocking), block in the real lock, then record
@@ -1138,17 +1324,13 @@ contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
         holder = Py_NewRef(Py_None);
     }
     PyObject *wait = NULL;
-    if (g_wait_begin != NULL) {
-        PyFrameObject *frame = PyEval_GetFrame();
-        PyObject *to = timeout < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(timeout);
-        if (to != NULL) {
-            wait = PyObject_CallFunctionObjArgs(g_wait_begin, (PyObject *)self, frame ? (PyObject *)frame : Py_None,
-                                                to, holder, NULL);
-            Py_DECREF(to);
-        }
-        if (wait == NULL) {
-            swallow();
-        }
+    PyObject *to = timeout < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(timeout);
+    if (to != NULL) {
+        wait = wait_begin((PyObject *)self, to, holder, 0, 1, me->task != NULL ? me->task : Py_None);
+        Py_DECREF(to);
+    }
+    if (wait == NULL) {
+        swallow();
     }
     Py_DECREF(holder);
     if (self->hold == NULL || self->hold == Py_None) {
@@ -1182,7 +1364,7 @@ contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
         Py_DECREF(args); /* a tuple of ours: freeing it runs nothing */
     }
     if (r == NULL) { /* the real lock raised (a signal handler's exception): not acquired */
-        wait_end(self, wait, 0);
+        wait_finish(wait, 0);
         Py_XDECREF(wait);
         return NULL;
     }
@@ -1194,9 +1376,505 @@ contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
         took(self, me, 1, site);
         Py_XDECREF(site); /* the wait record keeps it alive: not the last reference */
     }
-    wait_end(self, wait, got);
+    wait_finish(wait, got);
     Py_XDECREF(wait);
     return PyBool_FromLong(got);
+}
+
+
+/* -- wait records (locks._Wait), made and ended in C -------------------------------------------- */
+
+/* A wait record: one party's blocked wait, from its start to its end (locks._Wait on the pure path).
+ * Tracked by the garbage collector, but its traversal visits only what could refer back to it (the
+ * primitive, whose waiters table holds it while it waits, the task, the holders). */
+enum {
+    W_ACQUIRED, W_END_NS, W_ENTRY, W_EVENT, W_HOLDER, W_HOLDER_EXITED, W_IDENT, W_KEY, W_LOCK_ID, W_LOCK_NAME,
+    W_PRIM, W_REC, W_SITE, W_STACK, W_START_NS, W_STATS, W_TASK, W_TASK_NAME, W_THREAD, W_THREAD_KEY,
+    W_TIMEOUT_S, W_COUNT
+};
+typedef struct {
+    PyObject_HEAD
+    PyObject *f[W_COUNT];
+} WaitObject;
+
+static PyTypeObject *g_waitrecord_type;
+static int g_wait_ready;
+
+static int
+setup_wait_type(PyObject *type)
+{
+    g_wait_ready = 0;
+    if (!PyType_Check(type) || !PyType_IsSubtype((PyTypeObject *)type, g_waitrecord_type) ||
+        ((PyTypeObject *)type)->tp_basicsize != g_waitrecord_type->tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "wait_type must be a slot-less subclass of WaitRecord");
+        return -1;
+    }
+    g_wait_ready = 1;
+    return 0;
+}
+
+/* Store into a field of a wait record (a new reference is taken; NULL clears it). */
+static void
+wset(PyObject *w, int i, PyObject *v)
+{
+    Py_XSETREF(((WaitObject *)w)->f[i], Py_XNewRef(v));
+}
+
+/* Same, giving away the reference to v (which may be NULL: an error, cleared). */
+static void
+wsteal(PyObject *w, int i, PyObject *v)
+{
+    if (v == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    Py_XSETREF(((WaitObject *)w)->f[i], v);
+}
+
+static PyObject *
+wget(PyObject *w, int i)
+{
+    return ((WaitObject *)w)->f[i]; /* borrowed, may be NULL */
+}
+
+static int
+waitrecord_traverse(WaitObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->f[W_PRIM]);
+    Py_VISIT(self->f[W_TASK]);
+    Py_VISIT(self->f[W_HOLDER]);
+    return 0;
+}
+
+static int
+waitrecord_clear(WaitObject *self)
+{
+    for (int i = 0; i < W_COUNT; i++) Py_CLEAR(self->f[i]);
+    return 0;
+}
+
+static void
+waitrecord_dealloc(WaitObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    waitrecord_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+#define WMEMBER(name, idx) {name, T_OBJECT_EX, offsetof(WaitObject, f) + (idx) * sizeof(PyObject *), 0, NULL}
+static PyMemberDef waitrecord_members[] = {
+    WMEMBER("acquired", W_ACQUIRED), WMEMBER("end_ns", W_END_NS), WMEMBER("entry", W_ENTRY),
+    WMEMBER("event", W_EVENT), WMEMBER("holder", W_HOLDER), WMEMBER("holder_exited", W_HOLDER_EXITED),
+    WMEMBER("ident", W_IDENT), WMEMBER("key", W_KEY), WMEMBER("lock_id", W_LOCK_ID),
+    WMEMBER("lock_name", W_LOCK_NAME), WMEMBER("prim", W_PRIM), WMEMBER("rec", W_REC),
+    WMEMBER("site", W_SITE), WMEMBER("stack", W_STACK), WMEMBER("start_ns", W_START_NS),
+    WMEMBER("stats", W_STATS), WMEMBER("task", W_TASK), WMEMBER("task_name", W_TASK_NAME),
+    WMEMBER("thread", W_THREAD),
+    WMEMBER("thread_key", W_THREAD_KEY), WMEMBER("timeout_s", W_TIMEOUT_S), {NULL},
+};
+
+static PyType_Slot waitrecord_slots[] = {
+    {Py_tp_doc, "One party's blocked wait on a traced primitive (conctools.locks)."},
+    {Py_tp_dealloc, waitrecord_dealloc},
+    {Py_tp_traverse, waitrecord_traverse},
+    {Py_tp_clear, waitrecord_clear},
+    {Py_tp_members, waitrecord_members},
+    {Py_tp_new, PyType_GenericNew},
+    {0, NULL},
+};
+
+static PyType_Spec waitrecord_spec = {
+    .name = "conctools._speedups.WaitRecord",
+    .basicsize = sizeof(WaitObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = waitrecord_slots,
+};
+
+/* Where a wait is: "file.py:LINE" of the first frame outside conctools and the stdlib modules a
+ * site skips, cached per (code, offset); also that frame's code (borrowed). New reference. */
+#define WSITE_CACHE 512
+static struct {
+    PyObject *code; /* strong */
+    int lasti;
+    PyObject *text; /* strong */
+} g_wsites[WSITE_CACHE];
+
+static PyObject *
+wait_site(PyCodeObject **where)
+{
+    PyCodeObject *code = NULL;
+    int lasti = 0;
+    if (!first_frame_without(BIT_CREATION_SKIP, &code, &lasti)) {
+        FrameCursor c;
+        cursor_start(&c);
+        int found = cursor_get(&c, &code, &lasti);
+        cursor_end(&c);
+        if (!found) {
+            *where = NULL;
+            return Py_NewRef(g_question);
+        }
+    }
+    *where = code;
+    size_t h = (((uintptr_t)code >> 4) * 31u + (uintptr_t)lasti) & (WSITE_CACHE - 1);
+    if (g_wsites[h].code == (PyObject *)code && g_wsites[h].lasti == lasti) {
+        return Py_NewRef(g_wsites[h].text);
+    }
+    PyObject *offset = PyLong_FromLong(lasti);
+    PyObject *text = offset ? PyObject_CallFunctionObjArgs(g_site_text, (PyObject *)code, offset, NULL) : NULL;
+    Py_XDECREF(offset);
+    if (text == NULL || !PyUnicode_Check(text)) {
+        Py_XDECREF(text);
+        swallow();
+        return Py_NewRef(g_question);
+    }
+    Py_XSETREF(g_wsites[h].code, Py_NewRef((PyObject *)code));
+    g_wsites[h].lasti = lasti;
+    Py_XSETREF(g_wsites[h].text, Py_NewRef(text));
+    return text;
+}
+
+/* obj.attr += delta for an int attribute (no Python code runs). */
+static void
+bump(PyObject *obj, PyObject *attr, long long delta)
+{
+    PyObject *v = PyObject_GetAttr(obj, attr);
+    if (v == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    long long n = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    if (n == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *nv = PyLong_FromLongLong(n + delta);
+    if (nv != NULL) {
+        if (PyObject_SetAttr(obj, attr, nv) < 0) PyErr_Clear();
+        Py_DECREF(nv);
+    }
+}
+
+static PyObject *s_sites, *s_contentions, *s_waits, *s_stacks, *s_function, *s_ct_waiters;
+
+/* A primitive's stats, waiters table (made when missing) as new references. */
+static PyObject *
+prim_stats(PyObject *prim)
+{
+    if (PyObject_TypeCheck(prim, g_core_type)) return Py_XNewRef(((CoreObject *)prim)->stats);
+    if (g_tracked_type != NULL && PyObject_TypeCheck(prim, g_tracked_type))
+        return Py_XNewRef(((TrackedObject *)prim)->stats);
+    return PyObject_GetAttr(prim, s_ct_stats);
+}
+
+static PyObject *
+prim_waiters(PyObject *prim)
+{
+    PyObject **field = NULL;
+    if (PyObject_TypeCheck(prim, g_core_type)) {
+        track((CoreObject *)prim);
+        field = &((CoreObject *)prim)->waiters;
+    }
+    else if (g_tracked_type != NULL && PyObject_TypeCheck(prim, g_tracked_type)) {
+        field = &((TrackedObject *)prim)->waiters;
+    }
+    if (field != NULL) {
+        if (*field == NULL || *field == Py_None) {
+            Py_XSETREF(*field, PyDict_New());
+        }
+        return Py_XNewRef(*field);
+    }
+    PyObject *d = PyObject_GetAttr(prim, s_ct_waiters);
+    if (d == NULL || d == Py_None) {
+        Py_XDECREF(d);
+        PyErr_Clear();
+        d = PyDict_New();
+        if (d != NULL && PyObject_SetAttr(prim, s_ct_waiters, d) < 0) PyErr_Clear();
+    }
+    return d;
+}
+
+/* Has the thread of a holder snapshot (ident, key, info, task, site, since) ended? */
+static int
+snapshot_exited(PyObject *snap)
+{
+    if (!PyTuple_Check(snap) || PyTuple_GET_SIZE(snap) < 2) return 0;
+    unsigned long ident = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(snap, 0));
+    unsigned long long key = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(snap, 1));
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (!key) return -1; /* not known here: locks.py judges */
+    PyInterpreterState *interp = PyThreadState_GetInterpreter(PyThreadState_Get());
+    for (PyThreadState *ts = PyInterpreterState_ThreadHead(interp); ts != NULL; ts = PyThreadState_Next(ts)) {
+        if (ts->thread_id == ident) {
+            return (unsigned long long)PyThreadState_GetID(ts) != key;
+        }
+    }
+    return 1;
+}
+
+static PyObject *g_holder_exited; /* locks._holder_exited */
+static PyObject *g_holder_brief;  /* locks._holder_brief */
+static PyObject *s_get_name;
+
+/* A task's name (new reference), or None. */
+static PyObject *
+task_name_of(PyObject *task)
+{
+    if (task == NULL || task == Py_None) return Py_NewRef(Py_None);
+    PyObject *name = PyObject_CallMethodNoArgs(task, s_get_name);
+    if (name == NULL) {
+        PyErr_Clear();
+        name = PyObject_Repr(task);
+        if (name == NULL) {
+            PyErr_Clear();
+            return Py_NewRef(Py_None);
+        }
+    }
+    return name;
+}
+
+static PyObject *
+prim_name(PyObject *prim)
+{
+    if (PyObject_TypeCheck(prim, g_core_type)) {
+        CoreObject *c = (CoreObject *)prim;
+        return Py_XNewRef(c->name != NULL ? c->name : c->created);
+    }
+    if (g_tracked_type != NULL && PyObject_TypeCheck(prim, g_tracked_type)) {
+        TrackedObject *t = (TrackedObject *)prim;
+        return Py_XNewRef(t->name != NULL ? t->name : t->created);
+    }
+    return PyObject_GetAttr(prim, s_ct_name);
+}
+
+/* A holder as a wait record keeps it until recorded: tasks by their names (see locks._holder_brief). */
+static PyObject *
+holder_brief(PyObject *holder)
+{
+    if (holder == Py_None) return Py_NewRef(Py_None);
+    if (PyTuple_Check(holder) && PyTuple_GET_SIZE(holder) == 6) {
+        PyObject *task = PyTuple_GET_ITEM(holder, 3);
+        if (task == Py_None || PyUnicode_Check(task)) return Py_NewRef(holder);
+        PyObject *name = task_name_of(task);
+        PyObject *out = PyTuple_Pack(6, PyTuple_GET_ITEM(holder, 0), PyTuple_GET_ITEM(holder, 1),
+                                     PyTuple_GET_ITEM(holder, 2), name, PyTuple_GET_ITEM(holder, 4),
+                                     PyTuple_GET_ITEM(holder, 5));
+        Py_DECREF(name);
+        return out;
+    }
+    if (PyList_Check(holder)) return PyObject_CallOneArg(g_holder_brief, holder);
+    return task_name_of(holder);
+}
+
+/* locks._wait_begin in C: begin(prim, timeout_s, holder, by_task, event, task). The site is found
+ * from the calling thread's frames (the first outside conctools and the stdlib modules sites skip). */
+static PyObject *
+wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int event, PyObject *task_arg)
+{
+    if (!g_wait_ready) Py_RETURN_NONE;
+    if (g_pending != NULL && PyObject_Length(g_pending) >= g_flush_at && g_flush != NULL) {
+        PyObject *r = PyObject_CallNoArgs(g_flush);
+        Py_XDECREF(r);
+        swallow();
+    }
+    PyErr_Clear();
+    PyObject *stats = prim_stats(prim);
+    if (stats == NULL) {
+        swallow();
+        Py_RETURN_NONE;
+    }
+    PyObject *w = ((PyTypeObject *)g_wait_type)->tp_alloc((PyTypeObject *)g_wait_type, 0);
+    if (w == NULL) {
+        Py_DECREF(stats);
+        swallow();
+        Py_RETURN_NONE;
+    }
+    PyThreadState *ts = CT_TSTATE();
+    unsigned long long tid = (unsigned long long)ts->id;
+    unsigned long ident = ts->thread_id;
+    wset(w, W_PRIM, prim);
+    wsteal(w, W_IDENT, PyLong_FromUnsignedLong(ident));
+    wsteal(w, W_THREAD_KEY, PyLong_FromUnsignedLongLong(tid));
+    PyObject *info = current_thread_object(tid, ident);
+    wset(w, W_THREAD, info ? info : Py_None);
+    PyObject *task = task_arg == Py_False ? current_task_of_thread(tid) : Py_XNewRef(task_arg == Py_None ? NULL : task_arg);
+    wset(w, W_TASK, task ? task : Py_None);
+    wsteal(w, W_TASK_NAME, task_name_of(task));
+    wsteal(w, W_LOCK_ID, PyLong_FromVoidPtr(prim));
+    wsteal(w, W_LOCK_NAME, prim_name(prim));
+    if (wget(w, W_LOCK_NAME) == NULL) wset(w, W_LOCK_NAME, g_question);
+    PyCodeObject *where = NULL;
+    PyObject *site = wait_site(&where);
+    wset(w, W_SITE, site);
+    wset(w, W_STATS, stats);
+    /* stats.begin_wait(site): counted now, without a mutex (no Python code runs in between) */
+    PyObject *sites = PyObject_GetAttr(stats, s_sites);
+    PyObject *entry = sites && PyDict_Check(sites) ? Py_XNewRef(PyDict_GetItemWithError(sites, site)) : NULL;
+    int want_stack = 0;
+    if (entry != NULL) {
+        bump(stats, s_contentions, 1);
+        bump(entry, s_waits, 1);
+        PyObject *st = PyObject_GetAttr(entry, s_stacks);
+        long long stacks = st ? PyLong_AsLongLong(st) : g_stacks_per_site;
+        Py_XDECREF(st);
+        PyErr_Clear();
+        want_stack = stacks < g_stacks_per_site;
+        if (want_stack) bump(entry, s_stacks, 1);
+    }
+    else {
+        PyErr_Clear();
+        PyObject *pair = PyObject_CallFunctionObjArgs(g_begin_wait_slow, stats, site, g_empty_str, NULL);
+        if (pair != NULL && PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
+            entry = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+            want_stack = PyObject_IsTrue(PyTuple_GET_ITEM(pair, 1)) > 0;
+        }
+        Py_XDECREF(pair);
+        swallow();
+    }
+    Py_XDECREF(sites);
+    wsteal(w, W_ENTRY, entry ? entry : Py_NewRef(Py_None));
+    if (want_stack) {
+        PyObject *limit = PyLong_FromLong(40);
+        wsteal(w, W_STACK, limit ? py_raw_stack(NULL, limit) : NULL);
+        Py_XDECREF(limit);
+        if (entry != NULL && where != NULL) {
+            PyObject *fn = PyObject_GetAttr(entry, s_function);
+            if (fn != NULL && PyUnicode_Check(fn) && PyUnicode_GET_LENGTH(fn) == 0) {
+                if (PyObject_SetAttr(entry, s_function, where->co_name) < 0) PyErr_Clear();
+            }
+            Py_XDECREF(fn);
+            PyErr_Clear();
+        }
+    }
+    else {
+        wset(w, W_STACK, Py_None);
+    }
+    wsteal(w, W_HOLDER, holder_brief(holder));
+    if (wget(w, W_HOLDER) == NULL) wset(w, W_HOLDER, Py_None);
+    if (holder == Py_None) {
+        wset(w, W_HOLDER_EXITED, Py_None);
+    }
+    else {
+        int ex = PyTuple_Check(holder) ? snapshot_exited(holder) : -2;
+        if (ex >= 0) {
+            wset(w, W_HOLDER_EXITED, ex ? Py_True : Py_False);
+        }
+        else if (ex == -2 && !(PyList_Check(holder) && PyList_GET_SIZE(holder) > 0 &&
+                               PyTuple_Check(PyList_GET_ITEM(holder, 0)))) {
+            wset(w, W_HOLDER_EXITED, Py_None); /* asyncio holders: their loop runs in this thread */
+        }
+        else {
+            wsteal(w, W_HOLDER_EXITED, PyObject_CallOneArg(g_holder_exited, holder));
+            if (wget(w, W_HOLDER_EXITED) == NULL) wset(w, W_HOLDER_EXITED, Py_None);
+        }
+    }
+    wset(w, W_TIMEOUT_S, timeout);
+    wset(w, W_EVENT, event ? Py_True : Py_False);
+    wset(w, W_REC, g_current && PyList_GET_SIZE(g_current) > 0 ? PyList_GET_ITEM(g_current, 0) : Py_None);
+    wset(w, W_ACQUIRED, Py_False);
+    wsteal(w, W_END_NS, PyLong_FromLong(0));
+    PyObject *key = NULL;
+    if (by_task && task != NULL) {
+        key = Py_BuildValue("(kN)", ident, PyLong_FromVoidPtr(task));
+    }
+    else {
+        key = Py_BuildValue("(kO)", ident, Py_None);
+    }
+    Py_XDECREF(task);
+    Py_XDECREF(site);
+    Py_DECREF(stats);
+    PyObject *waiters = prim_waiters(prim);
+    if (key == NULL || waiters == NULL || !PyDict_Check(waiters)) {
+        Py_XDECREF(key);
+        Py_XDECREF(waiters);
+        Py_DECREF(w);
+        swallow();
+        Py_RETURN_NONE;
+    }
+    wset(w, W_KEY, key);
+    wsteal(w, W_START_NS, PyLong_FromLongLong(mono_ns()));
+    if (PyDict_SetItem(waiters, key, w) < 0 || (g_waiting != NULL && PyDict_SetItem(g_waiting, key, prim) < 0)) {
+        PyErr_Clear();
+    }
+    Py_DECREF(waiters);
+    Py_DECREF(key);
+    return w;
+}
+
+/* The wait w has ended: stores into it, out of the registry, into the pending queue (its statistics
+ * and event are recorded later, outside any critical section). No Python code runs. */
+static void
+wait_finish(PyObject *w, int acquired)
+{
+    if (w == NULL || w == Py_None || !g_wait_ready || !PyObject_TypeCheck(w, g_waitrecord_type)) {
+        return;
+    }
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *end = PyLong_FromLongLong(mono_ns());
+    if (end != NULL) {
+        if (g_progress != NULL && PyList_Check(g_progress) && PyList_GET_SIZE(g_progress) > 0) {
+            PyList_SetItem(g_progress, 0, Py_NewRef(end)); /* the previous stamp is an int */
+        }
+        wsteal(w, W_END_NS, end);
+    }
+    wset(w, W_ACQUIRED, acquired ? Py_True : Py_False);
+    PyObject *key = wget(w, W_KEY), *prim = wget(w, W_PRIM);
+    if (key != NULL && prim != NULL) {
+        PyObject *waiters = NULL;
+        if (PyObject_TypeCheck(prim, g_core_type)) waiters = Py_XNewRef(((CoreObject *)prim)->waiters);
+        else if (g_tracked_type != NULL && PyObject_TypeCheck(prim, g_tracked_type))
+            waiters = Py_XNewRef(((TrackedObject *)prim)->waiters);
+        else waiters = PyObject_GetAttr(prim, s_ct_waiters);
+        if (waiters != NULL && PyDict_Check(waiters) && PyDict_DelItem(waiters, key) < 0) PyErr_Clear();
+        Py_XDECREF(waiters);
+        if (g_waiting != NULL && PyDict_DelItem(g_waiting, key) < 0) PyErr_Clear();
+    }
+    PyErr_Clear();
+    /* A record waiting to be recorded keeps neither alive (both are alive now: not last references). */
+    wset(w, W_PRIM, Py_None);
+    wset(w, W_TASK, Py_None);
+    if (g_pending != NULL) {
+        PyObject *r = PyObject_CallMethodOneArg(g_pending, s_append, w);
+        Py_XDECREF(r);
+        PyErr_Clear();
+    }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
+/* wait_begin(prim, frame, timeout_s, holder, by_task=False, event=True, task=False): locks._wait_begin
+ * (frame is ignored: the C code reads the thread's frames itself). */
+static PyObject *
+py_wait_begin(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"prim", "frame", "timeout_s", "holder", "by_task", "event", "task", NULL};
+    PyObject *prim, *frame, *timeout, *holder, *by_task = Py_False, *event = Py_True, *task = Py_False;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|OOO:wait_begin", kwlist, &prim, &frame, &timeout, &holder,
+                                     &by_task, &event, &task)) {
+        return NULL;
+    }
+    (void)frame;
+    int bt = PyObject_IsTrue(by_task) > 0, ev = PyObject_IsTrue(event) > 0;
+    PyErr_Clear();
+    return wait_begin(prim, timeout, holder, bt, ev, task);
+}
+
+static PyObject *
+py_wait_done(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "wait_done(wait, acquired)");
+        return NULL;
+    }
+    wait_finish(args[0], PyObject_IsTrue(args[1]) > 0);
+    PyErr_Clear();
+    Py_RETURN_NONE;
 }
 
 /* -- the methods locks.py installs ----------------------------------------------------------- */
@@ -1515,6 +2193,9 @@ clear_site_cache(void)
     for (int i = 0; i < CODE_CACHE; i++) {
         Py_CLEAR(g_code_cache[i].code);
     }
+    for (int i = 0; i < SITE_TUPLES; i++) {
+        Py_CLEAR(g_site_tuples[i]);
+    }
 }
 
 /* The creation frames: inner = the first frame outside conctools, user = the first frame outside
@@ -1573,8 +2254,6 @@ stamp_epoch(SiteEntry *e)
     Py_XSETREF(e->epoch, Py_NewRef(epoch));
 }
 
-static PyObject *s_ct_stats, *s_ct_created, *s_ct_name;
-
 /* Name and class of a new primitive from the cache: 1 done (fields set), 0 not cached. */
 static int
 register_cached(PyObject *prim, PyObject *kind, PyObject *name, CoreObject *core)
@@ -1593,6 +2272,13 @@ register_cached(PyObject *prim, PyObject *kind, PyObject *name, CoreObject *core
         Py_XSETREF(core->stats, Py_NewRef(e->stats));
         Py_XSETREF(core->created, Py_NewRef(e->created));
         Py_XSETREF(core->name, name == Py_None ? NULL : Py_NewRef(name));
+    }
+    else if (g_tracked_type != NULL && PyObject_TypeCheck(prim, g_tracked_type)) {
+        TrackedObject *t = (TrackedObject *)prim;
+        init_tracked(t);
+        Py_XSETREF(t->stats, Py_NewRef(e->stats));
+        Py_XSETREF(t->created, Py_NewRef(e->created));
+        Py_XSETREF(t->name, name == Py_None ? NULL : Py_NewRef(name));
     }
     else if (PyObject_SetAttr(prim, s_ct_stats, e->stats) < 0 || PyObject_SetAttr(prim, s_ct_created, e->created) < 0 ||
              PyObject_SetAttr(prim, s_ct_name, name == Py_None ? e->created : name) < 0) {
@@ -1674,6 +2360,10 @@ init_common(CoreObject *self, PyObject *args, PyObject *kwargs, int rlock)
     }
     self->ordered = is_on(g_order_enabled);
     link_core(self);
+    if (Py_TYPE(self)->tp_dictoffset == 0 && self->otask == NULL && self->waiters == NULL && self->trash[0] == NULL &&
+        PyObject_GC_IsTracked((PyObject *)self)) {
+        PyObject_GC_UnTrack(self); /* until it refers to something that could refer back (see track()) */
+    }
     Py_RETURN_NONE;
 }
 
@@ -1726,9 +2416,8 @@ core_traverse(CoreObject *self, visitproc visit, void *arg)
     Py_VISIT(self->hold);
     Py_VISIT(self->held);
     Py_VISIT(self->entry);
-    Py_VISIT(self->site);
-    for (int i = 0; i < 4; i++) Py_VISIT(self->known[i]);
-    for (int i = 0; i < 3; i++) Py_VISIT(self->trash[i]);
+    for (int i = 0; i < 2; i++) Py_VISIT(self->known[i]);
+    for (int i = 0; i < 2; i++) Py_VISIT(self->trash[i]);
     Py_VISIT(self->stats);
     Py_VISIT(self->name);
     Py_VISIT(self->created);
@@ -1746,9 +2435,8 @@ core_clear(CoreObject *self)
     Py_CLEAR(self->hold);
     Py_CLEAR(self->held);
     Py_CLEAR(self->entry);
-    Py_CLEAR(self->site);
-    for (int i = 0; i < 4; i++) Py_CLEAR(self->known[i]);
-    for (int i = 0; i < 3; i++) Py_CLEAR(self->trash[i]);
+    for (int i = 0; i < 2; i++) Py_CLEAR(self->known[i]);
+    for (int i = 0; i < 2; i++) Py_CLEAR(self->trash[i]);
     Py_CLEAR(self->stats);
     Py_CLEAR(self->name);
     Py_CLEAR(self->created);
@@ -1756,7 +2444,8 @@ core_clear(CoreObject *self)
     return 0;
 }
 
-/* A dying lock hands its counters to its class (only one that was acquired has any). */
+/* A dying lock hands its counters to its class (only one that was acquired has any): appended to
+ * the class's backlog here; locks._retire_counts (which folds a long backlog) only now and then. */
 static void
 retire(CoreObject *self)
 {
@@ -1766,11 +2455,20 @@ retire(CoreObject *self)
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
     PyObject *n = PyLong_FromLongLong(self->n);
-    if (n != NULL) {
+    PyObject *retired = n ? PyObject_GetAttr(self->stats, s_retired) : NULL;
+    if (retired != NULL && PyList_CheckExact(retired) && PyList_GET_SIZE(retired) < 1023) {
+        PyObject *item = PyTuple_Pack(2, n, self->hold ? self->hold : Py_None);
+        if (item != NULL) {
+            PyList_Append(retired, item);
+            Py_DECREF(item);
+        }
+    }
+    else if (n != NULL) {
         PyObject *r = PyObject_CallFunctionObjArgs(g_retire, self->stats, n, self->hold ? self->hold : Py_None, NULL);
         Py_XDECREF(r);
-        Py_DECREF(n);
     }
+    Py_XDECREF(retired);
+    Py_XDECREF(n);
     PyErr_Clear();
     PyErr_Restore(exc_type, exc_value, exc_tb);
 }
@@ -1880,7 +2578,44 @@ core_set_osite(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
     return 0;
 }
 
+static PyObject *
+core_get_otask(CoreObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->otask != NULL ? self->otask : Py_None);
+}
+
+static int
+core_set_otask(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value != NULL && value != Py_None) track(self);
+    Py_XSETREF(self->otask, (value == NULL || value == Py_None) ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+core_get_waiters(CoreObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->waiters != NULL ? self->waiters : Py_None);
+}
+
+static int
+core_set_waiters(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value != NULL && value != Py_None) track(self);
+    Py_XSETREF(self->waiters, (value == NULL || value == Py_None) ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+core_get_othread(CoreObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->othread != NULL ? self->othread : Py_None);
+}
+
 static PyGetSetDef core_getset[] = {
+    {"_otask", (getter)core_get_otask, (setter)core_set_otask, NULL, NULL},
+    {"_ct_waiters", (getter)core_get_waiters, (setter)core_set_waiters, NULL, NULL},
+    {"_othread", (getter)core_get_othread, NULL, NULL, NULL},
     {"_owner", (getter)core_get_owner, (setter)core_set_owner, NULL, NULL},
     {"_ct_name", (getter)core_get_name, (setter)core_set_name, NULL, NULL},
     {"_ct_serial", (getter)core_get_serial, (setter)core_set_serial, NULL, NULL},
@@ -1895,8 +2630,6 @@ static PyMemberDef core_members[] = {
     {"_ct_n", T_LONGLONG, offsetof(CoreObject, n), 0, NULL},
     {"_t0", T_LONGLONG, offsetof(CoreObject, t0), 0, NULL},
     {"_osince", T_LONGLONG, offsetof(CoreObject, osince), 0, NULL},
-    {"_othread", T_OBJECT, offsetof(CoreObject, othread), 0, NULL},
-    {"_otask", T_OBJECT, offsetof(CoreObject, otask), 0, NULL},
     {"_ct_hold", T_OBJECT, offsetof(CoreObject, hold), 0, NULL},
     {"_ct_held", T_OBJECT, offsetof(CoreObject, held), 0, NULL},
     {"_ct_entry", T_OBJECT, offsetof(CoreObject, entry), READONLY, NULL},
@@ -1904,7 +2637,6 @@ static PyMemberDef core_members[] = {
     {"_ct_ordered", T_INT, offsetof(CoreObject, ordered), 0, NULL},
     {"_ct_stats", T_OBJECT_EX, offsetof(CoreObject, stats), 0, NULL},
     {"_ct_created", T_OBJECT_EX, offsetof(CoreObject, created), 0, NULL},
-    {"_ct_waiters", T_OBJECT, offsetof(CoreObject, waiters), 0, NULL},
     {"__weaklistoffset__", T_PYSSIZET, offsetof(CoreObject, weakreflist), READONLY, NULL},
     {NULL},
 };
@@ -1950,6 +2682,173 @@ static PyType_Spec core_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .slots = core_slots,
 };
+
+/* -- Tracked: the base of the Python-level primitives ------------------------------------------- */
+
+/* The fields' first values (object slots are NULL after allocation). */
+static void
+init_tracked(TrackedObject *self)
+{
+    if (self->n == NULL) self->n = Py_NewRef(g_zero_int);
+    if (self->progress == NULL) self->progress = Py_NewRef(g_zero_int);
+    if (self->hold == NULL) self->hold = Py_NewRef(Py_None);
+    if (self->waiters == NULL) self->waiters = Py_NewRef(Py_None);
+}
+
+static void
+link_tracked(TrackedObject *self)
+{
+    init_tracked(self);
+    if (self->linked) return;
+    self->prev = NULL;
+    self->next = g_tracked_head;
+    if (g_tracked_head != NULL) g_tracked_head->prev = self;
+    g_tracked_head = self;
+    self->linked = 1;
+    g_tracked_live++;
+    if (self->serial == 0) self->serial = ++g_serial;
+}
+
+static void
+unlink_tracked(TrackedObject *self)
+{
+    if (!self->linked) return;
+    if (self->prev != NULL) self->prev->next = self->next;
+    else g_tracked_head = self->next;
+    if (self->next != NULL) self->next->prev = self->prev;
+    self->prev = self->next = NULL;
+    self->linked = 0;
+    g_tracked_live--;
+}
+
+static int
+tracked_traverse(TrackedObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->n);
+    Py_VISIT(self->progress);
+    Py_VISIT(self->stats);
+    Py_VISIT(self->name);
+    Py_VISIT(self->created);
+    Py_VISIT(self->hold);
+    Py_VISIT(self->waiters);
+    return 0;
+}
+
+static int
+tracked_clear(TrackedObject *self)
+{
+    Py_CLEAR(self->stats);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->created);
+    Py_CLEAR(self->hold);
+    Py_CLEAR(self->waiters);
+    Py_CLEAR(self->n);
+    Py_CLEAR(self->progress);
+    return 0;
+}
+
+static void
+tracked_dealloc(TrackedObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    unlink_tracked(self);
+    /* (An exception may be in flight: an __init__ that raised. It is kept as it is.) */
+    int used = (self->n != NULL && PyLong_Check(self->n) && _PyLong_Sign(self->n) != 0) ||
+               (self->hold != NULL && self->hold != Py_None);
+    if (used && self->stats != NULL && g_retire != NULL) {
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        PyObject *r = PyObject_CallFunctionObjArgs(g_retire, self->stats, self->n, self->hold ? self->hold : Py_None, NULL);
+        Py_XDECREF(r);
+        PyErr_Clear();
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+    }
+    tracked_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+tracked_get_name(TrackedObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *v = self->name != NULL ? self->name : self->created;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_ct_name");
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
+static int
+tracked_set_name(TrackedObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    Py_XSETREF(self->name, Py_XNewRef(value));
+    return 0;
+}
+
+static PyObject *
+tracked_get_serial(TrackedObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->serial);
+}
+
+static int
+tracked_set_serial(TrackedObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    unsigned long long v = value ? PyLong_AsUnsignedLongLong(value) : 0;
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    self->serial = v;
+    return 0;
+}
+
+static PyGetSetDef tracked_getset[] = {
+    {"_ct_name", (getter)tracked_get_name, (setter)tracked_set_name, NULL, NULL},
+    {"_ct_serial", (getter)tracked_get_serial, (setter)tracked_set_serial, NULL, NULL},
+    {NULL},
+};
+
+static PyMemberDef tracked_members[] = {
+    {"_ct_stats", T_OBJECT_EX, offsetof(TrackedObject, stats), 0, NULL},
+    {"_ct_created", T_OBJECT_EX, offsetof(TrackedObject, created), 0, NULL},
+    {"_ct_hold", T_OBJECT_EX, offsetof(TrackedObject, hold), 0, NULL},
+    {"_ct_waiters", T_OBJECT_EX, offsetof(TrackedObject, waiters), 0, NULL},
+    {"_ct_n", T_OBJECT_EX, offsetof(TrackedObject, n), 0, NULL},
+    {"_ct_progress", T_OBJECT_EX, offsetof(TrackedObject, progress), 0, NULL},
+    {NULL},
+};
+
+static PyType_Slot tracked_slots[] = {
+    {Py_tp_doc, "The fields of a Python-level traced primitive (conctools.locks)."},
+    {Py_tp_dealloc, tracked_dealloc},
+    {Py_tp_traverse, tracked_traverse},
+    {Py_tp_clear, tracked_clear},
+    {Py_tp_members, tracked_members},
+    {Py_tp_getset, tracked_getset},
+    /* No tp_new: object.__new__ is inherited, which sets up a subclass's instance dict the fast way
+     * (inline values: PyType_GenericNew would leave attribute access 4x slower). */
+    {0, NULL},
+};
+
+static PyType_Spec tracked_spec = {
+    .name = "conctools._speedups.Tracked",
+    .basicsize = sizeof(TrackedObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = tracked_slots,
+};
+
+/* link(prim): put a Tracked primitive in the list of live primitives (once). */
+static PyObject *
+py_link(PyObject *Py_UNUSED(module), PyObject *prim)
+{
+    if (g_tracked_type == NULL || !PyObject_TypeCheck(prim, g_tracked_type)) {
+        PyErr_SetString(PyExc_TypeError, "link() takes a Tracked primitive");
+        return NULL;
+    }
+    link_tracked((TrackedObject *)prim);
+    Py_RETURN_NONE;
+}
 
 /* -- module functions ------------------------------------------------------------------------- */
 
@@ -2026,13 +2925,33 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+/* setup_waits(wait_type, flush, site_text, begin_wait_slow, holder_exited, flush_at, stacks_per_site) */
+static PyObject *
+setup_waits(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"wait_type", "flush", "site_text", "begin_wait_slow", "holder_exited", "holder_brief",
+                             "flush_at", "stacks_per_site", NULL};
+    PyObject *v[6];
+    Py_ssize_t flush_at;
+    long long stacks;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOOnL:setup_waits", kwlist, &PyType_Type, &v[0], &v[1],
+                                     &v[2], &v[3], &v[4], &v[5], &flush_at, &stacks)) {
+        return NULL;
+    }
+    if (setup_wait_type(v[0]) < 0) return NULL;
+    PyObject **slots[6] = {&g_wait_type, &g_flush, &g_site_text, &g_begin_wait_slow, &g_holder_exited,
+                           &g_holder_brief};
+    for (int i = 0; i < 6; i++) Py_XSETREF(*slots[i], Py_NewRef(v[i]));
+    g_flush_at = flush_at;
+    g_stacks_per_site = stacks;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 py_clear_caches(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     clear_site_cache();
-    Py_CLEAR(g_held_list);
-    Py_CLEAR(g_me_thread);
-    g_me_tid = 0;
+    g_cache_gen++;
     Py_RETURN_NONE;
 }
 
@@ -2066,17 +2985,43 @@ py_current_thread_key(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     return PyLong_FromUnsignedLongLong(current_tid());
 }
 
-/* live(): every live traced Lock/RLock (strong references, for the registry). */
+/* holder_record(): (ThreadInfo, task or None) of the calling thread: who takes a semaphore, in one
+ * call (a thread without a threading.Thread gets a ThreadInfo of its own, kept for the thread). */
+static PyObject *
+py_holder_record(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    PyThreadState *ts = CT_TSTATE();
+    unsigned long long tid = (unsigned long long)ts->id;
+    PyObject *info = current_thread_object(tid, ts->thread_id);
+    PyObject *own = NULL;
+    if (info == NULL) {
+        own = new_threadinfo(ts->thread_id, tid, NULL);
+        if (own == NULL) return NULL;
+        info = own;
+    }
+    PyObject *task = current_task_of_thread(tid);
+    PyObject *rec = PyTuple_Pack(2, info, task != NULL ? task : Py_None);
+    Py_XDECREF(task);
+    Py_XDECREF(own);
+    return rec;
+}
+
+/* live(): every live traced primitive made by the C types (strong references, for the registry). */
 static PyObject *
 py_live(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
-    Py_ssize_t n = g_live, i = 0;
+    Py_ssize_t n = g_live + g_tracked_live, i = 0;
     PyObject **items = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(PyObject *));
     if (items == NULL) return PyErr_NoMemory();
     /* No allocation of Python objects while walking: a collection could unlink nodes under us. */
     for (CoreObject *c = g_head; c != NULL && i < n; c = c->next) {
         if (Py_REFCNT(c) > 0 && c->lock != NULL) {
             items[i++] = Py_NewRef((PyObject *)c);
+        }
+    }
+    for (TrackedObject *t = g_tracked_head; t != NULL && i < n; t = t->next) {
+        if (Py_REFCNT(t) > 0 && t->stats != NULL) {
+            items[i++] = Py_NewRef((PyObject *)t);
         }
     }
     PyObject *list = PyList_New(i);
@@ -2090,12 +3035,17 @@ py_live(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     return list;
 }
 
-/* acquisitions(): the sum of every live lock's acquisition counter (watchdog progress). */
+/* acquisitions(): the sum of every live primitive's counters (watchdog progress). */
 static PyObject *
 py_acquisitions(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     long long total = 0;
     for (CoreObject *c = g_head; c != NULL; c = c->next) total += c->n;
+    for (TrackedObject *t = g_tracked_head; t != NULL; t = t->next) {
+        if (t->n != NULL) total += PyLong_AsLongLong(t->n);
+        if (t->progress != NULL) total += PyLong_AsLongLong(t->progress);
+    }
+    PyErr_Clear();
     return PyLong_FromLongLong(total);
 }
 
@@ -2147,11 +3097,20 @@ static PyMethodDef module_methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      "setup(...): what the C paths need from conctools.locks"},
     {"clear_caches", (PyCFunction)py_clear_caches, METH_NOARGS, "clear_caches(): forget cached creation sites"},
+    {"setup_waits", (PyCFunction)(void (*)(void))setup_waits, METH_VARARGS | METH_KEYWORDS,
+     "setup_waits(...): what the C wait records need from conctools.locks"},
+    {"wait_begin", (PyCFunction)(void (*)(void))py_wait_begin, METH_VARARGS | METH_KEYWORDS,
+     "wait_begin(prim, frame, timeout_s, holder, by_task=False, event=True, task=False): a wait record"},
+    {"wait_done", (PyCFunction)(void (*)(void))py_wait_done, METH_FASTCALL,
+     "wait_done(wait, acquired): the wait ended (stores only)"},
     {"try_register", (PyCFunction)(void (*)(void))py_try_register, METH_FASTCALL,
      "try_register(prim, kind, name) -> bool: name a primitive from the cached creation sites"},
     {"remember_site", (PyCFunction)(void (*)(void))py_remember_site, METH_FASTCALL,
      "remember_site(kind, name, stats, created): cache a creation site"},
-    {"live", (PyCFunction)py_live, METH_NOARGS, "live(): every live traced Lock and RLock"},
+    {"live", (PyCFunction)py_live, METH_NOARGS, "live(): every live traced primitive of the C types"},
+    {"holder_record", (PyCFunction)py_holder_record, METH_NOARGS,
+     "holder_record(): (ThreadInfo, task or None) of the calling thread"},
+    {"link", (PyCFunction)py_link, METH_O, "link(prim): a Tracked primitive joins the list of live ones"},
     {"acquisitions", (PyCFunction)py_acquisitions, METH_NOARGS, "acquisitions(): total of the live locks' counters"},
     {"raw_stack", (PyCFunction)py_raw_stack, METH_O, "raw_stack(limit): (code, offset, ...) innermost first"},
     {"bucket_of", (PyCFunction)py_bucket_of, METH_O, "bucket_of(value): recorder.bucket_of, as the C path computes it"},
@@ -2199,14 +3158,26 @@ PyInit__speedups(void)
     INTERN(s_rlock_kind, "RLock");
     INTERN(s_thread_key, "thread_key");
     INTERN(s_site, "site");
+    INTERN(s_name, "name");
+    INTERN(s_sites, "sites");
+    INTERN(s_contentions, "contentions");
+    INTERN(s_waits, "waits");
+    INTERN(s_stacks, "stacks");
+    INTERN(s_function, "function");
+    INTERN(s_ct_waiters, "_ct_waiters");
+    INTERN(s_get_name, "get_name");
+    INTERN(s_retired, "retired");
     INTERN(s_ct_stats, "_ct_stats");
     INTERN(s_ct_created, "_ct_created");
     INTERN(s_ct_name, "_ct_name");
     INTERN(g_key_thread, "conctools.thread");
+    INTERN(g_key_held, "conctools.held");
     if ((g_false_args = PyTuple_Pack(1, Py_False)) == NULL) goto fail;
     if ((g_true_args = PyTuple_Pack(1, Py_True)) == NULL) goto fail;
     if ((g_true_minus_one = Py_BuildValue("(Oi)", Py_True, -1)) == NULL) goto fail;
     if ((g_question = PyUnicode_FromString("?")) == NULL) goto fail;
+    if ((g_empty_str = PyUnicode_FromString("")) == NULL) goto fail;
+    if ((g_zero_int = PyLong_FromLong(0)) == NULL) goto fail;
     if ((g_trash_list = PyList_New(0)) == NULL) goto fail;
     /* locks.py uses this module only when the versions agree (a stale build in a source tree
      * falls back to pure Python instead of failing). Bump on any change to the interface. */
@@ -2217,6 +3188,27 @@ PyInit__speedups(void)
     g_core_type = (PyTypeObject *)core; /* a strong reference of its own: never freed */
     if (PyModule_AddObject(m, "Core", Py_NewRef(core)) < 0) {
         Py_DECREF(core);
+        goto fail;
+    }
+    PyObject *waitrecord = PyType_FromSpec(&waitrecord_spec);
+    if (waitrecord == NULL) goto fail;
+    g_waitrecord_type = (PyTypeObject *)waitrecord; /* never freed */
+    if (PyModule_AddObject(m, "WaitRecord", Py_NewRef(waitrecord)) < 0) {
+        Py_DECREF(waitrecord);
+        goto fail;
+    }
+    PyObject *threadinfo = PyType_FromSpec(&threadinfo_spec);
+    if (threadinfo == NULL) goto fail;
+    g_threadinfo_type = (PyTypeObject *)threadinfo; /* never freed */
+    if (PyModule_AddObject(m, "ThreadInfo", Py_NewRef(threadinfo)) < 0) {
+        Py_DECREF(threadinfo);
+        goto fail;
+    }
+    PyObject *tracked = PyType_FromSpec(&tracked_spec);
+    if (tracked == NULL) goto fail;
+    g_tracked_type = (PyTypeObject *)tracked; /* never freed either */
+    if (PyModule_AddObject(m, "Tracked", Py_NewRef(tracked)) < 0) {
+        Py_DECREF(tracked);
         goto fail;
     }
     return m;

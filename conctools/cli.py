@@ -151,6 +151,14 @@ def _build_parser() -> _Parser:
         action="store_true",
         help="trace locks but do not check lock order (no lock-order inversion reports)",
     )
+    run.add_argument(
+        "--lock-wait-threshold",
+        type=non_negative_seconds,
+        default=0.001,
+        metavar="SECONDS",
+        help="record lock waits of at least SECONDS as events with their site (every wait is counted in the "
+        "lock table; the first few per site are recorded whatever their length; 0: every wait; default 0.001)",
+    )
     report = sub.add_parser(
         "report",
         help="re-render a saved report.json as text, HTML or a Perfetto trace",
@@ -225,6 +233,7 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     options.detect_blocking = ns.detect_blocking
     options.trace_locks = not ns.no_trace_locks
     options.lock_order = not ns.no_lock_order
+    options.lock_wait_threshold_s = ns.lock_wait_threshold
     if options.module:
         import importlib.util
 

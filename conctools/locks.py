@@ -68,6 +68,7 @@ from conctools._context import (
     _SKIP_MAYBE,
     _SKIP_PREFIXES,
     _STDLIB_SKIP,
+    line_of,
     raw_stack,
     resolve_stack,
 )
@@ -249,13 +250,21 @@ def _pure_thread_key() -> int:
         return key
 
 
+_ThreadInfo: Any = None  # the C extension's record of a thread (see _speedups.c), set below
+
+
 def _thread_state(ident: int, key: int, thread: Any) -> tuple[str, bool, int]:
-    """``(name, exited, key)`` of a thread a primitive recorded: its own name even after it ended
-    (never the name of a live thread that reused its id), whether it has ended, and its identity.
+    """``(name, exited, key)`` of a thread a primitive recorded (``thread``: its ``threading.Thread``,
+    or the C extension's ``ThreadInfo`` of it): its own name even after it ended (never the name of
+    a live thread that reused its id), whether it has ended, and its identity.
 
     Whether it ended: on the C path, its thread-state id is still the one living under its thread
     id; else, its ``threading.Thread`` is still the one registered under it (``is_alive()`` can
     lie: an interrupted ``join()`` marks a thread that still runs as stopped)."""
+    info = thread if _ThreadInfo is not None and type(thread) is _ThreadInfo else None
+    if info is not None:
+        thread = info.thread
+        key = key or info.key
     exited = False
     if _speedups is not None and key:
         try:
@@ -264,6 +273,8 @@ def _thread_state(ident: int, key: int, thread: Any) -> tuple[str, bool, int]:
             exited = False
     elif thread is not None:
         exited = _threads.get(ident) is not thread
+    if info is not None:
+        return str(info.name), exited, key
     if thread is not None:
         try:
             name = str(thread.name)
@@ -316,16 +327,35 @@ def _party(ident: int, task: Any, site: str, since_ns: int, timeout_s: float | N
     return _make_party(ident, 0, _threads.get(ident), task, site, since_ns, timeout_s)
 
 
+def _as_snapshot(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A semaphore's holder record as a snapshot ``(ident, key, thread, task, site, since)``: the
+    records are ``(thread, task)`` or ``(thread, task, site)``, ``thread`` being the C extension's
+    ``ThreadInfo`` or, on the pure path, the ``threading.Thread`` (or its id when it has none)."""
+    if len(record) == 6:
+        return record
+    who, task = record[0], record[1]
+    site = record[2] if len(record) > 2 else ""
+    if isinstance(who, int):
+        return (who, 0, None, task, site, 0)
+    if _ThreadInfo is not None and type(who) is _ThreadInfo:
+        return (who.ident, who.key, who, task, site, 0)
+    return (getattr(who, "ident", 0) or 0, 0, who, task, site, 0)
+
+
 def _snapshot_party(snap: tuple[Any, ...], timeout_s: float | None = None) -> Party:
     """The :class:`Party` of a holder snapshot ``(ident, key, thread, task, site, since)``."""
-    ident, key, thread, task, site, since = snap
+    ident, key, thread, task, site, since = _as_snapshot(snap)
     return _make_party(ident, key, thread, task, _site_text(site) if site else "?", since, timeout_s)
 
 
 def _exited(snap: tuple[Any, ...]) -> bool:
     """Whether the thread of a holder snapshot has ended (judged when a wait begins: by the time the
-    wait is recorded, the holder may well have released the lock and ended normally)."""
+    wait is recorded, the holder may well have released the lock and ended normally). Its
+    ``threading.Thread`` is no longer the one registered under its id; without one, its thread-state
+    id (C path) no longer lives under its id."""
     ident, key, thread, _task, _site, _since = snap
+    if thread is not None and not key and type(thread) is not _ThreadInfo:
+        return _threads.get(ident) is not thread
     return _thread_state(ident, key, thread)[1]
 
 
@@ -340,8 +370,9 @@ def _who_words(snap: Any, exited: bool = False, loop_thread: Any = None) -> str 
         if exited:
             return f"thread {name!r}, which has finished without releasing it"
         if task is not None:
-            return f"task {_task_name(task)!r} (thread {name!r})"
+            return f"task {task if isinstance(task, str) else _task_name(task)!r} (thread {name!r})"
         return f"thread {name!r}"
+    task_name = snap if isinstance(snap, str) else _task_name(snap)  # (a brief: the task's name)
     if loop_thread is not None:
         thread_name = str(loop_thread.name)
     else:
@@ -349,37 +380,48 @@ def _who_words(snap: Any, exited: bool = False, loop_thread: Any = None) -> str 
             thread_name = _thread_name(int(getattr(snap.get_loop(), "_thread_id", None) or 0))
         except Exception:
             thread_name = "?"
-    return f"task {_task_name(snap)!r} (thread {thread_name!r})"
+    return f"task {task_name!r} (thread {thread_name!r})"
 
 
-def _freeze(holder: Any) -> tuple[Any, bool, Any]:
-    if isinstance(holder, tuple):
-        return holder, _exited(holder), None
-    # An asyncio task holding an asyncio primitive: its loop is the waiter's, in this thread.
-    return holder, False, _threads.get(_get_ident())
-
-
-def _freeze_holder(holder: Any) -> Any:
-    """A holder (or a list of them) as a wait records it, with what can change by the time the wait
-    is recorded judged now: whether each thread has ended, the thread of a task's loop."""
+def _holder_brief(holder: Any) -> Any:
+    """A wait's holder(s) as its record keeps them until recorded: tasks by their names (a record
+    waiting to be recorded must not keep a task alive), threads as snapshot tuples."""
     if holder is None:
         return None
     if isinstance(holder, list):
-        return [_freeze(h) for h in holder]
-    return _freeze(holder)
+        return [_holder_brief(h) for h in holder]
+    if isinstance(holder, tuple):
+        holder = _as_snapshot(holder)
+        task = holder[3]
+        if task is None or isinstance(task, str):
+            return holder
+        return (holder[0], holder[1], holder[2], _task_name(task), holder[4], holder[5])
+    return _task_name(holder)
 
 
-def _holder_words(frozen: Any) -> str | None:
-    """Who held a primitive when a wait began (see :func:`_freeze_holder`): one or several holders."""
-    if frozen is None:
+def _holder_exited(holder: Any) -> Any:
+    """What of a wait's holder(s) can change before the wait is recorded, judged now: whether each
+    holding thread has ended (``None`` for asyncio holders: their loop runs in the waiter's thread)."""
+    if isinstance(holder, tuple):
+        return _exited(_as_snapshot(holder))
+    if isinstance(holder, list) and holder and isinstance(holder[0], tuple):
+        return tuple(_exited(_as_snapshot(h)) for h in holder)
+    return None
+
+
+def _holder_words(holder: Any, exited: Any, loop_thread: Any) -> str | None:
+    """Who held a primitive when a wait began: one holder or several (semaphores), as snapshot
+    tuples (threading) or tasks (asyncio, whose loop runs in ``loop_thread``)."""
+    if holder is None:
         return None
-    if isinstance(frozen, list):
-        words = [w for w in (_who_words(*h) for h in frozen[:4]) if w]
+    if isinstance(holder, list):
+        flags = exited if isinstance(exited, tuple) else (False,) * len(holder)
+        words = [w for w in (_who_words(h, e, loop_thread) for h, e in zip(holder[:4], flags)) if w]
         if not words:
             return None
-        more = len(frozen) - 4
+        more = len(holder) - 4
         return ", ".join(words) + (f" and {more} more" if more > 0 else "")
-    return _who_words(*frozen)
+    return _who_words(holder, bool(exited), loop_thread)
 
 
 # -- statistics per lock class -----------------------------------------------------------
@@ -426,20 +468,21 @@ class LockStats:
 
     def begin_wait(self, site: str, function: str) -> tuple[_SiteStats, bool]:
         """A wait begins at ``site``: counted now. Returns its site's entry and whether the wait
-        should capture its stack (the first few per site do)."""
-        with self.mutex:
-            self.contentions += 1
-            entry = self.sites.get(site)
-            if entry is None:
-                if len(self.sites) >= MAX_SITES:
-                    site, function = "(other sites)", ""
-                    entry = self.sites.get(site)
-                if entry is None:
-                    entry = self.sites[site] = _SiteStats(function)
-            entry.waits += 1
-            want_stack = entry.stacks < STACKS_PER_SITE
-            if want_stack:
-                entry.stacks += 1
+        should capture its stack (the first few per site do).
+
+        No mutex: ``x.n += 1`` on a plain attribute runs no Python code and reaches no point where
+        the interpreter switches threads, so with the GIL it loses no count; a new site's entry is
+        made with ``dict.setdefault`` (one C call)."""
+        entry = self.sites.get(site)
+        if entry is None:
+            if len(self.sites) >= MAX_SITES:
+                site, function = "(other sites)", ""
+            entry = self.sites.setdefault(site, _SiteStats(function))
+        self.contentions += 1
+        entry.waits += 1
+        want_stack = entry.stacks < STACKS_PER_SITE
+        if want_stack:
+            entry.stacks += 1
         return entry, want_stack
 
     def end_wait(self, entry: _SiteStats, wait_ns: int, acquired: bool, has_stack: bool) -> bool:
@@ -662,7 +705,15 @@ def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -
     the registry (the C extension does the same for Lock and RLock without calling this, when the
     creation site is cached)."""
     _name_and_class(prim, kind, name, frame)
-    if not isinstance(prim, _CoreBase) or _speedups is None:
+    if _speedups is None:
+        prim._ct_serial = next(_serials)
+        prim._ct_n = 0
+        prim._ct_hold = None
+        prim._ct_waiters = None
+        registry.register(prim)
+    elif isinstance(prim, _speedups.Tracked):
+        _speedups.link(prim)
+    elif not isinstance(prim, _speedups.Core):  # (a Core lock is in the C list already)
         prim._ct_serial = next(_serials)
         prim._ct_n = 0
         prim._ct_hold = None
@@ -703,10 +754,10 @@ def _retire(prim: Any) -> None:
 # -- waits (slow path) -------------------------------------------------------------------
 
 
-# (id(code), offset) of a waiting call in user code -> (site, function, code): a contended lock
+# id(code) << 24 | offset of a waiting call in user code -> (site, function, code): a contended lock
 # waited on from one line over and over pays for the file name and line once. The code object in
-# the value keeps its id from being reused.
-_wait_sites: dict[tuple[int, int], tuple[str, str, Any]] = {}
+# the value keeps its id from being reused (and is checked: the key is not a full identity).
+_wait_sites: dict[int, tuple[str, str, Any]] = {}
 
 
 def _wait_site(frame: FrameType | None) -> tuple[str, str]:
@@ -714,7 +765,7 @@ def _wait_site(frame: FrameType | None) -> tuple[str, str]:
     if frame is None:
         return _site_of(frame)
     code = frame.f_code
-    key = (id(code), frame.f_lasti)
+    key = id(code) << 24 | frame.f_lasti
     cached = _wait_sites.get(key)
     if cached is not None and cached[2] is code:
         return cached[0], cached[1]
@@ -725,51 +776,30 @@ def _wait_site(frame: FrameType | None) -> tuple[str, str]:
 
 
 # Ended waits, recorded later (statistics, events) by flush_waits(): never inside a critical section.
-_pending: collections.deque[_Wait] = collections.deque()
+_pending: collections.deque[Any] = collections.deque()
 _waiting = registry._waiting
 _progress = registry._progress
 
 
-class _Wait:
-    """One party's blocked wait, from its start to its end.
+class _WaitMethods:
+    """What a wait record does (the record itself: :class:`_Wait`, or the C extension's)."""
 
-    It is made before the party blocks (everything that allocates happens then), ends with a few
-    stores (:func:`_wait_done`, or the C extension's equivalent), and is recorded by
-    :func:`flush_waits` outside any critical section.
-    """
-
-    __slots__ = (
-        "acquired",
-        "end_ns",
-        "entry",
-        "event",
-        "function",
-        "holder",
-        "ident",
-        "key",
-        "prim",
-        "rec",
-        "site",
-        "stack",
-        "start_ns",
-        "stats",
-        "task",
-        "thread",
-        "thread_key",
-        "timeout_s",
-    )
+    __slots__ = ()
 
     prim: Any
+    lock_id: int
+    lock_name: str
     ident: int
     thread_key: int
     thread: Any
     task: Any
+    task_name: str | None
     site: str
-    function: str
     stats: LockStats
     entry: _SiteStats
     stack: tuple[Any, ...] | None
     holder: Any
+    holder_exited: Any
     key: tuple[int, int | None]
     timeout_s: float | None
     event: bool
@@ -784,38 +814,69 @@ class _Wait:
             self.ident, self.thread_key, self.thread, self.task, self.site, self.start_ns, self.timeout_s
         )
 
-    def record(self) -> None:
-        """Statistics and (sampled) event of an ended wait. Never raises."""
+    def record(self) -> bool:
+        """Statistics and (sampled) event of an ended wait; False for a lock wait whose event was
+        sampled out (the caller counts those). Never raises."""
         try:
             wait_ns = max(0, self.end_ns - self.start_ns)
             sample = self.stats.end_wait(self.entry, wait_ns, self.acquired, self.stack is not None)
             if not self.event:
-                return
+                return True
             if not sample:
-                count = getattr(self.rec, "count", None)
-                if count is not None:
-                    count(LockWaitEvent.kind)
-                return
-            prim = self.prim
+                return False
             thread = self.thread
             self.rec.record(
                 LockWaitEvent(
                     ts_ns=self.start_ns,
                     thread_id=self.ident,
                     thread_name=str(thread.name) if thread is not None else _thread_name(self.ident),
-                    task_name=_task_name(self.task),
-                    lock_id=id(prim),
-                    lock_name=prim._ct_name,
+                    task_name=self.task_name,
+                    lock_id=self.lock_id,
+                    lock_name=self.lock_name,
                     lock_kind=self.stats.kind,
                     wait_s=wait_ns / 1e9,
                     acquired=self.acquired,
-                    holder=_holder_words(self.holder),
+                    holder=_holder_words(self.holder, self.holder_exited, thread),
                     site=self.site,
                     stack=resolve_stack(self.stack, limit=32) if self.stack else (),
                 )
             )
         except Exception:  # observation must never break the program
             _log.exception("conctools: recording a lock wait failed")
+        return True
+
+
+class _Wait(_WaitMethods):
+    """One party's blocked wait, from its start to its end (the pure-Python path's record).
+
+    It is made before the party blocks (everything that allocates happens then), ends with a few
+    stores (:func:`_wait_done`, or the C extension's equivalent), and is recorded by
+    :func:`flush_waits` outside any critical section.
+    """
+
+    __slots__ = (
+        "acquired",
+        "end_ns",
+        "entry",
+        "event",
+        "holder",
+        "holder_exited",
+        "ident",
+        "key",
+        "lock_id",
+        "lock_name",
+        "prim",
+        "rec",
+        "site",
+        "stack",
+        "start_ns",
+        "stats",
+        "task",
+        "task_name",
+        "thread",
+        "thread_key",
+        "timeout_s",
+    )
 
 
 def _wait_begin(
@@ -825,6 +886,7 @@ def _wait_begin(
     holder: Any,
     by_task: bool = False,
     event: bool = True,
+    task: Any = False,
 ) -> _Wait | None:
     """Prepare a wait before blocking: who waits, where, on what, held by whom. Never raises
     (``None``: the wait goes unrecorded, the program waits anyway)."""
@@ -836,14 +898,29 @@ def _wait_begin(
         w.ident = ident = _get_ident()
         w.thread = _threads.get(ident)
         w.thread_key = _current_thread_key() if _current_thread_key is not None else 0
-        w.task = task = _task_now()
-        w.site, w.function = site, function = _wait_site(frame)
+        if task is False:  # (the caller may know it already)
+            task = _task_now()
+        w.task = task
+        w.task_name = _task_name(task)
+        w.lock_id = id(prim)
+        w.lock_name = prim._ct_name
+        if frame is not None:
+            code = frame.f_code
+            cached = _wait_sites.get(id(code) << 24 | frame.f_lasti)
+            site = cached[0] if cached is not None and cached[2] is code else _wait_site(frame)[0]
+        else:
+            site = "?"
+        w.site = site
         w.stats = stats = prim._ct_stats
-        w.entry, want_stack = stats.begin_wait(site, function)
-        w.stack = None
+        w.entry, want_stack = stats.begin_wait(site, "")
         if want_stack:
             w.stack = _speedups.raw_stack(40) if _speedups is not None else raw_stack(_getframe(1), 40)
-        w.holder = _freeze_holder(holder)
+            if not w.entry.function:
+                w.entry.function = _wait_site(frame)[1]
+        else:
+            w.stack = None
+        w.holder = _holder_brief(holder)
+        w.holder_exited = _holder_exited(holder) if holder is not None else None
         w.timeout_s = timeout_s
         w.event = event
         w.rec = get_recorder()
@@ -864,6 +941,11 @@ def _wait_begin(
         return None
 
 
+def _wait_site_text(code: Any, lasti: int) -> str:
+    """``file.py:LINE`` of instruction ``lasti`` of ``code`` (the C extension's wait sites)."""
+    return f"{_short(code.co_filename)}:{line_of(code, lasti)}"
+
+
 def _wait_done(w: _Wait | None, acquired: bool) -> None:
     """The wait ended: a few stores, nothing that allocates beyond an int (it may run right after the
     primitive was taken, inside the caller's critical section)."""
@@ -872,11 +954,13 @@ def _wait_done(w: _Wait | None, acquired: bool) -> None:
     end = _mono()
     w.end_ns = end
     w.acquired = acquired
-    waiters = w.prim._ct_waiters
+    prim = w.prim
+    waiters = prim._ct_waiters
     if waiters is not None:
         waiters.pop(w.key, None)
     _waiting.pop(w.key, None)
     _progress[0] = end
+    w.prim = w.task = None  # a record waiting to be recorded keeps neither alive (both are alive now)
     _pending.append(w)
 
 
@@ -884,12 +968,18 @@ def flush_waits() -> None:
     """Record the waits that ended since the last flush (statistics, sampled events). Called when a
     report or the lock table is read and at the start of a later wait: never inside a critical
     section."""
+    unsampled: dict[Recorder, int] = {}
     while True:
         try:
             w = _pending.popleft()
         except IndexError:
-            return
-        w.record()
+            break
+        if not w.record():
+            unsampled[w.rec] = unsampled.get(w.rec, 0) + 1
+    for rec, n in unsampled.items():  # counted, not kept: a report shows them as dropped events
+        count = getattr(rec, "count", None)
+        if count is not None:
+            count(LockWaitEvent.kind, n)
 
 
 def _waiter_parties(prim: Any) -> tuple[Party, ...]:
@@ -934,6 +1024,8 @@ if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
         _speedups = None
 SPEEDUPS = _speedups is not None
 """True when the C paths of ``Lock``/``RLock`` are in use (else the pure-Python ones)."""
+if _speedups is not None:
+    _ThreadInfo = _speedups.ThreadInfo
 _try_register: Callable[[Any, str, str | None], bool] | None = _speedups.try_register if _speedups is not None else None
 _current_thread_key: Callable[[], int] | None = _speedups.current_thread_key if _speedups is not None else None
 
@@ -941,6 +1033,18 @@ _current_thread_key: Callable[[], int] | None = _speedups.current_thread_key if 
 def _thread_key() -> int:
     """The calling thread's identity, never reused (C: its thread-state id; else a serial)."""
     return _current_thread_key() if _current_thread_key is not None else _pure_thread_key()
+
+
+def _pure_holder_record() -> tuple[Any, Any]:
+    """``(thread, task)`` of the calling thread: its ``threading.Thread`` (or its id) and task."""
+    ident = _get_ident()
+    thread = _threads.get(ident)
+    return (thread if thread is not None else ident), _task_now()
+
+
+_holder_record: Callable[[], tuple[Any, Any]] = (
+    _speedups.holder_record if _speedups is not None else _pure_holder_record
+)
 
 
 # The fields of Lock and RLock: C members of _speedups.Core, or slots of the Python classes.
@@ -1078,9 +1182,25 @@ class Lock(_CoreBase):
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Acquire the lock, as ``threading.Lock.acquire``."""
-        if blocking is True and timeout == -1:
-            return self.__enter__()
-        return self._acquire_args(blocking, timeout, _getframe(1))
+        if blocking is not True or timeout != -1:
+            return self._acquire_args(blocking, timeout, _getframe(1))
+        me = _get_ident()  # __enter__'s path, inlined
+        thread = _threads.get(me)
+        loop = _get_running_loop()
+        task = _current_task(loop) if loop is not None else None
+        if self._ct_trash is not None or self._ct_trash_task is not None:
+            _empty_trash(self)
+        if self._acq(False):
+            self._owner = me
+            if self._othread is not thread:
+                self._ct_trash = self._othread
+                self._othread = thread
+            if self._otask is not task:
+                self._ct_trash_task = self._otask
+                self._otask = task
+            self._ct_n += 1
+            return True
+        return self._contended(-1, _getframe(1), me, thread, task)
 
     def release(self) -> None:
         """Release the lock (any thread may), as ``threading.Lock.release``."""
@@ -1433,7 +1553,7 @@ class RLock(_CoreBase):
             self.__class__ = _OrderedRLock
 
     def __enter__(self) -> bool:
-        return self._acquire(_getframe(1), True, -1)
+        return self._acquire(True, -1)
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
         if self._lock._recursion_count() == 1:
@@ -1444,9 +1564,11 @@ class RLock(_CoreBase):
         """Acquire (re-entrantly), as ``threading.RLock.acquire``."""
         if timeout != -1:  # acquire(False) (Condition's _is_owned() probe) needs no check
             _validate(blocking, timeout)
-        return self._acquire(_getframe(1), blocking, timeout)
+        return self._acquire(blocking, timeout)
 
-    def _acquire(self, frame: FrameType | None, blocking: Any, timeout: float) -> bool:
+    def _acquire(self, blocking: Any, timeout: float) -> bool:
+        """``__enter__`` and ``acquire`` (called by them: the caller's frame is two levels up, and
+        only looked at in lock-order mode or when the lock is contended)."""
         lock = self._lock
         if lock._is_owned():  # a re-entry: immediate, no new holder, no edge
             got = bool(self._acq(False))
@@ -1457,7 +1579,7 @@ class RLock(_CoreBase):
         thread = _threads.get(me)
         loop = _get_running_loop()
         task = _current_task(loop) if loop is not None else None
-        prepared = self._prepare(frame)
+        prepared = self._prepare(_getframe(2)) if self._ct_ordered else None
         if self._ct_trash is not None or self._ct_trash_task is not None:
             _empty_trash(self)
         t0 = 0 if self._ct_hold is None or (self._ct_n + 1) & HOLD_SAMPLE_MASK else _mono()
@@ -1483,7 +1605,7 @@ class RLock(_CoreBase):
             return True
         if not blocking or timeout == 0:
             return False
-        return self._contended(timeout, frame, me, thread, task, prepared)
+        return self._contended(timeout, _getframe(2), me, thread, task, prepared)
 
     def release(self) -> None:
         """Release one level, as ``threading.RLock.release``."""
@@ -1732,6 +1854,17 @@ def _install_speedups() -> None:
         for attr in ("__enter__", "__exit__", "acquire", "release", "acquire_lock", "release_lock"):
             if attr in vars(variant):
                 delattr(variant, attr)
+    # Wait records are made and ended in C too (the Python versions stay for the pure path).
+    _speedups.setup_waits(
+        wait_type=_CWait,
+        flush=flush_waits,
+        site_text=_wait_site_text,
+        begin_wait_slow=LockStats.begin_wait,
+        holder_exited=_holder_exited,
+        holder_brief=_holder_brief,
+        flush_at=FLUSH_AT,
+        stacks_per_site=STACKS_PER_SITE,
+    )
     Lock.acquire_lock = Lock.acquire  # type: ignore[method-assign] # the _thread.lock aliases follow
     Lock.release_lock = Lock.release  # type: ignore[method-assign]
     Lock.locked_lock = Lock.locked  # type: ignore[method-assign]
@@ -1740,7 +1873,15 @@ def _install_speedups() -> None:
 
 
 if _speedups is not None:
+
+    class _CWait(_speedups.WaitRecord, _WaitMethods):  # type: ignore[misc]
+        """The C extension's wait record (its traversal visits only what could refer back to it)."""
+
+        __slots__ = ()
+
     _install_speedups()
+    _wait_begin = _speedups.wait_begin  # (the same, in C)
+    _wait_done = _speedups.wait_done
 else:  # the C type hands a dead lock's counters to its class itself
     Lock.__del__ = RLock.__del__ = _retire  # type: ignore[attr-defined]
 
@@ -1748,19 +1889,28 @@ else:  # the C type hands a dead lock's counters to its class itself
 # -- Condition ---------------------------------------------------------------------------
 
 
-class _TracedAttrs:
-    """What :func:`_register` puts on a traced primitive, and the registry hooks of the
-    primitives that have waiters but no holders (events, conditions, barriers); those with
-    holders override ``_conctools_state`` and ``_conctools_progress``."""
+if TYPE_CHECKING:
+    _TrackedBase = object
+else:
+    _TrackedBase = _speedups.Tracked if _speedups is not None else object
 
-    _ct_n: int = 0
-    _ct_hold: Histogram | None = None
-    _ct_waiters: dict[tuple[int, int | None], Any] | None = None
+
+class _TracedAttrs(_TrackedBase):
+    """The fields :func:`_register` gives a Python-level traced primitive (with the C extension, C
+    fields of ``_speedups.Tracked``, which also keeps the primitive in its list of live ones and
+    hands its counters to its class when it dies), and the registry hooks of the primitives that
+    have waiters but no holders (events, conditions, barriers); those with holders override
+    ``_conctools_state`` and ``_conctools_progress``."""
+
+    __slots__ = ()
+
+    _ct_n: int
+    _ct_hold: Histogram | None
+    _ct_waiters: dict[tuple[int, int | None], Any] | None
     _ct_name: str
     _ct_created: str
-    _ct_serial: int = 0
+    _ct_serial: int
     _ct_stats: LockStats
-    _ct_held: Any
     _ct_progress: int
 
     def _conctools_state(self) -> PrimitiveState:
@@ -1770,9 +1920,16 @@ class _TracedAttrs:
         return int(self._ct_progress)
 
 
+if _speedups is None:  # the pure-Python path: defaults as class attributes, counters handed on in __del__
+    _TracedAttrs._ct_n = 0  # type: ignore[misc]
+    _TracedAttrs._ct_hold = None  # type: ignore[misc]
+    _TracedAttrs._ct_waiters = None  # type: ignore[misc]
+    _TracedAttrs._ct_serial = 0  # type: ignore[misc]
+    _TracedAttrs._ct_progress = 0  # type: ignore[misc]
+    _TracedAttrs.__del__ = _retire  # type: ignore[attr-defined]
+
+
 def _init_traced(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
-    prim._ct_held = None
-    prim._ct_progress = 0  # notify/set/pass count: progress for the watchdog, not acquisitions
     _register(prim, kind, name, frame)
 
 
@@ -1819,17 +1976,9 @@ class Condition(_StdCondition, _TracedAttrs):
             _wait_done(wait, notified)
         return notified
 
-    def notify(self, n: int = 1) -> None:
-        """Wake up to ``n`` waiters, as ``threading.Condition.notify``."""
-        super().notify(n)
-        self._ct_progress += 1
-        _progress[0] = _mono()
-
-    def notify_all(self) -> None:
-        """Wake up every waiter."""
-        self.notify(len(self._waiters))
-
-    notifyAll = notify_all
+    # notify()/notify_all() are the stdlib's own: a waiter that wakes up stamps the watchdog's
+    # progress itself (a notification that wakes nobody is no progress), and the hot path of a
+    # queue or a future pays no extra Python frame.
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
@@ -1857,11 +2006,13 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
         """Decrement the counter, waiting while it is zero, as ``threading.Semaphore.acquire``."""
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
+        if not self._value and (not blocking or timeout == 0):
+            return False  # a poll of an empty semaphore (what the stdlib's loop ends up returning)
         # Made before the internal lock is taken: from the decrement on, the caller holds a permit
         # and only stores follow.
-        me = _get_ident()
-        rec = (me, _thread_key(), _threads.get(me), _task_now(), "", 0)
-        self._ct_trash = None
+        rec: tuple[Any, ...] = _holder_record()
+        if self._ct_trash is not None:
+            self._ct_trash = None
         with self._cond:
             if self._value:  # the fast path: no wait, no clock, no stack
                 self._value -= 1
@@ -1870,11 +2021,11 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
                 if len(holders) < MAX_HOLDERS:  # past that, not every holder is named
                     holders.append(rec)
                 return True
-            if not blocking or (timeout is not None and timeout <= 0 and timeout != -1):  # a poll
+            if not blocking or timeout == 0:
                 return False
         # The slow path: the wait is prepared outside the internal lock, then the stdlib's loop.
         wait = _wait_begin(self, _getframe(1), timeout, list(self._holders[:5]))
-        rec = (me, rec[1], rec[2], rec[3], wait.site if wait is not None else "", 0)
+        rec = (rec[0], rec[1], wait.site if wait is not None else "")
         if _SAFE_POINTS:
             _safe_point()
         rc = False
@@ -1916,10 +2067,11 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
             if holders:
                 # The dropped holder records go to the trash (emptied at the next acquire): they
                 # may hold the last reference to a thread or task.
-                if n == 1 and holders[-1][0] == _get_ident():
+                me = _holder_record()[0]
+                if n == 1 and holders[-1][0] is me:
                     self._ct_trash = holders.pop()
                 else:
-                    self._ct_trash = self._forget_holders(n)
+                    self._ct_trash = self._forget_holders(n, me)
             self._cond.notify(n)
         if self._ct_waiters:
             _progress[0] = _mono()
@@ -1929,15 +2081,16 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
     def __exit__(self, t: object, v: object, tb: object) -> None:
         self.release()
 
-    def _forget_holders(self, n: int) -> list[Any]:
-        me = _get_ident()
+    def _forget_holders(self, n: int, me: Any) -> list[Any]:
+        """Drop ``n`` holder records: the releasing thread's own (looked for among the newest few),
+        else the oldest (a permit released by another thread than the one that took it)."""
         holders = self._holders
         dropped = []
         for _ in range(n):
             if not holders:
                 break
-            for i in range(len(holders) - 1, -1, -1):
-                if holders[i][0] == me:
+            for i in range(len(holders) - 1, max(-1, len(holders) - 9), -1):
+                if holders[i][0] is me:
                     dropped.append(holders.pop(i))
                     break
             else:
@@ -1957,9 +2110,6 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
 
     def _conctools_progress(self) -> int:
         return int(self._ct_n)
-
-    def __del__(self) -> None:
-        _retire(self)
 
 
 class BoundedSemaphore(Semaphore):

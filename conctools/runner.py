@@ -57,6 +57,7 @@ class RunOptions:
     detect_blocking: bool = False  # report time.sleep / blocking sockets / thread waits on loop threads
     trace_locks: bool = True  # locks created by the program (and the stdlib for it) are traced ones
     lock_order: bool = True  # with trace_locks: check lock order (lockdep) and report inversions
+    lock_wait_threshold_s: float = 0.001  # lock waits at least this long are events (besides a sample per site)
 
     @property
     def command(self) -> str:
@@ -83,7 +84,13 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
             _enter_watchdog(stack, options, recorder)
         if options.trace_locks:
             # After the sampler and the profiler: their imports (psutil, yappi) keep plain locks.
-            stack.enter_context(trace_locks(lock_order=options.lock_order, recorder=recorder))
+            stack.enter_context(
+                trace_locks(
+                    lock_order=options.lock_order,
+                    recorder=recorder,
+                    wait_threshold_s=options.lock_wait_threshold_s,
+                )
+            )
         if options.loop_threshold_s:
             stack.enter_context(
                 monitor_all_loops(options.loop_threshold_s, detect_blocking=options.detect_blocking, recorder=recorder)
