@@ -49,7 +49,10 @@
 #define CT_TSTATE() _PyThreadState_GET()
 #if PY_VERSION_HEX >= 0x030D0000
 #include "internal/pycore_tstate.h" /* _PyThreadStateImpl.asyncio_running_loop */
+#include "internal/pycore_ceval.h"  /* _PY_GC_SCHEDULED_BIT */
 #define CT_TSTATE_LOOP 1
+#elif PY_VERSION_HEX >= 0x030C0000
+#include "internal/pycore_interp.h" /* interp->ceval.gc_scheduled */
 #endif
 #ifdef CT_UNDEF_BUILD_CORE
 #undef Py_BUILD_CORE
@@ -67,6 +70,7 @@ typedef struct CoreObject {
     int rlock;                   /* 1 for an RLock */
     int ordered;                 /* _ct_ordered: lock-order checking (decided at creation) */
     long depth;                  /* an RLock's depth for its owner, kept by its own methods */
+    int released;                /* the holder fields belong to a holder that has released the lock */
     /* The holder, valid while the lock is held (a Lock leaves them as they were on release). */
     unsigned long owner_ident;   /* _owner: its thread id, 0 = none */
     unsigned long long owner_tid;/* _owner_tid: its thread-state id (never reused), 0 = unknown */
@@ -1173,13 +1177,27 @@ edges_known(CoreObject *self, PyObject *held, PyObject *entry)
     return 1;
 }
 
-/* A Python call that runs a garbage collection the bookkeeping above scheduled (3.12+ runs it at
- * the next eval-breaker check, which would otherwise come right after the acquire). */
+/* Is a garbage collection due (3.12+ runs one at the next eval-breaker check, which would
+ * otherwise come right after the acquire)? Unknown elsewhere: 1. */
+static int __attribute__((unused))
+gc_due(void)
+{
+#if CT_INTERNAL_FRAMES && PY_VERSION_HEX >= 0x030D0000
+    return _Py_eval_breaker_bit_is_set(_PyThreadState_GET(), _PY_GC_SCHEDULED_BIT) ? 1 : 0;
+#elif CT_INTERNAL_FRAMES && PY_VERSION_HEX >= 0x030C0000
+    return _Py_atomic_load_relaxed(&_PyInterpreterState_GET()->ceval.gc_scheduled) ? 1 : 0;
+#else
+    return 1;
+#endif
+}
+
+/* A Python call (its first instruction checks the eval breaker) that runs a collection due, before
+ * the acquire. Its finalizers may allocate and make another one due: a few rounds, while one is. */
 static void
 safe_point(void)
 {
 #if PY_VERSION_HEX >= 0x030C0000
-    if (g_safe_point != NULL) {
+    for (int round = 0; g_safe_point != NULL && round < 4 && gc_due(); round++) {
         PyObject *r = PyObject_CallNoArgs(g_safe_point);
         Py_XDECREF(r);
         swallow();
@@ -1263,6 +1281,7 @@ took(CoreObject *self, Me *me, int contended, PyObject *wait_site)
         self->owner_tid = me->tid;
         self->owner_ident = me->ident;
     }
+    self->released = 0;
     store_ref(self, &self->othread, me->thread);
     if (me->task != NULL) track(self);
     store_ref(self, &self->otask, me->task);
@@ -1291,106 +1310,20 @@ took(CoreObject *self, Me *me, int contended, PyObject *wait_site)
 static void
 releasing(CoreObject *self)
 {
+    self->released = 1;
     if (self->held != NULL) {
         order_pop(self);
     }
     end_hold(self);
 }
 
-/* -- waits ------------------------------------------------------------------------------------------ */
-
-/* Who holds the lock now (called with the GIL held right after a failed try: exact), as
- * (ident, thread key, thread, task, site, since) for locks.py, or None. */
-static PyObject *
-holder_snapshot(CoreObject *self)
-{
-    if (!self->owner_ident) {
-        Py_RETURN_NONE;
-    }
-    return Py_BuildValue("(kKOOOL)", self->owner_ident, self->owner_tid, self->othread ? self->othread : Py_None,
-                         self->otask ? self->otask : Py_None, self->osite ? self->osite : Py_None, self->osince);
-}
-
-static PyObject *g_true_minus_one; /* (True, -1) */
-
-/* The slow path: prepare the wait (Python, before blocking), block in the real lock, then record
- * the end with stores only. restore: the state for an RLock's _acquire_restore, else NULL. */
-static PyObject *
-contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
-{
-    PyObject *holder = holder_snapshot(self);
-    if (holder == NULL) {
-        swallow();
-        holder = Py_NewRef(Py_None);
-    }
-    PyObject *wait = NULL;
-    PyObject *to = timeout < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(timeout);
-    if (to != NULL) {
-        wait = wait_begin((PyObject *)self, to, holder, 0, 1, me->task != NULL ? me->task : Py_None);
-        Py_DECREF(to);
-    }
-    if (wait == NULL) {
-        swallow();
-    }
-    Py_DECREF(holder);
-    if (self->hold == NULL || self->hold == Py_None) {
-        /* The first contention: this lock times its holds from now on (made before the wait: the
-         * histogram's constructor is Python code). */
-        PyObject *h = g_hist_type ? PyObject_CallNoArgs(g_hist_type) : NULL;
-        if (h != NULL) {
-            store_ref(self, &self->hold, h);
-            Py_DECREF(h);
-        }
-        swallow();
-    }
-    /* The acquire's arguments are made before the safe point too: nothing allocates after it. */
-    PyObject *args = restore != NULL ? PyTuple_Pack(1, restore)
-                     : timeout < 0   ? Py_NewRef(g_true_minus_one)
-                                     : Py_BuildValue("(Od)", Py_True, timeout);
-    g_allocated = 0;
-    safe_point();
-    PyObject *r = NULL;
-    if (args != NULL) {
-        if (restore != NULL) {
-            r = call_varargs(m_rlock_acquire_restore, f_rlock_acquire_restore, self->lock, args);
-            if (r != NULL) {
-                Py_SETREF(r, Py_NewRef(Py_True));
-            }
-        }
-        else {
-            r = self->rlock ? call_varargs(m_rlock_acquire, f_rlock_acquire, self->lock, args)
-                            : call_varargs(m_lock_acquire, f_lock_acquire, self->lock, args);
-        }
-        Py_DECREF(args); /* a tuple of ours: freeing it runs nothing */
-    }
-    if (r == NULL) { /* the real lock raised (a signal handler's exception): not acquired */
-        wait_finish(wait, 0);
-        Py_XDECREF(wait);
-        return NULL;
-    }
-    int got = r == Py_True;
-    Py_DECREF(r);
-    if (got) {
-        PyObject *site = wait != NULL && wait != Py_None ? PyObject_GetAttr(wait, s_site) : NULL;
-        PyErr_Clear();
-        took(self, me, 1, site);
-        Py_XDECREF(site); /* the wait record keeps it alive: not the last reference */
-    }
-    wait_finish(wait, got);
-    Py_XDECREF(wait);
-    return PyBool_FromLong(got);
-}
-
-
-/* -- wait records (locks._Wait), made and ended in C -------------------------------------------- */
-
 /* A wait record: one party's blocked wait, from its start to its end (locks._Wait on the pure path).
  * Tracked by the garbage collector, but its traversal visits only what could refer back to it (the
  * primitive, whose waiters table holds it while it waits, the task, the holders). */
 enum {
     W_ACQUIRED, W_END_NS, W_ENTRY, W_EVENT, W_HOLDER, W_HOLDER_EXITED, W_IDENT, W_KEY, W_LOCK_ID, W_LOCK_NAME,
-    W_PRIM, W_REC, W_SITE, W_STACK, W_START_NS, W_STATS, W_TASK, W_TASK_NAME, W_THREAD, W_THREAD_KEY,
-    W_TIMEOUT_S, W_COUNT
+    W_PREV_TASK, W_PREV_THREAD, W_PRIM, W_REC, W_SITE, W_STACK, W_START_NS, W_STATS, W_TASK, W_TASK_NAME,
+    W_THREAD, W_THREAD_KEY, W_TIMEOUT_S, W_COUNT
 };
 typedef struct {
     PyObject_HEAD
@@ -1444,6 +1377,7 @@ waitrecord_traverse(WaitObject *self, visitproc visit, void *arg)
     Py_VISIT(self->f[W_PRIM]);
     Py_VISIT(self->f[W_TASK]);
     Py_VISIT(self->f[W_HOLDER]);
+    Py_VISIT(self->f[W_PREV_TASK]);
     return 0;
 }
 
@@ -1469,7 +1403,8 @@ static PyMemberDef waitrecord_members[] = {
     WMEMBER("acquired", W_ACQUIRED), WMEMBER("end_ns", W_END_NS), WMEMBER("entry", W_ENTRY),
     WMEMBER("event", W_EVENT), WMEMBER("holder", W_HOLDER), WMEMBER("holder_exited", W_HOLDER_EXITED),
     WMEMBER("ident", W_IDENT), WMEMBER("key", W_KEY), WMEMBER("lock_id", W_LOCK_ID),
-    WMEMBER("lock_name", W_LOCK_NAME), WMEMBER("prim", W_PRIM), WMEMBER("rec", W_REC),
+    WMEMBER("lock_name", W_LOCK_NAME), WMEMBER("prev_task", W_PREV_TASK), WMEMBER("prev_thread", W_PREV_THREAD),
+    WMEMBER("prim", W_PRIM), WMEMBER("rec", W_REC),
     WMEMBER("site", W_SITE), WMEMBER("stack", W_STACK), WMEMBER("start_ns", W_START_NS),
     WMEMBER("stats", W_STATS), WMEMBER("task", W_TASK), WMEMBER("task_name", W_TASK_NAME),
     WMEMBER("thread", W_THREAD),
@@ -1492,6 +1427,103 @@ static PyType_Spec waitrecord_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .slots = waitrecord_slots,
 };
+
+/* -- waits ------------------------------------------------------------------------------------------ */
+
+/* Who holds the lock now (called with the GIL held right after a failed try: exact), as
+ * (ident, thread key, thread, task, site, since) for locks.py, or None. */
+static PyObject *
+holder_snapshot(CoreObject *self)
+{
+    if (!self->owner_ident) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(kKOOOL)", self->owner_ident, self->owner_tid, self->othread ? self->othread : Py_None,
+                         self->otask ? self->otask : Py_None, self->osite ? self->osite : Py_None, self->osince);
+}
+
+static PyObject *g_true_minus_one; /* (True, -1) */
+
+/* The slow path: prepare the wait (Python, before blocking), block in the real lock, then record
+ * the end with stores only. restore: the state for an RLock's _acquire_restore, else NULL. */
+static PyObject *
+contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
+{
+    /* Who holds it: the holder fields, set right after each acquisition with the GIL held. Unless the
+     * last holder has released it and the thread that took it since has not had the GIL back yet (its
+     * blocking acquire returned without the GIL): then the holder is known only later, and is the
+     * thread the lock passed through last before this waiter got it (JFR's previousOwner). */
+    int resolve_later = self->released;
+    PyObject *holder = resolve_later ? Py_NewRef(Py_None) : holder_snapshot(self);
+    if (holder == NULL) {
+        swallow();
+        holder = Py_NewRef(Py_None);
+    }
+    PyObject *wait = NULL;
+    PyObject *to = timeout < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(timeout);
+    if (to != NULL) {
+        wait = wait_begin((PyObject *)self, to, holder, 0, 1, me->task != NULL ? me->task : Py_None);
+        Py_DECREF(to);
+    }
+    if (wait == NULL) {
+        swallow();
+    }
+    Py_DECREF(holder);
+    if (self->hold == NULL || self->hold == Py_None) {
+        /* The first contention: this lock times its holds from now on (made before the wait: the
+         * histogram's constructor is Python code). */
+        PyObject *h = g_hist_type ? PyObject_CallNoArgs(g_hist_type) : NULL;
+        if (h != NULL) {
+            store_ref(self, &self->hold, h);
+            Py_DECREF(h);
+        }
+        swallow();
+    }
+    /* The acquire's arguments are made before the safe point too: nothing allocates after it. */
+    PyObject *args = restore != NULL ? PyTuple_Pack(1, restore)
+                     : timeout < 0   ? Py_NewRef(g_true_minus_one)
+                                     : Py_BuildValue("(Od)", Py_True, timeout);
+    g_allocated = 0;
+    safe_point();
+    PyObject *r = NULL;
+    if (args != NULL) {
+        if (restore != NULL) {
+            r = call_varargs(m_rlock_acquire_restore, f_rlock_acquire_restore, self->lock, args);
+            if (r != NULL) {
+                Py_SETREF(r, Py_NewRef(Py_True));
+            }
+        }
+        else {
+            r = self->rlock ? call_varargs(m_rlock_acquire, f_rlock_acquire, self->lock, args)
+                            : call_varargs(m_lock_acquire, f_lock_acquire, self->lock, args);
+        }
+        Py_DECREF(args); /* a tuple of ours: freeing it runs nothing */
+    }
+    if (r == NULL) { /* the real lock raised (a signal handler's exception): not acquired */
+        wait_finish(wait, 0);
+        Py_XDECREF(wait);
+        return NULL;
+    }
+    int got = r == Py_True;
+    Py_DECREF(r);
+    if (resolve_later && wait != NULL && wait != Py_None && self->othread != NULL) {
+        /* Stores only (existing objects): the previous owner, before took() overwrites it. */
+        wset(wait, W_PREV_THREAD, self->othread);
+        wset(wait, W_PREV_TASK, self->otask != NULL ? self->otask : Py_None);
+    }
+    if (got) {
+        PyObject *site = wait != NULL && wait != Py_None ? PyObject_GetAttr(wait, s_site) : NULL;
+        PyErr_Clear();
+        took(self, me, 1, site);
+        Py_XDECREF(site); /* the wait record keeps it alive: not the last reference */
+    }
+    wait_finish(wait, got);
+    Py_XDECREF(wait);
+    return PyBool_FromLong(got);
+}
+
+
+/* -- wait records (locks._Wait), made and ended in C -------------------------------------------- */
 
 /* Where a wait is: "file.py:LINE" of the first frame outside conctools and the stdlib modules a
  * site skips, cached per (code, offset); also that frame's code (borrowed). New reference. */
@@ -1778,6 +1810,8 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
     wset(w, W_EVENT, event ? Py_True : Py_False);
     wset(w, W_REC, g_current && PyList_GET_SIZE(g_current) > 0 ? PyList_GET_ITEM(g_current, 0) : Py_None);
     wset(w, W_ACQUIRED, Py_False);
+    wset(w, W_PREV_THREAD, Py_None);
+    wset(w, W_PREV_TASK, Py_None);
     wsteal(w, W_END_NS, PyLong_FromLong(0));
     PyObject *key = NULL;
     if (by_task && task != NULL) {

@@ -807,12 +807,22 @@ class _WaitMethods:
     start_ns: int
     end_ns: int
     acquired: bool
+    prev_thread: Any
+    prev_task: Any
 
     def party(self) -> Party:
         """The waiter, as the registry shows it."""
         return _make_party(
             self.ident, self.thread_key, self.thread, self.task, self.site, self.start_ns, self.timeout_s
         )
+
+    def _holder_words(self, thread: Any) -> str | None:
+        holder = self.holder
+        if holder is None:
+            prev = self.prev_thread  # (known only when the wait ended: see Lock._contended)
+            if prev is not None:
+                holder = _as_snapshot((prev, self.prev_task))
+        return _holder_words(holder, self.holder_exited, thread)
 
     def record(self) -> bool:
         """Statistics and (sampled) event of an ended wait; False for a lock wait whose event was
@@ -836,7 +846,7 @@ class _WaitMethods:
                     lock_kind=self.stats.kind,
                     wait_s=wait_ns / 1e9,
                     acquired=self.acquired,
-                    holder=_holder_words(self.holder, self.holder_exited, thread),
+                    holder=self._holder_words(thread),
                     site=self.site,
                     stack=resolve_stack(self.stack, limit=32) if self.stack else (),
                 )
@@ -865,6 +875,8 @@ class _Wait(_WaitMethods):
         "key",
         "lock_id",
         "lock_name",
+        "prev_task",
+        "prev_thread",
         "prim",
         "rec",
         "site",
@@ -926,6 +938,7 @@ def _wait_begin(
         w.rec = get_recorder()
         w.acquired = False
         w.end_ns = 0
+        w.prev_thread = w.prev_task = None
         # A threading primitive blocks the whole thread (even when called from a task): the
         # registry knows it as the thread's wait. An asyncio primitive blocks one task.
         w.key = key = (ident, id(task) if by_task and task is not None else None)
@@ -1242,7 +1255,13 @@ class Lock(_CoreBase):
     ) -> bool:
         """The slow path: prepare the wait (who holds the lock now: JFR's previousOwner), block,
         then a few stores."""
-        holder = _holder_snapshot(self) if self._lock.locked() else None
+        # The holder fields (a snapshot: they may be the last holder's, that released the lock to a
+        # thread not back from its own blocking acquire yet: then, if it is this very thread, the
+        # holder is the one the lock passed through last before it came here, JFR's previousOwner).
+        holder = _holder_snapshot(self)
+        later = holder is not None and holder[2] is thread and holder[0] == me
+        if later:
+            holder = None
         if self._ct_hold is None:  # first contention: time this lock's holds from now on
             self._ct_hold = Histogram()
             if type(self) is Lock:
@@ -1254,6 +1273,9 @@ class Lock(_CoreBase):
         try:
             acquired = self._acq(True, timeout)
         finally:
+            if later and wait is not None:
+                wait.prev_thread = self._othread if self._othread is not None else self._owner
+                wait.prev_task = self._otask
             if acquired:
                 self._took(me, thread, task, prepared, _mono())
                 if prepared is None:

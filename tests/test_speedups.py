@@ -95,6 +95,8 @@ class TestBuild:
                 "TestLockContention",
                 "TestRLock",
                 "TestStress",
+                "TestHolderIdentity",
+                "TestEveryWaitCounts",
             )
         )
         proc = subprocess.run(
