@@ -1874,6 +1874,11 @@ wait_finish(PyObject *w, int acquired)
     /* A record waiting to be recorded keeps neither alive (both are alive now: not last references). */
     wset(w, W_PRIM, Py_None);
     wset(w, W_TASK, Py_None);
+    /* Nothing it refers to now can refer back to it (names, sites, ThreadInfos, stats): the garbage
+     * collector need not look at it while it waits to be recorded. */
+    if ((wget(w, W_PREV_TASK) == NULL || wget(w, W_PREV_TASK) == Py_None) && PyObject_GC_IsTracked(w)) {
+        PyObject_GC_UnTrack(w);
+    }
     if (g_pending != NULL) {
         PyObject *r = PyObject_CallMethodOneArg(g_pending, s_append, w);
         Py_XDECREF(r);
@@ -2989,6 +2994,23 @@ py_clear_caches(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* hist_add(hist, value): recorder.Histogram.add(value), in C (the caller serialises the histogram). */
+static PyObject *
+py_hist_add(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "hist_add(hist, value)");
+        return NULL;
+    }
+    long long v = PyLong_AsLongLong(args[1]);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    if (g_hist_type != NULL && Py_IS_TYPE(args[0], (PyTypeObject *)g_hist_type)) {
+        if (hist_add_fields(args[0], v) < 0) return NULL;
+        Py_RETURN_NONE;
+    }
+    return PyObject_CallMethodOneArg(args[0], s_add, args[1]);
+}
+
 static PyObject *
 py_bucket_of(PyObject *Py_UNUSED(module), PyObject *arg)
 {
@@ -3148,6 +3170,7 @@ static PyMethodDef module_methods[] = {
     {"acquisitions", (PyCFunction)py_acquisitions, METH_NOARGS, "acquisitions(): total of the live locks' counters"},
     {"raw_stack", (PyCFunction)py_raw_stack, METH_O, "raw_stack(limit): (code, offset, ...) innermost first"},
     {"bucket_of", (PyCFunction)py_bucket_of, METH_O, "bucket_of(value): recorder.bucket_of, as the C path computes it"},
+    {"hist_add", (PyCFunction)(void (*)(void))py_hist_add, METH_FASTCALL, "hist_add(hist, value): Histogram.add in C"},
     {NULL, NULL, 0, NULL},
 };
 

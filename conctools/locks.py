@@ -129,6 +129,7 @@ FLUSH_AT = 64  # ended waits kept before a new wait records them (before it bloc
 _SAFE_POINTS = sys.version_info >= (3, 12)
 
 _threshold = [0.001]
+_hist_add: Callable[[Histogram, int], None] = Histogram.add  # the C extension's, once it is loaded
 
 
 def wait_threshold_s() -> float:
@@ -492,7 +493,7 @@ class LockStats:
         with self.mutex:
             if not acquired:
                 self.timeouts += 1
-            self.wait.add(wait_ns)
+            _hist_add(self.wait, wait_ns)
             entry.total_ns += wait_ns
             longest = wait_ns > entry.max_ns
             if longest:
@@ -518,7 +519,10 @@ class LockStats:
             self.retired_acquisitions += n
             self.retired_instances += 1
             if dead_hold is not None:
-                self.hold.merge(dead_hold)
+                try:
+                    self.hold.merge(dead_hold)
+                except AttributeError:  # a lock that died in a reference cycle: the collector cleared it
+                    pass
 
     def row(self, live: Iterable[Any] = ()) -> dict[str, Any]:
         """This class as one JSON-able row of the lock table (``live``: its live instances)."""
@@ -1887,6 +1891,8 @@ def _install_speedups() -> None:
         flush_at=FLUSH_AT,
         stacks_per_site=STACKS_PER_SITE,
     )
+    global _hist_add
+    _hist_add = _speedups.hist_add
     Lock.acquire_lock = Lock.acquire  # type: ignore[method-assign] # the _thread.lock aliases follow
     Lock.release_lock = Lock.release  # type: ignore[method-assign]
     Lock.locked_lock = Lock.locked  # type: ignore[method-assign]
