@@ -231,13 +231,15 @@ _NOT_STDLIB = (f"{_sep}site-packages{_sep}", f"{_sep}dist-packages{_sep}")
 
 
 def _stdlib_only(frame: FrameType | None) -> bool:
-    """True when every frame from ``frame`` outwards is the standard library's (no program code)."""
+    """True when every frame from ``frame`` outwards is the standard library's (no program code;
+    conctools' own frames, such as its thread-start wrapper or a traced wait, say nothing)."""
     f = frame
     depth = 0
     while f is not None and depth < 64:
         filename = f.f_code.co_filename
-        if not (filename.startswith(_STDLIB) or filename.startswith("<frozen ")) or any(
-            p in filename for p in _NOT_STDLIB
+        if not is_conctools_frame(filename) and (
+            not (filename.startswith(_STDLIB) or filename.startswith("<frozen "))
+            or any(p in filename for p in _NOT_STDLIB)
         ):
             return False
         f = f.f_back

@@ -1081,6 +1081,8 @@ if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
         _speedups = None
     if getattr(_speedups, "API_VERSION", None) != _SPEEDUPS_API:  # a stale build (source tree): ignore it
         _speedups = None
+    elif not all(hasattr(_thread.RLock, m) for m in ("_recursion_count", "_release_save", "_acquire_restore")):
+        _speedups = None  # an interpreter without the RLock API the C path calls (CPython 3.11.0-3.11.2)
 SPEEDUPS = _speedups is not None
 """True when the C paths of ``Lock``/``RLock`` are in use (else the pure-Python ones)."""
 if _speedups is not None:

@@ -82,7 +82,9 @@ class TestRunConsole:
             threads = client.command("threads", 'Thread "MainThread"')
             client.read_until('wait_for("unblock")', start=len(client.text) - len(threads))
             locks = client.command("locks", "jobs-lock")
-            assert re.search(r"jobs-lock \(Lock\): held by thread 'MainThread'", locks), locks
+            # Taken inside the task that blocks the loop: that task is the holder (issue 11, item 2).
+            assert re.search(r"jobs-lock \(Lock\): held by task 'Task-\d+' \(thread 'MainThread'\) at prog\.py:", locks)
+            assert not re.search(r"jobs-lock .* for \d{3,}\.", locks), locks  # no time since the process started
             client.command("deadlocks", "so far")
             client.command("slow", "Loop lag")
             client.command("resources", "rss")

@@ -775,8 +775,10 @@ class TestPytestPlugin:
             import threading, time
 
             def crunch(stop):
+                # A fixed amount of CPU work (not of wall time): on a busy machine the threads still
+                # want the GIL together for as long as they compute.
                 total = 0
-                while not stop:
+                while time.thread_time() < 1.0:
                     for i in range(10_000):
                         total += i * i % 7
 
@@ -784,8 +786,6 @@ class TestPytestPlugin:
                 stop = []
                 ts = [threading.Thread(target=crunch, args=(stop,)) for _ in range(2)]
                 [t.start() for t in ts]
-                time.sleep(1.5)
-                stop.append(1)
                 [t.join() for t in ts]
 
             def test_quiet():

@@ -51,6 +51,11 @@ def _echo_sections(ctx: click.Context, priorities: tuple[int, ...], empty: str) 
     click.echo("\n\n".join(parts) if parts else empty)
 
 
+def _for(now_ns: int, since_ns: int) -> str:
+    """`` for 1.234s``, or nothing when the time is not known (an uncontended take stamps no clock)."""
+    return f" for {(now_ns - since_ns) / 1e9:.3f}s" if since_ns > 0 else ""
+
+
 def _live_lock_rows() -> list[str]:
     """Who holds and who waits on each traced primitive right now (from the wait registry)."""
     try:
@@ -62,10 +67,10 @@ def _live_lock_rows() -> list[str]:
     for state in registry.primitives():
         if not state.holders and not state.waiters:
             continue
-        held = ", ".join(f"{p.who} at {p.site} for {(now - p.since_ns) / 1e9:.3f}s" for p in state.holders) or "-"
+        held = ", ".join(f"{p.who} at {p.site}{_for(now, p.since_ns)}" for p in state.holders) or "-"
         lines.append(safe(f"  {state.name} ({state.kind}): held by {held}"))
         for p in state.waiters:
-            lines.append(safe(f"      waiting: {p.who} at {p.site} for {(now - p.since_ns) / 1e9:.3f}s"))
+            lines.append(safe(f"      waiting: {p.who} at {p.site}{_for(now, p.since_ns)}"))
     return lines
 
 
