@@ -24,7 +24,6 @@ from __future__ import annotations
 import _thread
 import ctypes
 import dis
-import gc
 import logging
 import operator
 import os
@@ -34,6 +33,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+
+from conctools._context import current_frames
 
 __all__ = [
     "CALL_OPCODES",
@@ -81,25 +82,6 @@ def gil_enabled() -> bool:
 
 
 _call = operator.call
-
-
-def current_frames() -> dict[int, FrameType]:
-    """``sys._current_frames()``, without the deadlock it can cause on Python 3.11.
-
-    On 3.11 ``sys._current_frames()`` holds the runtime's thread-list lock while it creates frame
-    objects; an allocation there can start a garbage collection, and a collected ``threading.local``
-    takes the same lock in its ``__del__``: the process hangs for good, holding the GIL (CPython
-    gh-106883, not fixed in 3.11; 3.12 collects only between bytecodes). Here the collector is paused
-    around the call when it was on, and the program cannot see the pause: the calls are made from
-    C (``map`` over them, unpacked at once), and nothing between them and ``gc.enable()`` lets
-    another thread run (no call and no backward jump, where Python hands the GIL over).
-    """
-    if sys.version_info >= (3, 12):
-        return sys._current_frames()
-    was_enabled, _, frames = map(_call, (gc.isenabled, gc.disable, sys._current_frames))
-    if was_enabled:
-        gc.enable()
-    return frames  # type: ignore[return-value]
 
 
 def at_call(frame: FrameType | None) -> bool:

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import pytest
 
-from conctools._context import frames_of
+from conctools._context import current_frames, frames_of
 from conctools._frames import hidden_note, hide_own_frames
 from conctools.events import (
     DeadlockEvent,
@@ -678,7 +678,7 @@ class _TestRun:
             return None
         parts = []
         if threads:
-            frames = sys._current_frames()
+            frames = current_frames()
             parts.append(
                 f"Leaked threads ({len(threads)}): still running {LEAK_GRACE_S:g} s after the test ended\n"
                 + "\n".join(_thread_report(t, frames) for t in threads)
@@ -845,7 +845,7 @@ class _Runtime:
         alive = [d for d in due if d.alive()]
         if not alive:
             return
-        frames = sys._current_frames()
+        frames = current_frames()
         threads = [d for d in alive if isinstance(d.thing, threading.Thread)]
         tasks = [d for d in alive if not isinstance(d.thing, threading.Thread)]
         parts = []

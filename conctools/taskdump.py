@@ -32,7 +32,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from conctools import registry
-from conctools._context import _PKG_DIR, _SAMPLE_DIR, is_conctools_frame, thread_name_of, user_frame
+from conctools._context import _PKG_DIR, _SAMPLE_DIR, current_frames, is_conctools_frame, thread_name_of, user_frame
 from conctools.events import Frame, WaiterInfo
 from conctools.recorder import _ctracing
 
@@ -185,7 +185,7 @@ def _running_on_stacks() -> list[tuple[asyncio.AbstractEventLoop, int]]:
     or an ``asyncio.Runner`` (``asyncio.run``, ``uvloop.run``) whose loop has no Python frames."""
     out = []
     try:
-        frames = sys._current_frames()
+        frames = current_frames()
     except Exception:
         return []
     target = _ASYNCIO_DIR + "base_events.py"
@@ -664,7 +664,7 @@ def _idle_forever(loop: asyncio.AbstractEventLoop, allow_futures: bool = False) 
         return False
     tid = loop_thread_id(loop)
     if tid is not None:
-        frame = sys._current_frames().get(tid)
+        frame = current_frames().get(tid)
         if frame is None or frame.f_code.co_name != "select":
             return False  # it is running something right now
     tasks = _task_objects(loop)

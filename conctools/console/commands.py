@@ -3,7 +3,6 @@ a ``console`` command whose teardown is bounded (see :mod:`conctools.console`)."
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 import traceback
@@ -15,6 +14,7 @@ from aiomonitor.context import command_done
 from aiomonitor.termui.commands import auto_command_done, custom_help_option, monitor_cli
 from prompt_toolkit.application.current import get_app_session
 
+from conctools._context import current_frames
 from conctools.console.monitor import PROBE_TIMEOUT_S, ConsoleMonitor, safe
 from conctools.console.repl import open_repl
 from conctools.console.session import current_session, pump_plain, pump_telnet
@@ -116,7 +116,7 @@ def do_slow(ctx: click.Context) -> None:
 @_command("threads")
 def do_threads(ctx: click.Context) -> None:
     """Every thread's stack, by name"""
-    frames = sys._current_frames()
+    frames = current_frames()
     threads = sorted(threading.enumerate(), key=lambda t: (t is not threading.main_thread(), t.name))
     for t in threads:
         frame = frames.get(t.ident or -1)

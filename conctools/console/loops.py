@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 import time
 import weakref
@@ -26,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from conctools import taskdump
+from conctools._context import current_frames
 
 __all__ = ["LoopChooser", "LoopInfo"]
 
@@ -81,7 +81,7 @@ def _loops_on_stacks() -> dict[int, tuple[asyncio.AbstractEventLoop, int]]:
     """``id(loop) -> (loop, thread id)`` for running loops whose entry frame is on a stack."""
     found: dict[int, tuple[asyncio.AbstractEventLoop, int]] = {}
     try:
-        frames = sys._current_frames()
+        frames = current_frames()
     except Exception:
         return found
     for tid, top in frames.items():

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiomonitor.monitor import Monitor
 
-from conctools._context import _plain_event, internal_thread
+from conctools._context import _plain_event, current_frames, internal_thread
 from conctools.console.access import ConsoleError, FailureBrake, remove_secret, write_secret
 from conctools.console.loops import LoopChooser
 from conctools.console.server import ConsoleServer, bind
@@ -79,7 +79,7 @@ def _blocked_at(tid: int | None) -> str:
     the callback the loop runs (``prog.py:6 in wait: ..., called from prog.py:20 in main: ...``)."""
     if tid is None:
         return ""
-    frame = sys._current_frames().get(tid)
+    frame = current_frames().get(tid)
     if frame is None:
         return ""
     from conctools._context import is_conctools_frame

@@ -9,7 +9,6 @@ import linecache
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import types
@@ -20,7 +19,7 @@ from types import FrameType
 from typing import Any, Literal
 
 from conctools import casualties, registry, taskdump
-from conctools._context import internal_thread
+from conctools._context import current_frames, internal_thread
 from conctools.deadlock.blame import explain
 from conctools.deadlock.graph import (
     PartyKey,
@@ -358,7 +357,7 @@ class DeadlockWatchdog:
         The watchdog thread calls this every ``interval_s``; tests and tools may call it too.
         """
         now = time.monotonic_ns()
-        frames = sys._current_frames()
+        frames = current_frames()
         threads = {t.ident: t for t in threading.enumerate() if t.ident is not None}
         self._note_parked(frames, now)
         # Loops are looked up only while one idles in select(): a busy program pays nothing here.

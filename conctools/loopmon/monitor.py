@@ -14,7 +14,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from conctools import taskdump
-from conctools._context import internal_thread, is_conctools_frame, thread_name_of
+from conctools._context import current_frames, internal_thread, is_conctools_frame, thread_name_of
 from conctools.events import Frame, SlowCallbackEvent
 from conctools.loopmon.blocking import _disable_blocking_detection, _enable_blocking_detection
 from conctools.loopmon.culprits import _ASYNCIO_DIR, _current_task, _task_name, callback_frames, culprit_of
@@ -414,7 +414,7 @@ class LoopMonitor:
         tid = self._loop_tid or taskdump.loop_thread_id(loop)
         if tid is None:
             return None, retry
-        frame = sys._current_frames().get(tid)
+        frame = current_frames().get(tid)
         batch_ns, _handle, index = _batch_start(frame, loop)
         if batch_ns is not None and last_beat_ns - 10_000_000_000 < batch_ns <= now:
             # asyncio's loops: the running batch began at batch_ns; the stall began then or at
@@ -440,7 +440,7 @@ class LoopMonitor:
 
     def _sample(self, stall: _Stall, now: int, sample_ns: int) -> None:
         try:
-            frame = sys._current_frames().get(stall.thread_id)
+            frame = current_frames().get(stall.thread_id)
             if frame is not None:
                 self._take_sample(stall, frame, now)
         except Exception:

@@ -11,14 +11,13 @@ import bisect
 import dis
 import linecache
 import os
-import sys
 import threading
 import time
 from types import CodeType, FrameType
 from typing import Any
 
 from conctools import registry
-from conctools._context import _SAMPLE_DIR, _SKIP_PREFIXES
+from conctools._context import _SAMPLE_DIR, _SKIP_PREFIXES, current_frames
 from conctools.events import Frame, PoolHolder
 
 TAKE_FRAMES = 4  # user frames remembered per take (to find the frame that still holds the item)
@@ -381,6 +380,6 @@ def describe_semaphore(prim: Any) -> tuple[tuple[PoolHolder, ...], int, int]:
             )
         else:
             if frames_now is None:
-                frames_now = sys._current_frames()
+                frames_now = current_frames()
             out.append(describe_thread(threads.get(p.thread_id), p.thread_name, (), held_s, frames_now, hint))
     return tuple(out), len(state.holders), len(state.holders)

@@ -12,6 +12,7 @@ import weakref
 from types import FrameType
 from typing import Any
 
+from conctools._context import current_frames
 from conctools.events import PoolExhaustedEvent, PoolHolder
 from conctools.pools._holders import (
     MAX_DESCRIBED,
@@ -433,7 +434,7 @@ class PoolState:
                 out.append(describe_task(task_ref(), getattr(thread, "name", "?"), taken, held_s))
             else:
                 if frames_now is None:
-                    frames_now = sys._current_frames()
+                    frames_now = current_frames()
                 out.append(describe_thread(thread, getattr(thread, "name", "?"), taken, held_s, frames_now))
         return tuple(out), len(holdings) + available, len(holdings)
 

@@ -351,7 +351,9 @@ def breakdown(data: Mapping[str, Any], snapshot: Snapshot | None = None) -> Brea
     :data:`CATEGORIES`, plus ``idle``: waiting for work or for other threads, which is no bottleneck)."""
     out: Breakdown = {key: 0.0 for key, _ in CATEGORIES}
     out["idle"] = 0.0
-    loop_running = 0.0
+    # A loop thread's time while a callback blocked it: running Python, in C code, or in a blocking
+    # call (a time.sleep, a synchronous query) or a threading wait made on the loop.
+    on_loop = {"python": 0.0, "native": 0.0, "io": 0.0, "sync": 0.0}
     for t in _threads(data):
         out["python"] += _f(t, "python_s")
         out["gil"] += _f(t, "gil_wait_s")
@@ -361,13 +363,18 @@ def breakdown(data: Mapping[str, Any], snapshot: Snapshot | None = None) -> Brea
         out["sync"] += _f(t, "sync_s")
         out["idle"] += _f(t, "idle_s")
         if t.get("loop"):
-            loop_running += _f(t, "python_s") + _f(t, "native_s")
-    blocked = min(_stall_total(snapshot), loop_running)
+            on_loop["python"] += _f(t, "python_s")
+            on_loop["native"] += _f(t, "native_s")
+            on_loop["io"] += _f(t, "io_s") + _f(t, "sleep_s")
+            on_loop["sync"] += _f(t, "sync_s")
+    blocked = min(_stall_total(snapshot), sum(on_loop.values()))
     if blocked > 0:
-        from_python = min(blocked, out["python"])
-        out["python"] -= from_python
-        out["native"] = max(0.0, out["native"] - (blocked - from_python))
-        out["loop"] = blocked
+        left = blocked
+        for key in ("python", "native", "io", "sync"):  # what a blocked loop most likely did, first
+            taken = min(left, on_loop[key], out[key])
+            out[key] -= taken
+            left -= taken
+        out["loop"] = blocked - left
     return out
 
 
