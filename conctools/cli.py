@@ -179,6 +179,9 @@ def _build_parser() -> _Parser:
     from conctools.exporters.wiring import add_report_options, add_run_options
 
     add_run_options(run)  # --otel
+    from conctools.agent.commands import add_run_options as add_agent_run_options
+
+    add_agent_run_options(run)  # --no-dump-agent
     report = sub.add_parser(
         "report",
         help="re-render a saved report.json as text, HTML or a Perfetto trace",
@@ -195,6 +198,9 @@ def _build_parser() -> _Parser:
     from conctools._servecli import add_server_commands
 
     add_server_commands(sub)  # serve, loadtest, demo
+    from conctools.agent.commands import add_agent_commands
+
+    add_agent_commands(sub)  # dump, top, ps
     return parser
 
 
@@ -277,6 +283,9 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     problem = apply_run_options(ns, options)  # --otel
     if problem is not None:
         raise UsageError(problem)
+    from conctools.agent.commands import apply_run_options as apply_agent_run_options
+
+    apply_agent_run_options(ns, options)  # --no-dump-agent
     if options.module:
         import importlib.util
 
