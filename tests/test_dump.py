@@ -15,8 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from _dump_helpers import SCRIPTS, Program, conctools, dump_until, line_of, run_under_conctools
-from _dump_helpers import agent_env as agent_env  # the fixture
+
+from tests._dump_helpers import SCRIPTS, Program, conctools, dump_until, line_of, run_under_conctools
+from tests._dump_helpers import agent_env as agent_env  # the fixture
 
 DEADLOCK = "Found one Python-level deadlock:"
 

@@ -190,13 +190,20 @@ class DumpAgent:
 
     def _converse(self, conn: socket.socket) -> None:
         conn.setblocking(True)
+        try:  # read first, whoever it is: a socket closed with its request unread resets the answer
+            line: bytes | None = self._read_line(conn)
+            problem = ""
+        except ValueError as exc:
+            line, problem = None, str(exc)
         peer = _peer_credentials(conn)
         if peer is not None and peer[1] != os.geteuid():
             _log.warning("conctools: dump agent refused pid %d of another user (uid %d)", peer[0], peer[1])
             self._send(conn, {"error": "refused: only the process's own user may ask"})
             return
         try:
-            question = parse_request(self._read_line(conn))
+            if line is None:
+                raise ValueError(problem)
+            question = parse_request(line)
         except ValueError as exc:
             self._send(conn, {"error": str(exc)})
             return
