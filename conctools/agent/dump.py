@@ -114,7 +114,7 @@ def _task_counts() -> tuple[dict[str, Any], dict[int, int]]:
                 continue
         return {"total": len(pending), "by_state": {"pending": len(pending)}, "by_awaits": None}, dict(per_loop)
     infos = taskdump.dump_tasks()
-    by_awaits = Counter(t.awaits_kind or ("running" if t.state == "running" else "unknown") for t in infos)
+    by_awaits = Counter(t.awaits_kind or ("running" if t.state == "running" else "other") for t in infos)
     counts = {"total": len(infos), "by_state": dict(Counter(t.state for t in infos)), "by_awaits": dict(by_awaits)}
     return counts, tasks_by_loop(infos)
 

@@ -88,7 +88,8 @@ def render_top(
     uptime = process.get("uptime_s")
     up = f"up {format_duration(uptime)}" if isinstance(uptime, (int, float)) else ""
     clock = time.strftime("%H:%M:%S", time.localtime(float(doc.get("taken_wall") or 0.0)))
-    lines = [f"conctools top - pid {process.get('pid', '?')}: {process.get('command', '?')}   {up}   {clock}{hint}"]
+    lines = [f"conctools top - pid {process.get('pid', '?')}   {up}   {clock}{hint}"]
+    lines.append(f"Program:  {process.get('command', '?')}")
     r = doc.get("resources") or {}
     cpu, how = cpu_percent(doc, previous)
     usage = [f"CPU {cpu:.1f}%{how}" if cpu is not None else "CPU ?"]
@@ -150,10 +151,10 @@ def render_top(
             f"Stalls so far: {stalls.get('count', 0)} ({format_duration(float(stalls.get('total_s') or 0))}){lag_text}"
         )
         for s in stalls.get("sites") or []:
-            lines.append(
-                f"  {s.get('site')} in {s.get('function')}: {s.get('count')} stalls, "
-                f"max {format_duration(float(s.get('max_s') or 0))}"
-            )
+            where = f"{s.get('site')} in {s.get('function')}" if s.get("function") else str(s.get("site"))
+            count = int(s.get("count") or 0)
+            most = format_duration(float(s.get("max_s") or 0))
+            lines.append(f"  {where}: {count} stall{'' if count == 1 else 's'}, max {most}")
     for error in doc.get("errors") or []:
         lines.append(f"(could not read {error})")
     text = neutralise("\n".join(lines))
