@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import NoReturn
 
 from conctools import __version__
-from conctools.runner import RunOptions, run_program
 
 __all__ = ["EXIT_USAGE", "main"]
 
@@ -248,6 +247,8 @@ def check_out_dir(path: Path, command: str) -> None:
 
 
 def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    from conctools.runner import RunOptions, run_program  # here: `conctools dump` & co start faster without it
+
     own, rest = _split_run_argv(run_parser, argv)
     ns = run_parser.parse_args(own)
     if ns.module:

@@ -4,6 +4,7 @@ a process that stops answering, another user's process, bad input, --attach befo
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -184,7 +185,7 @@ class TestBadInput:
             done = conctools("dump", str(program.pid), "--json", "--out", str(out), env=agent_env)
             assert done.returncode == 0 and done.stdout == ""
             assert done.stderr.strip() == f"conctools dump: wrote {out}"
-            assert f'"pid": {program.pid}' in out.read_text()
+            assert json.loads(out.read_text())["process"]["pid"] == program.pid
         finally:
             program.stop()
 

@@ -114,7 +114,8 @@ def _dump_command(ns: argparse.Namespace) -> int:
     if ns.json:
         from conctools.reporting._safe import neutralise_json
 
-        text = neutralise_json(json.dumps(document, indent=1, ensure_ascii=False)) + "\n"
+        # Compact: a dump of 10,000 tasks is megabytes (`| python -m json.tool` indents it).
+        text = neutralise_json(json.dumps(document, separators=(",", ":"), ensure_ascii=False)) + "\n"
     else:
         from conctools.reporting.dump_text import render_dump
 

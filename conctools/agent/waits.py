@@ -10,7 +10,7 @@ new shape has to be wired into.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -49,7 +49,7 @@ class WatchdogView:
 def watchdog_view(
     frames: Mapping[int, FrameType],
     program_threads: Iterable[int],
-    prims: Iterable[PrimitiveState],
+    prims: Sequence[PrimitiveState],
     *,
     full: bool = True,
 ) -> WatchdogView:
@@ -73,10 +73,17 @@ def watchdog_view(
     loops: dict[int, tuple[bool, str]] = {}
     if any(f.f_code.co_filename.endswith("selectors.py") for f in frames.values()):
         loops, _ = watchdog._loop_states()
+    # What each thread waits on in the registry: the watchdog's ``_registry_wait``, computed once
+    # for all threads (asking it per thread re-reads every waiter of a shared primitive: n squared).
+    sync_waits: dict[int, tuple[Party, PrimitiveState]] = {}
+    for prim in prims:
+        if not prim.kind.startswith("aio."):
+            for party in prim.waiters:
+                sync_waits.setdefault(party.thread_id, (party, prim))
     threads: dict[int, ThreadView] = {}
     for tid in program_threads:
         frame = frames.get(tid)
-        state = deadlock.classify_thread(tid, frame, watchdog._registry_wait(tid), loops, with_stack=full)
+        state = deadlock.classify_thread(tid, frame, sync_waits.get(tid), loops, with_stack=full)
         threads[tid] = ThreadView(state.state, state.waits_on, state.blocked, state.stack)
     deadlocks: list[DeadlockEvent] = []
     hangs: list[HangEvent] = []
@@ -118,7 +125,9 @@ def lock_rows(prims: Iterable[PrimitiveState], now_ns: int, now_wall: float) -> 
                 "kind": prim.kind,
                 "created_at": prim.created_at,
                 "holders": [party_row(p, now_ns, now_wall) for p in prim.holders],
-                "waiters": [party_row(p, now_ns, now_wall) for p in prim.waiters],
+                "waiters": sorted(
+                    (party_row(p, now_ns, now_wall) for p in prim.waiters), key=lambda w: -(w["for_s"] or 0.0)
+                ),
             }
         )
     rows.sort(

@@ -26,6 +26,7 @@ __all__ = ["render_dump"]
 
 _STACK_LIMIT = 64
 _NAMES_SHOWN = 8
+_PARTIES_SHOWN = 8  # holders and waiters listed per lock, the longest waits first
 
 
 def _count(n: int, what: str) -> str:
@@ -207,8 +208,11 @@ def _locks(doc: dict[str, Any]) -> str:
         lines.append("  nothing traced is held or awaited")
     for row in rows:
         lines.append(f"{row.get('kind')} {row.get('name')!r} (created at {row.get('created_at')}):")
-        lines += [_party(p, True) for p in row.get("holders", [])]
-        lines += [_party(p, False) for p in row.get("waiters", [])]
+        for parties, holder in ((row.get("holders", []), True), (row.get("waiters", []), False)):
+            lines += [_party(p, holder) for p in parties[:_PARTIES_SHOWN]]
+            if len(parties) > _PARTIES_SHOWN:
+                more = len(parties) - _PARTIES_SHOWN
+                lines.append(f"    ... and {more} more {'holders' if holder else 'waiters'} (--json lists them all)")
     return "\n".join(lines)
 
 
