@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv demo test check static format lint types pytest pytest-312 pytest-313 test-load bench clean
 
-$(STAMP): pyproject.toml setup.py conctools/_speedups.c
+$(STAMP): pyproject.toml setup.py conctools/_speedups.c conctools/_tracing.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
@@ -48,7 +48,7 @@ pytest: venv
 # $(call other_python,VERSION,VENV): make VENV from pyenv's VERSION when needed, then run the tests.
 define other_python
 	@if PYENV_VERSION=$(1) $(PYTHON) -c 'import sys; assert sys.version_info[:2] == tuple(map(int, "$(1)".split(".")[:2]))' 2>/dev/null; then \
-		if [ ! -f $(2)/.installed ] || [ pyproject.toml -nt $(2)/.installed ] || [ setup.py -nt $(2)/.installed ] || [ conctools/_speedups.c -nt $(2)/.installed ]; then \
+		if [ ! -f $(2)/.installed ] || [ pyproject.toml -nt $(2)/.installed ] || [ setup.py -nt $(2)/.installed ] || [ conctools/_speedups.c -nt $(2)/.installed ] || [ conctools/_tracing.c -nt $(2)/.installed ]; then \
 			PYENV_VERSION=$(1) $(PYTHON) -m venv $(2) && \
 			$(2)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip && \
 			$(2)/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' && \
@@ -79,6 +79,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_loopmon.py
 	$(BIN)/python benchmarks/bench_watchdog.py
 	$(BIN)/python benchmarks/bench_profile.py
+	$(BIN)/python benchmarks/bench_gil.py
 	$(BIN)/python benchmarks/bench_server.py
 
 clean:

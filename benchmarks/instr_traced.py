@@ -1,7 +1,8 @@
 """Instructions per call (valgrind callgrind) for @traced and its peers: a noise-free
 complement to ``bench_traced.py`` on a shared, noisy machine.
 
-    .venv/bin/python benchmarks/instr_traced.py
+    .venv/bin/python benchmarks/instr_traced.py                          # the C fast path
+    CONCTOOLS_PURE_PYTHON=1 .venv/bin/python benchmarks/instr_traced.py  # the pure-Python path
 
 Each case runs twice under callgrind, with N and 2N calls; the difference divided by N is
 the cost of one call, start-up and imports cancelled out. Instructions are not
@@ -22,7 +23,11 @@ CASES = {
     "bare call": "f = bare",
     "functools.wraps wrapper": "f = functools.wraps(bare)(lambda *a, **k: bare(*a, **k))",
     "@traced (sync)": "f = conctools.traced(bare)",
-    "OpenTelemetry SDK span": (
+    "OpenTelemetry SDK span, no span processor": (
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "f = TracerProvider().get_tracer('b').start_as_current_span('bare')(bare)"
+    ),
+    "OpenTelemetry SDK span, SimpleSpanProcessor + in-memory exporter": (
         "from opentelemetry.sdk.trace import TracerProvider\n"
         "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
         "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
@@ -87,9 +92,10 @@ def main() -> None:
     for name, count in results.items():
         base = coro if ("async" in name or "await" in name) else bare
         print(f"| {name} | {count:,.0f} | {count - base:+,.0f} |")
-    sync, otel = results["@traced (sync)"], results["OpenTelemetry SDK span"]
-    print(f"\n- OpenTelemetry SDK span / @traced (sync): {otel / sync:.0f}x")
-    print(f"- @traced (sync) / functools.wraps wrapper: {sync / results['functools.wraps wrapper']:.1f}x")
+    sync = results["@traced (sync)"] - bare
+    otel = results["OpenTelemetry SDK span, no span processor"] - bare
+    print(f"\n- added by an OpenTelemetry SDK span (no span processor) / added by @traced (sync): {otel / sync:.0f}x")
+    print(f"- added by @traced (async): {results['@traced (async)'] - coro:,.0f} instructions")
 
 
 if __name__ == "__main__":

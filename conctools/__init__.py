@@ -20,7 +20,8 @@ from conctools.tracing import ActiveSpan, ContextFilter, Traced, current_span, t
 if _typing.TYPE_CHECKING:
     from conctools import aio
     from conctools.agent import enable_dump
-    from conctools.deadlock import DeadlockError, DeadlockWatchdog, watch_deadlocks
+    from conctools.deadlock import DeadlockError, DeadlockWatchdog, HangError, watch_deadlocks
+    from conctools.gil import GilMonitor, watch_gil
     from conctools.locks import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, trace_locks
     from conctools.loopmon import LoopMonitor, monitor_all_loops, watch_loop
     from conctools.pools import name_pool, track_pools
@@ -34,7 +35,8 @@ if _typing.TYPE_CHECKING:
 _LAZY = {
     "aio": "conctools.aio",
     "enable_dump": "conctools.agent",
-    **dict.fromkeys(("DeadlockError", "DeadlockWatchdog", "watch_deadlocks"), "conctools.deadlock"),
+    **dict.fromkeys(("DeadlockError", "DeadlockWatchdog", "HangError", "watch_deadlocks"), "conctools.deadlock"),
+    **dict.fromkeys(("GilMonitor", "watch_gil"), "conctools.gil"),
     **dict.fromkeys(
         ("Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore", "trace_locks"),
         "conctools.locks",
@@ -74,6 +76,8 @@ __all__ = [
     "DeadlockWatchdog",
     "Event",
     "Frame",
+    "GilMonitor",
+    "HangError",
     "Lock",
     "LoopMonitor",
     "Profile",
@@ -104,5 +108,6 @@ __all__ = [
     "track_pools",
     "use_recorder",
     "watch_deadlocks",
+    "watch_gil",
     "watch_loop",
 ]

@@ -75,6 +75,7 @@ def add_server_commands(sub: Any) -> None:
     )
     serve.add_argument("--no-instrument", action="store_true", help="plain stdlib primitives, no conctools")
     serve.add_argument("--no-console", action="store_true", help="do not start the aiomonitor console")
+    serve.add_argument("--no-gil", action="store_true", help="instrumented, but without the GIL monitor")
     serve.add_argument("--console-host", default="127.0.0.1", help="console address (default 127.0.0.1)")
     serve.add_argument("--console-port", type=_port, default=20101, help="console telnet port (default 20101)")
     serve.add_argument(
@@ -185,7 +186,9 @@ def _serve_command(ns: argparse.Namespace) -> int:
             prewarm=True,
             db=ns.db,
             db_dir=ns.out,
-            instruments=InstrumentOptions(loop_threshold_s=ns.loop_threshold, deadlock_timeout_s=ns.deadlock_timeout),
+            instruments=InstrumentOptions(
+                loop_threshold_s=ns.loop_threshold, deadlock_timeout_s=ns.deadlock_timeout, gil=not ns.no_gil
+            ),
         ),
         console=not ns.no_console,
         console_host=ns.console_host,

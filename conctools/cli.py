@@ -99,7 +99,8 @@ def _report_command(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _build_parser() -> _Parser:
+def _build_parser(only_run: bool = False) -> _Parser:
+    """The whole command line; with ``only_run``, just ``run`` (what ``conctools run`` needs at start-up)."""
     parser = _Parser(prog="conctools", description="Find and explain concurrency problems in Python programs.")
     parser.add_argument("--version", action="version", version=f"conctools {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -172,6 +173,11 @@ def _build_parser() -> _Parser:
         action="store_true",
         help="trace locks but do not check lock order (no lock-order inversion reports)",
     )
+    run.add_argument(
+        "--no-gil",
+        action="store_true",
+        help="do not sample thread states for GIL waits and CPU-bound threads (no bottleneck verdict)",
+    )
     from conctools._servecli import add_run_console_options
 
     add_run_console_options(run)  # --console, --console-host, --console-port, --allow-remote-console
@@ -181,6 +187,8 @@ def _build_parser() -> _Parser:
     from conctools.agent.commands import add_run_options as add_agent_run_options
 
     add_agent_run_options(run)  # --no-dump-agent
+    if only_run:
+        return parser
     report = sub.add_parser(
         "report",
         help="re-render a saved report.json as text, HTML or a Perfetto trace",
@@ -276,6 +284,7 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     options.detect_blocking = ns.detect_blocking
     options.trace_locks = not ns.no_trace_locks
     options.lock_order = not ns.no_lock_order
+    options.gil = not ns.no_gil
     from conctools._servecli import apply_run_console_options
 
     apply_run_console_options(ns, options)
@@ -318,7 +327,7 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conctools`` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser()
+    parser = _build_parser(only_run=bool(args) and args[0] == "run")
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     try:
         if args and args[0] == "run":

@@ -19,7 +19,9 @@ Hierarchy::
     ├── HangEvent              no progress without a cycle: everyone's stack
     ├── SlowCallbackEvent      the event loop was blocked longer than a threshold
     ├── BlockingCallEvent      a known blocking call made on an event loop's thread
+    ├── FailureEvent           a thread or task ended with an exception
     ├── ResourceSampleEvent    one psutil sample of the process
+    ├── GilSampleEvent         one window of the GIL monitor: threads wanting the GIL, cores used
     ├── MarkEvent              a free-form instant (run start/end, user marks)
     └── PoolExhaustedEvent     a pool had no item to give while tasks or threads waited: who held them
 """
@@ -34,7 +36,9 @@ __all__ = [
     "BlockingCallEvent",
     "DeadlockEvent",
     "Event",
+    "FailureEvent",
     "Frame",
+    "GilSampleEvent",
     "HangEvent",
     "LockOrderEdge",
     "LockOrderEvent",
@@ -170,6 +174,14 @@ class Participant:
     holds_sites: tuple[str, ...] = ()  # file:line where it acquired each held lock
     stack: tuple[Frame, ...] = ()
     wait_s: float = 0.0  # how long it had been waiting when the cycle was reported
+    # What kind of wait: "lock" (a traced primitive), "loop" (a suspended task waiting for its
+    # event loop's thread), "loop-tasks" (an idle loop's thread waiting for its tasks), "join",
+    # "future" (a job or a coroutine of another thread or loop), "await" (another task).
+    waits_kind: str = "lock"
+    suspended_at: str = ""  # a suspended task: where it is suspended now ("file:line: code")
+    # Held by its thread, taken by a task of its event loop that was not recorded (maybe this one).
+    thread_holds: tuple[str, ...] = ()
+    thread_holds_sites: tuple[str, ...] = ()
 
     @property
     def who(self) -> str:
@@ -230,6 +242,8 @@ class DeadlockEvent(Event):
     kind: ClassVar[str] = "deadlock"
 
     participants: tuple[Participant, ...]
+    summary: str = ""  # the blame in one paragraph: who blocks whom, where, and why
+    advice: tuple[str, ...] = ()  # how such a cycle is usually avoided
 
     def __str__(self) -> str:
         """The report a person reads (``print(event)`` in an ``on_deadlock`` callback)."""
@@ -260,6 +274,35 @@ class HangEvent(Event):
     stalled_s: float
     reason: str
     waiters: tuple[WaiterInfo, ...]
+    failures: tuple[FailureEvent, ...] = ()  # threads and tasks that ended with an exception before it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureEvent(Event):
+    """A thread or an asyncio task ended with an exception (``task_name`` set for a task).
+
+    ``site`` is where it was raised in the program's code, ``stack`` the traceback (innermost
+    first). ``objects`` names the queues, locks, events and futures its code was using, so a
+    report can tell who waits on what this party would have produced.
+    """
+
+    kind: ClassVar[str] = "failure"
+
+    exc_type: str
+    message: str
+    site: str
+    stack: tuple[Frame, ...] = ()
+    objects: tuple[str, ...] = ()
+    job: str | None = None  # a thread-pool job (its function): the worker thread lives on
+
+    @property
+    def who(self) -> str:
+        """``thread 'X'``, ``task 'Y' (thread 'X')`` or ``pool job f()``."""
+        if self.job is not None:
+            return f"pool job {self.job}"
+        if self.task_name is not None:
+            return f"task {self.task_name!r} (thread {self.thread_name!r})"
+        return f"thread {self.thread_name!r}"
 
     def __str__(self) -> str:
         """The report a person reads (``print(event)`` in an ``on_deadlock`` callback)."""
@@ -270,10 +313,16 @@ class HangEvent(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SlowCallbackEvent(Event):
-    """The event loop ran one callback or task step for ``duration_s`` >= ``threshold_s``.
+    """The event loop was blocked by one task or callback for ``duration_s``.
 
-    ``samples`` are stacks of the loop thread taken while it was blocked; ``culprit`` is
-    the innermost frame in user code, the line to look at.
+    A stall (the loop blocked for ``threshold_s`` or more) is cut into segments, one per task
+    or callback (and culprit line) that ran during it; each segment is one event. ``samples``
+    are stacks of the loop thread taken while this segment ran; ``culprit`` is the innermost
+    frame in user code, the line to look at; ``task_name``/``callback`` name what ran it.
+    ``stall_id`` (the stall's start) is shared by the segments of one stall, ``stall_s`` is
+    the whole stall, ``segment`` is this one's index among ``segments``.
+    ``head_unsampled_s``: the first part of this segment that nobody sampled (other callbacks
+    of the same loop iteration may have run then), 0 when it is known to have run from the start.
     """
 
     kind: ClassVar[str] = "slow_callback"
@@ -286,6 +335,11 @@ class SlowCallbackEvent(Event):
     samples: tuple[tuple[Frame, ...], ...] = ()
     task_created_at: str | None = None
     detected_after_s: float | None = None  # from the stall's start to the watchdog noticing it
+    stall_id: int = 0  # the stall's start (monotonic ns), shared by its segments; 0 = unknown
+    stall_s: float = 0.0  # the whole stall; 0 = unknown (an event from before segments: its own duration)
+    segment: int = 0
+    segments: int = 1
+    head_unsampled_s: float = 0.0
 
     def __str__(self) -> str:
         """The report a person reads (``print(event)`` in an ``on_deadlock`` callback)."""
@@ -332,6 +386,24 @@ class ResourceSampleEvent(Event):
             "ctx_switches_voluntary": self.ctx_switches_voluntary,
             "ctx_switches_involuntary": self.ctx_switches_involuntary,
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GilSampleEvent(Event):
+    """One window of the GIL monitor (``conctools.gil``), ending at ``ts_ns``.
+
+    ``threads_wanting`` is the mean number of threads that wanted to run Python code (one of
+    them ran it while the others waited for the GIL), ``threads_waiting`` the mean number that
+    waited for it, and ``cores_used`` the process's CPU time over the window's wall time.
+    """
+
+    kind: ClassVar[str] = "gil_sample"
+
+    window_s: float
+    threads_wanting: float
+    threads_waiting: float
+    cores_used: float
+    gil_enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -412,6 +484,7 @@ def _from_fields(cls: Any, data: dict[str, Any]) -> Any:
 
 
 _NESTED: dict[str, type] = {
+    "FailureEvent": FailureEvent,
     "Participant": Participant,
     "LockOrderEdge": LockOrderEdge,
     "WaiterInfo": WaiterInfo,

@@ -810,6 +810,7 @@ class _Runtime:
         self._released: list[threading.Thread] = []
         self.deferred: list[_Deferred] = []  # threads and tasks wider fixtures may own, checked at their teardown
         self.fixture_leaks: list[str] = []  # reports of those still running then, not reported yet
+        self.gil_notes: list[tuple[str, str]] = []  # (nodeid, headline) of tests whose threads waited for the GIL
 
     # ---- threads wider-scoped fixtures may own ----
     def defer(
@@ -1090,7 +1091,27 @@ class _Runtime:
         error = call.excinfo.value if call.excinfo is not None else None
         if isinstance(error, ConctoolsFailure) and error.report:
             report.sections.append((f"conctools report ({call.when})", error.report))
+        if call.when == "call":
+            self._note_gil(item, report)
         return report
+
+    def _note_gil(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        """A test whose threads waited for the GIL gets a "CPU-bound threads" section and a summary line."""
+        run = item.stash.get(_RUN, None)
+        if run is None or not run.started:
+            return
+        try:
+            from conctools.gil import active_monitor
+            from conctools.reporting.gil_text import format_gil
+
+            monitor = active_monitor(run.recorder)
+            text = format_gil(monitor.summary(), brief=True) if monitor is not None else None
+        except Exception:
+            _log.exception("conctools: could not read the GIL monitor of %s", item.nodeid)
+            return
+        if text:
+            report.sections.append(("conctools: CPU-bound threads", text))
+            self.gil_notes.append((item.nodeid, text.splitlines()[0]))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         from conctools.reporting._safe import neutralise
@@ -1098,6 +1119,10 @@ class _Runtime:
         for text in self.fixture_leaks:  # found while no test with conctools on was running
             self.failures.append(("(session)", "teardown", [text.splitlines()[0]]))
         self.fixture_leaks.clear()
+        if self.gil_notes:
+            terminalreporter.write_sep("=", "conctools: CPU-bound threads")
+            for nodeid, line in self.gil_notes:
+                terminalreporter.write_line(neutralise(f"{nodeid}: {line}"))
         if not self.failures:
             return
         terminalreporter.write_sep("=", "conctools summary")

@@ -47,6 +47,24 @@ DEFAULT_CAPACITY = 100_000
 
 _log = logging.getLogger("conctools.recorder")
 
+# The optional C extension of the span path (conctools/_tracing.c): tracing.py's fast wrappers and
+# the fold below. Not used with CONCTOOLS_PURE_PYTHON=1, nor when it is missing or stale.
+_ctracing: Any = None
+_CTRACING_API = 1  # _tracing.c's API_VERSION that this code speaks
+if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
+    try:
+        from conctools import _ctracing  # type: ignore[no-redef]
+    except ImportError:
+        _ctracing = None
+    if getattr(_ctracing, "API_VERSION", None) != _CTRACING_API:  # a stale build (source tree): ignore it
+        _ctracing = None
+_cfold: Callable[[dict[str, list[int]], list[tuple[Any, ...]]], bool] | None = (
+    _ctracing.fold if _ctracing is not None else None
+)
+# A chunk of raw spans: a list of tuples, or the C SpanChunk that reads as one (its rows hold the
+# times as C integers: no tuple and no ints are made per span on the C path, nor freed on eviction).
+_new_chunk: Callable[[], list[tuple[Any, ...]]] = _ctracing.SpanChunk if _ctracing is not None else list
+
 Sink = Callable[[Event], object]
 SectionProvider = Callable[[], Any]
 
@@ -268,7 +286,7 @@ class _SpanShard:
 
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
-        self.chunk: list[tuple[Any, ...]] = []
+        self.chunk: list[tuple[Any, ...]] = _new_chunk()
 
 
 # Raw span tuples are (start_ns, end_ns, name, span_id, parent_id, outcome, exc_type, task_name, args).
@@ -276,6 +294,18 @@ class _SpanShard:
 # and chunks that fall off the ring are folded into the aggregates. Per call that is one tuple
 # and one list.append: the cheapest exact scheme that needs no lock on the hot path.
 SPAN_CHUNK = 256
+
+
+# How many sinks all recorders have: while it is 0, the C span path skips looking at `_sinks`.
+# It may stay above 0 after a recorder with sinks is dropped; that only costs that lookup.
+_sinks_anywhere: list[int] = [0]
+_sinks_anywhere_lock = _thread.allocate_lock()
+
+
+def _count_sinks(delta: int) -> None:
+    if delta:
+        with _sinks_anywhere_lock:
+            _sinks_anywhere[0] += delta
 
 
 _col_start, _col_end, _col_name, _col_outcome = (operator.itemgetter(i) for i in (0, 1, 2, 5))
@@ -289,6 +319,13 @@ def _fold(aggs: dict[str, list[int]], chunk: list[tuple[Any, ...]]) -> None:
     """
     if not chunk:
         return
+    if _cfold is not None and _cfold(aggs, chunk):  # the same sums in one C pass
+        return
+    _fold_columns(aggs, chunk)
+
+
+def _fold_columns(aggs: dict[str, list[int]], chunk: list[tuple[Any, ...]]) -> None:
+    """The pure-Python fold (the C one hands back anything unusual to it)."""
     # Only the columns needed, each pulled out at C speed.
     names = list(map(_col_name, chunk))
     durations = list(map(operator.sub, map(_col_end, chunk), map(_col_start, chunk)))
@@ -356,11 +393,14 @@ class Recorder:
         """Call ``sink(event)`` for every event from now on; a sink that raises is removed."""
         with self._lock:
             self._sinks = [*self._sinks, sink]
+            _count_sinks(1)
 
     def remove_sink(self, sink: Sink) -> None:
         """Stop calling ``sink``; unknown sinks are ignored."""
         with self._lock:
+            before = len(self._sinks)
             self._sinks = [s for s in self._sinks if s is not sink]
+            _count_sinks(len(self._sinks) - before)
 
     def add_section(self, name: str, provider: SectionProvider) -> None:
         """Register ``provider() -> JSON-able data`` to appear as ``snapshot.sections[name]``."""
@@ -430,7 +470,7 @@ class Recorder:
 
     def _seal(self, shard: _SpanShard) -> None:
         """Move a full chunk into the ring of chunks (called by the shard's own thread)."""
-        chunk, shard.chunk = shard.chunk, []
+        chunk, shard.chunk = shard.chunk, _new_chunk()
         with self._lock:
             self._push_chunk(shard.thread, chunk)
 
@@ -452,7 +492,7 @@ class Recorder:
             if shard.thread.is_alive():
                 alive.append(shard)
             else:
-                chunk, shard.chunk = shard.chunk, []
+                chunk, shard.chunk = shard.chunk, _new_chunk()
                 self._push_chunk(shard.thread, chunk)
         self._shards = alive
 

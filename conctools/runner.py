@@ -20,20 +20,24 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from conctools.deadlock import EXIT_DEADLOCK, EXIT_HANG, watch_deadlocks
 from conctools.events import DeadlockEvent, HangEvent
+from conctools.gil import GilMonitor
 from conctools.locks import trace_locks
 from conctools.loopmon import monitor_all_loops
 from conctools.pools import track_pools
-from conctools.profiling import Clock, Profile, ProfileError
 from conctools.recorder import Recorder, Snapshot, use_recorder
-from conctools.reporting import render_json, render_text
-from conctools.reporting.html import render_html
-from conctools.reporting.trace import render_trace
 from conctools.resources import sample_resources
 from conctools.tracing import ContextFilter
+
+if TYPE_CHECKING:
+    from conctools.profiling import Clock, Profile
+
+# The profiler and the reporters are imported where they are used: a run that neither profiles
+# nor writes report files does not pay for them at start-up (`conctools run` of an empty script
+# is measured against `python` in benchmarks/bench_run.py).
 
 __all__ = ["RunOptions", "instrumented", "run_program", "write_reports"]
 
@@ -66,6 +70,7 @@ class RunOptions:
     allow_remote_console: bool = False  # a non-loopback console_host (the secret is still required)
     otel: bool = False  # spans, lock waits and metrics to OpenTelemetry (conctools.exporters.otel)
     dump_agent: bool = True  # the agent that `conctools dump/top PID` ask (conctools.agent)
+    gil: bool = True  # the GIL monitor: CPU-bound threads, GIL waits, parallelism, the bottleneck verdict
 
     @property
     def command(self) -> str:
@@ -85,6 +90,8 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
             stack.enter_context(_stderr_logging(options.log_level))
         if options.sample_interval_s:
             stack.enter_context(sample_resources(options.sample_interval_s, recorder=recorder))
+        if options.gil:
+            stack.enter_context(GilMonitor(recorder=recorder))
         if options.profile:
             _enter_profile(stack, options, recorder)
         if options.deadlock_timeout_s:
@@ -241,6 +248,8 @@ def _report_on_abrupt_exit(recorder: Recorder, options: RunOptions) -> Iterator[
 
 def _enter_profile(stack: contextlib.ExitStack, options: RunOptions, recorder: Recorder) -> None:
     """Profile the program; with ``out_dir``, save the profile files once the profile stopped."""
+    from conctools.profiling import Profile, ProfileError
+
     clock: Clock = "cpu" if options.profile_clock == "cpu" else "wall"
     prof = Profile(clock, recorder=recorder)
     if options.out_dir is not None:
@@ -412,6 +421,11 @@ def _print_user_traceback() -> None:
 
 def write_reports(snapshot: Snapshot, out_dir: Path) -> list[Path]:
     """Write ``report.txt``, ``report.json``, ``trace.json`` and ``report.html`` to ``out_dir``."""
+    from conctools.reporting.html import render_html
+    from conctools.reporting.jsonreport import render_json
+    from conctools.reporting.text import render_text
+    from conctools.reporting.trace import render_trace
+
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, content in (
@@ -502,6 +516,8 @@ def finish_report(recorder: Recorder, options: RunOptions) -> None:
         sys.stdout.flush()
     except Exception:
         pass
+    if not options.report and options.out_dir is None:
+        return  # nothing would read the snapshot
     try:
         snapshot = recorder.snapshot()
     except Exception as exc:
@@ -509,6 +525,8 @@ def finish_report(recorder: Recorder, options: RunOptions) -> None:
         return
     if options.report:
         try:
+            from conctools.reporting.text import render_text
+
             text = render_text(snapshot, brief=True)
         except Exception as exc:
             text = f"conctools: could not render the report: {exc}\n"

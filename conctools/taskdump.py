@@ -32,8 +32,9 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from conctools import registry
-from conctools._context import is_conctools_frame, thread_name_of, user_frame
+from conctools._context import _PKG_DIR, _SAMPLE_DIR, is_conctools_frame, thread_name_of, user_frame
 from conctools.events import Frame, WaiterInfo
+from conctools.recorder import _ctracing
 
 __all__ = [
     "TaskInfo",
@@ -141,6 +142,10 @@ def loop_thread_id(loop: asyncio.AbstractEventLoop) -> int | None:
         entry = _loops.get(id(loop))
     if entry is not None and entry[0]() is loop:
         return entry[1]
+    for found, tid in _running_on_stacks():  # a loop nobody registered (uvloop without a monitor)
+        if found is loop:
+            register_loop(loop, tid)
+            return tid
     return None
 
 
@@ -171,22 +176,33 @@ def _is_running(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def _loops_on_stacks() -> list[asyncio.AbstractEventLoop]:
-    """Loops whose ``run_forever`` frame is on some thread's stack (asyncio's own loops only)."""
+    """Loops that some thread's stack is running (see :func:`_running_on_stacks`)."""
+    return [loop for loop, _tid in _running_on_stacks()]
+
+
+def _running_on_stacks() -> list[tuple[asyncio.AbstractEventLoop, int]]:
+    """``(loop, thread id)`` for each loop a thread's stack runs: asyncio's ``run_forever`` frame,
+    or an ``asyncio.Runner`` (``asyncio.run``, ``uvloop.run``) whose loop has no Python frames."""
     out = []
     try:
         frames = sys._current_frames()
     except Exception:
         return []
     target = _ASYNCIO_DIR + "base_events.py"
-    for frame in frames.values():
+    runners = _ASYNCIO_DIR + "runners.py"
+    for tid, frame in frames.items():
         f: FrameType | None = frame
         depth = 0
         while f is not None and depth < 200:
             code = f.f_code
+            loop: Any = None
             if code.co_name == "run_forever" and code.co_filename == target:
                 loop = _frame_self(f)
-                if isinstance(loop, asyncio.AbstractEventLoop) and _is_running(loop):
-                    out.append(loop)
+            elif code.co_name == "run" and code.co_filename == runners:
+                loop = getattr(_frame_self(f), "_loop", None)
+            if isinstance(loop, asyncio.AbstractEventLoop):
+                if _is_running(loop):
+                    out.append((loop, tid))
                 break
             f = f.f_back
             depth += 1
@@ -203,14 +219,27 @@ def _frame_self(frame: FrameType) -> Any:
 
 # -- creation sites --------------------------------------------------------------------------
 
-_created: weakref.WeakKeyDictionary[asyncio.Future[Any], str] = weakref.WeakKeyDictionary()
+# id(task) -> (weak reference to the task, file, line); entries of dead tasks are purged when the
+# table doubles (a WeakKeyDictionary would run a Python callback at every task's death).
+_created: dict[int, tuple[weakref.ref[Any], str, int]] = {}
+_created_limit = [4096]
+# Frames a creation site walks out of (the sample server, under the package, is user code).
+_CREATION_SKIP = (_ASYNCIO_DIR, _PKG_DIR)
+_note_site = _ctracing.note_site if _ctracing is not None else None
 
 
 def note_creation_site(task: asyncio.Future[Any], skip: int = 1) -> None:
     """Remember where ``task`` is being created: the innermost caller outside asyncio/conctools.
 
-    Called by the loop monitor's task factory; cheap (a walk of a few frames).
+    Called by the loop monitor's task factory, for every task: where the C extension is built, the
+    walk and the store are done in C (a third of the cost of the Python code below).
     """
+    if _note_site is not None:
+        try:
+            _note_site(_created, task, skip + 1, _CREATION_SKIP, _SAMPLE_DIR)
+        except (TypeError, ValueError):  # not weak-referenceable, or a frame that cannot be read
+            pass
+        return
     try:
         f: FrameType | None = sys._getframe(skip + 1)
     except ValueError:
@@ -220,9 +249,13 @@ def note_creation_site(task: asyncio.Future[Any], skip: int = 1) -> None:
         filename = f.f_code.co_filename
         if not filename.startswith(_ASYNCIO_DIR) and not is_conctools_frame(filename):
             try:
-                _created[task] = f"{filename}:{f.f_lineno}"
+                _created[id(task)] = (weakref.ref(task), filename, f.f_lineno)
             except TypeError:  # not weak-referenceable: give up quietly
-                pass
+                return
+            if len(_created) >= _created_limit[0]:
+                for key in [k for k, entry in _created.items() if entry[0]() is None]:
+                    del _created[key]
+                _created_limit[0] = max(4096, 2 * len(_created))
             return
         f = f.f_back
         depth += 1
@@ -230,12 +263,9 @@ def note_creation_site(task: asyncio.Future[Any], skip: int = 1) -> None:
 
 def creation_site(task: asyncio.Future[Any]) -> str | None:
     """``file:line`` where ``task`` was created, when known (task factory or debug mode)."""
-    try:
-        site = _created.get(task)
-    except TypeError:
-        site = None
-    if site is not None:
-        return site
+    entry = _created.get(id(task))
+    if entry is not None and entry[0]() is task:
+        return f"{entry[1]}:{entry[2]}"
     tb = getattr(task, "_source_traceback", None)  # asyncio debug mode
     if tb:
         for entry in reversed(tb):
@@ -405,6 +435,8 @@ def _held_by(obj: Any) -> str:
         return ""
     h = state.holders[0]
     who = f"task {h.task_name!r}" if h.task_name is not None else f"thread {h.thread_name!r}"
+    if h.task_id is not None and not any(id(t) == h.task_id for t in _task_objects(None)):
+        who += ", which is no longer running"
     more = f" and {len(state.holders) - 1} more" if len(state.holders) > 1 else ""
     return f" by {who}{more}, taken at {h.site}"
 
@@ -441,6 +473,13 @@ def _describe_wait(task: Any, frames: Sequence[FrameType]) -> tuple[str | None, 
         pending = sum(1 for c in list(children) if not c.done())
         shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
         return f"gather of {len(labels)} ({pending} pending): {shown}", "gather", tuple(awaited_ids)
+    for frame in frames:  # Queue.join() awaits an Event inside: name the queue, not its Event
+        code = frame.f_code
+        if code.co_name == "join" and code.co_filename == _ASYNCIO_DIR + "queues.py":
+            q = _local(frame, "self")
+            n = getattr(q, "_unfinished_tasks", None)
+            if isinstance(n, int):
+                return f"asyncio.Queue.join(): {n} unfinished item{'' if n == 1 else 's'}", "queue", ()
     # Innermost frames first: the primitive whose method the task is suspended in.
     for frame in reversed(frames):
         code = frame.f_code
@@ -567,18 +606,19 @@ def dump_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[TaskInfo]:
 # -- idleness ----------------------------------------------------------------------------------
 
 
-def loop_idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
+def loop_idle_forever(loop: asyncio.AbstractEventLoop, *, allow_futures: bool = False) -> bool:
     """True when ``loop`` has pending tasks and nothing left that could ever wake them.
 
     That is: the loop is blocked in ``select()`` (when its thread is known), with no ready
     callback, no live timer, no file descriptor registered but its own self-pipe, no signal
-    handler, no subprocess, and no task waiting on an executor job. Another thread could
+    handler, no subprocess, and no task waiting on an executor job (``allow_futures``: such
+    tasks are allowed, the caller follows those jobs itself). Another thread could
     still wake it with ``call_soon_threadsafe``; the caller (the hang watchdog) decides
     whether every other thread is blocked too. For loops this cannot inspect (uvloop) it
     returns ``False``: never a false alarm.
     """
     try:
-        return _idle_forever(loop)
+        return _idle_forever(loop, allow_futures)
     except Exception:
         _log.debug("conctools: could not inspect loop %r", loop, exc_info=True)
         return False
@@ -599,7 +639,7 @@ def _copy(items: Iterable[Any]) -> list[Any]:
     raise RuntimeError("container kept changing while being copied")
 
 
-def _idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
+def _idle_forever(loop: asyncio.AbstractEventLoop, allow_futures: bool = False) -> bool:
     if not _is_running(loop):
         return False
     ready = getattr(loop, "_ready", None)
@@ -630,6 +670,8 @@ def _idle_forever(loop: asyncio.AbstractEventLoop) -> bool:
     tasks = _task_objects(loop)
     if not tasks:
         return False
+    if allow_futures:
+        return True
     for task in tasks:
         waiter = getattr(task, "_fut_waiter", None)
         if waiter is not None and _is_executor_future(waiter):

@@ -17,6 +17,13 @@ The hot path is shaped by what things cost: ``threading.get_ident``,
 ``asyncio._get_running_loop`` and ``ContextVar`` operations are cheap; thread names, task
 lookups off-loop and event objects are not, so names are resolved when a snapshot is
 taken and events are built only when someone reads them.
+
+Where the optional extension ``conctools._ctracing`` is built (``pip install`` builds it where a
+compiler exists), sync and async functions are wrapped by its ``TracedFunction`` (no Python frame
+of its own; an async function's calls return a ``TracedCoroutine`` that drives the function's
+coroutine and records the span when it ends), and raw spans are kept as C rows (``SpanChunk``).
+Generators, async generators and ``with traced()`` blocks stay in Python. Without it, or with
+``CONCTOOLS_PURE_PYTHON=1``, the pure-Python wrappers below do the same, slower.
 """
 
 from __future__ import annotations
@@ -32,12 +39,12 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from contextvars import ContextVar
-from types import TracebackType
+from types import CodeType, TracebackType
 from typing import Any, TypeVar, overload
 
 from conctools._context import current_task_name
 from conctools._units import format_duration
-from conctools.recorder import SPAN_CHUNK, _current
+from conctools.recorder import SPAN_CHUNK, _ctracing, _current, _sinks_anywhere, _SpanShard
 
 __all__ = ["ActiveSpan", "ContextFilter", "Traced", "current_span", "traced"]
 
@@ -62,6 +69,23 @@ _arg_repr.maxstring = 60
 _arg_repr.maxother = 60
 _arg_repr.maxlevel = 2
 _ARGS_MAX = 240
+
+
+def _log_record_failure(name: str, exc: BaseException) -> None:
+    """How the C path reports a span it could not record (the Python path logs the same line)."""
+    _internal_log.error("conctools: failed to record span %r", name, exc_info=exc)
+
+
+SPEEDUPS = _ctracing is not None  # the C fast path is in use
+if _ctracing is not None:
+    _next_id = _ctracing.next_id  # one counter for the C and the Python paths
+
+
+async def _coroutine_marker() -> None:
+    """Its code marks a C-wrapped async function as one, for 3.11's inspect.iscoroutinefunction."""
+
+
+_coroutine_code = _coroutine_marker.__code__
 
 
 def current_span() -> tuple[int, str] | None:
@@ -224,7 +248,15 @@ class Traced:
             return self._wrap_gen(fn)  # type: ignore[return-value]
         return self._wrap_sync(fn)  # type: ignore[return-value]
 
+    def _ctracer(self) -> Any:
+        """The C side of this definition: name, the general path, and whether the silent path applies."""
+        cache = getattr(self.logger, "_cache", None)
+        silent_ok = cache if isinstance(cache, dict) and self.threshold_ns is None else None
+        return _ctracing.Tracer(self.name, self._finish, silent_ok, self.level, self.log_args)
+
     def _wrap_sync(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if _ctracing is not None:
+            return functools.update_wrapper(self._ctracer().wrap(fn), fn)  # type: ignore[no-any-return]
         var_get, var_set, var_reset = _span_var.get, _span_var.set, _span_var.reset
         name, finish, log_args, now, next_id = self.name, self._finish, self.log_args, _now, _next_id
         get_loop, current = _get_running_loop, _current
@@ -272,6 +304,8 @@ class Traced:
         return traced_call
 
     def _wrap_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if _ctracing is not None:
+            return self._wrap_async_c(fn)
         var_get, var_set, var_reset = _span_var.get, _span_var.set, _span_var.reset
         name, finish, log_args, now, next_id = self.name, self._finish, self.log_args, _now, _next_id
         current, get_loop, current_task = _current, _get_running_loop, _current_task
@@ -321,6 +355,18 @@ class Traced:
             return result
 
         return traced_coro
+
+    def _wrap_async_c(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """The C wrapper of an async function, marked as a coroutine function for ``inspect``."""
+        wrapper: Any = functools.update_wrapper(self._ctracer().wrap_async(fn), fn)
+        if hasattr(inspect, "markcoroutinefunction"):  # 3.12+
+            inspect.markcoroutinefunction(wrapper)
+        else:  # 3.11's inspect reads the flags of a function-like object's __code__
+            code = getattr(fn, "__code__", None)
+            wrapper.__code__ = code if isinstance(code, CodeType) else _coroutine_code
+            wrapper.__defaults__ = None
+            wrapper.__kwdefaults__ = None
+        return wrapper  # type: ignore[no-any-return]
 
     def _wrap_gen(self, fn: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., Any]:
         name, finish, log_args, next_id = self.name, self._finish, self.log_args, _next_id
@@ -548,3 +594,21 @@ class ContextFilter(logging.Filter):
         except Exception:  # a filter must never drop or break a record
             pass
         return True
+
+
+if _ctracing is not None:
+    _ctracing.setup(
+        span_var=_span_var,
+        current=_current,
+        get_running_loop=_get_running_loop,
+        current_task=_current_task,
+        current_tasks=getattr(asyncio.tasks, "_current_tasks", None),  # loop -> task, where it is a dict
+        cancelled_error=_CancelledError,
+        log_failure=_log_record_failure,
+        format_args=_format_args,
+        monotonic_ns=time.monotonic_ns,
+        chunk_size=SPAN_CHUNK,
+        shard_type=_SpanShard,
+        chunk_slot=vars(_SpanShard)["chunk"],  # the slot's member descriptor
+        sinks_anywhere=_sinks_anywhere,
+    )

@@ -8,12 +8,15 @@ plain Lock may be released by any thread; tasks are cancelled) so that every tes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -558,7 +561,6 @@ class TestConctoolsRun:
             ("event_never_set.py", "Event"),
             ("queue_unfed.py", "Queue.get"),
             ("lost_wakeup.py", "Condition.wait(): Condition 'lost_wakeup.py:6' (waiting for a notify)"),
-            ("pool_self_wait.py", "has not started (still queued)"),
             ("asyncio_event.py", "task 'wait-for-config'"),
         ],
     )
@@ -570,6 +572,18 @@ class TestConctoolsRun:
         assert "Hang: the program stopped making progress" in done.stderr
         assert "thread 'MainThread'" in done.stderr
         assert says in done.stderr
+
+    def test_pool_waiting_on_itself_is_a_deadlock_through_the_pool(self) -> None:
+        """Every worker waits for a job queued behind it in its own pool: a cycle through the
+        pool's queue (86), each worker named with the job it waits for, and the advice."""
+        done, took = run_script("pool_self_wait.py")
+        assert done.returncode == dl.EXIT_DEADLOCK, done.stderr
+        assert took < 30
+        assert "thread 'pool_0':\n  waiting for a job queued in ThreadPoolExecutor 'pool'" in done.stderr
+        assert "thread 'pool_1':\n  waiting for a job queued in ThreadPoolExecutor 'pool'" in done.stderr
+        assert "waits at pool_self_wait.py:13" in done.stderr
+        assert "Every worker of the pool waits for a job queued behind it" in done.stderr
+        assert "run_coroutine_threadsafe" not in done.stderr
 
     def test_deadlock_exit_still_writes_every_output_file(self, tmp_path: Path) -> None:
         """--out with --profile: the os._exit after a deadlock still leaves the reports and the profile files."""
@@ -591,8 +605,10 @@ class TestConctoolsRun:
         done, took = run_script("lock_left_by_exited_thread.py")
         assert done.returncode == dl.EXIT_HANG, done.stderr
         assert took < 30
-        assert "held by thread 'exited thread " in done.stderr
-        assert "which has finished without releasing it" in done.stderr
+        # Named once branch locks records exited holders by name; by id on the C path until then.
+        assert "held by exited thread 'refresher'" in done.stderr or "held by an exited thread (id " in done.stderr
+        assert "(acquired at lock_left_by_exited_thread.py:14, never released)" in done.stderr
+        assert "thread 'reader'" in done.stderr and "held by thread 'reader'" not in done.stderr
         assert "Found one Python-level deadlock" not in done.stderr
 
     def test_untraced_deadlock_is_a_hang(self) -> None:
@@ -661,3 +677,221 @@ class TestCycleSearchIsBounded:
         assert time.monotonic() - started < 10
         assert 1 <= len(cycles) <= 16
         assert len(dl.stuck_parties(graph, now_ns=NOW)) == 40
+
+
+# -- edges through joins, futures and loops; exited holders (pure) ------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockParty(Party):
+    """A registry record as branch ``locks`` provides it (conctools/INTERFACES.md): a holder
+    identity never reused, exited holders by name, and the holder task of threading primitives."""
+
+    thread_key: int = 0
+    exited: bool = False
+    task: object | None = None
+
+
+def dep(waiter: Party, on: tuple[Party, ...], kind: str, what: str = "", sync: bool = True) -> dl.Dependency:
+    return dl.Dependency(waiter=waiter, on=on, what=what or kind, kind=kind, sync=sync)
+
+
+class TestDependencies:
+    """Waits read from frames (joins, futures, loops) close cycles with the registry's locks."""
+
+    def test_join_under_a_lock(self) -> None:
+        """Main holds a lock and joins a thread that waits for it: a cycle of a join and a lock."""
+        lock = prim(1, "registry", (party(1, "app.py:10"),), (party(2, "app.py:20"),))
+        joins = dep(party(1, "app.py:11"), (party(2, "?"),), "join", "thread 'T2' to finish (Thread.join())")
+        graph = dl.build_wait_graph([lock], [joins])
+        [cycle] = dl.find_deadlocks(graph, now_ns=NOW, min_wait_s=1.0)
+        parts = {p.thread_name: p for p in dl.participants_of(cycle, graph, {}, now_ns=NOW)}
+        assert parts["T1"].waits_kind == "join" and parts["T1"].waits_for == "thread 'T2' to finish (Thread.join())"
+        assert parts["T1"].holds == ("Lock 'registry'",)
+        assert parts["T2"].waits_for == "Lock 'registry'" and parts["T2"].held_by == "thread 'T1'"
+        summary, advice = dl.explain(tuple(parts.values()))
+        assert "thread 'T1' (holding Lock 'registry', taken at app.py:10) waits at app.py:11" in summary
+        assert any("joins another while holding" in a for a in advice)
+
+    def test_a_worker_waiting_for_its_own_pool_needs_another_worker(self) -> None:
+        """A job queued behind every worker: each worker's wait is freed by any OTHER worker."""
+        w1, w2 = party(1, "pool.py:5"), party(2, "pool.py:5")
+        deps = [dep(w1, (w1, w2), "future", "a job queued"), dep(w2, (w1, w2), "future", "a job queued")]
+        graph = dl.build_wait_graph([], deps)
+        assert [e.holder_key for e in graph.edges[("thread", 1)]] == [("thread", 2)]
+        [cycle] = dl.find_deadlocks(graph, now_ns=NOW)
+        assert {e.waiter_key for e in cycle} == {("thread", 1), ("thread", 2)}
+
+    def test_one_free_worker_frees_the_queue(self) -> None:
+        """A job queued behind two workers, one of which is not stuck: nobody is stuck."""
+        w1, w2 = party(1, "pool.py:5"), party(2, "pool.py:5")
+        graph = dl.build_wait_graph([], [dep(w1, (w1, w2), "future")])
+        assert dl.stuck_parties(graph, now_ns=NOW) == frozenset()
+
+    def test_nobody_left_is_a_wait_forever_without_a_cycle(self) -> None:
+        """A job queued in a pool with no worker: stuck, but no deadlock to report (a hang)."""
+        graph = dl.build_wait_graph(
+            [], [dep(party(1, "app.py:3"), (), "future", "a job queued in a pool with no worker")]
+        )
+        assert dl.stuck_parties(graph, now_ns=NOW) == {("thread", 1)}
+        assert dl.find_deadlocks(graph, now_ns=NOW) == []
+
+    def test_a_suspended_task_needs_its_loop_thread_as_well(self) -> None:
+        """A task waiting for a job AND for its blocked loop thread: stuck when either is stuck."""
+        task = party(9, "app.py:30", task=5)
+        loop_blocker = party(9, "app.py:40", task=6)
+        lock = prim(1, "cfg", (party(3, "app.py:50"),), (loop_blocker,))  # the loop's thread waits for thread 3
+        deps = [
+            dep(task, (party(4, "?"),), "future", "a job running in thread 'T4'", sync=False),  # T4 runs freely
+            dep(task, (party(9, "?"),), "loop", sync=False),
+        ]
+        graph = dl.build_wait_graph([lock], deps)
+        assert len({e.group for e in graph.edges[("task", 5)]}) == 2
+        stuck = dl.stuck_parties(graph, now_ns=NOW)
+        assert ("task", 5) not in stuck  # thread 3 is not stuck, so the loop's thread will go on
+        lock3 = prim(2, "stats", (party(9, "app.py:41", task=6),), (party(3, "app.py:51"),))  # now thread 3 waits too
+        graph = dl.build_wait_graph([lock, lock3], deps)
+        assert {("task", 5), ("thread", 9), ("thread", 3)} <= dl.stuck_parties(graph, now_ns=NOW)
+
+    def test_task_waits_need_no_age_of_their_own(self) -> None:
+        """A fresh task wait in a cycle of old thread waits is a deadlock already (a task cannot move
+        while what it waits for is stuck); a fresh thread wait is not yet."""
+        old_thread = party(1, "app.py:1", since_s=10)
+        fresh_task = party(2, "app.py:2", task=7, since_s=99.9)
+        deps = [
+            dep(old_thread, (fresh_task,), "join", "thread to finish"),
+            dep(fresh_task, (party(1, "?"),), "future", "a coroutine of thread T1's loop", sync=False),
+        ]
+        graph = dl.build_wait_graph([], deps)
+        assert len(dl.find_deadlocks(graph, now_ns=NOW, min_wait_s=1.0)) == 1
+        fresh_thread = dataclasses.replace(old_thread, since_ns=int(99.9 * S))
+        deps[0] = dep(fresh_thread, (fresh_task,), "join", "thread to finish")
+        assert dl.find_deadlocks(dl.build_wait_graph([], deps), now_ns=NOW, min_wait_s=1.0) == []
+
+    def test_tasks_awaiting_each_other_are_left_to_the_hang_report(self) -> None:
+        """A cycle made only of tasks awaiting tasks is the hang report's "await cycle", not a deadlock."""
+        a, b = party(9, "a.py:1", task=1), party(9, "b.py:1", task=2)
+        graph = dl.build_wait_graph([], [dep(a, (b,), "await", sync=False), dep(b, (a,), "await", sync=False)])
+        assert dl.stuck_parties(graph, now_ns=NOW) == {("task", 1), ("task", 2)}
+        assert dl.find_deadlocks(graph, now_ns=NOW) == []
+
+
+class TestExitedHolders:
+    """Holders recorded by branch ``locks`` as exited are never a live thread that reuses their id."""
+
+    def test_exited_holders_by_their_own_names(self) -> None:
+        """A semaphore's permits held by exited threads: named as such, the waiters stuck, no cycle."""
+        gone = tuple(
+            LockParty(
+                thread_id=11,
+                thread_name=name,
+                task_name=None,
+                task_id=None,
+                site="pool.py:10",
+                since_ns=0,
+                thread_key=key,
+                exited=True,
+            )
+            for key, name in ((101, "request-0"), (102, "request-2"))
+        )
+        waiters = (party(11, "pool.py:10"), party(12, "pool.py:10"))  # thread 11 reuses request-0's id
+        sem = prim(1, "connections", gone, waiters, kind="Semaphore")
+        from conctools.deadlock.threads import holders_words
+
+        assert (
+            holders_words(sem) == "exited threads 'request-0' and 'request-2' (acquired at pool.py:10, never released)"
+        )
+        graph = dl.build_wait_graph([sem])
+        assert dl.stuck_parties(graph, now_ns=NOW) == {("thread", 11), ("thread", 12)}
+        assert dl.find_deadlocks(graph, now_ns=NOW) == []  # a hang, not a self-deadlock of thread 11
+
+    def test_the_c_paths_exited_owner_is_a_sink(self) -> None:
+        """Today's C path records an exited owner as thread 0 'exited thread N': a sink, not a cycle."""
+        holder = Party(
+            thread_id=0, thread_name="exited thread 77", task_name=None, task_id=None, site="a.py:3", since_ns=0
+        )
+        graph = dl.build_wait_graph([prim(1, "l", (holder,), (party(77, "a.py:9"),))])
+        assert dl.stuck_parties(graph, now_ns=NOW) == {("thread", 77)}
+        assert dl.find_deadlocks(graph, now_ns=NOW) == []
+
+
+class TestLockAcrossAwait:
+    """A threading lock held across an await, with the holder task recorded (branch ``locks``) or not."""
+
+    def graph(self, holder_task: int | None) -> tuple[dl.WaitGraph, list[PrimitiveState]]:
+        writer = LockParty(
+            thread_id=9,
+            thread_name="MainThread",
+            task_name="writer" if holder_task else None,
+            task_id=holder_task,
+            site="app.py:16",
+            since_ns=0,
+        )
+        reader = dataclasses.replace(party(9, "app.py:23", task=2), task_name="reader", thread_name="MainThread")
+        prims = [prim(1, "state", (writer,), (reader,))]
+        return dl.build_wait_graph(prims), prims
+
+    def test_with_the_holder_task_the_writer_is_blamed(self) -> None:
+        """Reader blocks the loop's thread waiting for the lock; the writer holds it and cannot resume."""
+        graph, _ = self.graph(holder_task=1)
+        [cycle] = dl.find_deadlocks(graph, now_ns=NOW)
+        stacks = {  # suspended in a helper it awaits: the report points at the writer's own await
+            ("task", 1): (
+                conctools.Frame("/x/app.py", 12, "save_remote", "await asyncio.sleep(0.2)"),
+                conctools.Frame("/x/app.py", 18, "writer", "await save_remote(1)"),
+            )
+        }
+        parts = dl.participants_of(cycle, graph, stacks, now_ns=NOW)
+        summary, advice = dl.explain(parts)
+        assert summary == (
+            "task 'reader' (thread 'MainThread') blocks the event loop's thread 'MainThread' at app.py:23, waiting for"
+            " Lock 'state', which is held by task 'writer' (acquired at app.py:16, suspended now at app.py:18: await"
+            " save_remote(1)); that task cannot resume while its loop's thread is blocked, so it never releases it."
+        )
+        assert "never hold a threading lock across an await" in advice[0]
+        reader = next(p for p in parts if p.task_name == "reader")
+        assert reader.holds == () and reader.thread_holds == ()
+
+    def test_without_it_the_report_says_what_it_does_not_know(self) -> None:
+        """Holder task unknown: no "holds" under the reader, no "taken twice" hint alone, the advice."""
+        graph, _ = self.graph(holder_task=None)
+        [cycle] = dl.find_deadlocks(graph, now_ns=NOW)
+        parts = dl.participants_of(cycle, graph, {}, now_ns=NOW)
+        [reader] = parts
+        assert reader.holds == () and reader.thread_holds == ("Lock 'state'",)
+        summary, advice = dl.explain(parts, ["Task 'writer' is suspended at app.py:18 (await save_remote(1))."])
+        assert "conctools did not record which task took it" in summary
+        assert summary.endswith("Task 'writer' is suspended at app.py:18 (await save_remote(1)).")
+        assert "never hold a threading lock across an await" in advice[0]
+
+
+@pytest.mark.timeout(60)
+class TestReadmeRaiseInMain:
+    """The README's ``watch_deadlocks(timeout_s=..., raise_in="main")`` raises on plain locks too."""
+
+    def test_abba_on_plain_locks_raises_in_main(self) -> None:
+        """Untraced locks cannot be proved a cycle: it is a hang, raised as HangError (a DeadlockError)."""
+        code = textwrap.dedent(
+            """
+            import threading, conctools
+            a, b = threading.Lock(), threading.Lock()
+            both = threading.Barrier(2)
+            def worker():
+                with b:
+                    both.wait()
+                    with a:
+                        pass
+            threading.Thread(target=worker, daemon=True).start()
+            try:
+                with conctools.watch_deadlocks(timeout_s=0.5, raise_in="main"):
+                    with a:
+                        both.wait()
+                        with b:
+                            pass
+            except conctools.DeadlockError as e:
+                print(type(e).__name__, isinstance(e, conctools.HangError), e.cycle, type(e.event).__name__)
+            """
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "HangError True () HangEvent"

@@ -187,7 +187,8 @@ class TestPrometheus:
         import conctools
         import conctools.metrics
 
-        lock = conctools.Lock(name="accounts")
+        # A name no other test uses: the lock table is per name for the whole session.
+        lock = conctools.Lock(name="accounts-metrics-server")
         holding = threading.Event()
         released = threading.Event()
 
@@ -211,14 +212,19 @@ class TestPrometheus:
         families = {f.name: f for f in text_string_to_metric_families(body)}
         wait = families["conctools_lock_wait_seconds"]
         assert wait.type == "histogram"
-        samples = {(s.name, s.labels.get("le")): s.value for s in wait.samples if s.labels.get("lock") == "accounts"}
+        samples = {
+            (s.name, s.labels.get("le")): s.value
+            for s in wait.samples
+            if s.labels.get("lock") == "accounts-metrics-server"
+        }
         assert samples[("conctools_lock_wait_seconds_count", None)] == 1
         assert samples[("conctools_lock_wait_seconds_bucket", "+Inf")] == 1
         assert samples[("conctools_lock_wait_seconds_bucket", "0.01")] == 0  # it waited ~50 ms
         assert 0.04 < samples[("conctools_lock_wait_seconds_sum", None)] < 10
         contentions = families["conctools_lock_contentions"]
         assert contentions.type == "counter"
-        assert [s.value for s in contentions.samples if s.name == "conctools_lock_contentions_total"] == [1]
+        ours = [s for s in contentions.samples if s.labels.get("lock") == "accounts-metrics-server"]
+        assert [s.value for s in ours if s.name == "conctools_lock_contentions_total"] == [1]
         assert families["conctools_deadlocks"].samples[0].name == "conctools_deadlocks_total"
 
     @pytest.mark.asyncio
@@ -289,7 +295,7 @@ class TestPprofAndSpeedscope:
         assert f"exports_prog.py:{WAIT_LINE} post" in frames and any(f.endswith(" settle") for f in frames)
         holders = decode(out / "locks-holders.pb.gz")
         stacks = sample_stacks(holders)
-        assert all(frames[1].startswith("?:0 held by thread 'worker-") for frames, _ in stacks)
+        assert all(frames[1].startswith("?:0 held by thread 'worker-") for frames, _ in stacks), stacks
 
     def test_profile_pb_gz(self, out: Path) -> None:
         """profile.pb.gz: yappi's wall clock in nanoseconds, on stacks of the program's functions."""

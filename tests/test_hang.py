@@ -132,7 +132,8 @@ class TestHangKinds:
         assert "Condition.wait" in (by_thread(wd.hangs[0], "late-waiter").waits_on or "")
 
     def test_pool_waiting_on_itself(self) -> None:
-        """Every worker waits on a future queued behind it in the same pool."""
+        """Every worker waits on a future queued behind it in the same pool: a cycle through the
+        pool's queue, reported as a deadlock (not a hang) naming each worker and the queued job."""
         inner: list[concurrent.futures.Future[int]] = []
         lock = threading.Lock()
         both_running = threading.Barrier(2)  # both workers busy before either queues its inner job
@@ -146,20 +147,20 @@ class TestHangKinds:
                     inner.append(fut)
                 return fut.result()
 
-            def release(_: HangEvent) -> None:
+            def release(_: object) -> None:
                 for fut in inner:
                     fut.cancel()
 
-            with watch(release) as wd:
+            with dl.DeadlockWatchdog(TIMEOUT_S, on_hang=release, on_deadlock=release) as wd:
                 outers = [pool.submit(outer) for _ in range(2)]
                 done = concurrent.futures.wait(outers)
         assert len(done.done) == 2
-        assert len(wd.hangs) == 1
-        workers = [w for w in wd.hangs[0].waiters if w.thread_name.startswith("pool")]
-        assert len(workers) == 2
-        assert all("Future.result" in (w.waits_on or "") for w in workers)
-        main = by_thread(wd.hangs[0], threading.main_thread().name)
-        assert "concurrent.futures.wait()" in (main.waits_on or "")
+        assert wd.hangs == []
+        assert len(wd.deadlocks) == 1
+        parts = wd.deadlocks[0].participants
+        assert sorted(p.thread_name for p in parts) == ["pool_0", "pool_1"]
+        assert all(p.waits_for.startswith("a job queued in ThreadPoolExecutor 'pool'") for p in parts)
+        assert all(p.waits_kind == "future" for p in parts)
 
     def test_queue_nobody_feeds(self) -> None:
         """A consumer blocks in Queue.get() on a queue nobody will ever feed."""

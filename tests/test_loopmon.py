@@ -20,6 +20,7 @@ import conctools
 from conctools import loopmon
 from conctools.events import BlockingCallEvent, Frame, SlowCallbackEvent, event_from_dict
 from conctools.loopmon import LoopMonitor, culprit_of, monitor_all_loops, watch_loop
+from conctools.loopmon.segments import Sample, cut_segments, partition_runs
 from conctools.recorder import Recorder, Snapshot
 from conctools.reporting import render_text
 from conctools.reporting.loop_text import slow_callbacks_section
@@ -622,3 +623,79 @@ class TestBlockingFileCalls:
 
         run_monitored(main, detect_blocking=True)
         assert seen["raw"] is io.FileIO
+
+
+class TestSegments:
+    """cut_segments(): a stall cut into one segment per task or callback (and culprit line)."""
+
+    @staticmethod
+    def sample(t_ms: int, who: str, line: int, function: str = "handler") -> Sample:
+        frame = Frame("app.py", line, function, f"line {line}")
+        return Sample(
+            t_ns=t_ms * 1_000_000,
+            who=("task", who),
+            task_name=who,
+            callback=f"Task {who!r}",
+            created_at=None,
+            stack=(frame, Frame("app.py", 99, "main", "")),
+            culprit=frame,
+        )
+
+    def test_partition_keeps_alternating_lines_together(self) -> None:
+        """A CPU loop alternating between two lines is one part; a move to a new line for good splits."""
+        assert partition_runs([1, 2, 1, 2, 3, 3]) == [(0, 3), (4, 5)]
+        assert partition_runs([]) == []
+        assert partition_runs(["a"]) == [(0, 0)]
+
+    def test_two_tasks_two_segments_whose_durations_add_up(self) -> None:
+        """Two tasks one after the other: two segments, split halfway between their samples, that
+        cover the stall exactly; each segment's samples are its own task's."""
+        samples = [self.sample(t, "first", 5) for t in (100, 110, 120)] + [
+            self.sample(t, "second", 9) for t in (340, 350, 360)
+        ]
+        segments = cut_segments(samples, 0, 600_000_000)
+        assert [s.first.task_name for s in segments] == ["first", "second"]
+        assert segments[0].start_ns == 0 and segments[-1].end_ns == 600_000_000
+        assert segments[0].end_ns == segments[1].start_ns == 230_000_000
+        assert all(s.task_name == seg.first.task_name for seg in segments for s in seg.samples)
+        culprit, stack = segments[1].culprit()
+        assert culprit is not None and culprit.lineno == 9 and stack[0] is culprit
+
+    def test_a_short_tail_of_the_same_task_stays_in_its_segment(self) -> None:
+        """The few samples a task runs on after its slow call are no segment of their own."""
+        samples = [self.sample(t, "main", 7, "checksum") for t in range(100, 300, 10)]
+        samples.append(self.sample(300, "main", 18))
+        [segment] = cut_segments(samples, 0, 310_000_000, min_part=5)
+        culprit, _ = segment.culprit()
+        assert culprit is not None and culprit.function == "checksum"
+
+    def test_the_same_task_blocking_on_two_lines_is_two_segments(self) -> None:
+        """One task sleeping on one line, then on another (each long): two segments, one per line."""
+        samples = [self.sample(t, "t", 5) for t in range(100, 200, 10)]
+        samples += [self.sample(t, "t", 6) for t in range(200, 300, 10)]
+        segments = cut_segments(samples, 0, 300_000_000, min_part=5)
+        assert [s.culprit()[0].lineno for s in segments if s.culprit()[0]] == [5, 6]
+
+    def test_unnamed_tasks_keep_their_names_under_the_monitor(self) -> None:
+        """Watching a loop never renames the program's tasks (CPython 3.13.0 renames unnamed tasks
+        'None' whenever a task factory is set)."""
+
+        async def main() -> str:
+            async with watch_loop(threshold_s=1.0):
+                task = asyncio.create_task(asyncio.sleep(0))
+                await task
+                return task.get_name()
+
+        assert asyncio.run(main()).startswith("Task-")
+
+    def test_a_callback_seen_once_as_the_stall_ends_is_no_segment(self) -> None:
+        """A trivial callback caught in one sample (after the first) is not blamed for the stall."""
+        samples = [self.sample(t, "sleeper", 5) for t in range(100, 400, 10)]
+        samples.append(self.sample(400, "future-callback", 77, "_set_result_unless_cancelled"))
+        [segment] = cut_segments(samples, 0, 410_000_000, min_part=5)
+        assert segment.first.task_name == "sleeper" and segment.end_ns == 410_000_000
+
+    def test_the_first_sample_alone_still_names_the_culprit(self) -> None:
+        """A stall seen once, at its detection, is that callback's."""
+        [segment] = cut_segments([self.sample(100, "short", 9)], 0, 120_000_000)
+        assert segment.first.task_name == "short"

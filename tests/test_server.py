@@ -203,6 +203,7 @@ class TestEndpoints:
         expected = [
             name
             for name, module in (
+                ("GIL monitor", "conctools.gil"),
                 ("loop monitor", "conctools.loopmon"),
                 ("deadlock watchdog", "conctools.deadlock"),
                 ("resource sampler", "conctools.resources"),

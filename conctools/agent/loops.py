@@ -19,8 +19,8 @@ __all__ = ["loop_health"]
 
 
 def _monitor_of(loop: asyncio.AbstractEventLoop) -> Any:
-    loopmon = sys.modules.get("conctools.loopmon")  # never imported here: no monitor, no figures
-    active = getattr(loopmon, "_active", None)
+    monitors = sys.modules.get("conctools.loopmon.monitor")  # never imported here: no monitor, no figures
+    active = getattr(monitors, "_active", None)
     if not isinstance(active, dict):
         return None
     monitor = active.get(id(loop))

@@ -72,7 +72,7 @@ def watchdog_view(
     participants = deadlock.participants_of(edges, graph, {}) if edges else ()
     loops: dict[int, tuple[bool, str]] = {}
     if any(f.f_code.co_filename.endswith("selectors.py") for f in frames.values()):
-        loops, _ = watchdog._loop_states()
+        loops = watchdog._loop_states()[0]
     # What each thread waits on in the registry: the watchdog's ``_registry_wait``, computed once
     # for all threads (asking it per thread re-reads every waiter of a shared primitive: n squared).
     sync_waits: dict[int, tuple[Party, PrimitiveState]] = {}

@@ -14,6 +14,7 @@ Commands added to aiomonitor's (``help``, ``ps``, ``where``, ``cancel``, ``stack
 ``threads``    every thread's stack, by name
 ``resources``  a psutil reading of the process now, and the sampler's summary
 ``profile``    ``profile start [--clock wall|cpu]``, ``profile stop``, ``profile top [N]``
+``gil``        CPU-bound threads and GIL waits (the running GIL monitor's, or a 1 s measurement)
 ``loops``      the program's event loops; ``use N`` picks the one ``ps``/``where``/``console`` use
 
 Who gets in (:mod:`conctools.console.access`): aiomonitor listens on plain TCP where every

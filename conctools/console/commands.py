@@ -198,6 +198,18 @@ def do_profile(ctx: click.Context, action: str, clock: str, limit: int) -> None:
             click.echo(session.top(limit))
 
 
+@_command(
+    "gil",
+    click.option("--seconds", type=float, default=1.0, help="how long to measure when no GIL monitor runs"),
+)
+def do_gil(ctx: click.Context, seconds: float) -> None:
+    """CPU-bound threads: GIL waits, cores used, the bottleneck"""
+    from conctools.gil import live_summary
+    from conctools.reporting.gil_text import console_text
+
+    click.echo(console_text(live_summary(_recorder_of(ctx), seconds)))
+
+
 # ---- loops ----------------------------------------------------------------------------------
 
 

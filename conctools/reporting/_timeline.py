@@ -43,6 +43,8 @@ from conctools.events import (
     BlockingCallEvent,
     DeadlockEvent,
     Event,
+    FailureEvent,
+    GilSampleEvent,
     HangEvent,
     LockOrderEvent,
     LockWaitEvent,
@@ -268,17 +270,37 @@ class _Builder:
             self.blocking_call(e)
         elif isinstance(e, ResourceSampleEvent):
             self.resource(e)
+        elif isinstance(e, GilSampleEvent):
+            self.gil(e)
         elif isinstance(e, MarkEvent):
             self.mark(e)
         elif isinstance(e, DeadlockEvent):
             names = ", ".join(p.who for p in e.participants)
-            self.instants.append(
-                Instant(ts_us=self.us(e.ts_ns), name="DEADLOCK", cat="deadlock", args={"participants": names})
-            )
+            args: dict[str, Any] = {"participants": names}
+            if e.summary:
+                args["summary"] = e.summary
+            if e.advice:
+                args["advice"] = " ".join(e.advice)
+            for i, p in enumerate(e.participants):
+                args[f"{i + 1}. {p.who}"] = f"waits at {p.wait_site} for {p.waits_for}; {p.held_by}"
+            self.instants.append(Instant(ts_us=self.us(e.ts_ns), name="DEADLOCK", cat="deadlock", args=args))
         elif isinstance(e, HangEvent):
+            hang_args: dict[str, Any] = {"reason": e.reason, "stalled_s": e.stalled_s}
+            for w in e.waiters:
+                if w.waits_on:
+                    who = f"task {w.task_name!r}" if w.task_name is not None else f"thread {w.thread_name!r}"
+                    hang_args[who] = w.waits_on
+            for f in e.failures:
+                hang_args[f"ended: {f.who}"] = f"{f.exc_type}: {f.message} at {f.site}"
+            self.instants.append(Instant(ts_us=self.us(e.ts_ns), name="HANG", cat="hang", args=hang_args))
+        elif isinstance(e, FailureEvent):
             self.instants.append(
                 Instant(
-                    ts_us=self.us(e.ts_ns), name="HANG", cat="hang", args={"reason": e.reason, "stalled_s": e.stalled_s}
+                    ts_us=self.us(e.ts_ns),
+                    name=f"{e.exc_type} ended {e.who}",
+                    cat="failure",
+                    args={"exception": f"{e.exc_type}: {e.message}", "site": e.site},
+                    key=self.key_of(e),
                 )
             )
         elif isinstance(e, PoolExhaustedEvent):
@@ -379,6 +401,9 @@ class _Builder:
             args["culprit"] = f"{e.culprit.site} in {e.culprit.function}"
             if e.culprit.line:
                 args["line"] = e.culprit.line
+        if e.segments > 1:  # one of several callbacks that blocked the loop one after the other
+            args["segment"] = f"{e.segment + 1} of {e.segments}"
+            args["stall_s"] = e.stall_s
         start, dur = self.span_of(e.ts_ns, e.duration_s)
         self.slices.append(
             Slice(
@@ -423,6 +448,19 @@ class _Builder:
                     values={"voluntary": round(voluntary, 1), "involuntary": round(involuntary, 1)},
                 )
             )
+
+    def gil(self, e: GilSampleEvent) -> None:
+        """Counter tracks of the GIL monitor: threads wanting / waiting for the GIL, cores used."""
+        ts = self.us(e.ts_ns)
+        if e.gil_enabled:
+            self.counters.append(
+                Counter(
+                    ts_us=ts,
+                    name="GIL: threads",
+                    values={"wanting": e.threads_wanting, "waiting": e.threads_waiting},
+                )
+            )
+        self.counters.append(Counter(ts_us=ts, name="Cores used", values={"cores": e.cores_used}))
 
     # ---- nesting ----
     def nest_recorded(self) -> dict[TrackKey, list[Slice]]:

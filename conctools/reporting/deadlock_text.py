@@ -8,11 +8,12 @@ stack. Pure functions of a :class:`~conctools.recorder.Snapshot`.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 from conctools._frames import hidden_note, hide_own_frames
 from conctools._units import format_duration
-from conctools.events import DeadlockEvent, Frame, HangEvent, Participant, WaiterInfo
+from conctools.events import DeadlockEvent, FailureEvent, Frame, HangEvent, Participant, WaiterInfo
 from conctools.recorder import Snapshot
 
 __all__ = ["deadlock_section", "format_deadlock", "format_hang", "hang_section"]
@@ -46,7 +47,7 @@ def _stack_lines(stack: Sequence[Frame], limit: int, indent: str = "    ") -> li
     return lines
 
 
-def _who(p: Participant | WaiterInfo) -> str:
+def _who(p: Participant | WaiterInfo | FailureEvent) -> str:
     if p.task_name is not None:
         return f"task {p.task_name!r} (thread {p.thread_name!r})"
     return f"thread {p.thread_name!r}"
@@ -56,31 +57,67 @@ def format_deadlock(event: DeadlockEvent, *, brief: bool = False) -> str:
     """One deadlock in jstack's shape: the cycle, then every participant's stack."""
     title = "Found one Python-level deadlock:"
     lines = [title, "=" * len(title)]
+    if event.summary:
+        lines += _wrap(event.summary, "")
+        lines.append("")
     for p in event.participants:
         lines.append(f"{_who(p)}:")
         lines.append(f"  waiting for {p.waits_for},")
-        lines.append(f"  which is held by {p.held_by}")
+        lines.append(f"  {_which(p)}")
         waited = f", for {format_duration(p.wait_s)}" if p.wait_s else ""
         lines.append(f"  waits at {p.wait_site}{waited}")
+        if p.suspended_at and p.suspended_at.split(":")[:2] != p.wait_site.split(":")[:2]:
+            lines.append(f"  suspended at {p.suspended_at}")
         for name, site in zip(p.holds, p.holds_sites, strict=False):
             where = site if site and site != "?" else "an unrecorded site"
             lines.append(f"  holds {name}, acquired at {where}")
-    if len(event.participants) == 1:
+        for name, site in zip(p.thread_holds, p.thread_holds_sites, strict=False):
+            where = site if site and site != "?" else "an unrecorded site"
+            lines.append(
+                f"  its thread holds {name}, acquired at {where} by a task of its loop that was not recorded"
+                " (this one or another)"
+            )
+    if len(event.participants) == 1 and not event.summary:
         lines.append(
             "  (it waits for itself: a non-reentrant lock taken twice, or a lock left locked by a"
             " finished thread whose id this thread now reuses)"
         )
+    for advice in event.advice:
+        lines += _wrap(advice, "  ", "Advice: ")
     lines.append("")
     title = "Stacks of the threads and tasks listed above:"
     lines += [title, "=" * len(title)]
     limit = _BRIEF_FRAMES if brief else _FULL_FRAMES
     for p in event.participants:
         lines.append(f"{_who(p)}:")
-        lines.append(f"    - waiting for {p.waits_for} (held by {p.held_by})")
+        lines.append(f"    - waiting for {p.waits_for} ({_which(p).removeprefix('which ').removeprefix('is ')})")
         for name in p.holds:
             lines.append(f"    - holds {name}")
         lines += _stack_lines(p.stack, limit) or ["    (no stack)"]
     return "\n".join(lines)
+
+
+def _which(p: Participant) -> str:
+    """The second line of a participant: who can end its wait, worded for the kind of wait."""
+    if p.waits_kind == "loop":
+        return f"which is blocked by {p.held_by}"
+    if p.waits_kind in ("future", "loop-tasks", "await"):
+        return f"which depends on {p.held_by}"
+    if p.waits_kind == "join":
+        return f"which is {p.held_by}, still running"
+    return f"which is held by {p.held_by}"
+
+
+def _wrap(text: str, indent: str, first: str = "") -> list[str]:
+    """``text`` as lines of at most ~100 characters (reports are read in terminals)."""
+    return textwrap.wrap(
+        first + text,
+        width=100,
+        initial_indent=indent,
+        subsequent_indent=indent + " " * len(first),
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def deadlock_section(snapshot: Snapshot, brief: bool) -> str | None:
@@ -105,6 +142,17 @@ def format_hang(event: HangEvent, *, brief: bool = False) -> str:
         if w.waits_on:
             lines.append(f"    - waits on {w.waits_on}")
         lines += _stack_lines(w.stack, limit) or ["    (no stack)"]
+    if event.failures:
+        lines.append("")
+        title = "Ended with an exception before the hang:"
+        lines += [title, "-" * len(title)]
+        for f in event.failures:
+            message = f": {f.message}" if f.message else ""
+            lines.append(f"{f.who} ended with {f.exc_type}{message}")
+            lines.append(f"    at {f.site}")
+            if f.objects:
+                lines.append(f"    it was using {', '.join(f.objects[:5])}")
+            lines += _stack_lines(f.stack, 4 if brief else 12)
     return "\n".join(lines)
 
 

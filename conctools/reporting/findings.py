@@ -102,7 +102,7 @@ def hangs(snapshot: Snapshot) -> list[Finding]:
                 kind="hang",
                 severity="critical",
                 title=f"Hang: no progress for {format_duration(e.stalled_s)}, and nothing left that could wake "
-                f"{len(e.waiters)} thread(s)/task(s)",
+                f"{_count(len(e.waiters), 'waiting thread or task', 'waiting threads and tasks')}",
                 evidence=tuple(evidence),
                 impact_s=e.stalled_s,
                 section="Hang",
@@ -356,8 +356,42 @@ def resources(snapshot: Snapshot) -> list[Finding]:
     return out
 
 
+def gil_threads(snapshot: Snapshot) -> list[Finding]:
+    """Threads that wanted the GIL at the same time long enough to matter (the GIL monitor's data)."""
+    from conctools.reporting import gil_text
+
+    data = gil_text.gil_data(snapshot)
+    if data is None or not gil_text.matters(data):
+        return []
+    wall = gil_text._f(data, "wall_s")
+    gain = gil_text.speedup(data)
+    impact = max(0.0, wall - wall / gain) if gain > 0 else 0.0
+    headline = gil_text.headline(data)
+    return [
+        Finding(
+            kind="cpu_bound_threads",
+            severity=_severity_of_cost(impact, wall) if impact > 0 else "medium",
+            title="CPU-bound threads: " + headline,
+            evidence=(gil_text.advice(data),),
+            impact_s=impact,
+            section="CPU-bound threads",
+            anchor="gil",
+        )
+    ]
+
+
 # In rank order of kinds for equal severity and cost; other modules append theirs.
-FINDERS: list[Finder] = [deadlocks, hangs, lock_orders, stalls, contention, blocking_calls, failing_calls, resources]
+FINDERS: list[Finder] = [
+    deadlocks,
+    hangs,
+    lock_orders,
+    stalls,
+    contention,
+    gil_threads,
+    blocking_calls,
+    failing_calls,
+    resources,
+]
 
 
 def find(snapshot: Snapshot) -> list[Finding]:
@@ -396,3 +430,8 @@ def findings_section(snapshot: Snapshot, brief: bool) -> str | None:
     if len(found) > limit:
         lines.append(f"  ... {len(found) - limit} more")
     return "\n".join(lines)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    """``1 waiting thread or task`` / ``3 waiting threads and tasks``."""
+    return f"{n} {one if n == 1 else many}"

@@ -43,6 +43,7 @@ from conctools.reporting._timeline import Slice, Timeline, Track, build_timeline
 from conctools.reporting.charts import BINS, chart_series, nice_bin_us
 from conctools.reporting.findings import Finding, find
 from conctools.reporting.flame import flames
+from conctools.reporting.gil_text import html_lines as gil_html_lines
 from conctools.reporting.trace import dumps_finite
 
 __all__ = ["MAX_LONGEST", "MAX_SLICES", "html_data", "render_html", "script_json", "write_html"]
@@ -402,8 +403,10 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
                     "wait_site": p.wait_site,
                     "holds": list(p.holds),
                     "stack": _frames(p.stack),
+                    "summary": e.summary if i == 0 else "",
+                    "advice": list(e.advice) if i == 0 else [],
                 }
-                for p in e.participants
+                for i, p in enumerate(e.participants)
             ]
             for e in snapshot.of_kind(DeadlockEvent)
         ],
@@ -421,6 +424,7 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
                     }
                     for w in e.waiters
                 ],
+                "failures": [f"{f.who} ended with {f.exc_type}: {f.message} at {f.site}" for f in e.failures],
             }
             for e in snapshot.of_kind(HangEvent)
         ],
@@ -440,13 +444,14 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
             }
             for e in snapshot.of_kind(LockOrderEvent)
         ],
+        "gil": gil_html_lines(snapshot),
         "sections": _other_sections(snapshot),
     }
 
 
 # Sections the page shows in a shape of its own; any other one (a newer producer's) is shown as
 # tables of whatever rows it holds.
-_SHOWN = {"locks", "slow_callbacks"}
+_SHOWN = {"locks", "slow_callbacks", "gil"}  # gil: the verdict and section cards
 
 
 def _other_sections(snapshot: Snapshot) -> dict[str, Any]:

@@ -91,12 +91,14 @@ def slow_callbacks_section(snapshot: Snapshot, brief: bool) -> str | None:
     if isinstance(data, dict):
         sites: list[dict[str, Any]] = list(data.get("sites") or [])
         stalls = int(data.get("stalls") or 0)
+        segments = int(data.get("segments") or stalls)
         threshold = data.get("threshold_s")
         lag = data.get("loop_lag") or {}
         blocking: list[dict[str, Any]] = list(data.get("blocking_calls") or [])
     else:
         sites = _sites_from_events(events)
-        stalls = len(events)
+        stalls = len({_stall_key(e) for e in events})
+        segments = len(events)
         threshold = min((e.threshold_s for e in events), default=None)
         lag, blocking = {}, []
     if not blocking:
@@ -108,9 +110,10 @@ def slow_callbacks_section(snapshot: Snapshot, brief: bool) -> str | None:
         total = sum(float(s["total_s"]) for s in sites)
         limit = 5 if brief else 25
         when = f" (threshold {format_duration(float(threshold))})" if threshold else ""
+        by = f", by {segments} callbacks" if segments > stalls else ""
         parts.append(
             f"Slow callbacks: the event loop was blocked {stalls} time{'s' if stalls != 1 else ''}{when}, "
-            f"{format_duration(total)} in total, at {len(sites)} site{'s' if len(sites) != 1 else ''}"
+            f"{format_duration(total)} in total{by}, at {len(sites)} site{'s' if len(sites) != 1 else ''}"
         )
         rows = []
         for s in sites[:limit]:
@@ -126,7 +129,7 @@ def slow_callbacks_section(snapshot: Snapshot, brief: bool) -> str | None:
                     tasks,
                 )
             )
-        parts.append(table(("culprit", "function", "stalls", "total", "max", "p99", "task"), rows, right=(2, 3, 4, 5)))
+        parts.append(table(("culprit", "function", "times", "total", "max", "p99", "task"), rows, right=(2, 3, 4, 5)))
         if len(sites) > limit:
             parts.append(f"  ... {len(sites) - limit} more sites")
         for s in sites[: 3 if brief else 10]:
@@ -139,6 +142,7 @@ def slow_callbacks_section(snapshot: Snapshot, brief: bool) -> str | None:
             parts.append(f"    while running {s.get('callback') or who}; longest {format_duration(float(s['max_s']))}")
             parts.append("    stack captured during the stall (innermost first):")
             parts.extend(_stack_lines(stack, 4 if brief else 15))
+        parts.extend(_shared_stalls(events, brief))
     if lag.get("count"):
         parts.append(
             f"Loop lag (how late a heartbeat timer ran, {lag['count']} heartbeat{'' if lag['count'] == 1 else 's'}): "
@@ -173,3 +177,43 @@ def _blocking_from_events(events: Sequence[BlockingCallEvent]) -> list[dict[str,
         g["total_s"] += e.duration_s
         g["max_s"] = max(g["max_s"], e.duration_s)
     return sorted(groups.values(), key=lambda g: (-g["total_s"], g["site"]))
+
+
+def _stall_key(e: SlowCallbackEvent) -> tuple[int, int]:
+    return (e.loop_id, e.stall_id or e.ts_ns)
+
+
+def _shared_stalls(events: Sequence[SlowCallbackEvent], brief: bool) -> list[str]:
+    """The stalls that several tasks or callbacks caused one after the other: each with its own
+    name, duration and line, longest stalls first."""
+    by_stall: dict[tuple[int, int], list[SlowCallbackEvent]] = {}
+    for e in events:
+        if e.segments > 1:
+            by_stall.setdefault(_stall_key(e), []).append(e)
+    if not by_stall:
+        return []
+    stalls = sorted(by_stall.values(), key=lambda group: -max(e.stall_s for e in group))
+    limit = 3 if brief else 10
+    lines = [f"Stalls caused by several callbacks, one after the other ({len(stalls)}):"]
+    for group in stalls[:limit]:
+        group.sort(key=lambda e: e.segment)
+        first = group[0]
+        seen = f" ({len(group)} of them recorded)" if len(group) < first.segments else ""
+        lines.append(
+            f"  {format_duration(first.stall_s)} on thread {first.thread_name!r}, by {first.segments} callbacks{seen}:"
+        )
+        for e in group[: 5 if brief else 20]:
+            where = ""
+            if e.culprit is not None:
+                where = f" at {_short_site(e.culprit.site)}" + (f": {e.culprit.line}" if e.culprit.line else "")
+            lines.append(f"    {format_duration(e.duration_s):>8}  {e.callback}{where}")
+            if e.head_unsampled_s > 0:
+                lines.append(
+                    f"              (includes {format_duration(e.head_unsampled_s)} before its first sample, when other"
+                    " callbacks of the same loop iteration may have run)"
+                )
+        if len(group) > (5 if brief else 20):
+            lines.append(f"    ... {len(group) - (5 if brief else 20)} more")
+    if len(stalls) > limit:
+        lines.append(f"  ... {len(stalls) - limit} more")
+    return lines

@@ -974,11 +974,13 @@
       const box = el("div"); box.id = "deadlocks"; p.appendChild(box);
       D.deadlocks.forEach(function (parts, n) {
         const lines = [];
+        if (parts.length && parts[0].summary) lines.push(parts[0].summary, "");
         parts.forEach(function (x) {
           lines.push(x.who + " waits for " + x.waits_for + " at " + x.wait_site + ", held by " + x.held_by);
           if (x.holds.length) lines.push("    holds " + x.holds.join(", "));
           x.stack.slice(0, 8).forEach(function (f) { lines.push("      " + f); });
         });
+        if (parts.length && parts[0].advice) parts[0].advice.forEach(function (a) { lines.push("", "Advice: " + a); });
         card(box, "Deadlock #" + (n + 1), lines);
       });
     }
@@ -999,6 +1001,7 @@
           lines.push(w.who + " (thread " + w.thread + ") " + w.state + (w.waits_on ? " on " + w.waits_on : ""));
           w.stack.slice(0, 6).forEach(function (f) { lines.push("      " + f); });
         });
+        (h.failures || []).forEach(function (f) { lines.push("ended before the hang: " + f); });
         card(box, "Hang", lines);
       });
     }
@@ -1007,6 +1010,21 @@
       if (name === "profile") return;  // drawn with the flame graphs
       genericSection(other, name, secs[name]);
     });
+  }
+  // ---- the bottleneck verdict and CPU-bound threads (text lines from the GIL reporter) ----
+  function gil() {
+    const g = D.gil;
+    if (!g) return;
+    if (g.verdict && g.verdict.length) {
+      const c = el("div", "card verdict"); c.id = "verdict";
+      c.appendChild(el("h3", null, g.verdict[0]));
+      if (g.verdict.length > 1) c.appendChild(el("pre", null, g.verdict.slice(1).join("\n")));
+      document.getElementById("findings").appendChild(c);
+    }
+    if (g.section && g.section.length) {
+      const box = el("div"); box.id = "gil"; document.getElementById("details").appendChild(box);
+      card(box, g.section[0].replace(/:.*$/, ""), g.section);
+    }
   }
   function isRows(v) { return Array.isArray(v) && v.length > 0 && v.every(function (r) { return r && typeof r === "object" && !Array.isArray(r); }); }
   function genericSection(parent, name, value) {
@@ -1033,7 +1051,7 @@
   header();
   function later(fn) { return new Promise(function (done) { setTimeout(function () { fn(); done(); }, 0); }); }
   later(charts).then(function () { return later(timeline); }).then(function () { return later(tables); })
-    .then(function () { return later(flames); }).then(function () { return later(details); })
+    .then(function () { return later(flames); }).then(function () { return later(details); }).then(function () { return later(gil); })
     .then(function () { document.body.setAttribute("data-rendered", "1"); })
     .catch(function (e) { document.body.setAttribute("data-error", String(e && e.stack || e)); throw e; });
 })();

@@ -18,6 +18,7 @@ from conctools.reporting._safe import neutralise
 from conctools.reporting._table import table
 from conctools.reporting.deadlock_text import deadlock_section, hang_section
 from conctools.reporting.findings import findings_section
+from conctools.reporting.gil_text import gil_section, verdict_section
 from conctools.reporting.locks_text import lock_order_section, lock_table_section
 from conctools.reporting.loop_text import slow_callbacks_section
 from conctools.reporting.pools_text import pools_section
@@ -84,6 +85,7 @@ SECTIONS += [(40, slow_callbacks_section)]
 SECTIONS += [(20, lock_order_section), (45, lock_table_section)]
 SECTIONS += [(60, profile_section), (70, resources_section)]
 SECTIONS += [(42, pools_section)]
+SECTIONS += [(5, verdict_section), (46, gil_section)]
 
 
 def render_sections(

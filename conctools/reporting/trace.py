@@ -33,6 +33,7 @@ _COLORS = {
     "deadlock": "terrible",
     "hang": "terrible",
     "lock_order": "bad",
+    "failure": "bad",
 }
 _INSIDE_US = 1  # a flow event sits 1 µs before its slice's end: inside the slice it binds to
 

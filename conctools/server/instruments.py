@@ -108,10 +108,11 @@ class InstrumentOptions:
     # Recording each task's creation site costs a Python task factory on every task: a server
     # creates one per request, so it stays off unless asked for.
     track_task_creation: bool = False
+    gil: bool = True  # the GIL monitor (conctools.gil)
 
 
 class Instruments:
-    """The loop monitor, the deadlock/hang watchdog, the resource sampler and the pool tracker.
+    """The loop monitor, the deadlock/hang watchdog, the resource sampler, the pool tracker and the GIL monitor.
 
     ``start()`` runs in the event loop's thread (the loop monitor watches the running loop);
     ``stop()`` undoes exactly what started. ``running`` names what is on.
@@ -125,6 +126,9 @@ class Instruments:
     def start(self) -> list[str]:
         """Start every instrument whose module is available; returns their names."""
         opts = self.options
+        # First: its one-off calibration (tens of ms) runs before the loop monitor could call it a stall.
+        if opts.gil:
+            self._try("GIL monitor", lambda: self._enter("conctools.gil", "watch_gil", opts))
         self._try("loop monitor", lambda: self._loop_monitor(opts.loop_threshold_s, opts.track_task_creation))
         self._try("deadlock watchdog", lambda: self._enter("conctools.deadlock", "watch_deadlocks", opts))
         self._try("resource sampler", lambda: self._enter("conctools.resources", "sample_resources", opts))
@@ -169,6 +173,8 @@ class Instruments:
             cm = factory(timeout_s=opts.deadlock_timeout_s)
         elif function == "track_pools":
             cm = factory(threshold_s=opts.pool_threshold_s)
+        elif function == "watch_gil":
+            cm = factory()
         else:
             cm = factory(interval_s=opts.resource_interval_s)
         self._stack.enter_context(cm)

@@ -1,0 +1,1 @@
+"""An empty program: what start-up costs on its own (bench_run.py subtracts it)."""

@@ -1,0 +1,310 @@
+"""What each thread is doing right now, as the kernel sees it: the GIL monitor's eyes.
+
+Linux shows, for every thread of the process, the system call it is blocked in
+(``/proc/self/task/<tid>/syscall``: ``running``, or the call's number and arguments) and its
+CPU time and time spent runnable but not running (``/proc/self/task/<tid>/schedstat``). A thread
+that waits for the GIL is blocked in ``futex()`` on the GIL's condition variable or mutex; a
+thread waiting on a lock, queue or future is blocked in ``futex()`` too, but on another address;
+a thread in ``time.sleep`` or a socket call is in another system call. The GIL's address is
+found once per process by :func:`calibrate_gil`: a probe thread spins in Python while the
+calibrating thread holds the GIL, so the probe must wait for the GIL, and its ``futex()``
+address is the GIL's.
+
+The files are read with ``pread`` called through ``ctypes.PyDLL``, which keeps the GIL held
+during the read: while the reader holds it, every thread that wants to run Python is waiting
+for it, and nothing changes under the reader's feet. (``os.pread`` would release the GIL for
+each read and hand it to a waiting thread.)
+
+Everything here degrades instead of failing: without ``/proc`` (not Linux) :func:`open_reader`
+returns ``None``; a thread that ended reads as ``None``.
+"""
+
+from __future__ import annotations
+
+import _thread
+import ctypes
+import dis
+import gc
+import logging
+import operator
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+
+__all__ = [
+    "CALL_OPCODES",
+    "GilZone",
+    "StateReader",
+    "at_call",
+    "calibrate_gil",
+    "current_frames",
+    "futex_syscall",
+    "gil_enabled",
+    "open_reader",
+    "sleep_syscalls",
+]
+
+_log = logging.getLogger("conctools.gil")
+
+# Instructions that call into C code (or a lock's __enter__, or an import): the only places where
+# a thread can be running C code that released the GIL, or be blocked in a system call.
+CALL_OPCODES = frozenset(
+    op
+    for name, op in dis.opmap.items()
+    if name.startswith("CALL")
+    or name in {"PRECALL", "BEFORE_WITH", "BEFORE_ASYNC_WITH", "IMPORT_NAME", "IMPORT_FROM", "LOAD_SPECIAL"}
+)
+
+# Sleeping system calls by machine (everything else a thread blocks in, but futex, is I/O).
+_SLEEP_SYSCALLS = {"x86_64": (35, 230), "aarch64": (101, 115), "arm64": (101, 115)}
+_FUTEX_SYSCALLS = {"x86_64": 202, "aarch64": 98, "arm64": 98}
+
+
+def sleep_syscalls() -> frozenset[int]:
+    """The numbers of ``nanosleep`` and ``clock_nanosleep`` on this machine (empty if unknown)."""
+    return frozenset(_SLEEP_SYSCALLS.get(platform.machine(), ()))
+
+
+def gil_enabled() -> bool:
+    """False on a free-threaded build running without the GIL (3.13t); True everywhere else."""
+    check: Callable[[], bool] | None = getattr(sys, "_is_gil_enabled", None)
+    if check is None:
+        return True
+    try:
+        return bool(check())
+    except Exception:
+        return True
+
+
+_call = operator.call
+
+
+def current_frames() -> dict[int, FrameType]:
+    """``sys._current_frames()``, without the deadlock it can cause on Python 3.11.
+
+    On 3.11 ``sys._current_frames()`` holds the runtime's thread-list lock while it creates frame
+    objects; an allocation there can start a garbage collection, and a collected ``threading.local``
+    takes the same lock in its ``__del__``: the process hangs for good, holding the GIL (CPython
+    gh-106883, not fixed in 3.11; 3.12 collects only between bytecodes). Here the collector is paused
+    around the call when it was on, and the program cannot see the pause: the calls are made from
+    C (``map`` over them, unpacked at once), and nothing between them and ``gc.enable()`` lets
+    another thread run (no call and no backward jump, where Python hands the GIL over).
+    """
+    if sys.version_info >= (3, 12):
+        return sys._current_frames()
+    was_enabled, _, frames = map(_call, (gc.isenabled, gc.disable, sys._current_frames))
+    if was_enabled:
+        gc.enable()
+    return frames  # type: ignore[return-value]
+
+
+def at_call(frame: FrameType | None) -> bool:
+    """True when ``frame`` is stopped on an instruction that calls C code."""
+    if frame is None:
+        return True  # no Python frame: the thread runs C code only
+    try:
+        return frame.f_code.co_code[frame.f_lasti] in CALL_OPCODES
+    except (IndexError, ValueError):
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class GilZone:
+    """Where threads waiting for the GIL sleep: ``futex()`` (number ``futex_nr``) on ``lo..hi``."""
+
+    futex_nr: int
+    lo: int
+    hi: int
+
+    def __contains__(self, address: int) -> bool:
+        return self.lo <= address < self.hi
+
+
+# The GIL's state holds its condition variable, its mutex and (FORCE_SWITCHING) a second pair:
+# about 200 bytes from the start of the first condition variable.
+_ZONE_BEFORE = 64
+_ZONE_AFTER = 208
+
+
+class StateReader:
+    """Reads threads' system calls and CPU times from ``/proc`` without releasing the GIL."""
+
+    def __init__(self) -> None:
+        self._pread: Callable[[int, object, int, int], int] | None = None
+        self._buf: ctypes.Array[ctypes.c_char] = ctypes.create_string_buffer(512)
+        self._usleep: Callable[[int], int] | None = None
+        try:
+            libc = ctypes.PyDLL(None)
+            fn = libc.pread
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long]
+            fn.restype = ctypes.c_ssize_t
+            self._pread = fn
+            sleep = libc.usleep
+            sleep.argtypes = [ctypes.c_uint]
+            sleep.restype = ctypes.c_int
+            self._usleep = sleep
+        except (AttributeError, OSError, TypeError):  # no pread in the process: os.pread releases the GIL
+            _log.debug("conctools: ctypes pread unavailable; reading /proc with os.pread", exc_info=True)
+        self.holds_gil = self._pread is not None
+
+    def pause(self, microseconds: int) -> None:
+        """Wait without releasing the GIL and without using the CPU (others may need it to move on)."""
+        if self._usleep is not None:
+            self._usleep(microseconds)
+            return
+        until = time.perf_counter_ns() + microseconds * 1000
+        while time.perf_counter_ns() < until:
+            pass
+
+    def open(self, native_id: int, name: str) -> int | None:
+        """An open descriptor of ``/proc/self/task/<native_id>/<name>``, or ``None``."""
+        try:
+            return os.open(f"/proc/self/task/{native_id}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+
+    def read(self, fd: int) -> bytes | None:
+        """The file's current content (re-read from the start), or ``None`` once the thread ended."""
+        pread = self._pread
+        if pread is None:
+            try:
+                return os.pread(fd, 512, 0) or None
+            except OSError:
+                return None
+        n = pread(fd, self._buf, 512, 0)
+        if n <= 0:
+            return None
+        return self._buf.raw[:n]
+
+    @staticmethod
+    def close(fd: int | None) -> None:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def open_reader() -> StateReader | None:
+    """A :class:`StateReader` when this system shows per-thread system calls, else ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    reader = StateReader()
+    fd = reader.open(_thread.get_native_id(), "schedstat")
+    if fd is None:
+        return None
+    try:
+        ok = reader.read(fd) is not None
+    finally:
+        reader.close(fd)
+    probe = reader.open(_thread.get_native_id(), "syscall")
+    if probe is None:
+        return None
+    reader.close(probe)
+    return reader if ok else None
+
+
+_calibration_lock = _thread.allocate_lock()
+_calibrated: list[GilZone | None] = []  # one entry once calibrated (None: it failed)
+
+
+def calibrate_gil(reader: StateReader, *, attempts: int = 200) -> GilZone | None:
+    """Find where threads wait for the GIL (once per process; later calls return the same answer).
+
+    A probe thread (``conctools-gil-probe``) spins in pure Python; this thread sleeps a moment,
+    takes the GIL back (the probe is made to drop it within the switch interval) and, holding it,
+    reads the probe's system call: ``futex()`` on the GIL (the probe calls nothing, so that is the
+    only thing it can wait for). Takes a few milliseconds, at most half a second on a busy machine.
+    """
+    with _calibration_lock:
+        if _calibrated:
+            return _calibrated[0]
+        zone = None
+        if reader.holds_gil and gil_enabled():
+            try:
+                zone = _probe_gil(reader, attempts)
+            except Exception:
+                _log.debug("conctools: GIL calibration failed", exc_info=True)
+        if zone is None:
+            _log.debug("conctools: could not find the GIL's address; using the bytecode heuristic")
+        _calibrated.append(zone)
+        return zone
+
+
+def _probe_gil(reader: StateReader, attempts: int) -> GilZone | None:
+    from conctools._context import internal_thread
+
+    state = {"run": True, "tid": 0}
+
+    def spin() -> None:
+        state["tid"] = _thread.get_native_id()
+        n = 0
+        while state["run"]:
+            n += 1  # pure bytecode, no call: the probe can only stop here to wait for the GIL
+
+    probe = internal_thread(spin, "conctools-gil-probe")
+    probe.start()
+    fd = None
+    seen: list[tuple[int, int]] = []
+    try:
+        deadline = time.monotonic() + 1.0
+        while not state["tid"] and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if not state["tid"]:
+            return None
+        fd = reader.open(state["tid"], "syscall")
+        if fd is None:
+            return None
+        give_up = time.monotonic() + 0.5
+        for _ in range(attempts):
+            if time.monotonic() > give_up:
+                break
+            time.sleep(0.001)  # the probe runs; waking, this thread asks for the GIL back
+            reading = _read_blocked(reader, fd)
+            if reading is not None:
+                seen.append(reading)
+                if len(seen) >= 2:
+                    break
+    finally:
+        state["run"] = False
+        probe.join(2.0)
+        reader.close(fd)
+    if not seen:
+        return None
+    nrs = {nr for nr, _ in seen}
+    if len(nrs) != 1:
+        return None
+    nr = nrs.pop()
+    expected = _FUTEX_SYSCALLS.get(platform.machine())
+    if expected is not None and nr != expected:
+        return None
+    addresses = [a for _, a in seen]
+    if max(addresses) - min(addresses) > _ZONE_AFTER:
+        return None
+    return GilZone(futex_nr=nr, lo=min(addresses) - _ZONE_BEFORE, hi=max(addresses) + _ZONE_AFTER)
+
+
+def _read_blocked(reader: StateReader, fd: int) -> tuple[int, int] | None:
+    """The probe's (system call, first argument) once it blocks, polled for up to 3 ms while this
+    thread keeps the GIL (after handing the GIL over, the probe may wait for a CPU a while first)."""
+    until = time.perf_counter_ns() + 3_000_000
+    while True:
+        raw = reader.read(fd)
+        if raw is None:
+            return None
+        parts = raw.split()
+        if len(parts) >= 2 and parts[0] != b"running" and parts[0].lstrip(b"-").isdigit():
+            return int(parts[0]), int(parts[1], 16)
+        if time.perf_counter_ns() > until:
+            return None
+        for _ in range(200):  # keep the GIL: a call that releases it would hand it to the probe
+            pass
+
+
+def futex_syscall() -> int | None:
+    """The number of ``futex`` on this machine, when known."""
+    return _FUTEX_SYSCALLS.get(platform.machine())
