@@ -70,6 +70,18 @@ class Program:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
+    def stderr_when_closed(self, timeout: float = 30.0) -> str:
+        """Everything the program wrote to stderr, once it closed it (it ended)."""
+        err = self.err
+        deadline = time.monotonic() + timeout
+        with err._cond:
+            while not err._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError("stderr was not closed in time")
+                err._cond.wait(remaining)
+            return "".join(err.lines)
+
     def stop(self) -> None:
         """Kill it and whatever it started (its process group); the readers end at end of file."""
         try:

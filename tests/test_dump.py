@@ -13,13 +13,22 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests._dump_helpers import SCRIPTS, Program, conctools, dump_until, line_of, run_under_conctools
+from tests._dump_helpers import ROOT, SCRIPTS, Program, conctools, dump_until, line_of, run_under_conctools
 from tests._dump_helpers import agent_env as agent_env  # the fixture
 
 DEADLOCK = "Found one Python-level deadlock:"
+
+
+def validate_dump(doc: Any) -> None:
+    """``doc`` follows docs/dump.schema.json."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "docs" / "dump.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
 
 
 def _deadlock_block(text: str) -> str:
@@ -103,6 +112,8 @@ class TestDeadlockedThreads:
             program.send("quit")
             assert program.proc.wait(timeout=30) == 3
             program.out.wait_for(r"^bye")
+            report = program.stderr_when_closed()
+            assert "conctools report" in report and DEADLOCK not in report  # the dumps recorded nothing in the run
         finally:
             program.stop()
 
@@ -114,6 +125,7 @@ class TestDeadlockedThreads:
             done = conctools("dump", str(program.pid), "--json", env=agent_env)
             assert done.returncode == 0, done.stderr
             doc = json.loads(done.stdout)
+            validate_dump(doc)
             assert doc["schema"] == "conctools.dump/1" and doc["process"]["pid"] == program.pid
             (deadlock,) = doc["wait_for"]["deadlocks"]
             assert {p["thread_name"] for p in deadlock["participants"]} == {"transfer", "audit"}
@@ -171,6 +183,12 @@ class TestDeadlockedTasks:
             assert second > first  # the loop still runs after the dump
             again = conctools("dump", str(program.pid), env=agent_env)
             assert _without_durations(_deadlock_block(again.stdout)) == _without_durations(block)
+            doc = json.loads(conctools("dump", str(program.pid), "--json", env=agent_env).stdout)
+            validate_dump(doc)
+            tasks = {t["name"]: t for t in doc["tasks"]}
+            assert tasks["refresh-cache"]["awaits_kind"] == "lock"
+            assert tasks["refresh-cache"]["awaited_by"] == [tasks["Task-1"]["id"]]
+            assert tasks["Task-1"]["awaits_kind"] == "gather"
             program.send("quit")
             assert program.proc.wait(timeout=30) == 3
         finally:
@@ -260,6 +278,7 @@ class TestServerUnderLoad:
             done = conctools("dump", str(server.pid), "--json", env=agent_env)
             assert done.returncode == 0, done.stderr
             doc = json.loads(done.stdout)
+            validate_dump(doc)
             assert "-m conctools serve --port 0" in doc["process"]["command"]
             assert doc["tasks_total"] >= 1 and doc["errors"] == []
             (loop,) = doc["loops"]

@@ -55,5 +55,12 @@ def parse_request(line: bytes) -> str:
 
 
 def encode(document: Any) -> bytes:
-    """A reply on the wire: compact JSON, ASCII only (so that no name can break the framing)."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=True, default=str).encode("ascii")
+    """A reply on the wire: compact JSON, ASCII only (so that no name can break the framing), with
+    NaN and infinity as ``null`` as in every conctools JSON (cleaned only when there is one)."""
+    try:
+        text = json.dumps(document, separators=(",", ":"), ensure_ascii=True, default=str, allow_nan=False)
+    except ValueError:
+        from conctools.reporting.jsonreport import _clean
+
+        text = json.dumps(_clean(document), separators=(",", ":"), ensure_ascii=True, default=str)
+    return text.encode("ascii")
