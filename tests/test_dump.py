@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -306,3 +307,49 @@ class TestServerUnderLoad:
             if load is not None:
                 load.join(30)
             server.stop()
+
+
+class TestReadmeExample:
+    """The README's hung service, as the README runs it."""
+
+    def test_hung_service(self, agent_env: dict[str, str]) -> None:
+        """Two requests deadlock the two handlers; /health still answers; the dump names both tasks and lines."""
+        script = ROOT / "examples" / "hung_service.py"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        service = Program(
+            [sys.executable, "-m", "conctools", "run", "--deadlock-timeout", "0", str(script), str(port)], agent_env
+        )
+        try:
+            service.out.wait_for(rf"hung_service: pid {service.pid}, listening on http://127\.0\.0\.1:{port}")
+            base = f"http://127.0.0.1:{port}"
+            for path in ("/transfer", "/audit"):  # these two never answer
+                threading.Thread(target=_get_quietly, args=(base + path,), daemon=True).start()
+            text = dump_until(service.pid, re.escape(DEADLOCK), agent_env)
+            block = _deadlock_block(text)
+            # transfer waits for the ledger inside the accounts; audit for the accounts inside the ledger
+            transfer_waits = line_of_text(script, "async with ledger:")[0]
+            audit_waits = line_of_text(script, "async with accounts:")[1]
+            for waits in (transfer_waits, audit_waits):
+                wait = (
+                    rf"waiting for aio\.Lock 'hung_service\.py:\d+',\n[^\n]+\n  waits at hung_service\.py:{waits}, for"
+                )
+                assert re.search(wait, block), block
+            assert f"at transfer ({script}:{transfer_waits})" in text and f"at audit ({script}:{audit_waits})" in text
+            with urllib.request.urlopen(base + "/health", timeout=10) as resp:
+                assert resp.read() == b"ok\n"
+        finally:
+            service.stop()
+
+
+def _get_quietly(url: str) -> None:
+    try:
+        urllib.request.urlopen(url, timeout=120).read()
+    except OSError:
+        pass
+
+
+def line_of_text(path: Path, text: str) -> list[int]:
+    """The numbers of the lines of ``path`` that read ``text`` (stripped)."""
+    return [n for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip() == text]
