@@ -222,7 +222,8 @@ class TestHangAndHealth:
             text = dump_until(program.pid, r"thread 'ticker'", agent_env)
             assert DEADLOCK not in text and "Hang:" not in text
             assert re.search(r"thread 'ticker' [^\n]*\[waiting \(timeout 0\.5s\)\]", text), text
-            assert f"at ticker ({script}:{line_of(script, 'timed wait: ticker')})" in text
+            ticker = SCRIPTS / "healthy_idle.py"
+            assert f"at ticker ({ticker}:{line_of_text(ticker, 'while not stop.wait(0.5):')[0]})" in text
             assert re.search(r"thread 'sleeper' [^\n]*\[running\]", text)
             assert "nobody waits for anybody on a traced lock" in text
             program.send("quit")

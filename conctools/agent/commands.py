@@ -87,14 +87,12 @@ def _write(text: str, out: Path | None, command: str) -> None:
 
 
 def _silence_stdout() -> None:
+    """Point the closed stdout at /dev/null: the interpreter's last flush at exit must not fail."""
+    import contextlib
     import os
 
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except Exception:
-        pass
+    with contextlib.suppress(Exception):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _dump_command(ns: argparse.Namespace) -> int:

@@ -12,9 +12,11 @@ out. Nothing here runs the program's code or takes its locks (see :mod:`conctool
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from conctools import registry, taskdump
@@ -44,6 +46,14 @@ def _part(errors: list[str], what: str, build: Callable[[], Any], fallback: Any)
         return fallback
 
 
+def _look() -> tuple[dict[int, FrameType], dict[int, threading.Thread], dict[int, str], list[int]]:
+    """Every thread's frame, ``threading``'s threads and their names, and the program's own threads."""
+    frames = current_frames()
+    threads = known_threads()
+    names = {tid: t.name for tid, t in threads.items()}
+    return frames, threads, names, [tid for tid in frames if not names.get(tid, "").startswith(OWN_PREFIX)]
+
+
 def build_hello(recorder: Recorder) -> dict[str, Any]:
     """``hello``: who the process is."""
     return {"schema": HELLO_SCHEMA, "process": who_am_i(recorder)}
@@ -68,10 +78,7 @@ def build_dump(recorder: Recorder) -> dict[str, Any]:
     started = time.perf_counter()
     now_ns, now_wall = time.monotonic_ns(), time.time()
     errors: list[str] = []
-    frames = current_frames()
-    threads = known_threads()
-    names = {tid: t.name for tid, t in threads.items()}
-    program = [tid for tid in frames if not names.get(tid, "").startswith(OWN_PREFIX)]
+    frames, threads, names, program = _look()
     infos, awaited_by = _part(errors, "tasks", task_infos, ([], {}))
     prims = _part(errors, "locks", registry.primitives, ())
     empty = WatchdogView({}, (), (), None)
@@ -178,10 +185,7 @@ def build_top(recorder: Recorder) -> dict[str, Any]:
     """``top``: counts by state, the hottest waits now, stalls and lag, CPU and GIL."""
     now_ns, now_wall = time.monotonic_ns(), time.time()
     errors: list[str] = []
-    frames = current_frames()
-    threads = known_threads()
-    names = {tid: t.name for tid, t in threads.items()}
-    program = [tid for tid in frames if not names.get(tid, "").startswith(OWN_PREFIX)]
+    frames, _, names, program = _look()
     prims = _part(errors, "locks", registry.primitives, ())
     empty = WatchdogView({}, (), (), None)
     view = _part(errors, "threads", lambda: watchdog_view(frames, program, prims, full=False), empty)

@@ -123,7 +123,6 @@ def run_top(
 
 
 def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
+    with contextlib.suppress(AttributeError, ValueError):  # no isatty, or closed
+        return bool(stream.isatty())
+    return False
