@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._dump_helpers import ROOT, Program, conctools, one_line_error
+from tests._dump_helpers import ROOT, Program, conctools, one_line_error, run_under_conctools
 from tests._dump_helpers import agent_env as agent_env  # the fixture
 from tests.test_console_access import other_user as other_user  # the fixture: a throwaway user
 
@@ -73,6 +73,16 @@ class TestProcesses:
             assert "has no conctools agent: start it with `conctools run SCRIPT.py`" in line
             assert "conctools.enable_dump()" in line
             assert program.proc.poll() is None
+        finally:
+            program.stop()
+
+    def test_run_without_the_agent(self, agent_env: dict[str, str]) -> None:
+        """`conctools run --no-dump-agent`: no socket, and the dump says how to get one."""
+        program = run_under_conctools("dump_healthy.py", agent_env, "--no-dump-agent")
+        try:
+            line = one_line_error(conctools("dump", str(program.pid), env=agent_env))
+            assert "has no conctools agent: start it with `conctools run SCRIPT.py`" in line
+            assert not list(Path(agent_env["CONCTOOLS_CONSOLE_DIR"]).glob("dump-*.sock"))
         finally:
             program.stop()
 
