@@ -101,7 +101,6 @@ async def _serve(config: ServeConfig, recorder: Recorder, stopped_by: list[int] 
         recorder.meta["url"] = f"http://{config.host}:{port}"
         bugs = ", ".join(sorted(config.server.bugs)) or "none"
         print(f"conctools serve: listening on http://{config.host}:{port} (bugs: {bugs})", flush=True)
-        _announce_agent()
         if config.console:
             from conctools.console import start
 
@@ -118,6 +117,7 @@ async def _serve(config: ServeConfig, recorder: Recorder, stopped_by: list[int] 
                 "(commands: help, locks, deadlocks, slow, threads, resources, profile)",
                 flush=True,
             )
+        _announce_agent()  # after the console's line (scripts read the first two lines)
         stop = asyncio.Event()
 
         def stop_by(signum: int) -> None:
