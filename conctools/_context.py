@@ -15,7 +15,8 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from types import FrameType
+from types import CodeType, FrameType
+from typing import Any
 
 from conctools.events import Frame
 
@@ -25,6 +26,9 @@ __all__ = [
     "frames_of",
     "internal_thread",
     "is_conctools_frame",
+    "line_of",
+    "raw_stack",
+    "resolve_stack",
     "thread_name_of",
     "user_frame",
     "who_am_i",
@@ -138,6 +142,48 @@ def frames_of(frame: FrameType | None, limit: int = 64) -> tuple[Frame, ...]:
                 )
             )
         frame = frame.f_back
+    return tuple(out)
+
+
+def line_of(code: CodeType, lasti: int) -> int:
+    """The line of instruction offset ``lasti`` in ``code`` (``frame.f_lineno`` for a frame stopped there)."""
+    for start, end, lineno in code.co_lines():
+        if start <= lasti < end and lineno is not None:
+            return lineno
+    return code.co_firstlineno
+
+
+def raw_stack(frame: FrameType | None, limit: int = 64) -> tuple[Any, ...]:
+    """``(code, offset, code, offset, ...)`` from ``frame`` outwards: a stack kept as code objects and
+    offsets, cheap to take; :func:`resolve_stack` turns it into frames with file, line and source
+    text when a report needs it (the C extension has the same, without frame objects)."""
+    out: list[Any] = []
+    while frame is not None and len(out) < 2 * limit:
+        out.append(frame.f_code)
+        out.append(frame.f_lasti)
+        frame = frame.f_back
+    return tuple(out)
+
+
+def resolve_stack(raw: tuple[Any, ...], limit: int = 64) -> tuple[Frame, ...]:
+    """The frames of a :func:`raw_stack`, innermost first, leaving out conctools' own."""
+    out: list[Frame] = []
+    for i in range(0, len(raw) - 1, 2):
+        if len(out) >= limit:
+            break
+        code, lasti = raw[i], raw[i + 1]
+        filename = code.co_filename
+        if filename.startswith(_PKG_DIR) and not filename.startswith(_SAMPLE_DIR):
+            continue
+        lineno = line_of(code, lasti)
+        out.append(
+            Frame(
+                filename=filename,
+                lineno=lineno,
+                function=code.co_name,
+                line=linecache.getline(filename, lineno).strip(),
+            )
+        )
     return tuple(out)
 
 

@@ -1,126 +1,192 @@
-/* conctools._speedups: the uncontended fast path of conctools.Lock and conctools.RLock in C.
+/* conctools._speedups: the fast paths of conctools.Lock and conctools.RLock in C.
  *
- * A traced lock's hot path is tiny (a non-blocking try of the real lock, the owner's thread id,
- * a counter; a sampled clock read once the lock has been contended; a push on the held-locks
- * stack in lock-order mode), but as Python methods it costs a Python frame per `with`, which
- * alone is 1.6x a `with threading.Lock()`. This module is a base type holding the fields that
- * path touches, and method descriptors that conctools/locks.py installs on its classes when
- * the module is available. Everything else stays in Python: every wait (the slow path),
- * every timeout, the validation of arguments, the lock-order graph and its checks. The real lock
- * is still a `_thread.lock` / `_thread.RLock` (called through its own methods), so its semantics
- * (signals, timeouts, fork, reprs) are CPython's own.
+ * A traced lock records, on every acquisition, its holder (thread, thread-state id, asyncio task,
+ * where it was taken in lock-order mode) and a counter; once contended, a sample of hold times;
+ * in lock-order mode, a push on the thread's held-locks stack. As Python methods each `with` would
+ * pay Python frames; here the whole acquire/release runs in C, including the blocking wait of a
+ * contended acquisition, so the caller's critical section sees nothing a plain lock would not do.
  *
- * Observation must never break the program: bookkeeping errors after the lock is taken are
- * swallowed; only the real lock's own errors (a release of an unlocked lock) reach the caller.
- * Built only for interpreters with a GIL (the fields are protected by it); elsewhere, and when
- * CONCTOOLS_PURE_PYTHON=1, locks.py uses its pure-Python fast path with the same behaviour.
+ * Observing must not change what the program does (issue 22): between the real lock's acquire and
+ * the return to the caller, and around the release, this code only stores into fields it already
+ * has: no allocation that could start a garbage collection (whose finalizers may call back into
+ * the code holding the lock), no call into Python, no release of a reference that could be the
+ * last one (those go to a per-lock "trash" slot, dropped before the next acquisition). Whatever
+ * needs allocating (the site of the acquisition, the held-stack entry, a new lock-order edge, a
+ * wait record) is prepared BEFORE the acquire, on the same stack, and a wait's statistics and
+ * event are recorded later, outside any critical section (locks.py flushes them).
+ *
+ * The real lock is still a `_thread.lock` / `_thread.RLock`, called through its own C methods, so
+ * its semantics (signals, timeouts, fork, reprs) are CPython's own. Built only for interpreters
+ * with a GIL (the fields are protected by it); elsewhere, and when CONCTOOLS_PURE_PYTHON=1,
+ * locks.py runs the same paths in Python.
+ *
+ * Frames are read without materialising frame objects (which is an allocation) through CPython's
+ * internal frame structures on 3.11-3.13, and through the public API elsewhere.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 #include <frameobject.h>
 #include <pythread.h>
+#include <stdint.h>
 #include <time.h>
 
 #ifdef Py_GIL_DISABLED
 #error "conctools._speedups relies on the GIL; the pure-Python fast path is used instead"
 #endif
 
-typedef struct {
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000
+#define CT_INTERNAL_FRAMES 1
+#ifndef Py_BUILD_CORE
+#define Py_BUILD_CORE 1
+#define CT_UNDEF_BUILD_CORE 1
+#endif
+#include "internal/pycore_frame.h"
+#ifdef _PyGC_FINALIZED
+#undef _PyGC_FINALIZED /* the public header's copy; the internal one below says the same */
+#endif
+#include "internal/pycore_pystate.h" /* _PyThreadState_GET(): no function call */
+#define CT_TSTATE() _PyThreadState_GET()
+#if PY_VERSION_HEX >= 0x030D0000
+#include "internal/pycore_tstate.h" /* _PyThreadStateImpl.asyncio_running_loop */
+#include "internal/pycore_ceval.h"  /* _PY_GC_SCHEDULED_BIT */
+#define CT_TSTATE_LOOP 1
+#elif PY_VERSION_HEX >= 0x030C0000
+#include "internal/pycore_interp.h" /* interp->ceval.gc_scheduled */
+#endif
+#ifdef CT_UNDEF_BUILD_CORE
+#undef Py_BUILD_CORE
+#endif
+#else
+#define CT_INTERNAL_FRAMES 0
+#define CT_TSTATE() PyThreadState_Get()
+#endif
+
+#define API_VERSION 5
+
+typedef struct CoreObject {
     PyObject_HEAD
-    PyObject *lock;      /* _lock: the real _thread.lock / _thread.RLock */
-    PyObject *acq;       /* _acq: its bound acquire */
-    PyObject *rel;       /* _rel: its bound release */
-    PyObject *owner;     /* _owner: the owning thread's id (NULL reads as None) */
-    unsigned long owner_ident;
-    unsigned long long owner_tid; /* _owner_tid: the owner's thread-state id (never reused), 0 = unknown */
-    long long n;         /* _ct_n: acquisitions */
-    long long t0;        /* _t0: start of a timed hold, 0 = untimed */
-    long long osince;    /* _osince: when the holder took the lock (0 = unknown) */
-    PyObject *otask;     /* _otask: the holding task, when a contended acquire knew it */
-    PyObject *osite;     /* _osite: where the holder took it ("" / "file:LINE" / (code, offset)) */
-    PyObject *hold;      /* _ct_hold: hold-time Histogram, None until the first contention */
-    PyObject *held;      /* _ct_held: the held-locks stack this lock was pushed on (lock order) */
-    PyObject *entry;     /* _ct_entry: (weakref, class key, name, serial), the fixed part of a held entry */
-    PyObject *site;      /* the last site computed, for site_code/site_lasti (a loop takes a lock on one line) */
-    PyObject *site_code; /* (borrowed identity only, never dereferenced) */
-    int site_lasti;
-    PyObject *stats;     /* _ct_stats: the LockStats of its class */
-    PyObject *name;      /* _ct_name */
-    PyObject *created;   /* _ct_created: creation site */
-    PyObject *serial;    /* _ct_serial */
-    PyObject *waiters;   /* _ct_waiters: {(ident, task id): wait} */
+    PyObject *lock;              /* _lock: the real _thread.lock / _thread.RLock */
+    int rlock;                   /* 1 for an RLock */
+    int ordered;                 /* _ct_ordered: lock-order checking (decided at creation) */
+    long depth;                  /* an RLock's depth for its owner, kept by its own methods */
+    int released;                /* the holder fields belong to a holder that has released the lock */
+    /* The holder, valid while the lock is held (a Lock leaves them as they were on release). */
+    unsigned long owner_ident;   /* _owner: its thread id, 0 = none */
+    unsigned long long owner_tid;/* _owner_tid: its thread-state id (never reused), 0 = unknown */
+    PyObject *othread;           /* _othread: its ThreadInfo (below), when it has one */
+    PyObject *otask;             /* _otask: its asyncio task, when taken inside one */
+    PyObject *osite;             /* _osite: where it was taken: (code, offset) or "file:LINE"; NULL unknown */
+    long long osince;            /* _osince: when it took the lock (0 = not timed) */
+    long long t0;                /* _t0: start of a timed hold, 0 = untimed */
+    long long n;                 /* _ct_n: acquisitions */
+    PyObject *hold;              /* _ct_hold: hold-time Histogram, NULL until the first contention */
+    PyObject *held;              /* _ct_held: the held-locks stack this lock was pushed on */
+    PyObject *entry;             /* _ct_entry: the last held-stack entry (weakref, key, name, serial, site) */
+    PyObject *known[2];          /* held entries whose edge to this lock is known (strong refs) */
+    long long known_gen;         /* lockorder generation those were checked in */
+    PyObject *trash[2];          /* references dropped inside a critical section, released later */
+    /* identity */
+    PyObject *stats;             /* _ct_stats */
+    PyObject *name;              /* name= given, or NULL (then _ct_name is the creation site) */
+    PyObject *created;           /* _ct_created */
+    unsigned long long serial;   /* _ct_serial */
+    PyObject *waiters;           /* _ct_waiters: {(ident, task id): wait}, NULL until the first wait */
+    struct CoreObject *prev, *next; /* every live lock, for the registry (no weakref, no set) */
+    int linked;
     PyObject *weakreflist;
 } CoreObject;
 
-/* Set once by setup(), from conctools/locks.py. */
-static PyObject *g_false_args;      /* (False,) */
-static PyObject *g_minus_one;       /* -1 */
-static PyObject *g_empty;           /* "" */
+/* The base of the Python-level traced primitives (Condition, Semaphore, Event, Barrier and the
+ * asyncio ones): their identity and counters as C fields (no dict entries), and a place in a list of
+ * live primitives (no weakref) that its deallocation leaves. */
+typedef struct TrackedObject {
+    PyObject_HEAD
+    PyObject *stats;     /* _ct_stats */
+    PyObject *name;      /* name= given, or NULL (_ct_name is then _ct_created) */
+    PyObject *created;   /* _ct_created */
+    PyObject *hold;      /* _ct_hold (None, never NULL once registered: fields Python reads on every
+                          * acquisition are object slots, which the interpreter's attribute caches serve) */
+    PyObject *waiters;   /* _ct_waiters (None until the first wait) */
+    PyObject *n;         /* _ct_n: acquisitions (semaphores, asyncio locks), an int */
+    PyObject *progress;  /* _ct_progress: notify/set/pass count, an int */
+    unsigned long long serial;
+    struct TrackedObject *prev, *next;
+    int linked;
+} TrackedObject;
+
+/* -- set by setup(), from conctools/locks.py ------------------------------------------------ */
+
 static PyObject *g_mono;            /* time.monotonic_ns */
-static PyObject *g_skip_prefixes;   /* tuple of path prefixes a lock site skips */
-static PyObject *g_code_site;       /* lockorder.code_site(frame) */
+static PyObject *g_hist_type;       /* recorder.Histogram */
+static long long g_mask = 7;        /* HOLD_SAMPLE - 1 */
+static int g_sub_bits = 3;
+static PyObject *g_skip_prefixes;   /* path prefixes a lock site skips (conctools, asyncio, threading, ...) */
+static PyObject *g_internal;        /* the same plus "<frozen": what a creation site skips */
+static PyObject *g_keep_prefix;     /* the bundled sample server: inside the package, yet user code */
+static PyObject *g_pkg_dir;         /* conctools' own directory */
 static PyObject *g_local;           /* lockorder._local (a threading.local) */
 static PyObject *g_held_stack;      /* lockorder.held_stack() */
 static PyObject *g_check;           /* lockorder.check(held, entry) */
-static PyObject *g_note_released;   /* lockorder.note_released(held, prim) */
-static PyObject *g_edges;           /* lockorder._edges: (from class, to class) -> first edge seen */
-static PyObject *g_hist_type;       /* recorder.Histogram */
-/* Creation (registration) fast path: see init_common(). */
+static PyObject *g_edges;           /* lockorder._edges */
+static PyObject *g_generation;      /* lockorder._generation: [n], bumped by reset() */
 static PyObject *g_allocate_lock;   /* _thread.allocate_lock */
 static PyObject *g_rlock_type;      /* _thread.RLock */
-static PyObject *g_ordered_lock;    /* locks._OrderedLock */
-static PyObject *g_ordered_rlock;   /* locks._OrderedRLock */
 static PyObject *g_order_enabled;   /* lockorder._enabled: [depth] */
-static PyObject *g_site_cache;      /* locks._site_cache: key -> (created_at, stats, codes) */
-static PyObject *g_internal;        /* locks._INTERNAL_PREFIXES */
 static PyObject *g_current;         /* recorder._current: [the current recorder] */
 static PyObject *g_published;       /* locks._published: [recorder] */
 static PyObject *g_register;        /* locks._register(prim, kind, name, frame): the full, Python path */
-static PyObject *g_retire;          /* locks._retire(prim) */
-static PyObject *g_serials;         /* locks._serials (itertools.count) */
-static PyObject *g_refs;            /* registry._refs */
-static PyObject *g_discard;         /* registry._refs.discard */
+static PyObject *g_retire;          /* locks._retire_counts(stats, n, hold) */
 static PyObject *g_epoch;           /* locks._epoch: [n] */
-static long long g_mask = 7;        /* HOLD_SAMPLE - 1 */
+static PyObject *g_wait_begin;      /* locks._wait_begin(prim, frame, timeout, holder) -> wait or None */
+static PyObject *g_pending;         /* locks._pending: deque of ended waits */
+static PyObject *g_waiting;         /* registry._waiting */
+static PyObject *g_progress;        /* registry._progress */
+static PyObject *g_safe_point;      /* locks._safe_point: a Python call that runs pending GC (3.12+) */
+static PyObject *g_active;          /* threading._active */
+static PyObject *g_running_loop;    /* asyncio._get_running_loop */
+static PyObject *g_current_task;    /* asyncio.current_task */
+static PyObject *g_wait_type;       /* locks._Wait (a class with __slots__) */
+static PyObject *g_flush;           /* locks.flush_waits */
+static PyObject *g_site_text;       /* locks._wait_site_text(code, offset) -> "file.py:LINE" */
+static PyObject *g_begin_wait_slow; /* LockStats.begin_wait (unbound): a new site's entry */
+static Py_ssize_t g_flush_at = 64;
+static long long g_stacks_per_site = 8;
 
-static PyObject *s_buckets, *s_count, *s_total_ns, *s_max_ns, *s_acquire, *s_release, *s_instances, *s_epoch,
-    *s_class, *s_lock_kind, *s_rlock_kind;
-static PyObject *s_contended, *s_stack, *s_recursion_count, *s_add, *s_acquire_py, *s_ct_stats, *s_key,
-    *s_ct_name, *s_ct_serial;
+static PyObject *s_acquire, *s_release, *s_locked, *s_is_owned, *s_recursion_count, *s_release_save,
+    *s_acquire_restore, *s_stack, *s_key, *s_end_ns, *s_acquired, *s_append, *s_buckets, *s_count,
+    *s_total_ns, *s_max_ns, *s_add, *s_epoch, *s_lock_kind, *s_rlock_kind, *s_thread_key, *s_site, *s_retired;
 
-static PyObject *g_one;  /* 1 */
-static PyObject *g_zero; /* 0 */
+static PyObject *py_raw_stack(PyObject *module, PyObject *arg);
+static PyObject *wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int event,
+                            PyObject *task_arg);
+static void wait_finish(PyObject *w, int acquired);
+struct TrackedObject;
+static void init_tracked(struct TrackedObject *self);
+static PyObject *s_ct_stats, *s_ct_created, *s_ct_name;
+static PyObject *g_empty_str;       /* "" */
+static PyObject *g_zero_int;        /* 0 */
+static PyObject *g_false_args;      /* (False,) */
+static PyObject *g_true_args;       /* (True,) */
+static PyObject *g_question;        /* "?" */
+static PyObject *g_trash_list;      /* overflow of the per-lock trash slots */
 static PyTypeObject *g_core_type;
+static PyTypeObject *g_tracked_type;
+static TrackedObject *g_tracked_head;
+static Py_ssize_t g_tracked_live;
 
-/* -- small helpers --------------------------------------------------------------------- */
+/* The real locks' own C methods, called without bound-method objects. */
+static PyCFunction m_lock_acquire, m_lock_release, m_lock_locked;
+static PyCFunction m_rlock_acquire, m_rlock_release, m_rlock_is_owned, m_rlock_recursion_count,
+    m_rlock_release_save, m_rlock_acquire_restore;
+static int f_lock_acquire, f_rlock_acquire, f_rlock_acquire_restore;
 
-/* 1 acquired, 0 not, -1 error (from the real lock: propagate). */
-static int
-try_acquire(CoreObject *self)
-{
-    if (self->acq == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
-        return -1;
-    }
-    PyObject *r = PyObject_Call(self->acq, g_false_args, NULL);
-    if (r == NULL) {
-        return -1;
-    }
-    int got = (r == Py_True) ? 1 : PyObject_IsTrue(r);
-    Py_DECREF(r);
-    return got;
-}
+/* Every live Core object (a doubly linked list under the GIL). */
+static CoreObject *g_head;
+static Py_ssize_t g_live;
+static unsigned long long g_serial;
 
-static PyObject *
-release_real(CoreObject *self)
-{
-    if (self->rel == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
-        return NULL;
-    }
-    return PyObject_CallNoArgs(self->rel);
-}
+/* -- errors ----------------------------------------------------------------------------------- */
 
 /* A KeyboardInterrupt or SystemExit that a signal handler raised while bookkeeping ran Python
  * code: it belongs to the program, so it is raised again at the next pending-call check. */
@@ -151,31 +217,159 @@ swallow(void)
     }
     PyErr_Fetch(&g_deferred_type, &g_deferred_value, &g_deferred_tb);
     if (Py_AddPendingCall(reraise_deferred, NULL) < 0) {
-        PyErr_Restore(g_deferred_type, g_deferred_value, g_deferred_tb); /* cannot defer: drop it */
+        PyErr_Restore(g_deferred_type, g_deferred_value, g_deferred_tb);
         g_deferred_type = g_deferred_value = g_deferred_tb = NULL;
         PyErr_Clear();
     }
 }
 
-/* The owner: its thread id (an int, reused while the same thread takes the lock again) and its
- * thread-state id, which unlike a thread id is never reused by a later thread: a lock left locked
- * by a thread that has exited is then told apart from one held by the new thread with its id. */
-static void
-set_owner(CoreObject *self)
+/* -- the real lock's methods ---------------------------------------------------------------- */
+
+/* Call a METH_NOARGS / METH_VARARGS(|KEYWORDS) / METH_O method of the real lock directly. */
+static PyObject *
+call_noargs(PyCFunction meth, PyObject *obj)
 {
-    unsigned long ident = PyThread_get_thread_ident();
-    self->owner_tid = PyThreadState_GetID(PyThreadState_Get());
-    if (self->owner != NULL && self->owner_ident == ident) {
-        return;
-    }
-    PyObject *obj = PyLong_FromUnsignedLong(ident);
-    if (obj == NULL) {
-        swallow();
-        return;
-    }
-    Py_XSETREF(self->owner, obj);
-    self->owner_ident = ident;
+    return meth(obj, NULL);
 }
+
+static PyObject *
+call_varargs(PyCFunction meth, int flags, PyObject *obj, PyObject *args)
+{
+    if (flags & METH_KEYWORDS) {
+        return ((PyCFunctionWithKeywords)(void (*)(void))meth)(obj, args, NULL);
+    }
+    if (flags & METH_FASTCALL) {
+        return ((_PyCFunctionFast)(void (*)(void))meth)(obj, &PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args));
+    }
+    if (flags & METH_O) {
+        return meth(obj, PyTuple_GET_ITEM(args, 0));
+    }
+    return meth(obj, args);
+}
+
+static PyCFunction
+method_of(PyObject *type, const char *name, int *flags)
+{
+    PyObject *descr = PyDict_GetItemString(((PyTypeObject *)type)->tp_dict, name); /* borrowed */
+    if (descr == NULL || !PyObject_TypeCheck(descr, &PyMethodDescr_Type)) {
+        PyErr_Format(PyExc_TypeError, "conctools._speedups: no C method %s", name);
+        return NULL;
+    }
+    PyMethodDef *def = ((PyMethodDescrObject *)descr)->d_method;
+    if (flags != NULL) {
+        *flags = def->ml_flags;
+    }
+    else if (!(def->ml_flags & METH_NOARGS)) {
+        PyErr_Format(PyExc_TypeError, "conctools._speedups: %s takes arguments", name);
+        return NULL;
+    }
+    return def->ml_meth;
+}
+
+/* 1 acquired, 0 not, -1 error (from the real lock: propagate). */
+static int
+try_acquire(CoreObject *self)
+{
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
+        return -1;
+    }
+    PyObject *r = self->rlock ? call_varargs(m_rlock_acquire, f_rlock_acquire, self->lock, g_false_args)
+                              : call_varargs(m_lock_acquire, f_lock_acquire, self->lock, g_false_args);
+    if (r == NULL) {
+        return -1;
+    }
+    int got = r == Py_True;
+    Py_DECREF(r);
+    return got;
+}
+
+static PyObject *
+release_real(CoreObject *self)
+{
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
+        return NULL;
+    }
+    return call_noargs(self->rlock ? m_rlock_release : m_lock_release, self->lock);
+}
+
+/* 1 if this thread owns the RLock, 0 if not, -1 on error. */
+static int
+rlock_owned(CoreObject *self)
+{
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
+        return -1;
+    }
+    PyObject *r = call_noargs(m_rlock_is_owned, self->lock);
+    if (r == NULL) {
+        return -1;
+    }
+    int owned = r == Py_True;
+    Py_DECREF(r);
+    return owned;
+}
+
+/* -- references dropped inside a critical section ----------------------------------------- */
+
+/* A lock is tracked by the garbage collector only once it refers to something that could refer
+ * back to it (a task, a wait record, a reference waiting in its trash): most locks never do. */
+static void
+track(CoreObject *self)
+{
+    if (!PyObject_GC_IsTracked((PyObject *)self)) {
+        PyObject_GC_Track((PyObject *)self);
+    }
+}
+
+/* Replace *field by value (a new reference is taken). The old reference may be the last one, and
+ * releasing it could run a finalizer: it waits in a trash slot until the next acquisition starts
+ * (or the lock dies). */
+static void
+store_ref(CoreObject *self, PyObject **field, PyObject *value)
+{
+    PyObject *old = *field;
+    if (old == value) {
+        return;
+    }
+    Py_XINCREF(value);
+    *field = value;
+    if (old == NULL) {
+        return;
+    }
+    /* (No tracking needed for the trash: what can refer back to a lock, a task, went through
+     * otask before, which tracked the lock; the rest are sites, held stacks, ThreadInfos.) */
+    for (int i = 0; i < 2; i++) {
+        if (self->trash[i] == NULL) {
+            self->trash[i] = old;
+            return;
+        }
+    }
+    /* Every slot taken (several acquisitions prepared before any released its trash): the shared
+     * overflow list. Appending only grows a plain array: no garbage collection can start. */
+    if (g_trash_list == NULL || PyList_Append(g_trash_list, old) < 0) {
+        PyErr_Clear();
+        self->trash[0] = old; /* cannot happen in practice; leak a reference rather than free it here */
+        return;
+    }
+    Py_DECREF(old); /* the list keeps it */
+}
+
+/* Before an acquisition (outside any critical section of this lock): release the trash. */
+static void
+empty_trash(CoreObject *self)
+{
+    for (int i = 0; i < 2; i++) {
+        Py_CLEAR(self->trash[i]);
+    }
+    if (g_trash_list != NULL && PyList_GET_SIZE(g_trash_list) > 0) {
+        PyList_SetSlice(g_trash_list, 0, PyList_GET_SIZE(g_trash_list), NULL);
+        PyErr_Clear();
+    }
+}
+
+/* -- clocks and histograms ------------------------------------------------------------------ */
 
 /* time.monotonic_ns(): on Linux that is clock_gettime(CLOCK_MONOTONIC), read here directly;
  * elsewhere, the Python function itself (the clocks must agree: locks.py compares them). */
@@ -202,33 +396,7 @@ mono_ns(void)
     return v;
 }
 
-static int
-has_hold(CoreObject *self)
-{
-    return self->hold != NULL && self->hold != Py_None;
-}
-
-/* The slow path, in Python: self._contended(timeout, caller's frame). */
-static PyObject *
-contended(CoreObject *self)
-{
-    PyObject *frame = (PyObject *)PyEval_GetFrame();
-    return PyObject_CallMethodObjArgs((PyObject *)self, s_contended, g_minus_one, frame ? frame : Py_None, NULL);
-}
-
-/* A timed hold: every contended one, one in HOLD_SAMPLE of the others (sample != 0 forces none). */
-static void
-start_hold(CoreObject *self, int timed)
-{
-    Py_XSETREF(self->otask, Py_NewRef(Py_None));
-    long long t = (timed && !(self->n & g_mask)) ? mono_ns() : 0;
-    self->osince = self->t0 = t;
-}
-
-/* recorder.bucket_of(): the same log-linear buckets (locks.py checks the constant; a test
- * compares the two over many values). */
-static int g_sub_bits = 3;
-
+/* recorder.bucket_of(): the same log-linear buckets (a test compares the two over many values). */
 static long long
 bucket_of(long long value)
 {
@@ -241,8 +409,8 @@ bucket_of(long long value)
 }
 
 /* Histogram.add(value) on a recorder.Histogram (slots buckets, count, total_ns, max_ns), done here:
- * the Python method costs more than the rest of a timed acquisition. Anything unexpected (a
- * subclass, another object) goes through its own add(). */
+ * ints and a dict entry only (no garbage collection can start, no Python code runs). Anything else
+ * (a subclass, another object) goes through its own add(). */
 static int
 hist_add_fields(PyObject *hist, long long value)
 {
@@ -285,47 +453,34 @@ static void
 end_hold(CoreObject *self)
 {
     long long t0 = self->t0;
-    if (t0) {
-        self->t0 = 0;
-        if (has_hold(self)) {
-            long long d = mono_ns() - t0;
-            if (g_hist_type != NULL && Py_IS_TYPE(self->hold, (PyTypeObject *)g_hist_type)) {
-                hist_add_fields(self->hold, d);
-            }
-            else {
-                PyObject *o = PyLong_FromLongLong(d);
-                if (o != NULL) {
-                    PyObject *r = PyObject_CallMethodOneArg(self->hold, s_add, o);
-                    Py_DECREF(o);
-                    Py_XDECREF(r);
-                }
-            }
-            swallow();
+    if (!t0) {
+        return;
+    }
+    self->t0 = 0;
+    if (self->hold == NULL || self->hold == Py_None) {
+        return;
+    }
+    long long d = mono_ns() - t0;
+    if (g_hist_type != NULL && Py_IS_TYPE(self->hold, (PyTypeObject *)g_hist_type)) {
+        hist_add_fields(self->hold, d);
+    }
+    else {
+        /* Not conctools' own Histogram (a test's stand-in): its add() is Python code. */
+        PyObject *o = PyLong_FromLongLong(d);
+        if (o != NULL) {
+            PyObject *r = PyObject_CallMethodOneArg(self->hold, s_add, o);
+            Py_DECREF(o);
+            Py_XDECREF(r);
         }
     }
+    swallow();
 }
 
-/* -1 on error (swallowed by callers), else the RLock's recursion count for this thread. */
-static long
-recursion_count(CoreObject *self)
-{
-    PyObject *r = PyObject_CallMethodNoArgs(self->lock, s_recursion_count);
-    if (r == NULL) {
-        swallow();
-        return -1;
-    }
-    long v = PyLong_AsLong(r);
-    Py_DECREF(r);
-    if (v == -1 && PyErr_Occurred()) {
-        swallow();
-    }
-    return v;
-}
+/* Set when bookkeeping before an acquire allocated objects (or ran Python code): a garbage
+ * collection may then be due, and must run before the acquire (see safe_point()). */
+static int g_allocated;
 
-/* -- lock order ---------------------------------------------------------------------- */
-
-static PyObject *g_keep_prefix; /* the bundled sample server: inside the package, yet user code */
-static PyObject *g_pkg_dir;     /* conctools' own directory */
+/* -- frames ------------------------------------------------------------------------------------ */
 
 /* filename starts with one of prefixes (and is not the sample server's). */
 static int
@@ -350,93 +505,536 @@ skipped_file_in(PyObject *filename, PyObject *prefixes)
     return 0;
 }
 
+/* Per code object: is its file one a site skips (bit 0), one a creation site skips (bit 1), or
+ * conctools' own (bit 2)? A direct-mapped cache that holds its code objects, so a cached pointer
+ * always means the same code. */
+#define CODE_CACHE 512
+static struct {
+    PyObject *code;
+    int bits;
+} g_code_cache[CODE_CACHE];
+
 static int
-skipped_file(PyObject *filename)
+code_bits(PyCodeObject *code)
 {
-    return skipped_file_in(filename, g_skip_prefixes);
+    size_t h = ((uintptr_t)code >> 4) & (CODE_CACHE - 1);
+    if (g_code_cache[h].code == (PyObject *)code) {
+        return g_code_cache[h].bits;
+    }
+    PyObject *fn = code->co_filename;
+    int bits = 0;
+    if (skipped_file_in(fn, g_skip_prefixes)) bits |= 1;
+    if (skipped_file_in(fn, g_internal)) bits |= 2;
+    if (g_pkg_dir != NULL && PyUnicode_Check(fn) && PyUnicode_Tailmatch(fn, g_pkg_dir, 0, PY_SSIZE_T_MAX, -1) == 1 &&
+        !(g_keep_prefix != NULL && PyUnicode_Tailmatch(fn, g_keep_prefix, 0, PY_SSIZE_T_MAX, -1) == 1)) {
+        bits |= 4;
+    }
+    PyErr_Clear();
+    Py_INCREF(code);
+    Py_XSETREF(g_code_cache[h].code, (PyObject *)code);
+    g_code_cache[h].bits = bits;
+    return bits;
 }
 
-/* Where the caller took the lock: (code, offset), or lockorder.code_site() when the caller is
- * the stdlib or conctools itself (it walks out to user code). New reference, never NULL. */
+#define BIT_SITE_SKIP 1
+#define BIT_CREATION_SKIP 2
+#define BIT_OWN 4
+
+/* A cursor over the calling thread's Python frames, innermost first, without frame objects. */
+typedef struct {
+#if CT_INTERNAL_FRAMES
+    _PyInterpreterFrame *f;
+#else
+    PyFrameObject *f; /* strong reference */
+#endif
+} FrameCursor;
+
+#if CT_INTERNAL_FRAMES
+static _PyInterpreterFrame *
+skip_incomplete(_PyInterpreterFrame *f)
+{
+    while (f != NULL) {
+#if PY_VERSION_HEX >= 0x030C0000
+        if (f->owner == FRAME_OWNED_BY_CSTACK) {
+            f = f->previous;
+            continue;
+        }
+#endif
+        if (_PyFrame_IsIncomplete(f)) {
+            f = f->previous;
+            continue;
+        }
+        return f;
+    }
+    return NULL;
+}
+
+static PyCodeObject *
+frame_code(_PyInterpreterFrame *f)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyCode_Check(f->f_executable) ? (PyCodeObject *)f->f_executable : NULL;
+#else
+    return f->f_code;
+#endif
+}
+#endif
+
+static void
+cursor_start(FrameCursor *c)
+{
+#if CT_INTERNAL_FRAMES
+    PyThreadState *ts = PyThreadState_Get();
+#if PY_VERSION_HEX >= 0x030D0000
+    c->f = skip_incomplete(ts->current_frame);
+#else
+    c->f = skip_incomplete(ts->cframe->current_frame);
+#endif
+#else
+    PyFrameObject *f = PyEval_GetFrame();
+    c->f = f ? (PyFrameObject *)Py_NewRef(f) : NULL;
+#endif
+}
+
+/* The current frame's code (borrowed) and offset; 0 at the end of the stack. */
+static int
+cursor_get(FrameCursor *c, PyCodeObject **code, int *lasti)
+{
+#if CT_INTERNAL_FRAMES
+    while (c->f != NULL) {
+        PyCodeObject *co = frame_code(c->f);
+        if (co != NULL) {
+            *code = co;
+            *lasti = _PyInterpreterFrame_LASTI(c->f) * (int)sizeof(_Py_CODEUNIT);
+            return 1;
+        }
+        c->f = skip_incomplete(c->f->previous);
+    }
+    return 0;
+#else
+    if (c->f == NULL) return 0;
+    PyCodeObject *co = PyFrame_GetCode(c->f);
+    *code = co;
+    Py_DECREF(co); /* the frame keeps it alive */
+    *lasti = PyFrame_GetLasti(c->f);
+    return 1;
+#endif
+}
+
+static void
+cursor_next(FrameCursor *c)
+{
+#if CT_INTERNAL_FRAMES
+    if (c->f != NULL) c->f = skip_incomplete(c->f->previous);
+#else
+    if (c->f != NULL) {
+        PyFrameObject *back = PyFrame_GetBack(c->f);
+        Py_SETREF(c->f, back);
+    }
+#endif
+}
+
+static void
+cursor_end(FrameCursor *c)
+{
+#if !CT_INTERNAL_FRAMES
+    Py_CLEAR(c->f);
+#else
+    c->f = NULL;
+#endif
+}
+
+/* The first frame whose code has none of `mask` bits: its code (borrowed) and offset; 0 if none. */
+static int
+first_frame_without(int mask, PyCodeObject **code, int *lasti)
+{
+    FrameCursor c;
+    cursor_start(&c);
+    PyCodeObject *co;
+    int off;
+    int found = 0;
+    while (cursor_get(&c, &co, &off)) {
+        if (!(code_bits(co) & mask)) {
+            *code = co;
+            *lasti = off;
+            found = 1;
+            break;
+        }
+        cursor_next(&c);
+    }
+    cursor_end(&c);
+    return found;
+}
+
+/* Where the caller took the lock: (code, offset) of the first frame outside conctools and the
+ * stdlib modules sites skip, cached per lock. New reference, never NULL. Allocates: call it before
+ * acquiring, never inside the section. */
+#define SITE_TUPLES 1024
+static PyObject *g_site_tuples[SITE_TUPLES];
+
 static PyObject *
 caller_site(CoreObject *self)
 {
-    PyFrameObject *frame = PyEval_GetFrame();
-    if (frame == NULL) {
-        return PyUnicode_FromString("?");
+    PyCodeObject *code;
+    int lasti;
+    if (!first_frame_without(BIT_SITE_SKIP, &code, &lasti)) {
+        return Py_NewRef(g_question);
     }
-    PyCodeObject *code = PyFrame_GetCode(frame);
-    int lasti = PyFrame_GetLasti(frame);
-    /* The same code object and offset as last time: the same site. The cached site tuple holds
-     * the code object, so the pointer cannot have been reused by another code object. */
-    if (self->site != NULL && self->site_code == (PyObject *)code && self->site_lasti == lasti) {
-        Py_DECREF(code);
-        return Py_NewRef(self->site);
+    /* One (code, offset) tuple per site, shared by every lock taken there (a program with many locks
+     * of one class keeps one). */
+    size_t h = (((uintptr_t)code >> 4) * 31u + (uintptr_t)lasti) & (SITE_TUPLES - 1);
+    PyObject *cached = g_site_tuples[h];
+    if (cached != NULL && PyTuple_GET_ITEM(cached, 0) == (PyObject *)code &&
+        PyLong_AsLong(PyTuple_GET_ITEM(cached, 1)) == lasti) {
+        return Py_NewRef(cached);
     }
-    PyObject *site = NULL;
-    if (skipped_file(code->co_filename)) {
-        site = PyObject_CallOneArg(g_code_site, (PyObject *)frame);
-    }
-    else {
-        PyObject *offset = PyLong_FromLong(lasti);
-        if (offset != NULL) {
-            site = PyTuple_Pack(2, (PyObject *)code, offset);
-            Py_DECREF(offset);
-        }
-    }
+    g_allocated = 1;
+    PyObject *offset = PyLong_FromLong(lasti);
+    PyObject *site = offset ? PyTuple_Pack(2, (PyObject *)code, offset) : NULL;
+    Py_XDECREF(offset);
     if (site == NULL) {
         swallow();
-        Py_DECREF(code);
-        return PyUnicode_FromString("?");
+        return Py_NewRef(g_question);
     }
-    if (PyTuple_Check(site) && PyTuple_GET_SIZE(site) == 2 && PyTuple_GET_ITEM(site, 0) == (PyObject *)code) {
-        Py_XSETREF(self->site, Py_NewRef(site));
-        self->site_code = (PyObject *)code;
-        self->site_lasti = lasti;
-    }
-    Py_DECREF(code);
+    Py_XSETREF(g_site_tuples[h], Py_NewRef(site));
     return site;
 }
 
+/* -- ThreadInfo: a thread's identity, as locks keep it ----------------------------------------- */
+
+/* A lock keeps its holder's ThreadInfo rather than its threading.Thread: the Thread could refer back
+ * to the lock (a Thread subclass holding its own lock), and a lock that can be part of no reference
+ * cycle need not be tracked by the garbage collector (most locks: collections stay as cheap as the
+ * stdlib's, whose locks are not tracked). It holds a weak reference to the Thread and a copy of its
+ * name, so an ended thread is still called by its own name. Not a GC type: it refers to nothing that
+ * could refer back to it. */
+typedef struct {
+    PyObject_HEAD
+    unsigned long ident;
+    unsigned long long tid;
+    PyObject *wthread; /* weak reference to the threading.Thread, or NULL */
+    PyObject *name;    /* its name when last seen */
+} ThreadInfoObject;
+
+static PyTypeObject *g_threadinfo_type;
+static PyObject *s_name;
+
 static PyObject *
-entry_base(CoreObject *self)
+threadinfo_thread(ThreadInfoObject *self)
 {
-    if (self->entry != NULL) {
-        return self->entry;
+    if (self->wthread == NULL) return NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *t = NULL;
+    if (PyWeakref_GetRef(self->wthread, &t) != 1) {
+        PyErr_Clear();
+        return NULL;
     }
-    PyObject *wref = NULL, *stats = NULL, *key = NULL, *name = NULL, *serial = NULL;
-    wref = PyWeakref_NewRef((PyObject *)self, NULL);
-    if (wref == NULL) goto done;
-    stats = PyObject_GetAttr((PyObject *)self, s_ct_stats);
-    if (stats == NULL) goto done;
-    key = PyObject_GetAttr(stats, s_key);
-    if (key == NULL) goto done;
-    name = PyObject_GetAttr((PyObject *)self, s_ct_name);
-    if (name == NULL) goto done;
-    serial = PyObject_GetAttr((PyObject *)self, s_ct_serial);
-    if (serial == NULL) goto done;
-    self->entry = PyTuple_Pack(4, wref, key, name, serial);
-done:
-    Py_XDECREF(wref);
-    Py_XDECREF(stats);
-    Py_XDECREF(key);
-    Py_XDECREF(name);
-    Py_XDECREF(serial);
-    return self->entry;
+    return t;
+#else
+    PyObject *t = PyWeakref_GetObject(self->wthread);
+    if (t == NULL || t == Py_None) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return Py_NewRef(t);
+#endif
 }
 
-/* The calling thread's held-locks stack (lockorder._local.stack, a new reference), remembered
- * for the last thread that asked: thread-state ids are never reused, unlike thread idents. */
-static uint64_t g_held_tid;
-static PyObject *g_held_list;
+static PyObject *
+threadinfo_get_thread(ThreadInfoObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *t = threadinfo_thread(self);
+    return t != NULL ? t : Py_NewRef(Py_None);
+}
+
+/* The thread's name: the live Thread's (it may have been renamed), else the last one seen. */
+static PyObject *
+threadinfo_get_name(ThreadInfoObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *t = threadinfo_thread(self);
+    if (t != NULL) {
+        PyObject *name = PyObject_GetAttr(t, s_name);
+        Py_DECREF(t);
+        if (name != NULL && PyUnicode_Check(name)) {
+            Py_XSETREF(self->name, Py_NewRef(name));
+            return name;
+        }
+        Py_XDECREF(name);
+        PyErr_Clear();
+    }
+    if (self->name != NULL) return Py_NewRef(self->name);
+    return PyUnicode_FromFormat("thread-%lu", self->ident);
+}
 
 static PyObject *
-thread_held(void)
+threadinfo_repr(ThreadInfoObject *self)
 {
-    uint64_t tid = PyThreadState_GetID(PyThreadState_Get());
-    if (g_held_list != NULL && g_held_tid == tid) {
-        return Py_NewRef(g_held_list);
+    return PyUnicode_FromFormat("<ThreadInfo ident=%lu key=%llu name=%R>", self->ident, self->tid,
+                                self->name ? self->name : Py_None);
+}
+
+static void
+threadinfo_dealloc(ThreadInfoObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_CLEAR(self->wthread);
+    Py_CLEAR(self->name);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyGetSetDef threadinfo_getset[] = {
+    {"thread", (getter)threadinfo_get_thread, NULL, "the threading.Thread while it exists, else None", NULL},
+    {"name", (getter)threadinfo_get_name, NULL, "the thread's name (its last one, once it has ended)", NULL},
+    {NULL},
+};
+
+static PyMemberDef threadinfo_members[] = {
+    {"ident", T_ULONG, offsetof(ThreadInfoObject, ident), READONLY, NULL},
+    {"key", T_ULONGLONG, offsetof(ThreadInfoObject, tid), READONLY, NULL},
+    {NULL},
+};
+
+static PyType_Slot threadinfo_slots[] = {
+    {Py_tp_doc, "A thread's identity as a traced lock keeps it (ident, thread-state id, Thread, name)."},
+    {Py_tp_dealloc, threadinfo_dealloc},
+    {Py_tp_repr, threadinfo_repr},
+    {Py_tp_getset, threadinfo_getset},
+    {Py_tp_members, threadinfo_members},
+    {0, NULL},
+};
+
+static PyType_Spec threadinfo_spec = {
+    .name = "conctools._speedups.ThreadInfo",
+    .basicsize = sizeof(ThreadInfoObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = threadinfo_slots,
+};
+
+static PyObject *
+new_threadinfo(unsigned long ident, unsigned long long tid, PyObject *thread)
+{
+    ThreadInfoObject *info = PyObject_New(ThreadInfoObject, g_threadinfo_type);
+    if (info == NULL) return NULL;
+    Py_INCREF(g_threadinfo_type); /* a heap type: its instances hold a reference */
+    info->ident = ident;
+    info->tid = tid;
+    info->wthread = NULL;
+    info->name = NULL;
+    if (thread != NULL) {
+        info->wthread = PyWeakref_NewRef(thread, NULL);
+        if (info->wthread == NULL) PyErr_Clear();
+        PyObject *name = PyObject_GetAttr(thread, s_name);
+        if (name != NULL && PyUnicode_Check(name)) {
+            info->name = name;
+        }
+        else {
+            Py_XDECREF(name);
+            PyErr_Clear();
+        }
     }
+    return (PyObject *)info;
+}
+
+/* -- who is running ------------------------------------------------------------------------------- */
+
+typedef struct {
+    unsigned long long tid;
+    unsigned long ident;
+    PyObject *thread; /* borrowed (cached), may be NULL */
+    PyObject *task;   /* new reference, may be NULL */
+    PyObject *site;   /* new reference (ordered locks only) */
+    PyObject *held;   /* new reference (ordered locks only) */
+    PyObject *entry;  /* new reference (ordered locks only) */
+} Me;
+
+static PyObject *g_key_thread; /* the thread-state dict key of a thread's threading.Thread */
+static PyObject *g_key_held;   /* ... and of its held-locks stack */
+
+/* Per-thread caches (C thread-local storage), valid while the thread-state id and the cache
+ * generation (bumped by clear_caches) match. They hold borrowed references only: the objects are
+ * kept alive by the thread-state dict, which lives as long as the thread. */
+static unsigned long long g_cache_gen = 1;
+static __thread unsigned long long t_tid, t_gen;
+static __thread PyObject *t_thread;      /* its threading.Thread, or NULL */
+static __thread PyObject *t_held;        /* its lockorder held stack, or NULL */
+static __thread PyObject *t_noloop_dict; /* "no loop" seen with this tsdict version */
+#ifndef CT_TSTATE_LOOP
+static __thread uint64_t t_noloop_version;
+#endif
+
+static unsigned long long
+current_tid(void)
+{
+    return (unsigned long long)CT_TSTATE()->id;
+}
+
+static void
+tls_check(unsigned long long tid)
+{
+    if (t_tid != tid || t_gen != g_cache_gen) {
+        t_tid = tid;
+        t_gen = g_cache_gen;
+        t_thread = t_held = t_noloop_dict = NULL;
+    }
+}
+
+/* The calling thread's ThreadInfo (borrowed), made once per thread and kept in its thread-state dict
+ * (NULL while the thread has no threading.Thread yet). */
+static PyObject *
+current_thread_object(unsigned long long tid, unsigned long ident)
+{
+    tls_check(tid);
+    if (t_thread != NULL) {
+        return t_thread;
+    }
+    PyObject *tsdict = PyThreadState_GetDict(); /* borrowed */
+    if (tsdict == NULL) {
+        return NULL;
+    }
+    PyObject *info = PyDict_GetItemWithError(tsdict, g_key_thread); /* borrowed */
+    if (info == NULL && PyErr_Occurred()) PyErr_Clear();
+    if (info != NULL && Py_IS_TYPE(info, g_threadinfo_type) && ((ThreadInfoObject *)info)->tid == tid) {
+        t_thread = info;
+        return info;
+    }
+    if (g_active == NULL) return NULL;
+    g_allocated = 1;
+    PyObject *thread = NULL;
+    PyObject *key = PyLong_FromUnsignedLong(ident);
+    if (key != NULL) {
+        thread = PyDict_GetItemWithError(g_active, key); /* borrowed */
+        Py_DECREF(key);
+    }
+    if (thread == NULL) {
+        PyErr_Clear();
+        return NULL; /* not a threading.Thread (yet): looked up again next time */
+    }
+    info = new_threadinfo(ident, tid, thread);
+    if (info == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    int err = PyDict_SetItem(tsdict, g_key_thread, info);
+    Py_DECREF(info); /* the dict keeps it (or it is gone) */
+    if (err < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    t_thread = info;
+    return info;
+}
+
+static PyCFunction g_running_loop_meth; /* asyncio._get_running_loop's C function, and its self */
+static PyObject *g_running_loop_self;
+
+/* The loop running in this thread (new reference), or NULL. */
+static PyObject *
+running_loop(void)
+{
+    PyObject *loop;
+#ifdef CT_TSTATE_LOOP
+    loop = ((_PyThreadStateImpl *)CT_TSTATE())->asyncio_running_loop;
+    if (loop == NULL || loop == Py_None) return NULL;
+    return Py_NewRef(loop);
+#else
+    if (g_running_loop_meth != NULL) {
+        loop = g_running_loop_meth(g_running_loop_self, NULL);
+    }
+    else if (g_running_loop != NULL) {
+        loop = PyObject_CallNoArgs(g_running_loop);
+    }
+    else {
+        return NULL;
+    }
+    if (loop == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (loop == Py_None) {
+        Py_DECREF(loop);
+        return NULL;
+    }
+    return loop;
+#endif
+}
+
+#ifndef CT_TSTATE_LOOP
+/* asyncio (3.11, 3.12) keeps a thread's running loop in the thread-state dict, and looks it up
+ * there for a thread that has none on every call. Ours remembers "no loop" per thread, until that
+ * dict changes (its version tag moves on every change). */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+static uint64_t
+dict_version(PyObject *d)
+{
+    return ((PyDictObject *)d)->ma_version_tag;
+}
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+/* The asyncio task running in this thread (new reference) or NULL: cheap where no loop runs. */
+static PyObject *
+current_task_of_thread(unsigned long long tid)
+{
+#ifndef CT_TSTATE_LOOP
+    PyObject *tsdict = CT_TSTATE()->dict; /* borrowed; NULL until someone made it */
+    tls_check(tid);
+    if (tsdict != NULL && t_noloop_dict == tsdict && dict_version(tsdict) == t_noloop_version) {
+        return NULL;
+    }
+#endif
+    PyObject *loop = running_loop();
+    if (loop == NULL) {
+#ifndef CT_TSTATE_LOOP
+        if (tsdict != NULL && PyDict_Check(tsdict)) {
+            t_noloop_dict = tsdict;
+            t_noloop_version = dict_version(tsdict);
+        }
+#else
+        (void)tid;
+#endif
+        return NULL;
+    }
+    PyObject *task = PyObject_CallOneArg(g_current_task, loop);
+    Py_DECREF(loop);
+    if (task == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (task == Py_None) {
+        Py_DECREF(task);
+        return NULL;
+    }
+    return task;
+}
+
+static void
+me_release(Me *me)
+{
+    Py_CLEAR(me->task);
+    Py_CLEAR(me->site);
+    Py_CLEAR(me->held);
+    Py_CLEAR(me->entry);
+}
+
+/* -- lock order ----------------------------------------------------------------------------------- */
+
+/* The calling thread's held-locks stack (lockorder._local.stack, a new reference), also kept in
+ * its thread-state dict for the thread-local cache. */
+static PyObject *
+thread_held(unsigned long long tid)
+{
+    tls_check(tid);
+    if (t_held != NULL) {
+        return Py_NewRef(t_held);
+    }
+    if (g_local == NULL) return NULL;
+    g_allocated = 1;
     PyObject *held = PyObject_GetAttr(g_local, s_stack);
     if (held == NULL) {
         PyErr_Clear();
@@ -446,24 +1044,96 @@ thread_held(void)
             return NULL;
         }
     }
-    Py_XSETREF(g_held_list, Py_NewRef(held));
-    g_held_tid = tid;
+    PyObject *tsdict = PyThreadState_GetDict(); /* borrowed */
+    if (tsdict != NULL && PyDict_SetItem(tsdict, g_key_held, held) == 0) {
+        t_held = held;
+    }
+    else {
+        PyErr_Clear();
+    }
     return held;
 }
 
-/* 1 when every edge held -> entry is already in the graph between two live locks of different
- * classes (the steady state of a program: nothing to add, so no call into lockorder.check);
- * 0 when lockorder.check must look (a new edge, a same-class pair, a dead entry, an error). */
+static long long
+order_generation(void)
+{
+    if (g_generation == NULL || !PyList_Check(g_generation) || PyList_GET_SIZE(g_generation) < 1) return -1;
+    long long g = PyLong_AsLongLong(PyList_GET_ITEM(g_generation, 0));
+    if (g == -1 && PyErr_Occurred()) PyErr_Clear();
+    return g;
+}
+
+/* The held-stack entry for this lock taken at site: (weakref, class key, name, serial, site),
+ * cached per lock while the site does not change (new reference). */
+static PyObject *
+entry_for(CoreObject *self, PyObject *site)
+{
+    if (self->entry != NULL && PyTuple_GET_ITEM(self->entry, 4) == site) {
+        return Py_NewRef(self->entry);
+    }
+    PyObject *wref = NULL, *key = NULL, *name = NULL, *serial = NULL, *entry = NULL;
+    if (self->stats == NULL) return NULL;
+    g_allocated = 1;
+    wref = self->entry != NULL ? Py_NewRef(PyTuple_GET_ITEM(self->entry, 0)) : PyWeakref_NewRef((PyObject *)self, NULL);
+    if (wref == NULL) goto done;
+    key = PyObject_GetAttr(self->stats, s_key);
+    if (key == NULL) goto done;
+    name = Py_NewRef(self->name != NULL ? self->name : self->created);
+    serial = PyLong_FromUnsignedLongLong(self->serial);
+    if (serial == NULL) goto done;
+    entry = PyTuple_Pack(5, wref, key, name, serial, site);
+    if (entry != NULL) {
+        Py_XSETREF(self->entry, Py_NewRef(entry));
+    }
+done:
+    Py_XDECREF(wref);
+    Py_XDECREF(key);
+    Py_XDECREF(name);
+    Py_XDECREF(serial);
+    return entry;
+}
+
+static int
+known_from(CoreObject *self, PyObject *h)
+{
+    for (int i = 0; i < 2; i++) {
+        if (self->known[i] == h) return 1;
+    }
+    return 0;
+}
+
+static void
+remember_known(CoreObject *self, PyObject *h)
+{
+    for (int i = 0; i < 2; i++) {
+        if (self->known[i] == NULL) {
+            self->known[i] = Py_NewRef(h);
+            return;
+        }
+    }
+    Py_SETREF(self->known[1], Py_NewRef(h));
+}
+
+/* 1 when every edge held -> entry is already in the graph between live locks of different classes
+ * (the steady state: nothing to add); 0 when lockorder.check must look. */
 static int
 edges_known(CoreObject *self, PyObject *held, PyObject *entry)
 {
-    if (g_edges == NULL || !PyDict_Check(g_edges)) {
+    if (g_edges == NULL || !PyDict_Check(g_edges) || !PyList_Check(held)) {
         return 0;
+    }
+    long long gen = order_generation();
+    if (gen != self->known_gen) {
+        for (int i = 0; i < 2; i++) Py_CLEAR(self->known[i]);
+        self->known_gen = gen;
     }
     PyObject *to_key = PyTuple_GET_ITEM(entry, 1);
     Py_ssize_t n = PyList_GET_SIZE(held);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *h = PyList_GET_ITEM(held, i);
+        if (known_from(self, h)) {
+            continue;
+        }
         if (!PyTuple_Check(h) || PyTuple_GET_SIZE(h) < 2 || !PyWeakref_CheckRef(PyTuple_GET_ITEM(h, 0))) {
             return 0;
         }
@@ -473,7 +1143,7 @@ edges_known(CoreObject *self, PyObject *held, PyObject *entry)
             PyErr_Clear();
             return 0; /* dropped while held: check() prunes it */
         }
-        Py_DECREF(other); /* only its identity is needed; held entries keep no lock alive anyway */
+        Py_DECREF(other); /* only its identity is needed */
 #else
         PyObject *other = PyWeakref_GetObject(PyTuple_GET_ITEM(h, 0));
         if (other == NULL || other == Py_None) {
@@ -490,6 +1160,7 @@ edges_known(CoreObject *self, PyObject *held, PyObject *entry)
             PyErr_Clear();
             return 0; /* same class: ordered per instance, in Python */
         }
+        g_allocated = 1;
         PyObject *pair = PyTuple_Pack(2, from_key, to_key);
         if (pair == NULL) {
             PyErr_Clear();
@@ -501,247 +1172,1029 @@ edges_known(CoreObject *self, PyObject *held, PyObject *entry)
             PyErr_Clear();
             return 0;
         }
+        remember_known(self, h);
     }
     return 1;
 }
 
-/* Push this lock on the thread's held stack, checking the order against what it holds. */
-static void
-order_push(CoreObject *self)
+/* Is a garbage collection due (3.12+ runs one at the next eval-breaker check, which would
+ * otherwise come right after the acquire)? Unknown elsewhere: 1. */
+static int __attribute__((unused))
+gc_due(void)
 {
-    PyObject *site = caller_site(self);
-    Py_XSETREF(self->osite, site);
-    PyObject *held = thread_held();
-    if (held == NULL) {
-        return;
-    }
-    Py_XSETREF(self->held, held);
-    PyObject *base = entry_base(self);
-    if (base == NULL) {
-        swallow();
-        return;
-    }
-    PyObject *entry = PyTuple_New(5);
-    if (entry == NULL) {
-        swallow();
-        return;
-    }
-    for (Py_ssize_t i = 0; i < 4; i++) {
-        PyTuple_SET_ITEM(entry, i, Py_NewRef(PyTuple_GET_ITEM(base, i)));
-    }
-    PyTuple_SET_ITEM(entry, 4, Py_NewRef(site));
-    if (PyList_Check(held)) {
-        if (PyList_GET_SIZE(held) > 0 && !edges_known(self, held, entry)) {
-            PyObject *r = PyObject_CallFunctionObjArgs(g_check, held, entry, NULL);
-            Py_XDECREF(r);
-            swallow();
-        }
-        if (PyList_Append(held, entry) < 0) {
-            swallow();
-        }
-    }
-    Py_DECREF(entry);
+#if CT_INTERNAL_FRAMES && PY_VERSION_HEX >= 0x030D0000
+    return _Py_eval_breaker_bit_is_set(_PyThreadState_GET(), _PY_GC_SCHEDULED_BIT) ? 1 : 0;
+#elif CT_INTERNAL_FRAMES && PY_VERSION_HEX >= 0x030C0000
+    return _Py_atomic_load_relaxed(&_PyInterpreterState_GET()->ceval.gc_scheduled) ? 1 : 0;
+#else
+    return 1;
+#endif
 }
 
+/* A Python call (its first instruction checks the eval breaker) that runs a collection due, before
+ * the acquire. Its finalizers may allocate and make another one due: a few rounds, while one is. */
+static void
+safe_point(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    for (int round = 0; g_safe_point != NULL && round < 4 && gc_due(); round++) {
+        PyObject *r = PyObject_CallNoArgs(g_safe_point);
+        Py_XDECREF(r);
+        swallow();
+    }
+#endif
+}
+
+/* Before acquiring: who we are, and for an ordered lock not re-entered, where and with what held,
+ * checking the order now (the stack is the same as after the acquire). */
+static void
+prepare(CoreObject *self, Me *me, int reentry)
+{
+    empty_trash(self);
+    PyThreadState *ts = CT_TSTATE();
+    if (!me->tid) me->tid = (unsigned long long)ts->id;
+    me->ident = ts->thread_id;
+    me->thread = current_thread_object(me->tid, me->ident);
+    me->task = current_task_of_thread(me->tid);
+    me->site = me->held = me->entry = NULL;
+    if (!self->ordered || reentry) {
+        if (g_allocated) {
+            g_allocated = 0;
+            safe_point();
+        }
+        return;
+    }
+    me->site = caller_site(self);
+    me->held = thread_held(me->tid);
+    if (me->held == NULL || !PyList_Check(me->held)) {
+        Py_CLEAR(me->held);
+        return;
+    }
+    me->entry = entry_for(self, me->site);
+    if (me->entry == NULL) {
+        swallow();
+        Py_CLEAR(me->held);
+        return;
+    }
+    if (PyList_GET_SIZE(me->held) > 0 && !edges_known(self, me->held, me->entry)) {
+        g_allocated = 1;
+        PyObject *r = PyObject_CallFunctionObjArgs(g_check, me->held, me->entry, NULL);
+        Py_XDECREF(r);
+        swallow();
+    }
+    if (g_allocated) {
+        g_allocated = 0;
+        safe_point();
+    }
+}
+
+/* Pop this lock off the held stack it was pushed on (no Python code, no allocation). */
 static void
 order_pop(CoreObject *self)
 {
     PyObject *held = self->held;
-    if (held == NULL || held == Py_None) {
+    if (held == NULL) {
         return;
     }
-    self->held = NULL; /* our reference now */
-    Py_ssize_t n = PyList_Check(held) ? PyList_GET_SIZE(held) : 0;
-    PyObject *last = n > 0 ? PyList_GET_ITEM(held, n - 1) : NULL;
-    if (last != NULL && self->entry != NULL && PyTuple_Check(last) && PyTuple_GET_SIZE(last) > 0 &&
-        PyTuple_GET_ITEM(last, 0) == PyTuple_GET_ITEM(self->entry, 0)) {
-        if (PyList_SetSlice(held, n - 1, n, NULL) < 0) {
-            swallow();
+    if (PyList_Check(held) && self->entry != NULL) {
+        PyObject *wref = PyTuple_GET_ITEM(self->entry, 0);
+        for (Py_ssize_t i = PyList_GET_SIZE(held) - 1; i >= 0; i--) {
+            PyObject *h = PyList_GET_ITEM(held, i);
+            if (PyTuple_Check(h) && PyTuple_GET_SIZE(h) > 0 && PyTuple_GET_ITEM(h, 0) == wref) {
+                /* Deleting the item frees at most a tuple of ours (its parts live on). */
+                if (PyList_SetSlice(held, i, i + 1, NULL) < 0) PyErr_Clear();
+                break;
+            }
+        }
+    }
+    /* self->held's reference to the list: dropped outside the section */
+    store_ref(self, &self->held, NULL);
+}
+
+/* -- taking and releasing (inside the critical section: stores only) ------------------------------ */
+
+/* The lock was just taken by `me` (outermost level for an RLock). */
+static void
+took(CoreObject *self, Me *me, int contended, PyObject *wait_site)
+{
+    if (self->owner_tid != me->tid || self->owner_ident != me->ident) {
+        self->owner_tid = me->tid;
+        self->owner_ident = me->ident;
+    }
+    self->released = 0;
+    store_ref(self, &self->othread, me->thread);
+    if (me->task != NULL) track(self);
+    store_ref(self, &self->otask, me->task);
+    self->n++;
+    if (self->rlock) self->depth = 1;
+    long long t = 0;
+    if (self->hold != NULL && self->hold != Py_None && (contended || !(self->n & g_mask))) {
+        t = mono_ns();
+    }
+    self->osince = self->t0 = t;
+    if (me->entry != NULL && me->held != NULL) {
+        store_ref(self, &self->osite, me->site);
+        if (PyList_Append(me->held, me->entry) < 0) {
+            PyErr_Clear();
+        }
+        else {
+            store_ref(self, &self->held, me->held);
         }
     }
     else {
-        PyObject *r = PyObject_CallFunctionObjArgs(g_note_released, held, (PyObject *)self, NULL);
+        store_ref(self, &self->osite, wait_site);
+    }
+}
+
+/* About to release (outermost level): the hold time and the held stack. */
+static void
+releasing(CoreObject *self)
+{
+    self->released = 1;
+    if (self->held != NULL) {
+        order_pop(self);
+    }
+    end_hold(self);
+}
+
+/* A wait record: one party's blocked wait, from its start to its end (locks._Wait on the pure path).
+ * Tracked by the garbage collector, but its traversal visits only what could refer back to it (the
+ * primitive, whose waiters table holds it while it waits, the task, the holders). */
+enum {
+    W_ACQUIRED, W_END_NS, W_ENTRY, W_EVENT, W_HOLDER, W_HOLDER_EXITED, W_IDENT, W_KEY, W_LOCK_ID, W_LOCK_NAME,
+    W_PREV_TASK, W_PREV_THREAD, W_PRIM, W_REC, W_SITE, W_STACK, W_START_NS, W_STATS, W_TASK, W_TASK_NAME,
+    W_THREAD, W_THREAD_KEY, W_TIMEOUT_S, W_COUNT
+};
+typedef struct {
+    PyObject_HEAD
+    PyObject *f[W_COUNT];
+} WaitObject;
+
+static PyTypeObject *g_waitrecord_type;
+static int g_wait_ready;
+
+static int
+setup_wait_type(PyObject *type)
+{
+    g_wait_ready = 0;
+    if (!PyType_Check(type) || !PyType_IsSubtype((PyTypeObject *)type, g_waitrecord_type) ||
+        ((PyTypeObject *)type)->tp_basicsize != g_waitrecord_type->tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "wait_type must be a slot-less subclass of WaitRecord");
+        return -1;
+    }
+    g_wait_ready = 1;
+    return 0;
+}
+
+/* Store into a field of a wait record (a new reference is taken; NULL clears it). */
+static void
+wset(PyObject *w, int i, PyObject *v)
+{
+    Py_XSETREF(((WaitObject *)w)->f[i], Py_XNewRef(v));
+}
+
+/* Same, giving away the reference to v (which may be NULL: an error, cleared). */
+static void
+wsteal(PyObject *w, int i, PyObject *v)
+{
+    if (v == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    Py_XSETREF(((WaitObject *)w)->f[i], v);
+}
+
+static PyObject *
+wget(PyObject *w, int i)
+{
+    return ((WaitObject *)w)->f[i]; /* borrowed, may be NULL */
+}
+
+static int
+waitrecord_traverse(WaitObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->f[W_PRIM]);
+    Py_VISIT(self->f[W_TASK]);
+    Py_VISIT(self->f[W_HOLDER]);
+    Py_VISIT(self->f[W_PREV_TASK]);
+    return 0;
+}
+
+static int
+waitrecord_clear(WaitObject *self)
+{
+    for (int i = 0; i < W_COUNT; i++) Py_CLEAR(self->f[i]);
+    return 0;
+}
+
+static void
+waitrecord_dealloc(WaitObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    waitrecord_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+#define WMEMBER(name, idx) {name, T_OBJECT_EX, offsetof(WaitObject, f) + (idx) * sizeof(PyObject *), 0, NULL}
+static PyMemberDef waitrecord_members[] = {
+    WMEMBER("acquired", W_ACQUIRED), WMEMBER("end_ns", W_END_NS), WMEMBER("entry", W_ENTRY),
+    WMEMBER("event", W_EVENT), WMEMBER("holder", W_HOLDER), WMEMBER("holder_exited", W_HOLDER_EXITED),
+    WMEMBER("ident", W_IDENT), WMEMBER("key", W_KEY), WMEMBER("lock_id", W_LOCK_ID),
+    WMEMBER("lock_name", W_LOCK_NAME), WMEMBER("prev_task", W_PREV_TASK), WMEMBER("prev_thread", W_PREV_THREAD),
+    WMEMBER("prim", W_PRIM), WMEMBER("rec", W_REC),
+    WMEMBER("site", W_SITE), WMEMBER("stack", W_STACK), WMEMBER("start_ns", W_START_NS),
+    WMEMBER("stats", W_STATS), WMEMBER("task", W_TASK), WMEMBER("task_name", W_TASK_NAME),
+    WMEMBER("thread", W_THREAD),
+    WMEMBER("thread_key", W_THREAD_KEY), WMEMBER("timeout_s", W_TIMEOUT_S), {NULL},
+};
+
+static PyType_Slot waitrecord_slots[] = {
+    {Py_tp_doc, "One party's blocked wait on a traced primitive (conctools.locks)."},
+    {Py_tp_dealloc, waitrecord_dealloc},
+    {Py_tp_traverse, waitrecord_traverse},
+    {Py_tp_clear, waitrecord_clear},
+    {Py_tp_members, waitrecord_members},
+    {Py_tp_new, PyType_GenericNew},
+    {0, NULL},
+};
+
+static PyType_Spec waitrecord_spec = {
+    .name = "conctools._speedups.WaitRecord",
+    .basicsize = sizeof(WaitObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = waitrecord_slots,
+};
+
+/* -- waits ------------------------------------------------------------------------------------------ */
+
+/* Who holds the lock now (called with the GIL held right after a failed try: exact), as
+ * (ident, thread key, thread, task, site, since) for locks.py, or None. */
+static PyObject *
+holder_snapshot(CoreObject *self)
+{
+    if (!self->owner_ident) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(kKOOOL)", self->owner_ident, self->owner_tid, self->othread ? self->othread : Py_None,
+                         self->otask ? self->otask : Py_None, self->osite ? self->osite : Py_None, self->osince);
+}
+
+static PyObject *g_true_minus_one; /* (True, -1) */
+
+/* The slow path: prepare the wait (Python, before blocking), block in the real lock, then record
+ * the end with stores only. restore: the state for an RLock's _acquire_restore, else NULL. */
+static PyObject *
+contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
+{
+    /* Who holds it: the holder fields, set right after each acquisition with the GIL held. Unless the
+     * last holder has released it and the thread that took it since has not had the GIL back yet (its
+     * blocking acquire returned without the GIL): then the holder is known only later, and is the
+     * thread the lock passed through last before this waiter got it (JFR's previousOwner). */
+    int resolve_later = self->released;
+    PyObject *holder = resolve_later ? Py_NewRef(Py_None) : holder_snapshot(self);
+    if (holder == NULL) {
+        swallow();
+        holder = Py_NewRef(Py_None);
+    }
+    PyObject *wait = NULL;
+    PyObject *to = timeout < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(timeout);
+    if (to != NULL) {
+        wait = wait_begin((PyObject *)self, to, holder, 0, 1, me->task != NULL ? me->task : Py_None);
+        Py_DECREF(to);
+    }
+    if (wait == NULL) {
+        swallow();
+    }
+    Py_DECREF(holder);
+    if (self->hold == NULL || self->hold == Py_None) {
+        /* The first contention: this lock times its holds from now on (made before the wait: the
+         * histogram's constructor is Python code). */
+        PyObject *h = g_hist_type ? PyObject_CallNoArgs(g_hist_type) : NULL;
+        if (h != NULL) {
+            store_ref(self, &self->hold, h);
+            Py_DECREF(h);
+        }
+        swallow();
+    }
+    /* The acquire's arguments are made before the safe point too: nothing allocates after it. */
+    PyObject *args = restore != NULL ? PyTuple_Pack(1, restore)
+                     : timeout < 0   ? Py_NewRef(g_true_minus_one)
+                                     : Py_BuildValue("(Od)", Py_True, timeout);
+    g_allocated = 0;
+    safe_point();
+    PyObject *r = NULL;
+    if (args != NULL) {
+        if (restore != NULL) {
+            r = call_varargs(m_rlock_acquire_restore, f_rlock_acquire_restore, self->lock, args);
+            if (r != NULL) {
+                Py_SETREF(r, Py_NewRef(Py_True));
+            }
+        }
+        else {
+            r = self->rlock ? call_varargs(m_rlock_acquire, f_rlock_acquire, self->lock, args)
+                            : call_varargs(m_lock_acquire, f_lock_acquire, self->lock, args);
+        }
+        Py_DECREF(args); /* a tuple of ours: freeing it runs nothing */
+    }
+    if (r == NULL) { /* the real lock raised (a signal handler's exception): not acquired */
+        wait_finish(wait, 0);
+        Py_XDECREF(wait);
+        return NULL;
+    }
+    int got = r == Py_True;
+    Py_DECREF(r);
+    if (resolve_later && wait != NULL && wait != Py_None && self->othread != NULL) {
+        /* Stores only (existing objects): the previous owner, before took() overwrites it. */
+        wset(wait, W_PREV_THREAD, self->othread);
+        wset(wait, W_PREV_TASK, self->otask != NULL ? self->otask : Py_None);
+    }
+    if (got) {
+        PyObject *site = wait != NULL && wait != Py_None ? PyObject_GetAttr(wait, s_site) : NULL;
+        PyErr_Clear();
+        took(self, me, 1, site);
+        Py_XDECREF(site); /* the wait record keeps it alive: not the last reference */
+    }
+    wait_finish(wait, got);
+    Py_XDECREF(wait);
+    return PyBool_FromLong(got);
+}
+
+
+/* -- wait records (locks._Wait), made and ended in C -------------------------------------------- */
+
+/* Where a wait is: "file.py:LINE" of the first frame outside conctools and the stdlib modules a
+ * site skips, cached per (code, offset); also that frame's code (borrowed). New reference. */
+#define WSITE_CACHE 512
+static struct {
+    PyObject *code; /* strong */
+    int lasti;
+    PyObject *text; /* strong */
+} g_wsites[WSITE_CACHE];
+
+static PyObject *
+wait_site(PyCodeObject **where)
+{
+    PyCodeObject *code = NULL;
+    int lasti = 0;
+    if (!first_frame_without(BIT_CREATION_SKIP, &code, &lasti)) {
+        FrameCursor c;
+        cursor_start(&c);
+        int found = cursor_get(&c, &code, &lasti);
+        cursor_end(&c);
+        if (!found) {
+            *where = NULL;
+            return Py_NewRef(g_question);
+        }
+    }
+    *where = code;
+    size_t h = (((uintptr_t)code >> 4) * 31u + (uintptr_t)lasti) & (WSITE_CACHE - 1);
+    if (g_wsites[h].code == (PyObject *)code && g_wsites[h].lasti == lasti) {
+        return Py_NewRef(g_wsites[h].text);
+    }
+    PyObject *offset = PyLong_FromLong(lasti);
+    PyObject *text = offset ? PyObject_CallFunctionObjArgs(g_site_text, (PyObject *)code, offset, NULL) : NULL;
+    Py_XDECREF(offset);
+    if (text == NULL || !PyUnicode_Check(text)) {
+        Py_XDECREF(text);
+        swallow();
+        return Py_NewRef(g_question);
+    }
+    Py_XSETREF(g_wsites[h].code, Py_NewRef((PyObject *)code));
+    g_wsites[h].lasti = lasti;
+    Py_XSETREF(g_wsites[h].text, Py_NewRef(text));
+    return text;
+}
+
+/* obj.attr += delta for an int attribute (no Python code runs). */
+static void
+bump(PyObject *obj, PyObject *attr, long long delta)
+{
+    PyObject *v = PyObject_GetAttr(obj, attr);
+    if (v == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    long long n = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    if (n == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *nv = PyLong_FromLongLong(n + delta);
+    if (nv != NULL) {
+        if (PyObject_SetAttr(obj, attr, nv) < 0) PyErr_Clear();
+        Py_DECREF(nv);
+    }
+}
+
+static PyObject *s_sites, *s_contentions, *s_waits, *s_stacks, *s_function, *s_ct_waiters;
+
+/* A primitive's stats, waiters table (made when missing) as new references. */
+static PyObject *
+prim_stats(PyObject *prim)
+{
+    if (PyObject_TypeCheck(prim, g_core_type)) return Py_XNewRef(((CoreObject *)prim)->stats);
+    if (g_tracked_type != NULL && PyObject_TypeCheck(prim, g_tracked_type))
+        return Py_XNewRef(((TrackedObject *)prim)->stats);
+    return PyObject_GetAttr(prim, s_ct_stats);
+}
+
+static PyObject *
+prim_waiters(PyObject *prim)
+{
+    PyObject **field = NULL;
+    if (PyObject_TypeCheck(prim, g_core_type)) {
+        track((CoreObject *)prim);
+        field = &((CoreObject *)prim)->waiters;
+    }
+    else if (g_tracked_type != NULL && PyObject_TypeCheck(prim, g_tracked_type)) {
+        field = &((TrackedObject *)prim)->waiters;
+    }
+    if (field != NULL) {
+        if (*field == NULL || *field == Py_None) {
+            Py_XSETREF(*field, PyDict_New());
+        }
+        return Py_XNewRef(*field);
+    }
+    PyObject *d = PyObject_GetAttr(prim, s_ct_waiters);
+    if (d == NULL || d == Py_None) {
+        Py_XDECREF(d);
+        PyErr_Clear();
+        d = PyDict_New();
+        if (d != NULL && PyObject_SetAttr(prim, s_ct_waiters, d) < 0) PyErr_Clear();
+    }
+    return d;
+}
+
+/* Has the thread of a holder snapshot (ident, key, info, task, site, since) ended? */
+static int
+snapshot_exited(PyObject *snap)
+{
+    if (!PyTuple_Check(snap) || PyTuple_GET_SIZE(snap) < 2) return 0;
+    unsigned long ident = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(snap, 0));
+    unsigned long long key = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(snap, 1));
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (!key) return -1; /* not known here: locks.py judges */
+    PyInterpreterState *interp = PyThreadState_GetInterpreter(PyThreadState_Get());
+    for (PyThreadState *ts = PyInterpreterState_ThreadHead(interp); ts != NULL; ts = PyThreadState_Next(ts)) {
+        if (ts->thread_id == ident) {
+            return (unsigned long long)PyThreadState_GetID(ts) != key;
+        }
+    }
+    return 1;
+}
+
+static PyObject *g_holder_exited; /* locks._holder_exited */
+static PyObject *g_holder_brief;  /* locks._holder_brief */
+static PyObject *s_get_name;
+
+/* A task's name (new reference), or None. */
+static PyObject *
+task_name_of(PyObject *task)
+{
+    if (task == NULL || task == Py_None) return Py_NewRef(Py_None);
+    PyObject *name = PyObject_CallMethodNoArgs(task, s_get_name);
+    if (name == NULL) {
+        PyErr_Clear();
+        name = PyObject_Repr(task);
+        if (name == NULL) {
+            PyErr_Clear();
+            return Py_NewRef(Py_None);
+        }
+    }
+    return name;
+}
+
+static PyObject *
+prim_name(PyObject *prim)
+{
+    if (PyObject_TypeCheck(prim, g_core_type)) {
+        CoreObject *c = (CoreObject *)prim;
+        return Py_XNewRef(c->name != NULL ? c->name : c->created);
+    }
+    if (g_tracked_type != NULL && PyObject_TypeCheck(prim, g_tracked_type)) {
+        TrackedObject *t = (TrackedObject *)prim;
+        return Py_XNewRef(t->name != NULL ? t->name : t->created);
+    }
+    return PyObject_GetAttr(prim, s_ct_name);
+}
+
+/* A holder as a wait record keeps it until recorded: tasks by their names (see locks._holder_brief). */
+static PyObject *
+holder_brief(PyObject *holder)
+{
+    if (holder == Py_None) return Py_NewRef(Py_None);
+    if (PyTuple_Check(holder) && PyTuple_GET_SIZE(holder) == 6) {
+        PyObject *task = PyTuple_GET_ITEM(holder, 3);
+        if (task == Py_None || PyUnicode_Check(task)) return Py_NewRef(holder);
+        PyObject *name = task_name_of(task);
+        PyObject *out = PyTuple_Pack(6, PyTuple_GET_ITEM(holder, 0), PyTuple_GET_ITEM(holder, 1),
+                                     PyTuple_GET_ITEM(holder, 2), name, PyTuple_GET_ITEM(holder, 4),
+                                     PyTuple_GET_ITEM(holder, 5));
+        Py_DECREF(name);
+        return out;
+    }
+    if (PyList_Check(holder)) return PyObject_CallOneArg(g_holder_brief, holder);
+    return task_name_of(holder);
+}
+
+/* locks._wait_begin in C: begin(prim, timeout_s, holder, by_task, event, task). The site is found
+ * from the calling thread's frames (the first outside conctools and the stdlib modules sites skip). */
+static PyObject *
+wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int event, PyObject *task_arg)
+{
+    if (!g_wait_ready) Py_RETURN_NONE;
+    if (g_pending != NULL && PyObject_Length(g_pending) >= g_flush_at && g_flush != NULL) {
+        PyObject *r = PyObject_CallNoArgs(g_flush);
         Py_XDECREF(r);
         swallow();
     }
-    Py_DECREF(held);
+    PyErr_Clear();
+    PyObject *stats = prim_stats(prim);
+    if (stats == NULL) {
+        swallow();
+        Py_RETURN_NONE;
+    }
+    PyObject *w = ((PyTypeObject *)g_wait_type)->tp_alloc((PyTypeObject *)g_wait_type, 0);
+    if (w == NULL) {
+        Py_DECREF(stats);
+        swallow();
+        Py_RETURN_NONE;
+    }
+    PyThreadState *ts = CT_TSTATE();
+    unsigned long long tid = (unsigned long long)ts->id;
+    unsigned long ident = ts->thread_id;
+    wset(w, W_PRIM, prim);
+    wsteal(w, W_IDENT, PyLong_FromUnsignedLong(ident));
+    wsteal(w, W_THREAD_KEY, PyLong_FromUnsignedLongLong(tid));
+    PyObject *info = current_thread_object(tid, ident);
+    wset(w, W_THREAD, info ? info : Py_None);
+    PyObject *task = task_arg == Py_False ? current_task_of_thread(tid) : Py_XNewRef(task_arg == Py_None ? NULL : task_arg);
+    wset(w, W_TASK, task ? task : Py_None);
+    wsteal(w, W_TASK_NAME, task_name_of(task));
+    wsteal(w, W_LOCK_ID, PyLong_FromVoidPtr(prim));
+    wsteal(w, W_LOCK_NAME, prim_name(prim));
+    if (wget(w, W_LOCK_NAME) == NULL) wset(w, W_LOCK_NAME, g_question);
+    PyCodeObject *where = NULL;
+    PyObject *site = wait_site(&where);
+    wset(w, W_SITE, site);
+    wset(w, W_STATS, stats);
+    /* stats.begin_wait(site): counted now, without a mutex (no Python code runs in between) */
+    PyObject *sites = PyObject_GetAttr(stats, s_sites);
+    PyObject *entry = sites && PyDict_Check(sites) ? Py_XNewRef(PyDict_GetItemWithError(sites, site)) : NULL;
+    int want_stack = 0;
+    if (entry != NULL) {
+        bump(stats, s_contentions, 1);
+        bump(entry, s_waits, 1);
+        PyObject *st = PyObject_GetAttr(entry, s_stacks);
+        long long stacks = st ? PyLong_AsLongLong(st) : g_stacks_per_site;
+        Py_XDECREF(st);
+        PyErr_Clear();
+        want_stack = stacks < g_stacks_per_site;
+        if (want_stack) bump(entry, s_stacks, 1);
+    }
+    else {
+        PyErr_Clear();
+        PyObject *pair = PyObject_CallFunctionObjArgs(g_begin_wait_slow, stats, site, g_empty_str, NULL);
+        if (pair != NULL && PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
+            entry = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+            want_stack = PyObject_IsTrue(PyTuple_GET_ITEM(pair, 1)) > 0;
+        }
+        Py_XDECREF(pair);
+        swallow();
+    }
+    Py_XDECREF(sites);
+    wsteal(w, W_ENTRY, entry ? entry : Py_NewRef(Py_None));
+    if (want_stack) {
+        PyObject *limit = PyLong_FromLong(40);
+        wsteal(w, W_STACK, limit ? py_raw_stack(NULL, limit) : NULL);
+        Py_XDECREF(limit);
+        if (entry != NULL && where != NULL) {
+            PyObject *fn = PyObject_GetAttr(entry, s_function);
+            if (fn != NULL && PyUnicode_Check(fn) && PyUnicode_GET_LENGTH(fn) == 0) {
+                if (PyObject_SetAttr(entry, s_function, where->co_name) < 0) PyErr_Clear();
+            }
+            Py_XDECREF(fn);
+            PyErr_Clear();
+        }
+    }
+    else {
+        wset(w, W_STACK, Py_None);
+    }
+    wsteal(w, W_HOLDER, holder_brief(holder));
+    if (wget(w, W_HOLDER) == NULL) wset(w, W_HOLDER, Py_None);
+    if (holder == Py_None) {
+        wset(w, W_HOLDER_EXITED, Py_None);
+    }
+    else {
+        int ex = PyTuple_Check(holder) ? snapshot_exited(holder) : -2;
+        if (ex >= 0) {
+            wset(w, W_HOLDER_EXITED, ex ? Py_True : Py_False);
+        }
+        else if (ex == -2 && !(PyList_Check(holder) && PyList_GET_SIZE(holder) > 0 &&
+                               PyTuple_Check(PyList_GET_ITEM(holder, 0)))) {
+            wset(w, W_HOLDER_EXITED, Py_None); /* asyncio holders: their loop runs in this thread */
+        }
+        else {
+            wsteal(w, W_HOLDER_EXITED, PyObject_CallOneArg(g_holder_exited, holder));
+            if (wget(w, W_HOLDER_EXITED) == NULL) wset(w, W_HOLDER_EXITED, Py_None);
+        }
+    }
+    wset(w, W_TIMEOUT_S, timeout);
+    wset(w, W_EVENT, event ? Py_True : Py_False);
+    wset(w, W_REC, g_current && PyList_GET_SIZE(g_current) > 0 ? PyList_GET_ITEM(g_current, 0) : Py_None);
+    wset(w, W_ACQUIRED, Py_False);
+    wset(w, W_PREV_THREAD, Py_None);
+    wset(w, W_PREV_TASK, Py_None);
+    wsteal(w, W_END_NS, PyLong_FromLong(0));
+    PyObject *key = NULL;
+    if (by_task && task != NULL) {
+        key = Py_BuildValue("(kN)", ident, PyLong_FromVoidPtr(task));
+    }
+    else {
+        key = Py_BuildValue("(kO)", ident, Py_None);
+    }
+    Py_XDECREF(task);
+    Py_XDECREF(site);
+    Py_DECREF(stats);
+    PyObject *waiters = prim_waiters(prim);
+    if (key == NULL || waiters == NULL || !PyDict_Check(waiters)) {
+        Py_XDECREF(key);
+        Py_XDECREF(waiters);
+        Py_DECREF(w);
+        swallow();
+        Py_RETURN_NONE;
+    }
+    wset(w, W_KEY, key);
+    wsteal(w, W_START_NS, PyLong_FromLongLong(mono_ns()));
+    if (PyDict_SetItem(waiters, key, w) < 0 || (g_waiting != NULL && PyDict_SetItem(g_waiting, key, prim) < 0)) {
+        PyErr_Clear();
+    }
+    Py_DECREF(waiters);
+    Py_DECREF(key);
+    return w;
 }
 
-/* -- the methods locks.py installs --------------------------------------------------- */
+/* The wait w has ended: stores into it, out of the registry, into the pending queue (its statistics
+ * and event are recorded later, outside any critical section). No Python code runs. */
+static void
+wait_finish(PyObject *w, int acquired)
+{
+    if (w == NULL || w == Py_None || !g_wait_ready || !PyObject_TypeCheck(w, g_waitrecord_type)) {
+        return;
+    }
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *end = PyLong_FromLongLong(mono_ns());
+    if (end != NULL) {
+        if (g_progress != NULL && PyList_Check(g_progress) && PyList_GET_SIZE(g_progress) > 0) {
+            PyList_SetItem(g_progress, 0, Py_NewRef(end)); /* the previous stamp is an int */
+        }
+        wsteal(w, W_END_NS, end);
+    }
+    wset(w, W_ACQUIRED, acquired ? Py_True : Py_False);
+    PyObject *key = wget(w, W_KEY), *prim = wget(w, W_PRIM);
+    if (key != NULL && prim != NULL) {
+        PyObject *waiters = NULL;
+        if (PyObject_TypeCheck(prim, g_core_type)) waiters = Py_XNewRef(((CoreObject *)prim)->waiters);
+        else if (g_tracked_type != NULL && PyObject_TypeCheck(prim, g_tracked_type))
+            waiters = Py_XNewRef(((TrackedObject *)prim)->waiters);
+        else waiters = PyObject_GetAttr(prim, s_ct_waiters);
+        if (waiters != NULL && PyDict_Check(waiters) && PyDict_DelItem(waiters, key) < 0) PyErr_Clear();
+        Py_XDECREF(waiters);
+        if (g_waiting != NULL && PyDict_DelItem(g_waiting, key) < 0) PyErr_Clear();
+    }
+    PyErr_Clear();
+    /* A record waiting to be recorded keeps neither alive (both are alive now: not last references). */
+    wset(w, W_PRIM, Py_None);
+    wset(w, W_TASK, Py_None);
+    /* Nothing it refers to now can refer back to it (names, sites, ThreadInfos, stats): the garbage
+     * collector need not look at it while it waits to be recorded. */
+    if ((wget(w, W_PREV_TASK) == NULL || wget(w, W_PREV_TASK) == Py_None) && PyObject_GC_IsTracked(w)) {
+        PyObject_GC_UnTrack(w);
+    }
+    if (g_pending != NULL) {
+        PyObject *r = PyObject_CallMethodOneArg(g_pending, s_append, w);
+        Py_XDECREF(r);
+        PyErr_Clear();
+    }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
 
-/* Lock, never contended: the owner and a counter. */
+/* wait_begin(prim, frame, timeout_s, holder, by_task=False, event=True, task=False): locks._wait_begin
+ * (frame is ignored: the C code reads the thread's frames itself). */
+static PyObject *
+py_wait_begin(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"prim", "frame", "timeout_s", "holder", "by_task", "event", "task", NULL};
+    PyObject *prim, *frame, *timeout, *holder, *by_task = Py_False, *event = Py_True, *task = Py_False;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|OOO:wait_begin", kwlist, &prim, &frame, &timeout, &holder,
+                                     &by_task, &event, &task)) {
+        return NULL;
+    }
+    (void)frame;
+    int bt = PyObject_IsTrue(by_task) > 0, ev = PyObject_IsTrue(event) > 0;
+    PyErr_Clear();
+    return wait_begin(prim, timeout, holder, bt, ev, task);
+}
+
+static PyObject *
+py_wait_done(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "wait_done(wait, acquired)");
+        return NULL;
+    }
+    wait_finish(args[0], PyObject_IsTrue(args[1]) > 0);
+    PyErr_Clear();
+    Py_RETURN_NONE;
+}
+
+/* -- the methods locks.py installs ----------------------------------------------------------- */
+
 static PyObject *
 lock_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
 {
+    Me me = {0};
+    prepare(self, &me, 0);
     int got = try_acquire(self);
-    if (got < 0) return NULL;
-    if (!got) return contended(self);
-    set_owner(self);
-    self->n++;
-    Py_RETURN_TRUE;
-}
-
-/* RLock, never contended: the C RLock knows its owner, so only the counter. */
-static PyObject *
-rlock_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
-{
-    int got = try_acquire(self);
-    if (got < 0) return NULL;
-    if (!got) return contended(self);
-    self->n++;
-    Py_RETURN_TRUE;
-}
-
-/* Plain __exit__ (both kinds): release the real lock. */
-static PyObject *
-plain_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
-{
-    PyObject *r = release_real(self);
-    if (r == NULL) return NULL;
-    Py_DECREF(r);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-plain_release(CoreObject *self, PyObject *Py_UNUSED(ignored))
-{
-    PyObject *r = release_real(self);
-    if (r == NULL) return NULL;
-    Py_DECREF(r);
-    Py_RETURN_NONE;
-}
-
-/* acquire() with no arguments takes the fast path; anything else goes to the Python
- * implementation (self._acquire_py), which validates arguments exactly as the C lock does. */
-static PyObject *
-acquire_common(CoreObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames, int rlock)
-{
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs == 0 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)) {
-        return rlock ? rlock_enter(self, NULL) : lock_enter(self, NULL);
+    PyObject *r;
+    if (got < 0) {
+        r = NULL;
     }
-    /* Forward the call unchanged: self first, then the caller's arguments. */
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *small[8];
-    PyObject **buf = small;
-    if (nargs + nkw + 1 > 8) {
-        buf = PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
-        if (buf == NULL) return PyErr_NoMemory();
+    else if (got) {
+        took(self, &me, 0, NULL);
+        r = Py_NewRef(Py_True);
     }
-    buf[0] = (PyObject *)self;
-    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
-        buf[i + 1] = args[i];
+    else {
+        r = contended(self, &me, -1.0, NULL);
     }
-    PyObject *r = PyObject_VectorcallMethod(s_acquire_py, buf, (size_t)(nargs + 1), kwnames);
-    if (buf != small) PyMem_Free(buf);
+    me_release(&me);
     return r;
 }
 
 static PyObject *
-lock_acquire(CoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+lock_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
 {
-    return acquire_common(self, args, (size_t)nargs, kwnames, 0);
+    releasing(self);
+    PyObject *r = release_real(self);
+    if (r == NULL) return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
 }
 
 static PyObject *
-rlock_acquire(CoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+lock_release(CoreObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return acquire_common(self, args, (size_t)nargs, kwnames, 1);
+    return lock_exit(self, NULL, 0);
 }
 
-/* Lock after its first contention: sampled hold times, holder details reset. */
-static PyObject *
-lock_timed_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
+/* Re-entry by the owner: immediate; only counted. -1 error, 0 not a re-entry, 1 done. */
+static int
+rlock_reenter(CoreObject *self, Me *me)
 {
-    int got = try_acquire(self);
-    if (got < 0) return NULL;
-    if (!got) return contended(self);
-    set_owner(self);
-    self->n++;
-    Py_XSETREF(self->osite, Py_NewRef(g_empty));
-    start_hold(self, 1);
-    Py_RETURN_TRUE;
-}
-
-static PyObject *
-lock_timed_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
-{
-    end_hold(self);
-    /* _owner is left as it is (it means something only while the lock is locked, and the
-     * next acquisition by the same thread then reuses the int). */
-    return plain_exit(self, NULL, 0);
-}
-
-/* Lock under lock-order checking: also where it was taken, pushed on the held stack. */
-static PyObject *
-lock_ordered_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
-{
-    int got = try_acquire(self);
-    if (got < 0) return NULL;
-    if (!got) return contended(self);
-    set_owner(self);
-    self->n++;
-    start_hold(self, has_hold(self));
-    order_push(self);
-    Py_RETURN_TRUE;
-}
-
-static PyObject *
-lock_ordered_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
-{
-    order_pop(self);
-    return lock_timed_exit(self, NULL, 0);
-}
-
-/* RLock after its first contention: the outermost level is timed. */
-static PyObject *
-rlock_timed_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
-{
-    int got = try_acquire(self);
-    if (got < 0) return NULL;
-    if (!got) return contended(self);
-    self->n++;
-    if (recursion_count(self) == 1) {
-        Py_XSETREF(self->osite, Py_NewRef(g_empty));
-        start_hold(self, 1);
+    if (self->depth <= 0 || self->owner_tid != me->tid) {
+        return 0;
     }
-    Py_RETURN_TRUE;
-}
-
-static PyObject *
-rlock_timed_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
-{
-    if (recursion_count(self) == 1) {
-        end_hold(self);
-    }
-    return plain_exit(self, NULL, 0);
-}
-
-static PyObject *
-rlock_ordered_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
-{
     int got = try_acquire(self);
-    if (got < 0) return NULL;
-    if (!got) return contended(self);
-    self->n++;
-    if (recursion_count(self) == 1) { /* re-entry adds no edge */
-        start_hold(self, has_hold(self));
-        order_push(self);
+    if (got <= 0) {
+        return got;
     }
-    Py_RETURN_TRUE;
+    self->depth++;
+    self->n++;
+    return 1;
 }
 
 static PyObject *
-rlock_ordered_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+rlock_enter(CoreObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (recursion_count(self) == 1) {
-        order_pop(self);
-        end_hold(self);
+    Me me = {0};
+    me.tid = current_tid();
+    int re = rlock_reenter(self, &me);
+    if (re < 0) return NULL;
+    if (re > 0) Py_RETURN_TRUE;
+    prepare(self, &me, 0);
+    int got = try_acquire(self);
+    PyObject *r;
+    if (got < 0) {
+        r = NULL;
     }
-    return plain_exit(self, NULL, 0);
+    else if (got) {
+        took(self, &me, 0, NULL);
+        r = Py_NewRef(Py_True);
+    }
+    else {
+        r = contended(self, &me, -1.0, NULL);
+    }
+    me_release(&me);
+    return r;
 }
 
-/* -- creation: __init__ and __del__ ------------------------------------------------------ */
+static PyObject *
+rlock_exit(CoreObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    int mine = self->depth > 0 && self->owner_tid == current_tid();
+    if (mine && self->depth == 1) {
+        releasing(self);
+    }
+    PyObject *r = release_real(self);
+    if (r == NULL) return NULL;
+    Py_DECREF(r);
+    if (mine) self->depth--;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+rlock_release(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return rlock_exit(self, NULL, 0);
+}
+
+/* acquire(blocking=True, timeout=-1): arguments are validated by the real lock's own code (a probe
+ * on a fresh lock: the same errors, word for word), then the same paths as __enter__. */
+static PyObject *
+acquire_common(CoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs == 0 && nkw == 0) {
+        return self->rlock ? rlock_enter(self, NULL) : lock_enter(self, NULL);
+    }
+    PyObject *blocking_obj = NULL, *timeout_obj = NULL;
+    int bad = nargs > 2;
+    if (nargs >= 1) blocking_obj = args[0];
+    if (nargs >= 2) timeout_obj = args[1];
+    for (Py_ssize_t i = 0; i < nkw && !bad; i++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(kw, "blocking") == 0 && blocking_obj == NULL) {
+            blocking_obj = args[nargs + i];
+        }
+        else if (PyUnicode_CompareWithASCIIString(kw, "timeout") == 0 && timeout_obj == NULL) {
+            timeout_obj = args[nargs + i];
+        }
+        else {
+            bad = 1;
+        }
+    }
+    if (bad || timeout_obj != NULL) {
+        /* Let the real implementation raise what it raises (a fresh lock is free: no wait). */
+        PyObject *probe = PyObject_CallNoArgs(self->rlock ? g_rlock_type : g_allocate_lock);
+        if (probe == NULL) return NULL;
+        PyObject *meth = PyObject_GetAttr(probe, s_acquire);
+        PyObject *r = meth ? PyObject_Vectorcall(meth, args, (size_t)nargs, kwnames) : NULL;
+        Py_XDECREF(meth);
+        if (r == NULL) {
+            Py_DECREF(probe);
+            return NULL;
+        }
+        int probed = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (probed > 0) {
+            PyObject *rr = PyObject_CallMethodNoArgs(probe, s_release);
+            Py_XDECREF(rr);
+            PyErr_Clear();
+        }
+        Py_DECREF(probe);
+        if (bad) { /* accepted by the real lock: cannot happen, but never guess */
+            PyErr_SetString(PyExc_TypeError, "acquire() got unexpected arguments");
+            return NULL;
+        }
+    }
+    int blocking = blocking_obj == NULL ? 1 : PyObject_IsTrue(blocking_obj);
+    if (blocking < 0) return NULL;
+    double timeout = -1.0;
+    if (timeout_obj != NULL) {
+        timeout = PyFloat_AsDouble(timeout_obj);
+        if (timeout == -1.0 && PyErr_Occurred()) return NULL;
+    }
+    if (blocking && timeout == -1.0) {
+        return self->rlock ? rlock_enter(self, NULL) : lock_enter(self, NULL);
+    }
+    Me me = {0};
+    me.tid = current_tid();
+    if (self->rlock) {
+        int re = rlock_reenter(self, &me);
+        if (re < 0) return NULL;
+        if (re > 0) Py_RETURN_TRUE;
+    }
+    prepare(self, &me, 0);
+    int got = try_acquire(self);
+    PyObject *res;
+    if (got < 0) {
+        res = NULL;
+    }
+    else if (got) {
+        took(self, &me, 0, NULL);
+        res = Py_NewRef(Py_True);
+    }
+    else if (!blocking || timeout == 0.0) {
+        res = Py_NewRef(Py_False); /* a poll: not a wait */
+    }
+    else {
+        res = contended(self, &me, timeout, NULL);
+    }
+    me_release(&me);
+    return res;
+}
+
+static PyObject *
+core_acquire(CoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return acquire_common(self, args, nargs, kwnames);
+}
+
+static PyObject *
+core_locked(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
+        return NULL;
+    }
+    return call_noargs(m_lock_locked, self->lock);
+}
+
+static PyObject *
+rlock_is_owned(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
+        return NULL;
+    }
+    return call_noargs(m_rlock_is_owned, self->lock);
+}
+
+static PyObject *
+rlock_recursion_count(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
+        return NULL;
+    }
+    return call_noargs(m_rlock_recursion_count, self->lock);
+}
+
+/* Condition.wait()'s release of every level: the hold ends, the lock leaves the held stack. */
+static PyObject *
+rlock_release_save(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int owned = rlock_owned(self);
+    if (owned < 0) return NULL;
+    if (!owned) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
+        return NULL;
+    }
+    releasing(self);
+    PyObject *state = call_noargs(m_rlock_release_save, self->lock);
+    if (state != NULL) self->depth = 0;
+    return state;
+}
+
+/* Condition.wait()'s re-acquisition: an acquisition like any other (counted once, timed, ordered,
+ * a wait when contended), restoring the saved depth. */
+static PyObject *
+rlock_acquire_restore(CoreObject *self, PyObject *state)
+{
+    if (!PyTuple_Check(state) || PyTuple_GET_SIZE(state) < 1) {
+        /* Not the state _release_save returned: the real lock says what is wrong with it. */
+        PyObject *args = PyTuple_Pack(1, state);
+        PyObject *r = args ? call_varargs(m_rlock_acquire_restore, f_rlock_acquire_restore, self->lock, args) : NULL;
+        Py_XDECREF(args);
+        return r;
+    }
+    long count = PyLong_AsLong(PyTuple_GET_ITEM(state, 0));
+    if (count == -1 && PyErr_Occurred()) return NULL;
+    Me me = {0};
+    prepare(self, &me, 0);
+    int got = try_acquire(self);
+    PyObject *res = NULL;
+    if (got > 0) {
+        took(self, &me, 0, NULL);
+        for (long i = 1; i < count; i++) { /* re-entries: immediate, and not acquisitions of their own */
+            PyObject *r = call_varargs(m_rlock_acquire, f_rlock_acquire, self->lock, g_false_args);
+            Py_XDECREF(r);
+            if (r == NULL) swallow();
+        }
+        self->depth = count;
+        res = Py_NewRef(Py_None);
+    }
+    else if (got == 0) {
+        PyObject *r = contended(self, &me, -1.0, state);
+        if (r != NULL) {
+            Py_DECREF(r);
+            self->depth = count;
+            res = Py_NewRef(Py_None);
+        }
+    }
+    me_release(&me);
+    return res;
+}
+
+/* -- creation, the registry of live locks, death ------------------------------------------------ */
 
 static int
 is_on(PyObject *list)
@@ -752,162 +2205,172 @@ is_on(PyObject *list)
     return r > 0;
 }
 
-/* locks._register's cache key for a creation at frame (a new reference, or NULL without an
- * exception): (id(code), offset, kind, name) in user code; inside the stdlib, (id(the stdlib
- * function's code), id(the user caller's code), its offset, kind, name), as _stdlib_site_key. */
-static PyObject *
-site_key(PyFrameObject *frame, PyObject *kind, PyObject *name)
+/* Creation sites, cached by (code of the creating frame, code and offset of the user frame it
+ * serves, kind, name): what locks._register computed for the first lock made there. Holds its
+ * code objects, so a cached pointer always means the same code. */
+#define SITE_CACHE 1024
+typedef struct {
+    PyObject *inner, *user, *kind, *name; /* strong; name may be Py_None */
+    int lasti;
+    PyObject *created, *stats;            /* strong */
+    PyObject *epoch;                      /* the epoch object stats.epoch was last set to (identity) */
+} SiteEntry;
+static SiteEntry g_sites[SITE_CACHE];
+
+static void
+clear_site_cache(void)
 {
-    PyCodeObject *code = PyFrame_GetCode(frame);
-    if (!skipped_file_in(code->co_filename, g_internal)) {
-        PyObject *key = Py_BuildValue("(NiOO)", PyLong_FromVoidPtr(code), PyFrame_GetLasti(frame), kind, name);
-        Py_DECREF(code);
-        return key;
+    for (int i = 0; i < SITE_CACHE; i++) {
+        Py_CLEAR(g_sites[i].inner);
+        Py_CLEAR(g_sites[i].user);
+        Py_CLEAR(g_sites[i].kind);
+        Py_CLEAR(g_sites[i].name);
+        Py_CLEAR(g_sites[i].created);
+        Py_CLEAR(g_sites[i].stats);
+        Py_CLEAR(g_sites[i].epoch);
     }
-    Py_DECREF(code);
-    /* inner: the first frame outside conctools; user: the first frame outside the stdlib too */
-    PyFrameObject *inner = (PyFrameObject *)Py_NewRef(frame);
-    while (inner != NULL) {
-        PyCodeObject *c = PyFrame_GetCode(inner);
-        int in_pkg = PyUnicode_Check(c->co_filename) && g_pkg_dir != NULL &&
-                     PyUnicode_Tailmatch(c->co_filename, g_pkg_dir, 0, PY_SSIZE_T_MAX, -1) == 1 &&
-                     !(g_keep_prefix != NULL &&
-                       PyUnicode_Tailmatch(c->co_filename, g_keep_prefix, 0, PY_SSIZE_T_MAX, -1) == 1);
-        Py_DECREF(c);
-        if (!in_pkg) break;
-        PyFrameObject *back = PyFrame_GetBack(inner);
-        Py_DECREF(inner);
-        inner = back;
+    for (int i = 0; i < CODE_CACHE; i++) {
+        Py_CLEAR(g_code_cache[i].code);
     }
-    if (inner == NULL) return NULL;
-    PyFrameObject *user = (PyFrameObject *)Py_NewRef(inner);
-    while (user != NULL) {
-        PyCodeObject *c = PyFrame_GetCode(user);
-        int internal = skipped_file_in(c->co_filename, g_internal);
-        Py_DECREF(c);
-        if (!internal) break;
-        PyFrameObject *back = PyFrame_GetBack(user);
-        Py_DECREF(user);
-        user = back;
+    for (int i = 0; i < SITE_TUPLES; i++) {
+        Py_CLEAR(g_site_tuples[i]);
     }
-    PyObject *key = NULL;
-    if (user != NULL) {
-        PyCodeObject *ic = PyFrame_GetCode(inner), *uc = PyFrame_GetCode(user);
-        key = Py_BuildValue("(NNiOO)", PyLong_FromVoidPtr(ic), PyLong_FromVoidPtr(uc), PyFrame_GetLasti(user), kind,
-                            name);
-        Py_DECREF(ic);
-        Py_DECREF(uc);
-        Py_DECREF(user);
-    }
-    Py_DECREF(inner);
-    return key;
 }
 
-/* Set a field on a traced primitive: a C member of a Core, an attribute of anything else. */
+/* The creation frames: inner = the first frame outside conctools, user = the first frame outside
+ * conctools and the stdlib modules a creation site skips. 0 when there is no such frame. */
 static int
-set_field(PyObject *prim, PyObject **member, PyObject *attr, PyObject *value)
+creation_frames(PyCodeObject **inner, PyCodeObject **user, int *lasti)
 {
-    if (member != NULL) {
-        Py_XSETREF(*member, Py_NewRef(value));
-        return 0;
+    FrameCursor c;
+    cursor_start(&c);
+    PyCodeObject *co;
+    int off;
+    int found = 0;
+    *inner = NULL;
+    while (cursor_get(&c, &co, &off)) {
+        int bits = code_bits(co);
+        if (*inner == NULL && !(bits & BIT_OWN)) {
+            *inner = co;
+        }
+        if (*inner != NULL && !(bits & BIT_CREATION_SKIP)) {
+            *user = co;
+            *lasti = off;
+            found = 1;
+            break;
+        }
+        cursor_next(&c);
     }
-    return PyObject_SetAttr(prim, attr, value);
+    cursor_end(&c);
+    return found;
 }
 
-static PyObject *s_ct_created, *s_ct_waiters, *s_ct_n, *s_ct_hold;
-
-/* What locks._register does when the creation site is in the cache (the common case: locks are
- * made on a few lines of code, over and over). 1: done; 0: not cached (the caller runs the Python
- * function); -1: an error (set). */
-static int
-register_cached(PyObject *prim, PyObject *kind, PyObject *name, PyFrameObject *frame)
+static SiteEntry *
+site_slot(PyCodeObject *inner, PyCodeObject *user, int lasti, PyObject *kind, PyObject *name)
 {
-    if (g_current == NULL || g_published == NULL || g_site_cache == NULL || frame == NULL) {
-        return 0; /* setup_creation() not called yet */
+    uintptr_t h = ((uintptr_t)inner >> 4) * 31u + ((uintptr_t)user >> 4) * 17u + (uintptr_t)lasti * 7u +
+                  ((uintptr_t)kind >> 4) + ((uintptr_t)name >> 4);
+    return &g_sites[h & (SITE_CACHE - 1)];
+}
+
+static int
+published(void)
+{
+    return g_current != NULL && g_published != NULL && PyList_GET_SIZE(g_current) > 0 &&
+           PyList_GET_SIZE(g_published) > 0 && PyList_GET_ITEM(g_published, 0) == PyList_GET_ITEM(g_current, 0);
+}
+
+static void
+stamp_epoch(SiteEntry *e)
+{
+    if (g_epoch == NULL || !PyList_Check(g_epoch) || PyList_GET_SIZE(g_epoch) < 1) return;
+    PyObject *epoch = PyList_GET_ITEM(g_epoch, 0);
+    if (e->epoch == epoch) return;
+    if (PyObject_SetAttr(e->stats, s_epoch, epoch) < 0) {
+        PyErr_Clear();
+        return;
     }
-    int published = PyList_GET_SIZE(g_current) > 0 && PyList_GET_SIZE(g_published) > 0 &&
-                    PyList_GET_ITEM(g_published, 0) == PyList_GET_ITEM(g_current, 0);
-    if (!published) {
+    Py_XSETREF(e->epoch, Py_NewRef(epoch));
+}
+
+/* Name and class of a new primitive from the cache: 1 done (fields set), 0 not cached. */
+static int
+register_cached(PyObject *prim, PyObject *kind, PyObject *name, CoreObject *core)
+{
+    PyCodeObject *inner = NULL, *user = NULL;
+    int lasti = 0;
+    if (!published() || !creation_frames(&inner, &user, &lasti)) {
         return 0;
     }
-    PyObject *cached = NULL;
-    PyObject *key = site_key(frame, kind, name);
-    if (key != NULL) {
-        cached = PyDict_GetItemWithError(g_site_cache, key); /* borrowed */
-        Py_DECREF(key);
+    SiteEntry *e = site_slot(inner, user, lasti, kind, name);
+    if (e->stats == NULL || e->inner != (PyObject *)inner || e->user != (PyObject *)user || e->lasti != lasti ||
+        e->kind != kind || e->name != name) {
+        return 0;
     }
-    if (cached == NULL || !PyTuple_Check(cached) || PyTuple_GET_SIZE(cached) < 2) {
+    if (core != NULL) {
+        Py_XSETREF(core->stats, Py_NewRef(e->stats));
+        Py_XSETREF(core->created, Py_NewRef(e->created));
+        Py_XSETREF(core->name, name == Py_None ? NULL : Py_NewRef(name));
+    }
+    else if (g_tracked_type != NULL && PyObject_TypeCheck(prim, g_tracked_type)) {
+        TrackedObject *t = (TrackedObject *)prim;
+        init_tracked(t);
+        Py_XSETREF(t->stats, Py_NewRef(e->stats));
+        Py_XSETREF(t->created, Py_NewRef(e->created));
+        Py_XSETREF(t->name, name == Py_None ? NULL : Py_NewRef(name));
+    }
+    else if (PyObject_SetAttr(prim, s_ct_stats, e->stats) < 0 || PyObject_SetAttr(prim, s_ct_created, e->created) < 0 ||
+             PyObject_SetAttr(prim, s_ct_name, name == Py_None ? e->created : name) < 0) {
         PyErr_Clear();
         return 0;
     }
-    PyObject *created = PyTuple_GET_ITEM(cached, 0), *stats = PyTuple_GET_ITEM(cached, 1);
-    int core = PyObject_TypeCheck(prim, g_core_type);
-    CoreObject *c = core ? (CoreObject *)prim : NULL;
-    PyObject *serial = PyIter_Next(g_serials);
-    PyObject *waiters = PyDict_New();
-    int err = serial == NULL || waiters == NULL;
-    err = err || set_field(prim, c ? &c->stats : NULL, s_ct_stats, stats) < 0;
-    err = err || set_field(prim, c ? &c->name : NULL, s_ct_name, name == Py_None ? created : name) < 0;
-    err = err || set_field(prim, c ? &c->created : NULL, s_ct_created, created) < 0;
-    err = err || set_field(prim, c ? &c->serial : NULL, s_ct_serial, serial) < 0;
-    err = err || set_field(prim, c ? &c->waiters : NULL, s_ct_waiters, waiters) < 0;
-    Py_XDECREF(serial);
-    Py_XDECREF(waiters);
-    if (err) return -1;
-    if (c != NULL) {
-        c->n = 0;
-        Py_CLEAR(c->hold);
-    }
-    else if (PyObject_SetAttr(prim, s_ct_n, g_zero) < 0 || PyObject_SetAttr(prim, s_ct_hold, Py_None) < 0) {
-        return -1;
-    }
-    /* stats.instances += 1 (informative only, like the Python path's unlocked counter); stats.epoch */
-    PyObject *inst = PyObject_GetAttr(stats, s_instances);
-    if (inst != NULL) {
-        PyObject *more = PyNumber_Add(inst, g_one);
-        Py_DECREF(inst);
-        if (more != NULL) {
-            PyObject_SetAttr(stats, s_instances, more);
-            Py_DECREF(more);
-        }
-    }
-    if (PyList_Check(g_epoch) && PyList_GET_SIZE(g_epoch) > 0) {
-        PyObject_SetAttr(stats, s_epoch, PyList_GET_ITEM(g_epoch, 0));
-    }
-    swallow();
-    PyObject *ref = PyWeakref_NewRef(prim, g_discard);
-    if (ref != NULL) {
-        PySet_Add(g_refs, ref);
-        Py_DECREF(ref);
-    }
-    swallow();
+    stamp_epoch(e);
     return 1;
 }
 
-static int
-register_fast(CoreObject *self, PyObject *kind, PyObject *name, PyFrameObject *frame)
+/* After the Python path named a new primitive: remember its site for the next ones. */
+static void
+remember_site(PyObject *kind, PyObject *name, PyObject *stats, PyObject *created)
 {
-    int r = register_cached((PyObject *)self, kind, name, frame);
-    if (r != 0) return r < 0 ? -1 : 0;
-    PyObject *res = PyObject_CallFunctionObjArgs(g_register, (PyObject *)self, kind, name,
-                                                 frame ? (PyObject *)frame : Py_None, NULL);
-    if (res == NULL) return -1;
-    Py_DECREF(res);
-    return 0;
+    PyCodeObject *inner = NULL, *user = NULL;
+    int lasti = 0;
+    if (stats == NULL || created == NULL || !creation_frames(&inner, &user, &lasti)) {
+        return;
+    }
+    SiteEntry *e = site_slot(inner, user, lasti, kind, name);
+    Py_XSETREF(e->inner, Py_NewRef((PyObject *)inner));
+    Py_XSETREF(e->user, Py_NewRef((PyObject *)user));
+    Py_XSETREF(e->kind, Py_NewRef(kind));
+    Py_XSETREF(e->name, Py_NewRef(name));
+    e->lasti = lasti;
+    Py_XSETREF(e->created, Py_NewRef(created));
+    Py_XSETREF(e->stats, Py_NewRef(stats));
+    Py_CLEAR(e->epoch);
+    stamp_epoch(e);
 }
 
-/* try_register(prim, kind, name, frame) -> bool: locks._register's cached case, for any primitive. */
-static PyObject *
-py_try_register(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+static void
+link_core(CoreObject *self)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "try_register(prim, kind, name, frame)");
-        return NULL;
-    }
-    PyFrameObject *frame = PyFrame_Check(args[3]) ? (PyFrameObject *)args[3] : NULL;
-    int r = register_cached(args[0], args[1], args[2], frame);
-    if (r < 0) return NULL;
-    return PyBool_FromLong(r);
+    if (self->linked) return;
+    self->prev = NULL;
+    self->next = g_head;
+    if (g_head != NULL) g_head->prev = self;
+    g_head = self;
+    self->linked = 1;
+    g_live++;
+}
+
+static void
+unlink_core(CoreObject *self)
+{
+    if (!self->linked) return;
+    if (self->prev != NULL) self->prev->next = self->next;
+    else g_head = self->next;
+    if (self->next != NULL) self->next->prev = self->prev;
+    self->prev = self->next = NULL;
+    self->linked = 0;
+    g_live--;
 }
 
 static PyObject *
@@ -920,23 +2383,25 @@ init_common(CoreObject *self, PyObject *args, PyObject *kwargs, int rlock)
     }
     PyObject *lock = PyObject_CallNoArgs(rlock ? g_rlock_type : g_allocate_lock);
     if (lock == NULL) return NULL;
-    PyObject *acq = PyObject_GetAttr(lock, s_acquire);
-    PyObject *rel = acq ? PyObject_GetAttr(lock, s_release) : NULL;
-    if (rel == NULL) {
-        Py_XDECREF(acq);
-        Py_DECREF(lock);
-        return NULL;
-    }
     Py_XSETREF(self->lock, lock);
-    Py_XSETREF(self->acq, acq);
-    Py_XSETREF(self->rel, rel);
-    if (register_fast(self, rlock ? s_rlock_kind : s_lock_kind, name, PyEval_GetFrame()) < 0) {
-        return NULL;
+    self->rlock = rlock;
+    if (self->serial == 0) self->serial = ++g_serial;
+    PyObject *kind = rlock ? s_rlock_kind : s_lock_kind;
+    if (!register_cached((PyObject *)self, kind, name, self)) {
+        PyErr_Clear();
+        PyFrameObject *frame = PyEval_GetFrame();
+        PyObject *r = PyObject_CallFunctionObjArgs(g_register, (PyObject *)self, kind, name,
+                                                   frame ? (PyObject *)frame : Py_None, NULL);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+        remember_site(kind, name, self->stats, self->created);
+        PyErr_Clear();
     }
-    if (is_on(g_order_enabled)) {
-        if (PyObject_SetAttr((PyObject *)self, s_class, rlock ? g_ordered_rlock : g_ordered_lock) < 0) {
-            return NULL;
-        }
+    self->ordered = is_on(g_order_enabled);
+    link_core(self);
+    if (Py_TYPE(self)->tp_dictoffset == 0 && self->otask == NULL && self->waiters == NULL && self->trash[0] == NULL &&
+        PyObject_GC_IsTracked((PyObject *)self)) {
+        PyObject_GC_UnTrack(self); /* until it refers to something that could refer back (see track()) */
     }
     Py_RETURN_NONE;
 }
@@ -953,121 +2418,48 @@ rlock_init(CoreObject *self, PyObject *args, PyObject *kwargs)
     return init_common(self, args, kwargs, 1);
 }
 
-/* __del__: a lock never acquired has nothing to hand to its class; others go to locks._retire. */
+/* try_register(prim, kind, name) -> bool: a Python-level primitive's name and class from the cache. */
 static PyObject *
-core_del(CoreObject *self, PyObject *Py_UNUSED(ignored))
+py_try_register(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (self->n == 0 && !has_hold(self)) {
-        Py_RETURN_NONE;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "try_register(prim, kind, name)");
+        return NULL;
     }
-    PyObject *r = PyObject_CallOneArg(g_retire, (PyObject *)self);
-    Py_XDECREF(r);
-    swallow();
+    return PyBool_FromLong(register_cached(args[0], args[1], args[2], NULL));
+}
+
+/* remember_site(kind, name, stats, created): the Python path's result, for try_register. */
+static PyObject *
+py_remember_site(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "remember_site(kind, name, stats, created)");
+        return NULL;
+    }
+    remember_site(args[0], args[1], args[2], args[3]);
+    PyErr_Clear();
     Py_RETURN_NONE;
 }
 
-static PyMethodDef core_methods[] = {
-    {"_c_lock_init", (PyCFunction)(void (*)(void))lock_init, METH_VARARGS | METH_KEYWORDS,
-     "_c_lock_init($self, /, name=None)\n--\n\nA traced threading.Lock."},
-    {"_c_rlock_init", (PyCFunction)(void (*)(void))rlock_init, METH_VARARGS | METH_KEYWORDS,
-     "_c_rlock_init($self, /, name=None)\n--\n\nA traced threading.RLock."},
-    {"_c_del", (PyCFunction)core_del, METH_NOARGS, NULL},
-    {"_c_lock_enter", (PyCFunction)lock_enter, METH_NOARGS, NULL},
-    {"_c_rlock_enter", (PyCFunction)rlock_enter, METH_NOARGS, NULL},
-    {"_c_exit", (PyCFunction)(void (*)(void))plain_exit, METH_FASTCALL, NULL},
-    {"_c_release", (PyCFunction)plain_release, METH_NOARGS,
-     "_c_release($self, /)\n--\n\nRelease the lock (one level of an RLock), as threading's release()."},
-    {"_c_lock_acquire", (PyCFunction)(void (*)(void))lock_acquire, METH_FASTCALL | METH_KEYWORDS,
-     "_c_lock_acquire($self, /, blocking=True, timeout=-1)\n--\n\nAcquire the lock, as threading.Lock.acquire."},
-    {"_c_rlock_acquire", (PyCFunction)(void (*)(void))rlock_acquire, METH_FASTCALL | METH_KEYWORDS,
-     "_c_rlock_acquire($self, /, blocking=True, timeout=-1)\n--\n\nAcquire (re-entrantly), as threading.RLock.acquire."},
-    {"_c_lock_timed_enter", (PyCFunction)lock_timed_enter, METH_NOARGS, NULL},
-    {"_c_lock_timed_exit", (PyCFunction)(void (*)(void))lock_timed_exit, METH_FASTCALL, NULL},
-    {"_c_lock_ordered_enter", (PyCFunction)lock_ordered_enter, METH_NOARGS, NULL},
-    {"_c_lock_ordered_exit", (PyCFunction)(void (*)(void))lock_ordered_exit, METH_FASTCALL, NULL},
-    {"_c_rlock_timed_enter", (PyCFunction)rlock_timed_enter, METH_NOARGS, NULL},
-    {"_c_rlock_timed_exit", (PyCFunction)(void (*)(void))rlock_timed_exit, METH_FASTCALL, NULL},
-    {"_c_rlock_ordered_enter", (PyCFunction)rlock_ordered_enter, METH_NOARGS, NULL},
-    {"_c_rlock_ordered_exit", (PyCFunction)(void (*)(void))rlock_ordered_exit, METH_FASTCALL, NULL},
-    {NULL, NULL, 0, NULL},
-};
-
-/* -- the type -------------------------------------------------------------------------- */
-
-static PyObject *
-core_get_owner(CoreObject *self, void *Py_UNUSED(closure))
-{
-    return Py_NewRef(self->owner ? self->owner : Py_None);
-}
-
-static int
-core_set_owner(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
-{
-    if (value == NULL || value == Py_None) {
-        Py_CLEAR(self->owner);
-        self->owner_tid = 0;
-        return 0;
-    }
-    unsigned long ident = 0;
-    if (PyLong_Check(value)) {
-        ident = PyLong_AsUnsignedLong(value);
-        if (ident == (unsigned long)-1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            ident = 0;
-        }
-    }
-    Py_XSETREF(self->owner, Py_NewRef(value));
-    self->owner_ident = ident;
-    /* Python sets _owner from the acquiring thread itself (its slow paths): that thread's state. */
-    self->owner_tid = ident == PyThread_get_thread_ident() ? PyThreadState_GetID(PyThreadState_Get()) : 0;
-    return 0;
-}
-
-static PyGetSetDef core_getset[] = {
-    {"_owner", (getter)core_get_owner, (setter)core_set_owner, NULL, NULL},
-    {NULL},
-};
-
-static PyMemberDef core_members[] = {
-    {"_lock", T_OBJECT_EX, offsetof(CoreObject, lock), 0, NULL},
-    {"_acq", T_OBJECT_EX, offsetof(CoreObject, acq), 0, NULL},
-    {"_rel", T_OBJECT_EX, offsetof(CoreObject, rel), 0, NULL},
-    {"_ct_n", T_LONGLONG, offsetof(CoreObject, n), 0, NULL},
-    {"_t0", T_LONGLONG, offsetof(CoreObject, t0), 0, NULL},
-    {"_osince", T_LONGLONG, offsetof(CoreObject, osince), 0, NULL},
-    {"_otask", T_OBJECT, offsetof(CoreObject, otask), 0, NULL},
-    {"_osite", T_OBJECT, offsetof(CoreObject, osite), 0, NULL},
-    {"_ct_hold", T_OBJECT, offsetof(CoreObject, hold), 0, NULL},
-    {"_ct_held", T_OBJECT, offsetof(CoreObject, held), 0, NULL},
-    {"_ct_entry", T_OBJECT, offsetof(CoreObject, entry), 0, NULL},
-    {"_owner_tid", T_ULONGLONG, offsetof(CoreObject, owner_tid), READONLY, NULL},
-    {"_ct_stats", T_OBJECT_EX, offsetof(CoreObject, stats), 0, NULL},
-    {"_ct_name", T_OBJECT_EX, offsetof(CoreObject, name), 0, NULL},
-    {"_ct_created", T_OBJECT_EX, offsetof(CoreObject, created), 0, NULL},
-    {"_ct_serial", T_OBJECT_EX, offsetof(CoreObject, serial), 0, NULL},
-    {"_ct_waiters", T_OBJECT_EX, offsetof(CoreObject, waiters), 0, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(CoreObject, weakreflist), READONLY, NULL},
-    {NULL},
-};
+/* -- the type ----------------------------------------------------------------------------------- */
 
 static int
 core_traverse(CoreObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->lock);
-    Py_VISIT(self->acq);
-    Py_VISIT(self->rel);
-    Py_VISIT(self->owner);
+    Py_VISIT(self->othread);
     Py_VISIT(self->otask);
     Py_VISIT(self->osite);
     Py_VISIT(self->hold);
     Py_VISIT(self->held);
     Py_VISIT(self->entry);
-    Py_VISIT(self->site);
+    for (int i = 0; i < 2; i++) Py_VISIT(self->known[i]);
+    for (int i = 0; i < 2; i++) Py_VISIT(self->trash[i]);
     Py_VISIT(self->stats);
     Py_VISIT(self->name);
     Py_VISIT(self->created);
-    Py_VISIT(self->serial);
     Py_VISIT(self->waiters);
     return 0;
 }
@@ -1076,21 +2468,48 @@ static int
 core_clear(CoreObject *self)
 {
     Py_CLEAR(self->lock);
-    Py_CLEAR(self->acq);
-    Py_CLEAR(self->rel);
-    Py_CLEAR(self->owner);
+    Py_CLEAR(self->othread);
     Py_CLEAR(self->otask);
     Py_CLEAR(self->osite);
     Py_CLEAR(self->hold);
     Py_CLEAR(self->held);
     Py_CLEAR(self->entry);
-    Py_CLEAR(self->site);
+    for (int i = 0; i < 2; i++) Py_CLEAR(self->known[i]);
+    for (int i = 0; i < 2; i++) Py_CLEAR(self->trash[i]);
     Py_CLEAR(self->stats);
     Py_CLEAR(self->name);
     Py_CLEAR(self->created);
-    Py_CLEAR(self->serial);
     Py_CLEAR(self->waiters);
     return 0;
+}
+
+/* A dying lock hands its counters to its class (only one that was acquired has any): appended to
+ * the class's backlog here; locks._retire_counts (which folds a long backlog) only now and then. */
+static void
+retire(CoreObject *self)
+{
+    if ((self->n == 0 && self->hold == NULL) || self->stats == NULL || g_retire == NULL) {
+        return;
+    }
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *n = PyLong_FromLongLong(self->n);
+    PyObject *retired = n ? PyObject_GetAttr(self->stats, s_retired) : NULL;
+    if (retired != NULL && PyList_CheckExact(retired) && PyList_GET_SIZE(retired) < 1023) {
+        PyObject *item = PyTuple_Pack(2, n, self->hold ? self->hold : Py_None);
+        if (item != NULL) {
+            PyList_Append(retired, item);
+            Py_DECREF(item);
+        }
+    }
+    else if (n != NULL) {
+        PyObject *r = PyObject_CallFunctionObjArgs(g_retire, self->stats, n, self->hold ? self->hold : Py_None, NULL);
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(retired);
+    Py_XDECREF(n);
+    PyErr_Clear();
+    PyErr_Restore(exc_type, exc_value, exc_tb);
 }
 
 static void
@@ -1098,16 +2517,194 @@ core_dealloc(CoreObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    unlink_core(self);
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
+    retire(self);
     core_clear(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
 
+static PyObject *
+core_get_owner(CoreObject *self, void *Py_UNUSED(closure))
+{
+    if (!self->owner_ident) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(self->owner_ident);
+}
+
+static int
+core_set_owner(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL || value == Py_None) {
+        self->owner_ident = 0;
+        self->owner_tid = 0;
+        return 0;
+    }
+    unsigned long ident = PyLong_AsUnsignedLong(value);
+    if (ident == (unsigned long)-1 && PyErr_Occurred()) return -1;
+    self->owner_ident = ident;
+    /* Python sets _owner from the acquiring thread itself: that thread's state. */
+    self->owner_tid = ident == PyThread_get_thread_ident() ? current_tid() : 0;
+    return 0;
+}
+
+static PyObject *
+core_get_name(CoreObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *v = self->name != NULL ? self->name : self->created;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_ct_name");
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
+static int
+core_set_name(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    Py_XSETREF(self->name, Py_XNewRef(value));
+    return 0;
+}
+
+static PyObject *
+core_get_serial(CoreObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->serial);
+}
+
+static int
+core_set_serial(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    unsigned long long v = value ? PyLong_AsUnsignedLongLong(value) : 0;
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    self->serial = v;
+    return 0;
+}
+
+/* _acq / _rel: the real lock's bound methods, made on demand (slow paths and tests only). */
+static PyObject *
+core_get_acq(CoreObject *self, void *Py_UNUSED(closure))
+{
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_acq");
+        return NULL;
+    }
+    return PyObject_GetAttr(self->lock, s_acquire);
+}
+
+static PyObject *
+core_get_rel(CoreObject *self, void *Py_UNUSED(closure))
+{
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_rel");
+        return NULL;
+    }
+    return PyObject_GetAttr(self->lock, s_release);
+}
+
+static PyObject *
+core_get_osite(CoreObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->osite != NULL ? self->osite : Py_None);
+}
+
+static int
+core_set_osite(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    Py_XSETREF(self->osite, (value == NULL || value == Py_None) ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+core_get_otask(CoreObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->otask != NULL ? self->otask : Py_None);
+}
+
+static int
+core_set_otask(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value != NULL && value != Py_None) track(self);
+    Py_XSETREF(self->otask, (value == NULL || value == Py_None) ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+core_get_waiters(CoreObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->waiters != NULL ? self->waiters : Py_None);
+}
+
+static int
+core_set_waiters(CoreObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value != NULL && value != Py_None) track(self);
+    Py_XSETREF(self->waiters, (value == NULL || value == Py_None) ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+core_get_othread(CoreObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->othread != NULL ? self->othread : Py_None);
+}
+
+static PyGetSetDef core_getset[] = {
+    {"_otask", (getter)core_get_otask, (setter)core_set_otask, NULL, NULL},
+    {"_ct_waiters", (getter)core_get_waiters, (setter)core_set_waiters, NULL, NULL},
+    {"_othread", (getter)core_get_othread, NULL, NULL, NULL},
+    {"_owner", (getter)core_get_owner, (setter)core_set_owner, NULL, NULL},
+    {"_ct_name", (getter)core_get_name, (setter)core_set_name, NULL, NULL},
+    {"_ct_serial", (getter)core_get_serial, (setter)core_set_serial, NULL, NULL},
+    {"_acq", (getter)core_get_acq, NULL, NULL, NULL},
+    {"_rel", (getter)core_get_rel, NULL, NULL, NULL},
+    {"_osite", (getter)core_get_osite, (setter)core_set_osite, NULL, NULL},
+    {NULL},
+};
+
+static PyMemberDef core_members[] = {
+    {"_lock", T_OBJECT_EX, offsetof(CoreObject, lock), 0, NULL},
+    {"_ct_n", T_LONGLONG, offsetof(CoreObject, n), 0, NULL},
+    {"_t0", T_LONGLONG, offsetof(CoreObject, t0), 0, NULL},
+    {"_osince", T_LONGLONG, offsetof(CoreObject, osince), 0, NULL},
+    {"_ct_hold", T_OBJECT, offsetof(CoreObject, hold), 0, NULL},
+    {"_ct_held", T_OBJECT, offsetof(CoreObject, held), 0, NULL},
+    {"_ct_entry", T_OBJECT, offsetof(CoreObject, entry), READONLY, NULL},
+    {"_owner_tid", T_ULONGLONG, offsetof(CoreObject, owner_tid), READONLY, NULL},
+    {"_ct_ordered", T_INT, offsetof(CoreObject, ordered), 0, NULL},
+    {"_ct_stats", T_OBJECT_EX, offsetof(CoreObject, stats), 0, NULL},
+    {"_ct_created", T_OBJECT_EX, offsetof(CoreObject, created), 0, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(CoreObject, weakreflist), READONLY, NULL},
+    {NULL},
+};
+
+static PyMethodDef core_methods[] = {
+    {"_c_lock_init", (PyCFunction)(void (*)(void))lock_init, METH_VARARGS | METH_KEYWORDS,
+     "_c_lock_init($self, /, name=None)\n--\n\nA traced threading.Lock."},
+    {"_c_rlock_init", (PyCFunction)(void (*)(void))rlock_init, METH_VARARGS | METH_KEYWORDS,
+     "_c_rlock_init($self, /, name=None)\n--\n\nA traced threading.RLock."},
+    {"_c_lock_enter", (PyCFunction)lock_enter, METH_NOARGS, NULL},
+    {"_c_lock_exit", (PyCFunction)(void (*)(void))lock_exit, METH_FASTCALL, NULL},
+    {"_c_lock_release", (PyCFunction)lock_release, METH_NOARGS,
+     "_c_lock_release($self, /)\n--\n\nRelease the lock (any thread may), as threading.Lock.release."},
+    {"_c_rlock_enter", (PyCFunction)rlock_enter, METH_NOARGS, NULL},
+    {"_c_rlock_exit", (PyCFunction)(void (*)(void))rlock_exit, METH_FASTCALL, NULL},
+    {"_c_rlock_release", (PyCFunction)rlock_release, METH_NOARGS,
+     "_c_rlock_release($self, /)\n--\n\nRelease one level, as threading.RLock.release."},
+    {"_c_acquire", (PyCFunction)(void (*)(void))core_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "_c_acquire($self, /, blocking=True, timeout=-1)\n--\n\nAcquire the lock, as threading's acquire()."},
+    {"_c_locked", (PyCFunction)core_locked, METH_NOARGS, "_c_locked($self, /)\n--\n\nTrue if the lock is held."},
+    {"_c_is_owned", (PyCFunction)rlock_is_owned, METH_NOARGS, NULL},
+    {"_c_recursion_count", (PyCFunction)rlock_recursion_count, METH_NOARGS, NULL},
+    {"_c_release_save", (PyCFunction)rlock_release_save, METH_NOARGS, NULL},
+    {"_c_acquire_restore", (PyCFunction)rlock_acquire_restore, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyType_Slot core_slots[] = {
-    {Py_tp_doc, "The fields and C fast paths of a traced lock (conctools.locks)."},
+    {Py_tp_doc, "The fields and C paths of a traced lock (conctools.locks)."},
     {Py_tp_dealloc, core_dealloc},
     {Py_tp_traverse, core_traverse},
     {Py_tp_clear, core_clear},
@@ -1125,59 +2722,293 @@ static PyType_Spec core_spec = {
     .slots = core_slots,
 };
 
-/* -- module ---------------------------------------------------------------------------- */
+/* -- Tracked: the base of the Python-level primitives ------------------------------------------- */
+
+/* The fields' first values (object slots are NULL after allocation). */
+static void
+init_tracked(TrackedObject *self)
+{
+    if (self->n == NULL) self->n = Py_NewRef(g_zero_int);
+    if (self->progress == NULL) self->progress = Py_NewRef(g_zero_int);
+    if (self->hold == NULL) self->hold = Py_NewRef(Py_None);
+    if (self->waiters == NULL) self->waiters = Py_NewRef(Py_None);
+}
+
+static void
+link_tracked(TrackedObject *self)
+{
+    init_tracked(self);
+    if (self->linked) return;
+    self->prev = NULL;
+    self->next = g_tracked_head;
+    if (g_tracked_head != NULL) g_tracked_head->prev = self;
+    g_tracked_head = self;
+    self->linked = 1;
+    g_tracked_live++;
+    if (self->serial == 0) self->serial = ++g_serial;
+}
+
+static void
+unlink_tracked(TrackedObject *self)
+{
+    if (!self->linked) return;
+    if (self->prev != NULL) self->prev->next = self->next;
+    else g_tracked_head = self->next;
+    if (self->next != NULL) self->next->prev = self->prev;
+    self->prev = self->next = NULL;
+    self->linked = 0;
+    g_tracked_live--;
+}
+
+static int
+tracked_traverse(TrackedObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->n);
+    Py_VISIT(self->progress);
+    Py_VISIT(self->stats);
+    Py_VISIT(self->name);
+    Py_VISIT(self->created);
+    Py_VISIT(self->hold);
+    Py_VISIT(self->waiters);
+    return 0;
+}
+
+static int
+tracked_clear(TrackedObject *self)
+{
+    Py_CLEAR(self->stats);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->created);
+    Py_CLEAR(self->hold);
+    Py_CLEAR(self->waiters);
+    Py_CLEAR(self->n);
+    Py_CLEAR(self->progress);
+    return 0;
+}
+
+static void
+tracked_dealloc(TrackedObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    unlink_tracked(self);
+    /* (An exception may be in flight: an __init__ that raised. It is kept as it is.) */
+    int used = (self->n != NULL && PyLong_Check(self->n) && _PyLong_Sign(self->n) != 0) ||
+               (self->hold != NULL && self->hold != Py_None);
+    if (used && self->stats != NULL && g_retire != NULL) {
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        PyObject *r = PyObject_CallFunctionObjArgs(g_retire, self->stats, self->n, self->hold ? self->hold : Py_None, NULL);
+        Py_XDECREF(r);
+        PyErr_Clear();
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+    }
+    tracked_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+tracked_get_name(TrackedObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *v = self->name != NULL ? self->name : self->created;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_ct_name");
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
+static int
+tracked_set_name(TrackedObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    Py_XSETREF(self->name, Py_XNewRef(value));
+    return 0;
+}
+
+static PyObject *
+tracked_get_serial(TrackedObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->serial);
+}
+
+static int
+tracked_set_serial(TrackedObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    unsigned long long v = value ? PyLong_AsUnsignedLongLong(value) : 0;
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    self->serial = v;
+    return 0;
+}
+
+static PyGetSetDef tracked_getset[] = {
+    {"_ct_name", (getter)tracked_get_name, (setter)tracked_set_name, NULL, NULL},
+    {"_ct_serial", (getter)tracked_get_serial, (setter)tracked_set_serial, NULL, NULL},
+    {NULL},
+};
+
+static PyMemberDef tracked_members[] = {
+    {"_ct_stats", T_OBJECT_EX, offsetof(TrackedObject, stats), 0, NULL},
+    {"_ct_created", T_OBJECT_EX, offsetof(TrackedObject, created), 0, NULL},
+    {"_ct_hold", T_OBJECT_EX, offsetof(TrackedObject, hold), 0, NULL},
+    {"_ct_waiters", T_OBJECT_EX, offsetof(TrackedObject, waiters), 0, NULL},
+    {"_ct_n", T_OBJECT_EX, offsetof(TrackedObject, n), 0, NULL},
+    {"_ct_progress", T_OBJECT_EX, offsetof(TrackedObject, progress), 0, NULL},
+    {NULL},
+};
+
+static PyType_Slot tracked_slots[] = {
+    {Py_tp_doc, "The fields of a Python-level traced primitive (conctools.locks)."},
+    {Py_tp_dealloc, tracked_dealloc},
+    {Py_tp_traverse, tracked_traverse},
+    {Py_tp_clear, tracked_clear},
+    {Py_tp_members, tracked_members},
+    {Py_tp_getset, tracked_getset},
+    /* No tp_new: object.__new__ is inherited, which sets up a subclass's instance dict the fast way
+     * (inline values: PyType_GenericNew would leave attribute access 4x slower). */
+    {0, NULL},
+};
+
+static PyType_Spec tracked_spec = {
+    .name = "conctools._speedups.Tracked",
+    .basicsize = sizeof(TrackedObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = tracked_slots,
+};
+
+/* link(prim): put a Tracked primitive in the list of live primitives (once). */
+static PyObject *
+py_link(PyObject *Py_UNUSED(module), PyObject *prim)
+{
+    if (g_tracked_type == NULL || !PyObject_TypeCheck(prim, g_tracked_type)) {
+        PyErr_SetString(PyExc_TypeError, "link() takes a Tracked primitive");
+        return NULL;
+    }
+    link_tracked((TrackedObject *)prim);
+    Py_RETURN_NONE;
+}
+
+/* -- module functions ------------------------------------------------------------------------- */
 
 static PyObject *
 setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"mask", "mono", "skip_prefixes", "code_site", "local", "held_stack", "check",
-                             "note_released", "edges", "histogram", "sub_bits", NULL};
+    static char *kwlist[] = {"mask", "mono", "histogram", "sub_bits", "skip_prefixes", "internal_prefixes",
+                             "keep_prefix", "pkg_dir", "local", "held_stack", "check", "edges", "generation",
+                             "allocate_lock", "rlock_type", "order_enabled", "current", "published", "register",
+                             "retire", "epoch", "wait_begin", "pending", "waiting", "progress", "safe_point",
+                             "active", "running_loop", "current_task", NULL};
     long long mask;
     int sub_bits;
-    PyObject *mono, *skip, *code_site, *local, *held_stack, *check, *note_released, *edges, *hist;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LOO!OOOOOO!O!i:setup", kwlist, &mask, &mono, &PyTuple_Type,
-                                     &skip, &code_site, &local, &held_stack, &check, &note_released, &PyDict_Type,
-                                     &edges, &PyType_Type, &hist, &sub_bits)) {
+    PyObject *v[27];
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "LOO!iO!O!UUOOOO!O!OOO!O!O!OOO!OOO!O!OO!OO:setup", kwlist, &mask, &v[0], &PyType_Type, &v[1],
+            &sub_bits, &PyTuple_Type, &v[2], &PyTuple_Type, &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &PyDict_Type,
+            &v[9], &PyList_Type, &v[10], &v[11], &v[12], &PyList_Type, &v[13], &PyList_Type, &v[14], &PyList_Type,
+            &v[15], &v[16], &v[17], &PyList_Type, &v[18], &v[19], &v[20], &PyDict_Type, &v[21], &PyList_Type, &v[22],
+            &v[23], &PyDict_Type, &v[24], &v[25], &v[26])) {
         return NULL;
     }
     if (sub_bits < 1 || sub_bits > 16) {
         PyErr_SetString(PyExc_ValueError, "sub_bits out of range");
         return NULL;
     }
-    g_sub_bits = sub_bits;
-    Py_XSETREF(g_hist_type, Py_NewRef(hist));
-    Py_XSETREF(g_edges, Py_NewRef(edges));
+    if (!PyType_Check(v[12])) {
+        PyErr_SetString(PyExc_TypeError, "rlock_type must be a type");
+        return NULL;
+    }
+    /* The real locks' own methods: from their types (allocate_lock is a function: its lock's type). */
+    PyObject *probe = PyObject_CallNoArgs(v[11]);
+    if (probe == NULL) return NULL;
+    PyObject *lock_type = (PyObject *)Py_TYPE(probe);
+    int lf = 0, rf = 0, af = 0;
+    m_lock_acquire = method_of(lock_type, "acquire", &lf);
+    m_lock_release = m_lock_acquire ? method_of(lock_type, "release", NULL) : NULL;
+    m_lock_locked = m_lock_release ? method_of(lock_type, "locked", NULL) : NULL;
+    Py_DECREF(probe);
+    if (m_lock_locked == NULL) return NULL;
+    if ((m_rlock_acquire = method_of(v[12], "acquire", &rf)) == NULL ||
+        (m_rlock_release = method_of(v[12], "release", NULL)) == NULL ||
+        (m_rlock_is_owned = method_of(v[12], "_is_owned", NULL)) == NULL ||
+        (m_rlock_recursion_count = method_of(v[12], "_recursion_count", NULL)) == NULL ||
+        (m_rlock_release_save = method_of(v[12], "_release_save", NULL)) == NULL ||
+        (m_rlock_acquire_restore = method_of(v[12], "_acquire_restore", &af)) == NULL) {
+        return NULL;
+    }
+    f_lock_acquire = lf;
+    f_rlock_acquire = rf;
+    f_rlock_acquire_restore = af;
+    if (!(lf & (METH_VARARGS | METH_FASTCALL)) || !(rf & (METH_VARARGS | METH_FASTCALL)) ||
+        !(af & (METH_VARARGS | METH_FASTCALL | METH_O))) {
+        PyErr_SetString(PyExc_TypeError, "conctools._speedups: unexpected calling convention of the real locks");
+        return NULL;
+    }
     g_mask = mask;
-    Py_XSETREF(g_mono, Py_NewRef(mono));
-    Py_XSETREF(g_skip_prefixes, Py_NewRef(skip));
-    Py_XSETREF(g_code_site, Py_NewRef(code_site));
-    Py_XSETREF(g_local, Py_NewRef(local));
-    Py_XSETREF(g_held_stack, Py_NewRef(held_stack));
-    Py_XSETREF(g_check, Py_NewRef(check));
-    Py_XSETREF(g_note_released, Py_NewRef(note_released));
+    g_sub_bits = sub_bits;
+    PyObject **slots[27] = {&g_mono, &g_hist_type, &g_skip_prefixes, &g_internal, &g_keep_prefix, &g_pkg_dir,
+                            &g_local, &g_held_stack, &g_check, &g_edges, &g_generation, &g_allocate_lock,
+                            &g_rlock_type, &g_order_enabled, &g_current, &g_published, &g_register, &g_retire,
+                            &g_epoch, &g_wait_begin, &g_pending, &g_waiting, &g_progress, &g_safe_point, &g_active,
+                            &g_running_loop, &g_current_task};
+    for (int i = 0; i < 27; i++) {
+        Py_XSETREF(*slots[i], Py_NewRef(v[i]));
+    }
+    g_running_loop_meth = NULL;
+    g_running_loop_self = NULL;
+    if (PyCFunction_Check(g_running_loop) && (PyCFunction_GET_FLAGS(g_running_loop) & METH_NOARGS)) {
+        g_running_loop_meth = PyCFunction_GET_FUNCTION(g_running_loop);
+        g_running_loop_self = PyCFunction_GET_SELF(g_running_loop); /* borrowed: g_running_loop keeps it */
+    }
+    clear_site_cache();
+    Py_RETURN_NONE;
+}
+
+/* setup_waits(wait_type, flush, site_text, begin_wait_slow, holder_exited, flush_at, stacks_per_site) */
+static PyObject *
+setup_waits(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"wait_type", "flush", "site_text", "begin_wait_slow", "holder_exited", "holder_brief",
+                             "flush_at", "stacks_per_site", NULL};
+    PyObject *v[6];
+    Py_ssize_t flush_at;
+    long long stacks;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOOnL:setup_waits", kwlist, &PyType_Type, &v[0], &v[1],
+                                     &v[2], &v[3], &v[4], &v[5], &flush_at, &stacks)) {
+        return NULL;
+    }
+    if (setup_wait_type(v[0]) < 0) return NULL;
+    PyObject **slots[6] = {&g_wait_type, &g_flush, &g_site_text, &g_begin_wait_slow, &g_holder_exited,
+                           &g_holder_brief};
+    for (int i = 0; i < 6; i++) Py_XSETREF(*slots[i], Py_NewRef(v[i]));
+    g_flush_at = flush_at;
+    g_stacks_per_site = stacks;
     Py_RETURN_NONE;
 }
 
 static PyObject *
-setup_creation(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+py_clear_caches(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
-    static char *kwlist[] = {"allocate_lock", "rlock_type", "ordered_lock", "ordered_rlock", "order_enabled",
-                             "site_cache", "internal_prefixes", "current", "published", "register",
-                             "retire", "serials", "refs", "discard", "epoch", "keep_prefix", "pkg_dir", NULL};
-    PyObject *v[17];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO!O!O!O!O!OOOO!OO!UU:setup_creation", kwlist, &v[0], &v[1],
-                                     &v[2], &v[3], &PyList_Type, &v[4], &PyDict_Type, &v[5], &PyTuple_Type, &v[6],
-                                     &PyList_Type, &v[7], &PyList_Type, &v[8], &v[9], &v[10], &v[11], &PySet_Type,
-                                     &v[12], &v[13], &PyList_Type, &v[14], &v[15], &v[16])) {
+    clear_site_cache();
+    g_cache_gen++;
+    Py_RETURN_NONE;
+}
+
+/* hist_add(hist, value): recorder.Histogram.add(value), in C (the caller serialises the histogram). */
+static PyObject *
+py_hist_add(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "hist_add(hist, value)");
         return NULL;
     }
-    PyObject **slots[17] = {&g_allocate_lock, &g_rlock_type, &g_ordered_lock, &g_ordered_rlock, &g_order_enabled,
-                            &g_site_cache, &g_internal, &g_current, &g_published, &g_register,
-                            &g_retire, &g_serials, &g_refs, &g_discard, &g_epoch, &g_keep_prefix, &g_pkg_dir};
-    for (int i = 0; i < 17; i++) {
-        Py_XSETREF(*slots[i], Py_NewRef(v[i]));
+    long long v = PyLong_AsLongLong(args[1]);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    if (g_hist_type != NULL && Py_IS_TYPE(args[0], (PyTypeObject *)g_hist_type)) {
+        if (hist_add_fields(args[0], v) < 0) return NULL;
+        Py_RETURN_NONE;
     }
-    Py_RETURN_NONE;
+    return PyObject_CallMethodOneArg(args[0], s_add, args[1]);
 }
 
 static PyObject *
@@ -1204,31 +3035,174 @@ py_thread_state_id(PyObject *Py_UNUSED(module), PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+py_current_thread_key(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLongLong(current_tid());
+}
+
+/* holder_record(): (ThreadInfo, task or None) of the calling thread: who takes a semaphore, in one
+ * call (a thread without a threading.Thread gets a ThreadInfo of its own, kept for the thread). */
+static PyObject *
+py_holder_record(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    PyThreadState *ts = CT_TSTATE();
+    unsigned long long tid = (unsigned long long)ts->id;
+    PyObject *info = current_thread_object(tid, ts->thread_id);
+    PyObject *own = NULL;
+    if (info == NULL) {
+        own = new_threadinfo(ts->thread_id, tid, NULL);
+        if (own == NULL) return NULL;
+        info = own;
+    }
+    PyObject *task = current_task_of_thread(tid);
+    PyObject *rec = PyTuple_Pack(2, info, task != NULL ? task : Py_None);
+    Py_XDECREF(task);
+    Py_XDECREF(own);
+    return rec;
+}
+
+/* holder_site_record(): (ThreadInfo, task or None, site) of the calling thread, the site being where
+ * the program took the semaphore ((code, offset) of the first frame outside conctools and the
+ * stdlib modules sites skip; shared tuples). Allocates: called before the semaphore is taken. */
+static PyObject *
+py_holder_site_record(PyObject *module, PyObject *ignored)
+{
+    PyObject *rec = py_holder_record(module, ignored);
+    if (rec == NULL) return NULL;
+    PyObject *site = caller_site(NULL);
+    PyObject *out = PyTuple_Pack(3, PyTuple_GET_ITEM(rec, 0), PyTuple_GET_ITEM(rec, 1), site);
+    Py_DECREF(site);
+    Py_DECREF(rec);
+    return out;
+}
+
+/* live(): every live traced primitive made by the C types (strong references, for the registry). */
+static PyObject *
+py_live(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    Py_ssize_t n = g_live + g_tracked_live, i = 0;
+    PyObject **items = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(PyObject *));
+    if (items == NULL) return PyErr_NoMemory();
+    /* No allocation of Python objects while walking: a collection could unlink nodes under us. */
+    for (CoreObject *c = g_head; c != NULL && i < n; c = c->next) {
+        if (Py_REFCNT(c) > 0 && c->lock != NULL) {
+            items[i++] = Py_NewRef((PyObject *)c);
+        }
+    }
+    for (TrackedObject *t = g_tracked_head; t != NULL && i < n; t = t->next) {
+        if (Py_REFCNT(t) > 0 && t->stats != NULL) {
+            items[i++] = Py_NewRef((PyObject *)t);
+        }
+    }
+    PyObject *list = PyList_New(i);
+    if (list == NULL) {
+        for (Py_ssize_t k = 0; k < i; k++) Py_DECREF(items[k]);
+        PyMem_Free(items);
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < i; k++) PyList_SET_ITEM(list, k, items[k]);
+    PyMem_Free(items);
+    return list;
+}
+
+/* acquisitions(): the sum of every live primitive's counters (watchdog progress). */
+static PyObject *
+py_acquisitions(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    long long total = 0;
+    for (CoreObject *c = g_head; c != NULL; c = c->next) total += c->n;
+    for (TrackedObject *t = g_tracked_head; t != NULL; t = t->next) {
+        if (t->n != NULL) total += PyLong_AsLongLong(t->n);
+        if (t->progress != NULL) total += PyLong_AsLongLong(t->progress);
+    }
+    PyErr_Clear();
+    return PyLong_FromLongLong(total);
+}
+
+/* raw_stack(limit): (code, offset, code, offset, ...) of the caller's stack, innermost first,
+ * without frame objects (lines are resolved only when a report needs them). */
+static PyObject *
+py_raw_stack(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    long limit = PyLong_AsLong(arg);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    if (limit < 0) limit = 0;
+    if (limit > 256) limit = 256;
+    PyObject *codes[256];
+    int offs[256];
+    long n = 0;
+    FrameCursor c;
+    cursor_start(&c);
+    PyCodeObject *co;
+    int off;
+    while (n < limit && cursor_get(&c, &co, &off)) {
+        codes[n] = Py_NewRef((PyObject *)co);
+        offs[n] = off;
+        n++;
+        cursor_next(&c);
+    }
+    cursor_end(&c);
+    PyObject *out = PyTuple_New(2 * n);
+    if (out == NULL) {
+        for (long i = 0; i < n; i++) Py_DECREF(codes[i]);
+        return NULL;
+    }
+    for (long i = 0; i < n; i++) {
+        PyTuple_SET_ITEM(out, 2 * i, codes[i]);
+        PyObject *o = PyLong_FromLong(offs[i]);
+        if (o == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, 2 * i + 1, o);
+    }
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"thread_state_id", (PyCFunction)py_thread_state_id, METH_O,
      "thread_state_id(ident): the thread-state id of the live thread with this id, or None"},
+    {"current_thread_key", (PyCFunction)py_current_thread_key, METH_NOARGS,
+     "current_thread_key(): the calling thread's thread-state id (never reused in the process)"},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
-     "setup(mask, mono, skip_prefixes, code_site, local, held_stack, check, note_released, edges, histogram, sub_bits)"},
+     "setup(...): what the C paths need from conctools.locks"},
+    {"clear_caches", (PyCFunction)py_clear_caches, METH_NOARGS, "clear_caches(): forget cached creation sites"},
+    {"setup_waits", (PyCFunction)(void (*)(void))setup_waits, METH_VARARGS | METH_KEYWORDS,
+     "setup_waits(...): what the C wait records need from conctools.locks"},
+    {"wait_begin", (PyCFunction)(void (*)(void))py_wait_begin, METH_VARARGS | METH_KEYWORDS,
+     "wait_begin(prim, frame, timeout_s, holder, by_task=False, event=True, task=False): a wait record"},
+    {"wait_done", (PyCFunction)(void (*)(void))py_wait_done, METH_FASTCALL,
+     "wait_done(wait, acquired): the wait ended (stores only)"},
     {"try_register", (PyCFunction)(void (*)(void))py_try_register, METH_FASTCALL,
-     "try_register(prim, kind, name, frame) -> bool: register prim if its creation site is cached"},
-    {"setup_creation", (PyCFunction)(void (*)(void))setup_creation, METH_VARARGS | METH_KEYWORDS,
-     "setup_creation(...): what the C __init__ of Lock/RLock needs from locks.py"},
+     "try_register(prim, kind, name) -> bool: name a primitive from the cached creation sites"},
+    {"remember_site", (PyCFunction)(void (*)(void))py_remember_site, METH_FASTCALL,
+     "remember_site(kind, name, stats, created): cache a creation site"},
+    {"live", (PyCFunction)py_live, METH_NOARGS, "live(): every live traced primitive of the C types"},
+    {"holder_record", (PyCFunction)py_holder_record, METH_NOARGS,
+     "holder_record(): (ThreadInfo, task or None) of the calling thread"},
+    {"holder_site_record", (PyCFunction)py_holder_site_record, METH_NOARGS,
+     "holder_site_record(): (ThreadInfo, task or None, (code, offset) of the program's call)"},
+    {"link", (PyCFunction)py_link, METH_O, "link(prim): a Tracked primitive joins the list of live ones"},
+    {"acquisitions", (PyCFunction)py_acquisitions, METH_NOARGS, "acquisitions(): total of the live locks' counters"},
+    {"raw_stack", (PyCFunction)py_raw_stack, METH_O, "raw_stack(limit): (code, offset, ...) innermost first"},
     {"bucket_of", (PyCFunction)py_bucket_of, METH_O, "bucket_of(value): recorder.bucket_of, as the C path computes it"},
+    {"hist_add", (PyCFunction)(void (*)(void))py_hist_add, METH_FASTCALL, "hist_add(hist, value): Histogram.add in C"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "conctools._speedups",
-    .m_doc = "C fast paths for conctools' traced locks (optional: conctools works without them).",
+    .m_doc = "C paths for conctools' traced locks (optional: conctools works without them).",
     .m_size = -1,
     .m_methods = module_methods,
 };
 
-#define INTERN(var, text)                                   \
-    do {                                                    \
+#define INTERN(var, text)                                     \
+    do {                                                      \
         if ((var = PyUnicode_InternFromString(text)) == NULL) \
-            goto fail;                                      \
+            goto fail;                                        \
     } while (0)
 
 PyMODINIT_FUNC
@@ -1236,43 +3210,79 @@ PyInit__speedups(void)
 {
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL) return NULL;
-    INTERN(s_contended, "_contended");
-    INTERN(s_buckets, "buckets");
-    INTERN(s_ct_created, "_ct_created");
-    INTERN(s_ct_waiters, "_ct_waiters");
-    INTERN(s_ct_n, "_ct_n");
-    INTERN(s_ct_hold, "_ct_hold");
     INTERN(s_acquire, "acquire");
     INTERN(s_release, "release");
-    INTERN(s_instances, "instances");
-    INTERN(s_epoch, "epoch");
-    INTERN(s_class, "__class__");
-    INTERN(s_lock_kind, "Lock");
-    INTERN(s_rlock_kind, "RLock");
+    INTERN(s_locked, "locked");
+    INTERN(s_is_owned, "_is_owned");
+    INTERN(s_recursion_count, "_recursion_count");
+    INTERN(s_release_save, "_release_save");
+    INTERN(s_acquire_restore, "_acquire_restore");
+    INTERN(s_stack, "stack");
+    INTERN(s_key, "key");
+    INTERN(s_end_ns, "end_ns");
+    INTERN(s_acquired, "acquired");
+    INTERN(s_append, "append");
+    INTERN(s_buckets, "buckets");
     INTERN(s_count, "count");
     INTERN(s_total_ns, "total_ns");
     INTERN(s_max_ns, "max_ns");
-    INTERN(s_stack, "stack");
-    INTERN(s_recursion_count, "_recursion_count");
     INTERN(s_add, "add");
-    INTERN(s_acquire_py, "_acquire_py");
+    INTERN(s_epoch, "epoch");
+    INTERN(s_lock_kind, "Lock");
+    INTERN(s_rlock_kind, "RLock");
+    INTERN(s_thread_key, "thread_key");
+    INTERN(s_site, "site");
+    INTERN(s_name, "name");
+    INTERN(s_sites, "sites");
+    INTERN(s_contentions, "contentions");
+    INTERN(s_waits, "waits");
+    INTERN(s_stacks, "stacks");
+    INTERN(s_function, "function");
+    INTERN(s_ct_waiters, "_ct_waiters");
+    INTERN(s_get_name, "get_name");
+    INTERN(s_retired, "retired");
     INTERN(s_ct_stats, "_ct_stats");
-    INTERN(s_key, "key");
+    INTERN(s_ct_created, "_ct_created");
     INTERN(s_ct_name, "_ct_name");
-    INTERN(s_ct_serial, "_ct_serial");
+    INTERN(g_key_thread, "conctools.thread");
+    INTERN(g_key_held, "conctools.held");
     if ((g_false_args = PyTuple_Pack(1, Py_False)) == NULL) goto fail;
-    if ((g_minus_one = PyLong_FromLong(-1)) == NULL) goto fail;
-    if ((g_one = PyLong_FromLong(1)) == NULL) goto fail;
-    if ((g_zero = PyLong_FromLong(0)) == NULL) goto fail;
-    if ((g_empty = PyUnicode_FromString("")) == NULL) goto fail;
+    if ((g_true_args = PyTuple_Pack(1, Py_True)) == NULL) goto fail;
+    if ((g_true_minus_one = Py_BuildValue("(Oi)", Py_True, -1)) == NULL) goto fail;
+    if ((g_question = PyUnicode_FromString("?")) == NULL) goto fail;
+    if ((g_empty_str = PyUnicode_FromString("")) == NULL) goto fail;
+    if ((g_zero_int = PyLong_FromLong(0)) == NULL) goto fail;
+    if ((g_trash_list = PyList_New(0)) == NULL) goto fail;
     /* locks.py uses this module only when the versions agree (a stale build in a source tree
      * falls back to pure Python instead of failing). Bump on any change to the interface. */
-    if (PyModule_AddIntConstant(m, "API_VERSION", 3) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "INTERNAL_FRAMES", CT_INTERNAL_FRAMES) < 0) goto fail;
     PyObject *core = PyType_FromSpec(&core_spec);
     if (core == NULL) goto fail;
     g_core_type = (PyTypeObject *)core; /* a strong reference of its own: never freed */
     if (PyModule_AddObject(m, "Core", Py_NewRef(core)) < 0) {
         Py_DECREF(core);
+        goto fail;
+    }
+    PyObject *waitrecord = PyType_FromSpec(&waitrecord_spec);
+    if (waitrecord == NULL) goto fail;
+    g_waitrecord_type = (PyTypeObject *)waitrecord; /* never freed */
+    if (PyModule_AddObject(m, "WaitRecord", Py_NewRef(waitrecord)) < 0) {
+        Py_DECREF(waitrecord);
+        goto fail;
+    }
+    PyObject *threadinfo = PyType_FromSpec(&threadinfo_spec);
+    if (threadinfo == NULL) goto fail;
+    g_threadinfo_type = (PyTypeObject *)threadinfo; /* never freed */
+    if (PyModule_AddObject(m, "ThreadInfo", Py_NewRef(threadinfo)) < 0) {
+        Py_DECREF(threadinfo);
+        goto fail;
+    }
+    PyObject *tracked = PyType_FromSpec(&tracked_spec);
+    if (tracked == NULL) goto fail;
+    g_tracked_type = (PyTypeObject *)tracked; /* never freed either */
+    if (PyModule_AddObject(m, "Tracked", Py_NewRef(tracked)) < 0) {
+        Py_DECREF(tracked);
         goto fail;
     }
     return m;

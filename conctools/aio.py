@@ -28,16 +28,25 @@ from collections.abc import Callable
 from typing import Any, Literal
 from weakref import ref as _weakref
 
-from conctools import lockorder, registry
+from conctools import lockorder
+from conctools._context import _SKIP_MAYBE
 from conctools.locks import (
+    HOLD_SAMPLE_MASK,
     MAX_HOLDERS,
+    SPEEDUPS,
     _base_state,
     _getframe,
+    _make_party,
     _mono,
-    _party,
+    _progress,
     _register,
+    _threads,
     _TracedAttrs,
-    _Wait,
+    _wait_begin,
+    _wait_done,
+    _who_words,
+    pool_wait_ended,
+    pool_wait_started,
 )
 from conctools.recorder import Histogram
 from conctools.registry import Party, PrimitiveState
@@ -59,6 +68,9 @@ if sys.version_info < (3, 12):
     except ImportError:  # pragma: no cover - other implementations
         _tasks_get = None
 _DICT = _tasks_get is not None
+# The C extension finds a wait's site from the thread's frames itself; the pure path needs the
+# caller's frame object (made on demand for a coroutine's frame: memory per waiting task).
+_WAIT_FRAMES = not SPEEDUPS
 
 
 def _task_slowly(prim: Any) -> Any:
@@ -68,12 +80,8 @@ def _task_slowly(prim: Any) -> Any:
 
 
 def _task_words(task: Any) -> str | None:
-    if task is None:
-        return None
-    try:
-        return f"task {task.get_name()!r}"
-    except Exception:
-        return repr(task)
+    """``task 'Y' (thread 'X')``: the task and the thread its loop runs in."""
+    return _who_words(task) if task is not None else None
 
 
 def _task_party(task: Any, site: str, since_ns: int) -> Party:
@@ -81,12 +89,10 @@ def _task_party(task: Any, site: str, since_ns: int) -> Party:
         thread_id = int(getattr(task.get_loop(), "_thread_id", None) or 0)
     except Exception:
         thread_id = 0
-    return _party(thread_id, task, site, since_ns)
+    return _make_party(thread_id, 0, _threads.get(thread_id), task, site, since_ns)
 
 
 def _init(prim: Any, kind: str, name: str | None) -> None:
-    prim._ct_held = None
-    prim._ct_progress = 0  # notify/set/pass count (watchdog progress), not acquisitions
     _register(prim, kind, name, _getframe(2))
 
 
@@ -108,6 +114,7 @@ class Lock(asyncio.Lock, _TracedAttrs):
         self._ct_since = 0
         self._ct_ordered = lockorder._enabled[0] > 0
         self._ct_holdstack: list[lockorder.Held] | None = None
+        self._ct_entry: Any = None
         _init(self, "aio.Lock", name)
         if self._ct_ordered:
             self._ct_hold = Histogram()
@@ -121,7 +128,16 @@ class Lock(asyncio.Lock, _TracedAttrs):
             if self._ct_hold is not None:
                 self._took_timed(_getframe(1), 0)
             return True
-        return await self._contended(_getframe(1))
+        # The slow path, in this coroutine (a coroutine of its own would cost each waiting task one more).
+        frame = _getframe(1) if _WAIT_FRAMES or self._ct_ordered else None
+        wait = self._wait_begins(frame)
+        acquired = False
+        try:
+            acquired = await super().acquire()
+        finally:
+            _wait_done(wait, acquired)
+        self._wait_ended(wait, frame)
+        return True
 
     async def __aenter__(self) -> None:
         # acquire() inlined: one coroutine less than asyncio's own __aenter__.
@@ -132,7 +148,14 @@ class Lock(asyncio.Lock, _TracedAttrs):
             if self._ct_hold is not None:
                 self._took_timed(_getframe(1), 0)
             return None
-        await self._contended(_getframe(1))
+        frame = _getframe(1) if _WAIT_FRAMES or self._ct_ordered else None
+        wait = self._wait_begins(frame)
+        acquired = False
+        try:
+            acquired = await super().acquire()
+        finally:
+            _wait_done(wait, acquired)
+        self._wait_ended(wait, frame)
         return None
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -159,13 +182,32 @@ class Lock(asyncio.Lock, _TracedAttrs):
     _ct_task = _task_slowly
 
     def _took_timed(self, frame: Any, t0: int) -> None:
-        self._ct_since = t0 or _mono()
+        # Hold times: every contended hold (t0), one in HOLD_SAMPLE of the others.
+        self._ct_since = t0 or (0 if self._ct_n & HOLD_SAMPLE_MASK else _mono())
         if self._ct_ordered:
-            site = self._ct_site = lockorder.code_site(frame)
+            entry = self._held_entry(frame)
+            self._ct_site = entry[4]
             task = self._ct_owner
             held = lockorder.task_held_stack(task) if task is not None else lockorder.held_stack()
             self._ct_holdstack = held
-            lockorder.note_acquired(held, (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site))
+            lockorder.note_acquired(held, entry)
+
+    def _held_entry(self, frame: Any) -> lockorder.Held:
+        """This lock's held-stack entry when taken at ``frame``, cached while the site is the same
+        (the site is walked out of asyncio and conctools only when the caller is one of them)."""
+        code = frame.f_code if frame is not None else None
+        entry: lockorder.Held | None = self._ct_entry
+        if code is not None and not code.co_filename.startswith(_SKIP_MAYBE):
+            if entry is not None and type(entry[4]) is tuple and entry[4][0] is code and entry[4][1] == frame.f_lasti:
+                return entry
+            site: Any = (code, frame.f_lasti)
+        else:
+            site = lockorder.code_site(frame)
+            if entry is not None and entry[4] == site:
+                return entry
+        wref = entry[0] if entry is not None else _weakref(self)
+        entry = self._ct_entry = (wref, self._ct_stats.key, self._ct_name, self._ct_serial, site)
+        return entry
 
     def _released_timed(self) -> None:
         since = self._ct_since
@@ -181,27 +223,24 @@ class Lock(asyncio.Lock, _TracedAttrs):
             if not held:
                 lockorder.forget_task(self._ct_owner)
 
-    async def _contended(self, frame: Any) -> Literal[True]:
-        """The slow path: time the wait and record it with the holding task."""
+    def _wait_begins(self, frame: Any) -> Any:
+        """The slow path, before waiting: the order check, the wait record with the holding task."""
+        me = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
         if self._ct_ordered:
-            task = _current_task()
-            held = lockorder.task_held_stack(task) if task is not None else lockorder.held_stack()
+            held = lockorder.task_held_stack(me) if me is not None else lockorder.held_stack()
             if held:
-                site = lockorder.code_site(frame)
-                lockorder.check(held, (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site))
-        wait = _Wait(self, frame, None, _task_words(self._ct_owner), by_task=True)
-        acquired = False
-        try:
-            acquired = await super().acquire()
-        finally:
-            end = wait.end(acquired)
-        self._ct_n += 1
-        self._ct_owner = wait.task
+                lockorder.check(held, self._held_entry(frame))
         if self._ct_hold is None:
             self._ct_hold = Histogram()
-        self._took_timed(frame, end)
-        self._ct_site = wait.site
-        return True
+        return _wait_begin(self, frame, None, self._ct_owner, by_task=True, task=me)
+
+    def _wait_ended(self, wait: Any, frame: Any) -> None:
+        """The slow path, once the lock is taken: the new holder, its hold timed from now."""
+        self._ct_n += 1
+        self._ct_owner = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
+        self._took_timed(frame, wait.end_ns if wait is not None else 0)
+        if wait is not None:
+            self._ct_site = wait.site
 
     def _conctools_state(self) -> PrimitiveState:
         owner = self._ct_owner
@@ -229,19 +268,19 @@ class Event(asyncio.Event, _TracedAttrs):
         """Wait until the event is set, as ``asyncio.Event.wait``."""
         if self._value:
             return True
-        wait = _Wait(self, _getframe(1), None, None, by_task=True)
+        wait = _wait_begin(self, _getframe(1), None, None, by_task=True, event=False)
         ok = False
         try:
             ok = await super().wait()
         finally:
-            wait.end(ok, event=False)
+            _wait_done(wait, ok)
         return ok
 
     def set(self) -> None:
         """Set the event and wake every waiter."""
         super().set()
         self._ct_progress += 1
-        registry.note_progress()
+        _progress[0] = _mono()
 
 
 # -- Condition ---------------------------------------------------------------------------
@@ -258,20 +297,19 @@ class Condition(asyncio.Condition, _TracedAttrs):
 
     async def wait(self) -> Literal[True]:
         """Wait until notified, as ``asyncio.Condition.wait``."""
-        wait = _Wait(self, _getframe(1), None, None, by_task=True) if self.locked() else None
+        wait = _wait_begin(self, _getframe(1), None, None, by_task=True, event=False) if self.locked() else None
         ok = False
         try:
             ok = await super().wait()
         finally:
-            if wait is not None:
-                wait.end(ok, event=False)
+            _wait_done(wait, ok)
         return ok
 
     def notify(self, n: int = 1) -> None:
         """Wake up to ``n`` waiters, as ``asyncio.Condition.notify``."""
         super().notify(n)
         self._ct_progress += 1
-        registry.note_progress()
+        _progress[0] = _mono()
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
@@ -297,7 +335,17 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             if len(holders) < MAX_HOLDERS:  # past that, not every holder is named
                 holders.append((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
             return True
-        return await self._contended(_getframe(1))
+        wait = self._wait_begins(_getframe(1) if _WAIT_FRAMES else None)
+        hooked = pool_wait_started(self, wait, True)  # pool blame (conctools.pools), before waiting
+        acquired = False
+        try:
+            acquired = await super().acquire()
+        finally:
+            _wait_done(wait, acquired)
+            if hooked is not None:
+                pool_wait_ended(hooked)
+        self._took((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
+        return True
 
     async def __aenter__(self) -> None:
         if not self.locked():
@@ -307,7 +355,17 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             if len(holders) < MAX_HOLDERS:
                 holders.append((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
             return None
-        await self._contended(_getframe(1))
+        # The slow path, in this coroutine (a coroutine of its own would cost each waiting task one more).
+        wait = self._wait_begins(_getframe(1) if _WAIT_FRAMES else None)
+        hooked = pool_wait_started(self, wait, True)  # pool blame (conctools.pools), before waiting
+        acquired = False
+        try:
+            acquired = await super().acquire()
+        finally:
+            _wait_done(wait, acquired)
+            if hooked is not None:
+                pool_wait_ended(hooked)
+        self._took((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
         return None
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -321,17 +379,12 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         if len(holders) < MAX_HOLDERS:
             holders.append(task)
 
-    async def _contended(self, frame: Any) -> Literal[True]:
-        holders = [t for t in self._ct_holders if t is not None][:4]
-        words = ", ".join(w for w in (_task_words(t) for t in holders) if w) or None
-        wait = _Wait(self, frame, None, words, by_task=True)
-        acquired = False
-        try:
-            acquired = await super().acquire()
-        finally:
-            wait.end(acquired)
-        self._took(wait.task)
-        return acquired
+    def _wait_begins(self, frame: Any) -> Any:
+        """The slow path, before waiting: the wait record with the first holding task (JFR's
+        previousOwner; the registry lists them all)."""
+        holders = self._ct_holders
+        me = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
+        return _wait_begin(self, frame, None, holders[0] if holders else None, by_task=True, task=me)
 
     def release(self) -> None:
         """Release, as ``asyncio.Semaphore.release`` (``BoundedSemaphore`` checks its bound first)."""
@@ -344,7 +397,7 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             except ValueError:  # released by another task than the one that acquired: forget the oldest
                 del holders[0]
         if self._waiters:
-            registry.note_progress()
+            _progress[0] = _mono()
 
     def _conctools_state(self) -> PrimitiveState:
         holders = tuple(_task_party(t, "?", 0) for t in list(self._ct_holders) if t is not None)
@@ -375,13 +428,12 @@ class Barrier(asyncio.Barrier, _TracedAttrs):
 
     async def wait(self) -> int:
         """Wait until every party arrived, as ``asyncio.Barrier.wait``."""
-        wait = _Wait(self, _getframe(1), None, None, by_task=True)
+        wait = _wait_begin(self, _getframe(1), None, None, by_task=True, event=False)
         ok = False
         try:
             index = await super().wait()
             ok = True
         finally:
-            wait.end(ok, event=False)
             self._ct_progress += 1
-            registry.note_progress()
+            _wait_done(wait, ok)
         return index

@@ -174,6 +174,14 @@ def _build_parser(only_run: bool = False) -> _Parser:
         help="trace locks but do not check lock order (no lock-order inversion reports)",
     )
     run.add_argument(
+        "--lock-wait-threshold",
+        type=non_negative_seconds,
+        default=0.001,
+        metavar="SECONDS",
+        help="record lock waits of at least SECONDS as events with their site (every wait is counted in the "
+        "lock table; the first few per site are recorded whatever their length; 0: every wait; default 0.001)",
+    )
+    run.add_argument(
         "--no-gil",
         action="store_true",
         help="do not sample thread states for GIL waits and CPU-bound threads (no bottleneck verdict)",
@@ -293,6 +301,7 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     problem = apply_run_options(ns, options)  # --otel
     if problem is not None:
         raise UsageError(problem)
+    options.lock_wait_threshold_s = ns.lock_wait_threshold
     from conctools.agent.commands import apply_run_options as apply_agent_run_options
 
     apply_agent_run_options(ns, options)  # --no-dump-agent

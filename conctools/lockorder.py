@@ -61,6 +61,7 @@ _succ: dict[str, set[str]] = {}
 _names: dict[str, str] = {}  # node key -> display name
 _reported: set[tuple[str, ...]] = set()
 _full = [False]
+_generation = [0]  # bumped by reset(): caches of known edges (the C extension's) start over
 _local = threading.local()
 
 
@@ -132,6 +133,7 @@ def reset() -> None:
         _names.clear()
         _reported.clear()
         _full[0] = False
+        _generation[0] += 1
 
 
 def graph_size() -> int:
@@ -155,7 +157,17 @@ def held_stack() -> list[Held]:
 
 
 def check(held: list[Held], entry: Held) -> None:
-    """Add the edges ``held -> entry`` (before a blocking wait, so a real deadlock is reported too)."""
+    """Add the edges ``held -> entry``.
+
+    Called BEFORE the lock in ``entry`` is taken (the stack is the same as after it, and nothing
+    that allocates may run between an acquire and the caller's next statement); a real deadlock is
+    therefore reported as an inversion too. A new edge captures its stack and records an event:
+    if that work runs a finalizer which takes traced locks in turn, their checks are skipped
+    (never re-entered), so the check can neither recurse nor wait for itself.
+    """
+    if getattr(_local, "checking", False):
+        return
+    _local.checking = True
     try:
         me = entry[0]()
         dead = False
@@ -181,16 +193,22 @@ def check(held: list[Held], entry: Held) -> None:
             held[:] = [h for h in held if h[0]() is not None]
     except Exception:  # observation must never break the program
         _log.exception("conctools: lock-order check failed")
+    finally:
+        _local.checking = False
 
 
 _task_stacks: dict[int, list[Held]] = {}
+# Empty stacks given back by forget_task(), reused by the next tasks: a program running thousands of
+# short tasks that each take a lock once makes no list per task (less work for the garbage collector).
+_spare_stacks: list[list[Held]] = []
 
 
 def task_held_stack(task: object) -> list[Held]:
     """The held locks of an asyncio task (a live list, innermost last)."""
     stack = _task_stacks.get(id(task))
     if stack is None:
-        stack = _task_stacks[id(task)] = []
+        stack = _spare_stacks.pop() if _spare_stacks else []
+        _task_stacks[id(task)] = stack
     return stack
 
 
@@ -199,6 +217,8 @@ def forget_task(task: object) -> None:
     stack = _task_stacks.get(id(task))
     if stack is not None and not stack:
         _task_stacks.pop(id(task), None)
+        if len(_spare_stacks) < 64:
+            _spare_stacks.append(stack)
 
 
 def note_acquired(held: list[Held], entry: Held) -> None:
@@ -210,6 +230,9 @@ def note_acquired(held: list[Held], entry: Held) -> None:
 
 def note_released(held: list[Held], prim: object) -> None:
     """``prim`` was released: drop its newest entry from ``held``."""
+    if held and held[-1][0]() is prim:
+        del held[-1]
+        return
     for i in range(len(held) - 1, -1, -1):
         if held[i][0]() is prim:
             del held[i]

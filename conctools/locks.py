@@ -4,30 +4,36 @@
 ``Barrier`` behave exactly like the ``threading`` classes (CPython's own ``lock_tests`` pass
 against them) and also record, per lock *class* (its ``name=``, else its creation site in user
 code): acquisitions, contended acquisitions, wait and hold time histograms and the hottest
-waiting call sites. Every contended acquisition is a
-:class:`~conctools.events.LockWaitEvent` naming the waiter and the holder when the wait
-began (JFR's ``previousOwner``). The wait registry (:mod:`conctools.registry`) knows every
-primitive's holders and waiters, for the deadlock watchdog.
+waiting call sites. The wait registry (:mod:`conctools.registry`) knows every primitive's holders
+and waiters, for the deadlock watchdog.
 
-Cost model (measured in ``benchmarks/bench_locks.py``): an uncontended ``with lock:`` tries a
-non-blocking acquire and, when it gets the lock, stores only the owner's thread id and bumps
-a counter (an RLock only counts: the C lock knows its owner); it takes no timestamp and no
-stack. The first contention switches that lock to a timed variant (only contended locks have
-interesting hold times): it times every contended hold and one in ``HOLD_SAMPLE`` of the
-others. A waiter pays for clocks, its site and the event; its full stack is taken for the
-first ``STACKS_PER_SITE`` waits at each site of each lock class. With lock-order checking on
-(:mod:`conctools.lockorder`), locks also remember where they were taken (a code object and an
-offset, turned into ``file:line`` only when someone reads it) and feed the order graph.
+Cost model (JFR's, measured in ``benchmarks/bench_locks.py`` and ``bench_contended.py``):
 
-The uncontended paths of ``Lock`` and ``RLock`` (plain, timed and ordered) run in C when the
-optional extension ``conctools._speedups`` is built (``pip install`` builds it where a compiler
-exists), at about the cost of the stdlib lock; the Python methods below are the same paths, used
-where it is not built or with ``CONCTOOLS_PURE_PYTHON=1`` (each ``with`` then pays Python frames:
-about 2x). Waits, timeouts, argument checks and the lock-order graph are Python in both.
+- Every acquisition records its holder: thread id, a thread identity never reused, the
+  ``threading.Thread``, the asyncio task when one runs in that thread, and bumps a counter. No
+  clock, no stack. The first contention makes a lock time its holds: every contended hold and one
+  in ``HOLD_SAMPLE`` of the others.
+- Every contended wait counts exactly: the contention when it begins, its time in the wait
+  histogram when it ends, the holder when it began (JFR's ``previousOwner``), its call site.
+- Expensive facts are sampled: a :class:`~conctools.events.LockWaitEvent` for the first
+  ``STACKS_PER_SITE`` waits at each site of each lock class (with their stacks), then for waits
+  of at least :data:`wait_threshold_s` (``conctools run --lock-wait-threshold``, default 1 ms), at
+  most ``EVENTS_PER_SITE`` per site, and for every new longest wait at a site.
 
-The holder's acquire site (for "where it took the lock it holds") is known for contended
-acquisitions and, in lock-order mode (``conctools run``'s default), for every acquisition; a
-plain drop-in outside that mode does not pay for it on the fast path.
+Observing never changes what the program does (issue 22). Between the real lock's acquire and
+the caller's next statement, and around the release, a traced lock only stores into fields it
+already has: whatever must be allocated (the acquisition's site, the held-stack entry, a new
+lock-order edge with its stack, the wait record) is prepared BEFORE the acquire, on the same
+stack; a wait's statistics and event are recorded later (:func:`flush_waits`: when a report or the
+lock table is read, or at the start of a later wait), outside any critical section; a reference
+that could be the last one (the previous holder's task) is released at the lock's next
+acquisition. A garbage collection, and the finalizers it runs, cannot start inside a section
+because of conctools.
+
+The paths of ``Lock`` and ``RLock`` run in C when the optional extension ``conctools._speedups`` is
+built (``pip install`` builds it where a compiler exists), at about the cost of the stdlib lock;
+the Python methods below are the same paths, used where it is not built or with
+``CONCTOOLS_PURE_PYTHON=1``.
 
 >>> import conctools
 >>> lock = conctools.Lock(name="accounts")
@@ -39,7 +45,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
-import dataclasses
+import collections
 import itertools
 import logging
 import os
@@ -47,6 +53,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -55,7 +62,17 @@ from weakref import ref as _weakref
 
 from conctools import lockorder, registry
 from conctools import recorder as recorder_module
-from conctools._context import _SAMPLE_DIR, _SKIP_MAYBE, _SKIP_PREFIXES, _STDLIB_SKIP, capture_stack, is_conctools_frame
+from conctools._context import (
+    _PKG_DIR,
+    _SAMPLE_DIR,
+    _SKIP_MAYBE,
+    _SKIP_PREFIXES,
+    _STDLIB_SKIP,
+    is_conctools_frame,
+    line_of,
+    raw_stack,
+    resolve_stack,
+)
 from conctools.events import LockWaitEvent
 from conctools.recorder import Histogram, Recorder, get_recorder
 from conctools.registry import Party, PrimitiveState
@@ -69,10 +86,13 @@ __all__ = [
     "LockStats",
     "RLock",
     "Semaphore",
+    "flush_waits",
     "lock_table",
     "publish_lock_table",
     "reset_stats",
+    "set_wait_threshold",
     "trace_locks",
+    "wait_threshold_s",
 ]
 
 _log = logging.getLogger("conctools.locks")
@@ -91,7 +111,6 @@ _StdSemaphore = threading.Semaphore
 _StdBoundedSemaphore = threading.BoundedSemaphore
 _StdEvent = threading.Event
 _StdBarrier = threading.Barrier
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _serials = itertools.count(1)
 _order_enabled = lockorder._enabled  # read on every creation: a list lookup, not a call
 _order_local = lockorder._local
@@ -102,8 +121,37 @@ MAX_CLASSES = 10_000  # lock classes kept; past it, new ones share one "(other l
 MAX_HOLDERS = 64  # semaphore holders remembered
 HOLD_SAMPLE = 8  # a contended lock times every contended hold and 1 in HOLD_SAMPLE of the others
 HOLD_SAMPLE_MASK = HOLD_SAMPLE - 1
-STACKS_PER_SITE = 8  # lock waits at one site (of one lock class) that record a full stack
+STACKS_PER_SITE = 8  # waits at one site (of one lock class) that record their stack and an event
+EVENTS_PER_SITE = 256  # waits above the threshold at one site recorded as events (then only new maxima)
 RETIRED_BACKLOG = 1024  # dead instances' counters waiting to be folded into their class
+FLUSH_AT = 64  # ended waits kept before a new wait records them (before it blocks)
+# Python 3.12+ runs a garbage collection that an allocation scheduled at the next eval-breaker
+# check, which could come right after an acquire: a Python call before it runs it there instead.
+_SAFE_POINTS = sys.version_info >= (3, 12)
+
+_threshold = [0.001]
+_hist_add: Callable[[Histogram, int], None] = Histogram.add  # the C extension's, once it is loaded
+
+
+def wait_threshold_s() -> float:
+    """Waits at least this long are recorded as events (besides a sample of the first ones per site)."""
+    return _threshold[0]
+
+
+def set_wait_threshold(seconds: float) -> float:
+    """Record waits of at least ``seconds`` as :class:`~conctools.events.LockWaitEvent` (0: every
+    wait, up to ``EVENTS_PER_SITE`` per site); returns the previous threshold. Every wait is counted
+    in the lock table whatever the threshold."""
+    if seconds < 0:
+        raise ValueError(f"the lock-wait threshold must be non-negative, got {seconds}")
+    previous = _threshold[0]
+    _threshold[0] = float(seconds)
+    return previous
+
+
+def _safe_point() -> None:
+    """Nothing: calling it lets the interpreter run a garbage collection that allocations before an
+    acquire scheduled, before the acquire rather than right after it (Python 3.12+)."""
 
 
 # -- where: sites and identities ---------------------------------------------------------
@@ -183,55 +231,229 @@ def _thread_name(ident: int) -> str:
     return t.name if t is not None else f"thread-{ident}"
 
 
-def _party(ident: int, task: Any, site: str, since_ns: int, timeout_s: float | None = None) -> Party:
-    task_name = None
-    if task is not None:
+# Thread identities that are never reused. The C path uses the thread-state id; the pure-Python
+# path numbers each threading.Thread the first time it is asked (a thread without a Thread object
+# gets a number kept in a thread-local).
+_pure_keys: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_pure_key_mutex = _allocate_lock()
+_pure_local = threading.local()
+_key_serials = itertools.count(1)
+
+
+def _key_of_thread(thread: Any) -> int:
+    """The pure-Python path's identity of a ``threading.Thread``."""
+    try:
+        key = _pure_keys.get(thread)
+        if key is None:
+            with _pure_key_mutex:
+                key = _pure_keys.get(thread)
+                if key is None:
+                    key = _pure_keys[thread] = next(_key_serials)
+        return key
+    except TypeError:
+        return 0
+
+
+def _pure_thread_key() -> int:
+    thread = _threads.get(_get_ident())
+    if thread is not None:
+        return _key_of_thread(thread)
+    try:
+        return int(_pure_local.key)
+    except AttributeError:
+        key = _pure_local.key = next(_key_serials)
+        return key
+
+
+_ThreadInfo: Any = None  # the C extension's record of a thread (see _speedups.c), set below
+
+
+def _thread_state(ident: int, key: int, thread: Any) -> tuple[str, bool, int]:
+    """``(name, exited, key)`` of a thread a primitive recorded (``thread``: its ``threading.Thread``,
+    or the C extension's ``ThreadInfo`` of it): its own name even after it ended (never the name of
+    a live thread that reused its id), whether it has ended, and its identity.
+
+    Whether it ended: on the C path, its thread-state id is still the one living under its thread
+    id; else, its ``threading.Thread`` is still the one registered under it (``is_alive()`` can
+    lie: an interrupted ``join()`` marks a thread that still runs as stopped)."""
+    info = thread if _ThreadInfo is not None and type(thread) is _ThreadInfo else None
+    if info is not None:
+        thread = info.thread
+        key = key or info.key
+    exited = False
+    if _speedups is not None and key:
         try:
-            task_name = task.get_name()
+            exited = _speedups.thread_state_id(ident) != key
         except Exception:
-            task_name = repr(task)
+            exited = False
+    elif thread is not None:
+        exited = _threads.get(ident) is not thread
+    if info is not None:
+        return str(info.name), exited, key
+    if thread is not None:
+        try:
+            name = str(thread.name)
+        except Exception:
+            name = f"thread-{ident}"
+        if not key:
+            key = _key_of_thread(thread)
+        return name, exited, key
+    live = _threads.get(ident)
+    if exited or live is None:
+        return f"thread-{ident}", exited, key
+    return str(live.name), False, key
+
+
+def _task_name(task: Any) -> str | None:
+    if task is None:
+        return None
+    try:
+        return str(task.get_name())
+    except Exception:
+        return repr(task)
+
+
+def _make_party(
+    ident: int,
+    key: int,
+    thread: Any,
+    task: Any,
+    site: str,
+    since_ns: int,
+    timeout_s: float | None = None,
+) -> Party:
+    name, exited, key = _thread_state(ident, key, thread)
     return Party(
-        thread_id=ident,
-        thread_name=_thread_name(ident),
-        task_name=task_name,
+        thread_id=0 if exited else ident,
+        thread_name=name,
+        task_name=_task_name(task),
         task_id=id(task) if task is not None else None,
         site=site,
         since_ns=since_ns,
         timeout_s=timeout_s,
+        thread_key=key,
+        exited=exited,
+        task=task,
     )
 
 
-def _owner_exited(prim: Any) -> bool:
-    """True when ``prim``'s owner is known to be a thread that has exited.
-
-    Thread ids are reused: a lock left locked by a finished thread would otherwise look held by
-    whichever live thread now has that id (a "self-deadlock" when that thread waits for it). The C
-    fast path also records the owner's thread-state id, which is never reused; the pure-Python
-    path cannot, and answers False.
-    """
-    tid = getattr(prim, "_owner_tid", 0)
-    if not tid or _speedups is None:
-        return False
-    try:
-        return bool(_speedups.thread_state_id(prim._owner) != tid)
-    except Exception:
-        return False
+def _party(ident: int, task: Any, site: str, since_ns: int, timeout_s: float | None = None) -> Party:
+    """A party known only by its thread id (and task): a live thread's."""
+    return _make_party(ident, 0, _threads.get(ident), task, site, since_ns, timeout_s)
 
 
-def _exited_name(ident: int) -> str:
-    return f"exited thread {ident}"
+def _as_snapshot(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A semaphore's holder record as a snapshot ``(ident, key, thread, task, site, since)``: the
+    records are ``(thread, task)`` or ``(thread, task, site)``, ``thread`` being the C extension's
+    ``ThreadInfo`` or, on the pure path, the ``threading.Thread`` (or its id when it has none)."""
+    if len(record) == 6:
+        return record
+    who, task = record[0], record[1]
+    site = record[2] if len(record) > 2 else ""
+    if isinstance(who, int):
+        return (who, 0, None, task, site, 0)
+    if _ThreadInfo is not None and type(who) is _ThreadInfo:
+        return (who.ident, who.key, who, task, site, 0)
+    return (getattr(who, "ident", 0) or 0, 0, who, task, site, 0)
 
 
-def _who(ident: int, task: Any) -> str:
-    if task is not None:
+def _snapshot_party(snap: tuple[Any, ...], timeout_s: float | None = None) -> Party:
+    """The :class:`Party` of a holder snapshot ``(ident, key, thread, task, site, since)``."""
+    ident, key, thread, task, site, since = _as_snapshot(snap)
+    return _make_party(ident, key, thread, task, _site_text(site) if site else "?", since, timeout_s)
+
+
+def _exited(snap: tuple[Any, ...]) -> bool:
+    """Whether the thread of a holder snapshot has ended (judged when a wait begins: by the time the
+    wait is recorded, the holder may well have released the lock and ended normally). Its
+    ``threading.Thread`` is no longer the one registered under its id; without one, its thread-state
+    id (C path) no longer lives under its id."""
+    ident, key, thread, _task, _site, _since = snap
+    if thread is not None and not key and type(thread) is not _ThreadInfo:
+        return _threads.get(ident) is not thread
+    return _thread_state(ident, key, thread)[1]
+
+
+def _who_words(snap: Any, exited: bool = False, loop_thread: Any = None) -> str | None:
+    """``thread 'X'`` / ``task 'Y' (thread 'X')`` for a holder: a snapshot tuple, or an asyncio task
+    (whose loop runs in ``loop_thread``)."""
+    if snap is None:
+        return None
+    if isinstance(snap, tuple):
+        ident, key, thread, task, _site, _since = snap
+        name = _thread_state(ident, key, thread)[0]
+        if exited:
+            return f"thread {name!r}, which has finished without releasing it"
+        if task is not None:
+            return f"task {task if isinstance(task, str) else _task_name(task)!r} (thread {name!r})"
+        return f"thread {name!r}"
+    task_name = snap if isinstance(snap, str) else _task_name(snap)  # (a brief: the task's name)
+    if loop_thread is not None:
+        thread_name = str(loop_thread.name)
+    else:
         try:
-            return f"task {task.get_name()!r} (thread {_thread_name(ident)!r})"
+            thread_name = _thread_name(int(getattr(snap.get_loop(), "_thread_id", None) or 0))
         except Exception:
-            pass
-    return f"thread {_thread_name(ident)!r}"
+            thread_name = "?"
+    return f"task {task_name!r} (thread {thread_name!r})"
+
+
+def _holder_brief(holder: Any) -> Any:
+    """A wait's holder(s) as its record keeps them until recorded: tasks by their names (a record
+    waiting to be recorded must not keep a task alive), threads as snapshot tuples."""
+    if holder is None:
+        return None
+    if isinstance(holder, list):
+        return [_holder_brief(h) for h in holder]
+    if isinstance(holder, tuple):
+        holder = _as_snapshot(holder)
+        task = holder[3]
+        if task is None or isinstance(task, str):
+            return holder
+        return (holder[0], holder[1], holder[2], _task_name(task), holder[4], holder[5])
+    return _task_name(holder)
+
+
+def _holder_exited(holder: Any) -> Any:
+    """What of a wait's holder(s) can change before the wait is recorded, judged now: whether each
+    holding thread has ended (``None`` for asyncio holders: their loop runs in the waiter's thread)."""
+    if isinstance(holder, tuple):
+        return _exited(_as_snapshot(holder))
+    if isinstance(holder, list) and holder and isinstance(holder[0], tuple):
+        return tuple(_exited(_as_snapshot(h)) for h in holder)
+    return None
+
+
+def _holder_words(holder: Any, exited: Any, loop_thread: Any) -> str | None:
+    """Who held a primitive when a wait began: one holder or several (semaphores), as snapshot
+    tuples (threading) or tasks (asyncio, whose loop runs in ``loop_thread``)."""
+    if holder is None:
+        return None
+    if isinstance(holder, list):
+        flags = exited if isinstance(exited, tuple) else (False,) * len(holder)
+        words = [w for w in (_who_words(h, e, loop_thread) for h, e in zip(holder[:4], flags)) if w]
+        if not words:
+            return None
+        more = len(holder) - 4
+        return ", ".join(words) + (f" and {more} more" if more > 0 else "")
+    return _who_words(holder, bool(exited), loop_thread)
 
 
 # -- statistics per lock class -----------------------------------------------------------
+
+
+class _SiteStats:
+    """The waits at one call site of one lock class."""
+
+    __slots__ = ("events", "function", "max_ns", "stacks", "total_ns", "waits")
+
+    def __init__(self, function: str) -> None:
+        self.function = function
+        self.waits = 0
+        self.total_ns = 0
+        self.max_ns = 0
+        self.events = 0
+        self.stacks = 0
 
 
 class LockStats:
@@ -239,7 +461,8 @@ class LockStats:
 
     Counters that the fast path bumps live on the instances (exact: they are bumped while
     the lock is held); they are folded in here when an instance dies and summed with the
-    live ones when the table is read.
+    live ones when the table is read. A wait counts as a contention when it begins; its time
+    is added when it ends (a wait in progress counts its time so far when the table is read).
     """
 
     def __init__(self, key: str, name: str, kind: str, created_at: str) -> None:
@@ -248,64 +471,102 @@ class LockStats:
         self.kind = kind
         self.created_at = created_at
         self.mutex = _allocate_lock()
-        self.instances = 0
         self.epoch = 0
         self.retired_acquisitions = 0
+        self.retired_instances = 0
         self.contentions = 0
         self.timeouts = 0
         self.wait = Histogram()
         self.hold = Histogram()
-        # site -> [waits, total wait ns, function]
-        self.sites: dict[str, list[Any]] = {}
+        self.sites: dict[str, _SiteStats] = {}
         self.retired: list[tuple[int, Histogram | None]] = []  # from dead instances, not folded yet
 
-    def want_stack(self, site: str) -> bool:
-        """Whether a wait at ``site`` should capture its stack (the first few per site do)."""
-        entry = self.sites.get(site)
-        return entry is None or entry[0] < STACKS_PER_SITE
+    def begin_wait(self, site: str, function: str) -> tuple[_SiteStats, bool]:
+        """A wait begins at ``site``: counted now. Returns its site's entry and whether the wait
+        should capture its stack (the first few per site do).
 
-    def record_wait(self, wait_ns: int, site: str, function: str, acquired: bool, timed: bool = True) -> None:
-        """One blocked wait (slow path); ``timed``: it had a timeout (an untimed one that ends without
-        the lock was interrupted, not timed out)."""
+        No mutex: ``x.n += 1`` on a plain attribute runs no Python code and reaches no point where
+        the interpreter switches threads, so with the GIL it loses no count; a new site's entry is
+        made with ``dict.setdefault`` (one C call)."""
+        entry = self.sites.get(site)
+        if entry is None:
+            if len(self.sites) >= MAX_SITES:
+                site, function = "(other sites)", ""
+            entry = self.sites.setdefault(site, _SiteStats(function))
+        self.contentions += 1
+        entry.waits += 1
+        want_stack = entry.stacks < STACKS_PER_SITE
+        if want_stack:
+            entry.stacks += 1
+        return entry, want_stack
+
+    def end_wait(self, entry: _SiteStats, wait_ns: int, acquired: bool, has_stack: bool, timed: bool = True) -> bool:
+        """A wait ended (recorded outside any critical section). Returns whether it is recorded as an
+        event: one with a stack, one of at least the threshold (at most ``EVENTS_PER_SITE`` per
+        site), or the longest wait at its site so far. ``timed``: it had a timeout (an untimed one
+        that ends without the lock was interrupted, not timed out)."""
         with self.mutex:
-            self.contentions += 1
             if not acquired and timed:
                 self.timeouts += 1
-            self.wait.add(wait_ns)
-            entry = self.sites.get(site)
-            if entry is None:
-                if len(self.sites) >= MAX_SITES:
-                    site, function = "(other sites)", ""
-                    entry = self.sites.get(site)
-                if entry is None:
-                    entry = self.sites[site] = [0, 0, function]
-            entry[0] += 1
-            entry[1] += wait_ns
+            _hist_add(self.wait, wait_ns)
+            entry.total_ns += wait_ns
+            longest = wait_ns > entry.max_ns
+            if longest:
+                entry.max_ns = wait_ns
+            sample = (
+                has_stack
+                or (wait_ns >= _threshold[0] * 1e9 and entry.events < EVENTS_PER_SITE + STACKS_PER_SITE)
+                or longest
+            )
+            if sample:
+                entry.events += 1
+        return sample
+
+    def want_stack(self, site: str) -> bool:
+        """Whether a wait at ``site`` would capture its stack (the first few per site do)."""
+        entry = self.sites.get(site)
+        return entry is None or entry.stacks < STACKS_PER_SITE
 
     def fold_retired(self) -> None:
         """Fold dead instances' counters into the class (the caller holds ``mutex``)."""
         while self.retired:
             n, dead_hold = self.retired.pop()
             self.retired_acquisitions += n
+            self.retired_instances += 1
             if dead_hold is not None:
-                self.hold.merge(dead_hold)
+                try:
+                    self.hold.merge(dead_hold)
+                except AttributeError:  # a lock that died in a reference cycle: the collector cleared it
+                    pass
 
     def row(self, live: Iterable[Any] = ()) -> dict[str, Any]:
         """This class as one JSON-able row of the lock table (``live``: its live instances)."""
+        now = _mono()
         with self.mutex:
             self.fold_retired()
             acquisitions = self.retired_acquisitions
+            instances = self.retired_instances
             hold = Histogram()
             hold.merge(self.hold)
             wait = Histogram()
             wait.merge(self.wait)
-            sites = sorted(self.sites.items(), key=lambda kv: (-kv[1][1], kv[0]))[:5]
-            contentions, timeouts, instances = self.contentions, self.timeouts, self.instances
+            sites = [(site, e.waits, e.total_ns, e.function) for site, e in self.sites.items()]
+            contentions, timeouts = self.contentions, self.timeouts
+        in_progress = 0
         for prim in live:
+            instances += 1
             acquisitions += prim._ct_n
             h = prim._ct_hold
             if h is not None:
                 hold.merge(h)
+            waiters = prim._ct_waiters
+            if waiters:
+                for w in list(waiters.values()):
+                    start = getattr(w, "start_ns", 0)
+                    if start and getattr(w, "stats", None) is self:
+                        in_progress += max(0, now - start)
+        sites.sort(key=lambda s: (-s[2], s[0]))
+        total = wait.total_ns + in_progress
         return {
             "name": self.name,
             "kind": self.kind,
@@ -314,7 +575,8 @@ class LockStats:
             "acquisitions": acquisitions,
             "contentions": contentions,
             "timeouts": timeouts,
-            "wait_total_s": wait.total_ns / 1e9,
+            "wait_total_s": total / 1e9,
+            "wait_in_progress_s": in_progress / 1e9,
             "wait_p50_s": wait.percentile_ns(0.50) / 1e9,
             "wait_p95_s": wait.percentile_ns(0.95) / 1e9,
             "wait_p99_s": wait.percentile_ns(0.99) / 1e9,
@@ -324,8 +586,7 @@ class LockStats:
             "hold_p99_s": hold.percentile_ns(0.99) / 1e9,
             "hold_max_s": hold.max_ns / 1e9,
             "hottest_sites": [
-                {"site": site, "function": fn, "waits": n, "wait_total_s": total / 1e9}
-                for site, (n, total, fn) in sites
+                {"site": site, "function": fn, "waits": n, "wait_total_s": t / 1e9} for site, n, t, fn in sites[:5]
             ],
         }
 
@@ -350,12 +611,17 @@ def _stats_for(kind: str, name: str | None, created_at: str) -> LockStats:
     return stats
 
 
+def _live_prims() -> list[Any]:
+    return registry.live()
+
+
 def lock_table(since_epoch: int = 0) -> list[dict[str, Any]]:
     """Every lock class with instances created since ``since_epoch``, most total wait first."""
+    flush_waits()
     with _stats_mutex:
         all_stats = [st for st in _stats.values() if st.epoch >= since_epoch]
     live: dict[int, list[Any]] = {}
-    for prim in registry.live():
+    for prim in _live_prims():
         st = getattr(prim, "_ct_stats", None)
         if st is not None:
             live.setdefault(id(st), []).append(prim)
@@ -372,9 +638,12 @@ def lock_table(since_epoch: int = 0) -> list[dict[str, Any]]:
 
 def reset_stats() -> None:
     """Forget every lock class's statistics (live locks start a new class entry when next created)."""
+    flush_waits()
     with _stats_mutex:
         _stats.clear()
         _site_cache.clear()
+    if _speedups is not None:
+        _speedups.clear_caches()
 
 
 def publish_lock_table(recorder: Recorder | None = None) -> None:
@@ -399,7 +668,8 @@ _HIDDEN_CREATORS = ("(threading.Thread.__init__)",)
 # (hashing a code object costs ~0.5 µs: more than the rest of the lookup); the value keeps them
 # alive, so an id in the cache cannot be reused. A call in user code is keyed by its own code and
 # offset; one inside the stdlib (a Condition's RLock, a Queue's mutex, a Future's condition) by the
-# stdlib function and the user call site it serves, found by a short walk out.
+# stdlib function and the user call site it serves, found by a short walk out. (The C extension
+# keeps its own cache in front of this one, filled from it.)
 _site_cache: dict[tuple[Any, ...], tuple[str, LockStats, tuple[Any, ...]]] = {}
 
 
@@ -417,10 +687,9 @@ def _stdlib_site_key(frame: FrameType, kind: str, name: str | None) -> tuple[tup
     return (id(inner.f_code), id(user.f_code), user.f_lasti, kind, name), (inner.f_code, user.f_code)
 
 
-def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
-    """Creation-time bookkeeping shared by every traced primitive (every lock the program makes
-    under ``trace_locks()`` pays it). With the C module, a creation whose site is cached is done in C."""
-    if _try_register is not None and _try_register(prim, kind, name, frame):
+def _name_and_class(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
+    """Set ``prim``'s name, creation site and lock class (``_ct_name``, ``_ct_created``, ``_ct_stats``)."""
+    if _try_register is not None and _try_register(prim, kind, name):
         return
     rec = get_recorder()
     if _published[0] is not rec:
@@ -445,29 +714,43 @@ def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -
     prim._ct_stats = stats
     prim._ct_name = name if name is not None else created_at
     prim._ct_created = created_at
-    prim._ct_serial = next(_serials)
-    prim._ct_n = 0
-    prim._ct_hold = None
-    prim._ct_waiters = {}
-    stats.instances += 1  # approximate under races, like any unlocked counter: it is informative only
     stats.epoch = _epoch[0]
-    registry.register(prim)
+    if _speedups is not None:
+        _speedups.remember_site(kind, name, stats, created_at)
 
 
-def _retire(prim: Any) -> None:
-    """Hand a dying instance's counters to its class (from ``__del__``).
+def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
+    """Creation-time bookkeeping of a traced primitive: its name and class, counters, and a place in
+    the registry (the C extension does the same for Lock and RLock without calling this, when the
+    creation site is cached)."""
+    _name_and_class(prim, kind, name, frame)
+    if _speedups is None:
+        prim._ct_serial = next(_serials)
+        prim._ct_n = 0
+        prim._ct_hold = None
+        prim._ct_waiters = None
+        registry.register(prim)
+    elif isinstance(prim, _speedups.Tracked):
+        _speedups.link(prim)
+    elif not isinstance(prim, _speedups.Core):  # (a Core lock is in the C list already)
+        prim._ct_serial = next(_serials)
+        prim._ct_n = 0
+        prim._ct_hold = None
+        prim._ct_waiters = None
+        registry.register(prim)
 
-    ``__del__`` can run inside any allocation, including one made while this very thread holds
+
+def _retire_counts(stats: LockStats, n: int, hold: Histogram | None) -> None:
+    """Hand a dead instance's counters to its class (from its deallocation).
+
+    It can run inside any allocation, including one made while this very thread holds
     ``stats.mutex``: so no blocking on it here, only an atomic append that the next reader folds
     in, and a fold when the backlog grows (if the mutex is free), so that a program creating
     millions of short-lived locks keeps a bounded backlog. A lock never acquired leaves nothing.
     """
     try:
-        n = prim._ct_n
-        hold = prim._ct_hold
         if not n and hold is None:
             return
-        stats = prim._ct_stats
         retired = stats.retired
         retired.append((n, hold))
         if len(retired) >= RETIRED_BACKLOG and stats.mutex.acquire(False):
@@ -479,13 +762,21 @@ def _retire(prim: Any) -> None:
         pass
 
 
+def _retire(prim: Any) -> None:
+    """A dying Python-level primitive's counters (from ``__del__``)."""
+    try:
+        _retire_counts(prim._ct_stats, prim._ct_n, prim._ct_hold)
+    except Exception:
+        pass
+
+
 # -- waits (slow path) -------------------------------------------------------------------
 
 
-# (id(code), offset) of a waiting call in user code -> (site, function, code): a contended lock
+# id(code) << 24 | offset of a waiting call in user code -> (site, function, code): a contended lock
 # waited on from one line over and over pays for the file name and line once. The code object in
-# the value keeps its id from being reused.
-_wait_sites: dict[tuple[int, int], tuple[str, str, Any]] = {}
+# the value keeps its id from being reused (and is checked: the key is not a full identity).
+_wait_sites: dict[int, tuple[str, str, Any]] = {}
 
 
 def _wait_site(frame: FrameType | None) -> tuple[str, str]:
@@ -493,7 +784,7 @@ def _wait_site(frame: FrameType | None) -> tuple[str, str]:
     if frame is None:
         return _site_of(frame)
     code = frame.f_code
-    key = (id(code), frame.f_lasti)
+    key = id(code) << 24 | frame.f_lasti
     cached = _wait_sites.get(key)
     if cached is not None and cached[2] is code:
         return cached[0], cached[1]
@@ -503,72 +794,264 @@ def _wait_site(frame: FrameType | None) -> tuple[str, str]:
     return site, function
 
 
-class _Wait:
-    """One party's blocked wait, from its start to its end."""
+# Ended waits, recorded later (statistics, events) by flush_waits(): never inside a critical section.
+_pending: collections.deque[Any] = collections.deque()
+_waiting = registry._waiting
+_progress = registry._progress
 
-    __slots__ = ("frame", "function", "holder", "ident", "key", "prim", "site", "stack", "start_ns", "task")
 
-    def __init__(
-        self, prim: Any, frame: FrameType | None, timeout_s: float | None, holder: str | None, by_task: bool = False
-    ) -> None:
-        self.prim = prim
-        self.ident = ident = _get_ident()
-        self.holder = holder
+class _WaitMethods:
+    """What a wait record does (the record itself: :class:`_Wait`, or the C extension's)."""
+
+    __slots__ = ()
+
+    prim: Any
+    lock_id: int
+    lock_name: str
+    ident: int
+    thread_key: int
+    thread: Any
+    task: Any
+    task_name: str | None
+    site: str
+    stats: LockStats
+    entry: _SiteStats
+    stack: tuple[Any, ...] | None
+    holder: Any
+    holder_exited: Any
+    key: tuple[int, int | None]
+    timeout_s: float | None
+    event: bool
+    rec: Recorder
+    start_ns: int
+    end_ns: int
+    acquired: bool
+    prev_thread: Any
+    prev_task: Any
+
+    def party(self) -> Party:
+        """The waiter, as the registry shows it."""
+        return _make_party(
+            self.ident, self.thread_key, self.thread, self.task, self.site, self.start_ns, self.timeout_s
+        )
+
+    def _holder_words(self, thread: Any) -> str | None:
+        holder = self.holder
+        if holder is None:
+            prev = self.prev_thread  # (known only when the wait ended: see Lock._contended)
+            if prev is not None:
+                holder = _as_snapshot((prev, self.prev_task))
+        return _holder_words(holder, self.holder_exited, thread)
+
+    def record(self) -> bool:
+        """Statistics and (sampled) event of an ended wait; False for a lock wait whose event was
+        sampled out (the caller counts those). Never raises."""
         try:
-            self.task = task = _task_now()
-            self.site, self.function = _wait_site(frame)
-            # A full stack for the first waits at each site of each lock class; later events carry
-            # the site only (a hot contended lock would otherwise pay a stack walk per wait).
-            self.stack = capture_stack(2, limit=32) if prim._ct_stats.want_stack(self.site) else ()
-        except Exception:  # observation must never break the program: wait anyway, knowing less
-            _log.debug("conctools: capturing a lock wait's site failed", exc_info=True)
-            self.task = task = None
-            self.site, self.function, self.stack = "?", "?", ()
-        # A threading primitive blocks the whole thread (even when called from a task): the
-        # registry knows it as the thread's wait. An asyncio primitive blocks one task.
-        self.key = key = (ident, id(task) if by_task and task is not None else None)
-        self.start_ns = start = _mono()
-        prim._ct_waiters[key] = (ident, task, self.site, start, timeout_s)
-        registry.note_wait_start(prim, key[0], key[1])
-
-    def end(self, acquired: bool, event: bool = True) -> int:
-        """Unregister the wait and record it; returns its end time."""
-        end = _mono()
-        prim = self.prim
-        try:
-            entry = prim._ct_waiters.pop(self.key, None)
-            registry.note_wait_end(self.key[0], self.key[1])
-            wait_ns = end - self.start_ns
+            wait_ns = max(0, self.end_ns - self.start_ns)
             # An asyncio wait has no timeout of its own (wait_for cancels it): that counts as timed.
-            timed = entry is None or self.key[1] is not None or (entry[4] is not None and entry[4] >= 0)
-            prim._ct_stats.record_wait(wait_ns, self.site, self.function, acquired, timed)
-            if event:
-                task = self.task
-                task_name = None
-                if task is not None:
-                    try:
-                        task_name = task.get_name()
-                    except Exception:
-                        pass
-                get_recorder().record(
-                    LockWaitEvent(
-                        ts_ns=self.start_ns,
-                        thread_id=self.ident,
-                        thread_name=_thread_name(self.ident),
-                        task_name=task_name,
-                        lock_id=id(prim),
-                        lock_name=prim._ct_name,
-                        lock_kind=prim._ct_stats.kind,
-                        wait_s=wait_ns / 1e9,
-                        acquired=acquired,
-                        holder=self.holder,
-                        site=self.site,
-                        stack=self.stack,
-                    )
+            timeout = self.timeout_s
+            timed = self.key[1] is not None or (timeout is not None and timeout >= 0)
+            sample = self.stats.end_wait(self.entry, wait_ns, self.acquired, self.stack is not None, timed)
+            if not self.event:
+                return True
+            if not sample:
+                return False
+            thread = self.thread
+            self.rec.record(
+                LockWaitEvent(
+                    ts_ns=self.start_ns,
+                    thread_id=self.ident,
+                    thread_name=str(thread.name) if thread is not None else _thread_name(self.ident),
+                    task_name=self.task_name,
+                    lock_id=self.lock_id,
+                    lock_name=self.lock_name,
+                    lock_kind=self.stats.kind,
+                    wait_s=wait_ns / 1e9,
+                    acquired=self.acquired,
+                    holder=self._holder_words(thread),
+                    site=self.site,
+                    stack=resolve_stack(self.stack, limit=32) if self.stack else (),
                 )
+            )
         except Exception:  # observation must never break the program
             _log.exception("conctools: recording a lock wait failed")
-        return end
+        return True
+
+
+class _Wait(_WaitMethods):
+    """One party's blocked wait, from its start to its end (the pure-Python path's record).
+
+    It is made before the party blocks (everything that allocates happens then), ends with a few
+    stores (:func:`_wait_done`, or the C extension's equivalent), and is recorded by
+    :func:`flush_waits` outside any critical section.
+    """
+
+    __slots__ = (
+        "acquired",
+        "end_ns",
+        "entry",
+        "event",
+        "holder",
+        "holder_exited",
+        "ident",
+        "key",
+        "lock_id",
+        "lock_name",
+        "prev_task",
+        "prev_thread",
+        "prim",
+        "rec",
+        "site",
+        "stack",
+        "start_ns",
+        "stats",
+        "task",
+        "task_name",
+        "thread",
+        "thread_key",
+        "timeout_s",
+    )
+
+
+def _wait_begin(
+    prim: Any,
+    frame: FrameType | None,
+    timeout_s: float | None,
+    holder: Any,
+    by_task: bool = False,
+    event: bool = True,
+    task: Any = False,
+) -> _Wait | None:
+    """Prepare a wait before blocking: who waits, where, on what, held by whom. Never raises
+    (``None``: the wait goes unrecorded, the program waits anyway)."""
+    if len(_pending) >= FLUSH_AT:
+        flush_waits()
+    try:
+        w = _Wait()
+        w.prim = prim
+        w.ident = ident = _get_ident()
+        w.thread = _threads.get(ident)
+        w.thread_key = _current_thread_key() if _current_thread_key is not None else 0
+        if task is False:  # (the caller may know it already)
+            task = _task_now()
+        w.task = task
+        w.task_name = _task_name(task)
+        w.lock_id = id(prim)
+        w.lock_name = prim._ct_name
+        if frame is not None:
+            code = frame.f_code
+            cached = _wait_sites.get(id(code) << 24 | frame.f_lasti)
+            site = cached[0] if cached is not None and cached[2] is code else _wait_site(frame)[0]
+        else:
+            site = "?"
+        w.site = site
+        w.stats = stats = prim._ct_stats
+        w.entry, want_stack = stats.begin_wait(site, "")
+        if want_stack:
+            w.stack = _speedups.raw_stack(40) if _speedups is not None else raw_stack(_getframe(1), 40)
+            if not w.entry.function:
+                w.entry.function = _wait_site(frame)[1]
+        else:
+            w.stack = None
+        w.holder = _holder_brief(holder)
+        w.holder_exited = _holder_exited(holder) if holder is not None else None
+        w.timeout_s = timeout_s
+        w.event = event
+        w.rec = get_recorder()
+        w.acquired = False
+        w.end_ns = 0
+        w.prev_thread = w.prev_task = None
+        # A threading primitive blocks the whole thread (even when called from a task): the
+        # registry knows it as the thread's wait. An asyncio primitive blocks one task.
+        w.key = key = (ident, id(task) if by_task and task is not None else None)
+        waiters = prim._ct_waiters
+        if waiters is None:
+            waiters = prim._ct_waiters = {}
+        w.start_ns = _mono()
+        waiters[key] = w
+        _waiting[key] = prim
+        return w
+    except Exception:  # observation must never break the program: wait anyway, knowing less
+        _log.debug("conctools: preparing a lock wait failed", exc_info=True)
+        return None
+
+
+def _wait_site_text(code: Any, lasti: int) -> str:
+    """``file.py:LINE`` of instruction ``lasti`` of ``code`` (the C extension's wait sites)."""
+    return f"{_short(code.co_filename)}:{line_of(code, lasti)}"
+
+
+def _wait_done(w: _Wait | None, acquired: bool) -> None:
+    """The wait ended: a few stores, nothing that allocates beyond an int (it may run right after the
+    primitive was taken, inside the caller's critical section)."""
+    if w is None:
+        return
+    end = _mono()
+    w.end_ns = end
+    w.acquired = acquired
+    prim = w.prim
+    waiters = prim._ct_waiters
+    if waiters is not None:
+        waiters.pop(w.key, None)
+    _waiting.pop(w.key, None)
+    _progress[0] = end
+    w.prim = w.task = None  # a record waiting to be recorded keeps neither alive (both are alive now)
+    _pending.append(w)
+
+
+def pool_wait_started(prim: Any, wait: Any, by_task: bool) -> tuple[int, int | None] | None:
+    """Tell the registry's wait hooks (pool blame) that a semaphore wait begins, before it blocks.
+    Returns the wait's key for :func:`pool_wait_ended` (``None``: no hook is listening)."""
+    if not registry.wait_hooks:
+        return None
+    try:
+        if wait is not None:
+            key: tuple[int, int | None] = wait.key
+        else:
+            task = _task_now() if by_task else None
+            key = (_get_ident(), id(task) if task is not None else None)
+        registry._run_wait_hooks(prim, key[0], key[1])
+        return key
+    except Exception:  # observation must never break the program
+        _log.debug("conctools: a wait hook failed", exc_info=True)
+        return None
+
+
+def pool_wait_ended(key: tuple[int, int | None] | None) -> None:
+    """The wait that :func:`pool_wait_started` announced is over."""
+    if key is not None:
+        registry._run_wait_hooks(None, key[0], key[1])
+
+
+def flush_waits() -> None:
+    """Record the waits that ended since the last flush (statistics, sampled events). Called when a
+    report or the lock table is read and at the start of a later wait: never inside a critical
+    section."""
+    unsampled: dict[Recorder, int] = {}
+    while True:
+        try:
+            w = _pending.popleft()
+        except IndexError:
+            break
+        if not w.record():
+            unsampled[w.rec] = unsampled.get(w.rec, 0) + 1
+    for rec, n in unsampled.items():  # counted, not kept: a report shows them as dropped events
+        count = getattr(rec, "count", None)
+        if count is not None:
+            count(LockWaitEvent.kind, n)
+
+
+def _waiter_parties(prim: Any) -> tuple[Party, ...]:
+    waiters = prim._ct_waiters
+    if not waiters:
+        return ()
+    out = []
+    for w in list(waiters.values()):
+        try:
+            out.append(w.party())
+        except Exception:
+            continue
+    return tuple(out)
 
 
 def _validate(blocking: Any, timeout: Any) -> None:
@@ -582,19 +1065,15 @@ def _validate(blocking: Any, timeout: Any) -> None:
         probe.release()
 
 
-def _waiter_parties(prim: Any) -> tuple[Party, ...]:
-    return tuple(_party(i, t, s, since, to) for (i, t, s, since, to) in list(prim._ct_waiters.values()))
-
-
 # -- the fast path's fields: a C base type when conctools._speedups is built -------------
 
-# The uncontended path of Lock and RLock is a handful of attribute writes, but as Python
-# methods each ``with`` pays a Python frame (1.6x a plain lock before doing anything). The C
-# module holds those fields and provides the same fast paths as C methods, installed on the
-# classes below by _install_speedups(); the Python methods stay as the fallback (no compiler,
-# PyPy, free-threaded builds, or CONCTOOLS_PURE_PYTHON=1) and as the slow paths both share.
+# The paths of Lock and RLock are a handful of attribute writes, but as Python methods each
+# ``with`` pays Python frames (1.6x a plain lock before doing anything). The C module holds those
+# fields and provides the same paths as C methods, installed on the classes below by
+# _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
+# builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 3  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 5  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -603,27 +1082,70 @@ if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     if getattr(_speedups, "API_VERSION", None) != _SPEEDUPS_API:  # a stale build (source tree): ignore it
         _speedups = None
 SPEEDUPS = _speedups is not None
-_try_register: Callable[[Any, str, str | None, FrameType | None], bool] | None = (
-    _speedups.try_register if _speedups is not None else None
+"""True when the C paths of ``Lock``/``RLock`` are in use (else the pure-Python ones)."""
+if _speedups is not None:
+    _ThreadInfo = _speedups.ThreadInfo
+_try_register: Callable[[Any, str, str | None], bool] | None = _speedups.try_register if _speedups is not None else None
+_current_thread_key: Callable[[], int] | None = _speedups.current_thread_key if _speedups is not None else None
+
+
+def _thread_key() -> int:
+    """The calling thread's identity, never reused (C: its thread-state id; else a serial)."""
+    return _current_thread_key() if _current_thread_key is not None else _pure_thread_key()
+
+
+def _pure_holder_record() -> tuple[Any, Any]:
+    """``(thread, task)`` of the calling thread: its ``threading.Thread`` (or its id) and task."""
+    ident = _get_ident()
+    thread = _threads.get(ident)
+    return (thread if thread is not None else ident), _task_now()
+
+
+_holder_record: Callable[[], tuple[Any, Any]] = (
+    _speedups.holder_record if _speedups is not None else _pure_holder_record
 )
-"""True when the C fast path of ``Lock``/``RLock`` is in use (else the pure-Python one)."""
+
+
+def _pure_holder_site_record() -> tuple[Any, Any, Any]:
+    """``(thread, task, site)`` of the calling thread, ``site`` the program's call as ``(code, offset)``."""
+    ident = _get_ident()
+    thread = _threads.get(ident)
+    frame: FrameType | None = _getframe(2)
+    while frame is not None and _is_internal(frame.f_code.co_filename):
+        frame = frame.f_back
+    site = (frame.f_code, frame.f_lasti) if frame is not None else ""
+    return (thread if thread is not None else ident), _task_now(), site
+
+
+_holder_site_record: Callable[[], tuple[Any, Any, Any]] = (
+    _speedups.holder_site_record
+    if _speedups is not None and hasattr(_speedups, "holder_site_record")
+    else _pure_holder_site_record
+)
+
 
 # The fields of Lock and RLock: C members of _speedups.Core, or slots of the Python classes.
 _CORE_SLOTS = (
     "__weakref__",
     "_acq",
     "_ct_created",
+    "_ct_entry",
     "_ct_held",
     "_ct_hold",
     "_ct_n",
     "_ct_name",
+    "_ct_ordered",
+    "_ct_prepared",
     "_ct_serial",
     "_ct_stats",
+    "_ct_trash",
+    "_ct_trash_task",
     "_ct_waiters",
     "_lock",
     "_osince",
     "_osite",
     "_otask",
+    "_othread",
     "_owner",
     "_rel",
     "_t0",
@@ -632,6 +1154,33 @@ if TYPE_CHECKING:
     _CoreBase = object
 else:
     _CoreBase = _speedups.Core if _speedups is not None else object
+
+
+def _holder_snapshot(prim: Any) -> tuple[Any, ...] | None:
+    """A Lock's or RLock's holder now, as ``(ident, key, thread, task, site, since)`` (pure path)."""
+    owner = prim._owner
+    if owner is None:
+        return None
+    thread = prim._othread
+    return (owner, 0, thread, prim._otask, prim._osite or None, prim._osince)
+
+
+def _pure_took(prim: Any, thread: Any, task: Any) -> None:
+    """A new holder thread or task, right after the lock was taken (pure path): stores only; the old
+    values, which may hold the last reference to something, go to the trash slots, emptied before
+    the next acquisition."""
+    old_thread = prim._othread
+    old_task = prim._otask
+    prim._othread = thread
+    prim._otask = task
+    prim._ct_trash = old_thread
+    prim._ct_trash_task = old_task
+
+
+def _empty_trash(prim: Any) -> None:
+    """Before an acquisition: drop what the last one left in the trash slots."""
+    prim._ct_trash = None
+    prim._ct_trash_task = None
 
 
 # -- Lock --------------------------------------------------------------------------------
@@ -653,49 +1202,82 @@ class Lock(_CoreBase):
     _lock: Any
     _ct_n: int
     _ct_hold: Histogram | None
-    _ct_waiters: dict[tuple[int, int | None], Any]
+    _ct_waiters: dict[tuple[int, int | None], Any] | None
     _ct_name: str
     _ct_created: str
     _ct_serial: int
     _ct_stats: LockStats
 
     def __init__(self, name: str | None = None) -> None:
+        # Pure-Python path only: with the C extension, _c_lock_init replaces this method.
         lock = _allocate_lock()
         self._lock = lock
         self._acq = lock.acquire
         self._rel = lock.release
-        if _speedups is None:  # the C base starts every field zeroed: None, 0 (and _osite None)
-            self._owner: int | None = None
-            self._otask: Any = None
-            self._osite: Any = ""  # "file.py:LINE", or (code, offset) resolved when read
-            self._osince = 0
-            self._t0 = 0
-            self._ct_held: list[lockorder.Held] | None = None
+        self._owner: int | None = None
+        self._othread: Any = None
+        self._otask: Any = None
+        self._osite: Any = ""  # "file.py:LINE", or (code, offset) resolved when read
+        self._osince = 0
+        self._t0 = 0
+        self._ct_held: list[lockorder.Held] | None = None
+        self._ct_entry: Any = None
+        self._ct_prepared: Any = None
+        self._ct_trash: Any = None
+        self._ct_trash_task: Any = None
+        self._ct_ordered = 0
         _register(self, self._kind, name, _getframe(1))
         if _order_enabled[0]:
+            self._ct_ordered = 1
             self.__class__ = _OrderedLock
 
-    # The hot path: one non-blocking try, the owner, a counter. Nothing else: ``_owner`` is not
-    # even cleared on release (it only means something while the lock is locked).
+    # The hot path: one non-blocking try, then stores. Who we are is read before the try (the
+    # try is the last call before the caller's section starts).
     def __enter__(self) -> bool:
+        me = _get_ident()
+        thread = _threads.get(me)
+        loop = _get_running_loop()
+        task = _current_task(loop) if loop is not None else None
+        if self._ct_trash is not None or self._ct_trash_task is not None:
+            _empty_trash(self)
         if self._acq(False):
-            self._owner = _get_ident()
+            # From here to the return: stores only, no call (a call is where the interpreter may
+            # run a garbage collection, inside the caller's section).
+            self._owner = me
+            if self._othread is not thread:
+                self._ct_trash = self._othread
+                self._othread = thread
+            if self._otask is not task:
+                self._ct_trash_task = self._otask
+                self._otask = task
             self._ct_n += 1
             return True
-        return self._contended(-1, _getframe(1))
+        return self._contended(-1, _getframe(1), me, thread, task)
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
         self._rel()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Acquire the lock, as ``threading.Lock.acquire``."""
-        if blocking is True and timeout == -1:
-            if self._acq(False):
-                self._owner = _get_ident()
-                self._ct_n += 1
-                return True
-            return self._contended(-1, _getframe(1))
-        return self._acquire_args(blocking, timeout, _getframe(1))
+        if blocking is not True or timeout != -1:
+            return self._acquire_args(blocking, timeout, _getframe(1))
+        me = _get_ident()  # __enter__'s path, inlined
+        thread = _threads.get(me)
+        loop = _get_running_loop()
+        task = _current_task(loop) if loop is not None else None
+        if self._ct_trash is not None or self._ct_trash_task is not None:
+            _empty_trash(self)
+        if self._acq(False):
+            self._owner = me
+            if self._othread is not thread:
+                self._ct_trash = self._othread
+                self._othread = thread
+            if self._otask is not task:
+                self._ct_trash_task = self._otask
+                self._otask = task
+            self._ct_n += 1
+            return True
+        return self._contended(-1, _getframe(1), me, thread, task)
 
     def release(self) -> None:
         """Release the lock (any thread may), as ``threading.Lock.release``."""
@@ -703,49 +1285,66 @@ class Lock(_CoreBase):
 
     def _acquire_args(self, blocking: bool, timeout: float, frame: FrameType | None) -> bool:
         """``acquire`` with explicit arguments: validated exactly as the C lock does."""
-        if blocking is not True or timeout != -1:
-            if timeout != -1:  # acquire(False) (Condition's _is_owned() probe) needs no check
-                _validate(blocking, timeout)
-            if not blocking or timeout == 0:
-                if self._acq(False):
-                    self._took(frame, 0)
-                    return True
-                return False
+        if timeout != -1:  # acquire(False) (Condition's _is_owned() probe) needs no check
+            _validate(blocking, timeout)
+        me = _get_ident()
+        thread = _threads.get(me)
+        task = _task_now()
+        prepared = self._prepare(frame)
+        if self._ct_trash is not None or self._ct_trash_task is not None:
+            _empty_trash(self)
         if self._acq(False):
-            self._took(frame, 0)
+            self._took(me, thread, task, prepared, 0)
             return True
-        return self._contended(timeout, frame)
+        if not blocking or timeout == 0:
+            return False
+        return self._contended(timeout, frame, me, thread, task, prepared)
 
-    def _took(self, frame: FrameType | None, t0: int) -> None:
+    def _prepare(self, frame: FrameType | None) -> Any:
+        """What the ordered variant must have before the acquire (nothing here)."""
+        return None
+
+    def _took(self, me: int, thread: Any, task: Any, prepared: Any, t0: int) -> None:
         # Timed and ordered variants override this; the plain one stays cheap.
-        self._owner = _get_ident()
+        self._owner = me
+        if self._othread is not thread or self._otask is not task:
+            _pure_took(self, thread, task)
         self._ct_n += 1
 
     def _released(self) -> None:
-        self._owner = None
+        pass
 
-    def _contended(self, timeout: float, frame: FrameType | None) -> bool:
-        """The slow path: wait, timing it, with the holder recorded (JFR's previousOwner)."""
-        holder = self._owner if self._lock.locked() else None
-        holder_words = _who(holder, self._otask) if holder is not None else None
-        if holder is not None and _owner_exited(self):
-            holder_words = f"thread {_exited_name(holder)!r}, which has finished without releasing it"
-        wait = _Wait(self, frame, None if timeout == -1 else timeout, holder_words)
+    def _contended(
+        self, timeout: float, frame: FrameType | None, me: int, thread: Any, task: Any, prepared: Any = None
+    ) -> bool:
+        """The slow path: prepare the wait (who holds the lock now: JFR's previousOwner), block,
+        then a few stores."""
+        # The holder fields (a snapshot: they may be the last holder's, that released the lock to a
+        # thread not back from its own blocking acquire yet: then, if it is this very thread, the
+        # holder is the one the lock passed through last before it came here, JFR's previousOwner).
+        holder = _holder_snapshot(self)
+        later = holder is not None and holder[2] is thread and holder[0] == me
+        if later:
+            holder = None
+        if self._ct_hold is None:  # first contention: time this lock's holds from now on
+            self._ct_hold = Histogram()
+            if type(self) is Lock:
+                self.__class__ = _TimedLock
+        wait = _wait_begin(self, frame, None if timeout == -1 else timeout, holder)
+        if _SAFE_POINTS:
+            _safe_point()
         acquired = False
         try:
             acquired = self._acq(True, timeout)
         finally:
-            end = wait.end(acquired)
-        if acquired:
-            if self._ct_hold is None:  # first contention: time this lock's holds from now on
-                # (A ``with`` binds ``__exit__`` before ``__enter__`` runs, so this very hold ends
-                # in the plain ``__exit__`` and goes untimed; the next ones are timed.)
-                self._ct_hold = Histogram()
-                if type(self) is Lock:
-                    self.__class__ = _TimedLock
-            self._took(frame, end)
-            self._otask = wait.task
-            self._osite = wait.site
+            if later and wait is not None:
+                wait.prev_thread = self._othread if self._othread is not None else self._owner
+                wait.prev_task = self._otask
+            if acquired:
+                self._took(me, thread, task, prepared, _mono())
+                if prepared is None:
+                    self._osite = wait.site if wait is not None else ""
+            _wait_done(wait, acquired)
         return acquired
 
     def locked(self) -> bool:
@@ -759,10 +1358,7 @@ class Lock(_CoreBase):
     def _at_fork_reinit(self) -> None:
         self._lock._at_fork_reinit()
         self._owner = None
-        self._ct_waiters = {}
-
-    def __del__(self) -> None:
-        _retire(self)
+        self._ct_waiters = None
 
     def __repr__(self) -> str:
         state = "locked" if self._lock.locked() else "unlocked"
@@ -776,9 +1372,9 @@ class Lock(_CoreBase):
         owner = self._owner
         holders: tuple[Party, ...] = ()
         if owner is not None and self._lock.locked():
-            holders = (_party(owner, self._otask, _site_text(self._osite) if self._osite else "?", self._osince),)
-            if _owner_exited(self):  # its id may be another live thread's now: not that thread's lock
-                holders = (dataclasses.replace(holders[0], thread_id=0, thread_name=_exited_name(owner)),)
+            site = _site_text(self._osite) if self._osite else "?"
+            key = int(getattr(self, "_owner_tid", 0) or 0)
+            holders = (_make_party(owner, key, self._othread, self._otask, site, self._osince),)
         return PrimitiveState(
             prim_id=id(self),
             name=self._ct_name,
@@ -800,15 +1396,28 @@ class _TimedLock(Lock):
     __slots__ = ()
 
     def __enter__(self) -> bool:
+        me = _get_ident()
+        thread = _threads.get(me)
+        loop = _get_running_loop()
+        task = _current_task(loop) if loop is not None else None
+        if self._ct_trash is not None or self._ct_trash_task is not None:
+            _empty_trash(self)
+        # Hold times of one uncontended acquisition in HOLD_SAMPLE (and of every contended one); the
+        # clock is read before the acquire, so that nothing but stores follows it.
+        t0 = 0 if (self._ct_n + 1) & HOLD_SAMPLE_MASK else _mono()
         if self._acq(False):
-            self._owner = _get_ident()
-            n = self._ct_n = self._ct_n + 1
-            self._otask = None
+            self._owner = me
+            if self._othread is not thread:
+                self._ct_trash = self._othread
+                self._othread = thread
+            if self._otask is not task:
+                self._ct_trash_task = self._otask
+                self._otask = task
+            self._ct_n += 1
             self._osite = ""
-            # Hold times of one uncontended acquisition in HOLD_SAMPLE (and of every contended one).
-            self._osince = self._t0 = 0 if n & HOLD_SAMPLE_MASK else _mono()
+            self._osince = self._t0 = t0
             return True
-        return self._contended(-1, _getframe(1))
+        return self._contended(-1, _getframe(1), me, thread, task)
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
         # Still under the lock: the lock itself serialises this instance's histogram.
@@ -816,11 +1425,12 @@ class _TimedLock(Lock):
         if t0:
             self._t0 = 0
             _hold_ended(self, t0)
-        self._owner = None
         self._rel()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Acquire the lock, as ``threading.Lock.acquire``."""
+        if blocking is True and timeout == -1:
+            return self.__enter__()
         return self._acquire_args(blocking, timeout, _getframe(1))
 
     def release(self) -> None:
@@ -831,10 +1441,11 @@ class _TimedLock(Lock):
     acquire_lock = acquire
     release_lock = release
 
-    def _took(self, frame: FrameType | None, t0: int) -> None:
-        self._owner = _get_ident()
+    def _took(self, me: int, thread: Any, task: Any, prepared: Any, t0: int) -> None:
+        self._owner = me
+        if self._othread is not thread or self._otask is not task:
+            _pure_took(self, thread, task)
         n = self._ct_n = self._ct_n + 1
-        self._otask = None
         self._osite = ""
         self._osince = self._t0 = t0 or (0 if n & HOLD_SAMPLE_MASK else _mono())
 
@@ -843,111 +1454,131 @@ class _TimedLock(Lock):
         if t0:
             self._t0 = 0
             _hold_ended(self, t0)
-        self._owner = None
 
 
 _TimedLock.__qualname__ = _TimedLock.__name__ = "Lock"
 
 
 class _OrderedLock(_TimedLock):
-    """A Lock under lock-order checking: it knows where it was taken and feeds the order graph."""
+    """A Lock under lock-order checking: it knows where it was taken and feeds the order graph.
+
+    The site, the held-stack entry and the order check are prepared before the acquire; after it,
+    only stores and an append to the thread's held stack."""
 
     __slots__ = ()
 
-    # ``with`` is the common path: _took() and _released() inlined (three Python calls fewer).
     def __enter__(self) -> bool:
+        me = _get_ident()
+        thread = _threads.get(me)
+        loop = _get_running_loop()
+        task = _current_task(loop) if loop is not None else None
+        prepared = _prepare_order(self, _getframe(1))
+        if self._ct_trash is not None or self._ct_trash_task is not None:
+            _empty_trash(self)
+        t0 = 0 if self._ct_hold is None or (self._ct_n + 1) & HOLD_SAMPLE_MASK else _mono()
         if not self._acq(False):
-            return self._contended(-1, _getframe(1))
-        self._owner = _get_ident()
-        n = self._ct_n = self._ct_n + 1
-        self._otask = None
-        self._osince = self._t0 = 0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono()
-        try:  # the lock is taken: from here on nothing may raise into the program
-            frame = _getframe(1)
-            if frame.f_code.co_filename.startswith(_SKIP_MAYBE):  # then _code_site() walks out exactly
-                site = self._osite = _code_site(frame)
-            else:
-                site = self._osite = (frame.f_code, frame.f_lasti)
-            try:
-                held = _order_local.stack
-            except AttributeError:
-                held = lockorder.held_stack()
+            return self._contended(-1, _getframe(1), me, thread, task, prepared)
+        self._owner = me
+        if self._othread is not thread:
+            self._ct_trash = self._othread
+            self._othread = thread
+        if self._otask is not task:
+            self._ct_trash_task = self._otask
+            self._otask = task
+        self._ct_n += 1
+        self._osince = self._t0 = t0
+        if prepared is not None:
+            held, one = prepared
+            self._osite = one[0][4]
+            held += one  # an in-place extend: no call
             self._ct_held = held
-            entry = (_weakref(self), self._ct_stats.key, self._ct_name, self._ct_serial, site)
-            if held:
-                lockorder.check(held, entry)
-            held.append(entry)
-        except Exception:
-            _log.debug("conctools: lock-order bookkeeping failed", exc_info=True)
         return True
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
         held = self._ct_held
         if held is not None:
             self._ct_held = None
-            try:
-                if held and held[-1][0]() is self:
-                    held.pop()
-                else:
-                    lockorder.note_released(held, self)
-            except Exception:  # observation must never break the program
-                _log.debug("conctools: lock-order bookkeeping failed", exc_info=True)
+            _pop_held(self, held)
         t0 = self._t0
         if t0:
             self._t0 = 0
             _hold_ended(self, t0)
-        self._owner = None
         self._rel()
 
-    def _took(self, frame: FrameType | None, t0: int) -> None:
-        self._owner = _get_ident()
+    def _prepare(self, frame: FrameType | None) -> Any:
+        return _prepare_order(self, frame)
+
+    def _took(self, me: int, thread: Any, task: Any, prepared: Any, t0: int) -> None:
+        self._owner = me
+        if self._othread is not thread or self._otask is not task:
+            _pure_took(self, thread, task)
         n = self._ct_n = self._ct_n + 1
-        self._otask = None
         # Hold times only once the lock has been contended (sampled), as for unordered locks.
         self._osince = self._t0 = t0 or (0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono())
-        _push_held(self, frame)
+        if prepared is not None:
+            held, one = prepared
+            self._osite = one[0][4]
+            held += one
+            self._ct_held = held
 
     def _released(self) -> None:
-        _drop_held(self)
+        held = self._ct_held
+        if held is not None:
+            self._ct_held = None
+            _pop_held(self, held)
         _TimedLock._released(self)
-
-    def _contended(self, timeout: float, frame: FrameType | None) -> bool:
-        _check_before_wait(self, frame)
-        return _TimedLock._contended(self, timeout, frame)
 
 
 _OrderedLock.__qualname__ = _OrderedLock.__name__ = "Lock"
 
 
-def _drop_held(prim: Any) -> None:
-    """Pop ``prim`` off the held stack it was pushed on (lock order)."""
-    held = prim._ct_held
-    if held is not None:
-        prim._ct_held = None
-        try:
-            if held and held[-1][0]() is prim:
-                held.pop()
-            else:
-                lockorder.note_released(held, prim)
-        except Exception:  # observation must never break the program
-            _log.debug("conctools: lock-order bookkeeping failed", exc_info=True)
-
-
-def _push_held(prim: Any, frame: FrameType | None) -> None:
-    """Push ``prim``, just taken at ``frame``, on the taker's held stack, checking the order."""
+def _prepare_order(prim: Any, frame: FrameType | None) -> tuple[list[lockorder.Held], tuple[lockorder.Held]] | None:
+    """Before taking ``prim`` (pure path, lock-order mode): its site, the thread's held stack, the
+    entry to push, and the order check (which records a new edge, with its stack, now). Returns
+    ``(held, (entry,))``, cached on the lock while neither changes: nothing is allocated on the way
+    of a lock taken again and again from one line by one thread."""
     try:
-        site = prim._osite = _code_site(frame)
+        one = prim._ct_entry  # (entry,): pushed with an in-place extend after the acquire
+        if frame is not None and not frame.f_code.co_filename.startswith(_SKIP_MAYBE):
+            if one is None or not (
+                type(one[0][4]) is tuple and one[0][4][0] is frame.f_code and one[0][4][1] == frame.f_lasti
+            ):
+                site: Any = (frame.f_code, frame.f_lasti)
+                one = None
+        else:
+            site = _code_site(frame)
+            if one is not None and one[0][4] != site:
+                one = None
+        if one is None:
+            old = prim._ct_entry
+            wref = old[0][0] if old is not None else _weakref(prim)
+            one = prim._ct_entry = ((wref, prim._ct_stats.key, prim._ct_name, prim._ct_serial, site),)
         try:
             held = _order_local.stack
         except AttributeError:
             held = lockorder.held_stack()
-        prim._ct_held = held
-        entry = (_weakref(prim), prim._ct_stats.key, prim._ct_name, prim._ct_serial, site)
         if held:
-            lockorder.check(held, entry)
-        held.append(entry)
+            lockorder.check(held, one[0])
+        prepared = prim._ct_prepared
+        if prepared is None or prepared[0] is not held or prepared[1] is not one:
+            prepared = prim._ct_prepared = (held, one)
+        if _SAFE_POINTS:
+            _safe_point()  # last: whatever the above allocated is collected before the acquire
+        return prepared  # type: ignore[no-any-return]
     except Exception:  # observation must never break the program
         _log.debug("conctools: lock-order bookkeeping failed", exc_info=True)
+        return None
+
+
+def _pop_held(prim: Any, held: Any) -> None:
+    """Take ``prim`` off the held stack it was pushed on (no allocation)."""
+    try:
+        if held and held[-1][0]() is prim:
+            del held[-1]
+        else:
+            lockorder.note_released(held, prim)
+    except Exception:  # observation must never break the program
+        pass
 
 
 def _hold_ended(prim: Any, t0: int) -> None:
@@ -957,14 +1588,7 @@ def _hold_ended(prim: Any, t0: int) -> None:
         if hold is not None:
             hold.add(_mono() - t0)
     except Exception:  # observation must never break the program
-        _log.debug("conctools: recording a hold time failed", exc_info=True)
-
-
-def _check_before_wait(prim: Any, frame: FrameType | None) -> None:
-    """Check the order before blocking: a real deadlock must be reported as an inversion too."""
-    held = lockorder.held_stack()
-    if held:
-        lockorder.check(held, (_weakref(prim), prim._ct_stats.key, prim._ct_name, prim._ct_serial, _code_site(frame)))
+        pass
 
 
 # -- RLock -------------------------------------------------------------------------------
@@ -974,9 +1598,8 @@ class RLock(_CoreBase):
     """A traced ``threading.RLock``: re-entrant, owned by one thread; plus statistics.
 
     Built on the C ``_thread.RLock``, so ``_is_owned``, ``_recursion_count``,
-    ``_release_save`` and ``_acquire_restore`` keep their exact semantics. The C lock knows
-    its owner and depth, so the uncontended path only counts: the registry reads the owner
-    from the C lock when it asks.
+    ``_release_save`` and ``_acquire_restore`` keep their exact semantics. The holder's thread,
+    identity and task are recorded at the outermost acquisition.
     """
 
     __slots__ = () if _speedups is not None else _CORE_SLOTS
@@ -986,56 +1609,103 @@ class RLock(_CoreBase):
     _lock: Any
     _ct_n: int
     _ct_hold: Histogram | None
-    _ct_waiters: dict[tuple[int, int | None], Any]
+    _ct_waiters: dict[tuple[int, int | None], Any] | None
     _ct_name: str
     _ct_created: str
     _ct_serial: int
     _ct_stats: LockStats
 
     def __init__(self, name: str | None = None) -> None:
+        # Pure-Python path only: with the C extension, _c_rlock_init replaces this method.
         lock = _CRLock()
         self._lock = lock
         self._acq = lock.acquire
         self._rel = lock.release
-        if _speedups is None:  # the C base starts every field zeroed
-            self._otask: Any = None
-            self._osite: Any = ""
-            self._osince = 0
-            self._t0 = 0
-            self._ct_held: list[lockorder.Held] | None = None
+        self._owner: int | None = None
+        self._othread: Any = None
+        self._otask: Any = None
+        self._osite: Any = ""
+        self._osince = 0
+        self._t0 = 0
+        self._ct_held: list[lockorder.Held] | None = None
+        self._ct_entry: Any = None
+        self._ct_prepared: Any = None
+        self._ct_trash: Any = None
+        self._ct_trash_task: Any = None
+        self._ct_ordered = 0
         _register(self, self._kind, name, _getframe(1))
         if _order_enabled[0]:
+            self._ct_ordered = 1
             self.__class__ = _OrderedRLock
 
     def __enter__(self) -> bool:
-        if self._acq(False):
-            self._ct_n += 1
-            return True
-        return self._contended(-1, _getframe(1))
+        return self._acquire(True, -1)
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
+        if self._lock._recursion_count() == 1:
+            self._released()
         self._rel()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Acquire (re-entrantly), as ``threading.RLock.acquire``."""
-        if blocking is not True or timeout != -1:
-            if timeout != -1:  # acquire(False) (Condition's _is_owned() probe) needs no check
-                _validate(blocking, timeout)
-            if not blocking or timeout == 0:
-                if self._acq(False):
-                    self._took(_getframe(1), 0)
-                    return True
-                return False
+        if timeout != -1:  # acquire(False) (Condition's _is_owned() probe) needs no check
+            _validate(blocking, timeout)
+        return self._acquire(blocking, timeout)
+
+    def _acquire(self, blocking: Any, timeout: float) -> bool:
+        """``__enter__`` and ``acquire`` (called by them: the caller's frame is two levels up, and
+        only looked at in lock-order mode or when the lock is contended)."""
+        lock = self._lock
+        if lock._is_owned():  # a re-entry: immediate, no new holder, no edge
+            got = bool(self._acq(False))
+            if got:
+                self._ct_n += 1
+            return got
+        me = _get_ident()
+        thread = _threads.get(me)
+        loop = _get_running_loop()
+        task = _current_task(loop) if loop is not None else None
+        prepared = self._prepare(_getframe(2)) if self._ct_ordered else None
+        if self._ct_trash is not None or self._ct_trash_task is not None:
+            _empty_trash(self)
+        t0 = 0 if self._ct_hold is None or (self._ct_n + 1) & HOLD_SAMPLE_MASK else _mono()
         if self._acq(False):
-            self._took(_getframe(1), 0)
+            # Stores only from here (every variant: the ordered one has ``prepared``, the timed ones
+            # a hold histogram).
+            self._owner = me
+            if self._othread is not thread:
+                self._ct_trash = self._othread
+                self._othread = thread
+            if self._otask is not task:
+                self._ct_trash_task = self._otask
+                self._otask = task
+            self._ct_n += 1
+            self._osince = self._t0 = t0
+            if prepared is not None:
+                held, one = prepared
+                self._osite = one[0][4]
+                held += one
+                self._ct_held = held
+            elif self._osite:
+                self._osite = ""
             return True
-        return self._contended(timeout, _getframe(1))
+        if not blocking or timeout == 0:
+            return False
+        return self._contended(timeout, _getframe(2), me, thread, task, prepared)
 
     def release(self) -> None:
         """Release one level, as ``threading.RLock.release``."""
+        if self._lock._recursion_count() == 1:
+            self._released()
         self._rel()
 
-    def _took(self, frame: FrameType | None, t0: int) -> None:
+    def _prepare(self, frame: FrameType | None) -> Any:
+        return None
+
+    def _took(self, me: int, thread: Any, task: Any, prepared: Any, t0: int) -> None:
+        self._owner = me
+        if self._othread is not thread or self._otask is not task:
+            _pure_took(self, thread, task)
         self._ct_n += 1
 
     def _released(self) -> None:
@@ -1049,23 +1719,26 @@ class RLock(_CoreBase):
         owner, count = int(match.group(1)), int(match.group(2))
         return (owner or None) if count else None, count
 
-    def _contended(self, timeout: float, frame: FrameType | None) -> bool:
-        holder, _ = self._owner_and_count()
-        holder_words = _who(holder, self._otask) if holder is not None else None
-        wait = _Wait(self, frame, None if timeout == -1 else timeout, holder_words)
+    def _contended(
+        self, timeout: float, frame: FrameType | None, me: int, thread: Any, task: Any, prepared: Any = None
+    ) -> bool:
+        holder = _holder_snapshot(self)
+        if self._ct_hold is None:
+            self._ct_hold = Histogram()
+            if type(self) is RLock:
+                self.__class__ = _TimedRLock
+        wait = _wait_begin(self, frame, None if timeout == -1 else timeout, holder)
+        if _SAFE_POINTS:
+            _safe_point()
         acquired = False
         try:
             acquired = self._acq(True, timeout)
         finally:
-            end = wait.end(acquired)
-        if acquired:
-            if self._ct_hold is None:
-                self._ct_hold = Histogram()
-                if type(self) is RLock:
-                    self.__class__ = _TimedRLock
-            self._took(frame, end)
-            self._otask = wait.task
-            self._osite = wait.site
+            if acquired:
+                self._took(me, thread, task, prepared, _mono())
+                if prepared is None:
+                    self._osite = wait.site if wait is not None else ""
+            _wait_done(wait, acquired)
         return acquired
 
     def _is_owned(self) -> bool:
@@ -1083,32 +1756,33 @@ class RLock(_CoreBase):
 
     def _acquire_restore(self, state: Any) -> None:
         count = state[0]
+        frame = _getframe(1)
+        me = _get_ident()
+        thread = _threads.get(me)
+        task = _task_now()
+        prepared = self._prepare(frame)
+        if self._ct_trash is not None or self._ct_trash_task is not None:
+            _empty_trash(self)
         if self._acq(False):
-            self._took(_getframe(1), 0)
+            self._took(me, thread, task, prepared, 0)
         else:
-            holder, _ = self._owner_and_count()
-            holder_words = _who(holder, self._otask) if holder is not None else None
-            wait = _Wait(self, _getframe(1), None, holder_words)
+            holder = _holder_snapshot(self)
+            wait = _wait_begin(self, frame, None, holder)
+            if _SAFE_POINTS:
+                _safe_point()
             try:
-                self._acq()
+                self._lock._acquire_restore((1, me))
             finally:
-                end = wait.end(True)
-            if self._ct_hold is None:
-                self._ct_hold = Histogram()
-                if type(self) is RLock:
-                    self.__class__ = _TimedRLock
-            self._took(_getframe(1), end)
-            self._otask = wait.task
-            self._osite = wait.site
+                # (not interruptible: it returns with the lock taken, as the stdlib's does)
+                self._took(me, thread, task, prepared, _mono())
+                _wait_done(wait, True)
         for _ in range(count - 1):  # re-entries: immediate, and not acquisitions of their own
             self._acq()
 
     def _at_fork_reinit(self) -> None:
         self._lock._at_fork_reinit()
-        self._ct_waiters = {}
-
-    def __del__(self) -> None:
-        _retire(self)
+        self._owner = None
+        self._ct_waiters = None
 
     def __repr__(self) -> str:
         owner, count = self._owner_and_count()
@@ -1125,7 +1799,11 @@ class RLock(_CoreBase):
         holders: tuple[Party, ...] = ()
         if owner is not None:
             site = _site_text(self._osite) if self._osite else "?"
-            holders = (_party(owner, self._otask, site, self._osince),)
+            if owner == self._owner:  # the recorded holder: its thread, identity and task
+                key = int(getattr(self, "_owner_tid", 0) or 0)
+                holders = (_make_party(owner, key, self._othread, self._otask, site, self._osince),)
+            else:
+                holders = (_party(owner, None, site, 0),)
         return PrimitiveState(
             prim_id=id(self),
             name=self._ct_name,
@@ -1147,29 +1825,13 @@ class _TimedRLock(RLock):
 
     __slots__ = ()
 
-    def __enter__(self) -> bool:
-        if self._acq(False):
-            self._took(_getframe(1), 0)
-            return True
-        return self._contended(-1, _getframe(1))
-
-    def __exit__(self, t: object, v: object, tb: object) -> None:
-        if self._lock._recursion_count() == 1:
-            self._released()
-        self._rel()
-
-    def release(self) -> None:
-        """Release one level, as ``threading.RLock.release``."""
-        if self._lock._recursion_count() == 1:
-            self._released()
-        self._rel()
-
-    def _took(self, frame: FrameType | None, t0: int) -> None:
+    def _took(self, me: int, thread: Any, task: Any, prepared: Any, t0: int) -> None:
+        self._owner = me
+        if self._othread is not thread or self._otask is not task:
+            _pure_took(self, thread, task)
         n = self._ct_n = self._ct_n + 1
-        if self._lock._recursion_count() == 1:
-            self._otask = None
-            self._osite = ""
-            self._osince = self._t0 = t0 or (0 if n & HOLD_SAMPLE_MASK else _mono())
+        self._osite = ""
+        self._osince = self._t0 = t0 or (0 if n & HOLD_SAMPLE_MASK else _mono())
 
     def _released(self) -> None:
         t0 = self._t0
@@ -1186,20 +1848,27 @@ class _OrderedRLock(_TimedRLock):
 
     __slots__ = ()
 
-    def _took(self, frame: FrameType | None, t0: int) -> None:
+    def _prepare(self, frame: FrameType | None) -> Any:
+        return _prepare_order(self, frame)
+
+    def _took(self, me: int, thread: Any, task: Any, prepared: Any, t0: int) -> None:
+        self._owner = me
+        if self._othread is not thread or self._otask is not task:
+            _pure_took(self, thread, task)
         n = self._ct_n = self._ct_n + 1
-        if self._lock._recursion_count() == 1:
-            self._otask = None
-            self._osince = self._t0 = t0 or (0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono())
-            _push_held(self, frame)
+        self._osince = self._t0 = t0 or (0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono())
+        if prepared is not None:
+            held, one = prepared
+            self._osite = one[0][4]
+            held += one
+            self._ct_held = held
 
     def _released(self) -> None:
-        _drop_held(self)
+        held = self._ct_held
+        if held is not None:
+            self._ct_held = None
+            _pop_held(self, held)
         _TimedRLock._released(self)
-
-    def _contended(self, timeout: float, frame: FrameType | None) -> bool:
-        _check_before_wait(self, frame)
-        return _TimedRLock._contended(self, timeout, frame)
 
 
 _OrderedRLock.__qualname__ = _OrderedRLock.__name__ = "RLock"
@@ -1209,103 +1878,128 @@ _speedups_setup: dict[str, Any] = {}  # what _speedups.setup() was given (tests 
 
 
 def _install_speedups() -> None:
-    """Put the C fast paths in place of the Python ones (which remain the fallback).
+    """Put the C paths in place of the Python ones (which remain the fallback).
 
-    ``acquire()`` without arguments is the C fast path; with arguments it calls the Python
-    ``acquire`` (kept as ``_acquire_py``), which validates them exactly as the C lock does. The
-    timed and ordered RLock keep the Python ``acquire``, whose ``_took`` dispatches by class.
+    One set of C methods serves every variant (plain, timed, ordered): the C lock knows whether it
+    is ordered (decided at creation) and timed (it has a hold histogram), so it never switches class.
     """
     core = _speedups.Core
     _speedups_setup.update(
         mask=HOLD_SAMPLE_MASK,
         mono=_mono,
+        histogram=Histogram,
+        sub_bits=recorder_module._SUB_BITS,
         skip_prefixes=(_PKG_DIR, *_STDLIB_SKIP),  # what _SKIP_PREFIXES matches, in 8 prefixes, not 38
-        code_site=_code_site,
+        internal_prefixes=(_PKG_DIR, *_STDLIB_SKIP, "<frozen"),
+        keep_prefix=_SAMPLE_DIR,
+        pkg_dir=_PKG_DIR,
         local=_order_local,
         held_stack=lockorder.held_stack,
         check=lockorder.check,
-        note_released=lockorder.note_released,
         edges=lockorder._edges,
-        histogram=Histogram,
-        sub_bits=recorder_module._SUB_BITS,
-    )
-    _speedups.setup(**_speedups_setup)
-    table: list[tuple[type, str, Any]] = [
-        (Lock, "_acquire_py", Lock.__dict__["acquire"]),
-        (RLock, "_acquire_py", RLock.__dict__["acquire"]),
-        (_TimedRLock, "acquire", RLock.__dict__["acquire"]),
-    ]
-    variants: tuple[tuple[type, str, str | None], ...] = (
-        (Lock, "_c_lock", "_c_release"),
-        (_TimedLock, "_c_lock_timed", None),
-        (_OrderedLock, "_c_lock_ordered", None),
-        (RLock, "_c_rlock", "_c_release"),
-        (_TimedRLock, "_c_rlock_timed", None),
-        (_OrderedRLock, "_c_rlock_ordered", None),
-    )
-    for cls, prefix, release in variants:
-        table.append((cls, "__enter__", getattr(core, prefix + "_enter")))
-        table.append((cls, "__exit__", getattr(core, "_c_exit" if release else prefix + "_exit")))
-        if release:
-            table.append((cls, "acquire", getattr(core, prefix + "_acquire")))
-            table.append((cls, "release", getattr(core, release)))
-    # Creation: the C __init__ registers the lock itself when its creation site is cached (else it
-    # calls _register); __del__ hands counters to the class only for a lock that was acquired.
-    _speedups.setup_creation(
+        generation=lockorder._generation,
         allocate_lock=_allocate_lock,
         rlock_type=_CRLock,
-        ordered_lock=_OrderedLock,
-        ordered_rlock=_OrderedRLock,
         order_enabled=_order_enabled,
-        site_cache=_site_cache,
-        internal_prefixes=(_PKG_DIR, *_STDLIB_SKIP, "<frozen"),
         current=recorder_module._current,
         published=_published,
         register=_register,
-        retire=_retire,
-        serials=_serials,
-        refs=registry._refs,  # what registry.register() adds to, done in C
-        discard=registry._refs.discard,
+        retire=_retire_counts,
         epoch=_epoch,
-        keep_prefix=_SAMPLE_DIR,
-        pkg_dir=_PKG_DIR,
+        wait_begin=_wait_begin,
+        pending=_pending,
+        waiting=_waiting,
+        progress=_progress,
+        safe_point=_safe_point,
+        active=_threads,
+        running_loop=_get_running_loop,
+        current_task=_current_task,
     )
-    table += [
+    _speedups.setup(**_speedups_setup)
+    table: list[tuple[type, str, Any]] = [
         (Lock, "__init__", core._c_lock_init),
+        (Lock, "__enter__", core._c_lock_enter),
+        (Lock, "__exit__", core._c_lock_exit),
+        (Lock, "acquire", core._c_acquire),
+        (Lock, "release", core._c_lock_release),
+        (Lock, "locked", core._c_locked),
         (RLock, "__init__", core._c_rlock_init),
-        (Lock, "__del__", core._c_del),
-        (RLock, "__del__", core._c_del),
+        (RLock, "__enter__", core._c_rlock_enter),
+        (RLock, "__exit__", core._c_rlock_exit),
+        (RLock, "acquire", core._c_acquire),
+        (RLock, "release", core._c_rlock_release),
+        (RLock, "_is_owned", core._c_is_owned),
+        (RLock, "_recursion_count", core._c_recursion_count),
+        (RLock, "_release_save", core._c_release_save),
+        (RLock, "_acquire_restore", core._c_acquire_restore),
     ]
     for cls, attr, value in table:
         setattr(cls, attr, value)
+    # The variants inherit the C methods: their Python overrides are the pure path's.
+    for variant in (_TimedLock, _OrderedLock, _TimedRLock, _OrderedRLock):
+        for attr in ("__enter__", "__exit__", "acquire", "release", "acquire_lock", "release_lock"):
+            if attr in vars(variant):
+                delattr(variant, attr)
+    # Wait records are made and ended in C too (the Python versions stay for the pure path).
+    _speedups.setup_waits(
+        wait_type=_CWait,
+        flush=flush_waits,
+        site_text=_wait_site_text,
+        begin_wait_slow=LockStats.begin_wait,
+        holder_exited=_holder_exited,
+        holder_brief=_holder_brief,
+        flush_at=FLUSH_AT,
+        stacks_per_site=STACKS_PER_SITE,
+    )
+    global _hist_add
+    _hist_add = _speedups.hist_add
     Lock.acquire_lock = Lock.acquire  # type: ignore[method-assign] # the _thread.lock aliases follow
     Lock.release_lock = Lock.release  # type: ignore[method-assign]
+    Lock.locked_lock = Lock.locked  # type: ignore[method-assign]
+    registry._c_live[0] = _speedups.live
+    registry._c_progress[0] = _speedups.acquisitions
 
 
 if _speedups is not None:
+
+    class _CWait(_speedups.WaitRecord, _WaitMethods):  # type: ignore[misc]
+        """The C extension's wait record (its traversal visits only what could refer back to it)."""
+
+        __slots__ = ()
+
     _install_speedups()
+    _wait_begin = _speedups.wait_begin  # (the same, in C)
+    _wait_done = _speedups.wait_done
+else:  # the C type hands a dead lock's counters to its class itself
+    Lock.__del__ = RLock.__del__ = _retire  # type: ignore[attr-defined]
 
 
 # -- Condition ---------------------------------------------------------------------------
 
 
-class _TracedAttrs:
-    """What :func:`_register` puts on a traced primitive, and the registry hooks of the
-    primitives that have waiters but no holders (events, conditions, barriers); those with
-    holders override ``_conctools_state`` and ``_conctools_progress``."""
+if TYPE_CHECKING:
+    _TrackedBase = object
+else:
+    _TrackedBase = _speedups.Tracked if _speedups is not None else object
+
+
+class _TracedAttrs(_TrackedBase):
+    """The fields :func:`_register` gives a Python-level traced primitive (with the C extension, C
+    fields of ``_speedups.Tracked``, which also keeps the primitive in its list of live ones and
+    hands its counters to its class when it dies), and the registry hooks of the primitives that
+    have waiters but no holders (events, conditions, barriers); those with holders override
+    ``_conctools_state`` and ``_conctools_progress``."""
+
+    __slots__ = ()
 
     _ct_n: int
     _ct_hold: Histogram | None
-    _ct_waiters: dict[tuple[int, int | None], Any]
+    _ct_waiters: dict[tuple[int, int | None], Any] | None
     _ct_name: str
     _ct_created: str
     _ct_serial: int
     _ct_stats: LockStats
-    _ct_held: Any
     _ct_progress: int
-
-    def __del__(self) -> None:
-        _retire(self)
 
     def _conctools_state(self) -> PrimitiveState:
         return _base_state(self, ())
@@ -1314,9 +2008,16 @@ class _TracedAttrs:
         return int(self._ct_progress)
 
 
+if _speedups is None:  # the pure-Python path: defaults as class attributes, counters handed on in __del__
+    _TracedAttrs._ct_n = 0  # type: ignore[misc]
+    _TracedAttrs._ct_hold = None  # type: ignore[misc]
+    _TracedAttrs._ct_waiters = None  # type: ignore[misc]
+    _TracedAttrs._ct_serial = 0  # type: ignore[misc]
+    _TracedAttrs._ct_progress = 0  # type: ignore[misc]
+    _TracedAttrs.__del__ = _retire  # type: ignore[attr-defined]
+
+
 def _init_traced(prim: Any, kind: str, name: str | None, frame: FrameType | None) -> None:
-    prim._ct_held = None
-    prim._ct_progress = 0  # notify/set/pass count: progress for the watchdog, not acquisitions
     _register(prim, kind, name, frame)
 
 
@@ -1347,7 +2048,14 @@ class Condition(_StdCondition, _TracedAttrs):
         if lock is None:
             lock = RLock(name=f"{name}.lock" if name else None)
         super().__init__(lock)
+        self._ct_progress = 0  # notifications (made here: a notify inside a section only stores)
         _init_traced(self, "Condition", name, frame)
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters, as ``threading.Condition.notify`` (counted: a queue's
+        ``not_empty`` notifications are its puts, which a hang report on ``join()`` shows)."""
+        _StdCondition.notify(self, n)
+        self._ct_progress += 1
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until notified or until ``timeout``, as ``threading.Condition.wait``."""
@@ -1355,25 +2063,16 @@ class Condition(_StdCondition, _TracedAttrs):
             raise RuntimeError("cannot wait on un-acquired lock")
         if timeout is not None and timeout <= 0:  # a poll, not a wait
             return super().wait(timeout)
-        wait = _Wait(self, _getframe(1), timeout, None)
+        wait = _wait_begin(self, _getframe(1), timeout, None, event=False)
         notified = False
         try:
             notified = super().wait(timeout)
         finally:
-            wait.end(notified, event=False)
+            _wait_done(wait, notified)
         return notified
 
-    def notify(self, n: int = 1) -> None:
-        """Wake up to ``n`` waiters, as ``threading.Condition.notify``."""
-        super().notify(n)
-        self._ct_progress += 1
-        registry.note_progress()
-
-    def notify_all(self) -> None:
-        """Wake up every waiter."""
-        self.notify(len(self._waiters))
-
-    notifyAll = notify_all
+    # notify_all() is the stdlib's own (it calls notify()). A waiter that wakes up stamps the
+    # watchdog's progress itself (a notification that wakes nobody is no progress).
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
@@ -1388,7 +2087,9 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
         # Its internal condition is plain: the semaphore itself is what we trace.
         self._cond = _StdCondition(_allocate_lock())
         self._value = value
-        self._holders: list[tuple[int, Any, Any, int]] = []  # (ident, task, site, since); site: see _site_text
+        # Holder snapshots (ident, thread key, thread, task, site, since); site: see _site_text.
+        self._holders: list[tuple[Any, ...]] = []
+        self._ct_trash: Any = None
         _init_traced(self, self._kind(), name, _getframe(1))
 
     @classmethod
@@ -1399,40 +2100,54 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
         """Decrement the counter, waiting while it is zero, as ``threading.Semaphore.acquire``."""
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
-        rc = False
-        endtime = None
-        wait: _Wait | None = None
+        if not self._value and (not blocking or timeout == 0):
+            return False  # a poll of an empty semaphore (what the stdlib's loop ends up returning)
+        # Made before the internal lock is taken: from the decrement on, the caller holds a permit
+        # and only stores follow.
+        # Who takes it and where (code and offset; text only when a report reads it): a permit that
+        # is never released is blamed on its line.
+        rec: tuple[Any, ...] = _holder_site_record()
+        if self._ct_trash is not None:
+            self._ct_trash = None
         with self._cond:
             if self._value:  # the fast path: no wait, no clock, no stack
                 self._value -= 1
                 self._ct_n += 1
                 holders = self._holders
                 if len(holders) < MAX_HOLDERS:  # past that, not every holder is named
-                    # No acquire site here: even the caller's (code, offset) cost the semaphore ~20%.
-                    holders.append((_get_ident(), None, "", 0))
+                    holders.append(rec)
                 return True
-            while self._value == 0:
-                if not blocking:
-                    break
-                if wait is None and (timeout is None or timeout > 0):  # timeout=0 is a poll
-                    wait = _Wait(self, _getframe(1), timeout, self._holder_words())
-                if timeout is not None:
-                    if endtime is None:
-                        endtime = time.monotonic() + timeout
-                    else:
-                        timeout = endtime - time.monotonic()
-                        if timeout <= 0:
-                            break
-                self._cond.wait(timeout)
-            else:
-                self._value -= 1
-                rc = True
-                self._ct_n += 1
-                holders = self._holders
-                if len(holders) < MAX_HOLDERS:
-                    holders.append((_get_ident(), wait.task if wait else None, wait.site if wait else "", 0))
-        if wait is not None:
-            wait.end(rc)
+            if not blocking or timeout == 0:
+                return False
+        # The slow path: the wait is prepared outside the internal lock, then the stdlib's loop.
+        wait = _wait_begin(self, _getframe(1), timeout, list(self._holders[:5]))
+        hooked = pool_wait_started(self, wait, False)  # pool blame (conctools.pools), before blocking
+        if _SAFE_POINTS:
+            _safe_point()
+        rc = False
+        endtime = None
+        try:
+            with self._cond:
+                while self._value == 0:
+                    if timeout is not None:
+                        if endtime is None:
+                            endtime = time.monotonic() + timeout
+                        else:
+                            timeout = endtime - time.monotonic()
+                            if timeout <= 0:
+                                break
+                    self._cond.wait(timeout)
+                else:
+                    self._value -= 1
+                    rc = True
+                    self._ct_n += 1
+                    holders = self._holders
+                    if len(holders) < MAX_HOLDERS:
+                        holders.append(rec)
+        finally:
+            _wait_done(wait, rc)
+            if hooked is not None:
+                pool_wait_ended(hooked)
         return rc
 
     __enter__ = acquire
@@ -1448,42 +2163,40 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
             self._value += n
             holders = self._holders
             if holders:
-                if n == 1 and holders[-1][0] == _get_ident():
-                    holders.pop()
+                # The dropped holder records go to the trash (emptied at the next acquire): they
+                # may hold the last reference to a thread or task.
+                me = _holder_record()[0]
+                if n == 1 and holders[-1][0] is me:
+                    self._ct_trash = holders.pop()
                 else:
-                    self._forget_holders(n)
+                    self._ct_trash = self._forget_holders(n, me)
             self._cond.notify(n)
         if self._ct_waiters:
-            registry.note_progress()
+            _progress[0] = _mono()
 
     _ct_bound: int | None = None  # a BoundedSemaphore's initial value
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
         self.release()
 
-    def _forget_holders(self, n: int) -> None:
-        me = _get_ident()
+    def _forget_holders(self, n: int, me: Any) -> list[Any]:
+        """Drop ``n`` holder records: the releasing thread's own (looked for among the newest few),
+        else the oldest (a permit released by another thread than the one that took it)."""
         holders = self._holders
+        dropped = []
         for _ in range(n):
             if not holders:
-                return
-            for i in range(len(holders) - 1, -1, -1):
-                if holders[i][0] == me:
-                    del holders[i]
+                break
+            for i in range(len(holders) - 1, max(-1, len(holders) - 9), -1):
+                if holders[i][0] is me:
+                    dropped.append(holders.pop(i))
                     break
             else:
-                del holders[0]
-
-    def _holder_words(self) -> str | None:
-        holders = list(self._holders)
-        if not holders:
-            return None
-        return ", ".join(_who(ident, task) for ident, task, _, _ in holders[:4]) + (
-            f" and {len(holders) - 4} more" if len(holders) > 4 else ""
-        )
+                dropped.append(holders.pop(0))
+        return dropped
 
     def _conctools_state(self) -> PrimitiveState:
-        holders = tuple(_party(i, t, _site_text(s) if s else "?", since) for (i, t, s, since) in list(self._holders))
+        holders = tuple(_snapshot_party(snap) for snap in list(self._holders))
         return PrimitiveState(
             prim_id=id(self),
             name=self._ct_name,
@@ -1529,19 +2242,19 @@ class Event(_StdEvent, _TracedAttrs):
         """Block until the flag is set or ``timeout`` passes, as ``threading.Event.wait``."""
         if self._flag or (timeout is not None and timeout <= 0):
             return super().wait(timeout)
-        wait = _Wait(self, _getframe(1), timeout, None)
+        wait = _wait_begin(self, _getframe(1), timeout, None, event=False)
         signaled = False
         try:
             signaled = super().wait(timeout)
         finally:
-            wait.end(signaled, event=False)
+            _wait_done(wait, signaled)
         return signaled
 
     def set(self) -> None:
         """Set the flag and wake every waiter."""
         super().set()
         self._ct_progress += 1
-        registry.note_progress()
+        _progress[0] = _mono()
 
 
 # -- Barrier -----------------------------------------------------------------------------
@@ -1570,15 +2283,14 @@ class Barrier(_StdBarrier, _TracedAttrs):
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait until every party arrived, as ``threading.Barrier.wait``."""
-        wait = _Wait(self, _getframe(1), timeout if timeout is not None else self._timeout, None)
+        wait = _wait_begin(self, _getframe(1), timeout if timeout is not None else self._timeout, None, event=False)
         ok = False
         try:
             index = super().wait(timeout)
             ok = True
         finally:
-            wait.end(ok, event=False)
             self._ct_progress += 1
-            registry.note_progress()
+            _wait_done(wait, ok)
         return index
 
 
@@ -1609,7 +2321,9 @@ def _patch_targets() -> list[tuple[Any, str, Any]]:
 
 
 @contextmanager
-def trace_locks(*, lock_order: bool = False, recorder: Recorder | None = None) -> Iterator[None]:
+def trace_locks(
+    *, lock_order: bool = False, recorder: Recorder | None = None, wait_threshold_s: float | None = None
+) -> Iterator[None]:
     """Make every lock created inside the block a traced one; restore everything on exit.
 
     It replaces the factories in ``threading`` and ``asyncio`` (``Lock``, ``RLock``,
@@ -1617,7 +2331,8 @@ def trace_locks(*, lock_order: bool = False, recorder: Recorder | None = None) -
     the stdlib (``queue.Queue``, ``concurrent.futures``, ``threading.Condition()``'s default
     RLock, ``asyncio.Queue``) and third-party code create are traced too. Code that calls
     ``_thread.allocate_lock()`` directly is untouched. Locks created inside stay traced after
-    the block ends. ``lock_order=True`` also checks lock order (see :mod:`conctools.lockorder`).
+    the block ends. ``lock_order=True`` also checks lock order (see :mod:`conctools.lockorder`);
+    ``wait_threshold_s`` sets :func:`set_wait_threshold` inside the block.
     Nests, and is safe to enter from several threads.
 
     >>> import queue
@@ -1627,6 +2342,7 @@ def trace_locks(*, lock_order: bool = False, recorder: Recorder | None = None) -
     'Lock'
     """
     publish_lock_table(recorder)
+    previous_threshold = set_wait_threshold(wait_threshold_s) if wait_threshold_s is not None else None
     with _patch_mutex:
         if _patch_depth[0] == 0:
             if lock_order:  # a new outermost session reports its own inversions
@@ -1649,6 +2365,14 @@ def trace_locks(*, lock_order: bool = False, recorder: Recorder | None = None) -
                 for module, name, original in reversed(_saved):
                     setattr(module, name, original)
                 _saved.clear()
+        if previous_threshold is not None:
+            set_wait_threshold(previous_threshold)
+
+
+# Reports read the recorder: the waits that ended since the last flush are recorded first.
+_before_read = getattr(recorder_module, "_before_read", None)
+if isinstance(_before_read, list) and flush_waits not in _before_read:
+    _before_read.append(flush_waits)
 
 
 # The public home of the drop-ins is ``conctools`` (reprs read ``<conctools.Event at ...>``,

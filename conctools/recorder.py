@@ -413,6 +413,15 @@ class Recorder:
             self._sections.pop(name, None)
 
     # ---- recording ----
+    def count(self, kind: str, n: int = 1) -> None:
+        """Count ``n`` events of ``kind`` that a producer sampled out (not kept as objects): the
+        counts stay exact, and snapshots show them as dropped. Never raises."""
+        try:
+            with self._lock:
+                self._counts[kind] = self._counts.get(kind, 0) + n
+        except Exception:  # observation must never break the program
+            _log.exception("conctools: failed to count %s", kind)
+
     def record(self, event: Event) -> None:
         """Record one event. Never raises."""
         try:
@@ -565,6 +574,7 @@ class Recorder:
 
     def events(self) -> list[Event]:
         """The most recent ``capacity`` events (spans materialised), oldest first."""
+        _run_before_read()
         events: list[Event] = list(self._ring)
         for thread, chunk in self._span_chunks():
             events.extend(self._materialize(thread, raw) for raw in chunk)
@@ -573,6 +583,7 @@ class Recorder:
 
     def counts(self) -> dict[str, int]:
         """Exact number of events recorded per kind (including evicted ones)."""
+        _run_before_read()
         with self._lock:
             counts = dict(self._counts)
         spans = sum(s.count for s in self.span_stats())
@@ -656,6 +667,19 @@ class Recorder:
                 out.append(event)
         out.reverse()
         return out
+
+
+# Producers that record some events later than they happen (the traced locks record a wait's
+# statistics and event outside the program's critical sections): readers let them catch up first.
+_before_read: list[Callable[[], None]] = []
+
+
+def _run_before_read() -> None:
+    for flush in list(_before_read):
+        try:
+            flush()
+        except Exception:  # observation must never break the program
+            _log.exception("conctools: flushing %r before a read failed", flush)
 
 
 _default = Recorder()

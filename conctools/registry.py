@@ -7,10 +7,10 @@ program lock: each primitive keeps its holder and waiter records in plain attrib
 are replaced, not mutated, so a reader copies them atomically under the GIL, and the
 registry's own table is guarded by a plain ``_thread`` lock.
 
-The hot path pays nothing here: a primitive registers itself once, at creation; holders are
-kept as raw tuples inside the primitive and turned into :class:`Party` records only when a
-reader asks. Waits are slow paths anyway, so they announce themselves with
-:func:`note_wait_start` / :func:`note_wait_end`.
+The hot path pays nothing here: a primitive registers itself once, at creation (the C
+extension's locks are in a linked list of its own, no weakref needed); holders are kept as raw
+fields inside the primitive and turned into :class:`Party` records only when a reader asks.
+Waits announce themselves in ``_waiting`` (a dict keyed by ``(thread id, task id)``).
 
 >>> from conctools import registry
 >>> isinstance(registry.primitives(), tuple)
@@ -24,8 +24,8 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 __all__ = [
     "Party",
@@ -48,7 +48,14 @@ _log = logging.getLogger("conctools.registry")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Party:
-    """A thread or task that holds or waits on a primitive."""
+    """A thread or task that holds or waits on a primitive.
+
+    ``thread_key`` identifies the thread for good (thread ids are reused as soon as a thread has
+    ended): the C path's thread-state id, or a per-thread serial on the pure-Python path; 0 when
+    unknown. A holder whose thread has ended is ``exited``: its ``thread_id`` is then 0 (the id may
+    belong to another live thread by now) and ``thread_name`` stays the ended thread's own name.
+    ``task`` is the asyncio task (also for threading primitives taken inside a running task).
+    """
 
     thread_id: int
     thread_name: str
@@ -57,6 +64,9 @@ class Party:
     site: str  # "file.py:LINE" of the acquire / wait call (user code)
     since_ns: int  # time.monotonic_ns() when it took / started waiting
     timeout_s: float | None = None  # the wait's timeout; a wait with a timeout is never a hang
+    thread_key: int = 0  # an identity of the thread never reused in the process; 0 = unknown
+    exited: bool = False  # a holder whose thread has ended (the primitive is still held by it)
+    task: object | None = field(default=None, compare=False, repr=False)  # the asyncio Task, when known
 
     @property
     def who(self) -> str:
@@ -90,13 +100,19 @@ class Traceable(Protocol):
         ...
 
 
-# Weak references to every live traced primitive. A set of refs whose callback is the set's
-# own (C) ``discard``: registering costs one weakref, no lock and no closure, and a dead
-# primitive leaves by itself. Adding and copying a set are atomic under the GIL.
+# Weak references to every live traced primitive that is not one of the C extension's locks (those
+# are in its own list). A set of refs whose callback is the set's own (C) ``discard``: registering
+# costs one weakref, no lock and no closure, and a dead primitive leaves by itself (a dead ref left
+# in the set would collide with the next object allocated at its address). Adding and copying a
+# set are atomic under the GIL.
 _lock = _thread.allocate_lock()
 _refs: set[weakref.ref[Traceable]] = set()
-# (thread_id, task_id) -> weak reference to the primitive that party waits on now.
-_waiting: dict[tuple[int, int | None], weakref.ref[Traceable]] = {}
+# (thread_id, task_id) -> the primitive that party waits on now (a wait removes its entry when it
+# ends, so the reference never outlives the wait).
+_waiting: dict[tuple[int, int | None], Any] = {}
+# The C extension's own list of live locks and the sum of their counters (set by conctools.locks).
+_c_live: list[Callable[[], list[Any]] | None] = [None]
+_c_progress: list[Callable[[], int] | None] = [None]
 # [explicit progress stamp, last observed progress sum, when that sum was first observed]
 _progress: list[int] = [time.monotonic_ns(), -1, time.monotonic_ns()]
 
@@ -111,7 +127,8 @@ def register(prim: Traceable) -> None:
 
 def live() -> list[Traceable]:
     """Every live traced primitive object (strong references: do not keep them)."""
-    out = []
+    c_live = _c_live[0]
+    out: list[Any] = c_live() if c_live is not None else []
     for ref in list(_refs):
         prim = ref()
         if prim is not None:
@@ -143,7 +160,9 @@ def primitives() -> tuple[PrimitiveState, ...]:
 
 # Observers of waits, checked by presence (``conctools.pools`` watches semaphore pools with one):
 # ``hook(prim, thread_id, task_id)`` when a wait starts, ``hook(None, thread_id, task_id)`` when
-# it ends, in the waiting thread. A hook that raises is logged and removed.
+# it ends, in the waiting thread. A hook that raises is logged and removed. The traced semaphores
+# call them around their slow path (conctools.locks.pool_wait_started / pool_wait_ended); the
+# other primitives' waits are recorded without them (their records are made in C).
 WaitHook = Callable[["Traceable | None", int, "int | None"], object]
 wait_hooks: list[WaitHook] = []
 
@@ -162,10 +181,7 @@ def _run_wait_hooks(prim: Traceable | None, thread_id: int, task_id: int | None)
 
 def note_wait_start(prim: Traceable, thread_id: int, task_id: int | None) -> None:
     """A party starts waiting on ``prim`` (slow path only)."""
-    try:
-        _waiting[(thread_id, task_id)] = weakref.ref(prim)
-    except TypeError:
-        pass
+    _waiting[(thread_id, task_id)] = prim
     if wait_hooks:
         _run_wait_hooks(prim, thread_id, task_id)
 
@@ -190,10 +206,13 @@ def waiting_on(thread_id: int, task_id: int | None = None) -> PrimitiveState | N
     ``task_id=None`` even when a task made it (the waiter's :class:`Party` still names the
     task); a wait on an asyncio primitive blocks one task: ``waiting_on(thread_id, id(task))``.
     """
-    ref = _waiting.get((thread_id, task_id))
-    prim = ref() if ref is not None else None
+    prim = _waiting.get((thread_id, task_id))
     if prim is None:
         return None
+    if isinstance(prim, weakref.ref):  # (an entry made by an older writer)
+        prim = prim()
+        if prim is None:
+            return None
     return state_of(prim)
 
 
@@ -204,8 +223,12 @@ def last_progress_ns() -> int:
     a counter in their primitive instead, and this function notices the counters moved.
     So an uncontended acquisition shows up here with the latency of the caller's polling.
     """
-    total = 0
-    for prim in _snapshot_refs():
+    c_progress = _c_progress[0]
+    total = c_progress() if c_progress is not None else 0
+    for ref in list(_refs):
+        prim = ref()
+        if prim is None:
+            continue
         try:
             total += prim._conctools_progress()
         except Exception:

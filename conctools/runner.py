@@ -71,6 +71,7 @@ class RunOptions:
     otel: bool = False  # spans, lock waits and metrics to OpenTelemetry (conctools.exporters.otel)
     dump_agent: bool = True  # the agent that `conctools dump/top PID` ask (conctools.agent)
     gil: bool = True  # the GIL monitor: CPU-bound threads, GIL waits, parallelism, the bottleneck verdict
+    lock_wait_threshold_s: float = 0.001  # lock waits at least this long are events (besides a sample per site)
 
     @property
     def command(self) -> str:
@@ -103,7 +104,13 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
             stack.enter_context(otel_export(recorder, service_name=_service_name(options)))
         if options.trace_locks:
             # After the sampler and the profiler: their imports (psutil, yappi) keep plain locks.
-            stack.enter_context(trace_locks(lock_order=options.lock_order, recorder=recorder))
+            stack.enter_context(
+                trace_locks(
+                    lock_order=options.lock_order,
+                    recorder=recorder,
+                    wait_threshold_s=options.lock_wait_threshold_s,
+                )
+            )
             # Pools built on the stdlib's queues and on traced semaphores: who holds their items.
             stack.enter_context(track_pools(recorder=recorder))
         if options.loop_threshold_s:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ class TestAioLock:
 
         asyncio.run(main())
         (e,) = recorder.snapshot().of_kind(LockWaitEvent)
-        assert (e.lock_kind, e.task_name, e.holder, e.acquired) == ("aio.Lock", "waiter", "task 'holder'", True)
+        holder = f"task 'holder' (thread {threading.current_thread().name!r})"  # the schema's form
+        assert (e.lock_kind, e.task_name, e.holder, e.acquired) == ("aio.Lock", "waiter", holder, True)
         assert e.site == f"{HERE}:{site[0]}" and e.wait_s > 0.005
         r = row(recorder, name)
         assert (r["acquisitions"], r["contentions"]) == (2, 1)

@@ -649,3 +649,224 @@ class TestConctoolsRun:
         no_trace = conctools_run(tmp_path, "--deadlock-timeout", "0", "--no-trace-locks", "app.py")
         assert no_trace.returncode == 0, no_trace.stderr
         assert "Lock-order inversions" not in no_trace.stderr and "Locks (" not in no_trace.stderr
+
+
+def leave_held(prim: Any, name: str) -> None:
+    """A thread called ``name`` takes ``prim`` and ends without releasing it."""
+    t = threading.Thread(target=prim.acquire, name=name)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+
+
+class TestHolderIdentity:
+    """Holders are named by an identity never reused: an ended holder is called exited, by its own name."""
+
+    @pytest.mark.parametrize("kind", ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition"])
+    def test_a_holder_that_ended_is_exited_by_its_own_name(self, kind: str, recorder: Recorder) -> None:
+        """Every primitive kind: the holder of a primitive left held by an ended thread is that thread,
+        exited, with its own name and its own identity, never the live thread now waiting."""
+        prim = getattr(conctools, kind)(name=unique(kind))
+        target = prim._lock if kind == "Condition" else prim
+        # Only the owner can release an RLock: its waiter gives up after a while instead.
+        patience = 5.0 if kind in ("RLock", "Condition") else 30.0
+        go = threading.Event()
+
+        def waiter() -> None:
+            go.wait(10)
+            target.acquire(timeout=patience)
+
+        # The waiter exists before the holder starts, so it cannot get the ended holder's thread id
+        # (an RLock would take that for a re-entry, as CPython's own does).
+        w = threading.Thread(target=waiter, name="request-1")
+        w.start()
+        leave_held(target, "request-0")
+        go.set()
+        wait_until(lambda: state_of(target).waiters)
+        st = state_of(target)
+        (holder,) = st.holders
+        (waiting_party,) = st.waiters
+        assert (holder.thread_name, holder.exited, holder.thread_id) == ("request-0", True, 0)
+        assert holder.thread_key and waiting_party.thread_key and holder.thread_key != waiting_party.thread_key
+        assert (waiting_party.thread_name, waiting_party.exited) == ("request-1", False)
+        if kind not in ("RLock", "Condition"):
+            target.release()  # any thread may release a Lock or a Semaphore
+        w.join(10)
+
+    def test_a_semaphore_leaked_by_two_requests(self, recorder: Recorder) -> None:
+        """Issue 11's leak: two threads take permits of a Semaphore(2) and end; four more wait. The holders
+        are the two exited requests by name, the table counts the four waits while they wait."""
+        name = unique("permits")
+        sem = conctools.Semaphore(2, name=name)
+        leave_held(sem, "request-0")
+        leave_held(sem, "request-2")
+        waiters = [threading.Thread(target=lambda: sem.acquire(timeout=30), name=f"late-{i}") for i in range(4)]
+        for t in waiters:
+            t.start()
+        wait_until(lambda: len(state_of(sem).waiters) == 4)
+        st = state_of(sem)
+        assert sorted((h.thread_name, h.exited) for h in st.holders) == [("request-0", True), ("request-2", True)]
+        assert sorted(p.thread_name for p in st.waiters) == [f"late-{i}" for i in range(4)]
+        r = row(recorder, name)
+        assert r["contentions"] == 4 and r["wait_total_s"] > 0  # waits in progress count in their row
+        sem.release(4)
+        for t in waiters:
+            t.join(10)
+        r = row(recorder, name)
+        assert (r["contentions"], r["acquisitions"]) == (4, 6)
+
+    @pytest.mark.parametrize("kind", ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition"])
+    def test_a_threading_primitive_taken_inside_a_task_names_the_task(self, kind: str) -> None:
+        """A threading primitive acquired inside a running asyncio task: its holder is that task (and the
+        loop's thread), as long as it holds it across an await."""
+        prim = getattr(conctools, kind)()
+        target = prim._lock if kind == "Condition" else prim
+        seen: list[registry.Party] = []
+
+        async def writer() -> None:
+            with prim:
+                await asyncio.sleep(0)
+                seen.extend(state_of(target).holders)
+
+        async def main() -> None:
+            await asyncio.create_task(writer(), name="writer")
+
+        asyncio.run(main())
+        (holder,) = seen
+        assert (holder.task_name, holder.thread_name) == ("writer", threading.current_thread().name)
+        assert holder.task is not None and holder.task_id == id(holder.task)
+        assert not state_of(target).holders
+
+    def test_a_task_waiting_on_a_threading_lock_is_named(self, recorder: Recorder) -> None:
+        """A task that blocks its loop's thread on a threading lock: the waiter is that task, and the
+        holder, a plain thread, is named as the thread."""
+        lock = conctools.Lock(name=unique("state"))
+        holder, release = hold_in_thread(lock, name="cache-worker")
+        seen: list[registry.PrimitiveState] = []
+
+        async def reader() -> None:
+            with lock:  # blocks the loop's thread until the worker releases
+                pass
+
+        async def main() -> None:
+            await asyncio.create_task(reader(), name="reader")
+
+        def watch() -> None:
+            wait_until(lambda: state_of(lock).waiters)
+            seen.append(state_of(lock))
+            release.set()
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        asyncio.run(main())
+        watcher.join(10)
+        holder.join(10)
+        (st,) = seen
+        assert [(p.task_name, p.thread_name) for p in st.waiters] == [("reader", threading.current_thread().name)]
+        assert [(h.task_name, h.thread_name) for h in st.holders] == [(None, "cache-worker")]
+        (e,) = recorder.snapshot().of_kind(LockWaitEvent)
+        assert (e.task_name, e.holder) == ("reader", "thread 'cache-worker'")
+
+
+class TestEveryWaitCounts:
+    """Every contended wait names its holder and counts in its lock's row."""
+
+    def test_every_recorded_wait_in_a_tight_loop_names_its_holder(self, recorder: Recorder) -> None:
+        """Four threads hammering `with counter:` (giving up the GIL inside: every other acquisition
+        waits): every wait event names the thread that held the lock when the wait began (never null,
+        never the waiter), and the table counts every wait."""
+        name = unique("counter")
+        counter = conctools.Lock(name=name)
+        total = [0]
+        start = threading.Barrier(4)
+
+        def work() -> None:
+            start.wait(30)
+            for _ in range(2_000):
+                with counter:
+                    total[0] += 1
+                    time.sleep(0)
+
+        threads = [threading.Thread(target=work, name=f"hammer-{i}") for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        snap = recorder.snapshot()
+        waits = [e for e in snap.of_kind(LockWaitEvent) if e.lock_name == name]
+        r = next(r for r in snap.sections["locks"] if r["name"] == name)
+        assert total[0] == 8_000 and r["acquisitions"] == 8_000
+        assert r["contentions"] >= len(waits) > 0
+        for e in waits:
+            assert e.holder is not None and e.holder.startswith("thread 'hammer-"), e
+            assert e.holder != f"thread {e.thread_name!r}"
+
+    def test_both_locks_of_a_deadlock_count_their_waits(self, tmp_path: Path) -> None:
+        """An ABBA deadlock under `conctools run`: the report's lock table shows both locks contended,
+        with the time their waiters have waited so far."""
+        import json
+
+        scripts = Path(__file__).parent / "scripts"
+        out = tmp_path / "out"
+        command = ["conctools", "run", "--deadlock-timeout", "1", "--out", str(out), str(scripts / "abba_threads.py")]
+        done = subprocess.run(
+            [sys.executable, "-m", *command[:1], *command[1:]],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 86, done.stderr
+        rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["sections"]["locks"]}
+        for name in ("abba_threads.py:5", "abba_threads.py:6"):
+            assert rows[name]["contentions"] == 1, rows[name]
+            assert rows[name]["wait_total_s"] >= 0.5, rows[name]  # waited until the watchdog stopped it
+
+
+class TestLockWaitThreshold:
+    """`--lock-wait-threshold` decides which waits become events; every wait is counted anyway."""
+
+    def test_the_threshold_reaches_the_program_and_zero_records_every_wait(self, tmp_path: Path) -> None:
+        """`conctools run --lock-wait-threshold 0`: every wait is an event (as many as the table's contentions);
+        the default leaves the threshold at 1 ms."""
+        import json
+
+        script(
+            tmp_path,
+            """
+            import threading
+            import conctools.locks
+
+            lock = threading.Lock()
+            go = threading.Event()
+
+
+            def hold():
+                for _ in range(30):
+                    with lock:
+                        go.set()
+                        threading.Event().wait(0.002)
+
+
+            t = threading.Thread(target=hold)
+            t.start()
+            go.wait()
+            for _ in range(30):
+                with lock:
+                    pass
+            t.join()
+            print(conctools.locks.wait_threshold_s())
+            """,
+        )
+        runs = {}
+        for threshold in ("0", None):
+            out = tmp_path / f"out-{threshold}"
+            args = ["--lock-wait-threshold", threshold] if threshold else []
+            proc = conctools_run(tmp_path, "--deadlock-timeout", "0", *args, "--out", str(out), "app.py")
+            assert proc.returncode == 0, proc.stderr
+            report = json.loads((out / "report.json").read_text())
+            row_ = next(r for r in report["sections"]["locks"] if r["name"] == "app.py:5")
+            events = [e for e in report["events"] if e["kind"] == "lock_wait" and e["lock_name"] == "app.py:5"]
+            runs[threshold] = (proc.stdout.strip(), row_["contentions"], len(events))
+        assert runs["0"][0] == "0.0" and runs[None][0] == "0.001"
+        _, contentions, events = runs["0"]
+        assert contentions >= 1 and events == contentions

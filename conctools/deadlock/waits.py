@@ -626,8 +626,8 @@ def _waited_objects(frame: FrameType, tid: int) -> list[Any]:
     """What a thread waits on: the traced primitive the registry names, and the ``self`` of the
     stdlib waiting frames (an Event, a Condition, a Queue, a Barrier, a Future)."""
     out: list[Any] = []
-    ref = getattr(registry, "_waiting", {}).get((tid, None))
-    prim = ref() if ref is not None else None
+    entry = getattr(registry, "_waiting", {}).get((tid, None))
+    prim = entry() if isinstance(entry, weakref.ref) else entry  # the registry keeps the primitive itself
     if prim is not None:
         out.append(prim)
     for f in _innermost(frame, 12):
