@@ -102,6 +102,7 @@ class TestTopAsText:
             assert "\x1b" not in done.stdout
             assert "(average since start)" in frames[1] and "(average since start)" not in frames[2]
             assert "Threads:  3 of the program (" in frames[2]
+            assert "GIL:      threads wait " in frames[2]  # conctools run's GIL monitor publishes its section
             assert re.search(r"Lock 'dump_abba_threads\.py:\d+'\s+thread '(audit|transfer)'", frames[2])
         finally:
             program.stop()
