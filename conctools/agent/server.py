@@ -20,6 +20,7 @@ from __future__ import annotations
 import _thread
 import atexit
 import contextlib
+import importlib
 import logging
 import os
 import secrets
@@ -259,11 +260,24 @@ class DumpAgent:
 def _preload() -> None:
     """Import what the answers need now, in the caller's thread: the agent never imports while
     it answers, so a program thread stuck inside an import cannot block it."""
-
+    for name in _PRELOADED:
+        importlib.import_module(name)
     try:
-        import psutil  # noqa: F401
-    except ImportError:
+        importlib.import_module("psutil")
+    except ImportError:  # the CPU and memory figures say they are unknown
         pass
+
+
+# Modules the answers import, some from inside functions: the lock ordinals of the deadlock graph,
+# the events' str(), the JSON cleaner for NaN.
+_PRELOADED = (
+    "conctools._lockname",
+    "conctools.agent.dump",
+    "conctools.deadlock",
+    "conctools.reporting",
+    "conctools.reporting.jsonreport",
+    "conctools.reporting.summary",
+)
 
 
 _agent_lock = _thread.allocate_lock()
