@@ -19,6 +19,7 @@ from conctools.tracing import ActiveSpan, ContextFilter, Traced, current_span, t
 
 if _typing.TYPE_CHECKING:
     from conctools import aio
+    from conctools.agent import enable_dump
     from conctools.deadlock import DeadlockError, DeadlockWatchdog, HangError, watch_deadlocks
     from conctools.gil import GilMonitor, watch_gil
     from conctools.locks import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, trace_locks
@@ -33,6 +34,7 @@ if _typing.TYPE_CHECKING:
 # pytest plugin imports it in every pytest run, even when the plugin is switched off.
 _LAZY = {
     "aio": "conctools.aio",
+    "enable_dump": "conctools.agent",
     **dict.fromkeys(("DeadlockError", "DeadlockWatchdog", "HangError", "watch_deadlocks"), "conctools.deadlock"),
     **dict.fromkeys(("GilMonitor", "watch_gil"), "conctools.gil"),
     **dict.fromkeys(
@@ -93,6 +95,7 @@ __all__ = [
     "aio",
     "current_span",
     "dump_tasks",
+    "enable_dump",
     "get_recorder",
     "monitor_all_loops",
     "name_pool",

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import NoReturn
 
 from conctools import __version__
-from conctools.runner import RunOptions, run_program
 
 __all__ = ["EXIT_USAGE", "main"]
 
@@ -193,6 +192,9 @@ def _build_parser(only_run: bool = False) -> _Parser:
     from conctools.exporters.wiring import add_report_options, add_run_options
 
     add_run_options(run)  # --otel
+    from conctools.agent.commands import add_run_options as add_agent_run_options
+
+    add_agent_run_options(run)  # --no-dump-agent
     if only_run:
         return parser
     report = sub.add_parser(
@@ -211,6 +213,9 @@ def _build_parser(only_run: bool = False) -> _Parser:
     from conctools._servecli import add_server_commands
 
     add_server_commands(sub)  # serve, loadtest, demo
+    from conctools.agent.commands import add_agent_commands
+
+    add_agent_commands(sub)  # dump, top, ps
     return parser
 
 
@@ -258,6 +263,8 @@ def check_out_dir(path: Path, command: str) -> None:
 
 
 def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    from conctools.runner import RunOptions, run_program  # here: `conctools dump` & co start faster without it
+
     own, rest = _split_run_argv(run_parser, argv)
     ns = run_parser.parse_args(own)
     if ns.module:
@@ -295,6 +302,9 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     if problem is not None:
         raise UsageError(problem)
     options.lock_wait_threshold_s = ns.lock_wait_threshold
+    from conctools.agent.commands import apply_run_options as apply_agent_run_options
+
+    apply_agent_run_options(ns, options)  # --no-dump-agent
     if options.module:
         import importlib.util
 

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -653,6 +653,20 @@ class Recorder:
         """Exact counts of the events recorded per kind, spans left out (:meth:`counts` folds those)."""
         with self._lock:
             return dict(self._counts)
+
+    def recent_events(self, kinds: Collection[str], limit: int = 100) -> list[Event]:
+        """The latest ``limit`` kept events of each kind in ``kinds`` (spans are not among them),
+        oldest first: what ``conctools dump`` reads, without materialising every span."""
+        with self._lock:
+            kept = list(self._ring)
+        per_kind: dict[str, int] = {}
+        out: list[Event] = []
+        for event in reversed(kept):
+            if event.kind in kinds and per_kind.get(event.kind, 0) < limit:
+                per_kind[event.kind] = per_kind.get(event.kind, 0) + 1
+                out.append(event)
+        out.reverse()
+        return out
 
 
 # Producers that record some events later than they happen (the traced locks record a wait's

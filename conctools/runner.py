@@ -69,6 +69,7 @@ class RunOptions:
     console_port: int = 20101  # 0: a free port
     allow_remote_console: bool = False  # a non-loopback console_host (the secret is still required)
     otel: bool = False  # spans, lock waits and metrics to OpenTelemetry (conctools.exporters.otel)
+    dump_agent: bool = True  # the agent that `conctools dump/top PID` ask (conctools.agent)
     gil: bool = True  # the GIL monitor: CPU-bound threads, GIL waits, parallelism, the bottleneck verdict
     lock_wait_threshold_s: float = 0.001  # lock waits at least this long are events (besides a sample per site)
 
@@ -456,7 +457,12 @@ def run_program(options: RunOptions) -> int:
     recorder = Recorder(capacity=options.capacity)
     recorder.meta.update({"command": options.command, "argv": [options.script or options.module, *options.args]})
     _final_done[0] = False
-    with _console(options, recorder), instrumented(options, recorder), _report_on_abrupt_exit(recorder, options):
+    with (
+        _console(options, recorder),
+        _dump_agent(options, recorder),
+        instrumented(options, recorder),
+        _report_on_abrupt_exit(recorder, options),
+    ):
         status = _execute(options)
         _join_program_threads()
     if not _final_report(recorder, options, status):
@@ -477,6 +483,16 @@ def _console(options: RunOptions, recorder: Recorder) -> contextlib.AbstractCont
     return console_for_run(
         options.console_host, options.console_port, allow_remote=options.allow_remote_console, recorder=recorder
     )
+
+
+def _dump_agent(options: RunOptions, recorder: Recorder) -> contextlib.AbstractContextManager[object]:
+    """The agent that ``conctools dump/top PID`` ask, started before the instruments so that its
+    thread and socket stay plain (``--no-dump-agent``: none)."""
+    if not options.dump_agent:
+        return contextlib.nullcontext()
+    from conctools.agent.server import agent_while
+
+    return agent_while(recorder)
 
 
 def _say(text: str) -> None:

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from conctools.console.access import ConsoleAddress, ConsoleError, find_consoles, read_secret
 
-__all__ = ["EXIT_REFUSED", "find_console", "run_client"]
+__all__ = ["EXIT_REFUSED", "check_own_process", "find_console", "run_client"]
 
 EXIT_REFUSED = 1
 _REFUSAL = b"conctools console: refused"
@@ -40,18 +40,24 @@ def _owner_of(pid: int) -> int | None:
         return None
 
 
+def check_own_process(pid: int, action: str = "open its console") -> None:
+    """:class:`ConsoleError` unless ``pid`` is a live process of this user (``action`` says what
+    only its owner may do: ``"dump it"``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise ConsoleError(f"no process {pid}") from None
+    except PermissionError:
+        raise ConsoleError(f"process {pid} belongs to another user: only its owner can {action}") from None
+    owner = _owner_of(pid)
+    if owner is not None and owner != os.geteuid():
+        raise ConsoleError(f"process {pid} belongs to another user: only its owner can {action}")
+
+
 def find_console(pid: int | None = None, port: int | None = None) -> ConsoleAddress:
     """The console to open; :class:`ConsoleError` with a one-line reason when there is none."""
     if pid is not None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            raise ConsoleError(f"no process {pid}") from None
-        except PermissionError:
-            raise ConsoleError(f"process {pid} belongs to another user: only its owner can open its console") from None
-        owner = _owner_of(pid)
-        if owner is not None and owner != os.geteuid():
-            raise ConsoleError(f"process {pid} belongs to another user: only its owner can open its console")
+        check_own_process(pid)
     found = find_consoles(pid=pid, port=port)
     if len(found) == 1:
         return found[0]

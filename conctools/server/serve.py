@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class ServeConfig:
     duration_s: float | None = None
     report: bool = True
     command: str = "conctools serve"
+    dump_agent: bool = True  # `conctools dump/top PID` can look inside (conctools.agent)
 
 
 def check_console_host(config: ServeConfig) -> None:
@@ -61,8 +63,13 @@ def serve(config: ServeConfig) -> int:
     recorder = Recorder()
     recorder.meta.update({"command": config.command, "bugs": sorted(config.server.bugs)})
     stopped_by: list[int] = []
+    agent: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if config.dump_agent:
+        from conctools.agent.server import agent_while
+
+        agent = agent_while(recorder)
     try:
-        with use_recorder(recorder):
+        with use_recorder(recorder), agent:
             asyncio.run(_serve(config, recorder, stopped_by))
     except KeyboardInterrupt:  # Ctrl-C while starting, before the loop's handler was in place
         stopped_by.append(signal.SIGINT)
@@ -70,6 +77,15 @@ def serve(config: ServeConfig) -> int:
 
     finish_report(recorder, RunOptions(out_dir=config.out_dir, report=config.report))
     return 130 if signal.SIGINT in stopped_by else 0
+
+
+def _announce_agent() -> None:
+    """Say how to look inside while it runs, when its dump agent is on."""
+    from conctools.agent import current_agent
+
+    if current_agent() is not None:
+        pid = os.getpid()
+        print(f"conctools serve: `conctools dump {pid}` and `conctools top {pid}` look inside (pid {pid})", flush=True)
 
 
 async def _serve(config: ServeConfig, recorder: Recorder, stopped_by: list[int] | None = None) -> None:
@@ -101,6 +117,7 @@ async def _serve(config: ServeConfig, recorder: Recorder, stopped_by: list[int] 
                 "(commands: help, locks, deadlocks, slow, threads, resources, profile)",
                 flush=True,
             )
+        _announce_agent()  # after the console's line (scripts read the first two lines)
         stop = asyncio.Event()
 
         def stop_by(signum: int) -> None:
