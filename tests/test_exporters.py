@@ -102,6 +102,45 @@ class TestOpenTelemetry:
         assert metrics["conctools.deadlocks"].sum.data_points[0].as_int == 0
         assert metrics["conctools.deadlocks"].sum.is_monotonic
 
+    def test_report_otel_sends_a_saved_run(self, tmp_path: Path) -> None:
+        """`conctools report saved.json --otel` sends the saved run's spans (with their parents) and its
+        lock-wait metric, as `run --otel` would have."""
+        from _otlp_receiver import OtlpReceiver, attrs
+
+        done = run_conctools("run", "--no-report", "--out", str(tmp_path), str(PROG))
+        assert done.returncode == 0, done.stderr
+        row = lock_row(tmp_path / "report.json")
+        with OtlpReceiver() as rx:
+            sent = run_conctools(
+                "report",
+                str(tmp_path / "report.json"),
+                "--otel",
+                env={"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_SERVICE_NAME": "saved-run"},
+            )
+            assert sent.returncode == 0, sent.stderr
+            assert rx.wait_for(lambda: rx.metrics and len(rx.spans()) >= 9, 20)
+            spans = rx.spans()
+            metrics = rx.last_metrics()
+        assert sorted(s.name for _, s in spans) == [
+            "fetch",
+            "fetch",
+            "main",
+            "post",
+            "post",
+            "post",
+            "post",
+            "settle",
+            "settle",
+        ]
+        assert all(attrs(res.attributes)["service.name"] == "saved-run" for res, _ in spans)
+        by_id = {s.span_id: s for _, s in spans}
+        for _, s in spans:
+            if s.name in ("post", "fetch"):
+                parent = by_id.get(s.parent_span_id)
+                assert parent is not None and parent.name == {"post": "settle", "fetch": "main"}[s.name]
+        points = {attrs(p.attributes)["lock"]: p for p in metrics["conctools.lock.wait"].histogram.data_points}
+        assert points["exports_prog.py:10"].count == row["contentions"] >= 1
+
     def test_bad_otel_settings_are_one_line(self, tmp_path: Path) -> None:
         """An OTEL_* value conctools cannot honour: one line, exit 2, the program never starts."""
         marker = tmp_path / "ran"
