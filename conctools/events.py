@@ -20,7 +20,8 @@ Hierarchy::
     ├── SlowCallbackEvent      the event loop was blocked longer than a threshold
     ├── BlockingCallEvent      a known blocking call made on an event loop's thread
     ├── ResourceSampleEvent    one psutil sample of the process
-    └── MarkEvent              a free-form instant (run start/end, user marks)
+    ├── MarkEvent              a free-form instant (run start/end, user marks)
+    └── ProcessStuckEvent      a child process deadlocked or hung, and who waits on it
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ __all__ = [
     "LockWaitEvent",
     "MarkEvent",
     "Participant",
+    "ProcessStuckEvent",
+    "ProcessWaitLink",
     "ResourceSampleEvent",
     "SlowCallbackEvent",
     "SpanEvent",
@@ -341,6 +344,36 @@ class MarkEvent(Event):
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessWaitLink:
+    """One step of a chain of waits across processes: a thread of process ``pid`` waits on
+    other processes (``target_pids``: a child it joins, a pool's workers, the writers of a pipe)."""
+
+    pid: int
+    process_name: str
+    thread_id: int
+    thread_name: str
+    waits_on: str  # in words: "multiprocessing.Pool.map() results from its workers (pids 12, 13)"
+    site: str  # file:line of the program where it waits
+    target_pids: tuple[int, ...] = ()
+    timeout_s: float | None = None  # the wait's own timeout, if it has one
+    stack: tuple[Frame, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessStuckEvent(Event):
+    """A followed child process deadlocked (``verdict`` "deadlock") or hung ("hang"); ``chain``
+    is who waits on it, from the program's main process down to the waiter nearest to it."""
+
+    kind: ClassVar[str] = "process_stuck"
+
+    pid: int
+    process_name: str
+    verdict: str  # "deadlock" | "hang"
+    reason: str  # the child's own finding in one line
+    chain: tuple[ProcessWaitLink, ...] = ()
+
+
 def _build(tp: Any, value: Any) -> Any:
     """Rebuild nested values of ``tp`` (a field's annotation, as a string) from JSON."""
     if value is None:
@@ -371,6 +404,7 @@ _NESTED: dict[str, type] = {
     "Participant": Participant,
     "LockOrderEdge": LockOrderEdge,
     "WaiterInfo": WaiterInfo,
+    "ProcessWaitLink": ProcessWaitLink,
 }
 
 

@@ -17,6 +17,11 @@ from conctools.reporting._table import table
 from conctools.reporting.deadlock_text import deadlock_section, hang_section
 from conctools.reporting.locks_text import lock_order_section, lock_table_section
 from conctools.reporting.loop_text import slow_callbacks_section
+from conctools.reporting.processes_text import (
+    child_findings_section,
+    process_stuck_section,
+    processes_table_section,
+)
 from conctools.reporting.profile_text import profile_section
 from conctools.reporting.resources_text import resources_section
 
@@ -79,6 +84,7 @@ SECTIONS += [(10, deadlock_section), (30, hang_section)]
 SECTIONS += [(40, slow_callbacks_section)]
 SECTIONS += [(20, lock_order_section), (45, lock_table_section)]
 SECTIONS += [(60, profile_section), (70, resources_section)]
+SECTIONS += [(8, processes_table_section), (9, child_findings_section), (12, process_stuck_section)]
 
 
 def render_sections(
