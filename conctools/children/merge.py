@@ -242,7 +242,7 @@ def _as_process(snapshot: Snapshot, source: str, *, main: bool) -> dict[str, Any
         "host": own.get("host"),
         "name": "MainProcess" if main else str(meta.get("command") or source),
         "argv": list(meta.get("argv") or []),
-        "start_method": "run" if main else "report",
+        "start_method": "run" if main else "run (merged)",
         "started_wall": snapshot.started_wall,
         "started_ns": snapshot.started_ns,
         "state": "main" if main else "ended",

@@ -120,7 +120,7 @@ def thread_states(frames: dict[int, FrameType] | None = None) -> tuple[list[dict
             continue
         frame = frames[tid]
         if len(threads) < _MAX_THREADS:
-            stack = [_frame_dict(f) for f in frames_of(frame, limit=48)]
+            stack = child_stack(frames_of(frame, limit=48))
             threads.append(
                 {
                     "thread_id": tid,
@@ -142,7 +142,7 @@ def thread_states(frames: dict[int, FrameType] | None = None) -> tuple[list[dict
                     "target_names": list(wait.target_names),
                     "pipe": _pipe_identity(wait.pipe_fd),
                     "timeout_s": wait.timeout_s,
-                    "stack": [_frame_dict(f) for f in frames_of(frame, limit=48)],
+                    "stack": child_stack(frames_of(frame, limit=48)),
                 }
             )
     return threads, waits
@@ -150,6 +150,20 @@ def thread_states(frames: dict[int, FrameType] | None = None) -> tuple[list[dict
 
 def _frame_dict(f: Any) -> dict[str, Any]:
     return {"filename": f.filename, "lineno": f.lineno, "function": f.function, "line": f.line}
+
+
+_LAUNCH = os.path.join("multiprocessing", "popen_fork.py")
+
+
+def child_stack(frames: Any) -> list[dict[str, Any]]:
+    """A stack as a record keeps it: in a forked child, without the frames it inherited from its
+    parent (below ``multiprocessing``'s ``_launch``, where the child began: it never returns there)."""
+    out = []
+    for f in frames:
+        if f.function == "_launch" and f.filename.endswith(_LAUNCH):
+            break
+        out.append(_frame_dict(f))
+    return out
 
 
 def _pipe_identity(fd: int | None) -> str | None:

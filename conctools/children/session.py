@@ -37,7 +37,7 @@ from conctools._context import frames_of, internal_thread
 from conctools.children import reaping
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig
 from conctools.children.forksafe import reinit_after_fork
-from conctools.children.procfile import ProcessIdentity, build_record, write_atomic
+from conctools.children.procfile import ProcessIdentity, build_record, child_stack, write_atomic
 from conctools.recorder import Recorder, get_recorder
 
 __all__ = [
@@ -268,15 +268,11 @@ def _child_exit(status: int) -> NoReturn:
         try:
             caller = sys._getframe(1)
             by_machinery = caller.f_code.co_filename.startswith(_MP)
-            stack = None if by_machinery else [_frame_dict(f) for f in frames_of(caller, limit=48)]
+            stack = None if by_machinery else child_stack(frames_of(caller, limit=48))
             session.finish(exit_status=status, ended_by="os._exit" if stack is not None else "exit", exit_stack=stack)
         except BaseException:
             pass
     _real_exit(status)
-
-
-def _frame_dict(f: Any) -> dict[str, Any]:
-    return {"filename": f.filename, "lineno": f.lineno, "function": f.function, "line": f.line}
 
 
 def _install_exit_hooks(session: ChildSession) -> None:

@@ -99,7 +99,10 @@ def _resource_points(snapshot: Snapshot) -> list[dict[str, float]]:
 
 def html_data(snapshot: Snapshot) -> dict[str, Any]:
     """Everything the page shows, as JSON-able data (a pure function of the snapshot)."""
-    tl = build_timeline(snapshot)
+    from conctools.reporting.processes_timeline import html_processes, merged_timeline
+
+    tl = merged_timeline(snapshot, build_timeline(snapshot))  # child processes' tracks too, by process
+    extra = html_processes(snapshot)
     slices = tl.slices
     truncated = 0
     if len(slices) > MAX_SLICES:
@@ -188,7 +191,8 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
                 for p in e.participants
             ]
             for e in snapshot.of_kind(DeadlockEvent)
-        ],
+        ]
+        + extra.get("deadlocks", []),
         "hangs": [
             {
                 "reason": e.reason,
@@ -205,7 +209,8 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
                 ],
             }
             for e in snapshot.of_kind(HangEvent)
-        ],
+        ]
+        + extra.get("hangs", []),
         "lock_orders": [
             {
                 "cycle": list(e.cycle),
@@ -222,7 +227,8 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
             }
             for e in snapshot.of_kind(LockOrderEvent)
         ],
-        "sections": snapshot.sections,
+        # The processes section as a table (each child's report is drawn above, not as JSON).
+        "sections": {**snapshot.sections, **({"processes": extra["processes"]} if extra else {})},
     }
 
 

@@ -148,6 +148,9 @@ def processes_table_section(snapshot: Snapshot, brief: bool) -> str | None:
     children = len(processes) - 1
     title = f"Processes: the program and {children} child process{'es' if children != 1 else ''}"
     title += f" ({'at least ' if partial else ''}{format_duration(total_cpu)} CPU in all)"
+    merged = snapshot.meta.get("merged_from")
+    if isinstance(merged, list) and len(merged) > 1:
+        title = f"{title}, merged from {len(merged)} reports: " + ", ".join(str(m) for m in merged)
     rows = []
     for p in processes:
         e = p.entry
