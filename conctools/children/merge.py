@@ -107,7 +107,7 @@ def _entry(record: dict[str, Any], reap: dict[str, Any] | None, alive: Alive, st
         entry["exit_text"] = exit_words(code)
     elif final:
         entry["state"] = "ended"
-        entry["exit_text"] = "ended (its parent did not wait for it: exit status unknown)"
+        entry["exit_text"] = "ended (its exit status did not reach conctools)"
     elif pid and alive(pid, record.get("started_wall")):
         entry["state"] = "running"
         entry["exit_text"] = "still running when the report was made"
@@ -167,11 +167,23 @@ def processes_section(
         }
     ]
     seen_pids: set[int] = set()
-    for record in sorted(records, key=lambda r: float(r.get("started_wall") or 0.0)):
-        if int(record.get("pid") or 0) == int(main.get("pid") or -1):
+    ordered = sorted(records, key=lambda r: float(r.get("started_wall") or 0.0))
+    for n, record in enumerate(ordered):
+        pid = int(record.get("pid") or 0)
+        if pid == int(main.get("pid") or -1):
+            continue
+        successor = next(
+            (r for r in ordered[n + 1 :] if int(r.get("pid") or 0) == pid and r.get("start_method") == "exec"), None
+        )
+        if successor is not None and not record.get("final"):
+            # os.exec*: the same process goes on as a new program, which has a record of its own.
+            entry = _entry(record, None, lambda _pid, _started: False, stopping)
+            entry.update(state="ended", exit_text="became another program (os.exec*): see the same pid below")
+            entry.pop("last_stack", None)
+            out.append(entry)
             continue
         out.append(_entry(record, _reap_for(record, reaps), alive, stopping))
-        seen_pids.add(int(record.get("pid") or 0))
+        seen_pids.add(pid)
     # multiprocessing children that died before they wrote anything: known from their reaping alone
     for pid in dict.fromkeys(int(r.get("pid") or 0) for r in reaps):
         if pid in seen_pids:
