@@ -66,3 +66,45 @@ def reinit_after_fork() -> None:
         me = threading.get_ident()
         for key in [k for k in list(waiting) if isinstance(k, tuple) and k and k[0] != me]:
             waiting.pop(key, None)
+
+
+_COUNTS = ("acquisitions", "contentions", "timeouts", "wait_total_s", "hold_count")
+
+
+def own_lock_table(recorder: Any) -> None:
+    """Make a forked child's lock table count what the child did only.
+
+    The child inherits its parent's lock statistics: the table is read once right after the
+    fork and every later table has those counts taken away (rows with nothing left are
+    dropped). Percentiles and maxima are not split: a row's still include the parent's waits.
+    """
+    sections = getattr(recorder, "_sections", None)
+    provider = sections.get("locks") if isinstance(sections, dict) else None
+    if provider is None:
+        return
+    try:
+        baseline = {_key(row): row for row in provider()}
+    except Exception:
+        return
+
+    def child_table() -> list[dict[str, Any]]:
+        rows = []
+        for row in provider():
+            base = baseline.get(_key(row))
+            if base is not None:
+                row = {**row, **{k: max(0, row.get(k, 0) - base.get(k, 0)) for k in _COUNTS}}
+                sites = {s.get("site"): s for s in base.get("hottest_sites") or []}
+                row["hottest_sites"] = [
+                    {**s, "waits": s.get("waits", 0) - sites.get(s.get("site"), {}).get("waits", 0)}
+                    for s in row.get("hottest_sites") or []
+                    if s.get("waits", 0) > sites.get(s.get("site"), {}).get("waits", 0)
+                ]
+            if row.get("acquisitions") or row.get("contentions"):
+                rows.append(row)
+        return rows
+
+    recorder.add_section("locks", child_table)
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row.get("name"), row.get("kind"), row.get("created_at"))

@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 from conctools._context import frames_of, internal_thread
 from conctools.children import reaping
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig
-from conctools.children.forksafe import reinit_after_fork
+from conctools.children.forksafe import own_lock_table, reinit_after_fork
 from conctools.children.procfile import ProcessIdentity, build_record, child_stack, write_atomic
 from conctools.recorder import Recorder, get_recorder
 
@@ -45,6 +45,7 @@ __all__ = [
     "activate",
     "current_session",
     "deactivate",
+    "guard_forks",
     "is_followed_child",
     "start_from_env",
 ]
@@ -65,6 +66,7 @@ class _State:
         self.session: ChildSession | None = None
         self.root_pid: int | None = None  # the run's main process, when this is it
         self.hooks = False
+        self.guard = False  # conctools runs here: a forked child must start clean even when not followed
         self.fork_method = "os.fork"
         self.fork_process: tuple[str | None, str | None] = (None, None)  # (name, target) of the Process forked
         self.fork_filter: Any = None
@@ -80,10 +82,19 @@ def activate(config: FollowConfig, *, root: bool) -> None:
     _state.config = config
     if root:
         _state.root_pid = os.getpid()
+    guard_forks()
+    _wrap_bootstrap()
+
+
+def guard_forks() -> None:
+    """Make every child this process forks start clean, followed or not: conctools' internal
+    locks free (a thread of the parent may have held one at the fork), ``threading``'s own
+    lock plain, and SIGTERM's default action back (``conctools run``'s handler belongs to the
+    program's main process; ``Pool.terminate()`` must end a worker at once)."""
+    _state.guard = True
     if not _state.hooks and hasattr(os, "register_at_fork"):
         os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
         _state.hooks = True
-    _wrap_bootstrap()
 
 
 def _wrap_bootstrap() -> None:
@@ -323,7 +334,7 @@ def _only_our_threads() -> bool:
 
 
 def _before_fork() -> None:
-    if _state.config is None and not _state.stopping:
+    if _state.config is None and not _state.stopping and not _state.guard:
         return
     try:
         _state.fork_method = _fork_method()
@@ -356,10 +367,20 @@ def _after_fork_parent() -> None:
 
 def _after_fork_child() -> None:
     _drop_fork_filter()
-    if _state.stopping and _state.fork_method != "subprocess":
+    if _state.fork_method == "subprocess" or not (_state.guard or _state.config is not None):
+        return  # subprocess's preexec_fn: the child execs at once
+    if _state.stopping:
         _real_exit(1)  # conctools is stopping the stuck program: nothing it starts now survives it
+    try:
+        reinit_after_fork()
+        lock = getattr(get_recorder(), "_lock", None)
+        if lock is not None:
+            lock._at_fork_reinit()
+        _reset_inherited_sigterm()
+    except Exception:
+        pass
     config = _state.config
-    if config is None or _state.fork_method == "subprocess":
+    if config is None:
         return
     try:
         _start_forked(config, _state.fork_method)
@@ -369,7 +390,6 @@ def _after_fork_child() -> None:
 
 def _start_forked(config: FollowConfig, method: str) -> None:
     """In a forked child: become a followed process of its own (see the module docstring)."""
-    reinit_after_fork()
     reaping.reset_after_fork()
     _state.root_pid = None
     _state.forkserver = False
@@ -379,6 +399,7 @@ def _start_forked(config: FollowConfig, method: str) -> None:
     recorder = get_recorder()
     recorder.reset_after_fork()
     recorder.remove_section("processes")  # only the run's main process merges the others
+    own_lock_table(recorder)
     identity = ProcessIdentity.here(method, argv=[] if method == "forkserver" else None)
     identity.name, identity.target = _state.fork_process
     session = ChildSession(config, identity, recorder)
@@ -402,7 +423,6 @@ def _start_forked(config: FollowConfig, method: str) -> None:
         )
         watchdog.start()
         session.threads.append(watchdog)
-    _reset_inherited_sigterm()
     reaping.listeners[:] = [session.ring]
     _install_exit_hooks(session)
     session.start()
