@@ -28,9 +28,6 @@ from conctools.locks import trace_locks
 from conctools.loopmon import monitor_all_loops
 from conctools.profiling import Clock, Profile, ProfileError
 from conctools.recorder import Recorder, Snapshot, use_recorder
-from conctools.reporting import render_json, render_text
-from conctools.reporting.html import render_html
-from conctools.reporting.trace import render_trace
 from conctools.resources import sample_resources
 from conctools.tracing import ContextFilter
 
@@ -413,6 +410,11 @@ def _print_user_traceback() -> None:
 
 def write_reports(snapshot: Snapshot, out_dir: Path) -> list[Path]:
     """Write ``report.txt``, ``report.json``, ``trace.json`` and ``report.html`` to ``out_dir``."""
+    # Imported here: a followed child process runs the instruments, never the reporters.
+    from conctools.reporting import render_json, render_text
+    from conctools.reporting.html import render_html
+    from conctools.reporting.trace import render_trace
+
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, content in (
@@ -537,6 +539,8 @@ def _silence_stderr() -> None:
 
 def finish_report(recorder: Recorder, options: RunOptions) -> None:
     """Print the brief report to stderr and write the files; never raises."""
+    from conctools.reporting import render_text
+
     try:
         sys.stdout.flush()
     except Exception:

@@ -29,9 +29,29 @@ killing the run's remaining children.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from conctools.children.config import ENV_VAR
-from conctools.children.follower import ChildFollower
-from conctools.children.merge import merge_snapshots
-from conctools.children.session import is_followed_child
+
+if TYPE_CHECKING:
+    from conctools.children.follower import ChildFollower
+    from conctools.children.merge import merge_snapshots
+    from conctools.children.session import is_followed_child
 
 __all__ = ["ENV_VAR", "ChildFollower", "is_followed_child", "merge_snapshots"]
+
+# Loaded when first used: a child process imports only what it runs (its start is on the clock).
+_LAZY = {
+    "ChildFollower": "conctools.children.follower",
+    "merge_snapshots": "conctools.children.merge",
+    "is_followed_child": "conctools.children.session",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conctools.children' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -160,6 +160,8 @@ class ChildSession:
         self.recorder = recorder
         self.instruments: contextlib.ExitStack | None = None  # what an exec'd child entered
         self.threads: list[Any] = []  # what a forked child restarted (a watchdog, a sampler)
+        self.deferred: list[Any] = []  # started by the writer before its first write
+        self.first_write_deferred = False
         self._bell = _thread.allocate_lock()  # held: the writer sleeps on it; released: write now
         self._stopping = False
         self._write_lock = _thread.allocate_lock()
@@ -181,11 +183,17 @@ class ChildSession:
             self._bell.release()
 
     def _run(self) -> None:
-        self.write()  # the run knows this process from its first moment
+        if not self.first_write_deferred:
+            self.write()  # the run knows this process from its first moment
         while not self._stopping:
             self._bell.acquire(timeout=self._interval_s)
             if self._stopping or not os.path.isdir(self.config.run_dir):
                 break  # the run is over: nobody reads this process's file any more
+            while self.deferred:
+                try:
+                    self.deferred.pop(0)()
+                except Exception:
+                    _log.debug("conctools: a child's instrument did not start", exc_info=True)
             began = time.perf_counter()
             self.write()
             # Writing a big recorder costs: keep it under ~5% of a core, losing more on a crash.
@@ -246,12 +254,10 @@ class ChildSession:
         self, exit_status: int | None = None, ended_by: str = "exit", exit_stack: list[dict[str, Any]] | None = None
     ) -> None:
         """The last record: stop the writer, then write it with how the process ended."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stopping = True
-            self.ring()
-            if thread is not threading.current_thread():
-                thread.join(1.0)
+        # No join: a write in progress holds the write lock, and the final record goes after it.
+        self._thread = None
+        self._stopping = True
+        self.ring()
         self.write(final=True, exit_status=exit_status, ended_by=ended_by, exit_stack=exit_stack)
 
     def close_at_exit(self) -> None:
@@ -404,14 +410,26 @@ def _start_forked(config: FollowConfig, method: str) -> None:
     identity.name, identity.target = _state.fork_process
     session = ChildSession(config, identity, recorder)
     _state.session = session
-    options = config.options
+    # A pool's worker often lives a fraction of a second: its sampler and watchdog start with its
+    # first record, a flush interval in (a stall is still seen at most that much later), so that a
+    # short-lived child pays one thread, not three (the parent reaps its CPU time and status).
+    session.first_write_deferred = True
+    session.deferred.append(lambda: _start_instruments(session))
+    reaping.listeners[:] = [session.ring]
+    _install_exit_hooks(session)
+    session.start()
+
+
+def _start_instruments(session: ChildSession) -> None:
+    """A forked child's sampler and watchdog, with the run's options (from its writer thread)."""
+    options = session.config.options
     interval = options.get("sample_interval_s")
     if interval:
         from conctools.resources import ResourceSampler
 
         # psutil makes an RLock: a plain one, as in the main process (sampled before trace_locks).
         with contextlib.suppress(Exception), _plain_lock_factories():
-            sampler = ResourceSampler(float(interval), recorder=recorder)
+            sampler = ResourceSampler(float(interval), recorder=session.recorder)
             sampler.start()
             session.threads.append(sampler)
     timeout = options.get("deadlock_timeout_s")
@@ -419,19 +437,16 @@ def _start_forked(config: FollowConfig, method: str) -> None:
         from conctools.deadlock import DeadlockWatchdog
 
         watchdog = DeadlockWatchdog(
-            float(timeout), on_deadlock=session.on_deadlock, on_hang=session.on_hang, recorder=recorder
+            float(timeout), on_deadlock=session.on_deadlock, on_hang=session.on_hang, recorder=session.recorder
         )
         watchdog.start()
         session.threads.append(watchdog)
-    reaping.listeners[:] = [session.ring]
-    _install_exit_hooks(session)
-    session.start()
 
 
 @contextlib.contextmanager
 def _plain_lock_factories() -> Any:
-    """``threading.Lock``/``RLock`` as the stdlib's for a moment (a forked child's first moment,
-    when it has one thread): what conctools creates then stays out of the traced locks."""
+    """``threading.Lock``/``RLock`` as the stdlib's for a moment: what conctools creates then stays
+    out of the traced locks (a lock another thread creates in that moment is a plain one too)."""
     saved = threading.Lock, threading.RLock
     threading.Lock, threading.RLock = _thread.allocate_lock, _thread.RLock  # type: ignore[misc,assignment]
     try:
