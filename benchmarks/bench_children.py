@@ -14,7 +14,9 @@ round, so both sides see the same load on a shared machine:
    0.2 ms; the pool's start and end included), fork and spawn. The ratio is the slowdown
    (budget: 10%).
 
-Plain ``python`` is timed too, for scale. Each line gives the median and the range over rounds.
+Plain ``python`` is timed too, for scale. Each line gives the median and the range over rounds,
+of the wall time and of the CPU time (this process and its reaped children: what the load of a
+shared machine does not inflate).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import textwrap
 
 PROGRAM = textwrap.dedent(
     """
-    import json, multiprocessing as mp, statistics, subprocess, sys, time
+    import json, multiprocessing as mp, resource, statistics, subprocess, sys, time
 
     def noop():
         pass
@@ -38,13 +40,19 @@ PROGRAM = textwrap.dedent(
     def job(i):
         return sum(range(10_000)) + i
 
+    def cpu():
+        # This process and its reaped children: CPU time, which the machine's load does not inflate.
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
     def timed(fn, n):
-        times = []
+        walls, cpus = [], []
         for _ in range(n):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu()
             fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(cpu() - c0)
+        return [statistics.median(walls), statistics.median(cpus)]
 
     def process(method):
         p = mp.get_context(method).Process(target=noop)
@@ -68,7 +76,7 @@ PROGRAM = textwrap.dedent(
 )
 
 
-def measure(script: str, mode: str) -> dict[str, float]:
+def measure(script: str, mode: str) -> dict[str, list[float]]:
     base = [sys.executable]
     if mode == "plain":
         cmd = [*base, script]
@@ -77,7 +85,7 @@ def measure(script: str, mode: str) -> dict[str, float]:
         cmd += ["--no-follow-children"] if mode == "not followed" else []
         cmd.append(script)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
-    data: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    data: dict[str, list[float]] = json.loads(result.stdout.strip().splitlines()[-1])
     return data
 
 
@@ -88,33 +96,39 @@ def main() -> None:
         script = os.path.join(tmp, "prog.py")
         with open(script, "w") as f:
             f.write(PROGRAM)
-        results: dict[str, list[dict[str, float]]] = {"plain": [], "not followed": [], "followed": []}
+        results: dict[str, list[dict[str, list[float]]]] = {"plain": [], "not followed": [], "followed": []}
         for _ in range(rounds):
             for mode in results:
                 results[mode].append(measure(script, mode))
     keys = list(results["plain"][0])
 
-    def med(mode: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[mode])
+    def med(mode: str, key: str, i: int) -> float:
+        return statistics.median(r[key][i] for r in results[mode])
 
+    def paired(key: str, i: int, ratio: bool) -> list[float]:
+        pairs = zip(results["followed"], results["not followed"], strict=True)
+        return [f[key][i] / n[key][i] if ratio else f[key][i] - n[key][i] for f, n in pairs]
+
+    def line(key: str, i: int, ratio: bool) -> str:
+        values = paired(key, i, ratio)
+        cells = " ".join(f"{med(m, key, i) * 1e3:>9.1f}ms" for m in results)
+        if ratio:
+            return f"{cells} {statistics.median(values):>8.3f} ({min(values):.3f} .. {max(values):.3f})"
+        mid, lo, hi = (v * 1e3 for v in (statistics.median(values), min(values), max(values)))
+        return f"{cells} {mid:>6.1f} ms ({lo:.1f} .. {hi:.1f})"
+
+    head = f"   {'':<22} {'python':>11} {'not followed':>11} {'followed':>11}"
     print("1. one child's start and end, seen from its parent (median of 10 per round)")
-    print(f"   {'child':<12} {'python':>9} {'not followed':>13} {'followed':>9} {'added (median, range)':>28}")
+    print(f"{head}  added: median (range)")
     for key in keys[:3]:
-        added = [f[key] - n[key] for f, n in zip(results["followed"], results["not followed"], strict=True)]
-        print(
-            f"   {key:<12} {med('plain', key) * 1e3:>7.1f}ms {med('not followed', key) * 1e3:>11.1f}ms "
-            f"{med('followed', key) * 1e3:>7.1f}ms {statistics.median(added) * 1e3:>11.1f} ms "
-            f"({min(added) * 1e3:.1f} .. {max(added) * 1e3:.1f})"
-        )
+        print(f"   {key + ', wall':<22} {line(key, 0, False)}")
+        print(f"   {key + ', CPU':<22} {line(key, 1, False)}")
     print("2. Pool(2).map of 1,000 small CPU jobs, pool start and end included (median of 3 per round)")
-    print(f"   {'pool':<12} {'python':>9} {'not followed':>13} {'followed':>9} {'ratio (median, range)':>28}")
+    print(f"{head}  ratio: median (range)")
     for key in keys[3:]:
-        ratios = [f[key] / n[key] for f, n in zip(results["followed"], results["not followed"], strict=True)]
-        print(
-            f"   {key:<12} {med('plain', key) * 1e3:>7.1f}ms {med('not followed', key) * 1e3:>11.1f}ms "
-            f"{med('followed', key) * 1e3:>7.1f}ms {statistics.median(ratios):>14.3f} "
-            f"({min(ratios):.3f} .. {max(ratios):.3f})"
-        )
+        print(f"   {key + ', wall':<22} {line(key, 0, True)}")
+        print(f"   {key + ', CPU':<22} {line(key, 1, True)}")
+    print("   (CPU: the parent's and its reaped children's, which the machine's load does not inflate)")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ main report's (the same monotonic clock on one machine, the wall clock across ma
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
+from conctools.events import DeadlockEvent, Event, Frame, HangEvent
 from conctools.recorder import Snapshot
 
 __all__ = ["ProcessView", "label_of", "offset_ns", "processes_of"]
@@ -61,8 +64,36 @@ def processes_of(snapshot: Snapshot) -> list[ProcessView]:
                 child = Snapshot.from_dict(report)
             except ValueError:
                 child = None
+        if child is not None and str(entry.get("start_method")) in _FORKED:
+            child = _without_inherited_frames(child)
         out.append(ProcessView(entry=entry, snapshot=child))
     return out
+
+
+_FORKED = frozenset({"fork", "forkserver", "os.fork"})
+_LAUNCH = os.path.join("multiprocessing", "popen_fork.py")
+
+
+def _trim(stack: tuple[Frame, ...]) -> tuple[Frame, ...]:
+    """A forked child's stack without the frames it inherited from its parent (below
+    ``multiprocessing``'s ``_launch``, where the child began: it never returns to them)."""
+    for i, f in enumerate(stack):
+        if f.function == "_launch" and f.filename.endswith(_LAUNCH):
+            return stack[:i]
+    return stack
+
+
+def _without_inherited_frames(snapshot: Snapshot) -> Snapshot:
+    events: list[Event] = []
+    for e in snapshot.events:
+        if isinstance(e, DeadlockEvent):
+            e = dataclasses.replace(
+                e, participants=tuple(dataclasses.replace(p, stack=_trim(p.stack)) for p in e.participants)
+            )
+        elif isinstance(e, HangEvent):
+            e = dataclasses.replace(e, waiters=tuple(dataclasses.replace(w, stack=_trim(w.stack)) for w in e.waiters))
+        events.append(e)
+    return dataclasses.replace(snapshot, events=tuple(events))
 
 
 def label_of(entry: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
-"""Text sections for the processes of a run: a child stuck and who waits on it (priority 12),
-the table of processes with how each ended (priority 8), and each child's own findings.
+"""Text sections for the processes of a run: a child stuck and who waits on it (priority 6),
+the table of processes with how each ended (priority 8), and each child's own findings (9).
 
 A parent stuck on a child reads as one story, main process first::
 
@@ -111,7 +111,7 @@ def format_process_stuck(event: ProcessStuckEvent, snapshot: Snapshot, *, brief:
 
 
 def process_stuck_section(snapshot: Snapshot, brief: bool) -> str | None:
-    """Every child found stuck (priority 12), each with the chain of waits that leads to it."""
+    """Every child found stuck (priority 6: the first thing to read), each with the chain of waits."""
     events: list[ProcessStuckEvent] = snapshot.of_kind(ProcessStuckEvent)
     if not events:
         return None
@@ -195,10 +195,21 @@ def processes_table_section(snapshot: Snapshot, brief: bool) -> str | None:
 def child_findings_section(snapshot: Snapshot, brief: bool) -> str | None:
     """Each child's own report (priority 9): its problems in the brief report, everything in the full one."""
     parts = []
-    stuck = {e.pid for e in snapshot.of_kind(ProcessStuckEvent)}
+    events = snapshot.of_kind(ProcessStuckEvent)
+    stuck = {e.pid for e in events}
+    told = {e.reason: e.pid for e in events}  # a finding already printed, by the process that had it
     for p in processes_of(snapshot):
         if p.is_main or p.snapshot is None:
             continue
+        finding = p.entry.get("stuck")
+        reason = finding.get("reason") if isinstance(finding, dict) else None
+        if brief and isinstance(finding, dict) and reason and p.pid not in stuck:
+            if reason in told:  # pool workers running the same job deadlock the same way
+                state = "deadlocked" if finding.get("verdict") == "deadlock" else "hung"
+                parts.append(f"In {label_of(p.entry)}: {state} the same way as process {told[reason]}: {reason}")
+                stuck.add(p.pid)
+            else:
+                told[reason] = p.pid
         if brief:
 
             def wanted(priority: int, pid: int = p.pid) -> bool:

@@ -84,7 +84,7 @@ SECTIONS += [(10, deadlock_section), (30, hang_section)]
 SECTIONS += [(40, slow_callbacks_section)]
 SECTIONS += [(20, lock_order_section), (45, lock_table_section)]
 SECTIONS += [(60, profile_section), (70, resources_section)]
-SECTIONS += [(8, processes_table_section), (9, child_findings_section), (12, process_stuck_section)]
+SECTIONS += [(6, process_stuck_section), (8, processes_table_section), (9, child_findings_section)]
 
 
 def render_sections(
