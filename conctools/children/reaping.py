@@ -49,9 +49,11 @@ def note(pid: int, exit_code: int, rusage: Any = None, source: str = "multiproce
     sent = _signalled.get(pid)
     if sent is not None and exit_code == -sent:
         entry["terminated_by_parent"] = True
-    if process is not None:
+    if process is not None:  # (its target is gone: Process.start() drops it)
         entry["name"] = getattr(process, "_name", None)
-        entry["target"] = target_name(getattr(process, "_target", None))
+        method = getattr(getattr(process, "_popen", None), "method", None)
+        if isinstance(method, str):
+            entry["start_method"] = method
     if rusage is not None:
         try:
             entry["cpu_s"] = float(rusage.ru_utime + rusage.ru_stime)

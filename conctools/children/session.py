@@ -410,10 +410,9 @@ def _start_forked(config: FollowConfig, method: str) -> None:
     identity.name, identity.target = _state.fork_process
     session = ChildSession(config, identity, recorder)
     _state.session = session
-    # A pool's worker often lives a fraction of a second: its sampler and watchdog start with its
-    # first record, a flush interval in (a stall is still seen at most that much later), so that a
-    # short-lived child pays one thread, not three (the parent reaps its CPU time and status).
-    session.first_write_deferred = True
+    # A pool's worker often lives a fraction of a second: its sampler and watchdog start a flush
+    # interval in, with its second record (a stall is still seen at most that much later), so that
+    # a short-lived child pays one thread, not three (the parent reaps its CPU time and status).
     session.deferred.append(lambda: _start_instruments(session))
     reaping.listeners[:] = [session.ring]
     _install_exit_hooks(session)
