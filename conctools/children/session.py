@@ -344,12 +344,18 @@ def _before_fork() -> None:
         return
     try:
         _state.fork_method = _fork_method()
-        if sys.version_info >= (3, 12) and _state.fork_filter is None and _only_our_threads():
-            # Python 3.12+ warns that fork() in a multi-threaded process may deadlock the child;
-            # the program alone would not be multi-threaded here: conctools' threads must not
-            # add a warning (they hold nothing the child needs: see forksafe).
-            warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)
-            _state.fork_filter = warnings.filters[0]
+        if sys.version_info >= (3, 12):
+            # Python 3.12+ warns that fork() in a multi-threaded process may deadlock the child.
+            # When the program alone would not be multi-threaded, conctools' threads must not add
+            # a warning (they hold nothing the child needs: see forksafe). The filter is decided
+            # here, before every fork (forks are serialised), and stays until the next one: 3.13
+            # warns after the after-fork hooks have run.
+            if _only_our_threads():
+                if _state.fork_filter is None:
+                    warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)
+                    _state.fork_filter = warnings.filters[0]
+            else:
+                _drop_fork_filter()
     except Exception:
         pass
 
@@ -368,11 +374,11 @@ def _drop_fork_filter() -> None:
 
 
 def _after_fork_parent() -> None:
-    _drop_fork_filter()
+    pass
 
 
 def _after_fork_child() -> None:
-    _drop_fork_filter()
+    _drop_fork_filter()  # the child's own forks decide for themselves
     if _state.fork_method == "subprocess" or not (_state.guard or _state.config is not None):
         return  # subprocess's preexec_fn: the child execs at once
     if _state.stopping:
