@@ -437,8 +437,8 @@ def run_program(options: RunOptions) -> int:
     main_pid = os.getpid()
     with (
         _console(options, recorder),
+        _follow_children(options, recorder),  # first: its imports stay out of a --profile
         instrumented(options, recorder),
-        _follow_children(options, recorder),
         _report_on_abrupt_exit(recorder, options),
     ):
         status = _execute(options)
