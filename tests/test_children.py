@@ -318,7 +318,9 @@ class TestParentStuckOnChild:
         err = result.stderr
         assert result.returncode == 87, err
         assert "A child process is hung, and the program waits on it" in err
-        assert re.search(r"waits on multiprocessing\.Process\.join\(\) of child pid \d+ 'waiter', at .*prog\.py:10", err)
+        assert re.search(
+            r"waits on multiprocessing\.Process\.join\(\) of child pid \d+ 'waiter', at .*prog\.py:10", err
+        )
         assert re.search(r"process \d+ 'waiter' is hung:\n  nothing progressed", err)
         assert re.search(r"thread 'MainThread' \[waiting\]:\n    - waits on threading\.Event\.wait\(\)", err), err
         assert_all_gone(report)
@@ -334,9 +336,7 @@ class TestParentStuckOnChild:
             """
         result, report = run(tmp_path, code, options=("--deadlock-timeout", "1"))
         assert result.returncode == 86, result.stderr
-        assert re.search(
-            r"waits on subprocess\.Popen\.communicate\(\) of child pid \d+ 'child\.py'", result.stderr
-        )
+        assert re.search(r"waits on subprocess\.Popen\.communicate\(\) of child pid \d+ 'child\.py'", result.stderr)
         assert "held by thread 'MainThread' at child.py:4" in result.stderr
         assert_all_gone(report)
 
@@ -634,3 +634,33 @@ class TestMergeSavedReports:
         )
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1 and "bad.json: not valid JSON" in result.stderr
+
+
+class TestChainAcrossGenerations:
+    """A grandchild stuck: the chain goes through every process that waits, main process first."""
+
+    def test_grandchild_in_a_pool_of_a_child(self, tmp_path: Path) -> None:
+        """MainProcess joins 'outer', whose Pool.map waits on a deadlocked worker: three processes, one story."""
+        code = textwrap.dedent(DEADLOCKED_JOB) + textwrap.dedent(
+            """
+                def outer():
+                    with mp.get_context("fork").Pool(1) as pool:
+                        pool.map(job, [1])
+
+                if __name__ == "__main__":
+                    p = mp.get_context(sys.argv[1]).Process(target=outer, name="outer")
+                    p.start()
+                    p.join()
+                """
+        )
+        result, report = run(tmp_path, code, "fork", options=("--deadlock-timeout", "1"))
+        err = result.stderr
+        assert result.returncode == 86, err
+        chain = err.split("A child process is deadlocked, and the program waits on it", 1)[1].split("Stacks of", 1)[0]
+        lines = [line for line in chain.splitlines() if line.strip() and not line.startswith("=")]
+        assert re.match(r"process \d+ 'MainProcess', thread 'MainThread':", lines[0]), chain
+        assert re.match(r"  waits on multiprocessing\.Process\.join\(\) of child pid \d+ 'outer'", lines[1]), chain
+        assert re.match(r"process \d+ 'outer', thread 'MainThread':", lines[2]), chain
+        assert re.match(r"  waits on multiprocessing\.Pool\.map\(\) results .*'ForkPoolWorker-1:1'", lines[3]), chain
+        assert re.match(r"process \d+ 'ForkPoolWorker-1:1' is deadlocked:", lines[4]), chain
+        assert_all_gone(report)

@@ -9,6 +9,7 @@ a person reads the story: "MainThread waits on child 12, which waits on Lock 'x.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 from conctools.events import Frame, ProcessWaitLink, frame_from_dict
 
-__all__ = ["build_chain", "describe_targets", "program_site"]
+__all__ = ["build_chain", "describe_targets", "program_site", "unresolved_links"]
 
 _STDLIB = os.path.dirname(threading.__file__) + os.sep
 _NOT_PROGRAM = (
@@ -84,6 +85,20 @@ def build_chain(
         seen |= reached
         level = reached
     return tuple(link for found in reversed(levels) for link in found)
+
+
+def unresolved_links(
+    pid: int, waits: Sequence[Mapping[str, Any]], names: Mapping[int, str]
+) -> tuple[ProcessWaitLink, ...]:
+    """Waits of ``pid`` on other processes that cannot be named (the other end of a pipe that
+    ``/proc`` does not show), as links that say so."""
+    out = []
+    for wait in waits:
+        link = _link(pid, wait, [], names)
+        out.append(
+            dataclasses.replace(link, waits_on=link.waits_on + " (conctools cannot tell which process sends it)")
+        )
+    return tuple(out)
 
 
 def _link(pid: int, wait: Mapping[str, Any], targets: list[int], names: Mapping[int, str]) -> ProcessWaitLink:

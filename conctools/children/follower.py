@@ -35,7 +35,7 @@ from typing import Any
 
 from conctools._context import internal_thread
 from conctools.children import reaping, session
-from conctools.children.chain import build_chain
+from conctools.children.chain import build_chain, unresolved_links
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig
 from conctools.children.merge import processes_section
 from conctools.children.pipes import writers_of
@@ -188,6 +188,11 @@ class ChildFollower:
                     if writers:
                         wait["target_pids"] = list(writers)
         chain = build_chain(stuck_pid, waits_by_pid, names)
+        if not any(link.pid == self.identity.pid for link in chain):
+            # The program's own threads that wait on some process conctools cannot name (a pipe whose
+            # other end it cannot find): said as such, rather than left out or guessed.
+            unknown = [dict(w, target_pids=[]) for w in waits_by_pid[self.identity.pid] if not w.get("target_pids")]
+            chain = unresolved_links(self.identity.pid, unknown, names) + chain
         me = threading.current_thread()
         return ProcessStuckEvent(
             ts_ns=time.monotonic_ns(),
