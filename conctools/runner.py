@@ -474,6 +474,8 @@ def _follow_children(options: RunOptions, recorder: Recorder) -> Iterator[None]:
 
             _say(format_process_stuck(event, recorder.snapshot(), brief=True) + "\n")
         what = f"a {event.verdict} in child process {event.pid} {event.process_name!r}"
+        if event.verdict == "dead":
+            what = f"child process {event.pid} {event.process_name!r} died with jobs the program waits for"
         _report_and_exit(recorder, options, status, what)
 
     follower = ChildFollower(

@@ -421,6 +421,36 @@ class TestDeadChildren:
             result.stderr,
         ), result.stderr
 
+    def test_pool_worker_killed_in_a_job(self, tmp_path: Path) -> None:
+        """A Pool worker killed in the middle of a job: Pool.map would wait forever; the run says why and exits 87."""
+        code = """
+            import multiprocessing as mp, os, signal
+
+            def job(x):
+                if x == 3:
+                    os.kill(os.getpid(), signal.SIGKILL)  # the worker dies in the middle of a job
+                return x
+
+            if __name__ == "__main__":
+                with mp.get_context("fork").Pool(2) as pool:
+                    print(pool.map(job, range(8), chunksize=1))
+            """
+        result, report = run(tmp_path, code, options=("--deadlock-timeout", "1"))
+        err = result.stderr
+        assert result.returncode == 87, err
+        assert "A child process died, and the program waits on it forever" in err
+        assert re.search(
+            r"process \d+ 'MainProcess', thread 'MainThread':\n  waits on multiprocessing\.Pool\.map\(\)", err
+        )
+        match = re.search(
+            r"process (\d+) '(ForkPoolWorker-\d+)' died:\n  killed by SIGKILL \(signal 9\) while the pool", err
+        )
+        assert match is not None, err
+        assert "multiprocessing.Pool never runs again a job whose worker died" in err
+        (dead,) = [p for p in children(report) if p["pid"] == int(match.group(1))]
+        assert dead["exit_text"] == "killed by SIGKILL (signal 9)" and dead["name"] == match.group(2)
+        assert_all_gone(report)
+
     def test_worker_that_raises(self, tmp_path: Path) -> None:
         """A job that raises: the program gets the exception (same traceback and status as python); workers end well."""
         code = """

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -37,7 +38,8 @@ from conctools._context import internal_thread
 from conctools.children import reaping, session
 from conctools.children.chain import build_chain, unresolved_links
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig
-from conctools.children.merge import processes_section
+from conctools.children.lost import LostJobsCheck
+from conctools.children.merge import exit_words, processes_section
 from conctools.children.pipes import writers_of
 from conctools.children.procfile import ProcessIdentity, build_record, read_records
 from conctools.events import ProcessStuckEvent
@@ -81,6 +83,8 @@ class ChildFollower:
         self._thread: threading.Thread | None = None
         self._handled: set[str] = set()
         self.stopping = False  # a stuck child is stopping the run: the section says so
+        timeout = options.get("deadlock_timeout_s")
+        self._lost = LostJobsCheck(float(timeout)) if timeout else None
 
     # ---- control ----
     def start(self) -> ChildFollower:
@@ -152,17 +156,50 @@ class ChildFollower:
             alarm = _read_json(os.path.join(self.run_dir, name))
             if alarm is None:
                 continue
-            event = self.explain(alarm)
-            self.stopping = self.on_stuck is not None
-            self.stuck.append(event)
-            self.recorder.record(event)
-            if self.on_stuck is not None:
-                try:
-                    self.on_stuck(event)
-                except Exception:
-                    _log.exception("conctools: on_stuck callback failed")
-            return event
+            return self._report(self.explain(alarm))
+        lost = self._check_lost()
+        if lost is not None:
+            return self._report(lost)
         return None
+
+    def _report(self, event: ProcessStuckEvent) -> ProcessStuckEvent:
+        self.stopping = self.on_stuck is not None
+        self.stuck.append(event)
+        self.recorder.record(event)
+        if self.on_stuck is not None:
+            try:
+                self.on_stuck(event)
+            except Exception:
+                _log.exception("conctools: on_stuck callback failed")
+        return event
+
+    def _check_lost(self) -> ProcessStuckEvent | None:
+        """A pool of this process waiting forever for the jobs of a worker that died."""
+        if self._lost is None or self.stuck:
+            return None
+        frames = sys._current_frames()
+        reaped = reaping.reaped()
+        if not any(r.get("exit_code") for r in reaped):
+            self._lost.check({}, [], {})  # nothing died: nothing to keep either
+            return None
+        records = {int(r.get("pid") or 0): r for r in read_records(self.run_dir or "")}
+        found = self._lost.check(frames, reaped, records)
+        if found is None:
+            return None
+        dead = found.dead
+        pid = int(dead.get("pid") or 0)
+        reason = (
+            f"{exit_words(int(dead['exit_code']))} while the pool had jobs; multiprocessing.Pool never runs "
+            f"again a job whose worker died, so its results never come (the pool's other workers, pids "
+            f"{', '.join(str(p) for p in found.workers)}, wait for work and its queues are empty)"
+        )
+        # The chain of the thread that waits on the pool (its current workers are what it names).
+        event = self.explain({"pid": found.workers[0], "verdict": "dead", "reason": reason})
+        chain = tuple(link for link in event.chain if link.thread_id == found.thread_id) or event.chain
+        name = str(dead.get("name") or records.get(pid, {}).get("name") or "?")
+        import dataclasses
+
+        return dataclasses.replace(event, pid=pid, process_name=name, chain=chain)
 
     def explain(self, alarm: dict[str, Any]) -> ProcessStuckEvent:
         """The event for a stuck child: its finding, and the chain of waits that lead to it."""

@@ -186,12 +186,13 @@ def build_record(
     reaped: list[dict[str, Any]] | None = None,
     stuck: dict[str, Any] | None = None,
     exit_stack: list[dict[str, Any]] | None = None,
+    with_stacks: bool = True,
 ) -> dict[str, Any]:
-    """This process's record, as its file holds it."""
+    """This process's record, as its file holds it (``with_stacks=False``: no thread stacks)."""
     user, system, peak = cpu_and_rss()
     name, target = process_name()
     name, target = name or identity.name, target or identity.target
-    threads, waits = thread_states()
+    threads, waits = thread_states() if with_stacks else ([], [])
     if exit_stack is not None and threads:
         threads[0] = {**threads[0], "stack": exit_stack}
     record: dict[str, Any] = {

@@ -160,8 +160,12 @@ class ChildSession:
         self.recorder = recorder
         self.instruments: contextlib.ExitStack | None = None  # what an exec'd child entered
         self.threads: list[Any] = []  # what a forked child restarted (a watchdog, a sampler)
-        self.deferred: list[Any] = []  # started by the writer before its first write
+        self.deferred: list[Any] = []  # started by the writer before its second write
         self.first_write_deferred = False
+        # A forked child's first record is written while its main thread is still in conctools'
+        # after-fork hook: that stack would say nothing about the program, so it is left out.
+        self.first_stacks = identity.start_method not in ("fork", "forkserver", "os.fork")
+        self._writes = 0
         self._bell = _thread.allocate_lock()  # held: the writer sleeps on it; released: write now
         self._stopping = False
         self._write_lock = _thread.allocate_lock()
@@ -221,7 +225,9 @@ class ChildSession:
                     reaped=reaping.reaped(),
                     stuck=self._stuck,
                     exit_stack=exit_stack,
+                    with_stacks=self._writes > 0 or self.first_stacks or final,
                 )
+                self._writes += 1
             except Exception:
                 _log.debug("conctools: could not build this process's record", exc_info=True)
                 return False

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-__all__ = ["CrossWait", "cross_wait", "idle_worker"]
+__all__ = ["CrossWait", "cross_wait", "idle_worker", "pool_of_wait"]
 
 _STDLIB = os.path.dirname(threading.__file__) + os.sep
 _MP = _STDLIB + "multiprocessing" + os.sep
@@ -300,6 +300,20 @@ def _command_name(args: Any) -> str:
         parts = [os.path.basename(str(args[0]))] + [str(a) for a in args[1:3]]
         return " ".join(parts)
     return str(args)[:60]
+
+
+def pool_of_wait(frame: FrameType | None) -> Any:
+    """The ``multiprocessing.Pool`` whose results this thread waits for without a timeout, if any."""
+    for f in _machinery(frame):
+        code = f.f_code
+        if code.co_filename != _MP + "pool.py":
+            continue
+        qualname = _qualname(f)
+        if qualname in ("ApplyResult.get", "ApplyResult.wait", "IMapIterator.next"):
+            if _timeout(f) is not None:
+                return None
+            return _static(_local(f, "self"), "_pool")
+    return None
 
 
 def idle_worker(frame: FrameType | None) -> bool:

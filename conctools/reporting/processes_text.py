@@ -80,8 +80,13 @@ def format_process_stuck(event: ProcessStuckEvent, snapshot: Snapshot, *, brief:
     """A stuck child and the chain of waits that leads to it, with the waiting threads' stacks and
     the child's own report of why it is stuck."""
     names = {**_names(snapshot), event.pid: event.process_name or _names(snapshot).get(event.pid, "?")}
-    state = "deadlocked" if event.verdict == "deadlock" else "hung"
-    title = f"A child process is {state}, and the program waits on it" if event.chain else f"A child process is {state}"
+    state = {"deadlock": "deadlocked", "dead": "dead"}.get(event.verdict, "hung")
+    if state == "dead":
+        title = "A child process died, and the program waits on it forever"
+    elif event.chain:
+        title = f"A child process is {state}, and the program waits on it"
+    else:
+        title = f"A child process is {state}"
     lines = [title, "=" * len(title)]
     for link in event.chain:
         lines.append(
@@ -89,7 +94,7 @@ def format_process_stuck(event: ProcessStuckEvent, snapshot: Snapshot, *, brief:
         )
         timeout = f" (with a timeout of {link.timeout_s:g}s)" if link.timeout_s is not None else ""
         lines.append(f"  waits on {link.waits_on}{timeout}, at {link.site}")
-    lines.append(f"process {event.pid} {names.get(event.pid, '?')!r} is {state}:")
+    lines.append(f"process {event.pid} {names.get(event.pid, '?')!r} {'died' if state == 'dead' else 'is ' + state}:")
     lines.append(f"  {event.reason}")
     if not event.chain:
         lines.append("  (no thread of the run's other processes was seen waiting on it)")
