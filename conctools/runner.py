@@ -459,7 +459,7 @@ def _follow_children(options: RunOptions, recorder: Recorder) -> Iterator[None]:
     """Follow the program's Python child processes (see :mod:`conctools.children`): the same
     options, one merged report, and a child deadlocked or hung stops the run (86 / 87)."""
     if not options.follow_children:
-        from conctools.children.session import guard_forks
+        from conctools.children.forking import guard_forks
 
         guard_forks()  # forked children still start clean (conctools' locks, SIGTERM)
         yield

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from conctools._context import internal_thread
-from conctools.children import reaping, session
+from conctools.children import forking, reaping
 from conctools.children.chain import build_chain, unresolved_links
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig
 from conctools.children.lost import LostJobsCheck
@@ -100,7 +100,7 @@ class ChildFollower:
         self._set_env(ENV_VAR, config.to_env())
         previous = os.environ.get("PYTHONPATH")
         self._set_env("PYTHONPATH", BOOT_DIR + (os.pathsep + previous if previous else ""))
-        session.activate(config, root=True)
+        forking.activate(config, root=True)
         reaping.install()
         self.recorder.add_section("processes", self.section)
         atexit.register(self._at_exit)
@@ -116,7 +116,7 @@ class ChildFollower:
         joins its children in an ``atexit`` hook, after the report, and a child stuck then
         must still stop the run rather than hang it.
         """
-        session.deactivate()
+        forking.deactivate()
         for name, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -272,9 +272,9 @@ class ChildFollower:
         """SIGKILL every descendant of this process and every followed child still running
         (``conctools run`` is stopping a stuck program: like Ctrl-C, nothing it started outlives
         it). A child born meanwhile (a pool replacing a dead worker) ends at birth
-        (:func:`~conctools.children.session.stop_births`). ``multiprocessing``'s resource
+        (:func:`~conctools.children.forking.stop_births`). ``multiprocessing``'s resource
         tracker is left to end by itself (it cleans up after the program). Returns the pids killed."""
-        session.stop_births()
+        forking.stop_births()
         killed: list[int] = []
         for _ in range(5):
             targets = [p for p in _descendants() if p not in killed]

@@ -5,7 +5,7 @@ the ``sitecustomize`` that this one shadows, if there is one. It never raises.""
 
 def _follow() -> None:
     try:
-        from conctools.children.session import start_from_env
+        from conctools.children.bootstrap import start_from_env
 
         start_from_env()
     except Exception:
