@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -693,4 +694,33 @@ class TestChainAcrossGenerations:
         assert re.match(r"process \d+ 'outer', thread 'MainThread':", lines[2]), chain
         assert re.match(r"  waits on multiprocessing\.Pool\.map\(\) results .*'ForkPoolWorker-1:1'", lines[3]), chain
         assert re.match(r"process \d+ 'ForkPoolWorker-1:1' is deadlocked:", lines[4]), chain
+        assert_all_gone(report)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does it)")
+class TestMergedPage:
+    """report.html of a run with children: it renders, with the processes and the stuck child's story."""
+
+    def test_page_with_a_stuck_child(self, tmp_path: Path) -> None:
+        """No console error; the processes table, the child's deadlock and the chain are on the page."""
+        code = textwrap.dedent(DEADLOCKED_JOB) + textwrap.dedent(STUCK["join"]) + textwrap.dedent(MAIN)
+        result, report = run(tmp_path, code, "fork", options=("--deadlock-timeout", "1"))
+        assert result.returncode == 86, result.stderr
+        assert CHROMIUM is not None
+        page = tmp_path / "out" / "report.html"
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+             "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        assert [ln for ln in dom.stderr.splitlines() if ":CONSOLE" in ln or "Uncaught" in ln] == []
+        assert 'data-rendered="1"' in dom.stdout
+        assert "started by" in dom.stdout and "stuck-proc" in dom.stdout  # the processes table
+        assert "child process" in dom.stdout and "is deadlocked" in dom.stdout  # the chain, as a problem
+        assert "prog.py:4" in dom.stdout  # the child's own deadlock, its lock
         assert_all_gone(report)
