@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+from conctools.children.bootstrap import _runs_conctools, _start_method_of
 from conctools.children.chain import build_chain
 from conctools.children.merge import exit_words, processes_section
 from conctools.children.waits import cross_wait
@@ -117,3 +118,28 @@ class TestCrossWaitFromFrames:
         finally:
             proc.kill()
             joiner.join(10)
+
+
+class TestBootstrapDecides:
+    """Which new interpreter follows, from its command line."""
+
+    def test_nested_conctools_runs_on_its_own(self) -> None:
+        """`python [-W error] -m conctools ...` and the `conctools` script are runs of their own; a program is not."""
+        py = sys.executable
+        assert _runs_conctools([py, "-m", "conctools", "run", "x.py"])
+        assert _runs_conctools([py, "-W", "error", "-X", "dev", "-m", "conctools.cli"])
+        assert _runs_conctools([py, "/venv/bin/conctools", "run", "x.py"])
+        assert not _runs_conctools([py, "-W", "error", "prog.py"])
+        assert not _runs_conctools([py, "-c", "import conctools"])
+        assert not _runs_conctools([py, "-m", "pytest"])
+
+    def test_start_methods(self) -> None:
+        """spawn and the forkserver are recognised; the resource tracker is not followed."""
+        py = sys.executable
+        spawn = [py, "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7)"]
+        assert _start_method_of([*spawn, "--multiprocessing-fork"]) == "spawn"
+        assert _start_method_of([py, "-c", "from multiprocessing.forkserver import main; main(1, 2)"]) == (
+            "forkserver (server)"
+        )
+        assert _start_method_of([py, "-c", "from multiprocessing.resource_tracker import main;main(5)"]) is None
+        assert _start_method_of([py, "prog.py"]) == "exec"

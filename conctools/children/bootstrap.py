@@ -30,15 +30,25 @@ _log = logging.getLogger("conctools.children")
 # ---- exec ---------------------------------------------------------------------------------
 
 
+# Interpreter options whose value is the next argument (``-W error``, ``-X dev``).
+_TAKES_VALUE = frozenset({"-W", "-X", "--check-hash-based-pycs"})
+
+
 def _runs_conctools(argv: list[str]) -> bool:
-    """A nested ``conctools`` command (``python -m conctools ...``): it is a run of its own."""
-    for i, arg in enumerate(argv[1:], 1):
+    """A nested ``conctools`` command (``python -m conctools ...``, the ``conctools`` script): a run
+    of its own, which follows its own children."""
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
         if arg == "-m" and i + 1 < len(argv):
             return argv[i + 1].split(".")[0] == "conctools"
         if arg.startswith("-m") and len(arg) > 2:
             return arg[2:].split(".")[0] == "conctools"
+        if arg == "-c" or arg.startswith("-c") or arg == "-":
+            return False
         if not arg.startswith("-"):
             return os.path.basename(arg) == "conctools"
+        i += 2 if arg in _TAKES_VALUE else 1
     return False
 
 
