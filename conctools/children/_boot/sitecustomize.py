@@ -1,9 +1,12 @@
 """conctools' bootstrap for followed child processes (``conctools run`` puts this folder first
 on ``PYTHONPATH``). It follows this interpreter when the run asked for it, then hands over to
-the ``sitecustomize`` that this one shadows, if there is one. It never raises."""
+the ``sitecustomize`` that this one shadows, if there is one. It never raises, and it parses
+on any Python (another interpreter may inherit ``PYTHONPATH``): type comments, no f-strings.
+"""
 
 
-def _follow() -> None:
+def _follow():
+    # type: () -> None
     try:
         from conctools.children.bootstrap import start_from_env
 
@@ -12,7 +15,8 @@ def _follow() -> None:
         pass
 
 
-def _chain() -> None:
+def _chain():
+    # type: () -> None
     """Import the next ``sitecustomize`` on the path, as if this one had not been there."""
     import importlib
     import os
@@ -25,7 +29,7 @@ def _chain() -> None:
     try:
         importlib.import_module("sitecustomize")
     except ImportError as exc:
-        if exc.name != "sitecustomize":
+        if getattr(exc, "name", "sitecustomize") != "sitecustomize":
             raise
         if mine is not None:
             sys.modules["sitecustomize"] = mine
