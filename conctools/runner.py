@@ -500,9 +500,20 @@ def _follow_children(options: RunOptions, recorder: Recorder) -> Iterator[None]:
         follower.close()
 
     # Stays registered after the program's end: atexit may still join a child that gets stuck.
-    _abrupt_exit_hooks["children"] = on_abrupt_exit
-    with follower:
+    try:
+        follower.start()
+    except OSError as exc:  # no run folder (an unwritable $TMPDIR): the program runs, its children unfollowed
+        _say(f"conctools: not following child processes: cannot make a run folder: {exc.strerror or exc}\n")
+        from conctools.children.forking import guard_forks
+
+        guard_forks()
         yield
+        return
+    _abrupt_exit_hooks["children"] = on_abrupt_exit
+    try:
+        yield
+    finally:
+        follower.detach()
 
 
 def _console(options: RunOptions, recorder: Recorder) -> contextlib.AbstractContextManager[object]:
