@@ -174,6 +174,30 @@ class TestFollowsChildren:
         assert "processes" not in report["sections"]
         assert "Processes:" not in result.stderr
 
+    def test_fork_while_the_parent_sampler_holds_its_lock(self, tmp_path: Path) -> None:
+        """A fork at the instant the parent's sampler holds its lock (a race, forced here): the child
+        neither waits for it nor hangs, and its last record is written."""
+        code = """
+            import multiprocessing as mp
+            from conctools.recorder import get_recorder
+
+            def work():
+                pass
+
+            if __name__ == "__main__":
+                sampler = get_recorder()._sections["resources"].__self__
+                with sampler._state:  # as the sampler thread holds it while it records a sample
+                    p = mp.get_context("fork").Process(target=work, name="forked-mid-sample")
+                    p.start()
+                p.join()
+                print(p.exitcode)
+            """
+        result, report = run(tmp_path, code)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "0\n"
+        (child,) = children(report)
+        assert child["final"] and child["exit_text"] == "exit status 0"
+
     def test_forked_child_that_returns_prints_no_report(self, tmp_path: Path) -> None:
         """An os.fork() child that ends with sys.exit hands its data to the run: one report, not two."""
         code = """

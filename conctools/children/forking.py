@@ -189,7 +189,10 @@ def _start_forked(config: FollowConfig, method: str) -> None:
         parent._thread = None
     recorder = get_recorder()
     recorder.reset_after_fork()
-    recorder.remove_section("processes")  # only the run's main process merges the others
+    # Sections whose providers are the parent's instruments (its sampler, its profile: their locks may
+    # have been held by the parent's threads at the fork) and the merge (the run's main process's).
+    for section in ("processes", "resources", "profile"):
+        recorder.remove_section(section)
     own_lock_table(recorder)
     identity = ProcessIdentity.here(method, argv=[] if method == "forkserver" else None)
     identity.name, identity.target = state.fork_process

@@ -134,7 +134,7 @@ class ChildSession:
             self.write()  # the run knows this process from its first moment
         while not self._stopping:
             self._bell.acquire(timeout=self._interval_s)
-            if self._stopping or not os.path.isdir(self.config.run_dir):
+            if self._stopping or not self._run_alive():
                 break  # the run is over: nobody reads this process's file any more
             while self.deferred:
                 try:
@@ -146,6 +146,18 @@ class ChildSession:
             # Writing a big recorder costs: keep it under ~5% of a core, losing more on a crash.
             self._interval_s = max(self.config.flush_interval_s, 20 * (time.perf_counter() - began))
 
+    def _run_alive(self) -> bool:
+        """Whether the run still reads this process's file: its folder and its main process exist."""
+        if not os.path.isdir(self.config.run_dir):
+            return False
+        try:
+            os.kill(self.config.root_pid, 0)
+        except ProcessLookupError:
+            return False  # the run's main process was killed: this child is an orphan of it
+        except OSError:
+            pass
+        return True
+
     def write(
         self,
         *,
@@ -154,8 +166,14 @@ class ChildSession:
         ended_by: str | None = None,
         exit_stack: list[dict[str, Any]] | None = None,
     ) -> bool:
-        """Write this process's record (the final one once: later writes are ignored)."""
-        with self._write_lock:
+        """Write this process's record (the final one once: later writes are ignored).
+
+        The final one waits at most a few seconds for a write in progress: a process that is
+        ending must end, whatever became of its writer.
+        """
+        if not self._write_lock.acquire(timeout=3.0 if final else -1):
+            return False
+        try:
             if self._final or os.getpid() != self.identity.pid:
                 return False
             try:
@@ -178,6 +196,8 @@ class ChildSession:
             if final:
                 self._final = True
             return written
+        finally:
+            self._write_lock.release()
 
     def stuck(self, verdict: str, reason: str) -> None:
         """This process is deadlocked or hung: tell the run at once (the first finding only)."""
