@@ -112,6 +112,35 @@ class TestFollowsChildren:
         assert child["ppid"] == parent
         assert re.search(rf"\n\s+{child['pid']}\s+{parent}\s+worker-proc\s+{method}\s+exit status 0", result.stderr)
 
+    @pytest.mark.parametrize("method", ["fork", "spawn"])
+    def test_child_event_loop_is_watched(self, tmp_path: Path, method: str) -> None:
+        """A child's event loop blocked 300 ms, three times: the stalls and their line are in its section."""
+        code = """
+            import asyncio, multiprocessing as mp, sys, time
+
+            async def main():
+                for _ in range(3):
+                    await asyncio.sleep(0.05)
+                    time.sleep(0.3)  # blocks the child's loop
+
+            def child():
+                asyncio.run(main())
+
+            if __name__ == "__main__":
+                p = mp.get_context(sys.argv[1]).Process(target=child, name="looper")
+                p.start()
+                p.join()
+            """
+        result, report = run(tmp_path, code, method)
+        assert result.returncode == 0, result.stderr
+        (child,) = children(report)
+        stalls = child["report"]["sections"]["slow_callbacks"]
+        assert stalls["stalls"] >= 1 and stalls["sites"][0]["site"].endswith("prog.py:7")
+        assert "slow_callbacks" not in report["sections"] or report["sections"]["slow_callbacks"]["stalls"] == 0
+        assert re.search(
+            r"In process \d+ 'looper':\n-+\n\nSlow callbacks: the event loop was blocked \d+ times?", result.stderr
+        )
+
     def test_pool_and_process_pool_executor(self, tmp_path: Path) -> None:
         """Pool and ProcessPoolExecutor workers are listed with their names and what they ran."""
         code = """

@@ -21,7 +21,7 @@ import warnings
 
 from conctools.children import reaping
 from conctools.children.config import ENV_VAR, FollowConfig
-from conctools.children.forksafe import own_lock_table, reinit_after_fork
+from conctools.children.forksafe import forget_parent_sections, own_lock_table, reinit_after_fork
 from conctools.children.procfile import ProcessIdentity
 from conctools.children.session import (
     ChildSession,
@@ -189,10 +189,7 @@ def _start_forked(config: FollowConfig, method: str) -> None:
         parent._thread = None
     recorder = get_recorder()
     recorder.reset_after_fork()
-    # Sections whose providers are the parent's instruments (its sampler, its profile: their locks may
-    # have been held by the parent's threads at the fork) and the merge (the run's main process's).
-    for section in ("processes", "resources", "profile"):
-        recorder.remove_section(section)
+    forget_parent_sections(recorder)
     own_lock_table(recorder)
     identity = ProcessIdentity.here(method, argv=[] if method == "forkserver" else None)
     identity.name, identity.target = state.fork_process

@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["reinit_after_fork"]
+__all__ = ["forget_parent_sections", "own_lock_table", "reinit_after_fork"]
 
 _MODULE_LOCKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("conctools.lockorder", ("_mutex",)),
@@ -108,3 +108,16 @@ def own_lock_table(recorder: Any) -> None:
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row.get("name"), row.get("kind"), row.get("created_at"))
+
+
+def forget_parent_sections(recorder: Any) -> None:
+    """Drop the sections whose providers are the parent's instruments: its sampler, its profile, its
+    loop monitor's aggregates (their locks may have been held by the parent's threads at the fork,
+    and their figures are the parent's), and the merge (the run's main process's own). The child's
+    instruments publish their own."""
+    for section in ("processes", "resources", "profile", "slow_callbacks"):
+        recorder.remove_section(section)
+    loopmon = sys.modules.get("conctools.loopmon")
+    table = getattr(loopmon, "_stats_by_recorder", None)
+    if isinstance(table, dict):
+        table.pop(id(recorder), None)
