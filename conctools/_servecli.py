@@ -118,7 +118,29 @@ def add_server_commands(sub: Any) -> None:
         type=_positive_int,
         default=1,
         metavar="K",
-        help="Locust worker processes (default 1: no master/worker split)",
+        help="Locust worker processes on this machine (default 1: no master/worker split)",
+    )
+    role = load.add_mutually_exclusive_group()
+    role.add_argument(
+        "--master",
+        action="store_true",
+        help="run Locust's master: it waits for --expect-workers workers (other machines) and writes the results",
+    )
+    role.add_argument(
+        "--worker", action="store_true", help="run one Locust worker of the master at --master-host (--master-port)"
+    )
+    load.add_argument("--expect-workers", type=_positive_int, metavar="N", help="with --master: workers to wait for")
+    load.add_argument(
+        "--master-host", default=None, metavar="HOST", help="with --worker: the master's host (default 127.0.0.1)"
+    )
+    load.add_argument(
+        "--master-port", type=_port, default=5557, metavar="PORT", help="the master's port (default 5557, Locust's)"
+    )
+    load.add_argument(
+        "--master-bind-host",
+        default=None,
+        metavar="HOST",
+        help="with --master: where workers reach it (default 127.0.0.1; name an interface to accept other machines)",
     )
     load.add_argument(
         "--out", type=Path, default=Path("build/loadtest"), metavar="DIR", help="result files (default build/loadtest)"
@@ -234,10 +256,24 @@ def _loadtest_command(ns: argparse.Namespace) -> int:
     if ns.host is not None:
         options.host = ns.host
         options.allow_remote = True
+    options.role = "master" if ns.master else "worker" if ns.worker else "standalone"
+    options.expect_workers = ns.expect_workers or 0
+    options.master_port = ns.master_port
+    if ns.master_host is not None:
+        if not ns.worker:
+            raise UsageError("conctools loadtest: error: --master-host goes with --worker")
+        options.master_host = ns.master_host
+    if ns.master_bind_host is not None:
+        if not ns.master:
+            raise UsageError("conctools loadtest: error: --master-bind-host goes with --master")
+        options.master_bind_host = ns.master_bind_host
     try:
         result = run_loadtest(options)
     except LoadTestError as exc:
         raise UsageError(f"conctools loadtest: error: {exc}") from None
+    if options.role == "worker":
+        print(f"conctools loadtest: worker ended (exit {result.returncode}); wrote {result.files[0]}")
+        return 0 if result.returncode == 0 else 1
     if result.summary is None:
         tail = result.output.strip().splitlines()[-1:] or ["no output"]
         print(f"conctools loadtest: locust wrote no stats (exit {result.returncode}): {tail[0]}", file=sys.stderr)

@@ -70,14 +70,32 @@ def _report_command(ns: argparse.Namespace) -> int:
     from conctools.reporting.html import write_html
     from conctools.reporting.trace import write_trace
 
-    path = ns.report_json
-    if path.is_dir() and (path / "report.json").is_file():  # `conctools report out/` means out/report.json
-        path = path / "report.json"
+    paths = []
+    for path in ns.report_json:
+        if path.is_dir() and (path / "report.json").is_file():  # `conctools report out/` means out/report.json
+            path = path / "report.json"
+        paths.append(path)
+    path = paths[0]
     try:
-        snapshot = load_json(path)
+        snapshots = [load_json(p) for p in paths]
     except ValueError as exc:
         raise UsageError(f"conctools report: error: {exc}") from None
+    snapshot = snapshots[0]
+    if len(snapshots) > 1:  # several processes, runs or machines: one report, a section per process
+        from conctools.children.merge import merge_snapshots
+
+        try:
+            snapshot = merge_snapshots(snapshots, [str(p) for p in paths])
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise UsageError(f"conctools report: error: cannot merge the reports ({exc})") from None
+    if ns.out is not None:
+        check_out_dir(ns.out, "conctools report")
     try:
+        if ns.out is not None:
+            from conctools.runner import write_reports
+
+            written = write_reports(snapshot, ns.out)
+            print(f"conctools: wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
         if ns.html is not None:
             write_html(snapshot, ns.html)
             print(f"conctools: wrote {ns.html}", file=sys.stderr)
@@ -89,7 +107,7 @@ def _report_command(ns: argparse.Namespace) -> int:
         problem = report_exports(ns, snapshot) if wants_exports(ns) else None  # --otel, --pprof, --speedscope
         if problem is not None:
             raise UsageError(problem)
-        if ns.text or (ns.html is None and ns.trace is None and not wants_exports(ns)):
+        if ns.text or (ns.html is None and ns.trace is None and ns.out is None and not wants_exports(ns)):
             sys.stdout.write(render_text(snapshot))
     except OSError as exc:
         raise UsageError(f"conctools report: error: cannot write: {exc}") from None
@@ -186,6 +204,11 @@ def _build_parser(only_run: bool = False) -> _Parser:
         action="store_true",
         help="do not sample thread states for GIL waits and CPU-bound threads (no bottleneck verdict)",
     )
+    run.add_argument(
+        "--no-follow-children",
+        action="store_true",
+        help="observe this process only (default: Python child processes run under the same options, one report)",
+    )
     from conctools._servecli import add_run_console_options
 
     add_run_console_options(run)  # --console, --console-host, --console-port, --allow-remote-console
@@ -199,11 +222,20 @@ def _build_parser(only_run: bool = False) -> _Parser:
         return parser
     report = sub.add_parser(
         "report",
-        help="re-render a saved report.json as text, HTML or a Perfetto trace",
-        usage="conctools report DIR/report.json [--html PATH] [--trace PATH] [--text] [--otel] [--pprof DIR] "
-        "[--speedscope FILE]",
+        help="re-render saved report.json files (several: merged into one) as text, HTML or a Perfetto trace",
+        usage="conctools report DIR/report.json [MORE.json ...] [--out DIR] [--html PATH] [--trace PATH] [--text] "
+        "[--otel] [--pprof DIR] [--speedscope FILE]",
     )
-    report.add_argument("report_json", type=Path, metavar="REPORT_JSON", help="a report.json written by conctools run")
+    report.add_argument(
+        "report_json",
+        type=Path,
+        nargs="+",
+        metavar="REPORT_JSON",
+        help="a report.json written by conctools run; several are merged into one report, a section per process",
+    )
+    report.add_argument(
+        "--out", type=Path, metavar="DIR", help="write report.txt, report.json, trace.json and report.html to DIR"
+    )
     report.add_argument("--html", type=Path, metavar="PATH", help="write the HTML report to PATH")
     report.add_argument("--trace", type=Path, metavar="PATH", help="write the Chrome/Perfetto trace to PATH")
     report.add_argument("--text", action="store_true", help="print the text report (the default with no other output)")
@@ -293,6 +325,7 @@ def _run_command(parser: _Parser, run_parser: argparse.ArgumentParser, argv: lis
     options.trace_locks = not ns.no_trace_locks
     options.lock_order = not ns.no_lock_order
     options.gil = not ns.no_gil
+    options.follow_children = not ns.no_follow_children
     from conctools._servecli import apply_run_console_options
 
     apply_run_console_options(ns, options)

@@ -23,7 +23,8 @@ Hierarchy::
     ├── ResourceSampleEvent    one psutil sample of the process
     ├── GilSampleEvent         one window of the GIL monitor: threads wanting the GIL, cores used
     ├── MarkEvent              a free-form instant (run start/end, user marks)
-    └── PoolExhaustedEvent     a pool had no item to give while tasks or threads waited: who held them
+    ├── PoolExhaustedEvent     a pool had no item to give while tasks or threads waited: who held them
+    └── ProcessStuckEvent      a child process deadlocked or hung, and who waits on it
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ __all__ = [
     "Participant",
     "PoolExhaustedEvent",
     "PoolHolder",
+    "ProcessStuckEvent",
+    "ProcessWaitLink",
     "ResourceSampleEvent",
     "SlowCallbackEvent",
     "SpanEvent",
@@ -457,6 +460,36 @@ class PoolExhaustedEvent(Event):
     holders: tuple[PoolHolder, ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessWaitLink:
+    """One step of a chain of waits across processes: a thread of process ``pid`` waits on
+    other processes (``target_pids``: a child it joins, a pool's workers, the writers of a pipe)."""
+
+    pid: int
+    process_name: str
+    thread_id: int
+    thread_name: str
+    waits_on: str  # in words: "multiprocessing.Pool.map() results from its workers (pids 12, 13)"
+    site: str  # file:line of the program where it waits
+    target_pids: tuple[int, ...] = ()
+    timeout_s: float | None = None  # the wait's own timeout, if it has one
+    stack: tuple[Frame, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessStuckEvent(Event):
+    """A followed child process deadlocked (``verdict`` "deadlock") or hung ("hang"); ``chain``
+    is who waits on it, from the program's main process down to the waiter nearest to it."""
+
+    kind: ClassVar[str] = "process_stuck"
+
+    pid: int
+    process_name: str
+    verdict: str  # "deadlock" | "hang"
+    reason: str  # the child's own finding in one line
+    chain: tuple[ProcessWaitLink, ...] = ()
+
+
 def _build(tp: Any, value: Any) -> Any:
     """Rebuild nested values of ``tp`` (a field's annotation, as a string) from JSON."""
     if value is None:
@@ -489,6 +522,7 @@ _NESTED: dict[str, type] = {
     "LockOrderEdge": LockOrderEdge,
     "WaiterInfo": WaiterInfo,
     "PoolHolder": PoolHolder,
+    "ProcessWaitLink": ProcessWaitLink,
 }
 
 

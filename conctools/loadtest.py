@@ -9,6 +9,12 @@ Bounds: at most :data:`MAX_USERS` users and :data:`MAX_DURATION_S` seconds per r
 target is loopback unless the caller names another host explicitly (then a warning).
 ``processes > 1`` uses Locust's own distributed mode (``--processes``: one master, K
 workers, on a private loopback port), which is how a load test scales past one core.
+Across machines, the same engine: ``role="master"`` (``--master --expect-workers N``) runs
+the headless, bounded master, which waits for its N workers, hands them the users and writes
+the same files and summary as a one-process run; ``role="worker"`` (``--worker
+--master-host HOST``) runs one worker that takes its users and target from that master, and
+is bounded too (it is stopped after ``duration_s`` plus a grace period if the master has not
+ended it). The master listens on loopback unless its bind host is named explicitly.
 """
 
 from __future__ import annotations
@@ -62,6 +68,12 @@ class LoadTestOptions:
     locustfile: Path | None = None
     allow_remote: bool = False  # set when the user named the host explicitly
     user_classes: tuple[str, ...] = ()  # run only these User classes of the locustfile (default: all)
+    role: str = "standalone"  # "master" or "worker": Locust's own distributed mode across machines
+    expect_workers: int = 0  # master: wait for this many workers before loading
+    master_host: str = "127.0.0.1"  # worker: the master to join
+    master_port: int = 5557  # Locust's default
+    master_bind_host: str = "127.0.0.1"  # master: where workers reach it (loopback unless named)
+    expect_workers_max_wait_s: float = 60.0  # master: give up when the workers do not come
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,6 +149,22 @@ def validate(options: LoadTestOptions) -> Path:
         raise LoadTestError(f"--users must be between 1 and {MAX_USERS}, got {options.users}")
     if not 0 < options.duration_s <= MAX_DURATION_S:
         raise LoadTestError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds, got {options.duration_s:g}")
+    if options.role not in ("standalone", "master", "worker"):
+        raise LoadTestError(f"unknown load-test role {options.role!r}")
+    if options.role != "standalone" and options.processes != 1:
+        raise LoadTestError("--processes is the one-machine shortcut: use it without --master/--worker")
+    if options.role == "master" and options.expect_workers < 1:
+        raise LoadTestError("--master needs --expect-workers N (N >= 1)")
+    if options.role != "master" and options.expect_workers:
+        raise LoadTestError("--expect-workers goes with --master")
+    if not 0 < options.master_port <= 65535:
+        raise LoadTestError(f"--master-port must be a port between 1 and 65535, got {options.master_port}")
+    if options.role == "master" and not is_loopback(options.master_bind_host):
+        print(
+            f"conctools loadtest: warning: the master listens on {options.master_bind_host}:{options.master_port}: "
+            "any machine that reaches it can join as a worker",
+            file=sys.stderr,
+        )
     if options.processes < 1 or options.processes > (os.cpu_count() or 1) * 4:
         raise LoadTestError(f"--processes must be between 1 and {(os.cpu_count() or 1) * 4}, got {options.processes}")
     if options.spawn_rate is not None and options.spawn_rate <= 0:
@@ -160,7 +188,22 @@ def validate(options: LoadTestOptions) -> Path:
 
 
 def locust_command(options: LoadTestOptions, locustfile: Path) -> list[str]:
-    """The ``python -m locust`` command line for one headless, bounded run."""
+    """The ``python -m locust`` command line for one headless, bounded run (or one worker of one)."""
+    if options.role == "worker":  # its users, target and run time come from the master
+        return [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(locustfile),
+            "--worker",
+            "--master-host",
+            options.master_host,
+            "--master-port",
+            str(options.master_port),
+            "--loglevel",
+            "INFO",
+        ]
     out = options.out_dir
     spawn_rate = options.spawn_rate if options.spawn_rate is not None else float(options.users)
     cmd = [
@@ -192,7 +235,19 @@ def locust_command(options: LoadTestOptions, locustfile: Path) -> list[str]:
         "2",
     ]
     cmd += list(options.user_classes)
-    if options.processes > 1:
+    if options.role == "master":
+        cmd += [
+            "--master",
+            "--expect-workers",
+            str(options.expect_workers),
+            "--expect-workers-max-wait",
+            f"{max(1, math.ceil(options.expect_workers_max_wait_s))}",
+            "--master-bind-host",
+            options.master_bind_host,
+            "--master-bind-port",
+            str(options.master_port),
+        ]
+    elif options.processes > 1:
         port = free_port()
         cmd += [
             "--processes",
@@ -269,28 +324,36 @@ def _check_reachable(url: str) -> None:
 
 
 def run_loadtest(options: LoadTestOptions) -> LoadTestResult:
-    """Run Locust headless as a child process; bounded by the run time plus a grace period."""
+    """Run Locust headless as a child process; bounded by the run time plus a grace period
+    (for a master, plus the time it may wait for its workers)."""
     locustfile = validate(options)
-    _check_reachable(options.host)
+    if options.role != "worker":  # a worker loads what its master names, checked there
+        _check_reachable(options.host)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     cmd = locust_command(options, locustfile)
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    log_path = options.out_dir / "locust.log"
+    # Workers may share the master's folder on one machine: each keeps a log of its own.
+    log_path = options.out_dir / ("locust.log" if options.role != "worker" else f"locust-worker-{os.getpid()}.log")
     with log_path.open("w", encoding="utf-8") as log:
         # A new session: Locust's workers are killed with it if the run must be cut short.
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        bound = options.duration_s + GRACE_S
+        if options.role == "master":
+            bound += options.expect_workers_max_wait_s
         try:
-            returncode = proc.wait(timeout=options.duration_s + GRACE_S)
+            returncode = proc.wait(timeout=bound)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise LoadTestError(f"locust did not finish within {options.duration_s + GRACE_S:g} s; see {log_path}")
+            raise LoadTestError(f"locust did not finish within {bound:g} s; see {log_path}")
         except BaseException:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
     output = log_path.read_text(encoding="utf-8", errors="replace")
+    if options.role == "worker":  # the master writes the stats and the report
+        return LoadTestResult(returncode=returncode, summary=None, files=[log_path], output=output)
     files = [
         p
         for p in (

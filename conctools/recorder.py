@@ -620,6 +620,24 @@ class Recorder:
             meta=dict(self.meta),
         )
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: become this process's own, empty recorder (sinks and sections stay).
+
+        The child inherits its parent's events and a lock that a parent thread may have held at
+        the fork (that thread does not exist in the child): both are replaced, never waited on.
+        """
+        self._lock = _thread.allocate_lock()
+        self._ring = deque(maxlen=self.capacity)
+        self._counts = {}
+        self._local = threading.local()
+        self._shards = []
+        self._chunks = deque()
+        self._kept = 0
+        self._folded = {}
+        self.started_ns = time.monotonic_ns()
+        self.started_wall = time.time()
+        self.meta = {"pid": os.getpid(), "python": sys.version.split()[0]}
+
     def clear(self) -> None:
         """Forget every event and aggregate (sinks and sections stay).
 

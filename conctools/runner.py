@@ -72,6 +72,7 @@ class RunOptions:
     dump_agent: bool = True  # the agent that `conctools dump/top PID` ask (conctools.agent)
     gil: bool = True  # the GIL monitor: CPU-bound threads, GIL waits, parallelism, the bottleneck verdict
     lock_wait_threshold_s: float = 0.001  # lock waits at least this long are events (besides a sample per site)
+    follow_children: bool = True  # Python child processes run under the same options; one merged report
 
     @property
     def command(self) -> str:
@@ -80,10 +81,18 @@ class RunOptions:
 
 
 @contextlib.contextmanager
-def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib.ExitStack]:
+def instrumented(
+    options: RunOptions,
+    recorder: Recorder,
+    *,
+    on_deadlock: Callable[[DeadlockEvent], object] | None = None,
+    on_hang: Callable[[HangEvent], object] | None = None,
+) -> Iterator[contextlib.ExitStack]:
     """Switch on every instrument ``options`` asks for; switch them off on exit.
 
-    Shared by ``conctools run`` and the pytest plugin, so both observe programs the same way.
+    Shared by ``conctools run``, its followed child processes and the pytest plugin, so all
+    observe programs the same way. ``on_deadlock`` / ``on_hang`` are called instead of the
+    run's report-and-exit (a child process tells the run rather than exiting).
     """
     with contextlib.ExitStack() as stack:
         stack.enter_context(use_recorder(recorder))
@@ -97,7 +106,7 @@ def instrumented(options: RunOptions, recorder: Recorder) -> Iterator[contextlib
             _enter_profile(stack, options, recorder)
         if options.deadlock_timeout_s:
             # Before trace_locks: the watchdog thread's own Event (Thread._started) stays plain.
-            _enter_watchdog(stack, options, recorder)
+            _enter_watchdog(stack, options, recorder, on_deadlock, on_hang)
         if options.otel:  # before trace_locks: the SDK's own locks stay plain
             from conctools.exporters.wiring import otel_export
 
@@ -127,11 +136,15 @@ def _service_name(options: RunOptions) -> str:
     return Path(options.script or "python").stem
 
 
-def _enter_watchdog(stack: contextlib.ExitStack, options: RunOptions, recorder: Recorder) -> None:
+def _enter_watchdog(
+    stack: contextlib.ExitStack,
+    options: RunOptions,
+    recorder: Recorder,
+    on_deadlock: Callable[[DeadlockEvent], object] | None = None,
+    on_hang: Callable[[HangEvent], object] | None = None,
+) -> None:
     """Watch for deadlocks and hangs; in run mode, report and exit instead of hanging forever."""
-    on_deadlock: Callable[[DeadlockEvent], object] | None = None
-    on_hang: Callable[[HangEvent], object] | None = None
-    if options.exit_on_deadlock:
+    if options.exit_on_deadlock and on_deadlock is None and on_hang is None:
 
         def on_deadlock(event: DeadlockEvent) -> None:
             _report_and_exit(recorder, options, EXIT_DEADLOCK, "a deadlock")
@@ -161,7 +174,21 @@ def _report_and_exit(recorder: Recorder, options: RunOptions, status: int, what:
     _thread.start_new_thread(last_resort, ())
     _final_report(recorder, options, status)
     _say(f"conctools: stopped the program after {what}; exit status {status}\n")
+    _before_abrupt_exit(kill_children=True)
     _real_exit(status)
+
+
+# Called before the process ends without unwinding (kill_children: conctools stops a stuck program,
+# whose child processes must not outlive it); the child-process follower registers itself here.
+_abrupt_exit_hooks: dict[str, Callable[[bool], object]] = {}
+
+
+def _before_abrupt_exit(*, kill_children: bool) -> None:
+    for hook in list(_abrupt_exit_hooks.values()):
+        try:
+            hook(kill_children)
+        except Exception:
+            pass
 
 
 # The real os._exit: a program's own call goes through _exit_with_report while it runs.
@@ -206,6 +233,7 @@ def _report_on_abrupt_exit(recorder: Recorder, options: RunOptions) -> Iterator[
                 _final_report(recorder, options, status)
             except BaseException:
                 pass
+            _before_abrupt_exit(kill_children=False)
         _real_exit(status)
 
     def _on_sigterm(signum: int, frame: object) -> None:
@@ -229,6 +257,7 @@ def _report_on_abrupt_exit(recorder: Recorder, options: RunOptions) -> Iterator[
             _final_report(recorder, options, 128 + signum)
         except BaseException:
             pass
+        _before_abrupt_exit(kill_children=False)
         os.kill(os.getpid(), signum)
 
     os._exit = _exit_with_report
@@ -457,20 +486,87 @@ def run_program(options: RunOptions) -> int:
     recorder = Recorder(capacity=options.capacity)
     recorder.meta.update({"command": options.command, "argv": [options.script or options.module, *options.args]})
     _final_done[0] = False
+    main_pid = os.getpid()
     with (
         _console(options, recorder),
+        _follow_children(options, recorder),  # first: its imports stay out of a --profile
         _dump_agent(options, recorder),
         instrumented(options, recorder),
         _report_on_abrupt_exit(recorder, options),
     ):
         status = _execute(options)
         _join_program_threads()
+    if os.getpid() != main_pid:
+        # A child the program forked (os.fork) returned through here: it reports to the run, not here.
+        return status
     if not _final_report(recorder, options, status):
         # A signal's (or a deadlock's) report got there first, and that path ends the process.
         import time
 
         time.sleep(15.0)
     return status
+
+
+@contextlib.contextmanager
+def _follow_children(options: RunOptions, recorder: Recorder) -> Iterator[None]:
+    """Follow the program's Python child processes (see :mod:`conctools.children`): the same
+    options, one merged report, and a child deadlocked or hung stops the run (86 / 87)."""
+    if not options.follow_children:
+        from conctools.children.forking import guard_forks
+
+        guard_forks()  # forked children still start clean (conctools' locks, SIGTERM)
+        yield
+        return
+    from conctools.children import ChildFollower
+    from conctools.events import ProcessStuckEvent
+
+    def on_stuck(event: ProcessStuckEvent) -> None:
+        status = EXIT_DEADLOCK if event.verdict == "deadlock" else EXIT_HANG
+        if _final_done[0] and options.report:  # the report is out: the program was ending (atexit joins)
+            from conctools.reporting.processes_text import format_process_stuck
+
+            _say(format_process_stuck(event, recorder.snapshot(), brief=True) + "\n")
+        what = f"a {event.verdict} in child process {event.pid} {event.process_name!r}"
+        if event.verdict == "dead":
+            what = f"child process {event.pid} {event.process_name!r} died with jobs the program waits for"
+        _report_and_exit(recorder, options, status, what)
+
+    follower = ChildFollower(
+        {
+            "capacity": options.capacity,
+            "log_level": options.log_level,
+            "sample_interval_s": options.sample_interval_s,
+            "deadlock_timeout_s": options.deadlock_timeout_s,
+            "loop_threshold_s": options.loop_threshold_s,
+            "detect_blocking": options.detect_blocking,
+            "trace_locks": options.trace_locks,
+            "lock_order": options.lock_order,
+        },
+        recorder,
+        argv=[options.script or f"-m {options.module}", *options.args],
+        on_stuck=on_stuck if options.exit_on_deadlock and options.deadlock_timeout_s else None,
+    )
+
+    def on_abrupt_exit(kill_children: bool) -> None:
+        if kill_children:
+            follower.kill_children()
+        follower.close()
+
+    # Stays registered after the program's end: atexit may still join a child that gets stuck.
+    try:
+        follower.start()
+    except OSError as exc:  # no run folder (an unwritable $TMPDIR): the program runs, its children unfollowed
+        _say(f"conctools: not following child processes: cannot make a run folder: {exc.strerror or exc}\n")
+        from conctools.children.forking import guard_forks
+
+        guard_forks()
+        yield
+        return
+    _abrupt_exit_hooks["children"] = on_abrupt_exit
+    try:
+        yield
+    finally:
+        follower.detach()
 
 
 def _console(options: RunOptions, recorder: Recorder) -> contextlib.AbstractContextManager[object]:
@@ -519,6 +615,8 @@ def _silence_stderr() -> None:
 
 def finish_report(recorder: Recorder, options: RunOptions) -> None:
     """Print the brief report to stderr and write the files; never raises."""
+    from conctools.reporting import render_text
+
     try:
         sys.stdout.flush()
     except Exception:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conctools._net import free_port
 from conctools.loadtest import (
     LoadTestError,
     LoadTestOptions,
@@ -82,6 +83,35 @@ class TestValidate:
         with pytest.raises(LoadTestError, match="Python name"):
             validate(LoadTestOptions(user_classes=("--host=http://evil",)))
 
+    def test_master_and_worker_commands(self, tmp_path: Path) -> None:
+        """--master waits for its workers on a loopback port; a worker joins its master and nothing else."""
+        master = LoadTestOptions(
+            users=4, duration_s=3, out_dir=tmp_path, role="master", expect_workers=2, master_port=5999
+        )
+        joined = " ".join(locust_command(master, validate(master)))
+        for flag in ("--headless", "--users 4", "--master", "--expect-workers 2", "--master-bind-host 127.0.0.1",
+                     "--master-bind-port 5999", "--csv", "--run-time 3s"):  # fmt: skip
+            assert flag in joined
+        assert "--processes" not in joined
+        worker = LoadTestOptions(role="worker", master_host="127.0.0.1", master_port=5999, out_dir=tmp_path)
+        cmd = locust_command(worker, validate(worker))
+        assert cmd[3:] == ["-f", str(default_locustfile()), "--worker", "--master-host", "127.0.0.1",
+                           "--master-port", "5999", "--loglevel", "INFO"]  # fmt: skip
+
+    @pytest.mark.parametrize(
+        ("options", "message"),
+        [
+            (LoadTestOptions(role="master"), "--expect-workers"),
+            (LoadTestOptions(role="master", expect_workers=2, processes=2), "--processes"),
+            (LoadTestOptions(role="worker", processes=2), "--processes"),
+            (LoadTestOptions(expect_workers=2), "goes with --master"),
+        ],
+    )
+    def test_bad_distributed_options(self, options: LoadTestOptions, message: str) -> None:
+        """A master without workers to expect, or --processes mixed with a role, is refused."""
+        with pytest.raises(LoadTestError, match=message):
+            validate(options)
+
     def test_locust_is_not_imported_here(self) -> None:
         """conctools.loadtest never imports locust (gevent must not patch a traced process)."""
         code = "import conctools.loadtest, conctools.cli, sys; print('locust' in sys.modules, 'gevent' in sys.modules)"
@@ -115,6 +145,11 @@ class TestCommandLine:
             ["loadtest", "--users", "5000"],
             ["loadtest", "--host", "not a url"],
             ["loadtest", "--locustfile", "/nonexistent.py"],
+            ["loadtest", "--master"],
+            ["loadtest", "--master", "--worker"],
+            ["loadtest", "--master-host", "127.0.0.1"],
+            ["loadtest", "--worker", "--master-bind-host", "0.0.0.0"],
+            ["loadtest", "--worker", "--master-port", "70000"],
         ],
     )
     def test_one_line_errors(self, args: list[str]) -> None:
@@ -172,3 +207,51 @@ class TestRealLocust:
         assert "requests " in proc.stdout and "failures 0 " in proc.stdout
         log = (tmp_path / "locust.log").read_text()
         assert "2 workers connected" in log, log[-2000:]
+
+    def test_master_and_two_workers(self, server_url: str, tmp_path: Path) -> None:
+        """``--master --expect-workers 2`` and two ``--worker`` processes on loopback (as on two machines):
+        the master waits for both, sums the run up and writes the same files as a one-process run."""
+        port = free_port()
+        base = [sys.executable, "-m", "conctools", "loadtest"]
+        master = subprocess.Popen(
+            [*base, "--master", "--expect-workers", "2", "--master-port", str(port), "--host", server_url,
+             "--users", "6", "--duration", "3", "--out", str(tmp_path / "master")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        workers = [
+            subprocess.Popen(
+                [
+                    *base,
+                    "--worker",
+                    "--master-host",
+                    "127.0.0.1",
+                    "--master-port",
+                    str(port),
+                    "--duration",
+                    "60",
+                    "--out",
+                    str(tmp_path / f"worker{i}"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        try:
+            out, err = master.communicate(timeout=150)
+            ended = [w.communicate(timeout=60) for w in workers]
+        finally:
+            for proc in (master, *workers):
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        assert master.returncode == 0, err + out
+        assert "requests " in out and "failures 0 " in out, out
+        names = {p.name for p in (tmp_path / "master").iterdir()}
+        assert {"locust_stats.csv", "locust.html", "locust.json", "summary.json", "locust.log"} <= names
+        log = (tmp_path / "master" / "locust.log").read_text()
+        assert "2 workers connected" in log, log[-2000:]
+        for worker, (w_out, w_err) in zip(workers, ended, strict=True):
+            assert worker.returncode == 0, w_err + w_out
+            assert "worker ended (exit 0)" in w_out

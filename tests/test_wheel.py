@@ -31,6 +31,7 @@ class TestWheel:
         names = set(zipfile.ZipFile(wheel).namelist())
         assert "conctools/py.typed" in names
         assert "conctools/reporting/text.py" in names
+        assert "conctools/children/_boot/sitecustomize.py" in names  # the bootstrap of followed children
         assert not any(n.startswith("tests/") for n in names)
         target = tmp_path / "site"
         install = subprocess.run(
@@ -42,7 +43,10 @@ class TestWheel:
         assert install.returncode == 0, install.stderr
         env = dict(os.environ, PYTHONPATH=str(target))
         script = tmp_path / "prog.py"
-        script.write_text("import conctools\nprint(conctools.__file__)\nconctools.traced('w')(lambda: 1)()\n")
+        script.write_text(
+            "import conctools, subprocess, sys\nprint(conctools.__file__)\nconctools.traced('w')(lambda: 1)()\n"
+            "subprocess.run([sys.executable, '-c', 'import conctools'], check=True)\n"
+        )
         run = subprocess.run(
             [sys.executable, "-m", "conctools", "run", str(script)],
             capture_output=True,
@@ -54,3 +58,4 @@ class TestWheel:
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip().startswith(str(target))
         assert "conctools report" in run.stderr
+        assert "Processes: the program and 1 child process" in run.stderr  # followed from the installed wheel

@@ -351,7 +351,10 @@ def _signal_waits(snapshot: Snapshot) -> list[dict[str, Any]]:
 
 def html_data(snapshot: Snapshot) -> dict[str, Any]:
     """Everything the page shows, as JSON-able data (a pure function of the snapshot)."""
-    tl = build_timeline(snapshot)
+    from conctools.reporting.processes_timeline import html_processes, merged_timeline
+
+    tl = merged_timeline(snapshot, build_timeline(snapshot))  # child processes' tracks too, by process
+    extra = html_processes(snapshot)
     strings = _Strings()
     timeline = _timeline_data(tl, strings)
     groups = group_of_tasks(snapshot)
@@ -409,7 +412,8 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
                 for i, p in enumerate(e.participants)
             ]
             for e in snapshot.of_kind(DeadlockEvent)
-        ],
+        ]
+        + extra.get("deadlocks", []),
         "hangs": [
             {
                 "reason": e.reason,
@@ -427,7 +431,8 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
                 "failures": [f"{f.who} ended with {f.exc_type}: {f.message} at {f.site}" for f in e.failures],
             }
             for e in snapshot.of_kind(HangEvent)
-        ],
+        ]
+        + extra.get("hangs", []),
         "lock_orders": [
             {
                 "cycle": list(e.cycle),
@@ -445,7 +450,11 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
             for e in snapshot.of_kind(LockOrderEvent)
         ],
         "gil": gil_html_lines(snapshot),
-        "sections": _other_sections(snapshot),
+        # The processes section as a table (each child's report is drawn above, not as JSON).
+        "sections": {
+            **_other_sections(snapshot),
+            **({"processes": extra["processes"]} if extra.get("processes") else {}),
+        },
     }
 
 

@@ -22,6 +22,11 @@ from conctools.reporting.gil_text import gil_section, verdict_section
 from conctools.reporting.locks_text import lock_order_section, lock_table_section
 from conctools.reporting.loop_text import slow_callbacks_section
 from conctools.reporting.pools_text import pools_section
+from conctools.reporting.processes_text import (
+    child_findings_section,
+    process_stuck_section,
+    processes_table_section,
+)
 from conctools.reporting.profile_text import profile_section
 from conctools.reporting.resources_text import resources_section
 
@@ -86,6 +91,7 @@ SECTIONS += [(20, lock_order_section), (45, lock_table_section)]
 SECTIONS += [(60, profile_section), (70, resources_section)]
 SECTIONS += [(42, pools_section)]
 SECTIONS += [(5, verdict_section), (46, gil_section)]
+SECTIONS += [(6, process_stuck_section), (8, processes_table_section), (9, child_findings_section)]
 
 
 def render_sections(

@@ -87,8 +87,9 @@ def trace_events(snapshot: Snapshot, timeline: Timeline | None = None) -> list[d
         timed.append({"ph": "C", "name": c.name, "ts": c.ts_us, "pid": pid, "tid": 0, "args": c.values})
     # A stable sort by time keeps every track monotonic; on ties, longer slices (parents) first.
     timed.sort(key=lambda e: (e["ts"], -e.get("dur", 0)))
+    from conctools.reporting.processes_timeline import child_trace_events
 
-    return out + timed
+    return out + timed + child_trace_events(snapshot)  # a process group per child process
 
 
 def render_trace(snapshot: Snapshot) -> str:

@@ -1,0 +1,238 @@
+"""Forked children: ``os.register_at_fork`` hooks that make a fork a followed child.
+
+``multiprocessing``'s fork and forkserver start methods, ``Pool`` and ``ProcessPoolExecutor``
+workers and a plain ``os.fork()`` all go through here. The child inherits its parent's patched
+lock factories and registry; right after the fork it frees conctools' internal locks
+(:mod:`conctools.children.forksafe`), empties the inherited recorder and starts a session of
+its own (:class:`~conctools.children.session.ChildSession`); its sampler and watchdog start
+half a second in, with the same options. Any forked child of ``conctools run``, followed or
+not, starts clean (:func:`guard_forks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import warnings
+
+from conctools.children import reaping
+from conctools.children.config import ENV_VAR, FollowConfig
+from conctools.children.forksafe import forget_parent_sections, own_lock_table, reinit_after_fork
+from conctools.children.procfile import ProcessIdentity
+from conctools.children.session import (
+    ChildSession,
+    install_exit_hooks,
+    plain_lock_factories,
+    real_exit,
+    state,
+    wrap_bootstrap,
+)
+from conctools.recorder import get_recorder
+
+__all__ = ["activate", "deactivate", "guard_forks", "stop_births"]
+
+_log = logging.getLogger("conctools.children")
+_STDLIB = os.path.dirname(threading.__file__) + os.sep
+_MP = _STDLIB + "multiprocessing" + os.sep
+
+
+def activate(config: FollowConfig, *, root: bool) -> None:
+    """Follow the children this process starts from now on (fork hooks; exec children read the env)."""
+    state.config = config
+    if root:
+        state.root_pid = os.getpid()
+    guard_forks()
+    wrap_bootstrap()
+
+
+def guard_forks() -> None:
+    """Make every child this process forks start clean, followed or not: conctools' internal
+    locks free (a thread of the parent may have held one at the fork), ``threading``'s own
+    lock plain, and SIGTERM's default action back (``conctools run``'s handler belongs to the
+    program's main process; ``Pool.terminate()`` must end a worker at once)."""
+    state.guard = True
+    if not state.hooks and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
+        state.hooks = True
+
+
+def deactivate() -> None:
+    """Stop following forks (the env is the caller's to restore)."""
+    state.config = None
+
+
+def stop_births() -> None:
+    """From now on a child this process starts ends at once (conctools is stopping the program):
+    forks see it in memory, new interpreters in the environment they inherit."""
+    state.stopping = True
+    config = state.config
+    if config is not None:
+        import dataclasses
+
+        os.environ[ENV_VAR] = dataclasses.replace(config, stopping=True).to_env()
+
+
+# ---- fork ---------------------------------------------------------------------------------
+
+_FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded, use of .*fork\(\) may lead to deadlocks"
+
+
+def _fork_method() -> str:
+    """How this fork is made, from the caller's frames: which start method, or a plain os.fork()."""
+    frame = sys._getframe(2)
+    depth = 0
+    state.fork_process = (None, None)
+    while frame is not None and depth < 30:
+        filename = frame.f_code.co_filename
+        if filename == _MP + "popen_fork.py":
+            process = frame.f_locals.get("process_obj") if frame.f_code.co_name == "_launch" else None
+            if process is not None:
+                state.fork_process = (
+                    getattr(process, "_name", None),
+                    reaping.target_name(getattr(process, "_target", None)),
+                )
+            return "fork"
+        if filename == _MP + "forkserver.py" or state.forkserver:
+            return "forkserver"
+        if filename == _STDLIB + "subprocess.py":
+            return "subprocess"  # preexec_fn: the child execs at once
+        frame = frame.f_back  # type: ignore[assignment]
+        depth += 1
+    return "os.fork"
+
+
+def _only_our_threads() -> bool:
+    """True when conctools' own threads are all that make this process multi-threaded."""
+    threads = threading.enumerate()
+    if sum(1 for t in threads if not t.name.startswith("conctools-")) != 1:
+        return False
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[17]) == len(threads)  # no thread that threading does not know
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _before_fork() -> None:
+    if state.config is None and not state.stopping and not state.guard:
+        return
+    try:
+        state.fork_method = _fork_method()
+        if sys.version_info >= (3, 12):
+            # Python 3.12+ warns that fork() in a multi-threaded process may deadlock the child.
+            # When the program alone would not be multi-threaded, conctools' threads must not add
+            # a warning (they hold nothing the child needs: see forksafe). The filter is decided
+            # here, before every fork (forks are serialised), and stays until the next one: 3.13
+            # warns after the after-fork hooks have run.
+            if _only_our_threads():
+                if state.fork_filter is None:
+                    warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)
+                    state.fork_filter = warnings.filters[0]
+            else:
+                _drop_fork_filter()
+    except Exception:
+        pass
+
+
+def _drop_fork_filter() -> None:
+    item, state.fork_filter = state.fork_filter, None
+    if item is None:
+        return
+    try:
+        warnings.filters.remove(item)  # type: ignore[attr-defined]
+        mutated = getattr(warnings, "_filters_mutated", None)
+        if callable(mutated):
+            mutated()
+    except (ValueError, AttributeError):
+        pass
+
+
+def _after_fork_parent() -> None:
+    pass
+
+
+def _after_fork_child() -> None:
+    _drop_fork_filter()  # the child's own forks decide for themselves
+    if state.fork_method == "subprocess" or not (state.guard or state.config is not None):
+        return  # subprocess's preexec_fn: the child execs at once
+    if state.stopping:
+        real_exit(1)  # conctools is stopping the stuck program: nothing it starts now survives it
+    try:
+        reinit_after_fork()
+        lock = getattr(get_recorder(), "_lock", None)
+        if lock is not None:
+            lock._at_fork_reinit()
+        _reset_inherited_sigterm()
+    except Exception:
+        pass
+    config = state.config
+    if config is None:
+        return
+    try:
+        _start_forked(config, state.fork_method)
+    except Exception:
+        _log.debug("conctools: could not follow a forked child", exc_info=True)
+
+
+def _start_forked(config: FollowConfig, method: str) -> None:
+    """In a forked child: become a followed process of its own (see the module docstring)."""
+    reaping.reset_after_fork()
+    state.root_pid = None
+    state.forkserver = False
+    parent = state.session
+    if parent is not None:  # the parent was a followed child: its threads did not come along
+        parent._thread = None
+    recorder = get_recorder()
+    recorder.reset_after_fork()
+    forget_parent_sections(recorder)
+    own_lock_table(recorder)
+    identity = ProcessIdentity.here(method, argv=[] if method == "forkserver" else None)
+    identity.name, identity.target = state.fork_process
+    session = ChildSession(config, identity, recorder)
+    state.session = session
+    # A pool's worker often lives a fraction of a second: its sampler and watchdog start a flush
+    # interval in, with its second record (a stall is still seen at most that much later), so that
+    # a short-lived child pays one thread, not three (the parent reaps its CPU time and status).
+    session.deferred.append(lambda: _start_instruments(session))
+    reaping.listeners[:] = [session.ring]
+    install_exit_hooks(session)
+    session.start()
+
+
+def _start_instruments(session: ChildSession) -> None:
+    """A forked child's sampler and watchdog, with the run's options (from its writer thread)."""
+    options = session.config.options
+    interval = options.get("sample_interval_s")
+    if interval:
+        from conctools.resources import ResourceSampler
+
+        # psutil makes an RLock: a plain one, as in the main process (sampled before trace_locks).
+        with contextlib.suppress(Exception), plain_lock_factories():
+            sampler = ResourceSampler(float(interval), recorder=session.recorder)
+            sampler.start()
+            session.threads.append(sampler)
+    timeout = options.get("deadlock_timeout_s")
+    if timeout:
+        from conctools.deadlock import DeadlockWatchdog
+
+        watchdog = DeadlockWatchdog(
+            float(timeout), on_deadlock=session.on_deadlock, on_hang=session.on_hang, recorder=session.recorder
+        )
+        watchdog.start()
+        session.threads.append(watchdog)
+
+
+def _reset_inherited_sigterm() -> None:
+    """A forked child does not keep the handler ``conctools run`` set for its main process: it
+    dies by SIGTERM at once, as it would without conctools (``Pool.terminate()`` relies on it)."""
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        if str(getattr(handler, "__module__", "")).startswith("conctools."):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except (ValueError, OSError, AttributeError):
+        pass

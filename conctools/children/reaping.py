@@ -1,0 +1,228 @@
+"""The exit statuses of children, as their parent learns them when it reaps them.
+
+A child cannot report that it was killed: its parent learns it from ``waitpid``. Three places
+in the standard library reap the children conctools follows, and each is wrapped here to note
+``(pid, exit code)`` (negative: killed by that signal) and, where the rusage comes for free,
+the child's CPU time and peak RSS (exact even for a child killed before it wrote its file):
+
+* ``multiprocessing``'s ``Popen.poll`` (fork and spawn children): the same code, with
+  ``os.wait4`` for ``os.waitpid``; errors are swallowed there as in the original.
+* ``subprocess.Popen._handle_exitstatus`` (every ``Popen`` that learns its status).
+* ``os.waitpid`` inside the forkserver process only, which reaps the forkserver's children.
+
+A direct ``os.waitpid`` by the program itself is not wrapped (a wrapper would show in its
+tracebacks): such a child's status is then unknown to the report, which says so.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import sys
+import time
+from typing import Any
+
+__all__ = ["install", "note", "reaped", "reset_after_fork", "uninstall", "wrap_waitpid"]
+
+_lock = _thread.allocate_lock()
+_reaped: dict[int, dict[str, Any]] = {}
+# pid -> the signal its parent sent it (Process.terminate()/kill()): a worker ended that way was
+# stopped on purpose (Pool's exit terminates its workers), not killed by accident.
+_signalled: dict[int, int] = {}
+# Called when a child is reaped (a followed child's writer: its parent's view changed).
+listeners: list[Any] = []
+_MAX = 10_000
+_saved: list[tuple[Any, str, Any]] = []
+
+
+def note(pid: int, exit_code: int, rusage: Any = None, source: str = "multiprocessing", process: Any = None) -> None:
+    """Remember that child ``pid`` ended with ``exit_code`` (negative: the signal that killed it);
+    ``source`` says who reaped it (``multiprocessing`` or ``subprocess``), ``process`` is its
+    ``multiprocessing.Process`` when known (for its name)."""
+    entry: dict[str, Any] = {
+        "pid": pid,
+        "exit_code": exit_code,
+        "by": os.getpid(),
+        "at_wall": time.time(),
+        "source": source,
+    }
+    sent = _signalled.get(pid)
+    if sent is not None and exit_code == -sent:
+        entry["terminated_by_parent"] = True
+    if process is not None:  # (its target is gone: Process.start() drops it)
+        entry["name"] = getattr(process, "_name", None)
+        method = getattr(getattr(process, "_popen", None), "method", None)
+        if isinstance(method, str):
+            entry["start_method"] = method
+    if rusage is not None:
+        try:
+            entry["cpu_s"] = float(rusage.ru_utime + rusage.ru_stime)
+            maxrss = int(rusage.ru_maxrss)
+            entry["peak_rss_bytes"] = maxrss if sys.platform == "darwin" else maxrss * 1024
+        except (AttributeError, TypeError, ValueError):
+            pass
+    with _lock:
+        if len(_reaped) >= _MAX:
+            _reaped.pop(next(iter(_reaped)))
+        _reaped.pop(pid, None)  # a recycled pid: the latest child that had it
+        _reaped[pid] = entry
+    for listener in list(listeners):
+        try:
+            listener()
+        except Exception:
+            pass
+
+
+def target_name(target: Any) -> str | None:
+    """``module.qualname`` of a process's target function."""
+    if target is None:
+        return None
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', '?')}"
+
+
+def _process_of(popen: Any) -> Any:
+    """The ``multiprocessing.Process`` whose Popen this is (still in the parent's children set)."""
+    process_mod = sys.modules.get("multiprocessing.process")
+    try:
+        for proc in list(getattr(process_mod, "_children", ())):
+            if getattr(proc, "_popen", None) is popen:
+                return proc
+    except Exception:
+        pass
+    return None
+
+
+def reaped() -> list[dict[str, Any]]:
+    """Every child reaped by this process so far: ``{pid, exit_code, by[, cpu_s, peak_rss_bytes]}``."""
+    with _lock:
+        return [dict(v) for v in _reaped.values()]
+
+
+def reset_after_fork() -> None:
+    """In a forked child: its parent's children are not its own."""
+    global _lock
+    _lock = _thread.allocate_lock()
+    _reaped.clear()
+    _signalled.clear()
+
+
+def _exit_code(status: int) -> int:
+    try:
+        return int(os.waitstatus_to_exitcode(status))
+    except ValueError:
+        return status
+
+
+def _mp_poll(self: Any, flag: int = os.WNOHANG) -> Any:
+    """``multiprocessing.popen_fork.Popen.poll``, reading the child's rusage as it reaps it."""
+    if self.returncode is None:
+        try:
+            pid, sts, rusage = os.wait4(self.pid, flag)
+        except OSError:
+            # Child process not yet created. See #1731717 (as the original does).
+            return None
+        if pid == self.pid:
+            self.returncode = os.waitstatus_to_exitcode(sts)
+            try:
+                note(pid, self.returncode, rusage, process=_process_of(self))
+            except Exception:
+                pass
+    return self.returncode
+
+
+def _wrap_send_signal(original: Any) -> Any:
+    def _send_signal(self: Any, sig: int) -> Any:
+        try:
+            if self.returncode is None and len(_signalled) < _MAX:
+                _signalled[int(self.pid)] = int(sig)
+        except Exception:
+            pass
+        return original(self, sig)
+
+    _send_signal.__wrapped__ = original  # type: ignore[attr-defined]
+    return _send_signal
+
+
+def _wrap_forkserver_poll(original: Any) -> Any:
+    """A forkserver child's status comes from the forkserver (which reaped it): note it here too."""
+
+    def poll(self: Any, flag: int = os.WNOHANG) -> Any:
+        known = self.returncode is not None
+        result = original(self, flag)
+        if result is not None and not known:
+            try:
+                note(int(self.pid), int(result), process=_process_of(self))
+            except Exception:
+                pass
+        return result
+
+    poll.__wrapped__ = original  # type: ignore[attr-defined]
+    return poll
+
+
+def _wrap_handle_exitstatus(original: Any) -> Any:
+    def _handle_exitstatus(self: Any, sts: int, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, sts, *args, **kwargs)
+        try:
+            code = int(self.returncode) if self.returncode is not None else _exit_code(sts)
+            note(int(self.pid), code, source="subprocess")
+        except Exception:
+            pass
+        return result
+
+    _handle_exitstatus.__wrapped__ = original  # type: ignore[attr-defined]
+    return _handle_exitstatus
+
+
+def wrap_waitpid() -> None:
+    """``os.waitpid`` that notes what it reaps, with the rusage (for the forkserver process only)."""
+    original = os.waitpid
+    if getattr(original, "__conctools__", False):
+        return
+
+    def waitpid(pid: int, options: int) -> tuple[int, int]:
+        got, status, rusage = os.wait4(pid, options)
+        if got > 0:
+            try:
+                note(got, _exit_code(status), rusage)
+            except Exception:
+                pass
+        return got, status
+
+    waitpid.__conctools__ = True  # type: ignore[attr-defined]
+    waitpid.__wrapped__ = original  # type: ignore[attr-defined]
+    _saved.append((os, "waitpid", original))
+    os.waitpid = waitpid
+
+
+def install() -> None:
+    """Wrap the reaping places (idempotent)."""
+    if _saved:
+        return
+    import subprocess
+
+    if sys.platform != "win32":
+        from multiprocessing import popen_fork, popen_forkserver
+
+        _saved.append((popen_fork.Popen, "poll", popen_fork.Popen.__dict__["poll"]))
+        popen_fork.Popen.poll = _mp_poll  # type: ignore[method-assign]
+        send = popen_fork.Popen.__dict__.get("_send_signal")
+        if send is not None:
+            _saved.append((popen_fork.Popen, "_send_signal", send))
+            popen_fork.Popen._send_signal = _wrap_send_signal(send)  # type: ignore[attr-defined]
+        fs_poll = popen_forkserver.Popen.__dict__.get("poll")
+        if fs_poll is not None:
+            _saved.append((popen_forkserver.Popen, "poll", fs_poll))
+            popen_forkserver.Popen.poll = _wrap_forkserver_poll(fs_poll)  # type: ignore[method-assign]
+    original = subprocess.Popen.__dict__.get("_handle_exitstatus")
+    if original is not None:
+        _saved.append((subprocess.Popen, "_handle_exitstatus", original))
+        subprocess.Popen._handle_exitstatus = _wrap_handle_exitstatus(original)  # type: ignore[attr-defined]
+
+
+def uninstall() -> None:
+    """Put every wrapped function back."""
+    while _saved:
+        owner, name, original = _saved.pop()
+        setattr(owner, name, original)
+    _signalled.clear()

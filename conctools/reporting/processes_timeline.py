@@ -1,0 +1,205 @@
+"""The processes of a run on one timeline: ``trace.json`` gets one process group per process
+(Perfetto shows each with its threads and tasks under it), ``report.html`` gets every
+process's tracks, named after their process, and each child's problems with the main one's.
+
+Pure functions of a :class:`~conctools.recorder.Snapshot` whose ``processes`` section holds the
+children's reports (see :mod:`conctools.reporting.processes`); a run without children gets
+nothing extra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from conctools.events import DeadlockEvent, HangEvent, ProcessStuckEvent
+from conctools.recorder import Snapshot
+from conctools.reporting._timeline import Counter, Flow, Instant, Slice, Timeline, build_timeline
+from conctools.reporting.processes import ProcessView, label_of, offset_ns, processes_of
+
+__all__ = ["child_trace_events", "html_processes", "merged_timeline"]
+
+
+def _shift_us(main: Snapshot, p: ProcessView) -> float:
+    """µs to add to a child's timeline (relative to its own start) to place it on the main one."""
+    assert p.snapshot is not None
+    offset = offset_ns(main, p.snapshot, p.entry, main_host=_main_host(main))
+    return (p.snapshot.started_ns + offset - main.started_ns) / 1000
+
+
+def _main_host(snapshot: Snapshot) -> Any:
+    for p in processes_of(snapshot):
+        if p.is_main:
+            return p.entry.get("host")
+    return None
+
+
+def _children(snapshot: Snapshot) -> list[ProcessView]:
+    return [p for p in processes_of(snapshot) if not p.is_main and p.snapshot is not None]
+
+
+def child_trace_events(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Trace events of every child process, each under its own ``pid`` with its name."""
+    from conctools.reporting.trace import trace_events
+
+    out: list[dict[str, Any]] = []
+    used = {int(snapshot.meta.get("pid", 1) or 1)}
+    for p in _children(snapshot):
+        assert p.snapshot is not None
+        pid = p.pid or 1
+        while pid in used:  # reports merged from other machines may share pids
+            pid += 1_000_000
+        used.add(pid)
+        shift = _shift_us(snapshot, p)
+        method = p.entry.get("start_method") or "?"
+        for ev in trace_events(p.snapshot):
+            ev = {**ev, "pid": pid}
+            if ev.get("ph") == "M" and ev.get("name") == "process_name":
+                ev["args"] = {"name": f"{label_of(p.entry)} ({method}, parent {p.entry.get('ppid')})"}
+            elif ev.get("ph") != "M":
+                ev["ts"] = max(0.0, round(float(ev.get("ts", 0.0)) + shift, 3))
+            out.append(ev)
+        out.append(
+            {"ph": "M", "name": "process_sort_index", "ts": 0, "pid": pid, "tid": 0, "args": {"sort_index": len(used)}}
+        )
+    return out
+
+
+def merged_timeline(snapshot: Snapshot, timeline: Timeline | None = None) -> Timeline:
+    """The main process's timeline with every child's tracks after it, named ``[pid name] thread``."""
+    tl = timeline if timeline is not None else build_timeline(snapshot)
+    children = _children(snapshot)
+    if not children:
+        return tl
+    tracks, slices = list(tl.tracks), list(tl.slices)
+    instants, flows, counters = list(tl.instants), list(tl.flows), list(tl.counters)
+    duration = tl.duration_us
+    for p in children:
+        assert p.snapshot is not None
+        child = build_timeline(p.snapshot)
+        shift = _shift_us(snapshot, p)
+        base = max((t.tid for t in tracks), default=0)
+        prefix = f"[{p.pid} {p.name}] "
+        for t in child.tracks:
+            tracks.append(
+                dataclasses.replace(
+                    t,
+                    tid=t.tid + base,
+                    thread_tid=t.thread_tid + base if t.thread_tid else 0,
+                    name=prefix + t.name,
+                    thread_name=prefix + t.thread_name,
+                    start_us=int(t.start_us + shift),
+                    end_us=int(t.end_us + shift),
+                )
+            )
+        moved: dict[int, Slice] = {}
+        for s in child.slices:
+            new = dataclasses.replace(s, tid=s.tid + base, start_us=int(s.start_us + shift))
+            moved[id(s)] = new
+            slices.append(new)
+        for i in child.instants:
+            instants.append(
+                Instant(
+                    ts_us=int(i.ts_us + shift),
+                    name=f"{prefix}{i.name}",
+                    cat=i.cat,
+                    args=i.args,
+                    key=None,
+                    tid=i.tid + base if i.tid is not None else None,
+                )
+            )
+        for f in child.flows:
+            source, target = moved.get(id(f.source)), moved.get(id(f.target))
+            if source is not None and target is not None:
+                flows.append(Flow(id=len(flows) + 1, name=f.name, source=source, target=target))
+        for c in child.counters:
+            counters.append(Counter(ts_us=int(c.ts_us + shift), name=prefix + c.name, values=c.values))
+        duration = max(duration, int(child.duration_us + shift))
+    slices.sort(key=lambda s: (s.start_us, -s.dur_us))
+    instants.sort(key=lambda i: i.ts_us)
+    counters.sort(key=lambda c: c.ts_us)
+    return Timeline(
+        tracks=tracks, slices=slices, instants=instants, flows=flows, counters=counters, duration_us=duration
+    )
+
+
+def _frames(frames: Any) -> list[str]:
+    return [f"{f.site} in {f.function}" + (f": {f.line}" if f.line else "") for f in frames]
+
+
+def html_processes(snapshot: Snapshot) -> dict[str, Any]:
+    """What ``report.html`` adds for the processes of a run: a table of them (a section the page
+    draws as a table), every child's deadlocks and hangs, and each stuck child's chain of waits
+    (drawn as a hang: who waits on what, with stacks)."""
+    processes = processes_of(snapshot)
+    if not processes:
+        return {}
+    rows = [
+        {
+            "pid": p.pid,
+            "parent": p.entry.get("ppid"),
+            "name": p.name,
+            "started by": p.entry.get("start_method"),
+            "ended": p.entry.get("exit_text"),
+            "cpu_s": p.entry.get("cpu_s"),
+            "peak_rss_bytes": p.entry.get("peak_rss_bytes"),
+            "program": p.entry.get("target") or " ".join(str(a) for a in p.entry.get("argv") or []),
+        }
+        for p in processes
+    ]
+    deadlocks = []
+    hangs = []
+    for event in snapshot.of_kind(ProcessStuckEvent):
+        hangs.append(
+            {
+                "reason": f"child process {event.pid} {event.process_name!r} is "
+                f"{'deadlocked' if event.verdict == 'deadlock' else 'hung'}: {event.reason}",
+                "stalled_s": 0.0,
+                "waiters": [
+                    {
+                        "who": f"process {link.pid} {link.process_name!r}: thread {link.thread_name!r}",
+                        "thread": link.thread_name,
+                        "state": "waiting on another process",
+                        "waits_on": link.waits_on,
+                        "stack": _frames(link.stack),
+                    }
+                    for link in event.chain
+                ],
+            }
+        )
+    for p in processes:
+        if p.is_main or p.snapshot is None:
+            continue
+        where = f"process {p.pid} {p.name!r}: "
+        for e in p.snapshot.of_kind(DeadlockEvent):
+            deadlocks.append(
+                [
+                    {
+                        "who": where + q.who,
+                        "waits_for": q.waits_for,
+                        "held_by": q.held_by,
+                        "wait_site": q.wait_site,
+                        "holds": list(q.holds),
+                        "stack": _frames(q.stack),
+                    }
+                    for q in e.participants
+                ]
+            )
+        for h in p.snapshot.of_kind(HangEvent):
+            hangs.append(
+                {
+                    "reason": where + h.reason,
+                    "stalled_s": h.stalled_s,
+                    "waiters": [
+                        {
+                            "who": where + (w.task_name if w.task_name is not None else w.thread_name),
+                            "thread": w.thread_name,
+                            "state": w.state,
+                            "waits_on": w.waits_on,
+                            "stack": _frames(w.stack),
+                        }
+                        for w in h.waiters
+                    ],
+                }
+            )
+    return {"processes": rows, "deadlocks": deadlocks, "hangs": hangs}

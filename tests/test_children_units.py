@@ -1,0 +1,145 @@
+"""The pure parts of following children: the chain of waits, the merged section, waits read from frames."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import threading
+import time
+from typing import Any
+
+from conctools.children.bootstrap import _runs_conctools, _start_method_of
+from conctools.children.chain import build_chain
+from conctools.children.merge import exit_words, processes_section
+from conctools.children.waits import cross_wait
+
+
+def wait(thread: str, kind: str, words: str, targets: list[int]) -> dict[str, Any]:
+    return {"thread_id": 1, "thread_name": thread, "kind": kind, "waits_on": words, "target_pids": targets, "stack": []}
+
+
+class TestChain:
+    """build_chain walks the waits back from the stuck process, main process first."""
+
+    def test_three_generations(self) -> None:
+        """main joins 20, whose pool waits on 30 and 31; 31 is stuck; an unrelated wait is left out."""
+        waits = {
+            10: [wait("MainThread", "join", "multiprocessing.Process.join()", [20]), wait("other", "join", "x", [40])],
+            20: [wait("MainThread", "pool", "multiprocessing.Pool.map() results", [30, 31])],
+            31: [],
+        }
+        names = {10: "MainProcess", 20: "outer", 30: "ForkPoolWorker-1", 31: "ForkPoolWorker-2"}
+        chain = build_chain(31, waits, names)
+        assert [(link.pid, link.thread_name) for link in chain] == [(10, "MainThread"), (20, "MainThread")]
+        assert chain[0].waits_on == "multiprocessing.Process.join() of child pid 20 'outer'"
+        assert chain[1].waits_on == (
+            "multiprocessing.Pool.map() results (pids 30 'ForkPoolWorker-1', 31 'ForkPoolWorker-2')"
+        )
+
+    def test_nobody_waits(self) -> None:
+        """A stuck child nobody waits on: an empty chain, not a guess."""
+        assert build_chain(5, {1: [wait("MainThread", "pipe", "recv()", [])]}, {}) == ()
+
+
+class TestMergedSection:
+    """How each process ended, from its own record and its parent's reaping."""
+
+    def main(self, reaped: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"pid": 1, "name": "MainProcess", "exit_status": 0, "reaped": reaped, "started_wall": 0.0}
+
+    def record(self, pid: int, **extra: Any) -> dict[str, Any]:
+        return {"pid": pid, "ppid": 1, "name": f"p{pid}", "start_method": "fork", "started_wall": 1.0, **extra}
+
+    def test_exit_words(self) -> None:
+        """Statuses and signals in words."""
+        assert exit_words(0) == "exit status 0"
+        assert exit_words(-9) == "killed by SIGKILL (signal 9)"
+        assert exit_words(None) == "unknown"
+
+    def test_sources_of_an_end(self) -> None:
+        """Reaped status wins; a signal its parent sent reads as stopped; no record and no reaping: vanished."""
+        reaped = [
+            {"pid": 2, "exit_code": -9, "by": 1, "at_wall": 5.0, "source": "multiprocessing", "cpu_s": 0.5},
+            {"pid": 3, "exit_code": -15, "by": 1, "at_wall": 5.0, "source": "multiprocessing",
+             "terminated_by_parent": True},
+            {"pid": 6, "exit_code": 1, "by": 1, "at_wall": 5.0, "source": "multiprocessing", "name": "early"},
+        ]  # fmt: skip
+        records = [
+            self.record(2, cpu_user_s=0.1, threads=[{"thread_name": "MainThread", "stack": [{"filename": "a.py"}]}]),
+            self.record(3),
+            self.record(4, final=True, exit_status=3, ended_by="os._exit"),
+            self.record(5),
+        ]
+        section = processes_section(self.main(reaped), records, alive=lambda pid, started: False)
+        by_pid = {p["pid"]: p for p in section["processes"]}
+        assert by_pid[1]["state"] == "main"
+        assert by_pid[2]["exit_text"] == "killed by SIGKILL (signal 9)" and by_pid[2]["cpu_s"] == 0.5
+        assert by_pid[2]["last_stack"] == [{"filename": "a.py"}]
+        assert by_pid[3]["exit_text"] == "stopped by its parent (SIGTERM)" and "last_stack" not in by_pid[3]
+        assert by_pid[4]["exit_text"] == "exit status 3"
+        assert by_pid[5]["state"] == "vanished"
+        assert by_pid[6]["exit_text"] == "exit status 1, before it wrote any record" and by_pid[6]["name"] == "early"
+
+    def test_recycled_pid(self) -> None:
+        """A reaping from before a process started belongs to an earlier process that had its pid."""
+        reaped = [{"pid": 2, "exit_code": -9, "by": 1, "at_wall": 0.5, "source": "multiprocessing"}]
+        section = processes_section(self.main(reaped), [self.record(2, started_wall=10.0)], alive=lambda p, s: True)
+        assert section["processes"][1]["state"] == "running"
+
+
+def _idle() -> None:
+    time.sleep(30)
+
+
+class TestCrossWaitFromFrames:
+    """A real thread blocked in multiprocessing is read from its frames."""
+
+    def test_join_of_a_child(self) -> None:
+        """A thread in Process.join() waits on that child, by pid and name, with no timeout."""
+        ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
+        proc = ctx.Process(target=_idle, name="sleeper")
+        proc.start()
+        joiner = threading.Thread(target=proc.join, name="joiner", daemon=True)
+        joiner.start()
+        try:
+            deadline = time.monotonic() + 10
+            found = None
+            while found is None and time.monotonic() < deadline:
+                frame = sys._current_frames().get(joiner.ident or 0)
+                found = cross_wait(frame)
+                time.sleep(0.01)
+            assert found is not None
+            assert (found.kind, found.target_pids, found.target_names, found.timeout_s) == (
+                "join",
+                (proc.pid,),
+                ("sleeper",),
+                None,
+            )
+        finally:
+            proc.kill()
+            joiner.join(10)
+
+
+class TestBootstrapDecides:
+    """Which new interpreter follows, from its command line."""
+
+    def test_nested_conctools_runs_on_its_own(self) -> None:
+        """`python [-W error] -m conctools ...` and the `conctools` script are runs of their own; a program is not."""
+        py = sys.executable
+        assert _runs_conctools([py, "-m", "conctools", "run", "x.py"])
+        assert _runs_conctools([py, "-W", "error", "-X", "dev", "-m", "conctools.cli"])
+        assert _runs_conctools([py, "/venv/bin/conctools", "run", "x.py"])
+        assert not _runs_conctools([py, "-W", "error", "prog.py"])
+        assert not _runs_conctools([py, "-c", "import conctools"])
+        assert not _runs_conctools([py, "-m", "pytest"])
+
+    def test_start_methods(self) -> None:
+        """spawn and the forkserver are recognised; the resource tracker is not followed."""
+        py = sys.executable
+        spawn = [py, "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7)"]
+        assert _start_method_of([*spawn, "--multiprocessing-fork"]) == "spawn"
+        assert _start_method_of([py, "-c", "from multiprocessing.forkserver import main; main(1, 2)"]) == (
+            "forkserver (server)"
+        )
+        assert _start_method_of([py, "-c", "from multiprocessing.resource_tracker import main;main(5)"]) is None
+        assert _start_method_of([py, "prog.py"]) == "exec"
