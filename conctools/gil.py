@@ -79,6 +79,7 @@ THREAD_NAME = "conctools-gil"
 DEFAULT_INTERVAL_S = 0.01
 WINDOW_S = 0.25  # one GilSampleEvent per window
 MAX_COST_SHARE = 0.005  # the sampler's own CPU: at most ~0.5% of a core
+COST_WINDOW = 5  # the sampler is paced by the median cost of this many samples
 MAX_THREADS = 256  # finished threads kept one by one; older ones are folded into one row
 MAX_SITES = 128  # lines counted per thread (the rarest are dropped past this)
 MAX_TASKS = 1000  # task names counted one by one; later ones share one row
@@ -225,6 +226,9 @@ def _prune(sites: dict[tuple[str, int, str], list[int]]) -> None:
 def _plumbing(filename: str) -> bool:
     return is_conctools_frame(filename) or any(p in filename for p in _PLUMBING)
 
+
+# Threads have kernel ids here (threading sets ``native_id`` when a thread starts).
+_NATIVE_IDS = hasattr(_thread, "get_native_id")
 
 _STDLIB = os.path.dirname(threading.__file__) + _sep
 _NOT_STDLIB = (f"{_sep}site-packages{_sep}", f"{_sep}dist-packages{_sep}")
@@ -423,12 +427,22 @@ class GilMonitor:
     # ---- sampling ----
     def _run(self) -> None:
         wait = self.interval_s
+        costs: list[int] = []  # the last COST_WINDOW samples' CPU times
         while not self._stop.acquire(timeout=wait):
             t0 = time.thread_time_ns()
             self._sample_safely()
             cost = time.thread_time_ns() - t0
             self._own_cpu_ns += cost
-            wait = max(self.interval_s, cost / 1e9 / MAX_COST_SHARE)
+            costs.append(cost)
+            if len(costs) > COST_WINDOW:
+                del costs[0]
+            # Paced by the (lower) median cost of the last few samples, and slowing down at most
+            # twofold a sample: a steady cost (many threads) slows the sampling down, one outlier
+            # does not. The program's garbage collection may run in this thread (its allocation can
+            # be the one that starts it): a full collection of a big program costs tens of ms, and
+            # pacing by that one sample stopped the sampling for seconds.
+            typical = sorted(costs)[(len(costs) - 1) // 2]
+            wait = max(self.interval_s, min(2 * wait, typical / 1e9 / MAX_COST_SHARE))
         self._stop.release()
 
     def _sample_safely(self) -> None:
@@ -456,6 +470,11 @@ class GilMonitor:
         for thread in threading.enumerate():
             ident = thread.ident
             if ident is None or thread.name.startswith("conctools-"):
+                continue
+            if _NATIVE_IDS and thread.native_id is None:
+                # Starting: it has its ident but not yet its kernel id (threading sets them one
+                # after the other, and may switch threads in between). A track made now could never
+                # read its /proc files; the next sample after it has its id is its baseline.
                 continue
             seen.add(ident)
             if ident == me:

@@ -466,6 +466,59 @@ class TestWatchGil:
         assert monitor._failures == 0
 
     @linux_only
+    @pytest.mark.skipif(not hasattr(threading.Thread, "_set_native_id"), reason="threading sets no native_id")
+    def test_thread_sampled_while_it_starts_is_measured(self, recorder: Recorder) -> None:
+        """A thread sampled between getting its ident and its kernel id (threading sets them one after
+        the other) is measured once it runs: its kernel id, its CPU time and its wait for the GIL."""
+        in_window, leave_window = threading.Event(), threading.Event()
+
+        class Starting(threading.Thread):
+            def _set_native_id(self) -> None:  # held open: the window a busy machine may leave open
+                in_window.set()
+                leave_window.wait(30)
+                super()._set_native_id()  # type: ignore[misc]
+
+        with watch_gil() as monitor:
+            stop = Until(monitor, samples=10**9, timeout_s=60)  # stopped by the test
+            late = Starting(target=crunch, args=(stop,), name="crunch-late")
+            starter = threading.Thread(target=late.start, name="starter")  # start() waits for the window
+            with threads(("crunch-0", crunch, ()), stop=stop):
+                starter.start()
+                assert in_window.wait(30)
+                assert late.ident is not None and late.native_id is None
+                measure(monitor, monitor.samples + 3)  # sampled while it has no kernel id
+                leave_window.set()
+                starter.join(30)
+                measure(monitor, monitor.samples + 20)
+                stop[0] = True
+                late.join(30)
+        rows = {t.name: t for t in monitor.threads()}
+        assert rows["crunch-late"].native_id == late.native_id, rows["crunch-late"]
+        assert rows["crunch-late"].cpu_s > 0 and rows["crunch-late"].unknown_s == 0, rows["crunch-late"]
+        assert rows["crunch-late"].gil_wait_s > 0 and rows["crunch-0"].gil_wait_s > 0, rows
+
+    def test_one_costly_sample_does_not_stop_the_sampling(self, recorder: Recorder) -> None:
+        """One sample that costs 60 ms of CPU (a full garbage collection of a big program may run in
+        the sampler's thread) leaves the sampling pace as it was: it is not paused for 12 s."""
+        monitor = GilMonitor()
+        sample = monitor._sample
+        costly = threading.Event()
+
+        def sample_with_a_collection() -> None:
+            sample()
+            if threading.current_thread().name == THREAD_NAME and not costly.is_set():
+                until = time.thread_time() + 0.06
+                while time.thread_time() < until:
+                    pass
+                costly.set()
+
+        monitor._sample = sample_with_a_collection  # type: ignore[method-assign]
+        with monitor:
+            assert costly.wait(30)
+            after = monitor.samples
+            measure(monitor, after + 10, timeout_s=6.0)  # paced by that one sample: 12 s to the next
+
+    @linux_only
     def test_free_threaded_build_reports_parallelism_only(
         self, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -668,30 +668,43 @@ class TestHolderIdentity:
         exited, with its own name and its own identity, never the live thread now waiting."""
         prim = getattr(conctools, kind)(name=unique(kind))
         target = prim._lock if kind == "Condition" else prim
-        # Only the owner can release an RLock: its waiter gives up after a while instead.
-        patience = 5.0 if kind in ("RLock", "Condition") else 30.0
-        go = threading.Event()
+        go, looked = threading.Event(), threading.Event()
 
         def waiter() -> None:
             go.wait(10)
-            target.acquire(timeout=patience)
+            if kind in ("RLock", "Condition"):
+                # Only the owner can release an RLock: its waiter waits in short turns until the test
+                # has looked (one long timed wait made each of these tests last 5 s).
+                while not looked.is_set() and not target.acquire(timeout=0.1):
+                    pass
+            else:
+                target.acquire(timeout=30)
+
+        def seen_waiting() -> bool:
+            state = state_of(target)
+            if state.waiters:
+                seen.append(state)
+            return bool(seen)
 
         # The waiter exists before the holder starts, so it cannot get the ended holder's thread id
         # (an RLock would take that for a re-entry, as CPython's own does).
         w = threading.Thread(target=waiter, name="request-1")
         w.start()
         leave_held(target, "request-0")
+        seen: list[registry.PrimitiveState] = []
         go.set()
-        wait_until(lambda: state_of(target).waiters)
-        st = state_of(target)
+        wait_until(seen_waiting)  # the state read while it waits (between two turns nobody waits)
+        st = seen[0]
         (holder,) = st.holders
         (waiting_party,) = st.waiters
         assert (holder.thread_name, holder.exited, holder.thread_id) == ("request-0", True, 0)
         assert holder.thread_key and waiting_party.thread_key and holder.thread_key != waiting_party.thread_key
         assert (waiting_party.thread_name, waiting_party.exited) == ("request-1", False)
+        looked.set()
         if kind not in ("RLock", "Condition"):
             target.release()  # any thread may release a Lock or a Semaphore
         w.join(10)
+        assert not w.is_alive()
 
     def test_a_semaphore_leaked_by_two_requests(self, recorder: Recorder) -> None:
         """Issue 11's leak: two threads take permits of a Semaphore(2) and end; four more wait. The holders

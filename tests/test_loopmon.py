@@ -389,6 +389,40 @@ class TestMonitorAllLoops:
             assert watchdogs() == 0
         assert len(stalls(recorder)) == 1
 
+    def test_a_slow_monitor_start_is_not_a_stall(self, recorder: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The watchdog's thread starts, then the loop's thread waits 0.3 s for a CPU before start()
+        returns (a busy machine): no stall is blamed on the hook, nor on a late first heartbeat;
+        the program's own stall right after is still found, at its line."""
+        from conctools.loopmon import monitor as monitor_module
+
+        real_internal_thread = monitor_module.internal_thread
+
+        def slow_to_return(target: Callable[[], object], name: str) -> threading.Thread:
+            thread = real_internal_thread(target, name)
+            start = thread.start
+
+            def start_then_wait_for_a_cpu() -> None:
+                start()
+                time.sleep(0.3)  # the watchdog runs while the loop's thread is still in start()
+
+            thread.start = start_then_wait_for_a_cpu  # type: ignore[method-assign]
+            return thread
+
+        monkeypatch.setattr(monitor_module, "internal_thread", slow_to_return)
+
+        async def quick() -> None:
+            await asyncio.sleep(0.01)
+
+        with monitor_all_loops(THRESHOLD):
+            asyncio.run(quick())
+        run_monitored(quick)  # a monitor started inside a callback
+        assert recorder.snapshot().of_kind(SlowCallbackEvent) == [], render_text(recorder.snapshot())
+        with monitor_all_loops(THRESHOLD):
+            asyncio.run(sleepy_coroutine())
+        [event] = stalls(recorder)
+        assert event.culprit is not None and event.culprit.function == "sleepy_coroutine"
+        assert event.culprit.lineno == line_of(sleepy_coroutine, "time.sleep(0.4)")
+
     def test_uvloop_loops_are_watched(self, recorder: Recorder) -> None:
         """A uvloop loop started inside monitor_all_loops is watched; the hook is removed after."""
         uvloop = pytest.importorskip("uvloop")

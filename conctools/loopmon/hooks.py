@@ -60,13 +60,13 @@ def _on_loop_switch(loop: asyncio.AbstractEventLoop | None) -> None:
     monitor = LoopMonitor(loop, **config)
     monitor._exit_when_closed = True
     monitor._on_closed = _forget_auto
-    with _hook_lock:
-        _auto[id(loop)] = monitor
-    monitor.start()
     try:  # tasks that die unretrieved are named in hang reports (what their victims wait on)
         _failure_undo[id(loop)] = casualties.watch_loop_failures(loop)
     except Exception:
         _log.debug("conctools: could not watch the loop's failures", exc_info=True)
+    with _hook_lock:
+        _auto[id(loop)] = monitor
+    monitor.start()  # last: the loop's silence counts from its end, not while this hook runs
 
 
 def _forget_auto(monitor: LoopMonitor) -> None:

@@ -106,6 +106,7 @@ class LoopMonitor:
         self._owns_loop = False
         self._exit_when_closed = False
         self._starting_until_ns = 0
+        self._starting = False  # start() runs: no stall begins (its time is conctools', not the loop's)
         self._on_closed: Callable[[LoopMonitor], None] | None = None
 
     @property
@@ -158,14 +159,23 @@ class LoopMonitor:
             self._last_beat_ns = _monotonic_ns()
             self._gen += 1
             self._ticking = True
-            if _get_running_loop() is loop:
-                self._start_ticker(self._gen)
-            else:
-                loop.call_soon_threadsafe(self._start_ticker, self._gen)
             self._wake.acquire(False)  # held: the watchdog sleeps on it until stop() releases it
             thread = internal_thread(self._watch, "conctools-loopmon")
             self._thread = thread
-            thread.start()
+            # Until start() returns, the loop's thread may be running this code (the loop-start hook,
+            # or a callback that starts a monitor): a slow thread start on a busy machine is not the
+            # program's stall. Silence counts from the end of start(), and the first heartbeat is
+            # due from then (not late by the time the thread took to start).
+            self._starting = True
+            try:
+                thread.start()
+                if _get_running_loop() is loop:
+                    self._start_ticker(self._gen)
+                else:
+                    loop.call_soon_threadsafe(self._start_ticker, self._gen)
+            finally:
+                self._last_beat_ns = _monotonic_ns()
+                self._starting = False
         except Exception:
             _log.exception("conctools: could not start the loop monitor")
             self._release()
@@ -358,6 +368,7 @@ class LoopMonitor:
             if not registered and self._loop_tid is not None and self._beats:
                 taskdump.register_loop(loop, self._loop_tid)  # learnt from the heartbeat (uvloop)
                 registered = True
+            starting = self._starting  # read before the beat: start() sets the beat, then clears this
             last = self._last_beat_ns
             if stall is not None:
                 if last > stall.detected_ns:  # a heartbeat ran: the loop came back
@@ -371,7 +382,7 @@ class LoopMonitor:
                 self._late = None
                 if stall is None and late[1] > last_stall_end_ns:
                     self._missed(late[0], late[1])  # it ended before we could look (we were starved)
-            if stall is None and now - last >= threshold_ns and now >= recheck_ns:
+            if stall is None and not starting and now - last >= threshold_ns and now >= recheck_ns:
                 stall, recheck_ns = self._begin(last, now)
             if stall is not None:
                 wake_ns = min(stall.next_sample_ns, now + interval_ns)
