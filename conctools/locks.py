@@ -2285,6 +2285,10 @@ class Barrier(_StdBarrier, _TracedAttrs):
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait until every party arrived, as ``threading.Barrier.wait``."""
+        if getattr(self, "_ct_stats", None) is None:
+            # A subclass that did not run this __init__ (multiprocessing's Barrier, whose state lives
+            # in shared memory, subclasses threading.Barrier): not traced, the stdlib's behaviour.
+            return _StdBarrier.wait(self, timeout)
         wait = _wait_begin(self, _getframe(1), timeout if timeout is not None else self._timeout, None, event=False)
         ok = False
         try:

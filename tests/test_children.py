@@ -600,6 +600,41 @@ class TestObservingDoesNotBreak:
         assert result.stdout == plain.stdout
         assert len(children(report)) == 2
 
+    @pytest.mark.parametrize("method", ["fork", "spawn"])
+    def test_multiprocessing_primitives_work(self, tmp_path: Path, method: str) -> None:
+        """multiprocessing's Barrier subclasses threading.Barrier (patched by lock tracing) without
+        running its __init__: it, and mp's Lock, Condition, Event and Semaphore, work as without us."""
+        code = f"""
+            import multiprocessing as mp
+
+            def worker(barrier, lock, cond, event, sem, out):
+                index = barrier.wait(timeout=60)
+                with lock, sem:
+                    out.put(("child", index >= 0))
+                with cond:
+                    cond.notify_all()
+                event.wait(60)
+                barrier.wait(timeout=60)
+
+            if __name__ == "__main__":
+                ctx = mp.get_context({method!r})
+                barrier, lock, cond, event = ctx.Barrier(2), ctx.Lock(), ctx.Condition(), ctx.Event()
+                sem, out = ctx.Semaphore(1), ctx.Queue()
+                p = ctx.Process(target=worker, args=(barrier, lock, cond, event, sem, out))
+                p.start()
+                barrier.wait(timeout=60)
+                print(out.get(timeout=60))
+                event.set()
+                barrier.wait(timeout=60)
+                p.join(60)
+                print("exit", p.exitcode, barrier.broken)
+            """
+        result, report = run(tmp_path, code)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == ["('child', True)", "exit 0 False"], result.stderr
+        assert "Traceback" not in result.stderr
+        assert [c.get("exit_code") for c in children(report)] == [0], children(report)
+
     def test_nothing_left_behind(self, tmp_path: Path) -> None:
         """The run folder is gone after a normal end and after a deadlock exit: TMPDIR is empty again."""
         code = """

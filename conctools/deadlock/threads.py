@@ -284,7 +284,9 @@ def classify_thread(
             join_target=target_id if isinstance(target_id, int) else None,
             stack=stack,
         )
-    if filename.startswith(_MP_DIR) and function in ("poll", "wait"):
+    if (filename.startswith(_MP_DIR) and function in ("poll", "wait")) or (
+        filename == _REAPING_PY and function == "_mp_poll"  # Popen.poll, wrapped when children are followed
+    ):
         joined = _process_join(frame)
         if joined is not None:
             blocked, what = joined
@@ -320,6 +322,7 @@ def classify_thread(
 # -- child processes ----------------------------------------------------------------------------
 
 _MP_DIR = _STDLIB_DIR + "multiprocessing" + os.sep
+_REAPING_PY = os.path.join(_PKG_DIR, "children", "reaping.py")
 _F_GETPIPE_SZ = 1032  # Linux
 
 
