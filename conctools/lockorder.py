@@ -16,10 +16,11 @@ futures: 25 futures held together make 300 pairs, 1,000 make half a million), so
 from the innermost held lock of the class is kept: the locks of one class held by one owner are
 taken one after the other, each while the previous ones were held, so every other pair is already
 a path (a -> b -> c stands for a -> c as well) and a cycle exists in this graph exactly when it
-exists among all the pairs. A cycle may then be reported through the locks taken in between. A
-cycle is looked for only when the lock taken already leads to another of its class, and a stack is
-kept for a sample of the edges per site. Once there are many, the edges of locks that the garbage
-collector took are forgotten where no path between other locks goes through them.
+exists among all the pairs; a cycle found along a chain is reported by its shortest pairs (each
+edge keeps which locks of the class were held then). A cycle is looked for only when the lock
+taken already leads to another of its class, and a stack is kept for a sample of the edges per
+site. Once there are many, the edges of locks that the garbage collector took are forgotten
+where no path between other locks goes through them.
 
 Checking costs a thread-local lookup and a dict lookup per held lock on every acquisition,
 so it is a mode: :func:`enable` (what ``trace_locks(lock_order=True)`` and ``conctools run``
