@@ -400,8 +400,10 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             _progress[0] = _mono()
 
     def _conctools_state(self) -> PrimitiveState:
-        holders = tuple(_task_party(t, "?", 0) for t in list(self._ct_holders) if t is not None)
-        return _base_state(self, holders)
+        return _base_state(self, self._conctools_holders())
+
+    def _conctools_holders(self) -> tuple[Party, ...]:
+        return tuple(_task_party(t, "?", 0) for t in list(self._ct_holders) if t is not None)
 
     def _conctools_progress(self) -> int:
         return int(self._ct_n)

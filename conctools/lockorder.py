@@ -11,6 +11,16 @@ lockdep's CPU0/CPU1 scenario).
 Two locks of the same class nested in each other (``a, b = Lock(), Lock()`` on one line, or
 per-account locks) cannot be ordered by class, so those edges are kept per instance: taking
 them in one global order (say, sorted by id) is fine, taking them both ways is reported.
+Instance edges could be many (``concurrent.futures.wait()`` takes the conditions of all its
+futures: 25 futures held together make 300 pairs, 1,000 make half a million), so only the edge
+from the innermost held lock of the class is kept: the locks of one class held by one owner are
+taken one after the other, each while the previous ones were held, so every other pair is already
+a path (a -> b -> c stands for a -> c as well) and a cycle exists in this graph exactly when it
+exists among all the pairs; a cycle found along a chain is reported by its shortest pairs (each
+edge keeps which locks of the class were held then). A cycle is looked for only when the lock
+taken already leads to another of its class, and a stack is kept for a sample of the edges per
+site. Once there are many, the edges of locks that the garbage collector took are forgotten
+where no path between other locks goes through them.
 
 Checking costs a thread-local lookup and a dict lookup per held lock on every acquisition,
 so it is a mode: :func:`enable` (what ``trace_locks(lock_order=True)`` and ``conctools run``
@@ -63,6 +73,21 @@ _reported: set[tuple[str, ...]] = set()
 _full = [False]
 _generation = [0]  # bumped by reset(): caches of known edges (the C extension's) start over
 _local = threading.local()
+
+# Instance edges (see the module docstring), by lock serial: to -> the from-serials with an edge
+# to it, to -> the records of those edges (from held entry, to entry, thread name, task name,
+# stack or None, the held entries of the class then), and the serials that lead to some other
+# lock of their class (only an edge into one of those can close a cycle).
+_inst_preds: dict[int, tuple[int, ...]] = {}  # (tuples of ints: the garbage collector skips them)
+_inst_records: dict[int, list[tuple[Any, ...]]] = {}
+_inst_has_out: set[int] = set()
+_inst_count = [0]  # distinct instance edges
+_inst_stacks: dict[tuple[Any, Any], int] = {}  # (class key, site) -> stacks taken there
+INSTANCE_STACKS_PER_SITE = 8
+INSTANCE_PRUNE_AT = 10_000  # locks with edges into them kept before the dead locks' are forgotten
+INSTANCE_MAX_EDGES = 100_000  # instance edges kept at most (bounded memory, a few MiB)
+_inst_prune_at = [INSTANCE_PRUNE_AT]
+_inst_full_skip = [0, 0]  # when full of live locks' edges: new edges skipped before pruning again; warned
 
 
 # A held lock: (weak reference to the primitive, class key, display name, serial, site): weak,
@@ -134,11 +159,18 @@ def reset() -> None:
         _reported.clear()
         _full[0] = False
         _generation[0] += 1
+        _inst_preds.clear()
+        _inst_records.clear()
+        _inst_has_out.clear()
+        _inst_count[0] = 0
+        _inst_stacks.clear()
+        _inst_prune_at[0] = INSTANCE_PRUNE_AT
+        _inst_full_skip[:] = [0, 0]
 
 
 def graph_size() -> int:
-    """The number of distinct edges recorded."""
-    return len(_edges)
+    """The number of distinct edges recorded (between classes, and between instances of one class)."""
+    return len(_edges) + _inst_count[0]
 
 
 def reported_cycles() -> list[tuple[str, ...]]:
@@ -170,7 +202,9 @@ def check(held: list[Held], entry: Held) -> None:
     _local.checking = True
     try:
         me = entry[0]()
+        key = entry[1]
         dead = False
+        same: list[Held] | None = None
         for h in held:
             other = h[0]()
             if other is None:  # dropped without a release: it can never be waited for again
@@ -178,23 +212,244 @@ def check(held: list[Held], entry: Held) -> None:
                 continue
             if other is me:
                 continue  # re-entry is not an edge
-            if h[1] == entry[1]:
-                # Same class: order them per instance, and say which instance in the report.
-                a, b = f"{h[1]}#{h[3]}", f"{entry[1]}#{entry[3]}"
-                if (a, b) not in _edges:
-                    from conctools._lockname import instance_ordinal  # #1, #2 as the deadlock report says
-
-                    _new_edge(
-                        a, b, h, entry, f"{h[2]} #{instance_ordinal(other)}", f"{entry[2]} #{instance_ordinal(me)}"
-                    )
-            elif (h[1], entry[1]) not in _edges:
-                _new_edge(h[1], entry[1], h, entry, h[2], entry[2])
+            if h[1] == key:  # same class: ordered per instance, from the innermost one (below)
+                if same is None:
+                    same = [h]
+                else:
+                    same.append(h)
+            elif (h[1], key) not in _edges:
+                _new_edge(h[1], key, h, entry, h[2], entry[2])
+        if same is not None:
+            _instance_edge_from(same, entry)
         if dead:
             held[:] = [h for h in held if h[0]() is not None]
     except Exception:  # observation must never break the program
         _log.exception("conctools: lock-order check failed")
     finally:
         _local.checking = False
+
+
+def _instance_edge_from(same: list[Held], entry: Held) -> None:
+    """``entry``'s lock is taken while ``same``, locks of its class, are held: add the edge from the
+    innermost one, and look for a cycle only when this lock already leads to another of its class.
+    The others are kept with the edge, to report a cycle by its shortest pairs."""
+    inner = same[-1]
+    to, frm = entry[3], inner[3]
+    known = _inst_preds.get(to)
+    if known is not None and frm in known:
+        return
+    if _inst_full_skip[0]:
+        _inst_full_skip[0] -= 1
+        return
+    site_key = (entry[1], entry[4])
+    taken = _inst_stacks.get(site_key, 0)
+    stack = None
+    if taken < INSTANCE_STACKS_PER_SITE and len(_inst_stacks) < 10_000:
+        _inst_stacks[site_key] = taken + 1
+        stack = capture_stack(2, limit=32)  # from check()'s caller
+    record = (inner, entry, threading.current_thread().name, current_task_name(), stack, tuple(same))
+    cycle: list[int] | None = None
+    with _mutex:
+        if _inst_count[0] >= INSTANCE_MAX_EDGES:
+            _prune_instances()
+            if _inst_count[0] >= INSTANCE_MAX_EDGES:
+                # Full of edges that paths between live locks go through: skip a while, then look again.
+                _inst_full_skip[0] = 10_000
+                if not _inst_full_skip[1]:
+                    _inst_full_skip[1] = 1
+                    _log.warning(
+                        "conctools: lock-order graph is full (%d edges between locks of one class); "
+                        "new ones are ignored for a while",
+                        INSTANCE_MAX_EDGES,
+                    )
+                return
+        known = _inst_preds.get(to)
+        if known is None:
+            _inst_preds[to] = (frm,)
+            _inst_records[to] = [record]
+        elif frm in known:
+            return
+        else:
+            _inst_preds[to] = (*known, frm)
+            _inst_records[to].append(record)
+        _inst_count[0] += 1
+        if to in _inst_has_out:  # it leads on: the new edge may close a cycle
+            cycle = _instance_path(frm, to)
+        _inst_has_out.add(frm)
+        if len(_inst_records) >= _inst_prune_at[0]:
+            _prune_instances()
+    if cycle is not None:
+        _report_instance_cycle(cycle, entry)
+
+
+def _instance_path(source: int, goal: int) -> list[int] | None:
+    """A cycle ``goal -> ... -> source -> goal``, following edges backwards from ``source`` (caller
+    holds ``_mutex``): the serials from ``goal`` to ``source``, in the edges' direction."""
+    parent: dict[int, int | None] = {source: None}
+    todo = [source]
+    while todo:
+        node = todo.pop()
+        if node == goal:
+            out = []
+            cur: int | None = node
+            while cur is not None:
+                out.append(cur)
+                cur = parent[cur]
+            return out
+        for prev in _inst_preds.get(node, ()):
+            if prev not in parent:
+                parent[prev] = node
+                todo.append(prev)
+    return None
+
+
+def _prune_instances() -> None:
+    """Forget the edges of locks the garbage collector took (caller holds ``_mutex``), where no path
+    between other locks goes through them: a dead lock with no edge into it, or none out of it.
+    A dead lock between two live ones stays (``a -> dead -> b`` is still ``a -> b``)."""
+    alive: dict[int, bool] = {}
+    succs: dict[int, list[int]] = {}
+    for to, records in _inst_records.items():
+        alive[to] = records[0][1][0]() is not None
+        for record in records:
+            h = record[0]
+            if h[3] not in alive:
+                alive[h[3]] = h[0]() is not None
+            succs.setdefault(h[3], []).append(to)
+    work = [n for n, live in alive.items() if not live and (n not in _inst_preds or n not in succs)]
+    removed: set[int] = set()
+    while work:
+        n = work.pop()
+        if n in removed:
+            continue
+        removed.add(n)
+        for p in _inst_preds.pop(n, ()):  # its in-edges
+            _inst_count[0] -= 1
+            out = succs.get(p)
+            if out is not None and n in out:
+                out.remove(n)
+                if not out and not alive.get(p, True) and p not in removed:
+                    work.append(p)
+        _inst_records.pop(n, None)
+        for s in succs.pop(n, ()):  # its out-edges
+            preds = _inst_preds.get(s)
+            if s in removed or preds is None or n not in preds:
+                continue
+            _inst_count[0] -= 1
+            rest = tuple(p for p in preds if p != n)
+            if rest:
+                _inst_preds[s] = rest
+                _inst_records[s] = [r for r in _inst_records[s] if r[0][3] != n]
+            else:
+                del _inst_preds[s]
+                _inst_records.pop(s, None)  # (kept in the work list below if dead)
+                if not alive.get(s, True):
+                    work.append(s)
+    _inst_has_out.clear()
+    for preds in _inst_preds.values():
+        _inst_has_out.update(preds)
+    _inst_prune_at[0] = max(INSTANCE_PRUNE_AT, 2 * len(_inst_records))
+
+
+def _instance_edge(a: int, b: int) -> tuple[Held, tuple[Any, ...]] | None:
+    """The held entry of ``a`` and the record of the edge ``a -> b``."""
+    for record in _inst_records.get(b, ()):
+        if record[0][3] == a:
+            return record[0], record
+    return None
+
+
+def _shortened(
+    path: list[int], found: list[tuple[Held, tuple[Any, ...]]]
+) -> tuple[list[int], list[tuple[Held, tuple[Any, ...]]]]:
+    """The cycle ``path`` (with ``found[i]``, the edge ``path[i] -> path[i + 1]``) without the locks
+    taken in between where a lock was still held when a later one was taken (the record's held
+    locks): ``a -> b -> c`` becomes ``a -> c`` when ``a`` was held when ``c`` was taken."""
+    n = len(path)
+    at = {serial: i for i, serial in enumerate(path)}
+    keep_path: list[int] = []
+    keep_found: list[tuple[Held, tuple[Any, ...]]] = []
+    i = 0
+    while i < n:
+        keep_path.append(path[i])
+        jump = None
+        held_then: Held | None = None
+        for j in range(n - 1, i, -1):  # the farthest edge into path[j + 1] taken while path[i] was held
+            if (j + 1) % n == i:
+                continue
+            held_then = next((h for h in found[j][1][5] if at.get(h[3]) == i), None)
+            if held_then is not None:
+                jump = j
+                break
+        if jump is None or held_then is None:
+            keep_found.append(found[i])
+            i += 1
+        else:
+            keep_found.append((held_then, found[jump][1]))
+            i = jump + 1
+    return keep_path, keep_found
+
+
+def _report_instance_cycle(path: list[int], entry: Held) -> None:
+    """Build and record the event of a cycle among locks of one class (``path``: its serials in
+    the edges' direction, the last one leading back to the first)."""
+    from conctools._lockname import instance_ordinal  # #1, #2 as the deadlock report says
+
+    ordinals: dict[int, Any] = {}
+
+    def name_of(h: Held) -> str:
+        serial = h[3]
+        if serial not in ordinals:
+            prim = h[0]()
+            ordinals[serial] = instance_ordinal(prim) if prim is not None else "?"
+        return f"{h[2]} #{ordinals[serial]}"
+
+    with _mutex:
+        maybe = [_instance_edge(path[i], path[(i + 1) % len(path)]) for i in range(len(path))]
+        found = [f for f in maybe if f is not None]
+        if len(found) != len(path):
+            return
+        path, found = _shortened(path, found)
+    keys = [f"{entry[1]}#{serial}" for serial in path]
+    cycle = _canonical(keys)
+    with _mutex:
+        if cycle in _reported:
+            return
+        _reported.add(cycle)
+    edges = []
+    names: dict[str, str] = {}
+    for i, (h, record) in enumerate(found):
+        to_entry, stack = record[1], record[4]
+        if stack is None and i == len(found) - 1:
+            stack = capture_stack(3, limit=32)  # the edge taken now: its own stack, from check()'s caller
+        a_name, b_name = name_of(h), name_of(to_entry)
+        names[keys[i]] = a_name
+        names[keys[(i + 1) % len(keys)]] = b_name
+        edges.append(
+            LockOrderEdge(
+                from_lock=a_name,
+                to_lock=b_name,
+                from_site=site_text(h[4]),
+                to_site=site_text(to_entry[4]),
+                thread_name=record[2],
+                task_name=record[3],
+                stack=stack or (),
+            )
+        )
+    # The event's order: the cycle rotated to its least key, as the class-level cycles are.
+    start = keys.index(cycle[0])
+    edges = edges[start:] + edges[:start]
+    ident = threading.get_ident()
+    get_recorder().record(
+        LockOrderEvent(
+            ts_ns=time.monotonic_ns(),
+            thread_id=ident,
+            thread_name=threading.current_thread().name,
+            task_name=current_task_name(),
+            cycle=tuple(names[k] for k in cycle),
+            edges=tuple(edges),
+        )
+    )
 
 
 _task_stacks: dict[int, list[Held]] = {}

@@ -2198,15 +2198,17 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
         return dropped
 
     def _conctools_state(self) -> PrimitiveState:
-        holders = tuple(_snapshot_party(snap) for snap in list(self._holders))
         return PrimitiveState(
             prim_id=id(self),
             name=self._ct_name,
             kind=self._ct_stats.kind,
             created_at=self._ct_created,
-            holders=holders,
+            holders=self._conctools_holders(),
             waiters=_waiter_parties(self),
         )
+
+    def _conctools_holders(self) -> tuple[Party, ...]:
+        return tuple(_snapshot_party(snap) for snap in list(self._holders))
 
     def _conctools_progress(self) -> int:
         return int(self._ct_n)

@@ -31,6 +31,8 @@ __all__ = [
     "Party",
     "PrimitiveState",
     "Traceable",
+    "holders_of",
+    "kind_of",
     "last_progress_ns",
     "live",
     "note_progress",
@@ -137,6 +139,30 @@ def live() -> list[Traceable]:
 
 
 _snapshot_refs = live
+
+
+def kind_of(prim: object) -> str | None:
+    """The kind of a traced primitive (``"Lock"``, ``"aio.Semaphore"``, ...) without building its
+    state; ``None`` when it cannot say."""
+    try:
+        kind = getattr(getattr(prim, "_ct_stats", None), "kind", None)
+    except Exception:
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def holders_of(prim: Traceable) -> tuple[Party, ...] | None:
+    """The holders of one primitive, without its waiters (a semaphore awaited by 20,000 tasks
+    answers in the time of its 50 holders); ``None`` if it cannot say (never raises)."""
+    try:
+        holders = getattr(prim, "_conctools_holders", None)
+        if holders is not None:
+            found: tuple[Party, ...] = holders()
+            return found
+        return prim._conctools_state().holders
+    except Exception:
+        _log.debug("conctools: holders of %r failed", type(prim).__name__, exc_info=True)
+        return None
 
 
 def state_of(prim: Traceable) -> PrimitiveState | None:

@@ -430,14 +430,14 @@ def _held_by(obj: Any) -> str:
     """`` by task 'x' since file:line`` for conctools' traced primitives (the lock registry knows)."""
     if not hasattr(obj, "_conctools_state"):
         return ""
-    state = registry.state_of(obj)
-    if state is None or not state.holders:
+    holders = registry.holders_of(obj)
+    if not holders:
         return ""
-    h = state.holders[0]
+    h = holders[0]
     who = f"task {h.task_name!r}" if h.task_name is not None else f"thread {h.thread_name!r}"
     if h.task_id is not None and not any(id(t) == h.task_id for t in _task_objects(None)):
         who += ", which is no longer running"
-    more = f" and {len(state.holders) - 1} more" if len(state.holders) > 1 else ""
+    more = f" and {len(holders) - 1} more" if len(holders) > 1 else ""
     return f" by {who}{more}, taken at {h.site}"
 
 

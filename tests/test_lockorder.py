@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -176,6 +177,74 @@ class TestInversions:
         asyncio.run(main())
         (event,) = inversions(ordered)
         assert {e.task_name for e in event.edges} == {"task-ab", "task-ba"}
+
+    def test_same_class_cycle_among_many_futures(self, ordered: Recorder) -> None:
+        """``wait()`` holds the conditions of all its futures (one class, kept per instance); taking
+        the last one it took, then the first, in another thread is reported as a two-lock cycle whose
+        inverting edge names that thread and this line, not the 23 conditions in between."""
+        with conctools.trace_locks():
+            futures: list[concurrent.futures.Future[int]] = [concurrent.futures.Future() for _ in range(25)]
+        wait_line = lineno() + 1
+        concurrent.futures.wait(futures, timeout=0)  # takes all their conditions nested, by id
+        order = sorted(futures, key=id)  # that order (concurrent.futures' _AcquireFutures)
+        assert not inversions(ordered)
+        line = 0
+
+        def invert() -> None:
+            nonlocal line
+            with order[-1]._condition:  # type: ignore[attr-defined]
+                line = lineno() + 1
+                with order[0]._condition:  # type: ignore[attr-defined]
+                    pass
+
+        in_thread(invert, "inverter")
+        (event,) = inversions(ordered)
+        assert len(event.cycle) == 2 and all("#" in name for name in event.cycle)
+        (back,) = [e for e in event.edges if e.thread_name == "inverter"]
+        assert back.to_site == f"{HERE}:{line}"
+        (forth,) = [e for e in event.edges if e.thread_name != "inverter"]
+        assert forth.to_site == f"{HERE}:{wait_line}" and forth.thread_name == threading.current_thread().name
+
+    def test_instance_edges_stay_bounded(self, ordered: Recorder) -> None:
+        """Thousands of short-lived locks of one class taken nested keep a bounded graph: the edges
+        of locks the garbage collector took are forgotten, and an inversion is still found after."""
+        for _ in range(lockorder.INSTANCE_PRUNE_AT // 10 * 3):
+            chain = [conctools.Lock() for _ in range(10)]
+            for lock in chain:
+                lock.acquire()
+            for lock in reversed(chain):
+                lock.release()
+            del chain, lock
+        assert 0 < lockorder.graph_size() < lockorder.INSTANCE_PRUNE_AT * 2
+        accounts = [conctools.Lock() for _ in range(2)]
+        with accounts[0], accounts[1]:
+            pass
+        with accounts[1], accounts[0]:
+            pass
+        (event,) = inversions(ordered)
+        assert len(event.cycle) == 2
+
+    def test_live_lock_between_dead_ones_keeps_the_path(self, ordered: Recorder) -> None:
+        """``a -> short-lived -> b`` keeps ``a`` before ``b`` when the lock in between is gone and
+        the graph is pruned: taking ``b`` then ``a`` is still reported."""
+
+        def make() -> conctools.Lock:
+            return conctools.Lock()
+
+        a, b = make(), make()
+        middle = make()
+        with a, middle, b:
+            pass
+        del middle
+        for _ in range(lockorder.INSTANCE_PRUNE_AT + 10):  # enough dead pairs to prune the graph
+            x, y = make(), make()
+            with x, y:
+                pass
+        del x, y
+        with b, a:
+            pass
+        (event,) = inversions(ordered)
+        assert len(event.cycle) == 2
 
     def test_mode_off_records_nothing(self, recorder: Recorder) -> None:
         """Locks made outside lock-order mode do not check order."""

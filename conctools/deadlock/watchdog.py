@@ -472,7 +472,16 @@ class DeadlockWatchdog:
                 keys = [k for k in list(waiting) if k[0] == thread_id]
             except RuntimeError:
                 keys = []
+        seen: set[int] = set()
         for key in keys or [(thread_id, None)]:
+            # The tasks of a busy loop wait on asyncio primitives (thousands on one semaphore): each
+            # is skipped by its kind, and a primitive is looked at once, before building its state.
+            prim = waiting.get(key) if isinstance(waiting, dict) else None
+            if prim is not None:
+                kind = registry.kind_of(prim)
+                if (kind is not None and not _is_sync_kind(kind)) or id(prim) in seen:
+                    continue
+                seen.add(id(prim))
             state = registry.waiting_on(key[0], key[1])
             if state is None or not _is_sync_kind(state.kind):
                 continue

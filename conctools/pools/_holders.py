@@ -343,14 +343,26 @@ def describe_thread(
     )
 
 
+def _pending_task(task: Any, loop: Any) -> Any:
+    """``task`` if it is one of ``loop``'s pending tasks (what ``asyncio.all_tasks(loop)`` lists)."""
+    try:
+        return task if loop is not None and task.get_loop() is loop and not task.done() else None
+    except Exception:
+        return None
+
+
 def describe_semaphore(prim: Any) -> tuple[tuple[PoolHolder, ...], int, int]:
-    state = registry.state_of(prim)
-    if state is None:
+    # The holders only: a semaphore that thousands of tasks wait on must not cost a look at each.
+    found = registry.holders_of(prim)
+    if found is None:
         return (), 0, 0
+    in_loop = (registry.kind_of(prim) or "").startswith("aio.")
     now = _mono()
     loop = _get_running_loop()
     tasks: dict[int, Any] = {}
-    if loop is not None and any(p.task_id is not None for p in state.holders):
+    # A holder's party carries its task: the loop's task list (every task of a busy loop) is read
+    # only for a holder that does not.
+    if loop is not None and any(p.task_id is not None and p.task is None for p in found):
         try:
             tasks = {id(t): t for t in asyncio.all_tasks(loop)}
         except RuntimeError:
@@ -358,13 +370,19 @@ def describe_semaphore(prim: Any) -> tuple[tuple[PoolHolder, ...], int, int]:
     threads = {t.ident: t for t in threading.enumerate()}
     frames_now: dict[int, FrameType] | None = None
     out = []
-    for p in state.holders[:MAX_DESCRIBED]:
+    for p in found[:MAX_DESCRIBED]:
         held_s = (now - p.since_ns) / 1e9 if p.since_ns else None
         hint = p.site if p.site and p.site != "?" else ""
-        task = tasks.get(p.task_id) if p.task_id is not None else None
+        task = (
+            _pending_task(p.task, loop)
+            if p.task is not None
+            else tasks.get(p.task_id)
+            if p.task_id is not None
+            else None
+        )
         if task is not None:
             out.append(describe_task(task, p.thread_name, (), held_s, hint))
-        elif p.task_id is not None and state.kind.startswith("aio."):
+        elif p.task_id is not None and in_loop:
             out.append(
                 PoolHolder(
                     who=f"task {p.task_name!r}",
@@ -382,4 +400,4 @@ def describe_semaphore(prim: Any) -> tuple[tuple[PoolHolder, ...], int, int]:
             if frames_now is None:
                 frames_now = current_frames()
             out.append(describe_thread(threads.get(p.thread_id), p.thread_name, (), held_s, frames_now, hint))
-    return tuple(out), len(state.holders), len(state.holders)
+    return tuple(out), len(found), len(found)

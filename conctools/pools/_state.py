@@ -259,6 +259,8 @@ class PoolState:
 
     def give_back(self, item: Any) -> Any:
         """An item is put back: forget its holder; returns the holding (for :meth:`undo`)."""
+        if not self.identities and not self.held:
+            return None  # a channel holds nobody's items (take() keeps none once it is one): no lock per put
         try:
             with self.mutex:
                 key = id(item)
