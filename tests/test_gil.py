@@ -776,8 +776,11 @@ class TestRun:
         assert result.returncode == 0, result.stderr
         assert "ThreadPoolExecutor: 4 x crunch" in result.stdout
         report = result.stderr
-        assert "Bottleneck: CPU-bound Python code in threads: use processes;" in report
-        assert re.search(r"CPU-bound threads: (\d|\d to \d) threads wanted the GIL at the same time for ", report)
+        # (On failure, the report's head: the verdict and the time breakdown it was taken on.)
+        assert "Bottleneck: CPU-bound Python code in threads: use processes;" in report, report[:3000]
+        assert re.search(r"CPU-bound threads: (\d|\d to \d) threads wanted the GIL at the same time for ", report), (
+            report[:3000]
+        )
         assert "`crunch` runs in a ThreadPoolExecutor; a ProcessPoolExecutor has the same interface" in report
         assert "examples/cpu_threads_vs_processes.py:25 (" in report  # the hottest line: the loop body
         # The ranked findings name it first; then the verdict; then the section itself.

@@ -195,7 +195,12 @@ class TestRealLocust:
         assert result.summary.requests > 10 and result.summary.failures == 0, result.summary
         names = {p.name for p in result.files}
         assert {"locust_stats.csv", "locust.html", "locust.json", "summary.json"} <= names
-        assert {e.name for e in result.summary.endpoints} >= {"/health", "/io", "/counter"}
+        # Which endpoints a short run hits is random (weighted tasks; few requests on a busy machine):
+        # every request is counted under an endpoint of the locustfile, and several endpoints were hit.
+        endpoints = [e for e in result.summary.endpoints if e.name != "Aggregated"]
+        assert len(endpoints) >= 3, result.summary
+        assert sum(e.requests for e in endpoints) == result.summary.requests, result.summary
+        assert all(e.name.startswith("/") for e in endpoints), result.summary
 
     def test_two_processes(self, server_url: str, tmp_path: Path) -> None:
         """``--processes 2`` runs Locust's master and two workers and still sums up the run."""
