@@ -191,6 +191,7 @@ def open_reader() -> StateReader | None:
 
 
 _calibration_lock = _thread.allocate_lock()
+CALIBRATION_SWITCH_INTERVAL_S = 0.001  # the switch interval while calibrating (a reading waits for it)
 _calibrated: list[GilZone | None] = []  # one entry once calibrated (None: it failed)
 
 
@@ -201,16 +202,29 @@ def calibrate_gil(reader: StateReader, *, attempts: int = 200) -> GilZone | None
     takes the GIL back (the probe is made to drop it within the switch interval) and, holding it,
     reads the probe's system call: ``futex()`` on the GIL (the probe calls nothing, so that is the
     only thing it can wait for). Takes a few milliseconds, at most half a second on a busy machine.
+
+    Each reading waits for the probe to drop the GIL, which it does after the switch interval
+    (5 ms by default): the interval is made ``CALIBRATION_SWITCH_INTERVAL_S`` for the few
+    milliseconds of the probe (``conctools run`` calibrates at start-up, before the program runs;
+    see benchmarks/bench_run.py), then put back unless someone else changed it meanwhile.
     """
     with _calibration_lock:
         if _calibrated:
             return _calibrated[0]
         zone = None
         if reader.holds_gil and gil_enabled():
+            previous = sys.getswitchinterval()
+            quicker = None
+            if previous > CALIBRATION_SWITCH_INTERVAL_S:
+                sys.setswitchinterval(CALIBRATION_SWITCH_INTERVAL_S)
+                quicker = sys.getswitchinterval()  # as stored (whole microseconds)
             try:
                 zone = _probe_gil(reader, attempts)
             except Exception:
                 _log.debug("conctools: GIL calibration failed", exc_info=True)
+            finally:
+                if quicker is not None and sys.getswitchinterval() == quicker:
+                    sys.setswitchinterval(previous)
         if zone is None:
             _log.debug("conctools: could not find the GIL's address; using the bytecode heuristic")
         _calibrated.append(zone)
