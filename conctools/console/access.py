@@ -22,11 +22,9 @@ right than two. Loopback alone is not enough (every local user reaches 127.0.0.1
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import os
 import re
-import secrets
 import socket
 import stat
 import struct
@@ -111,6 +109,8 @@ def private_dir(*, create: bool = True) -> Path:
 def write_secret(pid: int, host: str, port: int) -> tuple[str, Path]:
     """Draw a new secret for the console of ``pid`` on ``host:port``; write it 0600. Returns
     ``(secret, path)``. Dead processes' leftover files are removed on the way."""
+    import secrets  # here: `conctools run` reaches this module (the dump agent's directory) at start-up
+
     directory = private_dir()
     _remove_stale(directory)
     secret = secrets.token_urlsafe(32)
@@ -197,6 +197,8 @@ def _remove_stale(directory: Path) -> None:
 
 def secret_matches(expected: str, given: bytes) -> bool:
     """Constant-time comparison of the secret a client sent with the expected one."""
+    import hmac
+
     return hmac.compare_digest(expected.encode(), given)
 
 
