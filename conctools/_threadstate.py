@@ -199,40 +199,28 @@ def _machine() -> str:
 
 
 _calibration_lock = _thread.allocate_lock()
-CALIBRATION_SWITCH_INTERVAL_S = 0.001  # the switch interval while calibrating (a reading waits for it)
 _calibrated: list[GilZone | None] = []  # one entry once calibrated (None: it failed)
 
 
 def calibrate_gil(reader: StateReader, *, attempts: int = 200) -> GilZone | None:
     """Find where threads wait for the GIL (once per process; later calls return the same answer).
 
-    A probe thread (``conctools-gil-probe``) spins in pure Python; this thread sleeps a moment,
-    takes the GIL back (the probe is made to drop it within the switch interval) and, holding it,
-    reads the probe's system call: ``futex()`` on the GIL (the probe calls nothing, so that is the
-    only thing it can wait for). Takes a few milliseconds, at most half a second on a busy machine.
-
-    Each reading waits for the probe to drop the GIL, which it does after the switch interval
-    (5 ms by default): the interval is made ``CALIBRATION_SWITCH_INTERVAL_S`` for the few
-    milliseconds of the probe (``conctools run`` calibrates at start-up, before the program runs;
-    see benchmarks/bench_run.py), then put back unless someone else changed it meanwhile.
+    A probe thread (``conctools-gil-probe``) waits on a plain lock. This thread, holding the GIL,
+    notes the probe's system call there (``futex()`` on the lock), releases the lock and, still
+    holding the GIL, reads the probe's system call again: woken, the probe must wait for the GIL,
+    so it is now in ``futex()`` at another address, the GIL's. Twice, to check the answer. Takes
+    well under a millisecond of CPU (the probe never spins: ``conctools run`` calibrates before
+    the program starts, see benchmarks/bench_run.py), at most half a second on a busy machine.
     """
     with _calibration_lock:
         if _calibrated:
             return _calibrated[0]
         zone = None
         if reader.holds_gil and gil_enabled():
-            previous = sys.getswitchinterval()
-            quicker = None
-            if previous > CALIBRATION_SWITCH_INTERVAL_S:
-                sys.setswitchinterval(CALIBRATION_SWITCH_INTERVAL_S)
-                quicker = sys.getswitchinterval()  # as stored (whole microseconds)
             try:
                 zone = _probe_gil(reader, attempts)
             except Exception:
                 _log.debug("conctools: GIL calibration failed", exc_info=True)
-            finally:
-                if quicker is not None and sys.getswitchinterval() == quicker:
-                    sys.setswitchinterval(previous)
         if zone is None:
             _log.debug("conctools: could not find the GIL's address; using the bytecode heuristic")
         _calibrated.append(zone)
@@ -242,22 +230,23 @@ def calibrate_gil(reader: StateReader, *, attempts: int = 200) -> GilZone | None
 def _probe_gil(reader: StateReader, attempts: int) -> GilZone | None:
     from conctools._context import internal_thread
 
+    go = _thread.allocate_lock()
+    go.acquire()
     state = {"run": True, "tid": 0}
 
-    def spin() -> None:
+    def park() -> None:
         state["tid"] = _thread.get_native_id()
-        n = 0
         while state["run"]:
-            n += 1  # pure bytecode, no call: the probe can only stop here to wait for the GIL
+            go.acquire()  # blocks without the GIL until the calibrating thread lets it go
 
-    probe = internal_thread(spin, "conctools-gil-probe")
+    probe = internal_thread(park, "conctools-gil-probe")
     probe.start()
     fd = None
     seen: list[tuple[int, int]] = []
     try:
         deadline = time.monotonic() + 1.0
         while not state["tid"] and time.monotonic() < deadline:
-            time.sleep(0.001)
+            time.sleep(0.0002)
         if not state["tid"]:
             return None
         fd = reader.open(state["tid"], "syscall")
@@ -267,14 +256,20 @@ def _probe_gil(reader: StateReader, attempts: int) -> GilZone | None:
         for _ in range(attempts):
             if time.monotonic() > give_up:
                 break
-            time.sleep(0.001)  # the probe runs; waking, this thread asks for the GIL back
-            reading = _read_blocked(reader, fd)
+            parked = _read_parked(reader, fd, give_up)  # the probe in futex() on `go`
+            if parked is None:
+                continue
+            go.release()  # this thread keeps the GIL: the probe wakes and waits for it
+            reading = _read_blocked(reader, fd, other_than=parked)
             if reading is not None:
                 seen.append(reading)
                 if len(seen) >= 2:
                     break
+            time.sleep(0.0002)  # the GIL to the probe, which parks again
     finally:
         state["run"] = False
+        if go.locked():
+            go.release()
         probe.join(2.0)
         reader.close(fd)
     if not seen:
@@ -292,17 +287,41 @@ def _probe_gil(reader: StateReader, attempts: int) -> GilZone | None:
     return GilZone(futex_nr=nr, lo=min(addresses) - _ZONE_BEFORE, hi=max(addresses) + _ZONE_AFTER)
 
 
-def _read_blocked(reader: StateReader, fd: int) -> tuple[int, int] | None:
-    """The probe's (system call, first argument) once it blocks, polled for up to 3 ms while this
-    thread keeps the GIL (after handing the GIL over, the probe may wait for a CPU a while first)."""
+def _read_parked(reader: StateReader, fd: int, give_up: float) -> tuple[int, int] | None:
+    """The probe's (system call, first argument) once it sleeps on its lock: the same blocked
+    reading twice in a row, the GIL let go in between (it needs the GIL to get to its lock)."""
+    last = None
+    while time.monotonic() < give_up:
+        raw = reader.read(fd)
+        if raw is None:
+            return None
+        reading = _blocked(raw)
+        if reading is not None and reading == last:
+            return reading
+        last = reading
+        time.sleep(0.0002)
+    return None
+
+
+def _blocked(raw: bytes) -> tuple[int, int] | None:
+    """(system call, first argument) of a ``/proc/.../syscall`` line of a blocked thread, else ``None``."""
+    parts = raw.split()
+    if len(parts) >= 2 and parts[0] != b"running" and parts[0].lstrip(b"-").isdigit():
+        return int(parts[0]), int(parts[1], 16)
+    return None
+
+
+def _read_blocked(reader: StateReader, fd: int, *, other_than: tuple[int, int]) -> tuple[int, int] | None:
+    """The probe's (system call, first argument) once it blocks elsewhere than ``other_than``, polled
+    for up to 3 ms while this thread keeps the GIL (woken, the probe may wait for a CPU a while first)."""
     until = time.perf_counter_ns() + 3_000_000
     while True:
         raw = reader.read(fd)
         if raw is None:
             return None
-        parts = raw.split()
-        if len(parts) >= 2 and parts[0] != b"running" and parts[0].lstrip(b"-").isdigit():
-            return int(parts[0]), int(parts[1], 16)
+        reading = _blocked(raw)
+        if reading is not None and reading != other_than:
+            return reading
         if time.perf_counter_ns() > until:
             return None
         for _ in range(200):  # keep the GIL: a call that releases it would hand it to the probe
