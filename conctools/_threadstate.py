@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from conctools._context import current_frames
+from conctools._records import compared
 
 __all__ = [
     "CALL_OPCODES",
@@ -93,7 +94,8 @@ def at_call(frame: FrameType | None) -> bool:
         return True
 
 
-@dataclass(frozen=True, slots=True)
+@compared
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class GilZone:
     """Where threads waiting for the GIL sleep: ``futex()`` (number ``futex_nr``) on ``lo..hi``."""
 

@@ -30,11 +30,10 @@ Hierarchy::
 from __future__ import annotations
 
 import dataclasses
-import operator
-import reprlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
+
+from conctools._records import compared as _compared
 
 __all__ = [
     "BlockingCallEvent",
@@ -62,51 +61,6 @@ __all__ = [
 ]
 
 EVENT_TYPES: dict[str, type[Event]] = {}
-
-_T = TypeVar("_T")
-
-
-def _compared(cls: type[_T]) -> type[_T]:
-    """Give a dataclass made with ``repr=False, eq=False`` the ``__repr__``, ``__eq__`` and
-    ``__hash__`` that ``@dataclass(frozen=True)`` would generate, with the same results.
-
-    Why: on 3.11 ``@dataclass`` compiles each generated method with its own ``exec``; these 20
-    classes cost ~10 ms to define, paid by every ``conctools run`` (and ``import conctools``)
-    before the program starts. Built from ``operator.attrgetter`` instead, half of that goes.
-    """
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    compared = _getter([f.name for f in fields if f.compare])
-    hashed = _getter([f.name for f in fields if (f.compare if f.hash is None else f.hash)])
-    shown = [f.name for f in fields if f.repr]
-    shown_values = _getter(shown)
-
-    def __eq__(self: Any, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return bool(compared(self) == compared(other))
-        return NotImplemented
-
-    def __hash__(self: Any) -> int:
-        return hash(hashed(self))
-
-    @reprlib.recursive_repr()
-    def __repr__(self: Any) -> str:
-        values = ", ".join(f"{name}={value!r}" for name, value in zip(shown, shown_values(self)))
-        return f"{self.__class__.__qualname__}({values})"
-
-    for method in (__eq__, __hash__, __repr__):
-        method.__qualname__ = f"{cls.__qualname__}.{method.__name__}"
-        setattr(cls, method.__name__, method)
-    return cls
-
-
-def _getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
-    """The named attributes of an object as a tuple (``attrgetter`` of one name is no tuple)."""
-    if len(names) > 1:
-        return operator.attrgetter(*names)
-    if names:
-        one = operator.attrgetter(names[0])
-        return lambda obj: (one(obj),)
-    return lambda obj: ()
 
 
 @_compared

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from conctools._records import compared
+
 __all__ = [
     "CONSOLE_DIR_ENV",
     "ConsoleAddress",
@@ -55,7 +57,8 @@ class ConsoleError(Exception):
     unsafe directory, no console for that process)."""
 
 
-@dataclass(frozen=True, slots=True)
+@compared
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class ConsoleAddress:
     """A console found in the private directory: the process, where it listens, its secret file."""
 
