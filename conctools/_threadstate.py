@@ -255,19 +255,24 @@ def _probe_gil(reader: StateReader, attempts: int) -> GilZone | None:
         if fd is None:
             return None
         give_up = time.monotonic() + 0.5
+        parked = None
         for _ in range(attempts):
             if time.monotonic() > give_up:
                 break
-            parked = _read_parked(reader, fd, give_up)  # the probe in futex() on `go`
             if parked is None:
-                continue
+                parked = _read_parked(reader, fd, give_up)  # the probe in futex() on `go`
+                if parked is None:
+                    continue
             go.release()  # this thread keeps the GIL: the probe wakes and waits for it
             reading = _read_blocked(reader, fd, other_than=parked)
-            if reading is not None:
+            again = _read_parked(reader, fd, give_up)  # the GIL to the probe, which parks again
+            # A reading counts only if the probe parked again where it was: then `parked` was its lock
+            # (not a wait for the GIL that outlasted this thread's sleeps on a loaded machine).
+            if reading is not None and again == parked:
                 seen.append(reading)
                 if len(seen) >= 2:
                     break
-            time.sleep(0.0002)  # the GIL to the probe, which parks again
+            parked = again
     finally:
         state["run"] = False
         if go.locked():
