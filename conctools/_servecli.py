@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from conctools.cli import UsageError, _positive_int, positive_seconds
-from conctools.loadtest import MAX_DURATION_S, MAX_USERS  # the stdlib only: cheap to import
 
 __all__ = ["add_run_console_options", "add_server_commands", "apply_run_console_options"]
 
@@ -40,6 +39,8 @@ def _positive_float(text: str) -> float:
 
 
 def _users(text: str) -> int:
+    from conctools.loadtest import MAX_USERS  # here: `conctools run` parses its options without it
+
     value = _positive_int(text)
     if value > MAX_USERS:
         raise argparse.ArgumentTypeError(f"at most {MAX_USERS} users, got {value}")
@@ -47,6 +48,8 @@ def _users(text: str) -> int:
 
 
 def _duration(text: str) -> float:
+    from conctools.loadtest import MAX_DURATION_S
+
     value = positive_seconds(text)
     if value > MAX_DURATION_S:
         raise argparse.ArgumentTypeError(f"at most {MAX_DURATION_S:g} seconds (an hour), got {text!r}")
@@ -55,6 +58,8 @@ def _duration(text: str) -> float:
 
 def add_server_commands(sub: Any) -> None:
     """Register ``serve``, ``loadtest``, ``demo`` and ``console`` on the ``conctools`` subparsers."""
+    from conctools.loadtest import MAX_USERS
+
     serve = sub.add_parser("serve", help="run the sample async server, instrumented, with the console")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")

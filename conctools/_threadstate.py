@@ -27,7 +27,6 @@ import dis
 import logging
 import operator
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from conctools._context import current_frames
+from conctools._records import compared
 
 __all__ = [
     "CALL_OPCODES",
@@ -67,7 +67,7 @@ _FUTEX_SYSCALLS = {"x86_64": 202, "aarch64": 98, "arm64": 98}
 
 def sleep_syscalls() -> frozenset[int]:
     """The numbers of ``nanosleep`` and ``clock_nanosleep`` on this machine (empty if unknown)."""
-    return frozenset(_SLEEP_SYSCALLS.get(platform.machine(), ()))
+    return frozenset(_SLEEP_SYSCALLS.get(_machine(), ()))
 
 
 def gil_enabled() -> bool:
@@ -94,7 +94,8 @@ def at_call(frame: FrameType | None) -> bool:
         return True
 
 
-@dataclass(frozen=True, slots=True)
+@compared
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class GilZone:
     """Where threads waiting for the GIL sleep: ``futex()`` (number ``futex_nr``) on ``lo..hi``."""
 
@@ -190,6 +191,15 @@ def open_reader() -> StateReader | None:
     return reader if ok else None
 
 
+def _machine() -> str:
+    """``platform.machine()`` without importing ``platform`` (~1 ms of ``conctools run``'s start-up)."""
+    if hasattr(os, "uname"):
+        return os.uname().machine
+    import platform
+
+    return platform.machine()
+
+
 _calibration_lock = _thread.allocate_lock()
 _calibrated: list[GilZone | None] = []  # one entry once calibrated (None: it failed)
 
@@ -197,10 +207,12 @@ _calibrated: list[GilZone | None] = []  # one entry once calibrated (None: it fa
 def calibrate_gil(reader: StateReader, *, attempts: int = 200) -> GilZone | None:
     """Find where threads wait for the GIL (once per process; later calls return the same answer).
 
-    A probe thread (``conctools-gil-probe``) spins in pure Python; this thread sleeps a moment,
-    takes the GIL back (the probe is made to drop it within the switch interval) and, holding it,
-    reads the probe's system call: ``futex()`` on the GIL (the probe calls nothing, so that is the
-    only thing it can wait for). Takes a few milliseconds, at most half a second on a busy machine.
+    A probe thread (``conctools-gil-probe``) waits on a plain lock. This thread, holding the GIL,
+    notes the probe's system call there (``futex()`` on the lock), releases the lock and, still
+    holding the GIL, reads the probe's system call again: woken, the probe must wait for the GIL,
+    so it is now in ``futex()`` at another address, the GIL's. Twice, to check the answer. Takes
+    well under a millisecond of CPU (the probe never spins: ``conctools run`` calibrates before
+    the program starts, see benchmarks/bench_run.py), at most half a second on a busy machine.
     """
     with _calibration_lock:
         if _calibrated:
@@ -220,39 +232,51 @@ def calibrate_gil(reader: StateReader, *, attempts: int = 200) -> GilZone | None
 def _probe_gil(reader: StateReader, attempts: int) -> GilZone | None:
     from conctools._context import internal_thread
 
+    go = _thread.allocate_lock()
+    go.acquire()
     state = {"run": True, "tid": 0}
 
-    def spin() -> None:
+    def park() -> None:
         state["tid"] = _thread.get_native_id()
-        n = 0
         while state["run"]:
-            n += 1  # pure bytecode, no call: the probe can only stop here to wait for the GIL
+            go.acquire()  # blocks without the GIL until the calibrating thread lets it go
 
-    probe = internal_thread(spin, "conctools-gil-probe")
+    probe = internal_thread(park, "conctools-gil-probe")
     probe.start()
     fd = None
     seen: list[tuple[int, int]] = []
     try:
         deadline = time.monotonic() + 1.0
         while not state["tid"] and time.monotonic() < deadline:
-            time.sleep(0.001)
+            time.sleep(0.0002)
         if not state["tid"]:
             return None
         fd = reader.open(state["tid"], "syscall")
         if fd is None:
             return None
         give_up = time.monotonic() + 0.5
+        parked = None
         for _ in range(attempts):
             if time.monotonic() > give_up:
                 break
-            time.sleep(0.001)  # the probe runs; waking, this thread asks for the GIL back
-            reading = _read_blocked(reader, fd)
-            if reading is not None:
+            if parked is None:
+                parked = _read_parked(reader, fd, give_up)  # the probe in futex() on `go`
+                if parked is None:
+                    continue
+            go.release()  # this thread keeps the GIL: the probe wakes and waits for it
+            reading = _read_blocked(reader, fd, other_than=parked)
+            again = _read_parked(reader, fd, give_up)  # the GIL to the probe, which parks again
+            # A reading counts only if the probe parked again where it was: then `parked` was its lock
+            # (not a wait for the GIL that outlasted this thread's sleeps on a loaded machine).
+            if reading is not None and again == parked:
                 seen.append(reading)
                 if len(seen) >= 2:
                     break
+            parked = again
     finally:
         state["run"] = False
+        if go.locked():
+            go.release()
         probe.join(2.0)
         reader.close(fd)
     if not seen:
@@ -261,7 +285,7 @@ def _probe_gil(reader: StateReader, attempts: int) -> GilZone | None:
     if len(nrs) != 1:
         return None
     nr = nrs.pop()
-    expected = _FUTEX_SYSCALLS.get(platform.machine())
+    expected = _FUTEX_SYSCALLS.get(_machine())
     if expected is not None and nr != expected:
         return None
     addresses = [a for _, a in seen]
@@ -270,17 +294,41 @@ def _probe_gil(reader: StateReader, attempts: int) -> GilZone | None:
     return GilZone(futex_nr=nr, lo=min(addresses) - _ZONE_BEFORE, hi=max(addresses) + _ZONE_AFTER)
 
 
-def _read_blocked(reader: StateReader, fd: int) -> tuple[int, int] | None:
-    """The probe's (system call, first argument) once it blocks, polled for up to 3 ms while this
-    thread keeps the GIL (after handing the GIL over, the probe may wait for a CPU a while first)."""
+def _read_parked(reader: StateReader, fd: int, give_up: float) -> tuple[int, int] | None:
+    """The probe's (system call, first argument) once it sleeps on its lock: the same blocked
+    reading twice in a row, the GIL let go in between (it needs the GIL to get to its lock)."""
+    last = None
+    while time.monotonic() < give_up:
+        raw = reader.read(fd)
+        if raw is None:
+            return None
+        reading = _blocked(raw)
+        if reading is not None and reading == last:
+            return reading
+        last = reading
+        time.sleep(0.0002)
+    return None
+
+
+def _blocked(raw: bytes) -> tuple[int, int] | None:
+    """(system call, first argument) of a ``/proc/.../syscall`` line of a blocked thread, else ``None``."""
+    parts = raw.split()
+    if len(parts) >= 2 and parts[0] != b"running" and parts[0].lstrip(b"-").isdigit():
+        return int(parts[0]), int(parts[1], 16)
+    return None
+
+
+def _read_blocked(reader: StateReader, fd: int, *, other_than: tuple[int, int]) -> tuple[int, int] | None:
+    """The probe's (system call, first argument) once it blocks elsewhere than ``other_than``, polled
+    for up to 3 ms while this thread keeps the GIL (woken, the probe may wait for a CPU a while first)."""
     until = time.perf_counter_ns() + 3_000_000
     while True:
         raw = reader.read(fd)
         if raw is None:
             return None
-        parts = raw.split()
-        if len(parts) >= 2 and parts[0] != b"running" and parts[0].lstrip(b"-").isdigit():
-            return int(parts[0]), int(parts[1], 16)
+        reading = _blocked(raw)
+        if reading is not None and reading != other_than:
+            return reading
         if time.perf_counter_ns() > until:
             return None
         for _ in range(200):  # keep the GIL: a call that releases it would hand it to the probe
@@ -289,4 +337,4 @@ def _read_blocked(reader: StateReader, fd: int) -> tuple[int, int] | None:
 
 def futex_syscall() -> int | None:
     """The number of ``futex`` on this machine, when known."""
-    return _FUTEX_SYSCALLS.get(platform.machine())
+    return _FUTEX_SYSCALLS.get(_machine())

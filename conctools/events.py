@@ -33,6 +33,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from conctools._records import compared as _compared
+
 __all__ = [
     "BlockingCallEvent",
     "DeadlockEvent",
@@ -61,7 +63,8 @@ __all__ = [
 EVENT_TYPES: dict[str, type[Event]] = {}
 
 
-@dataclass(frozen=True, slots=True)
+@_compared
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class Frame:
     """One stack frame: where code was, as ``file:line in function``."""
 
@@ -89,7 +92,8 @@ def frame_from_dict(data: dict[str, Any]) -> Frame:
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class Event:
     """Base of every event: when, and who produced it."""
 
@@ -147,7 +151,8 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class SpanEvent(Event):
     """One traced call or block: its name, duration, outcome and parent span."""
 
@@ -162,7 +167,8 @@ class SpanEvent(Event):
     args: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class Participant:
     """A thread or task in a wait-for graph, with what it waits for and what it holds."""
 
@@ -193,7 +199,8 @@ class Participant:
         return f"thread {self.thread_name!r}"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class LockWaitEvent(Event):
     """A contended acquisition: who waited, for how long, and who held the lock then."""
 
@@ -209,7 +216,8 @@ class LockWaitEvent(Event):
     stack: tuple[Frame, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class LockOrderEdge:
     """Lock ``to`` acquired while holding ``from``: one edge of the lock-order graph."""
 
@@ -222,7 +230,8 @@ class LockOrderEdge:
     stack: tuple[Frame, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class LockOrderEvent(Event):
     """A cycle in the lock-order graph: a potential deadlock, reported once per cycle."""
 
@@ -238,7 +247,8 @@ class LockOrderEvent(Event):
         return describe(self)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class DeadlockEvent(Event):
     """A wait-for cycle: every participant waits on something another one holds."""
 
@@ -255,7 +265,8 @@ class DeadlockEvent(Event):
         return describe(self)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class WaiterInfo:
     """A thread or task in a hang dump: its stack and what it waits on."""
 
@@ -268,7 +279,8 @@ class WaiterInfo:
     daemon: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class HangEvent(Event):
     """No progress for ``stalled_s`` and no lock cycle: every thread and task, and their waits."""
 
@@ -280,7 +292,8 @@ class HangEvent(Event):
     failures: tuple[FailureEvent, ...] = ()  # threads and tasks that ended with an exception before it
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class FailureEvent(Event):
     """A thread or an asyncio task ended with an exception (``task_name`` set for a task).
 
@@ -314,7 +327,8 @@ class FailureEvent(Event):
         return describe(self)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class SlowCallbackEvent(Event):
     """The event loop was blocked by one task or callback for ``duration_s``.
 
@@ -351,7 +365,8 @@ class SlowCallbackEvent(Event):
         return describe(self)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class BlockingCallEvent(Event):
     """A known blocking call (``time.sleep``, a blocking socket call, a thread wait) made on a
     thread that runs an event loop: ``site`` is the caller's ``file:line``."""
@@ -365,7 +380,8 @@ class BlockingCallEvent(Event):
     stack: tuple[Frame, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class ResourceSampleEvent(Event):
     """One psutil sample of this process."""
 
@@ -391,7 +407,8 @@ class ResourceSampleEvent(Event):
         }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class GilSampleEvent(Event):
     """One window of the GIL monitor (``conctools.gil``), ending at ``ts_ns``.
 
@@ -409,7 +426,8 @@ class GilSampleEvent(Event):
     gil_enabled: bool = True
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class MarkEvent(Event):
     """An instant on the timeline: run start and end, or a user's own mark."""
 
@@ -419,7 +437,8 @@ class MarkEvent(Event):
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class PoolHolder:
     """Who held one item of a pool while others waited for one, and what it was doing then.
 
@@ -439,7 +458,8 @@ class PoolHolder:
     held_s: float | None  # how long it had held the item (None when unknown)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class PoolExhaustedEvent(Event):
     """A pool ran dry: from the first waiter's start until no one waited any more.
 
@@ -460,7 +480,8 @@ class PoolExhaustedEvent(Event):
     holders: tuple[PoolHolder, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class ProcessWaitLink:
     """One step of a chain of waits across processes: a thread of process ``pid`` waits on
     other processes (``target_pids``: a child it joins, a pool's workers, the writers of a pipe)."""
@@ -476,7 +497,8 @@ class ProcessWaitLink:
     stack: tuple[Frame, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class ProcessStuckEvent(Event):
     """A followed child process deadlocked (``verdict`` "deadlock") or hung ("hang"); ``chain``
     is who waits on it, from the program's main process down to the waiter nearest to it."""

@@ -50,6 +50,7 @@ from types import FrameType, TracebackType
 from typing import Any, TypeVar, cast, overload
 
 from conctools._context import internal_thread, is_conctools_frame
+from conctools._records import compared
 from conctools._threadstate import (
     StateReader,
     at_call,
@@ -105,7 +106,8 @@ _JOIN_FUNCTIONS = frozenset({"join", "_wait_for_tstate_lock", "_shutdown"})
 _FUTURE_WAITS = frozenset({"result", "exception", "wait", "as_completed", "shutdown", "__exit__"})
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class ThreadGilStats:
     """Where one thread's time went while the monitor ran (seconds; estimates from samples).
 

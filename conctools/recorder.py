@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from conctools._records import compared
 from conctools.events import Event, SpanEvent, event_from_dict
 
 __all__ = [
@@ -163,7 +164,8 @@ class Histogram:
 # -- records -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class SpanStats:
     """Aggregates of every call of one span name (exact counts, approximate percentiles)."""
 
@@ -182,7 +184,8 @@ class SpanStats:
         return self.total_s / self.count if self.count else 0.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class Snapshot:
     """Everything a reporter needs, as plain data: events, aggregates and sections.
 

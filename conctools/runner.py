@@ -435,9 +435,16 @@ def _execute(options: RunOptions) -> int:
 
 
 def _is_zip(path: str) -> bool:
-    import zipfile
-
+    # A zip file ends with its end-of-central-directory record (after at most a 64 KiB comment):
+    # a script without that signature in its tail is not one, and start-up skips importing zipfile.
     try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - (1 << 16) - 22))
+            if b"PK\x05\x06" not in f.read():
+                return False
+        import zipfile
+
         return zipfile.is_zipfile(path)
     except OSError:
         return False
@@ -615,8 +622,6 @@ def _silence_stderr() -> None:
 
 def finish_report(recorder: Recorder, options: RunOptions) -> None:
     """Print the brief report to stderr and write the files; never raises."""
-    from conctools.reporting import render_text
-
     try:
         sys.stdout.flush()
     except Exception:

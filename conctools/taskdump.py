@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from conctools import registry
 from conctools._context import _PKG_DIR, _SAMPLE_DIR, current_frames, is_conctools_frame, thread_name_of, user_frame
+from conctools._records import compared
 from conctools.events import Frame, WaiterInfo
 from conctools.recorder import _ctracing
 
@@ -60,7 +61,8 @@ _MAX_REPR = 120
 K = TypeVar("K", bound=Hashable)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class TaskInfo:
     """One asyncio task as seen from outside: who it is, where it is suspended, what it awaits.
 

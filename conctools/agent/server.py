@@ -23,7 +23,6 @@ import contextlib
 import importlib
 import logging
 import os
-import secrets
 import selectors
 import socket
 import struct
@@ -97,7 +96,8 @@ class DumpAgent:
             )
         # Bound under a private name, made 0600, listening, then renamed into place: a client never
         # finds the socket half-made, and nobody else could reach it in between (the directory is 0700).
-        temporary = directory / f".dump-{self.pid}-{secrets.token_hex(4)}.sock"
+        # (os.urandom(4).hex() is secrets.token_hex(4), without importing secrets at start-up.)
+        temporary = directory / f".dump-{self.pid}-{os.urandom(4).hex()}.sock"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(os.fspath(temporary))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from conctools._records import compared
 from conctools.events import DeadlockEvent, Frame, HangEvent, Participant
 from conctools.recorder import Recorder
 from conctools.registry import Party, PrimitiveState
@@ -24,7 +25,8 @@ __all__ = ["ThreadView", "WatchdogView", "lock_rows", "party_row", "watchdog_vie
 _LOOK_AGAIN_S = 0.05  # between the watchdog's two looks: did anything move?
 
 
-@dataclass(frozen=True, slots=True)
+@compared
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class ThreadView:
     """One thread as the hang detector classifies it: state, what it waits on, its stack."""
 
@@ -34,7 +36,8 @@ class ThreadView:
     stack: tuple[Frame, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@compared
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class WatchdogView:
     """What the watchdog sees now: thread states, every wait-for edge (as a
     :class:`~conctools.events.Participant`), the deadlock cycles, and a hang if every thread

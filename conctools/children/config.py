@@ -14,6 +14,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from conctools._records import compared
+
 __all__ = ["BOOT_DIR", "ENV_VAR", "FollowConfig"]
 
 ENV_VAR = "CONCTOOLS_FOLLOW"
@@ -22,7 +24,8 @@ BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
 _SCHEMA = 1
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class FollowConfig:
     """The run a child belongs to: where it hands its data, and the options it runs under."""
 

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from conctools._records import compared
 from conctools.children.waits import pool_of_wait
 
 __all__ = ["LostJobs", "LostJobsCheck"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class LostJobs:
     """A wait that will never end: the jobs it waits for were taken by a worker that died."""
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from conctools._records import compared
+
 __all__ = ["CrossWait", "cross_wait", "idle_worker", "pool_of_wait"]
 
 _STDLIB = os.path.dirname(threading.__file__) + os.sep
@@ -34,7 +36,8 @@ _MACHINERY = (_MP, _FUTURES, _SUBPROCESS, _THREADING, _SELECTORS, _PKG)
 _MAX_DEPTH = 40
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class CrossWait:
     """A thread's wait on other processes."""
 

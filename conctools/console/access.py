@@ -22,17 +22,17 @@ right than two. Loopback alone is not enough (every local user reaches 127.0.0.1
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import os
 import re
-import secrets
 import socket
 import stat
 import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from conctools._records import compared
 
 __all__ = [
     "CONSOLE_DIR_ENV",
@@ -57,7 +57,8 @@ class ConsoleError(Exception):
     unsafe directory, no console for that process)."""
 
 
-@dataclass(frozen=True, slots=True)
+@compared
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class ConsoleAddress:
     """A console found in the private directory: the process, where it listens, its secret file."""
 
@@ -111,6 +112,8 @@ def private_dir(*, create: bool = True) -> Path:
 def write_secret(pid: int, host: str, port: int) -> tuple[str, Path]:
     """Draw a new secret for the console of ``pid`` on ``host:port``; write it 0600. Returns
     ``(secret, path)``. Dead processes' leftover files are removed on the way."""
+    import secrets  # here: `conctools run` reaches this module (the dump agent's directory) at start-up
+
     directory = private_dir()
     _remove_stale(directory)
     secret = secrets.token_urlsafe(32)
@@ -197,6 +200,8 @@ def _remove_stale(directory: Path) -> None:
 
 def secret_matches(expected: str, given: bytes) -> bool:
     """Constant-time comparison of the secret a client sent with the expected one."""
+    import hmac
+
     return hmac.compare_digest(expected.encode(), given)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from conctools._context import user_frame
+from conctools._records import compared
 from conctools.events import Frame, Participant
 from conctools.registry import Party, PrimitiveState
 
@@ -107,7 +108,8 @@ def _reentrant(kind: str) -> bool:
 _SINKS = frozenset({"exited", "nobody"})
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class Dependency:
     """A wait that is not on a registry primitive: a join, a future, an event loop, a task.
 
@@ -124,7 +126,8 @@ class Dependency:
     sync: bool = True
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class WaitEdge:
     """``waiter`` waits for ``holder``: on ``prim``, or (``prim is None``) for something else
     (``kind``, ``what``): its event loop thread, a thread it joins, a job, another task.
@@ -144,7 +147,8 @@ class WaitEdge:
     group: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@compared
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class WaitGraph:
     """The wait-for graph at one instant.
 

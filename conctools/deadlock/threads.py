@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from conctools._context import frames_of
+from conctools._records import compared
 from conctools.deadlock.graph import prim_label
 from conctools.events import Frame
 from conctools.registry import Party, PrimitiveState
@@ -41,7 +42,8 @@ _MACHINERY = (_THREADING_PY, _QUEUE_PY, _FUTURES_DIR, _PKG_DIR)
 _BOUNDARIES = frozenset({"run", "_bootstrap", "_bootstrap_inner", "_worker"})
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@compared
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
 class ThreadState:
     """One thread as the hang detector sees it.
 

@@ -16,12 +16,14 @@ from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
+from conctools._records import compared
 from conctools.events import Frame
 
 __all__ = ["Sample", "Segment", "cut_segments", "partition_runs"]
 
 
-@dataclass(frozen=True, slots=True)
+@compared
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class Sample:
     """One look at the loop thread during a stall."""
 
@@ -34,7 +36,8 @@ class Sample:
     culprit: Frame | None
 
 
-@dataclass(frozen=True, slots=True)
+@compared
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class Segment:
     """A stretch of a stall during which one task or callback ran at one culprit."""
 
