@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 from weakref import ref as _weakref
 
-from conctools import lockorder
+from conctools import lockorder, registry
 from conctools._context import _SKIP_MAYBE
 from conctools.locks import (
     HOLD_SAMPLE_MASK,
@@ -45,8 +45,6 @@ from conctools.locks import (
     _wait_begin,
     _wait_done,
     _who_words,
-    pool_wait_ended,
-    pool_wait_started,
 )
 from conctools.recorder import Histogram
 from conctools.registry import Party, PrimitiveState
@@ -68,6 +66,9 @@ if sys.version_info < (3, 12):
     except ImportError:  # pragma: no cover - other implementations
         _tasks_get = None
 _DICT = _tasks_get is not None
+_sem_hooks = registry.semaphore_hooks
+_sem_started = registry.run_semaphore_started
+_sem_ended = registry.run_semaphore_ended
 # The C extension finds a wait's site from the thread's frames itself; the pure path needs the
 # caller's frame object (made on demand for a coroutine's frame: memory per waiting task).
 _WAIT_FRAMES = not SPEEDUPS
@@ -336,14 +337,15 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
                 holders.append((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
             return True
         wait = self._wait_begins(_getframe(1) if _WAIT_FRAMES else None)
-        hooked = pool_wait_started(self, wait, True)  # pool blame (conctools.pools), before waiting
+        # Pool blame (conctools.pools), before waiting: an int to hand back, nothing allocated.
+        hooked = _sem_started(self) if _sem_hooks else 0
         acquired = False
         try:
             acquired = await super().acquire()
         finally:
             _wait_done(wait, acquired)
-            if hooked is not None:
-                pool_wait_ended(hooked)
+            if hooked:
+                _sem_ended(self, hooked)
         self._took((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
         return True
 
@@ -357,14 +359,15 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             return None
         # The slow path, in this coroutine (a coroutine of its own would cost each waiting task one more).
         wait = self._wait_begins(_getframe(1) if _WAIT_FRAMES else None)
-        hooked = pool_wait_started(self, wait, True)  # pool blame (conctools.pools), before waiting
+        # Pool blame (conctools.pools), before waiting: an int to hand back, nothing allocated.
+        hooked = _sem_started(self) if _sem_hooks else 0
         acquired = False
         try:
             acquired = await super().acquire()
         finally:
             _wait_done(wait, acquired)
-            if hooked is not None:
-                pool_wait_ended(hooked)
+            if hooked:
+                _sem_ended(self, hooked)
         self._took((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
         return None
 

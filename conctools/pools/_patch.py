@@ -87,18 +87,33 @@ def sem_state(prim: Any) -> PoolState:
 
 
 def wait_hook(prim: Any, thread_id: int, task_id: int | None) -> None:
-    """The wait registry's hook: follow waits on traced semaphores (pools of slots)."""
+    """The wait registry's hook: follow waits on traced threading semaphores (pools of slots)."""
     if prim is None:
         entry = sem_waits.pop((thread_id, task_id), None)
         if entry is not None:
             entry[0].wait_ended(entry[1])
         return
-    if type(prim).__name__ not in SEMAPHORES:
-        return
+    if type(prim).__name__ not in SEMAPHORES or isinstance(prim, asyncio.Semaphore):
+        return  # (an asyncio semaphore's waits come through aio_wait_started/aio_wait_ended)
     state = sem_state(prim)
     start = state.wait_started(prim)
     if start:
         sem_waits[(thread_id, task_id)] = (state, start)
+
+
+def aio_wait_started(prim: Any) -> int:
+    """A task must wait on a traced asyncio semaphore (``registry.semaphore_hooks``): returns the wait's
+    start, handed back to :func:`aio_wait_ended` (no record per wait: thousands of tasks may queue)."""
+    return sem_state(prim).wait_started(prim)
+
+
+def aio_wait_ended(prim: Any, start_ns: int) -> None:
+    """The wait that :func:`aio_wait_started` returned ``start_ns`` for is over."""
+    if start_ns:
+        sem_state(prim).wait_ended(start_ns)
+
+
+SEMAPHORE_HOOKS = (aio_wait_started, aio_wait_ended)
 
 
 _AQ_INIT: Any = asyncio.Queue.__init__
