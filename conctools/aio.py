@@ -67,6 +67,8 @@ if sys.version_info < (3, 12):
         _tasks_get = None
 _DICT = _tasks_get is not None
 _sem_hooks = registry.semaphore_hooks
+_task_stacks = lockorder._task_stacks
+_spare_stacks = lockorder._spare_stacks
 _sem_started = registry.run_semaphore_started
 _sem_ended = registry.run_semaphore_ended
 # The C extension finds a wait's site from the thread's frames itself; the pure path needs the
@@ -189,9 +191,17 @@ class Lock(asyncio.Lock, _TracedAttrs):
             entry = self._held_entry(frame)
             self._ct_site = entry[4]
             task = self._ct_owner
-            held = lockorder.task_held_stack(task) if task is not None else lockorder.held_stack()
+            # lockorder.task_held_stack() and note_acquired(), inlined: this runs at every acquisition.
+            if task is not None:
+                held = _task_stacks.get(id(task))
+                if held is None:
+                    held = _task_stacks[id(task)] = _spare_stacks.pop() if _spare_stacks else []
+            else:
+                held = lockorder.held_stack()
             self._ct_holdstack = held
-            lockorder.note_acquired(held, entry)
+            if held:
+                lockorder.check(held, entry)
+            held.append(entry)
 
     def _held_entry(self, frame: Any) -> lockorder.Held:
         """This lock's held-stack entry when taken at ``frame``, cached while the site is the same
@@ -220,9 +230,15 @@ class Lock(asyncio.Lock, _TracedAttrs):
         held = self._ct_holdstack
         if held is not None:
             self._ct_holdstack = None
-            lockorder.note_released(held, self)
-            if not held:
-                lockorder.forget_task(self._ct_owner)
+            if held and held[-1][0]() is self:  # the innermost: lockorder.note_released() inlined
+                del held[-1]
+            else:
+                lockorder.note_released(held, self)
+            owner = self._ct_owner
+            if not held and owner is not None and _task_stacks.get(id(owner)) is held:
+                del _task_stacks[id(owner)]  # lockorder.forget_task() inlined
+                if len(_spare_stacks) < 64:
+                    _spare_stacks.append(held)
 
     def _wait_begins(self, frame: Any) -> Any:
         """The slow path, before waiting: the order check, the wait record with the holding task."""

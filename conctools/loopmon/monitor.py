@@ -243,14 +243,30 @@ class LoopMonitor:
             self._wrap_create_task(loop)
             return
         previous = loop.get_task_factory()
+        note_site = taskdump._note_site
+        if note_site is not None and previous is None:
+            created, skip_dirs, keep_dir = taskdump._created, taskdump._CREATION_SKIP, taskdump._SAMPLE_DIR
+            new_task = asyncio.Task
 
-        def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-            task = previous(lp, coro, **kwargs) if previous is not None else asyncio.Task(coro, loop=lp, **kwargs)
-            try:
-                taskdump.note_creation_site(task)
-            except Exception:
-                pass
-            return task
+            def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+                # taskdump.note_creation_site() inlined (one call less for every task); walked from the
+                # frame that called create_task.
+                task = new_task(coro, loop=lp, **kwargs)
+                try:
+                    note_site(created, task, 1, skip_dirs, keep_dir)
+                except Exception:
+                    pass
+                return task
+
+        else:
+
+            def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+                task = previous(lp, coro, **kwargs) if previous is not None else asyncio.Task(coro, loop=lp, **kwargs)
+                try:
+                    taskdump.note_creation_site(task)
+                except Exception:
+                    pass
+                return task
 
         self._previous_factory = previous
         self._factory_installed = factory
