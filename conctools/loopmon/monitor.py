@@ -14,7 +14,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from conctools import taskdump
-from conctools._context import current_frames, internal_thread, is_conctools_frame, thread_name_of
+from conctools._context import _SAMPLE_DIR, current_frames, internal_thread, is_conctools_frame, thread_name_of
 from conctools.events import Frame, SlowCallbackEvent
 from conctools.loopmon.blocking import _disable_blocking_detection, _enable_blocking_detection
 from conctools.loopmon.culprits import _ASYNCIO_DIR, _current_task, _task_name, callback_frames, culprit_of
@@ -245,7 +245,7 @@ class LoopMonitor:
         previous = loop.get_task_factory()
         note_site = taskdump._note_site
         if note_site is not None and previous is None:
-            created, skip_dirs, keep_dir = taskdump._created, taskdump._CREATION_SKIP, taskdump._SAMPLE_DIR
+            created, skip_dirs, keep_dir = taskdump._created, taskdump._CREATION_SKIP, _SAMPLE_DIR
             new_task = asyncio.Task
 
             def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
