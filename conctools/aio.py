@@ -352,7 +352,13 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             if len(holders) < MAX_HOLDERS:  # past that, not every holder is named
                 holders.append((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
             return True
-        wait = self._wait_begins(_getframe(1) if _WAIT_FRAMES else None)
+        # _wait_begins() inlined: the wait record with the first holding task (JFR's previousOwner; the
+        # registry lists them all). The waiting task is the one that takes the slot afterwards.
+        holders = self._ct_holders
+        me = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
+        wait = _wait_begin(
+            self, _getframe(1) if _WAIT_FRAMES else None, None, holders[0] if holders else None, True, True, me
+        )
         # Pool blame (conctools.pools), before waiting: an int to hand back, nothing allocated.
         hooked = _sem_started(self) if _sem_hooks else 0
         acquired = False
@@ -362,7 +368,9 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             _wait_done(wait, acquired)
             if hooked:
                 _sem_ended(self, hooked)
-        self._took((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
+        self._ct_n += 1
+        if len(holders) < MAX_HOLDERS:
+            holders.append(me)
         return True
 
     async def __aenter__(self) -> None:
@@ -374,7 +382,13 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
                 holders.append((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
             return None
         # The slow path, in this coroutine (a coroutine of its own would cost each waiting task one more).
-        wait = self._wait_begins(_getframe(1) if _WAIT_FRAMES else None)
+        # _wait_begins() inlined: the wait record with the first holding task (JFR's previousOwner; the
+        # registry lists them all). The waiting task is the one that takes the slot afterwards.
+        holders = self._ct_holders
+        me = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
+        wait = _wait_begin(
+            self, _getframe(1) if _WAIT_FRAMES else None, None, holders[0] if holders else None, True, True, me
+        )
         # Pool blame (conctools.pools), before waiting: an int to hand back, nothing allocated.
         hooked = _sem_started(self) if _sem_hooks else 0
         acquired = False
@@ -384,26 +398,15 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             _wait_done(wait, acquired)
             if hooked:
                 _sem_ended(self, hooked)
-        self._took((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
+        self._ct_n += 1
+        if len(holders) < MAX_HOLDERS:
+            holders.append(me)
         return None
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.release()
 
     _ct_task = _task_slowly
-
-    def _took(self, task: Any) -> None:
-        self._ct_n += 1
-        holders = self._ct_holders
-        if len(holders) < MAX_HOLDERS:
-            holders.append(task)
-
-    def _wait_begins(self, frame: Any) -> Any:
-        """The slow path, before waiting: the wait record with the first holding task (JFR's
-        previousOwner; the registry lists them all)."""
-        holders = self._ct_holders
-        me = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
-        return _wait_begin(self, frame, None, holders[0] if holders else None, by_task=True, task=me)
 
     def release(self) -> None:
         """Release, as ``asyncio.Semaphore.release`` (``BoundedSemaphore`` checks its bound first)."""

@@ -104,13 +104,19 @@ def wait_hook(prim: Any, thread_id: int, task_id: int | None) -> None:
 def aio_wait_started(prim: Any) -> int:
     """A task must wait on a traced asyncio semaphore (``registry.semaphore_hooks``): returns the wait's
     start, handed back to :func:`aio_wait_ended` (no record per wait: thousands of tasks may queue)."""
-    return sem_state(prim).wait_started(prim)
+    state = sem_states.get(id(prim))
+    if state is None or state.ref is None or state.ref() is not prim:
+        state = sem_state(prim)
+    return state.wait_started(prim)
 
 
 def aio_wait_ended(prim: Any, start_ns: int) -> None:
     """The wait that :func:`aio_wait_started` returned ``start_ns`` for is over."""
     if start_ns:
-        sem_state(prim).wait_ended(start_ns)
+        state = sem_states.get(id(prim))
+        if state is None or state.ref is None or state.ref() is not prim:
+            state = sem_state(prim)
+        state.wait_ended(start_ns)
 
 
 SEMAPHORE_HOOKS = (aio_wait_started, aio_wait_ended)
