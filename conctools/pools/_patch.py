@@ -175,9 +175,9 @@ async def _aq_get(self: Any) -> Any:
 def _aq_get_nowait(self: Any) -> Any:
     """Remove and return an item if one is available (``asyncio.Queue.get_nowait``)."""
     item = _AQ_GET_NOWAIT(self)
-    state = _state(self, _getframe(1))
-    if state is not None:
-        state.take(item, _getframe(1))
+    state = _existing(self) or _state(self, _getframe(1))
+    if state is not None:  # (a channel's take needs no frame: it only counts)
+        state.take(item, _getframe(1) if state.identities else None)
     return item
 
 
@@ -210,7 +210,7 @@ def _q_empty(q: Any) -> bool:
 
 def _q_get(self: Any, block: bool = True, timeout: float | None = None) -> Any:
     """Remove and return an item from the queue (``queue.Queue.get``)."""
-    state = _state(self, _getframe(1))
+    state = _existing(self) or _state(self, _getframe(1))
     if state is not None and block and _q_empty(self):
         start = state.wait_started(self)
         try:
@@ -220,7 +220,7 @@ def _q_get(self: Any, block: bool = True, timeout: float | None = None) -> Any:
     else:
         item = _Q_GET(self, block, timeout)
     if state is not None:
-        state.take(item, _getframe(1))
+        state.take(item, _getframe(1) if state.identities else None)
     return item
 
 
