@@ -243,8 +243,24 @@ class LoopMonitor:
             self._wrap_create_task(loop)
             return
         previous = loop.get_task_factory()
+        note_task = taskdump.fast_creation_noter()
         note_site = taskdump._note_site
-        if note_site is not None and previous is None:
+        if note_task is not None and previous is None:
+            created, limit, purge = taskdump._created, taskdump._created_limit, taskdump.purge_created
+            new_task = asyncio.Task
+
+            def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+                # taskdump.note_creation_site(), from the interpreter's frames (no frame objects made).
+                task = new_task(coro, loop=lp, **kwargs)
+                try:
+                    note_task(created, task)
+                    if len(created) >= limit[0]:
+                        purge()
+                except Exception:
+                    pass
+                return task
+
+        elif note_site is not None and previous is None:
             created, skip_dirs, keep_dir = taskdump._created, taskdump._CREATION_SKIP, _SAMPLE_DIR
             new_task = asyncio.Task
 
