@@ -3021,6 +3021,48 @@ py_bucket_of(PyObject *Py_UNUSED(module), PyObject *arg)
 
 /* thread_state_id(ident): the thread-state id of the live thread with this thread id, or None.
  * Walked with the GIL held: a thread state is unlinked only by its thread holding the GIL. */
+/* note_task_site(table, task): table[id(task)] = (weakref(task), filename, lineno) of the first frame
+ * outside conctools and the stdlib modules a creation site skips (asyncio among them): what
+ * taskdump.note_creation_site() stores, read from the interpreter's frames without making frame objects
+ * (the loop monitor's task factory calls it for every task). The entry and its weak reference are not
+ * tracked by the garbage collector (neither can be in a cycle). Returns whether a site was noted. */
+static PyObject *
+py_note_task_site(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyDict_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "note_task_site(table: dict, task)");
+        return NULL;
+    }
+    PyCodeObject *code = NULL;
+    int lasti = 0;
+    if (!first_frame_without(BIT_CREATION_SKIP, &code, &lasti) || code == NULL) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *ref = PyWeakref_NewRef(args[1], NULL);
+    if (ref == NULL) {
+        return NULL; /* TypeError: not weak-referenceable */
+    }
+    PyObject *lineno = PyLong_FromLong(PyCode_Addr2Line(code, lasti));
+    PyObject *entry = lineno != NULL ? PyTuple_Pack(3, ref, code->co_filename, lineno) : NULL;
+    Py_XDECREF(lineno);
+    if (PyObject_GC_IsTracked(ref) && Py_REFCNT(ref) == 2) { /* ours and the entry's: not shared */
+        PyObject_GC_UnTrack(ref);
+    }
+    Py_DECREF(ref);
+    if (entry == NULL) {
+        return NULL;
+    }
+    PyObject_GC_UnTrack(entry);
+    PyObject *key = PyLong_FromVoidPtr(args[1]);
+    int rc = key != NULL ? PyDict_SetItem(args[0], key, entry) : -1;
+    Py_XDECREF(key);
+    Py_DECREF(entry);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyObject *
 py_thread_state_id(PyObject *Py_UNUSED(module), PyObject *arg)
 {
@@ -3161,6 +3203,8 @@ py_raw_stack(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 static PyMethodDef module_methods[] = {
+    {"note_task_site", (PyCFunction)(void (*)(void))py_note_task_site, METH_FASTCALL,
+     "note_task_site(table, task) -> bool: table[id(task)] = (weakref(task), file, line) of its creation site"},
     {"thread_state_id", (PyCFunction)py_thread_state_id, METH_O,
      "thread_state_id(ident): the thread-state id of the live thread with this id, or None"},
     {"current_thread_key", (PyCFunction)py_current_thread_key, METH_NOARGS,

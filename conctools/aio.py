@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 from weakref import ref as _weakref
 
-from conctools import lockorder
+from conctools import lockorder, registry
 from conctools._context import _SKIP_MAYBE
 from conctools.locks import (
     HOLD_SAMPLE_MASK,
@@ -45,8 +45,6 @@ from conctools.locks import (
     _wait_begin,
     _wait_done,
     _who_words,
-    pool_wait_ended,
-    pool_wait_started,
 )
 from conctools.recorder import Histogram
 from conctools.registry import Party, PrimitiveState
@@ -68,6 +66,11 @@ if sys.version_info < (3, 12):
     except ImportError:  # pragma: no cover - other implementations
         _tasks_get = None
 _DICT = _tasks_get is not None
+_sem_hooks = registry.semaphore_hooks
+_task_stacks = lockorder._task_stacks
+_spare_stacks = lockorder._spare_stacks
+_sem_started = registry.run_semaphore_started
+_sem_ended = registry.run_semaphore_ended
 # The C extension finds a wait's site from the thread's frames itself; the pure path needs the
 # caller's frame object (made on demand for a coroutine's frame: memory per waiting task).
 _WAIT_FRAMES = not SPEEDUPS
@@ -188,9 +191,17 @@ class Lock(asyncio.Lock, _TracedAttrs):
             entry = self._held_entry(frame)
             self._ct_site = entry[4]
             task = self._ct_owner
-            held = lockorder.task_held_stack(task) if task is not None else lockorder.held_stack()
+            # lockorder.task_held_stack() and note_acquired(), inlined: this runs at every acquisition.
+            if task is not None:
+                held = _task_stacks.get(id(task))
+                if held is None:
+                    held = _task_stacks[id(task)] = _spare_stacks.pop() if _spare_stacks else []
+            else:
+                held = lockorder.held_stack()
             self._ct_holdstack = held
-            lockorder.note_acquired(held, entry)
+            if held:
+                lockorder.check(held, entry)
+            held.append(entry)
 
     def _held_entry(self, frame: Any) -> lockorder.Held:
         """This lock's held-stack entry when taken at ``frame``, cached while the site is the same
@@ -219,9 +230,15 @@ class Lock(asyncio.Lock, _TracedAttrs):
         held = self._ct_holdstack
         if held is not None:
             self._ct_holdstack = None
-            lockorder.note_released(held, self)
-            if not held:
-                lockorder.forget_task(self._ct_owner)
+            if held and held[-1][0]() is self:  # the innermost: lockorder.note_released() inlined
+                del held[-1]
+            else:
+                lockorder.note_released(held, self)
+            owner = self._ct_owner
+            if not held and owner is not None and _task_stacks.get(id(owner)) is held:
+                del _task_stacks[id(owner)]  # lockorder.forget_task() inlined
+                if len(_spare_stacks) < 64:
+                    _spare_stacks.append(held)
 
     def _wait_begins(self, frame: Any) -> Any:
         """The slow path, before waiting: the order check, the wait record with the holding task."""
@@ -335,16 +352,25 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             if len(holders) < MAX_HOLDERS:  # past that, not every holder is named
                 holders.append((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
             return True
-        wait = self._wait_begins(_getframe(1) if _WAIT_FRAMES else None)
-        hooked = pool_wait_started(self, wait, True)  # pool blame (conctools.pools), before waiting
+        # _wait_begins() inlined: the wait record with the first holding task (JFR's previousOwner; the
+        # registry lists them all). The waiting task is the one that takes the slot afterwards.
+        holders = self._ct_holders
+        me = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
+        wait = _wait_begin(
+            self, _getframe(1) if _WAIT_FRAMES else None, None, holders[0] if holders else None, True, True, me
+        )
+        # Pool blame (conctools.pools), before waiting: an int to hand back, nothing allocated.
+        hooked = _sem_started(self) if _sem_hooks else 0
         acquired = False
         try:
             acquired = await super().acquire()
         finally:
             _wait_done(wait, acquired)
-            if hooked is not None:
-                pool_wait_ended(hooked)
-        self._took((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
+            if hooked:
+                _sem_ended(self, hooked)
+        self._ct_n += 1
+        if len(holders) < MAX_HOLDERS:
+            holders.append(me)
         return True
 
     async def __aenter__(self) -> None:
@@ -356,35 +382,31 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
                 holders.append((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
             return None
         # The slow path, in this coroutine (a coroutine of its own would cost each waiting task one more).
-        wait = self._wait_begins(_getframe(1) if _WAIT_FRAMES else None)
-        hooked = pool_wait_started(self, wait, True)  # pool blame (conctools.pools), before waiting
+        # _wait_begins() inlined: the wait record with the first holding task (JFR's previousOwner; the
+        # registry lists them all). The waiting task is the one that takes the slot afterwards.
+        holders = self._ct_holders
+        me = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
+        wait = _wait_begin(
+            self, _getframe(1) if _WAIT_FRAMES else None, None, holders[0] if holders else None, True, True, me
+        )
+        # Pool blame (conctools.pools), before waiting: an int to hand back, nothing allocated.
+        hooked = _sem_started(self) if _sem_hooks else 0
         acquired = False
         try:
             acquired = await super().acquire()
         finally:
             _wait_done(wait, acquired)
-            if hooked is not None:
-                pool_wait_ended(hooked)
-        self._took((_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task())
+            if hooked:
+                _sem_ended(self, hooked)
+        self._ct_n += 1
+        if len(holders) < MAX_HOLDERS:
+            holders.append(me)
         return None
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.release()
 
     _ct_task = _task_slowly
-
-    def _took(self, task: Any) -> None:
-        self._ct_n += 1
-        holders = self._ct_holders
-        if len(holders) < MAX_HOLDERS:
-            holders.append(task)
-
-    def _wait_begins(self, frame: Any) -> Any:
-        """The slow path, before waiting: the wait record with the first holding task (JFR's
-        previousOwner; the registry lists them all)."""
-        holders = self._ct_holders
-        me = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
-        return _wait_begin(self, frame, None, holders[0] if holders else None, by_task=True, task=me)
 
     def release(self) -> None:
         """Release, as ``asyncio.Semaphore.release`` (``BoundedSemaphore`` checks its bound first)."""

@@ -40,6 +40,7 @@ __all__ = [
     "note_wait_start",
     "primitives",
     "register",
+    "semaphore_hooks",
     "state_of",
     "wait_hooks",
     "waiting_on",
@@ -186,11 +187,48 @@ def primitives() -> tuple[PrimitiveState, ...]:
 
 # Observers of waits, checked by presence (``conctools.pools`` watches semaphore pools with one):
 # ``hook(prim, thread_id, task_id)`` when a wait starts, ``hook(None, thread_id, task_id)`` when
-# it ends, in the waiting thread. A hook that raises is logged and removed. The traced semaphores
-# call them around their slow path (conctools.locks.pool_wait_started / pool_wait_ended); the
-# other primitives' waits are recorded without them (their records are made in C).
+# it ends, in the waiting thread. A hook that raises is logged and removed. The traced threading
+# semaphores call them around their slow path (conctools.locks.pool_wait_started / pool_wait_ended);
+# the other primitives' waits are recorded without them (their records are made in C).
 WaitHook = Callable[["Traceable | None", int, "int | None"], object]
 wait_hooks: list[WaitHook] = []
+
+# The asyncio semaphores' slow path (thousands of tasks may queue on one) calls these instead, with
+# nothing to allocate per wait: ``started(prim) -> token`` before the task parks (an int; 0: not
+# followed) and ``ended(prim, token)`` once it is done waiting, acquired or not. A pair that raises
+# is logged and removed. One pair is expected (conctools.pools'): with several, each ``ended`` gets
+# the last non-zero token.
+SemaphoreHooks = tuple[Callable[[Any], int], Callable[[Any, int], object]]
+semaphore_hooks: list[SemaphoreHooks] = []
+
+
+def run_semaphore_started(prim: Any) -> int:
+    """Tell :data:`semaphore_hooks` that a wait on ``prim`` begins; returns the token for
+    :func:`run_semaphore_ended` (``0``: nobody follows it). Never raises."""
+    token = 0
+    for pair in semaphore_hooks[:] if len(semaphore_hooks) > 1 else semaphore_hooks:
+        try:
+            token = pair[0](prim) or token
+        except Exception:
+            _drop_semaphore_hooks(pair)
+    return token
+
+
+def run_semaphore_ended(prim: Any, token: int) -> None:
+    """The wait that :func:`run_semaphore_started` announced is over. Never raises."""
+    for pair in semaphore_hooks[:] if len(semaphore_hooks) > 1 else semaphore_hooks:
+        try:
+            pair[1](prim, token)
+        except Exception:
+            _drop_semaphore_hooks(pair)
+
+
+def _drop_semaphore_hooks(pair: SemaphoreHooks) -> None:
+    _log.exception("conctools: semaphore hooks %r raised; removing them", pair)
+    try:
+        semaphore_hooks.remove(pair)
+    except ValueError:
+        pass
 
 
 def _run_wait_hooks(prim: Traceable | None, thread_id: int, task_id: int | None) -> None:

@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 import weakref
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
@@ -230,6 +230,22 @@ _CREATION_SKIP = (_ASYNCIO_DIR, _PKG_DIR)
 _note_site = _ctracing.note_site if _ctracing is not None else None
 
 
+def purge_created() -> None:
+    """Forget the creation sites of dead tasks (called when the table doubled since the last purge)."""
+    for key in [k for k, entry in _created.items() if entry[0]() is None]:
+        del _created[key]
+    _created_limit[0] = max(4096, 2 * len(_created))
+
+
+def fast_creation_noter() -> Callable[[dict[int, Any], Any], Any] | None:
+    """The C extension's ``note_task_site(table, task)`` once conctools.locks has set it up (it walks the
+    interpreter's frames without making frame objects), else ``None``."""
+    locks = sys.modules.get("conctools.locks")
+    speedups = getattr(locks, "_speedups", None) if getattr(locks, "SPEEDUPS", False) else None
+    noter: Callable[[dict[int, Any], Any], Any] | None = getattr(speedups, "note_task_site", None)
+    return noter
+
+
 def note_creation_site(task: asyncio.Future[Any], skip: int = 1) -> None:
     """Remember where ``task`` is being created: the innermost caller outside asyncio/conctools.
 
@@ -255,9 +271,7 @@ def note_creation_site(task: asyncio.Future[Any], skip: int = 1) -> None:
             except TypeError:  # not weak-referenceable: give up quietly
                 return
             if len(_created) >= _created_limit[0]:
-                for key in [k for k, entry in _created.items() if entry[0]() is None]:
-                    del _created[key]
-                _created_limit[0] = max(4096, 2 * len(_created))
+                purge_created()
             return
         f = f.f_back
         depth += 1

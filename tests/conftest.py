@@ -74,6 +74,9 @@ def no_leaks() -> Iterator[None]:
     if registry.wait_hooks:
         registry.wait_hooks.clear()
         problems.append("a wait hook was left in the registry")
+    if registry.semaphore_hooks:
+        registry.semaphore_hooks.clear()
+        problems.append("a semaphore hook was left in the registry")
     if getattr(threading.excepthook, "_conctools", False):  # the watchdog notes threads that die (casualties)
         threading.excepthook = threading.__excepthook__
         problems.append("threading.excepthook left patched by conctools")

@@ -322,6 +322,63 @@ class TestTracking:
         assert data["pools"] == [] and data["repeats"] == []
         assert pools_section(recorder.snapshot(), False) is None
 
+    def test_asyncio_semaphore_waits_are_counted_once_each(self, recorder: Recorder) -> None:
+        """38 of 40 tasks wait on a traced ``asyncio.Semaphore(2)``: the pool and the lock table each
+        count 38 waits, nobody is left waiting, and the exhaustion is one episode."""
+        from conctools import aio, locks, registry
+
+        async def main() -> list[int]:
+            slots = aio.Semaphore(2, name="test-pool-slots")
+            done = []
+
+            async def job(i: int) -> None:
+                async with slots:
+                    await asyncio.sleep(0)
+                    done.append(i)
+
+            await asyncio.gather(*(job(i) for i in range(40)))
+            return done
+
+        with pools.track_pools():
+            assert len(registry.semaphore_hooks) == 1
+            assert sorted(asyncio.run(main())) == list(range(40))
+        assert registry.semaphore_hooks == []
+        row = only_pool(section(recorder))
+        assert row["pool"] == "test-pool-slots" and row["kind"] == "aio.Semaphore"
+        assert row["waits"] == 38 and row["waiting_now"] == 0 and row["episodes"] == 1
+        (lock,) = [r for r in locks.lock_table() if r["name"] == "test-pool-slots"]
+        assert lock["contentions"] == 38 and lock["acquisitions"] == 40
+
+    def test_a_failing_semaphore_hook_is_removed(self, recorder: Recorder, caplog: Any) -> None:
+        """A semaphore hook that raises is logged and removed; the program's waits go on unchanged."""
+        from conctools import aio, registry
+
+        def broken(prim: Any) -> int:
+            raise RuntimeError("hook failed on purpose")
+
+        pair = (broken, lambda prim, token: None)
+
+        async def main() -> int:
+            slots = aio.Semaphore(1)
+            done = []
+
+            async def job(i: int) -> None:
+                async with slots:
+                    await asyncio.sleep(0)
+                    done.append(i)
+
+            await asyncio.gather(*(job(i) for i in range(5)))
+            return len(done)
+
+        registry.semaphore_hooks.append(pair)
+        try:
+            assert asyncio.run(main()) == 5
+        finally:
+            hooked = pair in registry.semaphore_hooks
+            registry.semaphore_hooks[:] = [p for p in registry.semaphore_hooks if p is not pair]
+        assert not hooked
+        assert "hook failed on purpose" in caplog.text or "raised; removing them" in caplog.text
+
     def test_tracking_restores_the_stdlib(self) -> None:
         """Leaving the outermost block puts the stdlib's own methods back."""
         before = {(o, n): o.__dict__[n] for o, n in pools.patched_names()}

@@ -257,6 +257,41 @@ class TestDumpTasks:
 
         assert asyncio.run(main()) is not None
 
+    def test_creation_sites_through_asyncio_helpers(self) -> None:
+        """Tasks made through gather(), ensure_future() and inside an async context manager are placed at
+        the user's line, not asyncio's or contextlib's; the sites of thousands of dead tasks are purged."""
+        from conctools import taskdump
+
+        async def child() -> None:
+            await asyncio.sleep(0)
+
+        @contextlib.asynccontextmanager
+        async def opened() -> Any:
+            task = asyncio.ensure_future(child())
+            line = _lineno() - 1
+            yield task, line
+            await task
+
+        async def main() -> list[tuple[str | None, str]]:
+            async with LoopMonitor(threshold_s=1.0):
+                before = asyncio.all_tasks()
+                gathered = asyncio.gather(child(), child())
+                gathered_line = _lineno() - 1
+                inner = asyncio.all_tasks() - before
+                assert len(inner) == 2
+                async with opened() as (in_cm, cm_line):
+                    pass
+                await gathered
+                for _ in range(3):  # dead tasks' sites go when the table doubles
+                    await asyncio.gather(*(child() for _ in range(3000)))
+                assert len(taskdump._created) < 3 * 3000
+                return [(taskdump.creation_site(t), f"{HERE}:{gathered_line}") for t in inner] + [
+                    (taskdump.creation_site(in_cm), f"{HERE}:{cm_line}")
+                ]
+
+        for got, want in asyncio.run(main()):
+            assert got == want
+
 
 class TestLoopIdleForever:
     def test_event_nobody_sets(self, loop_thread: LoopThread) -> None:

@@ -14,7 +14,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from conctools import taskdump
-from conctools._context import current_frames, internal_thread, is_conctools_frame, thread_name_of
+from conctools._context import _SAMPLE_DIR, current_frames, internal_thread, is_conctools_frame, thread_name_of
 from conctools.events import Frame, SlowCallbackEvent
 from conctools.loopmon.blocking import _disable_blocking_detection, _enable_blocking_detection
 from conctools.loopmon.culprits import _ASYNCIO_DIR, _current_task, _task_name, callback_frames, culprit_of
@@ -243,14 +243,46 @@ class LoopMonitor:
             self._wrap_create_task(loop)
             return
         previous = loop.get_task_factory()
+        note_task = taskdump.fast_creation_noter()
+        note_site = taskdump._note_site
+        if note_task is not None and previous is None:
+            created, limit, purge = taskdump._created, taskdump._created_limit, taskdump.purge_created
+            new_task = asyncio.Task
 
-        def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-            task = previous(lp, coro, **kwargs) if previous is not None else asyncio.Task(coro, loop=lp, **kwargs)
-            try:
-                taskdump.note_creation_site(task)
-            except Exception:
-                pass
-            return task
+            def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+                # taskdump.note_creation_site(), from the interpreter's frames (no frame objects made).
+                task = new_task(coro, loop=lp, **kwargs)
+                try:
+                    note_task(created, task)
+                    if len(created) >= limit[0]:
+                        purge()
+                except Exception:
+                    pass
+                return task
+
+        elif note_site is not None and previous is None:
+            created, skip_dirs, keep_dir = taskdump._created, taskdump._CREATION_SKIP, _SAMPLE_DIR
+            new_task = asyncio.Task
+
+            def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+                # taskdump.note_creation_site() inlined (one call less for every task); walked from the
+                # frame that called create_task.
+                task = new_task(coro, loop=lp, **kwargs)
+                try:
+                    note_site(created, task, 1, skip_dirs, keep_dir)
+                except Exception:
+                    pass
+                return task
+
+        else:
+
+            def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+                task = previous(lp, coro, **kwargs) if previous is not None else asyncio.Task(coro, loop=lp, **kwargs)
+                try:
+                    taskdump.note_creation_site(task)
+                except Exception:
+                    pass
+                return task
 
         self._previous_factory = previous
         self._factory_installed = factory

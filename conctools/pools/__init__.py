@@ -55,6 +55,7 @@ from conctools.pools._looker import LOOKER
 from conctools.pools._patch import (
     NAME_KEY,
     ORIGINALS,
+    SEMAPHORE_HOOKS,
     SEMAPHORES,
     STATE_KEY,
     patch_targets,
@@ -143,6 +144,7 @@ def track_pools(*, threshold_s: float = DEFAULT_THRESHOLD_S, recorder: Recorder 
             for owner, name, wrapper in patch_targets():
                 setattr(owner, name, wrapper)
             registry.wait_hooks.append(wait_hook)
+            registry.semaphore_hooks.append(SEMAPHORE_HOOKS)
             LOOKER.start()
         _depth[0] += 1
         threshold_ns[0] = int(threshold_s * 1e9)
@@ -157,6 +159,10 @@ def track_pools(*, threshold_s: float = DEFAULT_THRESHOLD_S, recorder: Recorder 
                     setattr(owner, name, ORIGINALS[(owner, name)])
                 try:
                     registry.wait_hooks.remove(wait_hook)
+                except ValueError:
+                    pass
+                try:
+                    registry.semaphore_hooks.remove(SEMAPHORE_HOOKS)
                 except ValueError:
                     pass
                 sem_waits.clear()

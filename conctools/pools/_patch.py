@@ -87,18 +87,39 @@ def sem_state(prim: Any) -> PoolState:
 
 
 def wait_hook(prim: Any, thread_id: int, task_id: int | None) -> None:
-    """The wait registry's hook: follow waits on traced semaphores (pools of slots)."""
+    """The wait registry's hook: follow waits on traced threading semaphores (pools of slots)."""
     if prim is None:
         entry = sem_waits.pop((thread_id, task_id), None)
         if entry is not None:
             entry[0].wait_ended(entry[1])
         return
-    if type(prim).__name__ not in SEMAPHORES:
-        return
+    if type(prim).__name__ not in SEMAPHORES or isinstance(prim, asyncio.Semaphore):
+        return  # (an asyncio semaphore's waits come through aio_wait_started/aio_wait_ended)
     state = sem_state(prim)
     start = state.wait_started(prim)
     if start:
         sem_waits[(thread_id, task_id)] = (state, start)
+
+
+def aio_wait_started(prim: Any) -> int:
+    """A task must wait on a traced asyncio semaphore (``registry.semaphore_hooks``): returns the wait's
+    start, handed back to :func:`aio_wait_ended` (no record per wait: thousands of tasks may queue)."""
+    state = sem_states.get(id(prim))
+    if state is None or state.ref is None or state.ref() is not prim:
+        state = sem_state(prim)
+    return state.wait_started(prim)
+
+
+def aio_wait_ended(prim: Any, start_ns: int) -> None:
+    """The wait that :func:`aio_wait_started` returned ``start_ns`` for is over."""
+    if start_ns:
+        state = sem_states.get(id(prim))
+        if state is None or state.ref is None or state.ref() is not prim:
+            state = sem_state(prim)
+        state.wait_ended(start_ns)
+
+
+SEMAPHORE_HOOKS = (aio_wait_started, aio_wait_ended)
 
 
 _AQ_INIT: Any = asyncio.Queue.__init__
@@ -154,9 +175,9 @@ async def _aq_get(self: Any) -> Any:
 def _aq_get_nowait(self: Any) -> Any:
     """Remove and return an item if one is available (``asyncio.Queue.get_nowait``)."""
     item = _AQ_GET_NOWAIT(self)
-    state = _state(self, _getframe(1))
-    if state is not None:
-        state.take(item, _getframe(1))
+    state = _existing(self) or _state(self, _getframe(1))
+    if state is not None:  # (a channel's take needs no frame: it only counts)
+        state.take(item, _getframe(1) if state.identities else None)
     return item
 
 
@@ -189,7 +210,7 @@ def _q_empty(q: Any) -> bool:
 
 def _q_get(self: Any, block: bool = True, timeout: float | None = None) -> Any:
     """Remove and return an item from the queue (``queue.Queue.get``)."""
-    state = _state(self, _getframe(1))
+    state = _existing(self) or _state(self, _getframe(1))
     if state is not None and block and _q_empty(self):
         start = state.wait_started(self)
         try:
@@ -199,7 +220,7 @@ def _q_get(self: Any, block: bool = True, timeout: float | None = None) -> Any:
     else:
         item = _Q_GET(self, block, timeout)
     if state is not None:
-        state.take(item, _getframe(1))
+        state.take(item, _getframe(1) if state.identities else None)
     return item
 
 

@@ -320,7 +320,8 @@ class PoolState:
                         loop = _get_running_loop() if self.in_loop else None
                         LOOKER.watch(self, loop, now)  # later looks while it stays exhausted
                 self.episode_waits += 1
-                self.episode_max = max(self.episode_max, self.waiters)
+                if self.waiters > self.episode_max:
+                    self.episode_max = self.waiters
                 if self.runs:  # a run of takes (N+1) goes on even when this take must wait
                     me = task_now() or _current_thread()
                     run = self.runs.get(id(me))
@@ -333,7 +334,8 @@ class PoolState:
                 ):
                     self.last_snapshot_ns = now
                     snapshot = True
-                list_state(self)
+                if not self.listed:
+                    list_state(self)
             if snapshot:
                 self.look(obj, now)
             return now
@@ -350,8 +352,10 @@ class PoolState:
             event = None
             with self.mutex:
                 self.wait_hist.add(now - start_ns)
-                self.waiters = max(0, self.waiters - 1)
-                if self.waiters == 0:
+                if self.waiters > 1:
+                    self.waiters -= 1
+                else:
+                    self.waiters = 0
                     event = self._episode_over(now)
             if event is not None:
                 get_recorder().record(event)
