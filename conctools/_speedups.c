@@ -1191,16 +1191,16 @@ gc_due(void)
 #endif
 }
 
-/* Python 3.12 only: the bookkeeping of a contended wait (its record, the holder snapshot) makes no
- * garbage collection due. 3.12 schedules a collection interpreter-wide when an allocation passes the
- * threshold, and any thread's next eval-breaker check runs it. A waiter's allocations would make the
- * waiting thread collect where a plain run never does; a finalizer that then blocks on the contested
- * lock holds that collection open (no other can be scheduled meanwhile) while the other threads
- * allocate, and the collection due when it ends runs at some thread's next check: right after a
- * blocking acquire, inside a critical section. So the collector is off while the record is made, and
- * the young generation's count is put back: the allocations of a wait are not counted, as they would
- * not exist in a plain run. (3.11 collects inside the allocation, before the wait; 3.13 schedules a
- * collection for the allocating thread only.) */
+/* Python 3.12+: the bookkeeping of a contended wait (its record, the holder snapshot) makes no
+ * garbage collection due. 3.12+ runs a collection that an allocation made due at the next eval-breaker
+ * check (3.12: of any thread; 3.13: of the allocating one), which after a wait's allocations is the
+ * safe point: the waiting thread collects where a plain run never does. A finalizer that then blocks
+ * on the contested lock holds that collection open (no other can be made due meanwhile) while the
+ * other threads allocate, and the collection due when it ends runs at the next check of the thread
+ * that allocates next (3.12: of any thread), e.g. right after a blocking acquire, inside a critical
+ * section. So the collector is off while the record is made, and the young generation's count is put
+ * back: a wait's allocations are not counted, as they do not exist in a plain run. (3.11 collects
+ * inside the allocation itself, before the wait, where nothing is held.) */
 typedef struct {
     int enabled; /* the collector was enabled, and is disabled until gc_quiet_end() */
     int count;   /* the young generation's count before */
@@ -1211,7 +1211,7 @@ gc_quiet_begin(GcQuiet *q)
 {
     q->enabled = 0;
     q->count = -1;
-#if CT_INTERNAL_FRAMES && PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000
+#if CT_INTERNAL_FRAMES && PY_VERSION_HEX >= 0x030C0000
     q->count = _PyInterpreterState_GET()->gc.generations[0].count;
     q->enabled = PyGC_Disable();
 #endif
@@ -1220,7 +1220,7 @@ gc_quiet_begin(GcQuiet *q)
 static void
 gc_quiet_end(GcQuiet *q)
 {
-#if CT_INTERNAL_FRAMES && PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000
+#if CT_INTERNAL_FRAMES && PY_VERSION_HEX >= 0x030C0000
     if (q->count >= 0) {
         struct gc_generation *young = &_PyInterpreterState_GET()->gc.generations[0];
         if (young->count > q->count) young->count = q->count;

@@ -129,12 +129,12 @@ FLUSH_AT = 64  # ended waits kept before a new wait records them (before it bloc
 # Python 3.12+ runs a garbage collection that an allocation scheduled at the next eval-breaker
 # check, which could come right after an acquire: a Python call before it runs it there instead.
 _SAFE_POINTS = sys.version_info >= (3, 12)
-# Python 3.12 only: the collector is off while a contended wait's record is made (see
-# _speedups.c's gc_quiet_begin: 3.12 schedules a collection for whichever thread checks next, so a
-# waiter's allocations could make it collect where a plain run never does, and a finalizer that
-# blocks on the contested lock then holds that collection open; the one due when it ends runs at any
-# thread's next check, e.g. right after a blocking acquire, inside a critical section).
-_QUIET_WAITS = sys.version_info[:2] == (3, 12)
+# Python 3.12+: the collector is off while a contended wait's record is made (see _speedups.c's
+# gc_quiet_begin: the waiter's allocations would make it collect where a plain run never does, a
+# finalizer that blocks on the contested lock then holds that collection open, and the one due when it
+# ends runs at the next check of whichever thread allocates next: right after a blocking acquire,
+# inside a critical section).
+_QUIET_WAITS = sys.version_info >= (3, 12)
 _gc_isenabled = gc.isenabled
 _gc_disable = gc.disable
 _gc_enable = gc.enable

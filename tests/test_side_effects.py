@@ -159,24 +159,7 @@ class TestCriticalSectionsStayClean:
 
     @pytest.mark.parametrize("pure", PATHS)
     @pytest.mark.parametrize("order", ["order", "no-order"])
-    @pytest.mark.parametrize(
-        "phase",
-        [
-            "alone",
-            pytest.param(
-                "contended",
-                marks=pytest.mark.xfail(
-                    sys.version_info[:2] == (3, 12),
-                    reason=(
-                        "known gap on 3.12 (issue 22): a collection that the allocations of a contended wait's"
-                        " record scheduled may run in the other thread as it returns from its blocking acquire"
-                        " (about 1 run in 5); 3.11 and 3.13 never re-enter"
-                    ),
-                    strict=False,
-                ),
-            ),
-        ],
-    )
+    @pytest.mark.parametrize("phase", ["alone", "contended"])
     def test_resource_tracker_shape_never_sees_itself_reentered(
         self, tmp_path: Path, pure: bool, order: str, phase: str
     ) -> None:
