@@ -1191,6 +1191,46 @@ gc_due(void)
 #endif
 }
 
+/* Python 3.12+: the bookkeeping of a contended wait (its record, the holder snapshot) makes no
+ * garbage collection due. 3.12+ runs a collection that an allocation made due at the next eval-breaker
+ * check (3.12: of any thread; 3.13: of the allocating one), which after a wait's allocations is the
+ * safe point: the waiting thread collects where a plain run never does. A finalizer that then blocks
+ * on the contested lock holds that collection open (no other can be made due meanwhile) while the
+ * other threads allocate, and the collection due when it ends runs at the next check of the thread
+ * that allocates next (3.12: of any thread), e.g. right after a blocking acquire, inside a critical
+ * section. So the collector is off while the record is made, and the young generation's count is put
+ * back: a wait's allocations are not counted, as they do not exist in a plain run. (3.11 collects
+ * inside the allocation itself, before the wait, where nothing is held.) */
+typedef struct {
+    int enabled; /* the collector was enabled, and is disabled until gc_quiet_end() */
+    int count;   /* the young generation's count before */
+} GcQuiet;
+
+static void
+gc_quiet_begin(GcQuiet *q)
+{
+    q->enabled = 0;
+    q->count = -1;
+#if CT_INTERNAL_FRAMES && PY_VERSION_HEX >= 0x030C0000
+    q->count = _PyInterpreterState_GET()->gc.generations[0].count;
+    q->enabled = PyGC_Disable();
+#endif
+}
+
+static void
+gc_quiet_end(GcQuiet *q)
+{
+#if CT_INTERNAL_FRAMES && PY_VERSION_HEX >= 0x030C0000
+    if (q->count >= 0) {
+        struct gc_generation *young = &_PyInterpreterState_GET()->gc.generations[0];
+        if (young->count > q->count) young->count = q->count;
+    }
+    if (q->enabled) PyGC_Enable();
+#else
+    (void)q;
+#endif
+}
+
 /* A Python call (its first instruction checks the eval breaker) that runs a collection due, before
  * the acquire. Its finalizers may allocate and make another one due: a few rounds, while one is. */
 static void
@@ -1454,6 +1494,8 @@ contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
      * blocking acquire returned without the GIL): then the holder is known only later, and is the
      * thread the lock passed through last before this waiter got it (JFR's previousOwner). */
     int resolve_later = self->released;
+    GcQuiet quiet;
+    gc_quiet_begin(&quiet);
     PyObject *holder = resolve_later ? Py_NewRef(Py_None) : holder_snapshot(self);
     if (holder == NULL) {
         swallow();
@@ -1483,6 +1525,7 @@ contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
     PyObject *args = restore != NULL ? PyTuple_Pack(1, restore)
                      : timeout < 0   ? Py_NewRef(g_true_minus_one)
                                      : Py_BuildValue("(Od)", Py_True, timeout);
+    gc_quiet_end(&quiet);
     g_allocated = 0;
     safe_point();
     PyObject *r = NULL;
@@ -1901,7 +1944,11 @@ py_wait_begin(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     (void)frame;
     int bt = PyObject_IsTrue(by_task) > 0, ev = PyObject_IsTrue(event) > 0;
     PyErr_Clear();
-    return wait_begin(prim, timeout, holder, bt, ev, task);
+    GcQuiet quiet;
+    gc_quiet_begin(&quiet);
+    PyObject *w = wait_begin(prim, timeout, holder, bt, ev, task);
+    gc_quiet_end(&quiet);
+    return w;
 }
 
 static PyObject *

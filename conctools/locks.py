@@ -46,6 +46,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import collections
+import gc
 import itertools
 import logging
 import os
@@ -128,6 +129,16 @@ FLUSH_AT = 64  # ended waits kept before a new wait records them (before it bloc
 # Python 3.12+ runs a garbage collection that an allocation scheduled at the next eval-breaker
 # check, which could come right after an acquire: a Python call before it runs it there instead.
 _SAFE_POINTS = sys.version_info >= (3, 12)
+# Python 3.12+: the collector is off while a contended wait's record is made (see _speedups.c's
+# gc_quiet_begin: the waiter's allocations would make it collect where a plain run never does, a
+# finalizer that blocks on the contested lock then holds that collection open, and the one due when it
+# ends runs at the next check of whichever thread allocates next: right after a blocking acquire,
+# inside a critical section).
+_QUIET_WAITS = sys.version_info >= (3, 12)
+_gc_isenabled = gc.isenabled
+_gc_disable = gc.disable
+_gc_enable = gc.enable
+_BLOCKING = (True, -1)  # a blocking acquire's arguments, made once
 
 _threshold = [0.001]
 _hist_add: Callable[[Histogram, int], None] = Histogram.add  # the C extension's, once it is loaded
@@ -1324,20 +1335,29 @@ class Lock(_CoreBase):
         # The holder fields (a snapshot: they may be the last holder's, that released the lock to a
         # thread not back from its own blocking acquire yet: then, if it is this very thread, the
         # holder is the one the lock passed through last before it came here, JFR's previousOwner).
-        holder = _holder_snapshot(self)
-        later = holder is not None and holder[2] is thread and holder[0] == me
-        if later:
-            holder = None
-        if self._ct_hold is None:  # first contention: time this lock's holds from now on
-            self._ct_hold = Histogram()
-            if type(self) is Lock:
-                self.__class__ = _TimedLock
-        wait = _wait_begin(self, frame, None if timeout == -1 else timeout, holder)
+        quiet = _QUIET_WAITS and _gc_isenabled()
+        if quiet:
+            _gc_disable()
+        try:
+            holder = _holder_snapshot(self)
+            later = holder is not None and holder[2] is thread and holder[0] == me
+            if later:
+                holder = None
+            if self._ct_hold is None:  # first contention: time this lock's holds from now on
+                self._ct_hold = Histogram()
+                if type(self) is Lock:
+                    self.__class__ = _TimedLock
+            wait = _wait_begin(self, frame, None if timeout == -1 else timeout, holder)
+            # The blocking call's arguments too (called with * they are passed as they are).
+            args = _BLOCKING if timeout == -1 else (True, timeout)
+        finally:
+            if quiet:
+                _gc_enable()
         if _SAFE_POINTS:
             _safe_point()
         acquired = False
         try:
-            acquired = self._acq(True, timeout)
+            acquired = self._acq(*args)
         finally:
             if later and wait is not None:
                 wait.prev_thread = self._othread if self._othread is not None else self._owner
@@ -1490,7 +1510,8 @@ class _OrderedLock(_TimedLock):
         self._ct_n += 1
         self._osince = self._t0 = t0
         if prepared is not None:
-            held, one = prepared
+            held = prepared[0]  # (indexing: an unpacking not yet specialised allocates an iterator)
+            one = prepared[1]
             self._osite = one[0][4]
             held += one  # an in-place extend: no call
             self._ct_held = held
@@ -1518,7 +1539,8 @@ class _OrderedLock(_TimedLock):
         # Hold times only once the lock has been contended (sampled), as for unordered locks.
         self._osince = self._t0 = t0 or (0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono())
         if prepared is not None:
-            held, one = prepared
+            held = prepared[0]  # (indexing: an unpacking not yet specialised allocates an iterator)
+            one = prepared[1]
             self._osite = one[0][4]
             held += one
             self._ct_held = held
@@ -1684,7 +1706,8 @@ class RLock(_CoreBase):
             self._ct_n += 1
             self._osince = self._t0 = t0
             if prepared is not None:
-                held, one = prepared
+                held = prepared[0]  # (indexing: an unpacking not yet specialised allocates an iterator)
+                one = prepared[1]
                 self._osite = one[0][4]
                 held += one
                 self._ct_held = held
@@ -1724,17 +1747,26 @@ class RLock(_CoreBase):
     def _contended(
         self, timeout: float, frame: FrameType | None, me: int, thread: Any, task: Any, prepared: Any = None
     ) -> bool:
-        holder = _holder_snapshot(self)
-        if self._ct_hold is None:
-            self._ct_hold = Histogram()
-            if type(self) is RLock:
-                self.__class__ = _TimedRLock
-        wait = _wait_begin(self, frame, None if timeout == -1 else timeout, holder)
+        quiet = _QUIET_WAITS and _gc_isenabled()
+        if quiet:
+            _gc_disable()
+        try:
+            holder = _holder_snapshot(self)
+            if self._ct_hold is None:
+                self._ct_hold = Histogram()
+                if type(self) is RLock:
+                    self.__class__ = _TimedRLock
+            wait = _wait_begin(self, frame, None if timeout == -1 else timeout, holder)
+            # The blocking call's arguments too (called with * they are passed as they are).
+            args = _BLOCKING if timeout == -1 else (True, timeout)
+        finally:
+            if quiet:
+                _gc_enable()
         if _SAFE_POINTS:
             _safe_point()
         acquired = False
         try:
-            acquired = self._acq(True, timeout)
+            acquired = self._acq(*args)
         finally:
             if acquired:
                 self._took(me, thread, task, prepared, _mono())
@@ -1768,12 +1800,19 @@ class RLock(_CoreBase):
         if self._acq(False):
             self._took(me, thread, task, prepared, 0)
         else:
-            holder = _holder_snapshot(self)
-            wait = _wait_begin(self, frame, None, holder)
+            quiet = _QUIET_WAITS and _gc_isenabled()
+            if quiet:
+                _gc_disable()
+            try:
+                wait = _wait_begin(self, frame, None, _holder_snapshot(self))
+                restore, args = self._lock._acquire_restore, ((1, me),)
+            finally:
+                if quiet:
+                    _gc_enable()
             if _SAFE_POINTS:
                 _safe_point()
             try:
-                self._lock._acquire_restore((1, me))
+                restore(*args)
             finally:
                 # (not interruptible: it returns with the lock taken, as the stdlib's does)
                 self._took(me, thread, task, prepared, _mono())
@@ -1860,7 +1899,8 @@ class _OrderedRLock(_TimedRLock):
         n = self._ct_n = self._ct_n + 1
         self._osince = self._t0 = t0 or (0 if self._ct_hold is None or n & HOLD_SAMPLE_MASK else _mono())
         if prepared is not None:
-            held, one = prepared
+            held = prepared[0]  # (indexing: an unpacking not yet specialised allocates an iterator)
+            one = prepared[1]
             self._osite = one[0][4]
             held += one
             self._ct_held = held

@@ -159,24 +159,7 @@ class TestCriticalSectionsStayClean:
 
     @pytest.mark.parametrize("pure", PATHS)
     @pytest.mark.parametrize("order", ["order", "no-order"])
-    @pytest.mark.parametrize(
-        "phase",
-        [
-            "alone",
-            pytest.param(
-                "contended",
-                marks=pytest.mark.xfail(
-                    sys.version_info[:2] == (3, 12),
-                    reason=(
-                        "known gap on 3.12 (issue 22): a collection that the allocations of a contended wait's"
-                        " record scheduled may run in the other thread as it returns from its blocking acquire"
-                        " (about 1 run in 5); 3.11 and 3.13 never re-enter"
-                    ),
-                    strict=False,
-                ),
-            ),
-        ],
-    )
+    @pytest.mark.parametrize("phase", ["alone", "contended"])
     def test_resource_tracker_shape_never_sees_itself_reentered(
         self, tmp_path: Path, pure: bool, order: str, phase: str
     ) -> None:
@@ -190,6 +173,61 @@ class TestCriticalSectionsStayClean:
         assert plain.stdout.strip() == "reentered 0"
         assert traced.stdout.strip() == plain.stdout.strip(), traced.stderr[-2000:]
         assert "Exception ignored" not in traced.stderr, traced.stderr[-2000:]
+
+
+# A contended wait's bookkeeping runs with the collector off on 3.12+ (so that it makes no collection
+# due): the collector must come out of it as the program left it, enabled or disabled.
+COLLECTOR = r"""
+import gc, sys, threading, time
+from conctools import locks
+from conctools.locks import trace_locks
+from conctools.recorder import use_recorder
+
+with use_recorder(), trace_locks():
+    for kind in (threading.Lock, threading.RLock):
+        for enabled in (True, False):
+            lock = kind()
+            (gc.enable if enabled else gc.disable)()
+            held = threading.Event()
+
+            def holder():
+                with lock:
+                    held.set()
+                    deadline = time.monotonic() + 10  # a bound, not a timing assumption
+                    while lock not in list(locks._waiting.values()) and time.monotonic() < deadline:
+                        time.sleep(0.001)
+
+            t = threading.Thread(target=holder)
+            t.start()
+            held.wait(10)
+            lock.acquire()  # blocks until the holder has seen this wait begin
+            after = gc.isenabled()
+            lock.release()
+            t.join()
+            locks.flush_waits()  # (a wait's statistics are recorded after it, outside the section)
+            print(kind.__name__, enabled, after, lock._ct_stats.contentions)
+    gc.enable()
+"""
+
+
+class TestCollectorState:
+    """A contended wait leaves the garbage collector as the program set it."""
+
+    @pytest.mark.parametrize("pure", PATHS)
+    def test_contended_wait_keeps_the_collector_enabled_or_disabled(self, tmp_path: Path, pure: bool) -> None:
+        """Enabled stays enabled, disabled stays disabled, after a wait that really contended."""
+        path = tmp_path / "collector.py"
+        path.write_text(COLLECTOR, encoding="utf-8")
+        proc = run_python(path, pure=pure)
+        assert proc.returncode == 0, proc.stderr
+        rows = [line.split() for line in proc.stdout.splitlines()]
+        assert [row[:3] for row in rows] == [
+            ["Lock", "True", "True"],
+            ["Lock", "False", "False"],
+            ["RLock", "True", "True"],
+            ["RLock", "False", "False"],
+        ]
+        assert all(int(row[3]) >= 1 for row in rows), rows  # each lock was contended
 
 
 # The stdlib's own process pools and queues, in every start method, with garbage semaphores in
