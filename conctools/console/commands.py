@@ -110,7 +110,13 @@ def do_deadlocks(ctx: click.Context) -> None:
 @_command("slow")
 def do_slow(ctx: click.Context) -> None:
     """Slow callbacks (loop stalls) with their stacks"""
-    _echo_sections(ctx, (40,), "No slow callback recorded so far.")
+    snapshot = _recorder_of(ctx).snapshot()
+    parts = _sections(snapshot, (40,))
+    from conctools.events import SlowCallbackEvent
+
+    if not snapshot.of_kind(SlowCallbackEvent):  # (the section may still show the loop's lag)
+        parts.insert(0, "No slow callback recorded so far.")
+    click.echo("\n\n".join(parts))
 
 
 @_command("threads")
