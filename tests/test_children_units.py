@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from conctools.children.bootstrap import _runs_conctools, _start_method_of
 from conctools.children.chain import build_chain
 from conctools.children.merge import exit_words, processes_section
@@ -143,3 +145,59 @@ class TestBootstrapDecides:
         )
         assert _start_method_of([py, "-c", "from multiprocessing.resource_tracker import main;main(5)"]) is None
         assert _start_method_of([py, "prog.py"]) == "exec"
+
+
+class TestForkSafety:
+    """A forked child finds conctools' internal locks free, whichever thread held them at the fork."""
+
+    def test_every_listed_lock_exists(self) -> None:
+        """Each (module, name) of the list names a lock (a module split must not leave a stale name)."""
+        import importlib
+
+        from conctools.children import forksafe
+
+        for module_name, names in forksafe._MODULE_LOCKS:
+            module = importlib.import_module(module_name)
+            for name in names:
+                lock = getattr(module, name, None)
+                assert callable(getattr(lock, "_at_fork_reinit", None)), f"{module_name}.{name}"
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    def test_locks_held_at_the_fork_are_free_in_the_child(self) -> None:
+        """Another thread holds the GIL calibration's lock and the loop monitor's at the fork: the
+        child (conctools' fork hook) can take both at once."""
+        import importlib
+        import os
+
+        from conctools import _threadstate
+        from conctools.children import forksafe
+
+        monitor = importlib.import_module("conctools.loopmon.monitor")
+        held = [_threadstate._calibration_lock, monitor._active_lock]
+        taken, release = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            for lock in held:
+                lock.acquire()
+            taken.set()
+            release.wait(30)
+            for lock in held:
+                lock.release()
+
+        t = threading.Thread(target=holder)
+        t.start()
+        try:
+            assert taken.wait(30)
+            pid = os.fork()
+            if pid == 0:  # the child: conctools' hook, then the locks
+                code = 1
+                try:
+                    forksafe.reinit_after_fork()
+                    code = 0 if all(lock.acquire(timeout=5) for lock in held) else 3
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        finally:
+            release.set()
+            t.join(30)

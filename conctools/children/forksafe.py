@@ -19,7 +19,16 @@ __all__ = ["forget_parent_sections", "own_lock_table", "reinit_after_fork"]
 _MODULE_LOCKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("conctools.lockorder", ("_mutex",)),
     ("conctools.locks", ("_stats_mutex", "_patch_mutex")),
-    ("conctools.loopmon", ("_stats_lock", "_active_lock", "_hook_lock", "_blocking_lock")),
+    ("conctools.loopmon.stats", ("_stats_lock",)),
+    ("conctools.loopmon.monitor", ("_active_lock",)),
+    ("conctools.loopmon.hooks", ("_hook_lock",)),
+    ("conctools.loopmon.blocking", ("_blocking_lock",)),
+    ("conctools._threadstate", ("_calibration_lock",)),  # a fork while the GIL is calibrated
+    ("conctools.casualties", ("_lock",)),
+    ("conctools.recorder", ("_sinks_anywhere_lock",)),
+    ("conctools.pools", ("_patch_mutex",)),
+    ("conctools.agent.server", ("_agent_lock",)),
+    ("conctools.exporters.otel", ("_active_lock",)),
     ("conctools.profiling", ("_session_lock",)),
     ("conctools.registry", ("_lock",)),
     ("conctools.taskdump", ("_registry_lock",)),
