@@ -164,8 +164,8 @@ class TestForkSafety:
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
     def test_locks_held_at_the_fork_are_free_in_the_child(self) -> None:
-        """Another thread holds the GIL calibration's lock and the loop monitor's at the fork: the
-        child (conctools' fork hook) can take both at once."""
+        """Another thread holds the GIL calibration's lock, the loop monitor's and the pools thread's at
+        the fork: the child (conctools' fork hook) can take them all, and stop the pools' thread."""
         import importlib
         import os
 
@@ -173,7 +173,9 @@ class TestForkSafety:
         from conctools.children import forksafe
 
         monitor = importlib.import_module("conctools.loopmon.monitor")
-        held = [_threadstate._calibration_lock, monitor._active_lock]
+        from conctools.pools._looker import LOOKER
+
+        held = [_threadstate._calibration_lock, monitor._active_lock, LOOKER._mutex]
         taken, release = threading.Event(), threading.Event()
 
         def holder() -> None:
@@ -193,7 +195,11 @@ class TestForkSafety:
                 code = 1
                 try:
                     forksafe.reinit_after_fork()
-                    code = 0 if all(lock.acquire(timeout=5) for lock in held) else 3
+                    # (the pools' thread's mutex is a new one: the parent's thread is not in the child)
+                    mine = [*held[:2], LOOKER._mutex]
+                    code = 0 if all(lock.acquire(timeout=5) for lock in mine) else 3
+                    LOOKER._mutex.release()
+                    LOOKER.stop()  # what a forked child's run does at its end (it hung there)
                 finally:
                     os._exit(code)
             _, status = os.waitpid(pid, 0)

@@ -27,6 +27,7 @@ _MODULE_LOCKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("conctools.casualties", ("_lock",)),
     ("conctools.recorder", ("_sinks_anywhere_lock",)),
     ("conctools.pools", ("_patch_mutex",)),
+    ("conctools.pools._state", ("registry_mutex",)),
     ("conctools.agent.server", ("_agent_lock",)),
     ("conctools.exporters.otel", ("_active_lock",)),
     ("conctools.profiling", ("_session_lock",)),
@@ -67,6 +68,15 @@ def reinit_after_fork() -> None:
     if isinstance(stats, dict):
         for st in list(stats.values()):
             _reinit(getattr(st, "mutex", None))
+    looker = getattr(sys.modules.get("conctools.pools._looker"), "LOOKER", None)
+    if looker is not None:  # the pools' thread: its mutex may have been held by it at the fork
+        try:
+            looker.reset_after_fork()
+        except Exception:
+            pass
+    state_module = sys.modules.get("conctools.pools._state")
+    for pool_state in list(getattr(state_module, "listed", ()) or ()):
+        _reinit(getattr(pool_state, "mutex", None))
     resources = sys.modules.get("conctools.resources")
     _reinit(getattr(getattr(resources, "_thread_starts", None), "lock", None))
     registry = sys.modules.get("conctools.registry")

@@ -78,6 +78,15 @@ class Looker:
         if thread is not None:
             thread.join(timeout=5.0)
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: the parent's thread is not there (and may have held the mutex at the fork)."""
+        self._mutex = _thread.allocate_lock()
+        self._wake = _thread.allocate_lock()
+        self._wake.acquire()
+        self._watched.clear()
+        self._thread = None
+        self._generation += 1
+
     def _poke(self) -> None:
         try:
             self._wake.release()
