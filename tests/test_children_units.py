@@ -207,3 +207,27 @@ class TestForkSafety:
         finally:
             release.set()
             t.join(30)
+
+    def test_parent_instruments_sections_are_dropped(self) -> None:
+        """A forked child's record does not call the parent's GIL monitor or loop monitor (whose locks a
+        parent thread may hold at the fork: the child's writer hung there in CI)."""
+        from conctools.children.forksafe import forget_parent_sections
+        from conctools.recorder import Recorder
+
+        rec = Recorder()
+        held_by_a_parent_thread = threading.Lock()
+        held_by_a_parent_thread.acquire()
+
+        def parent_section() -> dict[str, Any]:
+            with held_by_a_parent_thread:
+                return {}
+
+        for name in ("gil", "slow_callbacks", "resources", "profile"):
+            rec.add_section(name, parent_section)
+        forget_parent_sections(rec)
+        done: list[Any] = []
+        t = threading.Thread(target=lambda: done.append(rec.snapshot()), daemon=True)
+        t.start()
+        t.join(10)
+        assert done, "the snapshot called a parent's section"
+        assert not {"gil", "slow_callbacks", "resources", "profile"} & set(done[0].sections)
