@@ -85,8 +85,9 @@ def find_findings(snapshot: Snapshot) -> list[str]:
         total = snapshot.counts.get("slow_callback", len(stalls))
         ranked = sorted(by_site.items(), key=lambda kv: -sum(kv[1]))
         site, durations = ranked[0]
+        worst = max(s.duration_s for s in stalls)
         lines.append(
-            f"event loop blocked {total} times (worst {max(durations) * 1000:.0f} ms); "
+            f"event loop blocked {total} times (worst {worst * 1000:.0f} ms); "
             f"top culprit {site} ({len(durations)} stalls)"
         )
         # Every other culprit line too (up to 3): each seeded stall is named with its line.

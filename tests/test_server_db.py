@@ -206,7 +206,7 @@ def _serve_under_locust(out: Path, bugs: str | None, users: int, duration_s: flo
     from conctools.loadtest import LoadTestOptions, run_loadtest
 
     cmd = [sys.executable, "-m", "conctools", "serve", "--port", "0", "--no-console", "--no-report", "--out", str(out)]
-    cmd += ["--loop-threshold", "0.05"]  # the blocking query takes ~0.2 s here: a faster machine still stalls
+    cmd += ["--loop-threshold", "0.05"]  # the blocking query takes ~0.3 s here: a faster machine still stalls
     cmd += ["--bugs", bugs] if bugs else []
     out.mkdir(parents=True, exist_ok=True)
     with (out / "server.log").open("w") as log:

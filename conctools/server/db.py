@@ -35,7 +35,7 @@ from typing import Any
 __all__ = ["Connection", "Database", "PostgresDatabase", "SqliteDatabase", "check_database_url", "open_database"]
 
 SEED_ORDERS = 2000
-SEED_ITEMS = 8000
+SEED_ITEMS = 12000
 SKUS = 50
 Row = tuple[Any, ...]
 
