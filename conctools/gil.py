@@ -93,6 +93,10 @@ STATES = ("python", "native", "io", "sleep", "sync", "idle", "unknown")
 _RECHECK = -1  # running inside a C call: read again at the end of the sample
 RECHECK_US = 50  # the pause before the second read (the GIL held, the CPU left to the others)
 BUSY_CPU_SHARE = 0.25  # a thread that used a CPU this share of the time was running, not waking up
+# A sample that has held the GIL this long (the sampler preempted on a loaded machine, or many
+# threads to read): a thread found at the GIL on its way out of a C call may have come out during
+# the sample, and waits for the sampler only. It counts as the C code it was running.
+LATE_NS = 1_000_000
 
 _sep = os.sep
 _FUTURES = f"{_sep}concurrent{_sep}futures{_sep}"
@@ -307,7 +311,7 @@ class GilMonitor:
         self._finished: list[_Track] = []
         self._folded: _Track | None = None
         self.samples = 0
-        self._started_ns = self._last_ns = time.monotonic_ns()
+        self._started_ns = self._last_ns = self._sample_ns = time.monotonic_ns()
         self._stopped_ns: int | None = None
         self._cpu0_ns = time.process_time_ns()
         self._cpu_end_ns: int | None = None
@@ -460,7 +464,7 @@ class GilMonitor:
     def _sample(self) -> None:
         now = time.monotonic_ns()
         dt = now - self._last_ns
-        self._last_ns = now
+        self._last_ns = self._sample_ns = now
         self.samples += 1
         reader = self._reader
         frames = current_frames()
@@ -541,6 +545,8 @@ class GilMonitor:
         zone = self._zone
         out = []
         now = time.monotonic_ns()
+        if now - self._sample_ns > LATE_NS:
+            zone = None  # the pause outlasted a C call of its own: what the second read finds is the sampler's doing
         for track, frame, state, ident in observed:
             if state == _RECHECK:
                 state = NATIVE
@@ -634,6 +640,8 @@ class GilMonitor:
             zone = self._zone
             if zone is not None:
                 if int(parts[1], 16) in zone:
+                    if self._gil and at_call(frame) and time.monotonic_ns() - self._sample_ns > LATE_NS:
+                        return NATIVE
                     return PYTHON
             elif self._gil and not at_call(frame):
                 return PYTHON  # blocked at a bytecode boundary: only the GIL waits there
