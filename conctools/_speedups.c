@@ -1245,6 +1245,26 @@ safe_point(void)
 #endif
 }
 
+/* The last step before an acquire: run a collection that is due. Where the flag can be read, whoever
+ * made it due: on 3.12 any thread's allocation does, and conctools' own threads (the samplers, the
+ * watchdog) allocate while the program runs; the collection would otherwise run at the first check
+ * after the acquire, inside the caller's critical section (the resource tracker's RLock, whose
+ * finalizers re-enter it: "ResourceTracker called reentrantly"). A plain run has no such threads.
+ * Elsewhere, only when this bookkeeping allocated. */
+static void
+settle(void)
+{
+#if CT_INTERNAL_FRAMES && PY_VERSION_HEX >= 0x030C0000
+    g_allocated = 0;
+    safe_point(); /* a flag read when nothing is due */
+#else
+    if (g_allocated) {
+        g_allocated = 0;
+        safe_point();
+    }
+#endif
+}
+
 /* Before acquiring: who we are, and for an ordered lock not re-entered, where and with what held,
  * checking the order now (the stack is the same as after the acquire). */
 static void
@@ -1258,22 +1278,21 @@ prepare(CoreObject *self, Me *me, int reentry)
     me->task = current_task_of_thread(me->tid);
     me->site = me->held = me->entry = NULL;
     if (!self->ordered || reentry) {
-        if (g_allocated) {
-            g_allocated = 0;
-            safe_point();
-        }
+        settle();
         return;
     }
     me->site = caller_site(self);
     me->held = thread_held(me->tid);
     if (me->held == NULL || !PyList_Check(me->held)) {
         Py_CLEAR(me->held);
+        settle();
         return;
     }
     me->entry = entry_for(self, me->site);
     if (me->entry == NULL) {
         swallow();
         Py_CLEAR(me->held);
+        settle();
         return;
     }
     if (PyList_GET_SIZE(me->held) > 0 && !edges_known(self, me->held, me->entry)) {
@@ -1282,10 +1301,7 @@ prepare(CoreObject *self, Me *me, int reentry)
         Py_XDECREF(r);
         swallow();
     }
-    if (g_allocated) {
-        g_allocated = 0;
-        safe_point();
-    }
+    settle();
 }
 
 /* Pop this lock off the held stack it was pushed on (no Python code, no allocation). */
