@@ -82,7 +82,7 @@ def build_dump(recorder: Recorder) -> dict[str, Any]:
     infos, awaited_by = _part(errors, "tasks", task_infos, ([], {}))
     prims = _part(errors, "locks", registry.primitives, ())
     empty = WatchdogView({}, (), (), None)
-    view = _part(errors, "wait-for graph", lambda: watchdog_view(frames, program, prims), empty)
+    view = _part(errors, "wait-for graph", lambda: watchdog_view(frames, program, prims, tasks=infos), empty)
     # Every task of a cycle awaits another one: the others cannot be in any (10,000 tasks, few edges).
     cycles = _part(errors, "await cycles", lambda: taskdump.task_cycles([t for t in infos if t.awaits_task_ids]), [])
     document: dict[str, Any] = {

@@ -19,6 +19,7 @@ from conctools._records import compared
 from conctools.events import DeadlockEvent, Frame, HangEvent, Participant
 from conctools.recorder import Recorder
 from conctools.registry import Party, PrimitiveState
+from conctools.taskdump import TaskInfo
 
 __all__ = ["ThreadView", "WatchdogView", "lock_rows", "party_row", "watchdog_view"]
 
@@ -55,6 +56,7 @@ def watchdog_view(
     prims: Sequence[PrimitiveState],
     *,
     full: bool = True,
+    tasks: Sequence[TaskInfo] | None = None,
 ) -> WatchdogView:
     """The deadlock watchdog's view of the program now: the ONE place that calls
     ``conctools.deadlock``.
@@ -65,7 +67,8 @@ def watchdog_view(
     cycles and the hang from a throwaway :class:`DeadlockWatchdog` that looks twice,
     ``_LOOK_AGAIN_S`` apart, with a timeout short enough to report what it sees at once (it
     records into a recorder of its own: the program's report is untouched). The second look is
-    only taken when something waits: a busy program is not held up.
+    only taken when something waits: a busy program is not held up. ``tasks``: every loop's
+    tasks, when the caller has just read them (they are not walked again).
     """
     from conctools import deadlock
 
@@ -75,7 +78,12 @@ def watchdog_view(
     participants = deadlock.participants_of(edges, graph, {}) if edges else ()
     loops: dict[int, tuple[bool, str]] = {}
     if any(f.f_code.co_filename.endswith("selectors.py") for f in frames.values()):
-        loops = watchdog._loop_states()[0]
+        dumped: dict[int, list[TaskInfo]] | None = None
+        if tasks is not None:
+            dumped = {}
+            for info in tasks:
+                dumped.setdefault(info.loop_id, []).append(info)
+        loops = watchdog._loop_states(dumped)[0]
     # What each thread waits on in the registry: the watchdog's ``_registry_wait``, computed once
     # for all threads (asking it per thread re-reads every waiter of a shared primitive: n squared).
     sync_waits: dict[int, tuple[Party, PrimitiveState]] = {}

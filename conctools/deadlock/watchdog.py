@@ -648,9 +648,13 @@ class DeadlockWatchdog:
         return event
 
     @staticmethod
-    def _loop_states() -> tuple[dict[int, tuple[bool, str]], dict[int, Hashable], dict[int, Any]]:
+    def _loop_states(
+        dumped: Mapping[int, Sequence[taskdump.TaskInfo]] | None = None,
+    ) -> tuple[dict[int, tuple[bool, str]], dict[int, Hashable], dict[int, Any]]:
         """Per loop thread: (idle forever?, in words), where its tasks are when idle, and the loops
-        idle but for jobs of other threads (executor jobs: idle forever if those threads are stuck)."""
+        idle but for jobs of other threads (executor jobs: idle forever if those threads are stuck).
+        ``dumped``: each loop's tasks (by loop id) when the caller has just read them (``conctools
+        dump`` of 10,000 tasks walked them twice)."""
         out: dict[int, tuple[bool, str]] = {}
         signatures: dict[int, Hashable] = {}
         waiting: dict[int, Any] = {}
@@ -659,7 +663,9 @@ class DeadlockWatchdog:
             if tid is None:
                 continue
             idle = taskdump.loop_idle_forever(loop)
-            tasks = taskdump.dump_tasks(loop) if idle or taskdump.loop_idle_forever(loop, allow_futures=True) else []
+            tasks: Sequence[taskdump.TaskInfo] = []
+            if idle or taskdump.loop_idle_forever(loop, allow_futures=True):
+                tasks = dumped.get(id(loop), ()) if dumped is not None else taskdump.dump_tasks(loop)
             signatures[tid] = tuple((t.task_id, t.state, t.stack[:1]) for t in tasks)
             if idle:
                 n = len(tasks)
