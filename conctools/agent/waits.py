@@ -84,7 +84,7 @@ def watchdog_view(
             for info in tasks:
                 dumped.setdefault(info.loop_id, []).append(info)
         loops = watchdog._loop_states(dumped)[0]
-    # What each thread waits on in the registry: the watchdog's ``_registry_wait``, computed once
+    # What each thread waits on in the registry: the watchdog's ``_RegistryWaits``, computed once
     # for all threads (asking it per thread re-reads every waiter of a shared primitive: n squared).
     sync_waits: dict[int, tuple[Party, PrimitiveState]] = {}
     for prim in prims:

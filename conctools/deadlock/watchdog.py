@@ -247,6 +247,61 @@ def _who_waits(threads: int, tasks: int) -> str:
     return f"all {' and '.join(parts)} wait forever on something only another waiting one could release"
 
 
+class _RegistryWaits:
+    """What each thread waits on in the registry (a traced threading primitive), read during one
+    scan: each primitive's state is built once, however many threads wait on it. (Built per thread,
+    1,000 threads parked on one Event cost a million waiter records a scan: 6 s.)"""
+
+    __slots__ = ("_keys", "_states", "_waiting")
+
+    def __init__(self) -> None:
+        self._keys: dict[int, list[tuple[int, int | None]]] | None = None
+        self._waiting: dict[tuple[int, int | None], Any] = {}
+        self._states: dict[int, tuple[PrimitiveState | None, dict[int, Party]]] = {}
+
+    def _index(self) -> dict[int, list[tuple[int, int | None]]]:
+        waiting = getattr(registry, "_waiting", None)
+        index: dict[int, list[tuple[int, int | None]]] = {}
+        if isinstance(waiting, dict):
+            self._waiting = waiting
+            try:
+                keys = list(waiting)
+            except RuntimeError:  # changed size while copied: nothing known this scan
+                keys = []
+            for key in keys:
+                index.setdefault(key[0], []).append(key)
+        self._keys = index
+        return index
+
+    def __call__(self, thread_id: int) -> tuple[Party, PrimitiveState] | None:
+        """The threading primitive ``thread_id`` waits on now (any task of it), if it is traced."""
+        index = self._keys if self._keys is not None else self._index()
+        for key in index.get(thread_id) or ((thread_id, None),):
+            prim = self._waiting.get(key)
+            if isinstance(prim, weakref.ref):  # (an entry made by an older writer)
+                prim = prim()
+            if prim is None:
+                continue
+            # The tasks of a busy loop wait on asyncio primitives (thousands on one semaphore): each
+            # is skipped by its kind, before building its state.
+            kind = registry.kind_of(prim)
+            if kind is not None and not _is_sync_kind(kind):
+                continue
+            known = self._states.get(id(prim))
+            if known is None:
+                state = registry.state_of(prim)
+                parties: dict[int, Party] = {}
+                if state is not None and _is_sync_kind(state.kind):
+                    for party in state.waiters:
+                        parties.setdefault(party.thread_id, party)
+                known = self._states[id(prim)] = (state, parties)
+            state, parties = known
+            party = parties.get(thread_id)
+            if party is not None and state is not None:
+                return party, state
+        return None
+
+
 class DeadlockWatchdog:
     """A daemon thread that finds deadlocks and hangs; see the module docstring.
 
@@ -462,34 +517,6 @@ class DeadlockWatchdog:
         limit = self.timeout_s * 1e9
         return any(now - t >= limit for t in first_seen.values())
 
-    @staticmethod
-    def _registry_wait(thread_id: int) -> tuple[Party, PrimitiveState] | None:
-        """The threading primitive ``thread_id`` waits on now (any task of it), if it is traced."""
-        waiting = getattr(registry, "_waiting", None)
-        keys: list[tuple[int, int | None]] = []
-        if isinstance(waiting, dict):
-            try:
-                keys = [k for k in list(waiting) if k[0] == thread_id]
-            except RuntimeError:
-                keys = []
-        seen: set[int] = set()
-        for key in keys or [(thread_id, None)]:
-            # The tasks of a busy loop wait on asyncio primitives (thousands on one semaphore): each
-            # is skipped by its kind, and a primitive is looked at once, before building its state.
-            prim = waiting.get(key) if isinstance(waiting, dict) else None
-            if prim is not None:
-                kind = registry.kind_of(prim)
-                if (kind is not None and not _is_sync_kind(kind)) or id(prim) in seen:
-                    continue
-                seen.add(id(prim))
-            state = registry.waiting_on(key[0], key[1])
-            if state is None or not _is_sync_kind(state.kind):
-                continue
-            for party in state.waiters:
-                if party.thread_id == thread_id:
-                    return party, state
-        return None
-
     def _check_deadlocks(
         self, graph: WaitGraph, frames: Mapping[int, FrameType], now: int, reader: WaitReader
     ) -> list[DeadlockEvent]:
@@ -577,6 +604,7 @@ class DeadlockWatchdog:
         waiting_loops: dict[int, Any] = {}
         if any(f.f_code.co_filename == _SELECTORS_PY for f in watched.values()):
             loops, loop_signatures, waiting_loops = self._loop_states()
+        registry_wait = _RegistryWaits()
         # Stop at the first thread that is not blocked: a healthy program costs little.
         previous, self._frame_seen = self._frame_seen, {tid: _frame_signature(f) for tid, f in watched.items()}
         states: dict[int, ThreadState] = {}
@@ -584,7 +612,7 @@ class DeadlockWatchdog:
         conditional: list[int] = []
         for tid, frame in watched.items():
             still = previous.get(tid) == self._frame_seen[tid]
-            state = classify_thread(tid, frame, self._registry_wait(tid), loops, with_stack=False, read_bytecode=still)
+            state = classify_thread(tid, frame, registry_wait(tid), loops, with_stack=False, read_bytecode=still)
             if not state.blocked and tid not in stuck_threads:
                 if tid in waiting_loops:  # idle but for jobs of other threads: blocked if they are
                     conditional.append(tid)
@@ -631,7 +659,7 @@ class DeadlockWatchdog:
             return None
         self._hang_reported = True
         # Now the stacks (left out of the cheap pass above).
-        states = {tid: classify_thread(tid, frame, self._registry_wait(tid), loops) for tid, frame in watched.items()}
+        states = {tid: classify_thread(tid, frame, registry_wait(tid), loops) for tid, frame in watched.items()}
         reader = WaitReader(frames, threads, now, self._since, parked_since=self._parked_since())
         event = self._hang_event(states, threads, now, (now - stalled_since) / 1e9, reader, frozenset(stuck_threads))
         self.hangs.append(event)
