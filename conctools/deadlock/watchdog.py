@@ -295,10 +295,9 @@ class _RegistryWaits:
                     for party in state.waiters:
                         parties.setdefault(party.thread_id, party)
                 known = self._states[id(prim)] = (state, parties)
-            state, parties = known
-            party = parties.get(thread_id)
-            if party is not None and state is not None:
-                return party, state
+            found = known[1].get(thread_id)
+            if found is not None and known[0] is not None:
+                return found, known[0]
         return None
 
 
