@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-import importlib as _importlib
 import typing as _typing
 
+from conctools import _lazy
 from conctools.events import Frame, SpanEvent
 from conctools.recorder import Recorder, Snapshot, SpanStats, get_recorder, set_recorder, use_recorder
 from conctools.tracing import ActiveSpan, ContextFilter, Traced, current_span, traced
@@ -51,17 +51,11 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> _typing.Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'conctools' has no attribute {name!r}")
-    module = _importlib.import_module(module_name)
-    value = module if module_name == f"conctools.{name}" else getattr(module, name)
-    globals()[name] = value
-    return value
+    return _lazy.load(__name__, globals(), _LAZY, name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return _lazy.names(globals(), _LAZY)
 
 
 __version__ = "0.1.0"

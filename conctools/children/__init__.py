@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from conctools import _lazy
 from conctools.children.config import ENV_VAR
 
 if TYPE_CHECKING:
@@ -53,9 +54,4 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'conctools.children' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+    return _lazy.load(__name__, globals(), _LAZY, name)

@@ -40,8 +40,9 @@ This is a wiring module: it reads the recorder, the lock registry and the report
 
 from __future__ import annotations
 
-import importlib as _importlib
 import typing as _typing
+
+from conctools import _lazy
 
 if _typing.TYPE_CHECKING:
     from conctools._net import is_loopback
@@ -62,16 +63,11 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> _typing.Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'conctools.console' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+    return _lazy.load(__name__, globals(), _LAZY, name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return _lazy.names(globals(), _LAZY)
 
 
 __all__ = [

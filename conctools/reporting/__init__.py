@@ -3,8 +3,9 @@ a Chrome/Perfetto trace and HTML. None of them touches a live program."""
 
 from __future__ import annotations
 
-import importlib as _importlib
 import typing as _typing
+
+from conctools import _lazy
 
 if _typing.TYPE_CHECKING:
     from conctools.reporting.jsonreport import load_json, render_json
@@ -18,16 +19,11 @@ _LAZY["render_text"] = "conctools.reporting.text"
 
 
 def __getattr__(name: str) -> _typing.Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'conctools.reporting' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+    return _lazy.load(__name__, globals(), _LAZY, name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return _lazy.names(globals(), _LAZY)
 
 
 __all__ = ["load_json", "render_json", "render_text"]
