@@ -311,7 +311,7 @@ class GilMonitor:
         self._finished: list[_Track] = []
         self._folded: _Track | None = None
         self.samples = 0
-        self._started_ns = self._last_ns = self._sample_ns = time.monotonic_ns()
+        self._started_ns = self._last_ns = time.monotonic_ns()
         self._stopped_ns: int | None = None
         self._cpu0_ns = time.process_time_ns()
         self._cpu_end_ns: int | None = None
@@ -464,7 +464,7 @@ class GilMonitor:
     def _sample(self) -> None:
         now = time.monotonic_ns()
         dt = now - self._last_ns
-        self._last_ns = self._sample_ns = now
+        self._last_ns = now  # also when the sample in progress began (LATE_NS)
         self.samples += 1
         reader = self._reader
         frames = current_frames()
@@ -545,7 +545,7 @@ class GilMonitor:
         zone = self._zone
         out = []
         now = time.monotonic_ns()
-        if now - self._sample_ns > LATE_NS:
+        if now - self._last_ns > LATE_NS:
             zone = None  # the pause outlasted a C call of its own: what the second read finds is the sampler's doing
         for track, frame, state, ident in observed:
             if state == _RECHECK:
@@ -640,7 +640,7 @@ class GilMonitor:
             zone = self._zone
             if zone is not None:
                 if int(parts[1], 16) in zone:
-                    if self._gil and at_call(frame) and time.monotonic_ns() - self._sample_ns > LATE_NS:
+                    if self._gil and at_call(frame) and time.monotonic_ns() - self._last_ns > LATE_NS:
                         return NATIVE
                     return PYTHON
             elif self._gil and not at_call(frame):
