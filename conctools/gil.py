@@ -303,6 +303,7 @@ class GilMonitor:
         self._state = _thread.allocate_lock()  # guards the counts against summary()
         self._control = _thread.allocate_lock()
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()  # the process whose sampler thread this is (see stop)
         self._reader: StateReader | None = None
         self._reset()
 
@@ -358,6 +359,7 @@ class GilMonitor:
             if self.section:
                 self._rec.add_section("gil", self.summary)
             _active[self._rec] = self
+            self._pid = os.getpid()
             self._stop.acquire()
             self._sample_safely()  # the baseline: every thread's CPU time now
             self._thread = internal_thread(self._run, THREAD_NAME)
@@ -366,6 +368,12 @@ class GilMonitor:
 
     def stop(self) -> None:
         """Take a last sample and stop the thread (waits for it, at most a few seconds)."""
+        if self._thread is not None and self._pid != os.getpid():
+            # A forked child unwinding through its parent's monitor (os.fork, then sys.exit): the
+            # sampler thread stayed in the parent, which may have held this monitor's locks at the
+            # fork. The child's own monitor, if any, is another instance: forget this one.
+            self._thread = None
+            return
         with self._control:
             thread = self._thread
             if thread is None:

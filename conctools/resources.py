@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import _thread
 import logging
+import os
 import threading
 import time
 from types import TracebackType
@@ -114,6 +115,7 @@ class ResourceSampler:
         self._stop = _thread.allocate_lock()
         self._state = _thread.allocate_lock()
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()  # the process whose sampler thread this is (see stop)
         self._process: Any = None
         self.count = 0
         self._series: list[dict[str, Any]] = []
@@ -147,6 +149,7 @@ class ResourceSampler:
             return self
         self._rec = self._recorder if self._recorder is not None else get_recorder()
         self._process = psutil.Process()
+        self._pid = os.getpid()
         self._stop.acquire()
         if self.section:
             self._rec.add_section("resources", self.summary)
@@ -162,6 +165,12 @@ class ResourceSampler:
         """Take a last sample and stop the thread (waits for it, at most a few seconds)."""
         thread = self._thread
         if thread is None:
+            return
+        if self._pid != os.getpid():
+            # A forked child unwinding through its parent's sampler (os.fork, then sys.exit): the
+            # thread stayed in the parent, which may have held the sampler's lock at the fork, and
+            # its process is the parent. The child's own sampler is another instance: forget this one.
+            self._thread = None
             return
         self._stop.release()
         thread.join(timeout=5.0)
