@@ -4,7 +4,10 @@ factories, loop hooks, profilers or a replaced recorder into the next test."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -44,6 +47,17 @@ try:
     _PATCHABLE[(uvloop.Loop, "run_forever")] = uvloop.Loop.run_forever
 except ImportError:
     pass
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The programs a session starts find each other's consoles and agents in a folder of the
+    session's own (short: it holds Unix sockets), never the user's, nor those of another suite
+    running at the same time (``make test`` runs 3.11, 3.12 and 3.13 side by side)."""
+    if "CONCTOOLS_CONSOLE_DIR" not in os.environ and not hasattr(config, "workerinput"):
+        path = tempfile.mkdtemp(prefix="ct-")
+        os.chmod(path, 0o700)
+        os.environ["CONCTOOLS_CONSOLE_DIR"] = path
+        config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
 
 
 def _conctools_threads() -> set[threading.Thread]:

@@ -375,13 +375,15 @@ class TestWhatAUserReads:
 
             @conctools.traced
             async def work():
-                sum(range(100_000))
+                for _ in range(20):  # far more CPU than the imports before it
+                    sum(range(100_000))
                 await asyncio.sleep(0.01)
 
             asyncio.run(work())
             """,
         )
-        result = console("run", "--profile", "--sample-interval", "0", str(script))
+        # The CPU clock: on the wall clock, a busy machine could preempt an import long enough to outrank it.
+        result = console("run", "--profile", "--profile-clock", "cpu", "--sample-interval", "0", str(script))
         assert result.returncode == 0, result.stderr
         table = result.stderr.split("Profile (", 1)[1].split("per thread", 1)[0]
         for own in ("traced_coro", "_execute", "_run_file", "run_path", "capture_stack", "conctools/"):

@@ -265,7 +265,7 @@ class TestClientErrors:
         ("args", "message"),
         [
             (["999999999"], "no process 999999999"),
-            ([str(os.getpid())], f"process {os.getpid()} has no conctools console"),
+            (["{pid}"], "process {pid} has no conctools console"),  # this process (ids stay the same in every worker)
             (["--port", "1"], "no conctools console of yours listens on port 1"),
             ([], "no conctools console of yours is running"),
             (["-5"], "error"),
@@ -273,6 +273,8 @@ class TestClientErrors:
     )
     def test_one_line_errors(self, args: list[str], message: str) -> None:
         """No console, no process, bad input: one line on stderr, exit 2."""
+        args = [a.format(pid=os.getpid()) for a in args]
+        message = message.format(pid=os.getpid())
         done = subprocess.run(
             [sys.executable, "-m", "conctools", "console", *args], capture_output=True, text=True, timeout=60
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,8 +21,18 @@ class TestWheel:
     def test_wheel_contents_and_run(self, tmp_path: Path) -> None:
         """The wheel carries py.typed and every module, and its `conctools run` works."""
         dist = tmp_path / "dist"
+        # Built from a copy of the sources: setuptools stages a build in the tree's build/, which the
+        # suites of the other interpreters (`make test` runs them side by side) would share.
+        source = tmp_path / "source"
+        shutil.copytree(
+            ROOT,
+            source,
+            ignore=shutil.ignore_patterns(
+                ".git", ".venv*", "build", "dist", "*.egg-info", "*.so", "__pycache__", ".*_cache"
+            ),
+        )
         build = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
             capture_output=True,
             text=True,
             timeout=300,
