@@ -91,6 +91,7 @@ class Track:
     group: str = ""  # what a task runs: its first traced span, its coroutine, or its name's pattern
     start_us: int = 0  # first and last activity on the track
     end_us: int = 0
+    process: int = 0  # which process of the run (the index in its processes section; 0: the main one)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -122,6 +123,7 @@ class Instant:
     args: dict[str, Any] = field(default_factory=dict)
     key: TrackKey | None = None
     tid: int | None = None
+    process: int = 0  # which process of the run (0: the main one), for a moment of a whole process
 
 
 @dataclass(slots=True, kw_only=True)

@@ -5,10 +5,12 @@ its detail (written into the page itself, so they show before any script runs); 
 time on one shared axis (loop lag, stalls, lock waits, CPU, memory, and Locust's request rate
 and latency when the run was a load test); a timeline that scales (one row per thread; tasks
 grouped by what they run, with counts and duration percentiles, expandable; zoom and pan;
-lock holds and hand-off arrows); tables that summarise, sort, filter and take the keyboard
-(slow callbacks by culprit site with a sparkline each, locks with where they were created and
-who waited and held, spans, task groups); flame graphs (profile per thread and per task group,
-stacks of stalls and of lock waits); then the detail of deadlocks, hangs and inversions.
+lock holds and hand-off arrows; a run with child processes groups the rows by process, each
+under a header that opens or closes it and says what was found in it); tables that summarise,
+sort, filter and take the keyboard (slow callbacks by culprit site with a sparkline each, locks
+with where they were created and who waited and held, spans, task groups); flame graphs (profile
+per thread and per task group, stacks of stalls and of lock waits); then the detail of deadlocks,
+hangs and inversions.
 
 Size stays bounded whatever the run: the timeline draws the :data:`MAX_SLICES` most recent
 slices (and the :data:`MAX_LONGEST` longest); older ones are summarised in each row's activity
@@ -41,7 +43,7 @@ from conctools.reporting._safe import neutralise, neutralise_data
 from conctools.reporting._summary import SIGNAL_KINDS, group_of_tasks, lock_rows, short_site, stall_sites
 from conctools.reporting._timeline import Slice, Timeline, Track, build_timeline, natural_key
 from conctools.reporting.charts import BINS, chart_series, nice_bin_us
-from conctools.reporting.findings import Finding, find
+from conctools.reporting.findings import SEVERITIES, Finding, find
 from conctools.reporting.flame import flames
 from conctools.reporting.gil_text import html_lines as gil_html_lines
 from conctools.reporting.trace import dumps_finite
@@ -187,7 +189,7 @@ def _timeline_data(tl: Timeline, strings: _Strings) -> dict[str, Any]:
     group_of = {tid: n for n, g in enumerate(group_list) for tid in g["tasks"]}
     listed = {t.tid for t in tl.tracks if t.kind == "thread"} | set(group_of)
     tracks = [
-        [t.tid, strings(t.name), t.kind, t.thread_tid, group_of.get(t.tid, -1), t.start_us, t.end_us]
+        [t.tid, strings(t.name), t.kind, t.thread_tid, group_of.get(t.tid, -1), t.start_us, t.end_us, t.process]
         for t in tl.tracks
         if t.tid in listed
     ]
@@ -211,7 +213,7 @@ def _timeline_data(tl: Timeline, strings: _Strings) -> dict[str, Any]:
         if id(f.source) in kept_ids and id(f.target) in kept_ids
     ]
     instants = [
-        [i.tid, i.ts_us, strings(i.name), i.cat, strings(json.dumps(i.args, default=str, sort_keys=True))]
+        [i.tid, i.ts_us, strings(i.name), i.cat, strings(json.dumps(i.args, default=str, sort_keys=True)), i.process]
         for i in tl.instants
         if i.tid is None or i.tid in listed
     ]
@@ -351,14 +353,25 @@ def _signal_waits(snapshot: Snapshot) -> list[dict[str, Any]]:
 
 def html_data(snapshot: Snapshot) -> dict[str, Any]:
     """Everything the page shows, as JSON-able data (a pure function of the snapshot)."""
-    from conctools.reporting.processes_timeline import html_processes, merged_timeline
+    from conctools.reporting.processes_timeline import (
+        html_child_findings,
+        html_process_groups,
+        html_processes,
+        merged_timeline,
+    )
 
     tl = merged_timeline(snapshot, build_timeline(snapshot))  # child processes' tracks too, by process
     extra = html_processes(snapshot)
     strings = _Strings()
     timeline = _timeline_data(tl, strings)
+    timeline["processes"] = html_process_groups(snapshot, tl)  # one collapsible group each
     groups = group_of_tasks(snapshot)
-    found = find(snapshot)
+    rank = {s: n for n, s in enumerate(SEVERITIES)}
+    found = sorted(
+        [_finding_dict(f) for f in find(snapshot)]
+        + [{**_finding_dict(f), "process": anchor} for f, anchor in html_child_findings(snapshot)],
+        key=lambda f: rank.get(str(f["severity"]), len(rank)),
+    )
     threads: list[Track] = [t for t in tl.tracks if t.kind == "thread"]
     return {
         "meta": {
@@ -374,7 +387,7 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
             "tasks": sum(1 for t in tl.tracks if t.kind == "task"),
         },
         "strings": strings.items,
-        "findings": [_finding_dict(f) for f in found],
+        "findings": found,
         "charts": chart_series(snapshot, tl),
         "timeline": timeline,
         "slow_sites": _slow_sites(snapshot, timeline["bin_us"], int(max(1, tl.duration_us) // timeline["bin_us"]) + 1),
@@ -487,6 +500,11 @@ def findings_html(found: list[dict[str, Any]]) -> str:
         link = (
             f' <a class="detail" href="#{html.escape(str(f["anchor"]), quote=True)}">details</a>' if f["anchor"] else ""
         )
+        if f.get("process") and f["process"] != f["anchor"]:  # a child's: its group in the timeline too
+            link += f' <a class="detail" href="#{html.escape(str(f["process"]), quote=True)}">in the timeline</a>'
+        elif f.get("process"):
+            link = f' <a class="detail" href="#{html.escape(str(f["process"]), quote=True)}">in the timeline</a>'
+
         items.append(
             f'<li class="finding sev-{sev}"><span class="rank">{n}</span>'
             f'<span class="sev">{sev.upper()}</span> <span class="title">{html.escape(str(f["title"]))}</span>{link}'

@@ -1,6 +1,8 @@
 """The processes of a run on one timeline: ``trace.json`` gets one process group per process
 (Perfetto shows each with its threads and tasks under it), ``report.html`` gets every
-process's tracks, named after their process, and each child's problems with the main one's.
+process's tracks, named after their process, one collapsible group per process (a header with
+its pid, name, how it ended and a summary: :func:`html_process_groups`), and each child's
+problems with the main one's, among the ranked findings too (:func:`html_child_findings`).
 
 Pure functions of a :class:`~conctools.recorder.Snapshot` whose ``processes`` section holds the
 children's reports (see :mod:`conctools.reporting.processes`); a run without children gets
@@ -12,12 +14,25 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from conctools.events import DeadlockEvent, HangEvent, ProcessStuckEvent
+from conctools.events import DeadlockEvent, HangEvent, ProcessStuckEvent, SlowCallbackEvent
 from conctools.recorder import Snapshot
 from conctools.reporting._timeline import Counter, Flow, Instant, Slice, Timeline, build_timeline
+from conctools.reporting.findings import SEVERITIES, Finding, find
 from conctools.reporting.processes import ProcessView, label_of, offset_ns, processes_of
 
-__all__ = ["child_trace_events", "html_processes", "merged_timeline"]
+__all__ = [
+    "COLLAPSE_AFTER",
+    "child_trace_events",
+    "html_child_findings",
+    "html_process_groups",
+    "html_processes",
+    "merged_timeline",
+    "process_anchors",
+]
+
+# Past this many child processes, report.html's timeline opens only the main process and the
+# children with a problem (at most this many of them): each other child is one header row.
+COLLAPSE_AFTER = 4
 
 
 def _shift_us(main: Snapshot, p: ProcessView) -> float:
@@ -36,6 +51,11 @@ def _main_host(snapshot: Snapshot) -> Any:
 
 def _children(snapshot: Snapshot) -> list[ProcessView]:
     return [p for p in processes_of(snapshot) if not p.is_main and p.snapshot is not None]
+
+
+def _indexed_children(snapshot: Snapshot) -> list[tuple[int, ProcessView]]:
+    """The children with a report, each with its index among the run's processes."""
+    return [(n, p) for n, p in enumerate(processes_of(snapshot)) if not p.is_main and p.snapshot is not None]
 
 
 def child_trace_events(snapshot: Snapshot) -> list[dict[str, Any]]:
@@ -68,13 +88,13 @@ def child_trace_events(snapshot: Snapshot) -> list[dict[str, Any]]:
 def merged_timeline(snapshot: Snapshot, timeline: Timeline | None = None) -> Timeline:
     """The main process's timeline with every child's tracks after it, named ``[pid name] thread``."""
     tl = timeline if timeline is not None else build_timeline(snapshot)
-    children = _children(snapshot)
+    children = _indexed_children(snapshot)
     if not children:
         return tl
     tracks, slices = list(tl.tracks), list(tl.slices)
     instants, flows, counters = list(tl.instants), list(tl.flows), list(tl.counters)
     duration = tl.duration_us
-    for p in children:
+    for index, p in children:
         assert p.snapshot is not None
         child = build_timeline(p.snapshot)
         shift = _shift_us(snapshot, p)
@@ -90,6 +110,7 @@ def merged_timeline(snapshot: Snapshot, timeline: Timeline | None = None) -> Tim
                     thread_name=prefix + t.thread_name,
                     start_us=int(t.start_us + shift),
                     end_us=int(t.end_us + shift),
+                    process=index,
                 )
             )
         moved: dict[int, Slice] = {}
@@ -106,6 +127,7 @@ def merged_timeline(snapshot: Snapshot, timeline: Timeline | None = None) -> Tim
                     args=i.args,
                     key=None,
                     tid=i.tid + base if i.tid is not None else None,
+                    process=index,
                 )
             )
         for f in child.flows:
@@ -203,3 +225,127 @@ def html_processes(snapshot: Snapshot) -> dict[str, Any]:
                 }
             )
     return {"processes": rows, "deadlocks": deadlocks, "hangs": hangs}
+
+
+def process_anchors(processes: list[ProcessView]) -> list[str]:
+    """Each process's element id in ``report.html`` (its header in the timeline): ``process-PID``,
+    made unique where reports merged from several machines share a pid."""
+    out: list[str] = []
+    for p in processes:
+        anchor = base = f"process-{p.pid}"
+        n = 1
+        while anchor in out:
+            n += 1
+            anchor = f"{base}-{n}"
+        out.append(anchor)
+    return out
+
+
+def _problems(snapshot: Snapshot, p: ProcessView) -> dict[str, Any]:
+    """What went wrong in one process, counted (what its collapsed header says)."""
+    own = snapshot if p.is_main else p.snapshot
+    stuck = next((e.verdict for e in snapshot.of_kind(ProcessStuckEvent) if e.pid == p.pid), None)
+    if stuck is None and not p.is_main and isinstance(p.entry.get("stuck"), dict):
+        stuck = p.entry["stuck"].get("verdict")
+    if own is None:
+        return {"deadlocks": 0, "hangs": 0, "stalls": 0, "stuck": stuck}
+    return {
+        "deadlocks": len(own.of_kind(DeadlockEvent)),
+        "hangs": len(own.of_kind(HangEvent)),
+        "stalls": int(own.counts.get("slow_callback", len(own.of_kind(SlowCallbackEvent)))),
+        "stuck": stuck,
+    }
+
+
+def _exit_text(entry: dict[str, Any]) -> str:
+    text = str(entry.get("exit_text") or "")
+    return f"exit {text}" if text.lstrip("-").isdigit() else text
+
+
+def html_process_groups(snapshot: Snapshot, timeline: Timeline) -> list[dict[str, Any]]:
+    """One group per process for ``report.html``'s timeline (main first; empty without children):
+    its header (pid, name, how it ended), the prefix of its tracks' names, how many threads and
+    tasks it has on ``timeline`` (a :func:`merged_timeline`), its problems, its element id, and
+    whether it starts open: the main process always; the children when there are at most
+    :data:`COLLAPSE_AFTER` of them, else only those with a deadlock, a hang or stuck (the first few).
+    """
+    processes = processes_of(snapshot)
+    if not processes:
+        return []
+    threads = [0] * len(processes)
+    tasks = [0] * len(processes)
+    for t in timeline.tracks:
+        if 0 <= t.process < len(processes):
+            if t.kind == "thread":
+                threads[t.process] += 1
+            else:
+                tasks[t.process] += 1
+    many = sum(1 for p in processes if not p.is_main) > COLLAPSE_AFTER
+    opened_for_problems = 0
+    out = []
+    for n, (p, anchor) in enumerate(zip(processes, process_anchors(processes), strict=True)):
+        problems = _problems(snapshot, p)
+        critical = bool(problems["deadlocks"] or problems["hangs"] or problems["stuck"])
+        is_open = n == 0 or p.is_main or not many
+        if not is_open and critical and opened_for_problems < COLLAPSE_AFTER:
+            is_open = True
+            opened_for_problems += 1
+        out.append(
+            {
+                "pid": p.pid,
+                "name": p.name,
+                "main": p.is_main or n == 0,
+                "exit": _exit_text(p.entry),
+                "started_by": str(p.entry.get("start_method") or ""),
+                "prefix": "" if n == 0 else f"[{p.pid} {p.name}] ",
+                "threads": threads[n],
+                "tasks": tasks[n],
+                "report": n == 0 or p.snapshot is not None,
+                "problems": problems,
+                "anchor": anchor,
+                "open": is_open,
+            }
+        )
+    return out
+
+
+def html_child_findings(snapshot: Snapshot) -> list[tuple[Finding, str]]:
+    """The children's findings for ``report.html``'s ranked list (the main process's own come from
+    :func:`~conctools.reporting.findings.find`): each stuck child, then each child's own findings,
+    titled by their process, worst first. Each comes with its process's element id: the page links
+    it to the process's group in the timeline, and opens the group."""
+    processes = processes_of(snapshot)
+    if not processes:
+        return []
+    anchors = {id(p): a for p, a in zip(processes, process_anchors(processes), strict=True)}
+    by_pid = {p.pid: anchors[id(p)] for p in reversed(processes)}  # the first process of a pid
+    out: list[tuple[Finding, str]] = []
+    for e in snapshot.of_kind(ProcessStuckEvent):
+        state = {"deadlock": "deadlocked", "dead": "dead"}.get(e.verdict, "hung")
+        waits = ", and the program waits on it" if e.chain else ""
+        evidence = [
+            f"process {link.pid} {link.process_name!r}, thread {link.thread_name!r} waits on {link.waits_on}, "
+            f"at {link.site}"
+            for link in e.chain
+        ]
+        evidence.append(f"process {e.pid} {e.process_name!r}: {e.reason}")
+        finding = Finding(
+            kind="process_stuck",
+            severity="critical",
+            title=f"Child process {e.pid} {e.process_name!r} is {state}{waits}",
+            evidence=tuple(evidence),
+            where=e.chain[-1].site if e.chain else None,
+            anchor="hangs",  # drawn as a hang: who waits on what
+        )
+        out.append((finding, by_pid.get(e.pid, "")))
+    for p in processes:
+        if p.is_main or p.snapshot is None:
+            continue
+        anchor = anchors[id(p)]
+        for f in find(p.snapshot):
+            # Its deadlocks and hangs have their cards in the page; the rest is in its group.
+            own = f.anchor if f.anchor in ("deadlocks", "hangs") else anchor
+            out.append((dataclasses.replace(f, title=f"{label_of(p.entry)}: {f.title}", anchor=own), anchor))
+    rank = {s: n for n, s in enumerate(SEVERITIES)}
+    out.sort(key=lambda pair: rank.get(pair[0].severity, len(rank)))
+    return out

@@ -315,9 +315,14 @@
   }
 
   // ---- the timeline model: threads, task groups, tasks ----
+  // A run that followed child processes: one group per process (main first), each a header row
+  // that opens or closes the rows of its threads and tasks.
+  const PROCS = TL.processes || [], grouped = PROCS.length > 1;
   const tracks = {}, sliceOf = {}, groupSlices = [];
   TL.tracks.forEach(function (t) {
-    tracks[t[0]] = {tid: t[0], name: S[t[1]], kind: t[2], thread: t[3], group: t[4], start: t[5], end: t[6]};
+    const proc = grouped && PROCS[t[7]] ? t[7] : 0, name = S[t[1]], prefix = grouped ? PROCS[proc].prefix : "";
+    tracks[t[0]] = {tid: t[0], name: name, kind: t[2], thread: t[3], group: t[4], start: t[5], end: t[6], proc: proc,
+                    short: prefix && name.indexOf(prefix) === 0 ? name.slice(prefix.length) : name};
     sliceOf[t[0]] = [];
   });
   TL.slices.forEach(function (s) {
@@ -329,14 +334,40 @@
     if (tr.kind === "task" && tr.group >= 0 && sl.cat !== "span") (groupSlices[tr.group] || (groupSlices[tr.group] = [])).push(sl);
   });
   const threadIds = Object.keys(tracks).map(Number).filter(function (tid) { return tracks[tid].kind === "thread"; });
-  const state = {sort: "name", open: {}, shown: {}, moreOpen: {}, openView: {}, poolOpen: {}};
+  const state = {sort: "name", open: {}, shown: {}, moreOpen: {}, openView: {}, poolOpen: {},
+                 procOpen: PROCS.map(function (p) { return !!p.open; })};
   function r_g(g) { return String(g); }
-  function rowKey(r) { return r.type + ":" + (r.type === "pool" ? r.key : r.tid !== undefined ? r.tid : r.g); }
-  function cmpTracks(a, b) {
-    if (state.sort === "start") return a.start - b.start || natural(a.name, b.name);
-    if (a.kind === "thread" && (a.name === "MainThread") !== (b.name === "MainThread")) return a.name === "MainThread" ? -1 : 1;
-    return natural(a.name, b.name);
+  function rowKey(r) {
+    return r.type + ":" + (r.type === "pool" ? r.key : r.type === "process" ? r.p : r.tid !== undefined ? r.tid : r.g);
   }
+  function cmpTracks(a, b) {
+    if (state.sort === "start") return a.start - b.start || natural(a.short, b.short);
+    if (a.kind === "thread" && (a.short === "MainThread") !== (b.short === "MainThread")) return a.short === "MainThread" ? -1 : 1;
+    return natural(a.short, b.short);
+  }
+  // A process's header: pid, name, how it ended; its summary: threads, tasks, problems.
+  function procTitle(p) {
+    const P = PROCS[p];
+    return "pid " + P.pid + " \u00b7 " + P.name + (P.exit ? " \u00b7 " + P.exit : "");
+  }
+  function procSummary(p) {
+    const P = PROCS[p], x = P.problems || {}, parts = [], found = [];
+    if (!P.report) parts.push("no report from this process");
+    else if (!P.threads) parts.push("nothing on the timeline");
+    else parts.push(P.threads + " thread" + (P.threads === 1 ? "" : "s") + (P.tasks ? ", " + P.tasks + " task" + (P.tasks === 1 ? "" : "s") : ""));
+    if (x.stuck) found.push(x.stuck === "deadlock" ? "DEADLOCKED" : x.stuck === "dead" ? "DIED while awaited" : "HUNG");
+    if (x.deadlocks) found.push(x.deadlocks + " deadlock" + (x.deadlocks === 1 ? "" : "s"));
+    if (x.hangs) found.push(x.hangs + " hang" + (x.hangs === 1 ? "" : "s"));
+    if (x.stalls) found.push(x.stalls + " stall" + (x.stalls === 1 ? "" : "s") + " of its event loop");
+    parts.push(found.length ? "findings: " + found.join(", ") : "no findings");
+    return parts.join(" \u00b7 ");
+  }
+  const procSpans = PROCS.map(function () { return null; });  // first and last activity of each process's threads
+  threadIds.forEach(function (tid) {
+    const t = tracks[tid], sp = procSpans[t.proc];
+    if (grouped) procSpans[t.proc] = sp ? [Math.min(sp[0], t.start), Math.max(sp[1], t.end)] : [t.start, t.end];
+  });
+  function procSpan(p) { return procSpans[p]; }
   function cmpGroups(a, b) {
     if (state.sort === "start") return TL.groups[a].first_us - TL.groups[b].first_us;
     return natural(TL.groups[a].name, TL.groups[b].name);
@@ -346,8 +377,8 @@
   const POOL_AFTER = 90;
   const pools = {};  // pattern -> [thread tracks]
   if (threadIds.length > POOL_AFTER) {
-    threadIds.forEach(function (tid) {
-      const key = tracks[tid].name.replace(/\d+/g, "N");
+    threadIds.forEach(function (tid) {  // within one process: "N:" + the name's pattern
+      const key = tracks[tid].proc + ":" + tracks[tid].short.replace(/\d+/g, "N");
       (pools[key] || (pools[key] = [])).push(tracks[tid]);
     });
     Object.keys(pools).forEach(function (k) { if (pools[k].length < 2) delete pools[k]; });
@@ -366,7 +397,8 @@
     const threads = threadIds.map(function (t) { return tracks[t]; }).sort(cmpTracks);
     const groupsOf = {};
     TL.groups.forEach(function (g, i) { (groupsOf[g.thread] || (groupsOf[g.thread] = [])).push(i); });
-    const shownThreads = threads.filter(function (t) { return !poolOf[t.tid] || state.poolOpen[poolOf[t.tid]]; });
+    const procShown = function (t) { return !grouped || state.procOpen[t.proc]; };
+    const shownThreads = threads.filter(function (t) { return procShown(t) && (!poolOf[t.tid] || state.poolOpen[poolOf[t.tid]]); });
     // Room for groups: about MAX_ROWS rows in all before anything is expanded.
     const room = Math.max(MAX_ROWS - shownThreads.length - Object.keys(pools).length, 10);
     const allGroups = [].concat.apply([], shownThreads.map(function (t) { return groupsOf[t.tid] || []; }));
@@ -374,15 +406,16 @@
     const visibleGroups = {};
     ranked.slice(0, room).forEach(function (g) { visibleGroups[g] = true; });
     const poolDone = {};
-    threads.forEach(function (t) {
+    let off = 0;
+    const emit = function (t) {
       const pool = poolOf[t.tid];
       if (pool && !poolDone[pool]) {
         poolDone[pool] = true;
-        rows.push({type: "pool", key: pool, depth: 0});
+        rows.push({type: "pool", key: pool, depth: off});
       }
       if (pool && !state.poolOpen[pool]) return;
-      rows.push({type: "thread", tid: t.tid, depth: pool ? 1 : 0});
-      const base = pool ? 1 : 0;
+      rows.push({type: "thread", tid: t.tid, depth: off + (pool ? 1 : 0)});
+      const base = off + (pool ? 1 : 0);
       const gs = (groupsOf[t.tid] || []).slice().sort(cmpGroups);
       const hidden = gs.filter(function (g) { return !visibleGroups[g]; });
       const show = state.moreOpen[t.tid] ? gs : gs.filter(function (g) { return visibleGroups[g]; });
@@ -404,15 +437,22 @@
         if (notListed > 0 && members.length <= n) rows.push({type: "note", g: g, depth: base + 2, text: notListed + " older tasks summarised in the band above"});
       });
       if (hidden.length && !state.moreOpen[t.tid]) rows.push({type: "moregroups", tid: t.tid, depth: base + 1, left: hidden.length});
+    };
+    if (!grouped) { threads.forEach(emit); return rows; }
+    off = 1;
+    PROCS.forEach(function (_, p) {
+      rows.push({type: "process", p: p, depth: 0});
+      if (state.procOpen[p]) threads.filter(function (t) { return t.proc === p; }).forEach(emit);
     });
     return rows;
   }
   function label(r) {
-    if (r.type === "thread") return tracks[r.tid].name;
-    if (r.type === "pool") return r.key + " \u00d7" + pools[r.key].length + " threads";
+    if (r.type === "process") return procTitle(r.p);
+    if (r.type === "thread") return tracks[r.tid].short;
+    if (r.type === "pool") return r.key.slice(r.key.indexOf(":") + 1) + " \u00d7" + pools[r.key].length + " threads";
     if (r.type === "task") {
       const t = tracks[r.tid];
-      return r.single ? t.name + " \u00b7 " + TL.groups[t.group].name : t.name;
+      return r.single ? t.short + " \u00b7 " + TL.groups[t.group].name : t.short;
     }
     if (r.type === "group") {
       const g = TL.groups[r.g];
@@ -451,20 +491,50 @@
       return rowOfTrack(t.thread);
     }
     if (rowIndex["thread:" + tid] !== undefined) return rowIndex["thread:" + tid];
-    return poolOf[tid] ? rowIndex["pool:" + poolOf[tid]] : undefined;
+    if (poolOf[tid] && rowIndex["pool:" + poolOf[tid]] !== undefined) return rowIndex["pool:" + poolOf[tid]];
+    return grouped ? rowIndex["process:" + t.proc] : undefined;  // a closed process: its header
+  }
+  function focusable(i) {  // a row's element that takes the focus: a process header's button, else the row
+    const c = rowsBox.children[i];
+    return c && c.firstChild && c.firstChild.tagName === "BUTTON" ? c.firstChild : c;
   }
   function layoutRows() {
     rows = buildRows();
     rowIndex = {};
-    rows.forEach(function (r, i) { rowIndex[r.type + ":" + (r.type === "pool" ? r.key : r.type === "group" || r.type === "more" ? r.g : r.tid)] = i; });
+    rows.forEach(function (r, i) {
+      rowIndex[r.type + ":" + (r.type === "pool" ? r.key : r.type === "process" ? r.p : r.type === "group" || r.type === "more" ? r.g : r.tid)] = i;
+    });
     while (rowsBox.firstChild) rowsBox.removeChild(rowsBox.firstChild);
     rows.forEach(function (r, i) {
-      const b = el("div", "tlrow " + r.type, label(r));
+      const b = el("div", "tlrow " + r.type, r.type === "process" ? null : label(r));
       b.style.paddingLeft = (4 + r.depth * 12) + "px";
       b.title = label(r);
       b.setAttribute("role", "treeitem");
       b.setAttribute("aria-level", String(r.depth + 1));
       b.tabIndex = i === 0 ? 0 : -1;
+      if (r.type === "process") {
+        // A real button (Enter and Space work natively) that shows or hides the process's rows.
+        const open = !!state.procOpen[r.p], P = PROCS[r.p], btn = el("button", "proc");
+        btn.type = "button";
+        btn.appendChild(el("span", "twisty", open ? "\u25be " : "\u25b8 "));
+        btn.appendChild(document.createTextNode(label(r)));
+        btn.setAttribute("aria-expanded", open ? "true" : "false");
+        btn.setAttribute("aria-label", (open ? "Hide" : "Show") + " the threads and tasks of " + (P.main ? "the main process " : "child process ") +
+          label(r) + " (" + procSummary(r.p) + ")");
+        btn.title = label(r) + "\n" + procSummary(r.p) + "\n" + (open ? "click: hide its threads and tasks" : "click: show its threads and tasks");
+        btn.tabIndex = b.tabIndex;
+        b.removeAttribute("tabindex");
+        b.removeAttribute("title");
+        b.id = P.anchor;
+        b.setAttribute("aria-expanded", open ? "true" : "false");
+        b.classList.add(P.main ? "main" : "child");
+        if (P.problems && (P.problems.stuck || P.problems.deadlocks || P.problems.hangs)) b.classList.add("problem");
+        btn.addEventListener("click", function () { activate(r); });
+        b.appendChild(btn);
+        b.addEventListener("keydown", function (ev) { rowKeys(ev, i, r); });
+        rowsBox.appendChild(b);
+        return;
+      }
       if (r.type === "group") {
         b.setAttribute("aria-expanded", state.open[r.g] ? "true" : "false");
         b.insertBefore(el("span", "twisty", state.open[r.g] ? "\u25be " : "\u25b8 "), b.firstChild);
@@ -490,11 +560,26 @@
     else if (r.type === "more") state.shown[r.g] = (state.shown[r.g] || PAGE) + PAGE;
     else if (r.type === "moregroups") state.moreOpen[r.tid] = true;
     else if (r.type === "pool") state.poolOpen[r.key] = !state.poolOpen[r.key];
+    else if (r.type === "process") state.procOpen[r.p] = !state.procOpen[r.p];
     else return;
     layoutRows();
-    const i = rows.findIndex(function (x) { return rowKey(x) === key; });
-    const target = rowsBox.children[i >= 0 ? i : 0];
-    if (target) { Array.prototype.forEach.call(rowsBox.children, function (c) { c.tabIndex = -1; }); target.tabIndex = 0; target.focus(); }
+    focusRow(rows.findIndex(function (x) { return rowKey(x) === key; }));
+  }
+  function focusRow(i) {
+    const target = focusable(i >= 0 ? i : 0);
+    if (!target) return;
+    rows.forEach(function (_, j) { focusable(j).tabIndex = -1; });
+    target.tabIndex = 0; target.focus();
+  }
+  // A link to a process's group (a finding about a child: "in the timeline") opens the group first.
+  function openProcess(anchor) {
+    const p = PROCS.findIndex(function (P) { return P.anchor === anchor; });
+    if (p < 0) return false;
+    if (!state.procOpen[p]) { state.procOpen[p] = true; layoutRows(); }
+    const i = rows.findIndex(function (x) { return x.type === "process" && x.p === p; });
+    const row = rowsBox.children[i];
+    if (row) { row.scrollIntoView({block: "start"}); focusRow(i); }
+    return true;
   }
   function rowKeys(ev, i, r) {
     let j = i;
@@ -502,14 +587,18 @@
     else if (ev.key === "ArrowUp") j = Math.max(0, i - 1);
     else if (ev.key === "Home") j = 0;
     else if (ev.key === "End") j = rows.length - 1;
+    else if ((ev.key === "Enter" || ev.key === " ") && r.type === "process") return;  // the button's own click
     else if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); activate(r); return; }
-    else if (ev.key === "ArrowRight" && ((r.type === "group" && !state.open[r.g]) || (r.type === "pool" && !state.poolOpen[r.key]))) { activate(r); return; }
-    else if (ev.key === "ArrowLeft" && ((r.type === "group" && state.open[r.g]) || (r.type === "pool" && state.poolOpen[r.key]))) { activate(r); return; }
+    else if (ev.key === "ArrowRight" && ((r.type === "group" && !state.open[r.g]) || (r.type === "pool" && !state.poolOpen[r.key]) ||
+                                         (r.type === "process" && !state.procOpen[r.p]))) { ev.preventDefault(); activate(r); return; }
+    else if (ev.key === "ArrowLeft" && ((r.type === "group" && state.open[r.g]) || (r.type === "pool" && state.poolOpen[r.key]) ||
+                                        (r.type === "process" && state.procOpen[r.p]))) { ev.preventDefault(); activate(r); return; }
     else return;
     ev.preventDefault();
-    rowsBox.children[i].tabIndex = -1;
-    rowsBox.children[j].tabIndex = 0;
-    rowsBox.children[j].focus();
+    focusable(i).tabIndex = -1;
+    const next = focusable(j);
+    next.tabIndex = 0;
+    next.focus();
   }
   function xOf(t, w) { return (t - view.t0) / (view.t1 - view.t0) * w; }
   function drawAxis(w) {
@@ -540,8 +629,18 @@
     const binUs = TL.bin_us, cut = TL.summarised.before_us;
     rows.forEach(function (r, i) {
       const y = i * ROW;
-      ctx.fillStyle = i % 2 ? "#fbfcfd" : "#f2f4f7"; ctx.fillRect(0, y, w, ROW);
-      if (r.type === "thread") {
+      ctx.fillStyle = r.type === "process" ? "#e3e8f0" : i % 2 ? "#fbfcfd" : "#f2f4f7"; ctx.fillRect(0, y, w, ROW);
+      if (r.type === "process") {
+        // Its lifetime on the timeline (a thin bar), and its summary: still there when it is closed.
+        const span = procSpan(r.p);
+        if (span && span[1] >= view.t0 && span[0] <= view.t1) {
+          const x0 = Math.max(0, xOf(span[0], w)), x1 = Math.min(w, Math.max(xOf(span[1], w), x0 + 2));
+          ctx.fillStyle = COLORS.group; ctx.fillRect(x0, y + ROW - 5, x1 - x0, 3);
+        }
+        const P = PROCS[r.p];
+        ctx.fillStyle = P.problems && (P.problems.stuck || P.problems.deadlocks || P.problems.hangs) ? COLORS.deadlock : "#2c3445";
+        ctx.fillText(fit(ctx, (P.exit ? P.exit + " \u00b7 " : "") + procSummary(r.p), w - 12), 6, y + ROW / 2 - 2);
+      } else if (r.type === "thread") {
         const band = TL.thread_bands[String(r.tid)];
         if (band && cut) drawBand(band, y, w, binUs, 1, COLORS.band, cut);
         drawSlices(sliceOf[r.tid] || [], y, w);
@@ -568,7 +667,13 @@
       const x = xOf(m[1], w);
       if (x < 0 || x > w) return;
       ctx.fillStyle = COLORS[m[3]] || COLORS.mark;
-      if (m[0] === null) {
+      if (m[0] === null && grouped && m[5]) {  // a moment of a whole child process: on its header
+        const ri = rowIndex["process:" + m[5]];
+        if (ri === undefined) return;
+        const y = ri * ROW;
+        ctx.fillRect(x - 1, y, 2, ROW);
+        ctx.fillText(S[m[2]].replace(PROCS[m[5]].prefix, ""), x + 3, y + 7);
+      } else if (m[0] === null) {
         ctx.fillRect(x - 1, 0, 2, h);
         ctx.fillText(S[m[2]], x + 3, 7);
       } else {
@@ -628,6 +733,11 @@
     if (i < 0 || i >= rows.length) return null;
     const r = rows[i], t = view.t0 + px / w * (view.t1 - view.t0), tol = (view.t1 - view.t0) / w * 2;
     const lines = [label(r)];
+    if (r.type === "process") {
+      lines.push(procSummary(r.p));
+      lines.push((state.procOpen[r.p] ? "Enter or click the header: hide" : "Enter or click the header: show") + " its threads and tasks");
+      return {lines: lines, px: px, py: py};
+    }
     if (r.type === "group") {
       const g = TL.groups[r.g], bi = Math.floor(t / TL.bin_us);
       lines.push(g.count + " tasks; duration p50 " + fmtUs(g.p50_us) + ", p95 " + fmtUs(g.p95_us) + ", max " + fmtUs(g.max_us));
@@ -712,10 +822,20 @@
       (sm.tasks ? "; " + sm.tasks + " older tasks are counted in their groups without a row of their own" : "") +
       (sm.flows ? "; " + sm.flows + " older hand-off arrows left out" : "") + ".");
     if (TL.clipped) notes.push(TL.clipped + " slices were drawn clipped to nest on their thread (clock noise between producers).");
+    if (grouped) notes.push(PROCS.length + " processes (the program and " + (PROCS.length - 1) + " child process" + (PROCS.length === 2 ? "" : "es") +
+      "), one group each under a header: its pid, name, how it ended and what was found; click a header (or Enter) to show or hide its threads and tasks.");
     document.getElementById("tl-note").textContent = notes.join(" ");
     const cross = el("div"); cross.id = "tl-cross"; cross.hidden = true;
     document.getElementById("timeline-wrap").appendChild(cross);
     layoutRows();
+    if (grouped) {
+      document.addEventListener("click", function (ev) {
+        const a = ev.target && ev.target.closest ? ev.target.closest("a[href^='#process-']") : null;
+        if (a) openProcess(a.getAttribute("href").slice(1));
+      });
+      window.addEventListener("hashchange", function () { openProcess(location.hash.slice(1)); });
+      if (location.hash) openProcess(location.hash.slice(1));
+    }
     let drag = null;
     canvas.addEventListener("wheel", function (ev) {
       if (!(ev.ctrlKey || ev.metaKey || ev.shiftKey)) return;  // a plain wheel scrolls the rows
