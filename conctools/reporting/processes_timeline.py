@@ -19,6 +19,9 @@ from conctools.reporting.processes import ProcessView, label_of, offset_ns, proc
 
 __all__ = ["child_trace_events", "html_processes", "merged_timeline"]
 
+# A stuck child's verdict, in words ("dead" / "ended": the program waits on what it left behind).
+_STATES = {"deadlock": "deadlocked", "dead": "dead", "ended": "ended"}
+
 
 def _shift_us(main: Snapshot, p: ProcessView) -> float:
     """µs to add to a child's timeline (relative to its own start) to place it on the main one."""
@@ -153,7 +156,7 @@ def html_processes(snapshot: Snapshot) -> dict[str, Any]:
         hangs.append(
             {
                 "reason": f"child process {event.pid} {event.process_name!r} is "
-                f"{'deadlocked' if event.verdict == 'deadlock' else 'hung'}: {event.reason}",
+                f"{_STATES.get(event.verdict, 'hung')}: {event.reason}",
                 "stalled_s": 0.0,
                 "waiters": [
                     {
