@@ -10,6 +10,7 @@ lock waits until its own record in the run folder says so); `--deadlock-timeout 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -446,3 +447,33 @@ class TestFindStuck:
 
         states = {10: _state(10, waits=[_wait("e", sync="signal")], has=["e"]), 11: _state(11, has=["e"])}
         assert find_stuck(states, 100.0, 1.0, root_pid=10) is None
+
+
+class TestNames:
+    """A shared primitive is named by the program line that made it, like conctools' other locks."""
+
+    def test_creation_sites(self) -> None:
+        """Two locks on one line: 'x.py:N' and 'x.py:N #2'; an Event's SemLocks are one object, named once."""
+        import multiprocessing as mp
+        import os
+
+        from conctools.children import mpsync
+
+        here = os.path.basename(__file__)
+        was_installed = mpsync.installed()
+        mpsync.install()
+        try:
+            ctx = mp.get_context("fork")
+            line = sys._getframe().f_lineno + 1
+            a, b, e = ctx.Lock(), ctx.Lock(), ctx.Event()
+            e2 = ctx.Event()
+            assert [mpsync._site_of(x) for x in (a, b, e, e2)] == [
+                f"{here}:{line}",
+                f"{here}:{line} #2",
+                f"{here}:{line} #3",
+                f"{here}:{line + 1}",
+            ]
+            assert mpsync.semlock_key(a) != mpsync.semlock_key(b)
+        finally:
+            if not was_installed:
+                mpsync.uninstall()

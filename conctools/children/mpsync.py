@@ -45,6 +45,7 @@ _SIGNALS = frozenset({"Event", "Condition", "Barrier", "Semaphore"})
 
 _saved: dict[str, Any] = {}
 _fork_hook: list[bool] = []
+_serials: dict[str, list[Any]] = {}  # site -> [objects made there so far, the last one (weakly)]
 _live: weakref.WeakSet[Any] = weakref.WeakSet()  # every SemLock of this process (inherited ones too)
 # thread id -> (semlock, what it waits on in words, kind, since (wall), timeout_s)
 _waits: dict[int, tuple[Any, str, str, float, float | None]] = {}
@@ -85,7 +86,7 @@ def install() -> None:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         self._ct_origin = os.getpid()
         try:
-            self._ct_site = _creation_site(sys._getframe(1))
+            self._ct_site = _creation_site(self, sys._getframe(1))
         except Exception:
             self._ct_site = None
         original_init(self, *args, **kwargs)
@@ -127,13 +128,25 @@ def uninstall() -> None:
     _saved.clear()
 
 
-def _creation_site(frame: Any) -> str | None:
-    """``file.py:LINE`` of the program line that made the SemLock (out of multiprocessing's frames)."""
+def _creation_site(lock: Any, frame: Any) -> str | None:
+    """``file.py:LINE`` of the program line that made the SemLock (out of multiprocessing's frames);
+    ``file.py:LINE #2`` for the second object made on that line (an Event's SemLocks are one object,
+    the Event), as conctools names the locks of one line (:mod:`conctools._lockname`)."""
     depth = 0
+    made = lock  # the object the program asked for: the Event, Condition or Barrier around this SemLock
     while frame is not None and depth < 30:
         filename = frame.f_code.co_filename
-        if not filename.startswith((_MP_DIR, _PKG)) and filename != _THREADING_PY:
-            return f"{os.path.basename(filename)}:{frame.f_lineno}"
+        if filename == _SYNC_PY and frame.f_code.co_name == "__init__":
+            made = frame.f_locals.get("self", made)
+        elif not filename.startswith((_MP_DIR, _PKG)) and filename != _THREADING_PY:
+            site = f"{os.path.basename(filename)}:{frame.f_lineno}"
+            serial = _serials.get(site)
+            if serial is None:
+                serial = _serials[site] = [0, None]
+            if serial[1] is None or serial[1]() is not made:
+                serial[0] += 1
+                serial[1] = weakref.ref(made)
+            return site if serial[0] == 1 else f"{site} #{serial[0]}"
         frame = frame.f_back
         depth += 1
     return None
