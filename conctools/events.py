@@ -507,7 +507,7 @@ class ProcessStuckEvent(Event):
 
     pid: int
     process_name: str
-    verdict: str  # "deadlock" | "hang"
+    verdict: str  # "deadlock" | "hang" | "dead" (a dead child left it waiting) | "ended" (likewise, an exit)
     reason: str  # the child's own finding in one line
     chain: tuple[ProcessWaitLink, ...] = ()
 

@@ -534,8 +534,12 @@ def _follow_children(options: RunOptions, recorder: Recorder) -> Iterator[None]:
 
             _say(format_process_stuck(event, recorder.snapshot(), brief=True) + "\n")
         what = f"a {event.verdict} in child process {event.pid} {event.process_name!r}"
-        if event.verdict == "dead":
+        if event.verdict == "dead" and "multiprocessing lock" in event.reason:
+            what = f"child process {event.pid} {event.process_name!r} died holding a lock the program waits for"
+        elif event.verdict == "dead":
             what = f"child process {event.pid} {event.process_name!r} died with jobs the program waits for"
+        elif event.verdict == "ended":
+            what = f"child process {event.pid} {event.process_name!r} ended, and the program waits forever"
         _report_and_exit(recorder, options, status, what)
 
     follower = ChildFollower(

@@ -28,7 +28,9 @@ so at once; the main process then finds who waits on it across processes
 (:mod:`conctools.children.chain`), reports the chain and stops the program (exit 86 / 87),
 killing the run's remaining children (:mod:`conctools.children.follower`, the run's side). A
 ``Pool`` waiting forever for the jobs of a worker that died is found too
-(:mod:`conctools.children.lost`).
+(:mod:`conctools.children.lost`), and so are processes stuck on each other through shared
+``multiprocessing`` locks and events: each process notes who holds and waits on them
+(:mod:`conctools.children.mpsync`) and the run judges (:mod:`conctools.children.mpstuck`).
 """
 
 from __future__ import annotations

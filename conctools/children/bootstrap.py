@@ -108,6 +108,10 @@ def _start_from_env() -> None:
         trace_locks=bool(options.get("trace_locks", True)),
         lock_order=bool(options.get("lock_order", True)),
     )
+    if method == "spawn" or method.startswith("forkserver"):
+        from conctools.children import mpsync
+
+        mpsync.install()  # before the program's shared locks are unpickled (forkserver's forks inherit it)
     stack = contextlib.ExitStack()
     stack.enter_context(instrumented(run_options, recorder, on_deadlock=session.on_deadlock, on_hang=session.on_hang))
     session.instruments = stack

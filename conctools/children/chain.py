@@ -42,7 +42,7 @@ def program_site(stack: Sequence[Frame]) -> str:
 def describe_targets(kind: str, pids: Sequence[int], names: Mapping[int, str]) -> str:
     """The processes a wait of ``kind`` waits on, in words to append to what it waits on:
     `` of child pid 12 'Process-1'``, `` (pids 12 'ForkPoolWorker-1', 13 'ForkPoolWorker-2')``."""
-    if not pids:
+    if not pids or kind == "mpsync":  # a shared lock's wait names its holder in its own words
         return ""
     parts = [f"{pid} {names[pid]!r}" if names.get(pid) else str(pid) for pid in pids]
     listed = f"pid {parts[0]}" if len(parts) == 1 else "pids " + ", ".join(parts)

@@ -35,13 +35,14 @@ from collections.abc import Callable
 from typing import Any
 
 from conctools._context import internal_thread
-from conctools.children import forking, reaping
-from conctools.children.chain import build_chain, unresolved_links
+from conctools.children import forking, mpsync, reaping
+from conctools.children.chain import _link, build_chain, unresolved_links
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig
 from conctools.children.lost import LostJobsCheck
 from conctools.children.merge import exit_words, processes_section
+from conctools.children.mpstuck import find_stuck, name_sites, resolve_targets
 from conctools.children.pipes import writers_of
-from conctools.children.procfile import ProcessIdentity, build_record, read_records
+from conctools.children.procfile import ProcessIdentity, build_record, read_records, sync_state
 from conctools.events import ProcessStuckEvent
 from conctools.recorder import Recorder
 
@@ -85,6 +86,7 @@ class ChildFollower:
         self.stopping = False  # a stuck child is stopping the run: the section says so
         timeout = options.get("deadlock_timeout_s")
         self._lost = LostJobsCheck(float(timeout)) if timeout else None
+        self._timeout_s = float(timeout) if timeout else None
 
     # ---- control ----
     def start(self) -> ChildFollower:
@@ -101,6 +103,7 @@ class ChildFollower:
         previous = os.environ.get("PYTHONPATH")
         self._set_env("PYTHONPATH", BOOT_DIR + (os.pathsep + previous if previous else ""))
         forking.activate(config, root=True)
+        mpsync.install()  # forked children inherit it; spawned ones install it in their bootstrap
         reaping.install()
         self.recorder.add_section("processes", self.section)
         atexit.register(self._at_exit)
@@ -160,7 +163,76 @@ class ChildFollower:
         lost = self._check_lost()
         if lost is not None:
             return self._report(lost)
+        shared = self._check_shared()
+        if shared is not None:
+            return self._report(shared)
         return None
+
+    def sync_states(self) -> dict[int, dict[str, Any]]:
+        """Every process's shared-primitive state (its ``.sync`` file; this process's own, live),
+        with whether it still runs and, if not, how it ended."""
+        states: dict[int, dict[str, Any]] = {}
+        reaped = {int(r.get("pid") or 0): r for r in reaping.reaped()}
+        for data in read_records(self.run_dir or "", ".sync"):
+            pid = int(data.get("pid") or 0)
+            if pid <= 0 or pid == self.identity.pid:
+                continue
+            # A process that wrote its last record may still be ending: gone means gone (its status known).
+            alive = _alive(pid, data.get("started_wall"))
+            ended = None
+            if not alive:
+                code = reaped.get(pid, {}).get("exit_code", data.get("exit_status"))
+                if code is None:
+                    code = _exit_code_unreaped(pid)
+                if isinstance(code, int) and code < 0:
+                    ended = f"was {exit_words(code)}"
+                elif isinstance(code, int):
+                    ended = f"exited with {exit_words(code)}"
+                else:
+                    ended = "ended"
+            states[pid] = {**data, "name": data.get("name") or "?", "alive": alive, "ended": ended}
+        own = sync_state()
+        if own is not None:
+            states[self.identity.pid] = {
+                **own,
+                "pid": self.identity.pid,
+                "name": "MainProcess",
+                "alive": True,
+                "ended": None,
+                "updated_wall": time.time(),
+            }
+        if own is not None:
+            # A forked child killed before its first record had every SemLock this process had then.
+            for pid, reap in reaped.items():
+                code = reap.get("exit_code")
+                if pid in states or reap.get("start_method") != "fork" or reap.get("terminated_by_parent"):
+                    continue
+                if isinstance(code, int) and code < 0:
+                    states[pid] = {
+                        "pid": pid,
+                        "name": reap.get("name") or "?",
+                        "alive": False,
+                        "ended": f"was {exit_words(code)}",
+                        "holds": [],
+                        "waits": [],
+                        "has": list(own.get("has") or ()),
+                        "threads": [],
+                    }
+        return states
+
+    def _check_shared(self) -> ProcessStuckEvent | None:
+        """Processes stuck on each other through shared multiprocessing locks and events
+        (:mod:`conctools.children.mpstuck`)."""
+        if self._timeout_s is None or self.stuck or self.run_dir is None:
+            return None
+        states = self.sync_states()
+        if not any(s.get("waits") for s in states.values()):
+            return None
+        finding = find_stuck(states, time.time(), self._timeout_s, self.identity.pid)
+        if finding is None:
+            return None
+        alarm = {"pid": finding.pid, "verdict": finding.verdict, "reason": finding.reason}
+        return self.explain(alarm, links=finding.links)
 
     def _report(self, event: ProcessStuckEvent) -> ProcessStuckEvent:
         self.stopping = self.on_stuck is not None
@@ -201,8 +273,9 @@ class ChildFollower:
 
         return dataclasses.replace(event, pid=pid, process_name=name, chain=chain)
 
-    def explain(self, alarm: dict[str, Any]) -> ProcessStuckEvent:
-        """The event for a stuck child: its finding, and the chain of waits that lead to it."""
+    def explain(self, alarm: dict[str, Any], links: tuple[tuple[int, int], ...] = ()) -> ProcessStuckEvent:
+        """The event for a stuck child: its finding, and the chain of waits that lead to it
+        (``links``: the waits, ``(pid, thread id)``, of a cycle, in the order to read them)."""
         stuck_pid = int(alarm.get("pid") or 0)
         records = read_records(self.run_dir or "")
         names: dict[int, str] = {}
@@ -224,7 +297,12 @@ class ChildFollower:
                     writers = writers_of(wait["pipe"], pid, candidates)
                     if writers:
                         wait["target_pids"] = list(writers)
+        self._name_shared_waits(waits_by_pid)
         chain = build_chain(stuck_pid, waits_by_pid, names)
+        if links:
+            by_node = {(pid, int(w.get("thread_id") or 0)): (pid, w) for pid, ws in waits_by_pid.items() for w in ws}
+            found = [by_node[node] for node in links if node in by_node]
+            chain = tuple(_link(pid, w, list(w.get("target_pids") or ()), names) for pid, w in found) or chain
         if not any(link.pid == self.identity.pid for link in chain):
             # The program's own threads that wait on some process conctools cannot name (a pipe whose
             # other end it cannot find): said as such, rather than left out or guessed.
@@ -241,6 +319,21 @@ class ChildFollower:
             reason=str(alarm.get("reason") or ""),
             chain=chain,
         )
+
+    def _name_shared_waits(self, waits_by_pid: dict[int, list[dict[str, Any]]]) -> None:
+        """Waits on shared multiprocessing primitives: the processes they depend on (a lock's
+        holder, an event's possible setters), and the words that name them."""
+        if not any(w.get("kind") == "mpsync" for ws in waits_by_pid.values() for w in ws):
+            return
+        states = self.sync_states()
+        for pid, waits in waits_by_pid.items():
+            for wait in waits:
+                if wait.get("kind") != "mpsync":
+                    continue
+                key = str(wait.get("sync_key") or "")
+                targets, words = resolve_targets(pid, wait, states, self.identity.pid)
+                wait["target_pids"] = targets
+                wait["waits_on"] = name_sites(str(wait.get("waits_on") or ""), key, states) + words
 
     # ---- the merged section ----
     def section(self) -> dict[str, Any]:
@@ -306,6 +399,7 @@ class ChildFollower:
         if run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)
         reaping.uninstall()
+        mpsync.uninstall()
 
     def _at_exit(self) -> None:
         with contextlib.suppress(Exception):
@@ -328,6 +422,25 @@ def _descendants() -> list[int]:
         return out
     except Exception:
         return []
+
+
+def _exit_code_unreaped(pid: int) -> int | None:
+    """How a child of this process that the program has not reaped yet ended (``-signal`` when a
+    signal killed it), read without reaping it (``WNOWAIT``: the program still reaps it)."""
+    waitid = getattr(os, "waitid", None)
+    if waitid is None:
+        return None
+    try:
+        info = waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except (OSError, ValueError):
+        return None
+    if info is None:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return int(info.si_status)
+    if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        return -int(info.si_status)
+    return None
 
 
 def _read_json(path: str) -> dict[str, Any] | None:

@@ -35,11 +35,14 @@ __all__ = [
     "build_record",
     "cpu_and_rss",
     "read_records",
+    "sync_file",
+    "sync_state",
     "thread_states",
     "write_atomic",
 ]
 
 SCHEMA = "conctools.process/1"
+SYNC_SCHEMA = "conctools.sync/1"
 _MAX_THREADS = 64  # threads whose last stack a record keeps
 
 
@@ -113,6 +116,7 @@ def thread_states(frames: dict[int, FrameType] | None = None) -> tuple[list[dict
     threads: list[dict[str, Any]] = []
     waits: list[dict[str, Any]] = []
     main_id = threading.main_thread().ident
+    mpsync = sys.modules.get("conctools.children.mpsync")
     for tid in sorted(frames, key=lambda t: (t != main_id, t)):
         thread = names.get(tid)
         name = thread.name if thread is not None else f"thread-{tid}"
@@ -130,6 +134,25 @@ def thread_states(frames: dict[int, FrameType] | None = None) -> tuple[list[dict
                     "stack": stack,
                 }
             )
+        shared = mpsync.wait_of(tid) if mpsync is not None else None
+        if shared is not None:  # a multiprocessing lock, event, condition, barrier or semaphore
+            waits.append(
+                {
+                    "thread_id": tid,
+                    "thread_name": name,
+                    "kind": "mpsync",
+                    "waits_on": shared["waits_on"],
+                    "sync_key": shared["key"],
+                    "sync": shared["sync"],
+                    "since_wall": shared["since_wall"],
+                    "target_pids": [],
+                    "target_names": [],
+                    "pipe": None,
+                    "timeout_s": shared["timeout_s"],
+                    "stack": child_stack(frames_of(frame, limit=48)),
+                }
+            )
+            continue
         wait = cross_wait(frame)
         if wait is not None:
             waits.append(
@@ -216,10 +239,39 @@ def build_record(
         "threads": threads,
         "waits": waits,
         "reaped": reaped or [],
+        "mpsync": sync_state(),
         "stuck": stuck,
         "report": recorder.snapshot().to_dict() if recorder is not None else None,
     }
     return record
+
+
+def sync_state() -> dict[str, Any] | None:
+    """The shared ``multiprocessing`` locks this process holds, waits for and has (``None``: not
+    followed, or none; see :mod:`conctools.children.mpsync`)."""
+    mpsync = sys.modules.get("conctools.children.mpsync")
+    if mpsync is None or not mpsync.installed():
+        return None
+    state: dict[str, Any] | None = mpsync.sync_state()
+    return state
+
+
+def sync_file(
+    identity: ProcessIdentity, state: dict[str, Any], *, final: bool, exit_status: int | None = None
+) -> dict[str, Any]:
+    """The small ``<key>.sync`` file next to the record: what the run's main process reads at each
+    look for processes stuck on each other through shared locks (the record is too big to read then)."""
+    name, _target = process_name()
+    return {
+        "schema": SYNC_SCHEMA,
+        "pid": identity.pid,
+        "name": name or identity.name,
+        "started_wall": identity.started_wall,
+        "updated_wall": time.time(),
+        "final": final,
+        "exit_status": exit_status,
+        **state,
+    }
 
 
 def write_atomic(directory: str, name: str, data: dict[str, Any]) -> bool:
@@ -274,6 +326,7 @@ def read_records(directory: str, suffix: str = ".json") -> list[dict[str, Any]]:
                 data = json.load(f)
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict) and (suffix != ".json" or data.get("schema") == SCHEMA):
+        wanted = {".json": SCHEMA, ".sync": SYNC_SCHEMA}.get(suffix)
+        if isinstance(data, dict) and (wanted is None or data.get("schema") == wanted):
             out.append(data)
     return out

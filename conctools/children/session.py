@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from conctools._context import frames_of, internal_thread
 from conctools.children import reaping
 from conctools.children.config import FollowConfig
-from conctools.children.procfile import ProcessIdentity, build_record, child_stack, write_atomic
+from conctools.children.procfile import ProcessIdentity, build_record, child_stack, sync_file, write_atomic
 from conctools.recorder import Recorder
 
 __all__ = ["ChildSession", "current_session", "install_exit_hooks", "is_followed_child", "state", "wrap_bootstrap"]
@@ -114,6 +114,7 @@ class ChildSession:
         self._write_lock = _thread.allocate_lock()
         self._thread: threading.Thread | None = None
         self._final = False
+        self._had_sync = False
         self._stuck: dict[str, Any] | None = None
         self._interval_s = max(0.05, config.flush_interval_s)
 
@@ -193,6 +194,12 @@ class ChildSession:
                 _log.debug("conctools: could not build this process's record", exc_info=True)
                 return False
             written = write_atomic(self.config.run_dir, self.identity.key + ".json", record)
+            shared = record.get("mpsync")
+            if shared is not None or self._had_sync:
+                # the run's main process reads this small file at each look (locks held across processes)
+                self._had_sync = True
+                sync = sync_file(self.identity, shared or {}, final=final, exit_status=exit_status)
+                write_atomic(self.config.run_dir, self.identity.key + ".sync", sync)
             if final:
                 self._final = True
             return written

@@ -80,9 +80,13 @@ def format_process_stuck(event: ProcessStuckEvent, snapshot: Snapshot, *, brief:
     """A stuck child and the chain of waits that leads to it, with the waiting threads' stacks and
     the child's own report of why it is stuck."""
     names = {**_names(snapshot), event.pid: event.process_name or _names(snapshot).get(event.pid, "?")}
-    state = {"deadlock": "deadlocked", "dead": "dead"}.get(event.verdict, "hung")
+    state = {"deadlock": "deadlocked", "dead": "dead", "ended": "ended"}.get(event.verdict, "hung")
     if state == "dead":
         title = "A child process died, and the program waits on it forever"
+    elif state == "ended":
+        title = "A child process ended, and the program waits forever on what only it could have done"
+    elif event.chain and any(link.pid == event.pid for link in event.chain):
+        title = "Processes deadlocked on each other: a cycle of waits across processes"
     elif event.chain:
         title = f"A child process is {state}, and the program waits on it"
     else:
@@ -94,7 +98,8 @@ def format_process_stuck(event: ProcessStuckEvent, snapshot: Snapshot, *, brief:
         )
         timeout = f" (with a timeout of {link.timeout_s:g}s)" if link.timeout_s is not None else ""
         lines.append(f"  waits on {link.waits_on}{timeout}, at {link.site}")
-    lines.append(f"process {event.pid} {names.get(event.pid, '?')!r} {'died' if state == 'dead' else 'is ' + state}:")
+    verb = {"dead": "died", "ended": "ended"}.get(state, "is " + state)
+    lines.append(f"process {event.pid} {names.get(event.pid, '?')!r} {verb}:")
     lines.append(f"  {event.reason}")
     if not event.chain:
         lines.append("  (no thread of the run's other processes was seen waiting on it)")

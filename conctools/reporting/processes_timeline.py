@@ -34,6 +34,9 @@ __all__ = [
 # children with a problem (at most this many of them): each other child is one header row.
 COLLAPSE_AFTER = 4
 
+# A stuck child's verdict, in words ("dead" / "ended": the program waits on what it left behind).
+_STATES = {"deadlock": "deadlocked", "dead": "dead", "ended": "ended"}
+
 
 def _shift_us(main: Snapshot, p: ProcessView) -> float:
     """µs to add to a child's timeline (relative to its own start) to place it on the main one."""
@@ -175,7 +178,7 @@ def html_processes(snapshot: Snapshot) -> dict[str, Any]:
         hangs.append(
             {
                 "reason": f"child process {event.pid} {event.process_name!r} is "
-                f"{'deadlocked' if event.verdict == 'deadlock' else 'hung'}: {event.reason}",
+                f"{_STATES.get(event.verdict, 'hung')}: {event.reason}",
                 "stalled_s": 0.0,
                 "waiters": [
                     {
