@@ -121,6 +121,7 @@ def _only_our_threads() -> bool:
 def _before_fork() -> None:
     if state.config is None and not state.stopping and not state.guard:
         return
+    _block_sigterm()
     try:
         state.fork_method = _fork_method()
         if sys.version_info >= (3, 12):
@@ -152,13 +153,41 @@ def _drop_fork_filter() -> None:
         pass
 
 
+def _block_sigterm() -> None:
+    """Hold SIGTERM back from the forking thread until the fork is done (see :func:`_unblock_sigterm`).
+
+    The child inherits ``conctools run``'s SIGTERM handler, a Python one, until its after-fork
+    hook gives it the default action back. A SIGTERM that reaches it before then (the parent's
+    ``Pool.terminate()`` right after it forked a worker, before the child ran at all) would only
+    mark the Python handler as due; once the handler is the default one, Python drops the mark,
+    and the child lives on: ``Pool.terminate()`` then waits for it forever. Held back, the signal
+    is delivered once the default action is back, and ends the child at once."""
+    state.sigterm_held = False
+    try:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):
+        return
+    state.sigterm_held = signal.SIGTERM not in held  # this hook blocked it: it unblocks it
+
+
+def _unblock_sigterm() -> None:
+    if not state.sigterm_held:
+        return
+    state.sigterm_held = False
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def _after_fork_parent() -> None:
-    pass
+    _unblock_sigterm()
 
 
 def _after_fork_child() -> None:
     _drop_fork_filter()  # the child's own forks decide for themselves
     if state.fork_method == "subprocess" or not (state.guard or state.config is not None):
+        _unblock_sigterm()
         return  # subprocess's preexec_fn: the child execs at once
     if state.stopping:
         real_exit(1)  # conctools is stopping the stuck program: nothing it starts now survives it
@@ -167,9 +196,10 @@ def _after_fork_child() -> None:
         lock = getattr(get_recorder(), "_lock", None)
         if lock is not None:
             lock._at_fork_reinit()
-        _reset_inherited_sigterm()
     except Exception:
         pass
+    _reset_inherited_sigterm()
+    _unblock_sigterm()  # a SIGTERM sent during the fork ends the child now, by the default action
     config = state.config
     if config is None:
         return
