@@ -36,6 +36,7 @@ running without the GIL it reports parallelism and running threads, and no GIL w
 from __future__ import annotations
 
 import _thread
+import contextlib
 import functools
 import inspect
 import linecache
@@ -362,6 +363,7 @@ class GilMonitor:
             self._sample_safely()  # the baseline: every thread's CPU time now
             self._thread = internal_thread(self._run, THREAD_NAME)
             self._thread.start()
+            _running.add(self)
         return self
 
     def stop(self) -> None:
@@ -383,6 +385,26 @@ class GilMonitor:
                     self._close(track)
             if self._rec is not None and _active.get(self._rec) is self:
                 del _active[self._rec]
+            _running.discard(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: this monitor is the parent's, and its sampler thread did not come along.
+
+        Its locks are made free (the parent's sampler may have held ``_state`` mid-sample at the fork,
+        and the child's ``stop()`` or ``summary()`` would wait for it forever), its files closed (they
+        show the parent's threads) and it is stopped where it stood, without a last sample: its
+        figures are the parent's. A child that wants its own figures starts a monitor of its own."""
+        for lock in (self._stop, self._state, self._control):
+            with contextlib.suppress(Exception):
+                lock._at_fork_reinit()  # type: ignore[attr-defined]
+        self._thread = None
+        self._stopped_ns = self._last_ns
+        self._cpu_end_ns = self._cpu0_ns  # the child's process CPU time starts again from zero
+        for track in self._tracks.values():
+            self._close(track)
+        self._reader = None
+        if self._rec is not None and _active.get(self._rec) is self:
+            del _active[self._rec]
 
     def __enter__(self) -> GilMonitor:
         return self.start()
@@ -915,6 +937,24 @@ def _cores() -> int:
 
 # The running monitor of each recorder (the console and the pytest plugin read it).
 _active: weakref.WeakKeyDictionary[Recorder, GilMonitor] = weakref.WeakKeyDictionary()
+# Every running monitor: a forked child stops its copies of them (see _forget_after_fork).
+_running: weakref.WeakSet[GilMonitor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """The parent's running monitors are dead copies in a forked child: make them inert (never raises)."""
+    try:
+        monitors = list(_running)
+        _running.clear()
+    except Exception:
+        return
+    for monitor in monitors:
+        with contextlib.suppress(Exception):
+            monitor._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def active_monitor(recorder: Recorder | None = None) -> GilMonitor | None:

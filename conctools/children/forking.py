@@ -4,9 +4,9 @@
 workers and a plain ``os.fork()`` all go through here. The child inherits its parent's patched
 lock factories and registry; right after the fork it frees conctools' internal locks
 (:mod:`conctools.children.forksafe`), empties the inherited recorder and starts a session of
-its own (:class:`~conctools.children.session.ChildSession`); its sampler and watchdog start
-half a second in, with the same options. Any forked child of ``conctools run``, followed or
-not, starts clean (:func:`guard_forks`).
+its own (:class:`~conctools.children.session.ChildSession`); its sampler, GIL monitor and
+watchdog start half a second in, with the same options. Any forked child of ``conctools run``,
+followed or not, starts clean (:func:`guard_forks`).
 """
 
 from __future__ import annotations
@@ -225,9 +225,9 @@ def _start_forked(config: FollowConfig, method: str) -> None:
     identity.name, identity.target = state.fork_process
     session = ChildSession(config, identity, recorder)
     state.session = session
-    # A pool's worker often lives a fraction of a second: its sampler and watchdog start a flush
+    # A pool's worker often lives a fraction of a second: its instruments start a flush
     # interval in, with its second record (a stall is still seen at most that much later), so that
-    # a short-lived child pays one thread, not three (the parent reaps its CPU time and status).
+    # a short-lived child pays one thread, not four (the parent reaps its CPU time and status).
     session.deferred.append(lambda: _start_instruments(session))
     reaping.listeners[:] = [session.ring]
     install_exit_hooks(session)
@@ -235,7 +235,11 @@ def _start_forked(config: FollowConfig, method: str) -> None:
 
 
 def _start_instruments(session: ChildSession) -> None:
-    """A forked child's sampler and watchdog, with the run's options (from its writer thread)."""
+    """A forked child's sampler, GIL monitor and watchdog, with the run's options (from its writer thread).
+
+    The parent's GIL monitor did not come along (its copy here is inert: :mod:`conctools.gil`
+    stops it at the fork, and :func:`forget_parent_sections` drops its section): the child
+    measures its own threads from here on, in a ``gil`` section of its own."""
     options = session.config.options
     interval = options.get("sample_interval_s")
     if interval:
@@ -246,6 +250,15 @@ def _start_instruments(session: ChildSession) -> None:
             sampler = ResourceSampler(float(interval), recorder=session.recorder)
             sampler.start()
             session.threads.append(sampler)
+    if options.get("gil", True):
+        from conctools.gil import GilMonitor
+
+        try:
+            monitor = GilMonitor(recorder=session.recorder).start()
+        except Exception:
+            _log.debug("conctools: a forked child's GIL monitor did not start", exc_info=True)
+        else:
+            session.threads.append(monitor)
     timeout = options.get("deadlock_timeout_s")
     if timeout:
         from conctools.deadlock import DeadlockWatchdog
