@@ -109,6 +109,25 @@ _WAIT_MACHINERY = (f"{_sep}threading.py", f"{_sep}queue.py")
 _MACHINERY = (*_WAIT_MACHINERY, f"{_sep}selectors.py")
 _JOIN_FUNCTIONS = frozenset({"join", "_wait_for_tstate_lock", "_shutdown"})
 _FUTURE_WAITS = frozenset({"result", "exception", "wait", "as_completed", "shutdown", "__exit__"})
+# Waits for multiprocessing's child processes: a join (the end of a child), a pool's results. The
+# work is another process's (which has its own figures): such a thread is idle, as in a thread join.
+_MP = f"{_sep}multiprocessing{_sep}"
+_CHILD_WAITS = {
+    f"{_MP}process.py": frozenset({"join"}),
+    f"{_MP}popen_fork.py": frozenset({"wait", "poll"}),
+    f"{_MP}popen_forkserver.py": frozenset({"poll"}),
+    f"{_MP}pool.py": frozenset({"wait", "get", "map", "starmap", "join", "next", "__exit__", "terminate"}),
+}
+
+
+def _child_wait(filename: str, function: str) -> bool:
+    """True for a frame of multiprocessing that waits for child processes (see _CHILD_WAITS)."""
+    if _MP not in filename:
+        return False
+    for suffix, functions in _CHILD_WAITS.items():
+        if filename.endswith(suffix):
+            return function in functions
+    return False
 
 
 @compared
@@ -120,7 +139,8 @@ class ThreadGilStats:
     but waited for the GIL, ``native_s`` ran C code that released the GIL, ``cpu_wait_s`` was
     ready to run but waited for a CPU (the machine was busy), ``io_s`` / ``sleep_s``
     waited on I/O / slept, ``sync_s`` waited on a lock, condition, queue or future, ``idle_s``
-    waited for work or for other threads (an idle pool worker, ``join()``, ``future.result()``).
+    waited for work or for other threads (an idle pool worker, ``join()``, ``future.result()``) or
+    for child processes (``Process.join()``, a ``multiprocessing`` pool's results).
     ``cpu_s`` is exact (the kernel's count). ``entry`` is the function the thread runs (its target,
     or the function submitted to its pool); ``pool`` is ``"ThreadPoolExecutor"``, ``"asyncio"``
     (the event loop's default executor: ``asyncio.to_thread``, ``run_in_executor(None, ...)``) or None.
@@ -256,6 +276,23 @@ def _stdlib_only(frame: FrameType | None) -> bool:
         f = f.f_back
         depth += 1
     return f is None
+
+
+def _waits_for_children(frame: FrameType) -> bool:
+    """True when a thread blocked in a system call waits for multiprocessing's children to end
+    (``Process.join()``: ``waitpid`` or a wait on the child's sentinel, under conctools' frames)."""
+    f: FrameType | None = frame
+    depth = 0
+    while f is not None and depth < 8:
+        filename = f.f_code.co_filename
+        if not is_conctools_frame(filename):
+            if _child_wait(filename, f.f_code.co_name):
+                return True
+            if _MP not in filename and not filename.endswith(_MACHINERY):
+                return False  # the program's own code (or another library's) waits: its I/O
+        f = f.f_back
+        depth += 1
+    return False
 
 
 def _user_frame(frame: FrameType | None) -> FrameType | None:
@@ -681,7 +718,7 @@ class GilMonitor:
         cached = track.io_cache
         if cached[:3] == key:
             return cached[3]
-        state = IDLE if _stdlib_only(frame) else IO
+        state = IDLE if _stdlib_only(frame) or _waits_for_children(frame) else IO
         track.io_cache = (*key, state)
         return state
 
@@ -705,6 +742,8 @@ class GilMonitor:
             if not (is_conctools_frame(filename) or filename.endswith(_WAIT_MACHINERY)):
                 if _FUTURES in filename and (name == "_worker" or name in _FUTURE_WAITS):
                     state = IDLE  # an idle pool worker, or a wait for futures: other threads' work
+                elif _child_wait(filename, name):
+                    state = IDLE  # a multiprocessing pool's results: other processes' work
                 elif _stdlib_only(f):
                     state = IDLE  # a helper thread of the standard library waiting for work (a queue feeder)
                 break

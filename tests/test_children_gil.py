@@ -136,6 +136,8 @@ class TestChildGilSection:
         assert re.search(r"^\s+cruncher-1\s+crunch\s", section, re.MULTILINE), full
         assert full.count("CPU-bound threads: ") == 1  # once, in the child's part
         assert "cruncher" not in main and VERDICT not in main
+        # the main process only waited for its child: idle, not I/O-bound (its time is the child's)
+        assert "Bottleneck: I/O-bound" not in main, main
         # the brief report on stderr: the child's verdict under its heading, none of it in the main part
         brief_main, brief_own = blocks(result.stderr)
         assert VERDICT in brief_own[child["pid"]], result.stderr
