@@ -428,8 +428,8 @@ class GilMonitor:
         """In a forked child: this monitor is the parent's, and its sampler thread did not come along.
 
         Its locks are made free (the parent's sampler may have held ``_state`` mid-sample at the fork,
-        and the child's ``stop()`` or ``summary()`` would wait for it forever), its files closed (they
-        show the parent's threads) and it is stopped where it stood, without a last sample: its
+        and the child's ``stop()`` or ``summary()`` would wait for it forever), its files on the
+        parent's threads closed, and it is stopped where it stood, without a last sample: its
         figures are the parent's. A child that wants its own figures starts a monitor of its own."""
         for lock in (self._stop, self._state, self._control):
             with contextlib.suppress(Exception):
@@ -437,8 +437,10 @@ class GilMonitor:
         self._thread = None
         self._stopped_ns = self._last_ns
         self._cpu_end_ns = self._cpu0_ns  # the child's process CPU time starts again from zero
-        for track in self._tracks.values():
-            self._close(track)
+        for track in [*self._tracks.values(), *self._finished]:
+            _close_inherited(track.fd_sys)
+            _close_inherited(track.fd_sched)
+            track.fd_sys = track.fd_sched = None
         self._reader = None
         if self._rec is not None and _active.get(self._rec) is self:
             del _active[self._rec]
@@ -978,6 +980,23 @@ def _cores() -> int:
 _active: weakref.WeakKeyDictionary[Recorder, GilMonitor] = weakref.WeakKeyDictionary()
 # Every running monitor: a forked child stops its copies of them (see _forget_after_fork).
 _running: weakref.WeakSet[GilMonitor] = weakref.WeakSet()
+
+
+def _close_inherited(fd: int | None) -> None:
+    """Close a descriptor a forked child copied from a monitor of its parent, if it still is one of
+    the parent's ``/proc/<pid>/task/<tid>/`` files. The parent's sampler may have closed it just
+    before the fork and not yet forgotten its number, and another thread may have been given the
+    number since (``multiprocessing`` makes the pipes of the child it forks that way): that one is
+    the child's, and stays open."""
+    if fd is None:
+        return
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return
+    if target.startswith("/proc/") and "/task/" in target and target.endswith(("/syscall", "/schedstat")):
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _after_fork_in_child() -> None:

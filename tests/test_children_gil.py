@@ -108,6 +108,51 @@ class TestInheritedMonitor:
             monitor.stop()
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the child ended with status {status:#x}"
 
+    def test_a_number_reused_before_the_fork_stays_open(self) -> None:
+        """The parent's sampler closed a thread's file but had not forgotten its number when another
+        thread got that number for a pipe and forked (as multiprocessing does): the child keeps the pipe."""
+        import time
+
+        from conctools.gil import GilMonitor
+        from conctools.recorder import Recorder
+
+        monitor = GilMonitor(recorder=Recorder(capacity=100)).start()
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with monitor._state:
+                    track = next((t for t in monitor._tracks.values() if t.fd_sys is not None), None)
+                if track is not None:
+                    break
+                time.sleep(0.02)
+            assert track is not None, "the monitor opened no thread's files"
+            with monitor._state:
+                fd = track.fd_sys
+                assert fd is not None
+                os.close(fd)  # closed; the number is still in the track, as mid-close at a fork
+                pipes = [os.pipe() for _ in range(4)]  # one of them gets the freed number
+                ends = [end for pair in pipes for end in pair]
+                assert fd in ends
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: a fork with threads
+                        pid = os.fork()
+                    if pid == 0:
+                        code = 1
+                        try:
+                            os.fstat(fd)  # still open: the child's pipe, not the parent's /proc file
+                            code = 0
+                        finally:
+                            os._exit(code)
+                    _, status = os.waitpid(pid, 0)
+                finally:
+                    track.fd_sys = None  # the parent's own bookkeeping, as its sampler would do
+                    for end in ends:
+                        os.close(end)
+        finally:
+            monitor.stop()
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the child ended with status {status:#x}"
+
 
 class TestChildGilSection:
     """A child whose threads fight over the GIL gets its own GIL section and verdict, whatever its start method."""
