@@ -36,6 +36,7 @@ running without the GIL it reports parallelism and running threads, and no GIL w
 from __future__ import annotations
 
 import _thread
+import contextlib
 import functools
 import inspect
 import linecache
@@ -108,6 +109,25 @@ _WAIT_MACHINERY = (f"{_sep}threading.py", f"{_sep}queue.py")
 _MACHINERY = (*_WAIT_MACHINERY, f"{_sep}selectors.py")
 _JOIN_FUNCTIONS = frozenset({"join", "_wait_for_tstate_lock", "_shutdown"})
 _FUTURE_WAITS = frozenset({"result", "exception", "wait", "as_completed", "shutdown", "__exit__"})
+# Waits for multiprocessing's child processes: a join (the end of a child), a pool's results. The
+# work is another process's (which has its own figures): such a thread is idle, as in a thread join.
+_MP = f"{_sep}multiprocessing{_sep}"
+_CHILD_WAITS = {
+    f"{_MP}process.py": frozenset({"join"}),
+    f"{_MP}popen_fork.py": frozenset({"wait", "poll"}),
+    f"{_MP}popen_forkserver.py": frozenset({"poll"}),
+    f"{_MP}pool.py": frozenset({"wait", "get", "map", "starmap", "join", "next", "__exit__", "terminate"}),
+}
+
+
+def _child_wait(filename: str, function: str) -> bool:
+    """True for a frame of multiprocessing that waits for child processes (see _CHILD_WAITS)."""
+    if _MP not in filename:
+        return False
+    for suffix, functions in _CHILD_WAITS.items():
+        if filename.endswith(suffix):
+            return function in functions
+    return False
 
 
 @compared
@@ -119,7 +139,8 @@ class ThreadGilStats:
     but waited for the GIL, ``native_s`` ran C code that released the GIL, ``cpu_wait_s`` was
     ready to run but waited for a CPU (the machine was busy), ``io_s`` / ``sleep_s``
     waited on I/O / slept, ``sync_s`` waited on a lock, condition, queue or future, ``idle_s``
-    waited for work or for other threads (an idle pool worker, ``join()``, ``future.result()``).
+    waited for work or for other threads (an idle pool worker, ``join()``, ``future.result()``) or
+    for child processes (``Process.join()``, a ``multiprocessing`` pool's results).
     ``cpu_s`` is exact (the kernel's count). ``entry`` is the function the thread runs (its target,
     or the function submitted to its pool); ``pool`` is ``"ThreadPoolExecutor"``, ``"asyncio"``
     (the event loop's default executor: ``asyncio.to_thread``, ``run_in_executor(None, ...)``) or None.
@@ -257,6 +278,23 @@ def _stdlib_only(frame: FrameType | None) -> bool:
     return f is None
 
 
+def _waits_for_children(frame: FrameType) -> bool:
+    """True when a thread blocked in a system call waits for multiprocessing's children to end
+    (``Process.join()``: ``waitpid`` or a wait on the child's sentinel, under conctools' frames)."""
+    f: FrameType | None = frame
+    depth = 0
+    while f is not None and depth < 8:
+        filename = f.f_code.co_filename
+        if not is_conctools_frame(filename):
+            if _child_wait(filename, f.f_code.co_name):
+                return True
+            if _MP not in filename and not filename.endswith(_MACHINERY):
+                return False  # the program's own code (or another library's) waits: its I/O
+        f = f.f_back
+        depth += 1
+    return False
+
+
 def _user_frame(frame: FrameType | None) -> FrameType | None:
     """The innermost frame outside conctools and the threading/queue/asyncio machinery (the line
     a person would look at), else the innermost frame outside conctools."""
@@ -364,6 +402,7 @@ class GilMonitor:
             self._sample_safely()  # the baseline: every thread's CPU time now
             self._thread = internal_thread(self._run, THREAD_NAME)
             self._thread.start()
+            _running.add(self)
         return self
 
     def stop(self) -> None:
@@ -391,6 +430,28 @@ class GilMonitor:
                     self._close(track)
             if self._rec is not None and _active.get(self._rec) is self:
                 del _active[self._rec]
+            _running.discard(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: this monitor is the parent's, and its sampler thread did not come along.
+
+        Its locks are made free (the parent's sampler may have held ``_state`` mid-sample at the fork,
+        and the child's ``stop()`` or ``summary()`` would wait for it forever), its files on the
+        parent's threads closed, and it is stopped where it stood, without a last sample: its
+        figures are the parent's. A child that wants its own figures starts a monitor of its own."""
+        for lock in (self._stop, self._state, self._control):
+            with contextlib.suppress(Exception):
+                lock._at_fork_reinit()  # type: ignore[attr-defined]
+        self._thread = None
+        self._stopped_ns = self._last_ns
+        self._cpu_end_ns = self._cpu0_ns  # the child's process CPU time starts again from zero
+        for track in [*self._tracks.values(), *self._finished]:
+            _close_inherited(track.fd_sys)
+            _close_inherited(track.fd_sched)
+            track.fd_sys = track.fd_sched = None
+        self._reader = None
+        if self._rec is not None and _active.get(self._rec) is self:
+            del _active[self._rec]
 
     def __enter__(self) -> GilMonitor:
         return self.start()
@@ -667,7 +728,7 @@ class GilMonitor:
         cached = track.io_cache
         if cached[:3] == key:
             return cached[3]
-        state = IDLE if _stdlib_only(frame) else IO
+        state = IDLE if _stdlib_only(frame) or _waits_for_children(frame) else IO
         track.io_cache = (*key, state)
         return state
 
@@ -691,6 +752,8 @@ class GilMonitor:
             if not (is_conctools_frame(filename) or filename.endswith(_WAIT_MACHINERY)):
                 if _FUTURES in filename and (name == "_worker" or name in _FUTURE_WAITS):
                     state = IDLE  # an idle pool worker, or a wait for futures: other threads' work
+                elif _child_wait(filename, name):
+                    state = IDLE  # a multiprocessing pool's results: other processes' work
                 elif _stdlib_only(f):
                     state = IDLE  # a helper thread of the standard library waiting for work (a queue feeder)
                 break
@@ -923,6 +986,41 @@ def _cores() -> int:
 
 # The running monitor of each recorder (the console and the pytest plugin read it).
 _active: weakref.WeakKeyDictionary[Recorder, GilMonitor] = weakref.WeakKeyDictionary()
+# Every running monitor: a forked child stops its copies of them (see _forget_after_fork).
+_running: weakref.WeakSet[GilMonitor] = weakref.WeakSet()
+
+
+def _close_inherited(fd: int | None) -> None:
+    """Close a descriptor a forked child copied from a monitor of its parent, if it still is one of
+    the parent's ``/proc/<pid>/task/<tid>/`` files. The parent's sampler may have closed it just
+    before the fork and not yet forgotten its number, and another thread may have been given the
+    number since (``multiprocessing`` makes the pipes of the child it forks that way): that one is
+    the child's, and stays open."""
+    if fd is None:
+        return
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return
+    if target.startswith("/proc/") and "/task/" in target and target.endswith(("/syscall", "/schedstat")):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _after_fork_in_child() -> None:
+    """The parent's running monitors are dead copies in a forked child: make them inert (never raises)."""
+    try:
+        monitors = list(_running)
+        _running.clear()
+    except Exception:
+        return
+    for monitor in monitors:
+        with contextlib.suppress(Exception):
+            monitor._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def active_monitor(recorder: Recorder | None = None) -> GilMonitor | None:

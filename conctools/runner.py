@@ -552,6 +552,8 @@ def _follow_children(options: RunOptions, recorder: Recorder) -> Iterator[None]:
             "detect_blocking": options.detect_blocking,
             "trace_locks": options.trace_locks,
             "lock_order": options.lock_order,
+            "lock_wait_threshold_s": options.lock_wait_threshold_s,
+            "gil": options.gil,
         },
         recorder,
         argv=[options.script or f"-m {options.module}", *options.args],

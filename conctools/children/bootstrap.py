@@ -107,7 +107,11 @@ def _start_from_env() -> None:
         detect_blocking=bool(options.get("detect_blocking")),
         trace_locks=bool(options.get("trace_locks", True)),
         lock_order=bool(options.get("lock_order", True)),
+        gil=bool(options.get("gil", True)),
     )
+    threshold = options.get("lock_wait_threshold_s")
+    if threshold is not None:  # --lock-wait-threshold (else RunOptions' default)
+        run_options.lock_wait_threshold_s = float(threshold)
     if method == "spawn" or method.startswith("forkserver"):
         from conctools.children import mpsync
 

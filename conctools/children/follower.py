@@ -60,7 +60,8 @@ class ChildFollower:
 
     ``options`` are the run options children honour (JSON-able: ``capacity``, ``log_level``,
     ``sample_interval_s``, ``deadlock_timeout_s``, ``loop_threshold_s``, ``detect_blocking``,
-    ``trace_locks``, ``lock_order``); ``argv`` is the program's command line, for its section.
+    ``trace_locks``, ``lock_order``, ``lock_wait_threshold_s``, ``gil``); ``argv`` is the program's
+    command line, for its section.
     """
 
     def __init__(

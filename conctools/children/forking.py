@@ -4,9 +4,9 @@
 workers and a plain ``os.fork()`` all go through here. The child inherits its parent's patched
 lock factories and registry; right after the fork it frees conctools' internal locks
 (:mod:`conctools.children.forksafe`), empties the inherited recorder and starts a session of
-its own (:class:`~conctools.children.session.ChildSession`); its sampler and watchdog start
-half a second in, with the same options. Any forked child of ``conctools run``, followed or
-not, starts clean (:func:`guard_forks`).
+its own (:class:`~conctools.children.session.ChildSession`); its sampler, GIL monitor and
+watchdog start half a second in, with the same options. Any forked child of ``conctools run``,
+followed or not, starts clean (:func:`guard_forks`).
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ def _only_our_threads() -> bool:
 def _before_fork() -> None:
     if state.config is None and not state.stopping and not state.guard:
         return
+    _block_sigterm()
     try:
         state.fork_method = _fork_method()
         if sys.version_info >= (3, 12):
@@ -152,13 +153,41 @@ def _drop_fork_filter() -> None:
         pass
 
 
+def _block_sigterm() -> None:
+    """Hold SIGTERM back from the forking thread until the fork is done (see :func:`_unblock_sigterm`).
+
+    The child inherits ``conctools run``'s SIGTERM handler, a Python one, until its after-fork
+    hook gives it the default action back. A SIGTERM that reaches it before then (the parent's
+    ``Pool.terminate()`` right after it forked a worker, before the child ran at all) would only
+    mark the Python handler as due; once the handler is the default one, Python drops the mark,
+    and the child lives on: ``Pool.terminate()`` then waits for it forever. Held back, the signal
+    is delivered once the default action is back, and ends the child at once."""
+    state.sigterm_held = False
+    try:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):
+        return
+    state.sigterm_held = signal.SIGTERM not in held  # this hook blocked it: it unblocks it
+
+
+def _unblock_sigterm() -> None:
+    if not state.sigterm_held:
+        return
+    state.sigterm_held = False
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def _after_fork_parent() -> None:
-    pass
+    _unblock_sigterm()
 
 
 def _after_fork_child() -> None:
     _drop_fork_filter()  # the child's own forks decide for themselves
     if state.fork_method == "subprocess" or not (state.guard or state.config is not None):
+        _unblock_sigterm()
         return  # subprocess's preexec_fn: the child execs at once
     if state.stopping:
         real_exit(1)  # conctools is stopping the stuck program: nothing it starts now survives it
@@ -167,9 +196,10 @@ def _after_fork_child() -> None:
         lock = getattr(get_recorder(), "_lock", None)
         if lock is not None:
             lock._at_fork_reinit()
-        _reset_inherited_sigterm()
     except Exception:
         pass
+    _reset_inherited_sigterm()
+    _unblock_sigterm()  # a SIGTERM sent during the fork ends the child now, by the default action
     config = state.config
     if config is None:
         return
@@ -195,9 +225,9 @@ def _start_forked(config: FollowConfig, method: str) -> None:
     identity.name, identity.target = state.fork_process
     session = ChildSession(config, identity, recorder)
     state.session = session
-    # A pool's worker often lives a fraction of a second: its sampler and watchdog start a flush
+    # A pool's worker often lives a fraction of a second: its instruments start a flush
     # interval in, with its second record (a stall is still seen at most that much later), so that
-    # a short-lived child pays one thread, not three (the parent reaps its CPU time and status).
+    # a short-lived child pays one thread, not four (the parent reaps its CPU time and status).
     session.deferred.append(lambda: _start_instruments(session))
     reaping.listeners[:] = [session.ring]
     install_exit_hooks(session)
@@ -205,7 +235,11 @@ def _start_forked(config: FollowConfig, method: str) -> None:
 
 
 def _start_instruments(session: ChildSession) -> None:
-    """A forked child's sampler and watchdog, with the run's options (from its writer thread)."""
+    """A forked child's sampler, GIL monitor and watchdog, with the run's options (from its writer thread).
+
+    The parent's GIL monitor did not come along (its copy here is inert: :mod:`conctools.gil`
+    stops it at the fork, and :func:`forget_parent_sections` drops its section): the child
+    measures its own threads from here on, in a ``gil`` section of its own."""
     options = session.config.options
     interval = options.get("sample_interval_s")
     if interval:
@@ -216,6 +250,15 @@ def _start_instruments(session: ChildSession) -> None:
             sampler = ResourceSampler(float(interval), recorder=session.recorder)
             sampler.start()
             session.threads.append(sampler)
+    if options.get("gil", True):
+        from conctools.gil import GilMonitor
+
+        try:
+            monitor = GilMonitor(recorder=session.recorder).start()
+        except Exception:
+            _log.debug("conctools: a forked child's GIL monitor did not start", exc_info=True)
+        else:
+            session.threads.append(monitor)
     timeout = options.get("deadlock_timeout_s")
     if timeout:
         from conctools.deadlock import DeadlockWatchdog

@@ -134,7 +134,8 @@ def forget_parent_sections(recorder: Any) -> None:
     loop monitor's aggregates (their locks may have been held by the parent's threads at the fork,
     and their figures are the parent's), and the merge (the run's main process's own). The child's
     instruments publish their own."""
-    # (the GIL monitor's section too: its lock may be held by the parent's sampler at the fork)
+    # (the GIL monitor's section too: its lock may be held by the parent's sampler at the fork; the
+    # monitor itself is made inert by conctools.gil's own fork hook, and the child starts its own)
     for section in ("processes", "resources", "profile", "slow_callbacks", "gil"):
         recorder.remove_section(section)
     loopmon = sys.modules.get("conctools.loopmon.stats")

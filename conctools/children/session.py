@@ -51,6 +51,7 @@ class _State:
         self.fork_filter: Any = None
         self.forkserver = False
         self.stopping = False  # conctools is stopping the program: a child forked now ends at birth
+        self.sigterm_held = False  # the forking thread holds SIGTERM back until the fork is done
 
 
 state = _State()

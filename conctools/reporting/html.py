@@ -463,6 +463,7 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
             for e in snapshot.of_kind(LockOrderEvent)
         ],
         "gil": gil_html_lines(snapshot),
+        "gil_processes": extra.get("gil", []),  # each child's own, titled with it
         # The processes section as a table (each child's report is drawn above, not as JSON).
         "sections": {
             **_other_sections(snapshot),

@@ -154,8 +154,9 @@ def _frames(frames: Any) -> list[str]:
 
 def html_processes(snapshot: Snapshot) -> dict[str, Any]:
     """What ``report.html`` adds for the processes of a run: a table of them (a section the page
-    draws as a table), every child's deadlocks and hangs, and each stuck child's chain of waits
-    (drawn as a hang: who waits on what, with stacks)."""
+    draws as a table), every child's deadlocks and hangs, each stuck child's chain of waits
+    (drawn as a hang: who waits on what, with stacks), and each child's bottleneck verdict and
+    CPU-bound threads (``gil``: titled with the child, never shown as the main process's)."""
     processes = processes_of(snapshot)
     if not processes:
         return {}
@@ -227,7 +228,7 @@ def html_processes(snapshot: Snapshot) -> dict[str, Any]:
                     ],
                 }
             )
-    return {"processes": rows, "deadlocks": deadlocks, "hangs": hangs}
+    return {"processes": rows, "deadlocks": deadlocks, "hangs": hangs, "gil": _children_gil(processes)}
 
 
 def process_anchors(processes: list[ProcessView]) -> list[str]:
@@ -351,4 +352,27 @@ def html_child_findings(snapshot: Snapshot) -> list[tuple[Finding, str]]:
             out.append((dataclasses.replace(f, title=f"{label_of(p.entry)}: {f.title}", anchor=own), anchor))
     rank = {s: n for n, s in enumerate(SEVERITIES)}
     out.sort(key=lambda pair: rank.get(pair[0].severity, len(rank)))
+
+
+def _children_gil(processes: list[ProcessView]) -> list[dict[str, Any]]:
+    """Each child's verdict and "CPU-bound threads" lines (as the main one's), titled with the child."""
+    from conctools.reporting.gil_text import html_lines
+
+    out = []
+    for p in processes:
+        if p.is_main or p.snapshot is None:
+            continue
+        lines = html_lines(p.snapshot)
+        if lines is None or not (lines["verdict"] or lines["section"]):
+            continue
+        where = f"In {label_of(p.entry)}: "
+        verdict, section = lines["verdict"], lines["section"]
+        out.append(
+            {
+                "verdict_title": where + verdict[0] if verdict else "",
+                "verdict": verdict[1:],
+                "section_title": where + section[0].split(":", 1)[0] if section else "",
+                "section": section,
+            }
+        )
     return out

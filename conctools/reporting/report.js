@@ -1134,17 +1134,26 @@
   // ---- the bottleneck verdict and CPU-bound threads (text lines from the GIL reporter) ----
   function gil() {
     const g = D.gil;
-    if (!g) return;
-    if (g.verdict && g.verdict.length) {
+    if (g && g.verdict && g.verdict.length) {
       const c = el("div", "card verdict"); c.id = "verdict";
       c.appendChild(el("h3", null, g.verdict[0]));
       if (g.verdict.length > 1) c.appendChild(el("pre", null, g.verdict.slice(1).join("\n")));
       document.getElementById("findings").appendChild(c);
     }
-    if (g.section && g.section.length) {
+    if (g && g.section && g.section.length) {
       const box = el("div"); box.id = "gil"; document.getElementById("details").appendChild(box);
       card(box, g.section[0].replace(/:.*$/, ""), g.section);
     }
+    // Child processes' own verdicts and sections, each titled with its process.
+    (D.gil_processes || []).forEach(function (p) {
+      if (p.verdict_title) {
+        const c = el("div", "card verdict");
+        c.appendChild(el("h3", null, p.verdict_title));
+        if (p.verdict.length) c.appendChild(el("pre", null, p.verdict.join("\n")));
+        document.getElementById("findings").appendChild(c);
+      }
+      if (p.section_title) card(document.getElementById("details"), p.section_title, p.section);
+    });
   }
   function isRows(v) { return Array.isArray(v) && v.length > 0 && v.every(function (r) { return r && typeof r === "object" && !Array.isArray(r); }); }
   function genericSection(parent, name, value) {
