@@ -352,6 +352,7 @@ def html_child_findings(snapshot: Snapshot) -> list[tuple[Finding, str]]:
             out.append((dataclasses.replace(f, title=f"{label_of(p.entry)}: {f.title}", anchor=own), anchor))
     rank = {s: n for n, s in enumerate(SEVERITIES)}
     out.sort(key=lambda pair: rank.get(pair[0].severity, len(rank)))
+    return out
 
 
 def _children_gil(processes: list[ProcessView]) -> list[dict[str, Any]]:
