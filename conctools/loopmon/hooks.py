@@ -8,10 +8,12 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conctools import casualties, taskdump
-from conctools.loopmon.monitor import LoopMonitor
+
+if TYPE_CHECKING:
+    from conctools.loopmon.monitor import LoopMonitor
 
 __all__ = ["monitor_all_loops"]
 
@@ -57,6 +59,8 @@ def _on_loop_switch(loop: asyncio.AbstractEventLoop | None) -> None:
         return
     if config is None:
         return
+    from conctools.loopmon.monitor import LoopMonitor  # here: a program without a loop never needs it
+
     monitor = LoopMonitor(loop, **config)
     monitor._exit_when_closed = True
     monitor._on_closed = _forget_auto
