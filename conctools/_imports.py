@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-__all__ = ["when_imported"]
+__all__ = ["NO_RUNNING_LOOP", "NoCancelledError", "later", "no_current_task", "when_imported"]
 
 _log = logging.getLogger("conctools")
 
@@ -55,6 +55,60 @@ def when_imported(name: str, hook: Hook) -> Callable[[], None]:
             _leave_when_idle()
 
     return cancel
+
+
+def later(name: str, namespace: dict[str, Any], key: str | None = None) -> Any:
+    """What a module keeps in ``namespace[key]`` (``key`` defaults to ``name``) for the module
+    ``name``: the module itself when it is imported already; else a stand-in that imports it on
+    the first use of one of its attributes (correct, just not cheap), replaced in ``namespace``
+    by the module itself as soon as the program imports it. Use it where an attribute is only
+    needed once the program has the module's objects (a loop, a task), under
+    ``if TYPE_CHECKING: import name``."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    stand_in = _Later(name)
+    slot = key or name
+
+    def bind(module: ModuleType) -> None:
+        if namespace.get(slot) is stand_in:
+            namespace[slot] = module
+
+    when_imported(name, bind)
+    return stand_in
+
+
+class _Later:
+    """A module not imported yet: imported on the first use of an attribute."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"<module {self._name!r}, imported on first use>"
+
+
+# asyncio's cheap questions before the program imports asyncio: no loop can run in any thread
+# then (every loop, uvloop's too, is one of asyncio's). The bound ``clear`` of a private empty
+# list is a C function of no arguments that returns ``None``: the C lock paths call it as cheaply
+# as ``asyncio._get_running_loop`` (they take the direct path for such a function).
+NO_RUNNING_LOOP: Callable[[], Any] = [].clear
+
+
+def no_current_task(loop: Any = None) -> Any:
+    """``asyncio.current_task()`` before asyncio is imported: no loop runs, so it raises as it would."""
+    if loop is None:
+        raise RuntimeError("no running event loop")
+    return None
+
+
+class NoCancelledError(BaseException):
+    """Stands for ``asyncio.CancelledError`` until asyncio is imported: nothing raises it."""
 
 
 def pending() -> list[str]:

@@ -20,22 +20,28 @@ best effort, any ``BaseEventLoop.run_forever`` found on a thread's stack.
 from __future__ import annotations
 
 import _thread
-import asyncio
 import linecache
 import logging
 import os
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from conctools import registry
 from conctools._context import _PKG_DIR, _SAMPLE_DIR, current_frames, is_conctools_frame, thread_name_of, user_frame
+from conctools._imports import later
 from conctools._records import compared
 from conctools.events import Frame, WaiterInfo
 from conctools.recorder import _ctracing
+
+if TYPE_CHECKING:
+    import asyncio
+else:  # asyncio itself once the program imports it; imported by the first use before (never at start-up)
+    asyncio = later("asyncio", globals())
 
 __all__ = [
     "TaskInfo",
@@ -55,7 +61,7 @@ __all__ = [
 
 _log = logging.getLogger("conctools.taskdump")
 
-_ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+_ASYNCIO_DIR = os.path.join(os.path.dirname(threading.__file__), "asyncio") + os.sep  # (without importing it)
 _MAX_DEPTH = 64
 _MAX_REPR = 120
 K = TypeVar("K", bound=Hashable)

@@ -21,7 +21,7 @@ TIMEOUT = 60
 FIRST_LINE = """
 import gc, json, sys, threading
 print(json.dumps({
-    "modules": sorted(m for m in sys.modules if m.startswith(("conctools", "multiprocessing"))),
+    "modules": sorted(m for m in sys.modules if m.startswith(("conctools", "multiprocessing", "asyncio", "ssl"))),
     "threads": sorted(t.name for t in threading.enumerate()),
     "lock": type(threading.Lock()).__module__,
     "frozen": gc.get_freeze_count(),
@@ -46,9 +46,13 @@ DEFERRED = (
     "conctools.profiling",
     "conctools.server",
     "conctools.demo",
-    # Until the program imports multiprocessing (its patches wait for that import), until its
+    # Until the program imports asyncio or multiprocessing (their patches wait for that import:
+    # conctools._imports), until its
     # first event loop starts (the loop monitor itself), a second into the run (the dump agent's
     # answers).
+    "asyncio",
+    "ssl",
+    "conctools.aio",
     "multiprocessing",
     "conctools.loopmon.monitor",
     "conctools.loopmon.blocking",
@@ -122,7 +126,8 @@ if __name__ == "__main__":
         "first": first,
         "fork_poll": __import__("multiprocessing.popen_fork").popen_fork.Popen.poll.__module__,
         "bootstrap": getattr(mp.process.BaseProcess._bootstrap, "__conctools__", False),
-        "locks": [type(forkserver._forkserver._lock).__module__, type(resource_tracker._resource_tracker._lock).__module__],
+        "locks": [type(forkserver._forkserver._lock).__module__,
+                  type(resource_tracker._resource_tracker._lock).__module__],
     }))
 """
 
@@ -138,6 +143,41 @@ async def main():
 
 asyncio.run(main())
 print("monitor imported before the loop:", before)
+"""
+
+
+LATE_ASYNCIO = """
+import json, sys, threading
+first = "asyncio" in sys.modules
+lock = threading.Lock()  # made before asyncio is imported, taken inside a task below
+import asyncio
+import conctools
+
+
+@conctools.traced
+def step():
+    return 1
+
+
+async def holder():
+    lock.acquire()
+    step()
+    waiter = threading.Thread(target=lock.acquire, name="the-waiter")
+    waiter.start()
+    await asyncio.get_running_loop().run_in_executor(None, waiter.join)
+
+
+async def main():
+    print(json.dumps({
+        "first": first,
+        "aio_lock": type(asyncio.Lock()).__module__,
+        "queue_get": getattr(asyncio.Queue.get, "__wrapped__", None) is not None,
+        "policy_lock": type(asyncio.events._lock).__module__,
+    }), flush=True)
+    await asyncio.create_task(holder(), name="the-holder")
+
+
+asyncio.run(main())
 """
 
 
@@ -168,6 +208,43 @@ class TestDeferred:
         assert sorted(children) == ["late-fork", "late-spawn"], processes
         for child in children.values():
             assert child.get("exit_code") == 0, child
+
+    def test_asyncio_imported_late_is_watched_whole(self, tmp_path: Path) -> None:
+        """A program that imports asyncio after its first line gets everything a program that had it
+        at start gets: asyncio's primitives are traced ones, its queues tracked as pools, a threading
+        lock made before the import and taken inside a task names that task as its holder (the C
+        paths learnt asyncio's task getters), spans too; the deadlock through the loop's executor is
+        reported in full. The event-loop policy's own lock stays plain, as when the run imported it."""
+        script = tmp_path / "late_asyncio.py"
+        script.write_text(textwrap.dedent(LATE_ASYNCIO))
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "conctools",
+                "run",
+                "--deadlock-timeout",
+                "1",
+                "--out",
+                str(tmp_path / "out"),
+                str(script),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert proc.returncode == 86, proc.stderr
+        seen = json.loads(proc.stdout.strip().splitlines()[0])
+        assert seen == {"first": False, "aio_lock": "conctools.aio", "queue_get": True, "policy_lock": "_thread"}, seen
+        waits = [
+            line
+            for line in proc.stderr.splitlines()
+            if "thread 'the-waiter' waits for Lock 'late_asyncio.py:4'" in line
+        ]
+        assert waits and "held by task 'the-holder' (thread 'MainThread')" in waits[0], proc.stderr
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        spans = [(e["name"], e["task_name"]) for e in report["events"] if e["kind"] == "span"]
+        assert spans == [("step", "the-holder")], spans
 
     def test_first_loop_started_late_is_watched(self, tmp_path: Path) -> None:
         """The loop monitor is imported when the program's first loop starts, and that loop's stall

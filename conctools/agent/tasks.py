@@ -9,18 +9,23 @@ stack innermost first, the tasks it awaits and the tasks awaiting it.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import linecache
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conctools import taskdump
 from conctools._context import is_conctools_frame
+from conctools._imports import later
 from conctools.agent.threads import frame_row
 from conctools.events import Frame
 from conctools.taskdump import TaskInfo
+
+if TYPE_CHECKING:
+    import asyncio
+else:  # asyncio itself once the program imports it; imported by the first use before (never at start-up)
+    asyncio = later("asyncio", globals())
 
 __all__ = ["MAX_TASKS", "loop_rows", "task_infos", "task_rows", "tasks_by_loop"]
 
