@@ -27,6 +27,7 @@ import gc
 import logging
 import os
 import queue
+import sys
 import sysconfig
 import threading
 import traceback
@@ -380,6 +381,8 @@ def failed_tasks() -> list[Any]:
     (asyncio reports them only once they are dropped); each is noted as a failure too."""
     out = []
     tasks: list[Any] = []
+    if "asyncio" not in sys.modules:  # no task before the program imports asyncio
+        return out
     for attr in ("_all_tasks", "_scheduled_tasks", "_eager_tasks"):
         registry = getattr(asyncio.tasks, attr, None)
         if registry is None:

@@ -208,7 +208,7 @@ def _running_on_stacks() -> list[tuple[asyncio.AbstractEventLoop, int]]:
                 loop = _frame_self(f)
             elif code.co_name == "run" and code.co_filename == runners:
                 loop = getattr(_frame_self(f), "_loop", None)
-            if isinstance(loop, asyncio.AbstractEventLoop):
+            if loop is not None and isinstance(loop, asyncio.AbstractEventLoop):
                 if _is_running(loop):
                     out.append((loop, tid))
                 break
@@ -313,6 +313,8 @@ def pending_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[asyncio
 
 def _task_objects(loop: asyncio.AbstractEventLoop | None) -> list[asyncio.Future[Any]]:
     """Every task object asyncio knows (copied defensively: other threads mutate the sets)."""
+    if "asyncio" not in sys.modules:  # no task before the program imports asyncio
+        return []
     tasks_mod = asyncio.tasks
     seen: dict[int, asyncio.Future[Any]] = {}
     for attr in ("_all_tasks", "_scheduled_tasks", "_eager_tasks"):
