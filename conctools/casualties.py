@@ -379,7 +379,7 @@ def failed_jobs() -> list[FailureEvent]:
 def failed_tasks() -> list[Any]:
     """Tasks that ended with an exception nobody retrieved yet and that are still referenced
     (asyncio reports them only once they are dropped); each is noted as a failure too."""
-    out = []
+    out: list[Any] = []
     tasks: list[Any] = []
     if "asyncio" not in sys.modules:  # no task before the program imports asyncio
         return out
