@@ -1,14 +1,16 @@
 """Patch a module when the program first imports it, not before (:func:`when_imported`).
 
 ``conctools run`` imports only what the run needs before the program's first line (issue 12's
-start-up target). A patch of a module that the program may never import (``multiprocessing``'s
-process classes) is put off until the program imports that module: a finder first on
-``sys.meta_path`` watches for the names that have hooks pending, lets the other finders find the
-module, and calls the hooks right after the module's code ran, in the importing thread, before
-the ``import`` statement returns. The module's ``__loader__`` and ``__spec__.loader`` are the real
-loader's (the wrapper steps aside before the module runs), and the finder leaves ``sys.meta_path``
-once no hook is pending. A hook that raises is logged and dropped: the import itself never fails
-because of conctools.
+start-up target). A patch of a module that the program may never import (asyncio's loop start
+and primitives, ``multiprocessing``'s process classes) is put off until the program imports that
+module: a finder first on ``sys.meta_path`` watches for the names that have hooks pending, lets
+the other finders find the module, and calls the hooks right after the module's code ran, in the
+importing thread, before the ``import`` statement returns. The module's ``__loader__`` and
+``__spec__.loader`` are the real loader's (the wrapper steps aside before the module runs), and
+the finder leaves ``sys.meta_path`` once no hook is pending. A hook that raises is logged and
+dropped: the import itself never fails because of conctools. :func:`later` stands for a module
+in a namespace until it is imported; ``NO_RUNNING_LOOP`` & co answer asyncio's cheap questions
+before asyncio exists.
 """
 
 from __future__ import annotations
