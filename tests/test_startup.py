@@ -181,6 +181,21 @@ asyncio.run(main())
 """
 
 
+LATE_UVLOOP = """
+import sys, time
+first = "asyncio" in sys.modules
+import uvloop
+
+
+async def main():
+    time.sleep(0.3)  # blocks the loop
+
+
+uvloop.run(main())
+print("asyncio imported at the first line:", first)
+"""
+
+
 class TestDeferred:
     """What start-up no longer imports still works when the program first needs it."""
 
@@ -245,6 +260,19 @@ class TestDeferred:
         report = json.loads((tmp_path / "out" / "report.json").read_text())
         spans = [(e["name"], e["task_name"]) for e in report["events"] if e["kind"] == "span"]
         assert spans == [("step", "the-holder")], spans
+
+    def test_uvloop_imported_late_is_watched(self, tmp_path: Path) -> None:
+        """uvloop imported by the program (asyncio with it) gets its loop watched: its stall is
+        reported at the blocking line, as when the run had imported asyncio before."""
+        pytest.importorskip("uvloop")
+        script = tmp_path / "late_uvloop.py"
+        script.write_text(textwrap.dedent(LATE_UVLOOP))
+        proc = subprocess.run(
+            [sys.executable, "-m", "conctools", "run", str(script)], capture_output=True, text=True, timeout=TIMEOUT
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "asyncio imported at the first line: False" in proc.stdout
+        assert "Event loop blocked 1 time" in proc.stderr and "late_uvloop.py:8 in main" in proc.stderr, proc.stderr
 
     def test_first_loop_started_late_is_watched(self, tmp_path: Path) -> None:
         """The loop monitor is imported when the program's first loop starts, and that loop's stall
