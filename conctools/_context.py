@@ -9,7 +9,6 @@ only looked up when a loop runs in this thread.
 from __future__ import annotations
 
 import _thread
-import asyncio
 import gc
 import linecache
 import operator
@@ -17,9 +16,10 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from types import CodeType, FrameType
+from types import CodeType, FrameType, ModuleType
 from typing import Any
 
+from conctools._imports import NO_RUNNING_LOOP, no_current_task, when_imported
 from conctools.events import Frame
 
 __all__ = [
@@ -37,8 +37,18 @@ __all__ = [
     "who_am_i",
 ]
 
-_get_running_loop = asyncio._get_running_loop
-_current_task = asyncio.current_task
+# asyncio's, once the program imports it (conctools run does not import asyncio for a program
+# that never uses it): until then no loop runs and no task is current.
+_get_running_loop: Callable[[], Any] = NO_RUNNING_LOOP
+_current_task: Callable[..., Any] = no_current_task
+
+
+def _bind_asyncio(asyncio: ModuleType) -> None:
+    global _get_running_loop, _current_task
+    _get_running_loop, _current_task = asyncio._get_running_loop, asyncio.current_task
+
+
+when_imported("asyncio", _bind_asyncio)
 # Captured before trace_locks() can replace them in the threading module.
 _PlainEvent = threading.Event
 _PlainCondition = threading.Condition
@@ -104,7 +114,7 @@ def _own_prefixes() -> tuple[str, ...]:
 
 # The stdlib modules a lock or wait site walks out of (to the user code that called them).
 _STDLIB_SKIP = (
-    os.path.dirname(asyncio.__file__) + os.sep,
+    os.path.dirname(threading.__file__) + os.sep + "asyncio" + os.sep,
     os.path.dirname(threading.__file__) + os.sep + "threading.py",
     os.path.dirname(threading.__file__) + os.sep + "concurrent" + os.sep,
     os.path.dirname(threading.__file__) + os.sep + "selectors.py",

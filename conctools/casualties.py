@@ -21,13 +21,13 @@ Both never raise into the program and keep a bounded number of records.
 from __future__ import annotations
 
 import _thread
-import asyncio
 import concurrent.futures
 import dataclasses
 import gc
 import logging
 import os
 import queue
+import sys
 import sysconfig
 import threading
 import traceback
@@ -35,13 +35,19 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from time import monotonic_ns
-from types import FrameType, TracebackType
-from typing import Any
+from types import FrameType, ModuleType, TracebackType
+from typing import TYPE_CHECKING, Any
 
 from conctools import taskdump
 from conctools._context import is_conctools_frame, user_frame
+from conctools._imports import later, when_imported
 from conctools.events import FailureEvent, Frame
 from conctools.recorder import Recorder, get_recorder
+
+if TYPE_CHECKING:
+    import asyncio
+else:  # asyncio itself once the program imports it; imported by the first use before (never at start-up)
+    asyncio = later("asyncio", globals())
 
 __all__ = [
     "failed_jobs",
@@ -72,20 +78,22 @@ _recorders: list[Recorder | None] = []
 _RAW_LOCKS = (type(_thread.allocate_lock()), type(_thread.RLock()))
 _PATHS = sysconfig.get_paths()
 _STDLIB_DIRS = tuple({os.path.join(_PATHS[k], "") for k in ("stdlib", "platstdlib") if k in _PATHS} | {"<frozen"})
-_WAITABLE = (
+_WAITABLE: tuple[type, ...] = (
     queue.Queue,
-    asyncio.Queue,
     threading.Event,
     threading.Condition,
     threading.Semaphore,
     threading.Barrier,
-    asyncio.Event,
-    asyncio.Condition,
-    asyncio.Semaphore,
-    asyncio.Lock,
-    asyncio.Future,
     *_RAW_LOCKS,
 )
+
+
+def _bind_asyncio(asyncio: ModuleType) -> None:
+    global _WAITABLE
+    _WAITABLE += (asyncio.Queue, asyncio.Event, asyncio.Condition, asyncio.Semaphore, asyncio.Lock, asyncio.Future)
+
+
+when_imported("asyncio", _bind_asyncio)  # (no asyncio object exists before the program imports it)
 
 
 def _is_waitable(obj: Any) -> bool:
@@ -371,8 +379,10 @@ def failed_jobs() -> list[FailureEvent]:
 def failed_tasks() -> list[Any]:
     """Tasks that ended with an exception nobody retrieved yet and that are still referenced
     (asyncio reports them only once they are dropped); each is noted as a failure too."""
-    out = []
+    out: list[Any] = []
     tasks: list[Any] = []
+    if "asyncio" not in sys.modules:  # no task before the program imports asyncio
+        return out
     for attr in ("_all_tasks", "_scheduled_tasks", "_eager_tasks"):
         registry = getattr(asyncio.tasks, attr, None)
         if registry is None:

@@ -47,10 +47,11 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import FrameType, ModuleType, TracebackType
 from typing import Any, TypeVar, cast, overload
 
 from conctools._context import internal_thread, is_conctools_frame
+from conctools._imports import when_imported
 from conctools._records import compared
 from conctools._threadstate import (
     StateReader,
@@ -71,11 +72,18 @@ _log = logging.getLogger("conctools.gil")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-try:
-    # loop -> the task it is running now (3.11-3.13), read to charge a loop thread's samples to its task.
-    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
-except ImportError:  # a Python without it: no per-task figures
-    _current_tasks = None
+# loop -> the task it is running now (3.11-3.13), read to charge a loop thread's samples to its
+# task; asyncio's once the program imports it (none before: no loop runs), or none on a Python
+# without it (no per-task figures).
+_current_tasks: Any = None
+
+
+def _bind_asyncio(asyncio: ModuleType) -> None:
+    global _current_tasks
+    _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+
+
+when_imported("asyncio", _bind_asyncio)
 
 THREAD_NAME = "conctools-gil"
 DEFAULT_INTERVAL_S = 0.01

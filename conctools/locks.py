@@ -44,7 +44,6 @@ the Python methods below are the same paths, used where it is not built or with
 from __future__ import annotations
 
 import _thread
-import asyncio
 import collections
 import gc
 import itertools
@@ -57,7 +56,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any
 from weakref import ref as _weakref
 
@@ -74,6 +73,7 @@ from conctools._context import (
     raw_stack,
     resolve_stack,
 )
+from conctools._imports import NO_RUNNING_LOOP, no_current_task, when_imported
 from conctools.events import LockWaitEvent
 from conctools.recorder import Histogram, Recorder, get_recorder
 from conctools.registry import Party, PrimitiveState
@@ -104,8 +104,9 @@ _CRLock = _thread.RLock
 _get_ident = _thread.get_ident
 _mono = time.monotonic_ns
 _getframe = sys._getframe
-_get_running_loop = asyncio._get_running_loop
-_current_task = asyncio.current_task
+# asyncio's once the program imports it (_bind_asyncio): until then no loop runs in any thread.
+_get_running_loop: Callable[[], Any] = NO_RUNNING_LOOP
+_current_task: Callable[..., Any] = no_current_task
 _threads: dict[int, Any] = threading._active  # type: ignore[attr-defined] # ident -> Thread; read without its lock
 _StdCondition = threading.Condition
 _StdSemaphore = threading.Semaphore
@@ -2002,6 +2003,15 @@ def _install_speedups() -> None:
     registry._c_progress[0] = _speedups.acquisitions
 
 
+def _bind_asyncio(asyncio: ModuleType) -> None:
+    """The program imported asyncio: its loop and task getters from now on (the C paths too)."""
+    global _get_running_loop, _current_task
+    _get_running_loop, _current_task = asyncio._get_running_loop, asyncio.current_task
+    if _speedups is not None and _speedups_setup:
+        _speedups_setup.update(running_loop=_get_running_loop, current_task=_current_task)
+        _speedups.setup(**_speedups_setup)
+
+
 if _speedups is not None:
 
     class _CWait(_speedups.WaitRecord, _WaitMethods):  # type: ignore[misc]
@@ -2014,6 +2024,7 @@ if _speedups is not None:
     _wait_done = _speedups.wait_done
 else:  # the C type hands a dead lock's counters to its class itself
     Lock.__del__ = RLock.__del__ = _retire  # type: ignore[attr-defined]
+when_imported("asyncio", _bind_asyncio)
 
 
 # -- Condition ---------------------------------------------------------------------------
@@ -2350,8 +2361,6 @@ _saved: list[tuple[Any, str, Any]] = []
 
 
 def _patch_targets() -> list[tuple[Any, str, Any]]:
-    from conctools import aio  # late: aio imports this module
-
     targets: list[tuple[Any, str, Any]] = [
         (threading, "Lock", Lock),
         (threading, "RLock", RLock),
@@ -2361,11 +2370,38 @@ def _patch_targets() -> list[tuple[Any, str, Any]]:
         (threading, "Event", Event),
         (threading, "Barrier", Barrier),
     ]
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:  # else patched when the program imports it (_patch_asyncio)
+        targets += _asyncio_targets(asyncio)
+    return targets
+
+
+def _asyncio_targets(asyncio: ModuleType) -> list[tuple[Any, str, Any]]:
+    from conctools import aio  # late: aio imports this module (and asyncio)
+
+    targets: list[tuple[Any, str, Any]] = []
     for module in (asyncio, asyncio.locks):
         for name in ("Lock", "Condition", "Semaphore", "BoundedSemaphore", "Event", "Barrier"):
             if hasattr(module, name) and hasattr(aio, name):
                 targets.append((module, name, getattr(aio, name)))
     return targets
+
+
+def _patch_asyncio(asyncio: ModuleType) -> None:
+    """The program imported asyncio inside ``trace_locks()``: its primitives become the traced
+    ones now, as they would have been had asyncio been imported before. The event-loop policy's
+    own lock, made by that import under the patch, stays a plain one, as it was then."""
+    with _patch_mutex:
+        if _patch_depth[0] == 0:
+            return
+        policy_lock = getattr(asyncio.events, "_lock", None)
+        if type(policy_lock).__module__ == "conctools":
+            asyncio.events._lock = _allocate_lock()
+        have = {(id(module), name) for module, name, _ in _saved}
+        for module, name, replacement in _asyncio_targets(asyncio):
+            if (id(module), name) not in have:
+                _saved.append((module, name, getattr(module, name)))
+                setattr(module, name, replacement)
 
 
 @contextmanager
@@ -2399,6 +2435,8 @@ def trace_locks(
             _saved[:] = [(module, name, getattr(module, name)) for module, name, _ in targets]
             for module, name, replacement in targets:
                 setattr(module, name, replacement)
+            if "asyncio" not in sys.modules:
+                when_imported("asyncio", _patch_asyncio)
         _patch_depth[0] += 1
     if lock_order:
         lockorder.enable()

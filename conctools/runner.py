@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import gc
 import logging
 import os
 import runpy
@@ -127,6 +128,18 @@ def instrumented(
                 monitor_all_loops(options.loop_threshold_s, detect_blocking=options.detect_blocking, recorder=recorder)
             )
         yield stack
+
+
+def freeze_startup_heap() -> None:
+    """Move every object that exists before the program's first line (conctools' and the stdlib's
+    modules, ~200k objects) to the garbage collector's permanent generation (``gc.freeze()``).
+
+    They live until the process ends anyway, but every full collection walked them: the program's
+    own ones while it runs, and the interpreter's last ones at exit (~30 ms of CPU for an empty
+    script on the project's machine, a quarter of ``conctools run``'s start-up). The program's
+    objects are collected exactly as under ``python``; ``gc.get_objects()`` no longer lists the
+    frozen ones (``gc.unfreeze()`` brings them back)."""
+    gc.freeze()
 
 
 def _service_name(options: RunOptions) -> str:
@@ -501,6 +514,7 @@ def run_program(options: RunOptions) -> int:
         instrumented(options, recorder),
         _report_on_abrupt_exit(recorder, options),
     ):
+        freeze_startup_heap()
         status = _execute(options)
         _join_program_threads()
     if os.getpid() != main_pid:

@@ -20,22 +20,28 @@ best effort, any ``BaseEventLoop.run_forever`` found on a thread's stack.
 from __future__ import annotations
 
 import _thread
-import asyncio
 import linecache
 import logging
 import os
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from conctools import registry
 from conctools._context import _PKG_DIR, _SAMPLE_DIR, current_frames, is_conctools_frame, thread_name_of, user_frame
+from conctools._imports import later
 from conctools._records import compared
 from conctools.events import Frame, WaiterInfo
 from conctools.recorder import _ctracing
+
+if TYPE_CHECKING:
+    import asyncio
+else:  # asyncio itself once the program imports it; imported by the first use before (never at start-up)
+    asyncio = later("asyncio", globals())
 
 __all__ = [
     "TaskInfo",
@@ -55,7 +61,7 @@ __all__ = [
 
 _log = logging.getLogger("conctools.taskdump")
 
-_ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+_ASYNCIO_DIR = os.path.join(os.path.dirname(threading.__file__), "asyncio") + os.sep  # (without importing it)
 _MAX_DEPTH = 64
 _MAX_REPR = 120
 K = TypeVar("K", bound=Hashable)
@@ -202,7 +208,7 @@ def _running_on_stacks() -> list[tuple[asyncio.AbstractEventLoop, int]]:
                 loop = _frame_self(f)
             elif code.co_name == "run" and code.co_filename == runners:
                 loop = getattr(_frame_self(f), "_loop", None)
-            if isinstance(loop, asyncio.AbstractEventLoop):
+            if loop is not None and isinstance(loop, asyncio.AbstractEventLoop):
                 if _is_running(loop):
                     out.append((loop, tid))
                 break
@@ -307,6 +313,8 @@ def pending_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[asyncio
 
 def _task_objects(loop: asyncio.AbstractEventLoop | None) -> list[asyncio.Future[Any]]:
     """Every task object asyncio knows (copied defensively: other threads mutate the sets)."""
+    if "asyncio" not in sys.modules:  # no task before the program imports asyncio
+        return []
     tasks_mod = asyncio.tasks
     seen: dict[int, asyncio.Future[Any]] = {}
     for attr in ("_all_tasks", "_scheduled_tasks", "_eager_tasks"):

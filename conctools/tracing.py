@@ -28,7 +28,6 @@ Generators, async generators and ``with traced()`` blocks stay in Python. Withou
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import itertools
@@ -39,10 +38,11 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from contextvars import ContextVar
-from types import CodeType, TracebackType
+from types import CodeType, ModuleType, TracebackType
 from typing import Any, TypeVar, overload
 
 from conctools._context import current_task_name
+from conctools._imports import NO_RUNNING_LOOP, NoCancelledError, no_current_task, when_imported
 from conctools._units import format_duration
 from conctools.recorder import SPAN_CHUNK, _ctracing, _current, _sinks_anywhere, _SpanShard
 
@@ -60,9 +60,11 @@ _block_var: ContextVar[tuple[Any, ...] | None] = ContextVar("conctools_blocks", 
 
 _next_id = itertools.count(1).__next__
 _now = time.monotonic_ns
-_get_running_loop = asyncio._get_running_loop
-_current_task = asyncio.current_task
-_CancelledError = asyncio.CancelledError
+# asyncio's once the program imports it (bound by _bind_asyncio below; conctools run does not
+# import asyncio for a program that never uses it): until then no loop runs, no task is current.
+_get_running_loop: Callable[[], Any] = NO_RUNNING_LOOP
+_current_task: Callable[..., Any] = no_current_task
+_CancelledError: type[BaseException] = NoCancelledError
 
 _arg_repr = reprlib.Repr()
 _arg_repr.maxstring = 60
@@ -596,13 +598,16 @@ class ContextFilter(logging.Filter):
         return True
 
 
-if _ctracing is not None:
+def _setup_c(current_tasks: object) -> None:
+    """Hand the C tracer what it reads: again once asyncio is imported (setup() replaces them)."""
+    if _ctracing is None:
+        return
     _ctracing.setup(
         span_var=_span_var,
         current=_current,
         get_running_loop=_get_running_loop,
         current_task=_current_task,
-        current_tasks=getattr(asyncio.tasks, "_current_tasks", None),  # loop -> task, where it is a dict
+        current_tasks=current_tasks,  # asyncio.tasks._current_tasks (loop -> task), where it is a dict
         cancelled_error=_CancelledError,
         log_failure=_log_record_failure,
         format_args=_format_args,
@@ -612,3 +617,18 @@ if _ctracing is not None:
         chunk_slot=vars(_SpanShard)["chunk"],  # the slot's member descriptor
         sinks_anywhere=_sinks_anywhere,
     )
+
+
+def _bind_asyncio(asyncio: ModuleType) -> None:
+    global _get_running_loop, _current_task, _CancelledError
+    _get_running_loop, _current_task = asyncio._get_running_loop, asyncio.current_task
+    _CancelledError = asyncio.CancelledError
+    _setup_c(getattr(asyncio.tasks, "_current_tasks", None))
+
+
+_setup_c(None)
+when_imported("asyncio", _bind_asyncio)
+if _ctracing is None:
+    # The pure-Python wrappers keep the loop and task getters they were made with: bind asyncio's
+    # before any is made (this fallback is not what start-up is measured on).
+    import asyncio  # noqa: F401

@@ -12,14 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from tests._dump_helpers import Program
+from tests._dump_helpers import agent_env as agent_env  # the fixture
+from tests._dump_helpers import conctools as run_conctools
+
 TIMEOUT = 60
 
 FIRST_LINE = """
-import json, sys, threading
+import gc, json, sys, threading
 print(json.dumps({
-    "modules": sorted(m for m in sys.modules if m.startswith("conctools")),
+    "modules": sorted(m for m in sys.modules if m.startswith(("conctools", "multiprocessing", "asyncio", "ssl"))),
     "threads": sorted(t.name for t in threading.enumerate()),
     "lock": type(threading.Lock()).__module__,
+    "frozen": gc.get_freeze_count(),
 }))
 """
 
@@ -41,6 +46,18 @@ DEFERRED = (
     "conctools.profiling",
     "conctools.server",
     "conctools.demo",
+    # Until the program imports asyncio or multiprocessing (their patches wait for that import:
+    # conctools._imports), until its
+    # first event loop starts (the loop monitor itself), a second into the run (the dump agent's
+    # answers).
+    "asyncio",
+    "ssl",
+    "conctools.aio",
+    "multiprocessing",
+    "conctools.loopmon.monitor",
+    "conctools.loopmon.blocking",
+    "conctools.agent.dump",
+    "conctools.reporting.jsonreport",
 )
 
 
@@ -77,6 +94,7 @@ class TestStartup:
         imported = [m for m in DEFERRED if m in modules or any(n.startswith(m + ".") for n in modules)]
         assert imported == [], imported
         assert "conctools report" in proc.stderr  # imported after the program, and used
+        assert isinstance(seen["frozen"], int) and seen["frozen"] > 1000  # conctools' start-up heap
 
     @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the GIL is found through /proc")
     def test_gil_found_before_the_program(self, tmp_path: Path) -> None:
@@ -86,3 +104,216 @@ class TestStartup:
         assert "conctools-gil-probe" not in seen["threads"]
         report = json.loads((tmp_path / "out" / "report.json").read_text())
         assert report["sections"]["gil"]["method"] == "proc"
+
+
+LATE_MULTIPROCESSING = """
+import json, sys
+first = "multiprocessing" in sys.modules
+import multiprocessing as mp
+from multiprocessing import forkserver, resource_tracker
+
+
+def job():
+    pass
+
+
+if __name__ == "__main__":
+    for method in ("fork", "spawn"):
+        p = mp.get_context(method).Process(target=job, name=f"late-{method}")
+        p.start()
+        p.join()
+    print(json.dumps({
+        "first": first,
+        "fork_poll": __import__("multiprocessing.popen_fork").popen_fork.Popen.poll.__module__,
+        "bootstrap": getattr(mp.process.BaseProcess._bootstrap, "__conctools__", False),
+        "locks": [type(forkserver._forkserver._lock).__module__,
+                  type(resource_tracker._resource_tracker._lock).__module__],
+    }))
+"""
+
+LATE_LOOP = """
+import sys, time
+before = "conctools.loopmon.monitor" in sys.modules
+import asyncio
+
+
+async def main():
+    time.sleep(0.3)  # blocks the loop
+
+
+asyncio.run(main())
+print("monitor imported before the loop:", before)
+"""
+
+
+LATE_ASYNCIO = """
+import json, sys, threading
+first = "asyncio" in sys.modules
+lock = threading.Lock()  # made before asyncio is imported, taken inside a task below
+import asyncio
+import conctools
+
+
+@conctools.traced
+def step():
+    return 1
+
+
+async def holder():
+    lock.acquire()
+    step()
+    waiter = threading.Thread(target=lock.acquire, name="the-waiter")
+    waiter.start()
+    await asyncio.get_running_loop().run_in_executor(None, waiter.join)
+
+
+async def main():
+    print(json.dumps({
+        "first": first,
+        "aio_lock": type(asyncio.Lock()).__module__,
+        "queue_get": getattr(asyncio.Queue.get, "__wrapped__", None) is not None,
+        "policy_lock": type(asyncio.events._lock).__module__,
+    }), flush=True)
+    await asyncio.create_task(holder(), name="the-holder")
+
+
+asyncio.run(main())
+"""
+
+
+LATE_UVLOOP = """
+import sys, time
+first = "asyncio" in sys.modules
+import uvloop
+
+
+async def main():
+    time.sleep(0.3)  # blocks the loop
+
+
+uvloop.run(main())
+print("asyncio imported at the first line:", first)
+"""
+
+
+class TestDeferred:
+    """What start-up no longer imports still works when the program first needs it."""
+
+    def test_multiprocessing_imported_late_is_followed(self, tmp_path: Path) -> None:
+        """A program that imports multiprocessing after its first line still gets its fork and spawn
+        children followed (named, with their exit status, from the reaping wrappers), and the
+        forkserver's and resource tracker's own locks stay plain, as when the run imported them."""
+        script = tmp_path / "late_mp.py"
+        script.write_text(textwrap.dedent(LATE_MULTIPROCESSING))
+        out = tmp_path / "out"
+        proc = subprocess.run(
+            [sys.executable, "-m", "conctools", "run", "--no-report", "--out", str(out), str(script)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        seen = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert seen["first"] is False
+        assert seen["fork_poll"] == "conctools.children.reaping"
+        assert seen["bootstrap"] is True
+        assert seen["locks"] == ["_thread", "_thread"], seen["locks"]
+        processes = json.loads((out / "report.json").read_text())["sections"]["processes"]
+        children = {p.get("name"): p for p in processes["processes"] if p.get("name", "").startswith("late-")}
+        assert sorted(children) == ["late-fork", "late-spawn"], processes
+        for child in children.values():
+            assert child.get("exit_code") == 0, child
+
+    def test_asyncio_imported_late_is_watched_whole(self, tmp_path: Path) -> None:
+        """A program that imports asyncio after its first line gets everything a program that had it
+        at start gets: asyncio's primitives are traced ones, its queues tracked as pools, a threading
+        lock made before the import and taken inside a task names that task as its holder (the C
+        paths learnt asyncio's task getters), spans too; the deadlock through the loop's executor is
+        reported in full. The event-loop policy's own lock stays plain, as when the run imported it."""
+        script = tmp_path / "late_asyncio.py"
+        script.write_text(textwrap.dedent(LATE_ASYNCIO))
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "conctools",
+                "run",
+                "--deadlock-timeout",
+                "1",
+                "--out",
+                str(tmp_path / "out"),
+                str(script),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert proc.returncode == 86, proc.stderr
+        seen = json.loads(proc.stdout.strip().splitlines()[0])
+        assert seen == {"first": False, "aio_lock": "conctools.aio", "queue_get": True, "policy_lock": "_thread"}, seen
+        waits = [
+            line
+            for line in proc.stderr.splitlines()
+            if "thread 'the-waiter' waits for Lock 'late_asyncio.py:4'" in line
+        ]
+        assert waits and "held by task 'the-holder' (thread 'MainThread')" in waits[0], proc.stderr
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        spans = [(e["name"], e["task_name"]) for e in report["events"] if e["kind"] == "span"]
+        assert spans == [("step", "the-holder")], spans
+
+    def test_uvloop_imported_late_is_watched(self, tmp_path: Path) -> None:
+        """uvloop imported by the program (asyncio with it) gets its loop watched: its stall is
+        reported at the blocking line, as when the run had imported asyncio before."""
+        pytest.importorskip("uvloop")
+        script = tmp_path / "late_uvloop.py"
+        script.write_text(textwrap.dedent(LATE_UVLOOP))
+        proc = subprocess.run(
+            [sys.executable, "-m", "conctools", "run", str(script)], capture_output=True, text=True, timeout=TIMEOUT
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "asyncio imported at the first line: False" in proc.stdout
+        assert "Event loop blocked 1 time" in proc.stderr and "late_uvloop.py:8 in main" in proc.stderr, proc.stderr
+
+    def test_first_loop_started_late_is_watched(self, tmp_path: Path) -> None:
+        """The loop monitor is imported when the program's first loop starts, and that loop's stall
+        is reported at its blocking line."""
+        script = tmp_path / "late_loop.py"
+        script.write_text(textwrap.dedent(LATE_LOOP))
+        proc = subprocess.run(
+            [sys.executable, "-m", "conctools", "run", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "monitor imported before the loop: False" in proc.stdout
+        assert "Event loop blocked 1 time" in proc.stderr, proc.stderr
+        assert "late_loop.py:8 in main" in proc.stderr and "time.sleep(0.3)" in proc.stderr
+
+    def test_dump_answers_before_and_after_the_agents_preload(self, agent_env: dict[str, str]) -> None:
+        """The dump agent answers at once after start (importing what the answer needs then), and
+        a second into the run it has imported its answers' modules by itself."""
+        code = (
+            "import sys, time\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "deadline = time.monotonic() + 20\n"
+            "while 'conctools.agent.dump' not in sys.modules and time.monotonic() < deadline:\n"
+            "    time.sleep(0.05)\n"
+            "print('preloaded', 'conctools.agent.dump' in sys.modules, flush=True)\n"
+            "sys.stdin.readline()\n"
+        )
+        script = Path(agent_env["CONCTOOLS_CONSOLE_DIR"]).parent / "waits.py"
+        script.write_text(code)
+        program = Program([sys.executable, "-m", "conctools", "run", "--no-report", str(script)], agent_env)
+        try:
+            program.out.wait_for(r"^ready")
+            done = run_conctools("dump", str(program.pid), env=agent_env)
+            assert done.returncode == 0 and f"conctools dump of process {program.pid}" in done.stdout, done.stderr
+            program.proc.stdin.write("\n")  # type: ignore[union-attr]
+            program.proc.stdin.flush()  # type: ignore[union-attr]
+            assert program.out.wait_for(r"^preloaded ").string.strip() == "preloaded True"
+            done = run_conctools("dump", str(program.pid), env=agent_env)
+            assert done.returncode == 0 and f"conctools dump of process {program.pid}" in done.stdout, done.stderr
+        finally:
+            program.stop()

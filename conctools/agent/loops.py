@@ -8,12 +8,17 @@ and says so, rather than a guess.
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conctools._context import frames_of
+from conctools._imports import later
 from conctools.agent.threads import frame_row
+
+if TYPE_CHECKING:
+    import asyncio
+else:  # asyncio itself once the program imports it; imported by the first use before (never at start-up)
+    asyncio = later("asyncio", globals())
 
 __all__ = ["loop_health"]
 

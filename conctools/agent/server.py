@@ -86,7 +86,6 @@ class DumpAgent:
 
     def start(self) -> DumpAgent:
         """Listen and start the ``conctools-agent`` thread; :class:`AgentError` when it cannot."""
-        _preload()
         directory = agent_dir(create=True)
         remove_stale(directory)
         final = directory / f"dump-{self.pid}.sock"
@@ -167,9 +166,20 @@ class DumpAgent:
             with selectors.DefaultSelector() as selector:
                 selector.register(listener, selectors.EVENT_READ)
                 selector.register(self._wake_r, selectors.EVENT_READ)
+                # The answers' imports wait until the program has run for a second, or the first
+                # question: a short program (most of a test suite's runs) never pays for them.
+                preload_at: float | None = time.monotonic() + _PRELOAD_AFTER_S
                 while not self._closing:
-                    for key, _ in selector.select():
+                    timeout = None if preload_at is None else max(0.0, preload_at - time.monotonic())
+                    ready = selector.select(timeout)
+                    if preload_at is not None and (not ready or time.monotonic() >= preload_at):
+                        preload_at = None
+                        _preload()
+                    for key, _ in ready:
                         if key.fileobj is listener and not self._closing:
+                            if preload_at is not None:
+                                preload_at = None
+                                _preload()
                             self._accept(listener)
         except Exception:
             if not self._closing:
@@ -257,11 +267,20 @@ class DumpAgent:
             return {"error": f"the {question} failed inside the process: {type(exc).__name__}: {exc}"}
 
 
+# How long the agent waits before it imports what its answers need (unless asked first).
+_PRELOAD_AFTER_S = 1.0
+
+
 def _preload() -> None:
-    """Import what the answers need now, in the caller's thread: the agent never imports while
-    it answers, so a program thread stuck inside an import cannot block it."""
-    for name in _PRELOADED:
-        importlib.import_module(name)
+    """Import what the answers need, in the agent's thread, a second after it started or before
+    its first answer, whichever comes first: from then on the agent never imports while it
+    answers, so a program thread stuck inside an import cannot block it. (Deferred from the
+    start for issue 12's start-up target: an empty script's run ends long before.)"""
+    try:
+        for name in _PRELOADED:
+            importlib.import_module(name)
+    except Exception:  # the answer imports what it needs itself
+        _log.debug("conctools: the agent could not preload its answers' modules", exc_info=True)
     try:
         importlib.import_module("psutil")
     except ImportError:  # the CPU and memory figures say they are unknown

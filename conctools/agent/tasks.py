@@ -9,24 +9,39 @@ stack innermost first, the tasks it awaits and the tasks awaiting it.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import linecache
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from conctools import taskdump
 from conctools._context import is_conctools_frame
+from conctools._imports import later, when_imported
 from conctools.agent.threads import frame_row
 from conctools.events import Frame
 from conctools.taskdump import TaskInfo
+
+if TYPE_CHECKING:
+    import asyncio
+else:  # asyncio itself once the program imports it; imported by the first use before (never at start-up)
+    asyncio = later("asyncio", globals())
 
 __all__ = ["MAX_TASKS", "loop_rows", "task_infos", "task_rows", "tasks_by_loop"]
 
 MAX_TASKS = 100_000  # rows in one dump; the count stays exact
 
-_capture_call_graph: Any = getattr(asyncio, "capture_call_graph", None)
+# asyncio.capture_call_graph (3.14+), once the program imports asyncio (no task exists before).
+_capture_call_graph: Any = None
+
+
+def _bind_asyncio(asyncio: ModuleType) -> None:
+    global _capture_call_graph
+    _capture_call_graph = getattr(asyncio, "capture_call_graph", None)
+
+
+when_imported("asyncio", _bind_asyncio)
 
 
 def _frame_record(frame: Any) -> Frame | None:

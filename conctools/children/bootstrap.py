@@ -128,3 +128,6 @@ def _start_from_env() -> None:
         reaping.wrap_waitpid()
     install_exit_hooks(session)
     session.start()
+    from conctools.runner import freeze_startup_heap
+
+    freeze_startup_heap()  # as conctools run does before the program's first line

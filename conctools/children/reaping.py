@@ -20,7 +20,11 @@ import _thread
 import os
 import sys
 import time
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
+
+from conctools._imports import when_imported
 
 __all__ = ["install", "note", "reaped", "reset_after_fork", "uninstall", "wrap_waitpid"]
 
@@ -33,6 +37,8 @@ _signalled: dict[int, int] = {}
 listeners: list[Any] = []
 _MAX = 10_000
 _saved: list[tuple[Any, str, Any]] = []
+_installed: list[bool] = []
+_cancels: list[Callable[[], None]] = []  # hooks on imports still to come (conctools._imports)
 
 
 def note(pid: int, exit_code: int, rusage: Any = None, source: str = "multiprocessing", process: Any = None) -> None:
@@ -196,32 +202,60 @@ def wrap_waitpid() -> None:
 
 
 def install() -> None:
-    """Wrap the reaping places (idempotent)."""
-    if _saved:
+    """Wrap the reaping places (idempotent). A module the program has not imported yet
+    (``multiprocessing``'s ``popen_fork`` and ``popen_forkserver``) is wrapped when it imports it:
+    the run does not import ``multiprocessing`` for a program that never uses it."""
+    if _installed:
         return
-    import subprocess
-
+    _installed.append(True)
     if sys.platform != "win32":
-        from multiprocessing import popen_fork, popen_forkserver
+        _cancels.append(when_imported("multiprocessing.popen_fork", _wrap_popen_fork))
+        _cancels.append(when_imported("multiprocessing.popen_forkserver", _wrap_popen_forkserver))
+        for name in ("multiprocessing.forkserver", "multiprocessing.resource_tracker"):
+            _cancels.append(when_imported(name, _keep_plain_lock))
+    _cancels.append(when_imported("subprocess", _wrap_subprocess))
 
-        _saved.append((popen_fork.Popen, "poll", popen_fork.Popen.__dict__["poll"]))
-        popen_fork.Popen.poll = _mp_poll  # type: ignore[method-assign]
-        send = popen_fork.Popen.__dict__.get("_send_signal")
-        if send is not None:
-            _saved.append((popen_fork.Popen, "_send_signal", send))
-            popen_fork.Popen._send_signal = _wrap_send_signal(send)  # type: ignore[attr-defined]
-        fs_poll = popen_forkserver.Popen.__dict__.get("poll")
-        if fs_poll is not None:
-            _saved.append((popen_forkserver.Popen, "poll", fs_poll))
-            popen_forkserver.Popen.poll = _wrap_forkserver_poll(fs_poll)  # type: ignore[method-assign]
+
+def _wrap_popen_fork(popen_fork: ModuleType) -> None:
+    _saved.append((popen_fork.Popen, "poll", popen_fork.Popen.__dict__["poll"]))
+    popen_fork.Popen.poll = _mp_poll
+    send = popen_fork.Popen.__dict__.get("_send_signal")
+    if send is not None:
+        _saved.append((popen_fork.Popen, "_send_signal", send))
+        popen_fork.Popen._send_signal = _wrap_send_signal(send)
+
+
+def _wrap_popen_forkserver(popen_forkserver: ModuleType) -> None:
+    fs_poll = popen_forkserver.Popen.__dict__.get("poll")
+    if fs_poll is not None:
+        _saved.append((popen_forkserver.Popen, "poll", fs_poll))
+        popen_forkserver.Popen.poll = _wrap_forkserver_poll(fs_poll)
+
+
+def _wrap_subprocess(subprocess: ModuleType) -> None:
     original = subprocess.Popen.__dict__.get("_handle_exitstatus")
     if original is not None:
         _saved.append((subprocess.Popen, "_handle_exitstatus", original))
-        subprocess.Popen._handle_exitstatus = _wrap_handle_exitstatus(original)  # type: ignore[attr-defined]
+        subprocess.Popen._handle_exitstatus = _wrap_handle_exitstatus(original)
+
+
+def _keep_plain_lock(module: ModuleType) -> None:
+    """The forkserver's and the resource tracker's own lock (made when their module is imported)
+    stays a plain one, as when the run imported them before the program: imported later, under
+    ``trace_locks()``, it would be a traced lock of the program's."""
+    for owner_name in ("_forkserver", "_resource_tracker"):
+        owner = getattr(module, owner_name, None)
+        lock = getattr(owner, "_lock", None)
+        if owner is None or type(lock).__module__ != "conctools":
+            continue
+        owner._lock = _thread.RLock() if "RLock" in type(lock).__name__ else _thread.allocate_lock()
 
 
 def uninstall() -> None:
-    """Put every wrapped function back."""
+    """Put every wrapped function back (and wrap nothing more on a later import)."""
+    while _cancels:
+        _cancels.pop()()
+    _installed.clear()
     while _saved:
         owner, name, original = _saved.pop()
         setattr(owner, name, original)

@@ -19,9 +19,11 @@ import os
 import sys
 import threading
 import time
+from types import ModuleType
 from typing import Any, NoReturn
 
 from conctools._context import frames_of, internal_thread
+from conctools._imports import when_imported
 from conctools.children import reaping
 from conctools.children.config import FollowConfig
 from conctools.children.procfile import ProcessIdentity, build_record, child_stack, sync_file, write_atomic
@@ -60,9 +62,13 @@ state = _State()
 def wrap_bootstrap() -> None:
     """``multiprocessing``'s ``BaseProcess._bootstrap``, which a child runs first: a followed child
     learns its name there (and a spawned one writes its first record with it). The original
-    catches everything itself, so the wrapper changes no traceback."""
-    from multiprocessing import process
+    catches everything itself, so the wrapper changes no traceback. Wrapped when the program
+    imports ``multiprocessing`` (at once if it has): the run does not import it for a program that
+    never uses it."""
+    when_imported("multiprocessing.process", _wrap_bootstrap)
 
+
+def _wrap_bootstrap(process: ModuleType) -> None:
     original = process.BaseProcess.__dict__.get("_bootstrap")
     if original is None or getattr(original, "__conctools__", False):
         return

@@ -22,7 +22,6 @@ Read-only, from another thread, never raising: anything it cannot read, it leave
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import gc
 import os
@@ -30,13 +29,19 @@ import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conctools import casualties, registry, taskdump
 from conctools._context import frames_of, user_frame
+from conctools._imports import later
 from conctools.deadlock.graph import Dependency, short_file
 from conctools.events import FailureEvent
 from conctools.registry import Party
+
+if TYPE_CHECKING:
+    import asyncio
+else:  # asyncio itself once the program imports it; imported by the first use before (never at start-up)
+    asyncio = later("asyncio", globals())
 
 __all__ = ["SinceTracker", "WaitReader"]
 

@@ -33,12 +33,35 @@ Three ways in::
 
 from __future__ import annotations
 
-from conctools.loopmon.blocking import patched_names
-from conctools.loopmon.culprits import callback_frames, culprit_of
+from typing import TYPE_CHECKING, Any
+
+from conctools import _lazy
 from conctools.loopmon.hooks import _original_set_running_loop as _original_set_running_loop
 from conctools.loopmon.hooks import monitor_all_loops
-from conctools.loopmon.monitor import LoopMonitor, watch_loop
-from conctools.loopmon.stats import StallStats, stats_for
+
+if TYPE_CHECKING:
+    from conctools.loopmon.blocking import patched_names
+    from conctools.loopmon.culprits import callback_frames, culprit_of
+    from conctools.loopmon.monitor import LoopMonitor, watch_loop
+    from conctools.loopmon.stats import StallStats, stats_for
+
+# Imported on first use (PEP 562): ``conctools run`` hooks every loop's start at once, and imports
+# the monitor itself when the program's first loop starts (issue 12's start-up target).
+_LAZY = {
+    "patched_names": "conctools.loopmon.blocking",
+    **dict.fromkeys(("callback_frames", "culprit_of"), "conctools.loopmon.culprits"),
+    **dict.fromkeys(("LoopMonitor", "watch_loop"), "conctools.loopmon.monitor"),
+    **dict.fromkeys(("StallStats", "stats_for"), "conctools.loopmon.stats"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    return _lazy.load(__name__, globals(), _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    return _lazy.names(globals(), _LAZY)
+
 
 __all__ = [
     "LoopMonitor",

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import _thread
-import asyncio
 import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from conctools import casualties, taskdump
-from conctools.loopmon.monitor import LoopMonitor
+from conctools._imports import NO_RUNNING_LOOP, when_imported
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from conctools.loopmon.monitor import LoopMonitor
 
 __all__ = ["monitor_all_loops"]
 
 _log = logging.getLogger("conctools.loopmon")
-_get_running_loop = asyncio._get_running_loop
+_get_running_loop: Any = NO_RUNNING_LOOP  # asyncio's once the program imports it (_bind_asyncio)
 
 _hook_lock = _thread.RLock()
 _hook_config: list[dict[str, Any]] = []  # stack of monitor_all_loops() options; the last one applies
@@ -24,7 +29,7 @@ _auto: dict[int, LoopMonitor] = {}
 _failure_undo: dict[
     int, Callable[[], None]
 ] = {}  # id(loop) -> undo its failure watching  # id(loop) -> the monitor started when that loop first ran
-_original_set_running_loop = asyncio.events._set_running_loop
+_original_set_running_loop: Any = None  # asyncio.events._set_running_loop, once imported
 _uv_patched: list[tuple[type, Callable[..., Any]]] = []  # (uvloop.Loop, our run_forever) while hooked
 
 
@@ -57,6 +62,8 @@ def _on_loop_switch(loop: asyncio.AbstractEventLoop | None) -> None:
         return
     if config is None:
         return
+    from conctools.loopmon.monitor import LoopMonitor  # here: a program without a loop never needs it
+
     monitor = LoopMonitor(loop, **config)
     monitor._exit_when_closed = True
     monitor._on_closed = _forget_auto
@@ -107,6 +114,35 @@ def _uvloop_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
     return run_forever
 
 
+def _bind_asyncio(asyncio: ModuleType) -> None:
+    global _get_running_loop, _original_set_running_loop
+    _get_running_loop, _original_set_running_loop = asyncio._get_running_loop, asyncio.events._set_running_loop
+
+
+when_imported("asyncio", _bind_asyncio)
+
+
+def _hook_loop_starts(aio_module: Any) -> None:
+    """Hook ``asyncio.events._set_running_loop`` (and uvloop's ``run_forever``) while a
+    :func:`monitor_all_loops` block is active: at its start, or when the program imports asyncio."""
+    events_mod: Any = aio_module.events
+    uvloop = sys.modules.get("uvloop")
+    uv_cls = getattr(uvloop, "Loop", None) if uvloop is not None else None
+    with _hook_lock:
+        if not _hook_config:
+            return
+        if events_mod._set_running_loop is _original_set_running_loop:
+            events_mod._set_running_loop = _hooked_set_running_loop
+        # uvloop binds ``asyncio._set_running_loop`` when it is imported: one imported from
+        # now on binds the hook (which does nothing once no block is active any more).
+        if getattr(aio_module, "_set_running_loop", None) is _original_set_running_loop:
+            aio_module._set_running_loop = _hooked_set_running_loop
+        if uv_cls is not None and "run_forever" not in vars(uv_cls):
+            patched = _uvloop_run_forever(uv_cls.run_forever)
+            uv_cls.run_forever = patched
+            _uv_patched.append((uv_cls, patched))
+
+
 @contextmanager
 def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None]:
     """Watch every event loop that starts running inside the block, in any thread.
@@ -118,23 +154,13 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
     if not threshold_s > 0:
         raise ValueError(f"threshold_s must be more than 0 seconds, got {threshold_s!r}")
     config = {"threshold_s": threshold_s, **options}
-    events_mod = asyncio.events
-    uvloop = sys.modules.get("uvloop")
-    uv_cls = getattr(uvloop, "Loop", None) if uvloop is not None else None
     with _hook_lock:
         first = not _hook_config
         _hook_config.append(config)
         if first:
-            if events_mod._set_running_loop is _original_set_running_loop:
-                events_mod._set_running_loop = _hooked_set_running_loop
-            # uvloop binds ``asyncio._set_running_loop`` when it is imported: one imported from
-            # now on binds the hook (which does nothing once no block is active any more).
-            if getattr(asyncio, "_set_running_loop", None) is _original_set_running_loop:
-                asyncio._set_running_loop = _hooked_set_running_loop
-            if uv_cls is not None and "run_forever" not in vars(uv_cls):
-                patched = _uvloop_run_forever(uv_cls.run_forever)
-                uv_cls.run_forever = patched
-                _uv_patched.append((uv_cls, patched))
+            # A program that has not imported asyncio yet has its loops hooked when it does: every
+            # loop (uvloop's too) starts after that import.
+            when_imported("asyncio", _hook_loop_starts)
     # A loop already running in this thread (entered from inside a coroutine) is watched too.
     running = _get_running_loop()
     if running is not None:
@@ -149,12 +175,14 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
             _hook_config.remove(config)
             last = not _hook_config
             monitors = list(_auto.items()) if last else []
-            if last:
+            aio_module: Any = sys.modules.get("asyncio")
+            if last and aio_module is not None:
                 _auto.clear()
+                events_mod = aio_module.events
                 if events_mod._set_running_loop is _hooked_set_running_loop:
                     events_mod._set_running_loop = _original_set_running_loop
-                if getattr(asyncio, "_set_running_loop", None) is _hooked_set_running_loop:
-                    asyncio._set_running_loop = _original_set_running_loop
+                if getattr(aio_module, "_set_running_loop", None) is _hooked_set_running_loop:
+                    aio_module._set_running_loop = _original_set_running_loop
                 for cls, patched in _uv_patched:
                     if vars(cls).get("run_forever") is patched:
                         delattr(cls, "run_forever")

@@ -42,15 +42,17 @@ takes from one line by one task, the N+1 pattern) and a
 from __future__ import annotations
 
 import _thread
-import asyncio
 import queue
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from conctools import registry
+from conctools._imports import later, when_imported
 from conctools.pools._looker import LOOKER
 from conctools.pools._patch import (
     NAME_KEY,
@@ -58,6 +60,7 @@ from conctools.pools._patch import (
     SEMAPHORE_HOOKS,
     SEMAPHORES,
     STATE_KEY,
+    asyncio_targets,
     patch_targets,
     patched_names,
     sem_names,
@@ -76,6 +79,11 @@ from conctools.pools._state import (
 )
 from conctools.pools._table import pool_table
 from conctools.recorder import Recorder, get_recorder
+
+if TYPE_CHECKING:
+    import asyncio
+else:
+    asyncio = later("asyncio", globals())  # name_pool() of an asyncio queue: the program has asyncio
 
 __all__ = [
     "CHANNEL_AFTER",
@@ -125,6 +133,14 @@ def name_pool(obj: Any, name: str, *, items: str | None = None) -> None:
     raise TypeError(f"name_pool() takes a queue, a semaphore or an asyncpg pool, not {type(obj).__name__}")
 
 
+def _track_asyncio_queues(asyncio: ModuleType) -> None:
+    """The program imported asyncio while pools are tracked: its queues are tracked from now on."""
+    with _patch_mutex:
+        if _depth[0] > 0:
+            for owner, name, wrapper in asyncio_targets():
+                setattr(owner, name, wrapper)
+
+
 @contextmanager
 def track_pools(*, threshold_s: float = DEFAULT_THRESHOLD_S, recorder: Recorder | None = None) -> Iterator[None]:
     """Observe every pool used inside the block; publish the ``pools`` section to ``recorder``.
@@ -143,6 +159,8 @@ def track_pools(*, threshold_s: float = DEFAULT_THRESHOLD_S, recorder: Recorder 
             reset()
             for owner, name, wrapper in patch_targets():
                 setattr(owner, name, wrapper)
+            if "asyncio" not in sys.modules:
+                when_imported("asyncio", _track_asyncio_queues)
             registry.wait_hooks.append(wait_hook)
             registry.semaphore_hooks.append(SEMAPHORE_HOOKS)
             LOOKER.start()

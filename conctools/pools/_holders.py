@@ -6,26 +6,33 @@ someone has to wait for an item.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import dis
 import linecache
 import os
 import threading
 import time
-from types import CodeType, FrameType
-from typing import Any
+from types import CodeType, FrameType, ModuleType
+from typing import TYPE_CHECKING, Any
 
 from conctools import registry
 from conctools._context import _SAMPLE_DIR, _SKIP_PREFIXES, current_frames
+from conctools._imports import NO_RUNNING_LOOP, later, no_current_task, when_imported
 from conctools.events import Frame, PoolHolder
+
+if TYPE_CHECKING:
+    import asyncio
+else:
+    asyncio = later("asyncio", globals())
 
 TAKE_FRAMES = 4  # user frames remembered per take (to find the frame that still holds the item)
 MAX_DESCRIBED = 64  # holders described per look
 
 _mono = time.monotonic_ns
-_get_running_loop = asyncio._get_running_loop
-_current_task = asyncio.current_task
+# asyncio's once the program imports it (_bind_asyncio): until then no loop runs, no task exists.
+_get_running_loop: Any = NO_RUNNING_LOOP
+_current_task: Any = no_current_task
+_Task: Any = ()  # asyncio.Task (isinstance() of an empty tuple is False)
 
 # Installed packages (asyncpg's pool code) are not where a person looks; the sample server, even
 # when conctools itself is installed, is.
@@ -67,7 +74,16 @@ def _source(code: CodeType, lineno: int | None) -> str:
 TakeFrame = tuple[int, CodeType, int]  # (id(frame), code, instruction offset) of a user frame at a take
 
 # Past this frame (an event loop running a task's step) lie only the loop's own frames.
-_HANDLE_RUN = asyncio.events.Handle._run.__code__
+_HANDLE_RUN: CodeType | None = None  # asyncio.events.Handle._run's code, where a task's step begins
+
+
+def _bind_asyncio(asyncio: ModuleType) -> None:
+    global _get_running_loop, _current_task, _Task, _HANDLE_RUN
+    _get_running_loop, _current_task, _Task = asyncio._get_running_loop, asyncio.current_task, asyncio.Task
+    _HANDLE_RUN = asyncio.events.Handle._run.__code__
+
+
+when_imported("asyncio", _bind_asyncio)
 _line_tables: dict[int, tuple[CodeType, list[int], list[int]]] = {}
 
 
@@ -177,7 +193,7 @@ def _leaf_words(obj: Any) -> str | None:
     name = type(obj).__name__
     if name == "_GatheringFuture":
         return "gather()"
-    if isinstance(obj, asyncio.Task):
+    if isinstance(obj, _Task):
         try:
             return f"task {obj.get_name()!r}"
         except Exception:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import sys
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any
 
 from conctools import registry
+from conctools._imports import when_imported
 from conctools.pools._holders import line_at, site_of, take_frames
 from conctools.pools._state import MAX_POOLS, PoolState, registry_mutex
 
@@ -34,7 +34,7 @@ def _queue_kind(q: Any) -> tuple[str, str]:
         return f"asyncio.{cls.__qualname__}", "items"
     if module == "queue":
         return f"queue.{cls.__qualname__}", "items"
-    base = "asyncio.Queue" if isinstance(q, asyncio.Queue) else "queue.Queue"
+    base = "asyncio.Queue" if isinstance(q, _AsyncioQueue) else "queue.Queue"
     return f"{cls.__qualname__} ({base})", "items"
 
 
@@ -59,7 +59,7 @@ def queue_state(q: Any, frame: FrameType | None, made: bool = False) -> PoolStat
     if not made:
         site = f"first used at {site}"
     name, items = (named[0], named[1] or items) if named else (None, items)
-    state = PoolState(kind, items, name, site, q, in_loop=isinstance(q, asyncio.Queue))
+    state = PoolState(kind, items, name, site, q, in_loop=isinstance(q, _AsyncioQueue))
     kept: PoolState | None = d.setdefault(STATE_KEY, state)
     if kept is None:  # an unpickled or copied queue: its state was left behind
         d[STATE_KEY] = kept = state
@@ -93,7 +93,7 @@ def wait_hook(prim: Any, thread_id: int, task_id: int | None) -> None:
         if entry is not None:
             entry[0].wait_ended(entry[1])
         return
-    if type(prim).__name__ not in SEMAPHORES or isinstance(prim, asyncio.Semaphore):
+    if type(prim).__name__ not in SEMAPHORES or isinstance(prim, _AsyncioSemaphore):
         return  # (an asyncio semaphore's waits come through aio_wait_started/aio_wait_ended)
     state = sem_state(prim)
     start = state.wait_started(prim)
@@ -122,10 +122,14 @@ def aio_wait_ended(prim: Any, start_ns: int) -> None:
 SEMAPHORE_HOOKS = (aio_wait_started, aio_wait_ended)
 
 
-_AQ_INIT: Any = asyncio.Queue.__init__
-_AQ_GET: Any = asyncio.Queue.get
-_AQ_GET_NOWAIT: Any = asyncio.Queue.get_nowait
-_AQ_PUT_NOWAIT: Any = asyncio.Queue.put_nowait
+# asyncio's, once the program imports it (_bind_asyncio; conctools run does not import asyncio for
+# a program that never uses it). isinstance() of an empty tuple is False.
+_AsyncioQueue: Any = ()
+_AsyncioSemaphore: Any = ()
+_AQ_INIT: Any = None
+_AQ_GET: Any = None
+_AQ_GET_NOWAIT: Any = None
+_AQ_PUT_NOWAIT: Any = None
 _Q_INIT: Any = queue.Queue.__init__
 _Q_GET: Any = queue.Queue.get
 _Q_PUT: Any = queue.Queue.put
@@ -247,14 +251,25 @@ def _copy_meta(wrapper: Any, original: Any) -> Any:
 
 
 def patch_targets() -> list[tuple[type, str, Any]]:
+    """What :func:`~conctools.pools.track_pools` replaces: ``asyncio.Queue``'s methods once the
+    program imported asyncio (:func:`asyncio_targets`), and ``queue.Queue``'s."""
     return [
-        (asyncio.Queue, "__init__", _aq_init),
-        (asyncio.Queue, "get", _aq_get),
-        (asyncio.Queue, "get_nowait", _aq_get_nowait),
-        (asyncio.Queue, "put_nowait", _aq_put_nowait),
+        *asyncio_targets(),
         (queue.Queue, "__init__", _q_init),
         (queue.Queue, "get", _q_get),
         (queue.Queue, "put", _q_put),
+    ]
+
+
+def asyncio_targets() -> list[tuple[type, str, Any]]:
+    """``asyncio.Queue``'s methods and their wrappers; none before the program imports asyncio."""
+    if _AQ_INIT is None:
+        return []
+    return [
+        (_AsyncioQueue, "__init__", _aq_init),
+        (_AsyncioQueue, "get", _aq_get),
+        (_AsyncioQueue, "get_nowait", _aq_get_nowait),
+        (_AsyncioQueue, "put_nowait", _aq_put_nowait),
     ]
 
 
@@ -263,8 +278,22 @@ def patched_names() -> list[tuple[type, str]]:
     return [(owner, name) for owner, name, _ in patch_targets()]
 
 
-ORIGINALS = {(owner, name): owner.__dict__[name] for owner, name, _ in patch_targets()}
+ORIGINALS: dict[tuple[type, str], Any] = {}
 
-for _owner, _name, _wrapper in patch_targets():
-    _copy_meta(_wrapper, ORIGINALS[(_owner, _name)])
-del _owner, _name, _wrapper
+
+def _note_originals(targets: list[tuple[type, str, Any]]) -> None:
+    for owner, name, wrapper in targets:
+        ORIGINALS[(owner, name)] = owner.__dict__[name]
+        _copy_meta(wrapper, ORIGINALS[(owner, name)])
+
+
+def _bind_asyncio(asyncio: ModuleType) -> None:
+    global _AsyncioQueue, _AsyncioSemaphore, _AQ_INIT, _AQ_GET, _AQ_GET_NOWAIT, _AQ_PUT_NOWAIT
+    _AsyncioQueue, _AsyncioSemaphore = asyncio.Queue, asyncio.Semaphore
+    aq = asyncio.Queue
+    _AQ_INIT, _AQ_GET, _AQ_GET_NOWAIT, _AQ_PUT_NOWAIT = aq.__init__, aq.get, aq.get_nowait, aq.put_nowait
+    _note_originals(asyncio_targets())
+
+
+_note_originals(patch_targets())
+when_imported("asyncio", _bind_asyncio)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import _thread
-import asyncio
 import logging
 import sys
 import threading
 import time
 import weakref
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any
 
 from conctools._context import current_frames
+from conctools._imports import NO_RUNNING_LOOP, when_imported
 from conctools.events import PoolExhaustedEvent, PoolHolder
 from conctools.pools._holders import (
     MAX_DESCRIBED,
@@ -43,7 +43,7 @@ MAX_REPEATS = 16  # N+1 sites kept per pool
 DEFAULT_THRESHOLD_S = 0.1
 
 _mono = time.monotonic_ns
-_get_running_loop = asyncio._get_running_loop
+_get_running_loop: Any = NO_RUNNING_LOOP  # asyncio's once the program imports it (_bind_asyncio)
 _get_ident = _thread.get_ident
 _current_thread = threading.current_thread
 _allocate_lock = _thread.allocate_lock
@@ -51,13 +51,17 @@ _wref = weakref.ref
 # On 3.11 asyncio.current_task() costs a getpid(): the current task is read from asyncio's own
 # loop -> task dict instead, keyed by the loop the queue last ran on (as conctools.aio does).
 _tasks_get: Any = None
-if sys.version_info < (3, 12):
-    try:
-        from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
 
-        _tasks_get = _current_tasks.get
-    except ImportError:  # pragma: no cover - other implementations
-        _tasks_get = None
+
+def _bind_asyncio(asyncio: ModuleType) -> None:
+    global _get_running_loop, _tasks_get
+    _get_running_loop = asyncio._get_running_loop
+    if sys.version_info < (3, 12):
+        current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+        _tasks_get = current_tasks.get if isinstance(current_tasks, dict) else None
+
+
+when_imported("asyncio", _bind_asyncio)
 
 Holding = tuple[int, Any, Any, tuple[TakeFrame, ...], tuple[bool, Any]]
 

@@ -1,0 +1,188 @@
+"""Patch a module when the program first imports it, not before (:func:`when_imported`).
+
+``conctools run`` imports only what the run needs before the program's first line (issue 12's
+start-up target). A patch of a module that the program may never import (asyncio's loop start
+and primitives, ``multiprocessing``'s process classes) is put off until the program imports that
+module: a finder first on ``sys.meta_path`` watches for the names that have hooks pending, lets
+the other finders find the module, and calls the hooks right after the module's code ran, in the
+importing thread, before the ``import`` statement returns. The module's ``__loader__`` and
+``__spec__.loader`` are the real loader's (the wrapper steps aside before the module runs), and
+the finder leaves ``sys.meta_path`` once no hook is pending. A hook that raises is logged and
+dropped: the import itself never fails because of conctools. :func:`later` stands for a module
+in a namespace until it is imported; ``NO_RUNNING_LOOP`` & co answer asyncio's cheap questions
+before asyncio exists.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+__all__ = ["NO_RUNNING_LOOP", "NoCancelledError", "later", "no_current_task", "when_imported"]
+
+_log = logging.getLogger("conctools")
+
+Hook = Callable[[ModuleType], object]
+
+_mutex = _thread.RLock()  # plain: trace_locks() may have patched threading
+_pending: dict[str, list[Hook]] = {}
+
+
+def when_imported(name: str, hook: Hook) -> Callable[[], None]:
+    """Call ``hook(module)`` once the module ``name`` is imported: at once when it already is,
+    else right after the program's import of it has run the module's code. Returns a function
+    that cancels the hook if it has not been called yet."""
+    module = sys.modules.get(name)
+    if module is not None:
+        hook(module)
+        return _nothing
+    with _mutex:
+        hooks = _pending.setdefault(name, [])
+        if hook not in hooks:  # the same patch asked for twice is made once
+            hooks.append(hook)
+        if _FINDER not in sys.meta_path:
+            sys.meta_path.insert(0, _FINDER)
+
+    def cancel() -> None:
+        with _mutex:
+            hooks = _pending.get(name)
+            if hooks is not None and hook in hooks:
+                hooks.remove(hook)
+                if not hooks:
+                    del _pending[name]
+            _leave_when_idle()
+
+    return cancel
+
+
+def later(name: str, namespace: dict[str, Any], key: str | None = None) -> Any:
+    """What a module keeps in ``namespace[key]`` (``key`` defaults to ``name``) for the module
+    ``name``: the module itself when it is imported already; else a stand-in that imports it on
+    the first use of one of its attributes (correct, just not cheap), replaced in ``namespace``
+    by the module itself as soon as the program imports it. Use it where an attribute is only
+    needed once the program has the module's objects (a loop, a task), under
+    ``if TYPE_CHECKING: import name``."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    stand_in = _Later(name)
+    slot = key or name
+
+    def bind(module: ModuleType) -> None:
+        if namespace.get(slot) is stand_in:
+            namespace[slot] = module
+
+    when_imported(name, bind)
+    return stand_in
+
+
+class _Later:
+    """A module not imported yet: imported on the first use of an attribute."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"<module {self._name!r}, imported on first use>"
+
+
+# asyncio's cheap questions before the program imports asyncio: no loop can run in any thread
+# then (every loop, uvloop's too, is one of asyncio's). The bound ``clear`` of a private empty
+# list is a C function of no arguments that returns ``None``: the C lock paths call it as cheaply
+# as ``asyncio._get_running_loop`` (they take the direct path for such a function).
+NO_RUNNING_LOOP: Callable[[], Any] = [].clear
+
+
+def no_current_task(loop: Any = None) -> Any:
+    """``asyncio.current_task()`` before asyncio is imported: no loop runs, so it raises as it would."""
+    if loop is None:
+        raise RuntimeError("no running event loop")
+    return None
+
+
+class NoCancelledError(BaseException):
+    """Stands for ``asyncio.CancelledError`` until asyncio is imported: nothing raises it."""
+
+
+def pending() -> list[str]:
+    """The module names that hooks still wait for (for tests)."""
+    with _mutex:
+        return sorted(_pending)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _leave_when_idle() -> None:
+    if not _pending:
+        try:
+            sys.meta_path.remove(_FINDER)
+        except ValueError:
+            pass
+
+
+def _fire(name: str, module: ModuleType) -> None:
+    with _mutex:
+        hooks = _pending.pop(name, [])
+        _leave_when_idle()
+    for hook in hooks:
+        try:
+            hook(module)
+        except Exception:
+            _log.exception("conctools: the hook on the import of %s failed", name)
+
+
+class _Finder:
+    """First on ``sys.meta_path`` while hooks are pending; finds nothing itself."""
+
+    @staticmethod
+    def find_spec(fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None) -> Any:
+        if fullname not in _pending:
+            return None
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if finder is _FINDER or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is None:
+                continue
+            if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                spec.loader = _Loader(spec.loader)
+            return spec
+        return None
+
+
+class _Loader:
+    """The real loader, plus the hooks once the module's code has run."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        loader = self.loader
+        spec: Any = module.__spec__
+        if spec is not None and spec.loader is self:
+            spec.loader = loader
+        if getattr(module, "__loader__", None) is self:
+            module.__loader__ = loader
+        loader.exec_module(module)
+        _fire(spec.name if spec is not None else module.__name__, module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
+_FINDER = _Finder()
