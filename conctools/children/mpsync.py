@@ -44,6 +44,7 @@ UNKNOWN_SITE = "made in another process"
 _SIGNALS = frozenset({"Event", "Condition", "Barrier", "Semaphore"})
 
 _saved: dict[str, Any] = {}
+_cancel: list[Any] = []  # cancels the wait for multiprocessing.synchronize's import (install)
 _fork_hook: list[bool] = []
 _serials: dict[str, list[Any]] = {}  # site -> [objects made there so far, the last one (weakly)]
 _live: weakref.WeakSet[Any] = weakref.WeakSet()  # every SemLock of this process (inherited ones too)
@@ -66,12 +67,18 @@ def installed() -> bool:
 
 
 def install() -> None:
-    """Patch ``multiprocessing.synchronize.SemLock`` (idempotent; never raises)."""
-    if _saved:
+    """Patch ``multiprocessing.synchronize.SemLock`` when the program imports it, at once if it
+    already has (idempotent; never raises): a run does not import ``multiprocessing`` for a
+    program that never uses it, and no SemLock exists before that import."""
+    if _saved or _cancel:
         return
-    try:
-        from multiprocessing import synchronize
-    except ImportError:  # no sem_open on this platform: nothing to share, nothing to patch
+    from conctools._imports import when_imported
+
+    _cancel.append(when_imported("multiprocessing.synchronize", _patch))
+
+
+def _patch(synchronize: Any) -> None:
+    if _saved:
         return
     cls: Any = synchronize.SemLock
     if not _fork_hook and hasattr(os, "register_at_fork"):
@@ -119,6 +126,8 @@ def install() -> None:
 
 def uninstall() -> None:
     """Undo :func:`install` (SemLocks made meanwhile keep working as they are)."""
+    while _cancel:
+        _cancel.pop()()
     if not _saved:
         return
     from multiprocessing import synchronize
