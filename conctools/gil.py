@@ -286,6 +286,33 @@ def _stdlib_only(frame: FrameType | None) -> bool:
     return f is None
 
 
+# A process pool's worker waiting for its next job (in its call queue, or on the queue's shared lock
+# while another worker reads): the pool has no work for it, as an idle thread pool worker. Its stack
+# may hold its parent's program frames below (a forked worker), so only the frames above count.
+_WORK_WAITS = {
+    f"{_FUTURES}process.py": frozenset({"_process_worker"}),
+    f"{_sep}multiprocessing{_sep}pool.py": frozenset({"worker"}),
+}
+
+
+def _waits_for_work(frame: FrameType) -> bool:
+    """True when a process pool's worker waits for its next job (see _WORK_WAITS): the frames from
+    ``frame`` out to the worker's loop are all the standard library's (or conctools')."""
+    f: FrameType | None = frame
+    depth = 0
+    while f is not None and depth < 16:
+        filename = f.f_code.co_filename
+        if not is_conctools_frame(filename):
+            for suffix, functions in _WORK_WAITS.items():
+                if filename.endswith(suffix):
+                    return f.f_code.co_name in functions
+            if not (filename.startswith(_STDLIB) or filename.startswith("<frozen ")):
+                return False  # the program's own code waits (its I/O, its lock)
+        f = f.f_back
+        depth += 1
+    return False
+
+
 def _waits_for_children(frame: FrameType) -> bool:
     """True when a thread blocked in a system call waits for multiprocessing's children to end
     (``Process.join()``: ``waitpid`` or a wait on the child's sentinel, under conctools' frames)."""
@@ -736,7 +763,7 @@ class GilMonitor:
         cached = track.io_cache
         if cached[:3] == key:
             return cached[3]
-        state = IDLE if _stdlib_only(frame) or _waits_for_children(frame) else IO
+        state = IDLE if _stdlib_only(frame) or _waits_for_children(frame) or _waits_for_work(frame) else IO
         track.io_cache = (*key, state)
         return state
 
@@ -748,10 +775,10 @@ class GilMonitor:
         cached = track.wait_cache
         if cached[:3] == key:
             return cached[3]
-        state = SYNC
+        state = IDLE if _waits_for_work(frame) else SYNC  # a process pool worker with no job
         f: FrameType | None = frame
         depth = 0
-        while f is not None and depth < 16:
+        while state == SYNC and f is not None and depth < 16:
             filename = f.f_code.co_filename
             name = f.f_code.co_name
             if filename.endswith(f"{_sep}threading.py") and name in _JOIN_FUNCTIONS:

@@ -314,3 +314,44 @@ class TestForkPools:
         assert result.returncode == 0, result.stderr
         assert result.stdout == "[-15, -15, -15] True\n"
         assert_all_gone(report)
+
+
+IDLE_WORKERS = """
+    import concurrent.futures as cf, multiprocessing as mp, sys, time
+
+    def crunch(seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            sum(range(1000))
+        return seconds
+
+    if __name__ == "__main__":
+        ctx = mp.get_context("fork")
+        if sys.argv[1] == "executor":  # with fork, all its workers start at once
+            with cf.ProcessPoolExecutor(3, mp_context=ctx) as ex:
+                print(list(ex.map(crunch, [3.0])))
+        else:
+            with ctx.Pool(3) as pool:
+                print(pool.map(crunch, [3.0]))
+    """
+
+
+class TestIdlePoolWorkers:
+    """Process pool workers with no job wait in their call queue (a pipe read, or the queue's shared
+    lock while another worker reads): idle, as an idle thread pool worker, never an I/O-bound or a
+    lock-bound program (each worker process gets its own verdict)."""
+
+    @pytest.mark.parametrize("pool", ["executor", "pool"])
+    def test_no_verdict_for_waiting_for_work(self, tmp_path: Path, pool: str) -> None:
+        result, report = run(tmp_path, IDLE_WORKERS, pool)
+        assert result.returncode == 0, result.stderr
+        assert "3.0" in result.stdout
+        idle = [
+            t
+            for p in children(report)
+            for t in (p["report"]["sections"].get("gil") or {}).get("threads", [])
+            if t.get("idle_s", 0) > 0.2
+        ]
+        assert idle, "no worker was seen waiting for work"
+        assert "I/O-bound" not in result.stderr, result.stderr
+        assert "Bottleneck: waiting on locks" not in result.stderr, result.stderr

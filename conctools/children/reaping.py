@@ -17,6 +17,7 @@ tracebacks): such a child's status is then unknown to the report, which says so.
 from __future__ import annotations
 
 import _thread
+import gc
 import os
 import sys
 import time
@@ -242,13 +243,84 @@ def _wrap_subprocess(subprocess: ModuleType) -> None:
 def _keep_plain_lock(module: ModuleType) -> None:
     """The forkserver's and the resource tracker's own lock (made when their module is imported)
     stays a plain one, as when the run imported them before the program: imported later, under
-    ``trace_locks()``, it would be a traced lock of the program's."""
+    ``trace_locks()``, it would be a traced lock of the program's. The resource tracker's becomes a
+    :class:`TrackerLock`."""
     for owner_name in ("_forkserver", "_resource_tracker"):
         owner = getattr(module, owner_name, None)
         lock = getattr(owner, "_lock", None)
-        if owner is None or type(lock).__module__ != "conctools":
+        if owner is None or lock is None or isinstance(lock, TrackerLock):
             continue
-        owner._lock = _thread.RLock() if "RLock" in type(lock).__name__ else _thread.allocate_lock()
+        if not lock.acquire(False):  # in use (imported long before): left as it is
+            continue
+        lock.release()
+        if owner_name == "_resource_tracker" and "RLock" in type(lock).__name__:
+            owner._lock = TrackerLock()
+        elif type(lock).__module__.startswith("conctools"):
+            owner._lock = _thread.RLock() if "RLock" in type(lock).__name__ else _thread.allocate_lock()
+
+
+class TrackerLock:
+    """The resource tracker's RLock, with no garbage collection inside its critical sections.
+
+    A collection that runs while a thread holds the tracker's lock (registering a semaphore,
+    starting the tracker process) runs the finalizers of dead semaphores, which call the tracker
+    again: "ResourceTracker called reentrantly for resource cleanup", and a leaked semaphore.
+    Where collections happen depends on every allocation before: a plain run is spared by the
+    luck of its allocation pattern, and a run with conctools' own allocations (and on 3.12 its
+    threads', which make a collection due in any thread) is not. So the collector waits while
+    the lock is held (microseconds; a collection due meanwhile runs after it), as the program
+    would see it without conctools.
+    """
+
+    __slots__ = ("_lock", "_reenable")
+
+    def __init__(self) -> None:
+        self._lock = _thread.RLock()
+        self._reenable = False
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self._lock.acquire(blocking, timeout)
+        if got and self._lock._recursion_count() == 1:  # type: ignore[attr-defined]
+            self._reenable = gc.isenabled()
+            if self._reenable:
+                gc.disable()
+        return got
+
+    def release(self) -> None:
+        if self._reenable and self._lock._recursion_count() == 1:  # type: ignore[attr-defined]
+            self._reenable = False
+            gc.enable()
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _recursion_count(self) -> int:
+        return int(self._lock._recursion_count())  # type: ignore[attr-defined]
+
+    def _is_owned(self) -> bool:
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
+    def _at_fork_reinit(self) -> None:
+        self._lock._at_fork_reinit()  # type: ignore[attr-defined]
+        self._reenable = False
+
+
+def _tracker_lock_after_fork() -> None:
+    """A child forked while another thread held the tracker's lock: the lock is free, and the
+    collector back on (the holder, which would have switched it on, did not come along)."""
+    tracker = getattr(sys.modules.get("multiprocessing.resource_tracker"), "_resource_tracker", None)
+    lock = getattr(tracker, "_lock", None)
+    if isinstance(lock, TrackerLock) and lock._reenable:
+        lock._at_fork_reinit()
+        gc.enable()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_tracker_lock_after_fork)
 
 
 def uninstall() -> None:
