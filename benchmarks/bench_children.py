@@ -21,6 +21,7 @@ shared machine does not inflate).
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import platform
@@ -92,6 +93,11 @@ def measure(script: str, mode: str) -> dict[str, list[float]]:
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, {rounds} rounds")
+    # As users get it (pip compiles it): a tree under PYTHONDONTWRITEBYTECODE has no bytecode, and
+    # every followed interpreter would recompile conctools (~0.1 s), as benchmarks/bench_run.py says.
+    import conctools
+
+    compileall.compile_dir(os.path.dirname(conctools.__file__), quiet=1)
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "prog.py")
         with open(script, "w") as f:
