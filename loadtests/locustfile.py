@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import gevent
 from locust import FastHttpUser, between, task
 
 KEYS = [f"item-{i}" for i in range(50)]
@@ -67,6 +68,13 @@ class ServerUser(FastHttpUser):
 
     @task(8)
     def counter(self) -> None:
+        """A double click: two POSTs at once (each answered with its own count), as impatient users
+        send them; the second meets the first inside the counter's critical section."""
+        other = gevent.spawn(self._count)
+        self._count()
+        other.join()
+
+    def _count(self) -> None:
         with self.client.post("/counter", catch_response=True) as r:
             _check(r, lambda d: isinstance(d.get("count"), int) and d["count"] > 0, "counter")
 
