@@ -98,6 +98,23 @@ _STATISTICS_PRIORITY = 45
 _MARKER_KEYS = ("enabled", "deadlock_timeout", "loop_threshold", "leak_check", "strict_tasks")
 
 
+_EXECNET = f"{os.sep}execnet{os.sep}"
+
+
+def _runner_channel(frame: FrameType) -> bool:
+    """True for the thread of a pytest-xdist worker that reads its controller's channel (execnet's
+    receiver): it waits on a pipe whatever the test does, so counting it would make every hang of
+    a test look like a program that may still progress, and under xdist none was ever found."""
+    f: FrameType | None = frame
+    depth = 0
+    while f is not None and depth < 64:
+        if f.f_code.co_name == "_thread_receiver" and _EXECNET in f.f_code.co_filename:
+            return True
+        f = f.f_back
+        depth += 1
+    return False
+
+
 class ConctoolsFailure(pytest.fail.Exception):  # type: ignore[name-defined,misc]
     """A test failed a conctools check: the message says what in one line per problem,
     ``report`` is the full report (it lands in the test's ``conctools report`` section)."""
@@ -898,6 +915,7 @@ class _Runtime:
             watchdog = DeadlockWatchdog(
                 timeout_s, on_deadlock=self._on_stuck, on_hang=self._on_stuck, recorder=_CurrentTestRecorder(self)
             )
+            watchdog.not_the_programs = _runner_channel
             watchdog.start()
             self.watchdog = watchdog
         yield
