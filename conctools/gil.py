@@ -128,14 +128,18 @@ _CHILD_WAITS = {
 }
 
 
-def _child_wait(filename: str, function: str) -> bool:
-    """True for a frame of multiprocessing that waits for child processes (see _CHILD_WAITS)."""
-    if _MP not in filename:
-        return False
-    for suffix, functions in _CHILD_WAITS.items():
+def _listed(table: dict[str, frozenset[str]], filename: str, function: str) -> bool | None:
+    """Whether ``function`` is listed for ``filename``'s module in ``table`` (file suffix -> functions);
+    None when the file is not in the table."""
+    for suffix, functions in table.items():
         if filename.endswith(suffix):
             return function in functions
-    return False
+    return None
+
+
+def _child_wait(filename: str, function: str) -> bool:
+    """True for a frame of multiprocessing that waits for child processes (see _CHILD_WAITS)."""
+    return _MP in filename and bool(_listed(_CHILD_WAITS, filename, function))
 
 
 @compared
@@ -303,9 +307,9 @@ def _waits_for_work(frame: FrameType) -> bool:
     while f is not None and depth < 16:
         filename = f.f_code.co_filename
         if not is_conctools_frame(filename):
-            for suffix, functions in _WORK_WAITS.items():
-                if filename.endswith(suffix):
-                    return f.f_code.co_name in functions
+            listed = _listed(_WORK_WAITS, filename, f.f_code.co_name)
+            if listed is not None:
+                return listed
             if not (filename.startswith(_STDLIB) or filename.startswith("<frozen ")):
                 return False  # the program's own code waits (its I/O, its lock)
         f = f.f_back
@@ -376,7 +380,6 @@ class GilMonitor:
         self._state = _thread.allocate_lock()  # guards the counts against summary()
         self._control = _thread.allocate_lock()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()  # the process whose sampler thread this is (see stop)
         self._reader: StateReader | None = None
         self._reset()
 
@@ -432,7 +435,6 @@ class GilMonitor:
             if self.section:
                 self._rec.add_section("gil", self.summary)
             _active[self._rec] = self
-            self._pid = os.getpid()
             self._stop.acquire()
             self._sample_safely()  # the baseline: every thread's CPU time now
             self._thread = internal_thread(self._run, THREAD_NAME)
@@ -442,12 +444,6 @@ class GilMonitor:
 
     def stop(self) -> None:
         """Take a last sample and stop the thread (waits for it, at most a few seconds)."""
-        if self._thread is not None and self._pid != os.getpid():
-            # A forked child unwinding through its parent's monitor (os.fork, then sys.exit): the
-            # sampler thread stayed in the parent, which may have held this monitor's locks at the
-            # fork. The child's own monitor, if any, is another instance: forget this one.
-            self._thread = None
-            return
         with self._control:
             thread = self._thread
             if thread is None:
