@@ -58,8 +58,18 @@ _allocate_lock = _thread.allocate_lock
 _call = operator.call
 
 
-def current_frames() -> dict[int, FrameType]:
-    """``sys._current_frames()``, without the deadlock it can cause on Python 3.11.
+def current_frames(own_from: int | None = None) -> dict[int, FrameType]:
+    """``sys._current_frames()`` without the calling thread's own frame, and without the deadlock it
+    can cause on Python 3.11.
+
+    The calling thread's entry would be this call's own frame. Kept in the dict, it links (once this
+    call returns) to the caller's frame, whose locals hold the dict: a reference cycle that keeps every
+    sampled frame, and all their locals, alive until a garbage collection collects them together.
+    CPython 3.12 and 3.13 crash or complain when one such collection holds a ``BytesIO`` and the
+    ``memoryview`` of its ``getbuffer()`` (multiprocessing's pickler makes one for every message:
+    "deallocated BytesIO object has exported buffers", then SIGSEGV; CPython gh-111049). So the entry
+    is left out; ``own_from=N`` puts in its place the frame ``N`` levels above the caller, which the
+    caller's locals cannot reach once it returns (``own_from=1``: the caller's caller).
 
     On 3.11 ``sys._current_frames()`` holds the runtime's thread-list lock while it creates frame
     objects; an allocation there can start a garbage collection, and a collected ``threading.local``
@@ -69,12 +79,21 @@ def current_frames() -> dict[int, FrameType]:
     C (``map`` over them, unpacked at once), and nothing between them and ``gc.enable()`` lets
     another thread run (no call and no backward jump, where Python hands the GIL over).
     """
+    frames: dict[int, FrameType]
     if sys.version_info >= (3, 12):
-        return sys._current_frames()
-    was_enabled, _, frames = map(_call, (gc.isenabled, gc.disable, sys._current_frames))
-    if was_enabled:
-        gc.enable()
-    return frames  # type: ignore[return-value]
+        frames = sys._current_frames()
+    else:
+        was_enabled, _, frames = map(_call, (gc.isenabled, gc.disable, sys._current_frames))  # type: ignore[assignment]
+        if was_enabled:
+            gc.enable()
+    me = _thread.get_ident()
+    frames.pop(me, None)
+    if own_from is not None:
+        try:
+            frames[me] = sys._getframe(own_from + 1)
+        except ValueError:  # not that deep
+            pass
+    return frames
 
 
 def _plain_event() -> threading.Event:

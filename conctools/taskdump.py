@@ -193,7 +193,7 @@ def _running_on_stacks() -> list[tuple[asyncio.AbstractEventLoop, int]]:
     or an ``asyncio.Runner`` (``asyncio.run``, ``uvloop.run``) whose loop has no Python frames."""
     out = []
     try:
-        frames = current_frames()
+        frames = current_frames(own_from=1)
     except Exception:
         return []
     target = _ASYNCIO_DIR + "base_events.py"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from conctools._context import frames_of
+from conctools._context import current_frames, frames_of
 from conctools._imports import later
 from conctools.agent.threads import frame_row
 
@@ -52,7 +52,7 @@ def loop_health(loop: asyncio.AbstractEventLoop, thread_id: int | None, now_ns: 
         from conctools.loopmon import culprit_of
 
         out["stalled_s"] = lag_s
-        frame = sys._current_frames().get(thread_id)
+        frame = current_frames().get(thread_id)
         culprit = culprit_of(frames_of(frame)) if frame is not None else None
         if culprit is not None:
             out["stall_at"] = frame_row(culprit)

@@ -8,12 +8,12 @@ nothing about the program.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
+from conctools import _context
 from conctools.agent.waits import ThreadView
 from conctools.events import Frame
 
@@ -23,9 +23,10 @@ OWN_PREFIX = "conctools-"
 
 
 def current_frames() -> dict[int, FrameType]:
-    """Every thread's innermost frame, or nothing if the interpreter refuses."""
+    """Every other thread's innermost frame (see :func:`conctools._context.current_frames`), or
+    nothing if the interpreter refuses."""
     try:
-        return sys._current_frames()
+        return _context.current_frames()
     except Exception:
         return {}
 

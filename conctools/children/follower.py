@@ -27,14 +27,13 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from conctools._context import internal_thread
+from conctools._context import current_frames, internal_thread
 from conctools.children import forking, mpsync, reaping
 from conctools.children.chain import _link, build_chain, unresolved_links
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig
@@ -250,7 +249,7 @@ class ChildFollower:
         """A pool of this process waiting forever for the jobs of a worker that died."""
         if self._lost is None or self.stuck:
             return None
-        frames = sys._current_frames()
+        frames = current_frames()
         reaped = reaping.reaped()
         if not any(r.get("exit_code") for r in reaped):
             self._lost.check({}, [], {})  # nothing died: nothing to keep either

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from conctools._context import frames_of
+from conctools._context import current_frames, frames_of
 from conctools.children.waits import cross_wait, idle_worker
 from conctools.recorder import Recorder
 
@@ -111,7 +111,7 @@ def process_name() -> tuple[str | None, str | None]:
 def thread_states(frames: dict[int, FrameType] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The last stacks of the program's threads, and what each waits for in other processes."""
     if frames is None:
-        frames = sys._current_frames()
+        frames = current_frames(own_from=1)
     names = {t.ident: t for t in threading.enumerate()}
     threads: list[dict[str, Any]] = []
     waits: list[dict[str, Any]] = []

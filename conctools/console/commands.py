@@ -122,7 +122,7 @@ def do_slow(ctx: click.Context) -> None:
 @_command("threads")
 def do_threads(ctx: click.Context) -> None:
     """Every thread's stack, by name"""
-    frames = current_frames()
+    frames = current_frames(own_from=1)
     threads = sorted(threading.enumerate(), key=lambda t: (t is not threading.main_thread(), t.name))
     for t in threads:
         frame = frames.get(t.ident or -1)

@@ -414,6 +414,6 @@ def describe_semaphore(prim: Any) -> tuple[tuple[PoolHolder, ...], int, int]:
             )
         else:
             if frames_now is None:
-                frames_now = current_frames()
+                frames_now = current_frames(own_from=1)
             out.append(describe_thread(threads.get(p.thread_id), p.thread_name, (), held_s, frames_now, hint))
     return tuple(out), len(found), len(found)

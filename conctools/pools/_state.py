@@ -444,7 +444,7 @@ class PoolState:
                 out.append(describe_task(task_ref(), getattr(thread, "name", "?"), taken, held_s))
             else:
                 if frames_now is None:
-                    frames_now = current_frames()
+                    frames_now = current_frames(own_from=1)
                 out.append(describe_thread(thread, getattr(thread, "name", "?"), taken, held_s, frames_now))
         return tuple(out), len(holdings) + available, len(holdings)
 
