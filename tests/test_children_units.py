@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from conctools.children import reaping
 from conctools.children.bootstrap import _runs_conctools, _start_method_of
 from conctools.children.chain import build_chain
 from conctools.children.merge import exit_words, processes_section
@@ -81,6 +82,25 @@ class TestMergedSection:
         assert by_pid[4]["exit_text"] == "exit status 3"
         assert by_pid[5]["state"] == "vanished"
         assert by_pid[6]["exit_text"] == "exit status 1, before it wrote any record" and by_pid[6]["name"] == "early"
+
+    def test_worker_ended_before_its_record_keeps_its_target(self) -> None:
+        """A fork child stopped before its writer ran (Pool.terminate() on a loaded machine; CI saw a
+        ForkPoolWorker with no target): its parent noted the target as it forked it."""
+        process = multiprocessing.get_context("fork").Process(target=_job, name="ForkPoolWorker-9")
+        assert reaping.launching(process) == f"{__name__}._job"
+        del process._target  # what Process.start() does once the child is made
+        saved = reaping.reaped()
+        try:
+            reaping.note(4242, -15, process=process)
+            (reap,) = [r for r in reaping.reaped() if r["pid"] == 4242]
+        finally:
+            reaping._reaped.pop(4242, None)
+        assert reap["target"] == f"{__name__}._job" and reap["name"] == "ForkPoolWorker-9"
+        section = processes_section(self.main([reap]), [], alive=lambda pid, started: False)
+        (entry,) = [p for p in section["processes"] if p["pid"] == 4242]
+        assert entry["target"] == f"{__name__}._job"
+        assert entry["exit_text"] == "killed by SIGTERM (signal 15), before it wrote any record"
+        assert reaping.reaped() == saved
 
     def test_recycled_pid(self) -> None:
         """A reaping from before a process started belongs to an earlier process that had its pid."""
@@ -231,3 +251,7 @@ class TestForkSafety:
         t.join(10)
         assert done, "the snapshot called a parent's section"
         assert not {"gil", "slow_callbacks", "resources", "profile"} & set(done[0].sections)
+
+
+def _job() -> None:
+    """A process target (never run)."""

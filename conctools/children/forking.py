@@ -91,10 +91,7 @@ def _fork_method() -> str:
         if filename == _MP + "popen_fork.py":
             process = frame.f_locals.get("process_obj") if frame.f_code.co_name == "_launch" else None
             if process is not None:
-                state.fork_process = (
-                    getattr(process, "_name", None),
-                    reaping.target_name(getattr(process, "_target", None)),
-                )
+                state.fork_process = (getattr(process, "_name", None), reaping.launching(process))
             return "fork"
         if filename == _MP + "forkserver.py" or state.forkserver:
             return "forkserver"

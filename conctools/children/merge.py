@@ -200,6 +200,7 @@ def processes_section(
                 "pid": pid,
                 "ppid": reap.get("by"),
                 "name": reap.get("name") or "?",
+                "target": reap.get("target"),
                 "start_method": reap.get("start_method") or "?",
                 "state": "ended",
                 "exit_code": code,

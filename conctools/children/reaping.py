@@ -17,17 +17,19 @@ tracebacks): such a child's status is then unknown to the report, which says so.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import gc
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from conctools._imports import when_imported
 
-__all__ = ["install", "note", "reaped", "reset_after_fork", "uninstall", "wrap_waitpid"]
+__all__ = ["install", "launching", "note", "reaped", "reset_after_fork", "uninstall", "wrap_waitpid"]
 
 _lock = _thread.allocate_lock()
 _reaped: dict[int, dict[str, Any]] = {}
@@ -37,6 +39,10 @@ _signalled: dict[int, int] = {}
 # Called when a child is reaped (a followed child's writer: its parent's view changed).
 listeners: list[Any] = []
 _MAX = 10_000
+# Process -> its target's name, noted by the parent as it forks the child: Process.start() drops the
+# target, and a child ended before it wrote its first record (a pool worker that Pool.terminate()
+# stopped before the writer thread ran) leaves the parent the only one that knew it.
+_targets: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _saved: list[tuple[Any, str, Any]] = []
 _installed: list[bool] = []
 _cancels: list[Callable[[], None]] = []  # hooks on imports still to come (conctools._imports)
@@ -56,8 +62,11 @@ def note(pid: int, exit_code: int, rusage: Any = None, source: str = "multiproce
     sent = _signalled.get(pid)
     if sent is not None and exit_code == -sent:
         entry["terminated_by_parent"] = True
-    if process is not None:  # (its target is gone: Process.start() drops it)
+    if process is not None:  # (its target is gone: Process.start() drops it; launching() kept its name)
         entry["name"] = getattr(process, "_name", None)
+        target = _targets.get(process)
+        if target is not None:
+            entry["target"] = target
         method = getattr(getattr(process, "_popen", None), "method", None)
         if isinstance(method, str):
             entry["start_method"] = method
@@ -78,6 +87,15 @@ def note(pid: int, exit_code: int, rusage: Any = None, source: str = "multiproce
             listener()
         except Exception:
             pass
+
+
+def launching(process: Any) -> str | None:
+    """The parent is starting ``process``: keep its target's name for :func:`note`; returns it."""
+    target = target_name(getattr(process, "_target", None))
+    if target is not None:
+        with contextlib.suppress(TypeError):  # not weak-referenceable
+            _targets[process] = target
+    return target
 
 
 def target_name(target: Any) -> str | None:
@@ -111,6 +129,7 @@ def reset_after_fork() -> None:
     _lock = _thread.allocate_lock()
     _reaped.clear()
     _signalled.clear()
+    _targets.clear()
 
 
 def _exit_code(status: int) -> int:
