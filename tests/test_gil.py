@@ -716,6 +716,11 @@ class TestReporter:
         )
         idle = with_thread(idle_s=2.0)
         assert format_verdict(idle) is None  # nothing but waiting for others: nothing to judge
+        # A parent that joined its child for 5.5 s after 81 ms of starting it (CI, a busy machine):
+        # the 81 ms are no bottleneck of a program that was idle otherwise.
+        parent = dict(with_thread(io_s=0.081, idle_s=4.9), wall_s=5.53)
+        assert format_verdict(parent) is None
+        assert format_verdict(dict(parent, wall_s=1.2)) is not None  # 7% of its run: judged
 
     def test_free_threaded_wording(self) -> None:
         """GIL off: the headline says so and reports parallelism only."""

@@ -51,9 +51,12 @@ SHOW_WAIT_S = 0.05
 SHOW_SHARE = 0.1
 # Threads waited this share of their time for a CPU (not the GIL): the machine was busy.
 BUSY_SHARE = 0.2  # "up to N x faster" is said only from here
-# The verdict needs this much working thread time and this many samples to judge.
+# The verdict needs this much working thread time and this many samples to judge, and working
+# thread time of at least this share of the run: a process that only waited for others (a parent
+# joining its child) is not I/O-bound because starting the child took it 80 ms on a busy machine.
 MIN_VERDICT_THREAD_S = 0.05
 MIN_VERDICT_SAMPLES = 5
+MIN_VERDICT_SHARE = 0.05
 
 Breakdown = dict[str, float]
 CATEGORIES = (
@@ -387,7 +390,7 @@ def format_verdict(data: Mapping[str, Any], snapshot: Snapshot | None = None) ->
     # Waiting for a CPU says that other programs kept the cores busy, not what bounds this one:
     # it is shown, but the verdict is taken on the rest.
     work = sum(b[key] for key, _ in CATEGORIES if key != "cpu")
-    if work < MIN_VERDICT_THREAD_S:
+    if work < max(MIN_VERDICT_THREAD_S, MIN_VERDICT_SHARE * _f(data, "wall_s")):
         return None
     total = work + b["cpu"]
     cores = max(1, int(_f(data, "cores", 1)))
