@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import _thread
 import gc
-import linecache
 import operator
 import os
 import sys
@@ -20,7 +19,7 @@ from types import CodeType, FrameType, ModuleType
 from typing import Any
 
 from conctools._imports import NO_RUNNING_LOOP, no_current_task, when_imported
-from conctools.events import Frame
+from conctools.events import Frame, frame_at
 
 __all__ = [
     "capture_stack",
@@ -186,15 +185,7 @@ def frames_of(frame: FrameType | None, limit: int = 64) -> tuple[Frame, ...]:
         code = frame.f_code
         filename = code.co_filename
         if not filename.startswith(_PKG_DIR) or filename.startswith(_SAMPLE_DIR):
-            lineno = frame.f_lineno or 0
-            out.append(
-                Frame(
-                    filename=filename,
-                    lineno=lineno,
-                    function=code.co_name,
-                    line=linecache.getline(filename, lineno).strip(),
-                )
-            )
+            out.append(frame_at(filename, frame.f_lineno or 0, code.co_name))
         frame = frame.f_back
     return tuple(out)
 
@@ -229,15 +220,7 @@ def resolve_stack(raw: tuple[Any, ...], limit: int = 64) -> tuple[Frame, ...]:
         filename = code.co_filename
         if filename.startswith(_PKG_DIR) and not filename.startswith(_SAMPLE_DIR):
             continue
-        lineno = line_of(code, lasti)
-        out.append(
-            Frame(
-                filename=filename,
-                lineno=lineno,
-                function=code.co_name,
-                line=linecache.getline(filename, lineno).strip(),
-            )
-        )
+        out.append(frame_at(filename, line_of(code, lasti), code.co_name))
     return tuple(out)
 
 

@@ -30,6 +30,7 @@ Hierarchy::
 from __future__ import annotations
 
 import dataclasses
+import linecache
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -57,6 +58,7 @@ __all__ = [
     "SpanEvent",
     "WaiterInfo",
     "event_from_dict",
+    "frame_at",
     "frame_from_dict",
 ]
 
@@ -80,6 +82,26 @@ class Frame:
 
     def __str__(self) -> str:
         return f"{self.filename}:{self.lineno} in {self.function}"
+
+
+# One shared Frame per (file, line, function): long runs record the same few sites over and over
+# (a server's slow callbacks and pool holders, every second for hours), and a Frame of its own per
+# stack entry (with its own copy of the source line) made memory grow with the run. Frames are
+# immutable, so sharing them changes nothing a reader sees.
+_SHARED: dict[tuple[str, int, str], Frame] = {}
+_SHARED_MAX = 50_000
+
+
+def frame_at(filename: str, lineno: int, function: str) -> Frame:
+    """The :class:`Frame` of ``filename:lineno in function``, with its source line; the same object
+    for the same site (a bounded table: past ``_SHARED_MAX`` sites it starts over)."""
+    key = (filename, lineno, function)
+    frame = _SHARED.get(key)
+    if frame is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        frame = _SHARED[key] = Frame(filename, lineno, function, linecache.getline(filename, lineno).strip())
+    return frame
 
 
 def frame_from_dict(data: dict[str, Any]) -> Frame:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import _thread
 import asyncio
-import linecache
 import logging
 import sys
 import threading
@@ -15,7 +14,7 @@ from typing import Any
 
 from conctools import taskdump
 from conctools._context import _SAMPLE_DIR, current_frames, internal_thread, is_conctools_frame, thread_name_of
-from conctools.events import Frame, SlowCallbackEvent
+from conctools.events import Frame, SlowCallbackEvent, frame_at
 from conctools.loopmon.blocking import _disable_blocking_detection, _enable_blocking_detection
 from conctools.loopmon.culprits import _ASYNCIO_DIR, _current_task, _task_name, callback_frames, culprit_of
 from conctools.loopmon.segments import Sample, cut_segments
@@ -646,11 +645,7 @@ class _Stall:
 
 
 def _with_line(f: Frame) -> Frame:
-    if f.line:
-        return f
-    return Frame(
-        filename=f.filename, lineno=f.lineno, function=f.function, line=linecache.getline(f.filename, f.lineno).strip()
-    )
+    return f if f.line else frame_at(f.filename, f.lineno, f.function)
 
 
 def _with_lines(stack: tuple[Frame, ...]) -> tuple[Frame, ...]:

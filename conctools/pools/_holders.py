@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from conctools import registry
 from conctools._context import _SAMPLE_DIR, _SKIP_PREFIXES, current_frames
 from conctools._imports import NO_RUNNING_LOOP, later, no_current_task, when_imported
-from conctools.events import Frame, PoolHolder
+from conctools.events import Frame, PoolHolder, frame_at
 
 if TYPE_CHECKING:
     import asyncio
@@ -152,7 +152,7 @@ def user_stack(frame: FrameType | None, limit: int = 6) -> tuple[tuple[Frame, ..
             line = frame.f_lineno or 0
             if loop_index < 0 and len(out) < 4 and in_loop(code, frame.f_lasti):
                 loop_index = len(out)
-            out.append(Frame(filename=code.co_filename, lineno=line, function=code.co_name, line=_source(code, line)))
+            out.append(frame_at(code.co_filename, line, code.co_name))
         frame = frame.f_back
     return tuple(out), loop_index
 
