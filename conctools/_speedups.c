@@ -62,7 +62,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 5
+#define API_VERSION 6
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -2181,6 +2181,36 @@ core_locked(CoreObject *self, PyObject *Py_UNUSED(ignored))
     return call_noargs(m_lock_locked, self->lock);
 }
 
+/* threading.Condition._is_owned() for a Condition over a traced Lock (which has no _is_owned): the
+ * stdlib probes with acquire(False) and a release, "owned" meaning "held by anyone". A held lock is
+ * answered by locked(), without the probe's bookkeeping (a failed try records nothing anyway); a free
+ * one is probed exactly as the stdlib does (counted, ordered), so an un-acquired notify() or wait()
+ * is seen as before. */
+static PyObject *
+lock_cond_owned(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
+        return NULL;
+    }
+    if (self->rlock) return call_noargs(m_rlock_is_owned, self->lock); /* (an RLock's own, as Condition uses) */
+    PyObject *locked = call_noargs(m_lock_locked, self->lock);
+    if (locked == NULL || locked == Py_True) return locked;
+    Py_DECREF(locked);
+    PyObject *args[1] = {Py_False};
+    PyObject *got = acquire_common(self, args, 1, NULL);
+    if (got == NULL) return NULL;
+    if (got == Py_True) {
+        Py_DECREF(got);
+        PyObject *r = lock_exit(self, NULL, 0);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+        Py_RETURN_FALSE;
+    }
+    Py_DECREF(got);
+    Py_RETURN_TRUE;
+}
+
 static PyObject *
 rlock_is_owned(CoreObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -2760,6 +2790,8 @@ static PyMethodDef core_methods[] = {
      "_c_acquire($self, /, blocking=True, timeout=-1)\n--\n\nAcquire the lock, as threading's acquire()."},
     {"_c_locked", (PyCFunction)core_locked, METH_NOARGS, "_c_locked($self, /)\n--\n\nTrue if the lock is held."},
     {"_c_is_owned", (PyCFunction)rlock_is_owned, METH_NOARGS, NULL},
+    {"_c_cond_owned", (PyCFunction)lock_cond_owned, METH_NOARGS,
+     "_c_cond_owned($self, /)\n--\n\nthreading.Condition._is_owned() over this lock: True if held."},
     {"_c_recursion_count", (PyCFunction)rlock_recursion_count, METH_NOARGS, NULL},
     {"_c_release_save", (PyCFunction)rlock_release_save, METH_NOARGS, NULL},
     {"_c_acquire_restore", (PyCFunction)rlock_acquire_restore, METH_O, NULL},
@@ -2949,6 +2981,18 @@ py_link(PyObject *Py_UNUSED(module), PyObject *prim)
         return NULL;
     }
     link_tracked((TrackedObject *)prim);
+    Py_RETURN_NONE;
+}
+
+/* untrack(obj): the garbage collector stops looking at a tuple or list that can never be part of a
+ * reference cycle (lockorder's edge records: names, sites, held-lock entries whose lock is held
+ * weakly). Tens of thousands of them live until pruned, and every collection walked them. */
+static PyObject *
+py_untrack(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    if ((PyTuple_CheckExact(obj) || PyList_CheckExact(obj)) && PyObject_GC_IsTracked(obj)) {
+        PyObject_GC_UnTrack(obj);
+    }
     Py_RETURN_NONE;
 }
 
@@ -3291,6 +3335,8 @@ static PyMethodDef module_methods[] = {
     {"holder_site_record", (PyCFunction)py_holder_site_record, METH_NOARGS,
      "holder_site_record(): (ThreadInfo, task or None, (code, offset) of the program's call)"},
     {"link", (PyCFunction)py_link, METH_O, "link(prim): a Tracked primitive joins the list of live ones"},
+    {"untrack", (PyCFunction)py_untrack, METH_O,
+     "untrack(obj): the garbage collector stops following a tuple or list that cannot be in a cycle"},
     {"acquisitions", (PyCFunction)py_acquisitions, METH_NOARGS, "acquisitions(): total of the live locks' counters"},
     {"raw_stack", (PyCFunction)py_raw_stack, METH_O, "raw_stack(limit): (code, offset, ...) innermost first"},
     {"bucket_of", (PyCFunction)py_bucket_of, METH_O, "bucket_of(value): recorder.bucket_of, as the C path computes it"},
