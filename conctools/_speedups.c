@@ -83,6 +83,8 @@ typedef struct CoreObject {
     PyObject *hold;              /* _ct_hold: hold-time Histogram, NULL until the first contention */
     PyObject *held;              /* _ct_held: the held-locks stack this lock was pushed on */
     PyObject *entry;             /* _ct_entry: the last held-stack entry (weakref, key, name, serial, site) */
+    PyObject *entry_alt[3];      /* the entries of the sites before it, most recent first (a queue's mutex is
+                                  * taken by put, get and task_done in turn: one entry each, not one per turn) */
     PyObject *known[2];          /* held entries whose edge to this lock is known (strong refs) */
     long long known_gen;         /* lockorder generation those were checked in */
     PyObject *trash[2];          /* references dropped inside a critical section, released later */
@@ -1071,6 +1073,15 @@ entry_for(CoreObject *self, PyObject *site)
     if (self->entry != NULL && PyTuple_GET_ITEM(self->entry, 4) == site) {
         return Py_NewRef(self->entry);
     }
+    for (int i = 0; i < 3; i++) {
+        PyObject *alt = self->entry_alt[i];
+        if (alt != NULL && PyTuple_GET_ITEM(alt, 4) == site) {
+            /* Swapped with the current one (no reference changes hands, nothing is freed). */
+            self->entry_alt[i] = self->entry;
+            self->entry = alt;
+            return Py_NewRef(alt);
+        }
+    }
     PyObject *wref = NULL, *key = NULL, *name = NULL, *serial = NULL, *entry = NULL;
     if (self->stats == NULL) return NULL;
     g_allocated = 1;
@@ -1083,7 +1094,13 @@ entry_for(CoreObject *self, PyObject *site)
     if (serial == NULL) goto done;
     entry = PyTuple_Pack(5, wref, key, name, serial, site);
     if (entry != NULL) {
-        Py_XSETREF(self->entry, Py_NewRef(entry));
+        /* The oldest alternative goes (a tuple of ours: the held stack may still have it). */
+        PyObject *oldest = self->entry_alt[2];
+        self->entry_alt[2] = self->entry_alt[1];
+        self->entry_alt[1] = self->entry_alt[0];
+        self->entry_alt[0] = self->entry;
+        self->entry = Py_NewRef(entry);
+        Py_XDECREF(oldest);
     }
 done:
     Py_XDECREF(wref);
@@ -2548,6 +2565,7 @@ core_traverse(CoreObject *self, visitproc visit, void *arg)
     Py_VISIT(self->hold);
     Py_VISIT(self->held);
     Py_VISIT(self->entry);
+    for (int i = 0; i < 3; i++) Py_VISIT(self->entry_alt[i]);
     for (int i = 0; i < 2; i++) Py_VISIT(self->known[i]);
     for (int i = 0; i < 2; i++) Py_VISIT(self->trash[i]);
     Py_VISIT(self->stats);
@@ -2567,6 +2585,7 @@ core_clear(CoreObject *self)
     Py_CLEAR(self->hold);
     Py_CLEAR(self->held);
     Py_CLEAR(self->entry);
+    for (int i = 0; i < 3; i++) Py_CLEAR(self->entry_alt[i]);
     for (int i = 0; i < 2; i++) Py_CLEAR(self->known[i]);
     for (int i = 0; i < 2; i++) Py_CLEAR(self->trash[i]);
     Py_CLEAR(self->stats);
