@@ -1094,6 +1094,10 @@ entry_for(CoreObject *self, PyObject *site)
     if (serial == NULL) goto done;
     entry = PyTuple_Pack(5, wref, key, name, serial, site);
     if (entry != NULL) {
+        /* Neither the entry nor its weak reference (no callback) can be part of a reference cycle:
+         * the garbage collector need not walk them (lock-order records keep thousands alive). */
+        if (PyObject_GC_IsTracked(entry)) PyObject_GC_UnTrack(entry);
+        if (PyObject_GC_IsTracked(wref)) PyObject_GC_UnTrack(wref);
         /* The oldest alternative goes (a tuple of ours: the held stack may still have it). */
         PyObject *oldest = self->entry_alt[2];
         self->entry_alt[2] = self->entry_alt[1];

@@ -24,6 +24,8 @@ SEMAPHORES = frozenset({"Semaphore", "BoundedSemaphore"})
 sem_states: dict[int, PoolState] = {}
 sem_waits: dict[tuple[int, int | None], tuple[PoolState, int]] = {}  # (thread, task) -> (state, wait start)
 sem_names: dict[int, tuple[Any, str, str | None]] = {}  # id -> (weak ref, name, items)
+# (A free-threaded build without its GIL counts under the pool's mutex.)
+_GIL = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 _first_sight = _thread.RLock()  # (re-entrant: a queue subclass's __getattr__ may use queues)
 
 
@@ -247,7 +249,9 @@ def _q_get(self: Any, block: bool = True, timeout: float | None = None) -> Any:
     if state is not None:
         if state.identities:
             state.take(item, _getframe(1))
-        else:  # a channel's take (PoolState.take's first case, inlined)
+        elif _GIL:  # a channel's take, only counted (PoolState.take's first case, inlined): with the
+            state.takes += 1  # GIL, `x.n += 1` on a plain attribute runs no Python code, so loses no count
+        else:
             with state.mutex:
                 state.takes += 1
     return item
