@@ -157,7 +157,8 @@ static long long g_stacks_per_site = 8;
 
 static PyObject *s_acquire, *s_release, *s_locked, *s_is_owned, *s_recursion_count, *s_release_save,
     *s_acquire_restore, *s_stack, *s_key, *s_end_ns, *s_acquired, *s_append, *s_buckets, *s_count,
-    *s_total_ns, *s_max_ns, *s_add, *s_epoch, *s_lock_kind, *s_rlock_kind, *s_thread_key, *s_site, *s_retired;
+    *s_total_ns, *s_max_ns, *s_add, *s_epoch, *s_lock_kind, *s_rlock_kind, *s_thread_key, *s_site, *s_retired,
+    *s_lock_attr, *s_enter, *s_exit;
 
 static PyObject *py_raw_stack(PyObject *module, PyObject *arg);
 static PyObject *wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int event,
@@ -2976,6 +2977,50 @@ static PyMemberDef tracked_members[] = {
     {NULL},
 };
 
+/* threading.Condition's __enter__ and __exit__ (`return self._lock.__enter__()`, `return
+ * self._lock.__exit__(*args)`), as C methods that the traced Condition installs: every `with` on a
+ * queue's or a future's condition paid two Python frames for them. The lock's own methods are looked
+ * up as Python does (a subclass's override is called). */
+static PyObject *
+cond_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
+    if (lock == NULL) return NULL;
+    PyObject *args[1] = {lock};
+    PyObject *r = PyObject_VectorcallMethod(s_enter, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(lock);
+    return r;
+}
+
+static PyObject *
+cond_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
+    if (lock == NULL) return NULL;
+    PyObject *r;
+    if (nargs <= 7) {
+        PyObject *stack[8];
+        stack[0] = lock;
+        for (Py_ssize_t i = 0; i < nargs; i++) stack[i + 1] = args[i];
+        r = PyObject_VectorcallMethod(s_exit, stack, (size_t)(nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    else {
+        PyObject *meth = PyObject_GetAttr(lock, s_exit);
+        r = meth != NULL ? PyObject_Vectorcall(meth, args, (size_t)nargs, NULL) : NULL;
+        Py_XDECREF(meth);
+    }
+    Py_DECREF(lock);
+    return r;
+}
+
+static PyMethodDef tracked_methods[] = {
+    {"_c_cond_enter", (PyCFunction)cond_enter, METH_NOARGS,
+     "_c_cond_enter($self, /)\n--\n\nthreading.Condition.__enter__: self._lock.__enter__()."},
+    {"_c_cond_exit", (PyCFunction)(void (*)(void))cond_exit, METH_FASTCALL,
+     "_c_cond_exit($self, /, *args)\n--\n\nthreading.Condition.__exit__: self._lock.__exit__(*args)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyType_Slot tracked_slots[] = {
     {Py_tp_doc, "The fields of a Python-level traced primitive (conctools.locks)."},
     {Py_tp_dealloc, tracked_dealloc},
@@ -2983,6 +3028,7 @@ static PyType_Slot tracked_slots[] = {
     {Py_tp_clear, tracked_clear},
     {Py_tp_members, tracked_members},
     {Py_tp_getset, tracked_getset},
+    {Py_tp_methods, tracked_methods},
     /* No tp_new: object.__new__ is inherited, which sets up a subclass's instance dict the fast way
      * (inline values: PyType_GenericNew would leave attribute access 4x slower). */
     {0, NULL},
@@ -3417,6 +3463,9 @@ PyInit__speedups(void)
     INTERN(s_ct_waiters, "_ct_waiters");
     INTERN(s_get_name, "get_name");
     INTERN(s_retired, "retired");
+    INTERN(s_lock_attr, "_lock");
+    INTERN(s_enter, "__enter__");
+    INTERN(s_exit, "__exit__");
     INTERN(s_ct_stats, "_ct_stats");
     INTERN(s_ct_created, "_ct_created");
     INTERN(s_ct_name, "_ct_name");

@@ -2189,6 +2189,13 @@ class Condition(_StdCondition, _TracedAttrs):
     # watchdog's progress itself (a notification that wakes nobody is no progress).
 
 
+if _speedups is not None:
+    # threading.Condition's __enter__/__exit__ (`self._lock.__enter__()`, `self._lock.__exit__(*args)`)
+    # as C methods: every `with` on a queue's or a future's condition paid two Python frames for them.
+    Condition.__enter__ = _speedups.Tracked._c_cond_enter  # type: ignore[method-assign,assignment]
+    Condition.__exit__ = _speedups.Tracked._c_cond_exit  # type: ignore[method-assign,assignment]
+
+
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
 
 

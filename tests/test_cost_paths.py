@@ -105,6 +105,31 @@ class TestConditionOverLock:
             t.join(10)
         assert sorted(woken) == ["w0", "w1", "w2"]
 
+    def test_with_goes_through_the_locks_own_methods(self, recorder: Recorder) -> None:
+        """``with cond`` calls its lock's ``__enter__``/``__exit__`` (a subclass's override too), passing
+        the exception details on and returning what the lock returns."""
+        calls: list[tuple[Any, ...]] = []
+
+        class Watched(conctools.RLock):
+            def __enter__(self) -> bool:
+                calls.append(("enter",))
+                return super().__enter__()
+
+            def __exit__(self, *args: Any) -> None:
+                calls.append(("exit", args[0]))
+                super().__exit__(*args)
+
+        cond = conctools.Condition(Watched(name="watched"))
+        with cond as entered:
+            assert entered is True and cond._is_owned()  # type: ignore[attr-defined]
+        with pytest.raises(KeyError), cond:
+            raise KeyError("x")
+        assert calls == [("enter",), ("exit", None), ("enter",), ("exit", KeyError)]
+        plain = conctools.Condition(conctools.Lock(name="plain-with"))
+        with plain:
+            assert plain._lock.locked()
+        assert not plain._lock.locked() and _acquisitions("plain-with") == 1
+
 
 class _Odd(queue.Queue):  # type: ignore[type-arg]
     """A queue whose class answers any attribute it lacks."""
