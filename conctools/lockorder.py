@@ -85,7 +85,11 @@ _inst_has_out: set[int] = set()
 _inst_count = [0]  # distinct instance edges
 _inst_stacks: dict[tuple[Any, ...], int] = {}  # (class key, site: id(code), offset) -> stacks taken there
 INSTANCE_STACKS_PER_SITE = 8
-INSTANCE_PRUNE_AT = 10_000  # locks with edges into them kept before the dead locks' are forgotten
+# Locks with edges into them kept before the dead locks' are forgotten (then twice those that stayed).
+# A pass costs about the same per record whenever it runs, but less when the records are recent (they
+# are still in the CPU's caches) and fewer of them live through collections: 2,000 rather than 10,000
+# makes a fan-out of futures' conditions ~10% cheaper.
+INSTANCE_PRUNE_AT = 2_000
 INSTANCE_MAX_EDGES = 100_000  # instance edges kept at most (bounded memory, a few MiB)
 _inst_prune_at = [INSTANCE_PRUNE_AT]
 _inst_full_skip = [0, 0]  # when full of live locks' edges: new edges skipped before pruning again; warned
