@@ -62,7 +62,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 5
+#define API_VERSION 6
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -83,6 +83,8 @@ typedef struct CoreObject {
     PyObject *hold;              /* _ct_hold: hold-time Histogram, NULL until the first contention */
     PyObject *held;              /* _ct_held: the held-locks stack this lock was pushed on */
     PyObject *entry;             /* _ct_entry: the last held-stack entry (weakref, key, name, serial, site) */
+    PyObject *entry_alt[3];      /* the entries of the sites before it, most recent first (a queue's mutex is
+                                  * taken by put, get and task_done in turn: one entry each, not one per turn) */
     PyObject *known[2];          /* held entries whose edge to this lock is known (strong refs) */
     long long known_gen;         /* lockorder generation those were checked in */
     PyObject *trash[2];          /* references dropped inside a critical section, released later */
@@ -155,7 +157,8 @@ static long long g_stacks_per_site = 8;
 
 static PyObject *s_acquire, *s_release, *s_locked, *s_is_owned, *s_recursion_count, *s_release_save,
     *s_acquire_restore, *s_stack, *s_key, *s_end_ns, *s_acquired, *s_append, *s_buckets, *s_count,
-    *s_total_ns, *s_max_ns, *s_add, *s_epoch, *s_lock_kind, *s_rlock_kind, *s_thread_key, *s_site, *s_retired;
+    *s_total_ns, *s_max_ns, *s_add, *s_epoch, *s_lock_kind, *s_rlock_kind, *s_thread_key, *s_site, *s_retired,
+    *s_lock_attr, *s_enter, *s_exit;
 
 static PyObject *py_raw_stack(PyObject *module, PyObject *arg);
 static PyObject *wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int event,
@@ -1071,6 +1074,15 @@ entry_for(CoreObject *self, PyObject *site)
     if (self->entry != NULL && PyTuple_GET_ITEM(self->entry, 4) == site) {
         return Py_NewRef(self->entry);
     }
+    for (int i = 0; i < 3; i++) {
+        PyObject *alt = self->entry_alt[i];
+        if (alt != NULL && PyTuple_GET_ITEM(alt, 4) == site) {
+            /* Swapped with the current one (no reference changes hands, nothing is freed). */
+            self->entry_alt[i] = self->entry;
+            self->entry = alt;
+            return Py_NewRef(alt);
+        }
+    }
     PyObject *wref = NULL, *key = NULL, *name = NULL, *serial = NULL, *entry = NULL;
     if (self->stats == NULL) return NULL;
     g_allocated = 1;
@@ -1083,7 +1095,17 @@ entry_for(CoreObject *self, PyObject *site)
     if (serial == NULL) goto done;
     entry = PyTuple_Pack(5, wref, key, name, serial, site);
     if (entry != NULL) {
-        Py_XSETREF(self->entry, Py_NewRef(entry));
+        /* Neither the entry nor its weak reference (no callback) can be part of a reference cycle:
+         * the garbage collector need not walk them (lock-order records keep thousands alive). */
+        if (PyObject_GC_IsTracked(entry)) PyObject_GC_UnTrack(entry);
+        if (PyObject_GC_IsTracked(wref)) PyObject_GC_UnTrack(wref);
+        /* The oldest alternative goes (a tuple of ours: the held stack may still have it). */
+        PyObject *oldest = self->entry_alt[2];
+        self->entry_alt[2] = self->entry_alt[1];
+        self->entry_alt[1] = self->entry_alt[0];
+        self->entry_alt[0] = self->entry;
+        self->entry = Py_NewRef(entry);
+        Py_XDECREF(oldest);
     }
 done:
     Py_XDECREF(wref);
@@ -2181,6 +2203,36 @@ core_locked(CoreObject *self, PyObject *Py_UNUSED(ignored))
     return call_noargs(m_lock_locked, self->lock);
 }
 
+/* threading.Condition._is_owned() for a Condition over a traced Lock (which has no _is_owned): the
+ * stdlib probes with acquire(False) and a release, "owned" meaning "held by anyone". A held lock is
+ * answered by locked(), without the probe's bookkeeping (a failed try records nothing anyway); a free
+ * one is probed exactly as the stdlib does (counted, ordered), so an un-acquired notify() or wait()
+ * is seen as before. */
+static PyObject *
+lock_cond_owned(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools lock used before __init__");
+        return NULL;
+    }
+    if (self->rlock) return call_noargs(m_rlock_is_owned, self->lock); /* (an RLock's own, as Condition uses) */
+    PyObject *locked = call_noargs(m_lock_locked, self->lock);
+    if (locked == NULL || locked == Py_True) return locked;
+    Py_DECREF(locked);
+    PyObject *args[1] = {Py_False};
+    PyObject *got = acquire_common(self, args, 1, NULL);
+    if (got == NULL) return NULL;
+    if (got == Py_True) {
+        Py_DECREF(got);
+        PyObject *r = lock_exit(self, NULL, 0);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+        Py_RETURN_FALSE;
+    }
+    Py_DECREF(got);
+    Py_RETURN_TRUE;
+}
+
 static PyObject *
 rlock_is_owned(CoreObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -2518,6 +2570,7 @@ core_traverse(CoreObject *self, visitproc visit, void *arg)
     Py_VISIT(self->hold);
     Py_VISIT(self->held);
     Py_VISIT(self->entry);
+    for (int i = 0; i < 3; i++) Py_VISIT(self->entry_alt[i]);
     for (int i = 0; i < 2; i++) Py_VISIT(self->known[i]);
     for (int i = 0; i < 2; i++) Py_VISIT(self->trash[i]);
     Py_VISIT(self->stats);
@@ -2537,6 +2590,7 @@ core_clear(CoreObject *self)
     Py_CLEAR(self->hold);
     Py_CLEAR(self->held);
     Py_CLEAR(self->entry);
+    for (int i = 0; i < 3; i++) Py_CLEAR(self->entry_alt[i]);
     for (int i = 0; i < 2; i++) Py_CLEAR(self->known[i]);
     for (int i = 0; i < 2; i++) Py_CLEAR(self->trash[i]);
     Py_CLEAR(self->stats);
@@ -2760,6 +2814,8 @@ static PyMethodDef core_methods[] = {
      "_c_acquire($self, /, blocking=True, timeout=-1)\n--\n\nAcquire the lock, as threading's acquire()."},
     {"_c_locked", (PyCFunction)core_locked, METH_NOARGS, "_c_locked($self, /)\n--\n\nTrue if the lock is held."},
     {"_c_is_owned", (PyCFunction)rlock_is_owned, METH_NOARGS, NULL},
+    {"_c_cond_owned", (PyCFunction)lock_cond_owned, METH_NOARGS,
+     "_c_cond_owned($self, /)\n--\n\nthreading.Condition._is_owned() over this lock: True if held."},
     {"_c_recursion_count", (PyCFunction)rlock_recursion_count, METH_NOARGS, NULL},
     {"_c_release_save", (PyCFunction)rlock_release_save, METH_NOARGS, NULL},
     {"_c_acquire_restore", (PyCFunction)rlock_acquire_restore, METH_O, NULL},
@@ -2921,6 +2977,50 @@ static PyMemberDef tracked_members[] = {
     {NULL},
 };
 
+/* threading.Condition's __enter__ and __exit__ (`return self._lock.__enter__()`, `return
+ * self._lock.__exit__(*args)`), as C methods that the traced Condition installs: every `with` on a
+ * queue's or a future's condition paid two Python frames for them. The lock's own methods are looked
+ * up as Python does (a subclass's override is called). */
+static PyObject *
+cond_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
+    if (lock == NULL) return NULL;
+    PyObject *args[1] = {lock};
+    PyObject *r = PyObject_VectorcallMethod(s_enter, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(lock);
+    return r;
+}
+
+static PyObject *
+cond_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
+    if (lock == NULL) return NULL;
+    PyObject *r;
+    if (nargs <= 7) {
+        PyObject *stack[8];
+        stack[0] = lock;
+        for (Py_ssize_t i = 0; i < nargs; i++) stack[i + 1] = args[i];
+        r = PyObject_VectorcallMethod(s_exit, stack, (size_t)(nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    else {
+        PyObject *meth = PyObject_GetAttr(lock, s_exit);
+        r = meth != NULL ? PyObject_Vectorcall(meth, args, (size_t)nargs, NULL) : NULL;
+        Py_XDECREF(meth);
+    }
+    Py_DECREF(lock);
+    return r;
+}
+
+static PyMethodDef tracked_methods[] = {
+    {"_c_cond_enter", (PyCFunction)cond_enter, METH_NOARGS,
+     "_c_cond_enter($self, /)\n--\n\nthreading.Condition.__enter__: self._lock.__enter__()."},
+    {"_c_cond_exit", (PyCFunction)(void (*)(void))cond_exit, METH_FASTCALL,
+     "_c_cond_exit($self, /, *args)\n--\n\nthreading.Condition.__exit__: self._lock.__exit__(*args)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyType_Slot tracked_slots[] = {
     {Py_tp_doc, "The fields of a Python-level traced primitive (conctools.locks)."},
     {Py_tp_dealloc, tracked_dealloc},
@@ -2928,6 +3028,7 @@ static PyType_Slot tracked_slots[] = {
     {Py_tp_clear, tracked_clear},
     {Py_tp_members, tracked_members},
     {Py_tp_getset, tracked_getset},
+    {Py_tp_methods, tracked_methods},
     /* No tp_new: object.__new__ is inherited, which sets up a subclass's instance dict the fast way
      * (inline values: PyType_GenericNew would leave attribute access 4x slower). */
     {0, NULL},
@@ -2949,6 +3050,18 @@ py_link(PyObject *Py_UNUSED(module), PyObject *prim)
         return NULL;
     }
     link_tracked((TrackedObject *)prim);
+    Py_RETURN_NONE;
+}
+
+/* untrack(obj): the garbage collector stops looking at a tuple or list that can never be part of a
+ * reference cycle (lockorder's edge records: names, sites, held-lock entries whose lock is held
+ * weakly). Tens of thousands of them live until pruned, and every collection walked them. */
+static PyObject *
+py_untrack(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    if ((PyTuple_CheckExact(obj) || PyList_CheckExact(obj)) && PyObject_GC_IsTracked(obj)) {
+        PyObject_GC_UnTrack(obj);
+    }
     Py_RETURN_NONE;
 }
 
@@ -3291,6 +3404,8 @@ static PyMethodDef module_methods[] = {
     {"holder_site_record", (PyCFunction)py_holder_site_record, METH_NOARGS,
      "holder_site_record(): (ThreadInfo, task or None, (code, offset) of the program's call)"},
     {"link", (PyCFunction)py_link, METH_O, "link(prim): a Tracked primitive joins the list of live ones"},
+    {"untrack", (PyCFunction)py_untrack, METH_O,
+     "untrack(obj): the garbage collector stops following a tuple or list that cannot be in a cycle"},
     {"acquisitions", (PyCFunction)py_acquisitions, METH_NOARGS, "acquisitions(): total of the live locks' counters"},
     {"raw_stack", (PyCFunction)py_raw_stack, METH_O, "raw_stack(limit): (code, offset, ...) innermost first"},
     {"bucket_of", (PyCFunction)py_bucket_of, METH_O, "bucket_of(value): recorder.bucket_of, as the C path computes it"},
@@ -3348,6 +3463,9 @@ PyInit__speedups(void)
     INTERN(s_ct_waiters, "_ct_waiters");
     INTERN(s_get_name, "get_name");
     INTERN(s_retired, "retired");
+    INTERN(s_lock_attr, "_lock");
+    INTERN(s_enter, "__enter__");
+    INTERN(s_exit, "__exit__");
     INTERN(s_ct_stats, "_ct_stats");
     INTERN(s_ct_created, "_ct_created");
     INTERN(s_ct_name, "_ct_name");

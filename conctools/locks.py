@@ -1085,7 +1085,7 @@ def _validate(blocking: Any, timeout: Any) -> None:
 # _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
 # builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 5  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 6  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -2000,6 +2000,7 @@ def _install_speedups() -> None:
     Lock.release_lock = Lock.release  # type: ignore[method-assign]
     Lock.locked_lock = Lock.locked  # type: ignore[method-assign]
     registry._c_live[0] = _speedups.live
+    lockorder._untrack[0] = _speedups.untrack
     registry._c_progress[0] = _speedups.acquisitions
 
 
@@ -2028,6 +2029,12 @@ when_imported("asyncio", _bind_asyncio)
 
 
 # -- Condition ---------------------------------------------------------------------------
+
+# threading.Condition.__init__ (3.11-3.13): the lock, its methods, and _release_save, _acquire_restore
+# and _is_owned when the lock has them (our RLock has all three), then the waiters' deque. Made
+# inline for the default lock: a Python frame and three lookups less on every Future.
+_INLINE_CONDITION_INIT = sys.version_info < (3, 14)
+_deque = collections.deque
 
 
 if TYPE_CHECKING:
@@ -2093,22 +2100,76 @@ class Condition(_StdCondition, _TracedAttrs):
     notifies), and the time spent waiting is in the lock table.
     """
 
-    _is_owned: Callable[[], bool]  # the stdlib's, not in typeshed
-    _waiters: Any
+    _waiters: Any  # the stdlib's, not in typeshed
+    _lock: Any
 
     def __init__(self, lock: Any = None, name: str | None = None) -> None:
-        frame = _getframe(1)
         if lock is None:
-            lock = RLock(name=f"{name}.lock" if name else None)
-        super().__init__(lock)
+            lock = RLock() if name is None else RLock(name=f"{name}.lock")
+            if _INLINE_CONDITION_INIT:  # the stdlib's __init__ for an RLock of ours (every Future makes one)
+                self._lock = lock
+                self.acquire = lock.acquire  # type: ignore[method-assign]
+                self.release = lock.release  # type: ignore[method-assign]
+                self._release_save = lock._release_save
+                self._acquire_restore = lock._acquire_restore
+                self._is_owned = lock._is_owned  # type: ignore[method-assign]
+                self._waiters = _deque()
+            else:
+                _StdCondition.__init__(self, lock)
+        else:
+            _StdCondition.__init__(self, lock)
+            if _speedups is not None and type(lock) is Lock:  # (a C Lock never changes class)
+                self._is_owned = lock._c_cond_owned  # type: ignore[attr-defined,method-assign]
         self._ct_progress = 0  # notifications (made here: a notify inside a section only stores)
-        _init_traced(self, "Condition", name, frame)
+        # Named and counted: with the C extension, from its cache of creation sites in one call.
+        if _try_register is not None and _try_register(self, "Condition", name):
+            _speedups.link(self)
+        else:
+            _register(self, "Condition", name, _getframe(1))
 
-    def notify(self, n: int = 1) -> None:
-        """Wake up to ``n`` waiters, as ``threading.Condition.notify`` (counted: a queue's
-        ``not_empty`` notifications are its puts, which a hang report on ``join()`` shows)."""
-        _StdCondition.notify(self, n)
-        self._ct_progress += 1
+    def _is_owned(self) -> bool:
+        """``threading.Condition``'s probe for a lock without ``_is_owned`` (a ``Lock``: "owned" is
+        "held by anyone"), answered by ``locked()`` when it is held: the probe's ``acquire(False)``
+        would fail and record nothing, and skipping it skips its lock-order bookkeeping. A free lock
+        is probed as the stdlib does. (With the C extension a traced Lock's own ``_c_cond_owned``
+        does this, set in ``__init__``.)"""
+        lock = self._lock
+        if isinstance(lock, Lock) and lock._lock.locked():
+            return True
+        return bool(_StdCondition._is_owned(self))  # type: ignore[attr-defined]
+
+    if sys.version_info < (3, 14):
+
+        def notify(self, n: int = 1) -> None:
+            """Wake up to ``n`` waiters, as ``threading.Condition.notify`` (counted: a queue's
+            ``not_empty`` notifications are its puts, which a hang report on ``join()`` shows).
+
+            The stdlib's body (3.11-3.13, identical), inlined: every queue put and get notifies,
+            and a call to it from here cost a Python frame each time."""
+            if not self._is_owned():
+                raise RuntimeError("cannot notify on un-acquired lock")
+            waiters = self._waiters
+            while waiters and n > 0:
+                waiter = waiters[0]
+                try:
+                    waiter.release()
+                except RuntimeError:
+                    pass  # gh-92530: released by a notify() interrupted before it removed the waiter
+                else:
+                    n -= 1
+                try:
+                    waiters.remove(waiter)
+                except ValueError:
+                    pass
+            self._ct_progress += 1
+
+    else:
+
+        def notify(self, n: int = 1) -> None:
+            """Wake up to ``n`` waiters, as ``threading.Condition.notify`` (counted: a queue's
+            ``not_empty`` notifications are its puts, which a hang report on ``join()`` shows)."""
+            _StdCondition.notify(self, n)
+            self._ct_progress += 1
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until notified or until ``timeout``, as ``threading.Condition.wait``."""
@@ -2126,6 +2187,13 @@ class Condition(_StdCondition, _TracedAttrs):
 
     # notify_all() is the stdlib's own (it calls notify()). A waiter that wakes up stamps the
     # watchdog's progress itself (a notification that wakes nobody is no progress).
+
+
+if _speedups is not None:
+    # threading.Condition's __enter__/__exit__ (`self._lock.__enter__()`, `self._lock.__exit__(*args)`)
+    # as C methods: every `with` on a queue's or a future's condition paid two Python frames for them.
+    Condition.__enter__ = _speedups.Tracked._c_cond_enter  # type: ignore[method-assign,assignment]
+    Condition.__exit__ = _speedups.Tracked._c_cond_exit  # type: ignore[method-assign,assignment]
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------

@@ -74,6 +74,7 @@ from conctools.pools._state import (
     MAX_HELD,
     REPEAT_MIN,
     SNAPSHOT_EVERY_S,
+    PoolState,
     reset,
     threshold_ns,
 )
@@ -112,9 +113,9 @@ def name_pool(obj: Any, name: str, *, items: str | None = None) -> None:
     Raises ``TypeError`` for anything else.
     """
     if isinstance(obj, (asyncio.Queue, queue.Queue)):
-        obj.__dict__[NAME_KEY] = (name, items)
-        state = obj.__dict__.get(STATE_KEY)
-        if state is not None:
+        object.__setattr__(obj, NAME_KEY, (name, items))  # (not through __dict__: see queue_state)
+        state = getattr(obj, STATE_KEY, None)
+        if isinstance(state, PoolState):
             state.name = name
             if items:
                 state.items = items
