@@ -43,7 +43,7 @@ from conctools.locks import (
     _threads,
     _TracedAttrs,
     _wait_begin,
-    _wait_done,
+    _wait_done_now,
     _who_words,
 )
 from conctools.recorder import Histogram
@@ -138,7 +138,7 @@ class Lock(asyncio.Lock, _TracedAttrs):
         try:
             acquired = await super().acquire()
         finally:
-            _wait_done(wait, acquired)
+            _wait_done_now(wait, acquired)
         self._wait_ended(wait, frame)
         return True
 
@@ -157,7 +157,7 @@ class Lock(asyncio.Lock, _TracedAttrs):
         try:
             acquired = await super().acquire()
         finally:
-            _wait_done(wait, acquired)
+            _wait_done_now(wait, acquired)
         self._wait_ended(wait, frame)
         return None
 
@@ -290,7 +290,7 @@ class Event(asyncio.Event, _TracedAttrs):
         try:
             ok = await super().wait()
         finally:
-            _wait_done(wait, ok)
+            _wait_done_now(wait, ok)
         return ok
 
     def set(self) -> None:
@@ -319,7 +319,7 @@ class Condition(asyncio.Condition, _TracedAttrs):
         try:
             ok = await super().wait()
         finally:
-            _wait_done(wait, ok)
+            _wait_done_now(wait, ok)
         return ok
 
     def notify(self, n: int = 1) -> None:
@@ -365,7 +365,7 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         try:
             acquired = await super().acquire()
         finally:
-            _wait_done(wait, acquired)
+            _wait_done_now(wait, acquired)
             if hooked:
                 _sem_ended(self, hooked)
         self._ct_n += 1
@@ -395,7 +395,7 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         try:
             acquired = await super().acquire()
         finally:
-            _wait_done(wait, acquired)
+            _wait_done_now(wait, acquired)
             if hooked:
                 _sem_ended(self, hooked)
         self._ct_n += 1
@@ -459,5 +459,5 @@ class Barrier(asyncio.Barrier, _TracedAttrs):
             ok = True
         finally:
             self._ct_progress += 1
-            _wait_done(wait, ok)
+            _wait_done_now(wait, ok)
         return index

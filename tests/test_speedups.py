@@ -35,7 +35,7 @@ CAN_BUILD = (
     and any(shutil.which(cc) for cc in ("cc", "gcc", "clang"))
     and not os.environ.get("CONCTOOLS_PURE_PYTHON")
 )
-SUITES = ("tests/test_conformance.py", "tests/test_locks.py", "tests/test_lockorder.py")
+SUITES = ("tests/test_conformance.py", "tests/test_locks.py", "tests/test_lockorder.py", "tests/test_aio_locks.py")
 
 
 @pytest.fixture
