@@ -2062,7 +2062,7 @@ def _install_speedups() -> None:
         events_cap=EVENTS_PER_SITE + STACKS_PER_SITE,
     )
     global _hist_add
-    _hist_add = _speedups.hist_add
+    _hist_add = recorder_module.hist_add = _speedups.hist_add
     Lock.acquire_lock = Lock.acquire  # type: ignore[method-assign] # the _thread.lock aliases follow
     Lock.release_lock = Lock.release  # type: ignore[method-assign]
     Lock.locked_lock = Lock.locked  # type: ignore[method-assign]
