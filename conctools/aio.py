@@ -188,7 +188,17 @@ class Lock(asyncio.Lock, _TracedAttrs):
         # Hold times: every contended hold (t0), one in HOLD_SAMPLE of the others.
         self._ct_since = t0 or (0 if self._ct_n & HOLD_SAMPLE_MASK else _mono())
         if self._ct_ordered:
-            entry = self._held_entry(frame)
+            # _held_entry()'s cache check first, inlined: a site (code, offset) of this very frame is right
+            # whichever way it was found (a frame that code_site() skips is never its own site).
+            entry = self._ct_entry
+            if (
+                entry is None
+                or frame is None
+                or type(entry[4]) is not tuple
+                or entry[4][0] is not frame.f_code
+                or entry[4][1] != frame.f_lasti
+            ):
+                entry = self._held_entry(frame)
             self._ct_site = entry[4]
             task = self._ct_owner
             # lockorder.task_held_stack() and note_acquired(), inlined: this runs at every acquisition.
