@@ -877,6 +877,9 @@ class _WaitMethods:
             # (a settled wait's statistics are recorded already: it is kept only when it is sampled)
             if self.settled:  # its statistics are recorded (_settle): it was kept for its event
                 sample = True
+                entry = self.entry
+                if entry is not None and entry.champion is self:
+                    entry.champion = None  # recorded: nothing left to supersede (and no cycle kept)
             else:
                 sample = self.stats.end_wait(self.entry, wait_ns, self.acquired, self.stack is not None, timed)
             if not self.event:
