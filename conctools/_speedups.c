@@ -156,6 +156,10 @@ static PyObject *g_threshold;       /* locks._threshold: [seconds] (a wait at le
 static PyObject *g_unsampled;       /* locks._unsampled: {recorder: lock waits counted, not kept} */
 static long long g_events_cap = 264; /* EVENTS_PER_SITE + STACKS_PER_SITE */
 static PyObject *s_mutex, *s_events, *s_timeouts, *s_wait, *s_champion;
+static PyObject *g_lock_type;       /* _thread.lock (the type of allocate_lock()'s locks) */
+/* Offsets of recorder.Histogram's slots (buckets, count, total_ns, max_ns), read from its member
+ * descriptors at setup; -1: not found (hist_add_fields then goes through attribute access). */
+static Py_ssize_t g_hist_off[4] = {-1, -1, -1, -1};
 
 static PyObject *s_acquire, *s_release, *s_locked, *s_is_owned, *s_recursion_count, *s_release_save,
     *s_acquire_restore, *s_stack, *s_key, *s_end_ns, *s_acquired, *s_append, *s_buckets, *s_count,
@@ -415,9 +419,69 @@ bucket_of(long long value)
 /* Histogram.add(value) on a recorder.Histogram (slots buckets, count, total_ns, max_ns), done here:
  * ints and a dict entry only (no garbage collection can start, no Python code runs). Anything else
  * (a subclass, another object) goes through its own add(). */
+static void
+hist_find_slots(void)
+{
+    static const char *names[4] = {"buckets", "count", "total_ns", "max_ns"};
+    for (int i = 0; i < 4; i++) g_hist_off[i] = -1;
+    if (g_hist_type == NULL || !PyType_Check(g_hist_type)) return;
+    Py_ssize_t off[4];
+    for (int i = 0; i < 4; i++) {
+        PyObject *d = PyDict_GetItemString(((PyTypeObject *)g_hist_type)->tp_dict, names[i]); /* borrowed */
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) return;
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return;
+        off[i] = m->offset;
+    }
+    for (int i = 0; i < 4; i++) g_hist_off[i] = off[i];
+}
+
+/* hist_add_fields() on a recorder.Histogram itself: its slots read and written in place (the same
+ * stores as through attribute access, without the lookups). -1: a slot is unset or not an int (the
+ * caller goes the slow way, which raises what attribute access raises). */
+static int
+hist_add_slots(PyObject *hist, long long value)
+{
+    PyObject **f[4];
+    for (int i = 0; i < 4; i++) {
+        f[i] = (PyObject **)((char *)hist + g_hist_off[i]);
+        if (*f[i] == NULL || (i == 0 ? !PyDict_CheckExact(*f[i]) : !PyLong_CheckExact(*f[i]))) return -1;
+    }
+    long long count = PyLong_AsLongLong(*f[1]), total = PyLong_AsLongLong(*f[2]), max = PyLong_AsLongLong(*f[3]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    PyObject *idx = PyLong_FromLongLong(bucket_of(value));
+    if (idx == NULL) return -2;
+    PyObject *old = PyDict_GetItemWithError(*f[0], idx); /* borrowed */
+    long long n = old != NULL ? PyLong_AsLongLong(old) : 0;
+    PyObject *one = (old == NULL && PyErr_Occurred()) || (n == -1 && PyErr_Occurred()) ? NULL : PyLong_FromLongLong(n + 1);
+    PyObject *c = one ? PyLong_FromLongLong(count + 1) : NULL, *t = c ? PyLong_FromLongLong(total + value) : NULL;
+    PyObject *m = t && value > max ? PyLong_FromLongLong(value) : NULL;
+    int rc = -2;
+    if (t != NULL && (value <= max || m != NULL) && PyDict_SetItem(*f[0], idx, one) == 0) {
+        Py_SETREF(*f[1], c);
+        Py_SETREF(*f[2], t);
+        if (m != NULL) Py_SETREF(*f[3], m);
+        c = t = m = NULL;
+        rc = 0;
+    }
+    Py_DECREF(idx);
+    Py_XDECREF(one);
+    Py_XDECREF(c);
+    Py_XDECREF(t);
+    Py_XDECREF(m);
+    return rc;
+}
+
 static int
 hist_add_fields(PyObject *hist, long long value)
 {
+    if (g_hist_off[0] >= 0 && g_hist_type != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type)) {
+        int r = hist_add_slots(hist, value);
+        if (r != -1) return r == 0 ? 0 : -1;
+    }
     PyObject *buckets = NULL, *idx = NULL, *one = NULL;
     int rc = -1;
     buckets = PyObject_GetAttr(hist, s_buckets);
@@ -1946,7 +2010,12 @@ wait_settle(PyObject *w, int *sampled)
     PyObject *hist = PyObject_GetAttr(stats, s_wait);
     PyObject *mutex = hist != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type) ? PyObject_GetAttr(stats, s_mutex)
                                                                                      : NULL;
-    PyObject *got = mutex != NULL ? PyObject_CallMethodOneArg(mutex, s_acquire, Py_False) : NULL;
+    /* (the class's mutex is a plain lock: its own acquire/release, without looking them up) */
+    int plain = mutex != NULL && g_lock_type != NULL && Py_IS_TYPE(mutex, (PyTypeObject *)g_lock_type) &&
+                m_lock_acquire != NULL && m_lock_release != NULL;
+    PyObject *got = mutex == NULL ? NULL
+                    : plain       ? call_varargs(m_lock_acquire, f_lock_acquire, mutex, g_false_args)
+                                  : PyObject_CallMethodOneArg(mutex, s_acquire, Py_False);
     int settled = 0;
     if (got == Py_True) {
         long long max_ns = int_attr(entry, s_max_ns), events = int_attr(entry, s_events);
@@ -1977,7 +2046,7 @@ wait_settle(PyObject *w, int *sampled)
                 if (PyObject_SetAttr(entry, s_champion, quota ? Py_None : w) < 0) PyErr_Clear();
             }
         }
-        PyObject *r = PyObject_CallMethodNoArgs(mutex, s_release);
+        PyObject *r = plain ? call_noargs(m_lock_release, mutex) : PyObject_CallMethodNoArgs(mutex, s_release);
         Py_XDECREF(r);
     }
     Py_XDECREF(got);
@@ -3105,6 +3174,7 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     PyObject *probe = PyObject_CallNoArgs(v[11]);
     if (probe == NULL) return NULL;
     PyObject *lock_type = (PyObject *)Py_TYPE(probe);
+    Py_XSETREF(g_lock_type, Py_NewRef(lock_type));
     int lf = 0, rf = 0, af = 0;
     m_lock_acquire = method_of(lock_type, "acquire", &lf);
     m_lock_release = m_lock_acquire ? method_of(lock_type, "release", NULL) : NULL;
@@ -3137,6 +3207,7 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     for (int i = 0; i < 27; i++) {
         Py_XSETREF(*slots[i], Py_NewRef(v[i]));
     }
+    hist_find_slots();
     g_running_loop_meth = NULL;
     g_running_loop_self = NULL;
     if (PyCFunction_Check(g_running_loop) && (PyCFunction_GET_FLAGS(g_running_loop) & METH_NOARGS)) {
