@@ -154,6 +154,14 @@ static PyObject *g_site_text;       /* locks._wait_site_text(code, offset) -> "f
 static PyObject *g_begin_wait_slow; /* LockStats.begin_wait (unbound): a new site's entry */
 static Py_ssize_t g_flush_at = 64;
 static long long g_stacks_per_site = 8;
+static PyObject *g_threshold;       /* locks._threshold: [seconds] (a wait at least this long is an event) */
+static PyObject *g_unsampled;       /* locks._unsampled: {recorder: lock waits counted, not kept} */
+static long long g_events_cap = 264; /* EVENTS_PER_SITE + STACKS_PER_SITE */
+static PyObject *s_mutex, *s_events, *s_timeouts, *s_wait, *s_champion;
+static PyObject *g_lock_type;       /* _thread.lock (the type of allocate_lock()'s locks) */
+/* Offsets of recorder.Histogram's slots (buckets, count, total_ns, max_ns), read from its member
+ * descriptors at setup; -1: not found (hist_add_fields then goes through attribute access). */
+static Py_ssize_t g_hist_off[4] = {-1, -1, -1, -1};
 
 static PyObject *s_acquire, *s_release, *s_locked, *s_is_owned, *s_recursion_count, *s_release_save,
     *s_acquire_restore, *s_stack, *s_key, *s_end_ns, *s_acquired, *s_append, *s_buckets, *s_count,
@@ -163,7 +171,7 @@ static PyObject *s_acquire, *s_release, *s_locked, *s_is_owned, *s_recursion_cou
 static PyObject *py_raw_stack(PyObject *module, PyObject *arg);
 static PyObject *wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int event,
                             PyObject *task_arg);
-static void wait_finish(PyObject *w, int acquired);
+static void wait_finish(PyObject *w, int acquired, int settle);
 struct TrackedObject;
 static void init_tracked(struct TrackedObject *self);
 static PyObject *s_ct_stats, *s_ct_created, *s_ct_name;
@@ -414,9 +422,69 @@ bucket_of(long long value)
 /* Histogram.add(value) on a recorder.Histogram (slots buckets, count, total_ns, max_ns), done here:
  * ints and a dict entry only (no garbage collection can start, no Python code runs). Anything else
  * (a subclass, another object) goes through its own add(). */
+static void
+hist_find_slots(void)
+{
+    static const char *names[4] = {"buckets", "count", "total_ns", "max_ns"};
+    for (int i = 0; i < 4; i++) g_hist_off[i] = -1;
+    if (g_hist_type == NULL || !PyType_Check(g_hist_type)) return;
+    Py_ssize_t off[4];
+    for (int i = 0; i < 4; i++) {
+        PyObject *d = PyDict_GetItemString(((PyTypeObject *)g_hist_type)->tp_dict, names[i]); /* borrowed */
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) return;
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return;
+        off[i] = m->offset;
+    }
+    for (int i = 0; i < 4; i++) g_hist_off[i] = off[i];
+}
+
+/* hist_add_fields() on a recorder.Histogram itself: its slots read and written in place (the same
+ * stores as through attribute access, without the lookups). -1: a slot is unset or not an int (the
+ * caller goes the slow way, which raises what attribute access raises). */
+static int
+hist_add_slots(PyObject *hist, long long value)
+{
+    PyObject **f[4];
+    for (int i = 0; i < 4; i++) {
+        f[i] = (PyObject **)((char *)hist + g_hist_off[i]);
+        if (*f[i] == NULL || (i == 0 ? !PyDict_CheckExact(*f[i]) : !PyLong_CheckExact(*f[i]))) return -1;
+    }
+    long long count = PyLong_AsLongLong(*f[1]), total = PyLong_AsLongLong(*f[2]), max = PyLong_AsLongLong(*f[3]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    PyObject *idx = PyLong_FromLongLong(bucket_of(value));
+    if (idx == NULL) return -2;
+    PyObject *old = PyDict_GetItemWithError(*f[0], idx); /* borrowed */
+    long long n = old != NULL ? PyLong_AsLongLong(old) : 0;
+    PyObject *one = (old == NULL && PyErr_Occurred()) || (n == -1 && PyErr_Occurred()) ? NULL : PyLong_FromLongLong(n + 1);
+    PyObject *c = one ? PyLong_FromLongLong(count + 1) : NULL, *t = c ? PyLong_FromLongLong(total + value) : NULL;
+    PyObject *m = t && value > max ? PyLong_FromLongLong(value) : NULL;
+    int rc = -2;
+    if (t != NULL && (value <= max || m != NULL) && PyDict_SetItem(*f[0], idx, one) == 0) {
+        Py_SETREF(*f[1], c);
+        Py_SETREF(*f[2], t);
+        if (m != NULL) Py_SETREF(*f[3], m);
+        c = t = m = NULL;
+        rc = 0;
+    }
+    Py_DECREF(idx);
+    Py_XDECREF(one);
+    Py_XDECREF(c);
+    Py_XDECREF(t);
+    Py_XDECREF(m);
+    return rc;
+}
+
 static int
 hist_add_fields(PyObject *hist, long long value)
 {
+    if (g_hist_off[0] >= 0 && g_hist_type != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type)) {
+        int r = hist_add_slots(hist, value);
+        if (r != -1) return r == 0 ? 0 : -1;
+    }
     PyObject *buckets = NULL, *idx = NULL, *one = NULL;
     int rc = -1;
     buckets = PyObject_GetAttr(hist, s_buckets);
@@ -1401,7 +1469,7 @@ releasing(CoreObject *self)
 enum {
     W_ACQUIRED, W_END_NS, W_ENTRY, W_EVENT, W_HOLDER, W_HOLDER_EXITED, W_IDENT, W_KEY, W_LOCK_ID, W_LOCK_NAME,
     W_PREV_TASK, W_PREV_THREAD, W_PRIM, W_REC, W_SITE, W_STACK, W_START_NS, W_STATS, W_TASK, W_TASK_NAME,
-    W_THREAD, W_THREAD_KEY, W_TIMEOUT_S, W_COUNT
+    W_THREAD, W_THREAD_KEY, W_TIMEOUT_S, W_SETTLED, W_COUNT
 };
 typedef struct {
     PyObject_HEAD
@@ -1486,7 +1554,7 @@ static PyMemberDef waitrecord_members[] = {
     WMEMBER("site", W_SITE), WMEMBER("stack", W_STACK), WMEMBER("start_ns", W_START_NS),
     WMEMBER("stats", W_STATS), WMEMBER("task", W_TASK), WMEMBER("task_name", W_TASK_NAME),
     WMEMBER("thread", W_THREAD),
-    WMEMBER("thread_key", W_THREAD_KEY), WMEMBER("timeout_s", W_TIMEOUT_S), {NULL},
+    WMEMBER("thread_key", W_THREAD_KEY), WMEMBER("timeout_s", W_TIMEOUT_S), WMEMBER("settled", W_SETTLED), {NULL},
 };
 
 static PyType_Slot waitrecord_slots[] = {
@@ -1581,7 +1649,7 @@ contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
         Py_DECREF(args); /* a tuple of ours: freeing it runs nothing */
     }
     if (r == NULL) { /* the real lock raised (a signal handler's exception): not acquired */
-        wait_finish(wait, 0);
+        wait_finish(wait, 0, 0);
         Py_XDECREF(wait);
         return NULL;
     }
@@ -1598,7 +1666,7 @@ contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
         took(self, me, 1, site);
         Py_XDECREF(site); /* the wait record keeps it alive: not the last reference */
     }
-    wait_finish(wait, got);
+    wait_finish(wait, got, 0);
     Py_XDECREF(wait);
     return PyBool_FromLong(got);
 }
@@ -1891,6 +1959,7 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
     wset(w, W_EVENT, event ? Py_True : Py_False);
     wset(w, W_REC, g_current && PyList_GET_SIZE(g_current) > 0 ? PyList_GET_ITEM(g_current, 0) : Py_None);
     wset(w, W_ACQUIRED, Py_False);
+    wset(w, W_SETTLED, g_zero_int);
     wset(w, W_PREV_THREAD, Py_None);
     wset(w, W_PREV_TASK, Py_None);
     wsteal(w, W_END_NS, PyLong_FromLong(0));
@@ -1922,10 +1991,111 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
     return w;
 }
 
+/* An attribute that holds an int, as a C value (-1 and an error cleared when it is not one). */
+static long long
+int_attr(PyObject *obj, PyObject *attr)
+{
+    PyObject *v = PyObject_GetAttr(obj, attr);
+    long long n = v != NULL ? PyLong_AsLongLong(v) : -1;
+    Py_XDECREF(v);
+    if (n == -1 && PyErr_Occurred()) PyErr_Clear();
+    return n;
+}
+
+/* locks._settle(w): the statistics of an ended wait recorded now, exactly as LockStats.end_wait records
+ * them (counters, histogram, its site's total and maximum, whether it is sampled), under its class's
+ * mutex, which is tried, never waited for. Returns 1 when they were: the record is then marked settled
+ * and is only kept (by the caller, for flush_waits() to make its event) when it is sampled; a lock
+ * wait not sampled is counted for its recorder as not kept. 0: nothing done (the mutex was busy, or
+ * the record is not one it knows), flush_waits() records it as before. For the asyncio primitives,
+ * whose waits end in their loop's thread: deferring buys nothing there, and 20,000 parked tasks would
+ * leave 20,000 records to record later. No Python code runs. */
+static int
+wait_settle(PyObject *w, int *sampled)
+{
+    PyObject *stats = wget(w, W_STATS), *entry = wget(w, W_ENTRY), *start = wget(w, W_START_NS),
+             *end = wget(w, W_END_NS), *key = wget(w, W_KEY), *timeout = wget(w, W_TIMEOUT_S),
+             *stack = wget(w, W_STACK);
+    *sampled = 1;
+    if (g_threshold == NULL || g_hist_type == NULL || stats == NULL || entry == NULL || entry == Py_None ||
+        start == NULL || end == NULL || key == NULL || !PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 2 ||
+        !PyList_Check(g_threshold) || PyList_GET_SIZE(g_threshold) < 1) {
+        return 0;
+    }
+    long long wait_ns = PyLong_AsLongLong(end) - PyLong_AsLongLong(start);
+    double threshold_s = PyFloat_AsDouble(PyList_GET_ITEM(g_threshold, 0));
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (wait_ns < 0) wait_ns = 0;
+    PyObject *hist = PyObject_GetAttr(stats, s_wait);
+    PyObject *mutex = hist != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type) ? PyObject_GetAttr(stats, s_mutex)
+                                                                                     : NULL;
+    /* (the class's mutex is a plain lock: its own acquire/release, without looking them up) */
+    int plain = mutex != NULL && g_lock_type != NULL && Py_IS_TYPE(mutex, (PyTypeObject *)g_lock_type) &&
+                m_lock_acquire != NULL && m_lock_release != NULL;
+    PyObject *got = mutex == NULL ? NULL
+                    : plain       ? call_varargs(m_lock_acquire, f_lock_acquire, mutex, g_false_args)
+                                  : PyObject_CallMethodOneArg(mutex, s_acquire, Py_False);
+    int settled = 0;
+    if (got == Py_True) {
+        long long max_ns = int_attr(entry, s_max_ns), events = int_attr(entry, s_events);
+        if (max_ns >= 0 && events >= 0 && hist_add_fields(hist, wait_ns) == 0) {
+            settled = 1;
+            /* (an asyncio wait has no timeout of its own: wait_for cancels it, which counts as timed) */
+            int timed = PyTuple_GET_ITEM(key, 1) != Py_None ||
+                        (timeout != NULL && PyFloat_Check(timeout) && PyFloat_AS_DOUBLE(timeout) >= 0) ||
+                        (timeout != NULL && PyLong_Check(timeout) && PyLong_AsLongLong(timeout) >= 0);
+            if (wget(w, W_ACQUIRED) != Py_True && timed) bump(stats, s_timeouts, 1);
+            bump(entry, s_total_ns, wait_ns);
+            int longest = wait_ns > max_ns;
+            if (longest) bump(entry, s_max_ns, wait_ns - max_ns);
+            int quota = (stack != NULL && stack != Py_None) ||
+                        ((double)wait_ns >= threshold_s * 1e9 && events < g_events_cap);
+            *sampled = quota || longest;
+            if (*sampled) bump(entry, s_events, 1);
+            if (longest) {
+                /* The longest wait at its site so far is kept; the previous one, if it is still waiting to
+                 * be recorded and was kept only for being the longest, is not (it is counted as dropped). */
+                PyObject *old = PyObject_GetAttr(entry, s_champion);
+                if (old != NULL && PyObject_TypeCheck(old, g_waitrecord_type) && wget(old, W_SETTLED) != NULL &&
+                    PyLong_Check(wget(old, W_SETTLED)) && PyLong_AsLong(wget(old, W_SETTLED)) == 1) {
+                    wsteal(old, W_SETTLED, PyLong_FromLong(2));
+                }
+                Py_XDECREF(old);
+                PyErr_Clear();
+                if (PyObject_SetAttr(entry, s_champion, quota ? Py_None : w) < 0) PyErr_Clear();
+            }
+        }
+        PyObject *r = plain ? call_noargs(m_lock_release, mutex) : PyObject_CallMethodNoArgs(mutex, s_release);
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(got);
+    Py_XDECREF(mutex);
+    Py_XDECREF(hist);
+    PyErr_Clear();
+    if (!settled) {
+        *sampled = 1;
+        return 0;
+    }
+    wsteal(w, W_SETTLED, PyLong_FromLong(1));
+    PyObject *rec = wget(w, W_REC);
+    if (!*sampled && wget(w, W_EVENT) == Py_True && rec != NULL && g_unsampled != NULL && PyDict_Check(g_unsampled)) {
+        PyObject *old = PyDict_GetItemWithError(g_unsampled, rec); /* borrowed */
+        long long n = old != NULL ? PyLong_AsLongLong(old) : 0;
+        PyObject *nv = PyErr_Occurred() ? NULL : PyLong_FromLongLong(n + 1);
+        if (nv == NULL || PyDict_SetItem(g_unsampled, rec, nv) < 0) PyErr_Clear();
+        Py_XDECREF(nv);
+    }
+    return 1;
+}
+
 /* The wait w has ended: stores into it, out of the registry, into the pending queue (its statistics
- * and event are recorded later, outside any critical section). No Python code runs. */
+ * and event are recorded later, outside any critical section); with settle, see wait_settle(). No
+ * Python code runs. */
 static void
-wait_finish(PyObject *w, int acquired)
+wait_finish(PyObject *w, int acquired, int settle)
 {
     if (w == NULL || w == Py_None || !g_wait_ready || !PyObject_TypeCheck(w, g_waitrecord_type)) {
         return;
@@ -1960,11 +2130,16 @@ wait_finish(PyObject *w, int acquired)
     if ((wget(w, W_PREV_TASK) == NULL || wget(w, W_PREV_TASK) == Py_None) && PyObject_GC_IsTracked(w)) {
         PyObject_GC_UnTrack(w);
     }
-    if (g_pending != NULL) {
+    int sampled = 1;
+    if (settle && wait_settle(w, &sampled) && !sampled) {
+        /* recorded already, and no event to make: nothing left for flush_waits() */
+    }
+    else if (g_pending != NULL) {
         PyObject *r = PyObject_CallMethodOneArg(g_pending, s_append, w);
         Py_XDECREF(r);
         PyErr_Clear();
     }
+    PyErr_Clear();
     PyErr_Restore(exc_type, exc_value, exc_tb);
 }
 
@@ -1996,7 +2171,21 @@ py_wait_done(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "wait_done(wait, acquired)");
         return NULL;
     }
-    wait_finish(args[0], PyObject_IsTrue(args[1]) > 0);
+    wait_finish(args[0], PyObject_IsTrue(args[1]) > 0, 0);
+    PyErr_Clear();
+    Py_RETURN_NONE;
+}
+
+/* wait_done_now(wait, acquired): wait_done(), and the statistics of a wait that is not sampled recorded
+ * at once (locks._wait_done_now: the asyncio primitives' waits). */
+static PyObject *
+py_wait_done_now(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "wait_done_now(wait, acquired)");
+        return NULL;
+    }
+    wait_finish(args[0], PyObject_IsTrue(args[1]) > 0, 1);
     PyErr_Clear();
     Py_RETURN_NONE;
 }
@@ -3098,6 +3287,7 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     PyObject *probe = PyObject_CallNoArgs(v[11]);
     if (probe == NULL) return NULL;
     PyObject *lock_type = (PyObject *)Py_TYPE(probe);
+    Py_XSETREF(g_lock_type, Py_NewRef(lock_type));
     int lf = 0, rf = 0, af = 0;
     m_lock_acquire = method_of(lock_type, "acquire", &lf);
     m_lock_release = m_lock_acquire ? method_of(lock_type, "release", NULL) : NULL;
@@ -3130,6 +3320,7 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     for (int i = 0; i < 27; i++) {
         Py_XSETREF(*slots[i], Py_NewRef(v[i]));
     }
+    hist_find_slots();
     g_running_loop_meth = NULL;
     g_running_loop_self = NULL;
     if (PyCFunction_Check(g_running_loop) && (PyCFunction_GET_FLAGS(g_running_loop) & METH_NOARGS)) {
@@ -3140,25 +3331,28 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
-/* setup_waits(wait_type, flush, site_text, begin_wait_slow, holder_exited, flush_at, stacks_per_site) */
+/* setup_waits(wait_type, flush, site_text, begin_wait_slow, holder_exited, holder_brief, flush_at, stacks_per_site,
+ * threshold, unsampled, events_cap) */
 static PyObject *
 setup_waits(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"wait_type", "flush", "site_text", "begin_wait_slow", "holder_exited", "holder_brief",
-                             "flush_at", "stacks_per_site", NULL};
-    PyObject *v[6];
+                             "flush_at", "stacks_per_site", "threshold", "unsampled", "events_cap", NULL};
+    PyObject *v[8];
     Py_ssize_t flush_at;
-    long long stacks;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOOnL:setup_waits", kwlist, &PyType_Type, &v[0], &v[1],
-                                     &v[2], &v[3], &v[4], &v[5], &flush_at, &stacks)) {
+    long long stacks, events_cap;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOOnLO!O!L:setup_waits", kwlist, &PyType_Type, &v[0], &v[1],
+                                     &v[2], &v[3], &v[4], &v[5], &flush_at, &stacks, &PyList_Type, &v[6],
+                                     &PyDict_Type, &v[7], &events_cap)) {
         return NULL;
     }
     if (setup_wait_type(v[0]) < 0) return NULL;
-    PyObject **slots[6] = {&g_wait_type, &g_flush, &g_site_text, &g_begin_wait_slow, &g_holder_exited,
-                           &g_holder_brief};
-    for (int i = 0; i < 6; i++) Py_XSETREF(*slots[i], Py_NewRef(v[i]));
+    PyObject **slots[8] = {&g_wait_type, &g_flush, &g_site_text, &g_begin_wait_slow, &g_holder_exited,
+                           &g_holder_brief, &g_threshold, &g_unsampled};
+    for (int i = 0; i < 8; i++) Py_XSETREF(*slots[i], Py_NewRef(v[i]));
     g_flush_at = flush_at;
     g_stacks_per_site = stacks;
+    g_events_cap = events_cap;
     Py_RETURN_NONE;
 }
 
@@ -3394,6 +3588,8 @@ static PyMethodDef module_methods[] = {
      "wait_begin(prim, frame, timeout_s, holder, by_task=False, event=True, task=False): a wait record"},
     {"wait_done", (PyCFunction)(void (*)(void))py_wait_done, METH_FASTCALL,
      "wait_done(wait, acquired): the wait ended (stores only)"},
+    {"wait_done_now", (PyCFunction)(void (*)(void))py_wait_done_now, METH_FASTCALL,
+     "wait_done_now(wait, acquired): the wait ended; its statistics now unless it is sampled"},
     {"try_register", (PyCFunction)(void (*)(void))py_try_register, METH_FASTCALL,
      "try_register(prim, kind, name) -> bool: name a primitive from the cached creation sites"},
     {"remember_site", (PyCFunction)(void (*)(void))py_remember_site, METH_FASTCALL,
@@ -3469,6 +3665,11 @@ PyInit__speedups(void)
     INTERN(s_ct_stats, "_ct_stats");
     INTERN(s_ct_created, "_ct_created");
     INTERN(s_ct_name, "_ct_name");
+    INTERN(s_mutex, "mutex");
+    INTERN(s_events, "events");
+    INTERN(s_timeouts, "timeouts");
+    INTERN(s_wait, "wait");
+    INTERN(s_champion, "champion");
     INTERN(g_key_thread, "conctools.thread");
     INTERN(g_key_held, "conctools.held");
     if ((g_false_args = PyTuple_Pack(1, Py_False)) == NULL) goto fail;

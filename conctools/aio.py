@@ -43,7 +43,7 @@ from conctools.locks import (
     _threads,
     _TracedAttrs,
     _wait_begin,
-    _wait_done,
+    _wait_done_now,
     _who_words,
 )
 from conctools.recorder import Histogram
@@ -138,7 +138,7 @@ class Lock(asyncio.Lock, _TracedAttrs):
         try:
             acquired = await super().acquire()
         finally:
-            _wait_done(wait, acquired)
+            _wait_done_now(wait, acquired)
         self._wait_ended(wait, frame)
         return True
 
@@ -157,7 +157,7 @@ class Lock(asyncio.Lock, _TracedAttrs):
         try:
             acquired = await super().acquire()
         finally:
-            _wait_done(wait, acquired)
+            _wait_done_now(wait, acquired)
         self._wait_ended(wait, frame)
         return None
 
@@ -188,7 +188,17 @@ class Lock(asyncio.Lock, _TracedAttrs):
         # Hold times: every contended hold (t0), one in HOLD_SAMPLE of the others.
         self._ct_since = t0 or (0 if self._ct_n & HOLD_SAMPLE_MASK else _mono())
         if self._ct_ordered:
-            entry = self._held_entry(frame)
+            # _held_entry()'s cache check first, inlined: a site (code, offset) of this very frame is right
+            # whichever way it was found (a frame that code_site() skips is never its own site).
+            entry = self._ct_entry
+            if (
+                entry is None
+                or frame is None
+                or type(entry[4]) is not tuple
+                or entry[4][0] is not frame.f_code
+                or entry[4][1] != frame.f_lasti
+            ):
+                entry = self._held_entry(frame)
             self._ct_site = entry[4]
             task = self._ct_owner
             # lockorder.task_held_stack() and note_acquired(), inlined: this runs at every acquisition.
@@ -290,7 +300,7 @@ class Event(asyncio.Event, _TracedAttrs):
         try:
             ok = await super().wait()
         finally:
-            _wait_done(wait, ok)
+            _wait_done_now(wait, ok)
         return ok
 
     def set(self) -> None:
@@ -319,7 +329,7 @@ class Condition(asyncio.Condition, _TracedAttrs):
         try:
             ok = await super().wait()
         finally:
-            _wait_done(wait, ok)
+            _wait_done_now(wait, ok)
         return ok
 
     def notify(self, n: int = 1) -> None:
@@ -365,7 +375,7 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         try:
             acquired = await super().acquire()
         finally:
-            _wait_done(wait, acquired)
+            _wait_done_now(wait, acquired)
             if hooked:
                 _sem_ended(self, hooked)
         self._ct_n += 1
@@ -395,7 +405,7 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         try:
             acquired = await super().acquire()
         finally:
-            _wait_done(wait, acquired)
+            _wait_done_now(wait, acquired)
             if hooked:
                 _sem_ended(self, hooked)
         self._ct_n += 1
@@ -459,5 +469,5 @@ class Barrier(asyncio.Barrier, _TracedAttrs):
             ok = True
         finally:
             self._ct_progress += 1
-            _wait_done(wait, ok)
+            _wait_done_now(wait, ok)
         return index

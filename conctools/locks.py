@@ -457,7 +457,7 @@ def _holder_words(holder: Any, exited: Any, loop_thread: Any) -> str | None:
 class _SiteStats:
     """The waits at one call site of one lock class."""
 
-    __slots__ = ("events", "function", "max_ns", "stacks", "total_ns", "waits")
+    __slots__ = ("champion", "events", "function", "max_ns", "stacks", "total_ns", "waits")
 
     def __init__(self, function: str) -> None:
         self.function = function
@@ -466,6 +466,9 @@ class _SiteStats:
         self.max_ns = 0
         self.events = 0
         self.stacks = 0
+        # The settled wait (see _settle) kept only for being the longest here so far, while it waits to be
+        # recorded: a longer one supersedes it (a queue whose waits keep growing keeps one, not thousands).
+        self.champion: Any = None
 
 
 class LockStats:
@@ -518,21 +521,22 @@ class LockStats:
         site), or the longest wait at its site so far. ``timed``: it had a timeout (an untimed one
         that ends without the lock was interrupted, not timed out)."""
         with self.mutex:
-            if not acquired and timed:
-                self.timeouts += 1
-            _hist_add(self.wait, wait_ns)
-            entry.total_ns += wait_ns
-            longest = wait_ns > entry.max_ns
-            if longest:
-                entry.max_ns = wait_ns
-            sample = (
-                has_stack
-                or (wait_ns >= _threshold[0] * 1e9 and entry.events < EVENTS_PER_SITE + STACKS_PER_SITE)
-                or longest
-            )
-            if sample:
-                entry.events += 1
-        return sample
+            return self.end_wait_locked(entry, wait_ns, acquired, has_stack, timed) > 0
+
+    def end_wait_locked(self, entry: _SiteStats, wait_ns: int, acquired: bool, has_stack: bool, timed: bool) -> int:
+        """:meth:`end_wait`, the caller holding ``mutex`` (the C path does the same in ``wait_settle``):
+        0 not sampled, 1 sampled (a stack, or above the threshold), 2 sampled for being the longest."""
+        if not acquired and timed:
+            self.timeouts += 1
+        _hist_add(self.wait, wait_ns)
+        entry.total_ns += wait_ns
+        longest = wait_ns > entry.max_ns
+        if longest:
+            entry.max_ns = wait_ns
+        quota = has_stack or (wait_ns >= _threshold[0] * 1e9 and entry.events < EVENTS_PER_SITE + STACKS_PER_SITE)
+        if quota or longest:
+            entry.events += 1
+        return 1 if quota else 2 if longest else 0
 
     def want_stack(self, site: str) -> bool:
         """Whether a wait at ``site`` would capture its stack (the first few per site do)."""
@@ -808,6 +812,10 @@ def _wait_site(frame: FrameType | None) -> tuple[str, str]:
 
 # Ended waits, recorded later (statistics, events) by flush_waits(): never inside a critical section.
 _pending: collections.deque[Any] = collections.deque()
+# Lock waits recorded at once by _wait_done_now() and not kept as events, per recorder (counted there
+# by flush_waits(), as the unsampled ones it records itself are).
+_unsampled: dict[Recorder, int] = {}
+_unsampled_mutex = _allocate_lock()
 _waiting = registry._waiting
 _progress = registry._progress
 
@@ -838,6 +846,7 @@ class _WaitMethods:
     start_ns: int
     end_ns: int
     acquired: bool
+    settled: int  # 0: recorded by flush_waits; 1: statistics recorded at its end (_settle); 2: and superseded
     prev_thread: Any
     prev_task: Any
 
@@ -859,11 +868,20 @@ class _WaitMethods:
         """Statistics and (sampled) event of an ended wait; False for a lock wait whose event was
         sampled out (the caller counts those). Never raises."""
         try:
+            if self.settled == 2:  # superseded by a longer wait at its site before it was recorded
+                return not self.event
             wait_ns = max(0, self.end_ns - self.start_ns)
             # An asyncio wait has no timeout of its own (wait_for cancels it): that counts as timed.
             timeout = self.timeout_s
             timed = self.key[1] is not None or (timeout is not None and timeout >= 0)
-            sample = self.stats.end_wait(self.entry, wait_ns, self.acquired, self.stack is not None, timed)
+            # (a settled wait's statistics are recorded already: it is kept only when it is sampled)
+            if self.settled:  # its statistics are recorded (_settle): it was kept for its event
+                sample = True
+                entry = self.entry
+                if entry is not None and entry.champion is self:
+                    entry.champion = None  # recorded: nothing left to supersede (and no cycle kept)
+            else:
+                sample = self.stats.end_wait(self.entry, wait_ns, self.acquired, self.stack is not None, timed)
             if not self.event:
                 return True
             if not sample:
@@ -913,6 +931,7 @@ class _Wait(_WaitMethods):
         "prev_thread",
         "prim",
         "rec",
+        "settled",
         "site",
         "stack",
         "start_ns",
@@ -971,6 +990,7 @@ def _wait_begin(
         w.event = event
         w.rec = get_recorder()
         w.acquired = False
+        w.settled = 0
         w.end_ns = 0
         w.prev_thread = w.prev_task = None
         # A threading primitive blocks the whole thread (even when called from a task): the
@@ -996,8 +1016,52 @@ def _wait_site_text(code: Any, lasti: int) -> str:
 def _wait_done(w: _Wait | None, acquired: bool) -> None:
     """The wait ended: a few stores, nothing that allocates beyond an int (it may run right after the
     primitive was taken, inside the caller's critical section)."""
-    if w is None:
-        return
+    if w is not None:
+        _wait_end(w, acquired)
+        _pending.append(w)
+
+
+def _wait_done_now(w: _Wait | None, acquired: bool) -> None:
+    """:func:`_wait_done` for the asyncio primitives, whose waits end in their loop's thread: a wait
+    that is not sampled (no stack, not a new maximum at its site, not an event above the threshold)
+    gets its statistics at once, and only the sampled ones wait for :func:`flush_waits`. Deferring
+    buys a loop nothing, and 20,000 parked tasks would leave 20,000 records to record later."""
+    if w is not None:
+        _wait_end(w, acquired)
+        if _settle(w):
+            _pending.append(w)
+
+
+def _settle(w: _Wait) -> bool:
+    """Record the statistics of an ended wait now (:meth:`LockStats.end_wait`) and mark it settled,
+    unless its class's mutex is busy (never waited for: :func:`flush_waits` records it later). Returns
+    whether the record is still to be kept (the mutex was busy, or it is sampled: :func:`flush_waits`
+    makes its event). A lock wait not sampled is counted for its recorder as not kept."""
+    stats = w.stats
+    if w.entry is None or not stats.mutex.acquire(False):
+        return True
+    try:
+        timeout = w.timeout_s
+        timed = w.key[1] is not None or (timeout is not None and timeout >= 0)
+        entry = w.entry
+        wait_ns = max(0, w.end_ns - w.start_ns)
+        longest = wait_ns > entry.max_ns
+        sample = stats.end_wait_locked(entry, wait_ns, w.acquired, w.stack is not None, timed)
+        w.settled = 1
+        if longest:  # the longest here so far is kept; the previous one, if kept only for that, is not
+            old = entry.champion
+            if old is not None and old.settled == 1:
+                old.settled = 2  # superseded: no event (counted as dropped)
+            entry.champion = w if sample == 2 else None
+    finally:
+        stats.mutex.release()
+    if not sample and w.event:
+        with _unsampled_mutex:  # (the C path's update runs no Python code: it needs none)
+            _unsampled[w.rec] = _unsampled.get(w.rec, 0) + 1
+    return sample > 0
+
+
+def _wait_end(w: _Wait, acquired: bool) -> None:
     end = _mono()
     w.end_ns = end
     w.acquired = acquired
@@ -1008,7 +1072,6 @@ def _wait_done(w: _Wait | None, acquired: bool) -> None:
     _waiting.pop(w.key, None)
     _progress[0] = end
     w.prim = w.task = None  # a record waiting to be recorded keeps neither alive (both are alive now)
-    _pending.append(w)
 
 
 def pool_wait_started(prim: Any, wait: Any, by_task: bool) -> tuple[int, int | None] | None:
@@ -1040,6 +1103,10 @@ def flush_waits() -> None:
     report or the lock table is read and at the start of a later wait: never inside a critical
     section."""
     unsampled: dict[Recorder, int] = {}
+    if _unsampled:
+        with _unsampled_mutex:
+            for rec in list(_unsampled):
+                unsampled[rec] = _unsampled.pop(rec, 0)  # (one pop each: atomic against the C path's update)
     while True:
         try:
             w = _pending.popleft()
@@ -1993,9 +2060,12 @@ def _install_speedups() -> None:
         holder_brief=_holder_brief,
         flush_at=FLUSH_AT,
         stacks_per_site=STACKS_PER_SITE,
+        threshold=_threshold,
+        unsampled=_unsampled,
+        events_cap=EVENTS_PER_SITE + STACKS_PER_SITE,
     )
     global _hist_add
-    _hist_add = _speedups.hist_add
+    _hist_add = recorder_module.hist_add = _speedups.hist_add
     Lock.acquire_lock = Lock.acquire  # type: ignore[method-assign] # the _thread.lock aliases follow
     Lock.release_lock = Lock.release  # type: ignore[method-assign]
     Lock.locked_lock = Lock.locked  # type: ignore[method-assign]
@@ -2023,6 +2093,7 @@ if _speedups is not None:
     _install_speedups()
     _wait_begin = _speedups.wait_begin  # (the same, in C)
     _wait_done = _speedups.wait_done
+    _wait_done_now = _speedups.wait_done_now
 else:  # the C type hands a dead lock's counters to its class itself
     Lock.__del__ = RLock.__del__ = _retire  # type: ignore[attr-defined]
 when_imported("asyncio", _bind_asyncio)

@@ -6,12 +6,13 @@ import asyncio
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conctools import aio, registry
+from conctools import aio, locks, registry
 from conctools.events import LockWaitEvent
 from conctools.recorder import Recorder
 
@@ -205,3 +206,65 @@ class TestAioOthers:
         for cls in (aio.Lock, aio.Event, aio.Condition, aio.Semaphore, aio.BoundedSemaphore):
             with pytest.raises(TypeError, match=rf"{cls.__name__}\.__init__\(\) got an unexpected keyword"):
                 cls(loop=None)  # type: ignore[call-arg]
+
+
+class TestAioWaitCost:
+    """Every contended wait is counted exactly; events are a bounded sample (the JFR rule)."""
+
+    @pytest.fixture
+    def no_threshold_events(self) -> Iterator[None]:
+        previous = locks.set_wait_threshold(3600.0)  # only the per-site samples and the longest wait
+        try:
+            yield
+        finally:
+            locks.set_wait_threshold(previous)
+
+    def test_growing_queue_counts_every_wait_and_keeps_the_longest(
+        self, recorder: Recorder, no_threshold_events: None
+    ) -> None:
+        """600 tasks through a one-slot semaphore: each waits longer than the one before it. The
+        table counts all 599 waits at their site, the recorder counts 599 lock waits, a handful are
+        kept as events, and the longest one is among them."""
+        name = unique("slots")
+        n = 600
+
+        async def main() -> None:
+            sem = aio.Semaphore(1, name=name)
+
+            async def fetch() -> None:
+                async with sem:
+                    await asyncio.sleep(0)
+
+            await asyncio.gather(*(fetch() for _ in range(n)))
+
+        asyncio.run(main())
+        snap = recorder.snapshot()
+        r = row(recorder, name)
+        assert (r["acquisitions"], r["contentions"], r["timeouts"]) == (n, n - 1, 0)
+        (site,) = r["hottest_sites"]
+        assert site["function"] == "fetch" and site["waits"] == n - 1
+        events = [e for e in snap.of_kind(LockWaitEvent) if e.lock_name == name]
+        assert 1 <= len(events) <= locks.STACKS_PER_SITE + 1
+        assert snap.counts["lock_wait"] == n - 1  # kept ones plus those counted as dropped
+        assert max(e.wait_s for e in events) == r["wait_max_s"]
+        assert sum(1 for e in events if e.stack) == min(len(events), locks.STACKS_PER_SITE)
+        assert site["wait_total_s"] == pytest.approx(r["wait_total_s"])
+
+    def test_cancelled_waits_counted_as_timeouts(self, recorder: Recorder, no_threshold_events: None) -> None:
+        """Waits cancelled by wait_for count as timeouts, whether or not their event is kept."""
+        name = unique("lock")
+
+        async def main() -> None:
+            lock = aio.Lock(name=name)
+            await lock.acquire()
+            for _ in range(20):
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(lock.acquire(), 0.001)
+            lock.release()
+
+        asyncio.run(main())
+        r = row(recorder, name)
+        assert (r["contentions"], r["timeouts"]) == (20, 20)
+        events = [e for e in recorder.snapshot().of_kind(LockWaitEvent) if e.lock_name == name]
+        assert events and not any(e.acquired for e in events)
+        assert len(events) < 20

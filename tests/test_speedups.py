@@ -35,7 +35,7 @@ CAN_BUILD = (
     and any(shutil.which(cc) for cc in ("cc", "gcc", "clang"))
     and not os.environ.get("CONCTOOLS_PURE_PYTHON")
 )
-SUITES = ("tests/test_conformance.py", "tests/test_locks.py", "tests/test_lockorder.py")
+SUITES = ("tests/test_conformance.py", "tests/test_locks.py", "tests/test_lockorder.py", "tests/test_aio_locks.py")
 
 
 @pytest.fixture
@@ -264,6 +264,25 @@ class TestHoldTimes:
         values = [*range(5000), *(rng.randrange(1 << 62) for _ in range(20_000))]
         values += [(1 << k) + d for k in range(1, 62) for d in (-1, 0, 1)]
         assert [v for v in values if _speedups.bucket_of(v) != bucket_of(v)] == []
+
+    def test_recorder_hist_add_fills_as_histogram_add(self) -> None:
+        """recorder.hist_add (the hot paths' add: the C one here) leaves a histogram exactly as Histogram.add does."""
+        from conctools import recorder as recorder_module
+        from conctools.recorder import Histogram
+
+        if locks.SPEEDUPS:
+            assert recorder_module.hist_add is not Histogram.add
+        values = [0, 1, 7, 8, 9, 1000, 123_456_789, 1 << 40, 5, 1000]
+        ours, theirs = Histogram(), Histogram()
+        for v in values:
+            recorder_module.hist_add(ours, v)
+            theirs.add(v)
+        assert (ours.buckets, ours.count, ours.total_ns, ours.max_ns) == (
+            theirs.buckets,
+            theirs.count,
+            theirs.total_ns,
+            theirs.max_ns,
+        )
 
     @pytest.mark.parametrize("kind", ["Lock", "RLock"])
     def test_one_hold_in_hold_sample_is_timed(self, kind: str) -> None:

@@ -193,16 +193,30 @@ async def _aq_get(self: Any) -> Any:
 def _aq_get_nowait(self: Any) -> Any:
     """Remove and return an item if one is available (``asyncio.Queue.get_nowait``)."""
     item = _AQ_GET_NOWAIT(self)
-    state = _existing(self) or _state(self, _getframe(1))
-    if state is not None:  # (a channel's take needs no frame: it only counts)
-        state.take(item, _getframe(1) if state.identities else None)
+    try:
+        state = self.__dict__.get(STATE_KEY)  # _existing() inlined: this runs for every item
+    except Exception:
+        state = None
+    if state is None:
+        state = _state(self, _getframe(1))
+        if state is None:
+            return item
+    if state.identities:
+        state.take(item, _getframe(1))
+    else:  # a channel's take only counts (PoolState.take() inlined)
+        with state.mutex:
+            state.takes += 1
     return item
 
 
 def _aq_put_nowait(self: Any, item: Any) -> None:
     """Put an item into the queue without blocking (``asyncio.Queue.put_nowait``)."""
-    state = _existing(self)
-    back = state.give_back(item) if state is not None else None
+    try:
+        state = self.__dict__.get(STATE_KEY)  # _existing() inlined
+    except Exception:
+        state = None
+    # (a channel holds nobody's items: PoolState.give_back() would return None at once)
+    back = state.give_back(item) if state is not None and (state.identities or state.held) else None
     try:
         _AQ_PUT_NOWAIT(self, item)
     except BaseException:

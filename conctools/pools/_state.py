@@ -11,6 +11,7 @@ import weakref
 from types import FrameType, ModuleType
 from typing import Any
 
+from conctools import recorder as _recorder
 from conctools._context import current_frames
 from conctools._imports import NO_RUNNING_LOOP, when_imported
 from conctools.events import PoolExhaustedEvent, PoolHolder
@@ -355,7 +356,7 @@ class PoolState:
             now = _mono()
             event = None
             with self.mutex:
-                self.wait_hist.add(now - start_ns)
+                _recorder.hist_add(self.wait_hist, now - start_ns)  # (the C one once conctools.locks loaded it)
                 if self.waiters > 1:
                     self.waiters -= 1
                 else:
