@@ -20,7 +20,6 @@ best effort, any ``BaseEventLoop.run_forever`` found on a thread's stack.
 from __future__ import annotations
 
 import _thread
-import linecache
 import logging
 import os
 import sys
@@ -35,7 +34,7 @@ from conctools import registry
 from conctools._context import _PKG_DIR, _SAMPLE_DIR, current_frames, is_conctools_frame, thread_name_of, user_frame
 from conctools._imports import later
 from conctools._records import compared
-from conctools.events import Frame, WaiterInfo
+from conctools.events import Frame, WaiterInfo, frame_at
 from conctools.recorder import _ctracing
 
 if TYPE_CHECKING:
@@ -379,13 +378,7 @@ def _await_frames(coro: Any) -> list[FrameType]:
 
 def _frame_record(frame: FrameType) -> Frame:
     code = frame.f_code
-    lineno = frame.f_lineno or code.co_firstlineno
-    return Frame(
-        filename=code.co_filename,
-        lineno=lineno,
-        function=code.co_name,
-        line=linecache.getline(code.co_filename, lineno).strip(),
-    )
+    return frame_at(code.co_filename, frame.f_lineno or code.co_firstlineno, code.co_name)
 
 
 def _short_repr(obj: Any) -> str:

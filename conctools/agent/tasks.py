@@ -10,7 +10,6 @@ stack innermost first, the tasks it awaits and the tasks awaiting it.
 from __future__ import annotations
 
 import dataclasses
-import linecache
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from types import ModuleType
@@ -20,7 +19,7 @@ from conctools import taskdump
 from conctools._context import is_conctools_frame
 from conctools._imports import later, when_imported
 from conctools.agent.threads import frame_row
-from conctools.events import Frame
+from conctools.events import Frame, frame_at
 from conctools.taskdump import TaskInfo
 
 if TYPE_CHECKING:
@@ -48,8 +47,7 @@ def _frame_record(frame: Any) -> Frame | None:
     code = getattr(frame, "f_code", None)
     if code is None or is_conctools_frame(code.co_filename):
         return None
-    lineno = frame.f_lineno or code.co_firstlineno
-    return Frame(code.co_filename, lineno, code.co_name, linecache.getline(code.co_filename, lineno).strip())
+    return frame_at(code.co_filename, frame.f_lineno or code.co_firstlineno, code.co_name)
 
 
 def _call_graphs(infos: Sequence[TaskInfo]) -> dict[int, tuple[tuple[Frame, ...], tuple[int, ...]]]:

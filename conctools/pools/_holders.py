@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import dis
-import linecache
 import os
 import threading
 import time
@@ -65,10 +64,6 @@ def _short(filename: str) -> str:
 
 def site_of(code: CodeType, lineno: int | None) -> str:
     return f"{_short(code.co_filename)}:{lineno or 0}"
-
-
-def _source(code: CodeType, lineno: int | None) -> str:
-    return linecache.getline(code.co_filename, lineno or 0).strip()
 
 
 TakeFrame = tuple[int, CodeType, int]  # (id(frame), code, instruction offset) of a user frame at a take
@@ -309,7 +304,7 @@ def describe_task(
         call=None if running else call,
         site=site_of(code, line),
         function=code.co_name,
-        line=_source(code, line),
+        line=frame_at(code.co_filename, line or 0, code.co_name).line,
         acquired_at=acquired or acquired_hint,
         held_s=held_s,
     )
@@ -353,7 +348,7 @@ def describe_thread(
         call=call,
         site=site_of(code, line),
         function=code.co_name,
-        line=_source(code, line),
+        line=frame_at(code.co_filename, line or 0, code.co_name).line,
         acquired_at=acquired or acquired_hint,
         held_s=held_s,
     )
