@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import conctools.recorder as recorder_module
+from conctools import lockorder
 from conctools.loopmon import patched_names as loopmon_patched_names
 from conctools.pools import patched_names as pools_patched_names
 
@@ -121,3 +122,17 @@ def recorder() -> Iterator[recorder_module.Recorder]:
     """A fresh recorder made current for the test."""
     with recorder_module.use_recorder() as rec:
         yield rec
+
+
+@pytest.fixture
+def ordered(recorder: recorder_module.Recorder) -> Iterator[recorder_module.Recorder]:
+    """Lock-order mode on, with a fresh graph, an empty held stack and a fresh recorder."""
+    lockorder.reset()
+    lockorder.enable()
+    lockorder.held_stack().clear()
+    try:
+        yield recorder
+    finally:
+        lockorder.held_stack().clear()  # a test that corrupts a lock's field leaves its entry behind
+        lockorder.disable()
+        lockorder.reset()

@@ -13,7 +13,6 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -158,17 +157,6 @@ class TestQueueState:
             assert odd.get() == 1
         state = odd.__dict__[STATE_KEY]
         assert type(state) is PoolState and state.takes == 1
-
-
-@pytest.fixture
-def ordered(recorder: Recorder) -> Iterator[Recorder]:
-    lockorder.reset()
-    lockorder.enable()
-    try:
-        yield recorder
-    finally:
-        lockorder.disable()
-        lockorder.reset()
 
 
 class TestInstanceEdgeRecords:

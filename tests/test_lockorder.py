@@ -6,10 +6,8 @@ import asyncio
 import concurrent.futures
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 import conctools
 from conctools import aio, lockorder
@@ -18,18 +16,6 @@ from conctools.recorder import Recorder
 from conctools.reporting.locks_text import format_lock_order, lock_order_section
 
 HERE = Path(__file__).name
-
-
-@pytest.fixture
-def ordered(recorder: Recorder) -> Iterator[Recorder]:
-    """Lock-order mode on, with a fresh graph and a fresh recorder."""
-    lockorder.reset()
-    lockorder.enable()
-    try:
-        yield recorder
-    finally:
-        lockorder.disable()
-        lockorder.reset()
 
 
 def in_thread(fn: Callable[[], object], name: str) -> None:

@@ -18,7 +18,6 @@ import sys
 import sysconfig
 import threading
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,19 +35,6 @@ CAN_BUILD = (
     and not os.environ.get("CONCTOOLS_PURE_PYTHON")
 )
 SUITES = ("tests/test_conformance.py", "tests/test_locks.py", "tests/test_lockorder.py", "tests/test_aio_locks.py")
-
-
-@pytest.fixture
-def ordered(recorder: Recorder) -> Iterator[Recorder]:
-    lockorder.reset()
-    lockorder.enable()
-    lockorder.held_stack().clear()
-    try:
-        yield recorder
-    finally:
-        lockorder.held_stack().clear()  # a test that corrupts a lock's field leaves its entry behind
-        lockorder.disable()
-        lockorder.reset()
 
 
 def in_thread(fn: Any, name: str = "worker") -> None:
