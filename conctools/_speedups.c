@@ -62,7 +62,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 6
+#define API_VERSION 7
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -382,6 +382,20 @@ empty_trash(CoreObject *self)
 
 /* -- clocks and histograms ------------------------------------------------------------------ */
 
+/* PyLong_AsLongLong of an int, without the byte-array path that CPython 3.11-3.13 take for any value of
+ * more than one digit (every clock reading in ns): -1 with an error set when it is not an int or too big. */
+static inline long long
+as_ll(PyObject *v)
+{
+    int overflow = 0;
+    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow) {
+        PyErr_SetString(PyExc_OverflowError, "int too big for a C long long");
+        return -1;
+    }
+    return n;
+}
+
 /* time.monotonic_ns(): on Linux that is clock_gettime(CLOCK_MONOTONIC), read here directly;
  * elsewhere, the Python function itself (the clocks must agree: locks.py compares them). */
 static long long
@@ -450,7 +464,7 @@ hist_add_slots(PyObject *hist, long long value)
         f[i] = (PyObject **)((char *)hist + g_hist_off[i]);
         if (*f[i] == NULL || (i == 0 ? !PyDict_CheckExact(*f[i]) : !PyLong_CheckExact(*f[i]))) return -1;
     }
-    long long count = PyLong_AsLongLong(*f[1]), total = PyLong_AsLongLong(*f[2]), max = PyLong_AsLongLong(*f[3]);
+    long long count = as_ll(*f[1]), total = as_ll(*f[2]), max = as_ll(*f[3]);
     if (PyErr_Occurred()) {
         PyErr_Clear();
         return -1;
@@ -1717,16 +1731,68 @@ wait_site(PyCodeObject **where)
     return text;
 }
 
+/* Where an int attribute of a plain Python object lives, found without attribute access's general path
+ * (the records these C paths update: LockStats and PoolState keep theirs in the instance dict, a site's
+ * statistics in slots): *slot set for a writable object slot, else *dict (a new reference) for an
+ * attribute no class attribute shadows. 0: neither (the caller uses attribute access). */
+static int
+int_field(PyObject *obj, PyObject *attr, PyObject ***slot, PyObject **dict)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    *slot = NULL;
+    *dict = NULL;
+    if (tp->tp_getattro != PyObject_GenericGetAttr || tp->tp_setattro != PyObject_GenericSetAttr) return 0;
+    PyObject *descr = _PyType_Lookup(tp, attr); /* borrowed, no error */
+    if (descr != NULL) {
+        if (!Py_IS_TYPE(descr, &PyMemberDescr_Type)) return 0;
+        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return 0;
+        *slot = (PyObject **)((char *)obj + m->offset);
+        return **slot != NULL && PyLong_CheckExact(**slot);
+    }
+    if (tp->tp_dictoffset == 0) return 0;
+    PyObject *d = PyObject_GenericGetDict(obj, NULL);
+    if (d == NULL || !PyDict_CheckExact(d)) {
+        Py_XDECREF(d);
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *v = PyDict_GetItemWithError(d, attr); /* borrowed */
+    if (v == NULL || !PyLong_CheckExact(v)) {
+        Py_DECREF(d);
+        PyErr_Clear();
+        return 0;
+    }
+    *dict = d;
+    return 1;
+}
+
 /* obj.attr += delta for an int attribute (no Python code runs). */
 static void
 bump(PyObject *obj, PyObject *attr, long long delta)
 {
+    PyObject **slot, *d;
+    if (int_field(obj, attr, &slot, &d)) {
+        PyObject *cur = slot != NULL ? *slot : PyDict_GetItemWithError(d, attr); /* borrowed */
+        long long n = as_ll(cur);
+        PyObject *nv = n == -1 && PyErr_Occurred() ? NULL : PyLong_FromLongLong(n + delta);
+        if (nv != NULL && slot != NULL) {
+            Py_SETREF(*slot, nv);
+        }
+        else if (nv != NULL) {
+            if (PyDict_SetItem(d, attr, nv) < 0) PyErr_Clear();
+            Py_DECREF(nv);
+        }
+        Py_XDECREF(d);
+        PyErr_Clear();
+        return;
+    }
     PyObject *v = PyObject_GetAttr(obj, attr);
     if (v == NULL) {
         PyErr_Clear();
         return;
     }
-    long long n = PyLong_AsLongLong(v);
+    long long n = as_ll(v);
     Py_DECREF(v);
     if (n == -1 && PyErr_Occurred()) {
         PyErr_Clear();
@@ -1963,12 +2029,16 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
     wset(w, W_PREV_THREAD, Py_None);
     wset(w, W_PREV_TASK, Py_None);
     wsteal(w, W_END_NS, PyLong_FromLong(0));
-    PyObject *key = NULL;
-    if (by_task && task != NULL) {
-        key = Py_BuildValue("(kN)", ident, PyLong_FromVoidPtr(task));
+    PyObject *key = PyTuple_New(2), *key_ident = PyLong_FromUnsignedLong(ident),
+             *key_task = by_task && task != NULL ? PyLong_FromVoidPtr(task) : Py_NewRef(Py_None);
+    if (key != NULL && key_ident != NULL && key_task != NULL) {
+        PyTuple_SET_ITEM(key, 0, key_ident);
+        PyTuple_SET_ITEM(key, 1, key_task);
     }
     else {
-        key = Py_BuildValue("(kO)", ident, Py_None);
+        Py_CLEAR(key);
+        Py_XDECREF(key_ident);
+        Py_XDECREF(key_task);
     }
     Py_XDECREF(task);
     Py_XDECREF(site);
@@ -1995,8 +2065,15 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
 static long long
 int_attr(PyObject *obj, PyObject *attr)
 {
+    PyObject **slot, *d;
+    if (int_field(obj, attr, &slot, &d)) {
+        long long n = as_ll(slot != NULL ? *slot : PyDict_GetItemWithError(d, attr));
+        Py_XDECREF(d);
+        if (n == -1 && PyErr_Occurred()) PyErr_Clear();
+        return n;
+    }
     PyObject *v = PyObject_GetAttr(obj, attr);
-    long long n = v != NULL ? PyLong_AsLongLong(v) : -1;
+    long long n = v != NULL ? as_ll(v) : -1;
     Py_XDECREF(v);
     if (n == -1 && PyErr_Occurred()) PyErr_Clear();
     return n;
@@ -2022,7 +2099,7 @@ wait_settle(PyObject *w, int *sampled)
         !PyList_Check(g_threshold) || PyList_GET_SIZE(g_threshold) < 1) {
         return 0;
     }
-    long long wait_ns = PyLong_AsLongLong(end) - PyLong_AsLongLong(start);
+    long long wait_ns = as_ll(end) - as_ll(start);
     double threshold_s = PyFloat_AsDouble(PyList_GET_ITEM(g_threshold, 0));
     if (PyErr_Occurred()) {
         PyErr_Clear();
@@ -2146,15 +2223,41 @@ wait_finish(PyObject *w, int acquired, int settle)
 /* wait_begin(prim, frame, timeout_s, holder, by_task=False, event=True, task=False): locks._wait_begin
  * (frame is ignored: the C code reads the thread's frames itself). */
 static PyObject *
-py_wait_begin(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+py_wait_begin(PyObject *Py_UNUSED(module), PyObject *const *stack, Py_ssize_t nargs, PyObject *kwnames)
 {
     static char *kwlist[] = {"prim", "frame", "timeout_s", "holder", "by_task", "event", "task", NULL};
-    PyObject *prim, *frame, *timeout, *holder, *by_task = Py_False, *event = Py_True, *task = Py_False;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|OOO:wait_begin", kwlist, &prim, &frame, &timeout, &holder,
-                                     &by_task, &event, &task)) {
-        return NULL;
+    PyObject *prim, *frame = NULL, *timeout, *holder, *by_task = Py_False, *event = Py_True, *task = Py_False;
+    (void)frame; /* (the C code reads the thread's frames itself) */
+    if (kwnames == NULL && nargs >= 4 && nargs <= 7) {
+        /* positional (how conctools calls it, at every contended wait): no argument tuple to build */
+        prim = stack[0];
+        timeout = stack[2];
+        holder = stack[3];
+        if (nargs > 4) by_task = stack[4];
+        if (nargs > 5) event = stack[5];
+        if (nargs > 6) task = stack[6];
     }
-    (void)frame;
+    else {
+        PyObject *args = PyTuple_New(nargs), *kwargs = NULL;
+        if (args == NULL) return NULL;
+        for (Py_ssize_t i = 0; i < nargs; i++) PyTuple_SET_ITEM(args, i, Py_NewRef(stack[i]));
+        if (kwnames != NULL) {
+            kwargs = PyDict_New();
+            for (Py_ssize_t i = 0; kwargs != NULL && i < PyTuple_GET_SIZE(kwnames); i++) {
+                if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), stack[nargs + i]) < 0) Py_CLEAR(kwargs);
+            }
+            if (kwargs == NULL) {
+                Py_DECREF(args);
+                return NULL;
+            }
+        }
+        int ok = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|OOO:wait_begin", kwlist, &prim, &frame, &timeout,
+                                             &holder, &by_task, &event, &task);
+        /* (the parsed objects are borrowed from args and kwargs, which the caller's stack keeps alive) */
+        Py_DECREF(args);
+        Py_XDECREF(kwargs);
+        if (!ok) return NULL;
+    }
     int bt = PyObject_IsTrue(by_task) > 0, ev = PyObject_IsTrue(event) > 0;
     PyErr_Clear();
     GcQuiet quiet;
@@ -3381,6 +3484,219 @@ py_hist_add(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return PyObject_CallMethodOneArg(args[0], s_add, args[1]);
 }
 
+/* -- pool blame: the waits of a traced asyncio semaphore (conctools.pools) ---------------------- */
+
+/* pools._patch.aio_wait_started/aio_wait_ended, in C for a wait that joins an exhaustion already under way
+ * (thousands of tasks queue on one semaphore): the same counters as PoolState.wait_started/wait_ended,
+ * stored under the pool's mutex, which is tried, never waited for. Everything else (the first waiter of
+ * an exhaustion, a look at the holders that is due, a run of takes, the last waiter, a busy mutex, a state
+ * not made yet) goes through the Python functions. No Python code runs on the fast path. */
+static PyObject *g_sem_states;      /* pools._patch.sem_states: {id(prim): PoolState} */
+static PyObject *g_sem_started;     /* pools._patch.aio_wait_started(prim) -> start_ns */
+static PyObject *g_sem_ended;       /* pools._patch.aio_wait_ended(prim, start_ns) */
+static PyObject *g_pool_globals;    /* pools._state's namespace: SNAPSHOT_EVERY_S, EPISODE_SNAPSHOT_EVERY_S */
+static PyObject *s_ref, *s_waiters, *s_episode_waits, *s_episode_max, *s_runs, *s_listed, *s_semaphore,
+    *s_last_snapshot_ns, *s_episode_snapshot, *s_wait_hist, *s_snapshot_every, *s_episode_snapshot_every;
+
+/* A PoolState's attributes are read and stored in its instance dict (a plain class: no descriptor stands
+ * for any of them), one dict operation each instead of attribute access's type lookups. */
+static long long
+dict_ll(PyObject *d, PyObject *name)
+{
+    PyObject *v = PyDict_GetItemWithError(d, name); /* borrowed */
+    long long n = v != NULL && PyLong_CheckExact(v) ? as_ll(v) : -1;
+    if (n == -1) PyErr_Clear();
+    return n;
+}
+
+static int
+dict_set_ll(PyObject *d, PyObject *name, long long value)
+{
+    PyObject *v = PyLong_FromLongLong(value);
+    int r = v != NULL ? PyDict_SetItem(d, name, v) : -1;
+    Py_XDECREF(v);
+    return r;
+}
+
+/* The instance dict of the PoolState of prim when sem_states has its own (new reference), else NULL (no
+ * error set). */
+static PyObject *
+pool_dict_of(PyObject *prim)
+{
+    if (g_sem_states == NULL || !PyDict_Check(g_sem_states)) return NULL;
+    PyObject *key = PyLong_FromVoidPtr(prim);
+    if (key == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *state = PyDict_GetItemWithError(g_sem_states, key); /* borrowed */
+    Py_DECREF(key);
+    PyObject *d = state != NULL ? PyObject_GenericGetDict(state, NULL) : NULL;
+    if (d == NULL || !PyDict_CheckExact(d)) {
+        Py_XDECREF(d);
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *ref = PyDict_GetItemWithError(d, s_ref); /* borrowed */
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    int same = ref != NULL && PyWeakref_Check(ref) && PyWeakref_GetRef(ref, &obj) == 1 && obj == prim;
+    Py_XDECREF(obj);
+#else
+    int same = ref != NULL && PyWeakref_Check(ref) && PyWeakref_GetObject(ref) == prim; /* (borrowed) */
+#endif
+    PyErr_Clear();
+    if (!same) Py_CLEAR(d);
+    return d;
+}
+
+/* state.mutex.acquire(False) on its plain lock: the mutex (new reference) when taken, else NULL. */
+static PyObject *
+pool_try_lock(PyObject *d)
+{
+    PyObject *mutex = Py_XNewRef(PyDict_GetItemWithError(d, s_mutex));
+    if (mutex == NULL || g_lock_type == NULL || !Py_IS_TYPE(mutex, (PyTypeObject *)g_lock_type) ||
+        m_lock_acquire == NULL || m_lock_release == NULL) {
+        Py_XDECREF(mutex);
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *got = call_varargs(m_lock_acquire, f_lock_acquire, mutex, g_false_args);
+    int ok = got == Py_True;
+    Py_XDECREF(got);
+    PyErr_Clear();
+    if (!ok) Py_CLEAR(mutex);
+    return mutex;
+}
+
+static void
+pool_unlock(PyObject *mutex)
+{
+    PyObject *r = call_noargs(m_lock_release, mutex);
+    Py_XDECREF(r);
+    Py_DECREF(mutex);
+    PyErr_Clear();
+}
+
+/* A float of pools._state's namespace, -1 when it is missing or not a number. */
+static double
+pool_setting(PyObject *name)
+{
+    PyObject *v = g_pool_globals != NULL ? PyDict_GetItemWithError(g_pool_globals, name) : NULL; /* borrowed */
+    double d = v != NULL ? PyFloat_AsDouble(v) : -1.0;
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        d = -1.0;
+    }
+    return d;
+}
+
+/* The fast path of PoolState.wait_started (its mutex held): 1 done, 0 not for it (nothing stored). */
+static int
+pool_join_wait(PyObject *d, long long now)
+{
+    PyObject *runs = PyDict_GetItemWithError(d, s_runs), *snap = PyDict_GetItemWithError(d, s_episode_snapshot);
+    if (runs == NULL || !PyDict_Check(runs) || PyDict_GET_SIZE(runs) != 0 || snap == NULL ||
+        PyDict_GetItemWithError(d, s_listed) != Py_True || PyDict_GetItemWithError(d, s_semaphore) != Py_True) {
+        goto no;
+    }
+    long long waiters = dict_ll(d, s_waiters), waits = dict_ll(d, s_waits), episode_waits = dict_ll(d, s_episode_waits),
+              episode_max = dict_ll(d, s_episode_max), last = dict_ll(d, s_last_snapshot_ns);
+    double every = pool_setting(s_snapshot_every), episode_every = pool_setting(s_episode_snapshot_every);
+    if (waiters < 1 || waits < 0 || episode_waits < 0 || episode_max < 0 || last < 0 || every < 0 || episode_every < 0)
+        goto no;
+    double since = (double)(now - last);
+    if (since >= every * 1e9 || (snap == Py_None && since >= episode_every * 1e9)) goto no; /* a look is due */
+    /* (each store is of a fresh int: a failed one leaves the earlier ones, as Python's would) */
+    if (dict_set_ll(d, s_waits, waits + 1) < 0 || dict_set_ll(d, s_waiters, waiters + 1) < 0 ||
+        dict_set_ll(d, s_episode_waits, episode_waits + 1) < 0 ||
+        (waiters + 1 > episode_max && dict_set_ll(d, s_episode_max, waiters + 1) < 0)) {
+        PyErr_Clear();
+    }
+    return 1;
+no:
+    PyErr_Clear();
+    return 0;
+}
+
+/* pool_sem_started(prim) -> start_ns (0: not followed): pools._patch.aio_wait_started. Never raises. */
+static PyObject *
+py_pool_sem_started(PyObject *Py_UNUSED(module), PyObject *prim)
+{
+    PyObject *d = pool_dict_of(prim);
+    if (d != NULL) {
+        long long now = mono_ns();
+        PyObject *mutex = now > 0 ? pool_try_lock(d) : NULL;
+        int done = mutex != NULL && pool_join_wait(d, now);
+        if (mutex != NULL) pool_unlock(mutex);
+        Py_DECREF(d);
+        if (done) return PyLong_FromLongLong(now);
+    }
+    if (g_sem_started == NULL) return PyLong_FromLong(0);
+    PyObject *r = PyObject_CallOneArg(g_sem_started, prim);
+    if (r == NULL || !PyLong_Check(r)) {
+        Py_XDECREF(r);
+        swallow();
+        return PyLong_FromLong(0);
+    }
+    return r;
+}
+
+/* pool_sem_ended(prim, start_ns): pools._patch.aio_wait_ended. Never raises. */
+static PyObject *
+py_pool_sem_ended(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pool_sem_ended(prim, start_ns)");
+        return NULL;
+    }
+    long long start = as_ll(args[1]);
+    if (start == -1 && PyErr_Occurred()) PyErr_Clear();
+    if (start == 0) Py_RETURN_NONE;
+    PyObject *d = pool_dict_of(args[0]);
+    if (d != NULL) {
+        long long now = mono_ns();
+        PyObject *mutex = now > 0 ? pool_try_lock(d) : NULL;
+        int done = 0;
+        if (mutex != NULL) {
+            /* not the last waiter: the episode goes on (the last one closes it, in Python) */
+            long long waiters = dict_ll(d, s_waiters);
+            PyObject *hist = waiters > 1 ? PyDict_GetItemWithError(d, s_wait_hist) : NULL; /* borrowed */
+            if (hist != NULL && g_hist_type != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type) &&
+                hist_add_fields(hist, now - start) == 0) {
+                done = 1;
+                if (dict_set_ll(d, s_waiters, waiters - 1) < 0) PyErr_Clear();
+            }
+            PyErr_Clear();
+            pool_unlock(mutex);
+        }
+        Py_DECREF(d);
+        if (done) Py_RETURN_NONE;
+    }
+    if (g_sem_ended != NULL) {
+        PyObject *r = PyObject_CallFunctionObjArgs(g_sem_ended, args[0], args[1], NULL);
+        Py_XDECREF(r);
+        swallow();
+    }
+    Py_RETURN_NONE;
+}
+
+/* setup_pools(sem_states, started, ended, state_globals): the pool blame's tables and slow paths. */
+static PyObject *
+py_setup_pools(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_Check(args[0]) || !PyCallable_Check(args[1]) || !PyCallable_Check(args[2]) ||
+        !PyDict_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "setup_pools(sem_states: dict, started, ended, state_globals: dict)");
+        return NULL;
+    }
+    Py_XSETREF(g_sem_states, Py_NewRef(args[0]));
+    Py_XSETREF(g_sem_started, Py_NewRef(args[1]));
+    Py_XSETREF(g_sem_ended, Py_NewRef(args[2]));
+    Py_XSETREF(g_pool_globals, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 py_bucket_of(PyObject *Py_UNUSED(module), PyObject *arg)
 {
@@ -3391,7 +3707,7 @@ py_bucket_of(PyObject *Py_UNUSED(module), PyObject *arg)
 
 /* thread_state_id(ident): the thread-state id of the live thread with this thread id, or None.
  * Walked with the GIL held: a thread state is unlinked only by its thread holding the GIL. */
-/* note_task_site(table, task): table[id(task)] = (weakref(task), filename, lineno) of the first frame
+/* note_task_site(table, task): table[id(task)] = (weakref(task), code, offset) of the first frame
  * outside conctools and the stdlib modules a creation site skips (asyncio among them): what
  * taskdump.note_creation_site() stores, read from the interpreter's frames without making frame objects
  * (the loop monitor's task factory calls it for every task). The entry and its weak reference are not
@@ -3412,9 +3728,10 @@ py_note_task_site(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     if (ref == NULL) {
         return NULL; /* TypeError: not weak-referenceable */
     }
-    PyObject *lineno = PyLong_FromLong(PyCode_Addr2Line(code, lasti));
-    PyObject *entry = lineno != NULL ? PyTuple_Pack(3, ref, code->co_filename, lineno) : NULL;
-    Py_XDECREF(lineno);
+    /* (the code object and offset: the line is found when a report asks, taskdump.creation_site) */
+    PyObject *offset = PyLong_FromLong(lasti);
+    PyObject *entry = offset != NULL ? PyTuple_Pack(3, ref, (PyObject *)code, offset) : NULL;
+    Py_XDECREF(offset);
     if (PyObject_GC_IsTracked(ref) && Py_REFCNT(ref) == 2) { /* ours and the entry's: not shared */
         PyObject_GC_UnTrack(ref);
     }
@@ -3584,7 +3901,7 @@ static PyMethodDef module_methods[] = {
     {"clear_caches", (PyCFunction)py_clear_caches, METH_NOARGS, "clear_caches(): forget cached creation sites"},
     {"setup_waits", (PyCFunction)(void (*)(void))setup_waits, METH_VARARGS | METH_KEYWORDS,
      "setup_waits(...): what the C wait records need from conctools.locks"},
-    {"wait_begin", (PyCFunction)(void (*)(void))py_wait_begin, METH_VARARGS | METH_KEYWORDS,
+    {"wait_begin", (PyCFunction)(void (*)(void))py_wait_begin, METH_FASTCALL | METH_KEYWORDS,
      "wait_begin(prim, frame, timeout_s, holder, by_task=False, event=True, task=False): a wait record"},
     {"wait_done", (PyCFunction)(void (*)(void))py_wait_done, METH_FASTCALL,
      "wait_done(wait, acquired): the wait ended (stores only)"},
@@ -3606,6 +3923,12 @@ static PyMethodDef module_methods[] = {
     {"raw_stack", (PyCFunction)py_raw_stack, METH_O, "raw_stack(limit): (code, offset, ...) innermost first"},
     {"bucket_of", (PyCFunction)py_bucket_of, METH_O, "bucket_of(value): recorder.bucket_of, as the C path computes it"},
     {"hist_add", (PyCFunction)(void (*)(void))py_hist_add, METH_FASTCALL, "hist_add(hist, value): Histogram.add in C"},
+    {"pool_sem_started", (PyCFunction)py_pool_sem_started, METH_O,
+     "pool_sem_started(prim) -> start_ns: a task must wait on a traced asyncio semaphore (pool blame)"},
+    {"pool_sem_ended", (PyCFunction)(void (*)(void))py_pool_sem_ended, METH_FASTCALL,
+     "pool_sem_ended(prim, start_ns): that wait is over"},
+    {"setup_pools", (PyCFunction)(void (*)(void))py_setup_pools, METH_FASTCALL,
+     "setup_pools(sem_states, started, ended, state_globals): pool blame's tables and Python paths"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -3670,6 +3993,18 @@ PyInit__speedups(void)
     INTERN(s_timeouts, "timeouts");
     INTERN(s_wait, "wait");
     INTERN(s_champion, "champion");
+    INTERN(s_ref, "ref");
+    INTERN(s_waiters, "waiters");
+    INTERN(s_episode_waits, "episode_waits");
+    INTERN(s_episode_max, "episode_max");
+    INTERN(s_runs, "runs");
+    INTERN(s_listed, "listed");
+    INTERN(s_semaphore, "semaphore");
+    INTERN(s_last_snapshot_ns, "last_snapshot_ns");
+    INTERN(s_episode_snapshot, "episode_snapshot");
+    INTERN(s_wait_hist, "wait_hist");
+    INTERN(s_snapshot_every, "SNAPSHOT_EVERY_S");
+    INTERN(s_episode_snapshot_every, "EPISODE_SNAPSHOT_EVERY_S");
     INTERN(g_key_thread, "conctools.thread");
     INTERN(g_key_held, "conctools.held");
     if ((g_false_args = PyTuple_Pack(1, Py_False)) == NULL) goto fail;

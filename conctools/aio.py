@@ -71,9 +71,21 @@ _task_stacks = lockorder._task_stacks
 _spare_stacks = lockorder._spare_stacks
 _sem_started = registry.run_semaphore_started
 _sem_ended = registry.run_semaphore_ended
+_sem_hooks_failed = registry.semaphore_hooks_failed
 # The C extension finds a wait's site from the thread's frames itself; the pure path needs the
 # caller's frame object (made on demand for a coroutine's frame: memory per waiting task).
 _WAIT_FRAMES = not SPEEDUPS
+
+
+def _sem_wait_over(prim: Any, pair: Any, hooked: int) -> None:
+    """The semaphore wait that ``pair`` (``None``: every pair) was told of is over. Never raises."""
+    if pair is None:
+        _sem_ended(prim, hooked)
+        return
+    try:
+        pair[1](prim, hooked)
+    except Exception:
+        _sem_hooks_failed(pair)
 
 
 def _task_slowly(prim: Any) -> Any:
@@ -369,15 +381,20 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         wait = _wait_begin(
             self, _getframe(1) if _WAIT_FRAMES else None, None, holders[0] if holders else None, True, True, me
         )
-        # Pool blame (conctools.pools), before waiting: an int to hand back, nothing allocated.
-        hooked = _sem_started(self) if _sem_hooks else 0
+        # Pool blame (conctools.pools), before waiting: an int to hand back, nothing allocated. Its one pair
+        # of hooks (the usual case) is called directly, without registry.run_semaphore_started's loop.
+        pair = _sem_hooks[0] if len(_sem_hooks) == 1 else None
+        try:
+            hooked = pair[0](self) if pair is not None else _sem_started(self) if _sem_hooks else 0
+        except Exception:
+            hooked = _sem_hooks_failed(pair)
         acquired = False
         try:
             acquired = await super().acquire()
         finally:
             _wait_done_now(wait, acquired)
             if hooked:
-                _sem_ended(self, hooked)
+                _sem_wait_over(self, pair, hooked)
         self._ct_n += 1
         if len(holders) < MAX_HOLDERS:
             holders.append(me)
@@ -399,15 +416,20 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         wait = _wait_begin(
             self, _getframe(1) if _WAIT_FRAMES else None, None, holders[0] if holders else None, True, True, me
         )
-        # Pool blame (conctools.pools), before waiting: an int to hand back, nothing allocated.
-        hooked = _sem_started(self) if _sem_hooks else 0
+        # Pool blame (conctools.pools), before waiting: an int to hand back, nothing allocated. Its one pair
+        # of hooks (the usual case) is called directly, without registry.run_semaphore_started's loop.
+        pair = _sem_hooks[0] if len(_sem_hooks) == 1 else None
+        try:
+            hooked = pair[0](self) if pair is not None else _sem_started(self) if _sem_hooks else 0
+        except Exception:
+            hooked = _sem_hooks_failed(pair)
         acquired = False
         try:
             acquired = await super().acquire()
         finally:
             _wait_done_now(wait, acquired)
             if hooked:
-                _sem_ended(self, hooked)
+                _sem_wait_over(self, pair, hooked)
         self._ct_n += 1
         if len(holders) < MAX_HOLDERS:
             holders.append(me)

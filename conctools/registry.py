@@ -223,6 +223,14 @@ def run_semaphore_ended(prim: Any, token: int) -> None:
             _drop_semaphore_hooks(pair)
 
 
+def semaphore_hooks_failed(pair: SemaphoreHooks | None) -> int:
+    """A pair called directly (the only one registered) raised: it is logged and removed, as
+    :func:`run_semaphore_started` would. Returns ``0`` (the wait is not followed)."""
+    if pair is not None:
+        _drop_semaphore_hooks(pair)
+    return 0
+
+
 def _drop_semaphore_hooks(pair: SemaphoreHooks) -> None:
     _log.exception("conctools: semaphore hooks %r raised; removing them", pair)
     try:

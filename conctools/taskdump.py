@@ -27,11 +27,19 @@ import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conctools import registry
-from conctools._context import _PKG_DIR, _SAMPLE_DIR, current_frames, is_conctools_frame, thread_name_of, user_frame
+from conctools._context import (
+    _PKG_DIR,
+    _SAMPLE_DIR,
+    current_frames,
+    is_conctools_frame,
+    line_of,
+    thread_name_of,
+    user_frame,
+)
 from conctools._imports import later
 from conctools._records import compared
 from conctools.events import Frame, WaiterInfo, frame_at
@@ -226,9 +234,10 @@ def _frame_self(frame: FrameType) -> Any:
 
 # -- creation sites --------------------------------------------------------------------------
 
-# id(task) -> (weak reference to the task, file, line); entries of dead tasks are purged when the
-# table doubles (a WeakKeyDictionary would run a Python callback at every task's death).
-_created: dict[int, tuple[weakref.ref[Any], str, int]] = {}
+# id(task) -> (weak reference to the task, file, line), or (..., code object, instruction offset) from
+# the C extension, whose line is found only when a report asks (creation_site); entries of dead tasks are
+# purged when the table doubles (a WeakKeyDictionary would run a Python callback at every task's death).
+_created: dict[int, tuple[weakref.ref[Any], str | CodeType, int]] = {}
 _created_limit = [4096]
 # Frames a creation site walks out of (the sample server, under the package, is user code).
 _CREATION_SKIP = (_ASYNCIO_DIR, _PKG_DIR)
@@ -286,7 +295,10 @@ def creation_site(task: asyncio.Future[Any]) -> str | None:
     """``file:line`` where ``task`` was created, when known (task factory or debug mode)."""
     entry = _created.get(id(task))
     if entry is not None and entry[0]() is task:
-        return f"{entry[1]}:{entry[2]}"
+        where = entry[1]
+        if isinstance(where, str):
+            return f"{where}:{entry[2]}"
+        return f"{where.co_filename}:{line_of(where, entry[2])}"
     tb = getattr(task, "_source_traceback", None)  # asyncio debug mode
     if tb:
         for entry in reversed(tb):

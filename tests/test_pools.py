@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import os
 import pickle
 import queue
 import re
@@ -348,6 +350,49 @@ class TestTracking:
         assert row["waits"] == 38 and row["waiting_now"] == 0 and row["episodes"] == 1
         (lock,) = [r for r in locks.lock_table() if r["name"] == "test-pool-slots"]
         assert lock["contentions"] == 38 and lock["acquisitions"] == 40
+
+    @pytest.mark.parametrize("pure", [False, True], ids=["c", "pure"])
+    def test_asyncio_semaphore_pool_counts_are_exact_on_both_paths(self, pure: bool, tmp_path: Path) -> None:
+        """197 of 200 tasks queue on ``aio.Semaphore(3)``: with the C hooks (waits that join an exhaustion
+        under way are counted in C) and the pure-Python ones alike, the pool counts 197 waits and 197 wait
+        times in one episode of up to 197 waiters, blames the 3 holding tasks, and the lock table agrees."""
+        script = tmp_path / "sem_pool.py"
+        script.write_text(
+            "import asyncio, json\n"
+            "from conctools import aio, locks, pools, registry\n"
+            "from conctools.pools import pool_table\n"
+            "from conctools.pools._patch import sem_states\n"
+            "async def main():\n"
+            "    slots = aio.Semaphore(3, name='slots')\n"
+            "    async def job(i):\n"
+            "        async with slots:\n"
+            "            await asyncio.sleep(0)\n"
+            "    await asyncio.gather(*(job(i) for i in range(200)))\n"
+            "    return [s for s in sem_states.values() if s.name == 'slots']\n"
+            "with pools.track_pools():\n"
+            "    hooks = [getattr(f, '__module__', '') for f in registry.semaphore_hooks[0]]\n"
+            "    (state,) = asyncio.run(main())\n"
+            "table = pool_table()\n"
+            "(lock,) = [r for r in locks.lock_table() if r['name'] == 'slots']\n"
+            "print(json.dumps({'hooks': hooks, 'pool': table['pools'], 'longest': table['longest'],\n"
+            "    'blame': [b['holders'] for b in table['blame']], 'hist': state.wait_hist.count,\n"
+            "    'waiters': state.waiters, 'contentions': lock['contentions'], 'acq': lock['acquisitions']}))\n"
+        )
+        env = {**os.environ, "CONCTOOLS_PURE_PYTHON": "1" if pure else ""}
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout.strip().splitlines()[-1])
+        from conctools import locks
+
+        c_path = locks.SPEEDUPS and not pure
+        assert data["hooks"] == (["conctools._speedups"] * 2 if c_path else ["conctools.pools._patch"] * 2)
+        (row,) = data["pool"]
+        assert row["waits"] == 197 and row["waiting_now"] == 0 and row["episodes"] == 1, row
+        assert data["hist"] == 197 and data["waiters"] == 0
+        (longest,) = data["longest"]
+        assert longest["waits"] == 197 and longest["max_waiters"] == 197 and longest["capacity"] == 3, longest
+        assert data["blame"] and sum(data["blame"]) == 3 * row["samples"], data["blame"]
+        assert data["contentions"] == 197 and data["acq"] == 200
 
     def test_a_failing_semaphore_hook_is_removed(self, recorder: Recorder, caplog: Any) -> None:
         """A semaphore hook that raises is logged and removed; the program's waits go on unchanged."""

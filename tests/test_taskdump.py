@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import types
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -291,6 +292,28 @@ class TestDumpTasks:
 
         for got, want in asyncio.run(main()):
             assert got == want
+
+    def test_c_creation_site_is_kept_as_code_and_offset(self) -> None:
+        """With the C extension, the monitor's task factory keeps a task's creation site as the code
+        object and instruction offset (no line lookup per task); the line, found when asked, is the
+        ``create_task`` line."""
+        from conctools import locks, taskdump
+
+        if not locks.SPEEDUPS:
+            pytest.skip("the C extension is not in use")
+
+        async def main() -> tuple[Any, str | None, int]:
+            async with LoopMonitor(threshold_s=1.0):
+                task = asyncio.create_task(asyncio.sleep(0))
+                line = _lineno() - 1
+                entry = taskdump._created[id(task)]
+                await task
+                return entry, taskdump.creation_site(task), line
+
+        entry, site, line = asyncio.run(main())
+        assert isinstance(entry[1], types.CodeType) and entry[1].co_name == "main", entry
+        assert isinstance(entry[2], int)
+        assert site == f"{HERE}:{line}"
 
 
 class TestLoopIdleForever:

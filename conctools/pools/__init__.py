@@ -66,6 +66,7 @@ from conctools.pools._patch import (
     sem_names,
     sem_states,
     sem_waits,
+    semaphore_hooks,
     wait_hook,
 )
 from conctools.pools._state import (
@@ -101,6 +102,7 @@ __all__ = [
 _wref = weakref.ref
 _patch_mutex = _thread.allocate_lock()
 _depth = [0]
+_sem_pair: list[Any] = [SEMAPHORE_HOOKS]  # the pair registered while tracking (C or Python)
 
 
 def name_pool(obj: Any, name: str, *, items: str | None = None) -> None:
@@ -163,7 +165,8 @@ def track_pools(*, threshold_s: float = DEFAULT_THRESHOLD_S, recorder: Recorder 
             if "asyncio" not in sys.modules:
                 when_imported("asyncio", _track_asyncio_queues)
             registry.wait_hooks.append(wait_hook)
-            registry.semaphore_hooks.append(SEMAPHORE_HOOKS)
+            _sem_pair[0] = semaphore_hooks()
+            registry.semaphore_hooks.append(_sem_pair[0])
             LOOKER.start()
         _depth[0] += 1
         threshold_ns[0] = int(threshold_s * 1e9)
@@ -181,7 +184,7 @@ def track_pools(*, threshold_s: float = DEFAULT_THRESHOLD_S, recorder: Recorder 
                 except ValueError:
                     pass
                 try:
-                    registry.semaphore_hooks.remove(SEMAPHORE_HOOKS)
+                    registry.semaphore_hooks.remove(_sem_pair[0])
                 except ValueError:
                     pass
                 sem_waits.clear()

@@ -11,6 +11,7 @@ from typing import Any
 
 from conctools import registry
 from conctools._imports import when_imported
+from conctools.pools import _state as _state_module
 from conctools.pools._holders import line_at, site_of, take_frames
 from conctools.pools._state import MAX_POOLS, PoolState, registry_mutex
 
@@ -135,6 +136,18 @@ def aio_wait_ended(prim: Any, start_ns: int) -> None:
 
 
 SEMAPHORE_HOOKS = (aio_wait_started, aio_wait_ended)
+
+
+def semaphore_hooks() -> tuple[Any, Any]:
+    """The pair for ``registry.semaphore_hooks``: :data:`SEMAPHORE_HOOKS`, or their C twins when
+    conctools.locks runs its C paths (a wait that joins an exhaustion under way is counted in C; the
+    rest goes through the Python pair, which the C functions call)."""
+    locks = sys.modules.get("conctools.locks")
+    speedups = getattr(locks, "_speedups", None) if locks is not None else None
+    if speedups is None or not hasattr(speedups, "pool_sem_started"):
+        return SEMAPHORE_HOOKS
+    speedups.setup_pools(sem_states, aio_wait_started, aio_wait_ended, vars(_state_module))
+    return (speedups.pool_sem_started, speedups.pool_sem_ended)
 
 
 # asyncio's, once the program imports it (_bind_asyncio; conctools run does not import asyncio for
