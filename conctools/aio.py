@@ -46,6 +46,7 @@ from conctools.locks import (
     _wait_done_now,
     _who_words,
 )
+from conctools.locks import _speedups as _speedups_module
 from conctools.recorder import Histogram
 from conctools.registry import Party, PrimitiveState
 
@@ -72,6 +73,8 @@ _spare_stacks = lockorder._spare_stacks
 _sem_started = registry.run_semaphore_started
 _sem_ended = registry.run_semaphore_ended
 _sem_hooks_failed = registry.semaphore_hooks_failed
+# conctools.pools' C hook for the end of a semaphore wait (see _sem_wait_over): called without a frame of ours.
+_C_SEM_ENDED: Any = getattr(_speedups_module, "pool_sem_ended", None) if SPEEDUPS else None
 # The C extension finds a wait's site from the thread's frames itself; the pure path needs the
 # caller's frame object (made on demand for a coroutine's frame: memory per waiting task).
 _WAIT_FRAMES = not SPEEDUPS
@@ -394,7 +397,10 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         finally:
             _wait_done_now(wait, acquired)
             if hooked:
-                _sem_wait_over(self, pair, hooked)
+                if pair is not None and pair[1] is _C_SEM_ENDED:
+                    _C_SEM_ENDED(self, hooked)  # (C: never raises)
+                else:
+                    _sem_wait_over(self, pair, hooked)
         self._ct_n += 1
         if len(holders) < MAX_HOLDERS:
             holders.append(me)
@@ -429,7 +435,10 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
         finally:
             _wait_done_now(wait, acquired)
             if hooked:
-                _sem_wait_over(self, pair, hooked)
+                if pair is not None and pair[1] is _C_SEM_ENDED:
+                    _C_SEM_ENDED(self, hooked)  # (C: never raises)
+                else:
+                    _sem_wait_over(self, pair, hooked)
         self._ct_n += 1
         if len(holders) < MAX_HOLDERS:
             holders.append(me)

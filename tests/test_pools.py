@@ -374,17 +374,19 @@ class TestTracking:
             "    (state,) = asyncio.run(main())\n"
             "table = pool_table()\n"
             "(lock,) = [r for r in locks.lock_table() if r['name'] == 'slots']\n"
-            "print(json.dumps({'hooks': hooks, 'pool': table['pools'], 'longest': table['longest'],\n"
+            "print(json.dumps({'hooks': hooks, 'c': locks.SPEEDUPS, 'pool': table['pools'],\n"
+            "    'longest': table['longest'],\n"
             "    'blame': [b['holders'] for b in table['blame']], 'hist': state.wait_hist.count,\n"
             "    'waiters': state.waiters, 'contentions': lock['contentions'], 'acq': lock['acquisitions']}))\n"
         )
-        env = {**os.environ, "CONCTOOLS_PURE_PYTHON": "1" if pure else ""}
+        env = {k: v for k, v in os.environ.items() if k != "CONCTOOLS_PURE_PYTHON"}
+        if pure:
+            env["CONCTOOLS_PURE_PYTHON"] = "1"
         out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
         assert out.returncode == 0, out.stderr
         data = json.loads(out.stdout.strip().splitlines()[-1])
-        from conctools import locks
-
-        c_path = locks.SPEEDUPS and not pure
+        c_path = data["c"]  # (the C extension where it is built; never with CONCTOOLS_PURE_PYTHON=1)
+        assert not (pure and c_path)
         assert data["hooks"] == (["conctools._speedups"] * 2 if c_path else ["conctools.pools._patch"] * 2)
         (row,) = data["pool"]
         assert row["waits"] == 197 and row["waiting_now"] == 0 and row["episodes"] == 1, row
