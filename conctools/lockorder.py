@@ -19,8 +19,12 @@ a path (a -> b -> c stands for a -> c as well) and a cycle exists in this graph 
 exists among all the pairs; a cycle found along a chain is reported by its shortest pairs (each
 edge keeps which locks of the class were held then). A cycle is looked for only when the lock
 taken already leads to another of its class, and a stack is kept for a sample of the edges per
-site. Once there are many, the edges of locks that the garbage collector took are forgotten
-where no path between other locks goes through them.
+site. Locks of one class taken one after the other, each while holding the ones before (a *run*:
+``wait()`` takes 25 futures' conditions so), are checked in O(1) each from the second one on,
+in C with the C extension: the owner's held stack is what it was after the run's last lock, so
+the edges from locks of other classes are known and the edge is from that last lock. Once there
+are many, the edges of locks that the garbage collector took are forgotten where no path between
+other locks goes through them (a run of dead locks that is a chain of its own in one step).
 
 Checking costs a thread-local lookup and a dict lookup per held lock on every acquisition,
 so it is a mode: :func:`enable` (what ``trace_locks(lock_order=True)`` and ``conctools run``
@@ -262,13 +266,15 @@ def check(held: list[Held], entry: Held) -> None:
 # the full walk runs and starts a new run.
 # A run: [the held stack expected next (a copy), class key, serials in it, thread name, task name,
 # the held locks of the class (shared by the edges' records: each keeps how many were held), last
-# site whose stacks were all taken (or None), where its edges start in that list]. By id() of the
-# held stack; validated by the content.
+# site whose stacks were all taken (or None), where its edges start in that list, whether it is in
+# _run_log]. By id() of the held stack; validated by the content.
 _Run = list[Any]
 _runs: dict[int, _Run] = {}
-# The runs that may have edges in the graph, for the pruning (see _drop_dead_runs), oldest first.
+# The runs that added an edge to the graph in Python (the first lock of a run always comes through
+# Python), for the pruning (see _drop_dead_runs), oldest first; a run whose edges were all known
+# (the same locks nested again) is not kept.
 _run_log: list[_Run] = []
-RUN_LOG_MAX = 20_000
+RUN_LOG_MAX = 10_000
 _deref = weakref.ref.__call__
 _first = operator.itemgetter(0)
 _fourth = operator.itemgetter(3)
@@ -289,9 +295,9 @@ def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None
         same,
         None,
         len(same) - 1,
+        False,
     ]
     run[2].add(entry[3])
-    _run_log.append(run)
     if len(_runs) >= 1_024:  # (stacks of threads and tasks that are gone)
         _runs.clear()
     _runs[id(held)] = run
@@ -361,6 +367,9 @@ def _add_instance_edge(run: _Run, inner: Held, entry: Held, n_held: int) -> None
             _inst_preds[to] = (*known, frm)
             _inst_records[to].append(record)
         _inst_count[0] += 1
+        if not run[8]:
+            run[8] = True
+            _run_log.append(run)
         if to in _inst_has_out:  # it leads on: the new edge may close a cycle
             cycle = _instance_path(frm, to)
         _inst_has_out[frm] = _inst_has_out.get(frm, 0) + 1
