@@ -148,6 +148,17 @@ static PyObject *g_safe_point;      /* locks._safe_point: a Python call that run
 static PyObject *g_active;          /* threading._active */
 static PyObject *g_running_loop;    /* asyncio._get_running_loop */
 static PyObject *g_current_task;    /* asyncio.current_task */
+/* -- set by setup_runs(), from conctools/lockorder.py (the next lock of a run: see run_next()) -- */
+static PyObject *g_runs;            /* lockorder._runs: id(held stack) -> run */
+static PyObject *g_inst_preds;      /* lockorder._inst_preds */
+static PyObject *g_inst_records;    /* lockorder._inst_records */
+static PyObject *g_inst_has_out;    /* lockorder._inst_has_out */
+static PyObject *g_inst_count;      /* lockorder._inst_count: [n] */
+static PyObject *g_inst_full_skip;  /* lockorder._inst_full_skip: [skip, warned] */
+static PyObject *g_inst_prune_at;   /* lockorder._inst_prune_at: [n] */
+static PyObject *g_order_mutex;     /* lockorder._mutex */
+static Py_ssize_t g_inst_max_edges; /* lockorder.INSTANCE_MAX_EDGES */
+static PyObject *s_checking;        /* "checking" (lockorder._local.checking) */
 static PyObject *g_wait_type;       /* locks._Wait (a class with __slots__) */
 static PyObject *g_flush;           /* locks.flush_waits */
 static PyObject *g_site_text;       /* locks._wait_site_text(code, offset) -> "file.py:LINE" */
@@ -591,9 +602,12 @@ skipped_file_in(PyObject *filename, PyObject *prefixes)
 }
 
 /* Per code object: is its file one a site skips (bit 0), one a creation site skips (bit 1), or
- * conctools' own (bit 2)? A direct-mapped cache that holds its code objects, so a cached pointer
- * always means the same code. */
-#define CODE_CACHE 512
+ * conctools' own (bit 2)? A cache that holds its code objects, so a cached pointer always means the
+ * same code: two ways per set, the newest first, indexed by a multiplicative hash of the pointer. (It
+ * was direct-mapped by the pointer's low bits: the code objects of one module lie close together, and
+ * two hot ones sharing a slot, taken in turn on every lock's creation or site walk, missed each time:
+ * ~20 prefix comparisons per miss, 8 misses per future in a fan-out of futures.) */
+#define CODE_CACHE 1024 /* entries: 512 sets of 2 */
 static struct {
     PyObject *code;
     int bits;
@@ -602,9 +616,18 @@ static struct {
 static int
 code_bits(PyCodeObject *code)
 {
-    size_t h = ((uintptr_t)code >> 4) & (CODE_CACHE - 1);
+    size_t h = (size_t)((((uint64_t)(uintptr_t)code >> 4) * 0x9E3779B97F4A7C15ull) >> 54) & ~(size_t)1;
     if (g_code_cache[h].code == (PyObject *)code) {
         return g_code_cache[h].bits;
+    }
+    if (g_code_cache[h + 1].code == (PyObject *)code) {
+        int hit = g_code_cache[h + 1].bits; /* the newest first */
+        PyObject *other = g_code_cache[h].code;
+        g_code_cache[h + 1].code = other;
+        g_code_cache[h + 1].bits = g_code_cache[h].bits;
+        g_code_cache[h].code = (PyObject *)code;
+        g_code_cache[h].bits = hit;
+        return hit;
     }
     PyObject *fn = code->co_filename;
     int bits = 0;
@@ -616,8 +639,11 @@ code_bits(PyCodeObject *code)
     }
     PyErr_Clear();
     Py_INCREF(code);
-    Py_XSETREF(g_code_cache[h].code, (PyObject *)code);
+    PyObject *evicted = g_code_cache[h + 1].code;
+    g_code_cache[h + 1] = g_code_cache[h];
+    g_code_cache[h].code = (PyObject *)code;
     g_code_cache[h].bits = bits;
+    Py_XDECREF(evicted);
     return bits;
 }
 
@@ -1281,6 +1307,201 @@ edges_known(CoreObject *self, PyObject *held, PyObject *entry)
     return 1;
 }
 
+/* Is item i of list l the object o (no comparison that could run code)? */
+#define LIST_IS(l, i, o) (PyList_GET_ITEM((l), (i)) == (o))
+
+/* An int in a one-item list (lockorder's counters), or -1. */
+static Py_ssize_t
+counter_of(PyObject *list)
+{
+    if (list == NULL || !PyList_CheckExact(list) || PyList_GET_SIZE(list) < 1) return -1;
+    Py_ssize_t n = PyLong_AsSsize_t(PyList_GET_ITEM(list, 0));
+    if (n == -1 && PyErr_Occurred()) PyErr_Clear();
+    return n;
+}
+
+/* Is lockorder.check running in this thread (a finalizer run by its allocations takes a lock)? */
+static int
+order_checking(void)
+{
+    PyObject *v = PyObject_GetAttr(g_local, s_checking);
+    if (v == NULL) {
+        PyErr_Clear();
+        return 1; /* never checked in this thread: no run of its own either */
+    }
+    int on = v != Py_False;
+    Py_DECREF(v);
+    return on;
+}
+
+/* The next lock of a run (lockorder._runs, _run_edge): `held` is exactly the held stack its owner had
+ * after the run's last lock, and `entry`'s lock is of the run's class and not in it. Adds the edge from
+ * the previous lock of the run as lockorder._add_instance_edge does, when that needs no stack (its site
+ * has all of its stacks), no cycle search (the lock taken leads to no other of its class), no pruning
+ * and no warning; 1 when done here, 0 when lockorder.check must look. concurrent.futures.wait() and
+ * as_completed() take 24 such locks per call of 25 futures: ~2 us of Python each, ~0.1 us here. Runs
+ * with the collector off (nothing it could start may see half an edge) and no Python code; while
+ * lockorder._mutex is held (a Python thread in the middle of an update), Python does it. */
+static int
+run_next(PyObject *held, PyObject *entry)
+{
+    if (g_runs == NULL || !PyDict_CheckExact(g_runs) || PyDict_GET_SIZE(g_runs) == 0) return 0;
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 5 || !PyList_CheckExact(held)) return 0;
+    Py_ssize_t n = PyList_GET_SIZE(held);
+    if (n < 1) return 0;
+    PyObject *key = PyLong_FromVoidPtr(held);
+    if (key == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *run = PyDict_GetItemWithError(g_runs, key); /* borrowed */
+    Py_DECREF(key);
+    if (run == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 8) return 0;
+    PyObject *expect = PyList_GET_ITEM(run, 0);
+    PyObject *serials = PyList_GET_ITEM(run, 2);
+    PyObject *same = PyList_GET_ITEM(run, 5);
+    PyObject *to = PyTuple_GET_ITEM(entry, 3);
+    if (!PyList_CheckExact(expect) || PyList_GET_SIZE(expect) != n || !PySet_CheckExact(serials) ||
+        !PyList_CheckExact(same) || PyList_GET_ITEM(run, 6) != PyTuple_GET_ITEM(entry, 4)) {
+        return 0; /* (a site that may still need stacks: Python takes them) */
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!LIST_IS(expect, i, PyList_GET_ITEM(held, i))) return 0;
+    }
+    PyObject *run_key = PyList_GET_ITEM(run, 1), *to_key = PyTuple_GET_ITEM(entry, 1);
+    if (run_key != to_key && PyObject_RichCompareBool(run_key, to_key, Py_EQ) != 1) {
+        PyErr_Clear();
+        return 0;
+    }
+    int in_run = PySet_Contains(serials, to);
+    if (in_run != 0) {
+        PyErr_Clear();
+        return 0; /* re-entry: Python skips it */
+    }
+    PyObject *inner = PyList_GET_ITEM(held, n - 1);
+    if (!PyTuple_CheckExact(inner) || PyTuple_GET_SIZE(inner) < 5 || !PyWeakref_CheckRef(PyTuple_GET_ITEM(inner, 0))) {
+        return 0;
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *prev = NULL;
+    if (PyWeakref_GetRef(PyTuple_GET_ITEM(inner, 0), &prev) != 1) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(prev);
+#else
+    PyObject *prev = PyWeakref_GetObject(PyTuple_GET_ITEM(inner, 0));
+    if (prev == NULL || prev == Py_None) {
+        PyErr_Clear();
+        return 0;
+    }
+#endif
+    if (order_checking()) return 0;
+    PyObject *locked = PyObject_CallMethodNoArgs(g_order_mutex, s_locked);
+    if (locked == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(locked);
+    if (locked != Py_False) return 0;
+    Py_ssize_t count = counter_of(g_inst_count), skip = counter_of(g_inst_full_skip);
+    Py_ssize_t prune_at = counter_of(g_inst_prune_at);
+    if (count < 0 || skip != 0 || prune_at < 0 || count >= g_inst_max_edges) return 0;
+    PyObject *frm = PyTuple_GET_ITEM(inner, 3);
+    PyObject *known = PyDict_GetItemWithError(g_inst_preds, to); /* borrowed */
+    if (known == NULL && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    int edge_known = 0;
+    if (known != NULL) {
+        if (!PyTuple_CheckExact(known)) return 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(known); i++) {
+            int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(known, i), frm, Py_EQ);
+            if (eq < 0) {
+                PyErr_Clear();
+                return 0;
+            }
+            if (eq) edge_known = 1;
+        }
+    }
+    if (!edge_known && PyDict_GET_SIZE(g_inst_records) + (known == NULL) >= prune_at) {
+        return 0; /* Python prunes */
+    }
+    if (!edge_known) {
+        int leads_on = PyDict_Contains(g_inst_has_out, to);
+        if (leads_on != 0) {
+            PyErr_Clear();
+            return 0; /* the new edge may close a cycle: Python looks */
+        }
+    }
+    g_allocated = 1;
+    int gc_was = PyGC_Disable(); /* no collection (no finalizer) until the run and the graph agree */
+    int ok = 0;
+    PyObject *record = NULL, *preds = NULL, *records = NULL, *n_held = NULL, *n_count = NULL, *n_out = NULL;
+    if (!edge_known) {
+        n_held = PyLong_FromSsize_t(PyList_GET_SIZE(same));
+        if (n_held == NULL) goto done;
+        record = PyTuple_Pack(7, inner, entry, PyList_GET_ITEM(run, 3), PyList_GET_ITEM(run, 4), Py_None, same, n_held);
+        if (record == NULL) goto done;
+        PyObject_GC_UnTrack(record); /* (as lockorder._untrack: nothing in it refers back to it) */
+        Py_ssize_t k = known == NULL ? 0 : PyTuple_GET_SIZE(known);
+        preds = PyTuple_New(k + 1);
+        if (preds == NULL) goto done;
+        for (Py_ssize_t i = 0; i < k; i++) PyTuple_SET_ITEM(preds, i, Py_NewRef(PyTuple_GET_ITEM(known, i)));
+        PyTuple_SET_ITEM(preds, k, Py_NewRef(frm));
+        if (known == NULL) {
+            records = PyList_New(1);
+            if (records == NULL) goto done;
+            PyList_SET_ITEM(records, 0, Py_NewRef(record));
+            PyObject_GC_UnTrack(records);
+        }
+        else {
+            records = PyDict_GetItemWithError(g_inst_records, to);
+            if (records == NULL || !PyList_CheckExact(records)) goto done;
+            Py_INCREF(records);
+        }
+        PyObject *out = PyDict_GetItemWithError(g_inst_has_out, frm);
+        if (out == NULL && PyErr_Occurred()) goto done;
+        Py_ssize_t outs = out == NULL ? 0 : PyLong_AsSsize_t(out);
+        if (outs < 0) goto done;
+        n_out = PyLong_FromSsize_t(outs + 1);
+        n_count = PyLong_FromSsize_t(count + 1);
+        if (n_out == NULL || n_count == NULL) goto done;
+        /* The graph (no allocation of a tracked object from here: dicts and lists only grow). */
+        if (PyDict_SetItem(g_inst_preds, to, preds) < 0) goto done;
+        if (known == NULL) {
+            if (PyDict_SetItem(g_inst_records, to, records) < 0) goto done;
+        }
+        else if (PyList_Append(records, record) < 0) {
+            goto done;
+        }
+        if (PyList_SetItem(g_inst_count, 0, Py_NewRef(n_count)) < 0) goto done;
+        if (PyDict_SetItem(g_inst_has_out, frm, n_out) < 0) goto done;
+    }
+    /* The run (lockorder._run_edge) */
+    if (PyList_Append(expect, entry) < 0 || PySet_Add(serials, to) < 0 || PyList_Append(same, entry) < 0) goto done;
+    ok = 1;
+done:
+    Py_XDECREF(record);
+    Py_XDECREF(preds);
+    Py_XDECREF(records);
+    Py_XDECREF(n_held);
+    Py_XDECREF(n_count);
+    Py_XDECREF(n_out);
+    if (!ok) {
+        PyErr_Clear();
+        /* (out of memory, half-way: the held stack no longer matches the run, the next lock starts a new one) */
+        PyDict_Clear(g_runs);
+    }
+    if (gc_was) PyGC_Enable();
+    return 1;
+}
+
 /* Is a garbage collection due (3.12+ runs one at the next eval-breaker check, which would
  * otherwise come right after the acquire)? Unknown elsewhere: 1. */
 static int __attribute__((unused))
@@ -1399,7 +1620,7 @@ prepare(CoreObject *self, Me *me, int reentry)
         settle();
         return;
     }
-    if (PyList_GET_SIZE(me->held) > 0 && !edges_known(self, me->held, me->entry)) {
+    if (PyList_GET_SIZE(me->held) > 0 && !edges_known(self, me->held, me->entry) && !run_next(me->held, me->entry)) {
         g_allocated = 1;
         PyObject *r = PyObject_CallFunctionObjArgs(g_check, me->held, me->entry, NULL);
         Py_XDECREF(r);
@@ -3434,6 +3655,29 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+/* setup_runs(runs, preds, records, has_out, count, full_skip, prune_at, max_edges, mutex): lockorder's
+ * instance-edge tables, for run_next() */
+static PyObject *
+setup_runs(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"runs", "preds", "records", "has_out", "count", "full_skip", "prune_at", "max_edges",
+                             "mutex", NULL};
+    PyObject *v[8];
+    Py_ssize_t max_edges;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!O!O!O!nO:setup_runs", kwlist, &PyDict_Type, &v[0],
+                                     &PyDict_Type, &v[1], &PyDict_Type, &v[2], &PyDict_Type, &v[3], &PyList_Type,
+                                     &v[4], &PyList_Type, &v[5], &PyList_Type, &v[6], &max_edges, &v[7])) {
+        return NULL;
+    }
+    PyObject **slots[8] = {&g_runs, &g_inst_preds, &g_inst_records, &g_inst_has_out, &g_inst_count,
+                           &g_inst_full_skip, &g_inst_prune_at, &g_order_mutex};
+    for (int i = 0; i < 8; i++) {
+        Py_XSETREF(*slots[i], Py_NewRef(v[i]));
+    }
+    g_inst_max_edges = max_edges;
+    Py_RETURN_NONE;
+}
+
 /* setup_waits(wait_type, flush, site_text, begin_wait_slow, holder_exited, holder_brief, flush_at, stacks_per_site,
  * threshold, unsampled, events_cap) */
 static PyObject *
@@ -3899,6 +4143,8 @@ static PyMethodDef module_methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      "setup(...): what the C paths need from conctools.locks"},
     {"clear_caches", (PyCFunction)py_clear_caches, METH_NOARGS, "clear_caches(): forget cached creation sites"},
+    {"setup_runs", (PyCFunction)(void (*)(void))setup_runs, METH_VARARGS | METH_KEYWORDS,
+     "setup_runs(...): lockorder's instance-edge tables, for the next lock of a run"},
     {"setup_waits", (PyCFunction)(void (*)(void))setup_waits, METH_VARARGS | METH_KEYWORDS,
      "setup_waits(...): what the C wait records need from conctools.locks"},
     {"wait_begin", (PyCFunction)(void (*)(void))py_wait_begin, METH_FASTCALL | METH_KEYWORDS,
@@ -3954,6 +4200,7 @@ PyInit__speedups(void)
     INTERN(s_acquire, "acquire");
     INTERN(s_release, "release");
     INTERN(s_locked, "locked");
+    INTERN(s_checking, "checking");
     INTERN(s_is_owned, "_is_owned");
     INTERN(s_recursion_count, "_recursion_count");
     INTERN(s_release_save, "_release_save");

@@ -19,8 +19,12 @@ a path (a -> b -> c stands for a -> c as well) and a cycle exists in this graph 
 exists among all the pairs; a cycle found along a chain is reported by its shortest pairs (each
 edge keeps which locks of the class were held then). A cycle is looked for only when the lock
 taken already leads to another of its class, and a stack is kept for a sample of the edges per
-site. Once there are many, the edges of locks that the garbage collector took are forgotten
-where no path between other locks goes through them.
+site. Locks of one class taken one after the other, each while holding the ones before (a *run*:
+``wait()`` takes 25 futures' conditions so), are checked in O(1) each from the second one on,
+in C with the C extension: the owner's held stack is what it was after the run's last lock, so
+the edges from locks of other classes are known and the edge is from that last lock. Once there
+are many, the edges of locks that the garbage collector took are forgotten where no path between
+other locks goes through them (a run of dead locks that is a chain of its own in one step).
 
 Checking costs a thread-local lookup and a dict lookup per held lock on every acquisition,
 so it is a mode: :func:`enable` (what ``trace_locks(lock_order=True)`` and ``conctools run``
@@ -31,9 +35,12 @@ from __future__ import annotations
 
 import _thread
 import logging
+import operator
 import os
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -77,11 +84,11 @@ _local = threading.local()
 
 # Instance edges (see the module docstring), by lock serial: to -> the from-serials with an edge
 # to it, to -> the records of those edges (from held entry, to entry, thread name, task name,
-# stack or None, the held entries of the class then), and the serials that lead to some other
-# lock of their class (only an edge into one of those can close a cycle).
+# stack or None, a list whose first n are the held entries of the class then, n), and the serials
+# that lead to some other lock of their class (only an edge into one of those can close a cycle).
 _inst_preds: dict[int, tuple[int, ...]] = {}  # (tuples of ints: the garbage collector skips them)
 _inst_records: dict[int, list[tuple[Any, ...]]] = {}
-_inst_has_out: set[int] = set()
+_inst_has_out: dict[int, int] = {}  # serial -> its out-edges (how many: see _drop_dead_runs)
 _inst_count = [0]  # distinct instance edges
 _inst_stacks: dict[tuple[Any, ...], int] = {}  # (class key, site: id(code), offset) -> stacks taken there
 INSTANCE_STACKS_PER_SITE = 8
@@ -176,6 +183,8 @@ def reset() -> None:
         _inst_stacks.clear()
         _inst_prune_at[0] = INSTANCE_PRUNE_AT
         _inst_full_skip[:] = [0, 0]
+        _runs.clear()
+        _run_log.clear()
 
 
 def graph_size() -> int:
@@ -211,6 +220,13 @@ def check(held: list[Held], entry: Held) -> None:
         return
     _local.checking = True
     try:
+        run = _runs.get(id(held))
+        if run is not None and run[1] == entry[1] and run[0] == held and entry[3] not in run[2]:
+            # The next lock of a run (see _Run): its class edges are those of the previous one.
+            inner = held[-1]
+            if inner[0]() is not None:
+                _run_edge(run, inner, entry)
+                return
         me = entry[0]()
         key = entry[1]
         dead = False
@@ -229,21 +245,78 @@ def check(held: list[Held], entry: Held) -> None:
                     same.append(h)
             elif (h[1], key) not in _edges:
                 _new_edge(h[1], key, h, entry, h[2], entry[2])
-        if same is not None:
-            _instance_edge_from(same, entry)
         if dead:
             held[:] = [h for h in held if h[0]() is not None]
+        if same is not None:
+            _instance_edge_from(held, same, entry)
     except Exception:  # observation must never break the program
         _log.exception("conctools: lock-order check failed")
     finally:
         _local.checking = False
 
 
-def _instance_edge_from(same: list[Held], entry: Held) -> None:
-    """``entry``'s lock is taken while ``same``, locks of its class, are held: add the edge from the
-    innermost one, and look for a cycle only when this lock already leads to another of its class.
-    The others are kept with the edge, to report a cycle by its shortest pairs."""
-    inner = same[-1]
+# Runs. concurrent.futures.wait() and as_completed() take the conditions of all their futures
+# (one class), one after the other, each while holding the ones before: 24 instance edges per call
+# of 25 futures. Walking the held stack for each of them made such a call cost O(n^2); a run keeps
+# the owner's state after its last lock of the class, so that the next one, taken while the held
+# stack is exactly what it was then (compared as a list: pointer comparisons in C), is checked in
+# O(1): its class edges (from the locks of other classes held) are those of the previous lock of
+# the run, already checked, and its instance edge is from the previous one. Anything else (a lock
+# released, another one taken in between, a dead entry, a reset) makes the held stack differ, and
+# the full walk runs and starts a new run.
+# A run: [the held stack expected next (a copy), class key, serials in it, thread name, task name,
+# the held locks of the class (shared by the edges' records: each keeps how many were held), last
+# site whose stacks were all taken (or None), where its edges start in that list, whether it is in
+# _run_log]. By id() of the held stack; validated by the content.
+_Run = list[Any]
+_runs: dict[int, _Run] = {}
+# The runs that added an edge to the graph in Python (the first lock of a run always comes through
+# Python), for the pruning (see _drop_dead_runs), oldest first; a run whose edges were all known
+# (the same locks nested again) is not kept.
+_run_log: list[_Run] = []
+RUN_LOG_MAX = 10_000
+_deref = weakref.ref.__call__
+_first = operator.itemgetter(0)
+_fourth = operator.itemgetter(3)
+_eq = operator.eq
+_one = 1
+
+
+def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None:
+    """``entry``'s lock is taken while ``same``, locks of its class, are held: start a run there."""
+    if _untrack[0] is not None:
+        _untrack[0](same)
+    run: _Run = [
+        [*held, entry],
+        entry[1],
+        {h[3] for h in same},
+        threading.current_thread().name,
+        current_task_name(),
+        same,
+        None,
+        len(same) - 1,
+        False,
+    ]
+    run[2].add(entry[3])
+    if len(_runs) >= 1_024:  # (stacks of threads and tasks that are gone)
+        _runs.clear()
+    _runs[id(held)] = run
+    _add_instance_edge(run, same[-1], entry, len(same))
+    same.append(entry)
+
+
+def _run_edge(run: _Run, inner: Held, entry: Held) -> None:
+    """The next lock of ``run`` (``held`` is its expected stack): the edge from the previous one."""
+    same = run[5]
+    _add_instance_edge(run, inner, entry, len(same))
+    run[0].append(entry)
+    run[2].add(entry[3])
+    same.append(entry)
+
+
+def _add_instance_edge(run: _Run, inner: Held, entry: Held, n_held: int) -> None:
+    """Add the edge ``inner -> entry`` (``run[5][:n_held]`` held then) and look for a cycle only
+    when this lock already leads to another of its class."""
     to, frm = entry[3], inner[3]
     known = _inst_preds.get(to)
     if known is not None and frm in known:
@@ -251,21 +324,22 @@ def _instance_edge_from(same: list[Held], entry: Held) -> None:
     if _inst_full_skip[0]:
         _inst_full_skip[0] -= 1
         return
-    # By the site's code object's id, not the object: hashing a code object costs ~0.4 µs, and every
-    # new edge (24 per concurrent.futures.wait() of 25 futures) looks its site up. (The count only
-    # bounds the stacks taken: a recycled id can at worst take fewer for a new site.)
     site = entry[4]
-    site_key = (entry[1], id(site[0]), site[1]) if type(site) is tuple else (entry[1], site)
-    taken = _inst_stacks.get(site_key, 0)
     stack = None
-    if taken < INSTANCE_STACKS_PER_SITE and len(_inst_stacks) < 10_000:
-        _inst_stacks[site_key] = taken + 1
-        stack = capture_stack(2, limit=32)  # from check()'s caller
-    record = (inner, entry, threading.current_thread().name, current_task_name(), stack, tuple(same))
+    if site is not run[6]:
+        # By the site's code object's id, not the object: hashing a code object costs ~0.4 µs.
+        # (The count only bounds the stacks taken: a recycled id can at worst take fewer for a new site.)
+        site_key = (entry[1], id(site[0]), site[1]) if type(site) is tuple else (entry[1], site)
+        taken = _inst_stacks.get(site_key, 0)
+        if taken < INSTANCE_STACKS_PER_SITE and len(_inst_stacks) < 10_000:
+            _inst_stacks[site_key] = taken + 1
+            stack = capture_stack(3, limit=32)  # from check()'s caller
+        else:
+            run[6] = site  # no more stacks for this site: the next locks of the run skip the lookup
+    record = (inner, entry, run[3], run[4], stack, run[5], n_held)
     untrack = _untrack[0]
     if untrack is not None:  # (nothing in a record refers back to it: see _untrack)
         untrack(record)
-        untrack(record[5])
     cycle: list[int] | None = None
     with _mutex:
         if _inst_count[0] >= INSTANCE_MAX_EDGES:
@@ -293,9 +367,12 @@ def _instance_edge_from(same: list[Held], entry: Held) -> None:
             _inst_preds[to] = (*known, frm)
             _inst_records[to].append(record)
         _inst_count[0] += 1
+        if not run[8]:
+            run[8] = True
+            _run_log.append(run)
         if to in _inst_has_out:  # it leads on: the new edge may close a cycle
             cycle = _instance_path(frm, to)
-        _inst_has_out.add(frm)
+        _inst_has_out[frm] = _inst_has_out.get(frm, 0) + 1
         if len(_inst_records) >= _inst_prune_at[0]:
             _prune_instances()
     if cycle is not None:
@@ -323,10 +400,45 @@ def _instance_path(source: int, goal: int) -> list[int] | None:
     return None
 
 
+def _drop_dead_runs() -> None:
+    """The first step of :func:`_prune_instances` (caller holds ``_mutex``): the edges of a run whose
+    locks are all gone, when they are a chain of their own, ``s0 -> s1 -> ... -> sk``: no edge into
+    ``s0``, the only edge into each other one from the one before, and no other edge out of them.
+    Removing dead locks with no edge into them, one after the other, would take them all: this does
+    it in one pass over the run, before the general pass (which then walks only what is left: for
+    a fan-out of futures, the runs of the futures still alive)."""
+    keep: list[_Run] = []
+    preds_of = _inst_preds
+    out = _inst_has_out
+    records = _inst_records
+    for run in _run_log:  # (map over C callables: a fan-out's runs are many, their locks more)
+        chain = run[5][run[7] :]
+        if any(map(_deref, map(_first, chain))):
+            keep.append(run)
+            continue
+        serials = list(map(_fourth, chain))
+        first = serials[0]
+        if first in preds_of or first not in out or serials[-1] in out:
+            continue  # (the general pass looks at its edges)
+        froms = serials[:-1]
+        tos = serials[1:]
+        # each edge into the next one from the one before only (zip: 1-tuples), one edge out of each
+        if not all(map(_eq, map(preds_of.get, tos), zip(froms))) or any(map(_one.__ne__, map(out.get, froms))):
+            continue
+        deque(map(preds_of.__delitem__, tos), 0)
+        deque(map(records.pop, tos), 0)
+        deque(map(out.__delitem__, froms), 0)
+        _inst_count[0] -= len(tos)
+    if len(keep) > RUN_LOG_MAX:  # runs of long-lived locks: the general pass still prunes their edges
+        del keep[: len(keep) - RUN_LOG_MAX]
+    _run_log[:] = keep
+
+
 def _prune_instances() -> None:
     """Forget the edges of locks the garbage collector took (caller holds ``_mutex``), where no path
     between other locks goes through them: a dead lock with no edge into it, or none out of it.
     A dead lock between two live ones stays (``a -> dead -> b`` is still ``a -> b``)."""
+    _drop_dead_runs()
     alive: dict[int, bool] = {}
     succs: dict[int, list[int]] = {}
     for to, records in _inst_records.items():
@@ -367,7 +479,8 @@ def _prune_instances() -> None:
                     work.append(s)
     _inst_has_out.clear()
     for preds in _inst_preds.values():
-        _inst_has_out.update(preds)
+        for p in preds:
+            _inst_has_out[p] = _inst_has_out.get(p, 0) + 1
     _inst_prune_at[0] = max(INSTANCE_PRUNE_AT, 2 * len(_inst_records))
 
 
@@ -397,7 +510,8 @@ def _shortened(
         for j in range(n - 1, i, -1):  # the farthest edge into path[j + 1] taken while path[i] was held
             if (j + 1) % n == i:
                 continue
-            held_then = next((h for h in found[j][1][5] if at.get(h[3]) == i), None)
+            record = found[j][1]
+            held_then = next((h for h in record[5][: record[6]] if at.get(h[3]) == i), None)
             if held_then is not None:
                 jump = j
                 break

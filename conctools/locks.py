@@ -2071,6 +2071,17 @@ def _install_speedups() -> None:
     Lock.locked_lock = Lock.locked  # type: ignore[method-assign]
     registry._c_live[0] = _speedups.live
     lockorder._untrack[0] = _speedups.untrack
+    _speedups.setup_runs(  # the next lock of a run of one class, in C (lockorder._run_edge)
+        runs=lockorder._runs,
+        preds=lockorder._inst_preds,
+        records=lockorder._inst_records,
+        has_out=lockorder._inst_has_out,
+        count=lockorder._inst_count,
+        full_skip=lockorder._inst_full_skip,
+        prune_at=lockorder._inst_prune_at,
+        max_edges=lockorder.INSTANCE_MAX_EDGES,
+        mutex=lockorder._mutex,
+    )
     registry._c_progress[0] = _speedups.acquisitions
 
 

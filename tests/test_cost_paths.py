@@ -7,6 +7,7 @@ on the pure-Python one.
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import os
 import queue
@@ -176,6 +177,138 @@ class TestInstanceEdgeRecords:
             pass
         events = [e for e in ordered.events() if isinstance(e, LockOrderEvent)]
         assert len(events) == 1 and all("#" in name for name in events[0].cycle)
+
+
+def _lock() -> conctools.Lock:
+    """A lock of one class (its creation site is this line)."""
+    return conctools.Lock()
+
+
+def _in_thread(fn: Any, name: str) -> None:
+    t = threading.Thread(target=fn, name=name)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+
+
+def _line() -> int:
+    return sys._getframe(1).f_lineno
+
+
+class TestRuns:
+    """Locks of one class taken one after the other, each while holding the ones before (a run, as
+    ``concurrent.futures.wait()`` takes its futures' conditions), are checked in O(1) each: in C on
+    the C path; the graph and its findings are those of the full walk."""
+
+    def test_inversion_inside_a_long_run(self, ordered: Recorder) -> None:
+        """Twelve locks of one class taken nested in one thread, then the last before the third in
+        another: one two-lock cycle, whose forward edge names the run's line and thread and the
+        third lock as held then (not the eight taken in between). (The first edges of a site take
+        stacks, in Python; the last ones are the C path's on a C build.)"""
+        chain = [_lock() for _ in range(12)]
+        run_line = 0
+
+        def run() -> None:
+            nonlocal run_line
+            for lock in chain:
+                run_line = _line() + 1
+                lock.acquire()
+            for lock in chain:
+                lock.release()
+
+        _in_thread(run, "runner")
+        assert not ordered.snapshot().of_kind(LockOrderEvent)
+        serials = [lock._ct_serial for lock in chain]  # type: ignore[attr-defined]
+        (record,) = lockorder._inst_records[serials[11]]
+        assert [h[3] for h in record[5][: record[6]]] == serials[:11] and record[2] == "runner"
+        back_line = 0
+
+        def invert() -> None:
+            nonlocal back_line
+            with chain[11]:
+                back_line = _line() + 1
+                with chain[2]:
+                    pass
+
+        _in_thread(invert, "inverter")
+        (event,) = ordered.snapshot().of_kind(LockOrderEvent)
+        assert len(event.cycle) == 2
+        (back,) = [e for e in event.edges if e.thread_name == "inverter"]
+        (forth,) = [e for e in event.edges if e.thread_name == "runner"]
+        assert back.to_site.endswith(f":{back_line}") and forth.to_site.endswith(f":{run_line}")
+        assert forth.from_lock == back.to_lock and forth.to_lock == back.from_lock
+        assert forth.from_lock.endswith("#3") and forth.to_lock.endswith("#12")
+
+    def test_run_broken_by_a_release(self, ordered: Recorder) -> None:
+        """a, b taken, a released, c taken: the edge b -> c was not taken while holding a, so c then a
+        elsewhere is the three-lock cycle a -> b -> c -> a, never shortened to a -> c."""
+        a, b, c = _lock(), _lock(), _lock()
+        a.acquire()
+        b.acquire()
+        a.release()
+        c.acquire()
+        c.release()
+        b.release()
+        with c, a:
+            pass
+        (event,) = ordered.snapshot().of_kind(LockOrderEvent)
+        assert len(event.cycle) == 3
+
+    def test_run_after_a_reentry(self, ordered: Recorder) -> None:
+        """A lock of the run taken again (an RLock) is no edge, and the run goes on after it."""
+        a, b, c = (conctools.RLock() for _ in range(3))
+        with a, b, a, c:
+            pass
+        assert lockorder.graph_size() == 2
+        with c, a:
+            pass
+        (event,) = ordered.snapshot().of_kind(LockOrderEvent)
+        assert len(event.cycle) == 2
+
+    def test_waits_in_threads_no_false_alarm(self, ordered: Recorder) -> None:
+        """Threads waiting on overlapping sets of futures (wait() and as_completed() take their
+        conditions by id) report no inversion, and waiting on the same ones again adds no edge."""
+        with conctools.trace_locks():
+            futures: list[concurrent.futures.Future[int]] = [concurrent.futures.Future() for _ in range(30)]
+        for i, f in enumerate(futures[::2]):
+            f.set_result(i)
+
+        def waiter(k: int) -> None:
+            for i in range(20):
+                part = futures[(i * k) % 7 :: 1 + (i + k) % 3]
+                concurrent.futures.wait(part, timeout=0)
+                done = [f for f in part if f.done()]
+                assert len(list(concurrent.futures.as_completed(done))) == len(done)
+
+        threads = [threading.Thread(target=waiter, args=(k,), name=f"waiter-{k}") for k in range(1, 5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not ordered.snapshot().of_kind(LockOrderEvent)
+        size = lockorder.graph_size()
+        assert size > 0
+        concurrent.futures.wait(futures, timeout=0)
+        concurrent.futures.wait(futures, timeout=0)
+        assert lockorder.graph_size() == size
+
+    def test_many_runs_of_dead_locks_are_pruned(self, ordered: Recorder) -> None:
+        """Runs of 25 short-lived locks (a fan-out of futures): the graph stays bounded, and an
+        inversion between two live locks of that class is still found after."""
+        for _ in range(lockorder.INSTANCE_PRUNE_AT // 24 * 3):
+            with conctools.trace_locks():
+                futures = [concurrent.futures.Future() for _ in range(25)]  # type: ignore[var-annotated]
+            concurrent.futures.wait(futures, timeout=0)
+            del futures
+        assert 0 < lockorder.graph_size() < lockorder.INSTANCE_PRUNE_AT * 2
+        with conctools.trace_locks():
+            x, y = concurrent.futures.Future(), concurrent.futures.Future()  # type: ignore[var-annotated]
+        with x._condition, y._condition:  # type: ignore[attr-defined]
+            pass
+        with y._condition, x._condition:  # type: ignore[attr-defined]
+            pass
+        (event,) = ordered.snapshot().of_kind(LockOrderEvent)
+        assert len(event.cycle) == 2
 
 
 @pytest.mark.skipif(bool(os.environ.get("CONCTOOLS_PURE_PYTHON")), reason="this is the pure-Python run")
