@@ -62,7 +62,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 7
+#define API_VERSION 8
 
 typedef struct CoreObject {
     PyObject_HEAD
