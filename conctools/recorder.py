@@ -25,10 +25,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
-from conctools._records import compared
+from conctools._records import record
 from conctools.events import Event, SpanEvent, event_from_dict
 
 __all__ = [
@@ -169,8 +169,7 @@ hist_add: Callable[[Histogram, int], None] = Histogram.add
 # -- records -----------------------------------------------------------------------------
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class SpanStats:
     """Aggregates of every call of one span name (exact counts, approximate percentiles)."""
 
@@ -189,8 +188,7 @@ class SpanStats:
         return self.total_s / self.count if self.count else 0.0
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class Snapshot:
     """Everything a reporter needs, as plain data: events, aggregates and sections.
 

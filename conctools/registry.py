@@ -24,8 +24,10 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
+
+from conctools._records import record
 
 __all__ = [
     "Party",
@@ -49,7 +51,7 @@ __all__ = [
 _log = logging.getLogger("conctools.registry")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Party:
     """A thread or task that holds or waits on a primitive.
 
@@ -79,7 +81,7 @@ class Party:
         return f"thread {self.thread_name!r}"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class PrimitiveState:
     """One traced primitive as a reader sees it at one instant."""
 

@@ -26,14 +26,13 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conctools import registry
 from conctools._context import _PKG_DIR, _SAMPLE_DIR, current_frames, is_conctools_frame, thread_name_of, user_frame
 from conctools._imports import later
-from conctools._records import compared
+from conctools._records import record
 from conctools.events import Frame, WaiterInfo, frame_at
 from conctools.recorder import _ctracing
 
@@ -66,8 +65,7 @@ _MAX_REPR = 120
 K = TypeVar("K", bound=Hashable)
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class TaskInfo:
     """One asyncio task as seen from outside: who it is, where it is suspended, what it awaits.
 

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from conctools import casualties, taskdump
 from conctools._imports import NO_RUNNING_LOOP, when_imported
 
 if TYPE_CHECKING:
@@ -51,6 +50,8 @@ def _on_loop_switch(loop: asyncio.AbstractEventLoop | None) -> None:
     """
     if loop is None or getattr(loop, "_conctools_own", False):  # stopped, or conctools' own (the console's)
         return  # the watchdog notices by itself that the loop stopped
+    from conctools import casualties, taskdump  # here: a process without a loop never imports them
+
     tid = _thread.get_ident()
     taskdump.register_loop(loop, tid)
     with _hook_lock:
@@ -83,6 +84,8 @@ def _forget_auto(monitor: LoopMonitor) -> None:
             del _auto[id(monitor.loop)]
     monitor._release()
     if monitor.loop is not None:
+        from conctools import taskdump
+
         taskdump.unregister_loop(monitor.loop)
         _undo_failures(monitor.loop)
 
@@ -190,5 +193,7 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
         for _tid, monitor in monitors:
             monitor.stop()
             if monitor.loop is not None:
+                from conctools import taskdump
+
                 taskdump.unregister_loop(monitor.loop)
                 _undo_failures(monitor.loop)
