@@ -16,7 +16,6 @@ a plain lock.
 from __future__ import annotations
 
 import _thread
-import logging
 import operator
 import os
 import sys
@@ -28,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import field
 from typing import Any
 
+from conctools._log import get_logger
 from conctools._records import record
 from conctools.events import Event, SpanEvent, event_from_dict
 
@@ -46,7 +46,7 @@ __all__ = [
 SCHEMA = "conctools.report/1"
 DEFAULT_CAPACITY = 100_000
 
-_log = logging.getLogger("conctools.recorder")
+_log = get_logger("conctools.recorder")
 
 # The optional C extension of the span path (conctools/_tracing.c): tracing.py's fast wrappers and
 # the fold below. Not used with CONCTOOLS_PURE_PYTHON=1, nor when it is missing or stale.

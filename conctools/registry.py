@@ -20,13 +20,13 @@ True
 from __future__ import annotations
 
 import _thread
-import logging
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import field
 from typing import Any, Protocol
 
+from conctools._log import get_logger
 from conctools._records import record
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
     "waiting_on",
 ]
 
-_log = logging.getLogger("conctools.registry")
+_log = get_logger("conctools.registry")
 
 
 @record(kw_only=True)

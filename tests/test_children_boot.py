@@ -25,6 +25,7 @@ print(json.dumps({
     "modules": sorted(m for m in sys.modules if m.startswith(("conctools", "psutil"))),
     "threads": sorted(t.name for t in threading.enumerate()),
     "lock": type(threading.Lock()).__module__,
+    "logging": "logging" in sys.modules,
 }), flush=True)
 """
 
@@ -109,7 +110,8 @@ class TestBootstrapImports:
     @pytest.mark.parametrize("which", [0, 2], ids=["spawn", "subprocess"])
     def test_lock_tracing_and_writer_only(self, run: tuple[list[dict[str, Any]], dict[str, Any]], which: int) -> None:
         """Locks are traced ones and the record writer runs; no sampler, GIL monitor or watchdog
-        yet, and neither psutil nor the runner, the watchdog's or the reporters' modules are imported."""
+        yet, and neither psutil, logging, nor the runner, the watchdog's or the reporters' modules
+        are imported."""
         lines, _ = run
         seen = lines[which]
         assert seen["lock"] == "conctools", seen
@@ -118,6 +120,7 @@ class TestBootstrapImports:
             assert role not in seen["threads"], seen["threads"]
         assert "conctools.locks" in seen["modules"] and "conctools.children.session" in seen["modules"]
         assert _imported(seen["modules"]) == []
+        assert seen["logging"] is False  # conctools' loggers import it when they first log
 
 
 class TestDeferredInstruments:
@@ -166,3 +169,19 @@ def test_bootstrap_module_does_not_import_the_runner(tmp_path: Path) -> None:
     code = "import sys; import conctools.children.bootstrap; print('conctools.runner' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert out.stdout.strip() == "False", out.stderr
+
+
+class TestLazyLogger:
+    """conctools' module loggers are the real ones once used."""
+
+    def test_same_logger_and_records_reach_handlers(self, caplog: pytest.LogCaptureFixture) -> None:
+        """A lazy logger logs through ``logging.getLogger(name)``: its records reach the handlers."""
+        import logging
+
+        from conctools._log import get_logger
+
+        lazy = get_logger("conctools.test-lazy")
+        with caplog.at_level(logging.DEBUG, logger="conctools.test-lazy"):
+            lazy.debug("seen %d", 1)
+        assert [r.getMessage() for r in caplog.records if r.name == "conctools.test-lazy"] == ["seen 1"]
+        assert lazy.getEffectiveLevel() == logging.getLogger("conctools.test-lazy").getEffectiveLevel()

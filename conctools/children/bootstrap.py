@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import os
-import re
 import sys
 from typing import Any
 
+from conctools._log import get_logger
 from conctools.children import reaping
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig
 from conctools.children.forking import activate, start_instruments
@@ -26,7 +25,7 @@ from conctools.recorder import Recorder, use_recorder
 
 __all__ = ["start_from_env"]
 
-_log = logging.getLogger("conctools.children")
+_log = get_logger("conctools.children")
 
 _DEFAULT_WAIT_THRESHOLD_S = 0.001  # RunOptions.lock_wait_threshold_s (the runner is not imported here)
 
@@ -61,7 +60,7 @@ def _start_method_of(argv: list[str]) -> str | None:
     joined = " ".join(argv)
     if "multiprocessing.resource_tracker" in joined:
         return None  # multiprocessing's own bookkeeping process, not the program's
-    if re.search(r"multiprocessing\.spawn import spawn_main", joined) and "--multiprocessing-fork" in argv:
+    if "multiprocessing.spawn import spawn_main" in joined and "--multiprocessing-fork" in argv:
         return "spawn"
     if "multiprocessing.forkserver import main" in joined:
         return "forkserver (server)"

@@ -12,13 +12,13 @@ followed or not, starts clean (:func:`guard_forks`).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
 import threading
 import warnings
 
+from conctools._log import get_logger
 from conctools.children import reaping
 from conctools.children.config import ENV_VAR, FollowConfig
 from conctools.children.forksafe import forget_parent_sections, own_lock_table, reinit_after_fork
@@ -35,7 +35,7 @@ from conctools.recorder import get_recorder
 
 __all__ = ["activate", "deactivate", "guard_forks", "start_instruments", "stop_births"]
 
-_log = logging.getLogger("conctools.children")
+_log = get_logger("conctools.children")
 _STDLIB = os.path.dirname(threading.__file__) + os.sep
 _MP = _STDLIB + "multiprocessing" + os.sep
 

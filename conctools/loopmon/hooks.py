@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import _thread
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from conctools._imports import NO_RUNNING_LOOP, when_imported
+from conctools._log import get_logger
 
 if TYPE_CHECKING:
     import asyncio
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["monitor_all_loops"]
 
-_log = logging.getLogger("conctools.loopmon")
+_log = get_logger("conctools.loopmon")
 _get_running_loop: Any = NO_RUNNING_LOOP  # asyncio's once the program imports it (_bind_asyncio)
 
 _hook_lock = _thread.RLock()
