@@ -8,6 +8,9 @@ the same logger once used: ``logging.getLogger(name)``, its level, handlers and 
 
 from __future__ import annotations
 
+import _thread
+import sys
+import threading
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
@@ -28,13 +31,26 @@ class _LazyLogger:
     def __getattr__(self, attr: str) -> Any:
         logger = self._logger
         if logger is None:
-            import logging
-
-            logger = self._logger = logging.getLogger(self._name)
+            logger = self._logger = _logging().getLogger(self._name)
         return getattr(logger, attr)
 
     def __repr__(self) -> str:
         return f"<lazy logger {self._name!r}>"
+
+
+def _logging() -> Any:
+    """``logging``; imported by conctools itself, its own lock stays a plain one, as when conctools
+    imports it before ``trace_locks()`` patches ``threading`` (as ``conctools run``'s main process does)."""
+    module = sys.modules.get("logging")
+    if module is not None:
+        return module
+    saved = threading.Lock, threading.RLock
+    threading.Lock, threading.RLock = _thread.allocate_lock, _thread.RLock  # type: ignore[misc,assignment]
+    try:
+        import logging
+    finally:
+        threading.Lock, threading.RLock = saved  # type: ignore[misc]
+    return logging
 
 
 def get_logger(name: str) -> logging.Logger:

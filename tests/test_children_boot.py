@@ -185,3 +185,19 @@ class TestLazyLogger:
             lazy.debug("seen %d", 1)
         assert [r.getMessage() for r in caplog.records if r.name == "conctools.test-lazy"] == ["seen 1"]
         assert lazy.getEffectiveLevel() == logging.getLogger("conctools.test-lazy").getEffectiveLevel()
+
+    def test_imported_with_a_plain_lock(self) -> None:
+        """Imported by a conctools logger under ``trace_locks()``, ``logging``'s own lock is a plain one
+        (as when conctools imports it first) and ``threading``'s factories are the traced ones again."""
+        code = (
+            "import sys, threading\n"
+            "from conctools._log import get_logger\n"
+            "from conctools.locks import trace_locks\n"
+            "with trace_locks():\n"
+            "    assert 'logging' not in sys.modules\n"
+            "    get_logger('conctools.x').debug('first use')\n"
+            "    import logging\n"
+            "    print(type(logging._lock).__module__, type(threading.RLock()).__module__)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
+        assert out.stdout.split() == ["_thread", "conctools"], out.stderr
