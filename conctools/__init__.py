@@ -15,7 +15,6 @@ import typing as _typing
 from conctools import _lazy
 from conctools.events import Frame, SpanEvent
 from conctools.recorder import Recorder, Snapshot, SpanStats, get_recorder, set_recorder, use_recorder
-from conctools.tracing import ActiveSpan, ContextFilter, Traced, current_span, traced
 
 if _typing.TYPE_CHECKING:
     from conctools import aio
@@ -29,10 +28,13 @@ if _typing.TYPE_CHECKING:
     from conctools.reporting.summary import report
     from conctools.resources import ResourceSampler, sample_resources
     from conctools.taskdump import TaskInfo, dump_tasks
+    from conctools.tracing import ActiveSpan, ContextFilter, Traced, current_span, traced
 
 # Imported on first use (PEP 562): `import conctools` stays cheap, which matters because the
 # pytest plugin imports it in every pytest run, even when the plugin is switched off.
 _LAZY = {
+    # tracing imports logging: a followed child that never traces a function does without both.
+    **dict.fromkeys(("ActiveSpan", "ContextFilter", "Traced", "current_span", "traced"), "conctools.tracing"),
     "aio": "conctools.aio",
     "enable_dump": "conctools.agent",
     **dict.fromkeys(("DeadlockError", "DeadlockWatchdog", "HangError", "watch_deadlocks"), "conctools.deadlock"),

@@ -16,15 +16,16 @@ before asyncio exists.
 from __future__ import annotations
 
 import _thread
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
+from conctools._log import get_logger
+
 __all__ = ["NO_RUNNING_LOOP", "NoCancelledError", "later", "no_current_task", "when_imported"]
 
-_log = logging.getLogger("conctools")
+_log = get_logger("conctools")
 
 Hook = Callable[[ModuleType], object]
 

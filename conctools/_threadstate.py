@@ -30,11 +30,10 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 
 from conctools._context import current_frames
-from conctools._records import compared
+from conctools._records import record
 
 __all__ = [
     "CALL_OPCODES",
@@ -94,8 +93,7 @@ def at_call(frame: FrameType | None) -> bool:
         return True
 
 
-@compared
-@dataclass(frozen=True, slots=True, repr=False, eq=False)
+@record
 class GilZone:
     """Where threads waiting for the GIL sleep: ``futex()`` (number ``futex_nr``) on ``lo..hi``."""
 

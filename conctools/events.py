@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import linecache
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, ClassVar
 
-from conctools._records import compared as _compared
+from conctools._records import record as _record
 
 __all__ = [
     "BlockingCallEvent",
@@ -65,8 +65,7 @@ __all__ = [
 EVENT_TYPES: dict[str, type[Event]] = {}
 
 
-@_compared
-@dataclass(frozen=True, slots=True, repr=False, eq=False)
+@_record
 class Frame:
     """One stack frame: where code was, as ``file:line in function``."""
 
@@ -114,8 +113,7 @@ def frame_from_dict(data: dict[str, Any]) -> Frame:
     )
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class Event:
     """Base of every event: when, and who produced it."""
 
@@ -173,8 +171,7 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class SpanEvent(Event):
     """One traced call or block: its name, duration, outcome and parent span."""
 
@@ -189,8 +186,7 @@ class SpanEvent(Event):
     args: str | None = None
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class Participant:
     """A thread or task in a wait-for graph, with what it waits for and what it holds."""
 
@@ -221,8 +217,7 @@ class Participant:
         return f"thread {self.thread_name!r}"
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class LockWaitEvent(Event):
     """A contended acquisition: who waited, for how long, and who held the lock then."""
 
@@ -238,8 +233,7 @@ class LockWaitEvent(Event):
     stack: tuple[Frame, ...] = ()
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class LockOrderEdge:
     """Lock ``to`` acquired while holding ``from``: one edge of the lock-order graph."""
 
@@ -252,8 +246,7 @@ class LockOrderEdge:
     stack: tuple[Frame, ...] = ()
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class LockOrderEvent(Event):
     """A cycle in the lock-order graph: a potential deadlock, reported once per cycle."""
 
@@ -269,8 +262,7 @@ class LockOrderEvent(Event):
         return describe(self)
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class DeadlockEvent(Event):
     """A wait-for cycle: every participant waits on something another one holds."""
 
@@ -287,8 +279,7 @@ class DeadlockEvent(Event):
         return describe(self)
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class WaiterInfo:
     """A thread or task in a hang dump: its stack and what it waits on."""
 
@@ -301,8 +292,7 @@ class WaiterInfo:
     daemon: bool = False
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class HangEvent(Event):
     """No progress for ``stalled_s`` and no lock cycle: every thread and task, and their waits."""
 
@@ -314,8 +304,7 @@ class HangEvent(Event):
     failures: tuple[FailureEvent, ...] = ()  # threads and tasks that ended with an exception before it
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class FailureEvent(Event):
     """A thread or an asyncio task ended with an exception (``task_name`` set for a task).
 
@@ -349,8 +338,7 @@ class FailureEvent(Event):
         return describe(self)
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class SlowCallbackEvent(Event):
     """The event loop was blocked by one task or callback for ``duration_s``.
 
@@ -387,8 +375,7 @@ class SlowCallbackEvent(Event):
         return describe(self)
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class BlockingCallEvent(Event):
     """A known blocking call (``time.sleep``, a blocking socket call, a thread wait) made on a
     thread that runs an event loop: ``site`` is the caller's ``file:line``."""
@@ -402,8 +389,7 @@ class BlockingCallEvent(Event):
     stack: tuple[Frame, ...] = ()
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class ResourceSampleEvent(Event):
     """One psutil sample of this process."""
 
@@ -429,8 +415,7 @@ class ResourceSampleEvent(Event):
         }
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class GilSampleEvent(Event):
     """One window of the GIL monitor (``conctools.gil``), ending at ``ts_ns``.
 
@@ -448,8 +433,7 @@ class GilSampleEvent(Event):
     gil_enabled: bool = True
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class MarkEvent(Event):
     """An instant on the timeline: run start and end, or a user's own mark."""
 
@@ -459,8 +443,7 @@ class MarkEvent(Event):
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class PoolHolder:
     """Who held one item of a pool while others waited for one, and what it was doing then.
 
@@ -480,8 +463,7 @@ class PoolHolder:
     held_s: float | None  # how long it had held the item (None when unknown)
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class PoolExhaustedEvent(Event):
     """A pool ran dry: from the first waiter's start until no one waited any more.
 
@@ -502,8 +484,7 @@ class PoolExhaustedEvent(Event):
     holders: tuple[PoolHolder, ...] = ()
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class ProcessWaitLink:
     """One step of a chain of waits across processes: a thread of process ``pid`` waits on
     other processes (``target_pids``: a child it joins, a pool's workers, the writers of a pipe)."""
@@ -519,8 +500,7 @@ class ProcessWaitLink:
     stack: tuple[Frame, ...] = ()
 
 
-@_compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@_record(kw_only=True)
 class ProcessStuckEvent(Event):
     """A followed child process deadlocked (``verdict`` "deadlock") or hung ("hang"); ``chain``
     is who waits on it, from the program's main process down to the waiter nearest to it."""

@@ -46,13 +46,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType, ModuleType, TracebackType
 from typing import Any, TypeVar, cast, overload
 
 from conctools._context import internal_thread, is_conctools_frame
 from conctools._imports import when_imported
-from conctools._records import compared
+from conctools._records import record
 from conctools._threadstate import (
     StateReader,
     at_call,
@@ -142,8 +141,7 @@ def _child_wait(filename: str, function: str) -> bool:
     return _MP in filename and bool(_listed(_CHILD_WAITS, filename, function))
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class ThreadGilStats:
     """Where one thread's time went while the monitor ran (seconds; estimates from samples).
 
@@ -183,7 +181,7 @@ class ThreadGilStats:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form, as in the ``gil`` section of ``report.json``."""
-        out = {name: getattr(self, name) for name in self.__slots__}
+        out = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
         out["hot"] = [dict(h) for h in self.hot]
         return out
 

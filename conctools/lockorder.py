@@ -34,7 +34,6 @@ do) makes locks created from then on check their order.
 from __future__ import annotations
 
 import _thread
-import logging
 import operator
 import os
 import threading
@@ -46,6 +45,7 @@ from types import FrameType
 from typing import Any
 
 from conctools._context import _SAMPLE_DIR, _SKIP_MAYBE, capture_stack, current_task_name
+from conctools._log import get_logger
 from conctools.events import LockOrderEdge, LockOrderEvent
 from conctools.recorder import get_recorder
 
@@ -67,7 +67,7 @@ __all__ = [
     "task_held_stack",
 ]
 
-_log = logging.getLogger("conctools.lockorder")
+_log = get_logger("conctools.lockorder")
 
 MAX_EDGES = 50_000  # bounded memory: past this, new edges are not tracked (logged once)
 

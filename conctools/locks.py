@@ -47,7 +47,6 @@ import _thread
 import collections
 import gc
 import itertools
-import logging
 import os
 import re
 import sys
@@ -74,6 +73,7 @@ from conctools._context import (
     resolve_stack,
 )
 from conctools._imports import NO_RUNNING_LOOP, no_current_task, when_imported
+from conctools._log import get_logger
 from conctools.events import LockWaitEvent
 from conctools.recorder import Histogram, Recorder, get_recorder
 from conctools.registry import Party, PrimitiveState
@@ -96,7 +96,7 @@ __all__ = [
     "wait_threshold_s",
 ]
 
-_log = logging.getLogger("conctools.locks")
+_log = get_logger("conctools.locks")
 
 # Captured at import, before anyone patches anything: conctools' own internals use these.
 _allocate_lock = _thread.allocate_lock

@@ -16,7 +16,6 @@ a plain lock.
 from __future__ import annotations
 
 import _thread
-import logging
 import operator
 import os
 import sys
@@ -25,10 +24,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
-from conctools._records import compared
+from conctools._log import get_logger
+from conctools._records import record
 from conctools.events import Event, SpanEvent, event_from_dict
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
 SCHEMA = "conctools.report/1"
 DEFAULT_CAPACITY = 100_000
 
-_log = logging.getLogger("conctools.recorder")
+_log = get_logger("conctools.recorder")
 
 # The optional C extension of the span path (conctools/_tracing.c): tracing.py's fast wrappers and
 # the fold below. Not used with CONCTOOLS_PURE_PYTHON=1, nor when it is missing or stale.
@@ -169,8 +169,7 @@ hist_add: Callable[[Histogram, int], None] = Histogram.add
 # -- records -----------------------------------------------------------------------------
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class SpanStats:
     """Aggregates of every call of one span name (exact counts, approximate percentiles)."""
 
@@ -189,8 +188,7 @@ class SpanStats:
         return self.total_s / self.count if self.count else 0.0
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class Snapshot:
     """Everything a reporter needs, as plain data: events, aggregates and sections.
 

@@ -20,12 +20,14 @@ True
 from __future__ import annotations
 
 import _thread
-import logging
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
+
+from conctools._log import get_logger
+from conctools._records import record
 
 __all__ = [
     "Party",
@@ -46,10 +48,10 @@ __all__ = [
     "waiting_on",
 ]
 
-_log = logging.getLogger("conctools.registry")
+_log = get_logger("conctools.registry")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Party:
     """A thread or task that holds or waits on a primitive.
 
@@ -79,7 +81,7 @@ class Party:
         return f"thread {self.thread_name!r}"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class PrimitiveState:
     """One traced primitive as a reader sees it at one instant."""
 

@@ -26,7 +26,6 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,7 +40,7 @@ from conctools._context import (
     user_frame,
 )
 from conctools._imports import later
-from conctools._records import compared
+from conctools._records import record
 from conctools.events import Frame, WaiterInfo, frame_at
 from conctools.recorder import _ctracing
 
@@ -74,8 +73,7 @@ _MAX_REPR = 120
 K = TypeVar("K", bound=Hashable)
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class TaskInfo:
     """One asyncio task as seen from outside: who it is, where it is suspended, what it awaits.
 

@@ -10,21 +10,24 @@ program's first line, which enters the same instruments ``conctools run`` uses
 from __future__ import annotations
 
 import contextlib
-import logging
+import gc
 import os
-import re
 import sys
+from typing import Any
 
+from conctools._log import get_logger
 from conctools.children import reaping
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig
-from conctools.children.forking import activate
+from conctools.children.forking import activate, start_instruments
 from conctools.children.procfile import ProcessIdentity
 from conctools.children.session import ChildSession, current_session, install_exit_hooks, real_exit, state
-from conctools.recorder import Recorder
+from conctools.recorder import Recorder, use_recorder
 
 __all__ = ["start_from_env"]
 
-_log = logging.getLogger("conctools.children")
+_log = get_logger("conctools.children")
+
+_DEFAULT_WAIT_THRESHOLD_S = 0.001  # RunOptions.lock_wait_threshold_s (the runner is not imported here)
 
 
 # ---- exec ---------------------------------------------------------------------------------
@@ -57,7 +60,7 @@ def _start_method_of(argv: list[str]) -> str | None:
     joined = " ".join(argv)
     if "multiprocessing.resource_tracker" in joined:
         return None  # multiprocessing's own bookkeeping process, not the program's
-    if re.search(r"multiprocessing\.spawn import spawn_main", joined) and "--multiprocessing-fork" in argv:
+    if "multiprocessing.spawn import spawn_main" in joined and "--multiprocessing-fork" in argv:
         return "spawn"
     if "multiprocessing.forkserver import main" in joined:
         return "forkserver (server)"
@@ -87,8 +90,6 @@ def _start_from_env() -> None:
     method = _start_method_of(argv)
     if method is None or _runs_conctools(argv):
         return
-    from conctools.runner import RunOptions, instrumented
-
     options = config.options
     recorder = Recorder(capacity=int(options.get("capacity") or 100_000))
     recorder.meta["command"] = " ".join(sys.argv)
@@ -96,29 +97,14 @@ def _start_from_env() -> None:
     if method.startswith("forkserver"):
         identity.name = "forkserver"
     session = ChildSession(config, identity, recorder)
-    run_options = RunOptions(
-        capacity=recorder.capacity,
-        report=False,
-        log_level=options.get("log_level"),
-        sample_interval_s=options.get("sample_interval_s"),
-        deadlock_timeout_s=options.get("deadlock_timeout_s"),
-        exit_on_deadlock=False,
-        loop_threshold_s=options.get("loop_threshold_s"),
-        detect_blocking=bool(options.get("detect_blocking")),
-        trace_locks=bool(options.get("trace_locks", True)),
-        lock_order=bool(options.get("lock_order", True)),
-        gil=bool(options.get("gil", True)),
-    )
-    threshold = options.get("lock_wait_threshold_s")
-    if threshold is not None:  # --lock-wait-threshold (else RunOptions' default)
-        run_options.lock_wait_threshold_s = float(threshold)
     if method == "spawn" or method.startswith("forkserver"):
         from conctools.children import mpsync
 
         mpsync.install()  # before the program's shared locks are unpickled (forkserver's forks inherit it)
-    stack = contextlib.ExitStack()
-    stack.enter_context(instrumented(run_options, recorder, on_deadlock=session.on_deadlock, on_hang=session.on_hang))
-    session.instruments = stack
+    session.instruments = _enter_instruments(options, recorder)
+    # The sampler (psutil), the GIL monitor and the watchdog start with the second record, half a
+    # second in, as in a forked child: a spawned worker that lives less pays for none of them.
+    session.deferred.append(lambda: start_instruments(session))
     state.session = session
     activate(config, root=False)
     reaping.install()
@@ -128,6 +114,42 @@ def _start_from_env() -> None:
         reaping.wrap_waitpid()
     install_exit_hooks(session)
     session.start()
-    from conctools.runner import freeze_startup_heap
+    gc.freeze()  # as conctools run does before the program's first line (runner.freeze_startup_heap)
 
-    freeze_startup_heap()  # as conctools run does before the program's first line
+
+def _enter_instruments(options: dict[str, Any], recorder: Recorder) -> contextlib.ExitStack:
+    """What must be live at the program's first line, with the run's options: the recorder, lock
+    tracing (locks the program makes from its first line on are traced ones) with lock order, the
+    pools, and the loop monitor's hooks (cheap: it starts with the first loop). The same as
+    :func:`conctools.runner.instrumented` but for the instruments :func:`start_instruments` starts
+    later, and without importing the runner (a new interpreter pays for every import)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(use_recorder(recorder))
+    log_level = options.get("log_level")
+    if log_level:
+        from conctools.runner import _stderr_logging
+
+        stack.enter_context(_stderr_logging(str(log_level)))
+    if options.get("trace_locks", True):
+        from conctools.locks import trace_locks
+        from conctools.pools import track_pools
+
+        threshold = options.get("lock_wait_threshold_s")
+        stack.enter_context(
+            trace_locks(
+                lock_order=bool(options.get("lock_order", True)),
+                recorder=recorder,
+                wait_threshold_s=_DEFAULT_WAIT_THRESHOLD_S if threshold is None else float(threshold),
+            )
+        )
+        stack.enter_context(track_pools(recorder=recorder))
+    loop_threshold_s = options.get("loop_threshold_s")
+    if loop_threshold_s:
+        from conctools.loopmon import monitor_all_loops
+
+        stack.enter_context(
+            monitor_all_loops(
+                float(loop_threshold_s), detect_blocking=bool(options.get("detect_blocking")), recorder=recorder
+            )
+        )
+    return stack

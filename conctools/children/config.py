@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any
 
-from conctools._records import compared
+from conctools._records import record
 
 __all__ = ["BOOT_DIR", "ENV_VAR", "FollowConfig"]
 
@@ -24,8 +24,7 @@ BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
 _SCHEMA = 1
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class FollowConfig:
     """The run a child belongs to: where it hands its data, and the options it runs under."""
 

@@ -12,13 +12,13 @@ followed or not, starts clean (:func:`guard_forks`).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
 import threading
 import warnings
 
+from conctools._log import get_logger
 from conctools.children import reaping
 from conctools.children.config import ENV_VAR, FollowConfig
 from conctools.children.forksafe import forget_parent_sections, own_lock_table, reinit_after_fork
@@ -33,9 +33,9 @@ from conctools.children.session import (
 )
 from conctools.recorder import get_recorder
 
-__all__ = ["activate", "deactivate", "guard_forks", "stop_births"]
+__all__ = ["activate", "deactivate", "guard_forks", "start_instruments", "stop_births"]
 
-_log = logging.getLogger("conctools.children")
+_log = get_logger("conctools.children")
 _STDLIB = os.path.dirname(threading.__file__) + os.sep
 _MP = _STDLIB + "multiprocessing" + os.sep
 
@@ -225,16 +225,17 @@ def _start_forked(config: FollowConfig, method: str) -> None:
     # A pool's worker often lives a fraction of a second: its instruments start a flush
     # interval in, with its second record (a stall is still seen at most that much later), so that
     # a short-lived child pays one thread, not four (the parent reaps its CPU time and status).
-    session.deferred.append(lambda: _start_instruments(session))
+    session.deferred.append(lambda: start_instruments(session))
     reaping.listeners[:] = [session.ring]
     install_exit_hooks(session)
     session.start()
 
 
-def _start_instruments(session: ChildSession) -> None:
-    """A forked child's sampler, GIL monitor and watchdog, with the run's options (from its writer thread).
+def start_instruments(session: ChildSession) -> None:
+    """A followed child's sampler, GIL monitor and watchdog, with the run's options (from its writer
+    thread, before its second record: forked and spawned children alike).
 
-    The parent's GIL monitor did not come along (its copy here is inert: :mod:`conctools.gil`
+    A forked child's parent's GIL monitor did not come along (its copy here is inert: :mod:`conctools.gil`
     stops it at the fork, and :func:`forget_parent_sections` drops its section): the child
     measures its own threads from here on, in a ``gil`` section of its own."""
     options = session.config.options

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -46,6 +45,16 @@ SYNC_SCHEMA = "conctools.sync/1"
 _MAX_THREADS = 64  # threads whose last stack a record keeps
 
 
+def _hostname() -> str:
+    """``socket.gethostname()``, without importing ``socket`` (a new interpreter pays for each import)."""
+    uname = getattr(os, "uname", None)
+    if uname is not None:
+        return str(uname().nodename)
+    import socket
+
+    return socket.gethostname()
+
+
 @dataclass(slots=True, kw_only=True)
 class ProcessIdentity:
     """Who a process is, fixed when it starts being followed."""
@@ -56,7 +65,7 @@ class ProcessIdentity:
     started_wall: float
     started_ns: int
     argv: list[str] = field(default_factory=list)
-    host: str = field(default_factory=socket.gethostname)
+    host: str = field(default_factory=lambda: _hostname())
     name: str | None = None  # as multiprocessing names it, once known
     target: str | None = None  # its Process's target function
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import _thread
 import atexit
 import contextlib
-import logging
 import os
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any, NoReturn
 
 from conctools._context import frames_of, internal_thread
 from conctools._imports import when_imported
+from conctools._log import get_logger
 from conctools.children import reaping
 from conctools.children.config import FollowConfig
 from conctools.children.procfile import ProcessIdentity, build_record, child_stack, sync_file, write_atomic
@@ -31,7 +31,7 @@ from conctools.recorder import Recorder
 
 __all__ = ["ChildSession", "current_session", "install_exit_hooks", "is_followed_child", "state", "wrap_bootstrap"]
 
-_log = logging.getLogger("conctools.children")
+_log = get_logger("conctools.children")
 
 THREAD_NAME = "conctools-children"
 _STDLIB = os.path.dirname(threading.__file__) + os.sep

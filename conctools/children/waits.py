@@ -17,11 +17,10 @@ import os
 import sys
 import threading
 import types
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from conctools._records import compared
+from conctools._records import record
 
 __all__ = ["CrossWait", "cross_wait", "idle_worker", "pool_of_wait"]
 
@@ -36,8 +35,7 @@ _MACHINERY = (_MP, _FUTURES, _SUBPROCESS, _THREADING, _SELECTORS, _PKG)
 _MAX_DEPTH = 40
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class CrossWait:
     """A thread's wait on other processes."""
 

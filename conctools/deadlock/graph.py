@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from conctools._context import user_frame
-from conctools._records import compared
+from conctools._records import record
 from conctools.events import Frame, Participant
 from conctools.registry import Party, PrimitiveState
 
@@ -108,8 +107,7 @@ def _reentrant(kind: str) -> bool:
 _SINKS = frozenset({"exited", "nobody"})
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class Dependency:
     """A wait that is not on a registry primitive: a join, a future, an event loop, a task.
 
@@ -126,8 +124,7 @@ class Dependency:
     sync: bool = True
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class WaitEdge:
     """``waiter`` waits for ``holder``: on ``prim``, or (``prim is None``) for something else
     (``kind``, ``what``): its event loop thread, a thread it joins, a job, another task.
@@ -147,8 +144,7 @@ class WaitEdge:
     group: int = 0
 
 
-@compared
-@dataclass(frozen=True, slots=True, repr=False, eq=False)
+@record
 class WaitGraph:
     """The wait-for graph at one instant.
 

@@ -17,12 +17,12 @@ import re
 import threading
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import FrameType
 from typing import Any
 
 from conctools._context import frames_of
-from conctools._records import compared
+from conctools._records import record
 from conctools.deadlock.graph import prim_label
 from conctools.events import Frame
 from conctools.registry import Party, PrimitiveState
@@ -42,8 +42,7 @@ _MACHINERY = (_THREADING_PY, _QUEUE_PY, _FUTURES_DIR, _PKG_DIR)
 _BOUNDARIES = frozenset({"run", "_bootstrap", "_bootstrap_inner", "_worker"})
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class ThreadState:
     """One thread as the hang detector sees it.
 

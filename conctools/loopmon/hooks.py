@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import _thread
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from conctools import casualties, taskdump
 from conctools._imports import NO_RUNNING_LOOP, when_imported
+from conctools._log import get_logger
 
 if TYPE_CHECKING:
     import asyncio
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["monitor_all_loops"]
 
-_log = logging.getLogger("conctools.loopmon")
+_log = get_logger("conctools.loopmon")
 _get_running_loop: Any = NO_RUNNING_LOOP  # asyncio's once the program imports it (_bind_asyncio)
 
 _hook_lock = _thread.RLock()
@@ -51,6 +50,8 @@ def _on_loop_switch(loop: asyncio.AbstractEventLoop | None) -> None:
     """
     if loop is None or getattr(loop, "_conctools_own", False):  # stopped, or conctools' own (the console's)
         return  # the watchdog notices by itself that the loop stopped
+    from conctools import casualties, taskdump  # here: a process without a loop never imports them
+
     tid = _thread.get_ident()
     taskdump.register_loop(loop, tid)
     with _hook_lock:
@@ -83,6 +84,8 @@ def _forget_auto(monitor: LoopMonitor) -> None:
             del _auto[id(monitor.loop)]
     monitor._release()
     if monitor.loop is not None:
+        from conctools import taskdump
+
         taskdump.unregister_loop(monitor.loop)
         _undo_failures(monitor.loop)
 
@@ -190,5 +193,7 @@ def monitor_all_loops(threshold_s: float = 0.1, **options: Any) -> Iterator[None
         for _tid, monitor in monitors:
             monitor.stop()
             if monitor.loop is not None:
+                from conctools import taskdump
+
                 taskdump.unregister_loop(monitor.loop)
                 _undo_failures(monitor.loop)

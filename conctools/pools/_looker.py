@@ -12,15 +12,15 @@ a pool of threads is looked at from here. The thread starts with the outermost
 from __future__ import annotations
 
 import _thread
-import logging
 import time
 from typing import Any
 
 from conctools._context import internal_thread
+from conctools._log import get_logger
 
 __all__ = ["LOOKER", "LOOK_AFTER_S", "Looker"]
 
-_log = logging.getLogger("conctools.pools")
+_log = get_logger("conctools.pools")
 _mono = time.monotonic_ns
 
 LOOK_AFTER_S = (0.05, 0.15, 0.35, 0.75, 1.55)  # after the exhaustion began; a few looks, then none

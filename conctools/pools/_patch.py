@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import _thread
-import logging
 import queue
 import sys
 from types import FrameType, ModuleType
@@ -11,11 +10,12 @@ from typing import Any
 
 from conctools import registry
 from conctools._imports import when_imported
+from conctools._log import get_logger
 from conctools.pools import _state as _state_module
 from conctools.pools._holders import line_at, site_of, take_frames
 from conctools.pools._state import MAX_POOLS, PoolState, registry_mutex
 
-_log = logging.getLogger("conctools.pools")
+_log = get_logger("conctools.pools")
 _getframe = sys._getframe
 
 STATE_KEY = "_conctools_pool"  # a tracked queue's state, in the queue's __dict__

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import _thread
-import logging
 import sys
 import threading
 import time
@@ -14,6 +13,7 @@ from typing import Any
 from conctools import recorder as _recorder
 from conctools._context import current_frames
 from conctools._imports import NO_RUNNING_LOOP, when_imported
+from conctools._log import get_logger
 from conctools.events import PoolExhaustedEvent, PoolHolder
 from conctools.pools._holders import (
     MAX_DESCRIBED,
@@ -29,7 +29,7 @@ from conctools.pools._holders import (
 from conctools.pools._looker import LOOKER
 from conctools.recorder import Histogram, get_recorder
 
-_log = logging.getLogger("conctools.pools")
+_log = get_logger("conctools.pools")
 
 MAX_POOLS = 256  # pools kept for the report (those that were waited on); others are not listed
 MAX_HELD = 1024  # live items whose holder is remembered, per pool
