@@ -2208,9 +2208,14 @@ class Condition(_StdCondition, _TracedAttrs):
         if lock is None:
             lock = RLock() if name is None else RLock(name=f"{name}.lock")
             if _INLINE_CONDITION_INIT:  # the stdlib's __init__ for an RLock of ours (every Future makes one)
-                # Four of the lock's methods are bound on first use (_LockMethod), not here: a Future's
-                # condition never uses them (`with` and notify() do not), and each is 72 bytes.
                 self._lock = lock
+                if type(self) is not Condition:  # a subclass's own acquire() etc. lose to these, as in the stdlib
+                    self.acquire = lock.acquire  # type: ignore[method-assign]
+                    self.release = lock.release  # type: ignore[method-assign]
+                    self._release_save = lock._release_save
+                    self._acquire_restore = lock._acquire_restore
+                # Otherwise those four are bound on first use (_LockMethod), not here: a Future's
+                # condition never uses them (`with` and notify() do not), and each is 72 bytes.
                 self._is_owned = lock._is_owned  # type: ignore[method-assign]
                 self._waiters = _deque()
             else:

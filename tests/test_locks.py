@@ -342,6 +342,20 @@ class TestCondition:
         with pytest.raises(RuntimeError):
             cond.release()  # the lock's own error: not held
 
+    def test_subclass_methods_lose_to_the_locks_as_in_the_stdlib(self) -> None:
+        """A subclass's own acquire() is shadowed by the lock's, as threading.Condition.__init__ does."""
+        calls: list[str] = []
+
+        class Mine(conctools.Condition):
+            def acquire(self, *args: Any) -> bool:
+                calls.append("mine")
+                return True
+
+        cond = Mine()
+        assert cond.acquire() is True
+        cond.release()
+        assert calls == []
+
     def test_condition_over_plain_lock_waits(self) -> None:
         """Over a lock without _release_save (a traced Lock), wait() uses the stdlib's emulation."""
         cond = conctools.Condition(conctools.Lock())
