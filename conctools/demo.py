@@ -77,24 +77,17 @@ def find_findings(snapshot: Snapshot) -> list[str]:
         )
         lines.append(f"potential deadlock (lock-order inversion {' -> '.join(event.cycle)}): {edges}")
     stalls = snapshot.of_kind(SlowCallbackEvent)
-    if stalls:
-        by_site: dict[str, list[float]] = defaultdict(list)
-        for s in stalls:
-            key = f"{_site(s.culprit.site)} in {s.culprit.function}" if s.culprit is not None else s.callback
-            by_site[key].append(s.duration_s)
+    ranked = _stall_sites(snapshot, stalls)
+    if ranked:
         total = snapshot.counts.get("slow_callback", len(stalls))
-        ranked = sorted(by_site.items(), key=lambda kv: -sum(kv[1]))
-        site, durations = ranked[0]
-        worst = max(s.duration_s for s in stalls)
+        site, count, _total_s, _max_s = ranked[0]
+        worst = max(r[3] for r in ranked)
         lines.append(
-            f"event loop blocked {total} times (worst {worst * 1000:.0f} ms); "
-            f"top culprit {site} ({len(durations)} stalls)"
+            f"event loop blocked {total} times (worst {worst * 1000:.0f} ms); top culprit {site} ({count} stalls)"
         )
         # Every other culprit line too (up to 3): each seeded stall is named with its line.
-        for site, durations in [kv for kv in ranked[1:] if not kv[0].startswith("<")][:3]:
-            lines.append(
-                f"event loop also blocked at {site} ({len(durations)} stalls, worst {max(durations) * 1000:.0f} ms)"
-            )
+        for site, count, _total_s, max_s in [r for r in ranked[1:] if not r[0].startswith("<")][:3]:
+            lines.append(f"event loop also blocked at {site} ({count} stalls, worst {max_s * 1000:.0f} ms)")
     waits = snapshot.of_kind(LockWaitEvent)
     if waits:
         per_lock: Counter[str] = Counter()
@@ -116,6 +109,28 @@ def find_findings(snapshot: Snapshot) -> list[str]:
     if not lines:
         lines.append("nothing found: no stalls, lock waits, inversions or deadlocks were recorded")
     return lines
+
+
+def _stall_sites(snapshot: Snapshot, stalls: list[SlowCallbackEvent]) -> list[tuple[str, int, float, float]]:
+    """(culprit, stalls, total s, worst s) per culprit line, most total time first: from the loop
+    monitor's section when there is one (exact however many stall events the recorder kept), else
+    from the events."""
+    section = snapshot.sections.get("slow_callbacks")
+    rows = section.get("sites") if isinstance(section, dict) else None
+    out: list[tuple[str, int, float, float]] = []
+    if rows:
+        for r in rows:
+            function = r.get("function") or ""
+            key = f"{_site(str(r.get('site', '')))} in {function}" if function else str(r.get("key", ""))
+            out.append((key, int(r.get("count", 0)), float(r.get("total_s", 0.0)), float(r.get("max_s", 0.0))))
+    else:
+        by_site: dict[str, list[float]] = defaultdict(list)
+        for s in stalls:
+            key = f"{_site(s.culprit.site)} in {s.culprit.function}" if s.culprit is not None else s.callback
+            by_site[key].append(s.duration_s)
+        out = [(key, len(ds), sum(ds), max(ds)) for key, ds in by_site.items()]
+    out.sort(key=lambda r: -r[2])
+    return out
 
 
 def _site(site: str) -> str:

@@ -2175,6 +2175,36 @@ def _base_state(prim: Any, holders: tuple[Party, ...]) -> PrimitiveState:
     )
 
 
+class _LockMethod:
+    """A method of a :class:`Condition`'s lock, bound into the instance on first use.
+
+    ``threading.Condition.__init__`` binds ``acquire``, ``release``, ``_release_save``,
+    ``_acquire_restore`` and ``_is_owned`` of its lock into every instance: five bound methods (360
+    bytes) per condition, so per ``Future``, most of which never use more than ``_is_owned``. This
+    non-data descriptor binds the lock's method on first access and stores it in the instance, so
+    later accesses are plain instance-dict hits, as with the stdlib. A lock without the method gets
+    ``fallback`` (the stdlib's own emulation), bound and not stored (it would be a reference cycle).
+    Conditions over a lock the program passed in are bound by the stdlib's ``__init__`` as ever.
+    """
+
+    __slots__ = ("fallback", "name")
+
+    def __init__(self, name: str, fallback: Any) -> None:
+        self.name = name
+        self.fallback = fallback
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self.fallback if self.fallback is not None else self
+        method = getattr(obj._lock, self.name, None)
+        if method is None:
+            if self.fallback is None:
+                raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}")
+            return self.fallback.__get__(obj, objtype)
+        obj.__dict__[self.name] = method
+        return method
+
+
 class Condition(_StdCondition, _TracedAttrs):
     """A traced ``threading.Condition``; its default lock is a traced :class:`RLock`.
 
@@ -2190,10 +2220,13 @@ class Condition(_StdCondition, _TracedAttrs):
             lock = RLock() if name is None else RLock(name=f"{name}.lock")
             if _INLINE_CONDITION_INIT:  # the stdlib's __init__ for an RLock of ours (every Future makes one)
                 self._lock = lock
-                self.acquire = lock.acquire  # type: ignore[method-assign]
-                self.release = lock.release  # type: ignore[method-assign]
-                self._release_save = lock._release_save
-                self._acquire_restore = lock._acquire_restore
+                if type(self) is not Condition:  # a subclass's own acquire() etc. lose to these, as in the stdlib
+                    self.acquire = lock.acquire  # type: ignore[method-assign]
+                    self.release = lock.release  # type: ignore[method-assign]
+                    self._release_save = lock._release_save
+                    self._acquire_restore = lock._acquire_restore
+                # Otherwise those four are bound on first use (_LockMethod), not here: a Future's
+                # condition never uses them (`with` and notify() do not), and each is 72 bytes.
                 self._is_owned = lock._is_owned  # type: ignore[method-assign]
                 self._waiters = _deque()
             else:
@@ -2269,6 +2302,13 @@ class Condition(_StdCondition, _TracedAttrs):
 
     # notify_all() is the stdlib's own (it calls notify()). A waiter that wakes up stamps the
     # watchdog's progress itself (a notification that wakes nobody is no progress).
+
+
+if _INLINE_CONDITION_INIT:
+    Condition.acquire = _LockMethod("acquire", None)  # type: ignore[assignment,method-assign]
+    Condition.release = _LockMethod("release", None)  # type: ignore[assignment,method-assign]
+    Condition._release_save = _LockMethod("_release_save", _StdCondition._release_save)  # type: ignore[attr-defined]
+    Condition._acquire_restore = _LockMethod("_acquire_restore", _StdCondition._acquire_restore)  # type: ignore[attr-defined]
 
 
 if _speedups is not None:

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import field
 from typing import Any
@@ -30,6 +30,7 @@ from typing import Any
 from conctools._log import get_logger
 from conctools._records import record
 from conctools.events import Event, SpanEvent, event_from_dict
+from conctools.retention import DEFAULT_KIND_CAPS, Store, make_store
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -372,13 +373,22 @@ class Recorder:
     """Bounded, thread-safe store of events and aggregates.
 
     ``capacity`` bounds the events kept (the most recent ones); aggregates (counts per
-    kind, span statistics) cover every event ever recorded, evicted or not.
+    kind, span statistics) cover every event ever recorded, evicted or not. The kinds that
+    recur all run long (``kind_caps``, by default :data:`~conctools.retention.DEFAULT_KIND_CAPS`)
+    are kept apart, at most that many each (when that is below ``capacity``): periodic samples merged
+    into coarser ones as the run grows, episodes as the first, the latest and the worst per site
+    (see :mod:`conctools.retention`), so that a long run's memory stays flat.
     """
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, kind_caps: Mapping[str, int] | None = None) -> None:
         if capacity <= 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
         self.capacity = capacity
+        # A cap at or above the capacity changes nothing: such a kind stays in the ring.
+        self.kind_caps: dict[str, int] = {
+            kind: cap for kind, cap in (DEFAULT_KIND_CAPS if kind_caps is None else kind_caps).items() if cap < capacity
+        }
+        self._stores: dict[str, Store] = {}
         self.started_ns = time.monotonic_ns()
         self.started_wall = time.time()
         self.meta: dict[str, Any] = {"pid": os.getpid(), "python": sys.version.split()[0]}
@@ -431,9 +441,17 @@ class Recorder:
     def record(self, event: Event) -> None:
         """Record one event. Never raises."""
         try:
+            kind = event.kind
             with self._lock:
-                self._ring.append(event)
-                self._counts[event.kind] = self._counts.get(event.kind, 0) + 1
+                store = self._stores.get(kind)
+                if store is not None:
+                    store.add(event)
+                elif kind in self.kind_caps:
+                    store = self._stores[kind] = make_store(kind, self.kind_caps[kind])
+                    store.add(event)
+                else:
+                    self._ring.append(event)
+                self._counts[kind] = self._counts.get(kind, 0) + 1
             if self._sinks:
                 self._emit(event)
         except Exception:  # observation must never break the program
@@ -581,11 +599,19 @@ class Recorder:
     def events(self) -> list[Event]:
         """The most recent ``capacity`` events (spans materialised), oldest first."""
         _run_before_read()
-        events: list[Event] = list(self._ring)
+        events = self._kept_events()
         for thread, chunk in self._span_chunks():
             events.extend(self._materialize(thread, raw) for raw in chunk)
         events.sort(key=lambda e: e.ts_ns)
         return events[-self.capacity :]
+
+    def _kept_events(self) -> list[Event]:
+        """The ring's events and the per-kind stores' (spans left out), in no particular order."""
+        with self._lock:
+            events: list[Event] = list(self._ring)
+            for store in self._stores.values():
+                events += store.events()
+        return events
 
     def counts(self) -> dict[str, int]:
         """Exact number of events recorded per kind (including evicted ones)."""
@@ -634,6 +660,7 @@ class Recorder:
         """
         self._lock = _thread.allocate_lock()
         self._ring = deque(maxlen=self.capacity)
+        self._stores = {}
         self._counts = {}
         self._local = threading.local()
         self._shards = []
@@ -651,6 +678,7 @@ class Recorder:
         """
         with self._lock:
             self._ring.clear()
+            self._stores.clear()
             self._counts.clear()
             self._chunks.clear()
             self._kept = 0
@@ -681,8 +709,8 @@ class Recorder:
     def recent_events(self, kinds: Collection[str], limit: int = 100) -> list[Event]:
         """The latest ``limit`` kept events of each kind in ``kinds`` (spans are not among them),
         oldest first: what ``conctools dump`` reads, without materialising every span."""
-        with self._lock:
-            kept = list(self._ring)
+        kept = self._kept_events()
+        kept.sort(key=lambda e: e.ts_ns)
         per_kind: dict[str, int] = {}
         out: list[Event] = []
         for event in reversed(kept):

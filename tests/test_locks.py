@@ -319,6 +319,52 @@ class TestCondition:
             t.join(10)
         assert done == [True, True, True]
 
+    @pytest.mark.skipif(sys.version_info >= (3, 14), reason="the stdlib's own __init__ binds them from 3.14 on")
+    def test_lock_methods_bound_on_first_use(self) -> None:
+        """A default Condition binds its lock's acquire/release/_release_save/_acquire_restore only
+        when used (a Future's condition never uses them): then they are the lock's own methods."""
+        cond = conctools.Condition()
+        lazy = ("acquire", "release", "_release_save", "_acquire_restore")
+        assert not set(lazy) & set(vars(cond))
+        with cond:  # `with` and notify() need none of them
+            cond.notify_all()
+        assert not set(lazy) & set(vars(cond))
+        assert cond.acquire(timeout=1) is True
+        assert cond.acquire() is True  # re-entrant, as the stdlib's default RLock
+        cond.release()
+        cond.release()
+        assert cond.acquire == cond._lock.acquire and cond.release == cond._lock.release
+        assert vars(cond)["acquire"] == cond._lock.acquire
+        assert cond.acquire()
+        assert cond.wait(0.01) is False  # wait() binds the other two
+        cond.release()
+        assert vars(cond)["_release_save"] == cond._lock._release_save
+        with pytest.raises(RuntimeError):
+            cond.release()  # the lock's own error: not held
+
+    def test_subclass_methods_lose_to_the_locks_as_in_the_stdlib(self) -> None:
+        """A subclass's own acquire() is shadowed by the lock's, as threading.Condition.__init__ does."""
+        calls: list[str] = []
+
+        class Mine(conctools.Condition):
+            def acquire(self, *args: Any) -> bool:
+                calls.append("mine")
+                return True
+
+        cond = Mine()
+        assert cond.acquire() is True
+        cond.release()
+        assert calls == []
+
+    def test_condition_over_plain_lock_waits(self) -> None:
+        """Over a lock without _release_save (a traced Lock), wait() uses the stdlib's emulation."""
+        cond = conctools.Condition(conctools.Lock())
+        with cond:
+            assert cond.wait(0.01) is False
+            assert cond._lock.locked()
+        assert not cond._lock.locked()
+        assert "_release_save" not in vars(cond)
+
 
 class TestOtherPrimitives:
     """Semaphores, events and barriers are traced too."""

@@ -224,7 +224,7 @@
     parts.push(m.threads + " thread" + (m.threads === 1 ? "" : "s") + ", " + m.tasks + " asyncio task" + (m.tasks === 1 ? "" : "s"));
     const counts = Object.keys(m.counts || {}).sort().map(function (k) { return k + " " + m.counts[k]; });
     parts.push("events: " + (counts.join(", ") || "none"));
-    if (m.dropped) parts.push(m.dropped + " older events evicted from memory (counts and tables still cover them)");
+    if (m.dropped) parts.push(m.dropped + " events not kept in memory (old spans folded, recurring kinds bounded; counts and tables still cover them)");
     document.getElementById("meta").textContent = parts.join("  \u00b7  ");
   }
 

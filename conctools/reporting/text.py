@@ -37,6 +37,19 @@ Section = Callable[[Snapshot, bool], "str | None"]
 RULE = "=" * 78
 
 
+def not_kept_words(snapshot: Snapshot) -> str:
+    """What the recorder counted but did not keep as events, per kind, in words (the counts stay
+    exact; the per-kind stores keep the first, latest and worst episodes and merge old samples)."""
+    kept: dict[str, int] = {}
+    for e in snapshot.events:
+        kept[e.kind] = kept.get(e.kind, 0) + 1
+    parts = [
+        f"{kind} {n - kept.get(kind, 0):,}" for kind, n in sorted(snapshot.counts.items()) if n > kept.get(kind, 0)
+    ]
+    detail = f": {', '.join(parts)}" if parts else ""
+    return f"{snapshot.dropped:,} more not kept as events{detail}; the counts are exact"
+
+
 def _header(snapshot: Snapshot, brief: bool) -> str:
     meta = snapshot.meta
     lines = [RULE, "conctools report"]
@@ -48,7 +61,7 @@ def _header(snapshot: Snapshot, brief: bool) -> str:
     if "exit_status" in meta:
         lines.append(f"  exit:      {meta['exit_status']}")
     counts = ", ".join(f"{k}={v}" for k, v in sorted(snapshot.counts.items())) or "none"
-    lines.append(f"  events:    {counts}" + (f" ({snapshot.dropped} older ones evicted)" if snapshot.dropped else ""))
+    lines.append(f"  events:    {counts}" + (f" ({not_kept_words(snapshot)})" if snapshot.dropped else ""))
     lines.append(RULE)
     return "\n".join(lines)
 
