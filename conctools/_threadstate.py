@@ -24,7 +24,6 @@ from __future__ import annotations
 import _thread
 import ctypes
 import dis
-import logging
 import operator
 import os
 import sys
@@ -33,6 +32,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from conctools._context import current_frames
+from conctools._log import get_logger
 from conctools._records import record
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
     "sleep_syscalls",
 ]
 
-_log = logging.getLogger("conctools.gil")
+_log = get_logger("conctools.gil")
 
 # Instructions that call into C code (or a lock's __enter__, or an import): the only places where
 # a thread can be running C code that released the GIL, or be blocked in a system call.

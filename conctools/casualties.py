@@ -24,7 +24,6 @@ import _thread
 import concurrent.futures
 import dataclasses
 import gc
-import logging
 import os
 import queue
 import sys
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from conctools import taskdump
 from conctools._context import is_conctools_frame, user_frame
 from conctools._imports import later, when_imported
+from conctools._log import get_logger
 from conctools.events import FailureEvent, Frame
 from conctools.recorder import Recorder, get_recorder
 
@@ -61,7 +61,7 @@ __all__ = [
     "watch_loop_failures",
 ]
 
-_log = logging.getLogger("conctools.casualties")
+_log = get_logger("conctools.casualties")
 
 _MAX_RECORDS = 100
 _MAX_OBJECTS = 32

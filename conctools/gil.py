@@ -40,7 +40,6 @@ import contextlib
 import functools
 import inspect
 import linecache
-import logging
 import os
 import threading
 import time
@@ -51,6 +50,7 @@ from typing import Any, TypeVar, cast, overload
 
 from conctools._context import internal_thread, is_conctools_frame
 from conctools._imports import when_imported
+from conctools._log import get_logger
 from conctools._records import record
 from conctools._threadstate import (
     StateReader,
@@ -67,7 +67,7 @@ from conctools.recorder import Recorder, get_recorder
 
 __all__ = ["GilMonitor", "ThreadGilStats", "active_monitor", "live_summary", "watch_gil"]
 
-_log = logging.getLogger("conctools.gil")
+_log = get_logger("conctools.gil")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -36,7 +36,6 @@ import _thread
 import asyncio
 import functools
 import inspect
-import logging
 import threading
 import time
 import weakref
@@ -47,11 +46,12 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
 
 from conctools._callgraph import call_graphs
+from conctools._log import get_logger
 from conctools.recorder import Recorder, get_recorder
 
 __all__ = ["Clock", "FunctionStats", "Profile", "ProfileError", "TaskStats", "ThreadStats", "profile"]
 
-_log = logging.getLogger("conctools.profiling")
+_log = get_logger("conctools.profiling")
 
 F = TypeVar("F", bound=Callable[..., Any])
 Clock = Literal["wall", "cpu"]

@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import os
 import signal
 import sys
@@ -58,6 +57,7 @@ import pytest
 
 from conctools._context import current_frames, frames_of
 from conctools._frames import hidden_note, hide_own_frames
+from conctools._log import get_logger
 from conctools.events import (
     DeadlockEvent,
     Event,
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ConctoolsFailure", "Settings", "SlowCallbacks"]
 
-_log = logging.getLogger("conctools.pytest")
+_log = get_logger("conctools.pytest")
 
 DEFAULT_DEADLOCK_TIMEOUT_S = 10.0
 DEFAULT_LOOP_THRESHOLD_S = 0.1

@@ -26,7 +26,6 @@ program starts while sampling is counted, with the live count when it starts, so
 from __future__ import annotations
 
 import _thread
-import logging
 import os
 import threading
 import time
@@ -34,12 +33,13 @@ from types import TracebackType
 from typing import Any
 
 from conctools._context import internal_thread
+from conctools._log import get_logger
 from conctools.events import ResourceSampleEvent
 from conctools.recorder import Recorder, get_recorder
 
 __all__ = ["ResourceSampler", "sample_resources"]
 
-_log = logging.getLogger("conctools.resources")
+_log = get_logger("conctools.resources")
 
 THREAD_NAME = "conctools-resources"
 DEFAULT_INTERVAL_S = 0.5

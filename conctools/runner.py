@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from conctools._log import get_logger
 from conctools.deadlock import EXIT_DEADLOCK, EXIT_HANG, watch_deadlocks
 from conctools.events import DeadlockEvent, HangEvent
 from conctools.gil import GilMonitor
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RunOptions", "instrumented", "run_program", "write_reports"]
 
-_log = logging.getLogger("conctools.runner")
+_log = get_logger("conctools.runner")
 
 
 @dataclass(slots=True, kw_only=True)

@@ -20,7 +20,6 @@ best effort, any ``BaseEventLoop.run_forever`` found on a thread's stack.
 from __future__ import annotations
 
 import _thread
-import logging
 import os
 import sys
 import threading
@@ -40,6 +39,7 @@ from conctools._context import (
     user_frame,
 )
 from conctools._imports import later
+from conctools._log import get_logger
 from conctools._records import record
 from conctools.events import Frame, WaiterInfo, frame_at
 from conctools.recorder import _ctracing
@@ -65,7 +65,7 @@ __all__ = [
     "unregister_loop",
 ]
 
-_log = logging.getLogger("conctools.taskdump")
+_log = get_logger("conctools.taskdump")
 
 _ASYNCIO_DIR = os.path.join(os.path.dirname(threading.__file__), "asyncio") + os.sep  # (without importing it)
 _MAX_DEPTH = 64

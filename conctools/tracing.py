@@ -43,6 +43,7 @@ from typing import Any, TypeVar, overload
 
 from conctools._context import current_task_name
 from conctools._imports import NO_RUNNING_LOOP, NoCancelledError, no_current_task, when_imported
+from conctools._log import get_logger
 from conctools._units import format_duration
 from conctools.recorder import SPAN_CHUNK, _ctracing, _current, _sinks_anywhere, _SpanShard
 
@@ -50,7 +51,7 @@ __all__ = ["ActiveSpan", "ContextFilter", "Traced", "current_span", "traced"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_log = logging.getLogger("conctools.traced")
+_log = get_logger("conctools.traced")
 _internal_log = logging.getLogger("conctools.tracing")
 
 # (span_id, name) of the innermost active span in this context.

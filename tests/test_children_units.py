@@ -255,3 +255,68 @@ class TestForkSafety:
 
 def _job() -> None:
     """A process target (never run)."""
+
+
+FORK_DURING_IMPORT = r"""
+import builtins, os, signal, sys, threading, time
+
+from conctools._imports import import_in_background
+from conctools.children.forking import guard_forks
+
+guard_forks()
+print("logging imported before:", "logging" in sys.modules, flush=True)
+builtins.GATE = threading.Event()
+about_to_fork = threading.Event()
+importer = threading.Thread(target=import_in_background, args=(["slow_mod"],))
+importer.start()
+while "slow_mod" not in sys.modules:  # the import has begun, in the importer thread
+    time.sleep(0.001)
+
+
+def open_gate() -> None:
+    about_to_fork.wait(30)
+    time.sleep(0.2)  # (without the wait for the import, the fork is made by now)
+    builtins.GATE.set()
+
+
+threading.Thread(target=open_gate).start()
+about_to_fork.set()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # a child stuck on a half-made module dies of SIGALRM
+    try:
+        import slow_mod
+
+        code = 0 if slow_mod.VALUE == 42 else 3
+    except BaseException:
+        code = 4
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+importer.join(30)
+print("child:", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+class TestForkDuringBackgroundImport:
+    """A conctools thread importing as the program runs (a child's deferred instruments, the dump agent's
+    preload) and a fork at that moment: the fork waits for the import to end, and the child can import
+    the module (it hung: the module half made, its import lock held by a thread the child lacks)."""
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    def test_fork_waits_for_the_import(self, tmp_path: Any) -> None:
+        import os
+        import subprocess
+
+        (tmp_path / "slow_mod.py").write_text(
+            "import builtins\nbuiltins.GATE.wait(30)\nimport logging\nVALUE = 42\n", encoding="utf-8"
+        )
+        (tmp_path / "prog.py").write_text(FORK_DURING_IMPORT, encoding="utf-8")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), root]), "PYTHONWARNINGS": "ignore"}
+        done = subprocess.run(
+            [sys.executable, str(tmp_path / "prog.py")], capture_output=True, text=True, timeout=120, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert "child: 0" in done.stdout, done.stdout + done.stderr
+        # logging, imported by that thread while the fork waited, keeps its lock balanced across the fork
+        assert "Exception ignored" not in done.stderr, done.stderr

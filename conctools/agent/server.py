@@ -20,8 +20,6 @@ from __future__ import annotations
 import _thread
 import atexit
 import contextlib
-import importlib
-import logging
 import os
 import selectors
 import socket
@@ -34,13 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from conctools._context import internal_thread
+from conctools._imports import import_in_background
+from conctools._log import get_logger
 from conctools.agent.location import MAX_SOCKET_PATH, AgentError, agent_dir, remove_stale
 from conctools.agent.protocol import MAX_REQUEST_BYTES, encode, parse_request
 from conctools.recorder import Recorder, get_recorder
 
 __all__ = ["THREAD_NAME", "DumpAgent", "agent_while", "current_agent", "enable_dump"]
 
-_log = logging.getLogger("conctools.agent")
+_log = get_logger("conctools.agent")
 
 THREAD_NAME = "conctools-agent"
 _READ_TIMEOUT_S = 2.0  # a client must send its question this fast
@@ -277,12 +277,11 @@ def _preload() -> None:
     answers, so a program thread stuck inside an import cannot block it. (Deferred from the
     start for issue 12's start-up target: an empty script's run ends long before.)"""
     try:
-        for name in _PRELOADED:
-            importlib.import_module(name)
+        import_in_background(_PRELOADED)
     except Exception:  # the answer imports what it needs itself
         _log.debug("conctools: the agent could not preload its answers' modules", exc_info=True)
     try:
-        importlib.import_module("psutil")
+        import_in_background(["psutil"])
     except ImportError:  # the CPU and memory figures say they are unknown
         pass
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import _thread
 import atexit
 import contextlib
-import logging
 import os
 import shutil
 import signal
@@ -34,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from conctools._context import current_frames, internal_thread
+from conctools._log import get_logger
 from conctools.children import forking, mpsync, reaping
 from conctools.children.chain import _link, build_chain, unresolved_links
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig
@@ -47,7 +47,7 @@ from conctools.recorder import Recorder
 
 __all__ = ["ChildFollower", "StuckCallback"]
 
-_log = logging.getLogger("conctools.children")
+_log = get_logger("conctools.children")
 
 StuckCallback = Callable[[ProcessStuckEvent], object]
 THREAD_NAME = "conctools-children"

@@ -17,7 +17,9 @@ import signal
 import sys
 import threading
 import warnings
+from typing import Any
 
+from conctools._imports import BACKGROUND_IMPORT_WAIT_S, background_imports, import_in_background
 from conctools._log import get_logger
 from conctools.children import reaping
 from conctools.children.config import ENV_VAR, FollowConfig
@@ -118,6 +120,12 @@ def _only_our_threads() -> bool:
 def _before_fork() -> None:
     if state.config is None and not state.stopping and not state.guard:
         return
+    # Not in the middle of an import by a conctools thread (see _imports.background_imports).
+    had_logging = _logging_ready() is not None
+    state.imports_held = background_imports.acquire(timeout=BACKGROUND_IMPORT_WAIT_S)
+    state.imports_cut = not state.imports_held
+    if not had_logging:
+        _balance_logging_hooks()
     _block_sigterm()
     try:
         state.fork_method = _fork_method()
@@ -177,11 +185,42 @@ def _unblock_sigterm() -> None:
         pass
 
 
+def _logging_ready() -> Any:
+    """``logging``, if its module has run whole (and so registered its at-fork hooks)."""
+    logging = sys.modules.get("logging")
+    spec = getattr(logging, "__spec__", None)
+    if logging is None or spec is None or getattr(spec, "_initializing", False):
+        return None
+    return logging
+
+
+def _balance_logging_hooks() -> None:
+    """``logging``, imported while this fork waited (by the conctools thread it waited for), has
+    registered its at-fork hooks too late for its ``before`` (which takes logging's lock) to run for
+    this fork, yet its ``after`` hooks (which release it) will: take the lock as its ``before``
+    would have, once its module has run whole (a module still running has registered nothing)."""
+    logging = _logging_ready()
+    if logging is None:
+        return
+    before = getattr(logging, "_prepareFork", None) or getattr(logging, "_acquireLock", None)
+    if callable(before):
+        with contextlib.suppress(Exception):
+            before()
+
+
+def _release_imports() -> None:
+    if state.imports_held:
+        state.imports_held = False
+        background_imports.release()
+
+
 def _after_fork_parent() -> None:
+    _release_imports()
     _unblock_sigterm()
 
 
 def _after_fork_child() -> None:
+    _release_imports()
     _drop_fork_filter()  # the child's own forks decide for themselves
     if state.fork_method == "subprocess" or not (state.guard or state.config is not None):
         _unblock_sigterm()
@@ -225,7 +264,8 @@ def _start_forked(config: FollowConfig, method: str) -> None:
     # A pool's worker often lives a fraction of a second: its instruments start a flush
     # interval in, with its second record (a stall is still seen at most that much later), so that
     # a short-lived child pays one thread, not four (the parent reaps its CPU time and status).
-    session.deferred.append(lambda: start_instruments(session))
+    if not state.imports_cut:  # (else their modules may be half made here: the child goes without)
+        session.deferred.append(lambda: start_instruments(session))
     reaping.listeners[:] = [session.ring]
     install_exit_hooks(session)
     session.start()
@@ -240,6 +280,11 @@ def start_instruments(session: ChildSession) -> None:
     measures its own threads from here on, in a ``gil`` section of its own."""
     options = session.config.options
     interval = options.get("sample_interval_s")
+    # Their modules first, never while the process forks (see _imports.background_imports).
+    wanted = ["conctools.resources"] if interval else []
+    wanted += ["conctools.gil"] if options.get("gil", True) else []
+    wanted += ["conctools.deadlock"] if options.get("deadlock_timeout_s") else []
+    import_in_background(wanted)
     if interval:
         from conctools.resources import ResourceSampler
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from conctools._log import get_logger
 from conctools._net import is_loopback
 from conctools.console.access import ConsoleError
 from conctools.console.monitor import DEFAULT_PORT, ConsoleMonitor
@@ -18,7 +18,7 @@ from conctools.recorder import Recorder
 
 __all__ = ["attach", "console_for_run", "start"]
 
-_log = logging.getLogger("conctools.console")
+_log = get_logger("conctools.console")
 
 
 def _check_host(host: str, port: int, allow_remote: bool, stacklevel: int) -> None:

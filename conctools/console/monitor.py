@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 from aiomonitor.monitor import Monitor
 
 from conctools._context import _plain_event, current_frames, internal_thread
+from conctools._log import get_logger
 from conctools.console.access import ConsoleError, FailureBrake, remove_secret, write_secret
 from conctools.console.loops import LoopChooser
 from conctools.console.server import ConsoleServer, bind
@@ -46,7 +46,7 @@ __all__ = [
     "safe",
 ]
 
-_log = logging.getLogger("conctools.console")
+_log = get_logger("conctools.console")
 
 DEFAULT_PORT = 20101  # aiomonitor's telnet UI
 DEFAULT_WEBUI_PORT = 20102  # aiomonitor's web UI: off unless a webui_port is given

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import socket
 import struct
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 from prompt_toolkit.contrib.telnet.server import TelnetConnection
 from prompt_toolkit.input import create_pipe_input
 
+from conctools._log import get_logger
 from conctools.console.access import ConsoleError, FailureBrake, peer_uid, secret_matches
 from conctools.console.plain import AsyncEvent
 from conctools.console.session import interact_plain, interact_telnet
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AUTH_TIMEOUT_S", "MODES", "ConsoleServer", "bind"]
 
-_log = logging.getLogger("conctools.console")
+_log = get_logger("conctools.console")
 
 AUTH_TIMEOUT_S = 10.0  # a connection that sends no secret line within this is closed
 NEGOTIATION_TIMEOUT_S = 5.0  # a telnet session whose client never answers the terminal-type question

@@ -7,13 +7,13 @@ slowed down."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from conctools._log import get_logger
 from conctools.console.access import FailureBrake, peer_uid, secret_matches
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["COOKIE", "start_webui"]
 
-_log = logging.getLogger("conctools.console")
+_log = get_logger("conctools.console")
 COOKIE = "conctools_console"
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

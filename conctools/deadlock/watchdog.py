@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from conctools import casualties, registry, taskdump
 from conctools._context import current_frames, internal_thread
+from conctools._log import get_logger
 from conctools.deadlock.blame import explain
 from conctools.deadlock.graph import (
     PartyKey,
@@ -42,7 +43,7 @@ from conctools.registry import Party, PrimitiveState
 
 __all__ = ["EXIT_DEADLOCK", "EXIT_HANG", "DeadlockError", "DeadlockWatchdog", "HangError", "watch_deadlocks"]
 
-_log = logging.getLogger("conctools.deadlock")
+_log = get_logger("conctools.deadlock")
 
 #: Exit status of ``conctools run`` when it found a deadlock (and printed the report).
 EXIT_DEADLOCK = 86

@@ -26,7 +26,6 @@ SDK and never reach the program; :meth:`OtelExport.shutdown` gives up after ``ti
 from __future__ import annotations
 
 import _thread
-import logging
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from conctools._log import get_logger
 from conctools.events import Event, LockWaitEvent, SpanEvent
 from conctools.exporters import require
 from conctools.exporters.families import Family, HistogramValue, families_from, live_families
@@ -42,7 +42,7 @@ from conctools.recorder import Recorder, Snapshot, get_recorder
 
 __all__ = ["QUEUE_MAX", "OtelConfigError", "OtelExport", "instrument", "send_snapshot", "shutdown_all"]
 
-_log = logging.getLogger("conctools.otel")
+_log = get_logger("conctools.otel")
 
 QUEUE_MAX = 65_536
 TICK_S = 1.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import _thread
 import asyncio
 import builtins
-import logging
 import os
 import sys
 import threading
@@ -18,6 +17,7 @@ from conctools._context import (
     capture_stack,
     is_conctools_frame,
 )
+from conctools._log import get_logger
 from conctools.events import BlockingCallEvent
 from conctools.loopmon.culprits import _current_task, _task_name, culprit_of
 from conctools.loopmon.stats import stats_for
@@ -25,7 +25,7 @@ from conctools.recorder import get_recorder
 
 __all__ = ["patched_names"]
 
-_log = logging.getLogger("conctools.loopmon")
+_log = get_logger("conctools.loopmon")
 _monotonic_ns = time.monotonic_ns
 _get_running_loop = asyncio._get_running_loop
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from conctools import taskdump
 from conctools._context import _SAMPLE_DIR, current_frames, internal_thread, is_conctools_frame, thread_name_of
+from conctools._log import get_logger
 from conctools.events import Frame, SlowCallbackEvent, frame_at
 from conctools.loopmon.blocking import _disable_blocking_detection, _enable_blocking_detection
 from conctools.loopmon.culprits import _ASYNCIO_DIR, _current_task, _task_name, callback_frames, culprit_of
@@ -23,7 +24,7 @@ from conctools.recorder import Recorder, get_recorder
 
 __all__ = ["LoopMonitor", "watch_loop"]
 
-_log = logging.getLogger("conctools.loopmon")
+_log = get_logger("conctools.loopmon")
 
 _monotonic_ns = time.monotonic_ns
 _get_running_loop = asyncio._get_running_loop

@@ -19,10 +19,10 @@ Other modules add their own kinds by appending a finder to :data:`FINDERS`::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from conctools._log import get_logger
 from conctools._units import format_bytes, format_duration
 from conctools.events import BlockingCallEvent, DeadlockEvent, HangEvent, LockOrderEvent, ResourceSampleEvent
 from conctools.recorder import Snapshot
@@ -30,7 +30,7 @@ from conctools.reporting._summary import UNKNOWN_SITE, group_of_tasks, lock_rows
 
 __all__ = ["FINDERS", "SEVERITIES", "Finder", "Finding", "find", "findings_section"]
 
-_log = logging.getLogger("conctools.reporting")
+_log = get_logger("conctools.reporting")
 
 # Worst first. The word is printed with each finding: its meaning never rests on a colour.
 SEVERITIES = ("critical", "high", "medium", "low")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from conctools._log import get_logger
 
 __all__ = [
     "InstrumentOptions",
@@ -26,7 +27,7 @@ __all__ = [
     "thread_lock",
 ]
 
-_log = logging.getLogger("conctools.server")
+_log = get_logger("conctools.server")
 
 
 def aio_lock(name: str, traced: bool) -> asyncio.Lock:
