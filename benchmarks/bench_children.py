@@ -21,6 +21,7 @@ shared machine does not inflate).
 
 from __future__ import annotations
 
+import argparse
 import compileall
 import json
 import os
@@ -91,7 +92,9 @@ def measure(script: str, mode: str) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    parser = argparse.ArgumentParser(description="Cost of following child processes (see the module docstring).")
+    parser.add_argument("rounds", nargs="?", type=int, default=5, help="interleaved rounds (default 5)")
+    rounds = parser.parse_args().rounds
     print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, {rounds} rounds")
     # As users get it (pip compiles it): a tree under PYTHONDONTWRITEBYTECODE has no bytecode, and
     # every followed interpreter would recompile conctools (~0.1 s), as benchmarks/bench_run.py says.
