@@ -20,7 +20,7 @@ exists among all the pairs; a cycle found along a chain is reported by its short
 edge keeps which locks of the class were held then). A cycle is looked for only when the lock
 taken already leads to another of its class, and a stack is kept for a sample of the edges per
 site. Locks of one class taken one after the other, each while holding the ones before (a *run*:
-``wait()`` takes 25 futures' conditions so), are checked in O(1) each from the second one on,
+``wait()`` takes 25 futures' conditions so), are checked with no graph lookup from the second one on,
 in C with the C extension: the owner's held stack is what it was after the run's last lock, so
 the edges from locks of other classes are known and the edge is from that last lock. Once there
 are many, the edges of locks that the garbage collector took are forgotten where no path between
@@ -259,10 +259,11 @@ def check(held: list[Held], entry: Held) -> None:
 # (one class), one after the other, each while holding the ones before: 24 instance edges per call
 # of 25 futures. Walking the held stack for each of them made such a call cost O(n^2); a run keeps
 # the owner's state after its last lock of the class, so that the next one, taken while the held
-# stack is exactly what it was then (compared as a list: pointer comparisons in C), is checked in
-# O(1): its class edges (from the locks of other classes held) are those of the previous lock of
-# the run, already checked, and its instance edge is from the previous one. Anything else (a lock
-# released, another one taken in between, a dead entry, a reset) makes the held stack differ, and
+# stack is exactly what it was then (compared as a list: pointer comparisons in C, O(n) per lock: a
+# wait() on 40,000 futures still costs seconds), needs no graph lookup: its class edges (from the
+# locks of other classes held) are those of the previous lock of the run, already checked, and its
+# instance edge is from the previous one. Anything else (a lock released, another one taken in
+# between, a dead entry, a reset) makes the held stack differ, and
 # the full walk runs and starts a new run.
 # A run: [the held stack expected next (a copy), class key, serials in it, thread name, task name,
 # the held locks of the class (shared by the edges' records: each keeps how many were held), last
