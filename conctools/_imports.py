@@ -31,13 +31,13 @@ Hook = Callable[[ModuleType], object]
 
 _mutex = _thread.RLock()  # plain: trace_locks() may have patched threading
 
-# Held by a conctools thread while it imports or starts something as the program runs (a followed
-# child's deferred instruments, the dump agent's preload), and a fork waits for it
+# Held by a conctools thread while it imports modules as the program runs (the modules of a followed
+# child's deferred instruments, the dump agent's preload: import_in_background), and a fork waits for it
 # (``children.forking._before_fork``): a child forked in the middle of such an import would have
 # the module half made, its import lock held by a thread it does not have, and the first import
 # of it there (its own deferred instruments) would wait forever.
 background_imports = _thread.allocate_lock()
-BACKGROUND_IMPORT_WAIT_S = 5.0  # a fork waits at most this long (an import never takes it)
+BACKGROUND_IMPORT_WAIT_S = 5.0  # a fork waits at most this long (no such import takes that long)
 
 
 def import_in_background(names: Sequence[str]) -> None:
