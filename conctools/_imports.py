@@ -16,6 +16,7 @@ before asyncio exists.
 from __future__ import annotations
 
 import _thread
+import os
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -32,18 +33,76 @@ Hook = Callable[[ModuleType], object]
 _mutex = _thread.RLock()  # plain: trace_locks() may have patched threading
 
 # Held by a conctools thread while it imports modules as the program runs (the modules of a followed
-# child's deferred instruments, the dump agent's preload: import_in_background), and a fork waits for it
-# (``children.forking._before_fork``): a child forked in the middle of such an import would have
-# the module half made, its import lock held by a thread it does not have, and the first import
-# of it there (its own deferred instruments) would wait forever.
-background_imports = _thread.allocate_lock()
+# child's deferred instruments, the dump agent's preload: import_in_background; ``logging`` at the first
+# use of a conctools logger: _log._logging), and a fork waits for it (the at-fork hook below, and
+# ``children.forking._before_fork`` under ``conctools run``): a child forked in the middle of such an
+# import would have the module half made, its import lock held by a thread it does not have, and the
+# first import of it there (its own deferred instruments, the program's own ``import logging``) would
+# wait forever. Re-entrant: an import made under it can log.
+background_imports = _thread.RLock()
 BACKGROUND_IMPORT_WAIT_S = 5.0  # a fork waits at most this long (no such import takes that long)
+
+_fork_hook = [False]  # the at-fork hook is registered (once per process: children inherit it)
+_fork_held: dict[int, bool] = {}  # forking thread -> its before-hook holds background_imports
+
+
+def _before_fork() -> None:
+    had_logging = logging_ready() is not None
+    _fork_held[_thread.get_ident()] = background_imports.acquire(timeout=BACKGROUND_IMPORT_WAIT_S)
+    if not had_logging:
+        balance_logging_hooks()
+
+
+def _after_fork_parent() -> None:
+    if _fork_held.pop(_thread.get_ident(), False):
+        background_imports.release()
+
+
+def _after_fork_child() -> None:  # the forking thread, with the same ident
+    if _fork_held.pop(_thread.get_ident(), False):
+        background_imports.release()
+    else:  # the wait timed out: held by a thread the child does not have (its imports are cut)
+        background_imports._at_fork_reinit()  # type: ignore[attr-defined]
+    _fork_held.clear()
+
+
+def forks_wait_for_imports() -> None:
+    """From now on a fork of this process waits for an import made in the background (once)."""
+    if not _fork_hook[0] and hasattr(os, "register_at_fork"):
+        _fork_hook[0] = True
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
+
+
+def logging_ready() -> Any:
+    """``logging``, if its module has run whole (and so registered its at-fork hooks)."""
+    logging = sys.modules.get("logging")
+    spec = getattr(logging, "__spec__", None)
+    if logging is None or spec is None or getattr(spec, "_initializing", False):
+        return None
+    return logging
+
+
+def balance_logging_hooks() -> None:
+    """``logging``, imported while a fork waited (by the conctools thread it waited for), has
+    registered its at-fork hooks too late for its ``before`` (which takes logging's lock) to run for
+    this fork, yet its ``after`` hooks (which release it) will: take the lock as its ``before``
+    would have, once its module has run whole (a module still running has registered nothing)."""
+    logging = logging_ready()
+    if logging is None:
+        return
+    before = getattr(logging, "_prepareFork", None) or getattr(logging, "_acquireLock", None)
+    if callable(before):
+        try:
+            before()
+        except Exception:
+            pass
 
 
 def import_in_background(names: Sequence[str]) -> None:
     """Import ``names`` from a conctools thread, never while the process forks."""
     import importlib
 
+    forks_wait_for_imports()
     with background_imports:
         for name in names:
             importlib.import_module(name)

@@ -40,16 +40,34 @@ class _LazyLogger:
 
 def _logging() -> Any:
     """``logging``; imported by conctools itself, its own lock stays a plain one, as when conctools
-    imports it before ``trace_locks()`` patches ``threading`` (as ``conctools run``'s main process does)."""
+    imports it before ``trace_locks()`` patches ``threading`` (as ``conctools run``'s main process does).
+
+    The first use can come from any thread, a conctools one included, while the program runs: the
+    import holds ``_imports.background_imports``, which a fork waits for (``children.forking``), so
+    that no child is forked with ``logging`` half made (its first ``import logging`` would wait
+    forever on an import lock held by a thread it does not have)."""
     module = sys.modules.get("logging")
-    if module is not None:
+    if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
         return module
-    saved = threading.Lock, threading.RLock
-    threading.Lock, threading.RLock = _thread.allocate_lock, _thread.RLock  # type: ignore[misc,assignment]
+    imports: Any = sys.modules.get("conctools._imports")  # it imports this module: looked up, not imported
+    guard = getattr(imports, "background_imports", None)
+    held = False
+    if guard is not None:
+        imports.forks_wait_for_imports()
+        held = guard.acquire(timeout=imports.BACKGROUND_IMPORT_WAIT_S)
     try:
-        import logging
+        if "logging" in sys.modules:  # being imported by another thread: wait for it, as ``import`` does
+            import logging
+        else:
+            saved = threading.Lock, threading.RLock
+            threading.Lock, threading.RLock = _thread.allocate_lock, _thread.RLock  # type: ignore[misc,assignment]
+            try:
+                import logging
+            finally:
+                threading.Lock, threading.RLock = saved  # type: ignore[misc]
     finally:
-        threading.Lock, threading.RLock = saved  # type: ignore[misc]
+        if held:
+            guard.release()  # type: ignore[union-attr]
     return logging
 
 

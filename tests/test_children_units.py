@@ -263,7 +263,8 @@ import builtins, os, signal, sys, threading, time
 from conctools._imports import import_in_background
 from conctools.children.forking import guard_forks
 
-guard_forks()
+if sys.argv[1:] == ["conctools-run"]:  # as under conctools run; else a library's enable_dump()
+    guard_forks()
 print("logging imported before:", "logging" in sys.modules, flush=True)
 builtins.GATE = threading.Event()
 about_to_fork = threading.Event()
@@ -297,13 +298,77 @@ print("child:", os.waitstatus_to_exitcode(status), flush=True)
 """
 
 
+FORK_DURING_FIRST_LOG = r"""
+import os, signal, sys, threading, time
+
+from conctools._log import get_logger
+from conctools.children.forking import guard_forks
+
+if sys.argv[1:] == ["conctools-run"]:
+    guard_forks()
+assert "logging" not in sys.modules, "logging imported before the test"
+parent = os.getpid()
+gate, importing, about_to_fork = threading.Event(), threading.Event(), threading.Event()
+
+
+class SlowLogging:  # the parent's logging waits at the gate half made (in sys.modules, its import lock held)
+    def find_spec(self, name, path=None, target=None):
+        if name != "logging" or os.getpid() != parent:
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            importing.set()
+            gate.wait(30)
+            run(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, SlowLogging())
+first_use = threading.Thread(target=lambda: get_logger("conctools.test").debug("first use"), name="conctools-x")
+first_use.start()
+importing.wait(30)
+
+
+def open_gate() -> None:
+    about_to_fork.wait(30)
+    time.sleep(0.2)  # (without the wait for the import, the fork is made by now)
+    gate.set()
+
+
+threading.Thread(target=open_gate).start()
+about_to_fork.set()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # a child stuck on a half-made logging dies of SIGALRM
+    try:
+        import logging
+
+        logging.getLogger("child").debug("works")
+        code = 0
+    except BaseException:
+        code = 4
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+first_use.join(30)
+print("child:", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
 class TestForkDuringBackgroundImport:
     """A conctools thread importing as the program runs (a child's deferred instruments, the dump agent's
     preload) and a fork at that moment: the fork waits for the import to end, and the child can import
     the module (it hung: the module half made, its import lock held by a thread the child lacks)."""
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-    def test_fork_waits_for_the_import(self, tmp_path: Any) -> None:
+    @pytest.mark.parametrize("how", ["conctools-run", "library"])
+    def test_fork_waits_for_the_import(self, tmp_path: Any, how: str) -> None:
         import os
         import subprocess
 
@@ -314,9 +379,27 @@ class TestForkDuringBackgroundImport:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), root]), "PYTHONWARNINGS": "ignore"}
         done = subprocess.run(
-            [sys.executable, str(tmp_path / "prog.py")], capture_output=True, text=True, timeout=120, env=env
+            [sys.executable, str(tmp_path / "prog.py"), how], capture_output=True, text=True, timeout=120, env=env
         )
         assert done.returncode == 0, done.stderr
         assert "child: 0" in done.stdout, done.stdout + done.stderr
         # logging, imported by that thread while the fork waited, keeps its lock balanced across the fork
+        assert "Exception ignored" not in done.stderr, done.stderr
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    @pytest.mark.parametrize("how", ["conctools-run", "library"])
+    def test_fork_waits_for_a_first_log(self, tmp_path: Any, how: str) -> None:
+        """conctools' loggers import ``logging`` on first use, from whichever thread logs first (a
+        conctools thread too): that import is one a fork waits for."""
+        import os
+        import subprocess
+
+        (tmp_path / "prog.py").write_text(FORK_DURING_FIRST_LOG, encoding="utf-8")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": root, "PYTHONWARNINGS": "ignore"}
+        done = subprocess.run(
+            [sys.executable, str(tmp_path / "prog.py"), how], capture_output=True, text=True, timeout=120, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert "child: 0" in done.stdout, done.stdout + done.stderr
         assert "Exception ignored" not in done.stderr, done.stderr

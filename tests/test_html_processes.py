@@ -139,6 +139,76 @@ class TestGroupsData:
         assert any(t.startswith(f"process {pid} ") and "Event loop blocked" in t for t in titles), titles
 
 
+class TestTablesOfEveryProcess:
+    """The page's tables (stalls, spans, locks, waits for a signal) have every process's rows, in a
+    column of their own, not only the main process's."""
+
+    def test_rows_of_children(self, run_dir: Path) -> None:
+        """The spawned child's stall is in the slow-callback table (its line, and placed on the run's
+        timeline); the pool workers' and the spawned child's spans are in the spans table."""
+        data = html_data(snapshot_of(run_dir))
+        pid = spawned_pid(run_dir)
+        label = f"pid {pid} \u00b7 {HOSTILE}"
+        (stall,) = [r for r in data["slow_sites"] if r.get("process") == label]
+        assert stall["culprit"].endswith("prog.py:15") and stall["function"] == "blocks", stall
+        assert stall["stalls"] == 1 and stall["total_s"] >= 0.25 and sum(stall["spark"]) == 1, stall
+        assert all(r.get("process") for r in data["slow_sites"] + data["spans"] + data["locks"])
+        spans = {(r["process"], r["span"]): r["calls"] for r in data["spans"]}
+        workers = {p["pid"]: p["name"] for p in processes(run_dir) if p.get("start_method") == "fork"}
+        square = {k: v for k, v in spans.items() if k[1].endswith("square")}
+        assert square and sum(square.values()) == 40, spans  # every job, by the worker that ran it
+        assert all(any(k[0] == f"pid {w} \u00b7 {n}" for w, n in workers.items()) for k in square), square
+        helpers = sorted(k[0] for k in spans if k[1].endswith("helper"))
+        main_pid = processes(run_dir)[0]["pid"]
+        assert helpers == sorted([label, f"pid {main_pid} \u00b7 MainProcess"]), spans
+
+    def test_a_run_without_children_has_no_process_column(self, tmp_path: Path) -> None:
+        script = tmp_path / "alone.py"
+        script.write_text(
+            "import conctools, time\n@conctools.traced\ndef work():\n    time.sleep(0.01)\nwork()\n", encoding="utf-8"
+        )
+        out = tmp_path / "out"
+        run = subprocess.run(
+            [sys.executable, "-m", "conctools", "run", "--out", str(out), str(script)],
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            cwd=tmp_path,
+        )
+        assert run.returncode == 0, run.stderr
+        data = html_data(snapshot_of(out))
+        assert [r["span"] for r in data["spans"]] == ["work"]
+        assert not any("process" in r for r in data["spans"] + data["slow_sites"] + data["locks"])
+
+    @pytest.mark.browser
+    @pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
+    def test_the_process_column_in_chromium(self, run_dir: Path, tmp_path: Path) -> None:
+        """In the browser: the slow-callback table has a "process" column whose cell names the
+        spawned child as text (its markup not obeyed)."""
+        body = """
+          function grid(title) {
+            var t = document.querySelector('table[aria-label="' + title + '"]');
+            if (!t) return null;
+            return {head: Array.prototype.map.call(t.querySelectorAll("thead th"), function (th) { return th.textContent; }),
+                    rows: Array.prototype.map.call(t.querySelectorAll("tbody tr"), function (tr) {
+                      return Array.prototype.map.call(tr.children, function (td) { return td.textContent; });
+                    })};
+          }
+          out.stalls = grid("Slow callbacks by culprit site");
+          out.spans = grid("Traced spans");
+          out.b = document.querySelectorAll("#tables b").length;
+        """
+        out, console = probe((run_dir / "report.html").read_text(encoding="utf-8"), body, tmp_path)
+        assert console == [] and out["errors"] == [] and out["error"] is None, (console, out)
+        assert "probeError" not in out, out["probeError"]
+        stalls, spans = out["stalls"], out["spans"]
+        assert stalls is not None and stalls["head"][:2] == ["process", "culprit"], stalls
+        pid = spawned_pid(run_dir)
+        assert any(r[0] == f"pid {pid} \u00b7 {SHOWN}" and r[1].endswith("prog.py:15") for r in stalls["rows"]), stalls
+        assert spans is not None and spans["head"][:2] == ["process", "span"], spans
+        assert out["b"] == 0
+
+
 # Measures every row of the timeline's label column as laid out (box, computed style).
 ROWS_JS = """
   function rows() {

@@ -17,9 +17,14 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Any
 
-from conctools._imports import BACKGROUND_IMPORT_WAIT_S, background_imports, import_in_background
+from conctools._imports import (
+    BACKGROUND_IMPORT_WAIT_S,
+    background_imports,
+    balance_logging_hooks,
+    import_in_background,
+    logging_ready,
+)
 from conctools._log import get_logger
 from conctools.children import reaping
 from conctools.children.config import ENV_VAR, FollowConfig
@@ -121,11 +126,11 @@ def _before_fork() -> None:
     if state.config is None and not state.stopping and not state.guard:
         return
     # Not in the middle of an import by a conctools thread (see _imports.background_imports).
-    had_logging = _logging_ready() is not None
+    had_logging = logging_ready() is not None
     state.imports_held = background_imports.acquire(timeout=BACKGROUND_IMPORT_WAIT_S)
     state.imports_cut = not state.imports_held
     if not had_logging:
-        _balance_logging_hooks()
+        balance_logging_hooks()
     _block_sigterm()
     try:
         state.fork_method = _fork_method()
@@ -183,29 +188,6 @@ def _unblock_sigterm() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     except (AttributeError, OSError, ValueError):
         pass
-
-
-def _logging_ready() -> Any:
-    """``logging``, if its module has run whole (and so registered its at-fork hooks)."""
-    logging = sys.modules.get("logging")
-    spec = getattr(logging, "__spec__", None)
-    if logging is None or spec is None or getattr(spec, "_initializing", False):
-        return None
-    return logging
-
-
-def _balance_logging_hooks() -> None:
-    """``logging``, imported while this fork waited (by the conctools thread it waited for), has
-    registered its at-fork hooks too late for its ``before`` (which takes logging's lock) to run for
-    this fork, yet its ``after`` hooks (which release it) will: take the lock as its ``before``
-    would have, once its module has run whole (a module still running has registered nothing)."""
-    logging = _logging_ready()
-    if logging is None:
-        return
-    before = getattr(logging, "_prepareFork", None) or getattr(logging, "_acquireLock", None)
-    if callable(before):
-        with contextlib.suppress(Exception):
-            before()
 
 
 def _release_imports() -> None:

@@ -32,6 +32,7 @@ import html
 import json
 import re
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from conctools.reporting.charts import BINS, chart_series, nice_bin_us
 from conctools.reporting.findings import SEVERITIES, Finding, find
 from conctools.reporting.flame import flames
 from conctools.reporting.gil_text import html_lines as gil_html_lines
+from conctools.reporting.processes import offset_ns, processes_of
 from conctools.reporting.trace import dumps_finite
 
 __all__ = ["MAX_LONGEST", "MAX_SLICES", "html_data", "render_html", "script_json", "write_html"]
@@ -255,12 +257,13 @@ def _finding_dict(f: Finding) -> dict[str, Any]:
     }
 
 
-def _slow_sites(snapshot: Snapshot, bin_us: int, n_bins: int) -> list[dict[str, Any]]:
+def _slow_sites(snapshot: Snapshot, bin_us: int, n_bins: int, offset_s: float = 0.0) -> list[dict[str, Any]]:
+    """The stalls by culprit site; ``offset_s``: where ``snapshot``'s start is on the page's clock."""
     out = []
     for s in stall_sites(snapshot)[:100]:
         spark = [0] * n_bins
         for start_s, _dur in s.get("times") or []:
-            i = int(start_s * 1e6 // bin_us)
+            i = int((start_s + offset_s) * 1e6 // bin_us)
             if 0 <= i < n_bins:
                 spark[i] += 1
         stack = [
@@ -329,6 +332,48 @@ def _locks(snapshot: Snapshot, groups: dict[str, str]) -> list[dict[str, Any]]:
     return out
 
 
+def _spans(snapshot: Snapshot) -> list[dict[str, Any]]:
+    return [
+        {
+            "span": s.name,
+            "calls": s.count,
+            "errors": s.errors,
+            "cancelled": s.cancelled,
+            "total_s": s.total_s,
+            "mean_s": s.mean_s,
+            "p50_s": s.p50_s,
+            "p95_s": s.p95_s,
+            "p99_s": s.p99_s,
+            "max_s": s.max_s,
+        }
+        for s in snapshot.spans
+    ]
+
+
+def _by_process(
+    snapshot: Snapshot, rows_of: Callable[[Snapshot, float], list[dict[str, Any]]], most: str
+) -> list[dict[str, Any]]:
+    """A table's rows for every process of the run: ``rows_of(report, offset_s)`` of the main process
+    and of each followed child whose report was read (``offset_s``: where that report's start is on
+    the page's clock), each row labelled with its ``process`` when the run had children, and the
+    largest ``most`` first. A run without children: the main process's rows as they are."""
+    views = processes_of(snapshot)
+    if not views:
+        return rows_of(snapshot, 0.0)
+    out: list[dict[str, Any]] = []
+    for view in views:
+        report = snapshot if view.is_main else view.snapshot
+        if report is None:
+            continue
+        offset_s = 0.0
+        if report is not snapshot:
+            offset_s = (report.started_ns + offset_ns(snapshot, report, view.entry) - snapshot.started_ns) / 1e9
+        label = f"pid {view.pid} \u00b7 {view.name}"
+        out += [{**row, "process": label} for row in rows_of(report, offset_s)]
+    out.sort(key=lambda row: -float(row.get(most) or 0.0))  # stable: each process's own order within ties
+    return out
+
+
 def _signal_waits(snapshot: Snapshot) -> list[dict[str, Any]]:
     rows = snapshot.sections.get("locks")
     if not isinstance(rows, list):
@@ -373,6 +418,7 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
         key=lambda f: rank.get(str(f["severity"]), len(rank)),
     )
     threads: list[Track] = [t for t in tl.tracks if t.kind == "thread"]
+    n_bins = int(max(1, tl.duration_us) // timeline["bin_us"]) + 1
     return {
         "meta": {
             "command": snapshot.meta.get("command"),
@@ -390,25 +436,18 @@ def html_data(snapshot: Snapshot) -> dict[str, Any]:
         "findings": found,
         "charts": chart_series(snapshot, tl),
         "timeline": timeline,
-        "slow_sites": _slow_sites(snapshot, timeline["bin_us"], int(max(1, tl.duration_us) // timeline["bin_us"]) + 1),
+        # The tables: every process's rows (its own column when the run had children).
+        "slow_sites": _by_process(
+            snapshot, lambda report, offset_s: _slow_sites(report, timeline["bin_us"], n_bins, offset_s), "total_s"
+        ),
         "stall_count": snapshot.counts.get("slow_callback", len(snapshot.of_kind(SlowCallbackEvent))),
-        "locks": _locks(snapshot, groups),
-        "signal_waits": _signal_waits(snapshot),
-        "spans": [
-            {
-                "span": s.name,
-                "calls": s.count,
-                "errors": s.errors,
-                "cancelled": s.cancelled,
-                "total_s": s.total_s,
-                "mean_s": s.mean_s,
-                "p50_s": s.p50_s,
-                "p95_s": s.p95_s,
-                "p99_s": s.p99_s,
-                "max_s": s.max_s,
-            }
-            for s in snapshot.spans
-        ],
+        "locks": _by_process(
+            snapshot,
+            lambda report, _offset_s: _locks(report, groups if report is snapshot else group_of_tasks(report)),
+            "waited_s",
+        ),
+        "signal_waits": _by_process(snapshot, lambda report, _offset_s: _signal_waits(report), "waited_s"),
+        "spans": _by_process(snapshot, lambda report, _offset_s: _spans(report), "total_s"),
         "flames": flames(snapshot),
         "deadlocks": [
             [

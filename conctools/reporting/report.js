@@ -898,6 +898,10 @@
     g.setAttribute("aria-label", "when: " + values.reduce(function (a, b) { return a + b; }, 0) + " over the run, busiest column " + peak);
     return g;
   }
+  // A run with child processes: each table's rows come from every process, in a column of their own.
+  function byProcess(rows, columns) {
+    return rows.some(function (r) { return r.process; }) ? [{key: "process", label: "process"}].concat(columns) : columns;
+  }
   function tables() {
     const p = document.getElementById("tables");
     const sites = D.slow_sites;
@@ -909,15 +913,16 @@
         ". Each row is one culprit line; its sparkline shows when over the run. Enter or click a row: the stack captured during the stall." : null,
       empty: "The event loop was never blocked above the threshold (or no loop was watched).",
       rows: sites,
-      columns: [
+      columns: byProcess(sites, [
         {key: "culprit", label: "culprit"}, {key: "function", label: "function"},
         {key: "stalls", label: "stalls", num: true}, {key: "total_s", label: "total", num: true},
         {key: "max_s", label: "max", num: true}, {key: "p99_s", label: "p99", num: true},
         {key: "spark", label: "when", fmt: function () { return ""; }, cell: function (r, td) { td.appendChild(sparkline(r.spark)); }},
         {key: "tasks", label: "tasks (first 5)", wrap: true},
-      ],
+      ]),
       detail: function (r) {
         const out = [];
+        if (r.process) out.push("process: " + r.process);
         if (r.line) out.push("blocking line: " + r.line);
         if (r.callback) out.push("while running " + r.callback);
         out.push("stack captured during the stall (innermost first):");
@@ -932,15 +937,15 @@
       note: "Most total wait first. Created at: the program's line that made the lock. Hottest waits: where threads and tasks waited. Held by / waiters: who made others wait and who waited (tasks by what they run).",
       empty: "No traced lock was ever contended.",
       rows: D.locks,
-      columns: [
+      columns: byProcess(D.locks, [
         {key: "lock", label: "lock"}, {key: "kind", label: "kind"}, {key: "created_at", label: "created at"},
         {key: "acquired", label: "acquired", num: true}, {key: "contended", label: "contended", num: true},
         {key: "waited_s", label: "waited", num: true}, {key: "wait_p99_s", label: "wait p99", num: true},
         {key: "wait_max_s", label: "max", num: true}, {key: "hold_p99_s", label: "hold p99", num: true},
         {key: "hottest_waits", label: "hottest waits", wrap: true}, {key: "held_by", label: "held by", wrap: true},
-      ],
+      ]),
       detail: function (r) {
-        return ["lock " + r.lock + " (" + r.kind + "), created at " + (r.created_at || "?"),
+        return ["lock " + r.lock + " (" + r.kind + "), created at " + (r.created_at || "?") + (r.process ? ", in process " + r.process : ""),
                 "waits: p50 " + fmtS(r.wait_p50_s) + ", p99 " + fmtS(r.wait_p99_s) + ", max " + fmtS(r.wait_max_s),
                 "holds: p99 " + (fmtS(r.hold_p99_s) || "-") + ", max " + (fmtS(r.hold_max_s) || "-"),
                 "hottest waiting sites: " + (r.hottest_waits || "-"), "held by: " + (r.held_by || "-"), "waiters: " + (r.waiters || "-")];
@@ -950,13 +955,13 @@
       id: "signal-waits", title: "Waits for a signal",
       note: "Conditions, events and barriers: a wait for a notify, a set or the other parties, not lock contention.",
       rows: D.signal_waits,
-      columns: [
+      columns: byProcess(D.signal_waits, [
         {key: "primitive", label: "primitive"}, {key: "kind", label: "kind"}, {key: "created_at", label: "created at"},
         {key: "waits", label: "waits", num: true}, {key: "timed_out", label: "timed out", num: true},
         {key: "waited_s", label: "waited", num: true}, {key: "wait_p50_s", label: "p50", num: true},
         {key: "wait_p99_s", label: "p99", num: true}, {key: "wait_max_s", label: "max", num: true},
         {key: "hottest_waits", label: "hottest waits", wrap: true},
-      ],
+      ]),
     });
     if (TL.groups.length) table(p, {
       id: "task-groups", title: "Task groups",
@@ -972,12 +977,12 @@
     });
     table(p, {
       id: "spans", title: "Traced spans", rows: D.spans, empty: "No @traced spans were recorded.",
-      columns: [
+      columns: byProcess(D.spans, [
         {key: "span", label: "span"}, {key: "calls", label: "calls", num: true}, {key: "errors", label: "errors", num: true},
         {key: "cancelled", label: "cancelled", num: true}, {key: "total_s", label: "total", num: true},
         {key: "mean_s", label: "mean", num: true}, {key: "p50_s", label: "p50", num: true}, {key: "p95_s", label: "p95", num: true},
         {key: "p99_s", label: "p99", num: true}, {key: "max_s", label: "max", num: true},
-      ],
+      ]),
     });
   }
 
