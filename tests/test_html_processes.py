@@ -189,10 +189,9 @@ class TestTablesOfEveryProcess:
           function grid(title) {
             var t = document.querySelector('table[aria-label="' + title + '"]');
             if (!t) return null;
-            return {head: Array.prototype.map.call(t.querySelectorAll("thead th"), function (th) { return th.textContent; }),
-                    rows: Array.prototype.map.call(t.querySelectorAll("tbody tr"), function (tr) {
-                      return Array.prototype.map.call(tr.children, function (td) { return td.textContent; });
-                    })};
+            function texts(nodes) { return Array.prototype.map.call(nodes, function (n) { return n.textContent; }); }
+            return {head: texts(t.querySelectorAll("thead th")),
+                    rows: Array.prototype.map.call(t.querySelectorAll("tbody tr"), function (tr) { return texts(tr.children); })};
           }
           out.stalls = grid("Slow callbacks by culprit site");
           out.spans = grid("Traced spans");
