@@ -191,7 +191,9 @@ class TestTablesOfEveryProcess:
             if (!t) return null;
             function texts(nodes) { return Array.prototype.map.call(nodes, function (n) { return n.textContent; }); }
             return {head: texts(t.querySelectorAll("thead th")),
-                    rows: Array.prototype.map.call(t.querySelectorAll("tbody tr"), function (tr) { return texts(tr.children); })};
+                    rows: Array.prototype.map.call(t.querySelectorAll("tbody tr"), function (tr) {
+                      return texts(tr.children);
+                    })};
           }
           out.stalls = grid("Slow callbacks by culprit site");
           out.spans = grid("Traced spans");
