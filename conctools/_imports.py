@@ -18,6 +18,7 @@ from __future__ import annotations
 import _thread
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -48,9 +49,50 @@ _fork_held: dict[int, bool] = {}  # forking thread -> its before-hook holds back
 
 def _before_fork() -> None:
     had_logging = logging_ready() is not None
-    _fork_held[_thread.get_ident()] = background_imports.acquire(timeout=BACKGROUND_IMPORT_WAIT_S)
+    _fork_held[_thread.get_ident()], _ = hold_imports_for_fork()
     if not had_logging:
         balance_logging_hooks()
+
+
+def hold_imports_for_fork() -> tuple[bool, bool]:
+    """Before a fork: wait, at most ``BACKGROUND_IMPORT_WAIT_S``, until no conctools thread is in the
+    middle of an import. Returns whether ``background_imports`` is now held by this thread (the caller
+    releases it after the fork, in both processes) and whether the wait ended in time.
+
+    Two kinds of import are waited for: those made under ``background_imports`` (the lock), and any
+    other import a conctools thread is making (its first use of a module imported lazily, such as the
+    watchdog's first look at a ``concurrent.futures`` wait): the owners of the interpreter's module
+    import locks are looked at. The program's own threads' imports are the program's business, as
+    without conctools."""
+    deadline = time.monotonic() + BACKGROUND_IMPORT_WAIT_S
+    held = background_imports.acquire(timeout=BACKGROUND_IMPORT_WAIT_S)
+    while _our_import_under_way():
+        if time.monotonic() >= deadline:
+            return held, False
+        time.sleep(0.0005)
+    return held, held
+
+
+def _our_import_under_way() -> bool:
+    """True while a conctools thread (other than this one) holds a module's import lock."""
+    try:
+        locks = getattr(sys.modules.get("_frozen_importlib"), "_module_locks", None)
+        if not locks:
+            return False
+        me = _thread.get_ident()
+        owners = set()
+        for ref in list(locks.values()):
+            lock = ref() if callable(ref) else None
+            owner = getattr(lock, "owner", None)
+            if owner is not None and owner != me:
+                owners.add(owner)
+        if not owners:
+            return False
+        threading = sys.modules.get("threading")
+        active = dict(getattr(threading, "_active", None) or {})
+        return any(str(getattr(active.get(o), "name", "")).startswith("conctools-") for o in owners)
+    except Exception:  # (the import system's internals differ between versions: never fail a fork)
+        return False
 
 
 def _after_fork_parent() -> None:

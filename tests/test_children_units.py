@@ -263,12 +263,15 @@ import builtins, os, signal, sys, threading, time
 from conctools._imports import import_in_background
 from conctools.children.forking import guard_forks
 
-if sys.argv[1:] == ["conctools-run"]:  # as under conctools run; else a library's enable_dump()
+if sys.argv[1] != "library":  # as under conctools run; else a library's enable_dump()
     guard_forks()
 print("logging imported before:", "logging" in sys.modules, flush=True)
 builtins.GATE = threading.Event()
 about_to_fork = threading.Event()
-importer = threading.Thread(target=import_in_background, args=(["slow_mod"],))
+if sys.argv[1] == "lazy":  # a conctools thread's first use of a module imported lazily, not in the background
+    importer = threading.Thread(target=__import__, args=("slow_mod",), name="conctools-watchdog")
+else:
+    importer = threading.Thread(target=import_in_background, args=(["slow_mod"],))
 importer.start()
 while "slow_mod" not in sys.modules:  # the import has begun, in the importer thread
     time.sleep(0.001)
@@ -367,7 +370,7 @@ class TestForkDuringBackgroundImport:
     the module (it hung: the module half made, its import lock held by a thread the child lacks)."""
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-    @pytest.mark.parametrize("how", ["conctools-run", "library"])
+    @pytest.mark.parametrize("how", ["conctools-run", "library", "lazy"])
     def test_fork_waits_for_the_import(self, tmp_path: Any, how: str) -> None:
         import os
         import subprocess

@@ -19,9 +19,9 @@ import threading
 import warnings
 
 from conctools._imports import (
-    BACKGROUND_IMPORT_WAIT_S,
     background_imports,
     balance_logging_hooks,
+    hold_imports_for_fork,
     import_in_background,
     logging_ready,
 )
@@ -127,8 +127,8 @@ def _before_fork() -> None:
         return
     # Not in the middle of an import by a conctools thread (see _imports.background_imports).
     had_logging = logging_ready() is not None
-    state.imports_held = background_imports.acquire(timeout=BACKGROUND_IMPORT_WAIT_S)
-    state.imports_cut = not state.imports_held
+    state.imports_held, done = hold_imports_for_fork()
+    state.imports_cut = not done
     if not had_logging:
         balance_logging_hooks()
     _block_sigterm()
