@@ -1152,7 +1152,7 @@ def _validate(blocking: Any, timeout: Any) -> None:
 # _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
 # builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 8  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 9  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -2071,6 +2071,7 @@ def _install_speedups() -> None:
     Lock.locked_lock = Lock.locked  # type: ignore[method-assign]
     registry._c_live[0] = _speedups.live
     lockorder._untrack[0] = _speedups.untrack
+    lockorder._stack_type[0] = _speedups.HeldStack  # (its version is bumped in C too)
     _speedups.setup_runs(  # the next lock of a run of one class, in C (lockorder._run_edge)
         runs=lockorder._runs,
         preds=lockorder._inst_preds,
