@@ -3699,7 +3699,49 @@ cond_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return r;
 }
 
+/* Condition.acquire and .release, forwarded to self._lock's: threading.Condition binds them into each
+ * instance (72 bytes each), the traced Condition on first use (a Python frame each time: two per
+ * future that concurrent.futures.wait() or as_completed() takes). A subclass's are instance
+ * attributes, which win over these. */
+static PyObject *
+cond_forward(PyObject *self, PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
+    if (lock == NULL) return NULL;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *r;
+    if (nargs + nkw <= 7) {
+        PyObject *stack[8];
+        stack[0] = lock;
+        for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
+        r = PyObject_VectorcallMethod(name, stack, (size_t)(nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    }
+    else {
+        PyObject *meth = PyObject_GetAttr(lock, name);
+        r = meth != NULL ? PyObject_Vectorcall(meth, args, (size_t)nargs, kwnames) : NULL;
+        Py_XDECREF(meth);
+    }
+    Py_DECREF(lock);
+    return r;
+}
+
+static PyObject *
+cond_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    return cond_forward(self, s_acquire, args, (size_t)nargsf, kwnames);
+}
+
+static PyObject *
+cond_release(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    return cond_forward(self, s_release, args, (size_t)nargsf, kwnames);
+}
+
 static PyMethodDef tracked_methods[] = {
+    {"_c_cond_acquire", (PyCFunction)(void (*)(void))cond_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "_c_cond_acquire($self, /, *args, **kwargs)\n--\n\nthreading.Condition.acquire: self._lock.acquire(...)."},
+    {"_c_cond_release", (PyCFunction)(void (*)(void))cond_release, METH_FASTCALL | METH_KEYWORDS,
+     "_c_cond_release($self, /, *args, **kwargs)\n--\n\nthreading.Condition.release: self._lock.release(...)."},
     {"_c_cond_enter", (PyCFunction)cond_enter, METH_NOARGS,
      "_c_cond_enter($self, /)\n--\n\nthreading.Condition.__enter__: self._lock.__enter__()."},
     {"_c_cond_exit", (PyCFunction)(void (*)(void))cond_exit, METH_FASTCALL,

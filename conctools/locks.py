@@ -2317,6 +2317,11 @@ if _speedups is not None:
     # as C methods: every `with` on a queue's or a future's condition paid two Python frames for them.
     Condition.__enter__ = _speedups.Tracked._c_cond_enter  # type: ignore[method-assign,assignment]
     Condition.__exit__ = _speedups.Tracked._c_cond_exit  # type: ignore[method-assign,assignment]
+    if _INLINE_CONDITION_INIT:
+        # acquire() and release() too, forwarded in C: bound on first use, they cost a Python frame and
+        # an instance-dict entry each for every future that wait() or as_completed() takes.
+        Condition.acquire = _speedups.Tracked._c_cond_acquire  # type: ignore[method-assign,assignment]
+        Condition.release = _speedups.Tracked._c_cond_release  # type: ignore[method-assign,assignment]
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------
