@@ -4,7 +4,9 @@
 
 The programs live in ``benchmarks/programs/``: asyncio tasks through a semaphore, a lock and a
 queue; a thread pool over a lock-protected cache plus a producer/consumer queue; an aiohttp
-client/server pair on 127.0.0.1; a ``concurrent.futures`` fan-out; a ``queue.Queue`` pipeline.
+client/server pair on 127.0.0.1; a ``concurrent.futures`` fan-out; ``wait()`` and
+``as_completed()`` on 40,000 futures at once (the cost per lock of a lock-order run must not grow
+with the locks held); a ``queue.Queue`` pipeline.
 Each runs as a fresh process, under each configuration:
 
 - ``python``: ``python prog.py``
@@ -64,6 +66,7 @@ PROGRAMS = {
     "threads: pool(8) x 40k jobs, locked cache, Queue(100)": "threads_cache.py",
     "aiohttp client/server, 2k requests": "aiohttp_pair.py",
     "concurrent.futures fan-out, 1k x 25": "futures_fanout.py",
+    "concurrent.futures wait()/as_completed() on 40k futures at once": "futures_wide.py",
     "queue.Queue pipeline, 3 stages x 2 threads, 50k items": "queue_pipeline.py",
 }
 EMPTY = PROGRAMS_DIR / "empty.py"

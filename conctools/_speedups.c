@@ -62,7 +62,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 8
+#define API_VERSION 9
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -1135,6 +1135,137 @@ me_release(Me *me)
 
 /* -- lock order ----------------------------------------------------------------------------------- */
 
+/* A held-locks stack (lockorder.HeldStack's C twin): a list whose `version` is bumped by every change
+ * (its methods, slicing, `+=`, `del`, and the pushes and pops below), so that a run of one class
+ * (run_next) knows the stack is the one it left by comparing the version, not the items: O(1) per
+ * lock instead of O(locks held). */
+typedef struct {
+    PyListObject list;
+    unsigned long long version;
+} HeldStackObject;
+
+static PyTypeObject HeldStack_Type;
+static PySequenceMethods heldstack_as_sequence;
+static PyMappingMethods heldstack_as_mapping;
+static ssizeobjargproc g_list_ass_item;
+static objobjargproc g_list_ass_subscript;
+static binaryfunc g_list_inplace_concat;
+
+#define HELD_BUMP(o) (((HeldStackObject *)(o))->version++)
+#define IS_HELD_STACK(o) (Py_TYPE(o) == &HeldStack_Type)
+
+static int
+heldstack_ass_item(PyObject *self, Py_ssize_t i, PyObject *v)
+{
+    HELD_BUMP(self);
+    return g_list_ass_item(self, i, v);
+}
+
+static int
+heldstack_ass_subscript(PyObject *self, PyObject *key, PyObject *v)
+{
+    HELD_BUMP(self);
+    return g_list_ass_subscript(self, key, v);
+}
+
+static PyObject *
+heldstack_inplace_concat(PyObject *self, PyObject *other)
+{
+    HELD_BUMP(self);
+    return g_list_inplace_concat(self, other);
+}
+
+static PyObject *
+heldstack_append(PyObject *self, PyObject *item)
+{
+    HELD_BUMP(self);
+    if (PyList_Append(self, item) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The list methods that change it, by index in heldstack_forwarded (bumped, then list's own). */
+static const char *const heldstack_forwarded[] = {"extend", "insert", "pop", "remove", "clear", "sort", "reverse"};
+#define HELD_FORWARDED 7
+static PyObject *g_list_methods[HELD_FORWARDED];
+
+static PyObject *
+heldstack_forward(int which, PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HELD_BUMP(self);
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *stack[8];
+    if (nargs + nkw + 1 > 8) {
+        PyErr_SetString(PyExc_TypeError, "too many arguments");
+        return NULL;
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
+    return PyObject_Vectorcall(g_list_methods[which], stack, (size_t)(nargs + 1), kwnames);
+}
+
+#define HELD_FORWARD(name, which)                                                                         \
+    static PyObject *heldstack_##name(PyObject *self, PyObject *const *args, Py_ssize_t nargsf,         \
+                                      PyObject *kwnames)                                                 \
+    {                                                                                                     \
+        return heldstack_forward(which, self, args, (size_t)nargsf, kwnames);                            \
+    }
+HELD_FORWARD(extend, 0)
+HELD_FORWARD(insert, 1)
+HELD_FORWARD(pop, 2)
+HELD_FORWARD(remove, 3)
+HELD_FORWARD(clear, 4)
+HELD_FORWARD(sort, 5)
+HELD_FORWARD(reverse, 6)
+
+#define HELD_METHOD(name) {#name, (PyCFunction)(void (*)(void))heldstack_##name, METH_FASTCALL | METH_KEYWORDS, NULL}
+static PyMethodDef heldstack_methods[] = {
+    {"append", heldstack_append, METH_O, NULL},
+    HELD_METHOD(extend),
+    HELD_METHOD(insert),
+    HELD_METHOD(pop),
+    HELD_METHOD(remove),
+    HELD_METHOD(clear),
+    HELD_METHOD(sort),
+    HELD_METHOD(reverse),
+    {NULL},
+};
+
+static PyMemberDef heldstack_members[] = {
+    {"version", T_ULONGLONG, offsetof(HeldStackObject, version), READONLY, "bumped by every change"},
+    {NULL},
+};
+
+/* A static type (its instances hold no reference to it, as list's own dealloc expects). */
+static int
+heldstack_ready(PyObject *module)
+{
+    for (int i = 0; i < HELD_FORWARDED; i++) {
+        g_list_methods[i] = PyObject_GetAttrString((PyObject *)&PyList_Type, heldstack_forwarded[i]);
+        if (g_list_methods[i] == NULL) return -1;
+    }
+    heldstack_as_sequence = *PyList_Type.tp_as_sequence;
+    heldstack_as_mapping = *PyList_Type.tp_as_mapping;
+    g_list_ass_item = heldstack_as_sequence.sq_ass_item;
+    g_list_inplace_concat = heldstack_as_sequence.sq_inplace_concat;
+    g_list_ass_subscript = heldstack_as_mapping.mp_ass_subscript;
+    heldstack_as_sequence.sq_ass_item = heldstack_ass_item;
+    heldstack_as_sequence.sq_inplace_concat = heldstack_inplace_concat;
+    heldstack_as_mapping.mp_ass_subscript = heldstack_ass_subscript;
+    HeldStack_Type.tp_name = "conctools._speedups.HeldStack";
+    HeldStack_Type.tp_basicsize = sizeof(HeldStackObject);
+    HeldStack_Type.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
+    HeldStack_Type.tp_doc = "A thread's held-locks stack: a list whose version is bumped by every change.";
+    HeldStack_Type.tp_base = &PyList_Type;
+    HeldStack_Type.tp_traverse = PyList_Type.tp_traverse;
+    HeldStack_Type.tp_clear = PyList_Type.tp_clear;
+    HeldStack_Type.tp_methods = heldstack_methods;
+    HeldStack_Type.tp_members = heldstack_members;
+    HeldStack_Type.tp_as_sequence = &heldstack_as_sequence;
+    HeldStack_Type.tp_as_mapping = &heldstack_as_mapping;
+    if (PyType_Ready(&HeldStack_Type) < 0) return -1;
+    return PyModule_AddObject(module, "HeldStack", Py_NewRef((PyObject *)&HeldStack_Type));
+}
+
 /* The calling thread's held-locks stack (lockorder._local.stack, a new reference), also kept in
  * its thread-state dict for the thread-local cache. */
 static PyObject *
@@ -1346,7 +1477,7 @@ static int
 run_next(PyObject *held, PyObject *entry)
 {
     if (g_runs == NULL || !PyDict_CheckExact(g_runs) || PyDict_GET_SIZE(g_runs) == 0) return 0;
-    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 5 || !PyList_CheckExact(held)) return 0;
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 5 || !PyList_Check(held)) return 0;
     Py_ssize_t n = PyList_GET_SIZE(held);
     if (n < 1) return 0;
     PyObject *key = PyLong_FromVoidPtr(held);
@@ -1360,17 +1491,37 @@ run_next(PyObject *held, PyObject *entry)
         PyErr_Clear();
         return 0;
     }
-    if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 8) return 0;
+    if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 10) return 0;
     PyObject *expect = PyList_GET_ITEM(run, 0);
     PyObject *serials = PyList_GET_ITEM(run, 2);
     PyObject *same = PyList_GET_ITEM(run, 5);
     PyObject *to = PyTuple_GET_ITEM(entry, 3);
     if (!PyList_CheckExact(expect) || PyList_GET_SIZE(expect) != n || !PySet_CheckExact(serials) ||
-        !PyList_CheckExact(same) || PyList_GET_ITEM(run, 6) != PyTuple_GET_ITEM(entry, 4)) {
-        return 0; /* (a site that may still need stacks: Python takes them) */
+        !PyList_CheckExact(same)) {
+        return 0;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!LIST_IS(expect, i, PyList_GET_ITEM(held, i))) return 0;
+    /* A site that may still need stacks: Python takes them, for a new edge (one already known, as
+     * when as_completed() takes the futures a wait() took before, needs none). */
+    int stacks_done = PyList_GET_ITEM(run, 6) == PyTuple_GET_ITEM(entry, 4);
+    long long version = -1;
+    if (IS_HELD_STACK(held)) {
+        /* The version it had once the run's last lock was pushed (that push made it so: the same
+         * length and innermost lock besides rule out a failed acquire followed by another change). */
+        version = PyLong_AsLongLong(PyList_GET_ITEM(run, 9));
+        if (version == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (version < 0 || (unsigned long long)version != ((HeldStackObject *)held)->version ||
+            !LIST_IS(expect, n - 1, PyList_GET_ITEM(held, n - 1))) {
+            return 0;
+        }
+    }
+    else {
+        if (!PyList_CheckExact(held)) return 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (!LIST_IS(expect, i, PyList_GET_ITEM(held, i))) return 0;
+        }
     }
     PyObject *run_key = PyList_GET_ITEM(run, 1), *to_key = PyTuple_GET_ITEM(entry, 1);
     if (run_key != to_key && PyObject_RichCompareBool(run_key, to_key, Py_EQ) != 1) {
@@ -1429,6 +1580,7 @@ run_next(PyObject *held, PyObject *entry)
             if (eq) edge_known = 1;
         }
     }
+    if (!edge_known && !stacks_done) return 0;
     if (!edge_known && PyDict_GET_SIZE(g_inst_records) + (known == NULL) >= prune_at) {
         return 0; /* Python prunes */
     }
@@ -1485,6 +1637,10 @@ run_next(PyObject *held, PyObject *entry)
     }
     /* The run (lockorder._run_edge) */
     if (PyList_Append(expect, entry) < 0 || PySet_Add(serials, to) < 0 || PyList_Append(same, entry) < 0) goto done;
+    if (version >= 0) {
+        PyObject *next = PyLong_FromLongLong(version + 1); /* after this lock's push */
+        if (next == NULL || PyList_SetItem(run, 9, next) < 0) goto done;
+    }
     ok = 1;
 done:
     Py_XDECREF(record);
@@ -1639,11 +1795,27 @@ order_pop(CoreObject *self)
     }
     if (PyList_Check(held) && self->entry != NULL) {
         PyObject *wref = PyTuple_GET_ITEM(self->entry, 0);
-        for (Py_ssize_t i = PyList_GET_SIZE(held) - 1; i >= 0; i--) {
+        /* From both ends: the innermost lock is the usual one, but concurrent.futures releases the
+         * conditions it took for wait() and as_completed() in the order it took them (outermost first):
+         * O(1) either way, where a walk from the top made releasing n of them O(n^2). */
+        for (Py_ssize_t i = PyList_GET_SIZE(held) - 1, j = 0; i >= j; i--, j++) {
+            Py_ssize_t at = -1;
             PyObject *h = PyList_GET_ITEM(held, i);
             if (PyTuple_Check(h) && PyTuple_GET_SIZE(h) > 0 && PyTuple_GET_ITEM(h, 0) == wref) {
+                at = i;
+            }
+            else {
+                h = PyList_GET_ITEM(held, j);
+                if (PyTuple_Check(h) && PyTuple_GET_SIZE(h) > 0 && PyTuple_GET_ITEM(h, 0) == wref) at = j;
+            }
+            if (at >= 0) {
                 /* Deleting the item frees at most a tuple of ours (its parts live on). */
-                if (PyList_SetSlice(held, i, i + 1, NULL) < 0) PyErr_Clear();
+                if (PyList_SetSlice(held, at, at + 1, NULL) < 0) {
+                    PyErr_Clear();
+                }
+                else if (IS_HELD_STACK(held)) {
+                    HELD_BUMP(held);
+                }
                 break;
             }
         }
@@ -1679,6 +1851,7 @@ took(CoreObject *self, Me *me, int contended, PyObject *wait_site)
             PyErr_Clear();
         }
         else {
+            if (IS_HELD_STACK(me->held)) HELD_BUMP(me->held);
             store_ref(self, &self->held, me->held);
         }
     }
@@ -3526,7 +3699,49 @@ cond_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return r;
 }
 
+/* Condition.acquire and .release, forwarded to self._lock's: threading.Condition binds them into each
+ * instance (72 bytes each), the traced Condition on first use (a Python frame each time: two per
+ * future that concurrent.futures.wait() or as_completed() takes). A subclass's are instance
+ * attributes, which win over these. */
+static PyObject *
+cond_forward(PyObject *self, PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
+    if (lock == NULL) return NULL;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *r;
+    if (nargs + nkw <= 7) {
+        PyObject *stack[8];
+        stack[0] = lock;
+        for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
+        r = PyObject_VectorcallMethod(name, stack, (size_t)(nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    }
+    else {
+        PyObject *meth = PyObject_GetAttr(lock, name);
+        r = meth != NULL ? PyObject_Vectorcall(meth, args, (size_t)nargs, kwnames) : NULL;
+        Py_XDECREF(meth);
+    }
+    Py_DECREF(lock);
+    return r;
+}
+
+static PyObject *
+cond_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    return cond_forward(self, s_acquire, args, (size_t)nargsf, kwnames);
+}
+
+static PyObject *
+cond_release(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    return cond_forward(self, s_release, args, (size_t)nargsf, kwnames);
+}
+
 static PyMethodDef tracked_methods[] = {
+    {"_c_cond_acquire", (PyCFunction)(void (*)(void))cond_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "_c_cond_acquire($self, /, *args, **kwargs)\n--\n\nthreading.Condition.acquire: self._lock.acquire(...)."},
+    {"_c_cond_release", (PyCFunction)(void (*)(void))cond_release, METH_FASTCALL | METH_KEYWORDS,
+     "_c_cond_release($self, /, *args, **kwargs)\n--\n\nthreading.Condition.release: self._lock.release(...)."},
     {"_c_cond_enter", (PyCFunction)cond_enter, METH_NOARGS,
      "_c_cond_enter($self, /)\n--\n\nthreading.Condition.__enter__: self._lock.__enter__()."},
     {"_c_cond_exit", (PyCFunction)(void (*)(void))cond_exit, METH_FASTCALL,
@@ -4286,6 +4501,7 @@ PyInit__speedups(void)
         Py_DECREF(threadinfo);
         goto fail;
     }
+    if (heldstack_ready(m) < 0) goto fail;
     PyObject *tracked = PyType_FromSpec(&tracked_spec);
     if (tracked == NULL) goto fail;
     g_tracked_type = (PyTypeObject *)tracked; /* never freed either */

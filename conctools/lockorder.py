@@ -51,6 +51,7 @@ from conctools.recorder import get_recorder
 
 __all__ = [
     "Held",
+    "HeldStack",
     "check",
     "code_site",
     "disable",
@@ -198,13 +199,86 @@ def reported_cycles() -> list[tuple[str, ...]]:
         return sorted(_reported)
 
 
+class HeldStack(list[Held]):
+    """A thread's held locks (innermost last): a list whose ``version`` is bumped by every change,
+    so that the next lock of a run (see ``_Run``) is known to find the stack as the run left it by
+    one comparison instead of one per lock held. The C extension has its twin
+    (``conctools._speedups.HeldStack``), used instead when it is; asyncio tasks' stacks are plain lists.
+    """
+
+    __slots__ = ("version",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.version = 0
+
+    def append(self, item: Held) -> None:
+        self.version += 1
+        list.append(self, item)
+
+    def extend(self, items: Any) -> None:
+        self.version += 1
+        list.extend(self, items)
+
+    def insert(self, index: Any, item: Held) -> None:
+        self.version += 1
+        list.insert(self, index, item)
+
+    def pop(self, index: Any = -1) -> Held:
+        self.version += 1
+        return list.pop(self, index)
+
+    def remove(self, item: Held) -> None:
+        self.version += 1
+        list.remove(self, item)
+
+    def clear(self) -> None:
+        self.version += 1
+        list.clear(self)
+
+    def sort(self, **kwargs: Any) -> None:
+        self.version += 1
+        list.sort(self, **kwargs)
+
+    def reverse(self) -> None:
+        self.version += 1
+        list.reverse(self)
+
+    def __iadd__(self, items: Any) -> HeldStack:  # type: ignore[override,misc]
+        self.version += 1
+        list.extend(self, items)
+        return self
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self.version += 1
+        list.__setitem__(self, index, value)
+
+    def __delitem__(self, index: Any) -> None:
+        self.version += 1
+        list.__delitem__(self, index)
+
+
+# The held stacks' type: HeldStack, or its C twin once conctools.locks has installed the C paths.
+_stack_type: list[type[list[Held]]] = [HeldStack]
+
+
 def held_stack() -> list[Held]:
     """The calling thread's held locks (a live list, innermost last)."""
     try:
         stack: list[Held] = _local.stack
     except AttributeError:
-        stack = _local.stack = []
+        stack = _local.stack = _stack_type[0]()
     return stack
+
+
+def _run_matches(run: _Run, held: list[Held]) -> bool:
+    """Is ``held`` as ``run`` left it (after its last lock's push)? By the version for a stack of
+    the current type (the same length and innermost lock besides: a failed acquire followed by
+    one other change has the version expected), else item by item."""
+    if type(held) is _stack_type[0]:
+        expect = run[0]
+        return bool(run[9] == held.version and len(held) == len(expect) and held and held[-1] is expect[-1])  # type: ignore[attr-defined]
+    return bool(run[0] == held)
 
 
 def check(held: list[Held], entry: Held) -> None:
@@ -221,7 +295,7 @@ def check(held: list[Held], entry: Held) -> None:
     _local.checking = True
     try:
         run = _runs.get(id(held))
-        if run is not None and run[1] == entry[1] and run[0] == held and entry[3] not in run[2]:
+        if run is not None and run[1] == entry[1] and entry[3] not in run[2] and _run_matches(run, held):
             # The next lock of a run (see _Run): its class edges are those of the previous one.
             inner = held[-1]
             if inner[0]() is not None:
@@ -259,8 +333,8 @@ def check(held: list[Held], entry: Held) -> None:
 # (one class), one after the other, each while holding the ones before: 24 instance edges per call
 # of 25 futures. Walking the held stack for each of them made such a call cost O(n^2); a run keeps
 # the owner's state after its last lock of the class, so that the next one, taken while the held
-# stack is exactly what it was then (compared as a list: pointer comparisons in C, O(n) per lock: a
-# wait() on 40,000 futures still costs seconds), needs no graph lookup: its class edges (from the
+# stack is exactly what it was then (known by its version, bumped by every change: O(1) per lock;
+# an asyncio task's stack, a plain list, is compared item by item), needs no graph lookup: its class edges (from the
 # locks of other classes held) are those of the previous lock of the run, already checked, and its
 # instance edge is from the previous one. Anything else (a lock released, another one taken in
 # between, a dead entry, a reset) makes the held stack differ, and
@@ -268,7 +342,8 @@ def check(held: list[Held], entry: Held) -> None:
 # A run: [the held stack expected next (a copy), class key, serials in it, thread name, task name,
 # the held locks of the class (shared by the edges' records: each keeps how many were held), last
 # site whose stacks were all taken (or None), where its edges start in that list, whether it is in
-# _run_log]. By id() of the held stack; validated by the content.
+# _run_log, the held stack's version after the last lock's push (-1: a plain list)]. By id() of
+# the held stack; validated by the version (or the content).
 _Run = list[Any]
 _runs: dict[int, _Run] = {}
 # The runs that added an edge to the graph in Python (the first lock of a run always comes through
@@ -297,6 +372,7 @@ def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None
         None,
         len(same) - 1,
         False,
+        held.version + 1 if type(held) is _stack_type[0] else -1,  # type: ignore[attr-defined]
     ]
     run[2].add(entry[3])
     if len(_runs) >= 1_024:  # (stacks of threads and tasks that are gone)
@@ -313,6 +389,8 @@ def _run_edge(run: _Run, inner: Held, entry: Held) -> None:
     run[0].append(entry)
     run[2].add(entry[3])
     same.append(entry)
+    if run[9] >= 0:
+        run[9] += 1  # (after this lock's push)
 
 
 def _add_instance_edge(run: _Run, inner: Held, entry: Held, n_held: int) -> None:
@@ -623,10 +701,18 @@ def note_released(held: list[Held], prim: object) -> None:
     if held and held[-1][0]() is prim:
         del held[-1]
         return
-    for i in range(len(held) - 1, -1, -1):
+    # From both ends: concurrent.futures releases the conditions of wait() and as_completed() in
+    # the order it took them (outermost first), which a walk from the top made O(n^2).
+    i, j = len(held) - 1, 0
+    while i >= j:
         if held[i][0]() is prim:
             del held[i]
             return
+        if held[j][0]() is prim:
+            del held[j]
+            return
+        i -= 1
+        j += 1
 
 
 def _new_edge(a: str, b: str, held: Held, entry: Held, a_name: str, b_name: str) -> None:

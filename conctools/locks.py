@@ -1152,7 +1152,7 @@ def _validate(blocking: Any, timeout: Any) -> None:
 # _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
 # builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 8  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 9  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -2071,6 +2071,7 @@ def _install_speedups() -> None:
     Lock.locked_lock = Lock.locked  # type: ignore[method-assign]
     registry._c_live[0] = _speedups.live
     lockorder._untrack[0] = _speedups.untrack
+    lockorder._stack_type[0] = _speedups.HeldStack  # (its version is bumped in C too)
     _speedups.setup_runs(  # the next lock of a run of one class, in C (lockorder._run_edge)
         runs=lockorder._runs,
         preds=lockorder._inst_preds,
@@ -2316,6 +2317,11 @@ if _speedups is not None:
     # as C methods: every `with` on a queue's or a future's condition paid two Python frames for them.
     Condition.__enter__ = _speedups.Tracked._c_cond_enter  # type: ignore[method-assign,assignment]
     Condition.__exit__ = _speedups.Tracked._c_cond_exit  # type: ignore[method-assign,assignment]
+    if _INLINE_CONDITION_INIT:
+        # acquire() and release() too, forwarded in C: bound on first use, they cost a Python frame and
+        # an instance-dict entry each for every future that wait() or as_completed() takes.
+        Condition.acquire = _speedups.Tracked._c_cond_acquire  # type: ignore[method-assign,assignment]
+        Condition.release = _speedups.Tracked._c_cond_release  # type: ignore[method-assign,assignment]
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------

@@ -191,6 +191,54 @@ class TestInversions:
         (forth,) = [e for e in event.edges if e.thread_name != "inverter"]
         assert forth.to_site == f"{HERE}:{wait_line}" and forth.thread_name == threading.current_thread().name
 
+    def test_inversion_through_a_run_of_futures(self, ordered: Recorder) -> None:
+        """A thread holding a lock waits on futures (their conditions taken in a run, each while
+        holding the ones before); another takes one of those conditions, then that lock: reported
+        as an inversion between the lock and the conditions' class, naming both threads."""
+        outer = conctools.Lock(name="outer")
+        with conctools.trace_locks():
+            futures: list[concurrent.futures.Future[int]] = [concurrent.futures.Future() for _ in range(40)]
+
+        def waiter() -> None:
+            with outer:
+                concurrent.futures.wait(futures, timeout=0)  # the conditions nested, by id
+            assert lockorder.held_stack() == []  # (released first-taken-first, as they were taken)
+
+        in_thread(waiter, "waiter")
+        assert not inversions(ordered)
+        middle = sorted(futures, key=id)[20]
+
+        def invert() -> None:
+            with middle._condition:  # type: ignore[attr-defined]
+                with outer:
+                    pass
+
+        in_thread(invert, "inverter")
+        (event,) = inversions(ordered)
+        assert len(event.cycle) == 2 and "outer" in event.cycle
+        assert {e.thread_name for e in event.edges} == {"waiter", "inverter"}
+
+    def test_run_released_in_order_then_inverted(self, ordered: Recorder) -> None:
+        """Locks of one class taken in a run and released first-taken-first leave the held stack
+        as it was, and the run's instance edges still catch an inversion of two of its locks."""
+
+        def make() -> conctools.Lock:
+            return conctools.Lock()
+
+        outer = conctools.Lock(name="outer")
+        chain = [make() for _ in range(30)]
+        with outer:
+            for lock in chain:
+                lock.acquire()
+            for lock in chain:
+                lock.release()
+            assert [h[2] for h in lockorder.held_stack()] == ["outer"]
+        assert lockorder.held_stack() == [] and not inversions(ordered)
+        with chain[17], chain[3]:
+            pass
+        (event,) = inversions(ordered)
+        assert len(event.cycle) == 2 and all("#" in name for name in event.cycle)
+
     def test_instance_edges_stay_bounded(self, ordered: Recorder) -> None:
         """Thousands of short-lived locks of one class taken nested keep a bounded graph: the edges
         of locks the garbage collector took are forgotten, and an inversion is still found after."""
