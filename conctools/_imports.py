@@ -15,6 +15,7 @@ before asyncio exists.
 
 from __future__ import annotations
 
+import _imp
 import _thread
 import os
 import sys
@@ -44,33 +45,86 @@ background_imports = _thread.RLock()
 BACKGROUND_IMPORT_WAIT_S = 5.0  # a fork waits at most this long (no such import takes that long)
 
 _fork_hook = [False]  # the at-fork hook is registered (once per process: children inherit it)
-_fork_held: dict[int, bool] = {}  # forking thread -> its before-hook holds background_imports
+_fork_holds: dict[int, ForkHold] = {}  # forking thread -> what its before-hook holds
+
+
+class ForkHold:
+    """What a before-fork hook holds until the fork is done, in the parent and in the child (the
+    forking thread, with the same ident): ``background_imports``, and the interpreter's import lock."""
+
+    __slots__ = ("background", "import_lock")
+
+    def __init__(self) -> None:
+        self.background = False
+        self.import_lock = False
+
+    def release(self) -> None:
+        if self.import_lock:
+            self.import_lock = False
+            try:
+                _imp.release_lock()
+            except RuntimeError:  # (a child whose interpreter reset the lock at the fork)
+                pass
+        if self.background:
+            self.background = False
+            background_imports.release()
 
 
 def _before_fork() -> None:
     had_logging = logging_ready() is not None
-    _fork_held[_thread.get_ident()], _ = hold_imports_for_fork()
+    _fork_holds[_thread.get_ident()], _ = hold_imports_for_fork()
     if not had_logging:
         balance_logging_hooks()
 
 
-def hold_imports_for_fork() -> tuple[bool, bool]:
+def _after_fork_parent() -> None:
+    hold = _fork_holds.pop(_thread.get_ident(), None)
+    if hold is not None:
+        hold.release()
+
+
+def _after_fork_child() -> None:  # the forking thread, with the same ident
+    hold = _fork_holds.pop(_thread.get_ident(), None)
+    held = hold is not None and hold.background
+    if hold is not None:
+        hold.release()
+    if not held:  # the wait timed out: held by a thread the child does not have (its imports are cut)
+        background_imports._at_fork_reinit()  # type: ignore[attr-defined]
+    _fork_holds.clear()
+
+
+def hold_imports_for_fork() -> tuple[ForkHold, bool]:
     """Before a fork: wait, at most ``BACKGROUND_IMPORT_WAIT_S``, until no conctools thread is in the
-    middle of an import. Returns whether ``background_imports`` is now held by this thread (the caller
-    releases it after the fork, in both processes) and whether the wait ended in time.
+    middle of an import, and keep it so until the fork is done. Returns what is held (the caller
+    releases it after the fork, in both processes: :meth:`ForkHold.release`) and whether the wait
+    ended in time.
 
     Two kinds of import are waited for: those made under ``background_imports`` (the lock), and any
-    other import a conctools thread is making (its first use of a module imported lazily, such as the
-    watchdog's first look at a ``concurrent.futures`` wait): the owners of the interpreter's module
-    import locks are looked at. The program's own threads' imports are the program's business, as
-    without conctools."""
+    other import a conctools thread is making (its first use of a module imported lazily): the owners
+    of the interpreter's module import locks are looked at while the interpreter's import lock is
+    held, and it stays held until the fork is done, so that no thread starts an import in between (a
+    thread in the middle of one goes on; one starting one waits for the fork, as it would for the
+    interpreter's own hold of that lock across ``fork()``). The program's own threads' imports are
+    the program's business, as without conctools."""
+    hold = ForkHold()
     deadline = time.monotonic() + BACKGROUND_IMPORT_WAIT_S
-    held = background_imports.acquire(timeout=BACKGROUND_IMPORT_WAIT_S)
-    while _our_import_under_way():
+    hold.background = background_imports.acquire(timeout=BACKGROUND_IMPORT_WAIT_S)
+    while True:
+        _imp.acquire_lock()
+        if not _our_import_under_way():
+            hold.import_lock = True
+            return hold, hold.background
+        _imp.release_lock()  # (the importing thread may need it to go on: a nested import)
         if time.monotonic() >= deadline:
-            return held, False
+            return hold, False
         time.sleep(0.0005)
-    return held, held
+
+
+def forks_wait_for_imports() -> None:
+    """From now on a fork of this process waits for an import made in the background (once)."""
+    if not _fork_hook[0] and hasattr(os, "register_at_fork"):
+        _fork_hook[0] = True
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
 
 
 def _our_import_under_way() -> bool:
@@ -83,8 +137,12 @@ def _our_import_under_way() -> bool:
         owners = set()
         for ref in list(locks.values()):
             lock = ref() if callable(ref) else None
+            if lock is None:
+                continue
             owner = getattr(lock, "owner", None)
-            if owner is not None and owner != me:
+            if owner is None:  # made, not taken yet (or just let go): its thread goes on without the
+                return True  # interpreter's import lock, so it is waited for until it is taken or gone
+            if owner != me:
                 owners.add(owner)
         if not owners:
             return False
@@ -93,26 +151,6 @@ def _our_import_under_way() -> bool:
         return any(str(getattr(active.get(o), "name", "")).startswith("conctools-") for o in owners)
     except Exception:  # (the import system's internals differ between versions: never fail a fork)
         return False
-
-
-def _after_fork_parent() -> None:
-    if _fork_held.pop(_thread.get_ident(), False):
-        background_imports.release()
-
-
-def _after_fork_child() -> None:  # the forking thread, with the same ident
-    if _fork_held.pop(_thread.get_ident(), False):
-        background_imports.release()
-    else:  # the wait timed out: held by a thread the child does not have (its imports are cut)
-        background_imports._at_fork_reinit()  # type: ignore[attr-defined]
-    _fork_held.clear()
-
-
-def forks_wait_for_imports() -> None:
-    """From now on a fork of this process waits for an import made in the background (once)."""
-    if not _fork_hook[0] and hasattr(os, "register_at_fork"):
-        _fork_hook[0] = True
-        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
 
 
 def logging_ready() -> Any:

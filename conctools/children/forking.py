@@ -19,8 +19,8 @@ import threading
 import warnings
 
 from conctools._imports import (
-    background_imports,
     balance_logging_hooks,
+    forks_wait_for_imports,
     hold_imports_for_fork,
     import_in_background,
     logging_ready,
@@ -63,6 +63,8 @@ def guard_forks() -> None:
     program's main process; ``Pool.terminate()`` must end a worker at once)."""
     state.guard = True
     if not state.hooks and hasattr(os, "register_at_fork"):
+        # First: its after-hooks run before these (which start the child's threads), its before-hook after.
+        forks_wait_for_imports()
         os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
         state.hooks = True
 
@@ -191,9 +193,9 @@ def _unblock_sigterm() -> None:
 
 
 def _release_imports() -> None:
-    if state.imports_held:
-        state.imports_held = False
-        background_imports.release()
+    hold, state.imports_held = state.imports_held, None
+    if hold is not None:
+        hold.release()
 
 
 def _after_fork_parent() -> None:

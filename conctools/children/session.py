@@ -54,7 +54,7 @@ class _State:
         self.forkserver = False
         self.stopping = False  # conctools is stopping the program: a child forked now ends at birth
         self.sigterm_held = False  # the forking thread holds SIGTERM back until the fork is done
-        self.imports_held = False  # the forking thread holds _imports.background_imports
+        self.imports_held: Any = None  # what the forking thread holds until the fork is done (_imports.ForkHold)
         self.imports_cut = False  # a fork went on while a conctools thread imported (after a long wait)
 
 
