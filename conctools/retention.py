@@ -46,15 +46,19 @@ __all__ = ["DEFAULT_KIND_CAPS", "EpisodeStore", "SampleSeries", "make_store"]
 
 # Events kept per kind at most (a cap at or above the recorder's capacity is ignored). Other kinds
 # stay in the recorder's ring, bounded by its capacity: deadlocks, hangs, lock-order inversions,
-# failures and marks are rare; spans are folded into exact aggregates; lock waits are sampled by
-# their producer already (the first per site, those above the threshold, the longest per site),
-# and reports without the lock table (a hand-made snapshot) sum their kept waits.
+# failures and marks are rare; lock waits are sampled by their producer already (the first per
+# site, those above the threshold, the longest per site), and reports without the lock table (a
+# hand-made snapshot) sum their kept waits. Spans of traced calls (a server makes dozens a second)
+# are kept in the recorder's own chunks: the latest "span" ones and, of those folded into the exact
+# aggregates and histograms, the slowest per name (see Recorder); a SpanEvent given to record()
+# stays in the ring.
 DEFAULT_KIND_CAPS: Mapping[str, int] = {
     "gil_sample": 512,
     "resource_sample": 512,
     "slow_callback": 256,
     "pool_exhausted": 256,
     "blocking_call": 256,
+    "span": 8192,
 }
 
 
