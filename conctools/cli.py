@@ -140,7 +140,7 @@ def _build_parser(only_run: bool = False) -> _Parser:
         default=100_000,
         metavar="N",
         help="events kept in memory for the report (default 100000; recurring kinds are capped lower: "
-        "spans at the latest 8192 plus the slowest per name)",
+        "spans at the latest 4096 plus the slowest per name)",
     )
     run.add_argument("--no-report", action="store_true", help="do not print the summary to stderr")
     run.add_argument(

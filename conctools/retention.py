@@ -15,6 +15,9 @@ table, the slow-callback sites, the pool statistics, the resource peaks):
 - episodes (:class:`EpisodeStore`: ``slow_callback``, ``pool_exhausted``, ``blocking_call``)
   keep the first ones, the most recent ones and, of those in between, the worst
   (longest) one per site: every site that ever showed up keeps an example.
+- spans of traced calls (``span``, the most frequent by far) stay in the recorder's own chunks,
+  the latest ones, and of those folded away (into exact counts, totals, maxima and a duration
+  histogram per name) the slowest one per name: see :class:`~conctools.recorder.Recorder`.
 
 >>> from conctools.events import GilSampleEvent
 >>> series = SampleSeries(4)
@@ -58,7 +61,7 @@ DEFAULT_KIND_CAPS: Mapping[str, int] = {
     "slow_callback": 256,
     "pool_exhausted": 256,
     "blocking_call": 256,
-    "span": 8192,
+    "span": 4096,
 }
 
 
