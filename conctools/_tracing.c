@@ -1847,10 +1847,14 @@ fold_bucket(long long value)
     if (value < 8) {
         return value > 0 ? (int)value : 0;
     }
+#if defined(__GNUC__) || defined(__clang__)
+    int bits = 64 - __builtin_clzll((unsigned long long)value);
+#else
     int bits = 0;
     for (unsigned long long v = (unsigned long long)value; v; v >>= 1) {
         bits++;
     }
+#endif
     return ((bits - 3) << 3) | (int)((value >> (bits - 4)) & 7);
 }
 
@@ -1929,7 +1933,7 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     /* One block: the groups, then (hists) each row's group and duration, and the rows by group. */
     size_t extra = hists != NULL ? (size_t)n * (sizeof(Py_ssize_t) * 2 + sizeof(long long)) : 0;
-    Group *groups = PyMem_Calloc(1, (size_t)n * sizeof(Group) + extra);
+    Group *groups = PyMem_Malloc((size_t)n * sizeof(Group) + extra); /* each group set when made */
     if (groups == NULL) {
         return PyErr_NoMemory();
     }
@@ -1998,6 +2002,7 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (g == NULL) {
                 g = &groups[ng];
                 g->name = name;
+                g->count = g->errors = g->cancelled = g->total = 0;
                 g->max = d;
                 g->argmax = i;
                 g->first = i;
@@ -2040,6 +2045,8 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             order[g->first + (Py_ssize_t)g->count++] = i;
         }
     }
+    int counts[FOLD_BUCKETS] = {0}; /* one group's buckets at a time, reset after each */
+    int touched[FOLD_BUCKETS];
     for (Py_ssize_t k = 0; k < ng; k++) {
         Group *g = &groups[k];
         PyObject *agg = PyDict_GetItemWithError(aggs, g->name);
@@ -2104,8 +2111,6 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 PyErr_SetString(PyExc_TypeError, "span histograms must be dicts");
                 goto error;
             }
-            int counts[FOLD_BUCKETS] = {0};
-            int touched[FOLD_BUCKETS];
             int nt = 0;
             for (Py_ssize_t j = g->first; j < g->first + (Py_ssize_t)g->count; j++) {
                 int b = fold_bucket(durations[order[j]]);
@@ -2114,8 +2119,11 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
             Py_INCREF(hist);
-            for (int t = 0; t < nt && !bad; t++) {
-                bad = hist_add_n(hist, touched[t], counts[touched[t]]) < 0;
+            for (int t = 0; t < nt; t++) {
+                if (!bad) {
+                    bad = hist_add_n(hist, touched[t], counts[touched[t]]) < 0;
+                }
+                counts[touched[t]] = 0;
             }
             Py_DECREF(hist);
             if (bad) {

@@ -470,7 +470,7 @@ class Recorder:
         self._sections: dict[str, SectionProvider] = {}
         self._local = threading.local()
         self._shards: list[_SpanShard] = []
-        # Sealed chunks of spans: (thread, chunk), oldest first, bounded by capacity.
+        # Sealed chunks of spans: (thread, chunk), oldest first, bounded by the span window below.
         self._chunks: deque[tuple[threading.Thread, list[tuple[Any, ...]]]] = deque()
         self._kept = 0  # spans in sealed chunks; at most the span window + one chunk
         self._folded: dict[str, list[int]] = {}  # aggregates of spans no longer kept
