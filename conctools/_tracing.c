@@ -36,7 +36,7 @@
 #error "conctools._ctracing relies on the GIL; the pure-Python path is used instead"
 #endif
 
-#define API_VERSION 1
+#define API_VERSION 2
 
 /* Set once by setup(), from conctools/tracing.py. */
 static PyObject *g_span_var;       /* tracing._span_var (ContextVar) */
@@ -1835,7 +1835,52 @@ add_overflows(long long a, long long b, long long *r)
 typedef struct {
     PyObject *name; /* borrowed from the chunk */
     long long count, errors, cancelled, total, max;
+    Py_ssize_t argmax; /* the row of the first longest span of the group */
+    Py_ssize_t first;  /* its first row, then (hists) where its rows start in the order array */
 } Group;
+
+/* recorder.bucket_of(): the same log-linear buckets, 8 per power of two (at most 488 of them). */
+#define FOLD_BUCKETS 512
+static inline int
+fold_bucket(long long value)
+{
+    if (value < 8) {
+        return value > 0 ? (int)value : 0;
+    }
+#if defined(__GNUC__) || defined(__clang__)
+    int bits = 64 - __builtin_clzll((unsigned long long)value);
+#else
+    int bits = 0;
+    for (unsigned long long v = (unsigned long long)value; v; v >>= 1) {
+        bits++;
+    }
+#endif
+    return ((bits - 3) << 3) | (int)((value >> (bits - 4)) & 7);
+}
+
+/* hist[bucket] += n for a dict of ints. 0 / -1. */
+static int
+hist_add_n(PyObject *hist, int bucket, long long n)
+{
+    PyObject *key = PyLong_FromLong(bucket);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *old = PyDict_GetItemWithError(hist, key); /* borrowed */
+    PyObject *sum = NULL;
+    if (old != NULL) {
+        PyObject *add = PyLong_FromLongLong(n);
+        sum = add != NULL ? PyNumber_Add(old, add) : NULL;
+        Py_XDECREF(add);
+    }
+    else if (!PyErr_Occurred()) {
+        sum = PyLong_FromLongLong(n);
+    }
+    int rc = sum != NULL ? PyDict_SetItem(hist, key, sum) : -1;
+    Py_XDECREF(sum);
+    Py_DECREF(key);
+    return rc;
+}
 
 static int
 outcome_is(PyObject *outcome, PyObject *interned, const char *text)
@@ -1861,25 +1906,40 @@ add_into(PyObject *list, Py_ssize_t i, long long value)
     return PyList_SetItem(list, i, sum); /* steals sum */
 }
 
-/* recorder._fold(aggs, chunk) over raw span tuples, in one pass of C arithmetic. Returns True when
- * done; False, with nothing changed, when the chunk has anything unusual for the Python fold to do
- * (a row that is not a plain tuple of ints and strings, a number that does not fit in 64 bits). */
+/* recorder._fold(aggs, chunk[, hists, beaten]) over raw span tuples, in one pass of C arithmetic.
+ * hists (a dict or None): name -> {bucket: count}, the durations' histogram per name, added to.
+ * beaten (a list or None): gets (name, row index) for each name whose longest span in this chunk
+ * (its first row of that length) is longer than every span of that name folded before.
+ * Returns True when done; False, with nothing changed, when the chunk has anything unusual for the
+ * Python fold to do (a row that is not a plain tuple of ints and strings, a number that does not
+ * fit in 64 bits). */
 static PyObject *
 py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyDict_Check(args[0]) || !(PyList_Check(args[1]) || Py_IS_TYPE(args[1], &SpanChunkType))) {
+    if (nargs < 2 || nargs > 4 || !PyDict_Check(args[0]) ||
+        !(PyList_Check(args[1]) || Py_IS_TYPE(args[1], &SpanChunkType))) {
         Py_RETURN_FALSE;
     }
     PyObject *aggs = args[0], *chunk = args[1];
+    PyObject *hists = nargs > 2 && args[2] != Py_None ? args[2] : NULL;
+    PyObject *beaten = nargs > 3 && args[3] != Py_None ? args[3] : NULL;
+    if ((hists != NULL && !PyDict_Check(hists)) || (beaten != NULL && !PyList_Check(beaten))) {
+        Py_RETURN_FALSE;
+    }
     SpanChunkObject *rows = Py_IS_TYPE(chunk, &SpanChunkType) ? (SpanChunkObject *)chunk : NULL;
     Py_ssize_t n = rows != NULL ? rows->len : PyList_GET_SIZE(chunk);
     if (n == 0) {
         Py_RETURN_TRUE;
     }
-    Group *groups = PyMem_Calloc((size_t)n, sizeof(Group));
+    /* One block: the groups, then (hists) each row's group and duration, and the rows by group. */
+    size_t extra = hists != NULL ? (size_t)n * (sizeof(Py_ssize_t) * 2 + sizeof(long long)) : 0;
+    Group *groups = PyMem_Malloc((size_t)n * sizeof(Group) + extra); /* each group set when made */
     if (groups == NULL) {
         return PyErr_NoMemory();
     }
+    Py_ssize_t *row_group = hists != NULL ? (Py_ssize_t *)(groups + n) : NULL;
+    Py_ssize_t *order = hists != NULL ? row_group + n : NULL;
+    long long *durations = hists != NULL ? (long long *)(order + n) : NULL;
     Py_ssize_t ng = 0, last = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *name, *outcome;
@@ -1942,7 +2002,10 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (g == NULL) {
                 g = &groups[ng];
                 g->name = name;
+                g->count = g->errors = g->cancelled = g->total = 0;
                 g->max = d;
+                g->argmax = i;
+                g->first = i;
                 last = ng++;
             }
         }
@@ -1952,6 +2015,11 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         if (d > g->max) {
             g->max = d;
+            g->argmax = i;
+        }
+        if (row_group != NULL) {
+            row_group[i] = last;
+            durations[i] = d;
         }
         if (!outcome_is(outcome, s_ok, "ok")) {
             if (outcome_is(outcome, s_cancelled, "cancelled")) {
@@ -1962,9 +2030,27 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
     }
+    if (hists != NULL) {
+        /* The rows of each group, in row order (a counting sort by group). */
+        Py_ssize_t at = 0;
+        for (Py_ssize_t k = 0; k < ng; k++) {
+            groups[k].first = at;
+            at += (Py_ssize_t)groups[k].count;
+        }
+        for (Py_ssize_t k = 0; k < ng; k++) {
+            groups[k].count = 0;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Group *g = &groups[row_group[i]];
+            order[g->first + (Py_ssize_t)g->count++] = i;
+        }
+    }
+    int counts[FOLD_BUCKETS] = {0}; /* one group's buckets at a time, reset after each */
+    int touched[FOLD_BUCKETS];
     for (Py_ssize_t k = 0; k < ng; k++) {
         Group *g = &groups[k];
         PyObject *agg = PyDict_GetItemWithError(aggs, g->name);
+        int fresh = 0;
         if (agg == NULL) {
             if (PyErr_Occurred()) {
                 goto error;
@@ -1975,6 +2061,7 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto error;
             }
             Py_DECREF(agg); /* the dict holds it */
+            fresh = 1;
         }
         if (!PyList_CheckExact(agg) || PyList_GET_SIZE(agg) != 5) {
             PyErr_SetString(PyExc_TypeError, "span aggregates must be lists of 5 ints");
@@ -1983,9 +2070,10 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(agg);
         int bad = add_into(agg, 0, g->count) < 0 || add_into(agg, 1, g->errors) < 0 ||
                   add_into(agg, 2, g->cancelled) < 0 || add_into(agg, 3, g->total) < 0;
+        int greater = 0;
         if (!bad) {
             PyObject *mx = PyLong_FromLongLong(g->max);
-            int greater = mx == NULL ? -1 : PyObject_RichCompareBool(mx, PyList_GET_ITEM(agg, 4), Py_GT);
+            greater = mx == NULL ? -1 : PyObject_RichCompareBool(mx, PyList_GET_ITEM(agg, 4), Py_GT);
             if (greater > 0) {
                 PyList_SetItem(agg, 4, mx); /* steals mx */
             }
@@ -1997,6 +2085,50 @@ py_fold(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(agg);
         if (bad) {
             goto error;
+        }
+        if (beaten != NULL && (fresh || greater > 0)) {
+            PyObject *entry = Py_BuildValue("(On)", g->name, g->argmax);
+            if (entry == NULL || PyList_Append(beaten, entry) < 0) {
+                Py_XDECREF(entry);
+                goto error;
+            }
+            Py_DECREF(entry);
+        }
+        if (hists != NULL) {
+            PyObject *hist = PyDict_GetItemWithError(hists, g->name); /* borrowed */
+            if (hist == NULL) {
+                if (PyErr_Occurred()) {
+                    goto error;
+                }
+                hist = PyDict_New();
+                if (hist == NULL || PyDict_SetItem(hists, g->name, hist) < 0) {
+                    Py_XDECREF(hist);
+                    goto error;
+                }
+                Py_DECREF(hist); /* the dict holds it */
+            }
+            if (!PyDict_CheckExact(hist)) {
+                PyErr_SetString(PyExc_TypeError, "span histograms must be dicts");
+                goto error;
+            }
+            int nt = 0;
+            for (Py_ssize_t j = g->first; j < g->first + (Py_ssize_t)g->count; j++) {
+                int b = fold_bucket(durations[order[j]]);
+                if (counts[b]++ == 0) {
+                    touched[nt++] = b;
+                }
+            }
+            Py_INCREF(hist);
+            for (int t = 0; t < nt; t++) {
+                if (!bad) {
+                    bad = hist_add_n(hist, touched[t], counts[touched[t]]) < 0;
+                }
+                counts[touched[t]] = 0;
+            }
+            Py_DECREF(hist);
+            if (bad) {
+                goto error;
+            }
         }
     }
     PyMem_Free(groups);
@@ -2268,7 +2400,7 @@ static PyMethodDef module_methods[] = {
     {"note_site", (PyCFunction)(void (*)(void))py_note_site, METH_FASTCALL,
      "note_site(table, obj, depth, skip_prefixes, keep_prefix): table[id(obj)] = (weakref(obj), file, line)"},
     {"fold", (PyCFunction)(void (*)(void))py_fold, METH_FASTCALL,
-     "fold(aggs, chunk) -> bool: recorder._fold in C; False when it leaves the chunk to Python"},
+     "fold(aggs, chunk, hists=None, beaten=None) -> bool: recorder._fold in C; False when it leaves the chunk to Python"},
     {"forget", forget, METH_NOARGS, "forget(): drop the cached (thread, recorder) -> shard entry"},
     {NULL, NULL, 0, NULL},
 };

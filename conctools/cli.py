@@ -139,7 +139,8 @@ def _build_parser(only_run: bool = False) -> _Parser:
         type=_positive_int,
         default=100_000,
         metavar="N",
-        help="events kept in the ring buffer (default 100000)",
+        help="events kept in memory for the report (default 100000; recurring kinds are capped lower: "
+        "spans at the latest 4096 plus the slowest per name)",
     )
     run.add_argument("--no-report", action="store_true", help="do not print the summary to stderr")
     run.add_argument(

@@ -16,6 +16,7 @@ a plain lock.
 from __future__ import annotations
 
 import _thread
+import bisect
 import operator
 import os
 import sys
@@ -52,7 +53,7 @@ _log = get_logger("conctools.recorder")
 # The optional C extension of the span path (conctools/_tracing.c): tracing.py's fast wrappers and
 # the fold below. Not used with CONCTOOLS_PURE_PYTHON=1, nor when it is missing or stale.
 _ctracing: Any = None
-_CTRACING_API = 1  # _tracing.c's API_VERSION that this code speaks
+_CTRACING_API = 2  # _tracing.c's API_VERSION that this code speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _ctracing  # type: ignore[no-redef]
@@ -60,9 +61,7 @@ if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
         _ctracing = None
     if getattr(_ctracing, "API_VERSION", None) != _CTRACING_API:  # a stale build (source tree): ignore it
         _ctracing = None
-_cfold: Callable[[dict[str, list[int]], list[tuple[Any, ...]]], bool] | None = (
-    _ctracing.fold if _ctracing is not None else None
-)
+_cfold: Callable[..., bool] | None = _ctracing.fold if _ctracing is not None else None
 # A chunk of raw spans: a list of tuples, or the C SpanChunk that reads as one (its rows hold the
 # times as C integers: no tuple and no ints are made per span on the C path, nor freed on eviction).
 _new_chunk: Callable[[], list[tuple[Any, ...]]] = _ctracing.SpanChunk if _ctracing is not None else list
@@ -318,37 +317,52 @@ def _count_sinks(delta: int) -> None:
 _col_start, _col_end, _col_name, _col_outcome = (operator.itemgetter(i) for i in (0, 1, 2, 5))
 
 
-def _fold(aggs: dict[str, list[int]], chunk: list[tuple[Any, ...]]) -> None:
-    """Add raw spans to ``aggs`` (name -> [count, errors, cancelled, total_ns, max_ns]).
+def _fold(
+    aggs: dict[str, list[int]],
+    chunk: list[tuple[Any, ...]],
+    hists: dict[str, dict[int, int]] | None = None,
+    beaten: list[tuple[str, int]] | None = None,
+) -> None:
+    """Add raw spans to ``aggs`` (name -> [count, errors, cancelled, total_ns, max_ns]) and, given
+    ``hists``, their durations to ``hists`` (name -> {bucket: count}, :func:`bucket_of`'s buckets).
+    Given ``beaten``, append ``(name, row index)`` for each name whose longest span in ``chunk``
+    (the first of that length) is longer than any of that name folded before (or the name is new).
 
     This runs once per span in steady state (when spans fall off the ring), so it works on
     whole columns with C-level ``zip``/``map``/``sum`` rather than a Python loop per span.
     """
     if not chunk:
         return
-    if _cfold is not None and _cfold(aggs, chunk):  # the same sums in one C pass
+    if _cfold is not None and _cfold(aggs, chunk, hists, beaten):  # the same sums in one C pass
         return
-    _fold_columns(aggs, chunk)
+    _fold_columns(aggs, chunk, hists, beaten)
 
 
-def _fold_columns(aggs: dict[str, list[int]], chunk: list[tuple[Any, ...]]) -> None:
+def _fold_columns(
+    aggs: dict[str, list[int]],
+    chunk: list[tuple[Any, ...]],
+    hists: dict[str, dict[int, int]] | None = None,
+    beaten: list[tuple[str, int]] | None = None,
+) -> None:
     """The pure-Python fold (the C one hands back anything unusual to it)."""
     # Only the columns needed, each pulled out at C speed.
     names = list(map(_col_name, chunk))
     durations = list(map(operator.sub, map(_col_end, chunk), map(_col_start, chunk)))
     outcomes = list(map(_col_outcome, chunk))
     if len(set(names)) == 1:
-        groups: dict[str, tuple[list[int], Any]] = {names[0]: (durations, outcomes)}
+        groups: dict[str, tuple[list[int], Any, Any]] = {names[0]: (durations, outcomes, None)}
     else:
         groups = {}
-        for name, d, outcome in zip(names, durations, outcomes):
+        for i, (name, d, outcome) in enumerate(zip(names, durations, outcomes)):
             group = groups.get(name)
             if group is None:
-                group = groups[name] = ([], [])
+                group = groups[name] = ([], [], [])
             group[0].append(d)
             group[1].append(outcome)
-    for name, (ds, outs) in groups.items():
+            group[2].append(i)
+    for name, (ds, outs, rows) in groups.items():
         agg = aggs.get(name)
+        fresh = agg is None
         if agg is None:
             agg = aggs[name] = [0, 0, 0, 0, 0]
         agg[0] += len(ds)
@@ -358,7 +372,39 @@ def _fold_columns(aggs: dict[str, list[int]], chunk: list[tuple[Any, ...]]) -> N
             agg[1] += len(outs) - ok - cancelled
             agg[2] += cancelled
         agg[3] += sum(ds)
-        agg[4] = max(agg[4], max(ds))
+        longest = max(ds)
+        new_longest = longest > agg[4]
+        if new_longest:
+            agg[4] = longest
+        if beaten is not None and (new_longest or fresh):
+            at = ds.index(longest)
+            beaten.append((name, at if rows is None else rows[at]))
+        if hists is not None:
+            _add_buckets(hists.setdefault(name, {}), ds)
+
+
+def _add_buckets(hist: dict[int, int], durations: list[int]) -> None:
+    """``hist[bucket_of(d)] += 1`` for each duration (``int(d)`` for a float), by bucket rather than by
+    value: sorted once at C speed, then each bucket's values counted with one bisection. Sorts
+    ``durations`` in place."""
+    durations.sort()
+    n = len(durations)
+    i = 0
+    get = hist.get
+    while i < n:
+        v = int(durations[i])
+        if v >= _SUB:  # bucket_of(v) and bucket_upper() of it, inline: v's top 4 bits (8..15) and its shift
+            shift = v.bit_length() - _SUB_BITS - 1
+            top = v >> shift
+            b = (shift << _SUB_BITS) + top
+            j = bisect.bisect_right(durations, ((top + 1) << shift) - 1, i)
+        else:
+            b = max(v, 0)
+            j = bisect.bisect_right(durations, b, i)
+        if j <= i:  # a float just above its integer's bucket
+            j = i + 1
+        hist[b] = get(b, 0) + j - i
+        i = j
 
 
 def _percentile(sorted_values: list[int], q: float) -> int:
@@ -369,6 +415,28 @@ def _percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def _merged_percentile(sorted_values: list[int], hist: Mapping[int, int], hist_max: int, q: float) -> int:
+    """The nearest-rank ``q``-quantile of ``sorted_values`` (exact) together with the values counted
+    in ``hist`` (buckets of :func:`bucket_of`, largest value ``hist_max``), each of which stands at its
+    bucket's upper bound (at most ``hist_max``): exact when the rank falls on a kept value, else at
+    most one bucket (12.5%) above the true value, and never above the largest one."""
+    if not hist:
+        return _percentile(sorted_values, q)
+    points = sorted((min(bucket_upper(b), hist_max), n) for b, n in hist.items() if n > 0)
+    total = len(sorted_values) + sum(n for _, n in points)
+    if total == 0:
+        return 0
+    rank = min(total, max(1, -(-int(q * total * 1_000_000) // 1_000_000)))
+    seen = 0  # values of the histogram below the current point
+    for value, n in points:
+        if seen + bisect.bisect_left(sorted_values, value) >= rank:
+            return sorted_values[rank - seen - 1]
+        seen += n
+        if seen + bisect.bisect_right(sorted_values, value) >= rank:
+            return value
+    return sorted_values[rank - seen - 1]
+
+
 class Recorder:
     """Bounded, thread-safe store of events and aggregates.
 
@@ -377,7 +445,10 @@ class Recorder:
     recur all run long (``kind_caps``, by default :data:`~conctools.retention.DEFAULT_KIND_CAPS`)
     are kept apart, at most that many each (when that is below ``capacity``): periodic samples merged
     into coarser ones as the run grows, episodes as the first, the latest and the worst per site
-    (see :mod:`conctools.retention`), so that a long run's memory stays flat.
+    (see :mod:`conctools.retention`), so that a long run's memory stays flat. The spans of traced
+    calls (``kind_caps["span"]``) are kept as the latest that many and, of the older ones, the
+    slowest of each name (for up to a quarter as many names); their counts, totals, maxima and
+    duration histograms cover every span.
     """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, kind_caps: Mapping[str, int] | None = None) -> None:
@@ -399,10 +470,16 @@ class Recorder:
         self._sections: dict[str, SectionProvider] = {}
         self._local = threading.local()
         self._shards: list[_SpanShard] = []
-        # Sealed chunks of spans: (thread, chunk), oldest first, bounded by capacity.
+        # Sealed chunks of spans: (thread, chunk), oldest first, bounded by the span window below.
         self._chunks: deque[tuple[threading.Thread, list[tuple[Any, ...]]]] = deque()
-        self._kept = 0  # spans in sealed chunks; at most capacity + one chunk
+        self._kept = 0  # spans in sealed chunks; at most the span window + one chunk
         self._folded: dict[str, list[int]] = {}  # aggregates of spans no longer kept
+        self._folded_hist: dict[str, dict[int, int]] = {}  # their durations' histogram per name
+        # Spans kept in chunks (the latest ones) before they are folded, and of the folded ones the
+        # slowest per name (thread, raw span), for up to a quarter as many names.
+        self._span_window = self.kind_caps.get("span", capacity)
+        self._slowest_names = self._span_window // 4
+        self._slowest: dict[str, tuple[threading.Thread, tuple[Any, ...]]] = {}
 
     # ---- sinks and sections ----
     def add_sink(self, sink: Sink) -> None:
@@ -446,7 +523,7 @@ class Recorder:
                 store = self._stores.get(kind)
                 if store is not None:
                     store.add(event)
-                elif kind in self.kind_caps:
+                elif kind in self.kind_caps and kind != "span":  # (spans are capped in their chunks)
                     store = self._stores[kind] = make_store(kind, self.kind_caps[kind])
                     store.add(event)
                 else:
@@ -508,15 +585,21 @@ class Recorder:
             self._push_chunk(shard.thread, chunk)
 
     def _push_chunk(self, thread: threading.Thread, chunk: list[tuple[Any, ...]]) -> None:
-        """Append a sealed chunk; fold the oldest ones out past capacity (caller holds the lock)."""
+        """Append a sealed chunk; fold the oldest ones out past the span window, keeping the slowest
+        span of each name among them (caller holds the lock). Once per chunk: O(1) per span."""
         if not chunk:
             return
         self._chunks.append((thread, chunk))
         self._kept += len(chunk)
-        while self._kept - len(self._chunks[0][1]) >= self.capacity:
-            _, old = self._chunks.popleft()
+        while self._kept - len(self._chunks[0][1]) >= self._span_window:
+            owner, old = self._chunks.popleft()
             self._kept -= len(old)
-            _fold(self._folded, old)
+            beaten: list[tuple[str, int]] = []
+            _fold(self._folded, old, self._folded_hist, beaten)
+            slowest = self._slowest
+            for name, row in beaten:  # rare after warm-up: a new name, or a new longest span of one
+                if name in slowest or len(slowest) < self._slowest_names:
+                    slowest[name] = (owner, old[row])
 
     def _retire_dead_shards(self) -> None:
         """Seal the chunks of finished threads and forget their shards (caller holds the lock)."""
@@ -566,12 +649,15 @@ class Recorder:
     def span_stats(self) -> tuple[SpanStats, ...]:
         """Aggregates per span name, slowest total first.
 
-        Counts, errors, totals and maxima cover every span ever recorded; percentiles are
-        exact over the spans still kept (the most recent ``capacity``), which is every span
-        of most runs: folding a histogram per evicted span would cost more than the span.
+        Counts, errors, totals, maxima and percentiles cover every span ever recorded. Percentiles
+        are exact over the spans still kept (the latest ones: every span of most runs); a span
+        folded away counts in its name's histogram, at its bucket's upper bound (at most 12.5%
+        above it, never above the longest one).
         """
         with self._lock:
             merged = {name: list(agg) for name, agg in self._folded.items()}
+            hists = {name: dict(hist) for name, hist in self._folded_hist.items()}
+        folded_max = {name: agg[4] for name, agg in merged.items()}
         window: dict[str, list[int]] = {}
         for _thread_obj, chunk in self._span_chunks():
             _fold(merged, chunk)
@@ -580,6 +666,9 @@ class Recorder:
         out = []
         for name, (count, errors, cancelled, total_ns, max_ns) in merged.items():
             recent = sorted(window.get(name, ()))
+            hist = hists.get(name, {})
+            fmax = folded_max.get(name, 0)
+            p50, p95, p99 = (_merged_percentile(recent, hist, fmax, q) for q in (0.50, 0.95, 0.99))
             out.append(
                 SpanStats(
                     name=name,
@@ -588,22 +677,31 @@ class Recorder:
                     cancelled=cancelled,
                     total_s=total_ns / 1e9,
                     max_s=max_ns / 1e9,
-                    p50_s=_percentile(recent, 0.50) / 1e9,
-                    p95_s=_percentile(recent, 0.95) / 1e9,
-                    p99_s=_percentile(recent, 0.99) / 1e9,
+                    p50_s=p50 / 1e9,
+                    p95_s=p95 / 1e9,
+                    p99_s=p99 / 1e9,
                 )
             )
         out.sort(key=lambda s: (-s.total_s, s.name))
         return tuple(out)
 
     def events(self) -> list[Event]:
-        """The most recent ``capacity`` events (spans materialised), oldest first."""
+        """The kept events (spans materialised), oldest first: at most ``capacity``, the most recent
+        ones and the slowest span of each name among those folded away."""
         _run_before_read()
         events = self._kept_events()
         for thread, chunk in self._span_chunks():
             events.extend(self._materialize(thread, raw) for raw in chunk)
+        with self._lock:
+            slowest = list(self._slowest.values())
         events.sort(key=lambda e: e.ts_ns)
-        return events[-self.capacity :]
+        room = self.capacity - len(slowest)  # at least 3/4 of it: at most capacity // 4 names
+        if len(events) > room:
+            events = events[len(events) - room :]
+        if slowest:
+            events += [self._materialize(thread, raw) for thread, raw in slowest]
+            events.sort(key=lambda e: e.ts_ns)
+        return events
 
     def _kept_events(self) -> list[Event]:
         """The ring's events and the per-kind stores' (spans left out), in no particular order."""
@@ -667,6 +765,8 @@ class Recorder:
         self._chunks = deque()
         self._kept = 0
         self._folded = {}
+        self._folded_hist = {}
+        self._slowest = {}
         self.started_ns = time.monotonic_ns()
         self.started_wall = time.time()
         self.meta = {"pid": os.getpid(), "python": sys.version.split()[0]}
@@ -683,6 +783,8 @@ class Recorder:
             self._chunks.clear()
             self._kept = 0
             self._folded.clear()
+            self._folded_hist.clear()
+            self._slowest.clear()
             for shard in self._shards:
                 shard.chunk.clear()
             self.started_ns = time.monotonic_ns()

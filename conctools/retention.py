@@ -15,6 +15,9 @@ table, the slow-callback sites, the pool statistics, the resource peaks):
 - episodes (:class:`EpisodeStore`: ``slow_callback``, ``pool_exhausted``, ``blocking_call``)
   keep the first ones, the most recent ones and, of those in between, the worst
   (longest) one per site: every site that ever showed up keeps an example.
+- spans of traced calls (``span``, the most frequent by far) stay in the recorder's own chunks,
+  the latest ones, and of those folded away (into exact counts, totals, maxima and a duration
+  histogram per name) the slowest one per name: see :class:`~conctools.recorder.Recorder`.
 
 >>> from conctools.events import GilSampleEvent
 >>> series = SampleSeries(4)
@@ -46,15 +49,19 @@ __all__ = ["DEFAULT_KIND_CAPS", "EpisodeStore", "SampleSeries", "make_store"]
 
 # Events kept per kind at most (a cap at or above the recorder's capacity is ignored). Other kinds
 # stay in the recorder's ring, bounded by its capacity: deadlocks, hangs, lock-order inversions,
-# failures and marks are rare; spans are folded into exact aggregates; lock waits are sampled by
-# their producer already (the first per site, those above the threshold, the longest per site),
-# and reports without the lock table (a hand-made snapshot) sum their kept waits.
+# failures and marks are rare; lock waits are sampled by their producer already (the first per
+# site, those above the threshold, the longest per site), and reports without the lock table (a
+# hand-made snapshot) sum their kept waits. Spans of traced calls (a server makes dozens a second)
+# are kept in the recorder's own chunks: the latest "span" ones and, of those folded into the exact
+# aggregates and histograms, the slowest per name (see Recorder); a SpanEvent given to record()
+# stays in the ring.
 DEFAULT_KIND_CAPS: Mapping[str, int] = {
     "gil_sample": 512,
     "resource_sample": 512,
     "slow_callback": 256,
     "pool_exhausted": 256,
     "blocking_call": 256,
+    "span": 4096,
 }
 
 

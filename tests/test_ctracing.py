@@ -506,6 +506,33 @@ class TestFold:
             recorder._fold_columns(by_python, list(rows))
         assert by_c == by_python
 
+    @settings(max_examples=150, deadline=None)
+    @given(rows=_rows, existing=st.booleans())
+    def test_same_histograms_and_longest_as_python(self, rows: list[tuple[Any, ...]], existing: bool) -> None:
+        """With histograms and the longest spans asked for, both folds give the same buckets (those of
+        bucket_of) and name the same rows as new longest spans."""
+        start = {"a": [3, 1, 1, 10**6, 5]} if existing else {}
+        hist_start = {"a": {1: 2, 40: 1}} if existing else {}
+        by_c = {k: list(v) for k, v in start.items()}
+        by_python = {k: list(v) for k, v in start.items()}
+        hists_c = {k: dict(v) for k, v in hist_start.items()}
+        hists_python = {k: dict(v) for k, v in hist_start.items()}
+        beaten_c: list[tuple[str, int]] = []
+        beaten_python: list[tuple[str, int]] = []
+        recorder._fold(by_c, list(rows), hists_c, beaten_c)
+        if rows:
+            recorder._fold_columns(by_python, list(rows), hists_python, beaten_python)
+        assert by_c == by_python and hists_c == hists_python and beaten_c == beaten_python
+        expected: dict[str, dict[int, int]] = {k: dict(v) for k, v in hist_start.items()}
+        for row in rows:
+            b = recorder.bucket_of(row[1] - row[0])
+            expected.setdefault(row[2], {})[b] = expected.get(row[2], {}).get(b, 0) + 1
+        assert hists_python == expected
+        for name, i in beaten_python:  # the first of the name's longest spans in the chunk
+            durations = [r[1] - r[0] if r[2] == name else None for r in rows]
+            assert durations.index(max(d for d in durations if d is not None)) == i
+        assert {name for name, _ in beaten_python} >= {r[2] for r in rows} - set(start)  # every new name
+
     def test_unusual_rows_go_to_python(self) -> None:
         """Rows the C fold does not take (floats, short tuples) leave aggs untouched for the Python fold."""
         aggs: dict[str, list[int]] = {}
@@ -564,6 +591,14 @@ class TestSpanChunk:
         recorder._fold(by_c, chunk)
         recorder._fold_columns(by_python, list(self.ROWS * 3))
         assert by_c == by_python
+        hists_c: dict[str, dict[int, int]] = {}
+        hists_python: dict[str, dict[int, int]] = {}
+        beaten_c: list[tuple[str, int]] = []
+        beaten_python: list[tuple[str, int]] = []
+        recorder._fold({}, chunk, hists_c, beaten_c)
+        recorder._fold_columns({}, list(self.ROWS * 3), hists_python, beaten_python)
+        assert hists_c == hists_python == {"a": {15: 3}, "b": {1: 3}, "c": {5: 3}}
+        assert beaten_c == beaten_python == [("a", 0), ("b", 1), ("c", 2)]
 
 
 class TestCreationSites:

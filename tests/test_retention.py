@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from conctools import traced
 from conctools.demo import find_findings
 from conctools.events import (
     Frame,
@@ -12,8 +20,9 @@ from conctools.events import (
     PoolExhaustedEvent,
     ResourceSampleEvent,
     SlowCallbackEvent,
+    SpanEvent,
 )
-from conctools.recorder import Recorder
+from conctools.recorder import SPAN_CHUNK, Recorder, use_recorder
 from conctools.reporting import render_text
 from conctools.retention import DEFAULT_KIND_CAPS, EpisodeStore, SampleSeries
 
@@ -179,3 +188,142 @@ class TestConsumersStayExact:
         lines = find_findings(rec.snapshot())
         assert "event loop blocked 50 times (worst 500 ms)" in lines[0]
         assert "app.py:42 in f42 (50 stalls)" in lines[0]
+
+
+def _span_run(rec: Recorder, n: int = 20_000) -> dict[str, int]:
+    """``n`` spans of four names straight into ``rec``'s hot path, with chosen times: name ``n{k}``'s
+    first half lasts 1,000-1,999 us, its second half 10-19 us; each name's longest (5 ms) is early.
+    Returns each name's span id of its longest span."""
+    longest: dict[str, int] = {}
+    t = 1_000_000_000
+    for i in range(n):
+        name = f"n{i % 4}"
+        if i // 4 == 100 + i % 4:
+            duration = 5_000_000
+            longest[name] = i + 1
+        elif i < n // 2:
+            duration = 1_000_000 + (i * 7919) % 1_000_000
+        else:
+            duration = 10_000 + (i * 7919) % 10_000
+        rec.record_span(name, i + 1, None, t, t + duration, "ok" if i % 10 else "raised", None, f"Task-{i}")
+        t += 100_000
+    return longest
+
+
+class TestSpans:
+    """Spans of traced calls: the latest ones and the slowest per name kept, every one counted."""
+
+    def test_long_stream_of_traced_calls_stays_bounded(self) -> None:
+        """60,000 traced calls of three names with a span cap of 1,000: at most 1,000 + two chunks
+        + the three slowest kept at any time after warm-up, every call counted per name, each name's
+        longest span among those kept, and the report's header says how many were not kept."""
+        rec = Recorder(kind_caps={"span": 1_000})
+
+        @traced("a")
+        def a() -> None:
+            pass
+
+        @traced("b")
+        def b() -> None:
+            pass
+
+        @traced("c")
+        def c() -> None:
+            pass
+
+        kept_over_time = []
+        with use_recorder(rec):
+            for _ in range(6):
+                for _ in range(5_000):
+                    a()
+                    b()
+                for _ in range(10_000):
+                    c()
+                kept_over_time.append(len(rec.events()))
+        assert max(kept_over_time) <= 1_000 + 2 * SPAN_CHUNK + 3, kept_over_time
+        snap = rec.snapshot()
+        stats = {s.name: s for s in snap.spans}
+        assert {n: s.count for n, s in stats.items()} == {"a": 30_000, "b": 30_000, "c": 60_000}
+        assert snap.counts == {"span": 120_000}
+        kept = snap.of_kind(SpanEvent)
+        for name in "abc":  # the longest is either still among the latest or kept as the slowest
+            assert max(e.duration_s for e in kept if e.name == name) == stats[name].max_s
+        not_kept = 120_000 - len(kept)
+        assert f"{not_kept:,} more not kept as events: span {not_kept:,}; the counts are exact" in render_text(snap)
+
+    def test_default_cap_applies(self) -> None:
+        """A default recorder (capacity 100,000) given 30,000 spans keeps about the default span cap of them."""
+        rec = Recorder()
+        _span_run(rec, 30_000)
+        kept = rec.snapshot().of_kind(SpanEvent)
+        assert DEFAULT_KIND_CAPS["span"] < len(kept) + SPAN_CHUNK
+        assert len(kept) <= DEFAULT_KIND_CAPS["span"] + SPAN_CHUNK + 4
+
+    def test_slowest_per_name_and_percentiles_over_every_span(self) -> None:
+        """20,000 spans, 512 kept: each name's longest (early, long folded away) is kept by its id;
+        counts, errors and totals are exact; p50, p95 and p99 are within a bucket above the true ones
+        over all 5,000 spans of each name (p95 and p99 in the folded first half, ~2 ms), although
+        every kept span but the slowest lasts under 20 us."""
+        rec = Recorder(kind_caps={"span": 512})
+        longest = _span_run(rec)
+        snap = rec.snapshot()
+        kept = snap.of_kind(SpanEvent)
+        assert len(kept) <= 512 + SPAN_CHUNK + 4
+        ids = {e.span_id for e in kept}
+        assert set(longest.values()) <= ids
+        assert all(e.duration_s < 20e-6 for e in kept if e.span_id not in longest.values())
+        stats = {s.name: s for s in snap.spans}
+        assert set(stats) == {"n0", "n1", "n2", "n3"}
+        for name, s in stats.items():
+            k = int(name[1])
+            durations = [
+                5_000_000 if i // 4 == 100 + k
+                else 1_000_000 + (i * 7919) % 1_000_000 if i < 10_000
+                else 10_000 + (i * 7919) % 10_000
+                for i in range(k, 20_000, 4)
+            ]  # fmt: skip
+            assert s.count == 5_000 and s.errors == sum(1 for i in range(k, 20_000, 4) if i % 10 == 0)
+            assert s.total_s == pytest.approx(sum(durations) / 1e9) and s.max_s == 0.005
+            ordered = sorted(durations)
+            for q, got in ((0.50, s.p50_s), (0.95, s.p95_s), (0.99, s.p99_s)):
+                true = ordered[int(q * len(ordered) + 0.999999) - 1] / 1e9
+                assert true <= got <= true * 1.125, (name, q, true, got)
+        assert snap.counts == {"span": 20_000}
+
+    def test_pure_python_keeps_the_same(self) -> None:
+        """The same spans into a CONCTOOLS_PURE_PYTHON=1 process keep the same spans (ids), counts,
+        totals, maxima and percentiles as here (the C fold, where it is built)."""
+        script = (
+            "import json, sys\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "from test_retention import _span_run, _span_summary\n"
+            "from conctools.recorder import Recorder\n"
+            "rec = Recorder(kind_caps={'span': 512})\n"
+            "_span_run(rec)\n"
+            "print(json.dumps(_span_summary(rec)))\n"
+        )
+        env = {**os.environ, "CONCTOOLS_PURE_PYTHON": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(Path(__file__).parent)],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        rec = Recorder(kind_caps={"span": 512})
+        _span_run(rec)
+        assert json.loads(proc.stdout) == json.loads(json.dumps(_span_summary(rec)))
+
+    def test_clear_forgets_kept_slowest(self) -> None:
+        """clear() forgets the folded spans' histograms and slowest spans too."""
+        rec = Recorder(kind_caps={"span": 512})
+        _span_run(rec, 4_000)
+        rec.clear()
+        assert rec.events() == [] and rec.span_stats() == ()
+
+
+def _span_summary(rec: Recorder) -> dict[str, Any]:
+    snap = rec.snapshot()
+    return {
+        "kept": sorted(e.span_id for e in snap.of_kind(SpanEvent)),
+        "stats": [[s.name, s.count, s.errors, s.total_s, s.max_s, s.p50_s, s.p95_s, s.p99_s] for s in snap.spans],
+        "counts": snap.counts,
+    }
