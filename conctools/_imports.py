@@ -108,16 +108,43 @@ def hold_imports_for_fork() -> tuple[ForkHold, bool]:
     the program's business, as without conctools."""
     hold = ForkHold()
     deadline = time.monotonic() + BACKGROUND_IMPORT_WAIT_S
-    hold.background = background_imports.acquire(timeout=BACKGROUND_IMPORT_WAIT_S)
     while True:
+        hold.background = background_imports.acquire(timeout=max(0.0, deadline - time.monotonic()))
         _imp.acquire_lock()
         if not _our_import_under_way():
             hold.import_lock = True
             return hold, hold.background
-        _imp.release_lock()  # (the importing thread may need it to go on: a nested import)
+        # Let both go while the import goes on: it may need either (a nested import needs the import
+        # lock; conctools' first log line takes background_imports: _log._logging), and logging's lock.
+        _imp.release_lock()
+        if hold.background:
+            hold.background = False
+            background_imports.release()
         if time.monotonic() >= deadline:
             return hold, False
+        logging_lock = _let_go_of_logging()
         time.sleep(0.0005)
+        _take_back(logging_lock)
+
+
+def _let_go_of_logging() -> Any:
+    """``logging``'s own before-fork hook runs first when ``logging`` was imported after conctools
+    registered its hook, and takes logging's lock in the forking thread: the import waited for may
+    need that lock (``concurrent.futures`` makes its logger as it is imported). Let go of it, if this
+    thread holds it, while that import goes on; returns what :func:`_take_back` needs."""
+    lock = getattr(sys.modules.get("logging"), "_lock", None)
+    try:
+        if lock is None or not lock._is_owned():
+            return None
+        return lock, lock._release_save()
+    except Exception:  # (a lock without those methods: keep it)
+        return None
+
+
+def _take_back(saved: Any) -> None:
+    if saved is not None:
+        lock, state = saved
+        lock._acquire_restore(state)
 
 
 def forks_wait_for_imports() -> None:

@@ -265,10 +265,12 @@ from conctools.children.forking import guard_forks
 
 if sys.argv[1] != "library":  # as under conctools run; else a library's enable_dump()
     guard_forks()
+if sys.argv[1] == "lazy-logger":  # imported after conctools' hook: logging's before-fork hook runs first
+    import logging
 print("logging imported before:", "logging" in sys.modules, flush=True)
 builtins.GATE = threading.Event()
 about_to_fork = threading.Event()
-if sys.argv[1] == "lazy":  # a conctools thread's first use of a module imported lazily, not in the background
+if sys.argv[1].startswith("lazy"):  # a conctools thread's first use of a module imported lazily, not in the background
     importer = threading.Thread(target=__import__, args=("slow_mod",), name="conctools-watchdog")
 else:
     importer = threading.Thread(target=import_in_background, args=(["slow_mod"],))
@@ -370,13 +372,16 @@ class TestForkDuringBackgroundImport:
     the module (it hung: the module half made, its import lock held by a thread the child lacks)."""
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-    @pytest.mark.parametrize("how", ["conctools-run", "library", "lazy"])
+    @pytest.mark.parametrize("how", ["conctools-run", "library", "lazy", "lazy-logger"])
     def test_fork_waits_for_the_import(self, tmp_path: Any, how: str) -> None:
+        """lazy-logger: the module makes its logger as it is imported (as ``concurrent.futures`` does),
+        which takes logging's lock, held by then by logging's own before-fork hook in the forking thread."""
         import os
         import subprocess
 
+        body = "import logging\n" if how != "lazy-logger" else "import logging\nlogging.getLogger('slow_mod')\n"
         (tmp_path / "slow_mod.py").write_text(
-            "import builtins\nbuiltins.GATE.wait(30)\nimport logging\nVALUE = 42\n", encoding="utf-8"
+            "import builtins\nbuiltins.GATE.wait(30)\n" + body + "VALUE = 42\n", encoding="utf-8"
         )
         (tmp_path / "prog.py").write_text(FORK_DURING_IMPORT, encoding="utf-8")
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
