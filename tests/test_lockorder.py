@@ -164,6 +164,49 @@ class TestInversions:
         (event,) = inversions(ordered)
         assert {e.task_name for e in event.edges} == {"task-ab", "task-ba"}
 
+    def test_task_held_stacks_exact_when_taken_again_and_again(self, ordered: Recorder) -> None:
+        """aio.Locks taken alone again and again at one site by fresh tasks (their held-stack push and pop
+        then need no Python) are on their task's held stack exactly while held, the stack is forgotten
+        once empty, and the inversion the same locks make later is reported with its lines."""
+        seen: list[object] = []
+        lines: dict[str, int] = {}
+
+        async def main() -> None:
+            a, b = aio.Lock(name="fa"), aio.Lock(name="fb")
+
+            async def once(lock: aio.Lock) -> None:
+                me = asyncio.current_task()
+                async with lock:
+                    held = lockorder._task_stacks.get(id(me))
+                    seen.append([h[2] for h in held] if held is not None else None)
+                seen.append(id(me) in lockorder._task_stacks)
+
+            for _ in range(20):
+                await asyncio.create_task(once(a))
+                await asyncio.create_task(once(b))
+
+            async def ab() -> None:
+                async with a:
+                    lines["ab"] = lineno() + 1
+                    async with b:
+                        await asyncio.sleep(0)
+
+            async def ba() -> None:
+                async with b:
+                    lines["ba"] = lineno() + 1
+                    async with a:
+                        await asyncio.sleep(0)
+
+            await asyncio.create_task(ab(), name="task-ab")
+            await asyncio.create_task(ba(), name="task-ba")
+
+        asyncio.run(main())
+        assert seen == [["fa"], False, ["fb"], False] * 20
+        (event,) = inversions(ordered)
+        assert {e.task_name for e in event.edges} == {"task-ab", "task-ba"}
+        text = format_lock_order(event)
+        assert f"{HERE}:{lines['ab']}" in text and f"{HERE}:{lines['ba']}" in text
+
     def test_same_class_cycle_among_many_futures(self, ordered: Recorder) -> None:
         """``wait()`` holds the conditions of all its futures (one class, kept per instance); taking
         the last one it took, then the first, in another thread is reported as a two-lock cycle whose
