@@ -3961,7 +3961,7 @@ py_aio_took(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         Py_RETURN_FALSE;
     }
     PyObject *ordered = aio_attr(lock, s_ct_ordered), *entry = NULL, *owner = NULL, *key = NULL, *since_obj = NULL;
-    PyObject *held = NULL; /* borrowed from stacks */
+    PyObject *held = NULL; /* the task's stack, if it has one */
     PyObject *site = NULL; /* borrowed from entry */
     int is_ordered = ordered != NULL ? PyObject_IsTrue(ordered) : -1;
     int done = 0;
@@ -3989,9 +3989,11 @@ py_aio_took(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         if (owner == NULL || owner == Py_None) goto out;
         key = PyLong_FromVoidPtr(owner);
         if (key == NULL) goto out;
-        held = PyDict_GetItemWithError(stacks, key);
+        held = Py_XNewRef(PyDict_GetItemWithError(stacks, key));
         if (held == NULL && PyErr_Occurred()) goto out;
         if (held != NULL && (!PyList_CheckExact(held) || PyList_GET_SIZE(held) != 0)) goto out; /* check() */
+        Py_ssize_t k = PyList_GET_SIZE(spare);
+        if (held == NULL && k > 0 && !PyList_CheckExact(PyList_GET_ITEM(spare, k - 1))) goto out;
     }
     /* Everything checked: from here on only stores (an allocation failure leaves them half done, as
      * Python's would). */
@@ -4007,10 +4009,10 @@ py_aio_took(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
             stack = Py_NewRef(held);
         }
         else {
-            Py_ssize_t k = PyList_GET_SIZE(spare);
+            Py_ssize_t k = PyList_GET_SIZE(spare); /* (its last one a plain list: checked above) */
             stack = k > 0 ? Py_NewRef(PyList_GET_ITEM(spare, k - 1)) : PyList_New(0);
             if (stack == NULL || (k > 0 && PyList_SetSlice(spare, k - 1, k, NULL) < 0) ||
-                !PyList_CheckExact(stack) || PyDict_SetItem(stacks, key, stack) < 0) {
+                PyDict_SetItem(stacks, key, stack) < 0) {
                 Py_XDECREF(stack);
                 goto out;
             }
@@ -4025,6 +4027,7 @@ out:
     Py_XDECREF(entry);
     Py_XDECREF(owner);
     Py_XDECREF(key);
+    Py_XDECREF(held);
     if (PyErr_Occurred()) swallow();
     return Py_NewRef(done ? Py_True : Py_False);
 }

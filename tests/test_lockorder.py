@@ -9,8 +9,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 import conctools
-from conctools import aio, lockorder
+from conctools import aio, lockorder, locks
 from conctools.events import LockOrderEvent, event_from_dict
 from conctools.recorder import Recorder
 from conctools.reporting.locks_text import format_lock_order, lock_order_section
@@ -206,6 +208,40 @@ class TestInversions:
         assert {e.task_name for e in event.edges} == {"task-ab", "task-ba"}
         text = format_lock_order(event)
         assert f"{HERE}:{lines['ab']}" in text and f"{HERE}:{lines['ba']}" in text
+
+    def test_task_held_stacks_kept_in_c_after_the_first_acquisition(
+        self, ordered: Recorder, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With the C extension, an aio.Lock taken alone again and again at one site goes through the
+        Python bookkeeping only the first time (to cache its site); its releases never do."""
+        if not locks.SPEEDUPS:
+            pytest.skip("the pure-Python path runs the Python methods by design")
+        calls: list[str] = []
+        took, released = aio.Lock._took_timed, aio.Lock._released_timed
+
+        def counted_took(self: aio.Lock, frame: object, t0: int) -> None:
+            calls.append("took")
+            took(self, frame, t0)
+
+        def counted_released(self: aio.Lock) -> None:
+            calls.append("released")
+            released(self)
+
+        monkeypatch.setattr(aio.Lock, "_took_timed", counted_took)
+        monkeypatch.setattr(aio.Lock, "_released_timed", counted_released)
+
+        async def main() -> None:
+            lock = aio.Lock(name="again")
+
+            async def once() -> None:
+                async with lock:
+                    pass
+
+            for _ in range(30):
+                await asyncio.create_task(once())
+
+        asyncio.run(main())
+        assert calls == ["took"]
 
     def test_same_class_cycle_among_many_futures(self, ordered: Recorder) -> None:
         """``wait()`` holds the conditions of all its futures (one class, kept per instance); taking
