@@ -62,7 +62,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 9
+#define API_VERSION 10
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -4140,6 +4140,187 @@ py_pool_sem_ended(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     Py_RETURN_NONE;
 }
 
+/* -- asyncio Lock: the lock-order bookkeeping of an acquisition and its release (conctools.aio) ---- */
+
+static PyObject *s_ct_ordered, *s_ct_entry, *s_ct_owner, *s_ct_since, *s_ct_site, *s_ct_holdstack;
+
+/* An attribute of an aio.Lock (new reference), or NULL with no error set. (Attribute access, not its
+ * instance dict: asking for the dict would make one out of the inline values, which slows every
+ * attribute read of the Python methods.) */
+static PyObject *
+aio_attr(PyObject *lock, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(lock, name);
+    if (v == NULL) swallow();
+    return v;
+}
+
+/* aio_took(lock, task_stacks, spare_stacks) -> bool: conctools.aio.Lock._took_timed(frame, 0) for the
+ * frame that called the lock's method (the caller of the caller), when it needs no Python: the hold is
+ * sampled (1 in HOLD_SAMPLE), and in lock-order mode the lock's cached held-stack entry is for that
+ * very site (code, offset), the lock is held by a task and that task holds no other lock (nothing to
+ * check): the entry is pushed on the task's held stack (task_stacks[id(task)], a spare one or a new
+ * list). False: nothing was done (the caller runs _took_timed). Never raises. */
+static PyObject *
+py_aio_took(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || g_tracked_type == NULL || !PyObject_TypeCheck(args[0], g_tracked_type) ||
+        !PyDict_CheckExact(args[1]) || !PyList_CheckExact(args[2])) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *lock = args[0], *stacks = args[1], *spare = args[2];
+    PyObject *nobj = ((TrackedObject *)lock)->n;
+    long long n = nobj != NULL && PyLong_CheckExact(nobj) ? as_ll(nobj) : -1;
+    if (n < 0) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    PyObject *ordered = aio_attr(lock, s_ct_ordered), *entry = NULL, *owner = NULL, *key = NULL, *since_obj = NULL;
+    PyObject *held = NULL; /* the task's stack, if it has one */
+    PyObject *site = NULL; /* borrowed from entry */
+    int is_ordered = ordered != NULL ? PyObject_IsTrue(ordered) : -1;
+    int done = 0;
+    if (is_ordered < 0) goto out;
+    if (is_ordered) {
+        /* the caller's caller: the frame that took the lock */
+        FrameCursor c;
+        cursor_start(&c);
+        PyCodeObject *code = NULL;
+        int lasti = -1, found = 0;
+        if (cursor_get(&c, &code, &lasti)) {
+            cursor_next(&c);
+            found = cursor_get(&c, &code, &lasti);
+        }
+        cursor_end(&c); /* (the code stays alive: its frame still runs) */
+        if (!found) goto out;
+        entry = aio_attr(lock, s_ct_entry);
+        if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 5) goto out;
+        site = PyTuple_GET_ITEM(entry, 4);
+        if (!PyTuple_CheckExact(site) || PyTuple_GET_SIZE(site) != 2 || PyTuple_GET_ITEM(site, 0) != (PyObject *)code ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(site, 1)) || PyLong_AsLong(PyTuple_GET_ITEM(site, 1)) != lasti) {
+            goto out;
+        }
+        owner = aio_attr(lock, s_ct_owner);
+        if (owner == NULL || owner == Py_None) goto out;
+        key = PyLong_FromVoidPtr(owner);
+        if (key == NULL) goto out;
+        held = Py_XNewRef(PyDict_GetItemWithError(stacks, key));
+        if (held == NULL && PyErr_Occurred()) goto out;
+        if (held != NULL && (!PyList_CheckExact(held) || PyList_GET_SIZE(held) != 0)) goto out; /* check() */
+        Py_ssize_t k = PyList_GET_SIZE(spare);
+        if (held == NULL && k > 0 && !PyList_CheckExact(PyList_GET_ITEM(spare, k - 1))) goto out;
+    }
+    /* Everything checked: from here on only stores (an allocation failure leaves them half done, as
+     * Python's would). */
+    done = 1;
+    long long since = n & g_mask ? 0 : mono_ns();
+    since_obj = PyLong_FromLongLong(since);
+    if (since_obj == NULL || PyObject_SetAttr(lock, s_ct_since, since_obj) < 0) goto out;
+    Py_CLEAR(since_obj);
+    if (is_ordered) {
+        if (PyObject_SetAttr(lock, s_ct_site, site) < 0) goto out;
+        PyObject *stack = NULL; /* new reference */
+        if (held != NULL) {
+            stack = Py_NewRef(held);
+        }
+        else {
+            Py_ssize_t k = PyList_GET_SIZE(spare); /* (its last one a plain list: checked above) */
+            stack = k > 0 ? Py_NewRef(PyList_GET_ITEM(spare, k - 1)) : PyList_New(0);
+            if (stack == NULL || (k > 0 && PyList_SetSlice(spare, k - 1, k, NULL) < 0) ||
+                PyDict_SetItem(stacks, key, stack) < 0) {
+                Py_XDECREF(stack);
+                goto out;
+            }
+        }
+        int r = PyObject_SetAttr(lock, s_ct_holdstack, stack) < 0 || PyList_Append(stack, entry) < 0;
+        Py_DECREF(stack);
+        if (r) goto out;
+    }
+out:
+    Py_XDECREF(since_obj);
+    Py_XDECREF(ordered);
+    Py_XDECREF(entry);
+    Py_XDECREF(owner);
+    Py_XDECREF(key);
+    Py_XDECREF(held);
+    if (PyErr_Occurred()) swallow();
+    return Py_NewRef(done ? Py_True : Py_False);
+}
+
+/* aio_released(lock, task_stacks, spare_stacks) -> bool: conctools.aio.Lock._released_timed() when the
+ * lock is the innermost of its held stack (or on none): the sampled hold added to its histogram, the
+ * lock popped off the stack, and an emptied stack of a task handed to the spares (at most 64). False:
+ * nothing was done (the caller runs _released_timed). Never raises. */
+static PyObject *
+py_aio_released(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || g_tracked_type == NULL || !PyObject_TypeCheck(args[0], g_tracked_type) ||
+        !PyDict_CheckExact(args[1]) || !PyList_CheckExact(args[2])) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *lock = args[0], *stacks = args[1], *spare = args[2];
+    PyObject *since_obj = aio_attr(lock, s_ct_since), *held = NULL, *owner = NULL, *key = NULL;
+    int done = 0;
+    long long since = since_obj != NULL && PyLong_CheckExact(since_obj) ? as_ll(since_obj) : -1;
+    if (since < 0) goto out;
+    held = aio_attr(lock, s_ct_holdstack);
+    if (held == NULL) goto out;
+    Py_ssize_t k = 0;
+    if (held != Py_None) {
+        if (!PyList_CheckExact(held) || (k = PyList_GET_SIZE(held)) == 0) goto out;
+        PyObject *last = PyList_GET_ITEM(held, k - 1);
+        if (!PyTuple_CheckExact(last) || PyTuple_GET_SIZE(last) < 1 || !PyWeakref_CheckRef(PyTuple_GET_ITEM(last, 0)))
+            goto out;
+#if PY_VERSION_HEX >= 0x030D0000
+        PyObject *obj = NULL;
+        int same = PyWeakref_GetRef(PyTuple_GET_ITEM(last, 0), &obj) == 1 && obj == lock;
+        Py_XDECREF(obj);
+#else
+        int same = PyWeakref_GetObject(PyTuple_GET_ITEM(last, 0)) == lock; /* (borrowed) */
+#endif
+        if (!same) goto out; /* not the innermost: lockorder.note_released() */
+        owner = aio_attr(lock, s_ct_owner);
+        if (owner == NULL) goto out;
+    }
+    /* Everything checked: from here on only stores. */
+    done = 1;
+    if (since) {
+        if (PyObject_SetAttr(lock, s_ct_since, g_zero_int) < 0) goto out;
+        PyObject *hold = ((TrackedObject *)lock)->hold; /* borrowed */
+        if (hold != NULL && hold != Py_None) {
+            long long now = mono_ns();
+            if (g_hist_type != NULL && Py_IS_TYPE(hold, (PyTypeObject *)g_hist_type)) {
+                if (hist_add_fields(hold, now - since) < 0) goto out;
+            }
+            else {
+                PyObject *v = PyLong_FromLongLong(now - since);
+                PyObject *r = v != NULL ? PyObject_CallMethodOneArg(hold, s_add, v) : NULL;
+                Py_XDECREF(v);
+                if (r == NULL) goto out;
+                Py_DECREF(r);
+            }
+        }
+    }
+    if (held != Py_None) {
+        if (PyObject_SetAttr(lock, s_ct_holdstack, Py_None) < 0 || PyList_SetSlice(held, k - 1, k, NULL) < 0) goto out;
+        if (k == 1 && owner != Py_None) {
+            key = PyLong_FromVoidPtr(owner);
+            PyObject *mine = key != NULL ? PyDict_GetItemWithError(stacks, key) : NULL; /* borrowed */
+            if (mine == held) {
+                if (PyDict_DelItem(stacks, key) < 0) goto out;
+                if (PyList_GET_SIZE(spare) < 64 && PyList_Append(spare, held) < 0) goto out;
+            }
+        }
+    }
+out:
+    Py_XDECREF(since_obj);
+    Py_XDECREF(held);
+    Py_XDECREF(owner);
+    Py_XDECREF(key);
+    if (PyErr_Occurred()) swallow();
+    return Py_NewRef(done ? Py_True : Py_False);
+}
+
 /* setup_pools(sem_states, started, ended, state_globals): the pool blame's tables and slow paths. */
 static PyObject *
 py_setup_pools(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -4388,6 +4569,10 @@ static PyMethodDef module_methods[] = {
      "pool_sem_started(prim) -> start_ns: a task must wait on a traced asyncio semaphore (pool blame)"},
     {"pool_sem_ended", (PyCFunction)(void (*)(void))py_pool_sem_ended, METH_FASTCALL,
      "pool_sem_ended(prim, start_ns): that wait is over"},
+    {"aio_took", (PyCFunction)(void (*)(void))py_aio_took, METH_FASTCALL,
+     "aio_took(lock, task_stacks, spare_stacks) -> bool: aio.Lock._took_timed when no Python is needed"},
+    {"aio_released", (PyCFunction)(void (*)(void))py_aio_released, METH_FASTCALL,
+     "aio_released(lock, task_stacks, spare_stacks) -> bool: aio.Lock._released_timed when no Python is needed"},
     {"setup_pools", (PyCFunction)(void (*)(void))py_setup_pools, METH_FASTCALL,
      "setup_pools(sem_states, started, ended, state_globals): pool blame's tables and Python paths"},
     {NULL, NULL, 0, NULL},
@@ -4467,6 +4652,12 @@ PyInit__speedups(void)
     INTERN(s_wait_hist, "wait_hist");
     INTERN(s_snapshot_every, "SNAPSHOT_EVERY_S");
     INTERN(s_episode_snapshot_every, "EPISODE_SNAPSHOT_EVERY_S");
+    INTERN(s_ct_ordered, "_ct_ordered");
+    INTERN(s_ct_entry, "_ct_entry");
+    INTERN(s_ct_owner, "_ct_owner");
+    INTERN(s_ct_since, "_ct_since");
+    INTERN(s_ct_site, "_ct_site");
+    INTERN(s_ct_holdstack, "_ct_holdstack");
     INTERN(g_key_thread, "conctools.thread");
     INTERN(g_key_held, "conctools.held");
     if ((g_false_args = PyTuple_Pack(1, Py_False)) == NULL) goto fail;

@@ -75,6 +75,11 @@ _sem_ended = registry.run_semaphore_ended
 _sem_hooks_failed = registry.semaphore_hooks_failed
 # conctools.pools' C hook for the end of a semaphore wait (see _sem_wait_over): called without a frame of ours.
 _C_SEM_ENDED: Any = getattr(_speedups_module, "pool_sem_ended", None) if SPEEDUPS else None
+# An uncontended aio.Lock's hold sample and lock-order push and pop, in C when they need no Python (the
+# lock's held-stack entry cached for the site, its task holding no other lock; see _took_timed): False
+# when the Python method must run.
+_C_TOOK: Any = getattr(_speedups_module, "aio_took", None) if SPEEDUPS else None
+_C_RELEASED: Any = getattr(_speedups_module, "aio_released", None) if SPEEDUPS else None
 # The C extension finds a wait's site from the thread's frames itself; the pure path needs the
 # caller's frame object (made on demand for a coroutine's frame: memory per waiting task).
 _WAIT_FRAMES = not SPEEDUPS
@@ -143,7 +148,7 @@ class Lock(asyncio.Lock, _TracedAttrs):
             self._locked = True
             self._ct_n += 1
             self._ct_owner = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
-            if self._ct_hold is not None:
+            if self._ct_hold is not None and (_C_TOOK is None or not _C_TOOK(self, _task_stacks, _spare_stacks)):
                 self._took_timed(_getframe(1), 0)
             return True
         # The slow path, in this coroutine (a coroutine of its own would cost each waiting task one more).
@@ -163,7 +168,7 @@ class Lock(asyncio.Lock, _TracedAttrs):
             self._locked = True
             self._ct_n += 1
             self._ct_owner = (_tasks_get(self._ct_loop) or self._ct_task()) if _DICT else _current_task()
-            if self._ct_hold is not None:
+            if self._ct_hold is not None and (_C_TOOK is None or not _C_TOOK(self, _task_stacks, _spare_stacks)):
                 self._took_timed(_getframe(1), 0)
             return None
         frame = _getframe(1) if _WAIT_FRAMES or self._ct_ordered else None
@@ -178,7 +183,9 @@ class Lock(asyncio.Lock, _TracedAttrs):
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._locked:
-            if self._ct_hold is not None:
+            if self._ct_hold is not None and (
+                _C_RELEASED is None or not _C_RELEASED(self, _task_stacks, _spare_stacks)
+            ):
                 self._released_timed()
             self._ct_owner = None
             self._locked = False
@@ -189,7 +196,9 @@ class Lock(asyncio.Lock, _TracedAttrs):
     def release(self) -> None:
         """Release the lock, as ``asyncio.Lock.release``."""
         if self._locked:
-            if self._ct_hold is not None:
+            if self._ct_hold is not None and (
+                _C_RELEASED is None or not _C_RELEASED(self, _task_stacks, _spare_stacks)
+            ):
                 self._released_timed()
             self._ct_owner = None
             self._locked = False

@@ -9,8 +9,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 import conctools
-from conctools import aio, lockorder
+from conctools import aio, lockorder, locks
 from conctools.events import LockOrderEvent, event_from_dict
 from conctools.recorder import Recorder
 from conctools.reporting.locks_text import format_lock_order, lock_order_section
@@ -163,6 +165,83 @@ class TestInversions:
         asyncio.run(main())
         (event,) = inversions(ordered)
         assert {e.task_name for e in event.edges} == {"task-ab", "task-ba"}
+
+    def test_task_held_stacks_exact_when_taken_again_and_again(self, ordered: Recorder) -> None:
+        """aio.Locks taken alone again and again at one site by fresh tasks (their held-stack push and pop
+        then need no Python) are on their task's held stack exactly while held, the stack is forgotten
+        once empty, and the inversion the same locks make later is reported with its lines."""
+        seen: list[object] = []
+        lines: dict[str, int] = {}
+
+        async def main() -> None:
+            a, b = aio.Lock(name="fa"), aio.Lock(name="fb")
+
+            async def once(lock: aio.Lock) -> None:
+                me = asyncio.current_task()
+                async with lock:
+                    held = lockorder._task_stacks.get(id(me))
+                    seen.append([h[2] for h in held] if held is not None else None)
+                seen.append(id(me) in lockorder._task_stacks)
+
+            for _ in range(20):
+                await asyncio.create_task(once(a))
+                await asyncio.create_task(once(b))
+
+            async def ab() -> None:
+                async with a:
+                    lines["ab"] = lineno() + 1
+                    async with b:
+                        await asyncio.sleep(0)
+
+            async def ba() -> None:
+                async with b:
+                    lines["ba"] = lineno() + 1
+                    async with a:
+                        await asyncio.sleep(0)
+
+            await asyncio.create_task(ab(), name="task-ab")
+            await asyncio.create_task(ba(), name="task-ba")
+
+        asyncio.run(main())
+        assert seen == [["fa"], False, ["fb"], False] * 20
+        (event,) = inversions(ordered)
+        assert {e.task_name for e in event.edges} == {"task-ab", "task-ba"}
+        text = format_lock_order(event)
+        assert f"{HERE}:{lines['ab']}" in text and f"{HERE}:{lines['ba']}" in text
+
+    def test_task_held_stacks_kept_in_c_after_the_first_acquisition(
+        self, ordered: Recorder, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With the C extension, an aio.Lock taken alone again and again at one site goes through the
+        Python bookkeeping only the first time (to cache its site); its releases never do."""
+        if not locks.SPEEDUPS:
+            pytest.skip("the pure-Python path runs the Python methods by design")
+        calls: list[str] = []
+        took, released = aio.Lock._took_timed, aio.Lock._released_timed
+
+        def counted_took(self: aio.Lock, frame: object, t0: int) -> None:
+            calls.append("took")
+            took(self, frame, t0)
+
+        def counted_released(self: aio.Lock) -> None:
+            calls.append("released")
+            released(self)
+
+        monkeypatch.setattr(aio.Lock, "_took_timed", counted_took)
+        monkeypatch.setattr(aio.Lock, "_released_timed", counted_released)
+
+        async def main() -> None:
+            lock = aio.Lock(name="again")
+
+            async def once() -> None:
+                async with lock:
+                    pass
+
+            for _ in range(30):
+                await asyncio.create_task(once())
+
+        asyncio.run(main())
+        assert calls == ["took"]
 
     def test_same_class_cycle_among_many_futures(self, ordered: Recorder) -> None:
         """``wait()`` holds the conditions of all its futures (one class, kept per instance); taking
