@@ -12,7 +12,6 @@ worker processes, or, for a pipe, the pipe itself (which processes hold its othe
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import threading
@@ -20,6 +19,7 @@ import types
 from types import FrameType
 from typing import Any
 
+from conctools._imports import import_in_background
 from conctools._records import record
 
 __all__ = ["CrossWait", "cross_wait", "idle_worker", "pool_of_wait"]
@@ -49,6 +49,10 @@ class CrossWait:
 
 def _static(obj: Any, name: str) -> Any:
     """``obj.name`` without running program code (no properties, no ``__getattr__``)."""
+    inspect = sys.modules.get("inspect")
+    if inspect is None:  # imported when first needed: a followed child starts without it
+        import_in_background(["inspect"])  # the writer thread may be the one asking
+        inspect = sys.modules["inspect"]
     try:
         value = inspect.getattr_static(obj, name)
     except AttributeError:
