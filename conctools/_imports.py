@@ -19,9 +19,9 @@ import _thread
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any
 
 from conctools._log import get_logger
+from conctools._typing import Any
 
 __all__ = ["NO_RUNNING_LOOP", "NoCancelledError", "later", "no_current_task", "when_imported"]
 

@@ -35,15 +35,8 @@ import operator
 import reprlib
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-if TYPE_CHECKING:
-    from typing import dataclass_transform
-else:
-
-    def dataclass_transform(**kwargs: Any) -> Any:
-        return lambda decorated: decorated
-
+from conctools._typing import Any, TypeVar, dataclass_transform, overload
 
 __all__ = ["compared", "field", "field_names", "is_record", "record", "replace"]
 

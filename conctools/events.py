@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import linecache
 import sys
-from typing import Any, ClassVar
 
 from conctools._records import field, field_names, is_record
 from conctools._records import record as _record
+from conctools._typing import Any, ClassVar
 
 __all__ = [
     "BlockingCallEvent",

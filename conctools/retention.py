@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from conctools._records import replace
+from conctools._typing import Any
 from conctools.events import (
     BlockingCallEvent,
     Event,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
 
 from conctools._records import field, field_names, record
+from conctools._typing import Any
 
 __all__ = ["BOOT_DIR", "ENV_VAR", "FollowConfig"]
 

@@ -17,10 +17,10 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Any
 
 from conctools._imports import BACKGROUND_IMPORT_WAIT_S, background_imports, import_in_background
 from conctools._log import get_logger
+from conctools._typing import Any
 from conctools.children import reaping
 from conctools.children.config import ENV_VAR, FollowConfig
 from conctools.children.forksafe import forget_parent_sections, own_lock_table, reinit_after_fork

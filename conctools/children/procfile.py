@@ -21,9 +21,9 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Any
 
 from conctools._context import current_frames, frames_of
+from conctools._typing import Any
 from conctools.children.waits import cross_wait, idle_worker
 from conctools.recorder import Recorder
 

@@ -17,10 +17,10 @@ import sys
 import threading
 import types
 from types import FrameType
-from typing import Any
 
 from conctools._imports import import_in_background
 from conctools._records import record
+from conctools._typing import Any
 
 __all__ = ["CrossWait", "cross_wait", "idle_worker", "pool_of_wait"]
 

@@ -12,11 +12,11 @@ import os
 import threading
 import time
 from types import CodeType, FrameType, ModuleType
-from typing import TYPE_CHECKING, Any
 
 from conctools import registry
 from conctools._context import _SAMPLE_DIR, _SKIP_PREFIXES, current_frames
 from conctools._imports import NO_RUNNING_LOOP, later, no_current_task, when_imported
+from conctools._typing import TYPE_CHECKING, Any
 from conctools.events import Frame, PoolHolder, frame_at
 
 if TYPE_CHECKING:
