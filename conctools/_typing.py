@@ -12,6 +12,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any as Any
     from typing import ClassVar as ClassVar
+    from typing import Literal as Literal
     from typing import NoReturn as NoReturn
     from typing import Protocol as Protocol
     from typing import TypeVar as TypeVar
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
     from typing import overload as overload
 else:
     Any = ClassVar = NoReturn = object
+
+    class _Subscripted:
+        def __getitem__(self, item):
+            return object
+
+    Literal = _Subscripted()
 
     class Protocol:
         """A base whose methods say what an argument offers (read by type checkers only)."""
@@ -43,6 +50,7 @@ __all__ = [
     "TYPE_CHECKING",
     "Any",
     "ClassVar",
+    "Literal",
     "NoReturn",
     "Protocol",
     "TypeVar",

@@ -18,7 +18,7 @@ import threading
 import types
 from types import FrameType
 
-from conctools._imports import import_in_background
+from conctools._imports import imported
 from conctools._records import record
 from conctools._typing import Any
 
@@ -49,10 +49,7 @@ class CrossWait:
 
 def _static(obj: Any, name: str) -> Any:
     """``obj.name`` without running program code (no properties, no ``__getattr__``)."""
-    inspect = sys.modules.get("inspect")
-    if inspect is None:  # imported when first needed: a followed child starts without it
-        import_in_background(["inspect"])  # the writer thread may be the one asking
-        inspect = sys.modules["inspect"]
+    inspect = imported("inspect")  # when first needed: a followed child starts without it
     try:
         value = inspect.getattr_static(obj, name)
     except AttributeError:
