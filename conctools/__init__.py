@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import typing as _typing
-
-from conctools import _lazy
+from conctools import _lazy, _typing
 from conctools.events import Frame, SpanEvent
 from conctools.recorder import Recorder, Snapshot, SpanStats, get_recorder, set_recorder, use_recorder
 

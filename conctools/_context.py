@@ -16,9 +16,9 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from types import CodeType, FrameType, ModuleType
-from typing import Any
 
 from conctools._imports import NO_RUNNING_LOOP, no_current_task, when_imported
+from conctools._typing import Any
 from conctools.events import Frame, frame_at
 
 __all__ = [

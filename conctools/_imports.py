@@ -22,11 +22,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any
 
 from conctools._log import get_logger
+from conctools._typing import Any
 
-__all__ = ["NO_RUNNING_LOOP", "NoCancelledError", "later", "no_current_task", "when_imported"]
+__all__ = ["NO_RUNNING_LOOP", "NoCancelledError", "imported", "later", "no_current_task", "when_imported"]
 
 _log = get_logger("conctools")
 
@@ -213,6 +213,26 @@ def import_in_background(names: Sequence[str]) -> None:
     with background_imports:
         for name in names:
             importlib.import_module(name)
+
+
+def imported(name: str) -> ModuleType:
+    """The module ``name``, imported now if it is not yet (by any thread: a conctools one, or the
+    program's when conctools code runs in it), never while the process forks. A module a followed
+    child's start does without is imported this way where first needed (issue 14). A fork holds
+    :data:`background_imports` for a moment only; should it stay held (the forking thread's own
+    hooks asking), the import goes on after ``BACKGROUND_IMPORT_WAIT_S`` rather than wait forever."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    import importlib
+
+    forks_wait_for_imports()
+    held = background_imports.acquire(timeout=BACKGROUND_IMPORT_WAIT_S)
+    try:
+        return importlib.import_module(name)
+    finally:
+        if held:
+            background_imports.release()
 
 
 _pending: dict[str, list[Hook]] = {}

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+
+from conctools._typing import Any
 
 
 def load(package: str, namespace: MutableMapping[str, Any], lazy: Mapping[str, str], name: str) -> Any:

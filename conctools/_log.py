@@ -11,7 +11,8 @@ from __future__ import annotations
 import _thread
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, cast
+
+from conctools._typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import logging

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import _thread
 import ctypes
-import dis
+import opcode
 import operator
 import os
 import sys
@@ -54,7 +54,7 @@ _log = get_logger("conctools.gil")
 # a thread can be running C code that released the GIL, or be blocked in a system call.
 CALL_OPCODES = frozenset(
     op
-    for name, op in dis.opmap.items()
+    for name, op in opcode.opmap.items()  # dis.opmap, without importing dis
     if name.startswith("CALL")
     or name in {"PRECALL", "BEFORE_WITH", "BEFORE_ASYNC_WITH", "IMPORT_NAME", "IMPORT_FROM", "LOAD_SPECIAL"}
 )

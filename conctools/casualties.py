@@ -21,8 +21,6 @@ Both never raise into the program and keep a bounded number of records.
 from __future__ import annotations
 
 import _thread
-import concurrent.futures
-import dataclasses
 import gc
 import os
 import queue
@@ -35,12 +33,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from time import monotonic_ns
 from types import FrameType, ModuleType, TracebackType
-from typing import TYPE_CHECKING, Any
 
 from conctools import taskdump
 from conctools._context import is_conctools_frame, user_frame
 from conctools._imports import later, when_imported
 from conctools._log import get_logger
+from conctools._records import replace
+from conctools._typing import TYPE_CHECKING, Any
 from conctools.events import FailureEvent, Frame
 from conctools.recorder import Recorder, get_recorder
 
@@ -355,9 +354,12 @@ def failed_jobs() -> list[FailureEvent]:
 
     Walks the heap, so it is for a report (a hang), never for a hot path.
     """
-    out = []
+    out: list[Any] = []
+    futures = sys.modules.get("concurrent.futures")  # no future exists before it is imported
+    if futures is None:
+        return out
     for obj in gc.get_objects():
-        if not isinstance(obj, concurrent.futures.Future) or getattr(obj, "_state", None) != "FINISHED":
+        if not isinstance(obj, futures.Future) or getattr(obj, "_state", None) != "FINISHED":
             continue
         exc = getattr(obj, "_exception", None)
         if not isinstance(exc, BaseException) or exc.__traceback__ is None:
@@ -366,7 +368,7 @@ def failed_jobs() -> list[FailureEvent]:
             names = [e.name for e in traceback.extract_tb(exc.__traceback__, limit=8)]
             job = next((n for n in names if n not in ("run", "_worker")), "?")
             event, objects = failure_of(exc, thread_id=0, thread_name="?", task_name=None, ts_ns=monotonic_ns())
-            event = dataclasses.replace(event, job=f"{job}()")
+            event = replace(event, job=f"{job}()")
             _note(event, objects, exc)
             out.append(event)
         except Exception:

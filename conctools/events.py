@@ -29,12 +29,12 @@ Hierarchy::
 
 from __future__ import annotations
 
-import dataclasses
 import linecache
-from dataclasses import field
-from typing import Any, ClassVar
+import sys
 
+from conctools._records import field, field_names, is_record
 from conctools._records import record as _record
+from conctools._typing import Any, ClassVar
 
 __all__ = [
     "BlockingCallEvent",
@@ -142,7 +142,7 @@ class Event:
         cls = type(self)
         names = _FIELD_NAMES.get(cls)
         if names is None:
-            names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+            names = _FIELD_NAMES[cls] = field_names(cls)
         out: dict[str, Any] = {"kind": self.kind}
         for name in names:
             value = getattr(self, name)
@@ -162,8 +162,10 @@ def _to_jsonable(value: Any) -> Any:
             "function": value.function,
             "line": value.line,
         }
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, type):
+        return value
+    if is_record(value) or _is_dataclass(value):
+        return {name: _to_jsonable(getattr(value, name)) for name in field_names(value)}
     if isinstance(value, (tuple, list)):
         return [_to_jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -532,9 +534,19 @@ def _build(tp: Any, value: Any) -> Any:
     return value
 
 
+def _is_dataclass(value: Any) -> bool:
+    dataclasses = sys.modules.get("dataclasses")  # a dataclass instance exists only once it is imported
+    return dataclasses is not None and dataclasses.is_dataclass(value)
+
+
 def _from_fields(cls: Any, data: dict[str, Any]) -> Any:
     kwargs = {}
-    for f in dataclasses.fields(cls):
+    fields = cls.__dict__.get("__record_fields__")
+    if fields is None:
+        import dataclasses
+
+        fields = dataclasses.fields(cls)
+    for f in fields:
         if f.name in data:
             kwargs[f.name] = _build(str(f.type), data[f.name])
     return cls(**kwargs)

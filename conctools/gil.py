@@ -38,7 +38,6 @@ from __future__ import annotations
 import _thread
 import contextlib
 import functools
-import inspect
 import linecache
 import os
 import threading
@@ -46,10 +45,9 @@ import time
 import weakref
 from collections.abc import Callable
 from types import FrameType, ModuleType, TracebackType
-from typing import Any, TypeVar, cast, overload
 
 from conctools._context import internal_thread, is_conctools_frame
-from conctools._imports import when_imported
+from conctools._imports import imported, when_imported
 from conctools._log import get_logger
 from conctools._records import record
 from conctools._threadstate import (
@@ -62,6 +60,7 @@ from conctools._threadstate import (
     open_reader,
     sleep_syscalls,
 )
+from conctools._typing import Any, TypeVar, cast, overload
 from conctools.events import GilSampleEvent
 from conctools.recorder import Recorder, get_recorder
 
@@ -492,7 +491,7 @@ class GilMonitor:
 
     def __call__(self, func: F) -> F:
         """Decorate ``func``: each call runs the monitor (a nested or concurrent call joins the running one)."""
-        if inspect.iscoroutinefunction(func):
+        if imported("inspect").iscoroutinefunction(func):  # imported here: a followed child's monitor does without
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:

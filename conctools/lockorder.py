@@ -42,10 +42,10 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
 from conctools._context import _SAMPLE_DIR, _SKIP_MAYBE, capture_stack, current_task_name
 from conctools._log import get_logger
+from conctools._typing import Any
 from conctools.events import LockOrderEdge, LockOrderEvent
 from conctools.recorder import get_recorder
 

@@ -56,7 +56,6 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType, ModuleType
-from typing import TYPE_CHECKING, Any
 from weakref import ref as _weakref
 
 from conctools import lockorder, registry
@@ -74,6 +73,7 @@ from conctools._context import (
 )
 from conctools._imports import NO_RUNNING_LOOP, no_current_task, when_imported
 from conctools._log import get_logger
+from conctools._typing import TYPE_CHECKING, Any
 from conctools.events import LockWaitEvent
 from conctools.recorder import Histogram, Recorder, get_recorder
 from conctools.registry import Party, PrimitiveState

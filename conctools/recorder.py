@@ -25,11 +25,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import field
-from typing import Any
 
 from conctools._log import get_logger
-from conctools._records import record
+from conctools._records import field, record
+from conctools._typing import Any
 from conctools.events import Event, SpanEvent, event_from_dict
 from conctools.retention import DEFAULT_KIND_CAPS, Store, make_store
 

@@ -23,11 +23,10 @@ import _thread
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import field
-from typing import Any, Protocol
 
 from conctools._log import get_logger
-from conctools._records import record
+from conctools._records import field, record
+from conctools._typing import Any, Protocol
 
 __all__ = [
     "Party",

@@ -30,10 +30,10 @@ import os
 import threading
 import time
 from types import TracebackType
-from typing import Any
 
 from conctools._context import internal_thread
 from conctools._log import get_logger
+from conctools._typing import Any
 from conctools.events import ResourceSampleEvent
 from conctools.recorder import Recorder, get_recorder
 

@@ -30,11 +30,11 @@ table, the slow-callback sites, the pool statistics, the resource peaks):
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
 
+from conctools._records import replace
+from conctools._typing import Any
 from conctools.events import (
     BlockingCallEvent,
     Event,
@@ -72,7 +72,7 @@ def _merge_gil(a: GilSampleEvent, na: int, b: GilSampleEvent, nb: int) -> GilSam
     """One window covering ``a`` then ``b``: its means weighted by each window's length."""
     window = a.window_s + b.window_s
     wa, wb = (a.window_s / window, b.window_s / window) if window > 0 else (na / (na + nb), nb / (na + nb))
-    return dataclasses.replace(
+    return replace(
         b,
         window_s=window,
         threads_wanting=a.threads_wanting * wa + b.threads_wanting * wb,
@@ -84,7 +84,7 @@ def _merge_gil(a: GilSampleEvent, na: int, b: GilSampleEvent, nb: int) -> GilSam
 def _merge_resource(a: ResourceSampleEvent, na: int, b: ResourceSampleEvent, nb: int) -> ResourceSampleEvent:
     """One point for ``a`` then ``b``: the mean CPU, the peaks of memory, threads and fds, and the
     later cumulative counters (a rate between two points stays right)."""
-    return dataclasses.replace(
+    return replace(
         b,
         cpu_percent=(a.cpu_percent * na + b.cpu_percent * nb) / (na + nb),
         rss_bytes=max(a.rss_bytes, b.rss_bytes),

@@ -26,7 +26,6 @@ import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import CodeType, FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
 
 from conctools import registry
 from conctools._context import (
@@ -41,6 +40,7 @@ from conctools._context import (
 from conctools._imports import later
 from conctools._log import get_logger
 from conctools._records import record
+from conctools._typing import TYPE_CHECKING, Any, TypeVar
 from conctools.events import Frame, WaiterInfo, frame_at
 from conctools.recorder import _ctracing
 

@@ -26,6 +26,7 @@ print(json.dumps({
     "threads": sorted(t.name for t in threading.enumerate()),
     "lock": type(threading.Lock()).__module__,
     "logging": "logging" in sys.modules,
+    "stdlib": sorted(m for m in ("dataclasses", "inspect", "typing") if m in sys.modules),
 }), flush=True)
 """
 
@@ -121,6 +122,9 @@ class TestBootstrapImports:
         assert "conctools.locks" in seen["modules"] and "conctools.children.session" in seen["modules"]
         assert _imported(seen["modules"]) == []
         assert seen["logging"] is False  # conctools' loggers import it when they first log
+        # Records are made without dataclasses (and its inspect); conctools reads typing's names
+        # without importing it (a spawned child's multiprocessing imports it on its own).
+        assert seen["stdlib"] == ([] if which == 2 else [m for m in seen["stdlib"] if m == "typing"])
 
 
 class TestDeferredInstruments:

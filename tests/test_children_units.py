@@ -411,3 +411,25 @@ class TestForkDuringBackgroundImport:
         assert done.returncode == 0, done.stderr
         assert "child: 0" in done.stdout, done.stdout + done.stderr
         assert "Exception ignored" not in done.stderr, done.stderr
+    def test_import_where_first_needed_waits_for_a_fork(self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """``_imports.imported`` (a module a followed child's start does without, imported where first
+        needed, by any thread) does not import while a fork holds ``background_imports``, and does once
+        the fork is done."""
+        from conctools import _imports
+
+        (tmp_path / "conctools_probe_late.py").write_text("VALUE = 7\n", encoding="utf-8")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "conctools_probe_late", raising=False)
+        got: list[Any] = []
+        assert _imports.background_imports.acquire(timeout=10)  # as forking._before_fork does
+        try:
+            thread = threading.Thread(target=lambda: got.append(_imports.imported("conctools_probe_late")))
+            thread.start()
+            thread.join(0.3)  # well under BACKGROUND_IMPORT_WAIT_S: it still waits
+            assert "conctools_probe_late" not in sys.modules and got == []
+        finally:
+            _imports.background_imports.release()
+        thread.join(10)
+        assert [m.VALUE for m in got] == [7]
+        assert _imports.imported("conctools_probe_late") is got[0]  # imported once, then looked up
+        monkeypatch.delitem(sys.modules, "conctools_probe_late", raising=False)

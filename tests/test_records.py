@@ -129,3 +129,26 @@ class TestRecord:
         with pytest.raises(dataclasses.FrozenInstanceError):
             frame.lineno = 4  # type: ignore[misc]
         assert "wait_s" in {f.name for f in dataclasses.fields(LockWaitEvent)}
+
+
+def test_made_and_used_without_dataclasses() -> None:
+    """A record is defined, built, compared and its fields named without importing ``dataclasses``
+    (nor ``inspect``, which it imports); ``dataclasses.fields`` works once something asks."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from conctools._records import field, field_names, record, replace\n"
+        "@record(kw_only=True)\n"
+        "class R:\n"
+        "    a: int\n"
+        "    b: list[int] = field(default_factory=list)\n"
+        "r = replace(R(a=1), a=2)\n"
+        "print(r == R(a=2), field_names(r), 'dataclasses' in sys.modules, 'inspect' in sys.modules)\n"
+        "import dataclasses\n"
+        "print([f.name for f in dataclasses.fields(r)], dataclasses.asdict(r))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["True ('a', 'b') False False", "['a', 'b'] {'a': 2, 'b': []}"]

@@ -35,9 +35,8 @@ killing the run's remaining children (:mod:`conctools.children.follower`, the ru
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from conctools import _lazy
+from conctools._typing import TYPE_CHECKING, Any
 from conctools.children.config import ENV_VAR
 
 if TYPE_CHECKING:

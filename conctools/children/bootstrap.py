@@ -13,9 +13,9 @@ import contextlib
 import gc
 import os
 import sys
-from typing import Any
 
 from conctools._log import get_logger
+from conctools._typing import Any
 from conctools.children import reaping
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig
 from conctools.children.forking import activate, start_instruments

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, field
-from typing import Any
 
-from conctools._records import record
+from conctools._records import field, field_names, record
+from conctools._typing import Any
 
 __all__ = ["BOOT_DIR", "ENV_VAR", "FollowConfig"]
 
@@ -38,7 +37,9 @@ class FollowConfig:
 
     def to_env(self) -> str:
         """The value of :data:`ENV_VAR`."""
-        return json.dumps({"v": _SCHEMA, **asdict(self)}, separators=(",", ":"))
+        return json.dumps(
+            {"v": _SCHEMA, **{name: getattr(self, name) for name in field_names(self)}}, separators=(",", ":")
+        )
 
     @classmethod
     def from_env(cls, text: str | None) -> FollowConfig | None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import _thread
 import sys
 import threading
-from typing import Any
+
+from conctools._typing import Any
 
 __all__ = ["forget_parent_sections", "own_lock_table", "reinit_after_fork"]
 

@@ -27,7 +27,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any
+
+from conctools._typing import Any
 
 __all__ = ["UNKNOWN_SITE", "install", "installed", "semlock_key", "sync_state", "uninstall", "wait_of"]
 

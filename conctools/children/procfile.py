@@ -20,11 +20,10 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
 from conctools._context import current_frames, frames_of
+from conctools._typing import Any
 from conctools.children.waits import cross_wait, idle_worker
 from conctools.recorder import Recorder
 
@@ -55,19 +54,45 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-@dataclass(slots=True, kw_only=True)
 class ProcessIdentity:
-    """Who a process is, fixed when it starts being followed."""
+    """Who a process is, fixed when it starts being followed (a plain class: a ``@dataclass``
+    would import ``dataclasses`` and ``inspect`` into every followed child)."""
 
-    pid: int
-    ppid: int
-    start_method: str  # "run" (the program itself), "fork", "spawn", "forkserver", "exec", "os.fork", ...
-    started_wall: float
-    started_ns: int
-    argv: list[str] = field(default_factory=list)
-    host: str = field(default_factory=lambda: _hostname())
-    name: str | None = None  # as multiprocessing names it, once known
-    target: str | None = None  # its Process's target function
+    __slots__ = ("argv", "host", "name", "pid", "ppid", "start_method", "started_ns", "started_wall", "target")
+
+    def __init__(
+        self,
+        *,
+        pid: int,
+        ppid: int,
+        start_method: str,  # "run" (the program itself), "fork", "spawn", "forkserver", "exec", "os.fork", ...
+        started_wall: float,
+        started_ns: int,
+        argv: list[str] | None = None,
+        host: str | None = None,
+        name: str | None = None,  # as multiprocessing names it, once known
+        target: str | None = None,  # its Process's target function
+    ) -> None:
+        self.pid = pid
+        self.ppid = ppid
+        self.start_method = start_method
+        self.started_wall = started_wall
+        self.started_ns = started_ns
+        self.argv: list[str] = [] if argv is None else argv
+        self.host: str = _hostname() if host is None else host
+        self.name = name
+        self.target = target
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{name}={getattr(self, name)!r}" for name in _IDENTITY_FIELDS)
+        return f"ProcessIdentity({values})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _IDENTITY_FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the @dataclass it was
 
     @property
     def key(self) -> str:
@@ -85,6 +110,9 @@ class ProcessIdentity:
             started_ns=time.monotonic_ns(),
             argv=list(sys.argv if argv is None else argv),
         )
+
+
+_IDENTITY_FIELDS = ("pid", "ppid", "start_method", "started_wall", "started_ns", "argv", "host", "name", "target")
 
 
 def cpu_and_rss() -> tuple[float, float, int]:

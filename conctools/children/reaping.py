@@ -25,9 +25,9 @@ import time
 import weakref
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
 
 from conctools._imports import when_imported
+from conctools._typing import Any
 
 __all__ = ["install", "launching", "note", "reaped", "reset_after_fork", "uninstall", "wrap_waitpid"]
 

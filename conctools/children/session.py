@@ -19,11 +19,11 @@ import sys
 import threading
 import time
 from types import ModuleType
-from typing import Any, NoReturn
 
 from conctools._context import frames_of, internal_thread
 from conctools._imports import when_imported
 from conctools._log import get_logger
+from conctools._typing import Any, NoReturn
 from conctools.children import reaping
 from conctools.children.config import FollowConfig
 from conctools.children.procfile import ProcessIdentity, build_record, child_stack, sync_file, write_atomic

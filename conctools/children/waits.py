@@ -12,15 +12,15 @@ worker processes, or, for a pipe, the pipe itself (which processes hold its othe
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import threading
 import types
 from types import FrameType
-from typing import Any
 
+from conctools._imports import imported
 from conctools._records import record
+from conctools._typing import Any
 
 __all__ = ["CrossWait", "cross_wait", "idle_worker", "pool_of_wait"]
 
@@ -49,6 +49,7 @@ class CrossWait:
 
 def _static(obj: Any, name: str) -> Any:
     """``obj.name`` without running program code (no properties, no ``__getattr__``)."""
+    inspect = imported("inspect")  # when first needed: a followed child starts without it
     try:
         value = inspect.getattr_static(obj, name)
     except AttributeError:

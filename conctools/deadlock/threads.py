@@ -9,23 +9,24 @@ from the bytecode the waiting frame is executing.
 from __future__ import annotations
 
 import _thread
-import dis
 import functools
-import inspect
 import os
 import re
 import threading
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import field
 from types import FrameType
-from typing import Any
 
 from conctools._context import frames_of
-from conctools._records import record
+from conctools._imports import imported
+from conctools._records import field, record
+from conctools._typing import TYPE_CHECKING, Any
 from conctools.deadlock.graph import prim_label
 from conctools.events import Frame
 from conctools.registry import Party, PrimitiveState
+
+if TYPE_CHECKING:
+    import dis
 
 __all__ = ["ThreadState", "classify_thread"]
 
@@ -426,7 +427,7 @@ _RAW_OWNER = re.compile(r"owner=(\d+)")
 def _static_attr(obj: Any, name: str) -> Any:
     """``obj.name`` without running any of the program's code (no properties, no __getattr__)."""
     try:
-        value = inspect.getattr_static(obj, name)
+        value = imported("inspect").getattr_static(obj, name)  # imported here: a followed child does without
     except AttributeError:
         return None
     if isinstance(value, types.MemberDescriptorType):  # a __slots__ attribute
@@ -459,7 +460,7 @@ def _resolve(frame: FrameType, chain: Sequence[dis.Instruction]) -> tuple[Any, s
 @functools.lru_cache(maxsize=256)
 def _instructions(code: types.CodeType) -> tuple[list[dis.Instruction], dict[int, int]]:
     """A code object's instructions and an offset -> position index (cached: dis is slow)."""
-    instructions = list(dis.get_instructions(code))
+    instructions = list(imported("dis").get_instructions(code))
     return instructions, {ins.offset: i for i, ins in enumerate(instructions)}
 
 

@@ -22,18 +22,18 @@ Read-only, from another thread, never raising: anything it cannot read, it leave
 
 from __future__ import annotations
 
-import concurrent.futures
 import gc
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from types import FrameType
-from typing import TYPE_CHECKING, Any
 
 from conctools import casualties, registry, taskdump
 from conctools._context import frames_of, user_frame
 from conctools._imports import later
+from conctools._typing import TYPE_CHECKING, Any
 from conctools.deadlock.graph import Dependency, short_file
 from conctools.events import FailureEvent
 from conctools.registry import Party
@@ -570,7 +570,8 @@ def _chained_source(fut: Any) -> Any:
         cb = entry[0] if isinstance(entry, tuple) else entry
         if "_chain_future" in getattr(cb, "__qualname__", ""):
             source = _closure_var(cb, "source")
-            if isinstance(source, concurrent.futures.Future):
+            futures = sys.modules.get("concurrent.futures")  # imported: a loop's chained future is one
+            if futures is not None and isinstance(source, futures.Future):
                 return source
     return None
 

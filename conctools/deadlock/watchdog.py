@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import _thread
-import dataclasses
 import gc
 import linecache
-import logging
 import os
 import signal
 import threading
@@ -16,11 +14,12 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Literal
 
 from conctools import casualties, registry, taskdump
 from conctools._context import current_frames, internal_thread
 from conctools._log import get_logger
+from conctools._records import replace
+from conctools._typing import Any, Literal
 from conctools.deadlock.blame import explain
 from conctools.deadlock.graph import (
     PartyKey,
@@ -44,6 +43,7 @@ from conctools.registry import Party, PrimitiveState
 __all__ = ["EXIT_DEADLOCK", "EXIT_HANG", "DeadlockError", "DeadlockWatchdog", "HangError", "watch_deadlocks"]
 
 _log = get_logger("conctools.deadlock")
+_WARNING, _DEBUG = 30, 10  # logging's levels, without importing logging (a followed child's watchdog does without)
 
 #: Exit status of ``conctools run`` when it found a deadlock (and printed the report).
 EXIT_DEADLOCK = 86
@@ -585,7 +585,7 @@ class DeadlockWatchdog:
         if self._recorder is not None:
             self._recorder.record(event)
         # Logged loudly only when nobody else is told (a callback prints its own report).
-        level = logging.WARNING if self.on_deadlock is None else logging.DEBUG
+        level = _WARNING if self.on_deadlock is None else _DEBUG
         _log.log(level, "conctools: %s", describe_cycle(event.participants))
         if self.on_deadlock is not None:
             try:
@@ -678,7 +678,7 @@ class DeadlockWatchdog:
         del self.hangs[:-_MAX_KEPT]
         if self._recorder is not None:
             self._recorder.record(event)
-        _log.log(logging.WARNING if self.on_hang is None else logging.DEBUG, "conctools: %s", event.reason)
+        _log.log(_WARNING if self.on_hang is None else _DEBUG, "conctools: %s", event.reason)
         if self.on_hang is not None:
             try:
                 self.on_hang(event)
@@ -796,9 +796,7 @@ class DeadlockWatchdog:
                 _log.debug("conctools: could not describe a task's wait", exc_info=True)
                 detail = ""
             if detail:
-                waiter = dataclasses.replace(
-                    waiter, waits_on=f"{waiter.waits_on}; {detail}" if waiter.waits_on else detail
-                )
+                waiter = replace(waiter, waits_on=f"{waiter.waits_on}; {detail}" if waiter.waits_on else detail)
             waiters.append(waiter)
         failures = tuple(casualties.failures()[-10:])
         reason = f"nothing progressed for {stalled_s:.1f}s: {_who_waits(len(states), len(tasks))}"

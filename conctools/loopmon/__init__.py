@@ -33,9 +33,8 @@ Three ways in::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from conctools import _lazy
+from conctools._typing import TYPE_CHECKING, Any
 from conctools.loopmon.hooks import _original_set_running_loop as _original_set_running_loop
 from conctools.loopmon.hooks import monitor_all_loops
 

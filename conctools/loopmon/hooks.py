@@ -7,10 +7,10 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
 
 from conctools._imports import NO_RUNNING_LOOP, when_imported
 from conctools._log import get_logger
+from conctools._typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import asyncio

@@ -49,10 +49,10 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
 
 from conctools import registry
 from conctools._imports import later, when_imported
+from conctools._typing import TYPE_CHECKING, Any
 from conctools.pools._looker import LOOKER
 from conctools.pools._patch import (
     NAME_KEY,

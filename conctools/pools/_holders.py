@@ -7,16 +7,15 @@ someone has to wait for an item.
 from __future__ import annotations
 
 import bisect
-import dis
 import os
 import threading
 import time
 from types import CodeType, FrameType, ModuleType
-from typing import TYPE_CHECKING, Any
 
 from conctools import registry
 from conctools._context import _SAMPLE_DIR, _SKIP_PREFIXES, current_frames
-from conctools._imports import NO_RUNNING_LOOP, later, no_current_task, when_imported
+from conctools._imports import NO_RUNNING_LOOP, imported, later, no_current_task, when_imported
+from conctools._typing import TYPE_CHECKING, Any
 from conctools.events import Frame, PoolHolder, frame_at
 
 if TYPE_CHECKING:
@@ -122,6 +121,7 @@ def in_loop(code: CodeType, offset: int) -> bool:
     if cached is not None and cached[0] is code:
         return cached[1]
     found = False
+    dis = imported("dis")  # when first needed: a followed child starts without it
     for ins in dis.get_instructions(code):
         if (
             ins.offset > offset

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import _thread
 import time
-from typing import Any
 
 from conctools._context import internal_thread
 from conctools._log import get_logger
+from conctools._typing import Any
 
 __all__ = ["LOOKER", "LOOK_AFTER_S", "Looker"]
 

@@ -6,11 +6,11 @@ import _thread
 import queue
 import sys
 from types import FrameType, ModuleType
-from typing import Any
 
 from conctools import registry
 from conctools._imports import when_imported
 from conctools._log import get_logger
+from conctools._typing import Any
 from conctools.pools import _state as _state_module
 from conctools.pools._holders import line_at, site_of, take_frames
 from conctools.pools._state import MAX_POOLS, PoolState, registry_mutex

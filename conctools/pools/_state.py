@@ -8,12 +8,12 @@ import threading
 import time
 import weakref
 from types import FrameType, ModuleType
-from typing import Any
 
 from conctools import recorder as _recorder
 from conctools._context import current_frames
 from conctools._imports import NO_RUNNING_LOOP, when_imported
 from conctools._log import get_logger
+from conctools._typing import Any
 from conctools.events import PoolExhaustedEvent, PoolHolder
 from conctools.pools._holders import (
     MAX_DESCRIBED,

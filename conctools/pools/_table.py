@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
+from conctools._typing import Any
 from conctools.events import Frame
 from conctools.pools._state import REPEAT_MIN, listed, registry_mutex, threshold_ns
 from conctools.recorder import Histogram

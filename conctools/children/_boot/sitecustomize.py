@@ -7,12 +7,21 @@ on any Python (another interpreter may inherit ``PYTHONPATH``): type comments, n
 
 def _follow():
     # type: () -> None
+    # No collection while conctools starts: what it makes lives as long as the process, and
+    # start_from_env ends with gc.freeze() (the collections it would trigger were wasted work).
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
     try:
         from conctools.children.bootstrap import start_from_env
 
         start_from_env()
     except Exception:
         pass
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _chain():
