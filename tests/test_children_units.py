@@ -411,6 +411,7 @@ class TestForkDuringBackgroundImport:
         assert done.returncode == 0, done.stderr
         assert "child: 0" in done.stdout, done.stdout + done.stderr
         assert "Exception ignored" not in done.stderr, done.stderr
+
     def test_import_where_first_needed_waits_for_a_fork(self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         """``_imports.imported`` (a module a followed child's start does without, imported where first
         needed, by any thread) does not import while a fork holds ``background_imports``, and does once

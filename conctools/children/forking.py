@@ -26,7 +26,6 @@ from conctools._imports import (
     logging_ready,
 )
 from conctools._log import get_logger
-from conctools._typing import Any
 from conctools.children import reaping
 from conctools.children.config import ENV_VAR, FollowConfig
 from conctools.children.forksafe import forget_parent_sections, own_lock_table, reinit_after_fork
