@@ -202,8 +202,10 @@ def reported_cycles() -> list[tuple[str, ...]]:
 class HeldStack(list[Held]):
     """A thread's held locks (innermost last): a list whose ``version`` is bumped by every change,
     so that the next lock of a run (see ``_Run``) is known to find the stack as the run left it by
-    one comparison instead of one per lock held. The C extension has its twin
-    (``conctools._speedups.HeldStack``), used instead when it is; asyncio tasks' stacks are plain lists.
+    one comparison instead of one per lock held. What the C extension's ``conctools._speedups.HeldStack``
+    does, and the model its tests read: the held stacks are the C type when the extension is there, and
+    plain lists without it (see ``_stack_type``: these methods are Python code, which must not run inside
+    a critical section); asyncio tasks' stacks are plain lists.
     """
 
     __slots__ = ("version",)
@@ -258,8 +260,12 @@ class HeldStack(list[Held]):
         list.__delitem__(self, index)
 
 
-# The held stacks' type: HeldStack, or its C twin once conctools.locks has installed the C paths.
-_stack_type: list[type[list[Held]]] = [HeldStack]
+# The held stacks' type: the C twin of HeldStack once conctools.locks has installed the C paths, else
+# plain lists (compared item by item: O(n) per lock of a run). Not the Python HeldStack: its methods run
+# Python code between a lock's acquire and the return to the caller, and around its release, where a
+# garbage collection could start and run finalizers inside the program's critical section (issue 22;
+# tests/test_side_effects.py::TestCriticalSectionsStayClean saw it about one run in four).
+_stack_type: list[type[list[Held]] | None] = [None]
 
 
 def held_stack() -> list[Held]:
@@ -267,7 +273,7 @@ def held_stack() -> list[Held]:
     try:
         stack: list[Held] = _local.stack
     except AttributeError:
-        stack = _local.stack = _stack_type[0]()
+        stack = _local.stack = (_stack_type[0] or list)()
     return stack
 
 
@@ -275,7 +281,8 @@ def _run_matches(run: _Run, held: list[Held]) -> bool:
     """Is ``held`` as ``run`` left it (after its last lock's push)? By the version for a stack of
     the current type (the same length and innermost lock besides: a failed acquire followed by
     one other change has the version expected), else item by item."""
-    if type(held) is _stack_type[0]:
+    versioned = _stack_type[0]
+    if versioned is not None and type(held) is versioned:
         expect = run[0]
         return bool(run[9] == held.version and len(held) == len(expect) and held and held[-1] is expect[-1])  # type: ignore[attr-defined]
     return bool(run[0] == held)
@@ -372,7 +379,7 @@ def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None
         None,
         len(same) - 1,
         False,
-        held.version + 1 if type(held) is _stack_type[0] else -1,  # type: ignore[attr-defined]
+        held.version + 1 if _stack_type[0] is not None and type(held) is _stack_type[0] else -1,  # type: ignore[attr-defined]
     ]
     run[2].add(entry[3])
     if len(_runs) >= 1_024:  # (stacks of threads and tasks that are gone)
