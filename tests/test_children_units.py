@@ -366,6 +366,24 @@ print("child:", os.waitstatus_to_exitcode(status), flush=True)
 """
 
 
+def _child_imports_after_the_fork(tmp_path: Any, program: str, how: str) -> None:
+    """Run ``program`` (its modules on the path: ``tmp_path`` and the project) with ``how`` as its
+    argument: its forked child must import what was being imported at the fork (exit 0, not SIGALRM's
+    -14), and no at-fork hook may be left unbalanced ("Exception ignored")."""
+    import os
+    import subprocess
+
+    (tmp_path / "prog.py").write_text(program, encoding="utf-8")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), root]), "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "prog.py"), how], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "child: 0" in done.stdout, done.stdout + done.stderr
+    assert "Exception ignored" not in done.stderr, done.stderr
+
+
 class TestForkDuringBackgroundImport:
     """A conctools thread importing as the program runs (a child's deferred instruments, the dump agent's
     preload) and a fork at that moment: the fork waits for the import to end, and the child can import
@@ -376,41 +394,19 @@ class TestForkDuringBackgroundImport:
     def test_fork_waits_for_the_import(self, tmp_path: Any, how: str) -> None:
         """lazy-logger: the module makes its logger as it is imported (as ``concurrent.futures`` does),
         which takes logging's lock, held by then by logging's own before-fork hook in the forking thread."""
-        import os
-        import subprocess
-
         body = "import logging\n" if how != "lazy-logger" else "import logging\nlogging.getLogger('slow_mod')\n"
         (tmp_path / "slow_mod.py").write_text(
             "import builtins\nbuiltins.GATE.wait(30)\n" + body + "VALUE = 42\n", encoding="utf-8"
         )
-        (tmp_path / "prog.py").write_text(FORK_DURING_IMPORT, encoding="utf-8")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), root]), "PYTHONWARNINGS": "ignore"}
-        done = subprocess.run(
-            [sys.executable, str(tmp_path / "prog.py"), how], capture_output=True, text=True, timeout=120, env=env
-        )
-        assert done.returncode == 0, done.stderr
-        assert "child: 0" in done.stdout, done.stdout + done.stderr
-        # logging, imported by that thread while the fork waited, keeps its lock balanced across the fork
-        assert "Exception ignored" not in done.stderr, done.stderr
+        # (and logging, imported by that thread while the fork waited, keeps its lock balanced across it)
+        _child_imports_after_the_fork(tmp_path, FORK_DURING_IMPORT, how)
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
     @pytest.mark.parametrize("how", ["conctools-run", "library"])
     def test_fork_waits_for_a_first_log(self, tmp_path: Any, how: str) -> None:
         """conctools' loggers import ``logging`` on first use, from whichever thread logs first (a
         conctools thread too): that import is one a fork waits for."""
-        import os
-        import subprocess
-
-        (tmp_path / "prog.py").write_text(FORK_DURING_FIRST_LOG, encoding="utf-8")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = {**os.environ, "PYTHONPATH": root, "PYTHONWARNINGS": "ignore"}
-        done = subprocess.run(
-            [sys.executable, str(tmp_path / "prog.py"), how], capture_output=True, text=True, timeout=120, env=env
-        )
-        assert done.returncode == 0, done.stderr
-        assert "child: 0" in done.stdout, done.stdout + done.stderr
-        assert "Exception ignored" not in done.stderr, done.stderr
+        _child_imports_after_the_fork(tmp_path, FORK_DURING_FIRST_LOG, how)
 
     def test_import_where_first_needed_waits_for_a_fork(self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         """``_imports.imported`` (a module a followed child's start does without, imported where first
