@@ -71,13 +71,18 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("processes")
     script = tmp / "prog.py"
     script.write_text(textwrap.dedent(PROGRAM).replace("NAME", repr(HOSTILE)))
-    out = tmp / "out"
+    return conctools_run(script)
+
+
+def conctools_run(script: Path) -> Path:
+    """`conctools run --out DIR script` in the script's folder: exit 0, and DIR with its reports."""
+    out = script.parent / "out"
     run = subprocess.run(
         [sys.executable, "-m", "conctools", "run", "--out", str(out), str(script)],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
-        cwd=tmp,
+        cwd=script.parent,
     )
     assert run.returncode == 0, run.stderr
     assert (out / "report.html").exists() and (out / "report.json").exists(), run.stderr
@@ -167,16 +172,7 @@ class TestTablesOfEveryProcess:
         script.write_text(
             "import conctools, time\n@conctools.traced\ndef work():\n    time.sleep(0.01)\nwork()\n", encoding="utf-8"
         )
-        out = tmp_path / "out"
-        run = subprocess.run(
-            [sys.executable, "-m", "conctools", "run", "--out", str(out), str(script)],
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            cwd=tmp_path,
-        )
-        assert run.returncode == 0, run.stderr
-        data = html_data(snapshot_of(out))
+        data = html_data(snapshot_of(conctools_run(script)))
         assert [r["span"] for r in data["spans"]] == ["work"]
         assert not any("process" in r for r in data["spans"] + data["slow_sites"] + data["locks"])
 
