@@ -262,17 +262,19 @@ class Traced:
             return functools.update_wrapper(self._ctracer().wrap(fn), fn)  # type: ignore[no-any-return]
         var_get, var_set, var_reset = _span_var.get, _span_var.set, _span_var.reset
         name, finish, log_args, now, next_id = self.name, self._finish, self.log_args, _now, _next_id
-        get_loop, current = _get_running_loop, _current
+        current = _current
         logger, level, threshold = self.logger, self.level, self.threshold_ns
         cache = getattr(logger, "_cache", None)
         cache_get = cache.get if isinstance(cache, dict) and threshold is None else None
 
+        # asyncio's getters are read at each call (module globals): a function wrapped before the
+        # program imports asyncio still sees its loops and tasks after (_bind_asyncio).
         @functools.wraps(fn)
         def traced_call(*args: Any, **kwargs: Any) -> Any:
             parent = var_get()
             span_id = next_id()
             token = var_set((span_id, name))
-            task_name = current_task_name() if get_loop() is not None else None
+            task_name = current_task_name() if _get_running_loop() is not None else None
             args_text = _format_args(args, kwargs) if log_args else None
             start = now()
             try:
@@ -311,7 +313,7 @@ class Traced:
             return self._wrap_async_c(fn)
         var_get, var_set, var_reset = _span_var.get, _span_var.set, _span_var.reset
         name, finish, log_args, now, next_id = self.name, self._finish, self.log_args, _now, _next_id
-        current, get_loop, current_task = _current, _get_running_loop, _current_task
+        current = _current
         logger, level, threshold = self.logger, self.level, self.threshold_ns
         cache = getattr(logger, "_cache", None)
         cache_get = cache.get if isinstance(cache, dict) and threshold is None else None
@@ -321,8 +323,8 @@ class Traced:
             parent = var_get()
             span_id = next_id()
             token = var_set((span_id, name))
-            loop = get_loop()
-            task = current_task(loop) if loop is not None else None
+            loop = _get_running_loop()  # read at each call, as in _wrap_sync
+            task = _current_task(loop) if loop is not None else None
             task_name = task.get_name() if task is not None else None
             args_text = _format_args(args, kwargs) if log_args else None
             start = now()
@@ -629,7 +631,3 @@ def _bind_asyncio(asyncio: ModuleType) -> None:
 
 _setup_c(None)
 when_imported("asyncio", _bind_asyncio)
-if _ctracing is None:
-    # The pure-Python wrappers keep the loop and task getters they were made with: bind asyncio's
-    # before any is made (this fallback is not what start-up is measured on).
-    import asyncio  # noqa: F401

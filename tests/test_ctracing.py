@@ -122,6 +122,46 @@ class TestBuild:
         assert " passed" in proc.stdout
 
 
+_WRAPPED_BEFORE_ASYNCIO = """
+import sys
+import conctools
+from conctools.recorder import use_recorder
+from conctools import SpanEvent
+
+@conctools.traced("sync_step")
+def sync_step():
+    return 1
+
+@conctools.traced("async_step")
+async def async_step():
+    return sync_step()
+
+assert "asyncio" not in sys.modules, "conctools imported asyncio"
+import asyncio
+
+async def main():
+    await asyncio.create_task(async_step(), name="late-task")
+
+with use_recorder() as rec:
+    asyncio.run(main())
+    print(sorted((s.name, s.task_name) for s in rec.snapshot().of_kind(SpanEvent)))
+"""
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["default", "pure-python"])
+def test_wrapped_before_asyncio_is_imported_sees_its_tasks(pure: bool) -> None:
+    """A function traced before the program imports asyncio names the task it later runs in, on
+    both paths; and importing conctools does not import asyncio (the pure path used to, at import)."""
+    env = {k: v for k, v in os.environ.items() if k != "CONCTOOLS_PURE_PYTHON"}
+    if pure:
+        env["CONCTOOLS_PURE_PYTHON"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRAPPED_BEFORE_ASYNCIO], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[('async_step', 'late-task'), ('sync_step', 'late-task')]", proc.stdout
+
+
 class TestCoroutineProtocol:
     """A traced async function's coroutine behaves like the coroutine it wraps, and records once."""
 
