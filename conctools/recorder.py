@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _thread
 import bisect
+import itertools
 import operator
 import os
 import sys
@@ -300,6 +301,13 @@ class _SpanShard:
 # and one list.append: the cheapest exact scheme that needs no lock on the hot path.
 SPAN_CHUNK = 256
 
+# Span names whose aggregates a recorder keeps apart, once their spans are folded away; the spans
+# of any further name are summed under OTHER_SPAN_NAMES (counts, totals, maxima and histogram stay
+# exact in sum). Names made at run time (``traced(f"GET {path}")``) would otherwise grow memory
+# without bound.
+SPAN_NAMES_MAX = 2048
+OTHER_SPAN_NAMES = "(other span names)"
+
 
 # How many sinks all recorders have: while it is 0, the C span path skips looking at `_sinks`.
 # It may stay above 0 after a recorder with sinks is dropped; that only costs that lookup.
@@ -479,6 +487,7 @@ class Recorder:
         self._span_window = self.kind_caps.get("span", capacity)
         self._slowest_names = self._span_window // 4
         self._slowest: dict[str, tuple[threading.Thread, tuple[Any, ...]]] = {}
+        self.span_names_max = SPAN_NAMES_MAX
 
     # ---- sinks and sections ----
     def add_sink(self, sink: Sink) -> None:
@@ -595,10 +604,32 @@ class Recorder:
             self._kept -= len(old)
             beaten: list[tuple[str, int]] = []
             _fold(self._folded, old, self._folded_hist, beaten)
+            if len(self._folded) > self.span_names_max:
+                self._sum_names_over_cap()
             slowest = self._slowest
             for name, row in beaten:  # rare after warm-up: a new name, or a new longest span of one
                 if name in slowest or len(slowest) < self._slowest_names:
                     slowest[name] = (owner, old[row])
+
+    def _sum_names_over_cap(self) -> None:
+        """Sum the aggregates of the names folded last, past ``span_names_max``, under
+        :data:`OTHER_SPAN_NAMES` (caller holds the lock): the first names keep theirs."""
+        folded, hists = self._folded, self._folded_hist
+        over = [name for name in itertools.islice(folded, self.span_names_max, None) if name != OTHER_SPAN_NAMES]
+        other = folded.get(OTHER_SPAN_NAMES)
+        if other is None:
+            other = folded[OTHER_SPAN_NAMES] = [0, 0, 0, 0, 0]
+        other_hist = hists.setdefault(OTHER_SPAN_NAMES, {})
+        for name in over:
+            count, errors, cancelled, total_ns, max_ns = folded.pop(name)
+            other[0] += count
+            other[1] += errors
+            other[2] += cancelled
+            other[3] += total_ns
+            other[4] = max(other[4], max_ns)
+            for bucket, n in hists.pop(name, {}).items():
+                other_hist[bucket] = other_hist.get(bucket, 0) + n
+            self._slowest.pop(name, None)
 
     def _retire_dead_shards(self) -> None:
         """Seal the chunks of finished threads and forget their shards (caller holds the lock)."""

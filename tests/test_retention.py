@@ -22,7 +22,7 @@ from conctools.events import (
     SlowCallbackEvent,
     SpanEvent,
 )
-from conctools.recorder import SPAN_CHUNK, Recorder, use_recorder
+from conctools.recorder import OTHER_SPAN_NAMES, SPAN_CHUNK, SPAN_NAMES_MAX, Recorder, use_recorder
 from conctools.reporting import render_text
 from conctools.retention import DEFAULT_KIND_CAPS, EpisodeStore, SampleSeries
 
@@ -250,6 +250,24 @@ class TestSpans:
             assert max(e.duration_s for e in kept if e.name == name) == stats[name].max_s
         not_kept = 120_000 - len(kept)
         assert f"{not_kept:,} more not kept as events: span {not_kept:,}; the counts are exact" in render_text(snap)
+
+    def test_names_made_at_run_time_stay_bounded(self) -> None:
+        """Spans of 3,000 names made at run time (``traced(f"GET /item/{i}")``): once folded away,
+        the first ``span_names_max`` names keep their own aggregates and the rest are summed under
+        one row, so memory does not grow with the names; every call is still counted."""
+        rec = Recorder(kind_caps={"span": 512})
+        rec.span_names_max = 50
+        with use_recorder(rec):
+            for _round in range(4):
+                for i in range(3_000):
+                    traced(f"GET /item/{i}")(lambda: None)()
+        assert len(rec._folded) <= 51 and len(rec._folded_hist) <= 51
+        stats = {s.name: s for s in rec.snapshot().spans}
+        assert sum(s.count for s in stats.values()) == 12_000
+        assert stats["GET /item/0"].count == 4  # among the first names: its own row, exact
+        assert stats[OTHER_SPAN_NAMES].count > 10_000
+        assert len(stats) <= 51 + 512 + 2 * SPAN_CHUNK  # the folded names, and those of the spans still kept
+        assert SPAN_NAMES_MAX >= 1_000  # the default leaves room for every fixed name a program has
 
     def test_default_cap_applies(self) -> None:
         """A default recorder (capacity 100,000) given 30,000 spans keeps about the default span cap of them."""
