@@ -1325,13 +1325,26 @@ entry_for(CoreObject *self, PyObject *site)
     PyObject *wref = NULL, *key = NULL, *name = NULL, *serial = NULL, *entry = NULL;
     if (self->stats == NULL) return NULL;
     g_allocated = 1;
-    wref = self->entry != NULL ? Py_NewRef(PyTuple_GET_ITEM(self->entry, 0)) : PyWeakref_NewRef((PyObject *)self, NULL);
-    if (wref == NULL) goto done;
-    key = PyObject_GetAttr(self->stats, s_key);
-    if (key == NULL) goto done;
-    name = Py_NewRef(self->name != NULL ? self->name : self->created);
-    serial = PyLong_FromUnsignedLongLong(self->serial);
-    if (serial == NULL) goto done;
+    if (self->entry != NULL && PyLong_CheckExact(PyTuple_GET_ITEM(self->entry, 3)) &&
+        PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(self->entry, 3)) == self->serial) {
+        /* Only the site differs from the current entry's: its weak reference, class key (the lock's
+         * stats never change) and serial are shared (a Future's condition is taken at ~6 sites
+         * once each: an attribute lookup and an int saved at every one but the first). */
+        wref = Py_NewRef(PyTuple_GET_ITEM(self->entry, 0));
+        key = Py_NewRef(PyTuple_GET_ITEM(self->entry, 1));
+        name = Py_NewRef(self->name != NULL ? self->name : self->created); /* (it may have been renamed) */
+        serial = Py_NewRef(PyTuple_GET_ITEM(self->entry, 3));
+    }
+    else {
+        PyErr_Clear(); /* (from the serial's conversion, if any) */
+        wref = self->entry != NULL ? Py_NewRef(PyTuple_GET_ITEM(self->entry, 0)) : PyWeakref_NewRef((PyObject *)self, NULL);
+        if (wref == NULL) goto done;
+        key = PyObject_GetAttr(self->stats, s_key);
+        if (key == NULL) goto done;
+        name = Py_NewRef(self->name != NULL ? self->name : self->created);
+        serial = PyLong_FromUnsignedLongLong(self->serial);
+        if (serial == NULL) goto done;
+    }
     entry = PyTuple_Pack(5, wref, key, name, serial, site);
     if (entry != NULL) {
         /* Neither the entry nor its weak reference (no callback) can be part of a reference cycle:

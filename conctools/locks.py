@@ -47,6 +47,7 @@ import _thread
 import collections
 import gc
 import itertools
+import operator
 import os
 import re
 import sys
@@ -126,6 +127,8 @@ HOLD_SAMPLE_MASK = HOLD_SAMPLE - 1
 STACKS_PER_SITE = 8  # waits at one site (of one lock class) that record their stack and an event
 EVENTS_PER_SITE = 256  # waits above the threshold at one site recorded as events (then only new maxima)
 RETIRED_BACKLOG = 1024  # dead instances' counters waiting to be folded into their class
+_first = operator.itemgetter(0)  # (of a retired instance: its acquisitions)
+_second = operator.itemgetter(1)  # (its hold histogram, or None)
 FLUSH_AT = 64  # ended waits kept before a new wait records them (before it blocks)
 # Python 3.12+ runs a garbage collection that an allocation scheduled at the next eval-breaker
 # check, which could come right after an acquire: a Python call before it runs it there instead.
@@ -544,12 +547,19 @@ class LockStats:
         return entry is None or entry.stacks < STACKS_PER_SITE
 
     def fold_retired(self) -> None:
-        """Fold dead instances' counters into the class (the caller holds ``mutex``)."""
-        while self.retired:
-            n, dead_hold = self.retired.pop()
-            self.retired_acquisitions += n
-            self.retired_instances += 1
-            if dead_hold is not None:
+        """Fold dead instances' counters into the class (the caller holds ``mutex``).
+
+        By batches: dying locks append to ``retired`` at any moment (from other threads too, never
+        removing), so the first ``len(batch)`` items are this batch's, summed in C; most dead locks
+        have no hold histogram (~5x less than one Python iteration each: a fan-out retires a lock per
+        future)."""
+        retired = self.retired
+        while retired:
+            batch = retired[:]
+            del retired[: len(batch)]
+            self.retired_acquisitions += sum(map(_first, batch))
+            self.retired_instances += len(batch)
+            for dead_hold in filter(None, map(_second, batch)):
                 try:
                     self.hold.merge(dead_hold)
                 except AttributeError:  # a lock that died in a reference cycle: the collector cleared it

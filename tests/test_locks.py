@@ -489,6 +489,37 @@ class TestStress:
             conctools.Lock(name=name)
         assert stats is not None and not stats.retired
 
+    def test_folding_dead_instances_loses_none_that_die_meanwhile(self) -> None:
+        """A class folds its dead instances' counters and hold histograms by batches: an instance that
+        dies during the fold (here: while a hold histogram is merged) is folded too, and none twice."""
+        from conctools.locks import LockStats
+        from conctools.recorder import Histogram
+
+        stats = LockStats("k", "k", "Lock", "here.py:1")
+        late = [(7, None), (11, None)]
+
+        class DyingWhileMerged(Histogram):
+            """A dead instance's hold histogram whose merge sees two more instances die."""
+
+            @property  # type: ignore[override]
+            def buckets(self) -> dict[int, int]:
+                while late:
+                    stats.retired.append(late.pop())
+                return {3: 2}
+
+            @buckets.setter
+            def buckets(self, value: dict[int, int]) -> None:
+                pass
+
+        dying = DyingWhileMerged()
+        dying.count, dying.total_ns, dying.max_ns = 2, 20, 15
+        stats.retired.extend([(1, None)] * 1_000 + [(5, dying)] + [(2, None)] * 10)
+        stats.fold_retired()
+        assert not stats.retired and not late
+        assert stats.retired_acquisitions == 1_000 + 5 + 20 + 7 + 11
+        assert stats.retired_instances == 1_013
+        assert stats.hold.count == 2 and stats.hold.buckets == {3: 2}
+
 
 def script(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "app.py"
