@@ -1102,6 +1102,8 @@ def flush_waits() -> None:
     """Record the waits that ended since the last flush (statistics, sampled events). Called when a
     report or the lock table is read and at the start of a later wait: never inside a critical
     section."""
+    if _speedups is not None:
+        _speedups.drain_brief()  # the contended waits that ended in their brief window (C path)
     unsampled: dict[Recorder, int] = {}
     if _unsampled:
         with _unsampled_mutex:
@@ -1152,7 +1154,7 @@ def _validate(blocking: Any, timeout: Any) -> None:
 # _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
 # builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 10  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 11  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
