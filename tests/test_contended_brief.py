@@ -66,13 +66,13 @@ def contend(lock: Any, rounds: int) -> list[str]:
     for i in range(rounds):
         held, release = threading.Event(), threading.Event()
 
-        def hold() -> None:
+        def hold(held: threading.Event, release: threading.Event) -> None:
             with lock:
                 held.set()
                 release.wait(30)
 
         name = f"holder-{i}"
-        holder = threading.Thread(target=hold, name=name)
+        holder = threading.Thread(target=hold, args=(held, release), name=name)
         holder.start()
         assert held.wait(10)
         waiter = threading.Thread(target=take, args=(lock,), name=f"waiter-{i}")
