@@ -30,6 +30,9 @@
 #include <pythread.h>
 #include <stdint.h>
 #include <time.h>
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #ifdef Py_GIL_DISABLED
 #error "conctools._speedups relies on the GIL; the pure-Python fast path is used instead"
@@ -2038,6 +2041,8 @@ static Py_ssize_t g_brief_inflight; /* slots promised to waits in their window *
 static long long g_brief_ns = 50000;
 static PyObject *g_brief_args;      /* (True, g_brief_ns in seconds) */
 static long long g_brief_total;     /* waits that ended in their window (tests, benchmarks) */
+static long long g_yield_ns = 1000000; /* how long a waiter may let the lock's next owner have the GIL */
+static long long g_yields, g_yields_won; /* times it did; times the lock was then free */
 
 /* Has the thread (ident, thread-state id) ended? 1 yes, 0 no, -1 not known. No allocation. */
 static int
@@ -2067,7 +2072,15 @@ brief_wait(CoreObject *self, Me *me, double timeout, long long *start_ns)
         PyList_GET_SIZE(g_current) < 1) {
         return 0;
     }
-    if (g_brief_n >= BRIEF_DRAIN_AT) brief_drain();
+    if (g_brief_n >= BRIEF_DRAIN_AT) {
+        /* as wait_begin()'s flush: not counted by the collector, and nothing due when the lock is taken */
+        GcQuiet quiet;
+        gc_quiet_begin(&quiet);
+        brief_drain();
+        gc_quiet_end(&quiet);
+        g_allocated = 0;
+        safe_point();
+    }
     if (g_brief_n + g_brief_inflight >= BRIEF_SLOTS) return 0;
     PyObject *site = wait_site_cached();
     if (site == NULL) return 0;
@@ -2106,8 +2119,52 @@ brief_wait(CoreObject *self, Me *me, double timeout, long long *start_ns)
     PyObject *args = Py_NewRef(g_brief_args); /* (set_brief_wait() may replace it meanwhile) */
     g_brief_inflight++;
     b.start_ns = *start_ns = mono_ns();
-    PyObject *r = self->rlock ? call_varargs(m_rlock_acquire, f_rlock_acquire, self->lock, args)
-                              : call_varargs(m_lock_acquire, f_lock_acquire, self->lock, args);
+    PyObject *r = NULL;
+#if defined(__linux__)
+    if (resolve_later && g_yield_ns > 0 && (timeout < 0 || timeout * 1e9 > (double)(g_brief_ns + g_yield_ns))) {
+        /* The lock went to a thread that waits for the GIL (its blocking acquire has returned, its
+         * took() has not run yet): let that thread have the GIL until it has run (its section is
+         * usually a few instructions), then try again holding it, without joining the lock's queue.
+         * Queued, this thread would be handed the lock as the other one releases it, and would then
+         * wait for the GIL in its turn while the one that has it comes back for the lock: a convoy,
+         * where every acquisition waits. Not queued, the lock is free when the other one releases it. */
+        long long deadline = b.start_ns + g_yield_ns;
+        for (;;) {
+            int late = 0;
+            Py_BEGIN_ALLOW_THREADS
+            struct timespec ts;
+            for (int spins = 0; __atomic_load_n(&self->released, __ATOMIC_RELAXED); spins++) {
+                if (spins < 16) {
+                    sched_yield(); /* the other thread usually has the GIL within microseconds */
+                }
+                else {
+                    struct timespec nap = {0, 20000}; /* then without keeping a CPU busy */
+                    nanosleep(&nap, NULL);
+                }
+                if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0 ||
+                    (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec >= deadline) {
+                    late = 1;
+                    break;
+                }
+            }
+            Py_END_ALLOW_THREADS
+            g_yields++;
+            r = self->rlock ? call_varargs(m_rlock_acquire, f_rlock_acquire, self->lock, g_false_args)
+                            : call_varargs(m_lock_acquire, f_lock_acquire, self->lock, g_false_args);
+            if (r != Py_False) {
+                if (r == Py_True) g_yields_won++;
+                break;
+            }
+            Py_CLEAR(r); /* (a bool: not the last reference) */
+            /* Handed again to a thread that waits for the GIL (one queued before): again, until the
+             * queue has drained or the time is up; held by a thread that has had the GIL since: queue. */
+            if (late || !self->released || mono_ns() >= deadline) break;
+        }
+    }
+    if (r == NULL && !PyErr_Occurred())
+#endif
+    r = self->rlock ? call_varargs(m_rlock_acquire, f_rlock_acquire, self->lock, args)
+                    : call_varargs(m_lock_acquire, f_lock_acquire, self->lock, args);
     g_brief_inflight--;
     Py_DECREF(args); /* a tuple of True and a float: freeing it runs nothing */
     b.end_ns = mono_ns();
@@ -3066,7 +3123,7 @@ py_set_brief_wait(PyObject *Py_UNUSED(module), PyObject *arg)
 static PyObject *
 py_brief_waits(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("(LnN)", g_brief_total, g_brief_inflight, PyLong_FromSsize_t(g_brief_n));
+    return Py_BuildValue("(LnnLL)", g_brief_total, g_brief_inflight, g_brief_n, g_yields, g_yields_won);
 }
 
 
