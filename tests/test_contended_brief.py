@@ -3,6 +3,7 @@ counted exactly, per lock and per site, with their holder (issue 12, the threads
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -170,3 +171,40 @@ class TestWindowThenFullWait:
         assert events and all(not e.acquired and e.holder == "thread 'slow-holder'" for e in events)
         # the last one went through the window first: its wait covers the whole timeout, window included
         assert max(events, key=lambda e: e.ts_ns).wait_s >= 0.049
+
+
+class TestLockHandedToAThreadWithoutTheGil:
+    """A waiter that finds the lock taken in the real lock by a thread not yet back with the GIL (released
+    by its traced holder, its new owner's bookkeeping not yet run) lets that thread run first: the wait is
+    still counted once, exactly, with the thread the lock passed through last as its holder."""
+
+    def test_counted_once_with_the_previous_owner(self, recorder: Recorder, threshold: Callable[[float], None]) -> None:
+        """The state is made by taking the real lock directly after a traced release; the waiter yields,
+        then waits in the real lock, and gets it when the real lock is released."""
+        threshold(0.0)
+        lock = conctools.Lock(name="brief-handed")
+        rounds = locks.STACKS_PER_SITE + 1  # past the site's stack quota: the brief path is taken
+        contend(lock, rounds)
+        locks.flush_waits()
+        yields_before = locks._speedups.brief_waits()[3]
+        assert lock._ct_stats.contentions == rounds
+        lock._lock.acquire()  # taken in the real lock; the traced state still says "released"
+        try:
+            waiter = threading.Thread(target=take, args=(lock,), name="late-waiter")
+            waiter.start()
+            wait_until(lambda: waiting(lock))
+        finally:
+            lock._lock.release()
+        waiter.join(10)
+        assert not waiter.is_alive()
+        locks.flush_waits()
+        if sys.platform.startswith("linux"):  # (where the C path yields: it needs clock_gettime without the GIL)
+            assert locks._speedups.brief_waits()[3] > yields_before
+        stats = lock._ct_stats
+        assert stats.contentions == rounds + 1 and stats.wait.count == rounds + 1
+        assert [s.waits for s in stats.sites.values()] == [rounds + 1]
+        events = [e for e in recorder.snapshot().of_kind(LockWaitEvent) if e.lock_name == "brief-handed"]
+        assert len(events) == rounds + 1
+        last = max(events, key=lambda e: e.ts_ns)
+        assert last.thread_name == "late-waiter" and last.acquired
+        assert last.holder == f"thread 'waiter-{rounds - 1}'"  # the thread the lock passed through last
