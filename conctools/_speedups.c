@@ -2021,14 +2021,14 @@ typedef struct {
     /* the holder when the wait began (h_thread, h_task strong; h_ident 0: unknown, see contended()) */
     unsigned long h_ident;
     unsigned long long h_tid;
-    PyObject *h_thread, *h_task, *h_site;
+    PyObject *h_thread, *h_task, *h_site; /* (h_task: its name) */
     long long h_since;
     int h_exited;                     /* 1 ended, 0 alive, -1 not known */
     PyObject *prev_thread, *prev_task; /* strong, may be NULL: the previous owner (holder unknown) */
     /* the waiter */
     unsigned long ident;
     unsigned long long tid;
-    PyObject *thread, *task; /* strong, may be NULL */
+    PyObject *thread, *task; /* strong, may be NULL (task: its name) */
     long long start_ns, end_ns;
     double timeout;
     int acquired;
@@ -2059,6 +2059,7 @@ static PyObject *wait_site_cached(void);
 static long long int_attr(PyObject *obj, PyObject *attr);
 static PyObject *s_sites, *s_stacks; /* (defined below) */
 static void brief_drain(void);
+static PyObject *task_name_of(PyObject *task);
 
 /* The brief wait: 1 acquired (counted, the holder fields set), 0 not within the window (or not taken:
  * *start_ns is then 0), -1 the real lock raised. */
@@ -2105,7 +2106,7 @@ brief_wait(CoreObject *self, Me *me, double timeout, long long *start_ns)
         b.h_ident = self->owner_ident;
         b.h_tid = self->owner_tid;
         b.h_thread = Py_XNewRef(self->othread);
-        b.h_task = Py_XNewRef(self->otask);
+        b.h_task = Py_XNewRef(self->otask); /* (its name, below: a slot keeps no task alive) */
         b.h_site = Py_XNewRef(self->osite);
         b.h_since = self->osince;
         b.h_exited = thread_gone(b.h_ident, b.h_tid);
@@ -2115,6 +2116,16 @@ brief_wait(CoreObject *self, Me *me, double timeout, long long *start_ns)
     b.thread = Py_XNewRef(me->thread);
     b.task = Py_XNewRef(me->task);
     b.timeout = timeout;
+    if ((b.task != NULL && b.task != Py_None) || (b.h_task != NULL && b.h_task != Py_None)) {
+        /* Tasks by their names, as wait_begin() keeps them (its Python call as wait_begin() makes it) */
+        GcQuiet quiet;
+        gc_quiet_begin(&quiet);
+        if (b.task != NULL && b.task != Py_None) Py_SETREF(b.task, task_name_of(b.task));
+        if (b.h_task != NULL && b.h_task != Py_None) Py_SETREF(b.h_task, task_name_of(b.h_task));
+        gc_quiet_end(&quiet);
+        g_allocated = 0;
+        safe_point();
+    }
     PyObject *args = Py_NewRef(g_brief_args); /* (set_brief_wait() may replace it meanwhile) */
     g_brief_inflight++;
     b.start_ns = *start_ns = mono_ns();
@@ -2924,7 +2935,7 @@ brief_record(BriefWait *b)
     wsteal(w, W_THREAD_KEY, PyLong_FromUnsignedLongLong(b->tid));
     wset(w, W_THREAD, b->thread ? b->thread : Py_None);
     wset(w, W_TASK, Py_None);
-    wsteal(w, W_TASK_NAME, task_name_of(b->task));
+    wset(w, W_TASK_NAME, b->task != NULL ? b->task : Py_None); /* (its name: see brief_wait()) */
     wsteal(w, W_LOCK_ID, PyLong_FromVoidPtr(b->lock_id));
     wset(w, W_LOCK_NAME, b->lock_name);
     wset(w, W_SITE, b->site);

@@ -3,6 +3,7 @@ counted exactly, per lock and per site, with their holder (issue 12, the threads
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -60,7 +61,19 @@ def take(lock: Any) -> None:
         pass
 
 
-def contend(lock: Any, rounds: int) -> list[str]:
+def take_in_task(lock: Any) -> None:
+    """``take`` from inside an asyncio task (a threading lock taken in a task names the task)."""
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.set_name("the-waiting-task")
+        take(lock)
+
+    asyncio.run(main())
+
+
+def contend(lock: Any, rounds: int, target: Callable[[Any], None] = take) -> list[str]:
     """``rounds`` contended acquisitions at one site, each while a different thread holds the lock;
     returns the holders' names in order."""
     names = []
@@ -76,7 +89,7 @@ def contend(lock: Any, rounds: int) -> list[str]:
         holder = threading.Thread(target=hold, args=(held, release), name=name)
         holder.start()
         assert held.wait(10)
-        waiter = threading.Thread(target=take, args=(lock,), name=f"waiter-{i}")
+        waiter = threading.Thread(target=target, args=(lock,), name=f"waiter-{i}")
         waiter.start()
         wait_until(lambda: waiting(lock))
         release.set()
@@ -208,3 +221,21 @@ class TestLockHandedToAThreadWithoutTheGil:
         last = max(events, key=lambda e: e.ts_ns)
         assert last.thread_name == "late-waiter" and last.acquired
         assert last.holder == f"thread 'waiter-{rounds - 1}'"  # the thread the lock passed through last
+
+
+class TestBriefWaitInATask:
+    """A threading lock waited on inside an asyncio task: the brief wait names the task."""
+
+    def test_task_named(self, recorder: Recorder, long_window: None, threshold: Callable[[float], None]) -> None:
+        """Every wait, brief or not, is counted and its event names the waiting task."""
+        threshold(0.0)
+        lock = conctools.Lock(name="brief-task")
+        rounds = locks.STACKS_PER_SITE + 3
+        before = locks._speedups.brief_waits()[0]
+        contend(lock, rounds, take_in_task)
+        locks.flush_waits()
+        assert locks._speedups.brief_waits()[0] - before == 3
+        assert lock._ct_stats.contentions == rounds
+        events = [e for e in recorder.snapshot().of_kind(LockWaitEvent) if e.lock_name == "brief-task"]
+        assert len(events) == rounds
+        assert [e.task_name for e in events] == ["the-waiting-task"] * rounds
