@@ -30,6 +30,9 @@
 #include <pythread.h>
 #include <stdint.h>
 #include <time.h>
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #ifdef Py_GIL_DISABLED
 #error "conctools._speedups relies on the GIL; the pure-Python fast path is used instead"
@@ -62,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 10
+#define API_VERSION 11
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -2011,11 +2014,241 @@ holder_snapshot(CoreObject *self)
 
 static PyObject *g_true_minus_one; /* (True, -1) */
 
+/* -- brief waits (issue 12: the lock convoy) ------------------------------------------------------ *
+ * A contended acquisition first waits briefly (g_brief_ns) in the real lock, before any bookkeeping. A
+ * wait that ends within that window is still counted exactly (per lock and site, its time in the
+ * histogram, its holder when it began): what the bookkeeping needs is copied into a slot (stores and
+ * references to live objects only: no allocation, no Python code, as the critical section has begun),
+ * and brief_drain() records it later, outside any critical section (at a later contended wait's start,
+ * as wait_begin() flushes, and from flush_waits()), as wait_settle() records any wait, making its event
+ * when it is sampled. A wait still blocked after the window makes the full record as before, dated from
+ * the window's start. Taken only where nothing is lost: the lock has been contended before (its holds
+ * are timed), and the wait's site is known and has captured its quota of stacks. This cuts what a
+ * contended acquisition costs by ~40%, but it is not what ended the threads program's convoy (its waits
+ * last hundreds of microseconds: the GIL's hand-offs, not the bookkeeping); the yield below is. */
+#define BRIEF_SLOTS 256
+#define BRIEF_DRAIN_AT 64
+typedef struct {
+    PyObject *stats, *entry, *site, *lock_name, *rec; /* strong */
+    void *lock_id;
+    /* the holder when the wait began (h_thread, h_task strong; h_ident 0: unknown, see contended()) */
+    unsigned long h_ident;
+    unsigned long long h_tid;
+    PyObject *h_thread, *h_task, *h_site; /* (h_task: its name) */
+    long long h_since;
+    int h_exited;                     /* 1 ended, 0 alive, -1 not known */
+    PyObject *prev_thread, *prev_task; /* strong, may be NULL: the previous owner (holder unknown) */
+    /* the waiter */
+    unsigned long ident;
+    unsigned long long tid;
+    PyObject *thread, *task; /* strong, may be NULL (task: its name) */
+    long long start_ns, end_ns;
+    double timeout;
+    int acquired;
+    int longest; /* (set when it is recorded) */
+} BriefWait;
+static BriefWait g_brief[BRIEF_SLOTS];
+static Py_ssize_t g_brief_n;        /* slots filled */
+static Py_ssize_t g_brief_inflight; /* slots promised to waits in their window */
+static long long g_brief_ns = 50000;
+static PyObject *g_brief_args;      /* (True, g_brief_ns in seconds) */
+static long long g_brief_total;     /* waits that ended in their window (tests, benchmarks) */
+static long long g_yield_ns = 1000000; /* how long a waiter may let the lock's next owner have the GIL */
+static long long g_yields, g_yields_won; /* times it did; times the lock was then free */
+
+/* Has the thread (ident, thread-state id) ended? 1 yes, 0 no, -1 not known. No allocation. */
+static int
+thread_gone(unsigned long ident, unsigned long long tid)
+{
+    if (!tid) return -1;
+    PyInterpreterState *interp = PyThreadState_GetInterpreter(PyThreadState_Get());
+    for (PyThreadState *ts = PyInterpreterState_ThreadHead(interp); ts != NULL; ts = PyThreadState_Next(ts)) {
+        if (ts->thread_id == ident) return (unsigned long long)PyThreadState_GetID(ts) != tid;
+    }
+    return 1;
+}
+
+static PyObject *wait_site_cached(void);
+static long long int_attr(PyObject *obj, PyObject *attr);
+static PyObject *s_sites, *s_stacks; /* (defined below) */
+static void brief_drain(void);
+static PyObject *task_name_of(PyObject *task);
+
+/* The brief wait: 1 acquired (counted, the holder fields set), 0 not within the window (or not taken:
+ * *start_ns is then 0), -1 the real lock raised. */
+static int
+brief_wait(CoreObject *self, Me *me, double timeout, long long *start_ns)
+{
+    *start_ns = 0;
+    if (g_brief_ns <= 0 || g_brief_args == NULL || !g_wait_ready || self->hold == NULL || self->hold == Py_None ||
+        self->stats == NULL || (timeout >= 0 && timeout * 1e9 <= (double)g_brief_ns) || g_current == NULL ||
+        PyList_GET_SIZE(g_current) < 1) {
+        return 0;
+    }
+    if (g_brief_n >= BRIEF_DRAIN_AT) {
+        /* as wait_begin()'s flush: not counted by the collector, and nothing due when the lock is taken */
+        GcQuiet quiet;
+        gc_quiet_begin(&quiet);
+        brief_drain();
+        gc_quiet_end(&quiet);
+        g_allocated = 0;
+        safe_point();
+    }
+    if (g_brief_n + g_brief_inflight >= BRIEF_SLOTS) return 0;
+    PyObject *site = wait_site_cached();
+    if (site == NULL) return 0;
+    PyObject *sites = PyObject_GetAttr(self->stats, s_sites);
+    PyObject *entry = sites != NULL && PyDict_CheckExact(sites) ? PyDict_GetItemWithError(sites, site) : NULL;
+    Py_XINCREF(entry);
+    Py_XDECREF(sites);
+    PyErr_Clear();
+    if (entry == NULL || int_attr(entry, s_stacks) < g_stacks_per_site) {
+        Py_XDECREF(entry);
+        Py_DECREF(site);
+        return 0;
+    }
+    BriefWait b = {0};
+    b.stats = Py_NewRef(self->stats);
+    b.entry = entry;
+    b.site = site;
+    b.lock_name = Py_NewRef(self->name != NULL ? self->name : self->created != NULL ? self->created : g_question);
+    b.rec = Py_NewRef(PyList_GET_ITEM(g_current, 0));
+    b.lock_id = (void *)self;
+    int resolve_later = self->released;
+    if (!resolve_later && self->owner_ident) {
+        b.h_ident = self->owner_ident;
+        b.h_tid = self->owner_tid;
+        b.h_thread = Py_XNewRef(self->othread);
+        b.h_task = Py_XNewRef(self->otask); /* (its name, below: a slot keeps no task alive) */
+        b.h_site = Py_XNewRef(self->osite);
+        b.h_since = self->osince;
+        b.h_exited = thread_gone(b.h_ident, b.h_tid);
+    }
+    b.ident = me->ident;
+    b.tid = me->tid;
+    b.thread = Py_XNewRef(me->thread);
+    b.task = Py_XNewRef(me->task);
+    b.timeout = timeout;
+    if ((b.task != NULL && b.task != Py_None) || (b.h_task != NULL && b.h_task != Py_None)) {
+        /* Tasks by their names, as wait_begin() keeps them (its Python call as wait_begin() makes it) */
+        GcQuiet quiet;
+        gc_quiet_begin(&quiet);
+        if (b.task != NULL && b.task != Py_None) Py_SETREF(b.task, task_name_of(b.task));
+        if (b.h_task != NULL && b.h_task != Py_None) Py_SETREF(b.h_task, task_name_of(b.h_task));
+        gc_quiet_end(&quiet);
+        g_allocated = 0;
+        safe_point();
+    }
+    PyObject *args = Py_NewRef(g_brief_args); /* (set_brief_wait() may replace it meanwhile) */
+    g_brief_inflight++;
+    b.start_ns = *start_ns = mono_ns();
+    PyObject *r = NULL;
+#if defined(__linux__)
+    if (resolve_later && g_yield_ns > 0 && (timeout < 0 || timeout * 1e9 > (double)(g_brief_ns + g_yield_ns))) {
+        /* The lock went to a thread that waits for the GIL (its blocking acquire has returned, its
+         * took() has not run yet): let that thread have the GIL until it has run (its section is
+         * usually a few instructions), then try again holding it, without joining the lock's queue.
+         * Queued, this thread would be handed the lock as the other one releases it, and would then
+         * wait for the GIL in its turn while the one that has it comes back for the lock: a convoy,
+         * where every acquisition waits. Not queued, the lock is free when the other one releases it. */
+        long long deadline = b.start_ns + g_yield_ns;
+        for (;;) {
+            int late = 0;
+            Py_BEGIN_ALLOW_THREADS
+            struct timespec ts;
+            for (int spins = 0; __atomic_load_n(&self->released, __ATOMIC_RELAXED); spins++) {
+                if (spins < 16) {
+                    sched_yield(); /* the other thread usually has the GIL within microseconds */
+                }
+                else {
+                    struct timespec nap = {0, 20000}; /* then without keeping a CPU busy */
+                    nanosleep(&nap, NULL);
+                }
+                if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0 ||
+                    (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec >= deadline) {
+                    late = 1;
+                    break;
+                }
+            }
+            Py_END_ALLOW_THREADS
+            g_yields++;
+            r = self->rlock ? call_varargs(m_rlock_acquire, f_rlock_acquire, self->lock, g_false_args)
+                            : call_varargs(m_lock_acquire, f_lock_acquire, self->lock, g_false_args);
+            if (r != Py_False) {
+                if (r == Py_True) g_yields_won++;
+                break;
+            }
+            Py_CLEAR(r); /* (a bool: not the last reference) */
+            /* Handed again to a thread that waits for the GIL (one queued before): again, until the
+             * queue has drained or the time is up; held by a thread that has had the GIL since: queue. */
+            if (late || !self->released || mono_ns() >= deadline) break;
+        }
+    }
+    if (r == NULL && !PyErr_Occurred())
+#endif
+    r = self->rlock ? call_varargs(m_rlock_acquire, f_rlock_acquire, self->lock, args)
+                    : call_varargs(m_lock_acquire, f_lock_acquire, self->lock, args);
+    g_brief_inflight--;
+    Py_DECREF(args); /* a tuple of True and a float: freeing it runs nothing */
+    b.end_ns = mono_ns();
+    int got = r == Py_True;
+    if (r != NULL && !got) { /* still blocked: the full record (the slot's references are dropped) */
+        Py_DECREF(r);
+        Py_DECREF(b.stats);
+        Py_DECREF(b.entry);
+        Py_DECREF(b.site);
+        Py_DECREF(b.lock_name);
+        Py_DECREF(b.rec);
+        Py_XDECREF(b.h_thread);
+        Py_XDECREF(b.h_task);
+        Py_XDECREF(b.h_site);
+        Py_XDECREF(b.thread);
+        Py_XDECREF(b.task);
+        return 0;
+    }
+    Py_XDECREF(r); /* True: not the last reference */
+    /* From here on stores only: the lock may be held (the drain at the next wait's start, or
+     * flush_waits(), drops these references, outside any critical section). */
+    b.acquired = got;
+    if (resolve_later && self->othread != NULL) {
+        b.prev_thread = Py_NewRef(self->othread);
+        b.prev_task = Py_XNewRef(self->otask);
+    }
+    g_brief[g_brief_n++] = b; /* (a slot was promised: g_brief_n + g_brief_inflight < BRIEF_SLOTS) */
+    g_brief_total++;
+    if (got) {
+        took(self, me, 1, site);
+        PyObject *end = PyLong_FromLongLong(b.end_ns); /* an int: not tracked by the collector */
+        if (end != NULL && g_progress != NULL && PyList_Check(g_progress) && PyList_GET_SIZE(g_progress) > 0) {
+            PyList_SetItem(g_progress, 0, end); /* the previous stamp is an int */
+        }
+        else {
+            Py_XDECREF(end);
+        }
+        PyErr_Clear();
+        return 1;
+    }
+    return -1;
+}
+
+
 /* The slow path: prepare the wait (Python, before blocking), block in the real lock, then record
  * the end with stores only. restore: the state for an RLock's _acquire_restore, else NULL. */
 static PyObject *
 contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
 {
+    /* First a brief wait in the real lock, before any bookkeeping (see brief_wait()). */
+    long long brief_start = 0;
+    double remaining = timeout;
+    if (restore == NULL) {
+        int b = brief_wait(self, me, timeout, &brief_start);
+        if (b > 0) return Py_NewRef(Py_True);
+        if (b < 0) return NULL;
+        if (brief_start && timeout >= 0) {
+            remaining = timeout - (double)(mono_ns() - brief_start) / 1e9;
+            if (remaining < 0) remaining = 0;
+        }
+    }
     /* Who holds it: the holder fields, set right after each acquisition with the GIL held. Unless the
      * last holder has released it and the thread that took it since has not had the GIL back yet (its
      * blocking acquire returned without the GIL): then the holder is known only later, and is the
@@ -2049,9 +2282,12 @@ contended(CoreObject *self, Me *me, double timeout, PyObject *restore)
         swallow();
     }
     /* The acquire's arguments are made before the safe point too: nothing allocates after it. */
+    if (brief_start && wait != NULL && wait != Py_None) {
+        wsteal(wait, W_START_NS, PyLong_FromLongLong(brief_start)); /* the wait began with its window */
+    }
     PyObject *args = restore != NULL ? PyTuple_Pack(1, restore)
                      : timeout < 0   ? Py_NewRef(g_true_minus_one)
-                                     : Py_BuildValue("(Od)", Py_True, timeout);
+                                     : Py_BuildValue("(Od)", Py_True, remaining);
     gc_quiet_end(&quiet);
     g_allocated = 0;
     safe_point();
@@ -2685,6 +2921,234 @@ py_wait_done(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     PyErr_Clear();
     Py_RETURN_NONE;
 }
+
+/* The wait's site if it is cached (no Python code, no allocation): a new reference, or NULL. */
+static PyObject *
+wait_site_cached(void)
+{
+    PyCodeObject *code = NULL;
+    int lasti = 0;
+    if (!first_frame_without(BIT_CREATION_SKIP, &code, &lasti)) return NULL;
+    size_t h = (((uintptr_t)code >> 4) * 31u + (uintptr_t)lasti) & (WSITE_CACHE - 1);
+    if (g_wsites[h].code == (PyObject *)code && g_wsites[h].lasti == lasti) return Py_NewRef(g_wsites[h].text);
+    return NULL;
+}
+
+/* -- brief waits, recorded (see brief_wait()) ----------------------------------------------------- */
+
+/* One brief wait's record, made now as wait_begin() and wait_finish() would have made it (new
+ * reference, NULL on failure). */
+static PyObject *
+brief_record(BriefWait *b)
+{
+    PyObject *w = ((PyTypeObject *)g_wait_type)->tp_alloc((PyTypeObject *)g_wait_type, 0);
+    if (w == NULL) return NULL;
+    wset(w, W_PRIM, Py_None);
+    wsteal(w, W_IDENT, PyLong_FromUnsignedLong(b->ident));
+    wsteal(w, W_THREAD_KEY, PyLong_FromUnsignedLongLong(b->tid));
+    wset(w, W_THREAD, b->thread ? b->thread : Py_None);
+    wset(w, W_TASK, Py_None);
+    wset(w, W_TASK_NAME, b->task != NULL ? b->task : Py_None); /* (its name: see brief_wait()) */
+    wsteal(w, W_LOCK_ID, PyLong_FromVoidPtr(b->lock_id));
+    wset(w, W_LOCK_NAME, b->lock_name);
+    wset(w, W_SITE, b->site);
+    wset(w, W_STATS, b->stats);
+    wset(w, W_ENTRY, b->entry);
+    wset(w, W_STACK, Py_None);
+    if (b->h_ident) {
+        PyObject *holder = Py_BuildValue("(kKOOOL)", b->h_ident, b->h_tid, b->h_thread ? b->h_thread : Py_None,
+                                         b->h_task ? b->h_task : Py_None, b->h_site ? b->h_site : Py_None,
+                                         b->h_since);
+        wsteal(w, W_HOLDER, holder != NULL ? holder_brief(holder) : NULL);
+        Py_XDECREF(holder);
+        wset(w, W_HOLDER_EXITED, b->h_exited < 0 ? Py_None : b->h_exited ? Py_True : Py_False);
+    }
+    if (wget(w, W_HOLDER) == NULL) wset(w, W_HOLDER, Py_None);
+    if (wget(w, W_HOLDER_EXITED) == NULL) wset(w, W_HOLDER_EXITED, Py_None);
+    wsteal(w, W_TIMEOUT_S, b->timeout < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(b->timeout));
+    wset(w, W_EVENT, Py_True);
+    wset(w, W_REC, b->rec);
+    wset(w, W_ACQUIRED, b->acquired ? Py_True : Py_False);
+    wset(w, W_SETTLED, g_zero_int);
+    wset(w, W_PREV_THREAD, b->prev_thread ? b->prev_thread : Py_None);
+    wset(w, W_PREV_TASK, b->prev_thread ? (b->prev_task ? b->prev_task : Py_None) : Py_None);
+    wsteal(w, W_START_NS, PyLong_FromLongLong(b->start_ns));
+    wsteal(w, W_END_NS, PyLong_FromLongLong(b->end_ns));
+    wsteal(w, W_KEY, Py_BuildValue("(kO)", b->ident, Py_None));
+    PyErr_Clear();
+    for (int i = 0; i < W_COUNT; i++) {
+        if (((WaitObject *)w)->f[i] == NULL) wset(w, i, Py_None);
+    }
+    if ((wget(w, W_PREV_TASK) == NULL || wget(w, W_PREV_TASK) == Py_None) && PyObject_GC_IsTracked(w)) {
+        PyObject_GC_UnTrack(w);
+    }
+    return w;
+}
+
+/* A brief wait's statistics, recorded now as wait_settle() records a wait's (under its class's mutex,
+ * tried, never waited for; no Python code runs): 1 done (*sampled: whether it needs its event, and then
+ * *champion whether only for being its site's longest so far), 0 the mutex was busy (nothing done). */
+static int
+brief_settle(BriefWait *b, int *sampled, int *champion)
+{
+    PyObject *stats = b->stats, *entry = b->entry;
+    long long wait_ns = b->end_ns - b->start_ns;
+    if (wait_ns < 0) wait_ns = 0;
+    *sampled = *champion = 0;
+    if (g_threshold == NULL || g_hist_type == NULL || !PyList_Check(g_threshold) || PyList_GET_SIZE(g_threshold) < 1 ||
+        m_lock_acquire == NULL || m_lock_release == NULL || g_lock_type == NULL) {
+        return 0;
+    }
+    double threshold_s = PyFloat_AsDouble(PyList_GET_ITEM(g_threshold, 0));
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *hist = PyObject_GetAttr(stats, s_wait);
+    PyObject *mutex = hist != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type) ? PyObject_GetAttr(stats, s_mutex)
+                                                                                     : NULL;
+    PyObject *got = mutex != NULL && Py_IS_TYPE(mutex, (PyTypeObject *)g_lock_type)
+                        ? call_varargs(m_lock_acquire, f_lock_acquire, mutex, g_false_args)
+                        : NULL;
+    int settled = 0;
+    if (got == Py_True) {
+        long long max_ns = int_attr(entry, s_max_ns), events = int_attr(entry, s_events);
+        if (max_ns >= 0 && events >= 0 && hist_add_fields(hist, wait_ns) == 0) {
+            settled = 1;
+            if (!b->acquired && b->timeout >= 0) bump(stats, s_timeouts, 1);
+            bump(entry, s_total_ns, wait_ns);
+            int longest = wait_ns > max_ns;
+            if (longest) bump(entry, s_max_ns, wait_ns - max_ns);
+            b->longest = longest;
+            /* (no stack: a brief wait's site has captured its quota of them) */
+            int quota = (double)wait_ns >= threshold_s * 1e9 && events < g_events_cap;
+            *sampled = quota || longest;
+            *champion = !quota && longest;
+            if (*sampled) bump(entry, s_events, 1);
+        }
+        PyObject *r = call_noargs(m_lock_release, mutex);
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(got);
+    Py_XDECREF(mutex);
+    Py_XDECREF(hist);
+    PyErr_Clear();
+    return settled;
+}
+
+static void
+brief_clear(BriefWait *b)
+{
+    Py_CLEAR(b->stats);
+    Py_CLEAR(b->entry);
+    Py_CLEAR(b->site);
+    Py_CLEAR(b->lock_name);
+    Py_CLEAR(b->rec);
+    Py_CLEAR(b->h_thread);
+    Py_CLEAR(b->h_task);
+    Py_CLEAR(b->h_site);
+    Py_CLEAR(b->prev_thread);
+    Py_CLEAR(b->prev_task);
+    Py_CLEAR(b->thread);
+    Py_CLEAR(b->task);
+}
+
+/* Record the brief waits that ended (outside any critical section: before a wait, or flush_waits()):
+ * their statistics now (wait_settle()), their record kept for flush_waits() when it is sampled (or
+ * when the statistics' mutex was busy). The slots are taken first: what runs meanwhile (a collection
+ * and its finalizers) may end other brief waits, which go to fresh slots. */
+static void
+brief_drain(void)
+{
+    Py_ssize_t n = g_brief_n;
+    if (n <= 0) return;
+    BriefWait *taken = PyMem_Malloc(sizeof(BriefWait) * (size_t)n); /* (a raw buffer: no collection) */
+    if (taken == NULL) return;
+    memcpy(taken, g_brief, sizeof(BriefWait) * (size_t)n);
+    g_brief_n = 0;
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        BriefWait *b = &taken[i];
+        bump(b->stats, s_contentions, 1);
+        bump(b->entry, s_waits, 1);
+        PyErr_Clear();
+        int sampled = 0, champion = 0;
+        int settled = brief_settle(b, &sampled, &champion);
+        PyObject *w = NULL;
+        if (!settled || sampled) {
+            /* its record: for flush_waits() to record (the mutex was busy) or to make its event */
+            w = g_wait_ready ? brief_record(b) : NULL;
+            if (w != NULL) {
+                if (settled) wsteal(w, W_SETTLED, PyLong_FromLong(1));
+                if (g_pending != NULL) {
+                    PyObject *r = PyObject_CallMethodOneArg(g_pending, s_append, w);
+                    Py_XDECREF(r);
+                }
+            }
+        }
+        if (settled && b->longest) {
+            /* As wait_settle(): the longest wait at its site so far is kept; the previous one, if it is
+             * still waiting to be recorded and was kept only for being the longest, is not. */
+            PyObject *old = PyObject_GetAttr(b->entry, s_champion);
+            if (old != NULL && PyObject_TypeCheck(old, g_waitrecord_type) && wget(old, W_SETTLED) != NULL &&
+                PyLong_Check(wget(old, W_SETTLED)) && PyLong_AsLong(wget(old, W_SETTLED)) == 1) {
+                wsteal(old, W_SETTLED, PyLong_FromLong(2));
+            }
+            Py_XDECREF(old);
+            PyErr_Clear();
+            if (PyObject_SetAttr(b->entry, s_champion, champion && w != NULL ? w : Py_None) < 0) PyErr_Clear();
+        }
+        Py_XDECREF(w);
+        if (settled && !sampled && b->rec != NULL && g_unsampled != NULL && PyDict_Check(g_unsampled)) {
+            /* counted, not kept: as wait_settle() counts a wait it does not sample */
+            PyObject *old = PyDict_GetItemWithError(g_unsampled, b->rec); /* borrowed */
+            long long k = old != NULL ? PyLong_AsLongLong(old) : 0;
+            PyObject *nv = PyErr_Occurred() ? NULL : PyLong_FromLongLong(k + 1);
+            if (nv == NULL || PyDict_SetItem(g_unsampled, b->rec, nv) < 0) PyErr_Clear();
+            Py_XDECREF(nv);
+        }
+        swallow();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) brief_clear(&taken[i]);
+    PyMem_Free(taken);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
+/* drain_brief(): record the brief waits that ended (flush_waits() calls it first). */
+static PyObject *
+py_drain_brief(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    brief_drain();
+    Py_RETURN_NONE;
+}
+
+/* set_brief_wait(seconds) -> the previous: how long a contended acquisition first waits in the real lock
+ * before it makes its full record (0: never; see brief_wait()). */
+static PyObject *
+py_set_brief_wait(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    double s = PyFloat_AsDouble(arg);
+    if (s == -1.0 && PyErr_Occurred()) return NULL;
+    if (!(s >= 0) || s > 3600) {
+        PyErr_SetString(PyExc_ValueError, "the brief wait must be between 0 and 3600 seconds");
+        return NULL;
+    }
+    double previous = (double)g_brief_ns / 1e9;
+    PyObject *args = Py_BuildValue("(Od)", Py_True, s);
+    if (args == NULL) return NULL;
+    Py_XSETREF(g_brief_args, args);
+    g_brief_ns = (long long)(s * 1e9);
+    return PyFloat_FromDouble(previous);
+}
+
+/* brief_waits() -> (ended in their window so far, now in their window, not yet recorded). */
+static PyObject *
+py_brief_waits(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("(LnnLL)", g_brief_total, g_brief_inflight, g_brief_n, g_yields, g_yields_won);
+}
+
 
 /* wait_done_now(wait, acquired): wait_done(), and the statistics of a wait that is not sampled recorded
  * at once (locks._wait_done_now: the asyncio primitives' waits). */
@@ -4560,6 +5024,12 @@ static PyMethodDef module_methods[] = {
      "wait_begin(prim, frame, timeout_s, holder, by_task=False, event=True, task=False): a wait record"},
     {"wait_done", (PyCFunction)(void (*)(void))py_wait_done, METH_FASTCALL,
      "wait_done(wait, acquired): the wait ended (stores only)"},
+    {"drain_brief", (PyCFunction)py_drain_brief, METH_NOARGS,
+     "drain_brief(): record the contended waits that ended in their brief window"},
+    {"set_brief_wait", (PyCFunction)py_set_brief_wait, METH_O,
+     "set_brief_wait(seconds) -> previous: a contended acquisition's first wait, before its record (0: none)"},
+    {"brief_waits", (PyCFunction)py_brief_waits, METH_NOARGS,
+     "brief_waits() -> (ended in their window so far, in their window now, not yet recorded)"},
     {"wait_done_now", (PyCFunction)(void (*)(void))py_wait_done_now, METH_FASTCALL,
      "wait_done_now(wait, acquired): the wait ended; its statistics now unless it is sampled"},
     {"try_register", (PyCFunction)(void (*)(void))py_try_register, METH_FASTCALL,
@@ -4676,6 +5146,7 @@ PyInit__speedups(void)
     if ((g_false_args = PyTuple_Pack(1, Py_False)) == NULL) goto fail;
     if ((g_true_args = PyTuple_Pack(1, Py_True)) == NULL) goto fail;
     if ((g_true_minus_one = Py_BuildValue("(Oi)", Py_True, -1)) == NULL) goto fail;
+    if ((g_brief_args = Py_BuildValue("(Od)", Py_True, (double)g_brief_ns / 1e9)) == NULL) goto fail;
     if ((g_question = PyUnicode_FromString("?")) == NULL) goto fail;
     if ((g_empty_str = PyUnicode_FromString("")) == NULL) goto fail;
     if ((g_zero_int = PyLong_FromLong(0)) == NULL) goto fail;

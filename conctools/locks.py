@@ -15,6 +15,11 @@ Cost model (JFR's, measured in ``benchmarks/bench_locks.py`` and ``bench_contend
   in ``HOLD_SAMPLE`` of the others.
 - Every contended wait counts exactly: the contention when it begins, its time in the wait
   histogram when it ends, the holder when it began (JFR's ``previousOwner``), its call site.
+  With the C paths a contended ``Lock``/``RLock`` acquisition first waits briefly in the real lock
+  (50 µs, before any bookkeeping; a thread that finds the lock just handed to a thread still
+  waiting for the GIL first lets that one run, without queueing): a wait that ends there is
+  counted the same, from a copy of its facts recorded later by :func:`flush_waits` (before a
+  table or report is read), and a longer one makes its full record, dated from the start.
 - Expensive facts are sampled: a :class:`~conctools.events.LockWaitEvent` for the first
   ``STACKS_PER_SITE`` waits at each site of each lock class (with their stacks), then for waits
   of at least :data:`wait_threshold_s` (``conctools run --lock-wait-threshold``, default 1 ms), at
@@ -479,7 +484,8 @@ class LockStats:
 
     Counters that the fast path bumps live on the instances (exact: they are bumped while
     the lock is held); they are folded in here when an instance dies and summed with the
-    live ones when the table is read. A wait counts as a contention when it begins; its time
+    live ones when the table is read. A wait counts as a contention when it begins (one that
+    ended within its brief first wait, when it is recorded: see the module's cost model); its time
     is added when it ends (a wait in progress counts its time so far when the table is read).
     """
 
@@ -1112,6 +1118,8 @@ def flush_waits() -> None:
     """Record the waits that ended since the last flush (statistics, sampled events). Called when a
     report or the lock table is read and at the start of a later wait: never inside a critical
     section."""
+    if _speedups is not None:
+        _speedups.drain_brief()  # the contended waits that ended in their brief window (C path)
     unsampled: dict[Recorder, int] = {}
     if _unsampled:
         with _unsampled_mutex:
@@ -1162,7 +1170,7 @@ def _validate(blocking: Any, timeout: Any) -> None:
 # _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
 # builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 10  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 11  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
