@@ -207,7 +207,10 @@ def _aq_get_nowait(self: Any) -> Any:
     """Remove and return an item if one is available (``asyncio.Queue.get_nowait``)."""
     item = _AQ_GET_NOWAIT(self)
     try:
-        state = self.__dict__.get(STATE_KEY)  # _existing() inlined: this runs for every item
+        # _existing() inlined (this runs for every item): an attribute read, as queue_state() stores it. Never
+        # self.__dict__: asking for it makes the queue's attributes a dict of their own (3.11+ keeps them
+        # inline), which slows every attribute access of asyncio's own methods on this queue.
+        state = self._conctools_pool  # (STATE_KEY)
     except Exception:
         state = None
     if state is None:
@@ -225,7 +228,7 @@ def _aq_get_nowait(self: Any) -> Any:
 def _aq_put_nowait(self: Any, item: Any) -> None:
     """Put an item into the queue without blocking (``asyncio.Queue.put_nowait``)."""
     try:
-        state = self.__dict__.get(STATE_KEY)  # _existing() inlined
+        state = self._conctools_pool  # (STATE_KEY) _existing() inlined, never self.__dict__ (see _aq_get_nowait)
     except Exception:
         state = None
     # (a channel holds nobody's items: PoolState.give_back() would return None at once)

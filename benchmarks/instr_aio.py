@@ -1,0 +1,106 @@
+"""Instructions per task (valgrind callgrind) of the asyncio primitives' bookkeeping: a noise-free
+complement to ``bench_run.py``'s asyncio program (``programs/async_locks.py``) on a shared machine.
+
+    .venv/bin/python benchmarks/instr_aio.py                          # the C paths
+    CONCTOOLS_PURE_PYTHON=1 .venv/bin/python benchmarks/instr_aio.py  # the pure-Python path
+
+Each case runs N and 2N tasks under callgrind; the difference divided by N is the cost of one task,
+start-up and imports cancelled out. The pools' looks at the holders of an exhausted pool are switched
+off here: they are timed (a few per exhaustion), and under valgrind, fifty times slower than a real
+run, they would come fifty times as often per task and swamp the comparison. Only the main thread is
+run (no watchdog, loop monitor or sampler), so every instruction counted is the task's own.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+N = 2_000
+
+CASES = {
+    "Semaphore(10), every task but 10 waits: asyncio": "",
+    "same, trace_locks()": "ctx = conctools.trace_locks()",
+    "same, trace_locks() and track_pools()": "ctx = combined(conctools.trace_locks(), track_pools())",
+    "Queue(100) put and get by 8 consumers: asyncio": "QUEUE = True",
+    "same, track_pools()": "QUEUE = True; ctx = track_pools()",
+}
+
+TEMPLATE = """
+import asyncio, contextlib, sys
+import conctools
+import conctools.pools._state as pool_state
+from conctools.pools import track_pools
+pool_state.SNAPSHOT_EVERY_S = pool_state.EPISODE_SNAPSHOT_EVERY_S = 1e9  # (see the module docstring)
+def combined(*cms):
+    stack = contextlib.ExitStack()
+    for cm in cms:
+        stack.enter_context(cm)
+    return stack
+ctx = contextlib.nullcontext()
+QUEUE = False
+{setup}
+n = int(sys.argv[1])
+async def one(s):
+    async with s:
+        await asyncio.sleep(0)
+async def consume(q):
+    while True:
+        await q.get()
+        q.task_done()
+async def main():
+    if QUEUE:
+        q = asyncio.Queue(100)
+        consumers = [asyncio.create_task(consume(q)) for _ in range(8)]
+        for i in range(n):
+            await q.put(i)
+        await q.join()
+        for c in consumers:
+            c.cancel()
+    else:
+        s = asyncio.Semaphore(10)
+        await asyncio.gather(*(one(s) for _ in range(n)))
+with ctx:
+    asyncio.run(main())
+"""
+
+
+def instructions(setup: str, n: int) -> int:
+    code = TEMPLATE.format(setup=setup)
+    result = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code, str(n)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    match = re.search(r"Collected : (\d+)", result.stderr)
+    if not match:
+        raise RuntimeError(result.stderr[-2000:])
+    return int(match.group(1))
+
+
+def per_task(setup: str) -> float:
+    return (instructions(setup, 2 * N) - instructions(setup, N)) / N
+
+
+def main() -> None:
+    if shutil.which("valgrind") is None:
+        print("instr_aio: valgrind is not installed (Debian package valgrind)", file=sys.stderr)
+        raise SystemExit(2)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(CASES, pool.map(per_task, CASES.values())))
+    print(f"Instructions per task (callgrind, {N:,} vs {2 * N:,} tasks):\n")
+    print("| what | instructions per task | added |")
+    print("|---|---:|---:|")
+    base = 0.0
+    for name, count in results.items():
+        if name.endswith(": asyncio"):
+            base = count
+        print(f"| {name} | {count:,.0f} | {count - base:+,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
