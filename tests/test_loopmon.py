@@ -171,13 +171,26 @@ class TestStallCulprits:
         [event] = stalls(recorder)
         assert event.duration_s >= 0.25
 
-    def test_long_stall_is_sampled_repeatedly(self, recorder: Recorder) -> None:
-        """A long stall gets several stack samples, bounded by max_samples."""
+    def test_long_stall_is_sampled_repeatedly(self, recorder: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A long stall gets several stack samples, bounded by max_samples. The stall lasts until the
+        monitor has looked 12 times (more than max_samples), not a fixed time: a starved monitor
+        thread (2 busy cores) looks less often, never wrongly."""
+        looks: list[int] = []
+        take_sample = LoopMonitor._take_sample
+
+        def counted(self: LoopMonitor, *args: Any) -> None:
+            looks.append(1)
+            take_sample(self, *args)
+
+        monkeypatch.setattr(LoopMonitor, "_take_sample", counted)
 
         async def main() -> None:
-            time.sleep(0.6)
+            deadline = time.monotonic() + 20
+            while len(looks) < 12 and time.monotonic() < deadline:
+                time.sleep(0.01)  # blocks the loop throughout
 
         run_monitored(main, sample_interval_s=0.02, max_samples=8)
+        assert len(looks) >= 12
         [event] = stalls(recorder)
         assert 3 <= len(event.samples) <= 8
 
