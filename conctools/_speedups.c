@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 11
+#define API_VERSION 13
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -153,8 +153,7 @@ static PyObject *g_running_loop;    /* asyncio._get_running_loop */
 static PyObject *g_current_task;    /* asyncio.current_task */
 /* -- set by setup_runs(), from conctools/lockorder.py (the next lock of a run: see run_next()) -- */
 static PyObject *g_runs;            /* lockorder._runs: id(held stack) -> run */
-static PyObject *g_inst_preds;      /* lockorder._inst_preds */
-static PyObject *g_inst_records;    /* lockorder._inst_records */
+static PyObject *g_inst_in;         /* lockorder._inst_in: serial -> the run (or a tuple of runs) with an edge into it */
 static PyObject *g_inst_has_out;    /* lockorder._inst_has_out */
 static PyObject *g_inst_count;      /* lockorder._inst_count: [n] */
 static PyObject *g_inst_full_skip;  /* lockorder._inst_full_skip: [skip, warned] */
@@ -1481,14 +1480,66 @@ order_checking(void)
     return on;
 }
 
+/* The serial that `run`'s edge into `to` is from (borrowed: the run keeps it), or NULL (no exception set):
+ * the entry before `to`'s in the run's locks of the class (lockorder._pred). */
+static PyObject *
+run_pred(PyObject *run, PyObject *to)
+{
+    if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 11) return NULL;
+    PyObject *serials = PyList_GET_ITEM(run, 2), *same = PyList_GET_ITEM(run, 5);
+    if (!PyDict_CheckExact(serials) || !PyList_CheckExact(same)) return NULL;
+    PyObject *at = PyDict_GetItemWithError(serials, to); /* borrowed */
+    if (at == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(at);
+    if (i < 1 || i >= PyList_GET_SIZE(same)) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *h = PyList_GET_ITEM(same, i - 1);
+    if (!PyTuple_CheckExact(h) || PyTuple_GET_SIZE(h) < 5) return NULL;
+    return PyTuple_GET_ITEM(h, 3);
+}
+
+/* Is `frm` -> `to` an edge of the graph (`known`: lockorder._inst_in[to], a run or a tuple of them)?
+ * 1 yes, 0 no, -1 cannot tell (Python looks). Serials are ints: comparing them runs no code. */
+static int
+edge_in(PyObject *known, PyObject *frm, PyObject *to)
+{
+    PyObject *one[1] = {known};
+    PyObject **runs = one;
+    Py_ssize_t k = 1;
+    if (PyTuple_CheckExact(known)) {
+        runs = &PyTuple_GET_ITEM(known, 0);
+        k = PyTuple_GET_SIZE(known);
+    }
+    else if (!PyList_CheckExact(known)) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *p = run_pred(runs[i], to);
+        if (p == NULL) return -1;
+        if (!PyLong_CheckExact(p) || !PyLong_CheckExact(frm)) return -1;
+        int eq = PyObject_RichCompareBool(p, frm, Py_EQ);
+        if (eq != 0) {
+            if (eq < 0) PyErr_Clear();
+            return eq < 0 ? -1 : 1;
+        }
+    }
+    return 0;
+}
+
 /* The next lock of a run (lockorder._runs, _run_edge): `held` is exactly the held stack its owner had
- * after the run's last lock, and `entry`'s lock is of the run's class and not in it. Adds the edge from
- * the previous lock of the run as lockorder._add_instance_edge does, when that needs no stack (its site
- * has all of its stacks), no cycle search (the lock taken leads to no other of its class), no pruning
- * and no warning; 1 when done here, 0 when lockorder.check must look. concurrent.futures.wait() and
- * as_completed() take 24 such locks per call of 25 futures: ~2 us of Python each, ~0.1 us here. Runs
- * with the collector off (nothing it could start may see half an edge) and no Python code; while
- * lockorder._mutex is held (a Python thread in the middle of an update), Python does it. */
+ * after the run's last lock, and `entry`'s lock is of the run's class and not in it. Adds the lock to the
+ * run, and its edge from the previous lock of the run to the graph as lockorder._add_instance_edge does
+ * (lockorder._inst_in[to] = the run: no object made), when that needs no stack (its site has all of its
+ * stacks), no cycle search (the lock taken leads to no other of its class), no pruning and no warning;
+ * 1 when done here, 0 when lockorder.check must look. concurrent.futures.wait() and as_completed() take
+ * 24 such locks per call of 25 futures: ~2 us of Python each, ~0.1 us here. Runs with the collector off
+ * (nothing it could start may see half an edge) and no Python code; while lockorder._mutex is held (a
+ * Python thread in the middle of an update), Python does it. */
 static int
 run_next(PyObject *held, PyObject *entry)
 {
@@ -1507,13 +1558,13 @@ run_next(PyObject *held, PyObject *entry)
         PyErr_Clear();
         return 0;
     }
-    if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 10) return 0;
+    if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 11) return 0;
     PyObject *expect = PyList_GET_ITEM(run, 0);
     PyObject *serials = PyList_GET_ITEM(run, 2);
     PyObject *same = PyList_GET_ITEM(run, 5);
     PyObject *to = PyTuple_GET_ITEM(entry, 3);
-    if (!PyList_CheckExact(expect) || PyList_GET_SIZE(expect) != n || !PySet_CheckExact(serials) ||
-        !PyList_CheckExact(same)) {
+    if (!PyList_CheckExact(expect) || PyList_GET_SIZE(expect) != n || !PyDict_CheckExact(serials) ||
+        !PyList_CheckExact(same) || !PyLong_CheckExact(to)) {
         return 0;
     }
     /* A site that may still need stacks: Python takes them, for a new edge (one already known, as
@@ -1544,7 +1595,7 @@ run_next(PyObject *held, PyObject *entry)
         PyErr_Clear();
         return 0;
     }
-    int in_run = PySet_Contains(serials, to);
+    int in_run = PyDict_Contains(serials, to);
     if (in_run != 0) {
         PyErr_Clear();
         return 0; /* re-entry: Python skips it */
@@ -1553,6 +1604,8 @@ run_next(PyObject *held, PyObject *entry)
     if (!PyTuple_CheckExact(inner) || PyTuple_GET_SIZE(inner) < 5 || !PyWeakref_CheckRef(PyTuple_GET_ITEM(inner, 0))) {
         return 0;
     }
+    Py_ssize_t n_same = PyList_GET_SIZE(same);
+    if (n_same < 1 || PyList_GET_ITEM(same, n_same - 1) != inner) return 0; /* (the run's last lock) */
 #if PY_VERSION_HEX >= 0x030D0000
     PyObject *prev = NULL;
     if (PyWeakref_GetRef(PyTuple_GET_ITEM(inner, 0), &prev) != 1) {
@@ -1579,25 +1632,19 @@ run_next(PyObject *held, PyObject *entry)
     Py_ssize_t prune_at = counter_of(g_inst_prune_at);
     if (count < 0 || skip != 0 || prune_at < 0 || count >= g_inst_max_edges) return 0;
     PyObject *frm = PyTuple_GET_ITEM(inner, 3);
-    PyObject *known = PyDict_GetItemWithError(g_inst_preds, to); /* borrowed */
+    if (!PyLong_CheckExact(frm)) return 0;
+    PyObject *known = PyDict_GetItemWithError(g_inst_in, to); /* borrowed */
     if (known == NULL && PyErr_Occurred()) {
         PyErr_Clear();
         return 0;
     }
     int edge_known = 0;
     if (known != NULL) {
-        if (!PyTuple_CheckExact(known)) return 0;
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(known); i++) {
-            int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(known, i), frm, Py_EQ);
-            if (eq < 0) {
-                PyErr_Clear();
-                return 0;
-            }
-            if (eq) edge_known = 1;
-        }
+        edge_known = edge_in(known, frm, to);
+        if (edge_known < 0) return 0;
     }
     if (!edge_known && !stacks_done) return 0;
-    if (!edge_known && PyDict_GET_SIZE(g_inst_records) + (known == NULL) >= prune_at) {
+    if (!edge_known && PyDict_GET_SIZE(g_inst_in) + (known == NULL) >= prune_at) {
         return 0; /* Python prunes */
     }
     if (!edge_known) {
@@ -1610,29 +1657,32 @@ run_next(PyObject *held, PyObject *entry)
     g_allocated = 1;
     int gc_was = PyGC_Disable(); /* no collection (no finalizer) until the run and the graph agree */
     int ok = 0;
-    PyObject *record = NULL, *preds = NULL, *records = NULL, *n_held = NULL, *n_count = NULL, *n_out = NULL;
+    PyObject *at = NULL, *into = NULL, *n_count = NULL, *n_out = NULL;
+    /* The run (lockorder._run_edge): the lock, then its index (what the graph reads it by) */
+    at = PyLong_FromSsize_t(n_same);
+    if (at == NULL) goto done;
+    if (PyList_Append(expect, entry) < 0 || PyList_Append(same, entry) < 0) goto done;
+    if (PyDict_SetItem(serials, to, at) < 0) goto done;
+    if (version >= 0) {
+        PyObject *next = PyLong_FromLongLong(version + 1); /* after this lock's push */
+        if (next == NULL || PyList_SetItem(run, 9, next) < 0) goto done;
+    }
     if (!edge_known) {
-        n_held = PyLong_FromSsize_t(PyList_GET_SIZE(same));
-        if (n_held == NULL) goto done;
-        record = PyTuple_Pack(7, inner, entry, PyList_GET_ITEM(run, 3), PyList_GET_ITEM(run, 4), Py_None, same, n_held);
-        if (record == NULL) goto done;
-        PyObject_GC_UnTrack(record); /* (as lockorder._untrack: nothing in it refers back to it) */
-        Py_ssize_t k = known == NULL ? 0 : PyTuple_GET_SIZE(known);
-        preds = PyTuple_New(k + 1);
-        if (preds == NULL) goto done;
-        for (Py_ssize_t i = 0; i < k; i++) PyTuple_SET_ITEM(preds, i, Py_NewRef(PyTuple_GET_ITEM(known, i)));
-        PyTuple_SET_ITEM(preds, k, Py_NewRef(frm));
         if (known == NULL) {
-            records = PyList_New(1);
-            if (records == NULL) goto done;
-            PyList_SET_ITEM(records, 0, Py_NewRef(record));
-            PyObject_GC_UnTrack(records);
+            into = Py_NewRef(run);
+        }
+        else if (PyList_CheckExact(known)) {
+            into = PyTuple_Pack(2, known, run);
         }
         else {
-            records = PyDict_GetItemWithError(g_inst_records, to);
-            if (records == NULL || !PyList_CheckExact(records)) goto done;
-            Py_INCREF(records);
+            Py_ssize_t k = PyTuple_GET_SIZE(known);
+            into = PyTuple_New(k + 1);
+            if (into != NULL) {
+                for (Py_ssize_t i = 0; i < k; i++) PyTuple_SET_ITEM(into, i, Py_NewRef(PyTuple_GET_ITEM(known, i)));
+                PyTuple_SET_ITEM(into, k, Py_NewRef(run));
+            }
         }
+        if (into == NULL) goto done;
         PyObject *out = PyDict_GetItemWithError(g_inst_has_out, frm);
         if (out == NULL && PyErr_Occurred()) goto done;
         Py_ssize_t outs = out == NULL ? 0 : PyLong_AsSsize_t(out);
@@ -1640,29 +1690,15 @@ run_next(PyObject *held, PyObject *entry)
         n_out = PyLong_FromSsize_t(outs + 1);
         n_count = PyLong_FromSsize_t(count + 1);
         if (n_out == NULL || n_count == NULL) goto done;
-        /* The graph (no allocation of a tracked object from here: dicts and lists only grow). */
-        if (PyDict_SetItem(g_inst_preds, to, preds) < 0) goto done;
-        if (known == NULL) {
-            if (PyDict_SetItem(g_inst_records, to, records) < 0) goto done;
-        }
-        else if (PyList_Append(records, record) < 0) {
-            goto done;
-        }
+        /* The graph (no allocation of a tracked object from here: dicts only grow). */
+        if (PyDict_SetItem(g_inst_in, to, into) < 0) goto done;
         if (PyList_SetItem(g_inst_count, 0, Py_NewRef(n_count)) < 0) goto done;
         if (PyDict_SetItem(g_inst_has_out, frm, n_out) < 0) goto done;
     }
-    /* The run (lockorder._run_edge) */
-    if (PyList_Append(expect, entry) < 0 || PySet_Add(serials, to) < 0 || PyList_Append(same, entry) < 0) goto done;
-    if (version >= 0) {
-        PyObject *next = PyLong_FromLongLong(version + 1); /* after this lock's push */
-        if (next == NULL || PyList_SetItem(run, 9, next) < 0) goto done;
-    }
     ok = 1;
 done:
-    Py_XDECREF(record);
-    Py_XDECREF(preds);
-    Py_XDECREF(records);
-    Py_XDECREF(n_held);
+    Py_XDECREF(at);
+    Py_XDECREF(into);
     Py_XDECREF(n_count);
     Py_XDECREF(n_out);
     if (!ok) {
@@ -4347,23 +4383,22 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
-/* setup_runs(runs, preds, records, has_out, count, full_skip, prune_at, max_edges, mutex): lockorder's
+/* setup_runs(runs, into, has_out, count, full_skip, prune_at, max_edges, mutex): lockorder's
  * instance-edge tables, for run_next() */
 static PyObject *
 setup_runs(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"runs", "preds", "records", "has_out", "count", "full_skip", "prune_at", "max_edges",
-                             "mutex", NULL};
-    PyObject *v[8];
+    static char *kwlist[] = {"runs", "into", "has_out", "count", "full_skip", "prune_at", "max_edges", "mutex", NULL};
+    PyObject *v[7];
     Py_ssize_t max_edges;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!O!O!O!nO:setup_runs", kwlist, &PyDict_Type, &v[0],
-                                     &PyDict_Type, &v[1], &PyDict_Type, &v[2], &PyDict_Type, &v[3], &PyList_Type,
-                                     &v[4], &PyList_Type, &v[5], &PyList_Type, &v[6], &max_edges, &v[7])) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!O!O!nO:setup_runs", kwlist, &PyDict_Type, &v[0],
+                                     &PyDict_Type, &v[1], &PyDict_Type, &v[2], &PyList_Type, &v[3], &PyList_Type,
+                                     &v[4], &PyList_Type, &v[5], &max_edges, &v[6])) {
         return NULL;
     }
-    PyObject **slots[8] = {&g_runs, &g_inst_preds, &g_inst_records, &g_inst_has_out, &g_inst_count,
-                           &g_inst_full_skip, &g_inst_prune_at, &g_order_mutex};
-    for (int i = 0; i < 8; i++) {
+    PyObject **slots[7] = {&g_runs, &g_inst_in, &g_inst_has_out, &g_inst_count, &g_inst_full_skip, &g_inst_prune_at,
+                           &g_order_mutex};
+    for (int i = 0; i < 7; i++) {
         Py_XSETREF(*slots[i], Py_NewRef(v[i]));
     }
     g_inst_max_edges = max_edges;

@@ -83,12 +83,16 @@ _full = [False]
 _generation = [0]  # bumped by reset(): caches of known edges (the C extension's) start over
 _local = threading.local()
 
-# Instance edges (see the module docstring), by lock serial: to -> the from-serials with an edge
-# to it, to -> the records of those edges (from held entry, to entry, thread name, task name,
-# stack or None, a list whose first n are the held entries of the class then, n), and the serials
-# that lead to some other lock of their class (only an edge into one of those can close a cycle).
-_inst_preds: dict[int, tuple[int, ...]] = {}  # (tuples of ints: the garbage collector skips them)
-_inst_records: dict[int, list[tuple[Any, ...]]] = {}
+# Instance edges (see the module docstring), by lock serial. Every one of them is an edge of a run
+# (see _Run): from the lock of the run's class taken before, in the run's list of them. A run is
+# stored once, as the record of all its edges: the graph keeps, for each lock with edges into it, the
+# run that holds such an edge (or a tuple of them: a lock taken after different ones), and the serials
+# that lead to some other lock of their class (only an edge into one of those can close a cycle). A
+# run of n locks is thus n dict entries and no other object, where a record per edge was four
+# (a record, a tuple of the preds, a list, an int) that lived until pruned and made the collector run.
+# The record of one edge (from held entry, to entry, thread name, task name, stack or None, a list
+# whose first n are the held entries of the class then, n) is made from the run when it is read.
+_inst_in: dict[int, Any] = {}  # serial -> _Run, or a tuple of them
 _inst_has_out: dict[int, int] = {}  # serial -> its out-edges (how many: see _drop_dead_runs)
 _inst_count = [0]  # distinct instance edges
 _inst_stacks: dict[tuple[Any, ...], int] = {}  # (class key, site: id(code), offset) -> stacks taken there
@@ -177,8 +181,7 @@ def reset() -> None:
         _reported.clear()
         _full[0] = False
         _generation[0] += 1
-        _inst_preds.clear()
-        _inst_records.clear()
+        _inst_in.clear()
         _inst_has_out.clear()
         _inst_count[0] = 0
         _inst_stacks.clear()
@@ -346,11 +349,13 @@ def check(held: list[Held], entry: Held) -> None:
 # instance edge is from the previous one. Anything else (a lock released, another one taken in
 # between, a dead entry, a reset) makes the held stack differ, and
 # the full walk runs and starts a new run.
-# A run: [the held stack expected next (a copy), class key, serials in it, thread name, task name,
-# the held locks of the class (shared by the edges' records: each keeps how many were held), last
-# site whose stacks were all taken (or None), where its edges start in that list, whether it is in
-# _run_log, the held stack's version after the last lock's push (-1: a plain list)]. By id() of
-# the held stack; validated by the version (or the content).
+# A run: [the held stack expected next (a copy), class key, its serials (serial -> index in the
+# list of held locks of the class), thread name, task name, the held locks of the class (the run's
+# own after the first ones; where each edge's record comes from), last site whose stacks were all
+# taken (or None), where its edges start in that list, whether it is in _run_log, the held stack's
+# version after the last lock's push (-1: a plain list), the stacks taken (index -> stack, or None)].
+# By id() of the held stack; validated by the version (or the content). The edge into the lock at
+# index i of the list (i > the start) is from the one at i - 1, and was held with the first i of them.
 _Run = list[Any]
 _runs: dict[int, _Run] = {}
 # The runs that added an edge to the graph in Python (the first lock of a run always comes through
@@ -361,18 +366,43 @@ RUN_LOG_MAX = 10_000
 _deref = weakref.ref.__call__
 _first = operator.itemgetter(0)
 _fourth = operator.itemgetter(3)
-_eq = operator.eq
+_is = operator.is_
 _one = 1
+
+
+def _runs_into(to: int) -> tuple[_Run, ...]:
+    """The runs holding an edge into the lock ``to`` (caller holds ``_mutex``, or is the C path's twin)."""
+    v = _inst_in.get(to)
+    if v is None:
+        return ()
+    return (v,) if type(v) is list else v  # type: ignore[no-any-return]
+
+
+def _pred(run: _Run, to: int) -> int:
+    """The serial of the lock that ``run``'s edge into ``to`` is from."""
+    return run[5][run[2][to] - 1][3]  # type: ignore[no-any-return]
+
+
+def _record(run: _Run, to: int) -> tuple[Any, ...]:
+    """``run``'s edge into ``to`` as a record (see ``_inst_in``)."""
+    i = run[2][to]
+    same = run[5]
+    stacks = run[10]
+    return (same[i - 1], same[i], run[3], run[4], stacks.get(i) if stacks else None, same, i)
+
+
+def _records_into(to: int) -> list[tuple[Any, ...]]:
+    """The records of the edges into the lock ``to`` (tests, reports)."""
+    with _mutex:
+        return [_record(run, to) for run in _runs_into(to)]
 
 
 def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None:
     """``entry``'s lock is taken while ``same``, locks of its class, are held: start a run there."""
-    if _untrack[0] is not None:
-        _untrack[0](same)
     run: _Run = [
         [*held, entry],
         entry[1],
-        {h[3] for h in same},
+        {h[3]: i for i, h in enumerate(same)},
         threading.current_thread().name,
         current_task_name(),
         same,
@@ -380,38 +410,46 @@ def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None
         len(same) - 1,
         False,
         held.version + 1 if _stack_type[0] is not None and type(held) is _stack_type[0] else -1,  # type: ignore[attr-defined]
+        None,
     ]
-    run[2].add(entry[3])
+    untrack = _untrack[0]
+    if untrack is not None:  # (nothing in a run refers back to it: see _untrack)
+        untrack(same)
+        untrack(run[0])
+        untrack(run)
+    inner = same[-1]
+    run[2][entry[3]] = len(same)
+    same.append(entry)
     if len(_runs) >= 1_024:  # (stacks of threads and tasks that are gone)
         _runs.clear()
     _runs[id(held)] = run
-    _add_instance_edge(run, same[-1], entry, len(same))
-    same.append(entry)
+    _add_instance_edge(run, inner, entry)
 
 
 def _run_edge(run: _Run, inner: Held, entry: Held) -> None:
     """The next lock of ``run`` (``held`` is its expected stack): the edge from the previous one."""
     same = run[5]
-    _add_instance_edge(run, inner, entry, len(same))
     run[0].append(entry)
-    run[2].add(entry[3])
+    run[2][entry[3]] = len(same)
     same.append(entry)
     if run[9] >= 0:
         run[9] += 1  # (after this lock's push)
+    _add_instance_edge(run, inner, entry)
 
 
-def _add_instance_edge(run: _Run, inner: Held, entry: Held, n_held: int) -> None:
-    """Add the edge ``inner -> entry`` (``run[5][:n_held]`` held then) and look for a cycle only
-    when this lock already leads to another of its class."""
+def _add_instance_edge(run: _Run, inner: Held, entry: Held) -> None:
+    """Add the edge ``inner -> entry``, the last two of ``run``'s locks (already there), to the graph, and
+    look for a cycle only when this lock already leads to another of its class."""
     to, frm = entry[3], inner[3]
-    known = _inst_preds.get(to)
-    if known is not None and frm in known:
-        return
+    known = _inst_in.get(to)
+    if known is not None:
+        for other in (known,) if type(known) is list else known:
+            if _pred(other, to) == frm:
+                return
     if _inst_full_skip[0]:
         _inst_full_skip[0] -= 1
         return
     site = entry[4]
-    stack = None
     if site is not run[6]:
         # By the site's code object's id, not the object: hashing a code object costs ~0.4 µs.
         # (The count only bounds the stacks taken: a recycled id can at worst take fewer for a new site.)
@@ -419,13 +457,11 @@ def _add_instance_edge(run: _Run, inner: Held, entry: Held, n_held: int) -> None
         taken = _inst_stacks.get(site_key, 0)
         if taken < INSTANCE_STACKS_PER_SITE and len(_inst_stacks) < 10_000:
             _inst_stacks[site_key] = taken + 1
-            stack = capture_stack(3, limit=32)  # from check()'s caller
+            if run[10] is None:
+                run[10] = {}
+            run[10][run[2][to]] = capture_stack(3, limit=32)  # from check()'s caller
         else:
             run[6] = site  # no more stacks for this site: the next locks of the run skip the lookup
-    record = (inner, entry, run[3], run[4], stack, run[5], n_held)
-    untrack = _untrack[0]
-    if untrack is not None:  # (nothing in a record refers back to it: see _untrack)
-        untrack(record)
     cycle: list[int] | None = None
     with _mutex:
         if _inst_count[0] >= INSTANCE_MAX_EDGES:
@@ -441,17 +477,17 @@ def _add_instance_edge(run: _Run, inner: Held, entry: Held, n_held: int) -> None
                         INSTANCE_MAX_EDGES,
                     )
                 return
-        known = _inst_preds.get(to)
+        known = _inst_in.get(to)
         if known is None:
-            _inst_preds[to] = (frm,)
-            _inst_records[to] = records = [record]
-            if untrack is not None:
-                untrack(records)
-        elif frm in known:
-            return
+            _inst_in[to] = run
+        elif type(known) is list:
+            if _pred(known, to) == frm:
+                return  # (added by another thread meanwhile)
+            _inst_in[to] = (known, run)
         else:
-            _inst_preds[to] = (*known, frm)
-            _inst_records[to].append(record)
+            if any(_pred(other, to) == frm for other in known):
+                return
+            _inst_in[to] = (*known, run)
         _inst_count[0] += 1
         if not run[8]:
             run[8] = True
@@ -459,7 +495,7 @@ def _add_instance_edge(run: _Run, inner: Held, entry: Held, n_held: int) -> None
         if to in _inst_has_out:  # it leads on: the new edge may close a cycle
             cycle = _instance_path(frm, to)
         _inst_has_out[frm] = _inst_has_out.get(frm, 0) + 1
-        if len(_inst_records) >= _inst_prune_at[0]:
+        if len(_inst_in) >= _inst_prune_at[0]:
             _prune_instances()
     if cycle is not None:
         _report_instance_cycle(cycle, entry)
@@ -479,7 +515,8 @@ def _instance_path(source: int, goal: int) -> list[int] | None:
                 out.append(cur)
                 cur = parent[cur]
             return out
-        for prev in _inst_preds.get(node, ()):
+        for run in _runs_into(node):
+            prev = _pred(run, node)
             if prev not in parent:
                 parent[prev] = node
                 todo.append(prev)
@@ -489,14 +526,13 @@ def _instance_path(source: int, goal: int) -> list[int] | None:
 def _drop_dead_runs() -> None:
     """The first step of :func:`_prune_instances` (caller holds ``_mutex``): the edges of a run whose
     locks are all gone, when they are a chain of their own, ``s0 -> s1 -> ... -> sk``: no edge into
-    ``s0``, the only edge into each other one from the one before, and no other edge out of them.
+    ``s0``, the only edge into each other one this run's, and no other edge out of them.
     Removing dead locks with no edge into them, one after the other, would take them all: this does
     it in one pass over the run, before the general pass (which then walks only what is left: for
     a fan-out of futures, the runs of the futures still alive)."""
     keep: list[_Run] = []
-    preds_of = _inst_preds
+    into = _inst_in
     out = _inst_has_out
-    records = _inst_records
     for run in _run_log:  # (map over C callables: a fan-out's runs are many, their locks more)
         chain = run[5][run[7] :]
         if any(map(_deref, map(_first, chain))):
@@ -504,15 +540,14 @@ def _drop_dead_runs() -> None:
             continue
         serials = list(map(_fourth, chain))
         first = serials[0]
-        if first in preds_of or first not in out or serials[-1] in out:
+        if first in into or first not in out or serials[-1] in out:
             continue  # (the general pass looks at its edges)
         froms = serials[:-1]
         tos = serials[1:]
-        # each edge into the next one from the one before only (zip: 1-tuples), one edge out of each
-        if not all(map(_eq, map(preds_of.get, tos), zip(froms))) or any(map(_one.__ne__, map(out.get, froms))):
+        # each edge into the next one this run's only, one edge out of each
+        if not all(map(_is, map(into.get, tos), [run] * len(tos))) or any(map(_one.__ne__, map(out.get, froms))):
             continue
-        deque(map(preds_of.__delitem__, tos), 0)
-        deque(map(records.pop, tos), 0)
+        deque(map(into.__delitem__, tos), 0)
         deque(map(out.__delitem__, froms), 0)
         _inst_count[0] -= len(tos)
     if len(keep) > RUN_LOG_MAX:  # runs of long-lived locks: the general pass still prunes their edges
@@ -527,53 +562,59 @@ def _prune_instances() -> None:
     _drop_dead_runs()
     alive: dict[int, bool] = {}
     succs: dict[int, list[int]] = {}
-    for to, records in _inst_records.items():
-        alive[to] = records[0][1][0]() is not None
-        for record in records:
-            h = record[0]
+    for to, v in _inst_in.items():
+        for run in (v,) if type(v) is list else v:
+            same = run[5]
+            i = run[2][to]
+            if to not in alive:
+                alive[to] = same[i][0]() is not None
+            h = same[i - 1]
             if h[3] not in alive:
                 alive[h[3]] = h[0]() is not None
             succs.setdefault(h[3], []).append(to)
-    work = [n for n, live in alive.items() if not live and (n not in _inst_preds or n not in succs)]
+    work = [n for n, live in alive.items() if not live and (n not in _inst_in or n not in succs)]
     removed: set[int] = set()
     while work:
         n = work.pop()
         if n in removed:
             continue
         removed.add(n)
-        for p in _inst_preds.pop(n, ()):  # its in-edges
+        for run in _runs_into(n):  # its in-edges
+            p = _pred(run, n)
             _inst_count[0] -= 1
             out = succs.get(p)
             if out is not None and n in out:
                 out.remove(n)
                 if not out and not alive.get(p, True) and p not in removed:
                     work.append(p)
-        _inst_records.pop(n, None)
+        _inst_in.pop(n, None)
         for s in succs.pop(n, ()):  # its out-edges
-            preds = _inst_preds.get(s)
-            if s in removed or preds is None or n not in preds:
+            runs = _runs_into(s)
+            if s in removed or not runs:
                 continue
-            _inst_count[0] -= 1
-            rest = tuple(p for p in preds if p != n)
+            rest = tuple(run for run in runs if _pred(run, s) != n)
+            if len(rest) == len(runs):
+                continue
+            _inst_count[0] -= len(runs) - len(rest)
             if rest:
-                _inst_preds[s] = rest
-                _inst_records[s] = [r for r in _inst_records[s] if r[0][3] != n]
+                _inst_in[s] = rest[0] if len(rest) == 1 else rest
             else:
-                del _inst_preds[s]
-                _inst_records.pop(s, None)  # (kept in the work list below if dead)
+                del _inst_in[s]
                 if not alive.get(s, True):
                     work.append(s)
     _inst_has_out.clear()
-    for preds in _inst_preds.values():
-        for p in preds:
+    for to, v in _inst_in.items():
+        for run in (v,) if type(v) is list else v:
+            p = _pred(run, to)
             _inst_has_out[p] = _inst_has_out.get(p, 0) + 1
-    _inst_prune_at[0] = max(INSTANCE_PRUNE_AT, 2 * len(_inst_records))
+    _inst_prune_at[0] = max(INSTANCE_PRUNE_AT, 2 * len(_inst_in))
 
 
 def _instance_edge(a: int, b: int) -> tuple[Held, tuple[Any, ...]] | None:
     """The held entry of ``a`` and the record of the edge ``a -> b``."""
-    for record in _inst_records.get(b, ()):
-        if record[0][3] == a:
+    for run in _runs_into(b):
+        if _pred(run, b) == a:
+            record = _record(run, b)
             return record[0], record
     return None
 

@@ -1170,7 +1170,7 @@ def _validate(blocking: Any, timeout: Any) -> None:
 # _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
 # builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 11  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 13  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -2092,8 +2092,7 @@ def _install_speedups() -> None:
     lockorder._stack_type[0] = _speedups.HeldStack  # (its version is bumped in C too)
     _speedups.setup_runs(  # the next lock of a run of one class, in C (lockorder._run_edge)
         runs=lockorder._runs,
-        preds=lockorder._inst_preds,
-        records=lockorder._inst_records,
+        into=lockorder._inst_in,
         has_out=lockorder._inst_has_out,
         count=lockorder._inst_count,
         full_skip=lockorder._inst_full_skip,

@@ -167,11 +167,12 @@ class TestInstanceEdgeRecords:
         accounts = [conctools.Lock() for _ in range(3)]
         with accounts[0], accounts[1], accounts[2]:
             pass
-        records = [r for rs in lockorder._inst_records.values() for r in rs]
+        records = [r for serial in list(lockorder._inst_in) for r in lockorder._records_into(serial)]
         assert len(records) == 2
         if locks.SPEEDUPS:
-            assert not any(gc.is_tracked(r) or gc.is_tracked(r[5]) for r in records)
-            assert not any(gc.is_tracked(rs) for rs in lockorder._inst_records.values())
+            runs = {id(run): run for serial in lockorder._inst_in for run in lockorder._runs_into(serial)}
+            assert len(runs) == 1  # (one run holds both edges)
+            assert not any(gc.is_tracked(run) or gc.is_tracked(run[0]) or gc.is_tracked(run[5]) for run in runs.values())
         gc.collect()
         with accounts[2], accounts[0]:
             pass
@@ -219,7 +220,7 @@ class TestRuns:
         _in_thread(run, "runner")
         assert not ordered.snapshot().of_kind(LockOrderEvent)
         serials = [lock._ct_serial for lock in chain]  # type: ignore[attr-defined]
-        (record,) = lockorder._inst_records[serials[11]]
+        (record,) = lockorder._records_into(serials[11])
         assert [h[3] for h in record[5][: record[6]]] == serials[:11] and record[2] == "runner"
         back_line = 0
 

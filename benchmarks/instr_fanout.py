@@ -1,0 +1,108 @@
+"""Instructions per request (valgrind callgrind) of a ``concurrent.futures`` fan-out under lock tracing,
+with and without lock order: a noise-free complement to ``bench_run.py``'s ``futures_fanout`` program.
+
+    .venv/bin/python benchmarks/instr_fanout.py                          # the C paths
+    CONCTOOLS_PURE_PYTHON=1 .venv/bin/python benchmarks/instr_fanout.py  # the pure-Python path
+
+Each case runs N and 2N requests (each fanned out to 25 futures on a ``ThreadPoolExecutor(4)``, gathered
+by ``wait()`` or ``as_completed()``, with a done-callback and a merge lock, as the program does) under
+callgrind; the difference divided by N is the cost of one request, start-up and imports cancelled out.
+Each case also counts the garbage collections (``gc.callbacks``) of the 2N run, printed beside it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+N = 200
+
+CASES = {
+    "fan-out of 25 futures: plain": "",
+    "same, trace_locks()": "ctx = conctools.trace_locks()",
+    "same, trace_locks(lock_order=True)": "ctx = conctools.trace_locks(lock_order=True)",
+}
+
+TEMPLATE = """
+import contextlib, gc, sys, threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, as_completed, wait
+import conctools
+ctx = contextlib.nullcontext()
+{setup}
+n = int(sys.argv[1])
+collections = [0]
+def counted(phase, info):
+    if phase == "start":
+        collections[0] += 1
+def part(request, shard):
+    return request + shard
+def main():
+    merged = {{}}
+    merge_lock = threading.Lock()
+    progress = [0]
+    progress_lock = threading.Lock()
+    def done(_f):
+        with progress_lock:
+            progress[0] += 1
+    with ThreadPoolExecutor(4) as pool:
+        for request in range(n):
+            futures = [pool.submit(part, request, shard) for shard in range(25)]
+            for f in futures:
+                f.add_done_callback(done)
+            if request % 2:
+                total = sum(f.result() for f in as_completed(futures))
+            else:
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                total = sum(f.result() for f in finished)
+            with merge_lock:
+                merged[request] = total
+    assert len(merged) == n and progress[0] == n * 25
+with ctx:
+    gc.callbacks.append(counted)
+    main()
+    gc.callbacks.remove(counted)
+print("collections", collections[0], file=sys.stderr)
+"""
+
+
+def instructions(setup: str, n: int) -> tuple[int, int]:
+    code = TEMPLATE.format(setup=setup)
+    result = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code, str(n)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    match = re.search(r"Collected : (\d+)", result.stderr)
+    gcs = re.search(r"collections (\d+)", result.stderr)
+    if not match or not gcs:
+        raise RuntimeError(result.stderr[-2000:])
+    return int(match.group(1)), int(gcs.group(1))
+
+
+def per_request(setup: str) -> tuple[float, int]:
+    (small, _), (large, gcs) = instructions(setup, N), instructions(setup, 2 * N)
+    return (large - small) / N, gcs
+
+
+def main() -> None:
+    if shutil.which("valgrind") is None:
+        print("instr_fanout: valgrind is not installed (Debian package valgrind)", file=sys.stderr)
+        raise SystemExit(2)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(CASES, pool.map(per_request, CASES.values())))
+    print(f"Instructions per request of 25 futures (callgrind, {N:,} vs {2 * N:,} requests):\n")
+    print(f"| what | instructions per request | added | collections in {2 * N:,} requests |")
+    print("|---|---:|---:|---:|")
+    base = 0.0
+    for name, (count, gcs) in results.items():
+        if name.endswith(": plain"):
+            base = count
+        print(f"| {name} | {count:,.0f} | {count - base:+,.0f} | {gcs} |")
+
+
+if __name__ == "__main__":
+    main()
