@@ -4383,6 +4383,90 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+/* Is the lock of a held entry gone? 1 gone, 0 alive, -1 not an entry. */
+static int
+entry_gone(PyObject *h)
+{
+    if (!PyTuple_CheckExact(h) || PyTuple_GET_SIZE(h) < 5 || !PyWeakref_CheckRef(PyTuple_GET_ITEM(h, 0))) return -1;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    int r = PyWeakref_GetRef(PyTuple_GET_ITEM(h, 0), &obj);
+    if (r < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_XDECREF(obj);
+    return r == 0;
+#else
+    PyObject *obj = PyWeakref_GetObject(PyTuple_GET_ITEM(h, 0));
+    if (obj == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    return obj == Py_None;
+#endif
+}
+
+/* drop_dead_run(run, into, has_out): lockorder._drop_if_dead's work (the caller holds lockorder._mutex):
+ * -1 when a lock of the run is alive; else the number of its edges removed from the graph (`into`,
+ * lockorder._inst_in, and `has_out`), which is 0 unless they are a chain of their own, s0 -> ... -> sk:
+ * no edge into s0, the only edge into each other one the run's, and one edge out of each but sk, none
+ * out of sk. A fan-out of futures drops a run per wait(): ~25 steps of Python's map() each in Python. */
+static PyObject *
+drop_dead_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "drop_dead_run(run, into, has_out)");
+        return NULL;
+    }
+    PyObject *run = args[0], *into = args[1], *out = args[2];
+    if (PyList_GET_SIZE(run) < 11 || !PyList_CheckExact(PyList_GET_ITEM(run, 5))) return PyLong_FromLong(0);
+    PyObject *same = PyList_GET_ITEM(run, 5);
+    Py_ssize_t start = PyLong_AsSsize_t(PyList_GET_ITEM(run, 7));
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(same);
+    if (start < 0 || start >= n) return PyLong_FromLong(0);
+    for (Py_ssize_t i = start; i < n; i++) {
+        int gone = entry_gone(PyList_GET_ITEM(same, i));
+        if (gone == 0) return PyLong_FromLong(-1);
+        if (gone < 0) return PyLong_FromLong(0); /* (not an entry: the general pass) */
+    }
+    /* From here on every entry is a tuple of 5 or more (checked above); serials are ints. */
+#define SERIAL(i) PyTuple_GET_ITEM(PyList_GET_ITEM(same, (i)), 3)
+    for (Py_ssize_t i = start; i < n; i++) {
+        if (!PyLong_CheckExact(SERIAL(i))) return PyLong_FromLong(0);
+    }
+    int r1 = PyDict_Contains(into, SERIAL(start)), r2 = PyDict_Contains(out, SERIAL(start));
+    int r3 = PyDict_Contains(out, SERIAL(n - 1));
+    if (r1 < 0 || r2 < 0 || r3 < 0) return NULL;
+    if (r1 || !r2 || r3) return PyLong_FromLong(0);
+    for (Py_ssize_t i = start + 1; i < n; i++) {
+        PyObject *v = PyDict_GetItemWithError(into, SERIAL(i));
+        if (v == NULL && PyErr_Occurred()) return NULL;
+        if (v != run) return PyLong_FromLong(0);
+    }
+    for (Py_ssize_t i = start; i < n - 1; i++) {
+        PyObject *v = PyDict_GetItemWithError(out, SERIAL(i));
+        if (v == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            return PyLong_FromLong(0);
+        }
+        if (!PyLong_CheckExact(v) || PyLong_AsLong(v) != 1) {
+            PyErr_Clear();
+            return PyLong_FromLong(0);
+        }
+    }
+    /* Removing the entries frees no object of the run's (the caller holds it) and ints only. */
+    for (Py_ssize_t i = start + 1; i < n; i++) {
+        if (PyDict_DelItem(into, SERIAL(i)) < 0) return NULL;
+    }
+    for (Py_ssize_t i = start; i < n - 1; i++) {
+        if (PyDict_DelItem(out, SERIAL(i)) < 0) return NULL;
+    }
+#undef SERIAL
+    return PyLong_FromSsize_t(n - 1 - start);
+}
+
 /* setup_runs(runs, into, has_out, count, full_skip, prune_at, max_edges, mutex): lockorder's
  * instance-edge tables, for run_next() */
 static PyObject *
@@ -5051,6 +5135,8 @@ static PyMethodDef module_methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      "setup(...): what the C paths need from conctools.locks"},
     {"clear_caches", (PyCFunction)py_clear_caches, METH_NOARGS, "clear_caches(): forget cached creation sites"},
+    {"drop_dead_run", (PyCFunction)(void (*)(void))drop_dead_run, METH_FASTCALL,
+     "drop_dead_run(run, into, has_out): lockorder._drop_if_dead in C"},
     {"setup_runs", (PyCFunction)(void (*)(void))setup_runs, METH_VARARGS | METH_KEYWORDS,
      "setup_runs(...): lockorder's instance-edge tables, for the next lock of a run"},
     {"setup_waits", (PyCFunction)(void (*)(void))setup_waits, METH_VARARGS | METH_KEYWORDS,

@@ -110,6 +110,9 @@ _inst_full_skip = [0, 0]  # when full of live locks' edges: new edges skipped be
 # sites, frames and held-lock entries, which hold their lock weakly) and the lists of them can never
 # be part of a reference cycle, so the garbage collector need not walk them at every collection.
 _untrack: list[Callable[[Any], None] | None] = [None]
+# The C extension's drop_dead_run(run, into, has_out) (set by conctools.locks), else None: _drop_if_dead's
+# work in C, one call per run where Python's takes ~8 steps per lock of the run.
+_drop_dead_run: list[Callable[[Any, Any, Any], int] | None] = [None]
 
 
 # A held lock: (weak reference to the primitive, class key, display name, serial, site): weak,
@@ -360,8 +363,10 @@ _Run = list[Any]
 _runs: dict[int, _Run] = {}
 # The runs that added an edge to the graph in Python (the first lock of a run always comes through
 # Python), for the pruning (see _drop_dead_runs), oldest first; a run whose edges were all known
-# (the same locks nested again) is not kept.
-_run_log: list[_Run] = []
+# (the same locks nested again) is not kept. Each new one looks at the two oldest first
+# (_drop_old_runs): a fan-out's runs are dropped a few calls after their futures are gone.
+_run_log: deque[_Run] = deque()
+RUNS_LOOKED_AT_PER_RUN = 2
 RUN_LOG_MAX = 10_000
 _deref = weakref.ref.__call__
 _first = operator.itemgetter(0)
@@ -491,6 +496,7 @@ def _add_instance_edge(run: _Run, inner: Held, entry: Held) -> None:
         _inst_count[0] += 1
         if not run[8]:
             run[8] = True
+            _drop_old_runs()
             _run_log.append(run)
         if to in _inst_has_out:  # it leads on: the new edge may close a cycle
             cycle = _instance_path(frm, to)
@@ -523,36 +529,61 @@ def _instance_path(source: int, goal: int) -> list[int] | None:
     return None
 
 
+def _drop_if_dead(run: _Run) -> bool:
+    """Drop the edges of ``run`` if its locks are all gone and they are a chain of their own,
+    ``s0 -> s1 -> ... -> sk``: no edge into ``s0``, the only edge into each other one this run's, and
+    no other edge out of them (caller holds ``_mutex``). False when one of its locks is alive (the run
+    is kept for later), True otherwise (whether dropped or left to the general pass)."""
+    drop = _drop_dead_run[0]
+    if drop is not None:
+        dropped = drop(run, _inst_in, _inst_has_out)
+        if dropped < 0:
+            return False
+        _inst_count[0] -= dropped
+        return True
+    chain = run[5][run[7] :]
+    if any(map(_deref, map(_first, chain))):  # (map over C callables: a fan-out's runs are many)
+        return False
+    into = _inst_in
+    out = _inst_has_out
+    serials = list(map(_fourth, chain))
+    first = serials[0]
+    if first in into or first not in out or serials[-1] in out:
+        return True  # (the general pass looks at its edges)
+    froms = serials[:-1]
+    tos = serials[1:]
+    # each edge into the next one this run's only, one edge out of each
+    if not all(map(_is, map(into.get, tos), [run] * len(tos))) or any(map(_one.__ne__, map(out.get, froms))):
+        return True
+    deque(map(into.__delitem__, tos), 0)
+    deque(map(out.__delitem__, froms), 0)
+    _inst_count[0] -= len(tos)
+    return True
+
+
+def _drop_old_runs() -> None:
+    """Before a new run is logged (caller holds ``_mutex``): the two oldest runs of the log are dropped
+    when their locks are gone (see :func:`_drop_if_dead`), else put last. The edges of a fan-out's
+    runs, and the held-lock entries they keep (each with a weak reference), then live a few calls
+    rather than until the next prune: thousands of them made the garbage collector run ~15x as often
+    as in a plain run (3.11 collects after 700 more objects made than freed)."""
+    for _ in range(min(RUNS_LOOKED_AT_PER_RUN, len(_run_log))):
+        run = _run_log.popleft()
+        if not _drop_if_dead(run):
+            _run_log.append(run)
+
+
 def _drop_dead_runs() -> None:
-    """The first step of :func:`_prune_instances` (caller holds ``_mutex``): the edges of a run whose
-    locks are all gone, when they are a chain of their own, ``s0 -> s1 -> ... -> sk``: no edge into
-    ``s0``, the only edge into each other one this run's, and no other edge out of them.
+    """The first step of :func:`_prune_instances` (caller holds ``_mutex``): the edges of every run of
+    the log whose locks are all gone, when they are a chain of their own (see :func:`_drop_if_dead`).
     Removing dead locks with no edge into them, one after the other, would take them all: this does
     it in one pass over the run, before the general pass (which then walks only what is left: for
     a fan-out of futures, the runs of the futures still alive)."""
-    keep: list[_Run] = []
-    into = _inst_in
-    out = _inst_has_out
-    for run in _run_log:  # (map over C callables: a fan-out's runs are many, their locks more)
-        chain = run[5][run[7] :]
-        if any(map(_deref, map(_first, chain))):
-            keep.append(run)
-            continue
-        serials = list(map(_fourth, chain))
-        first = serials[0]
-        if first in into or first not in out or serials[-1] in out:
-            continue  # (the general pass looks at its edges)
-        froms = serials[:-1]
-        tos = serials[1:]
-        # each edge into the next one this run's only, one edge out of each
-        if not all(map(_is, map(into.get, tos), [run] * len(tos))) or any(map(_one.__ne__, map(out.get, froms))):
-            continue
-        deque(map(into.__delitem__, tos), 0)
-        deque(map(out.__delitem__, froms), 0)
-        _inst_count[0] -= len(tos)
+    keep = [run for run in _run_log if not _drop_if_dead(run)]
     if len(keep) > RUN_LOG_MAX:  # runs of long-lived locks: the general pass still prunes their edges
         del keep[: len(keep) - RUN_LOG_MAX]
-    _run_log[:] = keep
+    _run_log.clear()
+    _run_log.extend(keep)
 
 
 def _prune_instances() -> None:

@@ -2089,6 +2089,7 @@ def _install_speedups() -> None:
     Lock.locked_lock = Lock.locked  # type: ignore[method-assign]
     registry._c_live[0] = _speedups.live
     lockorder._untrack[0] = _speedups.untrack
+    lockorder._drop_dead_run[0] = _speedups.drop_dead_run
     lockorder._stack_type[0] = _speedups.HeldStack  # (its version is bumped in C too)
     _speedups.setup_runs(  # the next lock of a run of one class, in C (lockorder._run_edge)
         runs=lockorder._runs,
