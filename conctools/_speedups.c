@@ -88,7 +88,8 @@ typedef struct CoreObject {
     PyObject *entry;             /* _ct_entry: the last held-stack entry (weakref, key, name, serial, site) */
     PyObject *entry_alt[3];      /* the entries of the sites before it, most recent first (a queue's mutex is
                                   * taken by put, get and task_done in turn: one entry each, not one per turn) */
-    PyObject *known[2];          /* held entries whose edge to this lock is known (strong refs) */
+    PyObject *known[2];          /* class keys of held locks whose edge to this lock is known (strong refs): by
+                                    the key, not the held entry, as each future's condition is a new entry */
     long long known_gen;         /* lockorder generation those were checked in */
     PyObject *trash[2];          /* references dropped inside a critical section, released later */
     /* identity */
@@ -1407,11 +1408,11 @@ edges_known(CoreObject *self, PyObject *held, PyObject *entry)
     Py_ssize_t n = PyList_GET_SIZE(held);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *h = PyList_GET_ITEM(held, i);
-        if (known_from(self, h)) {
-            continue;
-        }
         if (!PyTuple_Check(h) || PyTuple_GET_SIZE(h) < 2 || !PyWeakref_CheckRef(PyTuple_GET_ITEM(h, 0))) {
             return 0;
+        }
+        if (known_from(self, PyTuple_GET_ITEM(h, 1))) {
+            continue; /* (a lock of that class: not this one, and the edge is known) */
         }
 #if PY_VERSION_HEX >= 0x030D0000
         PyObject *other = NULL;
@@ -1448,7 +1449,7 @@ edges_known(CoreObject *self, PyObject *held, PyObject *entry)
             PyErr_Clear();
             return 0;
         }
-        remember_known(self, h);
+        remember_known(self, from_key);
     }
     return 1;
 }
@@ -1859,6 +1860,15 @@ order_pop(CoreObject *self)
             else {
                 h = PyList_GET_ITEM(held, j);
                 if (PyTuple_Check(h) && PyTuple_GET_SIZE(h) > 0 && PyTuple_GET_ITEM(h, 0) == wref) at = j;
+            }
+            if (at >= 0 && at == PyList_GET_SIZE(held) - 1) {
+                /* The innermost: the list keeps its room (a stack that goes from empty to one lock and
+                 * back, as most do, would otherwise be reallocated at every push and pop). Frees at most
+                 * a tuple of ours (its parts live on). */
+                Py_SET_SIZE(held, at);
+                Py_DECREF(h);
+                if (IS_HELD_STACK(held)) HELD_BUMP(held);
+                break;
             }
             if (at >= 0) {
                 /* Deleting the item frees at most a tuple of ours (its parts live on). */
