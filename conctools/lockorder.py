@@ -22,9 +22,12 @@ taken already leads to another of its class, and a stack is kept for a sample of
 site. Locks of one class taken one after the other, each while holding the ones before (a *run*:
 ``wait()`` takes 25 futures' conditions so), are checked with no graph lookup from the second one on,
 in C with the C extension: the owner's held stack is what it was after the run's last lock, so
-the edges from locks of other classes are known and the edge is from that last lock. Once there
-are many, the edges of locks that the garbage collector took are forgotten where no path between
-other locks goes through them (a run of dead locks that is a chain of its own in one step).
+the edges from locks of other classes are known and the edge is from that last lock. A run is
+stored once, as the record of all its edges (the graph maps each lock to the run with an edge into
+it; an edge's record is made from the run when a cycle is reported), so a ``wait()`` makes a few
+objects, not a few per future. A run whose locks the garbage collector took, and that is a chain of
+its own, is forgotten a few runs later; the edges of other dead locks are forgotten once there are
+many, where no path between other locks goes through them.
 
 Checking costs a thread-local lookup and a dict lookup per held lock on every acquisition,
 so it is a mode: :func:`enable` (what ``trace_locks(lock_order=True)`` and ``conctools run``

@@ -172,7 +172,9 @@ class TestInstanceEdgeRecords:
         if locks.SPEEDUPS:
             runs = {id(run): run for serial in lockorder._inst_in for run in lockorder._runs_into(serial)}
             assert len(runs) == 1  # (one run holds both edges)
-            assert not any(gc.is_tracked(run) or gc.is_tracked(run[0]) or gc.is_tracked(run[5]) for run in runs.values())
+            assert not any(
+                gc.is_tracked(run) or gc.is_tracked(run[0]) or gc.is_tracked(run[5]) for run in runs.values()
+            )
         gc.collect()
         with accounts[2], accounts[0]:
             pass
