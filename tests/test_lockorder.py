@@ -337,6 +337,30 @@ class TestInversions:
         (event,) = inversions(ordered)
         assert len(event.cycle) == 2
 
+    def test_fan_out_runs_are_forgotten_soon(self, ordered: Recorder) -> None:
+        """A fan-out (each round ``wait()`` on 25 new futures, then drops them) keeps the edges of the
+        last few rounds only, long before the graph's prune (``INSTANCE_PRUNE_AT``): each is one run,
+        forgotten a few runs after its futures are gone; an inversion is still found after."""
+        sizes = []
+        with conctools.trace_locks(), concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for round_ in range(200):
+                futures = [pool.submit(int, shard) for shard in range(25)]
+                done, _ = concurrent.futures.wait(futures)
+                assert len(done) == 25
+                del futures, done
+                sizes.append(lockorder.graph_size())
+            assert 200 * 24 > lockorder.INSTANCE_PRUNE_AT  # (a prune alone would keep up to that many)
+            assert max(sizes[10:]) <= 4 * 24, sizes
+            kept = {id(run) for serial in list(lockorder._inst_in) for run in lockorder._runs_into(serial)}
+            assert len(kept) <= 4
+            futures = [concurrent.futures.Future() for _ in range(2)]
+        concurrent.futures.wait(futures, timeout=0)
+        order = sorted(futures, key=id)
+        with order[1]._condition, order[0]._condition:  # type: ignore[attr-defined]
+            pass
+        (event,) = inversions(ordered)
+        assert len(event.cycle) == 2 and all("#" in name for name in event.cycle)
+
     def test_live_lock_between_dead_ones_keeps_the_path(self, ordered: Recorder) -> None:
         """``a -> short-lived -> b`` keeps ``a`` before ``b`` when the lock in between is gone and
         the graph is pruned: taking ``b`` then ``a`` is still reported."""
