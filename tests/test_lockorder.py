@@ -343,13 +343,13 @@ class TestInversions:
         forgotten a few runs after its futures are gone; an inversion is still found after."""
         sizes = []
         with conctools.trace_locks(), concurrent.futures.ThreadPoolExecutor(2) as pool:
-            for round_ in range(200):
+            for _ in range(200):
                 futures = [pool.submit(int, shard) for shard in range(25)]
                 done, _ = concurrent.futures.wait(futures)
                 assert len(done) == 25
                 del futures, done
                 sizes.append(lockorder.graph_size())
-            assert 200 * 24 > lockorder.INSTANCE_PRUNE_AT  # (a prune alone would keep up to that many)
+            assert lockorder.INSTANCE_PRUNE_AT < 200 * 24  # (a prune alone would keep up to that many)
             assert max(sizes[10:]) <= 4 * 24, sizes
             kept = {id(run) for serial in list(lockorder._inst_in) for run in lockorder._runs_into(serial)}
             assert len(kept) <= 4
