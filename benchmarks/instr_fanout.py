@@ -8,6 +8,9 @@ Each case runs N and 2N requests (each fanned out to 25 futures on a ``ThreadPoo
 by ``wait()`` or ``as_completed()``, with a done-callback and a merge lock, as the program does) under
 callgrind; the difference divided by N is the cost of one request, start-up and imports cancelled out.
 Each case also counts the garbage collections (``gc.callbacks``) of the 2N run, printed beside it.
+The pool's threads make the count vary by some 20k instructions per request from run to run (under
+valgrind, how many futures are done before ``wait()`` differs); the last cases are deterministic: one
+thread, 25 futures completed before ``wait()`` or ``as_completed()`` takes their conditions.
 """
 
 from __future__ import annotations
@@ -24,13 +27,17 @@ CASES = {
     "fan-out of 25 futures: plain": "",
     "same, trace_locks()": "ctx = conctools.trace_locks()",
     "same, trace_locks(lock_order=True)": "ctx = conctools.trace_locks(lock_order=True)",
+    "25 done futures, one thread: plain": "ONE_THREAD = True",
+    "same, trace_locks() ": "ONE_THREAD = True; ctx = conctools.trace_locks()",
+    "same, trace_locks(lock_order=True) ": "ONE_THREAD = True; ctx = conctools.trace_locks(lock_order=True)",
 }
 
 TEMPLATE = """
 import contextlib, gc, sys, threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, as_completed, wait
 import conctools
 ctx = contextlib.nullcontext()
+ONE_THREAD = False
 {setup}
 n = int(sys.argv[1])
 collections = [0]
@@ -60,9 +67,18 @@ def main():
             with merge_lock:
                 merged[request] = total
     assert len(merged) == n and progress[0] == n * 25
+def one_thread():
+    for request in range(n):
+        futures = [Future() for _ in range(25)]
+        for i, f in enumerate(futures):
+            f.set_result(i)
+        if request % 2:
+            total = sum(f.result() for f in as_completed(futures))
+        else:
+            finished, _ = wait(futures)
 with ctx:
     gc.callbacks.append(counted)
-    main()
+    one_thread() if ONE_THREAD else main()
     gc.callbacks.remove(counted)
 print("collections", collections[0], file=sys.stderr)
 """
