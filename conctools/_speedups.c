@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 11
+#define API_VERSION 12
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -2927,7 +2927,7 @@ static struct {
     long long n, timeouts, total_ns, hist_max, events_added, dropped;
     long long buckets[ACC_BUCKETS];
 } g_acc;
-static long long g_acc_total; /* waits counted in runs (tests) */
+static long long g_acc_total, g_acc_champions; /* waits counted in runs, those kept as the longest (tests) */
 
 static void
 acc_forget(void)
@@ -3093,6 +3093,7 @@ acc_try(PyObject *w, int acquired)
         g_acc.max_ns = wait_ns;
         g_acc.events++;
         g_acc.events_added++;
+        g_acc_champions++;
     }
     else {
         g_acc.dropped++;
@@ -3484,6 +3485,13 @@ py_set_brief_wait(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 /* brief_waits() -> (ended in their window so far, now in their window, not yet recorded). */
+/* aio_run_waits() -> (waits counted in runs, of which kept as the longest so far) (tests, benchmarks). */
+static PyObject *
+py_aio_run_waits(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("(LL)", g_acc_total, g_acc_champions);
+}
+
 static PyObject *
 py_brief_waits(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
@@ -5367,6 +5375,8 @@ static PyMethodDef module_methods[] = {
      "wait_begin(prim, frame, timeout_s, holder, by_task=False, event=True, task=False): a wait record"},
     {"wait_done", (PyCFunction)(void (*)(void))py_wait_done, METH_FASTCALL,
      "wait_done(wait, acquired): the wait ended (stores only)"},
+    {"aio_run_waits", (PyCFunction)py_aio_run_waits, METH_NOARGS,
+     "aio_run_waits() -> (waits, longest): asyncio waits counted in runs (issue 12), those kept as the longest"},
     {"drain_brief", (PyCFunction)py_drain_brief, METH_NOARGS,
      "drain_brief(): record the contended waits that ended in their brief window"},
     {"set_brief_wait", (PyCFunction)py_set_brief_wait, METH_O,
