@@ -5218,6 +5218,102 @@ py_note_task_site(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     Py_RETURN_TRUE;
 }
 
+/* task_factory(table, limit, purge, task_type) -> factory: the loop monitor's task factory in C (issue 12:
+ * it runs for every task a program creates). factory(loop, coro, **kwargs) makes task_type(coro, loop=loop,
+ * **kwargs), notes its creation site as note_task_site(table, task) does, and calls purge() once table
+ * holds limit[0] tasks. Noting never fails the creation. */
+static PyObject *s_loop_kwnames; /* ("loop",) */
+
+static PyObject *
+task_factory_call(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (!PyTuple_Check(self) || PyTuple_GET_SIZE(self) != 4 || nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "task factory(loop, coro, **kwargs)");
+        return NULL;
+    }
+    PyObject *table = PyTuple_GET_ITEM(self, 0), *limit = PyTuple_GET_ITEM(self, 1),
+             *purge = PyTuple_GET_ITEM(self, 2), *task_type = PyTuple_GET_ITEM(self, 3);
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *task;
+    if (nkw == 0) {
+        PyObject *stack[2] = {args[1], args[0]};
+        task = PyObject_Vectorcall(task_type, stack, 1, s_loop_kwnames);
+    }
+    else {
+        PyObject *names = PyTuple_New(1 + nkw);
+        PyObject **stack = PyMem_Malloc(sizeof(PyObject *) * (size_t)(2 + nkw));
+        if (names == NULL || stack == NULL) {
+            Py_XDECREF(names);
+            PyMem_Free(stack);
+            return PyErr_NoMemory();
+        }
+        PyTuple_SET_ITEM(names, 0, Py_NewRef(PyTuple_GET_ITEM(s_loop_kwnames, 0)));
+        stack[0] = args[1];
+        stack[1] = args[0];
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyTuple_SET_ITEM(names, 1 + i, Py_NewRef(PyTuple_GET_ITEM(kwnames, i)));
+            stack[2 + i] = args[2 + i];
+        }
+        task = PyObject_Vectorcall(task_type, stack, 1, names);
+        PyMem_Free(stack);
+        Py_DECREF(names);
+    }
+    if (task == NULL) return NULL;
+    /* note_task_site(table, task), its errors swallowed (observation never fails the program) */
+    PyCodeObject *code = NULL;
+    int lasti = 0;
+    if (PyDict_CheckExact(table) && first_frame_without(BIT_CREATION_SKIP, &code, &lasti) && code != NULL) {
+        PyObject *ref = PyWeakref_NewRef(task, NULL);
+        PyObject *offset = ref != NULL ? PyLong_FromLong(lasti) : NULL;
+        PyObject *entry = offset != NULL ? PyTuple_Pack(3, ref, (PyObject *)code, offset) : NULL;
+        Py_XDECREF(offset);
+        if (ref != NULL && PyObject_GC_IsTracked(ref) && Py_REFCNT(ref) == 2) PyObject_GC_UnTrack(ref);
+        Py_XDECREF(ref);
+        if (entry != NULL) {
+            PyObject_GC_UnTrack(entry);
+            PyObject *key = PyLong_FromVoidPtr(task);
+            if (key == NULL || PyDict_SetItem(table, key, entry) < 0) PyErr_Clear();
+            Py_XDECREF(key);
+            Py_DECREF(entry);
+        }
+        PyErr_Clear();
+        if (PyList_Check(limit) && PyList_GET_SIZE(limit) > 0) {
+            Py_ssize_t cap = PyLong_AsSsize_t(PyList_GET_ITEM(limit, 0));
+            if (cap == -1 && PyErr_Occurred()) PyErr_Clear();
+            else if (PyDict_GET_SIZE(table) >= cap) {
+                PyObject *r = PyObject_CallNoArgs(purge);
+                Py_XDECREF(r);
+            }
+        }
+    }
+    PyErr_Clear();
+    return task;
+}
+
+static PyMethodDef task_factory_def = {"conctools_task_factory", (PyCFunction)(void (*)(void))task_factory_call,
+                                       METH_FASTCALL | METH_KEYWORDS,
+                                       "factory(loop, coro, **kwargs) -> task, its creation site noted (conctools)"};
+
+static PyObject *
+py_task_factory(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyList_Check(args[1]) || !PyCallable_Check(args[2]) ||
+        !PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "task_factory(table: dict, limit: list, purge, task_type)");
+        return NULL;
+    }
+    if (s_loop_kwnames == NULL) {
+        s_loop_kwnames = Py_BuildValue("(s)", "loop");
+        if (s_loop_kwnames == NULL) return NULL;
+    }
+    PyObject *bound = PyTuple_Pack(4, args[0], args[1], args[2], args[3]);
+    if (bound == NULL) return NULL;
+    PyObject *f = PyCFunction_New(&task_factory_def, bound);
+    Py_DECREF(bound);
+    return f;
+}
+
 static PyObject *
 py_thread_state_id(PyObject *Py_UNUSED(module), PyObject *arg)
 {
@@ -5358,6 +5454,8 @@ py_raw_stack(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 static PyMethodDef module_methods[] = {
+    {"task_factory", (PyCFunction)(void (*)(void))py_task_factory, METH_FASTCALL,
+     "task_factory(table, limit, purge, task_type) -> the loop monitor's task factory, in C"},
     {"note_task_site", (PyCFunction)(void (*)(void))py_note_task_site, METH_FASTCALL,
      "note_task_site(table, task) -> bool: table[id(task)] = (weakref(task), file, line) of its creation site"},
     {"thread_state_id", (PyCFunction)py_thread_state_id, METH_O,
