@@ -2992,8 +2992,9 @@ acc_drain(int wait)
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
     int done = 0;
-    PyObject *hist = PyObject_GetAttr(g_acc.stats, s_wait);
-    PyObject *mutex = hist != NULL ? PyObject_GetAttr(g_acc.stats, s_mutex) : NULL;
+    PyObject *stats = Py_NewRef(g_acc.stats);
+    PyObject *hist = PyObject_GetAttr(stats, s_wait);
+    PyObject *mutex = hist != NULL ? PyObject_GetAttr(stats, s_mutex) : NULL;
     int plain = mutex != NULL && g_lock_type != NULL && Py_IS_TYPE(mutex, (PyTypeObject *)g_lock_type) &&
                 m_lock_acquire != NULL && m_lock_release != NULL;
     PyErr_Clear();
@@ -3004,7 +3005,7 @@ acc_drain(int wait)
             struct timespec pause = {0, 50000};
             nanosleep(&pause, NULL);
             Py_END_ALLOW_THREADS
-            if (g_acc.stats == NULL) break; /* drained meanwhile */
+            if (g_acc.stats != stats) break; /* drained meanwhile (another run may have begun: not this call's) */
         }
         PyObject *got = call_varargs(m_lock_acquire, f_lock_acquire, mutex, g_false_args);
         int ok = got == Py_True;
@@ -3052,7 +3053,8 @@ acc_drain(int wait)
         done = 1;
         break;
     }
-    if (g_acc.stats == NULL) done = 1;
+    if (g_acc.stats != stats) done = 1;
+    Py_DECREF(stats);
     Py_XDECREF(mutex);
     Py_XDECREF(hist);
     PyErr_Clear();
@@ -3085,7 +3087,13 @@ acc_try(PyObject *w, int acquired)
     if (wait_ns > g_acc.max_ns) {
         /* the longest at its site so far: kept (its names now: its task and primitive are alive), and the
          * run's previous longest, never handed on, is dropped */
-        lazy_fill(w);
+        PyObject *entry = Py_NewRef(g_acc.entry);
+        lazy_fill(w); /* (a task's get_name() may be Python code: the run is read again after it) */
+        if (g_acc.entry != entry || wait_ns <= g_acc.max_ns) {
+            Py_DECREF(entry);
+            return 0; /* the run changed meanwhile: the full path records it */
+        }
+        Py_DECREF(entry);
         wset(w, W_ENTRY, g_acc.entry);
         wset(w, W_STACK, Py_None);
         if (g_acc.champion != NULL) g_acc.dropped++;
