@@ -13,6 +13,7 @@ run (no watchdog, loop monitor or sampler), so every instruction counted is the 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -27,6 +28,10 @@ CASES = {
     "same, trace_locks() and track_pools()": "ctx = combined(conctools.trace_locks(), track_pools())",
     "Queue(100) put and get by 8 consumers: asyncio": "QUEUE = True",
     "same, track_pools()": "QUEUE = True; ctx = track_pools()",
+    "programs/async_locks.py's shape (Semaphore(50), Lock, Queue(100)): asyncio": "PROGRAM = True",
+    "same, trace_locks() and track_pools() (conctools run's locks)": (
+        "PROGRAM = True; ctx = combined(conctools.trace_locks(), track_pools())"
+    ),
 }
 
 TEMPLATE = """
@@ -41,7 +46,7 @@ def combined(*cms):
         stack.enter_context(cm)
     return stack
 ctx = contextlib.nullcontext()
-QUEUE = False
+QUEUE = PROGRAM = False
 {setup}
 n = int(sys.argv[1])
 async def one(s):
@@ -51,8 +56,21 @@ async def consume(q):
     while True:
         await q.get()
         q.task_done()
+async def fetch(i, slots, lock, stats, out):
+    async with slots:
+        await asyncio.sleep(0)
+        async with lock:
+            stats["done"] += 1
+        await out.put(i)
 async def main():
-    if QUEUE:
+    if PROGRAM:  # benchmarks/programs/async_locks.py
+        slots, lock, q, stats = asyncio.Semaphore(50), asyncio.Lock(), asyncio.Queue(100), {{"done": 0}}
+        consumers = [asyncio.create_task(consume(q)) for _ in range(8)]
+        await asyncio.gather(*(fetch(i, slots, lock, stats, q) for i in range(n)))
+        await q.join()
+        for c in consumers:
+            c.cancel()
+    elif QUEUE:
         q = asyncio.Queue(100)
         consumers = [asyncio.create_task(consume(q)) for _ in range(8)]
         for i in range(n):
@@ -75,6 +93,7 @@ def instructions(setup: str, n: int) -> int:
         capture_output=True,
         text=True,
         timeout=1800,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # (string hashes decide dict probing: a few k per task)
     )
     match = re.search(r"Collected : (\d+)", result.stderr)
     if not match:

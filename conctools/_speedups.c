@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 13
+#define API_VERSION 15
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -1939,7 +1939,10 @@ releasing(CoreObject *self)
 enum {
     W_ACQUIRED, W_END_NS, W_ENTRY, W_EVENT, W_HOLDER, W_HOLDER_EXITED, W_IDENT, W_KEY, W_LOCK_ID, W_LOCK_NAME,
     W_PREV_TASK, W_PREV_THREAD, W_PRIM, W_REC, W_SITE, W_STACK, W_START_NS, W_STATS, W_TASK, W_TASK_NAME,
-    W_THREAD, W_THREAD_KEY, W_TIMEOUT_S, W_SETTLED, W_COUNT
+    W_THREAD, W_THREAD_KEY, W_TIMEOUT_S, W_SETTLED,
+    /* (no attribute) an asyncio wait made lazily (see wait_begin): its holder when it began (a task or None)
+     * until its end fills what only a sampled wait needs; NULL once it is complete */
+    W_LAZY, W_COUNT
 };
 typedef struct {
     PyObject_HEAD
@@ -1994,6 +1997,7 @@ waitrecord_traverse(WaitObject *self, visitproc visit, void *arg)
     Py_VISIT(self->f[W_TASK]);
     Py_VISIT(self->f[W_HOLDER]);
     Py_VISIT(self->f[W_PREV_TASK]);
+    Py_VISIT(self->f[W_LAZY]);
     return 0;
 }
 
@@ -2608,48 +2612,12 @@ holder_brief(PyObject *holder)
     return task_name_of(holder);
 }
 
-/* locks._wait_begin in C: begin(prim, timeout_s, holder, by_task, event, task). The site is found
- * from the calling thread's frames (the first outside conctools and the stdlib modules sites skip). */
-static PyObject *
-wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int event, PyObject *task_arg)
+/* stats.begin_wait(site) for the record w: counted now, without a mutex (no Python code runs in between);
+ * its site's entry and, for the first few waits per site, its stack stored into w. where: the code of the
+ * wait's site (NULL: found here when it is needed). */
+static void
+begin_count(PyObject *w, PyObject *stats, PyObject *site, PyCodeObject *where)
 {
-    if (!g_wait_ready) Py_RETURN_NONE;
-    if (g_pending != NULL && PyObject_Length(g_pending) >= g_flush_at && g_flush != NULL) {
-        PyObject *r = PyObject_CallNoArgs(g_flush);
-        Py_XDECREF(r);
-        swallow();
-    }
-    PyErr_Clear();
-    PyObject *stats = prim_stats(prim);
-    if (stats == NULL) {
-        swallow();
-        Py_RETURN_NONE;
-    }
-    PyObject *w = ((PyTypeObject *)g_wait_type)->tp_alloc((PyTypeObject *)g_wait_type, 0);
-    if (w == NULL) {
-        Py_DECREF(stats);
-        swallow();
-        Py_RETURN_NONE;
-    }
-    PyThreadState *ts = CT_TSTATE();
-    unsigned long long tid = (unsigned long long)ts->id;
-    unsigned long ident = ts->thread_id;
-    wset(w, W_PRIM, prim);
-    wsteal(w, W_IDENT, PyLong_FromUnsignedLong(ident));
-    wsteal(w, W_THREAD_KEY, PyLong_FromUnsignedLongLong(tid));
-    PyObject *info = current_thread_object(tid, ident);
-    wset(w, W_THREAD, info ? info : Py_None);
-    PyObject *task = task_arg == Py_False ? current_task_of_thread(tid) : Py_XNewRef(task_arg == Py_None ? NULL : task_arg);
-    wset(w, W_TASK, task ? task : Py_None);
-    wsteal(w, W_TASK_NAME, task_name_of(task));
-    wsteal(w, W_LOCK_ID, PyLong_FromVoidPtr(prim));
-    wsteal(w, W_LOCK_NAME, prim_name(prim));
-    if (wget(w, W_LOCK_NAME) == NULL) wset(w, W_LOCK_NAME, g_question);
-    PyCodeObject *where = NULL;
-    PyObject *site = wait_site(&where);
-    wset(w, W_SITE, site);
-    wset(w, W_STATS, stats);
-    /* stats.begin_wait(site): counted now, without a mutex (no Python code runs in between) */
     PyObject *sites = PyObject_GetAttr(stats, s_sites);
     PyObject *entry = sites && PyDict_Check(sites) ? Py_XNewRef(PyDict_GetItemWithError(sites, site)) : NULL;
     int want_stack = 0;
@@ -2679,6 +2647,10 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
         PyObject *limit = PyLong_FromLong(40);
         wsteal(w, W_STACK, limit ? py_raw_stack(NULL, limit) : NULL);
         Py_XDECREF(limit);
+        if (where == NULL) {
+            int lasti = 0;
+            if (!first_frame_without(BIT_CREATION_SKIP, &where, &lasti)) where = NULL;
+        }
         if (entry != NULL && where != NULL) {
             PyObject *fn = PyObject_GetAttr(entry, s_function);
             if (fn != NULL && PyUnicode_Check(fn) && PyUnicode_GET_LENGTH(fn) == 0) {
@@ -2691,23 +2663,113 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
     else {
         wset(w, W_STACK, Py_None);
     }
-    wsteal(w, W_HOLDER, holder_brief(holder));
-    if (wget(w, W_HOLDER) == NULL) wset(w, W_HOLDER, Py_None);
-    if (holder == Py_None) {
-        wset(w, W_HOLDER_EXITED, Py_None);
+}
+
+/* The calling thread's ident and thread-state id as ints (new references), kept for the last thread asked:
+ * a loop's waits all come from its one thread. */
+static unsigned long g_ident_last;
+static unsigned long long g_tid_last;
+static PyObject *g_ident_obj, *g_tid_obj;
+
+static PyObject *
+ident_int(unsigned long ident)
+{
+    if (g_ident_obj == NULL || g_ident_last != ident) {
+        PyObject *v = PyLong_FromUnsignedLong(ident);
+        if (v == NULL) return NULL;
+        Py_XSETREF(g_ident_obj, v);
+        g_ident_last = ident;
+    }
+    return Py_NewRef(g_ident_obj);
+}
+
+static PyObject *
+tid_int(unsigned long long tid)
+{
+    if (g_tid_obj == NULL || g_tid_last != tid) {
+        PyObject *v = PyLong_FromUnsignedLongLong(tid);
+        if (v == NULL) return NULL;
+        Py_XSETREF(g_tid_obj, v);
+        g_tid_last = tid;
+    }
+    return Py_NewRef(g_tid_obj);
+}
+
+/* locks._wait_begin in C: begin(prim, timeout_s, holder, by_task, event, task). The site is found
+ * from the calling thread's frames (the first outside conctools and the stdlib modules sites skip).
+ *
+ * An asyncio wait (by_task, its task known, no timeout, its holder a task or None) is made lazily (issue
+ * 12; JFR's cost model): what the watchdog, the registry and the lock table read while it waits is stored
+ * now (the task, the primitive, the thread, the site, the start; its place in the waiters tables), and the
+ * rest at its end, in wait_finish(): its counts (contentions, its site's waits and stack quota, the stack:
+ * an asyncio wait ends in the very frames that waited), and only for a sampled wait, its names and its
+ * holder's. Until then its fields entry, stack, task_name, lock_id and lock_name are unset (the lock
+ * table counts such a wait as in progress: LockStats.row). */
+static PyObject *
+wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int event, PyObject *task_arg)
+{
+    if (!g_wait_ready) Py_RETURN_NONE;
+    if (g_pending != NULL && PyObject_Length(g_pending) >= g_flush_at && g_flush != NULL) {
+        PyObject *r = PyObject_CallNoArgs(g_flush);
+        Py_XDECREF(r);
+        swallow();
+    }
+    PyErr_Clear();
+    PyObject *stats = prim_stats(prim);
+    if (stats == NULL) {
+        swallow();
+        Py_RETURN_NONE;
+    }
+    PyObject *w = ((PyTypeObject *)g_wait_type)->tp_alloc((PyTypeObject *)g_wait_type, 0);
+    if (w == NULL) {
+        Py_DECREF(stats);
+        swallow();
+        Py_RETURN_NONE;
+    }
+    PyThreadState *ts = CT_TSTATE();
+    unsigned long long tid = (unsigned long long)ts->id;
+    unsigned long ident = ts->thread_id;
+    wset(w, W_PRIM, prim);
+    wsteal(w, W_IDENT, ident_int(ident));
+    wsteal(w, W_THREAD_KEY, tid_int(tid));
+    PyObject *info = current_thread_object(tid, ident);
+    wset(w, W_THREAD, info ? info : Py_None);
+    PyObject *task = task_arg == Py_False ? current_task_of_thread(tid) : Py_XNewRef(task_arg == Py_None ? NULL : task_arg);
+    wset(w, W_TASK, task ? task : Py_None);
+    int lazy = by_task && task != NULL && timeout == Py_None && !PyTuple_Check(holder) && !PyList_Check(holder);
+    PyCodeObject *where = NULL;
+    PyObject *site = wait_site(&where);
+    wset(w, W_SITE, site);
+    wset(w, W_STATS, stats);
+    if (lazy) {
+        wset(w, W_LAZY, holder);
+        wset(w, W_HOLDER, Py_None);
+        wset(w, W_HOLDER_EXITED, Py_None); /* (a task's loop runs in this thread) */
     }
     else {
-        int ex = PyTuple_Check(holder) ? snapshot_exited(holder) : -2;
-        if (ex >= 0) {
-            wset(w, W_HOLDER_EXITED, ex ? Py_True : Py_False);
-        }
-        else if (ex == -2 && !(PyList_Check(holder) && PyList_GET_SIZE(holder) > 0 &&
-                               PyTuple_Check(PyList_GET_ITEM(holder, 0)))) {
-            wset(w, W_HOLDER_EXITED, Py_None); /* asyncio holders: their loop runs in this thread */
+        wsteal(w, W_TASK_NAME, task_name_of(task));
+        wsteal(w, W_LOCK_ID, PyLong_FromVoidPtr(prim));
+        wsteal(w, W_LOCK_NAME, prim_name(prim));
+        if (wget(w, W_LOCK_NAME) == NULL) wset(w, W_LOCK_NAME, g_question);
+        begin_count(w, stats, site, where);
+        wsteal(w, W_HOLDER, holder_brief(holder));
+        if (wget(w, W_HOLDER) == NULL) wset(w, W_HOLDER, Py_None);
+        if (holder == Py_None) {
+            wset(w, W_HOLDER_EXITED, Py_None);
         }
         else {
-            wsteal(w, W_HOLDER_EXITED, PyObject_CallOneArg(g_holder_exited, holder));
-            if (wget(w, W_HOLDER_EXITED) == NULL) wset(w, W_HOLDER_EXITED, Py_None);
+            int ex = PyTuple_Check(holder) ? snapshot_exited(holder) : -2;
+            if (ex >= 0) {
+                wset(w, W_HOLDER_EXITED, ex ? Py_True : Py_False);
+            }
+            else if (ex == -2 && !(PyList_Check(holder) && PyList_GET_SIZE(holder) > 0 &&
+                                   PyTuple_Check(PyList_GET_ITEM(holder, 0)))) {
+                wset(w, W_HOLDER_EXITED, Py_None); /* asyncio holders: their loop runs in this thread */
+            }
+            else {
+                wsteal(w, W_HOLDER_EXITED, PyObject_CallOneArg(g_holder_exited, holder));
+                if (wget(w, W_HOLDER_EXITED) == NULL) wset(w, W_HOLDER_EXITED, Py_None);
+            }
         }
     }
     wset(w, W_TIMEOUT_S, timeout);
@@ -2717,8 +2779,8 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
     wset(w, W_SETTLED, g_zero_int);
     wset(w, W_PREV_THREAD, Py_None);
     wset(w, W_PREV_TASK, Py_None);
-    wsteal(w, W_END_NS, PyLong_FromLong(0));
-    PyObject *key = PyTuple_New(2), *key_ident = PyLong_FromUnsignedLong(ident),
+    wset(w, W_END_NS, g_zero_int);
+    PyObject *key = PyTuple_New(2), *key_ident = Py_XNewRef(wget(w, W_IDENT)),
              *key_task = by_task && task != NULL ? PyLong_FromVoidPtr(task) : Py_NewRef(Py_None);
     if (key != NULL && key_ident != NULL && key_task != NULL) {
         PyTuple_SET_ITEM(key, 0, key_ident);
@@ -2748,6 +2810,40 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
     Py_DECREF(waiters);
     Py_DECREF(key);
     return w;
+}
+
+/* The end of a lazy wait (see wait_begin), before wait_settle(): its counts and, in the first few per
+ * site, its stack (taken now, in the frames that waited). */
+static void
+lazy_count(PyObject *w)
+{
+    PyObject *stats = wget(w, W_STATS), *site = wget(w, W_SITE);
+    if (stats == NULL || site == NULL) {
+        wset(w, W_ENTRY, Py_None);
+        wset(w, W_STACK, Py_None);
+        return;
+    }
+    begin_count(w, stats, site, NULL);
+}
+
+/* ... and, for a wait that is kept (sampled, or left to flush_waits()), what its event names: its task,
+ * its primitive, its holder when it began (prim and task are still set). */
+static void
+lazy_fill(PyObject *w)
+{
+    PyObject *prim = wget(w, W_PRIM), *task = wget(w, W_TASK), *holder = wget(w, W_LAZY);
+    wsteal(w, W_TASK_NAME, task_name_of(task != Py_None ? task : NULL));
+    if (prim != NULL && prim != Py_None) {
+        wsteal(w, W_LOCK_ID, PyLong_FromVoidPtr(prim));
+        wsteal(w, W_LOCK_NAME, prim_name(prim));
+    }
+    if (wget(w, W_LOCK_ID) == NULL) wset(w, W_LOCK_ID, g_zero_int);
+    if (wget(w, W_LOCK_NAME) == NULL) wset(w, W_LOCK_NAME, g_question);
+    if (holder != NULL) {
+        wsteal(w, W_HOLDER, holder_brief(holder));
+        if (wget(w, W_HOLDER) == NULL) wset(w, W_HOLDER, Py_None);
+    }
+    PyErr_Clear();
 }
 
 /* An attribute that holds an int, as a C value (-1 and an error cleared when it is not one). */
@@ -2857,6 +2953,239 @@ wait_settle(PyObject *w, int *sampled)
     return 1;
 }
 
+/* -- the run of unsampled asyncio waits (issue 12) ------------------------------------------------- *
+ * Thousands of tasks queue on one semaphore at one line, and nearly all their waits are not sampled
+ * (not among the first stacks of their site, under the threshold, not the longest so far): each is only
+ * counted. Their counts (contentions, the site's waits and total, timeouts, the wait histogram, the
+ * recorder's unsampled events) are added up here in C, for one (class, site, recorder) at a time, and
+ * added to the Python objects (LockStats, its site's entry, the histogram) under the class's mutex by
+ * acc_drain(): when flush_waits() runs (every reader of the lock table calls it first, as for the brief
+ * waits), when a wait elsewhere starts a run of its own, or when the run is long. The decision whether a
+ * wait is sampled is LockStats.end_wait_locked()'s, on the entry's maximum and event count as the run
+ * began (a stale value only sends a wait to the full path, which decides again). No Python code runs. */
+#define ACC_BUCKETS 512
+#define ACC_MAX_RUN 100000
+static struct {
+    PyObject *stats, *entry, *site, *rec; /* strong, NULL: no run */
+    PyObject *champion;                  /* strong, may be NULL: the run's longest wait, the longest so far */
+    int event;
+    long long max_ns, events;            /* the entry's, as the run began, then with the run's champions */
+    long long n, timeouts, total_ns, hist_max, events_added, dropped;
+    long long buckets[ACC_BUCKETS];
+} g_acc;
+static long long g_acc_total, g_acc_champions; /* waits counted in runs, those kept as the longest (tests) */
+
+static void
+acc_forget(void)
+{
+    Py_CLEAR(g_acc.stats);
+    Py_CLEAR(g_acc.entry);
+    Py_CLEAR(g_acc.site);
+    Py_CLEAR(g_acc.rec);
+    Py_CLEAR(g_acc.champion);
+    g_acc.n = g_acc.timeouts = g_acc.total_ns = g_acc.hist_max = g_acc.events_added = g_acc.dropped = 0;
+    memset(g_acc.buckets, 0, sizeof(g_acc.buckets));
+}
+
+/* Add the run's counts to a histogram (its slots, or attribute access): 0, or -1 (nothing changed when the
+ * histogram is not a recorder.Histogram with int fields). */
+static int
+acc_hist_merge(PyObject *hist)
+{
+    if (!(g_hist_off[0] >= 0 && g_hist_type != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type))) return -1;
+    PyObject **f[4];
+    for (int i = 0; i < 4; i++) {
+        f[i] = (PyObject **)((char *)hist + g_hist_off[i]);
+        if (*f[i] == NULL || (i == 0 ? !PyDict_CheckExact(*f[i]) : !PyLong_CheckExact(*f[i]))) return -1;
+    }
+    long long count = as_ll(*f[1]), total = as_ll(*f[2]), max = as_ll(*f[3]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    for (int b = 0; b < ACC_BUCKETS; b++) {
+        if (!g_acc.buckets[b]) continue;
+        PyObject *idx = PyLong_FromLong(b);
+        PyObject *old = idx ? PyDict_GetItemWithError(*f[0], idx) : NULL; /* borrowed */
+        long long k = old != NULL ? PyLong_AsLongLong(old) : 0;
+        PyObject *nv = idx && !PyErr_Occurred() ? PyLong_FromLongLong(k + g_acc.buckets[b]) : NULL;
+        if (nv == NULL || PyDict_SetItem(*f[0], idx, nv) < 0) PyErr_Clear();
+        Py_XDECREF(nv);
+        Py_XDECREF(idx);
+    }
+    PyObject *c = PyLong_FromLongLong(count + g_acc.n), *t = PyLong_FromLongLong(total + g_acc.total_ns);
+    if (c != NULL) Py_SETREF(*f[1], c);
+    if (t != NULL) Py_SETREF(*f[2], t);
+    if (g_acc.hist_max > max) {
+        PyObject *m = PyLong_FromLongLong(g_acc.hist_max);
+        if (m != NULL) Py_SETREF(*f[3], m);
+    }
+    PyErr_Clear();
+    return 0;
+}
+
+/* Hand the run's counts to their Python objects, under the class's mutex, which is tried (never waited
+ * for; with wait, a little while, letting other threads run: flush_waits()). 1: done (no run left), 0: the
+ * mutex stayed busy (the run goes on, nothing lost). */
+static int
+acc_drain(int wait)
+{
+    if (g_acc.stats == NULL) return 1;
+    if (g_acc.n == 0 && g_acc.champion == NULL) {
+        acc_forget();
+        return 1;
+    }
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    int done = 0;
+    PyObject *stats = Py_NewRef(g_acc.stats);
+    PyObject *hist = PyObject_GetAttr(stats, s_wait);
+    PyObject *mutex = hist != NULL ? PyObject_GetAttr(stats, s_mutex) : NULL;
+    int plain = mutex != NULL && g_lock_type != NULL && Py_IS_TYPE(mutex, (PyTypeObject *)g_lock_type) &&
+                m_lock_acquire != NULL && m_lock_release != NULL;
+    PyErr_Clear();
+    for (int tries = 0; plain && tries < (wait ? 2000 : 1); tries++) {
+        if (tries) {
+            /* another thread holds it (reading the lock table): let it run */
+            Py_BEGIN_ALLOW_THREADS
+            struct timespec pause = {0, 50000};
+            nanosleep(&pause, NULL);
+            Py_END_ALLOW_THREADS
+            if (g_acc.stats != stats) break; /* drained meanwhile (another run may have begun: not this call's) */
+        }
+        PyObject *got = call_varargs(m_lock_acquire, f_lock_acquire, mutex, g_false_args);
+        int ok = got == Py_True;
+        Py_XDECREF(got);
+        PyErr_Clear();
+        if (!ok) continue;
+        /* (no Python code runs from here to the release: the run cannot change meanwhile) */
+        acc_hist_merge(hist); /* (a recorder.Histogram: acc_adopt() checked) */
+        bump(g_acc.stats, s_contentions, g_acc.n);
+        bump(g_acc.entry, s_waits, g_acc.n);
+        bump(g_acc.entry, s_total_ns, g_acc.total_ns);
+        if (g_acc.timeouts) bump(g_acc.stats, s_timeouts, g_acc.timeouts);
+        if (g_acc.champion != NULL) {
+            /* as wait_settle(): the longest wait at its site so far is kept; the previous one, if it is still
+             * waiting to be recorded and was kept only for being the longest, is not */
+            long long max_ns = int_attr(g_acc.entry, s_max_ns);
+            if (max_ns >= 0 && g_acc.max_ns > max_ns) bump(g_acc.entry, s_max_ns, g_acc.max_ns - max_ns);
+            bump(g_acc.entry, s_events, g_acc.events_added);
+            PyObject *old = PyObject_GetAttr(g_acc.entry, s_champion);
+            if (old != NULL && PyObject_TypeCheck(old, g_waitrecord_type) && wget(old, W_SETTLED) != NULL &&
+                PyLong_Check(wget(old, W_SETTLED)) && PyLong_AsLong(wget(old, W_SETTLED)) == 1) {
+                wsteal(old, W_SETTLED, PyLong_FromLong(2));
+            }
+            Py_XDECREF(old);
+            PyErr_Clear();
+            wsteal(g_acc.champion, W_SETTLED, PyLong_FromLong(1));
+            if (PyObject_SetAttr(g_acc.entry, s_champion, g_acc.champion) < 0) PyErr_Clear();
+            if (g_pending != NULL) {
+                PyObject *r = PyObject_CallMethodOneArg(g_pending, s_append, g_acc.champion);
+                Py_XDECREF(r);
+            }
+            PyErr_Clear();
+        }
+        PyObject *r = call_noargs(m_lock_release, mutex);
+        Py_XDECREF(r);
+        PyErr_Clear();
+        if (g_acc.event && g_acc.rec != NULL && g_unsampled != NULL && PyDict_Check(g_unsampled)) {
+            PyObject *old = PyDict_GetItemWithError(g_unsampled, g_acc.rec); /* borrowed */
+            long long k = old != NULL ? PyLong_AsLongLong(old) : 0;
+            PyObject *nv = PyErr_Occurred() ? NULL : PyLong_FromLongLong(k + g_acc.dropped);
+            if (nv == NULL || PyDict_SetItem(g_unsampled, g_acc.rec, nv) < 0) PyErr_Clear();
+            Py_XDECREF(nv);
+        }
+        acc_forget();
+        done = 1;
+        break;
+    }
+    if (g_acc.stats != stats) done = 1;
+    Py_DECREF(stats);
+    Py_XDECREF(mutex);
+    Py_XDECREF(hist);
+    PyErr_Clear();
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    return done;
+}
+
+/* An ended lazy asyncio wait (end_ns set) counted into the run when it belongs to it and is not sampled:
+ * 1 (nothing else to do for it), else 0. */
+static int
+acc_try(PyObject *w, int acquired)
+{
+    if (g_acc.stats == NULL || wget(w, W_STATS) != g_acc.stats || wget(w, W_SITE) != g_acc.site ||
+        wget(w, W_REC) != g_acc.rec || (wget(w, W_EVENT) == Py_True) != g_acc.event || g_acc.n >= ACC_MAX_RUN ||
+        g_threshold == NULL || !PyList_Check(g_threshold) || PyList_GET_SIZE(g_threshold) < 1) {
+        return 0;
+    }
+    PyObject *start = wget(w, W_START_NS), *end = wget(w, W_END_NS);
+    if (start == NULL || end == NULL) return 0;
+    long long wait_ns = as_ll(end) - as_ll(start);
+    double threshold_s = PyFloat_AsDouble(PyList_GET_ITEM(g_threshold, 0));
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (wait_ns < 0) wait_ns = 0;
+    if ((double)wait_ns >= threshold_s * 1e9 && g_acc.events < g_events_cap) return 0;
+    long long b = bucket_of(wait_ns);
+    if (b < 0 || b >= ACC_BUCKETS) return 0;
+    if (wait_ns > g_acc.max_ns) {
+        /* the longest at its site so far: kept (its names now: its task and primitive are alive), and the
+         * run's previous longest, never handed on, is dropped */
+        PyObject *entry = Py_NewRef(g_acc.entry);
+        lazy_fill(w); /* (a task's get_name() may be Python code: the run is read again after it) */
+        if (g_acc.entry != entry || wait_ns <= g_acc.max_ns) {
+            Py_DECREF(entry);
+            return 0; /* the run changed meanwhile: the full path records it */
+        }
+        Py_DECREF(entry);
+        wset(w, W_ENTRY, g_acc.entry);
+        wset(w, W_STACK, Py_None);
+        if (g_acc.champion != NULL) g_acc.dropped++;
+        Py_XSETREF(g_acc.champion, Py_NewRef(w));
+        g_acc.max_ns = wait_ns;
+        g_acc.events++;
+        g_acc.events_added++;
+        g_acc_champions++;
+    }
+    else {
+        g_acc.dropped++;
+    }
+    g_acc.buckets[b]++;
+    g_acc.n++;
+    g_acc.total_ns += wait_ns;
+    if (wait_ns > g_acc.hist_max) g_acc.hist_max = wait_ns;
+    if (!acquired) g_acc.timeouts++; /* (an asyncio wait is timed: see wait_settle) */
+    g_acc_total++;
+    return 1;
+}
+
+/* A lazy asyncio wait that the full path settled without sampling: the next ones at its site, on its
+ * class, may be counted in a run (when its site has its stacks: a wait that wants one takes the full
+ * path). */
+static void
+acc_adopt(PyObject *w)
+{
+    PyObject *stats = wget(w, W_STATS), *entry = wget(w, W_ENTRY), *site = wget(w, W_SITE), *rec = wget(w, W_REC);
+    if (stats == NULL || entry == NULL || entry == Py_None || site == NULL || rec == NULL) return;
+    if (g_acc.stats == stats && g_acc.site == site && g_acc.rec == rec) return;
+    long long stacks = int_attr(entry, s_stacks), max_ns = int_attr(entry, s_max_ns), events = int_attr(entry, s_events);
+    if (stacks < g_stacks_per_site || max_ns < 0 || events < 0 || g_hist_off[0] < 0 || g_hist_type == NULL) return;
+    PyObject *hist = PyObject_GetAttr(stats, s_wait);
+    int ok = hist != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type);
+    Py_XDECREF(hist);
+    PyErr_Clear();
+    if (!ok || !acc_drain(0)) return;
+    g_acc.stats = Py_NewRef(stats);
+    g_acc.entry = Py_NewRef(entry);
+    g_acc.site = Py_NewRef(site);
+    g_acc.rec = Py_NewRef(rec);
+    g_acc.event = wget(w, W_EVENT) == Py_True;
+    g_acc.max_ns = max_ns;
+    g_acc.events = events;
+}
+
 /* The wait w has ended: stores into it, out of the registry, into the pending queue (its statistics
  * and event are recorded later, outside any critical section); with settle, see wait_settle(). No
  * Python code runs. */
@@ -2888,6 +3217,27 @@ wait_finish(PyObject *w, int acquired, int settle)
         if (g_waiting != NULL && PyDict_DelItem(g_waiting, key) < 0) PyErr_Clear();
     }
     PyErr_Clear();
+    int lazy = wget(w, W_LAZY) != NULL;
+    int dropped = 0;
+    if (lazy && settle && acc_try(w, acquired)) {
+        dropped = 1; /* counted in the run: nothing else to record */
+        Py_CLEAR(((WaitObject *)w)->f[W_LAZY]);
+    }
+    else if (lazy) {
+        if (g_acc.stats != NULL && wget(w, W_STATS) == g_acc.stats && wget(w, W_SITE) == g_acc.site) {
+            acc_drain(0); /* (its maximum and events first: this wait is decided on them) */
+        }
+        lazy_count(w);
+        int sampled = 1;
+        dropped = settle && wait_settle(w, &sampled) && !sampled;
+        if (!dropped) lazy_fill(w); /* (only a kept wait needs its names) */
+        else acc_adopt(w);
+        Py_CLEAR(((WaitObject *)w)->f[W_LAZY]);
+    }
+    else {
+        int sampled = 1;
+        dropped = settle && wait_settle(w, &sampled) && !sampled;
+    }
     /* A record waiting to be recorded keeps neither alive (both are alive now: not last references). */
     wset(w, W_PRIM, Py_None);
     wset(w, W_TASK, Py_None);
@@ -2896,8 +3246,7 @@ wait_finish(PyObject *w, int acquired, int settle)
     if ((wget(w, W_PREV_TASK) == NULL || wget(w, W_PREV_TASK) == Py_None) && PyObject_GC_IsTracked(w)) {
         PyObject_GC_UnTrack(w);
     }
-    int sampled = 1;
-    if (settle && wait_settle(w, &sampled) && !sampled) {
+    if (dropped) {
         /* recorded already, and no event to make: nothing left for flush_waits() */
     }
     else if (g_pending != NULL) {
@@ -3166,6 +3515,7 @@ static PyObject *
 py_drain_brief(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     brief_drain();
+    acc_drain(1);
     Py_RETURN_NONE;
 }
 
@@ -3189,6 +3539,13 @@ py_set_brief_wait(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 /* brief_waits() -> (ended in their window so far, now in their window, not yet recorded). */
+/* aio_run_waits() -> (waits counted in runs, of which kept as the longest so far) (tests, benchmarks). */
+static PyObject *
+py_aio_run_waits(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("(LL)", g_acc_total, g_acc_champions);
+}
+
 static PyObject *
 py_brief_waits(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
@@ -4529,6 +4886,8 @@ py_clear_caches(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     clear_site_cache();
     g_cache_gen++;
+    acc_drain(1);
+    acc_forget();
     Py_RETURN_NONE;
 }
 
@@ -4996,6 +5355,102 @@ py_note_task_site(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     Py_RETURN_TRUE;
 }
 
+/* task_factory(table, limit, purge, task_type) -> factory: the loop monitor's task factory in C (issue 12:
+ * it runs for every task a program creates). factory(loop, coro, **kwargs) makes task_type(coro, loop=loop,
+ * **kwargs), notes its creation site as note_task_site(table, task) does, and calls purge() once table
+ * holds limit[0] tasks. Noting never fails the creation. */
+static PyObject *s_loop_kwnames; /* ("loop",) */
+
+static PyObject *
+task_factory_call(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (!PyTuple_Check(self) || PyTuple_GET_SIZE(self) != 4 || nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "task factory(loop, coro, **kwargs)");
+        return NULL;
+    }
+    PyObject *table = PyTuple_GET_ITEM(self, 0), *limit = PyTuple_GET_ITEM(self, 1),
+             *purge = PyTuple_GET_ITEM(self, 2), *task_type = PyTuple_GET_ITEM(self, 3);
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *task;
+    if (nkw == 0) {
+        PyObject *stack[2] = {args[1], args[0]};
+        task = PyObject_Vectorcall(task_type, stack, 1, s_loop_kwnames);
+    }
+    else {
+        PyObject *names = PyTuple_New(1 + nkw);
+        PyObject **stack = PyMem_Malloc(sizeof(PyObject *) * (size_t)(2 + nkw));
+        if (names == NULL || stack == NULL) {
+            Py_XDECREF(names);
+            PyMem_Free(stack);
+            return PyErr_NoMemory();
+        }
+        PyTuple_SET_ITEM(names, 0, Py_NewRef(PyTuple_GET_ITEM(s_loop_kwnames, 0)));
+        stack[0] = args[1];
+        stack[1] = args[0];
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyTuple_SET_ITEM(names, 1 + i, Py_NewRef(PyTuple_GET_ITEM(kwnames, i)));
+            stack[2 + i] = args[2 + i];
+        }
+        task = PyObject_Vectorcall(task_type, stack, 1, names);
+        PyMem_Free(stack);
+        Py_DECREF(names);
+    }
+    if (task == NULL) return NULL;
+    /* note_task_site(table, task), its errors swallowed (observation never fails the program) */
+    PyCodeObject *code = NULL;
+    int lasti = 0;
+    if (PyDict_CheckExact(table) && first_frame_without(BIT_CREATION_SKIP, &code, &lasti) && code != NULL) {
+        PyObject *ref = PyWeakref_NewRef(task, NULL);
+        PyObject *offset = ref != NULL ? PyLong_FromLong(lasti) : NULL;
+        PyObject *entry = offset != NULL ? PyTuple_Pack(3, ref, (PyObject *)code, offset) : NULL;
+        Py_XDECREF(offset);
+        if (ref != NULL && PyObject_GC_IsTracked(ref) && Py_REFCNT(ref) == 2) PyObject_GC_UnTrack(ref);
+        Py_XDECREF(ref);
+        if (entry != NULL) {
+            PyObject_GC_UnTrack(entry);
+            PyObject *key = PyLong_FromVoidPtr(task);
+            if (key == NULL || PyDict_SetItem(table, key, entry) < 0) PyErr_Clear();
+            Py_XDECREF(key);
+            Py_DECREF(entry);
+        }
+        PyErr_Clear();
+        if (PyList_Check(limit) && PyList_GET_SIZE(limit) > 0) {
+            Py_ssize_t cap = PyLong_AsSsize_t(PyList_GET_ITEM(limit, 0));
+            if (cap == -1 && PyErr_Occurred()) PyErr_Clear();
+            else if (PyDict_GET_SIZE(table) >= cap) {
+                PyObject *r = PyObject_CallNoArgs(purge);
+                Py_XDECREF(r);
+            }
+        }
+    }
+    PyErr_Clear();
+    return task;
+}
+
+static PyMethodDef task_factory_def = {"conctools_task_factory", (PyCFunction)(void (*)(void))task_factory_call,
+                                       METH_FASTCALL | METH_KEYWORDS,
+                                       "factory(loop, coro, **kwargs) -> task, its creation site noted (conctools)"};
+
+static PyObject *
+py_task_factory(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyList_Check(args[1]) || !PyCallable_Check(args[2]) ||
+        !PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "task_factory(table: dict, limit: list, purge, task_type)");
+        return NULL;
+    }
+    if (s_loop_kwnames == NULL) {
+        s_loop_kwnames = Py_BuildValue("(s)", "loop");
+        if (s_loop_kwnames == NULL) return NULL;
+    }
+    PyObject *bound = PyTuple_Pack(4, args[0], args[1], args[2], args[3]);
+    if (bound == NULL) return NULL;
+    PyObject *f = PyCFunction_New(&task_factory_def, bound);
+    Py_DECREF(bound);
+    return f;
+}
+
 static PyObject *
 py_thread_state_id(PyObject *Py_UNUSED(module), PyObject *arg)
 {
@@ -5136,6 +5591,8 @@ py_raw_stack(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 static PyMethodDef module_methods[] = {
+    {"task_factory", (PyCFunction)(void (*)(void))py_task_factory, METH_FASTCALL,
+     "task_factory(table, limit, purge, task_type) -> the loop monitor's task factory, in C"},
     {"note_task_site", (PyCFunction)(void (*)(void))py_note_task_site, METH_FASTCALL,
      "note_task_site(table, task) -> bool: table[id(task)] = (weakref(task), file, line) of its creation site"},
     {"thread_state_id", (PyCFunction)py_thread_state_id, METH_O,
@@ -5155,6 +5612,8 @@ static PyMethodDef module_methods[] = {
      "wait_begin(prim, frame, timeout_s, holder, by_task=False, event=True, task=False): a wait record"},
     {"wait_done", (PyCFunction)(void (*)(void))py_wait_done, METH_FASTCALL,
      "wait_done(wait, acquired): the wait ended (stores only)"},
+    {"aio_run_waits", (PyCFunction)py_aio_run_waits, METH_NOARGS,
+     "aio_run_waits() -> (waits, longest): asyncio waits counted in runs (issue 12), those kept as the longest"},
     {"drain_brief", (PyCFunction)py_drain_brief, METH_NOARGS,
      "drain_brief(): record the contended waits that ended in their brief window"},
     {"set_brief_wait", (PyCFunction)py_set_brief_wait, METH_O,

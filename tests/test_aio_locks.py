@@ -268,3 +268,63 @@ class TestAioWaitCost:
         events = [e for e in recorder.snapshot().of_kind(LockWaitEvent) if e.lock_name == name]
         assert events and not any(e.acquired for e in events)
         assert len(events) < 20
+
+    @pytest.mark.skipif(not locks.SPEEDUPS, reason="the runs of unsampled waits are the C path's")
+    def test_unsampled_waits_counted_in_runs_exactly(self, recorder: Recorder, no_threshold_events: None) -> None:
+        """600 tasks through a three-slot semaphore: all but the first waits at the site are counted in
+        C runs (issue 12), and the table, its site and the recorder still count every one of them."""
+        name = unique("slots")
+        n = 600
+        before = locks._speedups.aio_run_waits()[0]
+
+        async def main() -> None:
+            sem = aio.Semaphore(3, name=name)
+
+            async def fetch() -> None:
+                async with sem:
+                    await asyncio.sleep(0)
+
+            await asyncio.gather(*(fetch() for _ in range(n)))
+
+        asyncio.run(main())
+        in_runs = locks._speedups.aio_run_waits()[0] - before
+        assert in_runs >= n // 2  # (a run ends when a report or a flush reads the table: the next wait starts one)
+        snap = recorder.snapshot()
+        r = row(recorder, name)
+        assert (r["acquisitions"], r["contentions"], r["timeouts"]) == (n, n - 3, 0)
+        (site,) = r["hottest_sites"]
+        assert site["function"] == "fetch" and site["waits"] == n - 3
+        assert site["wait_total_s"] == pytest.approx(r["wait_total_s"])
+        assert snap.counts["lock_wait"] == n - 3
+        events = [e for e in snap.of_kind(LockWaitEvent) if e.lock_name == name]
+        assert max(e.wait_s for e in events) == r["wait_max_s"]
+        assert all(e.task_name and e.holder for e in events)
+
+    def test_waits_in_progress_are_in_the_table(self, recorder: Recorder) -> None:
+        """Tasks still waiting on a semaphore are counted as contentions at their site while they
+        wait (the C path counts an asyncio wait when it ends), and the registry names each of them."""
+        name = unique("slots")
+        seen: dict[str, Any] = {}
+
+        async def main() -> None:
+            sem = aio.Semaphore(1, name=name)
+            await sem.acquire()
+
+            async def fetch() -> None:
+                async with sem:
+                    pass
+
+            tasks = [asyncio.create_task(fetch(), name=f"fetch-{i}") for i in range(5)]
+            await until(lambda: len(state_of(sem).waiters) == 5)
+            seen["row"] = row(recorder, name)
+            seen["waiters"] = sorted(p.task_name or "" for p in state_of(sem).waiters)
+            sem.release()
+            await asyncio.gather(*tasks)
+
+        asyncio.run(main())
+        waiting = seen["row"]
+        assert waiting["contentions"] == 5
+        (site,) = waiting["hottest_sites"]
+        assert site["waits"] == 5 and site["site"].startswith(f"{HERE}:")
+        assert seen["waiters"] == [f"fetch-{i}" for i in range(5)]
+        assert row(recorder, name)["contentions"] == 5

@@ -319,6 +319,35 @@ class TestDumpTasks:
             assert isinstance(entry[2], int)
         assert site == f"{HERE}:{line}"
 
+    def test_c_task_factory_keeps_names_and_contexts(self) -> None:
+        """With the C extension, the monitor's task factory is C code (no Python frame per task, issue
+        12); a task made through it keeps its name and the context it was given, and its creation line."""
+        import contextvars
+
+        from conctools import locks, taskdump
+        from conctools.loopmon import monitor
+
+        if not locks.SPEEDUPS or monitor._FACTORY_RENAMES_TASKS:
+            pytest.skip("the C task factory is not in use here")
+        var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+        async def read() -> str:
+            return var.get()
+
+        async def main() -> tuple[str, str, str | None, int, str]:
+            async with LoopMonitor(threshold_s=1.0):
+                loop = asyncio.get_running_loop()
+                ctx = contextvars.copy_context()
+                ctx.run(var.set, "given")
+                task = loop.create_task(read(), name="reader", context=ctx)
+                line = _lineno() - 1
+                value = await task
+                return value, task.get_name(), taskdump.creation_site(task), line, loop.get_task_factory().__name__
+
+        value, name, site, line, factory = asyncio.run(main())
+        assert (value, name, site) == ("given", "reader", f"{HERE}:{line}")
+        assert factory == "conctools_task_factory"
+
 
 class TestLoopIdleForever:
     def test_event_nobody_sets(self, loop_thread: LoopThread) -> None:

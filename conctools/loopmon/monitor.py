@@ -245,6 +245,12 @@ class LoopMonitor:
         previous = loop.get_task_factory()
         note_task = taskdump.fast_creation_noter()
         note_site = taskdump._note_site
+        c_factory = taskdump.fast_task_factory() if previous is None else None
+        if c_factory is not None:  # the one below, in C: no Python frame for each task created
+            self._previous_factory = None
+            self._factory_installed = c_factory
+            loop.set_task_factory(c_factory)
+            return
         if note_task is not None and previous is None:
             created, limit, purge = taskdump._created, taskdump._created_limit, taskdump.purge_created
             new_task = asyncio.Task
