@@ -1170,7 +1170,7 @@ def _validate(blocking: Any, timeout: Any) -> None:
 # _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
 # builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 11  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 14  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -2477,6 +2477,16 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
 
     def _conctools_progress(self) -> int:
         return int(self._ct_n)
+
+
+if _speedups is not None:
+    # acquire() and release() that wait for nothing, in C (every ThreadPoolExecutor.submit() takes its
+    # idle semaphore and every worker gives it back): the same stores under the same internal lock;
+    # the Python methods above do the rest (waits, waking waiters, errors), called from C.
+    _speedups.setup_semaphores(Semaphore.acquire, Semaphore.release, _StdCondition, MAX_HOLDERS)
+    Semaphore.acquire = Semaphore.__enter__ = _speedups.Tracked._c_sem_acquire  # type: ignore[method-assign,assignment]
+    Semaphore.release = _speedups.Tracked._c_sem_release  # type: ignore[method-assign,assignment]
+    Semaphore.__exit__ = _speedups.Tracked._c_sem_exit  # type: ignore[method-assign,assignment]
 
 
 class BoundedSemaphore(Semaphore):
