@@ -4144,13 +4144,41 @@ static PyMemberDef tracked_members[] = {
  * self._lock.__exit__(*args)`), as C methods that the traced Condition installs: every `with` on a
  * queue's or a future's condition paid two Python frames for them. The lock's own methods are looked
  * up as Python does (a subclass's override is called). */
+static PyTypeObject *g_lock_cls, *g_rlock_cls; /* conctools.Lock and conctools.RLock (setup_primitives) */
+
+/* The C function of ours behind type(lock).name, when lock is a conctools.Lock or RLock (not a
+ * subclass: those have instance dicts, which could hold an override) whose method is still ours,
+ * else NULL: the caller then looks the method up as Python does. */
+static PyCFunction
+own_method(PyObject *lock, PyObject *name)
+{
+    PyTypeObject *tp = Py_TYPE(lock);
+    if (tp != g_lock_cls && tp != g_rlock_cls) return NULL;
+    PyObject *d = _PyType_Lookup(tp, name); /* borrowed */
+    if (d == NULL || !Py_IS_TYPE(d, &PyMethodDescr_Type)) return NULL;
+    PyMethodDef *def = ((PyMethodDescrObject *)d)->d_method;
+    PyCFunction f = def->ml_meth;
+    return f == (PyCFunction)lock_enter || f == (PyCFunction)rlock_enter || f == (PyCFunction)(void (*)(void))lock_exit ||
+                   f == (PyCFunction)(void (*)(void))rlock_exit || f == (PyCFunction)lock_release ||
+                   f == (PyCFunction)rlock_release || f == (PyCFunction)(void (*)(void))core_acquire
+               ? f
+               : NULL;
+}
+
 static PyObject *
 cond_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
     if (lock == NULL) return NULL;
-    PyObject *args[1] = {lock};
-    PyObject *r = PyObject_VectorcallMethod(s_enter, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *r;
+    PyCFunction own = own_method(lock, s_enter);
+    if (own != NULL) { /* (a Future's condition: its RLock's __enter__ called directly) */
+        r = own(lock, NULL);
+    }
+    else {
+        PyObject *args[1] = {lock};
+        r = PyObject_VectorcallMethod(s_enter, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
     Py_DECREF(lock);
     return r;
 }
@@ -4161,7 +4189,11 @@ cond_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
     if (lock == NULL) return NULL;
     PyObject *r;
-    if (nargs <= 7) {
+    PyCFunction own = own_method(lock, s_exit);
+    if (own != NULL) {
+        r = ((PyObject * (*)(PyObject *, PyObject *const *, Py_ssize_t))(void (*)(void))own)(lock, args, nargs);
+    }
+    else if (nargs <= 7) {
         PyObject *stack[8];
         stack[0] = lock;
         for (Py_ssize_t i = 0; i < nargs; i++) stack[i + 1] = args[i];
@@ -4187,7 +4219,14 @@ cond_forward(PyObject *self, PyObject *name, PyObject *const *args, size_t nargs
     if (lock == NULL) return NULL;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     PyObject *r;
-    if (nargs + nkw <= 7) {
+    PyCFunction own = own_method(lock, name);
+    if (own == (PyCFunction)(void (*)(void))core_acquire) { /* wait() and as_completed() on Futures */
+        r = core_acquire((CoreObject *)lock, args, nargs, kwnames);
+    }
+    else if (own != NULL && nargs + nkw == 0) { /* release() (METH_NOARGS) */
+        r = own(lock, NULL);
+    }
+    else if (nargs + nkw <= 7) {
         PyObject *stack[8];
         stack[0] = lock;
         for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
@@ -5022,7 +5061,7 @@ py_raw_stack(PyObject *Py_UNUSED(module), PyObject *arg)
  * semaphore, and every worker gives it back): the Python bodies cost two Python frames for the
  * internal condition's `with`, one for notify() and one for _is_owned(), each time. These do the same
  * stores under the same internal lock (self._cond._lock, taken without waiting), and hand everything
- * else to the Python methods (set by setup_semaphores): arguments they do not expect, a semaphore
+ * else to the Python methods (set by setup_primitives): arguments they do not expect, a semaphore
  * that must be waited for, an internal lock that is busy, a release with waiters to wake. */
 static PyObject *g_sem_acquire_py, *g_sem_release_py; /* Semaphore.acquire / .release (Python functions) */
 static PyObject *g_std_condition;                    /* threading.Condition (the stdlib's) */
@@ -5035,7 +5074,7 @@ static PyObject *
 sem_fallback(PyObject *fn, PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     if (fn == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "conctools._speedups: setup_semaphores() was not called");
+        PyErr_SetString(PyExc_RuntimeError, "conctools._speedups: setup_primitives() was not called");
         return NULL;
     }
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
@@ -5306,15 +5345,20 @@ sem_exit(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(
     return sem_release(self, NULL, 0, NULL);
 }
 
-/* setup_semaphores(acquire, release, condition, max_holders): the Python methods the C ones hand the
- * other cases to, the stdlib's Condition class, locks.MAX_HOLDERS. */
+/* setup_primitives(sem_acquire, sem_release, condition, max_holders, lock_cls, rlock_cls): the Python
+ * Semaphore methods the C ones hand the other cases to, the stdlib's Condition class,
+ * locks.MAX_HOLDERS, and conctools.Lock and RLock (whose methods a Condition calls directly). */
 static PyObject *
-py_setup_semaphores(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+py_setup_primitives(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyType_Check(args[2]) || !PyLong_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "setup_semaphores(acquire, release, condition, max_holders)");
+    if (nargs != 6 || !PyType_Check(args[2]) || !PyLong_Check(args[3]) || !PyType_Check(args[4]) ||
+        !PyType_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "setup_primitives(sem_acquire, sem_release, condition, max_holders, lock_cls, rlock_cls)");
         return NULL;
     }
+    Py_XSETREF(g_lock_cls, (PyTypeObject *)Py_NewRef(args[4]));
+    Py_XSETREF(g_rlock_cls, (PyTypeObject *)Py_NewRef(args[5]));
     Py_ssize_t max_holders = PyLong_AsSsize_t(args[3]);
     if (max_holders < 0) return NULL;
     Py_XSETREF(g_sem_acquire_py, Py_NewRef(args[0]));
@@ -5374,8 +5418,9 @@ static PyMethodDef module_methods[] = {
      "aio_took(lock, task_stacks, spare_stacks) -> bool: aio.Lock._took_timed when no Python is needed"},
     {"aio_released", (PyCFunction)(void (*)(void))py_aio_released, METH_FASTCALL,
      "aio_released(lock, task_stacks, spare_stacks) -> bool: aio.Lock._released_timed when no Python is needed"},
-    {"setup_semaphores", (PyCFunction)(void (*)(void))py_setup_semaphores, METH_FASTCALL,
-     "setup_semaphores(acquire, release, condition, max_holders): the Semaphore C paths' fallbacks"},
+    {"setup_primitives", (PyCFunction)(void (*)(void))py_setup_primitives, METH_FASTCALL,
+     "setup_primitives(sem_acquire, sem_release, condition, max_holders, lock_cls, rlock_cls): the Semaphore\n"
+     "C paths' fallbacks, and the lock classes whose methods a Condition calls directly"},
     {"setup_pools", (PyCFunction)(void (*)(void))py_setup_pools, METH_FASTCALL,
      "setup_pools(sem_states, started, ended, state_globals): pool blame's tables and Python paths"},
     {NULL, NULL, 0, NULL},
