@@ -4547,13 +4547,41 @@ static PyMemberDef tracked_members[] = {
  * self._lock.__exit__(*args)`), as C methods that the traced Condition installs: every `with` on a
  * queue's or a future's condition paid two Python frames for them. The lock's own methods are looked
  * up as Python does (a subclass's override is called). */
+static PyTypeObject *g_lock_cls, *g_rlock_cls; /* conctools.Lock and conctools.RLock (setup_primitives) */
+
+/* The C function of ours behind type(lock).name, when lock is a conctools.Lock or RLock (not a
+ * subclass: those have instance dicts, which could hold an override) whose method is still ours,
+ * else NULL: the caller then looks the method up as Python does. */
+static PyCFunction
+own_method(PyObject *lock, PyObject *name)
+{
+    PyTypeObject *tp = Py_TYPE(lock);
+    if (tp != g_lock_cls && tp != g_rlock_cls) return NULL;
+    PyObject *d = _PyType_Lookup(tp, name); /* borrowed */
+    if (d == NULL || !Py_IS_TYPE(d, &PyMethodDescr_Type)) return NULL;
+    PyMethodDef *def = ((PyMethodDescrObject *)d)->d_method;
+    PyCFunction f = def->ml_meth;
+    return f == (PyCFunction)lock_enter || f == (PyCFunction)rlock_enter || f == (PyCFunction)(void (*)(void))lock_exit ||
+                   f == (PyCFunction)(void (*)(void))rlock_exit || f == (PyCFunction)lock_release ||
+                   f == (PyCFunction)rlock_release || f == (PyCFunction)(void (*)(void))core_acquire
+               ? f
+               : NULL;
+}
+
 static PyObject *
 cond_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
     if (lock == NULL) return NULL;
-    PyObject *args[1] = {lock};
-    PyObject *r = PyObject_VectorcallMethod(s_enter, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *r;
+    PyCFunction own = own_method(lock, s_enter);
+    if (own != NULL) { /* (a Future's condition: its RLock's __enter__ called directly) */
+        r = own(lock, NULL);
+    }
+    else {
+        PyObject *args[1] = {lock};
+        r = PyObject_VectorcallMethod(s_enter, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
     Py_DECREF(lock);
     return r;
 }
@@ -4564,7 +4592,11 @@ cond_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
     if (lock == NULL) return NULL;
     PyObject *r;
-    if (nargs <= 7) {
+    PyCFunction own = own_method(lock, s_exit);
+    if (own != NULL) {
+        r = ((PyObject * (*)(PyObject *, PyObject *const *, Py_ssize_t))(void (*)(void))own)(lock, args, nargs);
+    }
+    else if (nargs <= 7) {
         PyObject *stack[8];
         stack[0] = lock;
         for (Py_ssize_t i = 0; i < nargs; i++) stack[i + 1] = args[i];
@@ -4590,7 +4622,14 @@ cond_forward(PyObject *self, PyObject *name, PyObject *const *args, size_t nargs
     if (lock == NULL) return NULL;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     PyObject *r;
-    if (nargs + nkw <= 7) {
+    PyCFunction own = own_method(lock, name);
+    if (own == (PyCFunction)(void (*)(void))core_acquire) { /* wait() and as_completed() on Futures */
+        r = core_acquire((CoreObject *)lock, args, nargs, kwnames);
+    }
+    else if (own != NULL && nargs + nkw == 0) { /* release() (METH_NOARGS) */
+        r = own(lock, NULL);
+    }
+    else if (nargs + nkw <= 7) {
         PyObject *stack[8];
         stack[0] = lock;
         for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
@@ -4617,7 +4656,17 @@ cond_release(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject 
     return cond_forward(self, s_release, args, (size_t)nargsf, kwnames);
 }
 
+static PyObject *sem_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames);
+static PyObject *sem_release(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames);
+static PyObject *sem_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef tracked_methods[] = {
+    {"_c_sem_acquire", (PyCFunction)(void (*)(void))sem_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "_c_sem_acquire($self, /, blocking=True, timeout=None)\n--\n\nSemaphore.acquire (the Python method for a wait)."},
+    {"_c_sem_release", (PyCFunction)(void (*)(void))sem_release, METH_FASTCALL | METH_KEYWORDS,
+     "_c_sem_release($self, /, n=1)\n--\n\nSemaphore.release (the Python method when someone waits)."},
+    {"_c_sem_exit", (PyCFunction)(void (*)(void))sem_exit, METH_FASTCALL,
+     "_c_sem_exit($self, /, *args)\n--\n\nSemaphore.__exit__: self.release()."},
     {"_c_cond_acquire", (PyCFunction)(void (*)(void))cond_acquire, METH_FASTCALL | METH_KEYWORDS,
      "_c_cond_acquire($self, /, *args, **kwargs)\n--\n\nthreading.Condition.acquire: self._lock.acquire(...)."},
     {"_c_cond_release", (PyCFunction)(void (*)(void))cond_release, METH_FASTCALL | METH_KEYWORDS,
@@ -5590,6 +5639,319 @@ py_raw_stack(PyObject *Py_UNUSED(module), PyObject *arg)
     return out;
 }
 
+/* -- Semaphore: the acquire and release that wait for nothing, in C ----------------------------- */
+
+/* locks.Semaphore's acquire and release as C methods (every ThreadPoolExecutor.submit() takes its idle
+ * semaphore, and every worker gives it back): the Python bodies cost two Python frames for the
+ * internal condition's `with`, one for notify() and one for _is_owned(), each time. These do the same
+ * stores under the same internal lock (self._cond._lock, taken without waiting), and hand everything
+ * else to the Python methods (set by setup_primitives): arguments they do not expect, a semaphore
+ * that must be waited for, an internal lock that is busy, a release with waiters to wake. */
+static PyObject *g_sem_acquire_py, *g_sem_release_py; /* Semaphore.acquire / .release (Python functions) */
+static PyObject *g_std_condition;                    /* threading.Condition (the stdlib's) */
+static Py_ssize_t g_sem_max_holders = 64;            /* locks.MAX_HOLDERS */
+static PyObject *s_value, *s_cond, *s_holders, *s_ct_trash, *s_ct_bound, *s_cond_waiters, *s_blocking,
+    *s_timeout, *s_n;
+
+/* fn(self, *args, **kwargs) for a vectorcall's arguments. */
+static PyObject *
+sem_fallback(PyObject *fn, PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (fn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools._speedups: setup_primitives() was not called");
+        return NULL;
+    }
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *small[8], **stack = small;
+    if (nargs + nkw + 1 > 8) {
+        stack = PyMem_Malloc((size_t)(nargs + nkw + 1) * sizeof(PyObject *));
+        if (stack == NULL) return PyErr_NoMemory();
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
+    PyObject *r = PyObject_Vectorcall(fn, stack, (size_t)(nargs + 1), kwnames);
+    if (stack != small) PyMem_Free(stack);
+    return r;
+}
+
+/* A Semaphore of ours whose attributes are plain ones (no __getattr__ or __setattr__ of a subclass:
+ * reading or storing them runs no Python code). */
+static int
+sem_plain(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    return PyObject_TypeCheck(self, g_tracked_type) && tp->tp_getattro == PyObject_GenericGetAttr &&
+           tp->tp_setattro == PyObject_GenericSetAttr;
+}
+
+/* Keyword `kw` is `name` (interned: usually the same object). */
+static int
+kw_is(PyObject *kw, PyObject *name)
+{
+    return kw == name || (PyUnicode_Check(kw) && PyUnicode_Compare(kw, name) == 0);
+}
+
+/* self._cond (a threading.Condition over a plain lock) when its lock is free: a new reference, or NULL
+ * without an error when it is held or not of the expected kinds. Holding the GIL, and running no
+ * Python code until its last store (no call, no allocation the garbage collector counts, no reference
+ * dropped), the caller then does what it would do under that lock, with the same effect: no other
+ * thread is inside a section of it, and none can enter one before the caller is done. */
+static PyObject *
+sem_cond_free(PyObject *self)
+{
+    if (g_lock_type == NULL || m_lock_locked == NULL || g_std_condition == NULL) {
+        return NULL;
+    }
+    PyObject *cond = PyObject_GetAttr(self, s_cond);
+    if (cond == NULL || !Py_IS_TYPE(cond, (PyTypeObject *)g_std_condition)) {
+        Py_XDECREF(cond);
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *lock = PyObject_GetAttr(cond, s_lock_attr);
+    PyObject *held = lock != NULL && Py_IS_TYPE(lock, (PyTypeObject *)g_lock_type) ? call_noargs(m_lock_locked, lock)
+                                                                                     : NULL;
+    Py_XDECREF(lock);
+    int free = held == Py_False;
+    Py_XDECREF(held);
+    if (!free) {
+        PyErr_Clear();
+        Py_DECREF(cond);
+        return NULL;
+    }
+    return cond;
+}
+
+/* An exact int attribute of obj as a long long, or -1 (no error set) when it is missing or not one. */
+static long long
+sem_int_attr(PyObject *obj, PyObject *attr)
+{
+    PyObject *v = PyObject_GetAttr(obj, attr);
+    if (v == NULL || !PyLong_CheckExact(v)) {
+        Py_XDECREF(v);
+        PyErr_Clear();
+        return -1;
+    }
+    long long n = as_ll(v);
+    Py_DECREF(v);
+    if (n < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    return n;
+}
+
+static int
+sem_set_int(PyObject *obj, PyObject *attr, long long value)
+{
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL) return -1;
+    int err = PyObject_SetAttr(obj, attr, v);
+    Py_DECREF(v);
+    return err;
+}
+
+static PyObject *
+sem_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *blocking_obj = NULL, *timeout_obj = NULL;
+    if (nargs > 2 || !sem_plain(self)) goto slow;
+    if (nargs >= 1) blocking_obj = args[0];
+    if (nargs >= 2) timeout_obj = args[1];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, i);
+        if (blocking_obj == NULL && kw_is(kw, s_blocking)) blocking_obj = args[nargs + i];
+        else if (timeout_obj == NULL && kw_is(kw, s_timeout)) timeout_obj = args[nargs + i];
+        else goto slow;
+    }
+    /* Only the plain kinds (whose truth and comparison run no Python code); the rest as Python does. */
+    int blocking = 1;
+    if (blocking_obj != NULL) {
+        if (PyBool_Check(blocking_obj)) blocking = blocking_obj == Py_True;
+        else if (PyLong_CheckExact(blocking_obj)) blocking = _PyLong_Sign(blocking_obj) != 0;
+        else goto slow;
+    }
+    int poll = !blocking; /* not blocking, or timeout == 0 */
+    if (timeout_obj != NULL && timeout_obj != Py_None) {
+        if (!blocking) goto slow; /* ValueError, raised by the Python method */
+        if (PyFloat_CheckExact(timeout_obj)) poll = PyFloat_AS_DOUBLE(timeout_obj) == 0.0;
+        else if (PyLong_CheckExact(timeout_obj)) poll = _PyLong_Sign(timeout_obj) == 0;
+        else goto slow;
+    }
+    long long value = sem_int_attr(self, s_value);
+    if (value < 0) goto slow;
+    if (value == 0) {
+        if (poll) Py_RETURN_FALSE; /* a poll of an empty semaphore */
+        goto slow;                 /* a wait */
+    }
+    /* Who takes it and where, made before the internal lock is taken (it allocates). */
+    PyObject *rec = py_holder_site_record(NULL, NULL);
+    if (rec == NULL) return NULL;
+    PyObject *trash = PyObject_GetAttr(self, s_ct_trash);
+    if (trash == NULL) {
+        PyErr_Clear();
+    }
+    else if (trash != Py_None && PyObject_SetAttr(self, s_ct_trash, Py_None) < 0) {
+        Py_DECREF(trash);
+        Py_DECREF(rec);
+        return NULL;
+    }
+    Py_XDECREF(trash); /* (outside the internal lock: it may be the last reference to a thread) */
+    /* The values read again after the trash went: its finalizers may have run Python code. */
+    value = sem_int_attr(self, s_value);
+    PyObject *holders = value > 0 ? PyObject_GetAttr(self, s_holders) : NULL;
+    if (holders == NULL || !PyList_CheckExact(holders)) {
+        PyErr_Clear();
+        Py_XDECREF(holders);
+        Py_DECREF(rec);
+        goto slow;
+    }
+    PyObject *cond = sem_cond_free(self);
+    if (cond == NULL) {
+        Py_DECREF(holders);
+        Py_DECREF(rec);
+        goto slow;
+    }
+    Py_DECREF(cond);
+    /* As under the internal lock (sem_cond_free): stores only from here. */
+    TrackedObject *t = (TrackedObject *)self;
+    long long n = t->n != NULL && PyLong_Check(t->n) ? as_ll(t->n) : 0;
+    PyObject *nv = n >= 0 ? PyLong_FromLongLong(n + 1) : NULL;
+    int err = nv == NULL || sem_set_int(self, s_value, value - 1) < 0;
+    if (!err) {
+        Py_SETREF(t->n, nv); /* (the old count is an int: no finalizer) */
+        nv = NULL;
+        if (PyList_GET_SIZE(holders) < g_sem_max_holders && PyList_Append(holders, rec) < 0) {
+            PyErr_Clear(); /* (that holder is not named: as past MAX_HOLDERS) */
+        }
+    }
+    Py_XDECREF(nv);
+    Py_DECREF(holders);
+    Py_DECREF(rec);
+    if (err) return NULL;
+    Py_RETURN_TRUE;
+slow:
+    return sem_fallback(g_sem_acquire_py, self, args, (size_t)nargsf, kwnames);
+}
+
+/* Drop one holder record from holders (not empty): the releasing thread's own (`me`, looked for among
+ * the newest few), else the oldest, as Semaphore._forget_holders does for n = 1. A new reference to
+ * the record, which the caller releases after its last store. */
+static PyObject *
+sem_forget_one(PyObject *holders, PyObject *me)
+{
+    Py_ssize_t len = PyList_GET_SIZE(holders), at = 0;
+    for (Py_ssize_t i = len - 1; i > (len - 9 > -1 ? len - 9 : -1); i--) {
+        PyObject *h = PyList_GET_ITEM(holders, i);
+        if (me != NULL && PyTuple_Check(h) && PyTuple_GET_SIZE(h) > 0 && PyTuple_GET_ITEM(h, 0) == me) {
+            at = i;
+            break;
+        }
+    }
+    PyObject *item = Py_NewRef(PyList_GET_ITEM(holders, at));
+    if (PyList_SetSlice(holders, at, at + 1, NULL) < 0) PyErr_Clear(); /* (a deletion: cannot fail) */
+    return item;
+}
+
+static PyObject *
+sem_release(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *n_obj = NULL;
+    if (nargs > 1 || !sem_plain(self)) goto slow;
+    if (nargs == 1) n_obj = args[0];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, i);
+        if (n_obj == NULL && kw_is(kw, s_n)) n_obj = args[nargs + i];
+        else goto slow;
+    }
+    long long n = 1;
+    if (n_obj != NULL) {
+        if (!PyLong_CheckExact(n_obj)) goto slow;
+        n = as_ll(n_obj);
+        if (n < 1) {
+            PyErr_Clear();
+            goto slow; /* ValueError, raised by the Python method */
+        }
+    }
+    /* Who releases (a thread without a threading.Thread matches no record, as in Python). */
+    PyThreadState *ts = CT_TSTATE();
+    PyObject *me = current_thread_object((unsigned long long)ts->id, ts->thread_id);
+    PyObject *cond = sem_cond_free(self);
+    if (cond == NULL) goto slow;
+    PyObject *waiters = PyObject_GetAttr(cond, s_cond_waiters);
+    Py_DECREF(cond);
+    /* (the stdlib Condition's waiters: a collections.deque, whose len() runs no Python code) */
+    Py_ssize_t nwaiting = waiters != NULL ? PyObject_Size(waiters) : -1;
+    Py_XDECREF(waiters);
+    long long value = nwaiting == 0 ? sem_int_attr(self, s_value) : -1;
+    PyObject *bound = value >= 0 ? PyObject_GetAttr(self, s_ct_bound) : NULL;
+    PyObject *holders = bound != NULL ? PyObject_GetAttr(self, s_holders) : NULL;
+    PyObject *old_trash = holders != NULL ? PyObject_GetAttr(self, s_ct_trash) : NULL;
+    /* n > 1 drops a list of records: made by the Python method (an allocation the collector counts). */
+    int fast = old_trash != NULL && PyList_CheckExact(holders) && (n == 1 || PyList_GET_SIZE(holders) == 0) &&
+               (bound == Py_None || (PyLong_CheckExact(bound) && value + n <= as_ll(bound)));
+    Py_XDECREF(bound);
+    if (!fast) { /* someone to wake, too many releases, or unexpected state: as Python does */
+        PyErr_Clear();
+        Py_XDECREF(holders);
+        Py_XDECREF(old_trash);
+        goto slow;
+    }
+    /* As under the internal lock (sem_cond_free): stores only from here (the dropped record and the
+     * old trash are released after the last store). */
+    PyObject *dropped = NULL;
+    int err = sem_set_int(self, s_value, value + n);
+    if (!err && PyList_GET_SIZE(holders) > 0) {
+        dropped = sem_forget_one(holders, me); /* (n is 1 here) */
+        if (PyObject_SetAttr(self, s_ct_trash, dropped) < 0) PyErr_Clear();
+    }
+    Py_DECREF(holders);
+    Py_XDECREF(dropped);
+    Py_XDECREF(old_trash);
+    if (err) return NULL;
+    PyObject *w = ((TrackedObject *)self)->waiters;
+    if (w != NULL && PyDict_Check(w) && PyDict_GET_SIZE(w) > 0 && g_progress != NULL && PyList_Check(g_progress) &&
+        PyList_GET_SIZE(g_progress) > 0) {
+        PyObject *now = PyLong_FromLongLong(mono_ns());
+        if (now != NULL) PyList_SetItem(g_progress, 0, now); /* the previous stamp is an int */
+        else PyErr_Clear();
+    }
+    Py_RETURN_NONE;
+slow:
+    return sem_fallback(g_sem_release_py, self, args, (size_t)nargsf, kwnames);
+}
+
+static PyObject *
+sem_exit(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    return sem_release(self, NULL, 0, NULL);
+}
+
+/* setup_primitives(sem_acquire, sem_release, condition, max_holders, lock_cls, rlock_cls): the Python
+ * Semaphore methods the C ones hand the other cases to, the stdlib's Condition class,
+ * locks.MAX_HOLDERS, and conctools.Lock and RLock (whose methods a Condition calls directly). */
+static PyObject *
+py_setup_primitives(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyType_Check(args[2]) || !PyLong_Check(args[3]) || !PyType_Check(args[4]) ||
+        !PyType_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "setup_primitives(sem_acquire, sem_release, condition, max_holders, lock_cls, rlock_cls)");
+        return NULL;
+    }
+    Py_XSETREF(g_lock_cls, (PyTypeObject *)Py_NewRef(args[4]));
+    Py_XSETREF(g_rlock_cls, (PyTypeObject *)Py_NewRef(args[5]));
+    Py_ssize_t max_holders = PyLong_AsSsize_t(args[3]);
+    if (max_holders < 0) return NULL;
+    Py_XSETREF(g_sem_acquire_py, Py_NewRef(args[0]));
+    Py_XSETREF(g_sem_release_py, Py_NewRef(args[1]));
+    Py_XSETREF(g_std_condition, Py_NewRef(args[2]));
+    g_sem_max_holders = max_holders;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"task_factory", (PyCFunction)(void (*)(void))py_task_factory, METH_FASTCALL,
      "task_factory(table, limit, purge, task_type) -> the loop monitor's task factory, in C"},
@@ -5646,6 +6008,9 @@ static PyMethodDef module_methods[] = {
      "aio_took(lock, task_stacks, spare_stacks) -> bool: aio.Lock._took_timed when no Python is needed"},
     {"aio_released", (PyCFunction)(void (*)(void))py_aio_released, METH_FASTCALL,
      "aio_released(lock, task_stacks, spare_stacks) -> bool: aio.Lock._released_timed when no Python is needed"},
+    {"setup_primitives", (PyCFunction)(void (*)(void))py_setup_primitives, METH_FASTCALL,
+     "setup_primitives(sem_acquire, sem_release, condition, max_holders, lock_cls, rlock_cls): the Semaphore\n"
+     "C paths' fallbacks, and the lock classes whose methods a Condition calls directly"},
     {"setup_pools", (PyCFunction)(void (*)(void))py_setup_pools, METH_FASTCALL,
      "setup_pools(sem_states, started, ended, state_globals): pool blame's tables and Python paths"},
     {NULL, NULL, 0, NULL},
@@ -5731,6 +6096,15 @@ PyInit__speedups(void)
     INTERN(s_ct_since, "_ct_since");
     INTERN(s_ct_site, "_ct_site");
     INTERN(s_ct_holdstack, "_ct_holdstack");
+    INTERN(s_value, "_value");
+    INTERN(s_cond, "_cond");
+    INTERN(s_holders, "_holders");
+    INTERN(s_ct_trash, "_ct_trash");
+    INTERN(s_ct_bound, "_ct_bound");
+    INTERN(s_cond_waiters, "_waiters");
+    INTERN(s_blocking, "blocking");
+    INTERN(s_timeout, "timeout");
+    INTERN(s_n, "n");
     INTERN(g_key_thread, "conctools.thread");
     INTERN(g_key_held, "conctools.held");
     if ((g_false_args = PyTuple_Pack(1, Py_False)) == NULL) goto fail;

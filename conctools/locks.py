@@ -2494,6 +2494,16 @@ class Semaphore(_StdSemaphore, _TracedAttrs):
         return int(self._ct_n)
 
 
+if _speedups is not None:
+    # acquire() and release() that wait for nothing, in C (every ThreadPoolExecutor.submit() takes its
+    # idle semaphore and every worker gives it back): the same stores under the same internal lock;
+    # the Python methods above do the rest (waits, waking waiters, errors), called from C.
+    _speedups.setup_primitives(Semaphore.acquire, Semaphore.release, _StdCondition, MAX_HOLDERS, Lock, RLock)
+    Semaphore.acquire = Semaphore.__enter__ = _speedups.Tracked._c_sem_acquire  # type: ignore[method-assign,assignment]
+    Semaphore.release = _speedups.Tracked._c_sem_release  # type: ignore[method-assign,assignment]
+    Semaphore.__exit__ = _speedups.Tracked._c_sem_exit  # type: ignore[method-assign,assignment]
+
+
 class BoundedSemaphore(Semaphore):
     """A traced ``threading.BoundedSemaphore``: releasing more than acquired raises ``ValueError``."""
 

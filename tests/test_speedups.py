@@ -397,3 +397,87 @@ class TestLockOrderAcrossThreads:
         edges = {(e.from_lock, e.to_lock): e for e in lockorder._edges.values()}
         assert edges[("outer", "inner")].to_site.endswith(f":{line_inner}")
         assert edges[("outer", "other")].to_site.endswith(f":{line_other}")
+
+
+def python_calls(fn: Any) -> list[str]:
+    """The Python functions that ``fn()`` runs (C functions are not counted)."""
+    calls: list[str] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest.mark.skipif(not locks.SPEEDUPS, reason="the C fast path is not in use here")
+class TestSemaphoreCPath:
+    def test_a_submit_and_a_worker_release_run_no_python_code_and_count_exactly(self) -> None:
+        """The idle-semaphore pattern of ThreadPoolExecutor (a poll in the submitter, a release in a
+        worker) runs in C, counts every acquisition and keeps the holders right."""
+        from conctools.registry import state_of
+
+        sem = conctools.Semaphore(0, name="idle")
+        taken: list[bool] = []
+
+        def cycle() -> None:
+            in_thread(sem.release)  # a worker goes idle
+            taken.append(sem.acquire(timeout=0))  # the next submit() takes it back
+
+        def poll_cycle() -> None:
+            sem.release()
+            assert sem.acquire(timeout=0)
+            assert not sem.acquire(timeout=0)  # empty: a poll, not a wait
+
+        poll_cycle()  # (this thread's identity is looked up once: Thread.name)
+        assert python_calls(poll_cycle) == ["poll_cycle"]
+        for _ in range(3):
+            cycle()  # the worker holds none: it drops the oldest record, the main thread's
+        assert taken == [True, True, True]
+        assert sem._ct_n == 5 and sem._value == 0
+        assert [h.thread_name for h in state_of(sem).holders] == [threading.current_thread().name]
+
+    def test_a_release_by_another_thread_forgets_the_oldest_holder(self) -> None:
+        """A permit released by a thread that holds none drops the oldest holder record, as the Python
+        path's _forget_holders does; its own permit is dropped first by the holder."""
+        from conctools.registry import state_of
+
+        sem = conctools.BoundedSemaphore(3)
+        sem.acquire()
+        in_thread(sem.acquire, name="second")
+        sem.acquire()
+        assert [h.thread_name for h in state_of(sem).holders] == ["MainThread", "second", "MainThread"]
+        in_thread(sem.release, name="other")  # holds none: the oldest goes
+        assert [h.thread_name for h in state_of(sem).holders] == ["second", "MainThread"]
+        sem.release()  # the main thread's own, newest first
+        assert [h.thread_name for h in state_of(sem).holders] == ["second"]
+        with pytest.raises(ValueError, match="released too many times"):
+            sem.release(3)
+        assert sem._value == 2 and sem._ct_n == 3
+
+    def test_waits_and_wakeups_still_go_through_the_python_methods(self) -> None:
+        """A semaphore that must be waited for is counted as a contended wait, and the release that
+        wakes the waiter hands it the permit."""
+        sem = conctools.Semaphore(0, name="c-path-wait")
+        waiting = threading.Event()
+        got: list[bool] = []
+
+        def waiter() -> None:
+            waiting.set()
+            got.append(sem.acquire(timeout=10))
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        waiting.wait(10)
+        while not sem._cond._waiters:  # the waiter is inside the condition's wait
+            t.join(0.001)
+        sem.release()
+        t.join(10)
+        assert got == [True] and sem._value == 0 and sem._ct_n == 1
+        row = next(r for r in locks.lock_table() if r["name"] == "c-path-wait")
+        assert row["acquisitions"] == 1 and row["contentions"] == 1
