@@ -231,8 +231,9 @@ class _Track:
         self.entries: dict[str, int] = {}
         self.pool: str | None = None
         self.loop = False
-        self.wait_cache: tuple[int, int, int, int] = (0, 0, 0, SYNC)  # (id(frame), id(code), lasti, state)
-        self.io_cache: tuple[int, int, int, int] = (0, 0, 0, IO)
+        # (the stack's key, see _stack_key; the state): a blocked thread's state is judged once per wait
+        self.wait_cache: tuple[tuple[int, ...], int] = ((), SYNC)
+        self.io_cache: tuple[tuple[int, ...], int] = ((), IO)
         self.last_state = UNKNOWN
 
     def merge(self, other: _Track) -> None:
@@ -268,6 +269,23 @@ _NATIVE_IDS = hasattr(_thread, "get_native_id")
 
 _STDLIB = os.path.dirname(threading.__file__) + _sep
 _NOT_STDLIB = (f"{_sep}site-packages{_sep}", f"{_sep}dist-packages{_sep}")
+
+
+STACK_KEY_DEPTH = 16  # as deep as _wait_kind looks
+
+
+def _stack_key(frame: FrameType) -> tuple[int, ...]:
+    """What a blocked thread's judged state depends on: the code and offset of its innermost frames.
+    Not the frame object's id: a frame freed when its wait ended is often reused, at the same address,
+    for the next wait's frame of the same function (``Condition.wait`` at the same line, called from
+    ``Thread.start()`` and then from ``Future.result()``), which is another wait."""
+    key: list[int] = []
+    f: FrameType | None = frame
+    while f is not None and len(key) < 2 * STACK_KEY_DEPTH:
+        key.append(id(f.f_code))
+        key.append(f.f_lasti)
+        f = f.f_back
+    return tuple(key)
 
 
 def _stdlib_only(frame: FrameType | None) -> bool:
@@ -752,22 +770,22 @@ class GilMonitor:
         pool's manager thread): no program code on its stack, nothing of the program's to wait for."""
         if frame is None:
             return IO
-        key = (id(frame), id(frame.f_code), frame.f_lasti)
+        key = _stack_key(frame)
         cached = track.io_cache
-        if cached[:3] == key:
-            return cached[3]
+        if cached[0] == key:
+            return cached[1]
         state = IDLE if _stdlib_only(frame) or _waits_for_children(frame) or _waits_for_work(frame) else IO
-        track.io_cache = (*key, state)
+        track.io_cache = (key, state)
         return state
 
     def _wait_kind(self, track: _Track, frame: FrameType | None) -> int:
         """SYNC (a lock, condition, queue) or IDLE (waiting for work or for other threads)."""
         if frame is None:
             return SYNC
-        key = (id(frame), id(frame.f_code), frame.f_lasti)
+        key = _stack_key(frame)
         cached = track.wait_cache
-        if cached[:3] == key:
-            return cached[3]
+        if cached[0] == key:
+            return cached[1]
         state = IDLE if _waits_for_work(frame) else SYNC  # a process pool worker with no job
         f: FrameType | None = frame
         depth = 0
@@ -787,7 +805,7 @@ class GilMonitor:
                 break
             f = f.f_back
             depth += 1
-        track.wait_cache = (*key, state)
+        track.wait_cache = (key, state)
         return state
 
     def _note_site(self, track: _Track, frame: FrameType | None, state: int) -> None:

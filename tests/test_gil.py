@@ -898,3 +898,46 @@ class TestConsole:
                 monitor.close()
         finally:
             app_loop.stop()
+
+
+class TestBlockedThreadStateCache:
+    """A blocked thread's state is judged once per wait, and a new wait is judged again."""
+
+    def test_same_function_and_line_from_another_caller_is_another_wait(self) -> None:
+        """Frames are reused at the same address: the key must tell ``Thread.start()``'s wait in
+        ``Event.wait`` from ``Future.result()``'s (the same innermost code and offset, other callers)."""
+
+        release = threading.Event()
+
+        def wait_here() -> None:
+            release.wait()
+
+        def from_start() -> None:
+            wait_here()
+
+        def from_result() -> None:
+            wait_here()
+
+        workers = [threading.Thread(target=f, daemon=True) for f in (from_start, from_result)]
+        for t in workers:
+            t.start()
+        try:
+            deadline = time.monotonic() + 10
+            while True:  # until both block in the same Condition.wait line
+                frames = sys._current_frames()
+                tops = [frames.get(t.ident or 0) for t in workers]
+                if all(
+                    f is not None and f.f_code.co_name == "wait" and "threading" in f.f_code.co_filename for f in tops
+                ):
+                    break
+                assert time.monotonic() < deadline, "the threads did not block"
+                time.sleep(0.01)
+            first, second = tops
+            assert first is not None and second is not None
+            assert (first.f_code, first.f_lasti) == (second.f_code, second.f_lasti)
+            assert gil_module._stack_key(first) == gil_module._stack_key(first)  # the same wait, looked at twice
+            assert gil_module._stack_key(first) != gil_module._stack_key(second)
+        finally:
+            release.set()
+            for t in workers:
+                t.join(10)
