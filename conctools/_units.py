@@ -12,17 +12,28 @@ def format_duration(seconds: float) -> str:
     '12.3 ms'
     >>> format_duration(2.5)
     '2.50 s'
+    >>> format_duration(0.9996)  # rounded up to the next unit, not '1e+03 ms'
+    '1.00 s'
     """
     s = abs(seconds)
-    if s >= 100:
-        return f"{seconds:.0f} s"
-    if s >= 1:
-        return f"{seconds:.2f} s"
-    if s >= 1e-3:
-        return f"{seconds * 1e3:.3g} ms"
-    if s >= 1e-6:
-        return f"{seconds * 1e6:.3g} µs"
-    return f"{seconds * 1e9:.0f} ns"
+    # Each unit while its rounded figure stays below the next unit (0.9996 s is "1.00 s", not "1e+03 ms").
+    if s < 1e-6:
+        text = f"{seconds * 1e9:.0f}"
+        if abs(float(text)) < 1000:
+            return f"{text} ns"
+    if s < 1e-3:
+        text = f"{seconds * 1e6:.3g}"
+        if "e" not in text and abs(float(text)) < 1000:
+            return f"{text} µs"
+    if s < 1:
+        text = f"{seconds * 1e3:.3g}"
+        if "e" not in text and abs(float(text)) < 1000:
+            return f"{text} ms"
+    if s < 100:
+        text = f"{seconds:.2f}"
+        if abs(float(text)) < 100:
+            return f"{text} s"
+    return f"{seconds:.0f} s"
 
 
 def format_bytes(n: float) -> str:
