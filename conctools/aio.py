@@ -121,8 +121,17 @@ def _init(prim: Any, kind: str, name: str | None) -> None:
 
 # -- Lock --------------------------------------------------------------------------------
 
+if SPEEDUPS and hasattr(_speedups_module, "AioLockFields"):
+    # The fields that aio_took() and aio_released() read and store, as C slots (see _speedups.c).
 
-class Lock(asyncio.Lock, _TracedAttrs):
+    class _LockFields(_speedups_module.AioLockFields, _TracedAttrs):  # type: ignore[misc,name-defined]
+        __slots__ = ()
+
+else:
+    _LockFields = _TracedAttrs  # type: ignore[misc]
+
+
+class Lock(asyncio.Lock, _LockFields):
     """A traced ``asyncio.Lock``: knows the task holding it and the tasks waiting for it."""
 
     _locked: bool  # asyncio's own state, not in typeshed

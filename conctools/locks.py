@@ -2130,10 +2130,13 @@ def _bind_asyncio(asyncio: ModuleType) -> None:
 
 if _speedups is not None:
 
-    class _CWait(_speedups.WaitRecord, _WaitMethods):  # type: ignore[misc]
-        """The C extension's wait record (its traversal visits only what could refer back to it)."""
-
-        __slots__ = ()
+    # The C extension's wait record, with _WaitMethods' methods set on the C type itself: a subclass made
+    # by a class statement would be a garbage-collector container, and the record is not one (see
+    # _speedups.c: 20,000 parked asyncio tasks made 20,000 long-lived tracked records).
+    _CWait: Any = _speedups.WaitRecord
+    for _attr, _value in vars(_WaitMethods).items():
+        if not _attr.startswith("__"):
+            setattr(_CWait, _attr, _value)
 
     _install_speedups()
     _wait_begin = _speedups.wait_begin  # (the same, in C)
