@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 15
+#define API_VERSION 20
 
 typedef struct CoreObject {
     PyObject_HEAD
