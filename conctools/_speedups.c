@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 15
+#define API_VERSION 20
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -1934,8 +1934,17 @@ releasing(CoreObject *self)
 }
 
 /* A wait record: one party's blocked wait, from its start to its end (locks._Wait on the pure path).
- * Tracked by the garbage collector, but its traversal visits only what could refer back to it (the
- * primitive, whose waiters table holds it while it waits, the task, the holders). */
+ *
+ * Not a garbage-collector container (issue 12): 20,000 tasks parked on one asyncio semaphore made
+ * 20,000 tracked records that lived as long as their waits, which the collector counted as allocations
+ * (more young collections), walked in every collection, and promoted to the oldest generation (one
+ * more full collection in the asyncio benchmark). The cycles through a record cannot be garbage while
+ * it is in use: while it waits, the registry's waiting table holds its primitive, which holds the
+ * record in its waiters table (so the record, its task and its holders are reachable from a module
+ * global until the wait ends, traced or not by the collector), and when it ends, wait_finish() drops
+ * its references to the primitive, the task and the holder; what it keeps then (names, sites, thread
+ * infos, statistics) cannot refer back to it except through its site's entry (entry.champion), which
+ * its class's statistics keep for the life of the process. */
 enum {
     W_ACQUIRED, W_END_NS, W_ENTRY, W_EVENT, W_HOLDER, W_HOLDER_EXITED, W_IDENT, W_KEY, W_LOCK_ID, W_LOCK_NAME,
     W_PREV_TASK, W_PREV_THREAD, W_PRIM, W_REC, W_SITE, W_STACK, W_START_NS, W_STATS, W_TASK, W_TASK_NAME,
@@ -1989,30 +1998,16 @@ wget(PyObject *w, int i)
     return ((WaitObject *)w)->f[i]; /* borrowed, may be NULL */
 }
 
-static int
-waitrecord_traverse(WaitObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->f[W_PRIM]);
-    Py_VISIT(self->f[W_TASK]);
-    Py_VISIT(self->f[W_HOLDER]);
-    Py_VISIT(self->f[W_PREV_TASK]);
-    Py_VISIT(self->f[W_LAZY]);
-    return 0;
-}
-
-static int
+static void
 waitrecord_clear(WaitObject *self)
 {
     for (int i = 0; i < W_COUNT; i++) Py_CLEAR(self->f[i]);
-    return 0;
 }
 
 static void
 waitrecord_dealloc(WaitObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
     waitrecord_clear(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -2034,8 +2029,6 @@ static PyMemberDef waitrecord_members[] = {
 static PyType_Slot waitrecord_slots[] = {
     {Py_tp_doc, "One party's blocked wait on a traced primitive (conctools.locks)."},
     {Py_tp_dealloc, waitrecord_dealloc},
-    {Py_tp_traverse, waitrecord_traverse},
-    {Py_tp_clear, waitrecord_clear},
     {Py_tp_members, waitrecord_members},
     {Py_tp_new, PyType_GenericNew},
     {0, NULL},
@@ -2044,7 +2037,7 @@ static PyType_Slot waitrecord_slots[] = {
 static PyType_Spec waitrecord_spec = {
     .name = "conctools._speedups.WaitRecord",
     .basicsize = sizeof(WaitObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, /* (not a GC container: see above) */
     .slots = waitrecord_slots,
 };
 
@@ -2785,6 +2778,9 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
     if (key != NULL && key_ident != NULL && key_task != NULL) {
         PyTuple_SET_ITEM(key, 0, key_ident);
         PyTuple_SET_ITEM(key, 1, key_task);
+        /* Two ints: nothing for the collector to walk (it would untrack the tuple at its first collection,
+         * after walking it while the wait lasts: 20,000 of them for 20,000 parked tasks). */
+        PyObject_GC_UnTrack(key);
     }
     else {
         Py_CLEAR(key);
@@ -3241,11 +3237,6 @@ wait_finish(PyObject *w, int acquired, int settle)
     /* A record waiting to be recorded keeps neither alive (both are alive now: not last references). */
     wset(w, W_PRIM, Py_None);
     wset(w, W_TASK, Py_None);
-    /* Nothing it refers to now can refer back to it (names, sites, ThreadInfos, stats): the garbage
-     * collector need not look at it while it waits to be recorded. */
-    if ((wget(w, W_PREV_TASK) == NULL || wget(w, W_PREV_TASK) == Py_None) && PyObject_GC_IsTracked(w)) {
-        PyObject_GC_UnTrack(w);
-    }
     if (dropped) {
         /* recorded already, and no event to make: nothing left for flush_waits() */
     }
@@ -3373,9 +3364,6 @@ brief_record(BriefWait *b)
     PyErr_Clear();
     for (int i = 0; i < W_COUNT; i++) {
         if (((WaitObject *)w)->f[i] == NULL) wset(w, i, Py_None);
-    }
-    if ((wget(w, W_PREV_TASK) == NULL || wget(w, W_PREV_TASK) == Py_None) && PyObject_GC_IsTracked(w)) {
-        PyObject_GC_UnTrack(w);
     }
     return w;
 }
@@ -4698,6 +4686,82 @@ static PyType_Spec tracked_spec = {
     .slots = tracked_slots,
 };
 
+/* AioLockFields: Tracked, and the fields of a conctools.aio.Lock that its acquisition and release read and
+ * write (_ct_ordered, _ct_entry, _ct_owner, _ct_since, _ct_site, _ct_holdstack) as object slots, not
+ * instance-dict entries: aio_took() and aio_released() read and store them directly (issue 12: a dozen
+ * attribute lookups and stores per `async with lock`), and the Python methods read them as fast as before
+ * (the interpreter's attribute caches serve slots). */
+typedef struct {
+    TrackedObject base;
+    PyObject *ordered, *entry, *owner, *since, *site, *holdstack;
+} AioLockObject;
+
+static PyTypeObject *g_aiolock_type;
+
+static int
+aiolock_traverse(AioLockObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ordered);
+    Py_VISIT(self->entry);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->since);
+    Py_VISIT(self->site);
+    Py_VISIT(self->holdstack);
+    return tracked_traverse((TrackedObject *)self, visit, arg);
+}
+
+static void
+aiolock_clear_fields(AioLockObject *self)
+{
+    Py_CLEAR(self->ordered);
+    Py_CLEAR(self->entry);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->since);
+    Py_CLEAR(self->site);
+    Py_CLEAR(self->holdstack);
+}
+
+static int
+aiolock_clear(AioLockObject *self)
+{
+    aiolock_clear_fields(self);
+    return tracked_clear((TrackedObject *)self);
+}
+
+static void
+aiolock_dealloc(AioLockObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    aiolock_clear_fields(self);
+    tracked_dealloc((TrackedObject *)self);
+}
+
+static PyMemberDef aiolock_members[] = {
+    {"_ct_ordered", T_OBJECT_EX, offsetof(AioLockObject, ordered), 0, NULL},
+    {"_ct_entry", T_OBJECT_EX, offsetof(AioLockObject, entry), 0, NULL},
+    {"_ct_owner", T_OBJECT_EX, offsetof(AioLockObject, owner), 0, NULL},
+    {"_ct_since", T_OBJECT_EX, offsetof(AioLockObject, since), 0, NULL},
+    {"_ct_site", T_OBJECT_EX, offsetof(AioLockObject, site), 0, NULL},
+    {"_ct_holdstack", T_OBJECT_EX, offsetof(AioLockObject, holdstack), 0, NULL},
+    {NULL},
+};
+
+static PyType_Slot aiolock_slots[] = {
+    {Py_tp_doc, "Tracked, with the fields of a traced asyncio.Lock (conctools.aio)."},
+    {Py_tp_dealloc, aiolock_dealloc},
+    {Py_tp_traverse, aiolock_traverse},
+    {Py_tp_clear, aiolock_clear},
+    {Py_tp_members, aiolock_members},
+    {0, NULL},
+};
+
+static PyType_Spec aiolock_spec = {
+    .name = "conctools._speedups.AioLockFields",
+    .basicsize = sizeof(AioLockObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = aiolock_slots,
+};
+
 /* link(prim): put a Tracked primitive in the list of live primitives (once). */
 static PyObject *
 py_link(PyObject *Py_UNUSED(module), PyObject *prim)
@@ -5156,19 +5220,6 @@ py_pool_sem_ended(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
 
 /* -- asyncio Lock: the lock-order bookkeeping of an acquisition and its release (conctools.aio) ---- */
 
-static PyObject *s_ct_ordered, *s_ct_entry, *s_ct_owner, *s_ct_since, *s_ct_site, *s_ct_holdstack;
-
-/* An attribute of an aio.Lock (new reference), or NULL with no error set. (Attribute access, not its
- * instance dict: asking for the dict would make one out of the inline values, which slows every
- * attribute read of the Python methods.) */
-static PyObject *
-aio_attr(PyObject *lock, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(lock, name);
-    if (v == NULL) swallow();
-    return v;
-}
-
 /* aio_took(lock, task_stacks, spare_stacks) -> bool: conctools.aio.Lock._took_timed(frame, 0) for the
  * frame that called the lock's method (the caller of the caller), when it needs no Python: the hold is
  * sampled (1 in HOLD_SAMPLE), and in lock-order mode the lock's cached held-stack entry is for that
@@ -5178,21 +5229,22 @@ aio_attr(PyObject *lock, PyObject *name)
 static PyObject *
 py_aio_took(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || g_tracked_type == NULL || !PyObject_TypeCheck(args[0], g_tracked_type) ||
+    if (nargs != 3 || g_aiolock_type == NULL || !PyObject_TypeCheck(args[0], g_aiolock_type) ||
         !PyDict_CheckExact(args[1]) || !PyList_CheckExact(args[2])) {
         Py_RETURN_FALSE;
     }
-    PyObject *lock = args[0], *stacks = args[1], *spare = args[2];
-    PyObject *nobj = ((TrackedObject *)lock)->n;
+    AioLockObject *self = (AioLockObject *)args[0];
+    PyObject *stacks = args[1], *spare = args[2];
+    PyObject *nobj = self->base.n;
     long long n = nobj != NULL && PyLong_CheckExact(nobj) ? as_ll(nobj) : -1;
     if (n < 0) {
         PyErr_Clear();
         Py_RETURN_FALSE;
     }
-    PyObject *ordered = aio_attr(lock, s_ct_ordered), *entry = NULL, *owner = NULL, *key = NULL, *since_obj = NULL;
-    PyObject *held = NULL; /* the task's stack, if it has one */
+    PyObject *entry = NULL, *key = NULL, *since_obj = NULL; /* new references */
+    PyObject *held = NULL; /* the task's stack, if it has one (new reference) */
     PyObject *site = NULL; /* borrowed from entry */
-    int is_ordered = ordered != NULL ? PyObject_IsTrue(ordered) : -1;
+    int is_ordered = self->ordered != NULL ? PyObject_IsTrue(self->ordered) : -1;
     int done = 0;
     if (is_ordered < 0) goto out;
     if (is_ordered) {
@@ -5207,16 +5259,15 @@ py_aio_took(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         }
         cursor_end(&c); /* (the code stays alive: its frame still runs) */
         if (!found) goto out;
-        entry = aio_attr(lock, s_ct_entry);
+        entry = Py_XNewRef(self->entry); /* (an allocation below may run a finalizer that replaces it) */
         if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 5) goto out;
         site = PyTuple_GET_ITEM(entry, 4);
         if (!PyTuple_CheckExact(site) || PyTuple_GET_SIZE(site) != 2 || PyTuple_GET_ITEM(site, 0) != (PyObject *)code ||
             !PyLong_CheckExact(PyTuple_GET_ITEM(site, 1)) || PyLong_AsLong(PyTuple_GET_ITEM(site, 1)) != lasti) {
             goto out;
         }
-        owner = aio_attr(lock, s_ct_owner);
-        if (owner == NULL || owner == Py_None) goto out;
-        key = PyLong_FromVoidPtr(owner);
+        if (self->owner == NULL || self->owner == Py_None) goto out;
+        key = PyLong_FromVoidPtr(self->owner);
         if (key == NULL) goto out;
         held = Py_XNewRef(PyDict_GetItemWithError(stacks, key));
         if (held == NULL && PyErr_Occurred()) goto out;
@@ -5228,11 +5279,12 @@ py_aio_took(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
      * Python's would). */
     done = 1;
     long long since = n & g_mask ? 0 : mono_ns();
-    since_obj = PyLong_FromLongLong(since);
-    if (since_obj == NULL || PyObject_SetAttr(lock, s_ct_since, since_obj) < 0) goto out;
-    Py_CLEAR(since_obj);
+    since_obj = since ? PyLong_FromLongLong(since) : Py_NewRef(g_zero_int);
+    if (since_obj == NULL) goto out;
+    Py_XSETREF(self->since, since_obj);
+    since_obj = NULL;
     if (is_ordered) {
-        if (PyObject_SetAttr(lock, s_ct_site, site) < 0) goto out;
+        Py_XSETREF(self->site, Py_NewRef(site));
         PyObject *stack = NULL; /* new reference */
         if (held != NULL) {
             stack = Py_NewRef(held);
@@ -5246,15 +5298,14 @@ py_aio_took(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
                 goto out;
             }
         }
-        int r = PyObject_SetAttr(lock, s_ct_holdstack, stack) < 0 || PyList_Append(stack, entry) < 0;
+        Py_XSETREF(self->holdstack, Py_NewRef(stack));
+        int r = PyList_Append(stack, entry) < 0;
         Py_DECREF(stack);
         if (r) goto out;
     }
 out:
     Py_XDECREF(since_obj);
-    Py_XDECREF(ordered);
     Py_XDECREF(entry);
-    Py_XDECREF(owner);
     Py_XDECREF(key);
     Py_XDECREF(held);
     if (PyErr_Occurred()) swallow();
@@ -5268,16 +5319,16 @@ out:
 static PyObject *
 py_aio_released(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || g_tracked_type == NULL || !PyObject_TypeCheck(args[0], g_tracked_type) ||
+    if (nargs != 3 || g_aiolock_type == NULL || !PyObject_TypeCheck(args[0], g_aiolock_type) ||
         !PyDict_CheckExact(args[1]) || !PyList_CheckExact(args[2])) {
         Py_RETURN_FALSE;
     }
+    AioLockObject *self = (AioLockObject *)args[0];
     PyObject *lock = args[0], *stacks = args[1], *spare = args[2];
-    PyObject *since_obj = aio_attr(lock, s_ct_since), *held = NULL, *owner = NULL, *key = NULL;
+    PyObject *since_obj = self->since, *held = Py_XNewRef(self->holdstack), *owner = NULL, *key = NULL;
     int done = 0;
     long long since = since_obj != NULL && PyLong_CheckExact(since_obj) ? as_ll(since_obj) : -1;
     if (since < 0) goto out;
-    held = aio_attr(lock, s_ct_holdstack);
     if (held == NULL) goto out;
     Py_ssize_t k = 0;
     if (held != Py_None) {
@@ -5293,30 +5344,33 @@ py_aio_released(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         int same = PyWeakref_GetObject(PyTuple_GET_ITEM(last, 0)) == lock; /* (borrowed) */
 #endif
         if (!same) goto out; /* not the innermost: lockorder.note_released() */
-        owner = aio_attr(lock, s_ct_owner);
+        owner = Py_XNewRef(self->owner);
         if (owner == NULL) goto out;
     }
     /* Everything checked: from here on only stores. */
     done = 1;
     if (since) {
-        if (PyObject_SetAttr(lock, s_ct_since, g_zero_int) < 0) goto out;
-        PyObject *hold = ((TrackedObject *)lock)->hold; /* borrowed */
+        Py_XSETREF(self->since, Py_NewRef(g_zero_int));
+        PyObject *hold = self->base.hold; /* borrowed */
         if (hold != NULL && hold != Py_None) {
             long long now = mono_ns();
             if (g_hist_type != NULL && Py_IS_TYPE(hold, (PyTypeObject *)g_hist_type)) {
                 if (hist_add_fields(hold, now - since) < 0) goto out;
             }
             else {
+                Py_INCREF(hold);
                 PyObject *v = PyLong_FromLongLong(now - since);
                 PyObject *r = v != NULL ? PyObject_CallMethodOneArg(hold, s_add, v) : NULL;
                 Py_XDECREF(v);
+                Py_DECREF(hold);
                 if (r == NULL) goto out;
                 Py_DECREF(r);
             }
         }
     }
     if (held != Py_None) {
-        if (PyObject_SetAttr(lock, s_ct_holdstack, Py_None) < 0 || PyList_SetSlice(held, k - 1, k, NULL) < 0) goto out;
+        Py_XSETREF(self->holdstack, Py_NewRef(Py_None));
+        if (PyList_SetSlice(held, k - 1, k, NULL) < 0) goto out;
         if (k == 1 && owner != Py_None) {
             key = PyLong_FromVoidPtr(owner);
             PyObject *mine = key != NULL ? PyDict_GetItemWithError(stacks, key) : NULL; /* borrowed */
@@ -5327,7 +5381,6 @@ py_aio_released(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         }
     }
 out:
-    Py_XDECREF(since_obj);
     Py_XDECREF(held);
     Py_XDECREF(owner);
     Py_XDECREF(key);
@@ -6090,12 +6143,6 @@ PyInit__speedups(void)
     INTERN(s_wait_hist, "wait_hist");
     INTERN(s_snapshot_every, "SNAPSHOT_EVERY_S");
     INTERN(s_episode_snapshot_every, "EPISODE_SNAPSHOT_EVERY_S");
-    INTERN(s_ct_ordered, "_ct_ordered");
-    INTERN(s_ct_entry, "_ct_entry");
-    INTERN(s_ct_owner, "_ct_owner");
-    INTERN(s_ct_since, "_ct_since");
-    INTERN(s_ct_site, "_ct_site");
-    INTERN(s_ct_holdstack, "_ct_holdstack");
     INTERN(s_value, "_value");
     INTERN(s_cond, "_cond");
     INTERN(s_holders, "_holders");
@@ -6146,6 +6193,13 @@ PyInit__speedups(void)
     g_tracked_type = (PyTypeObject *)tracked; /* never freed either */
     if (PyModule_AddObject(m, "Tracked", Py_NewRef(tracked)) < 0) {
         Py_DECREF(tracked);
+        goto fail;
+    }
+    PyObject *aiolock = PyType_FromSpecWithBases(&aiolock_spec, tracked);
+    if (aiolock == NULL) goto fail;
+    g_aiolock_type = (PyTypeObject *)aiolock; /* never freed either */
+    if (PyModule_AddObject(m, "AioLockFields", Py_NewRef(aiolock)) < 0) {
+        Py_DECREF(aiolock);
         goto fail;
     }
     return m;

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from weakref import ref as _weakref
 
 from conctools import lockorder, registry
@@ -121,8 +121,20 @@ def _init(prim: Any, kind: str, name: str | None) -> None:
 
 # -- Lock --------------------------------------------------------------------------------
 
+# The fields that aio_took() and aio_released() read and store, as C slots with the C extension (see
+# _speedups.c: AioLockFields), which the Python methods below read as fast as instance attributes.
+if TYPE_CHECKING:
+    _LockFields = _TracedAttrs
+elif SPEEDUPS and hasattr(_speedups_module, "AioLockFields"):
 
-class Lock(asyncio.Lock, _TracedAttrs):
+    class _LockFields(_speedups_module.AioLockFields, _TracedAttrs):
+        __slots__ = ()
+
+else:
+    _LockFields = _TracedAttrs
+
+
+class Lock(asyncio.Lock, _LockFields):
     """A traced ``asyncio.Lock``: knows the task holding it and the tasks waiting for it."""
 
     _locked: bool  # asyncio's own state, not in typeshed

@@ -1185,7 +1185,7 @@ def _validate(blocking: Any, timeout: Any) -> None:
 # _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
 # builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 15  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 20  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -2129,11 +2129,14 @@ def _bind_asyncio(asyncio: ModuleType) -> None:
 
 
 if _speedups is not None:
-
-    class _CWait(_speedups.WaitRecord, _WaitMethods):  # type: ignore[misc]
-        """The C extension's wait record (its traversal visits only what could refer back to it)."""
-
-        __slots__ = ()
+    # The C extension's wait record, with _WaitMethods' methods set on the C type itself: a subclass made
+    # by a class statement would be a garbage-collector container, and the record is not one (see
+    # _speedups.c: 20,000 parked asyncio tasks made 20,000 long-lived tracked records).
+    _CWait: Any = _speedups.WaitRecord
+    for _attr, _value in vars(_WaitMethods).items():
+        if not _attr.startswith("__"):
+            setattr(_CWait, _attr, _value)
+    del _attr, _value
 
     _install_speedups()
     _wait_begin = _speedups.wait_begin  # (the same, in C)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -328,3 +330,63 @@ class TestAioWaitCost:
         assert site["waits"] == 5 and site["site"].startswith(f"{HERE}:")
         assert seen["waiters"] == [f"fetch-{i}" for i in range(5)]
         assert row(recorder, name)["contentions"] == 5
+
+
+@pytest.mark.skipif(not locks.SPEEDUPS, reason="the C path's wait records and lock fields")
+class TestWaitRecordsCost:
+    """Parked tasks leave the garbage collector nothing of conctools' to walk (issue 12)."""
+
+    def test_parked_waits_are_not_collector_objects(self, recorder: Recorder) -> None:
+        """A task parked on a traced semaphore has a wait record and a key that the collector does not track,
+        and the registry still names the waiting tasks and the holder; a cancelled waiter is collected."""
+        name = unique("slots")
+
+        async def main() -> None:
+            sem = aio.Semaphore(1, name=name)
+            release = asyncio.Event()
+
+            async def holder() -> None:
+                async with sem:
+                    await release.wait()
+
+            async def waiter() -> None:
+                async with sem:
+                    pass
+
+            h = asyncio.create_task(holder(), name="holder")
+            await until(sem.locked)
+            waiters = [asyncio.create_task(waiter(), name=f"waiter-{i}") for i in range(3)]
+            await until(lambda: len(state_of(sem).waiters) == 3)
+            records = dict(sem._ct_waiters or {})
+            assert len(records) == 3
+            assert not any(gc.is_tracked(w) for w in records.values())
+            assert not any(gc.is_tracked(k) for k in records)
+            st = state_of(sem)
+            assert sorted(p.task_name for p in st.waiters) == ["waiter-0", "waiter-1", "waiter-2"]
+            assert [p.task_name for p in st.holders] == ["holder"]
+            gone = weakref.ref(waiters[0])
+            waiters[0].cancel()
+            await until(waiters[0].done)
+            assert waiters[0].cancelled()
+            del waiters[0], records, st
+            gc.collect()
+            assert gone() is None
+            release.set()
+            await asyncio.gather(h, *waiters)
+
+        asyncio.run(main())
+        r = row(recorder, name)
+        assert (r["acquisitions"], r["contentions"]) == (3, 3)
+
+    def test_lock_fields_are_slots(self, recorder: Recorder) -> None:
+        """An aio.Lock keeps its holder and lock-order fields in C slots (read by aio_took and aio_released
+        without attribute lookups), not in its instance dict, and they still name the holder."""
+
+        async def main() -> None:
+            lock = aio.Lock(name=unique("fields"))
+            async with lock:
+                assert lock._ct_owner is asyncio.current_task()
+                assert not {"_ct_owner", "_ct_since", "_ct_entry", "_ct_holdstack"} & set(vars(lock))
+            assert lock._ct_owner is None
+
+        asyncio.run(main())
