@@ -5023,31 +5023,54 @@ pool_dict_of(PyObject *prim)
     return d;
 }
 
-/* state.mutex.acquire(False) on its plain lock: the mutex (new reference) when taken, else NULL. */
-static PyObject *
-pool_try_lock(PyObject *d)
+/* May the fast path update the state of instance dict d now? 1: yes, with *held the state's mutex, taken
+ * (new reference), or NULL when it need not be taken; 0: no (the caller goes the Python way).
+ *
+ * With the GIL, a mutex found unlocked is not taken (issue 12: an acquire(False) parses its arguments, a
+ * third of the fast path): every Python reader and writer of these fields holds the mutex, so while it is
+ * free no Python code is half-way through an update, and the fast path runs no Python code and does not
+ * let the GIL go (plain dict and int operations on the state's own fields): its update is as atomic as
+ * under the mutex. A mutex found locked: the Python way, which waits for it. Without a GIL it is taken. */
+static int
+pool_enter(PyObject *d, PyObject **held)
 {
-    PyObject *mutex = Py_XNewRef(PyDict_GetItemWithError(d, s_mutex));
+    *held = NULL;
+    PyObject *mutex = PyDict_GetItemWithError(d, s_mutex); /* borrowed */
     if (mutex == NULL || g_lock_type == NULL || !Py_IS_TYPE(mutex, (PyTypeObject *)g_lock_type) ||
         m_lock_acquire == NULL || m_lock_release == NULL) {
-        Py_XDECREF(mutex);
         PyErr_Clear();
-        return NULL;
+        return 0;
     }
+#ifndef Py_GIL_DISABLED
+    if (m_lock_locked != NULL) {
+        PyObject *locked = call_noargs(m_lock_locked, mutex);
+        int free_now = locked == Py_False;
+        Py_XDECREF(locked);
+        PyErr_Clear();
+        return free_now;
+    }
+#endif
+    Py_INCREF(mutex);
     PyObject *got = call_varargs(m_lock_acquire, f_lock_acquire, mutex, g_false_args);
     int ok = got == Py_True;
     Py_XDECREF(got);
     PyErr_Clear();
-    if (!ok) Py_CLEAR(mutex);
-    return mutex;
+    if (!ok) {
+        Py_DECREF(mutex);
+        return 0;
+    }
+    *held = mutex;
+    return 1;
 }
 
+/* The end of a pool_enter() that said yes. */
 static void
-pool_unlock(PyObject *mutex)
+pool_leave(PyObject *held)
 {
-    PyObject *r = call_noargs(m_lock_release, mutex);
+    if (held == NULL) return;
+    PyObject *r = call_noargs(m_lock_release, held);
     Py_XDECREF(r);
-    Py_DECREF(mutex);
+    Py_DECREF(held);
     PyErr_Clear();
 }
 
@@ -5099,9 +5122,9 @@ py_pool_sem_started(PyObject *Py_UNUSED(module), PyObject *prim)
     PyObject *d = pool_dict_of(prim);
     if (d != NULL) {
         long long now = mono_ns();
-        PyObject *mutex = now > 0 ? pool_try_lock(d) : NULL;
-        int done = mutex != NULL && pool_join_wait(d, now);
-        if (mutex != NULL) pool_unlock(mutex);
+        PyObject *held = NULL;
+        int done = now > 0 && pool_enter(d, &held) && pool_join_wait(d, now);
+        pool_leave(held);
         Py_DECREF(d);
         if (done) return PyLong_FromLongLong(now);
     }
@@ -5129,9 +5152,9 @@ py_pool_sem_ended(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     PyObject *d = pool_dict_of(args[0]);
     if (d != NULL) {
         long long now = mono_ns();
-        PyObject *mutex = now > 0 ? pool_try_lock(d) : NULL;
+        PyObject *held = NULL;
         int done = 0;
-        if (mutex != NULL) {
+        if (now > 0 && pool_enter(d, &held)) {
             /* not the last waiter: the episode goes on (the last one closes it, in Python) */
             long long waiters = dict_ll(d, s_waiters);
             PyObject *hist = waiters > 1 ? PyDict_GetItemWithError(d, s_wait_hist) : NULL; /* borrowed */
@@ -5141,7 +5164,7 @@ py_pool_sem_ended(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
                 if (dict_set_ll(d, s_waiters, waiters - 1) < 0) PyErr_Clear();
             }
             PyErr_Clear();
-            pool_unlock(mutex);
+            pool_leave(held);
         }
         Py_DECREF(d);
         if (done) Py_RETURN_NONE;
