@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 15
+#define API_VERSION 16
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -4968,34 +4968,57 @@ static PyObject *g_sem_states;      /* pools._patch.sem_states: {id(prim): PoolS
 static PyObject *g_sem_started;     /* pools._patch.aio_wait_started(prim) -> start_ns */
 static PyObject *g_sem_ended;       /* pools._patch.aio_wait_ended(prim, start_ns) */
 static PyObject *g_pool_globals;    /* pools._state's namespace: SNAPSHOT_EVERY_S, EPISODE_SNAPSHOT_EVERY_S */
+/* PoolCounters: the base of conctools.pools' PoolState where the C paths run (issue 12): the counters an
+ * asyncio semaphore wait updates, C fields (member descriptors for Python), so that the hooks below add to
+ * them without a dict store and a new int each. */
+typedef struct {
+    PyObject_HEAD
+    long long waits, waiters, episode_waits, episode_max, last_snapshot_ns;
+} PoolCountersObject;
+
+static PyMemberDef poolcounters_members[] = {
+    {"waits", T_LONGLONG, offsetof(PoolCountersObject, waits), 0, "waits for an item, ever"},
+    {"waiters", T_LONGLONG, offsetof(PoolCountersObject, waiters), 0, "waiting now"},
+    {"episode_waits", T_LONGLONG, offsetof(PoolCountersObject, episode_waits), 0, "waits of this exhaustion"},
+    {"episode_max", T_LONGLONG, offsetof(PoolCountersObject, episode_max), 0, "most waiters of this exhaustion"},
+    {"last_snapshot_ns", T_LONGLONG, offsetof(PoolCountersObject, last_snapshot_ns), 0, "the last look's time"},
+    {NULL},
+};
+
+static void
+poolcounters_dealloc(PyObject *self)
+{
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject PoolCounters_Type = {PyVarObject_HEAD_INIT(NULL, 0)};
+
+static int
+poolcounters_ready(PyObject *module)
+{
+    PoolCounters_Type.tp_name = "conctools._speedups.PoolCounters";
+    PoolCounters_Type.tp_basicsize = sizeof(PoolCountersObject);
+    PoolCounters_Type.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE;
+    PoolCounters_Type.tp_doc = "A pool's wait counters, as C fields (the base of conctools.pools' PoolState).";
+    PoolCounters_Type.tp_new = PyType_GenericNew;
+    PoolCounters_Type.tp_dealloc = poolcounters_dealloc;
+    PoolCounters_Type.tp_members = poolcounters_members;
+    if (PyType_Ready(&PoolCounters_Type) < 0) return -1;
+    return PyModule_AddObject(module, "PoolCounters", Py_NewRef((PyObject *)&PoolCounters_Type));
+}
+
 static PyObject *s_ref, *s_waiters, *s_episode_waits, *s_episode_max, *s_runs, *s_listed, *s_semaphore,
     *s_last_snapshot_ns, *s_episode_snapshot, *s_wait_hist, *s_snapshot_every, *s_episode_snapshot_every;
 
-/* A PoolState's attributes are read and stored in its instance dict (a plain class: no descriptor stands
- * for any of them), one dict operation each instead of attribute access's type lookups. */
-static long long
-dict_ll(PyObject *d, PyObject *name)
-{
-    PyObject *v = PyDict_GetItemWithError(d, name); /* borrowed */
-    long long n = v != NULL && PyLong_CheckExact(v) ? as_ll(v) : -1;
-    if (n == -1) PyErr_Clear();
-    return n;
-}
-
-static int
-dict_set_ll(PyObject *d, PyObject *name, long long value)
-{
-    PyObject *v = PyLong_FromLongLong(value);
-    int r = v != NULL ? PyDict_SetItem(d, name, v) : -1;
-    Py_XDECREF(v);
-    return r;
-}
-
+/* A PoolState's attributes are read in its instance dict (no descriptor stands for any of them), one dict
+ * operation each instead of attribute access's type lookups; its wait counters are the C fields of its
+ * PoolCounters base, added to in place. */
 /* The instance dict of the PoolState of prim when sem_states has its own (new reference), else NULL (no
  * error set). */
 static PyObject *
-pool_dict_of(PyObject *prim)
+pool_dict_of(PyObject *prim, PoolCountersObject **counters)
 {
+    *counters = NULL;
     if (g_sem_states == NULL || !PyDict_Check(g_sem_states)) return NULL;
     PyObject *key = PyLong_FromVoidPtr(prim);
     if (key == NULL) {
@@ -5020,34 +5043,59 @@ pool_dict_of(PyObject *prim)
 #endif
     PyErr_Clear();
     if (!same) Py_CLEAR(d);
+    /* (borrowed: the state lives in sem_states while d, its dict, is held: no Python code runs meanwhile) */
+    if (d != NULL && PyObject_TypeCheck(state, &PoolCounters_Type)) *counters = (PoolCountersObject *)state;
     return d;
 }
 
-/* state.mutex.acquire(False) on its plain lock: the mutex (new reference) when taken, else NULL. */
-static PyObject *
-pool_try_lock(PyObject *d)
+/* May the fast path update the state of instance dict d now? 1: yes, with *held the state's mutex, taken
+ * (new reference), or NULL when it need not be taken; 0: no (the caller goes the Python way).
+ *
+ * With the GIL, a mutex found unlocked is not taken (issue 12: an acquire(False) parses its arguments, a
+ * third of the fast path): every Python reader and writer of these fields holds the mutex, so while it is
+ * free no Python code is half-way through an update, and the fast path runs no Python code and does not
+ * let the GIL go (plain dict and int operations on the state's own fields): its update is as atomic as
+ * under the mutex. A mutex found locked: the Python way, which waits for it. Without a GIL it is taken. */
+static int
+pool_enter(PyObject *d, PyObject **held)
 {
-    PyObject *mutex = Py_XNewRef(PyDict_GetItemWithError(d, s_mutex));
+    *held = NULL;
+    PyObject *mutex = PyDict_GetItemWithError(d, s_mutex); /* borrowed */
     if (mutex == NULL || g_lock_type == NULL || !Py_IS_TYPE(mutex, (PyTypeObject *)g_lock_type) ||
         m_lock_acquire == NULL || m_lock_release == NULL) {
-        Py_XDECREF(mutex);
         PyErr_Clear();
-        return NULL;
+        return 0;
     }
+#ifndef Py_GIL_DISABLED
+    if (m_lock_locked != NULL) {
+        PyObject *locked = call_noargs(m_lock_locked, mutex);
+        int free_now = locked == Py_False;
+        Py_XDECREF(locked);
+        PyErr_Clear();
+        return free_now;
+    }
+#endif
+    Py_INCREF(mutex);
     PyObject *got = call_varargs(m_lock_acquire, f_lock_acquire, mutex, g_false_args);
     int ok = got == Py_True;
     Py_XDECREF(got);
     PyErr_Clear();
-    if (!ok) Py_CLEAR(mutex);
-    return mutex;
+    if (!ok) {
+        Py_DECREF(mutex);
+        return 0;
+    }
+    *held = mutex;
+    return 1;
 }
 
+/* The end of a pool_enter() that said yes. */
 static void
-pool_unlock(PyObject *mutex)
+pool_leave(PyObject *held)
 {
-    PyObject *r = call_noargs(m_lock_release, mutex);
+    if (held == NULL) return;
+    PyObject *r = call_noargs(m_lock_release, held);
     Py_XDECREF(r);
-    Py_DECREF(mutex);
+    Py_DECREF(held);
     PyErr_Clear();
 }
 
@@ -5064,28 +5112,26 @@ pool_setting(PyObject *name)
     return d;
 }
 
-/* The fast path of PoolState.wait_started (its mutex held): 1 done, 0 not for it (nothing stored). */
+/* The fast path of PoolState.wait_started (its fields free to update: pool_enter): 1 done, 0 not for it
+ * (nothing stored). */
 static int
-pool_join_wait(PyObject *d, long long now)
+pool_join_wait(PyObject *d, PoolCountersObject *c, long long now)
 {
     PyObject *runs = PyDict_GetItemWithError(d, s_runs), *snap = PyDict_GetItemWithError(d, s_episode_snapshot);
-    if (runs == NULL || !PyDict_Check(runs) || PyDict_GET_SIZE(runs) != 0 || snap == NULL ||
+    if (c == NULL || runs == NULL || !PyDict_Check(runs) || PyDict_GET_SIZE(runs) != 0 || snap == NULL ||
         PyDict_GetItemWithError(d, s_listed) != Py_True || PyDict_GetItemWithError(d, s_semaphore) != Py_True) {
         goto no;
     }
-    long long waiters = dict_ll(d, s_waiters), waits = dict_ll(d, s_waits), episode_waits = dict_ll(d, s_episode_waits),
-              episode_max = dict_ll(d, s_episode_max), last = dict_ll(d, s_last_snapshot_ns);
     double every = pool_setting(s_snapshot_every), episode_every = pool_setting(s_episode_snapshot_every);
-    if (waiters < 1 || waits < 0 || episode_waits < 0 || episode_max < 0 || last < 0 || every < 0 || episode_every < 0)
+    if (c->waiters < 1 || c->waits < 0 || c->episode_waits < 0 || c->episode_max < 0 || c->last_snapshot_ns < 0 ||
+        every < 0 || episode_every < 0)
         goto no;
-    double since = (double)(now - last);
+    double since = (double)(now - c->last_snapshot_ns);
     if (since >= every * 1e9 || (snap == Py_None && since >= episode_every * 1e9)) goto no; /* a look is due */
-    /* (each store is of a fresh int: a failed one leaves the earlier ones, as Python's would) */
-    if (dict_set_ll(d, s_waits, waits + 1) < 0 || dict_set_ll(d, s_waiters, waiters + 1) < 0 ||
-        dict_set_ll(d, s_episode_waits, episode_waits + 1) < 0 ||
-        (waiters + 1 > episode_max && dict_set_ll(d, s_episode_max, waiters + 1) < 0)) {
-        PyErr_Clear();
-    }
+    c->waits += 1;
+    c->waiters += 1;
+    c->episode_waits += 1;
+    if (c->waiters > c->episode_max) c->episode_max = c->waiters;
     return 1;
 no:
     PyErr_Clear();
@@ -5096,12 +5142,13 @@ no:
 static PyObject *
 py_pool_sem_started(PyObject *Py_UNUSED(module), PyObject *prim)
 {
-    PyObject *d = pool_dict_of(prim);
+    PoolCountersObject *c;
+    PyObject *d = pool_dict_of(prim, &c);
     if (d != NULL) {
         long long now = mono_ns();
-        PyObject *mutex = now > 0 ? pool_try_lock(d) : NULL;
-        int done = mutex != NULL && pool_join_wait(d, now);
-        if (mutex != NULL) pool_unlock(mutex);
+        PyObject *held = NULL;
+        int done = c != NULL && now > 0 && pool_enter(d, &held) && pool_join_wait(d, c, now);
+        pool_leave(held);
         Py_DECREF(d);
         if (done) return PyLong_FromLongLong(now);
     }
@@ -5126,22 +5173,22 @@ py_pool_sem_ended(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     long long start = as_ll(args[1]);
     if (start == -1 && PyErr_Occurred()) PyErr_Clear();
     if (start == 0) Py_RETURN_NONE;
-    PyObject *d = pool_dict_of(args[0]);
+    PoolCountersObject *c;
+    PyObject *d = pool_dict_of(args[0], &c);
     if (d != NULL) {
         long long now = mono_ns();
-        PyObject *mutex = now > 0 ? pool_try_lock(d) : NULL;
+        PyObject *held = NULL;
         int done = 0;
-        if (mutex != NULL) {
+        if (c != NULL && now > 0 && pool_enter(d, &held)) {
             /* not the last waiter: the episode goes on (the last one closes it, in Python) */
-            long long waiters = dict_ll(d, s_waiters);
-            PyObject *hist = waiters > 1 ? PyDict_GetItemWithError(d, s_wait_hist) : NULL; /* borrowed */
+            PyObject *hist = c->waiters > 1 ? PyDict_GetItemWithError(d, s_wait_hist) : NULL; /* borrowed */
             if (hist != NULL && g_hist_type != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type) &&
                 hist_add_fields(hist, now - start) == 0) {
                 done = 1;
-                if (dict_set_ll(d, s_waiters, waiters - 1) < 0) PyErr_Clear();
+                c->waiters -= 1;
             }
             PyErr_Clear();
-            pool_unlock(mutex);
+            pool_leave(held);
         }
         Py_DECREF(d);
         if (done) Py_RETURN_NONE;
@@ -6141,6 +6188,7 @@ PyInit__speedups(void)
         goto fail;
     }
     if (heldstack_ready(m) < 0) goto fail;
+    if (poolcounters_ready(m) < 0) goto fail;
     PyObject *tracked = PyType_FromSpec(&tracked_spec);
     if (tracked == NULL) goto fail;
     g_tracked_type = (PyTypeObject *)tracked; /* never freed either */

@@ -354,8 +354,9 @@ class TestTracking:
     @pytest.mark.parametrize("pure", [False, True], ids=["c", "pure"])
     def test_asyncio_semaphore_pool_counts_are_exact_on_both_paths(self, pure: bool, tmp_path: Path) -> None:
         """197 of 200 tasks queue on ``aio.Semaphore(3)``: with the C hooks (waits that join an exhaustion
-        under way are counted in C) and the pure-Python ones alike, the pool counts 197 waits and 197 wait
-        times in one episode of up to 197 waiters, blames the 3 holding tasks, and the lock table agrees."""
+        under way are counted in C, in the C fields of the state's PoolCounters base) and the pure-Python ones
+        alike, the pool counts 197 waits and 197 wait times in one episode of up to 197 waiters, blames the 3
+        holding tasks, and the lock table agrees."""
         script = tmp_path / "sem_pool.py"
         script.write_text(
             "import asyncio, json\n"
@@ -377,7 +378,8 @@ class TestTracking:
             "print(json.dumps({'hooks': hooks, 'c': locks.SPEEDUPS, 'pool': table['pools'],\n"
             "    'longest': table['longest'],\n"
             "    'blame': [b['holders'] for b in table['blame']], 'hist': state.wait_hist.count,\n"
-            "    'waiters': state.waiters, 'contentions': lock['contentions'], 'acq': lock['acquisitions']}))\n"
+            "    'waiters': state.waiters, 'contentions': lock['contentions'], 'acq': lock['acquisitions'],\n"
+            "    'bases': [t.__name__ for t in type(state).__mro__], 'in_dict': 'waits' in vars(state)}))\n"
         )
         env = {k: v for k, v in os.environ.items() if k != "CONCTOOLS_PURE_PYTHON"}
         if pure:
@@ -395,6 +397,9 @@ class TestTracking:
         assert longest["waits"] == 197 and longest["max_waiters"] == 197 and longest["capacity"] == 3, longest
         assert data["blame"] and sum(data["blame"]) == 3 * row["samples"], data["blame"]
         assert data["contentions"] == 197 and data["acq"] == 200
+        # The C hooks add to C fields of the state (its base, PoolCounters), not to its instance dict.
+        assert data["bases"] == (["PoolState", "PoolCounters", "object"] if c_path else ["PoolState", "object"])
+        assert data["in_dict"] is not c_path
 
     def test_a_failing_semaphore_hook_is_removed(self, recorder: Recorder, caplog: Any) -> None:
         """A semaphore hook that raises is logged and removed; the program's waits go on unchanged."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import os
 import sys
 import threading
 import time
@@ -93,12 +94,30 @@ class _Run:
         self.waiting_since = 0  # when its current take began to wait for the pool (0: it did not)
 
 
-class PoolState:
+def _counters_base() -> type:
+    """``_speedups.PoolCounters`` where the C extension is built (its wait counters are C fields, which the C
+    hooks of an asyncio semaphore's waits add to in place: issue 12; Python reads and writes them as
+    attributes, as ever), else ``object`` (and under ``CONCTOOLS_PURE_PYTHON=1``)."""
+    if os.environ.get("CONCTOOLS_PURE_PYTHON"):
+        return object
+    try:
+        from conctools import _speedups
+    except ImportError:
+        return object
+    base = getattr(_speedups, "PoolCounters", None)
+    return base if isinstance(base, type) else object
+
+
+_CountersBase: Any = _counters_base()
+
+
+class PoolState(_CountersBase):  # type: ignore[misc]
     """Counters, live holders and findings of one pool. Updated under its own plain lock."""
 
     def __init__(
         self, kind: str, items: str, name: str | None, created_at: str, obj: Any, in_loop: bool = False
     ) -> None:
+        super().__init__()
         self.mutex = _allocate_lock()
         self.in_loop = in_loop  # an asyncio pool: it is looked at on its event loop
         self._loop: Any = None  # the loop it last ran on, and that loop's thread (see _task)
