@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 16
+#define API_VERSION 19
 
 typedef struct CoreObject {
     PyObject_HEAD
