@@ -4974,6 +4974,8 @@ static PyObject *g_pool_globals;    /* pools._state's namespace: SNAPSHOT_EVERY_
 typedef struct {
     PyObject_HEAD
     long long waits, waiters, episode_waits, episode_max, last_snapshot_ns;
+    long long takes; /* items taken: a channel's take counted by the C asyncio.Queue.get_nowait (QueueMethod) */
+    char identities; /* bool: whose items are followed (False: a channel, whose takes are only counted) */
 } PoolCountersObject;
 
 static PyMemberDef poolcounters_members[] = {
@@ -4982,6 +4984,8 @@ static PyMemberDef poolcounters_members[] = {
     {"episode_waits", T_LONGLONG, offsetof(PoolCountersObject, episode_waits), 0, "waits of this exhaustion"},
     {"episode_max", T_LONGLONG, offsetof(PoolCountersObject, episode_max), 0, "most waiters of this exhaustion"},
     {"last_snapshot_ns", T_LONGLONG, offsetof(PoolCountersObject, last_snapshot_ns), 0, "the last look's time"},
+    {"takes", T_LONGLONG, offsetof(PoolCountersObject, takes), 0, "items taken, ever"},
+    {"identities", T_BOOL, offsetof(PoolCountersObject, identities), 0, "whose items are followed (not a channel)"},
     {NULL},
 };
 
@@ -5005,6 +5009,193 @@ poolcounters_ready(PyObject *module)
     PoolCounters_Type.tp_members = poolcounters_members;
     if (PyType_Ready(&PoolCounters_Type) < 0) return -1;
     return PyModule_AddObject(module, "PoolCounters", Py_NewRef((PyObject *)&PoolCounters_Type));
+}
+
+/* QueueMethod: asyncio.Queue.get_nowait and put_nowait as conctools.pools' track_pools() replaces them (issue 12),
+ * in C where the extension is built: a Python wrapper cost each item a frame of its own, and a channel's take its
+ * mutex too. Called as a method (Py_TPFLAGS_METHOD_DESCRIPTOR: no bound method for q.get_nowait()), it calls
+ * asyncio's own method, then:
+ *   get_nowait: a take from a queue whose state (PoolCounters: the queue's "_conctools_pool") is a channel
+ *     (identities False) is counted here, takes += 1, without the state's mutex: the GIL is held and no Python
+ *     code runs between the read and the store (as _q_get's `state.takes += 1` under the GIL); every other
+ *     take goes to the Python rest, slow(queue, item), as before (its sys._getframe(1) is the caller's frame:
+ *     a C call has no frame of its own).
+ *   put_nowait: a put to a queue without state, or to a channel holding nobody's items, goes straight to
+ *     asyncio's; any other goes to slow(queue, item), the whole Python wrapper.
+ * Without a GIL (free-threaded builds do not build this module) every take would go the Python way. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *original; /* asyncio.Queue's own method (a function) */
+    PyObject *slow;     /* the Python rest (get_nowait) or the whole Python wrapper (put_nowait) */
+    PyObject *dict;     /* __name__, __qualname__, __doc__, __module__, __wrapped__ (set by _patch._copy_meta) */
+    int put;            /* 1: put_nowait(item), 0: get_nowait() */
+    vectorcallfunc vectorcall;
+} QueueMethodObject;
+
+static PyObject *s_queue_state, *s_held;
+
+/* The PoolCounters state of a tracked queue (borrowed: the queue holds it and no Python code runs while it
+ * is used), NULL when it has none, or another object there (the Python way decides), no error set. */
+static PoolCountersObject *
+queue_counters(PyObject *queue, PyObject **other)
+{
+    PyObject *state = NULL;
+    *other = NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    int found = PyObject_GetOptionalAttr(queue, s_queue_state, &state);
+#else
+    int found = _PyObject_LookupAttr(queue, s_queue_state, &state);
+#endif
+    if (found < 0) {
+        PyErr_Clear();
+        *other = Py_None; /* (an error: the Python way, which has its own handling) */
+        return NULL;
+    }
+    if (state == NULL || state == Py_None) {
+        Py_XDECREF(state);
+        return NULL;
+    }
+    Py_DECREF(state); /* (still referenced by the queue) */
+    if (PyObject_TypeCheck(state, &PoolCounters_Type)) return (PoolCountersObject *)state;
+    *other = state;
+    return NULL;
+}
+
+/* A channel holding nobody's items (PoolState.give_back() would do nothing): identities False, held empty. */
+static int
+queue_is_bare_channel(PoolCountersObject *c)
+{
+    if (c->identities) return 0;
+    PyObject *held = PyObject_GetAttr((PyObject *)c, s_held);
+    int empty = held != NULL && PyDict_CheckExact(held) && PyDict_GET_SIZE(held) == 0;
+    Py_XDECREF(held);
+    PyErr_Clear();
+    return empty;
+}
+
+static PyObject *
+queuemethod_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    QueueMethodObject *self = (QueueMethodObject *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 + self->put || kwnames != NULL) /* (asyncio's method raises what a wrong call raises) */
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    PyObject *queue = args[0], *other = NULL;
+    if (self->put) {
+        PoolCountersObject *c = queue_counters(queue, &other);
+        if ((c == NULL && other == NULL) || (c != NULL && queue_is_bare_channel(c)))
+            return PyObject_Vectorcall(self->original, args, nargsf, NULL);
+        return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
+    }
+    PyObject *item = PyObject_Vectorcall(self->original, args, nargsf, NULL);
+    if (item == NULL) return NULL;
+    PoolCountersObject *c = queue_counters(queue, &other);
+#ifndef Py_GIL_DISABLED
+    if (c != NULL && !c->identities) {
+        c->takes += 1;
+        return item;
+    }
+#endif
+    PyObject *rest[2] = {queue, item};
+    PyObject *r = PyObject_Vectorcall(self->slow, rest, 2, NULL);
+    if (r == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) { /* (KeyboardInterrupt and the like go on, as before) */
+            Py_DECREF(item);
+            return NULL;
+        }
+        PyErr_Clear(); /* (the Python rest catches its own: observation never breaks the program) */
+    }
+    Py_XDECREF(r);
+    return item;
+}
+
+static PyObject *
+queuemethod_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None) return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+static int
+queuemethod_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    QueueMethodObject *self = (QueueMethodObject *)op;
+    Py_VISIT(self->original);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+queuemethod_clear(PyObject *op)
+{
+    QueueMethodObject *self = (QueueMethodObject *)op;
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+queuemethod_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    queuemethod_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+/* QueueMethod(original, slow, put) */
+static PyObject *
+queuemethod_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *original, *slow;
+    int put;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "QueueMethod(original, slow, put) takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOp:QueueMethod", &original, &slow, &put)) return NULL;
+    if (!PyCallable_Check(original) || !PyCallable_Check(slow)) {
+        PyErr_SetString(PyExc_TypeError, "QueueMethod(original, slow, put): original and slow must be callable");
+        return NULL;
+    }
+    QueueMethodObject *self = (QueueMethodObject *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->original = Py_NewRef(original);
+    self->slow = Py_NewRef(slow);
+    self->put = put;
+    self->vectorcall = queuemethod_vectorcall;
+    return (PyObject *)self;
+}
+
+static PyObject *
+queuemethod_call(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    return PyVectorcall_Call(self, args, kwargs);
+}
+
+static PyTypeObject QueueMethod_Type = {PyVarObject_HEAD_INIT(NULL, 0)};
+
+static int
+queuemethod_ready(PyObject *module)
+{
+    QueueMethod_Type.tp_name = "conctools._speedups.QueueMethod";
+    QueueMethod_Type.tp_basicsize = sizeof(QueueMethodObject);
+    QueueMethod_Type.tp_flags =
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR | Py_TPFLAGS_HAVE_VECTORCALL;
+    QueueMethod_Type.tp_doc = "asyncio.Queue.get_nowait/put_nowait as conctools.pools tracks them (C).";
+    QueueMethod_Type.tp_new = queuemethod_new;
+    QueueMethod_Type.tp_dealloc = queuemethod_dealloc;
+    QueueMethod_Type.tp_traverse = queuemethod_traverse;
+    QueueMethod_Type.tp_clear = queuemethod_clear;
+    QueueMethod_Type.tp_call = queuemethod_call;
+    QueueMethod_Type.tp_vectorcall_offset = offsetof(QueueMethodObject, vectorcall);
+    QueueMethod_Type.tp_descr_get = queuemethod_descr_get;
+    QueueMethod_Type.tp_dictoffset = offsetof(QueueMethodObject, dict);
+    QueueMethod_Type.tp_getattro = PyObject_GenericGetAttr;
+    QueueMethod_Type.tp_setattro = PyObject_GenericSetAttr;
+    if (PyType_Ready(&QueueMethod_Type) < 0) return -1;
+    return PyModule_AddObject(module, "QueueMethod", Py_NewRef((PyObject *)&QueueMethod_Type));
 }
 
 static PyObject *s_ref, *s_waiters, *s_episode_waits, *s_episode_max, *s_runs, *s_listed, *s_semaphore,
@@ -6126,6 +6317,8 @@ PyInit__speedups(void)
     INTERN(s_wait, "wait");
     INTERN(s_champion, "champion");
     INTERN(s_ref, "ref");
+    INTERN(s_queue_state, "_conctools_pool");
+    INTERN(s_held, "held");
     INTERN(s_waiters, "waiters");
     INTERN(s_episode_waits, "episode_waits");
     INTERN(s_episode_max, "episode_max");
@@ -6189,6 +6382,7 @@ PyInit__speedups(void)
     }
     if (heldstack_ready(m) < 0) goto fail;
     if (poolcounters_ready(m) < 0) goto fail;
+    if (queuemethod_ready(m) < 0) goto fail;
     PyObject *tracked = PyType_FromSpec(&tracked_spec);
     if (tracked == NULL) goto fail;
     g_tracked_type = (PyTypeObject *)tracked; /* never freed either */

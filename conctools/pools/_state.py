@@ -94,21 +94,24 @@ class _Run:
         self.waiting_since = 0  # when its current take began to wait for the pool (0: it did not)
 
 
-def _counters_base() -> type:
-    """``_speedups.PoolCounters`` where the C extension is built (its wait counters are C fields, which the C
-    hooks of an asyncio semaphore's waits add to in place: issue 12; Python reads and writes them as
-    attributes, as ever), else ``object`` (and under ``CONCTOOLS_PURE_PYTHON=1``)."""
+def _speedups_module() -> Any:
+    """``conctools._speedups`` where the C extension is built and up to date (it has ``PoolCounters``), else
+    ``None`` (and under ``CONCTOOLS_PURE_PYTHON=1``)."""
     if os.environ.get("CONCTOOLS_PURE_PYTHON"):
-        return object
+        return None
     try:
         from conctools import _speedups
     except ImportError:
-        return object
-    base = getattr(_speedups, "PoolCounters", None)
-    return base if isinstance(base, type) else object
+        return None
+    return _speedups if isinstance(getattr(_speedups, "PoolCounters", None), type) else None
 
 
-_CountersBase: Any = _counters_base()
+# The C extension, or None. PoolState's base is its PoolCounters (the wait counters, ``takes`` and
+# ``identities`` are C fields, which the C hooks of an asyncio semaphore's waits and the C
+# asyncio.Queue.get_nowait add to in place: issue 12; Python reads and writes them as attributes, as ever),
+# else ``object``.
+SPEEDUPS: Any = _speedups_module()
+_CountersBase: Any = SPEEDUPS.PoolCounters if SPEEDUPS is not None else object
 
 
 class PoolState(_CountersBase):  # type: ignore[misc]
