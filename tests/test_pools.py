@@ -410,8 +410,7 @@ class TestTracking:
         script = tmp_path / "queue_pool.py"
         script.write_text(
             "import asyncio, json\n"
-            "from conctools import pools\n"
-            "from conctools.pools import _patch\n"
+            "from conctools import locks, pools\n"
             "early = asyncio.Queue()\n"
             "async def main():\n"
             "    chan = asyncio.Queue(100)\n"
@@ -442,7 +441,7 @@ class TestTracking:
             "with pools.track_pools():\n"
             "    kind = type(asyncio.Queue.__dict__['get_nowait']).__name__\n"
             "    chan, conns, first, n, held = asyncio.run(main())\n"
-            "print(json.dumps({'kind': kind, 'c': _patch.SPEEDUPS is not None, 'n': n,\n"
+            "print(json.dumps({'kind': kind, 'c': locks.SPEEDUPS, 'n': n,\n"
             "    'chan': [chan.takes, chan.returns, chan.identities, 'takes' in vars(chan)],\n"
             "    'conns': [conns.takes, conns.returns, conns.identities, len(conns.held)], 'held': held,\n"
             "    'first': first.created_at}))\n"
