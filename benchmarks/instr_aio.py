@@ -13,12 +13,7 @@ run (no watchdog, loop monitor or sampler), so every instruction counted is the 
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
+from _callgrind import per_item, print_table, require_valgrind, run_cases
 
 N = 2_000
 
@@ -86,39 +81,25 @@ with ctx:
 """
 
 
-def instructions(setup: str, n: int) -> int:
-    code = TEMPLATE.format(setup=setup)
-    result = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code, str(n)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "PYTHONHASHSEED": "0"},  # (string hashes decide dict probing: a few k per task)
-    )
-    match = re.search(r"Collected : (\d+)", result.stderr)
-    if not match:
-        raise RuntimeError(result.stderr[-2000:])
-    return int(match.group(1))
-
-
 def per_task(setup: str) -> float:
-    return (instructions(setup, 2 * N) - instructions(setup, N)) / N
+    # (string hashes decide dict probing: a few k instructions per task)
+    return per_item(TEMPLATE.format(setup=setup), N, env={"PYTHONHASHSEED": "0"})
 
 
 def main() -> None:
-    if shutil.which("valgrind") is None:
-        print("instr_aio: valgrind is not installed (Debian package valgrind)", file=sys.stderr)
-        raise SystemExit(2)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(CASES, pool.map(per_task, CASES.values())))
-    print(f"Instructions per task (callgrind, {N:,} vs {2 * N:,} tasks):\n")
-    print("| what | instructions per task | added |")
-    print("|---|---:|---:|")
+    require_valgrind("instr_aio")
+    results = run_cases(per_task, CASES)
     base = 0.0
+    rows = []
     for name, count in results.items():
         if name.endswith(": asyncio"):
             base = count
-        print(f"| {name} | {count:,.0f} | {count - base:+,.0f} |")
+        rows.append((name, f"{count:,.0f}", f"{count - base:+,.0f}"))
+    print_table(
+        f"Instructions per task (callgrind, {N:,} vs {2 * N:,} tasks):",
+        ("what", "instructions per task", "added"),
+        rows,
+    )
 
 
 if __name__ == "__main__":

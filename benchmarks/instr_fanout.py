@@ -16,10 +16,8 @@ thread, 25 futures completed before ``wait()`` or ``as_completed()`` takes their
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
+
+from _callgrind import print_table, require_valgrind, run, run_cases
 
 N = 200
 
@@ -85,18 +83,12 @@ print("collections", collections[0], file=sys.stderr)
 
 
 def instructions(setup: str, n: int) -> tuple[int, int]:
-    code = TEMPLATE.format(setup=setup)
-    result = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code, str(n)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    match = re.search(r"Collected : (\d+)", result.stderr)
-    gcs = re.search(r"collections (\d+)", result.stderr)
-    if not match or not gcs:
-        raise RuntimeError(result.stderr[-2000:])
-    return int(match.group(1)), int(gcs.group(1))
+    """(instructions, garbage collections) of n requests."""
+    count, stderr = run(TEMPLATE.format(setup=setup), n)
+    gcs = re.search(r"collections (\d+)", stderr)
+    if not gcs:
+        raise RuntimeError(stderr[-2000:])
+    return count, int(gcs.group(1))
 
 
 def per_request(setup: str) -> tuple[float, int]:
@@ -105,19 +97,19 @@ def per_request(setup: str) -> tuple[float, int]:
 
 
 def main() -> None:
-    if shutil.which("valgrind") is None:
-        print("instr_fanout: valgrind is not installed (Debian package valgrind)", file=sys.stderr)
-        raise SystemExit(2)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(CASES, pool.map(per_request, CASES.values())))
-    print(f"Instructions per request of 25 futures (callgrind, {N:,} vs {2 * N:,} requests):\n")
-    print(f"| what | instructions per request | added | collections in {2 * N:,} requests |")
-    print("|---|---:|---:|---:|")
+    require_valgrind("instr_fanout")
+    results = run_cases(per_request, CASES)
     base = 0.0
+    rows = []
     for name, (count, gcs) in results.items():
         if name.endswith(": plain"):
             base = count
-        print(f"| {name} | {count:,.0f} | {count - base:+,.0f} | {gcs} |")
+        rows.append((name, f"{count:,.0f}", f"{count - base:+,.0f}", gcs))
+    print_table(
+        f"Instructions per request of 25 futures (callgrind, {N:,} vs {2 * N:,} requests):",
+        ("what", "instructions per request", "added", f"collections in {2 * N:,} requests"),
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -24,11 +24,9 @@ by more than the primitives' whole cost.
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+
+from _callgrind import instructions, per_item, print_table, require_valgrind, run_cases
 
 N = 1_000  # items (futures, jobs, queue items); the fan-out runs N // 25 requests
 
@@ -126,45 +124,34 @@ with ctx:
 """
 
 
-def instructions(what: str, setup: str, n: int, out: str = "/dev/null") -> int:
-    code = TEMPLATE.format(setup=setup, what=what)
-    result = subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code, str(n)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    match = re.search(r"Collected : (\d+)", result.stderr)
-    if not match:
-        raise RuntimeError(result.stderr[-2000:])
-    return int(match.group(1))
-
-
-def per_item(case: tuple[str, str]) -> float:
+def per_case(case: tuple[str, str]) -> float:
     what, setup = case
-    return (instructions(what, setup, 2 * N) - instructions(what, setup, N)) / N
+    return per_item(TEMPLATE.format(setup=setup, what=what), N)
 
 
 def main() -> None:
-    if shutil.which("valgrind") is None:
-        print("instr_futures: valgrind is not installed (Debian package valgrind)", file=sys.stderr)
-        raise SystemExit(2)
+    require_valgrind("instr_futures")
     if len(sys.argv) == 3 and sys.argv[1] == "--profile":  # e.g. --profile "fanout: trace_locks()"
+        if sys.argv[2] not in CASES:
+            print(f"instr_futures: no case {sys.argv[2]!r} (one of: {', '.join(CASES)})", file=sys.stderr)
+            raise SystemExit(2)
         what, setup = CASES[sys.argv[2]]
         out = "callgrind.out.instr_futures"
-        instructions(what, setup, 2 * N, out)
+        instructions(TEMPLATE.format(setup=setup, what=what), 2 * N, out=out)
         print(f"instr_futures: wrote {out} (callgrind_annotate --inclusive=yes {out})")
         return
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(CASES, pool.map(per_item, CASES.values())))
-    print(f"Instructions per item (callgrind, {N:,} vs {2 * N:,} items):\n")
-    print("| what | instructions per item | added |")
-    print("|---|---:|---:|")
+    results = run_cases(per_case, CASES)
     base = 0.0
+    rows = []
     for name, count in results.items():
         if name.endswith(": python"):
             base = count
-        print(f"| {name} | {count:,.0f} | {count - base:+,.0f} |")
+        rows.append((name, f"{count:,.0f}", f"{count - base:+,.0f}"))
+    print_table(
+        f"Instructions per item (callgrind, {N:,} vs {2 * N:,} items):",
+        ("what", "instructions per item", "added"),
+        rows,
+    )
 
 
 if __name__ == "__main__":

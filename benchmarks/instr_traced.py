@@ -11,11 +11,7 @@ nanoseconds, but their ratios are stable from run to run, whatever else the mach
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
+from _callgrind import per_item, print_table, require_valgrind, run_cases
 
 N = 20_000
 
@@ -61,37 +57,23 @@ else:
 """
 
 
-def instructions(setup: str, n: int) -> int:
-    code = TEMPLATE.format(setup=setup)
-    result = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code, str(n)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    match = re.search(r"Collected : (\d+)", result.stderr)
-    if not match:
-        raise RuntimeError(result.stderr[-2000:])
-    return int(match.group(1))
-
-
 def per_call(setup: str) -> float:
-    return (instructions(setup, 2 * N) - instructions(setup, N)) / N
+    return per_item(TEMPLATE.format(setup=setup), N)
 
 
 def main() -> None:
-    if shutil.which("valgrind") is None:
-        print("instr_traced: valgrind is not installed (Debian package valgrind)", file=sys.stderr)
-        raise SystemExit(2)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(CASES, pool.map(per_call, CASES.values())))
+    require_valgrind("instr_traced")
+    results = run_cases(per_call, CASES)
     bare, coro = results["bare call"], results["await coroutine"]
-    print(f"Instructions per call (callgrind, {N:,} vs {2 * N:,} calls):\n")
-    print("| what | instructions per call | added |")
-    print("|---|---:|---:|")
+    rows = []
     for name, count in results.items():
         base = coro if ("async" in name or "await" in name) else bare
-        print(f"| {name} | {count:,.0f} | {count - base:+,.0f} |")
+        rows.append((name, f"{count:,.0f}", f"{count - base:+,.0f}"))
+    print_table(
+        f"Instructions per call (callgrind, {N:,} vs {2 * N:,} calls):",
+        ("what", "instructions per call", "added"),
+        rows,
+    )
     sync = results["@traced (sync)"] - bare
     otel = results["OpenTelemetry SDK span, no span processor"] - bare
     print(f"\n- added by an OpenTelemetry SDK span (no span processor) / added by @traced (sync): {otel / sync:.0f}x")
