@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 20
+#define API_VERSION 21
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -5032,34 +5032,248 @@ static PyObject *g_sem_states;      /* pools._patch.sem_states: {id(prim): PoolS
 static PyObject *g_sem_started;     /* pools._patch.aio_wait_started(prim) -> start_ns */
 static PyObject *g_sem_ended;       /* pools._patch.aio_wait_ended(prim, start_ns) */
 static PyObject *g_pool_globals;    /* pools._state's namespace: SNAPSHOT_EVERY_S, EPISODE_SNAPSHOT_EVERY_S */
-static PyObject *s_ref, *s_waiters, *s_episode_waits, *s_episode_max, *s_runs, *s_listed, *s_semaphore,
-    *s_last_snapshot_ns, *s_episode_snapshot, *s_wait_hist, *s_snapshot_every, *s_episode_snapshot_every;
+/* PoolCounters: the base of conctools.pools' PoolState where the C paths run (issue 12): the counters an
+ * asyncio semaphore wait updates, C fields (member descriptors for Python), so that the hooks below add to
+ * them without a dict store and a new int each. */
+typedef struct {
+    PyObject_HEAD
+    long long waits, waiters, episode_waits, episode_max, last_snapshot_ns;
+    long long takes; /* items taken: a channel's take counted by the C asyncio.Queue.get_nowait (QueueMethod) */
+    char identities; /* bool: whose items are followed (False: a channel, whose takes are only counted) */
+} PoolCountersObject;
 
-/* A PoolState's attributes are read and stored in its instance dict (a plain class: no descriptor stands
- * for any of them), one dict operation each instead of attribute access's type lookups. */
-static long long
-dict_ll(PyObject *d, PyObject *name)
+static PyMemberDef poolcounters_members[] = {
+    {"waits", T_LONGLONG, offsetof(PoolCountersObject, waits), 0, "waits for an item, ever"},
+    {"waiters", T_LONGLONG, offsetof(PoolCountersObject, waiters), 0, "waiting now"},
+    {"episode_waits", T_LONGLONG, offsetof(PoolCountersObject, episode_waits), 0, "waits of this exhaustion"},
+    {"episode_max", T_LONGLONG, offsetof(PoolCountersObject, episode_max), 0, "most waiters of this exhaustion"},
+    {"last_snapshot_ns", T_LONGLONG, offsetof(PoolCountersObject, last_snapshot_ns), 0, "the last look's time"},
+    {"takes", T_LONGLONG, offsetof(PoolCountersObject, takes), 0, "items taken, ever"},
+    {"identities", T_BOOL, offsetof(PoolCountersObject, identities), 0, "whose items are followed (not a channel)"},
+    {NULL},
+};
+
+static void
+poolcounters_dealloc(PyObject *self)
 {
-    PyObject *v = PyDict_GetItemWithError(d, name); /* borrowed */
-    long long n = v != NULL && PyLong_CheckExact(v) ? as_ll(v) : -1;
-    if (n == -1) PyErr_Clear();
-    return n;
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject PoolCounters_Type = {PyVarObject_HEAD_INIT(NULL, 0)};
+
+static int
+poolcounters_ready(PyObject *module)
+{
+    PoolCounters_Type.tp_name = "conctools._speedups.PoolCounters";
+    PoolCounters_Type.tp_basicsize = sizeof(PoolCountersObject);
+    PoolCounters_Type.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE;
+    PoolCounters_Type.tp_doc = "A pool's wait counters, as C fields (the base of conctools.pools' PoolState).";
+    PoolCounters_Type.tp_new = PyType_GenericNew;
+    PoolCounters_Type.tp_dealloc = poolcounters_dealloc;
+    PoolCounters_Type.tp_members = poolcounters_members;
+    if (PyType_Ready(&PoolCounters_Type) < 0) return -1;
+    return PyModule_AddObject(module, "PoolCounters", Py_NewRef((PyObject *)&PoolCounters_Type));
+}
+
+/* QueueMethod: asyncio.Queue.get_nowait and put_nowait as conctools.pools' track_pools() replaces them (issue 12),
+ * in C where the extension is built: a Python wrapper cost each item a frame of its own, and a channel's take its
+ * mutex too. Called as a method (Py_TPFLAGS_METHOD_DESCRIPTOR: no bound method for q.get_nowait()), it calls
+ * asyncio's own method, then:
+ *   get_nowait: a take from a queue whose state (PoolCounters: the queue's "_conctools_pool") is a channel
+ *     (identities False) is counted here, takes += 1, without the state's mutex: the GIL is held and no Python
+ *     code runs between the read and the store (as _q_get's `state.takes += 1` under the GIL); every other
+ *     take goes to the Python rest, slow(queue, item), as before (its sys._getframe(1) is the caller's frame:
+ *     a C call has no frame of its own).
+ *   put_nowait: a put to a queue without state, or to a channel holding nobody's items, goes straight to
+ *     asyncio's; any other goes to slow(queue, item), the whole Python wrapper.
+ * Without a GIL (free-threaded builds do not build this module) every take would go the Python way. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *original; /* asyncio.Queue's own method (a function) */
+    PyObject *slow;     /* the Python rest (get_nowait) or the whole Python wrapper (put_nowait) */
+    PyObject *dict;     /* __name__, __qualname__, __doc__, __module__, __wrapped__ (set by _patch._copy_meta) */
+    int put;            /* 1: put_nowait(item), 0: get_nowait() */
+    vectorcallfunc vectorcall;
+} QueueMethodObject;
+
+static PyObject *s_queue_state, *s_held;
+
+/* The PoolCounters state of a tracked queue (borrowed: the queue holds it and no Python code runs while it
+ * is used), NULL when it has none, or another object there (the Python way decides), no error set. */
+static PoolCountersObject *
+queue_counters(PyObject *queue, PyObject **other)
+{
+    PyObject *state = NULL;
+    *other = NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    int found = PyObject_GetOptionalAttr(queue, s_queue_state, &state);
+#else
+    int found = _PyObject_LookupAttr(queue, s_queue_state, &state);
+#endif
+    if (found < 0) {
+        PyErr_Clear();
+        *other = Py_None; /* (an error: the Python way, which has its own handling) */
+        return NULL;
+    }
+    if (state == NULL || state == Py_None) {
+        Py_XDECREF(state);
+        return NULL;
+    }
+    Py_DECREF(state); /* (still referenced by the queue) */
+    if (PyObject_TypeCheck(state, &PoolCounters_Type)) return (PoolCountersObject *)state;
+    *other = state;
+    return NULL;
+}
+
+/* A channel holding nobody's items (PoolState.give_back() would do nothing): identities False, held empty. */
+static int
+queue_is_bare_channel(PoolCountersObject *c)
+{
+    if (c->identities) return 0;
+    PyObject *held = PyObject_GetAttr((PyObject *)c, s_held);
+    int empty = held != NULL && PyDict_CheckExact(held) && PyDict_GET_SIZE(held) == 0;
+    Py_XDECREF(held);
+    PyErr_Clear();
+    return empty;
+}
+
+static PyObject *
+queuemethod_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    QueueMethodObject *self = (QueueMethodObject *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 + self->put || kwnames != NULL) /* (asyncio's method raises what a wrong call raises) */
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    PyObject *queue = args[0], *other = NULL;
+    if (self->put) {
+        PoolCountersObject *c = queue_counters(queue, &other);
+        if ((c == NULL && other == NULL) || (c != NULL && queue_is_bare_channel(c)))
+            return PyObject_Vectorcall(self->original, args, nargsf, NULL);
+        return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
+    }
+    PyObject *item = PyObject_Vectorcall(self->original, args, nargsf, NULL);
+    if (item == NULL) return NULL;
+    PoolCountersObject *c = queue_counters(queue, &other);
+#ifndef Py_GIL_DISABLED
+    if (c != NULL && !c->identities) {
+        c->takes += 1;
+        return item;
+    }
+#endif
+    PyObject *rest[2] = {queue, item};
+    PyObject *r = PyObject_Vectorcall(self->slow, rest, 2, NULL);
+    if (r == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) { /* (KeyboardInterrupt and the like go on, as before) */
+            Py_DECREF(item);
+            return NULL;
+        }
+        PyErr_Clear(); /* (the Python rest catches its own: observation never breaks the program) */
+    }
+    Py_XDECREF(r);
+    return item;
+}
+
+static PyObject *
+queuemethod_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None) return Py_NewRef(self);
+    return PyMethod_New(self, obj);
 }
 
 static int
-dict_set_ll(PyObject *d, PyObject *name, long long value)
+queuemethod_traverse(PyObject *op, visitproc visit, void *arg)
 {
-    PyObject *v = PyLong_FromLongLong(value);
-    int r = v != NULL ? PyDict_SetItem(d, name, v) : -1;
-    Py_XDECREF(v);
-    return r;
+    QueueMethodObject *self = (QueueMethodObject *)op;
+    Py_VISIT(self->original);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->dict);
+    return 0;
 }
 
+static int
+queuemethod_clear(PyObject *op)
+{
+    QueueMethodObject *self = (QueueMethodObject *)op;
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+queuemethod_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    queuemethod_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+/* QueueMethod(original, slow, put) */
+static PyObject *
+queuemethod_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *original, *slow;
+    int put;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "QueueMethod(original, slow, put) takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOp:QueueMethod", &original, &slow, &put)) return NULL;
+    if (!PyCallable_Check(original) || !PyCallable_Check(slow)) {
+        PyErr_SetString(PyExc_TypeError, "QueueMethod(original, slow, put): original and slow must be callable");
+        return NULL;
+    }
+    QueueMethodObject *self = (QueueMethodObject *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->original = Py_NewRef(original);
+    self->slow = Py_NewRef(slow);
+    self->put = put;
+    self->vectorcall = queuemethod_vectorcall;
+    return (PyObject *)self;
+}
+
+static PyObject *
+queuemethod_call(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    return PyVectorcall_Call(self, args, kwargs);
+}
+
+static PyTypeObject QueueMethod_Type = {PyVarObject_HEAD_INIT(NULL, 0)};
+
+static int
+queuemethod_ready(PyObject *module)
+{
+    QueueMethod_Type.tp_name = "conctools._speedups.QueueMethod";
+    QueueMethod_Type.tp_basicsize = sizeof(QueueMethodObject);
+    QueueMethod_Type.tp_flags =
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR | Py_TPFLAGS_HAVE_VECTORCALL;
+    QueueMethod_Type.tp_doc = "asyncio.Queue.get_nowait/put_nowait as conctools.pools tracks them (C).";
+    QueueMethod_Type.tp_new = queuemethod_new;
+    QueueMethod_Type.tp_dealloc = queuemethod_dealloc;
+    QueueMethod_Type.tp_traverse = queuemethod_traverse;
+    QueueMethod_Type.tp_clear = queuemethod_clear;
+    QueueMethod_Type.tp_call = queuemethod_call;
+    QueueMethod_Type.tp_vectorcall_offset = offsetof(QueueMethodObject, vectorcall);
+    QueueMethod_Type.tp_descr_get = queuemethod_descr_get;
+    QueueMethod_Type.tp_dictoffset = offsetof(QueueMethodObject, dict);
+    QueueMethod_Type.tp_getattro = PyObject_GenericGetAttr;
+    QueueMethod_Type.tp_setattro = PyObject_GenericSetAttr;
+    if (PyType_Ready(&QueueMethod_Type) < 0) return -1;
+    return PyModule_AddObject(module, "QueueMethod", Py_NewRef((PyObject *)&QueueMethod_Type));
+}
+
+static PyObject *s_ref, *s_waiters, *s_episode_waits, *s_episode_max, *s_runs, *s_listed, *s_semaphore,
+    *s_last_snapshot_ns, *s_episode_snapshot, *s_wait_hist, *s_snapshot_every, *s_episode_snapshot_every;
+
+/* A PoolState's attributes are read in its instance dict (no descriptor stands for any of them), one dict
+ * operation each instead of attribute access's type lookups; its wait counters are the C fields of its
+ * PoolCounters base, added to in place. */
 /* The instance dict of the PoolState of prim when sem_states has its own (new reference), else NULL (no
  * error set). */
 static PyObject *
-pool_dict_of(PyObject *prim)
+pool_dict_of(PyObject *prim, PoolCountersObject **counters)
 {
+    *counters = NULL;
     if (g_sem_states == NULL || !PyDict_Check(g_sem_states)) return NULL;
     PyObject *key = PyLong_FromVoidPtr(prim);
     if (key == NULL) {
@@ -5084,34 +5298,59 @@ pool_dict_of(PyObject *prim)
 #endif
     PyErr_Clear();
     if (!same) Py_CLEAR(d);
+    /* (borrowed: the state lives in sem_states while d, its dict, is held: no Python code runs meanwhile) */
+    if (d != NULL && PyObject_TypeCheck(state, &PoolCounters_Type)) *counters = (PoolCountersObject *)state;
     return d;
 }
 
-/* state.mutex.acquire(False) on its plain lock: the mutex (new reference) when taken, else NULL. */
-static PyObject *
-pool_try_lock(PyObject *d)
+/* May the fast path update the state of instance dict d now? 1: yes, with *held the state's mutex, taken
+ * (new reference), or NULL when it need not be taken; 0: no (the caller goes the Python way).
+ *
+ * With the GIL, a mutex found unlocked is not taken (issue 12: an acquire(False) parses its arguments, a
+ * third of the fast path): every Python reader and writer of these fields holds the mutex, so while it is
+ * free no Python code is half-way through an update, and the fast path runs no Python code and does not
+ * let the GIL go (plain dict and int operations on the state's own fields): its update is as atomic as
+ * under the mutex. A mutex found locked: the Python way, which waits for it. Without a GIL it is taken. */
+static int
+pool_enter(PyObject *d, PyObject **held)
 {
-    PyObject *mutex = Py_XNewRef(PyDict_GetItemWithError(d, s_mutex));
+    *held = NULL;
+    PyObject *mutex = PyDict_GetItemWithError(d, s_mutex); /* borrowed */
     if (mutex == NULL || g_lock_type == NULL || !Py_IS_TYPE(mutex, (PyTypeObject *)g_lock_type) ||
         m_lock_acquire == NULL || m_lock_release == NULL) {
-        Py_XDECREF(mutex);
         PyErr_Clear();
-        return NULL;
+        return 0;
     }
+#ifndef Py_GIL_DISABLED
+    if (m_lock_locked != NULL) {
+        PyObject *locked = call_noargs(m_lock_locked, mutex);
+        int free_now = locked == Py_False;
+        Py_XDECREF(locked);
+        PyErr_Clear();
+        return free_now;
+    }
+#endif
+    Py_INCREF(mutex);
     PyObject *got = call_varargs(m_lock_acquire, f_lock_acquire, mutex, g_false_args);
     int ok = got == Py_True;
     Py_XDECREF(got);
     PyErr_Clear();
-    if (!ok) Py_CLEAR(mutex);
-    return mutex;
+    if (!ok) {
+        Py_DECREF(mutex);
+        return 0;
+    }
+    *held = mutex;
+    return 1;
 }
 
+/* The end of a pool_enter() that said yes. */
 static void
-pool_unlock(PyObject *mutex)
+pool_leave(PyObject *held)
 {
-    PyObject *r = call_noargs(m_lock_release, mutex);
+    if (held == NULL) return;
+    PyObject *r = call_noargs(m_lock_release, held);
     Py_XDECREF(r);
-    Py_DECREF(mutex);
+    Py_DECREF(held);
     PyErr_Clear();
 }
 
@@ -5128,28 +5367,26 @@ pool_setting(PyObject *name)
     return d;
 }
 
-/* The fast path of PoolState.wait_started (its mutex held): 1 done, 0 not for it (nothing stored). */
+/* The fast path of PoolState.wait_started (its fields free to update: pool_enter): 1 done, 0 not for it
+ * (nothing stored). */
 static int
-pool_join_wait(PyObject *d, long long now)
+pool_join_wait(PyObject *d, PoolCountersObject *c, long long now)
 {
     PyObject *runs = PyDict_GetItemWithError(d, s_runs), *snap = PyDict_GetItemWithError(d, s_episode_snapshot);
-    if (runs == NULL || !PyDict_Check(runs) || PyDict_GET_SIZE(runs) != 0 || snap == NULL ||
+    if (c == NULL || runs == NULL || !PyDict_Check(runs) || PyDict_GET_SIZE(runs) != 0 || snap == NULL ||
         PyDict_GetItemWithError(d, s_listed) != Py_True || PyDict_GetItemWithError(d, s_semaphore) != Py_True) {
         goto no;
     }
-    long long waiters = dict_ll(d, s_waiters), waits = dict_ll(d, s_waits), episode_waits = dict_ll(d, s_episode_waits),
-              episode_max = dict_ll(d, s_episode_max), last = dict_ll(d, s_last_snapshot_ns);
     double every = pool_setting(s_snapshot_every), episode_every = pool_setting(s_episode_snapshot_every);
-    if (waiters < 1 || waits < 0 || episode_waits < 0 || episode_max < 0 || last < 0 || every < 0 || episode_every < 0)
+    if (c->waiters < 1 || c->waits < 0 || c->episode_waits < 0 || c->episode_max < 0 || c->last_snapshot_ns < 0 ||
+        every < 0 || episode_every < 0)
         goto no;
-    double since = (double)(now - last);
+    double since = (double)(now - c->last_snapshot_ns);
     if (since >= every * 1e9 || (snap == Py_None && since >= episode_every * 1e9)) goto no; /* a look is due */
-    /* (each store is of a fresh int: a failed one leaves the earlier ones, as Python's would) */
-    if (dict_set_ll(d, s_waits, waits + 1) < 0 || dict_set_ll(d, s_waiters, waiters + 1) < 0 ||
-        dict_set_ll(d, s_episode_waits, episode_waits + 1) < 0 ||
-        (waiters + 1 > episode_max && dict_set_ll(d, s_episode_max, waiters + 1) < 0)) {
-        PyErr_Clear();
-    }
+    c->waits += 1;
+    c->waiters += 1;
+    c->episode_waits += 1;
+    if (c->waiters > c->episode_max) c->episode_max = c->waiters;
     return 1;
 no:
     PyErr_Clear();
@@ -5160,12 +5397,13 @@ no:
 static PyObject *
 py_pool_sem_started(PyObject *Py_UNUSED(module), PyObject *prim)
 {
-    PyObject *d = pool_dict_of(prim);
+    PoolCountersObject *c;
+    PyObject *d = pool_dict_of(prim, &c);
     if (d != NULL) {
         long long now = mono_ns();
-        PyObject *mutex = now > 0 ? pool_try_lock(d) : NULL;
-        int done = mutex != NULL && pool_join_wait(d, now);
-        if (mutex != NULL) pool_unlock(mutex);
+        PyObject *held = NULL;
+        int done = c != NULL && now > 0 && pool_enter(d, &held) && pool_join_wait(d, c, now);
+        pool_leave(held);
         Py_DECREF(d);
         if (done) return PyLong_FromLongLong(now);
     }
@@ -5190,22 +5428,22 @@ py_pool_sem_ended(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     long long start = as_ll(args[1]);
     if (start == -1 && PyErr_Occurred()) PyErr_Clear();
     if (start == 0) Py_RETURN_NONE;
-    PyObject *d = pool_dict_of(args[0]);
+    PoolCountersObject *c;
+    PyObject *d = pool_dict_of(args[0], &c);
     if (d != NULL) {
         long long now = mono_ns();
-        PyObject *mutex = now > 0 ? pool_try_lock(d) : NULL;
+        PyObject *held = NULL;
         int done = 0;
-        if (mutex != NULL) {
+        if (c != NULL && now > 0 && pool_enter(d, &held)) {
             /* not the last waiter: the episode goes on (the last one closes it, in Python) */
-            long long waiters = dict_ll(d, s_waiters);
-            PyObject *hist = waiters > 1 ? PyDict_GetItemWithError(d, s_wait_hist) : NULL; /* borrowed */
+            PyObject *hist = c->waiters > 1 ? PyDict_GetItemWithError(d, s_wait_hist) : NULL; /* borrowed */
             if (hist != NULL && g_hist_type != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type) &&
                 hist_add_fields(hist, now - start) == 0) {
                 done = 1;
-                if (dict_set_ll(d, s_waiters, waiters - 1) < 0) PyErr_Clear();
+                c->waiters -= 1;
             }
             PyErr_Clear();
-            pool_unlock(mutex);
+            pool_leave(held);
         }
         Py_DECREF(d);
         if (done) Py_RETURN_NONE;
@@ -6132,6 +6370,8 @@ PyInit__speedups(void)
     INTERN(s_wait, "wait");
     INTERN(s_champion, "champion");
     INTERN(s_ref, "ref");
+    INTERN(s_queue_state, "_conctools_pool");
+    INTERN(s_held, "held");
     INTERN(s_waiters, "waiters");
     INTERN(s_episode_waits, "episode_waits");
     INTERN(s_episode_max, "episode_max");
@@ -6188,6 +6428,8 @@ PyInit__speedups(void)
         goto fail;
     }
     if (heldstack_ready(m) < 0) goto fail;
+    if (poolcounters_ready(m) < 0) goto fail;
+    if (queuemethod_ready(m) < 0) goto fail;
     PyObject *tracked = PyType_FromSpec(&tracked_spec);
     if (tracked == NULL) goto fail;
     g_tracked_type = (PyTypeObject *)tracked; /* never freed either */

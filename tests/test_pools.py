@@ -354,8 +354,9 @@ class TestTracking:
     @pytest.mark.parametrize("pure", [False, True], ids=["c", "pure"])
     def test_asyncio_semaphore_pool_counts_are_exact_on_both_paths(self, pure: bool, tmp_path: Path) -> None:
         """197 of 200 tasks queue on ``aio.Semaphore(3)``: with the C hooks (waits that join an exhaustion
-        under way are counted in C) and the pure-Python ones alike, the pool counts 197 waits and 197 wait
-        times in one episode of up to 197 waiters, blames the 3 holding tasks, and the lock table agrees."""
+        under way are counted in C, in the C fields of the state's PoolCounters base) and the pure-Python ones
+        alike, the pool counts 197 waits and 197 wait times in one episode of up to 197 waiters, blames the 3
+        holding tasks, and the lock table agrees."""
         script = tmp_path / "sem_pool.py"
         script.write_text(
             "import asyncio, json\n"
@@ -377,7 +378,8 @@ class TestTracking:
             "print(json.dumps({'hooks': hooks, 'c': locks.SPEEDUPS, 'pool': table['pools'],\n"
             "    'longest': table['longest'],\n"
             "    'blame': [b['holders'] for b in table['blame']], 'hist': state.wait_hist.count,\n"
-            "    'waiters': state.waiters, 'contentions': lock['contentions'], 'acq': lock['acquisitions']}))\n"
+            "    'waiters': state.waiters, 'contentions': lock['contentions'], 'acq': lock['acquisitions'],\n"
+            "    'bases': [t.__name__ for t in type(state).__mro__], 'in_dict': 'waits' in vars(state)}))\n"
         )
         env = {k: v for k, v in os.environ.items() if k != "CONCTOOLS_PURE_PYTHON"}
         if pure:
@@ -395,6 +397,70 @@ class TestTracking:
         assert longest["waits"] == 197 and longest["max_waiters"] == 197 and longest["capacity"] == 3, longest
         assert data["blame"] and sum(data["blame"]) == 3 * row["samples"], data["blame"]
         assert data["contentions"] == 197 and data["acq"] == 200
+        # The C hooks add to C fields of the state (its base, PoolCounters), not to its instance dict.
+        assert data["bases"] == (["PoolState", "PoolCounters", "object"] if c_path else ["PoolState", "object"])
+        assert data["in_dict"] is not c_path
+
+    @pytest.mark.parametrize("pure", [False, True], ids=["c", "pure"])
+    def test_asyncio_queue_takes_are_exact_on_both_paths(self, pure: bool, tmp_path: Path) -> None:
+        """With the C ``get_nowait``/``put_nowait`` (a channel's take counted in C, in the C field ``takes``)
+        and the pure-Python wrappers alike: a channel of 3,000 items through 8 consumers counts 3,000 takes;
+        a pool of 2 connections keeps its holder (the task, at the line that took it) and counts its returns;
+        a queue made before tracking is named by the line of its first ``get_nowait()``."""
+        script = tmp_path / "queue_pool.py"
+        script.write_text(
+            "import asyncio, json\n"
+            "from conctools import locks, pools\n"
+            "early = asyncio.Queue()\n"
+            "async def main():\n"
+            "    chan = asyncio.Queue(100)\n"
+            "    got = []\n"
+            "    async def consume():\n"
+            "        while True:\n"
+            "            got.append(await chan.get())\n"
+            "            chan.task_done()\n"
+            "    cs = [asyncio.create_task(consume()) for _ in range(8)]\n"
+            "    for i in range(3000):\n"
+            "        await chan.put(i)\n"
+            "    await chan.join()\n"
+            "    for c in cs:\n"
+            "        c.cancel()\n"
+            "    conns = asyncio.Queue()\n"
+            "    for c in ('a', 'b'):\n"
+            "        conns.put_nowait(c)\n"
+            "    held = []\n"
+            "    async def user():\n"
+            "        conn = await conns.get()  # TAKE\n"
+            "        held.append(len(conns._conctools_pool.held))\n"
+            "        await asyncio.sleep(0)\n"
+            "        conns.put_nowait(conn)\n"
+            "    await asyncio.gather(*(user() for _ in range(6)))\n"
+            "    early.put_nowait(1)\n"
+            "    early.get_nowait()  # FIRST\n"
+            "    return chan._conctools_pool, conns._conctools_pool, early._conctools_pool, len(got), held\n"
+            "with pools.track_pools():\n"
+            "    kind = type(asyncio.Queue.__dict__['get_nowait']).__name__\n"
+            "    chan, conns, first, n, held = asyncio.run(main())\n"
+            "print(json.dumps({'kind': kind, 'c': locks.SPEEDUPS, 'n': n,\n"
+            "    'chan': [chan.takes, chan.returns, chan.identities, 'takes' in vars(chan)],\n"
+            "    'conns': [conns.takes, conns.returns, conns.identities, len(conns.held)], 'held': held,\n"
+            "    'first': first.created_at}))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "CONCTOOLS_PURE_PYTHON"}
+        if pure:
+            env["CONCTOOLS_PURE_PYTHON"] = "1"
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout.strip().splitlines()[-1])
+        c_path = data["c"]
+        assert not (pure and c_path)
+        assert data["kind"] == ("QueueMethod" if c_path else "function")
+        assert data["n"] == 3000
+        # every take counted; in C, in the state's C field (not its instance dict)
+        assert data["chan"] == [3000, 0, False, not c_path]
+        assert data["conns"] == [6, 6, True, 0]
+        assert data["held"] and all(h >= 1 for h in data["held"]), data["held"]
+        assert data["first"] == f"first used at queue_pool.py:{line_of(script, '# FIRST')}"
 
     def test_a_failing_semaphore_hook_is_removed(self, recorder: Recorder, caplog: Any) -> None:
         """A semaphore hook that raises is logged and removed; the program's waits go on unchanged."""

@@ -13,7 +13,7 @@ from conctools._log import get_logger
 from conctools._typing import Any
 from conctools.pools import _state as _state_module
 from conctools.pools._holders import line_at, site_of, take_frames
-from conctools.pools._state import MAX_POOLS, PoolState, registry_mutex
+from conctools.pools._state import MAX_POOLS, SPEEDUPS, PoolState, registry_mutex
 
 _log = get_logger("conctools.pools")
 _getframe = sys._getframe
@@ -158,6 +158,10 @@ _AQ_INIT: Any = None
 _AQ_GET: Any = None
 _AQ_GET_NOWAIT: Any = None
 _AQ_PUT_NOWAIT: Any = None
+# asyncio.Queue's get_nowait/put_nowait as installed: the C QueueMethods where the extension is built (and
+# not CONCTOOLS_PURE_PYTHON=1), else the Python functions below (set by _bind_asyncio).
+_aq_get_nowait_wrapper: Any = None
+_aq_put_nowait_wrapper: Any = None
 _Q_INIT: Any = queue.Queue.__init__
 _Q_GET: Any = queue.Queue.get
 _Q_PUT: Any = queue.Queue.put
@@ -207,22 +211,39 @@ def _aq_get_nowait(self: Any) -> Any:
     """Remove and return an item if one is available (``asyncio.Queue.get_nowait``)."""
     item = _AQ_GET_NOWAIT(self)
     try:
+        state = self._conctools_pool  # (STATE_KEY; see _aq_took)
+    except Exception:
+        state = None
+    if state is not None and _GIL and not state.identities:
+        state.takes += 1  # a channel's take, only counted (_aq_took's case, inlined: no second frame per item)
+    else:
+        _aq_took(self, item, _getframe(1))
+    return item
+
+
+def _aq_took(self: Any, item: Any, frame: FrameType | None = None) -> None:
+    """Queue ``self`` handed out ``item`` (in ``get_nowait``, called from ``frame``; ``None``: the caller's,
+    as when the C ``get_nowait`` calls this, having no frame of its own). Never raises."""
+    try:
         # _existing() inlined (this runs for every item): an attribute read, as queue_state() stores it. Never
         # self.__dict__: asking for it makes the queue's attributes a dict of their own (3.11+ keeps them
         # inline), which slows every attribute access of asyncio's own methods on this queue.
         state = self._conctools_pool  # (STATE_KEY)
     except Exception:
         state = None
+    if frame is None:
+        frame = _getframe(1)
     if state is None:
-        state = _state(self, _getframe(1))
+        state = _state(self, frame)
         if state is None:
-            return item
+            return
     if state.identities:
-        state.take(item, _getframe(1))
-    else:  # a channel's take only counts (PoolState.take() inlined)
+        state.take(item, frame)
+    elif _GIL:  # a channel's take, only counted (PoolState.take's first case, inlined): with the GIL,
+        state.takes += 1  # `x.n += 1` on a plain attribute runs no Python code, so loses no count (see _q_get)
+    else:
         with state.mutex:
             state.takes += 1
-    return item
 
 
 def _aq_put_nowait(self: Any, item: Any) -> None:
@@ -336,8 +357,8 @@ def asyncio_targets() -> list[tuple[type, str, Any]]:
     return [
         (_AsyncioQueue, "__init__", _aq_init),
         (_AsyncioQueue, "get", _aq_get),
-        (_AsyncioQueue, "get_nowait", _aq_get_nowait),
-        (_AsyncioQueue, "put_nowait", _aq_put_nowait),
+        (_AsyncioQueue, "get_nowait", _aq_get_nowait_wrapper),
+        (_AsyncioQueue, "put_nowait", _aq_put_nowait_wrapper),
     ]
 
 
@@ -357,9 +378,16 @@ def _note_originals(targets: list[tuple[type, str, Any]]) -> None:
 
 def _bind_asyncio(asyncio: ModuleType) -> None:
     global _AsyncioQueue, _AsyncioSemaphore, _AQ_INIT, _AQ_GET, _AQ_GET_NOWAIT, _AQ_PUT_NOWAIT
+    global _aq_get_nowait_wrapper, _aq_put_nowait_wrapper
     _AsyncioQueue, _AsyncioSemaphore = asyncio.Queue, asyncio.Semaphore
     aq = asyncio.Queue
     _AQ_INIT, _AQ_GET, _AQ_GET_NOWAIT, _AQ_PUT_NOWAIT = aq.__init__, aq.get, aq.get_nowait, aq.put_nowait
+    queue_method = getattr(SPEEDUPS, "QueueMethod", None)
+    if queue_method is not None:  # (issue 12: no Python frame per item; see _speedups.c's QueueMethod)
+        _aq_get_nowait_wrapper = queue_method(_AQ_GET_NOWAIT, _aq_took, False)
+        _aq_put_nowait_wrapper = queue_method(_AQ_PUT_NOWAIT, _aq_put_nowait, True)
+    else:
+        _aq_get_nowait_wrapper, _aq_put_nowait_wrapper = _aq_get_nowait, _aq_put_nowait
     _note_originals(asyncio_targets())
 
 

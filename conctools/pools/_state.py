@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import os
 import sys
 import threading
 import time
@@ -93,12 +94,33 @@ class _Run:
         self.waiting_since = 0  # when its current take began to wait for the pool (0: it did not)
 
 
-class PoolState:
+def _speedups_module() -> Any:
+    """``conctools._speedups`` where the C extension is built and up to date (it has ``PoolCounters``), else
+    ``None`` (and under ``CONCTOOLS_PURE_PYTHON=1``)."""
+    if os.environ.get("CONCTOOLS_PURE_PYTHON"):
+        return None
+    try:
+        from conctools import _speedups
+    except ImportError:
+        return None
+    return _speedups if isinstance(getattr(_speedups, "PoolCounters", None), type) else None
+
+
+# The C extension, or None. PoolState's base is its PoolCounters (the wait counters, ``takes`` and
+# ``identities`` are C fields, which the C hooks of an asyncio semaphore's waits and the C
+# asyncio.Queue.get_nowait add to in place: issue 12; Python reads and writes them as attributes, as ever),
+# else ``object``.
+SPEEDUPS: Any = _speedups_module()
+_CountersBase: Any = SPEEDUPS.PoolCounters if SPEEDUPS is not None else object
+
+
+class PoolState(_CountersBase):  # type: ignore[misc]
     """Counters, live holders and findings of one pool. Updated under its own plain lock."""
 
     def __init__(
         self, kind: str, items: str, name: str | None, created_at: str, obj: Any, in_loop: bool = False
     ) -> None:
+        super().__init__()
         self.mutex = _allocate_lock()
         self.in_loop = in_loop  # an asyncio pool: it is looked at on its event loop
         self._loop: Any = None  # the loop it last ran on, and that loop's thread (see _task)
