@@ -232,6 +232,7 @@ def _frame_self(frame: FrameType) -> Any:
 
 # -- creation sites --------------------------------------------------------------------------
 
+
 def _c_speedups() -> Any:
     """The C extension module once conctools.locks has set it up, else ``None``."""
     locks = sys.modules.get("conctools.locks")
