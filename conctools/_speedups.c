@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 21
+#define API_VERSION 22
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -5660,7 +5660,7 @@ py_bucket_of(PyObject *Py_UNUSED(module), PyObject *arg)
 static PyObject *
 py_note_task_site(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyDict_CheckExact(args[0])) {
+    if (nargs != 2 || !PyDict_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "note_task_site(table: dict, task)");
         return NULL;
     }
@@ -5695,22 +5695,217 @@ py_note_task_site(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     Py_RETURN_TRUE;
 }
 
-/* task_factory(table, limit, purge, task_type) -> factory: the loop monitor's task factory in C (issue 12:
- * it runs for every task a program creates). factory(loop, coro, **kwargs) makes task_type(coro, loop=loop,
- * **kwargs), notes its creation site as note_task_site(table, task) does, and calls purge() once table
- * holds limit[0] tasks. Noting never fails the creation. */
+/* -- task creation sites: a compact table in C (issue 12) ---------------------------------------
+ *
+ * The loop monitor's task factory runs for every task a program creates. It keeps each task's creation
+ * site in an open-addressed table keyed by the task's address: the task's weak reference (to tell a live
+ * task from a dead one whose address was reused), the code object and the instruction offset of the
+ * first frame outside asyncio and conctools (the line is found only when a report asks). No Python object
+ * is made per task: the weak reference is one the task already has (asyncio's registry of tasks, a
+ * WeakSet, makes one for every task) when there is one, and the table's dead entries are dropped in C
+ * when it fills up (amortised: the table is rebuilt at twice its live size). A dict of
+ * (weakref, code, offset) tuples keyed by id(task) made four objects per task (two of them counted by
+ * the garbage collector's generation 0) and was purged by Python code. */
+typedef struct {
+    void *task;     /* the key: the task's address (never dereferenced) */
+    PyObject *ref;  /* strong: a weak reference to the task */
+    PyObject *code; /* strong */
+    int lasti;
+} SiteSlot;
+
+static SiteSlot *g_task_sites;        /* NULL until the first task */
+static Py_ssize_t g_task_sites_cap;   /* a power of two */
+static Py_ssize_t g_task_sites_used;  /* filled slots (live or dead tasks) */
+static Py_ssize_t g_task_sites_limit; /* dead entries are dropped when g_task_sites_used reaches it */
+#define SITES_MIN 4096 /* the least limit; the capacity is at least twice the limit */
+
+static inline size_t
+site_hash(void *p, Py_ssize_t cap)
+{
+    return (size_t)((((uint64_t)(uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull) >> 20) & (size_t)(cap - 1);
+}
+
+/* The task `ref` refers to, borrowed (NULL if it is dead). */
+static PyObject *
+ref_target(PyObject *ref)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    int r = PyWeakref_GetRef(ref, &obj);
+    if (r != 1) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(obj); /* borrowed: the caller holds the task */
+    return obj;
+#else
+    PyObject *obj = PyWeakref_GetObject(ref);
+    return obj == Py_None || obj == NULL ? NULL : obj;
+#endif
+}
+
+static int
+ref_is_dead(PyObject *ref)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    int r = PyWeakref_GetRef(ref, &obj);
+    Py_XDECREF(obj);
+    if (r < 0) PyErr_Clear();
+    return r != 1;
+#else
+    PyObject *obj = PyWeakref_GetObject(ref);
+    return obj == Py_None || obj == NULL;
+#endif
+}
+
+/* Rebuild the table with only its live tasks; the next rebuild comes when it holds twice as many (as the
+ * dict it replaces was purged: at most max(4096, 2 * live) entries), at most half full. */
+static int
+sites_rebuild(void)
+{
+    Py_ssize_t live = 0;
+    for (Py_ssize_t i = 0; i < g_task_sites_cap; i++) {
+        if (g_task_sites[i].task != NULL && !ref_is_dead(g_task_sites[i].ref)) live++;
+    }
+    Py_ssize_t limit = 2 * live > SITES_MIN ? 2 * live : SITES_MIN;
+    Py_ssize_t cap = 2 * SITES_MIN;
+    while (cap < 2 * limit) cap *= 2;
+    SiteSlot *fresh = PyMem_Calloc((size_t)cap, sizeof(SiteSlot));
+    if (fresh == NULL) return -1;
+    SiteSlot *old = g_task_sites;
+    Py_ssize_t old_cap = g_task_sites_cap;
+    Py_ssize_t used = 0;
+    for (Py_ssize_t i = 0; i < old_cap; i++) {
+        SiteSlot *e = &old[i];
+        if (e->task == NULL) continue;
+        if (ref_is_dead(e->ref)) continue;
+        size_t j = site_hash(e->task, cap);
+        while (fresh[j].task != NULL) j = (j + 1) & (size_t)(cap - 1);
+        fresh[j] = *e;
+        e->task = NULL; /* moved */
+        used++;
+    }
+    g_task_sites = fresh;
+    g_task_sites_cap = cap;
+    g_task_sites_used = used;
+    g_task_sites_limit = limit;
+    /* last: dropping a dead task's reference and code runs no code of ours, but may free objects */
+    for (Py_ssize_t i = 0; i < old_cap; i++) {
+        if (old[i].task != NULL) {
+            Py_DECREF(old[i].ref);
+            Py_DECREF(old[i].code);
+        }
+    }
+    PyMem_Free(old);
+    return 0;
+}
+
+/* A weak reference to `task`, new: one it already has when it has one (no allocation), else a new one. */
+static PyObject *
+task_weakref(PyObject *task)
+{
+    PyTypeObject *tp = Py_TYPE(task);
+    if (tp->tp_weaklistoffset > 0) {
+        PyWeakReference *w = *(PyWeakReference **)((char *)task + tp->tp_weaklistoffset);
+        for (; w != NULL; w = w->wr_next) {
+            if (PyWeakref_CheckRef((PyObject *)w)) return Py_NewRef((PyObject *)w);
+        }
+    }
+    return PyWeakref_NewRef(task, NULL);
+}
+
+/* Note (code, lasti) as `task`'s creation site; errors are swallowed (never into the program). */
+static void
+sites_note(PyObject *task, PyCodeObject *code, int lasti)
+{
+    if (g_task_sites == NULL) {
+        g_task_sites = PyMem_Calloc(2 * SITES_MIN, sizeof(SiteSlot));
+        if (g_task_sites == NULL) return;
+        g_task_sites_cap = 2 * SITES_MIN;
+        g_task_sites_limit = SITES_MIN;
+    }
+    else if (g_task_sites_used >= g_task_sites_limit) { /* drop the dead; grow if the live need it */
+        if (sites_rebuild() < 0) {
+            PyErr_Clear();
+            return;
+        }
+    }
+    PyObject *ref = task_weakref(task);
+    if (ref == NULL) {
+        PyErr_Clear(); /* not weak-referenceable */
+        return;
+    }
+    size_t j = site_hash(task, g_task_sites_cap);
+    while (g_task_sites[j].task != NULL && g_task_sites[j].task != (void *)task) j = (j + 1) & (size_t)(g_task_sites_cap - 1);
+    SiteSlot *e = &g_task_sites[j];
+    PyObject *old_ref = NULL, *old_code = NULL;
+    if (e->task != NULL) { /* a dead task at the same address (or this task noted again) */
+        old_ref = e->ref;
+        old_code = e->code;
+    }
+    else {
+        g_task_sites_used++;
+    }
+    e->task = (void *)task;
+    e->ref = ref;
+    e->code = Py_NewRef((PyObject *)code);
+    e->lasti = lasti;
+    Py_XDECREF(old_ref);
+    Py_XDECREF(old_code);
+}
+
+/* The slot of the live task `task` (compared by address and by its weak reference), or NULL. */
+static SiteSlot *
+sites_find(void *task)
+{
+    if (g_task_sites == NULL || task == NULL) return NULL;
+    size_t j = site_hash(task, g_task_sites_cap);
+    while (g_task_sites[j].task != NULL) {
+        if (g_task_sites[j].task == task) {
+            return ref_target(g_task_sites[j].ref) == (PyObject *)task ? &g_task_sites[j] : NULL;
+        }
+        j = (j + 1) & (size_t)(g_task_sites_cap - 1);
+    }
+    return NULL;
+}
+
+/* task_site(task_id) -> (weakref, code, offset) of the live task with that id noted by the task factory,
+ * or None (taskdump.creation_site reads it). */
+static PyObject *
+py_task_site(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    void *p = PyLong_AsVoidPtr(arg);
+    if (p == NULL && PyErr_Occurred()) return NULL;
+    SiteSlot *e = sites_find(p);
+    if (e == NULL) Py_RETURN_NONE;
+    PyObject *offset = PyLong_FromLong(e->lasti);
+    if (offset == NULL) return NULL;
+    PyObject *entry = PyTuple_Pack(3, e->ref, e->code, offset);
+    Py_DECREF(offset);
+    return entry;
+}
+
+/* task_sites_len() -> the table's entries (live tasks, and dead ones not dropped yet). */
+static PyObject *
+py_task_sites_len(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromSsize_t(g_task_sites_used);
+}
+
+/* task_factory(task_type) -> factory: the loop monitor's task factory in C (issue 12: it runs for every
+ * task a program creates). factory(loop, coro, **kwargs) makes task_type(coro, loop=loop, **kwargs) and
+ * notes its creation site in the table above (task_site). Noting never fails the creation. */
 static PyObject *s_loop_kwnames; /* ("loop",) */
 
 static PyObject *
-task_factory_call(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+task_factory_call(PyObject *task_type, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (!PyTuple_Check(self) || PyTuple_GET_SIZE(self) != 4 || nargs != 2) {
+    if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "task factory(loop, coro, **kwargs)");
         return NULL;
     }
-    PyObject *table = PyTuple_GET_ITEM(self, 0), *limit = PyTuple_GET_ITEM(self, 1),
-             *purge = PyTuple_GET_ITEM(self, 2), *task_type = PyTuple_GET_ITEM(self, 3);
     Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
     PyObject *task;
     if (nkw == 0) {
@@ -5737,32 +5932,10 @@ task_factory_call(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyOb
         Py_DECREF(names);
     }
     if (task == NULL) return NULL;
-    /* note_task_site(table, task), its errors swallowed (observation never fails the program) */
     PyCodeObject *code = NULL;
     int lasti = 0;
-    if (PyDict_CheckExact(table) && first_frame_without(BIT_CREATION_SKIP, &code, &lasti) && code != NULL) {
-        PyObject *ref = PyWeakref_NewRef(task, NULL);
-        PyObject *offset = ref != NULL ? PyLong_FromLong(lasti) : NULL;
-        PyObject *entry = offset != NULL ? PyTuple_Pack(3, ref, (PyObject *)code, offset) : NULL;
-        Py_XDECREF(offset);
-        if (ref != NULL && PyObject_GC_IsTracked(ref) && Py_REFCNT(ref) == 2) PyObject_GC_UnTrack(ref);
-        Py_XDECREF(ref);
-        if (entry != NULL) {
-            PyObject_GC_UnTrack(entry);
-            PyObject *key = PyLong_FromVoidPtr(task);
-            if (key == NULL || PyDict_SetItem(table, key, entry) < 0) PyErr_Clear();
-            Py_XDECREF(key);
-            Py_DECREF(entry);
-        }
-        PyErr_Clear();
-        if (PyList_Check(limit) && PyList_GET_SIZE(limit) > 0) {
-            Py_ssize_t cap = PyLong_AsSsize_t(PyList_GET_ITEM(limit, 0));
-            if (cap == -1 && PyErr_Occurred()) PyErr_Clear();
-            else if (PyDict_GET_SIZE(table) >= cap) {
-                PyObject *r = PyObject_CallNoArgs(purge);
-                Py_XDECREF(r);
-            }
-        }
+    if (first_frame_without(BIT_CREATION_SKIP, &code, &lasti) && code != NULL) {
+        sites_note(task, code, lasti);
     }
     PyErr_Clear();
     return task;
@@ -5773,22 +5946,17 @@ static PyMethodDef task_factory_def = {"conctools_task_factory", (PyCFunction)(v
                                        "factory(loop, coro, **kwargs) -> task, its creation site noted (conctools)"};
 
 static PyObject *
-py_task_factory(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+py_task_factory(PyObject *Py_UNUSED(module), PyObject *task_type)
 {
-    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyList_Check(args[1]) || !PyCallable_Check(args[2]) ||
-        !PyCallable_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "task_factory(table: dict, limit: list, purge, task_type)");
+    if (!PyCallable_Check(task_type)) {
+        PyErr_SetString(PyExc_TypeError, "task_factory(task_type)");
         return NULL;
     }
     if (s_loop_kwnames == NULL) {
         s_loop_kwnames = Py_BuildValue("(s)", "loop");
         if (s_loop_kwnames == NULL) return NULL;
     }
-    PyObject *bound = PyTuple_Pack(4, args[0], args[1], args[2], args[3]);
-    if (bound == NULL) return NULL;
-    PyObject *f = PyCFunction_New(&task_factory_def, bound);
-    Py_DECREF(bound);
-    return f;
+    return PyCFunction_New(&task_factory_def, task_type);
 }
 
 static PyObject *
@@ -6244,8 +6412,12 @@ py_setup_primitives(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
 }
 
 static PyMethodDef module_methods[] = {
-    {"task_factory", (PyCFunction)(void (*)(void))py_task_factory, METH_FASTCALL,
-     "task_factory(table, limit, purge, task_type) -> the loop monitor's task factory, in C"},
+    {"task_factory", (PyCFunction)(void (*)(void))py_task_factory, METH_O,
+     "task_factory(task_type) -> the loop monitor's task factory, in C (sites noted for task_site)"},
+    {"task_site", (PyCFunction)(void (*)(void))py_task_site, METH_O,
+     "task_site(task_id) -> (weakref, code, offset) where the task factory saw that live task created, or None"},
+    {"task_sites_len", (PyCFunction)(void (*)(void))py_task_sites_len, METH_NOARGS,
+     "task_sites_len() -> entries in the task factory's table of creation sites"},
     {"note_task_site", (PyCFunction)(void (*)(void))py_note_task_site, METH_FASTCALL,
      "note_task_site(table, task) -> bool: table[id(task)] = (weakref(task), file, line) of its creation site"},
     {"thread_state_id", (PyCFunction)py_thread_state_id, METH_O,

@@ -2258,7 +2258,7 @@ py_caller_site(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 py_note_site(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5 || !PyDict_CheckExact(args[0])) {
+    if (nargs != 5 || !PyDict_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "note_site(table: dict, obj, depth, skip_prefixes, keep_prefix)");
         return NULL;
     }

@@ -232,10 +232,36 @@ def _frame_self(frame: FrameType) -> Any:
 
 # -- creation sites --------------------------------------------------------------------------
 
-# id(task) -> (weak reference to the task, file, line), or (..., code object, instruction offset) from
-# the C extension, whose line is found only when a report asks (creation_site); entries of dead tasks are
-# purged when the table doubles (a WeakKeyDictionary would run a Python callback at every task's death).
-_created: dict[int, tuple[weakref.ref[Any], str | CodeType, int]] = {}
+
+def _c_speedups() -> Any:
+    """The C extension module once conctools.locks has set it up, else ``None``."""
+    locks = sys.modules.get("conctools.locks")
+    return getattr(locks, "_speedups", None) if getattr(locks, "SPEEDUPS", False) else None
+
+
+class _CreationSites(dict[int, tuple["weakref.ref[Any]", "str | CodeType", int]]):
+    """id(task) -> (weak reference to the task, file, line), or (..., code object, instruction offset)
+    from the C extension, whose line is found only when a report asks (creation_site).
+
+    The C task factory (:func:`fast_task_factory`, what the loop monitor installs) keeps its sites in a
+    compact table of its own (no Python object per task); ``table[id(task)]`` and ``len(table)`` see
+    those entries too. Entries of dead tasks are purged when the table doubles (a WeakKeyDictionary would
+    run a Python callback at every task's death).
+    """
+
+    def __missing__(self, key: int) -> tuple[weakref.ref[Any], str | CodeType, int]:
+        speedups = _c_speedups()
+        entry = speedups.task_site(key) if speedups is not None else None
+        if entry is None:
+            raise KeyError(key)
+        return entry  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        speedups = _c_speedups()
+        return dict.__len__(self) + (speedups.task_sites_len() if speedups is not None else 0)
+
+
+_created: dict[int, tuple[weakref.ref[Any], str | CodeType, int]] = _CreationSites()
 _created_limit = [4096]
 # Frames a creation site walks out of (the sample server, under the package, is user code).
 _CREATION_SKIP = (_ASYNCIO_DIR, _PKG_DIR)
@@ -246,7 +272,7 @@ def purge_created() -> None:
     """Forget the creation sites of dead tasks (called when the table doubled since the last purge)."""
     for key in [k for k, entry in _created.items() if entry[0]() is None]:
         del _created[key]
-    _created_limit[0] = max(4096, 2 * len(_created))
+    _created_limit[0] = max(4096, 2 * dict.__len__(_created))
 
 
 def fast_creation_noter() -> Callable[[dict[int, Any], Any], Any] | None:
@@ -260,14 +286,12 @@ def fast_creation_noter() -> Callable[[dict[int, Any], Any], Any] | None:
 
 def fast_task_factory() -> Callable[..., Any] | None:
     """The C extension's task factory (``task_factory``): makes an ``asyncio.Task`` and notes its
-    creation site as :func:`fast_creation_noter`'s function does, without a Python frame per task;
-    ``None`` where the C extension is not in use."""
-    locks = sys.modules.get("conctools.locks")
-    speedups = getattr(locks, "_speedups", None) if getattr(locks, "SPEEDUPS", False) else None
-    make = getattr(speedups, "task_factory", None)
+    creation site in the C extension's table (``_created[id(task)]`` and :func:`creation_site` read it),
+    without a Python frame or a Python object per task; ``None`` where the C extension is not in use."""
+    make = getattr(_c_speedups(), "task_factory", None)
     if make is None:
         return None
-    factory: Callable[..., Any] = make(_created, _created_limit, purge_created, asyncio.Task)
+    factory: Callable[..., Any] = make(asyncio.Task)
     return factory
 
 
@@ -304,7 +328,10 @@ def note_creation_site(task: asyncio.Future[Any], skip: int = 1) -> None:
 
 def creation_site(task: asyncio.Future[Any]) -> str | None:
     """``file:line`` where ``task`` was created, when known (task factory or debug mode)."""
-    entry = _created.get(id(task))
+    speedups = _c_speedups()
+    entry = speedups.task_site(id(task)) if speedups is not None else None  # (the C task factory's)
+    if entry is None:
+        entry = _created.get(id(task))
     if entry is not None and entry[0]() is task:
         where = entry[1]
         if isinstance(where, str):

@@ -348,6 +348,32 @@ class TestDumpTasks:
         assert (value, name, site) == ("given", "reader", f"{HERE}:{line}")
         assert factory == "conctools_task_factory"
 
+    def test_c_task_factory_makes_no_weak_reference_per_task(self) -> None:
+        """The C task factory keeps a task's creation site with the weak reference the task already has
+        (asyncio's registry of tasks makes one): no second one per task (issue 12), and the site is exact."""
+        import weakref
+
+        from conctools import locks, taskdump
+        from conctools.loopmon import monitor
+
+        if not locks.SPEEDUPS or monitor._FACTORY_RENAMES_TASKS:
+            pytest.skip("the C task factory is not in use here")
+
+        async def main() -> tuple[list[int], list[int], list[str | None], int]:
+            plain = [asyncio.ensure_future(asyncio.sleep(0)) for _ in range(100)]
+            async with LoopMonitor(threshold_s=1.0):
+                watched = [asyncio.ensure_future(asyncio.sleep(0)) for _ in range(100)]
+                line = _lineno() - 1
+                sites = [taskdump.creation_site(t) for t in watched]
+                counts = [weakref.getweakrefcount(t) for t in watched]
+            before = [weakref.getweakrefcount(t) for t in plain]
+            await asyncio.gather(*plain, *watched)
+            return before, counts, sites, line
+
+        before, counts, sites, line = asyncio.run(main())
+        assert counts == before  # the monitor added none
+        assert sites == [f"{HERE}:{line}"] * 100
+
 
 class TestLoopIdleForever:
     def test_event_nobody_sets(self, loop_thread: LoopThread) -> None:
