@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -201,6 +202,40 @@ async def _hold_a_lock() -> None:
 
 class TestCommands:
     """Every conctools command over a real telnet connection."""
+
+    def test_an_error_in_the_consoles_loop_stays_the_consoles(
+        self, app_loop: LoopInThread, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An error in the console's own loop (a client's connection reset mid-session; here a raising
+        callback) while a session sits at its prompt: nothing reaches the program's stdout, stderr or
+        logging above DEBUG, and that session and later clients go on. prompt_toolkit made the loop's
+        exception handler its own for each prompt: it printed "Unhandled exception in event loop" to the
+        process's stdout and waited for ENTER on its stdin (a served app whose stdout nobody read blocked
+        its console thread in that print: `conctools console PID` hung)."""
+        monitor, _port = _start(app_loop)
+        first = _client(monitor)
+        try:
+            first.read_until("conctools >>>")
+
+            def boom() -> None:
+                raise ConnectionResetError(104, "Connection reset by peer (a test)")
+
+            with caplog.at_level(logging.INFO):
+                monitor._ui_loop.call_soon_threadsafe(boom)
+                first.command("locks", "Held or awaited now")  # the session still answers
+                second = _client(monitor)  # and so does the next client
+                try:
+                    second.read_until("conctools >>>")
+                    second.command("ps", "Task ID")
+                finally:
+                    second.close()
+            out, err = capfd.readouterr()
+            assert "Unhandled exception" not in out + err and "Connection reset" not in out + err
+            assert not [r for r in caplog.records if "Connection reset" in r.getMessage() + str(r.exc_info)]
+            assert "Unhandled exception" not in first.text + second.text
+        finally:
+            first.close()
+            monitor.close()
 
     def test_every_command(self, app_loop: LoopInThread, recorder: Recorder) -> None:
         """help, locks, deadlocks, slow, threads, resources, profile start/top/stop all answer."""

@@ -65,6 +65,13 @@ class _ConsoleLoop(asyncio.SelectorEventLoop):
 
     _conctools_own = True
 
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        """An error in the console's own loop (a client's connection reset mid-session, a session's task
+        failing) is the console's, not the program's: logged by conctools at DEBUG, never printed to the
+        program's stdout or stderr (asyncio's default handler logs it as an error, which a program's
+        logging would show; prompt_toolkit's printed it and then waited for ENTER on the program's stdin)."""
+        _log.debug("conctools console: %s", context.get("message", "error"), exc_info=context.get("exception"))
+
 
 def safe(text: str) -> str:
     """``text`` with control and bidirectional-override characters escaped (names and code come

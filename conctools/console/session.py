@@ -186,6 +186,13 @@ def _goodbye(monitor: ConsoleMonitor) -> str:
     return "conctools console: the program is ending; the console closed.\n" if monitor.closing else ""
 
 
+# A session's prompt runs in the program's own event loop: prompt_toolkit must not make the loop's exception
+# handler its own (any error in the program's loop, or a console client's connection reset, would open a
+# "Press ENTER to continue" prompt on the program's stdin and stall that session and every later one), nor
+# take over the program's SIGINT handler while a session is open.
+_IN_THE_PROGRAMS_LOOP: dict[str, Any] = {"set_exception_handler": False, "handle_sigint": False}
+
+
 async def interact_telnet(monitor: ConsoleMonitor, connection: TelnetConnection) -> None:
     """The command loop of a telnet session (prompt_toolkit, as aiomonitor's ``interact``)."""
     await asyncio.sleep(0.1)  # let the window size arrive
@@ -201,7 +208,9 @@ async def interact_telnet(monitor: ConsoleMonitor, connection: TelnetConnection)
             while True:
                 try:
                     line = (
-                        await prompt_session.prompt_async(FormattedText([("#5fd7ff bold", monitor.prompt)]))
+                        await prompt_session.prompt_async(
+                            FormattedText([("#5fd7ff bold", monitor.prompt)]), **_IN_THE_PROGRAMS_LOOP
+                        )
                     ).strip()
                 except KeyboardInterrupt:
                     _print_fail("To terminate, press Ctrl+D or type 'exit'.")
@@ -281,7 +290,7 @@ async def pump_telnet(channel: ReplChannel, stdin: Input, stdout: Output) -> Non
         try:
             while not channel.reader.at_eof():
                 try:
-                    line = await prompt_session.prompt_async("")
+                    line = await prompt_session.prompt_async("", **_IN_THE_PROGRAMS_LOOP)
                 except KeyboardInterrupt:
                     channel.writer.write(b"\x03")
                     continue
