@@ -324,6 +324,47 @@ class TestTracking:
         assert data["pools"] == [] and data["repeats"] == []
         assert pools_section(recorder.snapshot(), False) is None
 
+    def test_a_look_while_every_slot_is_handed_on_keeps_the_full_one(self, recorder: Recorder) -> None:
+        """A look at an exhausted semaphore that lands after its holders released and before the woken
+        waiters took their slots sees no holder ("0 of 0"). It must not replace the look that saw all
+        three: the episode reports capacity 3 and its holders (the C-path test of the pool counts failed
+        under load with capacity 0, when the background looker landed there)."""
+        import time
+
+        from conctools import aio
+        from conctools.pools._patch import sem_states
+
+        seen: dict[str, Any] = {}
+
+        async def main() -> None:
+            slots = aio.Semaphore(3, name="test-pool-handoff")
+            for _ in range(3):
+                await slots.acquire()
+
+            async def job() -> None:
+                async with slots:
+                    await asyncio.sleep(0)
+
+            waiters = [asyncio.create_task(job()) for _ in range(2)]
+            states: list[Any] = []
+            while not states or states[0].waiters < 2:
+                await asyncio.sleep(0)
+                states = [st for st in sem_states.values() if st.name == "test-pool-handoff"]
+            (state,) = states
+            state.look(slots, time.monotonic_ns())
+            seen["full"] = state.episode_snapshot[1:]
+            for _ in range(3):
+                slots.release()  # every slot handed on; no woken waiter has run yet
+            state.look(slots, time.monotonic_ns())
+            seen["after"] = state.episode_snapshot[1:]
+            await asyncio.gather(*waiters)
+
+        with pools.track_pools():
+            asyncio.run(main())
+        assert seen == {"full": (3, 3), "after": (3, 3)}
+        (longest,) = pools.pool_table()["longest"]
+        assert longest["capacity"] == 3 and longest["held"] == 3, longest
+
     def test_asyncio_semaphore_waits_are_counted_once_each(self, recorder: Recorder) -> None:
         """38 of 40 tasks wait on a traced ``asyncio.Semaphore(2)``: the pool and the lock table each
         count 38 waits, nobody is left waiting, and the exhaustion is one episode."""

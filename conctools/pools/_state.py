@@ -434,9 +434,13 @@ class PoolState(_CountersBase):  # type: ignore[misc]
             self.samples += 1
             self.capacity = max(self.capacity, capacity)
             # The exhaustion keeps its latest look, preferring those with every item out (a look can land
-            # between a give-back and the woken waiter's take).
+            # between a give-back and the woken waiter's take). A semaphore's look counts its holders only
+            # (capacity = held): one that lands while every slot is being handed on sees none, "0 of 0",
+            # which is not a full look and must not replace one that saw them all.
             kept = self.episode_snapshot
-            if self.waiters > 0 and (kept is None or held >= capacity or kept[2] < kept[1]):
+            full = capacity > 0 and held >= capacity
+            kept_full = kept is not None and kept[1] > 0 and kept[2] >= kept[1]
+            if self.waiters > 0 and (not kept_full or (full and kept is not None and held >= kept[2])):
                 self.episode_snapshot = (holders, capacity, held)
             for h in holders:
                 key = (h.party, h.state, h.call or "", h.site, h.function, h.acquired_at)
