@@ -5740,7 +5740,7 @@ ref_target(PyObject *ref)
         PyErr_Clear();
         return NULL;
     }
-    Py_DECREF(obj); /* borrowed: the caller holds the task */
+    Py_DECREF(obj); /* borrowed: the caller holds the task, or only tests it for NULL */
     return obj;
 #else
     PyObject *obj = PyWeakref_GetObject(ref);
@@ -5751,16 +5751,7 @@ ref_target(PyObject *ref)
 static int
 ref_is_dead(PyObject *ref)
 {
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject *obj = NULL;
-    int r = PyWeakref_GetRef(ref, &obj);
-    Py_XDECREF(obj);
-    if (r < 0) PyErr_Clear();
-    return r != 1;
-#else
-    PyObject *obj = PyWeakref_GetObject(ref);
-    return obj == Py_None || obj == NULL;
-#endif
+    return ref_target(ref) == NULL;
 }
 
 /* Rebuild the table with only its live tasks; the next rebuild comes when it holds twice as many (as the

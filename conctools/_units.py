@@ -5,6 +5,16 @@ from __future__ import annotations
 __all__ = ["format_bytes", "format_duration"]
 
 
+# (the magnitude below which a unit is tried, its scale, its format, its name, the rounded figure it must
+# stay below)
+_DURATION_UNITS = (
+    (1e-6, 1e9, ".0f", "ns", 1000),
+    (1e-3, 1e6, ".3g", "µs", 1000),
+    (1.0, 1e3, ".3g", "ms", 1000),
+    (100.0, 1.0, ".2f", "s", 100),
+)
+
+
 def format_duration(seconds: float) -> str:
     """A duration with its unit, at a precision a person reads at a glance.
 
@@ -17,22 +27,11 @@ def format_duration(seconds: float) -> str:
     """
     s = abs(seconds)
     # Each unit while its rounded figure stays below the next unit (0.9996 s is "1.00 s", not "1e+03 ms").
-    if s < 1e-6:
-        text = f"{seconds * 1e9:.0f}"
-        if abs(float(text)) < 1000:
-            return f"{text} ns"
-    if s < 1e-3:
-        text = f"{seconds * 1e6:.3g}"
-        if "e" not in text and abs(float(text)) < 1000:
-            return f"{text} µs"
-    if s < 1:
-        text = f"{seconds * 1e3:.3g}"
-        if "e" not in text and abs(float(text)) < 1000:
-            return f"{text} ms"
-    if s < 100:
-        text = f"{seconds:.2f}"
-        if abs(float(text)) < 100:
-            return f"{text} s"
+    for below, scale, spec, unit, bound in _DURATION_UNITS:
+        if s < below:
+            text = format(seconds * scale, spec)
+            if "e" not in text and abs(float(text)) < bound:
+                return f"{text} {unit}"
     return f"{seconds:.0f} s"
 
 

@@ -48,6 +48,17 @@ def run_script(name: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def json_of_script(script: Path, pure: bool) -> dict[str, Any]:
+    """Run ``python script`` on the C path or the pure-Python one; the JSON of its last line (exit 0 asserted)."""
+    env = {k: v for k, v in os.environ.items() if k != "CONCTOOLS_PURE_PYTHON"}
+    if pure:
+        env["CONCTOOLS_PURE_PYTHON"] = "1"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return data
+
+
 def section(recorder: Recorder) -> dict[str, Any]:
     data = recorder.snapshot().sections["pools"]
     assert isinstance(data, dict)
@@ -422,12 +433,7 @@ class TestTracking:
             "    'waiters': state.waiters, 'contentions': lock['contentions'], 'acq': lock['acquisitions'],\n"
             "    'bases': [t.__name__ for t in type(state).__mro__], 'in_dict': 'waits' in vars(state)}))\n"
         )
-        env = {k: v for k, v in os.environ.items() if k != "CONCTOOLS_PURE_PYTHON"}
-        if pure:
-            env["CONCTOOLS_PURE_PYTHON"] = "1"
-        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
-        assert out.returncode == 0, out.stderr
-        data = json.loads(out.stdout.strip().splitlines()[-1])
+        data = json_of_script(script, pure)
         c_path = data["c"]  # (the C extension where it is built; never with CONCTOOLS_PURE_PYTHON=1)
         assert not (pure and c_path)
         assert data["hooks"] == (["conctools._speedups"] * 2 if c_path else ["conctools.pools._patch"] * 2)
@@ -487,12 +493,7 @@ class TestTracking:
             "    'conns': [conns.takes, conns.returns, conns.identities, len(conns.held)], 'held': held,\n"
             "    'first': first.created_at}))\n"
         )
-        env = {k: v for k, v in os.environ.items() if k != "CONCTOOLS_PURE_PYTHON"}
-        if pure:
-            env["CONCTOOLS_PURE_PYTHON"] = "1"
-        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
-        assert out.returncode == 0, out.stderr
-        data = json.loads(out.stdout.strip().splitlines()[-1])
+        data = json_of_script(script, pure)
         c_path = data["c"]
         assert not (pure and c_path)
         assert data["kind"] == ("QueueMethod" if c_path else "function")
