@@ -319,7 +319,9 @@ def note_creation_site(task: asyncio.Future[Any], skip: int = 1) -> None:
                 _created[id(task)] = (weakref.ref(task), filename, f.f_lineno)
             except TypeError:  # not weak-referenceable: give up quietly
                 return
-            if len(_created) >= _created_limit[0]:
+            # (the dict's own entries: len() adds the C task factory's, which purge_created() cannot drop;
+            # counting them would purge at every task once that table is large)
+            if dict.__len__(_created) >= _created_limit[0]:
                 purge_created()
             return
         f = f.f_back

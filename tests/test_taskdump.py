@@ -348,6 +348,39 @@ class TestDumpTasks:
         assert (value, name, site) == ("given", "reader", f"{HERE}:{line}")
         assert factory == "conctools_task_factory"
 
+    def test_python_sites_beside_a_large_c_table_do_not_purge_each_time(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Creation sites noted in Python (a loop whose factory is not conctools' C one) while the C task
+        factory's table holds thousands of live tasks: the Python table is purged when it has grown, not
+        at every task (``len(_created)`` also counts the C table's entries, which a purge cannot drop)."""
+        from conctools import locks, taskdump
+        from conctools.loopmon import monitor
+
+        if not locks.SPEEDUPS or monitor._FACTORY_RENAMES_TASKS:
+            pytest.skip("the C task factory is not in use here")
+        purges: list[int] = []
+        real_purge = taskdump.purge_created
+
+        def counted_purge() -> None:
+            purges.append(1)
+            real_purge()
+
+        async def main() -> int:
+            gate = asyncio.Event()
+            async with LoopMonitor(threshold_s=1.0):
+                live = [asyncio.ensure_future(gate.wait()) for _ in range(5000)]  # noted in the C table
+            monkeypatch.setattr(taskdump, "purge_created", counted_purge)
+            monkeypatch.setattr(taskdump, "_note_site", None)  # the pure-Python noting
+            others = [asyncio.ensure_future(asyncio.sleep(0)) for _ in range(50)]
+            for task in others:
+                taskdump.note_creation_site(task)
+            noted = len(taskdump._created)
+            gate.set()
+            await asyncio.gather(*live, *others)
+            return noted
+
+        assert asyncio.run(main()) >= 5000  # the C table's tasks are seen through _created
+        assert purges == []
+
     def test_c_task_factory_makes_no_weak_reference_per_task(self) -> None:
         """The C task factory keeps a task's creation site with the weak reference the task already has
         (asyncio's registry of tasks makes one): no second one per task (issue 12), and the site is exact."""

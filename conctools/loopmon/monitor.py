@@ -253,6 +253,7 @@ class LoopMonitor:
             return
         if note_task is not None and previous is None:
             created, limit, purge = taskdump._created, taskdump._created_limit, taskdump.purge_created
+            own_len = dict.__len__  # (the table's own entries, as purge_created() counts them; see below)
             new_task = asyncio.Task
 
             def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
@@ -260,7 +261,7 @@ class LoopMonitor:
                 task = new_task(coro, loop=lp, **kwargs)
                 try:
                     note_task(created, task)
-                    if len(created) >= limit[0]:
+                    if own_len(created) >= limit[0]:
                         purge()
                 except Exception:
                     pass
