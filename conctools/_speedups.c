@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 22
+#define API_VERSION 25
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -1940,8 +1940,9 @@ releasing(CoreObject *self)
  * (more young collections), walked in every collection, and promoted to the oldest generation (one
  * more full collection in the asyncio benchmark). The cycles through a record cannot be garbage while
  * it is in use: while it waits, the registry's waiting table holds its primitive, which holds the
- * record in its waiters table (so the record, its task and its holders are reachable from a module
- * global until the wait ends, traced or not by the collector), and when it ends, wait_finish() drops
+ * record in its waiters table, or (a young asyncio wait, see g_young) the extension's list of young
+ * waits holds it (so the record, its task and its holders are reachable from a module global until
+ * the wait ends, traced or not by the collector), and when it ends, wait_finish() drops
  * its references to the primitive, the task and the holder; what it keeps then (names, sites, thread
  * infos, statistics) cannot refer back to it except through its site's entry (entry.champion), which
  * its class's statistics keep for the life of the process. */
@@ -1953,10 +1954,28 @@ enum {
      * until its end fills what only a sampled wait needs; NULL once it is complete */
     W_LAZY, W_COUNT
 };
-typedef struct {
+typedef struct WaitObject {
     PyObject_HEAD
     PyObject *f[W_COUNT];
+    /* A young asyncio wait (see young_link): its neighbours in g_young, oldest first, and when it was
+     * linked. Not in the waiters tables until promote_waits() puts it there. */
+    struct WaitObject *yprev, *ynext;
+    long long ysince;
+    int young;
 } WaitObject;
+
+/* -- young asyncio waits (issue 12; JFR's cost model: a wait is only worth registering once it lasts) --
+ * A lazy asyncio wait (see wait_begin) is not put in its primitive's waiters table nor in the registry's
+ * waiting table when it begins: it is linked at the tail of this list, O(1), with no hashing and no
+ * allocation. Most end before anything reads those tables (a semaphore's 20,000 parked tasks each wait
+ * a fraction of a second) and are unlinked, O(1). Every reader of the tables first calls
+ * promote_waits(), which moves the waits at least that old (all of them for 0) from this list into the
+ * tables, exactly as wait_begin() used to put them there: the watchdog's scans promote those older than
+ * its interval (a shorter wait cannot be part of anything it reports), everything else promotes all.
+ * The list holds a reference to each record, as the tables did. With the GIL only: a free-threaded
+ * build registers every wait at once. */
+static struct WaitObject *g_young_head, *g_young_tail;
+static Py_ssize_t g_young_n;
 
 static PyTypeObject *g_waitrecord_type;
 static int g_wait_ready;
@@ -2688,6 +2707,106 @@ tid_int(unsigned long long tid)
     return Py_NewRef(g_tid_obj);
 }
 
+/* Link a young wait at the tail of g_young (the list takes a reference). */
+static void
+young_link(WaitObject *w, long long since)
+{
+    w->young = 1;
+    w->ysince = since;
+    w->ynext = NULL;
+    w->yprev = g_young_tail;
+    if (g_young_tail != NULL) g_young_tail->ynext = w;
+    else g_young_head = w;
+    g_young_tail = w;
+    g_young_n += 1;
+    Py_INCREF(w);
+}
+
+/* Unlink a young wait; the list's reference is handed to the caller. */
+static void
+young_unlink(WaitObject *w)
+{
+    if (w->yprev != NULL) w->yprev->ynext = w->ynext;
+    else g_young_head = w->ynext;
+    if (w->ynext != NULL) w->ynext->yprev = w->yprev;
+    else g_young_tail = w->yprev;
+    w->yprev = w->ynext = NULL;
+    w->young = 0;
+    g_young_n -= 1;
+}
+
+/* A young wait's key (ident, id(task)) and start_ns, made when it leaves g_young (promoted or ended). */
+static void
+young_complete(WaitObject *w)
+{
+    if (w->f[W_START_NS] == NULL) wsteal((PyObject *)w, W_START_NS, PyLong_FromLongLong(w->ysince));
+    if (w->f[W_KEY] == NULL) {
+        PyObject *task = w->f[W_TASK];
+        PyObject *ident = w->f[W_IDENT];
+        PyObject *key = task != NULL && ident != NULL ? PyTuple_New(2) : NULL;
+        PyObject *task_id = key != NULL ? PyLong_FromVoidPtr(task) : NULL;
+        if (task_id == NULL) {
+            Py_XDECREF(key);
+            PyErr_Clear();
+            return;
+        }
+        PyTuple_SET_ITEM(key, 0, Py_NewRef(ident));
+        PyTuple_SET_ITEM(key, 1, task_id);
+        PyObject_GC_UnTrack(key); /* (two ints: see wait_begin) */
+        wsteal((PyObject *)w, W_KEY, key);
+    }
+}
+
+/* promote_waits(min_age_s=0.0) -> int: the young waits begun at least min_age_s ago go into their
+ * primitive's waiters table and the registry's waiting table (see g_young); how many did. Never raises. */
+static PyObject *
+py_promote_waits(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    double min_age = nargs > 0 ? PyFloat_AsDouble(args[0]) : 0.0;
+    if (min_age == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        min_age = 0.0;
+    }
+    long long cutoff = min_age > 0 ? mono_ns() - (long long)(min_age * 1e9) : LLONG_MAX;
+    Py_ssize_t n = 0;
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    /* One at a time from the head, each unlinked before anything that could run other code: another
+     * thread may link or unlink waits meanwhile. */
+    while (g_young_head != NULL && g_young_head->ysince <= cutoff) {
+        WaitObject *w = g_young_head;
+        young_unlink(w); /* (its reference is ours now) */
+        young_complete(w);
+        PyObject *key = wget((PyObject *)w, W_KEY), *prim = wget((PyObject *)w, W_PRIM);
+        if (key != NULL && prim != NULL && prim != Py_None) {
+            Py_INCREF(key);
+            Py_INCREF(prim);
+            PyObject *waiters = prim_waiters(prim);
+            if (waiters != NULL && PyDict_Check(waiters)) {
+                if (PyDict_SetItem(waiters, key, (PyObject *)w) < 0 ||
+                    (g_waiting != NULL && PyDict_SetItem(g_waiting, key, prim) < 0)) {
+                    PyErr_Clear();
+                }
+                n += 1;
+            }
+            Py_XDECREF(waiters);
+            Py_DECREF(key);
+            Py_DECREF(prim);
+            PyErr_Clear();
+        }
+        Py_DECREF(w);
+    }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    return PyLong_FromSsize_t(n);
+}
+
+/* young_waits() -> int: how many asyncio waits are young now (not yet in the waiters tables). */
+static PyObject *
+py_young_waits(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromSsize_t(g_young_n);
+}
+
 /* locks._wait_begin in C: begin(prim, timeout_s, holder, by_task, event, task). The site is found
  * from the calling thread's frames (the first outside conctools and the stdlib modules sites skip).
  *
@@ -2773,6 +2892,15 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
     wset(w, W_PREV_THREAD, Py_None);
     wset(w, W_PREV_TASK, Py_None);
     wset(w, W_END_NS, g_zero_int);
+#ifndef Py_GIL_DISABLED
+    if (lazy) { /* young (see g_young): its key and start as Python objects only if it is promoted or ends */
+        Py_XDECREF(task);
+        Py_XDECREF(site);
+        Py_DECREF(stats);
+        young_link((WaitObject *)w, mono_ns());
+        return w;
+    }
+#endif
     PyObject *key = PyTuple_New(2), *key_ident = Py_XNewRef(wget(w, W_IDENT)),
              *key_task = by_task && task != NULL ? PyLong_FromVoidPtr(task) : Py_NewRef(Py_None);
     if (key != NULL && key_ident != NULL && key_task != NULL) {
@@ -3201,8 +3329,14 @@ wait_finish(PyObject *w, int acquired, int settle)
         wsteal(w, W_END_NS, end);
     }
     wset(w, W_ACQUIRED, acquired ? Py_True : Py_False);
+    int young = ((WaitObject *)w)->young; /* (never promoted: in no table) */
+    if (young) {
+        young_unlink((WaitObject *)w);
+        young_complete((WaitObject *)w);
+        Py_DECREF(w); /* (the list's: the caller holds its own) */
+    }
     PyObject *key = wget(w, W_KEY), *prim = wget(w, W_PRIM);
-    if (key != NULL && prim != NULL) {
+    if (!young && key != NULL && prim != NULL) {
         PyObject *waiters = NULL;
         if (PyObject_TypeCheck(prim, g_core_type)) waiters = Py_XNewRef(((CoreObject *)prim)->waiters);
         else if (g_tracked_type != NULL && PyObject_TypeCheck(prim, g_tracked_type))
@@ -6440,6 +6574,9 @@ static PyMethodDef module_methods[] = {
      "set_brief_wait(seconds) -> previous: a contended acquisition's first wait, before its record (0: none)"},
     {"brief_waits", (PyCFunction)py_brief_waits, METH_NOARGS,
      "brief_waits() -> (ended in their window so far, in their window now, not yet recorded)"},
+    {"promote_waits", (PyCFunction)(void (*)(void))py_promote_waits, METH_FASTCALL,
+     "promote_waits(min_age_s=0.0) -> int: young asyncio waits at least that old into the waiters tables"},
+    {"young_waits", py_young_waits, METH_NOARGS, "young_waits() -> int: asyncio waits not yet in the waiters tables"},
     {"wait_done_now", (PyCFunction)(void (*)(void))py_wait_done_now, METH_FASTCALL,
      "wait_done_now(wait, acquired): the wait ended; its statistics now unless it is sampled"},
     {"try_register", (PyCFunction)(void (*)(void))py_try_register, METH_FASTCALL,

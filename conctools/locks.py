@@ -586,6 +586,7 @@ class LockStats:
             contentions, timeouts = self.contentions, self.timeouts
         in_progress = 0
         uncounted: dict[str, int] = {}
+        registry.promote_waits()
         for prim in live:
             instances += 1
             acquisitions += prim._ct_n
@@ -1154,6 +1155,7 @@ def flush_waits() -> None:
 
 
 def _waiter_parties(prim: Any) -> tuple[Party, ...]:
+    registry.promote_waits()
     waiters = prim._ct_waiters
     if not waiters:
         return ()
@@ -1185,7 +1187,7 @@ def _validate(blocking: Any, timeout: Any) -> None:
 # _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
 # builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 22  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 25  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -2140,6 +2142,7 @@ if _speedups is not None:
 
     _install_speedups()
     _wait_begin = _speedups.wait_begin  # (the same, in C)
+    registry._promote[0] = _speedups.promote_waits  # (its asyncio waits are registered when read)
     _wait_done = _speedups.wait_done
     _wait_done_now = _speedups.wait_done_now
 else:  # the C type hands a dead lock's counters to its class itself

@@ -119,6 +119,24 @@ _c_live: list[Callable[[], list[Any]] | None] = [None]
 _c_progress: list[Callable[[], int] | None] = [None]
 # [explicit progress stamp, last observed progress sum, when that sum was first observed]
 _progress: list[int] = [time.monotonic_ns(), -1, time.monotonic_ns()]
+# The C extension's asyncio waits are registered when something reads the tables above, not when they
+# begin (most end first): ``_promote[0](min_age_s)`` puts those begun at least that long ago into
+# ``_waiting`` and their primitives' waiters tables (set by conctools.locks; see promote_waits()).
+_promote: list[Callable[[float], object] | None] = [None]
+
+
+def promote_waits(min_age_s: float = 0.0) -> None:
+    """Make the waits that began at least ``min_age_s`` ago visible in ``_waiting`` and in their
+    primitives' waiters tables (every wait, by default). Whatever reads those tables calls this first:
+    the C extension links a new asyncio wait in a list of its own and registers it only when asked
+    (issue 12: a semaphore's 20,000 parked tasks each waited a fraction of a second, and two table
+    insertions and two deletions per wait were a third of their bookkeeping). Never raises."""
+    promote = _promote[0]
+    if promote is not None:
+        try:
+            promote(min_age_s)
+        except Exception:
+            _log.debug("conctools: promoting waits failed", exc_info=True)
 
 
 def register(prim: Traceable) -> None:
@@ -279,6 +297,8 @@ def waiting_on(thread_id: int, task_id: int | None = None) -> PrimitiveState | N
     ``task_id=None`` even when a task made it (the waiter's :class:`Party` still names the
     task); a wait on an asyncio primitive blocks one task: ``waiting_on(thread_id, id(task))``.
     """
+    if task_id is not None:  # (a thread's own waits are registered at once)
+        promote_waits()
     prim = _waiting.get((thread_id, task_id))
     if prim is None:
         return None

@@ -378,6 +378,55 @@ class TestWaitRecordsCost:
         r = row(recorder, name)
         assert (r["acquisitions"], r["contentions"]) == (3, 3)
 
+    def test_waits_enter_the_tables_only_when_read(self, recorder: Recorder) -> None:
+        """A task's wait on a traced semaphore is not put in the waiters tables when it begins (issue 12): a
+        wait that ends unread never enters them, a reader sees every wait in progress (registry.waiting_on,
+        the primitive's state), and the watchdog's read leaves out waits younger than its interval."""
+        from conctools import _speedups
+
+        name = unique("slots")
+
+        async def main() -> None:
+            sem = aio.Semaphore(1, name=name)
+            me = threading.get_ident()
+            # Short waits, never read: none enters the tables; each is counted.
+            async def brief(i: int) -> None:
+                async with sem:
+                    await asyncio.sleep(0)
+
+            await asyncio.gather(*(brief(i) for i in range(20)))
+            assert _speedups.young_waits() == 0
+            assert not sem._ct_waiters and not any(k[0] == me for k in registry._waiting)
+            # Waits in progress: young until something reads them.
+            release = asyncio.Event()
+
+            async def holder() -> None:
+                async with sem:
+                    await release.wait()
+
+            async def waiter() -> None:
+                async with sem:
+                    pass
+
+            h = asyncio.create_task(holder(), name="holder")
+            await until(sem.locked)
+            waiters = [asyncio.create_task(waiter(), name=f"waiter-{i}") for i in range(3)]
+            await until(lambda: _speedups.young_waits() == 3)
+            assert not sem._ct_waiters
+            registry.promote_waits(3600.0)  # (the watchdog's read: only waits older than its interval)
+            assert _speedups.young_waits() == 3 and not sem._ct_waiters
+            st = registry.waiting_on(me, id(waiters[1]))
+            assert st is not None and st.name == name
+            assert _speedups.young_waits() == 0 and len(sem._ct_waiters) == 3
+            assert sorted(p.task_name for p in state_of(sem).waiters) == ["waiter-0", "waiter-1", "waiter-2"]
+            release.set()
+            await asyncio.gather(h, *waiters)
+            assert not sem._ct_waiters and not any(k[0] == me for k in registry._waiting)
+
+        asyncio.run(main())
+        r = row(recorder, name)
+        assert (r["acquisitions"], r["contentions"]) == (24, 19 + 3)
+
     def test_lock_fields_are_slots(self, recorder: Recorder) -> None:
         """An aio.Lock keeps its holder and lock-order fields in C slots (read by aio_took and aio_released
         without attribute lookups), not in its instance dict, and they still name the holder."""

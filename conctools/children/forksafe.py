@@ -81,6 +81,9 @@ def reinit_after_fork() -> None:
     resources = sys.modules.get("conctools.resources")
     _reinit(getattr(getattr(resources, "_thread_starts", None), "lock", None))
     registry = sys.modules.get("conctools.registry")
+    promote = getattr(registry, "promote_waits", None)
+    if promote is not None:
+        promote()
     waiting = getattr(registry, "_waiting", None)
     if isinstance(waiting, dict):
         me = threading.get_ident()

@@ -261,6 +261,7 @@ class _RegistryWaits:
         self._states: dict[int, tuple[PrimitiveState | None, dict[int, Party]]] = {}
 
     def _index(self) -> dict[int, list[tuple[int, int | None]]]:
+        registry.promote_waits()
         waiting = getattr(registry, "_waiting", None)
         index: dict[int, list[tuple[int, int | None]]] = {}
         if isinstance(waiting, dict):
@@ -511,6 +512,9 @@ class DeadlockWatchdog:
         Reads the registry's table of current waits (keys only, O(waiters)), so a scan of a
         program with thousands of locks and no long wait stays cheap.
         """
+        # Waits younger than a scan's interval stay out of the tables: none of them can have lasted the
+        # timeout, and a healthy program's short waits then cost no table insertions at all.
+        registry.promote_waits(self.interval_s)
         waiting = getattr(registry, "_waiting", None)
         if not isinstance(waiting, dict):
             return True  # no cheap view: build the graph every time
@@ -522,7 +526,11 @@ class DeadlockWatchdog:
                 continue
         else:
             return True
-        first_seen = {k: self._wait_seen.get(k, now) for k in keys}
+        # A task's wait (k[1], its task) is seen at least interval_s after it began (promoted above):
+        # counted from then, its timeout is reached at the same scan as a thread's registered at once.
+        young = now - int(self.interval_s * 1e9)
+        seen = self._wait_seen
+        first_seen = {k: seen.get(k, now if k[1] is None else young) for k in keys}
         self._wait_seen = first_seen
         limit = self.timeout_s * 1e9
         return any(now - t >= limit for t in first_seen.values())
