@@ -389,6 +389,7 @@ class TestWaitRecordsCost:
         async def main() -> None:
             sem = aio.Semaphore(1, name=name)
             me = threading.get_ident()
+
             # Short waits, never read: none enters the tables; each is counted.
             async def brief(i: int) -> None:
                 async with sem:

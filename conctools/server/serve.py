@@ -94,6 +94,20 @@ async def _serve(config: ServeConfig, recorder: Recorder, stopped_by: list[int] 
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     console: Any = None
+    stop = asyncio.Event()
+
+    def stop_by(signum: int) -> None:
+        if stopped_by is not None:
+            stopped_by.append(signum)
+        stop.set()
+
+    # The loop's own handlers before "listening on" is printed: a script that reads that line and then
+    # sends SIGINT or SIGTERM finds them in place (the signal's number reaches the loop through its wakeup
+    # descriptor even while it sleeps in select()). Installed after the line, a SIGINT sent right after it
+    # was at times lost under load: asyncio.run's handler never ran and the server went on serving.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop_by, sig)
     try:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
@@ -118,16 +132,6 @@ async def _serve(config: ServeConfig, recorder: Recorder, stopped_by: list[int] 
                 flush=True,
             )
         _announce_agent()  # after the console's line (scripts read the first two lines)
-        stop = asyncio.Event()
-
-        def stop_by(signum: int) -> None:
-            if stopped_by is not None:
-                stopped_by.append(signum)
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop_by, sig)
         try:
             await asyncio.wait_for(stop.wait(), config.duration_s)
         except TimeoutError:
