@@ -1961,7 +1961,6 @@ typedef struct WaitObject {
      * linked. Not in the waiters tables until promote_waits() puts it there. */
     struct WaitObject *yprev, *ynext;
     long long ysince;
-    int young;
 } WaitObject;
 
 /* -- young asyncio waits (issue 12; JFR's cost model: a wait is only worth registering once it lasts) --
@@ -1976,6 +1975,13 @@ typedef struct WaitObject {
  * build registers every wait at once. */
 static struct WaitObject *g_young_head, *g_young_tail;
 static Py_ssize_t g_young_n;
+
+/* Is this wait in g_young? */
+static int
+is_young(WaitObject *w)
+{
+    return w->yprev != NULL || g_young_head == w;
+}
 
 static PyTypeObject *g_waitrecord_type;
 static int g_wait_ready;
@@ -2711,7 +2717,6 @@ tid_int(unsigned long long tid)
 static void
 young_link(WaitObject *w, long long since)
 {
-    w->young = 1;
     w->ysince = since;
     w->ynext = NULL;
     w->yprev = g_young_tail;
@@ -2731,29 +2736,35 @@ young_unlink(WaitObject *w)
     if (w->ynext != NULL) w->ynext->yprev = w->yprev;
     else g_young_tail = w->yprev;
     w->yprev = w->ynext = NULL;
-    w->young = 0;
     g_young_n -= 1;
 }
 
-/* A young wait's key (ident, id(task)) and start_ns, made when it leaves g_young (promoted or ended). */
+/* A wait's key in the waiters tables, (ident, id(task)) or (ident, None) without a task (task NULL): a new
+ * reference, or NULL (an error set). */
+static PyObject *
+wait_key(PyObject *ident, PyObject *task)
+{
+    PyObject *key = ident != NULL ? PyTuple_New(2) : NULL;
+    PyObject *task_id = key == NULL ? NULL : task != NULL ? PyLong_FromVoidPtr(task) : Py_NewRef(Py_None);
+    if (task_id == NULL) {
+        Py_XDECREF(key);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(key, 0, Py_NewRef(ident));
+    PyTuple_SET_ITEM(key, 1, task_id);
+    /* Two ints: nothing for the collector to walk (it would untrack the tuple at its first collection,
+     * after walking it while the wait lasts: 20,000 of them for 20,000 parked tasks). */
+    PyObject_GC_UnTrack(key);
+    return key;
+}
+
+/* A young wait's key and start_ns, made when it leaves g_young (promoted or ended). */
 static void
 young_complete(WaitObject *w)
 {
     if (w->f[W_START_NS] == NULL) wsteal((PyObject *)w, W_START_NS, PyLong_FromLongLong(w->ysince));
-    if (w->f[W_KEY] == NULL) {
-        PyObject *task = w->f[W_TASK];
-        PyObject *ident = w->f[W_IDENT];
-        PyObject *key = task != NULL && ident != NULL ? PyTuple_New(2) : NULL;
-        PyObject *task_id = key != NULL ? PyLong_FromVoidPtr(task) : NULL;
-        if (task_id == NULL) {
-            Py_XDECREF(key);
-            PyErr_Clear();
-            return;
-        }
-        PyTuple_SET_ITEM(key, 0, Py_NewRef(ident));
-        PyTuple_SET_ITEM(key, 1, task_id);
-        PyObject_GC_UnTrack(key); /* (two ints: see wait_begin) */
-        wsteal((PyObject *)w, W_KEY, key);
+    if (w->f[W_KEY] == NULL && w->f[W_TASK] != NULL && w->f[W_TASK] != Py_None) {
+        wsteal((PyObject *)w, W_KEY, wait_key(w->f[W_IDENT], w->f[W_TASK]));
     }
 }
 
@@ -2792,7 +2803,9 @@ py_promote_waits(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
                 }
                 /* Ended meanwhile all the same (its end clears its primitive): out of the tables again. */
                 if (wget((PyObject *)w, W_PRIM) != prim) {
-                    if (PyDict_DelItem(waiters, key) < 0) PyErr_Clear();
+                    if (PyDict_GetItemWithError(waiters, key) == (PyObject *)w && PyDict_DelItem(waiters, key) < 0) {
+                        PyErr_Clear();
+                    }
                     if (g_waiting != NULL && PyDict_GetItemWithError(g_waiting, key) == prim &&
                         PyDict_DelItem(g_waiting, key) < 0) {
                         PyErr_Clear();
@@ -2915,20 +2928,7 @@ wait_begin(PyObject *prim, PyObject *timeout, PyObject *holder, int by_task, int
         return w;
     }
 #endif
-    PyObject *key = PyTuple_New(2), *key_ident = Py_XNewRef(wget(w, W_IDENT)),
-             *key_task = by_task && task != NULL ? PyLong_FromVoidPtr(task) : Py_NewRef(Py_None);
-    if (key != NULL && key_ident != NULL && key_task != NULL) {
-        PyTuple_SET_ITEM(key, 0, key_ident);
-        PyTuple_SET_ITEM(key, 1, key_task);
-        /* Two ints: nothing for the collector to walk (it would untrack the tuple at its first collection,
-         * after walking it while the wait lasts: 20,000 of them for 20,000 parked tasks). */
-        PyObject_GC_UnTrack(key);
-    }
-    else {
-        Py_CLEAR(key);
-        Py_XDECREF(key_ident);
-        Py_XDECREF(key_task);
-    }
+    PyObject *key = wait_key(wget(w, W_IDENT), by_task ? task : NULL);
     Py_XDECREF(task);
     Py_XDECREF(site);
     Py_DECREF(stats);
@@ -3343,7 +3343,7 @@ wait_finish(PyObject *w, int acquired, int settle)
         wsteal(w, W_END_NS, end);
     }
     wset(w, W_ACQUIRED, acquired ? Py_True : Py_False);
-    int young = ((WaitObject *)w)->young; /* (never promoted: in no table) */
+    int young = is_young((WaitObject *)w); /* (never promoted: in no table) */
     if (young) {
         young_unlink((WaitObject *)w);
         young_complete((WaitObject *)w);

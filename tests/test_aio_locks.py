@@ -335,6 +335,24 @@ class TestAioWaitCost:
         assert row(recorder, name)["contentions"] == 5
 
 
+async def park_three(sem: aio.Semaphore) -> tuple[asyncio.Event, asyncio.Task[None], list[asyncio.Task[None]]]:
+    """A task named "holder" holds the one-slot ``sem`` until the returned event is set, and three tasks
+    "waiter-0".."waiter-2" are parked on it: (release, holder, waiters)."""
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with sem:
+            await release.wait()
+
+    async def waiter() -> None:
+        async with sem:
+            pass
+
+    h = asyncio.create_task(holder(), name="holder")
+    await until(sem.locked)
+    return release, h, [asyncio.create_task(waiter(), name=f"waiter-{i}") for i in range(3)]
+
+
 @pytest.mark.skipif(not locks.SPEEDUPS, reason="the C path's wait records and lock fields")
 class TestWaitRecordsCost:
     """Parked tasks leave the garbage collector nothing of conctools' to walk (issue 12)."""
@@ -346,19 +364,7 @@ class TestWaitRecordsCost:
 
         async def main() -> None:
             sem = aio.Semaphore(1, name=name)
-            release = asyncio.Event()
-
-            async def holder() -> None:
-                async with sem:
-                    await release.wait()
-
-            async def waiter() -> None:
-                async with sem:
-                    pass
-
-            h = asyncio.create_task(holder(), name="holder")
-            await until(sem.locked)
-            waiters = [asyncio.create_task(waiter(), name=f"waiter-{i}") for i in range(3)]
+            release, h, waiters = await park_three(sem)
             await until(lambda: len(state_of(sem).waiters) == 3)
             records = dict(sem._ct_waiters or {})
             assert len(records) == 3
@@ -402,19 +408,7 @@ class TestWaitRecordsCost:
             assert _speedups.young_waits() == 0
             assert not sem._ct_waiters and not any(k[0] == me for k in registry._waiting)
             # Waits in progress: young until something reads them.
-            release = asyncio.Event()
-
-            async def holder() -> None:
-                async with sem:
-                    await release.wait()
-
-            async def waiter() -> None:
-                async with sem:
-                    pass
-
-            h = asyncio.create_task(holder(), name="holder")
-            await until(sem.locked)
-            waiters = [asyncio.create_task(waiter(), name=f"waiter-{i}") for i in range(3)]
+            release, h, waiters = await park_three(sem)
             await until(lambda: _speedups.young_waits() == 3)
             assert not sem._ct_waiters
             registry.promote_waits(3600.0)  # (the watchdog's read: only waits older than its interval)

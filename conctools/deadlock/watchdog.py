@@ -261,7 +261,7 @@ class _RegistryWaits:
         self._states: dict[int, tuple[PrimitiveState | None, dict[int, Party]]] = {}
 
     def _index(self) -> dict[int, list[tuple[int, int | None]]]:
-        registry.promote_waits()
+        # (no registry.promote_waits(): the waits not yet in _waiting are tasks', which this index skips)
         waiting = getattr(registry, "_waiting", None)
         index: dict[int, list[tuple[int, int | None]]] = {}
         if isinstance(waiting, dict):
