@@ -62,8 +62,12 @@ def _report_blocking(call: str, start_ns: int, skip: int) -> None:
 
 
 # Waits the stdlib makes on purpose and for microseconds: Thread.start() waits for the new
-# thread to boot (run_in_executor / to_thread start workers that way).
-_EXEMPT_CALLERS = frozenset({threading.Thread.start.__code__})
+# thread to boot (run_in_executor / to_thread start workers that way), and asyncio.run's
+# shutdown_default_executor() joins a thread that has already resolved the future it awaited
+# (on a busy machine that join can outlast _WAIT_MIN_NS: a false alarm in every asyncio.run).
+_EXEMPT_CALLERS = frozenset(
+    {threading.Thread.start.__code__, asyncio.BaseEventLoop.shutdown_default_executor.__code__}
+)
 
 
 def _wrap(call: str, original: Callable[..., Any], should_report: Callable[..., bool]) -> Callable[..., Any]:
@@ -100,6 +104,24 @@ def _waited(start: int, *args: Any, **kwargs: Any) -> bool:
     return _monotonic_ns() - start >= _WAIT_MIN_NS
 
 
+def _wait_unless_told_not_to(block_at: int | None, timeout_at: int, block_kw: str = "block") -> Callable[..., bool]:
+    """`_waited`, except for a call asked not to block (``timeout=0``, ``blocking=False``).
+
+    Such a call only takes an internal lock (``ThreadPoolExecutor.submit``'s idle check is
+    ``Semaphore.acquire(timeout=0)``): however long a busy machine makes it, it is not a blocking call.
+    ``block_at``/``timeout_at`` are the positions of those parameters, ``self`` being 0.
+    """
+
+    def waited(start: int, *args: Any, **kwargs: Any) -> bool:
+        block = args[block_at] if block_at is not None and len(args) > block_at else kwargs.get(block_kw, True)
+        timeout = args[timeout_at] if len(args) > timeout_at else kwargs.get("timeout")
+        if not block or (timeout is not None and timeout <= 0):
+            return False
+        return _monotonic_ns() - start >= _WAIT_MIN_NS
+
+    return waited
+
+
 def _blocking_socket(start: int, sock: Any, *args: Any, **kwargs: Any) -> bool:
     try:
         return bool(sock.gettimeout() != 0.0)
@@ -125,14 +147,14 @@ def _patch_targets() -> list[tuple[Any, str, str, Callable[..., bool]]]:
     targets += [
         (os, "read", "os.read", _blocking_fd),
         (os, "write", "os.write", _blocking_fd),
-        (threading.Event, "wait", "threading.Event.wait", _waited),
-        (threading.Condition, "wait", "threading.Condition.wait", _waited),
-        (threading.Semaphore, "acquire", "threading.Semaphore.acquire", _waited),
-        (threading.Barrier, "wait", "threading.Barrier.wait", _waited),
-        (threading.Thread, "join", "threading.Thread.join", _waited),
-        (queue.Queue, "get", "queue.Queue.get", _waited),
-        (queue.Queue, "put", "queue.Queue.put", _waited),
-        (concurrent.futures.Future, "result", "concurrent.futures.Future.result", _waited),
+        (threading.Event, "wait", "threading.Event.wait", _wait_unless_told_not_to(None, 1)),
+        (threading.Condition, "wait", "threading.Condition.wait", _wait_unless_told_not_to(None, 1)),
+        (threading.Semaphore, "acquire", "threading.Semaphore.acquire", _wait_unless_told_not_to(1, 2, "blocking")),
+        (threading.Barrier, "wait", "threading.Barrier.wait", _wait_unless_told_not_to(None, 1)),
+        (threading.Thread, "join", "threading.Thread.join", _wait_unless_told_not_to(None, 1)),
+        (queue.Queue, "get", "queue.Queue.get", _wait_unless_told_not_to(1, 2)),
+        (queue.Queue, "put", "queue.Queue.put", _wait_unless_told_not_to(2, 3)),
+        (concurrent.futures.Future, "result", "concurrent.futures.Future.result", _wait_unless_told_not_to(None, 1)),
         (builtins, "open", "open", _waited),  # a FIFO's open blocks; its file's reads: _fileio.TimedFileIO
     ]
     return targets
