@@ -154,7 +154,7 @@ def compared(cls: type[_T]) -> type[_T]:
     return _compare(cls, dataclasses.fields(cls))  # type: ignore[arg-type]
 
 
-def _compare(cls: type[_T], fields: Any) -> type[_T]:
+def _compare(cls: type[_T], fields: Any, *, hashable: bool = True) -> type[_T]:
     compared_values = _getter([f.name for f in fields if f.compare])
     hashed_values = _getter([f.name for f in fields if (f.compare if f.hash is None else f.hash)])
     shown = [f.name for f in fields if f.repr]
@@ -181,7 +181,7 @@ def _compare(cls: type[_T], fields: Any) -> type[_T]:
         methods.append(__repr__)
     if "__eq__" not in own:
         methods.append(__eq__)
-    if not explicit_hash:
+    if hashable and not explicit_hash:
         methods.append(__hash__)
     for method in methods:
         method.__qualname__ = f"{cls.__qualname__}.{method.__name__}"
@@ -204,22 +204,24 @@ def record(cls: type[_T], /) -> type[_T]: ...
 
 
 @overload
-def record(*, kw_only: bool = False) -> Callable[[type[_T]], type[_T]]: ...
+def record(*, kw_only: bool = False, frozen: bool = True) -> Callable[[type[_T]], type[_T]]: ...
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
-def record(cls: type[_T] | None = None, /, *, kw_only: bool = False) -> Any:
+def record(cls: type[_T] | None = None, /, *, kw_only: bool = False, frozen: bool = True) -> Any:
     """``@compared @dataclass(frozen=True, slots=True, repr=False, eq=False, kw_only=kw_only)``,
-    compiling nothing and importing nothing when the class is made (see the module docstring)."""
+    compiling nothing and importing nothing when the class is made (see the module docstring).
+    ``frozen=False`` makes what ``@dataclass(slots=True, kw_only=kw_only)`` makes: fields that can
+    be assigned, and no ``__hash__`` (``conctools run``'s options, made before the program starts)."""
 
     def wrap(cls: type[_T]) -> type[_T]:
-        return _record(cls, kw_only)
+        return _record(cls, kw_only, frozen)
 
     return wrap if cls is None else wrap(cls)
 
 
 class _Params:
-    """``__dataclass_params__``: what ``@dataclass(frozen=True, slots=True)`` was asked for."""
+    """``__dataclass_params__``: what ``@dataclass(frozen=frozen, slots=True)`` was asked for."""
 
     __slots__ = (
         "eq",
@@ -234,10 +236,11 @@ class _Params:
         "weakref_slot",
     )
 
-    def __init__(self, kw_only: bool) -> None:
-        self.init = self.repr = self.eq = self.frozen = self.match_args = self.slots = True
+    def __init__(self, kw_only: bool, frozen: bool = True) -> None:
+        self.init = self.repr = self.eq = self.match_args = self.slots = True
         self.order = self.unsafe_hash = self.weakref_slot = False
         self.kw_only = kw_only
+        self.frozen = frozen
 
     def __repr__(self) -> str:
         values = ",".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -303,7 +306,7 @@ def _own_field(cls: type, name: str, annotation: Any, kw_only: bool) -> Field:
     return spec
 
 
-def _record(cls: type[_T], kw_only: bool) -> type[_T]:
+def _record(cls: type[_T], kw_only: bool, frozen: bool = True) -> type[_T]:
     fields: dict[str, Field] = {}
     for base in reversed(cls.__mro__[1:]):
         inherited = base.__dict__.get("__record_fields__")
@@ -346,7 +349,7 @@ def _record(cls: type[_T], kw_only: bool) -> type[_T]:
     namespace.pop("__weakref__", None)
     namespace["__record_fields__"] = ordered
     namespace["__dataclass_fields__"] = _LazyFields(ordered, tuple(classvars))
-    namespace["__dataclass_params__"] = _Params(kw_only)
+    namespace["__dataclass_params__"] = _Params(kw_only, frozen)
     namespace["__match_args__"] = tuple(f.name for f in ordered if f.init and not f.kw_only)
     namespace["__conctools_record__"] = True
     qualname = cls.__qualname__
@@ -377,15 +380,19 @@ def _record(cls: type[_T], kw_only: bool) -> type[_T]:
         init(self, *args, **kwargs)
 
     own = made.__dict__
-    methods: list[Callable[..., Any]] = [__setattr__, __delattr__, __init__]
-    if "__getstate__" not in own:
-        methods.append(__getstate__)
-    if "__setstate__" not in own:
-        methods.append(__setstate__)
+    methods: list[Callable[..., Any]] = [__init__]
+    if frozen:  # (@dataclass adds the pickling methods of a slotted class only to a frozen one)
+        methods += [__setattr__, __delattr__]
+        if "__getstate__" not in own:
+            methods.append(__getstate__)
+        if "__setstate__" not in own:
+            methods.append(__setstate__)
     for method in methods:
         method.__qualname__ = f"{qualname}.{method.__name__}"
         setattr(made, method.__name__, method)
-    return _compare(made, ordered)
+    if not frozen and "__hash__" not in own:
+        made.__hash__ = None  # as @dataclass(eq=True) leaves a class that can change: unhashable
+    return _compare(made, ordered, hashable=frozen)
 
 
 def _frozen_error(message: str) -> Exception:

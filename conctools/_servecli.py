@@ -8,11 +8,10 @@ one-line error (``UsageError``, exit status 2).
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
+from conctools._typing import Any
 from conctools.cli import UsageError, _positive_int, positive_seconds
 
 __all__ = ["add_run_console_options", "add_server_commands", "apply_run_console_options"]
@@ -198,6 +197,8 @@ def _serve_command(ns: argparse.Namespace) -> int:
         bugs = parse_bugs(ns.bugs)
     except ValueError as exc:
         raise UsageError(f"conctools serve: error: --bugs: {exc}") from None
+    import shlex
+
     from conctools.server.db import check_database_url
 
     try:

@@ -12,9 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from conctools import __version__
+from conctools._typing import NoReturn
 
 __all__ = ["EXIT_USAGE", "main"]
 

@@ -12,18 +12,18 @@ from __future__ import annotations
 import _thread
 import contextlib
 import gc
-import logging
+import logging  # here, before trace_locks(): logging's own locks stay plain ones when the program uses it
 import os
 import runpy
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
 
 from conctools._log import get_logger
+from conctools._records import field, record
+from conctools._typing import TYPE_CHECKING, NoReturn
 from conctools.deadlock import EXIT_DEADLOCK, EXIT_HANG, watch_deadlocks
 from conctools.events import DeadlockEvent, HangEvent
 from conctools.gil import GilMonitor
@@ -32,21 +32,21 @@ from conctools.loopmon import monitor_all_loops
 from conctools.pools import track_pools
 from conctools.recorder import Recorder, Snapshot, use_recorder
 from conctools.resources import sample_resources
-from conctools.tracing import ContextFilter
 
 if TYPE_CHECKING:
     from conctools.profiling import Clock, Profile
 
 # The profiler and the reporters are imported where they are used: a run that neither profiles
 # nor writes report files does not pay for them at start-up (`conctools run` of an empty script
-# is measured against `python` in benchmarks/bench_run.py).
+# is measured against `python` in benchmarks/bench_run.py). So is tracing (its ContextFilter, for
+# --log-level).
 
 __all__ = ["RunOptions", "instrumented", "run_program", "write_reports"]
 
 _log = get_logger("conctools.runner")
 
 
-@dataclass(slots=True, kw_only=True)
+@record(kw_only=True, frozen=False)  # @dataclass(slots=True, kw_only=True), without importing dataclasses
 class RunOptions:
     """What ``conctools run`` was asked to do."""
 
@@ -344,6 +344,8 @@ def _save_profile(prof: Profile, out_dir: Path) -> None:
 @contextlib.contextmanager
 def _stderr_logging(level: str) -> Iterator[None]:
     """Log conctools' own lines (spans, warnings) to stderr at ``level``."""
+    from conctools.tracing import ContextFilter
+
     logger = logging.getLogger("conctools")
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())

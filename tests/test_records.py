@@ -122,6 +122,44 @@ class TestRecord:
         for clone in (pickle.loads(pickle.dumps(child)), copy.copy(child), copy.deepcopy(child)):
             assert clone == child and clone.double == 4
 
+    def test_not_frozen(self) -> None:
+        """``frozen=False`` makes what ``@dataclass(slots=True, kw_only=True)`` makes (``conctools
+        run``'s options): fields can be assigned, the same ``__init__``, repr, equality and pickling,
+        no ``__hash__`` and no ``__dict__``."""
+
+        @record(kw_only=True, frozen=False)
+        class Options:
+            name: str | None = None
+            tags: list[str] = field(default_factory=list)
+            level: int = 1
+
+            @property
+            def shown(self) -> str:
+                return f"{self.name}:{self.level}"
+
+        @dataclass(slots=True, kw_only=True)
+        class OptionsTwin:
+            name: str | None = None
+            tags: list[str] = field(default_factory=list)
+            level: int = 1
+
+        options, twin = Options(name="a"), OptionsTwin(name="a")
+        options.level = twin.level = 2
+        options.tags.append("t")
+        twin.tags.append("t")
+        assert options.shown == "a:2" and options.tags == ["t"] and Options().tags == []
+        assert repr(options) == repr(twin).replace("OptionsTwin", "Options")
+        assert options == Options(name="a", tags=["t"], level=2) and options != Options()
+        assert Options.__hash__ is None and OptionsTwin.__hash__ is None
+        assert str(inspect.signature(Options)) == "(*, name=None, tags=<factory>, level=1)"
+        assert not Options.__dataclass_params__.frozen  # type: ignore[attr-defined]
+        assert [f.name for f in dataclasses.fields(Options)] == ["name", "tags", "level"]
+        assert copy.deepcopy(options) == options and copy.copy(options) == options
+        with pytest.raises(AttributeError):
+            options.other = 1  # type: ignore[attr-defined]
+        with pytest.raises(TypeError):
+            Options("a")  # type: ignore[misc]
+
     def test_events(self) -> None:
         """The event classes are records: frozen, compared, rebuilt from their dict form."""
         frame = Frame("a.py", 3, "f")

@@ -7,12 +7,11 @@ needs when it runs. Every failure is one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from conctools._typing import Any
 from conctools.cli import UsageError, _positive_int, positive_seconds
 
 __all__ = ["add_agent_commands", "add_run_options", "apply_run_options"]
@@ -110,6 +109,8 @@ def _dump_command(ns: argparse.Namespace) -> int:
     except AgentError as exc:
         raise UsageError(f"conctools dump: error: {exc}") from None
     if ns.json:
+        import json
+
         from conctools.reporting._safe import neutralise_json
 
         # Compact: a dump of 10,000 tasks is megabytes (`| python -m json.tool` indents it).
@@ -154,6 +155,8 @@ def _ps_command(ns: argparse.Namespace) -> int:
 
     rows = _ps_rows()
     if ns.json:
+        import json
+
         from conctools.reporting._safe import neutralise_json
 
         _write(neutralise_json(json.dumps(rows, indent=1, ensure_ascii=False)) + "\n", None, "conctools ps")

@@ -18,8 +18,7 @@ A refused or failed question is answered ``{"error": "one line"}``.
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from conctools._typing import Any
 
 __all__ = [
     "DUMP_SCHEMA",
@@ -42,6 +41,8 @@ MAX_REPLY_BYTES = 512 * 1024 * 1024  # a dump of 100,000 tasks stays far below
 
 def parse_request(line: bytes) -> str:
     """The question a request line asks; ``ValueError`` with a short reason for anything else."""
+    import json  # here: the agent starts with the run, and is asked only now and then
+
     try:
         request = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -57,6 +58,8 @@ def parse_request(line: bytes) -> str:
 def encode(document: Any) -> bytes:
     """A reply on the wire: compact JSON, ASCII only (so that no name can break the framing), with
     NaN and infinity as ``null`` as in every conctools JSON (cleaned only when there is one)."""
+    import json
+
     try:
         text = json.dumps(document, separators=(",", ":"), ensure_ascii=True, default=str, allow_nan=False)
     except ValueError:

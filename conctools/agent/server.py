@@ -29,11 +29,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from conctools._context import internal_thread
 from conctools._imports import import_in_background
 from conctools._log import get_logger
+from conctools._typing import Any
 from conctools.agent.location import MAX_SOCKET_PATH, AgentError, agent_dir, remove_stale
 from conctools.agent.protocol import MAX_REQUEST_BYTES, encode, parse_request
 from conctools.recorder import Recorder, get_recorder

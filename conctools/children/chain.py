@@ -9,12 +9,12 @@ a person reads the story: "MainThread waits on child 12, which waits on Lock 'x.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
 
+from conctools._records import replace
+from conctools._typing import Any
 from conctools.events import Frame, ProcessWaitLink, frame_from_dict
 
 __all__ = ["build_chain", "describe_targets", "program_site", "unresolved_links"]
@@ -95,9 +95,7 @@ def unresolved_links(
     out = []
     for wait in waits:
         link = _link(pid, wait, [], names)
-        out.append(
-            dataclasses.replace(link, waits_on=link.waits_on + " (conctools cannot tell which process sends it)")
-        )
+        out.append(replace(link, waits_on=link.waits_on + " (conctools cannot tell which process sends it)"))
     return tuple(out)
 
 

@@ -30,10 +30,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from conctools._context import current_frames, internal_thread
 from conctools._log import get_logger
+from conctools._typing import Any
 from conctools.children import forking, mpsync, reaping
 from conctools.children.chain import _link, build_chain, unresolved_links
 from conctools.children.config import BOOT_DIR, ENV_VAR, FollowConfig

@@ -18,18 +18,16 @@ runs the program's code) and only when such a wait exists.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
-from conctools._records import compared
+from conctools._records import record
+from conctools._typing import Any
 from conctools.children.waits import pool_of_wait
 
 __all__ = ["LostJobs", "LostJobsCheck"]
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class LostJobs:
     """A wait that will never end: the jobs it waits for were taken by a worker that died."""
 

@@ -12,12 +12,12 @@ Pure functions of the records, but for ``alive(pid, started_wall)``, which the c
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any
 
+from conctools._records import replace
+from conctools._typing import Any
 from conctools.recorder import Snapshot
 
 __all__ = ["exit_words", "merge_snapshots", "processes_section"]
@@ -230,7 +230,7 @@ def merge_snapshots(snapshots: Sequence[Snapshot], sources: Sequence[str]) -> Sn
                 processes.append({**child, "source": source})
     sections = {**base.sections, SECTION: {"main_pid": base.meta.get("pid"), "processes": processes}}
     meta = {**base.meta, "merged_from": list(sources)}
-    return dataclasses.replace(base, sections=sections, meta=meta)
+    return replace(base, sections=sections, meta=meta)
 
 
 def _as_process(snapshot: Snapshot, source: str, *, main: bool) -> dict[str, Any]:

@@ -18,10 +18,9 @@ depends on: the holder of a lock, the processes that could set an event.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
-from conctools._records import compared
+from conctools._records import record
+from conctools._typing import Any
 from conctools.children.mpsync import UNKNOWN_SITE
 
 __all__ = ["SyncFinding", "find_stuck", "holders_of", "name_sites", "resolve_targets"]
@@ -29,8 +28,7 @@ __all__ = ["SyncFinding", "find_stuck", "holders_of", "name_sites", "resolve_tar
 Node = tuple[int, int]  # (pid, thread id)
 
 
-@compared
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False, eq=False)
+@record(kw_only=True)
 class SyncFinding:
     """Processes stuck through shared locks: the verdict, the process to name, why, and the waits
     (``(pid, thread id)``) that make the chain, in the order a person reads it."""

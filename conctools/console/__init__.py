@@ -40,9 +40,7 @@ This is a wiring module: it reads the recorder, the lock registry and the report
 
 from __future__ import annotations
 
-import typing as _typing
-
-from conctools import _lazy
+from conctools import _lazy, _typing
 
 if _typing.TYPE_CHECKING:
     from conctools._net import is_loopback

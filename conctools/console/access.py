@@ -29,10 +29,9 @@ import socket
 import stat
 import struct
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from conctools._records import compared
+from conctools._records import record
 
 __all__ = [
     "CONSOLE_DIR_ENV",
@@ -57,8 +56,7 @@ class ConsoleError(Exception):
     unsafe directory, no console for that process)."""
 
 
-@compared
-@dataclass(frozen=True, slots=True, repr=False, eq=False)
+@record
 class ConsoleAddress:
     """A console found in the private directory: the process, where it listens, its secret file."""
 

@@ -13,8 +13,8 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+from conctools._typing import Any
 from conctools.exporters import MissingExtra, require
 from conctools.recorder import Recorder, Snapshot
 
