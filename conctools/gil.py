@@ -27,7 +27,11 @@ turns it into the "CPU-bound threads" section and the bottleneck verdict) and a
 :class:`~conctools.events.GilSampleEvent` every quarter second (a counter track on the timeline).
 Memory is bounded: at most ``MAX_SITES`` lines per thread and ``MAX_THREADS`` finished threads
 (older ones are folded into one row). The sampler keeps its own CPU under ~0.5% of one core by
-sampling less often when a sample costs more (many threads).
+sampling less often when a sample costs more (many threads). Each sample also stops, for its
+duration, the thread that was running Python: while at most one thread of the program has been
+running (an asyncio program's loop thread, a script with idle helper threads), nothing can contend
+for the GIL, and the sampler samples ``QUIET_SLOWDOWN`` times less often until a sample finds two
+threads running again.
 
 Without ``/proc`` (not Linux) the monitor reports the parallelism only. On a free-threaded build
 running without the GIL it reports parallelism and running threads, and no GIL waits.
@@ -87,6 +91,11 @@ THREAD_NAME = "conctools-gil"
 DEFAULT_INTERVAL_S = 0.01
 WINDOW_S = 0.25  # one GilSampleEvent per window
 MAX_COST_SHARE = 0.005  # the sampler's own CPU: at most ~0.5% of a core
+# After QUIET_SAMPLES samples in a row that found at most one of the program's threads running
+# (Python or C), the sampler waits QUIET_SLOWDOWN times its interval: a sample takes the GIL from the
+# running thread (a forced switch, two context switches), and there is no contention to measure.
+QUIET_SAMPLES = 10
+QUIET_SLOWDOWN = 5
 COST_WINDOW = 5  # the sampler is paced by the median cost of this many samples
 MAX_THREADS = 256  # finished threads kept one by one; older ones are folded into one row
 MAX_SITES = 128  # lines counted per thread (the rarest are dropped past this)
@@ -408,6 +417,7 @@ class GilMonitor:
         self._cpu0_ns = time.process_time_ns()
         self._cpu_end_ns: int | None = None
         self._own_cpu_ns = 0
+        self._last_running = 0  # threads the last sample found running (Python or C)
         self._wanted_ns = 0
         self._contended_ns = 0
         self._concurrency: dict[int, int] = {}
@@ -547,7 +557,8 @@ class GilMonitor:
 
     # ---- sampling ----
     def _run(self) -> None:
-        wait = self.interval_s
+        wait = paced = self.interval_s
+        quiet = 0  # samples in a row that found at most one thread running
         costs: list[int] = []  # the last COST_WINDOW samples' CPU times
         while not self._stop.acquire(timeout=wait):
             t0 = time.thread_time_ns()
@@ -563,7 +574,9 @@ class GilMonitor:
             # be the one that starts it): a full collection of a big program costs tens of ms, and
             # pacing by that one sample stopped the sampling for seconds.
             typical = sorted(costs)[(len(costs) - 1) // 2]
-            wait = max(self.interval_s, min(2 * wait, typical / 1e9 / MAX_COST_SHARE))
+            paced = max(self.interval_s, min(2 * paced, typical / 1e9 / MAX_COST_SHARE))
+            quiet = quiet + 1 if self._last_running <= 1 else 0
+            wait = max(paced, QUIET_SLOWDOWN * self.interval_s) if quiet >= QUIET_SAMPLES else paced
         self._stop.release()
 
     def _sample_safely(self) -> None:
@@ -631,6 +644,7 @@ class GilMonitor:
                 self._read_cpu(reader, track)
                 track.cpu_read_ns = now
         del observed
+        self._last_running = running
         for ident in [i for i in self._tracks if i not in seen]:
             self._finish(self._tracks.pop(ident))
         del frames

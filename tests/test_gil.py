@@ -431,6 +431,34 @@ class TestWatchGil:
             before = inner()
             assert monitor.running and monitor.samples >= before >= 3
 
+    def test_sampled_less_often_while_one_thread_runs(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """After QUIET_SAMPLES samples that found at most one thread running, the sampler waits
+        QUIET_SLOWDOWN times its interval (each sample stops the running thread: issue 12); the first
+        sample that finds two threads running brings the interval back."""
+        monitor = GilMonitor(0.01)
+        found = [1] * 12 + [2] + [0] * 3  # threads each sample finds running
+        waits: list[float] = []
+
+        class Stop:
+            def acquire(self, timeout: float) -> bool:
+                waits.append(timeout)
+                return len(waits) > len(found)
+
+            def release(self) -> None:
+                pass
+
+        samples = iter(found)
+
+        def sample() -> None:
+            monitor._last_running = next(samples)
+
+        monkeypatch.setattr(monitor, "_stop", Stop())
+        monkeypatch.setattr(monitor, "_sample_safely", sample)
+        monitor._run()
+        slow = gil_module.QUIET_SLOWDOWN * 0.01
+        quiet = gil_module.QUIET_SAMPLES
+        assert waits == pytest.approx([0.01] * quiet + [slow] * 3 + [0.01] * (len(found) + 1 - quiet - 3))
+
     def test_bad_interval(self) -> None:
         """A non-positive or infinite interval is a ValueError naming the value."""
         for bad in (0, -1, float("inf"), float("nan")):

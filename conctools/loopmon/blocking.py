@@ -65,9 +65,7 @@ def _report_blocking(call: str, start_ns: int, skip: int) -> None:
 # thread to boot (run_in_executor / to_thread start workers that way), and asyncio.run's
 # shutdown_default_executor() joins a thread that has already resolved the future it awaited
 # (on a busy machine that join can outlast _WAIT_MIN_NS: a false alarm in every asyncio.run).
-_EXEMPT_CALLERS = frozenset(
-    {threading.Thread.start.__code__, asyncio.BaseEventLoop.shutdown_default_executor.__code__}
-)
+_EXEMPT_CALLERS = frozenset({threading.Thread.start.__code__, asyncio.BaseEventLoop.shutdown_default_executor.__code__})
 
 
 def _wrap(call: str, original: Callable[..., Any], should_report: Callable[..., bool]) -> Callable[..., Any]:
