@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 25
+#define API_VERSION 26
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -5608,6 +5608,391 @@ py_pool_sem_ended(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     Py_RETURN_NONE;
 }
 
+/* -- a traced asyncio semaphore's `async with` (conctools.aio.Semaphore.__aenter__) -------------- *
+ * SemEnter is the awaitable __aenter__ returns: asyncio's own Semaphore.acquire() coroutine does the
+ * acquisition, and SemEnter only watches it, with no Python frame of its own (issue 12: the traced
+ * semaphore's Python __aenter__ ran ~120 bytecodes per contended task). When the acquisition has to wait
+ * (its coroutine yields the future it waits on), the wait record begins (wait_begin) and pool blame's
+ * hooks are told; when it ends, both end, and an acquisition counts (_ct_n) and lists its task among
+ * the holders (_ct_holders). What the Python __aenter__ did, in the same order; never raises into the
+ * program, which sees asyncio's acquire() exactly (its result, its exceptions, its cancellation). */
+static PyObject *g_se_base_acquire;  /* asyncio.Semaphore.acquire */
+static PyObject *g_se_hooks;         /* registry.semaphore_hooks (a list changed in place) */
+static PyObject *g_se_run_started;   /* registry.run_semaphore_started(prim) -> token */
+static PyObject *g_se_run_ended;     /* registry.run_semaphore_ended(prim, token) */
+static PyObject *g_se_current_tasks; /* 3.11: asyncio.tasks._current_tasks (loop -> task), else NULL */
+static PyObject *g_se_current_task;  /* asyncio.current_task */
+static Py_ssize_t g_se_max_holders;
+static PyObject *s_ct_n, *s_ct_holders, *s_ct_loop, *s_ct_task, *s_throw, *s_close;
+static PyTypeObject *g_se_type;
+
+enum { SE_START, SE_WAITING, SE_DONE };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *sem;   /* the semaphore */
+    PyObject *inner; /* asyncio's acquire() coroutine; NULL once it ended */
+    PyObject *task;  /* the task that waits (once the wait began) */
+    PyObject *wait;  /* its wait record (a WaitRecord, None or NULL) */
+    PyObject *token; /* pool hooks' token (a true int), NULL when none is due */
+    int state;
+    int c_hooks; /* the token is conctools.pools' C pair's */
+} SemEnterObject;
+
+/* The running task, as aio.Semaphore finds it: 3.11, asyncio's loop -> task dict keyed by the loop the
+ * semaphore last ran on (else its _ct_task() finds and remembers the loop); 3.12+, asyncio.current_task().
+ * A new reference; None when unknown (the error cleared). */
+static PyObject *
+se_current_task(PyObject *sem)
+{
+    PyObject *task = NULL;
+    if (g_se_current_tasks != NULL) {
+        PyObject *loop = PyObject_GetAttr(sem, s_ct_loop);
+        if (loop != NULL) {
+            task = Py_XNewRef(PyDict_GetItemWithError(g_se_current_tasks, loop));
+            Py_DECREF(loop);
+        }
+        if (task == NULL) {
+            PyErr_Clear();
+            task = PyObject_CallMethodNoArgs(sem, s_ct_task);
+        }
+    }
+    else if (g_se_current_task != NULL) {
+        task = PyObject_CallNoArgs(g_se_current_task);
+    }
+    if (task == NULL) {
+        PyErr_Clear();
+        task = Py_NewRef(Py_None);
+    }
+    return task;
+}
+
+/* The wait began (asyncio's acquire() yielded its future): the record, then pool blame's hooks. */
+static void
+se_wait_begins(SemEnterObject *se)
+{
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *sem = se->sem;
+    Py_XSETREF(se->task, se_current_task(sem));
+    PyObject *holders = PyObject_GetAttr(sem, s_ct_holders);
+    PyObject *holder = holders != NULL && PyList_Check(holders) && PyList_GET_SIZE(holders) > 0
+                           ? Py_NewRef(PyList_GET_ITEM(holders, 0))
+                           : Py_NewRef(Py_None);
+    Py_XDECREF(holders);
+    PyErr_Clear();
+    if (g_wait_ready) {
+        GcQuiet quiet;
+        gc_quiet_begin(&quiet);
+        PyObject *w = wait_begin(sem, Py_None, holder, 1, 1, se->task);
+        gc_quiet_end(&quiet);
+        if (w == NULL) PyErr_Clear();
+        Py_XSETREF(se->wait, w);
+    }
+    Py_DECREF(holder);
+    /* pool blame: its own C pair called directly; any other hooks through the registry's loop */
+    PyObject *token = NULL;
+    Py_ssize_t n = g_se_hooks != NULL && PyList_Check(g_se_hooks) ? PyList_GET_SIZE(g_se_hooks) : 0;
+    if (n == 1) {
+        PyObject *pair = PyList_GET_ITEM(g_se_hooks, 0);
+        if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2 && PyCFunction_Check(PyTuple_GET_ITEM(pair, 0)) &&
+            PyCFunction_GET_FUNCTION(PyTuple_GET_ITEM(pair, 0)) == (PyCFunction)py_pool_sem_started &&
+            PyCFunction_Check(PyTuple_GET_ITEM(pair, 1)) &&
+            PyCFunction_GET_FUNCTION(PyTuple_GET_ITEM(pair, 1)) == (PyCFunction)(void (*)(void))py_pool_sem_ended) {
+            token = py_pool_sem_started(NULL, sem); /* (never raises) */
+            se->c_hooks = 1;
+        }
+    }
+    if (token == NULL && n > 0 && !se->c_hooks && g_se_run_started != NULL) {
+        token = PyObject_CallOneArg(g_se_run_started, sem); /* (never raises) */
+    }
+    if (token != NULL && PyObject_IsTrue(token) <= 0) Py_CLEAR(token); /* 0: nobody follows this wait */
+    PyErr_Clear();
+    Py_XSETREF(se->token, token);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
+/* The acquisition ended (acquired, or an exception: cancelled); the exception in flight is kept. */
+static void
+se_finish(SemEnterObject *se, int acquired)
+{
+    if (se->state == SE_DONE) return;
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    int waited = se->state == SE_WAITING;
+    se->state = SE_DONE;
+    PyObject *sem = se->sem;
+    if (waited && se->wait != NULL) wait_finish(se->wait, acquired, 1);
+    PyErr_Clear();
+    Py_CLEAR(se->wait);
+    PyObject *token = se->token;
+    se->token = NULL;
+    if (token != NULL) {
+        PyObject *end_args[2] = {sem, token};
+        PyObject *r = NULL;
+        if (se->c_hooks) r = py_pool_sem_ended(NULL, end_args, 2);
+        else if (g_se_run_ended != NULL) r = PyObject_Vectorcall(g_se_run_ended, end_args, 2, NULL);
+        Py_XDECREF(r);
+        Py_DECREF(token);
+        PyErr_Clear();
+    }
+    if (acquired) {
+        long long count = int_attr(sem, s_ct_n);
+        PyObject *nv = count >= 0 ? PyLong_FromLongLong(count + 1) : NULL;
+        if (nv == NULL || PyObject_SetAttr(sem, s_ct_n, nv) < 0) PyErr_Clear();
+        Py_XDECREF(nv);
+        PyObject *holders = PyObject_GetAttr(sem, s_ct_holders);
+        if (holders != NULL && PyList_Check(holders) && PyList_GET_SIZE(holders) < g_se_max_holders) {
+            PyObject *task = se->task != NULL ? Py_NewRef(se->task) : se_current_task(sem);
+            if (PyList_Append(holders, task) < 0) PyErr_Clear();
+            Py_DECREF(task);
+        }
+        Py_XDECREF(holders);
+        PyErr_Clear();
+    }
+    Py_CLEAR(se->task);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
+/* After asyncio's coroutine was sent a value or thrown an exception: it yielded (the wait begins, if this
+ * is the first time), returned (acquired: __aenter__'s value is None) or raised (not acquired). */
+static PySendResult
+se_after(SemEnterObject *se, PySendResult r, PyObject *value, PyObject **result)
+{
+    if (r == PYGEN_NEXT) {
+        if (se->state == SE_START) {
+            se->state = SE_WAITING;
+            se_wait_begins(se);
+        }
+        *result = value;
+        return PYGEN_NEXT;
+    }
+    Py_XDECREF(value);
+    Py_CLEAR(se->inner);
+    se_finish(se, r == PYGEN_RETURN);
+    if (r == PYGEN_RETURN) {
+        *result = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    *result = NULL;
+    return PYGEN_ERROR;
+}
+
+static PySendResult
+se_am_send(SemEnterObject *se, PyObject *arg, PyObject **result)
+{
+    if (se->inner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited __aenter__()");
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    PyObject *value = NULL;
+    PySendResult r = PyIter_Send(se->inner, arg, &value);
+    return se_after(se, r, value, result);
+}
+
+/* send(value) / __next__(): as a coroutine's, the value returned raised as StopIteration. */
+static PyObject *
+se_send_value(SemEnterObject *se, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult r = se_am_send(se, arg, &result);
+    if (r == PYGEN_RETURN) {
+        Py_DECREF(result); /* (always None: __aenter__'s value) */
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+    }
+    return r == PYGEN_NEXT ? result : NULL;
+}
+
+static PyObject *
+se_iternext(SemEnterObject *se)
+{
+    return se_send_value(se, Py_None);
+}
+
+static PyObject *
+se_send(SemEnterObject *se, PyObject *arg)
+{
+    return se_send_value(se, arg);
+}
+
+/* throw(...): thrown into asyncio's coroutine (a task's cancellation), as `await` would. */
+static PyObject *
+se_throw(SemEnterObject *se, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (se->inner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited __aenter__()");
+        return NULL;
+    }
+    PyObject *meth = PyObject_GetAttr(se->inner, s_throw);
+    if (meth == NULL) return NULL;
+    PyObject *value = PyObject_Vectorcall(meth, args, nargs, NULL);
+    Py_DECREF(meth);
+    PySendResult r;
+    if (value != NULL) {
+        r = PYGEN_NEXT;
+    }
+    else if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyErr_Clear();
+        r = PYGEN_RETURN;
+    }
+    else {
+        r = PYGEN_ERROR;
+    }
+    PyObject *result;
+    r = se_after(se, r, value, &result);
+    if (r == PYGEN_RETURN) {
+        Py_DECREF(result);
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+    }
+    return r == PYGEN_NEXT ? result : NULL;
+}
+
+/* close(): asyncio's coroutine closed (its `finally` takes its future out of the waiters); not acquired. */
+static PyObject *
+se_close(SemEnterObject *se, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *inner = se->inner;
+    se->inner = NULL;
+    PyObject *r = inner != NULL ? PyObject_CallMethodNoArgs(inner, s_close) : Py_NewRef(Py_None);
+    Py_XDECREF(inner);
+    se_finish(se, 0);
+    return r;
+}
+
+static PyObject *
+se_await(SemEnterObject *se)
+{
+    return Py_NewRef(se);
+}
+
+/* Collected while it waited: the wait ends, not acquired. (Never awaited at all: asyncio's coroutine warns
+ * that it never was, as the __aenter__ coroutine of an asyncio.Semaphore would.) */
+static void
+se_finalize(SemEnterObject *se)
+{
+    if (se->state != SE_WAITING) return;
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    se_finish(se, 0);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
+static int
+se_traverse(SemEnterObject *se, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(se));
+    Py_VISIT(se->sem);
+    Py_VISIT(se->inner);
+    Py_VISIT(se->task);
+    Py_VISIT(se->wait);
+    Py_VISIT(se->token);
+    return 0;
+}
+
+static int
+se_clear(SemEnterObject *se)
+{
+    Py_CLEAR(se->sem);
+    Py_CLEAR(se->inner);
+    Py_CLEAR(se->task);
+    Py_CLEAR(se->wait);
+    Py_CLEAR(se->token);
+    return 0;
+}
+
+static void
+se_dealloc(SemEnterObject *se)
+{
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)se) < 0) return; /* resurrected */
+    PyTypeObject *tp = Py_TYPE(se);
+    PyObject_GC_UnTrack(se);
+    se_clear(se);
+    tp->tp_free((PyObject *)se);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef se_methods[] = {
+    {"send", (PyCFunction)se_send, METH_O, "send(value): as a coroutine's"},
+    {"throw", (PyCFunction)(void (*)(void))se_throw, METH_FASTCALL, "throw(...): as a coroutine's"},
+    {"close", (PyCFunction)se_close, METH_NOARGS, "close(): as a coroutine's"},
+    {NULL},
+};
+
+static PyType_Slot se_slots[] = {
+    {Py_tp_doc, "A traced asyncio semaphore's `async with` in progress (conctools.aio.Semaphore.__aenter__)."},
+    {Py_tp_dealloc, se_dealloc},
+    {Py_tp_finalize, se_finalize},
+    {Py_tp_traverse, se_traverse},
+    {Py_tp_clear, se_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, se_iternext},
+    {Py_tp_methods, se_methods},
+    {Py_am_await, se_await},
+    {Py_am_send, se_am_send},
+    {0, NULL},
+};
+
+static PyType_Spec se_spec = {
+    .name = "conctools._speedups.SemEnter",
+    .basicsize = sizeof(SemEnterObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = se_slots,
+};
+
+/* sem_enter(sem) -> SemEnter: conctools.aio.Semaphore.__aenter__ (sem_enter_setup() first). */
+static PyObject *
+py_sem_enter(PyObject *Py_UNUSED(module), PyObject *sem)
+{
+    if (g_se_base_acquire == NULL || g_se_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "sem_enter() before sem_enter_setup()");
+        return NULL;
+    }
+    PyObject *inner = PyObject_CallOneArg(g_se_base_acquire, sem);
+    if (inner == NULL) return NULL;
+    SemEnterObject *se = PyObject_GC_New(SemEnterObject, g_se_type);
+    if (se == NULL) {
+        Py_DECREF(inner);
+        return NULL;
+    }
+    se->sem = Py_NewRef(sem);
+    se->inner = inner;
+    se->task = se->wait = se->token = NULL;
+    se->state = SE_START;
+    se->c_hooks = 0;
+    PyObject_GC_Track(se);
+    return (PyObject *)se;
+}
+
+/* sem_enter_setup(base_acquire, hooks, run_started, run_ended, current_tasks, current_task, max_holders):
+ * what sem_enter() uses (conctools.aio, at import). current_tasks is None on 3.12+. */
+static PyObject *
+py_sem_enter_setup(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "sem_enter_setup(base_acquire, hooks, run_started, run_ended, current_tasks, current_task, "
+                        "max_holders)");
+        return NULL;
+    }
+    Py_ssize_t max_holders = PyLong_AsSsize_t(args[6]);
+    if (max_holders == -1 && PyErr_Occurred()) return NULL;
+    if (g_se_type == NULL) {
+        g_se_type = (PyTypeObject *)PyType_FromSpec(&se_spec); /* never freed */
+        if (g_se_type == NULL) return NULL;
+    }
+    Py_XSETREF(g_se_base_acquire, Py_NewRef(args[0]));
+    Py_XSETREF(g_se_hooks, Py_NewRef(args[1]));
+    Py_XSETREF(g_se_run_started, Py_NewRef(args[2]));
+    Py_XSETREF(g_se_run_ended, Py_NewRef(args[3]));
+    Py_XSETREF(g_se_current_tasks, PyDict_Check(args[4]) ? Py_NewRef(args[4]) : NULL);
+    Py_XSETREF(g_se_current_task, Py_NewRef(args[5]));
+    g_se_max_holders = max_holders;
+    Py_RETURN_NONE;
+}
+
 /* -- asyncio Lock: the lock-order bookkeeping of an acquisition and its release (conctools.aio) ---- */
 
 /* aio_took(lock, task_stacks, spare_stacks) -> bool: conctools.aio.Lock._took_timed(frame, 0) for the
@@ -6555,6 +6940,10 @@ py_setup_primitives(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
 }
 
 static PyMethodDef module_methods[] = {
+    {"sem_enter", (PyCFunction)py_sem_enter, METH_O,
+     "sem_enter(sem) -> awaitable: a traced asyncio semaphore's __aenter__ (asyncio's acquire(), watched)"},
+    {"sem_enter_setup", (PyCFunction)(void (*)(void))py_sem_enter_setup, METH_FASTCALL,
+     "sem_enter_setup(base_acquire, hooks, run_started, run_ended, current_tasks, current_task, max_holders)"},
     {"task_factory", (PyCFunction)(void (*)(void))py_task_factory, METH_O,
      "task_factory(task_type) -> the loop monitor's task factory, in C (sites noted for task_site)"},
     {"task_site", (PyCFunction)(void (*)(void))py_task_site, METH_O,
@@ -6674,6 +7063,12 @@ PyInit__speedups(void)
     INTERN(s_stacks, "stacks");
     INTERN(s_function, "function");
     INTERN(s_ct_waiters, "_ct_waiters");
+    INTERN(s_ct_n, "_ct_n");
+    INTERN(s_ct_holders, "_ct_holders");
+    INTERN(s_ct_loop, "_ct_loop");
+    INTERN(s_ct_task, "_ct_task");
+    INTERN(s_throw, "throw");
+    INTERN(s_close, "close");
     INTERN(s_get_name, "get_name");
     INTERN(s_retired, "retired");
     INTERN(s_lock_attr, "_lock");

@@ -80,6 +80,11 @@ _C_SEM_ENDED: Any = getattr(_speedups_module, "pool_sem_ended", None) if SPEEDUP
 # when the Python method must run.
 _C_TOOK: Any = getattr(_speedups_module, "aio_took", None) if SPEEDUPS else None
 _C_RELEASED: Any = getattr(_speedups_module, "aio_released", None) if SPEEDUPS else None
+# A traced semaphore's `async with`, in C: asyncio's own acquire() coroutine, watched by an awaitable
+# that begins the wait record and pool blame's hooks when it waits, and counts the acquisition and its
+# holder (see _speedups.c: SemEnter). None: the Python __aenter__ below.
+_C_SEM_ENTER: Any = getattr(_speedups_module, "sem_enter", None) if SPEEDUPS else None
+_BASE_SEMAPHORE = asyncio.Semaphore
 # The C extension finds a wait's site from the thread's frames itself; the pure path needs the
 # caller's frame object (made on demand for a coroutine's frame: memory per waiting task).
 _WAIT_FRAMES = not SPEEDUPS
@@ -465,6 +470,11 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
             holders.append(me)
         return None
 
+    if _C_SEM_ENTER is not None:
+
+        def __aenter__(self) -> Any:  # type: ignore[misc]  # (an awaitable, as `async with` needs)
+            return _C_SEM_ENTER(self)
+
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.release()
 
@@ -491,6 +501,18 @@ class Semaphore(asyncio.Semaphore, _TracedAttrs):
 
     def _conctools_progress(self) -> int:
         return int(self._ct_n)
+
+
+if _C_SEM_ENTER is not None:
+    _speedups_module.sem_enter_setup(
+        _BASE_SEMAPHORE.acquire,
+        _sem_hooks,
+        registry.run_semaphore_started,
+        registry.run_semaphore_ended,
+        getattr(asyncio.tasks, "_current_tasks", None) if _DICT else None,
+        _current_task,
+        MAX_HOLDERS,
+    )
 
 
 class BoundedSemaphore(Semaphore, asyncio.BoundedSemaphore):

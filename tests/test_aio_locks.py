@@ -471,3 +471,123 @@ class TestWaitRecordsCost:
             assert lock._ct_owner is None
 
         asyncio.run(main())
+
+
+class TestSemaphoreAsyncWith:
+    """`async with` a traced semaphore: asyncio's own acquire() does the acquisition and conctools watches it
+    (with the C extension, from an awaitable with no Python frame: issue 12); the program sees asyncio's."""
+
+    def test_wait_names_the_task_the_holder_and_the_line(self, recorder: Recorder) -> None:
+        """A contended `async with` is one wait event: the waiting task, the holding task, the line of the
+        `async with`; the acquisitions and contentions are counted exactly; the value is None."""
+        name = unique("slots")
+        line: list[int] = []
+        values: list[Any] = []
+
+        async def main() -> None:
+            sem = aio.Semaphore(1, name=name)
+            release = asyncio.Event()
+
+            async def holder() -> None:
+                async with sem:
+                    await release.wait()
+
+            async def waiter() -> None:
+                line.append(sys._getframe(0).f_lineno + 1)
+                async with sem as value:
+                    values.append(value)
+
+            h = asyncio.create_task(holder(), name="holder")
+            await until(sem.locked)
+            w = asyncio.create_task(waiter(), name="waiter")
+            await until(lambda: state_of(sem).waiters)
+            assert [p.task_name for p in state_of(sem).waiters] == ["waiter"]
+            assert [p.task_name for p in state_of(sem).holders] == ["holder"]
+            await asyncio.sleep(0.01)
+            release.set()
+            await asyncio.gather(h, w)
+            assert not state_of(sem).waiters and not state_of(sem).holders and not sem.locked()
+
+        asyncio.run(main())
+        assert values == [None]
+        (e,) = recorder.snapshot().of_kind(LockWaitEvent)
+        assert (e.lock_kind, e.task_name, e.acquired) == ("aio.Semaphore", "waiter", True)
+        assert "holder" in (e.holder or "") and e.site == f"{HERE}:{line[0]}"
+        r = row(recorder, name)
+        assert (r["acquisitions"], r["contentions"]) == (2, 1)
+
+    def test_cancelled_while_waiting_or_once_woken(self, recorder: Recorder) -> None:
+        """A waiter cancelled in its wait, and one cancelled after its wake-up but before it ran (the
+        cancellation thrown into asyncio's acquire(), which hands the slot on): neither holds the
+        semaphore, both waits end not acquired, and the third waiter gets the slot."""
+        name = unique("slots")
+        got: list[str] = []
+
+        async def main() -> None:
+            sem = aio.Semaphore(1, name=name)
+            await sem.acquire()
+
+            async def waiter(label: str) -> None:
+                async with sem:
+                    got.append(label)
+
+            tasks = [asyncio.create_task(waiter(f"w{i}"), name=f"w{i}") for i in range(3)]
+            await until(lambda: len(state_of(sem).waiters) == 3)
+            tasks[0].cancel()  # in its wait
+            await until(tasks[0].done)
+            sem.release()  # wakes w1 ...
+            tasks[1].cancel()  # ... which is cancelled before it runs: thrown into acquire()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert [type(r).__name__ for r in results] == ["CancelledError", "CancelledError", "NoneType"]
+            assert got == ["w2"] and not sem.locked() and sem._value == 1
+            assert not state_of(sem).waiters and not state_of(sem).holders
+
+        asyncio.run(main())
+        events = {e.task_name: e for e in recorder.snapshot().of_kind(LockWaitEvent)}
+        assert (events["w0"].acquired, events["w1"].acquired, events["w2"].acquired) == (False, False, True)
+
+    def test_a_dropped_wait_leaves_no_wait_behind(self, recorder: Recorder) -> None:
+        """An `__aenter__()` dropped in its wait (driven by hand, then let go) ends its wait, not acquired,
+        and leaves the semaphore as asyncio's acquire() leaves it."""
+        name = unique("slots")
+
+        async def main() -> None:
+            sem = aio.Semaphore(1, name=name)
+            await sem.acquire()
+            enter = sem.__aenter__()
+            future = enter.send(None)  # asyncio's acquire() waits on this future
+            assert isinstance(future, asyncio.Future) and list(sem._waiters or ()) == [future]
+            assert len(state_of(sem).waiters) == 1
+            del enter
+            gc.collect()
+            assert not state_of(sem).waiters and not sem._waiters
+            sem.release()
+            assert not sem.locked()
+            if locks.SPEEDUPS:
+                from conctools import _speedups
+
+                assert _speedups.young_waits() == 0
+
+        asyncio.run(main())
+        (e,) = recorder.snapshot().of_kind(LockWaitEvent)
+        assert e.acquired is False
+
+    def test_awaited_once_and_a_warning_when_never_awaited(self) -> None:
+        """`__aenter__()` is awaited once, as a coroutine is; one never awaited warns, as asyncio's does."""
+        import warnings
+
+        async def main() -> None:
+            sem = aio.Semaphore(1)
+            enter = sem.__aenter__()
+            await enter
+            with pytest.raises(RuntimeError, match="already awaited"):
+                await enter
+            sem.release()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                sem.__aenter__()  # never awaited
+                gc.collect()
+            assert any("never awaited" in str(w.message) for w in caught), caught
+            assert not sem.locked()
+
+        asyncio.run(main())
