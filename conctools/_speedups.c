@@ -5422,10 +5422,10 @@ static PyObject *s_ref, *s_waiters, *s_episode_waits, *s_episode_max, *s_runs, *
  * PoolCounters base, added to in place. */
 /* The instance dict of the PoolState of prim when sem_states has its own (new reference), else NULL (no
  * error set). */
+/* The PoolState that sem_states has for prim (borrowed), else NULL (no error set). */
 static PyObject *
-pool_dict_of(PyObject *prim, PoolCountersObject **counters)
+pool_state_lookup(PyObject *prim)
 {
-    *counters = NULL;
     if (g_sem_states == NULL || !PyDict_Check(g_sem_states)) return NULL;
     PyObject *key = PyLong_FromVoidPtr(prim);
     if (key == NULL) {
@@ -5434,6 +5434,15 @@ pool_dict_of(PyObject *prim, PoolCountersObject **counters)
     }
     PyObject *state = PyDict_GetItemWithError(g_sem_states, key); /* borrowed */
     Py_DECREF(key);
+    if (state == NULL) PyErr_Clear();
+    return state;
+}
+
+/* The instance dict of state, a PoolState of prim (new reference), else NULL (no error set). */
+static PyObject *
+pool_state_dict(PyObject *state, PyObject *prim, PoolCountersObject **counters)
+{
+    *counters = NULL;
     PyObject *d = state != NULL ? PyObject_GenericGetDict(state, NULL) : NULL;
     if (d == NULL || !PyDict_CheckExact(d)) {
         Py_XDECREF(d);
@@ -5450,9 +5459,15 @@ pool_dict_of(PyObject *prim, PoolCountersObject **counters)
 #endif
     PyErr_Clear();
     if (!same) Py_CLEAR(d);
-    /* (borrowed: the state lives in sem_states while d, its dict, is held: no Python code runs meanwhile) */
+    /* (borrowed: the caller keeps the state alive while it uses d, its dict: no Python code runs meanwhile) */
     if (d != NULL && PyObject_TypeCheck(state, &PoolCounters_Type)) *counters = (PoolCountersObject *)state;
     return d;
+}
+
+static PyObject *
+pool_dict_of(PyObject *prim, PoolCountersObject **counters)
+{
+    return pool_state_dict(pool_state_lookup(prim), prim, counters);
 }
 
 /* May the fast path update the state of instance dict d now? 1: yes, with *held the state's mutex, taken
@@ -5545,20 +5560,67 @@ no:
     return 0;
 }
 
+/* The start of a wait on prim counted in C: its start (ns), with the state it was counted in (a new reference
+ * in *state_out when state_out is given); 0 when the caller must go the Python way. Never raises. */
+static long long
+pool_sem_start(PyObject *prim, PyObject **state_out)
+{
+    PyObject *state = pool_state_lookup(prim); /* (borrowed: sem_states keeps it while no Python code runs) */
+    PoolCountersObject *c;
+    PyObject *d = pool_state_dict(state, prim, &c);
+    if (d == NULL) return 0;
+    long long now = mono_ns();
+    PyObject *held = NULL;
+    int done = c != NULL && now > 0 && pool_enter(d, &held) && pool_join_wait(d, c, now);
+    pool_leave(held);
+    Py_DECREF(d);
+    if (!done) return 0;
+    if (state_out != NULL) *state_out = Py_NewRef(state);
+    return now;
+}
+
+/* The end of a wait on prim that began at start (ns), counted in C in state (NULL: the one sem_states has
+ * now); else in Python. Never raises. */
+static void
+pool_sem_end(PyObject *prim, long long start, PyObject *state, PyObject *token)
+{
+    PoolCountersObject *c;
+    PyObject *d = pool_state_dict(state != NULL ? state : pool_state_lookup(prim), prim, &c);
+    if (d != NULL) {
+        long long now = mono_ns();
+        PyObject *held = NULL;
+        int done = 0;
+        if (c != NULL && now > 0 && pool_enter(d, &held)) {
+            /* not the last waiter: the episode goes on (the last one closes it, in Python) */
+            PyObject *hist = c->waiters > 1 ? PyDict_GetItemWithError(d, s_wait_hist) : NULL; /* borrowed */
+            if (hist != NULL && g_hist_type != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type) &&
+                hist_add_fields(hist, now - start) == 0) {
+                done = 1;
+                c->waiters -= 1;
+            }
+            PyErr_Clear();
+            pool_leave(held);
+        }
+        Py_DECREF(d);
+        if (done) return;
+    }
+    if (g_sem_ended != NULL) {
+        PyObject *own = token == NULL ? PyLong_FromLongLong(start) : NULL;
+        PyObject *r = own != NULL || token != NULL
+                          ? PyObject_CallFunctionObjArgs(g_sem_ended, prim, token != NULL ? token : own, NULL)
+                          : NULL;
+        Py_XDECREF(r);
+        Py_XDECREF(own);
+        swallow();
+    }
+}
+
 /* pool_sem_started(prim) -> start_ns (0: not followed): pools._patch.aio_wait_started. Never raises. */
 static PyObject *
 py_pool_sem_started(PyObject *Py_UNUSED(module), PyObject *prim)
 {
-    PoolCountersObject *c;
-    PyObject *d = pool_dict_of(prim, &c);
-    if (d != NULL) {
-        long long now = mono_ns();
-        PyObject *held = NULL;
-        int done = c != NULL && now > 0 && pool_enter(d, &held) && pool_join_wait(d, c, now);
-        pool_leave(held);
-        Py_DECREF(d);
-        if (done) return PyLong_FromLongLong(now);
-    }
+    long long start = pool_sem_start(prim, NULL);
+    if (start != 0) return PyLong_FromLongLong(start);
     if (g_sem_started == NULL) return PyLong_FromLong(0);
     PyObject *r = PyObject_CallOneArg(g_sem_started, prim);
     if (r == NULL || !PyLong_Check(r)) {
@@ -5580,31 +5642,7 @@ py_pool_sem_ended(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     long long start = as_ll(args[1]);
     if (start == -1 && PyErr_Occurred()) PyErr_Clear();
     if (start == 0) Py_RETURN_NONE;
-    PoolCountersObject *c;
-    PyObject *d = pool_dict_of(args[0], &c);
-    if (d != NULL) {
-        long long now = mono_ns();
-        PyObject *held = NULL;
-        int done = 0;
-        if (c != NULL && now > 0 && pool_enter(d, &held)) {
-            /* not the last waiter: the episode goes on (the last one closes it, in Python) */
-            PyObject *hist = c->waiters > 1 ? PyDict_GetItemWithError(d, s_wait_hist) : NULL; /* borrowed */
-            if (hist != NULL && g_hist_type != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type) &&
-                hist_add_fields(hist, now - start) == 0) {
-                done = 1;
-                c->waiters -= 1;
-            }
-            PyErr_Clear();
-            pool_leave(held);
-        }
-        Py_DECREF(d);
-        if (done) Py_RETURN_NONE;
-    }
-    if (g_sem_ended != NULL) {
-        PyObject *r = PyObject_CallFunctionObjArgs(g_sem_ended, args[0], args[1], NULL);
-        Py_XDECREF(r);
-        swallow();
-    }
+    pool_sem_end(args[0], start, NULL, args[1]);
     Py_RETURN_NONE;
 }
 
@@ -5634,9 +5672,11 @@ typedef struct {
     PyObject *inner; /* asyncio's acquire() coroutine; NULL once it ended */
     PyObject *task;  /* the task that waits (once the wait began) */
     PyObject *wait;  /* its wait record (a WaitRecord, None or NULL) */
-    PyObject *token; /* pool hooks' token (a true int), NULL when none is due */
+    PyObject *token; /* other pool hooks' token (a true int), NULL when none is due */
+    PyObject *pool_state; /* pools' C pair: the PoolState the wait was counted in (NULL: see token) */
+    long long pool_start; /* ... and when it began (0: not counted in C) */
     int state;
-    int c_hooks; /* the token is conctools.pools' C pair's */
+    int c_hooks; /* the hooks are conctools.pools' C pair */
 } SemEnterObject;
 
 /* The running task, as aio.Semaphore finds it: 3.11, asyncio's loop -> task dict keyed by the loop the
@@ -5699,8 +5739,11 @@ se_wait_begins(SemEnterObject *se)
             PyCFunction_GET_FUNCTION(PyTuple_GET_ITEM(pair, 0)) == (PyCFunction)py_pool_sem_started &&
             PyCFunction_Check(PyTuple_GET_ITEM(pair, 1)) &&
             PyCFunction_GET_FUNCTION(PyTuple_GET_ITEM(pair, 1)) == (PyCFunction)(void (*)(void))py_pool_sem_ended) {
-            token = py_pool_sem_started(NULL, sem); /* (never raises) */
             se->c_hooks = 1;
+            PyObject *pool_state = NULL;
+            se->pool_start = pool_sem_start(sem, &pool_state);
+            if (se->pool_start != 0) Py_XSETREF(se->pool_state, pool_state);
+            else token = py_pool_sem_started(NULL, sem); /* (the Python way; never raises) */
         }
     }
     if (token == NULL && n > 0 && !se->c_hooks && g_se_run_started != NULL) {
@@ -5725,9 +5768,13 @@ se_finish(SemEnterObject *se, int acquired)
     if (waited && se->wait != NULL) wait_finish(se->wait, acquired, 1);
     PyErr_Clear();
     Py_CLEAR(se->wait);
-    PyObject *token = se->token;
-    se->token = NULL;
-    if (token != NULL) {
+    PyObject *token = se->token, *pool_state = se->pool_state;
+    se->token = se->pool_state = NULL;
+    if (pool_state != NULL) {
+        pool_sem_end(sem, se->pool_start, pool_state, NULL); /* (never raises) */
+        Py_DECREF(pool_state);
+    }
+    else if (token != NULL) {
         PyObject *end_args[2] = {sem, token};
         PyObject *r = NULL;
         if (se->c_hooks) r = py_pool_sem_ended(NULL, end_args, 2);
@@ -5889,6 +5936,7 @@ se_traverse(SemEnterObject *se, visitproc visit, void *arg)
     Py_VISIT(se->task);
     Py_VISIT(se->wait);
     Py_VISIT(se->token);
+    Py_VISIT(se->pool_state);
     return 0;
 }
 
@@ -5900,6 +5948,7 @@ se_clear(SemEnterObject *se)
     Py_CLEAR(se->task);
     Py_CLEAR(se->wait);
     Py_CLEAR(se->token);
+    Py_CLEAR(se->pool_state);
     return 0;
 }
 
@@ -5959,7 +6008,8 @@ py_sem_enter(PyObject *Py_UNUSED(module), PyObject *sem)
     }
     se->sem = Py_NewRef(sem);
     se->inner = inner;
-    se->task = se->wait = se->token = NULL;
+    se->task = se->wait = se->token = se->pool_state = NULL;
+    se->pool_start = 0;
     se->state = SE_START;
     se->c_hooks = 0;
     PyObject_GC_Track(se);
