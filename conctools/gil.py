@@ -95,7 +95,7 @@ MAX_COST_SHARE = 0.005  # the sampler's own CPU: at most ~0.5% of a core
 # (Python or C), the sampler waits QUIET_SLOWDOWN times its interval: a sample takes the GIL from the
 # running thread (a forced switch, two context switches), and there is no contention to measure.
 QUIET_SAMPLES = 10
-QUIET_SLOWDOWN = 5
+QUIET_SLOWDOWN = 10
 COST_WINDOW = 5  # the sampler is paced by the median cost of this many samples
 MAX_THREADS = 256  # finished threads kept one by one; older ones are folded into one row
 MAX_SITES = 128  # lines counted per thread (the rarest are dropped past this)

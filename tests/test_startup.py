@@ -51,7 +51,7 @@ DEFERRED = (
     "conctools.demo",
     # Until the program imports asyncio or multiprocessing (their patches wait for that import:
     # conctools._imports), until its
-    # first event loop starts (the loop monitor itself), a second into the run (the dump agent's
+    # first event loop starts (the loop monitor itself), three seconds into the run (the dump agent's
     # answers).
     "asyncio",
     "ssl",
@@ -305,7 +305,7 @@ class TestDeferred:
 
     def test_dump_answers_before_and_after_the_agents_preload(self, agent_env: dict[str, str]) -> None:
         """The dump agent answers at once after start (importing what the answer needs then), and
-        a second into the run it has imported its answers' modules by itself."""
+        three seconds into the run it has imported its answers' modules by itself."""
         code = (
             "import sys, time\n"
             "print('ready', flush=True)\n"

@@ -166,7 +166,7 @@ class DumpAgent:
             with selectors.DefaultSelector() as selector:
                 selector.register(listener, selectors.EVENT_READ)
                 selector.register(self._wake_r, selectors.EVENT_READ)
-                # The answers' imports wait until the program has run for a second, or the first
+                # The answers' imports wait until the program has run for _PRELOAD_AFTER_S, or the first
                 # question: a short program (most of a test suite's runs) never pays for them.
                 preload_at: float | None = time.monotonic() + _PRELOAD_AFTER_S
                 while not self._closing:
@@ -267,13 +267,15 @@ class DumpAgent:
             return {"error": f"the {question} failed inside the process: {type(exc).__name__}: {exc}"}
 
 
-# How long the agent waits before it imports what its answers need (unless asked first).
-_PRELOAD_AFTER_S = 1.0
+# How long the agent waits before it imports what its answers need (unless asked first). The imports
+# take ~40 ms of the GIL from the program (issue 12: a 1-3 s program paid 1.5-4% of its run for them);
+# a person asks for a dump seconds into a run at the earliest, and an answer imports what it lacks.
+_PRELOAD_AFTER_S = 3.0
 
 
 def _preload() -> None:
-    """Import what the answers need, in the agent's thread, a second after it started or before
-    its first answer, whichever comes first: from then on the agent never imports while it
+    """Import what the answers need, in the agent's thread, _PRELOAD_AFTER_S after it started or
+    before its first answer, whichever comes first: from then on the agent never imports while it
     answers, so a program thread stuck inside an import cannot block it. (Deferred from the
     start for issue 12's start-up target: an empty script's run ends long before.)"""
     try:
