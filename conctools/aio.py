@@ -120,6 +120,24 @@ def _task_party(task: Any, site: str, since_ns: int) -> Party:
     return _make_party(thread_id, 0, _threads.get(thread_id), task, site, since_ns)
 
 
+async def _aenter_via_acquire(self: Any) -> None:
+    await self.acquire()
+
+
+async def _aexit_via_release(self: Any, exc_type: object, exc: object, tb: object) -> None:
+    self.release()
+
+
+def _keep_overrides(cls: Any, base: Any) -> None:
+    """A program's subclass of a traced primitive (made after trace_locks() replaced asyncio's) that overrides
+    ``acquire()`` or ``release()`` gets asyncio's ``__aenter__``/``__aexit__``, which call them: the traced
+    ones run the acquisition and release inline, and would skip the override."""
+    if cls.acquire is not base.acquire and cls.__aenter__ is base.__aenter__:
+        cls.__aenter__ = _aenter_via_acquire
+    if cls.release is not base.release and cls.__aexit__ is base.__aexit__:
+        cls.__aexit__ = _aexit_via_release
+
+
 def _init(prim: Any, kind: str, name: str | None) -> None:
     _register(prim, kind, name, _getframe(2))
 
@@ -145,6 +163,10 @@ class Lock(asyncio.Lock, _LockFields):
     _locked: bool  # asyncio's own state, not in typeshed
     _waiters: Any
     _wake_up_first: Callable[[], None]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _keep_overrides(cls, Lock)
 
     def __init__(self, *, name: str | None = None) -> None:
         super().__init__()
@@ -385,6 +407,10 @@ class Condition(asyncio.Condition, _TracedAttrs):
 
 class Semaphore(asyncio.Semaphore, _TracedAttrs):
     """A traced ``asyncio.Semaphore``: every holding and waiting task is known."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _keep_overrides(cls, Semaphore)
 
     def __init__(self, value: int = 1, *, name: str | None = None) -> None:
         super().__init__(value)

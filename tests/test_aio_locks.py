@@ -591,3 +591,32 @@ class TestSemaphoreAsyncWith:
             assert not sem.locked()
 
         asyncio.run(main())
+
+    def test_a_subclass_that_overrides_acquire_or_release_is_called(self) -> None:
+        """A program's subclass of the traced Lock or Semaphore (as `class X(asyncio.Semaphore)` makes under
+        trace_locks()) that overrides acquire() or release() has them called by `async with`, as asyncio's
+        own __aenter__/__aexit__ do."""
+        calls: list[str] = []
+
+        class LoggedSemaphore(aio.Semaphore):
+            async def acquire(self) -> Any:
+                calls.append("sem.acquire")
+                return await super().acquire()
+
+        class LoggedLock(aio.Lock):
+            def release(self) -> None:
+                calls.append("lock.release")
+                super().release()
+
+        class Bounded(aio.BoundedSemaphore):
+            pass
+
+        async def main() -> None:
+            sem, lock, bounded = LoggedSemaphore(1), LoggedLock(), Bounded(1)
+            async with sem, lock, bounded:
+                assert sem.locked() and lock.locked() and bounded.locked()
+            assert not sem.locked() and not lock.locked() and not bounded.locked()
+
+        asyncio.run(main())
+        assert calls == ["sem.acquire", "lock.release"]
+        assert Bounded.__aenter__ is aio.BoundedSemaphore.__aenter__  # no override: the traced path stays
