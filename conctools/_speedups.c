@@ -5420,8 +5420,6 @@ static PyObject *s_ref, *s_waiters, *s_episode_waits, *s_episode_max, *s_runs, *
 /* A PoolState's attributes are read in its instance dict (no descriptor stands for any of them), one dict
  * operation each instead of attribute access's type lookups; its wait counters are the C fields of its
  * PoolCounters base, added to in place. */
-/* The instance dict of the PoolState of prim when sem_states has its own (new reference), else NULL (no
- * error set). */
 /* The PoolState that sem_states has for prim (borrowed), else NULL (no error set). */
 static PyObject *
 pool_state_lookup(PyObject *prim)
@@ -5464,6 +5462,8 @@ pool_state_dict(PyObject *state, PyObject *prim, PoolCountersObject **counters)
     return d;
 }
 
+/* The instance dict of the PoolState of prim when sem_states has its own (new reference), else NULL (no
+ * error set). */
 static PyObject *
 pool_dict_of(PyObject *prim, PoolCountersObject **counters)
 {
@@ -5615,12 +5615,11 @@ pool_sem_end(PyObject *prim, long long start, PyObject *state, PyObject *token)
     }
 }
 
-/* pool_sem_started(prim) -> start_ns (0: not followed): pools._patch.aio_wait_started. Never raises. */
+/* The start of a wait on prim in Python (pools._patch.aio_wait_started): its token, 0 when not followed.
+ * Never raises. */
 static PyObject *
-py_pool_sem_started(PyObject *Py_UNUSED(module), PyObject *prim)
+pool_sem_start_py(PyObject *prim)
 {
-    long long start = pool_sem_start(prim, NULL);
-    if (start != 0) return PyLong_FromLongLong(start);
     if (g_sem_started == NULL) return PyLong_FromLong(0);
     PyObject *r = PyObject_CallOneArg(g_sem_started, prim);
     if (r == NULL || !PyLong_Check(r)) {
@@ -5629,6 +5628,14 @@ py_pool_sem_started(PyObject *Py_UNUSED(module), PyObject *prim)
         return PyLong_FromLong(0);
     }
     return r;
+}
+
+/* pool_sem_started(prim) -> start_ns (0: not followed): pools._patch.aio_wait_started. Never raises. */
+static PyObject *
+py_pool_sem_started(PyObject *Py_UNUSED(module), PyObject *prim)
+{
+    long long start = pool_sem_start(prim, NULL);
+    return start != 0 ? PyLong_FromLongLong(start) : pool_sem_start_py(prim);
 }
 
 /* pool_sem_ended(prim, start_ns): pools._patch.aio_wait_ended. Never raises. */
@@ -5743,7 +5750,7 @@ se_wait_begins(SemEnterObject *se)
             PyObject *pool_state = NULL;
             se->pool_start = pool_sem_start(sem, &pool_state);
             if (se->pool_start != 0) Py_XSETREF(se->pool_state, pool_state);
-            else token = py_pool_sem_started(NULL, sem); /* (the Python way; never raises) */
+            else token = pool_sem_start_py(sem); /* (never raises) */
         }
     }
     if (token == NULL && n > 0 && !se->c_hooks && g_se_run_started != NULL) {
@@ -5776,10 +5783,13 @@ se_finish(SemEnterObject *se, int acquired)
     }
     else if (token != NULL) {
         PyObject *end_args[2] = {sem, token};
-        PyObject *r = NULL;
-        if (se->c_hooks) r = py_pool_sem_ended(NULL, end_args, 2);
-        else if (g_se_run_ended != NULL) r = PyObject_Vectorcall(g_se_run_ended, end_args, 2, NULL);
-        Py_XDECREF(r);
+        if (se->c_hooks) {
+            long long start = as_ll(token);
+            if (start > 0) pool_sem_end(sem, start, NULL, token); /* (never raises) */
+        }
+        else if (g_se_run_ended != NULL) {
+            Py_XDECREF(PyObject_Vectorcall(g_se_run_ended, end_args, 2, NULL));
+        }
         Py_DECREF(token);
         PyErr_Clear();
     }
@@ -5838,18 +5848,26 @@ se_am_send(SemEnterObject *se, PyObject *arg, PyObject **result)
     return se_after(se, r, value, result);
 }
 
-/* send(value) / __next__(): as a coroutine's, the value returned raised as StopIteration. */
+/* A send's outcome as a coroutine's method returns it: the value yielded, or the value returned raised as
+ * StopIteration (always None: __aenter__'s value), or NULL with the error. */
+static PyObject *
+se_as_method(PySendResult r, PyObject *result)
+{
+    if (r == PYGEN_RETURN) {
+        Py_DECREF(result);
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+    }
+    return r == PYGEN_NEXT ? result : NULL;
+}
+
+/* send(value) / __next__(): as a coroutine's. */
 static PyObject *
 se_send_value(SemEnterObject *se, PyObject *arg)
 {
     PyObject *result;
     PySendResult r = se_am_send(se, arg, &result);
-    if (r == PYGEN_RETURN) {
-        Py_DECREF(result); /* (always None: __aenter__'s value) */
-        PyErr_SetNone(PyExc_StopIteration);
-        return NULL;
-    }
-    return r == PYGEN_NEXT ? result : NULL;
+    return se_as_method(r, result);
 }
 
 static PyObject *
@@ -5889,12 +5907,7 @@ se_throw(SemEnterObject *se, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *result;
     r = se_after(se, r, value, &result);
-    if (r == PYGEN_RETURN) {
-        Py_DECREF(result);
-        PyErr_SetNone(PyExc_StopIteration);
-        return NULL;
-    }
-    return r == PYGEN_NEXT ? result : NULL;
+    return se_as_method(r, result);
 }
 
 /* close(): asyncio's coroutine closed (its `finally` takes its future out of the waiters); not acquired. */
