@@ -1145,6 +1145,12 @@ me_release(Me *me)
 typedef struct {
     PyListObject list;
     unsigned long long version;
+    /* Entries released while locks taken after them are still held, left as None at the bottom of the
+     * stack (see order_pop): concurrent.futures releases the conditions of wait() and as_completed() in
+     * the order it took them, and deleting the bottom one of 40,000 moved the 39,999 above it. Only the
+     * thread's own releases leave them; anything else that reads or changes the stack drops them first
+     * (held_compact), so no reader sees one. */
+    Py_ssize_t dead;
 } HeldStackObject;
 
 static PyTypeObject HeldStack_Type;
@@ -1155,11 +1161,36 @@ static objobjargproc g_list_ass_subscript;
 static binaryfunc g_list_inplace_concat;
 
 #define HELD_BUMP(o) (((HeldStackObject *)(o))->version++)
+#define HELD_DEAD(o) (((HeldStackObject *)(o))->dead)
 #define IS_HELD_STACK(o) (Py_TYPE(o) == &HeldStack_Type)
+/* Stacks this long or longer leave a released bottom entry as None rather than move the rest down. */
+#define HELD_LAZY_AT 32
+
+/* Drop the released entries left at the bottom of a held stack (no Python code, no allocation: the
+ * Nones' references are dropped, the rest moved down once). */
+static void
+held_compact(PyObject *held)
+{
+    Py_ssize_t dead = HELD_DEAD(held), n = PyList_GET_SIZE(held), k = 0;
+    HELD_DEAD(held) = 0;
+    PyObject **items = ((PyListObject *)held)->ob_item;
+    while (k < dead && k < n && items[k] == Py_None) k++; /* (the list changed behind our back: only those) */
+    if (k == 0) return;
+    for (Py_ssize_t i = 0; i < k; i++) Py_DECREF(items[i]);
+    memmove(items, items + k, sizeof(PyObject *) * (size_t)(n - k));
+    Py_SET_SIZE(held, n - k);
+    HELD_BUMP(held);
+}
+
+#define HELD_SETTLE(o) \
+    do { \
+        if (HELD_DEAD(o)) held_compact(o); \
+    } while (0)
 
 static int
 heldstack_ass_item(PyObject *self, Py_ssize_t i, PyObject *v)
 {
+    HELD_SETTLE(self);
     HELD_BUMP(self);
     return g_list_ass_item(self, i, v);
 }
@@ -1167,6 +1198,7 @@ heldstack_ass_item(PyObject *self, Py_ssize_t i, PyObject *v)
 static int
 heldstack_ass_subscript(PyObject *self, PyObject *key, PyObject *v)
 {
+    HELD_SETTLE(self);
     HELD_BUMP(self);
     return g_list_ass_subscript(self, key, v);
 }
@@ -1174,6 +1206,7 @@ heldstack_ass_subscript(PyObject *self, PyObject *key, PyObject *v)
 static PyObject *
 heldstack_inplace_concat(PyObject *self, PyObject *other)
 {
+    HELD_SETTLE(self);
     HELD_BUMP(self);
     return g_list_inplace_concat(self, other);
 }
@@ -1181,6 +1214,7 @@ heldstack_inplace_concat(PyObject *self, PyObject *other)
 static PyObject *
 heldstack_append(PyObject *self, PyObject *item)
 {
+    HELD_SETTLE(self);
     HELD_BUMP(self);
     if (PyList_Append(self, item) < 0) return NULL;
     Py_RETURN_NONE;
@@ -1194,6 +1228,7 @@ static PyObject *g_list_methods[HELD_FORWARDED];
 static PyObject *
 heldstack_forward(int which, PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
+    HELD_SETTLE(self);
     HELD_BUMP(self);
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     PyObject *stack[8];
@@ -1221,8 +1256,17 @@ HELD_FORWARD(sort, 5)
 HELD_FORWARD(reverse, 6)
 
 #define HELD_METHOD(name) {#name, (PyCFunction)(void (*)(void))heldstack_##name, METH_FASTCALL | METH_KEYWORDS, NULL}
+/* Drop the released entries left at the bottom (lockorder.held_stack() calls it when it finds one). */
+static PyObject *
+heldstack_compact(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    HELD_SETTLE(self);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef heldstack_methods[] = {
     {"append", heldstack_append, METH_O, NULL},
+    {"_compact", heldstack_compact, METH_NOARGS, NULL},
     HELD_METHOD(extend),
     HELD_METHOD(insert),
     HELD_METHOD(pop),
@@ -1308,6 +1352,9 @@ order_generation(void)
     return g;
 }
 
+/* Acquisitions after which a lock keeps the entries of its previous sites (entry_alt). */
+#define ENTRY_ALT_AFTER 16
+
 /* The held-stack entry for this lock taken at site: (weakref, class key, name, serial, site),
  * cached per lock while the site does not change (new reference). */
 static PyObject *
@@ -1354,11 +1401,19 @@ entry_for(CoreObject *self, PyObject *site)
          * the garbage collector need not walk them (lock-order records keep thousands alive). */
         if (PyObject_GC_IsTracked(entry)) PyObject_GC_UnTrack(entry);
         if (PyObject_GC_IsTracked(wref)) PyObject_GC_UnTrack(wref);
-        /* The oldest alternative goes (a tuple of ours: the held stack may still have it). */
-        PyObject *oldest = self->entry_alt[2];
-        self->entry_alt[2] = self->entry_alt[1];
-        self->entry_alt[1] = self->entry_alt[0];
-        self->entry_alt[0] = self->entry;
+        /* The oldest alternative goes (a tuple of ours: the held stack may still have it). A lock taken
+         * only a few times keeps no alternatives: a Future's condition is taken at ~5 sites once each,
+         * and 40,000 futures held by wait() kept ~4 entries each alive (issue 12: memory). */
+        PyObject *oldest;
+        if (self->n >= ENTRY_ALT_AFTER) {
+            oldest = self->entry_alt[2];
+            self->entry_alt[2] = self->entry_alt[1];
+            self->entry_alt[1] = self->entry_alt[0];
+            self->entry_alt[0] = self->entry;
+        }
+        else {
+            oldest = self->entry;
+        }
         self->entry = Py_NewRef(entry);
         Py_XDECREF(oldest);
     }
@@ -1822,6 +1877,7 @@ prepare(CoreObject *self, Me *me, int reentry)
         settle();
         return;
     }
+    if (IS_HELD_STACK(me->held)) HELD_SETTLE(me->held);
     me->entry = entry_for(self, me->site);
     if (me->entry == NULL) {
         swallow();
@@ -1848,10 +1904,16 @@ order_pop(CoreObject *self)
     }
     if (PyList_Check(held) && self->entry != NULL) {
         PyObject *wref = PyTuple_GET_ITEM(self->entry, 0);
+        int lazy = IS_HELD_STACK(held);
+        Py_ssize_t dead = lazy ? HELD_DEAD(held) : 0;
+        if (lazy) {
+            tls_check(current_tid());
+            lazy = held == t_held && PyList_GET_SIZE(held) - dead >= HELD_LAZY_AT;
+        }
         /* From both ends: the innermost lock is the usual one, but concurrent.futures releases the
          * conditions it took for wait() and as_completed() in the order it took them (outermost first):
          * O(1) either way, where a walk from the top made releasing n of them O(n^2). */
-        for (Py_ssize_t i = PyList_GET_SIZE(held) - 1, j = 0; i >= j; i--, j++) {
+        for (Py_ssize_t i = PyList_GET_SIZE(held) - 1, j = dead; i >= j; i--, j++) {
             Py_ssize_t at = -1;
             PyObject *h = PyList_GET_ITEM(held, i);
             if (PyTuple_Check(h) && PyTuple_GET_SIZE(h) > 0 && PyTuple_GET_ITEM(h, 0) == wref) {
@@ -1867,7 +1929,20 @@ order_pop(CoreObject *self)
                  * a tuple of ours (its parts live on). */
                 Py_SET_SIZE(held, at);
                 Py_DECREF(h);
-                if (IS_HELD_STACK(held)) HELD_BUMP(held);
+                if (IS_HELD_STACK(held)) {
+                    HELD_BUMP(held);
+                    if (dead > 0 && at == dead) held_compact(held); /* (only released ones left) */
+                }
+                break;
+            }
+            if (at >= 0 && lazy && at == dead) {
+                /* The bottom one of a long stack (see HeldStackObject.dead): None in its place, the rest
+                 * moved down once half of the stack is such. Frees at most a tuple of ours. */
+                ((PyListObject *)held)->ob_item[at] = Py_NewRef(Py_None);
+                Py_DECREF(h);
+                HELD_DEAD(held) = dead + 1;
+                HELD_BUMP(held);
+                if (2 * (dead + 1) >= PyList_GET_SIZE(held)) held_compact(held);
                 break;
             }
             if (at >= 0) {

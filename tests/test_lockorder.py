@@ -318,6 +318,46 @@ class TestInversions:
         (event,) = inversions(ordered)
         assert len(event.cycle) == 2 and all("#" in name for name in event.cycle)
 
+    def test_long_run_released_first_taken_first(self, ordered: Recorder) -> None:
+        """A long stack released bottom first (what concurrent.futures does after wait() on many
+        futures): the rest is not moved down at every release (with the C extension, a released
+        bottom entry is left as None and dropped later), yet every reader of the stack sees exactly
+        the locks still held, in order, and the run's edges still catch an inversion."""
+
+        def make() -> conctools.Lock:
+            return conctools.Lock()
+
+        chain = [make() for _ in range(200)]
+        names = [lock._ct_name for lock in chain]  # type: ignore[attr-defined]
+        other = conctools.Lock(name="other")
+
+        def body() -> None:
+            for lock in chain:
+                lock.acquire()
+            raw = lockorder._local.stack  # type: ignore[attr-defined]
+            for lock in chain[:60]:
+                lock.release()
+            if lockorder._stack_type[0] is not None:  # the C type (plain lists delete at once)
+                assert list.__len__(raw) == 200 and list.__getitem__(raw, 0) is None
+            assert [h[2] for h in lockorder.held_stack()] == names[60:]
+            assert list.__len__(raw) == 140
+            for lock in chain[60:120]:
+                lock.release()
+            with other:  # taken with 80 held, then some of them released before it
+                for lock in chain[120:170]:
+                    lock.release()
+                assert [h[2] for h in lockorder.held_stack()] == [*names[170:], "other"]
+            for lock in chain[170:]:
+                lock.release()
+            assert lockorder.held_stack() == []
+
+        in_thread(body, "releaser")
+        assert not inversions(ordered)
+        with chain[150], chain[120]:
+            pass
+        (event,) = inversions(ordered)
+        assert len(event.cycle) == 2
+
     def test_instance_edges_stay_bounded(self, ordered: Recorder) -> None:
         """Thousands of short-lived locks of one class taken nested keep a bounded graph: the edges
         of locks the garbage collector took are forgotten, and an inversion is still found after."""
