@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
     def _get_formatter(self) -> argparse.HelpFormatter:
         # The width argparse's formatter finds with shutil.get_terminal_size(), without importing shutil
         # (and zlib, bz2, lzma: ~4 ms of every `conctools run`'s start-up; add_argument makes a formatter).
-        return self.formatter_class(prog=self.prog, width=_terminal_columns() - 2)
+        return self.formatter_class(prog=self.prog, width=_terminal_columns() - 2)  # type: ignore[call-arg]
 
 
 def _terminal_columns() -> int:
