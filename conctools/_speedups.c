@@ -1905,6 +1905,10 @@ order_pop(CoreObject *self)
     if (PyList_Check(held) && self->entry != NULL) {
         PyObject *wref = PyTuple_GET_ITEM(self->entry, 0);
         int lazy = IS_HELD_STACK(held);
+        if (lazy && HELD_DEAD(held) > 0 &&
+            (HELD_DEAD(held) > PyList_GET_SIZE(held) || PyList_GET_ITEM(held, HELD_DEAD(held) - 1) != Py_None)) {
+            held_compact(held); /* (changed behind our back by list's own methods: drops only real Nones) */
+        }
         Py_ssize_t dead = lazy ? HELD_DEAD(held) : 0;
         if (lazy) {
             tls_check(current_tid());
