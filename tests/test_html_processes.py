@@ -154,7 +154,9 @@ class TestTablesOfEveryProcess:
         data = html_data(snapshot_of(run_dir))
         pid = spawned_pid(run_dir)
         label = f"pid {pid} \u00b7 {HOSTILE}"
-        (stall,) = [r for r in data["slow_sites"] if r.get("process") == label]
+        mine = [r for r in data["slow_sites"] if r.get("process") == label]
+        # (A loaded machine can block the child's loop elsewhere too: that row is a real stall, not this one.)
+        (stall,) = [r for r in mine if r.get("function") == "blocks"] or [mine]
         assert stall["culprit"].endswith("prog.py:15") and stall["function"] == "blocks", stall
         assert stall["stalls"] == 1 and stall["total_s"] >= 0.25 and sum(stall["spark"]) == 1, stall
         assert all(r.get("process") for r in data["slow_sites"] + data["spans"] + data["locks"])
