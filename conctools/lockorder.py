@@ -283,11 +283,15 @@ def held_stack() -> list[Held]:
         stack: list[Held] = _local.stack
     except AttributeError:
         stack = _local.stack = (_stack_type[0] or list)()
-    if stack and stack[0] is None:
-        # Entries the C type's order_pop left as None at the bottom (the thread released its first locks
-        # while holding later ones): dropped before anyone reads the stack.
-        stack._compact()  # type: ignore[attr-defined]
+    _settle(stack)
     return stack
+
+
+def _settle(held: list[Held]) -> None:
+    """Drop the entries the C type's order_pop left as None at the bottom of ``held`` (its thread released
+    its first locks while holding later ones), before anything reads it."""
+    if held and held[0] is None:
+        held._compact()  # type: ignore[attr-defined]
 
 
 def _run_matches(run: _Run, held: list[Held]) -> bool:
@@ -314,8 +318,7 @@ def check(held: list[Held], entry: Held) -> None:
         return
     _local.checking = True
     try:
-        if held and held[0] is None:  # (see held_stack())
-            held._compact()  # type: ignore[attr-defined]
+        _settle(held)
         run = _runs.get(id(held))
         if run is not None and run[1] == entry[1] and entry[3] not in run[2] and _run_matches(run, held):
             # The next lock of a run (see _Run): its class edges are those of the previous one.
@@ -794,8 +797,7 @@ def note_released(held: list[Held], prim: object) -> None:
     if held and held[-1][0]() is prim:
         del held[-1]
         return
-    if held and held[0] is None:  # (see held_stack())
-        held._compact()  # type: ignore[attr-defined]
+    _settle(held)
     # From both ends: concurrent.futures releases the conditions of wait() and as_completed() in
     # the order it took them (outermost first), which a walk from the top made O(n^2).
     i, j = len(held) - 1, 0

@@ -156,7 +156,9 @@ class TestTablesOfEveryProcess:
         label = f"pid {pid} \u00b7 {HOSTILE}"
         mine = [r for r in data["slow_sites"] if r.get("process") == label]
         # (A loaded machine can block the child's loop elsewhere too: that row is a real stall, not this one.)
-        (stall,) = [r for r in mine if r.get("function") == "blocks"] or [mine]
+        blocks = [r for r in mine if r.get("function") == "blocks"]
+        assert len(blocks) == 1, mine
+        stall = blocks[0]
         assert stall["culprit"].endswith("prog.py:15") and stall["function"] == "blocks", stall
         assert stall["stalls"] == 1 and stall["total_s"] >= 0.25 and sum(stall["spark"]) == 1, stall
         assert all(r.get("process") for r in data["slow_sites"] + data["spans"] + data["locks"])
