@@ -111,29 +111,19 @@ class TestStartup:
     @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the GIL is found through /proc")
     def test_gil_found_once_the_program_runs(self, tmp_path: Path) -> None:
         """The GIL monitor's reader and calibration (ctypes, a parked probe thread: ~10 ms) wait
-        GIL_START_DELAY_S into the run: stopped before, a monitor has imported and sampled nothing and
-        says so ("pending"); a program that runs longer gets the /proc method (the GIL found, while
-        the program runs) and its samples; the probe is never among the program's threads."""
-        code = (
-            "import sys\n"
-            "from conctools.gil import GilMonitor\n"
-            "m = GilMonitor().start(delay_s=60)\n"
-            "assert m.running and 'conctools._threadstate' not in sys.modules and 'ctypes' not in sys.modules\n"
-            "m.stop()\n"
-            "s = m.summary()\n"
-            "assert s['samples'] == 0 and s['method'] == 'pending', s\n"
-            "assert 'conctools._threadstate' not in sys.modules\n"
-        )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
-        assert proc.returncode == 0, proc.stderr
+        GIL_START_DELAY_S into the run: a program that ends at once never pays them and its section
+        says nothing was sampled ("pending"), never the bytecode heuristic; one that runs longer gets
+        the /proc method (the GIL found) and its samples."""
         seen, _ = run_first_line(tmp_path, "--no-report", "--out", str(tmp_path / "out"))
         assert "conctools-gil-probe" not in seen["threads"]
+        assert "conctools._threadstate" not in seen["modules"]  # (nor ctypes, which it imports)
         gil = json.loads((tmp_path / "out" / "report.json").read_text())["sections"]["gil"]
-        if gil["method"] == "pending":  # (the usual case: it ends within GIL_START_DELAY_S)
+        assert gil["method"] in ("pending", "proc") and gil["method"] != "proc-bytecode"
+        if gil["method"] == "pending":
             assert gil["samples"] == 0
         script = tmp_path / "longer.py"
         script.write_text(
-            "import time\nend = time.monotonic() + 1.0\nwhile time.monotonic() < end:\n    time.sleep(0.01)\n"
+            "import time\nend = time.monotonic() + 0.5\nwhile time.monotonic() < end:\n    time.sleep(0.01)\n"
         )
         proc = subprocess.run(
             [sys.executable, "-m", "conctools", "run", "--no-report", "--out", str(tmp_path / "out2"), str(script)],
@@ -143,7 +133,7 @@ class TestStartup:
         )
         assert proc.returncode == 0, proc.stderr
         gil = json.loads((tmp_path / "out2" / "report.json").read_text())["sections"]["gil"]
-        assert gil["method"] == "proc" and gil["samples"] >= 2, gil
+        assert gil["method"] == "proc" and gil["samples"] >= 5, gil
 
 
 LATE_MULTIPROCESSING = """
