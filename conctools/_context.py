@@ -57,17 +57,6 @@ _allocate_lock = _thread.allocate_lock
 _call = operator.call
 
 
-def gil_enabled() -> bool:
-    """False on a free-threaded build running without the GIL (3.13t); True everywhere else."""
-    check: Callable[[], bool] | None = getattr(sys, "_is_gil_enabled", None)
-    if check is None:
-        return True
-    try:
-        return bool(check())
-    except Exception:
-        return True
-
-
 def current_frames(own_from: int | None = None) -> dict[int, FrameType]:
     """``sys._current_frames()`` without the calling thread's own frame, and without the deadlock it
     can cause on Python 3.11.

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from conctools._context import current_frames, gil_enabled
+from conctools._context import current_frames
 from conctools._log import get_logger
 from conctools._records import record
 
@@ -67,6 +67,17 @@ _FUTEX_SYSCALLS = {"x86_64": 202, "aarch64": 98, "arm64": 98}
 def sleep_syscalls() -> frozenset[int]:
     """The numbers of ``nanosleep`` and ``clock_nanosleep`` on this machine (empty if unknown)."""
     return frozenset(_SLEEP_SYSCALLS.get(_machine(), ()))
+
+
+def gil_enabled() -> bool:
+    """False on a free-threaded build running without the GIL (3.13t); True everywhere else."""
+    check: Callable[[], bool] | None = getattr(sys, "_is_gil_enabled", None)
+    if check is None:
+        return True
+    try:
+        return bool(check())
+    except Exception:
+        return True
 
 
 _call = operator.call
@@ -198,9 +209,8 @@ def calibrate_gil(reader: StateReader, *, attempts: int = 200) -> GilZone | None
     notes the probe's system call there (``futex()`` on the lock), releases the lock and, still
     holding the GIL, reads the probe's system call again: woken, the probe must wait for the GIL,
     so it is now in ``futex()`` at another address, the GIL's. Twice, to check the answer. Takes
-    well under a millisecond of CPU (the probe never spins), at most half a second on a busy machine.
-    ``conctools run``'s monitor calibrates on its own thread 50 ms into the run (``GIL_START_DELAY_S``),
-    while the program runs: a program's thread that takes the GIL meanwhile only delays the readings.
+    well under a millisecond of CPU (the probe never spins: ``conctools run`` calibrates before
+    the program starts, see benchmarks/bench_run.py), at most half a second on a busy machine.
     """
     with _calibration_lock:
         if _calibrated:

@@ -50,16 +50,23 @@ import weakref
 from collections.abc import Callable
 from types import FrameType, ModuleType, TracebackType
 
-from conctools._context import current_frames, gil_enabled, internal_thread, is_conctools_frame
+from conctools._context import internal_thread, is_conctools_frame
 from conctools._imports import imported, when_imported
 from conctools._log import get_logger
 from conctools._records import record
-from conctools._typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from conctools._threadstate import (
+    StateReader,
+    at_call,
+    calibrate_gil,
+    current_frames,
+    futex_syscall,
+    gil_enabled,
+    open_reader,
+    sleep_syscalls,
+)
+from conctools._typing import Any, TypeVar, cast, overload
 from conctools.events import GilSampleEvent
 from conctools.recorder import Recorder, get_recorder
-
-if TYPE_CHECKING:
-    from conctools._threadstate import StateReader
 
 __all__ = ["GilMonitor", "ThreadGilStats", "active_monitor", "live_summary", "watch_gil"]
 
@@ -369,11 +376,6 @@ def _user_frame(frame: FrameType | None) -> FrameType | None:
     return first
 
 
-def _calls_c(frame: FrameType | None) -> bool:
-    """``_threadstate.at_call`` until a monitor has imported it (no sample reads it before)."""
-    return True
-
-
 class GilMonitor:
     """Samples every thread's state on a daemon thread; a context manager and a decorator.
 
@@ -403,8 +405,6 @@ class GilMonitor:
         self._control = _thread.allocate_lock()
         self._thread: threading.Thread | None = None
         self._reader: StateReader | None = None
-        self._ready = False  # the reader opened, the GIL found and the baseline sample taken (_open)
-        self._at_call: Callable[[FrameType | None], bool] = _calls_c
         self._reset()
 
     def _reset(self) -> None:
@@ -424,9 +424,9 @@ class GilMonitor:
         self._tasks: dict[tuple[str, str], list[int]] = {}  # (task, thread) -> ns per state (python, native)
         self._running_together_ns = 0  # free-threaded: two or more threads running at once
         self._gil = gil_enabled()
-        self._zone: Any = None  # where threads wait for the GIL (_open)
-        self._futex_nr: int | None = None
-        self._sleep_nrs: frozenset[int] = frozenset()
+        self._zone = None if self._reader is None else calibrate_gil(self._reader) if self._gil else None
+        self._futex_nr = self._zone.futex_nr if self._zone is not None else futex_syscall()
+        self._sleep_nrs = sleep_syscalls()
         self._win_start_ns = self._started_ns
         self._win_cpu0_ns = self._cpu0_ns
         self._win_own0_ns = 0
@@ -443,54 +443,29 @@ class GilMonitor:
     @property
     def method(self) -> str:
         """How states are read: ``"proc"`` (the GIL's address is known), ``"proc-bytecode"``
-        (blocked threads judged by their bytecode), ``"none"`` (no ``/proc``: parallelism only), or
-        ``"pending"`` (started with a delay that has not passed: nothing sampled yet)."""
-        if not self._ready:
-            return "pending"
+        (blocked threads judged by their bytecode), or ``"none"`` (no ``/proc``: parallelism only)."""
         if self._reader is None:
             return "none"
         return "proc" if self._zone is not None or not self._gil else "proc-bytecode"
 
-    def start(self, *, delay_s: float = 0.0) -> GilMonitor:
-        """Start sampling (a no-op when already running); counts start from zero.
-
-        With ``delay_s``, the sampler thread opens the thread-state reader, finds the GIL and takes its
-        baseline sample only that long after this call (``conctools run``: ~10 ms of imports and
-        calibration that a short program never pays; stopped before, the monitor has no samples)."""
+    def start(self) -> GilMonitor:
+        """Start sampling (a no-op when already running); counts start from zero."""
         with self._control:
             if self._thread is not None:
                 return self
-            self._ready = False
+            if self._reader is None:
+                self._reader = open_reader()
             self._reset()
             self._rec = self._recorder if self._recorder is not None else get_recorder()
             if self.section:
                 self._rec.add_section("gil", self.summary)
             _active[self._rec] = self
             self._stop.acquire()
-            if not delay_s > 0:
-                self._open()
-            self._thread = internal_thread(functools.partial(self._run, delay_s), THREAD_NAME)
+            self._sample_safely()  # the baseline: every thread's CPU time now
+            self._thread = internal_thread(self._run, THREAD_NAME)
             self._thread.start()
             _running.add(self)
         return self
-
-    def _open(self) -> None:
-        """Open the reader, find where threads wait for the GIL, and take the baseline sample (every
-        thread's CPU time now): from here on, counts start from zero."""
-        from conctools import _threadstate  # ctypes, opcode: imported when a monitor first samples
-
-        if self._reader is None:
-            self._reader = _threadstate.open_reader()
-        # (Outside the lock: on a busy machine the calibration may take up to half a second.)
-        zone = _threadstate.calibrate_gil(self._reader) if self._reader is not None and gil_enabled() else None
-        futex_nr = zone.futex_nr if zone is not None else _threadstate.futex_syscall()
-        sleep_nrs = _threadstate.sleep_syscalls()
-        with self._state:
-            self._reset()
-            self._at_call = _threadstate.at_call
-            self._zone, self._futex_nr, self._sleep_nrs = zone, futex_nr, sleep_nrs
-            self._ready = True
-        self._sample_safely()
 
     def stop(self) -> None:
         """Take a last sample and stop the thread (waits for it, at most a few seconds)."""
@@ -501,8 +476,7 @@ class GilMonitor:
             self._stop.release()
             thread.join(timeout=5.0)
             self._thread = None
-            if self._ready:
-                self._sample_safely()
+            self._sample_safely()
             with self._state:
                 self._stopped_ns = self._last_ns
                 self._cpu_end_ns = time.process_time_ns()
@@ -582,16 +556,7 @@ class GilMonitor:
         return True
 
     # ---- sampling ----
-    def _run(self, delay_s: float = 0.0) -> None:
-        if delay_s > 0:
-            if self._stop.acquire(timeout=delay_s):  # stopped before it began: no samples
-                self._stop.release()
-                return
-            try:
-                self._open()
-            except Exception:  # observing must never break the program
-                _log.warning("conctools: the GIL monitor could not start; no GIL figures", exc_info=True)
-                return
+    def _run(self) -> None:
         wait = paced = self.interval_s
         quiet = 0  # samples in a row that found at most one thread running
         costs: list[int] = []  # the last COST_WINDOW samples' CPU times
@@ -790,7 +755,7 @@ class GilMonitor:
             # Runnable while the sampler holds the GIL: in C code that released it, or (at a
             # bytecode boundary) on its way to wait for the GIL. Inside a call it may be either:
             # in long C code, or just out of a short one (select(0), a small read); look again.
-            if not self._gil or not self._at_call(frame):
+            if not self._gil or not at_call(frame):
                 return PYTHON
             return _RECHECK if self._zone is not None else NATIVE
         parts = raw.split(None, 2)
@@ -804,10 +769,10 @@ class GilMonitor:
             zone = self._zone
             if zone is not None:
                 if int(parts[1], 16) in zone:
-                    if self._gil and self._at_call(frame) and time.monotonic_ns() - self._last_ns > LATE_NS:
+                    if self._gil and at_call(frame) and time.monotonic_ns() - self._last_ns > LATE_NS:
                         return NATIVE
                     return PYTHON
-            elif self._gil and not self._at_call(frame):
+            elif self._gil and not at_call(frame):
                 return PYTHON  # blocked at a bytecode boundary: only the GIL waits there
             return self._wait_kind(track, frame)
         if nr in self._sleep_nrs:

@@ -33,9 +33,6 @@ from conctools.pools import track_pools
 from conctools.recorder import Recorder, Snapshot, use_recorder
 from conctools.resources import sample_resources
 
-# When the GIL monitor starts measuring (see run_program's instruments).
-GIL_START_DELAY_S = 0.05
-
 if TYPE_CHECKING:
     from conctools.profiling import Clock, Profile
 
@@ -106,10 +103,7 @@ def instrumented(
         if options.sample_interval_s:
             stack.enter_context(sample_resources(options.sample_interval_s, recorder=recorder))
         if options.gil:
-            # Its reader, the GIL's calibration and their imports (ctypes: ~10 ms) come GIL_START_DELAY_S into
-            # the run, on its own thread: a program that ends sooner never pays them.
-            gil_monitor = GilMonitor(recorder=recorder).start(delay_s=GIL_START_DELAY_S)
-            stack.callback(gil_monitor.stop)
+            stack.enter_context(GilMonitor(recorder=recorder))
         if options.profile:
             _enter_profile(stack, options, recorder)
         if options.deadlock_timeout_s:

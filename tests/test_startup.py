@@ -109,31 +109,13 @@ class TestStartup:
         assert isinstance(seen["frozen"], int) and seen["frozen"] > 1000  # conctools' start-up heap
 
     @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the GIL is found through /proc")
-    def test_gil_found_once_the_program_runs(self, tmp_path: Path) -> None:
-        """The GIL monitor's reader and calibration (ctypes, a parked probe thread: ~10 ms) wait
-        GIL_START_DELAY_S into the run: a program that ends at once never pays them and its section
-        says nothing was sampled ("pending"), never the bytecode heuristic; one that runs longer gets
-        the /proc method (the GIL found) and its samples."""
+    def test_gil_found_before_the_program(self, tmp_path: Path) -> None:
+        """The GIL calibration (a parked probe thread) finds the GIL, so even a program that ends at
+        once gets the /proc method, not the bytecode heuristic; the probe is gone when it starts."""
         seen, _ = run_first_line(tmp_path, "--no-report", "--out", str(tmp_path / "out"))
         assert "conctools-gil-probe" not in seen["threads"]
-        assert "conctools._threadstate" not in seen["modules"]  # (nor ctypes, which it imports)
-        gil = json.loads((tmp_path / "out" / "report.json").read_text())["sections"]["gil"]
-        assert gil["method"] in ("pending", "proc") and gil["method"] != "proc-bytecode"
-        if gil["method"] == "pending":
-            assert gil["samples"] == 0
-        script = tmp_path / "longer.py"
-        script.write_text(
-            "import time\nend = time.monotonic() + 0.5\nwhile time.monotonic() < end:\n    time.sleep(0.01)\n"
-        )
-        proc = subprocess.run(
-            [sys.executable, "-m", "conctools", "run", "--no-report", "--out", str(tmp_path / "out2"), str(script)],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
-        assert proc.returncode == 0, proc.stderr
-        gil = json.loads((tmp_path / "out2" / "report.json").read_text())["sections"]["gil"]
-        assert gil["method"] == "proc" and gil["samples"] >= 5, gil
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        assert report["sections"]["gil"]["method"] == "proc"
 
 
 LATE_MULTIPROCESSING = """
