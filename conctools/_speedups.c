@@ -5949,10 +5949,19 @@ se_send_value(SemEnterObject *se, PyObject *arg)
     return se_as_method(r, result);
 }
 
+/* __next__(), which `await` uses from 3.12 (SEND calls tp_iternext for an iterator that is not a generator,
+ * where 3.11 used am_send): the end is a NULL with no exception set, as for an exhausted iterator, which
+ * `await` reads as the value None; no StopIteration is made for each acquisition. */
 static PyObject *
 se_iternext(SemEnterObject *se)
 {
-    return se_send_value(se, Py_None);
+    PyObject *result;
+    PySendResult r = se_am_send(se, Py_None, &result);
+    if (r == PYGEN_RETURN) {
+        Py_DECREF(result); /* (always None: __aenter__'s value) */
+        return NULL;
+    }
+    return r == PYGEN_NEXT ? result : NULL;
 }
 
 static PyObject *

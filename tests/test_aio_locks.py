@@ -572,6 +572,31 @@ class TestSemaphoreAsyncWith:
         (e,) = recorder.snapshot().of_kind(LockWaitEvent)
         assert e.acquired is False
 
+    def test_driven_by_next_as_await_does_from_312(self) -> None:
+        """`await` drives `__aenter__()` through `__next__` from Python 3.12 (3.11: `send`): the acquisition
+        yields asyncio's future while it waits, and ends as an exhausted iterator does (StopIteration, the
+        value None), whether it waited or not."""
+
+        async def main() -> None:
+            sem = aio.Semaphore(1)
+            steps = sem.__aenter__().__await__()
+            with pytest.raises(StopIteration) as stop:
+                next(steps)  # free: acquired at once
+            assert stop.value.value is None and sem.locked()
+            steps = sem.__aenter__().__await__()
+            future = next(steps)  # taken: asyncio's acquire() waits on this future
+            assert isinstance(future, asyncio.Future) and list(sem._waiters or ()) == [future]
+            sem.release()  # hands the slot to the waiter
+            with pytest.raises(StopIteration) as stop:
+                next(steps)
+            assert stop.value.value is None and sem.locked() and not sem._waiters
+            with pytest.raises(RuntimeError, match="already awaited"):
+                next(steps)
+            sem.release()
+            assert not sem.locked()
+
+        asyncio.run(main())
+
     def test_awaited_once_and_a_warning_when_never_awaited(self) -> None:
         """`__aenter__()` is awaited once, as a coroutine is; one never awaited warns, as asyncio's does."""
         import warnings
