@@ -61,7 +61,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from types import FrameType, ModuleType
+from types import FrameType, MethodType, ModuleType
 from weakref import ref as _weakref
 
 from conctools import lockorder, registry
@@ -2252,6 +2252,12 @@ class Condition(_StdCondition, _TracedAttrs):
     notifies), and the time spent waiting is in the lock table.
     """
 
+    # With the C extension, the attributes every condition has live in slots (its base has C fields, which
+    # on 3.13+ rules out inline attribute values: the instance dict made at the first store cost 344-416
+    # bytes per Future there). _is_owned is then a data descriptor over the _owned slot (set up below the
+    # class), so a Future's condition has no instance dict at all; other attributes still go to the dict.
+    __slots__ = ("_lock", "_waiters", "_owned") if _speedups is not None else ()
+
     _waiters: Any  # the stdlib's, not in typeshed
     _lock: Any
 
@@ -2275,6 +2281,8 @@ class Condition(_StdCondition, _TracedAttrs):
             _StdCondition.__init__(self, lock)
             if _speedups is not None and type(lock) is Lock:  # (a C Lock never changes class)
                 self._is_owned = lock._c_cond_owned  # type: ignore[attr-defined,method-assign]
+        if _speedups is not None and _owned_unset(self):  # a lock without _is_owned: the class's probe, bound
+            self._owned = MethodType(Condition._owned_probe, self)  # type: ignore[attr-defined]
         self._ct_progress = 0  # notifications (made here: a notify inside a section only stores)
         # Named and counted: with the C extension, from its cache of creation sites in one call.
         if _try_register is not None and _try_register(self, "Condition", name):
@@ -2342,6 +2350,25 @@ class Condition(_StdCondition, _TracedAttrs):
 
     # notify_all() is the stdlib's own (it calls notify()). A waiter that wakes up stamps the
     # watchdog's progress itself (a notification that wakes nobody is no progress).
+
+
+if _speedups is not None:
+    # Condition._is_owned over the _owned slot: the slot's own getter and setter (C: no Python frame for each
+    # notify()). The stdlib's __init__ and ours assign it; a subclass that defines its own _is_owned gets the
+    # lock's method in its instance dict instead, as with the stdlib. The probe for a lock without _is_owned
+    # is kept as _owned_probe.
+    Condition._owned_probe = Condition.__dict__["_is_owned"]  # type: ignore[attr-defined]
+    _owned_slot = Condition.__dict__["_owned"]
+    Condition._is_owned = property(  # type: ignore[assignment,method-assign]
+        _owned_slot.__get__, _owned_slot.__set__, doc="The lock's _is_owned (or the probe), as the stdlib binds it."
+    )
+
+    def _owned_unset(cond: Any) -> bool:
+        try:
+            _owned_slot.__get__(cond)
+        except AttributeError:
+            return True
+        return False
 
 
 if _INLINE_CONDITION_INIT:

@@ -371,6 +371,67 @@ class TestCondition:
         assert not cond._lock.locked()
         assert "_release_save" not in vars(cond)
 
+    def test_a_futures_condition_keeps_no_instance_dict(self) -> None:
+        """With the C extension, a Future's condition keeps its lock, its waiters and its lock's ``_is_owned``
+        in slots and makes no instance dict (on 3.13 the dict cost ~340 bytes per Future: issue 12)."""
+        import gc
+
+        from conctools import locks
+
+        if not locks.SPEEDUPS:
+            pytest.skip("the C extension is not in use (the pure path keeps the stdlib's layout)")
+        with trace_locks():
+            future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        cond = future._condition  # type: ignore[attr-defined]
+        threading.Thread(target=future.set_result, args=(1,)).start()  # notify_all() calls _is_owned()
+        assert future.result(10) == 1
+        assert isinstance(cond, conctools.Condition) and isinstance(cond._lock, conctools.RLock)
+        assert not any(type(r) is dict for r in gc.get_referents(cond)), gc.get_referents(cond)
+        assert cond._is_owned() is False
+        with cond:
+            assert cond._is_owned() is True
+
+    def test_is_owned_as_the_stdlib_binds_it(self) -> None:
+        """``_is_owned`` is the lock's own where it has one, the class's probe where it has not, and a
+        subclass's own ``_is_owned`` loses to the lock's, as with ``threading.Condition``."""
+
+        class NoProbeLock:  # a lock of the program's, without _is_owned
+            def __init__(self) -> None:
+                self.lock = threading.Lock()
+
+            def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+                return self.lock.acquire(blocking, timeout)
+
+            def release(self) -> None:
+                self.lock.release()
+
+            def __enter__(self) -> bool:
+                return self.lock.__enter__()
+
+            def __exit__(self, *exc: object) -> None:
+                self.lock.__exit__(*exc)
+
+        with trace_locks():
+            plain = threading.Condition(NoProbeLock())
+
+            class Mine(threading.Condition):
+                def _is_owned(self) -> bool:
+                    return False
+
+            mine = Mine()
+            stdlib_style = threading.Condition(threading.Lock())
+        assert plain._is_owned() is False
+        with plain:
+            assert plain._is_owned() is True
+            plain.notify()
+        with pytest.raises(RuntimeError, match="un-acquired"):
+            plain.notify()
+        with mine:
+            assert mine._is_owned() is True  # the lock's method, bound by __init__ over the subclass's
+        with stdlib_style:
+            assert stdlib_style._is_owned() is True
+        assert stdlib_style._is_owned() is False
+
 
 class TestOtherPrimitives:
     """Semaphores, events and barriers are traced too."""
