@@ -2277,12 +2277,15 @@ class Condition(_StdCondition, _TracedAttrs):
                 self._waiters = _deque()
             else:
                 _StdCondition.__init__(self, lock)
+                if _speedups is not None and _owned_unset(self):  # (whatever a later stdlib binds)
+                    self._owned = MethodType(Condition._owned_probe, self)  # type: ignore[attr-defined]
         else:
             _StdCondition.__init__(self, lock)
-            if _speedups is not None and type(lock) is Lock:  # (a C Lock never changes class)
-                self._is_owned = lock._c_cond_owned  # type: ignore[attr-defined,method-assign]
-        if _speedups is not None and _owned_unset(self):  # a lock without _is_owned: the class's probe, bound
-            self._owned = MethodType(Condition._owned_probe, self)  # type: ignore[attr-defined]
+            if _speedups is not None:
+                if type(lock) is Lock:  # (a C Lock never changes class)
+                    self._is_owned = lock._c_cond_owned  # type: ignore[attr-defined,method-assign]
+                elif _owned_unset(self):  # a lock without _is_owned: the class's probe, bound to this condition
+                    self._owned = MethodType(Condition._owned_probe, self)  # type: ignore[attr-defined]
         self._ct_progress = 0  # notifications (made here: a notify inside a section only stores)
         # Named and counted: with the C extension, from its cache of creation sites in one call.
         if _try_register is not None and _try_register(self, "Condition", name):
