@@ -2277,15 +2277,15 @@ class Condition(_StdCondition, _TracedAttrs):
                 self._waiters = _deque()
             else:
                 _StdCondition.__init__(self, lock)
-                if _speedups is not None and _owned_unset(self):  # (whatever a later stdlib binds)
-                    self._owned = MethodType(Condition._owned_probe, self)  # type: ignore[attr-defined]
+                if _speedups is not None:  # (whatever a later stdlib binds)
+                    _bind_owned_probe(self)
         else:
             _StdCondition.__init__(self, lock)
             if _speedups is not None:
                 if type(lock) is Lock:  # (a C Lock never changes class)
                     self._is_owned = lock._c_cond_owned  # type: ignore[attr-defined,method-assign]
-                elif _owned_unset(self):  # a lock without _is_owned: the class's probe, bound to this condition
-                    self._owned = MethodType(Condition._owned_probe, self)  # type: ignore[attr-defined]
+                else:
+                    _bind_owned_probe(self)
         self._ct_progress = 0  # notifications (made here: a notify inside a section only stores)
         # Named and counted: with the C extension, from its cache of creation sites in one call.
         if _try_register is not None and _try_register(self, "Condition", name):
@@ -2366,12 +2366,13 @@ if _speedups is not None:
         _owned_slot.__get__, _owned_slot.__set__, doc="The lock's _is_owned (or the probe), as the stdlib binds it."
     )
 
-    def _owned_unset(cond: Any) -> bool:
+    def _bind_owned_probe(cond: Any) -> None:
+        """A condition whose lock has no ``_is_owned`` (its ``__init__`` bound none) gets the class's probe,
+        bound to it, where the stdlib would fall back to its class method."""
         try:
             _owned_slot.__get__(cond)
         except AttributeError:
-            return True
-        return False
+            cond._owned = MethodType(Condition._owned_probe, cond)  # type: ignore[attr-defined]
 
 
 if _INLINE_CONDITION_INIT:
