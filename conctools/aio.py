@@ -160,6 +160,11 @@ else:
 class Lock(asyncio.Lock, _LockFields):
     """A traced ``asyncio.Lock``: knows the task holding it and the tasks waiting for it."""
 
+    # With the C extension, asyncio's own attributes and ours live in slots, so that an instance has no
+    # attribute dict at all: its C base rules out 3.13's inline values, and there the interpreter specializes
+    # neither attribute nor method access to a dict-ful instance of such a class (see conctools._layout).
+    __slots__ = ("_waiters", "_locked", "_loop", "_ct_loop") if SPEEDUPS else ()
+
     _locked: bool  # asyncio's own state, not in typeshed
     _waiters: Any
     _wake_up_first: Callable[[], None]
@@ -170,6 +175,7 @@ class Lock(asyncio.Lock, _LockFields):
 
     def __init__(self, *, name: str | None = None) -> None:
         super().__init__()
+        self._loop = None  # (asyncio's _LoopBoundMixin has it as a class attribute, which the slot hides)
         self._ct_owner: Any = None
         self._ct_loop: Any = None
         self._ct_site = ""
@@ -408,12 +414,16 @@ class Condition(asyncio.Condition, _TracedAttrs):
 class Semaphore(asyncio.Semaphore, _TracedAttrs):
     """A traced ``asyncio.Semaphore``: every holding and waiting task is known."""
 
+    # asyncio's attributes and ours in slots, with the C extension: no attribute dict (see Lock's)
+    __slots__ = ("_waiters", "_value", "_loop", "_ct_holders", "_ct_loop") if SPEEDUPS else ()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _keep_overrides(cls, Semaphore)
 
     def __init__(self, value: int = 1, *, name: str | None = None) -> None:
         super().__init__(value)
+        self._loop = None  # (a class attribute of asyncio's _LoopBoundMixin, which the slot hides)
         self._ct_holders: list[Any] = []
         self._ct_loop: Any = None
         _init(self, self._ct_kind, name)
@@ -543,6 +553,8 @@ if _C_SEM_ENTER is not None:
 
 class BoundedSemaphore(Semaphore, asyncio.BoundedSemaphore):
     """A traced ``asyncio.BoundedSemaphore``."""
+
+    __slots__ = ("_bound_value",) if SPEEDUPS else ()
 
     _ct_kind = "aio.BoundedSemaphore"
 

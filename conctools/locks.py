@@ -78,6 +78,7 @@ from conctools._context import (
     resolve_stack,
 )
 from conctools._imports import NO_RUNNING_LOOP, no_current_task, when_imported
+from conctools._layout import own_dict
 from conctools._log import get_logger
 from conctools._typing import TYPE_CHECKING, Any
 from conctools.events import LockWaitEvent
@@ -786,6 +787,7 @@ def _register(prim: Any, kind: str, name: str | None, frame: FrameType | None) -
         prim._ct_hold = None
         prim._ct_waiters = None
         registry.register(prim)
+    own_dict(prim)  # (3.13+: a C base, no inline values; see conctools._layout)
 
 
 def _retire_counts(stats: LockStats, n: int, hold: Histogram | None) -> None:
@@ -2400,6 +2402,11 @@ if _speedups is not None:
 class Semaphore(_StdSemaphore, _TracedAttrs):
     """A traced ``threading.Semaphore``: every current holder and waiter is known."""
 
+    # With the C extension, the stdlib's attributes and ours in slots: no attribute dict (its C base rules out
+    # 3.13's inline values, and there a dict-ful instance's attribute and method accesses are not specialized:
+    # conctools._layout; a ThreadPoolExecutor takes its idle semaphore at every submit)
+    __slots__ = ("_cond", "_value", "_holders", "_ct_trash") if _speedups is not None else ()
+
     def __init__(self, value: int = 1, name: str | None = None) -> None:
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
@@ -2544,6 +2551,8 @@ if _speedups is not None:
 class BoundedSemaphore(Semaphore):
     """A traced ``threading.BoundedSemaphore``: releasing more than acquired raises ``ValueError``."""
 
+    __slots__ = ("_initial_value", "_ct_bound") if _speedups is not None else ()
+
     def __init__(self, value: int = 1, name: str | None = None) -> None:
         self._initial_value = value
         self._ct_bound = value
@@ -2563,6 +2572,8 @@ class BoundedSemaphore(Semaphore):
 
 class Event(_StdEvent, _TracedAttrs):
     """A traced ``threading.Event``: its waiters are in the registry (an Event nobody sets is a hang)."""
+
+    __slots__ = ("_cond", "_flag") if _speedups is not None else ()  # (see Semaphore's)
 
     def __init__(self, name: str | None = None) -> None:
         self._cond = _StdCondition(_allocate_lock())

@@ -645,3 +645,75 @@ class TestSemaphoreAsyncWith:
         asyncio.run(main())
         assert calls == ["sem.acquire", "lock.release"]
         assert Bounded.__aenter__ is aio.BoundedSemaphore.__aenter__  # no override: the traced path stays
+
+
+# -- 3.13+: attribute access on traced primitives is specialized ------------------------------------------
+
+
+def _load_attr_ops(expr: str, obj: Any) -> list[str]:
+    """The LOAD_ATTR instructions of a fresh ``lambda o: <expr>`` after 200 calls on ``obj``, as the
+    specializing interpreter left them (``LOAD_ATTR``: generic; ``LOAD_ATTR_...``: specialized)."""
+    import dis
+
+    reader = eval(compile(f"lambda o: {expr}", f"<{expr}>", "eval"))
+    for _ in range(200):
+        reader(obj)
+    return [i.opname for i in dis.get_instructions(reader, adaptive=True) if i.opname.startswith("LOAD_ATTR")]
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 13) or not locks.SPEEDUPS,
+    reason="3.13+ with the C extension only: 3.11 and 3.12 specialize the split dicts of classes with a C base",
+)
+def test_attribute_access_to_traced_primitives_is_specialized_from_313() -> None:
+    """On 3.13, a class whose base has C fields (every Python-level traced primitive, and pool blame's
+    PoolState) gets no inline values, and a split attribute dict, which the interpreter does not
+    specialize: each access took the generic lookup (asyncio's own ``self._value`` in acquire()).
+    conctools gives each such instance a dict of its own, which it does; asyncio's Lock and Semaphore
+    keep every attribute in slots, with no dict at all, so that method calls are specialized too."""
+
+    class Plain:
+        def __init__(self) -> None:
+            self._value = 1
+
+        def locked(self) -> bool:
+            return False
+
+    if _load_attr_ops("o._value", Plain()) == ["LOAD_ATTR"]:
+        pytest.skip("this interpreter specializes no attribute access (a tracer or coverage is on)")
+    from conctools.pools._state import PoolState
+
+    async def make() -> list[tuple[Any, str]]:
+        with locks.trace_locks():
+            made = [
+                (asyncio.Semaphore(2), "o._value"),
+                (asyncio.Semaphore(2), "o.locked()"),
+                (asyncio.BoundedSemaphore(2), "o._bound_value"),
+                (asyncio.Lock(), "o._locked"),
+                (asyncio.Lock(), "o.locked()"),
+                (asyncio.Event(), "o._value"),
+                (threading.Semaphore(2), "o._value"),
+                (threading.BoundedSemaphore(2), "o._initial_value"),
+                (threading.Event(), "o.is_set()"),
+                (threading.Barrier(2), "o._parties"),
+            ]
+            for prim, _ in made[:5]:  # (used: asyncio binds a loop, a waiter deque)
+                async with prim:
+                    pass
+        for prim, _ in made[6:8]:
+            with prim:
+                pass
+        return made
+
+    made = asyncio.run(make())
+    assert type(made[0][0]) is aio.Semaphore and type(made[3][0]) is aio.Lock and type(made[6][0]) is locks.Semaphore
+    made.append((PoolState("asyncio.Queue", "items", None, "here.py:1", object()), "o.wait_hist"))
+    for obj, expr in made:
+        ops = _load_attr_ops(expr, obj)
+        assert ops and "LOAD_ATTR" not in ops, (type(obj).__qualname__, expr, ops)
+    for prim, _ in made[:5] + made[6:9]:  # no attribute dict made (asyncio's Event and the Barrier have one)
+        assert not any(type(r) is dict for r in gc.get_referents(prim)), type(prim).__qualname__
+    # Attributes read and stored as ever; a new one goes to a dict
+    sem = made[0][0]
+    sem.extra = 5
+    assert vars(sem) == {"extra": 5} and sem._value == 2 and sem._loop is None and sem.locked() is False

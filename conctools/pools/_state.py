@@ -13,6 +13,7 @@ from types import FrameType, ModuleType
 from conctools import recorder as _recorder
 from conctools._context import current_frames
 from conctools._imports import NO_RUNNING_LOOP, when_imported
+from conctools._layout import own_dict
 from conctools._log import get_logger
 from conctools._typing import Any
 from conctools.events import PoolExhaustedEvent, PoolHolder
@@ -157,6 +158,7 @@ class PoolState(_CountersBase):  # type: ignore[misc]
         self.runs: dict[int, _Run] = {}
         self.repeats: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.listed = False
+        own_dict(self)  # (3.13+: its C base rules out inline values; see conctools._layout)
 
     def __reduce__(self) -> tuple[Any, tuple[()]]:
         # A queue that is pickled or deep-copied must stay so: its copy starts without a state.
