@@ -6485,7 +6485,9 @@ static PyObject *
 task_weakref(PyObject *task)
 {
     PyTypeObject *tp = Py_TYPE(task);
-    if (tp->tp_weaklistoffset > 0) {
+    /* (3.13's _asyncio.Task keeps its weak references before the object: Py_TPFLAGS_MANAGED_WEAKREF, a negative
+     * offset, which points at the list as a positive one does; CPython's own lookup adds it the same way) */
+    if (tp->tp_weaklistoffset != 0 && !PyType_Check(task)) {
         PyWeakReference *w = *(PyWeakReference **)((char *)task + tp->tp_weaklistoffset);
         for (; w != NULL; w = w->wr_next) {
             if (PyWeakref_CheckRef((PyObject *)w)) return Py_NewRef((PyObject *)w);
@@ -6636,6 +6638,39 @@ py_task_factory(PyObject *Py_UNUSED(module), PyObject *task_type)
         if (s_loop_kwnames == NULL) return NULL;
     }
     return PyCFunction_New(&task_factory_def, task_type);
+}
+
+/* create_task_noter(create_task) -> create_task(coro, **kwargs): CPython 3.13.0's stand-in for the task factory
+ * above (with a factory set, that version renames every unnamed task 'None'): the loop's own create_task,
+ * called as given, and the task's creation site noted in the same table. No Python frame and no Python
+ * object per task: a Python wrapper with the dict noter made two objects per task that the garbage
+ * collector counts, and the asyncio program's run then made an extra full collection (3.13.0, issue 12). */
+static PyObject *
+create_task_call(PyObject *original, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    PyObject *task = PyObject_Vectorcall(original, args, PyVectorcall_NARGS(nargsf), kwnames);
+    if (task == NULL) return NULL;
+    PyCodeObject *code = NULL;
+    int lasti = 0;
+    if (first_frame_without(BIT_CREATION_SKIP, &code, &lasti) && code != NULL) {
+        sites_note(task, code, lasti);
+    }
+    PyErr_Clear(); /* (noting never fails the creation) */
+    return task;
+}
+
+static PyMethodDef create_task_def = {"create_task", (PyCFunction)(void (*)(void))create_task_call,
+                                      METH_FASTCALL | METH_KEYWORDS,
+                                      "create_task(coro, **kwargs) -> task, its creation site noted (conctools)"};
+
+static PyObject *
+py_create_task_noter(PyObject *Py_UNUSED(module), PyObject *original)
+{
+    if (!PyCallable_Check(original)) {
+        PyErr_SetString(PyExc_TypeError, "create_task_noter(create_task)");
+        return NULL;
+    }
+    return PyCFunction_New(&create_task_def, original);
 }
 
 static PyObject *
@@ -7095,6 +7130,8 @@ static PyMethodDef module_methods[] = {
      "sem_enter(sem) -> awaitable: a traced asyncio semaphore's __aenter__ (asyncio's acquire(), watched)"},
     {"sem_enter_setup", (PyCFunction)(void (*)(void))py_sem_enter_setup, METH_FASTCALL,
      "sem_enter_setup(base_acquire, hooks, run_started, run_ended, current_tasks, current_task, max_holders)"},
+    {"create_task_noter", (PyCFunction)(void (*)(void))py_create_task_noter, METH_O,
+     "create_task_noter(create_task) -> a create_task that notes each task's creation site (3.13.0)"},
     {"task_factory", (PyCFunction)(void (*)(void))py_task_factory, METH_O,
      "task_factory(task_type) -> the loop monitor's task factory, in C (sites noted for task_site)"},
     {"task_site", (PyCFunction)(void (*)(void))py_task_site, METH_O,

@@ -295,6 +295,18 @@ def fast_task_factory() -> Callable[..., Any] | None:
     return factory
 
 
+def fast_create_task(original: Callable[..., Any]) -> Callable[..., Any] | None:
+    """CPython 3.13.0's stand-in for :func:`fast_task_factory` (there a task factory renames unnamed tasks):
+    a C ``create_task(coro, **kwargs)`` that calls ``original`` (a loop's own) as given and notes the task's
+    creation site in the same C table, with no Python frame or Python object per task; ``None`` where the
+    C extension is not in use (or is a build without it)."""
+    make = getattr(_c_speedups(), "create_task_noter", None)
+    if make is None:
+        return None
+    wrapper: Callable[..., Any] = make(original)
+    return wrapper
+
+
 def note_creation_site(task: asyncio.Future[Any], skip: int = 1) -> None:
     """Remember where ``task`` is being created: the innermost caller outside asyncio/conctools.
 

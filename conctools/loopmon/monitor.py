@@ -300,7 +300,12 @@ class LoopMonitor:
         factory (with a factory set, that version renames every unnamed task ``'None'``)."""
         original = loop.create_task
         note_task = taskdump.fast_creation_noter()
-        if note_task is not None:
+        fast = taskdump.fast_create_task(original)
+        if fast is not None:
+            # C: the factory's table, no Python frame and no object per task (the Python wrapper's dict
+            # entries made 3.13.0's asyncio program run one more full collection: issue 12)
+            create_task = fast
+        elif note_task is not None:
             # The C noter, as the factory below uses: (code, offset) from the interpreter's frames, the line
             # found when a report asks (taskdump.note_creation_site's line numbers cost ~2.4k instructions
             # per task on 3.13).
@@ -327,7 +332,8 @@ class LoopMonitor:
                     pass
                 return task
 
-        create_task.__wrapped__ = original  # type: ignore[attr-defined]
+        if fast is None:
+            create_task.__wrapped__ = original  # type: ignore[attr-defined]
         try:
             loop.create_task = create_task  # type: ignore[method-assign]
         except (AttributeError, TypeError):  # a loop without an instance dict
