@@ -6536,6 +6536,21 @@ sites_note(PyObject *task, PyCodeObject *code, int lasti)
     Py_XDECREF(old_code);
 }
 
+/* `task`, just made, with its creation site noted: the first frame outside asyncio and conctools, from the
+ * interpreter's frames (no frame objects). Noting never fails the creation (errors cleared). */
+static PyObject *
+sites_note_made(PyObject *task)
+{
+    if (task == NULL) return NULL;
+    PyCodeObject *code = NULL;
+    int lasti = 0;
+    if (first_frame_without(BIT_CREATION_SKIP, &code, &lasti) && code != NULL) {
+        sites_note(task, code, lasti);
+    }
+    PyErr_Clear();
+    return task;
+}
+
 /* The slot of the live task `task` (compared by address and by its weak reference), or NULL. */
 static SiteSlot *
 sites_find(void *task)
@@ -6612,14 +6627,7 @@ task_factory_call(PyObject *task_type, PyObject *const *args, Py_ssize_t nargsf,
         PyMem_Free(stack);
         Py_DECREF(names);
     }
-    if (task == NULL) return NULL;
-    PyCodeObject *code = NULL;
-    int lasti = 0;
-    if (first_frame_without(BIT_CREATION_SKIP, &code, &lasti) && code != NULL) {
-        sites_note(task, code, lasti);
-    }
-    PyErr_Clear();
-    return task;
+    return sites_note_made(task);
 }
 
 static PyMethodDef task_factory_def = {"conctools_task_factory", (PyCFunction)(void (*)(void))task_factory_call,
@@ -6648,15 +6656,7 @@ py_task_factory(PyObject *Py_UNUSED(module), PyObject *task_type)
 static PyObject *
 create_task_call(PyObject *original, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
-    PyObject *task = PyObject_Vectorcall(original, args, PyVectorcall_NARGS(nargsf), kwnames);
-    if (task == NULL) return NULL;
-    PyCodeObject *code = NULL;
-    int lasti = 0;
-    if (first_frame_without(BIT_CREATION_SKIP, &code, &lasti) && code != NULL) {
-        sites_note(task, code, lasti);
-    }
-    PyErr_Clear(); /* (noting never fails the creation) */
-    return task;
+    return sites_note_made(PyObject_Vectorcall(original, args, PyVectorcall_NARGS(nargsf), kwnames));
 }
 
 static PyMethodDef create_task_def = {"create_task", (PyCFunction)(void (*)(void))create_task_call,
