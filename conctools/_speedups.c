@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 26
+#define API_VERSION 27
 
 typedef struct CoreObject {
     PyObject_HEAD

@@ -299,7 +299,7 @@ def fast_create_task(original: Callable[..., Any]) -> Callable[..., Any] | None:
     """CPython 3.13.0's stand-in for :func:`fast_task_factory` (there a task factory renames unnamed tasks):
     a C ``create_task(coro, **kwargs)`` that calls ``original`` (a loop's own) as given and notes the task's
     creation site in the same C table, with no Python frame or Python object per task; ``None`` where the
-    C extension is not in use (or is a build without it)."""
+    C extension is not in use."""
     make = getattr(_c_speedups(), "create_task_noter", None)
     if make is None:
         return None

@@ -311,7 +311,7 @@ class TestDumpTasks:
                 return entry, taskdump.creation_site(task), line
 
         entry, site, line = asyncio.run(main())
-        # (CPython 3.13.0: a create_task wrapper on the loop instead of a factory, with the same C noter)
+        # (CPython 3.13.0: a C create_task wrapper on the loop instead of a factory, with the same C table)
         assert isinstance(entry[1], types.CodeType) and entry[1].co_name == "main", entry
         assert isinstance(entry[2], int)
         assert site == f"{HERE}:{line}"

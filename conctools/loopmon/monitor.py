@@ -299,30 +299,10 @@ class LoopMonitor:
         """CPython 3.13.0: note creation sites from a per-loop ``create_task`` wrapper instead of a
         factory (with a factory set, that version renames every unnamed task ``'None'``)."""
         original = loop.create_task
-        note_task = taskdump.fast_creation_noter()
-        fast = taskdump.fast_create_task(original)
-        if fast is not None:
-            # C: the factory's table, no Python frame and no object per task (the Python wrapper's dict
-            # entries made 3.13.0's asyncio program run one more full collection: issue 12)
-            create_task = fast
-        elif note_task is not None:
-            # The C noter, as the factory below uses: (code, offset) from the interpreter's frames, the line
-            # found when a report asks (taskdump.note_creation_site's line numbers cost ~2.4k instructions
-            # per task on 3.13).
-            created, limit, purge = taskdump._created, taskdump._created_limit, taskdump.purge_created
-            own_len = dict.__len__
-
-            def create_task(coro: Any, **kwargs: Any) -> Any:
-                task = original(coro, **kwargs)
-                try:
-                    note_task(created, task)
-                    if own_len(created) >= limit[0]:
-                        purge()
-                except Exception:
-                    pass
-                return task
-
-        else:
+        # C where the extension is in use: the factory's table, no Python frame and no object per task (a
+        # Python wrapper's dict entries made 3.13.0's asyncio program run one more full collection: issue 12)
+        wrapper = taskdump.fast_create_task(original)
+        if wrapper is None:
 
             def create_task(coro: Any, **kwargs: Any) -> Any:
                 task = original(coro, **kwargs)
@@ -332,13 +312,13 @@ class LoopMonitor:
                     pass
                 return task
 
-        if fast is None:
             create_task.__wrapped__ = original  # type: ignore[attr-defined]
+            wrapper = create_task
         try:
-            loop.create_task = create_task  # type: ignore[method-assign]
+            loop.create_task = wrapper  # type: ignore[method-assign]
         except (AttributeError, TypeError):  # a loop without an instance dict
             return
-        self._factory_installed = create_task
+        self._factory_installed = wrapper
 
     def _remove_factory(self, loop: asyncio.AbstractEventLoop) -> None:
         factory, self._factory_installed = self._factory_installed, None
