@@ -68,7 +68,6 @@ class TestDemoCommand:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         text = proc.stdout
         assert "load:   requests" in text and "failures 0 " in text, text
-        assert "lock-order inversion" in text and "accounts" in text and "ledger" in text, text
         assert "event loop blocked" in text and "app.py" in text and "in search" in text, text
         for name in ("report.txt", "report.json", "locust_stats.csv", "locust.html", "summary.json", "server.log"):
             assert (out / name).exists(), name
@@ -85,9 +84,13 @@ class TestDemoCommand:
         # The blocking query: its endpoint is a rare task (weight 1), so a 5 s run may not request it; when
         # it did, the report names the line's function.
         with (out / "locust_stats.csv").open(encoding="utf-8", newline="") as f:
-            asked = sum(int(row["Request Count"]) for row in csv.DictReader(f) if row["Name"] == "/orders/report")
-        if asked:
+            requested = {row["Name"]: int(row["Request Count"]) for row in csv.DictReader(f)}
+        if requested.get("/orders/report"):
             assert "in orders_report" in (out / "report.txt").read_text(), text
+        # The lock-order inversion takes both of its orders: POST /transfer and GET /audit (weight 3 of 96: a slow
+        # 5 s run of ~185 requests asked for no /audit once in CI, 2026-12-04). When both were asked, it is named.
+        if requested.get("/transfer") and requested.get("/audit"):
+            assert "lock-order inversion" in text and "accounts" in text and "ledger" in text, text
         hog = re.search(r"found:  pool 'db' exhausted for [^\n]*", text)
         assert hog is not None and "tasks awaiting `authorize_payment()` at app.py:" in hog[0], text
         assert "N+1 pattern: " in text and " in list_orders (via " in text, text
