@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import sys
 import threading
 from collections.abc import Callable
@@ -422,6 +423,35 @@ class TestInversions:
             pass
         (event,) = inversions(ordered)
         assert len(event.cycle) == 2
+
+    def test_graph_of_live_locks_passes_its_prunes_and_keeps_every_edge(self, ordered: Recorder) -> None:
+        """A ``wait()`` on more futures than ``INSTANCE_PRUNE_AT`` grows the graph by live locks only: the
+        prunes it reaches forget nothing (with the C extension they are skipped, after a check that every
+        lock is alive), the graph keeps all its edges, and an inversion between the first and the last
+        future is still found. Once one of those locks is gone, the check says so (the pass runs)."""
+        n = lockorder.INSTANCE_PRUNE_AT * 2
+        with conctools.trace_locks():  # (the futures' conditions traced)
+            futures: list[concurrent.futures.Future[int]] = [concurrent.futures.Future() for _ in range(n)]
+        for i, f in enumerate(futures):
+            f.set_result(i)
+        done, _ = concurrent.futures.wait(futures)
+        assert len(done) == n
+        assert lockorder.graph_size() == n - 1
+        assert lockorder._inst_prune_at[0] > n  # (a pass was reached, and the next is further)
+        order = sorted(futures, key=id)
+        with order[-1]._condition, order[0]._condition:  # type: ignore[attr-defined]
+            pass
+        (event,) = inversions(ordered)
+        assert len(event.cycle) == 2 and all("#" in name for name in event.cycle)
+        alive = lockorder._graph_alive[0]
+        if alive is None:
+            pytest.skip("pure-Python mode: the pass always runs")
+        with lockorder._mutex:
+            assert alive(lockorder._inst_in) is True
+        del done, futures, order, f
+        gc.collect()
+        with lockorder._mutex:
+            assert alive(lockorder._inst_in) is False
 
     def test_mode_off_records_nothing(self, recorder: Recorder) -> None:
         """Locks made outside lock-order mode do not check order."""
