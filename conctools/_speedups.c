@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 28
+#define API_VERSION 29
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -85,7 +85,8 @@ typedef struct CoreObject {
     long long n;                 /* _ct_n: acquisitions */
     PyObject *hold;              /* _ct_hold: hold-time Histogram, NULL until the first contention */
     PyObject *held;              /* _ct_held: the held-locks stack this lock was pushed on */
-    PyObject *entry;             /* _ct_entry: the last held-stack entry (weakref, key, name, serial, site) */
+    PyObject *entry;             /* _ct_entry: the last held-stack entry (ref, key, name, serial, site) */
+    PyObject *lockref;           /* the LockRef of its entries (their ref and serial), NULL until the first */
     PyObject *entry_alt[3];      /* the entries of the sites before it, most recent first (a queue's mutex is
                                   * taken by put, get and task_done in turn: one entry each, not one per turn) */
     PyObject *known[2];          /* class keys of held locks whose edge to this lock is known (strong refs): by
@@ -1361,6 +1362,161 @@ order_generation(void)
     return g;
 }
 
+/* -- LockRef: a held entry's reference to its lock and its serial, in one small object (issue 12) ------------
+ * The entry's first and fourth items, where a weak reference and an int were (80 + 32 bytes per lock for its
+ * life, the first a GC object counted towards a collection): 32 bytes, no GC header. Called, it returns the
+ * lock, or None once the lock is gone: the lock clears it first thing when it is deallocated or cleared by the
+ * collector, where its weak references are cleared. It hashes and compares as its serial, an int, so that the
+ * lock-order tables (keyed by serial) take either, and entries of Python-level primitives (a weak reference
+ * and an int) mix with these. 40,000 futures held by wait() kept 8.6 MiB of weak references and ints. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *obj; /* the lock (borrowed), NULL once it is gone */
+    unsigned long long serial;
+} LockRefObject;
+
+static PyTypeObject LockRef_Type = {PyVarObject_HEAD_INIT(NULL, 0)};
+#define IS_LOCKREF(o) Py_IS_TYPE((o), &LockRef_Type)
+/* A serial of the lock-order tables: an int, or a LockRef (comparing them runs no Python code). */
+#define IS_SERIAL(o) (PyLong_CheckExact(o) || IS_LOCKREF(o))
+
+static PyObject *
+lockref_call(LockRefObject *self, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "a LockRef takes no arguments");
+        return NULL;
+    }
+    return Py_NewRef(self->obj != NULL ? self->obj : Py_None);
+}
+
+static Py_hash_t
+lockref_hash(LockRefObject *self)
+{
+    /* as the int's: serials are far below the modulus of int hashing (2**61 - 1) */
+    Py_hash_t h = (Py_hash_t)(self->serial % ((1ULL << 61) - 1));
+    return h == -1 ? -2 : h;
+}
+
+/* The serial of a LockRef or of a non-negative int: 1, else 0 (no exception set). */
+static int
+serial_value(PyObject *o, unsigned long long *v)
+{
+    if (IS_LOCKREF(o)) {
+        *v = ((LockRefObject *)o)->serial;
+        return 1;
+    }
+    if (!PyLong_CheckExact(o)) return 0;
+    *v = PyLong_AsUnsignedLongLong(o);
+    if (*v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+lockref_richcompare(PyObject *a, PyObject *b, int op)
+{
+    unsigned long long x, y;
+    if (!serial_value(a, &x) || !serial_value(b, &y)) Py_RETURN_NOTIMPLEMENTED;
+    Py_RETURN_RICHCOMPARE(x, y, op);
+}
+
+static PyObject *
+lockref_repr(LockRefObject *self)
+{
+    return PyUnicode_FromFormat("%llu", self->serial); /* (as the int: a cycle's keys are "class#serial") */
+}
+
+static PyObject *
+lockref_index(LockRefObject *self)
+{
+    return PyLong_FromUnsignedLongLong(self->serial);
+}
+
+static PyNumberMethods lockref_as_number = {.nb_index = (unaryfunc)lockref_index, .nb_int = (unaryfunc)lockref_index};
+
+static void
+lockref_dealloc(PyObject *self)
+{
+    Py_TYPE(self)->tp_free(self);
+}
+
+static int
+lockref_ready(PyObject *module)
+{
+    LockRef_Type.tp_name = "conctools._speedups.LockRef";
+    LockRef_Type.tp_basicsize = sizeof(LockRefObject);
+    LockRef_Type.tp_flags = Py_TPFLAGS_DEFAULT;
+    LockRef_Type.tp_doc = "A held-lock entry's reference to its lock (None once gone), hashing and comparing as its serial.";
+    LockRef_Type.tp_dealloc = lockref_dealloc;
+    LockRef_Type.tp_call = (ternaryfunc)lockref_call;
+    LockRef_Type.tp_hash = (hashfunc)lockref_hash;
+    LockRef_Type.tp_richcompare = lockref_richcompare;
+    LockRef_Type.tp_repr = (reprfunc)lockref_repr;
+    LockRef_Type.tp_as_number = &lockref_as_number;
+    if (PyType_Ready(&LockRef_Type) < 0) return -1;
+    return PyModule_AddObject(module, "LockRef", Py_NewRef((PyObject *)&LockRef_Type));
+}
+
+/* The lock's LockRef (new reference), made at its first entry; a serial changed since (a new identity for
+ * the graph) makes a new one, and the old one then says the lock is gone. */
+static PyObject *
+lock_ref(CoreObject *self)
+{
+    LockRefObject *r = (LockRefObject *)self->lockref;
+    if (r != NULL && r->serial == self->serial) return Py_NewRef((PyObject *)r);
+    if (r != NULL) {
+        r->obj = NULL;
+        Py_CLEAR(self->lockref);
+    }
+    r = PyObject_New(LockRefObject, &LockRef_Type);
+    if (r == NULL) return NULL;
+    r->obj = (PyObject *)self;
+    r->serial = self->serial;
+    self->lockref = (PyObject *)r;
+    return Py_NewRef((PyObject *)r);
+}
+
+/* The lock is going (deallocated, or cleared by the collector): its LockRef says so from now on. */
+static void
+lock_ref_clear(CoreObject *self)
+{
+    if (self->lockref != NULL) {
+        ((LockRefObject *)self->lockref)->obj = NULL;
+        Py_CLEAR(self->lockref);
+    }
+}
+
+/* The lock a held entry's first item refers to (a LockRef, or a weak reference: a Python-level primitive's):
+ * borrowed, and only its identity may be used; Py_None once it is gone; NULL for anything else (no
+ * exception set). */
+static PyObject *
+held_ref_target(PyObject *ref)
+{
+    if (IS_LOCKREF(ref)) {
+        PyObject *o = ((LockRefObject *)ref)->obj;
+        return o != NULL ? o : Py_None;
+    }
+    if (!PyWeakref_CheckRef(ref)) return NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    int r = PyWeakref_GetRef(ref, &obj);
+    if (r < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (r == 0) return Py_None;
+    Py_DECREF(obj); /* (alive, so held elsewhere: only its identity is used) */
+    return obj;
+#else
+    PyObject *obj = PyWeakref_GetObject(ref); /* borrowed */
+    if (obj == NULL) PyErr_Clear();
+    return obj;
+#endif
+}
+
 /* Acquisitions after which a lock keeps the entries of its previous sites (entry_alt). */
 #define ENTRY_ALT_AFTER 16
 
@@ -1381,35 +1537,27 @@ entry_for(CoreObject *self, PyObject *site)
             return Py_NewRef(alt);
         }
     }
-    PyObject *wref = NULL, *key = NULL, *name = NULL, *serial = NULL, *entry = NULL;
+    PyObject *wref = NULL, *key = NULL, *name = NULL, *entry = NULL;
     if (self->stats == NULL) return NULL;
     g_allocated = 1;
-    if (self->entry != NULL && PyLong_CheckExact(PyTuple_GET_ITEM(self->entry, 3)) &&
-        PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(self->entry, 3)) == self->serial) {
-        /* Only the site differs from the current entry's: its weak reference, class key (the lock's
-         * stats never change) and serial are shared (a Future's condition is taken at ~6 sites
-         * once each: an attribute lookup and an int saved at every one but the first). */
-        wref = Py_NewRef(PyTuple_GET_ITEM(self->entry, 0));
+    wref = lock_ref(self);
+    if (wref == NULL) goto done;
+    if (self->entry != NULL && PyTuple_GET_ITEM(self->entry, 0) == wref) {
+        /* Only the site differs from the current entry's: its class key is shared (the lock's stats never
+         * change; a Future's condition is taken at ~6 sites once each: an attribute lookup saved at every
+         * one but the first). */
         key = Py_NewRef(PyTuple_GET_ITEM(self->entry, 1));
-        name = Py_NewRef(self->name != NULL ? self->name : self->created); /* (it may have been renamed) */
-        serial = Py_NewRef(PyTuple_GET_ITEM(self->entry, 3));
     }
     else {
-        PyErr_Clear(); /* (from the serial's conversion, if any) */
-        wref = self->entry != NULL ? Py_NewRef(PyTuple_GET_ITEM(self->entry, 0)) : PyWeakref_NewRef((PyObject *)self, NULL);
-        if (wref == NULL) goto done;
         key = PyObject_GetAttr(self->stats, s_key);
         if (key == NULL) goto done;
-        name = Py_NewRef(self->name != NULL ? self->name : self->created);
-        serial = PyLong_FromUnsignedLongLong(self->serial);
-        if (serial == NULL) goto done;
     }
-    entry = PyTuple_Pack(5, wref, key, name, serial, site);
+    name = Py_NewRef(self->name != NULL ? self->name : self->created); /* (it may have been renamed) */
+    entry = PyTuple_Pack(5, wref, key, name, wref, site);
     if (entry != NULL) {
-        /* Neither the entry nor its weak reference (no callback) can be part of a reference cycle:
-         * the garbage collector need not walk them (lock-order records keep thousands alive). */
+        /* The entry cannot be part of a reference cycle: the garbage collector need not walk it (lock-order
+         * records keep thousands alive). */
         if (PyObject_GC_IsTracked(entry)) PyObject_GC_UnTrack(entry);
-        if (PyObject_GC_IsTracked(wref)) PyObject_GC_UnTrack(wref);
         /* The oldest alternative goes (a tuple of ours: the held stack may still have it). A lock taken
          * only a few times keeps no alternatives: a Future's condition is taken at ~5 sites once each,
          * and 40,000 futures held by wait() kept ~4 entries each alive (issue 12: memory). */
@@ -1430,7 +1578,6 @@ done:
     Py_XDECREF(wref);
     Py_XDECREF(key);
     Py_XDECREF(name);
-    Py_XDECREF(serial);
     return entry;
 }
 
@@ -1472,26 +1619,16 @@ edges_known(CoreObject *self, PyObject *held, PyObject *entry)
     Py_ssize_t n = PyList_GET_SIZE(held);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *h = PyList_GET_ITEM(held, i);
-        if (!PyTuple_Check(h) || PyTuple_GET_SIZE(h) < 2 || !PyWeakref_CheckRef(PyTuple_GET_ITEM(h, 0))) {
+        if (!PyTuple_Check(h) || PyTuple_GET_SIZE(h) < 2) {
             return 0;
         }
         if (known_from(self, PyTuple_GET_ITEM(h, 1))) {
             continue; /* (a lock of that class: not this one, and the edge is known) */
         }
-#if PY_VERSION_HEX >= 0x030D0000
-        PyObject *other = NULL;
-        if (PyWeakref_GetRef(PyTuple_GET_ITEM(h, 0), &other) != 1) {
-            PyErr_Clear();
-            return 0; /* dropped while held: check() prunes it */
-        }
-        Py_DECREF(other); /* only its identity is needed */
-#else
-        PyObject *other = PyWeakref_GetObject(PyTuple_GET_ITEM(h, 0));
+        PyObject *other = held_ref_target(PyTuple_GET_ITEM(h, 0)); /* (only its identity is needed) */
         if (other == NULL || other == Py_None) {
-            PyErr_Clear();
-            return 0;
+            return 0; /* not an entry, or dropped while held: check() prunes it */
         }
-#endif
         if (other == (PyObject *)self) {
             continue; /* re-entry is not an edge */
         }
@@ -1586,7 +1723,7 @@ edge_in(PyObject *known, PyObject *frm, PyObject *to)
     for (Py_ssize_t i = 0; i < k; i++) {
         PyObject *p = run_pred(runs[i], to);
         if (p == NULL) return -1;
-        if (!PyLong_CheckExact(p) || !PyLong_CheckExact(frm)) return -1;
+        if (!IS_SERIAL(p) || !IS_SERIAL(frm)) return -1;
         int eq = PyObject_RichCompareBool(p, frm, Py_EQ);
         if (eq != 0) {
             if (eq < 0) PyErr_Clear();
@@ -1629,7 +1766,7 @@ run_next(PyObject *held, PyObject *entry)
     PyObject *same = PyList_GET_ITEM(run, 5);
     PyObject *to = PyTuple_GET_ITEM(entry, 3);
     if (!PyList_CheckExact(expect) || PyList_GET_SIZE(expect) != n || !PyDict_CheckExact(serials) ||
-        !PyList_CheckExact(same) || !PyLong_CheckExact(to)) {
+        !PyList_CheckExact(same) || !IS_SERIAL(to)) {
         return 0;
     }
     /* A site that may still need stacks: Python takes them, for a new edge (one already known, as
@@ -1666,25 +1803,15 @@ run_next(PyObject *held, PyObject *entry)
         return 0; /* re-entry: Python skips it */
     }
     PyObject *inner = PyList_GET_ITEM(held, n - 1);
-    if (!PyTuple_CheckExact(inner) || PyTuple_GET_SIZE(inner) < 5 || !PyWeakref_CheckRef(PyTuple_GET_ITEM(inner, 0))) {
+    if (!PyTuple_CheckExact(inner) || PyTuple_GET_SIZE(inner) < 5) {
         return 0;
     }
     Py_ssize_t n_same = PyList_GET_SIZE(same);
     if (n_same < 1 || PyList_GET_ITEM(same, n_same - 1) != inner) return 0; /* (the run's last lock) */
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject *prev = NULL;
-    if (PyWeakref_GetRef(PyTuple_GET_ITEM(inner, 0), &prev) != 1) {
-        PyErr_Clear();
-        return 0;
-    }
-    Py_DECREF(prev);
-#else
-    PyObject *prev = PyWeakref_GetObject(PyTuple_GET_ITEM(inner, 0));
+    PyObject *prev = held_ref_target(PyTuple_GET_ITEM(inner, 0));
     if (prev == NULL || prev == Py_None) {
-        PyErr_Clear();
         return 0;
     }
-#endif
     if (order_checking()) return 0;
     PyObject *locked = PyObject_CallMethodNoArgs(g_order_mutex, s_locked);
     if (locked == NULL) {
@@ -1697,7 +1824,7 @@ run_next(PyObject *held, PyObject *entry)
     Py_ssize_t prune_at = counter_of(g_inst_prune_at);
     if (count < 0 || skip != 0 || prune_at < 0 || count >= g_inst_max_edges) return 0;
     PyObject *frm = PyTuple_GET_ITEM(inner, 3);
-    if (!PyLong_CheckExact(frm)) return 0;
+    if (!IS_SERIAL(frm)) return 0;
     PyObject *known = PyDict_GetItemWithError(g_inst_in, to); /* borrowed */
     if (known == NULL && PyErr_Occurred()) {
         PyErr_Clear();
@@ -4373,6 +4500,7 @@ core_traverse(CoreObject *self, visitproc visit, void *arg)
 static int
 core_clear(CoreObject *self)
 {
+    lock_ref_clear(self);
     Py_CLEAR(self->lock);
     Py_CLEAR(self->othread);
     Py_CLEAR(self->otask);
@@ -4425,6 +4553,7 @@ core_dealloc(CoreObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     unlink_core(self);
+    lock_ref_clear(self); /* (with its weak references: its held entries find it gone) */
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
@@ -5103,24 +5232,10 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 static int
 entry_gone(PyObject *h)
 {
-    if (!PyTuple_CheckExact(h) || PyTuple_GET_SIZE(h) < 5 || !PyWeakref_CheckRef(PyTuple_GET_ITEM(h, 0))) return -1;
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject *obj = NULL;
-    int r = PyWeakref_GetRef(PyTuple_GET_ITEM(h, 0), &obj);
-    if (r < 0) {
-        PyErr_Clear();
-        return -1;
-    }
-    Py_XDECREF(obj);
-    return r == 0;
-#else
-    PyObject *obj = PyWeakref_GetObject(PyTuple_GET_ITEM(h, 0));
-    if (obj == NULL) {
-        PyErr_Clear();
-        return -1;
-    }
+    if (!PyTuple_CheckExact(h) || PyTuple_GET_SIZE(h) < 5) return -1;
+    PyObject *obj = held_ref_target(PyTuple_GET_ITEM(h, 0));
+    if (obj == NULL) return -1;
     return obj == Py_None;
-#endif
 }
 
 /* drop_dead_run(run, into, has_out): lockorder._drop_if_dead's work (the caller holds lockorder._mutex):
@@ -5150,7 +5265,7 @@ drop_dead_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     /* From here on every entry is a tuple of 5 or more (checked above); serials are ints. */
 #define SERIAL(i) PyTuple_GET_ITEM(PyList_GET_ITEM(same, (i)), 3)
     for (Py_ssize_t i = start; i < n; i++) {
-        if (!PyLong_CheckExact(SERIAL(i))) return PyLong_FromLong(0);
+        if (!IS_SERIAL(SERIAL(i))) return PyLong_FromLong(0);
     }
     int r1 = PyDict_Contains(into, SERIAL(start)), r2 = PyDict_Contains(out, SERIAL(start));
     int r3 = PyDict_Contains(out, SERIAL(n - 1));
@@ -5208,7 +5323,7 @@ graph_alive(PyObject *Py_UNUSED(module), PyObject *into)
             PyObject *run = runs[j];
             if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 11) Py_RETURN_FALSE;
             PyObject *serials = PyList_GET_ITEM(run, 2), *same = PyList_GET_ITEM(run, 5);
-            if (!PyDict_CheckExact(serials) || !PyList_CheckExact(same) || !PyLong_CheckExact(to)) Py_RETURN_FALSE;
+            if (!PyDict_CheckExact(serials) || !PyList_CheckExact(same) || !IS_SERIAL(to)) Py_RETURN_FALSE;
             PyObject *at = PyDict_GetItemWithError(serials, to); /* borrowed; an int key: no code runs */
             if (at == NULL) {
                 PyErr_Clear();
@@ -6305,16 +6420,8 @@ py_aio_released(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
     if (held != Py_None) {
         if (!PyList_CheckExact(held) || (k = PyList_GET_SIZE(held)) == 0) goto out;
         PyObject *last = PyList_GET_ITEM(held, k - 1);
-        if (!PyTuple_CheckExact(last) || PyTuple_GET_SIZE(last) < 1 || !PyWeakref_CheckRef(PyTuple_GET_ITEM(last, 0)))
-            goto out;
-#if PY_VERSION_HEX >= 0x030D0000
-        PyObject *obj = NULL;
-        int same = PyWeakref_GetRef(PyTuple_GET_ITEM(last, 0), &obj) == 1 && obj == lock;
-        Py_XDECREF(obj);
-#else
-        int same = PyWeakref_GetObject(PyTuple_GET_ITEM(last, 0)) == lock; /* (borrowed) */
-#endif
-        if (!same) goto out; /* not the innermost: lockorder.note_released() */
+        if (!PyTuple_CheckExact(last) || PyTuple_GET_SIZE(last) < 1) goto out;
+        if (held_ref_target(PyTuple_GET_ITEM(last, 0)) != lock) goto out; /* not the innermost: lockorder.note_released() */
         owner = Py_XNewRef(self->owner);
         if (owner == NULL) goto out;
     }
@@ -7377,6 +7484,7 @@ PyInit__speedups(void)
     }
     if (heldstack_ready(m) < 0) goto fail;
     if (poolcounters_ready(m) < 0) goto fail;
+    if (lockref_ready(m) < 0) goto fail;
     if (queuemethod_ready(m) < 0) goto fail;
     PyObject *tracked = PyType_FromSpec(&tracked_spec);
     if (tracked == NULL) goto fail;

@@ -41,7 +41,6 @@ import operator
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from types import FrameType
@@ -384,7 +383,7 @@ _runs: dict[int, _Run] = {}
 _run_log: deque[_Run] = deque()
 RUNS_LOOKED_AT_PER_RUN = 2
 RUN_LOG_MAX = 10_000
-_deref = weakref.ref.__call__
+_deref = operator.call  # (a held entry's ref: a weak reference, or the C extension's LockRef)
 _first = operator.itemgetter(0)
 _fourth = operator.itemgetter(3)
 _is = operator.is_

@@ -7,6 +7,7 @@ import concurrent.futures
 import gc
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -452,6 +453,31 @@ class TestInversions:
         gc.collect()
         with lockorder._mutex:
             assert alive(lockorder._inst_in) is False
+
+    def test_held_entries_of_c_locks_refer_to_them_without_a_weak_reference(self, ordered: Recorder) -> None:
+        """With the C extension, a lock's held entries refer to it by one small object that is both its weak
+        reference and its serial (no weak reference and no int per lock): called, it gives the lock, or None
+        once the lock is gone; it hashes and compares as the serial, so the graph's tables take either."""
+        speedups = locks._speedups
+        if speedups is None:
+            pytest.skip("pure-Python mode: entries hold a weak reference and an int")
+        a, b = conctools.Lock(), conctools.Lock()
+        with a, b:
+            held = list(lockorder.held_stack())
+        assert [h[0]() for h in held] == [a, b]
+        assert weakref.getweakrefcount(a) == 0 and weakref.getweakrefcount(b) == 0
+        ref = held[1][0]
+        assert type(ref) is speedups.LockRef and held[1][3] is ref
+        serial = b._ct_serial  # type: ignore[attr-defined]
+        assert ref == serial and hash(ref) == hash(serial) and {serial: 1}[ref] == 1 and f"{ref}" == str(serial)
+        assert ref != a._ct_serial  # type: ignore[attr-defined]
+        with b, a:  # the inversion is still reported, by the locks' names
+            pass
+        (event,) = inversions(ordered)
+        assert len(event.cycle) == 2
+        del a, b, held, event
+        gc.collect()
+        assert ref() is None
 
     def test_mode_off_records_nothing(self, recorder: Recorder) -> None:
         """Locks made outside lock-order mode do not check order."""
