@@ -122,7 +122,9 @@ _graph_alive: list[Callable[[Any], bool] | None] = [None]
 
 
 # A held lock: (weak reference to the primitive, class key, display name, serial, site): weak,
-# so a lock dropped while held (acquired, never released, garbage) leaves the stack. The site is a
+# so a lock dropped while held (acquired, never released, garbage) leaves the stack. For the C
+# extension's locks the reference and the serial are one object, a ``_speedups.LockRef`` (called, the
+# lock or None; hashing and comparing as the serial int), at both places. The site is a
 # "file.py:LINE" string or a (code, instruction offset) pair turned into one only when an
 # edge is new (see :func:`site_text`): the hot path never computes a line number.
 Held = tuple[Any, str, str, int, Any]
