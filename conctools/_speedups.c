@@ -1682,44 +1682,61 @@ order_checking(void)
     return on;
 }
 
+/* The index of `to` in `run`'s list of locks of its class (lockorder's run[2][to]: a lock with an edge into
+ * it, 1 or more), with *same that list (borrowed); -1 for anything else (no exception set). */
+static Py_ssize_t
+run_index(PyObject *run, PyObject *to, PyObject **same)
+{
+    if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 11) return -1;
+    PyObject *serials = PyList_GET_ITEM(run, 2);
+    *same = PyList_GET_ITEM(run, 5);
+    if (!PyDict_CheckExact(serials) || !PyList_CheckExact(*same)) return -1;
+    PyObject *at = PyDict_GetItemWithError(serials, to); /* borrowed */
+    if (at == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(at);
+    if (n < 1 || n >= PyList_GET_SIZE(*same)) {
+        PyErr_Clear();
+        return -1;
+    }
+    return n;
+}
+
+/* The runs of a value of lockorder._inst_in (*v: a run, or a tuple of them): *runs points at them; their
+ * count. */
+static Py_ssize_t
+runs_of(PyObject **v, PyObject ***runs)
+{
+    if (PyTuple_CheckExact(*v)) {
+        *runs = &PyTuple_GET_ITEM(*v, 0);
+        return PyTuple_GET_SIZE(*v);
+    }
+    *runs = v;
+    return 1;
+}
+
 /* The serial that `run`'s edge into `to` is from (borrowed: the run keeps it), or NULL (no exception set):
  * the entry before `to`'s in the run's locks of the class (lockorder._pred). */
 static PyObject *
 run_pred(PyObject *run, PyObject *to)
 {
-    if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 11) return NULL;
-    PyObject *serials = PyList_GET_ITEM(run, 2), *same = PyList_GET_ITEM(run, 5);
-    if (!PyDict_CheckExact(serials) || !PyList_CheckExact(same)) return NULL;
-    PyObject *at = PyDict_GetItemWithError(serials, to); /* borrowed */
-    if (at == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
-    Py_ssize_t i = PyLong_AsSsize_t(at);
-    if (i < 1 || i >= PyList_GET_SIZE(same)) {
-        PyErr_Clear();
-        return NULL;
-    }
+    PyObject *same;
+    Py_ssize_t i = run_index(run, to, &same);
+    if (i < 0) return NULL;
     PyObject *h = PyList_GET_ITEM(same, i - 1);
     if (!PyTuple_CheckExact(h) || PyTuple_GET_SIZE(h) < 5) return NULL;
     return PyTuple_GET_ITEM(h, 3);
 }
 
 /* Is `frm` -> `to` an edge of the graph (`known`: lockorder._inst_in[to], a run or a tuple of them)?
- * 1 yes, 0 no, -1 cannot tell (Python looks). Serials are ints: comparing them runs no code. */
+ * 1 yes, 0 no, -1 cannot tell (Python looks). Serials are ints or LockRefs: comparing them runs no code. */
 static int
 edge_in(PyObject *known, PyObject *frm, PyObject *to)
 {
-    PyObject *one[1] = {known};
-    PyObject **runs = one;
-    Py_ssize_t k = 1;
-    if (PyTuple_CheckExact(known)) {
-        runs = &PyTuple_GET_ITEM(known, 0);
-        k = PyTuple_GET_SIZE(known);
-    }
-    else if (!PyList_CheckExact(known)) {
-        return -1;
-    }
+    PyObject **runs;
+    Py_ssize_t k = runs_of(&known, &runs); /* (anything but a run: run_pred() says so) */
     for (Py_ssize_t i = 0; i < k; i++) {
         PyObject *p = run_pred(runs[i], to);
         if (p == NULL) return -1;
@@ -5262,7 +5279,7 @@ drop_dead_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         if (gone == 0) return PyLong_FromLong(-1);
         if (gone < 0) return PyLong_FromLong(0); /* (not an entry: the general pass) */
     }
-    /* From here on every entry is a tuple of 5 or more (checked above); serials are ints. */
+    /* From here on every entry is a tuple of 5 or more (checked above); serials are ints or LockRefs. */
 #define SERIAL(i) PyTuple_GET_ITEM(PyList_GET_ITEM(same, (i)), 3)
     for (Py_ssize_t i = start; i < n; i++) {
         if (!IS_SERIAL(SERIAL(i))) return PyLong_FromLong(0);
@@ -5313,28 +5330,12 @@ graph_alive(PyObject *Py_UNUSED(module), PyObject *into)
     Py_ssize_t pos = 0;
     PyObject *to, *v;
     while (PyDict_Next(into, &pos, &to, &v)) { /* (no code runs: nothing can change the dict meanwhile) */
-        PyObject **runs = &v;
-        Py_ssize_t k = 1;
-        if (PyTuple_CheckExact(v)) {
-            runs = &PyTuple_GET_ITEM(v, 0);
-            k = PyTuple_GET_SIZE(v);
-        }
+        if (!IS_SERIAL(to)) Py_RETURN_FALSE; /* (a key whose lookups could run code) */
+        PyObject **runs, *same;
+        Py_ssize_t k = runs_of(&v, &runs);
         for (Py_ssize_t j = 0; j < k; j++) {
-            PyObject *run = runs[j];
-            if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 11) Py_RETURN_FALSE;
-            PyObject *serials = PyList_GET_ITEM(run, 2), *same = PyList_GET_ITEM(run, 5);
-            if (!PyDict_CheckExact(serials) || !PyList_CheckExact(same) || !IS_SERIAL(to)) Py_RETURN_FALSE;
-            PyObject *at = PyDict_GetItemWithError(serials, to); /* borrowed; an int key: no code runs */
-            if (at == NULL) {
-                PyErr_Clear();
-                Py_RETURN_FALSE;
-            }
-            Py_ssize_t i = PyLong_AsSsize_t(at);
-            if (i < 1 || i >= PyList_GET_SIZE(same)) {
-                PyErr_Clear();
-                Py_RETURN_FALSE;
-            }
-            if (entry_gone(PyList_GET_ITEM(same, i)) != 0 || entry_gone(PyList_GET_ITEM(same, i - 1)) != 0) {
+            Py_ssize_t i = run_index(runs[j], to, &same);
+            if (i < 0 || entry_gone(PyList_GET_ITEM(same, i)) != 0 || entry_gone(PyList_GET_ITEM(same, i - 1)) != 0) {
                 Py_RETURN_FALSE;
             }
         }
@@ -6569,19 +6570,8 @@ site_hash(void *p, Py_ssize_t cap)
 static PyObject *
 ref_target(PyObject *ref)
 {
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject *obj = NULL;
-    int r = PyWeakref_GetRef(ref, &obj);
-    if (r != 1) {
-        PyErr_Clear();
-        return NULL;
-    }
-    Py_DECREF(obj); /* borrowed: the caller holds the task, or only tests it for NULL */
-    return obj;
-#else
-    PyObject *obj = PyWeakref_GetObject(ref);
-    return obj == Py_None || obj == NULL ? NULL : obj;
-#endif
+    PyObject *obj = held_ref_target(ref); /* (borrowed: the caller holds the task, or only tests it for NULL) */
+    return obj == Py_None ? NULL : obj;
 }
 
 static int

@@ -611,9 +611,8 @@ def _prune_instances() -> None:
     alive_all = _graph_alive[0]
     if alive_all is not None and alive_all(_inst_in):
         # Nothing to forget (the pass takes only dead locks' edges, and runs of dead locks: those that
-        # have no edge left stay in the log until _drop_old_runs reaches them); next time as after a pass
-        # that found nothing.
-        _inst_prune_at[0] = max(INSTANCE_PRUNE_AT, 4 * before)
+        # have no edge left stay in the log until _drop_old_runs reaches them).
+        _next_prune(before, before)
         return
     _drop_dead_runs()
     alive: dict[int, bool] = {}
@@ -663,10 +662,14 @@ def _prune_instances() -> None:
         for run in (v,) if type(v) is list else v:
             p = _pred(run, to)
             _inst_has_out[p] = _inst_has_out.get(p, 0) + 1
-    # The next pass once the graph has doubled, or quadrupled when this one found almost nothing to
-    # forget: a wait() on 40,000 futures grows it by live locks only, and passes at 2k, 4k, ... 64k
-    # edges cost ~7% of such a program (bounded all the same: INSTANCE_MAX_EDGES prunes at once).
-    after = len(_inst_in)
+    _next_prune(before, len(_inst_in))
+
+
+def _next_prune(before: int, after: int) -> None:
+    """The next pass once the graph has doubled, or quadrupled when this one found almost nothing to
+    forget (``before`` and ``after`` it): a wait() on 40,000 futures grows it by live locks only, and passes
+    at 2k, 4k, ... 64k edges cost ~7% of such a program (bounded all the same: INSTANCE_MAX_EDGES prunes at
+    once)."""
     _inst_prune_at[0] = max(INSTANCE_PRUNE_AT, (4 if after * 10 >= before * 9 else 2) * after)
 
 
