@@ -85,8 +85,10 @@ typedef struct CoreObject {
     long long n;                 /* _ct_n: acquisitions */
     PyObject *hold;              /* _ct_hold: hold-time Histogram, NULL until the first contention */
     PyObject *held;              /* _ct_held: the held-locks stack this lock was pushed on */
-    PyObject *entry;             /* _ct_entry: the last held-stack entry (ref, key, name, serial, site) */
+    PyObject *entry;             /* _ct_entry: the cached held-stack entry (ref, key, name, serial, site), or NULL */
     PyObject *lockref;           /* the LockRef of its entries (their ref and serial), NULL until the first */
+    PyObject *ckey;              /* its class key (its stats' key, which never changes), NULL until the first entry */
+    const void *miss_site;       /* the site of the last entry made and not cached (its identity only) */
     PyObject *entry_alt[3];      /* the entries of the sites before it, most recent first (a queue's mutex is
                                   * taken by put, get and task_done in turn: one entry each, not one per turn) */
     PyObject *known[2];          /* class keys of held locks whose edge to this lock is known (strong refs): by
@@ -1519,9 +1521,15 @@ held_ref_target(PyObject *ref)
 
 /* Acquisitions after which a lock keeps the entries of its previous sites (entry_alt). */
 #define ENTRY_ALT_AFTER 16
+/* Acquisitions after which a lock caches its entry at all (entry_for). */
+#define ENTRY_CACHE_AFTER 8
 
-/* The held-stack entry for this lock taken at site: (weakref, class key, name, serial, site),
- * cached per lock while the site does not change (new reference). */
+/* The held-stack entry for this lock taken at site: (LockRef, class key, name, LockRef, site) (new reference).
+ * It is cached on the lock (with the previous sites' once the lock is busy: entry_alt) only from the second
+ * acquisition in a row at one site: a lock taken at each of its sites once (a Future's condition: by
+ * set_result(), wait(), as_completed(), result()) keeps no entry once released. Its entries then live only
+ * as long as the held stack and lock order's runs need them (issue 12: 40,000 futures held by a wait() kept
+ * one more entry each, 80 bytes, for their life). */
 static PyObject *
 entry_for(CoreObject *self, PyObject *site)
 {
@@ -1542,16 +1550,13 @@ entry_for(CoreObject *self, PyObject *site)
     g_allocated = 1;
     wref = lock_ref(self);
     if (wref == NULL) goto done;
-    if (self->entry != NULL && PyTuple_GET_ITEM(self->entry, 0) == wref) {
-        /* Only the site differs from the current entry's: its class key is shared (the lock's stats never
-         * change; a Future's condition is taken at ~6 sites once each: an attribute lookup saved at every
-         * one but the first). */
-        key = Py_NewRef(PyTuple_GET_ITEM(self->entry, 1));
+    if (self->ckey == NULL) {
+        /* (the lock's stats never change: a Future's condition is taken at ~6 sites once each, an attribute
+         * lookup saved at every one but the first) */
+        self->ckey = PyObject_GetAttr(self->stats, s_key);
+        if (self->ckey == NULL) goto done;
     }
-    else {
-        key = PyObject_GetAttr(self->stats, s_key);
-        if (key == NULL) goto done;
-    }
+    key = Py_NewRef(self->ckey);
     name = Py_NewRef(self->name != NULL ? self->name : self->created); /* (it may have been renamed) */
     entry = PyTuple_Pack(5, wref, key, name, wref, site);
     if (entry != NULL) {
@@ -1567,11 +1572,16 @@ entry_for(CoreObject *self, PyObject *site)
             self->entry_alt[2] = self->entry_alt[1];
             self->entry_alt[1] = self->entry_alt[0];
             self->entry_alt[0] = self->entry;
+            self->entry = Py_NewRef(entry);
+        }
+        else if (self->n >= ENTRY_CACHE_AFTER && (const void *)site == self->miss_site) {
+            oldest = self->entry;
+            self->entry = Py_NewRef(entry);
         }
         else {
-            oldest = self->entry;
+            oldest = NULL; /* not cached (yet): see above */
+            self->miss_site = site;
         }
-        self->entry = Py_NewRef(entry);
         Py_XDECREF(oldest);
     }
 done:
@@ -1778,11 +1788,13 @@ run_next(PyObject *held, PyObject *entry)
         return 0;
     }
     if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 11) return 0;
-    PyObject *expect = PyList_GET_ITEM(run, 0);
+    PyObject *expect = PyList_GET_ITEM(run, 0); /* a list, or a versioned stack's expected length (an int) */
     PyObject *serials = PyList_GET_ITEM(run, 2);
     PyObject *same = PyList_GET_ITEM(run, 5);
     PyObject *to = PyTuple_GET_ITEM(entry, 3);
-    if (!PyList_CheckExact(expect) || PyList_GET_SIZE(expect) != n || !PyDict_CheckExact(serials) ||
+    if ((IS_HELD_STACK(held) ? !PyLong_CheckExact(expect) || PyLong_AsSsize_t(expect) != n
+                             : !PyList_CheckExact(expect) || PyList_GET_SIZE(expect) != n) ||
+        !PyDict_CheckExact(serials) ||
         !PyList_CheckExact(same) || !IS_SERIAL(to)) {
         return 0;
     }
@@ -1798,9 +1810,8 @@ run_next(PyObject *held, PyObject *entry)
             PyErr_Clear();
             return 0;
         }
-        if (version < 0 || (unsigned long long)version != ((HeldStackObject *)held)->version ||
-            !LIST_IS(expect, n - 1, PyList_GET_ITEM(held, n - 1))) {
-            return 0;
+        if (version < 0 || (unsigned long long)version != ((HeldStackObject *)held)->version) {
+            return 0; /* (its innermost lock: the run's last, below) */
         }
     }
     else {
@@ -1870,7 +1881,14 @@ run_next(PyObject *held, PyObject *entry)
     /* The run (lockorder._run_edge): the lock, then its index (what the graph reads it by) */
     at = PyLong_FromSsize_t(n_same);
     if (at == NULL) goto done;
-    if (PyList_Append(expect, entry) < 0 || PyList_Append(same, entry) < 0) goto done;
+    if (version >= 0) {
+        PyObject *length = PyLong_FromSsize_t(n + 1);
+        if (length == NULL || PyList_SetItem(run, 0, length) < 0) goto done;
+    }
+    else if (PyList_Append(expect, entry) < 0) {
+        goto done;
+    }
+    if (PyList_Append(same, entry) < 0) goto done;
     if (PyDict_SetItem(serials, to, at) < 0) goto done;
     if (version >= 0) {
         PyObject *next = PyLong_FromLongLong(version + 1); /* after this lock's push */
@@ -2055,8 +2073,8 @@ order_pop(CoreObject *self)
     if (held == NULL) {
         return;
     }
-    if (PyList_Check(held) && self->entry != NULL) {
-        PyObject *wref = PyTuple_GET_ITEM(self->entry, 0);
+    if (PyList_Check(held) && self->lockref != NULL) {
+        PyObject *wref = self->lockref; /* (every entry of this lock has it first: entry_for) */
         int lazy = IS_HELD_STACK(held);
         if (lazy && HELD_DEAD(held) > 0 &&
             (HELD_DEAD(held) > PyList_GET_SIZE(held) || PyList_GET_ITEM(held, HELD_DEAD(held) - 1) != Py_None)) {
@@ -4505,6 +4523,7 @@ core_traverse(CoreObject *self, visitproc visit, void *arg)
     Py_VISIT(self->held);
     Py_VISIT(self->entry);
     for (int i = 0; i < 3; i++) Py_VISIT(self->entry_alt[i]);
+    Py_VISIT(self->ckey);
     for (int i = 0; i < 2; i++) Py_VISIT(self->known[i]);
     for (int i = 0; i < 2; i++) Py_VISIT(self->trash[i]);
     Py_VISIT(self->stats);
@@ -4526,6 +4545,7 @@ core_clear(CoreObject *self)
     Py_CLEAR(self->held);
     Py_CLEAR(self->entry);
     for (int i = 0; i < 3; i++) Py_CLEAR(self->entry_alt[i]);
+    Py_CLEAR(self->ckey);
     for (int i = 0; i < 2; i++) Py_CLEAR(self->known[i]);
     for (int i = 0; i < 2; i++) Py_CLEAR(self->trash[i]);
     Py_CLEAR(self->stats);

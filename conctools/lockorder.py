@@ -305,8 +305,8 @@ def _run_matches(run: _Run, held: list[Held]) -> bool:
     one other change has the version expected), else item by item."""
     versioned = _stack_type[0]
     if versioned is not None and type(held) is versioned:
-        expect = run[0]
-        return bool(run[9] == held.version and len(held) == len(expect) and held and held[-1] is expect[-1])  # type: ignore[attr-defined]
+        # (run[0] is the stack's expected length, and its innermost entry is the run's last lock's)
+        return bool(run[9] == held.version and len(held) == run[0] and held and held[-1] is run[5][-1])  # type: ignore[attr-defined]
     return bool(run[0] == held)
 
 
@@ -369,7 +369,8 @@ def check(held: list[Held], entry: Held) -> None:
 # instance edge is from the previous one. Anything else (a lock released, another one taken in
 # between, a dead entry, a reset) makes the held stack differ, and
 # the full walk runs and starts a new run.
-# A run: [the held stack expected next (a copy), class key, its serials (serial -> index in the
+# A run: [the held stack expected next (a copy; for a versioned stack, only its length: its innermost
+# entry is the run's last lock's, the version says the rest), class key, its serials (serial -> index in the
 # list of held locks of the class), thread name, task name, the held locks of the class (the run's
 # own after the first ones; where each edge's record comes from), last site whose stacks were all
 # taken (or None), where its edges start in that list, whether it is in _run_log, the held stack's
@@ -421,8 +422,9 @@ def _records_into(to: int) -> list[tuple[Any, ...]]:
 
 def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None:
     """``entry``'s lock is taken while ``same``, locks of its class, are held: start a run there."""
+    versioned = _stack_type[0] is not None and type(held) is _stack_type[0]
     run: _Run = [
-        [*held, entry],
+        len(held) + 1 if versioned else [*held, entry],
         entry[1],
         {h[3]: i for i, h in enumerate(same)},
         threading.current_thread().name,
@@ -431,13 +433,14 @@ def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None
         None,
         len(same) - 1,
         False,
-        held.version + 1 if _stack_type[0] is not None and type(held) is _stack_type[0] else -1,  # type: ignore[attr-defined]
+        held.version + 1 if versioned else -1,  # type: ignore[attr-defined]
         None,
     ]
     untrack = _untrack[0]
     if untrack is not None:  # (nothing in a run refers back to it: see _untrack)
         untrack(same)
-        untrack(run[0])
+        if not versioned:
+            untrack(run[0])
         untrack(run)
     inner = same[-1]
     run[2][entry[3]] = len(same)
@@ -451,11 +454,13 @@ def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None
 def _run_edge(run: _Run, inner: Held, entry: Held) -> None:
     """The next lock of ``run`` (``held`` is its expected stack): the edge from the previous one."""
     same = run[5]
-    run[0].append(entry)
+    if run[9] >= 0:
+        run[0] += 1
+        run[9] += 1  # (after this lock's push)
+    else:
+        run[0].append(entry)
     run[2][entry[3]] = len(same)
     same.append(entry)
-    if run[9] >= 0:
-        run[9] += 1  # (after this lock's push)
     _add_instance_edge(run, inner, entry)
 
 
