@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 29
+#define API_VERSION 30
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -1491,6 +1491,212 @@ lock_ref_clear(CoreObject *self)
     }
 }
 
+/* -- RunIndex: a run's serials -> their index in its list of locks (lockorder's run[2]) ------------- *
+ * What a dict of serial -> int does for lockorder, in 12 bytes a slot (the serial's value and the index)
+ * rather than a dict entry and an int object per lock (~65 bytes): 40,000 futures held by one wait() are
+ * one run of 40,000 locks, and the runs of the locks alive are kept for the graph (issue 12: memory). Keys
+ * are serials, ints or LockRefs, and compare as their value (as in a dict: hash and equality are the int's);
+ * nothing else is a key (TypeError). No deletion: runs only grow. Holds no reference to anything. */
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t used;
+    Py_ssize_t size;            /* 0, or a power of two: 1 << bits */
+    int bits;
+    unsigned long long *serials; /* size of them, then size uint32 indexes + 1 (0: an empty slot) */
+} RunIndexObject;
+
+static PyTypeObject RunIndex_Type = {PyVarObject_HEAD_INIT(NULL, 0)};
+#define IS_RUN_INDEX(o) Py_IS_TYPE((o), &RunIndex_Type)
+#define RI_VALS(r) ((uint32_t *)((r)->serials + (r)->size))
+
+/* The key's serial, else -1 with TypeError set. */
+static int
+ri_key(PyObject *key, unsigned long long *v)
+{
+    if (serial_value(key, v)) return 0;
+    PyErr_Format(PyExc_TypeError, "RunIndex keys are serials (ints or LockRefs), not %.100s", Py_TYPE(key)->tp_name);
+    return -1;
+}
+
+/* The slot of serial v: where it is, or the empty one it would go in (size > 0). */
+static Py_ssize_t
+ri_slot(RunIndexObject *r, unsigned long long v)
+{
+    /* Fibonacci hashing (the top bits of the product): serials of one run often go up in steps of 2 or 4 */
+    size_t mask = (size_t)r->size - 1;
+    size_t i = (size_t)((v * 0x9E3779B97F4A7C15ULL) >> (64 - r->bits));
+    uint32_t *vals = RI_VALS(r);
+    while (vals[i] != 0 && r->serials[i] != v) i = (i + 1) & mask;
+    return (Py_ssize_t)i;
+}
+
+/* The index of serial v, -1 when it has none. */
+static Py_ssize_t
+ri_find(RunIndexObject *r, unsigned long long v)
+{
+    if (r->size == 0) return -1;
+    Py_ssize_t i = ri_slot(r, v);
+    uint32_t x = RI_VALS(r)[i];
+    return x == 0 ? -1 : (Py_ssize_t)x - 1;
+}
+
+static int
+ri_grow(RunIndexObject *r)
+{
+    Py_ssize_t size = r->size ? r->size * 2 : 8;
+    if (size > PY_SSIZE_T_MAX / 16) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    unsigned long long *mem = PyMem_Calloc((size_t)size, sizeof(unsigned long long) + sizeof(uint32_t));
+    if (mem == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    RunIndexObject old = *r;
+    r->serials = mem;
+    r->size = size;
+    r->bits = old.size ? old.bits + 1 : 3;
+    if (old.size > 0) {
+        uint32_t *vals = RI_VALS(&old), *nvals = RI_VALS(r);
+        for (Py_ssize_t i = 0; i < old.size; i++) {
+            if (vals[i] == 0) continue;
+            Py_ssize_t j = ri_slot(r, old.serials[i]);
+            r->serials[j] = old.serials[i];
+            nvals[j] = vals[i];
+        }
+        PyMem_Free(old.serials);
+    }
+    return 0;
+}
+
+/* serial v -> index (0 or more): 0, else -1 with an exception set. */
+static int
+ri_set(RunIndexObject *r, unsigned long long v, Py_ssize_t index)
+{
+    if (index < 0 || index >= (Py_ssize_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "RunIndex: index out of range");
+        return -1;
+    }
+    if ((r->used + 1) * 3 > r->size * 2 && ri_grow(r) < 0) return -1;
+    Py_ssize_t i = ri_slot(r, v);
+    uint32_t *vals = RI_VALS(r);
+    if (vals[i] == 0) r->used++;
+    r->serials[i] = v;
+    vals[i] = (uint32_t)index + 1;
+    return 0;
+}
+
+static PyObject *
+ri_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "RunIndex() takes no arguments");
+        return NULL;
+    }
+    RunIndexObject *r = (RunIndexObject *)type->tp_alloc(type, 0);
+    if (r != NULL) {
+        r->used = r->size = 0;
+        r->bits = 0;
+        r->serials = NULL;
+    }
+    return (PyObject *)r;
+}
+
+static void
+ri_dealloc(PyObject *self)
+{
+    PyMem_Free(((RunIndexObject *)self)->serials);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static Py_ssize_t
+ri_length(PyObject *self)
+{
+    return ((RunIndexObject *)self)->used;
+}
+
+static PyObject *
+ri_subscript(PyObject *self, PyObject *key)
+{
+    unsigned long long v;
+    if (ri_key(key, &v) < 0) return NULL;
+    Py_ssize_t i = ri_find((RunIndexObject *)self, v);
+    if (i < 0) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+static int
+ri_ass_subscript(PyObject *self, PyObject *key, PyObject *value)
+{
+    unsigned long long v;
+    if (ri_key(key, &v) < 0) return -1;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "RunIndex: no deletion (runs only grow)");
+        return -1;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(value);
+    if (index == -1 && PyErr_Occurred()) return -1;
+    return ri_set((RunIndexObject *)self, v, index);
+}
+
+static int
+ri_contains(PyObject *self, PyObject *key)
+{
+    unsigned long long v;
+    if (!serial_value(key, &v)) return 0; /* (as a dict of ints says of anything else) */
+    return ri_find((RunIndexObject *)self, v) >= 0;
+}
+
+static PyObject *
+ri_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+        return NULL;
+    }
+    unsigned long long v;
+    Py_ssize_t i = serial_value(args[0], &v) ? ri_find((RunIndexObject *)self, v) : -1;
+    if (i >= 0) return PyLong_FromSsize_t(i);
+    return Py_NewRef(nargs == 2 ? args[1] : Py_None);
+}
+
+static PyObject *
+ri_sizeof(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    RunIndexObject *r = (RunIndexObject *)self;
+    return PyLong_FromSsize_t((Py_ssize_t)sizeof(RunIndexObject) +
+                              r->size * (Py_ssize_t)(sizeof(unsigned long long) + sizeof(uint32_t)));
+}
+
+static PyMappingMethods ri_as_mapping = {ri_length, ri_subscript, ri_ass_subscript};
+static PySequenceMethods ri_as_sequence = {.sq_contains = ri_contains};
+static PyMethodDef ri_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))ri_get, METH_FASTCALL, "get(serial, default=None): its index, or default"},
+    {"__sizeof__", ri_sizeof, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+run_index_ready(PyObject *module)
+{
+    RunIndex_Type.tp_name = "conctools._speedups.RunIndex";
+    RunIndex_Type.tp_basicsize = sizeof(RunIndexObject);
+    RunIndex_Type.tp_flags = Py_TPFLAGS_DEFAULT;
+    RunIndex_Type.tp_doc = "A lock-order run's serials -> their index in its locks of one class (a compact dict).";
+    RunIndex_Type.tp_new = ri_new;
+    RunIndex_Type.tp_dealloc = ri_dealloc;
+    RunIndex_Type.tp_as_mapping = &ri_as_mapping;
+    RunIndex_Type.tp_as_sequence = &ri_as_sequence;
+    RunIndex_Type.tp_methods = ri_methods;
+    RunIndex_Type.tp_hash = PyObject_HashNotImplemented;
+    if (PyType_Ready(&RunIndex_Type) < 0) return -1;
+    return PyModule_AddObject(module, "RunIndex", Py_NewRef((PyObject *)&RunIndex_Type));
+}
+
 /* The lock a held entry's first item refers to (a LockRef, or a weak reference: a Python-level primitive's):
  * borrowed, and only its identity may be used; Py_None once it is gone; NULL for anything else (no
  * exception set). */
@@ -1700,18 +1906,18 @@ run_index(PyObject *run, PyObject *to, PyObject **same)
     if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 11) return -1;
     PyObject *serials = PyList_GET_ITEM(run, 2);
     *same = PyList_GET_ITEM(run, 5);
-    if (!PyDict_CheckExact(serials) || !PyList_CheckExact(*same)) return -1;
-    PyObject *at = PyDict_GetItemWithError(serials, to); /* borrowed */
-    if (at == NULL) {
-        PyErr_Clear();
-        return -1;
+    if (!PyList_CheckExact(*same)) return -1;
+    Py_ssize_t n;
+    unsigned long long v;
+    if (IS_RUN_INDEX(serials)) {
+        n = serial_value(to, &v) ? ri_find((RunIndexObject *)serials, v) : -1;
     }
-    Py_ssize_t n = PyLong_AsSsize_t(at);
-    if (n < 1 || n >= PyList_GET_SIZE(*same)) {
+    else {
+        PyObject *at = PyDict_CheckExact(serials) ? PyDict_GetItemWithError(serials, to) : NULL; /* borrowed */
+        n = at != NULL ? PyLong_AsSsize_t(at) : -1;
         PyErr_Clear();
-        return -1;
     }
-    return n;
+    return n >= 1 && n < PyList_GET_SIZE(*same) ? n : -1;
 }
 
 /* The runs of a value of lockorder._inst_in (*v: a run, or a tuple of them): *runs points at them; their
@@ -1794,8 +2000,7 @@ run_next(PyObject *held, PyObject *entry)
     PyObject *to = PyTuple_GET_ITEM(entry, 3);
     if ((IS_HELD_STACK(held) ? !PyLong_CheckExact(expect) || PyLong_AsSsize_t(expect) != n
                              : !PyList_CheckExact(expect) || PyList_GET_SIZE(expect) != n) ||
-        !PyDict_CheckExact(serials) ||
-        !PyList_CheckExact(same) || !IS_SERIAL(to)) {
+        !(IS_RUN_INDEX(serials) || PyDict_CheckExact(serials)) || !PyList_CheckExact(same) || !IS_SERIAL(to)) {
         return 0;
     }
     /* A site that may still need stacks: Python takes them, for a new edge (one already known, as
@@ -1825,7 +2030,9 @@ run_next(PyObject *held, PyObject *entry)
         PyErr_Clear();
         return 0;
     }
-    int in_run = PyDict_Contains(serials, to);
+    unsigned long long to_serial;
+    if (!serial_value(to, &to_serial)) return 0;
+    int in_run = IS_RUN_INDEX(serials) ? ri_find((RunIndexObject *)serials, to_serial) >= 0 : PyDict_Contains(serials, to);
     if (in_run != 0) {
         PyErr_Clear();
         return 0; /* re-entry: Python skips it */
@@ -1879,8 +2086,10 @@ run_next(PyObject *held, PyObject *entry)
     int ok = 0;
     PyObject *at = NULL, *into = NULL, *n_count = NULL, *n_out = NULL;
     /* The run (lockorder._run_edge): the lock, then its index (what the graph reads it by) */
-    at = PyLong_FromSsize_t(n_same);
-    if (at == NULL) goto done;
+    if (!IS_RUN_INDEX(serials)) {
+        at = PyLong_FromSsize_t(n_same);
+        if (at == NULL) goto done;
+    }
     if (version >= 0) {
         PyObject *length = PyLong_FromSsize_t(n + 1);
         if (length == NULL || PyList_SetItem(run, 0, length) < 0) goto done;
@@ -1889,7 +2098,9 @@ run_next(PyObject *held, PyObject *entry)
         goto done;
     }
     if (PyList_Append(same, entry) < 0) goto done;
-    if (PyDict_SetItem(serials, to, at) < 0) goto done;
+    if (at != NULL ? PyDict_SetItem(serials, to, at) < 0 : ri_set((RunIndexObject *)serials, to_serial, n_same) < 0) {
+        goto done;
+    }
     if (version >= 0) {
         PyObject *next = PyLong_FromLongLong(version + 1); /* after this lock's push */
         if (next == NULL || PyList_SetItem(run, 9, next) < 0) goto done;
@@ -7495,6 +7706,7 @@ PyInit__speedups(void)
     if (heldstack_ready(m) < 0) goto fail;
     if (poolcounters_ready(m) < 0) goto fail;
     if (lockref_ready(m) < 0) goto fail;
+    if (run_index_ready(m) < 0) goto fail;
     if (queuemethod_ready(m) < 0) goto fail;
     PyObject *tracked = PyType_FromSpec(&tracked_spec);
     if (tracked == NULL) goto fail;

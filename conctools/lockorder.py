@@ -370,15 +370,19 @@ def check(held: list[Held], entry: Held) -> None:
 # between, a dead entry, a reset) makes the held stack differ, and
 # the full walk runs and starts a new run.
 # A run: [the held stack expected next (a copy; for a versioned stack, only its length: its innermost
-# entry is the run's last lock's, the version says the rest), class key, its serials (serial -> index in the
-# list of held locks of the class), thread name, task name, the held locks of the class (the run's
-# own after the first ones; where each edge's record comes from), last site whose stacks were all
-# taken (or None), where its edges start in that list, whether it is in _run_log, the held stack's
-# version after the last lock's push (-1: a plain list), the stacks taken (index -> stack, or None)].
+# entry is the run's last lock's, the version says the rest), class key, its serials (serial -> index in
+# the list of held locks of the class: a dict, or the C extension's RunIndex), thread name, task name,
+# the held locks of the class (the run's own after the first ones; where each edge's record comes from),
+# last site whose stacks were all taken (or None), where its edges start in that list, whether it is in
+# _run_log, the held stack's version after the last lock's push (-1: a plain list), the stacks taken
+# (index -> stack, or None)].
 # By id() of the held stack; validated by the version (or the content). The edge into the lock at
 # index i of the list (i > the start) is from the one at i - 1, and was held with the first i of them.
 _Run = list[Any]
 _runs: dict[int, _Run] = {}
+# A run's serials -> index table: the C extension's RunIndex (set by conctools.locks: 12 bytes a lock where a
+# dict entry and an int took ~65; a wait() on 40,000 futures is a run of 40,000 locks), else a dict.
+_run_index: list[Callable[[], Any]] = [dict]
 # The runs that added an edge to the graph in Python (the first lock of a run always comes through
 # Python), for the pruning (see _drop_dead_runs), oldest first; a run whose edges were all known
 # (the same locks nested again) is not kept. Each new one looks at the two oldest first
@@ -423,10 +427,13 @@ def _records_into(to: int) -> list[tuple[Any, ...]]:
 def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None:
     """``entry``'s lock is taken while ``same``, locks of its class, are held: start a run there."""
     versioned = _stack_type[0] is not None and type(held) is _stack_type[0]
+    serials = _run_index[0]()
+    for i, h in enumerate(same):
+        serials[h[3]] = i
     run: _Run = [
         len(held) + 1 if versioned else [*held, entry],
         entry[1],
-        {h[3]: i for i, h in enumerate(same)},
+        serials,
         threading.current_thread().name,
         current_task_name(),
         same,
@@ -448,6 +455,12 @@ def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None
     if len(_runs) >= 1_024:  # (stacks of threads and tasks that are gone)
         _runs.clear()
     _runs[id(held)] = run
+    if _run_log:
+        # The oldest runs' locks may be gone since the last run was logged (a wait() whose futures were
+        # dropped since): their edges and entries go now, not when the next run adds an edge, after the
+        # program made new objects among them (issue 12: a fan-out's memory grew round after round).
+        with _mutex:
+            _drop_old_runs()
     _add_instance_edge(run, inner, entry)
 
 

@@ -1189,7 +1189,7 @@ def _validate(blocking: Any, timeout: Any) -> None:
 # _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
 # builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 29  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 30  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -2110,6 +2110,7 @@ def _install_speedups() -> None:
     lockorder._untrack[0] = _speedups.untrack
     lockorder._drop_dead_run[0] = _speedups.drop_dead_run
     lockorder._graph_alive[0] = _speedups.graph_alive
+    lockorder._run_index[0] = _speedups.RunIndex
     lockorder._stack_type[0] = _speedups.HeldStack  # (its version is bumped in C too)
     _speedups.setup_runs(  # the next lock of a run of one class, in C (lockorder._run_edge)
         runs=lockorder._runs,

@@ -510,6 +510,40 @@ class TestInversions:
         (event,) = inversions(ordered)
         assert len(event.cycle) == 2 and all("#" in name for name in event.cycle)
 
+    def test_dead_runs_go_when_the_next_run_starts(self, ordered: Recorder) -> None:
+        """The edges of a ``wait()`` whose futures are gone are dropped as soon as another run starts, even one
+        that adds no edge (the same locks nested again), not only when a later run adds one: a fan-out's memory
+        no longer waits a round. With the C extension a run's index is the compact RunIndex, which reads as
+        the dict it replaces."""
+        make = lambda: conctools.Lock()  # noqa: E731 (one class: one creation line)
+        x, y = make(), make()
+        with x, y:
+            pass
+        with conctools.trace_locks():  # (the futures' conditions traced)
+            futures: list[concurrent.futures.Future[int]] = [concurrent.futures.Future() for _ in range(50)]
+        for i, f in enumerate(futures):
+            f.set_result(i)
+        done, _ = concurrent.futures.wait(futures)
+        assert len(done) == 50 and lockorder.graph_size() == 1 + 49
+        (wide,) = [r for r in lockorder._run_log if len(r[5]) == 50]
+        index = wide[2]
+        if locks._speedups is not None:
+            assert type(index) is locks._speedups.RunIndex
+        serials = [e[3] for e in wide[5]]
+        assert len(index) == 50 and [index[s] for s in serials] == list(range(50)) and serials[7] in index
+        assert index.get(serials[3]) == 3 and index.get(-1, "none") == "none" and -1 not in index
+        with pytest.raises(KeyError):
+            index[max(int(s) for s in serials) + 1000]
+        del done, futures, f, wide, index, serials
+        gc.collect()
+        with x, y:  # a run whose edge is known: nothing is added, the dead run goes
+            pass
+        assert lockorder.graph_size() == 1
+        with y, x:
+            pass
+        (event,) = inversions(ordered)
+        assert len(event.cycle) == 2
+
     def test_mode_off_records_nothing(self, recorder: Recorder) -> None:
         """Locks made outside lock-order mode do not check order."""
         lockorder.reset()
