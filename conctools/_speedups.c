@@ -1491,12 +1491,14 @@ lock_ref_clear(CoreObject *self)
     }
 }
 
-/* -- RunIndex: a run's serials -> their index in its list of locks (lockorder's run[2]) ------------- *
- * What a dict of serial -> int does for lockorder, in 12 bytes a slot (the serial's value and the index)
- * rather than a dict entry and an int object per lock (~65 bytes): 40,000 futures held by one wait() are
- * one run of 40,000 locks, and the runs of the locks alive are kept for the graph (issue 12: memory). Keys
- * are serials, ints or LockRefs, and compare as their value (as in a dict: hash and equality are the int's);
- * nothing else is a key (TypeError). No deletion: runs only grow. Holds no reference to anything. */
+/* -- RunIndex: serials -> small ints (a run's index of its locks, lockorder's run[2]; the graph's counts
+ * of out-edges, lockorder._inst_has_out) ------------------------------------------------------------ *
+ * What a dict of serial -> int does for lockorder, in 12 bytes a slot (the serial's value and the int)
+ * rather than a dict entry and often an int object per lock (~33-65 bytes): 40,000 futures held by one
+ * wait() are one run of 40,000 locks, and the runs of the locks alive are kept for the graph (issue 12:
+ * memory). Keys are serials, ints or LockRefs, and compare as their value (as in a dict: hash and equality
+ * are the int's); nothing else is a key (TypeError). Values are ints from 0 to 2**32 - 2. Holds no
+ * reference to anything. */
 typedef struct {
     PyObject_HEAD
     Py_ssize_t used;
@@ -1518,13 +1520,20 @@ ri_key(PyObject *key, unsigned long long *v)
     return -1;
 }
 
+/* Where serial v's probe starts (size > 0): Fibonacci hashing (the top bits of the product), as serials
+ * of one run often go up in steps of 2 or 4. */
+static size_t
+ri_home(RunIndexObject *r, unsigned long long v)
+{
+    return (size_t)((v * 0x9E3779B97F4A7C15ULL) >> (64 - r->bits));
+}
+
 /* The slot of serial v: where it is, or the empty one it would go in (size > 0). */
 static Py_ssize_t
 ri_slot(RunIndexObject *r, unsigned long long v)
 {
-    /* Fibonacci hashing (the top bits of the product): serials of one run often go up in steps of 2 or 4 */
     size_t mask = (size_t)r->size - 1;
-    size_t i = (size_t)((v * 0x9E3779B97F4A7C15ULL) >> (64 - r->bits));
+    size_t i = ri_home(r, v);
     uint32_t *vals = RI_VALS(r);
     while (vals[i] != 0 && r->serials[i] != v) i = (i + 1) & mask;
     return (Py_ssize_t)i;
@@ -1587,6 +1596,39 @@ ri_set(RunIndexObject *r, unsigned long long v, Py_ssize_t index)
     return 0;
 }
 
+/* Remove serial v: 1, or 0 when it is not there (backward-shift deletion: no tombstones). */
+static int
+ri_remove(RunIndexObject *r, unsigned long long v)
+{
+    if (r->size == 0) return 0;
+    size_t mask = (size_t)r->size - 1, i = (size_t)ri_slot(r, v);
+    uint32_t *vals = RI_VALS(r);
+    if (vals[i] == 0) return 0;
+    for (size_t j = (i + 1) & mask; vals[j] != 0; j = (j + 1) & mask) {
+        size_t home = ri_home(r, r->serials[j]);
+        /* j's entry may move back to i when its home is not within (i, j] (cyclically) */
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            r->serials[i] = r->serials[j];
+            vals[i] = vals[j];
+            i = j;
+        }
+    }
+    vals[i] = 0;
+    r->used--;
+    return 1;
+}
+
+static PyObject *
+ri_clear(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    RunIndexObject *r = (RunIndexObject *)self;
+    PyMem_Free(r->serials);
+    r->serials = NULL;
+    r->used = r->size = 0;
+    r->bits = 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 ri_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -1635,7 +1677,8 @@ ri_ass_subscript(PyObject *self, PyObject *key, PyObject *value)
     unsigned long long v;
     if (ri_key(key, &v) < 0) return -1;
     if (value == NULL) {
-        PyErr_SetString(PyExc_TypeError, "RunIndex: no deletion (runs only grow)");
+        if (ri_remove((RunIndexObject *)self, v)) return 0;
+        PyErr_SetObject(PyExc_KeyError, key);
         return -1;
     }
     Py_ssize_t index = PyLong_AsSsize_t(value);
@@ -1676,9 +1719,53 @@ static PyMappingMethods ri_as_mapping = {ri_length, ri_subscript, ri_ass_subscri
 static PySequenceMethods ri_as_sequence = {.sq_contains = ri_contains};
 static PyMethodDef ri_methods[] = {
     {"get", (PyCFunction)(void (*)(void))ri_get, METH_FASTCALL, "get(serial, default=None): its index, or default"},
+    {"clear", ri_clear, METH_NOARGS, "clear(): remove every serial"},
     {"__sizeof__", ri_sizeof, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
+
+/* A serial -> int table of lockorder's (a dict, or a RunIndex): the int of key in *v: 1, 0 when it has none
+ * (*v = 0), -1 on an error (set). */
+static int
+tbl_get(PyObject *t, PyObject *key, Py_ssize_t *v)
+{
+    *v = 0;
+    if (IS_RUN_INDEX(t)) {
+        unsigned long long k;
+        if (ri_key(key, &k) < 0) return -1;
+        Py_ssize_t i = ri_find((RunIndexObject *)t, k);
+        if (i < 0) return 0;
+        *v = i;
+        return 1;
+    }
+    PyObject *o = PyDict_GetItemWithError(t, key); /* borrowed */
+    if (o == NULL) return PyErr_Occurred() ? -1 : 0;
+    *v = PyLong_AsSsize_t(o);
+    return *v == -1 && PyErr_Occurred() ? -1 : 1;
+}
+
+/* key -> v in table t: 0, else -1 with an exception set. */
+static int
+tbl_set(PyObject *t, PyObject *key, Py_ssize_t v)
+{
+    if (IS_RUN_INDEX(t)) {
+        unsigned long long k;
+        return ri_key(key, &k) < 0 ? -1 : ri_set((RunIndexObject *)t, k, v);
+    }
+    PyObject *o = PyLong_FromSsize_t(v);
+    int r = o != NULL ? PyDict_SetItem(t, key, o) : -1;
+    Py_XDECREF(o);
+    return r;
+}
+
+/* Remove key from table t: 0, else -1 with an exception set (KeyError when it is not there). */
+static int
+tbl_del(PyObject *t, PyObject *key)
+{
+    return IS_RUN_INDEX(t) ? ri_ass_subscript(t, key, NULL) : PyDict_DelItem(t, key);
+}
+
+#define IS_TABLE(o) (IS_RUN_INDEX(o) || PyDict_CheckExact(o))
 
 static int
 run_index_ready(PyObject *module)
@@ -2075,7 +2162,8 @@ run_next(PyObject *held, PyObject *entry)
         return 0; /* Python prunes */
     }
     if (!edge_known) {
-        int leads_on = PyDict_Contains(g_inst_has_out, to);
+        Py_ssize_t outs_to;
+        int leads_on = tbl_get(g_inst_has_out, to, &outs_to);
         if (leads_on != 0) {
             PyErr_Clear();
             return 0; /* the new edge may close a cycle: Python looks */
@@ -2084,7 +2172,7 @@ run_next(PyObject *held, PyObject *entry)
     g_allocated = 1;
     int gc_was = PyGC_Disable(); /* no collection (no finalizer) until the run and the graph agree */
     int ok = 0;
-    PyObject *at = NULL, *into = NULL, *n_count = NULL, *n_out = NULL;
+    PyObject *at = NULL, *into = NULL, *n_count = NULL;
     /* The run (lockorder._run_edge): the lock, then its index (what the graph reads it by) */
     if (!IS_RUN_INDEX(serials)) {
         at = PyLong_FromSsize_t(n_same);
@@ -2121,24 +2209,21 @@ run_next(PyObject *held, PyObject *entry)
             }
         }
         if (into == NULL) goto done;
-        PyObject *out = PyDict_GetItemWithError(g_inst_has_out, frm);
-        if (out == NULL && PyErr_Occurred()) goto done;
-        Py_ssize_t outs = out == NULL ? 0 : PyLong_AsSsize_t(out);
-        if (outs < 0) goto done;
-        n_out = PyLong_FromSsize_t(outs + 1);
+        Py_ssize_t outs;
+        if (tbl_get(g_inst_has_out, frm, &outs) < 0 || outs < 0) goto done;
         n_count = PyLong_FromSsize_t(count + 1);
-        if (n_out == NULL || n_count == NULL) goto done;
-        /* The graph (no allocation of a tracked object from here: dicts only grow). */
+        if (n_count == NULL) goto done;
+        /* The graph (no allocation of a tracked object from here: dicts and tables only grow). The count
+         * first: should a later step fail, a lock said to lead on only makes a cycle search that finds none. */
+        if (tbl_set(g_inst_has_out, frm, outs + 1) < 0) goto done;
         if (PyDict_SetItem(g_inst_in, to, into) < 0) goto done;
         if (PyList_SetItem(g_inst_count, 0, Py_NewRef(n_count)) < 0) goto done;
-        if (PyDict_SetItem(g_inst_has_out, frm, n_out) < 0) goto done;
     }
     ok = 1;
 done:
     Py_XDECREF(at);
     Py_XDECREF(into);
     Py_XDECREF(n_count);
-    Py_XDECREF(n_out);
     if (!ok) {
         PyErr_Clear();
         /* (out of memory, half-way: the held stack no longer matches the run, the next lock starts a new one) */
@@ -5494,7 +5579,7 @@ entry_gone(PyObject *h)
 static PyObject *
 drop_dead_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !IS_TABLE(args[2])) {
         PyErr_SetString(PyExc_TypeError, "drop_dead_run(run, into, has_out)");
         return NULL;
     }
@@ -5515,8 +5600,9 @@ drop_dead_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     for (Py_ssize_t i = start; i < n; i++) {
         if (!IS_SERIAL(SERIAL(i))) return PyLong_FromLong(0);
     }
-    int r1 = PyDict_Contains(into, SERIAL(start)), r2 = PyDict_Contains(out, SERIAL(start));
-    int r3 = PyDict_Contains(out, SERIAL(n - 1));
+    Py_ssize_t ignored;
+    int r1 = PyDict_Contains(into, SERIAL(start)), r2 = tbl_get(out, SERIAL(start), &ignored);
+    int r3 = tbl_get(out, SERIAL(n - 1), &ignored);
     if (r1 < 0 || r2 < 0 || r3 < 0) return NULL;
     if (r1 || !r2 || r3) return PyLong_FromLong(0);
     for (Py_ssize_t i = start + 1; i < n; i++) {
@@ -5525,22 +5611,17 @@ drop_dead_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         if (v != run) return PyLong_FromLong(0);
     }
     for (Py_ssize_t i = start; i < n - 1; i++) {
-        PyObject *v = PyDict_GetItemWithError(out, SERIAL(i));
-        if (v == NULL) {
-            if (PyErr_Occurred()) return NULL;
-            return PyLong_FromLong(0);
-        }
-        if (!PyLong_CheckExact(v) || PyLong_AsLong(v) != 1) {
-            PyErr_Clear();
-            return PyLong_FromLong(0);
-        }
+        Py_ssize_t outs;
+        int found = tbl_get(out, SERIAL(i), &outs);
+        if (found < 0) return NULL;
+        if (!found || outs != 1) return PyLong_FromLong(0);
     }
     /* Removing the entries frees no object of the run's (the caller holds it) and ints only. */
     for (Py_ssize_t i = start + 1; i < n; i++) {
         if (PyDict_DelItem(into, SERIAL(i)) < 0) return NULL;
     }
     for (Py_ssize_t i = start; i < n - 1; i++) {
-        if (PyDict_DelItem(out, SERIAL(i)) < 0) return NULL;
+        if (tbl_del(out, SERIAL(i)) < 0) return NULL;
     }
 #undef SERIAL
     return PyLong_FromSsize_t(n - 1 - start);
@@ -5582,9 +5663,13 @@ setup_runs(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"runs", "into", "has_out", "count", "full_skip", "prune_at", "max_edges", "mutex", NULL};
     PyObject *v[7];
     Py_ssize_t max_edges;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!O!O!nO:setup_runs", kwlist, &PyDict_Type, &v[0],
-                                     &PyDict_Type, &v[1], &PyDict_Type, &v[2], &PyList_Type, &v[3], &PyList_Type,
-                                     &v[4], &PyList_Type, &v[5], &max_edges, &v[6])) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!OO!O!O!nO:setup_runs", kwlist, &PyDict_Type, &v[0],
+                                     &PyDict_Type, &v[1], &v[2], &PyList_Type, &v[3], &PyList_Type, &v[4],
+                                     &PyList_Type, &v[5], &max_edges, &v[6])) {
+        return NULL;
+    }
+    if (!IS_TABLE(v[2])) {
+        PyErr_SetString(PyExc_TypeError, "setup_runs: has_out is a dict or a RunIndex");
         return NULL;
     }
     PyObject **slots[7] = {&g_runs, &g_inst_in, &g_inst_has_out, &g_inst_count, &g_inst_full_skip, &g_inst_prune_at,

@@ -95,7 +95,9 @@ _local = threading.local()
 # The record of one edge (from held entry, to entry, thread name, task name, stack or None, a list
 # whose first n are the held entries of the class then, n) is made from the run when it is read.
 _inst_in: dict[int, Any] = {}  # serial -> _Run, or a tuple of them
-_inst_has_out: dict[int, int] = {}  # serial -> its out-edges (how many: see _drop_dead_runs)
+# serial -> its out-edges (how many: see _drop_dead_runs); the C extension's RunIndex (set by conctools.locks
+# before any edge: 12 bytes a slot where a dict entry took ~33), else a dict
+_inst_has_out: Any = {}
 _inst_count = [0]  # distinct instance edges
 _inst_stacks: dict[tuple[Any, ...], int] = {}  # (class key, site: id(code), offset) -> stacks taken there
 INSTANCE_STACKS_PER_SITE = 8

@@ -2111,6 +2111,8 @@ def _install_speedups() -> None:
     lockorder._drop_dead_run[0] = _speedups.drop_dead_run
     lockorder._graph_alive[0] = _speedups.graph_alive
     lockorder._run_index[0] = _speedups.RunIndex
+    if not lockorder._inst_has_out:  # (empty: no edge was added in Python yet)
+        lockorder._inst_has_out = _speedups.RunIndex()
     lockorder._stack_type[0] = _speedups.HeldStack  # (its version is bumped in C too)
     _speedups.setup_runs(  # the next lock of a run of one class, in C (lockorder._run_edge)
         runs=lockorder._runs,

@@ -339,6 +339,46 @@ class TestInterrupts:
         assert not outer.locked() and not inner.locked()
 
 
+@pytest.mark.skipif(not locks.SPEEDUPS, reason="the C fast path is not in use here")
+class TestRunIndex:
+    """The compact serial -> int table of lock order (a run's index of its locks, the graph's out-edge counts)
+    answers as the dict it replaces, through every insert, update and removal."""
+
+    def test_agrees_with_a_dict_under_random_operations(self, ordered: Recorder) -> None:
+        import random
+
+        speedups = locks._speedups
+        assert speedups is not None
+        table, model = speedups.RunIndex(), {}
+        rnd = random.Random(12)
+        for _ in range(60_000):
+            # serials of one class often go up in steps of 2 or 4: those collide in a plain modulus table
+            key = rnd.randrange(0, 3_000) * rnd.choice((1, 2, 4))
+            op = rnd.random()
+            if op < 0.5:
+                table[key] = model[key] = rnd.randrange(0, 1_000)
+            elif op < 0.8:
+                if key in model:
+                    del model[key], table[key]
+                else:
+                    with pytest.raises(KeyError):
+                        del table[key]
+            else:
+                assert table.get(key) == model.get(key) and (key in table) == (key in model)
+        assert len(table) == len(model) and all(table[k] == v for k, v in model.items())
+        a = conctools.Lock()
+        with a:
+            ref = lockorder.held_stack()[-1][0]  # (a LockRef keys as its serial)
+        table[ref] = 5
+        assert table[a._ct_serial] == 5 and ref in table  # type: ignore[attr-defined]
+        with pytest.raises(TypeError):
+            table["x"] = 1
+        assert "x" not in table and table.get("x", 0) == 0
+        table.clear()
+        assert len(table) == 0 and ref not in table
+        assert type(lockorder._inst_has_out) is speedups.RunIndex
+
+
 class TestLockOrderAcrossThreads:
     def test_held_stacks_stay_per_thread_when_threads_interleave(self, ordered: Recorder) -> None:
         """Thread A holds X while B takes Y alone, then A takes Y: the edge is X->Y only, nothing is reported."""
