@@ -13,10 +13,17 @@ PYTEST_MARK ?=
 
 .PHONY: venv demo test check static format lint types pytest pytest-312 pytest-313 test-load bench clean
 
+# The C extensions are optional (setup.py): a compile error falls back to the pure-Python paths without a word
+# from pip, so say so here (tests/test_speedups.py::TestBuild fails on it too).
+CHECK_SPEEDUPS = import conctools.locks as l, sys; sys.exit(0 if l.SPEEDUPS else 1)
+SPEEDUPS_MISSING = make: conctools' C extension did not build or import here: its pure-Python paths run instead \
+(see the compiler's error with: pip install -v -e .)
+
 $(STAMP): pyproject.toml setup.py conctools/_speedups.c conctools/_tracing.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@CONCTOOLS_PURE_PYTHON= $(BIN)/python -c '$(CHECK_SPEEDUPS)' || echo "$(SPEEDUPS_MISSING)" >&2
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -59,6 +66,7 @@ define other_python
 			PYENV_VERSION=$(1) $(PYTHON) -m venv $(2) && \
 			$(2)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip && \
 			$(2)/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' && \
+			{ CONCTOOLS_PURE_PYTHON= $(2)/bin/python -c '$(CHECK_SPEEDUPS)' || echo "$(SPEEDUPS_MISSING)" >&2; } && \
 			touch $(2)/.installed || exit 1; \
 		fi; \
 		$(2)/bin/python -m pytest -m "not load" $(PYTEST_ARGS); \
