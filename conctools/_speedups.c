@@ -1773,7 +1773,8 @@ run_index_ready(PyObject *module)
     RunIndex_Type.tp_name = "conctools._speedups.RunIndex";
     RunIndex_Type.tp_basicsize = sizeof(RunIndexObject);
     RunIndex_Type.tp_flags = Py_TPFLAGS_DEFAULT;
-    RunIndex_Type.tp_doc = "A lock-order run's serials -> their index in its locks of one class (a compact dict).";
+    RunIndex_Type.tp_doc = "Lock order's serials -> small ints (a run's index of its locks, the graph's out-edge counts): "
+                           "a compact dict.";
     RunIndex_Type.tp_new = ri_new;
     RunIndex_Type.tp_dealloc = ri_dealloc;
     RunIndex_Type.tp_as_mapping = &ri_as_mapping;
@@ -1818,9 +1819,10 @@ held_ref_target(PyObject *ref)
 #define ENTRY_CACHE_AFTER 8
 
 /* The held-stack entry for this lock taken at site: (LockRef, class key, name, LockRef, site) (new reference).
- * It is cached on the lock (with the previous sites' once the lock is busy: entry_alt) only from the second
- * acquisition in a row at one site: a lock taken at each of its sites once (a Future's condition: by
- * set_result(), wait(), as_completed(), result()) keeps no entry once released. Its entries then live only
+ * It is cached on the lock only once the lock has been taken ENTRY_CACHE_AFTER times, and then at the second
+ * entry made in a row for one site (with the previous sites' too from ENTRY_ALT_AFTER: entry_alt): a lock
+ * taken a few times (a Future's condition: by set_result(), wait(), as_completed(), result()) keeps no entry
+ * once released. Its entries then live only
  * as long as the held stack and lock order's runs need them (issue 12: 40,000 futures held by a wait() kept
  * one more entry each, 80 bytes, for their life). */
 static PyObject *
@@ -1993,16 +1995,11 @@ run_index(PyObject *run, PyObject *to, PyObject **same)
     if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 11) return -1;
     PyObject *serials = PyList_GET_ITEM(run, 2);
     *same = PyList_GET_ITEM(run, 5);
-    if (!PyList_CheckExact(*same)) return -1;
+    if (!PyList_CheckExact(*same) || !IS_TABLE(serials)) return -1;
     Py_ssize_t n;
-    unsigned long long v;
-    if (IS_RUN_INDEX(serials)) {
-        n = serial_value(to, &v) ? ri_find((RunIndexObject *)serials, v) : -1;
-    }
-    else {
-        PyObject *at = PyDict_CheckExact(serials) ? PyDict_GetItemWithError(serials, to) : NULL; /* borrowed */
-        n = at != NULL ? PyLong_AsSsize_t(at) : -1;
+    if (tbl_get(serials, to, &n) != 1) {
         PyErr_Clear();
+        return -1;
     }
     return n >= 1 && n < PyList_GET_SIZE(*same) ? n : -1;
 }
@@ -2087,7 +2084,7 @@ run_next(PyObject *held, PyObject *entry)
     PyObject *to = PyTuple_GET_ITEM(entry, 3);
     if ((IS_HELD_STACK(held) ? !PyLong_CheckExact(expect) || PyLong_AsSsize_t(expect) != n
                              : !PyList_CheckExact(expect) || PyList_GET_SIZE(expect) != n) ||
-        !(IS_RUN_INDEX(serials) || PyDict_CheckExact(serials)) || !PyList_CheckExact(same) || !IS_SERIAL(to)) {
+        !IS_TABLE(serials) || !PyList_CheckExact(same) || !IS_SERIAL(to)) {
         return 0;
     }
     /* A site that may still need stacks: Python takes them, for a new edge (one already known, as
@@ -2117,9 +2114,8 @@ run_next(PyObject *held, PyObject *entry)
         PyErr_Clear();
         return 0;
     }
-    unsigned long long to_serial;
-    if (!serial_value(to, &to_serial)) return 0;
-    int in_run = IS_RUN_INDEX(serials) ? ri_find((RunIndexObject *)serials, to_serial) >= 0 : PyDict_Contains(serials, to);
+    Py_ssize_t ignored;
+    int in_run = tbl_get(serials, to, &ignored);
     if (in_run != 0) {
         PyErr_Clear();
         return 0; /* re-entry: Python skips it */
@@ -2162,8 +2158,7 @@ run_next(PyObject *held, PyObject *entry)
         return 0; /* Python prunes */
     }
     if (!edge_known) {
-        Py_ssize_t outs_to;
-        int leads_on = tbl_get(g_inst_has_out, to, &outs_to);
+        int leads_on = tbl_get(g_inst_has_out, to, &ignored);
         if (leads_on != 0) {
             PyErr_Clear();
             return 0; /* the new edge may close a cycle: Python looks */
@@ -2172,12 +2167,8 @@ run_next(PyObject *held, PyObject *entry)
     g_allocated = 1;
     int gc_was = PyGC_Disable(); /* no collection (no finalizer) until the run and the graph agree */
     int ok = 0;
-    PyObject *at = NULL, *into = NULL, *n_count = NULL;
+    PyObject *into = NULL, *n_count = NULL;
     /* The run (lockorder._run_edge): the lock, then its index (what the graph reads it by) */
-    if (!IS_RUN_INDEX(serials)) {
-        at = PyLong_FromSsize_t(n_same);
-        if (at == NULL) goto done;
-    }
     if (version >= 0) {
         PyObject *length = PyLong_FromSsize_t(n + 1);
         if (length == NULL || PyList_SetItem(run, 0, length) < 0) goto done;
@@ -2185,10 +2176,7 @@ run_next(PyObject *held, PyObject *entry)
     else if (PyList_Append(expect, entry) < 0) {
         goto done;
     }
-    if (PyList_Append(same, entry) < 0) goto done;
-    if (at != NULL ? PyDict_SetItem(serials, to, at) < 0 : ri_set((RunIndexObject *)serials, to_serial, n_same) < 0) {
-        goto done;
-    }
+    if (PyList_Append(same, entry) < 0 || tbl_set(serials, to, n_same) < 0) goto done;
     if (version >= 0) {
         PyObject *next = PyLong_FromLongLong(version + 1); /* after this lock's push */
         if (next == NULL || PyList_SetItem(run, 9, next) < 0) goto done;
@@ -2221,7 +2209,6 @@ run_next(PyObject *held, PyObject *entry)
     }
     ok = 1;
 done:
-    Py_XDECREF(at);
     Py_XDECREF(into);
     Py_XDECREF(n_count);
     if (!ok) {
