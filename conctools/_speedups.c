@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 30
+#define API_VERSION 31
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -6213,6 +6213,14 @@ static PyObject *g_se_current_task;  /* asyncio.current_task */
 static Py_ssize_t g_se_max_holders;
 static PyObject *s_ct_n, *s_ct_holders, *s_ct_loop, *s_ct_task, *s_throw, *s_close;
 static PyTypeObject *g_se_type;
+/* aio_steps_setup(): the exact classes whose free slot sem_enter() takes in C without asyncio's coroutine
+ * (aio.Semaphore, aio.BoundedSemaphore), the one whose release() is done in C (aio.Semaphore), and the slots
+ * read (-1: none of this) */
+static PyObject *g_se_fast_types; /* a tuple of types, or NULL */
+static PyTypeObject *g_se_release_type;
+static Py_ssize_t g_se_off_value = -1, g_se_off_waiters = -1, g_se_off_holders = -1;
+static PyObject *g_se_progress; /* registry._progress: [monotonic ns of the last progress] */
+static int se_fast_take(PyObject *sem);
 
 enum { SE_START, SE_WAITING, SE_DONE };
 
@@ -6378,9 +6386,36 @@ se_after(SemEnterObject *se, PySendResult r, PyObject *value, PyObject **result)
     return PYGEN_ERROR;
 }
 
+/* The first send or throw: 1 the slot was free and is taken (done), 0 asyncio's acquire() coroutine is made
+ * (se->inner), -1 an error (done). */
+static int
+se_start(SemEnterObject *se, int may_take)
+{
+    int r = may_take ? se_fast_take(se->sem) : 0;
+    if (r == 0) {
+        se->inner = PyObject_CallOneArg(g_se_base_acquire, se->sem);
+        if (se->inner == NULL) r = -1;
+    }
+    if (r != 0) se->state = SE_DONE;
+    return r;
+}
+
 static PySendResult
 se_am_send(SemEnterObject *se, PyObject *arg, PyObject **result)
 {
+    if (se->inner == NULL && se->state == SE_START) {
+        if (arg != Py_None) {
+            se->state = SE_DONE;
+            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+            *result = NULL;
+            return PYGEN_ERROR;
+        }
+        int r = se_start(se, 1);
+        if (r != 0) {
+            *result = r > 0 ? Py_NewRef(Py_None) : NULL;
+            return r > 0 ? PYGEN_RETURN : PYGEN_ERROR;
+        }
+    }
     if (se->inner == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited __aenter__()");
         *result = NULL;
@@ -6438,6 +6473,7 @@ se_send(SemEnterObject *se, PyObject *arg)
 static PyObject *
 se_throw(SemEnterObject *se, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (se->inner == NULL && se->state == SE_START && se_start(se, 0) < 0) return NULL;
     if (se->inner == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited __aenter__()");
         return NULL;
@@ -6466,6 +6502,10 @@ se_throw(SemEnterObject *se, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 se_close(SemEnterObject *se, PyObject *Py_UNUSED(ignored))
 {
+    if (se->inner == NULL && se->state == SE_START) { /* closed before it began: nothing was done */
+        se->state = SE_DONE;
+        Py_RETURN_NONE;
+    }
     PyObject *inner = se->inner;
     se->inner = NULL;
     PyObject *r = inner != NULL ? PyObject_CallMethodNoArgs(inner, s_close) : Py_NewRef(Py_None);
@@ -6485,6 +6525,15 @@ se_await(SemEnterObject *se)
 static void
 se_finalize(SemEnterObject *se)
 {
+    if (se->state == SE_START && se->inner == NULL) { /* never awaited: warn, as asyncio's coroutine would */
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        if (PyErr_WarnEx(PyExc_RuntimeWarning, "coroutine 'Semaphore.__aenter__' was never awaited", 1) < 0) {
+            PyErr_WriteUnraisable((PyObject *)se);
+        }
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+        return;
+    }
     if (se->state != SE_WAITING) return;
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
@@ -6564,15 +6613,11 @@ py_sem_enter(PyObject *Py_UNUSED(module), PyObject *sem)
         PyErr_SetString(PyExc_RuntimeError, "sem_enter() before sem_enter_setup()");
         return NULL;
     }
-    PyObject *inner = PyObject_CallOneArg(g_se_base_acquire, sem);
-    if (inner == NULL) return NULL;
+    /* asyncio's acquire() coroutine is made at the first send, unless the slot is free and taken in C */
     SemEnterObject *se = PyObject_GC_New(SemEnterObject, g_se_type);
-    if (se == NULL) {
-        Py_DECREF(inner);
-        return NULL;
-    }
+    if (se == NULL) return NULL;
     se->sem = Py_NewRef(sem);
-    se->inner = inner;
+    se->inner = NULL;
     se->task = se->wait = se->token = se->pool_state = NULL;
     se->pool_start = 0;
     se->state = SE_START;
@@ -6616,6 +6661,8 @@ py_sem_enter_setup(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
  * very site (code, offset), the lock is held by a task and that task holds no other lock (nothing to
  * check): the entry is pushed on the task's held stack (task_stacks[id(task)], a spare one or a new
  * list). False: nothing was done (the caller runs _took_timed). Never raises. */
+static int aio_took_impl(AioLockObject *self, PyObject *stacks, PyObject *spare, int skip);
+
 static PyObject *
 py_aio_took(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -6623,13 +6670,19 @@ py_aio_took(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         !PyDict_CheckExact(args[1]) || !PyList_CheckExact(args[2])) {
         Py_RETURN_FALSE;
     }
-    AioLockObject *self = (AioLockObject *)args[0];
-    PyObject *stacks = args[1], *spare = args[2];
+    return Py_NewRef(aio_took_impl((AioLockObject *)args[0], args[1], args[2], 1) ? Py_True : Py_False);
+}
+
+/* aio_took()'s work: 1 done, 0 not (the caller runs _took_timed). skip: the frames above the one that took
+ * the lock (1: called from the lock's Python method; 0: from C, under the frame that awaits). Never raises. */
+static int
+aio_took_impl(AioLockObject *self, PyObject *stacks, PyObject *spare, int skip)
+{
     PyObject *nobj = self->base.n;
     long long n = nobj != NULL && PyLong_CheckExact(nobj) ? as_ll(nobj) : -1;
     if (n < 0) {
         PyErr_Clear();
-        Py_RETURN_FALSE;
+        return 0;
     }
     PyObject *entry = NULL, *key = NULL, *since_obj = NULL; /* new references */
     PyObject *held = NULL; /* the task's stack, if it has one (new reference) */
@@ -6642,8 +6695,8 @@ py_aio_took(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         FrameCursor c;
         cursor_start(&c);
         PyCodeObject *code = NULL;
-        int lasti = -1, found = 0;
-        if (cursor_get(&c, &code, &lasti)) {
+        int lasti = -1, found = cursor_get(&c, &code, &lasti);
+        if (found && skip) {
             cursor_next(&c);
             found = cursor_get(&c, &code, &lasti);
         }
@@ -6699,13 +6752,15 @@ out:
     Py_XDECREF(key);
     Py_XDECREF(held);
     if (PyErr_Occurred()) swallow();
-    return Py_NewRef(done ? Py_True : Py_False);
+    return done;
 }
 
 /* aio_released(lock, task_stacks, spare_stacks) -> bool: conctools.aio.Lock._released_timed() when the
  * lock is the innermost of its held stack (or on none): the sampled hold added to its histogram, the
  * lock popped off the stack, and an emptied stack of a task handed to the spares (at most 64). False:
  * nothing was done (the caller runs _released_timed). Never raises. */
+static int aio_released_impl(AioLockObject *self, PyObject *stacks, PyObject *spare);
+
 static PyObject *
 py_aio_released(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -6713,8 +6768,14 @@ py_aio_released(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         !PyDict_CheckExact(args[1]) || !PyList_CheckExact(args[2])) {
         Py_RETURN_FALSE;
     }
-    AioLockObject *self = (AioLockObject *)args[0];
-    PyObject *lock = args[0], *stacks = args[1], *spare = args[2];
+    return Py_NewRef(aio_released_impl((AioLockObject *)args[0], args[1], args[2]) ? Py_True : Py_False);
+}
+
+/* aio_released()'s work: 1 done, 0 not (the caller runs _released_timed). Never raises. */
+static int
+aio_released_impl(AioLockObject *self, PyObject *stacks, PyObject *spare)
+{
+    PyObject *lock = (PyObject *)self;
     PyObject *since_obj = self->since, *held = Py_XNewRef(self->holdstack), *owner = NULL, *key = NULL;
     int done = 0;
     long long since = since_obj != NULL && PyLong_CheckExact(since_obj) ? as_ll(since_obj) : -1;
@@ -6767,7 +6828,588 @@ out:
     Py_XDECREF(owner);
     Py_XDECREF(key);
     if (PyErr_Occurred()) swallow();
-    return Py_NewRef(done ? Py_True : Py_False);
+    return done;
+}
+
+/* -- a traced asyncio Lock's `async with`, and a traced Semaphore's, without a coroutine of their own ----- *
+ * Issue 12: `async with lock` made two Python coroutines per use of a traced asyncio.Lock (its __aenter__ and
+ * __aexit__, ~70 bytecodes), and a traced Semaphore a Python frame for its __aenter__ and a coroutine for its
+ * __aexit__. Here they are method descriptors that return an AwaitStep: a small awaitable that, when first
+ * sent, does the common case in C and returns at once (a free Lock taken, a held Lock released, a
+ * Semaphore released), and otherwise runs the Python method it stands for (the slow path: a Lock's wait, an
+ * error to raise) as its own coroutine, delegating to it as `await` would. Awaited once, as a coroutine is;
+ * one never awaited warns, as a coroutine does; cr_frame and cr_await read the delegate's (await-chain
+ * walkers see the frames they saw before). */
+enum { AS_LOCK_ENTER, AS_LOCK_EXIT, AS_SEM_EXIT, AS_KINDS };
+enum { AS_NEW, AS_RUNNING, AS_DONE };
+static const char *const as_names[AS_KINDS] = {"Lock.__aenter__", "Lock.__aexit__", "Semaphore.__aexit__"};
+static PyObject *g_as_slow[AS_KINDS]; /* the Python methods they stand for: async def m(self[, et, ev, tb]) */
+static PyTypeObject *g_as_lock_cls;   /* conctools.aio.Lock */
+static PyObject *g_as_stacks, *g_as_spare; /* lockorder._task_stacks, lockorder._spare_stacks */
+static Py_ssize_t g_as_off_locked = -1, g_as_off_waiters = -1; /* aio.Lock's slots _locked and _waiters */
+static PyTypeObject *g_as_type;
+static PyObject *s_took_timed, *s_released_timed, *s_wake_up_first, *s_wake_up_next;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *prim;  /* the lock or semaphore */
+    PyObject *inner; /* the Python method's coroutine while it runs (the slow path) */
+    int kind;
+    int state;
+} AwaitStepObject;
+
+/* A free aio.Lock taken (its Python __aenter__'s fast path): 1 done, 0 not for C (nothing stored), -1 an
+ * error raised (as the Python method would raise it). */
+static int
+as_lock_enter(PyObject *prim)
+{
+    PyObject **locked = (PyObject **)((char *)prim + g_as_off_locked);
+    PyObject **waiters = (PyObject **)((char *)prim + g_as_off_waiters);
+    if (*locked != Py_False || *waiters == NULL) return 0;
+    if (*waiters != Py_None) { /* asyncio's deque: empty, or the Python method checks its futures */
+        Py_ssize_t k = PyObject_Length(*waiters);
+        if (k != 0) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    AioLockObject *self = (AioLockObject *)prim;
+    long long n = self->base.n != NULL && PyLong_CheckExact(self->base.n) ? as_ll(self->base.n) : -1;
+    if (n < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *nv = PyLong_FromLongLong(n + 1);
+    if (nv == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_SETREF(*locked, Py_NewRef(Py_True));
+    Py_XSETREF(self->base.n, nv);
+    Py_XSETREF(self->owner, se_current_task(prim)); /* (None when unknown) */
+    PyObject *hold = self->base.hold;
+    if (hold != NULL && hold != Py_None && !aio_took_impl(self, g_as_stacks, g_as_spare, 0)) {
+        PyFrameObject *f = PyEval_GetFrame(); /* borrowed: the frame that awaits */
+        PyObject *args[3] = {prim, f != NULL ? (PyObject *)f : Py_None, g_zero_int};
+        PyObject *r = PyObject_VectorcallMethod(s_took_timed, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
+    return 1;
+}
+
+/* A held aio.Lock released (its Python __aexit__), as as_lock_enter(). */
+static int
+as_lock_exit(PyObject *prim)
+{
+    PyObject **locked = (PyObject **)((char *)prim + g_as_off_locked);
+    PyObject **waiters = (PyObject **)((char *)prim + g_as_off_waiters);
+    if (*locked != Py_True) return 0; /* (the Python method raises "Lock is not acquired.") */
+    AioLockObject *self = (AioLockObject *)prim;
+    PyObject *hold = self->base.hold;
+    if (hold != NULL && hold != Py_None && !aio_released_impl(self, g_as_stacks, g_as_spare)) {
+        PyObject *r = PyObject_CallMethodNoArgs(prim, s_released_timed);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
+    Py_XSETREF(self->owner, Py_NewRef(Py_None));
+    Py_XSETREF(*locked, Py_NewRef(Py_False));
+    PyObject *w = *waiters;
+    if (w != NULL && w != Py_None) {
+        Py_ssize_t k = PyObject_Length(w);
+        PyErr_Clear();
+        if (k != 0) { /* asyncio's _wake_up_first() returns at once when there is no waiter */
+            PyObject *r = PyObject_CallMethodNoArgs(prim, s_wake_up_first);
+            if (r == NULL) return -1;
+            Py_DECREF(r);
+        }
+    }
+    return 1;
+}
+
+
+/* A free slot of an aio.Semaphore (or BoundedSemaphore) taken in C, as the traced acquire()'s fast path does
+ * (asyncio's acquire() without its coroutine, the count and the holder): 1 taken, 0 not for C (nothing
+ * stored: the slot is not free, or the semaphore is of another class). Never raises. */
+static int
+se_fast_take(PyObject *sem)
+{
+    if (g_se_fast_types == NULL || g_se_off_value < 0) return 0;
+    int known = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(g_se_fast_types); i++) {
+        if ((PyObject *)Py_TYPE(sem) == PyTuple_GET_ITEM(g_se_fast_types, i)) known = 1;
+    }
+    if (!known) return 0;
+    PyObject **value = (PyObject **)((char *)sem + g_se_off_value);
+    PyObject **waiters = (PyObject **)((char *)sem + g_se_off_waiters);
+    PyObject **holders = (PyObject **)((char *)sem + g_se_off_holders);
+    TrackedObject *t = (TrackedObject *)sem;
+    if (*value == NULL || !PyLong_CheckExact(*value) || *waiters == NULL || t->n == NULL || !PyLong_CheckExact(t->n)) {
+        return 0;
+    }
+    long long v = as_ll(*value), n = as_ll(t->n);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (v <= 0 || n < 0) return 0; /* asyncio's locked(): no free slot */
+    if (*waiters != Py_None) {   /* locked() also when a waiter is not cancelled: asyncio's coroutine decides */
+        Py_ssize_t k = PyObject_Length(*waiters);
+        if (k != 0) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    PyObject *nv = PyLong_FromLongLong(v - 1), *nn = PyLong_FromLongLong(n + 1);
+    if (nv == NULL || nn == NULL) {
+        Py_XDECREF(nv);
+        Py_XDECREF(nn);
+        PyErr_Clear();
+        return 0;
+    }
+    Py_SETREF(*value, nv);
+    Py_SETREF(t->n, nn);
+    PyObject *h = *holders;
+    if (h != NULL && PyList_CheckExact(h) && PyList_GET_SIZE(h) < g_se_max_holders) {
+        PyObject *task = se_current_task(sem);
+        if (PyList_Append(h, task) < 0) PyErr_Clear();
+        Py_DECREF(task);
+    }
+    return 1;
+}
+
+/* aio.Semaphore.release() in C (its exact class only): asyncio's release (the count up, _wake_up_next() when
+ * a future waits), then the traced one's (the releasing task out of the holders, else the oldest holder; the
+ * progress mark when someone waits). 1 done, 0 not for C (nothing stored), -1 an error raised (where the
+ * Python method would raise it). */
+static int
+se_release(PyObject *sem)
+{
+    PyObject **value = (PyObject **)((char *)sem + g_se_off_value);
+    PyObject **waiters = (PyObject **)((char *)sem + g_se_off_waiters);
+    PyObject **holders = (PyObject **)((char *)sem + g_se_off_holders);
+    if (*value == NULL || !PyLong_CheckExact(*value) || *waiters == NULL) return 0;
+    long long v = as_ll(*value);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *nv = PyLong_FromLongLong(v + 1);
+    if (nv == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_SETREF(*value, nv);
+    PyObject *w = *waiters;
+    Py_ssize_t k = w == Py_None ? 0 : PyObject_Length(w);
+    if (k != 0) { /* (asyncio's _wake_up_next() returns at once with no waiter) */
+        PyErr_Clear();
+        PyObject *r = PyObject_CallMethodNoArgs(sem, s_wake_up_next);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
+    PyObject *h = *holders;
+    if (h != NULL && PyList_CheckExact(h) && PyList_GET_SIZE(h) > 0) {
+        Py_INCREF(h);
+        PyObject *me = se_current_task(sem);
+        Py_ssize_t at = -1;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(h) && at < 0; i++) {
+            if (PyList_GET_ITEM(h, i) == me) at = i;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(h) && at < 0; i++) { /* list.remove() compares with == */
+            PyObject *x = Py_NewRef(PyList_GET_ITEM(h, i));
+            int eq = PyObject_RichCompareBool(x, me, Py_EQ);
+            Py_DECREF(x);
+            if (eq < 0) PyErr_Clear();
+            if (eq > 0) at = i;
+        }
+        if (at < 0) at = 0; /* released by another task than the one that acquired: forget the oldest */
+        if (at < PyList_GET_SIZE(h) && PyList_SetSlice(h, at, at + 1, NULL) < 0) PyErr_Clear();
+        Py_DECREF(me);
+        Py_DECREF(h);
+    }
+    w = *waiters;
+    k = w == NULL || w == Py_None ? 0 : PyObject_Length(w);
+    if (k < 0) PyErr_Clear();
+    if (k > 0 && g_se_progress != NULL && PyList_CheckExact(g_se_progress) && PyList_GET_SIZE(g_se_progress) > 0) {
+        PyObject *now = PyLong_FromLongLong(mono_ns());
+        if (now == NULL || PyList_SetItem(g_se_progress, 0, now) < 0) PyErr_Clear();
+    }
+    return 1;
+}
+
+static int
+as_fast(AwaitStepObject *s)
+{
+    PyObject *prim = s->prim;
+    switch (s->kind) {
+    case AS_LOCK_ENTER:
+    case AS_LOCK_EXIT:
+        if (g_as_lock_cls == NULL || g_as_off_locked < 0 || !PyObject_TypeCheck(prim, g_as_lock_cls) ||
+            !PyObject_TypeCheck(prim, g_aiolock_type)) {
+            return 0;
+        }
+        return s->kind == AS_LOCK_ENTER ? as_lock_enter(prim) : as_lock_exit(prim);
+    case AS_SEM_EXIT: { /* its release(), which a subclass may override */
+        if ((PyTypeObject *)Py_TYPE(prim) == g_se_release_type && g_se_off_value >= 0) {
+            int r = se_release(prim);
+            if (r != 0) return r;
+        }
+        PyObject *r = PyObject_CallMethodNoArgs(prim, s_release);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+        return 1;
+    }
+    }
+    return 0;
+}
+
+/* The Python method's coroutine (the slow path), or NULL with the error. */
+static PyObject *
+as_start_inner(AwaitStepObject *s)
+{
+    PyObject *args[4] = {s->prim, Py_None, Py_None, Py_None};
+    return PyObject_Vectorcall(g_as_slow[s->kind], args, s->kind == AS_LOCK_ENTER ? 1 : 4, NULL);
+}
+
+static PySendResult
+as_am_send(AwaitStepObject *s, PyObject *arg, PyObject **result)
+{
+    *result = NULL;
+    if (s->state == AS_NEW) {
+        s->state = AS_DONE;
+        if (arg != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+            return PYGEN_ERROR;
+        }
+        int r = as_fast(s);
+        if (r > 0) {
+            *result = Py_NewRef(Py_None);
+            return PYGEN_RETURN;
+        }
+        if (r < 0) return PYGEN_ERROR;
+        PyObject *inner = as_start_inner(s);
+        if (inner == NULL) return PYGEN_ERROR;
+        s->inner = inner;
+        s->state = AS_RUNNING;
+    }
+    if (s->state != AS_RUNNING) {
+        PyErr_Format(PyExc_RuntimeError, "cannot reuse already awaited %s()", as_names[s->kind]);
+        return PYGEN_ERROR;
+    }
+    PySendResult r = PyIter_Send(s->inner, arg, result);
+    if (r != PYGEN_NEXT) {
+        s->state = AS_DONE;
+        Py_CLEAR(s->inner);
+    }
+    return r;
+}
+
+/* StopIteration(value) raised (a value that is not None; the methods here return None). */
+static void
+as_stop_with(PyObject *value)
+{
+    PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (e != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, e);
+        Py_DECREF(e);
+    }
+}
+
+/* __next__(): `await` from 3.12 (see se_iternext): the end is NULL with no exception set (the value None). */
+static PyObject *
+as_iternext(AwaitStepObject *s)
+{
+    PyObject *result;
+    PySendResult r = as_am_send(s, Py_None, &result);
+    if (r == PYGEN_RETURN) {
+        if (result != Py_None) as_stop_with(result);
+        Py_DECREF(result);
+        return NULL;
+    }
+    return r == PYGEN_NEXT ? result : NULL;
+}
+
+static PyObject *
+as_send(AwaitStepObject *s, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult r = as_am_send(s, arg, &result);
+    if (r == PYGEN_RETURN) {
+        if (result == Py_None) PyErr_SetNone(PyExc_StopIteration);
+        else as_stop_with(result);
+        Py_DECREF(result);
+        return NULL;
+    }
+    return r == PYGEN_NEXT ? result : NULL;
+}
+
+/* throw(...): into the Python method's coroutine (made now if it was not started: it raises at once, as an
+ * unstarted coroutine does). */
+static PyObject *
+as_throw(AwaitStepObject *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (s->state == AS_NEW) {
+        s->state = AS_DONE;
+        PyObject *inner = as_start_inner(s);
+        if (inner == NULL) return NULL;
+        s->inner = inner;
+        s->state = AS_RUNNING;
+    }
+    if (s->state != AS_RUNNING) {
+        PyErr_Format(PyExc_RuntimeError, "cannot reuse already awaited %s()", as_names[s->kind]);
+        return NULL;
+    }
+    PyObject *meth = PyObject_GetAttr(s->inner, s_throw);
+    PyObject *value = meth != NULL ? PyObject_Vectorcall(meth, args, nargs, NULL) : NULL;
+    Py_XDECREF(meth);
+    if (value == NULL) {
+        s->state = AS_DONE;
+        Py_CLEAR(s->inner);
+    }
+    return value;
+}
+
+static PyObject *
+as_close(AwaitStepObject *s, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *inner = s->inner;
+    s->inner = NULL;
+    s->state = AS_DONE;
+    PyObject *r = inner != NULL ? PyObject_CallMethodNoArgs(inner, s_close) : Py_NewRef(Py_None);
+    Py_XDECREF(inner);
+    return r;
+}
+
+static PyObject *
+as_await(AwaitStepObject *s)
+{
+    return Py_NewRef(s);
+}
+
+/* cr_frame, cr_await: the running Python method's (None before and after). */
+static PyObject *
+as_inner_attr(AwaitStepObject *s, void *name)
+{
+    if (s->inner == NULL) Py_RETURN_NONE;
+    PyObject *v = PyObject_GetAttrString(s->inner, (const char *)name);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return v;
+}
+
+/* Never awaited: warn, as the coroutine it stands for would. */
+static void
+as_finalize(AwaitStepObject *s)
+{
+    if (s->state != AS_NEW) return;
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "coroutine '%s' was never awaited", as_names[s->kind]) < 0) {
+        PyErr_WriteUnraisable((PyObject *)s);
+    }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
+static int
+as_traverse(AwaitStepObject *s, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(s));
+    Py_VISIT(s->prim);
+    Py_VISIT(s->inner);
+    return 0;
+}
+
+static int
+as_clear(AwaitStepObject *s)
+{
+    Py_CLEAR(s->prim);
+    Py_CLEAR(s->inner);
+    return 0;
+}
+
+static void
+as_dealloc(AwaitStepObject *s)
+{
+    if (s->state == AS_NEW && PyObject_CallFinalizerFromDealloc((PyObject *)s) < 0) return; /* resurrected */
+    PyTypeObject *tp = Py_TYPE(s);
+    PyObject_GC_UnTrack(s);
+    as_clear(s);
+    tp->tp_free((PyObject *)s);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef as_methods[] = {
+    {"send", (PyCFunction)as_send, METH_O, "send(value): as a coroutine's"},
+    {"throw", (PyCFunction)(void (*)(void))as_throw, METH_FASTCALL, "throw(...): as a coroutine's"},
+    {"close", (PyCFunction)as_close, METH_NOARGS, "close(): as a coroutine's"},
+    {NULL},
+};
+
+static PyGetSetDef as_getset[] = {
+    {"cr_frame", (getter)as_inner_attr, NULL, "the running Python method's frame, or None", "cr_frame"},
+    {"cr_await", (getter)as_inner_attr, NULL, "what the running Python method awaits, or None", "cr_await"},
+    {NULL},
+};
+
+static PyType_Slot as_slots[] = {
+    {Py_tp_doc, "A traced asyncio Lock's or Semaphore's __aenter__()/__aexit__() in progress (conctools.aio)."},
+    {Py_tp_dealloc, as_dealloc},
+    {Py_tp_finalize, as_finalize},
+    {Py_tp_traverse, as_traverse},
+    {Py_tp_clear, as_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, as_iternext},
+    {Py_tp_methods, as_methods},
+    {Py_tp_getset, as_getset},
+    {Py_am_await, as_await},
+    {Py_am_send, as_am_send},
+    {0, NULL},
+};
+
+static PyType_Spec as_spec = {
+    .name = "conctools._speedups.AwaitStep",
+    .basicsize = sizeof(AwaitStepObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = as_slots,
+};
+
+static PyObject *
+as_new(PyObject *prim, int kind)
+{
+    if (g_as_type == NULL || g_as_slow[kind] == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "conctools: aio_steps_setup() was not called");
+        return NULL;
+    }
+    AwaitStepObject *s = PyObject_GC_New(AwaitStepObject, g_as_type);
+    if (s == NULL) return NULL;
+    s->prim = Py_NewRef(prim);
+    s->inner = NULL;
+    s->kind = kind;
+    s->state = AS_NEW;
+    PyObject_GC_Track(s);
+    return (PyObject *)s;
+}
+
+static PyObject *
+as_lock_aenter_meth(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return as_new(self, AS_LOCK_ENTER);
+}
+
+static PyObject *
+as_exit_args_check(Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 3 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "__aexit__(exc_type, exc, tb)");
+        return NULL;
+    }
+    return Py_None;
+}
+
+static PyObject *
+as_lock_aexit_meth(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (as_exit_args_check(nargs, kwnames) == NULL) return NULL;
+    return as_new(self, AS_LOCK_EXIT);
+}
+
+static PyObject *
+as_sem_aexit_meth(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (as_exit_args_check(nargs, kwnames) == NULL) return NULL;
+    return as_new(self, AS_SEM_EXIT);
+}
+
+static PyObject *py_sem_enter(PyObject *module, PyObject *sem);
+
+static PyObject *
+as_sem_aenter_meth(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return py_sem_enter(NULL, self);
+}
+
+static PyMethodDef as_lock_aenter_def = {"__aenter__", as_lock_aenter_meth, METH_NOARGS,
+                                         "Take the lock (an awaitable; see conctools.aio.Lock)."};
+static PyMethodDef as_lock_aexit_def = {"__aexit__", (PyCFunction)(void (*)(void))as_lock_aexit_meth,
+                                        METH_FASTCALL | METH_KEYWORDS, "Release the lock (an awaitable)."};
+static PyMethodDef as_sem_aenter_def = {"__aenter__", as_sem_aenter_meth, METH_NOARGS,
+                                        "Take a slot (an awaitable; see conctools.aio.Semaphore)."};
+static PyMethodDef as_sem_aexit_def = {"__aexit__", (PyCFunction)(void (*)(void))as_sem_aexit_meth,
+                                       METH_FASTCALL | METH_KEYWORDS, "Release a slot (an awaitable)."};
+
+/* The offset of a writable object slot `name` of type `tp` (a member descriptor of its own), or -1. */
+static Py_ssize_t
+object_slot_offset(PyTypeObject *tp, const char *name)
+{
+    PyObject *d = PyDict_GetItemString(tp->tp_dict, name); /* borrowed */
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) return -1;
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return -1;
+    return m->offset;
+}
+
+/* aio_steps_setup(lock_cls, lock_aenter, lock_aexit, sem_aexit, task_stacks, spare_stacks, sem_cls, sem_types,
+ * progress) -> (lock __aenter__, lock __aexit__, semaphore __aenter__, semaphore __aexit__): the method
+ * descriptors above, for conctools.aio to install (sem_enter_setup() first); the three Python methods are
+ * their slow paths. sem_types: the exact classes whose free slot sem_enter() takes in C; sem_cls (among them)
+ * the one whose release() runs in C; progress: registry._progress. None when the asyncio fields of
+ * aio.Lock (_locked, _waiters) or aio.Semaphore (_value, _waiters, _ct_holders) are not object slots
+ * (nothing to install). */
+static PyObject *
+py_aio_steps_setup(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9 || !PyType_Check(args[0]) || !PyDict_CheckExact(args[4]) || !PyList_CheckExact(args[5]) ||
+        !PyType_Check(args[6]) || !PyTuple_CheckExact(args[7]) || !PyList_CheckExact(args[8])) {
+        PyErr_SetString(PyExc_TypeError, "aio_steps_setup(lock_cls, lock_aenter, lock_aexit, sem_aexit, task_stacks, "
+                                         "spare_stacks, sem_cls, sem_types, progress)");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)args[0], *sem_cls = (PyTypeObject *)args[6];
+    Py_ssize_t off_locked = object_slot_offset(cls, "_locked"), off_waiters = object_slot_offset(cls, "_waiters");
+    Py_ssize_t off_value = object_slot_offset(sem_cls, "_value"), off_sem_waiters = object_slot_offset(sem_cls, "_waiters"),
+               off_holders = object_slot_offset(sem_cls, "_ct_holders");
+    if (off_locked < 0 || off_waiters < 0 || g_aiolock_type == NULL || !PyType_IsSubtype(cls, g_aiolock_type) ||
+        off_value < 0 || off_sem_waiters < 0 || off_holders < 0 || g_tracked_type == NULL ||
+        !PyType_IsSubtype(sem_cls, g_tracked_type)) {
+        Py_RETURN_NONE;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[7]); i++) {
+        PyObject *t = PyTuple_GET_ITEM(args[7], i);
+        if (!PyType_Check(t) || !PyType_IsSubtype((PyTypeObject *)t, sem_cls)) {
+            PyErr_SetString(PyExc_TypeError, "aio_steps_setup(): sem_types must be subclasses of sem_cls");
+            return NULL;
+        }
+    }
+    if (g_as_type == NULL) {
+        g_as_type = (PyTypeObject *)PyType_FromSpec(&as_spec); /* never freed */
+        if (g_as_type == NULL) return NULL;
+    }
+    PyObject *descrs[4] = {
+        PyDescr_NewMethod(&PyBaseObject_Type, &as_lock_aenter_def),
+        PyDescr_NewMethod(&PyBaseObject_Type, &as_lock_aexit_def),
+        PyDescr_NewMethod(&PyBaseObject_Type, &as_sem_aenter_def),
+        PyDescr_NewMethod(&PyBaseObject_Type, &as_sem_aexit_def),
+    };
+    PyObject *out = NULL;
+    if (descrs[0] && descrs[1] && descrs[2] && descrs[3]) out = PyTuple_Pack(4, descrs[0], descrs[1], descrs[2], descrs[3]);
+    for (int i = 0; i < 4; i++) Py_XDECREF(descrs[i]);
+    if (out == NULL) return NULL;
+    Py_XSETREF(g_as_lock_cls, (PyTypeObject *)Py_NewRef(cls));
+    for (int i = 0; i < AS_KINDS; i++) Py_XSETREF(g_as_slow[i], Py_NewRef(args[1 + i]));
+    Py_XSETREF(g_as_stacks, Py_NewRef(args[4]));
+    Py_XSETREF(g_as_spare, Py_NewRef(args[5]));
+    g_as_off_locked = off_locked;
+    g_as_off_waiters = off_waiters;
+    Py_XSETREF(g_se_fast_types, Py_NewRef(args[7]));
+    Py_XSETREF(g_se_release_type, (PyTypeObject *)Py_NewRef(sem_cls));
+    Py_XSETREF(g_se_progress, Py_NewRef(args[8]));
+    g_se_off_value = off_value;
+    g_se_off_waiters = off_sem_waiters;
+    g_se_off_holders = off_holders;
+    return out;
 }
 
 /* setup_pools(sem_states, started, ended, state_globals): the pool blame's tables and slow paths. */
@@ -7637,6 +8279,9 @@ static PyMethodDef module_methods[] = {
      "pool_sem_started(prim) -> start_ns: a task must wait on a traced asyncio semaphore (pool blame)"},
     {"pool_sem_ended", (PyCFunction)(void (*)(void))py_pool_sem_ended, METH_FASTCALL,
      "pool_sem_ended(prim, start_ns): that wait is over"},
+    {"aio_steps_setup", (PyCFunction)(void (*)(void))py_aio_steps_setup, METH_FASTCALL,
+     "aio_steps_setup(lock_cls, lock_aenter, lock_aexit, sem_aexit, task_stacks, spare_stacks, sem_cls, sem_types, "
+     "progress) -> 4 descriptors"},
     {"aio_took", (PyCFunction)(void (*)(void))py_aio_took, METH_FASTCALL,
      "aio_took(lock, task_stacks, spare_stacks) -> bool: aio.Lock._took_timed when no Python is needed"},
     {"aio_released", (PyCFunction)(void (*)(void))py_aio_released, METH_FASTCALL,
@@ -7710,6 +8355,10 @@ PyInit__speedups(void)
     INTERN(s_enter, "__enter__");
     INTERN(s_exit, "__exit__");
     INTERN(s_ct_stats, "_ct_stats");
+    INTERN(s_took_timed, "_took_timed");
+    INTERN(s_released_timed, "_released_timed");
+    INTERN(s_wake_up_first, "_wake_up_first");
+    INTERN(s_wake_up_next, "_wake_up_next");
     INTERN(s_ct_created, "_ct_created");
     INTERN(s_ct_name, "_ct_name");
     INTERN(s_mutex, "mutex");

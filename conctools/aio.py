@@ -562,6 +562,32 @@ class BoundedSemaphore(Semaphore, asyncio.BoundedSemaphore):
         super().__init__(value, name=name)
 
 
+# `async with` on a traced Lock or Semaphore without a coroutine of its own (issue 12): their __aenter__ and
+# __aexit__ become C method descriptors returning an awaitable that does the common case in C when first
+# sent (a free Lock taken, a held Lock released, a Semaphore's release(): aio.Semaphore's own in C) and
+# otherwise runs the Python method above as its coroutine (a Lock's wait; an error to raise); a Semaphore's
+# __aenter__ takes a free slot of these two classes in C, without asyncio's acquire() coroutine (see
+# _speedups.c: AwaitStep, SemEnter). None: the Python methods stay (no C extension, or the asyncio fields
+# are not slots).
+_C_STEPS: Any = (
+    _speedups_module.aio_steps_setup(
+        Lock,
+        Lock.__aenter__,
+        Lock.__aexit__,
+        Semaphore.__aexit__,
+        _task_stacks,
+        _spare_stacks,
+        Semaphore,
+        (Semaphore, BoundedSemaphore),
+        _progress,
+    )
+    if _C_SEM_ENTER is not None and hasattr(_speedups_module, "aio_steps_setup")
+    else None
+)
+if _C_STEPS is not None:
+    Lock.__aenter__, Lock.__aexit__, Semaphore.__aenter__, Semaphore.__aexit__ = _C_STEPS  # type: ignore[method-assign]
+
+
 # -- Barrier -----------------------------------------------------------------------------
 
 

@@ -647,6 +647,148 @@ class TestSemaphoreAsyncWith:
         assert Bounded.__aenter__ is aio.BoundedSemaphore.__aenter__  # no override: the traced path stays
 
 
+class TestAsyncWithStepsInC:
+    """With the C extension, `async with` on a traced Lock or Semaphore runs no coroutine of conctools' own
+    (issue 12): their __aenter__()/__aexit__() return a small awaitable that does the common case in C and
+    otherwise runs the Python method as its coroutine. It must behave as asyncio's coroutines do."""
+
+    pytestmark = pytest.mark.skipif(
+        aio._C_STEPS is None, reason="the C extension's awaitables (CONCTOOLS_PURE_PYTHON=1 or no compiler)"
+    )
+
+    def test_lock_enter_and_exit_count_and_name_the_holder(self, recorder: Recorder) -> None:
+        """A free lock taken by the C step: held by the task, counted; the exit releases it."""
+        name = unique("steps")
+
+        async def main() -> None:
+            lock = aio.Lock(name=name)
+            assert type(lock.__aenter__()).__name__ == "AwaitStep"  # (never awaited: warns, collected below)
+            async with lock:
+                assert lock.locked()
+                assert [p.task_name for p in state_of(lock).holders] == ["holder"]
+            assert not lock.locked() and not state_of(lock).holders
+
+        with pytest.warns(RuntimeWarning, match="never awaited"):
+            asyncio.run(_named(main))
+            gc.collect()
+        assert row(recorder, name)["acquisitions"] == 1
+
+    def test_lock_wait_through_the_step(self, recorder: Recorder) -> None:
+        """A taken lock: the step runs the Python method, which waits on asyncio's future; the await chain
+        goes through it (cr_await) to asyncio's acquire(); a cancellation thrown in ends the wait, not
+        acquired, and leaves no waiter behind."""
+
+        async def main() -> None:
+            lock = aio.Lock()
+            await lock.acquire()
+            enter = lock.__aenter__()
+            future = enter.send(None)  # asyncio's acquire() waits on this future
+            assert isinstance(future, asyncio.Future) and list(lock._waiters or ()) == [future]
+            assert enter.cr_frame is not None and enter.cr_await is not None
+            assert enter.cr_await.cr_code.co_name == "acquire"
+            with pytest.raises(asyncio.CancelledError):
+                enter.throw(asyncio.CancelledError())
+            assert enter.cr_frame is None and not lock._waiters and not state_of(lock).waiters
+            with pytest.raises(RuntimeError, match="already awaited"):
+                enter.send(None)
+            lock.release()
+            assert not lock.locked()
+
+        asyncio.run(main())
+        (e,) = recorder.snapshot().of_kind(LockWaitEvent)
+        assert e.acquired is False
+
+    def test_driven_by_next_and_awaited_once(self) -> None:
+        """`await` drives the steps with `__next__` from 3.12: a free lock is taken at once (StopIteration,
+        value None); a taken one yields asyncio's future, then ends with the lock held; a step awaited
+        twice raises as a coroutine does; an exit of a lock not held raises asyncio's RuntimeError."""
+
+        async def main() -> None:
+            lock = aio.Lock()
+            steps = lock.__aenter__().__await__()
+            with pytest.raises(StopIteration) as stop:
+                next(steps)
+            assert stop.value.value is None and lock.locked()
+            with pytest.raises(RuntimeError, match="already awaited"):
+                next(steps)
+            waiting = lock.__aenter__().__await__()
+            future = next(waiting)
+            assert isinstance(future, asyncio.Future)
+            exit_ = lock.__aexit__(None, None, None)
+            await exit_  # hands the lock to the waiter
+            with pytest.raises(RuntimeError, match="already awaited"):
+                await exit_
+            with pytest.raises(StopIteration):
+                next(waiting)
+            assert lock.locked() and not lock._waiters
+            await lock.__aexit__(None, None, None)
+            with pytest.raises(RuntimeError, match="Lock is not acquired"):
+                await lock.__aexit__(None, None, None)
+            with pytest.raises(TypeError):
+                lock.__aexit__(None)  # type: ignore[call-arg]
+
+        asyncio.run(main())
+
+    def test_a_free_semaphore_slot_is_taken_in_c_with_its_holder(self, recorder: Recorder) -> None:
+        """A free slot of a Semaphore or BoundedSemaphore is taken without asyncio's coroutine (the step
+        ends at its first send), counted, its task among the holders; the exit's release in C hands the
+        slot back and forgets the holder; a BoundedSemaphore still refuses a release too many."""
+        name = unique("slots")
+
+        async def main() -> None:
+            sem, bounded = aio.Semaphore(2, name=name), aio.BoundedSemaphore(1)
+            steps = sem.__aenter__().__await__()
+            with pytest.raises(StopIteration):
+                next(steps)  # taken at the first step: nothing to wait for
+            assert sem._value == 1 and [p.task_name for p in state_of(sem).holders] == ["holder"]
+            async with sem:
+                assert sem._value == 0 and sem.locked() and len(state_of(sem).holders) == 2
+            assert sem._value == 1 and len(state_of(sem).holders) == 1
+            await sem.__aexit__(None, None, None)
+            assert sem._value == 2 and not state_of(sem).holders and not sem.locked()
+            async with bounded:
+                assert bounded.locked()
+            with pytest.raises(ValueError):
+                await bounded.__aexit__(None, None, None)
+
+        asyncio.run(_named(main))
+        assert row(recorder, name)["acquisitions"] == 2
+        assert not recorder.snapshot().of_kind(LockWaitEvent)
+
+    def test_a_semaphore_release_wakes_the_next_waiter(self, recorder: Recorder) -> None:
+        """The C release wakes a waiting task (asyncio's _wake_up_next()), which then holds the slot; the
+        release by another task than the holder forgets the oldest holder, as the Python release does."""
+
+        async def main() -> None:
+            sem = aio.Semaphore(1)
+            order: list[str] = []
+
+            async def user(label: str) -> None:
+                async with sem:
+                    order.append(label)
+                    await asyncio.sleep(0)
+
+            tasks = [asyncio.create_task(user(f"u{i}"), name=f"u{i}") for i in range(3)]
+            await asyncio.gather(*tasks)
+            assert order == ["u0", "u1", "u2"] and sem._value == 1 and not state_of(sem).holders
+            await sem.acquire()
+            other = asyncio.create_task(sem.__aexit__(None, None, None), name="other")
+            await other  # a release by a task that holds nothing
+            assert sem._value == 1 and not state_of(sem).holders
+
+        asyncio.run(main())
+        assert len(recorder.snapshot().of_kind(LockWaitEvent)) == 2
+
+
+def _named(main: Any) -> Any:
+    """main() run as a task named 'holder'."""
+
+    async def run() -> None:
+        await asyncio.create_task(main(), name="holder")
+
+    return run()
+
+
 # -- 3.13+: attribute access on traced primitives is specialized ------------------------------------------
 
 

@@ -430,3 +430,30 @@ class TestForkDuringBackgroundImport:
         assert [m.VALUE for m in got] == [7]
         assert _imports.imported("conctools_probe_late") is got[0]  # imported once, then looked up
         monkeypatch.delitem(sys.modules, "conctools_probe_late", raising=False)
+
+
+class TestFollowerCost:
+    """The follower's thread polls five times a second for the whole run (issue 12)."""
+
+    def test_a_poll_with_no_child_takes_no_frames(self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With no child's record in the run folder and no child ended, a poll returns at once: it takes
+        no frames of the program's threads (sys._current_frames(), made while the program waits for the
+        GIL). With a child's record there, the poll looks as before."""
+        from conctools.children import follower as follower_mod
+        from conctools.recorder import Recorder
+
+        taken: list[int] = []
+
+        def frames() -> dict[int, Any]:
+            taken.append(1)
+            return {}
+
+        monkeypatch.setattr(follower_mod, "current_frames", frames)
+        monkeypatch.setattr(reaping, "reaped", lambda: [])
+        follower = follower_mod.ChildFollower({"deadlock_timeout_s": 10.0}, Recorder(capacity=10))
+        follower.run_dir = str(tmp_path)
+        assert follower.poll() is None and taken == []
+        monkeypatch.setattr(reaping, "reaped", lambda: [{"pid": 1234567, "exit_code": -9, "by": "wait"}])
+        (tmp_path / "1234567.json").write_text("{}")
+        assert follower.poll() is None
+        assert taken == [1]  # a child died: the check of pools waiting for its jobs looks at the frames

@@ -641,3 +641,37 @@ class TestReport:
         )
         text = pools_section(recorder.snapshot(), False) or ""
         assert "\x1b" not in text and "\u202e" not in text and "db\\x1b[31m" in text
+
+
+class TestLookerWakeUps:
+    """The looker's thread takes the GIL from the program's threads each time it wakes (issue 12)."""
+
+    def test_many_short_exhaustions_wake_it_once(self) -> None:
+        """A queue that runs dry and refills a thousand times within the first look's delay wakes the
+        looker's thread a few times at most (once, unless the thread looks in between and finds the
+        exhaustion it was told of over), not a thousand times: it looks at the table by then anyway."""
+        import time
+
+        from conctools.pools._looker import LOOK_AFTER_S, Looker
+
+        class State:
+            episode_start_ns = 0
+            waiters = 1
+            ref = None
+
+        looker, state, pokes = Looker(), State(), []
+        poke = looker._poke
+        looker._poke = lambda: (pokes.append(1), poke())  # type: ignore[method-assign]
+        looker.start()
+        try:
+            begun = time.monotonic_ns()
+            for _ in range(1000):  # each a new exhaustion of the same pool
+                state.episode_start_ns = time.monotonic_ns()
+                looker.watch(state, None, state.episode_start_ns)
+            window_ns = int(LOOK_AFTER_S[0] * 1e9)
+            if time.monotonic_ns() - begun < window_ns:  # (a very slow machine could cross the first look)
+                assert 1 <= len(pokes) <= 10, len(pokes)
+            assert id(state) in looker._watched  # the latest exhaustion is the one it will look at
+        finally:
+            looker.stop()
+        assert looker._thread is None

@@ -149,9 +149,14 @@ class ChildFollower:
         if self.run_dir is None or os.getpid() != self.identity.pid:
             return None
         try:
-            names = [n for n in os.listdir(self.run_dir) if n.endswith(".stuck") and n not in self._handled]
+            entries = os.listdir(self.run_dir)
         except OSError:
             return None
+        if not entries and not reaping.reaped():
+            # No child process wrote a record here and none ended: nothing to look at (and no frames to
+            # take, which would take the GIL from the program's threads five times a second: issue 12).
+            return None
+        names = [n for n in entries if n.endswith(".stuck") and n not in self._handled]
         for name in sorted(names):
             self._handled.add(name)
             alarm = _read_json(os.path.join(self.run_dir, name))
@@ -247,11 +252,11 @@ class ChildFollower:
         """A pool of this process waiting forever for the jobs of a worker that died."""
         if self._lost is None or self.stuck:
             return None
-        frames = current_frames()
         reaped = reaping.reaped()
         if not any(r.get("exit_code") for r in reaped):
             self._lost.check({}, [], {})  # nothing died: nothing to keep either
             return None
+        frames = current_frames()
         records = {int(r.get("pid") or 0): r for r in read_records(self.run_dir or "")}
         found = self._lost.check(frames, reaped, records)
         if found is None:

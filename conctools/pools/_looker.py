@@ -49,6 +49,11 @@ class Looker:
         self._watched: dict[int, list[Any]] = {}
         self._thread: Any = None
         self._generation = 0  # a thread runs while the generation it was started for is current
+        # When the thread wakes next by itself (monotonic ns; None: only when poked). A new exhaustion whose
+        # first look is due later needs no poke: the thread looks at the table again by then. (A queue that
+        # runs dry and refills a thousand times a second poked it as often, and each wake-up took the GIL
+        # from the program's thread: issue 12.)
+        self._wakes_at: int | None = None
 
     def start(self) -> None:
         """Start the thread (when tracking begins: starting a thread waits for it, never do that on
@@ -66,6 +71,10 @@ class Looker:
             if self._thread is None:
                 return
             self._watched[id(state)] = [state, loop, episode_ns, 0]
+            wakes_at = self._wakes_at
+            if wakes_at is not None and wakes_at <= episode_ns + int(LOOK_AFTER_S[0] * 1e9):
+                return  # awake by then anyway
+            self._wakes_at = _mono()  # (poked: awake now; it sets its next wake-up before it sleeps)
         self._poke()
 
     def stop(self) -> None:
@@ -74,6 +83,7 @@ class Looker:
             thread, self._thread = self._thread, None
             self._generation += 1
             self._watched.clear()
+            self._wakes_at = None
         self._poke()
         if thread is not None:
             thread.join(timeout=5.0)
@@ -86,6 +96,7 @@ class Looker:
         self._watched.clear()
         self._thread = None
         self._generation += 1
+        self._wakes_at = None
 
     def _poke(self) -> None:
         try:
@@ -119,7 +130,9 @@ class Looker:
             with self._mutex:
                 if self._generation != generation:
                     return
-                due, sleep_s = self._due(_mono())
+                now = _mono()
+                due, sleep_s = self._due(now)
+                self._wakes_at = None if sleep_s is None else now + int(sleep_s * 1e9)
             for state, loop, episode_ns, _index in due:
                 if loop is None:
                     _look(state, episode_ns)
