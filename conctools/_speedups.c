@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 31
+#define API_VERSION 32
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -5795,11 +5795,78 @@ typedef struct {
     PyObject *original; /* asyncio.Queue's own method (a function) */
     PyObject *slow;     /* the Python rest (get_nowait) or the whole Python wrapper (put_nowait) */
     PyObject *dict;     /* __name__, __qualname__, __doc__, __module__, __wrapped__ (set by _patch._copy_meta) */
+    PyObject *qsizes;   /* queue.Queue's get/put: the _qsize functions that are len(self.queue); NULL: asyncio's */
     int put;            /* 1: put_nowait(item), 0: get_nowait() */
     vectorcallfunc vectorcall;
 } QueueMethodObject;
 
-static PyObject *s_queue_state, *s_held;
+static PyObject *s_queue_state, *s_held, *s_qsize, *s_queue_attr;
+static PoolCountersObject *queue_counters(PyObject *queue, PyObject **other);
+static int queue_is_bare_channel(PoolCountersObject *c);
+
+/* queue.Queue.get and put as track_pools() replaces them (the "sync" QueueMethods: qsizes set), in C: _q_get's
+ * and _q_put's common cases without their Python frame (issue 12: a queue.Queue pipeline makes hundreds of
+ * thousands). put: a queue without state, or a channel holding nobody's items, goes straight to queue.Queue.put,
+ * any other to _q_put. get: a channel's get that finds an item (block false, or the queue not empty: its
+ * _qsize() one of the stdlib's len(self.queue), read here) is queue.Queue.get, then takes += 1; any other
+ * (no state yet: _q_get makes it; identities; an empty queue: a wait to time; keyword arguments) goes to _q_get.
+ * queue.Queue's own code takes its mutex: another thread may empty the queue between the look and the get, as
+ * in _q_get. */
+static PyObject *
+queuemethod_sync(QueueMethodObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1) return PyObject_Vectorcall(self->original, args, nargsf, kwnames); /* (raises as it does) */
+    PyObject *queue = args[0], *other = NULL;
+    PoolCountersObject *c = queue_counters(queue, &other);
+    if (self->put) {
+        if ((c == NULL && other == NULL) || (c != NULL && queue_is_bare_channel(c)))
+            return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+#ifndef Py_GIL_DISABLED
+    int fast = c != NULL && !c->identities && kwnames == NULL && nargs <= 3;
+    int block = 1;
+    if (fast && nargs >= 2) {
+        block = PyObject_IsTrue(args[1]);
+        if (block < 0) {
+            PyErr_Clear();
+            fast = 0;
+        }
+    }
+    if (fast && block) { /* _q_get's `not self._qsize()`, for the stdlib's _qsize (len(self.queue)) */
+        PyObject *qsize = _PyType_Lookup(Py_TYPE(queue), s_qsize); /* borrowed */
+        int known = 0;
+        for (Py_ssize_t i = 0; qsize != NULL && i < PyTuple_GET_SIZE(self->qsizes); i++) {
+            if (PyTuple_GET_ITEM(self->qsizes, i) == qsize) known = 1;
+        }
+        Py_ssize_t n = -1;
+        if (known) {
+            PyObject *items = PyObject_GetAttr(queue, s_queue_attr);
+            n = items != NULL ? PyObject_Length(items) : -1;
+            Py_XDECREF(items);
+            if (n < 0) PyErr_Clear();
+        }
+        fast = n > 0;
+    }
+    if (fast) {
+        Py_INCREF(c); /* the state as _q_get holds it across its get (which runs Python code) */
+        PyObject *item = PyObject_Vectorcall(self->original, args, nargsf, NULL);
+        if (item != NULL && !c->identities) {
+            c->takes += 1;
+        }
+        else if (item != NULL) { /* (identities turned on meanwhile: PoolState.take, as _q_get would) */
+            PyObject *f = (PyObject *)PyEval_GetFrame();
+            PyObject *r = PyObject_CallMethod((PyObject *)c, "take", "OO", item, f != NULL ? f : Py_None);
+            if (r == NULL) PyErr_Clear();
+            Py_XDECREF(r);
+        }
+        Py_DECREF(c);
+        return item;
+    }
+#endif
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+}
 
 /* The PoolCounters state of a tracked queue (borrowed: the queue holds it and no Python code runs while it
  * is used), NULL when it has none, or another object there (the Python way decides), no error set. */
@@ -5844,6 +5911,7 @@ static PyObject *
 queuemethod_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     QueueMethodObject *self = (QueueMethodObject *)callable;
+    if (self->qsizes != NULL) return queuemethod_sync(self, args, nargsf, kwnames);
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs != 1 + self->put || kwnames != NULL) /* (asyncio's method raises what a wrong call raises) */
         return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
@@ -5890,6 +5958,7 @@ queuemethod_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->original);
     Py_VISIT(self->slow);
     Py_VISIT(self->dict);
+    Py_VISIT(self->qsizes);
     return 0;
 }
 
@@ -5900,6 +5969,7 @@ queuemethod_clear(PyObject *op)
     Py_CLEAR(self->original);
     Py_CLEAR(self->slow);
     Py_CLEAR(self->dict);
+    Py_CLEAR(self->qsizes);
     return 0;
 }
 
@@ -5911,17 +5981,17 @@ queuemethod_dealloc(PyObject *op)
     Py_TYPE(op)->tp_free(op);
 }
 
-/* QueueMethod(original, slow, put) */
+/* QueueMethod(original, slow, put[, qsizes]): qsizes (a tuple of functions) makes it queue.Queue's get/put */
 static PyObject *
 queuemethod_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *original, *slow;
+    PyObject *original, *slow, *qsizes = NULL;
     int put;
     if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
-        PyErr_SetString(PyExc_TypeError, "QueueMethod(original, slow, put) takes no keyword arguments");
+        PyErr_SetString(PyExc_TypeError, "QueueMethod(original, slow, put[, qsizes]) takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOp:QueueMethod", &original, &slow, &put)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOp|O!:QueueMethod", &original, &slow, &put, &PyTuple_Type, &qsizes)) return NULL;
     if (!PyCallable_Check(original) || !PyCallable_Check(slow)) {
         PyErr_SetString(PyExc_TypeError, "QueueMethod(original, slow, put): original and slow must be callable");
         return NULL;
@@ -5930,6 +6000,7 @@ queuemethod_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL) return NULL;
     self->original = Py_NewRef(original);
     self->slow = Py_NewRef(slow);
+    self->qsizes = Py_XNewRef(qsizes);
     self->put = put;
     self->vectorcall = queuemethod_vectorcall;
     return (PyObject *)self;
@@ -5950,7 +6021,7 @@ queuemethod_ready(PyObject *module)
     QueueMethod_Type.tp_basicsize = sizeof(QueueMethodObject);
     QueueMethod_Type.tp_flags =
         Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR | Py_TPFLAGS_HAVE_VECTORCALL;
-    QueueMethod_Type.tp_doc = "asyncio.Queue.get_nowait/put_nowait as conctools.pools tracks them (C).";
+    QueueMethod_Type.tp_doc = "asyncio.Queue.get_nowait/put_nowait, queue.Queue.get/put as conctools.pools tracks them (C).";
     QueueMethod_Type.tp_new = queuemethod_new;
     QueueMethod_Type.tp_dealloc = queuemethod_dealloc;
     QueueMethod_Type.tp_traverse = queuemethod_traverse;
@@ -8355,6 +8426,8 @@ PyInit__speedups(void)
     INTERN(s_enter, "__enter__");
     INTERN(s_exit, "__exit__");
     INTERN(s_ct_stats, "_ct_stats");
+    INTERN(s_qsize, "_qsize");
+    INTERN(s_queue_attr, "queue");
     INTERN(s_took_timed, "_took_timed");
     INTERN(s_released_timed, "_released_timed");
     INTERN(s_wake_up_first, "_wake_up_first");

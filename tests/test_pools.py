@@ -504,6 +504,73 @@ class TestTracking:
         assert data["held"] and all(h >= 1 for h in data["held"]), data["held"]
         assert data["first"] == f"first used at queue_pool.py:{line_of(script, '# FIRST')}"
 
+    @pytest.mark.parametrize("pure", [False, True], ids=["c", "pure"])
+    def test_thread_queue_takes_and_waits_are_exact_on_both_paths(self, pure: bool, tmp_path: Path) -> None:
+        """queue.Queue's get/put with the C QueueMethods (a channel's take that finds an item counted in C) and
+        with the pure-Python wrappers alike: 4 threads take 20,000 items from a Queue, a LifoQueue and a
+        PriorityQueue (the stdlib's _qsize read in C) and a subclass with its own _qsize (the Python way):
+        every take counted; a get that finds the queue empty waits and is counted as a wait; get(block=False)
+        and get(timeout=...) on an empty queue raise queue.Empty as ever; a pool of connections keeps its
+        holders and counts its returns."""
+        script = tmp_path / "thread_queues.py"
+        script.write_text(
+            "import json, queue, threading\n"
+            "from conctools import locks, pools\n"
+            "class Sized(queue.Queue):\n"
+            "    def _qsize(self):\n"
+            "        return len(self.queue)\n"
+            "def run():\n"
+            "    out = {}\n"
+            "    for cls in (queue.Queue, queue.LifoQueue, queue.PriorityQueue, Sized):\n"
+            "        q = cls(100)\n"
+            "        got = []\n"
+            "        def consume():\n"
+            "            while True:\n"
+            "                item = q.get()\n"
+            "                if item is None or item == 10**9:\n"
+            "                    return\n"
+            "                got.append(item)\n"
+            "        ts = [threading.Thread(target=consume) for _ in range(4)]\n"
+            "        for t in ts:\n"
+            "            t.start()\n"
+            "        for i in range(5000):\n"
+            "            q.put(i, True, None) if i % 2 else q.put(i)\n"
+            "        for _ in ts:\n"
+            "            q.put(10**9)\n"
+            "        for t in ts:\n"
+            "            t.join()\n"
+            "        empty = []\n"
+            "        for call in (lambda: q.get(block=False), lambda: q.get(False), lambda: q.get(timeout=0.01)):\n"
+            "            try:\n"
+            "                call()\n"
+            "            except queue.Empty:\n"
+            "                empty.append(True)\n"
+            "        st = q._conctools_pool\n"
+            "        out[cls.__name__] = [len(got), st.takes, st.identities, st.waits >= 1, len(empty)]\n"
+            "    conns = queue.Queue()\n"
+            "    for c in 'ab':\n"
+            "        conns.put(c)\n"
+            "    a = conns.get(); b = conns.get()\n"
+            "    held = len(conns._conctools_pool.held)\n"
+            "    conns.put(a); conns.put(b)\n"
+            "    st = conns._conctools_pool\n"
+            "    out['conns'] = [st.takes, st.returns, st.identities, held, len(st.held)]\n"
+            "    return out\n"
+            "with pools.track_pools():\n"
+            "    kind = type(queue.Queue.__dict__['get']).__name__\n"
+            "    out = run()\n"
+            "print(json.dumps({'kind': kind, 'c': locks.SPEEDUPS, **out}))\n"
+        )
+        data = json_of_script(script, pure)
+        c_path = data["c"]
+        assert not (pure and c_path)
+        assert data["kind"] == ("QueueMethod" if c_path else "function")
+        for name in ("Queue", "LifoQueue", "PriorityQueue", "Sized"):
+            got, takes, identities, waited, empties = data[name]
+            assert got == 5000 and takes == 5004 and identities is False, (name, data[name])
+            assert waited and empties == 3, (name, data[name])
+        assert data["conns"] == [2, 2, True, 2, 0]
+
     def test_a_failing_semaphore_hook_is_removed(self, recorder: Recorder, caplog: Any) -> None:
         """A semaphore hook that raises is logged and removed; the program's waits go on unchanged."""
         from conctools import aio, registry

@@ -339,14 +339,23 @@ def _copy_meta(wrapper: Any, original: Any) -> Any:
     return wrapper
 
 
+# queue.Queue's get/put as installed: the C QueueMethods where the extension is built (their common cases
+# without _q_get's or _q_put's frame: issue 12), else those Python functions. The QueueMethod reads
+# len(self.queue) for the stdlib's own _qsize() only.
+_QUEUE_METHOD: Any = getattr(SPEEDUPS, "QueueMethod", None)
+_STDLIB_QSIZES = tuple({cls._qsize for cls in (queue.Queue, queue.LifoQueue, queue.PriorityQueue)})
+_q_get_wrapper: Any = _QUEUE_METHOD(_Q_GET, _q_get, False, _STDLIB_QSIZES) if _QUEUE_METHOD is not None else _q_get
+_q_put_wrapper: Any = _QUEUE_METHOD(_Q_PUT, _q_put, True, _STDLIB_QSIZES) if _QUEUE_METHOD is not None else _q_put
+
+
 def patch_targets() -> list[tuple[type, str, Any]]:
     """What :func:`~conctools.pools.track_pools` replaces: ``asyncio.Queue``'s methods once the
     program imported asyncio (:func:`asyncio_targets`), and ``queue.Queue``'s."""
     return [
         *asyncio_targets(),
         (queue.Queue, "__init__", _q_init),
-        (queue.Queue, "get", _q_get),
-        (queue.Queue, "put", _q_put),
+        (queue.Queue, "get", _q_get_wrapper),
+        (queue.Queue, "put", _q_put_wrapper),
     ]
 
 
