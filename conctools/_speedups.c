@@ -453,6 +453,17 @@ bucket_of(long long value)
 /* Histogram.add(value) on a recorder.Histogram (slots buckets, count, total_ns, max_ns), done here:
  * ints and a dict entry only (no garbage collection can start, no Python code runs). Anything else
  * (a subclass, another object) goes through its own add(). */
+/* The offset of a writable object slot `name` of type `tp` (a member descriptor of its own), or -1. */
+static Py_ssize_t
+object_slot_offset(PyTypeObject *tp, const char *name)
+{
+    PyObject *d = PyDict_GetItemString(tp->tp_dict, name); /* borrowed */
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) return -1;
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return -1;
+    return m->offset;
+}
+
 static void
 hist_find_slots(void)
 {
@@ -461,11 +472,8 @@ hist_find_slots(void)
     if (g_hist_type == NULL || !PyType_Check(g_hist_type)) return;
     Py_ssize_t off[4];
     for (int i = 0; i < 4; i++) {
-        PyObject *d = PyDict_GetItemString(((PyTypeObject *)g_hist_type)->tp_dict, names[i]); /* borrowed */
-        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) return;
-        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return;
-        off[i] = m->offset;
+        off[i] = object_slot_offset((PyTypeObject *)g_hist_type, names[i]);
+        if (off[i] < 0) return;
     }
     for (int i = 0; i < 4; i++) g_hist_off[i] = off[i];
 }
@@ -5812,18 +5820,26 @@ static int queue_is_bare_channel(PoolCountersObject *c);
  * (no state yet: _q_get makes it; identities; an empty queue: a wait to time; keyword arguments) goes to _q_get.
  * queue.Queue's own code takes its mutex: another thread may empty the queue between the look and the get, as
  * in _q_get. */
+/* A put (args[0] the queue): a queue without state, or a channel holding nobody's items, goes straight to the
+ * original method; any other to the whole Python wrapper (slow). */
+static PyObject *
+queuemethod_put(QueueMethodObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *other = NULL;
+    PoolCountersObject *c = queue_counters(args[0], &other);
+    if ((c == NULL && other == NULL) || (c != NULL && queue_is_bare_channel(c)))
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+}
+
 static PyObject *
 queuemethod_sync(QueueMethodObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs < 1) return PyObject_Vectorcall(self->original, args, nargsf, kwnames); /* (raises as it does) */
+    if (self->put) return queuemethod_put(self, args, nargsf, kwnames);
     PyObject *queue = args[0], *other = NULL;
     PoolCountersObject *c = queue_counters(queue, &other);
-    if (self->put) {
-        if ((c == NULL && other == NULL) || (c != NULL && queue_is_bare_channel(c)))
-            return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
-        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
-    }
 #ifndef Py_GIL_DISABLED
     int fast = c != NULL && !c->identities && kwnames == NULL && nargs <= 3;
     int block = 1;
@@ -5915,13 +5931,8 @@ queuemethod_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs != 1 + self->put || kwnames != NULL) /* (asyncio's method raises what a wrong call raises) */
         return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    if (self->put) return queuemethod_put(self, args, nargsf, NULL);
     PyObject *queue = args[0], *other = NULL;
-    if (self->put) {
-        PoolCountersObject *c = queue_counters(queue, &other);
-        if ((c == NULL && other == NULL) || (c != NULL && queue_is_bare_channel(c)))
-            return PyObject_Vectorcall(self->original, args, nargsf, NULL);
-        return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
-    }
     PyObject *item = PyObject_Vectorcall(self->original, args, nargsf, NULL);
     if (item == NULL) return NULL;
     PoolCountersObject *c = queue_counters(queue, &other);
@@ -6921,6 +6932,20 @@ static Py_ssize_t g_as_off_locked = -1, g_as_off_waiters = -1; /* aio.Lock's slo
 static PyTypeObject *g_as_type;
 static PyObject *s_took_timed, *s_released_timed, *s_wake_up_first, *s_wake_up_next;
 
+/* The object slot of `obj` at byte offset `off` (an aio.Lock's or aio.Semaphore's asyncio field). */
+#define OBJ_SLOT(obj, off) ((PyObject **)((char *)(obj) + (off)))
+
+/* How many futures an asyncio primitive's _waiters holds: 0 for None (none made yet), -1 when its length
+ * cannot be read (the error cleared). */
+static Py_ssize_t
+waiters_len(PyObject *waiters)
+{
+    if (waiters == Py_None) return 0;
+    Py_ssize_t k = PyObject_Length(waiters);
+    if (k < 0) PyErr_Clear();
+    return k;
+}
+
 typedef struct {
     PyObject_HEAD
     PyObject *prim;  /* the lock or semaphore */
@@ -6934,16 +6959,9 @@ typedef struct {
 static int
 as_lock_enter(PyObject *prim)
 {
-    PyObject **locked = (PyObject **)((char *)prim + g_as_off_locked);
-    PyObject **waiters = (PyObject **)((char *)prim + g_as_off_waiters);
-    if (*locked != Py_False || *waiters == NULL) return 0;
-    if (*waiters != Py_None) { /* asyncio's deque: empty, or the Python method checks its futures */
-        Py_ssize_t k = PyObject_Length(*waiters);
-        if (k != 0) {
-            PyErr_Clear();
-            return 0;
-        }
-    }
+    PyObject **locked = OBJ_SLOT(prim, g_as_off_locked), *waiters = *OBJ_SLOT(prim, g_as_off_waiters);
+    /* (waiting futures, maybe all cancelled: the Python method looks at them) */
+    if (*locked != Py_False || waiters == NULL || waiters_len(waiters) != 0) return 0;
     AioLockObject *self = (AioLockObject *)prim;
     long long n = self->base.n != NULL && PyLong_CheckExact(self->base.n) ? as_ll(self->base.n) : -1;
     if (n < 0) {
@@ -6973,8 +6991,7 @@ as_lock_enter(PyObject *prim)
 static int
 as_lock_exit(PyObject *prim)
 {
-    PyObject **locked = (PyObject **)((char *)prim + g_as_off_locked);
-    PyObject **waiters = (PyObject **)((char *)prim + g_as_off_waiters);
+    PyObject **locked = OBJ_SLOT(prim, g_as_off_locked), **waiters = OBJ_SLOT(prim, g_as_off_waiters);
     if (*locked != Py_True) return 0; /* (the Python method raises "Lock is not acquired.") */
     AioLockObject *self = (AioLockObject *)prim;
     PyObject *hold = self->base.hold;
@@ -6985,15 +7002,10 @@ as_lock_exit(PyObject *prim)
     }
     Py_XSETREF(self->owner, Py_NewRef(Py_None));
     Py_XSETREF(*locked, Py_NewRef(Py_False));
-    PyObject *w = *waiters;
-    if (w != NULL && w != Py_None) {
-        Py_ssize_t k = PyObject_Length(w);
-        PyErr_Clear();
-        if (k != 0) { /* asyncio's _wake_up_first() returns at once when there is no waiter */
-            PyObject *r = PyObject_CallMethodNoArgs(prim, s_wake_up_first);
-            if (r == NULL) return -1;
-            Py_DECREF(r);
-        }
+    if (*waiters != NULL && waiters_len(*waiters) != 0) { /* (asyncio's _wake_up_first() returns at once with none) */
+        PyObject *r = PyObject_CallMethodNoArgs(prim, s_wake_up_first);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
     }
     return 1;
 }
@@ -7011,11 +7023,10 @@ se_fast_take(PyObject *sem)
         if ((PyObject *)Py_TYPE(sem) == PyTuple_GET_ITEM(g_se_fast_types, i)) known = 1;
     }
     if (!known) return 0;
-    PyObject **value = (PyObject **)((char *)sem + g_se_off_value);
-    PyObject **waiters = (PyObject **)((char *)sem + g_se_off_waiters);
-    PyObject **holders = (PyObject **)((char *)sem + g_se_off_holders);
+    PyObject **value = OBJ_SLOT(sem, g_se_off_value), *waiters = *OBJ_SLOT(sem, g_se_off_waiters);
+    PyObject *h = *OBJ_SLOT(sem, g_se_off_holders);
     TrackedObject *t = (TrackedObject *)sem;
-    if (*value == NULL || !PyLong_CheckExact(*value) || *waiters == NULL || t->n == NULL || !PyLong_CheckExact(t->n)) {
+    if (*value == NULL || !PyLong_CheckExact(*value) || waiters == NULL || t->n == NULL || !PyLong_CheckExact(t->n)) {
         return 0;
     }
     long long v = as_ll(*value), n = as_ll(t->n);
@@ -7023,14 +7034,8 @@ se_fast_take(PyObject *sem)
         PyErr_Clear();
         return 0;
     }
-    if (v <= 0 || n < 0) return 0; /* asyncio's locked(): no free slot */
-    if (*waiters != Py_None) {   /* locked() also when a waiter is not cancelled: asyncio's coroutine decides */
-        Py_ssize_t k = PyObject_Length(*waiters);
-        if (k != 0) {
-            PyErr_Clear();
-            return 0;
-        }
-    }
+    /* asyncio's locked(): no free slot, or a waiter not cancelled (with waiters, asyncio's coroutine decides) */
+    if (v <= 0 || n < 0 || waiters_len(waiters) != 0) return 0;
     PyObject *nv = PyLong_FromLongLong(v - 1), *nn = PyLong_FromLongLong(n + 1);
     if (nv == NULL || nn == NULL) {
         Py_XDECREF(nv);
@@ -7040,7 +7045,6 @@ se_fast_take(PyObject *sem)
     }
     Py_SETREF(*value, nv);
     Py_SETREF(t->n, nn);
-    PyObject *h = *holders;
     if (h != NULL && PyList_CheckExact(h) && PyList_GET_SIZE(h) < g_se_max_holders) {
         PyObject *task = se_current_task(sem);
         if (PyList_Append(h, task) < 0) PyErr_Clear();
@@ -7056,9 +7060,7 @@ se_fast_take(PyObject *sem)
 static int
 se_release(PyObject *sem)
 {
-    PyObject **value = (PyObject **)((char *)sem + g_se_off_value);
-    PyObject **waiters = (PyObject **)((char *)sem + g_se_off_waiters);
-    PyObject **holders = (PyObject **)((char *)sem + g_se_off_holders);
+    PyObject **value = OBJ_SLOT(sem, g_se_off_value), **waiters = OBJ_SLOT(sem, g_se_off_waiters);
     if (*value == NULL || !PyLong_CheckExact(*value) || *waiters == NULL) return 0;
     long long v = as_ll(*value);
     if (v == -1 && PyErr_Occurred()) {
@@ -7071,15 +7073,12 @@ se_release(PyObject *sem)
         return 0;
     }
     Py_SETREF(*value, nv);
-    PyObject *w = *waiters;
-    Py_ssize_t k = w == Py_None ? 0 : PyObject_Length(w);
-    if (k != 0) { /* (asyncio's _wake_up_next() returns at once with no waiter) */
-        PyErr_Clear();
+    if (waiters_len(*waiters) != 0) { /* (asyncio's _wake_up_next() returns at once with no waiter) */
         PyObject *r = PyObject_CallMethodNoArgs(sem, s_wake_up_next);
         if (r == NULL) return -1;
         Py_DECREF(r);
     }
-    PyObject *h = *holders;
+    PyObject *h = *OBJ_SLOT(sem, g_se_off_holders);
     if (h != NULL && PyList_CheckExact(h) && PyList_GET_SIZE(h) > 0) {
         Py_INCREF(h);
         PyObject *me = se_current_task(sem);
@@ -7099,10 +7098,7 @@ se_release(PyObject *sem)
         Py_DECREF(me);
         Py_DECREF(h);
     }
-    w = *waiters;
-    k = w == NULL || w == Py_None ? 0 : PyObject_Length(w);
-    if (k < 0) PyErr_Clear();
-    if (k > 0 && g_se_progress != NULL && PyList_CheckExact(g_se_progress) && PyList_GET_SIZE(g_se_progress) > 0) {
+    if (*waiters != NULL && waiters_len(*waiters) > 0 && g_se_progress != NULL && PyList_CheckExact(g_se_progress) && PyList_GET_SIZE(g_se_progress) > 0) {
         PyObject *now = PyLong_FromLongLong(mono_ns());
         if (now == NULL || PyList_SetItem(g_se_progress, 0, now) < 0) PyErr_Clear();
     }
@@ -7116,10 +7112,8 @@ as_fast(AwaitStepObject *s)
     switch (s->kind) {
     case AS_LOCK_ENTER:
     case AS_LOCK_EXIT:
-        if (g_as_lock_cls == NULL || g_as_off_locked < 0 || !PyObject_TypeCheck(prim, g_as_lock_cls) ||
-            !PyObject_TypeCheck(prim, g_aiolock_type)) {
-            return 0;
-        }
+        /* (aio_steps_setup() set g_as_lock_cls, a subclass of AioLockFields, with its slots' offsets) */
+        if (g_as_lock_cls == NULL || !PyObject_TypeCheck(prim, g_as_lock_cls)) return 0;
         return s->kind == AS_LOCK_ENTER ? as_lock_enter(prim) : as_lock_exit(prim);
     case AS_SEM_EXIT: { /* its release(), which a subclass may override */
         if ((PyTypeObject *)Py_TYPE(prim) == g_se_release_type && g_se_off_value >= 0) {
@@ -7370,27 +7364,28 @@ as_lock_aenter_meth(PyObject *self, PyObject *Py_UNUSED(ignored))
     return as_new(self, AS_LOCK_ENTER);
 }
 
-static PyObject *
-as_exit_args_check(Py_ssize_t nargs, PyObject *kwnames)
+/* __aexit__(exc_type, exc, tb): 1, else 0 with TypeError set. */
+static int
+as_exit_args_ok(Py_ssize_t nargs, PyObject *kwnames)
 {
     if (nargs != 3 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
         PyErr_SetString(PyExc_TypeError, "__aexit__(exc_type, exc, tb)");
-        return NULL;
+        return 0;
     }
-    return Py_None;
+    return 1;
 }
 
 static PyObject *
 as_lock_aexit_meth(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (as_exit_args_check(nargs, kwnames) == NULL) return NULL;
+    if (!as_exit_args_ok(nargs, kwnames)) return NULL;
     return as_new(self, AS_LOCK_EXIT);
 }
 
 static PyObject *
 as_sem_aexit_meth(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (as_exit_args_check(nargs, kwnames) == NULL) return NULL;
+    if (!as_exit_args_ok(nargs, kwnames)) return NULL;
     return as_new(self, AS_SEM_EXIT);
 }
 
@@ -7410,17 +7405,6 @@ static PyMethodDef as_sem_aenter_def = {"__aenter__", as_sem_aenter_meth, METH_N
                                         "Take a slot (an awaitable; see conctools.aio.Semaphore)."};
 static PyMethodDef as_sem_aexit_def = {"__aexit__", (PyCFunction)(void (*)(void))as_sem_aexit_meth,
                                        METH_FASTCALL | METH_KEYWORDS, "Release a slot (an awaitable)."};
-
-/* The offset of a writable object slot `name` of type `tp` (a member descriptor of its own), or -1. */
-static Py_ssize_t
-object_slot_offset(PyTypeObject *tp, const char *name)
-{
-    PyObject *d = PyDict_GetItemString(tp->tp_dict, name); /* borrowed */
-    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) return -1;
-    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-    if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return -1;
-    return m->offset;
-}
 
 /* aio_steps_setup(lock_cls, lock_aenter, lock_aexit, sem_aexit, task_stacks, spare_stacks, sem_cls, sem_types,
  * progress) -> (lock __aenter__, lock __aexit__, semaphore __aenter__, semaphore __aexit__): the method

@@ -391,10 +391,9 @@ def _bind_asyncio(asyncio: ModuleType) -> None:
     _AsyncioQueue, _AsyncioSemaphore = asyncio.Queue, asyncio.Semaphore
     aq = asyncio.Queue
     _AQ_INIT, _AQ_GET, _AQ_GET_NOWAIT, _AQ_PUT_NOWAIT = aq.__init__, aq.get, aq.get_nowait, aq.put_nowait
-    queue_method = getattr(SPEEDUPS, "QueueMethod", None)
-    if queue_method is not None:  # (issue 12: no Python frame per item; see _speedups.c's QueueMethod)
-        _aq_get_nowait_wrapper = queue_method(_AQ_GET_NOWAIT, _aq_took, False)
-        _aq_put_nowait_wrapper = queue_method(_AQ_PUT_NOWAIT, _aq_put_nowait, True)
+    if _QUEUE_METHOD is not None:  # (issue 12: no Python frame per item; see _speedups.c's QueueMethod)
+        _aq_get_nowait_wrapper = _QUEUE_METHOD(_AQ_GET_NOWAIT, _aq_took, False)
+        _aq_put_nowait_wrapper = _QUEUE_METHOD(_AQ_PUT_NOWAIT, _aq_put_nowait, True)
     else:
         _aq_get_nowait_wrapper, _aq_put_nowait_wrapper = _aq_get_nowait, _aq_put_nowait
     _note_originals(asyncio_targets())
