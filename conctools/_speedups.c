@@ -7536,17 +7536,23 @@ py_note_task_site(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     Py_RETURN_TRUE;
 }
 
-/* -- task creation sites: a compact table in C (issue 12) ---------------------------------------
+/* -- task creation sites: a compact log in C (issue 12) -----------------------------------------
  *
- * The loop monitor's task factory runs for every task a program creates. It keeps each task's creation
- * site in an open-addressed table keyed by the task's address: the task's weak reference (to tell a live
- * task from a dead one whose address was reused), the code object and the instruction offset of the
- * first frame outside asyncio and conctools (the line is found only when a report asks). No Python object
- * is made per task: the weak reference is one the task already has (asyncio's registry of tasks, a
- * WeakSet, makes one for every task) when there is one, and the table's dead entries are dropped in C
- * when it fills up (amortised: the table is rebuilt at twice its live size). A dict of
- * (weakref, code, offset) tuples keyed by id(task) made four objects per task (two of them counted by
- * the garbage collector's generation 0) and was purged by Python code. */
+ * The loop monitor's task factory runs for every task a program creates. It appends each task's creation
+ * site to a log: the task's address (the key), its weak reference (to tell a live task from a dead one
+ * whose address was reused), the code object and the instruction offset of the first frame outside asyncio
+ * and conctools (the line is found only when a report asks). No Python object is made per task: the weak
+ * reference is one the task already has (asyncio's registry of tasks, a WeakSet, makes one for every task)
+ * when there is one. When the log is full its dead entries are dropped in C, in one pass (amortised: the
+ * log is then at most half full).
+ *
+ * Noting is an append, in order: no probe of a hash table, whose random slot was a cache miss for every
+ * task (~80% of the factory's own time in the asyncio program of issue 12), and the purge reads only the
+ * weak references (never the tasks). Lookups are rare (a report, a stall, a hang): the entries noted since
+ * the last lookup are scanned newest first when few, else indexed then (an open-addressed table of log
+ * positions, made on the first lookup and extended by later ones; a purge moves entries, and drops it).
+ * A dict of (weakref, code, offset) tuples keyed by id(task) made four objects per task (two of them
+ * counted by the garbage collector's generation 0) and was purged by Python code. */
 typedef struct {
     void *task;     /* the key: the task's address (never dereferenced) */
     PyObject *ref;  /* strong: a weak reference to the task */
@@ -7554,11 +7560,16 @@ typedef struct {
     int lasti;
 } SiteSlot;
 
-static SiteSlot *g_task_sites;        /* NULL until the first task */
-static Py_ssize_t g_task_sites_cap;   /* a power of two */
-static Py_ssize_t g_task_sites_used;  /* filled slots (live or dead tasks) */
-static Py_ssize_t g_task_sites_limit; /* dead entries are dropped when g_task_sites_used reaches it */
-#define SITES_MIN 4096 /* the least limit; the capacity is at least twice the limit */
+static SiteSlot *g_task_sites;       /* the log, in the order noted; NULL until the first task */
+static Py_ssize_t g_task_sites_cap;  /* its capacity: a power of two, at least SITES_MIN_CAP */
+static Py_ssize_t g_task_sites_used; /* its entries (live or dead tasks) */
+static Py_ssize_t g_task_sites_limit; /* a purge comes when it holds this many: twice the live at the last one */
+static int32_t *g_sites_index;       /* lookups: log position + 1 by address (0: empty), or NULL */
+static Py_ssize_t g_sites_index_cap; /* a power of two, twice the log's capacity */
+static Py_ssize_t g_sites_indexed;   /* the log's first entries that are in the index */
+#define SITES_MIN_CAP 8192
+#define SITES_MIN_LIMIT 4096
+#define SITES_TAIL_SCAN 256 /* unindexed entries a lookup scans rather than index */
 
 static inline size_t
 site_hash(void *p, Py_ssize_t cap)
@@ -7574,51 +7585,81 @@ ref_target(PyObject *ref)
     return obj == Py_None ? NULL : obj;
 }
 
+/* Whether `ref`'s task is gone, read from the weak reference alone (a purge must not touch every task: each
+ * would be a cache miss). A task whose weak references are not cleared yet (a deallocation the trashcan
+ * delayed) stays until the next purge. */
 static int
-ref_is_dead(PyObject *ref)
+ref_cleared(PyObject *ref)
 {
+#ifndef Py_GIL_DISABLED
+    if (PyWeakref_CheckRef(ref)) return ((PyWeakReference *)ref)->wr_object == Py_None;
+#endif
     return ref_target(ref) == NULL;
 }
 
-/* Rebuild the table with only its live tasks; the next rebuild comes when it holds twice as many (as the
- * dict it replaces was purged: at most max(4096, 2 * live) entries), at most half full. */
+/* The log at its limit: keep its live entries, in order; the next purge comes at twice their number (after
+ * as many notes again: amortised), and the log is resized to a power of two that holds that many (as the
+ * dict it replaces was purged: at most max(4096, 2 * live) entries); the index is dropped (positions moved). */
 static int
-sites_rebuild(void)
+sites_purge(void)
 {
-    Py_ssize_t live = 0;
-    for (Py_ssize_t i = 0; i < g_task_sites_cap; i++) {
-        if (g_task_sites[i].task != NULL && !ref_is_dead(g_task_sites[i].ref)) live++;
-    }
-    Py_ssize_t limit = 2 * live > SITES_MIN ? 2 * live : SITES_MIN;
-    Py_ssize_t cap = 2 * SITES_MIN;
-    while (cap < 2 * limit) cap *= 2;
-    SiteSlot *fresh = PyMem_Calloc((size_t)cap, sizeof(SiteSlot));
-    if (fresh == NULL) return -1;
-    SiteSlot *old = g_task_sites;
-    Py_ssize_t old_cap = g_task_sites_cap;
-    Py_ssize_t used = 0;
-    for (Py_ssize_t i = 0; i < old_cap; i++) {
-        SiteSlot *e = &old[i];
-        if (e->task == NULL) continue;
-        if (ref_is_dead(e->ref)) continue;
-        size_t j = site_hash(e->task, cap);
-        while (fresh[j].task != NULL) j = (j + 1) & (size_t)(cap - 1);
-        fresh[j] = *e;
-        e->task = NULL; /* moved */
-        used++;
-    }
-    g_task_sites = fresh;
-    g_task_sites_cap = cap;
-    g_task_sites_used = used;
-    g_task_sites_limit = limit;
-    /* last: dropping a dead task's reference and code runs no code of ours, but may free objects */
-    for (Py_ssize_t i = 0; i < old_cap; i++) {
-        if (old[i].task != NULL) {
-            Py_DECREF(old[i].ref);
-            Py_DECREF(old[i].code);
+    Py_ssize_t n = g_task_sites_used;
+    SiteSlot *log = g_task_sites;
+    PyObject **dead = PyMem_Malloc((size_t)(2 * n + 1) * sizeof(PyObject *));
+    if (dead == NULL) return -1;
+    Py_ssize_t live = 0, n_dead = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (ref_cleared(log[i].ref)) {
+            dead[n_dead++] = log[i].ref;
+            dead[n_dead++] = log[i].code;
+        }
+        else {
+            log[live++] = log[i];
         }
     }
-    PyMem_Free(old);
+    g_task_sites_used = live;
+    g_task_sites_limit = 2 * live > SITES_MIN_LIMIT ? 2 * live : SITES_MIN_LIMIT;
+    PyMem_Free(g_sites_index);
+    g_sites_index = NULL;
+    g_sites_index_cap = g_sites_indexed = 0;
+    Py_ssize_t want = SITES_MIN_CAP;
+    while (want < g_task_sites_limit) want *= 2;
+    if (want != g_task_sites_cap) {
+        SiteSlot *resized = PyMem_Realloc(log, (size_t)want * sizeof(SiteSlot));
+        if (resized != NULL) { /* (else it stays as it was: noting stops at its capacity) */
+            g_task_sites = resized;
+            g_task_sites_cap = want;
+        }
+    }
+    /* last, the log consistent: dropping a dead task's reference and code runs no code of ours, but may free
+     * objects (a weak reference's callback may make a task) */
+    for (Py_ssize_t i = 0; i < n_dead; i++) Py_DECREF(dead[i]);
+    PyMem_Free(dead);
+    return 0;
+}
+
+/* Index the log's entries noted since the index was last extended (a later entry for an address replaces
+ * an earlier one: a dead task's, whose address was reused). */
+static int
+sites_index_extend(void)
+{
+    Py_ssize_t want = 2 * g_task_sites_cap;
+    if (g_sites_index == NULL || g_sites_index_cap != want) {
+        int32_t *index = PyMem_Calloc((size_t)want, sizeof(int32_t));
+        if (index == NULL) return -1;
+        PyMem_Free(g_sites_index);
+        g_sites_index = index;
+        g_sites_index_cap = want;
+        g_sites_indexed = 0;
+    }
+    size_t mask = (size_t)(g_sites_index_cap - 1);
+    for (Py_ssize_t i = g_sites_indexed; i < g_task_sites_used; i++) {
+        void *task = g_task_sites[i].task;
+        size_t j = site_hash(task, g_sites_index_cap);
+        while (g_sites_index[j] != 0 && g_task_sites[g_sites_index[j] - 1].task != task) j = (j + 1) & mask;
+        g_sites_index[j] = (int32_t)(i + 1);
+    }
+    g_sites_indexed = g_task_sites_used;
     return 0;
 }
 
@@ -7643,13 +7684,13 @@ static void
 sites_note(PyObject *task, PyCodeObject *code, int lasti)
 {
     if (g_task_sites == NULL) {
-        g_task_sites = PyMem_Calloc(2 * SITES_MIN, sizeof(SiteSlot));
+        g_task_sites = PyMem_Malloc(SITES_MIN_CAP * sizeof(SiteSlot));
         if (g_task_sites == NULL) return;
-        g_task_sites_cap = 2 * SITES_MIN;
-        g_task_sites_limit = SITES_MIN;
+        g_task_sites_cap = SITES_MIN_CAP;
+        g_task_sites_limit = SITES_MIN_LIMIT;
     }
     else if (g_task_sites_used >= g_task_sites_limit) { /* drop the dead; grow if the live need it */
-        if (sites_rebuild() < 0) {
+        if (sites_purge() < 0 || g_task_sites_used >= g_task_sites_cap) {
             PyErr_Clear();
             return;
         }
@@ -7659,23 +7700,11 @@ sites_note(PyObject *task, PyCodeObject *code, int lasti)
         PyErr_Clear(); /* not weak-referenceable */
         return;
     }
-    size_t j = site_hash(task, g_task_sites_cap);
-    while (g_task_sites[j].task != NULL && g_task_sites[j].task != (void *)task) j = (j + 1) & (size_t)(g_task_sites_cap - 1);
-    SiteSlot *e = &g_task_sites[j];
-    PyObject *old_ref = NULL, *old_code = NULL;
-    if (e->task != NULL) { /* a dead task at the same address (or this task noted again) */
-        old_ref = e->ref;
-        old_code = e->code;
-    }
-    else {
-        g_task_sites_used++;
-    }
+    SiteSlot *e = &g_task_sites[g_task_sites_used++];
     e->task = (void *)task;
     e->ref = ref;
     e->code = Py_NewRef((PyObject *)code);
     e->lasti = lasti;
-    Py_XDECREF(old_ref);
-    Py_XDECREF(old_code);
 }
 
 /* `task`, just made, with its creation site noted: the first frame outside asyncio and conctools, from the
@@ -7693,17 +7722,34 @@ sites_note_made(PyObject *task)
     return task;
 }
 
-/* The slot of the live task `task` (compared by address and by its weak reference), or NULL. */
+/* `e`, when it is the live task `task`'s entry (its weak reference still refers to it), else NULL. */
+static SiteSlot *
+site_if_live(SiteSlot *e, void *task)
+{
+    return ref_target(e->ref) == (PyObject *)task ? e : NULL;
+}
+
+/* The entry of the live task `task` (the latest noted for its address), or NULL. */
 static SiteSlot *
 sites_find(void *task)
 {
     if (g_task_sites == NULL || task == NULL) return NULL;
-    size_t j = site_hash(task, g_task_sites_cap);
-    while (g_task_sites[j].task != NULL) {
-        if (g_task_sites[j].task == task) {
-            return ref_target(g_task_sites[j].ref) == (PyObject *)task ? &g_task_sites[j] : NULL;
+    Py_ssize_t used = g_task_sites_used;
+    if (used - g_sites_indexed > SITES_TAIL_SCAN && sites_index_extend() < 0) {
+        PyErr_Clear();
+        for (Py_ssize_t i = used - 1; i >= 0; i--) { /* no memory for the index: a scan, newest first */
+            if (g_task_sites[i].task == task) return site_if_live(&g_task_sites[i], task);
         }
-        j = (j + 1) & (size_t)(g_task_sites_cap - 1);
+        return NULL;
+    }
+    for (Py_ssize_t i = used - 1; i >= g_sites_indexed; i--) { /* noted since the index was extended */
+        if (g_task_sites[i].task == task) return site_if_live(&g_task_sites[i], task);
+    }
+    if (g_sites_index == NULL) return NULL;
+    size_t mask = (size_t)(g_sites_index_cap - 1);
+    for (size_t j = site_hash(task, g_sites_index_cap); g_sites_index[j] != 0; j = (j + 1) & mask) {
+        SiteSlot *e = &g_task_sites[g_sites_index[j] - 1];
+        if (e->task == task) return site_if_live(e, task);
     }
     return NULL;
 }
@@ -7724,7 +7770,7 @@ py_task_site(PyObject *Py_UNUSED(module), PyObject *arg)
     return entry;
 }
 
-/* task_sites_len() -> the table's entries (live tasks, and dead ones not dropped yet). */
+/* task_sites_len() -> the log's entries (live tasks, and dead ones not dropped yet). */
 static PyObject *
 py_task_sites_len(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {

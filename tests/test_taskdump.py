@@ -410,6 +410,54 @@ class TestDumpTasks:
         assert counts == before  # the monitor added none
         assert sites == [f"{HERE}:{line}"] * 100
 
+    def test_c_sites_stay_exact_through_purges_reused_addresses_and_lookups(self) -> None:
+        """The C factory's log of sites (appended per task, purged of dead tasks when full, indexed only
+        when looked up): every live task's site is its own line, whether it was noted before a purge, before
+        a lookup indexed the log, or after it (a few entries, scanned; many, indexed); tasks made where dead
+        ones were (their addresses reused) are never given a dead task's line; a dead task has no site; the
+        log stays bounded by the live tasks."""
+        import gc
+        import weakref
+
+        from conctools import locks, taskdump
+
+        if not locks.SPEEDUPS:
+            pytest.skip("the C extension is not in use")
+
+        async def main() -> None:
+            gate = asyncio.Event()
+            async with LoopMonitor(threshold_s=1.0):
+                early = [asyncio.ensure_future(gate.wait()) for _ in range(6000)]
+                early_line = _lineno() - 1
+                for _ in range(8):  # 40,000 short-lived tasks: the log fills and is purged, addresses are reused
+                    await asyncio.gather(*(asyncio.sleep(0) for _ in range(5000)))
+                gone = asyncio.ensure_future(asyncio.sleep(0))
+                gone_id, gone_ref = id(gone), weakref.ref(gone)
+                await gone
+                del gone
+                await asyncio.sleep(0)  # (the callback that woke this task held it until now)
+                gc.collect()
+                assert gone_ref() is None
+                assert taskdump._c_speedups().task_site(gone_id) is None  # a dead task: no site
+                reused = [asyncio.ensure_future(gate.wait()) for _ in range(3000)]
+                reused_line = _lineno() - 1
+                assert {taskdump.creation_site(t) for t in early[::7]} == {f"{HERE}:{early_line}"}  # indexed now
+                few = [asyncio.ensure_future(gate.wait()) for _ in range(10)]
+                few_line = _lineno() - 1
+                assert {taskdump.creation_site(t) for t in few} == {f"{HERE}:{few_line}"}  # scanned
+                many = [asyncio.ensure_future(gate.wait()) for _ in range(2000)]
+                many_line = _lineno() - 1
+                assert {taskdump.creation_site(t) for t in many} == {f"{HERE}:{many_line}"}  # index extended
+                assert {taskdump.creation_site(t) for t in reused} == {f"{HERE}:{reused_line}"}
+                assert {taskdump.creation_site(t) for t in early} == {f"{HERE}:{early_line}"}
+                live = len(early) + len(reused) + len(few) + len(many)
+                # the dead go at each purge: at most twice the most tasks alive at once (of 51,011 noted)
+                assert taskdump._c_speedups().task_sites_len() <= 2 * (live + 5000)
+                gate.set()
+                await asyncio.gather(*early, *reused, *few, *many)
+
+        asyncio.run(main())
+
 
 class TestLoopIdleForever:
     def test_event_nobody_sets(self, loop_thread: LoopThread) -> None:
