@@ -34,6 +34,7 @@ from types import FrameType
 from conctools._context import current_frames
 from conctools._log import get_logger
 from conctools._records import record
+from conctools._typing import Any
 
 __all__ = [
     "CALL_OPCODES",
@@ -118,6 +119,8 @@ class StateReader:
         self._pread: Callable[[int, object, int, int], int] | None = None
         self._buf: ctypes.Array[ctypes.c_char] = ctypes.create_string_buffer(512)
         self._usleep: Callable[[int], int] | None = None
+        self._libc: Any = None
+        self._file_buf: ctypes.Array[ctypes.c_char] | None = None
         try:
             libc = ctypes.PyDLL(None)
             fn = libc.pread
@@ -128,9 +131,12 @@ class StateReader:
             sleep.argtypes = [ctypes.c_uint]
             sleep.restype = ctypes.c_int
             self._usleep = sleep
+            self._libc = libc
         except (AttributeError, OSError, TypeError):  # no pread in the process: os.pread releases the GIL
             _log.debug("conctools: ctypes pread unavailable; reading /proc with os.pread", exc_info=True)
         self.holds_gil = self._pread is not None
+        self._dir_calls: tuple[Any, Any, Any] | None = None
+        self._file_calls: tuple[Any, Any, Any] | None = None
 
     def pause(self, microseconds: int) -> None:
         """Wait without releasing the GIL and without using the CPU (others may need it to move on)."""
@@ -160,6 +166,70 @@ class StateReader:
         if n <= 0:
             return None
         return self._buf.raw[:n]
+
+    def read_file(self, path: bytes, size: int = 8192) -> bytes | None:
+        """A small file's content, opened and read without releasing the GIL; ``None`` when it cannot be
+        read so, or is ``size`` bytes or longer (the caller reads it the usual way)."""
+        calls = self._file_calls
+        if calls is None:
+            calls = self._file_calls = self._libc_calls(
+                ("open", [ctypes.c_char_p, ctypes.c_int], ctypes.c_int),
+                ("read", [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_ssize_t),
+                ("close", [ctypes.c_int], ctypes.c_int),
+            )
+        if not calls:
+            return None
+        open_, read, close = calls
+        buf = self._file_buf
+        if buf is None or len(buf) < size:
+            buf = self._file_buf = ctypes.create_string_buffer(size)
+        fd = open_(path, os.O_RDONLY | os.O_CLOEXEC)
+        if fd < 0:
+            return None
+        try:
+            n = read(fd, buf, size)
+        finally:
+            close(fd)
+        return buf.raw[:n] if 0 <= n < size else None
+
+    def count_entries(self, path: bytes) -> int | None:
+        """The entries of a directory, ``.`` and ``..`` left out, read without releasing the GIL (its own
+        descriptor of the directory is one of them under ``/proc/self/fd``); ``None`` when it cannot."""
+        calls = self._dir_calls
+        if calls is None:
+            calls = self._dir_calls = self._libc_calls(
+                ("opendir", [ctypes.c_char_p], ctypes.c_void_p),
+                ("readdir", [ctypes.c_void_p], ctypes.c_void_p),
+                ("closedir", [ctypes.c_void_p], ctypes.c_int),
+            )
+        if not calls:
+            return None
+        opendir, readdir, closedir = calls
+        d = opendir(path)
+        if not d:
+            return None
+        n = 0
+        try:
+            while readdir(d):
+                n += 1
+        finally:
+            closedir(d)
+        return max(0, n - 2)
+
+    def _libc_calls(self, *specs: tuple[str, list[Any], Any]) -> tuple[Any, ...]:
+        """libc's functions by name, typed (through ``PyDLL``: called with the GIL held); ``()`` if any is missing."""
+        if self._libc is None:
+            return ()
+        try:
+            out = []
+            for name, argtypes, restype in specs:
+                fn = getattr(self._libc, name)
+                fn.argtypes = argtypes
+                fn.restype = restype
+                out.append(fn)
+            return tuple(out)
+        except (AttributeError, TypeError):
+            return ()
 
     @staticmethod
     def close(fd: int | None) -> None:

@@ -94,25 +94,52 @@ _STATUS = {b"Threads:": 0, b"voluntary_ctxt_switches:": 1, b"nonvoluntary_ctxt_s
 
 class _ProcSelf:
     """This process's figures from ``/proc/self``, as psutil reads them on Linux (same files, same
-    fields): CPU time, RSS (``statm``), threads and context switches (``status``), open fds."""
+    fields): CPU time, RSS (``statm``), threads and context switches (``status``), open fds.
+
+    Read without releasing the GIL where it can (``ctypes`` calls into libc, as the GIL monitor reads
+    ``/proc``): each ``open``, ``read`` and ``close`` of a file object, and every entry ``os.listdir``
+    reads, releases it, and taking it back from a thread that runs Python waits for the switch interval
+    (5 ms) and makes that thread stop and wait in turn. A sample took ~10 such hand-overs (~50 ms) while
+    the program computed (issue 12); now none, or one ``stat`` where the kernel counts a process's
+    descriptors (Linux 6.2+: the size of ``/proc/self/fd``, in constant time)."""
 
     def __init__(self) -> None:
         self._page = os.sysconf("SC_PAGE_SIZE")
+        self._reader: Any = None
+        try:
+            from conctools._threadstate import StateReader
+
+            reader = StateReader()
+            self._reader = reader if reader.holds_gil else None
+        except Exception:  # no ctypes: the files are read the usual way
+            _log.debug("conctools: /proc read through os calls", exc_info=True)
+        self._fd_size = os.stat("/proc/self/fd").st_size > 0
         self.read()  # fails here (no /proc) rather than at every sample
 
     def read(self) -> tuple[float, int, int, int, int, int]:
         """(CPU seconds, RSS bytes, threads, fds, voluntary and involuntary context switches)."""
         times = os.times()
-        with open("/proc/self/statm", "rb") as f:
-            rss = int(f.read().split()[1]) * self._page
+        rss = int(self._file(b"/proc/self/statm").split()[1]) * self._page
         counts = [0, 0, 0]
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                slot = _STATUS.get(line.split(None, 1)[0] if line else b"")
-                if slot is not None:
-                    counts[slot] = int(line.split()[1])
-        fds = len(os.listdir("/proc/self/fd"))
-        return times.user + times.system, rss, counts[0], fds, counts[1], counts[2]
+        for line in self._file(b"/proc/self/status").splitlines():
+            slot = _STATUS.get(line.split(None, 1)[0] if line else b"")
+            if slot is not None:
+                counts[slot] = int(line.split()[1])
+        return times.user + times.system, rss, counts[0], self._fds(), counts[1], counts[2]
+
+    def _file(self, path: bytes) -> bytes:
+        data = self._reader.read_file(path) if self._reader is not None else None
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read()
+        return data
+
+    def _fds(self) -> int:
+        """The process's open descriptors (the reader's own, while it counts, left out)."""
+        if self._fd_size:
+            return os.stat("/proc/self/fd").st_size
+        n = self._reader.count_entries(b"/proc/self/fd") if self._reader is not None else None
+        return (n if n is not None else len(os.listdir("/proc/self/fd"))) - 1
 
 
 def _psutil_read(proc: Any) -> tuple[float, int, int, int, int, int]:

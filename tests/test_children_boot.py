@@ -156,13 +156,14 @@ class TestStartedWithoutPsutil:
 
     @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
     def test_same_figures_as_psutil(self) -> None:
-        """Threads, fds and RSS equal psutil's read right after; CPU time within a tick or two."""
+        """Threads, fds and RSS equal psutil's read right after (psutil's fds count the descriptor it
+        lists them with, one more); CPU time within a tick or two."""
         psutil = pytest.importorskip("psutil")
         from conctools.resources import _ProcSelf, _psutil_read
 
         mine = _ProcSelf().read()
         theirs = _psutil_read(psutil.Process())
-        assert mine[2:4] == theirs[2:4]
+        assert (mine[2], mine[3] + 1) == theirs[2:4]
         assert abs(mine[1] - theirs[1]) <= 1 << 20  # RSS: the same file, a page or so apart in time
         assert abs(mine[0] - theirs[0]) < 0.05
         assert mine[4] <= theirs[4] and mine[5] <= theirs[5]  # context switches only grow

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
 import sys
 import threading
 import time
@@ -457,3 +459,36 @@ class TestFollowerCost:
         (tmp_path / "1234567.json").write_text("{}")
         assert follower.poll() is None
         assert taken == [1]  # a child died: the check of pools waiting for its jobs looks at the frames
+
+    def test_an_unchanged_empty_folder_is_not_listed_again(
+        self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A run folder found empty is not listed again while its mtime stays (os.listdir() releases the
+        GIL at every entry it reads, taking it from a program that computes each time); a record written
+        since is listed and looked at at the next poll."""
+        from conctools.children import follower as follower_mod
+        from conctools.recorder import Recorder
+
+        listed: list[str] = []
+        real_listdir = os.listdir
+
+        def listdir(path: str) -> list[str]:
+            listed.append(path)
+            return real_listdir(path)
+
+        monkeypatch.setattr(follower_mod.os, "listdir", listdir)
+        monkeypatch.setattr(reaping, "reaped", lambda: [])
+        follower = follower_mod.ChildFollower({"deadlock_timeout_s": 10.0}, Recorder(capacity=10))
+        follower.run_dir = str(tmp_path)
+        old = time.time_ns() - 5_000_000_000
+        os.utime(tmp_path, ns=(old, old))  # an mtime older than the clock's tick: trusted
+        assert follower.poll() is None and len(listed) == 1
+        for _ in range(5):
+            assert follower.poll() is None
+        assert len(listed) == 1
+        explained: list[dict[str, Any]] = []
+        monkeypatch.setattr(follower, "explain", lambda alarm: explained.append(alarm) or None)
+        monkeypatch.setattr(follower, "_report", lambda event: event)
+        (tmp_path / "4242.stuck").write_text(json.dumps({"pid": 4242, "verdict": "hang", "reason": "r"}))
+        follower.poll()
+        assert len(listed) == 2 and explained and explained[0]["pid"] == 4242

@@ -152,3 +152,37 @@ class TestShortRuns:
         assert summary["num_threads_max"] >= 51
         text = resources_section(recorder.snapshot(), False) or ""
         assert "(200 started)" in text
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="/proc")
+class TestReadsHoldTheGil:
+    """On Linux a sample reads /proc with the GIL held (issue 12): Python's file objects and os.listdir()
+    release it at every call and entry, and each time it came back only when a thread that computes gave
+    it up (its switch interval): ~10 hand-overs, ~50 ms, per sample."""
+
+    def test_no_call_that_releases_the_gil(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With the file objects and directory listings of Python out of reach, a sample still reads
+        the same threads and descriptors (each way the descriptors are counted: the kernel's count, or a
+        listing through libc)."""
+        import builtins
+
+        from conctools.resources import _ProcSelf
+
+        proc = _ProcSelf()
+        if proc._reader is None:
+            pytest.skip("no ctypes here: the files are read through Python's calls")
+        before = proc.read()
+
+        def refused(*args: object, **kwargs: object) -> None:
+            raise AssertionError(f"a call that releases the GIL: {args}")
+
+        for name in ("listdir", "scandir", "read", "open"):
+            monkeypatch.setattr(os, name, refused)
+        monkeypatch.setattr(builtins, "open", refused)
+        during = proc.read()
+        proc._fd_size = False  # a kernel before 6.2: a listing through libc
+        listed = proc.read()
+        monkeypatch.undo()
+        after = proc.read()
+        assert during[2:4] == listed[2:4] == before[2:4] == after[2:4]
+        assert during[1] > 0 and during[0] >= before[0]
