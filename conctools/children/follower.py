@@ -50,6 +50,10 @@ _log = get_logger("conctools.children")
 StuckCallback = Callable[[ProcessStuckEvent], object]
 THREAD_NAME = "conctools-children"
 _POLL_S = 0.2
+# While the run folder stays empty and no child ended, the wait between polls doubles up to this: each poll
+# takes the GIL, and taking it from a busy event loop (which releases it at every select(0)) costs dozens of
+# futex wake-ups in the program's thread (issue 12). A child's first record is seen within this much.
+_IDLE_POLL_S = 1.0
 
 
 class ChildFollower:
@@ -138,11 +142,13 @@ class ChildFollower:
 
     # ---- the monitor ----
     def _run(self) -> None:
-        while not self._stop.acquire(timeout=_POLL_S):
+        wait = _POLL_S
+        while not self._stop.acquire(timeout=wait):
             try:
                 self.poll()
             except Exception:
                 _log.exception("conctools: the child-process monitor failed")
+            wait = min(2 * wait, _IDLE_POLL_S) if self._empty_mtime_ns is not None else _POLL_S
         self._stop.release()
 
     def poll(self) -> ProcessStuckEvent | None:
