@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 32
+#define API_VERSION 33
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -5786,6 +5786,136 @@ poolcounters_ready(PyObject *module)
     return PyModule_AddObject(module, "PoolCounters", Py_NewRef((PyObject *)&PoolCounters_Type));
 }
 
+/* -- BeatCell: the loop monitor's heartbeat, as its watchdog reads it without the GIL (issue 12) ------------ *
+ * The loop monitor's watchdog thread wakes up when a loop has been silent for its threshold. Between two
+ * stalls it woke every ~threshold (each heartbeat pushed the deadline on), and every wake-up took the GIL:
+ * from a busy event loop, which releases the GIL at every select(0) and takes it back before a waiter runs,
+ * that cost dozens of futex wake-ups in the program's thread each time. wait_silent() sleeps through the
+ * heartbeats without the GIL: it returns (holding it again) only when the loop has been silent for the
+ * threshold, at a deadline, or when kicked (the monitor stops, or its loop starts again). The heartbeat
+ * stores its time with set() (under the GIL); the watchdog reads it with an atomic load. */
+typedef struct {
+    PyObject_HEAD
+    long long last_ns;       /* the last heartbeat (monotonic ns) */
+    int kicked;              /* 1 from kick() until a wait_silent() returns 2 */
+    PyThread_type_lock wake; /* held while not kicked */
+} BeatCellObject;
+
+static PyObject *
+beatcell_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    BeatCellObject *self = (BeatCellObject *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->wake = PyThread_allocate_lock();
+    if (self->wake == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    PyThread_acquire_lock(self->wake, WAIT_LOCK);
+    self->last_ns = mono_ns();
+    return (PyObject *)self;
+}
+
+static void
+beatcell_dealloc(BeatCellObject *self)
+{
+    if (self->wake != NULL) {
+        if (__atomic_load_n(&self->kicked, __ATOMIC_ACQUIRE) == 0) PyThread_release_lock(self->wake);
+        PyThread_free_lock(self->wake);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* set(ns): the heartbeat ran at ns (monotonic). */
+static PyObject *
+beatcell_set(BeatCellObject *self, PyObject *arg)
+{
+    long long ns = PyLong_AsLongLong(arg);
+    if (ns == -1 && PyErr_Occurred()) return NULL;
+    __atomic_store_n(&self->last_ns, ns, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+/* kick(): wake a wait_silent() in progress (or make the next one return at once). */
+static PyObject *
+beatcell_kick(BeatCellObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (__atomic_exchange_n(&self->kicked, 1, __ATOMIC_ACQ_REL) == 0) PyThread_release_lock(self->wake);
+    Py_RETURN_NONE;
+}
+
+/* wait_silent(threshold_ns, until_ns) -> 1 the loop has been silent for threshold_ns (no set() since), 0
+ * until_ns (monotonic) came first, 2 kicked. Waits without the GIL. */
+static PyObject *
+beatcell_wait_silent(BeatCellObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "wait_silent(threshold_ns, until_ns)");
+        return NULL;
+    }
+    long long threshold = PyLong_AsLongLong(args[0]), until = PyLong_AsLongLong(args[1]);
+    if ((threshold == -1 || until == -1) && PyErr_Occurred()) return NULL;
+    int result;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        long long now = mono_ns();
+        long long due = __atomic_load_n(&self->last_ns, __ATOMIC_ACQUIRE) + threshold;
+        if (now >= due) {
+            result = 1;
+            break;
+        }
+        if (now >= until) {
+            result = 0;
+            break;
+        }
+        long long nap_us = ((due < until ? due : until) - now + 999) / 1000;
+        if (PyThread_acquire_lock_timed(self->wake, nap_us, 0) == PY_LOCK_ACQUIRED) {
+            __atomic_store_n(&self->kicked, 0, __ATOMIC_RELEASE);
+            result = 2;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(result);
+}
+
+static PyObject *
+beatcell_get_last(BeatCellObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(__atomic_load_n(&self->last_ns, __ATOMIC_ACQUIRE));
+}
+
+static PyMethodDef beatcell_methods[] = {
+    {"set", (PyCFunction)beatcell_set, METH_O, "set(ns): the heartbeat ran at ns (monotonic)."},
+    {"kick", (PyCFunction)beatcell_kick, METH_NOARGS, "kick(): wake a wait_silent() in progress."},
+    {"wait_silent", (PyCFunction)(void (*)(void))beatcell_wait_silent, METH_FASTCALL,
+     "wait_silent(threshold_ns, until_ns) -> 1 silent for the threshold, 0 until_ns reached, 2 kicked (waits "
+     "without the GIL)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef beatcell_getset[] = {
+    {"last_ns", (getter)beatcell_get_last, NULL, "the last heartbeat (monotonic ns)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject BeatCell_Type = {PyVarObject_HEAD_INIT(NULL, 0)};
+
+static int
+beatcell_ready(PyObject *module)
+{
+    BeatCell_Type.tp_name = "conctools._speedups.BeatCell";
+    BeatCell_Type.tp_basicsize = sizeof(BeatCellObject);
+    BeatCell_Type.tp_flags = Py_TPFLAGS_DEFAULT;
+    BeatCell_Type.tp_doc = "The loop monitor's heartbeat time, which its watchdog waits on without the GIL.";
+    BeatCell_Type.tp_new = beatcell_new;
+    BeatCell_Type.tp_dealloc = (destructor)beatcell_dealloc;
+    BeatCell_Type.tp_methods = beatcell_methods;
+    BeatCell_Type.tp_getset = beatcell_getset;
+    if (PyType_Ready(&BeatCell_Type) < 0) return -1;
+    return PyModule_AddObject(module, "BeatCell", Py_NewRef((PyObject *)&BeatCell_Type));
+}
+
 /* QueueMethod: asyncio.Queue.get_nowait and put_nowait as conctools.pools' track_pools() replaces them (issue 12),
  * in C where the extension is built: a Python wrapper cost each item a frame of its own, and a channel's take its
  * mutex too. Called as a method (Py_TPFLAGS_METHOD_DESCRIPTOR: no bound method for q.get_nowait()), it calls
@@ -8529,6 +8659,7 @@ PyInit__speedups(void)
     }
     if (heldstack_ready(m) < 0) goto fail;
     if (poolcounters_ready(m) < 0) goto fail;
+    if (beatcell_ready(m) < 0) goto fail;
     if (lockref_ready(m) < 0) goto fail;
     if (run_index_ready(m) < 0) goto fail;
     if (queuemethod_ready(m) < 0) goto fail;

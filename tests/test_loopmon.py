@@ -790,3 +790,73 @@ class TestSegments:
         """A stall seen once, at its detection, is that callback's."""
         [segment] = cut_segments([self.sample(100, "short", 9)], 0, 120_000_000)
         assert segment.first.task_name == "short"
+
+
+class TestWatchdogWakeUps:
+    def test_a_well_loop_wakes_its_watchdog_rarely_and_a_stall_is_still_caught(self, recorder: Recorder) -> None:
+        """With the C extension the watchdog sleeps through a busy loop's heartbeats without the GIL (issue
+        12: each wake-up took the GIL from a loop that releases it at every select(0), dozens of futex calls
+        in its thread): over ~1.2 s of a loop that never stops, it takes the GIL about once a second, not at
+        every deadline the heartbeats push on (~10 a second); a stall after that is caught and blamed on its
+        line as before, and stop() wakes it at once."""
+        from conctools import locks
+
+        if not locks.SPEEDUPS:
+            pytest.skip("the C extension is not in use")
+        returns: list[int] = []
+
+        class Counted:
+            def __init__(self, cell: Any) -> None:
+                self.cell = cell
+
+            def set(self, ns: int) -> None:
+                self.cell.set(ns)
+
+            def kick(self) -> None:
+                self.cell.kick()
+
+            def wait_silent(self, threshold_ns: int, until_ns: int) -> int:
+                r = int(self.cell.wait_silent(threshold_ns, until_ns))
+                returns.append(r)
+                return r
+
+        async def busy() -> None:
+            end = time.monotonic() + 1.2
+            while time.monotonic() < end:
+                await asyncio.sleep(0)
+
+        looks: list[float] = []  # the watchdog's looks at the loop (it asks is_running() at each)
+
+        async def main() -> tuple[list[int], int, int]:
+            loop = asyncio.get_running_loop()
+            is_running = loop.is_running
+
+            def counted_is_running() -> bool:
+                if threading.current_thread().name == "conctools-loopmon":
+                    looks.append(time.monotonic())
+                return is_running()
+
+            loop.is_running = counted_is_running  # type: ignore[method-assign]
+            monitor = LoopMonitor(threshold_s=THRESHOLD, recorder=recorder)
+            assert monitor._cell is not None
+            monitor._cell = Counted(monitor._cell)
+            monitor.start()
+            try:
+                await asyncio.sleep(0.05)
+                del looks[:]
+                await asyncio.gather(*(busy() for _ in range(10)))
+                during = list(returns)
+                n_looks = len(looks)
+                time.sleep(0.4)  # the stall
+                await asyncio.sleep(0.3)
+            finally:
+                monitor.stop()
+            return during, monitor.stalls, n_looks
+
+        during, n_stalls, n_looks = asyncio.run(main())
+        assert during and during.count(1) == 0  # it waited on the heartbeat, never silent while the loop ran
+        assert n_looks <= 4, n_looks  # ~1 a second (the idle look), not ~12
+        assert n_stalls >= 1
+        (stall,) = [e for e in stalls(recorder) if e.duration_s >= THRESHOLD]
+        assert stall.culprit is not None and stall.culprit.lineno == line_of(main, "time.sleep(0.4)")
+        assert returns[-1] == 2  # stop() kicked it

@@ -36,6 +36,18 @@ _FACTORY_RENAMES_TASKS = sys.version_info[:3] == (3, 13, 0)
 _active_lock = _thread.allocate_lock()
 _active: dict[int, LoopMonitor] = {}  # id(loop) -> the monitor watching it
 
+# A well loop's watchdog looks at least this often (its own bookkeeping: a late beat, a stopped loop).
+_IDLE_WAIT_NS = 1_000_000_000
+
+
+def _beat_cell() -> Any:
+    """The C extension's ``BeatCell``, on which the watchdog waits without the GIL; ``None`` without it."""
+    cls = getattr(taskdump._c_speedups(), "BeatCell", None)
+    try:
+        return cls() if cls is not None else None
+    except Exception:
+        return None
+
 
 class LoopMonitor:
     """Watch one event loop for stalls longer than ``threshold_s`` from a watchdog thread.
@@ -99,6 +111,8 @@ class LoopMonitor:
         self._timer: asyncio.TimerHandle | None = None
         self._due_ns = 0
         self._last_beat_ns = 0
+        # ... and the same time where the watchdog waits on it without the GIL (the C extension's BeatCell)
+        self._cell: Any = _beat_cell()
         self._late: tuple[int, int] | None = None  # (due, fired) of a beat late by >= threshold
         self._beats = 0
         self._factory_installed: Callable[..., Any] | None = None
@@ -156,7 +170,7 @@ class LoopMonitor:
                 _enable_blocking_detection(loop)
             self._stopping = False
             self._starting_until_ns = _monotonic_ns() + 1_000_000_000
-            self._last_beat_ns = _monotonic_ns()
+            self._set_last_beat(_monotonic_ns())
             self._gen += 1
             self._ticking = True
             self._wake.acquire(False)  # held: the watchdog sleeps on it until stop() releases it
@@ -174,7 +188,7 @@ class LoopMonitor:
                 else:
                     loop.call_soon_threadsafe(self._start_ticker, self._gen)
             finally:
-                self._last_beat_ns = _monotonic_ns()
+                self._set_last_beat(_monotonic_ns())
                 self._starting = False
         except Exception:
             _log.exception("conctools: could not start the loop monitor")
@@ -194,6 +208,8 @@ class LoopMonitor:
             self._wake.release()
         except RuntimeError:
             pass
+        if self._cell is not None:
+            self._cell.kick()
         if thread is not threading.current_thread():
             thread.join(timeout=2.0)
         self._thread = None
@@ -352,6 +368,9 @@ class LoopMonitor:
                 if lag >= self._threshold_ns:
                     self._late = (self._due_ns, now)
             self._last_beat_ns = now
+            cell = self._cell
+            if cell is not None:
+                cell.set(now)
             self._beats += 1
             if self._ticking:
                 self._due_ns = now + int(self.probe_interval_s * 1e9)
@@ -408,7 +427,7 @@ class LoopMonitor:
                 was_running = True
                 if seen_stopped:  # it runs again: silence counts from now, not from before the stop
                     self._epoch += 1
-                    self._last_beat_ns = max(self._last_beat_ns, now)
+                    self._set_last_beat(max(self._last_beat_ns, now))
             if not registered and self._loop_tid is not None and self._beats:
                 taskdump.register_loop(loop, self._loop_tid)  # learnt from the heartbeat (uvloop)
                 registered = True
@@ -434,6 +453,21 @@ class LoopMonitor:
                 wake_ns = max(last + threshold_ns, recheck_ns)
                 if wake_ns <= now:
                     wake_ns = now + interval_ns // 2
+            cell = self._cell
+            if (
+                cell is not None
+                and stall is None
+                and registered
+                and wake_ns == last + threshold_ns
+                and self._late is None
+            ):
+                # The loop is well: sleep through its heartbeats without the GIL until it has been silent for
+                # the threshold (then look, above), a second at most, or a kick (stop(), a restarted loop).
+                # Waking at each deadline the heartbeats pushed on took the GIL ~10 times a second, each time
+                # from a loop that releases it at every select(0): dozens of futex calls in its thread (issue 12).
+                if cell.wait_silent(threshold_ns, now + _IDLE_WAIT_NS) == 2 and self._stopping:
+                    break
+                continue
             timeout = max(0.0005, (wake_ns - _monotonic_ns()) / 1e9)
             if self._wake.acquire(True, timeout) and self._stopping:
                 break  # stop() released it (kick() releases it too, to resume a restarted loop)
@@ -446,11 +480,18 @@ class LoopMonitor:
         """Wake the watchdog now (its loop starts running again)."""
         self._starting_until_ns = _monotonic_ns() + 1_000_000_000
         self._epoch += 1
-        self._last_beat_ns = _monotonic_ns()
+        self._set_last_beat(_monotonic_ns())
         try:
             self._wake.release()
         except RuntimeError:  # already released: it is awake anyway
             pass
+        if self._cell is not None:
+            self._cell.kick()
+
+    def _set_last_beat(self, ns: int) -> None:
+        self._last_beat_ns = ns
+        if self._cell is not None:
+            self._cell.set(ns)
 
     def _begin(self, last_beat_ns: int, now: int) -> tuple[_Stall | None, int]:
         """The loop has been silent for ``threshold_s``: a stall, or ``(None, when to look again)``."""
