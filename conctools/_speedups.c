@@ -5879,12 +5879,6 @@ beatcell_wait_silent(BeatCellObject *self, PyObject *const *args, Py_ssize_t nar
     return PyLong_FromLong(result);
 }
 
-static PyObject *
-beatcell_get_last(BeatCellObject *self, void *Py_UNUSED(closure))
-{
-    return PyLong_FromLongLong(__atomic_load_n(&self->last_ns, __ATOMIC_ACQUIRE));
-}
-
 static PyMethodDef beatcell_methods[] = {
     {"set", (PyCFunction)beatcell_set, METH_O, "set(ns): the heartbeat ran at ns (monotonic)."},
     {"kick", (PyCFunction)beatcell_kick, METH_NOARGS, "kick(): wake a wait_silent() in progress."},
@@ -5892,11 +5886,6 @@ static PyMethodDef beatcell_methods[] = {
      "wait_silent(threshold_ns, until_ns) -> 1 silent for the threshold, 0 until_ns reached, 2 kicked (waits "
      "without the GIL)."},
     {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef beatcell_getset[] = {
-    {"last_ns", (getter)beatcell_get_last, NULL, "the last heartbeat (monotonic ns)", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject BeatCell_Type = {PyVarObject_HEAD_INIT(NULL, 0)};
@@ -5911,7 +5900,6 @@ beatcell_ready(PyObject *module)
     BeatCell_Type.tp_new = beatcell_new;
     BeatCell_Type.tp_dealloc = (destructor)beatcell_dealloc;
     BeatCell_Type.tp_methods = beatcell_methods;
-    BeatCell_Type.tp_getset = beatcell_getset;
     if (PyType_Ready(&BeatCell_Type) < 0) return -1;
     return PyModule_AddObject(module, "BeatCell", Py_NewRef((PyObject *)&BeatCell_Type));
 }
@@ -7691,14 +7679,13 @@ typedef struct {
 } SiteSlot;
 
 static SiteSlot *g_task_sites;       /* the log, in the order noted; NULL until the first task */
-static Py_ssize_t g_task_sites_cap;  /* its capacity: a power of two, at least SITES_MIN_CAP */
+static Py_ssize_t g_task_sites_cap;  /* its capacity: the least power of two >= its limit */
 static Py_ssize_t g_task_sites_used; /* its entries (live or dead tasks) */
 static Py_ssize_t g_task_sites_limit; /* a purge comes when it holds this many: twice the live at the last one */
 static int32_t *g_sites_index;       /* lookups: log position + 1 by address (0: empty), or NULL */
 static Py_ssize_t g_sites_index_cap; /* a power of two, twice the log's capacity */
 static Py_ssize_t g_sites_indexed;   /* the log's first entries that are in the index */
-#define SITES_MIN_CAP 8192
-#define SITES_MIN_LIMIT 4096
+#define SITES_MIN 4096 /* the least limit (and capacity) */
 #define SITES_TAIL_SCAN 256 /* unindexed entries a lookup scans rather than index */
 
 static inline size_t
@@ -7748,11 +7735,11 @@ sites_purge(void)
         }
     }
     g_task_sites_used = live;
-    g_task_sites_limit = 2 * live > SITES_MIN_LIMIT ? 2 * live : SITES_MIN_LIMIT;
+    g_task_sites_limit = 2 * live > SITES_MIN ? 2 * live : SITES_MIN;
     PyMem_Free(g_sites_index);
     g_sites_index = NULL;
     g_sites_index_cap = g_sites_indexed = 0;
-    Py_ssize_t want = SITES_MIN_CAP;
+    Py_ssize_t want = SITES_MIN;
     while (want < g_task_sites_limit) want *= 2;
     if (want != g_task_sites_cap) {
         SiteSlot *resized = PyMem_Realloc(log, (size_t)want * sizeof(SiteSlot));
@@ -7814,10 +7801,9 @@ static void
 sites_note(PyObject *task, PyCodeObject *code, int lasti)
 {
     if (g_task_sites == NULL) {
-        g_task_sites = PyMem_Malloc(SITES_MIN_CAP * sizeof(SiteSlot));
+        g_task_sites = PyMem_Malloc(SITES_MIN * sizeof(SiteSlot));
         if (g_task_sites == NULL) return;
-        g_task_sites_cap = SITES_MIN_CAP;
-        g_task_sites_limit = SITES_MIN_LIMIT;
+        g_task_sites_cap = g_task_sites_limit = SITES_MIN;
     }
     else if (g_task_sites_used >= g_task_sites_limit) { /* drop the dead; grow if the live need it */
         if (sites_purge() < 0 || g_task_sites_used >= g_task_sites_cap) {
@@ -7865,17 +7851,14 @@ sites_find(void *task)
 {
     if (g_task_sites == NULL || task == NULL) return NULL;
     Py_ssize_t used = g_task_sites_used;
-    if (used - g_sites_indexed > SITES_TAIL_SCAN && sites_index_extend() < 0) {
-        PyErr_Clear();
-        for (Py_ssize_t i = used - 1; i >= 0; i--) { /* no memory for the index: a scan, newest first */
-            if (g_task_sites[i].task == task) return site_if_live(&g_task_sites[i], task);
-        }
-        return NULL;
-    }
-    for (Py_ssize_t i = used - 1; i >= g_sites_indexed; i--) { /* noted since the index was extended */
+    /* the entries noted since the index was extended, newest first: the whole log when there is no memory for
+     * the index */
+    int no_index = used - g_sites_indexed > SITES_TAIL_SCAN && sites_index_extend() < 0;
+    Py_ssize_t scan_from = no_index ? 0 : g_sites_indexed;
+    for (Py_ssize_t i = used - 1; i >= scan_from; i--) {
         if (g_task_sites[i].task == task) return site_if_live(&g_task_sites[i], task);
     }
-    if (g_sites_index == NULL) return NULL;
+    if (scan_from == 0) return NULL; /* (the whole log was scanned) */
     size_t mask = (size_t)(g_sites_index_cap - 1);
     for (size_t j = site_hash(task, g_sites_index_cap); g_sites_index[j] != 0; j = (j + 1) & mask) {
         SiteSlot *e = &g_task_sites[g_sites_index[j] - 1];

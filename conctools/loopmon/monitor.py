@@ -367,10 +367,7 @@ class LoopMonitor:
                 self._stats.add_lag(lag)
                 if lag >= self._threshold_ns:
                     self._late = (self._due_ns, now)
-            self._last_beat_ns = now
-            cell = self._cell
-            if cell is not None:
-                cell.set(now)
+            self._set_last_beat(now)
             self._beats += 1
             if self._ticking:
                 self._due_ns = now + int(self.probe_interval_s * 1e9)
