@@ -76,6 +76,7 @@ CONFIGS = {
     "default": RUN,
     "--no-lock-order": [*RUN, "--no-lock-order"],
     "--no-trace-locks": [*RUN, "--no-trace-locks"],
+    "--no-gil": [*RUN, "--no-gil"],
     "all off": [
         *RUN,
         "--no-trace-locks",

@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 33
+#define API_VERSION 34
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -5747,6 +5747,22 @@ typedef struct {
     long long waits, waiters, episode_waits, episode_max, last_snapshot_ns;
     long long takes; /* items taken: a channel's take counted by the C asyncio.Queue.get_nowait (QueueMethod) */
     char identities; /* bool: whose items are followed (False: a channel, whose takes are only counted) */
+    /* Waits that pool_sem_end() counted since the last _take_hist(), not yet in the state's wait_hist (a
+     * recorder.Histogram of Python ints: an add there made four new ints and a dict store, ~1,500
+     * instructions, at every wait that ends an exhaustion's middle): their count, total, longest and buckets
+     * (ACC_BUCKETS counts, allocated at the first; NULL until then). PoolState._sync_hist() moves them into
+     * wait_hist under the pool's mutex before anything reads or adds to it. */
+    long long h_n, h_total, h_max;
+    long long *h_buckets;
+    /* What the fast paths read of a PoolState besides its counters, as PoolState sets them (member descriptors:
+     * Python reads and stores them as attributes): C fields, so that a wait reads them without a dict lookup
+     * each (six lookups were ~1,000 instructions of every contended semaphore wait). */
+    PyObject *ref;              /* a weak reference to the pool's object, or None */
+    PyObject *mutex;            /* the lock that serialises the state */
+    PyObject *runs;             /* {id(party): _Run}: runs of takes (N+1) followed now */
+    PyObject *episode_snapshot; /* the current exhaustion's look at the holders, or None */
+    char listed;                /* bool: kept for the report */
+    char semaphore;             /* bool: a semaphore (its holders are looked at, not its items) */
 } PoolCountersObject;
 
 static PyMemberDef poolcounters_members[] = {
@@ -5757,14 +5773,98 @@ static PyMemberDef poolcounters_members[] = {
     {"last_snapshot_ns", T_LONGLONG, offsetof(PoolCountersObject, last_snapshot_ns), 0, "the last look's time"},
     {"takes", T_LONGLONG, offsetof(PoolCountersObject, takes), 0, "items taken, ever"},
     {"identities", T_BOOL, offsetof(PoolCountersObject, identities), 0, "whose items are followed (not a channel)"},
+    {"ref", T_OBJECT_EX, offsetof(PoolCountersObject, ref), 0, "a weak reference to the pool's object, or None"},
+    {"mutex", T_OBJECT_EX, offsetof(PoolCountersObject, mutex), 0, "the lock that serialises the state"},
+    {"runs", T_OBJECT_EX, offsetof(PoolCountersObject, runs), 0, "runs of takes followed now"},
+    {"episode_snapshot", T_OBJECT_EX, offsetof(PoolCountersObject, episode_snapshot), 0,
+     "the current exhaustion's look at the holders, or None"},
+    {"listed", T_BOOL, offsetof(PoolCountersObject, listed), 0, "kept for the report"},
+    {"semaphore", T_BOOL, offsetof(PoolCountersObject, semaphore), 0, "a semaphore"},
     {NULL},
 };
+
+static int
+poolcounters_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    PoolCountersObject *c = (PoolCountersObject *)self;
+    Py_VISIT(c->ref);
+    Py_VISIT(c->mutex);
+    Py_VISIT(c->runs);
+    Py_VISIT(c->episode_snapshot);
+    return 0;
+}
+
+static int
+poolcounters_clear(PyObject *self)
+{
+    PoolCountersObject *c = (PoolCountersObject *)self;
+    Py_CLEAR(c->ref);
+    Py_CLEAR(c->mutex);
+    Py_CLEAR(c->runs);
+    Py_CLEAR(c->episode_snapshot);
+    return 0;
+}
 
 static void
 poolcounters_dealloc(PyObject *self)
 {
+    PyObject_GC_UnTrack(self);
+    poolcounters_clear(self);
+    PyMem_Free(((PoolCountersObject *)self)->h_buckets);
     Py_TYPE(self)->tp_free(self);
 }
+
+/* One ended wait of value ns into the pending counts: 0, or -1 (nothing changed: no memory, or a value out of
+ * the buckets' range) when the caller must add it to wait_hist itself. */
+static int
+poolcounters_hist_add(PoolCountersObject *c, long long value)
+{
+    long long b = bucket_of(value);
+    if (b < 0 || b >= ACC_BUCKETS) return -1;
+    if (c->h_buckets == NULL) {
+        c->h_buckets = PyMem_Calloc(ACC_BUCKETS, sizeof(long long));
+        if (c->h_buckets == NULL) return -1;
+    }
+    c->h_buckets[b]++;
+    c->h_n++;
+    c->h_total += value;
+    if (value > c->h_max) c->h_max = value;
+    return 0;
+}
+
+/* _take_hist() -> None, or ({bucket: count}, count, total_ns, max_ns) of the waits counted in C since the
+ * last call, which are forgotten here (the caller holds the pool's mutex and adds them to wait_hist). */
+static PyObject *
+poolcounters_take_hist(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PoolCountersObject *c = (PoolCountersObject *)self;
+    if (c->h_n == 0 || c->h_buckets == NULL) Py_RETURN_NONE;
+    PyObject *buckets = PyDict_New();
+    if (buckets == NULL) return NULL;
+    for (int b = 0; b < ACC_BUCKETS; b++) {
+        if (!c->h_buckets[b]) continue;
+        PyObject *k = PyLong_FromLong(b), *v = k != NULL ? PyLong_FromLongLong(c->h_buckets[b]) : NULL;
+        int err = v == NULL || PyDict_SetItem(buckets, k, v) < 0;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (err) {
+            Py_DECREF(buckets);
+            return NULL; /* (nothing forgotten: a later call hands them on) */
+        }
+    }
+    PyObject *out = Py_BuildValue("(NLLL)", buckets, c->h_n, c->h_total, c->h_max);
+    if (out == NULL) return NULL;
+    memset(c->h_buckets, 0, ACC_BUCKETS * sizeof(long long));
+    c->h_n = c->h_total = c->h_max = 0;
+    return out;
+}
+
+static PyMethodDef poolcounters_methods[] = {
+    {"_take_hist", poolcounters_take_hist, METH_NOARGS,
+     "_take_hist() -> None or ({bucket: count}, count, total_ns, max_ns): the waits counted in C since the last "
+     "call, forgotten here (the caller holds the pool's mutex and adds them to wait_hist)."},
+    {NULL},
+};
 
 static PyTypeObject PoolCounters_Type = {PyVarObject_HEAD_INIT(NULL, 0)};
 
@@ -5773,7 +5873,9 @@ poolcounters_ready(PyObject *module)
 {
     PoolCounters_Type.tp_name = "conctools._speedups.PoolCounters";
     PoolCounters_Type.tp_basicsize = sizeof(PoolCountersObject);
-    PoolCounters_Type.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE;
+    PoolCounters_Type.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC;
+    PoolCounters_Type.tp_traverse = poolcounters_traverse;
+    PoolCounters_Type.tp_clear = poolcounters_clear;
     PoolCounters_Type.tp_doc = "A pool's wait counters, as C fields (the base of conctools.pools' PoolState).";
     /* object.__new__, not PyType_GenericNew: it also sets up a Python subclass instance's inline attribute
      * values (3.11+), so that attribute access on PoolState stays as fast as on a plain class. With
@@ -5782,6 +5884,7 @@ poolcounters_ready(PyObject *module)
     PoolCounters_Type.tp_new = PyBaseObject_Type.tp_new;
     PoolCounters_Type.tp_dealloc = poolcounters_dealloc;
     PoolCounters_Type.tp_members = poolcounters_members;
+    PoolCounters_Type.tp_methods = poolcounters_methods;
     if (PyType_Ready(&PoolCounters_Type) < 0) return -1;
     return PyModule_AddObject(module, "PoolCounters", Py_NewRef((PyObject *)&PoolCounters_Type));
 }
@@ -6165,12 +6268,10 @@ queuemethod_ready(PyObject *module)
     return PyModule_AddObject(module, "QueueMethod", Py_NewRef((PyObject *)&QueueMethod_Type));
 }
 
-static PyObject *s_ref, *s_waiters, *s_episode_waits, *s_episode_max, *s_runs, *s_listed, *s_semaphore,
-    *s_last_snapshot_ns, *s_episode_snapshot, *s_wait_hist, *s_snapshot_every, *s_episode_snapshot_every;
+static PyObject *s_snapshot_every, *s_episode_snapshot_every;
 
-/* A PoolState's attributes are read in its instance dict (no descriptor stands for any of them), one dict
- * operation each instead of attribute access's type lookups; its wait counters are the C fields of its
- * PoolCounters base, added to in place. */
+/* A PoolState's fields that the fast paths read are the C fields of its PoolCounters base (see there), and its
+ * wait counters too, added to in place. */
 /* The PoolState that sem_states has for prim (borrowed), else NULL (no error set). */
 static PyObject *
 pool_state_lookup(PyObject *prim)
@@ -6187,34 +6288,29 @@ pool_state_lookup(PyObject *prim)
     return state;
 }
 
-/* The instance dict of state, a PoolState of prim (new reference), else NULL (no error set). */
-static PyObject *
-pool_state_dict(PyObject *state, PyObject *prim, PoolCountersObject **counters)
+/* state as the PoolCounters of a PoolState of prim, its fields set (borrowed: the caller keeps the state alive
+ * while it uses them, and no Python code runs meanwhile), else NULL (no error set). */
+static PoolCountersObject *
+pool_counters_of(PyObject *state, PyObject *prim)
 {
-    *counters = NULL;
-    PyObject *d = state != NULL ? PyObject_GenericGetDict(state, NULL) : NULL;
-    if (d == NULL || !PyDict_CheckExact(d)) {
-        Py_XDECREF(d);
-        PyErr_Clear();
+    if (state == NULL || !PyObject_TypeCheck(state, &PoolCounters_Type)) return NULL;
+    PoolCountersObject *c = (PoolCountersObject *)state;
+    if (c->ref == NULL || c->mutex == NULL || c->runs == NULL || c->episode_snapshot == NULL || !PyWeakref_Check(c->ref)) {
         return NULL;
     }
-    PyObject *ref = PyDict_GetItemWithError(d, s_ref); /* borrowed */
 #if PY_VERSION_HEX >= 0x030D0000
     PyObject *obj = NULL;
-    int same = ref != NULL && PyWeakref_Check(ref) && PyWeakref_GetRef(ref, &obj) == 1 && obj == prim;
+    int same = PyWeakref_GetRef(c->ref, &obj) == 1 && obj == prim;
     Py_XDECREF(obj);
 #else
-    int same = ref != NULL && PyWeakref_Check(ref) && PyWeakref_GetObject(ref) == prim; /* (borrowed) */
+    int same = PyWeakref_GetObject(c->ref) == prim; /* (borrowed) */
 #endif
     PyErr_Clear();
-    if (!same) Py_CLEAR(d);
-    /* (borrowed: the caller keeps the state alive while it uses d, its dict: no Python code runs meanwhile) */
-    if (d != NULL && PyObject_TypeCheck(state, &PoolCounters_Type)) *counters = (PoolCountersObject *)state;
-    return d;
+    return same ? c : NULL;
 }
 
-/* May the fast path update the state of instance dict d now? 1: yes, with *held the state's mutex, taken
- * (new reference), or NULL when it need not be taken; 0: no (the caller goes the Python way).
+/* May the fast path update the state c now? 1: yes, with *held the state's mutex, taken (new reference), or
+ * NULL when it need not be taken; 0: no (the caller goes the Python way).
  *
  * With the GIL, a mutex found unlocked is not taken (issue 12: an acquire(False) parses its arguments, a
  * third of the fast path): every Python reader and writer of these fields holds the mutex, so while it is
@@ -6222,13 +6318,12 @@ pool_state_dict(PyObject *state, PyObject *prim, PoolCountersObject **counters)
  * let the GIL go (plain dict and int operations on the state's own fields): its update is as atomic as
  * under the mutex. A mutex found locked: the Python way, which waits for it. Without a GIL it is taken. */
 static int
-pool_enter(PyObject *d, PyObject **held)
+pool_enter(PoolCountersObject *c, PyObject **held)
 {
     *held = NULL;
-    PyObject *mutex = PyDict_GetItemWithError(d, s_mutex); /* borrowed */
+    PyObject *mutex = c->mutex;
     if (mutex == NULL || g_lock_type == NULL || !Py_IS_TYPE(mutex, (PyTypeObject *)g_lock_type) ||
         m_lock_acquire == NULL || m_lock_release == NULL) {
-        PyErr_Clear();
         return 0;
     }
 #ifndef Py_GIL_DISABLED
@@ -6280,27 +6375,24 @@ pool_setting(PyObject *name)
 /* The fast path of PoolState.wait_started (its fields free to update: pool_enter): 1 done, 0 not for it
  * (nothing stored). */
 static int
-pool_join_wait(PyObject *d, PoolCountersObject *c, long long now)
+pool_join_wait(PoolCountersObject *c, long long now)
 {
-    PyObject *runs = PyDict_GetItemWithError(d, s_runs), *snap = PyDict_GetItemWithError(d, s_episode_snapshot);
-    if (c == NULL || runs == NULL || !PyDict_Check(runs) || PyDict_GET_SIZE(runs) != 0 || snap == NULL ||
-        PyDict_GetItemWithError(d, s_listed) != Py_True || PyDict_GetItemWithError(d, s_semaphore) != Py_True) {
-        goto no;
+    PyObject *runs = c->runs, *snap = c->episode_snapshot;
+    if (runs == NULL || !PyDict_Check(runs) || PyDict_GET_SIZE(runs) != 0 || snap == NULL || !c->listed ||
+        !c->semaphore) {
+        return 0;
     }
     double every = pool_setting(s_snapshot_every), episode_every = pool_setting(s_episode_snapshot_every);
     if (c->waiters < 1 || c->waits < 0 || c->episode_waits < 0 || c->episode_max < 0 || c->last_snapshot_ns < 0 ||
         every < 0 || episode_every < 0)
-        goto no;
+        return 0;
     double since = (double)(now - c->last_snapshot_ns);
-    if (since >= every * 1e9 || (snap == Py_None && since >= episode_every * 1e9)) goto no; /* a look is due */
+    if (since >= every * 1e9 || (snap == Py_None && since >= episode_every * 1e9)) return 0; /* a look is due */
     c->waits += 1;
     c->waiters += 1;
     c->episode_waits += 1;
     if (c->waiters > c->episode_max) c->episode_max = c->waiters;
     return 1;
-no:
-    PyErr_Clear();
-    return 0;
 }
 
 /* The start of a wait on prim counted in C: its start (ns), with the state it was counted in (a new reference
@@ -6309,14 +6401,12 @@ static long long
 pool_sem_start(PyObject *prim, PyObject **state_out)
 {
     PyObject *state = pool_state_lookup(prim); /* (borrowed: sem_states keeps it while no Python code runs) */
-    PoolCountersObject *c;
-    PyObject *d = pool_state_dict(state, prim, &c);
-    if (d == NULL) return 0;
+    PoolCountersObject *c = pool_counters_of(state, prim);
+    if (c == NULL) return 0;
     long long now = mono_ns();
     PyObject *held = NULL;
-    int done = c != NULL && now > 0 && pool_enter(d, &held) && pool_join_wait(d, c, now);
+    int done = now > 0 && pool_enter(c, &held) && pool_join_wait(c, now);
     pool_leave(held);
-    Py_DECREF(d);
     if (!done) return 0;
     if (state_out != NULL) *state_out = Py_NewRef(state);
     return now;
@@ -6327,24 +6417,21 @@ pool_sem_start(PyObject *prim, PyObject **state_out)
 static void
 pool_sem_end(PyObject *prim, long long start, PyObject *state, PyObject *token)
 {
-    PoolCountersObject *c;
-    PyObject *d = pool_state_dict(state != NULL ? state : pool_state_lookup(prim), prim, &c);
-    if (d != NULL) {
+    PoolCountersObject *c = pool_counters_of(state != NULL ? state : pool_state_lookup(prim), prim);
+    if (c != NULL) {
         long long now = mono_ns();
         PyObject *held = NULL;
         int done = 0;
-        if (c != NULL && now > 0 && pool_enter(d, &held)) {
-            /* not the last waiter: the episode goes on (the last one closes it, in Python) */
-            PyObject *hist = c->waiters > 1 ? PyDict_GetItemWithError(d, s_wait_hist) : NULL; /* borrowed */
-            if (hist != NULL && g_hist_type != NULL && Py_IS_TYPE(hist, (PyTypeObject *)g_hist_type) &&
-                hist_add_fields(hist, now - start) == 0) {
+        if (now > 0 && pool_enter(c, &held)) {
+            /* not the last waiter: the episode goes on (the last one closes it, in Python); its wait is
+             * counted in C until PoolState._sync_hist() hands it to wait_hist */
+            if (c->waiters > 1 && poolcounters_hist_add(c, now - start) == 0) {
                 done = 1;
                 c->waiters -= 1;
             }
             PyErr_Clear();
             pool_leave(held);
         }
-        Py_DECREF(d);
         if (done) return;
     }
     if (g_sem_ended != NULL) {
@@ -6421,6 +6508,60 @@ static PyTypeObject *g_se_release_type;
 static Py_ssize_t g_se_off_value = -1, g_se_off_waiters = -1, g_se_off_holders = -1;
 static PyObject *g_se_progress; /* registry._progress: [monotonic ns of the last progress] */
 static int se_fast_take(PyObject *sem);
+static PyObject *se_current_task(PyObject *sem);
+
+/* The object slot of `obj` at byte offset `off` (an aio.Lock's or aio.Semaphore's asyncio field). */
+#define OBJ_SLOT(obj, off) ((PyObject **)((char *)(obj) + (off)))
+
+/* Is sem of one of the exact classes whose slots the C paths read (g_se_fast_types)? */
+static int
+se_fast_type(PyObject *sem)
+{
+    if (g_se_fast_types == NULL || g_se_off_value < 0) return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(g_se_fast_types); i++) {
+        if ((PyObject *)Py_TYPE(sem) == PyTuple_GET_ITEM(g_se_fast_types, i)) return 1;
+    }
+    return 0;
+}
+
+/* sem._ct_holders (a new reference, NULL with no error when unset): read in its slot for the classes of
+ * se_fast_type(), else by attribute access (an error cleared). */
+static PyObject *
+se_holders(PyObject *sem)
+{
+    PyObject *h = se_fast_type(sem) ? Py_XNewRef(*OBJ_SLOT(sem, g_se_off_holders)) : PyObject_GetAttr(sem, s_ct_holders);
+    if (h == NULL) PyErr_Clear();
+    return h;
+}
+
+/* An acquisition after a wait: counted (_ct_n) and its task listed among the holders (_ct_holders), in the
+ * C field and the slot for the classes of se_fast_type(), else by attribute access. task: NULL for the
+ * current one. */
+static void
+se_note_taken(PyObject *sem, PyObject *task)
+{
+    TrackedObject *t = se_fast_type(sem) ? (TrackedObject *)sem : NULL;
+    if (t != NULL && t->n != NULL && PyLong_CheckExact(t->n)) {
+        long long count = as_ll(t->n);
+        PyObject *nv = count >= 0 ? PyLong_FromLongLong(count + 1) : NULL;
+        if (nv != NULL) Py_SETREF(t->n, nv);
+    }
+    else {
+        long long count = int_attr(sem, s_ct_n);
+        PyObject *nv = count >= 0 ? PyLong_FromLongLong(count + 1) : NULL;
+        if (nv == NULL || PyObject_SetAttr(sem, s_ct_n, nv) < 0) PyErr_Clear();
+        Py_XDECREF(nv);
+    }
+    PyErr_Clear();
+    PyObject *holders = se_holders(sem);
+    if (holders != NULL && PyList_Check(holders) && PyList_GET_SIZE(holders) < g_se_max_holders) {
+        PyObject *who = task != NULL ? Py_NewRef(task) : se_current_task(sem);
+        if (PyList_Append(holders, who) < 0) PyErr_Clear();
+        Py_DECREF(who);
+    }
+    Py_XDECREF(holders);
+    PyErr_Clear();
+}
 
 enum { SE_START, SE_WAITING, SE_DONE };
 
@@ -6473,7 +6614,7 @@ se_wait_begins(SemEnterObject *se)
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
     PyObject *sem = se->sem;
     Py_XSETREF(se->task, se_current_task(sem));
-    PyObject *holders = PyObject_GetAttr(sem, s_ct_holders);
+    PyObject *holders = se_holders(sem);
     PyObject *holder = holders != NULL && PyList_Check(holders) && PyList_GET_SIZE(holders) > 0
                            ? Py_NewRef(PyList_GET_ITEM(holders, 0))
                            : Py_NewRef(Py_None);
@@ -6544,20 +6685,7 @@ se_finish(SemEnterObject *se, int acquired)
         Py_DECREF(token);
         PyErr_Clear();
     }
-    if (acquired) {
-        long long count = int_attr(sem, s_ct_n);
-        PyObject *nv = count >= 0 ? PyLong_FromLongLong(count + 1) : NULL;
-        if (nv == NULL || PyObject_SetAttr(sem, s_ct_n, nv) < 0) PyErr_Clear();
-        Py_XDECREF(nv);
-        PyObject *holders = PyObject_GetAttr(sem, s_ct_holders);
-        if (holders != NULL && PyList_Check(holders) && PyList_GET_SIZE(holders) < g_se_max_holders) {
-            PyObject *task = se->task != NULL ? Py_NewRef(se->task) : se_current_task(sem);
-            if (PyList_Append(holders, task) < 0) PyErr_Clear();
-            Py_DECREF(task);
-        }
-        Py_XDECREF(holders);
-        PyErr_Clear();
-    }
+    if (acquired) se_note_taken(sem, se->task);
     Py_CLEAR(se->task);
     PyErr_Restore(exc_type, exc_value, exc_tb);
 }
@@ -7050,9 +7178,6 @@ static Py_ssize_t g_as_off_locked = -1, g_as_off_waiters = -1; /* aio.Lock's slo
 static PyTypeObject *g_as_type;
 static PyObject *s_took_timed, *s_released_timed, *s_wake_up_first, *s_wake_up_next;
 
-/* The object slot of `obj` at byte offset `off` (an aio.Lock's or aio.Semaphore's asyncio field). */
-#define OBJ_SLOT(obj, off) ((PyObject **)((char *)(obj) + (off)))
-
 /* How many futures an asyncio primitive's _waiters holds: 0 for None (none made yet), -1 when its length
  * cannot be read (the error cleared). */
 static Py_ssize_t
@@ -7135,12 +7260,7 @@ as_lock_exit(PyObject *prim)
 static int
 se_fast_take(PyObject *sem)
 {
-    if (g_se_fast_types == NULL || g_se_off_value < 0) return 0;
-    int known = 0;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(g_se_fast_types); i++) {
-        if ((PyObject *)Py_TYPE(sem) == PyTuple_GET_ITEM(g_se_fast_types, i)) known = 1;
-    }
-    if (!known) return 0;
+    if (!se_fast_type(sem)) return 0;
     PyObject **value = OBJ_SLOT(sem, g_se_off_value), *waiters = *OBJ_SLOT(sem, g_se_off_waiters);
     PyObject *h = *OBJ_SLOT(sem, g_se_off_holders);
     TrackedObject *t = (TrackedObject *)sem;
@@ -8582,18 +8702,8 @@ PyInit__speedups(void)
     INTERN(s_timeouts, "timeouts");
     INTERN(s_wait, "wait");
     INTERN(s_champion, "champion");
-    INTERN(s_ref, "ref");
     INTERN(s_queue_state, "_conctools_pool");
     INTERN(s_held, "held");
-    INTERN(s_waiters, "waiters");
-    INTERN(s_episode_waits, "episode_waits");
-    INTERN(s_episode_max, "episode_max");
-    INTERN(s_runs, "runs");
-    INTERN(s_listed, "listed");
-    INTERN(s_semaphore, "semaphore");
-    INTERN(s_last_snapshot_ns, "last_snapshot_ns");
-    INTERN(s_episode_snapshot, "episode_snapshot");
-    INTERN(s_wait_hist, "wait_hist");
     INTERN(s_snapshot_every, "SNAPSHOT_EVERY_S");
     INTERN(s_episode_snapshot_every, "EPISODE_SNAPSHOT_EVERY_S");
     INTERN(s_value, "_value");

@@ -70,6 +70,7 @@ class PoolCounters:
     last_snapshot_ns: int
     takes: int
     identities: bool
+    def _take_hist(self) -> tuple[dict[int, int], int, int, int] | None: ...
 
 class BeatCell:
     """The loop monitor's heartbeat time, which its watchdog waits on without the GIL."""

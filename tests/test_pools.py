@@ -7,6 +7,7 @@ threads and event loops in-process under ``track_pools()`` and reads the report 
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import json
 import os
@@ -16,6 +17,7 @@ import re
 import subprocess
 import sys
 import threading
+import weakref
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -448,6 +450,83 @@ class TestTracking:
         # The C hooks add to C fields of the state (its base, PoolCounters), not to its instance dict.
         assert data["bases"] == (["PoolState", "PoolCounters", "object"] if c_path else ["PoolState", "object"])
         assert data["in_dict"] is not c_path
+
+    def test_a_state_in_a_cycle_through_its_c_fields_is_collected(self) -> None:
+        """The fields that the semaphore fast paths read (mutex, ref, runs, episode_snapshot, listed, semaphore)
+        are C fields of PoolState's PoolCounters base, read and stored as attributes; the garbage collector sees
+        the objects among them: a state reachable only through a cycle via its runs or its exhaustion's look is
+        freed."""
+        from conctools.pools._state import SPEEDUPS, PoolState
+
+        class Pool:
+            pass
+
+        pool = Pool()
+        for field in ("runs", "episode_snapshot"):
+            state = PoolState("asyncio.Semaphore", "slots", "p", "here.py:1", pool)
+            assert state.ref() is pool and state.semaphore is True and state.listed is False
+            assert state.runs == {} and state.episode_snapshot is None
+            state.listed = True
+            assert state.listed is True
+            if SPEEDUPS is not None:  # C fields, not instance attributes
+                assert not {"mutex", "ref", "runs", "episode_snapshot", "listed", "semaphore"} & set(vars(state))
+            if field == "runs":
+                state.runs[1] = state
+            else:
+                state.episode_snapshot = ((state,), 1, 1)
+            ref = weakref.ref(state)
+            del state
+            gc.collect()
+            assert ref() is None, field
+
+    @pytest.mark.parametrize("pure", [False, True], ids=["c", "pure"])
+    def test_a_table_read_mid_exhaustion_counts_the_waits_ended_so_far(self, pure: bool, tmp_path: Path) -> None:
+        """Waits that end in an exhaustion's middle are counted in C (PoolCounters, no Python int per wait) and
+        handed to the wait histogram when something reads it: a pool table taken while 4 of 10 waiters still
+        wait shows the 6 ended waits, the longest of them at least as long as it was (it waited through 0.05 s
+        of sleeps); after the exhaustion the histogram holds all 10, nothing left pending."""
+        script = tmp_path / "mid_table.py"
+        script.write_text(
+            "import asyncio, json\n"
+            "from conctools import aio, locks, pools\n"
+            "from conctools.pools import pool_table\n"
+            "from conctools.pools._patch import sem_states\n"
+            "async def main():\n"
+            "    slots = aio.Semaphore(1, name='gate')\n"
+            "    done = [asyncio.Event() for _ in range(11)]\n"
+            "    holding = []\n"
+            "    async def job(i):\n"
+            "        async with slots:\n"
+            "            holding.append(i)\n"
+            "            await done[i].wait()\n"
+            "    tasks = [asyncio.create_task(job(i)) for i in range(11)]\n"
+            "    await asyncio.sleep(0.05)  # job 0 holds the slot, 10 jobs wait\n"
+            "    for i in range(6):\n"
+            "        done[i].set()\n"
+            "        while i + 1 not in holding:  # job i + 1 has the slot: its wait ended\n"
+            "            await asyncio.sleep(0.001)\n"
+            "    (state,) = [s for s in sem_states.values() if s.name == 'gate']\n"
+            "    before = state.wait_hist.count\n"
+            "    (mid,) = pool_table()['pools']\n"
+            "    after = state.wait_hist.count\n"
+            "    for e in done[6:]:\n"
+            "        e.set()\n"
+            "    await asyncio.gather(*tasks)\n"
+            "    pending = state._take_hist() if hasattr(state, '_take_hist') else None\n"
+            "    return mid, before, after, state.wait_hist.count, pending\n"
+            "with pools.track_pools():\n"
+            "    mid, before, after, final, pending = asyncio.run(main())\n"
+            "print(json.dumps({'c': locks.SPEEDUPS, 'mid': mid, 'before': before, 'after': after, 'final': final,\n"
+            "    'pending': pending}))\n"
+        )
+        data = json_of_script(script, pure)
+        mid = data["mid"]
+        assert mid["waits"] == 10 and mid["waiting_now"] == 4, mid
+        assert data["after"] == 6, data  # the 6 ended waits, read through the table
+        assert mid["wait_max_s"] >= 0.05 and mid["waited_s"] >= 0.05, mid
+        # On the C path they were pending in C until the table read them; the pure path adds each in Python.
+        assert data["before"] == (0 if data["c"] else 6), data
+        assert data["final"] == 10 and data["pending"] is None, data
 
     @pytest.mark.parametrize("pure", [False, True], ids=["c", "pure"])
     def test_asyncio_queue_takes_are_exact_on_both_paths(self, pure: bool, tmp_path: Path) -> None:

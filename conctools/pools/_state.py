@@ -113,6 +113,9 @@ def _speedups_module() -> Any:
 # else ``object``.
 SPEEDUPS: Any = _speedups_module()
 _CountersBase: Any = SPEEDUPS.PoolCounters if SPEEDUPS is not None else object
+# The waits that the C hooks counted but did not add to wait_hist yet (see PoolState._sync_hist); None: there
+# are none (pure Python, or a build before API 34, whose hooks add to wait_hist themselves).
+_TAKE_HIST: Any = getattr(_CountersBase, "_take_hist", None)
 
 
 class PoolState(_CountersBase):  # type: ignore[misc]
@@ -168,9 +171,30 @@ class PoolState(_CountersBase):  # type: ignore[misc]
     def display_name(self) -> str:
         return self.name or self.created_at
 
+    def _sync_hist(self) -> None:
+        """Add the waits that the C hooks counted since the last call to ``wait_hist`` (caller holds the mutex).
+
+        A wait that ends in an exhaustion's middle is counted in C (PoolCounters' buckets, no Python int made);
+        everything that reads or adds to ``wait_hist`` calls this first: the last waiter of an exhaustion
+        (:meth:`wait_ended`), the pool table, :meth:`reset`."""
+        if _TAKE_HIST is None:
+            return
+        pending = _TAKE_HIST(self)
+        if pending is None:
+            return
+        buckets, count, total_ns, max_ns = pending
+        hist = self.wait_hist
+        for b, n in buckets.items():
+            hist.buckets[b] = hist.buckets.get(b, 0) + n
+        hist.count += count
+        hist.total_ns += total_ns
+        if max_ns > hist.max_ns:
+            hist.max_ns = max_ns
+
     def reset(self) -> None:
         with self.mutex:
             self.takes = self.returns = self.waits = 0
+            self._sync_hist()  # (forgotten with the rest)
             self.wait_hist = Histogram()
             self.episodes = self.long_episodes = self.exhausted_ns = 0
             self.longest = None
@@ -380,6 +404,7 @@ class PoolState(_CountersBase):  # type: ignore[misc]
             now = _mono()
             event = None
             with self.mutex:
+                self._sync_hist()
                 _recorder.hist_add(self.wait_hist, now - start_ns)  # (the C one once conctools.locks loaded it)
                 if self.waiters > 1:
                     self.waiters -= 1

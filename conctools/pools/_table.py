@@ -38,6 +38,7 @@ def pool_table() -> dict[str, Any]:
                     "max_waiters": st.episode_max,
                     "holders": holders_now,
                 }
+            st._sync_hist()
             hist = Histogram()
             hist.merge(st.wait_hist)
             name = st.display_name
