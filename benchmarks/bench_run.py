@@ -12,7 +12,7 @@ Each runs as a fresh process, under each configuration:
 - ``python``: ``python prog.py``
 - ``default``: ``conctools run --no-report prog.py`` (lock tracing, lock order, watchdog,
   loop monitor and resource sampler on: what a user gets)
-- ``--no-lock-order``, ``--no-trace-locks``: the default minus one part, to show where the cost sits
+- ``--no-lock-order``, ``--no-trace-locks``, ``--no-gil``: the default minus one part, to show where the cost sits
 - ``all off``: ``--no-trace-locks --deadlock-timeout 0 --loop-threshold 0 --sample-interval 0``
   (the runner alone: imports, ``runpy``, the recorder and the final snapshot)
 
