@@ -453,6 +453,10 @@ bucket_of(long long value)
 /* Histogram.add(value) on a recorder.Histogram (slots buckets, count, total_ns, max_ns), done here:
  * ints and a dict entry only (no garbage collection can start, no Python code runs). Anything else
  * (a subclass, another object) goes through its own add(). */
+/* The object slot of `obj` at byte offset `off` (an aio.Lock's or aio.Semaphore's asyncio field, a
+ * Condition's _lock). */
+#define OBJ_SLOT(obj, off) ((PyObject **)((char *)(obj) + (off)))
+
 /* The offset of a writable object slot `name` of type `tp` (a member descriptor of its own), or -1. */
 static Py_ssize_t
 object_slot_offset(PyTypeObject *tp, const char *name)
@@ -5234,10 +5238,8 @@ static PyTypeObject *g_lock_cls, *g_rlock_cls; /* conctools.Lock and conctools.R
  * subclass: those have instance dicts, which could hold an override) whose method is still ours,
  * else NULL: the caller then looks the method up as Python does. */
 static PyCFunction
-own_method(PyObject *lock, PyObject *name)
+own_method_lookup(PyTypeObject *tp, PyObject *name)
 {
-    PyTypeObject *tp = Py_TYPE(lock);
-    if (tp != g_lock_cls && tp != g_rlock_cls) return NULL;
     PyObject *d = _PyType_Lookup(tp, name); /* borrowed */
     if (d == NULL || !Py_IS_TYPE(d, &PyMethodDescr_Type)) return NULL;
     PyMethodDef *def = ((PyMethodDescrObject *)d)->d_method;
@@ -5249,10 +5251,99 @@ own_method(PyObject *lock, PyObject *name)
                : NULL;
 }
 
+/* own_method()'s answers, reused while the type's version tag is the one they were found under (CPython gives a
+ * type a new tag whenever it or a base is modified; 0: none): every `with` on a queue's condition asked twice,
+ * each a lookup in the interpreter's type cache (issue 12). With the GIL only. */
+#ifndef Py_GIL_DISABLED
+#define OWN_CACHE 8
+static struct {
+    PyTypeObject *tp;
+    PyObject *name; /* (an interned name of this module's: compared by identity) */
+    unsigned int tag;
+    PyCFunction f;
+} g_own_cache[OWN_CACHE];
+#endif
+
+static PyCFunction
+own_method(PyObject *lock, PyObject *name)
+{
+    PyTypeObject *tp = Py_TYPE(lock);
+    if (tp != g_lock_cls && tp != g_rlock_cls) return NULL;
+#ifndef Py_GIL_DISABLED
+    int free_slot = -1;
+    for (int i = 0; i < OWN_CACHE; i++) {
+        if (g_own_cache[i].tp == tp && g_own_cache[i].name == name) {
+            if (g_own_cache[i].tag != 0 && g_own_cache[i].tag == tp->tp_version_tag) return g_own_cache[i].f;
+            free_slot = i; /* stale: found again below */
+            break;
+        }
+        if (g_own_cache[i].tp == NULL && free_slot < 0) free_slot = i;
+    }
+    PyCFunction f = own_method_lookup(tp, name);
+    if (free_slot >= 0) { /* (the lookup gave the type a tag if it had none) */
+        g_own_cache[free_slot].tp = tp;
+        g_own_cache[free_slot].name = name;
+        g_own_cache[free_slot].tag = tp->tp_version_tag;
+        g_own_cache[free_slot].f = f;
+    }
+    return f;
+#else
+    return own_method_lookup(tp, name);
+#endif
+}
+
+/* conctools.Condition (exact) and its _lock slot, read in place while the class's version tag is the one its
+ * _lock member descriptor was found under (cond_setup(); re-checked when the tag changes): a traced
+ * Condition's `with` read self._lock by attribute access twice (its type's lookup, the descriptor's call). */
+static PyTypeObject *g_cond_cls;
+static PyObject *g_cond_lock_descr;
+static Py_ssize_t g_cond_off_lock = -1;
+static unsigned int g_cond_tag;
+
+/* self._lock (a new reference), or NULL with the error attribute access raises. */
+static PyObject *
+cond_lock(PyObject *self)
+{
+#ifndef Py_GIL_DISABLED
+    PyTypeObject *tp = Py_TYPE(self);
+    if (tp == g_cond_cls && g_cond_off_lock >= 0) {
+        if (tp->tp_version_tag != g_cond_tag || g_cond_tag == 0) {
+            /* modified since (the class or a base): still our descriptor? */
+            g_cond_tag = _PyType_Lookup(tp, s_lock_attr) == g_cond_lock_descr ? tp->tp_version_tag : 0;
+        }
+        PyObject *lock = g_cond_tag != 0 ? *OBJ_SLOT(self, g_cond_off_lock) : NULL;
+        if (lock != NULL) return Py_NewRef(lock);
+    }
+#endif
+    return PyObject_GetAttr(self, s_lock_attr);
+}
+
+/* cond_setup(cls): the traced Condition class, whose _lock slot cond_enter() and cond_exit() read in place. */
+static PyObject *
+py_cond_setup(PyObject *Py_UNUSED(module), PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "cond_setup(cls): a class");
+        return NULL;
+    }
+    PyTypeObject *tp = (PyTypeObject *)cls;
+    PyObject *d = _PyType_Lookup(tp, s_lock_attr); /* borrowed */
+    Py_ssize_t off = d != NULL ? object_slot_offset(tp, "_lock") : -1;
+    if (off < 0 || PyDict_GetItemString(tp->tp_dict, "_lock") != d) {
+        g_cond_off_lock = -1;
+        Py_RETURN_NONE;
+    }
+    Py_XSETREF(g_cond_cls, (PyTypeObject *)Py_NewRef(cls));
+    Py_XSETREF(g_cond_lock_descr, Py_NewRef(d));
+    g_cond_off_lock = off;
+    g_cond_tag = tp->tp_version_tag; /* (assigned by the lookup above; 0: checked again at the first use) */
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 cond_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
+    PyObject *lock = cond_lock(self);
     if (lock == NULL) return NULL;
     PyObject *r;
     PyCFunction own = own_method(lock, s_enter);
@@ -5270,7 +5361,7 @@ cond_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 cond_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
+    PyObject *lock = cond_lock(self);
     if (lock == NULL) return NULL;
     PyObject *r;
     PyCFunction own = own_method(lock, s_exit);
@@ -5299,7 +5390,7 @@ cond_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 cond_forward(PyObject *self, PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    PyObject *lock = PyObject_GetAttr(self, s_lock_attr);
+    PyObject *lock = cond_lock(self);
     if (lock == NULL) return NULL;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     PyObject *r;
@@ -6509,9 +6600,6 @@ static Py_ssize_t g_se_off_value = -1, g_se_off_waiters = -1, g_se_off_holders =
 static PyObject *g_se_progress; /* registry._progress: [monotonic ns of the last progress] */
 static int se_fast_take(PyObject *sem);
 static PyObject *se_current_task(PyObject *sem);
-
-/* The object slot of `obj` at byte offset `off` (an aio.Lock's or aio.Semaphore's asyncio field). */
-#define OBJ_SLOT(obj, off) ((PyObject **)((char *)(obj) + (off)))
 
 /* Is sem of one of the exact classes whose slots the C paths read (g_se_fast_types)? */
 static int
@@ -8609,6 +8697,8 @@ static PyMethodDef module_methods[] = {
     {"raw_stack", (PyCFunction)py_raw_stack, METH_O, "raw_stack(limit): (code, offset, ...) innermost first"},
     {"bucket_of", (PyCFunction)py_bucket_of, METH_O, "bucket_of(value): recorder.bucket_of, as the C path computes it"},
     {"hist_add", (PyCFunction)(void (*)(void))py_hist_add, METH_FASTCALL, "hist_add(hist, value): Histogram.add in C"},
+    {"cond_setup", (PyCFunction)py_cond_setup, METH_O,
+     "cond_setup(cls): the traced Condition class, whose _lock slot its C __enter__/__exit__ read in place"},
     {"pool_sem_started", (PyCFunction)py_pool_sem_started, METH_O,
      "pool_sem_started(prim) -> start_ns: a task must wait on a traced asyncio semaphore (pool blame)"},
     {"pool_sem_ended", (PyCFunction)(void (*)(void))py_pool_sem_ended, METH_FASTCALL,

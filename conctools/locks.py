@@ -2398,6 +2398,8 @@ if _speedups is not None:
         # an instance-dict entry each for every future that wait() or as_completed() takes.
         Condition.acquire = _speedups.Tracked._c_cond_acquire  # type: ignore[method-assign,assignment]
         Condition.release = _speedups.Tracked._c_cond_release  # type: ignore[method-assign,assignment]
+    # Their reads of self._lock: the slot, in place (while the class's _lock stays its slot).
+    _speedups.cond_setup(Condition)
 
 
 # -- Semaphore / BoundedSemaphore --------------------------------------------------------

@@ -391,6 +391,46 @@ class TestCondition:
         with cond:
             assert cond._is_owned() is True
 
+    def test_with_enters_the_lock_that_attribute_access_finds(self) -> None:
+        """A traced Condition's ``with`` reads its ``_lock`` slot in place (C extension) only while the class's
+        ``_lock`` is that slot: a class attribute put over it later (here a property) is what ``with`` enters,
+        as attribute access would find it, and once the slot is back, the condition's own lock is entered
+        again. A subclass's override is always honoured."""
+        from conctools import locks
+
+        with trace_locks():
+            cond = threading.Condition()
+            other = threading.RLock()
+
+            class Sub(threading.Condition):
+                @property
+                def _lock(self) -> Any:  # type: ignore[override]
+                    return other
+
+                @_lock.setter
+                def _lock(self, value: Any) -> None:
+                    pass
+
+            sub = Sub()
+        own = cond._lock
+        with cond:
+            assert own._is_owned() and not other._is_owned()
+        slot = locks.Condition.__dict__.get("_lock")  # (None on the pure path: an instance attribute)
+        locks.Condition._lock = property(lambda self: other)  # type: ignore[assignment,method-assign]
+        try:
+            with cond:
+                assert other._is_owned() and not own._is_owned()
+        finally:
+            if slot is None:
+                del locks.Condition._lock
+            else:
+                locks.Condition._lock = slot  # type: ignore[assignment,method-assign]
+        with cond:
+            assert own._is_owned() and not other._is_owned()
+        with sub:
+            assert other._is_owned()
+        assert not other._is_owned() and not own._is_owned()
+
     def test_is_owned_as_the_stdlib_binds_it(self) -> None:
         """``_is_owned`` is the lock's own where it has one, the class's probe where it has not, and a
         subclass's own ``_is_owned`` loses to the lock's, as with ``threading.Condition``."""
