@@ -131,7 +131,22 @@ _CHILD_WAITS = {
     f"{_MP}process.py": frozenset({"join"}),
     f"{_MP}popen_fork.py": frozenset({"wait", "poll"}),
     f"{_MP}popen_forkserver.py": frozenset({"poll"}),
-    f"{_MP}pool.py": frozenset({"wait", "get", "map", "starmap", "join", "next", "__exit__", "terminate"}),
+    # (its shutdown: terminate() helps the task handler finish, waiting for the idle workers to let go of the
+    # call queue's read lock, which they hold while they wait for a job: the workers' and handlers' doing)
+    f"{_MP}pool.py": frozenset(
+        {
+            "wait",
+            "get",
+            "map",
+            "starmap",
+            "join",
+            "next",
+            "__exit__",
+            "terminate",
+            "_terminate_pool",
+            "_help_stuff_finish",
+        }
+    ),
 }
 
 

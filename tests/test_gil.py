@@ -969,3 +969,36 @@ class TestBlockedThreadStateCache:
             release.set()
             for t in workers:
                 t.join(10)
+
+
+class TestPoolShutdownIsIdle:
+    """``with multiprocessing.Pool()`` ends in ``terminate()``, whose ``_help_stuff_finish`` takes the call
+    queue's read lock: an idle worker holds it while it waits for a job, until the pool's handlers send the
+    workers their sentinels. That wait is the pool's shutdown, other processes' and threads' doing: idle, as a
+    join, never a lock wait that could make the verdict "waiting on locks" (a CI run saw 100 ms of it)."""
+
+    @pytest.mark.parametrize(("function", "state"), [("_help_stuff_finish", "idle"), ("_pick_a_lock", "sync")])
+    def test_a_wait_in_the_pools_shutdown(self, function: str, state: str) -> None:
+        lock = threading.Lock()
+        lock.acquire()
+        namespace: dict[str, Any] = {}
+        # A function of that name in multiprocessing/pool.py's place, blocked in a C lock as the real one is.
+        source = f"def {function}(lock):\n    lock.acquire()\n    lock.release()\n"
+        filename = os.path.join(os.path.dirname(threading.__file__), "multiprocessing", "pool.py")
+        exec(compile(source, filename, "exec"), namespace)
+        user = threading.Thread(target=lambda: namespace[function](lock), daemon=True)
+        user.start()
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                frame = sys._current_frames().get(user.ident or 0)
+                if frame is not None and frame.f_code.co_name == function:
+                    break
+                assert time.monotonic() < deadline, "the thread did not block"
+                time.sleep(0.01)
+            monitor = gil_module.GilMonitor()
+            track = gil_module._Track(user, user.ident or 0, user.native_id or 0, user.name)
+            assert gil_module.STATES[monitor._wait_kind(track, frame)] == state
+        finally:
+            lock.release()
+            user.join(10)
