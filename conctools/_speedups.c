@@ -450,13 +450,13 @@ bucket_of(long long value)
     return ((long long)(bits - g_sub_bits) << g_sub_bits) | ((value >> (bits - g_sub_bits - 1)) & (sub - 1));
 }
 
-/* Histogram.add(value) on a recorder.Histogram (slots buckets, count, total_ns, max_ns), done here:
- * ints and a dict entry only (no garbage collection can start, no Python code runs). Anything else
- * (a subclass, another object) goes through its own add(). */
 /* The object slot of `obj` at byte offset `off` (an aio.Lock's or aio.Semaphore's asyncio field, a
  * Condition's _lock). */
 #define OBJ_SLOT(obj, off) ((PyObject **)((char *)(obj) + (off)))
 
+/* Histogram.add(value) on a recorder.Histogram (slots buckets, count, total_ns, max_ns), done here:
+ * ints and a dict entry only (no garbage collection can start, no Python code runs). Anything else
+ * (a subclass, another object) goes through its own add(). */
 /* The offset of a writable object slot `name` of type `tp` (a member descriptor of its own), or -1. */
 static Py_ssize_t
 object_slot_offset(PyTypeObject *tp, const char *name)

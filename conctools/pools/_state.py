@@ -176,25 +176,18 @@ class PoolState(_CountersBase):  # type: ignore[misc]
 
         A wait that ends in an exhaustion's middle is counted in C (PoolCounters' buckets, no Python int made);
         everything that reads or adds to ``wait_hist`` calls this first: the last waiter of an exhaustion
-        (:meth:`wait_ended`), the pool table, :meth:`reset`."""
-        if _TAKE_HIST is None:
-            return
-        pending = _TAKE_HIST(self)
-        if pending is None:
-            return
-        buckets, count, total_ns, max_ns = pending
-        hist = self.wait_hist
-        for b, n in buckets.items():
-            hist.buckets[b] = hist.buckets.get(b, 0) + n
-        hist.count += count
-        hist.total_ns += total_ns
-        if max_ns > hist.max_ns:
-            hist.max_ns = max_ns
+        (:meth:`wait_ended`), the pool table (:meth:`reset` forgets them with the rest)."""
+        taken = _TAKE_HIST(self) if _TAKE_HIST is not None else None
+        if taken is not None:
+            pending = Histogram()
+            pending.buckets, pending.count, pending.total_ns, pending.max_ns = taken
+            self.wait_hist.merge(pending)
 
     def reset(self) -> None:
         with self.mutex:
             self.takes = self.returns = self.waits = 0
-            self._sync_hist()  # (forgotten with the rest)
+            if _TAKE_HIST is not None:
+                _TAKE_HIST(self)  # the waits counted in C and not handed on yet: forgotten with the rest
             self.wait_hist = Histogram()
             self.episodes = self.long_episodes = self.exhausted_ns = 0
             self.longest = None
