@@ -115,6 +115,38 @@ def internal_thread(target: Callable[[], object], name: str) -> threading.Thread
     return thread
 
 
+_wait_lock_type: list[Any] = []  # [WaitLock or _thread.allocate_lock], once known
+_yielding: list[Any] = []  # [_speedups.handover_yielding], once WaitLock is in use
+
+
+def wait_lock() -> Any:
+    """A lock for a conctools thread to sleep on between its looks (its stop or wake lock), as
+    ``_thread.allocate_lock()`` makes: the C extension's ``WaitLock``, whose ``acquire()`` takes the GIL
+    back by the hand-over (see _speedups.c: ho_restore). A busy event loop in the main thread releases the
+    GIL at every ``select(0)`` and takes it back before a woken waiter runs: each wake-up of a conctools
+    thread cost the program's thread hundreds of futex wake-ups (issue 12). A plain lock without the
+    extension, or with ``CONCTOOLS_PURE_PYTHON=1``."""
+    if not _wait_lock_type:
+        from conctools import locks
+
+        made: Any = _allocate_lock
+        c_ext: Any = locks._speedups  # None without the extension, with a stale build, or CONCTOOLS_PURE_PYTHON=1
+        if c_ext is not None and hasattr(c_ext, "WaitLock"):
+            made = c_ext.WaitLock
+            _yielding.append(c_ext.handover_yielding)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=c_ext.handover_after_fork)
+        _wait_lock_type.append(made)
+    return _wait_lock_type[0]()
+
+
+def main_yields_gil() -> bool:
+    """True while the main thread has let go of the GIL for one of conctools' threads (the hand-over of
+    :func:`wait_lock`) and waits, for a few hundred microseconds at most, until that thread has it: it
+    wants the GIL back, though it sleeps on another futex than the GIL's."""
+    return bool(_yielding) and bool(_yielding[0]())
+
+
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # The sample server ships inside the package but is a user program: its lines are the ones
 # people must see in stacks and culprits, so it never counts as conctools' own code.

@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 34
+#define API_VERSION 35
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -5980,6 +5980,262 @@ poolcounters_ready(PyObject *module)
     return PyModule_AddObject(module, "PoolCounters", Py_NewRef((PyObject *)&PoolCounters_Type));
 }
 
+/* -- The GIL hand-over: conctools' threads take the GIL back from a busy main thread at once (issue 12) ------ *
+ * A thread waiting for the GIL is woken each time its holder releases it. An event loop releases it at every
+ * select(0) and takes it back within a microsecond or two, before the woken waiter runs: the waiter loses the
+ * race, sleeps again, and its switch interval starts over at each wake-up, so it never asks the loop to drop the
+ * GIL. One acquisition by a conctools thread (a GIL sample, a follower's poll, a pool look) cost the program's
+ * thread hundreds of futex wake-ups, ~3% of a busy asyncio program's CPU time. Instead, a conctools thread about
+ * to take the GIL back after a wait (ho_restore) asks the main thread, by a pending call, to let go of it: the
+ * main thread, at its next check between bytecodes, releases the GIL and waits until the asker has it (at most
+ * HO_YIELD_US: a third thread may take it first), then queues for it as after any forced switch. One asker at a
+ * time (the others take the GIL the usual way); nothing but the GIL changes hands, and no Python code runs. A
+ * main thread blocked in C has released the GIL already: the asker takes it, and the pending call, when it runs,
+ * finds nobody asking. Not on free-threaded builds (no GIL). */
+enum { HO_IDLE, HO_WANTED, HO_YIELDING, HO_GOT };
+#define HO_YIELD_US 300
+static int g_ho_state;              /* HO_* (atomic) */
+static int g_ho_pending;            /* a pending call queued and not run yet (atomic) */
+static int g_ho_on = 1;             /* handover(False) turns it off (benchmarks, tests) */
+static PyThread_type_lock g_ho_got; /* held at rest; an asker that took a yielded GIL releases it once */
+static unsigned long long g_ho_counts[3]; /* asked, yielded, handed over (atomic adds) */
+
+#ifndef Py_GIL_DISABLED
+static int
+ho_yield(void *Py_UNUSED(arg))
+{
+    __atomic_store_n(&g_ho_pending, 0, __ATOMIC_RELEASE);
+    int expected = HO_WANTED;
+    if (!__atomic_compare_exchange_n(&g_ho_state, &expected, HO_YIELDING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        return 0; /* nobody asks (any more) */
+    }
+    __atomic_add_fetch(&g_ho_counts[1], 1, __ATOMIC_RELAXED);
+    Py_BEGIN_ALLOW_THREADS
+    int got = PyThread_acquire_lock_timed(g_ho_got, HO_YIELD_US, 0) == PY_LOCK_ACQUIRED;
+    if (!got) {
+        expected = HO_YIELDING;
+        if (!__atomic_compare_exchange_n(&g_ho_state, &expected, HO_IDLE, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            /* HO_GOT: the asker has the GIL and releases g_ho_got next (nothing in between): take it */
+            PyThread_acquire_lock(g_ho_got, WAIT_LOCK);
+            got = 1;
+        }
+    }
+    if (got) __atomic_store_n(&g_ho_state, HO_IDLE, __ATOMIC_RELEASE);
+    Py_END_ALLOW_THREADS
+    return 0;
+}
+#endif
+
+/* PyEval_RestoreThread(ts), asking the main thread to yield the GIL first. */
+static void
+ho_restore(PyThreadState *ts)
+{
+#ifndef Py_GIL_DISABLED
+    int asked = 0;
+    int expected = HO_IDLE;
+    if (g_ho_on && g_ho_got != NULL &&
+        __atomic_compare_exchange_n(&g_ho_state, &expected, HO_WANTED, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        asked = 1;
+        __atomic_add_fetch(&g_ho_counts[0], 1, __ATOMIC_RELAXED);
+        /* one pending call at a time: one queued and not run yet serves this ask too */
+        if (__atomic_exchange_n(&g_ho_pending, 1, __ATOMIC_ACQ_REL) == 0 && Py_AddPendingCall(ho_yield, NULL) != 0) {
+            __atomic_store_n(&g_ho_pending, 0, __ATOMIC_RELEASE);
+            expected = HO_WANTED;
+            __atomic_compare_exchange_n(&g_ho_state, &expected, HO_IDLE, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+            asked = 0;
+        }
+    }
+#endif
+    PyEval_RestoreThread(ts);
+#ifndef Py_GIL_DISABLED
+    if (asked) {
+        expected = HO_WANTED; /* not yielded (the GIL was free, or the main thread has not checked yet) */
+        if (!__atomic_compare_exchange_n(&g_ho_state, &expected, HO_IDLE, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            expected = HO_YIELDING;
+            if (__atomic_compare_exchange_n(&g_ho_state, &expected, HO_GOT, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                __atomic_add_fetch(&g_ho_counts[2], 1, __ATOMIC_RELAXED);
+                PyThread_release_lock(g_ho_got); /* the main thread goes on (and queues for the GIL) */
+            }
+        }
+    }
+#endif
+}
+
+/* handover([on]) -> (asked, yielded, handed over): the hand-over's counts; on: turn it on or off. */
+static PyObject *
+py_handover(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "handover([on])");
+        return NULL;
+    }
+    if (nargs == 1) {
+        int on = PyObject_IsTrue(args[0]);
+        if (on < 0) return NULL;
+        g_ho_on = on;
+    }
+    return Py_BuildValue("(KKK)", __atomic_load_n(&g_ho_counts[0], __ATOMIC_RELAXED),
+                         __atomic_load_n(&g_ho_counts[1], __ATOMIC_RELAXED),
+                         __atomic_load_n(&g_ho_counts[2], __ATOMIC_RELAXED));
+}
+
+/* handover_yielding() -> bool: the main thread has let go of the GIL for an asker and waits for it to take it
+ * (at most HO_YIELD_US): it wants the GIL back, though it sleeps on another futex than the GIL's. */
+static PyObject *
+py_handover_yielding(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(__atomic_load_n(&g_ho_state, __ATOMIC_ACQUIRE) == HO_YIELDING);
+}
+
+/* handover_after_fork(): in a forked child (one thread): nobody asks, no pending call of the parent's counts. */
+static PyObject *
+py_handover_after_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    PyThread_type_lock fresh = PyThread_allocate_lock(); /* the parent's may have been mid-hand-over */
+    if (fresh != NULL) {
+        PyThread_acquire_lock(fresh, WAIT_LOCK);
+        g_ho_got = fresh; /* (the old one is left: it may be in any state) */
+    }
+    else {
+        g_ho_on = 0;
+    }
+    __atomic_store_n(&g_ho_state, HO_IDLE, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_ho_pending, 0, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+/* -- WaitLock: the lock conctools' threads sleep on between looks, taking the GIL back by the hand-over ------- *
+ * A plain lock (acquire(blocking=True, timeout=-1), release(), locked(), with, _at_fork_reinit()) like
+ * _thread.lock, for the stop and wake locks of conctools' own threads only. */
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lk;
+    char locked;
+} WaitLockObject;
+
+static PyObject *
+waitlock_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    WaitLockObject *self = (WaitLockObject *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->lk = PyThread_allocate_lock();
+    if (self->lk == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void
+waitlock_dealloc(WaitLockObject *self)
+{
+    if (self->lk != NULL) {
+        if (self->locked) PyThread_release_lock(self->lk);
+        PyThread_free_lock(self->lk);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+waitlock_acquire(WaitLockObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"blocking", "timeout", NULL};
+    int blocking = 1;
+    double timeout = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pd:acquire", kwlist, &blocking, &timeout)) return NULL;
+    if (!blocking && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "can't specify a timeout for a non-blocking call");
+        return NULL;
+    }
+    if (timeout < 0 && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "timeout value must be a non-negative number");
+        return NULL;
+    }
+    PyLockStatus r = PyThread_acquire_lock_timed(self->lk, 0, 0);
+    if (r != PY_LOCK_ACQUIRED && blocking) {
+        PY_TIMEOUT_T us = -1;
+        if (timeout >= 0) {
+            double t = timeout * 1e6;
+            us = t >= (double)PY_TIMEOUT_MAX ? PY_TIMEOUT_MAX : (PY_TIMEOUT_T)t;
+        }
+        PyThreadState *ts = PyEval_SaveThread();
+        r = PyThread_acquire_lock_timed(self->lk, us, 0);
+        ho_restore(ts);
+    }
+    if (r == PY_LOCK_ACQUIRED) {
+        self->locked = 1;
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+waitlock_release(WaitLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->locked) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return NULL;
+    }
+    self->locked = 0;
+    PyThread_release_lock(self->lk);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+waitlock_locked(WaitLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(self->locked);
+}
+
+static PyObject *
+waitlock_exit(WaitLockObject *self, PyObject *Py_UNUSED(args))
+{
+    return waitlock_release(self, NULL);
+}
+
+static PyObject *
+waitlock_at_fork_reinit(WaitLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyThread_type_lock fresh = PyThread_allocate_lock(); /* (the old one may be in any state: left) */
+    if (fresh == NULL) return PyErr_NoMemory();
+    self->lk = fresh;
+    self->locked = 0;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef waitlock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))waitlock_acquire, METH_VARARGS | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1) -> bool, as _thread.lock's (the GIL taken back by the hand-over)."},
+    {"__enter__", (PyCFunction)(void (*)(void))waitlock_acquire, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"release", (PyCFunction)waitlock_release, METH_NOARGS, "release()"},
+    {"__exit__", (PyCFunction)waitlock_exit, METH_VARARGS, NULL},
+    {"locked", (PyCFunction)waitlock_locked, METH_NOARGS, "locked() -> bool"},
+    {"_at_fork_reinit", (PyCFunction)waitlock_at_fork_reinit, METH_NOARGS, "a free lock again (in a forked child)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject WaitLock_Type = {PyVarObject_HEAD_INIT(NULL, 0)};
+
+static int
+waitlock_ready(PyObject *module)
+{
+    g_ho_got = PyThread_allocate_lock();
+    if (g_ho_got == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyThread_acquire_lock(g_ho_got, WAIT_LOCK);
+    WaitLock_Type.tp_name = "conctools._speedups.WaitLock";
+    WaitLock_Type.tp_basicsize = sizeof(WaitLockObject);
+    WaitLock_Type.tp_flags = Py_TPFLAGS_DEFAULT;
+    WaitLock_Type.tp_doc = "A lock conctools' own threads sleep on: it takes the GIL back by the hand-over.";
+    WaitLock_Type.tp_new = waitlock_new;
+    WaitLock_Type.tp_dealloc = (destructor)waitlock_dealloc;
+    WaitLock_Type.tp_methods = waitlock_methods;
+    if (PyType_Ready(&WaitLock_Type) < 0) return -1;
+    return PyModule_AddObject(module, "WaitLock", Py_NewRef((PyObject *)&WaitLock_Type));
+}
+
 /* -- BeatCell: the loop monitor's heartbeat, as its watchdog reads it without the GIL (issue 12) ------------ *
  * The loop monitor's watchdog thread wakes up when a loop has been silent for its threshold. Between two
  * stalls it woke every ~threshold (each heartbeat pushed the deadline on), and every wake-up took the GIL:
@@ -6050,7 +6306,7 @@ beatcell_wait_silent(BeatCellObject *self, PyObject *const *args, Py_ssize_t nar
     long long threshold = PyLong_AsLongLong(args[0]), until = PyLong_AsLongLong(args[1]);
     if ((threshold == -1 || until == -1) && PyErr_Occurred()) return NULL;
     int result;
-    Py_BEGIN_ALLOW_THREADS
+    PyThreadState *ts = PyEval_SaveThread();
     for (;;) {
         long long now = mono_ns();
         long long due = __atomic_load_n(&self->last_ns, __ATOMIC_ACQUIRE) + threshold;
@@ -6069,7 +6325,7 @@ beatcell_wait_silent(BeatCellObject *self, PyObject *const *args, Py_ssize_t nar
             break;
         }
     }
-    Py_END_ALLOW_THREADS
+    ho_restore(ts); /* (the GIL back by the hand-over) */
     return PyLong_FromLong(result);
 }
 
@@ -8635,6 +8891,12 @@ py_setup_primitives(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
 }
 
 static PyMethodDef module_methods[] = {
+    {"handover", (PyCFunction)(void (*)(void))py_handover, METH_FASTCALL,
+     "handover([on]) -> (asked, yielded, handed over): the GIL hand-over's counts; on: turn it on or off"},
+    {"handover_yielding", (PyCFunction)py_handover_yielding, METH_NOARGS,
+     "handover_yielding() -> bool: the main thread waits for an asker to take the GIL it let go of"},
+    {"handover_after_fork", (PyCFunction)py_handover_after_fork, METH_NOARGS,
+     "handover_after_fork(): in a forked child, nobody asks for the GIL"},
     {"sem_enter", (PyCFunction)py_sem_enter, METH_O,
      "sem_enter(sem) -> awaitable: a traced asyncio semaphore's __aenter__ (asyncio's acquire(), watched)"},
     {"sem_enter_setup", (PyCFunction)(void (*)(void))py_sem_enter_setup, METH_FASTCALL,
@@ -8843,6 +9105,7 @@ PyInit__speedups(void)
     if (heldstack_ready(m) < 0) goto fail;
     if (poolcounters_ready(m) < 0) goto fail;
     if (beatcell_ready(m) < 0) goto fail;
+    if (waitlock_ready(m) < 0) goto fail;
     if (lockref_ready(m) < 0) goto fail;
     if (run_index_ready(m) < 0) goto fail;
     if (queuemethod_ready(m) < 0) goto fail;

@@ -50,7 +50,7 @@ import weakref
 from collections.abc import Callable
 from types import FrameType, ModuleType, TracebackType
 
-from conctools._context import internal_thread, is_conctools_frame
+from conctools._context import internal_thread, is_conctools_frame, main_yields_gil, wait_lock
 from conctools._imports import imported, when_imported
 from conctools._log import get_logger
 from conctools._records import record
@@ -415,7 +415,7 @@ class GilMonitor:
         self.events = events
         self._recorder = recorder
         self._rec: Recorder | None = None
-        self._stop = _thread.allocate_lock()  # held while running; stop() releases it
+        self._stop = wait_lock()  # held while running; stop() releases it
         self._state = _thread.allocate_lock()  # guards the counts against summary()
         self._control = _thread.allocate_lock()
         self._thread: threading.Thread | None = None
@@ -512,7 +512,7 @@ class GilMonitor:
         figures are the parent's. A child that wants its own figures starts a monitor of its own."""
         for lock in (self._stop, self._state, self._control):
             with contextlib.suppress(Exception):
-                lock._at_fork_reinit()  # type: ignore[attr-defined]
+                lock._at_fork_reinit()  # type: ignore[attr-defined,union-attr]
         self._thread = None
         self._stopped_ns = self._last_ns
         self._cpu_end_ns = self._cpu0_ns  # the child's process CPU time starts again from zero
@@ -614,6 +614,7 @@ class GilMonitor:
         running_tasks = _running_tasks()
         me = _thread.get_ident()
         seen: set[int] = set()
+        main = threading.main_thread()
         wanting = running = 0
         observed: list[tuple[_Track, FrameType | None, int, int]] = []
         for thread in threading.enumerate():
@@ -637,7 +638,10 @@ class GilMonitor:
             if reader is None:
                 continue
             frame = frames.get(ident)
-            observed.append((track, frame, self._state_of(reader, track, frame), ident))
+            state = self._state_of(reader, track, frame)
+            if state in (SYNC, IDLE) and thread is main and main_yields_gil():
+                state = PYTHON  # it let go of the GIL for one of conctools' threads (the hand-over), and wants it
+            observed.append((track, frame, state, ident))
         if reader is not None and any(state < 0 for _, _, state, _ in observed):
             observed = self._recheck(reader, observed)
         for track, frame, state, ident in observed:

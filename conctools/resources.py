@@ -31,7 +31,7 @@ import threading
 import time
 from types import TracebackType
 
-from conctools._context import internal_thread
+from conctools._context import internal_thread, wait_lock
 from conctools._log import get_logger
 from conctools._typing import Any
 from conctools.events import ResourceSampleEvent
@@ -190,7 +190,7 @@ class ResourceSampler:
         self._rec: Recorder | None = None
         # A plain lock held while running: stop() releases it, which wakes the sampler at once
         # (threading.Event is off limits inside conctools: trace_locks() may have patched it).
-        self._stop = _thread.allocate_lock()
+        self._stop = wait_lock()
         self._state = _thread.allocate_lock()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()  # the process whose sampler thread this is (see stop)

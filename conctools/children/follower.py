@@ -20,7 +20,6 @@ monitor for stuck children, the merged ``processes`` section, and no orphans.
 
 from __future__ import annotations
 
-import _thread
 import atexit
 import contextlib
 import os
@@ -29,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from conctools._context import current_frames, internal_thread
+from conctools._context import current_frames, internal_thread, wait_lock
 from conctools._log import get_logger
 from conctools._typing import Any
 from conctools.children import forking, mpsync, reaping
@@ -82,7 +81,7 @@ class ChildFollower:
         self.run_dir: str | None = None
         self.stuck: list[ProcessStuckEvent] = []
         self._saved_env: dict[str, str | None] = {}
-        self._stop = _thread.allocate_lock()
+        self._stop = wait_lock()
         self._thread: threading.Thread | None = None
         self._handled: set[str] = set()
         self._empty_mtime_ns: int | None = None  # the run folder's mtime when last found empty (see poll)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _thread
 import gc
 import linecache
 import os
@@ -16,7 +15,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 from conctools import casualties, registry, taskdump
-from conctools._context import current_frames, internal_thread
+from conctools._context import current_frames, internal_thread, wait_lock
 from conctools._log import get_logger
 from conctools._records import replace
 from conctools._typing import Any, Literal
@@ -348,7 +347,7 @@ class DeadlockWatchdog:
         self.deadlocks: list[DeadlockEvent] = []
         self.hangs: list[HangEvent] = []
         self._recorder = recorder
-        self._stop_lock = _thread.allocate_lock()
+        self._stop_lock = wait_lock()
         self._thread: threading.Thread | None = None
         self._seen: set[frozenset[tuple[PartyKey, int]]] = set()
         self._live_cycles: set[frozenset[tuple[PartyKey, int]]] = set()

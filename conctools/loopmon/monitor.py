@@ -13,7 +13,14 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from conctools import taskdump
-from conctools._context import _SAMPLE_DIR, current_frames, internal_thread, is_conctools_frame, thread_name_of
+from conctools._context import (
+    _SAMPLE_DIR,
+    current_frames,
+    internal_thread,
+    is_conctools_frame,
+    thread_name_of,
+    wait_lock,
+)
 from conctools._log import get_logger
 from conctools.events import Frame, SlowCallbackEvent, frame_at
 from conctools.loopmon.blocking import _disable_blocking_detection, _enable_blocking_detection
@@ -102,7 +109,7 @@ class LoopMonitor:
         self.watchdog_cpu_s = 0.0  # CPU time of the watchdog thread, once it has stopped
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._wake = _thread.allocate_lock()
+        self._wake = wait_lock()
         self._loop_tid: int | None = None
         # Heartbeat state, written by the loop thread (_beat) and read by the watchdog.
         self._gen = 0  # bumped by each start(): a stale timer of an earlier start dies quietly

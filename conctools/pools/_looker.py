@@ -14,7 +14,7 @@ from __future__ import annotations
 import _thread
 import time
 
-from conctools._context import internal_thread
+from conctools._context import internal_thread, wait_lock
 from conctools._log import get_logger
 from conctools._typing import Any
 
@@ -43,7 +43,7 @@ class Looker:
 
     def __init__(self) -> None:
         self._mutex = _thread.allocate_lock()
-        self._wake = _thread.allocate_lock()  # held while there is nothing new; released to wake the thread
+        self._wake = wait_lock()  # held while there is nothing new; released to wake the thread
         self._wake.acquire()
         # id(state) -> [state, loop or None, episode start, index of the next look]
         self._watched: dict[int, list[Any]] = {}
@@ -91,7 +91,7 @@ class Looker:
     def reset_after_fork(self) -> None:
         """In a forked child: the parent's thread is not there (and may have held the mutex at the fork)."""
         self._mutex = _thread.allocate_lock()
-        self._wake = _thread.allocate_lock()
+        self._wake = wait_lock()
         self._wake.acquire()
         self._watched.clear()
         self._thread = None
