@@ -594,7 +594,7 @@ class TestTracking:
         holders and counts its returns."""
         script = tmp_path / "thread_queues.py"
         script.write_text(
-            "import json, queue, threading\n"
+            "import json, queue, threading, time\n"
             "from conctools import locks, pools\n"
             "class Sized(queue.Queue):\n"
             "    def _qsize(self):\n"
@@ -615,6 +615,9 @@ class TestTracking:
             "            t.start()\n"
             "        for i in range(5000):\n"
             "            q.put(i, True, None) if i % 2 else q.put(i)\n"
+            # every item taken before the sentinels go in: a LifoQueue hands the last put out first
+            "        while q.qsize():\n"
+            "            time.sleep(0.001)\n"
             "        for _ in ts:\n"
             "            q.put(10**9)\n"
             "        for t in ts:\n"
