@@ -305,6 +305,43 @@ class TestAioWaitCost:
         assert max(e.wait_s for e in events) == r["wait_max_s"]
         assert all(e.task_name and e.holder for e in events)
 
+    @pytest.mark.skipif(not locks.SPEEDUPS, reason="the runs of unsampled waits are the C path's")
+    def test_longest_wait_of_a_run_is_named_and_keeps_no_task(
+        self, recorder: Recorder, no_threshold_events: None
+    ) -> None:
+        """Tasks queued on a three-slot semaphore each wait about as long as the one before and more, so many
+        in turn are their run's longest wait so far: the kept longest wait names its task and holder, and
+        once the table is read no task is kept alive by a record."""
+        name = unique("slots")
+        n = 300
+        refs: list[weakref.ref[asyncio.Task[None]]] = []
+
+        async def main() -> None:
+            sem = aio.Semaphore(3, name=name)
+
+            async def fetch() -> None:
+                async with sem:
+                    await asyncio.sleep(0)
+
+            tasks = [asyncio.create_task(fetch(), name=f"fetch-{i}") for i in range(n)]
+            refs.extend(weakref.ref(t) for t in tasks)
+            await asyncio.gather(*tasks)
+            del tasks
+
+        asyncio.run(main())
+        snap = recorder.snapshot()  # (reads the table: every run drained, its longest wait named)
+        r = row(recorder, name)
+        assert (r["acquisitions"], r["contentions"]) == (n, n - 3)
+        events = [e for e in snap.of_kind(LockWaitEvent) if e.lock_name == name]
+        longest = max(events, key=lambda e: e.wait_s)
+        assert longest.wait_s == r["wait_max_s"]
+        assert longest.task_name is not None and longest.task_name.startswith("fetch-")
+        assert longest.task_name not in ("fetch-0", "fetch-1", "fetch-2")  # (these never wait)
+        assert "fetch-" in str(longest.holder)
+        assert all(e.task_name and e.holder for e in events)
+        gc.collect()
+        assert [ref for ref in refs if ref() is not None] == []
+
     def test_waits_in_progress_are_in_the_table(self, recorder: Recorder) -> None:
         """Tasks still waiting on a semaphore are counted as contentions at their site while they
         wait (the C path counts an asyncio wait when it ends), and the registry names each of them."""

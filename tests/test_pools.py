@@ -819,7 +819,10 @@ class TestLookerWakeUps:
                 looker.watch(state, None, state.episode_start_ns)
             window_ns = int(LOOK_AFTER_S[0] * 1e9)
             if time.monotonic_ns() - begun < window_ns:  # (a very slow machine could cross the first look)
-                assert 1 <= len(pokes) <= 10, len(pokes)
+                # (1, unless the thread's first look comes between the test's change of the state and its
+                # watch(); it follows the new exhaustion then, where it used to drop it and be poked again:
+                # 10-40 pokes on 3.13, whose hand-over gives the woken thread the GIL mid-change)
+                assert 1 <= len(pokes) <= 3, len(pokes)
             assert id(state) in looker._watched  # the latest exhaustion is the one it will look at
         finally:
             looker.stop()

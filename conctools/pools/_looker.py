@@ -110,7 +110,15 @@ class Looker:
         due, next_ns = [], None
         for key, entry in list(self._watched.items()):
             state, _loop, episode_ns, index = entry
-            if state.episode_start_ns != episode_ns or state.waiters <= 0 or index >= len(LOOK_AFTER_S):
+            current = state.episode_start_ns
+            if current != episode_ns and state.waiters > 0 and current > episode_ns:
+                # A new exhaustion of the same pool began, and its watch() is on its way (it comes after the
+                # state changes): follow it now. Dropped, it would leave the thread nothing to wake for, and
+                # that watch() would poke it again: a pool that runs dry a thousand times a second, each
+                # poke handing the thread the GIL mid-change, kept it waking as often (issue 12).
+                entry[2] = episode_ns = current
+                entry[3] = index = 0
+            if current != episode_ns or state.waiters <= 0 or index >= len(LOOK_AFTER_S):
                 del self._watched[key]
                 continue
             at = episode_ns + int(LOOK_AFTER_S[index] * 1e9)
