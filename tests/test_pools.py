@@ -821,7 +821,7 @@ class TestLookerWakeUps:
             if time.monotonic_ns() - begun < window_ns:  # (a very slow machine could cross the first look)
                 # (1, unless the thread's first look comes between the test's change of the state and its
                 # watch(); it follows the new exhaustion then, where it used to drop it and be poked again:
-                # 10-40 pokes on 3.13, whose hand-over gives the woken thread the GIL mid-change)
+                # up to 39 pokes on 3.13, whose hand-over gives the woken thread the GIL mid-change)
                 assert 1 <= len(pokes) <= 3, len(pokes)
             assert id(state) in looker._watched  # the latest exhaustion is the one it will look at
         finally:

@@ -111,7 +111,7 @@ class Looker:
         for key, entry in list(self._watched.items()):
             state, _loop, episode_ns, index = entry
             current = state.episode_start_ns
-            if current != episode_ns and state.waiters > 0 and current > episode_ns:
+            if current > episode_ns and state.waiters > 0:
                 # A new exhaustion of the same pool began, and its watch() is on its way (it comes after the
                 # state changes): follow it now. Dropped, it would leave the thread nothing to wake for, and
                 # that watch() would poke it again: a pool that runs dry a thousand times a second, each
