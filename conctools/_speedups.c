@@ -65,7 +65,7 @@
 #define CT_TSTATE() PyThreadState_Get()
 #endif
 
-#define API_VERSION 35
+#define API_VERSION 36
 
 typedef struct CoreObject {
     PyObject_HEAD
@@ -164,7 +164,12 @@ static PyObject *g_inst_full_skip;  /* lockorder._inst_full_skip: [skip, warned]
 static PyObject *g_inst_prune_at;   /* lockorder._inst_prune_at: [n] */
 static PyObject *g_order_mutex;     /* lockorder._mutex */
 static Py_ssize_t g_inst_max_edges; /* lockorder.INSTANCE_MAX_EDGES */
-static PyObject *s_checking;        /* "checking" (lockorder._local.checking) */
+static PyObject *g_order_locked;    /* lockorder._mutex.locked (the bound method) */
+static PyObject *g_run_log;         /* lockorder._run_log (a deque), for run_start() */
+static PyObject *g_inst_stacks;     /* lockorder._inst_stacks: (class key, site) -> stacks taken there */
+static Py_ssize_t g_inst_stacks_per_site = -1; /* lockorder.INSTANCE_STACKS_PER_SITE (-1: run_start() is off) */
+static Py_ssize_t g_runs_looked_at; /* lockorder.RUNS_LOOKED_AT_PER_RUN */
+static PyObject *s_popleft;         /* "popleft" */
 static PyObject *g_wait_type;       /* locks._Wait (a class with __slots__) */
 static PyObject *g_flush;           /* locks.flush_waits */
 static PyObject *g_site_text;       /* locks._wait_site_text(code, offset) -> "file.py:LINE" */
@@ -997,6 +1002,9 @@ static CT_TLS unsigned long long t_tid, t_gen;
 static CT_TLS PyObject *t_thread;      /* its threading.Thread, or NULL */
 static CT_TLS PyObject *t_held;        /* its lockorder held stack, or NULL */
 static CT_TLS PyObject *t_noloop_dict; /* "no loop" seen with this tsdict version */
+/* lockorder.check is running in this thread (set by it: order_checking()), where a finalizer run by its
+ * allocations takes a lock. Not reset by tls_check(): check() sets and clears it itself. */
+static CT_TLS int t_checking;
 #ifndef CT_TSTATE_LOOP
 static CT_TLS uint64_t t_noloop_version;
 #endif
@@ -1859,9 +1867,16 @@ entry_for(CoreObject *self, PyObject *site)
     if (wref == NULL) goto done;
     if (self->ckey == NULL) {
         /* (the lock's stats never change: a Future's condition is taken at ~6 sites once each, an attribute
-         * lookup saved at every one but the first) */
-        self->ckey = PyObject_GetAttr(self->stats, s_key);
-        if (self->ckey == NULL) goto done;
+         * lookup saved at every one but the first; and the last stats' key is kept, for the next lock of
+         * that class: the futures of a fan-out are many locks of one class, each taken a few times) */
+        static PyObject *last_stats, *last_key; /* (strong references: a stats object never changes its key) */
+        if (self->stats != last_stats) {
+            PyObject *k = PyObject_GetAttr(self->stats, s_key);
+            if (k == NULL) goto done;
+            Py_XSETREF(last_key, k);
+            Py_XSETREF(last_stats, Py_NewRef(self->stats));
+        }
+        self->ckey = Py_NewRef(last_key);
     }
     key = Py_NewRef(self->ckey);
     name = Py_NewRef(self->name != NULL ? self->name : self->created); /* (it may have been renamed) */
@@ -1985,18 +2000,27 @@ counter_of(PyObject *list)
     return n;
 }
 
-/* Is lockorder.check running in this thread (a finalizer run by its allocations takes a lock)? */
+/* Is lockorder.check running in this thread (a finalizer run by its allocations takes a lock)? It says so
+ * in a C thread-local (order_checking()) beside its lockorder._local.checking: reading that threading.local
+ * from C took ~400 instructions, at each lock of a run. */
 static int
 order_checking(void)
 {
-    PyObject *v = PyObject_GetAttr(g_local, s_checking);
-    if (v == NULL) {
+    return t_checking;
+}
+
+/* Is lockorder._mutex held (by a Python thread in the middle of an update)? 1 also when it cannot tell. */
+static int
+order_mutex_locked(void)
+{
+    if (g_order_locked == NULL) return 1;
+    PyObject *locked = PyObject_CallNoArgs(g_order_locked);
+    if (locked == NULL) {
         PyErr_Clear();
-        return 1; /* never checked in this thread: no run of its own either */
+        return 1;
     }
-    int on = v != Py_False;
-    Py_DECREF(v);
-    return on;
+    Py_DECREF(locked);
+    return locked != Py_False;
 }
 
 /* The index of `to` in `run`'s list of locks of its class (lockorder's run[2][to]: a lock with an edge into
@@ -2062,12 +2086,31 @@ edge_in(PyObject *known, PyObject *frm, PyObject *to)
     return 0;
 }
 
+/* lockorder._inst_in's new value for a lock whose value was `known` (NULL: none, a run, or a tuple of runs)
+ * once `run` has an edge into it too: a new reference, or NULL (an exception set, or none for a value of
+ * another shape). */
+static PyObject *
+runs_with(PyObject *known, PyObject *run)
+{
+    if (known == NULL) return Py_NewRef(run);
+    if (PyList_CheckExact(known)) return PyTuple_Pack(2, known, run);
+    if (!PyTuple_CheckExact(known)) return NULL;
+    Py_ssize_t k = PyTuple_GET_SIZE(known);
+    PyObject *into = PyTuple_New(k + 1);
+    if (into != NULL) {
+        for (Py_ssize_t i = 0; i < k; i++) PyTuple_SET_ITEM(into, i, Py_NewRef(PyTuple_GET_ITEM(known, i)));
+        PyTuple_SET_ITEM(into, k, Py_NewRef(run));
+    }
+    return into;
+}
+
 /* The next lock of a run (lockorder._runs, _run_edge): `held` is exactly the held stack its owner had
  * after the run's last lock, and `entry`'s lock is of the run's class and not in it. Adds the lock to the
  * run, and its edge from the previous lock of the run to the graph as lockorder._add_instance_edge does
  * (lockorder._inst_in[to] = the run: no object made), when that needs no stack (its site has all of its
  * stacks), no cycle search (the lock taken leads to no other of its class), no pruning and no warning;
- * 1 when done here, 0 when lockorder.check must look. concurrent.futures.wait() and as_completed() take
+ * 1 when done here; 0 when this lock continues no run (lockorder.check would look at the whole held stack:
+ * run_start() may do it); -1 when lockorder.check must look. concurrent.futures.wait() and as_completed() take
  * 24 such locks per call of 25 futures: ~2 us of Python each, ~0.1 us here. Runs with the collector off
  * (nothing it could start may see half an edge) and no Python code; while lockorder._mutex is held (a
  * Python thread in the middle of an update), Python does it. */
@@ -2075,29 +2118,33 @@ static int
 run_next(PyObject *held, PyObject *entry)
 {
     if (g_runs == NULL || !PyDict_CheckExact(g_runs) || PyDict_GET_SIZE(g_runs) == 0) return 0;
-    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 5 || !PyList_Check(held)) return 0;
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 5 || !PyList_Check(held)) return -1;
     Py_ssize_t n = PyList_GET_SIZE(held);
     if (n < 1) return 0;
     PyObject *key = PyLong_FromVoidPtr(held);
     if (key == NULL) {
         PyErr_Clear();
-        return 0;
+        return -1;
     }
     PyObject *run = PyDict_GetItemWithError(g_runs, key); /* borrowed */
     Py_DECREF(key);
     if (run == NULL) {
+        int failed = PyErr_Occurred() != NULL;
         PyErr_Clear();
-        return 0;
+        return failed ? -1 : 0;
     }
-    if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 11) return 0;
+    if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) < 11) return -1;
     PyObject *expect = PyList_GET_ITEM(run, 0); /* a list, or a versioned stack's expected length (an int) */
     PyObject *serials = PyList_GET_ITEM(run, 2);
     PyObject *same = PyList_GET_ITEM(run, 5);
     PyObject *to = PyTuple_GET_ITEM(entry, 3);
-    if ((IS_HELD_STACK(held) ? !PyLong_CheckExact(expect) || PyLong_AsSsize_t(expect) != n
-                             : !PyList_CheckExact(expect) || PyList_GET_SIZE(expect) != n) ||
-        !IS_TABLE(serials) || !PyList_CheckExact(same) || !IS_SERIAL(to)) {
-        return 0;
+    if ((IS_HELD_STACK(held) ? !PyLong_CheckExact(expect) : !PyList_CheckExact(expect)) || !IS_TABLE(serials) ||
+        !PyList_CheckExact(same) || !IS_SERIAL(to)) {
+        return -1; /* (not a shape Python makes: it looks) */
+    }
+    if ((IS_HELD_STACK(held) ? PyLong_AsSsize_t(expect) : PyList_GET_SIZE(expect)) != n) {
+        PyErr_Clear();
+        return 0; /* (not the stack the run left) */
     }
     /* A site that may still need stacks: Python takes them, for a new edge (one already known, as
      * when as_completed() takes the futures a wait() took before, needs none). */
@@ -2109,32 +2156,35 @@ run_next(PyObject *held, PyObject *entry)
         version = PyLong_AsLongLong(PyList_GET_ITEM(run, 9));
         if (version == -1 && PyErr_Occurred()) {
             PyErr_Clear();
-            return 0;
+            return -1;
         }
         if (version < 0 || (unsigned long long)version != ((HeldStackObject *)held)->version) {
             return 0; /* (its innermost lock: the run's last, below) */
         }
     }
     else {
-        if (!PyList_CheckExact(held)) return 0;
+        if (!PyList_CheckExact(held)) return -1;
         for (Py_ssize_t i = 0; i < n; i++) {
             if (!LIST_IS(expect, i, PyList_GET_ITEM(held, i))) return 0;
         }
     }
     PyObject *run_key = PyList_GET_ITEM(run, 1), *to_key = PyTuple_GET_ITEM(entry, 1);
-    if (run_key != to_key && PyObject_RichCompareBool(run_key, to_key, Py_EQ) != 1) {
-        PyErr_Clear();
-        return 0;
+    if (run_key != to_key) {
+        int eq = PyObject_RichCompareBool(run_key, to_key, Py_EQ);
+        if (eq != 1) {
+            PyErr_Clear();
+            return eq == 0 ? 0 : -1;
+        }
     }
     Py_ssize_t ignored;
     int in_run = tbl_get(serials, to, &ignored);
     if (in_run != 0) {
         PyErr_Clear();
-        return 0; /* re-entry: Python skips it */
+        return in_run == 1 ? 0 : -1; /* (in the run: a re-entry, which the whole walk skips) */
     }
     PyObject *inner = PyList_GET_ITEM(held, n - 1);
     if (!PyTuple_CheckExact(inner) || PyTuple_GET_SIZE(inner) < 5) {
-        return 0;
+        return -1;
     }
     Py_ssize_t n_same = PyList_GET_SIZE(same);
     if (n_same < 1 || PyList_GET_ITEM(same, n_same - 1) != inner) return 0; /* (the run's last lock) */
@@ -2142,38 +2192,31 @@ run_next(PyObject *held, PyObject *entry)
     if (prev == NULL || prev == Py_None) {
         return 0;
     }
-    if (order_checking()) return 0;
-    PyObject *locked = PyObject_CallMethodNoArgs(g_order_mutex, s_locked);
-    if (locked == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
-    Py_DECREF(locked);
-    if (locked != Py_False) return 0;
+    if (order_checking() || order_mutex_locked()) return -1;
     Py_ssize_t count = counter_of(g_inst_count), skip = counter_of(g_inst_full_skip);
     Py_ssize_t prune_at = counter_of(g_inst_prune_at);
-    if (count < 0 || skip != 0 || prune_at < 0 || count >= g_inst_max_edges) return 0;
+    if (count < 0 || skip != 0 || prune_at < 0 || count >= g_inst_max_edges) return -1;
     PyObject *frm = PyTuple_GET_ITEM(inner, 3);
-    if (!IS_SERIAL(frm)) return 0;
+    if (!IS_SERIAL(frm)) return -1;
     PyObject *known = PyDict_GetItemWithError(g_inst_in, to); /* borrowed */
     if (known == NULL && PyErr_Occurred()) {
         PyErr_Clear();
-        return 0;
+        return -1;
     }
     int edge_known = 0;
     if (known != NULL) {
         edge_known = edge_in(known, frm, to);
-        if (edge_known < 0) return 0;
+        if (edge_known < 0) return -1;
     }
-    if (!edge_known && !stacks_done) return 0;
+    if (!edge_known && !stacks_done) return -1;
     if (!edge_known && PyDict_GET_SIZE(g_inst_in) + (known == NULL) >= prune_at) {
-        return 0; /* Python prunes */
+        return -1; /* Python prunes */
     }
     if (!edge_known) {
         int leads_on = tbl_get(g_inst_has_out, to, &ignored);
         if (leads_on != 0) {
             PyErr_Clear();
-            return 0; /* the new edge may close a cycle: Python looks */
+            return -1; /* the new edge may close a cycle: Python looks */
         }
     }
     g_allocated = 1;
@@ -2194,20 +2237,7 @@ run_next(PyObject *held, PyObject *entry)
         if (next == NULL || PyList_SetItem(run, 9, next) < 0) goto done;
     }
     if (!edge_known) {
-        if (known == NULL) {
-            into = Py_NewRef(run);
-        }
-        else if (PyList_CheckExact(known)) {
-            into = PyTuple_Pack(2, known, run);
-        }
-        else {
-            Py_ssize_t k = PyTuple_GET_SIZE(known);
-            into = PyTuple_New(k + 1);
-            if (into != NULL) {
-                for (Py_ssize_t i = 0; i < k; i++) PyTuple_SET_ITEM(into, i, Py_NewRef(PyTuple_GET_ITEM(known, i)));
-                PyTuple_SET_ITEM(into, k, Py_NewRef(run));
-            }
-        }
+        into = runs_with(known, run);
         if (into == NULL) goto done;
         Py_ssize_t outs;
         if (tbl_get(g_inst_has_out, frm, &outs) < 0 || outs < 0) goto done;
@@ -2230,6 +2260,215 @@ done:
     }
     if (gc_was) PyGC_Enable();
     return 1;
+}
+
+static PyObject *drop_dead_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* Set lockorder._inst_count[0] to n; -1 on an error (set). */
+static int
+set_inst_count(Py_ssize_t n)
+{
+    PyObject *v = PyLong_FromSsize_t(n);
+    return v == NULL ? -1 : PyList_SetItem(g_inst_count, 0, v);
+}
+
+/* lockorder._drop_old_runs, for run_start() (its caller has the collector off, and lockorder._mutex free
+ * with no Python code run since: no other thread is in the middle of an update). 0, or -1 on an error. */
+static int
+drop_old_runs(void)
+{
+    Py_ssize_t n = PyObject_Length(g_run_log);
+    if (n < 0) return -1;
+    for (Py_ssize_t i = 0; i < n && i < g_runs_looked_at; i++) {
+        PyObject *run = PyObject_CallMethodNoArgs(g_run_log, s_popleft);
+        if (run == NULL) return -1;
+        PyObject *args[3] = {run, g_inst_in, g_inst_has_out};
+        PyObject *r = drop_dead_run(NULL, args, 3);
+        Py_ssize_t dropped = r == NULL ? -2 : PyLong_AsSsize_t(r);
+        Py_XDECREF(r);
+        int err = dropped == -2 || PyErr_Occurred() != NULL;
+        if (!err && dropped > 0) err = set_inst_count(counter_of(g_inst_count) - dropped) < 0;
+        PyErr_Clear();
+        if (err || dropped < 0) { /* alive (or an error): it stays, last */
+            PyObject *a = PyObject_CallMethodOneArg(g_run_log, s_append, run);
+            Py_XDECREF(a);
+            PyErr_Clear();
+        }
+        Py_DECREF(run); /* (a dropped run is freed here: lists, tuples and ints of ours, no finalizer) */
+        if (err) return -1;
+    }
+    return 0;
+}
+
+/* The first lock of a run (lockorder.check -> _instance_edge_from -> _add_instance_edge), in C: `entry`'s lock
+ * is taken while locks of its class are held, and this thread's held stack is not as a run left it
+ * (run_next() said 0). Python walks the held stack, makes the run of the locks of the class held and adds
+ * the edge from the innermost of them; this does the same when every lock held is alive and not this one,
+ * every edge from a lock of another class is known, the stack is a versioned one with no task running, and
+ * the edge needs no stack (its site has all of its stacks), no cycle search, no pruning and no warning.
+ * 1 when done here, 0 when lockorder.check must look (nothing changed). A fan-out of futures starts a run at
+ * each wait() and as_completed(): ~40k instructions of Python each, a tenth of that here. As run_next(): the
+ * collector off and no Python code from the first look at the tables to the last change. */
+static int
+run_start(CoreObject *self, Me *me, PyObject *held, PyObject *entry)
+{
+    if (g_inst_stacks_per_site < 0 || g_runs == NULL || !PyDict_CheckExact(g_runs) || g_edges == NULL ||
+        !PyDict_Check(g_edges) || me->task != NULL || me->thread == NULL || order_checking()) {
+        return 0;
+    }
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 5 || !IS_HELD_STACK(held)) return 0;
+    /* The thread's name first (Thread.name is Python code: whatever it runs comes before the look) */
+    PyObject *thread = threadinfo_thread((ThreadInfoObject *)me->thread);
+    if (thread == NULL) return 0;
+    PyObject *tname = PyObject_GetAttr(thread, s_name);
+    Py_DECREF(thread);
+    if (tname == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    g_allocated = 1;
+    int gc_was = PyGC_Disable(); /* no collection (no finalizer) until the run and the graph agree */
+    int done = 0, started = 0;
+    PyObject *same = NULL, *serials = NULL, *run = NULL, *site_key = NULL, *into = NULL, *run_id = NULL;
+    PyObject *key = PyTuple_GET_ITEM(entry, 1), *to = PyTuple_GET_ITEM(entry, 3), *site = PyTuple_GET_ITEM(entry, 4);
+    Py_ssize_t n = PyList_GET_SIZE(held), ignored;
+    if (n < 1 || HELD_DEAD(held) != 0 || !IS_SERIAL(to) || order_mutex_locked()) goto done;
+    Py_ssize_t count = counter_of(g_inst_count), skip = counter_of(g_inst_full_skip);
+    Py_ssize_t prune_at = counter_of(g_inst_prune_at);
+    if (count < 0 || skip != 0 || prune_at < 0 || count >= g_inst_max_edges) goto done;
+    /* lockorder.check's walk: the locks of the class held, in order; the other classes' edges known */
+    same = PyList_New(0);
+    if (same == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *h = PyList_GET_ITEM(held, i);
+        if (!PyTuple_CheckExact(h) || PyTuple_GET_SIZE(h) < 5) goto done;
+        PyObject *other = held_ref_target(PyTuple_GET_ITEM(h, 0));
+        if (other == NULL || other == Py_None) goto done; /* (dropped while held: Python prunes it) */
+        if (other == (PyObject *)self) continue;           /* re-entry is not an edge */
+        PyObject *h_key = PyTuple_GET_ITEM(h, 1);
+        int eq = h_key == key ? 1 : PyObject_RichCompareBool(h_key, key, Py_EQ);
+        if (eq < 0) goto done;
+        if (eq) {
+            if (!IS_SERIAL(PyTuple_GET_ITEM(h, 3)) || PyList_Append(same, h) < 0) goto done;
+        }
+        else if (!known_from(self, h_key)) {
+            PyObject *pair = PyTuple_Pack(2, h_key, key);
+            if (pair == NULL) goto done;
+            int known = PyDict_Contains(g_edges, pair);
+            Py_DECREF(pair);
+            if (known != 1) goto done; /* (a new edge between classes: Python records it) */
+        }
+    }
+    Py_ssize_t n_same = PyList_GET_SIZE(same);
+    if (n_same < 1) goto done;
+    PyObject *inner = PyList_GET_ITEM(same, n_same - 1), *frm = PyTuple_GET_ITEM(inner, 3);
+    int in_same = 0; /* (the lock taken among them: a serial used twice, Python looks) */
+    for (Py_ssize_t i = 0; i < n_same && !in_same; i++) {
+        in_same = PyTuple_GET_ITEM(PyList_GET_ITEM(same, i), 3) == to;
+    }
+    if (in_same) goto done;
+    /* _add_instance_edge's questions, before anything changes */
+    PyObject *known = PyDict_GetItemWithError(g_inst_in, to); /* borrowed */
+    if (known == NULL && PyErr_Occurred()) goto done;
+    int edge_known = known != NULL ? edge_in(known, frm, to) : 0;
+    if (edge_known < 0) goto done;
+    if (!edge_known) {
+        if (PyTuple_CheckExact(site)) {
+            if (PyTuple_GET_SIZE(site) != 2) goto done; /* (not a site code_site() makes) */
+            PyObject *code_id = PyLong_FromVoidPtr(PyTuple_GET_ITEM(site, 0)); /* (id(code): see lockorder) */
+            site_key = code_id == NULL ? NULL : PyTuple_Pack(3, key, code_id, PyTuple_GET_ITEM(site, 1));
+            Py_XDECREF(code_id);
+        }
+        else {
+            site_key = PyTuple_Pack(2, key, site);
+        }
+        if (site_key == NULL) goto done;
+        PyObject *taken = PyDict_GetItemWithError(g_inst_stacks, site_key); /* borrowed */
+        if (taken == NULL && PyErr_Occurred()) goto done;
+        Py_ssize_t t = taken == NULL ? 0 : PyLong_AsSsize_t(taken);
+        if (t == -1 && PyErr_Occurred()) goto done;
+        if (t < g_inst_stacks_per_site && PyDict_GET_SIZE(g_inst_stacks) < 10000) goto done; /* (Python takes a stack) */
+        if (PyDict_GET_SIZE(g_inst_in) + (known == NULL) >= prune_at) goto done; /* (Python prunes) */
+        int leads_on = tbl_get(g_inst_has_out, to, &ignored);
+        if (leads_on != 0) goto done; /* (the new edge may close a cycle: Python looks) */
+        Py_ssize_t outs;
+        if (tbl_get(g_inst_has_out, frm, &outs) < 0) goto done;
+    }
+    /* _instance_edge_from: the run */
+    serials = RunIndex_Type.tp_alloc(&RunIndex_Type, 0);
+    if (serials == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n_same; i++) {
+        if (tbl_set(serials, PyTuple_GET_ITEM(PyList_GET_ITEM(same, i), 3), i) < 0) goto done;
+    }
+    if (tbl_set(serials, to, n_same) < 0) goto done;
+    PyObject *items[11] = {PyLong_FromSsize_t(n + 1),
+                           Py_NewRef(key),
+                           Py_NewRef(serials),
+                           Py_NewRef(tname),
+                           Py_NewRef(Py_None), /* (no task: see above) */
+                           Py_NewRef(same),
+                           Py_NewRef(edge_known ? Py_None : site), /* (a new edge: the site has its stacks) */
+                           PyLong_FromSsize_t(n_same - 1),
+                           Py_NewRef(Py_False),
+                           PyLong_FromUnsignedLongLong(((HeldStackObject *)held)->version + 1),
+                           Py_NewRef(Py_None)};
+    run = PyList_New(11);
+    for (int i = 0; i < 11; i++) {
+        if (run != NULL && items[i] != NULL) {
+            PyList_SET_ITEM(run, i, items[i]);
+        }
+        else {
+            Py_XDECREF(items[i]);
+            if (run != NULL) PyList_SET_ITEM(run, i, Py_NewRef(Py_None));
+            Py_CLEAR(run);
+        }
+    }
+    if (run == NULL) goto done;
+    if (PyObject_GC_IsTracked(same)) PyObject_GC_UnTrack(same); /* (nothing in a run refers back to it) */
+    if (PyObject_GC_IsTracked(run)) PyObject_GC_UnTrack(run);
+    if (PyList_Append(same, entry) < 0) goto done;
+    run_id = PyLong_FromVoidPtr(held);
+    if (run_id == NULL) goto done;
+    /* From here on the tables change: a failure clears lockorder._runs (the next lock starts a new run) */
+    started = 1;
+    if (PyDict_GET_SIZE(g_runs) >= 1024) PyDict_Clear(g_runs); /* (stacks of threads and tasks that are gone) */
+    if (PyDict_SetItem(g_runs, run_id, run) < 0) goto done;
+    if (PyObject_Length(g_run_log) > 0 && drop_old_runs() < 0) goto done;
+    if (edge_known) {
+        done = 1;
+        goto done;
+    }
+    /* _add_instance_edge: the edge (`to` and `frm` are alive: the runs dropped had neither) */
+    known = PyDict_GetItemWithError(g_inst_in, to);
+    if (known == NULL && PyErr_Occurred()) goto done;
+    into = runs_with(known, run);
+    if (into == NULL) goto done;
+    if (PyDict_SetItem(g_inst_in, to, into) < 0) goto done;
+    if (set_inst_count(counter_of(g_inst_count) + 1) < 0) goto done;
+    Py_INCREF(Py_True);
+    if (PyList_SetItem(run, 8, Py_True) < 0 || drop_old_runs() < 0) goto done;
+    PyObject *a = PyObject_CallMethodOneArg(g_run_log, s_append, run);
+    if (a == NULL) goto done;
+    Py_DECREF(a);
+    Py_ssize_t outs;
+    if (tbl_get(g_inst_has_out, frm, &outs) < 0 || tbl_set(g_inst_has_out, frm, outs + 1) < 0) goto done;
+    done = 1;
+done:
+    if (started && !done) {
+        PyErr_Clear();
+        PyDict_Clear(g_runs); /* (out of memory, half-way: the held stack no longer matches a run) */
+        done = 1;             /* (Python would find the tables as they are: not worth a second try) */
+    }
+    PyErr_Clear();
+    Py_XDECREF(same);
+    Py_XDECREF(serials);
+    Py_XDECREF(run);
+    Py_XDECREF(site_key);
+    Py_XDECREF(into);
+    Py_XDECREF(run_id);
+    Py_DECREF(tname);
+    if (gc_was) PyGC_Enable();
+    return done;
 }
 
 /* Is a garbage collection due (3.12+ runs one at the next eval-breaker check, which would
@@ -2351,7 +2590,12 @@ prepare(CoreObject *self, Me *me, int reentry)
         settle();
         return;
     }
-    if (PyList_GET_SIZE(me->held) > 0 && !edges_known(self, me->held, me->entry) && !run_next(me->held, me->entry)) {
+    int done = PyList_GET_SIZE(me->held) == 0 || edges_known(self, me->held, me->entry);
+    if (!done) {
+        done = run_next(me->held, me->entry);
+        if (done == 0) done = run_start(self, me, me->held, me->entry);
+    }
+    if (done <= 0) {
         g_allocated = 1;
         PyObject *r = PyObject_CallFunctionObjArgs(g_check, me->held, me->entry, NULL);
         Py_XDECREF(r);
@@ -5746,24 +5990,45 @@ graph_alive(PyObject *Py_UNUSED(module), PyObject *into)
 static PyObject *
 setup_runs(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"runs", "into", "has_out", "count", "full_skip", "prune_at", "max_edges", "mutex", NULL};
-    PyObject *v[7];
-    Py_ssize_t max_edges;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!OO!O!O!nO:setup_runs", kwlist, &PyDict_Type, &v[0],
+    static char *kwlist[] = {"runs",  "into",    "has_out", "count",           "full_skip",  "prune_at", "max_edges",
+                             "mutex", "run_log", "stacks",  "stacks_per_site", "looked_at", NULL};
+    PyObject *v[9];
+    Py_ssize_t max_edges, per_site = -1, looked_at = 0;
+    v[7] = v[8] = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!OO!O!O!nO|OO!nn:setup_runs", kwlist, &PyDict_Type, &v[0],
                                      &PyDict_Type, &v[1], &v[2], &PyList_Type, &v[3], &PyList_Type, &v[4],
-                                     &PyList_Type, &v[5], &max_edges, &v[6])) {
+                                     &PyList_Type, &v[5], &max_edges, &v[6], &v[7], &PyDict_Type, &v[8], &per_site,
+                                     &looked_at)) {
         return NULL;
     }
     if (!IS_TABLE(v[2])) {
         PyErr_SetString(PyExc_TypeError, "setup_runs: has_out is a dict or a RunIndex");
         return NULL;
     }
+    PyObject *locked = PyObject_GetAttr(v[6], s_locked);
+    if (locked == NULL) return NULL;
+    Py_XSETREF(g_order_locked, locked);
     PyObject **slots[7] = {&g_runs, &g_inst_in, &g_inst_has_out, &g_inst_count, &g_inst_full_skip, &g_inst_prune_at,
                            &g_order_mutex};
     for (int i = 0; i < 7; i++) {
         Py_XSETREF(*slots[i], Py_NewRef(v[i]));
     }
+    Py_XSETREF(g_run_log, Py_XNewRef(v[7]));
+    Py_XSETREF(g_inst_stacks, Py_XNewRef(v[8]));
     g_inst_max_edges = max_edges;
+    /* (without the run log and the stacks' table, run_start() leaves every first lock of a run to Python) */
+    g_inst_stacks_per_site = v[7] != NULL && v[8] != NULL ? per_site : -1;
+    g_runs_looked_at = looked_at;
+    Py_RETURN_NONE;
+}
+
+/* order_checking(on): lockorder.check says it is running in this thread (True), or no longer (False). */
+static PyObject *
+py_order_checking(PyObject *Py_UNUSED(module), PyObject *on)
+{
+    int v = PyObject_IsTrue(on);
+    if (v < 0) return NULL;
+    t_checking = v;
     Py_RETURN_NONE;
 }
 
@@ -8918,6 +9183,8 @@ static PyMethodDef module_methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      "setup(...): what the C paths need from conctools.locks"},
     {"clear_caches", (PyCFunction)py_clear_caches, METH_NOARGS, "clear_caches(): forget cached creation sites"},
+    {"order_checking", (PyCFunction)py_order_checking, METH_O,
+     "order_checking(on): lockorder.check is running in this thread (True), or no longer (False)"},
     {"drop_dead_run", (PyCFunction)(void (*)(void))drop_dead_run, METH_FASTCALL,
      "drop_dead_run(run, into, has_out): lockorder._drop_if_dead in C"},
     {"graph_alive", (PyCFunction)graph_alive, METH_O,
@@ -9002,7 +9269,7 @@ PyInit__speedups(void)
     INTERN(s_acquire, "acquire");
     INTERN(s_release, "release");
     INTERN(s_locked, "locked");
-    INTERN(s_checking, "checking");
+    INTERN(s_popleft, "popleft");
     INTERN(s_is_owned, "_is_owned");
     INTERN(s_recursion_count, "_recursion_count");
     INTERN(s_release_save, "_release_save");

@@ -22,7 +22,9 @@ taken already leads to another of its class, and a stack is kept for a sample of
 site. Locks of one class taken one after the other, each while holding the ones before (a *run*:
 ``wait()`` takes 25 futures' conditions so), are checked with no graph lookup from the second one on,
 in C with the C extension: the owner's held stack is what it was after the run's last lock, so
-the edges from locks of other classes are known and the edge is from that last lock. A run is
+the edges from locks of other classes are known and the edge is from that last lock. With the C
+extension a run's first lock is added in C too (``run_start``), when it needs no stack, no cycle
+search and no pruning: a fan-out's ``wait()`` or ``as_completed()`` then runs no Python code here. A run is
 stored once, as the record of all its edges (the graph maps each lock to the run with an edge into
 it; an edge's record is made from the run when a cycle is reported), so a ``wait()`` makes a few
 objects, not a few per future. A run whose locks the garbage collector took, and that is a chain of
@@ -121,6 +123,9 @@ _drop_dead_run: list[Callable[[Any, Any, Any], int] | None] = [None]
 # instance edge are alive, so that a prune pass would forget nothing (a wait() on 40,000 futures passes at
 # 2k, 8k and 32k edges, all of live locks: ~0.1 s of Python, ~1 ms in C).
 _graph_alive: list[Callable[[Any], bool] | None] = [None]
+# The C extension's order_checking(on) (set by conctools.locks), else None: check() says it is running in this
+# thread, for the C paths that add edges (its twin of _local.checking, which they would read at every lock of a run).
+_c_checking: list[Callable[[bool], None] | None] = [None]
 
 
 # A held lock: (weak reference to the primitive, class key, display name, serial, site): weak,
@@ -324,6 +329,9 @@ def check(held: list[Held], entry: Held) -> None:
     if getattr(_local, "checking", False):
         return
     _local.checking = True
+    c_checking = _c_checking[0]
+    if c_checking is not None:
+        c_checking(True)
     try:
         _settle(held)
         run = _runs.get(id(held))
@@ -359,6 +367,8 @@ def check(held: list[Held], entry: Held) -> None:
         _log.exception("conctools: lock-order check failed")
     finally:
         _local.checking = False
+        if c_checking is not None:
+            c_checking(False)
 
 
 # Runs. concurrent.futures.wait() and as_completed() take the conditions of all their futures
@@ -427,7 +437,9 @@ def _records_into(to: int) -> list[tuple[Any, ...]]:
 
 
 def _instance_edge_from(held: list[Held], same: list[Held], entry: Held) -> None:
-    """``entry``'s lock is taken while ``same``, locks of its class, are held: start a run there."""
+    """``entry``'s lock is taken while ``same``, locks of its class, are held: start a run there. (The C
+    extension's run_start does the same, with _add_instance_edge's, when that needs no stack, cycle search,
+    pruning or warning: tests/test_lockorder.py::TestRunsInC compares their tables.)"""
     versioned = _stack_type[0] is not None and type(held) is _stack_type[0]
     serials = _run_index[0]()
     for i, h in enumerate(same):

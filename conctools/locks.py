@@ -1189,7 +1189,7 @@ def _validate(blocking: Any, timeout: Any) -> None:
 # _install_speedups(); the Python methods stay as the fallback (no compiler, PyPy, free-threaded
 # builds, or CONCTOOLS_PURE_PYTHON=1).
 _speedups: Any = None
-_SPEEDUPS_API = 35  # _speedups.c's API_VERSION that this module speaks
+_SPEEDUPS_API = 36  # _speedups.c's API_VERSION that this module speaks
 if not os.environ.get("CONCTOOLS_PURE_PYTHON"):
     try:
         from conctools import _speedups  # type: ignore[no-redef]
@@ -2123,7 +2123,12 @@ def _install_speedups() -> None:
         prune_at=lockorder._inst_prune_at,
         max_edges=lockorder.INSTANCE_MAX_EDGES,
         mutex=lockorder._mutex,
+        run_log=lockorder._run_log,  # the first lock of a run too (lockorder._instance_edge_from)
+        stacks=lockorder._inst_stacks,
+        stacks_per_site=lockorder.INSTANCE_STACKS_PER_SITE,
+        looked_at=lockorder.RUNS_LOOKED_AT_PER_RUN,
     )
+    lockorder._c_checking[0] = _speedups.order_checking
     registry._c_progress[0] = _speedups.acquisitions
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import json
+import os
+import subprocess
 import sys
 import threading
 import weakref
@@ -553,6 +556,128 @@ class TestInversions:
         with b, a:
             pass
         assert lockorder.graph_size() == 0 and not inversions(recorder)
+
+
+# A thread's wait() and as_completed() on futures, a lock of another class held, some runs kept alive among
+# dead ones, then an inversion: lock order's tables and event, printed as JSON with each lock as (its group,
+# its rank by id(): the order wait() takes them in), and how many times lockorder.check ran in that thread.
+_RUNS_SCRIPT = """import concurrent.futures as cf
+import json
+import re
+import sys
+import threading
+
+import conctools
+from conctools import lockorder
+from conctools.events import LockOrderEvent
+from conctools.recorder import use_recorder
+
+calls = [0]
+check_code = lockorder.check.__code__
+
+
+def count(frame, event, arg):
+    if event == "call" and frame.f_code is check_code:
+        calls[0] += 1
+
+
+created = {}  # serial -> (group, rank by id(): the order wait() takes them in)
+groups = [0]
+
+
+def futures(n):
+    fs = [cf.Future() for _ in range(n)]  # one creation line: one class
+    groups[0] += 1
+    for rank, f in enumerate(sorted(fs, key=id)):
+        created[int(f._condition._lock._ct_serial)] = (groups[0], rank)
+    for i, f in enumerate(fs):
+        f.set_result(i)
+    return fs
+
+
+def norm(serial):
+    return created.get(int(serial), (-1, -1))
+
+
+with use_recorder() as rec, conctools.trace_locks(lock_order=True):
+    outer = conctools.Lock()
+    kept = []
+    runs = [0]
+
+    def work():
+        sys.setprofile(count)
+        for r in range(30):
+            fs = futures(4 + r % 3)
+            with outer:  # a lock of another class held: its edge known after the first round
+                cf.wait(fs)
+            if r % 2:
+                sum(f.result() for f in cf.as_completed(fs))
+            runs[0] += 2 if r % 2 else 1
+            if r % 5 == 0:
+                kept.append(fs)  # live runs among dead ones
+        sys.setprofile(None)
+
+    t = threading.Thread(target=work, name="worker-1")
+    t.start()
+    t.join()
+    a, b = sorted(kept[0], key=id)[:2]
+    with b._condition, a._condition:  # against the order the first wait() took them in
+        pass
+    state = {
+        "count": lockorder._inst_count[0],
+        "log": len(lockorder._run_log),
+        "records": sorted(
+            (norm(r[0][3]), norm(r[1][3]), r[2], r[3], r[4] is not None, r[6])
+            for to in list(lockorder._inst_in)
+            for r in lockorder._records_into(to)
+        ),
+        "has_out": sorted((norm(s), lockorder._inst_has_out.get(s)) for s in created if s in lockorder._inst_has_out),
+        "runs": sorted(
+            (run[1][-30:], run[3], sorted(norm(e[3]) for e in run[5]), run[7], run[8], run[6] is None)
+            for run in lockorder._runs.values()
+        ),
+        "events": [
+            # (without the instances' ordinals, in an order of their own: the event starts at its least serial)
+            (
+                sorted(re.sub(r" #\\d+$", "", name) for name in e.cycle),
+                sorted((x.from_site, x.to_site, x.thread_name) for x in e.edges),
+            )
+            for e in rec.snapshot().of_kind(LockOrderEvent)
+        ],
+    }
+print(json.dumps({"state": state, "checks": calls[0], "runs": runs[0]}))
+"""
+
+
+class TestRunsInC:
+    """The first lock of a run is added in C (run_start) when it needs no stack, cycle search or pruning."""
+
+    def test_runs_started_in_c_make_the_tables_and_event_python_makes(self, tmp_path: Path) -> None:
+        """The same program on the C paths and with ``CONCTOOLS_PURE_PYTHON=1``: the same edges (from, to,
+        thread, task, stack kept or not, locks of the class held), out-edge counts, runs, run log and
+        inversion; and on the C paths lockorder.check runs for the runs that take a stack only, not for
+        every wait() and as_completed()."""
+        if locks._speedups is None:
+            pytest.skip("no C extension (CONCTOOLS_PURE_PYTHON=1 or no compiler)")
+        script = tmp_path / "runs.py"
+        script.write_text(_RUNS_SCRIPT)
+        out = {}
+        for mode, extra in (("c", {}), ("pure", {"CONCTOOLS_PURE_PYTHON": "1"})):
+            env = {k: v for k, v in os.environ.items() if k != "CONCTOOLS_PURE_PYTHON"}
+            proc = subprocess.run(
+                [sys.executable, str(script)], env={**env, **extra}, capture_output=True, text=True, timeout=120
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            out[mode] = json.loads(proc.stdout)
+        c, pure = out["c"], out["pure"]
+        assert c["state"] == pure["state"]
+        state = c["state"]
+        assert state["count"] > 20 and state["log"] > 0 and len(state["runs"]) == 2
+        assert any(not stack for *_, stack, _n in state["records"])  # (edges added after their site's stacks)
+        ((cycle, edges),) = state["events"]
+        assert len(cycle) == 2 and sorted(e[2] for e in edges) == ["MainThread", "worker-1"]
+        assert pure["checks"] >= c["runs"] == 45
+        assert c["checks"] < 20  # (the runs whose edges still took a stack: 8 per site)
 
 
 class TestRendering:
