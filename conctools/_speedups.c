@@ -162,9 +162,8 @@ static PyObject *g_inst_has_out;    /* lockorder._inst_has_out */
 static PyObject *g_inst_count;      /* lockorder._inst_count: [n] */
 static PyObject *g_inst_full_skip;  /* lockorder._inst_full_skip: [skip, warned] */
 static PyObject *g_inst_prune_at;   /* lockorder._inst_prune_at: [n] */
-static PyObject *g_order_mutex;     /* lockorder._mutex */
 static Py_ssize_t g_inst_max_edges; /* lockorder.INSTANCE_MAX_EDGES */
-static PyObject *g_order_locked;    /* lockorder._mutex.locked (the bound method) */
+static PyObject *g_order_locked;    /* lockorder._mutex.locked (the bound method: the mutex itself is not needed) */
 static PyObject *g_run_log;         /* lockorder._run_log (a deque), for run_start() */
 static PyObject *g_inst_stacks;     /* lockorder._inst_stacks: (class key, site) -> stacks taken there */
 static Py_ssize_t g_inst_stacks_per_site = -1; /* lockorder.INSTANCE_STACKS_PER_SITE (-1: run_start() is off) */
@@ -1934,6 +1933,27 @@ remember_known(CoreObject *self, PyObject *h)
     Py_SETREF(self->known[1], Py_NewRef(h));
 }
 
+/* Is the edge between the classes from_key -> to_key in the graph (lockorder._edges)? 1 yes (then remembered
+ * on the lock: known_from()), 0 no or cannot tell (no exception set). */
+static int
+class_edge_known(CoreObject *self, PyObject *from_key, PyObject *to_key)
+{
+    g_allocated = 1;
+    PyObject *pair = PyTuple_Pack(2, from_key, to_key);
+    if (pair == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int known = PyDict_Contains(g_edges, pair);
+    Py_DECREF(pair);
+    if (known != 1) {
+        PyErr_Clear();
+        return 0;
+    }
+    remember_known(self, from_key);
+    return 1;
+}
+
 /* 1 when every edge held -> entry is already in the graph between live locks of different classes
  * (the steady state: nothing to add); 0 when lockorder.check must look. */
 static int
@@ -1970,19 +1990,7 @@ edges_known(CoreObject *self, PyObject *held, PyObject *entry)
             PyErr_Clear();
             return 0; /* same class: ordered per instance, in Python */
         }
-        g_allocated = 1;
-        PyObject *pair = PyTuple_Pack(2, from_key, to_key);
-        if (pair == NULL) {
-            PyErr_Clear();
-            return 0;
-        }
-        int known = PyDict_Contains(g_edges, pair);
-        Py_DECREF(pair);
-        if (known != 1) {
-            PyErr_Clear();
-            return 0;
-        }
-        remember_known(self, from_key);
+        if (!class_edge_known(self, from_key, to_key)) return 0;
     }
     return 1;
 }
@@ -2351,12 +2359,8 @@ run_start(CoreObject *self, Me *me, PyObject *held, PyObject *entry)
         if (eq) {
             if (!IS_SERIAL(PyTuple_GET_ITEM(h, 3)) || PyList_Append(same, h) < 0) goto done;
         }
-        else if (!known_from(self, h_key)) {
-            PyObject *pair = PyTuple_Pack(2, h_key, key);
-            if (pair == NULL) goto done;
-            int known = PyDict_Contains(g_edges, pair);
-            Py_DECREF(pair);
-            if (known != 1) goto done; /* (a new edge between classes: Python records it) */
+        else if (!known_from(self, h_key) && !class_edge_known(self, h_key, key)) {
+            goto done; /* (a new edge between classes: Python records it) */
         }
     }
     Py_ssize_t n_same = PyList_GET_SIZE(same);
@@ -2387,7 +2391,8 @@ run_start(CoreObject *self, Me *me, PyObject *held, PyObject *entry)
         if (taken == NULL && PyErr_Occurred()) goto done;
         Py_ssize_t t = taken == NULL ? 0 : PyLong_AsSsize_t(taken);
         if (t == -1 && PyErr_Occurred()) goto done;
-        if (t < g_inst_stacks_per_site && PyDict_GET_SIZE(g_inst_stacks) < 10000) goto done; /* (Python takes a stack) */
+        /* (a stack to take for this edge: Python takes it) */
+        if (t < g_inst_stacks_per_site && PyDict_GET_SIZE(g_inst_stacks) < 10000) goto done;
         if (PyDict_GET_SIZE(g_inst_in) + (known == NULL) >= prune_at) goto done; /* (Python prunes) */
         int leads_on = tbl_get(g_inst_has_out, to, &ignored);
         if (leads_on != 0) goto done; /* (the new edge may close a cycle: Python looks) */
@@ -6008,9 +6013,8 @@ setup_runs(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     PyObject *locked = PyObject_GetAttr(v[6], s_locked);
     if (locked == NULL) return NULL;
     Py_XSETREF(g_order_locked, locked);
-    PyObject **slots[7] = {&g_runs, &g_inst_in, &g_inst_has_out, &g_inst_count, &g_inst_full_skip, &g_inst_prune_at,
-                           &g_order_mutex};
-    for (int i = 0; i < 7; i++) {
+    PyObject **slots[6] = {&g_runs, &g_inst_in, &g_inst_has_out, &g_inst_count, &g_inst_full_skip, &g_inst_prune_at};
+    for (int i = 0; i < 6; i++) {
         Py_XSETREF(*slots[i], Py_NewRef(v[i]));
     }
     Py_XSETREF(g_run_log, Py_XNewRef(v[7]));
