@@ -1122,6 +1122,54 @@ dict_version(PyObject *d)
 #endif
 #endif
 
+/* 3.12 and 3.13: asyncio.current_task(loop) is _asyncio._current_tasks.get(loop) (the C module's dict of each
+ * running loop's task), read here directly when current_task is that module's function: a call of it parses
+ * its keyword argument first, most of its cost (~260 instructions; three times an `async with` of a semaphore
+ * and a lock, issue 12). NULL elsewhere (3.11 and 3.14+ keep it differently; a replaced current_task). A new
+ * reference, or NULL. */
+static PyObject *
+tasks_by_loop_of(PyObject *current_task)
+{
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000
+    if (current_task == NULL || !PyCFunction_Check(current_task)) return NULL;
+    PyObject *mod = PyCFunction_GET_SELF(current_task); /* borrowed */
+    if (mod == NULL || !PyModule_Check(mod)) return NULL;
+    const char *name = PyModule_GetName(mod);
+    if (name == NULL || strcmp(name, "_asyncio") != 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *d = PyObject_GetAttrString(mod, "_current_tasks");
+    if (d == NULL || !PyDict_CheckExact(d)) {
+        Py_XDECREF(d);
+        PyErr_Clear();
+        return NULL;
+    }
+    return d;
+#else
+    (void)current_task;
+    return NULL;
+#endif
+}
+
+static PyObject *g_tasks_by_loop; /* tasks_by_loop_of(g_current_task) */
+
+/* The task loop runs now (new reference, NULL when none), as current_task(loop) finds it: 1, or 0 when the
+ * caller must call current_task (no error set either way). */
+static int
+task_of_loop(PyObject *tasks_by_loop, PyObject *loop, PyObject **task)
+{
+    *task = NULL;
+    if (tasks_by_loop == NULL) return 0;
+    PyObject *t = PyDict_GetItemWithError(tasks_by_loop, loop); /* borrowed */
+    if (t == NULL && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *task = t != NULL && t != Py_None ? Py_NewRef(t) : NULL;
+    return 1;
+}
+
 /* The asyncio task running in this thread (new reference) or NULL: cheap where no loop runs. */
 static PyObject *
 current_task_of_thread(unsigned long long tid)
@@ -1145,7 +1193,12 @@ current_task_of_thread(unsigned long long tid)
 #endif
         return NULL;
     }
-    PyObject *task = PyObject_CallOneArg(g_current_task, loop);
+    PyObject *task;
+    if (task_of_loop(g_tasks_by_loop, loop, &task)) {
+        Py_DECREF(loop);
+        return task;
+    }
+    task = PyObject_CallOneArg(g_current_task, loop);
     Py_DECREF(loop);
     if (task == NULL) {
         PyErr_Clear();
@@ -3907,9 +3960,57 @@ static struct {
 } g_acc;
 static long long g_acc_total, g_acc_champions; /* waits counted in runs, those kept as the longest (tests) */
 
+/* A run's longest wait keeps its task, primitive and holder (W_TASK, W_PRIM, W_LAZY) until its names are made,
+ * when the run is handed on (acc_drain): waits that grow longer one after another (tasks queued on a semaphore)
+ * each become the longest so far, and making each one's names (a task's, formatted at first use from 3.13 on)
+ * cost more than the rest of its count. When it is superseded, or named, what it kept is let go; a reference
+ * that would be the last one is not let go there (a finalizer would run inside the lock's bookkeeping) but kept
+ * here, and let go where flush_waits() runs (acc_spare_release). A longest wait is kept unnamed only while
+ * there is room here for its three and its predecessor's (only the run's longest is ever kept unnamed). */
+#define ACC_SPARE 48
+static PyObject *g_acc_spare[ACC_SPARE];
+static int g_acc_spare_n;
+
+static void
+acc_let_go(PyObject *o)
+{
+    if (o == NULL) return;
+    if (Py_REFCNT(o) > 1 || g_acc_spare_n >= ACC_SPARE) {
+        Py_DECREF(o); /* (not the last: nothing runs; a full list cannot happen, see above) */
+        return;
+    }
+    g_acc_spare[g_acc_spare_n++] = o;
+}
+
+/* A wait kept unnamed (W_LAZY still set): what it kept, let go. */
+static void
+acc_unkeep(PyObject *w)
+{
+    PyObject **f = ((WaitObject *)w)->f;
+    if (f[W_LAZY] == NULL) return;
+    PyObject *task = f[W_TASK], *prim = f[W_PRIM], *holder = f[W_LAZY];
+    f[W_TASK] = Py_NewRef(Py_None);
+    f[W_PRIM] = Py_NewRef(Py_None);
+    f[W_LAZY] = NULL;
+    acc_let_go(task);
+    acc_let_go(prim);
+    acc_let_go(holder);
+}
+
+/* Where Python code may run (flush_waits(), clear_caches()): the kept references let go. */
+static void
+acc_spare_release(void)
+{
+    while (g_acc_spare_n > 0) {
+        PyObject *o = g_acc_spare[--g_acc_spare_n];
+        Py_DECREF(o); /* (may run a finalizer, which may keep more: taken one at a time) */
+    }
+}
+
 static void
 acc_forget(void)
 {
+    if (g_acc.champion != NULL) acc_unkeep(g_acc.champion);
     Py_CLEAR(g_acc.stats);
     Py_CLEAR(g_acc.entry);
     Py_CLEAR(g_acc.site);
@@ -3969,6 +4070,22 @@ acc_drain(int wait)
     }
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    /* The longest wait's names, if not made yet. A Task subclass's get_name() is Python code, during which
+     * the run may change: made again for a new longest, a few times at most (then the run goes on). */
+    for (int i = 0; g_acc.champion != NULL && wget(g_acc.champion, W_LAZY) != NULL; i++) {
+        if (i == 3 || g_acc.stats == NULL) {
+            PyErr_Restore(exc_type, exc_value, exc_tb);
+            return g_acc.stats == NULL;
+        }
+        PyObject *c = Py_NewRef(g_acc.champion);
+        lazy_fill(c);
+        acc_unkeep(c);
+        Py_DECREF(c);
+    }
+    if (g_acc.stats == NULL) {
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+        return 1;
+    }
     int done = 0;
     PyObject *stats = Py_NewRef(g_acc.stats);
     PyObject *hist = PyObject_GetAttr(stats, s_wait);
@@ -4041,7 +4158,8 @@ acc_drain(int wait)
 }
 
 /* An ended lazy asyncio wait (end_ns set) counted into the run when it belongs to it and is not sampled:
- * 1 (nothing else to do for it), else 0. */
+ * 1 (nothing else to do for it), 2 (the same, and it is the run's longest, kept unnamed: it keeps its task,
+ * primitive and holder), else 0. */
 static int
 acc_try(PyObject *w, int acquired)
 {
@@ -4062,19 +4180,27 @@ acc_try(PyObject *w, int acquired)
     if ((double)wait_ns >= threshold_s * 1e9 && g_acc.events < g_events_cap) return 0;
     long long b = bucket_of(wait_ns);
     if (b < 0 || b >= ACC_BUCKETS) return 0;
+    int kept = 0;
     if (wait_ns > g_acc.max_ns) {
-        /* the longest at its site so far: kept (its names now: its task and primitive are alive), and the
-         * run's previous longest, never handed on, is dropped */
-        PyObject *entry = Py_NewRef(g_acc.entry);
-        lazy_fill(w); /* (a task's get_name() may be Python code: the run is read again after it) */
-        if (g_acc.entry != entry || wait_ns <= g_acc.max_ns) {
+        /* the longest at its site so far: kept, and the run's previous longest, never handed on, is dropped.
+         * Its names are made when the run is handed on, while it can keep what they come from (see
+         * g_acc_spare); else now (its task and primitive are alive) */
+        kept = g_acc_spare_n <= ACC_SPARE - 6; /* (what this one and the previous longest keep) */
+        if (!kept) {
+            PyObject *entry = Py_NewRef(g_acc.entry);
+            lazy_fill(w); /* (a task's get_name() may be Python code: the run is read again after it) */
+            if (g_acc.entry != entry || wait_ns <= g_acc.max_ns) {
+                Py_DECREF(entry);
+                return 0; /* the run changed meanwhile: the full path records it */
+            }
             Py_DECREF(entry);
-            return 0; /* the run changed meanwhile: the full path records it */
         }
-        Py_DECREF(entry);
         wset(w, W_ENTRY, g_acc.entry);
         wset(w, W_STACK, Py_None);
-        if (g_acc.champion != NULL) g_acc.dropped++;
+        if (g_acc.champion != NULL) {
+            g_acc.dropped++;
+            acc_unkeep(g_acc.champion);
+        }
         Py_XSETREF(g_acc.champion, Py_NewRef(w));
         g_acc.max_ns = wait_ns;
         g_acc.events++;
@@ -4090,7 +4216,7 @@ acc_try(PyObject *w, int acquired)
     if (wait_ns > g_acc.hist_max) g_acc.hist_max = wait_ns;
     if (!acquired) g_acc.timeouts++; /* (an asyncio wait is timed: see wait_settle) */
     g_acc_total++;
-    return 1;
+    return kept ? 2 : 1;
 }
 
 /* A lazy asyncio wait that the full path settled without sampling: the next ones at its site, on its
@@ -4156,10 +4282,10 @@ wait_finish(PyObject *w, int acquired, int settle)
     }
     PyErr_Clear();
     int lazy = wget(w, W_LAZY) != NULL;
-    int dropped = 0;
-    if (lazy && settle && acc_try(w, acquired)) {
+    int dropped = 0, counted = lazy && settle ? acc_try(w, acquired) : 0;
+    if (counted) {
         dropped = 1; /* counted in the run: nothing else to record */
-        Py_CLEAR(((WaitObject *)w)->f[W_LAZY]);
+        if (counted == 1) Py_CLEAR(((WaitObject *)w)->f[W_LAZY]);
     }
     else if (lazy) {
         if (g_acc.stats != NULL && wget(w, W_STATS) == g_acc.stats && wget(w, W_SITE) == g_acc.site) {
@@ -4176,9 +4302,12 @@ wait_finish(PyObject *w, int acquired, int settle)
         int sampled = 1;
         dropped = settle && wait_settle(w, &sampled) && !sampled;
     }
-    /* A record waiting to be recorded keeps neither alive (both are alive now: not last references). */
-    wset(w, W_PRIM, Py_None);
-    wset(w, W_TASK, Py_None);
+    /* A record waiting to be recorded keeps neither alive (both are alive now: not last references); the run's
+     * longest, kept unnamed, keeps both until its names are made (acc_drain). */
+    if (counted != 2) {
+        wset(w, W_PRIM, Py_None);
+        wset(w, W_TASK, Py_None);
+    }
     if (dropped) {
         /* recorded already, and no event to make: nothing left for flush_waits() */
     }
@@ -4446,6 +4575,7 @@ py_drain_brief(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     brief_drain();
     acc_drain(1);
+    acc_spare_release();
     Py_RETURN_NONE;
 }
 
@@ -5886,6 +6016,7 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         Py_XSETREF(*slots[i], Py_NewRef(v[i]));
     }
     hist_find_slots();
+    Py_XSETREF(g_tasks_by_loop, tasks_by_loop_of(g_current_task));
     g_running_loop_meth = NULL;
     g_running_loop_self = NULL;
     if (PyCFunction_Check(g_running_loop) && (PyCFunction_GET_FLAGS(g_running_loop) & METH_NOARGS)) {
@@ -6068,6 +6199,7 @@ py_clear_caches(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     g_cache_gen++;
     acc_drain(1);
     acc_forget();
+    acc_spare_release();
     Py_RETURN_NONE;
 }
 
@@ -6121,6 +6253,8 @@ typedef struct {
     PyObject *mutex;            /* the lock that serialises the state */
     PyObject *runs;             /* {id(party): _Run}: runs of takes (N+1) followed now */
     PyObject *episode_snapshot; /* the current exhaustion's look at the holders, or None */
+    PyObject *held;             /* {id(item): holding}: who holds the items handed out (a queue's give-back
+                                 * reads it at every put: an attribute lookup there was ~700 instructions) */
     char listed;                /* bool: kept for the report */
     char semaphore;             /* bool: a semaphore (its holders are looked at, not its items) */
 } PoolCountersObject;
@@ -6138,6 +6272,7 @@ static PyMemberDef poolcounters_members[] = {
     {"runs", T_OBJECT_EX, offsetof(PoolCountersObject, runs), 0, "runs of takes followed now"},
     {"episode_snapshot", T_OBJECT_EX, offsetof(PoolCountersObject, episode_snapshot), 0,
      "the current exhaustion's look at the holders, or None"},
+    {"held", T_OBJECT_EX, offsetof(PoolCountersObject, held), 0, "who holds the items handed out"},
     {"listed", T_BOOL, offsetof(PoolCountersObject, listed), 0, "kept for the report"},
     {"semaphore", T_BOOL, offsetof(PoolCountersObject, semaphore), 0, "a semaphore"},
     {NULL},
@@ -6151,6 +6286,7 @@ poolcounters_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(c->mutex);
     Py_VISIT(c->runs);
     Py_VISIT(c->episode_snapshot);
+    Py_VISIT(c->held);
     return 0;
 }
 
@@ -6162,6 +6298,7 @@ poolcounters_clear(PyObject *self)
     Py_CLEAR(c->mutex);
     Py_CLEAR(c->runs);
     Py_CLEAR(c->episode_snapshot);
+    Py_CLEAR(c->held);
     return 0;
 }
 
@@ -6645,7 +6782,7 @@ typedef struct {
     vectorcallfunc vectorcall;
 } QueueMethodObject;
 
-static PyObject *s_queue_state, *s_held, *s_qsize, *s_queue_attr;
+static PyObject *s_queue_state, *s_qsize, *s_queue_attr;
 static PoolCountersObject *queue_counters(PyObject *queue, PyObject **other);
 static int queue_is_bare_channel(PoolCountersObject *c);
 
@@ -6753,11 +6890,8 @@ static int
 queue_is_bare_channel(PoolCountersObject *c)
 {
     if (c->identities) return 0;
-    PyObject *held = PyObject_GetAttr((PyObject *)c, s_held);
-    int empty = held != NULL && PyDict_CheckExact(held) && PyDict_GET_SIZE(held) == 0;
-    Py_XDECREF(held);
-    PyErr_Clear();
-    return empty;
+    PyObject *held = c->held; /* (borrowed: no code runs) */
+    return held != NULL && PyDict_CheckExact(held) && PyDict_GET_SIZE(held) == 0;
 }
 
 static PyObject *
@@ -6889,18 +7023,61 @@ static PyObject *s_snapshot_every, *s_episode_snapshot_every;
 /* A PoolState's fields that the fast paths read are the C fields of its PoolCounters base (see there), and its
  * wait counters too, added to in place. */
 /* The PoolState that sem_states has for prim (borrowed), else NULL (no error set). */
+/* A dict's version tag (3.11-3.13): it moves on every change of the dict, so a value read from an unchanged
+ * dict may be reused (issue 12: a semaphore's wait read pools._state's two settings and its state, three
+ * dict lookups, ~550 instructions). 0: no tag (3.14 dropped it): read again. */
+#if PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+static uint64_t
+dict_tag(PyObject *d)
+{
+    return PyDict_CheckExact(d) ? ((PyDictObject *)d)->ma_version_tag : 0;
+}
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+#else
+static uint64_t
+dict_tag(PyObject *d)
+{
+    (void)d;
+    return 0;
+}
+#endif
+
+static struct {
+    PyObject *dict; /* borrowed: compared only */
+    uint64_t tag;
+    void *prim;
+    PyObject *state; /* borrowed: in dict, which has not changed */
+} g_sem_state_seen;
+
 static PyObject *
 pool_state_lookup(PyObject *prim)
 {
     if (g_sem_states == NULL || !PyDict_Check(g_sem_states)) return NULL;
+    uint64_t tag = dict_tag(g_sem_states);
+    if (tag != 0 && g_sem_state_seen.dict == g_sem_states && g_sem_state_seen.tag == tag &&
+        g_sem_state_seen.prim == (void *)prim) {
+        return g_sem_state_seen.state;
+    }
     PyObject *key = PyLong_FromVoidPtr(prim);
     if (key == NULL) {
         PyErr_Clear();
         return NULL;
     }
     PyObject *state = PyDict_GetItemWithError(g_sem_states, key); /* borrowed */
-    Py_DECREF(key);
+    Py_DECREF(key); /* (an int: nothing runs) */
     if (state == NULL) PyErr_Clear();
+    else if (tag != 0) {
+        g_sem_state_seen.dict = g_sem_states;
+        g_sem_state_seen.tag = tag;
+        g_sem_state_seen.prim = (void *)prim;
+        g_sem_state_seen.state = state;
+    }
     return state;
 }
 
@@ -6998,7 +7175,23 @@ pool_join_wait(PoolCountersObject *c, long long now)
         !c->semaphore) {
         return 0;
     }
-    double every = pool_setting(s_snapshot_every), episode_every = pool_setting(s_episode_snapshot_every);
+    static PyObject *seen_in; /* (borrowed: compared only) */
+    static uint64_t seen_tag;
+    static double seen_every, seen_episode_every;
+    double every, episode_every;
+    uint64_t tag = g_pool_globals != NULL ? dict_tag(g_pool_globals) : 0;
+    if (tag != 0 && seen_in == g_pool_globals && seen_tag == tag) {
+        every = seen_every;
+        episode_every = seen_episode_every;
+    }
+    else {
+        every = pool_setting(s_snapshot_every);
+        episode_every = pool_setting(s_episode_snapshot_every);
+        seen_in = g_pool_globals;
+        seen_tag = tag;
+        seen_every = every;
+        seen_episode_every = episode_every;
+    }
     if (c->waiters < 1 || c->waits < 0 || c->episode_waits < 0 || c->episode_max < 0 || c->last_snapshot_ns < 0 ||
         every < 0 || episode_every < 0)
         return 0;
@@ -7011,15 +7204,16 @@ pool_join_wait(PoolCountersObject *c, long long now)
     return 1;
 }
 
-/* The start of a wait on prim counted in C: its start (ns), with the state it was counted in (a new reference
- * in *state_out when state_out is given); 0 when the caller must go the Python way. Never raises. */
+/* The start of a wait on prim counted in C: its start (ns; now, or the lock wait's start when given), with the
+ * state it was counted in (a new reference in *state_out when state_out is given); 0 when the caller must go
+ * the Python way. Never raises. */
 static long long
-pool_sem_start(PyObject *prim, PyObject **state_out)
+pool_sem_start(PyObject *prim, PyObject **state_out, long long now)
 {
     PyObject *state = pool_state_lookup(prim); /* (borrowed: sem_states keeps it while no Python code runs) */
     PoolCountersObject *c = pool_counters_of(state, prim);
     if (c == NULL) return 0;
-    long long now = mono_ns();
+    if (now <= 0) now = mono_ns();
     PyObject *held = NULL;
     int done = now > 0 && pool_enter(c, &held) && pool_join_wait(c, now);
     pool_leave(held);
@@ -7028,14 +7222,14 @@ pool_sem_start(PyObject *prim, PyObject **state_out)
     return now;
 }
 
-/* The end of a wait on prim that began at start (ns), counted in C in state (NULL: the one sem_states has
- * now); else in Python. Never raises. */
+/* The end of a wait on prim that began at start (ns) and ended now (or at end, the lock wait's end, when given),
+ * counted in C in state (NULL: the one sem_states has now); else in Python. Never raises. */
 static void
-pool_sem_end(PyObject *prim, long long start, PyObject *state, PyObject *token)
+pool_sem_end(PyObject *prim, long long start, PyObject *state, PyObject *token, long long end)
 {
     PoolCountersObject *c = pool_counters_of(state != NULL ? state : pool_state_lookup(prim), prim);
     if (c != NULL) {
-        long long now = mono_ns();
+        long long now = end > 0 ? end : mono_ns();
         PyObject *held = NULL;
         int done = 0;
         if (now > 0 && pool_enter(c, &held)) {
@@ -7080,7 +7274,7 @@ pool_sem_start_py(PyObject *prim)
 static PyObject *
 py_pool_sem_started(PyObject *Py_UNUSED(module), PyObject *prim)
 {
-    long long start = pool_sem_start(prim, NULL);
+    long long start = pool_sem_start(prim, NULL, 0);
     return start != 0 ? PyLong_FromLongLong(start) : pool_sem_start_py(prim);
 }
 
@@ -7095,7 +7289,7 @@ py_pool_sem_ended(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     long long start = as_ll(args[1]);
     if (start == -1 && PyErr_Occurred()) PyErr_Clear();
     if (start == 0) Py_RETURN_NONE;
-    pool_sem_end(args[0], start, NULL, args[1]);
+    pool_sem_end(args[0], start, NULL, args[1], 0);
     Py_RETURN_NONE;
 }
 
@@ -7113,6 +7307,7 @@ static PyObject *g_se_run_started;   /* registry.run_semaphore_started(prim) -> 
 static PyObject *g_se_run_ended;     /* registry.run_semaphore_ended(prim, token) */
 static PyObject *g_se_current_tasks; /* 3.11: asyncio.tasks._current_tasks (loop -> task), else NULL */
 static PyObject *g_se_current_task;  /* asyncio.current_task */
+static PyObject *g_se_tasks_by_loop; /* tasks_by_loop_of(g_se_current_task) */
 static Py_ssize_t g_se_max_holders;
 static PyObject *s_ct_n, *s_ct_holders, *s_ct_loop, *s_ct_task, *s_throw, *s_close;
 static PyTypeObject *g_se_type;
@@ -7210,7 +7405,14 @@ se_current_task(PyObject *sem)
         }
     }
     else if (g_se_current_task != NULL) {
-        task = PyObject_CallNoArgs(g_se_current_task);
+        PyObject *loop = g_se_tasks_by_loop != NULL ? running_loop() : NULL;
+        if (loop != NULL && task_of_loop(g_se_tasks_by_loop, loop, &task)) {
+            if (task == NULL) task = Py_NewRef(Py_None);
+        }
+        else {
+            task = PyObject_CallNoArgs(g_se_current_task);
+        }
+        Py_XDECREF(loop);
     }
     if (task == NULL) {
         PyErr_Clear();
@@ -7253,7 +7455,14 @@ se_wait_begins(SemEnterObject *se)
             PyCFunction_GET_FUNCTION(PyTuple_GET_ITEM(pair, 1)) == (PyCFunction)(void (*)(void))py_pool_sem_ended) {
             se->c_hooks = 1;
             PyObject *pool_state = NULL;
-            se->pool_start = pool_sem_start(sem, &pool_state);
+            /* (the lock wait's start: one clock read for both) */
+            PyObject *begun = se->wait != NULL ? wget(se->wait, W_START_NS) : NULL;
+            long long start = begun != NULL && PyLong_CheckExact(begun) ? as_ll(begun) : 0;
+            if (start == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                start = 0;
+            }
+            se->pool_start = pool_sem_start(sem, &pool_state, start);
             if (se->pool_start != 0) Py_XSETREF(se->pool_state, pool_state);
             else token = pool_sem_start_py(sem); /* (never raises) */
         }
@@ -7277,20 +7486,25 @@ se_finish(SemEnterObject *se, int acquired)
     int waited = se->state == SE_WAITING;
     se->state = SE_DONE;
     PyObject *sem = se->sem;
-    if (waited && se->wait != NULL) wait_finish(se->wait, acquired, 1);
+    long long end = 0; /* (the lock wait's end, for pool blame's count: one clock read for both) */
+    if (waited && se->wait != NULL) {
+        wait_finish(se->wait, acquired, 1);
+        PyObject *ended = wget(se->wait, W_END_NS);
+        end = ended != NULL && PyLong_CheckExact(ended) ? as_ll(ended) : 0;
+    }
     PyErr_Clear();
     Py_CLEAR(se->wait);
     PyObject *token = se->token, *pool_state = se->pool_state;
     se->token = se->pool_state = NULL;
     if (pool_state != NULL) {
-        pool_sem_end(sem, se->pool_start, pool_state, NULL); /* (never raises) */
+        pool_sem_end(sem, se->pool_start, pool_state, NULL, end); /* (never raises) */
         Py_DECREF(pool_state);
     }
     else if (token != NULL) {
         PyObject *end_args[2] = {sem, token};
         if (se->c_hooks) {
             long long start = as_ll(token);
-            if (start > 0) pool_sem_end(sem, start, NULL, token); /* (never raises) */
+            if (start > 0) pool_sem_end(sem, start, NULL, token, end); /* (never raises) */
         }
         else if (g_se_run_ended != NULL) {
             Py_XDECREF(PyObject_Vectorcall(g_se_run_ended, end_args, 2, NULL));
@@ -7590,11 +7804,36 @@ py_sem_enter_setup(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
     Py_XSETREF(g_se_run_ended, Py_NewRef(args[3]));
     Py_XSETREF(g_se_current_tasks, PyDict_Check(args[4]) ? Py_NewRef(args[4]) : NULL);
     Py_XSETREF(g_se_current_task, Py_NewRef(args[5]));
+    Py_XSETREF(g_se_tasks_by_loop, tasks_by_loop_of(args[5]));
     g_se_max_holders = max_holders;
     Py_RETURN_NONE;
 }
 
 /* -- asyncio Lock: the lock-order bookkeeping of an acquisition and its release (conctools.aio) ---- */
+
+/* id(task), the key of its held stack in task_stacks: the last one made is kept, as the release of a lock
+ * looks up the key its acquisition made (an int of two digits: an allocation each). The same address is
+ * the same id, whichever object has it now. */
+#ifndef Py_GIL_DISABLED
+static void *g_task_key_of;
+static PyObject *g_task_key;
+#endif
+
+static PyObject *
+task_key(PyObject *task)
+{
+#ifndef Py_GIL_DISABLED
+    if (g_task_key != NULL && g_task_key_of == (void *)task) return Py_NewRef(g_task_key);
+    PyObject *key = PyLong_FromVoidPtr(task);
+    if (key != NULL) {
+        Py_XSETREF(g_task_key, Py_NewRef(key)); /* (an int: nothing runs) */
+        g_task_key_of = task;
+    }
+    return key;
+#else
+    return PyLong_FromVoidPtr(task);
+#endif
+}
 
 /* aio_took(lock, task_stacks, spare_stacks) -> bool: conctools.aio.Lock._took_timed(frame, 0) for the
  * frame that called the lock's method (the caller of the caller), when it needs no Python: the hold is
@@ -7651,7 +7890,7 @@ aio_took_impl(AioLockObject *self, PyObject *stacks, PyObject *spare, int skip)
             goto out;
         }
         if (self->owner == NULL || self->owner == Py_None) goto out;
-        key = PyLong_FromVoidPtr(self->owner);
+        key = task_key(self->owner);
         if (key == NULL) goto out;
         held = Py_XNewRef(PyDict_GetItemWithError(stacks, key));
         if (held == NULL && PyErr_Occurred()) goto out;
@@ -7756,7 +7995,7 @@ aio_released_impl(AioLockObject *self, PyObject *stacks, PyObject *spare)
         Py_XSETREF(self->holdstack, Py_NewRef(Py_None));
         if (PyList_SetSlice(held, k - 1, k, NULL) < 0) goto out;
         if (k == 1 && owner != Py_None) {
-            key = PyLong_FromVoidPtr(owner);
+            key = task_key(owner);
             PyObject *mine = key != NULL ? PyDict_GetItemWithError(stacks, key) : NULL; /* borrowed */
             if (mine == held) {
                 if (PyDict_DelItem(stacks, key) < 0) goto out;
@@ -9326,7 +9565,6 @@ PyInit__speedups(void)
     INTERN(s_wait, "wait");
     INTERN(s_champion, "champion");
     INTERN(s_queue_state, "_conctools_pool");
-    INTERN(s_held, "held");
     INTERN(s_snapshot_every, "SNAPSHOT_EVERY_S");
     INTERN(s_episode_snapshot_every, "EPISODE_SNAPSHOT_EVERY_S");
     INTERN(s_value, "_value");
