@@ -1125,12 +1125,12 @@ dict_version(PyObject *d)
 /* 3.12 and 3.13: asyncio.current_task(loop) is _asyncio._current_tasks.get(loop) (the C module's dict of each
  * running loop's task), read here directly when current_task is that module's function: a call of it parses
  * its keyword argument first, most of its cost (~260 instructions; three times an `async with` of a semaphore
- * and a lock, issue 12). NULL elsewhere (3.11 and 3.14+ keep it differently; a replaced current_task). A new
- * reference, or NULL. */
+ * and a lock, issue 12). NULL elsewhere (3.11 and 3.14+ keep it differently; a replaced current_task; no GIL,
+ * where a borrowed task could go away meanwhile). A new reference, or NULL. */
 static PyObject *
 tasks_by_loop_of(PyObject *current_task)
 {
-#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
     if (current_task == NULL || !PyCFunction_Check(current_task)) return NULL;
     PyObject *mod = PyCFunction_GET_SELF(current_task); /* borrowed */
     if (mod == NULL || !PyModule_Check(mod)) return NULL;
@@ -4185,7 +4185,11 @@ acc_try(PyObject *w, int acquired)
         /* the longest at its site so far: kept, and the run's previous longest, never handed on, is dropped.
          * Its names are made when the run is handed on, while it can keep what they come from (see
          * g_acc_spare); else now (its task and primitive are alive) */
+#ifndef Py_GIL_DISABLED
         kept = g_acc_spare_n <= ACC_SPARE - 6; /* (what this one and the previous longest keep) */
+#else
+        kept = 0; /* (without a GIL a count of references above one does not stay so: named now) */
+#endif
         if (!kept) {
             PyObject *entry = Py_NewRef(g_acc.entry);
             lazy_fill(w); /* (a task's get_name() may be Python code: the run is read again after it) */
@@ -7384,6 +7388,11 @@ typedef struct {
     long long pool_start; /* ... and when it began (0: not counted in C) */
     int state;
     int c_hooks; /* the hooks are conctools.pools' C pair */
+    /* Made by the class's __aenter__ descriptor (StepDescr), it stands for the bound method too: called, it is
+     * the awaitable (called set; a second call makes another). Not yet called: nothing to warn about, and not
+     * awaitable (as a bound method is not). sem_enter() makes it called. */
+    char called;
+    vectorcallfunc vectorcall;
 } SemEnterObject;
 
 /* The running task, as aio.Semaphore finds it: 3.11, asyncio's loop -> task dict keyed by the loop the
@@ -7672,6 +7681,10 @@ se_close(SemEnterObject *se, PyObject *Py_UNUSED(ignored))
 static PyObject *
 se_await(SemEnterObject *se)
 {
+    if (!se->called) {
+        PyErr_SetString(PyExc_TypeError, "object method can't be used in 'await' expression");
+        return NULL;
+    }
     return Py_NewRef(se);
 }
 
@@ -7681,6 +7694,7 @@ static void
 se_finalize(SemEnterObject *se)
 {
     if (se->state == SE_START && se->inner == NULL) { /* never awaited: warn, as asyncio's coroutine would */
+        if (!se->called) return; /* (the bound method, never called: nothing to warn about) */
         PyObject *exc_type, *exc_value, *exc_tb;
         PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
         if (PyErr_WarnEx(PyExc_RuntimeWarning, "coroutine 'Semaphore.__aenter__' was never awaited", 1) < 0) {
@@ -7739,8 +7753,15 @@ static PyMethodDef se_methods[] = {
     {NULL},
 };
 
+static PyMemberDef se_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(SemEnterObject, vectorcall), READONLY, NULL},
+    {NULL},
+};
+
 static PyType_Slot se_slots[] = {
     {Py_tp_doc, "A traced asyncio semaphore's `async with` in progress (conctools.aio.Semaphore.__aenter__)."},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_members, se_members},
     {Py_tp_dealloc, se_dealloc},
     {Py_tp_finalize, se_finalize},
     {Py_tp_traverse, se_traverse},
@@ -7756,11 +7777,29 @@ static PyType_Slot se_slots[] = {
 static PyType_Spec se_spec = {
     .name = "conctools._speedups.SemEnter",
     .basicsize = sizeof(SemEnterObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .slots = se_slots,
 };
 
 /* sem_enter(sem) -> SemEnter: conctools.aio.Semaphore.__aenter__ (sem_enter_setup() first). */
+static PyObject *py_sem_enter(PyObject *module, PyObject *sem);
+
+/* Calling a SemEnter that stands for the bound __aenter__ (see SemEnterObject.called). */
+static PyObject *
+se_vcall(PyObject *self, PyObject *const *Py_UNUSED(args), size_t nargsf, PyObject *kwnames)
+{
+    SemEnterObject *se = (SemEnterObject *)self;
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "__aenter__() takes no arguments");
+        return NULL;
+    }
+    if (!se->called) {
+        se->called = 1;
+        return Py_NewRef(self);
+    }
+    return py_sem_enter(NULL, se->sem);
+}
+
 static PyObject *
 py_sem_enter(PyObject *Py_UNUSED(module), PyObject *sem)
 {
@@ -7777,6 +7816,8 @@ py_sem_enter(PyObject *Py_UNUSED(module), PyObject *sem)
     se->pool_start = 0;
     se->state = SE_START;
     se->c_hooks = 0;
+    se->called = 1;
+    se->vectorcall = se_vcall;
     PyObject_GC_Track(se);
     return (PyObject *)se;
 }
@@ -8047,6 +8088,8 @@ typedef struct {
     PyObject *inner; /* the Python method's coroutine while it runs (the slow path) */
     int kind;
     int state;
+    char called; /* as SemEnterObject's: made by a StepDescr, it stands for the bound method until called */
+    vectorcallfunc vectorcall;
 } AwaitStepObject;
 
 /* A free aio.Lock taken (its Python __aenter__'s fast path): 1 done, 0 not for C (nothing stored), -1 an
@@ -8339,6 +8382,10 @@ as_close(AwaitStepObject *s, PyObject *Py_UNUSED(ignored))
 static PyObject *
 as_await(AwaitStepObject *s)
 {
+    if (!s->called) {
+        PyErr_SetString(PyExc_TypeError, "object method can't be used in 'await' expression");
+        return NULL;
+    }
     return Py_NewRef(s);
 }
 
@@ -8359,7 +8406,7 @@ as_inner_attr(AwaitStepObject *s, void *name)
 static void
 as_finalize(AwaitStepObject *s)
 {
-    if (s->state != AS_NEW) return;
+    if (s->state != AS_NEW || !s->called) return; /* (the bound method, never called: nothing to warn about) */
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
     if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "coroutine '%s' was never awaited", as_names[s->kind]) < 0) {
@@ -8409,8 +8456,15 @@ static PyGetSetDef as_getset[] = {
     {NULL},
 };
 
+static PyMemberDef as_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(AwaitStepObject, vectorcall), READONLY, NULL},
+    {NULL},
+};
+
 static PyType_Slot as_slots[] = {
     {Py_tp_doc, "A traced asyncio Lock's or Semaphore's __aenter__()/__aexit__() in progress (conctools.aio)."},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_members, as_members},
     {Py_tp_dealloc, as_dealloc},
     {Py_tp_finalize, as_finalize},
     {Py_tp_traverse, as_traverse},
@@ -8427,12 +8481,15 @@ static PyType_Slot as_slots[] = {
 static PyType_Spec as_spec = {
     .name = "conctools._speedups.AwaitStep",
     .basicsize = sizeof(AwaitStepObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .slots = as_slots,
 };
 
+static PyObject *as_vcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+/* A step of prim's `async with` (called: see AwaitStepObject.called). */
 static PyObject *
-as_new(PyObject *prim, int kind)
+as_new(PyObject *prim, int kind, int called)
 {
     if (g_as_type == NULL || g_as_slow[kind] == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "conctools: aio_steps_setup() was not called");
@@ -8444,14 +8501,10 @@ as_new(PyObject *prim, int kind)
     s->inner = NULL;
     s->kind = kind;
     s->state = AS_NEW;
+    s->called = (char)called;
+    s->vectorcall = as_vcall;
     PyObject_GC_Track(s);
     return (PyObject *)s;
-}
-
-static PyObject *
-as_lock_aenter_meth(PyObject *self, PyObject *Py_UNUSED(ignored))
-{
-    return as_new(self, AS_LOCK_ENTER);
 }
 
 /* __aexit__(exc_type, exc, tb): 1, else 0 with TypeError set. */
@@ -8465,39 +8518,138 @@ as_exit_args_ok(Py_ssize_t nargs, PyObject *kwnames)
     return 1;
 }
 
-static PyObject *
-as_lock_aexit_meth(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs, PyObject *kwnames)
+/* The arguments of kind's method (without self): 1, else 0 with TypeError set. */
+static int
+as_args_ok(int kind, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (!as_exit_args_ok(nargs, kwnames)) return NULL;
-    return as_new(self, AS_LOCK_EXIT);
+    if (kind == AS_LOCK_ENTER) {
+        if (nargs == 0 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)) return 1;
+        PyErr_SetString(PyExc_TypeError, "__aenter__() takes no arguments");
+        return 0;
+    }
+    return as_exit_args_ok(nargs, kwnames);
+}
+
+/* Calling a step that stands for the bound method (see AwaitStepObject.called). */
+static PyObject *
+as_vcall(PyObject *self, PyObject *const *Py_UNUSED(args), size_t nargsf, PyObject *kwnames)
+{
+    AwaitStepObject *s = (AwaitStepObject *)self;
+    if (!as_args_ok(s->kind, PyVectorcall_NARGS(nargsf), kwnames)) return NULL;
+    if (!s->called) {
+        s->called = 1;
+        return Py_NewRef(self);
+    }
+    return as_new(s->prim, s->kind, 1);
+}
+
+/* StepDescr: a traced Lock's or Semaphore's __aenter__ / __aexit__ on the class (issue 12). Read on an object,
+ * as `async with` reads both when it begins, it does not bind a method: it makes the step's awaitable itself,
+ * which stands for the bound method until called (called, it is the awaitable; see AwaitStepObject.called).
+ * A bound method was an object more per `async with` half, with a type check, its collector tracking and its
+ * free (~300 instructions each, four a task of the asyncio program). Read on the class it is itself; called
+ * with the object first, it is the method called. */
+#define STEP_SEM_ENTER AS_KINDS
+typedef struct {
+    PyObject_HEAD
+    int kind; /* an AS_ kind, or STEP_SEM_ENTER */
+} StepDescrObject;
+
+static PyTypeObject *g_step_descr_type;
+
+static PyObject *
+step_for(PyObject *obj, int kind, int called)
+{
+    if (kind == STEP_SEM_ENTER) {
+        PyObject *se = py_sem_enter(NULL, obj);
+        if (se != NULL) ((SemEnterObject *)se)->called = (char)called;
+        return se;
+    }
+    return as_new(obj, kind, called);
 }
 
 static PyObject *
-as_sem_aexit_meth(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs, PyObject *kwnames)
+stepdescr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
 {
-    if (!as_exit_args_ok(nargs, kwnames)) return NULL;
-    return as_new(self, AS_SEM_EXIT);
+    if (obj == NULL || obj == Py_None) return Py_NewRef(self);
+    return step_for(obj, ((StepDescrObject *)self)->kind, 0);
 }
-
-static PyObject *py_sem_enter(PyObject *module, PyObject *sem);
 
 static PyObject *
-as_sem_aenter_meth(PyObject *self, PyObject *Py_UNUSED(ignored))
+stepdescr_call(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    return py_sem_enter(NULL, self);
+    int kind = ((StepDescrObject *)self)->kind;
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "needs the lock or semaphore as its first argument");
+        return NULL;
+    }
+    PyObject *kwnames = kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0 ? kwargs : NULL; /* (any: an error) */
+    if (kind == STEP_SEM_ENTER || kind == AS_LOCK_ENTER) {
+        if (nargs != 1 || kwnames != NULL) {
+            PyErr_SetString(PyExc_TypeError, "__aenter__() takes no arguments");
+            return NULL;
+        }
+    }
+    else if (nargs != 4 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "__aexit__(exc_type, exc, tb)");
+        return NULL;
+    }
+    return step_for(PyTuple_GET_ITEM(args, 0), kind, 1);
 }
 
-static PyMethodDef as_lock_aenter_def = {"__aenter__", as_lock_aenter_meth, METH_NOARGS,
-                                         "Take the lock (an awaitable; see conctools.aio.Lock)."};
-static PyMethodDef as_lock_aexit_def = {"__aexit__", (PyCFunction)(void (*)(void))as_lock_aexit_meth,
-                                        METH_FASTCALL | METH_KEYWORDS, "Release the lock (an awaitable)."};
-static PyMethodDef as_sem_aenter_def = {"__aenter__", as_sem_aenter_meth, METH_NOARGS,
-                                        "Take a slot (an awaitable; see conctools.aio.Semaphore)."};
-static PyMethodDef as_sem_aexit_def = {"__aexit__", (PyCFunction)(void (*)(void))as_sem_aexit_meth,
-                                       METH_FASTCALL | METH_KEYWORDS, "Release a slot (an awaitable)."};
+static PyObject *
+stepdescr_name(PyObject *self, void *Py_UNUSED(closure))
+{
+    int kind = ((StepDescrObject *)self)->kind;
+    return PyUnicode_FromString(kind == STEP_SEM_ENTER || kind == AS_LOCK_ENTER ? "__aenter__" : "__aexit__");
+}
+
+static PyGetSetDef stepdescr_getset[] = {
+    {"__name__", stepdescr_name, NULL, NULL, NULL},
+    {NULL},
+};
+
+static void
+stepdescr_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_Free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot stepdescr_slots[] = {
+    {Py_tp_dealloc, stepdescr_dealloc},
+    {Py_tp_doc, "A traced asyncio Lock's or Semaphore's __aenter__ / __aexit__ (conctools.aio): read on an object, "
+                "the step's awaitable, which is also the bound method (called, it returns itself)."},
+    {Py_tp_descr_get, stepdescr_get},
+    {Py_tp_call, stepdescr_call},
+    {Py_tp_getset, stepdescr_getset},
+    {0, NULL},
+};
+
+static PyType_Spec stepdescr_spec = {
+    .name = "conctools._speedups.StepDescr",
+    .basicsize = sizeof(StepDescrObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = stepdescr_slots,
+};
+
+static PyObject *
+step_descr_new(int kind)
+{
+    if (g_step_descr_type == NULL) {
+        g_step_descr_type = (PyTypeObject *)PyType_FromSpec(&stepdescr_spec); /* never freed */
+        if (g_step_descr_type == NULL) return NULL;
+    }
+    StepDescrObject *d = PyObject_New(StepDescrObject, g_step_descr_type);
+    if (d == NULL) return NULL;
+    d->kind = kind;
+    return (PyObject *)d;
+}
 
 /* aio_steps_setup(lock_cls, lock_aenter, lock_aexit, sem_aexit, task_stacks, spare_stacks, sem_cls, sem_types,
- * progress) -> (lock __aenter__, lock __aexit__, semaphore __aenter__, semaphore __aexit__): the method
+ * progress) -> (lock __aenter__, lock __aexit__, semaphore __aenter__, semaphore __aexit__): the StepDescr
  * descriptors above, for conctools.aio to install (sem_enter_setup() first); the three Python methods are
  * their slow paths. sem_types: the exact classes whose free slot sem_enter() takes in C; sem_cls (among them)
  * the one whose release() runs in C; progress: registry._progress. None when the asyncio fields of
@@ -8532,12 +8684,8 @@ py_aio_steps_setup(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
         g_as_type = (PyTypeObject *)PyType_FromSpec(&as_spec); /* never freed */
         if (g_as_type == NULL) return NULL;
     }
-    PyObject *descrs[4] = {
-        PyDescr_NewMethod(&PyBaseObject_Type, &as_lock_aenter_def),
-        PyDescr_NewMethod(&PyBaseObject_Type, &as_lock_aexit_def),
-        PyDescr_NewMethod(&PyBaseObject_Type, &as_sem_aenter_def),
-        PyDescr_NewMethod(&PyBaseObject_Type, &as_sem_aexit_def),
-    };
+    PyObject *descrs[4] = {step_descr_new(AS_LOCK_ENTER), step_descr_new(AS_LOCK_EXIT), step_descr_new(STEP_SEM_ENTER),
+                           step_descr_new(AS_SEM_EXIT)};
     PyObject *out = NULL;
     if (descrs[0] && descrs[1] && descrs[2] && descrs[3]) out = PyTuple_Pack(4, descrs[0], descrs[1], descrs[2], descrs[3]);
     for (int i = 0; i < 4; i++) Py_XDECREF(descrs[i]);

@@ -563,7 +563,8 @@ class BoundedSemaphore(Semaphore, asyncio.BoundedSemaphore):
 
 
 # `async with` on a traced Lock or Semaphore without a coroutine of its own (issue 12): their __aenter__ and
-# __aexit__ become C method descriptors returning an awaitable that does the common case in C when first
+# __aexit__ become C descriptors that, read on the object, make an awaitable standing for the bound method
+# (called, it returns itself: no method object per `async with` half), which does the common case in C when first
 # sent (a free Lock taken, a held Lock released, a Semaphore's release(): aio.Semaphore's own in C) and
 # otherwise runs the Python method above as its coroutine (a Lock's wait; an error to raise); a Semaphore's
 # __aenter__ takes a free slot of these two classes in C, without asyncio's acquire() coroutine (see

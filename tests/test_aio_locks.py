@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import sys
 import threading
 import uuid
+import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -751,6 +753,66 @@ class TestAsyncWithStepsInC:
             asyncio.run(_named(main))
             gc.collect()
         assert row(recorder, name)["acquisitions"] == 1
+
+    @pytest.mark.parametrize("kind", ["Lock", "Semaphore", "BoundedSemaphore"])
+    def test_methods_read_on_the_object_are_the_steps(self, kind: str) -> None:
+        """`__aenter__`/`__aexit__` read on the object (as `async with` reads them) are the step itself, which
+        stands for the bound method (issue 12: no method object per `async with` half): reading them warns of
+        nothing; each call gives an awaitable of its own; the uncalled one cannot be awaited, as a bound
+        method cannot; bad arguments raise; on the class they are one descriptor each, callable with the
+        object first; a subclass's `super().__aenter__()` and an exception in the block work as before."""
+        cls = getattr(aio, kind)
+
+        class Sub(cls):  # type: ignore[misc,valid-type]
+            entered = False
+
+            async def __aenter__(self) -> None:
+                await super().__aenter__()
+                self.entered = True
+
+        async def main() -> None:
+            prim = cls()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                enter, exit_ = prim.__aenter__, prim.__aexit__
+                assert callable(enter) and callable(exit_)
+                del enter, exit_
+                gc.collect()  # (never called: no "never awaited" warning)
+                with pytest.raises(TypeError, match="can't be used in 'await' expression"):
+                    await prim.__aenter__  # type: ignore[misc]
+                gc.collect()
+                bound = prim.__aenter__
+                first = bound()
+                await first
+                assert prim.locked()
+                await prim.__aexit__(None, None, None)
+                second = bound()
+                assert second is not first
+                await second
+                await cls.__aexit__(prim, None, None, None)
+                await cls.__aenter__(prim)
+                await prim.__aexit__(None, None, None)
+                assert not prim.locked()
+                with pytest.raises(TypeError):
+                    prim.__aexit__(None)
+                with pytest.raises(TypeError):
+                    prim.__aenter__(1)
+                assert cls.__aenter__ is cls.__aenter__ and type(cls.__aenter__).__name__ == "StepDescr"
+                assert (cls.__aenter__.__name__, cls.__aexit__.__name__) == ("__aenter__", "__aexit__")
+                sub = Sub()
+                async with sub:
+                    assert sub.entered and sub.locked()
+                assert not sub.locked()
+                with pytest.raises(KeyError):
+                    async with prim:
+                        raise KeyError("in the block")
+                assert not prim.locked()
+                async with contextlib.AsyncExitStack() as stack:  # (reads them on the class, binds by hand)
+                    await stack.enter_async_context(prim)
+                    assert prim.locked()
+                assert not prim.locked()
+
+        asyncio.run(main())
 
     def test_lock_wait_through_the_step(self, recorder: Recorder) -> None:
         """A taken lock: the step runs the Python method, which waits on asyncio's future; the await chain
